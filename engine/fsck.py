@@ -1,0 +1,112 @@
+"""fsck: check every promise the pool makes about its own state, and report each problem.
+
+- the layer graph is sound: every VM's top exists, every parent exists, no cycles, no layer
+  that nothing reads through, no block-table page of a layer that is gone
+- refcounts in RAM equal the references in the block tables
+- no slot is both free and live, none is lost (unreferenced yet not free), and no table
+  points past the end of the data file
+- every live block's bytes still hash to its stored fingerprint
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .progress import Meter
+
+MAX_REPORTED = 50
+
+
+def check(pool, progress=None) -> list[dict]:
+    problems: list[dict] = []
+
+    def report(kind: str, message: str, **where) -> None:
+        if sum(1 for p in problems if p["kind"] == kind) < MAX_REPORTED:
+            problems.append({"kind": kind, "message": message, **where})
+
+    _check_layers(pool, report)
+    _check_refcounts(pool, report)
+    _check_space(pool, report)
+    _check_hashes(pool, report, progress)
+    return problems
+
+
+def _check_layers(pool, report) -> None:
+    parents = pool.parents
+    for vm in pool.vms.values():
+        if vm.top not in parents:
+            report("layer", f"VM {vm.name} has top layer {vm.top}, which does not exist",
+                   vm=vm.name)
+    children = {}
+    for layer, parent in parents.items():
+        if parent is not None and parent not in parents:
+            report("layer", f"layer {layer} has parent {parent}, which does not exist",
+                   layer=layer)
+        children.setdefault(parent, []).append(layer)
+        seen, lid = set(), layer
+        while lid is not None and lid in parents:
+            if lid in seen:
+                report("layer", f"layer {layer} is on a cycle", layer=layer)
+                break
+            seen.add(lid)
+            lid = parents[lid]
+    for layer in parents:
+        if layer not in pool.tops and not children.get(layer):
+            report("layer", f"frozen layer {layer} has no children: nothing reads it",
+                   layer=layer)
+    stale = pool.catalog.conn.execute(
+        "SELECT DISTINCT layer FROM bmap WHERE layer NOT IN (SELECT id FROM layers)").fetchall()
+    for (layer,) in stale:
+        report("layer", f"block-table pages remain for deleted layer {layer}", layer=layer)
+
+
+def _references(pool) -> np.ndarray:
+    parts = [pool.tables.layer_entries(layer) for layer in pool.parents]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def _check_refcounts(pool, report) -> None:
+    refs = _references(pool)
+    capacity = pool.store.capacity
+    outside = refs[refs >= capacity]
+    for addr in np.unique(outside)[:10].tolist():
+        report("reference", f"a block table points at slot {addr}, past the end of the data file",
+               pbn=addr)
+    counted = np.bincount(refs[refs < capacity].astype(np.int64), minlength=capacity)
+    have = pool.space.refcounts.astype(np.int64)
+    have = np.concatenate([have, np.zeros(max(0, capacity - len(have)), np.int64)])[:capacity]
+    for addr in np.flatnonzero(counted != have).tolist():
+        report("refcount", f"slot {addr} has refcount {have[addr]} but {counted[addr]} references",
+               pbn=addr)
+
+
+def _check_space(pool, report) -> None:
+    refcounts = pool.space.refcounts
+    free = pool.space.free_slots().astype(np.int64)
+    pending = pool.space.pending_slots().astype(np.int64)
+    for addr in free[refcounts[free] > 0].tolist():
+        report("space", f"slot {addr} is both free and live", pbn=addr)
+    values, counts = np.unique(free, return_counts=True)
+    for addr in values[counts > 1].tolist():
+        report("space", f"slot {addr} is on the free list twice", pbn=addr)
+    if (free == 0).any():
+        report("space", "the header slot 0 is on the free list", pbn=0)
+    unreferenced = np.flatnonzero(refcounts == 0)
+    unreferenced = unreferenced[unreferenced != 0]
+    lost = np.setdiff1d(unreferenced, np.concatenate([free, pending]))
+    for addr in lost.tolist():
+        report("space", f"slot {addr} is neither referenced nor free: leaked", pbn=addr)
+
+
+def _check_hashes(pool, report, progress) -> None:
+    live = np.flatnonzero(pool.space.refcounts)
+    meter = Meter(progress, "fsck", len(live), unit_bytes=pool.block_size)
+    for start in range(0, len(live), 4096):
+        chunk = live[start:start + 4096]
+        fresh = np.frombuffer(b"".join(pool.fingerprint(pool.store.block(int(s))) for s in chunk),
+                              dtype=np.uint64).reshape(-1, 2)
+        bad = (fresh != pool.store.hashes[chunk]).any(axis=1)
+        for addr in chunk[bad].tolist():
+            report("corrupt", f"slot {addr}: its bytes no longer match its fingerprint", pbn=addr)
+        meter.advance(len(chunk))
+    meter.finish()

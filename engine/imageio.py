@@ -1,0 +1,130 @@
+"""Raw disk images in and out: holes are skipped on the way in and left on the way out."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from contextlib import contextmanager
+
+from .errors import BadImageError
+
+
+class Image:
+    """A raw image to import: a regular file (size known, holes found by SEEK_DATA) or stdin."""
+
+    def __init__(self, fd: int, size: int, seekable: bool, name: str):
+        self.fd, self.size, self.seekable, self.name = fd, size, seekable, name
+
+    def chunks(self, chunk: int):
+        """(offset, bytes) for every chunk-aligned piece that may hold data."""
+        if not self.seekable:
+            offset = 0
+            while True:
+                data = _read_full(self.fd, chunk)
+                if not data:
+                    return
+                yield offset, data
+                offset += len(data)
+        for start, end in self._extents():
+            offset = start - start % chunk
+            while offset < end:
+                n = min(chunk, self.size - offset)
+                data = os.pread(self.fd, n, offset)
+                if len(data) != n:
+                    raise BadImageError(f"{self.name} changed size while being read")
+                yield offset, data
+                offset += n
+
+    def _extents(self):
+        """Data extents (start, end); where SEEK_DATA is unsupported, the whole file."""
+        try:
+            pos = 0
+            while pos < self.size:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+                end = os.lseek(self.fd, start, os.SEEK_HOLE)
+                yield start, end
+                pos = end
+        except OSError as e:
+            if e.errno == 6:        # ENXIO: no data after pos
+                return
+            if pos == 0:
+                yield 0, self.size
+            else:
+                raise
+
+    def close(self) -> None:
+        if self.seekable:
+            os.close(self.fd)
+
+
+def _read_full(fd: int, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = os.read(fd, n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def open_image(source: str) -> Image:
+    if source == "-":
+        fd = sys.stdin.buffer.fileno()
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return Image(os.dup(fd), os.fstat(fd).st_size, True, "stdin")
+        return Image(fd, 0, False, "stdin")
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError as e:
+        raise BadImageError(f"cannot read image {source}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BadImageError(f"image {source} is not a regular file")
+    if st.st_size == 0:
+        os.close(fd)
+        raise empty_image(source)
+    return Image(fd, st.st_size, True, source)
+
+
+def empty_image(source: str) -> BadImageError:
+    return BadImageError(f"image {source} is empty")
+
+
+class _Output:
+    def __init__(self, fd: int, sparse: bool):
+        self.fd, self.sparse = fd, sparse
+
+    def write_at(self, offset: int, data: bytes | None, length: int) -> None:
+        if data is None:
+            if self.sparse:
+                return
+            data = bytes(length)
+        view = memoryview(data)
+        while view:
+            if self.sparse:
+                n = os.pwrite(self.fd, view, offset)
+                offset += n
+            else:
+                n = os.write(self.fd, view)
+            view = view[n:]
+
+
+@contextmanager
+def open_output(dest: str, size: int):
+    if dest == "-":
+        yield _Output(sys.stdout.buffer.fileno(), sparse=False)
+        return
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
+    try:
+        yield _Output(fd, sparse=True)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

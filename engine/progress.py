@@ -1,0 +1,55 @@
+"""Progress reports for long work (import, export, rebuild), delivered through a callback."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    done: int
+    total: int
+    bytes_per_s: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Meter:
+    """Turns running counts into Progress reports, at most every `interval` seconds."""
+
+    def __init__(self, callback: ProgressCallback | None, phase: str, total: int,
+                 unit_bytes: int = 1, interval: float = 0.1):
+        self.callback = callback
+        self.phase = phase
+        self.total = total
+        self.unit_bytes = unit_bytes
+        self.interval = interval
+        self.start = time.monotonic()
+        self._last = 0.0
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.callback(self._report(now))
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.done = max(self.done, self.total)
+            self.callback(self._report(time.monotonic()))
+
+    def _report(self, now: float) -> Progress:
+        elapsed = max(now - self.start, 1e-9)
+        return Progress(self.phase, self.done, self.total, self.done * self.unit_bytes / elapsed)

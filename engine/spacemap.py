@@ -1,0 +1,82 @@
+"""Refcounts and free slots, in RAM.
+
+A slot whose last reference goes is not reusable at once: until the transaction that dropped the
+reference commits, a crash would bring the old reference back, so the slot waits in `pending`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SpaceMap:
+    def __init__(self, capacity: int = 1):
+        self.refcounts = np.zeros(capacity, dtype=np.uint32)
+        self._free = np.zeros(0, dtype=np.uint64)   # a stack: the top (end) is reused first
+        self._pending: list[np.ndarray] = []
+
+    @classmethod
+    def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
+        space = cls(0)
+        space.refcounts = refcounts.astype(np.uint32)
+        free = np.flatnonzero(space.refcounts == 0).astype(np.uint64)
+        space._free = free[free != 0][::-1].copy()     # slot 0 is the header; lowest on top
+        return space
+
+    @property
+    def capacity(self) -> int:
+        return len(self.refcounts)
+
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_count(self) -> int:
+        return int(np.count_nonzero(self.refcounts))
+
+    @property
+    def nbytes(self) -> int:
+        return self.refcounts.nbytes + self._free.nbytes
+
+    def free_slots(self) -> np.ndarray:
+        return self._free
+
+    def pending_slots(self) -> np.ndarray:
+        return np.concatenate(self._pending) if self._pending else np.zeros(0, np.uint64)
+
+    def add_slots(self, slots: np.ndarray) -> None:
+        """New slots from a grown store join the bottom of the free stack: reuse comes first."""
+        self.refcounts = np.concatenate(
+            [self.refcounts, np.zeros(int(slots.max()) + 1 - len(self.refcounts), np.uint32)])
+        self._free = np.concatenate([slots[::-1], self._free])
+
+    def allocate(self, n: int) -> np.ndarray | None:
+        """n free slots, or None if there are fewer than n."""
+        if n > len(self._free):
+            return None
+        taken = self._free[len(self._free) - n:][::-1].copy()
+        self._free = self._free[:len(self._free) - n]
+        return taken
+
+    def incref(self, slots: np.ndarray) -> None:
+        np.add.at(self.refcounts, slots, 1)
+
+    def decref(self, slots: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        np.subtract.at(self.refcounts, slots, 1)
+        touched = np.unique(slots)
+        released = touched[self.refcounts[touched] == 0]
+        if len(released):
+            self._pending.append(released.astype(np.uint64))
+
+    def commit(self) -> np.ndarray:
+        """Makes the slots released since the last commit reusable, and returns them."""
+        released = self.pending_slots()
+        self._pending = []
+        # A released slot may have been shared again before the commit: it is no longer free.
+        released = released[self.refcounts[released] == 0]
+        released = np.unique(released)
+        self._free = np.concatenate([self._free, released[::-1]])
+        return released
