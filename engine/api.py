@@ -26,6 +26,12 @@ def create_pool(path, block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
     return Pool.create(path, block_size)
 
 
+def serve_nbd(admin: "Admin", host: str, port: int, *, read_only: bool = False, ready=None) -> None:
+    """Exports every VM of `admin` over NBD until SIGTERM/SIGINT (see engine/nbd)."""
+    from .nbd.server import serve     # asyncio is only imported when serving
+    serve(admin, host, port, read_only=read_only, ready=ready)
+
+
 class Admin:
     """What an operator can see and do. Every method may raise BlockfoldError."""
 

@@ -1,0 +1,1 @@
+"""The NBD export: serves every VM of an `engine.api.Admin` to hypervisors and standard tools."""
