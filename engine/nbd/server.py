@@ -3,11 +3,12 @@
 It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, flush), so an
 embedded pool and a cluster are served the same way.
 
-Each connection runs two coroutines. The receiver parses requests into a queue; the worker hands
-everything queued to a thread in one batch and writes the replies. Admin calls block (the pool's
-lock, fsync), so they never run on the event loop, and batching pays the thread hop once per
-client queue rather than once per request. A connection holds at most QUEUE_BYTES of write
-payloads and read replies, so a fast client cannot outrun the pool's memory.
+An asyncio loop accepts connections and runs each negotiation. Once a client has chosen its
+export, the connection's transmission phase moves to a thread of the executor: a blocking loop that
+takes every request already received, performs them in order against the Admin, and sends all the
+replies at once. The Admin's calls block (the pool's lock, fsync), so they never run on the event
+loop; and keeping a connection's requests on one thread avoids a loop-to-thread hop per request,
+which cost more than the pool's own 4 KiB read (see BENCHMARKS.md, "NBD export").
 
 A request is applied whole or not at all: a write whose payload does not fully arrive never reaches
 the Admin, so a client vanishing mid-request leaves the pool as it was.
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import struct
 import sys
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -27,8 +28,9 @@ from typing import Callable
 from ..errors import BlockfoldError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p
 
-QUEUE_BYTES = 64 << 20          # per connection; more than one largest request (MAX_PAYLOAD)
-WORKERS = 4                     # threads for Admin calls; the pool serialises them on its lock
+MAX_CLIENTS = 64                # connections in transmission at once, one thread each; more wait
+BATCH_BYTES = 32 << 20          # payload and read bytes one connection holds in memory at once
+RECV_BYTES = 256 << 10
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
 
 TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM
@@ -44,6 +46,10 @@ ENGINE_ERRORS = ((ReadOnlyError, p.EPERM), (OutOfRangeError, p.EINVAL), (NoSpace
 
 class ProtocolError(Exception):
     """The client broke the protocol beyond any reply: its connection is dropped."""
+
+
+class ClientGone(Exception):
+    """The client closed its side of the connection."""
 
 
 @dataclass(slots=True)
@@ -63,13 +69,6 @@ class Request:
     payload: bytes = b""
     error: int = 0              # already refused while receiving (an oversized length)
 
-    @property
-    def cost(self) -> int:
-        """Bytes this request holds in memory until its reply is sent."""
-        if self.error:
-            return 0
-        return self.length if self.command in (p.CMD_READ, p.CMD_WRITE) else 0
-
 
 class NBDServer:
     def __init__(self, admin, *, read_only: bool = False, log: Callable[[str], None] | None = None):
@@ -79,41 +78,50 @@ class NBDServer:
         self.block_size = 4096
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
-        self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="nbd")
+        self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
+        self.transmitters = ThreadPoolExecutor(MAX_CLIENTS, thread_name_prefix="nbd-client")
         self.connections: set[Connection] = set()
-        self._listener: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
 
     async def call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.admin_calls, fn, *args)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listens on host:port (0: any free port) and returns the address actually bound."""
         self.block_size = (await self.call(self.admin.stats))["block_size"]
-        self._listener = await asyncio.start_server(self._accept, host, port, reuse_address=True)
-        bound = self._listener.sockets[0].getsockname()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=64)
+        self._listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept_forever())
+        bound = self._listener.getsockname()
         return bound[0], bound[1]
 
-    async def _accept(self, reader, writer) -> None:
-        connection = Connection(self, reader, writer)
-        self.connections.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            self.connections.discard(connection)
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, peer = await loop.sock_accept(self._listener)
+            # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = Connection(self, sock, peer)
+            self.connections.add(connection)
+            connection.task = asyncio.create_task(connection.serve())
+            connection.task.add_done_callback(lambda _, c=connection: self.connections.discard(c))
 
     async def close(self) -> None:
         """Stops listening, answers what each client already sent, then drops the connections."""
+        self._accepting.cancel()
         self._listener.close()
         running = [c.stop() for c in list(self.connections)]
         if running:
             _, late = await asyncio.wait(running, timeout=SHUTDOWN_GRACE_S)
-            for task in late:
-                task.cancel()
+            for connection in list(self.connections):
+                connection.abort()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._listener.wait_closed()
-        self.executor.shutdown(wait=True)   # an Admin call in a thread cannot be cancelled
+        for executor in (self.transmitters, self.admin_calls):
+            executor.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
-    # -- the transmission phase's work, run in the executor ------------------------------------
+    # -- requests: run on the connection's thread ----------------------------------------------
 
     def execute(self, export: Export, requests: list[Request]) -> list[bytes]:
         """Performs a batch in order and returns the replies to send."""
@@ -162,43 +170,75 @@ class NBDServer:
 
 
 class Connection:
-    def __init__(self, server: NBDServer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter):
+    def __init__(self, server: NBDServer, sock: socket.socket, peer):
         self.server = server
-        self.reader, self.writer = reader, writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.task = asyncio.current_task()
-        self.receiving: asyncio.Task | None = None
+        self.sock = sock
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.task: asyncio.Task | None = None
+        self.transmitting = False
         self.no_zeroes = False
-        self.queue: deque[Request | None] = deque()     # None: stop after what came before
-        self.queued_bytes = 0
-        self.changed = asyncio.Condition()
+        self.pending: list[bytes] = []      # option replies not sent yet
+        self.buffer = bytearray()           # received, not yet parsed (transmission phase)
 
     def stop(self) -> asyncio.Task:
-        """Server shutdown: stop taking requests; those received are still answered."""
-        (self.receiving or self.task).cancel()
+        """Server shutdown: stop taking requests; those already received are still answered."""
+        if self.transmitting:
+            self._shutdown(socket.SHUT_RD)      # the connection's thread sees the end of input
+        else:
+            self.task.cancel()
         return self.task
+
+    def abort(self) -> None:
+        """Shutdown grace is over: unblock a thread stuck sending to a client that does not read."""
+        self._shutdown(socket.SHUT_RDWR)
+
+    def _shutdown(self, how: int) -> None:
+        try:
+            self.sock.shutdown(how)
+        except OSError:
+            pass    # already disconnected
 
     async def serve(self) -> None:
         try:
             export = await self.negotiate()
             if export is not None:
-                await self.transmit(export)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass    # the client went away
+                self.transmitting = True
+                self.sock.setblocking(True)
+                await asyncio.get_running_loop().run_in_executor(self.server.transmitters,
+                                                                 self.transmit, export)
+        except (ClientGone, ConnectionError):
+            pass
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
-            self.writer.close()
+            self.sock.close()
 
-    # -- negotiation ---------------------------------------------------------------------------
+    # -- negotiation, on the event loop --------------------------------------------------------
+
+    async def recv_exactly(self, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        data = bytearray()
+        while len(data) < n:
+            chunk = await loop.sock_recv(self.sock, n - len(data))
+            if not chunk:
+                raise ClientGone()
+            data += chunk
+        return bytes(data)
+
+    async def send_pending(self) -> None:
+        data, self.pending = b"".join(self.pending), []
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    def reply(self, option: int, kind: int, data: bytes | str = b"") -> None:
+        self.pending.append(p.option_reply(option, kind,
+                                           data.encode() if isinstance(data, str) else data))
 
     async def negotiate(self) -> Export | None:
         """Option haggling; returns the export chosen, or None if the client aborted."""
-        self.writer.write(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT,
-                                                 p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
-        (flags,) = p.CLIENT_FLAGS.unpack(await self.reader.readexactly(p.CLIENT_FLAGS.size))
+        self.pending.append(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT,
+                                                   p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
+        await self.send_pending()
+        (flags,) = p.CLIENT_FLAGS.unpack(await self.recv_exactly(p.CLIENT_FLAGS.size))
         if flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
             raise ProtocolError(f"unknown client flags {flags:#x}")
         if not flags & p.FLAG_C_FIXED_NEWSTYLE:
@@ -206,32 +246,28 @@ class Connection:
         self.no_zeroes = bool(flags & p.FLAG_C_NO_ZEROES)
         while True:
             magic, option, length = p.OPTION_HEADER.unpack(
-                await self.reader.readexactly(p.OPTION_HEADER.size))
+                await self.recv_exactly(p.OPTION_HEADER.size))
             if magic != p.IHAVEOPT:
                 raise ProtocolError(f"bad option magic {magic:#x}")
             if length > p.MAX_OPTION_DATA:
                 raise ProtocolError(f"option {option} claims {length} bytes of data")
-            data = await self.reader.readexactly(length)
+            data = await self.recv_exactly(length)
+            export = None
             if option == p.OPT_EXPORT_NAME:
-                return await self.export_name(data)
-            if option == p.OPT_ABORT:
+                export = await self.export_name(data)
+            elif option == p.OPT_ABORT:
                 self.reply(option, p.REP_ACK)
-                await self.writer.drain()
-                return None
-            if option == p.OPT_LIST:
+            elif option == p.OPT_LIST:
                 await self.list_exports(data)
             elif option in (p.OPT_INFO, p.OPT_GO):
                 export = await self.info(option, data)
-                if export is not None and option == p.OPT_GO:
-                    await self.writer.drain()
-                    return export
             else:   # STRUCTURED_REPLY, STARTTLS, meta contexts, ...: simple replies only
                 self.reply(option, p.REP_ERR_UNSUP, f"option {option} is not supported")
-            await self.writer.drain()
-
-    def reply(self, option: int, kind: int, data: bytes | str = b"") -> None:
-        self.writer.write(p.option_reply(option, kind,
-                                         data.encode() if isinstance(data, str) else data))
+            await self.send_pending()
+            if option == p.OPT_ABORT:
+                return None
+            if export is not None and option != p.OPT_INFO:
+                return export
 
     async def find(self, name: str) -> Export | None:
         try:
@@ -249,9 +285,8 @@ class Connection:
         export = await self.find(name)
         if export is None:
             raise ProtocolError(f"no VM named {name!r}")
-        self.writer.write(p.EXPORT_NAME_REPLY.pack(export.size, export.flags)
-                          + (b"" if self.no_zeroes else bytes(124)))
-        await self.writer.drain()
+        self.pending.append(p.EXPORT_NAME_REPLY.pack(export.size, export.flags)
+                            + (b"" if self.no_zeroes else bytes(124)))
         return export
 
     async def list_exports(self, data: bytes) -> None:
@@ -283,74 +318,89 @@ class Connection:
         self.reply(option, p.REP_ACK)
         return export
 
-    # -- transmission --------------------------------------------------------------------------
+    # -- transmission, on the connection's own thread ------------------------------------------
 
-    async def transmit(self, export: Export) -> None:
-        worker = asyncio.create_task(self.work(export))
-        self.receiving = asyncio.create_task(self.receive())
-        # Ends on NBD_CMD_DISC, the client vanishing, a protocol error, or server shutdown.
-        await asyncio.wait([self.receiving])
-        error = None if self.receiving.cancelled() else self.receiving.exception()
-        async with self.changed:
-            self.queue.append(None)
-            self.changed.notify_all()
-        await worker
-        if error is not None:
-            raise error
-
-    async def receive(self) -> None:
+    def transmit(self, export: Export) -> None:
+        """Until NBD_CMD_DISC or the end of input: take a batch, perform it, send its replies."""
         while True:
-            header = await self.reader.readexactly(p.REQUEST.size)
-            magic, flags, command, cookie, offset, length = p.REQUEST.unpack(header)
+            requests, more = self.receive_batch()
+            if requests:
+                self.sock.sendall(b"".join(self.server.execute(export, requests)))
+            if not more:
+                return
+
+    def receive_batch(self) -> tuple[list[Request], bool]:
+        """Waits for one request, then takes every further one already received.
+
+        Returns the requests and whether more may follow. A request cut short by the end of input
+        is dropped: its client is gone and nothing of it was applied.
+        """
+        batch: list[Request] = []
+        held = 0
+        while held < BATCH_BYTES:
+            try:
+                if not self.fill(p.REQUEST.size, wait=not batch):
+                    return batch, True
+            except ClientGone:
+                return batch, False
+            magic, flags, command, cookie, offset, length = p.REQUEST.unpack_from(self.buffer)
+            del self.buffer[:p.REQUEST.size]
             if magic != p.REQUEST_MAGIC:
                 raise ProtocolError(f"bad request magic {magic:#x}")
             if command == p.CMD_DISC:
-                return
+                return batch, False
             request = Request(cookie, command, flags, offset, length)
-            if command in (p.CMD_READ, p.CMD_WRITE) and length > p.MAX_PAYLOAD:
-                request.error = p.EOVERFLOW
-                if command == p.CMD_WRITE:
-                    await self.discard(length)     # keeps the stream in step
-            await self.reserve(request.cost)
-            if command == p.CMD_WRITE and not request.error:
-                request.payload = await self.reader.readexactly(length)
-            async with self.changed:
-                self.queue.append(request)
-                self.changed.notify_all()
+            try:
+                if command in (p.CMD_READ, p.CMD_WRITE) and length > p.MAX_PAYLOAD:
+                    request.error = p.EOVERFLOW
+                    if command == p.CMD_WRITE:
+                        self.discard(length)        # keeps the stream in step
+                elif command == p.CMD_WRITE:
+                    request.payload = self.take(length)
+            except ClientGone:
+                return batch, False
+            if command in (p.CMD_READ, p.CMD_WRITE) and not request.error:
+                held += length
+            batch.append(request)
+        return batch, True
 
-    async def reserve(self, cost: int) -> None:
-        async with self.changed:
-            await self.changed.wait_for(
-                lambda: self.queued_bytes == 0 or self.queued_bytes + cost <= QUEUE_BYTES)
-            self.queued_bytes += cost
-
-    async def discard(self, length: int) -> None:
-        while length:
-            chunk = await self.reader.read(min(length, 1 << 20))
+    def fill(self, need: int, wait: bool) -> bool:
+        """Buffers at least `need` bytes; without `wait`, only if they have already arrived."""
+        while len(self.buffer) < need:
+            try:
+                chunk = self.sock.recv(RECV_BYTES, 0 if wait else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
             if not chunk:
-                raise asyncio.IncompleteReadError(b"", length)
-            length -= len(chunk)
+                raise ClientGone()
+            self.buffer += chunk
+        return True
 
-    async def work(self, export: Export) -> None:
-        while True:
-            async with self.changed:
-                await self.changed.wait_for(lambda: self.queue)
-                batch = list(self.queue)
-                self.queue.clear()
-            requests = [r for r in batch if r is not None]
-            if requests:
-                replies = await self.server.call(self.server.execute, export, requests)
-                self.writer.writelines(replies)
-                try:
-                    await self.writer.drain()
-                except ConnectionError:
-                    self.receiving.cancel()
-                    return      # nobody left to answer
-                async with self.changed:
-                    self.queued_bytes -= sum(r.cost for r in requests)
-                    self.changed.notify_all()
-            if batch[-1] is None:
-                return
+    def take(self, n: int) -> bytes:
+        """Exactly n bytes of input: what is buffered, then straight from the socket."""
+        if len(self.buffer) >= n:
+            data = bytes(self.buffer[:n])
+            del self.buffer[:n]
+            return data
+        data = bytearray(n)
+        view = memoryview(data)
+        have = len(self.buffer)
+        view[:have] = self.buffer
+        self.buffer.clear()
+        while have < n:
+            got = self.sock.recv_into(view[have:])
+            if not got:
+                raise ClientGone()
+            have += got
+        return data
+
+    def discard(self, n: int) -> None:
+        while n:
+            if not self.buffer:
+                self.fill(1, wait=True)
+            step = min(n, len(self.buffer))
+            del self.buffer[:step]
+            n -= step
 
 
 def serve(admin, host: str, port: int, *, read_only: bool = False,
