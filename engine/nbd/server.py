@@ -31,6 +31,8 @@ from . import protocol as p
 MAX_CLIENTS = 64                # connections in transmission at once, one thread each; more wait
 BATCH_BYTES = 32 << 20          # payload and read bytes one connection holds in memory at once
 RECV_BYTES = 256 << 10
+IOV_MAX = 1024                  # buffers one sendmsg() may take (Linux)
+JOIN_BYTES = 256 << 10          # replies up to this size are copied into one buffer and sent
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
 
 TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM
@@ -325,7 +327,7 @@ class Connection:
         while True:
             requests, more = self.receive_batch()
             if requests:
-                self.sock.sendall(b"".join(self.server.execute(export, requests)))
+                send_all(self.sock, self.server.execute(export, requests))
             if not more:
                 return
 
@@ -401,6 +403,22 @@ class Connection:
             step = min(n, len(self.buffer))
             del self.buffer[:step]
             n -= step
+
+
+def send_all(sock: socket.socket, buffers: list[bytes]) -> None:
+    """sendall() for several buffers at once; large ones are not copied into one first."""
+    if len(buffers) == 1 or sum(map(len, buffers)) <= JOIN_BYTES:
+        sock.sendall(b"".join(buffers))
+        return
+    views = [memoryview(b) for b in buffers]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first:first + IOV_MAX])
+        while sent and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
+        if sent:
+            views[first] = views[first][sent:]
 
 
 def serve(admin, host: str, port: int, *, read_only: bool = False,
