@@ -412,6 +412,21 @@ def test_disconnect_answers_everything_sent_before_it(pool, golden, server):
     assert_still_serving(s, b"".join(bytes([i]) * 4096 for i in range(1, 33)), offset=4096)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_flushes_and_closes_the_pool_cleanly(pool, golden, server, sig):
+    s = server()
+    c = RawClient(s.port)
+    c.connect("golden")
+    assert c.write(5 * MiB, b"\x5a" * 10000) == 0            # acknowledged, never flushed
+    s.proc.send_signal(sig)
+    assert s.proc.wait(timeout=30) == 0
+    c.close()
+    with LocalAdmin.open(pool, readonly=True) as admin:
+        assert admin.last_rebuild()["reason"] == "open"       # not "crash": it was closed
+        assert admin.read("golden", 5 * MiB, 10000) == b"\x5a" * 10000
+    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+
+
 # -- the command line --------------------------------------------------------------------------
 
 def test_cli_usage_errors_are_one_line(pool):
