@@ -32,6 +32,7 @@ REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN = 2**31 + 1, 2**31 + 3, 2**31 + 6
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
 FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES = 2, 4, 32, 64
+FLAG_FUA = 1
 EPERM, EINVAL, ENOSPC, EOVERFLOW = 1, 22, 28, 75
 
 
@@ -274,7 +275,7 @@ def test_trim_and_write_zeroes_read_back_zeros_and_free_space(pool, golden, serv
     assert stats["physical_bytes"] <= MiB + 4096         # what is left of golden's 2 MiB
 
 
-def test_flushed_writes_survive_kill_9(pool, golden, server, tmp_path):
+def test_flushed_and_fua_writes_survive_kill_9(pool, golden, server, tmp_path):
     rng = random.Random(3)
     expected = bytearray(golden.read_bytes())
     s = server()
@@ -285,6 +286,8 @@ def test_flushed_writes_survive_kill_9(pool, golden, server, tmp_path):
         assert c.write(offset, data) == 0
         expected[offset:offset + len(data)] = data
     assert c.simple(CMD_FLUSH) == 0
+    assert c.write(6 * MiB + 5, b"\xcd" * 5000, flags=FLAG_FUA) == 0     # durable on its own
+    expected[6 * MiB + 5:6 * MiB + 5005] = b"\xcd" * 5000
     assert c.write(7 * MiB, b"\xab" * 8192) == 0       # not flushed: no promise either way
     s.kill()
     c.close()

@@ -102,7 +102,12 @@ class NBDServer:
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            sock, peer = await loop.sock_accept(self._listener)
+            try:
+                sock, peer = await loop.sock_accept(self._listener)
+            except OSError as e:        # out of file descriptors, say: wait, then go on serving
+                self.log(f"cannot accept a connection: {e.strerror or e}")
+                await asyncio.sleep(0.5)
+                continue
             # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock, peer)
