@@ -58,6 +58,17 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _nbd_commands(sub) -> None:
+    nbd = sub.add_parser("nbd", help="serve VM disks over NBD").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    serve = nbd.add_parser("serve", help="export every VM under its own name until SIGTERM",
+                           description="export every VM under its own name until SIGTERM; "
+                           "prints 'ready HOST:PORT' once listening")
+    serve.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 10809),
+                       metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one")
+    serve.add_argument("--read-only", action="store_true", help="refuse writes and trims (EPERM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="blockfold", description="Blockfold: a deduplicating storage pool for "
                "virtual-desktop disk images.", epilog=EPILOG,
@@ -99,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     cmd(vm, "ls", "list VMs with their size, logical, unique and shared blocks and chain depth")
+    _nbd_commands(sub)
 
     cmd(sub, "stats", "pool-wide figures: logical and physical bytes, dedup ratio, refcounts")
     blocks = cmd(sub, "blocks", "the block table: one row per physical block")
@@ -114,15 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--full", action="store_true",
                     help="re-read and re-hash every block, reporting corrupt ones")
     cmd(sub, "fsck", "check every promise the pool makes; exit 1 if any is broken")
-
-    nbd = sub.add_parser("nbd", help="serve VM disks over NBD").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
-    serve = nbd.add_parser("serve", help="export every VM under its own name until SIGTERM",
-                           description="export every VM under its own name until SIGTERM; "
-                           "prints 'ready HOST:PORT' once listening")
-    serve.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 10809),
-                       metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one")
-    serve.add_argument("--read-only", action="store_true", help="refuse writes and trims (EPERM)")
 
     con = sub.add_parser("console", help="open the console on a pool")
     con.add_argument("--read-only", action="store_true", help="hide destructive actions")

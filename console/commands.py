@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from engine.api import (BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes,
-                        serve_nbd)
+from engine.api import BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes
 
 from .cli import UsageError, emit, pool_path
 from .progressbar import ProgressBar
@@ -94,6 +93,15 @@ def vm_ls(admin, args, bar) -> int:
     return 0
 
 
+def nbd_serve(admin, args, bar) -> int:
+    from engine.api import serve_nbd
+
+    def ready(host, port):
+        print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
+    serve_nbd(admin, *args.listen, read_only=args.read_only, ready=ready)
+    return 0
+
+
 def stats(admin, args, bar) -> int:
     s = admin.stats()
     hist = ", ".join(f"{k}: {v}" for k, v in s["refcount_histogram"].items()) or "-"
@@ -148,13 +156,6 @@ def fsck(admin, args, bar) -> int:
     return 1 if problems else 0
 
 
-def nbd_serve(admin, args, bar) -> int:
-    def ready(host, port):
-        print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
-    serve_nbd(admin, *args.listen, read_only=args.read_only, ready=ready)
-    return 0
-
-
 def console_default(args) -> int:
     """`blockfold` alone: the console on $BLOCKFOLD_POOL, or on the default pool, made if new."""
     if not args.pool and not os.environ.get("BLOCKFOLD_POOL"):
@@ -182,8 +183,9 @@ def table(headers, rows) -> str:
 
 
 HANDLERS = {
+    ("nbd", "serve"): nbd_serve,
     ("vm", "import"): vm_import, ("vm", "export"): vm_export, ("vm", "write"): vm_write,
     ("vm", "clone"): vm_clone, ("vm", "rm"): vm_rm, ("vm", "ls"): vm_ls,
     ("stats", None): stats, ("blocks", None): blocks, ("rebuild", None): rebuild,
-    ("fsck", None): fsck, ("nbd", "serve"): nbd_serve,
+    ("fsck", None): fsck,
 }
