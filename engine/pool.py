@@ -519,10 +519,11 @@ class Pool:
                 n = min(chunk, size - offset)
                 with self._lock:
                     vm = self.vm(name)
-                    addrs = self.tables.lookup_range(vm.top, offset // self.block_size,
-                                                     -(-n // self.block_size))
-                    data = self._read(vm, offset, n) if addrs.any() else None
-                out.write_at(offset, data, n)
+                    mapped = self.tables.lookup_range(vm.top, offset // self.block_size,
+                                                      -(-n // self.block_size)) != 0
+                    data = self._read(vm, offset, n) if mapped.any() else None
+                if data is not None:
+                    out.write_blocks(offset, data, mapped, self.block_size)
                 meter.done = offset + n
                 meter.advance(0)
         meter.finish()
