@@ -29,7 +29,9 @@ class LocalBlocks:
     def store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Stores or shares each chosen block of `chunk`; returns their addresses, referenced."""
         bs = self.block_size
-        blocks = [chunk[i * bs:(i + 1) * bs] for i in which.tolist()]
+        raw = chunk.obj if isinstance(chunk.obj, bytes) and len(chunk.obj) == len(chunk) else bytes(chunk)
+        # bytes, not memoryviews: == on bytes is one memcmp, on memoryviews a per-byte loop.
+        blocks = [raw[i * bs:(i + 1) * bs] for i in which.tolist()]
         digest_list = [self.fingerprint(b) for b in blocks]
         digests = np.frombuffer(b"".join(digest_list), dtype=np.uint64).reshape(-1, 2)
         keys = keys_of(digests)
@@ -93,7 +95,7 @@ class LocalBlocks:
         return self.store.data[addrs]
 
     def block_bytes(self, addr: int) -> bytes:
-        return bytes(self.store.block(addr))
+        return self.store.block(addr)
 
     # -- durability ---------------------------------------------------------------------------
 

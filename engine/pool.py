@@ -39,9 +39,7 @@ DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
 
 
-def fingerprint(block) -> bytes:
-    """xxh3-128 of a block: 16 bytes."""
-    return xxhash.xxh3_128_digest(block)
+fingerprint = xxhash.xxh3_128_digest     # a block's 16-byte fingerprint
 
 
 class VM:
