@@ -2,8 +2,9 @@
 
 The index is advice. It keys on 64 bits of the fingerprint and may point at a slot that has since
 been freed or reused; callers check the slot's stored fingerprint and compare bytes before sharing
-a block. Stale entries are dropped when the table grows. An entry costs 12 bytes at most 70 % load,
-against 100+ bytes for a Python dict of ints.
+a block. Stale entries are dropped when the table grows. A cell costs 12 bytes (a 64-bit key, a
+32-bit slot: up to 4 G slots, 16 TiB of 4 KiB blocks), and the table is 35-70 % full, against
+100+ bytes an entry for a Python dict of ints.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class FingerprintIndex:
         while size < capacity:
             size <<= 1
         self.keys = np.zeros(size, dtype=np.uint64)
-        self.slots = np.zeros(size, dtype=np.uint64)
+        self.slots = np.zeros(size, dtype=np.uint32)
         self.mask = np.uint64(size - 1)
         self.count = 0
 
@@ -47,7 +48,7 @@ class FingerprintIndex:
         while todo.size:
             cell = self.keys[pos[todo]]
             hit = cell == keys[todo]
-            found[todo[hit]] = self.slots[pos[todo[hit]]]
+            found[todo[hit]] = self.slots[pos[todo[hit]]]   # widened to uint64 on the way out
             todo = todo[~hit & (cell != EMPTY)]
             pos[todo] = (pos[todo] + np.uint64(1)) & self.mask
         return found

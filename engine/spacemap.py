@@ -12,14 +12,14 @@ import numpy as np
 class SpaceMap:
     def __init__(self, capacity: int = 1):
         self.refcounts = np.zeros(capacity, dtype=np.uint32)
-        self._free = np.zeros(0, dtype=np.uint64)   # a stack: the top (end) is reused first
+        self._free = np.zeros(0, dtype=np.uint32)   # a stack: the top (end) is reused first
         self._pending: list[np.ndarray] = []
 
     @classmethod
     def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
         space = cls(0)
         space.refcounts = refcounts.astype(np.uint32)
-        free = np.flatnonzero(space.refcounts == 0).astype(np.uint64)
+        free = np.flatnonzero(space.refcounts == 0).astype(np.uint32)
         space._free = free[free != 0][::-1].copy()     # slot 0 is the header; lowest on top
         return space
 
@@ -40,7 +40,7 @@ class SpaceMap:
         return self.refcounts.nbytes + self._free.nbytes
 
     def free_slots(self) -> np.ndarray:
-        return self._free
+        return self._free.astype(np.uint64)
 
     def pending_slots(self) -> np.ndarray:
         return np.concatenate(self._pending) if self._pending else np.zeros(0, np.uint64)
@@ -49,13 +49,13 @@ class SpaceMap:
         """New slots from a grown store join the bottom of the free stack: reuse comes first."""
         self.refcounts = np.concatenate(
             [self.refcounts, np.zeros(int(slots.max()) + 1 - len(self.refcounts), np.uint32)])
-        self._free = np.concatenate([slots[::-1], self._free])
+        self._free = np.concatenate([slots[::-1].astype(np.uint32), self._free])
 
     def allocate(self, n: int) -> np.ndarray | None:
         """n free slots, or None if there are fewer than n."""
         if n > len(self._free):
             return None
-        taken = self._free[len(self._free) - n:][::-1].copy()
+        taken = self._free[len(self._free) - n:][::-1].astype(np.uint64)
         self._free = self._free[:len(self._free) - n]
         return taken
 
@@ -78,5 +78,5 @@ class SpaceMap:
         # A released slot may have been shared again before the commit: it is no longer free.
         released = released[self.refcounts[released] == 0]
         released = np.unique(released)
-        self._free = np.concatenate([self._free, released[::-1]])
+        self._free = np.concatenate([self._free, released[::-1].astype(np.uint32)])
         return released
