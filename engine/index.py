@@ -14,6 +14,7 @@ import numpy as np
 EMPTY = np.uint64(0)
 MAX_LOAD = 0.7
 MIN_CAPACITY = 1 << 10
+SMALL = 8          # below this many keys, a plain loop beats numpy's per-call overhead
 
 
 def keys_of(digests: np.ndarray) -> np.ndarray:
@@ -42,6 +43,8 @@ class FingerprintIndex:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The slot each key points at, or 0 where it has none."""
+        if len(keys) <= SMALL:
+            return np.array([self._find(int(k))[1] for k in keys], dtype=np.uint64)
         found = np.zeros(len(keys), dtype=np.uint64)
         pos = keys & self.mask
         todo = np.arange(len(keys))
@@ -61,6 +64,13 @@ class FingerprintIndex:
         """
         if self.count + len(keys) > MAX_LOAD * len(self.keys):
             self._grow(self.count + len(keys), keep)
+        if len(keys) <= SMALL:
+            for key, slot in zip(keys.tolist(), slots.tolist()):
+                pos, _ = self._find(key)
+                self.count += self.keys.item(pos) == 0
+                self.keys[pos] = key
+                self.slots[pos] = slot
+            return
         keys, first = np.unique(keys, return_index=True)
         slots = slots[first]
         pos = keys & self.mask
@@ -79,6 +89,18 @@ class FingerprintIndex:
             placed[winners] = True
             todo = todo[~placed[todo]]
             pos[todo] = (pos[todo] + np.uint64(1)) & self.mask
+
+    def _find(self, key: int) -> tuple[int, int]:
+        """(cell, slot) of `key`, or (the empty cell where it would go, 0)."""
+        mask, keys = int(self.mask), self.keys
+        pos = key & mask
+        while True:
+            cell = keys.item(pos)
+            if cell == key:
+                return pos, self.slots.item(pos)
+            if cell == 0:
+                return pos, 0
+            pos = (pos + 1) & mask
 
     def _grow(self, needed: int, keep) -> None:
         live = self.keys != EMPTY

@@ -301,12 +301,15 @@ class Pool:
         bs = self.block_size
         first = offset // bs
         count = (offset + length - 1) // bs - first + 1
+        start = offset - first * bs
+        if count == 1:          # the common small random read: no arrays to build
+            addr = int(self.tables.lookup_range(vm.top, first, 1)[0])
+            return self.blocks.block_bytes(addr)[start:start + length] if addr else bytes(length)
         addrs = self.tables.lookup_range(vm.top, first, count)
         out = np.zeros((count, bs), dtype=np.uint8)
         mapped = addrs != 0
         if mapped.any():
             out[mapped] = self.blocks.gather(addrs[mapped])
-        start = offset - first * bs
         return out.reshape(-1)[start:start + length].tobytes()
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SMALL = 8          # below this many slots, a plain loop beats numpy's per-call overhead
+
 
 class SpaceMap:
     def __init__(self, capacity: int = 1):
@@ -60,10 +62,20 @@ class SpaceMap:
         return taken
 
     def incref(self, slots: np.ndarray) -> None:
-        np.add.at(self.refcounts, slots, 1)
+        if len(slots) <= SMALL:
+            for slot in slots.tolist():
+                self.refcounts[slot] += 1
+        else:
+            np.add.at(self.refcounts, slots, 1)
 
     def decref(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
+            return
+        if len(slots) <= SMALL:
+            for slot in slots.tolist():
+                self.refcounts[slot] -= 1
+                if self.refcounts[slot] == 0:
+                    self._pending.append(np.array([slot], dtype=np.uint64))
             return
         np.subtract.at(self.refcounts, slots, 1)
         touched = np.unique(slots)
