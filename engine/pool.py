@@ -437,29 +437,32 @@ class Pool:
             self._commit()
 
     def _drop_layer(self, layer: int) -> None:
-        self.blocks.decref(self.tables.layer_entries(layer))
-        self.tables.drop_layer(layer)
-        parent = self.parents.pop(layer)
-        self.catalog.delete_layer(layer)
-        self._layers_changed()
-        if parent is not None:
-            self._collect(parent)
-
-    def _collect(self, layer: int) -> None:
-        """A frozen layer with no children goes; one with a single child merges into it."""
-        if layer in self.tops:
-            return
-        children = [lid for lid, parent in self.parents.items() if parent == layer]
-        if not children:
-            self._drop_layer(layer)
-        elif len(children) == 1:
-            child, grandparent = children[0], self.parents[layer]
-            self.blocks.decref(self.tables.merge_into_child(layer, child, grandparent is None))
-            self.parents[child] = grandparent
-            del self.parents[layer]
-            self.catalog.reparent(child, grandparent)
+        """Drops a layer nobody reads any more, then collects upwards: a frozen layer left with
+        no children goes too, and one left with a single child merges into it."""
+        while True:
+            self.blocks.decref(self.tables.layer_entries(layer))
+            self.tables.drop_layer(layer)
+            parent = self.parents.pop(layer)
             self.catalog.delete_layer(layer)
             self._layers_changed()
+            if parent is None or parent in self.tops:
+                return
+            children = [lid for lid, p in self.parents.items() if p == parent]
+            if not children:
+                layer = parent
+                continue
+            if len(children) == 1:
+                self._merge_into_child(parent, children[0])
+            return
+
+    def _merge_into_child(self, layer: int, child: int) -> None:
+        grandparent = self.parents[layer]
+        self.blocks.decref(self.tables.merge_into_child(layer, child, grandparent is None))
+        self.parents[child] = grandparent
+        del self.parents[layer]
+        self.catalog.reparent(child, grandparent)
+        self.catalog.delete_layer(layer)
+        self._layers_changed()
 
     def _layers_changed(self) -> None:
         self.tables.forget_resolved()
