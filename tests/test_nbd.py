@@ -250,6 +250,7 @@ def test_fio_random_writes_and_reads_verify(pool, golden, server):
     proc = tool("fio", "--name=verify", "--ioengine=nbd", f"--uri={s.uri('desk')}",
                 "--rw=randwrite", "--bsrange=1k-64k", "--size=4M", "--iodepth=8",
                 "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64", "--do_verify=1",
+                "--verify_state_save=0",
                 "--output-format=json", timeout=120)
     job = json.loads(proc.stdout[proc.stdout.index("{"):])["jobs"][0]   # after a banner line
     assert job["error"] == 0
