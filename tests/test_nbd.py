@@ -6,7 +6,6 @@ Every test runs `blockfold nbd serve` as a subprocess on 127.0.0.1, port 0.
 from __future__ import annotations
 
 import json
-import os
 import random
 import select
 import signal
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from engine.api import LocalAdmin, create_pool
+from tests.conftest import ROOT, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 
 # The wire format, spelled out here rather than imported, so the tests check the server against
@@ -36,14 +35,6 @@ FLAG_FUA = 1
 EPERM, EINVAL, ENOSPC, EOVERFLOW = 1, 22, 28, 75
 
 
-def blockfold(*args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "console.cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"blockfold {' '.join(map(str, args))}: {proc.stderr}")
-    return proc
-
-
 def tool(*args, timeout=60) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}): {proc.stderr}"
@@ -53,9 +44,9 @@ def tool(*args, timeout=60) -> subprocess.CompletedProcess:
 class Server:
     """`blockfold -p POOL nbd serve --listen 127.0.0.1:0` as a subprocess."""
 
-    def __init__(self, pool: Path, *extra: str):
+    def __init__(self, pool_dir: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "-p", str(pool), "nbd", "serve",
+            [sys.executable, "-m", "console", "-p", str(pool_dir), "nbd", "serve",
              "--listen", "127.0.0.1:0", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
@@ -158,8 +149,16 @@ class RawClient:
         self.sock.close()
 
 
-def make_vm(pool: Path, name: str, image: Path, clone: str | None = None) -> None:
-    with LocalAdmin.open(pool) as admin:
+def fsck(pool_dir: Path) -> str:
+    return run_cli("-p", pool_dir, "fsck", check=True).stdout_text.strip()
+
+
+def pool_stats(pool_dir: Path) -> dict:
+    return json.loads(run_cli("-p", pool_dir, "stats", "--json", check=True).stdout_text)
+
+
+def make_vm(pool_dir: Path, name: str, image: Path, clone: str | None = None) -> None:
+    with LocalAdmin.open(pool_dir) as admin:
         admin.import_image(name, str(image))
         if clone:
             admin.clone(name, clone)
@@ -181,24 +180,19 @@ def image_with_duplicates(path: Path, size: int, seed: int = 1) -> Path:
 
 
 @pytest.fixture
-def pool(tmp_path) -> Path:
-    return create_pool(tmp_path / "pool")
-
-
-@pytest.fixture
-def golden(pool, tmp_path) -> Path:
+def golden(pool_dir, tmp_path) -> Path:
     """VM `golden` (2 MiB of random data, the same again, a 4 MiB hole) and its clone `desk`."""
     image = image_with_duplicates(tmp_path / "golden.raw", 8 * MiB)
-    make_vm(pool, "golden", image, clone="desk")
+    make_vm(pool_dir, "golden", image, clone="desk")
     return image
 
 
 @pytest.fixture
-def server(pool):
+def server(pool_dir):
     servers = []
 
     def start(*extra) -> Server:
-        servers.append(Server(pool, *extra))
+        servers.append(Server(pool_dir, *extra))
         return servers[-1]
 
     yield start
@@ -209,21 +203,21 @@ def server(pool):
 
 # -- real clients ------------------------------------------------------------------------------
 
-def test_qemu_img_converts_an_image_into_a_vm_with_inline_dedup(pool, server, tmp_path):
-    make_vm(pool, "blank", sparse_file(tmp_path / "blank.raw", 8 * MiB))
+def test_qemu_img_converts_an_image_into_a_vm_with_inline_dedup(pool_dir, server, tmp_path):
+    make_vm(pool_dir, "blank", sparse_file(tmp_path / "blank.raw", 8 * MiB))
     source = image_with_duplicates(tmp_path / "source.raw", 8 * MiB, seed=7)
     s = server()
     tool("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", source, s.uri("blank"))
     assert "identical" in tool("qemu-img", "compare", "-f", "raw", "-F", "raw", source,
                                s.uri("blank")).stdout
     s.stop()
-    blockfold("-p", pool, "vm", "export", "blank", tmp_path / "out.raw")
+    run_cli("-p", pool_dir, "vm", "export", "blank", tmp_path / "out.raw", check=True)
     assert (tmp_path / "out.raw").read_bytes() == source.read_bytes()
-    stats = json.loads(blockfold("-p", pool, "stats", "--json").stdout)
+    stats = pool_stats(pool_dir)
     assert stats["physical_bytes"] * 2 <= stats["logical_bytes"]     # every block was there twice
 
 
-def test_nbdinfo_lists_every_vm(pool, golden, server):
+def test_nbdinfo_lists_every_vm(pool_dir, golden, server):
     s = server()
     listing = json.loads(tool("nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{s.port}").stdout)
     exports = {e["export-name"]: e for e in listing["exports"]}
@@ -233,7 +227,7 @@ def test_nbdinfo_lists_every_vm(pool, golden, server):
         assert e["can_flush"] and e["can_trim"] and e["can_zero"] and not e["is_read_only"]
 
 
-def test_nbdcopy_exports_a_clone_byte_exact_while_other_clients_hang(pool, golden, server,
+def test_nbdcopy_exports_a_clone_byte_exact_while_other_clients_hang(pool_dir, golden, server,
                                                                      tmp_path):
     s = server()
     idle_negotiating = socket.create_connection(("127.0.0.1", s.port))
@@ -245,7 +239,7 @@ def test_nbdcopy_exports_a_clone_byte_exact_while_other_clients_hang(pool, golde
     idle_transmitting.close()
 
 
-def test_fio_random_writes_and_reads_verify(pool, golden, server):
+def test_fio_random_writes_and_reads_verify(pool_dir, golden, server):
     s = server()
     proc = tool("fio", "--name=verify", "--ioengine=nbd", f"--uri={s.uri('desk')}",
                 "--rw=randwrite", "--bsrange=1k-64k", "--size=4M", "--iodepth=8",
@@ -256,11 +250,11 @@ def test_fio_random_writes_and_reads_verify(pool, golden, server):
     assert job["error"] == 0
     assert job["write"]["io_bytes"] >= 4 * MiB and job["read"]["io_bytes"] > 0
     s.stop()
-    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+    assert fsck(pool_dir) == "clean"
 
 
-def test_trim_and_write_zeroes_read_back_zeros_and_free_space(pool, golden, server):
-    assert json.loads(blockfold("-p", pool, "stats", "--json").stdout)["unique_blocks"] > 100
+def test_trim_and_write_zeroes_read_back_zeros_and_free_space(pool_dir, golden, server):
+    assert pool_stats(pool_dir)["unique_blocks"] > 100
     s = server()
     c = RawClient(s.port)
     c.connect("golden")
@@ -271,12 +265,12 @@ def test_trim_and_write_zeroes_read_back_zeros_and_free_space(pool, golden, serv
     assert c.read(0, 8 * MiB) == (0, bytes(kept) + golden.read_bytes()[kept:])
     c.close()
     s.stop()
-    blockfold("-p", pool, "vm", "rm", "-y", "desk")       # the clone kept golden's old blocks
-    stats = json.loads(blockfold("-p", pool, "stats", "--json").stdout)
+    run_cli("-p", pool_dir, "vm", "rm", "-y", "desk", check=True)    # it kept golden's old blocks
+    stats = pool_stats(pool_dir)
     assert stats["physical_bytes"] <= MiB + 4096         # what is left of golden's 2 MiB
 
 
-def test_flushed_and_fua_writes_survive_kill_9(pool, golden, server, tmp_path):
+def test_flushed_and_fua_writes_survive_kill_9(pool_dir, golden, server, tmp_path):
     rng = random.Random(3)
     expected = bytearray(golden.read_bytes())
     s = server()
@@ -298,10 +292,10 @@ def test_flushed_and_fua_writes_survive_kill_9(pool, golden, server, tmp_path):
     after = (tmp_path / "after.raw").read_bytes()
     assert after[:7 * MiB] == bytes(expected[:7 * MiB])
     s.stop()
-    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+    assert fsck(pool_dir) == "clean"
 
 
-def test_read_only_export_refuses_writes_with_eperm(pool, golden, server):
+def test_read_only_export_refuses_writes_with_eperm(pool_dir, golden, server):
     s = server("--read-only")
     c = RawClient(s.port)
     size, flags = c.connect("golden")
@@ -323,7 +317,7 @@ def assert_still_serving(s: Server, expected: bytes, offset: int = 0) -> None:
     c.close()
 
 
-def test_bad_handshakes_get_errors_and_the_server_keeps_serving(pool, golden, server):
+def test_bad_handshakes_get_errors_and_the_server_keeps_serving(pool_dir, golden, server):
     s = server()
     first_block = golden.read_bytes()[:4096]
 
@@ -370,7 +364,7 @@ def test_bad_handshakes_get_errors_and_the_server_keeps_serving(pool, golden, se
     assert "bad option magic" in s.stop()
 
 
-def test_bad_requests_get_nbd_errors_and_the_server_keeps_serving(pool, golden, server):
+def test_bad_requests_get_nbd_errors_and_the_server_keeps_serving(pool_dir, golden, server):
     s = server()
     first_block = golden.read_bytes()[:4096]
     c = RawClient(s.port)
@@ -388,10 +382,10 @@ def test_bad_requests_get_nbd_errors_and_the_server_keeps_serving(pool, golden, 
     assert c.closed_by_server()
     assert_still_serving(s, first_block)
     assert "bad request magic" in s.stop()
-    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+    assert fsck(pool_dir) == "clean"
 
 
-def test_a_client_vanishing_mid_write_leaves_the_pool_consistent(pool, golden, server):
+def test_a_client_vanishing_mid_write_leaves_the_pool_consistent(pool_dir, golden, server):
     s = server()
     c = RawClient(s.port)
     c.connect("golden")
@@ -400,10 +394,10 @@ def test_a_client_vanishing_mid_write_leaves_the_pool_consistent(pool, golden, s
     c.close()
     assert_still_serving(s, golden.read_bytes()[:MiB])
     s.stop()
-    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+    assert fsck(pool_dir) == "clean"
 
 
-def test_disconnect_answers_everything_sent_before_it(pool, golden, server):
+def test_disconnect_answers_everything_sent_before_it(pool_dir, golden, server):
     s = server()
     c = RawClient(s.port)
     c.connect("golden")
@@ -417,7 +411,7 @@ def test_disconnect_answers_everything_sent_before_it(pool, golden, server):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_flushes_and_closes_the_pool_cleanly(pool, golden, server, sig):
+def test_a_signal_flushes_and_closes_the_pool_cleanly(pool_dir, golden, server, sig):
     s = server()
     c = RawClient(s.port)
     c.connect("golden")
@@ -425,28 +419,29 @@ def test_a_signal_flushes_and_closes_the_pool_cleanly(pool, golden, server, sig)
     s.proc.send_signal(sig)
     assert s.proc.wait(timeout=30) == 0
     c.close()
-    with LocalAdmin.open(pool, readonly=True) as admin:
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
         assert admin.last_rebuild()["reason"] == "open"       # not "crash": it was closed
         assert admin.read("golden", 5 * MiB, 10000) == b"\x5a" * 10000
-    assert blockfold("-p", pool, "fsck").stdout.strip() == "clean"
+    assert fsck(pool_dir) == "clean"
 
 
 # -- the command line --------------------------------------------------------------------------
 
-def test_cli_usage_errors_are_one_line(pool):
+def test_cli_usage_errors_are_one_line(pool_dir):
     for args, code in ((("nbd",), 2), (("nbd", "serve", "--listen", "nowhere"), 2),
                        (("nbd", "serve", "--listen", "127.0.0.1:99999"), 2)):
-        proc = blockfold("-p", pool, *args, check=False)
-        assert proc.returncode == code and "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines()[-1].startswith("blockfold: error:")
+        proc = run_cli("-p", pool_dir, *args, check=False)
+        assert proc.returncode == code and "Traceback" not in proc.stderr_text
+        assert proc.stderr_text.strip().splitlines()[-1].startswith("blockfold: error:")
 
 
-def test_cli_refuses_a_second_server_and_a_busy_port(pool, golden, server):
+def test_cli_refuses_a_second_server_and_a_busy_port(pool_dir, golden, server):
     s = server()
-    proc = blockfold("-p", pool, "nbd", "serve", "--listen", "127.0.0.1:0", check=False)
-    assert proc.returncode == 1 and "in use" in proc.stderr and "Traceback" not in proc.stderr
-    other = pool.parent / "other"
+    proc = run_cli("-p", pool_dir, "nbd", "serve", "--listen", "127.0.0.1:0", check=False)
+    assert proc.returncode == 1 and "in use" in proc.stderr_text
+    assert "Traceback" not in proc.stderr_text
+    other = pool_dir.parent / "other"
     create_pool(other)
-    proc = blockfold("-p", other, "nbd", "serve", "--listen", f"127.0.0.1:{s.port}", check=False)
-    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in proc.stderr
+    proc = run_cli("-p", other, "nbd", "serve", "--listen", f"127.0.0.1:{s.port}", check=False)
+    assert proc.returncode == 1 and len(proc.stderr_text.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr_text

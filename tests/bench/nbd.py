@@ -71,7 +71,7 @@ def fio(uri: str, size: int, args: list[str], runtime: float | None) -> dict:
 
 def start_blockfold(work: Path, size: int) -> tuple[subprocess.Popen, str]:
     pool = work / "pool"
-    blockfold = [sys.executable, "-m", "console.cli"]
+    blockfold = [sys.executable, "-m", "console"]
     subprocess.run([*blockfold, "pool", "init", str(pool)], cwd=ROOT, check=True,
                    capture_output=True)
     image = work / "empty.raw"
