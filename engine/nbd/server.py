@@ -32,6 +32,7 @@ MAX_CLIENTS = 64                # connections in transmission at once, one threa
 BATCH_BYTES = 32 << 20          # payload and read bytes one connection holds in memory at once
 RECV_BYTES = 256 << 10
 IOV_MAX = 1024                  # buffers one sendmsg() may take (Linux)
+SEND_BYTES = 256 << 10          # read data that is sent at once, not held for the batch's end
 JOIN_BYTES = 256 << 10          # replies up to this size are copied into one buffer and sent
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
 
@@ -129,16 +130,6 @@ class NBDServer:
             executor.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
     # -- requests: run on the connection's thread ----------------------------------------------
-
-    def execute(self, export: Export, requests: list[Request]) -> list[bytes]:
-        """Performs a batch in order and returns the replies to send."""
-        replies = []
-        for request in requests:
-            error, data = self.perform(export, request)
-            replies.append(p.simple_reply(request.cookie, error))
-            if data:
-                replies.append(data)
-        return replies
 
     def perform(self, export: Export, r: Request) -> tuple[int, bytes]:
         if r.error:
@@ -328,11 +319,25 @@ class Connection:
     # -- transmission, on the connection's own thread ------------------------------------------
 
     def transmit(self, export: Export) -> None:
-        """Until NBD_CMD_DISC or the end of input: take a batch, perform it, send its replies."""
+        """Until NBD_CMD_DISC or the end of input: take a batch, perform it, send its replies.
+
+        Small replies of a batch go out together, in one system call; once SEND_BYTES have
+        piled up they go at once, so the client can send more while the rest is performed.
+        """
         while True:
             requests, more = self.receive_batch()
-            if requests:
-                send_all(self.sock, self.server.execute(export, requests))
+            replies, held = [], 0
+            for request in requests:
+                error, data = self.server.perform(export, request)
+                replies.append(p.simple_reply(request.cookie, error))
+                if data:
+                    replies.append(data)
+                held += len(data)
+                if held >= SEND_BYTES:
+                    send_all(self.sock, replies)
+                    replies, held = [], 0
+            if replies:
+                send_all(self.sock, replies)
             if not more:
                 return
 
