@@ -239,16 +239,18 @@ def test_nbdcopy_exports_a_clone_byte_exact_while_other_clients_hang(pool_dir, g
     idle_transmitting.close()
 
 
-def test_fio_random_writes_and_reads_verify(pool_dir, golden, server):
+def test_fio_random_writes_and_reads_verify_on_two_connections(pool_dir, golden, server):
     s = server()
     proc = tool("fio", "--name=verify", "--ioengine=nbd", f"--uri={s.uri('desk')}",
-                "--rw=randwrite", "--bsrange=1k-64k", "--size=4M", "--iodepth=8",
+                "--rw=randwrite", "--bsrange=1k-64k", "--size=2M", "--iodepth=8",
+                "--numjobs=2", "--offset_increment=2M",        # two writers, side by side
                 "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64", "--do_verify=1",
-                "--verify_state_save=0",
-                "--output-format=json", timeout=120)
-    job = json.loads(proc.stdout[proc.stdout.index("{"):])["jobs"][0]   # after a banner line
-    assert job["error"] == 0
-    assert job["write"]["io_bytes"] >= 4 * MiB and job["read"]["io_bytes"] > 0
+                "--verify_state_save=0", "--output-format=json", timeout=120)
+    jobs = json.loads(proc.stdout[proc.stdout.index("{"):])["jobs"]    # after a banner line
+    assert len(jobs) == 2
+    for job in jobs:
+        assert job["error"] == 0
+        assert job["write"]["io_bytes"] >= 2 * MiB and job["read"]["io_bytes"] > 0
     s.stop()
     assert fsck(pool_dir) == "clean"
 
@@ -383,6 +385,23 @@ def test_bad_requests_get_nbd_errors_and_the_server_keeps_serving(pool_dir, gold
     assert_still_serving(s, first_block)
     assert "bad request magic" in s.stop()
     assert fsck(pool_dir) == "clean"
+
+
+def test_export_name_option_enters_transmission_or_drops_the_connection(pool_dir, golden,
+                                                                        server):
+    s = server()
+    c = RawClient(s.port)
+    c.handshake()
+    c.option(1, b"golden")                                  # NBD_OPT_EXPORT_NAME
+    size, flags = struct.unpack(">QH", c.recv(10))          # no zeroes: we asked for none
+    assert size == 8 * MiB and flags & FLAG_SEND_FLUSH
+    assert c.read(0, 4096) == (0, golden.read_bytes()[:4096])
+    c.close()
+    c = RawClient(s.port)
+    c.handshake()
+    c.option(1, b"nosuchvm")                                # cannot be refused: only dropped
+    assert c.closed_by_server()
+    assert_still_serving(s, golden.read_bytes()[:4096])
 
 
 def test_a_client_vanishing_mid_write_leaves_the_pool_consistent(pool_dir, golden, server):
