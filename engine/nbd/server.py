@@ -28,7 +28,7 @@ from typing import Callable
 from ..errors import BlockfoldError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p
 
-MAX_CLIENTS = 64                # connections in transmission at once, one thread each; more wait
+MAX_CLIENTS = 256               # connections in transmission at once, one thread each; more wait
 BATCH_BYTES = 32 << 20          # payload and read bytes one connection holds in memory at once
 RECV_BYTES = 256 << 10
 IOV_MAX = 1024                  # buffers one sendmsg() may take (Linux)
