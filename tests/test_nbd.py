@@ -31,7 +31,7 @@ REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN = 2**31 + 1, 2**31 + 3, 2**31 + 6
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 6
 FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES = 2, 4, 32, 64
-FLAG_FUA = 1
+CMD_FLAG_FUA, FLAG_CAN_MULTI_CONN = 1, 256
 EPERM, EINVAL, ENOSPC, EOVERFLOW = 1, 22, 28, 75
 
 
@@ -283,7 +283,7 @@ def test_flushed_and_fua_writes_survive_kill_9(pool_dir, golden, server, tmp_pat
         assert c.write(offset, data) == 0
         expected[offset:offset + len(data)] = data
     assert c.simple(CMD_FLUSH) == 0
-    assert c.write(6 * MiB + 5, b"\xcd" * 5000, flags=FLAG_FUA) == 0     # durable on its own
+    assert c.write(6 * MiB + 5, b"\xcd" * 5000, flags=CMD_FLAG_FUA) == 0     # durable on its own
     expected[6 * MiB + 5:6 * MiB + 5005] = b"\xcd" * 5000
     assert c.write(7 * MiB, b"\xab" * 8192) == 0       # not flushed: no promise either way
     s.kill()
@@ -295,6 +295,21 @@ def test_flushed_and_fua_writes_survive_kill_9(pool_dir, golden, server, tmp_pat
     assert after[:7 * MiB] == bytes(expected[:7 * MiB])
     s.stop()
     assert fsck(pool_dir) == "clean"
+
+
+def test_a_flush_on_one_connection_makes_another_ones_writes_durable(pool_dir, golden, server):
+    s = server()
+    writer, flusher = RawClient(s.port), RawClient(s.port)
+    _, flags = writer.connect("golden")
+    flusher.connect("golden")
+    assert flags & FLAG_CAN_MULTI_CONN
+    assert writer.write(3 * MiB, b"\x77" * 12288) == 0
+    assert flusher.simple(CMD_FLUSH) == 0
+    s.kill()
+    writer.close()
+    flusher.close()
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
+        assert admin.read("golden", 3 * MiB, 12288) == b"\x77" * 12288
 
 
 def test_read_only_export_refuses_writes_with_eperm(pool_dir, golden, server):
