@@ -51,8 +51,9 @@ class Server:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
-        assert line.startswith("ready 127.0.0.1:"), \
-            f"no ready line: {line!r} {self.proc.stderr.read() if self.proc.poll() else ''}"
+        if not line.startswith("ready 127.0.0.1:"):
+            self.proc.kill()
+            raise AssertionError(f"no ready line: {line!r} {self.proc.communicate()[1]}")
         self.port = int(line.split(":")[1])
 
     def uri(self, name: str) -> str:
