@@ -204,8 +204,8 @@ class Connection:
                 self.sock.setblocking(True)
                 await asyncio.get_running_loop().run_in_executor(self.server.transmitters,
                                                                  self.transmit, export)
-        except (ClientGone, ConnectionError):
-            pass
+        except (ClientGone, OSError):
+            pass    # the client went away, or its socket failed: nothing more to answer
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
