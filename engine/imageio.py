@@ -26,8 +26,9 @@ class Image:
                     return
                 yield offset, data
                 offset += len(data)
+        done = 0                      # everything below this was read already
         for start, end in self._extents():
-            offset = start - start % chunk
+            offset = max(start - start % chunk, done)
             while offset < end:
                 n = min(chunk, self.size - offset)
                 data = os.pread(self.fd, n, offset)
@@ -35,6 +36,7 @@ class Image:
                     raise BadImageError(f"{self.name} changed size while being read")
                 yield offset, data
                 offset += n
+            done = offset
 
     def _extents(self):
         """Data extents (start, end); where SEEK_DATA is unsupported, the whole file."""

@@ -306,10 +306,13 @@ class Pool:
             addr = int(self.tables.lookup_range(vm.top, first, 1)[0])
             return self.blocks.block_bytes(addr)[start:start + length] if addr else bytes(length)
         addrs = self.tables.lookup_range(vm.top, first, count)
-        out = np.zeros((count, bs), dtype=np.uint8)
         mapped = addrs != 0
-        if mapped.any():
-            out[mapped] = self.blocks.gather(addrs[mapped])
+        if mapped.all():
+            out = self.blocks.gather(addrs)
+        else:
+            out = np.zeros((count, bs), dtype=np.uint8)
+            if mapped.any():
+                out[mapped] = self.blocks.gather(addrs[mapped])
         return out.reshape(-1)[start:start + length].tobytes()
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
