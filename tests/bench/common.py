@@ -32,7 +32,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def scratch(data: Path, name: str) -> Path:
     """A fresh, empty scratch directory under the data directory."""
     import shutil
-    path = data / "scratch" / name
+    path = (data / "scratch" / name).resolve()
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
