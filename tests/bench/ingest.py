@@ -5,6 +5,7 @@
   borg        borg create -C none --chunker-params fixed,4096 of the same image files into a
               repository made with `borg init -e none`
   bare loop   read the same files' data extents and xxh3-128 every 4 KiB block, nothing else
+              (best of three runs; it is cheap and this machine's 2 cores are shared)
 
 Targets: blockfold >= 5x borg, and >= 35 % of the bare loop. Every contender starts from a warm
 page cache. MB/s is over the same numerator for all three: the bytes in the images' data extents
@@ -75,9 +76,12 @@ def main(argv=None) -> None:
     apparent = sum(path.stat().st_size for path in images)
     warm(images)
 
-    with timer() as t:
-        bare_hash(images)
-    bare_s = t()
+    bare_runs = []
+    for _ in range(3):      # the cheap peer gets its best of three; the others run once
+        with timer() as t:
+            bare_hash(images)
+        bare_runs.append(t())
+    bare_s = min(bare_runs)
     bf_s, stats = run_blockfold(images, where)
     borg_s = None if args.skip_borg or not shutil.which("borg") else run_borg(images, where)
     shutil.rmtree(where)
