@@ -90,8 +90,8 @@ def main(argv=None) -> None:
     for name in (shallow, deep):
         rows.append((name, str(depths[name]), f"{rate[name]:,.0f}", f"{1e6 / rate[name]:.1f}",
                      f"{spread[name]:.1%}"))
-    rows.append((f"depth {depths[deep]} / depth {depths[shallow]}", "", f"{ratio:.1%}", f"target >= {TARGET:.0%}",
-                 verdict(ratio, TARGET)))
+    rows.append((f"depth {depths[deep]} / depth {depths[shallow]}", "", f"{ratio:.1%}",
+                 f"target >= {TARGET:.0%}", verdict(ratio, TARGET)))
     report("chain", f"Random 4 KiB reads, {ROUNDS} rounds of {per_round} per VM "
                     f"({args.size_mib} MiB VM)", rows,
            {"size_mib": args.size_mib, "reads_per_round": per_round, "rounds": ROUNDS,
