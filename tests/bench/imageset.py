@@ -4,8 +4,10 @@ The golden tree is a seeded selection of real files from /usr/lib and /usr/share
 Each desktop is the golden tree plus some modified files (a few bytes changed in one block, as
 updates and config edits do) plus unique random files (the user's own data). Every tree becomes a
 real ext4 image with `mke2fs -t ext4 -b 4096 -d DIR` (4 KiB blocks, as a real OS disk has;
-mke2fs would pick 1 KiB for a disk this small), with a fixed UUID, hash seed and clock, so the same
-parameters on the same machine give the same bytes. The set is cached under DATA/ and reused when
+mke2fs would pick 1 KiB for a disk this small), with a fixed UUID, hash seed and clock. mke2fs
+copies each inode's times from the host, where reading a file moves its atime and copying it sets
+its ctime, so debugfs then pins every inode's times: the same parameters on the same machine give
+the same bytes. The set is cached under DATA/ and reused when
 its manifest matches.
 
     python -m tests.bench.imageset [--data bench-data] [--golden-mib 256] [--variants 8]
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import uuid
@@ -27,7 +30,8 @@ from .common import MiB, parser, report, timer
 
 SOURCES = ("/usr/lib", "/usr/share")
 MIN_FILE, MAX_FILE = 1024, 8 * MiB
-FAKE_TIME = "1700000000"        # mke2fs's clock (E2FSPROGS_FAKE_TIME) and every file's mtime
+FAKE_TIME = "1700000000"        # mke2fs's clock (E2FSPROGS_FAKE_TIME) and every inode's times
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9._+@,=-]+$")   # paths debugfs commands take unquoted
 
 
 def _source_files() -> list[tuple[str, int]]:
@@ -43,6 +47,7 @@ def _source_files() -> list[tuple[str, int]]:
                 except OSError:
                     continue
                 if (st.st_mode & 0o170000) == 0o100000 and MIN_FILE <= st.st_size <= MAX_FILE \
+                        and all(PLAIN_NAME.match(part) for part in path.split("/")[1:]) \
                         and os.access(path, os.R_OK):
                     found.append((path, st.st_size))
     return found
@@ -60,16 +65,11 @@ def _pick(files: list[tuple[str, int]], total: int, rng: random.Random) -> list[
     return sorted(chosen)
 
 
-def _settle(path: Path) -> None:
-    os.utime(path, (int(FAKE_TIME), int(FAKE_TIME)))
-
-
 def _golden_tree(tree: Path, chosen) -> None:
     for src, _ in chosen:
         dst = tree / src.lstrip("/")
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        _settle(dst)
 
 
 def _variant_tree(tree: Path, golden: Path, chosen, rng: random.Random, modified_pct: float,
@@ -85,7 +85,6 @@ def _variant_tree(tree: Path, golden: Path, chosen, rng: random.Random, modified
             at = rng.randrange(len(data))
             data[at:at + 16] = rng.randbytes(16)
             dst.write_bytes(data)
-            _settle(dst)
         else:
             os.link(golden / rel, dst)
     home = tree / "home" / "user"
@@ -95,7 +94,6 @@ def _variant_tree(tree: Path, golden: Path, chosen, rng: random.Random, modified
         size = min(rng.randrange(4096, 2 * MiB), unique_bytes - written)
         path = home / f"doc-{n:04d}.bin"
         path.write_bytes(rng.randbytes(size))
-        _settle(path)
         written += size
         n += 1
     return {"modified_files": len(modified), "unique_files": n, "unique_bytes": written}
@@ -107,6 +105,20 @@ def _mke2fs(tree: Path, image: Path, size_mib: int, rng: random.Random) -> None:
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-d", str(tree), "-F", "-U", fixed,
                     "-E", f"root_owner=0:0,hash_seed={fixed}", str(image), f"{size_mib}M"],
                    check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "E2FSPROGS_FAKE_TIME": FAKE_TIME})
+    _pin_times(tree, image)
+
+
+def _pin_times(tree: Path, image: Path) -> None:
+    """Sets atime, ctime and mtime of every inode copied from `tree` to FAKE_TIME."""
+    paths = ["/"]
+    for dirpath, dirnames, filenames in os.walk(tree):
+        rel = "/" + os.path.relpath(dirpath, tree).removeprefix(".").lstrip("/")
+        paths += [os.path.join(rel, name) for name in dirnames + filenames]
+    commands = "".join(f"sif {path} {field} @{FAKE_TIME}\n"
+                       for path in paths for field in ("atime", "ctime", "mtime"))
+    subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input=commands, text=True,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "E2FSPROGS_FAKE_TIME": FAKE_TIME})
 
 

@@ -4,10 +4,14 @@ Synthetic, over N unique blocks (10 M by default): the structures the pool keeps
 engine.index.FingerprintIndex and engine.spacemap.SpaceMap, are filled with N random 128-bit
 digests, sized the two ways a pool sizes them:
 
-  after rebuild   as every open does: the index is made for N / 0.5 entries, the slot file has
-                  the 25 % growth slack BlockStore.grow leaves (free slots on the free stack)
+  after rebuild   as every open does: the index is made for N / 0.5 entries; the slot file has
+                  25 % more slots than are used (BlockStore.grow adds a quarter at a time, so a
+                  real pool has 0-25 % spare), and those free slots sit on the free stack
   grown by writes as inline dedup grows it: inserts of 512 (one block-table page) at a time into
                   an index that starts empty, and a slot file exactly full
+
+"B per unique block" counts the arrays' bytes (what stats() reports); "RSS growth" is the process's
+resident growth while building them, a cross-check that also holds temporaries and allocator slack.
 
 Real pool: stats()["metadata_ram_bytes_per_block"] of a pool holding REAL MiB of unique data,
 freshly opened. Target: <= 32 B per unique block. For comparison, ZFS keeps 150-320 B per
@@ -108,8 +112,8 @@ def main(argv=None) -> None:
     stats = real_pool(scratch(args.data, "memory"), args.real_mib, args.seed)
     real = stats["metadata_ram_bytes_per_block"]
 
-    rows = [("layout", "index", "refcounts", "free map", "B per unique block", "RSS per block",
-             "target <= 32 B")]
+    rows = [("layout", "index", "refcounts", "free map", "B per unique block",
+             "RSS growth per block", "target <= 32 B")]
     for label, f in ((f"{args.blocks:,} blocks, after rebuild", rebuilt),
                      (f"{args.blocks:,} blocks, grown by writes", grown)):
         rows.append((label,
