@@ -67,10 +67,10 @@ def cpu_timer():
     end = used()
 
 
-def measure(fn, *args):
-    """(wall seconds, CPU seconds, result) of fn(*args)."""
+def measure(fn, *args, **kwargs):
+    """(wall seconds, CPU seconds, result) of fn(*args, **kwargs)."""
     with timer() as wall, cpu_timer() as cpu:
-        result = fn(*args)
+        result = fn(*args, **kwargs)
     return wall(), cpu(), result
 
 

@@ -164,6 +164,7 @@ def build(data: Path, golden_mib: int = 256, variants: int = 8, unique_mib: int 
     with ThreadPoolExecutor(os.cpu_count() or 2) as workers:
         variant_info = list(workers.map(make, range(variants + 1)))[1:]
     shutil.rmtree(trees)
+    os.sync()       # settle delayed allocation, so every reader sees the same data extents
     names = ["golden.raw"] + [f"desk-{k}.raw" for k in range(1, variants + 1)]
 
     listing = hashlib.sha256("\n".join(p for p, _ in chosen).encode()).hexdigest()[:16]
