@@ -5,7 +5,7 @@ Full rebuild: a pool holding UNIQUE MiB of seeded random data (every block uniqu
 engine's own figure (last_rebuild: live bytes / seconds), median of three opens. The peer is the
 bare loop hashing the same slot file (blocks.dat) with xxh3-128 in 4 KiB blocks, best of three.
 Page cache warm.
-Target: >= 1 GB/s.
+Target: >= 1 GB/s (wall). The rate per CPU second is shown beside it: the machine is shared.
 
 Crash-to-first-read: a pool of 10 GiB logical data: five 2 GiB VMs, each written whole with the
 same 256 MiB of random data repeated (dedup keeps 256 MiB physical, but every block-table page is
@@ -31,7 +31,7 @@ import numpy as np
 from engine.blockstore import DATA_FILE
 from engine.pool import Pool
 
-from .common import BLOCK, GiB, MiB, bare_hash, mb_per_s, parser, report, scratch, timer, \
+from .common import BLOCK, GiB, MiB, bare_hash, mb_per_s, measure, parser, report, scratch, \
     verdict, warm
 
 TARGET_RATE = 1e9
@@ -70,18 +70,17 @@ def full_rebuild(where, unique_mib: int, seed: int) -> dict:
     warm([pool_dir / DATA_FILE])
     runs = []
     for _ in range(3):
-        with Pool.open(pool_dir, rebuild="full") as pool:
-            runs.append(pool.last_rebuild)
+        _, cpu, pool = measure(Pool.open, pool_dir, rebuild="full")
+        pool.close()
+        runs.append(dict(pool.last_rebuild, cpu_s=cpu))
     figures = sorted(runs, key=lambda f: f["bytes_per_s"])[1]
-    bare_s = []
-    for _ in range(3):
-        with timer() as t:
-            hashed = bare_hash([pool_dir / DATA_FILE])
-        bare_s.append(t())
+    bare = [measure(bare_hash, [pool_dir / DATA_FILE]) for _ in range(3)]
+    hashed = bare[0][2]
     with Pool.open(pool_dir, rebuild="fast") as pool:
         fast = pool.last_rebuild
     shutil.rmtree(pool_dir)
-    return {"full": figures, "fast": fast, "bare_bytes": hashed, "bare_s": min(bare_s),
+    return {"full": figures, "fast": fast, "bare_bytes": hashed, "bare_s": min(b[0] for b in bare),
+            "bare_cpu_s": min(b[1] for b in bare),
             "all_rates": [f["bytes_per_s"] for f in runs]}
 
 
@@ -150,7 +149,9 @@ def main(argv=None) -> None:
     shutil.rmtree(where)
 
     rate = full["full"]["bytes_per_s"]
+    cpu_rate = full["full"]["bytes"] / full["full"]["cpu_s"]
     bare = mb_per_s(full["bare_bytes"], full["bare_s"]) * 1e6
+    bare_cpu = mb_per_s(full["bare_bytes"], full["bare_cpu_s"]) * 1e6
     fast = full["fast"]
     crashed = after["rebuild"]
     rows = [("measure", "figure", "peer / detail", "target")]
@@ -158,6 +159,8 @@ def main(argv=None) -> None:
                  f"{rate / 1e9:.2f} GB/s ({full['full']['seconds']:.2f} s)",
                  f"bare xxh3 loop {bare / 1e9:.2f} GB/s; rebuild is {rate / bare:.0%} of it",
                  f">= 1 GB/s: {verdict(rate, TARGET_RATE)}"))
+    rows.append(("  the same, per CPU second (open included)", f"{cpu_rate / 1e9:.2f} GB/s",
+                 f"bare loop {bare_cpu / 1e9:.2f} GB/s per CPU s", ""))
     rows.append(("fast rebuild (stored hashes)", f"{fast['seconds']:.3f} s",
                  f"{fast['bytes_per_s'] / 1e9:.1f} GB/s of live data", ""))
     rows.append((f"crash of a {logical / GiB:.0f} GiB pool: open + first read",
@@ -170,7 +173,9 @@ def main(argv=None) -> None:
     report("rebuild", "Rebuild of dedup metadata", rows,
            {"unique_bytes": full["full"]["bytes"], "full_rebuild_bytes_per_s": rate,
             "full_rebuild_s": full["full"]["seconds"], "full_rebuild_runs": full["all_rates"],
-            "bare_bytes_per_s": round(bare), "rate_target": TARGET_RATE,
+            "full_rebuild_bytes_per_cpu_s": round(cpu_rate),
+            "bare_bytes_per_s": round(bare), "bare_bytes_per_cpu_s": round(bare_cpu),
+            "rate_target": TARGET_RATE,
             "rate_verdict": verdict(rate, TARGET_RATE),
             "fast_rebuild_s": fast["seconds"],
             "crash_logical_bytes": logical, "writer_flushes": flushes,
