@@ -109,7 +109,8 @@ def main(argv=None) -> None:
             "reads_per_s_shallow": round(rate[shallow]), "reads_per_s_deep": round(rate[deep]),
             "reads_per_cpu_s_shallow": round(cpu_rate[shallow]),
             "reads_per_cpu_s_deep": round(cpu_rate[deep]),
-            "ratio": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4), "target": TARGET, "verdict": verdict(ratio, TARGET)})
+            "ratio": round(ratio, 4), "cpu_ratio": round(cpu_ratio, 4), "target": TARGET,
+            "verdict": verdict(ratio, TARGET)})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ waiting for a core.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -113,7 +112,8 @@ def main(argv=None) -> None:
            {"count": args.count, "vm_bytes": VM_SIZE, "data_mib": args.data_mib,
             "cli_s": round(cli_s, 4), "api_s": round(api_s, 4), "qemu_s": round(qemu_s, 3),
             "cli_cpu_s": round(cli_cpu, 3), "qemu_cpu_s": round(qemu_cpu, 3),
-            "ratio": round(ratio, 1), "cpu_ratio": round(cpu_ratio, 1), "ratio_target": TARGET_RATIO,
+            "ratio": round(ratio, 1), "cpu_ratio": round(cpu_ratio, 1),
+            "ratio_target": TARGET_RATIO,
             "ratio_verdict": verdict(ratio, TARGET_RATIO),
             "metadata_bytes_per_clone": round(per_clone, 1),
             "metadata_target": TARGET_BYTES_PER_CLONE,

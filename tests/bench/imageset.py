@@ -202,7 +202,8 @@ def main(argv=None) -> None:
     rows = [("image set", "value"),
             ("images", f"{len(images)} ({images[0].parent})"),
             ("image size", f"{manifest['image_mib']} MiB each"),
-            ("golden files", f"{manifest['golden_files']} ({manifest['golden_file_bytes'] / MiB:.0f} MiB)"),
+            ("golden files",
+             f"{manifest['golden_files']} ({manifest['golden_file_bytes'] / MiB:.0f} MiB)"),
             ("apparent bytes", f"{apparent / MiB:.0f} MiB"),
             ("allocated bytes", f"{allocated / MiB:.0f} MiB (holes are not stored)"),
             ("built in", f"{t():.1f} s" + (" (cached)" if manifest["cached"] else ""))]

@@ -4,13 +4,14 @@ Full rebuild: a pool holding UNIQUE MiB of seeded random data (every block uniqu
 `Pool.open(dir, rebuild="full")`, which re-reads and re-hashes every live block; the rate is the
 engine's own figure (last_rebuild: live bytes / seconds), median of three opens. The peer is the
 bare loop hashing the same slot file (blocks.dat) with xxh3-128 in 4 KiB blocks, best of three.
-Page cache warm.
-Target: >= 1 GB/s (wall). The rate per CPU second is shown beside it: the machine is shared.
+Page cache warm. Target: >= 1 GB/s (wall); the rate per CPU second is shown beside it, because
+the machine is shared.
 
 Crash-to-first-read: a pool of 10 GiB logical data: five 2 GiB VMs, each written whole with the
 same 256 MiB of random data repeated (dedup keeps 256 MiB physical, but every block-table page is
-real: 5120 pages, 2.6 M references; it takes about a minute to build). A writer subprocess opens it, writes and flushes in a loop,
-and is killed with SIGKILL, so the pool is left dirty with its lock and WAL as a crash leaves them.
+real: 5120 pages, 2.6 M references; it takes about a minute to build). A writer subprocess opens
+it, writes and flushes in a loop, and is killed with SIGKILL, so the pool is left dirty with its
+lock and WAL as a crash leaves them.
 Then `Pool.open(dir, wait=False)` + the first 4 KiB `read` are timed (the rebuild runs on behind
 them); time until the rebuild is done is reported too. Target: first read <= 1 s.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
