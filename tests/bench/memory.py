@@ -91,7 +91,7 @@ def real_pool(where, real_mib: int, seed: int) -> dict:
             pool.write("unique", off, rng.bytes(2 * MiB))
     with Pool.open(pool_dir) as pool:
         stats = pool.stats()
-    shutil.rmtree(pool_dir)
+    shutil.rmtree(where)
     return stats
 
 
