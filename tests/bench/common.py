@@ -1,0 +1,151 @@
+"""What every benchmark shares: argument parsing, timing, the bare hashing peer, output.
+
+Each benchmark prints a table for people and then exactly one JSON line for scripts
+(`{"bench": NAME, ...}`), so `run_all` and BENCHMARKS.md can quote the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import xxhash
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+BLOCK = 4096
+READ_CHUNK = 2 * MiB          # what `vm import` reads at a time: one block-table page of 4 KiB
+DEFAULT_DATA = Path("bench-data")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                   help=f"where image sets and scratch pools go (default {DEFAULT_DATA}/)")
+    return p
+
+
+def scratch(data: Path, name: str) -> Path:
+    """A fresh, empty scratch directory under the data directory."""
+    import shutil
+    path = (data / "scratch" / name).resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@contextmanager
+def timer():
+    """`with timer() as t: ...` then t() is the elapsed seconds (frozen at exit)."""
+    start = time.perf_counter()
+    end = None
+
+    def elapsed() -> float:
+        return (end if end is not None else time.perf_counter()) - start
+
+    yield elapsed
+    end = time.perf_counter()
+
+
+@contextmanager
+def cpu_timer():
+    """Like timer(), but CPU seconds (user + system) of this process and its finished children.
+
+    On a shared machine wall time includes waiting for a core; CPU time does not.
+    """
+    def used() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    start = used()
+    end = None
+    yield lambda: (end if end is not None else used()) - start
+    end = used()
+
+
+def measure(fn, *args, **kwargs):
+    """(wall seconds, CPU seconds, result) of fn(*args, **kwargs)."""
+    with timer() as wall, cpu_timer() as cpu:
+        result = fn(*args, **kwargs)
+    return wall(), cpu(), result
+
+
+def data_extents(fd: int, size: int):
+    """(start, end) of every data extent of a file; holes are skipped, as `vm import` does."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:       # ENXIO: nothing but a hole after pos
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        pos = end
+
+
+def bare_hash(paths, chunk: int = READ_CHUNK) -> int:
+    """The peer: read the files' data extents and xxh3-128 every 4 KiB block, nothing else.
+
+    Returns the bytes hashed.
+    """
+    digest = xxhash.xxh3_128_digest
+    hashed = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for start, end in data_extents(fd, os.fstat(fd).st_size):
+                offset = start - start % BLOCK
+                while offset < end:
+                    view = memoryview(os.pread(fd, min(chunk, end - offset), offset))
+                    for i in range(0, len(view), BLOCK):
+                        digest(view[i:i + BLOCK])
+                    hashed += len(view)
+                    offset += len(view)
+        finally:
+            os.close(fd)
+    return hashed
+
+
+def warm(paths) -> None:
+    """Reads files once so that every contender starts from the same warm page cache."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(8 * MiB):
+                pass
+
+
+def mb_per_s(nbytes: int, seconds: float) -> float:
+    return nbytes / 1e6 / seconds if seconds > 0 else float("inf")
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "MISSED"
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+
+
+def report(name: str, title: str, rows: list[tuple], figures: dict) -> None:
+    """Prints a two-or-more-column table, then the one JSON line."""
+    print(f"\n{title}")
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    print(json.dumps({"bench": name, **figures, "machine": machine()}, sort_keys=False),
+          flush=True)
