@@ -78,10 +78,12 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
     meter = Meter(progress, "hashes", len(live), unit_bytes=bs)
     if full:
         bad = []
+        data = store.view()      # slices of a memoryview: no copy per block
         for start in range(0, len(live), HASH_BATCH):
             check_cancel()
             chunk = live[start:start + HASH_BATCH]
-            fresh = np.frombuffer(b"".join(fingerprint(store.block(int(s))) for s in chunk),
+            fresh = np.frombuffer(b"".join([fingerprint(data[s * bs:(s + 1) * bs])
+                                            for s in chunk.tolist()]),
                                   dtype=np.uint64).reshape(-1, 2)
             mismatch = (fresh != digests[start:start + HASH_BATCH]).any(axis=1)
             bad.append(chunk[mismatch])
