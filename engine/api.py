@@ -126,3 +126,32 @@ class LocalAdmin(Admin):
         raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
 
     def close(self): self.pool.close()
+
+
+# -- clusters (engine.cluster): imported on use, so a local pool never loads asyncssh ------------
+
+def open_cluster(path, **kwargs) -> Admin:
+    """The admin interface over a cluster directory; same keywords as LocalAdmin.open."""
+    from .cluster.admin import ClusterAdmin
+    return ClusterAdmin.open(path, **kwargs)
+
+
+def cluster_up(path, **kwargs) -> list[dict]:
+    from .cluster import lifecycle
+    return lifecycle.up(path, **kwargs)
+
+
+def cluster_down(path) -> list[dict]:
+    from .cluster import lifecycle
+    return lifecycle.down(path)
+
+
+def cluster_add(path, address: str, **kwargs) -> dict:
+    from .cluster import lifecycle
+    return lifecycle.add(path, address, **kwargs)
+
+
+def serve_node(data: str, listen: str, memory: int | None = None,
+               block_size: int | None = None) -> int:
+    from .net import node
+    return node.main(data, listen, memory, block_size)
