@@ -35,6 +35,7 @@ class ClusterAdmin(LocalAdmin):
         self.readonly = pool.readonly
         self._stop = threading.Event()
         self._short_since: float | None = None
+        self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
 
     @classmethod
@@ -74,6 +75,25 @@ class ClusterAdmin(LocalAdmin):
             admin._healer.start()
         return admin
 
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, name, offset, data):
+        self._refusable(self.pool.write, name, offset, data)
+
+    def trim(self, name, offset, length):
+        self._refusable(self.pool.trim, name, offset, length)
+
+    def _refusable(self, change, *args) -> None:
+        """A write the cluster refuses (too few nodes) must leave nothing half-done behind:
+        back to the last commit, as if it never started."""
+        try:
+            change(*args)
+        except BlockfoldError:
+            with self.pool._lock:
+                if self.pool.catalog.in_transaction:
+                    self.pool._abort()
+            raise
+
     # -- returning nodes and heal -------------------------------------------------------------
 
     def _rejoin_returning(self) -> None:
@@ -90,12 +110,16 @@ class ClusterAdmin(LocalAdmin):
                 return False
             self.pool.blocks.rejoin(i, reclaim=not self.readonly)
             self.members.mark(i, UP)
+            self._rebalance = True
         return True
 
     def _heal_when_short(self) -> None:
         delay = self.config.repair_delay
         while not self._stop.wait(HEAL_POLL):
             try:
+                if self._rebalance:
+                    self._rebalance = False
+                    self.pool.blocks.heal(cancel=self._stop)
                 if self.pool.blocks.under_replicated() == 0:
                     self._short_since = None
                     continue

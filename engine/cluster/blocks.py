@@ -247,7 +247,7 @@ class ClusterBlocks:
             ranked = np.take_along_axis(options, order[todo], axis=1)
             has = ranked.any(axis=1)
             if not has.all():
-                options = up[None, :] & ~tried[todo]
+                options = self.members.reachable_mask()[None, :] & ~tried[todo]
                 ranked = np.take_along_axis(options, order[todo], axis=1)
                 has = ranked.any(axis=1)
                 if not has.all():
@@ -443,8 +443,13 @@ class ClusterBlocks:
         node_ids, node_words = inv
         with self.lock:
             rows = self._rows_of(node_ids)
+            # A block no reachable node held at rebuild has no hash word yet: this copy's.
+            unknown = (rows != 0) & (self.row_words[rows] == 0)
+            self.row_words[rows[unknown]] = node_words[unknown]
             ok = (rows != 0) & (self.row_words[rows] == node_words)
             ok &= self.space.refcounts[rows] > 0
+            # What it holds now is all it holds: a RAM node comes back empty.
+            self.holders[:, node] = False
             self.holders[rows[ok], node] = True
             unwanted = node_ids[~ok]
             if reclaim and len(unwanted):
@@ -471,13 +476,17 @@ class ClusterBlocks:
             return int(np.count_nonzero(self.holders[rows, node]))
 
     def heal(self, progress=None, cancel=None) -> dict:
-        """Copies every under-replicated id to its missing placement targets, then trims copies
-        beyond R off the nodes that are not targets. Returns what it did."""
+        """Copies every id that its placement targets lack (it is under-replicated, or a node
+        came back) from a holder, then trims copies beyond R off the nodes that are not
+        targets. Returns what it did."""
         with self.lock:
             rows = self._live_rows()
             up = self.members.up_mask()
             have = self.holders[rows] & up[None, :]
-            short = rows[have.sum(axis=1) < self.replicas]
+            targets = placement.targets(self.row_ids[rows], self.members.seeds,
+                                        self.members.weights, up, self.replicas)
+            # Short of R copies, or not where placement wants them (a node came back).
+            short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.block_size)
         copied = missing = 0
         for start in range(0, len(short), BATCH):

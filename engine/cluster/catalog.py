@@ -63,13 +63,14 @@ class ReplicatedCatalog(Catalog):
             super().commit()
             self.ship()
 
-    def ship(self) -> None:
-        """Sends the changes committed since the last ship to every up node."""
+    def ship(self, also: tuple[int, ...] = ()) -> None:
+        """Sends the changes committed since the last ship to every up node (and `also`)."""
         if self.members.holder is None or not changeset.pending(self.conn):
             return
         changes, payload = changeset.encode(changeset.collect(self.conn))
         base, version = self.version, self.version + 1
-        up = [i for i, n in enumerate(self.members.nodes) if n.state in ("up", "suspect")]
+        up = [i for i, n in enumerate(self.members.nodes)
+              if n.state in ("up", "suspect") or i in also]
         header = {"holder": self.members.holder, "base": base, "version": version,
                   "changes": changes}
         replies = self.members.call_many({i: (rpc.CATALOG_APPLY, header, payload) for i in up})
@@ -96,8 +97,10 @@ class ReplicatedCatalog(Catalog):
         """Brings a returning node's replica to the current version; False if it failed."""
         if self.in_transaction or self.members.holder is None:
             return False
+        if not self.members.lease_on(node):
+            return False
         if changeset.pending(self.conn):
-            self.ship()
+            self.ship(also=(node,))
         info = self.members.call(node, rpc.CATALOG_VERSION, {}, timeout=10.0)
         if isinstance(info, Exception):
             return False

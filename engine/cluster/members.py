@@ -71,6 +71,10 @@ class Members:
         """Nodes that serve requests (up or suspect)."""
         return np.array([n.state in (UP, SUSPECT) for n in self.nodes], dtype=bool)
 
+    def reachable_mask(self) -> np.ndarray:
+        """Nodes that may answer: everything not down (returning nodes too)."""
+        return np.array([n.state != DOWN for n in self.nodes], dtype=bool)
+
     # -- requests -----------------------------------------------------------------------------
 
     def call(self, i: int, kind: int, header: dict | None = None, payload=b"", *,
@@ -186,6 +190,12 @@ class Members:
             if isinstance(reply, rpc.RemoteError) and "in use by" in str(reply):
                 self.release_lease()
                 raise BlockfoldError(f"cluster {self.config.path} is {reply}")
+
+    def lease_on(self, i: int) -> bool:
+        """Takes our lease on one node (a node that restarted has forgotten it)."""
+        reply = self.call(i, rpc.LEASE, {"holder": self.holder, "seconds": LEASE_SECONDS},
+                          timeout=5.0)
+        return not isinstance(reply, Exception)
 
     def release_lease(self) -> None:
         if self.holder:
