@@ -209,8 +209,11 @@ class Members:
             self._thread.join(5)
         if self.holder:
             self.release_lease()
+        async def close_all():
+            await asyncio.gather(*(n.client.close() for n in self.nodes))
+
         try:
-            self.io.run(asyncio.gather(*(n.client.close() for n in self.nodes)), 5)
+            self.io.run(close_all(), 5)
         except Exception:   # noqa: BLE001 - closing anyway
             pass
         self.io.close()
