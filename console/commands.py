@@ -14,8 +14,9 @@ from .cli import UsageError, emit, pool_path
 from .progressbar import ProgressBar
 
 # Commands that only look need no write lock, so they run beside a serving process.
+# Failing and restoring a node act on its process, so they run beside a cluster's writer too.
 READ_ONLY = {("vm", "export"), ("vm", "ls"), ("stats", None), ("blocks", None), ("fsck", None),
-             ("node", "ls")}
+             ("node", "ls"), ("node", "fail"), ("node", "restore")}
 CLUSTER_ONLY = {("node", "ls"), ("node", "fail"), ("node", "restore"), ("heal", None)}
 
 

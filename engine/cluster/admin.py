@@ -67,12 +67,10 @@ class ClusterAdmin(LocalAdmin):
             members.close()
             raise
         admin = cls(pool, members, config)
-        members.on_return = admin._rejoin_returning
         members.start_heartbeats()
-        if not readonly:
-            admin._healer = threading.Thread(target=admin._heal_when_short, daemon=True,
-                                             name="blockfold-healer")
-            admin._healer.start()
+        admin._healer = threading.Thread(target=admin._tend, daemon=True,
+                                         name="blockfold-healer")
+        admin._healer.start()
         return admin
 
     # -- writes -------------------------------------------------------------------------------
@@ -113,10 +111,14 @@ class ClusterAdmin(LocalAdmin):
             self._rebalance = True
         return True
 
-    def _heal_when_short(self) -> None:
-        delay = self.config.repair_delay
+    def _tend(self) -> None:
+        """Beside the heartbeats (which must never wait on the pool): catches returning nodes
+        up, and heals once blocks have been short of R copies for the repair delay."""
         while not self._stop.wait(HEAL_POLL):
             try:
+                self._rejoin_returning()
+                if self.readonly:
+                    continue
                 if self._rebalance:
                     self._rebalance = False
                     self.pool.blocks.heal(cancel=self._stop)
@@ -126,9 +128,9 @@ class ClusterAdmin(LocalAdmin):
                 now = time.monotonic()
                 if self._short_since is None:
                     self._short_since = now
-                if now - self._short_since >= delay:
+                if now - self._short_since >= self.config.repair_delay:
                     self.pool.blocks.heal(cancel=self._stop)
-            except Exception:     # noqa: BLE001 - the next poll tries again
+            except Exception:     # noqa: BLE001 - the next round tries again
                 pass
 
     def heal(self, wait: bool = True, progress=None) -> dict:

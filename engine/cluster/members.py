@@ -50,7 +50,6 @@ class Members:
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
-        self.on_return = None           # called (from the heartbeat thread) when a node is back
         self._stop = threading.Event()
         self._thread = None
 
@@ -169,11 +168,6 @@ class Members:
                     if self._stop.is_set():
                         return
                     self.probe(i)
-                if self.on_return and any(n.state == RETURNING for n in self.nodes):
-                    try:
-                        self.on_return()
-                    except Exception:   # noqa: BLE001 - retried on the next beat
-                        pass
 
         self._thread = threading.Thread(target=beat, name="blockfold-heartbeat", daemon=True)
         self._thread.start()
