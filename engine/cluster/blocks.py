@@ -30,6 +30,7 @@ from . import placement
 from .nodestore import COLLISION
 
 BATCH = 512
+HEAL_BATCH = 2048           # bigger frames: fewer round trips while copying
 MAX_ROUNDS = 32
 MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 READ_TIMEOUT = 5.0
@@ -489,14 +490,15 @@ class ClusterBlocks:
             short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.block_size)
         copied = missing = 0
-        for start in range(0, len(short), BATCH):
+        for start in range(0, len(short), HEAL_BATCH):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("heal cancelled")
             with self.lock:
-                c, m = self._heal_batch(short[start:start + BATCH])
+                c, m = self._heal_batch(short[start:start + HEAL_BATCH])
             copied += c
             missing += m
-            meter.advance(min(BATCH, len(short) - start))
+            meter.advance(min(HEAL_BATCH, len(short) - start))
+        self.sync()
         meter.finish()
         dropped = self._trim()
         return {"copied": copied, "unreachable": missing, "dropped": dropped,
@@ -526,7 +528,6 @@ class ClusterBlocks:
             ok = status != COLLISION
             self.holders[rows[want][sent[ok]], node] = True
             copied += int(np.count_nonzero(ok))
-        self.sync()
         return copied, int(np.count_nonzero(~sources))
 
     def _trim(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import threading
 import time
@@ -55,7 +56,9 @@ class Members:
 
     @staticmethod
     def holder_id() -> str:
-        return f"{socket.gethostname()} pid {os.getpid()}"
+        """Names the writer for whoever is refused; the suffix tells two opens in one process
+        apart."""
+        return f"{socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(3)})"
 
     def names(self) -> list[str]:
         return [n.client.name for n in self.nodes]

@@ -182,7 +182,7 @@ class RpcSession(asyncssh.SSHServerSession):
             return rpc.encode(rpc.REPLY, request_id, reply, data)
         except (NodeError, rpc.FrameError) as e:
             return rpc.encode(rpc.ERROR, request_id, {"error": str(e)})
-        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
+        except Exception as e:   # noqa: BLE001 - a bad request must never stop the node
             return rpc.encode(rpc.ERROR, request_id,
                               {"error": f"bad request: {type(e).__name__}: {e}"})
 

@@ -146,3 +146,14 @@ def test_cli_drives_a_cluster(tmp_path):
         assert r.returncode == 1 and r.stderr.count("\n") == 1
     finally:
         bf("cluster", "down", str(path), check=False)
+
+
+def test_one_writer_at_a_time(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=2)
+    with cluster.open() as writer:
+        with pytest.raises(api.BlockfoldError, match=r"is in use by .* pid"):
+            cluster.open()
+        with cluster.open(readonly=True) as reader:     # reads need no lease
+            assert reader.vm_names() == writer.vm_names()
+    with cluster.open():                                 # released on close
+        pass
