@@ -187,9 +187,10 @@ def node_serve(args) -> int:
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
     rows = [(n["name"], n["address"], n["state"], f"{n['latency_ms']:.1f}",
-             human_bytes(n["capacity_bytes"]), str(n["live_blocks"])) for n in nodes]
-    emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY MS", "CAPACITY", "BLOCKS"),
-                            rows))
+             human_bytes(n["capacity_bytes"]), str(n["live_blocks"]),
+             str(n["under_replicated"])) for n in nodes]
+    emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY MS", "CAPACITY", "BLOCKS",
+                             "UNDER-REPLICATED"), rows))
     return 0
 
 

@@ -60,6 +60,7 @@ class Admin:
     def nodes(self) -> list[dict]: raise NotImplementedError
     def fail_node(self, name: str) -> None: raise NotImplementedError
     def restore_node(self, name: str) -> None: raise NotImplementedError
+    def heal(self, wait: bool = True, progress: ProgressCallback | None = None) -> dict: raise NotImplementedError
 
     def close(self) -> None: raise NotImplementedError
 
@@ -124,6 +125,9 @@ class LocalAdmin(Admin):
 
     def restore_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
+
+    def heal(self, wait=True, progress=None):
+        raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
 
     def close(self): self.pool.close()
 

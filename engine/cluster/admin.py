@@ -8,6 +8,7 @@ have been short for the repair delay.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -56,6 +57,11 @@ class ClusterAdmin(LocalAdmin):
             if not readonly:
                 if catalog.version == 0:
                     catalog.publish()
+                # Every replica names the nodes and R: with rendezvous placement, that says
+                # where each block's copies belong, whichever node the catalog is read from.
+                catalog.set("placement", json.dumps(
+                    {"replicas": config.replicas, "min_replicas": config.min_replicas,
+                     "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]}))
                 for i, node in enumerate(members.nodes):
                     if node.state == UP and node.version != catalog.version:
                         catalog.catch_up(i)
@@ -144,6 +150,9 @@ class ClusterAdmin(LocalAdmin):
             figures = self.pool.blocks.heal(progress)
             if not wait or figures["under_replicated"] == 0:
                 return figures
+            if figures["unreachable"] and not figures["copied"]:
+                raise BlockfoldError(f"{figures['unreachable']} blocks have no reachable copy:"
+                                     " restore the nodes that hold them")
             up = int(self.members.up_mask().sum())
             if up < replicas:
                 raise BlockfoldError(f"only {up} nodes are up: {replicas} copies of every block"
@@ -159,13 +168,16 @@ class ClusterAdmin(LocalAdmin):
         return s
 
     def nodes(self) -> list[dict]:
-        blocks = self.pool.blocks
+        """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
+        blocks the coordinator knows it holds, and how many of those are under-replicated."""
+        live, short = self.pool.blocks.per_node()
         out = []
         for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes)):
             out.append({"name": entry.name, "address": entry.address, "state": node.state,
                         "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
-                        "blocks": node.blocks, "live_blocks": blocks.held_by(i),
-                        "weight": entry.weight, "catalog_version": node.version,
+                        "blocks": node.blocks, "live_blocks": int(live[i]),
+                        "under_replicated": int(short[i]), "weight": entry.weight,
+                        "catalog_version": node.version,
                         "error": node.error if node.state == DOWN else ""})
         return out
 

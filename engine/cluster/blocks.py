@@ -216,7 +216,8 @@ class ClusterBlocks:
             requests[node] = (rpc.PUT, {"n": len(sel)}, _payload(ids[sel], data[sel]))
         if not requests:
             return {}
-        self._synced_nodes.update(requests)
+        with self.lock:
+            self._synced_nodes.update(requests)
         replies = self.members.call_many(requests, WRITE_TIMEOUT)
         return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
                 for node, r in replies.items()}
@@ -471,10 +472,15 @@ class ClusterBlocks:
             copies = (self.holders[rows] & self.members.up_mask()[None, :]).sum(axis=1)
             return int(np.count_nonzero(copies < self.replicas))
 
-    def held_by(self, node: int) -> int:
+    def per_node(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each node: live blocks it holds, and how many of those are under-replicated."""
         with self.lock:
-            rows = self._live_rows()
-            return int(np.count_nonzero(self.holders[rows, node]))
+            if self.index is None:
+                k = len(self.members.nodes)
+                return np.zeros(k, np.int64), np.zeros(k, np.int64)
+            held = self.holders[self._live_rows()]
+            copies = (held & self.members.up_mask()[None, :]).sum(axis=1)
+            return held.sum(axis=0), held[copies < self.replicas].sum(axis=0)
 
     def heal(self, progress=None, cancel=None) -> dict:
         """Copies every id that its placement targets lack (it is under-replicated, or a node
@@ -493,8 +499,7 @@ class ClusterBlocks:
         for start in range(0, len(short), HEAL_BATCH):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("heal cancelled")
-            with self.lock:
-                c, m = self._heal_batch(short[start:start + HEAL_BATCH])
+            c, m = self._heal_batch(short[start:start + HEAL_BATCH])
             copied += c
             missing += m
             meter.advance(min(HEAL_BATCH, len(short) - start))
@@ -505,30 +510,47 @@ class ClusterBlocks:
                 "under_replicated": self.under_replicated()}
 
     def _heal_batch(self, rows: np.ndarray) -> tuple[int, int]:
-        rows = rows[self.space.refcounts[rows] > 0]
-        ids = self.row_ids[rows]
-        up = self.members.up_mask()
-        have = self.holders[rows] & up[None, :]
+        """Copies one batch; (copies made, blocks with no reachable copy).
+
+        The lock is held only to read and update the maps, never across the network, so reads
+        and writes go on while a heal runs.
+        """
+        with self.lock:
+            rows = rows[self.space.refcounts[rows] > 0]
+            ids = self.row_ids[rows]
+            up = self.members.up_mask()
+            have = self.holders[rows] & up[None, :]
         targets = placement.targets(ids, self.members.seeds, self.members.weights, up,
                                     self.replicas)
-        need = targets & ~have
         # Fewer copies than R but none missing from the targets: the targets are all taken.
         sources = have.any(axis=1)
-        need &= sources[:, None]
-        if not need.any():
-            return 0, int(np.count_nonzero(~sources))
+        need = targets & ~have & sources[:, None]
+        unreachable = int(np.count_nonzero(~sources))
         want = need.any(axis=1)
-        data = self.gather(ids[want])
-        replies = self._send_puts(ids[want], data, need[want])
+        if not want.any():
+            return 0, unreachable
+        rows, ids, need = rows[want], ids[want], need[want]
+        try:
+            data = self.gather(ids)
+        except BlockfoldError:
+            return 0, unreachable + len(ids)     # its last holder went meanwhile
+        replies = self._send_puts(ids, data, need)
         copied = 0
-        for node, status in replies.items():
-            if isinstance(status, Exception):
-                continue
-            sent = np.flatnonzero(need[want][:, node])
-            ok = status != COLLISION
-            self.holders[rows[want][sent[ok]], node] = True
-            copied += int(np.count_nonzero(ok))
-        return copied, int(np.count_nonzero(~sources))
+        with self.lock:
+            for node, status in replies.items():
+                if isinstance(status, Exception):
+                    continue
+                sent = np.flatnonzero(need[:, node])
+                sent = sent[status != COLLISION]
+                # An id released while it was being copied: its drop missed this copy.
+                gone = self.row_ids[rows[sent]] != ids[sent]
+                self.holders[rows[sent[~gone]], node] = True
+                copied += int(np.count_nonzero(~gone))
+                if gone.any():
+                    stale = np.zeros((int(gone.sum()), len(self.members.nodes)), bool)
+                    stale[:, node] = True
+                    self._drop(ids[sent[gone]], stale)
+        return copied, unreachable
 
     def _trim(self) -> int:
         """Drops copies beyond R from nodes that are not among an id's placement targets."""

@@ -28,8 +28,9 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
     try:
         line = node.stdout.readline().strip()
         assert line.startswith("ready 127.0.0.1:")
-        # Under 1 s when the machine is idle (about 0.45 s measured); slack for a busy CI box.
-        assert time.monotonic() - started < 1.5
+        # About 0.45 s on an idle machine (interpreter start included); the bound leaves room
+        # for a shared, busy 2-core box running the suite two-wide.
+        assert time.monotonic() - started < 3.0
         address = line.split()[1]
         row = api.cluster_add(cluster.path, address, name="far")
         assert row["host_key"] == (far / "host_key.pub").read_text().strip()
