@@ -108,12 +108,11 @@ class ClusterBlocks:
         digests = np.frombuffer(b"".join(self.fingerprint(b) for b in data),
                                 dtype=np.uint64).reshape(-1, 2)
         with self.lock:
-            ids, held, existing = self._place(data, digests)
-            rows = np.zeros(len(ids), np.uint64)
-            known = np.flatnonzero(existing)
-            rows[known] = self._rows_of(ids[known])
+            ids, held = self._place(data, digests)
+            rows = self._rows_of(ids)
+            known = np.flatnonzero(rows)
             self.holders[rows[known]] |= held[known]
-            fresh = np.flatnonzero(~existing)
+            fresh = np.flatnonzero(rows == 0)
             if len(fresh):
                 uniq, first, inverse = np.unique(ids[fresh], return_index=True,
                                                  return_inverse=True)
@@ -123,7 +122,7 @@ class ClusterBlocks:
             return ids
 
     def _place(self, data: np.ndarray, digests: np.ndarray):
-        """(ids, which nodes acknowledged each, whether each id was already live)."""
+        """(ids, which nodes acknowledged each block)."""
         n, k = len(data), len(self.members.nodes)
         variants = np.zeros(n, np.int64)
         ids = block_ids(digests, variants)
@@ -134,7 +133,7 @@ class ClusterBlocks:
         for _ in range(MAX_ROUNDS):
             todo = np.flatnonzero(~done)
             if not len(todo):
-                return ids, held, existing
+                return ids, held
             up = self.members.up_mask()
             if up.sum() < self.min_replicas:
                 raise BlockfoldError(
@@ -189,6 +188,10 @@ class ClusterBlocks:
                 bad = lead[rows_sent[~ok]]
                 if len(bad):
                     self.collisions += len(bad)
+                    # Copies already made under the taken id must not linger there.
+                    orphaned = bad[~existing[bad] & held[bad].any(axis=1)]
+                    if len(orphaned):
+                        self._drop(ids[orphaned], held[orphaned])
                     variants[bad] += 1
                     ids[bad] = block_ids(digests[bad], variants[bad])
                     held[bad] = False
@@ -238,6 +241,7 @@ class ClusterBlocks:
         with self.lock:
             rows = self._rows_of(uniq)
             cand = self.holders[rows].copy()
+            expect = self.row_words[rows]
         tried = np.zeros((len(uniq), k), bool)
         todo = np.arange(len(uniq))
         order = placement.ranking(uniq, self.members.seeds, self.members.weights)
@@ -273,7 +277,14 @@ class ClusterBlocks:
                 missing = np.zeros(len(sel), bool)
                 missing[np.array(header.get("missing", []), dtype=np.int64)] = True
                 got = np.frombuffer(payload, np.uint8).reshape(-1, self.block_size)
-                out[sel[~missing]] = got
+                # A copy whose bytes do not hash to the block's word is rotten, or another
+                # block under a colliding id: never served; the next replica is asked.
+                fine = sel[~missing]
+                words = np.frombuffer(b"".join(self.fingerprint(b) for b in got),
+                                      dtype=np.uint64).reshape(-1, 2)[:, 1]
+                rotten = (words != expect[fine]) & (expect[fine] != 0)
+                out[fine[~rotten]] = got[~rotten]
+                missing[np.flatnonzero(~missing)[rotten]] = True
                 if missing.any():
                     cand[sel[missing], node] = False
                     left.append(sel[missing])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.api import BlockfoldError
@@ -121,3 +123,27 @@ def test_reads_keep_flowing_while_a_node_is_killed(make_cluster, tmp_path):
             assert admin.read("a", off, 65536) == data[off:off + 65536]
             worst = max(worst, time.monotonic() - started)
         assert worst < 1.0
+
+
+def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=9)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        # Flip one byte of every block node1 holds, on disk, under the running node.
+        node_dir = Path(cluster.config.node("node1").data)
+        hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
+        with open(node_dir / "blocks.dat", "r+b") as f:
+            for slot in np.flatnonzero(hashes[:, 0]).tolist():
+                f.seek(slot * 4096 + 100)
+                byte = f.read(1)[0]
+                f.seek(slot * 4096 + 100)
+                f.write(bytes([byte ^ 0xFF]))
+        assert admin.read("a", 0, len(data)) == data
+        kinds = {p["kind"] for p in admin.fsck()}
+        assert "corrupt" in kinds
+        # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
+        assert admin.rebuild(full=True)["corrupt_blocks"]
+        admin.heal(wait=True)
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
