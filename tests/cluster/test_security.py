@@ -157,3 +157,21 @@ def test_one_writer_at_a_time(make_cluster):
             assert reader.vm_names() == writer.vm_names()
     with cluster.open():                                 # released on close
         pass
+
+
+def test_a_put_cut_off_mid_frame_leaves_nothing_visible(make_cluster):
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    ids = struct.pack("<4Q", 11, 12, 13, 14)
+    frame = rpc.encode(rpc.PUT, 1, {"n": 4}, ids + bytes(range(256)) * 64)
+
+    async def run():
+        conn, writer, reader = await _session(cluster)
+        writer.write(frame[:len(frame) - 5000])          # the sender dies mid-transfer
+        await asyncio.sleep(0.2)
+        conn.abort()
+        conn, writer, reader = await _session(cluster)
+        kind, header = await _call(writer, reader, rpc.INVENTORY, {"start": 0})
+        conn.close()
+        return header
+
+    assert asyncio.run(run())["count"] == 0
