@@ -17,7 +17,7 @@ from ..api import LocalAdmin
 from ..errors import BlockfoldError
 from ..pool import Pool, fingerprint
 from . import lifecycle, processes
-from .blocks import ClusterBlocks
+from .blocks import ClusterBlocks, ReplicationError
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
 from .members import DOWN, RETURNING, UP, Members
@@ -59,9 +59,11 @@ class ClusterAdmin(LocalAdmin):
                     catalog.publish()
                 # Every replica names the nodes and R: with rendezvous placement, that says
                 # where each block's copies belong, whichever node the catalog is read from.
-                catalog.set("placement", json.dumps(
+                rule = json.dumps(
                     {"replicas": config.replicas, "min_replicas": config.min_replicas,
-                     "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]}))
+                     "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]})
+                if catalog.get("placement") != rule:
+                    catalog.set("placement", rule)
                 for i, node in enumerate(members.nodes):
                     if node.state == UP and node.version != catalog.version:
                         catalog.catch_up(i)
@@ -87,12 +89,15 @@ class ClusterAdmin(LocalAdmin):
     def trim(self, name, offset, length):
         self._refusable(self.pool.trim, name, offset, length)
 
+    def flush(self):
+        self._refusable(self.pool.flush)
+
     def _refusable(self, change, *args) -> None:
         """A write the cluster refuses (too few nodes) must leave nothing half-done behind:
         back to the last commit, as if it never started."""
         try:
             change(*args)
-        except BlockfoldError:
+        except ReplicationError:
             with self.pool._lock:
                 if self.pool.catalog.in_transaction:
                     self.pool._abort()

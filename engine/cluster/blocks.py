@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xxhash
@@ -31,10 +32,16 @@ from .nodestore import COLLISION
 
 BATCH = 512
 HEAL_BATCH = 2048           # bigger frames: fewer round trips while copying
+HEAL_STREAMS = 2
 MAX_ROUNDS = 32
 MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 20.0
+
+
+class ReplicationError(BlockfoldError):
+    """The cluster cannot keep a change safe (too few nodes, a node refusing blocks): the
+    change is refused."""
 
 
 def block_ids(digests: np.ndarray, variants: np.ndarray) -> np.ndarray:
@@ -136,7 +143,7 @@ class ClusterBlocks:
                 return ids, held
             up = self.members.up_mask()
             if up.sum() < self.min_replicas:
-                raise BlockfoldError(
+                raise ReplicationError(
                     f"only {int(up.sum())} of {k} nodes are up; a write needs at least"
                     f" min_replicas={self.min_replicas} copies: refused")
             # Equal ids in one batch: the first goes out, the others follow it once their bytes
@@ -178,7 +185,7 @@ class ClusterBlocks:
             for node, status in replies.items():
                 rows_sent = np.flatnonzero(want[:, node])
                 if isinstance(status, rpc.RemoteError):
-                    raise BlockfoldError(f"node {self.members.names()[node]} refused blocks:"
+                    raise ReplicationError(f"node {self.members.names()[node]} refused blocks:"
                                          f" {status}")
                 if isinstance(status, Exception):
                     tried[lead[rows_sent], node] = True
@@ -208,7 +215,7 @@ class ClusterBlocks:
             for j, r in followers:
                 if ids[j] == ids[r] and done[r]:
                     done[j], held[j], existing[j] = True, held[r], existing[r]
-        raise BlockfoldError("could not place blocks on enough nodes: the cluster keeps"
+        raise ReplicationError("could not place blocks on enough nodes: the cluster keeps"
                              " changing under the write")
 
     def _send_puts(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray) -> dict:
@@ -507,13 +514,19 @@ class ClusterBlocks:
             short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.block_size)
         copied = missing = 0
-        for start in range(0, len(short), HEAL_BATCH):
+        batches = [short[i:i + HEAL_BATCH] for i in range(0, len(short), HEAL_BATCH)]
+
+        def one(batch):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("heal cancelled")
-            c, m = self._heal_batch(short[start:start + HEAL_BATCH])
-            copied += c
-            missing += m
-            meter.advance(min(HEAL_BATCH, len(short) - start))
+            return self._heal_batch(batch), len(batch)
+
+        # Two batches in flight: one is read from its sources while the other is written.
+        with ThreadPoolExecutor(HEAL_STREAMS, thread_name_prefix="blockfold-heal") as pool:
+            for (c, m), n in pool.map(one, batches):
+                copied += c
+                missing += m
+                meter.advance(n)
         self.sync()
         meter.finish()
         dropped = self._trim()

@@ -14,6 +14,7 @@ from ..catalog import Catalog
 from ..errors import BlockfoldError
 from ..net import rpc
 from . import changeset
+from .blocks import ReplicationError
 
 BEHIND = "catalog replica is at version"
 
@@ -80,7 +81,7 @@ class ReplicatedCatalog(Catalog):
         if behind:
             done += self._install(behind, version)
         if len(done) < self.min_replicas:
-            raise BlockfoldError(f"a catalog change reached {len(done)} nodes, fewer than"
+            raise ReplicationError(f"a catalog change reached {len(done)} nodes, fewer than"
                                  f" min_replicas={self.min_replicas}")
         self.version = version
         changeset.forget(self.conn)

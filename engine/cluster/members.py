@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import BlockfoldError
 from ..net import rpc
-from ..net.client import HostKeyMismatch, IoLoop, NodeClient, NodeUnreachable
+from ..net.client import IoLoop, NodeClient, NodeUnreachable
 from .config import ClusterConfig
 from .placement import node_seed
 
@@ -83,11 +83,12 @@ class Members:
              timeout: float = 10.0):
         return self.call_many({i: (kind, header, payload)}, timeout)[i]
 
-    def call_many(self, requests: dict, timeout: float = 10.0) -> dict:
+    def call_many(self, requests: dict, timeout: float = 10.0, mark: bool = True) -> dict:
         """Sends requests {node: (kind, header, payload)} at once; {node: reply or exception}.
 
-        A node that cannot be reached is marked down; a node's error reply is returned as
-        rpc.RemoteError and leaves it up.
+        A node that cannot be reached is marked down (unless `mark` is False: heartbeats
+        judge for themselves); a node's error reply is returned as rpc.RemoteError and leaves
+        it up.
         """
         async def one(i, kind, header, payload):
             started = time.monotonic()
@@ -95,13 +96,11 @@ class Members:
                 reply = await self.nodes[i].client.call(kind, header, payload, timeout)
                 self._answered(i, time.monotonic() - started)
                 return reply
-            except (NodeUnreachable, HostKeyMismatch) as e:
-                self.mark_down(i, str(e))
-                return e
             except rpc.RemoteError as e:
                 return e
-            except BlockfoldError as e:
-                self.mark_down(i, str(e))
+            except (NodeUnreachable, BlockfoldError) as e:
+                if mark:
+                    self.mark_down(i, str(e))
                 return e
 
         async def all_of():
@@ -137,11 +136,27 @@ class Members:
     # -- heartbeats ---------------------------------------------------------------------------
 
     def probe(self, i: int) -> dict | Exception:
-        """One heartbeat: refreshes the figures; a down node that answers becomes returning."""
-        node = self.nodes[i]
+        """One heartbeat to one node; see probe_all."""
+        return self.probe_all([i])[i]
+
+    def probe_all(self, nodes=None) -> dict:
+        """Heartbeats, all at once: a node that does not answer delays no other. Refreshes the
+        figures; a down node that answers becomes returning. {node: figures or exception}"""
+        nodes = range(len(self.nodes)) if nodes is None else nodes
         header = {"holder": self.holder, "lease": LEASE_SECONDS} if self.holder else {}
-        reply = self.call(i, rpc.HEARTBEAT, header, timeout=2.0)
+        replies = self.call_many({i: (rpc.HEARTBEAT, header, b"") for i in nodes},
+                                 timeout=2.0, mark=False)
+        return {i: self._beat(i, reply) for i, reply in replies.items()}
+
+    def _beat(self, i: int, reply) -> dict | Exception:
+        node = self.nodes[i]
+        if isinstance(reply, rpc.RemoteError):
+            return reply
         if isinstance(reply, Exception):
+            # A refused connection is a node gone; a slow answer makes it suspect first.
+            if not getattr(reply, "timed_out", False):
+                self.mark_down(i, str(reply))
+                return reply
             with self.lock:
                 node.misses += 1
                 if node.state in (UP, SUSPECT):
@@ -160,17 +175,10 @@ class Members:
                 node.state = RETURNING
         return info
 
-    def probe_all(self) -> None:
-        for i in range(len(self.nodes)):
-            self.probe(i)
-
     def start_heartbeats(self) -> None:
         def beat():
             while not self._stop.wait(HEARTBEAT_INTERVAL):
-                for i in range(len(self.nodes)):
-                    if self._stop.is_set():
-                        return
-                    self.probe(i)
+                self.probe_all()
 
         self._thread = threading.Thread(target=beat, name="blockfold-heartbeat", daemon=True)
         self._thread.start()

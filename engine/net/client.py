@@ -29,6 +29,10 @@ PACKET = 256 << 10
 class NodeUnreachable(Exception):
     """The node could not be reached, or the connection died during the request."""
 
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out      # slow, perhaps, rather than surely gone
+
 
 class HostKeyMismatch(BlockfoldError):
     pass
@@ -49,7 +53,7 @@ class IoLoop:
             return future.result(timeout)
         except TimeoutError:
             future.cancel()
-            raise NodeUnreachable("timed out") from None
+            raise NodeUnreachable("timed out", timed_out=True) from None
 
     def close(self) -> None:
         async def cancel_all():
@@ -160,10 +164,10 @@ class NodeClient:
             self.writer.write(rpc.encode(kind, request_id, header, payload))
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
+            # The connection stays: a node busy with bulk data ahead of this request is slow,
+            # not gone. The caller decides (a read fails over; a heartbeat counts a miss).
             self.pending.pop(request_id, None)
-            # A node that does not answer in time is treated as gone: later requests reconnect.
-            self._drop(conn, "timed out")
-            raise NodeUnreachable(f"node {self.name}: timed out") from None
+            raise NodeUnreachable(f"node {self.name}: timed out", timed_out=True) from None
         except (OSError, asyncssh.Error) as e:
             self.pending.pop(request_id, None)
             self._drop(conn, str(e))
