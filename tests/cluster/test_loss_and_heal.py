@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -147,3 +149,30 @@ def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path)
         admin.heal(wait=True)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=10)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        pid = cluster.pid("node3")
+        os.kill(pid, signal.SIGSTOP)              # alive, connected, silent
+        try:
+            seen = set()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "down" not in seen:
+                seen.add({n["name"]: n["state"] for n in admin.nodes()}["node3"])
+                time.sleep(0.1)
+            assert {"suspect", "down"} <= seen
+            assert admin.read("a", 0, len(data)) == data
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up":
+                break
+            time.sleep(0.1)
+        assert {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up"
+        admin.heal(wait=True)
+        assert admin.fsck() == []
