@@ -61,7 +61,7 @@ def test_r3_on_5_nodes_survives_two_kills(make_cluster, tmp_path):
 
 def test_returning_node_catches_up_and_drops_what_it_should_not_hold(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
-    data = image(tmp_path / "a.raw", 2, seed=3)
+    image(tmp_path / "a.raw", 2, seed=3)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
         admin.fail_node("node3")
