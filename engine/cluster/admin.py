@@ -71,6 +71,8 @@ class ClusterAdmin(LocalAdmin):
                                    int(catalog.get("collisions") or 0))
             pool = Pool.attach(config.path, catalog, blocks, readonly=readonly, rebuild=rebuild,
                                progress=progress, wait=True, actor=actor)
+            if not readonly:
+                catalog.ship()      # "in use" (dirty) on the nodes now: a crash shows next open
         except BaseException:
             members.close()
             raise

@@ -257,6 +257,9 @@ class ClusterBlocks:
             # Known holders first; then any other up node, in case the map is behind.
             options = np.where(cand[todo].any(axis=1)[:, None], cand[todo], True)
             options &= up[None, :] & ~tried[todo]
+            # A node that missed a heartbeat (suspect) is asked only when no other can answer.
+            healthy = options & self.members.healthy_mask()[None, :]
+            options = np.where(healthy.any(axis=1)[:, None], healthy, options)
             ranked = np.take_along_axis(options, order[todo], axis=1)
             has = ranked.any(axis=1)
             if not has.all():

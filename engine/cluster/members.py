@@ -73,6 +73,10 @@ class Members:
         """Nodes that serve requests (up or suspect)."""
         return np.array([n.state in (UP, SUSPECT) for n in self.nodes], dtype=bool)
 
+    def healthy_mask(self) -> np.ndarray:
+        """Nodes that answered their last heartbeat (up, not suspect)."""
+        return np.array([n.state == UP for n in self.nodes], dtype=bool)
+
     def reachable_mask(self) -> np.ndarray:
         """Nodes that may answer: everything not down (returning nodes too)."""
         return np.array([n.state != DOWN for n in self.nodes], dtype=bool)

@@ -131,6 +131,8 @@ def test_cli_drives_a_cluster(tmp_path):
         up = json.loads(bf("cluster", "up", str(path), "--nodes", "3", "--replicas", "2").stdout)
         assert [n["name"] for n in up["nodes"]] == ["node1", "node2", "node3"]
         assert all(n["pid"] for n in up["nodes"])
+        again = json.loads(bf("cluster", "up", str(path)).stdout)       # reuses the dir
+        assert again["nodes"] == up["nodes"]
         bf("-c", str(path), "vm", "import", "a", str(tmp_path / "a.raw"))
         bf("-c", str(path), "node", "fail", "node3", "-y")
         bf("-c", str(path), "vm", "export", "a", str(tmp_path / "out.raw"))
