@@ -219,12 +219,11 @@ class NodeServer(asyncssh.SSHServer):
 
 async def serve(directory: Path, host: str, port: int, memory: int | None,
                 block_size: int | None) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    keys = directory / AUTHORIZED_KEYS
+    if not keys.is_file():
+        raise SystemExit(f"blockfold: error: {keys} is missing: no client could log in")
     ensure_host_key(directory)
     settings = node_settings(directory, block_size)
-    keys = directory / AUTHORIZED_KEYS
-    if not keys.exists():
-        raise SystemExit(f"blockfold: error: {keys} is missing: no client could log in")
     store = NodeStore(directory, settings["block_size"], memory)
     handler = Handler(store, settings.get("name", directory.name))
     acceptor = await asyncssh.create_server(
