@@ -10,6 +10,8 @@ min_replicas nodes is an error.
 
 from __future__ import annotations
 
+import json
+
 from ..catalog import Catalog
 from ..errors import BlockfoldError
 from ..net import rpc
@@ -53,11 +55,30 @@ class ReplicatedCatalog(Catalog):
         best = max(versions, key=versions.get)
         if versions[best] == 0:
             return cls(members, min_replicas, None, 0, block_size)
-        reply = members.call(best, rpc.CATALOG_FETCH, {}, timeout=60.0)
-        if isinstance(reply, Exception):
-            raise BlockfoldError(f"cannot fetch the catalog from node "
-                                 f"{members.names()[best]}: {reply}")
-        return cls(members, min_replicas, bytes(reply[1]), reply[0]["version"], block_size)
+        version, image = cls._fetch(members, best)
+        return cls(members, min_replicas, image, version, block_size)
+
+    @staticmethod
+    def _fetch(members, node: int) -> tuple[int, bytes]:
+        """A node's whole catalog, a part at a time; starts over if it changes meanwhile."""
+        for _ in range(5):
+            parts, offset, version = [], 0, None
+            while True:
+                reply = members.call(node, rpc.CATALOG_FETCH,
+                                     {"offset": offset, "length": rpc.CATALOG_PART},
+                                     timeout=60.0)
+                if isinstance(reply, Exception):
+                    raise BlockfoldError(f"cannot fetch the catalog from node "
+                                         f"{members.names()[node]}: {reply}")
+                header, data = reply
+                if version is not None and header["version"] != version:
+                    break
+                version = header["version"]
+                parts.append(bytes(data))
+                offset += len(data)
+                if offset >= header["size"] or not len(data):
+                    return version, b"".join(parts)
+        raise BlockfoldError(f"the catalog on node {members.names()[node]} keeps changing")
 
     def commit(self) -> None:
         if self.in_transaction:
@@ -68,13 +89,14 @@ class ReplicatedCatalog(Catalog):
         """Sends the changes committed since the last ship to every up node (and `also`)."""
         if self.members.holder is None or not changeset.pending(self.conn):
             return
-        changes, payload = changeset.encode(changeset.collect(self.conn))
+        changes, blobs = changeset.encode(changeset.collect(self.conn))
+        meta = json.dumps({"changes": changes}, separators=(",", ":")).encode()
+        blob = rpc.BODY_HEADER.pack(len(meta)) + meta + blobs
         base, version = self.version, self.version + 1
         up = [i for i, n in enumerate(self.members.nodes)
               if n.state in ("up", "suspect") or i in also]
-        header = {"holder": self.members.holder, "base": base, "version": version,
-                  "changes": changes}
-        replies = self.members.call_many({i: (rpc.CATALOG_APPLY, header, payload) for i in up})
+        header = {"holder": self.members.holder, "base": base, "version": version}
+        replies = self._send_parts(rpc.CATALOG_APPLY, header, blob, up)
         done = [i for i, r in replies.items() if not isinstance(r, Exception)]
         behind = [i for i, r in replies.items()
                   if isinstance(r, rpc.RemoteError) and BEHIND in str(r)]
@@ -88,11 +110,24 @@ class ReplicatedCatalog(Catalog):
 
     def _install(self, nodes: list[int], version: int) -> list[int]:
         """Gives nodes the whole catalog at `version`; returns those that took it."""
-        image = self.conn.serialize()
-        replies = self.members.call_many(
-            {i: (rpc.CATALOG_INSTALL, {"holder": self.members.holder, "version": version}, image)
-             for i in nodes}, 60.0)
+        replies = self._send_parts(rpc.CATALOG_INSTALL,
+                                   {"holder": self.members.holder, "version": version},
+                                   self.conn.serialize(), nodes)
         return [i for i, r in replies.items() if not isinstance(r, Exception)]
+
+    def _send_parts(self, kind: int, header: dict, blob: bytes, nodes: list[int]) -> dict:
+        """Sends `blob` to every node in frames of at most rpc.CATALOG_PART bytes; a node
+        applies it when the last part is in. {node: last reply or exception}"""
+        parts = [blob[i:i + rpc.CATALOG_PART] for i in range(0, len(blob), rpc.CATALOG_PART)]
+        parts = parts or [b""]
+        replies: dict = {}
+        live = list(nodes)
+        for k, part in enumerate(parts):
+            h = dict(header, part=k, more=k < len(parts) - 1)
+            got = self.members.call_many({i: (kind, h, part) for i in live}, 60.0)
+            replies.update(got)
+            live = [i for i in live if not isinstance(got[i], Exception)]
+        return replies
 
     def catch_up(self, node: int) -> bool:
         """Brings a returning node's replica to the current version; False if it failed."""

@@ -27,6 +27,7 @@ HOST_KEY = "host_key"
 AUTHORIZED_KEYS = "authorized_keys"
 NODE_FILE = "node.json"
 LEASE_SECONDS = 10.0
+MAX_CATALOG = 16 << 30       # a staged catalog transfer may not grow past this
 
 
 def ensure_host_key(directory: Path) -> None:
@@ -58,6 +59,8 @@ class Handler:
     def __init__(self, store: NodeStore, name: str):
         self.store = store
         self.name = name
+        self.staged = None          # a big catalog transfer, part by part: (key, next, bytes)
+        self.image: tuple[int, bytes] | None = None  # (version, catalog image) being fetched
 
     def call(self, kind: int, header: dict, payload: memoryview) -> tuple[dict, bytes]:
         s = self.store
@@ -89,15 +92,30 @@ class Handler:
         if kind == rpc.CATALOG_VERSION:
             return {"version": s.version}, b""
         if kind == rpc.CATALOG_FETCH:
-            return {"version": s.version}, s.catalog_image()
+            offset = int(header.get("offset", 0))
+            if offset == 0 or self.image is None or self.image[0] != s.version:
+                self.image = (s.version, s.catalog_image())
+            version, image = self.image
+            length = min(int(header.get("length", rpc.CATALOG_PART)), rpc.CATALOG_PART)
+            return {"version": version, "size": len(image)}, image[offset:offset + length]
         if kind == rpc.CATALOG_APPLY:
             s.check_lease(header.get("holder"))
-            changes = changeset.decode(header["changes"], payload)
+            if header.get("part", 0) == 0 and s.version != int(header["base"]):
+                raise NodeError(f"catalog replica is at version {s.version}, not"
+                                f" {int(header['base'])}")
+            blob = self._gather_parts(kind, header, payload)
+            if blob is None:
+                return {"staged": True}, b""
+            body, blobs = rpc.parse_body(blob)
+            changes = changeset.decode(body["changes"], blobs)
             s.apply_changes(int(header["base"]), int(header["version"]), changes)
             return {"version": s.version}, b""
         if kind == rpc.CATALOG_INSTALL:
             s.check_lease(header.get("holder"))
-            s.install_catalog(bytes(payload), int(header["version"]))
+            blob = self._gather_parts(kind, header, payload)
+            if blob is None:
+                return {"staged": True}, b""
+            s.install_catalog(blob, int(header["version"]))
             return {"version": s.version}, b""
         if kind == rpc.LEASE:
             s.lease(str(header["holder"]), float(header.get("seconds", LEASE_SECONDS)))
@@ -106,6 +124,28 @@ class Handler:
             s.release(str(header.get("holder")))
             return {}, b""
         raise NodeError(f"unknown request type {kind}")
+
+
+    def _gather_parts(self, kind: int, header: dict, payload) -> bytes | None:
+        """A transfer too big for one frame comes in parts 0, 1, …; the whole once the last
+        (more=false) is in, else None. A new part 0 starts over."""
+        key = (kind, header.get("holder"), header.get("version"))
+        part = header.get("part", 0)
+        if part == 0:
+            self.staged = (key, 0, bytearray())
+        elif self.staged is None or self.staged[:2] != (key, part):
+            self.staged = None
+            raise NodeError(f"catalog transfer part {part} arrived out of order")
+        buf = self.staged[2]
+        buf += payload
+        if len(buf) > MAX_CATALOG:
+            self.staged = None
+            raise NodeError(f"catalog transfer over {MAX_CATALOG} bytes")
+        if header.get("more"):
+            self.staged = (key, part + 1, buf)
+            return None
+        self.staged = None
+        return bytes(buf)
 
 
 def _ids(header: dict, payload) -> tuple[np.ndarray, memoryview]:

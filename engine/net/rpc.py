@@ -18,6 +18,7 @@ VERSION = 1
 HEADER = struct.Struct("!4sBBxxII")      # magic, version, type, pad, request id, body length
 BODY_HEADER = struct.Struct("!I")        # JSON header length
 MAX_BODY = 64 << 20
+CATALOG_PART = 16 << 20      # catalog images and changesets travel in parts of this size
 SUBSYSTEM = "blockfold-rpc"
 
 # Request types. A reply is REPLY or ERROR with the request's id.

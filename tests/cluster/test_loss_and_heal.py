@@ -176,3 +176,19 @@ def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_pa
         assert {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up"
         admin.heal(wait=True)
         assert admin.fsck() == []
+
+
+def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, monkeypatch):
+    from engine.net import rpc
+    monkeypatch.setattr(rpc, "CATALOG_PART", 16 << 10)    # the coordinator's side only
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 4, seed=13)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))   # a changeset of many parts
+        admin.fail_node("node2")
+        admin.clone("a", "b")
+        admin.restore_node("node2")                          # catches up by a whole image
+        assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "up"
+    with cluster.open(readonly=True) as admin:               # fetched in parts
+        assert admin.vm_names() == ["a", "b"]
+        assert admin.read("b", 0, len(data)) == data
