@@ -30,8 +30,8 @@ from ..stats import refcount_histogram
 from . import placement
 from .nodestore import COLLISION
 
-BATCH = 512
-HEAL_BATCH = 2048           # bigger frames: fewer round trips while copying
+FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
+                           # keep round trips few while copying
 HEAL_STREAMS = 2
 MAX_ROUNDS = 32
 MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -75,6 +75,7 @@ class ClusterBlocks:
         self.row_words = np.zeros(1, np.uint64)
         self.holders = np.zeros((1, len(members.nodes)), bool)
         self.corrupt = np.zeros(0, np.uint64)
+        self.frame_blocks = max(1, FRAME_BYTES // self.block_size)
         self._synced_nodes: set[int] = set()
 
     # -- rows ---------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class ClusterBlocks:
                              " changing under the write")
 
     def _send_puts(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray) -> dict:
-        """One PUT per node (of up to BATCH blocks each); {node: status array or exception}."""
+        """One PUT per node; {node: status array or exception}."""
         requests = {}
         for node in np.flatnonzero(want.any(axis=0)).tolist():
             sel = np.flatnonzero(want[:, node])
@@ -243,6 +244,13 @@ class ClusterBlocks:
     def gather(self, addrs: np.ndarray) -> np.ndarray:
         """The bytes of each id, as n × block_size, from the first holder that answers."""
         uniq, inverse = np.unique(addrs, return_inverse=True)
+        step = self.frame_blocks
+        parts = [self._gather(uniq[i:i + step]) for i in range(0, len(uniq), step)]
+        out = np.concatenate(parts) if parts else np.zeros((0, self.block_size), np.uint8)
+        return out[inverse.reshape(-1)]
+
+    def _gather(self, uniq: np.ndarray) -> np.ndarray:
+        """gather() for distinct ids, few enough that any node's reply fits one frame."""
         out = np.zeros((len(uniq), self.block_size), np.uint8)
         k = len(self.members.nodes)
         with self.lock:
@@ -299,7 +307,7 @@ class ClusterBlocks:
                     cand[sel[missing], node] = False
                     left.append(sel[missing])
             todo = np.concatenate(left) if left else np.zeros(0, np.int64)
-        return out[inverse.reshape(-1)]
+        return out
 
     def block_bytes(self, addr: int) -> bytes:
         return self.gather(np.array([addr], np.uint64))[0].tobytes()
@@ -517,7 +525,8 @@ class ClusterBlocks:
             short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.block_size)
         copied = missing = 0
-        batches = [short[i:i + HEAL_BATCH] for i in range(0, len(short), HEAL_BATCH)]
+        step = self.frame_blocks
+        batches = [short[i:i + step] for i in range(0, len(short), step)]
 
         def one(batch):
             if cancel is not None and cancel.is_set():

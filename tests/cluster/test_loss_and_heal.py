@@ -192,3 +192,17 @@ def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, mo
     with cluster.open(readonly=True) as admin:               # fetched in parts
         assert admin.vm_names() == ["a", "b"]
         assert admin.read("b", 0, len(data)) == data
+
+
+def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, monkeypatch):
+    from engine.cluster import blocks
+    monkeypatch.setattr(blocks, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
+    cluster = make_cluster(nodes=3, replicas=2, block_size=65536)
+    data = image(tmp_path / "a.raw", 8, seed=14)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        assert admin.read("a", 0, len(data)) == data          # one read, many frames
+        admin.fail_node("node1")
+        admin.heal(wait=True)
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
