@@ -34,6 +34,7 @@ FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big
                            # keep round trips few while copying
 HEAL_STREAMS = 2
 MAX_ROUNDS = 32
+DROP_IDS = 1 << 20          # 8 MiB of ids a frame
 MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 20.0
@@ -336,13 +337,15 @@ class ClusterBlocks:
         """Drops ids from the nodes marked in `held`; an unreachable node drops them on return."""
         if self.members.holder is None:
             return
-        requests = {}
-        for node in np.flatnonzero(held.any(axis=0)).tolist():
-            sel = ids[held[:, node]]
-            requests[node] = (rpc.DROP, {"n": len(sel), "holder": self.members.holder},
-                              _payload(sel))
-        if requests:
-            self.members.call_many(requests, WRITE_TIMEOUT)
+        for start in range(0, len(ids), DROP_IDS):      # a VM's worth of ids: many frames
+            part_ids, part_held = ids[start:start + DROP_IDS], held[start:start + DROP_IDS]
+            requests = {}
+            for node in np.flatnonzero(part_held.any(axis=0)).tolist():
+                sel = part_ids[part_held[:, node]]
+                requests[node] = (rpc.DROP, {"n": len(sel), "holder": self.members.holder},
+                                  _payload(sel))
+            if requests:
+                self.members.call_many(requests, WRITE_TIMEOUT)
 
     # -- rebuild ------------------------------------------------------------------------------
 
