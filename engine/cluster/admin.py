@@ -94,6 +94,15 @@ class ClusterAdmin(LocalAdmin):
     def flush(self):
         self._refusable(self.pool.flush)
 
+    def import_image(self, name, source, progress=None):
+        try:
+            return super().import_image(name, source, progress)
+        except ReplicationError as e:
+            # The pool undoes a failed import and commits the undo, which the cluster refuses
+            # too: the first refusal is the one that says why.
+            first = e.__context__ if isinstance(e.__context__, ReplicationError) else e
+            raise first from None
+
     def _refusable(self, change, *args) -> None:
         """A write the cluster refuses (too few nodes) must leave nothing half-done behind:
         back to the last commit, as if it never started."""

@@ -106,6 +106,9 @@ def test_write_refused_below_min_replicas_changes_nothing(make_cluster, tmp_path
         cluster.kill("node2")
         with pytest.raises(BlockfoldError, match="min_replicas=2"):
             admin.write("a", 0, bytes(range(256)) * 32)
+        with pytest.raises(BlockfoldError, match="only 1 of 3 nodes are up"):
+            admin.import_image("b", str(tmp_path / "a.raw"))
+        assert admin.vm_names() == ["a"]
         admin.restore_node("node1")
         admin.restore_node("node2")
         assert admin.read("a", 0, len(data)) == data
