@@ -193,7 +193,7 @@ class ClusterAdmin(LocalAdmin):
                         "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
                         "blocks": node.blocks, "live_blocks": int(live[i]),
                         "under_replicated": int(short[i]), "weight": entry.weight,
-                        "catalog_version": node.version,
+                        "catalog_version": node.version, "last_seen": node.seen,
                         "error": node.error if node.state == DOWN else ""})
         return out
 
