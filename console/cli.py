@@ -19,7 +19,10 @@ examples:
   blockfold -p /srv/pool stats --json
   blockfold                      open the console on the default pool
 
-The pool is -p DIR, or $BLOCKFOLD_POOL.
+  blockfold cluster up /srv/cl --nodes 3 --replicas 2
+  blockfold -c /srv/cl vm import golden golden.raw
+
+The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR.
 """
 
 
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                "virtual-desktop disk images.", epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL)")
+    p.add_argument("-c", "--cluster", metavar="DIR",
+                   help="run the command against the cluster in DIR (see `cluster up`)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(parent, name, help, **kw):
@@ -127,9 +132,52 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-read and re-hash every block, reporting corrupt ones")
     cmd(sub, "fsck", "check every promise the pool makes; exit 1 if any is broken")
 
+    _cluster_commands(sub, cmd)
+
     con = sub.add_parser("console", help="open the console on a pool")
     con.add_argument("--read-only", action="store_true", help="hide destructive actions")
     return p
+
+
+def _cluster_commands(sub, cmd) -> None:
+    cluster = sub.add_parser("cluster", help="create, start and stop a cluster of nodes"
+                             ).add_subparsers(dest="action", metavar="ACTION")
+    up = cmd(cluster, "up", "create a local cluster in DIR if new, and start its nodes")
+    up.add_argument("dir", metavar="DIR")
+    up.add_argument("--nodes", type=_positive, default=3, metavar="N")
+    up.add_argument("--replicas", type=_positive, default=2, metavar="R",
+                    help="copies of every block (default 2)")
+    up.add_argument("--min-replicas", type=_positive, metavar="M",
+                    help="refuse writes that would have fewer copies (default min(2, R))")
+    up.add_argument("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE")
+    up.add_argument("--block-size", type=_positive, default=4096, metavar="N")
+    up.add_argument("--repair-delay", type=float, default=0.0, metavar="S",
+                    help="seconds a block may stay under-replicated before heal (default 0)")
+    down = cmd(cluster, "down", "stop the cluster's local nodes")
+    down.add_argument("dir", metavar="DIR")
+    add = cmd(cluster, "add", "join a node running elsewhere, pinning its host key now")
+    add.add_argument("dir", metavar="DIR")
+    add.add_argument("address", metavar="HOST:PORT")
+    add.add_argument("--name", metavar="NAME")
+    add.add_argument("--weight", type=float, default=1.0, metavar="W")
+
+    node = sub.add_parser("node", help="serve a node; list, fail and restore a cluster's nodes"
+                          ).add_subparsers(dest="action", metavar="ACTION")
+    serve = node.add_parser("serve", help="run one node (an SSH server) in the foreground")
+    serve.add_argument("--data", required=True, metavar="DIR")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0: any free")
+    serve.add_argument("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE")
+    serve.add_argument("--block-size", type=_positive, metavar="N")
+    cmd(node, "ls", "the nodes: state, latency, capacity, blocks")
+    for name, text in (("fail", "make a node unreachable (kill its process)"),
+                       ("restore", "bring a failed node back")):
+        sp = cmd(node, name, text)
+        sp.add_argument("name", metavar="NAME")
+        if name == "fail":
+            sp.add_argument("-y", "--yes", action="store_true",
+                            help="do not ask for confirmation")
+    heal = cmd(sub, "heal", "re-replicate under-replicated blocks")
+    heal.add_argument("--wait", action="store_true", help="until none is under-replicated")
 
 
 def pool_path(args) -> str:
@@ -179,5 +227,11 @@ def run(args) -> int:
         raise UsageError("vm needs an action: import, export, write, clone, rm or ls")
     if args.command == "console":
         return commands.console(args)
+    if args.command in ("cluster", "node") and args.action is None:
+        raise UsageError(f"{args.command} needs an action")
+    if args.command == "cluster":
+        return commands.cluster(args)
+    if (args.command, getattr(args, "action", None)) == ("node", "serve"):
+        return commands.node_serve(args)
     return commands.dispatch(args)
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-from engine.api import BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes
+from engine import api
+from engine.api import (BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes,
+                        parse_size)
 
 from .cli import UsageError, emit, pool_path
 from .progressbar import ProgressBar
 
 # Commands that only look need no write lock, so they run beside a serving process.
-READ_ONLY = {("vm", "export"), ("vm", "ls"), ("stats", None), ("blocks", None), ("fsck", None)}
+# Failing and restoring a node act on its process, so they run beside a cluster's writer too.
+READ_ONLY = {("vm", "export"), ("vm", "ls"), ("stats", None), ("blocks", None), ("fsck", None),
+             ("node", "ls"), ("node", "fail"), ("node", "restore")}
+CLUSTER_ONLY = {("node", "ls"), ("node", "fail"), ("node", "restore"), ("heal", None)}
 
 
 def pool_init(args) -> int:
@@ -26,9 +32,13 @@ def dispatch(args) -> int:
     readonly = key in READ_ONLY
     rebuild = ("full" if args.full else "fast") if args.command == "rebuild" else None
     bar = ProgressBar.if_terminal()
+    if key in CLUSTER_ONLY and not args.cluster:
+        raise UsageError(f"{' '.join(k for k in key if k)} needs a cluster: use -c DIR")
+    options = dict(readonly=readonly, rebuild=rebuild,
+                   progress=bar if args.command == "rebuild" else None)
     try:
-        with LocalAdmin.open(pool_path(args), readonly=readonly, rebuild=rebuild,
-                             progress=bar if args.command == "rebuild" else None) as admin:
+        with (api.open_cluster(args.cluster, **options) if args.cluster
+              else LocalAdmin.open(pool_path(args), **options)) as admin:
             return HANDLERS[key](admin, args, bar)
     finally:
         if bar:
@@ -118,7 +128,8 @@ def stats(admin, args, bar) -> int:
         f"refcounts       {hist}",
         f"metadata RAM    {human_bytes(s['metadata_ram_bytes'])}"
         f" ({s['metadata_ram_bytes_per_block']} B per block)",
-    ])
+    ] + ([f"nodes           {sum(n['state'] == 'up' for n in s['nodes'])} of {len(s['nodes'])} up",
+          f"under-replicated {s['under_replicated_blocks']} blocks"] if "nodes" in s else []))
     emit(args, s, text)
     return 0
 
@@ -156,6 +167,66 @@ def fsck(admin, args, bar) -> int:
     return 1 if problems else 0
 
 
+def _size(text):
+    try:
+        return parse_size(text) if text is not None else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def cluster(args) -> int:
+    if args.action == "up":
+        rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
+                              min_replicas=args.min_replicas, memory=_size(args.memory),
+                              block_size=args.block_size, repair_delay=args.repair_delay)
+    elif args.action == "down":
+        rows = api.cluster_down(args.dir)
+    else:
+        row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
+        emit(args, row, f"added {row['name']} at {row['address']}")
+        return 0
+    print(json.dumps({"cluster": args.dir, "nodes": rows}, indent=2))
+    return 0
+
+
+def node_serve(args) -> int:
+    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size)
+
+
+def node_ls(admin, args, bar) -> int:
+    nodes = admin.nodes()
+    rows = [(n["name"], n["address"], n["state"], f"{n['latency_ms']:.1f}",
+             human_bytes(n["capacity_bytes"]), str(n["live_blocks"]),
+             str(n["under_replicated"])) for n in nodes]
+    emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY MS", "CAPACITY", "BLOCKS",
+                             "UNDER-REPLICATED"), rows))
+    return 0
+
+
+def node_fail(admin, args, bar) -> int:
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"Fail node {args.name}? Its process is killed. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not failed", file=sys.stderr)
+            return 1
+    admin.fail_node(args.name)
+    emit(args, {"failed": args.name}, f"failed {args.name}")
+    return 0
+
+
+def node_restore(admin, args, bar) -> int:
+    admin.restore_node(args.name)
+    emit(args, {"restored": args.name}, f"restored {args.name}")
+    return 0
+
+
+def heal(admin, args, bar) -> int:
+    figures = admin.heal(wait=args.wait, progress=bar)
+    emit(args, figures, f"copied {figures['copied']} blocks, dropped {figures['dropped']};"
+         f" {figures['under_replicated']} under-replicated")
+    return 0
+
+
 def console_default(args) -> int:
     """`blockfold` alone: the console on $BLOCKFOLD_POOL, or on the default pool, made if new."""
     if not args.pool and not os.environ.get("BLOCKFOLD_POOL"):
@@ -188,4 +259,6 @@ HANDLERS = {
     ("vm", "clone"): vm_clone, ("vm", "rm"): vm_rm, ("vm", "ls"): vm_ls,
     ("stats", None): stats, ("blocks", None): blocks, ("rebuild", None): rebuild,
     ("fsck", None): fsck,
+    ("node", "ls"): node_ls, ("node", "fail"): node_fail, ("node", "restore"): node_restore,
+    ("heal", None): heal,
 }

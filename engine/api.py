@@ -66,6 +66,7 @@ class Admin:
     def nodes(self) -> list[dict]: raise NotImplementedError
     def fail_node(self, name: str) -> None: raise NotImplementedError
     def restore_node(self, name: str) -> None: raise NotImplementedError
+    def heal(self, wait: bool = True, progress: ProgressCallback | None = None) -> dict: raise NotImplementedError
 
     def close(self) -> None: raise NotImplementedError
 
@@ -131,4 +132,36 @@ class LocalAdmin(Admin):
     def restore_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
 
+    def heal(self, wait=True, progress=None):
+        raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
+
     def close(self): self.pool.close()
+
+
+# -- clusters (engine.cluster): imported on use, so a local pool never loads asyncssh ------------
+
+def open_cluster(path, **kwargs) -> Admin:
+    """The admin interface over a cluster directory; same keywords as LocalAdmin.open."""
+    from .cluster.admin import ClusterAdmin
+    return ClusterAdmin.open(path, **kwargs)
+
+
+def cluster_up(path, **kwargs) -> list[dict]:
+    from .cluster import lifecycle
+    return lifecycle.up(path, **kwargs)
+
+
+def cluster_down(path) -> list[dict]:
+    from .cluster import lifecycle
+    return lifecycle.down(path)
+
+
+def cluster_add(path, address: str, **kwargs) -> dict:
+    from .cluster import lifecycle
+    return lifecycle.add(path, address, **kwargs)
+
+
+def serve_node(data: str, listen: str, memory: int | None = None,
+               block_size: int | None = None) -> int:
+    from .net import node
+    return node.main(data, listen, memory, block_size)

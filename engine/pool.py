@@ -93,6 +93,15 @@ class Pool:
                 lock.release()
             raise
         blocks = LocalBlocks(store, fingerprint, int(catalog.get("collisions") or 0))
+        return cls.attach(path, catalog, blocks, lock=lock, readonly=readonly, rebuild=rebuild,
+                          progress=progress, wait=wait, actor=actor)
+
+    @classmethod
+    def attach(cls, path, catalog: Catalog, blocks, *, lock=None, readonly: bool = False,
+               rebuild: str | None = None, progress: ProgressCallback | None = None,
+               wait: bool = True, actor: str = "cli") -> "Pool":
+        """A pool over an open catalog and block layer (a local pool's, or a cluster's);
+        marks it in use and rebuilds its RAM metadata."""
         pool = cls(path, catalog, blocks, lock, readonly, actor)
         crashed = catalog.get("state") == "dirty"
         if not readonly:

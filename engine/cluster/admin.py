@@ -1,0 +1,241 @@
+"""ClusterAdmin: the admin interface (engine.api.Admin) over a cluster.
+
+The coordinator runs in this process: an engine.pool.Pool whose block layer is ClusterBlocks and
+whose catalog is a ReplicatedCatalog. A writable coordinator holds the nodes' write lease, renews
+it with heartbeats, brings returning nodes up to date, and heals under-replicated blocks once they
+have been short for the repair delay.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+from ..api import LocalAdmin
+from ..errors import BlockfoldError
+from ..pool import Pool, fingerprint
+from . import lifecycle, processes
+from .blocks import ClusterBlocks, ReplicationError
+from .catalog import ReplicatedCatalog
+from .config import ClusterConfig
+from .members import DOWN, RETURNING, UP, Members
+
+HEAL_POLL = 0.2
+
+
+class ClusterAdmin(LocalAdmin):
+    kind = "cluster"
+
+    def __init__(self, pool: Pool, members: Members, config: ClusterConfig):
+        super().__init__(pool)
+        self.members = members
+        self.config = config
+        self.name = str(config.path)
+        self.readonly = pool.readonly
+        self._stop = threading.Event()
+        self._short_since: float | None = None
+        self._rebalance = False         # a node came back: copies move back to their places
+        self._healer = None
+
+    @classmethod
+    def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
+             progress=None, wait: bool = True, actor: str = "cli") -> "ClusterAdmin":
+        config = ClusterConfig.load(path)
+        if not config.nodes:
+            raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
+        members = Members(config)
+        try:
+            members.probe_all()
+            for i, node in enumerate(members.nodes):
+                if node.state == RETURNING:       # first contact: not a return
+                    members.mark(i, UP)
+            if not readonly:
+                members.take_lease()
+            catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size)
+            if not readonly:
+                if catalog.version == 0:
+                    catalog.publish()
+                # Every replica names the nodes and R: with rendezvous placement, that says
+                # where each block's copies belong, whichever node the catalog is read from.
+                rule = json.dumps(
+                    {"replicas": config.replicas, "min_replicas": config.min_replicas,
+                     "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]})
+                if catalog.get("placement") != rule:
+                    catalog.set("placement", rule)
+                for i, node in enumerate(members.nodes):
+                    if node.state == UP and node.version != catalog.version:
+                        catalog.catch_up(i)
+            blocks = ClusterBlocks(members, config, fingerprint,
+                                   int(catalog.get("collisions") or 0))
+            pool = Pool.attach(config.path, catalog, blocks, readonly=readonly, rebuild=rebuild,
+                               progress=progress, wait=True, actor=actor)
+            if not readonly:
+                catalog.ship()      # "in use" (dirty) on the nodes now: a crash shows next open
+        except BaseException:
+            members.close()
+            raise
+        admin = cls(pool, members, config)
+        members.start_heartbeats()
+        admin._healer = threading.Thread(target=admin._tend, daemon=True,
+                                         name="blockfold-healer")
+        admin._healer.start()
+        return admin
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, name, offset, data):
+        self._refusable(self.pool.write, name, offset, data)
+
+    def trim(self, name, offset, length):
+        self._refusable(self.pool.trim, name, offset, length)
+
+    def flush(self):
+        self._refusable(self.pool.flush)
+
+    def import_image(self, name, source, progress=None):
+        try:
+            return super().import_image(name, source, progress)
+        except ReplicationError as e:
+            # The pool undoes a failed import and commits the undo, which the cluster refuses
+            # too: the first refusal is the one that says why.
+            first = e.__context__ if isinstance(e.__context__, ReplicationError) else e
+            raise first from None
+
+    def _refusable(self, change, *args) -> None:
+        """A write the cluster refuses (too few nodes) must leave nothing half-done behind:
+        back to the last commit, as if it never started."""
+        try:
+            change(*args)
+        except ReplicationError:
+            with self.pool._lock:
+                if self.pool.catalog.in_transaction:
+                    self.pool._abort()
+            raise
+
+    # -- returning nodes and heal -------------------------------------------------------------
+
+    def _rejoin_returning(self) -> None:
+        for i, node in enumerate(self.members.nodes):
+            if node.state == RETURNING:
+                self._rejoin(i)
+
+    def _rejoin(self, i: int) -> bool:
+        """Catches a returning node up: the catalog, then which blocks it holds."""
+        with self.pool._lock:
+            if self.pool.catalog is None:
+                return False
+            if not self.readonly and not self.pool.catalog.catch_up(i):
+                return False
+            self.pool.blocks.rejoin(i, reclaim=not self.readonly)
+            self.members.mark(i, UP)
+            self._rebalance = True
+        return True
+
+    def _tend(self) -> None:
+        """Beside the heartbeats (which must never wait on the pool): catches returning nodes
+        up, and heals once blocks have been short of R copies for the repair delay."""
+        while not self._stop.wait(HEAL_POLL):
+            try:
+                self._rejoin_returning()
+                if self.readonly:
+                    continue
+                if self._rebalance:
+                    self._rebalance = False
+                    self.pool.blocks.heal(cancel=self._stop)
+                if self.pool.blocks.under_replicated() == 0:
+                    self._short_since = None
+                    continue
+                now = time.monotonic()
+                if self._short_since is None:
+                    self._short_since = now
+                if now - self._short_since >= self.config.repair_delay:
+                    self.pool.blocks.heal(cancel=self._stop)
+            except Exception:     # noqa: BLE001 - the next round tries again
+                pass
+
+    def heal(self, wait: bool = True, progress=None) -> dict:
+        """Re-replicates every under-replicated block; with wait, until none is left."""
+        if self.readonly:
+            raise BlockfoldError("heal needs a writable cluster")
+        replicas = self.config.replicas
+        while True:
+            self.members.probe_all()
+            self._rejoin_returning()
+            figures = self.pool.blocks.heal(progress)
+            if not wait or figures["under_replicated"] == 0:
+                return figures
+            if figures["unreachable"] and not figures["copied"]:
+                raise BlockfoldError(f"{figures['unreachable']} blocks have no reachable copy:"
+                                     " restore the nodes that hold them")
+            up = int(self.members.up_mask().sum())
+            if up < replicas:
+                raise BlockfoldError(f"only {up} nodes are up: {replicas} copies of every block"
+                                     f" need {replicas}; restore a node first")
+            time.sleep(HEAL_POLL)
+
+    # -- views --------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        s = self.pool.stats()
+        s["nodes"] = self.nodes()
+        s["under_replicated_blocks"] = self.pool.blocks.under_replicated()
+        return s
+
+    def nodes(self) -> list[dict]:
+        """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
+        blocks the coordinator knows it holds, and how many of those are under-replicated."""
+        live, short = self.pool.blocks.per_node()
+        out = []
+        for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes)):
+            out.append({"name": entry.name, "address": entry.address, "state": node.state,
+                        "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
+                        "blocks": node.blocks, "live_blocks": int(live[i]),
+                        "under_replicated": int(short[i]), "weight": entry.weight,
+                        "catalog_version": node.version, "last_seen": node.seen,
+                        "error": node.error if node.state == DOWN else ""})
+        return out
+
+    # -- simulated loss -----------------------------------------------------------------------
+
+    def fail_node(self, name: str) -> None:
+        fail_node(self.config, name)
+        self.members.mark_down(self.members.index(name), "failed by the operator")
+
+    def restore_node(self, name: str) -> None:
+        restore_node(self.config, name)
+        i = self.members.index(name)
+        self.members.probe(i)
+        if self.members.nodes[i].state == RETURNING:
+            self._rejoin(i)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._healer:
+            self._healer.join(10)
+        try:
+            self.pool.close()
+        finally:
+            self.members.close()
+
+
+def fail_node(config: ClusterConfig, name: str) -> None:
+    """Kills a local node's process (kill -9: no goodbye) and records it as failed."""
+    entry = config.node(name)
+    if not entry.data:
+        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
+    processes.stop(entry, signal.SIGKILL)
+    entry.failed = True
+    config.save()
+
+
+def restore_node(config: ClusterConfig, name: str) -> None:
+    """Restarts a local node on its data dir and address."""
+    entry = config.node(name)
+    if not entry.data:
+        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
+                             " host")
+    if processes.is_running(entry):
+        return
+    lifecycle.start_local(config, [entry])

@@ -1,0 +1,90 @@
+"""A cluster directory: cluster.json (the nodes, their pinned host keys, R, min_replicas, the
+repair delay), the admin key pair every node authorises, and the data dirs of local nodes.
+
+cluster.json is rewritten whole through a temporary file and a rename, so a crash never leaves
+half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from ..errors import BlockfoldError
+
+CONFIG_FILE = "cluster.json"
+ADMIN_KEY = "admin_key"
+
+
+@dataclass
+class NodeEntry:
+    name: str
+    address: str
+    host_key: str = ""
+    weight: float = 1.0
+    data: str | None = None        # local nodes only: their data dir
+    pid: int | None = None
+    memory: int | None = None
+    failed: bool = False           # stopped by `node fail`
+
+
+@dataclass
+class ClusterConfig:
+    path: Path
+    block_size: int = 4096
+    replicas: int = 2
+    min_replicas: int = 1
+    repair_delay: float = 0.0
+    nodes: list[NodeEntry] = field(default_factory=list)
+
+    @property
+    def admin_key(self) -> Path:
+        return self.path / ADMIN_KEY
+
+    def node(self, name: str) -> NodeEntry:
+        for entry in self.nodes:
+            if entry.name == name:
+                return entry
+        raise BlockfoldError(f"no node named {name!r} in cluster {self.path}")
+
+    def save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        tmp = self.path / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.path / CONFIG_FILE)
+
+    @classmethod
+    def load(cls, path) -> "ClusterConfig":
+        path = Path(path)
+        try:
+            data = json.loads((path / CONFIG_FILE).read_text())
+        except FileNotFoundError:
+            raise BlockfoldError(f"{path} is not a Blockfold cluster (no {CONFIG_FILE})") from None
+        except ValueError as e:
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
+        nodes = [NodeEntry(**n) for n in data.pop("nodes", [])]
+        return cls(path=path, nodes=nodes, **data)
+
+    @classmethod
+    def create(cls, path, replicas: int, min_replicas: int, block_size: int,
+               repair_delay: float) -> "ClusterConfig":
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="blockfold-admin")
+        key.write_private_key(str(path / ADMIN_KEY))
+        os.chmod(path / ADMIN_KEY, 0o600)
+        key.write_public_key(str(path / (ADMIN_KEY + ".pub")))
+        config = cls(path, block_size, replicas, min_replicas, repair_delay)
+        config.save()
+        return config
+
+    def admin_public_key(self) -> str:
+        return (self.path / (ADMIN_KEY + ".pub")).read_text()
+
+
+def is_cluster(path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()

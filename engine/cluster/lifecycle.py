@@ -1,0 +1,90 @@
+"""`blockfold cluster up/down/add`: make a local cluster directory, start and stop its nodes,
+and join nodes that run elsewhere (pinning their host key on first contact)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+from ..errors import BlockfoldError
+from ..net.client import fetch_host_key
+from ..net.node import AUTHORIZED_KEYS, HOST_KEY, NODE_FILE
+from . import processes
+from .config import ClusterConfig, NodeEntry, is_cluster
+
+
+def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
+       memory: int | None = None, block_size: int = 4096,
+       repair_delay: float = 0.0) -> list[dict]:
+    """Creates the cluster if new, then starts every local node that is not running."""
+    path = Path(path)
+    if is_cluster(path):
+        config = ClusterConfig.load(path)
+    else:
+        if nodes < 1:
+            raise BlockfoldError(f"bad node count {nodes}: a cluster needs at least one node")
+        if not 1 <= replicas <= nodes:
+            raise BlockfoldError(f"bad replica count {replicas}: use 1 to {nodes} (the nodes)")
+        if min_replicas is None:
+            min_replicas = min(2, replicas)
+        if not 1 <= min_replicas <= replicas:
+            raise BlockfoldError(f"bad min_replicas {min_replicas}: use 1 to {replicas}")
+        if path.exists() and any(path.iterdir()):
+            raise BlockfoldError(f"{path} exists and is not an empty directory")
+        config = ClusterConfig.create(path, replicas, min_replicas, block_size, repair_delay)
+        for k in range(1, nodes + 1):
+            name = f"node{k}"
+            data = path / "nodes" / name
+            data.mkdir(parents=True)
+            (data / AUTHORIZED_KEYS).write_text(config.admin_public_key())
+            (data / NODE_FILE).write_text(json.dumps({"name": name, "block_size": block_size}))
+            config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
+                                          memory=memory))
+        config.save()
+    start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+    return [node_row(e) for e in config.nodes]
+
+
+def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
+    if not entries:
+        return
+    for entry, (pid, address) in zip(entries, processes.start(entries)):
+        entry.pid, entry.address, entry.failed = pid, address, False
+        if not entry.host_key:
+            entry.host_key = (Path(entry.data) / (HOST_KEY + ".pub")).read_text().strip()
+    config.save()
+
+
+def node_row(entry: NodeEntry) -> dict:
+    running = processes.is_running(entry) if entry.data else None
+    return {"name": entry.name, "address": entry.address, "pid": entry.pid if running else None,
+            "local": bool(entry.data), "running": running}
+
+
+def down(path) -> list[dict]:
+    config = ClusterConfig.load(path)
+    for entry in config.nodes:
+        if entry.data:
+            processes.stop(entry, signal.SIGTERM)
+    return [node_row(e) for e in config.nodes]
+
+
+def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dict:
+    """Joins a node that runs elsewhere; its host key is pinned now, on first contact."""
+    config = ClusterConfig.load(path)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT")
+    if any(e.address == address for e in config.nodes):
+        raise BlockfoldError(f"a node at {address} is already in cluster {config.path}")
+    name = name or f"node{len(config.nodes) + 1}"
+    if any(e.name == name for e in config.nodes):
+        raise BlockfoldError(f"a node named {name!r} is already in cluster {config.path}")
+    if weight <= 0:
+        raise BlockfoldError(f"bad weight {weight}: it must be positive")
+    key = asyncio.run(fetch_host_key(address))
+    config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
+    config.save()
+    return {"name": name, "address": address, "host_key": key}

@@ -1,0 +1,228 @@
+"""Membership and health: every node's connection, its state, and what its heartbeats said.
+
+States: up (answers), suspect (missed a heartbeat), down (missed several, or unreachable),
+returning (answers again after being down: it must catch up before it counts as up). A failed
+request marks its node down at once, so the next request goes to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+import time
+
+import numpy as np
+
+from ..errors import BlockfoldError
+from ..net import rpc
+from ..net.client import IoLoop, NodeClient, NodeUnreachable
+from .config import ClusterConfig
+from .placement import node_seed
+
+UP, SUSPECT, DOWN, RETURNING = "up", "suspect", "down", "returning"
+HEARTBEAT_INTERVAL = 0.5
+DOWN_AFTER_MISSES = 3
+LEASE_SECONDS = 10.0
+
+
+class NodeState:
+    def __init__(self, client: NodeClient):
+        self.client = client
+        self.state = DOWN
+        self.misses = 0
+        self.latency_ms = 0.0
+        self.capacity_bytes = 0
+        self.blocks = 0
+        self.version = 0
+        self.seen = 0.0
+        self.error = ""
+
+
+class Members:
+    def __init__(self, config: ClusterConfig, holder: str | None = None):
+        self.config = config
+        self.io = IoLoop()
+        self.holder = holder            # the write lease we hold, if any
+        self.nodes = [NodeState(NodeClient(e.name, e.address, e.host_key or None,
+                                           str(config.admin_key))) for e in config.nodes]
+        self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
+        self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @staticmethod
+    def holder_id() -> str:
+        """Names the writer for whoever is refused; the suffix tells two opens in one process
+        apart."""
+        return f"{socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(3)})"
+
+    def names(self) -> list[str]:
+        return [n.client.name for n in self.nodes]
+
+    def index(self, name: str) -> int:
+        for i, n in enumerate(self.nodes):
+            if n.client.name == name:
+                return i
+        raise BlockfoldError(f"no node named {name!r} in cluster {self.config.path}")
+
+    def up_mask(self) -> np.ndarray:
+        """Nodes that serve requests (up or suspect)."""
+        return np.array([n.state in (UP, SUSPECT) for n in self.nodes], dtype=bool)
+
+    def healthy_mask(self) -> np.ndarray:
+        """Nodes that answered their last heartbeat (up, not suspect)."""
+        return np.array([n.state == UP for n in self.nodes], dtype=bool)
+
+    def reachable_mask(self) -> np.ndarray:
+        """Nodes that may answer: everything not down (returning nodes too)."""
+        return np.array([n.state != DOWN for n in self.nodes], dtype=bool)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def call(self, i: int, kind: int, header: dict | None = None, payload=b"", *,
+             timeout: float = 10.0):
+        return self.call_many({i: (kind, header, payload)}, timeout)[i]
+
+    def call_many(self, requests: dict, timeout: float = 10.0, mark: bool = True) -> dict:
+        """Sends requests {node: (kind, header, payload)} at once; {node: reply or exception}.
+
+        A node that cannot be reached is marked down (unless `mark` is False: heartbeats
+        judge for themselves); a node's error reply is returned as rpc.RemoteError and leaves
+        it up.
+        """
+        async def one(i, kind, header, payload):
+            started = time.monotonic()
+            try:
+                reply = await self.nodes[i].client.call(kind, header, payload, timeout)
+                self._answered(i, time.monotonic() - started)
+                return reply
+            except rpc.RemoteError as e:
+                return e
+            except (NodeUnreachable, BlockfoldError) as e:
+                if mark:
+                    self.mark_down(i, str(e))
+                return e
+
+        async def all_of():
+            items = list(requests.items())
+            results = await asyncio.gather(*(one(i, *req) for i, req in items))
+            return dict(zip((i for i, _ in items), results))
+
+        try:
+            return self.io.run(all_of(), timeout + 5)
+        except NodeUnreachable as e:
+            for i in requests:
+                self.mark_down(i, str(e))
+            return {i: e for i in requests}
+
+    def _answered(self, i: int, seconds: float) -> None:
+        node = self.nodes[i]
+        with self.lock:
+            node.misses = 0
+            node.latency_ms = round(seconds * 1000, 3)
+            node.seen = time.time()
+            if node.state == SUSPECT:
+                node.state = UP
+
+    def mark_down(self, i: int, error: str = "") -> None:
+        with self.lock:
+            self.nodes[i].state = DOWN
+            self.nodes[i].error = error
+
+    def mark(self, i: int, state: str) -> None:
+        with self.lock:
+            self.nodes[i].state = state
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def probe(self, i: int) -> dict | Exception:
+        """One heartbeat to one node; see probe_all."""
+        return self.probe_all([i])[i]
+
+    def probe_all(self, nodes=None) -> dict:
+        """Heartbeats, all at once: a node that does not answer delays no other. Refreshes the
+        figures; a down node that answers becomes returning. {node: figures or exception}"""
+        nodes = range(len(self.nodes)) if nodes is None else nodes
+        header = {"holder": self.holder, "lease": LEASE_SECONDS} if self.holder else {}
+        replies = self.call_many({i: (rpc.HEARTBEAT, header, b"") for i in nodes},
+                                 timeout=2.0, mark=False)
+        return {i: self._beat(i, reply) for i, reply in replies.items()}
+
+    def _beat(self, i: int, reply) -> dict | Exception:
+        node = self.nodes[i]
+        if isinstance(reply, rpc.RemoteError):
+            return reply
+        if isinstance(reply, Exception):
+            # A refused connection is a node gone; a slow answer makes it suspect first.
+            if not getattr(reply, "timed_out", False):
+                self.mark_down(i, str(reply))
+                return reply
+            with self.lock:
+                node.misses += 1
+                if node.state in (UP, SUSPECT):
+                    node.state = SUSPECT if node.misses < DOWN_AFTER_MISSES else DOWN
+            return reply
+        info = reply[0]
+        if info.get("block_size") != self.config.block_size:
+            self.mark_down(i, f"node block size {info.get('block_size')} is not the cluster's"
+                              f" {self.config.block_size}")
+            return BlockfoldError(self.nodes[i].error)
+        with self.lock:
+            node.capacity_bytes = info["capacity_bytes"]
+            node.blocks = info["blocks"]
+            node.version = info["version"]
+            if node.state == DOWN:
+                node.state = RETURNING
+        return info
+
+    def start_heartbeats(self) -> None:
+        def beat():
+            while not self._stop.wait(HEARTBEAT_INTERVAL):
+                self.probe_all()
+
+        self._thread = threading.Thread(target=beat, name="blockfold-heartbeat", daemon=True)
+        self._thread.start()
+
+    # -- the write lease ----------------------------------------------------------------------
+
+    def take_lease(self) -> None:
+        """The write lease on every node that answers; another writer's lease is an error."""
+        self.holder = self.holder_id()
+        up = [i for i, n in enumerate(self.nodes) if n.state != DOWN]
+        replies = self.call_many({i: (rpc.LEASE, {"holder": self.holder,
+                                                  "seconds": LEASE_SECONDS}, b"") for i in up})
+        for i, reply in replies.items():
+            if isinstance(reply, rpc.RemoteError) and "in use by" in str(reply):
+                self.release_lease()
+                raise BlockfoldError(f"cluster {self.config.path} is {reply}")
+
+    def lease_on(self, i: int) -> bool:
+        """Takes our lease on one node (a node that restarted has forgotten it)."""
+        reply = self.call(i, rpc.LEASE, {"holder": self.holder, "seconds": LEASE_SECONDS},
+                          timeout=5.0)
+        return not isinstance(reply, Exception)
+
+    def release_lease(self) -> None:
+        if self.holder:
+            live = [i for i, n in enumerate(self.nodes) if n.state != DOWN]
+            self.call_many({i: (rpc.RELEASE, {"holder": self.holder}, b"") for i in live},
+                           timeout=2.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        if self.holder:
+            self.release_lease()
+        async def close_all():
+            await asyncio.gather(*(n.client.close() for n in self.nodes))
+
+        try:
+            self.io.run(close_all(), 5)
+        except Exception:   # noqa: BLE001 - closing anyway
+            pass
+        self.io.close()

@@ -1,0 +1,240 @@
+"""What one node keeps: blocks by cluster-wide id, a replica of the cluster catalog, the lease.
+
+Blocks live in an engine.blockstore.BlockStore (slot files on disk, or anonymous memory for a RAM
+node) and are found through an engine.index.FingerprintIndex keyed by block id. A slot's 16-byte
+hash record holds (block id, second word of the block's xxh3-128): the id finds the block again
+after a restart, the hash word lets a scrub spot rotten bytes. A put writes the bytes first and
+the record last, and the node handles only complete frames, so no partial block is ever visible.
+
+The node holds no refcounts: the coordinator says what to store and what to drop.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from ..blockstore import BlockStore
+from ..index import FingerprintIndex
+from . import changeset
+
+STORED, SAME, COLLISION = 0, 1, 2
+CATALOG_FILE = "catalog.db"
+INVENTORY_PAGE = 1 << 20
+
+
+class NodeError(Exception):
+    """A request the node refuses; the message goes back to the caller."""
+
+
+class NodeStore:
+    def __init__(self, directory: Path, block_size: int, memory: int | None = None):
+        self.directory = directory
+        self.block_size = block_size
+        self.memory = memory
+        self.store = BlockStore(None if memory else directory, block_size)
+        self.max_slots = memory // block_size + 1 if memory else None
+        used = np.flatnonzero(self.store.hashes[:, 0]).astype(np.uint64)
+        used = used[used != 0]
+        self.index = FingerprintIndex(int(len(used) / 0.5) + 1)
+        if len(used):
+            self.index.insert(self.store.hashes[used, 0].copy(), used)
+        free = np.setdiff1d(np.arange(1, self.store.capacity, dtype=np.uint64), used)
+        self._free = list(free[::-1].tolist())
+        self.held = len(used)
+        self.dirty = False
+        self.catalog = self._open_catalog()
+        self.lease_holder: str | None = None
+        self.lease_expires = 0.0
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def _slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """The slot holding each id, or 0."""
+        slots = self.index.lookup(ids)
+        stale = self.store.hashes[slots, 0] != ids
+        slots[stale] = 0
+        return slots
+
+    def _allocate(self) -> int:
+        if not self._free:
+            if self.max_slots is not None and self.store.capacity >= self.max_slots:
+                raise NodeError(f"node is full ({self.memory} bytes of memory)")
+            grown = self.store.grow(1)
+            if self.max_slots is not None:
+                grown = grown[grown < self.max_slots]
+            self._free = grown[::-1].tolist() + self._free
+            if not self._free:
+                raise NodeError(f"node is full ({self.memory} bytes of memory)")
+        return int(self._free.pop())
+
+    def put(self, ids: np.ndarray, data) -> np.ndarray:
+        """Stores each block under its id, or compares it with the copy already held."""
+        bs = self.block_size
+        if len(data) != len(ids) * bs:
+            raise NodeError(f"put of {len(ids)} ids carries {len(data)} bytes, not"
+                            f" {len(ids) * bs}")
+        if (ids == 0).any():
+            raise NodeError("block id 0 is not valid")
+        blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, bs)
+        slots = self._slots_of(ids)
+        status = np.full(len(ids), STORED, dtype=np.uint8)
+        held = np.flatnonzero(slots)
+        if len(held):
+            same = (self.store.data[slots[held]] == blocks[held]).all(axis=1)
+            status[held] = np.where(same, SAME, COLLISION)
+        fresh = np.flatnonzero(slots == 0)
+        if len(fresh):
+            keys, first = np.unique(ids[fresh], return_index=True)
+            firsts = fresh[first]
+            repeats = np.setdiff1d(fresh, firsts)       # the same id twice in one put
+            if len(repeats):
+                twin = firsts[np.searchsorted(keys, ids[repeats])]
+                same = (blocks[twin] == blocks[repeats]).all(axis=1)
+                status[repeats] = np.where(same, SAME, COLLISION)
+            taken = np.array([self._allocate() for _ in range(len(firsts))], dtype=np.uint64)
+            words = np.frombuffer(b"".join(xxhash.xxh3_128_digest(b) for b in blocks[firsts]),
+                                  dtype=np.uint64).reshape(-1, 2)[:, 1]
+            self.store.data[taken] = blocks[firsts]
+            # The record last: only now does the block become visible.
+            self.store.hashes[taken] = np.stack([keys, words], axis=1)
+            self.index.insert(keys, taken, keep=self._live)
+            self.held += len(firsts)
+            self.dirty = True
+        return status
+
+    def _live(self, slots: np.ndarray) -> np.ndarray:
+        return self.store.hashes[slots, 0] != 0
+
+    def get(self, ids: np.ndarray) -> tuple[bytes, list[int]]:
+        """The bytes of every id held, and the positions of those not held."""
+        slots = self._slots_of(ids)
+        missing = np.flatnonzero(slots == 0)
+        found = slots[slots != 0]
+        return self.store.data[found].tobytes(), missing.tolist()
+
+    def drop(self, ids: np.ndarray) -> int:
+        slots = np.unique(self._slots_of(ids))
+        slots = slots[slots != 0]
+        self.store.hashes[slots] = 0
+        self._free.extend(slots.tolist())
+        self.held -= len(slots)
+        self.dirty = True
+        return len(slots)
+
+    def inventory(self, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(ids, hash words) held in slots from `start`, a page at a time; next start or 0."""
+        end = min(self.store.capacity, start + INVENTORY_PAGE)
+        words = self.store.hashes[start:end]
+        used = np.flatnonzero(words[:, 0])
+        return (words[used, 0].copy(), words[used, 1].copy(),
+                end if end < self.store.capacity else 0)
+
+    def scrub(self) -> list[int]:
+        """Ids whose bytes no longer hash to their record."""
+        bad = []
+        for slot in np.flatnonzero(self.store.hashes[:, 0]).tolist():
+            if slot == 0:
+                continue
+            word = np.frombuffer(xxhash.xxh3_128_digest(self.store.data[slot]), np.uint64)[1]
+            if word != self.store.hashes[slot, 1]:
+                bad.append(int(self.store.hashes[slot, 0]))
+        return bad
+
+    def sync(self) -> None:
+        if self.dirty and not self.memory:
+            self.store.sync()
+        self.dirty = False
+
+    @property
+    def capacity_bytes(self) -> int:
+        if self.memory:
+            return self.memory
+        st = os.statvfs(self.directory)
+        return self.held * self.block_size + st.f_bavail * st.f_frsize
+
+    # -- catalog replica ----------------------------------------------------------------------
+
+    def _open_catalog(self) -> sqlite3.Connection:
+        if self.memory:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.directory / CATALOG_FILE, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
+        return conn
+
+    @property
+    def version(self) -> int:
+        row = self.catalog.execute("SELECT version FROM replica").fetchone()
+        return row[0] if row else 0
+
+    def _set_version(self, version: int) -> None:
+        self.catalog.execute("DELETE FROM replica")
+        self.catalog.execute("INSERT INTO replica VALUES (?)", (version,))
+
+    def catalog_image(self) -> bytes:
+        return self.catalog.serialize()
+
+    def install_catalog(self, image: bytes, version: int) -> None:
+        """Replaces the replica with a whole catalog image at `version`."""
+        if self.memory:
+            self.catalog.deserialize(image)
+        else:
+            path = self.directory / CATALOG_FILE
+            tmp = path.with_suffix(".tmp")
+            staging = sqlite3.connect(":memory:")
+            staging.deserialize(image)
+            tmp.unlink(missing_ok=True)
+            target = sqlite3.connect(tmp)
+            staging.backup(target)
+            target.close()
+            staging.close()
+            self.catalog.close()
+            for suffix in ("-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            os.replace(tmp, path)
+            self.catalog = self._open_catalog()
+        self.catalog.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
+        self._set_version(version)
+
+    def apply_changes(self, base: int, version: int, changes: list[dict]) -> None:
+        have = self.version
+        if have != base:
+            raise NodeError(f"catalog replica is at version {have}, not {base}")
+        conn = self.catalog
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            changeset.apply(conn, changes)
+            self._set_version(version)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- the write lease ----------------------------------------------------------------------
+
+    def lease(self, holder: str, seconds: float) -> None:
+        now = time.monotonic()
+        if self.lease_holder not in (None, holder) and now < self.lease_expires:
+            raise NodeError(f"in use by {self.lease_holder}")
+        self.lease_holder, self.lease_expires = holder, now + seconds
+
+    def check_lease(self, holder) -> None:
+        if holder != self.lease_holder or time.monotonic() >= self.lease_expires:
+            raise NodeError("this change needs the write lease, which the caller does not hold")
+
+    def release(self, holder: str) -> None:
+        if self.lease_holder == holder:
+            self.lease_holder, self.lease_expires = None, 0.0
+
+    def close(self) -> None:
+        self.sync()
+        self.catalog.close()
+        self.store.close()

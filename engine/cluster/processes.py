@@ -1,0 +1,107 @@
+"""Local node processes: start one detached, wait for its `ready` line, stop or kill it.
+
+A pid from cluster.json is only acted on if /proc says it still runs a node on that data dir, so a
+reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import BlockfoldError
+from .config import NodeEntry
+
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+LOG_FILE = "node.log"
+
+
+def start(entries: list[NodeEntry]) -> list[tuple[int, str]]:
+    """Starts local nodes, each in its own session, and waits for every `ready` line.
+
+    Returns (pid, the address it listens on) for each; a node that fails to start is an error
+    naming it, and the others started with it are stopped again.
+    """
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    procs = []
+    for entry in entries:
+        cmd = [sys.executable, "-m", "engine.net.node", "--data", entry.data,
+               "--listen", entry.address]
+        if entry.memory:
+            cmd += ["--memory", str(entry.memory)]
+        with open(Path(entry.data) / LOG_FILE, "ab") as log:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          env=env))
+    results, error = [], None
+    for entry, proc in zip(entries, procs):
+        text = _ready_line(proc)
+        if not text.startswith("ready ") and error is None:
+            log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
+            last = log_tail.splitlines()[-1] if log_tail else "no output"
+            error = BlockfoldError(f"node {entry.name} did not start: {last}")
+        results.append((proc.pid, text.split(" ", 1)[-1]))
+    for proc in procs:
+        if error is not None:
+            proc.kill()
+            proc.wait()
+        else:
+            # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
+            proc.returncode = 0
+    if error is not None:
+        raise error
+    return results
+
+
+def _ready_line(proc) -> str:
+    line = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not line.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 256)
+            if not chunk:
+                break
+            line += chunk
+    proc.stdout.close()
+    return line.decode(errors="replace").strip()
+
+
+def is_running(entry: NodeEntry) -> bool:
+    pid = entry.pid
+    if not pid:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)      # reaps it if it is our own child and has exited
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return b"engine.net.node" in cmdline and entry.data.encode() in cmdline
+
+
+def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:
+    """Signals the node and waits until it is gone (SIGKILL if SIGTERM is not enough)."""
+    if not is_running(entry):
+        return
+    os.kill(entry.pid, sig)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while is_running(entry):
+        if time.monotonic() > deadline:
+            os.kill(entry.pid, signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT
+        time.sleep(0.01)

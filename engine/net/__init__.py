@@ -1,0 +1,1 @@
+"""SSH transport: the node server, the client connection and the framed RPC between them."""

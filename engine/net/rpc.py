@@ -1,0 +1,107 @@
+"""The framed RPC spoken over the `blockfold-rpc` SSH subsystem.
+
+A frame is a fixed 16-byte header (magic, version, type, request id, body length) and a body: a
+u32 length, a small JSON header, then raw bytes (block data, a catalog image). Replies carry the
+request's id, so many requests can be in flight on one channel; a node answers them in order.
+Every field is checked before anything is trusted: a frame with a bad magic or version, or a body
+over MAX_BODY, cannot be resynchronised and closes the channel; an unknown type or a bad body gets
+an error reply and the channel goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+MAGIC = b"BFRP"
+VERSION = 1
+HEADER = struct.Struct("!4sBBxxII")      # magic, version, type, pad, request id, body length
+BODY_HEADER = struct.Struct("!I")        # JSON header length
+MAX_BODY = 64 << 20
+CATALOG_PART = 16 << 20      # catalog images and changesets travel in parts of this size
+SUBSYSTEM = "blockfold-rpc"
+
+# Request types. A reply is REPLY or ERROR with the request's id.
+HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB = 1, 2, 3, 4, 5, 6, 7
+CATALOG_VERSION, CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL = 10, 11, 12, 13
+LEASE, HEARTBEAT, RELEASE = 20, 21, 22
+REPLY, ERROR = 0x80, 0x81
+REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, CATALOG_VERSION, CATALOG_FETCH,
+            CATALOG_APPLY, CATALOG_INSTALL, LEASE, HEARTBEAT, RELEASE}
+
+
+class FrameError(Exception):
+    """A frame that cannot be trusted; `fatal` means the stream cannot be resynchronised."""
+
+    def __init__(self, message: str, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class RemoteError(Exception):
+    """The node answered with an error."""
+
+
+def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
+    meta = json.dumps(header or {}, separators=(",", ":")).encode()
+    body_len = BODY_HEADER.size + len(meta) + len(payload)
+    if body_len > MAX_BODY:
+        raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
+    return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
+                     BODY_HEADER.pack(len(meta)), meta, payload))
+
+
+def parse_header(raw: bytes) -> tuple[int, int, int]:
+    """(type, request id, body length) of a frame header."""
+    magic, version, kind, request_id, body_len = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise FrameError("bad frame magic", fatal=True)
+    if version != VERSION:
+        raise FrameError(f"unsupported RPC version {version} (this node speaks {VERSION})",
+                         fatal=True)
+    if body_len > MAX_BODY:
+        raise FrameError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap", fatal=True)
+    return kind, request_id, body_len
+
+
+def parse_body(body: bytes) -> tuple[dict, memoryview]:
+    """The JSON header (a dict) and the raw payload of a frame body."""
+    if len(body) < BODY_HEADER.size:
+        raise FrameError("frame body too short", fatal=False)
+    (meta_len,) = BODY_HEADER.unpack_from(body)
+    end = BODY_HEADER.size + meta_len
+    if end > len(body):
+        raise FrameError("frame header length runs past the body", fatal=False)
+    try:
+        header = json.loads(bytes(body[BODY_HEADER.size:end]))
+    except (ValueError, UnicodeDecodeError):
+        raise FrameError("frame header is not JSON", fatal=False) from None
+    if not isinstance(header, dict):
+        raise FrameError("frame header is not a JSON object", fatal=False)
+    return header, memoryview(body)[end:]
+
+
+class FrameReader:
+    """Splits a byte stream into frames: feed() bytes, then take the complete frames."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._want: tuple[int, int, int] | None = None
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """Complete frames (type, request id, body) in the data so far; raises FrameError."""
+        self._buf += data
+        frames = []
+        while True:
+            if self._want is None:
+                if len(self._buf) < HEADER.size:
+                    return frames
+                self._want = parse_header(bytes(self._buf[:HEADER.size]))
+                del self._buf[:HEADER.size]
+            kind, request_id, body_len = self._want
+            if len(self._buf) < body_len:
+                return frames
+            body = bytes(self._buf[:body_len])
+            del self._buf[:body_len]
+            self._want = None
+            frames.append((kind, request_id, body))

@@ -1,0 +1,211 @@
+"""Losing nodes loses no acknowledged byte; reads fail over; heal restores R copies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.api import BlockfoldError
+
+from .conftest import image
+
+
+def test_kill_a_node_mid_import_then_heal(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "golden.raw", 8)
+    killed = threading.Event()
+
+    def progress(p):
+        if p.phase == "import" and p.fraction > 0.3 and not killed.is_set():
+            killed.set()
+            cluster.kill("node2")
+
+    with cluster.open() as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"), progress)
+        assert killed.is_set()
+        assert admin.read("golden", 0, len(data)) == data
+        figures = admin.heal(wait=False)
+        assert figures["under_replicated"] == 0
+        down = [n["name"] for n in admin.nodes() if n["state"] == "down"]
+        assert down == ["node2"]
+        assert admin.fsck() == []
+    # A fresh coordinator sees the same VM, every byte, fully replicated on the two nodes left.
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("golden", 0, len(data)) == data
+        assert admin.stats()["under_replicated_blocks"] == 0
+
+
+def test_r3_on_5_nodes_survives_two_kills(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=5, replicas=3)
+    data = image(tmp_path / "a.raw", 4, seed=2)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.clone("a", "b")
+        admin.write("b", 12345, b"written after the clone" * 100)
+        expect_b = bytearray(data)
+        expect_b[12345:12345 + 2300] = b"written after the clone" * 100
+        cluster.kill("node1")
+        cluster.kill("node4")
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.read("b", 0, len(data)) == bytes(expect_b)
+    with cluster.open(readonly=True) as admin:
+        assert sorted(admin.vm_names()) == ["a", "b"]
+        assert admin.read("b", 0, len(data)) == bytes(expect_b)
+
+
+def test_returning_node_catches_up_and_drops_what_it_should_not_hold(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 2, seed=3)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node3")
+        admin.delete("a")                      # node3 misses this: it still holds a's blocks
+        image(tmp_path / "b.raw", 2, seed=4)
+        admin.import_image("b", str(tmp_path / "b.raw"))
+        admin.restore_node("node3")
+        admin.heal(wait=True)
+        nodes = {n["name"]: n for n in admin.nodes()}
+        assert nodes["node3"]["state"] == "up"
+        assert admin.fsck() == []
+        live = admin.stats()["unique_blocks"]
+        # Exactly R copies of every live block, across the nodes: nothing stale kept.
+        assert sum(n["live_blocks"] for n in nodes.values()) == 2 * live
+        assert admin.vm_names() == ["b"]
+    with cluster.open(readonly=True) as admin:
+        assert admin.vm_names() == ["b"]
+
+
+def test_ram_nodes_refill_after_a_restart(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2, memory=64 << 20)
+    data = image(tmp_path / "a.raw", 4, seed=5)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        before = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        admin.fail_node("node1")
+        admin.restore_node("node1")            # back empty: RAM only
+        admin.heal(wait=True)
+        assert admin.stats()["under_replicated_blocks"] == 0
+        after = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        assert after["node1"] == before["node1"]
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
+
+
+def test_write_refused_below_min_replicas_changes_nothing(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=6)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        cluster.kill("node1")
+        cluster.kill("node2")
+        with pytest.raises(BlockfoldError, match="min_replicas=2"):
+            admin.write("a", 0, bytes(range(256)) * 32)
+        with pytest.raises(BlockfoldError, match="only 1 of 3 nodes are up"):
+            admin.import_image("b", str(tmp_path / "a.raw"))
+        assert admin.vm_names() == ["a"]
+        admin.restore_node("node1")
+        admin.restore_node("node2")
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_reads_keep_flowing_while_a_node_is_killed(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 2, seed=7)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        worst = 0.0
+        for i in range(40):
+            if i == 10:
+                cluster.kill("node1")
+            started = time.monotonic()
+            off = (i * 65536) % len(data)
+            assert admin.read("a", off, 65536) == data[off:off + 65536]
+            worst = max(worst, time.monotonic() - started)
+        assert worst < 1.0
+
+
+def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=9)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        # Flip one byte of every block node1 holds, on disk, under the running node.
+        node_dir = Path(cluster.config.node("node1").data)
+        hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
+        with open(node_dir / "blocks.dat", "r+b") as f:
+            for slot in np.flatnonzero(hashes[:, 0]).tolist():
+                f.seek(slot * 4096 + 100)
+                byte = f.read(1)[0]
+                f.seek(slot * 4096 + 100)
+                f.write(bytes([byte ^ 0xFF]))
+        assert admin.read("a", 0, len(data)) == data
+        kinds = {p["kind"] for p in admin.fsck()}
+        assert "corrupt" in kinds
+        # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
+        assert admin.rebuild(full=True)["corrupt_blocks"]
+        admin.heal(wait=True)
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=10)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        pid = cluster.pid("node3")
+        os.kill(pid, signal.SIGSTOP)              # alive, connected, silent
+        try:
+            seen = set()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "down" not in seen:
+                seen.add({n["name"]: n["state"] for n in admin.nodes()}["node3"])
+                time.sleep(0.1)
+            assert {"suspect", "down"} <= seen
+            assert admin.read("a", 0, len(data)) == data
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up":
+                break
+            time.sleep(0.1)
+        assert {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up"
+        admin.heal(wait=True)
+        assert admin.fsck() == []
+
+
+def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, monkeypatch):
+    from engine.net import rpc
+    monkeypatch.setattr(rpc, "CATALOG_PART", 16 << 10)    # the coordinator's side only
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 4, seed=13)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))   # a changeset of many parts
+        admin.fail_node("node2")
+        admin.clone("a", "b")
+        admin.restore_node("node2")                          # catches up by a whole image
+        assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "up"
+    with cluster.open(readonly=True) as admin:               # fetched in parts
+        assert admin.vm_names() == ["a", "b"]
+        assert admin.read("b", 0, len(data)) == data
+
+
+def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, monkeypatch):
+    from engine.cluster import blocks
+    monkeypatch.setattr(blocks, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
+    cluster = make_cluster(nodes=3, replicas=2, block_size=65536)
+    data = image(tmp_path / "a.raw", 8, seed=14)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        assert admin.read("a", 0, len(data)) == data          # one read, many frames
+        admin.fail_node("node1")
+        admin.heal(wait=True)
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
