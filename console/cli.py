@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(sub, "fsck", "check every promise the pool makes; exit 1 if any is broken")
 
     con = sub.add_parser("console", help="open the console on a pool")
+    con.add_argument("-p", "--pool", metavar="DIR", default=argparse.SUPPRESS,
+                     help="the pool directory ($BLOCKFOLD_POOL)")
     con.add_argument("--read-only", action="store_true", help="hide destructive actions")
     return p
 
