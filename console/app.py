@@ -52,6 +52,8 @@ class BlockfoldApp(App):
     Screen { layout: vertical; }
     .panel { border: round $primary-darken-1; padding: 0 1; height: auto; }
     .muted { color: $text-muted; }
+    DataTable.framed { border: round $primary-darken-1; }
+    DataTable.framed:focus { border: round $primary; }
     """
 
     view: reactive[PoolView | None] = reactive(None, always_update=True)

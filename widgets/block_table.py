@@ -24,6 +24,10 @@ def vm_names(names: list[str]) -> str:
 class BlockTable(DataTable):
     """Rows are dicts with pbn, fingerprint, refcount, vms and optionally nodes (replica holders)."""
 
+    DEFAULT_CSS = """
+    BlockTable { border: round $primary-darken-1; }
+    BlockTable:focus { border: round $primary; }
+    """
     BINDINGS = [
         Binding("pagedown", "next_page", "Next page", show=False),
         Binding("pageup", "previous_page", "Previous page", show=False),

@@ -17,7 +17,7 @@ class EventsScreen(PoolScreen):
     """
 
     def body(self) -> ComposeResult:
-        table = DataTable(cursor_type="row", zebra_stripes=True, id="events")
+        table = DataTable(cursor_type="row", zebra_stripes=True, id="events", classes="framed")
         table.add_columns("WHEN", "WHO", "WHAT", "MESSAGE")
         yield table
 

@@ -25,7 +25,7 @@ class NodesScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         yield HorizontalScroll(id="cards")
-        table = DataTable(cursor_type="row", id="nodes")
+        table = DataTable(cursor_type="row", id="nodes", classes="framed")
         table.add_column("NODE", key="name")
         for column in ("HEALTH", "ADDRESS", "LATENCY", "CAPACITY", "BLOCKS", "UNDER-REPL",
                        "HEAL"):
@@ -53,6 +53,8 @@ class NodesScreen(PoolScreen):
                           f"{n.get('blocks', 0):,}", f"{n.get('under_replicated', 0):,}",
                           f"{heal['done']:,}/{heal['total']:,}" if heal.get("total") else "—",
                           key=n["name"])
+        down = sum(n.get("state") != "up" for n in view.nodes)
+        table.border_title = f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
 

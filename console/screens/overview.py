@@ -7,11 +7,12 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, ProgressBar, Sparkline, Static
+from textual.widgets import Label, ProgressBar, Static
 
 from engine.api import human_bytes
 from widgets.dedup_gauge import DedupGauge
 from widgets.node_card import HEALTH, health_text
+from widgets.trend import Trend
 
 from ..messages import PoolView
 from .base import PoolScreen
@@ -30,7 +31,6 @@ class OverviewScreen(PoolScreen):
     OverviewScreen #dedup { width: auto; min-width: 40; }
     OverviewScreen #trends { height: auto; }
     OverviewScreen #trends > Vertical { width: 1fr; height: auto; }
-    OverviewScreen Sparkline { height: 3; }
     """
 
     def body(self) -> ComposeResult:
@@ -45,10 +45,10 @@ class OverviewScreen(PoolScreen):
         with Horizontal(id="trends"):
             with Vertical(classes="panel") as ratio:
                 ratio.border_title = "dedup ratio over time"
-                yield Sparkline([], id="ratio-trend")
+                yield Trend(lambda v: f"{v:.2f}x", id="ratio-trend")
             with Vertical(classes="panel") as written:
                 written.border_title = "data written per second"
-                yield Sparkline([], id="written-trend")
+                yield Trend(lambda v: f"{human_bytes(v)}/s", id="written-trend")
         with Vertical(id="nodes", classes="panel") as nodes:
             nodes.border_title = "nodes"
             yield Label(id="node-summary")
@@ -67,8 +67,8 @@ class OverviewScreen(PoolScreen):
         self.query_one("#used", ProgressBar).update(total=max(s["capacity_bytes"], 1),
                                                     progress=s["physical_bytes"])
         self.query_one(DedupGauge).show(s["dedup_ratio"], s["logical_bytes"], s["physical_bytes"])
-        self.query_one("#ratio-trend", Sparkline).data = [x.ratio for x in view.history]
-        self.query_one("#written-trend", Sparkline).data = [x.written_per_s for x in view.history]
+        self.query_one("#ratio-trend", Trend).show([x.ratio for x in view.history])
+        self.query_one("#written-trend", Trend).show([x.written_per_s for x in view.history])
         self.query_one("#node-summary", Label).update(node_summary(view.nodes))
         recent = Text()
         for e in view.events[:RECENT_EVENTS]:

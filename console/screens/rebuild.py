@@ -32,7 +32,7 @@ class RebuildScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         yield RebuildPanel(PHASES)
-        table = DataTable(cursor_type="none", id="history")
+        table = DataTable(cursor_type="none", id="history", classes="framed")
         table.add_columns("WHEN", "REASON", "MODE", "BLOCKS", "CORRUPT", "ORPHANS", "SECONDS")
         table.border_title = "recent rebuilds   (f fast · F full · Escape cancels)"
         yield table

@@ -27,7 +27,7 @@ class VMsScreen(PoolScreen):
     """
 
     def body(self) -> ComposeResult:
-        table = DataTable(cursor_type="row", zebra_stripes=True, id="vms")
+        table = DataTable(cursor_type="row", zebra_stripes=True, id="vms", classes="framed")
         table.add_column("NAME", key="name")
         for column in ("SIZE", "LOGICAL", "UNIQUE", "SHARED", "DEPTH", "HOME"):
             table.add_column(column, key=column.lower())
@@ -44,7 +44,10 @@ class VMsScreen(PoolScreen):
             table.add_row(vm["name"], human_bytes(vm["size"]), human_bytes(vm["logical_bytes"]),
                           f"{vm['unique_blocks']:,}", f"{vm['shared_blocks']:,}",
                           str(vm["depth"]), vm.get("home_node", "local"), key=vm["name"])
-        table.border_title = f"{len(view.vms)} VMs · dedup {view.stats['dedup_ratio']:.2f}x"
+        s = view.stats
+        table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s['logical_bytes'])} logical in "
+                              f"{human_bytes(s['physical_bytes'])} stored · "
+                              f"dedup {s['dedup_ratio']:.2f}x")
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
 

@@ -1,8 +1,10 @@
-"""A small pool with fixed contents, so that console snapshots come out the same on every run."""
+"""A small pool with fixed contents: console snapshot tests and the README screenshots use it, so
+they come out the same on every run."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from engine.api import LocalAdmin, create_pool
 
@@ -19,12 +21,13 @@ def golden_image(path, blocks: int = 256, distinct: int = 96, seed: int = 7) -> 
     return str(path)
 
 
-def seeded_pool(tmp_path) -> str:
+def sample_pool(where) -> str:
     """golden (1 MiB) and three linked clones, one of them with writes of its own."""
-    pool = tmp_path / "pool"
+    where = Path(where)
+    pool = where / "pool"
     create_pool(pool)
     with LocalAdmin.open(pool, actor="operator") as admin:
-        admin.import_image("golden", golden_image(tmp_path / "golden.raw"))
+        admin.import_image("golden", golden_image(where / "golden.raw"))
         admin.clone("golden", "desk", 3)
         admin.write("desk-1", 0, random.Random(11).randbytes(8 * BLOCK))
         admin.flush()
