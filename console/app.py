@@ -73,7 +73,7 @@ class BlockfoldApp(App):
 
     def on_mount(self) -> None:
         where = self.clock.volatile(self.admin.name)
-        self.sub_title = f"{self.admin.kind} {where}" + ("  [read-only]" if self.read_only else "")
+        self.sub_title = ("READ-ONLY · " if self.read_only else "") + f"{self.admin.kind} {where}"
         self.poll()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

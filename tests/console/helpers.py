@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
+from console.pilot import settle
 
-async def settle(pilot, rounds: int = 40) -> None:
-    """Waits until every engine call and the messages they post have been handled."""
-    app = pilot.app
-    for _ in range(rounds):
-        await app.workers.wait_for_complete()
-        await pilot.pause()
-        if not any(w.is_running for w in app.workers) and not app._polling:
-            await pilot.pause()
-            if not any(w.is_running for w in app.workers):
-                break
-    app.clear_notifications()
+__all__ = ["press", "settle"]
 
 
 async def press(pilot, *keys: str) -> None:
