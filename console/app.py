@@ -82,14 +82,16 @@ class BlockfoldApp(App):
     # -- engine calls -------------------------------------------------------------------------
 
     def engine(self, what: str, call: Callable[[], Any],
-               then: Callable[[Any], None] | None = None, changes: bool = True) -> None:
+               then: Callable[[Any], None] | None = None, changes: bool = True,
+               failed: Callable[[], None] | None = None) -> None:
         """Runs call() in a thread worker: its result goes to then() on the UI thread, and an
-        error to a dialog. A call that `changes` the pool has the figures polled afterwards."""
+        error to a dialog (after failed(), if given, tidies up). A call that `changes` the pool
+        has the figures polled afterwards."""
         def work() -> None:
             try:
                 result = call()
             except Exception as e:       # noqa: BLE001 - every failure becomes a dialog
-                self.post_message(EngineFailed(what, e, changes))
+                self.post_message(EngineFailed(what, e, changes, failed))
             else:
                 self.post_message(EngineDone(what, result, then, changes))
         self.run_worker(work, name=what, group="engine", thread=True, exit_on_error=False)
@@ -101,6 +103,8 @@ class BlockfoldApp(App):
             self.poll()
 
     def on_engine_failed(self, message: EngineFailed) -> None:
+        if message.failed is not None:
+            message.failed()
         self.push_screen(ErrorDialog(f"{message.what} failed", error_text(message.error)))
         if message.changes:
             self.poll()

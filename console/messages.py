@@ -50,9 +50,10 @@ class EngineDone(Message):
 
 
 class EngineFailed(Message):
-    def __init__(self, what: str, error: BaseException, changes: bool):
+    def __init__(self, what: str, error: BaseException, changes: bool,
+                 failed: Callable[[], None] | None):
         super().__init__()
-        self.what, self.error, self.changes = what, error, changes
+        self.what, self.error, self.changes, self.failed = what, error, changes, failed
 
 
 class TaskProgress(Message):

@@ -71,6 +71,10 @@ class BlockTable(DataTable):
             self.move_cursor(row=len(rows) - 1 if cursor == "last" else 0, animate=False)
         self._caption()
 
+    def page_failed(self) -> None:
+        """The page asked for did not come: the table may ask again."""
+        self._waiting = False
+
     def _caption(self) -> None:
         if self.total:
             last = self.first_row + self.row_count

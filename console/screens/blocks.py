@@ -57,7 +57,8 @@ class BlocksScreen(PoolScreen):
                 self.fetch(0, "first")
 
         self.app.engine("read blocks", lambda: self.app.admin.blocks(
-            offset=offset, limit=PAGE_SIZE, **filters), shown, changes=False)
+            offset=offset, limit=PAGE_SIZE, **filters), shown, changes=False,
+            failed=table.page_failed)
 
     def on_block_table_page_wanted(self, message: BlockTable.PageWanted) -> None:
         self.fetch(message.offset, message.cursor)

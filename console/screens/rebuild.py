@@ -67,13 +67,11 @@ class RebuildScreen(PoolScreen):
                 return admin.rebuild(full=full, progress=progress, cancel=cancel)
             except CancelledError:
                 return None
-            except Exception:
-                self.app.call_from_thread(self._failed)     # the error dialog says why
-                raise
 
-        self.app.engine("rebuild", run, self._finished)
+        self.app.engine("rebuild", run, self._finished, failed=self._failed)
 
     def _failed(self) -> None:
+        """The error dialog says why; the panel says it stopped."""
         self.cancel_event = None
         self.query_one(RebuildPanel).finish([], "failed")
 

@@ -121,15 +121,12 @@ class VMsScreen(PoolScreen):
                 self.post_message(TaskProgress("import", p))
 
             def finished(vm: dict) -> None:
+                box.remove_class("running")
                 self.notify(f"imported {vm['name']} ({human_bytes(vm['size'])})")
 
-            def run() -> dict:
-                try:
-                    return self.app.admin.import_image(name, path, progress)
-                finally:
-                    self.app.call_from_thread(box.remove_class, "running")
-
-            self.app.engine(f"import {name}", run, finished)
+            self.app.engine(f"import {name}",
+                            lambda: self.app.admin.import_image(name, path, progress), finished,
+                            failed=lambda: box.remove_class("running"))
 
         self.app.push_screen(PromptDialog("Import image", [
             ("path", "Raw image file", ""), ("name", "New VM name", "")], ok="Import"),
