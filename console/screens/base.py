@@ -40,11 +40,23 @@ class PoolScreen(Screen):
         raise NotImplementedError
 
     def on_mount(self) -> None:
+        self._latest: PoolView | None = None
+        self._shown: PoolView | None = None
         self.watch(self.app, "view", self._view_changed)
 
     def _view_changed(self, view: PoolView | None) -> None:
-        if view is not None:
-            self.show_view(view)
+        # Only the screen in front redraws at each poll; the others catch up when shown again.
+        self._latest = view
+        if self.is_current:
+            self._draw()
+
+    def on_screen_resume(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        if self._latest is not None and self._latest is not self._shown:
+            self._shown = self._latest
+            self.show_view(self._latest)
 
     def show_view(self, view: PoolView) -> None:
         """Redraws the screen from a poll's plain data."""

@@ -21,7 +21,12 @@ class EventsScreen(PoolScreen):
         table.add_columns("WHEN", "WHO", "WHAT", "MESSAGE")
         yield table
 
+    shown_events: list[dict] | None = None
+
     def show_view(self, view: PoolView) -> None:
+        if view.events == self.shown_events:
+            return
+        self.shown_events = view.events
         table = self.query_one("#events", DataTable)
         table.clear()
         for e in view.events:

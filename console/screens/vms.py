@@ -36,14 +36,19 @@ class VMsScreen(PoolScreen):
             yield Label("", id="import-label")
             yield ProgressBar(total=1, id="import-bar", show_eta=False)
 
+    shown_vms: list[dict] | None = None
+
     def show_view(self, view: PoolView) -> None:
         table = self.query_one("#vms", DataTable)
         selected = self.selected()
-        table.clear()
-        for vm in view.vms:
-            table.add_row(vm["name"], human_bytes(vm["size"]), human_bytes(vm["logical_bytes"]),
-                          f"{vm['unique_blocks']:,}", f"{vm['shared_blocks']:,}",
-                          str(vm["depth"]), vm.get("home_node", "local"), key=vm["name"])
+        if view.vms != self.shown_vms:      # rebuilding a big table at every poll costs frames
+            self.shown_vms = view.vms
+            table.clear()
+            for vm in view.vms:
+                table.add_row(vm["name"], human_bytes(vm["size"]),
+                              human_bytes(vm["logical_bytes"]), f"{vm['unique_blocks']:,}",
+                              f"{vm['shared_blocks']:,}", str(vm["depth"]),
+                              vm.get("home_node", "local"), key=vm["name"])
         s = view.stats
         table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s['logical_bytes'])} logical in "
                               f"{human_bytes(s['physical_bytes'])} stored · "
