@@ -164,6 +164,3 @@ def run(args) -> int:
         return commands.console(args)
     return commands.dispatch(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

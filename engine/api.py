@@ -105,8 +105,8 @@ class LocalAdmin(Admin):
 
     def stats(self): return self.pool.stats()
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
-        return self.pool.blocks(vm=vm, min_refs=min_refs, max_refs=max_refs, prefix=prefix,
-                                offset=offset, limit=limit)
+        return self.pool.block_page(vm=vm, min_refs=min_refs, max_refs=max_refs, prefix=prefix,
+                                     offset=offset, limit=limit)
     def rebuild(self, full=False, progress=None, cancel=None):
         return self.pool.rebuild(full, progress, cancel)
     def last_rebuild(self) -> dict: return self.pool.last_rebuild

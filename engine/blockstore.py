@@ -120,8 +120,8 @@ class BlockStore:
         self.data[slots] = blocks
         self.hashes[slots] = digests
 
-    def block(self, slot: int) -> memoryview:
-        return memoryview(self._maps[0])[slot * self.block_size:(slot + 1) * self.block_size]
+    def block(self, slot: int) -> bytes:
+        return self._maps[0][slot * self.block_size:(slot + 1) * self.block_size]
 
     def clear_hashes(self, slots: np.ndarray) -> None:
         self.hashes[slots] = 0

@@ -80,22 +80,23 @@ def vm_addresses(pool, name: str) -> np.ndarray:
 def block_page(pool, vm: str | None = None, min_refs: int | None = None,
                max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
                limit: int = 100, with_vms: bool = True) -> dict:
-    refcounts = pool.space.refcounts
-    live = np.flatnonzero(refcounts).astype(np.uint64)
+    blocks = pool.blocks
+    live = blocks.live()
     if vm is not None:
         live = np.intersect1d(live, vm_addresses(pool, vm))
     if min_refs is not None:
-        live = live[refcounts[live] >= min_refs]
+        live = live[blocks.refcounts_of(live) >= min_refs]
     if max_refs is not None:
-        live = live[refcounts[live] <= max_refs]
+        live = live[blocks.refcounts_of(live) <= max_refs]
     if prefix:
         if len(prefix) > 32 or any(c not in "0123456789abcdefABCDEF" for c in prefix):
             raise BlockfoldError(f"bad fingerprint prefix {prefix!r}: use up to 32 hex digits")
-        live = live[_prefix_mask(pool.store.hashes[live], prefix)]
+        live = live[_prefix_mask(blocks.fingerprints_of(live), prefix)]
     rows = []
-    for addr in live[offset:offset + limit].tolist():
-        row = {"pbn": addr, "fingerprint": fingerprint_hex(pool.store.hashes[addr]),
-               "refcount": int(refcounts[addr])}
+    page = live[offset:offset + limit]
+    for addr, refs, words in zip(page.tolist(), blocks.refcounts_of(page).tolist(),
+                                 blocks.fingerprints_of(page)):
+        row = {"pbn": addr, "fingerprint": fingerprint_hex(words), "refcount": int(refs)}
         if with_vms:
             row["vms"] = referencing_vms(pool, addr)
         rows.append(row)

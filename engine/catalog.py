@@ -11,8 +11,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import sqlite_utils
-
 from .errors import NotAPoolError, PoolFormatError
 
 CATALOG_FILE = "catalog.db"
@@ -32,11 +30,16 @@ class Catalog:
         self.conn = conn
         self.path = path
         self.readonly = readonly
-        self.db = sqlite_utils.Database(conn)
         if path is not None and not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         self.in_transaction = False
+
+    @property
+    def db(self):
+        """sqlite-utils over the same connection; imported on first use to keep the CLI fast."""
+        import sqlite_utils
+        return sqlite_utils.Database(self.conn)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -63,7 +66,7 @@ class Catalog:
         ])
 
     def check_format(self, where: Path) -> None:
-        if "meta" not in self.db.table_names():
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is None:
             raise NotAPoolError(f"{where} is not a Blockfold pool")
         version = int(self.get("format_version"))
         if version > FORMAT_VERSION:
@@ -100,7 +103,9 @@ class Catalog:
     # -- rows ---------------------------------------------------------------------------------
 
     def vms(self) -> dict[str, dict]:
-        return {row["name"]: row for row in self.db["vms"].rows}
+        cols = ("name", "size", "top", "created", "origin")
+        rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM vms").fetchall()
+        return {r[0]: dict(zip(cols, r)) for r in rows}
 
     def layer_parents(self) -> dict[int, int | None]:
         return {lid: parent for lid, parent in self.conn.execute("SELECT id, parent FROM layers")}

@@ -25,10 +25,17 @@ def check(pool, progress=None) -> list[dict]:
             problems.append({"kind": kind, "message": message, **where})
 
     _check_layers(pool, report)
-    _check_refcounts(pool, report)
-    _check_space(pool, report)
-    _check_hashes(pool, report, progress)
+    references = [pool.tables.layer_entries(layer) for layer in pool.parents]
+    references = np.concatenate(references) if references else np.zeros(0, dtype=np.uint64)
+    pool.blocks.fsck(references, report, progress)
     return problems
+
+
+def check_slots(blocks, references: np.ndarray, report, progress) -> None:
+    """The checks of a local block layer (engine.localblocks)."""
+    _check_refcounts(blocks, references, report)
+    _check_space(blocks, report)
+    _check_hashes(blocks, report, progress)
 
 
 def _check_layers(pool, report) -> None:
@@ -60,30 +67,24 @@ def _check_layers(pool, report) -> None:
         report("layer", f"block-table pages remain for deleted layer {layer}", layer=layer)
 
 
-def _references(pool) -> np.ndarray:
-    parts = [pool.tables.layer_entries(layer) for layer in pool.parents]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-
-
-def _check_refcounts(pool, report) -> None:
-    refs = _references(pool)
-    capacity = pool.store.capacity
+def _check_refcounts(blocks, refs: np.ndarray, report) -> None:
+    capacity = blocks.store.capacity
     outside = refs[refs >= capacity]
     for addr in np.unique(outside)[:10].tolist():
         report("reference", f"a block table points at slot {addr}, past the end of the data file",
                pbn=addr)
     counted = np.bincount(refs[refs < capacity].astype(np.int64), minlength=capacity)
-    have = pool.space.refcounts.astype(np.int64)
+    have = blocks.space.refcounts.astype(np.int64)
     have = np.concatenate([have, np.zeros(max(0, capacity - len(have)), np.int64)])[:capacity]
     for addr in np.flatnonzero(counted != have).tolist():
         report("refcount", f"slot {addr} has refcount {have[addr]} but {counted[addr]} references",
                pbn=addr)
 
 
-def _check_space(pool, report) -> None:
-    refcounts = pool.space.refcounts
-    free = pool.space.free_slots().astype(np.int64)
-    pending = pool.space.pending_slots().astype(np.int64)
+def _check_space(blocks, report) -> None:
+    refcounts = blocks.space.refcounts
+    free = blocks.space.free_slots().astype(np.int64)
+    pending = blocks.space.pending_slots().astype(np.int64)
     for addr in free[refcounts[free] > 0].tolist():
         report("space", f"slot {addr} is both free and live", pbn=addr)
     values, counts = np.unique(free, return_counts=True)
@@ -98,14 +99,14 @@ def _check_space(pool, report) -> None:
         report("space", f"slot {addr} is neither referenced nor free: leaked", pbn=addr)
 
 
-def _check_hashes(pool, report, progress) -> None:
-    live = np.flatnonzero(pool.space.refcounts)
-    meter = Meter(progress, "fsck", len(live), unit_bytes=pool.block_size)
+def _check_hashes(blocks, report, progress) -> None:
+    live = np.flatnonzero(blocks.space.refcounts)
+    meter = Meter(progress, "fsck", len(live), unit_bytes=blocks.block_size)
     for start in range(0, len(live), 4096):
         chunk = live[start:start + 4096]
-        fresh = np.frombuffer(b"".join(pool.fingerprint(pool.store.block(int(s))) for s in chunk),
-                              dtype=np.uint64).reshape(-1, 2)
-        bad = (fresh != pool.store.hashes[chunk]).any(axis=1)
+        fresh = np.frombuffer(b"".join(blocks.fingerprint(blocks.store.block(int(s)))
+                                       for s in chunk), dtype=np.uint64).reshape(-1, 2)
+        bad = (fresh != blocks.store.hashes[chunk]).any(axis=1)
         for addr in chunk[bad].tolist():
             report("corrupt", f"slot {addr}: its bytes no longer match its fingerprint", pbn=addr)
         meter.advance(len(chunk))

@@ -95,36 +95,66 @@ def empty_image(source: str) -> BadImageError:
 
 
 class _Output:
+    """Where an export goes: a file, where unmapped blocks stay holes, or a stream."""
+
     def __init__(self, fd: int, sparse: bool):
         self.fd, self.sparse = fd, sparse
+        self.position = 0
 
-    def write_at(self, offset: int, data: bytes | None, length: int) -> None:
-        if data is None:
-            if self.sparse:
-                return
-            data = bytes(length)
+    def write_blocks(self, offset: int, data: bytes, mapped, block_size: int) -> None:
+        """Writes `data` (at `offset`); in a file, runs of unmapped blocks are skipped."""
+        if not self.sparse:
+            self._pad_to(offset)
+            self._write(data, None)
+            return
+        i = 0
+        while i < len(mapped):
+            if not mapped[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(mapped) and mapped[j]:
+                j += 1
+            self._write(data[i * block_size:j * block_size], offset + i * block_size)
+            i = j
+
+    def _pad_to(self, offset: int) -> None:
+        """A stream has no holes: what was skipped is written as zeros."""
+        while self.position < offset:
+            self._write(bytes(min(1 << 20, offset - self.position)), None)
+
+    def _write(self, data: bytes, offset: int | None) -> None:
         view = memoryview(data)
         while view:
-            if self.sparse:
-                n = os.pwrite(self.fd, view, offset)
+            n = os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
+            if offset is not None:
                 offset += n
             else:
-                n = os.write(self.fd, view)
+                self.position += n
             view = view[n:]
+
+    def finish(self, size: int) -> None:
+        if self.sparse:
+            os.ftruncate(self.fd, size)
+            os.fsync(self.fd)
+        else:
+            self._pad_to(size)
 
 
 @contextmanager
 def open_output(dest: str, size: int):
     if dest == "-":
-        yield _Output(sys.stdout.buffer.fileno(), sparse=False)
+        out = _Output(sys.stdout.buffer.fileno(), sparse=False)
+        yield out
+        out.finish(size)
         return
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as e:
         raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
     try:
-        yield _Output(fd, sparse=True)
-        os.ftruncate(fd, size)
-        os.fsync(fd)
+        out = _Output(fd, sparse=True)
+        yield out
+        out.finish(size)
     finally:
         os.close(fd)

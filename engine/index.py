@@ -2,8 +2,9 @@
 
 The index is advice. It keys on 64 bits of the fingerprint and may point at a slot that has since
 been freed or reused; callers check the slot's stored fingerprint and compare bytes before sharing
-a block. Stale entries are dropped when the table grows. An entry costs 12 bytes at most 70 % load,
-against 100+ bytes for a Python dict of ints.
+a block. Stale entries are dropped when the table grows. A cell costs 12 bytes (a 64-bit key, a
+32-bit slot: up to 4 G slots, 16 TiB of 4 KiB blocks), and the table is 35-70 % full, against
+100+ bytes an entry for a Python dict of ints.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 EMPTY = np.uint64(0)
 MAX_LOAD = 0.7
 MIN_CAPACITY = 1 << 10
+SMALL = 8          # below this many keys, a plain loop beats numpy's per-call overhead
 
 
 def keys_of(digests: np.ndarray) -> np.ndarray:
@@ -31,7 +33,7 @@ class FingerprintIndex:
         while size < capacity:
             size <<= 1
         self.keys = np.zeros(size, dtype=np.uint64)
-        self.slots = np.zeros(size, dtype=np.uint64)
+        self.slots = np.zeros(size, dtype=np.uint32)
         self.mask = np.uint64(size - 1)
         self.count = 0
 
@@ -41,13 +43,15 @@ class FingerprintIndex:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The slot each key points at, or 0 where it has none."""
+        if len(keys) <= SMALL:
+            return np.array([self._find(int(k))[1] for k in keys], dtype=np.uint64)
         found = np.zeros(len(keys), dtype=np.uint64)
         pos = keys & self.mask
         todo = np.arange(len(keys))
         while todo.size:
             cell = self.keys[pos[todo]]
             hit = cell == keys[todo]
-            found[todo[hit]] = self.slots[pos[todo[hit]]]
+            found[todo[hit]] = self.slots[pos[todo[hit]]]   # widened to uint64 on the way out
             todo = todo[~hit & (cell != EMPTY)]
             pos[todo] = (pos[todo] + np.uint64(1)) & self.mask
         return found
@@ -60,6 +64,13 @@ class FingerprintIndex:
         """
         if self.count + len(keys) > MAX_LOAD * len(self.keys):
             self._grow(self.count + len(keys), keep)
+        if len(keys) <= SMALL:
+            for key, slot in zip(keys.tolist(), slots.tolist()):
+                pos, _ = self._find(key)
+                self.count += self.keys.item(pos) == 0
+                self.keys[pos] = key
+                self.slots[pos] = slot
+            return
         keys, first = np.unique(keys, return_index=True)
         slots = slots[first]
         pos = keys & self.mask
@@ -78,6 +89,18 @@ class FingerprintIndex:
             placed[winners] = True
             todo = todo[~placed[todo]]
             pos[todo] = (pos[todo] + np.uint64(1)) & self.mask
+
+    def _find(self, key: int) -> tuple[int, int]:
+        """(cell, slot) of `key`, or (the empty cell where it would go, 0)."""
+        mask, keys = int(self.mask), self.keys
+        pos = key & mask
+        while True:
+            cell = keys.item(pos)
+            if cell == key:
+                return pos, self.slots.item(pos)
+            if cell == 0:
+                return pos, 0
+            pos = (pos + 1) & mask
 
     def _grow(self, needed: int, keep) -> None:
         live = self.keys != EMPTY

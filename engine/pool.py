@@ -24,26 +24,22 @@ import numpy as np
 import xxhash
 
 from . import fsck as fsck_mod
-from . import imageio, stats as stats_mod
+from . import blockview, imageio, stats as stats_mod
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, ZERO, BlockTables
 from .catalog import CATALOG_FILE, Catalog
 from .errors import (BlockfoldError, NotAPoolError, OutOfRangeError, ReadOnlyError,
                      VMExistsError, VMNotFoundError)
-from .index import FingerprintIndex, keys_of
+from .localblocks import LocalBlocks
 from .lock import PoolLock
 from .names import check_vm_name
 from .progress import Meter, ProgressCallback
-from .rebuild import rebuild
-from .spacemap import SpaceMap
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
 
 
-def fingerprint(block) -> bytes:
-    """xxh3-128 of a block: 16 bytes."""
-    return xxhash.xxh3_128_digest(block)
+fingerprint = xxhash.xxh3_128_digest     # a block's 16-byte fingerprint
 
 
 class VM:
@@ -96,7 +92,8 @@ class Pool:
             if lock:
                 lock.release()
             raise
-        pool = cls(path, catalog, store, lock, readonly, actor, fingerprint)
+        blocks = LocalBlocks(store, fingerprint, int(catalog.get("collisions") or 0))
+        pool = cls(path, catalog, blocks, lock, readonly, actor)
         crashed = catalog.get("state") == "dirty"
         if not readonly:
             catalog.set("state", "dirty")
@@ -104,24 +101,19 @@ class Pool:
         pool._start_rebuild(rebuild == "full", reason, progress, background=not wait)
         return pool
 
-    def __init__(self, path, catalog: Catalog, store: BlockStore, lock, readonly: bool,
-                 actor: str, fingerprint):
+    def __init__(self, path, catalog: Catalog, blocks, lock, readonly: bool, actor: str):
+        """`blocks` is the block layer: LocalBlocks here, or a cluster's."""
         self.path = path
         self.catalog = catalog
-        self.store = store
-        self.block_size = store.block_size
+        self.blocks = blocks
+        self.block_size = blocks.block_size
         self.readonly = readonly
         self.actor = actor
-        self.fingerprint = fingerprint
         self._lock = threading.RLock()
         self._lock_file = lock
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
-        self.index: FingerprintIndex | None = None
-        self.space: SpaceMap | None = None
-        self.corrupt = np.zeros(0, dtype=np.uint64)
         self.last_rebuild: dict = {}
-        self.collisions = int(catalog.get("collisions") or 0)
         self.generation = 0          # bumped on every change; caches of derived views key on it
         self._load_catalog()
 
@@ -143,7 +135,7 @@ class Pool:
                 self._commit()
                 self.catalog.set("state", "clean")
             self.catalog.close()
-            self.store.close()
+            self.blocks.close()
             if self._lock_file:
                 self._lock_file.release()
             self.catalog = None
@@ -174,19 +166,19 @@ class Pool:
         # Its own connection: reads keep using the main one while this scans the tables.
         conn = self.catalog.reader()
         try:
-            result = rebuild(conn, self.store, set(self.parents), full=full,
-                             fingerprint=self.fingerprint, progress=progress, cancel=cancel,
-                             reclaim=not self.readonly)
+            with self._lock:
+                layers = set(self.parents)
+            figures = self.blocks.rebuild(conn, layers, full=full, progress=progress,
+                                          cancel=cancel, reclaim=not self.readonly)
         except BaseException as e:
-            if self.index is None:      # nothing to fall back on; a live pool keeps what it had
+            if not self.blocks.ready:   # nothing to fall back on; a live pool keeps what it had
                 self._rebuild_error = e
             self._ready.set()
             raise
         finally:
             self.catalog.release_reader(conn)
         with self._lock:
-            self.index, self.space, self.corrupt = result.index, result.space, result.corrupt
-            figures = dict(result.figures, reason=reason)
+            figures = dict(figures, reason=reason)
             self.last_rebuild = figures
             if not self.readonly:
                 self.catalog.record_rebuild(figures)
@@ -248,13 +240,11 @@ class Pool:
     def _commit(self) -> None:
         if not self.catalog.in_transaction:
             return
-        self.store.sync()
+        self.blocks.sync()
         self.tables.flush()
-        self.catalog.set("collisions", self.collisions)
+        self.catalog.set("collisions", self.blocks.collisions)
         self.catalog.commit()
-        released = self.space.commit()
-        if len(released):
-            self.store.clear_hashes(released)
+        self.blocks.committed()
 
     # -- VMs ----------------------------------------------------------------------------------
 
@@ -311,12 +301,15 @@ class Pool:
         bs = self.block_size
         first = offset // bs
         count = (offset + length - 1) // bs - first + 1
+        start = offset - first * bs
+        if count == 1:          # the common small random read: no arrays to build
+            addr = int(self.tables.lookup_range(vm.top, first, 1)[0])
+            return self.blocks.block_bytes(addr)[start:start + length] if addr else bytes(length)
         addrs = self.tables.lookup_range(vm.top, first, count)
         out = np.zeros((count, bs), dtype=np.uint8)
         mapped = addrs != 0
         if mapped.any():
-            out[mapped] = self.store.data[addrs[mapped]]
-        start = offset - first * bs
+            out[mapped] = self.blocks.gather(addrs[mapped])
         return out.reshape(-1)[start:start + length].tobytes()
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
@@ -363,7 +356,7 @@ class Pool:
     def _read_block(self, vm: VM, offset: int) -> bytes:
         bs = self.block_size
         addr = int(self.tables.lookup_range(vm.top, offset // bs, 1)[0])
-        return bytes(self.store.block(addr)) if addr else bytes(bs)
+        return self.blocks.block_bytes(addr) if addr else bytes(bs)
 
     def _zero(self, vm: VM, offset: int, length: int) -> None:
         if length == 0:
@@ -382,7 +375,7 @@ class Pool:
         lbn = first
         while lbn < last:
             n = min(last - lbn, PAGE_ENTRIES - lbn % PAGE_ENTRIES)
-            self.space.decref(self.tables.set_entries(vm.top, lbn, np.full(n, fill, np.uint64)))
+            self.blocks.decref(self.tables.set_entries(vm.top, lbn, np.full(n, fill, np.uint64)))
             lbn += n
 
     def _write_blocks(self, top: int, lbn0: int, chunk: memoryview) -> None:
@@ -393,64 +386,8 @@ class Pool:
         nonzero = np.flatnonzero(words.any(axis=1))
         entries = np.full(n, INHERIT if self.parents[top] is None else ZERO, dtype=np.uint64)
         if len(nonzero):
-            entries[nonzero] = self._store_blocks(chunk, words, nonzero)
-        self.space.decref(self.tables.set_entries(top, lbn0, entries))
-
-    def _store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """Stores or shares each chosen block; returns their slots, each already referenced."""
-        bs = self.block_size
-        blocks = [chunk[i * bs:(i + 1) * bs] for i in which.tolist()]
-        digest_list = [self.fingerprint(b) for b in blocks]
-        digests = np.frombuffer(b"".join(digest_list), dtype=np.uint64).reshape(-1, 2)
-        keys = keys_of(digests)
-        found = self.index.lookup(keys)
-        slots = np.zeros(len(blocks), dtype=np.uint64)
-
-        # An index hit is only advice: the slot must be live, hold the same fingerprint, and the
-        # same bytes. Same fingerprint but other bytes is a collision: store the block apart.
-        hit = np.flatnonzero(found)
-        if len(hit):
-            cand = found[hit]
-            same = (self.space.refcounts[cand] > 0) & (self.store.hashes[cand] == digests[hit]).all(1)
-            for j, slot in zip(hit[same].tolist(), cand[same].tolist()):
-                if self.store.block(slot) == blocks[j]:
-                    slots[j] = slot
-                else:
-                    self.collisions += 1
-
-        # Blocks not in the pool yet; equal ones within this batch share one new slot.
-        new = np.flatnonzero(slots == 0)
-        if len(new):
-            first_of: dict[bytes, int] = {}
-            fresh, copies = [], []
-            for j in new.tolist():
-                k = first_of.setdefault(digest_list[j], j)
-                if k == j:
-                    fresh.append(j)
-                elif blocks[k] == blocks[j]:
-                    copies.append((j, k))
-                else:
-                    self.collisions += 1
-                    fresh.append(j)
-            fresh = np.array(fresh, dtype=np.int64)
-            taken = self._allocate(len(fresh))
-            self.store.write(taken, words[which[fresh]].view(np.uint8), digests[fresh])
-            slots[fresh] = taken
-            self.index.insert(keys[fresh], taken, keep=self._live)
-            for j, k in copies:
-                slots[j] = slots[k]
-        self.space.incref(slots)
-        return slots
-
-    def _allocate(self, n: int) -> np.ndarray:
-        slots = self.space.allocate(n)
-        if slots is None:
-            self.space.add_slots(self.store.grow(n - self.space.free_count))
-            slots = self.space.allocate(n)
-        return slots
-
-    def _live(self, slots: np.ndarray) -> np.ndarray:
-        return self.space.refcounts[slots] > 0
+            entries[nonzero] = self.blocks.store_blocks(chunk, words, nonzero)
+        self.blocks.decref(self.tables.set_entries(top, lbn0, entries))
 
     # -- clones and deletes -------------------------------------------------------------------
 
@@ -500,29 +437,32 @@ class Pool:
             self._commit()
 
     def _drop_layer(self, layer: int) -> None:
-        self.space.decref(self.tables.layer_entries(layer))
-        self.tables.drop_layer(layer)
-        parent = self.parents.pop(layer)
-        self.catalog.delete_layer(layer)
-        self._layers_changed()
-        if parent is not None:
-            self._collect(parent)
-
-    def _collect(self, layer: int) -> None:
-        """A frozen layer with no children goes; one with a single child merges into it."""
-        if layer in self.tops:
-            return
-        children = [lid for lid, parent in self.parents.items() if parent == layer]
-        if not children:
-            self._drop_layer(layer)
-        elif len(children) == 1:
-            child, grandparent = children[0], self.parents[layer]
-            self.space.decref(self.tables.merge_into_child(layer, child, grandparent is None))
-            self.parents[child] = grandparent
-            del self.parents[layer]
-            self.catalog.reparent(child, grandparent)
+        """Drops a layer nobody reads any more, then collects upwards: a frozen layer left with
+        no children goes too, and one left with a single child merges into it."""
+        while True:
+            self.blocks.decref(self.tables.layer_entries(layer))
+            self.tables.drop_layer(layer)
+            parent = self.parents.pop(layer)
             self.catalog.delete_layer(layer)
             self._layers_changed()
+            if parent is None or parent in self.tops:
+                return
+            children = [lid for lid, p in self.parents.items() if p == parent]
+            if not children:
+                layer = parent
+                continue
+            if len(children) == 1:
+                self._merge_into_child(parent, children[0])
+            return
+
+    def _merge_into_child(self, layer: int, child: int) -> None:
+        grandparent = self.parents[layer]
+        self.blocks.decref(self.tables.merge_into_child(layer, child, grandparent is None))
+        self.parents[child] = grandparent
+        del self.parents[layer]
+        self.catalog.reparent(child, grandparent)
+        self.catalog.delete_layer(layer)
+        self._layers_changed()
 
     def _layers_changed(self) -> None:
         self.tables.forget_resolved()
@@ -583,10 +523,11 @@ class Pool:
                 n = min(chunk, size - offset)
                 with self._lock:
                     vm = self.vm(name)
-                    addrs = self.tables.lookup_range(vm.top, offset // self.block_size,
-                                                     -(-n // self.block_size))
-                    data = self._read(vm, offset, n) if addrs.any() else None
-                out.write_at(offset, data, n)
+                    mapped = self.tables.lookup_range(vm.top, offset // self.block_size,
+                                                      -(-n // self.block_size)) != 0
+                    data = self._read(vm, offset, n) if mapped.any() else None
+                if data is not None:
+                    out.write_blocks(offset, data, mapped, self.block_size)
                 meter.done = offset + n
                 meter.advance(0)
         meter.finish()
@@ -602,11 +543,11 @@ class Pool:
             return [stats_mod.vm_stats(self, vm) for vm in sorted(self.vms.values(),
                                                                   key=lambda v: v.name)]
 
-    def blocks(self, **filters) -> dict:
-        from .blockview import block_page
+    def block_page(self, **filters) -> dict:
+        """A page of the block table; see engine.blockview.block_page for the filters."""
         self._wait_ready()
         with self._lock:
-            return block_page(self, **filters)
+            return blockview.block_page(self, **filters)
 
     def fsck(self, progress: ProgressCallback | None = None) -> list[dict]:
         self._wait_ready()

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
+SMALL = 8          # below this many slots, a plain loop beats numpy's per-call overhead
+
 
 class SpaceMap:
     def __init__(self, capacity: int = 1):
         self.refcounts = np.zeros(capacity, dtype=np.uint32)
-        self._free = np.zeros(0, dtype=np.uint64)   # a stack: the top (end) is reused first
+        self._free = np.zeros(0, dtype=np.uint32)   # a stack: the top (end) is reused first
         self._pending: list[np.ndarray] = []
 
     @classmethod
     def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
         space = cls(0)
         space.refcounts = refcounts.astype(np.uint32)
-        free = np.flatnonzero(space.refcounts == 0).astype(np.uint64)
+        free = np.flatnonzero(space.refcounts == 0).astype(np.uint32)
         space._free = free[free != 0][::-1].copy()     # slot 0 is the header; lowest on top
         return space
 
@@ -40,7 +42,7 @@ class SpaceMap:
         return self.refcounts.nbytes + self._free.nbytes
 
     def free_slots(self) -> np.ndarray:
-        return self._free
+        return self._free.astype(np.uint64)
 
     def pending_slots(self) -> np.ndarray:
         return np.concatenate(self._pending) if self._pending else np.zeros(0, np.uint64)
@@ -49,21 +51,31 @@ class SpaceMap:
         """New slots from a grown store join the bottom of the free stack: reuse comes first."""
         self.refcounts = np.concatenate(
             [self.refcounts, np.zeros(int(slots.max()) + 1 - len(self.refcounts), np.uint32)])
-        self._free = np.concatenate([slots[::-1], self._free])
+        self._free = np.concatenate([slots[::-1].astype(np.uint32), self._free])
 
     def allocate(self, n: int) -> np.ndarray | None:
         """n free slots, or None if there are fewer than n."""
         if n > len(self._free):
             return None
-        taken = self._free[len(self._free) - n:][::-1].copy()
+        taken = self._free[len(self._free) - n:][::-1].astype(np.uint64)
         self._free = self._free[:len(self._free) - n]
         return taken
 
     def incref(self, slots: np.ndarray) -> None:
-        np.add.at(self.refcounts, slots, 1)
+        if len(slots) <= SMALL:
+            for slot in slots.tolist():
+                self.refcounts[slot] += 1
+        else:
+            np.add.at(self.refcounts, slots, 1)
 
     def decref(self, slots: np.ndarray) -> None:
         if len(slots) == 0:
+            return
+        if len(slots) <= SMALL:
+            for slot in slots.tolist():
+                self.refcounts[slot] -= 1
+                if self.refcounts[slot] == 0:
+                    self._pending.append(np.array([slot], dtype=np.uint64))
             return
         np.subtract.at(self.refcounts, slots, 1)
         touched = np.unique(slots)
@@ -78,5 +90,5 @@ class SpaceMap:
         # A released slot may have been shared again before the commit: it is no longer free.
         released = released[self.refcounts[released] == 0]
         released = np.unique(released)
-        self._free = np.concatenate([self._free, released[::-1]])
+        self._free = np.concatenate([self._free, released[::-1].astype(np.uint32)])
         return released

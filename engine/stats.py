@@ -38,9 +38,9 @@ def vm_stats(pool, vm) -> dict:
     bs = pool.block_size
     logical = visible_blocks(pool, vm.top)
     unique = 0
-    if pool.space is not None:
+    if pool.blocks.ready and not pool.rebuilding:
         mine = pool.tables.layer_entries(vm.top)
-        unique = int(np.count_nonzero(pool.space.refcounts[mine] == 1))
+        unique = int(np.count_nonzero(pool.blocks.refcounts_of(mine) == 1))
     return {
         "name": vm.name,
         "size": vm.size,
@@ -72,10 +72,8 @@ def pool_stats(pool) -> dict:
     bs = pool.block_size
     vms = [vm_stats(pool, vm) for vm in sorted(pool.vms.values(), key=lambda v: v.name)]
     logical = sum(v["logical_bytes"] for v in vms)
-    space = pool.space
-    used = space.used_count if space is not None else 0
-    physical = used * bs
-    memory = (pool.index.nbytes + space.nbytes) if space is not None else 0
+    blocks = pool.blocks.summary() if pool.blocks.ready and not pool.rebuilding else {}
+    physical = blocks.get("unique_blocks", 0) * bs
     return {
         "path": str(pool.path),
         "block_size": bs,
@@ -83,14 +81,8 @@ def pool_stats(pool) -> dict:
         "logical_bytes": logical,
         "physical_bytes": physical,
         "dedup_ratio": round(logical / physical, 3) if physical else 1.0,
-        "unique_blocks": used,
-        "free_slots": space.free_count if space is not None else 0,
-        "capacity_bytes": pool.store.capacity * bs,
-        "collisions": pool.collisions,
-        "corrupt_blocks": len(pool.corrupt),
-        "refcount_histogram": refcount_histogram(space.refcounts) if space is not None else {},
-        "metadata_ram_bytes": memory,
-        "metadata_ram_bytes_per_block": round(memory / used, 2) if used else 0,
+        "unique_blocks": 0,
+        **blocks,
         "rebuilds": pool.catalog.rebuilds(5),
         "vms": vms,
     }

@@ -1,0 +1,45 @@
+"""Shared fixtures: real pools in tmp dirs, and the real `blockfold` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.pool import Pool
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, input: bytes | None = None, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Runs `blockfold ARGS` as a user would, returning the finished process (text output)."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
+                          input=input, capture_output=True, env=full_env, timeout=120)
+    proc.stdout_text = proc.stdout.decode(errors="replace")
+    proc.stderr_text = proc.stderr.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"blockfold {' '.join(map(str, args))} failed "
+                             f"({proc.returncode}): {proc.stderr_text}")
+    return proc
+
+
+def cli_json(*args, **kw):
+    return json.loads(run_cli(*args, "--json", check=True, **kw).stdout)
+
+
+@pytest.fixture
+def pool_dir(tmp_path) -> Path:
+    return Pool.create(tmp_path / "pool")
+
+
+@pytest.fixture
+def pool(pool_dir):
+    p = Pool.open(pool_dir)
+    yield p
+    p.close()

@@ -1,0 +1,212 @@
+"""The CLI contract that scripts rely on, run as a user would: the real `blockfold` process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+
+import numpy as np
+import pytest
+
+from engine.pool import Pool
+from tests.conftest import cli_json, run_cli
+
+BS = 4096
+
+
+def make_image(path, blocks: int, seed: int, holes: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i in range(blocks):
+        kind = i % 4
+        if holes and kind == 3:
+            parts.append(bytes(BS))
+        elif kind == 2:
+            parts.append(b"\x07" * BS)                       # repeats: dedups
+        else:
+            parts.append(rng.integers(0, 256, BS, dtype=np.uint8).tobytes())
+    data = b"".join(parts) + b"tail"
+    with open(path, "wb") as f:
+        for i, part in enumerate(parts):
+            if holes and i % 4 == 3:
+                f.seek(BS, os.SEEK_CUR)                      # a real hole
+            else:
+                f.write(part)
+        f.write(b"tail")
+    return data
+
+
+@pytest.fixture
+def pool(tmp_path):
+    path = tmp_path / "pool"
+    run_cli("pool", "init", path, check=True)
+    return path
+
+
+def test_import_export_clone_rm_ls_stats(pool, tmp_path):
+    data = make_image(tmp_path / "g.raw", 64, 1, holes=True)
+    assert run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw").returncode == 0
+    clones = cli_json("-p", pool, "vm", "clone", "golden", "d", "--count", "3")
+    assert clones["clones"] == ["d-1", "d-2", "d-3"]
+    run_cli("-p", pool, "vm", "write", "d-2", "--offset", "10", tmp_path / "g.raw", check=False)
+    (tmp_path / "patch").write_bytes(b"hello")
+    run_cli("-p", pool, "vm", "write", "d-2", "--offset", "10", tmp_path / "patch", check=True)
+
+    run_cli("-p", pool, "vm", "export", "d-1", tmp_path / "d1.raw", check=True)
+    assert (tmp_path / "d1.raw").read_bytes() == data
+    # Sparse where the VM has holes: 1/4 of the image is zeros and takes no disk.
+    assert os.stat(tmp_path / "d1.raw").st_blocks * 512 < len(data) * 0.8
+    run_cli("-p", pool, "vm", "export", "d-2", tmp_path / "d2.raw", check=True)
+    assert (tmp_path / "d2.raw").read_bytes() == data[:10] + b"hello" + data[15:]
+
+    names = [v["name"] for v in cli_json("-p", pool, "vm", "ls")]
+    assert names == ["d-1", "d-2", "d-3", "golden"]
+    stats = cli_json("-p", pool, "stats")
+    for key in ("block_size", "logical_bytes", "physical_bytes", "unique_blocks", "dedup_ratio",
+                "vms"):
+        assert key in stats
+    assert stats["block_size"] == BS
+    assert stats["dedup_ratio"] == round(stats["logical_bytes"] / stats["physical_bytes"], 3)
+    assert stats["dedup_ratio"] > 3.5          # 4 VMs over one image, repeats shared
+
+    assert run_cli("-p", pool, "vm", "rm", "golden").returncode == 0
+    assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["d-1", "d-2", "d-3"]
+    run_cli("-p", pool, "vm", "export", "d-3", tmp_path / "d3.raw", check=True)
+    assert (tmp_path / "d3.raw").read_bytes() == data
+
+
+def test_import_from_stdin_and_pool_from_env(pool, tmp_path):
+    data = make_image(tmp_path / "i.raw", 8, 2)
+    proc = subprocess.run(f"cat {tmp_path / 'i.raw'} | {os.sys.executable} -m console "
+                          f"vm import piped -", shell=True, capture_output=True,
+                          env=dict(os.environ, BLOCKFOLD_POOL=str(pool)),
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    out = run_cli("vm", "export", "piped", "-", env={"BLOCKFOLD_POOL": str(pool)}, check=True)
+    assert out.stdout == data
+
+
+def test_blocks_rebuild_fsck(pool, tmp_path):
+    make_image(tmp_path / "a.raw", 16, 3)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    run_cli("-p", pool, "vm", "clone", "a", "b", check=True)
+    page = cli_json("-p", pool, "blocks", "--limit", "5")
+    assert page["total"] == cli_json("-p", pool, "stats")["unique_blocks"]
+    assert len(page["rows"]) == 5
+    row = page["rows"][0]
+    assert set(row) == {"pbn", "fingerprint", "refcount", "vms"}
+    assert len(row["fingerprint"]) == 32 and row["vms"] == ["a", "b"]
+    shared = cli_json("-p", pool, "blocks", "--min-refs", "2")
+    assert [r["refcount"] for r in shared["rows"]] == [4]      # the \x07 block, 4 times in a
+    by_prefix = cli_json("-p", pool, "blocks", "--prefix", row["fingerprint"][:6])
+    assert row["pbn"] in [r["pbn"] for r in by_prefix["rows"]]
+    figures = cli_json("-p", pool, "rebuild", "--full")
+    assert figures["mode"] == "full" and figures["blocks"] == page["total"]
+    assert figures["corrupt_blocks"] == []
+    assert cli_json("-p", pool, "fsck") == {"clean": True, "problems": []}
+
+
+def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
+    make_image(tmp_path / "a.raw", 4, 4)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    with open(pool / "blocks.dat", "r+b") as f:
+        f.seek(BS + 100)
+        f.write(b"rot")
+    proc = run_cli("-p", pool, "fsck")
+    assert proc.returncode == 1
+    assert "slot 1" in proc.stdout_text and "corrupt" in proc.stdout_text
+
+
+def unchanged(pool):
+    """A snapshot of what is stored, to show that a refused command changed nothing."""
+    db = sqlite3.connect(pool / "catalog.db")
+    rows = [db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("vms", "layers",
+                                                                           "bmap")]
+    db.close()
+    return rows
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["vm", "import", "x", "/nonexistent.raw"], 1, "cannot read image /nonexistent.raw"),
+    (["vm", "import", "x", "/dev/null"], 1, "not a regular file"),
+    (["vm", "import", "x", "/"], 1, "not a regular file"),
+    (["vm", "import", "a", "IMG"], 1, "already exists"),
+    (["vm", "import", "bad/name", "IMG"], 1, "bad VM name"),
+    (["vm", "import", "-dash", "IMG"], 2, ""),
+    (["vm", "clone", "nope", "y"], 1, "no VM named 'nope'"),
+    (["vm", "clone", "a", "a"], 1, "already exists"),
+    (["vm", "clone", "a", "y", "--count", "0"], 2, "must be at least 1"),
+    (["vm", "rm", "nope"], 1, "no VM named 'nope'"),
+    (["vm", "export", "nope", "OUT"], 1, "no VM named"),
+    (["vm", "write", "a", "--offset", "65536", "IMG"], 1, "outside VM 'a'"),
+    (["vm", "write", "a", "--offset", "-5", "IMG"], 2, "must not be negative"),
+    (["vm", "write", "a", "--offset", "12x", "IMG"], 2, "not a whole number"),
+    (["blocks", "--prefix", "xyz"], 1, "bad fingerprint prefix"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_bad_input_is_one_clear_line_and_changes_nothing(pool, tmp_path, args, code, message):
+    make_image(tmp_path / "a.raw", 16, 5)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    before = unchanged(pool)
+    args = [str(tmp_path / "a.raw") if a == "IMG" else str(tmp_path / "o") if a == "OUT" else a
+            for a in args]
+    proc = run_cli("-p", pool, *args)
+    assert proc.returncode == code
+    assert message in proc.stderr_text
+    assert "Traceback" not in proc.stderr_text
+    if code == 1:
+        assert len(proc.stderr_text.strip().splitlines()) == 1
+    assert unchanged(pool) == before
+
+
+def test_not_a_pool_newer_format_and_no_pool(tmp_path, pool):
+    proc = run_cli("-p", tmp_path, "stats")
+    assert proc.returncode == 1 and "is not a Blockfold pool" in proc.stderr_text
+    proc = run_cli("stats", env={"BLOCKFOLD_POOL": ""})
+    assert proc.returncode == 2 and "no pool given" in proc.stderr_text
+    db = sqlite3.connect(pool / "catalog.db")
+    db.execute("UPDATE meta SET value='7' WHERE key='format_version'")
+    db.commit()
+    proc = run_cli("-p", pool, "vm", "ls")
+    assert proc.returncode == 1 and "format 7" in proc.stderr_text and "upgrade" in proc.stderr_text
+
+
+def test_a_locked_pool_is_refused_with_the_holder(pool, tmp_path):
+    make_image(tmp_path / "a.raw", 4, 6)
+    with Pool.open(pool):
+        proc = run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw")
+        assert proc.returncode == 1
+        assert f"in use by another process (pid {os.getpid()})" in proc.stderr_text
+        assert run_cli("-p", pool, "vm", "ls").returncode == 0      # looking is allowed
+
+
+def test_running_out_of_disk_mid_import_leaves_no_half_vm(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        pool = mnt / "pool"
+        run_cli("pool", "init", pool, check=True)
+        make_image(tmp_path / "small.raw", 64, 7)
+        run_cli("-p", pool, "vm", "import", "small", tmp_path / "small.raw", check=True)
+        before = unchanged(pool)
+        make_image(tmp_path / "big.raw", 8192, 8)                    # 32 MiB into 16 MiB
+        proc = run_cli("-p", pool, "vm", "import", "big", tmp_path / "big.raw")
+        assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
+        assert unchanged(pool) == before
+        assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["small"]
+        assert cli_json("-p", pool, "fsck")["clean"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_help_explains_the_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for word in ("pool", "vm", "stats", "blocks", "rebuild", "fsck", "BLOCKFOLD_POOL"):
+        assert word in proc.stdout_text
+    proc = run_cli("vm", "clone", "--help")
+    assert "--count" in proc.stdout_text and "NEW-1" in proc.stdout_text

@@ -1,0 +1,240 @@
+"""The engine's promises, one by one, on a real pool in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+
+from engine.errors import (NotAPoolError, OutOfRangeError, PoolFormatError, PoolLockedError,
+                           VMExistsError, VMNotFoundError, BadNameError)
+from engine.pool import Pool
+
+BS = 4096
+
+
+def rand(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_unaligned_writes_read_back(pool):
+    pool.create_vm("a", 10 * BS + 123)
+    expect = bytearray(10 * BS + 123)
+    for i, (off, n) in enumerate([(0, 1), (100, BS), (BS - 1, 2), (3 * BS + 5, 3 * BS),
+                                  (10 * BS, 123), (7, 9 * BS)]):
+        data = rand(n, i)
+        pool.write("a", off, data)
+        expect[off:off + n] = data
+        assert pool.read("a", 0, len(expect)) == bytes(expect)
+
+
+def test_unwritten_and_zero_blocks_take_no_slot(pool):
+    pool.create_vm("a", 64 * BS)
+    assert pool.read("a", 0, 64 * BS) == bytes(64 * BS)
+    pool.write("a", 0, bytes(32 * BS))
+    pool.write("a", 32 * BS, rand(BS, 1))
+    assert pool.stats()["unique_blocks"] == 1
+    assert pool.stats()["logical_bytes"] == BS
+
+
+def test_equal_blocks_share_one_slot_and_freed_slots_are_reused(pool):
+    block = rand(BS, 7)
+    pool.create_vm("a", 8 * BS)
+    pool.write("a", 0, block * 8)
+    s = pool.stats()
+    assert s["unique_blocks"] == 1 and s["logical_bytes"] == 8 * BS and s["dedup_ratio"] == 8
+    assert pool.block_page()["rows"][0]["refcount"] == 8
+    capacity = s["capacity_bytes"]
+    for i in range(50):                      # churn: overwrite with new data and trim again
+        pool.write("a", 0, rand(8 * BS, 100 + i))
+        pool.flush()
+        pool.trim("a", 0, 8 * BS)
+        pool.flush()
+    assert pool.stats()["capacity_bytes"] == capacity
+    assert pool.stats()["unique_blocks"] == 0
+
+
+def test_trim_reads_back_zeros_and_frees(pool):
+    pool.create_vm("a", 16 * BS)
+    pool.write("a", 0, rand(16 * BS, 1))
+    pool.trim("a", 100, 10 * BS)
+    data = pool.read("a", 0, 16 * BS)
+    assert data[100:100 + 10 * BS] == bytes(10 * BS)
+    assert data[:100] == rand(16 * BS, 1)[:100]
+    assert pool.stats()["unique_blocks"] == 16 - 9     # 9 whole blocks freed, edges rewritten
+
+
+def test_clones_are_isolated_both_ways(pool):
+    base = rand(32 * BS, 3)
+    pool.create_vm("src", len(base))
+    pool.write("src", 0, base)
+    assert pool.clone("src", "c") == ["c"]
+    pool.write("src", 0, b"S" * BS)
+    pool.write("c", BS, b"C" * BS)
+    assert pool.read("src", 0, 2 * BS) == b"S" * BS + base[BS:2 * BS]
+    assert pool.read("c", 0, 2 * BS) == base[:BS] + b"C" * BS
+    assert pool.read("c", 2 * BS, 30 * BS) == base[2 * BS:]
+
+
+def test_clone_costs_the_same_whatever_the_size(pool_dir):
+    def clone_cost(size_blocks: int, name: str) -> tuple[int, int]:
+        with Pool.open(pool_dir) as p:
+            p.create_vm(name, size_blocks * BS)
+            p.write(name, 0, rand(size_blocks * BS, size_blocks))
+            p.flush()
+            db = sqlite3.connect(pool_dir / "catalog.db")
+            before = db.execute("SELECT count(*) FROM bmap").fetchone()[0]
+            layers = db.execute("SELECT count(*) FROM layers").fetchone()[0]
+            p.clone(name, name + "-c", count=10)
+            after = db.execute("SELECT count(*) FROM bmap").fetchone()[0]
+            layers_after = db.execute("SELECT count(*) FROM layers").fetchone()[0]
+            return after - before, layers_after - layers
+
+    assert clone_cost(4, "small") == clone_cost(4096, "large") == (0, 11)
+
+
+def test_clone_count_names_and_errors(pool):
+    pool.create_vm("g", BS)
+    assert pool.clone("g", "d", count=3) == ["d-1", "d-2", "d-3"]
+    with pytest.raises(VMExistsError):
+        pool.clone("g", "d", count=3)
+    with pytest.raises(VMNotFoundError):
+        pool.clone("nope", "x")
+    with pytest.raises(BadNameError):
+        pool.clone("g", "../x")
+    assert sorted(pool.vm_names()) == ["d-1", "d-2", "d-3", "g"]
+
+
+def test_deep_chains_read_correctly_and_deletes_collect_layers(pool):
+    pool.create_vm("v0", 64 * BS)
+    pool.write("v0", 0, rand(64 * BS, 0))
+    expect = bytearray(rand(64 * BS, 0))
+    for d in range(1, 40):
+        pool.clone(f"v{d - 1}", f"v{d}")
+        pool.write(f"v{d}", d * BS, rand(BS, 1000 + d))
+        expect[d * BS:(d + 1) * BS] = rand(BS, 1000 + d)
+    deepest = [v for v in pool.vm_list() if v["name"] == "v39"][0]
+    assert deepest["depth"] == 40
+    assert pool.read("v39", 0, 64 * BS) == bytes(expect)
+    for d in range(39):
+        pool.delete(f"v{d}")
+    # Only v39 is left: its chain collapses to one layer and nothing else is held.
+    assert pool.vm_list()[0]["depth"] == 1
+    assert pool.read("v39", 0, 64 * BS) == bytes(expect)
+    assert pool.stats()["unique_blocks"] == 64
+    assert pool.fsck() == []
+
+
+def test_delete_frees_only_what_it_alone_referenced(pool):
+    pool.create_vm("a", 8 * BS)
+    pool.write("a", 0, rand(8 * BS, 1))
+    pool.clone("a", "b")
+    pool.write("b", 0, rand(2 * BS, 2))        # b shadows two of a's blocks
+    assert pool.stats()["unique_blocks"] == 10
+    pool.delete("a")                            # a's two shadowed blocks are now garbage
+    assert pool.stats()["unique_blocks"] == 8
+    assert pool.read("b", 2 * BS, 6 * BS) == rand(8 * BS, 1)[2 * BS:]
+    pool.delete("b")
+    assert pool.stats()["unique_blocks"] == 0
+    assert pool.fsck() == []
+
+
+def test_out_of_range_is_refused_and_changes_nothing(pool):
+    pool.create_vm("a", 4 * BS)
+    pool.write("a", 0, rand(4 * BS, 1))
+    for off, n in [(4 * BS, 1), (4 * BS - 1, 2), (-1, 1)]:
+        with pytest.raises(OutOfRangeError):
+            pool.write("a", off, b"x" * n)
+        with pytest.raises(OutOfRangeError):
+            pool.read("a", off, n)
+    assert pool.read("a", 0, 4 * BS) == rand(4 * BS, 1)
+
+
+def test_second_writer_gets_a_clear_error(pool_dir):
+    with Pool.open(pool_dir):
+        with pytest.raises(PoolLockedError, match=f"pid {os.getpid()}"):
+            Pool.open(pool_dir)
+        with Pool.open(pool_dir, readonly=True) as reader:   # readers still may look
+            assert reader.vm_names() == []
+
+
+def test_not_a_pool_and_newer_format(tmp_path, pool_dir):
+    with pytest.raises(NotAPoolError):
+        Pool.open(tmp_path)
+    with pytest.raises(NotAPoolError):
+        Pool.open(tmp_path / "missing")
+    db = sqlite3.connect(pool_dir / "catalog.db")
+    db.execute("UPDATE meta SET value='99' WHERE key='format_version'")
+    db.commit()
+    with pytest.raises(PoolFormatError, match="format 99"):
+        Pool.open(pool_dir)
+
+
+def test_block_sizes(tmp_path):
+    for bs in (4096, 16384, 65536):
+        path = Pool.create(tmp_path / f"p{bs}", bs)
+        with Pool.open(path) as p:
+            p.create_vm("a", 3 * bs + 5)
+            p.write("a", 1, rand(3 * bs, bs))
+            assert p.read("a", 1, 3 * bs) == rand(3 * bs, bs)
+    with pytest.raises(Exception, match="block size"):
+        Pool.create(tmp_path / "bad", 8192 + 1)
+
+
+def test_full_rebuild_and_fsck_find_a_corrupt_block(pool_dir):
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 4 * BS)
+        p.write("a", 0, rand(4 * BS, 1))
+        victim = int(p.addresses("a", 2, 1)[0])
+    with open(pool_dir / "blocks.dat", "r+b") as f:
+        f.seek(victim * BS + 17)
+        f.write(b"\xff\x00\xff")
+    with Pool.open(pool_dir, rebuild="full") as p:
+        assert p.last_rebuild["corrupt_blocks"] == [victim]
+        problems = p.fsck()
+        assert [x["pbn"] for x in problems if x["kind"] == "corrupt"] == [victim]
+
+
+def test_reopen_reads_identically_and_rebuild_counts_the_same(pool_dir):
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 100 * BS)
+        p.write("a", 0, rand(50 * BS, 1) * 2)
+        p.clone("a", "b", count=2)
+        before = {v: p.read(v, 0, 100 * BS) for v in p.vm_names()}
+        stats = p.stats()
+    with Pool.open(pool_dir, rebuild="full") as p:
+        assert {v: p.read(v, 0, 100 * BS) for v in p.vm_names()} == before
+        again = p.stats()
+        for key in ("logical_bytes", "physical_bytes", "unique_blocks", "refcount_histogram"):
+            assert again[key] == stats[key]
+        assert p.last_rebuild["blocks"] == 50
+
+
+def test_reads_are_served_while_rebuilding(pool_dir):
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 2048 * BS)
+        p.write("a", 0, rand(2048 * BS, 5))
+    p = Pool.open(pool_dir, wait=False)
+    try:
+        assert p.read("a", 0, BS) == rand(BS, 5)
+        p.write("a", 0, b"x")                   # writes wait for the rebuild, then go through
+        assert p.read("a", 0, 1) == b"x"
+    finally:
+        p.close()
+
+
+def test_stats_have_the_promised_fields(pool):
+    pool.create_vm("a", 4 * BS)
+    pool.write("a", 0, rand(BS, 1) * 4)
+    pool.clone("a", "b")
+    s = pool.stats()
+    assert s["block_size"] == BS
+    assert s["logical_bytes"] == 8 * BS and s["physical_bytes"] == BS
+    assert s["dedup_ratio"] == 8 and s["unique_blocks"] == 1
+    assert s["refcount_histogram"] == {"3-4": 1}
+    assert [v["name"] for v in s["vms"]] == ["a", "b"]
+    b = s["vms"][1]
+    assert (b["size"], b["logical_bytes"], b["shared_blocks"], b["depth"]) == (4 * BS, 4 * BS, 4, 2)
+    assert s["rebuilds"][0]["reason"] == "open"
