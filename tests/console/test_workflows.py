@@ -140,17 +140,40 @@ async def test_escape_cancels_a_rebuild_and_the_pool_keeps_working(make_app, adm
     assert admin.blocks(limit=1)["total"] == admin.stats()["unique_blocks"]
 
 
-async def test_polls_re_arm_one_timer(make_app):
-    app = make_app(poll_interval=0.05)
-    async with app.run_test(size=SIZE) as pilot:
-        for _ in range(100):
-            if len(app.history) >= 4:
-                break
-            await pilot.pause(0.05)
-        assert len(app.history) >= 4            # each poll's result arms the next one
-        for _ in range(5):                      # a burst of requests runs one poll at a time
-            app.poll()
-            assert sum(1 for w in app.workers if w.group == "poll" and not w.is_finished) <= 1
+class CountingAdmin(LocalAdmin):
+    """The real embedded admin, counting how many stats() calls overlap."""
+
+    def __init__(self, pool):
+        super().__init__(pool)
+        self.in_flight = self.most_in_flight = 0
+        self.counter = threading.Lock()
+
+    def stats(self):
+        with self.counter:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return super().stats()
+        finally:
+            with self.counter:
+                self.in_flight -= 1
+
+
+async def test_polls_re_arm_one_timer_and_never_overlap(pool_dir):
+    admin = CountingAdmin.open(pool_dir, actor="console")
+    try:
+        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=0.02)
+        async with app.run_test(size=SIZE) as pilot:
+            for _ in range(100):
+                if len(app.history) >= 6:
+                    break
+                for _ in range(3):          # refreshes asked for on top of the timer's polls
+                    app.poll()
+                await pilot.pause(0.02)
+            assert len(app.history) >= 6        # each poll's result arms the next one
+        assert admin.most_in_flight == 1
+    finally:
+        admin.close()
 
 
 class ThreadRecordingAdmin(LocalAdmin):
