@@ -14,4 +14,7 @@ async def settle(pilot, rounds: int = 40) -> None:
             await pilot.pause()
             if not any(w.is_running for w in app.workers):
                 break
+    # Widgets such as DataTable lay out new rows when idle: give a loaded machine time for it.
+    await pilot.pause(0.1)
+    await pilot.pause()
     app.clear_notifications()

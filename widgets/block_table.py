@@ -52,11 +52,10 @@ class BlockTable(DataTable):
         self._waiting = False
 
     def on_mount(self) -> None:
-        self.add_column("PBN", key="pbn")
-        self.add_column("FINGERPRINT", key="fingerprint")
-        self.add_column("REFS", key="refs")
-        self.add_column("NODES", key="nodes")
-        self.add_column("VMS", key="vms")
+        # Fixed widths: the columns stay put from page to page.
+        for column, width in (("PBN", 12), ("FINGERPRINT", 32), ("REFS", 6), ("NODES", 16),
+                              ("VMS", 48)):
+            self.add_column(column, key=column.lower(), width=width)
         self._caption()
 
     def show_page(self, total: int, offset: int, rows: list[dict], cursor: str = "first") -> None:

@@ -18,7 +18,8 @@ class EventsScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         table = DataTable(cursor_type="row", zebra_stripes=True, id="events", classes="framed")
-        table.add_columns("WHEN", "WHO", "WHAT", "MESSAGE")
+        for column, width in (("WHEN", 19), ("WHO", 10), ("WHAT", 10), ("MESSAGE", 80)):
+            table.add_column(column, width=width)
         yield table
 
     shown_events: list[dict] | None = None

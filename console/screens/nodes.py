@@ -26,10 +26,10 @@ class NodesScreen(PoolScreen):
     def body(self) -> ComposeResult:
         yield HorizontalScroll(id="cards")
         table = DataTable(cursor_type="row", id="nodes", classes="framed")
-        table.add_column("NODE", key="name")
-        for column in ("HEALTH", "ADDRESS", "LATENCY", "CAPACITY", "BLOCKS", "UNDER-REPL",
-                       "HEAL"):
-            table.add_column(column, key=column.lower())
+        for column, width in (("NODE", 12), ("HEALTH", 11), ("ADDRESS", 24), ("LATENCY", 10),
+                              ("CAPACITY", 10), ("BLOCKS", 12), ("UNDER-REPL", 10),
+                              ("HEAL", 16)):
+            table.add_column(column, key=column.lower(), width=width)
         yield table
 
     def show_view(self, view: PoolView) -> None:

@@ -33,7 +33,9 @@ class RebuildScreen(PoolScreen):
     def body(self) -> ComposeResult:
         yield RebuildPanel(PHASES)
         table = DataTable(cursor_type="none", id="history", classes="framed")
-        table.add_columns("WHEN", "REASON", "MODE", "BLOCKS", "CORRUPT", "ORPHANS", "SECONDS")
+        for column, width in (("WHEN", 19), ("REASON", 10), ("MODE", 5), ("BLOCKS", 12),
+                              ("CORRUPT", 8), ("ORPHANS", 8), ("SECONDS", 8)):
+            table.add_column(column, width=width)
         table.border_title = "recent rebuilds   (f fast · F full · Escape cancels)"
         yield table
 

@@ -28,9 +28,10 @@ class VMsScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         table = DataTable(cursor_type="row", zebra_stripes=True, id="vms", classes="framed")
-        table.add_column("NAME", key="name")
-        for column in ("SIZE", "LOGICAL", "UNIQUE", "SHARED", "DEPTH", "HOME"):
-            table.add_column(column, key=column.lower())
+        # Fixed widths: the layout does not shift as rows come and go.
+        for column, width in (("NAME", 24), ("SIZE", 10), ("LOGICAL", 10), ("UNIQUE", 10),
+                              ("SHARED", 10), ("DEPTH", 5), ("HOME", 12)):
+            table.add_column(column, key=column.lower(), width=width)
         yield table
         with Vertical(id="import"):
             yield Label("", id="import-label")
