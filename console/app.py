@@ -49,7 +49,6 @@ class BlockfoldApp(App):
     BINDINGS = bindings_for("app")
     COMMANDS = {CommandsProvider}
     CSS = """
-    Screen { layout: vertical; }
     .panel { border: round $primary-darken-1; padding: 0 1; height: auto; }
     .muted { color: $text-muted; }
     DataTable.framed { border: round $primary-darken-1; }

@@ -3,9 +3,9 @@ redraw whenever a poll brings a new view of the pool."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.screen import Screen
-from rich.text import Text
 from textual.widgets import Footer, Header, Static
 
 from ..messages import PoolView
@@ -21,6 +21,11 @@ class PoolScreen(Screen):
     def __init_subclass__(cls, **kwargs) -> None:
         cls.BINDINGS = bindings_for(cls.MODE)     # before Textual collects the bindings
         super().__init_subclass__(**kwargs)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latest: PoolView | None = None      # the newest poll
+        self._shown: PoolView | None = None       # the poll on screen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -40,8 +45,6 @@ class PoolScreen(Screen):
         raise NotImplementedError
 
     def on_mount(self) -> None:
-        self._latest: PoolView | None = None
-        self._shown: PoolView | None = None
         self.watch(self.app, "view", self._view_changed)
 
     def _view_changed(self, view: PoolView | None) -> None:
