@@ -104,15 +104,24 @@ class RebuildScreen(PoolScreen):
             panel.finish([("result", "cancelled: the pool keeps the metadata it had")],
                          "cancelled")
             return
-        clock = self.app.clock
-        panel.finish([
-            ("mode", figures["mode"]),
-            ("blocks", f"{figures['blocks']:,} ({human_bytes(figures['bytes'])})"),
-            ("pages read", f"{figures['pages']:,}"),
-            ("references", f"{figures['references']:,}"),
-            ("corrupt blocks", f"{len(figures['corrupt_blocks']):,}"),
-            ("orphans reclaimed", f"{figures['orphans_reclaimed']:,}"),
-            ("free slots", f"{figures['free_slots']:,}"),
-            ("time", clock.volatile(f"{figures['seconds']:.2f}s, "
-                                    f"{human_bytes(figures['bytes_per_s'])}/s")),
-        ])
+        panel.finish(result_lines(figures, self.app.clock))
+
+
+def result_lines(figures: dict, clock) -> list[tuple[str, str]]:
+    """The figures a rebuild returns, worded; an Admin that reports fewer shows fewer lines."""
+    lines = []
+    if "mode" in figures:
+        lines.append(("mode", str(figures["mode"])))
+    if "blocks" in figures:
+        size = f" ({human_bytes(figures['bytes'])})" if "bytes" in figures else ""
+        lines.append(("blocks", f"{figures['blocks']:,}{size}"))
+    for key, label in (("pages", "pages read"), ("references", "references"),
+                       ("corrupt_blocks", "corrupt blocks"),
+                       ("orphans_reclaimed", "orphans reclaimed"), ("free_slots", "free slots")):
+        if key in figures:
+            value = figures[key]
+            lines.append((label, f"{len(value) if isinstance(value, list) else value:,}"))
+    if "seconds" in figures:
+        rate = f", {human_bytes(figures['bytes_per_s'])}/s" if "bytes_per_s" in figures else ""
+        lines.append(("time", clock.volatile(f"{figures['seconds']:.2f}s{rate}")))
+    return lines
