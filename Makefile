@@ -22,5 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run_all
 
+screenshots: $(STAMP)
+	$(BIN)/python -m console.screenshots screenshots
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

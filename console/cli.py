@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_commands(sub, cmd)
 
     con = sub.add_parser("console", help="open the console on a pool")
+    con.add_argument("-p", "--pool", metavar="DIR", default=argparse.SUPPRESS,
+                     help="the pool directory ($BLOCKFOLD_POOL)")
     con.add_argument("--read-only", action="store_true", help="hide destructive actions")
     return p
 

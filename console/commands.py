@@ -239,10 +239,15 @@ def console_default(args) -> int:
 
 
 def console(args) -> int:
-    # Until the Textual console lands, the console shows the pool's figures.
-    args.json = False
-    with LocalAdmin.open(pool_path(args), readonly=True) as admin:
-        return stats(admin, args, None)
+    from .app import BlockfoldApp       # Textual loads only when a console opens
+    # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
+    # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
+    sys.setswitchinterval(0.001)
+    # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
+    with LocalAdmin.open(pool_path(args), readonly=args.read_only, wait=False,
+                         actor="console") as admin:
+        BlockfoldApp(admin, read_only=args.read_only).run()
+    return 0
 
 
 def table(headers, rows) -> str:

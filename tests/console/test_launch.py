@@ -1,0 +1,102 @@
+"""`blockfold` opens the console in a real terminal (tmux), and scripted commands stay light."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.api import LocalAdmin
+
+BLOCKFOLD = str(Path(sys.executable).parent / "blockfold")
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+class Terminal:
+    """A tmux session of its own (private socket) running one command."""
+
+    def __init__(self, tmp_path, command: str, env: dict | None = None):
+        self.socket = str(tmp_path / "tmux.sock")
+        self.done = tmp_path / "exit-code"
+        shell = f"{command}; echo $? > {self.done}"
+        env = {k: v for k, v in (env or os.environ).items() if k not in ("COLUMNS", "LINES")}
+        subprocess.run(["tmux", "-S", self.socket, "new-session", "-d", "-x", "120", "-y", "34",
+                        shell], check=True, env=env)    # without COLUMNS: the pane's own size
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "-S", self.socket, "capture-pane", "-p"],
+                              capture_output=True, text=True).stdout
+
+    def wait_for(self, text: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.screen()
+            if text in shown:
+                return shown
+            time.sleep(0.1)
+        code = self.done.read_text() if self.done.exists() else "none yet"
+        raise AssertionError(f"{text!r} never appeared (exit code {code}); the screen shows:\n"
+                             f"{self.screen()}")
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "send-keys", *keys], check=True)
+
+    def exit_code(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.done.exists() and self.done.read_text().strip():
+                return int(self.done.read_text())
+            time.sleep(0.1)
+        raise AssertionError(f"the console did not exit; the screen shows:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    opened = []
+
+    def open_(command, env=None):
+        opened.append(Terminal(tmp_path, command, env))
+        return opened[-1]
+    yield open_
+    for t in opened:
+        t.close()
+
+
+def test_console_opens_on_a_pool_and_quits_cleanly(terminal, pool_dir):
+    t = terminal(f"{BLOCKFOLD} console -p {pool_dir} --read-only")
+    assert "Blockfold · Overview" in t.wait_for("READ-ONLY")
+    t.keys("2")
+    shown = t.wait_for("golden")
+    assert "Delete VM" not in shown
+    t.keys("q")
+    assert t.exit_code() == 0
+    with LocalAdmin.open(pool_dir) as admin:       # released: it opens writable again
+        assert len(admin.vm_names()) == 4
+
+
+def test_blockfold_alone_makes_the_default_pool(terminal, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "BLOCKFOLD_POOL"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    t = terminal(f"env -u BLOCKFOLD_POOL XDG_DATA_HOME={env['XDG_DATA_HOME']} {BLOCKFOLD}", env)
+    t.wait_for("VMs       0")
+    t.keys("2")
+    assert "Delete VM" in t.wait_for("Clone VM")
+    t.keys("q")
+    assert t.exit_code() == 0
+    assert (tmp_path / "data" / "blockfold" / "pool" / "catalog.db").is_file()
+
+
+def test_scripted_commands_do_not_load_textual(pool_dir):
+    code = ("import sys; from console.cli import main; main(['-p', sys.argv[1], 'stats']); "
+            "print('textual loaded' if 'textual' in sys.modules else 'textual not loaded')")
+    out = subprocess.run([sys.executable, "-c", code, pool_dir], capture_output=True, text=True,
+                         check=True).stdout
+    assert "dedup ratio" in out and out.strip().endswith("textual not loaded")
