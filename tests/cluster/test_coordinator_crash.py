@@ -22,7 +22,7 @@ def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
         before = sum(n["blocks"] for n in admin.nodes())
-    writer = subprocess.Popen([sys.executable, "-m", "console.cli", "-c", str(cluster.path),
+    writer = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path),
                                "vm", "import", "big", str(tmp_path / "big.raw")])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:   # mid-import: blocks on the nodes, not committed
