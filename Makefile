@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/blockfold
+	$(BIN)/blockfold demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q tests

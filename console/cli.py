@@ -134,10 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cluster_commands(sub, cmd)
 
-    con = sub.add_parser("console", help="open the console on a pool")
+    con = sub.add_parser("console", help="open the console on a pool or a cluster")
     con.add_argument("-p", "--pool", metavar="DIR", default=argparse.SUPPRESS,
                      help="the pool directory ($BLOCKFOLD_POOL)")
+    con.add_argument("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
+                     help="the cluster directory")
     con.add_argument("--read-only", action="store_true", help="hide destructive actions")
+    demo = sub.add_parser("demo", help="start a demo cluster of 3 local nodes with data in it, "
+                          "and open the console on it; quitting stops the nodes",
+                          description="Starts 3 node processes on 127.0.0.1 (R=2) in a fresh "
+                          "directory, seeds a golden image and a dozen linked clones, opens the "
+                          "console on the cluster, and stops every node on quit.")
+    demo.add_argument("--dir", metavar="DIR", help="where the demo cluster lives (default: a new "
+                      "temporary directory, removed on quit)")
     return p
 
 
@@ -229,6 +238,8 @@ def run(args) -> int:
         raise UsageError("vm needs an action: import, export, write, clone, rm or ls")
     if args.command == "console":
         return commands.console(args)
+    if args.command == "demo":
+        return commands.demo(args)
     if args.command in ("cluster", "node") and args.action is None:
         raise UsageError(f"{args.command} needs an action")
     if args.command == "cluster":

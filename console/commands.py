@@ -244,10 +244,33 @@ def console(args) -> int:
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
     sys.setswitchinterval(0.001)
     # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
-    with LocalAdmin.open(pool_path(args), readonly=args.read_only, wait=False,
-                         actor="console") as admin:
+    options = dict(readonly=args.read_only, wait=False, actor="console")
+    with (api.open_cluster(args.cluster, **options) if getattr(args, "cluster", None)
+          else LocalAdmin.open(pool_path(args), **options)) as admin:
         BlockfoldApp(admin, read_only=args.read_only).run()
     return 0
+
+
+def demo(args) -> int:
+    """A demo cluster: 3 local nodes, R=2, seeded; the console on it; every node stopped on quit."""
+    import shutil
+    import tempfile
+
+    from . import demo as demo_data
+    path = args.dir or tempfile.mkdtemp(prefix="blockfold-demo-")
+    print(f"starting 3 nodes in {path} …", file=sys.stderr)
+    try:
+        api.cluster_up(path, nodes=3, replicas=2)
+        with api.open_cluster(path, actor="demo") as admin:
+            if not admin.vm_names():
+                print("seeding a golden image and 12 linked clones …", file=sys.stderr)
+                demo_data.seed(admin)
+        args.cluster, args.read_only = path, False
+        return console(args)
+    finally:
+        api.cluster_down(path)
+        if not args.dir:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def table(headers, rows) -> str:

@@ -57,16 +57,37 @@ def _reverse_map(pool):
     return result
 
 
+def _readers(pool) -> dict[int, list[tuple[str, list[int]]]]:
+    """layer -> the VMs that read through it, each with its chain from the top down."""
+    cached = getattr(pool, "_readers", None)
+    if cached is not None and cached[0] == pool.generation:
+        return cached[1]
+    readers: dict[int, list[tuple[str, list[int]]]] = {}
+    for vm in pool.vms.values():
+        chain = pool.chain(vm.top)
+        for layer in chain:
+            readers.setdefault(layer, []).append((vm.name, chain))
+    pool._readers = (pool.generation, readers)
+    return readers
+
+
 def referencing_vms(pool, addr: int) -> list[str]:
-    """The VMs that read block `addr` somewhere."""
+    """The VMs that read block `addr` somewhere: those that read through a layer holding it,
+    unless a layer above it in their chain shadows that LBN."""
     a, layers, lbns = _reverse_map(pool)
     lo, hi = np.searchsorted(a, addr, "left"), np.searchsorted(a, addr, "right")
+    readers = _readers(pool)
     names = set()
     for layer, lbn in zip(layers[lo:hi].tolist(), lbns[lo:hi].tolist()):
-        for vm in pool.vms.values():
-            if layer in pool.chain(vm.top) and \
-                    int(pool.tables.lookup_range(vm.top, lbn, 1)[0]) == addr:
-                names.add(vm.name)
+        pno, idx = divmod(lbn, PAGE_ENTRIES)
+        for name, chain in readers.get(layer, ()):
+            for lid in chain:
+                if lid == layer:
+                    names.add(name)
+                    break
+                page = pool.tables.page(lid, pno)
+                if page is not None and page[idx] != INHERIT:
+                    break
     return sorted(names)
 
 
