@@ -73,6 +73,7 @@ class BlockStore:
     def _set_views(self, data_map: mmap.mmap, hash_map: mmap.mmap) -> None:
         self._maps = (data_map, hash_map)
         self.data = np.frombuffer(data_map, dtype=np.uint8).reshape(-1, self.block_size)
+        self.words = self.data.view(np.uint64)        # the same bytes, for fast comparisons
         self.hashes = np.frombuffer(hash_map, dtype=np.uint64).reshape(-1, 2)
 
     def _write_header(self) -> None:
@@ -136,7 +137,7 @@ class BlockStore:
             os.fdatasync(fd)
 
     def close(self) -> None:
-        self.data = self.hashes = None
+        self.data = self.words = self.hashes = None
         self._maps = (None, None)
         for fd in self._fds:
             os.close(fd)

@@ -29,27 +29,24 @@ class LocalBlocks:
     def store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Stores or shares each chosen block of `chunk`; returns their addresses, referenced."""
         bs = self.block_size
-        raw = chunk.obj if isinstance(chunk.obj, bytes) and len(chunk.obj) == len(chunk) else bytes(chunk)
-        # bytes, not memoryviews: == on bytes is one memcmp, on memoryviews a per-byte loop.
-        blocks = [raw[i * bs:(i + 1) * bs] for i in which.tolist()]
-        digest_list = [self.fingerprint(b) for b in blocks]
+        digest_list = [self.fingerprint(chunk[i * bs:(i + 1) * bs]) for i in which.tolist()]
         digests = np.frombuffer(b"".join(digest_list), dtype=np.uint64).reshape(-1, 2)
         keys = keys_of(digests)
         found = self.index.lookup(keys)
-        slots = np.zeros(len(blocks), dtype=np.uint64)
+        slots = np.zeros(len(which), dtype=np.uint64)
         store, refcounts = self.store, self.space.refcounts
 
         # An index hit is only advice: the slot must be live, hold the same fingerprint, and the
-        # same bytes. Same fingerprint but other bytes is a collision: store the block apart.
+        # same bytes (compared for the whole batch at once, as 64-bit words). Same fingerprint but
+        # other bytes is a collision: the block is stored apart.
         hit = np.flatnonzero(found)
         if len(hit):
             cand = found[hit]
             same = (refcounts[cand] > 0) & (store.hashes[cand] == digests[hit]).all(axis=1)
-            for j, slot in zip(hit[same].tolist(), cand[same].tolist()):
-                if store.block(slot) == blocks[j]:
-                    slots[j] = slot
-                else:
-                    self.collisions += 1
+            hit, cand = hit[same], cand[same]
+            equal = (store.words[cand] == words[which[hit]]).all(axis=1)
+            slots[hit[equal]] = cand[equal]
+            self.collisions += int(np.count_nonzero(~equal))
 
         # Blocks not in the pool yet; equal ones within this batch share one new slot.
         new = np.flatnonzero(slots == 0)
@@ -60,7 +57,7 @@ class LocalBlocks:
                 k = first_of.setdefault(digest_list[j], j)
                 if k == j:
                     fresh.append(j)
-                elif blocks[k] == blocks[j]:
+                elif np.array_equal(words[which[k]], words[which[j]]):
                     copies.append((j, k))
                 else:
                     self.collisions += 1

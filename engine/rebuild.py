@@ -22,7 +22,7 @@ import numpy as np
 from .blocktable import owned
 from .blockstore import BlockStore
 from .errors import CancelledError
-from .index import MAX_LOAD, FingerprintIndex, keys_of
+from .index import REBUILD_LOAD, FingerprintIndex, keys_of
 from .progress import Meter, ProgressCallback
 from .spacemap import SpaceMap
 
@@ -96,7 +96,7 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
     # index: every live, sound fingerprint
     sound = ~np.isin(live, corrupt)
     keys, slots = keys_of(digests[sound]), live[sound]
-    index = FingerprintIndex(int(len(keys) / MAX_LOAD) + 1)
+    index = FingerprintIndex(int(len(keys) / REBUILD_LOAD) + 1)
     meter = Meter(progress, "index", len(keys))
     for start in range(0, len(keys), INDEX_BATCH):
         check_cancel()
