@@ -83,13 +83,18 @@ def vm_clone(admin, args, bar) -> int:
     return 0
 
 
+def confirmed(args, question: str) -> bool:
+    """Asks before destruction on a terminal; scripts (no TTY) and --yes go straight on."""
+    if args.yes or not sys.stdin.isatty():
+        return True
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def vm_rm(admin, args, bar) -> int:
     admin.vm_size(args.name)      # a clear error for an unknown name, before asking
-    if not args.yes and sys.stdin.isatty():
-        answer = input(f"Delete VM {args.name}? Its own blocks are freed. [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not deleted", file=sys.stderr)
-            return 1
+    if not confirmed(args, f"Delete VM {args.name}? Its own blocks are freed."):
+        print("not deleted", file=sys.stderr)
+        return 1
     admin.delete(args.name)
     emit(args, {"deleted": args.name}, f"deleted {args.name}")
     return 0
@@ -204,11 +209,9 @@ def node_ls(admin, args, bar) -> int:
 
 
 def node_fail(admin, args, bar) -> int:
-    if not args.yes and sys.stdin.isatty():
-        answer = input(f"Fail node {args.name}? Its process is killed. [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not failed", file=sys.stderr)
-            return 1
+    if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
+        print("not failed", file=sys.stderr)
+        return 1
     admin.fail_node(args.name)
     emit(args, {"failed": args.name}, f"failed {args.name}")
     return 0

@@ -4,7 +4,7 @@ Synthetic, over N unique blocks (10 M by default): the structures the pool keeps
 engine.index.FingerprintIndex and engine.spacemap.SpaceMap, are filled with N random 128-bit
 digests, sized the two ways a pool sizes them:
 
-  after rebuild   as every open does: the index is made for N / 0.5 entries; the slot file has
+  after rebuild   as every open does: the index is made for N / REBUILD_LOAD entries; the slot file has
                   25 % more slots than are used (BlockStore.grow adds a quarter at a time, so a
                   real pool has 0-25 % spare), and those free slots sit on the free stack
   grown by writes as inline dedup grows it: inserts of 512 (one block-table page) at a time into
@@ -26,7 +26,7 @@ import shutil
 
 import numpy as np
 
-from engine.index import FingerprintIndex, keys_of
+from engine.index import REBUILD_LOAD, FingerprintIndex, keys_of
 from engine.pool import Pool
 from engine.spacemap import SpaceMap
 
@@ -47,7 +47,7 @@ def after_rebuild(keys: np.ndarray) -> dict:
     n = len(keys)
     before = resident()
     slots = np.arange(1, n + 1, dtype=np.uint64)
-    index = FingerprintIndex(int(n / 0.5) + 1)          # as engine.rebuild sizes it
+    index = FingerprintIndex(int(n / REBUILD_LOAD) + 1)  # as engine.rebuild sizes it
     for start in range(0, n, 1 << 20):
         index.insert(keys[start:start + (1 << 20)], slots[start:start + (1 << 20)])
     capacity = 1 + n + int(n * GROWTH_SLACK)
@@ -73,7 +73,7 @@ def grown_by_writes(keys: np.ndarray) -> dict:
 
 
 def parts(index: FingerprintIndex, space: SpaceMap, n: int, rss: int) -> dict:
-    free = space.free_slots().nbytes
+    free = space.nbytes - space.refcounts.nbytes          # the free stack, as held
     return {"index_bytes": index.nbytes, "index_cells": len(index.keys),
             "index_load": round(index.count / len(index.keys), 3),
             "refcount_bytes": space.refcounts.nbytes, "free_map_bytes": free,
