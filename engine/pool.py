@@ -28,8 +28,8 @@ from . import blockview, imageio, stats as stats_mod
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, ZERO, BlockTables
 from .catalog import CATALOG_FILE, Catalog
-from .errors import (BlockfoldError, NotAPoolError, OutOfRangeError, ReadOnlyError,
-                     VMExistsError, VMNotFoundError)
+from .errors import (BlockfoldError, NoSpaceError, NotAPoolError, OutOfRangeError,
+                     ReadOnlyError, VMExistsError, VMNotFoundError)
 from .localblocks import LocalBlocks
 from .lock import PoolLock
 from .names import check_vm_name
@@ -225,8 +225,11 @@ class Pool:
             self.catalog.begin()
             try:
                 yield
-            except BlockfoldError:
+            except NoSpaceError:
+                self._abort()       # a write cut short by a full disk must not commit half-done
                 raise
+            except BlockfoldError:
+                raise               # refused before anything changed
             except BaseException:
                 self._abort()
                 raise

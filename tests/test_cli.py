@@ -198,6 +198,16 @@ def test_running_out_of_disk_mid_import_leaves_no_half_vm(tmp_path):
         assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
         assert unchanged(pool) == before
         assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["small"]
+        # A write that runs out of disk halfway changes nothing either.
+        with open(tmp_path / "holes.raw", "wb") as f:
+            f.truncate(64 << 20)
+            f.seek((64 << 20) - 1)
+            f.write(b"\x01")
+        run_cli("-p", pool, "vm", "import", "roomy", tmp_path / "holes.raw", check=True)
+        before = unchanged(pool)
+        proc = run_cli("-p", pool, "vm", "write", "roomy", "--offset", "0", tmp_path / "big.raw")
+        assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
+        assert unchanged(pool) == before
         assert cli_json("-p", pool, "fsck")["clean"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
