@@ -28,6 +28,8 @@ class LocalBlocks:
 
     def store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Stores or shares each chosen block of `chunk`; returns their addresses, referenced."""
+        if len(which) == 1:
+            return self._store_one(chunk, int(which[0]))
         bs = self.block_size
         digest_list = [self.fingerprint(chunk[i * bs:(i + 1) * bs]) for i in which.tolist()]
         digests = np.frombuffer(b"".join(digest_list), dtype=np.uint64).reshape(-1, 2)
@@ -71,6 +73,30 @@ class LocalBlocks:
                 slots[j] = slots[k]
         self.space.incref(slots)
         return slots
+
+    def _store_one(self, chunk: memoryview, i: int) -> np.ndarray:
+        """store_blocks for one block (a small random write), in scalars: numpy's per-call cost
+        is most of the time of a one-block batch."""
+        bs = self.block_size
+        block = chunk[i * bs:(i + 1) * bs]
+        digest = self.fingerprint(block)
+        key = int.from_bytes(digest[:8], "little") or 1          # as keys_of does
+        _, slot = self.index._find(key)
+        store = self.store
+        if slot and self.space.refcounts[slot] and store.hashes[slot].tobytes() == digest:
+            if store.block(slot) != bytes(block):
+                self.collisions += 1
+                slot = 0
+        else:
+            slot = 0
+        if not slot:
+            slot = int(self._allocate(1)[0])
+            store.data[slot] = np.frombuffer(block, dtype=np.uint8)
+            store.hashes[slot] = np.frombuffer(digest, dtype=np.uint64)
+            self.index.insert(np.array([key], dtype=np.uint64), np.array([slot], dtype=np.uint64),
+                              keep=self._live)
+        self.space.refcounts[slot] += 1
+        return np.array([slot], dtype=np.uint64)
 
     def _allocate(self, n: int) -> np.ndarray:
         slots = self.space.allocate(n)
