@@ -7,7 +7,6 @@ writes a few desktops' worth of its own blocks. The same seed gives the same byt
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 
@@ -47,7 +46,3 @@ def seed(admin: Admin, seed: int = 7, progress=None) -> None:
         admin.write(name, (5000 + 64 * i) * BLOCK, rng.randbytes((8 + 4 * i) * BLOCK))
     admin.flush()
 
-
-def demo_pool_path() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, f"blockfold-demo-{os.getuid()}")

@@ -14,7 +14,6 @@ the RAM metadata is rebuilt; writes wait for the rebuild to finish.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager

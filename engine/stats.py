@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocktable import INHERIT, ZERO, owned
+from .blocktable import INHERIT, ZERO
 
 
 def _count_visible(page: np.ndarray | None) -> int:

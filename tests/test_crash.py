@@ -4,7 +4,6 @@ back and fsck is clean. 3 tests × 8 kills = 24 kill points."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
