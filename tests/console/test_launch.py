@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,3 +101,18 @@ def test_scripted_commands_do_not_load_textual(pool_dir):
     out = subprocess.run([sys.executable, "-c", code, pool_dir], capture_output=True, text=True,
                          check=True).stdout
     assert "dedup ratio" in out and out.strip().endswith("textual not loaded")
+
+
+def test_demo_runs_a_seeded_cluster_and_stops_it_on_quit(terminal, tmp_path):
+    demo = tmp_path / "demo"
+    t = terminal(f"{BLOCKFOLD} demo --dir {demo}")
+    t.wait_for("VMs       13", timeout=60)           # golden + 12 linked clones
+    pids = [node["pid"] for node in json.loads((demo / "cluster.json").read_text())["nodes"]]
+    assert len(pids) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids)
+    t.keys("5")
+    assert t.wait_for("node3").count("UP") >= 3
+    t.keys("q")
+    assert t.exit_code(timeout=30) == 0
+    for pid in pids:                                 # every node it started is gone
+        assert not os.path.exists(f"/proc/{pid}") or \
+            b"engine.net.node" not in open(f"/proc/{pid}/cmdline", "rb").read()
