@@ -24,7 +24,8 @@ class NodesScreen(PoolScreen):
     """
 
     def body(self) -> ComposeResult:
-        yield HorizontalScroll(id="cards")
+        # Not focusable, so that the arrow keys move through the table's nodes from the start.
+        yield HorizontalScroll(id="cards", can_focus=False)
         table = DataTable(cursor_type="row", id="nodes", classes="framed")
         for column, width in (("NODE", 12), ("HEALTH", 11), ("ADDRESS", 24), ("LATENCY", 10),
                               ("CAPACITY", 10), ("BLOCKS", 12), ("UNDER-REPL", 10),

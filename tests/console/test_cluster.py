@@ -1,0 +1,96 @@
+"""Pilot tests: the console driven by keys on a real 3-node cluster (R=2) of node subprocesses."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Label
+
+from console.app import BlockfoldApp
+from console.clock import FixedClock
+from console.screens.confirm import ConfirmDialog
+from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
+
+from .conftest import SIZE
+from .helpers import press, settle
+
+CLONES = 3
+
+
+@pytest.fixture
+def seeded(make_cluster, tmp_path):
+    """A running cluster holding a small golden image and a few linked clones, with the admin
+    the console runs on and the golden image's bytes."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "golden.raw", 1, seed=4)
+    admin = cluster.open(actor="console")
+    admin.import_image("golden", str(tmp_path / "golden.raw"))
+    admin.clone("golden", "desk", count=CLONES)
+    yield admin, data
+    admin.close()
+
+
+def make_app(admin) -> BlockfoldApp:
+    # Polls come only from the first frame, actions and `r`, so each check sees one fresh view.
+    return BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
+
+
+def health(app, node: str) -> str:
+    table = app.screen.query_one("#nodes", DataTable)
+    return str(table.get_row(node)[1])
+
+
+def question(app) -> str:
+    assert isinstance(app.screen, ConfirmDialog)
+    return str(app.screen.query_one(Label).render())
+
+
+def node_summary(app) -> str:
+    return str(app.screen.query_one("#node-summary", Label).render())
+
+
+async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go_on(seeded):
+    admin, data = seeded
+    app = make_app(admin)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "5")
+        await press(pilot, "down", "x")
+        assert "Fail node node2?" in question(app)
+        await press(pilot, "y")
+        assert health(app, "node2") == "✖ DOWN"
+        assert health(app, "node1") == "● UP" and health(app, "node3") == "● UP"
+        assert "1 not up" in str(app.screen.query_one("#nodes").border_title)
+        await press(pilot, "1")
+        assert "✖ DOWN 1" in node_summary(app) and "DEGRADED" in node_summary(app)
+        # Every block has a replica on a node that is still up.
+        assert admin.read("golden", 0, len(data)) == data
+        assert admin.read(f"desk-{CLONES}", 0, len(data)) == data
+    assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "down"
+
+
+async def test_restoring_a_node_brings_it_back_and_heals(seeded):
+    admin, data = seeded
+    admin.fail_node("node2")
+    app = make_app(admin)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "5")
+        await press(pilot, "down")
+        assert health(app, "node2") == "✖ DOWN"
+        await press(pilot, "u")
+        assert "Restore node node2?" in question(app)
+        await press(pilot, "y")
+        assert health(app, "node2") in ("● UP", "↻ RETURNING")
+        for _ in range(100):                 # the node catches up in the background
+            nodes = app.view.nodes
+            if (all(n["state"] == "up" for n in nodes)
+                    and not any(n["under_replicated"] for n in nodes)):
+                break
+            await pilot.pause(0.1)
+            await press(pilot, "r")
+        assert health(app, "node2") == "● UP"
+        table = app.screen.query_one("#nodes", DataTable)
+        assert [str(table.get_row(n)[6]) for n in ("node1", "node2", "node3")] == ["0"] * 3
+        assert app.screen.query_one("#nodes").border_title == "3 nodes"
+        await press(pilot, "1")
+        assert "healthy" in node_summary(app)
+        assert "DEGRADED" not in node_summary(app)
+    assert admin.read("desk-1", 0, len(data)) == data
