@@ -195,7 +195,8 @@ def cluster(args) -> int:
 
 
 def node_serve(args) -> int:
-    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size)
+    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size,
+                          args.cluster)
 
 
 def node_ls(admin, args, bar) -> int:
@@ -247,7 +248,9 @@ def console(args) -> int:
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
     sys.setswitchinterval(0.001)
     # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
-    options = dict(readonly=args.read_only, wait=False, actor="console")
+    # A console served over SSH logs its actions under the key's comment (engine/net/node.py).
+    options = dict(readonly=args.read_only, wait=False,
+                   actor=os.environ.get("BLOCKFOLD_ACTOR") or "console")
     with (api.open_cluster(args.cluster, **options) if getattr(args, "cluster", None)
           else LocalAdmin.open(pool_path(args), **options)) as admin:
         BlockfoldApp(admin, read_only=args.read_only).run()
