@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sys
 
 from engine import api
@@ -253,8 +255,22 @@ def console(args) -> int:
                    actor=os.environ.get("BLOCKFOLD_ACTOR") or "console")
     with (api.open_cluster(args.cluster, **options) if getattr(args, "cluster", None)
           else LocalAdmin.open(pool_path(args), **options)) as admin:
-        BlockfoldApp(admin, read_only=args.read_only).run()
+        app = BlockfoldApp(admin, read_only=args.read_only)
+        _quit_on_hangup(app)
+        app.run()
     return 0
+
+
+def _quit_on_hangup(app) -> None:
+    """A lost terminal (an SSH client gone) or SIGTERM quits the app like `q`, so the cluster is
+    closed cleanly and its write lease freed at once."""
+    def quit_(signum, frame):
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
+        except RuntimeError:            # before the app runs: leave, closing the cluster
+            raise SystemExit(1) from None
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, quit_)
 
 
 def demo(args) -> int:

@@ -166,15 +166,19 @@ def test_read_only_key_and_a_second_session_at_once(console_node):
 
 def test_killing_a_client_leaves_the_node_serving(console_node):
     node, cluster, ssh, terminal = console_node
-    first = terminal("reader1", "reader")
+    first = terminal("alice1", "alice")   # a writer: its lease must be freed at once
     first.wait_for("Blockfold · Overview")
     os.kill(first.client_pid(), signal.SIGKILL)
     first.close()
-    second = terminal("reader2", "reader")
+    second = terminal("alice2", "alice")
     second.wait_for("Blockfold · Overview")
     second.keys("q")
     assert second.exit_code() == 0
     assert node.poll() is None
+    deadline = time.monotonic() + 10              # the abandoned console was ended too
+    while subprocess.run(["pgrep", "-P", str(node.pid)], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "a console outlived its client"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("key, extra, message", [
