@@ -179,6 +179,9 @@ def _cluster_commands(sub, cmd) -> None:
     serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0: any free")
     serve.add_argument("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE")
     serve.add_argument("--block-size", type=_positive, metavar="N")
+    serve.add_argument("--cluster", metavar="DIR",
+                       help="serve the console on this cluster to the keys in DATA/admin_keys"
+                            " (DATA/admin_keys_readonly: read-only) over SSH")
     cmd(node, "ls", "the nodes: state, latency, capacity, blocks")
     for name, text in (("fail", "make a node unreachable (kill its process)"),
                        ("restore", "bring a failed node back")):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sys
 
 from engine import api
@@ -195,7 +197,8 @@ def cluster(args) -> int:
 
 
 def node_serve(args) -> int:
-    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size)
+    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size,
+                          args.cluster)
 
 
 def node_ls(admin, args, bar) -> int:
@@ -247,11 +250,27 @@ def console(args) -> int:
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
     sys.setswitchinterval(0.001)
     # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
-    options = dict(readonly=args.read_only, wait=False, actor="console")
+    # A console served over SSH logs its actions under the key's comment (engine/net/node.py).
+    options = dict(readonly=args.read_only, wait=False,
+                   actor=os.environ.get("BLOCKFOLD_ACTOR") or "console")
     with (api.open_cluster(args.cluster, **options) if getattr(args, "cluster", None)
           else LocalAdmin.open(pool_path(args), **options)) as admin:
-        BlockfoldApp(admin, read_only=args.read_only).run()
+        app = BlockfoldApp(admin, read_only=args.read_only)
+        _quit_on_hangup(app)
+        app.run()
     return 0
+
+
+def _quit_on_hangup(app) -> None:
+    """A lost terminal (an SSH client gone) or SIGTERM quits the app like `q`, so the cluster is
+    closed cleanly and its write lease freed at once."""
+    def quit_(signum, frame):
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
+        except RuntimeError:            # before the app runs: leave, closing the cluster
+            raise SystemExit(1) from None
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, quit_)
 
 
 def demo(args) -> int:

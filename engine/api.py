@@ -162,6 +162,6 @@ def cluster_add(path, address: str, **kwargs) -> dict:
 
 
 def serve_node(data: str, listen: str, memory: int | None = None,
-               block_size: int | None = None) -> int:
+               block_size: int | None = None, cluster: str | None = None) -> int:
     from .net import node
-    return node.main(data, listen, memory, block_size)
+    return node.main(data, listen, memory, block_size, cluster)

@@ -1,7 +1,9 @@
 """`blockfold node serve`: one node, an asyncssh server in front of a NodeStore.
 
-It accepts only the client keys in DATA/authorized_keys, and only one thing from them: the
-`blockfold-rpc` subsystem. Shells, exec requests, other subsystems, port forwarding, agent and X11
+It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys and
+DATA/admin_keys_readonly. Node keys (authorized_keys) get the `blockfold-rpc` subsystem; admin keys
+get the console in an interactive session with a PTY (see console_session.py), read-only for the
+keys in admin_keys_readonly. Exec requests, other subsystems, port forwarding, agent and X11
 forwarding are all refused. Requests on a channel are answered in order, one at a time; one bad
 channel never stops the others.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from ..cluster.nodestore import NodeError, NodeStore
 from ..cluster import changeset
 from . import rpc
+from .console_session import ADMIN_KEYS, READONLY_KEYS, ConsoleSession
 from .client import CIPHERS, PACKET, WINDOW
 
 HOST_KEY = "host_key"
@@ -156,33 +159,95 @@ def _ids(header: dict, payload) -> tuple[np.ndarray, memoryview]:
     return np.frombuffer(payload[:8 * n], dtype="<u8").astype(np.uint64), payload[8 * n:]
 
 
+class Login:
+    """Who a connection authenticated as: may it use RPC, which console, under what actor."""
+
+    def __init__(self, rpc_allowed: bool, console_role: str | None, actor: str):
+        self.rpc_allowed = rpc_allowed
+        self.console_role = console_role
+        self.actor = actor
+
+
+def read_keys(path: Path) -> list[asyncssh.SSHKey]:
+    """The public keys in an authorized_keys-style file (comments kept); none if it is absent."""
+    if not path.is_file():
+        return []
+    keys = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        # A line may start with options; the key is what follows them.
+        for start in (line, line.partition(" ")[2]):
+            try:
+                keys.append(asyncssh.import_public_key(start))
+                break
+            except (asyncssh.KeyImportError, ValueError):
+                continue
+    return keys
+
+
+def login_for(directory: Path, key: asyncssh.SSHKey) -> Login | None:
+    """Read on every login, so a key added to or removed from a file counts at once."""
+    found = {name: next((k for k in read_keys(directory / name) if k == key), None)
+             for name in (AUTHORIZED_KEYS, ADMIN_KEYS, READONLY_KEYS)}
+    if not any(found.values()):
+        return None
+    role = "admin" if found[ADMIN_KEYS] else "readonly" if found[READONLY_KEYS] else None
+    named = found[ADMIN_KEYS] or found[READONLY_KEYS] or found[AUTHORIZED_KEYS]
+    actor = named.get_comment() or f"ssh:{key.get_fingerprint()}"
+    return Login(found[AUTHORIZED_KEYS] is not None, role, actor)
+
+
 class RpcSession(asyncssh.SSHServerSession):
-    def __init__(self, handler: Handler):
+    """One channel: the RPC subsystem for node keys, or an interactive console for admin keys."""
+
+    def __init__(self, handler: Handler, login: Login, cluster: str | None):
         self.handler = handler
+        self.login = login
+        self.cluster = cluster
         self.reader = rpc.FrameReader()
         self.chan = None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.worker = None
+        self.term: str | None = None
+        self.size = (80, 24)
+        self.console: ConsoleSession | None = None
 
     def connection_made(self, chan):
         self.chan = chan
 
-    def pty_requested(self, *args):
-        return False
+    def pty_requested(self, term_type, term_size, term_modes):
+        self.term = term_type or "xterm-256color"
+        self.size = term_size[:2]
+        return True
 
     def shell_requested(self):
-        return False
+        self.console = ConsoleSession(self.chan, self.cluster, self.login.console_role,
+                                      self.login.actor)
+        return True
+
+    def session_started(self):
+        if self.console is not None:
+            self.console.start(self.term, self.size)
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight):
+        if self.console is not None:
+            self.console.resize(width, height)
 
     def exec_requested(self, command):
         return False
 
     def subsystem_requested(self, subsystem):
-        if subsystem != rpc.SUBSYSTEM:
+        if subsystem != rpc.SUBSYSTEM or not self.login.rpc_allowed:
             return False
         self.worker = asyncio.get_running_loop().create_task(self._serve())
         return True
 
     def data_received(self, data, datatype):
+        if self.console is not None:
+            self.console.input(data)
+            return
         if self.reader is None:         # the stream went bad: nothing after it can be framed
             return
         try:
@@ -195,11 +260,15 @@ class RpcSession(asyncssh.SSHServerSession):
             self.queue.put_nowait(frame)
 
     def eof_received(self):
+        if self.console is not None:
+            return True             # a console ends when it exits, not on the client's EOF
         self.queue.put_nowait(None)
         return False
 
     def connection_lost(self, exc):
         self.queue.put_nowait(None)
+        if self.console is not None:
+            self.console.closed()
 
     async def _serve(self):
         while True:
@@ -235,11 +304,21 @@ class RpcSession(asyncssh.SSHServerSession):
 
 
 class NodeServer(asyncssh.SSHServer):
-    def __init__(self, handler: Handler):
+    def __init__(self, handler: Handler, directory: Path, cluster: str | None):
         self.handler = handler
+        self.directory = directory
+        self.cluster = cluster
+        self.login: Login | None = None
 
     def begin_auth(self, username):
         return True
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        self.login = login_for(self.directory, key)
+        return self.login is not None
 
     def password_auth_supported(self):
         return False
@@ -248,7 +327,7 @@ class NodeServer(asyncssh.SSHServer):
         return False
 
     def session_requested(self):
-        return RpcSession(self.handler)
+        return RpcSession(self.handler, self.login, self.cluster)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         return False
@@ -258,7 +337,7 @@ class NodeServer(asyncssh.SSHServer):
 
 
 async def serve(directory: Path, host: str, port: int, memory: int | None,
-                block_size: int | None) -> None:
+                block_size: int | None, cluster: str | None = None) -> None:
     keys = directory / AUTHORIZED_KEYS
     if not keys.is_file():
         raise SystemExit(f"blockfold: error: {keys} is missing: no client could log in")
@@ -267,9 +346,9 @@ async def serve(directory: Path, host: str, port: int, memory: int | None,
     store = NodeStore(directory, settings["block_size"], memory)
     handler = Handler(store, settings.get("name", directory.name))
     acceptor = await asyncssh.create_server(
-        lambda: NodeServer(handler), host, port,
-        server_host_keys=[str(directory / HOST_KEY)], authorized_client_keys=str(keys),
-        encoding=None, allow_pty=False, x11_forwarding=False, agent_forwarding=False,
+        lambda: NodeServer(handler, directory, cluster), host, port,
+        server_host_keys=[str(directory / HOST_KEY)],
+        encoding=None, allow_pty=True, x11_forwarding=False, agent_forwarding=False,
         allow_scp=False, sftp_factory=None, login_timeout=10, keepalive_interval=0,
         encryption_algs=CIPHERS, window=WINDOW, max_pktsize=PACKET)
     print(f"ready {host}:{acceptor.get_port()}", flush=True)
@@ -284,14 +363,14 @@ async def serve(directory: Path, host: str, port: int, memory: int | None,
 
 
 def main(data: str, listen: str, memory: int | None = None,
-         block_size: int | None = None) -> int:
+         block_size: int | None = None, cluster: str | None = None) -> int:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         print(f"blockfold: error: bad listen address {listen!r}: use HOST:PORT",
               file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(Path(data), host, int(port), memory, block_size))
+        asyncio.run(serve(Path(data), host, int(port), memory, block_size, cluster))
     except OSError as e:
         print(f"blockfold: error: cannot listen on {listen}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -308,5 +387,6 @@ if __name__ == "__main__":
     parser.add_argument("--listen", required=True)
     parser.add_argument("--memory", type=parse_size)
     parser.add_argument("--block-size", type=int)
+    parser.add_argument("--cluster")
     a = parser.parse_args()
-    sys.exit(main(a.data, a.listen, a.memory, a.block_size))
+    sys.exit(main(a.data, a.listen, a.memory, a.block_size, a.cluster))

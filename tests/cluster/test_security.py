@@ -55,7 +55,7 @@ def test_mismatching_host_key_is_refused_naming_the_node(make_cluster):
         assert "node node2" in node2["error"] and "host key" in node2["error"]
 
 
-def test_shell_exec_and_other_subsystems_are_refused(make_cluster):
+def test_exec_and_other_subsystems_are_refused_and_a_node_key_gets_no_shell(make_cluster):
     cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
     host, port = _address(cluster)
 
@@ -63,9 +63,12 @@ def test_shell_exec_and_other_subsystems_are_refused(make_cluster):
         async with asyncssh.connect(host, port, username="x", known_hosts=None,
                                     agent_path=None, config=None,
                                     client_keys=[str(cluster.config.admin_key)]) as conn:
-            for kwargs in ({"command": "id"}, {"subsystem": "sftp"}, {}):
+            for kwargs in ({"command": "id"}, {"subsystem": "sftp"}):
                 with pytest.raises(asyncssh.ChannelOpenError):
                     await conn.open_session(**kwargs)
+            # A shell is the console's door: a node key is told in one line that it gets none.
+            shell = await conn.run(term_type="xterm")
+            assert shell.exit_status == 1 and "node key" in shell.stdout
             with pytest.raises(asyncssh.ChannelOpenError):
                 await conn.open_connection("127.0.0.1", port)
 

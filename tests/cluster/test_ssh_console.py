@@ -1,0 +1,200 @@
+"""The console over SSH: plain OpenSSH `ssh -tt` in tmux against `blockfold node serve --cluster`
+on 127.0.0.1, with real keys; the console runs on the node and administers a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or shutil.which("ssh") is None,
+                                reason="needs tmux and OpenSSH")
+
+
+def keygen(path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
+                    str(path)], check=True)
+    return (path.parent / (path.name + ".pub")).read_text()
+
+
+class Terminal:
+    """A tmux server of its own (private socket) running one ssh client."""
+
+    def __init__(self, tmp_path, name: str, command: str):
+        self.socket = str(tmp_path / f"tmux-{name}.sock")
+        self.done = tmp_path / f"exit-{name}"
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
+        subprocess.run(["tmux", "-S", self.socket, "new-session", "-d", "-x", "120", "-y", "34",
+                        f"{command}; echo $? > {self.done}; sleep 30"], check=True, env=env)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "-S", self.socket, "capture-pane", "-p"],
+                              capture_output=True, text=True).stdout
+
+    def wait_for(self, text: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.screen()
+            if text in shown:
+                return shown
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared; the screen shows:\n{self.screen()}")
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "send-keys", *keys], check=True)
+
+    def resize(self, columns: int, rows: int) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "resize-window", "-x", str(columns), "-y",
+                        str(rows)], check=True)
+
+    def exit_code(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.done.exists() and self.done.read_text().strip():
+                return int(self.done.read_text())
+            time.sleep(0.1)
+        raise AssertionError(f"ssh did not exit; the screen shows:\n{self.screen()}")
+
+    def client_pid(self) -> int:
+        """The ssh process: the child of the pane's shell."""
+        shell = subprocess.run(["tmux", "-S", self.socket, "display", "-p", "#{pane_pid}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return int(subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True,
+                                  check=True).stdout.split()[0])
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def console_node(tmp_path, make_cluster):
+    """A node serving the console on a 1-node cluster holding one VM; keys for an admin, a
+    read-only admin, a node and a stranger. Yields (ssh command for a key name, opened tmuxes)."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    (tmp_path / "golden.raw").write_bytes(os.urandom(1 << 20))
+    with cluster.open(actor="setup") as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+    data = tmp_path / "console-node"
+    data.mkdir()
+    keys = {name: keygen(tmp_path / name, f"{name}@laptop")
+            for name in ("alice", "reader", "nodekey", "stranger")}
+    (data / "authorized_keys").write_text(keys["nodekey"])
+    (data / "admin_keys").write_text(keys["alice"])
+    (data / "admin_keys_readonly").write_text(keys["reader"])
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data", str(data),
+                             "--listen", "127.0.0.1:0", "--cluster", str(cluster.path)],
+                            stdout=subprocess.PIPE, text=True)
+    port = node.stdout.readline().split(":")[-1].strip()
+    terminals = []
+
+    def ssh(key: str, extra: str = "-tt") -> str:
+        return (f"ssh {extra} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+                f" -o BatchMode=yes -o LogLevel=ERROR -i {tmp_path / key} -p {port} admin@127.0.0.1")
+
+    def terminal(name: str, key: str) -> Terminal:
+        terminals.append(Terminal(tmp_path, name, ssh(key)))
+        return terminals[-1]
+
+    yield node, cluster, ssh, terminal
+    for t in terminals:
+        t.close()
+    node.send_signal(signal.SIGTERM)
+    node.wait(10)
+
+
+def test_admin_key_gets_the_console_switches_resizes_and_quits(console_node):
+    node, cluster, ssh, terminal = console_node
+    t = terminal("alice", "alice")
+    assert "Overview" in t.wait_for("Blockfold · Overview")
+    t.keys("2")
+    t.wait_for("Blockfold · VMs")
+    shown = t.wait_for("golden")
+    assert "Delete" in shown
+    assert max(map(len, shown.splitlines())) > 100    # laid out to the client's 120 columns
+    t.resize(70, 20)
+    t.wait_for("golden")
+    deadline = time.monotonic() + 10
+    while max(map(len, t.screen().rstrip().splitlines())) > 70 or \
+            len(t.screen().rstrip("\n").splitlines()) > 20:
+        assert time.monotonic() < deadline, "the console did not re-lay out to 70x20"
+        time.sleep(0.1)
+    assert "golden" in t.screen()
+    t.keys("q")
+    assert t.exit_code() == 0
+    assert node.poll() is None
+
+
+def test_actions_are_logged_under_the_key_comment(console_node):
+    node, cluster, ssh, terminal = console_node
+    t = terminal("alice", "alice")
+    t.wait_for("Blockfold · Overview")
+    t.keys("2")
+    t.wait_for("Blockfold · VMs")
+    t.keys("c")                                   # clone the selected VM, once
+    t.wait_for("Clone golden")
+    t.keys("Enter")                               # the name offered, golden-clone
+    time.sleep(0.5)
+    t.keys("1", "Enter")                          # how many
+    t.wait_for("cloned")
+    t.keys("q")
+    assert t.exit_code() == 0
+    with cluster.open(readonly=True) as admin:
+        actors = {e["actor"] for e in admin.events(50)}
+    assert "alice@laptop" in actors
+
+
+def test_read_only_key_and_a_second_session_at_once(console_node):
+    node, cluster, ssh, terminal = console_node
+    alice = terminal("alice", "alice")
+    alice.wait_for("Blockfold · Overview")
+    reader = terminal("reader", "reader")
+    assert "READ-ONLY" in reader.wait_for("READ-ONLY")
+    reader.keys("2")
+    assert "Delete" not in reader.wait_for("Blockfold · VMs")
+    alice.keys("2")
+    alice.wait_for("Delete")                      # the first session still answers
+    reader.keys("q")
+    alice.keys("q")
+    assert reader.exit_code() == 0 and alice.exit_code() == 0
+
+
+def test_killing_a_client_leaves_the_node_serving(console_node):
+    node, cluster, ssh, terminal = console_node
+    first = terminal("alice1", "alice")   # a writer: its lease must be freed at once
+    first.wait_for("Blockfold · Overview")
+    os.kill(first.client_pid(), signal.SIGKILL)
+    first.close()
+    second = terminal("alice2", "alice")
+    second.wait_for("Blockfold · Overview")
+    second.keys("q")
+    assert second.exit_code() == 0
+    assert node.poll() is None
+    deadline = time.monotonic() + 10              # the abandoned console was ended too
+    while subprocess.run(["pgrep", "-P", str(node.pid)], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "a console outlived its client"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("key, extra, message", [
+    ("nodekey", "-tt", "node key"),
+    ("alice", "-T", "needs a terminal"),
+])
+def test_who_gets_no_console_is_told_in_one_line(console_node, key, extra, message):
+    node, cluster, ssh, terminal = console_node
+    done = subprocess.run(ssh(key, extra), shell=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=20)
+    assert done.returncode == 1
+    assert message in done.stdout and len(done.stdout.strip().splitlines()) == 1
+
+
+def test_wrong_key_is_refused(console_node):
+    node, cluster, ssh, terminal = console_node
+    done = subprocess.run(ssh("stranger"), shell=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=20)
+    assert done.returncode == 255 and "Permission denied" in done.stderr
