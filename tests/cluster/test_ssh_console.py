@@ -3,7 +3,6 @@ on 127.0.0.1, with real keys; the console runs on the node and administers a rea
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,6 +12,8 @@ import time
 
 import pytest
 
+from tests.terminal import Terminal
+
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None or shutil.which("ssh") is None,
                                 reason="needs tmux and OpenSSH")
 
@@ -21,55 +22,6 @@ def keygen(path, comment: str) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
                     str(path)], check=True)
     return (path.parent / (path.name + ".pub")).read_text()
-
-
-class Terminal:
-    """A tmux server of its own (private socket) running one ssh client."""
-
-    def __init__(self, tmp_path, name: str, command: str):
-        self.socket = str(tmp_path / f"tmux-{name}.sock")
-        self.done = tmp_path / f"exit-{name}"
-        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
-        subprocess.run(["tmux", "-S", self.socket, "new-session", "-d", "-x", "120", "-y", "34",
-                        f"{command}; echo $? > {self.done}; sleep 30"], check=True, env=env)
-
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "-S", self.socket, "capture-pane", "-p"],
-                              capture_output=True, text=True).stdout
-
-    def wait_for(self, text: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            shown = self.screen()
-            if text in shown:
-                return shown
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared; the screen shows:\n{self.screen()}")
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "send-keys", *keys], check=True)
-
-    def resize(self, columns: int, rows: int) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "resize-window", "-x", str(columns), "-y",
-                        str(rows)], check=True)
-
-    def exit_code(self, timeout: float = 20) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.done.exists() and self.done.read_text().strip():
-                return int(self.done.read_text())
-            time.sleep(0.1)
-        raise AssertionError(f"ssh did not exit; the screen shows:\n{self.screen()}")
-
-    def client_pid(self) -> int:
-        """The ssh process: the child of the pane's shell."""
-        shell = subprocess.run(["tmux", "-S", self.socket, "display", "-p", "#{pane_pid}"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return int(subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True,
-                                  check=True).stdout.split()[0])
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
 
 
 @pytest.fixture
@@ -98,7 +50,7 @@ def console_node(tmp_path, make_cluster):
                 f" -o BatchMode=yes -o LogLevel=ERROR -i {tmp_path / key} -p {port} admin@127.0.0.1")
 
     def terminal(name: str, key: str) -> Terminal:
-        terminals.append(Terminal(tmp_path, name, ssh(key)))
+        terminals.append(Terminal(tmp_path, ssh(key), name=name))
         return terminals[-1]
 
     yield node, cluster, ssh, terminal

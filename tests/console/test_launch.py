@@ -7,56 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from engine.api import LocalAdmin
+from tests.terminal import Terminal
 
 BLOCKFOLD = str(Path(sys.executable).parent / "blockfold")
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-
-class Terminal:
-    """A tmux session of its own (private socket) running one command."""
-
-    def __init__(self, tmp_path, command: str, env: dict | None = None):
-        self.socket = str(tmp_path / "tmux.sock")
-        self.done = tmp_path / "exit-code"
-        shell = f"{command}; echo $? > {self.done}"
-        env = {k: v for k, v in (env or os.environ).items() if k not in ("COLUMNS", "LINES")}
-        subprocess.run(["tmux", "-S", self.socket, "new-session", "-d", "-x", "120", "-y", "34",
-                        shell], check=True, env=env)    # without COLUMNS: the pane's own size
-
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "-S", self.socket, "capture-pane", "-p"],
-                              capture_output=True, text=True).stdout
-
-    def wait_for(self, text: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            shown = self.screen()
-            if text in shown:
-                return shown
-            time.sleep(0.1)
-        code = self.done.read_text() if self.done.exists() else "none yet"
-        raise AssertionError(f"{text!r} never appeared (exit code {code}); the screen shows:\n"
-                             f"{self.screen()}")
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "send-keys", *keys], check=True)
-
-    def exit_code(self, timeout: float = 20) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.done.exists() and self.done.read_text().strip():
-                return int(self.done.read_text())
-            time.sleep(0.1)
-        raise AssertionError(f"the console did not exit; the screen shows:\n{self.screen()}")
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
 
 
 @pytest.fixture
@@ -64,7 +23,7 @@ def terminal(tmp_path):
     opened = []
 
     def open_(command, env=None):
-        opened.append(Terminal(tmp_path, command, env))
+        opened.append(Terminal(tmp_path, command, name=f"t{len(opened)}", env=env))
         return opened[-1]
     yield open_
     for t in opened:
