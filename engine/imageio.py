@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -48,7 +49,7 @@ class Image:
                 yield start, end
                 pos = end
         except OSError as e:
-            if e.errno == 6:        # ENXIO: no data after pos
+            if e.errno == errno.ENXIO:      # no data after pos
                 return
             if pos == 0:
                 yield 0, self.size

@@ -57,7 +57,7 @@ class FingerprintIndex:
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The slot each key points at, or 0 where it has none."""
         if len(keys) <= SMALL:
-            return np.array([self._find(int(k))[1] for k in keys], dtype=np.uint64)
+            return np.array([self.lookup_one(int(k)) for k in keys], dtype=np.uint64)
         found = np.zeros(len(keys), dtype=np.uint64)
         pos = self._home(keys)
         todo = np.arange(len(keys))
@@ -102,6 +102,10 @@ class FingerprintIndex:
             placed[winners] = True
             todo = todo[~placed[todo]]
             pos[todo] = self._next(pos[todo])
+
+    def lookup_one(self, key: int) -> int:
+        """lookup() for one key, in scalars: the slot, or 0."""
+        return self._find(key)[1]
 
     def _find(self, key: int) -> tuple[int, int]:
         """(cell, slot) of `key`, or (the empty cell where it would go, 0)."""

@@ -81,7 +81,7 @@ class LocalBlocks:
         block = chunk[i * bs:(i + 1) * bs]
         digest = self.fingerprint(block)
         key = int.from_bytes(digest[:8], "little") or 1          # as keys_of does
-        _, slot = self.index._find(key)
+        slot = self.index.lookup_one(key)
         store = self.store
         if slot and self.space.refcounts[slot] and store.hashes[slot].tobytes() == digest:
             if store.block(slot) != bytes(block):
