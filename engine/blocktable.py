@@ -1,19 +1,26 @@
-"""Per-layer block tables: LBN -> block address, stored in pages of 512 entries.
+"""Per-layer block tables: LBN -> block address, in pages of 512 entries.
 
-A VM reads through a chain of layers: its own writable top layer, then the frozen layers it was
-cloned from. An entry is INHERIT (look further down the chain), ZERO (reads as zeros), or a block
-address (a slot in a local pool). In a layer with no parent, INHERIT already means zeros.
+An entry is INHERIT (look further down the chain), ZERO (reads as zeros), or a block address (a
+slot in a local pool, a block id in a cluster). In a layer with no parent, INHERIT already means
+zeros, and ZERO is written only where the chain beneath shows data: zeroing what already reads as
+zeros changes nothing, and a page of nothing but INHERIT is not kept at all.
 
-Reads must not slow down as chains grow, so a frozen layer's page is resolved through its chain
-once and kept: frozen layers never change what they show. A read then costs one look at the top
-page and one at the resolved page beneath it, at any depth.
+Reads must not slow down as chains grow, so a frozen layer's page is resolved through its chain once
+and kept: frozen layers never change what they show. A read then costs one look at the top page and
+one at the resolved page beneath it, at any depth.
 
-Pages live in sqlite (table bmap) and are cached in RAM; changed pages are written at commit.
+Pages live in sqlite (table bmap) and are cached here. A change marks its page dirty with a new
+version; a commit takes a `Snapshot` of the dirty pages (those of provisional layers excepted), and
+once it is durable `end()` marks clean every page that did not change again meanwhile.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+from .layergraph import LayerEdit, LayerGraph, Merge
 
 PAGE_ENTRIES = 512
 INHERIT = np.uint64(0)
@@ -32,13 +39,20 @@ def visible(entries: np.ndarray) -> np.ndarray:
     return np.where(entries == ZERO, INHERIT, entries)
 
 
+@dataclass
+class Snapshot:
+    """The dirty pages a commit writes: (layer, page number, entries or None to drop the row)."""
+    pages: list[tuple[int, int, bytes | None]] = field(default_factory=list)
+    versions: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
 class BlockTables:
-    def __init__(self, conn, parents: dict[int, int | None], tops: set[int]):
-        self.conn = conn
-        self.parents = parents          # layer -> parent layer, shared with the pool
-        self.tops = tops                # writable layers (a VM's top); all others are frozen
+    def __init__(self, conn, graph: LayerGraph):
+        self.conn = conn                # reads committed pages on a cache miss
+        self.graph = graph
         self._pages: dict[tuple[int, int], np.ndarray | None] = {}
-        self._dirty: set[tuple[int, int]] = set()
+        self._dirty: dict[tuple[int, int], int] = {}      # page -> version of its last change
+        self._version = 0
         self._resolved: dict[tuple[int, int], np.ndarray] = {}
 
     # -- raw pages ----------------------------------------------------------------------------
@@ -54,28 +68,29 @@ class BlockTables:
         self._pages[key] = page
         return page
 
-    def page_for_write(self, layer: int, pno: int) -> np.ndarray:
+    def _page_for_write(self, layer: int, pno: int) -> np.ndarray:
         page = self.page(layer, pno)
         if page is None:
             page = np.zeros(PAGE_ENTRIES, dtype=np.uint64)
             self._pages[(layer, pno)] = page
-        self._dirty.add((layer, pno))
+        self._version += 1
+        self._dirty[(layer, pno)] = self._version
         return page
 
     def page_numbers(self, layer: int) -> list[int]:
         stored = {p for (p,) in self.conn.execute("SELECT page FROM bmap WHERE layer=?", (layer,))}
-        stored.update(pno for (lid, pno) in self._dirty if lid == layer)
+        stored.update(pno for (lid, pno) in self._pages if lid == layer)
         return sorted(stored)
 
     def is_empty(self, layer: int) -> bool:
-        if any(lid == layer for lid, _ in self._dirty):
-            return False
-        return self.conn.execute("SELECT 1 FROM bmap WHERE layer=? LIMIT 1",
-                                 (layer,)).fetchone() is None
+        """True if the layer holds no entry at all (it shows only what lies beneath it)."""
+        return not any(self.page(layer, pno) is not None and self.page(layer, pno).any()
+                       for pno in self.page_numbers(layer))
 
     def layer_entries(self, layer: int) -> np.ndarray:
         """Every block address the layer holds (with repeats)."""
-        parts = [owned(self.page(layer, pno)) for pno in self.page_numbers(layer)]
+        parts = [owned(page) for pno in self.page_numbers(layer)
+                 if (page := self.page(layer, pno)) is not None]
         return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
     # -- resolution ---------------------------------------------------------------------------
@@ -88,19 +103,20 @@ class BlockTables:
         chain = []
         below = None
         lid = layer
+        graph = self.graph
         while lid is not None:
-            if lid not in self.tops:
+            if not graph.is_top(lid):
                 hit = self._resolved.get((lid, pno))
                 if hit is not None:
                     below = None if hit is _NOTHING else hit
                     break
             chain.append(lid)
-            lid = self.parents.get(lid)
+            lid = graph.parent(lid)
         for lid in reversed(chain):
             own = self.page(lid, pno)
             if own is not None:
                 below = own if below is None else np.where(own == INHERIT, below, own)
-            if lid not in self.tops:
+            if not graph.is_top(lid):
                 if len(self._resolved) >= RESOLVED_CACHE_PAGES:
                     self._resolved.clear()
                 self._resolved[(lid, pno)] = _NOTHING if below is None else below
@@ -119,54 +135,95 @@ class BlockTables:
             lbn += n
         return out
 
-    def forget_resolved(self) -> None:
-        """Layers were dropped or merged: resolved pages may name layers that are gone."""
-        self._resolved.clear()
+    def zero_fill(self, layer: int, lbn0: int, count: int) -> np.ndarray:
+        """The entries that make `count` blocks from lbn0 (within one page) of `layer` read as
+        zeros: ZERO where the chain beneath shows data, INHERIT elsewhere."""
+        fill = np.zeros(count, dtype=np.uint64)
+        parent = self.graph.parent(layer)
+        if parent is None:
+            return fill
+        pno, first = divmod(lbn0, PAGE_ENTRIES)
+        below = self.resolved(parent, pno)
+        if below is not None:
+            shown = below[first:first + count]
+            fill[(shown != INHERIT) & (shown != ZERO)] = ZERO
+        return fill
 
-    # -- changes ------------------------------------------------------------------------------
+    # -- changes by data ops ------------------------------------------------------------------
 
     def set_entries(self, layer: int, lbn0: int, entries: np.ndarray) -> np.ndarray:
-        """Writes consecutive entries from lbn0 (within one page); returns the addresses replaced."""
+        """Writes consecutive entries from lbn0 (within one page); returns the addresses replaced.
+
+        Writing nothing but INHERIT where there is no page changes nothing."""
         pno, first = divmod(lbn0, PAGE_ENTRIES)
-        page = self.page_for_write(layer, pno)
+        if self.page(layer, pno) is None and not entries.any():
+            return np.zeros(0, np.uint64)
+        page = self._page_for_write(layer, pno)
         old = owned(page[first:first + len(entries)])
         page[first:first + len(entries)] = entries
         return old
 
-    def drop_layer(self, layer: int) -> None:
-        for pno in self.page_numbers(layer):
-            self._pages.pop((layer, pno), None)
-            self._dirty.discard((layer, pno))
-        self.conn.execute("DELETE FROM bmap WHERE layer=?", (layer,))
+    # -- commits ------------------------------------------------------------------------------
 
-    def merge_into_child(self, layer: int, child: int, root: bool) -> np.ndarray:
-        """Folds frozen `layer` into its only child; returns the addresses the child shadowed.
+    def snapshot(self, exclude: frozenset[int] = frozenset()) -> Snapshot:
+        """The dirty pages outside `exclude` (provisional layers), as they are now."""
+        snap = Snapshot()
+        for (layer, pno), version in self._dirty.items():
+            if layer in exclude:
+                continue
+            page = self._pages[(layer, pno)]
+            snap.pages.append((layer, pno, page.tobytes() if page is not None and page.any()
+                               else None))
+            snap.versions[(layer, pno)] = version
+        return snap
 
-        The child's own entries win. If `layer` was a root, the child becomes one, and its ZERO
-        entries turn into INHERIT, which means the same there.
-        """
-        shadowed = []
+    def end(self, snap: Snapshot) -> None:
+        """The snapshot is durable: its pages are clean unless they changed since."""
+        for key, version in snap.versions.items():
+            if self._dirty.get(key) == version:
+                del self._dirty[key]
+
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # -- structural edits ---------------------------------------------------------------------
+
+    def merged_pages(self, merge: Merge, root: bool) -> tuple[dict, np.ndarray]:
+        """What folding frozen `merge.layer` into its only child gives: the child's new pages
+        and the addresses the child's own entries shadow. The child's entries win; if the child
+        becomes a root, its ZERO entries turn into INHERIT, which means the same there."""
+        layer, child = merge.layer, merge.child
+        pages, shadowed = {}, []
         for pno in sorted(set(self.page_numbers(layer)) | set(self.page_numbers(child))):
             below = self.page(layer, pno)
-            page = self.page_for_write(child, pno)
+            mine = self.page(child, pno)
+            page = np.zeros(PAGE_ENTRIES, np.uint64) if mine is None else mine.copy()
             if below is not None:
-                mine = page != INHERIT
-                shadowed.append(owned(below[mine]))
-                page[~mine] = below[~mine]
+                own = page != INHERIT
+                shadowed.append(owned(below[own]))
+                page[~own] = below[~own]
             if root:
                 page[page == ZERO] = INHERIT
-        self.drop_layer(layer)
-        return np.concatenate(shadowed) if shadowed else np.zeros(0, np.uint64)
+            pages[(child, pno)] = page if page.any() else None
+        return pages, (np.concatenate(shadowed) if shadowed else np.zeros(0, np.uint64))
 
-    def flush(self) -> None:
-        """Writes changed pages into the open transaction."""
-        rows = [(lid, pno, self._pages[(lid, pno)].tobytes()) for lid, pno in self._dirty]
-        self.conn.executemany("INSERT OR REPLACE INTO bmap (layer, page, entries) VALUES (?,?,?)",
-                              rows)
-        self._dirty.clear()
+    def apply(self, edit: LayerEdit) -> None:
+        """Applies a committed edit: dropped layers' pages go, the edit's pages are installed
+        clean (they are durable already)."""
+        dropped = set(edit.dropped)
+        if dropped:
+            for key in [k for k in self._pages if k[0] in dropped]:
+                del self._pages[key]
+                self._dirty.pop(key, None)
+        for key, page in edit.pages.items():
+            self._pages[key] = page
+            self._dirty.pop(key, None)
+        self._resolved.clear()       # resolved pages may name layers that are gone or merged
 
-    def reset(self) -> None:
-        """Forgets every cached page (after a rollback)."""
-        self._pages.clear()
-        self._dirty.clear()
-        self._resolved.clear()
+    def forget_layer(self, layer: int) -> np.ndarray:
+        """Drops an uncommitted (provisional) layer's pages; returns the addresses they held."""
+        held = self.layer_entries(layer)
+        for key in [k for k in self._pages if k[0] == layer]:
+            del self._pages[key]
+            self._dirty.pop(key, None)
+        return held

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .blocktable import INHERIT, PAGE_ENTRIES, ZERO
-from .errors import BlockfoldError
+from .errors import RefusedError
 
-MAX_VM_NAMES = 1000
 
 
 def fingerprint_hex(words: np.ndarray) -> str:
@@ -33,92 +32,91 @@ def _prefix_mask(hashes: np.ndarray, prefix: str) -> np.ndarray:
     return mask
 
 
-def _reverse_map(pool):
-    """(addresses sorted, their layers, their LBNs) over every layer; cached per generation."""
-    cached = getattr(pool, "_reverse", None)
-    if cached is not None and cached[0] == pool.generation:
-        return cached[1]
-    addrs, layers, lbns = [], [], []
-    for layer in pool.parents:
-        for pno in pool.tables.page_numbers(layer):
-            page = pool.tables.page(layer, pno)
-            idx = np.flatnonzero((page != INHERIT) & (page != ZERO))
-            addrs.append(page[idx])
-            layers.append(np.full(len(idx), layer, dtype=np.int64))
-            lbns.append(idx.astype(np.int64) + pno * PAGE_ENTRIES)
-    if addrs:
-        a, l, b = np.concatenate(addrs), np.concatenate(layers), np.concatenate(lbns)
-        order = np.argsort(a, kind="stable")
-        result = (a[order], l[order], b[order])
-    else:
-        empty = np.zeros(0, dtype=np.int64)
-        result = (empty.astype(np.uint64), empty, empty)
-    pool._reverse = (pool.generation, result)
-    return result
+class BlockView:
+    """The block table of one pool, for operators. Naming the VMs behind a block needs the reverse
+    of the block tables (block -> layer, LBN): built on first use after a change, then kept."""
 
+    def __init__(self, pool):
+        self.pool = pool
+        self._reverse: tuple[int, tuple] | None = None      # (pool generation, arrays)
 
-def _readers(pool) -> dict[int, list[tuple[str, list[int]]]]:
-    """layer -> the VMs that read through it, each with its chain from the top down."""
-    cached = getattr(pool, "_readers", None)
-    if cached is not None and cached[0] == pool.generation:
-        return cached[1]
-    readers: dict[int, list[tuple[str, list[int]]]] = {}
-    for vm in pool.vms.values():
-        chain = pool.chain(vm.top)
-        for layer in chain:
-            readers.setdefault(layer, []).append((vm.name, chain))
-    pool._readers = (pool.generation, readers)
-    return readers
+    def _reverse_map(self):
+        """(addresses sorted, their layers, their LBNs) over every layer."""
+        pool = self.pool
+        if self._reverse is not None and self._reverse[0] == pool.generation:
+            return self._reverse[1]
+        addrs, layers, lbns = [], [], []
+        tables = pool.tables
+        for layer in pool.graph.layers():
+            for pno in tables.page_numbers(layer):
+                page = tables.page(layer, pno)
+                if page is None:
+                    continue
+                idx = np.flatnonzero((page != INHERIT) & (page != ZERO))
+                addrs.append(page[idx])
+                layers.append(np.full(len(idx), layer, dtype=np.int64))
+                lbns.append(idx.astype(np.int64) + pno * PAGE_ENTRIES)
+        if addrs:
+            a, l, b = np.concatenate(addrs), np.concatenate(layers), np.concatenate(lbns)
+            order = np.argsort(a, kind="stable")
+            result = (a[order], l[order], b[order])
+        else:
+            empty = np.zeros(0, dtype=np.int64)
+            result = (empty.astype(np.uint64), empty, empty)
+        self._reverse = (pool.generation, result)
+        return result
 
+    def referencing_vms(self, addr: int) -> list[str]:
+        """The VMs that read block `addr` somewhere: those that read through a layer holding it,
+        unless a layer above it in their chain shadows that LBN."""
+        a, layers, lbns = self._reverse_map()
+        lo, hi = np.searchsorted(a, addr, "left"), np.searchsorted(a, addr, "right")
+        readers = self.pool.graph.readers()
+        tables = self.pool.tables
+        names = set()
+        for layer, lbn in zip(layers[lo:hi].tolist(), lbns[lo:hi].tolist()):
+            pno, idx = divmod(lbn, PAGE_ENTRIES)
+            for name, chain in readers.get(layer, ()):
+                for lid in chain:
+                    if lid == layer:
+                        names.add(name)
+                        break
+                    page = tables.page(lid, pno)
+                    if page is not None and page[idx] != INHERIT:
+                        break
+        return sorted(names)
 
-def referencing_vms(pool, addr: int) -> list[str]:
-    """The VMs that read block `addr` somewhere: those that read through a layer holding it,
-    unless a layer above it in their chain shadows that LBN."""
-    a, layers, lbns = _reverse_map(pool)
-    lo, hi = np.searchsorted(a, addr, "left"), np.searchsorted(a, addr, "right")
-    readers = _readers(pool)
-    names = set()
-    for layer, lbn in zip(layers[lo:hi].tolist(), lbns[lo:hi].tolist()):
-        pno, idx = divmod(lbn, PAGE_ENTRIES)
-        for name, chain in readers.get(layer, ()):
-            for lid in chain:
-                if lid == layer:
-                    names.add(name)
-                    break
-                page = pool.tables.page(lid, pno)
-                if page is not None and page[idx] != INHERIT:
-                    break
-    return sorted(names)
+    def vm_addresses(self, name: str) -> np.ndarray:
+        pool = self.pool
+        vm = pool.graph.vm(name)
+        blocks = -(-vm.size // pool.block_size)
+        addrs = pool.tables.lookup_range(vm.top, 0, blocks)
+        return np.unique(addrs[addrs != 0])
 
-
-def vm_addresses(pool, name: str) -> np.ndarray:
-    vm = pool.vm(name)
-    blocks = -(-vm.size // pool.block_size)
-    addrs = pool.tables.lookup_range(vm.top, 0, blocks)
-    return np.unique(addrs[addrs != 0])
-
-
-def block_page(pool, vm: str | None = None, min_refs: int | None = None,
-               max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
-               limit: int = 100, with_vms: bool = True) -> dict:
-    blocks = pool.blocks
-    live = blocks.live()
-    if vm is not None:
-        live = np.intersect1d(live, vm_addresses(pool, vm))
-    if min_refs is not None:
-        live = live[blocks.refcounts_of(live) >= min_refs]
-    if max_refs is not None:
-        live = live[blocks.refcounts_of(live) <= max_refs]
-    if prefix:
-        if len(prefix) > 32 or any(c not in "0123456789abcdefABCDEF" for c in prefix):
-            raise BlockfoldError(f"bad fingerprint prefix {prefix!r}: use up to 32 hex digits")
-        live = live[_prefix_mask(blocks.fingerprints_of(live), prefix)]
-    rows = []
-    page = live[offset:offset + limit]
-    for addr, refs, words in zip(page.tolist(), blocks.refcounts_of(page).tolist(),
-                                 blocks.fingerprints_of(page)):
-        row = {"pbn": addr, "fingerprint": fingerprint_hex(words), "refcount": int(refs)}
-        if with_vms:
-            row["vms"] = referencing_vms(pool, addr)
-        rows.append(row)
-    return {"total": int(len(live)), "offset": offset, "rows": rows}
+    def page(self, vm: str | None = None, min_refs: int | None = None,
+             max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
+             limit: int = 100, with_vms: bool = True) -> dict:
+        """Rows {pbn, fingerprint, refcount, vms} from `offset`, at most `limit`, of the live
+        blocks that `vm` reads, with a refcount in [min_refs, max_refs], whose fingerprint starts
+        with the hex `prefix`; and how many match in all. Raises RefusedError (bad prefix)."""
+        blocks = self.pool.blocks
+        live = blocks.live()
+        if vm is not None:
+            live = np.intersect1d(live, self.vm_addresses(vm))
+        if min_refs is not None:
+            live = live[blocks.refcounts_of(live) >= min_refs]
+        if max_refs is not None:
+            live = live[blocks.refcounts_of(live) <= max_refs]
+        if prefix:
+            if len(prefix) > 32 or any(c not in "0123456789abcdefABCDEF" for c in prefix):
+                raise RefusedError(f"bad fingerprint prefix {prefix!r}: use up to 32 hex digits")
+            live = live[_prefix_mask(blocks.fingerprints_of(live), prefix)]
+        rows = []
+        page = live[offset:offset + limit]
+        for addr, refs, words in zip(page.tolist(), blocks.refcounts_of(page).tolist(),
+                                     blocks.fingerprints_of(page)):
+            row = {"pbn": addr, "fingerprint": fingerprint_hex(words), "refcount": int(refs)}
+            if with_vms:
+                row["vms"] = self.referencing_vms(addr)
+            rows.append(row)
+        return {"total": int(len(live)), "offset": offset, "rows": rows}

@@ -1,8 +1,8 @@
 """The sqlite catalog: pool state, VMs, layers, block-table pages, events and rebuild history.
 
-One connection, in WAL mode with synchronous=FULL so that a commit survives power loss. The engine
-opens a transaction on its first change and commits it on flush; everything it writes in between
-becomes durable together.
+One connection, in WAL mode with synchronous=FULL so that a commit survives power loss. Only the
+pool's commit writes (engine/pool.py): it opens a transaction, writes the dirty block-table pages
+and the rows of a layer edit, and commits them together.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .errors import NotAPoolError, PoolFormatError
+from .layergraph import VM, LayerEdit
 
 CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
@@ -33,7 +34,6 @@ class Catalog:
         if path is not None and not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        self.in_transaction = False
 
     @property
     def db(self):
@@ -86,56 +86,73 @@ class Catalog:
     # -- transactions -------------------------------------------------------------------------
 
     def begin(self) -> None:
-        if not self.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.in_transaction = True
+        self.conn.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
-        if self.in_transaction:
-            self.conn.execute("COMMIT")
-            self.in_transaction = False
+        self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.in_transaction:
+        """Back to the last commit; a no-op if sqlite already rolled back (a failed COMMIT on a
+        full disk may have)."""
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-            self.in_transaction = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def vms(self) -> dict[str, dict]:
-        cols = ("name", "size", "top", "created", "origin")
-        rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM vms").fetchall()
-        return {r[0]: dict(zip(cols, r)) for r in rows}
+    def vms(self) -> dict[str, VM]:
+        rows = self.conn.execute("SELECT name, size, top, created, origin FROM vms").fetchall()
+        return {r[0]: VM(*r) for r in rows}
 
     def layer_parents(self) -> dict[int, int | None]:
         return {lid: parent for lid, parent in self.conn.execute("SELECT id, parent FROM layers")}
 
-    def new_layers(self, parent: int | None, count: int) -> list[int]:
-        first = int(self.get("next_layer"))
-        self.set("next_layer", first + count)
-        ids = list(range(first, first + count))
-        self.conn.executemany("INSERT INTO layers (id, parent) VALUES (?, ?)",
-                              [(lid, parent) for lid in ids])
-        return ids
+    # -- writing, inside the pool's commit ----------------------------------------------------
 
-    def reparent(self, layer: int, parent: int | None) -> None:
-        self.conn.execute("UPDATE layers SET parent=? WHERE id=?", (parent, layer))
+    def write_pages(self, pages) -> None:
+        """Block-table pages (layer, page, entries bytes, or None to drop the row)."""
+        self.conn.executemany("INSERT OR REPLACE INTO bmap (layer, page, entries) VALUES (?,?,?)",
+                              [p for p in pages if p[2] is not None])
+        self.conn.executemany("DELETE FROM bmap WHERE layer=? AND page=?",
+                              [p[:2] for p in pages if p[2] is None])
 
-    def delete_layer(self, layer: int) -> None:
-        self.conn.execute("DELETE FROM layers WHERE id=?", (layer,))
-
-    def put_vm(self, vm) -> None:
-        self.put_vms([vm])
-
-    def put_vms(self, vms) -> None:
-        self.conn.executemany(
+    def apply(self, edit: LayerEdit, actor: str, next_layer: int) -> None:
+        """Writes the rows of a layer edit (see engine.layergraph.LayerEdit)."""
+        c = self.conn
+        c.executemany("DELETE FROM bmap WHERE layer=?", [(lid,) for lid in edit.dropped])
+        c.executemany("DELETE FROM layers WHERE id=?", [(lid,) for lid in edit.dropped])
+        c.executemany("INSERT OR REPLACE INTO layers (id, parent) VALUES (?, ?)",
+                      list(edit.new_layers.items()) + list(edit.reparented.items()))
+        c.executemany("DELETE FROM vms WHERE name=?", [(name,) for name in edit.deleted_vms])
+        c.executemany(
             "INSERT OR REPLACE INTO vms (name, size, top, created, origin) VALUES (?,?,?,?,?)",
-            [(vm.name, vm.size, vm.top, vm.created, vm.origin) for vm in vms])
+            [(vm.name, vm.size, vm.top, vm.created, vm.origin) for vm in edit.put_vms])
+        self.write_pages([(layer, pno, None if page is None else page.tobytes())
+                          for (layer, pno), page in edit.pages.items()])
+        for kind, message in edit.events:
+            self.log(actor, kind, message)
+        self.set("next_layer", next_layer)
 
-    def delete_vm(self, name: str) -> None:
-        self.conn.execute("DELETE FROM vms WHERE name=?", (name,))
+    # -- reading block tables -----------------------------------------------------------------
+
+    def count_pages(self, conn: sqlite3.Connection | None = None) -> int:
+        return (conn or self.conn).execute("SELECT count(*) FROM bmap").fetchone()[0]
+
+    def scan_pages(self, conn: sqlite3.Connection | None = None):
+        """Every block-table page, as (layer, page number, entries bytes): the one scan of the
+        block tables (rebuild, fsck and the block view use it)."""
+        return (conn or self.conn).execute("SELECT layer, page, entries FROM bmap")
+
+    def stale_page_layers(self) -> list[int]:
+        """Layers that have block-table pages but no row in `layers`."""
+        return [lid for (lid,) in self.conn.execute(
+            "SELECT DISTINCT layer FROM bmap WHERE layer NOT IN (SELECT id FROM layers)")]
 
     def record_rebuild(self, figures: dict) -> None:
+        """The rebuild history row and its event; inside a commit."""
         self.conn.execute(
             "INSERT INTO rebuilds (ts, reason, mode, seconds, blocks, bytes, corrupt, orphans)"
             " VALUES (?,?,?,?,?,?,?,?)",

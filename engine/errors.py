@@ -1,49 +1,65 @@
-"""The errors the engine raises. Each carries one line a user can act on."""
+"""The errors the engine raises. Each carries one line a user can act on.
+
+Callers branch on two kinds (LevelDB's Status is the model):
+- RefusedError: the request was refused before anything changed (bad input, an unknown or existing
+  name, no space to reserve, a read-only pool, a VM in use ...).
+- AbortedError: a commit failed (the disk or the catalog is full, an I/O error, too few cluster
+  nodes) and was rolled back to the last commit. Nothing of the failed change remains; writes that
+  were acknowledged before it stay in RAM and the next commit tries them again.
+"""
 
 
 class BlockfoldError(Exception):
     """Base of every error meant for a user: the message is shown as is, without a traceback."""
 
 
-class NotAPoolError(BlockfoldError):
+class RefusedError(BlockfoldError):
+    """Nothing changed."""
+
+
+class AbortedError(BlockfoldError):
+    """A commit failed and was rolled back to the last commit."""
+
+
+class NotAPoolError(RefusedError):
     pass
 
 
-class PoolFormatError(BlockfoldError):
+class PoolFormatError(RefusedError):
     pass
 
 
-class PoolLockedError(BlockfoldError):
+class PoolLockedError(RefusedError):
     pass
 
 
-class VMNotFoundError(BlockfoldError):
+class VMNotFoundError(RefusedError):
     pass
 
 
-class VMExistsError(BlockfoldError):
+class VMExistsError(RefusedError):
     pass
 
 
-class BadNameError(BlockfoldError):
+class BadNameError(RefusedError):
     pass
 
 
-class OutOfRangeError(BlockfoldError):
+class OutOfRangeError(RefusedError):
     pass
 
 
-class BadImageError(BlockfoldError):
+class BadImageError(RefusedError):
     pass
 
 
-class NoSpaceError(BlockfoldError):
+class NoSpaceError(RefusedError):
     pass
 
 
-class ReadOnlyError(BlockfoldError):
+class ReadOnlyError(RefusedError):
     pass
 
 
-class CancelledError(BlockfoldError):
+class CancelledError(RefusedError):
     pass

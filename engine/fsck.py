@@ -25,7 +25,7 @@ def check(pool, progress=None) -> list[dict]:
             problems.append({"kind": kind, "message": message, **where})
 
     _check_layers(pool, report)
-    references = [pool.tables.layer_entries(layer) for layer in pool.parents]
+    references = [pool.tables.layer_entries(layer) for layer in pool.graph.layers()]
     references = np.concatenate(references) if references else np.zeros(0, dtype=np.uint64)
     pool.blocks.fsck(references, report, progress)
     return problems
@@ -39,31 +39,28 @@ def check_slots(blocks, references: np.ndarray, report, progress) -> None:
 
 
 def _check_layers(pool, report) -> None:
-    parents = pool.parents
-    for vm in pool.vms.values():
-        if vm.top not in parents:
+    graph = pool.graph
+    layers = set(graph.layers())
+    for vm in graph.vms():
+        if vm.top not in layers:
             report("layer", f"VM {vm.name} has top layer {vm.top}, which does not exist",
                    vm=vm.name)
-    children = {}
-    for layer, parent in parents.items():
-        if parent is not None and parent not in parents:
+    for layer in layers:
+        parent = graph.parent(layer)
+        if parent is not None and parent not in layers:
             report("layer", f"layer {layer} has parent {parent}, which does not exist",
                    layer=layer)
-        children.setdefault(parent, []).append(layer)
         seen, lid = set(), layer
-        while lid is not None and lid in parents:
+        while lid is not None and lid in layers:
             if lid in seen:
                 report("layer", f"layer {layer} is on a cycle", layer=layer)
                 break
             seen.add(lid)
-            lid = parents[lid]
-    for layer in parents:
-        if layer not in pool.tops and not children.get(layer):
+            lid = graph.parent(lid)
+        if not graph.is_top(layer) and not graph.children(layer):
             report("layer", f"frozen layer {layer} has no children: nothing reads it",
                    layer=layer)
-    stale = pool.catalog.conn.execute(
-        "SELECT DISTINCT layer FROM bmap WHERE layer NOT IN (SELECT id FROM layers)").fetchall()
-    for (layer,) in stale:
+    for layer in pool.catalog.stale_page_layers():
         report("layer", f"block-table pages remain for deleted layer {layer}", layer=layer)
 
 
@@ -104,8 +101,7 @@ def _check_hashes(blocks, report, progress) -> None:
     meter = Meter(progress, "fsck", len(live), unit_bytes=blocks.block_size)
     for start in range(0, len(live), 4096):
         chunk = live[start:start + 4096]
-        fresh = np.frombuffer(b"".join(blocks.fingerprint(blocks.store.block(int(s)))
-                                       for s in chunk), dtype=np.uint64).reshape(-1, 2)
+        fresh = blocks.fingerprints.of_slots(blocks.store.view(), chunk)
         bad = (fresh != blocks.store.hashes[chunk]).any(axis=1)
         for addr in chunk[bad].tolist():
             report("corrupt", f"slot {addr}: its bytes no longer match its fingerprint", pbn=addr)

@@ -22,11 +22,6 @@ MIN_CAPACITY = 1 << 10
 SMALL = 8          # below this many keys, a plain loop beats numpy's per-call overhead
 
 
-def keys_of(digests: np.ndarray) -> np.ndarray:
-    """The 64-bit index keys of n × 2-word digests; 0 marks an empty cell, so it maps to 1."""
-    keys = digests[:, 0].copy()
-    keys[keys == EMPTY] = 1
-    return keys
 
 
 class FingerprintIndex:

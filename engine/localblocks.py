@@ -1,6 +1,5 @@
 """Where a local pool's blocks live: slots on disk, with the fingerprint index, refcounts and free
-slots in RAM. This is the block layer under a pool's block tables; a cluster provides another with
-the same methods, so that the pool's clone, delete and read/write paths serve both.
+slots in RAM. This is the block layer (engine.blocklayer.BlockLayer) of a pool on this machine.
 """
 
 from __future__ import annotations
@@ -9,16 +8,18 @@ import numpy as np
 
 from . import fsck as fsck_mod
 from .blockstore import BlockStore
-from .index import FingerprintIndex, keys_of
-from .rebuild import rebuild
+from .fingerprint import Fingerprinter, keys_of
+from .index import FingerprintIndex
+from .progress import ProgressCallback
+from .rebuild import PageScan, rebuild
 from .stats import refcount_histogram
 
 
 class LocalBlocks:
-    def __init__(self, store: BlockStore, fingerprint, collisions: int = 0):
+    def __init__(self, store: BlockStore, fingerprints: Fingerprinter, collisions: int = 0):
         self.store = store
         self.block_size = store.block_size
-        self.fingerprint = fingerprint
+        self.fingerprints = fingerprints
         self.collisions = collisions
         self.index: FingerprintIndex | None = None   # None until the first rebuild
         self.space = None
@@ -26,29 +27,31 @@ class LocalBlocks:
 
     # -- write path ---------------------------------------------------------------------------
 
-    def store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """Stores or shares each chosen block of `chunk`; returns their addresses, referenced."""
-        if len(which) == 1:
-            return self._store_one(chunk, int(which[0]))
-        bs = self.block_size
-        digest_list = [self.fingerprint(chunk[i * bs:(i + 1) * bs]) for i in which.tolist()]
-        digests = np.frombuffer(b"".join(digest_list), dtype=np.uint64).reshape(-1, 2)
+    def store_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        """Stores or shares each of n blocks (n × block_size uint8); returns their addresses,
+        referenced. All or nothing: the slots it needs are taken before anything is written, so
+        NoSpaceError leaves everything as it was."""
+        if len(blocks) == 1:
+            return self._store_one(blocks[0])
+        digests = self.fingerprints.of(blocks)
+        words = blocks.view(np.uint64)
         keys = keys_of(digests)
         found = self.index.lookup(keys)
-        slots = np.zeros(len(which), dtype=np.uint64)
+        slots = np.zeros(len(blocks), dtype=np.uint64)
         store, refcounts = self.store, self.space.refcounts
 
         # An index hit is only advice: the slot must be live, hold the same fingerprint, and the
         # same bytes (compared for the whole batch at once, as 64-bit words). Same fingerprint but
         # other bytes is a collision: the block is stored apart.
+        collisions = 0
         hit = np.flatnonzero(found)
         if len(hit):
             cand = found[hit]
             same = (refcounts[cand] > 0) & (store.hashes[cand] == digests[hit]).all(axis=1)
             hit, cand = hit[same], cand[same]
-            equal = (store.words[cand] == words[which[hit]]).all(axis=1)
+            equal = (store.words[cand] == words[hit]).all(axis=1)
             slots[hit[equal]] = cand[equal]
-            self.collisions += int(np.count_nonzero(~equal))
+            collisions += int(np.count_nonzero(~equal))
 
         # Blocks not in the pool yet; equal ones within this batch share one new slot.
         new = np.flatnonzero(slots == 0)
@@ -56,42 +59,41 @@ class LocalBlocks:
             first_of: dict[bytes, int] = {}
             fresh, copies = [], []
             for j in new.tolist():
-                k = first_of.setdefault(digest_list[j], j)
+                k = first_of.setdefault(digests[j].tobytes(), j)
                 if k == j:
                     fresh.append(j)
-                elif np.array_equal(words[which[k]], words[which[j]]):
+                elif np.array_equal(words[k], words[j]):
                     copies.append((j, k))
                 else:
-                    self.collisions += 1
+                    collisions += 1
                     fresh.append(j)
             fresh = np.array(fresh, dtype=np.int64)
-            taken = self._allocate(len(fresh))
-            store.write(taken, words[which[fresh]].view(np.uint8), digests[fresh])
+            taken = self._allocate(len(fresh))          # the only step that may fail
+            store.write(taken, blocks[fresh], digests[fresh])
             slots[fresh] = taken
             self.index.insert(keys[fresh], taken, keep=self._live)
             for j, k in copies:
                 slots[j] = slots[k]
+        self.collisions += collisions
         self.space.incref(slots)
         return slots
 
-    def _store_one(self, chunk: memoryview, i: int) -> np.ndarray:
+    def _store_one(self, block: np.ndarray) -> np.ndarray:
         """store_blocks for one block (a small random write), in scalars: numpy's per-call cost
         is most of the time of a one-block batch."""
-        bs = self.block_size
-        block = chunk[i * bs:(i + 1) * bs]
-        digest = self.fingerprint(block)
+        digest = self.fingerprints.one(block)
         key = int.from_bytes(digest[:8], "little") or 1          # as keys_of does
         slot = self.index.lookup_one(key)
         store = self.store
         if slot and self.space.refcounts[slot] and store.hashes[slot].tobytes() == digest:
-            if store.block(slot) != bytes(block):
+            if store.block(slot) != block.tobytes():
                 self.collisions += 1
                 slot = 0
         else:
             slot = 0
         if not slot:
             slot = int(self._allocate(1)[0])
-            store.data[slot] = np.frombuffer(block, dtype=np.uint8)
+            store.data[slot] = block
             store.hashes[slot] = np.frombuffer(digest, dtype=np.uint64)
             self.index.insert(np.array([key], dtype=np.uint64), np.array([slot], dtype=np.uint64),
                               keep=self._live)
@@ -126,9 +128,19 @@ class LocalBlocks:
         """Before the block tables commit: the blocks they point at must be on disk."""
         self.store.sync()
 
-    def committed(self) -> None:
-        """After the block tables commit: slots they no longer reference become reusable."""
-        released = self.space.commit()
+    @property
+    def has_pending(self) -> bool:
+        return self.space.has_pending
+
+    def seal(self) -> int:
+        return self.space.seal()
+
+    def unseal(self, epoch: int) -> None:
+        self.space.unseal(epoch)
+
+    def release(self, epoch: int) -> None:
+        """The commit of `epoch` is durable: the slots it stopped referencing become reusable."""
+        released = self.space.release(epoch)
         if len(released):
             self.store.clear_hashes(released)
 
@@ -138,9 +150,9 @@ class LocalBlocks:
     def ready(self) -> bool:
         return self.index is not None
 
-    def rebuild(self, conn, layers: set[int], *, full: bool, progress, cancel,
-                reclaim: bool) -> dict:
-        result = rebuild(conn, self.store, layers, full=full, fingerprint=self.fingerprint,
+    def rebuild(self, pages: PageScan, *, full: bool, progress: ProgressCallback | None,
+                cancel, reclaim: bool) -> dict:
+        result = rebuild(pages, self.store, full=full, fingerprints=self.fingerprints,
                          progress=progress, cancel=cancel, reclaim=reclaim)
         self.index, self.space, self.corrupt = result.index, result.space, result.corrupt
         return result.figures

@@ -1,12 +1,20 @@
-"""A pool: the read, write, clone and delete paths over slots, index, refcounts and block tables.
+"""A pool: VMs over a block layer, with the one owner of every change and every commit.
 
 A pool is a directory holding the sqlite catalog (catalog.db) and the slot files (blocks.dat,
-hashes.dat). Every write is deduplicated inline: blocks of zeros take no slot; other blocks are
-fingerprinted with xxh3-128, looked up in the index, and shared only when the bytes compare equal.
+hashes.dat); a cluster's coordinator is the same Pool over another block layer and catalog. Every
+write is deduplicated inline: blocks of zeros take no slot; other blocks are fingerprinted with
+xxh3-128, looked up in the index, and shared only when the bytes compare equal.
 
-Changes accumulate in one open transaction and become durable together on flush(): the slot files
-are synced first, then the block-table pages and catalog rows commit, so a committed reference
-never points at data that is not on disk.
+Changes, and who owns them (the model is LevelDB's VersionSet::LogAndApply):
+- A data op (write, trim) is atomic in RAM: it takes every slot it needs before it changes anything,
+  so it either happens whole or is refused (RefusedError) with nothing changed. It writes no sqlite.
+- `_commit` is the only place anything becomes durable: snapshot the dirty block-table pages and
+  seal the slots freed since the last commit, sync the slot files, then write the pages (and a
+  structural edit's rows) in one sqlite transaction. If that fails it rolls back and RAM keeps
+  every acknowledged write for the next commit (AbortedError); freed slots are reused only once the
+  drop that freed them is durable, so a committed reference always points at durable bytes.
+- A structural change (create, clone, delete, an import's registration) is a LayerEdit value: planned
+  from the graph, committed, and only then applied to the graph, the tables and the block layer.
 
 Thread-safe: every public method holds the pool's lock. After open, reads are served at once while
 the RAM metadata is rebuilt; writes wait for the rebuild to finish.
@@ -15,37 +23,27 @@ the RAM metadata is rebuilt; writes wait for the rebuild to finish.
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
-from . import fsck as fsck_mod
-from . import blockview, imageio, stats as stats_mod
+from . import blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from .blocklayer import BlockLayer
 from .blockstore import BlockStore
-from .blocktable import INHERIT, PAGE_ENTRIES, ZERO, BlockTables
+from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
 from .catalog import CATALOG_FILE, Catalog
-from .errors import (BlockfoldError, NoSpaceError, NotAPoolError, OutOfRangeError,
-                     ReadOnlyError, VMExistsError, VMNotFoundError)
+from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
+                     ReadOnlyError, RefusedError)
+from .fingerprint import Fingerprinter, fingerprint
+from .layergraph import VM, LayerEdit, LayerGraph
 from .localblocks import LocalBlocks
 from .lock import PoolLock
-from .names import check_vm_name
 from .progress import Meter, ProgressCallback
+from .rebuild import PageScan
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
-
-
-fingerprint = xxhash.xxh3_128_digest     # a block's 16-byte fingerprint
-
-
-class VM:
-    __slots__ = ("name", "size", "top", "created", "origin")
-
-    def __init__(self, name: str, size: int, top: int, created: float, origin: str | None):
-        self.name, self.size, self.top, self.created, self.origin = name, size, top, created, origin
 
 
 class Pool:
@@ -55,12 +53,12 @@ class Pool:
     def create(path, block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
         path = Path(path)
         if block_size not in BLOCK_SIZES:
-            raise BlockfoldError(f"bad block size {block_size}: use a power of two from 4096 to"
-                                 " 65536")
+            raise RefusedError(f"bad block size {block_size}: use a power of two from 4096 to"
+                               " 65536")
         if (path / CATALOG_FILE).exists():
-            raise BlockfoldError(f"{path} is already a Blockfold pool")
+            raise RefusedError(f"{path} is already a Blockfold pool")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise BlockfoldError(f"{path} exists and is not an empty directory")
+            raise RefusedError(f"{path} exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         catalog = Catalog(path / CATALOG_FILE)
         catalog.create_schema(block_size)
@@ -76,6 +74,8 @@ class Pool:
 
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
         wait: False returns at once and serves reads while the rebuild runs in the background.
+        fingerprint: the per-block fingerprint function (tests substitute one that collides).
+        Raises NotAPoolError, PoolFormatError, PoolLockedError (another process writes it).
         """
         path = Path(path)
         if not path.is_dir():
@@ -86,19 +86,22 @@ class Pool:
         try:
             catalog = Catalog(path / CATALOG_FILE, readonly=readonly)
             catalog.check_format(path)
-            store = BlockStore(path, int(catalog.get("block_size")), readonly=readonly)
+            block_size = int(catalog.get("block_size"))
+            store = BlockStore(path, block_size, readonly=readonly)
         except BaseException:
             if lock:
                 lock.release()
             raise
-        blocks = LocalBlocks(store, fingerprint, int(catalog.get("collisions") or 0))
+        blocks = LocalBlocks(store, Fingerprinter(block_size, fingerprint),
+                             int(catalog.get("collisions") or 0))
         return cls.attach(path, catalog, blocks, lock=lock, readonly=readonly, rebuild=rebuild,
                           progress=progress, wait=wait, actor=actor)
 
     @classmethod
-    def attach(cls, path, catalog: Catalog, blocks, *, lock=None, readonly: bool = False,
-               rebuild: str | None = None, progress: ProgressCallback | None = None,
-               wait: bool = True, actor: str = "cli") -> "Pool":
+    def attach(cls, path, catalog: Catalog, blocks: BlockLayer, *, lock=None,
+               readonly: bool = False, rebuild: str | None = None,
+               progress: ProgressCallback | None = None, wait: bool = True,
+               actor: str = "cli") -> "Pool":
         """A pool over an open catalog and block layer (a local pool's, or a cluster's);
         marks it in use and rebuilds its RAM metadata."""
         pool = cls(path, catalog, blocks, lock, readonly, actor)
@@ -109,8 +112,8 @@ class Pool:
         pool._start_rebuild(rebuild == "full", reason, progress, background=not wait)
         return pool
 
-    def __init__(self, path, catalog: Catalog, blocks, lock, readonly: bool, actor: str):
-        """`blocks` is the block layer: LocalBlocks here, or a cluster's."""
+    def __init__(self, path, catalog: Catalog, blocks: BlockLayer, lock, readonly: bool,
+                 actor: str):
         self.path = path
         self.catalog = catalog
         self.blocks = blocks
@@ -122,31 +125,32 @@ class Pool:
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self.last_rebuild: dict = {}
-        self.generation = 0          # bumped on every change; caches of derived views key on it
-        self._load_catalog()
+        self.generation = 0          # bumped by every change; caches of derived views key on it
+        self._load()
 
-    def _load_catalog(self) -> None:
-        self.vms = {name: VM(name, r["size"], r["top"], r["created"], r["origin"])
-                    for name, r in self.catalog.vms().items()}
-        self.parents = self.catalog.layer_parents()
-        self.tops = {vm.top for vm in self.vms.values()}
-        self.tables = BlockTables(self.catalog.conn, self.parents, self.tops)
-        self._visible_cache: dict[int, int] = {}
+    def _load(self) -> None:
+        """The graph and tables as the catalog holds them (at open)."""
+        self.graph = LayerGraph(self.catalog.vms(), self.catalog.layer_parents(),
+                                int(self.catalog.get("next_layer")))
+        self.tables = BlockTables(self.catalog.conn, self.graph)
+        self.view = blockview.BlockView(self)
 
     def close(self) -> None:
-        """Flushes, marks the pool clean and releases it."""
+        """Commits, marks the pool clean and releases it."""
         self._ready.wait()
         with self._lock:
             if self.catalog is None:
                 return
-            if not self.readonly and self._rebuild_error is None:
-                self._commit()
-                self.catalog.set("state", "clean")
-            self.catalog.close()
-            self.blocks.close()
-            if self._lock_file:
-                self._lock_file.release()
-            self.catalog = None
+            try:
+                if not self.readonly and self._rebuild_error is None:
+                    self._commit()
+                    self.catalog.set("state", "clean")
+            finally:
+                self.catalog.close()
+                self.blocks.close()
+                if self._lock_file:
+                    self._lock_file.release()
+                self.catalog = None
 
     def __enter__(self) -> "Pool":
         return self
@@ -175,9 +179,14 @@ class Pool:
         conn = self.catalog.reader()
         try:
             with self._lock:
-                layers = set(self.parents)
-            figures = self.blocks.rebuild(conn, layers, full=full, progress=progress,
-                                          cancel=cancel, reclaim=not self.readonly)
+                layers = set(self.graph.layers())
+                # An import under way holds its pages in RAM only; they count too.
+                extra = [(layer, 0, self.tables.layer_entries(layer).tobytes())
+                         for layer in self.graph.provisional]
+            scan = PageScan(self._chain_rows(self.catalog.scan_pages(conn), extra),
+                            self.catalog.count_pages(conn) + len(extra), layers)
+            figures = self.blocks.rebuild(scan, full=full, progress=progress, cancel=cancel,
+                                          reclaim=not self.readonly)
         except BaseException as e:
             if not self.blocks.ready:   # nothing to fall back on; a live pool keeps what it had
                 self._rebuild_error = e
@@ -188,10 +197,16 @@ class Pool:
         with self._lock:
             figures = dict(figures, reason=reason)
             self.last_rebuild = figures
+            self.generation += 1
             if not self.readonly:
-                self.catalog.record_rebuild(figures)
+                self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
             self._ready.set()
         return figures
+
+    @staticmethod
+    def _chain_rows(rows, extra):
+        yield from rows
+        yield from extra
 
     def rebuild(self, full: bool = False, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None) -> dict:
@@ -212,88 +227,111 @@ class Pool:
     def rebuilding(self) -> bool:
         return not self._ready.is_set()
 
-    # -- transactions -------------------------------------------------------------------------
+    # -- changes and commits ------------------------------------------------------------------
 
     @contextmanager
-    def _change(self):
-        """Runs a change inside the open transaction; an unexpected error rolls it all back."""
+    def _changing(self):
+        """Runs a change under the pool's lock once the pool may be written.
+
+        A change refuses (RefusedError) before it touches anything. Any other error escaping
+        it is a fault of ours with RAM possibly half-changed: the pool goes back to its last
+        commit, as after a crash, and says so (AbortedError)."""
         if self.readonly:
             raise ReadOnlyError(f"pool {self.path} is open read-only")
         self._wait_ready()
         with self._lock:
-            self.catalog.begin()
             try:
                 yield
-            except NoSpaceError:
-                self._abort()       # a write cut short by a full disk must not commit half-done
+            except (RefusedError, AbortedError):
                 raise
-            except BlockfoldError:
-                raise               # refused before anything changed
-            except BaseException:
-                self._abort()
-                raise
-            self.generation += 1
+            except Exception as e:
+                self._back_to_last_commit()
+                raise AbortedError(f"internal error, back to the last commit: "
+                                   f"{type(e).__name__}: {e}") from e
+            finally:
+                self.generation += 1
 
-    def _abort(self) -> None:
-        """Back to the last durable state: roll back, reload, rebuild the RAM metadata."""
-        self.catalog.rollback()
-        self._load_catalog()
+    def _back_to_last_commit(self) -> None:
+        self._load()
         self._run_rebuild(False, "rollback", None, None)
 
+    def _commit(self, edit: LayerEdit | None = None, rows=None) -> None:
+        """Makes every change so far durable, with `edit` and `rows(catalog)` if given: all of it
+        or none of it. On failure the catalog is rolled back, RAM keeps what it had (dirty pages
+        stay dirty, freed slots wait) and AbortedError says why."""
+        registering = frozenset(edit.registered) if edit is not None else frozenset()
+        snap = self.tables.snapshot(exclude=self.graph.provisional - registering)
+        if not snap.pages and edit is None and rows is None and not self.blocks.has_pending:
+            return
+        epoch = self.blocks.seal()
+        try:
+            self.blocks.sync()
+            self.catalog.begin()
+            self.catalog.write_pages(snap.pages)
+            if edit is not None:
+                self.catalog.apply(edit, self.actor, self.graph.next_layer)
+            if rows is not None:
+                rows(self.catalog)
+            self.catalog.set("collisions", self.blocks.collisions)
+            self.catalog.commit()
+        except BaseException as e:
+            self.catalog.rollback()
+            self.blocks.unseal(epoch)
+            if isinstance(e, Exception):
+                raise AbortedError(str(e) or type(e).__name__) from e
+            raise
+        self.tables.end(snap)
+        self.blocks.release(epoch)
+        if edit is not None:
+            self._apply(edit)
+
+    def _apply(self, edit: LayerEdit) -> None:
+        """Applies a committed edit to RAM: graph, tables, block references."""
+        self.graph.apply(edit)
+        self.tables.apply(edit)
+        released = edit.released_addresses()
+        if len(released):
+            # Durable already: the slots are reusable at once (a delete on a full disk must
+            # make room for what comes next).
+            self.blocks.decref(released)
+            self.blocks.release(self.blocks.seal())
+        self.generation += 1
+
+    @contextmanager
+    def still(self):
+        """Holds every change and commit back while the caller works beside the pool (a cluster
+        catching a returning node up). Yields False if the pool is closed."""
+        with self._lock:
+            yield self.catalog is not None
+
     def flush(self) -> None:
-        """Makes every change so far durable."""
+        """Makes every change so far durable. Raises AbortedError if the commit failed."""
         if self.readonly:
             return
         self._wait_ready()
         with self._lock:
             self._commit()
 
-    def _commit(self) -> None:
-        if not self.catalog.in_transaction:
-            return
-        self.blocks.sync()
-        self.tables.flush()
-        self.catalog.set("collisions", self.blocks.collisions)
-        self.catalog.commit()
-        self.blocks.committed()
-
     # -- VMs ----------------------------------------------------------------------------------
 
     def vm(self, name: str) -> VM:
-        try:
-            return self.vms[name]
-        except KeyError:
-            raise VMNotFoundError(f"no VM named {name!r}") from None
+        return self.graph.vm(name)
 
     def vm_names(self) -> list[str]:
-        return sorted(self.vms)
+        return self.graph.names()
 
     def vm_size(self, name: str) -> int:
-        return self.vm(name).size
-
-    def _check_new_name(self, name: str) -> None:
-        check_vm_name(name)
-        if name in self.vms:
-            raise VMExistsError(f"a VM named {name!r} already exists")
+        return self.graph.vm(name).size
 
     def create_vm(self, name: str, size: int) -> None:
-        self._check_new_name(name)
+        """An empty VM of `size` bytes. Raises BadNameError, VMExistsError, OutOfRangeError."""
         if size <= 0:
             raise OutOfRangeError(f"bad VM size {size}: it must be positive")
-        with self._change():
-            self._add_vm(name, size, None, None)
-            self._commit()
+        with self._changing():
+            self._commit(self.graph.plan_create(name, size))
 
-    def _add_vm(self, name: str, size: int, parent: int | None, origin: str | None) -> VM:
-        layer = self.catalog.new_layers(parent, 1)[0]
-        self.parents[layer] = parent
-        self.tops.add(layer)
-        vm = VM(name, size, layer, time.time(), origin)
-        self.catalog.put_vm(vm)
-        self.vms[name] = vm
-        return vm
-
-    def _check_range(self, vm: VM, offset: int, length: int) -> None:
+    @staticmethod
+    def _check_range(vm: VM, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > vm.size:
             raise OutOfRangeError(f"range {offset}+{length} is outside VM {vm.name!r} "
                                   f"({vm.size} bytes)")
@@ -301,12 +339,13 @@ class Pool:
     # -- reads --------------------------------------------------------------------------------
 
     def read(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (bytes). Raises VMNotFoundError, OutOfRangeError."""
         with self._lock:
-            vm = self.vm(name)
+            vm = self.graph.vm(name)
             self._check_range(vm, offset, length)
-            return self._read(vm, offset, length)
+            return self._read(vm.top, offset, length)
 
-    def _read(self, vm: VM, offset: int, length: int) -> bytes:
+    def _read(self, top: int, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
         bs = self.block_size
@@ -314,9 +353,9 @@ class Pool:
         count = (offset + length - 1) // bs - first + 1
         start = offset - first * bs
         if count == 1:          # the common small random read: no arrays to build
-            addr = int(self.tables.lookup_range(vm.top, first, 1)[0])
+            addr = int(self.tables.lookup_range(top, first, 1)[0])
             return self.blocks.block_bytes(addr)[start:start + length] if addr else bytes(length)
-        addrs = self.tables.lookup_range(vm.top, first, count)
+        addrs = self.tables.lookup_range(top, first, count)
         mapped = addrs != 0
         if mapped.all():
             out = self.blocks.gather(addrs)
@@ -327,27 +366,32 @@ class Pool:
         return out.reshape(-1)[start:start + length].tobytes()
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
-        """The slot behind each of `count` blocks from `lbn` (0: reads as zeros)."""
+        """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""
         with self._lock:
-            return self.tables.lookup_range(self.vm(name).top, lbn, count)
+            return self.tables.lookup_range(self.graph.vm(name).top, lbn, count)
 
     # -- writes -------------------------------------------------------------------------------
 
     def write(self, name: str, offset: int, data) -> None:
+        """Writes `data` at `offset` (bytes), whole or not at all (RefusedError: no space, out
+        of range, unknown VM). Durable once flushed."""
         data = memoryview(data).cast("B")
-        with self._change():
-            vm = self.vm(name)
+        with self._changing():
+            vm = self.graph.vm(name)
             self._check_range(vm, offset, len(data))
-            self._write(vm, offset, data)
+            self._write(vm.top, offset, data)
 
     def trim(self, name: str, offset: int, length: int) -> None:
-        """Frees the range; it reads back as zeros."""
-        with self._change():
-            vm = self.vm(name)
+        """The range reads back as zeros and its blocks are freed; zeroing what already reads as
+        zeros adds nothing."""
+        with self._changing():
+            vm = self.graph.vm(name)
             self._check_range(vm, offset, length)
-            self._zero(vm, offset, length)
+            self._zero(vm.top, offset, length)
 
-    def _write(self, vm: VM, offset: int, data: memoryview) -> None:
+    def _write(self, top: int, offset: int, data: memoryview) -> None:
+        if not len(data):
+            return
         bs = self.block_size
         head = offset - offset % bs
         tail = -(-(offset + len(data)) // bs) * bs
@@ -355,191 +399,170 @@ class Pool:
         if head != offset or tail != end:      # partial blocks: read, modify, write
             buf = bytearray(tail - head)
             if head != offset:
-                buf[:bs] = self._read_block(vm, head)
+                buf[:bs] = self._read_block(top, head)
             if tail != end:
-                buf[-bs:] = self._read_block(vm, tail - bs)
+                buf[-bs:] = self._read_block(top, tail - bs)
             buf[offset - head:end - head] = data
             data, offset = memoryview(buf), head
-        lbn, nblocks = offset // bs, len(data) // bs
+        blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, bs)
+        nonzero = np.flatnonzero(blocks.view(np.uint64).any(axis=1))
+        addrs = np.zeros(len(blocks), dtype=np.uint64)
+        if len(nonzero):
+            # Every block is stored (or refused) before any table entry changes.
+            addrs[nonzero] = self.blocks.store_blocks(blocks[nonzero])
+        self._set_range(top, offset // bs, addrs)
+
+    def _set_range(self, top: int, lbn: int, addrs: np.ndarray) -> None:
+        """Points consecutive blocks from `lbn` at `addrs` (0: reads as zeros) and drops the
+        references they replace. Cannot fail."""
         done = 0
-        while done < nblocks:
-            n = min(nblocks - done, PAGE_ENTRIES - (lbn + done) % PAGE_ENTRIES)
-            self._write_blocks(vm.top, lbn + done, data[done * bs:(done + n) * bs])
+        while done < len(addrs):
+            n = min(len(addrs) - done, PAGE_ENTRIES - (lbn + done) % PAGE_ENTRIES)
+            entries = addrs[done:done + n].copy()
+            zeros = entries == INHERIT
+            if zeros.any():
+                entries[zeros] = self.tables.zero_fill(top, lbn + done, n)[zeros]
+            self.blocks.decref(self.tables.set_entries(top, lbn + done, entries))
             done += n
 
-    def _read_block(self, vm: VM, offset: int) -> bytes:
+    def _read_block(self, top: int, offset: int) -> bytes:
         bs = self.block_size
-        addr = int(self.tables.lookup_range(vm.top, offset // bs, 1)[0])
+        addr = int(self.tables.lookup_range(top, offset // bs, 1)[0])
         return self.blocks.block_bytes(addr) if addr else bytes(bs)
 
-    def _zero(self, vm: VM, offset: int, length: int) -> None:
+    def _zero(self, top: int, offset: int, length: int) -> None:
         if length == 0:
             return
         bs = self.block_size
         first = -(-offset // bs)                  # first whole block inside the range
         last = (offset + length) // bs            # one past the last whole block
         if first >= last:
-            self._write(vm, offset, memoryview(bytes(length)))
+            self._write(top, offset, memoryview(bytes(length)))
             return
-        if offset < first * bs:
-            self._write(vm, offset, memoryview(bytes(first * bs - offset)))
-        if (offset + length) > last * bs:
-            self._write(vm, last * bs, memoryview(bytes(offset + length - last * bs)))
-        fill = INHERIT if self.parents[vm.top] is None else ZERO
-        lbn = first
-        while lbn < last:
-            n = min(last - lbn, PAGE_ENTRIES - lbn % PAGE_ENTRIES)
-            self.blocks.decref(self.tables.set_entries(vm.top, lbn, np.full(n, fill, np.uint64)))
-            lbn += n
+        # The partial blocks at either end are the only part that may need new slots: they go
+        # first, so that a refusal leaves the whole range as it was.
+        head = memoryview(bytes(first * bs - offset))
+        tail = memoryview(bytes(offset + length - last * bs))
+        if len(head) and len(tail):
+            self._write_ends(top, offset, head, last * bs, tail)
+        elif len(head):
+            self._write(top, offset, head)
+        elif len(tail):
+            self._write(top, last * bs, tail)
+        self._set_range(top, first, np.zeros(last - first, dtype=np.uint64))
 
-    def _write_blocks(self, top: int, lbn0: int, chunk: memoryview) -> None:
-        """Writes whole blocks that fall within one block-table page."""
+    def _write_ends(self, top: int, head_at: int, head, tail_at: int, tail) -> None:
+        """Zeroes the partial blocks at both ends of a range, stored together (all or none)."""
         bs = self.block_size
-        n = len(chunk) // bs
-        words = np.frombuffer(chunk, dtype=np.uint64).reshape(n, bs // 8)
-        nonzero = np.flatnonzero(words.any(axis=1))
-        entries = np.full(n, INHERIT if self.parents[top] is None else ZERO, dtype=np.uint64)
+        lo, hi = head_at - head_at % bs, tail_at
+        buf = bytearray(self._read_block(top, lo) + self._read_block(top, hi))
+        buf[head_at - lo:bs] = head
+        buf[bs:bs + len(tail)] = tail
+        blocks = np.frombuffer(buf, dtype=np.uint8).reshape(2, bs)
+        nonzero = np.flatnonzero(blocks.view(np.uint64).any(axis=1))
+        addrs = np.zeros(2, dtype=np.uint64)
         if len(nonzero):
-            entries[nonzero] = self.blocks.store_blocks(chunk, words, nonzero)
-        self.blocks.decref(self.tables.set_entries(top, lbn0, entries))
+            addrs[nonzero] = self.blocks.store_blocks(blocks[nonzero])
+        self._set_range(top, lo // bs, addrs[:1])
+        self._set_range(top, hi // bs, addrs[1:])
 
     # -- clones and deletes -------------------------------------------------------------------
 
     def clone(self, source: str, new: str, count: int = 1) -> list[str]:
         """Links new VMs to `source`'s blocks: O(1) each, whatever the size.
 
-        The source's top layer is frozen and becomes the shared base; the source and every clone
-        get an empty top layer of their own. If the source has written nothing since it was last
-        frozen, its base is shared as it is and no layer is frozen.
+        Makes `new`, or NEW-1 … NEW-count. The source's top layer is frozen and becomes the
+        shared base; the source and every clone get an empty top layer of their own. If the
+        source has written nothing since it was last frozen, its base is shared as it is.
+        Raises VMNotFoundError, VMExistsError, BadNameError, RefusedError (count < 1).
         """
         if count < 1:
-            raise BlockfoldError(f"bad clone count {count}: it must be at least 1")
+            raise RefusedError(f"bad clone count {count}: it must be at least 1")
         names = [new] if count == 1 else [f"{new}-{i}" for i in range(1, count + 1)]
-        for name in names:
-            self._check_new_name(name)
-        with self._change():
-            vm = self.vm(source)
-            base = self.parents[vm.top]
-            if base is None or not self.tables.is_empty(vm.top):
-                base = vm.top
-                vm.top = self.catalog.new_layers(base, 1)[0]
-                self.parents[vm.top] = base
-                self.tops.discard(base)
-                self.tops.add(vm.top)
-                self.catalog.put_vm(vm)
-            layers = self.catalog.new_layers(base, len(names))
-            now = time.time()
-            for name, layer in zip(names, layers):
-                self.parents[layer] = base
-                self.tops.add(layer)
-                self.vms[name] = VM(name, vm.size, layer, now, source)
-            self.catalog.put_vms([self.vms[n] for n in names])
+        with self._changing():
+            top = self.graph.vm(source).top
+            edit = self.graph.plan_clone(source, names, self.tables.is_empty(top))
             label = names[0] if count == 1 else f"{names[0]} … {names[-1]}"
-            self.catalog.log(self.actor, "clone", f"cloned {source} to {label}")
-            self._commit()
+            edit.events.append(("clone", f"cloned {source} to {label}"))
+            self._commit(edit)
         return names
 
     def delete(self, name: str) -> None:
-        """Deletes a VM, frees what only it referenced, and collects layers nobody needs."""
-        with self._change():
-            vm = self.vm(name)
-            del self.vms[name]
-            self.catalog.delete_vm(name)
-            self.tops.discard(vm.top)
-            self._drop_layer(vm.top)
-            self.catalog.log(self.actor, "delete", f"deleted {name}")
-            self._commit()
-
-    def _drop_layer(self, layer: int) -> None:
-        """Drops a layer nobody reads any more, then collects upwards: a frozen layer left with
-        no children goes too, and one left with a single child merges into it."""
-        while True:
-            self.blocks.decref(self.tables.layer_entries(layer))
-            self.tables.drop_layer(layer)
-            parent = self.parents.pop(layer)
-            self.catalog.delete_layer(layer)
-            self._layers_changed()
-            if parent is None or parent in self.tops:
-                return
-            children = [lid for lid, p in self.parents.items() if p == parent]
-            if not children:
-                layer = parent
-                continue
-            if len(children) == 1:
-                self._merge_into_child(parent, children[0])
-            return
-
-    def _merge_into_child(self, layer: int, child: int) -> None:
-        grandparent = self.parents[layer]
-        self.blocks.decref(self.tables.merge_into_child(layer, child, grandparent is None))
-        self.parents[child] = grandparent
-        del self.parents[layer]
-        self.catalog.reparent(child, grandparent)
-        self.catalog.delete_layer(layer)
-        self._layers_changed()
-
-    def _layers_changed(self) -> None:
-        self.tables.forget_resolved()
-        self._visible_cache.clear()
-
-    def chain(self, layer: int) -> list[int]:
-        out = []
-        while layer is not None:
-            out.append(layer)
-            layer = self.parents[layer]
-        return out
+        """Deletes a VM, frees what only it referenced, and collects layers nobody needs:
+        a frozen layer left with no children goes too, one left with a single child merges
+        into it. Raises VMNotFoundError."""
+        with self._changing():
+            edit, merges = self.graph.plan_delete(name)
+            merged = {m.layer for m in merges}
+            for layer in edit.dropped:
+                if layer not in merged:
+                    edit.released.append(self.tables.layer_entries(layer))
+            for merge in merges:
+                pages, shadowed = self.tables.merged_pages(merge, root=merge.parent is None)
+                edit.pages.update(pages)
+                edit.released.append(shadowed)
+            edit.events.append(("delete", f"deleted {name}"))
+            self._commit(edit)
 
     # -- images -------------------------------------------------------------------------------
 
     def import_image(self, name: str, source: str, progress: ProgressCallback | None = None) -> VM:
-        """Imports a raw image file, or stdin for "-"; holes and zeros take no space."""
-        self._check_new_name(name)
-        image = imageio.open_image(source)
-        try:
-            with self._change():
-                vm = self._add_vm(name, image.size, None, None)
-                meter = Meter(progress, "import", image.size)
-                try:
-                    for offset, data in image.chunks(PAGE_ENTRIES * self.block_size):
-                        vm.size = max(vm.size, offset + len(data))   # stdin: grows as it comes
-                        self._write(vm, offset, memoryview(data))
-                        meter.done = offset + len(data)
-                        meter.advance(0)
-                    if vm.size == 0:
-                        raise imageio.empty_image(source)
-                except BaseException:
-                    self._discard(vm)
-                    raise
-                self.catalog.put_vm(vm)
-                self.catalog.log(self.actor, "import", f"imported {name} ({vm.size} bytes)")
-                self._commit()
-                meter.finish()
-                return vm
-        finally:
-            image.close()
+        """Imports a raw image file, or stdin for "-"; holes and zeros take no space.
 
-    def _discard(self, vm: VM) -> None:
-        """Undoes a half-made VM inside the open transaction."""
-        self.vms.pop(vm.name, None)
-        self.catalog.delete_vm(vm.name)
-        self.tops.discard(vm.top)
-        self._drop_layer(vm.top)
-        self._commit()
+        The image goes into a layer of its own that becomes the new VM only once it is whole:
+        a failure or a refusal (no space, a bad image) leaves nothing behind.
+        Raises BadNameError, VMExistsError, BadImageError, NoSpaceError, AbortedError.
+        """
+        with self._changing():
+            layer = self.graph.begin_import(name)
+        try:
+            image = imageio.open_image(source)
+            try:
+                size = self._fill(layer, image, progress)
+            finally:
+                image.close()
+            with self._changing():
+                events = [("import", f"imported {name} ({size} bytes)")]
+                self._commit(self.graph.plan_register(layer, size, events))
+        except BaseException:
+            with self._lock:
+                if self.graph.has_layer(layer) and layer in self.graph.provisional:
+                    self.blocks.decref(self.tables.forget_layer(layer))
+            raise
+        finally:
+            with self._lock:
+                self.graph.end_import(layer)
+        return self.graph.vm(name)
+
+    def _fill(self, layer: int, image, progress) -> int:
+        """Writes an image's chunks into a provisional layer; returns its size in bytes."""
+        meter = Meter(progress, "import", image.size)
+        size = image.size
+        for offset, data in image.chunks(PAGE_ENTRIES * self.block_size):
+            size = max(size, offset + len(data))       # stdin: grows as it comes
+            with self._changing():
+                self._write(layer, offset, memoryview(data))
+            meter.done = offset + len(data)
+            meter.advance(0)
+        if size == 0:
+            raise imageio.empty_image(image.name)
+        meter.finish()
+        return size
 
     def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
         """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-")."""
         with self._lock:
-            size = self.vm(name).size
+            size = self.graph.vm(name).size
         chunk = PAGE_ENTRIES * self.block_size
         meter = Meter(progress, "export", size)
         with imageio.open_output(dest, size) as out:
             for offset in range(0, size, chunk):
                 n = min(chunk, size - offset)
                 with self._lock:
-                    vm = self.vm(name)
-                    mapped = self.tables.lookup_range(vm.top, offset // self.block_size,
+                    top = self.graph.vm(name).top
+                    mapped = self.tables.lookup_range(top, offset // self.block_size,
                                                       -(-n // self.block_size)) != 0
-                    data = self._read(vm, offset, n) if mapped.any() else None
+                    data = self._read(top, offset, n) if mapped.any() else None
                 if data is not None:
                     out.write_blocks(offset, data, mapped, self.block_size)
                 meter.done = offset + n
@@ -554,25 +577,22 @@ class Pool:
 
     def vm_list(self) -> list[dict]:
         with self._lock:
-            return [stats_mod.vm_stats(self, vm) for vm in sorted(self.vms.values(),
-                                                                  key=lambda v: v.name)]
+            return [stats_mod.vm_stats(self, vm) for vm in self.graph.vms()]
 
     def block_page(self, **filters) -> dict:
-        """A page of the block table; see engine.blockview.block_page for the filters."""
+        """A page of the block table; see engine.blockview.BlockView.page for the filters."""
         self._wait_ready()
         with self._lock:
-            return blockview.block_page(self, **filters)
+            return self.view.page(**filters)
 
     def fsck(self, progress: ProgressCallback | None = None) -> list[dict]:
+        """Every broken promise, judged on the committed state (the pool commits first)."""
         self._wait_ready()
         with self._lock:
+            if not self.readonly:
+                self._commit()
             return fsck_mod.check(self, progress)
 
     def events(self, limit: int = 100) -> list[dict]:
         with self._lock:
             return self.catalog.events(limit)
-
-    def log_event(self, kind: str, message: str) -> None:
-        with self._change():
-            self.catalog.log(self.actor, kind, message)
-            self._commit()

@@ -12,22 +12,52 @@ Phases, each reported through the progress callback:
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
 from .blocktable import owned
 from .blockstore import BlockStore
 from .errors import CancelledError
-from .index import REBUILD_LOAD, FingerprintIndex, keys_of
+from .fingerprint import Fingerprinter, keys_of
+from .index import REBUILD_LOAD, FingerprintIndex
 from .progress import Meter, ProgressCallback
 from .spacemap import SpaceMap
 
 HASH_BATCH = 4096
 INDEX_BATCH = 1 << 20
+
+
+@dataclass
+class PageScan:
+    """The block-table pages a rebuild counts: rows of (layer, page number, entries bytes) over
+    `total` rows, of which only those of `layers` (the live ones) count."""
+    rows: Iterable[tuple[int, int, bytes]]
+    total: int
+    layers: set[int]
+
+    def references(self, cancel=None, progress=None, batch: int = 1 << 20):
+        """The block addresses the live pages hold, in arrays of about `batch`."""
+        meter = Meter(progress, "tables", self.total)
+        pending, pending_n = [], 0
+        for layer, _pno, blob in self.rows:
+            meter.advance()
+            if layer not in self.layers:
+                continue
+            addrs = owned(np.frombuffer(blob, dtype=np.uint64))
+            pending.append(addrs)
+            pending_n += len(addrs)
+            if pending_n >= batch:
+                yield np.concatenate(pending)
+                pending, pending_n = [], 0
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("rebuild cancelled")
+        if pending:
+            yield np.concatenate(pending)
+        meter.finish()
 
 
 @dataclass
@@ -38,9 +68,9 @@ class Rebuilt:
     figures: dict = field(default_factory=dict)
 
 
-def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, full: bool,
-            fingerprint, progress: ProgressCallback | None = None,
-            cancel: threading.Event | None = None, reclaim: bool = True) -> Rebuilt:
+def rebuild(pages: PageScan, store: BlockStore, *, full: bool, fingerprints: Fingerprinter,
+            progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+            reclaim: bool = True) -> Rebuilt:
     started = time.monotonic()
     bs = store.block_size
     capacity = store.capacity
@@ -50,25 +80,11 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
             raise CancelledError("rebuild cancelled")
 
     # tables: refcounts from every page of every live layer
-    pages = conn.execute("SELECT count(*) FROM bmap").fetchone()[0]
-    meter = Meter(progress, "tables", pages)
     refcounts = np.zeros(capacity, dtype=np.int64)
-    pending, pending_n, bad_refs, references = [], 0, 0, 0
-    for layer, blob in conn.execute("SELECT layer, entries FROM bmap"):
-        meter.advance()
-        if layer not in layers:
-            continue
-        addrs = owned(np.frombuffer(blob, dtype=np.uint64))
-        pending.append(addrs)
-        pending_n += len(addrs)
-        if pending_n >= INDEX_BATCH:
-            bad_refs += _count(refcounts, pending)
-            references += pending_n
-            pending, pending_n = [], 0
-            check_cancel()
-    bad_refs += _count(refcounts, pending)
-    references += pending_n
-    meter.finish()
+    bad_refs, references = 0, 0
+    for addrs in pages.references(cancel, progress, INDEX_BATCH):
+        bad_refs += _count(refcounts, addrs)
+        references += len(addrs)
     refcounts[0] = 0
     live = np.flatnonzero(refcounts).astype(np.uint64)  # the reconstruction map: each slot once
 
@@ -82,9 +98,7 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
         for start in range(0, len(live), HASH_BATCH):
             check_cancel()
             chunk = live[start:start + HASH_BATCH]
-            fresh = np.frombuffer(b"".join([fingerprint(data[s * bs:(s + 1) * bs])
-                                            for s in chunk.tolist()]),
-                                  dtype=np.uint64).reshape(-1, 2)
+            fresh = fingerprints.of_slots(data, chunk)
             mismatch = (fresh != digests[start:start + HASH_BATCH]).any(axis=1)
             bad.append(chunk[mismatch])
             meter.advance(len(chunk))
@@ -118,7 +132,7 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
     figures = {
         "mode": "full" if full else "fast",
         "seconds": round(seconds, 4),
-        "pages": pages,
+        "pages": pages.total,
         "references": references,
         "blocks": int(len(live)),
         "bytes": int(len(live)) * bs,
@@ -132,11 +146,8 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
     return Rebuilt(index, space, corrupt, figures)
 
 
-def _count(refcounts: np.ndarray, parts: list[np.ndarray]) -> int:
+def _count(refcounts: np.ndarray, addrs: np.ndarray) -> int:
     """Adds references to refcounts; returns how many pointed past the end of the data file."""
-    if not parts:
-        return 0
-    addrs = np.concatenate(parts)
     inside = addrs < len(refcounts)
     refcounts += np.bincount(addrs[inside].astype(np.int64), minlength=len(refcounts))
     return int(np.count_nonzero(~inside))

@@ -1,7 +1,9 @@
 """Refcounts and free slots, in RAM.
 
-A slot whose last reference goes is not reusable at once: until the transaction that dropped the
-reference commits, a crash would bring the old reference back, so the slot waits in `pending`.
+A slot whose last reference goes is not reusable at once: until a commit makes the drop durable, a
+crash would bring the old reference back, so the slot waits in *pending*. A commit `seal()`s the
+pending slots of its epoch when it takes its snapshot, `release()`s them once it is durable, or
+`unseal()`s them if it failed: they wait for the next commit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ class SpaceMap:
         self.refcounts = np.zeros(capacity, dtype=np.uint32)
         self._free = np.zeros(0, dtype=np.uint32)   # a stack: the top (end) is reused first
         self._pending: list[np.ndarray] = []
+        self._sealed: dict[int, list[np.ndarray]] = {}
+        self._epoch = 0
 
     @classmethod
     def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
@@ -45,7 +49,13 @@ class SpaceMap:
         return self._free.astype(np.uint64)
 
     def pending_slots(self) -> np.ndarray:
-        return np.concatenate(self._pending) if self._pending else np.zeros(0, np.uint64)
+        """Slots whose last reference went and whose release waits for a commit."""
+        parts = self._pending + [p for sealed in self._sealed.values() for p in sealed]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def add_slots(self, slots: np.ndarray) -> None:
         """New slots from a grown store join the bottom of the free stack: reuse comes first."""
@@ -83,12 +93,22 @@ class SpaceMap:
         if len(released):
             self._pending.append(released.astype(np.uint64))
 
-    def commit(self) -> np.ndarray:
-        """Makes the slots released since the last commit reusable, and returns them."""
-        released = self.pending_slots()
+    def seal(self) -> int:
+        """Closes the current epoch of pending slots (a commit's snapshot); returns its number."""
+        self._epoch += 1
+        self._sealed[self._epoch] = self._pending
         self._pending = []
+        return self._epoch
+
+    def unseal(self, epoch: int) -> None:
+        """The commit failed: its slots wait for the next one."""
+        self._pending = self._sealed.pop(epoch) + self._pending
+
+    def release(self, epoch: int) -> np.ndarray:
+        """The commit is durable: its slots become reusable; returns them."""
+        parts = self._sealed.pop(epoch)
+        released = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         # A released slot may have been shared again before the commit: it is no longer free.
-        released = released[self.refcounts[released] == 0]
-        released = np.unique(released)
+        released = np.unique(released[self.refcounts[released] == 0])
         self._free = np.concatenate([self._free, released[::-1].astype(np.uint32)])
         return released

@@ -14,23 +14,25 @@ def _count_visible(page: np.ndarray | None) -> int:
 
 
 def visible_blocks(pool, layer: int) -> int:
-    """How many blocks read as data through `layer`. Frozen layers never change: cached."""
+    """How many blocks read as data through `layer`. Frozen layers never change: the graph
+    caches their counts."""
+    graph, tables = pool.graph, pool.tables
     chain = []
     base = 0
     lid = layer
     while lid is not None:
-        if lid not in pool.tops and lid in pool._visible_cache:
-            base = pool._visible_cache[lid]
+        cached = graph.visible_cached(lid)
+        if cached is not None:
+            base = cached
             break
         chain.append(lid)
-        lid = pool.parents[lid]
+        lid = graph.parent(lid)
     for lid in reversed(chain):
-        parent = pool.parents[lid]
-        for pno in pool.tables.page_numbers(lid):
-            below = pool.tables.resolved(parent, pno) if parent is not None else None
-            base += _count_visible(pool.tables.resolved(lid, pno)) - _count_visible(below)
-        if lid not in pool.tops:
-            pool._visible_cache[lid] = base
+        parent = graph.parent(lid)
+        for pno in tables.page_numbers(lid):
+            below = tables.resolved(parent, pno) if parent is not None else None
+            base += _count_visible(tables.resolved(lid, pno)) - _count_visible(below)
+        graph.remember_visible(lid, base)
     return base
 
 
@@ -48,7 +50,7 @@ def vm_stats(pool, vm) -> dict:
         "logical_blocks": logical,
         "unique_blocks": unique,
         "shared_blocks": logical - unique,
-        "depth": len(pool.chain(vm.top)),
+        "depth": len(pool.graph.chain(vm.top)),
         "origin": vm.origin,
         "created": vm.created,
     }
@@ -70,7 +72,7 @@ def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
 
 def pool_stats(pool) -> dict:
     bs = pool.block_size
-    vms = [vm_stats(pool, vm) for vm in sorted(pool.vms.values(), key=lambda v: v.name)]
+    vms = [vm_stats(pool, vm) for vm in pool.graph.vms()]
     logical = sum(v["logical_bytes"] for v in vms)
     blocks = pool.blocks.summary() if pool.blocks.ready and not pool.rebuilding else {}
     physical = blocks.get("unique_blocks", 0) * bs

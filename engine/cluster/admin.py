@@ -15,9 +15,10 @@ import time
 
 from ..api import LocalAdmin
 from ..errors import BlockfoldError
-from ..pool import Pool, fingerprint
+from ..fingerprint import Fingerprinter
+from ..pool import Pool
 from . import lifecycle, processes
-from .blocks import ClusterBlocks, ReplicationError
+from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
 from .members import DOWN, RETURNING, UP, Members
@@ -67,7 +68,7 @@ class ClusterAdmin(LocalAdmin):
                 for i, node in enumerate(members.nodes):
                     if node.state == UP and node.version != catalog.version:
                         catalog.catch_up(i)
-            blocks = ClusterBlocks(members, config, fingerprint,
+            blocks = ClusterBlocks(members, config, Fingerprinter(config.block_size),
                                    int(catalog.get("collisions") or 0))
             pool = Pool.attach(config.path, catalog, blocks, readonly=readonly, rebuild=rebuild,
                                progress=progress, wait=True, actor=actor)
@@ -83,37 +84,6 @@ class ClusterAdmin(LocalAdmin):
         admin._healer.start()
         return admin
 
-    # -- writes -------------------------------------------------------------------------------
-
-    def write(self, name, offset, data):
-        self._refusable(self.pool.write, name, offset, data)
-
-    def trim(self, name, offset, length):
-        self._refusable(self.pool.trim, name, offset, length)
-
-    def flush(self):
-        self._refusable(self.pool.flush)
-
-    def import_image(self, name, source, progress=None):
-        try:
-            return super().import_image(name, source, progress)
-        except ReplicationError as e:
-            # The pool undoes a failed import and commits the undo, which the cluster refuses
-            # too: the first refusal is the one that says why.
-            first = e.__context__ if isinstance(e.__context__, ReplicationError) else e
-            raise first from None
-
-    def _refusable(self, change, *args) -> None:
-        """A write the cluster refuses (too few nodes) must leave nothing half-done behind:
-        back to the last commit, as if it never started."""
-        try:
-            change(*args)
-        except ReplicationError:
-            with self.pool._lock:
-                if self.pool.catalog.in_transaction:
-                    self.pool._abort()
-            raise
-
     # -- returning nodes and heal -------------------------------------------------------------
 
     def _rejoin_returning(self) -> None:
@@ -123,8 +93,8 @@ class ClusterAdmin(LocalAdmin):
 
     def _rejoin(self, i: int) -> bool:
         """Catches a returning node up: the catalog, then which blocks it holds."""
-        with self.pool._lock:
-            if self.pool.catalog is None:
+        with self.pool.still() as open_:
+            if not open_:
                 return False
             if not self.readonly and not self.pool.catalog.catch_up(i):
                 return False

@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xxhash
 
-from ..blocktable import owned
-from ..errors import BlockfoldError, CancelledError
+from ..errors import BlockfoldError, CancelledError, RefusedError
+from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
 from ..net import rpc
 from ..progress import Meter
+from ..rebuild import PageScan
 from ..spacemap import SpaceMap
 from ..stats import refcount_histogram
 from . import placement
@@ -40,9 +41,9 @@ READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 20.0
 
 
-class ReplicationError(BlockfoldError):
+class ReplicationError(RefusedError):
     """The cluster cannot keep a change safe (too few nodes, a node refusing blocks): the
-    change is refused."""
+    change is refused. (Raised by a commit, the pool turns it into an AbortedError.)"""
 
 
 def block_ids(digests: np.ndarray, variants: np.ndarray) -> np.ndarray:
@@ -62,12 +63,12 @@ def _payload(ids: np.ndarray, data: np.ndarray | None = None) -> bytes:
 
 
 class ClusterBlocks:
-    def __init__(self, members, config, fingerprint, collisions: int = 0):
+    def __init__(self, members, config, fingerprints: Fingerprinter, collisions: int = 0):
         self.members = members
         self.block_size = config.block_size
         self.replicas = config.replicas
         self.min_replicas = config.min_replicas
-        self.fingerprint = fingerprint
+        self.fingerprints = fingerprints
         self.collisions = collisions
         self.lock = threading.RLock()
         self.index: FingerprintIndex | None = None
@@ -106,16 +107,15 @@ class ClusterBlocks:
 
     # -- write path ---------------------------------------------------------------------------
 
-    def store_blocks(self, chunk: memoryview, words: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """Stores each chosen block on its nodes, or verifies it against a holder; returns ids.
+    def store_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        """Stores each block (n × block_size) on its nodes, or verifies it against a holder;
+        returns their ids, referenced.
 
-        Nothing in RAM changes unless every block is acknowledged: on error the blocks already
-        sent are unreferenced orphans that the nodes drop at the next inventory.
+        Nothing in RAM changes unless every block is acknowledged: on ReplicationError the blocks
+        already sent are unreferenced orphans that the nodes drop at the next inventory.
         """
-        bs = self.block_size
-        data = words[which].view(np.uint8).reshape(-1, bs)
-        digests = np.frombuffer(b"".join(self.fingerprint(b) for b in data),
-                                dtype=np.uint64).reshape(-1, 2)
+        data = blocks
+        digests = self.fingerprints.of(blocks)
         with self.lock:
             ids, held = self._place(data, digests)
             rows = self._rows_of(ids)
@@ -299,8 +299,7 @@ class ClusterBlocks:
                 # A copy whose bytes do not hash to the block's word is rotten, or another
                 # block under a colliding id: never served; the next replica is asked.
                 fine = sel[~missing]
-                words = np.frombuffer(b"".join(self.fingerprint(b) for b in got),
-                                      dtype=np.uint64).reshape(-1, 2)[:, 1]
+                words = self.fingerprints.of(got)[:, 1]
                 rotten = (words != expect[fine]) & (expect[fine] != 0)
                 out[fine[~rotten]] = got[~rotten]
                 missing[np.flatnonzero(~missing)[rotten]] = True
@@ -322,10 +321,23 @@ class ClusterBlocks:
             if nodes:
                 self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes}, WRITE_TIMEOUT)
 
-    def committed(self) -> None:
-        """After the block tables commit: ids nobody references any more leave their nodes."""
+    @property
+    def has_pending(self) -> bool:
+        return self.space.has_pending
+
+    def seal(self) -> int:
         with self.lock:
-            released = self.space.commit()
+            return self.space.seal()
+
+    def unseal(self, epoch: int) -> None:
+        with self.lock:
+            self.space.unseal(epoch)
+
+    def release(self, epoch: int) -> None:
+        """The commit that sealed `epoch` is durable: ids nobody references any more leave
+        their nodes."""
+        with self.lock:
+            released = self.space.release(epoch)
             if not len(released):
                 return
             ids, held = self.row_ids[released].copy(), self.holders[released].copy()
@@ -353,8 +365,7 @@ class ClusterBlocks:
     def ready(self) -> bool:
         return self.index is not None
 
-    def rebuild(self, conn, layers: set[int], *, full: bool, progress, cancel,
-                reclaim: bool) -> dict:
+    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool) -> dict:
         """Refcounts from the replicated block tables, holders from every node's inventory."""
         started = time.monotonic()
 
@@ -362,16 +373,7 @@ class ClusterBlocks:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("rebuild cancelled")
 
-        pages = conn.execute("SELECT count(*) FROM bmap").fetchone()[0]
-        meter = Meter(progress, "tables", pages)
-        parts = []
-        for layer, blob in conn.execute("SELECT layer, entries FROM bmap"):
-            meter.advance()
-            if layer in layers:
-                parts.append(owned(np.frombuffer(blob, dtype=np.uint64)))
-            if len(parts) % 1024 == 0:
-                check_cancel()
-        meter.finish()
+        parts = list(pages.references(cancel, progress))
         refs = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         ids, counts = np.unique(refs, return_counts=True)
 
@@ -431,7 +433,7 @@ class ClusterBlocks:
         return {
             "mode": "full" if full else "fast",
             "seconds": round(seconds, 4),
-            "pages": pages,
+            "pages": pages.total,
             "references": int(len(refs)),
             "blocks": int(len(ids)),
             "bytes": int(len(ids)) * bs,

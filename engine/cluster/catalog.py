@@ -3,7 +3,7 @@ every node.
 
 Each node keeps a full replica with a version number. The coordinator starts from the up node
 with the highest version. Each commit ships one changeset (engine.cluster.changeset) from version
-v to v+1 to every up node; a node applies it only on top of v. A node that is behind (it was down,
+v to v+1 to every up node, before it commits locally; a node applies it only on top of v. A node that is behind (it was down,
 or missed a changeset) gets the whole catalog image instead. A commit that reaches fewer than
 min_replicas nodes is an error.
 """
@@ -81,9 +81,10 @@ class ReplicatedCatalog(Catalog):
         raise BlockfoldError(f"the catalog on node {members.names()[node]} keeps changing")
 
     def commit(self) -> None:
-        if self.in_transaction:
-            super().commit()
-            self.ship()
+        """Ships the transaction's changes to the nodes first: if fewer than min_replicas take
+        them, ReplicationError, and the pool rolls the transaction back. All or nothing."""
+        self.ship()
+        super().commit()
 
     def ship(self, also: tuple[int, ...] = ()) -> None:
         """Sends the changes committed since the last ship to every up node (and `also`)."""
