@@ -145,9 +145,10 @@ class ClusterBlocks:
                 return ids, held
             up = self.members.up_mask()
             if up.sum() < self.min_replicas:
+                down = ", ".join(n for n, u in zip(self.members.names(), up) if not u)
                 raise ReplicationError(
-                    f"only {int(up.sum())} of {k} nodes are up; a write needs at least"
-                    f" min_replicas={self.min_replicas} copies: refused")
+                    f"only {int(up.sum())} of {k} nodes are up (down: {down}); a write needs"
+                    f" at least min_replicas={self.min_replicas} copies: refused")
             # Equal ids in one batch: the first goes out, the others follow it once their bytes
             # compare equal to its bytes; different bytes under one id is a collision.
             reps: dict[int, int] = {}

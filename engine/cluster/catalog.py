@@ -104,8 +104,10 @@ class ReplicatedCatalog(Catalog):
         if behind:
             done += self._install(behind, version)
         if len(done) < self.min_replicas:
+            names = self.members.names()
+            missed = ", ".join(names[i] for i in range(len(names)) if i not in done)
             raise ReplicationError(f"a catalog change reached {len(done)} nodes, fewer than"
-                                 f" min_replicas={self.min_replicas}")
+                                   f" min_replicas={self.min_replicas} (not reached: {missed})")
         self.version = version
         changeset.forget(self.conn)
 

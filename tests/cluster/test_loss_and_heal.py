@@ -209,3 +209,37 @@ def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, mon
         admin.heal(wait=True)
         assert admin.read("a", 0, len(data)) == data
         assert admin.fsck() == []
+
+
+def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
+    """A replication failure mid-import goes through the pool's own abort: no half-made VM, an
+    error naming the lost nodes, and the cluster works again once they are back."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    first = image(tmp_path / "first.raw", 1, seed=11)
+    image(tmp_path / "big.raw", 8, seed=12)
+    killed = threading.Event()
+
+    def progress(p):
+        if p.phase == "import" and p.fraction > 0.3 and not killed.is_set():
+            killed.set()
+            cluster.kill("node1")
+            cluster.kill("node2")
+
+    with cluster.open() as admin:
+        admin.import_image("first", str(tmp_path / "first.raw"))
+        with pytest.raises(BlockfoldError) as refused:
+            admin.import_image("big", str(tmp_path / "big.raw"), progress)
+        assert killed.is_set()
+        assert "node1" in str(refused.value) and "node2" in str(refused.value)
+        assert admin.vm_names() == ["first"]
+        admin.restore_node("node1")
+        admin.restore_node("node2")
+        admin.heal(wait=True)
+        assert admin.fsck() == []
+        assert admin.read("first", 0, len(first)) == first
+        big = admin.import_image("big", str(tmp_path / "big.raw"))
+        assert big["name"] == "big"
+        assert admin.fsck() == []
+    with cluster.open(readonly=True) as admin:
+        assert admin.vm_names() == ["big", "first"]
+        assert admin.read("first", 0, len(first)) == first

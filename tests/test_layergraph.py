@@ -1,0 +1,72 @@
+"""The layer graph alone: edits as values, applied in one place."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import BadNameError, VMExistsError, VMNotFoundError
+from engine.layergraph import VM, LayerGraph
+
+
+def graph(**tops) -> LayerGraph:
+    parents = {top: None for top in tops.values()}
+    vms = {name: VM(name, 4096, top, 0.0, None) for name, top in tops.items()}
+    return LayerGraph(vms, parents, max(parents, default=0) + 1)
+
+
+def test_planning_changes_nothing_until_applied():
+    g = graph(a=1)
+    edit = g.plan_clone("a", ["b"], source_top_empty=False)
+    assert g.names() == ["a"] and g.vm("a").top == 1
+    g.apply(edit)
+    assert g.names() == ["a", "b"]
+    assert g.parent(g.vm("a").top) == 1 and g.parent(g.vm("b").top) == 1
+    assert not g.is_top(1) and g.children(1) == {g.vm("a").top, g.vm("b").top}
+
+
+def test_cloning_an_unchanged_clone_freezes_nothing_new():
+    g = graph(a=1)
+    g.apply(g.plan_clone("a", ["b"], source_top_empty=False))
+    layers = len(g.layers())
+    g.apply(g.plan_clone("a", ["c"], source_top_empty=True))
+    assert len(g.layers()) == layers + 1          # only c's top
+    assert g.parent(g.vm("c").top) == 1
+
+
+def test_delete_collects_upwards_and_merges_a_single_child():
+    g = graph(a=1)
+    g.apply(g.plan_clone("a", ["b", "c"], source_top_empty=False))
+    edit, merges = g.plan_delete("b")
+    assert edit.dropped == [g.vm("b").top] and merges == []
+    g.apply(edit)
+    edit, merges = g.plan_delete("c")
+    top_a = g.vm("a").top
+    assert [(m.layer, m.child, m.parent) for m in merges] == [(1, top_a, None)]
+    assert edit.dropped == [g.vm("c").top, 1] and edit.reparented == {top_a: None}
+    g.apply(edit)
+    assert g.chain(g.vm("a").top) == [top_a] and g.names() == ["a"]
+
+
+def test_names_are_checked_and_reserved_by_imports():
+    g = graph(a=1)
+    with pytest.raises(VMExistsError):
+        g.plan_create("a", 4096)
+    with pytest.raises(BadNameError):
+        g.plan_create("-x", 4096)
+    with pytest.raises(VMNotFoundError):
+        g.plan_delete("nope")
+    layer = g.begin_import("imp")
+    with pytest.raises(VMExistsError):
+        g.plan_create("imp", 4096)
+    g.apply(g.plan_register(layer, 8192))
+    g.end_import(layer)
+    assert g.vm("imp").top == layer and g.vm("imp").size == 8192 and g.is_top(layer)
+
+
+def test_readers_follow_edits():
+    g = graph(a=1)
+    g.apply(g.plan_clone("a", ["b"], source_top_empty=False))
+    assert sorted(name for name, _ in g.readers()[1]) == ["a", "b"]
+    edit, _ = g.plan_delete("b")
+    g.apply(edit)
+    assert [name for name, _ in g.readers()[g.vm("a").top]] == ["a"]
