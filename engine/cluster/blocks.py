@@ -29,7 +29,7 @@ from ..rebuild import PageScan
 from ..spacemap import SpaceMap
 from ..stats import refcount_histogram
 from . import placement
-from .nodestore import COLLISION
+from .members import NodeState
 
 FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
                            # keep round trips few while copying
@@ -193,7 +193,7 @@ class ClusterBlocks:
                 if isinstance(status, Exception):
                     tried[lead[rows_sent], node] = True
                     continue
-                ok = status != COLLISION
+                ok = status != rpc.COLLISION
                 held[lead[rows_sent[ok]], node] = True
                 bad = lead[rows_sent[~ok]]
                 if len(bad):
@@ -388,7 +388,7 @@ class ClusterBlocks:
         for node in range(k):
             meter.advance()
             check_cancel()
-            if self.members.nodes[node].state == "down":
+            if self.members.nodes[node].state == NodeState.DOWN:
                 continue
             inv = self.inventory(node)
             if inv is None:
@@ -583,7 +583,7 @@ class ClusterBlocks:
                 if isinstance(status, Exception):
                     continue
                 sent = np.flatnonzero(need[:, node])
-                sent = sent[status != COLLISION]
+                sent = sent[status != rpc.COLLISION]
                 # An id released while it was being copied: its drop missed this copy.
                 gone = self.row_ids[rows[sent]] != ids[sent]
                 self.holders[rows[sent[~gone]], node] = True
