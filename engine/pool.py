@@ -33,8 +33,8 @@ from .blocklayer import BlockLayer
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
 from .catalog import CATALOG_FILE, Catalog
-from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
-                     ReadOnlyError, RefusedError)
+from .errors import (AbortedError, BlockfoldError, CorruptBlockError, NotAPoolError,
+                     OutOfRangeError, ReadOnlyError, RefusedError)
 from .fingerprint import Fingerprinter, fingerprint
 from .layergraph import VM, LayerEdit, LayerGraph
 from .localblocks import LocalBlocks
@@ -107,6 +107,7 @@ class Pool:
         pool = cls(path, catalog, blocks, lock, readonly, actor)
         crashed = catalog.get("state") == "dirty"
         if not readonly:
+            catalog.ensure_tables()
             catalog.set("state", "dirty")
         reason = "crash" if crashed else ("requested" if rebuild else "open")
         pool._start_rebuild(rebuild == "full", reason, progress, background=not wait)
@@ -126,6 +127,7 @@ class Pool:
         self._rebuild_error: BaseException | None = None
         self.last_rebuild: dict = {}
         self.generation = 0          # bumped by every change; caches of derived views key on it
+        self._corrupt_saved = catalog.corrupt_addresses()
         self._load()
 
     def _load(self) -> None:
@@ -147,10 +149,34 @@ class Pool:
                     self.catalog.set("state", "clean")
             finally:
                 self.catalog.close()
+                if self.readonly:
+                    self._remember_corrupt()
                 self.blocks.close()
                 if self._lock_file:
                     self._lock_file.release()
                 self.catalog = None
+
+    def _remember_corrupt(self) -> None:
+        """A read-only opener that found rotten blocks records them if no writer holds the pool
+        (a writer's service records what its own reads find)."""
+        new = np.setdiff1d(self.blocks.corrupt, self._corrupt_saved)
+        if not len(new) or not isinstance(self.blocks, LocalBlocks):
+            return
+        try:
+            lock = PoolLock(self.path)
+        except (BlockfoldError, OSError):
+            return
+        try:
+            catalog = Catalog(self.path / CATALOG_FILE)
+            try:
+                catalog.ensure_tables()
+                catalog.begin()
+                catalog.set_corrupt(np.union1d(catalog.corrupt_addresses(), new))
+                catalog.commit()
+            finally:
+                catalog.close()
+        finally:
+            lock.release()
 
     def __enter__(self) -> "Pool":
         return self
@@ -186,7 +212,8 @@ class Pool:
             scan = PageScan(self._chain_rows(self.catalog.scan_pages(conn), extra),
                             self.catalog.count_pages(conn) + len(extra), layers)
             figures = self.blocks.rebuild(scan, full=full, progress=progress, cancel=cancel,
-                                          reclaim=not self.readonly)
+                                          reclaim=not self.readonly,
+                                          known_corrupt=self.catalog.corrupt_addresses())
         except BaseException as e:
             if not self.blocks.ready:   # nothing to fall back on; a live pool keeps what it had
                 self._rebuild_error = e
@@ -233,7 +260,7 @@ class Pool:
     def _changing(self):
         """Runs a change under the pool's lock once the pool may be written.
 
-        A change refuses (RefusedError) before it touches anything. Any other error escaping
+        A change refuses (a BlockfoldError) before it touches anything. Any other error escaping
         it is a fault of ours with RAM possibly half-changed: the pool goes back to its last
         commit, as after a crash, and says so (AbortedError)."""
         if self.readonly:
@@ -242,8 +269,8 @@ class Pool:
         with self._lock:
             try:
                 yield
-            except (RefusedError, AbortedError):
-                raise
+            except BlockfoldError:
+                raise               # ours: raised before anything changed
             except Exception as e:
                 self._back_to_last_commit()
                 raise AbortedError(f"internal error, back to the last commit: "
@@ -273,6 +300,9 @@ class Pool:
             if rows is not None:
                 rows(self.catalog)
             self.catalog.set("collisions", self.blocks.collisions)
+            corrupt = self.blocks.corrupt
+            if not np.array_equal(corrupt, self._corrupt_saved):
+                self.catalog.set_corrupt(corrupt)
             self.catalog.commit()
         except BaseException as e:
             self.catalog.rollback()
@@ -281,6 +311,7 @@ class Pool:
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.tables.end(snap)
+        self._corrupt_saved = corrupt
         self.blocks.release(epoch)
         if edit is not None:
             self._apply(edit)
@@ -343,9 +374,26 @@ class Pool:
         with self._lock:
             vm = self.graph.vm(name)
             self._check_range(vm, offset, length)
-            return self._read(vm.top, offset, length)
+            return self._read(vm, offset, length)
 
-    def _read(self, top: int, offset: int, length: int) -> bytes:
+    def _read(self, vm: VM, offset: int, length: int) -> bytes:
+        """Reads through the VM's chain; a rotten block raises CorruptBlockError naming the VM
+        and the byte offset of the bad block (it is never returned as data)."""
+        try:
+            return self._read_top(vm.top, offset, length)
+        except CorruptBlockError as e:
+            bad = self._offset_of(vm.top, offset, length, e.address)
+            raise CorruptBlockError(f"VM {vm.name}: the block at byte {bad} is corrupt (its bytes"
+                                    " no longer match its fingerprint)", address=e.address,
+                                    offset=bad) from None
+
+    def _offset_of(self, top: int, offset: int, length: int, address: int) -> int:
+        bs = self.block_size
+        first = offset // bs
+        addrs = self.tables.lookup_range(top, first, (offset + length - 1) // bs - first + 1)
+        return (first + int(np.flatnonzero(addrs == address)[0])) * bs
+
+    def _read_top(self, top: int, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
         bs = self.block_size
@@ -562,7 +610,7 @@ class Pool:
                     top = self.graph.vm(name).top
                     mapped = self.tables.lookup_range(top, offset // self.block_size,
                                                       -(-n // self.block_size)) != 0
-                    data = self._read(top, offset, n) if mapped.any() else None
+                    data = self._read(self.graph.vm(name), offset, n) if mapped.any() else None
                 if data is not None:
                     out.write_blocks(offset, data, mapped, self.block_size)
                 meter.done = offset + n

@@ -366,7 +366,8 @@ class ClusterBlocks:
     def ready(self) -> bool:
         return self.index is not None
 
-    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool) -> dict:
+    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
+                known_corrupt: np.ndarray) -> dict:
         """Refcounts from the replicated block tables, holders from every node's inventory."""
         started = time.monotonic()
 
@@ -427,6 +428,8 @@ class ClusterBlocks:
             if len(ids):
                 self.index.insert(ids, np.arange(1, n, dtype=np.uint64))
             bad = np.unique(np.concatenate(corrupt)) if corrupt else np.zeros(0, np.uint64)
+            if not full:                # a full rebuild judges every copy afresh
+                bad = np.union1d(bad, known_corrupt)
             self.corrupt = bad[np.isin(bad, ids)]
             missing = int(np.count_nonzero(~held.any(axis=1)))
         seconds = time.monotonic() - started
