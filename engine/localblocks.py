@@ -141,6 +141,20 @@ class LocalBlocks:
         raise CorruptBlockError(f"slot {first} is corrupt: its bytes no longer match its"
                                 " fingerprint", address=first)
 
+    def scrub(self, after: int, limit: int) -> tuple[int, int, np.ndarray]:
+        """Verifies up to `limit` live blocks with addresses above `after` against their
+        fingerprints: (the last address checked, or 0 when none was left; how many were
+        checked; those found rotten, which join `corrupt`)."""
+        live = np.flatnonzero(self.space.refcounts[after + 1:]) + after + 1
+        slots = live[:limit].astype(np.uint64)
+        if not len(slots):
+            return 0, 0, np.zeros(0, np.uint64)
+        fresh = self.fingerprints.of_slots(self.store.view(), slots)
+        bad = slots[(fresh != self.store.hashes[slots]).any(axis=1)]
+        if len(bad):
+            self.corrupt = np.union1d(self.corrupt, bad)
+        return int(slots[-1]), len(slots), bad
+
     # -- durability ---------------------------------------------------------------------------
 
     def sync(self) -> None:

@@ -23,6 +23,7 @@ the RAM metadata is rebuilt; writes wait for the rebuild to finish.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from .rebuild import PageScan
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
+SCRUB_BATCH = 4096          # blocks verified under the lock at a time
+SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 
 
 class Pool:
@@ -640,6 +643,57 @@ class Pool:
             if not self.readonly:
                 self._commit()
             return fsck_mod.check(self, progress)
+
+    def scrub(self, rate: float | None = None, progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> dict:
+        """Verifies every live block against its fingerprint (the anchor is `zpool scrub`),
+        SCRUB_BATCH blocks at a time under the lock, so reads and writes go on in between.
+
+        rate: at most this many bytes a second (None: as fast as it goes). Where it got to is
+        committed every few seconds, so a scrub cancelled (or a process killed) resumes there
+        the next time; a scrub that reaches the end starts over the time after. Rotten blocks
+        are remembered as corrupt. Returns {"blocks", "bytes", "corrupt" (addresses found),
+        "seconds", "bytes_per_s", "finished"}. Raises ReadOnlyError.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"pool {self.path} is open read-only: scrub records what it finds")
+        self._wait_ready()
+        started = time.monotonic()
+        with self._lock:
+            cursor = int(self.catalog.get("scrub_cursor") or 0)
+            total = len(self.blocks.live())
+        meter = Meter(progress, "scrub", total, unit_bytes=self.block_size)
+        checked, found, saved, finished = 0, [], time.monotonic(), False
+        while not (cancel is not None and cancel.is_set()):
+            with self._lock:
+                cursor, n, bad = self.blocks.scrub(cursor, SCRUB_BATCH)
+            checked += n
+            found.append(bad)
+            meter.advance(n)
+            if not n:
+                finished = True
+                break
+            if rate:
+                ahead = checked * self.block_size / rate - (time.monotonic() - started)
+                if ahead > 0 and cancel is not None:
+                    cancel.wait(ahead)
+                elif ahead > 0:
+                    time.sleep(ahead)
+            if time.monotonic() - saved >= SCRUB_SAVE_S:
+                self._save_scrub(cursor)
+                saved = time.monotonic()
+        self._save_scrub(cursor)
+        meter.finish()
+        seconds = time.monotonic() - started
+        corrupt = np.concatenate(found) if found else np.zeros(0, np.uint64)
+        return {"blocks": checked, "bytes": checked * self.block_size,
+                "corrupt": [int(a) for a in corrupt], "seconds": round(seconds, 4),
+                "bytes_per_s": int(checked * self.block_size / seconds) if seconds else 0,
+                "finished": finished}
+
+    def _save_scrub(self, cursor: int) -> None:
+        with self._lock:
+            self._commit(rows=lambda catalog: catalog.set("scrub_cursor", cursor))
 
     def events(self, limit: int = 100) -> list[dict]:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import sqlite3
 
 import numpy as np
@@ -268,3 +269,29 @@ def test_a_rotten_block_is_never_served_and_is_remembered(pool_dir):
     with Pool.open(pool_dir) as p:
         assert p.stats()["corrupt_blocks"] == 0
         assert p.fsck() == []
+
+
+def test_scrub_finds_rot_resumes_where_it_stopped_and_starts_over_when_done(pool_dir,
+                                                                           monkeypatch):
+    monkeypatch.setattr("engine.pool.SCRUB_BATCH", 8)
+    data = rand(64 * BS, 31)
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 64 * BS)
+        p.write("a", 0, data)
+        victim = int(p.addresses("a", 40, 1)[0])
+    with open(pool_dir / "blocks.dat", "r+b") as f:
+        f.seek(victim * BS)
+        f.write(b"rot")
+    rate = 80 * BS                      # 80 blocks a second: 0.8 s for the whole VM
+    with Pool.open(pool_dir) as p:
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        first = p.scrub(rate=rate, cancel=cancel)
+        assert not first["finished"] and 0 < first["blocks"] < 40 and first["corrupt"] == []
+    with Pool.open(pool_dir) as p:         # resumes: only what was left
+        rest = p.scrub()
+        assert rest["finished"] and first["blocks"] + rest["blocks"] == 64
+        assert rest["corrupt"] == [victim]
+        assert p.stats()["corrupt_blocks"] == 1
+        again = p.scrub(rate=rate)                     # from the start, at the rate asked
+        assert again["finished"] and again["blocks"] == 64 and again["seconds"] >= 0.7
