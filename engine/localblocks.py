@@ -10,11 +10,13 @@ import numpy as np
 from . import fsck as fsck_mod
 from .blockstore import BlockStore
 from .index import FingerprintIndex, keys_of
-from .rebuild import rebuild
+from .rebuild import PHASES, rebuild
 from .stats import refcount_histogram
 
 
 class LocalBlocks:
+    rebuild_phases = PHASES
+
     def __init__(self, store: BlockStore, fingerprint, collisions: int = 0):
         self.store = store
         self.block_size = store.block_size

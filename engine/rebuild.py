@@ -26,6 +26,7 @@ from .index import REBUILD_LOAD, FingerprintIndex, keys_of
 from .progress import Meter, ProgressCallback
 from .spacemap import SpaceMap
 
+PHASES = ("tables", "hashes", "index", "space")     # as reported to the progress callback
 HASH_BATCH = 4096
 INDEX_BATCH = 1 << 20
 

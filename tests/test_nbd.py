@@ -455,7 +455,7 @@ def test_a_signal_flushes_and_closes_the_pool_cleanly(pool_dir, golden, server, 
     assert s.proc.wait(timeout=30) == 0
     c.close()
     with LocalAdmin.open(pool_dir, readonly=True) as admin:
-        assert admin.last_rebuild()["reason"] == "open"       # not "crash": it was closed
+        assert admin.last_rebuild().reason == "open"       # not "crash": it was closed
         assert admin.read("golden", 5 * MiB, 10000) == b"\x5a" * 10000
     assert fsck(pool_dir) == "clean"
 

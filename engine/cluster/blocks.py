@@ -62,6 +62,8 @@ def _payload(ids: np.ndarray, data: np.ndarray | None = None) -> bytes:
 
 
 class ClusterBlocks:
+    rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
+
     def __init__(self, members, config, fingerprint, collisions: int = 0):
         self.members = members
         self.block_size = config.block_size

@@ -97,7 +97,7 @@ def test_actions_are_logged_under_the_key_comment(console_node):
     t.keys("q")
     assert t.exit_code() == 0
     with cluster.open(readonly=True) as admin:
-        actors = {e["actor"] for e in admin.events(50)}
+        actors = {e.actor for e in admin.events(50)}
     assert "alice@laptop" in actors
 
 
