@@ -8,7 +8,8 @@ never pile up behind a slow engine.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.app import App
 from textual.reactive import reactive
@@ -145,7 +146,7 @@ class BlockfoldApp(App):
                 then, before = self._last_physical
                 written = max(stats.physical_bytes - before, 0) / max(now - then, 1e-9)
             self._last_physical = (now, stats.physical_bytes)
-            self.history = (self.history + [Sample(now, stats.dedup_ratio, written)])[-HISTORY:]
+            self.history = [*self.history, Sample(now, stats.dedup_ratio, written)][-HISTORY:]
         self.view = PoolView(stats, message.snapshot.events, tuple(self.history))
         self._rearm()
 

@@ -7,8 +7,9 @@ dispatch and the read-only and cluster rules from the declarations.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class UsageError(Exception):

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from engine import api
 from engine.api import (BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes,
@@ -310,7 +310,8 @@ def cluster_add(args) -> int:
              arg("--listen", required=True, metavar="HOST:PORT", help="port 0: any free"),
              arg("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
              arg("--block-size", type=positive, metavar="N",
-                 help="block size in bytes of a new node (default 4096; an existing node keeps its own)"),
+                 help="block size in bytes of a new node (default 4096; an existing node"
+                      " keeps its own)"),
              arg("--cluster", metavar="DIR",
                  help="serve the console on this cluster to the keys in DATA/admin_keys"
                       " (DATA/admin_keys_readonly: read-only) over SSH")])

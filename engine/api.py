@@ -32,7 +32,8 @@ __all__ = [
 
 
 def default_pool_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = (os.environ.get("XDG_DATA_HOME")
+            or os.path.join(os.path.expanduser("~"), ".local", "share"))
     return Path(base) / "blockfold" / "pool"
 
 

@@ -126,7 +126,7 @@ class BlockTables:
     # -- changes ------------------------------------------------------------------------------
 
     def set_entries(self, layer: int, lbn0: int, entries: np.ndarray) -> np.ndarray:
-        """Writes consecutive entries from lbn0 (within one page); returns the addresses replaced."""
+        """Writes consecutive entries from lbn0 (in one page); returns the addresses replaced."""
         pno, first = divmod(lbn0, PAGE_ENTRIES)
         page = self.page_for_write(layer, pno)
         old = owned(page[first:first + len(entries)])

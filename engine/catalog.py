@@ -108,7 +108,7 @@ class Catalog:
         return {r[0]: dict(zip(cols, r)) for r in rows}
 
     def layer_parents(self) -> dict[int, int | None]:
-        return {lid: parent for lid, parent in self.conn.execute("SELECT id, parent FROM layers")}
+        return dict(self.conn.execute("SELECT id, parent FROM layers"))
 
     def new_layers(self, parent: int | None, count: int) -> list[int]:
         first = int(self.get("next_layer"))

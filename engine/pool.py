@@ -71,7 +71,7 @@ class Pool:
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
              progress: ProgressCallback | None = None, wait: bool = True,
-             actor: str = "cli", fingerprint=fingerprint) -> "Pool":
+             actor: str = "cli", fingerprint=fingerprint) -> Pool:
         """Opens a pool and rebuilds its RAM metadata.
 
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
@@ -98,7 +98,7 @@ class Pool:
     @classmethod
     def attach(cls, path, catalog: Catalog, blocks, *, lock=None, readonly: bool = False,
                rebuild: str | None = None, progress: ProgressCallback | None = None,
-               wait: bool = True, actor: str = "cli") -> "Pool":
+               wait: bool = True, actor: str = "cli") -> Pool:
         """A pool over an open catalog and block layer (a local pool's, or a cluster's);
         marks it in use and rebuilds its RAM metadata."""
         pool = cls(path, catalog, blocks, lock, readonly, actor)
@@ -148,7 +148,7 @@ class Pool:
                 self._lock_file.release()
             self.catalog = None
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -165,8 +165,8 @@ class Pool:
         def run():
             try:
                 self._run_rebuild(full, reason, progress, None)
-            except BaseException:
-                pass    # kept in _rebuild_error; the next write reports it
+            except BaseException:      # noqa: BLE001 - kept in _rebuild_error:
+                pass                   # the next write reports it
 
         threading.Thread(target=run, name="blockfold-rebuild", daemon=True).start()
 

@@ -121,13 +121,13 @@ def rebuild(conn: sqlite3.Connection, store: BlockStore, layers: set[int], *, fu
         "seconds": round(seconds, 4),
         "pages": pages,
         "references": references,
-        "blocks": int(len(live)),
-        "bytes": int(len(live)) * bs,
+        "blocks": len(live),
+        "bytes": len(live) * bs,
         "bytes_per_s": int(len(live) * bs / seconds) if seconds > 0 else 0,
         "corrupt_blocks": [int(x) for x in corrupt],
         "bad_references": bad_refs,
-        "orphans_reclaimed": int(len(orphans)),
-        "free_slots": int(len(free)),
+        "orphans_reclaimed": len(orphans),
+        "free_slots": len(free),
         "capacity_slots": capacity,
     }
     return Rebuilt(index, space, corrupt, figures)

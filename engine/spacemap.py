@@ -18,7 +18,7 @@ class SpaceMap:
         self._pending: list[np.ndarray] = []
 
     @classmethod
-    def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
+    def from_refcounts(cls, refcounts: np.ndarray) -> SpaceMap:
         space = cls(0)
         space.refcounts = refcounts.astype(np.uint32)
         free = np.flatnonzero(space.refcounts == 0).astype(np.uint32)

@@ -40,7 +40,7 @@ class BlockTable(DataTable):
     class PageWanted(Message):
         """The table needs the rows from `offset`; `cursor` is "first" or "last" row of it."""
 
-        def __init__(self, table: "BlockTable", offset: int, cursor: str) -> None:
+        def __init__(self, table: BlockTable, offset: int, cursor: str) -> None:
             super().__init__()
             self.table = table
             self.offset = offset

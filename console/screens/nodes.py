@@ -77,7 +77,8 @@ class NodesScreen(PoolScreen):
 
     def action_fail_node(self) -> None:
         self._confirm_then("fail", "Fail node {name}? Its blocks are served from their other "
-                           "replicas and healed onto the remaining nodes.", self.app.admin.fail_node)
+                           "replicas and healed onto the remaining nodes.",
+                           self.app.admin.fail_node)
 
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It rejoins the pool and catches up.",

@@ -43,7 +43,7 @@ class ClusterAdmin(LocalAdmin):
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
-             progress=None, wait: bool = True, actor: str = "cli") -> "ClusterAdmin":
+             progress=None, wait: bool = True, actor: str = "cli") -> ClusterAdmin:
         config = ClusterConfig.load(path)
         if not config.nodes:
             raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")

@@ -101,7 +101,7 @@ def decode(changes: list, payload) -> list[dict]:
     def value(v):
         if isinstance(v, dict):
             start, n = v["$b"]
-            if not (0 <= start and start + n <= len(payload)):
+            if not (start >= 0 and start + n <= len(payload)):
                 raise ValueError("blob reference outside the payload")
             return payload[start:start + n]
         return v

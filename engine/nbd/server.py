@@ -21,9 +21,9 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import BlockfoldError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p

@@ -51,7 +51,7 @@ def test_mismatching_host_key_is_refused_naming_the_node(make_cluster):
     config.nodes[1].host_key = config.nodes[0].host_key      # node2 now "should" be node1
     config.save()
     with api.open_cluster(cluster.path, readonly=True) as admin:
-        node2 = [n for n in admin.nodes() if n.name == "node2"][0]
+        node2 = next(n for n in admin.nodes() if n.name == "node2")
         assert node2.state == "down"
         assert "node node2" in node2.error and "host key" in node2.error
 
@@ -97,7 +97,7 @@ def test_garbage_frames_never_crash_a_node(node_cluster, garbage):
         writer.write(garbage)
         try:
             await asyncio.wait_for(reader.read(65536), 0.3)
-        except (asyncio.TimeoutError, asyncssh.Error, OSError):
+        except (TimeoutError, asyncssh.Error, OSError):
             pass
         conn.close()
         # A good client is still served.
@@ -179,7 +179,7 @@ def test_a_put_cut_off_mid_frame_leaves_nothing_visible(make_cluster):
         await asyncio.sleep(0.2)
         conn.abort()
         conn, writer, reader = await _session(cluster)
-        kind, header = await _call(writer, reader, rpc.INVENTORY, {"start": 0})
+        _, header = await _call(writer, reader, rpc.INVENTORY, {"start": 0})
         conn.close()
         return header
 

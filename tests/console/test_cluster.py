@@ -11,13 +11,13 @@ from console.screens.confirm import ConfirmDialog
 from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
 
 from .conftest import SIZE
-from .helpers import press, settle
+from .helpers import press
 
 CLONES = 3
 
 
 @pytest.fixture
-def seeded(make_cluster, tmp_path):
+def seeded(make_cluster, tmp_path):  # noqa: F811 - the fixture imported above
     """A running cluster holding a small golden image and a few linked clones, with the admin
     the console runs on and the golden image's bytes."""
     cluster = make_cluster(nodes=3, replicas=2)
