@@ -1,5 +1,6 @@
 # The two front doors: `make run` and `make test`. Each creates .venv on first use and installs
-# everything from this project's own files.
+# everything from this project's own files. `make test` checks the import contracts and ruff's
+# rules (both in pyproject.toml) before the tests.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,6 +18,8 @@ run: $(STAMP)
 	$(BIN)/blockfold demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q tests
 
 bench: $(STAMP)

@@ -116,7 +116,7 @@ class Catalog:
         return {r[0]: VM(*r) for r in rows}
 
     def layer_parents(self) -> dict[int, int | None]:
-        return {lid: parent for lid, parent in self.conn.execute("SELECT id, parent FROM layers")}
+        return dict(self.conn.execute("SELECT id, parent FROM layers"))
 
     # -- writing, inside the pool's commit ----------------------------------------------------
 
@@ -189,7 +189,7 @@ class Catalog:
     def set_corrupt(self, addresses: np.ndarray) -> None:
         """The corrupt set as it is now; inside a commit."""
         known = set(self.corrupt_addresses().tolist())
-        now = set(int(a) for a in addresses)
+        now = {int(a) for a in addresses}
         self.conn.executemany("DELETE FROM corrupt WHERE address=?", [(a,) for a in known - now])
         self.conn.executemany("INSERT INTO corrupt (address, found) VALUES (?, ?)",
                               [(a, time.time()) for a in sorted(now - known)])

@@ -1,4 +1,4 @@
-"""ClusterAdmin: the admin interface (engine.api.Admin) over a cluster.
+"""ClusterAdmin: the Admin interface (engine.admin) over a cluster.
 
 The coordinator runs in this process: an engine.pool.Pool whose block layer is ClusterBlocks and
 whose catalog is a ReplicatedCatalog. A writable coordinator holds the nodes' write lease, renews
@@ -12,11 +12,13 @@ import json
 import signal
 import threading
 import time
+from dataclasses import replace
 
-from ..api import LocalAdmin
 from ..errors import BlockfoldError
 from ..fingerprint import Fingerprinter
+from ..localadmin import LocalAdmin
 from ..pool import Pool
+from ..results import HealFigures, NodeStatus
 from . import lifecycle, processes
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
@@ -42,7 +44,7 @@ class ClusterAdmin(LocalAdmin):
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
-             progress=None, wait: bool = True, actor: str = "cli") -> "ClusterAdmin":
+             progress=None, wait: bool = True, actor: str = "cli") -> ClusterAdmin:
         config = ClusterConfig.load(path)
         if not config.nodes:
             raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
@@ -125,7 +127,7 @@ class ClusterAdmin(LocalAdmin):
             except Exception:     # noqa: BLE001 - the next round tries again
                 pass
 
-    def heal(self, wait: bool = True, progress=None) -> dict:
+    def heal(self, wait: bool = True, progress=None) -> HealFigures:
         """Re-replicates every under-replicated block; with wait, until none is left."""
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
@@ -133,11 +135,11 @@ class ClusterAdmin(LocalAdmin):
         while True:
             self.members.probe_all()
             self._rejoin_returning()
-            figures = self.pool.blocks.heal(progress)
-            if not wait or figures["under_replicated"] == 0:
+            figures = HealFigures(**self.pool.blocks.heal(progress))
+            if not wait or figures.under_replicated == 0:
                 return figures
-            if figures["unreachable"] and not figures["copied"]:
-                raise BlockfoldError(f"{figures['unreachable']} blocks have no reachable copy:"
+            if figures.unreachable and not figures.copied:
+                raise BlockfoldError(f"{figures.unreachable} blocks have no reachable copy:"
                                      " restore the nodes that hold them")
             up = int(self.members.up_mask().sum())
             if up < replicas:
@@ -145,27 +147,36 @@ class ClusterAdmin(LocalAdmin):
                                      f" need {replicas}; restore a node first")
             time.sleep(HEAL_POLL)
 
-    # -- views --------------------------------------------------------------------------------
+    # -- views: the pool's own, with what only a cluster knows --------------------------------
 
-    def stats(self) -> dict:
-        s = self.pool.stats()
-        s["nodes"] = self.nodes()
-        s["under_replicated_blocks"] = self.pool.blocks.under_replicated()
-        return s
+    def _replication(self, raw: dict) -> dict:
+        return {"replicas": self.config.replicas, "min_replicas": self.config.min_replicas,
+                "under_replicated_blocks": raw.get("under_replicated_blocks")}
 
-    def nodes(self) -> list[dict]:
+    def stats(self):
+        # Free slots belong to each node's own store: the coordinator has none to count.
+        return replace(super().stats(), free_slots=None)
+
+    def _rebuild_figures(self, raw: dict):
+        # No data file (references past its end are missing blocks here), no slots.
+        return replace(super()._rebuild_figures(raw), bad_references=None,
+                       missing_blocks=raw["missing_blocks"], free_slots=None,
+                       capacity_slots=None)
+
+    def nodes(self):
+        return self._nodes({})
+
+    def _nodes(self, raw: dict) -> list[NodeStatus]:
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated."""
         live, short = self.pool.blocks.per_node()
-        out = []
-        for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes)):
-            out.append({"name": entry.name, "address": entry.address, "state": node.state.value,
-                        "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
-                        "blocks": node.blocks, "live_blocks": int(live[i]),
-                        "under_replicated": int(short[i]), "weight": entry.weight,
-                        "catalog_version": node.version, "last_seen": node.seen,
-                        "error": node.error if node.state == NodeState.DOWN else ""})
-        return out
+        return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
+                           latency_ms=node.latency_ms, capacity_bytes=node.capacity_bytes,
+                           blocks=node.blocks, live_blocks=int(live[i]),
+                           under_replicated=int(short[i]), weight=entry.weight,
+                           catalog_version=node.version, last_seen=node.seen,
+                           error=node.error if node.state == NodeState.DOWN else "")
+                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))]
 
     # -- simulated loss -----------------------------------------------------------------------
 

@@ -63,6 +63,8 @@ def _payload(ids: np.ndarray, data: np.ndarray | None = None) -> bytes:
 
 
 class ClusterBlocks:
+    rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
+
     def __init__(self, members, config, fingerprints: Fingerprinter, collisions: int = 0):
         self.members = members
         self.block_size = config.block_size
@@ -438,9 +440,9 @@ class ClusterBlocks:
             "mode": "full" if full else "fast",
             "seconds": round(seconds, 4),
             "pages": pages.total,
-            "references": int(len(refs)),
-            "blocks": int(len(ids)),
-            "bytes": int(len(ids)) * bs,
+            "references": len(refs),
+            "blocks": len(ids),
+            "bytes": len(ids) * bs,
             "bytes_per_s": int(len(ids) * bs / seconds) if seconds > 0 else 0,
             "corrupt_blocks": [int(x) for x in self.corrupt],
             "bad_references": 0,

@@ -21,9 +21,9 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import BlockfoldError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p
@@ -78,7 +78,7 @@ class NBDServer:
         self.admin = admin
         self.read_only = read_only
         self.flags = TRANSMISSION_FLAGS | (p.FLAG_READ_ONLY if read_only else 0)
-        self.block_size = 4096
+        self.block_size = admin.block_size      # the preferred block size each export reports
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
         self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
@@ -92,7 +92,6 @@ class NBDServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listens on host:port (0: any free port) and returns the address actually bound."""
-        self.block_size = (await self.call(self.admin.stats))["block_size"]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=64)
         self._listener.setblocking(False)

@@ -31,14 +31,14 @@ def test_kill_a_node_mid_import_then_heal(make_cluster, tmp_path):
         assert killed.is_set()
         assert admin.read("golden", 0, len(data)) == data
         figures = admin.heal(wait=False)
-        assert figures["under_replicated"] == 0
-        down = [n["name"] for n in admin.nodes() if n["state"] == "down"]
+        assert figures.under_replicated == 0
+        down = [n.name for n in admin.nodes() if n.state == "down"]
         assert down == ["node2"]
         assert admin.fsck() == []
     # A fresh coordinator sees the same VM, every byte, fully replicated on the two nodes left.
     with cluster.open(readonly=True) as admin:
         assert admin.read("golden", 0, len(data)) == data
-        assert admin.stats()["under_replicated_blocks"] == 0
+        assert admin.stats().under_replicated_blocks == 0
 
 
 def test_r3_on_5_nodes_survives_two_kills(make_cluster, tmp_path):
@@ -70,12 +70,12 @@ def test_returning_node_catches_up_and_drops_what_it_should_not_hold(make_cluste
         admin.import_image("b", str(tmp_path / "b.raw"))
         admin.restore_node("node3")
         admin.heal(wait=True)
-        nodes = {n["name"]: n for n in admin.nodes()}
-        assert nodes["node3"]["state"] == "up"
+        nodes = {n.name: n for n in admin.nodes()}
+        assert nodes["node3"].state == "up"
         assert admin.fsck() == []
-        live = admin.stats()["unique_blocks"]
+        live = admin.stats().unique_blocks
         # Exactly R copies of every live block, across the nodes: nothing stale kept.
-        assert sum(n["live_blocks"] for n in nodes.values()) == 2 * live
+        assert sum(n.live_blocks for n in nodes.values()) == 2 * live
         assert admin.vm_names() == ["b"]
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["b"]
@@ -86,12 +86,12 @@ def test_ram_nodes_refill_after_a_restart(make_cluster, tmp_path):
     data = image(tmp_path / "a.raw", 4, seed=5)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        before = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        before = {n.name: n.live_blocks for n in admin.nodes()}
         admin.fail_node("node1")
         admin.restore_node("node1")            # back empty: RAM only
         admin.heal(wait=True)
-        assert admin.stats()["under_replicated_blocks"] == 0
-        after = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        assert admin.stats().under_replicated_blocks == 0
+        after = {n.name: n.live_blocks for n in admin.nodes()}
         assert after["node1"] == before["node1"]
         assert admin.read("a", 0, len(data)) == data
         assert admin.fsck() == []
@@ -145,10 +145,16 @@ def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path)
                 f.seek(slot * 4096 + 100)
                 f.write(bytes([byte ^ 0xFF]))
         assert admin.read("a", 0, len(data)) == data
-        kinds = {p["kind"] for p in admin.fsck()}
+        kinds = {p.kind for p in admin.fsck()}
         assert "corrupt" in kinds
         # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
-        assert admin.rebuild(full=True)["corrupt_blocks"]
+        phases = []
+        figures = admin.rebuild(full=True, progress=lambda p: phases.append(p.phase))
+        assert figures.corrupt_blocks
+        assert tuple(dict.fromkeys(phases)) == admin.rebuild_phases     # as the console shows
+        # What a cluster has no use for is None, not a stand-in 0.
+        assert figures.free_slots is None and figures.capacity_slots is None
+        assert figures.bad_references is None and figures.missing_blocks is not None
         admin.heal(wait=True)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
@@ -165,7 +171,7 @@ def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_pa
             seen = set()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and "down" not in seen:
-                seen.add({n["name"]: n["state"] for n in admin.nodes()}["node3"])
+                seen.add({n.name: n.state for n in admin.nodes()}["node3"])
                 time.sleep(0.1)
             assert {"suspect", "down"} <= seen
             assert admin.read("a", 0, len(data)) == data
@@ -173,10 +179,10 @@ def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_pa
             os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up":
+            if {n.name: n.state for n in admin.nodes()}["node3"] == "up":
                 break
             time.sleep(0.1)
-        assert {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up"
+        assert {n.name: n.state for n in admin.nodes()}["node3"] == "up"
         admin.heal(wait=True)
         assert admin.fsck() == []
 
@@ -191,7 +197,7 @@ def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, mo
         admin.fail_node("node2")
         admin.clone("a", "b")
         admin.restore_node("node2")                          # catches up by a whole image
-        assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "up"
+        assert {n.name: n.state for n in admin.nodes()}["node2"] == "up"
     with cluster.open(readonly=True) as admin:               # fetched in parts
         assert admin.vm_names() == ["a", "b"]
         assert admin.read("b", 0, len(data)) == data
