@@ -198,8 +198,8 @@ def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, mo
 
 
 def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, monkeypatch):
-    from engine.cluster import blocks
-    monkeypatch.setattr(blocks, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
+    from engine.cluster import copies
+    monkeypatch.setattr(copies, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
     cluster = make_cluster(nodes=3, replicas=2, block_size=65536)
     data = image(tmp_path / "a.raw", 8, seed=14)
     with cluster.open() as admin:
