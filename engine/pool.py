@@ -346,6 +346,13 @@ class Pool:
         with self._lock:
             self._commit()
 
+    def log_event(self, kind: str, message: str, actor: str = "engine") -> None:
+        """Records an event that no change describes (background work that failed). It is a
+        commit: every change so far becomes durable with it. Raises AbortedError if the commit
+        failed, ReadOnlyError on a read-only pool."""
+        with self._changing():
+            self._commit(rows=lambda catalog: catalog.log(actor, kind, message))
+
     # -- VMs ----------------------------------------------------------------------------------
 
     def vm(self, name: str) -> VM:

@@ -243,3 +243,43 @@ def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["big", "first"]
         assert admin.read("first", 0, len(first)) == first
+
+
+def _wait_for(condition, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_failing_healer_says_so_once_and_goes_on_healing(make_cluster, tmp_path, monkeypatch,
+                                                            capfd):
+    """A fault in every round of the healer (injected in-process) is one line on stderr and one
+    `heal` event, not one per round; once it is gone the healer heals a lost node unasked."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=21)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        blocks = admin.pool.blocks
+
+        def broken():
+            raise RuntimeError("row map unreadable")
+
+        def heal_events():
+            return [e for e in admin.pool.events() if e["kind"] == "heal"]
+
+        monkeypatch.setattr(blocks, "under_replicated", broken)
+        assert _wait_for(heal_events)
+        time.sleep(1.0)                                     # five more failing rounds
+        monkeypatch.undo()
+        err = capfd.readouterr().err
+        assert err.count("heal failed") == 1
+        assert "blockfold: heal failed: RuntimeError: row map unreadable" in err
+        assert [e["message"] for e in heal_events()] == [
+            "heal failed: RuntimeError: row map unreadable"]
+
+        admin.fail_node("node1")
+        assert blocks.under_replicated() > 0                 # marked down at once
+        assert _wait_for(lambda: blocks.under_replicated() == 0)
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
