@@ -228,9 +228,12 @@ class Pool:
             figures = dict(figures, reason=reason)
             self.last_rebuild = figures
             self.generation += 1
-            if not self.readonly:
-                self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
-            self._ready.set()
+            try:
+                if not self.readonly:
+                    self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
+            finally:
+                # RAM is rebuilt whether or not its record commits: waiters must not hang.
+                self._ready.set()
         return figures
 
     @staticmethod

@@ -283,3 +283,25 @@ def test_a_failing_healer_says_so_once_and_goes_on_healing(make_cluster, tmp_pat
         assert _wait_for(lambda: blocks.under_replicated() == 0)
         assert admin.read("a", 0, len(data)) == data
         assert admin.fsck() == []
+
+
+def test_a_rebuild_whose_record_cannot_commit_leaves_the_pool_usable(make_cluster, tmp_path):
+    """The rebuild itself succeeds on the one node left, but its record cannot reach
+    min_replicas nodes: the caller is told, and reads, writes and flushes go on (they must not
+    wait for ever on a rebuild that never says it is done)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=22)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        admin.fail_node("node2")
+        with pytest.raises(BlockfoldError, match="min_replicas"):
+            admin.rebuild()
+        admin.restore_node("node1")
+        admin.restore_node("node2")
+        flushed = threading.Thread(target=lambda: (admin.write("a", 0, b"x" * 4096),
+                                                   admin.flush()), daemon=True)
+        flushed.start()
+        flushed.join(30)
+        assert not flushed.is_alive(), "a write waits for ever on the failed rebuild"
+        assert admin.read("a", 0, len(data)) == b"x" * 4096 + data[4096:]
