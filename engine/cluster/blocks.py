@@ -42,7 +42,7 @@ class ClusterBlocks:
         self._inventory = Inventory(members, self._rows, self._copies)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
                               replicas=config.replicas)
-        self.corrupt = np.zeros(0, np.uint64)     # rotten ids, ascending (see rebuild)
+        self.corrupt = np.zeros(0, np.uint64)     # ids with no sound copy, ascending
 
     @property
     def collisions(self) -> int:
@@ -105,9 +105,9 @@ class ClusterBlocks:
     def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
                 known_corrupt: np.ndarray) -> dict:
         """Refcounts from the replicated block tables, holders from every node's inventory."""
-        figures = self._inventory.rebuild(pages, full=full, progress=progress, cancel=cancel,
-                                          reclaim=reclaim, known_corrupt=known_corrupt)
-        self.corrupt = np.array(figures["corrupt_blocks"], dtype=np.uint64)
+        figures, self.corrupt = self._inventory.rebuild(
+            pages, full=full, progress=progress, cancel=cancel, reclaim=reclaim,
+            known_corrupt=known_corrupt)
         return figures
 
     def rejoin(self, node: int, reclaim: bool) -> None:

@@ -27,11 +27,14 @@ class Inventory:
         self.copies = copies
 
     def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
-                known_corrupt: np.ndarray) -> dict:
-        """Reloads the row map; returns the figures of engine/rebuild.py (free and capacity
-        slots are 0: nodes keep their own space) plus missing_blocks, the ids no reachable node
-        holds. corrupt_blocks: the ids rotten on every node scrubbed (a full rebuild), or else
-        those of `known_corrupt` still referenced. Raises CancelledError."""
+                known_corrupt: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Reloads the row map. Returns the figures of engine/rebuild.py (free and capacity
+        slots are 0: nodes keep their own space; missing_blocks: ids no reachable node holds;
+        corrupt_blocks: ids with a rotten copy on some node, or in a fast rebuild those of
+        `known_corrupt` still referenced), and the corrupt ids in the sense of
+        engine.blocklayer: those with no sound copy left on a reachable node (full), or
+        `known_corrupt` still referenced (fast: copies are not re-read). Raises
+        CancelledError."""
         started = time.monotonic()
         parts = list(pages.references(cancel, progress))
         refs = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
@@ -81,6 +84,7 @@ class Inventory:
         if not full:                # a full rebuild judges every copy afresh
             bad = np.union1d(bad, known_corrupt)
         bad = bad[np.isin(bad, ids)]
+        lost = bad[~held[np.searchsorted(ids, bad)].any(axis=1)] if full else bad
         seconds = time.monotonic() - started
         bs = self.copies.block_size
         return {
@@ -97,7 +101,7 @@ class Inventory:
             "missing_blocks": int(np.count_nonzero(~held.any(axis=1))),
             "free_slots": 0,
             "capacity_slots": 0,
-        }
+        }, lost
 
     def rejoin(self, node: int, reclaim: bool) -> None:
         """A returning node: its copies count again; with `reclaim`, what it should not hold

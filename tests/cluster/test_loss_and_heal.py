@@ -130,28 +130,51 @@ def test_reads_keep_flowing_while_a_node_is_killed(make_cluster, tmp_path):
         assert worst < 1.0
 
 
+def _rot_every_copy(node_dir: Path) -> None:
+    """Flips one byte of every block a node holds, on disk, under the running node."""
+    hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
+    with open(node_dir / "blocks.dat", "r+b") as f:
+        for slot in np.flatnonzero(hashes[:, 0]).tolist():
+            f.seek(slot * 4096 + 100)
+            byte = f.read(1)[0]
+            f.seek(slot * 4096 + 100)
+            f.write(bytes([byte ^ 0xFF]))
+
+
 def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
     data = image(tmp_path / "a.raw", 1, seed=9)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        # Flip one byte of every block node1 holds, on disk, under the running node.
-        node_dir = Path(cluster.config.node("node1").data)
-        hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
-        with open(node_dir / "blocks.dat", "r+b") as f:
-            for slot in np.flatnonzero(hashes[:, 0]).tolist():
-                f.seek(slot * 4096 + 100)
-                byte = f.read(1)[0]
-                f.seek(slot * 4096 + 100)
-                f.write(bytes([byte ^ 0xFF]))
+        _rot_every_copy(Path(cluster.config.node("node1").data))
         assert admin.read("a", 0, len(data)) == data
         kinds = {p["kind"] for p in admin.fsck()}
         assert "corrupt" in kinds
         # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
         assert admin.rebuild(full=True)["corrupt_blocks"]
+        assert len(admin.pool.blocks.corrupt) == 0      # a sound copy of each is left: none lost
         admin.heal(wait=True)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_block_rotten_on_every_node_is_remembered_as_corrupt(make_cluster, tmp_path):
+    """No sound copy left: reads say so, a full rebuild names the blocks corrupt, and the
+    catalog remembers them (ids of all 64 bits) for the next coordinator's fast rebuild."""
+    cluster = make_cluster(nodes=2, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=23)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        for name in ("node1", "node2"):
+            _rot_every_copy(Path(cluster.config.node(name).data))
+        with pytest.raises(BlockfoldError):                # never rotten bytes
+            admin.read("a", 0, 4096)
+        figures = admin.rebuild(full=True)
+        lost = admin.pool.blocks.corrupt.tolist()
+        assert lost and lost == sorted(figures["corrupt_blocks"])
+        assert any(block_id >= 2**63 for block_id in lost)
+    with cluster.open() as admin:                           # a fast rebuild: nothing re-read
+        assert admin.pool.blocks.corrupt.tolist() == lost
 
 
 def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_path):
