@@ -228,9 +228,12 @@ class Pool:
             figures = dict(figures, reason=reason)
             self.last_rebuild = figures
             self.generation += 1
-            if not self.readonly:
-                self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
-            self._ready.set()
+            try:
+                if not self.readonly:
+                    self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
+            finally:
+                # RAM is rebuilt whether or not its record commits: waiters must not hang.
+                self._ready.set()
         return figures
 
     @staticmethod
@@ -345,6 +348,13 @@ class Pool:
         self._wait_ready()
         with self._lock:
             self._commit()
+
+    def log_event(self, kind: str, message: str, actor: str = "engine") -> None:
+        """Records an event that no change describes (background work that failed). It is a
+        commit: every change so far becomes durable with it. Raises AbortedError if the commit
+        failed, ReadOnlyError on a read-only pool."""
+        with self._changing():
+            self._commit(rows=lambda catalog: catalog.log(actor, kind, message))
 
     # -- VMs ----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from . import lifecycle, processes
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
+from .failures import FailureLog
 from .members import Members, NodeState
 
 HEAL_POLL = 0.2
@@ -41,6 +43,7 @@ class ClusterAdmin(LocalAdmin):
         self._short_since: float | None = None
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
+        self._failures = FailureLog(self._heal_failed)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -107,25 +110,44 @@ class ClusterAdmin(LocalAdmin):
 
     def _tend(self) -> None:
         """Beside the heartbeats (which must never wait on the pool): catches returning nodes
-        up, and heals once blocks have been short of R copies for the repair delay."""
+        up, and heals once blocks have been short of R copies for the repair delay. A failing
+        round is told (see _heal_failed) and the next one tries again."""
         while not self._stop.wait(HEAL_POLL):
             try:
-                self._rejoin_returning()
-                if self.readonly:
-                    continue
-                if self._rebalance:
-                    self._rebalance = False
-                    self.pool.blocks.heal(cancel=self._stop)
-                if self.pool.blocks.under_replicated() == 0:
-                    self._short_since = None
-                    continue
-                now = time.monotonic()
-                if self._short_since is None:
-                    self._short_since = now
-                if now - self._short_since >= self.config.repair_delay:
-                    self.pool.blocks.heal(cancel=self._stop)
-            except Exception:     # noqa: BLE001 - the next round tries again
-                pass
+                self._tend_once()
+            except Exception as e:     # noqa: BLE001 - the loop must outlive any one failure
+                if self._stop.is_set():
+                    return             # closing: a heal cut short is no failure
+                message = str(e) if isinstance(e, BlockfoldError) else f"{type(e).__name__}: {e}"
+                self._failures.failed(message)
+
+    def _tend_once(self) -> None:
+        self._rejoin_returning()
+        if self.readonly:
+            return
+        if self._rebalance:
+            self._rebalance = False
+            self.pool.blocks.heal(cancel=self._stop)
+        if self.pool.blocks.under_replicated() == 0:
+            self._short_since = None
+            return
+        now = time.monotonic()
+        if self._short_since is None:
+            self._short_since = now
+        if now - self._short_since >= self.config.repair_delay:
+            self.pool.blocks.heal(cancel=self._stop)
+
+    def _heal_failed(self, message: str) -> None:
+        """A failure of the healer, once per distinct message (engine.cluster.failures): a line
+        on stderr and, on a writable cluster, an event of kind `heal`."""
+        print(f"blockfold: heal failed: {message}", file=sys.stderr, flush=True)
+        if self.readonly:
+            return
+        try:
+            self.pool.log_event("heal", f"heal failed: {message}")
+        except Exception as e:     # noqa: BLE001 - the cause may be what stops commits too
+            print(f"blockfold: heal failed, and the event was not recorded: {e}",
+                  file=sys.stderr, flush=True)
 
     def heal(self, wait: bool = True, progress=None) -> HealFigures:
         """Re-replicates every under-replicated block; with wait, until none is left."""

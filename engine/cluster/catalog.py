@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 
-from ..catalog import Catalog
-from ..errors import BlockfoldError
 from .. import changeset
+from ..catalog import Catalog
+from ..errors import BlockfoldError, ReplicationError
 from ..net import rpc
-from .blocks import ReplicationError
 from .members import NodeState
 
 

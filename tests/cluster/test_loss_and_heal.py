@@ -130,20 +130,23 @@ def test_reads_keep_flowing_while_a_node_is_killed(make_cluster, tmp_path):
         assert worst < 1.0
 
 
+def _rot_every_copy(node_dir: Path) -> None:
+    """Flips one byte of every block a node holds, on disk, under the running node."""
+    hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
+    with open(node_dir / "blocks.dat", "r+b") as f:
+        for slot in np.flatnonzero(hashes[:, 0]).tolist():
+            f.seek(slot * 4096 + 100)
+            byte = f.read(1)[0]
+            f.seek(slot * 4096 + 100)
+            f.write(bytes([byte ^ 0xFF]))
+
+
 def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
     data = image(tmp_path / "a.raw", 1, seed=9)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        # Flip one byte of every block node1 holds, on disk, under the running node.
-        node_dir = Path(cluster.config.node("node1").data)
-        hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
-        with open(node_dir / "blocks.dat", "r+b") as f:
-            for slot in np.flatnonzero(hashes[:, 0]).tolist():
-                f.seek(slot * 4096 + 100)
-                byte = f.read(1)[0]
-                f.seek(slot * 4096 + 100)
-                f.write(bytes([byte ^ 0xFF]))
+        _rot_every_copy(Path(cluster.config.node("node1").data))
         assert admin.read("a", 0, len(data)) == data
         kinds = {p.kind for p in admin.fsck()}
         assert "corrupt" in kinds
@@ -155,9 +158,29 @@ def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path)
         # What a cluster has no use for is None, not a stand-in 0.
         assert figures.free_slots is None and figures.capacity_slots is None
         assert figures.bad_references is None and figures.missing_blocks is not None
+        assert len(admin.pool.blocks.corrupt) == 0      # a sound copy of each is left: none lost
         admin.heal(wait=True)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_block_rotten_on_every_node_is_remembered_as_corrupt(make_cluster, tmp_path):
+    """No sound copy left: reads say so, a full rebuild names the blocks corrupt, and the
+    catalog remembers them (ids of all 64 bits) for the next coordinator's fast rebuild."""
+    cluster = make_cluster(nodes=2, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=23)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        for name in ("node1", "node2"):
+            _rot_every_copy(Path(cluster.config.node(name).data))
+        with pytest.raises(BlockfoldError):                # never rotten bytes
+            admin.read("a", 0, 4096)
+        figures = admin.rebuild(full=True)
+        lost = admin.pool.blocks.corrupt.tolist()
+        assert lost and lost == sorted(figures["corrupt_blocks"])
+        assert any(block_id >= 2**63 for block_id in lost)
+    with cluster.open() as admin:                           # a fast rebuild: nothing re-read
+        assert admin.pool.blocks.corrupt.tolist() == lost
 
 
 def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_path):
@@ -204,8 +227,8 @@ def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, mo
 
 
 def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, monkeypatch):
-    from engine.cluster import blocks
-    monkeypatch.setattr(blocks, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
+    from engine.cluster import copies
+    monkeypatch.setattr(copies, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
     cluster = make_cluster(nodes=3, replicas=2, block_size=65536)
     data = image(tmp_path / "a.raw", 8, seed=14)
     with cluster.open() as admin:
@@ -249,3 +272,65 @@ def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["big", "first"]
         assert admin.read("first", 0, len(first)) == first
+
+
+def _wait_for(condition, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_failing_healer_says_so_once_and_goes_on_healing(make_cluster, tmp_path, monkeypatch,
+                                                            capfd):
+    """A fault in every round of the healer (injected in-process) is one line on stderr and one
+    `heal` event, not one per round; once it is gone the healer heals a lost node unasked."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=21)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        blocks = admin.pool.blocks
+
+        def broken():
+            raise RuntimeError("row map unreadable")
+
+        def heal_events():
+            return [e for e in admin.pool.events() if e["kind"] == "heal"]
+
+        monkeypatch.setattr(blocks, "under_replicated", broken)
+        assert _wait_for(heal_events)
+        time.sleep(1.0)                                     # five more failing rounds
+        monkeypatch.undo()
+        err = capfd.readouterr().err
+        assert err.count("heal failed") == 1
+        assert "blockfold: heal failed: RuntimeError: row map unreadable" in err
+        assert [e["message"] for e in heal_events()] == [
+            "heal failed: RuntimeError: row map unreadable"]
+
+        admin.fail_node("node1")
+        assert blocks.under_replicated() > 0                 # marked down at once
+        assert _wait_for(lambda: blocks.under_replicated() == 0)
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
+
+
+def test_a_rebuild_whose_record_cannot_commit_leaves_the_pool_usable(make_cluster, tmp_path):
+    """The rebuild itself succeeds on the one node left, but its record cannot reach
+    min_replicas nodes: the caller is told, and reads, writes and flushes go on (they must not
+    wait for ever on a rebuild that never says it is done)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=22)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        admin.fail_node("node2")
+        with pytest.raises(BlockfoldError, match="min_replicas"):
+            admin.rebuild()
+        admin.restore_node("node1")
+        admin.restore_node("node2")
+        flushed = threading.Thread(target=lambda: (admin.write("a", 0, b"x" * 4096),
+                                                   admin.flush()), daemon=True)
+        flushed.start()
+        flushed.join(30)
+        assert not flushed.is_alive(), "a write waits for ever on the failed rebuild"
+        assert admin.read("a", 0, len(data)) == b"x" * 4096 + data[4096:]
