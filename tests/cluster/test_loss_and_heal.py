@@ -177,7 +177,7 @@ def test_a_block_rotten_on_every_node_is_remembered_as_corrupt(make_cluster, tmp
             admin.read("a", 0, 4096)
         figures = admin.rebuild(full=True)
         lost = admin.pool.blocks.corrupt.tolist()
-        assert lost and lost == sorted(figures["corrupt_blocks"])
+        assert lost and lost == sorted(figures.corrupt_blocks)
         assert any(block_id >= 2**63 for block_id in lost)
     with cluster.open() as admin:                           # a fast rebuild: nothing re-read
         assert admin.pool.blocks.corrupt.tolist() == lost
@@ -267,7 +267,7 @@ def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
         assert admin.fsck() == []
         assert admin.read("first", 0, len(first)) == first
         big = admin.import_image("big", str(tmp_path / "big.raw"))
-        assert big["name"] == "big"
+        assert big.name == "big"
         assert admin.fsck() == []
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["big", "first"]
