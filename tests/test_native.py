@@ -64,6 +64,13 @@ def test_errors_are_typed_and_change_nothing():
     c.write("a", 0, blocks(2, 3))
     with pytest.raises(_native.StateError):
         c.decref(np.array([12345], dtype=np.uint64))
+    slot = c.lookup(1, 0, 1)
+    with pytest.raises(_native.StateError):
+        c.decref(np.concatenate([slot, slot]))      # one reference, two asked: nothing changes
+    assert c.refcounts_of(slot).tolist() == [1]
+    c.set_top(1, False)
+    with pytest.raises(_native.StateError, match="frozen"):
+        c.write("a", 0, b"x")
     ro = _native.Core(None, BS, readonly=True)
     ro.add_layer(1, None, True)
     ro.set_vm("a", 1, BS)

@@ -23,7 +23,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use parking_lot::{RwLock, RwLockUpgradableReadGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use rayon::prelude::*;
 
 use crate::blocks::Blocks;
@@ -62,6 +64,9 @@ impl State {
         if !self.blocks.ready {
             return Err(Error::State("the pool's index is not built: rebuild first".into()));
         }
+        if !self.tables.is_top(vm.top) {
+            return Err(Error::State(format!("VM '{name}': layer {} is frozen", vm.top)));
+        }
         Ok(vm)
     }
 }
@@ -79,8 +84,12 @@ pub struct Extent {
     pub zero: bool,
 }
 
+/// (address, layer, LBN) of every reference, sorted; rebuilt when the tables' generation moves.
+type ReverseMap = Arc<Vec<(u64, u64, u64)>>;
+
 pub struct Core {
     state: RwLock<State>,
+    reverse: Mutex<Option<(u64, ReverseMap)>>,
     gate: Gate,
     block_size: usize,
     fp: Fingerprinter,
@@ -136,6 +145,7 @@ impl Core {
                 vms: HashMap::new(),
                 commits: HashMap::new(),
             }),
+            reverse: Mutex::new(None),
             gate,
             block_size,
             fp,
@@ -622,16 +632,32 @@ impl Core {
         set.extend(slots.iter().copied().filter(|&s| s > 0 && s < st.blocks.store.capacity()));
     }
 
-    /// The VMs that read block `addr` somewhere (the block view): those reading through a layer
-    /// that holds it at an LBN where nothing above shadows it.
-    pub fn vms_reading(&self, addr: u64) -> Vec<String> {
+    /// Where block `addr` is referenced: (layer, LBN) pairs, from the reverse map (built once per
+    /// generation of the tables, so a page of the block view costs one build).
+    pub fn references(&self, addr: u64) -> Vec<(u64, u64)> {
         let st = self.state.read();
-        let mut held: Vec<(u64, u64)> = Vec::new();
-        st.tables.for_each_reference(|layer, lbn, a| {
-            if a == addr {
-                held.push((layer, lbn));
+        let map = self.reverse_map(&st);
+        let from = map.partition_point(|r| r.0 < addr);
+        map[from..].iter().take_while(|r| r.0 == addr).map(|r| (r.1, r.2)).collect()
+    }
+
+    fn reverse_map(&self, st: &State) -> ReverseMap {
+        let mut cached = self.reverse.lock();
+        match &*cached {
+            Some((generation, map)) if *generation == st.tables.generation => map.clone(),
+            _ => {
+                let map = Arc::new(st.tables.reverse_map());
+                *cached = Some((st.tables.generation, map.clone()));
+                map
             }
-        });
+        }
+    }
+
+    /// The VMs that read block `addr` somewhere (the block view): those reading through a layer
+    /// that holds it, at an LBN where nothing above in their chain shadows it. Sorted.
+    pub fn vms_reading(&self, addr: u64) -> Vec<String> {
+        let held = self.references(addr);
+        let st = self.state.read();
         let layers: BTreeSet<u64> = held.iter().map(|&(l, _)| l).collect();
         let mut names = Vec::new();
         for (name, vm) in &st.vms {
@@ -639,9 +665,9 @@ impl Core {
             if !chain.iter().any(|l| layers.contains(l)) {
                 continue;
             }
-            let reads = held.iter().any(|&(_, lbn)| {
+            let reads = held.iter().any(|&(layer, lbn)| {
                 let mut e = [0u64];
-                st.tables.lookup(vm.top, lbn, &mut e).is_ok() && e[0] == addr
+                chain.contains(&layer) && st.tables.lookup(vm.top, lbn, &mut e).is_ok() && e[0] == addr
             });
             if reads {
                 names.push(name.clone());

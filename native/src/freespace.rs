@@ -29,7 +29,9 @@ impl FreeSpace {
 
     /// Covers `len` slots; new ones start used (callers free what is free).
     pub fn set_len(&mut self, len: u64) {
-        self.bits.resize(len.div_ceil(64) as usize, 0);
+        let words = len.div_ceil(64) as usize;
+        self.bits.reserve_exact(words.saturating_sub(self.bits.len()));
+        self.bits.resize(words, 0);
         self.len = self.len.max(len);
     }
 

@@ -47,6 +47,8 @@ impl Shard {
 
 pub struct Index {
     shards: Vec<Shard>,
+    cells: u64, // over all shards
+    peak: u64,  // most cells ever held at once, a rehash's two copies of a shard included
 }
 
 fn shard_of(key: u64) -> usize {
@@ -63,7 +65,7 @@ fn cell(tag: u32, slot: u32) -> u64 {
 
 impl Default for Index {
     fn default() -> Self {
-        Index { shards: vec![Shard::with_cells(MIN_CELLS); SHARDS] }
+        Self::from_shards(vec![Shard::with_cells(MIN_CELLS); SHARDS])
     }
 }
 
@@ -82,7 +84,12 @@ impl Index {
             .iter()
             .map(|&n| Shard::with_cells((n as f64 / REBUILD_LOAD) as usize + 1))
             .collect();
-        Index { shards }
+        Self::from_shards(shards)
+    }
+
+    fn from_shards(shards: Vec<Shard>) -> Self {
+        let cells = shards.iter().map(|s| s.cells.len() as u64).sum();
+        Index { shards, cells, peak: cells }
     }
 
     /// The first slot whose cell matches `key`'s tag and that `accept` takes (the caller reads
@@ -161,6 +168,10 @@ impl Index {
         for c in kept {
             shard.place((c >> 32) as u32, (c & 0xFFFF_FFFF) as u32);
         }
+        let old = self.shards[s].cells.len() as u64;
+        let new = shard.cells.len() as u64;
+        self.peak = self.peak.max(self.cells + new);
+        self.cells = self.cells - old + new;
         self.shards[s] = shard;
     }
 
@@ -175,8 +186,12 @@ impl Index {
 
     /// Bytes of RAM held.
     pub fn nbytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.cells.len() as u64 * 8).sum::<u64>()
-            + (SHARDS * std::mem::size_of::<Shard>()) as u64
+        self.cells * 8 + (SHARDS * std::mem::size_of::<Shard>()) as u64
+    }
+
+    /// The most bytes ever held at once, growth included.
+    pub fn peak_nbytes(&self) -> u64 {
+        self.peak * 8 + (SHARDS * std::mem::size_of::<Shard>()) as u64
     }
 }
 

@@ -5,7 +5,7 @@
 //! lock while it reports progress to Python, so waiting for the lock with the GIL held could
 //! deadlock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -365,9 +365,15 @@ impl PyCore {
         let addrs = addrs.as_slice()?.to_vec();
         self.run(py, |c| {
             let mut st = c.state_mut();
-            let capacity = st.blocks.store.capacity();
-            if let Some(&bad) = addrs.iter().find(|&&a| a == 0 || a >= capacity || st.blocks.refcount(a) == 0) {
-                return Err(Error::State(format!("decref of slot {bad}, which holds no reference")));
+            let mut wanted: HashMap<u64, u64> = HashMap::new();
+            for &a in &addrs {
+                *wanted.entry(a).or_default() += 1;
+            }
+            // Checked whole first: a bad address changes nothing.
+            if let Some((&bad, _)) = wanted.iter().find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n) {
+                return Err(Error::State(format!(
+                    "decref of slot {bad}, which holds fewer references than that"
+                )));
             }
             for a in addrs {
                 st.blocks.decref(a);
@@ -605,6 +611,11 @@ impl PyCore {
     /// The names of the VMs that read block `addr`, sorted.
     fn vms_reading(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<String>> {
         self.run(py, |c| Ok(c.vms_reading(addr)))
+    }
+
+    /// Where block `addr` is referenced: [(layer, LBN), ...].
+    fn references(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<(u64, u64)>> {
+        self.run(py, |c| Ok(c.references(addr)))
     }
 
     /// Bytes of RAM for index, refcounts and free space.
