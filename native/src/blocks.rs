@@ -7,8 +7,8 @@
 //!            the batch share one new slot; counts the new slots needed
 //!   reserve  make sure that many slots are free, growing the files: `NoSpace` refuses the whole
 //!            request with nothing changed
-//!   apply    (cannot fail) write the new slots, take a reference on every block, index the new
-//!            ones
+//!   apply    write the new slots (an I/O error gives them back, nothing changed), then (cannot
+//!            fail) take a reference on every block and index the new ones
 //! Same fingerprint but other bytes is a collision: counted, and the block is stored apart.
 
 use std::collections::{BTreeSet, HashMap};
@@ -135,11 +135,20 @@ impl Blocks {
     }
 
     /// Carries out a plan whose new slots are reserved; returns each block's address, referenced.
-    pub fn apply(&mut self, plan: Plan, blocks: &[&[u8]], digests: &[Digest]) -> Vec<u64> {
+    /// Error: `Io` writing the slot files, with nothing changed (the slots are given back).
+    pub fn apply(&mut self, plan: Plan, blocks: &[&[u8]], digests: &[Digest]) -> Result<Vec<u64>> {
         let Plan { mut addrs, fresh, copies, collisions } = plan;
         let slots = self.space.take(fresh.len()).expect("slots reserved before apply");
+        let new_blocks: Vec<&[u8]> = fresh.iter().map(|&j| blocks[j]).collect();
+        let new_digests: Vec<Digest> = fresh.iter().map(|&j| digests[j]).collect();
+        if let Err(e) = self.store.put_many(&slots, &new_blocks, &new_digests) {
+            for slot in slots {
+                self.space.put(slot);
+            }
+            return Err(e);
+        }
+        // From here on nothing can fail.
         for (&j, &slot) in fresh.iter().zip(&slots) {
-            self.store.put(slot, blocks[j], &digests[j]);
             addrs[j] = slot;
         }
         for (j, k) in copies {
@@ -159,14 +168,14 @@ impl Blocks {
             );
         }
         self.collisions += collisions;
-        addrs
+        Ok(addrs)
     }
 
     /// plan + reserve + apply: stores or shares each block; all or nothing.
     pub fn store(&mut self, blocks: &[&[u8]], digests: &[Digest]) -> Result<Vec<u64>> {
         let plan = self.plan(blocks, digests);
         self.reserve(plan.new_slots())?;
-        Ok(self.apply(plan, blocks, digests))
+        self.apply(plan, blocks, digests)
     }
 
     pub fn incref(&mut self, addr: u64) {
@@ -351,7 +360,7 @@ pub(crate) mod tests {
         assert!(b.reserve(1 << 42).is_err());
         assert_eq!(b.store.capacity(), 1);
         b.reserve(4).unwrap();
-        let addrs = b.apply(plan, &refs, &digests);
+        let addrs = b.apply(plan, &refs, &digests).unwrap();
         assert_eq!(addrs, vec![1, 2, 3, 4]);
     }
 

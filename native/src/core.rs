@@ -295,8 +295,7 @@ impl Core {
         // Reserve for the edges first: the whole-block part cannot fail.
         let (plan, blocks, digests, zeros) = Self::plan_srcs(&st, &edges);
         st.blocks.reserve(plan.new_slots())?;
-        let addrs = st.blocks.apply(plan, &blocks, &digests);
-        let mut addrs = addrs.into_iter();
+        let mut addrs = st.blocks.apply(plan, &blocks, &digests)?.into_iter();
         for (lbn, zero) in edge_lbns.iter().zip(zeros) {
             let entry = if zero { Self::zero_entry(&st.tables, vm.top, *lbn) } else { addrs.next().unwrap() };
             Self::set_run(&mut st, vm.top, *lbn, &[entry]);
@@ -372,8 +371,8 @@ impl Core {
     fn put_blocks(st: &mut State, top: u64, lbn0: u64, srcs: Vec<Src>) -> Result<()> {
         let (plan, blocks, digests, zeros) = Self::plan_srcs(st, &srcs);
         st.blocks.reserve(plan.new_slots())?;
-        // From here on nothing can fail: the request is applied whole.
-        let mut addrs = st.blocks.apply(plan, &blocks, &digests).into_iter();
+        // Once the new slots are written, nothing can fail: the request is applied whole.
+        let mut addrs = st.blocks.apply(plan, &blocks, &digests)?.into_iter();
         let mut entries = Vec::with_capacity(srcs.len());
         for (i, zero) in zeros.into_iter().enumerate() {
             entries.push(if zero {

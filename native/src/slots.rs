@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::{MmapOptions, MmapRaw, RemapOptions};
 
 use crate::error::{Error, Result};
 use crate::fingerprint::Digest;
@@ -163,24 +163,21 @@ impl SlotStore {
         let old = self.capacity;
         let new = old + at_least.max(old / 4).max(MIN_GROWTH_SLOTS);
         let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
-        match &self.files {
-            None => {
-                let data = grow_anon(&self.data, (old * bs) as usize, (new * bs) as usize)?;
-                let hashes = grow_anon(&self.hashes, (old * hb) as usize, (new * hb) as usize)?;
-                self.data = data;
-                self.hashes = hashes;
+        if let Some(files) = &self.files {
+            let dir = self.dir.as_deref().unwrap();
+            allocate(&files.data, new * bs, dir)?;
+            if let Err(e) = allocate(&files.hashes, new * hb, dir) {
+                files.data.set_len(old * bs)?;
+                return Err(e);
             }
-            Some(files) => {
-                let dir = self.dir.as_deref().unwrap();
-                allocate(&files.data, new * bs, dir)?;
-                if let Err(e) = allocate(&files.hashes, new * hb, dir) {
-                    files.data.set_len(old * bs)?;
-                    return Err(e);
-                }
-                let (data, hashes) = map_files(files, self.block_size, new, false)?;
-                self.data = data;
-                self.hashes = hashes;
-            }
+        }
+        // mremap: the pages already mapped stay mapped (no copy, no fault again).
+        let options = RemapOptions::new().may_move(true);
+        // SAFETY: the files (or anonymous memory) now cover the new lengths; `&mut self` means no
+        // slice into the old mapping is alive.
+        unsafe {
+            self.data.remap((new * bs) as usize, options)?;
+            self.hashes.remap((new * hb) as usize, options)?;
         }
         self.capacity = new;
         Ok(old)
@@ -205,7 +202,7 @@ impl SlotStore {
         d
     }
 
-    /// Stores a block and its fingerprint in `slot`.
+    /// Stores a block and its fingerprint in `slot`, through the map.
     pub fn put(&mut self, slot: u64, block: &[u8], digest: &Digest) {
         assert!(!self.readonly && slot > 0 && slot < self.capacity);
         assert_eq!(block.len(), self.block_size);
@@ -213,9 +210,51 @@ impl SlotStore {
         unsafe {
             let p = self.data.as_mut_ptr().add(slot as usize * self.block_size);
             std::ptr::copy_nonoverlapping(block.as_ptr(), p, self.block_size);
+        }
+        self.put_digest(slot, digest);
+    }
+
+    fn put_digest(&mut self, slot: u64, digest: &Digest) {
+        assert!(!self.readonly && slot > 0 && slot < self.capacity);
+        // SAFETY: inside the mapping, `&mut self` excludes readers.
+        unsafe {
             let h = self.hashes.as_mut_ptr().add(slot as usize * HASH_BYTES);
             std::ptr::copy_nonoverlapping(digest.as_ptr(), h, HASH_BYTES);
         }
+    }
+
+    /// Stores blocks and their fingerprints in `slots` (ascending runs go in one call each).
+    ///
+    /// Block data goes to files with pwritev, not through the map: a store through the map
+    /// faults each page in first (zero-filled by the filesystem for a fresh page, most of a fresh
+    /// write's cost as measured; read from disk for an evicted one). Reads through the map see
+    /// the same page cache. Error: `Io` (nothing refers to
+    /// these slots yet, so the caller just gives them back).
+    pub fn put_many(&mut self, slots: &[u64], blocks: &[&[u8]], digests: &[Digest]) -> Result<()> {
+        let Some(files) = self.files.clone() else {
+            for ((&slot, block), digest) in slots.iter().zip(blocks).zip(digests) {
+                self.put(slot, block, digest);
+            }
+            return Ok(());
+        };
+        assert!(!self.readonly);
+        let bs = self.block_size as u64;
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j] == slots[j - 1] + 1 && j - i < MAX_RUN {
+                j += 1;
+            }
+            assert!(slots[i] > 0 && slots[j - 1] < self.capacity);
+            assert!(blocks[i..j].iter().all(|b| b.len() == self.block_size));
+            write_run(&files.data, slots[i] * bs, &blocks[i..j])?;
+            i = j;
+        }
+        // Fingerprints go through the map: 16 bytes each, their pages nearly always cached.
+        for (&slot, digest) in slots.iter().zip(digests) {
+            self.put_digest(slot, digest);
+        }
+        Ok(())
     }
 
     /// Zeroes a slot's fingerprint: the slot holds nothing (free, or an orphan reclaimed).
@@ -249,6 +288,44 @@ impl SlotStore {
         // SAFETY: slot 0 is inside every mapping.
         unsafe { std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), self.data.as_mut_ptr(), MAGIC.len()) }
     }
+}
+
+/// Slots written by one pwritev (IOV_MAX is 1024 on Linux).
+const MAX_RUN: usize = 1024;
+
+/// Writes the pieces back to back at `offset`, whole.
+fn write_run(file: &File, offset: u64, pieces: &[&[u8]]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let iov: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+        .collect();
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let written = loop {
+        // SAFETY: the iovecs point into live slices for the duration of the call.
+        let n = unsafe {
+            libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, offset as libc::off_t)
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // A short write (rare): the rest piece by piece.
+    let mut at = 0usize;
+    for p in pieces {
+        let end = at + p.len();
+        if end > written {
+            let skip = written.saturating_sub(at);
+            file.write_all_at(&p[skip..], offset + (at + skip) as u64)?;
+        }
+        at = end;
+    }
+    debug_assert_eq!(at, total);
+    Ok(())
 }
 
 fn check_block_size(block_size: usize) -> Result<()> {
@@ -289,13 +366,6 @@ fn map_files(
         )
     };
     Ok((data, hashes))
-}
-
-fn grow_anon(old: &MmapRaw, old_len: usize, new_len: usize) -> Result<MmapRaw> {
-    let new: MmapRaw = MmapOptions::new().len(new_len).map_anon()?.into();
-    // SAFETY: both mappings are at least old_len long and distinct.
-    unsafe { std::ptr::copy_nonoverlapping(old.as_ptr(), new.as_mut_ptr(), old_len) };
-    Ok(new)
 }
 
 /// Grows `file` to `size` bytes with real blocks behind them, or fails with `NoSpace` and leaves
