@@ -16,7 +16,10 @@ use blockfold_native::refcounts::Refcounts;
 const BS: usize = 4096;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -46,7 +49,10 @@ fn stamp(buf: &mut [u8], n: u64) {
 /// CPU seconds of the whole process (all threads), user and system: on a shared machine wall
 /// time measures the neighbours too.
 fn cpu() -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a plain syscall filling a local.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
@@ -71,7 +77,11 @@ fn row(what: &str, blocks: u64, w: &Watch) {
     let (wall, cpu) = (w.wall(), w.cpu());
     let ns = |s: f64| s * 1e9 / blocks as f64;
     let gbs = blocks as f64 * BS as f64 / wall / 1e9;
-    println!("| {what:<52} | {:>9.0} ns | {:>9.0} ns | {gbs:>7.2} GB/s |", ns(cpu), ns(wall));
+    println!(
+        "| {what:<52} | {:>9.0} ns | {:>9.0} ns | {gbs:>7.2} GB/s |",
+        ns(cpu),
+        ns(wall)
+    );
 }
 
 fn main() {
@@ -85,14 +95,26 @@ fn main() {
     let mut quiet = |_: &Report| Ok(());
     core.rebuild(false, true, &mut quiet).unwrap();
     for (layer, name) in [(1, "a"), (2, "b"), (3, "c")] {
-        core.state_mut().tables.add_layer(layer, None, true).unwrap();
+        core.state_mut()
+            .tables
+            .add_layer(layer, None, true)
+            .unwrap();
         core.set_vm(name, layer, 1 << 40).unwrap();
     }
     let req = 1 << 20;
     let mut buf = vec![0u8; req];
 
-    println!("| {:<52} | {:>12} | {:>12} | {:>12} |", "per 4 KiB block", "CPU", "wall", "wall GB/s");
-    println!("|{}|{}|{}|{}|", "-".repeat(54), "-".repeat(14), "-".repeat(14), "-".repeat(14));
+    println!(
+        "| {:<52} | {:>12} | {:>12} | {:>12} |",
+        "per 4 KiB block", "CPU", "wall", "wall GB/s"
+    );
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(54),
+        "-".repeat(14),
+        "-".repeat(14),
+        "-".repeat(14)
+    );
 
     // xxh3-128 alone, the floor of every step that fingerprints
     fill(&mut buf, 1);
@@ -114,7 +136,11 @@ fn main() {
         stamp(&mut buf, i);
         core.write("a", i * req as u64, &buf).unwrap();
     }
-    row("write, fresh blocks, 1 MiB requests (files grow)", total_blocks, &t);
+    row(
+        "write, fresh blocks, 1 MiB requests (files grow)",
+        total_blocks,
+        &t,
+    );
 
     // store of duplicates: the same data into another VM (index hit + memcmp verification)
     let t = Watch::start();
@@ -128,7 +154,9 @@ fn main() {
     let n4k = 65_536u64;
     let mut block = vec![0u8; BS];
     let mut x = 7u64;
-    let offsets: Vec<u64> = (0..n4k).map(|_| splitmix(&mut x) % total_blocks * BS as u64).collect();
+    let offsets: Vec<u64> = (0..n4k)
+        .map(|_| splitmix(&mut x) % total_blocks * BS as u64)
+        .collect();
     fill(&mut block, 5);
     let t = Watch::start();
     for (i, &off) in offsets.iter().enumerate() {
@@ -168,7 +196,11 @@ fn main() {
             });
         }
     });
-    row("read + verify, 4 KiB random, 2 threads (per block)", n4k, &t);
+    row(
+        "read + verify, 4 KiB random, 2 threads (per block)",
+        n4k,
+        &t,
+    );
 
     // fresh blocks again, into the slots of the first pass, freed by a trim and a commit (the
     // steady state of a pool: no file growth, page cache already there)
@@ -182,7 +214,11 @@ fn main() {
         stamp(&mut buf, requests + i);
         core.write("a", i * req as u64, &buf).unwrap();
     }
-    row("write, fresh blocks into freed slots, 1 MiB requests", total_blocks, &t);
+    row(
+        "write, fresh blocks into freed slots, 1 MiB requests",
+        total_blocks,
+        &t,
+    );
     let t = Watch::start();
     for (i, &off) in offsets.iter().enumerate() {
         stamp(&mut block, 1 << 41 | i as u64);
@@ -194,7 +230,11 @@ fn main() {
     let unique = core.state().blocks.unique_blocks();
     let t = Watch::start();
     let figures = core.rebuild(true, true, &mut quiet).unwrap();
-    row("full rebuild (re-hash every unique block, 2 cores)", unique, &t);
+    row(
+        "full rebuild (re-hash every unique block, 2 cores)",
+        unique,
+        &t,
+    );
     let t = Watch::start();
     core.rebuild(false, true, &mut quiet).unwrap();
     row("fast rebuild (stored fingerprints)", unique, &t);

@@ -39,8 +39,8 @@ pub struct Blocks {
 
 /// What `plan` found for a batch; consumed by `apply`.
 pub struct Plan {
-    addrs: Vec<u64>,           // the shared slot, or 0 until apply assigns one
-    fresh: Vec<usize>,         // blocks that take a new slot
+    addrs: Vec<u64>,             // the shared slot, or 0 until apply assigns one
+    fresh: Vec<usize>,           // blocks that take a new slot
     copies: Vec<(usize, usize)>, // (block, earlier block of the batch it equals)
     collisions: u64,
 }
@@ -114,7 +114,9 @@ impl Blocks {
     fn candidate(&self, digest: &Digest) -> Option<u64> {
         let corrupt = self.corrupt.lock();
         self.index.find(key_of(digest), |slot| {
-            self.refs.get(slot) > 0 && self.store.digest(slot) == *digest && !corrupt.contains(&slot)
+            self.refs.get(slot) > 0
+                && self.store.digest(slot) == *digest
+                && !corrupt.contains(&slot)
         })
     }
 
@@ -137,8 +139,16 @@ impl Blocks {
     /// Carries out a plan whose new slots are reserved; returns each block's address, referenced.
     /// Error: `Io` writing the slot files, with nothing changed (the slots are given back).
     pub fn apply(&mut self, plan: Plan, blocks: &[&[u8]], digests: &[Digest]) -> Result<Vec<u64>> {
-        let Plan { mut addrs, fresh, copies, collisions } = plan;
-        let slots = self.space.take(fresh.len()).expect("slots reserved before apply");
+        let Plan {
+            mut addrs,
+            fresh,
+            copies,
+            collisions,
+        } = plan;
+        let slots = self
+            .space
+            .take(fresh.len())
+            .expect("slots reserved before apply");
         let new_blocks: Vec<&[u8]> = fresh.iter().map(|&j| blocks[j]).collect();
         let new_digests: Vec<Digest> = fresh.iter().map(|&j| digests[j]).collect();
         if let Err(e) = self.store.put_many(&slots, &new_blocks, &new_digests) {
@@ -157,7 +167,9 @@ impl Blocks {
         for &addr in &addrs {
             self.incref(addr);
         }
-        let Blocks { index, store, refs, .. } = self;
+        let Blocks {
+            index, store, refs, ..
+        } = self;
         for &j in &fresh {
             let key = key_of(&digests[j]);
             index.insert(
@@ -190,11 +202,6 @@ impl Blocks {
             self.live -= 1;
             self.space.defer(addr);
         }
-    }
-
-    /// Whether a slot's bytes still hash to its stored fingerprint.
-    pub fn sound(&self, slot: u64) -> bool {
-        self.fp.of(self.store.block(slot)) == self.store.digest(slot)
     }
 
     pub fn is_corrupt(&self, slot: u64) -> bool {
@@ -263,8 +270,16 @@ impl Blocks {
             if n == 0 {
                 continue;
             }
-            let (lo, hi) = if b == 0 { (1u64, 1u64) } else { ((1u64 << (b - 1)) + 1, 1u64 << b) };
-            let label = if lo == hi { hi.to_string() } else { format!("{lo}-{hi}") };
+            let (lo, hi) = if b == 0 {
+                (1u64, 1u64)
+            } else {
+                ((1u64 << (b - 1)) + 1, 1u64 << b)
+            };
+            let label = if lo == hi {
+                hi.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
             out.push((label, n));
         }
         out
@@ -302,7 +317,10 @@ pub(crate) mod tests {
     #[test]
     fn a_collision_is_stored_apart_and_counted() {
         let d = [0x42; 16];
-        let mut b = Blocks::new(SlotStore::in_memory(4096).unwrap(), Fingerprinter::Constant(d));
+        let mut b = Blocks::new(
+            SlotStore::in_memory(4096).unwrap(),
+            Fingerprinter::Constant(d),
+        );
         let x = vec![5u8; 4096];
         let y = vec![6u8; 4096];
         let ax = b.store(&[&x], &[d]).unwrap();
@@ -343,7 +361,10 @@ pub(crate) mod tests {
         b.store.overwrite_raw(a[0], 0, &[0xFF]);
         let fresh = store(&mut b, &[vec![1; 4096]]);
         assert_ne!(fresh, a);
-        assert!(b.is_corrupt(a[0]), "rot found by the byte comparison is remembered");
+        assert!(
+            b.is_corrupt(a[0]),
+            "rot found by the byte comparison is remembered"
+        );
         assert_eq!(b.collisions, 0);
     }
 
@@ -376,7 +397,11 @@ pub(crate) mod tests {
         }
         assert_eq!(
             b.refcount_histogram(),
-            vec![("1".to_string(), 1), ("3-4".to_string(), 1), ("5-8".to_string(), 1)]
+            vec![
+                ("1".to_string(), 1),
+                ("3-4".to_string(), 1),
+                ("5-8".to_string(), 1)
+            ]
         );
     }
 }

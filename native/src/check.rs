@@ -77,16 +77,28 @@ pub fn check(st: &State) -> Vec<Problem> {
         }
     }
     if blocks.space.is_free(0) {
-        report.add("space", "the header slot 0 is on the free list".into(), Some(0));
+        report.add(
+            "space",
+            "the header slot 0 is on the free list".into(),
+            Some(0),
+        );
     }
     let waiting: HashSet<u64> = blocks.space.waiting().collect();
     for slot in 1..capacity {
         let free = blocks.space.is_free(slot);
         let live = blocks.refs.get(slot) > 0;
         if free && live {
-            report.add("space", format!("slot {slot} is both free and live"), Some(slot));
+            report.add(
+                "space",
+                format!("slot {slot} is both free and live"),
+                Some(slot),
+            );
         } else if !free && !live && !waiting.contains(&slot) {
-            report.add("space", format!("slot {slot} is neither referenced nor free: leaked"), Some(slot));
+            report.add(
+                "space",
+                format!("slot {slot} is neither referenced nor free: leaked"),
+                Some(slot),
+            );
         }
     }
     report.problems
@@ -97,7 +109,12 @@ pub fn check(st: &State) -> Vec<Problem> {
 pub fn rehash(st: &State, slots: &[u64], mut sink: Sink) -> Result<Vec<u64>> {
     let blocks = &st.blocks;
     let store = &blocks.store;
-    let mut meter = Meter::new(&mut sink, "fsck", slots.len() as u64, store.block_size() as u64);
+    let mut meter = Meter::new(
+        &mut sink,
+        "fsck",
+        slots.len() as u64,
+        store.block_size() as u64,
+    );
     let mut bad = Vec::new();
     for round in slots.chunks(REHASH_ROUND) {
         let found: Vec<u64> = round
@@ -153,7 +170,9 @@ mod tests {
         c.write("a", 0, &[2; 4096]).unwrap();
         assert_eq!(check(&c.state()), vec![]);
         let live = c.state().blocks.live_slots();
-        assert!(rehash(&c.state(), &live, &mut |_: &Progress| Ok(())).unwrap().is_empty());
+        assert!(rehash(&c.state(), &live, &mut |_: &Progress| Ok(()))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -172,11 +191,17 @@ mod tests {
         let problems = check(&c.state());
         let kinds: Vec<_> = problems.iter().map(|p| (p.kind, p.pbn)).collect();
         assert!(kinds.contains(&("refcount", Some(1))), "{problems:?}");
-        assert!(kinds.contains(&("reference", Some(1 << 40))), "{problems:?}");
+        assert!(
+            kinds.contains(&("reference", Some(1 << 40))),
+            "{problems:?}"
+        );
         assert!(kinds.contains(&("space", Some(3))), "{problems:?}");
         let bad = rehash(&c.state(), &[1, 2], &mut |_: &Progress| Ok(())).unwrap();
         assert_eq!(bad, vec![2]);
-        assert_eq!(corrupt_problems(&bad)[0].message, "slot 2: its bytes no longer match its fingerprint");
+        assert_eq!(
+            corrupt_problems(&bad)[0].message,
+            "slot 2: its bytes no longer match its fingerprint"
+        );
         assert_eq!(c.corrupt_slots(), vec![2]);
     }
 }

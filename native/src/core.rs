@@ -55,17 +55,24 @@ pub struct State {
 
 impl State {
     fn vm(&self, name: &str) -> Result<&Vm> {
-        self.vms.get(name).ok_or_else(|| Error::UnknownVm(name.to_string()))
+        self.vms
+            .get(name)
+            .ok_or_else(|| Error::UnknownVm(name.to_string()))
     }
 
     /// The VM to write to; refused until a rebuild has built the index.
     fn writable_vm(&self, name: &str) -> Result<Vm> {
         let vm = self.vm(name)?.clone();
         if !self.blocks.ready {
-            return Err(Error::State("the pool's index is not built: rebuild first".into()));
+            return Err(Error::State(
+                "the pool's index is not built: rebuild first".into(),
+            ));
         }
         if !self.tables.is_top(vm.top) {
-            return Err(Error::State(format!("VM '{name}': layer {} is frozen", vm.top)));
+            return Err(Error::State(format!(
+                "VM '{name}': layer {} is frozen",
+                vm.top
+            )));
         }
         Ok(vm)
     }
@@ -162,10 +169,6 @@ impl Core {
         self.readonly
     }
 
-    pub fn fingerprinter(&self) -> Fingerprinter {
-        self.fp
-    }
-
     pub fn gate(&self) -> &Gate {
         &self.gate
     }
@@ -186,14 +189,21 @@ impl Core {
     pub fn set_vm(&self, name: &str, top: u64, size: u64) -> Result<()> {
         let mut st = self.state.write();
         if !st.tables.has_layer(top) {
-            return Err(Error::State(format!("VM '{name}': top layer {top} does not exist")));
+            return Err(Error::State(format!(
+                "VM '{name}': top layer {top} does not exist"
+            )));
         }
         st.vms.insert(name.to_string(), Vm { top, size });
         Ok(())
     }
 
     pub fn remove_vm(&self, name: &str) -> Result<()> {
-        self.state.write().vms.remove(name).map(|_| ()).ok_or_else(|| Error::UnknownVm(name.into()))
+        self.state
+            .write()
+            .vms
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| Error::UnknownVm(name.into()))
     }
 
     fn check_range(vm_name: &str, vm: &Vm, offset: u64, length: u64) -> Result<()> {
@@ -276,7 +286,7 @@ impl Core {
         let end = offset + length;
         let first_whole = offset.div_ceil(bs);
         let last_whole = end / bs; // one past
-        // Partial blocks at either end: zero their part (read, modify, write).
+                                   // Partial blocks at either end: zero their part (read, modify, write).
         let mut edges = Vec::new();
         let mut edge_lbns = Vec::new();
         for lbn in [offset / bs, (end - 1) / bs] {
@@ -297,7 +307,11 @@ impl Core {
         st.blocks.reserve(plan.new_slots())?;
         let mut addrs = st.blocks.apply(plan, &blocks, &digests)?.into_iter();
         for (lbn, zero) in edge_lbns.iter().zip(zeros) {
-            let entry = if zero { Self::zero_entry(&st.tables, vm.top, *lbn) } else { addrs.next().unwrap() };
+            let entry = if zero {
+                Self::zero_entry(&st.tables, vm.top, *lbn)
+            } else {
+                addrs.next().unwrap()
+            };
             Self::set_run(&mut st, vm.top, *lbn, &[entry]);
         }
         let mut lbn = first_whole;
@@ -338,7 +352,13 @@ impl Core {
     /// The fingerprint of each block of `body`, None for a block of zeros.
     fn fingerprint_nonzero(&self, body: &[u8]) -> Vec<Option<Digest>> {
         let bs = self.block_size;
-        let one = |b: &[u8]| if is_zero(b) { None } else { Some(self.fp.of(b)) };
+        let one = |b: &[u8]| {
+            if is_zero(b) {
+                None
+            } else {
+                Some(self.fp.of(b))
+            }
+        };
         if body.len() >= PARALLEL_VERIFY_BYTES {
             body.par_chunks_exact(bs).map(one).collect()
         } else {
@@ -403,7 +423,10 @@ impl Core {
 
     /// set_entries within one page, then drops the references the page no longer holds.
     fn set_run(st: &mut State, top: u64, lbn: u64, entries: &[u64]) {
-        let replaced = st.tables.set_entries(top, lbn, entries).expect("top layer checked");
+        let replaced = st
+            .tables
+            .set_entries(top, lbn, entries)
+            .expect("top layer checked");
         for addr in replaced {
             st.blocks.decref(addr);
         }
@@ -446,7 +469,11 @@ impl Core {
                     continue;
                 }
                 if corrupt.contains(&e) {
-                    return Err(Error::Corrupt { vm: name.to_string(), offset: start, slot: e });
+                    return Err(Error::Corrupt {
+                        vm: name.to_string(),
+                        offset: start,
+                        slot: e,
+                    });
                 }
                 let block = st.blocks.store.block(e);
                 let digest = st.blocks.store.digest(e);
@@ -482,7 +509,11 @@ impl Core {
             if st.blocks.store.digest(slot) == digest {
                 st.blocks.mark_corrupt(slot);
             }
-            return Err(Error::Corrupt { vm: name.to_string(), offset: lbn * bs, slot });
+            return Err(Error::Corrupt {
+                vm: name.to_string(),
+                offset: lbn * bs,
+                slot,
+            });
         }
         for (lbn, block) in edges {
             let start = lbn * bs;
@@ -510,7 +541,11 @@ impl Core {
         }
         let slot = e[0];
         let offset = lbn * buf.len() as u64;
-        let corrupt = || Error::Corrupt { vm: name.to_string(), offset, slot };
+        let corrupt = || Error::Corrupt {
+            vm: name.to_string(),
+            offset,
+            slot,
+        };
         if st.blocks.is_corrupt(slot) {
             return Err(corrupt());
         }
@@ -544,7 +579,10 @@ impl Core {
             let zero = !is_address(e);
             match out.last_mut() {
                 Some(x) if x.zero == zero => x.length += piece,
-                _ => out.push(Extent { length: piece, zero }),
+                _ => out.push(Extent {
+                    length: piece,
+                    zero,
+                }),
             }
         }
         Ok(out)
@@ -621,14 +659,26 @@ impl Core {
     // -- views -------------------------------------------------------------------------------------
 
     pub fn corrupt_slots(&self) -> Vec<u64> {
-        self.state.read().blocks.corrupt.lock().iter().copied().collect()
+        self.state
+            .read()
+            .blocks
+            .corrupt
+            .lock()
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Remembers slots known to be corrupt (e.g. restored from the catalog at open).
     pub fn mark_corrupt(&self, slots: &[u64]) {
         let st = self.state.read();
         let mut set = st.blocks.corrupt.lock();
-        set.extend(slots.iter().copied().filter(|&s| s > 0 && s < st.blocks.store.capacity()));
+        set.extend(
+            slots
+                .iter()
+                .copied()
+                .filter(|&s| s > 0 && s < st.blocks.store.capacity()),
+        );
     }
 
     /// Where block `addr` is referenced: (layer, LBN) pairs, from the reverse map (built once per
@@ -637,7 +687,11 @@ impl Core {
         let st = self.state.read();
         let map = self.reverse_map(&st);
         let from = map.partition_point(|r| r.0 < addr);
-        map[from..].iter().take_while(|r| r.0 == addr).map(|r| (r.1, r.2)).collect()
+        map[from..]
+            .iter()
+            .take_while(|r| r.0 == addr)
+            .map(|r| (r.1, r.2))
+            .collect()
     }
 
     fn reverse_map(&self, st: &State) -> ReverseMap {
@@ -660,13 +714,17 @@ impl Core {
         let layers: BTreeSet<u64> = held.iter().map(|&(l, _)| l).collect();
         let mut names = Vec::new();
         for (name, vm) in &st.vms {
-            let Ok(chain) = st.tables.chain(vm.top) else { continue };
+            let Ok(chain) = st.tables.chain(vm.top) else {
+                continue;
+            };
             if !chain.iter().any(|l| layers.contains(l)) {
                 continue;
             }
             let reads = held.iter().any(|&(layer, lbn)| {
                 let mut e = [0u64];
-                chain.contains(&layer) && st.tables.lookup(vm.top, lbn, &mut e).is_ok() && e[0] == addr
+                chain.contains(&layer)
+                    && st.tables.lookup(vm.top, lbn, &mut e).is_ok()
+                    && e[0] == addr
             });
             if reads {
                 names.push(name.clone());
@@ -769,9 +827,15 @@ mod tests {
     fn range_readonly_and_unknown_vm_errors() {
         let c = core();
         with_vm(&c, "a", 1, None, 8192);
-        assert!(matches!(c.write("a", 8000, &[1; 200]), Err(Error::OutOfRange(_))));
+        assert!(matches!(
+            c.write("a", 8000, &[1; 200]),
+            Err(Error::OutOfRange(_))
+        ));
         assert!(matches!(c.read("b", 0, 1), Err(Error::UnknownVm(_))));
-        assert!(matches!(c.trim("a", u64::MAX, 2), Err(Error::OutOfRange(_))));
+        assert!(matches!(
+            c.trim("a", u64::MAX, 2),
+            Err(Error::OutOfRange(_))
+        ));
         let e = c.read("a", 8192, 1).err().unwrap().to_string();
         assert_eq!(e, "range 8192+1 is outside VM 'a' (8192 bytes)");
         assert_eq!(c.read("a", 8192, 0).unwrap(), Vec::<u8>::new());
@@ -791,7 +855,11 @@ mod tests {
         want[100..100 + 2 * 4096].fill(0);
         assert_eq!(got, want);
         c.trim("a", 0, 1 << 20).unwrap();
-        assert_eq!(c.state().tables.page_count(), 0, "a page of nothing but INHERIT is dropped");
+        assert_eq!(
+            c.state().tables.page_count(),
+            0,
+            "a page of nothing but INHERIT is dropped"
+        );
         assert_eq!(c.state().blocks.unique_blocks(), 0);
     }
 
@@ -812,13 +880,22 @@ mod tests {
         assert_eq!(c.read("desk", 0, 8192).unwrap(), data);
         c.trim("desk", 0, 4096).unwrap();
         c.trim("desk", 8192, 8192).unwrap(); // already zeros below: nothing
-        assert_eq!(c.state().tables.page(3, 0).unwrap()[..3], [ZERO, INHERIT, INHERIT]);
+        assert_eq!(
+            c.state().tables.page(3, 0).unwrap()[..3],
+            [ZERO, INHERIT, INHERIT]
+        );
         assert_eq!(c.read("desk", 0, 8192).unwrap()[..4096], [0; 4096]);
         assert_eq!(c.read("gold", 0, 8192).unwrap(), data);
         c.write("desk", 8192, &[0u8; 4096]).unwrap();
         assert_eq!(c.state().tables.page(3, 0).unwrap()[2], INHERIT);
-        assert_eq!(c.vms_reading(c.state().tables.page(1, 0).unwrap()[1]), vec!["desk", "gold"]);
-        assert_eq!(c.vms_reading(c.state().tables.page(1, 0).unwrap()[0]), vec!["gold"]);
+        assert_eq!(
+            c.vms_reading(c.state().tables.page(1, 0).unwrap()[1]),
+            vec!["desk", "gold"]
+        );
+        assert_eq!(
+            c.vms_reading(c.state().tables.page(1, 0).unwrap()[0]),
+            vec!["gold"]
+        );
     }
 
     #[test]
@@ -833,9 +910,15 @@ mod tests {
         assert!(err.to_string().contains("byte 8192 of VM 'a'"), "{err}");
         assert_eq!(c.corrupt_slots(), vec![slot]);
         assert!(c.read("a", 0, 8192).is_ok());
-        assert!(matches!(c.read("a", 8192 + 5, 1), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            c.read("a", 8192 + 5, 1),
+            Err(Error::Corrupt { .. })
+        ));
         // a partial write over it is refused too, not merged with rot
-        assert!(matches!(c.write("a", 8192 + 5, &[1]), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            c.write("a", 8192 + 5, &[1]),
+            Err(Error::Corrupt { .. })
+        ));
         // a whole-block write replaces it
         c.write("a", 8192, &pattern(4096, 8)).unwrap();
         assert!(c.read("a", 0, 4 * 4096).is_ok());
@@ -863,16 +946,26 @@ mod tests {
         assert_eq!(
             e,
             vec![
-                Extent { length: 8192 - 100, zero: true },
-                Extent { length: 8192, zero: false },
-                Extent { length: 4096 + 100, zero: true },
+                Extent {
+                    length: 8192 - 100,
+                    zero: true
+                },
+                Extent {
+                    length: 8192,
+                    zero: false
+                },
+                Extent {
+                    length: 4096 + 100,
+                    zero: true
+                },
             ]
         );
     }
 
     #[test]
     fn writes_wait_for_the_first_rebuild_and_the_gate() {
-        let c = std::sync::Arc::new(Core::open(None, 4096, false, true, Fingerprinter::Xxh3).unwrap());
+        let c =
+            std::sync::Arc::new(Core::open(None, 4096, false, true, Fingerprinter::Xxh3).unwrap());
         with_vm(&c, "a", 1, None, 1 << 20);
         assert!(c.read("a", 0, 10).is_ok(), "reads need no index");
         let c2 = c.clone();

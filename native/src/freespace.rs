@@ -30,7 +30,8 @@ impl FreeSpace {
     /// Covers `len` slots; new ones start used (callers free what is free).
     pub fn set_len(&mut self, len: u64) {
         let words = len.div_ceil(64) as usize;
-        self.bits.reserve_exact(words.saturating_sub(self.bits.len()));
+        self.bits
+            .reserve_exact(words.saturating_sub(self.bits.len()));
         self.bits.resize(words, 0);
         self.len = self.len.max(len);
     }
@@ -53,7 +54,11 @@ impl FreeSpace {
 
     /// Marks a slot free. Panics if it already is (a bookkeeping bug).
     pub fn put(&mut self, slot: u64) {
-        assert!(slot > 0 && slot < self.len, "slot {slot} outside 1..{}", self.len);
+        assert!(
+            slot > 0 && slot < self.len,
+            "slot {slot} outside 1..{}",
+            self.len
+        );
         let (w, b) = ((slot / 64) as usize, slot % 64);
         assert!(self.bits[w] >> b & 1 == 0, "slot {slot} freed twice");
         self.bits[w] |= 1 << b;
@@ -129,7 +134,10 @@ impl FreeSpace {
 
     /// Slots waiting for a commit, sealed or not (with repeats if a slot was freed twice).
     pub fn waiting(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pending.iter().chain(self.sealed.values().flatten()).copied()
+        self.pending
+            .iter()
+            .chain(self.sealed.values().flatten())
+            .copied()
     }
 
     pub fn waiting_count(&self) -> u64 {
@@ -137,8 +145,9 @@ impl FreeSpace {
     }
 
     pub fn nbytes(&self) -> u64 {
-        (self.bits.capacity() * 8 + (self.pending.capacity()
-            + self.sealed.values().map(Vec::capacity).sum::<usize>()) * 8) as u64
+        (self.bits.capacity() * 8
+            + (self.pending.capacity() + self.sealed.values().map(Vec::capacity).sum::<usize>())
+                * 8) as u64
     }
 }
 

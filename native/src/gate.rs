@@ -70,10 +70,6 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
-    }
-
     /// Holds new writes back and waits for those in flight (the index is about to be rebuilt).
     pub fn hold_writes(&self) {
         let mut s = self.state.lock();
@@ -86,10 +82,6 @@ impl Gate {
     pub fn release_writes(&self) {
         self.state.lock().rebuilding = false;
         self.changed.notify_all();
-    }
-
-    pub fn writes_held(&self) -> bool {
-        self.state.lock().rebuilding
     }
 }
 
@@ -134,7 +126,6 @@ mod tests {
         let gate = Gate::new();
         gate.hold_writes();
         drop(gate.enter(false));
-        assert!(gate.writes_held());
         gate.release_writes();
         drop(gate.enter(true));
     }

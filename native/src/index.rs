@@ -27,7 +27,10 @@ struct Shard {
 
 impl Shard {
     fn with_cells(n: usize) -> Self {
-        Shard { cells: vec![0u64; n.max(MIN_CELLS)].into_boxed_slice(), used: 0 }
+        Shard {
+            cells: vec![0u64; n.max(MIN_CELLS)].into_boxed_slice(),
+            used: 0,
+        }
     }
 
     fn home(&self, tag: u32) -> usize {
@@ -89,7 +92,11 @@ impl Index {
 
     fn from_shards(shards: Vec<Shard>) -> Self {
         let cells = shards.iter().map(|s| s.cells.len() as u64).sum();
-        Index { shards, cells, peak: cells }
+        Index {
+            shards,
+            cells,
+            peak: cells,
+        }
     }
 
     /// The first slot whose cell matches `key`'s tag and that `accept` takes (the caller reads
@@ -122,7 +129,10 @@ impl Index {
         mut same_key: impl FnMut(u64) -> bool,
         mut live: impl FnMut(u64, u32) -> bool,
     ) {
-        assert!(slot > 0 && slot <= u32::MAX as u64, "slot {slot} does not fit the index");
+        assert!(
+            slot > 0 && slot <= u32::MAX as u64,
+            "slot {slot} does not fit the index"
+        );
         let s = shard_of(key);
         let tag = tag_of(key);
         {
@@ -273,7 +283,11 @@ mod tests {
         for (i, &k) in keys.iter().enumerate() {
             index.insert_new(k, i as u64 + 1);
         }
-        assert_eq!(index.nbytes(), before, "a rebuilt index does not grow while filled");
+        assert_eq!(
+            index.nbytes(),
+            before,
+            "a rebuilt index does not grow while filled"
+        );
         assert_eq!(index.find(keys[77], |_| true), Some(78));
     }
 }

@@ -30,7 +30,15 @@ pub struct Meter<'a, 'b> {
 
 impl<'a, 'b> Meter<'a, 'b> {
     pub fn new(sink: &'b mut Sink<'a>, phase: &'static str, total: u64, unit_bytes: u64) -> Self {
-        Meter { sink, phase, total, unit_bytes, start: Instant::now(), last: None, done: 0 }
+        Meter {
+            sink,
+            phase,
+            total,
+            unit_bytes,
+            start: Instant::now(),
+            last: None,
+            done: 0,
+        }
     }
 
     /// Counts `n` more units done; reports if 100 ms have passed since the last report.
@@ -81,7 +89,11 @@ mod tests {
             m.advance(1).unwrap();
         }
         m.finish().unwrap();
-        assert_eq!(seen.len(), 2, "the first advance and the finish, all within 100 ms");
+        assert_eq!(
+            seen.len(),
+            2,
+            "the first advance and the finish, all within 100 ms"
+        );
         assert_eq!(seen[1].done, 1000);
 
         let mut stop = |_: &Report| Err(Error::Cancelled("rebuild".into()));

@@ -25,15 +25,60 @@ use crate::progress::Report;
 use crate::rebuild::Figures;
 use crate::tables::{INHERIT, PAGE_ENTRIES, ZERO};
 
-create_exception!(_native, NativeError, PyException, "Base of the core's errors.");
-create_exception!(_native, OutOfRangeError, NativeError, "A range outside a VM, a bad argument: nothing changed.");
-create_exception!(_native, UnknownVMError, NativeError, "No VM registered under that name: nothing changed.");
-create_exception!(_native, NoSpaceError, NativeError, "The slot files could not grow: the request was refused, nothing changed.");
-create_exception!(_native, CorruptError, NativeError, "A block's bytes no longer match its fingerprint; .vm, .offset, .slot say which.");
-create_exception!(_native, ReadOnlyError, NativeError, "A change to a core opened read-only: nothing changed.");
-create_exception!(_native, FormatError, NativeError, "A slot file that is not what a pool keeps; the message names it.");
-create_exception!(_native, StateError, NativeError, "A call the core's state does not allow (unknown layer, closed core, ...).");
-create_exception!(_native, CancelledError, NativeError, "Long work stopped because the caller asked.");
+create_exception!(
+    _native,
+    NativeError,
+    PyException,
+    "Base of the core's errors."
+);
+create_exception!(
+    _native,
+    OutOfRangeError,
+    NativeError,
+    "A range outside a VM, a bad argument: nothing changed."
+);
+create_exception!(
+    _native,
+    UnknownVMError,
+    NativeError,
+    "No VM registered under that name: nothing changed."
+);
+create_exception!(
+    _native,
+    NoSpaceError,
+    NativeError,
+    "The slot files could not grow: the request was refused, nothing changed."
+);
+create_exception!(
+    _native,
+    CorruptError,
+    NativeError,
+    "A block's bytes no longer match its fingerprint; .vm, .offset, .slot say which."
+);
+create_exception!(
+    _native,
+    ReadOnlyError,
+    NativeError,
+    "A change to a core opened read-only: nothing changed."
+);
+create_exception!(
+    _native,
+    FormatError,
+    NativeError,
+    "A slot file that is not what a pool keeps; the message names it."
+);
+create_exception!(
+    _native,
+    StateError,
+    NativeError,
+    "A call the core's state does not allow (unknown layer, closed core, ...)."
+);
+create_exception!(
+    _native,
+    CancelledError,
+    NativeError,
+    "Long work stopped because the caller asked."
+);
 
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let msg = e.to_string();
@@ -85,7 +130,11 @@ impl Bytes {
         if !buf.is_c_contiguous() {
             return Err(OutOfRangeError::new_err("the buffer is not contiguous"));
         }
-        Ok(Bytes { ptr: buf.buf_ptr() as usize, len: buf.len_bytes(), _buf: buf })
+        Ok(Bytes {
+            ptr: buf.buf_ptr() as usize,
+            len: buf.len_bytes(),
+            _buf: buf,
+        })
     }
 
     fn writable(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
@@ -156,7 +205,11 @@ impl PySink {
 
 /// The fingerprint of each `block_size` block of `data`, as n × 16 bytes (canonical xxh3-128).
 #[pyfunction]
-fn fingerprints<'py>(py: Python<'py>, data: &Bound<'py, PyAny>, block_size: usize) -> PyResult<Bound<'py, PyBytes>> {
+fn fingerprints<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    block_size: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
     let data = Bytes::get(data)?;
     if block_size == 0 || data.len % block_size != 0 {
         return Err(OutOfRangeError::new_err(format!(
@@ -176,7 +229,10 @@ struct PyCore {
 
 impl PyCore {
     fn core(&self) -> PyResult<Arc<Core>> {
-        self.inner.lock().clone().ok_or_else(|| StateError::new_err("the core is closed"))
+        self.inner
+            .lock()
+            .clone()
+            .ok_or_else(|| StateError::new_err("the core is closed"))
     }
 
     /// Runs `f` on the core with the GIL released, mapping its error.
@@ -223,7 +279,9 @@ impl PyCore {
         let core = py
             .detach(|| Core::open(directory.as_deref(), block_size, readonly, create, fp))
             .or_raise(py)?;
-        Ok(PyCore { inner: Mutex::new(Some(Arc::new(core))) })
+        Ok(PyCore {
+            inner: Mutex::new(Some(Arc::new(core))),
+        })
     }
 
     /// Lets go of the slot files once calls in flight finish; every later call raises StateError.
@@ -263,7 +321,13 @@ impl PyCore {
     // -- the layer graph mirror ------------------------------------------------------------
 
     #[pyo3(signature = (layer, parent, top))]
-    fn add_layer(&self, py: Python<'_>, layer: u64, parent: Option<u64>, top: bool) -> PyResult<()> {
+    fn add_layer(
+        &self,
+        py: Python<'_>,
+        layer: u64,
+        parent: Option<u64>,
+        top: bool,
+    ) -> PyResult<()> {
         self.run(py, |c| c.state_mut().tables.add_layer(layer, parent, top))
     }
 
@@ -277,11 +341,22 @@ impl PyCore {
     }
 
     fn drop_layer<'py>(&self, py: Python<'py>, layer: u64) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(py, self.run(py, |c| c.state_mut().tables.drop_layer(layer))?))
+        Ok(u64s(
+            py,
+            self.run(py, |c| c.state_mut().tables.drop_layer(layer))?,
+        ))
     }
 
-    fn merge_into_child<'py>(&self, py: Python<'py>, layer: u64, child: u64) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(py, self.run(py, |c| c.state_mut().tables.merge_into_child(layer, child))?))
+    fn merge_into_child<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        child: u64,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| c.state_mut().tables.merge_into_child(layer, child))?,
+        ))
     }
 
     /// Loads stored pages from an iterable of (layer, page, entries blob); returns how many were
@@ -314,7 +389,13 @@ impl PyCore {
     // -- pages -------------------------------------------------------------------------------
 
     /// The visible address of `count` blocks of `layer` from `lbn` (0 reads as zeros).
-    fn lookup<'py>(&self, py: Python<'py>, layer: u64, lbn: u64, count: usize) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        lbn: u64,
+        count: usize,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let out = self.run(py, |c| {
             let mut out = vec![0u64; count];
             c.lookup(layer, lbn, &mut out)?;
@@ -333,12 +414,24 @@ impl PyCore {
         entries: PyReadonlyArray1<'py, u64>,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let entries = entries.as_slice()?.to_vec();
-        Ok(u64s(py, self.run(py, |c| c.state_mut().tables.set_entries(layer, lbn, &entries))?))
+        Ok(u64s(
+            py,
+            self.run(py, |c| {
+                c.state_mut().tables.set_entries(layer, lbn, &entries)
+            })?,
+        ))
     }
 
     /// A page's raw entries (INHERIT, ZERO or addresses), or None.
-    fn page<'py>(&self, py: Python<'py>, layer: u64, page: u64) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
-        let p = self.run(py, |c| Ok(c.state().tables.page(layer, page).map(|p| p.to_vec())))?;
+    fn page<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        page: u64,
+    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+        let p = self.run(py, |c| {
+            Ok(c.state().tables.page(layer, page).map(|p| p.to_vec()))
+        })?;
         Ok(p.map(|v| u64s(py, v)))
     }
 
@@ -351,8 +444,15 @@ impl PyCore {
     }
 
     /// Every block address the layer holds, with repeats.
-    fn layer_entries<'py>(&self, py: Python<'py>, layer: u64) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(py, self.run(py, |c| Ok(c.state().tables.layer_entries(layer)))?))
+    fn layer_entries<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| Ok(c.state().tables.layer_entries(layer)))?,
+        ))
     }
 
     /// How many blocks read as data through `layer` (cached for frozen layers).
@@ -370,7 +470,10 @@ impl PyCore {
                 *wanted.entry(a).or_default() += 1;
             }
             // Checked whole first: a bad address changes nothing.
-            if let Some((&bad, _)) = wanted.iter().find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n) {
+            if let Some((&bad, _)) = wanted
+                .iter()
+                .find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n)
+            {
                 return Err(Error::State(format!(
                     "decref of slot {bad}, which holds fewer references than that"
                 )));
@@ -392,7 +495,13 @@ impl PyCore {
         self.run(py, |c| c.remove_vm(name))
     }
 
-    fn write(&self, py: Python<'_>, name: &str, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn write(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let data = Bytes::get(data)?;
         self.run(py, |c| c.write(name, offset, data.slice()))
     }
@@ -401,7 +510,13 @@ impl PyCore {
         self.run(py, |c| c.trim(name, offset, length))
     }
 
-    fn read<'py>(&self, py: Python<'py>, name: &str, offset: u64, length: usize) -> PyResult<Bound<'py, PyBytes>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        offset: u64,
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let core = self.core()?;
         let mut result = Ok(());
         let bytes = PyBytes::new_with(py, length, |out| {
@@ -413,13 +528,25 @@ impl PyCore {
     }
 
     /// Reads len(buffer) bytes at `offset` into a writable buffer (bytearray, memoryview, numpy).
-    fn read_into(&self, py: Python<'_>, name: &str, offset: u64, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let out = Bytes::writable(buffer)?;
         self.run(py, |c| c.read_into(name, offset, out.slice_mut()))
     }
 
     /// Runs of (length, zero) covering the range, for NBD block status.
-    fn extents(&self, py: Python<'_>, name: &str, offset: u64, length: u64) -> PyResult<Vec<(u64, bool)>> {
+    fn extents(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Vec<(u64, bool)>> {
         let runs = self.run(py, |c| c.extents(name, offset, length))?;
         Ok(runs.into_iter().map(|e| (e.length, e.zero)).collect())
     }
@@ -444,7 +571,11 @@ impl PyCore {
     /// (token, [(layer, page, entries bytes or None for a deleted page), ...]): the dirty pages
     /// of every layer not in `exclude`, with the pending frees sealed.
     #[pyo3(signature = (exclude=Vec::new()))]
-    fn snapshot<'py>(&self, py: Python<'py>, exclude: Vec<u64>) -> PyResult<(u64, Bound<'py, PyList>)> {
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        exclude: Vec<u64>,
+    ) -> PyResult<(u64, Bound<'py, PyList>)> {
         let exclude: HashSet<u64> = exclude.into_iter().collect();
         let snap = self.run(py, |c| Ok(c.snapshot(&exclude)))?;
         let rows = PyList::empty(py);
@@ -487,7 +618,12 @@ impl PyCore {
         cancel: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let core = self.core()?;
-        let mut sink = PySink { progress, cancel, raised: None, what: "rebuild" };
+        let mut sink = PySink {
+            progress,
+            cancel,
+            raised: None,
+            what: "rebuild",
+        };
         let result = py.detach(|| core.rebuild(full, reclaim, &mut |r: &Report| sink.call(r)));
         let figures = sink.finish(py, result)?;
         figures_dict(py, &figures)
@@ -514,7 +650,12 @@ impl PyCore {
             None => None,
         };
         let core = self.core()?;
-        let mut sink = PySink { progress, cancel, raised: None, what: "rehash" };
+        let mut sink = PySink {
+            progress,
+            cancel,
+            raised: None,
+            what: "rehash",
+        };
         let result = py.detach(|| {
             let st = core.state();
             let slots = slots.unwrap_or_else(|| st.blocks.live_slots());
@@ -525,10 +666,17 @@ impl PyCore {
 
     /// Live slots, ascending.
     fn live<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(py, self.run(py, |c| Ok(c.state().blocks.live_slots()))?))
+        Ok(u64s(
+            py,
+            self.run(py, |c| Ok(c.state().blocks.live_slots()))?,
+        ))
     }
 
-    fn refcounts_of<'py>(&self, py: Python<'py>, addrs: PyReadonlyArray1<'py, u64>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    fn refcounts_of<'py>(
+        &self,
+        py: Python<'py>,
+        addrs: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let addrs = addrs.as_slice()?.to_vec();
         let out = self.run(py, |c| {
             let st = c.state();
@@ -538,19 +686,28 @@ impl PyCore {
     }
 
     /// The stored fingerprints of the addresses, as an n × 2 uint64 array (the hashes.dat words).
-    fn fingerprints_of<'py>(&self, py: Python<'py>, addrs: PyReadonlyArray1<'py, u64>) -> PyResult<Bound<'py, PyAny>> {
+    fn fingerprints_of<'py>(
+        &self,
+        py: Python<'py>,
+        addrs: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let addrs = addrs.as_slice()?.to_vec();
         let words = self.run(py, |c| {
             let st = c.state();
             let capacity = st.blocks.store.capacity();
             if let Some(&bad) = addrs.iter().find(|&&a| a >= capacity) {
-                return Err(Error::OutOfRange(format!("slot {bad} is past the end of the data file")));
+                return Err(Error::OutOfRange(format!(
+                    "slot {bad} is past the end of the data file"
+                )));
             }
             Ok(addrs
                 .iter()
                 .flat_map(|&a| {
                     let d = st.blocks.store.digest(a);
-                    [u64::from_le_bytes(d[..8].try_into().unwrap()), u64::from_le_bytes(d[8..].try_into().unwrap())]
+                    [
+                        u64::from_le_bytes(d[..8].try_into().unwrap()),
+                        u64::from_le_bytes(d[8..].try_into().unwrap()),
+                    ]
                 })
                 .collect::<Vec<u64>>())
         })?;
@@ -589,7 +746,11 @@ impl PyCore {
         }
         d.set_item("refcount_histogram", hist)?;
         d.set_item("metadata_ram_bytes", s.7)?;
-        let per = if s.0 > 0 { (s.7 as f64 / s.0 as f64 * 100.0).round() / 100.0 } else { 0.0 };
+        let per = if s.0 > 0 {
+            (s.7 as f64 / s.0 as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        };
         d.set_item("metadata_ram_bytes_per_block", per)?;
         Ok(d)
     }
@@ -629,7 +790,10 @@ impl PyCore {
     }
 }
 
-fn problems_list<'py>(py: Python<'py>, problems: &[check::Problem]) -> PyResult<Bound<'py, PyList>> {
+fn problems_list<'py>(
+    py: Python<'py>,
+    problems: &[check::Problem],
+) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for p in problems {
         let d = PyDict::new(py);

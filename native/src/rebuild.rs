@@ -95,7 +95,10 @@ pub fn rebuild(st: &State, full: bool, mut sink: Sink) -> Result<Rebuilt> {
             let found: Vec<u64> = slots
                 .par_chunks(HASH_CHUNK)
                 .flat_map_iter(|chunk| {
-                    chunk.iter().copied().filter(|&s| blocks.fp.of(store.block(s)) != store.digest(s))
+                    chunk
+                        .iter()
+                        .copied()
+                        .filter(|&s| blocks.fp.of(store.block(s)) != store.digest(s))
                 })
                 .collect();
             bad.extend(found);
@@ -135,13 +138,27 @@ pub fn rebuild(st: &State, full: bool, mut sink: Sink) -> Result<Rebuilt> {
         capacity_slots: capacity,
         ..Figures::default()
     };
-    Ok(Rebuilt { refs, live, index, corrupt, figures, started })
+    Ok(Rebuilt {
+        refs,
+        live,
+        index,
+        corrupt,
+        figures,
+        started,
+    })
 }
 
 /// The space phase, under the write lock: puts the rebuilt metadata in place, frees every
 /// unreferenced slot no commit waits for, and (if `reclaim`) clears orphans' fingerprints.
 pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figures> {
-    let Rebuilt { refs, live, index, corrupt, mut figures, started } = rebuilt;
+    let Rebuilt {
+        refs,
+        live,
+        index,
+        corrupt,
+        mut figures,
+        started,
+    } = rebuilt;
     let blocks = &mut st.blocks;
     let capacity = blocks.store.capacity();
     let waiting: std::collections::HashSet<u64> = blocks.space.waiting().collect();
@@ -177,7 +194,11 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
     blocks.ready = true;
     let seconds = started.elapsed().as_secs_f64();
     figures.seconds = (seconds * 1e4).round() / 1e4;
-    figures.bytes_per_s = if seconds > 0.0 { (figures.bytes as f64 / seconds) as u64 } else { 0 };
+    figures.bytes_per_s = if seconds > 0.0 {
+        (figures.bytes as f64 / seconds) as u64
+    } else {
+        0
+    };
     Ok(figures)
 }
 
@@ -239,11 +260,16 @@ mod tests {
         assert_eq!(fig.orphans_reclaimed, 1);
         assert_eq!(fig.capacity_slots, 1 + 1024);
         assert_eq!(fig.free_slots, 1024 - 5);
-        assert!(["tables", "hashes", "index"].iter().all(|p| reports.contains(p)));
+        assert!(["tables", "hashes", "index"]
+            .iter()
+            .all(|p| reports.contains(p)));
         let st = c.state();
         assert_eq!(st.blocks.refcount(1), 2);
         assert_eq!(st.blocks.store.digest(orphan), [0; 16]);
-        assert_eq!(st.blocks.corrupt.lock().iter().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            st.blocks.corrupt.lock().iter().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
         drop(st);
         // the index works: the same block shares again
         c.write("a", 6 * 4096, &data[4096..8192]).unwrap();
@@ -273,7 +299,10 @@ mod tests {
         let fig = c.rebuild(false, true, &mut quiet()).unwrap();
         assert_eq!(fig.bad_references, 1);
         let mut stop = |_: &Report| Err(Error::Cancelled("rebuild".into()));
-        assert!(matches!(c.rebuild(true, true, &mut stop), Err(Error::Cancelled(_))));
+        assert!(matches!(
+            c.rebuild(true, true, &mut stop),
+            Err(Error::Cancelled(_))
+        ));
         assert_eq!(c.state().blocks.refcount(1), 1);
         c.write("a", 8192, &[3; 4096]).unwrap(); // writes go on after a cancelled rebuild
     }

@@ -98,7 +98,10 @@ impl Refcounts {
     }
 
     pub fn live_count(&self) -> u64 {
-        self.chunks.iter().map(|c| c.iter().filter(|&&n| n != 0).count() as u64).sum()
+        self.chunks
+            .iter()
+            .map(|c| c.iter().filter(|&&n| n != 0).count() as u64)
+            .sum()
     }
 
     /// Bytes of RAM held.

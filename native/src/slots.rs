@@ -94,7 +94,10 @@ impl SlotStore {
             }
             hashes.set_len(want)?;
         }
-        let files = SlotFiles { data: Arc::new(data), hashes: Arc::new(hashes) };
+        let files = SlotFiles {
+            data: Arc::new(data),
+            hashes: Arc::new(hashes),
+        };
         let (data_map, hash_map) = map_files(&files, block_size, capacity, readonly)?;
         let mut store = SlotStore {
             dir: Some(dir.to_path_buf()),
@@ -150,13 +153,6 @@ impl SlotStore {
         self.files.clone()
     }
 
-    pub fn place(&self) -> String {
-        match &self.dir {
-            Some(dir) => dir.display().to_string(),
-            None => "memory".to_string(),
-        }
-    }
-
     /// Adds at least `at_least` slots; returns the first new slot. Error: `NoSpace` (the files are
     /// left as they were).
     pub fn grow(&mut self, at_least: u64) -> Result<u64> {
@@ -185,7 +181,11 @@ impl SlotStore {
 
     /// The bytes of one slot. Panics past the capacity (callers check addresses first).
     pub fn block(&self, slot: u64) -> &[u8] {
-        assert!(slot < self.capacity, "slot {slot} past capacity {}", self.capacity);
+        assert!(
+            slot < self.capacity,
+            "slot {slot} past capacity {}",
+            self.capacity
+        );
         let bs = self.block_size;
         // SAFETY: inside the mapping; writers hold `&mut self`.
         unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(slot as usize * bs), bs) }
@@ -272,7 +272,10 @@ impl SlotStore {
         assert!(!self.readonly && slot < self.capacity && offset + bytes.len() <= self.block_size);
         // SAFETY: inside the mapping.
         unsafe {
-            let p = self.data.as_mut_ptr().add(slot as usize * self.block_size + offset);
+            let p = self
+                .data
+                .as_mut_ptr()
+                .add(slot as usize * self.block_size + offset);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
         }
     }
@@ -286,7 +289,9 @@ impl SlotStore {
 
     fn write_header(&mut self) {
         // SAFETY: slot 0 is inside every mapping.
-        unsafe { std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), self.data.as_mut_ptr(), MAGIC.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), self.data.as_mut_ptr(), MAGIC.len())
+        }
     }
 }
 
@@ -298,13 +303,21 @@ fn write_run(file: &File, offset: u64, pieces: &[&[u8]]) -> std::io::Result<()> 
     use std::os::unix::fs::FileExt;
     let iov: Vec<libc::iovec> = pieces
         .iter()
-        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
         .collect();
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     let written = loop {
         // SAFETY: the iovecs point into live slices for the duration of the call.
         let n = unsafe {
-            libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, offset as libc::off_t)
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
         };
         if n >= 0 {
             break n as usize;
@@ -342,7 +355,10 @@ fn open_file(path: &Path, readonly: bool, create: bool) -> Result<File> {
     options.read(true).write(!readonly).create(create);
     options.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Format(format!("{} is missing", path.display())),
-        _ => Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        _ => Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
     })
 }
 
@@ -356,8 +372,12 @@ fn map_files(
     let hash_len = capacity as usize * HASH_BYTES;
     let (data, hashes) = if readonly {
         (
-            MmapOptions::new().len(data_len).map_raw_read_only(&*files.data)?,
-            MmapOptions::new().len(hash_len).map_raw_read_only(&*files.hashes)?,
+            MmapOptions::new()
+                .len(data_len)
+                .map_raw_read_only(&*files.data)?,
+            MmapOptions::new()
+                .len(hash_len)
+                .map_raw_read_only(&*files.hashes)?,
         )
     } else {
         (
@@ -377,7 +397,11 @@ fn allocate(file: &File, size: u64, dir: &Path) -> Result<()> {
     }
     // SAFETY: a plain syscall on an open descriptor.
     let rc = unsafe {
-        libc::posix_fallocate(file.as_raw_fd(), current as libc::off_t, (size - current) as libc::off_t)
+        libc::posix_fallocate(
+            file.as_raw_fd(),
+            current as libc::off_t,
+            (size - current) as libc::off_t,
+        )
     };
     match rc {
         0 => Ok(()),
@@ -433,24 +457,35 @@ mod tests {
     #[test]
     fn refuses_bad_files_naming_them() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SlotStore::open(dir.path(), 4096, false, false).err().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("blocks.dat is missing"), "{err}");
 
         drop(SlotStore::open(dir.path(), 4096, false, true).unwrap());
         let data = dir.path().join(DATA_FILE);
         let f = OpenOptions::new().write(true).open(&data).unwrap();
         f.set_len(4096 + 100).unwrap();
-        let err = SlotStore::open(dir.path(), 4096, false, false).err().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("not a whole number"), "{err}");
         assert!(err.to_string().contains("blocks.dat"), "{err}");
 
         f.set_len(8192).unwrap();
         std::fs::write(&data, vec![1u8; 8192]).unwrap();
-        let err = SlotStore::open(dir.path(), 4096, false, false).err().unwrap();
-        assert!(err.to_string().contains("not a Blockfold slot file"), "{err}");
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("not a Blockfold slot file"),
+            "{err}"
+        );
 
         f.set_len(0).unwrap();
-        let err = SlotStore::open(dir.path(), 4096, false, false).err().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("blocks.dat is empty"), "{err}");
     }
 
@@ -460,9 +495,14 @@ mod tests {
         let mut s = SlotStore::open(dir.path(), 4096, false, true).unwrap();
         s.grow(1).unwrap();
         drop(s);
-        let hashes = OpenOptions::new().write(true).open(dir.path().join(HASH_FILE)).unwrap();
+        let hashes = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(HASH_FILE))
+            .unwrap();
         hashes.set_len(16).unwrap();
-        let err = SlotStore::open(dir.path(), 4096, true, false).err().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, true, false)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("hashes.dat"), "{err}");
         let s = SlotStore::open(dir.path(), 4096, false, false).unwrap();
         assert_eq!(s.digest(s.capacity() - 1), [0; 16]);
@@ -477,7 +517,10 @@ mod tests {
         let err = s.grow(1 << 40).err().unwrap();
         assert!(matches!(err, Error::NoSpace(_) | Error::Io(_)), "{err}");
         assert_eq!(s.capacity(), 1);
-        assert_eq!(std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len(), 4096);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len(),
+            4096
+        );
         s.grow(1).unwrap();
     }
 }

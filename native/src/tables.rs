@@ -76,10 +76,19 @@ impl Tables {
         }
         if let Some(p) = parent {
             if !self.layers.contains_key(&p) {
-                return Err(Error::State(format!("layer {layer}: parent {p} does not exist")));
+                return Err(Error::State(format!(
+                    "layer {layer}: parent {p} does not exist"
+                )));
             }
         }
-        self.layers.insert(layer, Layer { parent, top, pages: BTreeMap::new() });
+        self.layers.insert(
+            layer,
+            Layer {
+                parent,
+                top,
+                pages: BTreeMap::new(),
+            },
+        );
         self.graph_changed();
         Ok(())
     }
@@ -118,12 +127,6 @@ impl Tables {
         self.layers.get(&layer).is_some_and(|l| l.top)
     }
 
-    pub fn layer_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.layers.keys().copied().collect();
-        ids.sort_unstable();
-        ids
-    }
-
     /// The layer and every layer beneath it, top first.
     pub fn chain(&self, layer: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
@@ -136,15 +139,23 @@ impl Tables {
     }
 
     fn children(&self, layer: u64) -> Vec<u64> {
-        self.layers.iter().filter(|(_, l)| l.parent == Some(layer)).map(|(&id, _)| id).collect()
+        self.layers
+            .iter()
+            .filter(|(_, l)| l.parent == Some(layer))
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     fn layer(&self, layer: u64) -> Result<&Layer> {
-        self.layers.get(&layer).ok_or_else(|| Error::State(format!("no layer {layer}")))
+        self.layers
+            .get(&layer)
+            .ok_or_else(|| Error::State(format!("no layer {layer}")))
     }
 
     fn layer_mut(&mut self, layer: u64) -> Result<&mut Layer> {
-        self.layers.get_mut(&layer).ok_or_else(|| Error::State(format!("no layer {layer}")))
+        self.layers
+            .get_mut(&layer)
+            .ok_or_else(|| Error::State(format!("no layer {layer}")))
     }
 
     fn graph_changed(&mut self) {
@@ -165,7 +176,9 @@ impl Tables {
                 PAGE_ENTRIES * 8
             )));
         }
-        let Some(l) = self.layers.get_mut(&layer) else { return Ok(false) };
+        let Some(l) = self.layers.get_mut(&layer) else {
+            return Ok(false);
+        };
         let mut page = Box::new([0u64; PAGE_ENTRIES]);
         for (e, b) in page.iter_mut().zip(blob.chunks_exact(8)) {
             *e = u64::from_le_bytes(b.try_into().unwrap());
@@ -185,7 +198,10 @@ impl Tables {
     }
 
     pub fn page_numbers(&self, layer: u64) -> Vec<u64> {
-        self.layers.get(&layer).map(|l| l.pages.keys().copied().collect()).unwrap_or_default()
+        self.layers
+            .get(&layer)
+            .map(|l| l.pages.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn is_empty(&self, layer: u64) -> bool {
@@ -222,7 +238,9 @@ impl Tables {
 
     /// Every page, for a pass over all references (rebuild, checks).
     pub fn pages(&self) -> impl Iterator<Item = &Page> {
-        self.layers.values().flat_map(|l| l.pages.values().map(|p| &**p))
+        self.layers
+            .values()
+            .flat_map(|l| l.pages.values().map(|p| &**p))
     }
 
     // -- resolution ----------------------------------------------------------------------------
@@ -234,7 +252,9 @@ impl Tables {
         let mut below: Option<Arc<Page>> = None;
         let mut lid = Some(layer);
         while let Some(l) = lid {
-            let Some(entry) = self.layers.get(&l) else { break };
+            let Some(entry) = self.layers.get(&l) else {
+                break;
+            };
             if !entry.top {
                 if let Some(hit) = self.resolved.read().get(&(l, pno)) {
                     below = hit.clone();
@@ -249,7 +269,9 @@ impl Tables {
             if let Some(own) = entry.pages.get(&pno) {
                 below = Some(Arc::new(match &below {
                     None => **own,
-                    Some(b) => std::array::from_fn(|i| if own[i] != INHERIT { own[i] } else { b[i] }),
+                    Some(b) => {
+                        std::array::from_fn(|i| if own[i] != INHERIT { own[i] } else { b[i] })
+                    }
                 }));
             }
             if !entry.top {
@@ -284,7 +306,11 @@ impl Tables {
                 let below = l.parent.and_then(|p| self.resolved(p, pno));
                 for (i, d) in dst.iter_mut().enumerate() {
                     let e = own.map_or(INHERIT, |p| p[first + i]);
-                    *d = if e != INHERIT { e } else { below.as_ref().map_or(INHERIT, |b| b[first + i]) };
+                    *d = if e != INHERIT {
+                        e
+                    } else {
+                        below.as_ref().map_or(INHERIT, |b| b[first + i])
+                    };
                 }
             }
             done += n;
@@ -294,7 +320,10 @@ impl Tables {
 
     /// What the layers beneath `layer` show for page `pno` (None: nothing).
     pub fn below(&self, layer: u64, pno: u64) -> Option<Arc<Page>> {
-        self.layers.get(&layer)?.parent.and_then(|p| self.resolved(p, pno))
+        self.layers
+            .get(&layer)?
+            .parent
+            .and_then(|p| self.resolved(p, pno))
     }
 
     // -- changes -------------------------------------------------------------------------------
@@ -355,7 +384,9 @@ impl Tables {
     pub fn drop_layer(&mut self, layer: u64) -> Result<Vec<u64>> {
         self.layer(layer)?;
         if let Some(child) = self.children(layer).first() {
-            return Err(Error::State(format!("layer {layer} still has child layer {child}")));
+            return Err(Error::State(format!(
+                "layer {layer} still has child layer {child}"
+            )));
         }
         let addrs = self.layer_entries(layer);
         let l = self.layers.remove(&layer).unwrap();
@@ -374,7 +405,9 @@ impl Tables {
     pub fn merge_into_child(&mut self, layer: u64, child: u64) -> Result<Vec<u64>> {
         let l = self.layer(layer)?;
         if l.top {
-            return Err(Error::State(format!("layer {layer} is a top: only frozen layers merge")));
+            return Err(Error::State(format!(
+                "layer {layer} is a top: only frozen layers merge"
+            )));
         }
         let children = self.children(layer);
         if children != [child] {
@@ -395,7 +428,10 @@ impl Tables {
             pnos.dedup();
         }
         for pno in pnos {
-            let mut page = c.pages.remove(&pno).unwrap_or_else(|| Box::new([INHERIT; PAGE_ENTRIES]));
+            let mut page = c
+                .pages
+                .remove(&pno)
+                .unwrap_or_else(|| Box::new([INHERIT; PAGE_ENTRIES]));
             let before = *page;
             if let Some(below) = gone.pages.get(&pno) {
                 for (mine, &b) in page.iter_mut().zip(below.iter()) {
@@ -407,7 +443,9 @@ impl Tables {
                 }
             }
             if root {
-                page.iter_mut().filter(|e| **e == ZERO).for_each(|e| *e = INHERIT);
+                page.iter_mut()
+                    .filter(|e| **e == ZERO)
+                    .for_each(|e| *e = INHERIT);
             }
             if *page != before {
                 touched.push(pno);
@@ -441,7 +479,11 @@ impl Tables {
             }
             taken.push(((layer, pno), version));
             let entries = self.page(layer, pno).map(|p| Box::new(*p));
-            pages.push(DirtyPage { layer, page: pno, entries });
+            pages.push(DirtyPage {
+                layer,
+                page: pno,
+                entries,
+            });
         }
         pages.sort_by_key(|p| (p.layer, p.page));
         let token = self.next_token;
@@ -562,10 +604,16 @@ mod tests {
         assert_eq!(t.dirty_count(), 0);
         t.set_entries(1, 5, &[4, 5]).unwrap();
         assert_eq!(t.dirty_count(), 0);
-        assert_eq!(t.set_entries(1, 5, &[INHERIT, INHERIT]).unwrap(), vec![4, 5]);
+        assert_eq!(
+            t.set_entries(1, 5, &[INHERIT, INHERIT]).unwrap(),
+            vec![4, 5]
+        );
         assert_eq!(t.page_count(), 0);
         let (_, pages) = t.snapshot(&HashSet::new());
-        assert!(pages[0].entries.is_none(), "a dropped page is deleted at commit");
+        assert!(
+            pages[0].entries.is_none(),
+            "a dropped page is deleted at commit"
+        );
     }
 
     #[test]
@@ -586,8 +634,13 @@ mod tests {
     #[test]
     fn merge_into_child_returns_shadowed_and_roots_lose_zero() {
         let mut t = graph(&[(1, None, false), (2, Some(1), true)]);
-        t.layers.get_mut(&1).unwrap().pages.insert(0, Box::new([0; PAGE_ENTRIES]));
-        t.layers.get_mut(&1).unwrap().pages.get_mut(&0).unwrap()[..3].copy_from_slice(&[10, 11, 12]);
+        t.layers
+            .get_mut(&1)
+            .unwrap()
+            .pages
+            .insert(0, Box::new([0; PAGE_ENTRIES]));
+        t.layers.get_mut(&1).unwrap().pages.get_mut(&0).unwrap()[..3]
+            .copy_from_slice(&[10, 11, 12]);
         t.set_entries(2, 0, &[20, ZERO]).unwrap();
         t.set_entries(2, 700, &[ZERO]).unwrap();
         let shadowed = t.merge_into_child(1, 2).unwrap();
@@ -641,7 +694,11 @@ mod tests {
         let mut blob = vec![0u8; 4096];
         assert!(t.load_page(1, 0, &blob).unwrap());
         assert_eq!(t.page_count(), 0);
-        assert_eq!(t.dirty_count(), 1, "deleted from the catalog at the next commit");
+        assert_eq!(
+            t.dirty_count(),
+            1,
+            "deleted from the catalog at the next commit"
+        );
         blob[8] = 3;
         assert!(!t.load_page(9, 0, &blob).unwrap());
         assert!(t.load_page(1, 2, &blob).unwrap());
