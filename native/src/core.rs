@@ -824,6 +824,21 @@ mod tests {
     }
 
     #[test]
+    fn rewriting_the_same_bytes_keeps_refcounts_and_dirties_nothing() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        let mut data = vec![1u8; 4096];
+        data[0] = 0;
+        c.write("a", 0, &data).unwrap();
+        let snap = c.snapshot(&HashSet::new());
+        c.end(snap.token);
+        c.trim("a", 0, 1).unwrap(); // byte 0 is already zero: the block is stored again as is
+        c.write("a", 0, &data).unwrap();
+        assert_eq!(c.state().tables.dirty_count(), 0);
+        assert_eq!(crate::check::check(&c.state()), vec![]);
+    }
+
+    #[test]
     fn range_readonly_and_unknown_vm_errors() {
         let c = core();
         with_vm(&c, "a", 1, None, 8192);

@@ -328,9 +328,9 @@ impl Tables {
 
     // -- changes -------------------------------------------------------------------------------
 
-    /// Writes consecutive entries from `lbn0`, within one page; returns the addresses replaced.
-    /// Changes nothing (and dirties nothing) if the entries are already there; a page left with
-    /// nothing but INHERIT is dropped.
+    /// Writes consecutive entries from `lbn0`, within one page; returns the addresses replaced
+    /// (an address written over itself counts as replaced). Dirties nothing if the entries are
+    /// already there; a page left with nothing but INHERIT is dropped.
     pub fn set_entries(&mut self, layer: u64, lbn0: u64, entries: &[u64]) -> Result<Vec<u64>> {
         let pno = lbn0 / PAGE_ENTRIES as u64;
         let first = (lbn0 % PAGE_ENTRIES as u64) as usize;
@@ -355,6 +355,9 @@ impl Tables {
             Some(page) => {
                 let slice = &mut page[first..first + entries.len()];
                 if slice == entries {
+                    // Replaced by themselves: the caller, which took a reference on each new
+                    // address, drops the old ones all the same.
+                    replaced.extend(slice.iter().copied().filter(|&e| is_address(e)));
                     return Ok(replaced);
                 }
                 replaced.extend(slice.iter().copied().filter(|&e| is_address(e)));
