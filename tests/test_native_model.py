@@ -23,10 +23,13 @@ def has_vms(machine) -> bool:
 
 
 class CoreMachine(RuleBasedStateMachine):
+    fingerprint = None          # a constant one makes every lookup collide
+
     def __init__(self):
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.core = _native.Core(self.tmp.name, BS, create=True)
+        self.core = _native.Core(self.tmp.name, BS, create=True,
+                                 colliding_fingerprint=self.fingerprint)
         self.core.rebuild()
         self.parents: dict[int, int | None] = {}
         self.tops: set[int] = set()
@@ -162,7 +165,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert self.core.check() == []
             assert self.core.rehash().tolist() == []
             self.core.close()
-            again = _native.Core(self.tmp.name, BS)
+            again = _native.Core(self.tmp.name, BS, colliding_fingerprint=self.fingerprint)
             added: set[int] = set()
             while len(added) < len(self.parents):       # parents before children
                 for layer, parent in sorted(self.parents.items()):
@@ -184,3 +187,12 @@ class CoreMachine(RuleBasedStateMachine):
 TestCoreModel = CoreMachine.TestCase
 TestCoreModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
+
+
+class CollidingCoreMachine(CoreMachine):
+    fingerprint = b"\x42" * 16
+
+
+TestCollidingCoreModel = CollidingCoreMachine.TestCase
+TestCollidingCoreModel.settings = settings(max_examples=40, stateful_step_count=40, deadline=None,
+                                           suppress_health_check=[HealthCheck.too_slow])
