@@ -177,6 +177,18 @@ fn main() {
         core.read_into("a", i * req as u64, &mut buf).unwrap();
     }
     row("read + verify, 1 MiB requests", total_blocks, &t);
+    {
+        // what memory gives: copy the slots out of the map into the same 1 MiB buffer, no more
+        let st = core.state();
+        let slots = st.blocks.slots().capacity() - 1;
+        let t = Watch::start();
+        for slot in 1..=slots {
+            let at = (slot as usize % (req / BS)) * BS;
+            buf[at..at + BS].copy_from_slice(st.blocks.slots().block(slot));
+        }
+        std::hint::black_box(&buf);
+        row("copy out of the map, 1 MiB buffer (reference)", slots, &t);
+    }
     let t = Watch::start();
     for &off in &offsets {
         core.read_into("a", off, &mut block).unwrap();

@@ -75,6 +75,11 @@ impl Blocks {
         self.store.block_size()
     }
 
+    /// The slot files, for reading.
+    pub fn slots(&self) -> &SlotStore {
+        &self.store
+    }
+
     pub fn plan(&self, blocks: &[&[u8]], digests: &[Digest]) -> Plan {
         let mut plan = Plan {
             addrs: vec![0; blocks.len()],
