@@ -191,7 +191,7 @@ def test_threads_run_in_parallel_without_the_gil():
 
 
 def test_slot_files_are_checked_at_open(tmp_path):
-    with pytest.raises(_native.FormatError, match="blocks.dat is missing"):
+    with pytest.raises(_native.FormatError, match=r"blocks\.dat is missing"):
         _native.Core(str(tmp_path), BS)
     core(str(tmp_path)).close()
     with open(tmp_path / "blocks.dat", "ab") as f:
