@@ -1,6 +1,7 @@
 """The engine's front door: everything the console and the CLI use, and nothing else of it.
 
-`Admin` (engine.admin) is the interface; its results are the dataclasses of engine.results.
+`Admin` (engine.admin) is the interface; its results are the dataclasses of engine.results, and
+`formats` says how each kind of figure reads for people (the CLI and the console share it).
 `LocalAdmin` runs it over a pool embedded in this process, `open_cluster` over a cluster. The
 cluster, the node server and the NBD server are imported on use, so a local pool never loads
 asyncssh.
@@ -19,14 +20,15 @@ from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, NodeStatus,
                       PoolStats, Problem, RebuildFigures, RebuildRecord, Snapshot, VMStats,
                       plain)
-from .units import human_bytes, parse_size
+from . import formats
+from .formats import parse_size
 
 __all__ = [
     "Admin", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
     "HealFigures", "ImportResult", "LocalAdmin", "NodeStatus", "PoolStats", "Problem",
     "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord", "Snapshot",
     "VMNotFoundError", "VMStats", "cluster_add", "cluster_down", "cluster_up", "create_pool",
-    "default_pool_path", "human_bytes", "open_cluster", "parse_size", "plain", "serve_nbd",
+    "default_pool_path", "formats", "open_cluster", "parse_size", "plain", "serve_nbd",
     "serve_node",
 ]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from . import blockview, formats, fsck as fsck_mod, imageio, stats as stats_mod
 from .blocklayer import BlockLayer
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
@@ -583,7 +583,7 @@ class Pool:
             finally:
                 image.close()
             with self._changing():
-                events = [("import", f"imported {name} ({size} bytes)")]
+                events = [("import", f"imported {name} ({formats.size(size)})")]
                 self._commit(self.graph.plan_register(layer, size, events))
         except BaseException:
             with self._lock:
@@ -597,7 +597,7 @@ class Pool:
 
     def _fill(self, layer: int, image, progress) -> int:
         """Writes an image's chunks into a provisional layer; returns its size in bytes."""
-        meter = Meter(progress, "import", image.size)
+        meter = Meter(progress, "import", image.size, unit_bytes=1)
         size = image.size
         for offset, data in image.chunks(PAGE_ENTRIES * self.block_size):
             size = max(size, offset + len(data))       # stdin: grows as it comes
@@ -615,7 +615,7 @@ class Pool:
         with self._lock:
             size = self.graph.vm(name).size
         chunk = PAGE_ENTRIES * self.block_size
-        meter = Meter(progress, "export", size)
+        meter = Meter(progress, "export", size, unit_bytes=1)
         with imageio.open_output(dest, size) as out:
             for offset in range(0, size, chunk):
                 n = min(chunk, size - offset)
