@@ -47,6 +47,9 @@ class BlockfoldApp(App):
     MODES = {"overview": OverviewScreen, "vms": VMsScreen, "blocks": BlocksScreen,
              "rebuild": RebuildScreen, "nodes": NodesScreen, "events": EventsScreen}
     DEFAULT_MODE = "overview"
+    # Screens lay out for 80x24 as well as for bigger terminals (classes on every screen).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     BINDINGS = bindings_for("app")
     COMMANDS = {CommandsProvider}
     CSS = """
@@ -72,7 +75,7 @@ class BlockfoldApp(App):
         self._last_physical: tuple[float, int] | None = None
 
     def on_mount(self) -> None:
-        where = self.clock.volatile(self.admin.name)
+        where = self.clock.place(self.admin.name)
         self.sub_title = ("READ-ONLY · " if self.read_only else "") + f"{self.admin.kind} {where}"
         self.poll()
 
@@ -138,7 +141,8 @@ class BlockfoldApp(App):
         self._poll_timer = self.set_timer(self.poll_interval, self.poll, name="poll")
 
     def on_polled(self, message: Polled) -> None:
-        stats = message.snapshot.stats
+        snapshot = self.clock.steady(message.snapshot)
+        stats = snapshot.stats
         if stats.physical_bytes is not None:        # None while the RAM metadata is rebuilt
             now = self.clock.now()
             written = 0.0
@@ -147,7 +151,7 @@ class BlockfoldApp(App):
                 written = max(stats.physical_bytes - before, 0) / max(now - then, 1e-9)
             self._last_physical = (now, stats.physical_bytes)
             self.history = [*self.history, Sample(now, stats.dedup_ratio, written)][-HISTORY:]
-        self.view = PoolView(stats, message.snapshot.events, tuple(self.history))
+        self.view = PoolView(stats, snapshot.events, tuple(self.history))
         self._rearm()
 
     def on_poll_failed(self, message: PollFailed) -> None:

@@ -3,7 +3,7 @@
     size(1_572_864)          "1.5 MiB"      IEC units, one decimal below 100 ("512 MiB" above)
     count(24943)             "24,943"       always with thousands separators
     rate(3.2e9)              "3.0 GiB/s"    a size per second
-    duration(0.113)          "0.11 s"       "4.2 s", "42 s", "3 min 20 s", "2 h 5 min", "3 d 4 h"
+    duration(0.113)          "0.11 s"       "3.2 ms", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min"
     latency(0.43)            "0.43 ms"      a round trip, milliseconds
     ratio(4.2)               "4.20x"
     when(ts, now)            "14:03:12"     today; "Nov 24 14:03" this year; else "2025-11-24"
@@ -62,9 +62,12 @@ def rate_over(nbytes: int, seconds: float) -> str | None:
 
 
 def duration(seconds: float | None) -> str:
-    """Seconds for people: "0.11 s", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min", "3 d 4 h"."""
+    """Seconds for people: "0.15 ms", "3.2 ms", "0.11 s", "4.2 s", "42 s", "3 min 20 s",
+    "2 h 5 min", "3 d 4 h"."""
     if seconds is None:
         return UNKNOWN
+    if seconds < 0.01:
+        return latency(seconds * 1000)
     if seconds < 10:
         return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
     s = round(seconds)

@@ -32,7 +32,7 @@ class BlocksScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         yield Label("filter: none   (/ to filter)", id="filter")
-        yield BlockTable(page_size=PAGE_SIZE)
+        yield BlockTable(page_size=PAGE_SIZE, classes="framed")
 
     def show_view(self, view: PoolView) -> None:
         # A page is re-read only when the pool's blocks may have changed, not at every poll.

@@ -23,7 +23,7 @@ from .helpers import press, settle
 
 def vm_rows(app) -> list[str]:
     table = app.screen.query_one("#vms", DataTable)
-    return [table.get_row_at(i)[0] for i in range(table.row_count)]
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
 
 
 async def test_clone_ten_from_the_palette_raises_the_ratio(make_app, admin):
@@ -100,7 +100,8 @@ async def test_block_table_pages_through_the_engine(tmp_path):
             assert (table.row_count, table.border_title) == (100, f"blocks 1–100 of {total}")
             await press(pilot, "pagedown")
             assert table.border_title == f"blocks 101–200 of {total}"
-            assert table.get_row_at(0)[0] == str(admin.blocks(offset=100, limit=1).rows[0].pbn)
+            assert (str(table.get_row_at(0)[0]).strip()
+                    == str(admin.blocks(offset=100, limit=1).rows[0].pbn))
             await press(pilot, "end")
             assert table.border_title == f"blocks 201–{total} of {total}"
             assert table.cursor_row == table.row_count - 1
