@@ -30,12 +30,9 @@ def vm_names(names: list[str]) -> str:
 class BlockTable(RowTable):
     """Rows are engine.api.BlockRow: pbn, fingerprint, refcount and the VMs that read it."""
 
-    BINDINGS = [
-        Binding("pagedown", "next_page", "Next page", show=False),
-        Binding("pageup", "previous_page", "Previous page", show=False),
-        Binding("ctrl+home,home", "first_page", "First page", show=False),
-        Binding("ctrl+end,end", "last_page", "Last page", show=False),
-    ]
+    KEYS = {**RowTable.KEYS, "pagedown": "next_page", "pageup": "previous_page",
+            "home": "first_page", "end": "last_page"}
+    BINDINGS = [Binding(key, action, show=False) for key, action in KEYS.items()]
 
     class PageWanted(Message):
         """The table needs the rows from `offset`; `cursor` is "first" or "last" row of it."""

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Digits, Label, ProgressBar
+from textual.widgets import Digits, Label
 
 from engine.api import formats
+
+from .meter import Meter
 
 
 class DedupGauge(Vertical):
     DEFAULT_CSS = """
     DedupGauge { height: auto; width: 1fr; }
     DedupGauge Digits { width: auto; color: $success; text-style: bold; }
-    DedupGauge ProgressBar Bar { width: 1fr; }
-    DedupGauge ProgressBar { width: 1fr; }
     DedupGauge Label { width: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
         yield Digits("-", id="ratio")
-        yield ProgressBar(total=100, show_eta=False, id="saved-bar")
+        yield Meter(id="saved-bar")
         yield Label("", id="saved")
 
     def show(self, ratio: float | None, logical_bytes: int, physical_bytes: int | None) -> None:
@@ -31,6 +31,6 @@ class DedupGauge(Vertical):
         if physical_bytes is None:
             return
         saved = 1 - physical_bytes / logical_bytes if logical_bytes else 0.0
-        self.query_one("#saved-bar", ProgressBar).update(progress=round(saved * 100, 1))
+        self.query_one("#saved-bar", Meter).show(saved)
         self.query_one("#saved", Label).update(
             f"{formats.size(max(logical_bytes - physical_bytes, 0))} not stored")

@@ -1,7 +1,9 @@
 """A table of rows for operators: what every list on the console (VMs, nodes, events, blocks) is.
 
 - The cursor moves by rows; Home and End go to the first and the last row (DataTable's own move
-  sideways in row mode, which a table that fits its width never needs).
+  sideways in row mode, which a table that fits its width never needs). Its keys work focused,
+  or handed to it with `navigate` by a screen that keeps the focus elsewhere (the console's
+  tables never take it); either way it draws its cursor as a focused table does.
 - Columns have fixed widths, so the layout does not shift as rows come and go, except one
   *flexible* column that takes the room the others leave: the table always fits its width, with
   no sideways scrolling, and a long cell ends in "…" rather than off the edge.
@@ -42,11 +44,15 @@ Cells = tuple[str | Text, ...]
 class RowTable(DataTable):
     DEFAULT_CSS = """
     RowTable { scrollbar-size-vertical: 0; overflow-x: hidden; }
+    RowTable > .datatable--cursor {
+        background: $block-cursor-background; color: $block-cursor-foreground;
+        text-style: $block-cursor-text-style;
+    }
     """
-    BINDINGS = [
-        Binding("home", "scroll_top", "First row", show=False),
-        Binding("end", "scroll_bottom", "Last row", show=False),
-    ]
+    KEYS = {"up": "cursor_up", "down": "cursor_down", "pageup": "page_up",
+            "pagedown": "page_down", "home": "scroll_top", "end": "scroll_bottom"}
+    """Key -> action: what the table does with the arrow and paging keys."""
+    BINDINGS = [Binding(key, action, show=False) for key, action in KEYS.items()]
 
     def __init__(self, columns: Sequence[Col], **kwargs) -> None:
         kwargs.setdefault("cursor_type", "row")
@@ -118,6 +124,11 @@ class RowTable(DataTable):
         self.clear()
         for key, cells in rows:
             self.add_row(*self._fitted(cells), key=key)
+
+    def navigate(self, key: str) -> None:
+        """What a key of KEYS does, for a table that has not got the focus."""
+        if key in self.KEYS:
+            getattr(self, f"action_{self.KEYS[key]}")()
 
     def selected(self) -> str | None:
         """The key of the row under the cursor; None for an empty table."""

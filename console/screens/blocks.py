@@ -10,19 +10,19 @@ from widgets.block_table import BlockTable
 
 from ..blockfilter import HINT, describe, parse_filter
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 from .error import ErrorDialog
 from .prompt import PromptDialog
 
 PAGE_SIZE = 100
 
 
-class BlocksScreen(PoolScreen):
+class BlocksPane(PoolPane):
     MODE = "blocks"
     TITLE = "Blockfold · Blocks"
     DEFAULT_CSS = """
-    BlocksScreen BlockTable { height: 1fr; }
-    BlocksScreen #filter { padding: 0 1; }
+    BlocksPane BlockTable { height: 1fr; }
+    BlocksPane #filter { padding: 0 1; }
     """
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ DIALOG_CSS = """
 
 
 class ErrorDialog(ModalScreen[None]):
+    AUTO_FOCUS = "*"           # the console's own screens focus nothing (screens/base.py)
     DEFAULT_CSS = DIALOG_CSS.format(name="ErrorDialog")
     BINDINGS = [("escape,enter", "dismiss", "Close")]
 

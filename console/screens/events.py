@@ -7,17 +7,17 @@ from textual.app import ComposeResult
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 
 COLUMNS = (Col("WHEN", 12, numeric=True), Col("WHO", 14, least=8), Col("WHAT", 8),
            Col("MESSAGE", 30, flex=True))
 
 
-class EventsScreen(PoolScreen):
+class EventsPane(PoolPane):
     MODE = "events"
     TITLE = "Blockfold · Events"
     DEFAULT_CSS = """
-    EventsScreen RowTable { height: 1fr; }
+    EventsPane RowTable { height: 1fr; }
     """
 
     def body(self) -> ComposeResult:

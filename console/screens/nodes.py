@@ -5,14 +5,13 @@ confirmation."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Container
 
 from engine.api import NodeStatus, formats
 from widgets.node_card import NodeCard, health_text
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 from .confirm import ConfirmDialog
 
 COLUMNS = (Col("NODE", 10), Col("HEALTH", 11), Col("LATENCY", 8, numeric=True),
@@ -20,22 +19,16 @@ COLUMNS = (Col("NODE", 10), Col("HEALTH", 11), Col("LATENCY", 8, numeric=True),
            Col("UNDER-REPL", 10, numeric=True))
 
 
-class NodesScreen(PoolScreen):
+class NodesPane(PoolPane):
     MODE = "nodes"
     TITLE = "Blockfold · Nodes"
     DEFAULT_CSS = """
-    NodesScreen #body { layout: vertical; }
-    NodesScreen.-wide #body { layout: horizontal; }
-    NodesScreen #nodes { height: auto; max-height: 60%; }
-    NodesScreen.-wide #nodes { height: 1fr; max-height: 100%; width: 1fr; }
-    NodesScreen NodeCard { width: 1fr; }
-    NodesScreen.-wide NodeCard { width: 48; }
+    NodesPane #nodes { height: auto; max-height: 60%; }
     """
 
     def body(self) -> ComposeResult:
-        with Container(id="body"):
-            yield RowTable(COLUMNS, id="nodes", classes="framed")
-            yield NodeCard(blank_node(), when=self.app.clock.when, id="card")
+        yield RowTable(COLUMNS, id="nodes", classes="framed")
+        yield NodeCard(blank_node(), when=self.app.clock.when, id="card")
 
     def show_view(self, view: PoolView) -> None:
         table = self.query_one("#nodes", RowTable)

@@ -8,34 +8,36 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import Label, Static
 
 from engine.api import PoolStats, formats
 from widgets.dedup_gauge import DedupGauge
+from widgets.meter import Meter
 from widgets.node_card import HEALTH, health_text
 from widgets.trend import Trend
 
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 
 
-class OverviewScreen(PoolScreen):
+class OverviewPane(PoolPane):
     MODE = "overview"
     TITLE = "Blockfold · Overview"
+    # Its CSS starts from the Screen, whose classes say the terminal's size (-narrow, -short);
+    # Textual reads SCOPED_CSS of each class, not inherited.
+    SCOPED_CSS = False
     DEFAULT_CSS = """
-    OverviewScreen #top { height: auto; }
-    OverviewScreen #pool { width: 1fr; }
-    OverviewScreen #pool ProgressBar Bar { width: 1fr; }
-    OverviewScreen #pool ProgressBar { width: 1fr; }
-    OverviewScreen #dedup { width: 44; }
-    OverviewScreen.-narrow #dedup { width: 30; }
-    OverviewScreen #trends { height: auto; }
-    OverviewScreen #trends > Vertical { width: 1fr; height: auto; }
-    OverviewScreen.-short Trend { height: 3; }
-    OverviewScreen #events { height: 1fr; border: round $primary-darken-1; padding: 0 1; }
-    OverviewScreen #recent, OverviewScreen #figures, OverviewScreen #node-summary {
+    OverviewPane #top { height: auto; }
+    OverviewPane #pool { width: 1fr; }
+    OverviewPane #dedup { width: 44; }
+    Screen.-narrow OverviewPane #dedup { width: 30; }
+    OverviewPane #trends { height: auto; }
+    OverviewPane #trends > Vertical { width: 1fr; height: auto; }
+    Screen.-short OverviewPane Trend { height: 3; }
+    OverviewPane #recent-box { height: 1fr; border: round $primary-darken-1; padding: 0 1; }
+    OverviewPane #recent, OverviewPane #figures, OverviewPane #node-summary {
         text-wrap: nowrap; text-overflow: ellipsis; }
-    OverviewScreen #node-summary { width: 1fr; }
+    OverviewPane #node-summary { width: 1fr; }
     """
 
     def body(self) -> ComposeResult:
@@ -43,7 +45,7 @@ class OverviewScreen(PoolScreen):
             with Vertical(id="pool", classes="panel") as pool:
                 pool.border_title = "pool"
                 yield Static(id="figures")
-                yield ProgressBar(total=1, show_eta=False, id="used")
+                yield Meter(id="used")
                 yield Label(id="node-summary")
             with Vertical(id="dedup", classes="panel") as dedup:
                 dedup.border_title = "dedup ratio"
@@ -55,7 +57,7 @@ class OverviewScreen(PoolScreen):
             with Vertical(classes="panel") as written:
                 written.border_title = "data written per second"
                 yield Trend(formats.rate, id="written-trend")
-        with Vertical(id="events") as events:
+        with Vertical(id="recent-box") as events:
             events.border_title = "recent events"
             yield Static(id="recent")
 
@@ -63,14 +65,14 @@ class OverviewScreen(PoolScreen):
         s = view.stats
         self.query_one("#pool").border_title = "pool" if s.state == "ready" else f"pool · {s.state}"
         self.query_one("#figures", Static).update(figures(s))
-        self.query_one("#used", ProgressBar).update(total=max(s.capacity_bytes or 0, 1),
-                                                    progress=s.physical_bytes or 0)
+        self.query_one("#used", Meter).show((s.physical_bytes or 0) / s.capacity_bytes
+                                            if s.capacity_bytes else 0.0)
         self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
         self.query_one("#ratio-trend", Trend).show([x.ratio for x in view.history])
         self.query_one("#written-trend", Trend).show([x.written_per_s for x in view.history])
         self.query_one("#node-summary", Label).update(node_summary(s))
         recent = Text()
-        for e in view.events[:self.query_one("#events").content_size.height or 20]:
+        for e in view.events[:self.query_one("#recent-box").content_size.height or 20]:
             recent.append(f"{self.app.clock.when(e.ts):>8}  ", style="dim")
             recent.append(f"{e.actor:<10.10} ", style="cyan")
             recent.append(f"{e.message}\n")
@@ -79,7 +81,8 @@ class OverviewScreen(PoolScreen):
 
     def on_resize(self) -> None:
         self._shown = None            # as many events as now fit
-        self._draw()
+        if self.is_shown:
+            self.draw()
 
 
 def figures(s: PoolStats) -> Text:
@@ -99,17 +102,19 @@ def figures(s: PoolStats) -> Text:
 
 
 def node_summary(s: PoolStats) -> Text:
-    """'nodes     ● UP 2  ✖ DOWN 1  DEGRADED: 1,204 blocks under-replicated', in the health
-    colours."""
+    """Two lines, in the health colours: 'nodes     ● UP 2  ✖ DOWN 1' and 'health    DEGRADED ·
+    1,204 under-replicated' (or 'healthy')."""
     counts = Counter(n.state for n in s.nodes)
     text = Text("nodes     ", style="bold")
     for state in list(HEALTH) + sorted(set(counts) - set(HEALTH)):
         if counts[state]:
             text.append_text(health_text(state))
             text.append(f" {counts[state]}  ")
+    text.rstrip()
+    text.append("\nhealth    ", style="bold")
     if s.under_replicated_blocks:
-        text.append(f"DEGRADED: {formats.count(s.under_replicated_blocks)} blocks"
-                    " under-replicated", style="bold red")
+        text.append(f"DEGRADED · {formats.count(s.under_replicated_blocks)} under-replicated",
+                    style="bold red")
     elif counts["up"] < len(s.nodes):
         text.append("DEGRADED", style="bold red")
     else:

@@ -11,7 +11,7 @@ from widgets.rebuild_panel import RebuildPanel
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
-from .base import PoolScreen
+from .base import PoolPane
 
 UNITS = {"tables": "pages", "inventory": "nodes"}    # what a phase counts; else blocks
 COLUMNS = (Col("WHEN", 12, numeric=True), Col("REASON", 9), Col("MODE", 4),
@@ -19,11 +19,11 @@ COLUMNS = (Col("WHEN", 12, numeric=True), Col("REASON", 9), Col("MODE", 4),
            Col("ORPHANS", 7, numeric=True), Col("TIME", 8, numeric=True))
 
 
-class RebuildScreen(PoolScreen):
+class RebuildPane(PoolPane):
     MODE = "rebuild"
     TITLE = "Blockfold · Rebuild"
     DEFAULT_CSS = """
-    RebuildScreen RowTable { height: 1fr; }
+    RebuildPane RowTable { height: 1fr; }
     """
 
     def __init__(self) -> None:

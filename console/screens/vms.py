@@ -10,7 +10,7 @@ from engine.api import ImportResult, Progress, formats
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
-from .base import PoolScreen
+from .base import PoolPane
 from .confirm import ConfirmDialog
 from .error import ErrorDialog
 from .prompt import PromptDialog
@@ -21,15 +21,15 @@ COLUMNS = (Col("NAME", 20, least=14), Col("SIZE", 8, numeric=True),
            Col("ORIGIN", 8, flex=True))
 
 
-class VMsScreen(PoolScreen):
+class VMsPane(PoolPane):
     MODE = "vms"
     TITLE = "Blockfold · VMs"
     DEFAULT_CSS = """
-    VMsScreen RowTable { height: 1fr; }
-    VMsScreen #import { height: auto; display: none; padding: 0 1; }
-    VMsScreen #import.running { display: block; }
-    VMsScreen #import ProgressBar Bar { width: 1fr; }
-    VMsScreen #import ProgressBar { width: 1fr; }
+    VMsPane RowTable { height: 1fr; }
+    VMsPane #import { height: auto; display: none; padding: 0 1; }
+    VMsPane #import.running { display: block; }
+    VMsPane #import ProgressBar Bar { width: 1fr; }
+    VMsPane #import ProgressBar { width: 1fr; }
     """
 
     def body(self) -> ComposeResult:

@@ -12,7 +12,7 @@ from console.app import BlockfoldApp
 from console.clock import FixedClock
 from console.sample import BLOCK, golden_image
 from console.screens.error import ErrorDialog
-from console.screens.rebuild import RebuildScreen
+from console.screens.rebuild import RebuildPane
 from engine.api import LocalAdmin, create_pool
 from widgets.block_table import BlockTable
 from widgets.rebuild_panel import RebuildPanel
@@ -68,7 +68,7 @@ async def test_read_only_hides_and_refuses_writes(make_app, admin):
     app = make_app(read_only=True)
     async with app.run_test(size=SIZE) as pilot:
         await press(pilot, "2", "d", "c", "i")
-        assert app.screen.MODE == "vms"            # no dialog opened
+        assert app.screen is app.switcher.screen and app.pane.MODE == "vms"   # no dialog
         await press(pilot, "ctrl+p", *"vm")
         shown: list[str] = []
         for _ in range(50):                 # the palette searches in the background
@@ -134,8 +134,8 @@ async def test_escape_cancels_a_rebuild_and_the_pool_keeps_working(make_app, adm
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await press(pilot, "4")
-        screen = app.screen
-        assert isinstance(screen, RebuildScreen)
+        screen = app.pane
+        assert isinstance(screen, RebuildPane)
         # What Escape runs, at once: the cancel lands before the thread's first check.
         screen.action_rebuild(True)
         screen.action_cancel()
