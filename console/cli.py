@@ -27,7 +27,8 @@ examples:
   blockfold cluster up /srv/cl --nodes 3 --replicas 2
   blockfold -c /srv/cl vm import golden golden.raw
 
-The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR.
+The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR. When a service runs on it
+(`blockfold serve`), every command goes through the service.
 """
 
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL)")
     p.add_argument("-c", "--cluster", metavar="DIR",
                    help="run the command against the cluster in DIR (see `cluster up`)")
+    p.add_argument("--service", metavar="URL",
+                   help="run the command through the service behind a node's SSH admin"
+                        " subsystem: ssh://USER@HOST:PORT (your SSH key and known_hosts)")
     top = p.add_subparsers(metavar="COMMAND")
     groups = {}     # first word -> its subparsers
     for cmd in commands.COMMANDS:
@@ -100,13 +104,15 @@ def run(args) -> int:
                          if len(actions) > 1 else f"{group} needs an action: {actions[0]}")
     if not cmd.opens:
         return cmd.run(args)
-    if cmd.cluster and not args.cluster:
+    if cmd.cluster and not (args.cluster or args.service):
         raise UsageError(f"{' '.join(cmd.words)} needs a cluster: use -c DIR")
     bar = ProgressBar.if_terminal()
     try:
         rebuild = ("full" if args.full else "fast") if cmd.rebuilds else None
         with commands.open_admin(args, readonly=cmd.looks, rebuild=rebuild,
                                  progress=bar if cmd.rebuilds else None) as admin:
+            if cmd.rebuilds and admin.served:     # a service rebuilds what it holds, when asked
+                admin.rebuild(rebuild == "full", bar)
             return cmd.run(admin, args, bar)
     finally:
         if bar:

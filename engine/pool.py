@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
@@ -302,7 +303,7 @@ class Pool:
             self.catalog.begin()
             self.catalog.write_pages(snap.pages)
             if edit is not None:
-                self.catalog.apply(edit, self.actor, self.graph.next_layer)
+                self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
             if rows is not None:
                 rows(self.catalog)
             self.catalog.set("collisions", self.blocks.collisions)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from ..errors import BlockfoldError
+from ..errors import BlockfoldError, PoolLockedError
 from ..net import rpc
 from ..net.client import IoLoop, NodeClient, NodeUnreachable
 from .config import ClusterConfig
@@ -216,7 +216,7 @@ class Members:
         for reply in replies.values():
             if isinstance(reply, rpc.RemoteError) and reply.code == rpc.Code.LEASE_HELD:
                 self.release_lease()
-                raise BlockfoldError(f"cluster {self.config.path} is {reply}")
+                raise PoolLockedError(f"cluster {self.config.path} is {reply}")
 
     def lease_on(self, i: int) -> bool:
         """Takes our lease on one node (a node that restarted has forgotten it)."""

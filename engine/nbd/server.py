@@ -128,6 +128,18 @@ class NBDServer:
         for executor in (self.transmitters, self.admin_calls):
             executor.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
+    # -- who is attached: asked by the service before it deletes or overwrites a VM ------------
+
+    def clients(self, name: str) -> list[str]:
+        """HOST:PORT of every connection transmitting on export `name`."""
+        return [c.peer for c in list(self.connections) if c.export == name]
+
+    def detach(self, name: str) -> None:
+        """Drops every connection to export `name` at once, as if its network had failed."""
+        for connection in list(self.connections):
+            if connection.export == name:
+                connection.abort()
+
     # -- requests: run on the connection's thread ----------------------------------------------
 
     def perform(self, export: Export, r: Request) -> tuple[int, bytes]:
@@ -173,6 +185,7 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}"
         self.task: asyncio.Task | None = None
         self.transmitting = False
+        self.export: str | None = None      # the VM it transmits on, once negotiated
         self.no_zeroes = False
         self.pending: list[bytes] = []      # option replies not sent yet
         self.buffer = bytearray()           # received, not yet parsed (transmission phase)
@@ -200,6 +213,7 @@ class Connection:
             export = await self.negotiate()
             if export is not None:
                 self.transmitting = True
+                self.export = export.name
                 self.sock.setblocking(True)
                 await asyncio.get_running_loop().run_in_executor(self.server.transmitters,
                                                                  self.transmit, export)

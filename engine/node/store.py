@@ -239,7 +239,8 @@ class NodeStore:
         while another holder's lease runs."""
         now = time.monotonic()
         if self.lease_holder not in (None, holder) and now < self.lease_expires:
-            raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder}")
+            raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder} (its lease runs"
+                                             f" out in {self.lease_expires - now:.1f} s)")
         self.lease_holder, self.lease_expires = holder, now + seconds
 
     def renew(self, holder: str | None, seconds: float) -> None:
