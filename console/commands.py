@@ -246,6 +246,7 @@ SERVICE_ARGS = (
                  help="NBD refuses writes and trims (EPERM)"), *SERVICE_ARGS])
 def serve(args) -> int:
     def ready(bound):
+        print(f"admin {bound['admin']}", flush=True)
         for what in ("nbd", "metrics"):
             if what in bound:
                 print(f"{what} {address(*bound[what])}", flush=True)
@@ -281,8 +282,7 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
     with hold(args, actor) as admin:
         service = api.Service(admin, directory, actor=actor, group=args.group, nbd=nbd,
                               nbd_read_only=nbd_read_only, metrics=args.metrics)
-        print(f"admin {service.socket_path}", flush=True)
-        service.run(ready)
+        service.run(lambda bound: ready(dict(bound, admin=service.socket_path)))
     return 0
 
 

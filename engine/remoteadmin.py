@@ -102,10 +102,14 @@ class Link:
                     break
                 for kind, request_id, body in reader.feed(data):
                     header, payload = rpc.parse_body(body)
+                    if kind == wire.ERROR and request_id == 0:     # about the connection itself
+                        raise wire.error_from(header)
                     with self._lock:
                         inbox = self._calls.get(request_id)
                     if inbox is not None:
                         inbox.put((kind, header, payload))
+        except BlockfoldError as e:
+            why = str(e)
         except (OSError, rpc.FrameError) as e:
             why = f"lost the service at {self.where}: {e}"
         self._end(why)
