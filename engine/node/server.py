@@ -5,8 +5,7 @@ DATA/admin_keys_readonly, as the options on their lines allow (engine.node.keys)
 the `blockfold-rpc` subsystem; admin keys get the console in an interactive session with a PTY
 (console_session.py), read-only for the keys in admin_keys_readonly. Exec requests, other
 subsystems, port forwarding, agent and X11 forwarding are all refused. Requests on a channel are
-answered in order, one at a time, by the
-Handler; one bad channel never stops the others.
+answered in order, one at a time, by the Handler; one bad channel never stops the others.
 """
 
 from __future__ import annotations
