@@ -12,8 +12,8 @@ Timed from start to exit, each command REPEATS times, the median counts:
     POOL/admin.sock). Target: each under 100 ms.
   - without a service, as today: each command opens the pool itself and rebuilds its RAM view.
     That is the peer (the "before" figure); the ratio is how much faster the service answers.
-  - and `blockfold --help`, which opens no pool: the floor of any CLI command on this machine
-    (interpreter start-up and imports).
+  - and two floors: `blockfold --help`, which opens no pool (interpreter start-up and the CLI's
+    imports), and `python -c pass` (the interpreter alone, with the venv's site).
 `blockfold serve` is still to come: until it exists the benchmark says so and reports the rest.
 
     python -m tests.bench.service [--data bench-data] [--blocks 10000000] [--unique-mib 1024]
@@ -26,6 +26,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -101,6 +102,13 @@ def serve(pool_dir, probe: list[str]) -> tuple[subprocess.Popen, float]:
     return proc, t()
 
 
+def floor_rows(floors: dict) -> list[tuple]:
+    return [("floor: blockfold --help (opens no pool)", "", "", "",
+             f"{floors['--help']['median_s'] * 1e3:.0f} ms", ""),
+            ("floor: python -c pass", "", "", "", f"{floors['python']['median_s'] * 1e3:.0f} ms",
+             "")]
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--blocks", type=int, default=10_000_000,
@@ -117,11 +125,13 @@ def main(argv=None) -> None:
     pool_flag = ["-p", str(pool_dir)]
     commands = {"vm ls": cli(*pool_flag, "vm", "ls", "--json"),
                 "stats": cli(*pool_flag, "stats", "--json")}
-    floor = round_trips({"--help": cli("--help")}, args.repeats)["--help"]
+    floors = round_trips({"--help": cli("--help"), "python": [sys.executable, "-c", "pass"]},
+                         args.repeats)
     direct = round_trips(commands, args.repeats)
     figures = {**built, "references": stats["logical_bytes"] // BLOCK,
                "unique_blocks": stats["unique_blocks"], "repeats": args.repeats,
-               "floor_s": round(floor["median_s"], 4),
+               "floor_help_s": round(floors["--help"]["median_s"], 4),
+               "floor_python_s": round(floors["python"]["median_s"], 4),
                **{f"direct_{name.replace(' ', '_')}_s": round(r["median_s"], 4)
                   for name, r in direct.items()}}
     title = (f"CLI round trip on a pool of {figures['references']:,} block references "
@@ -133,8 +143,7 @@ def main(argv=None) -> None:
         for name, r in direct.items():
             rows.append((name, "skipped", f"< {TARGET * 1e3:.0f} ms", "",
                          f"{r['median_s'] * 1e3:.0f} ms", ""))
-        rows.append(("blockfold --help (no pool: the floor)", "", "", "",
-                     f"{floor['median_s'] * 1e3:.0f} ms", ""))
+        rows += floor_rows(floors)
         report("service", f"{title}\n  skipped: {why}", rows, {**figures, "skipped": why})
         return
 
@@ -154,8 +163,7 @@ def main(argv=None) -> None:
         figures.update({f"service_{key}_s": round(ours, 4), f"service_{key}_runs_s": r["runs_s"],
                         f"{key}_ratio": round(before / ours, 2), f"{key}_target_s": TARGET,
                         f"{key}_verdict": verdict(ours, TARGET, False)})
-    rows.append(("blockfold --help (no pool: the floor)", "", "", "",
-                 f"{floor['median_s'] * 1e3:.0f} ms", ""))
+    rows += floor_rows(floors)
     report("service", title, rows, figures)
 
 
