@@ -5,15 +5,17 @@ verify) is scrubbed from the command line, as an operator would, and timed from 
 
     blockfold -p POOL scrub --wait --json [--scrub-args ...]
 
-The rate is the pool's live bytes (stats: physical_bytes) over that wall time, CLI start-up and
-pool open included; the command's own figure is shown beside it when its JSON has one. Peers on
+and by the engine's own call, `Pool.scrub()` on the pool opened in this process (no CLI start-up,
+no pool open). Each rate is the pool's live bytes (stats: physical_bytes) over the wall time; the
+scrub's own figure is shown beside it when its result has one. Peers on
 the same slot file in the same run, page cache warm for all: the bare Python loop (xxh3-128 of
 every 4 KiB block of blocks.dat) and `xxhsum -H2 blocks.dat` (the same hash in C, one thread).
 
-To prove the scrub reads every block, one byte of the last live block is flipped before it runs;
-the scrub must report it (a "corrupt" figure in its JSON that is a non-empty list or above zero).
-Issue 13 sets no rate target; the anchor is `zpool scrub`. `blockfold scrub` is still to come:
-until it exists the benchmark says so and reports only the peers.
+To prove that a scrub reads every block, one byte of a live block near the end is flipped before
+each one runs; it must report it (`Pool.scrub`: the slot among "corrupt"; the CLI: a "corrupt"
+figure in its JSON that is a non-empty list or above zero). Issue 13 sets no rate target; the
+anchor is `zpool scrub`. `blockfold scrub` is still to come: until it exists the benchmark says so
+and reports the rest.
 
     python -m tests.bench.scrub [--data bench-data] [--unique-mib 1536] [--scrub-args ARGS]
 """
@@ -97,42 +99,56 @@ def main(argv=None) -> None:
                "bare_bytes_per_s": round(mb_per_s(hashed, bare_s) * 1e6),
                "xxhsum_bytes_per_s": round(mb_per_s(file_bytes, native_s) * 1e6)
                if native_s else None}
-    title = f"Scrub of {live / MiB:.0f} MiB of unique live blocks"
-    rows = [("contender", "GB/s", "seconds", "note")]
     peers = [("bare xxh3-128 loop over blocks.dat (Python)", figures["bare_bytes_per_s"], bare_s)]
     if native_s:
         peers.append(("xxhsum -H2 blocks.dat (C, one thread)", figures["xxhsum_bytes_per_s"],
                       native_s))
-    if not has_command("scrub"):
-        shutil.rmtree(where)
-        why = "`blockfold scrub` does not exist yet (issue 13): only its peers ran"
-        rows += [(label, f"{peer / 1e9:.2f}", f"{s:.2f}", "") for label, peer, s in peers]
-        report("scrub", f"{title}\n  skipped: {why}", rows, {**figures, "skipped": why})
-        return
-
-    rot(pool_dir, pool["last_slot"])
-    command = [blockfold_cli(), "-p", str(pool_dir), "scrub", "--wait", "--json",
-               *shlex.split(args.scrub_args)]
-    wall, cpu, proc = measure(subprocess.run, command, capture_output=True, text=True)
+    title = f"Scrub of {live / MiB:.0f} MiB of unique live blocks"
+    rows = [("contender", "GB/s", "seconds", "note", "the planted rotten block")]
+    scrubs = {}
+    if hasattr(Pool, "scrub"):
+        rot(pool_dir, pool["last_slot"])
+        with Pool.open(pool_dir) as opened:
+            wall, cpu, result = measure(opened.scrub)
+        scrubs["engine"] = ("Pool.scrub() in-process (the engine, no CLI)", wall, cpu, result,
+                            pool["last_slot"] in result.get("corrupt", []), None)
+    why = None
+    if has_command("scrub"):
+        rot(pool_dir, pool["last_slot"] - 1)
+        command = [blockfold_cli(), "-p", str(pool_dir), "scrub", "--wait", "--json",
+                   *shlex.split(args.scrub_args)]
+        wall, cpu, proc = measure(subprocess.run, command, capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"blockfold scrub failed ({proc.returncode}): {proc.stderr.strip()}")
+        try:
+            result = json.loads(proc.stdout)
+        except ValueError:
+            result = None
+        scrubs["scrub"] = ("blockfold scrub --wait (CLI, start to exit)", wall, cpu, result,
+                           found_corruption(result), shlex.join(command[1:]))
+    else:
+        why = "`blockfold scrub` does not exist yet (issue 13)"
+        figures["skipped"] = why
     shutil.rmtree(where)
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"blockfold scrub failed ({proc.returncode}): {proc.stderr.strip()}")
-    try:
-        result = json.loads(proc.stdout)
-    except ValueError:
-        result = None
-    rate = mb_per_s(live, wall) * 1e6
-    own = own_rate(result)
-    found = found_corruption(result)
-    rows.append(("blockfold scrub --wait (CLI, start to exit)", f"{rate / 1e9:.2f}",
-                 f"{wall:.2f}", f"its own figure: {own / 1e9:.2f} GB/s" if own else ""))
-    rows += [(label, f"{peer / 1e9:.2f}", f"{s:.2f}", f"scrub is {rate / peer:.0%} of it")
-             for label, peer, s in peers]
-    rows.append(("the planted rotten block", "found" if found else "NOT FOUND", "", ""))
-    figures.update({"scrub_s": round(wall, 3), "scrub_cpu_s": round(cpu, 3),
-                    "scrub_bytes_per_s": round(rate), "scrub_own_bytes_per_s": own,
-                    "found_rotten_block": found, "exit_code": proc.returncode,
-                    "command": shlex.join(command[1:])})
+
+    for key, (label, wall, cpu, result, found, command) in scrubs.items():
+        rate = mb_per_s(live, wall) * 1e6
+        own = own_rate(result)
+        rows.append((label, f"{rate / 1e9:.2f}", f"{wall:.2f}",
+                     f"its own figure: {own / 1e9:.2f} GB/s" if own else "",
+                     "found" if found else "NOT FOUND"))
+        figures.update({f"{key}_s": round(wall, 3), f"{key}_cpu_s": round(cpu, 3),
+                        f"{key}_bytes_per_s": round(rate), f"{key}_own_bytes_per_s": own,
+                        f"{key}_found_rotten_block": found})
+        if command:
+            figures[f"{key}_command"] = command
+    if why:
+        rows.append(("blockfold scrub --wait (CLI)", "skipped", "", why, ""))
+    judged = "scrub" if "scrub" in scrubs else "engine" if scrubs else None
+    for label, peer, seconds in peers:
+        note = f"{scrubs[judged][0].split(' (')[0]} is " \
+            f"{figures[f'{judged}_bytes_per_s'] / peer:.0%} of it" if judged else ""
+        rows.append((label, f"{peer / 1e9:.2f}", f"{seconds:.2f}", note, ""))
     report("scrub", title, rows, figures)
 
 
