@@ -2,8 +2,8 @@
 
 Each benchmark's own table and JSON line are passed through as they come; the summary ends with
 one JSON line holding every benchmark's JSON line. A benchmark of a command still to come (scrub,
-serve) reports "skipped" with its reason, and that is not a failure. `--quick` runs them all at toy sizes, to check
-that they work (its figures mean nothing).
+serve) reports "skipped" with its reason, and that is not a failure. `--quick` runs them all at
+toy sizes, to check that they work (its figures mean nothing).
 
     python -m tests.bench.run_all [--data bench-data] [--quick] [--only NAME ...]
 """

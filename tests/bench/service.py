@@ -1,4 +1,4 @@
-"""CLI round trip against a running service (issue 10): `vm ls` and `stats` on a pool of 10 M blocks.
+"""CLI round trip against a running service (issue 10): `vm ls` and `stats` on 10 M blocks.
 
 The pool: VMS VMs that together hold BLOCKS block references (10 M by default: 40 GB logical),
 written with UNIQUE MiB of seeded random data repeated (1 GiB: 262 144 unique blocks), so every
