@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from engine.api import AttachedError, LocalAdmin, PoolLockedError, find_service
+from engine.api import AttachedError, BlockfoldError, LocalAdmin, PoolLockedError, find_service
 from engine.errors import ReadOnlyError
 from engine.net import adminwire, rpc
 from engine.pool import Pool
@@ -266,19 +266,33 @@ def test_a_short_writer_waits_for_another_to_let_the_pool_go(pool_dir, golden):
     holder.wait(timeout=30)
 
 
-def test_metrics_for_prometheus(pool_dir, golden, serve, tmp_path):
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, golden, serve,
+                                                                     tmp_path):
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
     s = serve("--nbd", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+    before = scrape(s.metrics)
+    assert before["blockfold_logical_bytes"] == 6 * MiB          # the holes are not data
+    assert before["blockfold_dedup_ratio"] == pytest.approx(3.0, rel=0.01)
+    assert cli_json("-p", pool_dir, "stats")["logical_bytes"] == 6 * MiB
+    image(tmp_path / "desk.raw", 4, 9)          # new data over the whole of desk, hole included
     subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
-                    str(tmp_path / "golden.raw"), s.uri("golden")], check=True, timeout=60)
-    text = urllib.request.urlopen(s.metrics, timeout=10).read().decode()
-    figures = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
-               for line in text.splitlines() if line and not line.startswith("#")}
-    assert figures["blockfold_logical_bytes"] == 3 * MiB          # the hole is not data
-    assert figures["blockfold_dedup_ratio"] == pytest.approx(1.5, rel=0.01)
-    assert figures['blockfold_vm_written_bytes_total{vm="golden"}'] >= 3 * MiB
-    assert figures['blockfold_vm_requests_total{op="write",vm="golden"}'] > 0
-    assert figures['blockfold_nbd_request_seconds_count{op="write"}'] > 0
-    assert figures['blockfold_node_state{node="local",state="up"}'] == 1
+                    str(tmp_path / "desk.raw"), s.uri("desk")], check=True, timeout=60)
+    after = scrape(s.metrics)
+    assert after["blockfold_logical_bytes"] == 6 * MiB          # desk's hole is a hole again
+    assert after["blockfold_unique_blocks"] == before["blockfold_unique_blocks"] + 2 * 256
+    assert after["blockfold_dedup_ratio"] == pytest.approx(1.5, rel=0.01)
+    assert after['blockfold_vm_written_bytes_total{vm="desk"}'] >= 3 * MiB
+    assert after['blockfold_vm_requests_total{op="write",vm="desk"}'] > 0
+    assert after['blockfold_nbd_request_seconds_count{op="write"}'] > 0
+    assert after['blockfold_node_state{node="local",state="up"}'] == 1
+    desk = [v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk"][0]
+    assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
     s.stop()
 
 
@@ -308,3 +322,15 @@ def test_a_killed_service_leaves_a_socket_nobody_answers(pool_dir, golden, serve
     assert json.loads(run_cli("-p", pool_dir, "stats", "--json").stdout)["state"] in (
         "ready", "rebuilding")
     t.stop()
+
+
+def test_a_client_outlives_a_restart_of_its_service(pool_dir, golden, serve):
+    s = serve()
+    with find_service(pool_dir, actor="console") as admin:
+        assert admin.vm_names() == ["golden"]
+        s.stop()
+        with pytest.raises(BlockfoldError, match=r"went away|no service answers"):
+            admin.vm_names()
+        t = serve()
+        assert admin.vm_names() == ["golden"]       # connected again, as the console polls
+        t.stop()

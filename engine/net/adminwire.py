@@ -43,7 +43,6 @@ DATA_CHUNK = 4 << 20                  # bytes a DATA frame carries at most
 
 LOGIN, HELLO, CALL, DATA, CANCEL = 1, 2, 3, 4, 5
 PROGRESS, REPLY, ERROR = 0x82, 0x80, 0x81
-KINDS = {LOGIN, HELLO, CALL, DATA, CANCEL}      # what a client may send
 
 
 class Code(enum.StrEnum):

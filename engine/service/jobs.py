@@ -117,10 +117,6 @@ class Jobs:
             jobs = sorted([*self._running.values(), *self._ended], key=lambda j: j.id)
         return [j.result() for j in jobs]
 
-    def running(self) -> list[Job]:
-        with self._lock:
-            return [j.result() for j in self._running.values()]
-
     def cancel(self, job_id: int) -> Job:
         """Asks a running job to stop; returns it. Raises RefusedError (no such job running)."""
         with self._lock:

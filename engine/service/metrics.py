@@ -12,12 +12,14 @@ Two kinds:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..admin import Admin
+from ..errors import CorruptBlockError
 
 NODE_STATES = ("up", "suspect", "down", "returning")
 # From a cached 4 KiB read (tens of microseconds) to a flush that waits on a slow disk.
@@ -99,31 +101,43 @@ class Metrics:
 
 
 class Metered:
-    """The Admin the NBD server uses, counting what it serves (everything else passes through)."""
+    """The Admin the NBD server uses, counting what it serves (everything else passes through),
+    and telling `changed()` of every write, trim or rotten block (see ServedAdmin.changed)."""
 
-    def __init__(self, admin: Admin, metrics: Metrics):
+    def __init__(self, admin: Admin, metrics: Metrics, changed: Callable[[], None]):
         self._admin = admin
         self._m = metrics
+        self._changed = changed
 
     def __getattr__(self, name):
         return getattr(self._admin, name)
 
     def read(self, name, offset, length):
         started = time.perf_counter()
-        data = self._admin.read(name, offset, length)
+        try:
+            data = self._admin.read(name, offset, length)
+        except CorruptBlockError:
+            self._changed()         # remembered as corrupt: a figure
+            raise
         self._done("read", name, started)
         self._m.read_bytes.labels(name).inc(length)
         return data
 
     def write(self, name, offset, data, force=False):
         started = time.perf_counter()
-        self._admin.write(name, offset, data)
+        try:
+            self._admin.write(name, offset, data)
+        finally:
+            self._changed()
         self._done("write", name, started)
         self._m.written_bytes.labels(name).inc(len(data))
 
     def trim(self, name, offset, length):
         started = time.perf_counter()
-        self._admin.trim(name, offset, length)
+        try:
+            self._admin.trim(name, offset, length)
+        finally:
+            self._changed()
         self._done("trim", name, started)
 
     def flush(self):

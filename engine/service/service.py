@@ -80,7 +80,7 @@ class Service:
                 bound["metrics"] = self.metrics.serve(*self.metrics_address)
             if self.nbd_address:
                 from ..nbd.server import NBDServer   # asyncio's NBD only where it is served
-                self.nbd = NBDServer(Metered(self.inner, self.metrics),
+                self.nbd = NBDServer(Metered(self.inner, self.metrics, self.admin.changed),
                                      read_only=self.nbd_read_only)
                 bound["nbd"] = await self.nbd.start(*self.nbd_address)
                 self.admin.attachments = self.nbd
