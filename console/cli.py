@@ -39,7 +39,32 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_VALUES = {"-p", "--pool", "-c", "--cluster", "--service"}   # global options with a value
+
+
+def named(argv: list[str]) -> list[Command]:
+    """The declarations of the command `argv` names (every command of a group named alone);
+    all of them when it names none we know (--help, a typo: they are all listed then)."""
+    words: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in GLOBAL_VALUES:
+            next(tokens, None)
+        elif token.startswith("-"):
+            if words:
+                break
+        else:
+            words.append(token)
+            if token not in commands.GROUPS or len(words) == 2:
+                break
+    found = [c for c in commands.COMMANDS if words and list(c.words[:len(words)]) == words]
+    return found or commands.COMMANDS
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `blockfold`; given `argv`, only of the command it names (every parser
+    costs a few gettext lookups on disk: all of them would cost more than the rest of a command
+    a service answers)."""
     p = Parser(prog="blockfold", description="Blockfold: a deduplicating storage pool for "
                "virtual-desktop disk images.", epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " subsystem: ssh://USER@HOST:PORT (your SSH key and known_hosts)")
     top = p.add_subparsers(metavar="COMMAND")
     groups = {}     # first word -> its subparsers
-    for cmd in commands.COMMANDS:
+    for cmd in commands.COMMANDS if argv is None else named(argv):
         *group, word = cmd.words
         parent = top
         if group:
@@ -70,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return run(args)
     except UsageError as e:

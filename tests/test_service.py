@@ -291,7 +291,7 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
     assert after['blockfold_vm_requests_total{op="write",vm="desk"}'] > 0
     assert after['blockfold_nbd_request_seconds_count{op="write"}'] > 0
     assert after['blockfold_node_state{node="local",state="up"}'] == 1
-    desk = [v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk"][0]
+    desk = next(v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk")
     assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
     s.stop()
 
