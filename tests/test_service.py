@@ -223,8 +223,10 @@ def test_sigterm_drains_and_the_next_open_is_not_a_crash(pool_dir, golden, serve
     with LocalAdmin.open(pool_dir, readonly=True) as admin:
         assert admin.last_rebuild().reason == "open"
         assert admin.read("golden", 0, len(golden)) == golden
-    # Without a service, the same command line opens the pool itself.
+    # Without a service, the same command line opens the pool itself; a scrub runs here.
     assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+    assert cli_json("-p", pool_dir, "scrub")["finished"]
+    assert cli_json("-p", pool_dir, "job", "ls") == []
 
 
 def test_ctrl_c_cancels_an_import_in_the_service_and_leaves_nothing(pool_dir, golden, serve):
