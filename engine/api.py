@@ -44,6 +44,7 @@ class Admin:
     def read(self, name: str, offset: int, length: int) -> bytes: raise NotImplementedError
     def write(self, name: str, offset: int, data) -> None: raise NotImplementedError
     def trim(self, name: str, offset: int, length: int) -> None: raise NotImplementedError
+    def extents(self, name: str, offset: int, length: int) -> list[tuple[int, bool]]: raise NotImplementedError
     def flush(self) -> None: raise NotImplementedError
 
     # VMs
@@ -98,6 +99,7 @@ class LocalAdmin(Admin):
     def read(self, name, offset, length): return self.pool.read(name, offset, length)
     def write(self, name, offset, data): self.pool.write(name, offset, data)
     def trim(self, name, offset, length): self.pool.trim(name, offset, length)
+    def extents(self, name, offset, length): return self.pool.extents(name, offset, length)
     def flush(self): self.pool.flush()
 
     def vms(self): return self.pool.vm_list()

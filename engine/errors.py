@@ -63,3 +63,7 @@ class ReadOnlyError(RefusedError):
 
 class CancelledError(RefusedError):
     pass
+
+
+class CorruptBlockError(BlockfoldError):
+    """A block's bytes no longer match its fingerprint: it is never returned as data."""
