@@ -62,7 +62,7 @@ class Handshake:
         self.pending: list[bytes] = []           # replies not sent yet
 
     async def run(self) -> bool:
-        """Haggles until the client is in transmission (True) or aborted (False).
+        """Haggles until the client is in transmission (True) or gone without it (False).
 
         Raises ClientGone, ProtocolError, OSError.
         """
@@ -96,7 +96,7 @@ class Handshake:
                 if refusal is None:
                     return True
                 if option == p.OPT_EXPORT_NAME:
-                    raise ProtocolError(refusal)        # this option has no error reply
+                    return False        # this option has no error reply: drop the connection
                 self.pending[-1] = p.option_reply(option, p.REP_ERR_POLICY, refusal.encode())
             await self.send_pending()
 

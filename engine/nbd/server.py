@@ -9,6 +9,10 @@ client has chosen its export, the connection's transmission phase moves to a thr
 idle desktops cost a thread and a socket each, and every connection is served. The one limit is
 the open-file limit (the server raises its soft limit to the hard one): past it, a client is
 refused at NBD_OPT_GO with NBD_REP_ERR_POLICY and a message, and the refusal is logged.
+
+Once handed over, a connection belongs to its thread, which closes it when done: the event loop is
+never woken per connection that ends (a thousand desktops leaving at once would fill its wakeup
+pipe, and a SIGTERM arriving then would be lost).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -59,9 +64,10 @@ class NBDServer:
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
         self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
+        self.lock = threading.Lock()    # connections and transmitting: the threads change them
         self.connections: set[Connection] = set()
+        self.transmitting = 0           # connections handed to a thread of their own
         self.max_transmitting = 0       # set by start()
-        self.transmitting = 0           # connections with a thread; changed on the loop only
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
 
@@ -91,21 +97,41 @@ class NBDServer:
             # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock, peer)
-            self.connections.add(connection)
+            with self.lock:
+                self.connections.add(connection)
             connection.task = asyncio.create_task(connection.serve())
-            connection.task.add_done_callback(lambda _, c=connection: self.connections.discard(c))
+
+    def release(self, connection: Connection) -> None:
+        """A connection is closed: forget it (from its thread, or from the loop)."""
+        with self.lock:
+            self.connections.discard(connection)
+            if connection.thread is not None:
+                self.transmitting -= 1
 
     async def close(self) -> None:
         """Stops listening, answers what each client already sent, then drops the connections."""
         self._accepting.cancel()
         self._listener.close()
-        running = [c.stop() for c in list(self.connections)]
-        if running:
-            _, late = await asyncio.wait(running, timeout=SHUTDOWN_GRACE_S)
-            for connection in list(self.connections):
-                connection.abort()
-            await asyncio.gather(*late, return_exceptions=True)
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            connection.stop()
+        await asyncio.gather(*(c.task for c in connections if c.thread is None),
+                             return_exceptions=True)
+        await asyncio.to_thread(drain, [c for c in connections if c.thread is not None])
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
+
+
+def drain(connections: list[Connection]) -> None:
+    """Gives the connections' threads SHUTDOWN_GRACE_S to answer what they had received, then
+    drops the connections of those still at it (a client that does not read, say)."""
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    for c in connections:
+        c.thread.join(max(0.0, deadline - time.monotonic()))
+    for c in connections:
+        if c.thread.is_alive():
+            c.abort()
+            c.thread.join()
 
 
 class Connection:
@@ -113,16 +139,15 @@ class Connection:
         self.server = server
         self.sock = sock
         self.peer = f"{peer[0]}:{peer[1]}"
-        self.task: asyncio.Task | None = None
-        self.finished: asyncio.Future | None = None     # set once its thread has ended
+        self.task: asyncio.Task | None = None           # the negotiation, on the loop
+        self.thread: threading.Thread | None = None     # the transmission phase, once handed over
 
-    def stop(self) -> asyncio.Task:
+    def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
-        if self.finished is not None:
+        if self.thread is not None:
             self._shutdown(socket.SHUT_RD)      # the connection's thread sees the end of input
         else:
             self.task.cancel()
-        return self.task
 
     def abort(self) -> None:
         """Shutdown grace is over: unblock a thread stuck sending to a client that does not read."""
@@ -135,17 +160,17 @@ class Connection:
             pass    # already disconnected
 
     async def serve(self) -> None:
+        handed_over = False
         try:
-            if await Handshake(self).run():
-                await self.finished
+            handed_over = await Handshake(self).run()
         except (ClientGone, OSError):
             pass    # the client went away, or its socket failed: nothing more to answer
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
-            if self.finished is not None:
-                self.server.transmitting -= 1
-            self.sock.close()
+            if not handed_over:
+                self.sock.close()
+                self.server.release(self)
 
     # -- negotiation, on the event loop --------------------------------------------------------
 
@@ -163,33 +188,31 @@ class Connection:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
     def hand_over(self, session: Session, replies: bytes) -> str | None:
-        """Starts the connection's thread, which sends `replies` (the last one enters
-        transmission) and then serves its requests. Returns why not, if it cannot."""
+        """Starts the connection's own thread, which sends `replies` (the last one enters
+        transmission), serves the requests and closes the connection. Returns why not, if the
+        server cannot take another connection."""
         server = self.server
-        name = session.export.name
-        if server.transmitting >= server.max_transmitting:
-            why = (f"the server is serving {server.transmitting} connections, its limit:"
-                   " try again later")
-        else:
-            loop = asyncio.get_running_loop()
-            finished = loop.create_future()
-            thread = threading.Thread(target=self._transmit,
-                                      args=(session, replies, loop, finished),
-                                      name=f"nbd {self.peer}", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as e:     # out of threads (a pids limit, say)
-                why = f"the server cannot start another connection: {e}"
+        with server.lock:
+            if server.transmitting >= server.max_transmitting:
+                why = (f"the server is serving {server.transmitting} connections, its limit:"
+                       " try again later")
             else:
-                self.finished = finished
-                server.transmitting += 1
-                return None
-        server.log(f"{self.peer}: refused export {name!r}: {why}")
+                thread = threading.Thread(target=self._transmit, args=(session, replies),
+                                          name=f"nbd {self.peer}", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as e:     # out of threads (a pids limit, say)
+                    why = f"the server cannot start another connection: {e}"
+                else:
+                    self.thread = thread
+                    server.transmitting += 1
+                    return None
+        server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
         return why
 
     # -- transmission, on the connection's own thread ------------------------------------------
 
-    def _transmit(self, session: Session, replies: bytes, loop, finished) -> None:
+    def _transmit(self, session: Session, replies: bytes) -> None:
         try:
             self.sock.setblocking(True)
             self.sock.sendall(replies)
@@ -201,7 +224,8 @@ class Connection:
         except Exception as e:      # noqa: BLE001 - logged, and only this connection ends
             self.server.log(f"{self.peer}: internal error: {type(e).__name__}: {e}")
         finally:
-            loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+            self.sock.close()
+            self.server.release(self)
 
 
 def serve(admin, host: str, port: int, *, read_only: bool = False,
