@@ -48,11 +48,12 @@ def tool(*args, timeout=60) -> subprocess.CompletedProcess:
 
 
 class Server:
-    """`blockfold -p POOL nbd serve --listen 127.0.0.1:0` as a subprocess."""
+    """`blockfold -p POOL nbd serve --listen 127.0.0.1:0` (-c: a cluster's) as a subprocess."""
 
-    def __init__(self, pool_dir: Path, *extra: str, preexec_fn=None):
+    def __init__(self, pool_dir: Path, *extra: str, cluster: bool = False, preexec_fn=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console", "-p", str(pool_dir), "nbd", "serve",
+            [sys.executable, "-m", "console", "-c" if cluster else "-p", str(pool_dir), "nbd",
+             "serve",
              "--listen", "127.0.0.1:0", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=preexec_fn)
