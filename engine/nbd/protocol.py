@@ -151,13 +151,14 @@ def block_status_chunk(cookie: int, context: int, extents: list[tuple[int, int]]
 
 
 def decode_string(data: bytes) -> str:
-    """An NBD string (export name): UTF-8, no NUL, at most 4096 bytes; ValueError otherwise."""
+    """An NBD string (an export name, a query): UTF-8, no NUL, at most 4096 bytes; ValueError
+    otherwise."""
     if len(data) > MAX_STRING or b"\0" in data:
-        raise ValueError("a name must be at most 4096 bytes, without NUL")
+        raise ValueError("a name or query must be at most 4096 bytes, without NUL")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError("a name must be UTF-8") from None
+        raise ValueError("a name or query must be UTF-8") from None
 
 
 def parse_info_request(data: bytes) -> tuple[str, list[int]]:
