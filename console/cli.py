@@ -176,7 +176,8 @@ def _cluster_commands(sub, cmd) -> None:
                           ).add_subparsers(dest="action", metavar="ACTION")
     serve = node.add_parser("serve", help="run one node (an SSH server) in the foreground")
     serve.add_argument("--data", required=True, metavar="DIR")
-    serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0: any free")
+    serve.add_argument("--listen", type=_listen_address, required=True, metavar="HOST:PORT",
+                       help="port 0: any free")
     serve.add_argument("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE")
     serve.add_argument("--block-size", type=_positive, metavar="N")
     serve.add_argument("--cluster", metavar="DIR",

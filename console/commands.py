@@ -197,8 +197,11 @@ def cluster(args) -> int:
 
 
 def node_serve(args) -> int:
-    return api.serve_node(args.data, args.listen, _size(args.memory), args.block_size,
-                          args.cluster)
+    def ready(host, port):
+        print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
+    api.serve_node(args.data, *args.listen, _size(args.memory), args.block_size, args.cluster,
+                   ready=ready)
+    return 0
 
 
 def node_ls(admin, args, bar) -> int:

@@ -163,7 +163,7 @@ def cluster_add(path, address: str, **kwargs) -> dict:
     return lifecycle.add(path, address, **kwargs)
 
 
-def serve_node(data: str, listen: str, memory: int | None = None,
-               block_size: int | None = None, cluster: str | None = None) -> int:
-    from .net import node
-    return node.main(data, listen, memory, block_size, cluster)
+def serve_node(data: str, host: str, port: int, memory: int | None = None,
+               block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
+    from .node import server
+    server.run(data, host, port, memory, block_size, cluster, ready)

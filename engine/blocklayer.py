@@ -24,6 +24,7 @@ from .rebuild import PageScan
 class BlockLayer(Protocol):
     block_size: int
     collisions: int             # fingerprints that matched other bytes, since the pool was made
+    corrupt: np.ndarray         # addresses known rotten (every copy, in a cluster), ascending
 
     # -- write path ---------------------------------------------------------------------------
     def store_blocks(self, blocks: np.ndarray) -> np.ndarray:
@@ -37,10 +38,12 @@ class BlockLayer(Protocol):
 
     # -- read path ----------------------------------------------------------------------------
     def gather(self, addrs: np.ndarray) -> np.ndarray:
-        """The bytes of each (non-zero) address, as n × block_size uint8."""
+        """The bytes of each (non-zero) address, as n × block_size uint8, each checked against
+        its fingerprint. Raises CorruptBlockError (the address joins `corrupt`) rather than
+        return rotten bytes."""
 
     def block_bytes(self, addr: int) -> bytes:
-        """The bytes of one address."""
+        """The bytes of one address, checked as gather() checks them."""
 
     # -- durability ---------------------------------------------------------------------------
     def sync(self) -> None:
@@ -65,9 +68,10 @@ class BlockLayer(Protocol):
         """The RAM metadata exists (a rebuild has run)."""
 
     def rebuild(self, pages: PageScan, *, full: bool, progress: ProgressCallback | None,
-                cancel, reclaim: bool) -> dict:
+                cancel, reclaim: bool, known_corrupt: np.ndarray) -> dict:
         """Rebuilds refcounts, the index and free space from the references in `pages`; full
-        re-reads every block and reports those whose bytes no longer match their fingerprint.
+        re-reads every block and reports those whose bytes no longer match their fingerprint,
+        fast keeps `known_corrupt` (those still referenced) as corrupt.
         Returns the figures (see engine/rebuild.py). Raises CancelledError."""
 
     # -- views --------------------------------------------------------------------------------

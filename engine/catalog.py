@@ -11,6 +11,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .errors import NotAPoolError, PoolFormatError
 from .layergraph import VM, LayerEdit
 
@@ -56,6 +58,7 @@ class Catalog:
         db["rebuilds"].create({"id": int, "ts": float, "reason": str, "mode": str,
                                "seconds": float, "blocks": int, "bytes": int, "corrupt": int,
                                "orphans": int}, pk="id")
+        self.ensure_tables()
         db["meta"].insert_all([
             {"key": "format_version", "value": str(FORMAT_VERSION)},
             {"key": "block_size", "value": str(block_size)},
@@ -64,6 +67,11 @@ class Catalog:
             {"key": "collisions", "value": "0"},
             {"key": "next_layer", "value": "1"},
         ])
+
+    def ensure_tables(self) -> None:
+        """Tables added since format 1 began, made where missing (a writable open)."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS corrupt (address INTEGER PRIMARY KEY,"
+                          " found REAL)")
 
     def check_format(self, where: Path) -> None:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is None:
@@ -169,6 +177,22 @@ class Catalog:
         rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM rebuilds ORDER BY id DESC"
                                  " LIMIT ?", (limit,)).fetchall()
         return [dict(zip(cols, r)) for r in rows]
+
+    def corrupt_addresses(self) -> np.ndarray:
+        """Blocks found rotten (by a read, a full rebuild, fsck or scrub) and still referenced."""
+        try:
+            rows = self.conn.execute("SELECT address FROM corrupt ORDER BY address").fetchall()
+        except sqlite3.OperationalError:        # an older pool opened read-only: none known
+            return np.zeros(0, np.uint64)
+        return np.array([r[0] for r in rows], dtype=np.uint64)
+
+    def set_corrupt(self, addresses: np.ndarray) -> None:
+        """The corrupt set as it is now; inside a commit."""
+        known = set(self.corrupt_addresses().tolist())
+        now = set(int(a) for a in addresses)
+        self.conn.executemany("DELETE FROM corrupt WHERE address=?", [(a,) for a in known - now])
+        self.conn.executemany("INSERT INTO corrupt (address, found) VALUES (?, ?)",
+                              [(a, time.time()) for a in sorted(now - known)])
 
     def reader(self) -> sqlite3.Connection:
         """A second connection for a scan that runs beside the main one (the same one in RAM)."""

@@ -66,4 +66,12 @@ class CancelledError(RefusedError):
 
 
 class CorruptBlockError(BlockfoldError):
-    """A block's bytes no longer match its fingerprint: it is never returned as data."""
+    """A block's bytes no longer match its fingerprint: it is never returned as data.
+
+    `offset` is the byte offset in the VM where the bad block starts (when a VM was read), and
+    `address` the block's address (a slot, or a cluster block id)."""
+
+    def __init__(self, message: str, *, address: int, offset: int | None = None):
+        super().__init__(message)
+        self.address = address
+        self.offset = offset

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import fsck as fsck_mod
 from .blockstore import BlockStore
+from .errors import CorruptBlockError
 from .fingerprint import Fingerprinter, keys_of
 from .index import FingerprintIndex
 from .progress import ProgressCallback
@@ -48,6 +49,7 @@ class LocalBlocks:
         if len(hit):
             cand = found[hit]
             same = (refcounts[cand] > 0) & (store.hashes[cand] == digests[hit]).all(axis=1)
+            same &= ~np.isin(cand, self.corrupt)        # a rotten slot is never shared
             hit, cand = hit[same], cand[same]
             equal = (store.words[cand] == words[hit]).all(axis=1)
             slots[hit[equal]] = cand[equal]
@@ -85,7 +87,8 @@ class LocalBlocks:
         key = int.from_bytes(digest[:8], "little") or 1          # as keys_of does
         slot = self.index.lookup_one(key)
         store = self.store
-        if slot and self.space.refcounts[slot] and store.hashes[slot].tobytes() == digest:
+        if (slot and self.space.refcounts[slot] and store.hashes[slot].tobytes() == digest
+                and slot not in self.corrupt):
             if store.block(slot) != block.tobytes():
                 self.collisions += 1
                 slot = 0
@@ -116,11 +119,41 @@ class LocalBlocks:
     # -- read path ----------------------------------------------------------------------------
 
     def gather(self, addrs: np.ndarray) -> np.ndarray:
-        """The bytes of each (non-zero) address, as n × block_size."""
-        return self.store.data[addrs]
+        """The bytes of each (non-zero) address, as n × block_size, each checked against its
+        stored fingerprint (as ZFS checks every read). Raises CorruptBlockError for the first
+        block that does not match, which is remembered as corrupt."""
+        data = self.store.data[addrs]
+        bad = (self.fingerprints.of(data) != self.store.hashes[addrs]).any(axis=1)
+        if bad.any():
+            self._corrupt_read(addrs[np.flatnonzero(bad)])
+        return data
 
     def block_bytes(self, addr: int) -> bytes:
-        return self.store.block(addr)
+        """One block's bytes, checked as gather() checks them."""
+        data = self.store.block(addr)
+        if self.fingerprints.one(data) != self.store.hashes[addr].tobytes():
+            self._corrupt_read(np.array([addr], np.uint64))
+        return data
+
+    def _corrupt_read(self, addrs: np.ndarray) -> None:
+        self.corrupt = np.union1d(self.corrupt, addrs.astype(np.uint64))
+        first = int(addrs[0])
+        raise CorruptBlockError(f"slot {first} is corrupt: its bytes no longer match its"
+                                " fingerprint", address=first)
+
+    def scrub(self, after: int, limit: int) -> tuple[int, int, np.ndarray]:
+        """Verifies up to `limit` live blocks with addresses above `after` against their
+        fingerprints: (the last address checked, or 0 when none was left; how many were
+        checked; those found rotten, which join `corrupt`)."""
+        live = np.flatnonzero(self.space.refcounts[after + 1:]) + after + 1
+        slots = live[:limit].astype(np.uint64)
+        if not len(slots):
+            return 0, 0, np.zeros(0, np.uint64)
+        fresh = self.fingerprints.of_slots(self.store.view(), slots)
+        bad = slots[(fresh != self.store.hashes[slots]).any(axis=1)]
+        if len(bad):
+            self.corrupt = np.union1d(self.corrupt, bad)
+        return int(slots[-1]), len(slots), bad
 
     # -- durability ---------------------------------------------------------------------------
 
@@ -143,6 +176,7 @@ class LocalBlocks:
         released = self.space.release(epoch)
         if len(released):
             self.store.clear_hashes(released)
+            self.corrupt = np.setdiff1d(self.corrupt, released)
 
     # -- rebuild ------------------------------------------------------------------------------
 
@@ -151,9 +185,10 @@ class LocalBlocks:
         return self.index is not None
 
     def rebuild(self, pages: PageScan, *, full: bool, progress: ProgressCallback | None,
-                cancel, reclaim: bool) -> dict:
+                cancel, reclaim: bool, known_corrupt: np.ndarray) -> dict:
         result = rebuild(pages, self.store, full=full, fingerprints=self.fingerprints,
-                         progress=progress, cancel=cancel, reclaim=reclaim)
+                         progress=progress, cancel=cancel, reclaim=reclaim,
+                         known_corrupt=known_corrupt)
         self.index, self.space, self.corrupt = result.index, result.space, result.corrupt
         return result.figures
 

@@ -23,6 +23,7 @@ the RAM metadata is rebuilt; writes wait for the rebuild to finish.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,8 +34,8 @@ from .blocklayer import BlockLayer
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
 from .catalog import CATALOG_FILE, Catalog
-from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
-                     ReadOnlyError, RefusedError)
+from .errors import (AbortedError, BlockfoldError, CorruptBlockError, NotAPoolError,
+                     OutOfRangeError, ReadOnlyError, RefusedError)
 from .fingerprint import Fingerprinter, fingerprint
 from .layergraph import VM, LayerEdit, LayerGraph
 from .localblocks import LocalBlocks
@@ -44,6 +45,8 @@ from .rebuild import PageScan
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
+SCRUB_BATCH = 4096          # blocks verified under the lock at a time
+SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 
 
 class Pool:
@@ -107,6 +110,7 @@ class Pool:
         pool = cls(path, catalog, blocks, lock, readonly, actor)
         crashed = catalog.get("state") == "dirty"
         if not readonly:
+            catalog.ensure_tables()
             catalog.set("state", "dirty")
         reason = "crash" if crashed else ("requested" if rebuild else "open")
         pool._start_rebuild(rebuild == "full", reason, progress, background=not wait)
@@ -126,6 +130,7 @@ class Pool:
         self._rebuild_error: BaseException | None = None
         self.last_rebuild: dict = {}
         self.generation = 0          # bumped by every change; caches of derived views key on it
+        self._corrupt_saved = catalog.corrupt_addresses()
         self._load()
 
     def _load(self) -> None:
@@ -147,10 +152,34 @@ class Pool:
                     self.catalog.set("state", "clean")
             finally:
                 self.catalog.close()
+                if self.readonly:
+                    self._remember_corrupt()
                 self.blocks.close()
                 if self._lock_file:
                     self._lock_file.release()
                 self.catalog = None
+
+    def _remember_corrupt(self) -> None:
+        """A read-only opener that found rotten blocks records them if no writer holds the pool
+        (a writer's service records what its own reads find)."""
+        new = np.setdiff1d(self.blocks.corrupt, self._corrupt_saved)
+        if not len(new) or not isinstance(self.blocks, LocalBlocks):
+            return
+        try:
+            lock = PoolLock(self.path)
+        except (BlockfoldError, OSError):
+            return
+        try:
+            catalog = Catalog(self.path / CATALOG_FILE)
+            try:
+                catalog.ensure_tables()
+                catalog.begin()
+                catalog.set_corrupt(np.union1d(catalog.corrupt_addresses(), new))
+                catalog.commit()
+            finally:
+                catalog.close()
+        finally:
+            lock.release()
 
     def __enter__(self) -> "Pool":
         return self
@@ -186,7 +215,8 @@ class Pool:
             scan = PageScan(self._chain_rows(self.catalog.scan_pages(conn), extra),
                             self.catalog.count_pages(conn) + len(extra), layers)
             figures = self.blocks.rebuild(scan, full=full, progress=progress, cancel=cancel,
-                                          reclaim=not self.readonly)
+                                          reclaim=not self.readonly,
+                                          known_corrupt=self.catalog.corrupt_addresses())
         except BaseException as e:
             if not self.blocks.ready:   # nothing to fall back on; a live pool keeps what it had
                 self._rebuild_error = e
@@ -233,7 +263,7 @@ class Pool:
     def _changing(self):
         """Runs a change under the pool's lock once the pool may be written.
 
-        A change refuses (RefusedError) before it touches anything. Any other error escaping
+        A change refuses (a BlockfoldError) before it touches anything. Any other error escaping
         it is a fault of ours with RAM possibly half-changed: the pool goes back to its last
         commit, as after a crash, and says so (AbortedError)."""
         if self.readonly:
@@ -242,8 +272,8 @@ class Pool:
         with self._lock:
             try:
                 yield
-            except (RefusedError, AbortedError):
-                raise
+            except BlockfoldError:
+                raise               # ours: raised before anything changed
             except Exception as e:
                 self._back_to_last_commit()
                 raise AbortedError(f"internal error, back to the last commit: "
@@ -273,6 +303,9 @@ class Pool:
             if rows is not None:
                 rows(self.catalog)
             self.catalog.set("collisions", self.blocks.collisions)
+            corrupt = self.blocks.corrupt
+            if not np.array_equal(corrupt, self._corrupt_saved):
+                self.catalog.set_corrupt(corrupt)
             self.catalog.commit()
         except BaseException as e:
             self.catalog.rollback()
@@ -281,6 +314,7 @@ class Pool:
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.tables.end(snap)
+        self._corrupt_saved = corrupt
         self.blocks.release(epoch)
         if edit is not None:
             self._apply(edit)
@@ -343,9 +377,26 @@ class Pool:
         with self._lock:
             vm = self.graph.vm(name)
             self._check_range(vm, offset, length)
-            return self._read(vm.top, offset, length)
+            return self._read(vm, offset, length)
 
-    def _read(self, top: int, offset: int, length: int) -> bytes:
+    def _read(self, vm: VM, offset: int, length: int) -> bytes:
+        """Reads through the VM's chain; a rotten block raises CorruptBlockError naming the VM
+        and the byte offset of the bad block (it is never returned as data)."""
+        try:
+            return self._read_top(vm.top, offset, length)
+        except CorruptBlockError as e:
+            bad = self._offset_of(vm.top, offset, length, e.address)
+            raise CorruptBlockError(f"VM {vm.name}: the block at byte {bad} is corrupt (its bytes"
+                                    " no longer match its fingerprint)", address=e.address,
+                                    offset=bad) from None
+
+    def _offset_of(self, top: int, offset: int, length: int, address: int) -> int:
+        bs = self.block_size
+        first = offset // bs
+        addrs = self.tables.lookup_range(top, first, (offset + length - 1) // bs - first + 1)
+        return (first + int(np.flatnonzero(addrs == address)[0])) * bs
+
+    def _read_top(self, top: int, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
         bs = self.block_size
@@ -578,7 +629,7 @@ class Pool:
                     top = self.graph.vm(name).top
                     mapped = self.tables.lookup_range(top, offset // self.block_size,
                                                       -(-n // self.block_size)) != 0
-                    data = self._read(top, offset, n) if mapped.any() else None
+                    data = self._read(self.graph.vm(name), offset, n) if mapped.any() else None
                 if data is not None:
                     out.write_blocks(offset, data, mapped, self.block_size)
                 meter.done = offset + n
@@ -608,6 +659,57 @@ class Pool:
             if not self.readonly:
                 self._commit()
             return fsck_mod.check(self, progress)
+
+    def scrub(self, rate: float | None = None, progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> dict:
+        """Verifies every live block against its fingerprint (the anchor is `zpool scrub`),
+        SCRUB_BATCH blocks at a time under the lock, so reads and writes go on in between.
+
+        rate: at most this many bytes a second (None: as fast as it goes). Where it got to is
+        committed every few seconds, so a scrub cancelled (or a process killed) resumes there
+        the next time; a scrub that reaches the end starts over the time after. Rotten blocks
+        are remembered as corrupt. Returns {"blocks", "bytes", "corrupt" (addresses found),
+        "seconds", "bytes_per_s", "finished"}. Raises ReadOnlyError.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"pool {self.path} is open read-only: scrub records what it finds")
+        self._wait_ready()
+        started = time.monotonic()
+        with self._lock:
+            cursor = int(self.catalog.get("scrub_cursor") or 0)
+            total = len(self.blocks.live())
+        meter = Meter(progress, "scrub", total, unit_bytes=self.block_size)
+        checked, found, saved, finished = 0, [], time.monotonic(), False
+        while not (cancel is not None and cancel.is_set()):
+            with self._lock:
+                cursor, n, bad = self.blocks.scrub(cursor, SCRUB_BATCH)
+            checked += n
+            found.append(bad)
+            meter.advance(n)
+            if not n:
+                finished = True
+                break
+            if rate:
+                ahead = checked * self.block_size / rate - (time.monotonic() - started)
+                if ahead > 0 and cancel is not None:
+                    cancel.wait(ahead)
+                elif ahead > 0:
+                    time.sleep(ahead)
+            if time.monotonic() - saved >= SCRUB_SAVE_S:
+                self._save_scrub(cursor)
+                saved = time.monotonic()
+        self._save_scrub(cursor)
+        meter.finish()
+        seconds = time.monotonic() - started
+        corrupt = np.concatenate(found) if found else np.zeros(0, np.uint64)
+        return {"blocks": checked, "bytes": checked * self.block_size,
+                "corrupt": [int(a) for a in corrupt], "seconds": round(seconds, 4),
+                "bytes_per_s": int(checked * self.block_size / seconds) if seconds else 0,
+                "finished": finished}
+
+    def _save_scrub(self, cursor: int) -> None:
+        with self._lock:
+            self._commit(rows=lambda catalog: catalog.set("scrub_cursor", cursor))
 
     def events(self, limit: int = 100) -> list[dict]:
         with self._lock:

@@ -70,7 +70,9 @@ class Rebuilt:
 
 def rebuild(pages: PageScan, store: BlockStore, *, full: bool, fingerprints: Fingerprinter,
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-            reclaim: bool = True) -> Rebuilt:
+            reclaim: bool = True, known_corrupt: np.ndarray | None = None) -> Rebuilt:
+    """Rebuilds the RAM metadata from the references in `pages`. `known_corrupt`: slots found
+    rotten before (remembered in the catalog); those still referenced stay corrupt."""
     started = time.monotonic()
     bs = store.block_size
     capacity = store.capacity
@@ -106,6 +108,9 @@ def rebuild(pages: PageScan, store: BlockStore, *, full: bool, fingerprints: Fin
     else:
         meter.advance(len(live))
     meter.finish()
+    if not full and known_corrupt is not None and len(known_corrupt):
+        # A full rebuild judges every block afresh; a fast one keeps what was found before.
+        corrupt = known_corrupt[np.isin(known_corrupt, live)]
 
     # index: every live, sound fingerprint
     sound = ~np.isin(live, corrupt)

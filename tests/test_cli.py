@@ -220,3 +220,18 @@ def test_help_explains_the_commands():
         assert word in proc.stdout_text
     proc = run_cli("vm", "clone", "--help")
     assert "--count" in proc.stdout_text and "NEW-1" in proc.stdout_text
+
+
+def test_export_of_a_rotten_block_fails_naming_the_vm_and_offset(pool, tmp_path):
+    make_image(tmp_path / "a.raw", 4, 9)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    with open(pool / "blocks.dat", "r+b") as f:
+        f.seek(3 * BS + 7)                 # slot 3 holds the image's third block
+        byte = f.read(1)
+        f.seek(3 * BS + 7)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw")
+    assert proc.returncode == 1
+    assert "VM a" in proc.stderr_text and f"byte {2 * BS}" in proc.stderr_text
+    assert len(proc.stderr_text.strip().splitlines()) == 1
+    assert cli_json("-p", pool, "stats")["corrupt_blocks"] == 1

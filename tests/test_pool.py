@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import sqlite3
 
 import numpy as np
 import pytest
 
-from engine.errors import (NotAPoolError, OutOfRangeError, PoolFormatError, PoolLockedError,
+from engine.errors import (CorruptBlockError, NotAPoolError, OutOfRangeError, PoolFormatError, PoolLockedError,
                            VMExistsError, VMNotFoundError, BadNameError)
 from engine.pool import Pool
 
@@ -238,3 +239,59 @@ def test_stats_have_the_promised_fields(pool):
     b = s["vms"][1]
     assert (b["size"], b["logical_bytes"], b["shared_blocks"], b["depth"]) == (4 * BS, 4 * BS, 4, 2)
     assert s["rebuilds"][0]["reason"] == "open"
+
+
+def test_a_rotten_block_is_never_served_and_is_remembered(pool_dir):
+    data = rand(8 * BS, 21)
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 8 * BS)
+        p.write("a", 0, data)
+        victim = int(p.addresses("a", 5, 1)[0])
+    with open(pool_dir / "blocks.dat", "r+b") as f:
+        f.seek(victim * BS + 17)
+        f.write(b"\x00" if data[5 * BS + 17] else b"\x01")     # one flipped byte
+    with Pool.open(pool_dir) as p:
+        assert p.read("a", 0, 5 * BS) == data[:5 * BS]          # the sound part reads fine
+        with pytest.raises(CorruptBlockError) as bad:
+            p.read("a", 0, 8 * BS)
+        assert bad.value.offset == 5 * BS and "VM a" in str(bad.value)
+        with pytest.raises(CorruptBlockError):
+            p.read("a", 5 * BS + 100, 10)                        # a small read too
+        assert p.stats()["corrupt_blocks"] == 1
+        p.create_vm("b", BS)
+        p.write("b", 0, data[5 * BS:6 * BS])         # the same bytes again: not shared with rot
+        assert p.read("b", 0, BS) == data[5 * BS:6 * BS]
+    with Pool.open(pool_dir) as p:                   # remembered across opens
+        assert p.stats()["corrupt_blocks"] == 1
+        p.write("a", 5 * BS, data[5 * BS:6 * BS])    # overwritten: no longer referenced
+        p.flush()
+        assert p.read("a", 0, 8 * BS) == data
+    with Pool.open(pool_dir) as p:
+        assert p.stats()["corrupt_blocks"] == 0
+        assert p.fsck() == []
+
+
+def test_scrub_finds_rot_resumes_where_it_stopped_and_starts_over_when_done(pool_dir,
+                                                                           monkeypatch):
+    monkeypatch.setattr("engine.pool.SCRUB_BATCH", 8)
+    data = rand(64 * BS, 31)
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 64 * BS)
+        p.write("a", 0, data)
+        victim = int(p.addresses("a", 40, 1)[0])
+    with open(pool_dir / "blocks.dat", "r+b") as f:
+        f.seek(victim * BS)
+        f.write(b"rot")
+    rate = 80 * BS                      # 80 blocks a second: 0.8 s for the whole VM
+    with Pool.open(pool_dir) as p:
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        first = p.scrub(rate=rate, cancel=cancel)
+        assert not first["finished"] and 0 < first["blocks"] < 40 and first["corrupt"] == []
+    with Pool.open(pool_dir) as p:         # resumes: only what was left
+        rest = p.scrub()
+        assert rest["finished"] and first["blocks"] + rest["blocks"] == 64
+        assert rest["corrupt"] == [victim]
+        assert p.stats()["corrupt_blocks"] == 1
+        again = p.scrub(rate=rate)                     # from the start, at the rate asked
+        assert again["finished"] and again["blocks"] == 64 and again["seconds"] >= 0.7

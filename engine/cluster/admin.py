@@ -21,7 +21,7 @@ from . import lifecycle, processes
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
-from .members import DOWN, RETURNING, UP, Members
+from .members import Members, NodeState
 
 HEAL_POLL = 0.2
 
@@ -50,8 +50,8 @@ class ClusterAdmin(LocalAdmin):
         try:
             members.probe_all()
             for i, node in enumerate(members.nodes):
-                if node.state == RETURNING:       # first contact: not a return
-                    members.mark(i, UP)
+                if node.state == NodeState.RETURNING:     # first contact: not a return
+                    members.mark(i, NodeState.UP)
             if not readonly:
                 members.take_lease()
             catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size)
@@ -66,7 +66,7 @@ class ClusterAdmin(LocalAdmin):
                 if catalog.get("placement") != rule:
                     catalog.set("placement", rule)
                 for i, node in enumerate(members.nodes):
-                    if node.state == UP and node.version != catalog.version:
+                    if node.state == NodeState.UP and node.version != catalog.version:
                         catalog.catch_up(i)
             blocks = ClusterBlocks(members, config, Fingerprinter(config.block_size),
                                    int(catalog.get("collisions") or 0))
@@ -88,7 +88,7 @@ class ClusterAdmin(LocalAdmin):
 
     def _rejoin_returning(self) -> None:
         for i, node in enumerate(self.members.nodes):
-            if node.state == RETURNING:
+            if node.state == NodeState.RETURNING:
                 self._rejoin(i)
 
     def _rejoin(self, i: int) -> bool:
@@ -99,7 +99,7 @@ class ClusterAdmin(LocalAdmin):
             if not self.readonly and not self.pool.catalog.catch_up(i):
                 return False
             self.pool.blocks.rejoin(i, reclaim=not self.readonly)
-            self.members.mark(i, UP)
+            self.members.mark(i, NodeState.UP)
             self._rebalance = True
         return True
 
@@ -159,12 +159,12 @@ class ClusterAdmin(LocalAdmin):
         live, short = self.pool.blocks.per_node()
         out = []
         for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes)):
-            out.append({"name": entry.name, "address": entry.address, "state": node.state,
+            out.append({"name": entry.name, "address": entry.address, "state": node.state.value,
                         "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
                         "blocks": node.blocks, "live_blocks": int(live[i]),
                         "under_replicated": int(short[i]), "weight": entry.weight,
                         "catalog_version": node.version, "last_seen": node.seen,
-                        "error": node.error if node.state == DOWN else ""})
+                        "error": node.error if node.state == NodeState.DOWN else ""})
         return out
 
     # -- simulated loss -----------------------------------------------------------------------
@@ -177,7 +177,7 @@ class ClusterAdmin(LocalAdmin):
         restore_node(self.config, name)
         i = self.members.index(name)
         self.members.probe(i)
-        if self.members.nodes[i].state == RETURNING:
+        if self.members.nodes[i].state == NodeState.RETURNING:
             self._rejoin(i)
 
     def close(self) -> None:

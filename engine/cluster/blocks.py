@@ -29,7 +29,7 @@ from ..rebuild import PageScan
 from ..spacemap import SpaceMap
 from ..stats import refcount_histogram
 from . import placement
-from .nodestore import COLLISION
+from .members import NodeState
 
 FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
                            # keep round trips few while copying
@@ -193,7 +193,7 @@ class ClusterBlocks:
                 if isinstance(status, Exception):
                     tried[lead[rows_sent], node] = True
                     continue
-                ok = status != COLLISION
+                ok = status != rpc.COLLISION
                 held[lead[rows_sent[ok]], node] = True
                 bad = lead[rows_sent[~ok]]
                 if len(bad):
@@ -366,7 +366,8 @@ class ClusterBlocks:
     def ready(self) -> bool:
         return self.index is not None
 
-    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool) -> dict:
+    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
+                known_corrupt: np.ndarray) -> dict:
         """Refcounts from the replicated block tables, holders from every node's inventory."""
         started = time.monotonic()
 
@@ -388,7 +389,7 @@ class ClusterBlocks:
         for node in range(k):
             meter.advance()
             check_cancel()
-            if self.members.nodes[node].state == "down":
+            if self.members.nodes[node].state == NodeState.DOWN:
                 continue
             inv = self.inventory(node)
             if inv is None:
@@ -427,6 +428,8 @@ class ClusterBlocks:
             if len(ids):
                 self.index.insert(ids, np.arange(1, n, dtype=np.uint64))
             bad = np.unique(np.concatenate(corrupt)) if corrupt else np.zeros(0, np.uint64)
+            if not full:                # a full rebuild judges every copy afresh
+                bad = np.union1d(bad, known_corrupt)
             self.corrupt = bad[np.isin(bad, ids)]
             missing = int(np.count_nonzero(~held.any(axis=1)))
         seconds = time.monotonic() - started
@@ -583,7 +586,7 @@ class ClusterBlocks:
                 if isinstance(status, Exception):
                     continue
                 sent = np.flatnonzero(need[:, node])
-                sent = sent[status != COLLISION]
+                sent = sent[status != rpc.COLLISION]
                 # An id released while it was being copied: its drop missed this copy.
                 gone = self.row_ids[rows[sent]] != ids[sent]
                 self.holders[rows[sent[~gone]], node] = True

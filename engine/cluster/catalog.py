@@ -2,10 +2,10 @@
 every node.
 
 Each node keeps a full replica with a version number. The coordinator starts from the up node
-with the highest version. Each commit ships one changeset (engine.cluster.changeset) from version
-v to v+1 to every up node, before it commits locally; a node applies it only on top of v. A node that is behind (it was down,
-or missed a changeset) gets the whole catalog image instead. A commit that reaches fewer than
-min_replicas nodes is an error.
+with the highest version. Each commit ships one changeset (engine.changeset) from version v to v+1
+to every up node before it commits locally; a node applies it only on top of v. A node that is
+behind (it was down, or missed a changeset) gets the whole catalog image instead. A commit that
+reaches fewer than min_replicas nodes is refused (ReplicationError) and rolled back.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import json
 
 from ..catalog import Catalog
 from ..errors import BlockfoldError
+from .. import changeset
 from ..net import rpc
-from . import changeset
 from .blocks import ReplicationError
-
-BEHIND = "catalog replica is at version"
+from .members import NodeState
 
 
 def rollback_journal(image: bytes) -> bytes:
@@ -46,7 +45,7 @@ class ReplicatedCatalog(Catalog):
     @classmethod
     def load(cls, members, min_replicas: int, block_size: int) -> "ReplicatedCatalog":
         """The catalog of the up node with the highest version (a fresh one if none has any)."""
-        up = [i for i, n in enumerate(members.nodes) if n.state != "down"]
+        up = [i for i, n in enumerate(members.nodes) if n.state != NodeState.DOWN]
         replies = members.call_many({i: (rpc.CATALOG_VERSION, {}, b"") for i in up}, 10.0)
         versions = {i: r[0]["version"] for i, r in replies.items()
                     if not isinstance(r, Exception)}
@@ -95,12 +94,12 @@ class ReplicatedCatalog(Catalog):
         blob = rpc.BODY_HEADER.pack(len(meta)) + meta + blobs
         base, version = self.version, self.version + 1
         up = [i for i, n in enumerate(self.members.nodes)
-              if n.state in ("up", "suspect") or i in also]
+              if n.state in (NodeState.UP, NodeState.SUSPECT) or i in also]
         header = {"holder": self.members.holder, "base": base, "version": version}
         replies = self._send_parts(rpc.CATALOG_APPLY, header, blob, up)
         done = [i for i, r in replies.items() if not isinstance(r, Exception)]
         behind = [i for i, r in replies.items()
-                  if isinstance(r, rpc.RemoteError) and BEHIND in str(r)]
+                  if isinstance(r, rpc.RemoteError) and r.code == rpc.Code.CATALOG_BEHIND]
         if behind:
             done += self._install(behind, version)
         if len(done) < self.min_replicas:
@@ -149,7 +148,7 @@ class ReplicatedCatalog(Catalog):
 
     def publish(self) -> None:
         """A new cluster's first catalog, to every up node, as version 1."""
-        up = [i for i, n in enumerate(self.members.nodes) if n.state != "down"]
+        up = [i for i, n in enumerate(self.members.nodes) if n.state != NodeState.DOWN]
         if len(self._install(up, 1)) < self.min_replicas:
             raise BlockfoldError("could not store the new cluster's catalog on enough nodes")
         self.version = 1

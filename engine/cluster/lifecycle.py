@@ -4,13 +4,12 @@ and join nodes that run elsewhere (pinning their host key on first contact)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
 from ..errors import BlockfoldError
 from ..net.client import fetch_host_key
-from ..net.node import AUTHORIZED_KEYS, HOST_KEY, NODE_FILE
+from ..node import keys, settings
 from . import processes
 from .config import ClusterConfig, NodeEntry, is_cluster
 
@@ -38,8 +37,8 @@ def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
             name = f"node{k}"
             data = path / "nodes" / name
             data.mkdir(parents=True)
-            (data / AUTHORIZED_KEYS).write_text(config.admin_public_key())
-            (data / NODE_FILE).write_text(json.dumps({"name": name, "block_size": block_size}))
+            (data / keys.AUTHORIZED_KEYS).write_text(config.admin_public_key())
+            settings.create(data, name, block_size)
             config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
                                           memory=memory))
         config.save()
@@ -53,7 +52,7 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
     for entry, (pid, address) in zip(entries, processes.start(entries)):
         entry.pid, entry.address, entry.failed = pid, address, False
         if not entry.host_key:
-            entry.host_key = (Path(entry.data) / (HOST_KEY + ".pub")).read_text().strip()
+            entry.host_key = keys.host_public_key(Path(entry.data))
     config.save()
 
 

@@ -1,13 +1,18 @@
 """Membership and health: every node's connection, its state, and what its heartbeats said.
 
-States: up (answers), suspect (missed a heartbeat), down (missed several, or unreachable),
-returning (answers again after being down: it must catch up before it counts as up). A failed
-request marks its node down at once, so the next request goes to another replica.
+States (NodeState): up (answers), suspect (missed a heartbeat), down (missed several, or
+unreachable), returning (answers again after being down: it must catch up before it counts as
+up). A failed request marks its node down at once, so the next request goes to another replica.
+
+    up --missed heartbeat--> suspect --answers--> up
+    up, suspect --DOWN_AFTER_MISSES misses, refused connection, failed request--> down
+    down --answers a heartbeat--> returning --caught up (ClusterAdmin)--> up
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import secrets
 import socket
@@ -22,16 +27,27 @@ from ..net.client import IoLoop, NodeClient, NodeUnreachable
 from .config import ClusterConfig
 from .placement import node_seed
 
-UP, SUSPECT, DOWN, RETURNING = "up", "suspect", "down", "returning"
 HEARTBEAT_INTERVAL = 0.5
 DOWN_AFTER_MISSES = 3
 LEASE_SECONDS = 10.0
 
 
-class NodeState:
+class NodeState(enum.StrEnum):
+    """A node's health as the coordinator sees it; the value is the word users see (CLI, JSON,
+    console)."""
+
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+    RETURNING = "returning"
+
+
+class Member:
+    """One node: its connection, state, and what its last heartbeat said."""
+
     def __init__(self, client: NodeClient):
         self.client = client
-        self.state = DOWN
+        self.state = NodeState.DOWN
         self.misses = 0
         self.latency_ms = 0.0
         self.capacity_bytes = 0
@@ -46,7 +62,7 @@ class Members:
         self.config = config
         self.io = IoLoop()
         self.holder = holder            # the write lease we hold, if any
-        self.nodes = [NodeState(NodeClient(e.name, e.address, e.host_key or None,
+        self.nodes = [Member(NodeClient(e.name, e.address, e.host_key or None,
                                            str(config.admin_key))) for e in config.nodes]
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
@@ -71,15 +87,16 @@ class Members:
 
     def up_mask(self) -> np.ndarray:
         """Nodes that serve requests (up or suspect)."""
-        return np.array([n.state in (UP, SUSPECT) for n in self.nodes], dtype=bool)
+        return np.array([n.state in (NodeState.UP, NodeState.SUSPECT) for n in self.nodes],
+                        dtype=bool)
 
     def healthy_mask(self) -> np.ndarray:
         """Nodes that answered their last heartbeat (up, not suspect)."""
-        return np.array([n.state == UP for n in self.nodes], dtype=bool)
+        return np.array([n.state == NodeState.UP for n in self.nodes], dtype=bool)
 
     def reachable_mask(self) -> np.ndarray:
         """Nodes that may answer: everything not down (returning nodes too)."""
-        return np.array([n.state != DOWN for n in self.nodes], dtype=bool)
+        return np.array([n.state != NodeState.DOWN for n in self.nodes], dtype=bool)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -125,15 +142,15 @@ class Members:
             node.misses = 0
             node.latency_ms = round(seconds * 1000, 3)
             node.seen = time.time()
-            if node.state == SUSPECT:
-                node.state = UP
+            if node.state == NodeState.SUSPECT:
+                node.state = NodeState.UP
 
     def mark_down(self, i: int, error: str = "") -> None:
         with self.lock:
-            self.nodes[i].state = DOWN
+            self.nodes[i].state = NodeState.DOWN
             self.nodes[i].error = error
 
-    def mark(self, i: int, state: str) -> None:
+    def mark(self, i: int, state: NodeState) -> None:
         with self.lock:
             self.nodes[i].state = state
 
@@ -163,8 +180,9 @@ class Members:
                 return reply
             with self.lock:
                 node.misses += 1
-                if node.state in (UP, SUSPECT):
-                    node.state = SUSPECT if node.misses < DOWN_AFTER_MISSES else DOWN
+                if node.state in (NodeState.UP, NodeState.SUSPECT):
+                    node.state = (NodeState.SUSPECT if node.misses < DOWN_AFTER_MISSES
+                                  else NodeState.DOWN)
             return reply
         info = reply[0]
         if info.get("block_size") != self.config.block_size:
@@ -175,8 +193,8 @@ class Members:
             node.capacity_bytes = info["capacity_bytes"]
             node.blocks = info["blocks"]
             node.version = info["version"]
-            if node.state == DOWN:
-                node.state = RETURNING
+            if node.state == NodeState.DOWN:
+                node.state = NodeState.RETURNING
         return info
 
     def start_heartbeats(self) -> None:
@@ -192,11 +210,11 @@ class Members:
     def take_lease(self) -> None:
         """The write lease on every node that answers; another writer's lease is an error."""
         self.holder = self.holder_id()
-        up = [i for i, n in enumerate(self.nodes) if n.state != DOWN]
+        up = [i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN]
         replies = self.call_many({i: (rpc.LEASE, {"holder": self.holder,
                                                   "seconds": LEASE_SECONDS}, b"") for i in up})
-        for i, reply in replies.items():
-            if isinstance(reply, rpc.RemoteError) and "in use by" in str(reply):
+        for reply in replies.values():
+            if isinstance(reply, rpc.RemoteError) and reply.code == rpc.Code.LEASE_HELD:
                 self.release_lease()
                 raise BlockfoldError(f"cluster {self.config.path} is {reply}")
 
@@ -208,7 +226,7 @@ class Members:
 
     def release_lease(self) -> None:
         if self.holder:
-            live = [i for i, n in enumerate(self.nodes) if n.state != DOWN]
+            live = [i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN]
             self.call_many({i: (rpc.RELEASE, {"holder": self.holder}, b"") for i in live},
                            timeout=2.0)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import BlockfoldError
 from .config import NodeEntry
 
+NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_running knows it
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
@@ -33,7 +34,7 @@ def start(entries: list[NodeEntry]) -> list[tuple[int, str]]:
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
     procs = []
     for entry in entries:
-        cmd = [sys.executable, "-m", "engine.net.node", "--data", entry.data,
+        cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
                "--listen", entry.address]
         if entry.memory:
             cmd += ["--memory", str(entry.memory)]
@@ -91,7 +92,7 @@ def is_running(entry: NodeEntry) -> bool:
             cmdline = f.read().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return b"engine.net.node" in cmdline and entry.data.encode() in cmdline
+    return NODE_MODULE.encode() in cmdline and entry.data.encode() in cmdline
 
 
 def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:

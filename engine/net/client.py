@@ -19,11 +19,6 @@ from . import rpc
 
 CONNECT_TIMEOUT = 3.0
 USERNAME = "blockfold"
-# AES-GCM runs on the CPU's AES instructions: the fastest cipher asyncssh offers. A big window and
-# big packets keep per-packet Python work low when megabytes of blocks go by.
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
-WINDOW = 16 << 20
-PACKET = 256 << 10
 
 
 class NodeUnreachable(Exception):
@@ -101,14 +96,15 @@ class NodeClient:
                     host, int(port), username=USERNAME, client_keys=[self.client_key],
                     known_hosts=(trusted, [], []), agent_path=None, config=None,
                     client_host_keys=None, encoding=None, keepalive_interval=0,
-                    preferred_auth="publickey", encryption_algs=CIPHERS, window=WINDOW,
-                    max_pktsize=PACKET), CONNECT_TIMEOUT)
+                    preferred_auth="publickey", encryption_algs=rpc.CIPHERS, window=rpc.WINDOW,
+                    max_pktsize=rpc.PACKET), CONNECT_TIMEOUT)
             except asyncssh.HostKeyNotVerifiable:
                 raise HostKeyMismatch(
                     f"node {self.name} ({self.address}) presented a host key that does not match"
                     " the pinned one: refusing it") from None
             except asyncssh.PermissionDenied:
-                raise BlockfoldError(f"node {self.name} ({self.address}) refused our client key")
+                raise BlockfoldError(f"node {self.name} ({self.address}) refused our client"
+                                     " key") from None
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
                 raise NodeUnreachable(f"node {self.name} ({self.address}): {e}") from None
             try:
@@ -134,7 +130,7 @@ class NodeClient:
                 if kind == rpc.REPLY:
                     future.set_result((header, payload))
                 else:
-                    future.set_exception(rpc.RemoteError(str(header.get("error", "error"))))
+                    future.set_exception(rpc.RemoteError.from_reply(header))
         except (asyncio.IncompleteReadError, OSError, asyncssh.Error, rpc.FrameError) as e:
             error = str(e) or error
         except asyncio.CancelledError:

@@ -1,15 +1,23 @@
-"""The framed RPC spoken over the `blockfold-rpc` SSH subsystem.
+"""The framed RPC spoken over the `blockfold-rpc` SSH subsystem: what both ends of the wire share.
 
-A frame is a fixed 16-byte header (magic, version, type, request id, body length) and a body: a
-u32 length, a small JSON header, then raw bytes (block data, a catalog image). Replies carry the
-request's id, so many requests can be in flight on one channel; a node answers them in order.
-Every field is checked before anything is trusted: a frame with a bad magic or version, or a body
-over MAX_BODY, cannot be resynchronised and closes the channel; an unknown type or a bad body gets
-an error reply and the channel goes on.
+    frame       := header body
+    header      := "BFRP" version:u8 type:u8 pad:u16 request_id:u32 body_length:u32   (big-endian)
+    body        := json_length:u32 json payload
+    json        := a UTF-8 JSON object of json_length bytes (the request's or reply's fields)
+    payload     := the rest of the body: raw bytes (block ids and data, a catalog image)
+
+Replies carry the request's id, so many requests can be in flight on one channel; a node answers
+them in order. Every field is checked before anything is trusted: a frame with a bad magic or
+version, or a body over MAX_BODY, cannot be resynchronised and closes the channel; an unknown type
+or a bad body gets an error reply and the channel goes on.
+
+An ERROR reply's JSON is {"error": one line for a human, "code": a Code}: callers branch on the
+code, never on the text.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import struct
 
@@ -19,7 +27,14 @@ HEADER = struct.Struct("!4sBBxxII")      # magic, version, type, pad, request id
 BODY_HEADER = struct.Struct("!I")        # JSON header length
 MAX_BODY = 64 << 20
 CATALOG_PART = 16 << 20      # catalog images and changesets travel in parts of this size
+
+# The SSH channel the frames ride on, which both ends must agree on. AES-GCM runs on the CPU's AES
+# instructions: the fastest cipher asyncssh offers. A big window and big packets keep per-packet
+# Python work low when megabytes of blocks go by.
 SUBSYSTEM = "blockfold-rpc"
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+WINDOW = 16 << 20
+PACKET = 256 << 10
 
 # Request types. A reply is REPLY or ERROR with the request's id.
 HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB = 1, 2, 3, 4, 5, 6, 7
@@ -28,6 +43,21 @@ LEASE, HEARTBEAT, RELEASE = 20, 21, 22
 REPLY, ERROR = 0x80, 0x81
 REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, CATALOG_VERSION, CATALOG_FETCH,
             CATALOG_APPLY, CATALOG_INSTALL, LEASE, HEARTBEAT, RELEASE}
+
+# A PUT reply's payload: one status byte per id sent.
+STORED, SAME, COLLISION = 0, 1, 2     # new here; already held, same bytes; held, other bytes
+
+
+class Code(enum.StrEnum):
+    """Why a node refused a request: the closed set callers branch on."""
+
+    BAD_REQUEST = "BAD_REQUEST"          # a malformed body, header field or payload; unknown type
+    LEASE_HELD = "LEASE_HELD"            # another coordinator holds the write lease
+    LEASE_REQUIRED = "LEASE_REQUIRED"    # a change needs the write lease, which the caller lacks
+    CATALOG_BEHIND = "CATALOG_BEHIND"    # the replica is not at the changeset's base version
+    NODE_FULL = "NODE_FULL"              # no room for more blocks (memory cap or disk)
+    IO_ERROR = "IO_ERROR"                # the node's disk failed the request
+    INTERNAL = "INTERNAL"                # anything else: a fault in the node
 
 
 class FrameError(Exception):
@@ -39,16 +69,37 @@ class FrameError(Exception):
 
 
 class RemoteError(Exception):
-    """The node answered with an error."""
+    """The node answered with an error; `code` (a Code) says which kind."""
+
+    def __init__(self, message: str, code: Code = Code.INTERNAL):
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def from_reply(cls, header: dict) -> "RemoteError":
+        """The error an ERROR reply's header carries; a code this end does not know is
+        INTERNAL."""
+        try:
+            code = Code(header.get("code"))
+        except ValueError:
+            code = Code.INTERNAL
+        return cls(str(header.get("error", "error")), code)
 
 
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
+    """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
+    JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""
     meta = json.dumps(header or {}, separators=(",", ":")).encode()
     body_len = BODY_HEADER.size + len(meta) + len(payload)
     if body_len > MAX_BODY:
         raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
     return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
                      BODY_HEADER.pack(len(meta)), meta, payload))
+
+
+def encode_error(request_id: int, code: Code, message: str) -> bytes:
+    """An ERROR reply to request `request_id` (0: to no request in particular)."""
+    return encode(ERROR, request_id, {"error": message, "code": code.value})
 
 
 def parse_header(raw: bytes) -> tuple[int, int, int]:
@@ -74,7 +125,7 @@ def parse_body(body: bytes) -> tuple[dict, memoryview]:
         raise FrameError("frame header length runs past the body", fatal=False)
     try:
         header = json.loads(bytes(body[BODY_HEADER.size:end]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):       # UnicodeDecodeError is a ValueError
         raise FrameError("frame header is not JSON", fatal=False) from None
     if not isinstance(header, dict):
         raise FrameError("frame header is not a JSON object", fatal=False)

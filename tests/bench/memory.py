@@ -26,7 +26,8 @@ import shutil
 
 import numpy as np
 
-from engine.index import REBUILD_LOAD, FingerprintIndex, keys_of
+from engine.fingerprint import keys_of
+from engine.index import REBUILD_LOAD, FingerprintIndex
 from engine.pool import Pool
 from engine.spacemap import SpaceMap
 

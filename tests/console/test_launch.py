@@ -74,4 +74,4 @@ def test_demo_runs_a_seeded_cluster_and_stops_it_on_quit(terminal, tmp_path):
     assert t.exit_code(timeout=30) == 0
     for pid in pids:                                 # every node it started is gone
         assert not os.path.exists(f"/proc/{pid}") or \
-            b"engine.net.node" not in open(f"/proc/{pid}/cmdline", "rb").read()
+            b"engine.node" not in open(f"/proc/{pid}/cmdline", "rb").read()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import asyncssh
 
-ADMIN_KEYS = "admin_keys"
-READONLY_KEYS = "admin_keys_readonly"
+from .keys import ADMIN_KEYS, READONLY_KEYS
+
 ACTOR_ENV = "BLOCKFOLD_ACTOR"    # the console logs its events under this actor
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GRACE_SECONDS = 5.0              # a console left by its client gets this long to close the pool

@@ -4,6 +4,15 @@ Capture is generic: temporary triggers on every catalog table record the primary
 inserted, updated or deleted into a temporary `_dirty` table (it lives and rolls back with the
 transaction). At commit the dirty keys are read back as their current rows (an upsert) or as
 gone (a delete). The same encoding serves every table; blobs travel as raw bytes after the JSON.
+
+The coordinator captures, collects and encodes (engine.cluster.catalog); a node decodes and
+applies (engine.node.store). Encoded, a changeset is JSON plus one byte string:
+
+    changes := [change, ...]
+    change  := {"table": name, "cols": [column, ...], "pk": [column, ...],
+                "upsert": [[value, ...] (one per column), ...], "delete": [[value, ...] (one per
+                pk column), ...]}
+    value   := null | number | string | {"$b": [offset, length]}  (a blob: bytes of the payload)
 """
 
 from __future__ import annotations
@@ -12,6 +21,11 @@ import json
 import sqlite3
 
 DIRTY = "_dirty"
+SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+class ChangesetError(ValueError):
+    """A changeset that is malformed or does not fit the catalog it is applied to."""
 
 
 def _quote(name: str) -> str:
@@ -95,34 +109,72 @@ def encode(changes: list[dict]) -> tuple[list, bytes]:
     return out, b"".join(blobs)
 
 
-def decode(changes: list, payload) -> list[dict]:
+def decode(changes, payload) -> list[dict]:
+    """The changes encode() made, blobs cut back out of `payload` (bytes-like). Checks every
+    shape before anything is trusted: raises ChangesetError for anything malformed, a blob that
+    points outside the payload included."""
     payload = bytes(payload)
 
     def value(v):
         if isinstance(v, dict):
-            start, n = v["$b"]
-            if not (0 <= start and start + n <= len(payload)):
-                raise ValueError("blob reference outside the payload")
+            ref = v.get("$b")
+            if (not isinstance(ref, list) or len(ref) != 2
+                    or not all(type(x) is int for x in ref)):
+                raise ChangesetError("changeset value is neither a scalar nor a blob reference")
+            start, n = ref
+            if not (0 <= start and 0 <= n and start + n <= len(payload)):
+                raise ChangesetError("blob reference outside the payload")
             return payload[start:start + n]
+        if not isinstance(v, SCALARS):
+            raise ChangesetError("changeset value is neither a scalar nor a blob reference")
+        if type(v) is int and not -(1 << 63) <= v < 1 << 63:
+            raise ChangesetError("changeset integer does not fit in 64 bits")
         return v
 
-    return [dict(ch, upsert=[[value(v) for v in row] for row in ch["upsert"]]) for ch in changes]
+    def rows(ch, field: str, width: int) -> list[list]:
+        got = ch.get(field)
+        if not isinstance(got, list) or not all(isinstance(r, list) and len(r) == width
+                                                for r in got):
+            raise ChangesetError(f"changeset {field} rows do not match table"
+                                 f" {ch.get('table')!r}")
+        return [[value(v) for v in r] for r in got]
+
+    if not isinstance(changes, list):
+        raise ChangesetError("changeset is not a list of changes")
+    out = []
+    for ch in changes:
+        if not (isinstance(ch, dict) and isinstance(ch.get("table"), str)
+                and _names(ch.get("cols")) and _names(ch.get("pk"))):
+            raise ChangesetError("changeset entry lacks its table, columns or key")
+        out.append({"table": ch["table"], "cols": ch["cols"], "pk": ch["pk"],
+                    "upsert": rows(ch, "upsert", len(ch["cols"])),
+                    "delete": rows(ch, "delete", len(ch["pk"]))})
+    return out
+
+
+def _names(v) -> bool:
+    """A non-empty list of distinct column names."""
+    return (isinstance(v, list) and len(v) > 0 and all(isinstance(c, str) for c in v)
+            and len(set(v)) == len(v))
 
 
 def apply(conn: sqlite3.Connection, changes: list[dict]) -> None:
-    """Applies decoded changes inside the caller's transaction; names must exist here."""
+    """Applies decoded changes inside the caller's transaction. Raises ChangesetError if a table
+    or column is not in this catalog, or a row breaks one of its constraints."""
     keys = table_keys(conn)
     for ch in changes:
         tbl = ch["table"]
         if tbl not in keys:
-            raise ValueError(f"changeset names unknown table {tbl!r}")
+            raise ChangesetError(f"changeset names unknown table {tbl!r}")
         cols, pk = keys[tbl]
         if not set(ch["cols"]) <= set(cols) or list(ch["pk"]) != pk:
-            raise ValueError(f"changeset columns do not match table {tbl!r}")
+            raise ChangesetError(f"changeset columns do not match table {tbl!r}")
         where = " AND ".join(f"{_quote(c)} IS ?" for c in pk)
-        conn.executemany(f"DELETE FROM {_quote(tbl)} WHERE {where}",
-                         [list(k) for k in ch["delete"]])
         marks = ", ".join("?" for _ in ch["cols"])
-        conn.executemany(f"INSERT OR REPLACE INTO {_quote(tbl)}"
-                         f" ({', '.join(_quote(c) for c in ch['cols'])}) VALUES ({marks})",
-                         [list(r) for r in ch["upsert"]])
+        try:
+            conn.executemany(f"DELETE FROM {_quote(tbl)} WHERE {where}", ch["delete"])
+            conn.executemany(f"INSERT OR REPLACE INTO {_quote(tbl)}"
+                             f" ({', '.join(_quote(c) for c in ch['cols'])}) VALUES ({marks})",
+                             ch["upsert"])
+        except sqlite3.IntegrityError as e:
+            raise ChangesetError(f"changeset does not fit table {tbl!r}: {e}") from None

@@ -17,25 +17,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
+from .. import changeset
 from ..blockstore import BlockStore
+from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
-from . import changeset
+from ..net.rpc import COLLISION, SAME, STORED, Code
+from .errors import NodeError
 
-STORED, SAME, COLLISION = 0, 1, 2
 CATALOG_FILE = "catalog.db"
 INVENTORY_PAGE = 1 << 20
 
 
-class NodeError(Exception):
-    """A request the node refuses; the message goes back to the caller."""
-
-
 class NodeStore:
+    """A node's blocks (in `directory`, or in RAM up to `memory` bytes), its catalog replica
+    and the write lease. Raises NodeError with the code the caller sees."""
+
     def __init__(self, directory: Path, block_size: int, memory: int | None = None):
         self.directory = directory
         self.block_size = block_size
+        self.fingerprints = Fingerprinter(block_size)
         self.memory = memory
         self.store = BlockStore(None if memory else directory, block_size)
         self.max_slots = memory // block_size + 1 if memory else None
@@ -64,23 +65,23 @@ class NodeStore:
     def _allocate(self) -> int:
         if not self._free:
             if self.max_slots is not None and self.store.capacity >= self.max_slots:
-                raise NodeError(f"node is full ({self.memory} bytes of memory)")
+                raise NodeError(Code.NODE_FULL, f"node is full ({self.memory} bytes of memory)")
             grown = self.store.grow(1)
             if self.max_slots is not None:
                 grown = grown[grown < self.max_slots]
             self._free = grown[::-1].tolist() + self._free
             if not self._free:
-                raise NodeError(f"node is full ({self.memory} bytes of memory)")
+                raise NodeError(Code.NODE_FULL, f"node is full ({self.memory} bytes of memory)")
         return int(self._free.pop())
 
     def put(self, ids: np.ndarray, data) -> np.ndarray:
         """Stores each block under its id, or compares it with the copy already held."""
         bs = self.block_size
         if len(data) != len(ids) * bs:
-            raise NodeError(f"put of {len(ids)} ids carries {len(data)} bytes, not"
-                            f" {len(ids) * bs}")
+            raise NodeError(Code.BAD_REQUEST, f"put of {len(ids)} ids carries {len(data)} bytes,"
+                                              f" not {len(ids) * bs}")
         if (ids == 0).any():
-            raise NodeError("block id 0 is not valid")
+            raise NodeError(Code.BAD_REQUEST, "block id 0 is not valid")
         blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, bs)
         slots = self._slots_of(ids)
         status = np.full(len(ids), STORED, dtype=np.uint8)
@@ -98,8 +99,7 @@ class NodeStore:
                 same = (blocks[twin] == blocks[repeats]).all(axis=1)
                 status[repeats] = np.where(same, SAME, COLLISION)
             taken = np.array([self._allocate() for _ in range(len(firsts))], dtype=np.uint64)
-            words = np.frombuffer(b"".join(xxhash.xxh3_128_digest(b) for b in blocks[firsts]),
-                                  dtype=np.uint64).reshape(-1, 2)[:, 1]
+            words = self.fingerprints.of(blocks[firsts])[:, 1]
             self.store.data[taken] = blocks[firsts]
             # The record last: only now does the block become visible.
             self.store.hashes[taken] = np.stack([keys, words], axis=1)
@@ -119,6 +119,7 @@ class NodeStore:
         return self.store.data[found].tobytes(), missing.tolist()
 
     def drop(self, ids: np.ndarray) -> int:
+        """Forgets every id held; returns how many were."""
         slots = np.unique(self._slots_of(ids))
         slots = slots[slots != 0]
         self.store.hashes[slots] = 0
@@ -137,22 +138,20 @@ class NodeStore:
 
     def scrub(self) -> list[int]:
         """Ids whose bytes no longer hash to their record."""
-        bad = []
-        for slot in np.flatnonzero(self.store.hashes[:, 0]).tolist():
-            if slot == 0:
-                continue
-            word = np.frombuffer(xxhash.xxh3_128_digest(self.store.data[slot]), np.uint64)[1]
-            if word != self.store.hashes[slot, 1]:
-                bad.append(int(self.store.hashes[slot, 0]))
-        return bad
+        slots = np.flatnonzero(self.store.hashes[:, 0])
+        slots = slots[slots != 0]
+        words = self.fingerprints.of_slots(self.store.view(), slots)[:, 1]
+        return self.store.hashes[slots[words != self.store.hashes[slots, 1]], 0].tolist()
 
     def sync(self) -> None:
+        """Makes every put so far durable (a RAM node has nothing to do)."""
         if self.dirty and not self.memory:
             self.store.sync()
         self.dirty = False
 
     @property
     def capacity_bytes(self) -> int:
+        """Bytes of blocks this node could hold: its memory, or what it holds plus free disk."""
         if self.memory:
             return self.memory
         st = os.statvfs(self.directory)
@@ -172,6 +171,7 @@ class NodeStore:
 
     @property
     def version(self) -> int:
+        """The catalog replica's version; 0 before the first install."""
         row = self.catalog.execute("SELECT version FROM replica").fetchone()
         return row[0] if row else 0
 
@@ -180,34 +180,48 @@ class NodeStore:
         self.catalog.execute("INSERT INTO replica VALUES (?)", (version,))
 
     def catalog_image(self) -> bytes:
+        """The replica, serialized (a disk node's is in WAL mode)."""
         return self.catalog.serialize()
 
     def install_catalog(self, image: bytes, version: int) -> None:
-        """Replaces the replica with a whole catalog image at `version`."""
-        if self.memory:
-            self.catalog.deserialize(image)
-        else:
-            path = self.directory / CATALOG_FILE
-            tmp = path.with_suffix(".tmp")
-            staging = sqlite3.connect(":memory:")
-            staging.deserialize(image)
-            tmp.unlink(missing_ok=True)
-            target = sqlite3.connect(tmp)
-            staging.backup(target)
-            target.close()
+        """Replaces the replica with a whole catalog image (sqlite's serialized form) at
+        `version`. Raises NodeError(BAD_REQUEST), the replica untouched, if the image is not
+        an sqlite database."""
+        staging = sqlite3.connect(":memory:")
+        try:
+            try:
+                staging.deserialize(image)
+                staging.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError:
+                raise NodeError(Code.BAD_REQUEST,
+                                "catalog image is not an sqlite database") from None
+            if self.memory:
+                staging.backup(self.catalog)
+            else:
+                path = self.directory / CATALOG_FILE
+                tmp = path.with_suffix(".tmp")
+                tmp.unlink(missing_ok=True)
+                target = sqlite3.connect(tmp)
+                staging.backup(target)
+                target.close()
+                self.catalog.close()
+                for suffix in ("-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                os.replace(tmp, path)
+                self.catalog = self._open_catalog()
+        finally:
             staging.close()
-            self.catalog.close()
-            for suffix in ("-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-            os.replace(tmp, path)
-            self.catalog = self._open_catalog()
         self.catalog.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
         self._set_version(version)
 
     def apply_changes(self, base: int, version: int, changes: list[dict]) -> None:
+        """Applies decoded changes (engine.changeset) taking the replica from `base` to
+        `version`, all or nothing. Raises NodeError(CATALOG_BEHIND) if it is not at `base`,
+        ChangesetError if the changes do not fit it."""
         have = self.version
         if have != base:
-            raise NodeError(f"catalog replica is at version {have}, not {base}")
+            raise NodeError(Code.CATALOG_BEHIND,
+                            f"catalog replica is at version {have}, not {base}")
         conn = self.catalog
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -221,16 +235,26 @@ class NodeStore:
     # -- the write lease ----------------------------------------------------------------------
 
     def lease(self, holder: str, seconds: float) -> None:
+        """Grants or renews `holder` the write lease for `seconds`; raises NodeError(LEASE_HELD)
+        while another holder's lease runs."""
         now = time.monotonic()
         if self.lease_holder not in (None, holder) and now < self.lease_expires:
-            raise NodeError(f"in use by {self.lease_holder}")
+            raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder}")
         self.lease_holder, self.lease_expires = holder, now + seconds
 
-    def check_lease(self, holder) -> None:
-        if holder != self.lease_holder or time.monotonic() >= self.lease_expires:
-            raise NodeError("this change needs the write lease, which the caller does not hold")
+    def renew(self, holder: str | None, seconds: float) -> None:
+        """Extends the lease if `holder` holds it (a heartbeat); grants nothing new."""
+        if holder is not None and holder == self.lease_holder:
+            self.lease(holder, seconds)
 
-    def release(self, holder: str) -> None:
+    def check_lease(self, holder) -> None:
+        """Raises NodeError(LEASE_REQUIRED) unless `holder` holds a running lease."""
+        if holder != self.lease_holder or time.monotonic() >= self.lease_expires:
+            raise NodeError(Code.LEASE_REQUIRED,
+                            "this change needs the write lease, which the caller does not hold")
+
+    def release(self, holder: str | None) -> None:
+        """Gives the lease up if `holder` holds it."""
         if self.lease_holder == holder:
             self.lease_holder, self.lease_expires = None, 0.0
 

@@ -1,0 +1,209 @@
+"""The RPC methods of a node: one per request type, found in a table.
+
+Each method takes a request's JSON header (a dict) and raw payload (a memoryview) and returns
+(reply header, reply payload). A request the node refuses raises NodeError with its code; every
+header field is checked before it is used, so a malformed request is BAD_REQUEST and nothing
+changes. Block ids travel as the first 8·n payload bytes (little-endian u64), n in the header.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import changeset
+from ..net import rpc
+from ..net.rpc import Code
+from .errors import NodeError
+from .store import NodeStore
+
+LEASE_SECONDS = 10.0
+MAX_CATALOG = 16 << 30       # a staged catalog transfer may not grow past this
+_REQUIRED = object()
+
+
+class Handler:
+    """The RPC methods, over one NodeStore shared by every channel."""
+
+    def __init__(self, store: NodeStore, name: str):
+        self.store = store
+        self.name = name
+        self.staged = None          # a big catalog transfer, part by part: (key, next, bytes)
+        self.image: tuple[int, bytes] | None = None  # (version, catalog image) being fetched
+        self.methods = {
+            rpc.HELLO: self.hello, rpc.HEARTBEAT: self.heartbeat,
+            rpc.PUT: self.put, rpc.GET: self.get, rpc.DROP: self.drop,
+            rpc.INVENTORY: self.inventory, rpc.SYNC: self.sync, rpc.SCRUB: self.scrub,
+            rpc.CATALOG_VERSION: self.catalog_version, rpc.CATALOG_FETCH: self.catalog_fetch,
+            rpc.CATALOG_APPLY: self.catalog_apply, rpc.CATALOG_INSTALL: self.catalog_install,
+            rpc.LEASE: self.lease, rpc.RELEASE: self.release,
+        }
+
+    def call(self, kind: int, header: dict, payload: memoryview) -> tuple[dict, bytes]:
+        """Answers one request of type `kind`; raises NodeError (or what the store raises)."""
+        method = self.methods.get(kind)
+        if method is None:
+            raise NodeError(Code.BAD_REQUEST, f"unknown request type {kind}")
+        return method(header, payload)
+
+    # -- who we are ---------------------------------------------------------------------------
+
+    def hello(self, header: dict, payload) -> tuple[dict, bytes]:
+        """The node's figures: {name, block_size, blocks (held), capacity_bytes, version (of
+        the catalog replica), memory (a RAM node)}."""
+        s = self.store
+        return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
+                "capacity_bytes": s.capacity_bytes, "version": s.version,
+                "memory": bool(s.memory)}, b""
+
+    def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:
+        """hello(), after renewing the lease of `holder` (optional) for `lease` seconds if it
+        holds it."""
+        self.store.renew(_str(header, "holder", None), _seconds(header, "lease"))
+        return self.hello(header, payload)
+
+    # -- blocks -------------------------------------------------------------------------------
+
+    def put(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Stores n blocks under their ids (payload: ids, then n blocks); replies one status
+        byte per id (rpc.STORED, SAME or COLLISION)."""
+        ids, blocks = _ids(header, payload)
+        return {}, self.store.put(ids, blocks).tobytes()
+
+    def get(self, header: dict, payload) -> tuple[dict, bytes]:
+        """The bytes of every id held, in order; {missing: positions of the ids not held}."""
+        data, missing = self.store.get(_ids(header, payload)[0])
+        return {"missing": missing}, data
+
+    def drop(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Forgets the ids (needs the lease of `holder`); {dropped: how many were held}."""
+        self.store.check_lease(header.get("holder"))
+        return {"dropped": self.store.drop(_ids(header, payload)[0])}, b""
+
+    def inventory(self, header: dict, payload) -> tuple[dict, bytes]:
+        """The ids held in slots from `start` on, a page at a time: {count, next (the next
+        start, 0 at the end)}; payload: count ids, then count hash words (u64 each)."""
+        ids, words, nxt = self.store.inventory(_int(header, "start", 0))
+        return {"count": len(ids), "next": nxt}, ids.tobytes() + words.tobytes()
+
+    def sync(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Makes every block put so far durable."""
+        self.store.sync()
+        return {}, b""
+
+    def scrub(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Re-hashes every block: {bad: the ids whose bytes no longer match}."""
+        return {"bad": self.store.scrub()}, b""
+
+    # -- the catalog replica ------------------------------------------------------------------
+
+    def catalog_version(self, header: dict, payload) -> tuple[dict, bytes]:
+        """{version} of the catalog replica (0: none yet)."""
+        return {"version": self.store.version}, b""
+
+    def catalog_fetch(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Up to `length` bytes (at most rpc.CATALOG_PART) of the catalog image from `offset`:
+        {version, size (of the whole image)}. Offset 0 takes a fresh image; later offsets read
+        the same image while the version holds."""
+        s = self.store
+        offset = _int(header, "offset", 0)
+        length = min(_int(header, "length", rpc.CATALOG_PART, low=1), rpc.CATALOG_PART)
+        if offset == 0 or self.image is None or self.image[0] != s.version:
+            self.image = (s.version, s.catalog_image())
+        version, image = self.image
+        return {"version": version, "size": len(image)}, image[offset:offset + length]
+
+    def catalog_apply(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Applies one changeset from version `base` to `version` (needs the lease of `holder`),
+        in parts (`part`, `more`); {staged: true} until the last part, then {version}. Raises
+        CATALOG_BEHIND if the replica is not at `base`: the caller sends the whole image."""
+        s = self.store
+        s.check_lease(header.get("holder"))
+        base, version = _int(header, "base"), _int(header, "version")
+        if _int(header, "part", 0) == 0 and s.version != base:
+            raise NodeError(Code.CATALOG_BEHIND,
+                            f"catalog replica is at version {s.version}, not {base}")
+        blob = self._gather_parts(rpc.CATALOG_APPLY, header, payload)
+        if blob is None:
+            return {"staged": True}, b""
+        body, blobs = rpc.parse_body(blob)
+        s.apply_changes(base, version, changeset.decode(body.get("changes"), blobs))
+        return {"version": s.version}, b""
+
+    def catalog_install(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Replaces the replica with a whole catalog image at `version` (needs the lease of
+        `holder`), in parts like catalog_apply; {staged: true} until the last, then
+        {version}."""
+        s = self.store
+        s.check_lease(header.get("holder"))
+        version = _int(header, "version")
+        blob = self._gather_parts(rpc.CATALOG_INSTALL, header, payload)
+        if blob is None:
+            return {"staged": True}, b""
+        s.install_catalog(blob, version)
+        return {"version": s.version}, b""
+
+    def _gather_parts(self, kind: int, header: dict, payload) -> bytes | None:
+        """A transfer too big for one frame comes in parts 0, 1, …; the whole once the last
+        (more=false) is in, else None. A new part 0 starts over."""
+        key = (kind, header.get("holder"), header.get("version"))
+        part = _int(header, "part", 0)
+        if part == 0:
+            self.staged = (key, 0, bytearray())
+        elif self.staged is None or self.staged[:2] != (key, part):
+            self.staged = None
+            raise NodeError(Code.BAD_REQUEST, f"catalog transfer part {part} arrived out of order")
+        buf = self.staged[2]
+        buf += payload
+        if len(buf) > MAX_CATALOG:
+            self.staged = None
+            raise NodeError(Code.BAD_REQUEST, f"catalog transfer over {MAX_CATALOG} bytes")
+        if header.get("more"):
+            self.staged = (key, part + 1, buf)
+            return None
+        self.staged = None
+        return bytes(buf)
+
+    # -- the write lease ----------------------------------------------------------------------
+
+    def lease(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Grants `holder` the write lease for `seconds`; LEASE_HELD while another's runs."""
+        self.store.lease(_str(header, "holder"), _seconds(header, "seconds"))
+        return {}, b""
+
+    def release(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Gives the lease up if `holder` holds it."""
+        self.store.release(_str(header, "holder", None))
+        return {}, b""
+
+
+def _ids(header: dict, payload) -> tuple[np.ndarray, memoryview]:
+    """The n block ids at the head of a request's payload, and what follows them."""
+    n = _int(header, "n")
+    if 8 * n > len(payload):
+        raise NodeError(Code.BAD_REQUEST, "request names more block ids than it carries")
+    return np.frombuffer(payload[:8 * n], dtype="<u8").astype(np.uint64), payload[8 * n:]
+
+
+def _int(header: dict, name: str, default=_REQUIRED, low: int = 0) -> int:
+    value = header.get(name, default)
+    if type(value) is not int or value < low:        # bool is not an int here
+        raise NodeError(Code.BAD_REQUEST, f"request field {name!r} must be an integer >= {low}")
+    return value
+
+
+def _str(header: dict, name: str, default=_REQUIRED) -> str | None:
+    value = header.get(name, default)
+    if value is None and default is None:           # optional, and absent or null
+        return None
+    if not isinstance(value, str):
+        raise NodeError(Code.BAD_REQUEST, f"request field {name!r} must be a string")
+    return value
+
+
+def _seconds(header: dict, name: str) -> float:
+    value = header.get(name, LEASE_SECONDS)
+    if type(value) not in (int, float) or not (math.isfinite(value) and value > 0):
+        raise NodeError(Code.BAD_REQUEST, f"request field {name!r} must be a positive number")
+    return float(value)

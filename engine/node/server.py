@@ -1,0 +1,210 @@
+"""`blockfold node serve`: one node, an asyncssh server in front of a NodeStore.
+
+It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys and
+DATA/admin_keys_readonly (engine.node.keys). Node keys get the `blockfold-rpc` subsystem; admin
+keys get the console in an interactive session with a PTY (console_session.py), read-only for the
+keys in admin_keys_readonly. Exec requests, other subsystems, port forwarding, agent and X11
+forwarding are all refused. Requests on a channel are answered in order, one at a time, by the
+Handler; one bad channel never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import asyncssh
+
+from ..errors import BlockfoldError
+from ..net import rpc
+from . import keys, settings
+from .console_session import ConsoleSession
+from .errors import describe
+from .handler import Handler
+from .keys import Login
+from .store import NodeStore
+
+log = logging.getLogger(__name__)
+
+
+class RpcSession(asyncssh.SSHServerSession):
+    """One channel: the RPC subsystem for node keys, or an interactive console for admin keys."""
+
+    def __init__(self, handler: Handler, login: Login, cluster: str | None):
+        self.handler = handler
+        self.login = login
+        self.cluster = cluster
+        self.reader = rpc.FrameReader()
+        self.chan = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.worker = None
+        self.term: str | None = None
+        self.size = (80, 24)
+        self.console: ConsoleSession | None = None
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def pty_requested(self, term_type, term_size, term_modes):
+        self.term = term_type or "xterm-256color"
+        self.size = term_size[:2]
+        return True
+
+    def shell_requested(self):
+        self.console = ConsoleSession(self.chan, self.cluster, self.login.console_role,
+                                      self.login.actor)
+        return True
+
+    def session_started(self):
+        if self.console is not None:
+            self.console.start(self.term, self.size)
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight):
+        if self.console is not None:
+            self.console.resize(width, height)
+
+    def exec_requested(self, command):
+        return False
+
+    def subsystem_requested(self, subsystem):
+        if subsystem != rpc.SUBSYSTEM or not self.login.rpc_allowed:
+            return False
+        self.worker = asyncio.get_running_loop().create_task(self._serve())
+        return True
+
+    def data_received(self, data, datatype):
+        if self.console is not None:
+            self.console.input(data)
+            return
+        if self.reader is None:         # the stream went bad: nothing after it can be framed
+            return
+        try:
+            frames = self.reader.feed(data)
+        except rpc.FrameError as e:
+            self.reader = None
+            self.queue.put_nowait(("fatal", 0, str(e)))
+            return
+        for frame in frames:
+            self.queue.put_nowait(frame)
+
+    def eof_received(self):
+        if self.console is not None:
+            return True             # a console ends when it exits, not on the client's EOF
+        self.queue.put_nowait(None)
+        return False
+
+    def connection_lost(self, exc):
+        self.queue.put_nowait(None)
+        if self.console is not None:
+            self.console.closed()
+
+    async def _serve(self):
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            kind, request_id, body = item
+            if kind == "fatal":
+                self._write(rpc.encode_error(0, rpc.Code.BAD_REQUEST, body))
+                self.chan.close()
+                return
+            self._write(self._answer(kind, request_id, body))
+
+    def _answer(self, kind: int, request_id: int, body: bytes) -> bytes:
+        try:
+            header, payload = rpc.parse_body(body)
+            reply, data = self.handler.call(kind, header, payload)
+            return rpc.encode(rpc.REPLY, request_id, reply, data)
+        except Exception as e:   # noqa: BLE001 - a bad request must never stop the node
+            code, message = describe(e)
+            if code is rpc.Code.INTERNAL:
+                log.exception("request type %d failed", kind)
+            return rpc.encode_error(request_id, code, message)
+
+    def _write(self, frame: bytes) -> None:
+        if self.chan is not None:
+            try:
+                self.chan.write(frame)
+            except (asyncssh.Error, OSError, BrokenPipeError):
+                pass
+
+
+class NodeServer(asyncssh.SSHServer):
+    def __init__(self, handler: Handler, directory: Path, cluster: str | None):
+        self.handler = handler
+        self.directory = directory
+        self.cluster = cluster
+        self.login: Login | None = None
+
+    def begin_auth(self, username):
+        return True
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        self.login = keys.login_for(self.directory, key)
+        return self.login is not None
+
+    def password_auth_supported(self):
+        return False
+
+    def kbdint_auth_supported(self):
+        return False
+
+    def session_requested(self):
+        return RpcSession(self.handler, self.login, self.cluster)
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        return False
+
+    def server_requested(self, listen_host, listen_port):
+        return False
+
+
+async def serve(directory: Path, host: str, port: int, memory: int | None = None,
+                block_size: int | None = None, cluster: str | None = None,
+                ready=None) -> None:
+    """Serves the node in `directory` on host:port (0: any free port) until SIGTERM or SIGINT.
+
+    `memory` (bytes) keeps blocks and catalog in RAM; `block_size` must match the directory's,
+    if given; `cluster` (a cluster directory) serves the console to admin keys; `ready(host,
+    port)` is called once listening. Raises BlockfoldError if no client could log in, the block
+    size does not match, or the address cannot be listened on.
+    """
+    if not (directory / keys.AUTHORIZED_KEYS).is_file():
+        raise BlockfoldError(f"{directory / keys.AUTHORIZED_KEYS} is missing: no client could"
+                             " log in")
+    node = settings.load(directory, block_size)
+    keys.ensure_host_key(directory)
+    store = NodeStore(directory, node["block_size"], memory)
+    try:
+        handler = Handler(store, node["name"])
+        try:
+            acceptor = await asyncssh.create_server(
+                lambda: NodeServer(handler, directory, cluster), host, port,
+                server_host_keys=[str(directory / keys.HOST_KEY)],
+                encoding=None, allow_pty=True, x11_forwarding=False, agent_forwarding=False,
+                allow_scp=False, sftp_factory=None, login_timeout=10, keepalive_interval=0,
+                encryption_algs=rpc.CIPHERS, window=rpc.WINDOW, max_pktsize=rpc.PACKET)
+        except OSError as e:
+            raise BlockfoldError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        if ready is not None:
+            ready(host, acceptor.get_port())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        acceptor.close()
+        await acceptor.wait_closed()
+    finally:
+        store.close()
+
+
+def run(data: str, host: str, port: int, memory: int | None = None,
+        block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
+    """serve() on its own event loop, returning once the node has stopped."""
+    asyncio.run(serve(Path(data), host, port, memory, block_size, cluster, ready))

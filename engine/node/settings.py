@@ -1,0 +1,36 @@
+"""DATA/node.json: a node's name and block size, fixed when its data directory is made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BlockfoldError
+
+NODE_FILE = "node.json"
+DEFAULT_BLOCK_SIZE = 4096
+
+
+def create(directory: Path, name: str, block_size: int) -> None:
+    """Writes the settings of a new node's data directory."""
+    (directory / NODE_FILE).write_text(json.dumps({"name": name, "block_size": block_size}))
+
+
+def load(directory: Path, block_size: int | None = None) -> dict:
+    """{"name", "block_size"} of the node in `directory`; made on first start (named for the
+    directory) if absent. Raises BlockfoldError if `block_size` is given and is not the one the
+    directory holds."""
+    path = directory / NODE_FILE
+    try:
+        settings = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        raise BlockfoldError(f"{path} is not a node settings file (JSON)") from None
+    if block_size and settings.get("block_size", block_size) != block_size:
+        raise BlockfoldError(f"{directory} holds blocks of {settings['block_size']} bytes,"
+                             f" not {block_size}")
+    if "block_size" not in settings:
+        settings["block_size"] = block_size or DEFAULT_BLOCK_SIZE
+        settings.setdefault("name", directory.name)
+        path.write_text(json.dumps(settings))
+    settings.setdefault("name", directory.name)
+    return settings

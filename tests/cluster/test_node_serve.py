@@ -1,0 +1,56 @@
+"""`blockfold node serve` refuses what it cannot serve in one line, and changes nothing."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def serve(data, *extra, module=("console", "node", "serve")):
+    return subprocess.run([sys.executable, "-m", *module, "--data", str(data), *extra],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "node"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize("module", [("console", "node", "serve"), ("engine.node",)])
+def test_a_node_no_client_could_log_in_to_is_refused(data, module):
+    r = serve(data, "--listen", "127.0.0.1:0", module=module)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == f"blockfold: error: {data / 'authorized_keys'} is missing: no client" \
+                       " could log in\n"
+    assert list(data.iterdir()) == []
+
+
+def test_a_block_size_other_than_the_nodes_is_refused(data):
+    (data / "authorized_keys").write_text("")
+    (data / "node.json").write_text('{"name": "n", "block_size": 4096}')
+    r = serve(data, "--listen", "127.0.0.1:0", "--block-size", "8192")
+    assert r.returncode == 1
+    assert r.stderr == f"blockfold: error: {data} holds blocks of 4096 bytes, not 8192\n"
+    assert sorted(p.name for p in data.iterdir()) == ["authorized_keys", "node.json"]
+
+
+@pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:", ":22", "127.0.0.1:99999"])
+def test_a_bad_listen_address_is_a_usage_error(data, listen):
+    r = serve(data, "--listen", listen)
+    assert r.returncode == 2 and "not HOST:PORT" in r.stderr
+
+
+def test_a_port_in_use_is_one_line(data):
+    (data / "authorized_keys").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = serve(data, "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"blockfold: error: cannot listen on 127.0.0.1:{port}: ")
