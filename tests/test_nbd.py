@@ -293,15 +293,14 @@ def test_structured_reads_are_one_data_chunk_and_errors_carry_a_message(pool_dir
 
 
 def test_engine_errors_map_to_nbd_errors():
-    assert nbd_error(CorruptBlockError("golden: the block at offset 4096 is corrupt")) == EIO
+    assert nbd_error(CorruptBlockError("VM golden: the block at byte 4096 is corrupt", address=7,
+                                       offset=4096)) == EIO
     assert nbd_error(NoSpaceError("no space")) == ENOSPC
     assert nbd_error(ReadOnlyError("read-only")) == EPERM
     assert nbd_error(OutOfRangeError("outside")) == EINVAL
     assert nbd_error(BlockfoldError("anything else")) == EIO
 
 
-@pytest.mark.xfail(strict=True, reason="the engine does not check reads against fingerprints "
-                   "yet (issue 13, item 5)")
 def test_a_rotten_block_is_an_io_error_naming_the_offset(pool_dir, golden, server):
     with LocalAdmin.open(pool_dir) as admin:
         victim = int(admin.pool.addresses("golden", 3, 1)[0])
