@@ -8,7 +8,8 @@ never pile up behind a slow engine.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.app import App
 from textual.reactive import reactive
@@ -119,7 +120,7 @@ class BlockfoldApp(App):
 
         def work() -> None:
             try:
-                polled = Polled(admin.stats(), admin.vms(), admin.nodes(), admin.events(EVENTS))
+                polled = Polled(admin.snapshot(EVENTS))
             except Exception as e:       # noqa: BLE001 - the next poll may well succeed
                 self.post_message(PollFailed(e))
             else:
@@ -137,17 +138,16 @@ class BlockfoldApp(App):
         self._poll_timer = self.set_timer(self.poll_interval, self.poll, name="poll")
 
     def on_polled(self, message: Polled) -> None:
-        now = self.clock.now()
-        physical = message.stats["physical_bytes"]
-        written = 0.0
-        if self._last_physical is not None:
-            then, before = self._last_physical
-            written = max(physical - before, 0) / max(now - then, 1e-9)
-        self._last_physical = (now, physical)
-        self.history = (self.history + [Sample(now, message.stats["dedup_ratio"], written)])[
-            -HISTORY:]
-        self.view = PoolView(message.stats, message.vms, message.nodes, message.events,
-                             tuple(self.history))
+        stats = message.snapshot.stats
+        if stats.physical_bytes is not None:        # None while the RAM metadata is rebuilt
+            now = self.clock.now()
+            written = 0.0
+            if self._last_physical is not None:
+                then, before = self._last_physical
+                written = max(stats.physical_bytes - before, 0) / max(now - then, 1e-9)
+            self._last_physical = (now, stats.physical_bytes)
+            self.history = [*self.history, Sample(now, stats.dedup_ratio, written)][-HISTORY:]
+        self.view = PoolView(stats, message.snapshot.events, tuple(self.history))
         self._rearm()
 
     def on_poll_failed(self, message: PollFailed) -> None:

@@ -1,27 +1,95 @@
-"""What each CLI command does, in terms of engine.api only."""
+"""Every `blockfold` command, each declared once beside what it does, in terms of engine.api only.
+
+The order here is the order of `blockfold --help`. console/cli.py builds the parser and the
+dispatch from COMMANDS and GROUPS.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from engine import api
 from engine.api import (BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes,
-                        parse_size)
+                        parse_size, plain)
 
-from .cli import UsageError, emit, pool_path
-from .progressbar import ProgressBar
+from .command import Command, UsageError, arg, listen_address, nonnegative, positive
 
-# Commands that only look need no write lock, so they run beside a serving process.
-# Failing and restoring a node act on its process, so they run beside a cluster's writer too.
-READ_ONLY = {("vm", "export"), ("vm", "ls"), ("stats", None), ("blocks", None), ("fsck", None),
-             ("node", "ls"), ("node", "fail"), ("node", "restore")}
-CLUSTER_ONLY = {("node", "ls"), ("node", "fail"), ("node", "restore"), ("heal", None)}
+GROUPS = {  # the first word of two-word commands, and its help
+    "pool": "create pools",
+    "vm": "import, export, write, clone, delete and list VMs",
+    "nbd": "serve VM disks over NBD",
+    "cluster": "create, start and stop a cluster of nodes",
+    "node": "serve a node; list, fail and restore a cluster's nodes",
+}
+
+COMMANDS: list[Command] = []
 
 
+def command(*words: str, help: str, args=(), **declared) -> Callable:
+    """Declares the function below as the command `words` (see console.command.Command)."""
+    def declare(run):
+        COMMANDS.append(Command(words, help, run, tuple(args), **declared))
+        return run
+    return declare
+
+
+NAME = arg("name", metavar="NAME", help="the VM's name")
+YES = arg("-y", "--yes", action="store_true", help="do not ask for confirmation")
+CLUSTER_DIR = arg("dir", metavar="DIR", help="the cluster directory")
+
+
+def pool_path(args) -> str:
+    path = args.pool or os.environ.get("BLOCKFOLD_POOL")
+    if not path:
+        raise UsageError("no pool given: use -p DIR or set BLOCKFOLD_POOL")
+    return path
+
+
+def open_admin(args, **options) -> api.Admin:
+    """The cluster of -c, else the pool of -p or $BLOCKFOLD_POOL, opened with `options`."""
+    if getattr(args, "cluster", None):
+        return api.open_cluster(args.cluster, **options)
+    return LocalAdmin.open(pool_path(args), **options)
+
+
+def emit(args, data, text: str) -> None:
+    print(json.dumps(plain(data), indent=2, default=str) if args.json else text)
+
+
+def table(headers, rows) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def confirmed(args, question: str) -> bool:
+    """Asks before destruction on a terminal; scripts (no TTY) and --yes go straight on."""
+    if args.yes or not sys.stdin.isatty():
+        return True
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _size(text):
+    try:
+        return parse_size(text) if text is not None else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+# -- pools and VMs ------------------------------------------------------------------------------
+
+@command("pool", "init", help="create an empty pool in DIR", opens=False, args=[
+    arg("dir", metavar="DIR", help="where the pool goes: a new or empty directory"),
+    arg("--block-size", type=positive, default=4096, metavar="N",
+        help="block size in bytes: a power of two from 4096 to 65536 (default 4096)")])
 def pool_init(args) -> int:
     path = create_pool(args.dir, args.block_size)
     emit(args, {"pool": str(path), "block_size": args.block_size},
@@ -29,30 +97,17 @@ def pool_init(args) -> int:
     return 0
 
 
-def dispatch(args) -> int:
-    key = (args.command, getattr(args, "action", None))
-    readonly = key in READ_ONLY
-    rebuild = ("full" if args.full else "fast") if args.command == "rebuild" else None
-    bar = ProgressBar.if_terminal()
-    if key in CLUSTER_ONLY and not args.cluster:
-        raise UsageError(f"{' '.join(k for k in key if k)} needs a cluster: use -c DIR")
-    options = dict(readonly=readonly, rebuild=rebuild,
-                   progress=bar if args.command == "rebuild" else None)
-    try:
-        with (api.open_cluster(args.cluster, **options) if args.cluster
-              else LocalAdmin.open(pool_path(args), **options)) as admin:
-            return HANDLERS[key](admin, args, bar)
-    finally:
-        if bar:
-            bar.close()
-
-
+@command("vm", "import", help="import a raw disk image as a new VM (holes and zeros take no "
+         "space)", args=[NAME, arg("image", metavar="IMAGE", help="a raw image file, or - for "
+                                   "stdin")])
 def vm_import(admin, args, bar) -> int:
     vm = admin.import_image(args.name, args.image, bar)
-    emit(args, vm, f"imported {vm['name']}: {human_bytes(vm['size'])}")
+    emit(args, vm, f"imported {vm.name}: {human_bytes(vm.size)}")
     return 0
 
 
+@command("vm", "export", help="write a VM out byte for byte (sparse where it has holes)",
+         looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
@@ -62,6 +117,10 @@ def vm_export(admin, args, bar) -> int:
     return 0
 
 
+@command("vm", "write", help="write a file's bytes into a VM at an offset", args=[
+    NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
+              help="byte offset in the VM"),
+    arg("file", metavar="FILE", help="the bytes to write, or - for stdin")])
 def vm_write(admin, args, bar) -> int:
     if args.file == "-":
         data = sys.stdin.buffer.read()
@@ -77,6 +136,11 @@ def vm_write(admin, args, bar) -> int:
     return 0
 
 
+@command("vm", "clone", help="make linked clones of a VM: O(1) each, whatever its size", args=[
+    arg("source", metavar="SRC", help="the VM to clone"),
+    arg("new", metavar="NEW", help="the clone's name"),
+    arg("--count", type=positive, default=1, metavar="K",
+        help="make K clones named NEW-1 … NEW-K in one transaction")])
 def vm_clone(admin, args, bar) -> int:
     names = admin.clone(args.source, args.new, args.count)
     text = (f"cloned {args.source} to {names[0]}" if len(names) == 1
@@ -85,13 +149,7 @@ def vm_clone(admin, args, bar) -> int:
     return 0
 
 
-def confirmed(args, question: str) -> bool:
-    """Asks before destruction on a terminal; scripts (no TTY) and --yes go straight on."""
-    if args.yes or not sys.stdin.isatty():
-        return True
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
+@command("vm", "rm", help="delete a VM and free what only it referenced", args=[NAME, YES])
 def vm_rm(admin, args, bar) -> int:
     admin.vm_size(args.name)      # a clear error for an unknown name, before asking
     if not confirmed(args, f"Delete VM {args.name}? Its own blocks are freed."):
@@ -102,52 +160,75 @@ def vm_rm(admin, args, bar) -> int:
     return 0
 
 
+@command("vm", "ls", help="list VMs with their size, logical, unique and shared blocks and "
+         "chain depth", looks=True)
 def vm_ls(admin, args, bar) -> int:
     vms = admin.vms()
-    rows = [(v["name"], human_bytes(v["size"]), human_bytes(v["logical_bytes"]),
-             str(v["unique_blocks"]), str(v["shared_blocks"]), str(v["depth"])) for v in vms]
+    rows = [(v.name, human_bytes(v.size), human_bytes(v.logical_bytes), str(v.unique_blocks),
+             str(v.shared_blocks), str(v.depth)) for v in vms]
     emit(args, vms, table(("NAME", "SIZE", "LOGICAL", "UNIQUE", "SHARED", "DEPTH"), rows))
     return 0
 
 
+@command("nbd", "serve", help="export every VM under its own name until SIGTERM",
+         description="export every VM under its own name until SIGTERM; prints 'ready "
+         "HOST:PORT' once listening", json=False, args=[
+             arg("--listen", type=listen_address, default=("127.0.0.1", 10809),
+                 metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one"),
+             arg("--read-only", action="store_true", help="refuse writes and trims (EPERM)")])
 def nbd_serve(admin, args, bar) -> int:
-    from engine.api import serve_nbd
-
     def ready(host, port):
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
-    serve_nbd(admin, *args.listen, read_only=args.read_only, ready=ready)
+    api.serve_nbd(admin, *args.listen, read_only=args.read_only, ready=ready)
     return 0
 
 
+# -- the pool's figures and checks --------------------------------------------------------------
+
+@command("stats", help="pool-wide figures: logical and physical bytes, dedup ratio, refcounts",
+         looks=True)
 def stats(admin, args, bar) -> int:
     s = admin.stats()
-    hist = ", ".join(f"{k}: {v}" for k, v in s["refcount_histogram"].items()) or "-"
-    text = "\n".join([
-        f"pool            {s['path']}",
-        f"block size      {s['block_size']}",
-        f"VMs             {len(s['vms'])}",
-        f"logical         {human_bytes(s['logical_bytes'])}",
-        f"physical        {human_bytes(s['physical_bytes'])}",
-        f"dedup ratio     {s['dedup_ratio']:.2f}x",
-        f"unique blocks   {s['unique_blocks']}",
-        f"free slots      {s['free_slots']}",
-        f"collisions      {s['collisions']}",
+    hist = ", ".join(f"{k}: {v}" for k, v in (s.refcount_histogram or {}).items()) or "-"
+    lines = [
+        f"pool            {s.path}",
+        f"block size      {s.block_size}",
+        f"VMs             {len(s.vms)}",
+        f"logical         {human_bytes(s.logical_bytes)}",
+        f"physical        {human_bytes(s.physical_bytes)}",
+        f"dedup ratio     {s.dedup_ratio:.2f}x",
+        f"unique blocks   {s.unique_blocks}",
+    ]
+    if s.free_slots is not None:
+        lines.append(f"free slots      {s.free_slots}")
+    lines += [
+        f"collisions      {s.collisions}",
         f"refcounts       {hist}",
-        f"metadata RAM    {human_bytes(s['metadata_ram_bytes'])}"
-        f" ({s['metadata_ram_bytes_per_block']} B per block)",
-    ] + ([f"nodes           {sum(n['state'] == 'up' for n in s['nodes'])} of {len(s['nodes'])} up",
-          f"under-replicated {s['under_replicated_blocks']} blocks"] if "nodes" in s else []))
-    emit(args, s, text)
+        f"metadata RAM    {human_bytes(s.metadata_ram_bytes)}"
+        f" ({s.metadata_ram_bytes_per_block} B per block)",
+    ]
+    if admin.kind == "cluster":
+        lines += [f"nodes           {sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up",
+                  f"under-replicated {s.under_replicated_blocks} blocks"]
+    emit(args, s, "\n".join(lines))
     return 0
 
 
+@command("blocks", help="the block table: one row per physical block", looks=True, args=[
+    arg("--vm", metavar="NAME", help="only blocks this VM reads"),
+    arg("--limit", type=nonnegative, default=50, metavar="N", help="at most N rows (default 50)"),
+    arg("--offset", type=nonnegative, default=0, metavar="N", help="skip the first N rows"),
+    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks with at least N "
+        "references"),
+    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks with at most N "
+        "references"),
+    arg("--prefix", metavar="HEX", help="fingerprints starting with HEX")])
 def blocks(admin, args, bar) -> int:
     page = admin.blocks(vm=args.vm, min_refs=args.min_refs, max_refs=args.max_refs,
                         prefix=args.prefix, offset=args.offset, limit=args.limit)
-    rows = [(str(r["pbn"]), r["fingerprint"], str(r["refcount"]), _names(r["vms"]))
-            for r in page["rows"]]
+    rows = [(str(r.pbn), r.fingerprint, str(r.refcount), _names(r.vms)) for r in page.rows]
     text = table(("PBN", "FINGERPRINT", "REFS", "VMS"), rows)
-    text += f"\n{len(rows)} of {page['total']} blocks"
+    text += f"\n{len(rows)} of {page.total} blocks"
     emit(args, page, text)
     return 0
 
@@ -158,44 +239,83 @@ def _names(names: list[str], most: int = 4) -> str:
     return ",".join(names[:most]) + f" +{len(names) - most}"
 
 
+@command("rebuild", help="rebuild the RAM dedup metadata and print its figures", rebuilds=True,
+         args=[arg("--full", action="store_true",
+                   help="re-read and re-hash every block, reporting corrupt ones")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
-    text = (f"{r['mode']} rebuild: {r['blocks']} blocks ({human_bytes(r['bytes'])}) in "
-            f"{r['seconds']:.2f}s, {human_bytes(r['bytes_per_s'])}/s; "
-            f"{len(r['corrupt_blocks'])} corrupt, {r['orphans_reclaimed']} orphans reclaimed")
+    text = (f"{r.mode} rebuild: {r.blocks} blocks ({human_bytes(r.bytes)}) in "
+            f"{r.seconds:.2f}s, {human_bytes(r.bytes_per_s)}/s; "
+            f"{len(r.corrupt_blocks)} corrupt, {r.orphans_reclaimed} orphans reclaimed")
     emit(args, r, text)
-    return 1 if r["corrupt_blocks"] else 0
+    return 1 if r.corrupt_blocks else 0
 
 
+@command("fsck", help="check every promise the pool makes; exit 1 if any is broken", looks=True)
 def fsck(admin, args, bar) -> int:
     problems = admin.fsck(bar)
-    text = "\n".join(f"{p['kind']}: {p['message']}" for p in problems) or "clean"
+    text = "\n".join(f"{p.kind}: {p.message}" for p in problems) or "clean"
     emit(args, {"clean": not problems, "problems": problems}, text)
     return 1 if problems else 0
 
 
-def _size(text):
-    try:
-        return parse_size(text) if text is not None else None
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+# -- clusters -----------------------------------------------------------------------------------
 
-
-def cluster(args) -> int:
-    if args.action == "up":
-        rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
-                              min_replicas=args.min_replicas, memory=_size(args.memory),
-                              block_size=args.block_size, repair_delay=args.repair_delay)
-    elif args.action == "down":
-        rows = api.cluster_down(args.dir)
-    else:
-        row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
-        emit(args, row, f"added {row['name']} at {row['address']}")
-        return 0
+@command("cluster", "up", help="create a local cluster in DIR if new, and start its nodes",
+         opens=False, args=[
+             CLUSTER_DIR,
+             arg("--nodes", type=positive, default=3, metavar="N",
+                 help="local nodes to create (default 3)"),
+             arg("--replicas", type=positive, default=2, metavar="R",
+                 help="copies of every block (default 2)"),
+             arg("--min-replicas", type=positive, metavar="M",
+                 help="refuse writes that would have fewer copies (default min(2, R))"),
+             arg("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE"),
+             arg("--block-size", type=positive, default=4096, metavar="N",
+                 help="block size in bytes (default 4096)"),
+             arg("--repair-delay", type=float, default=0.0, metavar="S",
+                 help="seconds a block may stay under-replicated before heal (default 0)")])
+def cluster_up(args) -> int:
+    rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
+                          min_replicas=args.min_replicas, memory=_size(args.memory),
+                          block_size=args.block_size, repair_delay=args.repair_delay)
     print(json.dumps({"cluster": args.dir, "nodes": rows}, indent=2))
     return 0
 
 
+@command("cluster", "down", help="stop the cluster's local nodes", opens=False,
+         args=[CLUSTER_DIR])
+def cluster_down(args) -> int:
+    rows = api.cluster_down(args.dir)
+    print(json.dumps({"cluster": args.dir, "nodes": rows}, indent=2))
+    return 0
+
+
+@command("cluster", "add", help="join a node running elsewhere, pinning its host key now",
+         opens=False, args=[
+             CLUSTER_DIR,
+             arg("address", metavar="HOST:PORT", help="where the node listens"),
+             arg("--name", metavar="NAME", help="the node's name (default nodeN)"),
+             arg("--weight", type=float, default=1.0, metavar="W",
+                 help="its share of the blocks relative to the others (default 1)")])
+def cluster_add(args) -> int:
+    row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
+    emit(args, row, f"added {row['name']} at {row['address']}")
+    return 0
+
+
+@command("node", "serve", help="run one node (an SSH server) in the foreground", opens=False,
+         json=False, args=[
+             arg("--data", required=True, metavar="DIR", help="the node's data directory"),
+             arg("--listen", type=listen_address, required=True, metavar="HOST:PORT",
+                 help="port 0: any free"),
+             arg("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
+             arg("--block-size", type=positive, metavar="N",
+                 help="block size in bytes of a new node (default 4096; an existing node"
+                      " keeps its own)"),
+             arg("--cluster", metavar="DIR",
+                 help="serve the console on this cluster to the keys in DATA/admin_keys"
+                      " (DATA/admin_keys_readonly: read-only) over SSH")])
 def node_serve(args) -> int:
     def ready(host, port):
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
@@ -204,16 +324,20 @@ def node_serve(args) -> int:
     return 0
 
 
+# Failing and restoring a node act on its process, so they run beside a cluster's writer too.
+@command("node", "ls", help="the nodes: state, latency, capacity, blocks", looks=True,
+         cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
-    rows = [(n["name"], n["address"], n["state"], f"{n['latency_ms']:.1f}",
-             human_bytes(n["capacity_bytes"]), str(n["live_blocks"]),
-             str(n["under_replicated"])) for n in nodes]
+    rows = [(n.name, n.address, n.state, f"{n.latency_ms:.1f}", human_bytes(n.capacity_bytes),
+             str(n.live_blocks), str(n.under_replicated)) for n in nodes]
     emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY MS", "CAPACITY", "BLOCKS",
                              "UNDER-REPLICATED"), rows))
     return 0
 
 
+@command("node", "fail", help="make a node unreachable (kill its process)", looks=True,
+         cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(admin, args, bar) -> int:
     if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
         print("not failed", file=sys.stderr)
@@ -223,16 +347,43 @@ def node_fail(admin, args, bar) -> int:
     return 0
 
 
+@command("node", "restore", help="bring a failed node back", looks=True, cluster=True,
+         args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(admin, args, bar) -> int:
     admin.restore_node(args.name)
     emit(args, {"restored": args.name}, f"restored {args.name}")
     return 0
 
 
+@command("heal", help="re-replicate under-replicated blocks", cluster=True, args=[
+    arg("--wait", action="store_true", help="until none is under-replicated")])
 def heal(admin, args, bar) -> int:
     figures = admin.heal(wait=args.wait, progress=bar)
-    emit(args, figures, f"copied {figures['copied']} blocks, dropped {figures['dropped']};"
-         f" {figures['under_replicated']} under-replicated")
+    emit(args, figures, f"copied {figures.copied} blocks, dropped {figures.dropped};"
+         f" {figures.under_replicated} under-replicated")
+    return 0
+
+
+# -- the console --------------------------------------------------------------------------------
+
+@command("console", help="open the console on a pool or a cluster", opens=False, json=False,
+         args=[arg("-p", "--pool", metavar="DIR", default=argparse.SUPPRESS,
+                   help="the pool directory ($BLOCKFOLD_POOL)"),
+               arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
+                   help="the cluster directory"),
+               arg("--read-only", action="store_true", help="hide destructive actions")])
+def console(args) -> int:
+    from .app import BlockfoldApp       # Textual loads only when a console opens
+    # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
+    # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
+    sys.setswitchinterval(0.001)
+    # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
+    # A console served over SSH logs its actions under the key's comment (engine/net/node.py).
+    with open_admin(args, readonly=args.read_only, wait=False,
+                    actor=os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
+        app = BlockfoldApp(admin, read_only=args.read_only)
+        _quit_on_hangup(app)
+        app.run()
     return 0
 
 
@@ -247,23 +398,6 @@ def console_default(args) -> int:
     return console(args)
 
 
-def console(args) -> int:
-    from .app import BlockfoldApp       # Textual loads only when a console opens
-    # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
-    # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
-    sys.setswitchinterval(0.001)
-    # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
-    # A console served over SSH logs its actions under the key's comment (engine/net/node.py).
-    options = dict(readonly=args.read_only, wait=False,
-                   actor=os.environ.get("BLOCKFOLD_ACTOR") or "console")
-    with (api.open_cluster(args.cluster, **options) if getattr(args, "cluster", None)
-          else LocalAdmin.open(pool_path(args), **options)) as admin:
-        app = BlockfoldApp(admin, read_only=args.read_only)
-        _quit_on_hangup(app)
-        app.run()
-    return 0
-
-
 def _quit_on_hangup(app) -> None:
     """A lost terminal (an SSH client gone) or SIGTERM quits the app like `q`, so the cluster is
     closed cleanly and its write lease freed at once."""
@@ -276,6 +410,13 @@ def _quit_on_hangup(app) -> None:
         signal.signal(sig, quit_)
 
 
+@command("demo", help="start a demo cluster of 3 local nodes with data in it, and open the "
+         "console on it; quitting stops the nodes",
+         description="Starts 3 node processes on 127.0.0.1 (R=2) in a fresh directory, seeds a "
+         "golden image and a dozen linked clones, opens the console on the cluster, and stops "
+         "every node on quit.", opens=False, json=False, args=[
+             arg("--dir", metavar="DIR", help="where the demo cluster lives (default: a new "
+                 "temporary directory, removed on quit)")])
 def demo(args) -> int:
     """A demo cluster: 3 local nodes, R=2, seeded; the console on it; every node stopped on quit."""
     import shutil
@@ -296,22 +437,3 @@ def demo(args) -> int:
         api.cluster_down(path)
         if not args.dir:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def table(headers, rows) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-HANDLERS = {
-    ("nbd", "serve"): nbd_serve,
-    ("vm", "import"): vm_import, ("vm", "export"): vm_export, ("vm", "write"): vm_write,
-    ("vm", "clone"): vm_clone, ("vm", "rm"): vm_rm, ("vm", "ls"): vm_ls,
-    ("stats", None): stats, ("blocks", None): blocks, ("rebuild", None): rebuild,
-    ("fsck", None): fsck,
-    ("node", "ls"): node_ls, ("node", "fail"): node_fail, ("node", "restore"): node_restore,
-    ("heal", None): heal,
-}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from textual.message import Message
 
-from engine.api import Progress
+from engine.api import Event, NodeStatus, PoolStats, Progress, Snapshot, VMStats
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,23 @@ class Sample:
 @dataclass(frozen=True)
 class PoolView:
     """Everything the screens show about the pool, as of one poll: plain data only."""
-    stats: dict
-    vms: list[dict]
-    nodes: list[dict]
-    events: list[dict]
+    stats: PoolStats
+    events: list[Event]
     history: tuple[Sample, ...] = field(default=())
+
+    @property
+    def vms(self) -> list[VMStats]:
+        return self.stats.vms
+
+    @property
+    def nodes(self) -> list[NodeStatus]:
+        return self.stats.nodes
 
 
 class Polled(Message):
-    def __init__(self, stats: dict, vms: list[dict], nodes: list[dict], events: list[dict]):
+    def __init__(self, snapshot: Snapshot):
         super().__init__()
-        self.stats, self.vms, self.nodes, self.events = stats, vms, nodes, events
+        self.snapshot = snapshot
 
 
 class PollFailed(Message):

@@ -44,10 +44,10 @@ async def shoot(admin, out: Path) -> list[Path]:
 def main(argv: list[str]) -> int:
     out = Path(argv[0] if argv else "screenshots")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        with LocalAdmin.open(sample_pool(tmp), actor="operator") as admin:
-            for path in asyncio.run(shoot(admin, out)):
-                print(path)
+    with (tempfile.TemporaryDirectory() as tmp,
+          LocalAdmin.open(sample_pool(tmp), actor="operator") as admin):
+        for path in asyncio.run(shoot(admin, out)):
+            print(path)
     return 0
 
 

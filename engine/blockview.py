@@ -57,9 +57,9 @@ class BlockView:
                 layers.append(np.full(len(idx), layer, dtype=np.int64))
                 lbns.append(idx.astype(np.int64) + pno * PAGE_ENTRIES)
         if addrs:
-            a, l, b = np.concatenate(addrs), np.concatenate(layers), np.concatenate(lbns)
+            a, ls, b = np.concatenate(addrs), np.concatenate(layers), np.concatenate(lbns)
             order = np.argsort(a, kind="stable")
-            result = (a[order], l[order], b[order])
+            result = (a[order], ls[order], b[order])
         else:
             empty = np.zeros(0, dtype=np.int64)
             result = (empty.astype(np.uint64), empty, empty)
@@ -119,4 +119,4 @@ class BlockView:
             if with_vms:
                 row["vms"] = self.referencing_vms(addr)
             rows.append(row)
-        return {"total": int(len(live)), "offset": offset, "rows": rows}
+        return {"total": len(live), "offset": offset, "rows": rows}

@@ -116,7 +116,7 @@ class Catalog:
         return {r[0]: VM(*r) for r in rows}
 
     def layer_parents(self) -> dict[int, int | None]:
-        return {lid: parent for lid, parent in self.conn.execute("SELECT id, parent FROM layers")}
+        return dict(self.conn.execute("SELECT id, parent FROM layers"))
 
     # -- writing, inside the pool's commit ----------------------------------------------------
 
@@ -179,17 +179,19 @@ class Catalog:
         return [dict(zip(cols, r)) for r in rows]
 
     def corrupt_addresses(self) -> np.ndarray:
-        """Blocks found rotten (by a read, a full rebuild, fsck or scrub) and still referenced."""
+        """Blocks found rotten (by a read, a full rebuild, fsck or scrub) and still referenced,
+        ascending."""
         try:
-            rows = self.conn.execute("SELECT address FROM corrupt ORDER BY address").fetchall()
+            rows = self.conn.execute("SELECT address FROM corrupt").fetchall()
         except sqlite3.OperationalError:        # an older pool opened read-only: none known
             return np.zeros(0, np.uint64)
-        return np.array([r[0] for r in rows], dtype=np.uint64)
+        return np.sort(np.array([r[0] for r in rows], dtype=np.int64).view(np.uint64))
 
     def set_corrupt(self, addresses: np.ndarray) -> None:
-        """The corrupt set as it is now; inside a commit."""
-        known = set(self.corrupt_addresses().tolist())
-        now = set(int(a) for a in addresses)
+        """The corrupt set as it is now; inside a commit. Addresses are stored as signed 64-bit
+        integers (sqlite's INTEGER): a cluster's block ids use all 64 bits."""
+        known = set(self.corrupt_addresses().view(np.int64).tolist())
+        now = set(np.asarray(addresses, np.uint64).view(np.int64).tolist())
         self.conn.executemany("DELETE FROM corrupt WHERE address=?", [(a,) for a in known - now])
         self.conn.executemany("INSERT INTO corrupt (address, found) VALUES (?, ?)",
                               [(a, time.time()) for a in sorted(now - known)])

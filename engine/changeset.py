@@ -122,7 +122,7 @@ def decode(changes, payload) -> list[dict]:
                     or not all(type(x) is int for x in ref)):
                 raise ChangesetError("changeset value is neither a scalar nor a blob reference")
             start, n = ref
-            if not (0 <= start and 0 <= n and start + n <= len(payload)):
+            if not (start >= 0 and n >= 0 and start + n <= len(payload)):
                 raise ChangesetError("blob reference outside the payload")
             return payload[start:start + n]
         if not isinstance(v, SCALARS):

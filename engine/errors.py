@@ -75,3 +75,8 @@ class CorruptBlockError(BlockfoldError):
         super().__init__(message)
         self.address = address
         self.offset = offset
+
+
+class ReplicationError(RefusedError):
+    """The cluster cannot keep a change safe (too few nodes, a node refusing blocks): the
+    change is refused. (Raised by a commit, the pool turns it into an AbortedError.)"""

@@ -7,7 +7,7 @@ that always collides); `Fingerprinter` applies whichever was chosen to whole bat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import xxhash

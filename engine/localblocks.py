@@ -12,11 +12,13 @@ from .errors import CorruptBlockError
 from .fingerprint import Fingerprinter, keys_of
 from .index import FingerprintIndex
 from .progress import ProgressCallback
-from .rebuild import PageScan, rebuild
+from .rebuild import PHASES, PageScan, rebuild
 from .stats import refcount_histogram
 
 
 class LocalBlocks:
+    rebuild_phases = PHASES
+
     def __init__(self, store: BlockStore, fingerprints: Fingerprinter, collisions: int = 0):
         self.store = store
         self.block_size = store.block_size

@@ -20,7 +20,8 @@ class PoolLock:
         except BlockingIOError:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
-            raise PoolLockedError(f"pool {directory} is in use by another process (pid {holder})")
+            raise PoolLockedError(f"pool {directory} is in use by another process"
+                                  f" (pid {holder})") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 

@@ -13,8 +13,8 @@ Changes, and who owns them (the model is LevelDB's VersionSet::LogAndApply):
   structural edit's rows) in one sqlite transaction. If that fails it rolls back and RAM keeps
   every acknowledged write for the next commit (AbortedError); freed slots are reused only once the
   drop that freed them is durable, so a committed reference always points at durable bytes.
-- A structural change (create, clone, delete, an import's registration) is a LayerEdit value: planned
-  from the graph, committed, and only then applied to the graph, the tables and the block layer.
+- A structural change (create, clone, delete, an import's registration) is a LayerEdit value:
+  planned from the graph, committed, and only then applied to the graph, tables and block layer.
 
 Thread-safe: every public method holds the pool's lock. After open, reads are served at once while
 the RAM metadata is rebuilt; writes wait for the rebuild to finish.
@@ -72,7 +72,7 @@ class Pool:
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
              progress: ProgressCallback | None = None, wait: bool = True,
-             actor: str = "cli", fingerprint=fingerprint) -> "Pool":
+             actor: str = "cli", fingerprint=fingerprint) -> Pool:
         """Opens a pool and rebuilds its RAM metadata.
 
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
@@ -104,7 +104,7 @@ class Pool:
     def attach(cls, path, catalog: Catalog, blocks: BlockLayer, *, lock=None,
                readonly: bool = False, rebuild: str | None = None,
                progress: ProgressCallback | None = None, wait: bool = True,
-               actor: str = "cli") -> "Pool":
+               actor: str = "cli") -> Pool:
         """A pool over an open catalog and block layer (a local pool's, or a cluster's);
         marks it in use and rebuilds its RAM metadata."""
         pool = cls(path, catalog, blocks, lock, readonly, actor)
@@ -181,7 +181,7 @@ class Pool:
         finally:
             lock.release()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -198,8 +198,8 @@ class Pool:
         def run():
             try:
                 self._run_rebuild(full, reason, progress, None)
-            except BaseException:
-                pass    # kept in _rebuild_error; the next write reports it
+            except BaseException:      # noqa: BLE001 - kept in _rebuild_error:
+                pass                   # the next write reports it
 
         threading.Thread(target=run, name="blockfold-rebuild", daemon=True).start()
 
@@ -228,9 +228,12 @@ class Pool:
             figures = dict(figures, reason=reason)
             self.last_rebuild = figures
             self.generation += 1
-            if not self.readonly:
-                self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
-            self._ready.set()
+            try:
+                if not self.readonly:
+                    self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
+            finally:
+                # RAM is rebuilt whether or not its record commits: waiters must not hang.
+                self._ready.set()
         return figures
 
     @staticmethod
@@ -345,6 +348,13 @@ class Pool:
         self._wait_ready()
         with self._lock:
             self._commit()
+
+    def log_event(self, kind: str, message: str, actor: str = "engine") -> None:
+        """Records an event that no change describes (background work that failed). It is a
+        commit: every change so far becomes durable with it. Raises AbortedError if the commit
+        failed, ReadOnlyError on a read-only pool."""
+        with self._changing():
+            self._commit(rows=lambda catalog: catalog.log(actor, kind, message))
 
     # -- VMs ----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from .index import REBUILD_LOAD, FingerprintIndex
 from .progress import Meter, ProgressCallback
 from .spacemap import SpaceMap
 
+PHASES = ("tables", "hashes", "index", "space")     # as reported to the progress callback
 HASH_BATCH = 4096
 INDEX_BATCH = 1 << 20
 
@@ -139,13 +140,13 @@ def rebuild(pages: PageScan, store: BlockStore, *, full: bool, fingerprints: Fin
         "seconds": round(seconds, 4),
         "pages": pages.total,
         "references": references,
-        "blocks": int(len(live)),
-        "bytes": int(len(live)) * bs,
+        "blocks": len(live),
+        "bytes": len(live) * bs,
         "bytes_per_s": int(len(live) * bs / seconds) if seconds > 0 else 0,
         "corrupt_blocks": [int(x) for x in corrupt],
         "bad_references": bad_refs,
-        "orphans_reclaimed": int(len(orphans)),
-        "free_slots": int(len(free)),
+        "orphans_reclaimed": len(orphans),
+        "free_slots": len(free),
         "capacity_slots": capacity,
     }
     return Rebuilt(index, space, corrupt, figures)

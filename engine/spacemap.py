@@ -22,7 +22,7 @@ class SpaceMap:
         self._epoch = 0
 
     @classmethod
-    def from_refcounts(cls, refcounts: np.ndarray) -> "SpaceMap":
+    def from_refcounts(cls, refcounts: np.ndarray) -> SpaceMap:
         space = cls(0)
         space.refcounts = refcounts.astype(np.uint32)
         free = np.flatnonzero(space.refcounts == 0).astype(np.uint32)

@@ -41,7 +41,7 @@ def main(path: str, seed: int) -> None:
         name = f"s{seed}-{step}"
         op = rng.choice(["write", "write", "write", "trim", "clone", "delete", "import"])
         if not model or op == "import":
-            data = b"".join(rng.choice(patterns + [rng.randbytes(4096)]) for _ in range(96))
+            data = b"".join(rng.choice([*patterns, rng.randbytes(4096)]) for _ in range(96))
             data += rng.randbytes(1000)
             image.seek(0)
             image.truncate()

@@ -12,7 +12,7 @@ import xxhash
 
 from tests.bench import imageset
 
-SMALL = dict(golden_mib=4, variants=2, unique_mib=1, modified_pct=3.0, seed=7)
+SMALL = {"golden_mib": 4, "variants": 2, "unique_mib": 1, "modified_pct": 3.0, "seed": 7}
 
 
 def digest(path) -> str:

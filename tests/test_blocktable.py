@@ -56,7 +56,7 @@ def test_a_commit_snapshot_sees_every_change_and_only_clean_pages_are_dropped(ca
     tables = BlockTables(catalog.conn, graph)
     tables.set_entries(1, 0, entries(5))
     snap = tables.snapshot()
-    assert [(l, p) for l, p, _ in snap.pages] == [(1, 0)]
+    assert [(layer, p) for layer, p, _ in snap.pages] == [(1, 0)]
     tables.set_entries(1, 1, entries(6))        # changed again after the snapshot
     tables.end(snap)
     assert tables.dirty_count() == 1            # still dirty: the later change is not durable

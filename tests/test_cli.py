@@ -235,3 +235,42 @@ def test_export_of_a_rotten_block_fails_naming_the_vm_and_offset(pool, tmp_path)
     assert "VM a" in proc.stderr_text and f"byte {2 * BS}" in proc.stderr_text
     assert len(proc.stderr_text.strip().splitlines()) == 1
     assert cli_json("-p", pool, "stats")["corrupt_blocks"] == 1
+
+
+def test_every_argument_of_every_command_has_help():
+    from console.cli import build_parser
+
+    def walk(parser, words):
+        for action in parser._actions:
+            if action.choices and hasattr(action, "_name_parser_map"):
+                for word, sub in action.choices.items():
+                    yield from walk(sub, [*words, word])
+            elif action.dest != "help":
+                yield " ".join(words), action.option_strings or [action.dest], action.help
+
+    missing = [(cmd, flags) for cmd, flags, text in walk(build_parser(), []) if not text]
+    assert missing == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["vm"], "vm needs an action: import, export, write, clone, rm or ls"),
+    (["pool"], "pool needs an action: init"),
+    (["-p", "POOL", "node", "ls"], "node ls needs a cluster: use -c DIR"),
+    (["-p", "POOL", "heal"], "heal needs a cluster: use -c DIR"),
+])
+def test_a_command_short_of_its_action_or_cluster_is_a_usage_error(pool, args, message):
+    proc = run_cli(*[str(pool) if a == "POOL" else a for a in args])
+    assert proc.returncode == 2 and proc.stderr_text.strip() == f"blockfold: error: {message}"
+
+
+def test_json_of_an_embedded_pool_has_every_field_a_cluster_has(pool, tmp_path):
+    make_image(tmp_path / "a.raw", 8, 9)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    stats = cli_json("-p", pool, "stats")
+    assert stats["replicas"] == stats["min_replicas"] == 1
+    assert stats["under_replicated_blocks"] == 0 and isinstance(stats["free_slots"], int)
+    [node] = stats["nodes"]
+    assert (node["name"], node["state"], node["latency_ms"]) == ("local", "up", None)
+    assert node["live_blocks"] == stats["unique_blocks"]
+    figures = cli_json("-p", pool, "rebuild")
+    assert figures["reason"] == "requested" and figures["missing_blocks"] is None

@@ -25,7 +25,7 @@ def run_and_kill(path, seed: int, rng: random.Random) -> list[dict]:
     proc = subprocess.Popen([sys.executable, "tests/crash_writer.py", str(path), str(seed)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines: list[dict] = []
-    reader = threading.Thread(target=lambda: lines.extend(json.loads(l) for l in proc.stdout))
+    reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in proc.stdout))
     reader.start()
     deadline = time.monotonic() + 20
     while not lines and time.monotonic() < deadline:     # wait until it has opened the pool

@@ -9,7 +9,7 @@ from engine.layergraph import VM, LayerGraph
 
 
 def graph(**tops) -> LayerGraph:
-    parents = {top: None for top in tops.values()}
+    parents = dict.fromkeys(tops.values())
     vms = {name: VM(name, 4096, top, 0.0, None) for name, top in tops.items()}
     return LayerGraph(vms, parents, max(parents, default=0) + 1)
 

@@ -187,7 +187,7 @@ def test_a_flush_on_one_connection_makes_another_ones_writes_durable(pool_dir, g
 def test_read_only_export_refuses_writes_with_eperm(pool_dir, golden, server):
     s = server("--read-only")
     c = RawClient(s.port)
-    size, flags = c.connect("golden")
+    _, flags = c.connect("golden")
     assert flags & FLAG_READ_ONLY
     assert flags & FLAG_SEND_FLUSH and flags & FLAG_SEND_TRIM and flags & FLAG_SEND_WRITE_ZEROES
     assert c.write(0, b"x" * 4096) == EPERM
@@ -434,7 +434,7 @@ def test_disconnect_answers_everything_sent_before_it(pool_dir, golden, server):
     cookies = [c.request(CMD_WRITE, i * 4096, 4096, bytes([i]) * 4096) for i in range(1, 33)]
     flush = c.request(CMD_FLUSH)
     c.request(CMD_DISC)
-    for cookie in cookies + [flush]:
+    for cookie in [*cookies, flush]:
         assert c.reply(cookie) == (0, b"")
     assert c.closed_by_server()
     assert_still_serving(s, b"".join(bytes([i]) * 4096 for i in range(1, 33)), offset=4096)
@@ -450,7 +450,7 @@ def test_a_signal_flushes_and_closes_the_pool_cleanly(pool_dir, golden, server, 
     assert s.proc.wait(timeout=30) == 0
     c.close()
     with LocalAdmin.open(pool_dir, readonly=True) as admin:
-        assert admin.last_rebuild()["reason"] == "open"       # not "crash": it was closed
+        assert admin.last_rebuild().reason == "open"       # not "crash": it was closed
         assert admin.read("golden", 5 * MiB, 10000) == b"\x5a" * 10000
     assert fsck(pool_dir) == "clean"
 

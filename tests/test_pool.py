@@ -9,8 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from engine.errors import (CorruptBlockError, NotAPoolError, OutOfRangeError, PoolFormatError, PoolLockedError,
-                           VMExistsError, VMNotFoundError, BadNameError)
+from engine.errors import (BadNameError, CorruptBlockError, NotAPoolError, OutOfRangeError,
+                           PoolFormatError, PoolLockedError, VMExistsError, VMNotFoundError)
 from engine.pool import Pool
 
 BS = 4096
@@ -116,7 +116,7 @@ def test_deep_chains_read_correctly_and_deletes_collect_layers(pool):
         pool.clone(f"v{d - 1}", f"v{d}")
         pool.write(f"v{d}", d * BS, rand(BS, 1000 + d))
         expect[d * BS:(d + 1) * BS] = rand(BS, 1000 + d)
-    deepest = [v for v in pool.vm_list() if v["name"] == "v39"][0]
+    deepest = next(v for v in pool.vm_list() if v["name"] == "v39")
     assert deepest["depth"] == 40
     assert pool.read("v39", 0, 64 * BS) == bytes(expect)
     for d in range(39):

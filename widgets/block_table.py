@@ -12,6 +12,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from engine.api import BlockRow
+
 MOST_VM_NAMES = 4
 
 
@@ -22,7 +24,7 @@ def vm_names(names: list[str]) -> str:
 
 
 class BlockTable(DataTable):
-    """Rows are dicts with pbn, fingerprint, refcount, vms and optionally nodes (replica holders)."""
+    """Rows are engine.api.BlockRow: pbn, fingerprint, refcount and the VMs that read it."""
 
     DEFAULT_CSS = """
     BlockTable { border: round $primary-darken-1; }
@@ -38,7 +40,7 @@ class BlockTable(DataTable):
     class PageWanted(Message):
         """The table needs the rows from `offset`; `cursor` is "first" or "last" row of it."""
 
-        def __init__(self, table: "BlockTable", offset: int, cursor: str) -> None:
+        def __init__(self, table: BlockTable, offset: int, cursor: str) -> None:
             super().__init__()
             self.table = table
             self.offset = offset
@@ -53,19 +55,18 @@ class BlockTable(DataTable):
 
     def on_mount(self) -> None:
         # Fixed widths: the columns stay put from page to page.
-        for column, width in (("PBN", 12), ("FINGERPRINT", 32), ("REFS", 6), ("NODES", 16),
-                              ("VMS", 48)):
+        for column, width in (("PBN", 20), ("FINGERPRINT", 32), ("REFS", 6), ("VMS", 56)):
             self.add_column(column, key=column.lower(), width=width)
         self._caption()
 
-    def show_page(self, total: int, offset: int, rows: list[dict], cursor: str = "first") -> None:
+    def show_page(self, total: int, offset: int, rows: list[BlockRow],
+                  cursor: str = "first") -> None:
         self._waiting = False
         self.total, self.first_row = total, offset
         self.clear()
         for row in rows:
-            self.add_row(str(row["pbn"]), row["fingerprint"], str(row["refcount"]),
-                         ", ".join(row.get("nodes") or ["local"]), vm_names(row["vms"]),
-                         key=str(row["pbn"]))
+            self.add_row(str(row.pbn), row.fingerprint, str(row.refcount), vm_names(row.vms),
+                         key=str(row.pbn))
         if rows:
             self.move_cursor(row=len(rows) - 1 if cursor == "last" else 0, animate=False)
         self._caption()

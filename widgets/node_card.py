@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.api import human_bytes
+from engine.api import NodeStatus
+
+from .figures import UNKNOWN, count, size
 
 HEALTH = {
     "up": ("●", "UP", "green"),
@@ -21,8 +23,8 @@ def health_text(state: str) -> Text:
 
 
 class NodeCard(Static):
-    """One node: a dict with name, state, latency_ms, capacity_bytes, blocks, under_replicated,
-    and optionally heal = {"done": n, "total": n} while it heals."""
+    """One node (engine.api.NodeStatus), and how far its heal has got while it heals:
+    (blocks done, blocks in all)."""
 
     DEFAULT_CSS = """
     NodeCard { width: 30; height: auto; border: round $panel; padding: 0 1; }
@@ -32,21 +34,20 @@ class NodeCard(Static):
     NodeCard.returning { border: round $primary; }
     """
 
-    def __init__(self, node: dict, **kwargs) -> None:
+    def __init__(self, node: NodeStatus, heal: tuple[int, int] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.show(node)
+        self.show(node, heal)
 
-    def show(self, node: dict) -> None:
-        state = node.get("state", "unknown")
-        self.set_classes(state)
-        self.border_title = node["name"]
-        text = health_text(state)
-        text.append(f"\nlatency   {node.get('latency_ms', 0):.1f} ms")
-        text.append(f"\ncapacity  {human_bytes(node.get('capacity_bytes', 0))}")
-        text.append(f"\nblocks    {node.get('blocks', 0):,}")
-        under = node.get("under_replicated", 0)
+    def show(self, node: NodeStatus, heal: tuple[int, int] | None = None) -> None:
+        self.set_classes(node.state)
+        self.border_title = node.name
+        text = health_text(node.state)
+        latency = UNKNOWN if node.latency_ms is None else f"{node.latency_ms:.1f} ms"
+        text.append(f"\nlatency   {latency}")
+        text.append(f"\ncapacity  {size(node.capacity_bytes)}")
+        text.append(f"\nblocks    {count(node.blocks)}")
+        under = node.under_replicated
         text.append(f"\nunder-replicated {under:,}", style="bold yellow" if under else "")
-        heal = node.get("heal")
-        if heal and heal.get("total"):
-            text.append(f"\nhealing   {heal['done']:,}/{heal['total']:,}", style="blue")
+        if heal and heal[1]:
+            text.append(f"\nhealing   {heal[0]:,}/{heal[1]:,}", style="blue")
         self.update(text)

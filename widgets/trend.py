@@ -6,7 +6,7 @@ draws as full bars; an operator reading "data written" must see nothing there in
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rich.text import Text
 from textual.widgets import Static

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import Label
 
+from engine.api import BlockPage
 from widgets.block_table import BlockTable
 
 from ..blockfilter import HINT, describe, parse_filter
@@ -36,7 +37,7 @@ class BlocksScreen(PoolScreen):
     def show_view(self, view: PoolView) -> None:
         # A page is re-read only when the pool's blocks may have changed, not at every poll.
         s = view.stats
-        generation = (s["unique_blocks"], s["logical_bytes"], len(view.vms), s["state"])
+        generation = (s.unique_blocks, s.logical_bytes, len(view.vms), s.state)
         if generation != self._seen_generation:
             self._seen_generation = generation
             table = self.query_one(BlockTable)
@@ -47,10 +48,10 @@ class BlocksScreen(PoolScreen):
         table = self.query_one(BlockTable)
         row = table.cursor_row
 
-        def shown(page: dict) -> None:
-            if page["rows"] or page["offset"] == 0:
+        def shown(page: BlockPage) -> None:
+            if page.rows or page.offset == 0:
                 where = cursor if cursor != "keep" else "first"
-                table.show_page(page["total"], page["offset"], page["rows"], where)
+                table.show_page(page.total, page.offset, page.rows, where)
                 if cursor == "keep":
                     table.move_cursor(row=min(row, max(table.row_count - 1, 0)), animate=False)
             else:       # the pool shrank under the page we were on

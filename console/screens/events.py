@@ -5,6 +5,8 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable
 
+from engine.api import Event
+
 from ..messages import PoolView
 from .base import PoolScreen
 
@@ -22,7 +24,7 @@ class EventsScreen(PoolScreen):
             table.add_column(column, width=width)
         yield table
 
-    shown_events: list[dict] | None = None
+    shown_events: list[Event] | None = None
 
     def show_view(self, view: PoolView) -> None:
         if view.events == self.shown_events:
@@ -31,5 +33,5 @@ class EventsScreen(PoolScreen):
         table = self.query_one("#events", DataTable)
         table.clear()
         for e in view.events:
-            table.add_row(self.app.clock.stamp(e["ts"]), e["actor"], e["kind"], e["message"])
+            table.add_row(self.app.clock.stamp(e.ts), e.actor, e.kind, e.message)
         table.border_title = f"{len(view.events)} most recent events"

@@ -1,5 +1,5 @@
 """5 Nodes: each node's health (glyph, word, colour), latency, capacity, blocks and
-under-replicated count; fail and restore a node, with confirmation; heal progress."""
+under-replicated count; fail and restore a node, with confirmation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import HorizontalScroll
 from textual.widgets import DataTable
 
-from engine.api import human_bytes
+from widgets.figures import UNKNOWN, count, size
 from widgets.node_card import NodeCard, health_text
 
 from ..messages import PoolView
@@ -28,8 +28,7 @@ class NodesScreen(PoolScreen):
         yield HorizontalScroll(id="cards", can_focus=False)
         table = DataTable(cursor_type="row", id="nodes", classes="framed")
         for column, width in (("NODE", 12), ("HEALTH", 11), ("ADDRESS", 24), ("LATENCY", 10),
-                              ("CAPACITY", 10), ("BLOCKS", 12), ("UNDER-REPL", 10),
-                              ("HEAL", 16)):
+                              ("CAPACITY", 10), ("BLOCKS", 12), ("UNDER-REPL", 10)):
             table.add_column(column, key=column.lower(), width=width)
         yield table
 
@@ -37,24 +36,21 @@ class NodesScreen(PoolScreen):
         cards = self.query_one("#cards", HorizontalScroll)
         existing = {card.name: card for card in cards.query(NodeCard)}
         for node in view.nodes:
-            if node["name"] in existing:
-                existing.pop(node["name"]).show(node)
+            if node.name in existing:
+                existing.pop(node.name).show(node)
             else:
-                cards.mount(NodeCard(node, name=node["name"]))
+                cards.mount(NodeCard(node, name=node.name))
         for card in existing.values():
             card.remove()
         table = self.query_one("#nodes", DataTable)
         selected = self.selected()
         table.clear()
         for n in view.nodes:
-            heal = n.get("heal") or {}
-            table.add_row(n["name"], health_text(n.get("state", "unknown")),
-                          self.app.clock.volatile(n.get("address", "")),
-                          f"{n.get('latency_ms', 0):.1f} ms", human_bytes(n.get("capacity_bytes", 0)),
-                          f"{n.get('blocks', 0):,}", f"{n.get('under_replicated', 0):,}",
-                          f"{heal['done']:,}/{heal['total']:,}" if heal.get("total") else "—",
-                          key=n["name"])
-        down = sum(n.get("state") != "up" for n in view.nodes)
+            latency = UNKNOWN if n.latency_ms is None else f"{n.latency_ms:.1f} ms"
+            table.add_row(n.name, health_text(n.state), self.app.clock.volatile(n.address),
+                          latency, size(n.capacity_bytes), count(n.blocks),
+                          count(n.under_replicated), key=n.name)
+        down = sum(n.state != "up" for n in view.nodes)
         table.border_title = f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
@@ -81,7 +77,8 @@ class NodesScreen(PoolScreen):
 
     def action_fail_node(self) -> None:
         self._confirm_then("fail", "Fail node {name}? Its blocks are served from their other "
-                           "replicas and healed onto the remaining nodes.", self.app.admin.fail_node)
+                           "replicas and healed onto the remaining nodes.",
+                           self.app.admin.fail_node)
 
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It rejoins the pool and catches up.",

@@ -9,8 +9,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Static
 
-from engine.api import human_bytes
+from engine.api import NodeStatus, human_bytes
 from widgets.dedup_gauge import DedupGauge
+from widgets.figures import count, size
 from widgets.node_card import HEALTH, health_text
 from widgets.trend import Trend
 
@@ -58,37 +59,39 @@ class OverviewScreen(PoolScreen):
 
     def show_view(self, view: PoolView) -> None:
         s = view.stats
+        free = f"  ({count(s.free_slots)} free slots)" if s.free_slots is not None else ""
         self.query_one("#figures", Static).update(
             f"VMs       {len(view.vms)}\n"
-            f"logical   {human_bytes(s['logical_bytes'])}\n"
-            f"physical  {human_bytes(s['physical_bytes'])} in {s['unique_blocks']:,} blocks\n"
-            f"capacity  {human_bytes(s['capacity_bytes'])}  ({s['free_slots']:,} free slots)\n"
-            f"state     {s['state']}")
-        self.query_one("#used", ProgressBar).update(total=max(s["capacity_bytes"], 1),
-                                                    progress=s["physical_bytes"])
-        self.query_one(DedupGauge).show(s["dedup_ratio"], s["logical_bytes"], s["physical_bytes"])
+            f"logical   {size(s.logical_bytes)}\n"
+            f"physical  {size(s.physical_bytes)} in {count(s.unique_blocks)} blocks\n"
+            f"capacity  {size(s.capacity_bytes)}{free}\n"
+            f"state     {s.state}")
+        self.query_one("#used", ProgressBar).update(total=max(s.capacity_bytes or 0, 1),
+                                                    progress=s.physical_bytes or 0)
+        if s.dedup_ratio is not None:
+            self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
         self.query_one("#ratio-trend", Trend).show([x.ratio for x in view.history])
         self.query_one("#written-trend", Trend).show([x.written_per_s for x in view.history])
         self.query_one("#node-summary", Label).update(node_summary(view.nodes))
         recent = Text()
         for e in view.events[:RECENT_EVENTS]:
-            recent.append(f"{self.app.clock.stamp(e['ts'])}  ", style="dim")
-            recent.append(f"{e['actor']:<8} ", style="cyan")
-            recent.append(f"{e['message']}\n")
+            recent.append(f"{self.app.clock.stamp(e.ts)}  ", style="dim")
+            recent.append(f"{e.actor:<8} ", style="cyan")
+            recent.append(f"{e.message}\n")
         recent.rstrip()
         self.query_one("#recent", Static).update(recent or Text("no events yet", style="dim"))
 
 
-def node_summary(nodes: list[dict]) -> Text:
+def node_summary(nodes: list[NodeStatus]) -> Text:
     """'3 nodes: ● UP 2  ✖ DOWN 1 — DEGRADED' in the health colours."""
-    counts = Counter(n.get("state", "unknown") for n in nodes)
+    counts = Counter(n.state for n in nodes)
     text = Text(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}:  ")
     for state in list(HEALTH) + sorted(set(counts) - set(HEALTH)):
         if counts[state]:
             text.append_text(health_text(state))
             text.append(f" {counts[state]}   ")
-    degraded = any(n.get("state") != "up" for n in nodes)
-    under = sum(n.get("under_replicated", 0) for n in nodes)
+    degraded = any(n.state != "up" for n in nodes)
+    under = sum(n.under_replicated for n in nodes)
     if degraded or under:
         text.append(f"DEGRADED ({under:,} blocks under-replicated)", style="bold red")
     else:

@@ -8,14 +8,13 @@ import time
 from textual.app import ComposeResult
 from textual.widgets import DataTable
 
-from engine.api import CancelledError, Progress, human_bytes
+from engine.api import CancelledError, Progress, RebuildFigures, human_bytes
 from widgets.rebuild_panel import RebuildPanel
 
 from ..messages import PoolView, TaskProgress
 from .base import PoolScreen
 
-PHASES = ["tables", "hashes", "index", "space"]
-UNITS = {"tables": "pages"}
+UNITS = {"tables": "pages", "inventory": "nodes"}    # what a phase counts; else blocks
 
 
 class RebuildScreen(PoolScreen):
@@ -31,7 +30,7 @@ class RebuildScreen(PoolScreen):
         self._phase_start: tuple[str, float] | None = None
 
     def body(self) -> ComposeResult:
-        yield RebuildPanel(PHASES)
+        yield RebuildPanel(list(self.app.admin.rebuild_phases))
         table = DataTable(cursor_type="none", id="history", classes="framed")
         for column, width in (("WHEN", 19), ("REASON", 10), ("MODE", 5), ("BLOCKS", 12),
                               ("CORRUPT", 8), ("ORPHANS", 8), ("SECONDS", 8)):
@@ -43,10 +42,9 @@ class RebuildScreen(PoolScreen):
         clock = self.app.clock
         table = self.query_one("#history", DataTable)
         table.clear()
-        for r in view.stats.get("rebuilds", []):
-            table.add_row(clock.stamp(r["ts"]), r["reason"], r["mode"], f"{r['blocks']:,}",
-                          str(r["corrupt"]), str(r["orphans"]),
-                          clock.volatile(f"{r['seconds']:.2f}"))
+        for r in view.stats.rebuilds:
+            table.add_row(clock.stamp(r.ts), r.reason, r.mode, f"{r.blocks:,}", str(r.corrupt),
+                          str(r.orphans), clock.volatile(f"{r.seconds:.2f}"))
 
     @property
     def running(self) -> bool:
@@ -64,7 +62,7 @@ class RebuildScreen(PoolScreen):
         def progress(p: Progress) -> None:
             self.post_message(TaskProgress("rebuild", p))
 
-        def run() -> dict | None:
+        def run() -> RebuildFigures | None:
             try:
                 return admin.rebuild(full=full, progress=progress, cancel=cancel)
             except CancelledError:
@@ -97,7 +95,7 @@ class RebuildScreen(PoolScreen):
         self.query_one(RebuildPanel).advance(p.phase, p.done, p.total, clock.volatile(rate),
                                              clock.volatile(eta) if eta else None)
 
-    def _finished(self, figures: dict | None) -> None:
+    def _finished(self, figures: RebuildFigures | None) -> None:
         self.cancel_event = None
         panel = self.query_one(RebuildPanel)
         if figures is None:
@@ -107,21 +105,17 @@ class RebuildScreen(PoolScreen):
         panel.finish(result_lines(figures, self.app.clock))
 
 
-def result_lines(figures: dict, clock) -> list[tuple[str, str]]:
-    """The figures a rebuild returns, worded; an Admin that reports fewer shows fewer lines."""
-    lines = []
-    if "mode" in figures:
-        lines.append(("mode", str(figures["mode"])))
-    if "blocks" in figures:
-        size = f" ({human_bytes(figures['bytes'])})" if "bytes" in figures else ""
-        lines.append(("blocks", f"{figures['blocks']:,}{size}"))
-    for key, label in (("pages", "pages read"), ("references", "references"),
-                       ("corrupt_blocks", "corrupt blocks"),
-                       ("orphans_reclaimed", "orphans reclaimed"), ("free_slots", "free slots")):
-        if key in figures:
-            value = figures[key]
-            lines.append((label, f"{len(value) if isinstance(value, list) else value:,}"))
-    if "seconds" in figures:
-        rate = f", {human_bytes(figures['bytes_per_s'])}/s" if "bytes_per_s" in figures else ""
-        lines.append(("time", clock.volatile(f"{figures['seconds']:.2f}s{rate}")))
+def result_lines(figures: RebuildFigures, clock) -> list[tuple[str, str]]:
+    """The figures a rebuild returns, worded; those that do not apply (None) are left out."""
+    lines = [("mode", figures.mode),
+             ("blocks", f"{figures.blocks:,} ({human_bytes(figures.bytes)})")]
+    for label, value in (("pages read", figures.pages), ("references", figures.references),
+                         ("corrupt blocks", len(figures.corrupt_blocks)),
+                         ("orphans reclaimed", figures.orphans_reclaimed),
+                         ("missing blocks", figures.missing_blocks),
+                         ("free slots", figures.free_slots)):
+        if value is not None:
+            lines.append((label, f"{value:,}"))
+    rate = f"{figures.seconds:.2f}s, {human_bytes(figures.bytes_per_s)}/s"
+    lines.append(("time", clock.volatile(rate)))
     return lines

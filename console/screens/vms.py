@@ -6,7 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from engine.api import Progress, human_bytes
+from engine.api import ImportResult, Progress, VMStats, human_bytes
+from widgets.figures import count, ratio, size
 
 from ..messages import PoolView, TaskProgress
 from .base import PoolScreen
@@ -30,14 +31,14 @@ class VMsScreen(PoolScreen):
         table = DataTable(cursor_type="row", zebra_stripes=True, id="vms", classes="framed")
         # Fixed widths: the layout does not shift as rows come and go.
         for column, width in (("NAME", 24), ("SIZE", 10), ("LOGICAL", 10), ("UNIQUE", 10),
-                              ("SHARED", 10), ("DEPTH", 5), ("HOME", 12)):
+                              ("SHARED", 10), ("DEPTH", 5)):
             table.add_column(column, key=column.lower(), width=width)
         yield table
         with Vertical(id="import"):
             yield Label("", id="import-label")
             yield ProgressBar(total=1, id="import-bar", show_eta=False)
 
-    shown_vms: list[dict] | None = None
+    shown_vms: list[VMStats] | None = None
 
     def show_view(self, view: PoolView) -> None:
         table = self.query_one("#vms", DataTable)
@@ -46,14 +47,13 @@ class VMsScreen(PoolScreen):
             self.shown_vms = view.vms
             table.clear()
             for vm in view.vms:
-                table.add_row(vm["name"], human_bytes(vm["size"]),
-                              human_bytes(vm["logical_bytes"]), f"{vm['unique_blocks']:,}",
-                              f"{vm['shared_blocks']:,}", str(vm["depth"]),
-                              vm.get("home_node", "local"), key=vm["name"])
+                table.add_row(vm.name, human_bytes(vm.size), human_bytes(vm.logical_bytes),
+                              count(vm.unique_blocks), count(vm.shared_blocks), str(vm.depth),
+                              key=vm.name)
         s = view.stats
-        table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s['logical_bytes'])} logical in "
-                              f"{human_bytes(s['physical_bytes'])} stored · "
-                              f"dedup {s['dedup_ratio']:.2f}x")
+        table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s.logical_bytes)} logical in "
+                              f"{size(s.physical_bytes)} stored · "
+                              f"dedup {ratio(s.dedup_ratio)}")
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
 
@@ -126,9 +126,9 @@ class VMsScreen(PoolScreen):
             def progress(p: Progress) -> None:
                 self.post_message(TaskProgress("import", p))
 
-            def finished(vm: dict) -> None:
+            def finished(vm: ImportResult) -> None:
                 box.remove_class("running")
-                self.notify(f"imported {vm['name']} ({human_bytes(vm['size'])})")
+                self.notify(f"imported {vm.name} ({human_bytes(vm.size)})")
 
             self.app.engine(f"import {name}",
                             lambda: self.app.admin.import_image(name, path, progress), finished,

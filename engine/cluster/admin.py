@@ -1,4 +1,4 @@
-"""ClusterAdmin: the admin interface (engine.api.Admin) over a cluster.
+"""ClusterAdmin: the Admin interface (engine.admin) over a cluster.
 
 The coordinator runs in this process: an engine.pool.Pool whose block layer is ClusterBlocks and
 whose catalog is a ReplicatedCatalog. A writable coordinator holds the nodes' write lease, renews
@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
+from dataclasses import replace
 
-from ..api import LocalAdmin
 from ..errors import BlockfoldError
 from ..fingerprint import Fingerprinter
+from ..localadmin import LocalAdmin
 from ..pool import Pool
+from ..results import HealFigures, NodeStatus
 from . import lifecycle, processes
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
+from .failures import FailureLog
 from .members import Members, NodeState
 
 HEAL_POLL = 0.2
@@ -39,10 +43,11 @@ class ClusterAdmin(LocalAdmin):
         self._short_since: float | None = None
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
+        self._failures = FailureLog(self._heal_failed)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
-             progress=None, wait: bool = True, actor: str = "cli") -> "ClusterAdmin":
+             progress=None, wait: bool = True, actor: str = "cli") -> ClusterAdmin:
         config = ClusterConfig.load(path)
         if not config.nodes:
             raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
@@ -105,27 +110,46 @@ class ClusterAdmin(LocalAdmin):
 
     def _tend(self) -> None:
         """Beside the heartbeats (which must never wait on the pool): catches returning nodes
-        up, and heals once blocks have been short of R copies for the repair delay."""
+        up, and heals once blocks have been short of R copies for the repair delay. A failing
+        round is told (see _heal_failed) and the next one tries again."""
         while not self._stop.wait(HEAL_POLL):
             try:
-                self._rejoin_returning()
-                if self.readonly:
-                    continue
-                if self._rebalance:
-                    self._rebalance = False
-                    self.pool.blocks.heal(cancel=self._stop)
-                if self.pool.blocks.under_replicated() == 0:
-                    self._short_since = None
-                    continue
-                now = time.monotonic()
-                if self._short_since is None:
-                    self._short_since = now
-                if now - self._short_since >= self.config.repair_delay:
-                    self.pool.blocks.heal(cancel=self._stop)
-            except Exception:     # noqa: BLE001 - the next round tries again
-                pass
+                self._tend_once()
+            except Exception as e:     # noqa: BLE001 - the loop must outlive any one failure
+                if self._stop.is_set():
+                    return             # closing: a heal cut short is no failure
+                message = str(e) if isinstance(e, BlockfoldError) else f"{type(e).__name__}: {e}"
+                self._failures.failed(message)
 
-    def heal(self, wait: bool = True, progress=None) -> dict:
+    def _tend_once(self) -> None:
+        self._rejoin_returning()
+        if self.readonly:
+            return
+        if self._rebalance:
+            self._rebalance = False
+            self.pool.blocks.heal(cancel=self._stop)
+        if self.pool.blocks.under_replicated() == 0:
+            self._short_since = None
+            return
+        now = time.monotonic()
+        if self._short_since is None:
+            self._short_since = now
+        if now - self._short_since >= self.config.repair_delay:
+            self.pool.blocks.heal(cancel=self._stop)
+
+    def _heal_failed(self, message: str) -> None:
+        """A failure of the healer, once per distinct message (engine.cluster.failures): a line
+        on stderr and, on a writable cluster, an event of kind `heal`."""
+        print(f"blockfold: heal failed: {message}", file=sys.stderr, flush=True)
+        if self.readonly:
+            return
+        try:
+            self.pool.log_event("heal", f"heal failed: {message}")
+        except Exception as e:     # noqa: BLE001 - the cause may be what stops commits too
+            print(f"blockfold: heal failed, and the event was not recorded: {e}",
+                  file=sys.stderr, flush=True)
+
+    def heal(self, wait: bool = True, progress=None) -> HealFigures:
         """Re-replicates every under-replicated block; with wait, until none is left."""
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
@@ -133,11 +157,11 @@ class ClusterAdmin(LocalAdmin):
         while True:
             self.members.probe_all()
             self._rejoin_returning()
-            figures = self.pool.blocks.heal(progress)
-            if not wait or figures["under_replicated"] == 0:
+            figures = HealFigures(**self.pool.blocks.heal(progress))
+            if not wait or figures.under_replicated == 0:
                 return figures
-            if figures["unreachable"] and not figures["copied"]:
-                raise BlockfoldError(f"{figures['unreachable']} blocks have no reachable copy:"
+            if figures.unreachable and not figures.copied:
+                raise BlockfoldError(f"{figures.unreachable} blocks have no reachable copy:"
                                      " restore the nodes that hold them")
             up = int(self.members.up_mask().sum())
             if up < replicas:
@@ -145,27 +169,36 @@ class ClusterAdmin(LocalAdmin):
                                      f" need {replicas}; restore a node first")
             time.sleep(HEAL_POLL)
 
-    # -- views --------------------------------------------------------------------------------
+    # -- views: the pool's own, with what only a cluster knows --------------------------------
 
-    def stats(self) -> dict:
-        s = self.pool.stats()
-        s["nodes"] = self.nodes()
-        s["under_replicated_blocks"] = self.pool.blocks.under_replicated()
-        return s
+    def _replication(self, raw: dict) -> dict:
+        return {"replicas": self.config.replicas, "min_replicas": self.config.min_replicas,
+                "under_replicated_blocks": raw.get("under_replicated_blocks")}
 
-    def nodes(self) -> list[dict]:
+    def stats(self):
+        # Free slots belong to each node's own store: the coordinator has none to count.
+        return replace(super().stats(), free_slots=None)
+
+    def _rebuild_figures(self, raw: dict):
+        # No data file (references past its end are missing blocks here), no slots.
+        return replace(super()._rebuild_figures(raw), bad_references=None,
+                       missing_blocks=raw["missing_blocks"], free_slots=None,
+                       capacity_slots=None)
+
+    def nodes(self):
+        return self._nodes({})
+
+    def _nodes(self, raw: dict) -> list[NodeStatus]:
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated."""
         live, short = self.pool.blocks.per_node()
-        out = []
-        for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes)):
-            out.append({"name": entry.name, "address": entry.address, "state": node.state.value,
-                        "latency_ms": node.latency_ms, "capacity_bytes": node.capacity_bytes,
-                        "blocks": node.blocks, "live_blocks": int(live[i]),
-                        "under_replicated": int(short[i]), "weight": entry.weight,
-                        "catalog_version": node.version, "last_seen": node.seen,
-                        "error": node.error if node.state == NodeState.DOWN else ""})
-        return out
+        return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
+                           latency_ms=node.latency_ms, capacity_bytes=node.capacity_bytes,
+                           blocks=node.blocks, live_blocks=int(live[i]),
+                           under_replicated=int(short[i]), weight=entry.weight,
+                           catalog_version=node.version, last_seen=node.seen,
+                           error=node.error if node.state == NodeState.DOWN else "")
+                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))]
 
     # -- simulated loss -----------------------------------------------------------------------
 

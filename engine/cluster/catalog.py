@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 
-from ..catalog import Catalog
-from ..errors import BlockfoldError
 from .. import changeset
+from ..catalog import Catalog
+from ..errors import BlockfoldError, ReplicationError
 from ..net import rpc
-from .blocks import ReplicationError
 from .members import NodeState
 
 
@@ -43,7 +42,7 @@ class ReplicatedCatalog(Catalog):
         changeset.install_capture(self.conn)
 
     @classmethod
-    def load(cls, members, min_replicas: int, block_size: int) -> "ReplicatedCatalog":
+    def load(cls, members, min_replicas: int, block_size: int) -> ReplicatedCatalog:
         """The catalog of the up node with the highest version (a fresh one if none has any)."""
         up = [i for i, n in enumerate(members.nodes) if n.state != NodeState.DOWN]
         replies = members.call_many({i: (rpc.CATALOG_VERSION, {}, b"") for i in up}, 10.0)
@@ -126,7 +125,7 @@ class ReplicatedCatalog(Catalog):
         live = list(nodes)
         for k, part in enumerate(parts):
             h = dict(header, part=k, more=k < len(parts) - 1)
-            got = self.members.call_many({i: (kind, h, part) for i in live}, 60.0)
+            got = self.members.call_many(dict.fromkeys(live, (kind, h, part)), 60.0)
             replies.update(got)
             live = [i for i in live if not isinstance(got[i], Exception)]
         return replies

@@ -58,7 +58,7 @@ class ClusterConfig:
         os.replace(tmp, self.path / CONFIG_FILE)
 
     @classmethod
-    def load(cls, path) -> "ClusterConfig":
+    def load(cls, path) -> ClusterConfig:
         path = Path(path)
         try:
             data = json.loads((path / CONFIG_FILE).read_text())
@@ -71,7 +71,7 @@ class ClusterConfig:
 
     @classmethod
     def create(cls, path, replicas: int, min_replicas: int, block_size: int,
-               repair_delay: float) -> "ClusterConfig":
+               repair_delay: float) -> ClusterConfig:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         key = asyncssh.generate_private_key("ssh-ed25519", comment="blockfold-admin")

@@ -134,7 +134,7 @@ class Members:
         except NodeUnreachable as e:
             for i in requests:
                 self.mark_down(i, str(e))
-            return {i: e for i in requests}
+            return dict.fromkeys(requests, e)
 
     def _answered(self, i: int, seconds: float) -> None:
         node = self.nodes[i]
@@ -165,7 +165,7 @@ class Members:
         figures; a down node that answers becomes returning. {node: figures or exception}"""
         nodes = range(len(self.nodes)) if nodes is None else nodes
         header = {"holder": self.holder, "lease": LEASE_SECONDS} if self.holder else {}
-        replies = self.call_many({i: (rpc.HEARTBEAT, header, b"") for i in nodes},
+        replies = self.call_many(dict.fromkeys(nodes, (rpc.HEARTBEAT, header, b"")),
                                  timeout=2.0, mark=False)
         return {i: self._beat(i, reply) for i, reply in replies.items()}
 

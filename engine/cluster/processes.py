@@ -18,7 +18,7 @@ from ..errors import BlockfoldError
 from .config import NodeEntry
 
 NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_running knows it
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0        # a loaded machine can take long to start Python and asyncssh
 STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
 

@@ -97,7 +97,7 @@ ESHUTDOWN = 108
 # The largest READ or WRITE payload served; larger ones get EINVAL, as the spec asks for requests
 # over the maximum block size. Announced in NBD_INFO_BLOCK_SIZE, so clients split their requests.
 MAX_PAYLOAD = 32 << 20
-# Option data is at most a name (4096 bytes) and a few info requests; anything far larger is hostile.
+# Option data is at most a name (4096 bytes) and a few info requests; far larger is hostile.
 MAX_OPTION_DATA = 64 << 10
 MAX_STRING = 4096
 

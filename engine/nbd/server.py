@@ -1,7 +1,7 @@
 """An NBD server: every VM an `Admin` holds is an export under its own name.
 
-It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, extents, flush), so
-an embedded pool and a cluster are served the same way.
+It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, extents, flush)
+and its block size, so an embedded pool and a cluster are served the same way.
 
 An asyncio loop accepts connections and runs each negotiation (engine/nbd/handshake.py). Once a
 client has chosen its export, the connection's transmission phase moves to a thread of its own
@@ -24,8 +24,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 from . import protocol as p
 from .handshake import ClientGone, Handshake, ProtocolError, Session
@@ -60,7 +60,7 @@ class NBDServer:
         self.admin = admin
         self.read_only = read_only
         self.flags = TRANSMISSION_FLAGS | (p.FLAG_READ_ONLY if read_only else 0)
-        self.block_size = 4096
+        self.block_size = admin.block_size      # the preferred block size each export reports
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
         self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
@@ -76,7 +76,6 @@ class NBDServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listens on host:port (0: any free port) and returns the address actually bound."""
-        self.block_size = (await self.call(self.admin.stats))["block_size"]
         self.max_transmitting = connection_limit()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=1024)

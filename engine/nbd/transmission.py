@@ -172,7 +172,7 @@ class Transmission:
         if r.flags & p.CMD_FLAG_REQ_ONE:
             extents = extents[:1]
         return p.block_status_chunk(r.cookie, self.session.context, [
-            (length, p.STATE_HOLE | p.STATE_ZERO if hole else 0) for length, hole in extents])
+            (e.length, p.STATE_HOLE | p.STATE_ZERO if e.hole else 0) for e in extents])
 
     def data(self, r: Request, data: bytes) -> list[bytes]:
         """A successful READ's reply: the data last, so that it can be sent without a copy."""

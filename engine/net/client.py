@@ -105,7 +105,7 @@ class NodeClient:
             except asyncssh.PermissionDenied:
                 raise BlockfoldError(f"node {self.name} ({self.address}) refused our client"
                                      " key") from None
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError, asyncssh.Error) as e:
                 raise NodeUnreachable(f"node {self.name} ({self.address}): {e}") from None
             try:
                 writer, reader, _ = await conn.open_session(subsystem=rpc.SUBSYSTEM,
@@ -159,7 +159,7 @@ class NodeClient:
         try:
             self.writer.write(rpc.encode(kind, request_id, header, payload))
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # The connection stays: a node busy with bulk data ahead of this request is slow,
             # not gone. The caller decides (a read fails over; a heartbeat counts a miss).
             self.pending.pop(request_id, None)
@@ -182,6 +182,6 @@ async def fetch_host_key(address: str) -> str:
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(host, int(port)),
                                      CONNECT_TIMEOUT)
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError, asyncssh.Error) as e:
         raise BlockfoldError(f"cannot reach a node at {address}: {e}") from None
     return key.export_public_key().decode().strip()

@@ -76,7 +76,7 @@ class RemoteError(Exception):
         self.code = code
 
     @classmethod
-    def from_reply(cls, header: dict) -> "RemoteError":
+    def from_reply(cls, header: dict) -> RemoteError:
         """The error an ERROR reply's header carries; a code this end does not know is
         INTERNAL."""
         try:

@@ -117,7 +117,7 @@ class RpcSession(asyncssh.SSHServerSession):
             header, payload = rpc.parse_body(body)
             reply, data = self.handler.call(kind, header, payload)
             return rpc.encode(rpc.REPLY, request_id, reply, data)
-        except Exception as e:   # noqa: BLE001 - a bad request must never stop the node
+        except Exception as e:
             code, message = describe(e)
             if code is rpc.Code.INTERNAL:
                 log.exception("request type %d failed", kind)

@@ -7,6 +7,7 @@ Textual console stands on), and the ratio:
   first frame   launch -> the Overview is drawn, and -> the pool's figures are shown
   screen switch a number key -> the other screen drawn, idle and while an import runs
   block page    Admin.blocks(offset, limit=100) on the pool, in process (the Blocks screen's cost)
+  poll          Admin.snapshot() on the pool, in process (what each console poll costs)
 Prints a table, then one JSON line.
 """
 
@@ -108,12 +109,17 @@ def main() -> int:
     pool = build_pool(where, args.golden_mib, args.clones)
     with LocalAdmin.open(pool, readonly=True) as admin:
         stats = admin.stats()
-        total = stats["unique_blocks"]
+        total = stats.unique_blocks
         pages = []
         for offset in (0, total // 3, total // 2, max(total - 100, 0)):
             t = time.perf_counter()
             admin.blocks(offset=offset, limit=100)
             pages.append(time.perf_counter() - t)
+        polls = []
+        for _ in range(5):
+            t = time.perf_counter()
+            admin.snapshot(200)
+            polls.append(time.perf_counter() - t)
     extra = where / "import.raw"
     with open(extra, "wb") as f:
         for _ in range(args.import_mib):
@@ -129,7 +135,7 @@ def main() -> int:
         t = Terminal(f"{tmp}/console.sock", f"{BIN}/blockfold console -p {pool}", str(where))
         try:
             frame = t.wait("Blockfold · Overview")
-            figures = t.wait(f"VMs       {len(stats['vms'])}")
+            figures = t.wait(f"VMs       {len(stats.vms)}")
             t.keys("2")
             t.wait("desk-1")
             idle = t.switches(("Blockfold · Overview", "Blockfold · VMs"))
@@ -151,8 +157,8 @@ def main() -> int:
             t.close()
     result = {
         "bench": "console",
-        "pool_logical_bytes": stats["logical_bytes"], "pool_blocks": total,
-        "vms": len(stats["vms"]),
+        "pool_logical_bytes": stats.logical_bytes, "pool_blocks": total,
+        "vms": len(stats.vms),
         "first_frame_s": round(frame, 3), "first_figures_s": round(figures, 3),
         "peer_first_frame_s": round(peer_frame, 3),
         "first_frame_vs_peer": round(frame / peer_frame, 2),
@@ -165,6 +171,7 @@ def main() -> int:
         "switch_idle_vs_peer": round(statistics.median(idle) / statistics.median(peer_switch), 2),
         "block_page_median_ms": round(statistics.median(pages) * 1000, 1),
         "block_page_max_ms": round(max(pages) * 1000, 1),
+        "poll_median_ms": round(statistics.median(polls) * 1000, 1),
         "load_average": os.getloadavg()[0],
     }
     extra.unlink()
@@ -178,6 +185,7 @@ def main() -> int:
          result["peer_switch_median_ms"],
          round(result["switch_importing_median_ms"] / result["peer_switch_median_ms"], 2)),
         ("block page (100 rows), median ms", result["block_page_median_ms"], "", ""),
+        ("poll (Admin.snapshot), median ms", result["poll_median_ms"], "", ""),
     ]
     print(f"pool: {result['vms']} VMs, {total:,} blocks, "
           f"{result['pool_logical_bytes'] / (1 << 30):.1f} GiB logical; "

@@ -4,9 +4,10 @@ Synthetic, over N unique blocks (10 M by default): the structures the pool keeps
 engine.index.FingerprintIndex and engine.spacemap.SpaceMap, are filled with N random 128-bit
 digests, sized the two ways a pool sizes them:
 
-  after rebuild   as every open does: the index is made for N / REBUILD_LOAD entries; the slot file has
-                  25 % more slots than are used (BlockStore.grow adds a quarter at a time, so a
-                  real pool has 0-25 % spare), and those free slots sit on the free stack
+  after rebuild   as every open does: the index is made for N / REBUILD_LOAD entries; the slot
+                  file has 25 % more slots than are used (BlockStore.grow adds a quarter at a
+                  time, so a real pool has 0-25 % spare), and those free slots sit on the free
+                  stack
   grown by writes as inline dedup grows it: inserts of 512 (one block-table page) at a time into
                   an index that starts empty, and a slot file exactly full
 

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, list]] = {name: {s: [] for s in servers} for name in JOBS}
     cpu: dict[str, dict[str, list]] = {name: {s: [] for s in servers} for name in JOBS}
     try:
-        for proc, uri in servers.values():     # the same data in both before any read
+        for _proc, uri in servers.values():     # the same data in both before any read
             fio(uri, size, ["--rw=write", "--bs=1M", "--iodepth=8", "--refill_buffers=1"], None)
         for _ in range(args.repeats):
             for name, (fio_args, kind, _) in JOBS.items():

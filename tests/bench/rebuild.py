@@ -105,7 +105,7 @@ def crash(pool_dir, vm_bytes: int) -> int:
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(pool_dir), str(vm_bytes)],
                               stdout=subprocess.PIPE, text=True)
     flushes = 0
-    for line in writer.stdout:
+    for _ in writer.stdout:
         flushes += 1
         if flushes == 5:
             break

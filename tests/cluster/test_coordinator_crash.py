@@ -21,13 +21,13 @@ def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
     big = image(tmp_path / "big.raw", 16, seed=12)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        before = sum(n["blocks"] for n in admin.nodes())
+        before = sum(n.blocks for n in admin.nodes())
     writer = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path),
                                "vm", "import", "big", str(tmp_path / "big.raw")])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:   # mid-import: blocks on the nodes, not committed
         with cluster.open(readonly=True) as admin:
-            if sum(n["blocks"] for n in admin.nodes()) > before + 1000:
+            if sum(n.blocks for n in admin.nodes()) > before + 1000:
                 break
         time.sleep(0.1)
     writer.kill()
@@ -42,7 +42,7 @@ def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.5)
     with admin:
-        assert admin.last_rebuild()["reason"] == "crash"
+        assert admin.last_rebuild().reason == "crash"
         assert admin.vm_names() in (["a"], ["a", "big"])
         assert admin.read("a", 0, len(data)) == data
         if "big" in admin.vm_names():
@@ -51,4 +51,4 @@ def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
     # The orphans the dead writer left were dropped: nodes hold exactly the live copies.
     with cluster.open(readonly=True) as admin:
         nodes = admin.nodes()
-        assert sum(n["blocks"] for n in nodes) == sum(n["live_blocks"] for n in nodes)
+        assert sum(n.blocks for n in nodes) == sum(n.live_blocks for n in nodes)

@@ -31,14 +31,14 @@ def test_kill_a_node_mid_import_then_heal(make_cluster, tmp_path):
         assert killed.is_set()
         assert admin.read("golden", 0, len(data)) == data
         figures = admin.heal(wait=False)
-        assert figures["under_replicated"] == 0
-        down = [n["name"] for n in admin.nodes() if n["state"] == "down"]
+        assert figures.under_replicated == 0
+        down = [n.name for n in admin.nodes() if n.state == "down"]
         assert down == ["node2"]
         assert admin.fsck() == []
     # A fresh coordinator sees the same VM, every byte, fully replicated on the two nodes left.
     with cluster.open(readonly=True) as admin:
         assert admin.read("golden", 0, len(data)) == data
-        assert admin.stats()["under_replicated_blocks"] == 0
+        assert admin.stats().under_replicated_blocks == 0
 
 
 def test_r3_on_5_nodes_survives_two_kills(make_cluster, tmp_path):
@@ -70,12 +70,12 @@ def test_returning_node_catches_up_and_drops_what_it_should_not_hold(make_cluste
         admin.import_image("b", str(tmp_path / "b.raw"))
         admin.restore_node("node3")
         admin.heal(wait=True)
-        nodes = {n["name"]: n for n in admin.nodes()}
-        assert nodes["node3"]["state"] == "up"
+        nodes = {n.name: n for n in admin.nodes()}
+        assert nodes["node3"].state == "up"
         assert admin.fsck() == []
-        live = admin.stats()["unique_blocks"]
+        live = admin.stats().unique_blocks
         # Exactly R copies of every live block, across the nodes: nothing stale kept.
-        assert sum(n["live_blocks"] for n in nodes.values()) == 2 * live
+        assert sum(n.live_blocks for n in nodes.values()) == 2 * live
         assert admin.vm_names() == ["b"]
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["b"]
@@ -86,12 +86,12 @@ def test_ram_nodes_refill_after_a_restart(make_cluster, tmp_path):
     data = image(tmp_path / "a.raw", 4, seed=5)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        before = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        before = {n.name: n.live_blocks for n in admin.nodes()}
         admin.fail_node("node1")
         admin.restore_node("node1")            # back empty: RAM only
         admin.heal(wait=True)
-        assert admin.stats()["under_replicated_blocks"] == 0
-        after = {n["name"]: n["live_blocks"] for n in admin.nodes()}
+        assert admin.stats().under_replicated_blocks == 0
+        after = {n.name: n.live_blocks for n in admin.nodes()}
         assert after["node1"] == before["node1"]
         assert admin.read("a", 0, len(data)) == data
         assert admin.fsck() == []
@@ -130,28 +130,57 @@ def test_reads_keep_flowing_while_a_node_is_killed(make_cluster, tmp_path):
         assert worst < 1.0
 
 
+def _rot_every_copy(node_dir: Path) -> None:
+    """Flips one byte of every block a node holds, on disk, under the running node."""
+    hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
+    with open(node_dir / "blocks.dat", "r+b") as f:
+        for slot in np.flatnonzero(hashes[:, 0]).tolist():
+            f.seek(slot * 4096 + 100)
+            byte = f.read(1)[0]
+            f.seek(slot * 4096 + 100)
+            f.write(bytes([byte ^ 0xFF]))
+
+
 def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
     data = image(tmp_path / "a.raw", 1, seed=9)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        # Flip one byte of every block node1 holds, on disk, under the running node.
-        node_dir = Path(cluster.config.node("node1").data)
-        hashes = np.fromfile(node_dir / "hashes.dat", dtype=np.uint64).reshape(-1, 2)
-        with open(node_dir / "blocks.dat", "r+b") as f:
-            for slot in np.flatnonzero(hashes[:, 0]).tolist():
-                f.seek(slot * 4096 + 100)
-                byte = f.read(1)[0]
-                f.seek(slot * 4096 + 100)
-                f.write(bytes([byte ^ 0xFF]))
+        _rot_every_copy(Path(cluster.config.node("node1").data))
         assert admin.read("a", 0, len(data)) == data
-        kinds = {p["kind"] for p in admin.fsck()}
+        kinds = {p.kind for p in admin.fsck()}
         assert "corrupt" in kinds
         # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
-        assert admin.rebuild(full=True)["corrupt_blocks"]
+        phases = []
+        figures = admin.rebuild(full=True, progress=lambda p: phases.append(p.phase))
+        assert figures.corrupt_blocks
+        assert tuple(dict.fromkeys(phases)) == admin.rebuild_phases     # as the console shows
+        # What a cluster has no use for is None, not a stand-in 0.
+        assert figures.free_slots is None and figures.capacity_slots is None
+        assert figures.bad_references is None and figures.missing_blocks is not None
+        assert len(admin.pool.blocks.corrupt) == 0      # a sound copy of each is left: none lost
         admin.heal(wait=True)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_block_rotten_on_every_node_is_remembered_as_corrupt(make_cluster, tmp_path):
+    """No sound copy left: reads say so, a full rebuild names the blocks corrupt, and the
+    catalog remembers them (ids of all 64 bits) for the next coordinator's fast rebuild."""
+    cluster = make_cluster(nodes=2, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=23)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        for name in ("node1", "node2"):
+            _rot_every_copy(Path(cluster.config.node(name).data))
+        with pytest.raises(BlockfoldError):                # never rotten bytes
+            admin.read("a", 0, 4096)
+        figures = admin.rebuild(full=True)
+        lost = admin.pool.blocks.corrupt.tolist()
+        assert lost and lost == sorted(figures.corrupt_blocks)
+        assert any(block_id >= 2**63 for block_id in lost)
+    with cluster.open() as admin:                           # a fast rebuild: nothing re-read
+        assert admin.pool.blocks.corrupt.tolist() == lost
 
 
 def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_path):
@@ -165,7 +194,7 @@ def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_pa
             seen = set()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and "down" not in seen:
-                seen.add({n["name"]: n["state"] for n in admin.nodes()}["node3"])
+                seen.add({n.name: n.state for n in admin.nodes()}["node3"])
                 time.sleep(0.1)
             assert {"suspect", "down"} <= seen
             assert admin.read("a", 0, len(data)) == data
@@ -173,10 +202,10 @@ def test_a_hung_node_turns_suspect_then_down_and_comes_back(make_cluster, tmp_pa
             os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up":
+            if {n.name: n.state for n in admin.nodes()}["node3"] == "up":
                 break
             time.sleep(0.1)
-        assert {n["name"]: n["state"] for n in admin.nodes()}["node3"] == "up"
+        assert {n.name: n.state for n in admin.nodes()}["node3"] == "up"
         admin.heal(wait=True)
         assert admin.fsck() == []
 
@@ -191,15 +220,15 @@ def test_catalogs_bigger_than_a_frame_travel_in_parts(make_cluster, tmp_path, mo
         admin.fail_node("node2")
         admin.clone("a", "b")
         admin.restore_node("node2")                          # catches up by a whole image
-        assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "up"
+        assert {n.name: n.state for n in admin.nodes()}["node2"] == "up"
     with cluster.open(readonly=True) as admin:               # fetched in parts
         assert admin.vm_names() == ["a", "b"]
         assert admin.read("b", 0, len(data)) == data
 
 
 def test_big_blocks_and_big_reads_stay_within_frames(make_cluster, tmp_path, monkeypatch):
-    from engine.cluster import blocks
-    monkeypatch.setattr(blocks, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
+    from engine.cluster import copies
+    monkeypatch.setattr(copies, "FRAME_BYTES", 256 << 10)     # 4 blocks of 64 KiB a frame
     cluster = make_cluster(nodes=3, replicas=2, block_size=65536)
     data = image(tmp_path / "a.raw", 8, seed=14)
     with cluster.open() as admin:
@@ -238,8 +267,70 @@ def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
         assert admin.fsck() == []
         assert admin.read("first", 0, len(first)) == first
         big = admin.import_image("big", str(tmp_path / "big.raw"))
-        assert big["name"] == "big"
+        assert big.name == "big"
         assert admin.fsck() == []
     with cluster.open(readonly=True) as admin:
         assert admin.vm_names() == ["big", "first"]
         assert admin.read("first", 0, len(first)) == first
+
+
+def _wait_for(condition, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_failing_healer_says_so_once_and_goes_on_healing(make_cluster, tmp_path, monkeypatch,
+                                                            capfd):
+    """A fault in every round of the healer (injected in-process) is one line on stderr and one
+    `heal` event, not one per round; once it is gone the healer heals a lost node unasked."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=21)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        blocks = admin.pool.blocks
+
+        def broken():
+            raise RuntimeError("row map unreadable")
+
+        def heal_events():
+            return [e for e in admin.pool.events() if e["kind"] == "heal"]
+
+        monkeypatch.setattr(blocks, "under_replicated", broken)
+        assert _wait_for(heal_events)
+        time.sleep(1.0)                                     # five more failing rounds
+        monkeypatch.undo()
+        err = capfd.readouterr().err
+        assert err.count("heal failed") == 1
+        assert "blockfold: heal failed: RuntimeError: row map unreadable" in err
+        assert [e["message"] for e in heal_events()] == [
+            "heal failed: RuntimeError: row map unreadable"]
+
+        admin.fail_node("node1")
+        assert blocks.under_replicated() > 0                 # marked down at once
+        assert _wait_for(lambda: blocks.under_replicated() == 0)
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
+
+
+def test_a_rebuild_whose_record_cannot_commit_leaves_the_pool_usable(make_cluster, tmp_path):
+    """The rebuild itself succeeds on the one node left, but its record cannot reach
+    min_replicas nodes: the caller is told, and reads, writes and flushes go on (they must not
+    wait for ever on a rebuild that never says it is done)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=22)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        admin.fail_node("node2")
+        with pytest.raises(BlockfoldError, match="min_replicas"):
+            admin.rebuild()
+        admin.restore_node("node1")
+        admin.restore_node("node2")
+        flushed = threading.Thread(target=lambda: (admin.write("a", 0, b"x" * 4096),
+                                                   admin.flush()), daemon=True)
+        flushed.start()
+        flushed.join(30)
+        assert not flushed.is_alive(), "a write waits for ever on the failed rebuild"
+        assert admin.read("a", 0, len(data)) == b"x" * 4096 + data[4096:]

@@ -37,14 +37,14 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
         assert cluster.config.node("far").host_key == row["host_key"]
         with cluster.open() as admin:
             admin.heal(wait=True)
-            nodes = {n["name"]: n for n in admin.nodes()}
-            assert nodes["far"]["state"] == "up" and nodes["far"]["live_blocks"] > 0
-            live = admin.stats()["unique_blocks"]
-            assert sum(n["live_blocks"] for n in nodes.values()) == 2 * live
+            nodes = {n.name: n for n in admin.nodes()}
+            assert nodes["far"].state == "up" and nodes["far"].live_blocks > 0
+            live = admin.stats().unique_blocks
+            assert sum(n.live_blocks for n in nodes.values()) == 2 * live
             admin.fail_node("node1")
             assert admin.read("a", 0, len(data)) == data
             problems = admin.fsck()      # heal may not have caught up yet: only that is allowed
-            assert all(p["kind"] == "replication" for p in problems), problems
+            assert all(p.kind == "replication" for p in problems), problems
     finally:
         node.terminate()                  # SIGTERM: a clean exit
         assert node.wait(10) == 0

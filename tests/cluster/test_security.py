@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import struct
 
@@ -50,9 +51,9 @@ def test_mismatching_host_key_is_refused_naming_the_node(make_cluster):
     config.nodes[1].host_key = config.nodes[0].host_key      # node2 now "should" be node1
     config.save()
     with api.open_cluster(cluster.path, readonly=True) as admin:
-        node2 = [n for n in admin.nodes() if n["name"] == "node2"][0]
-        assert node2["state"] == "down"
-        assert "node node2" in node2["error"] and "host key" in node2["error"]
+        node2 = next(n for n in admin.nodes() if n.name == "node2")
+        assert node2.state == "down"
+        assert "node node2" in node2.error and "host key" in node2.error
 
 
 def test_exec_and_other_subsystems_are_refused_and_a_node_key_gets_no_shell(make_cluster):
@@ -96,7 +97,7 @@ def test_garbage_frames_never_crash_a_node(node_cluster, garbage):
         writer.write(garbage)
         try:
             await asyncio.wait_for(reader.read(65536), 0.3)
-        except (asyncio.TimeoutError, asyncssh.Error, OSError):
+        except (TimeoutError, asyncssh.Error, OSError):
             pass
         conn.close()
         # A good client is still served.
@@ -146,6 +147,9 @@ def test_cli_drives_a_cluster(tmp_path):
         bf("-c", str(path), "heal", "--wait")
         stats = json.loads(bf("-c", str(path), "stats", "--json").stdout)
         assert stats["under_replicated_blocks"] == 0 and len(stats["nodes"]) == 3
+        # The fields of an embedded pool's, with None where a figure does not apply.
+        assert set(stats) == {f.name for f in dataclasses.fields(api.PoolStats)}
+        assert stats["free_slots"] is None and stats["replicas"] == 2
         assert bf("-c", str(path), "fsck").stdout.strip() == "clean"
         r = bf("-c", str(path), "vm", "rm", "nope", "-y", check=False)
         assert r.returncode == 1 and r.stderr.count("\n") == 1
@@ -175,7 +179,7 @@ def test_a_put_cut_off_mid_frame_leaves_nothing_visible(make_cluster):
         await asyncio.sleep(0.2)
         conn.abort()
         conn, writer, reader = await _session(cluster)
-        kind, header = await _call(writer, reader, rpc.INVENTORY, {"start": 0})
+        _, header = await _call(writer, reader, rpc.INVENTORY, {"start": 0})
         conn.close()
         return header
 

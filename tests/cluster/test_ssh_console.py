@@ -47,7 +47,8 @@ def console_node(tmp_path, make_cluster):
 
     def ssh(key: str, extra: str = "-tt") -> str:
         return (f"ssh {extra} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-                f" -o BatchMode=yes -o LogLevel=ERROR -i {tmp_path / key} -p {port} admin@127.0.0.1")
+                f" -o BatchMode=yes -o LogLevel=ERROR -i {tmp_path / key} -p {port}"
+                " admin@127.0.0.1")
 
     def terminal(name: str, key: str) -> Terminal:
         terminals.append(Terminal(tmp_path, ssh(key), name=name))
@@ -97,7 +98,7 @@ def test_actions_are_logged_under_the_key_comment(console_node):
     t.keys("q")
     assert t.exit_code() == 0
     with cluster.open(readonly=True) as admin:
-        actors = {e["actor"] for e in admin.events(50)}
+        actors = {e.actor for e in admin.events(50)}
     assert "alice@laptop" in actors
 
 

@@ -51,7 +51,7 @@ def test_thrash(make_cluster):
         admin.heal(wait=True)
         assert writes > 20 and refused == 0
         assert admin.read("t", 0, SIZE) == bytes(model)
-        assert admin.stats()["under_replicated_blocks"] == 0
+        assert admin.stats().under_replicated_blocks == 0
         assert admin.fsck() == []
     with cluster.open(readonly=True) as admin:
         assert admin.read("t", 0, SIZE) == bytes(model)

@@ -26,7 +26,7 @@ def test_filters_read_as_engine_arguments(text, expected):
 
 @pytest.mark.parametrize("text", ["refs", "golden", "refs>=x", "fp xyz", "refs>2-5", "f" * 33])
 def test_bad_filters_say_what_to_write(text):
-    with pytest.raises(ValueError, match="vm NAME|32 hex"):
+    with pytest.raises(ValueError, match=r"vm NAME|32 hex"):
         parse_filter(text)
 
 

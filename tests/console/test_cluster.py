@@ -11,13 +11,13 @@ from console.screens.confirm import ConfirmDialog
 from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
 
 from .conftest import SIZE
-from .helpers import press, settle
+from .helpers import press
 
 CLONES = 3
 
 
 @pytest.fixture
-def seeded(make_cluster, tmp_path):
+def seeded(make_cluster, tmp_path):  # noqa: F811 - the fixture imported above
     """A running cluster holding a small golden image and a few linked clones, with the admin
     the console runs on and the golden image's bytes."""
     cluster = make_cluster(nodes=3, replicas=2)
@@ -64,7 +64,7 @@ async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go
         # Every block has a replica on a node that is still up.
         assert admin.read("golden", 0, len(data)) == data
         assert admin.read(f"desk-{CLONES}", 0, len(data)) == data
-    assert {n["name"]: n["state"] for n in admin.nodes()}["node2"] == "down"
+    assert {n.name: n.state for n in admin.nodes()}["node2"] == "down"
 
 
 async def test_restoring_a_node_brings_it_back_and_heals(seeded):
@@ -81,8 +81,8 @@ async def test_restoring_a_node_brings_it_back_and_heals(seeded):
         assert health(app, "node2") in ("● UP", "↻ RETURNING")
         for _ in range(100):                 # the node catches up in the background
             nodes = app.view.nodes
-            if (all(n["state"] == "up" for n in nodes)
-                    and not any(n["under_replicated"] for n in nodes)):
+            if (all(n.state == "up" for n in nodes)
+                    and not any(n.under_replicated for n in nodes)):
                 break
             await pilot.pause(0.1)
             await press(pilot, "r")

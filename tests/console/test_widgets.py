@@ -5,20 +5,25 @@ from __future__ import annotations
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical
 
+from engine.api import NodeStatus
 from widgets.dedup_gauge import DedupGauge
 from widgets.node_card import NodeCard
 from widgets.rebuild_panel import RebuildPanel
 from widgets.trend import spark_rows
 
-NODES = [
-    {"name": "node-a", "state": "up", "latency_ms": 0.4, "capacity_bytes": 8 << 30,
-     "blocks": 120_000, "under_replicated": 0},
-    {"name": "node-b", "state": "suspect", "latency_ms": 812.0, "capacity_bytes": 8 << 30,
-     "blocks": 118_000, "under_replicated": 0},
-    {"name": "node-c", "state": "down", "latency_ms": 0.0, "capacity_bytes": 8 << 30,
-     "blocks": 0, "under_replicated": 40_000},
-    {"name": "node-d", "state": "returning", "latency_ms": 1.2, "capacity_bytes": 8 << 30,
-     "blocks": 80_000, "under_replicated": 12_000, "heal": {"done": 28_000, "total": 40_000}},
+
+def node(name: str, state: str, latency_ms: float, blocks: int, under: int) -> NodeStatus:
+    return NodeStatus(name=name, address="10.0.0.1:2222", state=state, latency_ms=latency_ms,
+                      capacity_bytes=8 << 30, blocks=blocks, live_blocks=blocks,
+                      under_replicated=under, weight=1.0, catalog_version=1, last_seen=0.0,
+                      error="")
+
+
+NODES = [  # (node, its heal progress)
+    (node("node-a", "up", 0.4, 120_000, 0), None),
+    (node("node-b", "suspect", 812.0, 118_000, 0), None),
+    (node("node-c", "down", 0.0, 0, 40_000), None),
+    (node("node-d", "returning", 1.2, 80_000, 12_000), (28_000, 40_000)),
 ]
 
 
@@ -26,8 +31,8 @@ class WidgetGallery(App):
     def compose(self) -> ComposeResult:
         with Vertical():
             with Horizontal(classes="cards"):
-                for node in NODES:
-                    yield NodeCard(node)
+                for status, heal in NODES:
+                    yield NodeCard(status, heal)
             yield DedupGauge()
             yield RebuildPanel(["tables", "hashes", "index", "space"])
 

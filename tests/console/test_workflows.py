@@ -30,13 +30,13 @@ async def test_clone_ten_from_the_palette_raises_the_ratio(make_app, admin):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        before = app.view.stats["dedup_ratio"]
+        before = app.view.stats.dedup_ratio
         await press(pilot, "2", "down", "down", "down", "ctrl+p", *"clone", "enter")
         await press(pilot, "enter", "backspace", *"10", "enter")
         assert len(vm_rows(app)) == 14
         assert "golden-clone-10" in vm_rows(app)
-        assert app.view.stats["dedup_ratio"] > before
-        assert f"dedup {app.view.stats['dedup_ratio']:.2f}x" in str(
+        assert app.view.stats.dedup_ratio > before
+        assert f"dedup {app.view.stats.dedup_ratio:.2f}x" in str(
             app.screen.query_one("#vms").border_title)
     assert "golden-clone-10" in admin.vm_names()
 
@@ -48,7 +48,7 @@ async def test_delete_happens_only_after_yes(make_app, admin):
         assert "desk-3" in admin.vm_names() and "desk-3" in vm_rows(app)
         await press(pilot, "d", "y")
         assert "desk-3" not in admin.vm_names() and "desk-3" not in vm_rows(app)
-        assert admin.events(1)[0]["message"] == "deleted desk-3"
+        assert admin.events(1)[0].message == "deleted desk-3"
 
 
 async def test_failing_a_node_of_an_embedded_pool_shows_the_error_and_keeps_running(make_app,
@@ -92,7 +92,7 @@ async def test_block_table_pages_through_the_engine(tmp_path):
                 f.seek(i * BLOCK)
                 f.write(i.to_bytes(4, "little"))
         admin.import_image("big", image)
-        total = admin.stats()["unique_blocks"]
+        total = admin.stats().unique_blocks
         app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
         async with app.run_test(size=SIZE) as pilot:
             await press(pilot, "3")
@@ -100,8 +100,7 @@ async def test_block_table_pages_through_the_engine(tmp_path):
             assert (table.row_count, table.border_title) == (100, f"blocks 1–100 of {total}")
             await press(pilot, "pagedown")
             assert table.border_title == f"blocks 101–200 of {total}"
-            assert table.get_row_at(0)[0] == str(admin.blocks(offset=100, limit=1)
-                                                 ["rows"][0]["pbn"])
+            assert table.get_row_at(0)[0] == str(admin.blocks(offset=100, limit=1).rows[0].pbn)
             await press(pilot, "end")
             assert table.border_title == f"blocks 201–{total} of {total}"
             assert table.cursor_row == table.row_count - 1
@@ -144,7 +143,7 @@ async def test_escape_cancels_a_rebuild_and_the_pool_keeps_working(make_app, adm
         assert not screen.running
         await press(pilot, "f")
         assert screen.query_one(RebuildPanel).state == "done"
-    assert admin.blocks(limit=1)["total"] == admin.stats()["unique_blocks"]
+    assert admin.blocks(limit=1).total == admin.stats().unique_blocks
 
 
 class CountingAdmin(LocalAdmin):

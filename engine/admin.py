@@ -1,0 +1,178 @@
+"""Admin: what an operator can see and do, whichever pool answers (embedded or a cluster).
+
+The console, the CLI and the NBD server use this interface and nothing below it. Results are the
+frozen dataclasses of engine.results, with the same fields in every implementation. Every error
+meant for a user is a BlockfoldError (engine.errors) whose message is one line; the subclasses
+named below are the ones a caller may branch on. A cluster adds ReplicationError (a
+BlockfoldError) to every change: too few nodes are up to keep `min_replicas` copies.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+
+from .progress import ProgressCallback
+from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, NodeStatus,
+                      PoolStats, Problem, RebuildFigures, Snapshot, VMStats)
+
+
+class Admin(ABC):
+    """The interface. Thread-safe: the console calls it from worker threads."""
+
+    kind: str
+    """"pool" (embedded) or "cluster"."""
+    name: str
+    """The pool or cluster directory."""
+
+    @property
+    @abstractmethod
+    def block_size(self) -> int:
+        """Bytes per block, fixed when the pool was made."""
+
+    @property
+    @abstractmethod
+    def rebuild_phases(self) -> tuple[str, ...]:
+        """The phases a rebuild reports through its progress callback, in order."""
+
+    # -- volumes: what the NBD export serves --------------------------------------------------
+
+    @abstractmethod
+    def vm_names(self) -> list[str]:
+        """Every VM's name, sorted."""
+
+    @abstractmethod
+    def vm_size(self, name: str) -> int:
+        """The VM's size, bytes. Raises VMNotFoundError."""
+
+    @abstractmethod
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset`; never-written ranges read as zeros.
+        Raises VMNotFoundError, OutOfRangeError (past the end), BlockfoldError (a cluster with
+        no reachable copy of a block)."""
+
+    @abstractmethod
+    def write(self, name: str, offset: int, data) -> None:
+        """Writes a bytes-like object at `offset`, deduplicated inline; durable after flush().
+        Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing written)."""
+
+    @abstractmethod
+    def trim(self, name: str, offset: int, length: int) -> None:
+        """The range reads as zeros from now on, and the blocks only it used are freed.
+        Raises VMNotFoundError, OutOfRangeError, ReadOnlyError."""
+
+    @abstractmethod
+    def extents(self, name: str, offset: int, length: int) -> list[Extent]:
+        """The range's allocation, in order and covering it exactly: holes (no block behind,
+        reads as zeros) and data. Runs start and end on block boundaries, except at the range's
+        own ends. Raises VMNotFoundError, OutOfRangeError."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Makes every write and trim so far durable (does nothing when read-only)."""
+
+    # -- VMs ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def vms(self) -> list[VMStats]:
+        """Every VM's figures, by name."""
+
+    @abstractmethod
+    def import_image(self, name: str, source: str,
+                     progress: ProgressCallback | None = None) -> ImportResult:
+        """Imports a raw image file (or stdin for "-") as a new VM, in one transaction: if it
+        fails, no VM is left behind. Holes and zero blocks take no space. Progress phase
+        "import", in bytes. Raises VMExistsError, BadNameError, BadImageError (unreadable,
+        empty, not a regular file), NoSpaceError, ReadOnlyError."""
+
+    @abstractmethod
+    def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
+        """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-").
+        Progress phase "export", in bytes. Raises VMNotFoundError, BadImageError (cannot
+        write)."""
+
+    @abstractmethod
+    def clone(self, source: str, new: str, count: int = 1) -> list[str]:
+        """Makes `count` linked clones of `source`, O(1) each, in one transaction; returns their
+        names: `new`, or NEW-1 … NEW-count when count > 1. Raises VMNotFoundError,
+        VMExistsError, BadNameError, ReadOnlyError, BlockfoldError (count < 1)."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Deletes the VM and frees every block only it referenced. Raises VMNotFoundError,
+        ReadOnlyError."""
+
+    # -- the pool -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def stats(self) -> PoolStats:
+        """Pool-wide figures, with every VM's and node's."""
+
+    def snapshot(self, events: int = 100) -> Snapshot:
+        """The figures and the `events` newest events: what a console shows, in one call."""
+        return Snapshot(self.stats(), self.events(events))
+
+    @abstractmethod
+    def blocks(self, vm: str | None = None, min_refs: int | None = None,
+               max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
+               limit: int = 100) -> BlockPage:
+        """A page of the block table: blocks `vm` reads, with a refcount in [min_refs, max_refs],
+        whose fingerprint starts with the hex `prefix`; rows offset … offset + limit.
+        Raises VMNotFoundError, BlockfoldError (a prefix that is not up to 32 hex digits)."""
+
+    @abstractmethod
+    def rebuild(self, full: bool = False, progress: ProgressCallback | None = None,
+                cancel: threading.Event | None = None) -> RebuildFigures:
+        """Rebuilds the RAM metadata from the block tables (and, when full, by re-reading and
+        re-hashing every block); reads go on meanwhile, writes wait. Progress phases:
+        `rebuild_phases`. Raises CancelledError once `cancel` is set (the pool keeps the
+        metadata it had)."""
+
+    @abstractmethod
+    def last_rebuild(self) -> RebuildFigures:
+        """The figures of the most recent rebuild (every open rebuilds)."""
+
+    @abstractmethod
+    def fsck(self, progress: ProgressCallback | None = None) -> list[Problem]:
+        """Checks every promise the pool makes about its own state; [] when all hold. Progress
+        phase "fsck"."""
+
+    @abstractmethod
+    def events(self, limit: int = 100) -> list[Event]:
+        """The `limit` newest events, newest first."""
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def nodes(self) -> list[NodeStatus]:
+        """Every node's health (an embedded pool: itself, as node "local")."""
+
+    @abstractmethod
+    def fail_node(self, name: str) -> None:
+        """Kills a local node's process: a real loss, for drills. Raises BlockfoldError (an
+        embedded pool, an unknown node, a node running elsewhere)."""
+
+    @abstractmethod
+    def restore_node(self, name: str) -> None:
+        """Restarts a failed local node; it catches up and rejoins. Raises BlockfoldError (as
+        fail_node)."""
+
+    @abstractmethod
+    def heal(self, wait: bool = True,
+             progress: ProgressCallback | None = None) -> HealFigures:
+        """Copies every block short of R copies (or off its place) to the nodes placement wants
+        it on, then drops copies beyond R; with `wait`, until none is short. Progress phase
+        "heal", in blocks. Raises BlockfoldError (an embedded pool; read-only; blocks with no
+        reachable copy; fewer than R nodes up)."""
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flushes, marks the pool cleanly closed and lets it go."""
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,124 @@
+"""The copies on the nodes: every block request the coordinator sends them.
+
+PUT (store, or compare with the copy held), GET, DROP, SYNC, INVENTORY and SCRUB, each fanned out as
+one request per node, to every node at once (engine.cluster.members.Members.call_many). A payload is
+the ids as little-endian uint64, then the blocks' bytes, if any. Nothing here decides where a copy
+goes or what a reply means for the row map: callers do.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..net import rpc
+
+FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
+                           # keep round trips few while copying
+DROP_IDS = 1 << 20          # 8 MiB of ids a frame
+READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 20.0
+INVENTORY_TIMEOUT = 30.0
+SCRUB_TIMEOUT = 120.0
+
+
+def payload(ids: np.ndarray, data: np.ndarray | None = None) -> bytes:
+    head = ids.astype("<u8").tobytes()
+    return head if data is None else head + data.tobytes()
+
+
+class Copies:
+    def __init__(self, members, block_size: int):
+        self.members = members
+        self.block_size = block_size
+        self.frame_blocks = max(1, FRAME_BYTES // block_size)   # blocks a GET or PUT may carry
+        self._sync_lock = threading.Lock()
+        self._unsynced: set[int] = set()      # nodes that took blocks since the last sync
+
+    def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray) -> dict:
+        """Sends block j to every node i with want[j, i]: one PUT per node. Returns {node: a
+        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}."""
+        requests = {}
+        for node in np.flatnonzero(want.any(axis=0)).tolist():
+            sel = np.flatnonzero(want[:, node])
+            requests[node] = (rpc.PUT, {"n": len(sel)}, payload(ids[sel], data[sel]))
+        if not requests:
+            return {}
+        replies = self.members.call_many(requests, WRITE_TIMEOUT)
+        # Noted once answered: a sync that ran meanwhile may have overtaken the PUT on its node.
+        with self._sync_lock:
+            self._unsynced.update(requests)
+        return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
+                for node, r in replies.items()}
+
+    def get(self, asked: dict[int, np.ndarray]) -> dict:
+        """Asks each node for its ids ({node: ids}, at most frame_blocks each). Returns {node:
+        (a bool per id: the node has no copy, the bytes as n × block_size with a row per id it
+        has), or the exception}."""
+        requests = {node: (rpc.GET, {"n": len(ids)}, payload(ids)) for node, ids in asked.items()}
+        out = {}
+        for node, reply in self.members.call_many(requests, READ_TIMEOUT).items():
+            if isinstance(reply, Exception):
+                out[node] = reply
+                continue
+            header, body = reply
+            missing = np.zeros(len(asked[node]), bool)
+            missing[np.array(header.get("missing", []), dtype=np.int64)] = True
+            out[node] = missing, np.frombuffer(body, np.uint8).reshape(-1, self.block_size)
+        return out
+
+    def drop(self, ids: np.ndarray, held: np.ndarray) -> None:
+        """Drops ids from the nodes marked in `held` (len(ids) × nodes); a node that cannot be
+        reached drops them when it returns (its inventory shows them unwanted). Only the lease
+        holder drops: a read-only coordinator leaves the copies alone."""
+        if self.members.holder is None:
+            return
+        for start in range(0, len(ids), DROP_IDS):      # a VM's worth of ids: many frames
+            part_ids, part_held = ids[start:start + DROP_IDS], held[start:start + DROP_IDS]
+            requests = {}
+            for node in np.flatnonzero(part_held.any(axis=0)).tolist():
+                sel = part_ids[part_held[:, node]]
+                requests[node] = (rpc.DROP, {"n": len(sel), "holder": self.members.holder},
+                                  payload(sel))
+            if requests:
+                self.members.call_many(requests, WRITE_TIMEOUT)
+
+    def sync(self) -> None:
+        """Every node that took blocks since the last sync makes them durable.
+
+        The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
+        returns only once the copies it counts on are durable."""
+        with self._sync_lock:
+            nodes, self._unsynced = self._unsynced, set()
+            if nodes:
+                self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes}, WRITE_TIMEOUT)
+
+    def inventory(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, second fingerprint words) of every copy a node holds, ascending by id, in as
+        many requests as it takes; None if the node cannot be reached."""
+        id_parts, word_parts, start = [], [], 0
+        while True:
+            reply = self.members.call(node, rpc.INVENTORY, {"start": start},
+                                      timeout=INVENTORY_TIMEOUT)
+            if isinstance(reply, Exception):
+                return None
+            header, body = reply
+            n = header["count"]
+            raw = np.frombuffer(body, dtype="<u8").astype(np.uint64)
+            id_parts.append(raw[:n])
+            word_parts.append(raw[n:2 * n])
+            start = header["next"]
+            if not start:
+                break
+        ids, words = np.concatenate(id_parts), np.concatenate(word_parts)
+        order = np.argsort(ids)
+        return ids[order], words[order]
+
+    def scrub(self, node: int) -> np.ndarray:
+        """The ids whose copies on `node` no longer match their fingerprint (the node re-reads
+        every block); none if it cannot be reached."""
+        reply = self.members.call(node, rpc.SCRUB, {}, timeout=SCRUB_TIMEOUT)
+        if isinstance(reply, Exception):
+            return np.zeros(0, np.uint64)
+        return np.array(reply[0]["bad"], dtype=np.uint64)

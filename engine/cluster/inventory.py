@@ -1,0 +1,127 @@
+"""Who holds what, from the nodes' own inventories: the rebuild, and a returning node's rejoin.
+
+Refcounts come from the replicated block tables (a PageScan); holders and hash words from what
+each reachable node says it holds. The first holder seen fixes an id's hash word; a copy whose word
+disagrees is not a copy of that block. A full rebuild also scrubs every node (it re-reads and
+re-hashes each copy): rotten copies count as held by nobody. With `reclaim`, each node drops what
+no table references, what disagrees and what is rotten.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import CancelledError
+from ..progress import Meter
+from ..rebuild import PageScan
+from .copies import Copies
+from .rowmap import RowMap
+
+
+class Inventory:
+    def __init__(self, members, rows: RowMap, copies: Copies):
+        self.members = members
+        self.rows = rows
+        self.copies = copies
+
+    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
+                known_corrupt: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Reloads the row map. Returns the figures of engine/rebuild.py (free and capacity
+        slots are 0: nodes keep their own space; missing_blocks: ids no reachable node holds;
+        corrupt_blocks: ids with a rotten copy on some node, or in a fast rebuild those of
+        `known_corrupt` still referenced), and the corrupt ids in the sense of
+        engine.blocklayer: those with no sound copy left on a reachable node (full), or
+        `known_corrupt` still referenced (fast: copies are not re-read). Raises
+        CancelledError."""
+        started = time.monotonic()
+        parts = list(pages.references(cancel, progress))
+        refs = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        ids, counts = np.unique(refs, return_counts=True)
+
+        k = len(self.members.nodes)
+        self.members.probe_all()
+        meter = Meter(progress, "inventory", k)
+        held = np.zeros((len(ids), k), bool)
+        words = np.zeros(len(ids), np.uint64)
+        orphans = 0
+        corrupt = []
+        for node in range(k):
+            meter.advance()
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("rebuild cancelled")
+            if not self.members.reachable_mask()[node]:
+                continue
+            inv = self.copies.inventory(node)
+            if inv is None:
+                continue
+            node_ids, node_words = inv
+            if full:
+                bad = self.copies.scrub(node)
+                corrupt.append(bad)
+                sound = ~np.isin(node_ids, bad)
+                node_ids, node_words = node_ids[sound], node_words[sound]
+            pos = np.minimum(np.searchsorted(ids, node_ids), max(len(ids) - 1, 0))
+            hit = ids[pos] == node_ids if len(ids) else np.zeros(len(node_ids), bool)
+            first = hit & (words[pos] == 0)
+            words[pos[first]] = node_words[first]
+            match = hit & (words[pos] == node_words)
+            held[pos[match], node] = True
+            unwanted = node_ids[~match]
+            if full:
+                unwanted = np.concatenate([unwanted, corrupt[-1]])
+            if reclaim and len(unwanted):
+                orphans += len(unwanted)
+                only_here = np.zeros((len(unwanted), k), bool)
+                only_here[:, node] = True
+                self.copies.drop(unwanted, only_here)
+        meter.finish()
+
+        with self.rows.lock:
+            self.rows.load(ids, counts, words, held)
+        bad = np.unique(np.concatenate(corrupt)) if corrupt else np.zeros(0, np.uint64)
+        if not full:                # a full rebuild judges every copy afresh
+            bad = np.union1d(bad, known_corrupt)
+        bad = bad[np.isin(bad, ids)]
+        lost = bad[~held[np.searchsorted(ids, bad)].any(axis=1)] if full else bad
+        seconds = time.monotonic() - started
+        bs = self.copies.block_size
+        return {
+            "mode": "full" if full else "fast",
+            "seconds": round(seconds, 4),
+            "pages": pages.total,
+            "references": len(refs),
+            "blocks": len(ids),
+            "bytes": len(ids) * bs,
+            "bytes_per_s": int(len(ids) * bs / seconds) if seconds > 0 else 0,
+            "corrupt_blocks": [int(x) for x in bad],
+            "bad_references": 0,
+            "orphans_reclaimed": orphans,
+            "missing_blocks": int(np.count_nonzero(~held.any(axis=1))),
+            "free_slots": 0,
+            "capacity_slots": 0,
+        }, lost
+
+    def rejoin(self, node: int, reclaim: bool) -> None:
+        """A returning node: its copies count again; with `reclaim`, what it should not hold
+        (unreferenced, or another block's bytes) it drops. Nothing if it cannot be reached."""
+        inv = self.copies.inventory(node)
+        if inv is None:
+            return
+        node_ids, node_words = inv
+        rows = self.rows
+        with rows.lock:
+            at = rows.rows_of(node_ids)
+            # A block no reachable node held at rebuild has no hash word yet: this copy's.
+            unknown = (at != 0) & (rows.words_at(at) == 0)
+            rows.set_words(at[unknown], node_words[unknown])
+            ok = (at != 0) & (rows.words_at(at) == node_words)
+            ok &= rows.refcounts_at(at) > 0
+            # What it holds now is all it holds: a RAM node comes back empty.
+            rows.set_node(node, at[ok])
+            unwanted = node_ids[~ok]
+            if reclaim and len(unwanted):
+                held = np.zeros((len(unwanted), len(self.members.nodes)), bool)
+                held[:, node] = True
+                self.copies.drop(unwanted, held)

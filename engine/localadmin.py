@@ -1,0 +1,157 @@
+"""LocalAdmin: the Admin interface over a pool embedded in this process.
+
+The pool answers in plain dicts; this is where they become engine.results, so that what the
+console and the CLI see is the same whichever Admin answers.
+"""
+
+from __future__ import annotations
+
+from .admin import Admin
+from .errors import BlockfoldError
+from .pool import Pool
+from .progress import ProgressCallback
+from .results import (BlockPage, BlockRow, Event, Extent, HealFigures, ImportResult,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, VMStats)
+
+
+class LocalAdmin(Admin):
+    kind = "pool"
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.name = str(pool.path)
+
+    @classmethod
+    def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
+             progress: ProgressCallback | None = None, wait: bool = True,
+             actor: str = "cli") -> LocalAdmin:
+        """Opens the pool in `path` and rebuilds its RAM metadata.
+
+        readonly: no write lock (it runs beside a writer), and every change is refused.
+        rebuild: "fast" (stored fingerprints, the default) or "full" (re-hash every block).
+        wait: False returns at once; reads are served while the rebuild runs behind.
+        actor: who the event log names for this admin's changes.
+        Raises NotAPoolError, PoolFormatError, PoolLockedError (another process writes).
+        """
+        return cls(Pool.open(path, readonly=readonly, rebuild=rebuild, progress=progress,
+                             wait=wait, actor=actor))
+
+    @property
+    def block_size(self) -> int:
+        return self.pool.block_size
+
+    @property
+    def rebuild_phases(self) -> tuple[str, ...]:
+        return self.pool.blocks.rebuild_phases
+
+    # -- volumes ------------------------------------------------------------------------------
+
+    def vm_names(self): return self.pool.vm_names()
+    def vm_size(self, name): return self.pool.vm_size(name)
+    def read(self, name, offset, length): return self.pool.read(name, offset, length)
+    def write(self, name, offset, data): self.pool.write(name, offset, data)
+    def trim(self, name, offset, length): self.pool.trim(name, offset, length)
+    def flush(self): self.pool.flush()
+
+    def extents(self, name, offset, length):
+        return [Extent(n, hole) for n, hole in self.pool.extents(name, offset, length)]
+
+    # -- VMs ----------------------------------------------------------------------------------
+
+    def vms(self):
+        known = not self.pool.rebuilding
+        return [_vm(v, known) for v in self.pool.vm_list()]
+
+    def import_image(self, name, source, progress=None):
+        vm = self.pool.import_image(name, source, progress)
+        return ImportResult(vm.name, vm.size)
+
+    def export(self, name, dest, progress=None): self.pool.export(name, dest, progress)
+    def clone(self, source, new, count=1): return self.pool.clone(source, new, count)
+    def delete(self, name): self.pool.delete(name)
+
+    # -- the pool -----------------------------------------------------------------------------
+
+    def stats(self):
+        raw = self.pool.stats()
+        known = raw["state"] == "ready"
+        return PoolStats(
+            path=raw["path"], block_size=raw["block_size"], state=raw["state"],
+            logical_bytes=raw["logical_bytes"],
+            physical_bytes=raw["physical_bytes"] if known else None,
+            dedup_ratio=raw["dedup_ratio"] if known else None,
+            unique_blocks=raw["unique_blocks"] if known else None,
+            free_slots=raw.get("free_slots"), capacity_bytes=raw.get("capacity_bytes"),
+            collisions=raw.get("collisions"),
+            corrupt_blocks=raw.get("corrupt_blocks"),
+            refcount_histogram=raw.get("refcount_histogram"),
+            metadata_ram_bytes=raw.get("metadata_ram_bytes"),
+            metadata_ram_bytes_per_block=raw.get("metadata_ram_bytes_per_block"),
+            **self._replication(raw),
+            rebuilds=[RebuildRecord(**r) for r in raw["rebuilds"]],
+            vms=[_vm(v, known) for v in raw["vms"]],
+            nodes=self._nodes(raw))
+
+    def _replication(self, raw: dict) -> dict:
+        """One copy of every block, in this pool's slot files."""
+        return {"replicas": 1, "min_replicas": 1,
+                "under_replicated_blocks": 0 if raw["state"] == "ready" else None}
+
+    def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
+        page = self.pool.block_page(vm=vm, min_refs=min_refs, max_refs=max_refs, prefix=prefix,
+                                    offset=offset, limit=limit)
+        return BlockPage(page["total"], page["offset"], [BlockRow(**r) for r in page["rows"]])
+
+    def rebuild(self, full=False, progress=None, cancel=None):
+        return self._rebuild_figures(self.pool.rebuild(full, progress, cancel))
+
+    def last_rebuild(self):
+        return self._rebuild_figures(self.pool.last_rebuild)
+
+    def _rebuild_figures(self, raw: dict) -> RebuildFigures:
+        return RebuildFigures(
+            mode=raw["mode"], reason=raw["reason"], seconds=raw["seconds"], pages=raw["pages"],
+            references=raw["references"], blocks=raw["blocks"], bytes=raw["bytes"],
+            bytes_per_s=raw["bytes_per_s"], corrupt_blocks=raw["corrupt_blocks"],
+            bad_references=raw["bad_references"], orphans_reclaimed=raw["orphans_reclaimed"],
+            missing_blocks=None, free_slots=raw["free_slots"],
+            capacity_slots=raw["capacity_slots"])
+
+    def fsck(self, progress=None):
+        return [Problem(**p) for p in self.pool.fsck(progress)]
+
+    def events(self, limit=100):
+        return [Event(**e) for e in self.pool.events(limit)]
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def nodes(self):
+        return self._nodes(self.pool.stats())
+
+    def _nodes(self, raw: dict) -> list[NodeStatus]:
+        """The pool itself, as the one node that holds every block."""
+        live = raw["unique_blocks"] if raw["state"] == "ready" else None
+        return [NodeStatus(name="local", address=str(self.pool.path), state="up",
+                           latency_ms=None, capacity_bytes=raw.get("capacity_bytes"),
+                           blocks=live, live_blocks=live, under_replicated=0, weight=None,
+                           catalog_version=None, last_seen=None, error="")]
+
+    def fail_node(self, name):
+        raise BlockfoldError("an embedded pool has no nodes to fail: open a cluster")
+
+    def restore_node(self, name):
+        raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
+
+    def heal(self, wait=True, progress=None) -> HealFigures:
+        raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
+
+    def close(self): self.pool.close()
+
+
+def _vm(raw: dict, known: bool) -> VMStats:
+    """A VM's figures; which blocks are its own is known only once the refcounts are."""
+    return VMStats(name=raw["name"], size=raw["size"], logical_bytes=raw["logical_bytes"],
+                   logical_blocks=raw["logical_blocks"],
+                   unique_blocks=raw["unique_blocks"] if known else None,
+                   shared_blocks=raw["shared_blocks"] if known else None,
+                   depth=raw["depth"], origin=raw["origin"], created=raw["created"])

@@ -1,0 +1,305 @@
+"""What the Admin returns: frozen dataclasses with the same fields whichever implementation answers.
+
+A figure that does not apply to an implementation (free slots of a cluster, the latency of an
+embedded pool) is None, never a stand-in value; so is a block-layer figure while the RAM metadata
+is being rebuilt and is not known yet. `plain(result)` is the JSON the CLI prints with --json:
+`dataclasses.asdict`, so the keys are the field names below.
+
+Units: sizes in bytes, times in seconds since the epoch, durations in seconds, unless a field's
+name says otherwise (`latency_ms`, `*_blocks`, `*_slots`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VMStats:
+    """One VM's figures."""
+
+    name: str
+    """Its name: 1-64 letters, digits, '.', '_' or '-'."""
+    size: int
+    """The virtual disk's size, bytes."""
+    logical_bytes: int
+    """Bytes that read as data (neither zeros nor never written) through the VM's chain."""
+    logical_blocks: int
+    """The same, in blocks."""
+    unique_blocks: int | None
+    """Blocks only this VM references: written by it and shared with nothing. None while the RAM
+    metadata is rebuilt."""
+    shared_blocks: int | None
+    """logical_blocks - unique_blocks: blocks it reads that another VM or layer may read too."""
+    depth: int
+    """Layers in the VM's chain, its own writable top included."""
+    origin: str | None
+    """The VM it was cloned from; None for an imported or created VM."""
+    created: float
+    """When the VM was made, seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's health, as the coordinator sees it. An embedded pool reports itself as one node
+    named "local", always up, at its directory."""
+
+    name: str
+    """The node's name in the cluster ("node1", …); "local" for an embedded pool."""
+    address: str
+    """HOST:PORT of a cluster node; the pool directory of an embedded pool."""
+    state: str
+    """"up", "suspect" (missed a heartbeat), "down" or "returning" (back, being caught up)."""
+    latency_ms: float | None
+    """Round trip of the node's last answer, milliseconds; None for an embedded pool."""
+    capacity_bytes: int | None
+    """Bytes of blocks it can hold: a node's held blocks plus its free disk (its last heartbeat);
+    an embedded pool's slot files as allocated so far (None while its RAM metadata is
+    rebuilt)."""
+    blocks: int | None
+    """Blocks it stores by its own count: a node's last heartbeat, an embedded pool's live slots
+    (None while rebuilt)."""
+    live_blocks: int | None
+    """Live blocks the coordinator knows it holds a copy of (None while rebuilt)."""
+    under_replicated: int
+    """Of those, how many have fewer than `replicas` copies on nodes that are up."""
+    weight: float | None
+    """The node's weight in placement (rendezvous hashing); None for an embedded pool."""
+    catalog_version: int | None
+    """The catalog version its replica holds; None for an embedded pool (one catalog)."""
+    last_seen: float | None
+    """When it last answered, seconds since the epoch (0: never); None for an embedded pool."""
+    error: str
+    """Why the node is down; empty when it is not."""
+
+
+@dataclass(frozen=True)
+class RebuildRecord:
+    """One row of the rebuild history (the catalog's `rebuilds` table)."""
+
+    ts: float
+    """When it finished, seconds since the epoch."""
+    reason: str
+    """"open", "crash" (the last close was not clean), "requested" or "rollback"."""
+    mode: str
+    """"fast" (stored fingerprints) or "full" (every block re-read and re-hashed)."""
+    seconds: float
+    """How long it took."""
+    blocks: int
+    """Live blocks found."""
+    bytes: int
+    """Their bytes: blocks × block size."""
+    corrupt: int
+    """Blocks whose bytes no longer match their fingerprint (full mode only)."""
+    orphans: int
+    """Unreferenced blocks reclaimed (left by a crash mid-write)."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Pool-wide figures, with every VM's and every node's."""
+
+    path: str
+    """The pool or cluster directory."""
+    block_size: int
+    """Bytes per block, fixed when the pool was made."""
+    state: str
+    """"ready", or "rebuilding" while the RAM metadata is rebuilt (block figures are None then)."""
+    logical_bytes: int
+    """Bytes that read as data, summed over every VM (what the VMs would take without dedup)."""
+    physical_bytes: int | None
+    """Bytes of unique blocks stored (one copy each): unique_blocks × block size."""
+    dedup_ratio: float | None
+    """logical_bytes / physical_bytes, to 3 decimals; 1.0 for an empty pool."""
+    unique_blocks: int | None
+    """Live blocks: each distinct block stored once, however many references it has."""
+    free_slots: int | None
+    """Slots in the slot files ready for new blocks; None for a cluster (each node keeps its own
+    free space)."""
+    capacity_bytes: int | None
+    """Bytes of blocks the storage can hold: an embedded pool's slot files as allocated so far
+    (they grow on demand); a cluster's up nodes, each its held blocks plus its free disk."""
+    collisions: int | None
+    """Blocks whose fingerprint matched another block with different bytes (stored apart)."""
+    corrupt_blocks: int | None
+    """Blocks found rotten by the last full rebuild (their bytes no longer match)."""
+    refcount_histogram: dict[str, int] | None
+    """Live blocks by refcount, in power-of-two buckets: {"1": n, "2": n, "3-4": n, …}."""
+    metadata_ram_bytes: int | None
+    """RAM taken by the dedup metadata (fingerprint index, refcounts, free space, replica map)."""
+    metadata_ram_bytes_per_block: float | None
+    """metadata_ram_bytes / unique_blocks, bytes; 0 for an empty pool."""
+    replicas: int
+    """Copies kept of every block (R); 1 for an embedded pool."""
+    min_replicas: int
+    """Fewest copies a write accepts before it is refused; 1 for an embedded pool."""
+    under_replicated_blocks: int | None
+    """Live blocks with fewer than `replicas` copies on up nodes (0 for an embedded pool)."""
+    rebuilds: list[RebuildRecord]
+    """The most recent rebuilds, newest first (at most 5)."""
+    vms: list[VMStats]
+    """Every VM, by name."""
+    nodes: list[NodeStatus]
+    """Every node, in the cluster's order (an embedded pool: itself)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log: who did what."""
+
+    id: int
+    """Increases with every event."""
+    ts: float
+    """When, seconds since the epoch."""
+    actor: str
+    """Who: "cli", "console", "engine", or the comment of the SSH key that acted."""
+    kind: str
+    """What: "import", "clone", "delete", "rebuild", …"""
+    message: str
+    """One line, for people."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a console shows, from one call: the figures (with VMs and nodes) and the newest
+    events."""
+
+    stats: PoolStats
+    """The figures, with every VM's and node's."""
+    events: list[Event]
+    """Newest first."""
+
+    @property
+    def vms(self) -> list[VMStats]:
+        return self.stats.vms
+
+    @property
+    def nodes(self) -> list[NodeStatus]:
+        return self.stats.nodes
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One physical block."""
+
+    pbn: int
+    """Its address: an embedded pool's slot number, a cluster's 64-bit block id."""
+    fingerprint: str
+    """Its xxh3-128 fingerprint, 32 hex digits (a cluster: block id, then the second hash word)."""
+    refcount: int
+    """References to it from every block table."""
+    vms: list[str]
+    """The VMs that read it somewhere, by name (at most 1000)."""
+
+
+@dataclass(frozen=True)
+class BlockPage:
+    """A page of the block table, in address order."""
+
+    total: int
+    """Blocks that pass the filters, on every page."""
+    offset: int
+    """Rows skipped before this page."""
+    rows: list[BlockRow]
+    """At most the limit asked for."""
+
+
+@dataclass(frozen=True)
+class RebuildFigures:
+    """What one rebuild of the RAM metadata found and did."""
+
+    mode: str
+    """"fast" (stored fingerprints) or "full" (every block re-read and re-hashed)."""
+    reason: str
+    """"open", "crash" (the last close was not clean), "requested" or "rollback"."""
+    seconds: float
+    """How long it took."""
+    pages: int
+    """Block-table pages read."""
+    references: int
+    """Block references counted in them."""
+    blocks: int
+    """Live blocks found."""
+    bytes: int
+    """Their bytes: blocks × block size."""
+    bytes_per_s: int
+    """bytes / seconds."""
+    corrupt_blocks: list[int]
+    """Addresses of blocks whose bytes no longer match their fingerprint (full mode only)."""
+    bad_references: int | None
+    """References past the end of the data file; None for a cluster (no data file)."""
+    orphans_reclaimed: int
+    """Blocks nothing references any more (left by a crash mid-write), now reclaimed."""
+    missing_blocks: int | None
+    """Referenced blocks no reachable node holds; None for an embedded pool (see
+    bad_references)."""
+    free_slots: int | None
+    """Free slots after the rebuild; None for a cluster (each node keeps its own)."""
+    capacity_slots: int | None
+    """Slots in the slot files; None for a cluster."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken promise that fsck found, and where: the fields that do not locate it are None."""
+
+    kind: str
+    """"layer", "reference", "refcount", "space", "corrupt", "replica", "missing" or
+    "replication"."""
+    message: str
+    """One line, for people."""
+    pbn: int | None = None
+    """The block's address (see BlockRow.pbn)."""
+    vm: str | None = None
+    """The VM's name."""
+    layer: int | None = None
+    """The block-table layer's id."""
+    node: str | None = None
+    """The node's name."""
+
+
+@dataclass(frozen=True)
+class HealFigures:
+    """What one heal pass did."""
+
+    copied: int
+    """Block copies made onto the nodes placement wants them on."""
+    unreachable: int
+    """Blocks that needed a copy but have none on a reachable node."""
+    dropped: int
+    """Copies beyond R dropped from nodes that are not among a block's targets."""
+    under_replicated: int
+    """Live blocks still short of R copies on up nodes afterwards."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The VM an import made."""
+
+    name: str
+    """Its name."""
+    size: int
+    """Its size, bytes: the image's."""
+
+
+def plain(value: Any) -> Any:
+    """Results, and lists and dicts of them, as JSON-able data: each dataclass becomes the dict of
+    its fields."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of a VM's bytes in one allocation state: what NBD's `base:allocation` reports."""
+
+    length: int
+    """Bytes."""
+    hole: bool
+    """True: no block behind it, so it reads as zeros (and writing it takes space); False: data."""

@@ -1,0 +1,34 @@
+//! Blockfold's native core: every per-block step between a request and a slot.
+//!
+//! Python (the `engine` package) keeps the catalog, the decisions and the user interfaces; this
+//! crate keeps the per-block work and its RAM state, and is driven through a few coarse calls
+//! (see API.md). Units, one concept a file:
+//!   fingerprint  xxh3-128 digests and index keys
+//!   slots        blocks.dat / hashes.dat, mapped, grown by fallocate
+//!   refcounts    2 bytes a slot, chunked
+//!   freespace    free bitmap and pending frees by epoch
+//!   index        fingerprint key -> slot, sharded, 8 bytes a cell
+//!   blocks       the block layer: store/share (plan, reserve, apply), decref, seal/release
+//!   tables       block-table pages, the layer-graph mirror, chain resolution, dirty tracking
+//!   gate         pauses data ops for structural edits, and writes during a rebuild
+//!   core         the lock and the data path over a VM (write/read/trim/extents), commits
+//!   rebuild      refcounts, index and free space from the pages; orphans
+//!   check        fsck's checks of the RAM state
+//!   progress     throttled progress reports and cancellation
+
+pub mod blocks;
+pub mod check;
+pub mod core;
+pub mod error;
+pub mod fingerprint;
+pub mod freespace;
+pub mod gate;
+pub mod index;
+pub mod progress;
+pub mod rebuild;
+pub mod refcounts;
+pub mod slots;
+pub mod tables;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,830 @@
+//! The Python module `engine._native`: a few coarse calls over buffers and numpy arrays.
+//! The API is documented in native/API.md; this file only converts and releases the GIL.
+//!
+//! Every call that takes the core's lock first releases the GIL (`detach`): a rebuild holds the
+//! lock while it reports progress to Python, so waiting for the lock with the GIL held could
+//! deadlock.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
+use parking_lot::Mutex;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::check;
+use crate::core::Core;
+use crate::error::Error;
+use crate::fingerprint::{self, Fingerprinter};
+use crate::progress::Report;
+use crate::rebuild::Figures;
+use crate::tables::{INHERIT, PAGE_ENTRIES, ZERO};
+
+create_exception!(
+    _native,
+    NativeError,
+    PyException,
+    "Base of the core's errors."
+);
+create_exception!(
+    _native,
+    OutOfRangeError,
+    NativeError,
+    "A range outside a VM, a bad argument: nothing changed."
+);
+create_exception!(
+    _native,
+    UnknownVMError,
+    NativeError,
+    "No VM registered under that name: nothing changed."
+);
+create_exception!(
+    _native,
+    NoSpaceError,
+    NativeError,
+    "The slot files could not grow: the request was refused, nothing changed."
+);
+create_exception!(
+    _native,
+    CorruptError,
+    NativeError,
+    "A block's bytes no longer match its fingerprint; .vm, .offset, .slot say which."
+);
+create_exception!(
+    _native,
+    ReadOnlyError,
+    NativeError,
+    "A change to a core opened read-only: nothing changed."
+);
+create_exception!(
+    _native,
+    FormatError,
+    NativeError,
+    "A slot file that is not what a pool keeps; the message names it."
+);
+create_exception!(
+    _native,
+    StateError,
+    NativeError,
+    "A call the core's state does not allow (unknown layer, closed core, ...)."
+);
+create_exception!(
+    _native,
+    CancelledError,
+    NativeError,
+    "Long work stopped because the caller asked."
+);
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::OutOfRange(_) => OutOfRangeError::new_err(msg),
+        Error::UnknownVm(_) => UnknownVMError::new_err(msg),
+        Error::NoSpace(_) => NoSpaceError::new_err(msg),
+        Error::Corrupt { vm, offset, slot } => {
+            let err = CorruptError::new_err(msg);
+            let value = err.value(py);
+            // Attributes of a fresh exception object cannot fail to set.
+            let _ = value.setattr("vm", vm);
+            let _ = value.setattr("offset", offset);
+            let _ = value.setattr("slot", slot);
+            err
+        }
+        Error::ReadOnly(_) => ReadOnlyError::new_err(msg),
+        Error::Format(_) => FormatError::new_err(msg),
+        Error::State(_) => StateError::new_err(msg),
+        Error::Cancelled(_) => CancelledError::new_err(msg),
+        Error::Io(io) => match io.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, msg)),
+            None => PyOSError::new_err(msg),
+        },
+    }
+}
+
+trait OrRaise<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> OrRaise<T> for crate::error::Result<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e))
+    }
+}
+
+/// A read-only view of any C-contiguous buffer (bytes, bytearray, memoryview, numpy array),
+/// usable without the GIL while the export is held.
+struct Bytes {
+    _buf: PyUntypedBuffer,
+    ptr: usize,
+    len: usize,
+}
+
+impl Bytes {
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let buf = PyUntypedBuffer::get(obj)?;
+        if !buf.is_c_contiguous() {
+            return Err(OutOfRangeError::new_err("the buffer is not contiguous"));
+        }
+        Ok(Bytes {
+            ptr: buf.buf_ptr() as usize,
+            len: buf.len_bytes(),
+            _buf: buf,
+        })
+    }
+
+    fn writable(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let b = Self::get(obj)?;
+        if b._buf.readonly() {
+            return Err(OutOfRangeError::new_err("the buffer is read-only"));
+        }
+        Ok(b)
+    }
+
+    /// SAFETY: the buffer export (held by self) keeps the memory alive and unresized.
+    fn slice(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    /// SAFETY: as `slice`; the caller checked the buffer is writable.
+    #[allow(clippy::mut_from_ref)]
+    fn slice_mut(&self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
+}
+
+fn u64s<'py>(py: Python<'py>, v: Vec<u64>) -> Bound<'py, PyArray1<u64>> {
+    PyArray1::from_vec(py, v)
+}
+
+/// Calls `progress(phase, done, total, bytes_per_s)` and checks `cancel.is_set()` (each may be
+/// None), with the GIL taken for just that moment. An exception from either stops the work and
+/// is raised by the caller afterwards.
+struct PySink {
+    progress: Option<Py<PyAny>>,
+    cancel: Option<Py<PyAny>>,
+    raised: Option<PyErr>,
+    what: &'static str,
+}
+
+impl PySink {
+    fn call(&mut self, r: &Report) -> crate::error::Result<()> {
+        if self.progress.is_none() && self.cancel.is_none() {
+            return Ok(());
+        }
+        let outcome: PyResult<bool> = Python::attach(|py| {
+            if let Some(p) = &self.progress {
+                p.call1(py, (r.phase, r.done, r.total, r.bytes_per_s))?;
+            }
+            match &self.cancel {
+                Some(c) => c.call_method0(py, "is_set")?.is_truthy(py),
+                None => Ok(false),
+            }
+        });
+        match outcome {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Error::Cancelled(self.what.into())),
+            Err(e) => {
+                self.raised = Some(e);
+                Err(Error::Cancelled(self.what.into()))
+            }
+        }
+    }
+
+    fn finish<T>(self, py: Python<'_>, r: crate::error::Result<T>) -> PyResult<T> {
+        match (r, self.raised) {
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r.or_raise(py),
+        }
+    }
+}
+
+/// The fingerprint of each `block_size` block of `data`, as n × 16 bytes (canonical xxh3-128).
+#[pyfunction]
+fn fingerprints<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    block_size: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let data = Bytes::get(data)?;
+    if block_size == 0 || data.len % block_size != 0 {
+        return Err(OutOfRangeError::new_err(format!(
+            "{} bytes are not a whole number of {block_size}-byte blocks",
+            data.len
+        )));
+    }
+    let digests = py.detach(|| fingerprint::fingerprints(data.slice(), block_size));
+    Ok(PyBytes::new(py, digests.as_flattened()))
+}
+
+/// A pool's core: slots, index, refcounts, free space, block tables and VMs (see API.md).
+#[pyclass(frozen, name = "Core", module = "engine._native")]
+struct PyCore {
+    inner: Mutex<Option<Arc<Core>>>,
+}
+
+impl PyCore {
+    fn core(&self) -> PyResult<Arc<Core>> {
+        self.inner
+            .lock()
+            .clone()
+            .ok_or_else(|| StateError::new_err("the core is closed"))
+    }
+
+    /// Runs `f` on the core with the GIL released, mapping its error.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Core) -> crate::error::Result<T> + Send,
+    ) -> PyResult<T> {
+        let core = self.core()?;
+        py.detach(|| f(&core)).or_raise(py)
+    }
+}
+
+fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mode", f.mode)?;
+    d.set_item("seconds", f.seconds)?;
+    d.set_item("pages", f.pages)?;
+    d.set_item("references", f.references)?;
+    d.set_item("blocks", f.blocks)?;
+    d.set_item("bytes", f.bytes)?;
+    d.set_item("bytes_per_s", f.bytes_per_s)?;
+    d.set_item("corrupt_blocks", PyList::new(py, &f.corrupt_blocks)?)?;
+    d.set_item("bad_references", f.bad_references)?;
+    d.set_item("orphans_reclaimed", f.orphans_reclaimed)?;
+    d.set_item("free_slots", f.free_slots)?;
+    d.set_item("capacity_slots", f.capacity_slots)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl PyCore {
+    #[new]
+    #[pyo3(signature = (directory, block_size, *, readonly=false, create=false, colliding_fingerprint=None))]
+    fn new(
+        py: Python<'_>,
+        directory: Option<PathBuf>,
+        block_size: usize,
+        readonly: bool,
+        create: bool,
+        colliding_fingerprint: Option<[u8; 16]>,
+    ) -> PyResult<Self> {
+        let fp = colliding_fingerprint.map_or(Fingerprinter::Xxh3, Fingerprinter::Constant);
+        let core = py
+            .detach(|| Core::open(directory.as_deref(), block_size, readonly, create, fp))
+            .or_raise(py)?;
+        Ok(PyCore {
+            inner: Mutex::new(Some(Arc::new(core))),
+        })
+    }
+
+    /// Lets go of the slot files once calls in flight finish; every later call raises StateError.
+    fn close(&self) {
+        self.inner.lock().take();
+    }
+
+    #[getter]
+    fn block_size(&self) -> PyResult<usize> {
+        Ok(self.core()?.block_size())
+    }
+
+    #[getter]
+    fn readonly(&self) -> PyResult<bool> {
+        Ok(self.core()?.readonly())
+    }
+
+    /// Slots in the data file, the header included.
+    #[getter]
+    fn capacity(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run(py, |c| Ok(c.state().blocks.store.capacity()))
+    }
+
+    #[getter]
+    fn collisions(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run(py, |c| Ok(c.state().blocks.collisions))
+    }
+
+    #[setter]
+    fn set_collisions(&self, py: Python<'_>, n: u64) -> PyResult<()> {
+        self.run(py, |c| {
+            c.state_mut().blocks.collisions = n;
+            Ok(())
+        })
+    }
+
+    // -- the layer graph mirror ------------------------------------------------------------
+
+    #[pyo3(signature = (layer, parent, top))]
+    fn add_layer(
+        &self,
+        py: Python<'_>,
+        layer: u64,
+        parent: Option<u64>,
+        top: bool,
+    ) -> PyResult<()> {
+        self.run(py, |c| c.state_mut().tables.add_layer(layer, parent, top))
+    }
+
+    fn set_top(&self, py: Python<'_>, layer: u64, top: bool) -> PyResult<()> {
+        self.run(py, |c| c.state_mut().tables.set_top(layer, top))
+    }
+
+    #[pyo3(signature = (layer, parent))]
+    fn set_parent(&self, py: Python<'_>, layer: u64, parent: Option<u64>) -> PyResult<()> {
+        self.run(py, |c| c.state_mut().tables.set_parent(layer, parent))
+    }
+
+    fn drop_layer<'py>(&self, py: Python<'py>, layer: u64) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| c.state_mut().tables.drop_layer(layer))?,
+        ))
+    }
+
+    fn merge_into_child<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        child: u64,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| c.state_mut().tables.merge_into_child(layer, child))?,
+        ))
+    }
+
+    /// Loads stored pages from an iterable of (layer, page, entries blob); returns how many were
+    /// for layers in the graph.
+    fn load_pages(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let mut loaded = 0u64;
+        let mut batch: Vec<(u64, u64, Vec<u8>)> = Vec::with_capacity(1024);
+        let flush = |batch: &mut Vec<(u64, u64, Vec<u8>)>| -> PyResult<u64> {
+            let rows = std::mem::take(batch);
+            self.run(py, move |c| {
+                let mut st = c.state_mut();
+                let mut n = 0;
+                for (layer, pno, blob) in rows {
+                    n += st.tables.load_page(layer, pno, &blob)? as u64;
+                }
+                Ok(n)
+            })
+        };
+        for row in rows.try_iter()? {
+            let (layer, pno, blob): (u64, u64, Vec<u8>) = row?.extract()?;
+            batch.push((layer, pno, blob));
+            if batch.len() == 1024 {
+                loaded += flush(&mut batch)?;
+            }
+        }
+        loaded += flush(&mut batch)?;
+        Ok(loaded)
+    }
+
+    // -- pages -------------------------------------------------------------------------------
+
+    /// The visible address of `count` blocks of `layer` from `lbn` (0 reads as zeros).
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        lbn: u64,
+        count: usize,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let out = self.run(py, |c| {
+            let mut out = vec![0u64; count];
+            c.lookup(layer, lbn, &mut out)?;
+            Ok(out)
+        })?;
+        Ok(u64s(py, out))
+    }
+
+    /// Writes entries from `lbn` within one page; returns the addresses replaced (the caller
+    /// drops their references with `decref`).
+    fn set_entries<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        lbn: u64,
+        entries: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let entries = entries.as_slice()?.to_vec();
+        Ok(u64s(
+            py,
+            self.run(py, |c| {
+                c.state_mut().tables.set_entries(layer, lbn, &entries)
+            })?,
+        ))
+    }
+
+    /// A page's raw entries (INHERIT, ZERO or addresses), or None.
+    fn page<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        page: u64,
+    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+        let p = self.run(py, |c| {
+            Ok(c.state().tables.page(layer, page).map(|p| p.to_vec()))
+        })?;
+        Ok(p.map(|v| u64s(py, v)))
+    }
+
+    fn page_numbers(&self, py: Python<'_>, layer: u64) -> PyResult<Vec<u64>> {
+        self.run(py, |c| Ok(c.state().tables.page_numbers(layer)))
+    }
+
+    fn is_empty(&self, py: Python<'_>, layer: u64) -> PyResult<bool> {
+        self.run(py, |c| Ok(c.state().tables.is_empty(layer)))
+    }
+
+    /// Every block address the layer holds, with repeats.
+    fn layer_entries<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| Ok(c.state().tables.layer_entries(layer)))?,
+        ))
+    }
+
+    /// How many blocks read as data through `layer` (cached for frozen layers).
+    fn visible_blocks(&self, py: Python<'_>, layer: u64) -> PyResult<u64> {
+        self.run(py, |c| c.state().tables.visible_blocks(layer))
+    }
+
+    /// Drops one reference from each address; a slot left with none waits for the next commit.
+    fn decref(&self, py: Python<'_>, addrs: PyReadonlyArray1<'_, u64>) -> PyResult<()> {
+        let addrs = addrs.as_slice()?.to_vec();
+        self.run(py, |c| {
+            let mut st = c.state_mut();
+            let mut wanted: HashMap<u64, u64> = HashMap::new();
+            for &a in &addrs {
+                *wanted.entry(a).or_default() += 1;
+            }
+            // Checked whole first: a bad address changes nothing.
+            if let Some((&bad, _)) = wanted
+                .iter()
+                .find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n)
+            {
+                return Err(Error::State(format!(
+                    "decref of slot {bad}, which holds fewer references than that"
+                )));
+            }
+            for a in addrs {
+                st.blocks.decref(a);
+            }
+            Ok(())
+        })
+    }
+
+    // -- VMs and the data path -------------------------------------------------------------
+
+    fn set_vm(&self, py: Python<'_>, name: &str, top: u64, size: u64) -> PyResult<()> {
+        self.run(py, |c| c.set_vm(name, top, size))
+    }
+
+    fn remove_vm(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.run(py, |c| c.remove_vm(name))
+    }
+
+    fn write(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let data = Bytes::get(data)?;
+        self.run(py, |c| c.write(name, offset, data.slice()))
+    }
+
+    fn trim(&self, py: Python<'_>, name: &str, offset: u64, length: u64) -> PyResult<()> {
+        self.run(py, |c| c.trim(name, offset, length))
+    }
+
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        offset: u64,
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let core = self.core()?;
+        let mut result = Ok(());
+        let bytes = PyBytes::new_with(py, length, |out| {
+            result = py.detach(|| core.read_into(name, offset, out));
+            Ok(())
+        })?;
+        result.or_raise(py)?;
+        Ok(bytes)
+    }
+
+    /// Reads len(buffer) bytes at `offset` into a writable buffer (bytearray, memoryview, numpy).
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let out = Bytes::writable(buffer)?;
+        self.run(py, |c| c.read_into(name, offset, out.slice_mut()))
+    }
+
+    /// Runs of (length, zero) covering the range, for NBD block status.
+    fn extents(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Vec<(u64, bool)>> {
+        let runs = self.run(py, |c| c.extents(name, offset, length))?;
+        Ok(runs.into_iter().map(|e| (e.length, e.zero)).collect())
+    }
+
+    /// Stops new data ops and waits for those in flight (a structural edit follows).
+    fn close_gate(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |c| {
+            c.gate().close();
+            Ok(())
+        })
+    }
+
+    fn open_gate(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |c| {
+            c.gate().open();
+            Ok(())
+        })
+    }
+
+    // -- commits -----------------------------------------------------------------------------
+
+    /// (token, [(layer, page, entries bytes or None for a deleted page), ...]): the dirty pages
+    /// of every layer not in `exclude`, with the pending frees sealed.
+    #[pyo3(signature = (exclude=Vec::new()))]
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        exclude: Vec<u64>,
+    ) -> PyResult<(u64, Bound<'py, PyList>)> {
+        let exclude: HashSet<u64> = exclude.into_iter().collect();
+        let snap = self.run(py, |c| Ok(c.snapshot(&exclude)))?;
+        let rows = PyList::empty(py);
+        for p in snap.pages {
+            let blob = p.entries.map(|e| {
+                let bytes: Vec<u8> = e.iter().flat_map(|x| x.to_le_bytes()).collect();
+                PyBytes::new(py, &bytes)
+            });
+            rows.append((p.layer, p.page, blob))?;
+        }
+        Ok((snap.token, rows))
+    }
+
+    /// fdatasync the slot files; data ops go on meanwhile.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py, |c| c.sync())
+    }
+
+    /// The snapshot is committed; returns how many slots were released.
+    fn end(&self, py: Python<'_>, token: u64) -> PyResult<u64> {
+        self.run(py, |c| Ok(c.end(token)))
+    }
+
+    fn abort(&self, py: Python<'_>, token: u64) -> PyResult<()> {
+        self.run(py, |c| {
+            c.abort(token);
+            Ok(())
+        })
+    }
+
+    // -- rebuild, checks and views -----------------------------------------------------------
+
+    #[pyo3(signature = (*, full=false, reclaim=true, progress=None, cancel=None))]
+    fn rebuild<'py>(
+        &self,
+        py: Python<'py>,
+        full: bool,
+        reclaim: bool,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let core = self.core()?;
+        let mut sink = PySink {
+            progress,
+            cancel,
+            raised: None,
+            what: "rebuild",
+        };
+        let result = py.detach(|| core.rebuild(full, reclaim, &mut |r: &Report| sink.call(r)));
+        let figures = sink.finish(py, result)?;
+        figures_dict(py, &figures)
+    }
+
+    /// The reference, refcount and space checks: a list of {"kind", "message", "pbn"}.
+    fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let problems = self.run(py, |c| Ok(check::check(&c.state())))?;
+        problems_list(py, &problems)
+    }
+
+    /// Re-hashes the given slots (all live ones if None); returns those that no longer match
+    /// their fingerprint (now known corrupt). Progress phase "fsck"; cancellable.
+    #[pyo3(signature = (slots=None, *, progress=None, cancel=None))]
+    fn rehash<'py>(
+        &self,
+        py: Python<'py>,
+        slots: Option<PyReadonlyArray1<'py, u64>>,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let slots = match slots {
+            Some(s) => Some(s.as_slice()?.to_vec()),
+            None => None,
+        };
+        let core = self.core()?;
+        let mut sink = PySink {
+            progress,
+            cancel,
+            raised: None,
+            what: "rehash",
+        };
+        let result = py.detach(|| {
+            let st = core.state();
+            let slots = slots.unwrap_or_else(|| st.blocks.live_slots());
+            check::rehash(&st, &slots, &mut |r: &Report| sink.call(r))
+        });
+        Ok(u64s(py, sink.finish(py, result)?))
+    }
+
+    /// Live slots, ascending.
+    fn live<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(
+            py,
+            self.run(py, |c| Ok(c.state().blocks.live_slots()))?,
+        ))
+    }
+
+    fn refcounts_of<'py>(
+        &self,
+        py: Python<'py>,
+        addrs: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let addrs = addrs.as_slice()?.to_vec();
+        let out = self.run(py, |c| {
+            let st = c.state();
+            Ok(addrs.iter().map(|&a| st.blocks.refcount(a)).collect())
+        })?;
+        Ok(u64s(py, out))
+    }
+
+    /// The stored fingerprints of the addresses, as an n × 2 uint64 array (the hashes.dat words).
+    fn fingerprints_of<'py>(
+        &self,
+        py: Python<'py>,
+        addrs: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let addrs = addrs.as_slice()?.to_vec();
+        let words = self.run(py, |c| {
+            let st = c.state();
+            let capacity = st.blocks.store.capacity();
+            if let Some(&bad) = addrs.iter().find(|&&a| a >= capacity) {
+                return Err(Error::OutOfRange(format!(
+                    "slot {bad} is past the end of the data file"
+                )));
+            }
+            Ok(addrs
+                .iter()
+                .flat_map(|&a| {
+                    let d = st.blocks.store.digest(a);
+                    [
+                        u64::from_le_bytes(d[..8].try_into().unwrap()),
+                        u64::from_le_bytes(d[8..].try_into().unwrap()),
+                    ]
+                })
+                .collect::<Vec<u64>>())
+        })?;
+        let n = addrs.len();
+        Ok(u64s(py, words).reshape([n, 2])?.into_any())
+    }
+
+    /// Figures for stats: unique_blocks, free_slots, waiting_slots, capacity_bytes, collisions,
+    /// corrupt_blocks, refcount_histogram, metadata_ram_bytes, metadata_ram_bytes_per_block.
+    fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.run(py, |c| {
+            let st = c.state();
+            let b = &st.blocks;
+            let corrupt = b.corrupt.lock().len();
+            Ok((
+                b.unique_blocks(),
+                b.space.free_count(),
+                b.space.waiting_count(),
+                b.store.capacity() * b.block_size() as u64,
+                b.collisions,
+                corrupt,
+                b.refcount_histogram(),
+                b.metadata_bytes(),
+            ))
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("unique_blocks", s.0)?;
+        d.set_item("free_slots", s.1)?;
+        d.set_item("waiting_slots", s.2)?;
+        d.set_item("capacity_bytes", s.3)?;
+        d.set_item("collisions", s.4)?;
+        d.set_item("corrupt_blocks", s.5)?;
+        let hist = PyDict::new(py);
+        for (label, n) in s.6 {
+            hist.set_item(label, n)?;
+        }
+        d.set_item("refcount_histogram", hist)?;
+        d.set_item("metadata_ram_bytes", s.7)?;
+        let per = if s.0 > 0 {
+            (s.7 as f64 / s.0 as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        };
+        d.set_item("metadata_ram_bytes_per_block", per)?;
+        Ok(d)
+    }
+
+    /// Known-corrupt slots, ascending.
+    fn corrupt<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(u64s(py, self.run(py, |c| Ok(c.corrupt_slots()))?))
+    }
+
+    /// Remembers slots as corrupt (e.g. restored from the catalog at open).
+    fn mark_corrupt(&self, py: Python<'_>, slots: PyReadonlyArray1<'_, u64>) -> PyResult<()> {
+        let slots = slots.as_slice()?.to_vec();
+        self.run(py, |c| {
+            c.mark_corrupt(&slots);
+            Ok(())
+        })
+    }
+
+    /// The names of the VMs that read block `addr`, sorted.
+    fn vms_reading(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<String>> {
+        self.run(py, |c| Ok(c.vms_reading(addr)))
+    }
+
+    /// Where block `addr` is referenced: [(layer, LBN), ...].
+    fn references(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<(u64, u64)>> {
+        self.run(py, |c| Ok(c.references(addr)))
+    }
+
+    /// Bytes of RAM for index, refcounts and free space.
+    fn metadata_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run(py, |c| Ok(c.state().blocks.metadata_bytes()))
+    }
+
+    /// How many pages are dirty (waiting for a commit).
+    fn dirty_pages(&self, py: Python<'_>) -> PyResult<usize> {
+        self.run(py, |c| Ok(c.state().tables.dirty_count()))
+    }
+}
+
+fn problems_list<'py>(
+    py: Python<'py>,
+    problems: &[check::Problem],
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for p in problems {
+        let d = PyDict::new(py);
+        d.set_item("kind", p.kind)?;
+        d.set_item("message", &p.message)?;
+        d.set_item("pbn", p.pbn)?;
+        list.append(d)?;
+    }
+    Ok(list)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_function(wrap_pyfunction!(fingerprints, m)?)?;
+    m.add_class::<PyCore>()?;
+    m.add("PAGE_ENTRIES", PAGE_ENTRIES)?;
+    m.add("INHERIT", INHERIT)?;
+    m.add("ZERO", ZERO)?;
+    for (name, cls) in [
+        ("NativeError", py.get_type::<NativeError>()),
+        ("OutOfRangeError", py.get_type::<OutOfRangeError>()),
+        ("UnknownVMError", py.get_type::<UnknownVMError>()),
+        ("NoSpaceError", py.get_type::<NoSpaceError>()),
+        ("CorruptError", py.get_type::<CorruptError>()),
+        ("ReadOnlyError", py.get_type::<ReadOnlyError>()),
+        ("FormatError", py.get_type::<FormatError>()),
+        ("StateError", py.get_type::<StateError>()),
+        ("CancelledError", py.get_type::<CancelledError>()),
+    ] {
+        m.add(name, cls)?;
+    }
+    Ok(())
+}

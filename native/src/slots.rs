@@ -1,0 +1,526 @@
+//! Physical slots: `blocks.dat` (slot n at byte n × block size) and `hashes.dat` (the 16-byte
+//! fingerprint of slot n at byte 16n; all zeros for a free slot), both mapped into memory.
+//!
+//! Layout (both files little more than arrays):
+//!   blocks.dat := header-slot slot*      header-slot := "BLOCKFOLD-SLOTS\n" 0* (one block)
+//!   hashes.dat := digest*                digest := 16 bytes (xxh3-128, canonical)
+//! Slot 0 is the header, so address 0 means "no block" everywhere else.
+//!
+//! Both files grow with posix_fallocate in steps of max(n, capacity/4, 1024) slots, so running out
+//! of disk is an error when slots are reserved, never a SIGBUS on a later store through the map.
+//! The in-RAM variant (no directory) keeps both in anonymous maps.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw, RemapOptions};
+
+use crate::error::{Error, Result};
+use crate::fingerprint::Digest;
+
+pub const DATA_FILE: &str = "blocks.dat";
+pub const HASH_FILE: &str = "hashes.dat";
+pub const MAGIC: &[u8; 16] = b"BLOCKFOLD-SLOTS\n";
+pub const HASH_BYTES: usize = 16;
+pub const MIN_GROWTH_SLOTS: u64 = 1024;
+
+/// The two files of a pool on disk; shared so that a sync can run without the core's lock.
+#[derive(Clone)]
+pub struct SlotFiles {
+    data: Arc<File>,
+    hashes: Arc<File>,
+}
+
+impl SlotFiles {
+    /// fdatasync both files: every block and fingerprint stored so far is durable.
+    pub fn sync(&self) -> Result<()> {
+        self.data.sync_data()?;
+        self.hashes.sync_data()?;
+        Ok(())
+    }
+}
+
+pub struct SlotStore {
+    dir: Option<PathBuf>,
+    block_size: usize,
+    readonly: bool,
+    files: Option<SlotFiles>,
+    data: MmapRaw,
+    hashes: MmapRaw,
+    capacity: u64,
+}
+
+impl SlotStore {
+    /// The slot store of a pool directory.
+    ///
+    /// `create`: make missing or empty files (a new pool, or one whose catalog holds no block);
+    /// otherwise a missing or empty file is refused. Errors: `Format` naming the file (missing,
+    /// empty, not a whole number of slots, a bad header, a fingerprint file too short to repair),
+    /// `Io`.
+    pub fn open(dir: &Path, block_size: usize, readonly: bool, create: bool) -> Result<Self> {
+        check_block_size(block_size)?;
+        let create = create && !readonly;
+        let data_path = dir.join(DATA_FILE);
+        let hash_path = dir.join(HASH_FILE);
+        let data = open_file(&data_path, readonly, create)?;
+        let hashes = open_file(&hash_path, readonly, create)?;
+        let mut size = data.metadata()?.len();
+        let bs = block_size as u64;
+        if size == 0 {
+            if !create {
+                return Err(Error::Format(format!("{} is empty", data_path.display())));
+            }
+            allocate(&data, bs, dir)?;
+            size = bs;
+        }
+        if size % bs != 0 {
+            return Err(Error::Format(format!(
+                "{} is {size} bytes: not a whole number of {block_size}-byte slots",
+                data_path.display()
+            )));
+        }
+        let capacity = size / bs;
+        let want = capacity * HASH_BYTES as u64;
+        if hashes.metadata()?.len() < want {
+            // A crash between growing the two files leaves them out of step; even them up.
+            if readonly {
+                return Err(Error::Format(format!(
+                    "{} is shorter than {} fingerprints",
+                    hash_path.display(),
+                    capacity
+                )));
+            }
+            hashes.set_len(want)?;
+        }
+        let files = SlotFiles {
+            data: Arc::new(data),
+            hashes: Arc::new(hashes),
+        };
+        let (data_map, hash_map) = map_files(&files, block_size, capacity, readonly)?;
+        let mut store = SlotStore {
+            dir: Some(dir.to_path_buf()),
+            block_size,
+            readonly,
+            files: Some(files),
+            data: data_map,
+            hashes: hash_map,
+            capacity,
+        };
+        if size == bs && create && store.block(0)[..16] != MAGIC[..] {
+            store.write_header();
+        }
+        if store.block(0)[..16] != MAGIC[..] {
+            return Err(Error::Format(format!(
+                "{} is not a Blockfold slot file (bad header)",
+                data_path.display()
+            )));
+        }
+        Ok(store)
+    }
+
+    /// A store in RAM only (tests, a node's --memory), holding the header slot.
+    pub fn in_memory(block_size: usize) -> Result<Self> {
+        check_block_size(block_size)?;
+        let mut store = SlotStore {
+            dir: None,
+            block_size,
+            readonly: false,
+            files: None,
+            data: MmapOptions::new().len(block_size).map_anon()?.into(),
+            hashes: MmapOptions::new().len(HASH_BYTES).map_anon()?.into(),
+            capacity: 1,
+        };
+        store.write_header();
+        Ok(store)
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Slots in the data file, the header included.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    pub fn files(&self) -> Option<SlotFiles> {
+        self.files.clone()
+    }
+
+    /// Adds at least `at_least` slots; returns the first new slot. Error: `NoSpace` (the files are
+    /// left as they were).
+    pub fn grow(&mut self, at_least: u64) -> Result<u64> {
+        let old = self.capacity;
+        let new = old + at_least.max(old / 4).max(MIN_GROWTH_SLOTS);
+        let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
+        if let Some(files) = &self.files {
+            let dir = self.dir.as_deref().unwrap();
+            allocate(&files.data, new * bs, dir)?;
+            if let Err(e) = allocate(&files.hashes, new * hb, dir) {
+                files.data.set_len(old * bs)?;
+                return Err(e);
+            }
+        }
+        // mremap: the pages already mapped stay mapped (no copy, no fault again).
+        let options = RemapOptions::new().may_move(true);
+        // SAFETY: the files (or anonymous memory) now cover the new lengths; `&mut self` means no
+        // slice into the old mapping is alive.
+        unsafe {
+            self.data.remap((new * bs) as usize, options)?;
+            self.hashes.remap((new * hb) as usize, options)?;
+        }
+        self.capacity = new;
+        Ok(old)
+    }
+
+    /// The bytes of one slot. Panics past the capacity (callers check addresses first).
+    pub fn block(&self, slot: u64) -> &[u8] {
+        assert!(
+            slot < self.capacity,
+            "slot {slot} past capacity {}",
+            self.capacity
+        );
+        let bs = self.block_size;
+        // SAFETY: inside the mapping; writers hold `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(slot as usize * bs), bs) }
+    }
+
+    pub fn digest(&self, slot: u64) -> Digest {
+        assert!(slot < self.capacity);
+        let mut d = [0u8; 16];
+        // SAFETY: inside the mapping.
+        unsafe {
+            let p = self.hashes.as_ptr().add(slot as usize * HASH_BYTES);
+            std::ptr::copy_nonoverlapping(p, d.as_mut_ptr(), HASH_BYTES);
+        }
+        d
+    }
+
+    /// Stores a block and its fingerprint in `slot`, through the map.
+    pub fn put(&mut self, slot: u64, block: &[u8], digest: &Digest) {
+        assert!(!self.readonly && slot > 0 && slot < self.capacity);
+        assert_eq!(block.len(), self.block_size);
+        // SAFETY: inside the mapping, `&mut self` excludes readers.
+        unsafe {
+            let p = self.data.as_mut_ptr().add(slot as usize * self.block_size);
+            std::ptr::copy_nonoverlapping(block.as_ptr(), p, self.block_size);
+        }
+        self.put_digest(slot, digest);
+    }
+
+    fn put_digest(&mut self, slot: u64, digest: &Digest) {
+        assert!(!self.readonly && slot > 0 && slot < self.capacity);
+        // SAFETY: inside the mapping, `&mut self` excludes readers.
+        unsafe {
+            let h = self.hashes.as_mut_ptr().add(slot as usize * HASH_BYTES);
+            std::ptr::copy_nonoverlapping(digest.as_ptr(), h, HASH_BYTES);
+        }
+    }
+
+    /// Stores blocks and their fingerprints in `slots` (ascending runs go in one call each).
+    ///
+    /// Block data goes to files with pwritev, not through the map: a store through the map
+    /// faults each page in first (zero-filled by the filesystem for a fresh page, most of a fresh
+    /// write's cost as measured; read from disk for an evicted one). Reads through the map see
+    /// the same page cache. Error: `Io` (nothing refers to
+    /// these slots yet, so the caller just gives them back).
+    pub fn put_many(&mut self, slots: &[u64], blocks: &[&[u8]], digests: &[Digest]) -> Result<()> {
+        let Some(files) = self.files.clone() else {
+            for ((&slot, block), digest) in slots.iter().zip(blocks).zip(digests) {
+                self.put(slot, block, digest);
+            }
+            return Ok(());
+        };
+        assert!(!self.readonly);
+        let bs = self.block_size as u64;
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j] == slots[j - 1] + 1 && j - i < MAX_RUN {
+                j += 1;
+            }
+            assert!(slots[i] > 0 && slots[j - 1] < self.capacity);
+            assert!(blocks[i..j].iter().all(|b| b.len() == self.block_size));
+            write_run(&files.data, slots[i] * bs, &blocks[i..j])?;
+            i = j;
+        }
+        // Fingerprints go through the map: 16 bytes each, their pages nearly always cached.
+        for (&slot, digest) in slots.iter().zip(digests) {
+            self.put_digest(slot, digest);
+        }
+        Ok(())
+    }
+
+    /// Zeroes a slot's fingerprint: the slot holds nothing (free, or an orphan reclaimed).
+    pub fn clear_digest(&mut self, slot: u64) {
+        assert!(!self.readonly && slot > 0 && slot < self.capacity);
+        // SAFETY: as in put.
+        unsafe {
+            let h = self.hashes.as_mut_ptr().add(slot as usize * HASH_BYTES);
+            std::ptr::write_bytes(h, 0, HASH_BYTES);
+        }
+    }
+
+    /// Test hook and repair tool: overwrite the raw bytes of a slot, fingerprint untouched.
+    pub fn overwrite_raw(&mut self, slot: u64, offset: usize, bytes: &[u8]) {
+        assert!(!self.readonly && slot < self.capacity && offset + bytes.len() <= self.block_size);
+        // SAFETY: inside the mapping.
+        unsafe {
+            let p = self
+                .data
+                .as_mut_ptr()
+                .add(slot as usize * self.block_size + offset);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        }
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        match &self.files {
+            Some(files) => files.sync(),
+            None => Ok(()),
+        }
+    }
+
+    fn write_header(&mut self) {
+        // SAFETY: slot 0 is inside every mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), self.data.as_mut_ptr(), MAGIC.len())
+        }
+    }
+}
+
+/// Slots written by one pwritev (IOV_MAX is 1024 on Linux).
+const MAX_RUN: usize = 1024;
+
+/// Writes the pieces back to back at `offset`, whole.
+fn write_run(file: &File, offset: u64, pieces: &[&[u8]]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let iov: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let written = loop {
+        // SAFETY: the iovecs point into live slices for the duration of the call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // A short write (rare): the rest piece by piece.
+    let mut at = 0usize;
+    for p in pieces {
+        let end = at + p.len();
+        if end > written {
+            let skip = written.saturating_sub(at);
+            file.write_all_at(&p[skip..], offset + (at + skip) as u64)?;
+        }
+        at = end;
+    }
+    debug_assert_eq!(at, total);
+    Ok(())
+}
+
+fn check_block_size(block_size: usize) -> Result<()> {
+    if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
+        return Err(Error::OutOfRange(format!(
+            "bad block size {block_size}: use a power of two from 512 to 1048576"
+        )));
+    }
+    Ok(())
+}
+
+fn open_file(path: &Path, readonly: bool, create: bool) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(!readonly).create(create);
+    options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Format(format!("{} is missing", path.display())),
+        _ => Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+    })
+}
+
+fn map_files(
+    files: &SlotFiles,
+    block_size: usize,
+    capacity: u64,
+    readonly: bool,
+) -> Result<(MmapRaw, MmapRaw)> {
+    let data_len = capacity as usize * block_size;
+    let hash_len = capacity as usize * HASH_BYTES;
+    let (data, hashes) = if readonly {
+        (
+            MmapOptions::new()
+                .len(data_len)
+                .map_raw_read_only(&*files.data)?,
+            MmapOptions::new()
+                .len(hash_len)
+                .map_raw_read_only(&*files.hashes)?,
+        )
+    } else {
+        (
+            MmapOptions::new().len(data_len).map_raw(&*files.data)?,
+            MmapOptions::new().len(hash_len).map_raw(&*files.hashes)?,
+        )
+    };
+    Ok((data, hashes))
+}
+
+/// Grows `file` to `size` bytes with real blocks behind them, or fails with `NoSpace` and leaves
+/// the file as it was. Filesystems without fallocate get a plain (sparse) extension.
+fn allocate(file: &File, size: u64, dir: &Path) -> Result<()> {
+    let current = file.metadata()?.len();
+    if size <= current {
+        return Ok(());
+    }
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe {
+        libc::posix_fallocate(
+            file.as_raw_fd(),
+            current as libc::off_t,
+            (size - current) as libc::off_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        libc::ENOSPC => {
+            file.set_len(current)?;
+            Err(Error::NoSpace(dir.display().to_string()))
+        }
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(file.set_len(size)?),
+        errno => Err(Error::Io(std::io::Error::from_raw_os_error(errno))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(byte: u8) -> Vec<u8> {
+        vec![byte; 4096]
+    }
+
+    #[test]
+    fn create_store_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SlotStore::open(dir.path(), 4096, false, true).unwrap();
+        assert_eq!(s.capacity(), 1);
+        let first = s.grow(3).unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(s.capacity(), 1 + MIN_GROWTH_SLOTS);
+        s.put(5, &block(7), &[9; 16]);
+        s.sync().unwrap();
+        drop(s);
+        let s = SlotStore::open(dir.path(), 4096, true, false).unwrap();
+        assert_eq!(s.capacity(), 1 + MIN_GROWTH_SLOTS);
+        assert_eq!(s.block(5), &block(7)[..]);
+        assert_eq!(s.digest(5), [9; 16]);
+        assert_eq!(s.digest(6), [0; 16]);
+    }
+
+    #[test]
+    fn growth_step_is_a_quarter_of_capacity() {
+        let mut s = SlotStore::in_memory(4096).unwrap();
+        s.grow(1).unwrap();
+        s.put(1, &block(1), &[1; 16]);
+        s.grow(10_000).unwrap();
+        assert_eq!(s.capacity(), 1 + 1024 + 10_000);
+        assert_eq!(s.block(1), &block(1)[..]);
+        assert_eq!(s.digest(1), [1; 16]);
+        let cap = s.capacity();
+        s.grow(1).unwrap();
+        assert_eq!(s.capacity(), cap + cap / 4);
+    }
+
+    #[test]
+    fn refuses_bad_files_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("blocks.dat is missing"), "{err}");
+
+        drop(SlotStore::open(dir.path(), 4096, false, true).unwrap());
+        let data = dir.path().join(DATA_FILE);
+        let f = OpenOptions::new().write(true).open(&data).unwrap();
+        f.set_len(4096 + 100).unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a whole number"), "{err}");
+        assert!(err.to_string().contains("blocks.dat"), "{err}");
+
+        f.set_len(8192).unwrap();
+        std::fs::write(&data, vec![1u8; 8192]).unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("not a Blockfold slot file"),
+            "{err}"
+        );
+
+        f.set_len(0).unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("blocks.dat is empty"), "{err}");
+    }
+
+    #[test]
+    fn short_fingerprint_file_is_evened_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SlotStore::open(dir.path(), 4096, false, true).unwrap();
+        s.grow(1).unwrap();
+        drop(s);
+        let hashes = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(HASH_FILE))
+            .unwrap();
+        hashes.set_len(16).unwrap();
+        let err = SlotStore::open(dir.path(), 4096, true, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("hashes.dat"), "{err}");
+        let s = SlotStore::open(dir.path(), 4096, false, false).unwrap();
+        assert_eq!(s.digest(s.capacity() - 1), [0; 16]);
+    }
+
+    #[test]
+    fn full_disk_is_no_space_and_leaves_files_alone() {
+        // RLIMIT_FSIZE would kill the process; a file on /dev/full is not seekable. Instead use a
+        // size no filesystem here can hold.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SlotStore::open(dir.path(), 4096, false, true).unwrap();
+        let err = s.grow(1 << 40).err().unwrap();
+        assert!(matches!(err, Error::NoSpace(_) | Error::Io(_)), "{err}");
+        assert_eq!(s.capacity(), 1);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len(),
+            4096
+        );
+        s.grow(1).unwrap();
+    }
+}

@@ -1,0 +1,711 @@
+//! Block tables in RAM: per layer, LBN -> block address, in pages of 512 entries, with the mirror
+//! of the layer graph needed to resolve chains, and the dirty tracking a commit needs.
+//!
+//! An entry is INHERIT (0: look further down the chain; zeros in a root layer), ZERO (u64::MAX: a
+//! tombstone that reads as zeros) or a block address. A page of nothing but INHERIT is never kept:
+//! it is dropped (and deleted from the catalog at the next commit).
+//!
+//! Reads must not slow down with depth: a frozen layer never changes what it shows, so each of its
+//! pages is resolved through the whole chain once and cached (up to 65536 pages). A lookup through
+//! a top layer costs one look at its own page and one at the resolved page beneath it.
+//!
+//! Dirty tracking: every page change stamps the page with a new version. `snapshot` hands out the
+//! dirty pages with a token; `end(token)` marks clean those whose version did not move since, so a
+//! page changed during the commit stays dirty for the next one; `abort(token)` leaves all dirty.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+
+pub const PAGE_ENTRIES: usize = 512;
+pub const INHERIT: u64 = 0;
+pub const ZERO: u64 = u64::MAX;
+const RESOLVED_CACHE_PAGES: usize = 1 << 16;
+
+pub type Page = [u64; PAGE_ENTRIES];
+type Key = (u64, u64); // (layer, page number)
+
+/// An entry that names a block.
+pub fn is_address(entry: u64) -> bool {
+    entry != INHERIT && entry != ZERO
+}
+
+fn all_inherit(page: &Page) -> bool {
+    page.iter().fold(0u64, |acc, &e| acc | e) == 0
+}
+
+struct Layer {
+    parent: Option<u64>,
+    top: bool,
+    pages: BTreeMap<u64, Box<Page>>,
+}
+
+/// A page handed to a commit: its bytes (512 little-endian u64), or None for a dropped page.
+pub struct DirtyPage {
+    pub layer: u64,
+    pub page: u64,
+    pub entries: Option<Box<Page>>,
+}
+
+#[derive(Default)]
+pub struct Tables {
+    layers: HashMap<u64, Layer>,
+    dirty: HashMap<Key, u64>,
+    version: u64,
+    snapshots: HashMap<u64, Vec<(Key, u64)>>,
+    next_token: u64,
+    resolved: RwLock<HashMap<Key, Option<Arc<Page>>>>,
+    visible: Mutex<HashMap<u64, u64>>,
+    /// Bumped on every change of a page or of the graph: derived views key their caches on it.
+    pub generation: u64,
+}
+
+impl Tables {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // -- the layer graph (a mirror of Python's) ----------------------------------------------
+
+    pub fn add_layer(&mut self, layer: u64, parent: Option<u64>, top: bool) -> Result<()> {
+        if self.layers.contains_key(&layer) {
+            return Err(Error::State(format!("layer {layer} already exists")));
+        }
+        if let Some(p) = parent {
+            if !self.layers.contains_key(&p) {
+                return Err(Error::State(format!(
+                    "layer {layer}: parent {p} does not exist"
+                )));
+            }
+        }
+        self.layers.insert(
+            layer,
+            Layer {
+                parent,
+                top,
+                pages: BTreeMap::new(),
+            },
+        );
+        self.graph_changed();
+        Ok(())
+    }
+
+    /// A top is writable; a frozen layer never changes what it shows.
+    pub fn set_top(&mut self, layer: u64, top: bool) -> Result<()> {
+        self.layer_mut(layer)?.top = top;
+        self.graph_changed();
+        Ok(())
+    }
+
+    pub fn set_parent(&mut self, layer: u64, parent: Option<u64>) -> Result<()> {
+        if let Some(p) = parent {
+            let mut lid = Some(p);
+            while let Some(l) = lid {
+                if l == layer {
+                    return Err(Error::State(format!("layer {layer} would be on a cycle")));
+                }
+                lid = self.layer(l)?.parent;
+            }
+        }
+        self.layer_mut(layer)?.parent = parent;
+        self.graph_changed();
+        Ok(())
+    }
+
+    pub fn has_layer(&self, layer: u64) -> bool {
+        self.layers.contains_key(&layer)
+    }
+
+    pub fn parent(&self, layer: u64) -> Result<Option<u64>> {
+        Ok(self.layer(layer)?.parent)
+    }
+
+    pub fn is_top(&self, layer: u64) -> bool {
+        self.layers.get(&layer).is_some_and(|l| l.top)
+    }
+
+    /// The layer and every layer beneath it, top first.
+    pub fn chain(&self, layer: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let mut lid = Some(layer);
+        while let Some(l) = lid {
+            out.push(l);
+            lid = self.layer(l)?.parent;
+        }
+        Ok(out)
+    }
+
+    fn children(&self, layer: u64) -> Vec<u64> {
+        self.layers
+            .iter()
+            .filter(|(_, l)| l.parent == Some(layer))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    fn layer(&self, layer: u64) -> Result<&Layer> {
+        self.layers
+            .get(&layer)
+            .ok_or_else(|| Error::State(format!("no layer {layer}")))
+    }
+
+    fn layer_mut(&mut self, layer: u64) -> Result<&mut Layer> {
+        self.layers
+            .get_mut(&layer)
+            .ok_or_else(|| Error::State(format!("no layer {layer}")))
+    }
+
+    fn graph_changed(&mut self) {
+        self.resolved.write().clear();
+        self.visible.lock().clear();
+        self.generation += 1;
+    }
+
+    // -- raw pages -----------------------------------------------------------------------------
+
+    /// Loads a stored page (at open); a page of nothing but INHERIT is dropped instead. Returns
+    /// false (and loads nothing) for a layer not in the graph. Error: a blob of the wrong size.
+    pub fn load_page(&mut self, layer: u64, pno: u64, blob: &[u8]) -> Result<bool> {
+        if blob.len() != PAGE_ENTRIES * 8 {
+            return Err(Error::Format(format!(
+                "block-table page {pno} of layer {layer} is {} bytes, not {}",
+                blob.len(),
+                PAGE_ENTRIES * 8
+            )));
+        }
+        let Some(l) = self.layers.get_mut(&layer) else {
+            return Ok(false);
+        };
+        let mut page = Box::new([0u64; PAGE_ENTRIES]);
+        for (e, b) in page.iter_mut().zip(blob.chunks_exact(8)) {
+            *e = u64::from_le_bytes(b.try_into().unwrap());
+        }
+        if all_inherit(&page) {
+            self.version += 1;
+            self.dirty.insert((layer, pno), self.version);
+        } else {
+            l.pages.insert(pno, page);
+        }
+        self.generation += 1;
+        Ok(true)
+    }
+
+    pub fn page(&self, layer: u64, pno: u64) -> Option<&Page> {
+        self.layers.get(&layer)?.pages.get(&pno).map(|p| &**p)
+    }
+
+    pub fn page_numbers(&self, layer: u64) -> Vec<u64> {
+        self.layers
+            .get(&layer)
+            .map(|l| l.pages.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_empty(&self, layer: u64) -> bool {
+        self.layers.get(&layer).is_none_or(|l| l.pages.is_empty())
+    }
+
+    pub fn page_count(&self) -> u64 {
+        self.layers.values().map(|l| l.pages.len() as u64).sum()
+    }
+
+    /// Every block address a layer holds, with repeats.
+    pub fn layer_entries(&self, layer: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(l) = self.layers.get(&layer) {
+            for page in l.pages.values() {
+                out.extend(page.iter().copied().filter(|&e| is_address(e)));
+            }
+        }
+        out
+    }
+
+    /// Calls `f(layer, lbn, address)` for every address in every page of every layer.
+    pub fn for_each_reference(&self, mut f: impl FnMut(u64, u64, u64)) {
+        for (&layer, l) in &self.layers {
+            for (&pno, page) in &l.pages {
+                for (i, &e) in page.iter().enumerate() {
+                    if is_address(e) {
+                        f(layer, pno * PAGE_ENTRIES as u64 + i as u64, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every page, for a pass over all references (rebuild, checks).
+    pub fn pages(&self) -> impl Iterator<Item = &Page> {
+        self.layers
+            .values()
+            .flat_map(|l| l.pages.values().map(|p| &**p))
+    }
+
+    // -- resolution ----------------------------------------------------------------------------
+
+    /// What `layer` shows for page `pno` (raw entries: INHERIT where nothing), or None if no
+    /// layer of its chain has that page. Frozen layers' results are cached.
+    pub fn resolved(&self, layer: u64, pno: u64) -> Option<Arc<Page>> {
+        let mut chain = Vec::new();
+        let mut below: Option<Arc<Page>> = None;
+        let mut lid = Some(layer);
+        while let Some(l) = lid {
+            let Some(entry) = self.layers.get(&l) else {
+                break;
+            };
+            if !entry.top {
+                if let Some(hit) = self.resolved.read().get(&(l, pno)) {
+                    below = hit.clone();
+                    break;
+                }
+            }
+            chain.push(l);
+            lid = entry.parent;
+        }
+        for &l in chain.iter().rev() {
+            let entry = &self.layers[&l];
+            if let Some(own) = entry.pages.get(&pno) {
+                below = Some(Arc::new(match &below {
+                    None => **own,
+                    Some(b) => {
+                        std::array::from_fn(|i| if own[i] != INHERIT { own[i] } else { b[i] })
+                    }
+                }));
+            }
+            if !entry.top {
+                let mut cache = self.resolved.write();
+                if cache.len() >= RESOLVED_CACHE_PAGES {
+                    cache.clear();
+                }
+                cache.insert((l, pno), below.clone());
+            }
+        }
+        below
+    }
+
+    /// The raw entries `layer` shows for `out.len()` blocks from `lbn0` (INHERIT where nothing).
+    /// Two page lookups a page at any depth: the layer's own, and the resolved one beneath it.
+    pub fn lookup(&self, layer: u64, lbn0: u64, out: &mut [u64]) -> Result<()> {
+        let l = self.layer(layer)?;
+        let mut done = 0usize;
+        while done < out.len() {
+            let lbn = lbn0 + done as u64;
+            let pno = lbn / PAGE_ENTRIES as u64;
+            let first = (lbn % PAGE_ENTRIES as u64) as usize;
+            let n = (PAGE_ENTRIES - first).min(out.len() - done);
+            let dst = &mut out[done..done + n];
+            if !l.top {
+                match self.resolved(layer, pno) {
+                    Some(page) => dst.copy_from_slice(&page[first..first + n]),
+                    None => dst.fill(INHERIT),
+                }
+            } else {
+                let own = l.pages.get(&pno);
+                let below = l.parent.and_then(|p| self.resolved(p, pno));
+                for (i, d) in dst.iter_mut().enumerate() {
+                    let e = own.map_or(INHERIT, |p| p[first + i]);
+                    *d = if e != INHERIT {
+                        e
+                    } else {
+                        below.as_ref().map_or(INHERIT, |b| b[first + i])
+                    };
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// What the layers beneath `layer` show for page `pno` (None: nothing).
+    pub fn below(&self, layer: u64, pno: u64) -> Option<Arc<Page>> {
+        self.layers
+            .get(&layer)?
+            .parent
+            .and_then(|p| self.resolved(p, pno))
+    }
+
+    // -- changes -------------------------------------------------------------------------------
+
+    /// Writes consecutive entries from `lbn0`, within one page; returns the addresses replaced
+    /// (an address written over itself counts as replaced). Dirties nothing if the entries are
+    /// already there; a page left with nothing but INHERIT is dropped.
+    pub fn set_entries(&mut self, layer: u64, lbn0: u64, entries: &[u64]) -> Result<Vec<u64>> {
+        let pno = lbn0 / PAGE_ENTRIES as u64;
+        let first = (lbn0 % PAGE_ENTRIES as u64) as usize;
+        if first + entries.len() > PAGE_ENTRIES {
+            return Err(Error::OutOfRange(format!(
+                "{} entries from LBN {lbn0} cross a page boundary",
+                entries.len()
+            )));
+        }
+        let l = self.layer_mut(layer)?;
+        let frozen = !l.top;
+        let mut replaced = Vec::new();
+        match l.pages.get_mut(&pno) {
+            None => {
+                if entries.iter().all(|&e| e == INHERIT) {
+                    return Ok(replaced);
+                }
+                let mut page = Box::new([INHERIT; PAGE_ENTRIES]);
+                page[first..first + entries.len()].copy_from_slice(entries);
+                l.pages.insert(pno, page);
+            }
+            Some(page) => {
+                let slice = &mut page[first..first + entries.len()];
+                if slice == entries {
+                    // Replaced by themselves: the caller, which took a reference on each new
+                    // address, drops the old ones all the same.
+                    replaced.extend(slice.iter().copied().filter(|&e| is_address(e)));
+                    return Ok(replaced);
+                }
+                replaced.extend(slice.iter().copied().filter(|&e| is_address(e)));
+                slice.copy_from_slice(entries);
+                if all_inherit(page) {
+                    l.pages.remove(&pno);
+                }
+            }
+        }
+        self.touch(layer, pno, frozen);
+        Ok(replaced)
+    }
+
+    fn touch(&mut self, layer: u64, pno: u64, frozen: bool) {
+        self.version += 1;
+        self.dirty.insert((layer, pno), self.version);
+        self.generation += 1;
+        if frozen {
+            // Only structural edits change a frozen layer; every cached view may name it.
+            self.resolved.write().clear();
+            self.visible.lock().clear();
+        }
+    }
+
+    /// Drops a layer nobody reads any more: its pages (deleted at the next commit) and its place
+    /// in the graph. Returns the addresses it held, with repeats. Error: it has children.
+    pub fn drop_layer(&mut self, layer: u64) -> Result<Vec<u64>> {
+        self.layer(layer)?;
+        if let Some(child) = self.children(layer).first() {
+            return Err(Error::State(format!(
+                "layer {layer} still has child layer {child}"
+            )));
+        }
+        let addrs = self.layer_entries(layer);
+        let l = self.layers.remove(&layer).unwrap();
+        for pno in l.pages.keys() {
+            self.version += 1;
+            self.dirty.insert((layer, *pno), self.version);
+        }
+        self.graph_changed();
+        Ok(addrs)
+    }
+
+    /// Folds frozen `layer` into `child`, its only child; returns the addresses the child shadows
+    /// (they lose the layer's reference). The child's own entries win; it takes the layer's place
+    /// in the graph; if the layer was a root, the child's ZERO entries become INHERIT, which means
+    /// the same there.
+    pub fn merge_into_child(&mut self, layer: u64, child: u64) -> Result<Vec<u64>> {
+        let l = self.layer(layer)?;
+        if l.top {
+            return Err(Error::State(format!(
+                "layer {layer} is a top: only frozen layers merge"
+            )));
+        }
+        let children = self.children(layer);
+        if children != [child] {
+            return Err(Error::State(format!(
+                "layer {layer} has children {children:?}: it merges only into its one child"
+            )));
+        }
+        let grandparent = l.parent;
+        let root = grandparent.is_none();
+        let gone = self.layers.remove(&layer).unwrap();
+        let mut shadowed = Vec::new();
+        let mut touched = Vec::new();
+        let c = self.layers.get_mut(&child).unwrap();
+        let mut pnos: Vec<u64> = gone.pages.keys().copied().collect();
+        if root {
+            pnos.extend(c.pages.keys().copied());
+            pnos.sort_unstable();
+            pnos.dedup();
+        }
+        for pno in pnos {
+            let mut page = c
+                .pages
+                .remove(&pno)
+                .unwrap_or_else(|| Box::new([INHERIT; PAGE_ENTRIES]));
+            let before = *page;
+            if let Some(below) = gone.pages.get(&pno) {
+                for (mine, &b) in page.iter_mut().zip(below.iter()) {
+                    if *mine == INHERIT {
+                        *mine = b;
+                    } else if is_address(b) {
+                        shadowed.push(b);
+                    }
+                }
+            }
+            if root {
+                page.iter_mut()
+                    .filter(|e| **e == ZERO)
+                    .for_each(|e| *e = INHERIT);
+            }
+            if *page != before {
+                touched.push(pno);
+            }
+            if !all_inherit(&page) {
+                c.pages.insert(pno, page);
+            }
+        }
+        c.parent = grandparent;
+        for pno in touched {
+            self.version += 1;
+            self.dirty.insert((child, pno), self.version);
+        }
+        for pno in gone.pages.keys() {
+            self.version += 1;
+            self.dirty.insert((layer, *pno), self.version);
+        }
+        self.graph_changed();
+        Ok(shadowed)
+    }
+
+    // -- commits -------------------------------------------------------------------------------
+
+    /// The dirty pages of every layer not in `exclude` (copies), and a token for `end`/`abort`.
+    pub fn snapshot(&mut self, exclude: &HashSet<u64>) -> (u64, Vec<DirtyPage>) {
+        let mut taken = Vec::new();
+        let mut pages = Vec::new();
+        for (&(layer, pno), &version) in &self.dirty {
+            if exclude.contains(&layer) {
+                continue;
+            }
+            taken.push(((layer, pno), version));
+            let entries = self.page(layer, pno).map(|p| Box::new(*p));
+            pages.push(DirtyPage {
+                layer,
+                page: pno,
+                entries,
+            });
+        }
+        pages.sort_by_key(|p| (p.layer, p.page));
+        let token = self.next_token;
+        self.next_token += 1;
+        self.snapshots.insert(token, taken);
+        (token, pages)
+    }
+
+    /// The snapshot committed: its pages are clean unless they changed since.
+    pub fn end(&mut self, token: u64) {
+        for (key, version) in self.snapshots.remove(&token).unwrap_or_default() {
+            if self.dirty.get(&key) == Some(&version) {
+                self.dirty.remove(&key);
+            }
+        }
+    }
+
+    /// The snapshot's commit failed: its pages stay dirty.
+    pub fn abort(&mut self, token: u64) {
+        self.snapshots.remove(&token);
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.len()
+    }
+
+    // -- views ---------------------------------------------------------------------------------
+
+    /// How many blocks read as data through `layer`. Frozen layers never change: cached.
+    pub fn visible_blocks(&self, layer: u64) -> Result<u64> {
+        let mut chain = Vec::new();
+        let mut base = 0u64;
+        let mut lid = Some(layer);
+        while let Some(l) = lid {
+            let entry = self.layer(l)?;
+            if !entry.top {
+                if let Some(&n) = self.visible.lock().get(&l) {
+                    base = n;
+                    break;
+                }
+            }
+            chain.push(l);
+            lid = entry.parent;
+        }
+        for &l in chain.iter().rev() {
+            let entry = &self.layers[&l];
+            let mut delta = 0i64;
+            for (&pno, own) in &entry.pages {
+                let below = entry.parent.and_then(|p| self.resolved(p, pno));
+                for (i, &e) in own.iter().enumerate() {
+                    if e != INHERIT {
+                        let was = below.as_ref().is_some_and(|b| is_address(b[i]));
+                        delta += is_address(e) as i64 - was as i64;
+                    }
+                }
+            }
+            base = (base as i64 + delta) as u64;
+            if !entry.top {
+                self.visible.lock().insert(l, base);
+            }
+        }
+        Ok(base)
+    }
+
+    /// (address, layer, LBN) of every reference, sorted by address: the block view's reverse map.
+    pub fn reverse_map(&self) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        self.for_each_reference(|layer, lbn, addr| out.push((addr, layer, lbn)));
+        out.sort_unstable();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(edges: &[(u64, Option<u64>, bool)]) -> Tables {
+        let mut t = Tables::new();
+        for &(l, p, top) in edges {
+            t.add_layer(l, p, top).unwrap();
+        }
+        t
+    }
+
+    fn look(t: &Tables, layer: u64, lbn: u64, n: usize) -> Vec<u64> {
+        let mut out = vec![0; n];
+        t.lookup(layer, lbn, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn lookups_resolve_through_the_chain() {
+        let mut t = graph(&[(1, None, true)]);
+        t.set_entries(1, 0, &[10, 11, 12]).unwrap();
+        t.set_top(1, false).unwrap();
+        t.add_layer(2, Some(1), true).unwrap();
+        t.add_layer(3, Some(1), true).unwrap();
+        t.set_entries(2, 1, &[ZERO, 21]).unwrap();
+        assert_eq!(look(&t, 2, 0, 4), vec![10, ZERO, 21, 0]);
+        assert_eq!(look(&t, 3, 0, 4), vec![10, 11, 12, 0]);
+        assert_eq!(look(&t, 1, 0, 3), vec![10, 11, 12]);
+        // across a page boundary
+        t.set_entries(2, 512, &[7]).unwrap();
+        assert_eq!(look(&t, 2, 511, 2), vec![0, 7]);
+    }
+
+    #[test]
+    fn unchanged_entries_dirty_nothing_and_inherit_pages_drop() {
+        let mut t = graph(&[(1, None, true)]);
+        assert!(t.set_entries(1, 5, &[INHERIT; 3]).unwrap().is_empty());
+        assert_eq!(t.dirty_count(), 0);
+        assert_eq!(t.page_count(), 0);
+        t.set_entries(1, 5, &[4, 5]).unwrap();
+        let (token, pages) = t.snapshot(&HashSet::new());
+        assert_eq!(pages.len(), 1);
+        t.end(token);
+        assert_eq!(t.dirty_count(), 0);
+        t.set_entries(1, 5, &[4, 5]).unwrap();
+        assert_eq!(t.dirty_count(), 0);
+        assert_eq!(
+            t.set_entries(1, 5, &[INHERIT, INHERIT]).unwrap(),
+            vec![4, 5]
+        );
+        assert_eq!(t.page_count(), 0);
+        let (_, pages) = t.snapshot(&HashSet::new());
+        assert!(
+            pages[0].entries.is_none(),
+            "a dropped page is deleted at commit"
+        );
+    }
+
+    #[test]
+    fn a_page_changed_during_a_commit_stays_dirty() {
+        let mut t = graph(&[(1, None, true), (2, None, true)]);
+        t.set_entries(1, 0, &[1]).unwrap();
+        t.set_entries(2, 0, &[2]).unwrap();
+        let (token, pages) = t.snapshot(&HashSet::from([2]));
+        assert_eq!(pages.len(), 1, "provisional layer 2 excluded");
+        t.set_entries(1, 1, &[3]).unwrap();
+        t.end(token);
+        assert_eq!(t.dirty_count(), 2);
+        let (token, _) = t.snapshot(&HashSet::new());
+        t.abort(token);
+        assert_eq!(t.dirty_count(), 2);
+    }
+
+    #[test]
+    fn merge_into_child_returns_shadowed_and_roots_lose_zero() {
+        let mut t = graph(&[(1, None, false), (2, Some(1), true)]);
+        t.layers
+            .get_mut(&1)
+            .unwrap()
+            .pages
+            .insert(0, Box::new([0; PAGE_ENTRIES]));
+        t.layers.get_mut(&1).unwrap().pages.get_mut(&0).unwrap()[..3]
+            .copy_from_slice(&[10, 11, 12]);
+        t.set_entries(2, 0, &[20, ZERO]).unwrap();
+        t.set_entries(2, 700, &[ZERO]).unwrap();
+        let shadowed = t.merge_into_child(1, 2).unwrap();
+        assert_eq!(shadowed, vec![10, 11]);
+        assert_eq!(look(&t, 2, 0, 4), vec![20, INHERIT, 12, 0]);
+        assert!(t.page(2, 1).is_none(), "a page left all INHERIT is dropped");
+        assert_eq!(t.parent(2).unwrap(), None);
+        assert!(!t.has_layer(1));
+    }
+
+    #[test]
+    fn drop_layer_refuses_a_parent_and_returns_addresses() {
+        let mut t = graph(&[(1, None, false), (2, Some(1), true)]);
+        t.set_entries(2, 3, &[5, 5, ZERO]).unwrap();
+        assert!(t.drop_layer(1).is_err());
+        assert_eq!(t.drop_layer(2).unwrap(), vec![5, 5]);
+        assert!(t.drop_layer(1).unwrap().is_empty());
+        let (_, pages) = t.snapshot(&HashSet::new());
+        assert_eq!(pages.len(), 1);
+        assert!(pages[0].entries.is_none());
+    }
+
+    #[test]
+    fn visible_blocks_count_through_chains_and_cache_frozen_layers() {
+        let mut t = graph(&[(1, None, true)]);
+        t.set_entries(1, 0, &[1, 2, 3]).unwrap();
+        t.set_top(1, false).unwrap();
+        t.add_layer(2, Some(1), true).unwrap();
+        t.set_entries(2, 0, &[ZERO, 9]).unwrap();
+        t.set_entries(2, 10, &[8]).unwrap();
+        assert_eq!(t.visible_blocks(1).unwrap(), 3);
+        assert_eq!(t.visible_blocks(2).unwrap(), 3); // 1 gone, 2 replaced, one added
+        assert_eq!(t.visible.lock().get(&1), Some(&3));
+    }
+
+    #[test]
+    fn resolved_cache_follows_graph_changes() {
+        let mut t = graph(&[(1, None, true)]);
+        t.set_entries(1, 0, &[1]).unwrap();
+        t.set_top(1, false).unwrap();
+        t.add_layer(2, Some(1), false).unwrap();
+        t.add_layer(3, Some(2), true).unwrap();
+        assert_eq!(look(&t, 3, 0, 1), vec![1]);
+        t.set_entries(2, 0, &[2]).unwrap(); // a structural edit into a frozen layer
+        assert_eq!(look(&t, 3, 0, 1), vec![2]);
+    }
+
+    #[test]
+    fn load_page_skips_unknown_layers_and_drops_inherit_pages() {
+        let mut t = graph(&[(1, None, true)]);
+        let mut blob = vec![0u8; 4096];
+        assert!(t.load_page(1, 0, &blob).unwrap());
+        assert_eq!(t.page_count(), 0);
+        assert_eq!(
+            t.dirty_count(),
+            1,
+            "deleted from the catalog at the next commit"
+        );
+        blob[8] = 3;
+        assert!(!t.load_page(9, 0, &blob).unwrap());
+        assert!(t.load_page(1, 2, &blob).unwrap());
+        assert_eq!(look(&t, 1, 1024, 2), vec![0, 3]);
+        assert!(t.load_page(1, 0, &blob[..10]).is_err());
+    }
+}

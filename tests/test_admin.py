@@ -1,0 +1,101 @@
+"""The Admin interface over an embedded pool: typed results, one figure pass per snapshot, None
+for what is not known, and the rebuild phases it promises."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine import api, results
+from engine.api import LocalAdmin
+
+BS = 4096
+
+
+@pytest.fixture
+def admin(pool_dir):
+    with LocalAdmin.open(pool_dir, actor="test") as admin:
+        admin.pool.create_vm("a", 64 * BS)
+        admin.write("a", 0, bytes(range(256)) * 16 * 8)      # 8 blocks, one distinct
+        admin.write("a", 8 * BS, b"x" * BS)
+        admin.clone("a", "b")
+        yield admin
+
+
+def test_every_result_field_says_what_it_is():
+    """Each field of engine.results is documented where it is declared (meaning and unit)."""
+    tree = ast.parse(Path(results.__file__).read_text())
+    undocumented = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                following = body[i + 1] if i + 1 < len(body) else None
+                if not (isinstance(following, ast.Expr)
+                        and isinstance(following.value, ast.Constant)
+                        and isinstance(following.value.value, str)):
+                    undocumented.append(f"{cls.name}.{node.target.id}")
+    assert undocumented == []
+
+
+def test_results_are_typed_and_their_json_is_the_fields(admin):
+    s = admin.stats()
+    assert isinstance(s, api.PoolStats) and s.state == "ready"
+    assert (s.unique_blocks, s.replicas, s.under_replicated_blocks) == (2, 1, 0)
+    assert [v.name for v in s.vms] == ["a", "b"] and s.vms[1].origin == "a"
+    assert [n.name for n in s.nodes] == ["local"] and s.nodes[0].latency_ms is None
+    data = api.plain(s)
+    assert list(data) == [f.name for f in dataclasses.fields(api.PoolStats)]
+    assert data["vms"][0]["name"] == "a" and data["nodes"][0]["live_blocks"] == 2
+    figures = admin.last_rebuild()
+    assert figures.missing_blocks is None and figures.free_slots is not None
+    page = admin.blocks(min_refs=2)
+    assert [(r.refcount, r.vms) for r in page.rows] == [(8, ["a", "b"])]
+    assert admin.events(1)[0].kind == "clone"
+    assert admin.fsck() == []
+
+
+def test_one_snapshot_computes_the_figures_once(admin, monkeypatch):
+    """A console poll costs one pass over the pool, not one for stats, VMs and nodes each."""
+    passes = []
+    stats = admin.pool.stats
+    monkeypatch.setattr(admin.pool, "stats", lambda: passes.append(1) or stats())
+    snap = admin.snapshot(events=5)
+    assert len(passes) == 1
+    assert [v.name for v in snap.vms] == ["a", "b"] and snap.nodes[0].name == "local"
+    assert snap.events[0].kind == "clone" and len(snap.events) <= 5
+
+
+def test_the_rebuild_reports_the_phases_the_admin_names(admin):
+    phases = []
+    admin.rebuild(full=True, progress=lambda p: phases.append(p.phase))
+    assert tuple(dict.fromkeys(phases)) == admin.rebuild_phases
+
+
+def test_figures_not_known_during_a_rebuild_are_none_not_zero(admin):
+    """While the RAM metadata is rebuilt, the block figures are unknown: None, never a 0 that a
+    console would draw as an empty pool."""
+    inside, go_on = threading.Event(), threading.Event()
+
+    def progress(p):
+        inside.set()
+        go_on.wait(10)
+
+    worker = threading.Thread(target=admin.rebuild, kwargs={"progress": progress})
+    worker.start()
+    try:
+        assert inside.wait(10)
+        s = admin.stats()
+        assert s.state == "rebuilding"
+        assert (s.unique_blocks, s.physical_bytes, s.dedup_ratio, s.free_slots) == (None,) * 4
+        assert s.logical_bytes == 9 * BS * 2             # the tables are read as ever
+        assert all(v.unique_blocks is None and v.shared_blocks is None for v in s.vms)
+        assert s.nodes[0].blocks is None
+    finally:
+        go_on.set()
+        worker.join(10)
+    assert admin.stats().unique_blocks == 2
