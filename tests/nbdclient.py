@@ -187,7 +187,7 @@ class RawClient:
 
     def connect(self, name: str, structured: bool = False, block_status: bool = False
                 ) -> tuple[int, int]:
-        """Handshake, optionally structured replies and `base:allocation`, then GO: (size, flags)."""
+        """Handshake, structured replies and `base:allocation` if asked, then GO: (size, flags)."""
         self.handshake()
         if structured or block_status:
             assert self.ask_structured() == REP_ACK

@@ -1,5 +1,5 @@
-"""A VDI host's load on the NBD export: a thousand desktops attached at once, each served; and the one
-limit there is (open files), refused at negotiation with a message and logged, never a hang.
+"""A VDI host's load on the NBD export: a thousand desktops attached at once, each served; and the
+one limit there is (open files), refused at negotiation with a message and logged, never a hang.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_past_the_open_file_limit_a_desktop_is_refused_at_negotiation_and_logged
         time.sleep(0.05)
     assert kind == REP_ACK
     assert refused.read(0, 4096) == (0, golden[:4096])
-    for c in attached + [refused, old_style]:
+    for c in [*attached, refused, old_style]:
         c.close()
     log = s.stop()
     assert "refused export 'desk-9'" in log and "refused export 'desk-10'" in log

@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import BlockfoldError
 from . import protocol as p
-
-if TYPE_CHECKING:
-    from .server import Connection
 
 CONTEXT_ID = 1      # the id of `base:allocation` on every connection that selects it
 
@@ -53,7 +49,9 @@ class Session:
 
 
 class Handshake:
-    def __init__(self, connection: Connection):
+    def __init__(self, connection):
+        """`connection`: the server's Connection; the handshake receives, sends and hands over
+        through it (recv_exactly, send, hand_over)."""
         self.connection = connection
         self.server = connection.server
         self.no_zeroes = False

@@ -1,4 +1,4 @@
-"""A cluster's VMs over NBD: the same server code over the cluster's Admin, block status included."""
+"""A cluster's VMs over NBD: the same server over the cluster's Admin, block status included."""
 
 from __future__ import annotations
 
