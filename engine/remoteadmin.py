@@ -260,6 +260,9 @@ class RemoteAdmin(Admin):
     def trim(self, name, offset, length):
         self._call("trim", {"name": name, "offset": offset, "length": length})
 
+    def extents(self, name, offset, length):
+        return self._call("extents", {"name": name, "offset": offset, "length": length})
+
     def flush(self): self._call("flush")
 
     # -- VMs ----------------------------------------------------------------------------------

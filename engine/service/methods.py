@@ -16,8 +16,8 @@ import msgspec
 from ..admin import Admin
 from .streams import ExportSink, StreamImage, gather
 
-LOOKS = frozenset({"vm_names", "vm_size", "read", "vms", "export", "stats", "snapshot", "blocks",
-                   "last_rebuild", "fsck", "events", "nodes", "jobs"})
+LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
+                   "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs"})
 """What a read-only login may call: the methods that only look."""
 CHANGES = frozenset({"write", "trim", "flush", "import_image", "clone", "delete", "rebuild",
                      "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node", "heal"})

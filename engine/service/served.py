@@ -127,6 +127,8 @@ class ServedAdmin(Admin):
     @_changes
     def trim(self, name, offset, length): self.inner.trim(name, offset, length)
 
+    def extents(self, name, offset, length): return self.inner.extents(name, offset, length)
+
     @_changes
     def flush(self): self.inner.flush()
 
