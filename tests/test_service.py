@@ -99,6 +99,18 @@ def test_every_command_goes_through_the_service_and_works_as_without_one(pool_di
         assert admin.fsck() == []
 
 
+def test_a_command_a_service_answers_loads_none_of_the_storage_engine(pool_dir, golden, serve):
+    serve()
+    proc = subprocess.run([sys.executable, "-c", (
+        "import sys\nfrom console.cli import main\nmain(['-p', sys.argv[1], 'vm', 'ls'])\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in"
+        " ('numpy', 'sqlite3', 'xxhash', 'asyncio', 'asyncssh', 'textual')"
+        " or m in ('engine.pool', 'engine.localadmin', 'engine.catalog')))"), str(pool_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "golden" in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+
+
 def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve):
     serve()
     job = cli_json("-p", pool_dir, "scrub", "--rate", "100K")   # 3 MiB at 100 KiB/s: 30 s
