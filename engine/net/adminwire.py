@@ -6,7 +6,8 @@ Frames are engine.net.rpc's (header, JSON, payload), with kinds of their own:
     session    := LOGIN? HELLO exchange*
     LOGIN      {actor, read_only}       first frame of a relay (a node serving an SSH key); taken
                                         only from a peer running as the service's own user
-    HELLO      {actor?, read_only?}  -> REPLY {kind, name, block_size, rebuild_phases, served}
+    HELLO      {actor?, read_only?}  -> REPLY {kind, name, block_size, rebuild_phases, actor,
+                                                read_only}
     exchange   := CALL (DATA* | CANCEL)* and, from the service, PROGRESS* DATA* (REPLY | ERROR)
     CALL       {method, args}           an Admin method by name; args as its parameters, in JSON
     PROGRESS   {phase, done, total, bytes_per_s}
