@@ -7,12 +7,15 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,17 +130,45 @@ def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve):
     assert proc.returncode == 1 and "no job 99 is running" in proc.stderr_text
 
 
-def test_a_cli_that_may_not_open_the_socket_gets_one_clear_line(pool_dir, golden, serve):
-    s = serve()
-    before = cli_json("-p", pool_dir, "vm", "ls")
-    proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                           sys.executable, "-m", "console", "-p", str(pool_dir), "vm", "rm",
-                           "golden", "-y"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert f"{s.socket} is not open to user nobody" in proc.stderr
-    assert cli_json("-p", pool_dir, "vm", "ls") == before
+@pytest.fixture
+def open_dir():
+    """A directory every user may pass through (the tmp_path of a test is its owner's alone),
+    so that only the admin socket's own mode decides who gets in."""
+    path = Path(tempfile.mkdtemp(prefix="blockfold-service-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_socket_mode_decides_who_may_use_the_service(open_dir, tmp_path):
+    pool = open_dir / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image(tmp_path / "golden.raw", 1, 1)
+    run_cli("-p", pool, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+    s = Served(["-p", str(pool)])
+    try:
+        proc = as_nobody("-p", pool, "vm", "rm", "golden", "-y")
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert f"{s.socket} is not open to user nobody" in proc.stderr
+        assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["golden"]
+    finally:
+        s.stop()
+    s = Served(["-p", str(pool)], "--group", "nogroup")
+    try:
+        assert oct(s.socket.stat().st_mode & 0o777) == "0o660"
+        proc = as_nobody("-p", pool, "vm", "clone", "golden", "byfriend")
+        assert proc.returncode == 0, proc.stderr
+        with find_service(pool) as admin:
+            assert [(e.actor, e.kind) for e in admin.events(1)] == [("nobody", "clone")]
+    finally:
+        s.stop()
 
 
 def frame_exchange(path, data: bytes) -> list[tuple[int, int, dict]]:
