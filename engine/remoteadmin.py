@@ -40,6 +40,7 @@ from .results import Job
 
 WAIT_STEP = 0.1         # how often a waiting call looks at its cancel event, seconds
 HELLO_TIMEOUT = 30.0    # a service that takes longer to say hello is stuck
+READER_GRACE = 1.0      # how long a failed send waits for the last frames that came in
 
 _RETURNS: dict[str, Any] = {}
 
@@ -89,6 +90,9 @@ class Link:
             try:
                 self.sock.sendall(frame)
             except OSError as e:
+                # What the other end said before it closed (a relay with no service behind it,
+                # say) is a better reason than the broken pipe: the reader may still be at it.
+                self._reader.join(READER_GRACE)
                 self._end(f"lost the service at {self.where}: {e.strerror or e}")
                 raise ServiceGone(self.error) from None
 
