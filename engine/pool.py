@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import blockview, formats, fsck as fsck_mod, imageio, stats as stats_mod
+from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .blockstore import BlockStore
 from .blocktable import INHERIT, PAGE_ENTRIES, BlockTables
@@ -302,7 +303,7 @@ class Pool:
             self.catalog.begin()
             self.catalog.write_pages(snap.pages)
             if edit is not None:
-                self.catalog.apply(edit, self.actor, self.graph.next_layer)
+                self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
             if rows is not None:
                 rows(self.catalog)
             self.catalog.set("collisions", self.blocks.collisions)
@@ -430,6 +431,22 @@ class Pool:
         """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""
         with self._lock:
             return self.tables.lookup_range(self.graph.vm(name).top, lbn, count)
+
+    def extents(self, name: str, offset: int, length: int) -> list[tuple[int, bool]]:
+        """The byte range as runs of (length in bytes, hole), in order and covering it exactly:
+        a hole has no block behind it and reads as zeros (NBD's base:allocation HOLE|ZERO).
+        Runs start and end on block boundaries, except at the range's own ends.
+        Raises VMNotFoundError, OutOfRangeError."""
+        with self._lock:
+            self._check_range(self.graph.vm(name), offset, length)
+            if length == 0:
+                return []
+            bs = self.block_size
+            first, end = offset // bs, -(-(offset + length) // bs)
+            holes = self.addresses(name, first, end - first) == 0
+        starts = np.concatenate(([0], np.flatnonzero(holes[1:] != holes[:-1]) + 1))
+        bounds = [max(offset, (first + int(i)) * bs) for i in starts] + [offset + length]
+        return [(bounds[k + 1] - bounds[k], bool(holes[i])) for k, i in enumerate(starts)]
 
     # -- writes -------------------------------------------------------------------------------
 

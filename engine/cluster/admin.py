@@ -9,18 +9,17 @@ have been short for the repair delay.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
 from dataclasses import replace
 
-from ..errors import BlockfoldError
+from ..errors import BlockfoldError, CancelledError, RefusedError
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
 from ..results import HealFigures, NodeStatus
-from . import lifecycle, processes
+from . import lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
@@ -149,15 +148,16 @@ class ClusterAdmin(LocalAdmin):
             print(f"blockfold: heal failed, and the event was not recorded: {e}",
                   file=sys.stderr, flush=True)
 
-    def heal(self, wait: bool = True, progress=None) -> HealFigures:
+    def heal(self, wait: bool = True, progress=None, cancel=None) -> HealFigures:
         """Re-replicates every under-replicated block; with wait, until none is left."""
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
         replicas = self.config.replicas
+        stop = cancel or threading.Event()      # waits between passes end early on a cancel
         while True:
             self.members.probe_all()
             self._rejoin_returning()
-            figures = HealFigures(**self.pool.blocks.heal(progress))
+            figures = HealFigures(**self.pool.blocks.heal(progress, cancel))
             if not wait or figures.under_replicated == 0:
                 return figures
             if figures.unreachable and not figures.copied:
@@ -167,7 +167,12 @@ class ClusterAdmin(LocalAdmin):
             if up < replicas:
                 raise BlockfoldError(f"only {up} nodes are up: {replicas} copies of every block"
                                      f" need {replicas}; restore a node first")
-            time.sleep(HEAL_POLL)
+            if stop.wait(HEAL_POLL):
+                raise CancelledError("heal cancelled")
+
+    def scrub(self, rate=None, progress=None, cancel=None):
+        raise RefusedError("a cluster is scrubbed node by node by a full rebuild:"
+                           " `blockfold -c DIR rebuild --full`")
 
     # -- views: the pool's own, with what only a cluster knows --------------------------------
 
@@ -206,11 +211,11 @@ class ClusterAdmin(LocalAdmin):
     # -- simulated loss -----------------------------------------------------------------------
 
     def fail_node(self, name: str) -> None:
-        fail_node(self.config, name)
+        lifecycle.fail_node(self.config, name)
         self.members.mark_down(self.members.index(name), "failed by the operator")
 
     def restore_node(self, name: str) -> None:
-        restore_node(self.config, name)
+        lifecycle.restore_node(self.config, name)
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:
@@ -225,23 +230,3 @@ class ClusterAdmin(LocalAdmin):
         finally:
             self.members.close()
 
-
-def fail_node(config: ClusterConfig, name: str) -> None:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed."""
-    entry = config.node(name)
-    if not entry.data:
-        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
-    processes.stop(entry, signal.SIGKILL)
-    entry.failed = True
-    config.save()
-
-
-def restore_node(config: ClusterConfig, name: str) -> None:
-    """Restarts a local node on its data dir and address."""
-    entry = config.node(name)
-    if not entry.data:
-        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
-                             " host")
-    if processes.is_running(entry):
-        return
-    lifecycle.start_local(config, [entry])
