@@ -66,6 +66,8 @@ def duration(seconds: float | None) -> str:
     "2 h 5 min", "3 d 4 h"."""
     if seconds is None:
         return UNKNOWN
+    if seconds == 0:
+        return "0 s"
     if seconds < 0.01:
         return latency(seconds * 1000)
     if seconds < 10:
