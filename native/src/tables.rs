@@ -428,10 +428,11 @@ impl Tables {
         Ok(addrs)
     }
 
-    /// What folding frozen `layer` into `child`, its only child, makes of the child's pages,
-    /// without doing it: the pages that change (None: left all INHERIT, so dropped), and the
-    /// addresses the child's own entries shadow. The child's entries win; if the layer is a root,
-    /// the child's ZERO entries become INHERIT, which means the same there.
+    /// What folding frozen `layer` into its child `child` makes of the child's pages, without
+    /// doing it (a delete plans its merges before it drops the layer's other child): the pages
+    /// that change (None: left all INHERIT, so dropped), and the addresses the child's own
+    /// entries shadow. The child's entries win; if the layer is a root, the child's ZERO entries
+    /// become INHERIT, which means the same there.
     pub fn merged(&self, layer: u64, child: u64) -> Result<Merged> {
         let l = self.layer(layer)?;
         if l.top {
@@ -439,14 +440,13 @@ impl Tables {
                 "layer {layer} is a top: only frozen layers merge"
             )));
         }
-        let children = self.children(layer);
-        if children != [child] {
+        let c = self.layer(child)?;
+        if c.parent != Some(layer) {
             return Err(Error::State(format!(
-                "layer {layer} has children {children:?}: it merges only into its one child"
+                "layer {child} is not a child of layer {layer}"
             )));
         }
         let root = l.parent.is_none();
-        let c = self.layer(child)?;
         let mut pnos: Vec<u64> = l.pages.keys().copied().collect();
         if root {
             pnos.extend(c.pages.keys().copied());
@@ -489,6 +489,12 @@ impl Tables {
     /// `merge_into_child`; `durable`: the catalog already holds the merged pages (an applied
     /// edit), so they are clean.
     pub fn merge_as(&mut self, layer: u64, child: u64, durable: bool) -> Result<Vec<u64>> {
+        let children = self.children(layer);
+        if children != [child] {
+            return Err(Error::State(format!(
+                "layer {layer} has children {children:?}: it merges only into its one child"
+            )));
+        }
         let Merged { pages, shadowed } = self.merged(layer, child)?;
         let gone = self.layers.remove(&layer).unwrap();
         let c = self.layers.get_mut(&child).unwrap();
