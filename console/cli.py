@@ -98,10 +98,10 @@ def run(args) -> int:
         actions = [c.words[1] for c in commands.COMMANDS if c.words[0] == group]
         raise UsageError(f"{group} needs an action: {', '.join(actions[:-1])} or {actions[-1]}"
                          if len(actions) > 1 else f"{group} needs an action: {actions[0]}")
-    if not cmd.opens:
-        return cmd.run(args)
     if cmd.cluster and not args.cluster:
         raise UsageError(f"{' '.join(cmd.words)} needs a cluster: use -c DIR")
+    if not cmd.opens:
+        return cmd.run(args)
     bar = ProgressBar.if_terminal()
     try:
         rebuild = ("full" if args.full else "fast") if cmd.rebuilds else None

@@ -324,7 +324,6 @@ def node_serve(args) -> int:
     return 0
 
 
-# Failing and restoring a node act on its process, so they run beside a cluster's writer too.
 @command("node", "ls", help="the nodes: state, latency, capacity, blocks", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
@@ -336,22 +335,26 @@ def node_ls(admin, args, bar) -> int:
     return 0
 
 
-@command("node", "fail", help="make a node unreachable (kill its process)", looks=True,
+# Failing and restoring a node act on its process from the cluster directory alone: they run
+# beside a cluster's writer, and with every node down. A writer sees the change at its next
+# heartbeat.
+@command("node", "fail", help="make a node unreachable (kill its process)", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
-def node_fail(admin, args, bar) -> int:
+def node_fail(args) -> int:
     if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
         print("not failed", file=sys.stderr)
         return 1
-    admin.fail_node(args.name)
+    api.fail_node(args.cluster, args.name)
     emit(args, {"failed": args.name}, f"failed {args.name}")
     return 0
 
 
-@command("node", "restore", help="bring a failed node back", looks=True, cluster=True,
-         args=[arg("name", metavar="NAME", help="the node's name")])
-def node_restore(admin, args, bar) -> int:
-    admin.restore_node(args.name)
-    emit(args, {"restored": args.name}, f"restored {args.name}")
+@command("node", "restore", help="bring a failed node back (restart its process)", opens=False,
+         cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
+def node_restore(args) -> int:
+    row = api.restore_node(args.cluster, args.name)
+    emit(args, {"restored": args.name, "address": row["address"], "pid": row["pid"]},
+         f"restored {args.name} (pid {row['pid']}, {row['address']})")
     return 0
 
 

@@ -71,6 +71,24 @@ def cluster_add(path, address: str, **kwargs) -> dict:
     return lifecycle.add(path, address, **kwargs)
 
 
+def fail_node(path, name: str) -> dict:
+    """Kills the local node `name` of the cluster in `path` and records it failed; needs the
+    cluster directory only. Its row (name, address, pid, local, running). Raises BlockfoldError
+    (no such node, a node running elsewhere)."""
+    from .cluster import lifecycle
+    from .cluster.config import ClusterConfig
+    return lifecycle.fail_node(ClusterConfig.load(path), name)
+
+
+def restore_node(path, name: str) -> dict:
+    """Restarts the local node `name` of the cluster in `path` unless it runs; needs the cluster
+    directory only, so it works with every node down. Its row, as fail_node. Raises
+    BlockfoldError (no such node, a node running elsewhere, a node that does not start)."""
+    from .cluster import lifecycle
+    from .cluster.config import ClusterConfig
+    return lifecycle.restore_node(ClusterConfig.load(path), name)
+
+
 def serve_node(data: str, host: str, port: int, memory: int | None = None,
                block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
     from .node import server

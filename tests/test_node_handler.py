@@ -62,7 +62,8 @@ def test_every_request_type_has_a_method(node):
 def test_hello_names_the_node(node):
     header, _ = call(node, rpc.HELLO)
     assert header == {"name": "node1", "block_size": BS, "blocks": 0,
-                      "capacity_bytes": 64 * BS, "version": 0, "memory": True}
+                      "capacity_bytes": 64 * BS, "version": 0, "memory": True,
+                      "lease": None}
 
 
 def test_put_get_and_inventory(node):
@@ -84,6 +85,19 @@ def test_a_second_writer_is_told_the_lease_is_held(node):
     assert refused(node, rpc.LEASE, {"holder": "b", "seconds": 10.0}) is Code.LEASE_HELD
     call(node, rpc.RELEASE, {"holder": "a"})
     call(node, rpc.LEASE, {"holder": "b", "seconds": 10.0})
+
+
+def test_a_lease_whose_holder_is_gone_is_replaced_only_by_name(node):
+    assert call(node, rpc.HELLO)[0]["lease"] is None
+    call(node, rpc.LEASE, {"holder": "a", "process": "where a runs", "seconds": 10.0})
+    assert call(node, rpc.HELLO)[0]["lease"] == {"holder": "a", "process": "where a runs"}
+    assert refused(node, rpc.LEASE, {"holder": "b", "seconds": 10.0, "replace": "c"}) \
+        is Code.LEASE_HELD
+    call(node, rpc.LEASE, {"holder": "b", "process": "where b runs", "seconds": 10.0,
+                           "replace": "a"})
+    call(node, rpc.HEARTBEAT, {"holder": "b", "lease": 10.0})       # renewing keeps it
+    assert call(node, rpc.HELLO)[0]["lease"] == {"holder": "b", "process": "where b runs"}
+    assert refused(node, rpc.LEASE, {"holder": "a", "seconds": 10.0}) is Code.LEASE_HELD
 
 
 def test_changes_need_the_lease(node):
@@ -171,7 +185,7 @@ def test_parts_out_of_order_are_refused(node):
 
 
 FIELDS = ["n", "start", "holder", "base", "version", "seconds", "lease", "offset", "length",
-          "part", "more"]
+          "part", "more", "process", "replace"]
 VALUES = st.one_of(st.just("a"), st.integers(-5, 10**6), st.integers(-2**70, 2**70),
                    st.floats(), st.text(max_size=5), st.none(), st.booleans(),
                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(), st.none()))

@@ -9,7 +9,6 @@ have been short for the repair delay.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
 from ..results import HealFigures, NodeStatus
-from . import lifecycle, processes
+from . import lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
@@ -203,11 +202,11 @@ class ClusterAdmin(LocalAdmin):
     # -- simulated loss -----------------------------------------------------------------------
 
     def fail_node(self, name: str) -> None:
-        fail_node(self.config, name)
+        lifecycle.fail_node(self.config, name)
         self.members.mark_down(self.members.index(name), "failed by the operator")
 
     def restore_node(self, name: str) -> None:
-        restore_node(self.config, name)
+        lifecycle.restore_node(self.config, name)
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:
@@ -222,23 +221,3 @@ class ClusterAdmin(LocalAdmin):
         finally:
             self.members.close()
 
-
-def fail_node(config: ClusterConfig, name: str) -> None:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed."""
-    entry = config.node(name)
-    if not entry.data:
-        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
-    processes.stop(entry, signal.SIGKILL)
-    entry.failed = True
-    config.save()
-
-
-def restore_node(config: ClusterConfig, name: str) -> None:
-    """Restarts a local node on its data dir and address."""
-    entry = config.node(name)
-    if not entry.data:
-        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
-                             " host")
-    if processes.is_running(entry):
-        return
-    lifecycle.start_local(config, [entry])

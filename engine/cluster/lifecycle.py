@@ -1,5 +1,6 @@
-"""`blockfold cluster up/down/add`: make a local cluster directory, start and stop its nodes,
-and join nodes that run elsewhere (pinning their host key on first contact)."""
+"""`blockfold cluster up/down/add` and `node fail/restore`: make a local cluster directory,
+start and stop its nodes, and join nodes that run elsewhere (pinning their host key on first
+contact). All of it needs only the cluster directory, never a reachable node."""
 
 from __future__ import annotations
 
@@ -54,6 +55,29 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
         if not entry.host_key:
             entry.host_key = keys.host_public_key(Path(entry.data))
     config.save()
+
+
+def fail_node(config: ClusterConfig, name: str) -> dict:
+    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row."""
+    entry = config.node(name)
+    if not entry.data:
+        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
+    processes.stop(entry, signal.SIGKILL)
+    entry.failed = True
+    config.save()
+    return node_row(entry)
+
+
+def restore_node(config: ClusterConfig, name: str) -> dict:
+    """Restarts a local node on its data dir and address, if it is not running; its row. A
+    coordinator that has the cluster open sees it answer its next heartbeat and catches it up."""
+    entry = config.node(name)
+    if not entry.data:
+        raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
+                             " host")
+    if not processes.is_running(entry):
+        start_local(config, [entry])
+    return node_row(entry)
 
 
 def node_row(entry: NodeEntry) -> dict:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
-import secrets
-import socket
+import sys
 import threading
 import time
 
@@ -24,6 +22,7 @@ import numpy as np
 from ..errors import BlockfoldError
 from ..net import rpc
 from ..net.client import IoLoop, NodeClient, NodeUnreachable
+from . import holder
 from .config import ClusterConfig
 from .placement import node_seed
 
@@ -58,10 +57,11 @@ class Member:
 
 
 class Members:
-    def __init__(self, config: ClusterConfig, holder: str | None = None):
+    def __init__(self, config: ClusterConfig):
         self.config = config
         self.io = IoLoop()
-        self.holder = holder            # the write lease we hold, if any
+        self.holder: str | None = None  # the write lease we hold, if any (holder.name())
+        self.process = ""               # our identity in it (holder.process())
         self.nodes = [Member(NodeClient(e.name, e.address, e.host_key or None,
                                            str(config.admin_key))) for e in config.nodes]
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
@@ -69,12 +69,6 @@ class Members:
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
-
-    @staticmethod
-    def holder_id() -> str:
-        """Names the writer for whoever is refused; the suffix tells two opens in one process
-        apart."""
-        return f"{socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(3)})"
 
     def names(self) -> list[str]:
         return [n.client.name for n in self.nodes]
@@ -208,20 +202,44 @@ class Members:
     # -- the write lease ----------------------------------------------------------------------
 
     def take_lease(self) -> None:
-        """The write lease on every node that answers; another writer's lease is an error."""
-        self.holder = self.holder_id()
-        up = [i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN]
-        replies = self.call_many({i: (rpc.LEASE, {"holder": self.holder,
-                                                  "seconds": LEASE_SECONDS}, b"") for i in up})
-        for reply in replies.values():
-            if isinstance(reply, rpc.RemoteError) and reply.code == rpc.Code.LEASE_HELD:
-                self.release_lease()
-                raise BlockfoldError(f"cluster {self.config.path} is {reply}")
+        """The write lease on every node that answers; another writer's lease is an error,
+        unless that writer was on this host and its process is gone (engine.cluster.holder):
+        then the lease is taken over at once, and a line on stderr says so."""
+        self.holder, self.process = holder.name(), holder.process()
+        refused = self._lease([i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN])
+        if refused:
+            gone = self._gone_holders(list(refused))
+            if len(gone) == len(refused):
+                refused = self._lease(list(refused), gone)    # empty unless another came first
+                if not refused:
+                    for name in sorted(set(gone.values())):
+                        print(f"blockfold: took over the write lease of {name}: that process no"
+                              " longer runs", file=sys.stderr, flush=True)
+                    return
+            self.release_lease()
+            raise BlockfoldError(f"cluster {self.config.path} is {refused[min(refused)]}")
+
+    def _gone_holders(self, nodes: list[int]) -> dict[int, str]:
+        """{node: the holder of its lease}, for the nodes whose lease holder is a process of this
+        host that no longer runs."""
+        replies = self.call_many(dict.fromkeys(nodes, (rpc.HELLO, {}, b"")), timeout=5.0)
+        leases = {i: r[0].get("lease") for i, r in replies.items() if not isinstance(r, Exception)}
+        return {i: lease["holder"] for i, lease in leases.items()
+                if lease and holder.gone(lease["process"])}
+
+    def _lease(self, nodes: list[int], replace: dict | None = None) -> dict:
+        """Sends LEASE to `nodes` (replacing the holder `replace` names per node);
+        {node: RemoteError} of those where another writer holds it."""
+        header = {"holder": self.holder, "process": self.process, "seconds": LEASE_SECONDS}
+        replies = self.call_many({i: (rpc.LEASE, dict(header, replace=(replace or {}).get(i)),
+                                      b"") for i in nodes})
+        return {i: r for i, r in replies.items()
+                if isinstance(r, rpc.RemoteError) and r.code == rpc.Code.LEASE_HELD}
 
     def lease_on(self, i: int) -> bool:
         """Takes our lease on one node (a node that restarted has forgotten it)."""
-        reply = self.call(i, rpc.LEASE, {"holder": self.holder, "seconds": LEASE_SECONDS},
-                          timeout=5.0)
+        reply = self.call(i, rpc.LEASE, {"holder": self.holder, "process": self.process,
+                                         "seconds": LEASE_SECONDS}, timeout=5.0)
         return not isinstance(reply, Exception)
 
     def release_lease(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .keys import ADMIN_KEYS, READONLY_KEYS
+from .keys import ADMIN_KEYS, READONLY_KEYS, Login
 
 ACTOR_ENV = "BLOCKFOLD_ACTOR"    # the console logs its events under this actor
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -143,18 +143,20 @@ class ConsoleSession:
     """The interactive half of a node session: decides whether this key may have a console,
     and runs it."""
 
-    def __init__(self, chan, cluster: str | None, role: str | None, actor: str):
+    def __init__(self, chan, cluster: str | None, login: Login):
         self.chan = chan
         self.cluster = cluster
-        self.role = role            # "admin", "readonly" or None (a node key)
-        self.actor = actor
+        self.login = login
         self.child: ConsoleChild | None = None
 
     def start(self, term: str | None, size: tuple[int, int]) -> None:
         """Refusals are written at once, before the client's EOF could close the channel."""
-        if self.role is None:
+        if self.login.console_role is None:
             return self._refuse("this key may not open the console: it is a node key,"
                                 f" not in {ADMIN_KEYS} or {READONLY_KEYS}")
+        if not self.login.pty:
+            return self._refuse(f"this key may have no terminal ({self.login.console_from}:"
+                                " no-pty, or restrict without pty), and the console needs one")
         if self.cluster is None:
             return self._refuse("this node serves no console: start it with"
                                 " `blockfold node serve --cluster DIR`")
@@ -165,7 +167,8 @@ class ConsoleSession:
 
     async def _spawn(self, term: str, size: tuple[int, int]) -> None:
         try:
-            await self.child.start(self.cluster, self.role == "readonly", self.actor, term, size)
+            await self.child.start(self.cluster, self.login.console_role == "readonly",
+                                   self.login.actor, term, size)
         except OSError as e:
             self.child = None
             self._refuse(f"cannot start the console: {e.strerror or e}")

@@ -51,11 +51,12 @@ class Handler:
 
     def hello(self, header: dict, payload) -> tuple[dict, bytes]:
         """The node's figures: {name, block_size, blocks (held), capacity_bytes, version (of
-        the catalog replica), memory (a RAM node)}."""
+        the catalog replica), memory (a RAM node), lease ({holder, process} of the running
+        write lease, or null)}."""
         s = self.store
         return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
                 "capacity_bytes": s.capacity_bytes, "version": s.version,
-                "memory": bool(s.memory)}, b""
+                "memory": bool(s.memory), "lease": s.lease_info()}, b""
 
     def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:
         """hello(), after renewing the lease of `holder` (optional) for `lease` seconds if it
@@ -168,8 +169,11 @@ class Handler:
     # -- the write lease ----------------------------------------------------------------------
 
     def lease(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Grants `holder` the write lease for `seconds`; LEASE_HELD while another's runs."""
-        self.store.lease(_str(header, "holder"), _seconds(header, "seconds"))
+        """Grants `holder` (identified by `process`, optional) the write lease for `seconds`;
+        LEASE_HELD while another's runs, unless it is `replace` (optional): a holder the caller
+        found gone."""
+        self.store.lease(_str(header, "holder"), _seconds(header, "seconds"),
+                         _str(header, "process", None) or "", _str(header, "replace", None))
         return {}, b""
 
     def release(self, header: dict, payload) -> tuple[dict, bytes]:

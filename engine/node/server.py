@@ -1,11 +1,11 @@
 """`blockfold node serve`: one node, an asyncssh server in front of a NodeStore.
 
 It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys and
-DATA/admin_keys_readonly (engine.node.keys). Node keys get the `blockfold-rpc` subsystem; admin
-keys get the console in an interactive session with a PTY (console_session.py), read-only for the
-keys in admin_keys_readonly. Exec requests, other subsystems, port forwarding, agent and X11
-forwarding are all refused. Requests on a channel are answered in order, one at a time, by the
-Handler; one bad channel never stops the others.
+DATA/admin_keys_readonly, as the options on their lines allow (engine.node.keys). Node keys get
+the `blockfold-rpc` subsystem; admin keys get the console in an interactive session with a PTY
+(console_session.py), read-only for the keys in admin_keys_readonly. Exec requests, other
+subsystems, port forwarding, agent and X11 forwarding are all refused. Requests on a channel are
+answered in order, one at a time, by the Handler; one bad channel never stops the others.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ class RpcSession(asyncssh.SSHServerSession):
         return True
 
     def shell_requested(self):
-        self.console = ConsoleSession(self.chan, self.cluster, self.login.console_role,
-                                      self.login.actor)
+        self.console = ConsoleSession(self.chan, self.cluster, self.login)
         return True
 
     def session_started(self):
@@ -137,6 +136,10 @@ class NodeServer(asyncssh.SSHServer):
         self.directory = directory
         self.cluster = cluster
         self.login: Login | None = None
+        self.address = ""
+
+    def connection_made(self, conn):
+        self.address = conn.get_extra_info("peername")[0]
 
     def begin_auth(self, username):
         return True
@@ -145,7 +148,7 @@ class NodeServer(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username, key):
-        self.login = keys.login_for(self.directory, key)
+        self.login = keys.login_for(self.directory, key, self.address)
         return self.login is not None
 
     def password_auth_supported(self):

@@ -51,6 +51,7 @@ class NodeStore:
         self.dirty = False
         self.catalog = self._open_catalog()
         self.lease_holder: str | None = None
+        self.lease_process = ""         # the holder's identity (engine.cluster.holder), opaque
         self.lease_expires = 0.0
 
     # -- blocks -------------------------------------------------------------------------------
@@ -234,18 +235,27 @@ class NodeStore:
 
     # -- the write lease ----------------------------------------------------------------------
 
-    def lease(self, holder: str, seconds: float) -> None:
-        """Grants or renews `holder` the write lease for `seconds`; raises NodeError(LEASE_HELD)
-        while another holder's lease runs."""
+    def lease(self, holder: str, seconds: float, process: str = "",
+              replace: str | None = None) -> None:
+        """Grants `holder` (whose identity is `process`) the write lease for `seconds`, or
+        renews it; raises NodeError(LEASE_HELD) while another holder's lease runs, unless that
+        holder is `replace` (the caller found its process gone)."""
         now = time.monotonic()
-        if self.lease_holder not in (None, holder) and now < self.lease_expires:
+        if self.lease_holder not in (None, holder, replace) and now < self.lease_expires:
             raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder}")
-        self.lease_holder, self.lease_expires = holder, now + seconds
+        self.lease_holder, self.lease_process = holder, process
+        self.lease_expires = now + seconds
 
     def renew(self, holder: str | None, seconds: float) -> None:
         """Extends the lease if `holder` holds it (a heartbeat); grants nothing new."""
         if holder is not None and holder == self.lease_holder:
-            self.lease(holder, seconds)
+            self.lease_expires = time.monotonic() + seconds
+
+    def lease_info(self) -> dict | None:
+        """{holder, process} of the running lease, or None."""
+        if self.lease_holder is None or time.monotonic() >= self.lease_expires:
+            return None
+        return {"holder": self.lease_holder, "process": self.lease_process}
 
     def check_lease(self, holder) -> None:
         """Raises NodeError(LEASE_REQUIRED) unless `holder` holds a running lease."""
@@ -256,7 +266,7 @@ class NodeStore:
     def release(self, holder: str | None) -> None:
         """Gives the lease up if `holder` holds it."""
         if self.lease_holder == holder:
-            self.lease_holder, self.lease_expires = None, 0.0
+            self.lease_holder, self.lease_process, self.lease_expires = None, "", 0.0
 
     def close(self) -> None:
         self.sync()

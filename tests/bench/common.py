@@ -1,7 +1,9 @@
 """What every benchmark shares: argument parsing, timing, the bare hashing peer, output.
 
 Each benchmark prints a table for people and then exactly one JSON line for scripts
-(`{"bench": NAME, ...}`), so `run_all` and BENCHMARKS.md can quote the same figures.
+(`{"bench": NAME, ...}`), so `run_all` and BENCHMARKS.md can quote the same figures. The JSON line
+carries the machine's load average when the benchmark started and when it reported: the machine has
+2 cores and is shared, and a figure means little without it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +25,8 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BLOCK = 4096
 READ_CHUNK = 2 * MiB          # what `vm import` reads at a time: one block-table page of 4 KiB
 DEFAULT_DATA = Path("bench-data")
+LOAD_AT_START = os.getloadavg()
+STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -31,7 +38,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def scratch(data: Path, name: str) -> Path:
     """A fresh, empty scratch directory under the data directory."""
-    import shutil
     path = (data / "scratch" / name).resolve()
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -110,12 +116,33 @@ def bare_hash(paths, chunk: int = READ_CHUNK) -> int:
     return hashed
 
 
+def xxhsum(paths) -> float | None:
+    """The native peer: wall seconds (best of three) of `xxhsum -H2 PATHS`, xxh3-128 in C over the
+    whole files with read(), one thread; None without the xxhash package's xxhsum."""
+    if not shutil.which("xxhsum"):
+        return None
+    command = ["xxhsum", "-H2", *map(str, paths)]
+    return min(measure(subprocess.run, command, check=True, stdout=subprocess.DEVNULL)[0]
+               for _ in range(3))
+
+
 def warm(paths) -> None:
     """Reads files once so that every contender starts from the same warm page cache."""
     for path in paths:
         with open(path, "rb") as f:
             while f.read(8 * MiB):
                 pass
+
+
+def blockfold_cli() -> str:
+    """The `blockfold` command of the interpreter running the benchmark (the project's venv)."""
+    return str(Path(sys.executable).parent / "blockfold")
+
+
+def has_command(*words: str) -> bool:
+    """Whether `blockfold WORDS --help` exists (benchmarks of commands still to come skip)."""
+    return subprocess.run([blockfold_cli(), *words, "--help"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
 
 
 def mb_per_s(nbytes: int, seconds: float) -> float:
@@ -136,16 +163,20 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "started": STARTED, "load_start": [round(x, 2) for x in LOAD_AT_START],
+            "load_end": [round(x, 2) for x in os.getloadavg()]}
 
 
 def report(name: str, title: str, rows: list[tuple], figures: dict) -> None:
     """Prints a two-or-more-column table, then the one JSON line."""
-    print(f"\n{title}")
+    load = machine()
+    print(f"\n{title}\n  [started {load['started']}, load average {load['load_start'][0]:.1f} "
+          f"at the start, {load['load_end'][0]:.1f} at the end, on {load['cpus']} cores]")
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
-    print(json.dumps({"bench": name, **figures, "machine": machine()}, sort_keys=False),
+    print(json.dumps({"bench": name, **figures, "machine": load}, sort_keys=False),
           flush=True)

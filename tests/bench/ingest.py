@@ -7,11 +7,12 @@
   bare loop   read the same files' data extents and xxh3-128 every 4 KiB block, nothing else
               (best of three runs; it is cheap and this machine's 2 cores are shared)
 
-Targets: blockfold >= 5x borg, and >= 35 % of the bare loop, in wall time. CPU time (user +
-system, borg's included) is reported beside it, because on a shared machine wall time also
-counts waiting for a core. Every contender starts from a warm page cache. MB/s is over the same
-numerator for all three: the bytes in the images' data extents (what `vm import` and the bare loop
-read; borg also reads the holes, as zeros).
+Target (issue 11): blockfold >= 10x borg, in wall time. The bare loop has no target: it shows what
+reading and hashing alone cost on this machine. CPU time (user + system, borg's included) is
+reported beside wall time, because on a shared machine wall time also counts waiting for a core.
+Every contender starts from a warm page cache. MB/s is over the same numerator for all three: the
+bytes in the images' data extents (what `vm import` and the bare loop read; borg also reads the
+holes, as zeros).
 
     python -m tests.bench.ingest [--data bench-data] [image set options]
 """
@@ -28,8 +29,7 @@ from . import imageset
 from .common import MiB, bare_hash, data_extents, mb_per_s, measure, parser, report, scratch, \
     verdict, warm
 
-TARGET_VS_BORG = 5.0
-TARGET_VS_BARE = 0.35
+TARGET_VS_BORG = 10.0
 
 
 def extent_bytes(paths) -> int:
@@ -96,18 +96,21 @@ def main(argv=None) -> None:
                  f"{rate('blockfold', 0):.0f}", f"{runs['blockfold'][1]:.2f}",
                  f"{rate('blockfold', 1):.0f}", "", ""))
     peers = [("borg", "borg create -C none fixed,4096", TARGET_VS_BORG, "vs_borg", "{:.2f}x"),
-             ("bare", "bare xxh3-128 loop", TARGET_VS_BARE, "vs_bare", "{:.1%}")]
+             ("bare", "bare xxh3-128 loop (no target)", None, "vs_bare", "{:.1%}")]
     for name, label, target, key, fmt in peers:
         if name not in runs:
             continue
         wall_ratio = rate("blockfold", 0) / rate(name, 0)
         cpu_ratio = rate("blockfold", 1) / rate(name, 1)
+        judged = "" if target is None else \
+            f" (target {fmt.format(target)}: {verdict(wall_ratio, target)})"
         rows.append((label, f"{runs[name][0]:.2f}", f"{rate(name, 0):.0f}", f"{runs[name][1]:.2f}",
-                     f"{rate(name, 1):.0f}",
-                     fmt.format(wall_ratio) + f" (target {fmt.format(target)}: "
-                     f"{verdict(wall_ratio, target)})", fmt.format(cpu_ratio)))
-        figures.update({key: round(wall_ratio, 3), f"{key}_cpu": round(cpu_ratio, 3),
-                        f"{key}_target": target, f"{key}_verdict": verdict(wall_ratio, target)})
+                     f"{rate(name, 1):.0f}", fmt.format(wall_ratio) + judged,
+                     fmt.format(cpu_ratio)))
+        figures.update({key: round(wall_ratio, 3), f"{key}_cpu": round(cpu_ratio, 3)})
+        if target is not None:
+            figures.update({f"{key}_target": target,
+                            f"{key}_verdict": verdict(wall_ratio, target)})
     rows.append(("",) * 7)
     rows.append(("image set", f"{len(images)} images", f"{data_bytes / MiB:.0f} MiB data",
                  f"{apparent / MiB:.0f} MiB apparent", "", "", ""))

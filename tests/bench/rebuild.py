@@ -3,9 +3,11 @@
 Full rebuild: a pool holding UNIQUE MiB of seeded random data (every block unique) is opened with
 `Pool.open(dir, rebuild="full")`, which re-reads and re-hashes every live block; the rate is the
 engine's own figure (last_rebuild: live bytes / seconds), median of three opens. The peer is the
-bare loop hashing the same slot file (blocks.dat) with xxh3-128 in 4 KiB blocks, best of three.
-Page cache warm. Target: >= 1 GB/s (wall); the rate per CPU second is shown beside it, because
-the machine is shared.
+bare loop hashing the same slot file (blocks.dat) with xxh3-128 in 4 KiB blocks, best of three,
+and `xxhsum -H2 blocks.dat` (the same hash in C over the whole file, one thread): the rate of
+reading and hashing the bytes without Python.
+Page cache warm. Target (issue 11): >= 5 GB/s (wall); the rate per CPU second is shown beside it,
+because the machine is shared.
 
 Crash-to-first-read: a pool of 10 GiB logical data: five 2 GiB VMs, each written whole with the
 same 256 MiB of random data repeated (dedup keeps 256 MiB physical, but every block-table page is
@@ -32,9 +34,9 @@ from engine.blockstore import DATA_FILE
 from engine.pool import Pool
 
 from .common import BLOCK, GiB, MiB, bare_hash, mb_per_s, measure, parser, report, scratch, \
-    verdict, warm
+    verdict, warm, xxhsum
 
-TARGET_RATE = 1e9
+TARGET_RATE = 5e9
 TARGET_FIRST_READ = 1.0
 CHUNK = 2 * MiB
 PATTERN = 256 * MiB
@@ -76,11 +78,14 @@ def full_rebuild(where, unique_mib: int, seed: int) -> dict:
     figures = sorted(runs, key=lambda f: f["bytes_per_s"])[1]
     bare = [measure(bare_hash, [pool_dir / DATA_FILE]) for _ in range(3)]
     hashed = bare[0][2]
+    native = xxhsum([pool_dir / DATA_FILE])
+    file_bytes = (pool_dir / DATA_FILE).stat().st_size
     with Pool.open(pool_dir, rebuild="fast") as pool:
         fast = pool.last_rebuild
     shutil.rmtree(pool_dir)
     return {"full": figures, "fast": fast, "bare_bytes": hashed, "bare_s": min(b[0] for b in bare),
-            "bare_cpu_s": min(b[1] for b in bare),
+            "bare_cpu_s": min(b[1] for b in bare), "xxhsum_s": native,
+            "file_bytes": file_bytes,
             "all_rates": [f["bytes_per_s"] for f in runs]}
 
 
@@ -158,9 +163,13 @@ def main(argv=None) -> None:
     rows.append((f"full rebuild, {full['full']['bytes'] / MiB:.0f} MiB unique",
                  f"{rate / 1e9:.2f} GB/s ({full['full']['seconds']:.2f} s)",
                  f"bare xxh3 loop {bare / 1e9:.2f} GB/s; rebuild is {rate / bare:.0%} of it",
-                 f">= 1 GB/s: {verdict(rate, TARGET_RATE)}"))
+                 f">= {TARGET_RATE / 1e9:g} GB/s: {verdict(rate, TARGET_RATE)}"))
     rows.append(("  the same, per CPU second (open included)", f"{cpu_rate / 1e9:.2f} GB/s",
                  f"bare loop {bare_cpu / 1e9:.2f} GB/s per CPU s", ""))
+    native = mb_per_s(full["file_bytes"], full["xxhsum_s"]) * 1e6 if full["xxhsum_s"] else None
+    if native:
+        rows.append(("  peer: xxhsum -H2 blocks.dat (C, one thread)", f"{native / 1e9:.2f} GB/s",
+                     f"rebuild is {rate / native:.0%} of it", ""))
     rows.append(("fast rebuild (stored hashes)", f"{fast['seconds']:.3f} s",
                  f"{fast['bytes_per_s'] / 1e9:.1f} GB/s of live data", ""))
     rows.append((f"crash of a {logical / GiB:.0f} GiB pool: open + first read",
@@ -175,6 +184,7 @@ def main(argv=None) -> None:
             "full_rebuild_s": full["full"]["seconds"], "full_rebuild_runs": full["all_rates"],
             "full_rebuild_bytes_per_cpu_s": round(cpu_rate),
             "bare_bytes_per_s": round(bare), "bare_bytes_per_cpu_s": round(bare_cpu),
+            "xxhsum_bytes_per_s": round(native) if native else None,
             "rate_target": TARGET_RATE,
             "rate_verdict": verdict(rate, TARGET_RATE),
             "fast_rebuild_s": fast["seconds"],

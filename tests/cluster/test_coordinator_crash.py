@@ -1,8 +1,10 @@
 """The coordinator is the client process: kill -9 it mid-import, and the next one opens the
-cluster (once the dead writer's lease has run out), reclaims the orphans and checks clean."""
+cluster at once (the dead writer was on this host), reclaims the orphans and checks clean."""
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -52,3 +54,34 @@ def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
     with cluster.open(readonly=True) as admin:
         nodes = admin.nodes()
         assert sum(n.blocks for n in nodes) == sum(n.live_blocks for n in nodes)
+
+
+def test_a_writer_killed_on_this_host_leaves_the_lease_at_once(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=13)
+
+    def bf(*args):
+        return subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    writer = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path), "nbd",
+                               "serve", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().startswith("ready ")
+        held = bf("vm", "import", "a", str(tmp_path / "a.raw"))      # a live writer keeps it
+        assert held.returncode == 1
+        assert f"is in use by {socket.gethostname()} pid {writer.pid} (" in held.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    started = time.monotonic()
+    done = bf("vm", "import", "a", str(tmp_path / "a.raw"))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 8         # not the 10 s the lease would have run
+    assert re.fullmatch(f"blockfold: took over the write lease of {re.escape(socket.gethostname())}"
+                        f" pid {writer.pid} \\([0-9a-f]{{6}}\\): that process no longer runs\n",
+                        done.stderr), done.stderr
+    with cluster.open() as admin:
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []

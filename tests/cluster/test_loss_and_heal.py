@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -334,3 +337,31 @@ def test_a_rebuild_whose_record_cannot_commit_leaves_the_pool_usable(make_cluste
         flushed.join(30)
         assert not flushed.is_alive(), "a write waits for ever on the failed rebuild"
         assert admin.read("a", 0, len(data)) == b"x" * 4096 + data[4096:]
+
+
+def test_node_restore_works_with_every_node_down(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    data = image(tmp_path / "a.raw", 1, seed=21)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+
+    def bf(*args):
+        return subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    cluster.kill("node1")
+    cluster.kill("node2")
+    # With nothing to reach, opening the cluster fails; restoring needs only its directory.
+    assert "can be reached" in bf("node", "ls").stderr
+    done = bf("node", "restore", "node1")
+    assert done.returncode == 0, done.stderr
+    address = cluster.config.node("node1").address
+    assert done.stdout == f"restored node1 (pid {cluster.pid('node1')}, {address})\n"
+    assert json.loads(bf("node", "restore", "node2", "--json").stdout)["restored"] == "node2"
+    with cluster.open() as admin:
+        assert {n.state for n in admin.nodes()} == {"up"}
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.fsck() == []
+    wrong = bf("node", "restore", "node9")
+    assert wrong.returncode == 1
+    assert wrong.stderr == f"blockfold: error: no node named 'node9' in cluster {cluster.path}\n"

@@ -45,6 +45,25 @@ def test_unknown_client_key_is_refused(make_cluster, tmp_path):
         asyncio.run(_session(cluster, key=stranger))
 
 
+def test_a_node_key_is_let_in_only_as_its_line_allows(make_cluster):
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    keys = cluster.path / "nodes" / "node1" / "authorized_keys"
+    line = keys.read_text()
+    keys.write_text(f'from="10.9.9.9" {line}')          # read again at the next login
+    with pytest.raises(asyncssh.PermissionDenied):
+        asyncio.run(_session(cluster))
+    keys.write_text(f'from="127.0.0.0/8",restrict {line}')   # no terminal; RPC needs none
+
+    async def hello():
+        conn, writer, reader = await _session(cluster)
+        try:
+            return await _call(writer, reader, rpc.HELLO)
+        finally:
+            conn.close()
+
+    assert asyncio.run(hello())[1]["name"] == "node1"
+
+
 def test_mismatching_host_key_is_refused_naming_the_node(make_cluster):
     cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
     config = cluster.config

@@ -39,9 +39,10 @@ def console_node(tmp_path, make_cluster):
     (data / "authorized_keys").write_text(keys["nodekey"])
     (data / "admin_keys").write_text(keys["alice"])
     (data / "admin_keys_readonly").write_text(keys["reader"])
-    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data", str(data),
-                             "--listen", "127.0.0.1:0", "--cluster", str(cluster.path)],
-                            stdout=subprocess.PIPE, text=True)
+    with open(tmp_path / "node.log", "w") as log:       # the node's stderr
+        node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                                 str(data), "--listen", "127.0.0.1:0", "--cluster",
+                                 str(cluster.path)], stdout=subprocess.PIPE, stderr=log, text=True)
     port = node.stdout.readline().split(":")[-1].strip()
     terminals = []
 
@@ -151,3 +152,54 @@ def test_wrong_key_is_refused(console_node):
     done = subprocess.run(ssh("stranger"), shell=True, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=20)
     assert done.returncode == 255 and "Permission denied" in done.stderr
+
+
+def _admin_line(tmp_path, options: str) -> None:
+    """alice's key in admin_keys behind `options`, on line 2 (a comment first); the node reads
+    the file at the next login."""
+    key = (tmp_path / "alice.pub").read_text()
+    (tmp_path / "console-node" / "admin_keys").write_text(f"# alice\n{options} {key}")
+
+
+@pytest.mark.parametrize("options, logged", [
+    ('from="10.9.9.9",no-pty,command="/bin/false"', "from= does not allow"),
+    ('from="10.0.0.0/8,!127.0.0.1"', "from= does not allow"),
+    ('expiry-time="20200101"', "expired"),
+    ('environment="EDITOR=vi"', "option 'environment' is not enforced"),
+    ('command="/bin/false"', "option 'command' is not enforced"),
+])
+def test_a_line_whose_options_refuse_the_login_lets_nothing_in(console_node, tmp_path, options,
+                                                               logged):
+    node, cluster, ssh, terminal = console_node
+    _admin_line(tmp_path, options)
+    done = subprocess.run(ssh("alice"), shell=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=20)
+    assert done.returncode == 255 and "Permission denied" in done.stderr
+    assert done.stdout == ""
+    lines = [x for x in (tmp_path / "node.log").read_text().splitlines() if "admin_keys" in x]
+    assert lines and all(f"{tmp_path / 'console-node' / 'admin_keys'} line 2: refused: " in x
+                         and logged in x for x in lines)
+    assert node.poll() is None
+
+
+@pytest.mark.parametrize("options", ["no-pty", "restrict"])
+def test_a_line_without_a_terminal_gets_no_console_in_one_line(console_node, tmp_path, options):
+    node, cluster, ssh, terminal = console_node
+    _admin_line(tmp_path, options)
+    done = subprocess.run(ssh("alice"), shell=True, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=20)
+    assert done.returncode == 1
+    assert done.stdout.strip() == ("blockfold: error: this key may have no terminal (admin_keys"
+                                   " line 2: no-pty, or restrict without pty), and the console"
+                                   " needs one")
+
+
+@pytest.mark.parametrize("options", ['from="10.0.0.0/8,127.0.0.1",expiry-time="20991231Z"',
+                                     "restrict,pty,no-port-forwarding"])
+def test_a_line_whose_options_allow_it_gets_the_console(console_node, tmp_path, options):
+    node, cluster, ssh, terminal = console_node
+    _admin_line(tmp_path, options)
+    t = terminal("alice", "alice")
+    t.wait_for("Blockfold · Overview")
+    t.keys("q")
+    assert t.exit_code() == 0
