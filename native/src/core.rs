@@ -1107,4 +1107,147 @@ mod tests {
         let problems = crate::check::check(&c.state());
         assert!(problems.is_empty(), "{problems:?}");
     }
+
+    #[test]
+    fn a_clone_then_deletes_applied_as_edits_leave_nothing_dirty_and_free_at_once() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        c.write("a", 0, &pattern(4 * 4096, 1)).unwrap();
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        // clone a to b: a's top freezes, a and b get new tops on it
+        c.apply_edit(&Edit {
+            new_layers: vec![(2, Some(1)), (3, Some(1))],
+            frozen: vec![1],
+            vms: vec![("a".into(), 2, 1 << 20), ("b".into(), 3, 1 << 20)],
+            ..Edit::default()
+        })
+        .unwrap();
+        c.write("b", 0, &pattern(4096, 2)).unwrap(); // shadows a's block 0
+        c.write("a", 4096, &pattern(4096, 3)).unwrap(); // shadows a's block 1
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        // delete a: its top goes, layer 1 merges into b's top; the merge is planned first
+        let planned = c.merged(1, 3).unwrap();
+        assert_eq!(
+            planned.shadowed.len(),
+            1,
+            "b's own block 0 shadows layer 1's"
+        );
+        let freed = c
+            .apply_edit(&Edit {
+                removed_vms: vec!["a".into()],
+                drops: vec![(2, None), (1, Some(3))],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert_eq!(freed, 2, "a's own block and the one b shadows");
+        assert_eq!(
+            c.state().tables.dirty_count(),
+            0,
+            "the edit's pages are durable"
+        );
+        assert_eq!(
+            c.state().tables.page(3, 0).unwrap()[..4],
+            planned.pages[0].1.as_ref().unwrap()[..4]
+        );
+        let mut want = pattern(4 * 4096, 1);
+        want[..4096].copy_from_slice(&pattern(4096, 2));
+        assert_eq!(c.read("b", 0, 4 * 4096).unwrap(), want);
+        assert!(matches!(c.read("a", 0, 1), Err(Error::UnknownVm(_))));
+        let st = c.state();
+        assert_eq!(st.blocks.unique_blocks(), 4);
+        assert_eq!(st.blocks.space.waiting_count(), 0);
+        assert_eq!(crate::check::check(&st), vec![]);
+    }
+
+    /// The local block layer, with a store that can be made to fail (a cluster refusing blocks).
+    struct Flaky {
+        inner: Blocks,
+        refuse: bool,
+    }
+
+    impl Backend for Flaky {
+        fn store(&mut self, blocks: &[&[u8]], digests: &[Digest]) -> Result<Vec<u64>> {
+            if self.refuse {
+                return Err(Error::NoSpace("the nodes".into()));
+            }
+            self.inner.store(blocks, digests)
+        }
+        fn decref(&mut self, addrs: &[u64]) -> Result<()> {
+            self.inner.decref(addrs)
+        }
+        fn read(&self, pieces: &mut [(u64, &mut [u8])]) -> std::result::Result<(), ReadFault> {
+            self.inner.read(pieces)
+        }
+        fn seal(&mut self) -> Result<(u64, bool)> {
+            self.inner.seal()
+        }
+        fn release(&mut self, epoch: u64) -> Result<u64> {
+            self.inner.release(epoch)
+        }
+        fn unseal(&mut self, epoch: u64) -> Result<()> {
+            self.inner.unseal(epoch)
+        }
+        fn syncer(&self) -> Syncer {
+            self.inner.syncer()
+        }
+    }
+
+    #[test]
+    fn over_another_backend_a_refused_store_changes_nothing_and_writes_wait_for_its_rebuild() {
+        let store = SlotStore::in_memory(4096).unwrap();
+        let flaky = Flaky {
+            inner: Blocks::new(store, Fingerprinter::Xxh3),
+            refuse: false,
+        };
+        let c = Arc::new(Core::over(flaky, 4096, false, Fingerprinter::Xxh3));
+        c.state_mut().tables.add_layer(1, None, true).unwrap();
+        c.set_vm("a", 1, 1 << 20).unwrap();
+        let c2 = c.clone();
+        let writer = std::thread::spawn(move || c2.write("a", 0, &pattern(4096, 1)));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!writer.is_finished(), "writes wait for the first rebuild");
+        let (refs, pages) = c.rebuild_with(|refs, pages| Ok((refs, pages))).unwrap();
+        assert_eq!((refs.len(), pages), (0, 0));
+        writer.join().unwrap().unwrap();
+        // the index of the local blocks is built by its own rebuild; here it starts empty and
+        // grows with the stores, which is all this test needs
+        let before = c.read("a", 0, 3 * 4096).unwrap();
+        let dirty = c.state().tables.dirty_count();
+        c.state_mut().blocks.refuse = true;
+        for result in [
+            c.write("a", 100, &pattern(3 * 4096, 2)),
+            c.trim("a", 100, 4096),
+        ] {
+            assert!(
+                matches!(result, Err(Error::NoSpace(_))),
+                "{:?}",
+                result.err()
+            );
+        }
+        assert_eq!(c.read("a", 0, 3 * 4096).unwrap(), before);
+        assert_eq!(c.state().tables.dirty_count(), dirty);
+        c.state_mut().blocks.refuse = false;
+        c.write("a", 100, &pattern(4096, 2)).unwrap();
+        assert_eq!(c.with_references(|r| r.len()), 2);
+    }
+
+    #[test]
+    fn scrub_steps_through_the_live_slots_and_finds_rot() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        c.write("a", 0, &pattern(10 * 4096, 7)).unwrap();
+        c.state_mut().blocks.store.overwrite_raw(6, 3, &[0]);
+        let (mut after, mut seen, mut bad) = (0, 0, Vec::new());
+        loop {
+            let (last, n, found) = c.scrub(after, 4).unwrap();
+            if n == 0 {
+                assert_eq!(last, 0);
+                break;
+            }
+            (after, seen) = (last, seen + n);
+            bad.extend(found);
+        }
+        assert_eq!((seen, bad), (10, vec![6]));
+        assert_eq!(c.corrupt_slots(), vec![6]);
+    }
 }
