@@ -480,6 +480,17 @@ class Pool:
         except (_native.NativeError, OSError) as e:
             raise self._data_error(e) from None
 
+    def extents(self, name: str, offset: int, length: int) -> list[tuple[int, bool]]:
+        """The byte range as runs of (length in bytes, hole), in order and covering it exactly:
+        a hole has no block behind it and reads as zeros (NBD's base:allocation HOLE|ZERO).
+        Runs start and end on block boundaries, except at the range's own ends.
+        Raises VMNotFoundError, OutOfRangeError."""
+        self._check_range(name, offset, length)
+        try:
+            return self.core.extents(name, offset, length)
+        except (_native.NativeError, OSError) as e:
+            raise self._data_error(e) from None
+
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
         """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""
         return self.core.lookup(self.graph.vm(name).top, lbn, count)

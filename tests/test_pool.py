@@ -375,3 +375,18 @@ def test_data_ops_run_beside_clones_deletes_and_flushes(pool):
     for name, model in models.items():
         assert pool.read(name, 0, size) == bytes(model)
     assert pool.fsck() == []
+
+
+def test_extents_cover_the_range_in_runs_of_data_and_holes(pool):
+    pool.create_vm("a", 16 * BS)
+    pool.write("a", 4 * BS, rand(3 * BS, 1))
+    pool.write("a", 9 * BS, bytes(BS))                   # zeros: a hole too
+    assert pool.extents("a", 100, 10 * BS) == [(4 * BS - 100, True), (3 * BS, False),
+                                                (3 * BS + 100, True)]
+    pool.clone("a", "b")
+    pool.trim("b", 5 * BS, BS)
+    assert pool.extents("b", 4 * BS, 3 * BS) == [(BS, False), (BS, True), (BS, False)]
+    with pytest.raises(OutOfRangeError):
+        pool.extents("a", 16 * BS, 1)
+    with pytest.raises(VMNotFoundError):
+        pool.extents("nope", 0, 1)
