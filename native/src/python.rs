@@ -29,55 +29,55 @@ use crate::rebuild::Figures;
 use crate::tables::{INHERIT, PAGE_ENTRIES, ZERO};
 
 create_exception!(
-    _native,
+    engine._native,
     NativeError,
     PyException,
     "Base of the core's errors."
 );
 create_exception!(
-    _native,
+    engine._native,
     OutOfRangeError,
     NativeError,
     "A range outside a VM, a bad argument: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     UnknownVMError,
     NativeError,
     "No VM registered under that name: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     NoSpaceError,
     NativeError,
     "The slot files could not grow: the request was refused, nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     CorruptError,
     NativeError,
     "A block's bytes no longer match its fingerprint; .vm, .offset, .slot say which."
 );
 create_exception!(
-    _native,
+    engine._native,
     ReadOnlyError,
     NativeError,
     "A change to a core opened read-only: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     FormatError,
     NativeError,
     "A slot file that is not what a pool keeps; the message names it."
 );
 create_exception!(
-    _native,
+    engine._native,
     StateError,
     NativeError,
     "A call the core's state does not allow (unknown layer, closed core, ...)."
 );
 create_exception!(
-    _native,
+    engine._native,
     CancelledError,
     NativeError,
     "Long work stopped because the caller asked."
