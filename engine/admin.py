@@ -13,8 +13,8 @@ import threading
 from abc import ABC, abstractmethod
 
 from .progress import ProgressCallback
-from .results import (BlockPage, Event, HealFigures, ImportResult, NodeStatus, PoolStats,
-                      Problem, RebuildFigures, Snapshot, VMStats)
+from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, NodeStatus,
+                      PoolStats, Problem, RebuildFigures, Snapshot, VMStats)
 
 
 class Admin(ABC):
@@ -60,6 +60,12 @@ class Admin(ABC):
     def trim(self, name: str, offset: int, length: int) -> None:
         """The range reads as zeros from now on, and the blocks only it used are freed.
         Raises VMNotFoundError, OutOfRangeError, ReadOnlyError."""
+
+    @abstractmethod
+    def extents(self, name: str, offset: int, length: int) -> list[Extent]:
+        """The range's allocation, in order and covering it exactly: holes (no block behind,
+        reads as zeros) and data. Runs start and end on block boundaries, except at the range's
+        own ends. Raises VMNotFoundError, OutOfRangeError."""
 
     @abstractmethod
     def flush(self) -> None:

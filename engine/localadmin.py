@@ -10,8 +10,8 @@ from .admin import Admin
 from .errors import BlockfoldError
 from .pool import Pool
 from .progress import ProgressCallback
-from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, RebuildRecord, VMStats)
+from .results import (BlockPage, BlockRow, Event, Extent, HealFigures, ImportResult,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, VMStats)
 
 
 class LocalAdmin(Admin):
@@ -52,6 +52,9 @@ class LocalAdmin(Admin):
     def write(self, name, offset, data): self.pool.write(name, offset, data)
     def trim(self, name, offset, length): self.pool.trim(name, offset, length)
     def flush(self): self.pool.flush()
+
+    def extents(self, name, offset, length):
+        return [Extent(n, hole) for n, hole in self.pool.extents(name, offset, length)]
 
     # -- VMs ----------------------------------------------------------------------------------
 

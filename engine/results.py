@@ -294,3 +294,12 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     return value
 
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of a VM's bytes in one allocation state: what NBD's `base:allocation` reports."""
+
+    length: int
+    """Bytes."""
+    hole: bool
+    """True: no block behind it, so it reads as zeros (and writing it takes space); False: data."""

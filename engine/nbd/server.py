@@ -1,76 +1,58 @@
 """An NBD server: every VM an `Admin` holds is an export under its own name.
 
-It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, flush), so an
-embedded pool and a cluster are served the same way.
+It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, extents, flush)
+and its block size, so an embedded pool and a cluster are served the same way.
 
-An asyncio loop accepts connections and runs each negotiation. Once a client has chosen its
-export, the connection's transmission phase moves to a thread of the executor: a blocking loop that
-takes every request already received, performs them in order against the Admin, and sends all the
-replies at once. The Admin's calls block (the pool's lock, fsync), so they never run on the event
-loop; and keeping a connection's requests on one thread avoids a loop-to-thread hop per request,
-which cost more than the pool's own 4 KiB read (see BENCHMARKS.md, "NBD export").
+An asyncio loop accepts connections and runs each negotiation (engine/nbd/handshake.py). Once a
+client has chosen its export, the connection's transmission phase moves to a thread of its own
+(engine/nbd/transmission.py) that blocks on its socket. There is no pool of threads to run out of:
+idle desktops cost a thread and a socket each, and every connection is served. The one limit is
+the open-file limit (the server raises its soft limit to the hard one): past it, a client is
+refused at NBD_OPT_GO with NBD_REP_ERR_POLICY and a message, and the refusal is logged.
 
-A request is applied whole or not at all: a write whose payload does not fully arrive never reaches
-the Admin, so a client vanishing mid-request leaves the pool as it was.
+Once handed over, a connection belongs to its thread, which closes it when done: the event loop is
+never woken per connection that ends (a thousand desktops leaving at once would fill its wakeup
+pipe, and a SIGTERM arriving then would be lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import socket
-import struct
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from ..errors import BlockfoldError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p
+from .handshake import ClientGone, Handshake, ProtocolError, Session
+from .transmission import Transmission
 
-MAX_CLIENTS = 256               # connections in transmission at once, one thread each; more wait
-BATCH_BYTES = 32 << 20          # payload and read bytes one connection holds in memory at once
-RECV_BYTES = 256 << 10
-IOV_MAX = 1024                  # buffers one sendmsg() may take (Linux)
-SEND_BYTES = 256 << 10          # read data that is sent at once, not held for the batch's end
-JOIN_BYTES = 256 << 10          # replies up to this size are copied into one buffer and sent
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
+# Open files kept for everything but transmitting connections: the pool's files and sqlite's,
+# a cluster's SSH channels, and clients still negotiating (they hold a socket before their GO).
+RESERVED_FILES = 256
 
 TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM
                       | p.FLAG_SEND_WRITE_ZEROES
                       # one pool behind every connection: a flush on one covers writes on all
                       | p.FLAG_CAN_MULTI_CONN)
-MODIFYING = (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES)
-ALLOWED_FLAGS = {p.CMD_READ: p.CMD_FLAG_FUA, p.CMD_WRITE: p.CMD_FLAG_FUA,
-                 p.CMD_FLUSH: p.CMD_FLAG_FUA, p.CMD_TRIM: p.CMD_FLAG_FUA,
-                 p.CMD_WRITE_ZEROES: p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE}
-ENGINE_ERRORS = ((ReadOnlyError, p.EPERM), (OutOfRangeError, p.EINVAL), (NoSpaceError, p.ENOSPC))
 
 
-class ProtocolError(Exception):
-    """The client broke the protocol beyond any reply: its connection is dropped."""
-
-
-class ClientGone(Exception):
-    """The client closed its side of the connection."""
-
-
-@dataclass(slots=True)
-class Export:
-    name: str
-    size: int
-    flags: int
-
-
-@dataclass(slots=True)
-class Request:
-    cookie: int
-    command: int
-    flags: int
-    offset: int
-    length: int
-    payload: bytes = b""
-    error: int = 0              # already refused while receiving (an oversized length)
+def connection_limit() -> int:
+    """How many connections may transmit at once: the open-file limit, raised to its hard limit
+    first, less RESERVED_FILES."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass        # keep the soft limit (an unlimited hard limit, say)
+    return max(1, soft - RESERVED_FILES)
 
 
 class NBDServer:
@@ -82,8 +64,10 @@ class NBDServer:
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
         self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
-        self.transmitters = ThreadPoolExecutor(MAX_CLIENTS, thread_name_prefix="nbd-client")
+        self.lock = threading.Lock()    # connections and transmitting: the threads change them
         self.connections: set[Connection] = set()
+        self.transmitting = 0           # connections handed to a thread of their own
+        self.max_transmitting = 0       # set by start()
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
 
@@ -92,8 +76,9 @@ class NBDServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listens on host:port (0: any free port) and returns the address actually bound."""
+        self.max_transmitting = connection_limit()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=64)
+        self._listener = socket.create_server((host, port), family=family, backlog=1024)
         self._listener.setblocking(False)
         self._accepting = asyncio.create_task(self._accept_forever())
         bound = self._listener.getsockname()
@@ -111,59 +96,41 @@ class NBDServer:
             # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock, peer)
-            self.connections.add(connection)
+            with self.lock:
+                self.connections.add(connection)
             connection.task = asyncio.create_task(connection.serve())
-            connection.task.add_done_callback(lambda _, c=connection: self.connections.discard(c))
+
+    def release(self, connection: Connection) -> None:
+        """A connection is closed: forget it (from its thread, or from the loop)."""
+        with self.lock:
+            self.connections.discard(connection)
+            if connection.thread is not None:
+                self.transmitting -= 1
 
     async def close(self) -> None:
         """Stops listening, answers what each client already sent, then drops the connections."""
         self._accepting.cancel()
         self._listener.close()
-        running = [c.stop() for c in list(self.connections)]
-        if running:
-            _, late = await asyncio.wait(running, timeout=SHUTDOWN_GRACE_S)
-            for connection in list(self.connections):
-                connection.abort()
-            await asyncio.gather(*late, return_exceptions=True)
-        for executor in (self.transmitters, self.admin_calls):
-            executor.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            connection.stop()
+        await asyncio.gather(*(c.task for c in connections if c.thread is None),
+                             return_exceptions=True)
+        await asyncio.to_thread(drain, [c for c in connections if c.thread is not None])
+        self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
-    # -- requests: run on the connection's thread ----------------------------------------------
 
-    def perform(self, export: Export, r: Request) -> tuple[int, bytes]:
-        if r.error:
-            return r.error, b""
-        if r.command not in ALLOWED_FLAGS or r.flags & ~ALLOWED_FLAGS[r.command]:
-            return p.EINVAL, b""
-        if self.read_only and r.command in MODIFYING:
-            return p.EPERM, b""
-        try:
-            if r.command == p.CMD_FLUSH:
-                self.admin.flush()
-                return 0, b""
-            if r.offset + r.length > export.size:
-                # as the spec asks: writing past the end is "no space", anything else is invalid
-                return (p.ENOSPC if r.command in (p.CMD_WRITE, p.CMD_WRITE_ZEROES) else p.EINVAL,
-                        b"")
-            if r.length == 0:
-                return 0, b""
-            if r.command == p.CMD_READ:
-                return 0, self.admin.read(export.name, r.offset, r.length)
-            if r.command == p.CMD_WRITE:
-                self.admin.write(export.name, r.offset, r.payload)
-            else:
-                # TRIM and WRITE_ZEROES alike: the range reads back as zeros and frees its slots.
-                # NO_HOLE changes nothing here, as zero blocks never take a slot in the pool.
-                self.admin.trim(export.name, r.offset, r.length)
-            if r.flags & p.CMD_FLAG_FUA:
-                self.admin.flush()
-            return 0, b""
-        except BlockfoldError as e:
-            self.log(f"{export.name}: {e}")
-            return next((code for kind, code in ENGINE_ERRORS if isinstance(e, kind)), p.EIO), b""
-        except Exception as e:      # noqa: BLE001 - one client's failure must not stop the server
-            self.log(f"{export.name}: internal error: {type(e).__name__}: {e}")
-            return p.EIO, b""
+def drain(connections: list[Connection]) -> None:
+    """Gives the connections' threads SHUTDOWN_GRACE_S to answer what they had received, then
+    drops the connections of those still at it (a client that does not read, say)."""
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    for c in connections:
+        c.thread.join(max(0.0, deadline - time.monotonic()))
+    for c in connections:
+        if c.thread.is_alive():
+            c.abort()
+            c.thread.join()
 
 
 class Connection:
@@ -171,19 +138,15 @@ class Connection:
         self.server = server
         self.sock = sock
         self.peer = f"{peer[0]}:{peer[1]}"
-        self.task: asyncio.Task | None = None
-        self.transmitting = False
-        self.no_zeroes = False
-        self.pending: list[bytes] = []      # option replies not sent yet
-        self.buffer = bytearray()           # received, not yet parsed (transmission phase)
+        self.task: asyncio.Task | None = None           # the negotiation, on the loop
+        self.thread: threading.Thread | None = None     # the transmission phase, once handed over
 
-    def stop(self) -> asyncio.Task:
+    def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
-        if self.transmitting:
+        if self.thread is not None:
             self._shutdown(socket.SHUT_RD)      # the connection's thread sees the end of input
         else:
             self.task.cancel()
-        return self.task
 
     def abort(self) -> None:
         """Shutdown grace is over: unblock a thread stuck sending to a client that does not read."""
@@ -196,19 +159,17 @@ class Connection:
             pass    # already disconnected
 
     async def serve(self) -> None:
+        handed_over = False
         try:
-            export = await self.negotiate()
-            if export is not None:
-                self.transmitting = True
-                self.sock.setblocking(True)
-                await asyncio.get_running_loop().run_in_executor(self.server.transmitters,
-                                                                 self.transmit, export)
+            handed_over = await Handshake(self).run()
         except (ClientGone, OSError):
             pass    # the client went away, or its socket failed: nothing more to answer
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
-            self.sock.close()
+            if not handed_over:
+                self.sock.close()
+                self.server.release(self)
 
     # -- negotiation, on the event loop --------------------------------------------------------
 
@@ -222,212 +183,48 @@ class Connection:
             data += chunk
         return bytes(data)
 
-    async def send_pending(self) -> None:
-        data, self.pending = b"".join(self.pending), []
+    async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
-    def reply(self, option: int, kind: int, data: bytes | str = b"") -> None:
-        self.pending.append(p.option_reply(option, kind,
-                                           data.encode() if isinstance(data, str) else data))
-
-    async def negotiate(self) -> Export | None:
-        """Option haggling; returns the export chosen, or None if the client aborted."""
-        self.pending.append(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT,
-                                                   p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
-        await self.send_pending()
-        (flags,) = p.CLIENT_FLAGS.unpack(await self.recv_exactly(p.CLIENT_FLAGS.size))
-        if flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
-            raise ProtocolError(f"unknown client flags {flags:#x}")
-        if not flags & p.FLAG_C_FIXED_NEWSTYLE:
-            raise ProtocolError("the client does not speak fixed newstyle negotiation")
-        self.no_zeroes = bool(flags & p.FLAG_C_NO_ZEROES)
-        while True:
-            magic, option, length = p.OPTION_HEADER.unpack(
-                await self.recv_exactly(p.OPTION_HEADER.size))
-            if magic != p.IHAVEOPT:
-                raise ProtocolError(f"bad option magic {magic:#x}")
-            if length > p.MAX_OPTION_DATA:
-                raise ProtocolError(f"option {option} claims {length} bytes of data")
-            data = await self.recv_exactly(length)
-            export = None
-            if option == p.OPT_EXPORT_NAME:
-                export = await self.export_name(data)
-            elif option == p.OPT_ABORT:
-                self.reply(option, p.REP_ACK)
-            elif option == p.OPT_LIST:
-                await self.list_exports(data)
-            elif option in (p.OPT_INFO, p.OPT_GO):
-                export = await self.info(option, data)
-            else:   # STRUCTURED_REPLY, STARTTLS, meta contexts, ...: simple replies only
-                self.reply(option, p.REP_ERR_UNSUP, f"option {option} is not supported")
-            await self.send_pending()
-            if option == p.OPT_ABORT:
-                return None
-            if export is not None and option != p.OPT_INFO:
-                return export
-
-    async def find(self, name: str) -> Export | None:
-        try:
-            size = await self.server.call(self.server.admin.vm_size, name)
-        except BlockfoldError:
-            return None
-        return Export(name, size, self.server.flags)
-
-    async def export_name(self, data: bytes) -> Export:
-        # NBD_OPT_EXPORT_NAME has no error reply: an unknown name can only close the connection.
-        try:
-            name = p.decode_string(data)
-        except ValueError as e:
-            raise ProtocolError(f"bad export name: {e}") from None
-        export = await self.find(name)
-        if export is None:
-            raise ProtocolError(f"no VM named {name!r}")
-        self.pending.append(p.EXPORT_NAME_REPLY.pack(export.size, export.flags)
-                            + (b"" if self.no_zeroes else bytes(124)))
-        return export
-
-    async def list_exports(self, data: bytes) -> None:
-        if data:
-            self.reply(p.OPT_LIST, p.REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
-            return
-        for name in await self.server.call(self.server.admin.vm_names):
-            encoded = name.encode()
-            self.reply(p.OPT_LIST, p.REP_SERVER, struct.pack(">I", len(encoded)) + encoded)
-        self.reply(p.OPT_LIST, p.REP_ACK)
-
-    async def info(self, option: int, data: bytes) -> Export | None:
-        try:
-            name, wanted = p.parse_info_request(data)
-        except ValueError as e:
-            self.reply(option, p.REP_ERR_INVALID, str(e))
-            return None
-        export = await self.find(name)
-        if export is None:
-            self.reply(option, p.REP_ERR_UNKNOWN, f"no VM named {name!r}")
-            return None
-        self.reply(option, p.REP_INFO, p.INFO_EXPORT_DATA.pack(p.INFO_EXPORT, export.size,
-                                                               export.flags))
-        if p.INFO_NAME in wanted:
-            self.reply(option, p.REP_INFO, struct.pack(">H", p.INFO_NAME) + name.encode())
-        # Any alignment works (minimum 1); the pool's block size avoids read-modify-write.
-        self.reply(option, p.REP_INFO, p.INFO_BLOCK_SIZE_DATA.pack(
-            p.INFO_BLOCK_SIZE, 1, self.server.block_size, p.MAX_PAYLOAD))
-        self.reply(option, p.REP_ACK)
-        return export
+    def hand_over(self, session: Session, replies: bytes) -> str | None:
+        """Starts the connection's own thread, which sends `replies` (the last one enters
+        transmission), serves the requests and closes the connection. Returns why not, if the
+        server cannot take another connection."""
+        server = self.server
+        with server.lock:
+            if server.transmitting >= server.max_transmitting:
+                why = (f"the server is serving {server.transmitting} connections, its limit:"
+                       " try again later")
+            else:
+                thread = threading.Thread(target=self._transmit, args=(session, replies),
+                                          name=f"nbd {self.peer}", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as e:     # out of threads (a pids limit, say)
+                    why = f"the server cannot start another connection: {e}"
+                else:
+                    self.thread = thread
+                    server.transmitting += 1
+                    return None
+        server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
+        return why
 
     # -- transmission, on the connection's own thread ------------------------------------------
 
-    def transmit(self, export: Export) -> None:
-        """Until NBD_CMD_DISC or the end of input: take a batch, perform it, send its replies.
-
-        Small replies of a batch go out together, in one system call; once SEND_BYTES have
-        piled up they go at once, so the client can send more while the rest is performed.
-        """
-        while True:
-            requests, more = self.receive_batch()
-            replies, held = [], 0
-            for request in requests:
-                error, data = self.server.perform(export, request)
-                replies.append(p.simple_reply(request.cookie, error))
-                if data:
-                    replies.append(data)
-                held += len(data)
-                if held >= SEND_BYTES:
-                    send_all(self.sock, replies)
-                    replies, held = [], 0
-            if replies:
-                send_all(self.sock, replies)
-            if not more:
-                return
-
-    def receive_batch(self) -> tuple[list[Request], bool]:
-        """Waits for one request, then takes every further one already received.
-
-        Returns the requests and whether more may follow. A request cut short by the end of input
-        is dropped: its client is gone and nothing of it was applied.
-        """
-        batch: list[Request] = []
-        held = 0
-        while held < BATCH_BYTES:
-            try:
-                if not self.fill(p.REQUEST.size, wait=not batch):
-                    return batch, True
-            except ClientGone:
-                return batch, False
-            magic, flags, command, cookie, offset, length = p.REQUEST.unpack_from(self.buffer)
-            del self.buffer[:p.REQUEST.size]
-            if magic != p.REQUEST_MAGIC:
-                raise ProtocolError(f"bad request magic {magic:#x}")
-            if command == p.CMD_DISC:
-                return batch, False
-            request = Request(cookie, command, flags, offset, length)
-            try:
-                if command in (p.CMD_READ, p.CMD_WRITE) and length > p.MAX_PAYLOAD:
-                    request.error = p.EOVERFLOW
-                    if command == p.CMD_WRITE:
-                        self.discard(length)        # keeps the stream in step
-                elif command == p.CMD_WRITE:
-                    request.payload = self.take(length)
-            except ClientGone:
-                return batch, False
-            if command in (p.CMD_READ, p.CMD_WRITE) and not request.error:
-                held += length
-            batch.append(request)
-        return batch, True
-
-    def fill(self, need: int, wait: bool) -> bool:
-        """Buffers at least `need` bytes; without `wait`, only if they have already arrived."""
-        while len(self.buffer) < need:
-            try:
-                chunk = self.sock.recv(RECV_BYTES, 0 if wait else socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False
-            if not chunk:
-                raise ClientGone()
-            self.buffer += chunk
-        return True
-
-    def take(self, n: int) -> bytes:
-        """Exactly n bytes of input: what is buffered, then straight from the socket."""
-        if len(self.buffer) >= n:
-            data = bytes(self.buffer[:n])
-            del self.buffer[:n]
-            return data
-        data = bytearray(n)
-        view = memoryview(data)
-        have = len(self.buffer)
-        view[:have] = self.buffer
-        self.buffer.clear()
-        while have < n:
-            got = self.sock.recv_into(view[have:])
-            if not got:
-                raise ClientGone()
-            have += got
-        return data
-
-    def discard(self, n: int) -> None:
-        while n:
-            if not self.buffer:
-                self.fill(1, wait=True)
-            step = min(n, len(self.buffer))
-            del self.buffer[:step]
-            n -= step
-
-
-def send_all(sock: socket.socket, buffers: list[bytes]) -> None:
-    """sendall() for several buffers at once; large ones are not copied into one first."""
-    if len(buffers) == 1 or sum(map(len, buffers)) <= JOIN_BYTES:
-        sock.sendall(b"".join(buffers))
-        return
-    views = [memoryview(b) for b in buffers]
-    first = 0
-    while first < len(views):
-        sent = sock.sendmsg(views[first:first + IOV_MAX])
-        while sent and sent >= len(views[first]):
-            sent -= len(views[first])
-            first += 1
-        if sent:
-            views[first] = views[first][sent:]
+    def _transmit(self, session: Session, replies: bytes) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.sendall(replies)
+            Transmission(self.server, self.sock, session).run()
+        except (ClientGone, OSError):
+            pass
+        except ProtocolError as e:
+            self.server.log(f"{self.peer}: {e}; closing the connection")
+        except Exception as e:      # noqa: BLE001 - logged, and only this connection ends
+            self.server.log(f"{self.peer}: internal error: {type(e).__name__}: {e}")
+        finally:
+            self.sock.close()
+            self.server.release(self)
 
 
 def serve(admin, host: str, port: int, *, read_only: bool = False,
