@@ -27,7 +27,8 @@ examples:
   blockfold cluster up /srv/cl --nodes 3 --replicas 2
   blockfold -c /srv/cl vm import golden golden.raw
 
-The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR.
+The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR. When a service runs on it
+(`blockfold serve`), every command goes through the service.
 """
 
 
@@ -38,16 +39,44 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_VALUES = {"-p", "--pool", "-c", "--cluster", "--service"}   # global options with a value
+
+
+def named(argv: list[str]) -> list[Command]:
+    """The declarations of the command `argv` names (every command of a group named alone);
+    all of them when it names none we know (--help, a typo: they are all listed then)."""
+    words: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in GLOBAL_VALUES:
+            next(tokens, None)
+        elif token.startswith("-"):
+            if words:
+                break
+        else:
+            words.append(token)
+            if token not in commands.GROUPS or len(words) == 2:
+                break
+    found = [c for c in commands.COMMANDS if words and list(c.words[:len(words)]) == words]
+    return found or commands.COMMANDS
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `blockfold`; given `argv`, only of the command it names (every parser
+    costs a few gettext lookups on disk: all of them would cost more than the rest of a command
+    a service answers)."""
     p = Parser(prog="blockfold", description="Blockfold: a deduplicating storage pool for "
                "virtual-desktop disk images.", epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL)")
     p.add_argument("-c", "--cluster", metavar="DIR",
                    help="run the command against the cluster in DIR (see `cluster up`)")
+    p.add_argument("--service", metavar="URL",
+                   help="run the command through the service behind a node's SSH admin"
+                        " subsystem: ssh://USER@HOST:PORT (your SSH key and known_hosts)")
     top = p.add_subparsers(metavar="COMMAND")
     groups = {}     # first word -> its subparsers
-    for cmd in commands.COMMANDS:
+    for cmd in commands.COMMANDS if argv is None else named(argv):
         *group, word = cmd.words
         parent = top
         if group:
@@ -66,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return run(args)
     except UsageError as e:
@@ -98,7 +128,7 @@ def run(args) -> int:
         actions = [c.words[1] for c in commands.COMMANDS if c.words[0] == group]
         raise UsageError(f"{group} needs an action: {', '.join(actions[:-1])} or {actions[-1]}"
                          if len(actions) > 1 else f"{group} needs an action: {actions[0]}")
-    if cmd.cluster and not args.cluster:
+    if cmd.cluster and not (args.cluster or args.service):
         raise UsageError(f"{' '.join(cmd.words)} needs a cluster: use -c DIR")
     if not cmd.opens:
         return cmd.run(args)
@@ -107,6 +137,8 @@ def run(args) -> int:
         rebuild = ("full" if args.full else "fast") if cmd.rebuilds else None
         with commands.open_admin(args, readonly=cmd.looks, rebuild=rebuild,
                                  progress=bar if cmd.rebuilds else None) as admin:
+            if cmd.rebuilds and admin.served:     # a service rebuilds what it holds, when asked
+                admin.rebuild(rebuild == "full", bar)
             return cmd.run(admin, args, bar)
     finally:
         if bar:

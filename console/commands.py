@@ -7,16 +7,18 @@ dispatch from COMMANDS and GROUPS.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import getpass
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from engine import api
-from engine.api import (BlockfoldError, LocalAdmin, create_pool, default_pool_path, human_bytes,
-                        parse_size, plain)
+from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
+                        default_pool_path, human_bytes, parse_size, plain)
 
 from .command import Command, UsageError, arg, listen_address, nonnegative, positive
 
@@ -26,7 +28,9 @@ GROUPS = {  # the first word of two-word commands, and its help
     "nbd": "serve VM disks over NBD",
     "cluster": "create, start and stop a cluster of nodes",
     "node": "serve a node; list, fail and restore a cluster's nodes",
+    "job": "list and cancel the long work a service runs",
 }
+LOCK_WAIT_S = 5.0       # how long a short writer waits for another to let the pool go
 
 COMMANDS: list[Command] = []
 
@@ -41,6 +45,8 @@ def command(*words: str, help: str, args=(), **declared) -> Callable:
 
 NAME = arg("name", metavar="NAME", help="the VM's name")
 YES = arg("-y", "--yes", action="store_true", help="do not ask for confirmation")
+FORCE = arg("--force", action="store_true", help="if NBD clients have the VM attached, detach"
+            " them first (asks on a terminal)")
 CLUSTER_DIR = arg("dir", metavar="DIR", help="the cluster directory")
 
 
@@ -51,11 +57,42 @@ def pool_path(args) -> str:
     return path
 
 
-def open_admin(args, **options) -> api.Admin:
-    """The cluster of -c, else the pool of -p or $BLOCKFOLD_POOL, opened with `options`."""
+def open_admin(args, *, readonly: bool = False, restrict: bool = False,
+               actor: str | None = None, **options) -> api.Admin:
+    """The Admin a command runs on: the service of --service, or the one serving the cluster of
+    -c or the pool of -p / $BLOCKFOLD_POOL if one runs (`restrict`: it lets us only look); else
+    that cluster or pool opened here (`readonly`: without the write lock, beside a writer), with
+    `options`. A writer that finds it held by another process waits LOCK_WAIT_S for it (or for a
+    service to answer) before giving up. `actor` names the caller in events (by default the
+    local user)."""
+    if getattr(args, "service", None):
+        return api.connect_service(args.service, read_only=restrict)
+    directory = args.cluster or pool_path(args)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        served = api.find_service(directory, actor=actor, read_only=restrict)
+        if served is not None:
+            return served
+        try:
+            return open_here(args, readonly=readonly, actor=actor or local_user(), **options)
+        except PoolLockedError:
+            if readonly or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
+def open_here(args, **options) -> api.Admin:
+    """The cluster of -c, else the pool of -p or $BLOCKFOLD_POOL, opened in this process."""
     if getattr(args, "cluster", None):
         return api.open_cluster(args.cluster, **options)
-    return LocalAdmin.open(pool_path(args), **options)
+    return api.LocalAdmin.open(pool_path(args), **options)
+
+
+def local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def emit(args, data, text: str) -> None:
@@ -120,7 +157,7 @@ def vm_export(admin, args, bar) -> int:
 @command("vm", "write", help="write a file's bytes into a VM at an offset", args=[
     NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
               help="byte offset in the VM"),
-    arg("file", metavar="FILE", help="the bytes to write, or - for stdin")])
+    arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
     if args.file == "-":
         data = sys.stdin.buffer.read()
@@ -130,7 +167,8 @@ def vm_write(admin, args, bar) -> int:
                 data = f.read()
         except OSError as e:
             raise BlockfoldError(f"cannot read {args.file}: {e.strerror}") from None
-    admin.write(args.name, args.offset, data)
+    detaching(args, f"Overwrite part of VM {args.name}",
+              lambda force: admin.write(args.name, args.offset, data, force=force))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
          f"wrote {len(data)} bytes to {args.name} at {args.offset}")
     return 0
@@ -149,15 +187,29 @@ def vm_clone(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "rm", help="delete a VM and free what only it referenced", args=[NAME, YES])
+@command("vm", "rm", help="delete a VM and free what only it referenced",
+         args=[NAME, YES, FORCE])
 def vm_rm(admin, args, bar) -> int:
     admin.vm_size(args.name)      # a clear error for an unknown name, before asking
     if not confirmed(args, f"Delete VM {args.name}? Its own blocks are freed."):
         print("not deleted", file=sys.stderr)
         return 1
-    admin.delete(args.name)
+    detaching(args, f"Delete VM {args.name}", lambda force: admin.delete(args.name, force=force))
     emit(args, {"deleted": args.name}, f"deleted {args.name}")
     return 0
+
+
+def detaching(args, doing: str, change: Callable[[bool], None]) -> None:
+    """change(force=False); if the VM is attached and --force was given, asks on a terminal,
+    then change(force=True), which detaches its NBD clients first."""
+    try:
+        change(False)
+    except AttachedError as e:
+        if not args.force:
+            raise
+        if not confirmed(args, f"{e}. {doing} and cut its clients off?"):
+            raise BlockfoldError("not forced: nothing changed") from None
+        change(True)
 
 
 @command("vm", "ls", help="list VMs with their size, logical, unique and shared blocks and "
@@ -170,17 +222,90 @@ def vm_ls(admin, args, bar) -> int:
     return 0
 
 
+# -- the service: one process holds the pool, serves it, and answers every other command ---------
+
+SERVICE_ARGS = (
+    arg("--metrics", type=listen_address, metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here (port 0: any free)"),
+    arg("--group", metavar="GROUP", help="let GROUP's members use the admin socket too (mode"
+        " 0660; by default only this user: 0600)"))
+
+
+@command("serve", help="serve the pool: the admin socket for every CLI and console, and NBD and "
+         "metrics if asked, until SIGTERM",
+         description="Holds the pool (-p) or the cluster's write lease (-c) and serves it until "
+         "SIGTERM or SIGINT: every other blockfold command and console on this pool goes "
+         "through it (DIR/admin.sock), NBD exports every VM if --nbd is given, and Prometheus "
+         "metrics are served if --metrics is. Prints 'admin PATH', then 'nbd HOST:PORT' and "
+         "'metrics HOST:PORT' once listening. On SIGTERM it drains: NBD answers what it "
+         "received, admin calls finish or are cancelled, the pool is flushed and marked clean.",
+         opens=False, json=False, args=[
+             arg("--nbd", type=listen_address, metavar="HOST:PORT",
+                 help="export every VM over NBD here (port 0: any free)"),
+             arg("--nbd-read-only", action="store_true",
+                 help="NBD refuses writes and trims (EPERM)"), *SERVICE_ARGS])
+def serve(args) -> int:
+    def ready(bound):
+        print(f"admin {bound['admin']}", flush=True)
+        for what in ("nbd", "metrics"):
+            if what in bound:
+                print(f"{what} {address(*bound[what])}", flush=True)
+    return run_service(args, args.nbd, args.nbd_read_only, ready)
+
+
 @command("nbd", "serve", help="export every VM under its own name until SIGTERM",
-         description="export every VM under its own name until SIGTERM; prints 'ready "
-         "HOST:PORT' once listening", json=False, args=[
+         description="`blockfold serve --nbd HOST:PORT`: exports every VM under its own name "
+         "and serves the pool to every other command, until SIGTERM; prints 'ready HOST:PORT' "
+         "once listening", json=False, opens=False, args=[
              arg("--listen", type=listen_address, default=("127.0.0.1", 10809),
                  metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one"),
-             arg("--read-only", action="store_true", help="refuse writes and trims (EPERM)")])
-def nbd_serve(admin, args, bar) -> int:
-    def ready(host, port):
-        print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
-    api.serve_nbd(admin, *args.listen, read_only=args.read_only, ready=ready)
+             arg("--read-only", action="store_true", help="refuse writes and trims (EPERM)"),
+             *SERVICE_ARGS])
+def nbd_serve(args) -> int:
+    def ready(bound):
+        print(f"ready {address(*bound['nbd'])}", flush=True)
+        if "metrics" in bound:
+            print(f"metrics {address(*bound['metrics'])}", flush=True)
+    return run_service(args, args.listen, args.read_only, ready)
+
+
+def address(host: str, port: int) -> str:
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
+    """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
+    if getattr(args, "service", None):
+        raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
+    actor = local_user()
+    directory = args.cluster or pool_path(args)
+    with hold(args, actor) as admin:
+        service = api.Service(admin, directory, actor=actor, group=args.group, nbd=nbd,
+                              nbd_read_only=nbd_read_only, metrics=args.metrics)
+        service.run(lambda bound: ready(dict(bound, admin=service.socket_path)))
     return 0
+
+
+def hold(args, actor: str) -> api.Admin:
+    """The pool or cluster opened for writing, for as long as a service runs. A cluster whose
+    write lease another service holds is waited for (a standby): its lease runs out if that
+    service has died, and this one takes over."""
+    if not args.cluster:
+        return api.LocalAdmin.open(pool_path(args), wait=False, actor=actor)
+    waited = False
+    while True:
+        try:
+            admin = api.open_cluster(args.cluster, actor=actor)
+        except PoolLockedError as e:
+            if not waited:
+                print(f"blockfold: waiting: {e}", file=sys.stderr, flush=True)
+                waited = True
+            time.sleep(1.0)
+            continue
+        if waited:
+            print(f"blockfold: took over cluster {args.cluster}: its write lease is ours now",
+                  file=sys.stderr, flush=True)
+        return admin
 
 
 # -- the pool's figures and checks --------------------------------------------------------------
@@ -257,6 +382,48 @@ def fsck(admin, args, bar) -> int:
     text = "\n".join(f"{p.kind}: {p.message}" for p in problems) or "clean"
     emit(args, {"clean": not problems, "problems": problems}, text)
     return 1 if problems else 0
+
+
+@command("scrub", help="verify every live block against its fingerprint, beside reads and "
+         "writes", description="Verifies every live block against its fingerprint (the anchor is "
+         "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). A scrub stopped "
+         "resumes where it was the next time. With a service running, it runs there in the "
+         "background unless --wait (`job ls` shows it); without one, this command does the "
+         "work.", args=[
+             arg("--rate", metavar="SIZE", help="at most SIZE bytes a second (e.g. 200M)"),
+             arg("--wait", action="store_true",
+                 help="wait for the end, with progress; Ctrl-C stops it")])
+def scrub(admin, args, bar) -> int:
+    rate = _size(args.rate)
+    if admin.served and not args.wait:
+        job = admin.start_scrub(rate)
+        emit(args, job, f"scrub started: job {job.id} (`blockfold job ls` shows its progress)")
+        return 0
+    r = admin.scrub(rate, bar)
+    text = (f"scrubbed {r.blocks} blocks ({human_bytes(r.bytes)}) in {r.seconds:.2f}s,"
+            f" {human_bytes(r.bytes_per_s)}/s; {len(r.corrupt)} corrupt"
+            + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
+    emit(args, r, text)
+    return 1 if r.corrupt else 0
+
+
+# -- a service's jobs ----------------------------------------------------------------------------
+
+@command("job", "ls", help="the long work a service runs: imports, exports, rebuilds, scrubs …")
+def job_ls(admin, args, bar) -> int:
+    jobs = admin.jobs()
+    rows = [(str(j.id), j.kind, j.actor, j.state, j.phase or "-",
+             f"{j.done / j.total:.0%}" if j.total else "-", j.message) for j in jobs]
+    emit(args, jobs, table(("ID", "KIND", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
+    return 0
+
+
+@command("job", "cancel", help="stop a running job of the service", args=[
+    arg("id", type=positive, metavar="ID", help="the job's id (see `job ls`)")])
+def job_cancel(admin, args, bar) -> int:
+    job = admin.cancel_job(args.id)
+    emit(args, job, f"cancelling job {job.id} ({job.kind})")
+    return 0
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -380,14 +547,34 @@ def console(args) -> int:
     # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
     sys.setswitchinterval(0.001)
-    # wait=False: the first frame comes at once while the RAM metadata is rebuilt behind it.
-    # A console served over SSH logs its actions under the key's comment (engine/net/node.py).
-    with open_admin(args, readonly=args.read_only, wait=False,
-                    actor=os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
+    # A console served over SSH logs its actions under the key's comment (engine/node).
+    with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
         app = BlockfoldApp(admin, read_only=args.read_only)
         _quit_on_hangup(app)
         app.run()
     return 0
+
+
+@contextmanager
+def console_admin(args, actor: str):
+    """What a console runs on: the service of the pool or cluster if one runs; else the pool or
+    cluster opened here, served from this process for as long as the console is open (so CLIs
+    go on working beside it). wait=False: the first frame comes at once while the RAM metadata
+    is rebuilt behind it."""
+    admin = open_admin(args, readonly=args.read_only, restrict=args.read_only, actor=actor,
+                       wait=False)
+    service = None
+    try:
+        if not admin.served and not args.read_only:
+            service = api.Service(admin, args.cluster or pool_path(args), actor=actor)
+            service.start_in_thread()
+        yield service.admin if service is not None else admin
+    finally:
+        try:
+            if service is not None:
+                service.stop()
+        finally:
+            admin.close()
 
 
 def console_default(args) -> int:
@@ -404,6 +591,8 @@ def console_default(args) -> int:
 def _quit_on_hangup(app) -> None:
     """A lost terminal (an SSH client gone) or SIGTERM quits the app like `q`, so the cluster is
     closed cleanly and its write lease freed at once."""
+    import asyncio
+
     def quit_(signum, frame):
         try:
             asyncio.get_running_loop().call_soon_threadsafe(app.exit)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 
+from .errors import RefusedError
 from .progress import ProgressCallback
-from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, Snapshot, VMStats)
+from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeStatus,
+                      PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMStats)
 
 
 class Admin(ABC):
@@ -24,6 +25,9 @@ class Admin(ABC):
     """"pool" (embedded) or "cluster"."""
     name: str
     """The pool or cluster directory."""
+    served: bool = False
+    """True when a service runs this Admin (engine/service): it may keep background jobs going
+    after the caller has gone, and it knows which VMs NBD clients have attached."""
 
     @property
     @abstractmethod
@@ -52,9 +56,12 @@ class Admin(ABC):
         no reachable copy of a block)."""
 
     @abstractmethod
-    def write(self, name: str, offset: int, data) -> None:
+    def write(self, name: str, offset: int, data, force: bool = False) -> None:
         """Writes a bytes-like object at `offset`, deduplicated inline; durable after flush().
-        Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing written)."""
+        A served pool refuses to change a VM that NBD clients have attached (RefusedError naming
+        them) unless `force`, which detaches them first; the NBD export itself writes without
+        asking. Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing
+        written), RefusedError (attached)."""
 
     @abstractmethod
     def trim(self, name: str, offset: int, length: int) -> None:
@@ -78,18 +85,21 @@ class Admin(ABC):
         """Every VM's figures, by name."""
 
     @abstractmethod
-    def import_image(self, name: str, source: str,
-                     progress: ProgressCallback | None = None) -> ImportResult:
-        """Imports a raw image file (or stdin for "-") as a new VM, in one transaction: if it
-        fails, no VM is left behind. Holes and zero blocks take no space. Progress phase
-        "import", in bytes. Raises VMExistsError, BadNameError, BadImageError (unreadable,
-        empty, not a regular file), NoSpaceError, ReadOnlyError."""
+    def import_image(self, name: str, source, progress: ProgressCallback | None = None,
+                     cancel: threading.Event | None = None) -> ImportResult:
+        """Imports a raw image as a new VM, in one transaction: if it fails or is cancelled, no
+        VM is left behind. Holes and zero blocks take no space. `source`: a file's path, "-" for
+        stdin, or an open image (engine.imageio.Image's size, name, chunks() and close()).
+        Progress phase "import", in bytes. Raises VMExistsError, BadNameError, BadImageError
+        (unreadable, empty, not a regular file), NoSpaceError, ReadOnlyError, CancelledError."""
 
     @abstractmethod
-    def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
-        """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-").
+    def export(self, name: str, dest, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> None:
+        """Writes the VM byte for byte to `dest`: a file's path (sparse where the VM has holes),
+        "-" for stdout, or an open output (engine.imageio's write_blocks() and finish()).
         Progress phase "export", in bytes. Raises VMNotFoundError, BadImageError (cannot
-        write)."""
+        write), CancelledError."""
 
     @abstractmethod
     def clone(self, source: str, new: str, count: int = 1) -> list[str]:
@@ -98,9 +108,10 @@ class Admin(ABC):
         VMExistsError, BadNameError, ReadOnlyError, BlockfoldError (count < 1)."""
 
     @abstractmethod
-    def delete(self, name: str) -> None:
-        """Deletes the VM and frees every block only it referenced. Raises VMNotFoundError,
-        ReadOnlyError."""
+    def delete(self, name: str, force: bool = False) -> None:
+        """Deletes the VM and frees every block only it referenced. A served pool refuses to
+        delete a VM that NBD clients have attached (RefusedError naming them) unless `force`,
+        which detaches them first. Raises VMNotFoundError, ReadOnlyError, RefusedError."""
 
     # -- the pool -----------------------------------------------------------------------------
 
@@ -133,9 +144,36 @@ class Admin(ABC):
         """The figures of the most recent rebuild (every open rebuilds)."""
 
     @abstractmethod
-    def fsck(self, progress: ProgressCallback | None = None) -> list[Problem]:
+    def fsck(self, progress: ProgressCallback | None = None,
+             cancel: threading.Event | None = None) -> list[Problem]:
         """Checks every promise the pool makes about its own state; [] when all hold. Progress
-        phase "fsck"."""
+        phase "fsck". Raises CancelledError once `cancel` is set."""
+
+    @abstractmethod
+    def scrub(self, rate: float | None = None, progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> ScrubFigures:
+        """Verifies every live block against its fingerprint beside reads and writes (the anchor
+        is `zpool scrub`), at most `rate` bytes a second if given; rotten blocks are remembered
+        as corrupt. A scrub cancelled resumes where it stopped the next time. Progress phase
+        "scrub", in blocks. Raises ReadOnlyError, RefusedError (a cluster: its full rebuild
+        scrubs every node)."""
+
+    # -- background jobs: what a service runs, for whoever asked ------------------------------
+
+    def jobs(self) -> list[Job]:
+        """The long calls running in the service (and the last few that ended), oldest first;
+        [] when no service runs this Admin."""
+        return []
+
+    def start_scrub(self, rate: float | None = None) -> Job:
+        """Starts a scrub (see scrub) in the background of the service and returns at once.
+        Raises RefusedError when no service runs this Admin: nothing would outlive the caller."""
+        raise RefusedError("background work needs a service: start `blockfold serve`, or wait"
+                           " for the scrub (--wait)")
+
+    def cancel_job(self, job: int) -> Job:
+        """Cancels a running job; returns it. Raises RefusedError (no such job running)."""
+        raise RefusedError(f"no job {job}: no service runs this pool")
 
     @abstractmethod
     def events(self, limit: int = 100) -> list[Event]:
@@ -158,12 +196,12 @@ class Admin(ABC):
         fail_node)."""
 
     @abstractmethod
-    def heal(self, wait: bool = True,
-             progress: ProgressCallback | None = None) -> HealFigures:
+    def heal(self, wait: bool = True, progress: ProgressCallback | None = None,
+             cancel: threading.Event | None = None) -> HealFigures:
         """Copies every block short of R copies (or off its place) to the nodes placement wants
         it on, then drops copies beyond R; with `wait`, until none is short. Progress phase
         "heal", in blocks. Raises BlockfoldError (an embedded pool; read-only; blocks with no
-        reachable copy; fewer than R nodes up)."""
+        reachable copy; fewer than R nodes up), CancelledError."""
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -1,34 +1,51 @@
 """The engine's front door: everything the console and the CLI use, and nothing else of it.
 
 `Admin` (engine.admin) is the interface; its results are the dataclasses of engine.results.
-`LocalAdmin` runs it over a pool embedded in this process, `open_cluster` over a cluster. The
-cluster, the node server and the NBD server are imported on use, so a local pool never loads
-asyncssh.
+`LocalAdmin` runs it over a pool embedded in this process, `open_cluster` over a cluster,
+`find_service` and `connect_service` over a running service (engine/service), which `serve` and
+`Service` run. What is heavy is imported on use: the storage engine (numpy) only when a pool is
+opened here, so a CLI that only asks a service starts fast; the cluster, the node server and the
+NBD server only when used, so a local pool never loads asyncssh.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .admin import Admin
-from .errors import BlockfoldError, CancelledError, VMNotFoundError
-from .localadmin import LocalAdmin
-from .pool import DEFAULT_BLOCK_SIZE, Pool
+from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
+                     VMNotFoundError)
 from .progress import Progress, ProgressCallback
-from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, RebuildRecord, Snapshot, VMStats,
-                      plain)
+from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
+                      PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
+                      VMStats, plain)
 from .units import human_bytes, parse_size
 
+if TYPE_CHECKING:
+    from .localadmin import LocalAdmin
+    from .service.service import Service
+
 __all__ = [
-    "Admin", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
-    "HealFigures", "ImportResult", "LocalAdmin", "NodeStatus", "PoolStats", "Problem",
-    "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord", "Snapshot",
-    "VMNotFoundError", "VMStats", "cluster_add", "cluster_down", "cluster_up", "create_pool",
-    "default_pool_path", "human_bytes", "open_cluster", "parse_size", "plain", "serve_nbd",
-    "serve_node",
+    "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
+    "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
+    "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
+    "ScrubFigures", "Service", "Snapshot", "VMNotFoundError", "VMStats", "cluster_add",
+    "cluster_down", "cluster_up", "connect_service", "create_pool", "default_pool_path",
+    "find_service", "human_bytes", "open_cluster", "parse_size", "plain", "serve_node",
 ]
+
+
+def __getattr__(name: str):
+    """LocalAdmin and Service, imported on first use (they load the storage engine)."""
+    if name == "LocalAdmin":
+        from .localadmin import LocalAdmin
+        return LocalAdmin
+    if name == "Service":
+        from .service.service import Service
+        return Service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_pool_path() -> Path:
@@ -37,14 +54,27 @@ def default_pool_path() -> Path:
     return Path(base) / "blockfold" / "pool"
 
 
-def create_pool(path, block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
-    return Pool.create(path, block_size)
+def create_pool(path, block_size: int | None = None) -> Path:
+    from .pool import DEFAULT_BLOCK_SIZE, Pool
+    return Pool.create(path, block_size or DEFAULT_BLOCK_SIZE)
 
 
-def serve_nbd(admin: Admin, host: str, port: int, *, read_only: bool = False, ready=None) -> None:
-    """Exports every VM of `admin` over NBD until SIGTERM/SIGINT (see engine/nbd)."""
-    from .nbd.server import serve     # asyncio is only imported when serving
-    serve(admin, host, port, read_only=read_only, ready=ready)
+# -- services (engine.service): one process serves a pool, everyone else asks it ------------------
+
+def find_service(directory, *, actor: str | None = None, read_only: bool = False) -> Admin | None:
+    """The Admin of the service that serves the pool or cluster in `directory`, through its
+    admin.sock; None when no service runs. `actor` names the caller in events (taken only from
+    the service's own user); `read_only` limits the connection to the methods that look.
+    Raises BlockfoldError (the socket's mode keeps this user out)."""
+    from .remoteadmin import RemoteAdmin
+    return RemoteAdmin.find(directory, actor=actor, read_only=read_only)
+
+
+def connect_service(url: str, *, read_only: bool = False) -> Admin:
+    """The Admin of the service behind a node's SSH admin subsystem, ssh://USER@HOST:PORT (the
+    user's SSH keys and known_hosts). Raises BlockfoldError."""
+    from .remoteadmin import RemoteAdmin
+    return RemoteAdmin.over_ssh(url, read_only=read_only)
 
 
 # -- clusters (engine.cluster): imported on use, so a local pool never loads asyncssh ------------

@@ -2,7 +2,7 @@
 
 Callers branch on two kinds (LevelDB's Status is the model):
 - RefusedError: the request was refused before anything changed (bad input, an unknown or existing
-  name, no space to reserve, a read-only pool, a VM in use ...).
+  name, no space to reserve, a read-only pool, a VM attached ...).
 - AbortedError: a commit failed (the disk or the catalog is full, an I/O error, too few cluster
   nodes) and was rolled back to the last commit. Nothing of the failed change remains; writes that
   were acknowledged before it stay in RAM and the next commit tries them again.
@@ -63,6 +63,10 @@ class ReadOnlyError(RefusedError):
 
 class CancelledError(RefusedError):
     pass
+
+
+class AttachedError(RefusedError):
+    """A served VM that NBD clients have attached would be deleted or overwritten under them."""
 
 
 class CorruptBlockError(BlockfoldError):

@@ -72,7 +72,11 @@ def _read_full(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
-def open_image(source: str) -> Image:
+def open_image(source) -> Image:
+    """The image at path `source`, or stdin for "-"; an image already open (a service's stream
+    of a client's file, say) is `source` itself."""
+    if not isinstance(source, str):
+        return source
     if source == "-":
         fd = sys.stdin.buffer.fileno()
         mode = os.fstat(fd).st_mode
@@ -97,6 +101,20 @@ def empty_image(source: str) -> BadImageError:
     return BadImageError(f"image {source} is empty")
 
 
+def mapped_runs(mapped):
+    """(i, j) for every run mapped[i:j] of true values."""
+    i = 0
+    while i < len(mapped):
+        if not mapped[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(mapped) and mapped[j]:
+            j += 1
+        yield i, j
+        i = j
+
+
 class _Output:
     """Where an export goes: a file, where unmapped blocks stay holes, or a stream."""
 
@@ -107,19 +125,19 @@ class _Output:
     def write_blocks(self, offset: int, data: bytes, mapped, block_size: int) -> None:
         """Writes `data` (at `offset`); in a file, runs of unmapped blocks are skipped."""
         if not self.sparse:
+            self.write_at(offset, data)
+            return
+        for i, j in mapped_runs(mapped):
+            self._write(data[i * block_size:j * block_size], offset + i * block_size)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Writes `data` at `offset`; a stream is padded with zeros up to it (offsets only
+        grow)."""
+        if self.sparse:
+            self._write(data, offset)
+        else:
             self._pad_to(offset)
             self._write(data, None)
-            return
-        i = 0
-        while i < len(mapped):
-            if not mapped[i]:
-                i += 1
-                continue
-            j = i
-            while j < len(mapped) and mapped[j]:
-                j += 1
-            self._write(data[i * block_size:j * block_size], offset + i * block_size)
-            i = j
 
     def _pad_to(self, offset: int) -> None:
         """A stream has no holes: what was skipped is written as zeros."""
@@ -145,7 +163,13 @@ class _Output:
 
 
 @contextmanager
-def open_output(dest: str, size: int):
+def open_output(dest, size: int):
+    """Where an export of `size` bytes goes: the file at path `dest` (sparse), stdout for "-", or
+    `dest` itself when it is an output already (a service's stream to a client)."""
+    if not isinstance(dest, str):
+        yield dest
+        dest.finish(size)
+        return
     if dest == "-":
         out = _Output(sys.stdout.buffer.fileno(), sparse=False)
         yield out

@@ -9,9 +9,10 @@ from __future__ import annotations
 from .admin import Admin
 from .errors import BlockfoldError
 from .pool import Pool
-from .progress import ProgressCallback
+from .progress import ProgressCallback, cancellable
 from .results import (BlockPage, BlockRow, Event, Extent, HealFigures, ImportResult,
-                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, VMStats)
+                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
+                      VMStats)
 
 
 class LocalAdmin(Admin):
@@ -49,7 +50,7 @@ class LocalAdmin(Admin):
     def vm_names(self): return self.pool.vm_names()
     def vm_size(self, name): return self.pool.vm_size(name)
     def read(self, name, offset, length): return self.pool.read(name, offset, length)
-    def write(self, name, offset, data): self.pool.write(name, offset, data)
+    def write(self, name, offset, data, force=False): self.pool.write(name, offset, data)
     def trim(self, name, offset, length): self.pool.trim(name, offset, length)
     def flush(self): self.pool.flush()
 
@@ -62,13 +63,15 @@ class LocalAdmin(Admin):
         known = not self.pool.rebuilding
         return [_vm(v, known) for v in self.pool.vm_list()]
 
-    def import_image(self, name, source, progress=None):
-        vm = self.pool.import_image(name, source, progress)
+    def import_image(self, name, source, progress=None, cancel=None):
+        vm = self.pool.import_image(name, source, cancellable(progress, cancel))
         return ImportResult(vm.name, vm.size)
 
-    def export(self, name, dest, progress=None): self.pool.export(name, dest, progress)
+    def export(self, name, dest, progress=None, cancel=None):
+        self.pool.export(name, dest, cancellable(progress, cancel))
+
     def clone(self, source, new, count=1): return self.pool.clone(source, new, count)
-    def delete(self, name): self.pool.delete(name)
+    def delete(self, name, force=False): self.pool.delete(name)
 
     # -- the pool -----------------------------------------------------------------------------
 
@@ -117,8 +120,11 @@ class LocalAdmin(Admin):
             missing_blocks=None, free_slots=raw["free_slots"],
             capacity_slots=raw["capacity_slots"])
 
-    def fsck(self, progress=None):
-        return [Problem(**p) for p in self.pool.fsck(progress)]
+    def fsck(self, progress=None, cancel=None):
+        return [Problem(**p) for p in self.pool.fsck(cancellable(progress, cancel))]
+
+    def scrub(self, rate=None, progress=None, cancel=None):
+        return ScrubFigures(**self.pool.scrub(rate, progress, cancel))
 
     def events(self, limit=100):
         return [Event(**e) for e in self.pool.events(limit)]
@@ -142,7 +148,7 @@ class LocalAdmin(Admin):
     def restore_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
 
-    def heal(self, wait=True, progress=None) -> HealFigures:
+    def heal(self, wait=True, progress=None, cancel=None) -> HealFigures:
         raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
 
     def close(self): self.pool.close()

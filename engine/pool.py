@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _native, blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog
 from .core import engine_error, import_vm
@@ -341,7 +342,7 @@ class Pool:
             self.catalog.begin()
             self.catalog.write_pages(pages)
             if edit is not None:
-                self.catalog.apply(edit, self.actor, self.graph.next_layer)
+                self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
             if rows is not None:
                 rows(self.catalog)
             self.catalog.set("collisions", self.blocks.collisions)

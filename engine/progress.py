@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import CancelledError
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -20,6 +22,22 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+def cancellable(progress: ProgressCallback | None, cancel) -> ProgressCallback | None:
+    """A progress callback that raises CancelledError once `cancel` (a threading.Event) is set,
+    and passes every report on to `progress`. Long work reports every few tenths of a second, and
+    stops cleanly when its callback raises, so this is how work with no cancel of its own is
+    cancelled."""
+    if cancel is None:
+        return progress
+
+    def report(p: Progress) -> None:
+        if cancel.is_set():
+            raise CancelledError(f"{p.phase} cancelled")
+        if progress is not None:
+            progress(p)
+    return report
 
 
 class Meter:

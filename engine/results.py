@@ -274,6 +274,52 @@ class HealFigures:
 
 
 @dataclass(frozen=True)
+class ScrubFigures:
+    """What one scrub did."""
+
+    blocks: int
+    """Live blocks verified (from where the last scrub stopped)."""
+    bytes: int
+    """Their bytes: blocks × block size."""
+    corrupt: list[int]
+    """Addresses of the blocks found rotten (see BlockRow.pbn)."""
+    seconds: float
+    """How long it took."""
+    bytes_per_s: int
+    """bytes / seconds."""
+    finished: bool
+    """True if it reached the last live block (the next scrub starts over); False if it was
+    cancelled (the next one resumes here)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A long call that a service runs (an import, a rebuild, a scrub …): for the client that
+    asked, or in the background."""
+
+    id: int
+    """Increases with every job of this service."""
+    kind: str
+    """The Admin method: "import_image", "export", "rebuild", "fsck", "heal" or "scrub"."""
+    actor: str
+    """Who started it (see Event.actor)."""
+    started: float
+    """When, seconds since the epoch."""
+    state: str
+    """"running", "done", "failed" or "cancelled"."""
+    phase: str
+    """The phase of its last progress report ("" before the first)."""
+    done: int
+    """Work done in that phase (bytes or blocks, as the phase reports)."""
+    total: int
+    """The phase's whole work, in the same unit."""
+    bytes_per_s: float
+    """Its rate in the last report, bytes a second."""
+    message: str
+    """Why it failed; empty otherwise."""
+
+
+@dataclass(frozen=True)
 class ImportResult:
     """The VM an import made."""
 

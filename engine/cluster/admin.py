@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import replace
 
-from ..errors import BlockfoldError
+from ..errors import BlockfoldError, CancelledError, RefusedError
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
@@ -148,15 +148,16 @@ class ClusterAdmin(LocalAdmin):
             print(f"blockfold: heal failed, and the event was not recorded: {e}",
                   file=sys.stderr, flush=True)
 
-    def heal(self, wait: bool = True, progress=None) -> HealFigures:
+    def heal(self, wait: bool = True, progress=None, cancel=None) -> HealFigures:
         """Re-replicates every under-replicated block; with wait, until none is left."""
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
         replicas = self.config.replicas
+        stop = cancel or threading.Event()      # waits between passes end early on a cancel
         while True:
             self.members.probe_all()
             self._rejoin_returning()
-            figures = HealFigures(**self.pool.blocks.heal(progress))
+            figures = HealFigures(**self.pool.blocks.heal(progress, cancel))
             if not wait or figures.under_replicated == 0:
                 return figures
             if figures.unreachable and not figures.copied:
@@ -166,7 +167,12 @@ class ClusterAdmin(LocalAdmin):
             if up < replicas:
                 raise BlockfoldError(f"only {up} nodes are up: {replicas} copies of every block"
                                      f" need {replicas}; restore a node first")
-            time.sleep(HEAL_POLL)
+            if stop.wait(HEAL_POLL):
+                raise CancelledError("heal cancelled")
+
+    def scrub(self, rate=None, progress=None, cancel=None):
+        raise RefusedError("a cluster is scrubbed node by node by a full rebuild:"
+                           " `blockfold -c DIR rebuild --full`")
 
     # -- views: the pool's own, with what only a cluster knows --------------------------------
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..errors import BlockfoldError
+from ..errors import BlockfoldError, PoolLockedError
 from ..net import rpc
 from ..net.client import IoLoop, NodeClient, NodeUnreachable
 from . import holder
@@ -217,7 +217,7 @@ class Members:
                               " longer runs", file=sys.stderr, flush=True)
                     return
             self.release_lease()
-            raise BlockfoldError(f"cluster {self.config.path} is {refused[min(refused)]}")
+            raise PoolLockedError(f"cluster {self.config.path} is {refused[min(refused)]}")
 
     def _gone_holders(self, nodes: list[int]) -> dict[int, str]:
         """{node: the holder of its lease}, for the nodes whose lease holder is a process of this

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import signal
 import socket
 import sys
 import threading
@@ -120,6 +119,20 @@ class NBDServer:
         await asyncio.to_thread(drain, [c for c in connections if c.thread is not None])
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
+    # -- who is attached: asked by the service before it deletes or overwrites a VM ------------
+
+    def clients(self, name: str) -> list[str]:
+        """HOST:PORT of every connection transmitting on export `name`."""
+        with self.lock:
+            return [c.peer for c in self.connections if c.export == name]
+
+    def detach(self, name: str) -> None:
+        """Drops every connection to export `name` at once, as if its network had failed."""
+        with self.lock:
+            attached = [c for c in self.connections if c.export == name]
+        for connection in attached:
+            connection.abort()
+
 
 def drain(connections: list[Connection]) -> None:
     """Gives the connections' threads SHUTDOWN_GRACE_S to answer what they had received, then
@@ -140,6 +153,7 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}"
         self.task: asyncio.Task | None = None           # the negotiation, on the loop
         self.thread: threading.Thread | None = None     # the transmission phase, once handed over
+        self.export: str | None = None                  # the VM it transmits on, from then
 
     def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
@@ -203,7 +217,7 @@ class Connection:
                 except RuntimeError as e:     # out of threads (a pids limit, say)
                     why = f"the server cannot start another connection: {e}"
                 else:
-                    self.thread = thread
+                    self.thread, self.export = thread, session.export.name
                     server.transmitting += 1
                     return None
         server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
@@ -226,26 +240,3 @@ class Connection:
             self.sock.close()
             self.server.release(self)
 
-
-def serve(admin, host: str, port: int, *, read_only: bool = False,
-          ready: Callable[[str, int], None] | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, answers what is in flight, and returns.
-
-    `ready(host, port)` is called once listening. The caller closes the Admin, which flushes.
-    """
-    asyncio.run(_serve(admin, host, port, read_only, ready))
-
-
-async def _serve(admin, host, port, read_only, ready) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server = NBDServer(admin, read_only=read_only)
-    address = await server.start(host, port)
-    try:
-        if ready:
-            ready(*address)
-        await stop.wait()
-    finally:
-        await server.close()

@@ -3,7 +3,8 @@
 It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys and
 DATA/admin_keys_readonly, as the options on their lines allow (engine.node.keys). Node keys get
 the `blockfold-rpc` subsystem; admin keys get the console in an interactive session with a PTY
-(console_session.py), read-only for the keys in admin_keys_readonly. Exec requests, other
+(console_session.py) and the `blockfold-admin` subsystem, a relay to the cluster's service
+(admin_relay.py), both read-only for the keys in admin_keys_readonly. Exec requests, other
 subsystems, port forwarding, agent and X11 forwarding are all refused. Requests on a channel are
 answered in order, one at a time, by the Handler; one bad channel never stops the others.
 """
@@ -18,8 +19,9 @@ from pathlib import Path
 import asyncssh
 
 from ..errors import BlockfoldError
-from ..net import rpc
+from ..net import adminwire, rpc
 from . import keys, settings
+from .admin_relay import AdminRelay
 from .console_session import ConsoleSession
 from .errors import describe
 from .handler import Handler
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class RpcSession(asyncssh.SSHServerSession):
-    """One channel: the RPC subsystem for node keys, or an interactive console for admin keys."""
+    """One channel: the RPC subsystem for node keys; an interactive console, or the admin relay,
+    for admin keys."""
 
     def __init__(self, handler: Handler, login: Login, cluster: str | None):
         self.handler = handler
@@ -43,6 +46,7 @@ class RpcSession(asyncssh.SSHServerSession):
         self.term: str | None = None
         self.size = (80, 24)
         self.console: ConsoleSession | None = None
+        self.relay: AdminRelay | None = None
 
     def connection_made(self, chan):
         self.chan = chan
@@ -68,14 +72,31 @@ class RpcSession(asyncssh.SSHServerSession):
         return False
 
     def subsystem_requested(self, subsystem):
+        if subsystem == adminwire.SUBSYSTEM:
+            if self.login.console_role is None or self.cluster is None:
+                return False
+            self.relay = AdminRelay(self.chan, self.cluster, self.login)
+            asyncio.get_running_loop().create_task(self.relay.start())
+            return True
         if subsystem != rpc.SUBSYSTEM or not self.login.rpc_allowed:
             return False
         self.worker = asyncio.get_running_loop().create_task(self._serve())
         return True
 
+    def pause_writing(self):
+        if self.relay is not None:
+            self.relay.pause_writing()
+
+    def resume_writing(self):
+        if self.relay is not None:
+            self.relay.resume_writing()
+
     def data_received(self, data, datatype):
         if self.console is not None:
             self.console.input(data)
+            return
+        if self.relay is not None:
+            self.relay.input(data)
             return
         if self.reader is None:         # the stream went bad: nothing after it can be framed
             return
@@ -91,6 +112,9 @@ class RpcSession(asyncssh.SSHServerSession):
     def eof_received(self):
         if self.console is not None:
             return True             # a console ends when it exits, not on the client's EOF
+        if self.relay is not None:
+            self.relay.eof()
+            return True             # the service's last replies may still be on their way
         self.queue.put_nowait(None)
         return False
 
@@ -98,6 +122,8 @@ class RpcSession(asyncssh.SSHServerSession):
         self.queue.put_nowait(None)
         if self.console is not None:
             self.console.closed()
+        if self.relay is not None:
+            self.relay.closed()
 
     async def _serve(self):
         while True:

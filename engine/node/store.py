@@ -242,7 +242,8 @@ class NodeStore:
         holder is `replace` (the caller found its process gone)."""
         now = time.monotonic()
         if self.lease_holder not in (None, holder, replace) and now < self.lease_expires:
-            raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder}")
+            raise NodeError(Code.LEASE_HELD, f"in use by {self.lease_holder} (its lease runs"
+                                             f" out in {self.lease_expires - now:.1f} s)")
         self.lease_holder, self.lease_process = holder, process
         self.lease_expires = now + seconds
 

@@ -118,6 +118,23 @@ def test_read_only_key_and_a_second_session_at_once(console_node):
     assert reader.exit_code() == 0 and alice.exit_code() == 0
 
 
+def test_an_idle_console_keeps_no_one_from_writing(console_node):
+    node, cluster, ssh, terminal = console_node
+    alice = terminal("alice", "alice")            # no service ran: this console serves the cluster
+    alice.wait_for("Blockfold · Overview")
+    second = terminal("alice2", "alice")          # it goes through alice's console's service
+    second.wait_for("Blockfold · Overview")
+    done = subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), "vm",
+                           "clone", "golden", "fromcli"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    second.keys("2", "r")
+    assert "fromcli" in second.wait_for("fromcli")
+    second.keys("q")
+    alice.keys("q")
+    assert second.exit_code() == 0 and alice.exit_code() == 0
+
+
 def test_killing_a_client_leaves_the_node_serving(console_node):
     node, cluster, ssh, terminal = console_node
     first = terminal("alice1", "alice")   # a writer: its lease must be freed at once

@@ -1,0 +1,137 @@
+"""The long calls a service runs (imports, exports, rebuilds, fsck, heals, scrubs): each is a job
+with its actor and its last progress report, for every client to see and to cancel.
+
+A job runs either for the client that asked (in that client's call: it ends, or is cancelled,
+with the call) or in the background (its own thread: it outlives the client that started it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ..actor import current as current_actor
+from ..errors import CancelledError, RefusedError
+from ..progress import Progress, ProgressCallback
+from ..results import Job
+
+ENDED_KEPT = 20         # jobs that ended, still listed (newest)
+
+T = TypeVar("T")
+Work = Callable[[ProgressCallback, threading.Event], T]
+"""work(progress, cancel): the call a job runs."""
+
+
+@dataclass
+class _Running:
+    id: int
+    kind: str
+    actor: str
+    started: float
+    cancel: threading.Event
+    progress: Progress | None = None
+    state: str = "running"
+    message: str = ""
+
+    def result(self) -> Job:
+        p = self.progress
+        return Job(id=self.id, kind=self.kind, actor=self.actor, started=self.started,
+                   state=self.state, phase=p.phase if p else "", done=p.done if p else 0,
+                   total=p.total if p else 0, bytes_per_s=p.bytes_per_s if p else 0.0,
+                   message=self.message)
+
+
+class Jobs:
+    def __init__(self, default_actor: str):
+        self.default_actor = default_actor
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._running: dict[int, _Running] = {}
+        self._ended: deque[_Running] = deque(maxlen=ENDED_KEPT)
+        self._threads: set[threading.Thread] = set()
+
+    def run(self, kind: str, work: Work[T], progress: ProgressCallback | None = None,
+            cancel: threading.Event | None = None) -> T:
+        """Runs work(progress, cancel) here as job `kind` and returns what it returns; its
+        progress reports go to `progress` too. `cancel` (the caller's) and cancel() both stop
+        it."""
+        job = self._begin(kind, cancel or threading.Event())
+        return self._run(job, work, progress)
+
+    def start(self, kind: str, work: Work) -> Job:
+        """Runs work(progress, cancel) in the background as job `kind`; returns the job."""
+        job = self._begin(kind, threading.Event())
+        context = contextvars.copy_context()        # the actor of the call that started it
+        thread = threading.Thread(target=context.run, args=(self._background, job, work),
+                                  name=f"blockfold-job-{job.id}", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        return job.result()
+
+    def _background(self, job: _Running, work: Work) -> None:
+        try:
+            self._run(job, work, None)
+        except BaseException:   # noqa: BLE001 - told as the job's state and message
+            pass
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _begin(self, kind: str, cancel: threading.Event) -> _Running:
+        with self._lock:
+            job = _Running(next(self._ids), kind, current_actor(self.default_actor), time.time(),
+                           cancel)
+            self._running[job.id] = job
+        return job
+
+    def _run(self, job: _Running, work: Work[T], progress: ProgressCallback | None) -> T:
+        def report(p: Progress) -> None:
+            job.progress = p
+            if progress is not None:
+                progress(p)
+        try:
+            result = work(report, job.cancel)
+        except CancelledError:
+            job.state = "cancelled"
+            raise
+        except BaseException as e:
+            job.state, job.message = "failed", str(e) or type(e).__name__
+            raise
+        else:
+            job.state = "cancelled" if job.cancel.is_set() else "done"
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+                self._ended.append(job)
+        return result
+
+    def list(self) -> list[Job]:
+        with self._lock:
+            jobs = sorted([*self._running.values(), *self._ended], key=lambda j: j.id)
+        return [j.result() for j in jobs]
+
+    def cancel(self, job_id: int) -> Job:
+        """Asks a running job to stop; returns it. Raises RefusedError (no such job running)."""
+        with self._lock:
+            job = self._running.get(job_id)
+        if job is None:
+            raise RefusedError(f"no job {job_id} is running")
+        job.cancel.set()
+        return job.result()
+
+    def stop_all(self, timeout: float) -> None:
+        """Cancels every running job and waits up to `timeout` seconds for the background ones."""
+        with self._lock:
+            for job in self._running.values():
+                job.cancel.set()
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,88 @@
+"""The Admin methods a service answers, and how a CALL becomes one.
+
+Arguments arrive as JSON and are checked against the Admin's own annotations with msgspec, so a
+bad argument is a BAD_REQUEST before anything runs; results leave as msgspec JSON (raw bytes for
+`read`). The service supplies what cannot travel as JSON: `progress` and `cancel` of the call,
+and the bytes that travel in DATA frames (import_image's image, write's data, export's output).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import msgspec
+
+from ..admin import Admin
+from .streams import ExportSink, StreamImage, gather
+
+LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
+                   "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs"})
+"""What a read-only login may call: the methods that only look."""
+CHANGES = frozenset({"write", "trim", "flush", "import_image", "clone", "delete", "rebuild",
+                     "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node", "heal"})
+METHODS = LOOKS | CHANGES
+
+SUPPLIED = frozenset({"progress", "cancel"})
+"""Parameters the service fills in, as it does those with no annotation (the bytes that travel:
+write's data, import_image's source, export's dest); a client never names them."""
+STREAMED = {"import_image": {"size": int, "image": str}}
+"""Arguments a call takes besides its method's: an import's image size and name."""
+
+
+class BadRequest(Exception):
+    """A call the service cannot make: an unknown method, a bad or missing argument."""
+
+
+def _signature(method: str) -> tuple[dict, dict]:
+    fn = getattr(Admin, method)
+    params = dict(list(inspect.signature(fn).parameters.items())[1:])     # without self
+    return params, typing.get_type_hints(fn)
+
+
+def arguments(method: str, args) -> dict:
+    """The keyword arguments of a call, converted to the annotated types. Raises BadRequest."""
+    if method not in METHODS:
+        raise BadRequest(f"no method {method!r}")
+    if not isinstance(args, dict):
+        raise BadRequest("args is not a JSON object")
+    params, hints = _signature(method)
+    extra = STREAMED.get(method, {})
+    kwargs = {}
+    for name, value in args.items():
+        wanted = extra.get(name) or (hints.get(name) if name not in SUPPLIED else None)
+        if wanted is None:
+            raise BadRequest(f"{method} takes no argument {name!r}")
+        try:
+            kwargs[name] = msgspec.convert(value, wanted)
+        except msgspec.ValidationError as e:
+            raise BadRequest(f"{method}: argument {name}: {e}") from None
+    missing = [name for name, p in params.items()
+               if p.default is p.empty and name in hints and name not in kwargs]
+    missing += [name for name in extra if name not in kwargs]
+    if missing:
+        raise BadRequest(f"{method} needs {', '.join(missing)}")
+    return kwargs
+
+
+def invoke(admin: Admin, method: str, kwargs: dict, call) -> bytes:
+    """Runs Admin.`method` with the checked `kwargs` for `call` (engine.service.session.Call);
+    returns the REPLY's payload."""
+    params, hints = _signature(method)
+    if "progress" in params:
+        kwargs["progress"] = call.progress
+    if "cancel" in params:
+        kwargs["cancel"] = call.cancel
+    if method == "import_image":
+        kwargs["source"] = StreamImage(call.inbox, call.cancel, kwargs.pop("size"),
+                                       kwargs.pop("image"))
+    elif method == "write":
+        room = admin.vm_size(kwargs["name"]) - kwargs["offset"]
+        kwargs["data"] = gather(call.inbox, call.cancel, max(room, 0),
+                                f"write to {kwargs['name']}")
+    elif method == "export":
+        kwargs["dest"] = ExportSink(call.send_data, call.cancel)
+    result = getattr(admin, method)(**kwargs)
+    if hints["return"] is bytes:
+        return result
+    return msgspec.json.encode(result)

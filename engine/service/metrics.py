@@ -1,0 +1,150 @@
+"""Prometheus metrics of a service, over HTTP on `--metrics HOST:PORT` (prometheus-client).
+
+Two kinds:
+- the pool's figures, read at each scrape from the Admin (one stats() call): logical and physical
+  bytes, dedup ratio, unique blocks, each VM's logical bytes, under-replicated blocks, each node's
+  state, and the progress of every running job (rebuild, heal, scrub, import …);
+- what the NBD export serves, counted as it goes (Metered wraps the Admin the NBD server uses):
+  requests, bytes read and written per VM (IOPS are the requests' rate), and a latency histogram
+  per kind of request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..admin import Admin
+from ..errors import CorruptBlockError
+
+NODE_STATES = ("up", "suspect", "down", "returning")
+# From a cached 4 KiB read (tens of microseconds) to a flush that waits on a slow disk.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PoolCollector(Collector):
+    """The pool's figures, fresh at every scrape."""
+
+    def __init__(self, admin: Admin):
+        self.admin = admin
+
+    def collect(self):
+        s = self.admin.stats()
+
+        def gauge(name: str, text: str, value, labels: dict | None = None):
+            family = GaugeMetricFamily(name, text, labels=list(labels or {}))
+            if value is not None:
+                family.add_metric(list((labels or {}).values()), value)
+            return family
+
+        yield gauge("blockfold_logical_bytes", "Bytes that read as data, over every VM",
+                    s.logical_bytes)
+        yield gauge("blockfold_physical_bytes", "Bytes of unique blocks stored (one copy each)",
+                    s.physical_bytes)
+        yield gauge("blockfold_dedup_ratio", "Logical bytes over physical bytes", s.dedup_ratio)
+        yield gauge("blockfold_unique_blocks", "Live blocks, each stored once", s.unique_blocks)
+        yield gauge("blockfold_under_replicated_blocks",
+                    "Live blocks with fewer copies than R on up nodes", s.under_replicated_blocks)
+        yield gauge("blockfold_rebuilding", "1 while the RAM metadata is rebuilt",
+                    int(s.state == "rebuilding"))
+        vms = GaugeMetricFamily("blockfold_vm_logical_bytes", "Bytes that read as data, per VM",
+                                labels=["vm"])
+        for vm in s.vms:
+            vms.add_metric([vm.name], vm.logical_bytes)
+        yield vms
+        nodes = GaugeMetricFamily("blockfold_node_state", "1 for the state each node is in",
+                                  labels=["node", "state"])
+        for node in s.nodes:
+            for state in NODE_STATES:
+                nodes.add_metric([node.name, state], int(node.state == state))
+        yield nodes
+        jobs = GaugeMetricFamily("blockfold_job_progress_ratio",
+                                 "Work done over the whole, of each running job",
+                                 labels=["job", "kind", "phase"])
+        for job in self.admin.jobs():
+            if job.state == "running":
+                jobs.add_metric([str(job.id), job.kind, job.phase],
+                                job.done / job.total if job.total else 0.0)
+        yield jobs
+
+
+class Metrics:
+    def __init__(self, admin: Admin):
+        self.registry = CollectorRegistry()
+        self.registry.register(PoolCollector(admin))
+        self.requests = Counter("blockfold_vm_requests", "NBD requests served, per VM and kind",
+                                ["vm", "op"], registry=self.registry)
+        self.read_bytes = Counter("blockfold_vm_read_bytes", "Bytes read over NBD, per VM",
+                                  ["vm"], registry=self.registry)
+        self.written_bytes = Counter("blockfold_vm_written_bytes",
+                                     "Bytes written over NBD, per VM", ["vm"],
+                                     registry=self.registry)
+        self.latency = Histogram("blockfold_nbd_request_seconds",
+                                 "Time the pool takes to serve an NBD request, per kind", ["op"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._http = None
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Serves /metrics on host:port (0: any free port) from a thread; returns the address."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return host, self._http.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class Metered:
+    """The Admin the NBD server uses, counting what it serves (everything else passes through),
+    and telling `changed()` of every write, trim or rotten block (see ServedAdmin.changed)."""
+
+    def __init__(self, admin: Admin, metrics: Metrics, changed: Callable[[], None]):
+        self._admin = admin
+        self._m = metrics
+        self._changed = changed
+
+    def __getattr__(self, name):
+        return getattr(self._admin, name)
+
+    def read(self, name, offset, length):
+        started = time.perf_counter()
+        try:
+            data = self._admin.read(name, offset, length)
+        except CorruptBlockError:
+            self._changed()         # remembered as corrupt: a figure
+            raise
+        self._done("read", name, started)
+        self._m.read_bytes.labels(name).inc(length)
+        return data
+
+    def write(self, name, offset, data, force=False):
+        started = time.perf_counter()
+        try:
+            self._admin.write(name, offset, data)
+        finally:
+            self._changed()
+        self._done("write", name, started)
+        self._m.written_bytes.labels(name).inc(len(data))
+
+    def trim(self, name, offset, length):
+        started = time.perf_counter()
+        try:
+            self._admin.trim(name, offset, length)
+        finally:
+            self._changed()
+        self._done("trim", name, started)
+
+    def flush(self):
+        started = time.perf_counter()
+        self._admin.flush()
+        self._m.latency.labels("flush").observe(time.perf_counter() - started)
+
+    def _done(self, op: str, vm: str, started: float) -> None:
+        self._m.latency.labels(op).observe(time.perf_counter() - started)
+        self._m.requests.labels(vm, op).inc()

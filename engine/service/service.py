@@ -1,0 +1,187 @@
+"""A service: one process owns a pool (or a cluster's write lease) and does everything at once.
+
+    admin socket    DIR/admin.sock: any number of CLIs and consoles (engine/service/session.py),
+                    and the SSH relays of a cluster's nodes
+    NBD             optional (--nbd HOST:PORT): every VM an export (engine/nbd)
+    metrics         optional (--metrics HOST:PORT): Prometheus text over HTTP
+    jobs            long calls with progress and cancel; a scrub in the background
+
+Everything runs on one asyncio loop but the Admin's calls, which block and run on threads of
+their own (a thread per admin call, one per NBD connection). The Admin is the pool's, writable;
+the service hands it to its clients as a ServedAdmin.
+
+Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
+(new CLIs open the pool themselves once it is free), NBD answers what it had received, running
+jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the Admin,
+which flushes and marks the pool clean. A SIGKILL leaves a pool the next open rebuilds, losing
+nothing that was flushed. `start_in_thread()` serves from a thread instead, for a console that
+holds the pool (no signals; `stop()` drains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+from ..admin import Admin
+from ..errors import BlockfoldError, CancelledError
+from ..net.adminwire import SOCKET
+from . import socketfile
+from .metrics import Metered, Metrics
+from .served import ServedAdmin
+from .session import Session
+
+DRAIN_S = 10.0
+
+
+class Service:
+    def __init__(self, admin: Admin, directory, *, actor: str, group: str | None = None,
+                 nbd: tuple[str, int] | None = None, nbd_read_only: bool = False,
+                 metrics: tuple[str, int] | None = None,
+                 log: Callable[[str], None] | None = None):
+        """Serves `admin` (writable) from `directory` (the pool's or the cluster's). `actor`
+        names what the service does on its own account in events; `group` opens the admin
+        socket to a group; `nbd` and `metrics` are addresses to serve on."""
+        self.inner = admin
+        self.admin = ServedAdmin(admin, actor)
+        self.socket_path = Path(directory) / SOCKET
+        self.group = group
+        self.nbd_address, self.nbd_read_only = nbd, nbd_read_only
+        self.metrics_address = metrics
+        self.log = log or (lambda message: print(f"blockfold: {message}", file=sys.stderr,
+                                                 flush=True))
+        self.sessions: set[Session] = set()
+        self.nbd = None
+        self.metrics: Metrics | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, tuple[str, int]]:
+        """Listens on everything asked for; returns {"nbd": address, "metrics": address} of
+        those that are. Raises BlockfoldError (an address in use, a socket that cannot be
+        made)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        bound = {}
+        try:
+            if self.metrics_address or self.nbd_address:
+                self.metrics = Metrics(self.admin)
+            if self.metrics_address:
+                bound["metrics"] = self.metrics.serve(*self.metrics_address)
+            if self.nbd_address:
+                from ..nbd.server import NBDServer   # asyncio's NBD only where it is served
+                self.nbd = NBDServer(Metered(self.inner, self.metrics, self.admin.changed),
+                                     read_only=self.nbd_read_only)
+                bound["nbd"] = await self.nbd.start(*self.nbd_address)
+                self.admin.attachments = self.nbd
+            sock = socketfile.bind(self.socket_path, self.group)
+            self._server = await asyncio.start_unix_server(self._client, sock=sock)
+        except OSError as e:
+            await self._close_listeners()
+            raise BlockfoldError(f"cannot serve: {e.strerror or e}") from None
+        except BaseException:
+            await self._close_listeners()
+            raise
+        return bound
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, reader, writer)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def log_failure(self, method: str, error: BaseException) -> None:
+        """A call failed: told to its client; a fault of ours is logged here too."""
+        if not isinstance(error, (BlockfoldError, OSError, CancelledError)):
+            self.log(f"{method}: internal error: {type(error).__name__}: {error}")
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stops taking clients, answers what NBD received, cancels the jobs, and gives every
+        admin call DRAIN_S to finish."""
+        await self._close_listeners()
+        await asyncio.to_thread(self.admin.job_list.stop_all, DRAIN_S)
+        calls = [c for s in self.sessions for c in s.calls.values()]
+        await asyncio.to_thread(_join, [c.ended for c in calls], DRAIN_S)
+        for session in list(self.sessions):
+            session.gone()
+
+    async def _close_listeners(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.socket_path.unlink(missing_ok=True)
+            self._server = None
+        if self.nbd is not None:
+            await self.nbd.close()
+            self.nbd = None
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # -- in the foreground, until a signal ----------------------------------------------------
+
+    def run(self, ready: Callable[[dict], None] | None = None) -> None:
+        """Serves until SIGTERM or SIGINT, then drains. `ready(bound)` is called once listening
+        (see start). The caller closes the Admin afterwards."""
+        asyncio.run(self._run(ready))
+
+    async def _run(self, ready) -> None:
+        bound = await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            if ready is not None:
+                ready(bound)
+            await self._stopping.wait()
+        finally:
+            await self.drain()
+
+    # -- from a thread, beside a console ------------------------------------------------------
+
+    def start_in_thread(self) -> None:
+        """Serves from a thread of its own; returns once listening. Raises BlockfoldError."""
+        started: Future = Future()
+
+        async def main():
+            try:
+                bound = await self.start()
+            except BaseException as e:     # noqa: BLE001 - raised in the thread that waits
+                started.set_exception(e)
+                return
+            started.set_result(bound)
+            try:
+                await self._stopping.wait()
+            finally:
+                await self.drain()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),),
+                                        name="blockfold-service", daemon=True)
+        self._thread.start()
+        started.result()
+
+    def stop(self) -> None:
+        """Drains a service started with start_in_thread and waits for it."""
+        if self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join()
+        self._thread = None
+
+
+def _join(events: list[threading.Event], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for event in events:
+        event.wait(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,46 @@
+"""DIR/admin.sock: the Unix socket a service listens on. Its file mode is the permission check:
+0600 (the service's user only), or 0660 with a group (its members too). The mode is set before
+the socket takes its first connection, so no client ever finds it more open than that.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+from pathlib import Path
+
+from ..errors import BlockfoldError
+from ..net.adminwire import socket_address
+
+BACKLOG = 64
+
+
+def bind(path: Path, group: str | None = None) -> socket.socket:
+    """A listening Unix stream socket at `path`, mode 0600, or 0660 owned by `group`. A socket
+    left there by a service that was killed is replaced (the caller holds the pool: it is the
+    one service). Raises BlockfoldError (an unknown group, a path that cannot be bound)."""
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise BlockfoldError(f"no group named {group!r}") from None
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # bind() creates the file as the umask allows: this one leaves the owner alone in. The umask
+    # is the process's, so other threads' files made in this instant get the same mode.
+    previous = os.umask(0o177)
+    try:
+        with socket_address(path) as address:
+            sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise BlockfoldError(f"cannot make the admin socket {path}: {e.strerror or e}") from None
+    finally:
+        os.umask(previous)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    sock.listen(BACKLOG)
+    return sock

@@ -1,0 +1,122 @@
+"""A cluster's service: `serve -c` holds the write lease and every CLI goes through it, here or
+over SSH (a node's blockfold-admin subsystem, with the user's key and known_hosts); a standby
+takes the lease over when the service dies, and says so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine.api import BlockfoldError, PoolLockedError, connect_service
+from tests.conftest import ROOT, cli_json, run_cli
+from tests.serviceproc import Served
+
+from .conftest import image
+
+
+def keygen(path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
+                    str(path)], check=True)
+    return (path.parent / (path.name + ".pub")).read_text()
+
+
+def test_the_cluster_service_answers_every_cli_and_a_standby_takes_over(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    data = image(tmp_path / "golden.raw", 2)
+    s = Served(["-c", str(cluster.path)])
+    standby = None
+    try:
+        run_cli("-c", cluster.path, "vm", "import", "golden", tmp_path / "golden.raw",
+                check=True)
+        run_cli("-c", cluster.path, "vm", "clone", "golden", "d", "--count", "5", check=True)
+        with pytest.raises(PoolLockedError, match="is in use by"):
+            cluster.open()              # the service holds the lease: the CLI went through it
+        assert len(cli_json("-c", cluster.path, "vm", "ls")) == 6
+        assert {n["state"] for n in cli_json("-c", cluster.path, "node", "ls")} == {"up"}
+        assert cli_json("-c", cluster.path, "heal", "--wait")["under_replicated"] == 0
+        standby = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path),
+                                    "serve"], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        told = standby.stderr.readline()
+        assert told.startswith("blockfold: waiting: cluster") and "is in use by" in told
+        assert "its lease runs out in" in told
+        s.kill()                        # the service dies: its lease is taken over
+        assert standby.stdout.readline().startswith("admin ")
+        assert "took over" in standby.stderr.readline()
+        names = [v["name"] for v in cli_json("-c", cluster.path, "vm", "ls")]
+        assert names == ["d-1", "d-2", "d-3", "d-4", "d-5", "golden"]
+        with cluster.open(readonly=True) as admin:
+            assert admin.read("d-3", 0, len(data)) == data
+    finally:
+        s.kill()
+        if standby is not None:
+            standby.terminate()
+            standby.communicate(timeout=60)
+            assert standby.returncode == 0
+
+
+@pytest.fixture
+def admin_node(tmp_path, make_cluster):
+    """A node relaying the cluster's service to admin keys over SSH; HOME holds alice's key and
+    the node's host key in known_hosts, as OpenSSH users have them."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    data = tmp_path / "admin-node"
+    data.mkdir()
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    keys = {name: keygen(home / ".ssh" / name, f"{name}@laptop")
+            for name in ("alice", "reader", "stranger")}
+    (data / "authorized_keys").write_text("")
+    (data / "admin_keys").write_text(keys["alice"])
+    (data / "admin_keys_readonly").write_text(keys["reader"])
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(data), "--listen", "127.0.0.1:0", "--cluster", str(cluster.path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    port = node.stdout.readline().split(":")[-1].strip()
+    host_key = (data / "host_key.pub").read_text().split()
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+
+    def as_key(name: str, *args, **kw):
+        """`blockfold --service ssh://…` run with HOME's key `name` as the user's own."""
+        os.replace(home / ".ssh" / name, home / ".ssh" / "id_ed25519")
+        try:
+            return run_cli("--service", f"ssh://admin@127.0.0.1:{port}", *args,
+                           env={"HOME": str(home)}, **kw)
+        finally:
+            os.replace(home / ".ssh" / "id_ed25519", home / ".ssh" / name)
+
+    yield cluster, as_key, home
+    node.terminate()
+    node.wait(10)
+
+
+def test_a_cli_elsewhere_goes_through_the_node_to_the_service(admin_node, tmp_path):
+    cluster, as_key, home = admin_node
+    proc = as_key("alice", "vm", "ls")
+    assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1
+    assert "no service runs the cluster" in proc.stderr_text
+    s = Served(["-c", str(cluster.path)])
+    try:
+        image(tmp_path / "golden.raw", 1)
+        as_key("alice", "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+        as_key("alice", "vm", "clone", "golden", "desk", check=True)
+        assert "desk" in as_key("reader", "vm", "ls", check=True).stdout_text
+        proc = as_key("reader", "vm", "rm", "desk", "-y")
+        assert proc.returncode == 1 and "read-only" in proc.stderr_text
+        proc = as_key("stranger", "vm", "ls")
+        assert proc.returncode == 1 and "no key of yours is accepted" in proc.stderr_text
+        (home / ".ssh" / "known_hosts").write_text("")
+        proc = as_key("alice", "vm", "ls")
+        assert proc.returncode == 1 and "host key" in proc.stderr_text
+        jobs = {(j["actor"], j["kind"]) for j in cli_json("-c", cluster.path, "job", "ls")}
+        assert ("alice@laptop", "import_image") in jobs
+    finally:
+        s.stop()
+    with cluster.open(readonly=True) as admin:
+        actors = {(e.actor, e.kind) for e in admin.events(20)}
+    assert {("alice@laptop", "import"), ("alice@laptop", "clone")} <= actors
+    with pytest.raises(BlockfoldError, match="not a service address"):
+        connect_service("http://nowhere")

@@ -1,0 +1,381 @@
+"""The service (`blockfold serve`): while it holds a pool, every CLI command goes through it and
+works as it does without one; bad clients change nothing; SIGTERM drains. Real subprocesses,
+real sockets, real NBD clients."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.api import AttachedError, BlockfoldError, LocalAdmin, PoolLockedError, find_service
+from engine.errors import ReadOnlyError
+from engine.net import adminwire, rpc
+from engine.pool import Pool
+from tests.conftest import ROOT, cli_json, run_cli
+from tests.serviceproc import Served
+
+MiB = 1 << 20
+
+
+def image(path, mib: int, seed: int) -> bytes:
+    """Random blocks, a run of repeats and a hole."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(rng.integers(0, 256, mib * MiB, dtype=np.uint8).tobytes())
+    data[MiB:2 * MiB] = data[:MiB]
+    data[-MiB:] = bytes(MiB)
+    path.write_bytes(data)
+    return bytes(data)
+
+
+@pytest.fixture
+def golden(pool_dir, tmp_path) -> bytes:
+    data = image(tmp_path / "golden.raw", 4, 1)
+    run_cli("-p", pool_dir, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+    return data
+
+
+@pytest.fixture
+def serve(pool_dir):
+    started = []
+
+    def start(*extra, **kw) -> Served:
+        started.append(Served(["-p", str(pool_dir)], *extra, **kw))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def test_every_command_goes_through_the_service_and_works_as_without_one(pool_dir, golden,
+                                                                          serve, tmp_path):
+    s = serve()
+    assert oct(s.socket.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(PoolLockedError):
+        Pool.open(pool_dir)             # the service holds the pool: the CLI cannot open it
+    cli = lambda *a, **kw: run_cli("-p", pool_dir, *a, check=True, **kw)    # noqa: E731
+    assert "d-1 … d-3" in cli("vm", "clone", "golden", "d", "--count", "3").stdout_text
+    other = image(tmp_path / "other.raw", 2, 2)
+    cli("vm", "import", "other", tmp_path / "other.raw")
+    cli("vm", "import", "piped", "-", input=other)
+    cli("vm", "write", "d-1", "--offset", "4097", "-", input=b"patched")
+    cli("vm", "rm", "d-3", "-y")
+    cli("vm", "export", "d-1", tmp_path / "d1.raw")
+    expected = bytearray(golden)
+    expected[4097:4104] = b"patched"
+    assert (tmp_path / "d1.raw").read_bytes() == expected
+    assert (tmp_path / "d1.raw").stat().st_blocks * 512 < len(golden)      # the hole stays one
+    assert cli("vm", "export", "piped", "-").stdout == other
+    vms = cli_json("-p", pool_dir, "vm", "ls")
+    assert [v["name"] for v in vms] == ["d-1", "d-2", "golden", "other", "piped"]
+    stats = cli_json("-p", pool_dir, "stats")
+    assert stats["state"] == "ready" and stats["dedup_ratio"] > 1
+    assert cli_json("-p", pool_dir, "blocks", "--vm", "other", "--limit", "3")["total"] > 0
+    assert cli("fsck").stdout_text.strip() == "clean"
+    assert cli_json("-p", pool_dir, "rebuild", "--full")["reason"] == "requested"
+    scrub = cli_json("-p", pool_dir, "scrub", "--wait")
+    assert scrub["finished"] and scrub["corrupt"] == []
+    jobs = cli_json("-p", pool_dir, "job", "ls")
+    assert {(j["kind"], j["state"]) for j in jobs} >= {("import_image", "done"),
+                                                        ("rebuild", "done"), ("scrub", "done")}
+    assert {j["actor"] for j in jobs} == {getpass.getuser()}
+    s.stop()
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
+        events = admin.events(20)
+        assert {e.kind for e in events} >= {"import", "clone", "delete"}
+        assert {e.actor for e in events if e.kind in ("import", "clone", "delete")} == {
+            getpass.getuser()}
+        assert admin.read("d-1", 0, len(expected)) == expected
+        assert admin.fsck() == []
+
+
+def test_a_command_a_service_answers_loads_none_of_the_storage_engine(pool_dir, golden, serve):
+    serve()
+    proc = subprocess.run([sys.executable, "-c", (
+        "import sys\nfrom console.cli import main\nmain(['-p', sys.argv[1], 'vm', 'ls'])\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in"
+        " ('numpy', 'sqlite3', 'xxhash', 'asyncio', 'asyncssh', 'textual')"
+        " or m in ('engine.pool', 'engine.localadmin', 'engine.catalog')))"), str(pool_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "golden" in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve):
+    serve()
+    job = cli_json("-p", pool_dir, "scrub", "--rate", "100K")   # 3 MiB at 100 KiB/s: 30 s
+    assert job["kind"] == "scrub" and job["state"] == "running"
+    running = cli_json("-p", pool_dir, "job", "ls")
+    assert [j["state"] for j in running if j["id"] == job["id"]] == ["running"]
+    assert cli_json("-p", pool_dir, "job", "cancel", str(job["id"]))["id"] == job["id"]
+    deadline = time.monotonic() + 20
+    while cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "cancelled"
+    proc = run_cli("-p", pool_dir, "job", "cancel", "99")
+    assert proc.returncode == 1 and "no job 99 is running" in proc.stderr_text
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every user may pass through (the tmp_path of a test is its owner's alone),
+    so that only the admin socket's own mode decides who gets in."""
+    path = Path(tempfile.mkdtemp(prefix="blockfold-service-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_socket_mode_decides_who_may_use_the_service(open_dir, tmp_path):
+    pool = open_dir / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image(tmp_path / "golden.raw", 1, 1)
+    run_cli("-p", pool, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+    s = Served(["-p", str(pool)])
+    try:
+        proc = as_nobody("-p", pool, "vm", "rm", "golden", "-y")
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert f"{s.socket} is not open to user nobody" in proc.stderr
+        assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["golden"]
+    finally:
+        s.stop()
+    s = Served(["-p", str(pool)], "--group", "nogroup")
+    try:
+        assert oct(s.socket.stat().st_mode & 0o777) == "0o660"
+        proc = as_nobody("-p", pool, "vm", "clone", "golden", "byfriend")
+        assert proc.returncode == 0, proc.stderr
+        with find_service(pool) as admin:
+            assert [(e.actor, e.kind) for e in admin.events(1)] == [("nobody", "clone")]
+    finally:
+        s.stop()
+
+
+def frame_exchange(path, data: bytes) -> list[tuple[int, int, dict]]:
+    """Sends raw bytes on a fresh connection; the frames that come back until it closes (or goes
+    quiet for a second)."""
+    sock = adminwire.connect(path, timeout=10)
+    sock.sendall(data)
+    sock.settimeout(1.0)
+    reader, frames = rpc.FrameReader(), []
+    try:
+        while chunk := sock.recv(65536):
+            frames += [(kind, rid, rpc.parse_body(body)[0])
+                       for kind, rid, body in reader.feed(chunk)]
+    except TimeoutError:
+        frames.append(("open", 0, {}))
+    sock.close()
+    return frames
+
+
+def test_garbage_on_the_admin_socket_closes_only_that_client(pool_dir, golden, serve):
+    s = serve()
+    with find_service(pool_dir) as admin:
+        assert admin.vm_names() == ["golden"]
+        # Garbage, and a frame longer than any allowed: an error, and that connection is closed.
+        for garbage in (b"GET / HTTP/1.0\r\n\r\n" + bytes(64),
+                        rpc.HEADER.pack(rpc.MAGIC, rpc.VERSION, adminwire.CALL, 1, 1 << 30)):
+            frames = frame_exchange(s.socket, garbage)
+            assert [(k, rid, h["code"]) for k, rid, h in frames] == [
+                (adminwire.ERROR, 0, "BAD_REQUEST")]
+        # Bad requests: an error each, and the connection goes on (it is still open).
+        for call in ({"method": "nope"}, {"method": "clone", "args": {"source": 1, "new": "x"}},
+                     {"method": "clone", "args": {"new": "x"}}, {"method": "close"},
+                     {"method": "vm_size", "args": ["golden"]}):
+            frames = frame_exchange(s.socket, rpc.encode(adminwire.CALL, 7, call))
+            assert [(k, rid, h.get("code")) for k, rid, h in frames] == [
+                (adminwire.ERROR, 7, "BAD_REQUEST"), ("open", 0, None)], call
+        assert admin.vm_names() == ["golden"]       # the other client never noticed
+        assert s.proc.poll() is None
+
+
+def test_a_read_only_login_only_looks(pool_dir, golden, serve):
+    serve()
+    with find_service(pool_dir, read_only=True) as admin:
+        assert admin.vm_names() == ["golden"]
+        with pytest.raises(ReadOnlyError, match="read-only"):
+            admin.clone("golden", "d")
+        with pytest.raises(ReadOnlyError):
+            admin.delete("golden")
+        assert admin.vm_names() == ["golden"]
+
+
+def test_an_attached_vm_is_not_deleted_or_overwritten_unless_forced(pool_dir, golden, serve):
+    s = serve("--nbd", "127.0.0.1:0")
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
+    client = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "read 0 4k", "-c", "sleep 60000",
+                               s.uri("desk")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        with find_service(pool_dir) as admin:
+            deadline = time.monotonic() + 30
+            while _attached(admin, "desk") is None:      # until qemu-io has connected
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        before = cli_json("-p", pool_dir, "vm", "ls")
+        for words in (("vm", "rm", "desk", "-y"), ("vm", "write", "desk", "--offset", "0", "-")):
+            proc = run_cli("-p", pool_dir, *words, input=b"x")
+            assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1
+            assert "VM desk is attached over NBD by 127.0.0.1:" in proc.stderr_text
+            assert "--force" in proc.stderr_text
+        assert cli_json("-p", pool_dir, "vm", "ls") == before
+        run_cli("-p", pool_dir, "vm", "rm", "desk", "-y", "--force", check=True)
+        assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+    finally:
+        client.kill()
+        client.wait()
+    s.stop()
+
+
+def _attached(admin, name: str):
+    """The refusal of an empty write to `name` while it is attached, or None."""
+    try:
+        admin.write(name, 0, b"")       # a no-op write: refused only if attached
+    except AttachedError as e:
+        return e
+    return None
+
+
+def test_sigterm_drains_and_the_next_open_is_not_a_crash(pool_dir, golden, serve, tmp_path):
+    s = serve("--nbd", "127.0.0.1:0")
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+                    str(tmp_path / "golden.raw"), s.uri("golden")], check=True, timeout=60)
+    err = s.stop()
+    assert "Traceback" not in err
+    assert not s.socket.exists()
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
+        assert admin.last_rebuild().reason == "open"
+        assert admin.read("golden", 0, len(golden)) == golden
+    # Without a service, the same command line opens the pool itself; a scrub runs here.
+    assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+    assert cli_json("-p", pool_dir, "scrub")["finished"]
+    assert cli_json("-p", pool_dir, "job", "ls") == []
+
+
+def test_ctrl_c_cancels_an_import_in_the_service_and_leaves_nothing(pool_dir, golden, serve):
+    s = serve()
+    importer = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                                 "import", "big", "-"], cwd=ROOT, stdin=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    rng = np.random.default_rng(3)
+    for _ in range(4):                  # a stream that has not ended: the import waits for more
+        importer.stdin.write(rng.integers(0, 256, MiB, dtype=np.uint8).tobytes())
+        importer.stdin.flush()
+    with find_service(pool_dir) as admin:
+        deadline = time.monotonic() + 30
+        while not [j for j in admin.jobs() if j.kind == "import_image" and j.done]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        importer.send_signal(signal.SIGINT)
+        _, err = importer.communicate(timeout=30)
+        assert importer.returncode == 130 and b"interrupted" in err
+        while [j for j in admin.jobs() if j.state == "running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [j.state for j in admin.jobs() if j.kind == "import_image"] == ["cancelled"]
+        assert admin.vm_names() == ["golden"]
+    s.stop()
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
+        assert admin.vm_names() == ["golden"] and admin.fsck() == []
+
+
+def test_a_short_writer_waits_for_another_to_let_the_pool_go(pool_dir, golden):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom engine.pool import Pool\n"
+        "with Pool.open(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.5)\n"),
+        str(pool_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    started = time.monotonic()
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "d", check=True)
+    assert time.monotonic() - started >= 0.5      # it waited rather than failing at once
+    holder.wait(timeout=30)
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, golden, serve,
+                                                                     tmp_path):
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
+    s = serve("--nbd", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+    before = scrape(s.metrics)
+    assert before["blockfold_logical_bytes"] == 6 * MiB          # the holes are not data
+    assert before["blockfold_dedup_ratio"] == pytest.approx(3.0, rel=0.01)
+    assert cli_json("-p", pool_dir, "stats")["logical_bytes"] == 6 * MiB
+    image(tmp_path / "desk.raw", 4, 9)          # new data over the whole of desk, hole included
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+                    str(tmp_path / "desk.raw"), s.uri("desk")], check=True, timeout=60)
+    after = scrape(s.metrics)
+    assert after["blockfold_logical_bytes"] == 6 * MiB          # desk's hole is a hole again
+    assert after["blockfold_unique_blocks"] == before["blockfold_unique_blocks"] + 2 * 256
+    assert after["blockfold_dedup_ratio"] == pytest.approx(1.5, rel=0.01)
+    assert after['blockfold_vm_written_bytes_total{vm="desk"}'] >= 3 * MiB
+    assert after['blockfold_vm_requests_total{op="write",vm="desk"}'] > 0
+    assert after['blockfold_nbd_request_seconds_count{op="write"}'] > 0
+    assert after['blockfold_node_state{node="local",state="up"}'] == 1
+    desk = next(v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk")
+    assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
+    s.stop()
+
+
+def test_an_admin_socket_path_longer_than_a_sockaddr_takes(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    pool = deep / "pool"
+    run_cli("pool", "init", pool, check=True)
+    s = Served(["-p", str(pool)])
+    try:
+        assert len(os.fsencode(s.socket)) > 108
+        assert cli_json("-p", pool, "vm", "ls") == []
+        with pytest.raises(PoolLockedError):
+            Pool.open(pool)              # so the CLI above went through the service
+    finally:
+        s.stop()
+
+
+def test_a_killed_service_leaves_a_socket_nobody_answers(pool_dir, golden, serve):
+    s = serve()
+    s.kill()
+    assert s.socket.exists()            # left behind by kill -9
+    with pytest.raises(ConnectionRefusedError):
+        socket.socket(socket.AF_UNIX).connect(str(s.socket))
+    assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+    t = serve()                         # replaces the stale socket
+    assert json.loads(run_cli("-p", pool_dir, "stats", "--json").stdout)["state"] in (
+        "ready", "rebuilding")
+    t.stop()
+
+
+def test_a_client_outlives_a_restart_of_its_service(pool_dir, golden, serve):
+    s = serve()
+    with find_service(pool_dir, actor="console") as admin:
+        assert admin.vm_names() == ["golden"]
+        s.stop()
+        with pytest.raises(BlockfoldError, match=r"went away|no service answers"):
+            admin.vm_names()
+        t = serve()
+        assert admin.vm_names() == ["golden"]       # connected again, as the console polls
+        t.stop()
