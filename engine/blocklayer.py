@@ -1,14 +1,20 @@
 """The block layer: what a pool's tables point into.
 
-`Pool` does the table work (layers, clones, deletes, partial blocks, commits) over a block layer
-that stores, shares, reads and frees blocks by address. Two implement it: `LocalBlocks` (slots in
-this pool's files, engine/localblocks.py) and `ClusterBlocks` (block ids kept on R nodes,
-engine/cluster/blocks.py). Addresses are uint64, never 0 (0 means "no block" in a table).
+A pool's data path (block tables, partial blocks, zero handling, atomicity per request, commits)
+is the native core's, written once over a block layer (native/src/backend.rs). A local pool's
+layer is native too: its slots, index, refcounts and free space, inside the core, which then
+answers the views below itself (`Pool.blocks is Pool.core`). A block layer written in Python (a
+cluster's ClusterBlocks, engine/cluster/blocks.py, keeping each block on R nodes) implements this
+Protocol; the core calls its write-path, read-path, durability and rebuild methods with the core's
+lock held and the GIL taken, and such a layer never calls back into the core. Addresses are
+uint64, never 0 (0 means "no block" in a table) nor 2^64-1.
 
 Refcounts count table entries (layer references), not VMs. A block whose last reference goes is
 *pending* until the commit that dropped it is durable: `seal()` closes the pending set when a commit
 takes its snapshot; `release(epoch)` after the commit makes those blocks reusable (or drops them
 from their nodes); `unseal(epoch)` hands them back to pending when the commit failed.
+
+Progress callbacks passed by the core take four arguments: (phase, done, total, bytes_per_s).
 """
 
 from __future__ import annotations
@@ -17,37 +23,35 @@ from typing import Protocol
 
 import numpy as np
 
-from .progress import ProgressCallback
-from .rebuild import PageScan
-
 
 class BlockLayer(Protocol):
     block_size: int
     collisions: int             # fingerprints that matched other bytes, since the pool was made
     corrupt: np.ndarray         # addresses known rotten (every copy, in a cluster), ascending
+    rebuild_phases: tuple[str, ...]   # the phases rebuild() reports, in order
 
-    # -- write path ---------------------------------------------------------------------------
-    def store_blocks(self, blocks: np.ndarray) -> np.ndarray:
-        """Stores or shares each of n blocks (n × block_size uint8, none all zeros); returns
-        their n addresses, each referenced once more. A match is shared only if its bytes are
-        equal. All or nothing: raises RefusedError (NoSpaceError; a cluster's ReplicationError)
-        with no reference taken."""
+    # -- write path (called by the core) ------------------------------------------------------
+    def store_blocks(self, blocks: np.ndarray, digests: np.ndarray | None = None) -> np.ndarray:
+        """Stores or shares each of n blocks (n × block_size uint8, none all zeros; digests: their
+        xxh3-128 as n × 2 uint64 words, the canonical digest bytes viewed as native words);
+        returns their n addresses, each referenced once more. A match is shared only if its
+        bytes are equal. All or nothing: raises RefusedError (a cluster's ReplicationError) with
+        no reference taken."""
 
     def decref(self, addrs: np.ndarray) -> None:
-        """Drops one reference from each address (repeats count); the last one makes it pending."""
+        """Drops one reference from each address (repeats count); the last one makes it pending.
+        Cannot fail for addresses the layer handed out."""
 
-    # -- read path ----------------------------------------------------------------------------
+    # -- read path (called by the core) -------------------------------------------------------
     def gather(self, addrs: np.ndarray) -> np.ndarray:
-        """The bytes of each (non-zero) address, as n × block_size uint8, each checked against
-        its fingerprint. Raises CorruptBlockError (the address joins `corrupt`) rather than
-        return rotten bytes."""
+        """The bytes of each address, as n × block_size uint8, each checked against its
+        fingerprint: rotten bytes are never returned (a cluster asks another replica). Raises
+        BlockfoldError naming a block with no sound copy left."""
 
-    def block_bytes(self, addr: int) -> bytes:
-        """The bytes of one address, checked as gather() checks them."""
-
-    # -- durability ---------------------------------------------------------------------------
+    # -- durability (called by the core) ------------------------------------------------------
     def sync(self) -> None:
-        """Every block stored so far is durable (before the tables that point at it commit)."""
+        """Every block stored so far is durable (before the tables that point at it commit).
+        Called without the core's lock."""
 
     @property
     def has_pending(self) -> bool:
@@ -62,19 +66,27 @@ class BlockLayer(Protocol):
     def unseal(self, epoch: int) -> None:
         """The commit that sealed `epoch` failed: its blocks are pending again."""
 
-    # -- rebuild ------------------------------------------------------------------------------
+    # -- rebuild and checks (called by the core, with the block tables' references) ----------
     @property
     def ready(self) -> bool:
         """The RAM metadata exists (a rebuild has run)."""
 
-    def rebuild(self, pages: PageScan, *, full: bool, progress: ProgressCallback | None,
-                cancel, reclaim: bool, known_corrupt: np.ndarray) -> dict:
-        """Rebuilds refcounts, the index and free space from the references in `pages`; full
-        re-reads every block and reports those whose bytes no longer match their fingerprint,
-        fast keeps `known_corrupt` (those still referenced) as corrupt.
-        Returns the figures (see engine/rebuild.py). Raises CancelledError."""
+    def rebuild(self, references: np.ndarray, *, pages: int, full: bool, progress, cancel,
+                reclaim: bool) -> dict:
+        """Rebuilds refcounts and whatever finds blocks from `references` (every table entry
+        naming a block, with repeats, out of `pages` pages); full re-reads every block and
+        reports those whose bytes no longer match their fingerprint, fast keeps `corrupt` (those
+        still referenced). Returns the figures (the keys of native rebuild's, see API.md).
+        Raises CancelledError."""
 
-    # -- views --------------------------------------------------------------------------------
+    def fsck(self, references: np.ndarray, progress=None) -> list[dict]:
+        """Checks refcounts against `references` (every table entry, taken while no change can
+        happen) and every stored block; returns problem dicts (kind, message, pbn, …)."""
+
+    # -- views (called by the pool) -----------------------------------------------------------
+    def mark_corrupt(self, addrs: np.ndarray) -> None:
+        """Remembers addresses as corrupt (restored from the catalog at open)."""
+
     def live(self) -> np.ndarray:
         """Every referenced address, ascending."""
 
@@ -86,10 +98,6 @@ class BlockLayer(Protocol):
 
     def summary(self) -> dict:
         """Pool-wide figures of the block layer (see engine/stats.py)."""
-
-    def fsck(self, references: np.ndarray, report, progress) -> None:
-        """Checks refcounts against `references` (every table entry) and every stored block;
-        calls report(kind, message, **where) for each problem."""
 
     def close(self) -> None:
         """Releases files and connections."""

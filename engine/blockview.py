@@ -2,16 +2,14 @@
 
 Filters run vectorised over the RAM refcounts and stored fingerprints, so a page costs the same
 over millions of blocks. Naming the VMs behind a block needs the reverse of the block tables
-(block -> layer, LBN); it is built once per pool generation and kept.
+(block -> layer, LBN); the core builds it once per change of the tables and keeps it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .blocktable import INHERIT, PAGE_ENTRIES, ZERO
 from .errors import RefusedError
-
 
 
 def fingerprint_hex(words: np.ndarray) -> str:
@@ -33,64 +31,22 @@ def _prefix_mask(hashes: np.ndarray, prefix: str) -> np.ndarray:
 
 
 class BlockView:
-    """The block table of one pool, for operators. Naming the VMs behind a block needs the reverse
-    of the block tables (block -> layer, LBN): built on first use after a change, then kept."""
+    """The block table of one pool, for operators. The VMs behind a block come from the core's
+    reverse map of the block tables (block -> layer, LBN), built once per change of the tables."""
 
     def __init__(self, pool):
         self.pool = pool
-        self._reverse: tuple[int, tuple] | None = None      # (pool generation, arrays)
-
-    def _reverse_map(self):
-        """(addresses sorted, their layers, their LBNs) over every layer."""
-        pool = self.pool
-        if self._reverse is not None and self._reverse[0] == pool.generation:
-            return self._reverse[1]
-        addrs, layers, lbns = [], [], []
-        tables = pool.tables
-        for layer in pool.graph.layers():
-            for pno in tables.page_numbers(layer):
-                page = tables.page(layer, pno)
-                if page is None:
-                    continue
-                idx = np.flatnonzero((page != INHERIT) & (page != ZERO))
-                addrs.append(page[idx])
-                layers.append(np.full(len(idx), layer, dtype=np.int64))
-                lbns.append(idx.astype(np.int64) + pno * PAGE_ENTRIES)
-        if addrs:
-            a, ls, b = np.concatenate(addrs), np.concatenate(layers), np.concatenate(lbns)
-            order = np.argsort(a, kind="stable")
-            result = (a[order], ls[order], b[order])
-        else:
-            empty = np.zeros(0, dtype=np.int64)
-            result = (empty.astype(np.uint64), empty, empty)
-        self._reverse = (pool.generation, result)
-        return result
 
     def referencing_vms(self, addr: int) -> list[str]:
         """The VMs that read block `addr` somewhere: those that read through a layer holding it,
         unless a layer above it in their chain shadows that LBN."""
-        a, layers, lbns = self._reverse_map()
-        lo, hi = np.searchsorted(a, addr, "left"), np.searchsorted(a, addr, "right")
-        readers = self.pool.graph.readers()
-        tables = self.pool.tables
-        names = set()
-        for layer, lbn in zip(layers[lo:hi].tolist(), lbns[lo:hi].tolist()):
-            pno, idx = divmod(lbn, PAGE_ENTRIES)
-            for name, chain in readers.get(layer, ()):
-                for lid in chain:
-                    if lid == layer:
-                        names.add(name)
-                        break
-                    page = tables.page(lid, pno)
-                    if page is not None and page[idx] != INHERIT:
-                        break
-        return sorted(names)
+        return self.pool.core.vms_reading(addr)
 
     def vm_addresses(self, name: str) -> np.ndarray:
         pool = self.pool
         vm = pool.graph.vm(name)
         blocks = -(-vm.size // pool.block_size)
-        addrs = pool.tables.lookup_range(vm.top, 0, blocks)
+        addrs = pool.core.lookup(vm.top, 0, blocks)
         return np.unique(addrs[addrs != 0])
 
     def page(self, vm: str | None = None, min_refs: int | None = None,

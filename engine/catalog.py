@@ -139,21 +139,21 @@ class Catalog:
         c.executemany(
             "INSERT OR REPLACE INTO vms (name, size, top, created, origin) VALUES (?,?,?,?,?)",
             [(vm.name, vm.size, vm.top, vm.created, vm.origin) for vm in edit.put_vms])
-        self.write_pages([(layer, pno, None if page is None else page.tobytes())
-                          for (layer, pno), page in edit.pages.items()])
+        self.write_pages([(layer, pno, page) for (layer, pno), page in edit.pages.items()])
         for kind, message in edit.events:
             self.log(actor, kind, message)
         self.set("next_layer", next_layer)
 
     # -- reading block tables -----------------------------------------------------------------
 
-    def count_pages(self, conn: sqlite3.Connection | None = None) -> int:
-        return (conn or self.conn).execute("SELECT count(*) FROM bmap").fetchone()[0]
+    def has_pages(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM bmap LIMIT 1").fetchone() is not None
 
-    def scan_pages(self, conn: sqlite3.Connection | None = None):
+    def scan_pages(self):
         """Every block-table page, as (layer, page number, entries bytes): the one scan of the
-        block tables (rebuild, fsck and the block view use it)."""
-        return (conn or self.conn).execute("SELECT layer, page, entries FROM bmap")
+        block tables, which the native core loads at open (rebuild, fsck and the block view
+        then work on its pages in RAM)."""
+        return self.conn.execute("SELECT layer, page, entries FROM bmap")
 
     def stale_page_layers(self) -> list[int]:
         """Layers that have block-table pages but no row in `layers`."""
@@ -197,16 +197,6 @@ class Catalog:
         self.conn.executemany("DELETE FROM corrupt WHERE address=?", [(a,) for a in known - now])
         self.conn.executemany("INSERT INTO corrupt (address, found) VALUES (?, ?)",
                               [(a, time.time()) for a in sorted(now - known)])
-
-    def reader(self) -> sqlite3.Connection:
-        """A second connection for a scan that runs beside the main one (the same one in RAM)."""
-        if self.path is None:
-            return self.conn
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-
-    def release_reader(self, conn: sqlite3.Connection) -> None:
-        if conn is not self.conn:
-            conn.close()
 
     def log(self, actor: str, kind: str, message: str) -> None:
         self.conn.execute("INSERT INTO events (ts, actor, kind, message) VALUES (?, ?, ?, ?)",

@@ -5,20 +5,18 @@ naming its parent. A frozen layer never changes what it shows. An import writes 
 *provisional* top that belongs to no VM until the import registers it.
 
 Changes are values (LevelDB's VersionEdit is the model): a `LayerEdit` says which layers appear,
-move or go, which VMs are put or deleted, which block-table pages the change writes (merges) and
-which block references it drops. The pool logs an edit in the catalog's commit, and only then
-applies it here, to the block tables and to the block layer, each in one place. An edit that fails
-to commit therefore changes nothing in RAM.
+move or go, which VMs are put or deleted, and which block-table pages the change writes (merges).
+The pool logs an edit in the catalog's commit, and only then applies it here and to the native
+core (which mirrors the graph, holds the block tables and drops the references the edit ends),
+each in one place. An edit that fails to commit therefore changes nothing in RAM.
 
-Everything here is plain bookkeeping over dicts; the block tables hold the entries themselves.
+Everything here is plain bookkeeping over dicts; the core holds the entries themselves.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-
-import numpy as np
 
 from .errors import VMExistsError, VMNotFoundError
 from .names import check_vm_name
@@ -42,8 +40,8 @@ class LayerEdit:
     reparented: layer -> new parent, for existing layers that move (a merge's child)
     dropped: layers that go, with their block-table pages
     put_vms / deleted_vms: VM rows written or removed
-    pages: (layer, page number) -> entries the edit writes (a merge's child pages); None drops one
-    released: block addresses whose references the edit drops (decref'd once it is durable)
+    pages: (layer, page number) -> entries the edit writes (a merge's child pages: 512
+           little-endian uint64, as the catalog keeps them); None drops one
     registered: provisional layers that become a VM's top (an import's)
     events: (kind, message) pairs logged with the edit
     """
@@ -52,13 +50,9 @@ class LayerEdit:
     dropped: list[int] = field(default_factory=list)
     put_vms: list[VM] = field(default_factory=list)
     deleted_vms: list[str] = field(default_factory=list)
-    pages: dict[tuple[int, int], np.ndarray | None] = field(default_factory=dict)
-    released: list[np.ndarray] = field(default_factory=list)
+    pages: dict[tuple[int, int], bytes | None] = field(default_factory=dict)
     registered: list[int] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
-
-    def released_addresses(self) -> np.ndarray:
-        return np.concatenate(self.released) if self.released else np.zeros(0, np.uint64)
 
 
 @dataclass(frozen=True)
@@ -80,9 +74,6 @@ class LayerGraph:
             if parent is not None:
                 self._children.setdefault(parent, set()).add(layer)
         self._tops = {vm.top for vm in self._vms.values()}
-        self._readers: dict[int, list[tuple[str, list[int]]]] | None = None
-        self._visible: dict[int, int] = {}       # frozen layer -> blocks that read as data
-        self.generation = 0                      # bumped by every edit; views key caches on it
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -104,6 +95,16 @@ class LayerGraph:
     def layers(self) -> list[int]:
         """Every layer, provisional ones included."""
         return list(self._parents)
+
+    def parents_first(self) -> list[int]:
+        """Every layer, each after its parent (to mirror the graph elsewhere)."""
+        out: list[int] = []
+        todo = [layer for layer, parent in self._parents.items() if parent is None]
+        while todo:
+            layer = todo.pop()
+            out.append(layer)
+            todo.extend(self._children.get(layer, ()))
+        return out
 
     def parent(self, layer: int) -> int | None:
         return self._parents[layer]
@@ -129,25 +130,6 @@ class LayerGraph:
             out.append(layer)
             layer = self._parents[layer]
         return out
-
-    def readers(self) -> dict[int, list[tuple[str, list[int]]]]:
-        """layer -> the VMs that read through it, each with its chain from the top down."""
-        if self._readers is None:
-            readers: dict[int, list[tuple[str, list[int]]]] = {}
-            for vm in self._vms.values():
-                chain = self.chain(vm.top)
-                for layer in chain:
-                    readers.setdefault(layer, []).append((vm.name, chain))
-            self._readers = readers
-        return self._readers
-
-    def visible_cached(self, layer: int) -> int | None:
-        """A frozen layer's count of blocks that read as data, if known."""
-        return None if self.is_top(layer) else self._visible.get(layer)
-
-    def remember_visible(self, layer: int, count: int) -> None:
-        if not self.is_top(layer):
-            self._visible[layer] = count
 
     def check_new_name(self, name: str) -> None:
         """Refuses a bad name, and one that a VM or an import under way already has."""
@@ -214,8 +196,8 @@ class LayerGraph:
 
     def plan_delete(self, name: str) -> tuple[LayerEdit, list[Merge]]:
         """Drops the VM's top, then collects upwards: a frozen layer left with no children goes
-        too, and one left with a single child is merged into it. The merges' pages and the
-        references dropped are the block tables' part, added by the caller."""
+        too, and one left with a single child is merged into it. The merges' pages are the block
+        tables' part, added by the caller."""
         vm = self.vm(name)
         edit = LayerEdit(deleted_vms=[name])
         merges: list[Merge] = []
@@ -252,7 +234,6 @@ class LayerGraph:
                 self._children.get(parent, set()).discard(layer)
             self._children.pop(layer, None)
             self._tops.discard(layer)
-            self._visible.pop(layer, None)
         for layer, parent in list(edit.new_layers.items()) + list(edit.reparented.items()):
             old = self._parents.get(layer)
             if old is not None:
@@ -268,7 +249,3 @@ class LayerGraph:
                 self._tops.discard(old.top)
             self._vms[vm.name] = vm
             self._tops.add(vm.top)
-        if edit.dropped or edit.reparented:
-            self._visible.clear()       # merged layers show more than they did
-        self._readers = None
-        self.generation += 1

@@ -77,3 +77,23 @@ class Meter:
     def _report(self, now: float) -> Progress:
         elapsed = max(now - self.start, 1e-9)
         return Progress(self.phase, self.done, self.total, self.done * self.unit_bytes / elapsed)
+
+
+# The native core reports progress as four arguments, (phase, done, total, bytes_per_s), and so
+# does the engine to a Python block layer it calls through the core (engine/blocklayer.py).
+CoreCallback = Callable[[str, int, int, float], None]
+
+
+def core_callback(callback: ProgressCallback | None) -> CoreCallback | None:
+    """The core's form of an engine progress callback."""
+    if callback is None:
+        return None
+    return lambda phase, done, total, bytes_per_s: callback(
+        Progress(phase, done, total, bytes_per_s))
+
+
+def engine_callback(callback: CoreCallback | None) -> ProgressCallback | None:
+    """The engine's form of a callback in the core's form (for a Meter)."""
+    if callback is None:
+        return None
+    return lambda p: callback(p.phase, p.done, p.total, p.bytes_per_s)

@@ -1,47 +1,20 @@
-"""Pool-wide and per-VM figures: logical and physical bytes, dedup ratio, sharing, chain depth."""
+"""Pool-wide and per-VM figures: logical and physical bytes, dedup ratio, sharing, chain depth.
+
+Counts of blocks that read as data come from the core (cached for frozen layers, so a VM's
+figures cost only its own top layer); refcounts and the pool-wide figures from the block layer.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .blocktable import INHERIT, ZERO
-
-
-def _count_visible(page: np.ndarray | None) -> int:
-    if page is None:
-        return 0
-    return int(np.count_nonzero((page != INHERIT) & (page != ZERO)))
-
-
-def visible_blocks(pool, layer: int) -> int:
-    """How many blocks read as data through `layer`. Frozen layers never change: the graph
-    caches their counts."""
-    graph, tables = pool.graph, pool.tables
-    chain = []
-    base = 0
-    lid = layer
-    while lid is not None:
-        cached = graph.visible_cached(lid)
-        if cached is not None:
-            base = cached
-            break
-        chain.append(lid)
-        lid = graph.parent(lid)
-    for lid in reversed(chain):
-        parent = graph.parent(lid)
-        for pno in tables.page_numbers(lid):
-            below = tables.resolved(parent, pno) if parent is not None else None
-            base += _count_visible(tables.resolved(lid, pno)) - _count_visible(below)
-        graph.remember_visible(lid, base)
-    return base
-
 
 def vm_stats(pool, vm) -> dict:
     bs = pool.block_size
-    logical = visible_blocks(pool, vm.top)
+    logical = pool.core.visible_blocks(vm.top)
     unique = 0
     if pool.blocks.ready and not pool.rebuilding:
-        mine = pool.tables.layer_entries(vm.top)
+        mine = pool.core.layer_entries(vm.top)
         unique = int(np.count_nonzero(pool.blocks.refcounts_of(mine) == 1))
     return {
         "name": vm.name,
@@ -57,7 +30,7 @@ def vm_stats(pool, vm) -> dict:
 
 
 def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
-    """Live slots by refcount, in power-of-two buckets: 1, 2, 3-4, 5-8, …"""
+    """Live blocks by refcount, in power-of-two buckets: 1, 2, 3-4, 5-8, …"""
     live = refcounts[refcounts > 0].astype(np.int64)
     if not len(live):
         return {}

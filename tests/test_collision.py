@@ -1,4 +1,4 @@
-"""A fingerprint function that collides for everything: dedup must still never mix up data."""
+"""A fingerprint that collides for everything: dedup must still never mix up data."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from engine.pool import Pool
 BS = 4096
 
 
-def colliding(block) -> bytes:
-    return b"\x42" * 16
+COLLIDING = b"\x42" * 16          # every block's fingerprint
 
 
 def test_colliding_fingerprints_keep_every_vm_correct(tmp_path):
@@ -19,7 +18,7 @@ def test_colliding_fingerprints_keep_every_vm_correct(tmp_path):
     blocks = [rng.integers(0, 256, BS, dtype=np.uint8).tobytes() for _ in range(6)]
     image_a = b"".join(blocks[:4])
     image_b = b"".join([blocks[0], blocks[4], blocks[1], blocks[5]])
-    with Pool.open(path, fingerprint=colliding) as p:
+    with Pool.open(path, colliding_fingerprint=COLLIDING) as p:
         p.create_vm("a", len(image_a))
         p.create_vm("b", len(image_b))
         p.write("a", 0, image_a)
@@ -32,7 +31,7 @@ def test_colliding_fingerprints_keep_every_vm_correct(tmp_path):
         assert 6 <= s["unique_blocks"] <= 8
         assert s["collisions"] > 0
         assert p.fsck() == []
-    with Pool.open(path, fingerprint=colliding, rebuild="full") as p:
+    with Pool.open(path, colliding_fingerprint=COLLIDING, rebuild="full") as p:
         assert p.read("a", 0, len(image_a)) == image_a
         assert p.read("b", 0, len(image_b)) == image_b
         assert p.last_rebuild["corrupt_blocks"] == []

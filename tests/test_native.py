@@ -96,7 +96,7 @@ def test_rotten_block_is_an_error_naming_its_offset(tmp_path):
         c.read("desk", 0, 4 * BS)
     assert (e.value.vm, e.value.offset, e.value.slot) == ("desk", 2 * BS, slot)
     assert "byte 8192 of VM 'desk'" in str(e.value)
-    assert c.corrupt().tolist() == [slot]
+    assert c.corrupt.tolist() == [slot]
     assert c.summary()["corrupt_blocks"] == 1
 
 
@@ -107,7 +107,7 @@ def test_commit_snapshot_end_and_abort():
     c.set_vm("import", 2, 1 << 20)
     c.write("a", 0, blocks(1, 5))
     c.write("import", 0, blocks(1, 6))
-    token, pages = c.snapshot([2])
+    token, pages, _ = c.snapshot([2])
     assert [(layer, page) for layer, page, _ in pages] == [(1, 0)]
     entries = np.frombuffer(pages[0][2], dtype=np.uint64)
     assert entries[0] == c.lookup(1, 0, 1)[0] and not entries[1:].any()
@@ -115,7 +115,7 @@ def test_commit_snapshot_end_and_abort():
     assert c.dirty_pages() == 2
     old = int(c.lookup(1, 0, 1)[0])
     c.write("a", 0, blocks(1, 7))       # the old slot now waits for a commit
-    token, pages = c.snapshot([2])
+    token, pages, _ = c.snapshot([2])
     c.sync()
     assert c.end(token) == 1
     assert c.dirty_pages() == 1
@@ -127,7 +127,7 @@ def test_load_pages_and_rebuild_with_progress_and_cancel(tmp_path):
     c = core(str(tmp_path))
     with_vm(c)
     c.write("a", 0, blocks(64, 8))
-    token, pages = c.snapshot()
+    token, pages, _ = c.snapshot()
     c.sync()
     c.end(token)
     c.close()

@@ -129,7 +129,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(fail=st.booleans())
     def commit(self, fail):
-        token, pages = self.core.snapshot()
+        token, pages, _ = self.core.snapshot()
         if fail:                        # the sqlite transaction failed: nothing is lost
             self.core.abort(token)
             return

@@ -9,8 +9,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from engine.errors import (BadNameError, CorruptBlockError, NotAPoolError, OutOfRangeError,
-                           PoolFormatError, PoolLockedError, VMExistsError, VMNotFoundError)
+from engine.errors import (AbortedError, BadNameError, CorruptBlockError, NotAPoolError,
+                           OutOfRangeError, PoolFormatError, PoolLockedError, VMExistsError,
+                           VMNotFoundError)
 from engine.pool import Pool
 
 BS = 4096
@@ -295,3 +296,97 @@ def test_scrub_finds_rot_resumes_where_it_stopped_and_starts_over_when_done(pool
         assert p.stats()["corrupt_blocks"] == 1
         again = p.scrub(rate=rate)                     # from the start, at the rate asked
         assert again["finished"] and again["blocks"] == 64 and again["seconds"] >= 0.7
+
+
+def test_a_failed_commit_keeps_acknowledged_writes_and_edits_change_nothing(pool_dir,
+                                                                           monkeypatch):
+    with Pool.open(pool_dir) as p:
+        p.create_vm("a", 8 * BS)
+        p.write("a", 0, rand(8 * BS, 1))
+        p.flush()
+        p.write("a", BS, rand(BS, 2))                   # acknowledged, not yet durable
+        real_commit = p.catalog.commit
+
+        def full_disk():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        with pytest.raises(AbortedError, match="disk is full"):
+            p.flush()
+        with pytest.raises(AbortedError):
+            p.delete("a")                               # an edit whose log fails: not applied
+        with pytest.raises(AbortedError):
+            p.clone("a", "b")
+        assert p.vm_names() == ["a"]
+        assert p.read("a", BS, BS) == rand(BS, 2)       # RAM keeps the acknowledged write
+        monkeypatch.setattr(p.catalog, "commit", real_commit)
+        p.write("a", 2 * BS, rand(BS, 3))
+        p.flush()                                       # the cause is gone: the retry lands
+        assert p.fsck() == []
+    with Pool.open(pool_dir) as p:
+        assert p.vm_names() == ["a"]
+        want = bytearray(rand(8 * BS, 1))
+        want[BS:3 * BS] = rand(BS, 2) + rand(BS, 3)
+        assert p.read("a", 0, 8 * BS) == bytes(want)
+        assert p.fsck() == []
+
+
+def test_data_ops_run_beside_clones_deletes_and_flushes(pool):
+    """Writers and readers on their own VMs, with no Python lock around them, while clones,
+    deletes and flushes happen: every VM reads as its model, and fsck is clean."""
+    writers = 4
+    size = 64 * BS
+    for w in range(writers):
+        pool.create_vm(f"w{w}", size)
+    models = {f"w{w}": bytearray(size) for w in range(writers)}
+    failures = []
+
+    def work(name: str, seed: int):
+        rng = np.random.default_rng(seed)
+        try:
+            for i in range(150):
+                offset = int(rng.integers(0, size - 3 * BS))
+                n = int(rng.integers(1, 3 * BS))
+                data = rand(n, seed * 1000 + i) if i % 3 else bytes([i % 7]) * n
+                pool.write(name, offset, data)
+                models[name][offset:offset + n] = data
+                if i % 10 == 0:
+                    pool.trim(name, offset, n)
+                    models[name][offset:offset + n] = bytes(n)
+                assert pool.read(name, 0, size) == bytes(models[name])
+        except BaseException as e:       # noqa: BLE001 - reported by the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(f"w{w}", w)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    k = 0
+    while k < 6 or any(t.is_alive() for t in threads):
+        source = f"w{k % writers}"
+        pool.clone(source, f"c{k}")
+        if k >= 2:
+            pool.delete(f"c{k - 2}")
+        pool.flush()
+        k += 1
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    for name, model in models.items():
+        assert pool.read(name, 0, size) == bytes(model)
+    assert pool.fsck() == []
+
+
+def test_extents_cover_the_range_in_runs_of_data_and_holes(pool):
+    pool.create_vm("a", 16 * BS)
+    pool.write("a", 4 * BS, rand(3 * BS, 1))
+    pool.write("a", 9 * BS, bytes(BS))                   # zeros: a hole too
+    assert pool.extents("a", 100, 10 * BS) == [(4 * BS - 100, True), (3 * BS, False),
+                                                (3 * BS + 100, True)]
+    pool.clone("a", "b")
+    pool.trim("b", 5 * BS, BS)
+    assert pool.extents("b", 4 * BS, 3 * BS) == [(BS, False), (BS, True), (BS, False)]
+    with pytest.raises(OutOfRangeError):
+        pool.extents("a", 16 * BS, 1)
+    with pytest.raises(VMNotFoundError):
+        pool.extents("nope", 0, 1)

@@ -1,5 +1,8 @@
 """The cluster's block layer (engine.blocklayer.BlockLayer): block ids kept on R nodes.
 
+The coordinator's pool is the native core over this layer (engine._native.Core.over): the core
+keeps the block tables and does the data path, and calls store_blocks, decref, gather, sync and
+seal/release/unseal here, with its lock held and the GIL taken (see native/src/pybackend.rs).
 A block's address is a cluster-wide id (engine.cluster.writes). ClusterBlocks only composes the
 rooms that do the work, all over the one row map of the coordinator's RAM:
 
@@ -17,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..fingerprint import Fingerprinter
-from ..rebuild import PageScan
+from ..fsck import Problems
+from ..progress import engine_callback
 from . import check
 from .copies import Copies
 from .heal import Healer
@@ -52,10 +56,11 @@ class ClusterBlocks:
 
     # -- write path ---------------------------------------------------------------------------
 
-    def store_blocks(self, blocks: np.ndarray) -> np.ndarray:
+    def store_blocks(self, blocks: np.ndarray, digests: np.ndarray | None = None) -> np.ndarray:
         """Stores each block (n × block_size) on its nodes, or verifies it against a holder;
-        returns their ids, referenced. Raises ReplicationError with nothing referenced."""
-        return self._writer.store(blocks)
+        returns their ids, referenced. `digests`: their fingerprints (n × 2 words) if known.
+        Raises ReplicationError with nothing referenced."""
+        return self._writer.store(blocks, digests)
 
     def decref(self, addrs: np.ndarray) -> None:
         if len(addrs) == 0:
@@ -68,9 +73,6 @@ class ClusterBlocks:
     def gather(self, addrs: np.ndarray) -> np.ndarray:
         """The bytes of each id, as n × block_size, from the first holder with a sound copy."""
         return self._reader.gather(addrs)
-
-    def block_bytes(self, addr: int) -> bytes:
-        return self._reader.gather(np.array([addr], np.uint64))[0].tobytes()
 
     # -- durability ---------------------------------------------------------------------------
 
@@ -104,12 +106,14 @@ class ClusterBlocks:
     def ready(self) -> bool:
         return self._rows.ready
 
-    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
-                known_corrupt: np.ndarray) -> dict:
-        """Refcounts from the replicated block tables, holders from every node's inventory."""
+    def rebuild(self, references: np.ndarray, *, pages: int, full: bool, progress, cancel,
+                reclaim: bool) -> dict:
+        """Refcounts from the block tables' references (every entry naming a block, from the
+        core), holders from every node's inventory; `corrupt` as it was is kept in a fast rebuild.
+        `progress` is called as the core calls it: (phase, done, total, bytes_per_s)."""
         figures, self.corrupt = self._inventory.rebuild(
-            pages, full=full, progress=progress, cancel=cancel, reclaim=reclaim,
-            known_corrupt=known_corrupt)
+            references, pages=pages, full=full, progress=engine_callback(progress),
+            cancel=cancel, reclaim=reclaim, known_corrupt=self.corrupt)
         return figures
 
     def rejoin(self, node: int, reclaim: bool) -> None:
@@ -169,10 +173,17 @@ class ClusterBlocks:
                 "under_replicated_blocks": self.under_replicated(),
             }
 
-    def fsck(self, references: np.ndarray, report, progress) -> None:
-        """Refcounts against references; every live id has R reachable, sound copies."""
-        check.check(self.members, self._rows, self._copies, self.replicas, references, report,
-                    progress)
+    def mark_corrupt(self, addrs: np.ndarray) -> None:
+        """Ids known to have no sound copy (restored from the catalog at open)."""
+        self.corrupt = np.union1d(self.corrupt, np.asarray(addrs, np.uint64))
+
+    def fsck(self, references: np.ndarray, progress=None) -> list[dict]:
+        """Refcounts against `references` (every table entry, from the core); every live id has
+        R reachable, sound copies. Problem dicts, as engine.fsck reports them."""
+        problems = Problems()
+        check.check(self.members, self._rows, self._copies, self.replicas, references,
+                    problems.report, engine_callback(progress))
+        return problems.found
 
     def close(self) -> None:
         pass

@@ -1,6 +1,6 @@
 """Who holds what, from the nodes' own inventories: the rebuild, and a returning node's rejoin.
 
-Refcounts come from the replicated block tables (a PageScan); holders and hash words from what
+Refcounts come from the block tables' references (the core's); holders and hash words from what
 each reachable node says it holds. The first holder seen fixes an id's hash word; a copy whose word
 disagrees is not a copy of that block. A full rebuild also scrubs every node (it re-reads and
 re-hashes each copy): rotten copies count as held by nobody. With `reclaim`, each node drops what
@@ -15,7 +15,6 @@ import numpy as np
 
 from ..errors import CancelledError
 from ..progress import Meter
-from ..rebuild import PageScan
 from .copies import Copies
 from .rowmap import RowMap
 
@@ -26,19 +25,21 @@ class Inventory:
         self.rows = rows
         self.copies = copies
 
-    def rebuild(self, pages: PageScan, *, full: bool, progress, cancel, reclaim: bool,
-                known_corrupt: np.ndarray) -> tuple[dict, np.ndarray]:
-        """Reloads the row map. Returns the figures of engine/rebuild.py (free and capacity
-        slots are 0: nodes keep their own space; missing_blocks: ids no reachable node holds;
+    def rebuild(self, references: np.ndarray, *, pages: int, full: bool, progress, cancel,
+                reclaim: bool, known_corrupt: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Reloads the row map from `references` (every table entry naming a block, with
+        repeats, out of `pages` block-table pages). Returns the figures of the core's rebuild
+        (free and capacity slots are 0: nodes keep their own space; missing_blocks: ids no
+        reachable node holds;
         corrupt_blocks: ids with a rotten copy on some node, or in a fast rebuild those of
         `known_corrupt` still referenced), and the corrupt ids in the sense of
         engine.blocklayer: those with no sound copy left on a reachable node (full), or
         `known_corrupt` still referenced (fast: copies are not re-read). Raises
         CancelledError."""
         started = time.monotonic()
-        parts = list(pages.references(cancel, progress))
-        refs = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-        ids, counts = np.unique(refs, return_counts=True)
+        meter = Meter(progress, "tables", len(references))
+        ids, counts = np.unique(references, return_counts=True)
+        meter.finish()
 
         k = len(self.members.nodes)
         self.members.probe_all()
@@ -90,8 +91,8 @@ class Inventory:
         return {
             "mode": "full" if full else "fast",
             "seconds": round(seconds, 4),
-            "pages": pages.total,
-            "references": len(refs),
+            "pages": pages,
+            "references": len(references),
             "blocks": len(ids),
             "bytes": len(ids) * bs,
             "bytes_per_s": int(len(ids) * bs / seconds) if seconds > 0 else 0,

@@ -84,14 +84,16 @@ class Writer:
         self.min_replicas = min_replicas
         self.collisions = collisions        # since the cluster was made
 
-    def store(self, blocks: np.ndarray) -> np.ndarray:
+    def store(self, blocks: np.ndarray, digests: np.ndarray | None = None) -> np.ndarray:
         """Stores each block (n × block_size uint8) on its nodes, or verifies it against a
-        holder; returns their ids, referenced.
+        holder; returns their ids, referenced. `digests`: their fingerprints (n × 2 words), if
+        the caller has them (the core hashes every block it stores).
 
         Nothing in RAM changes unless every block is acknowledged: on ReplicationError the blocks
         already sent are unreferenced orphans that the nodes drop at the next inventory.
         """
-        digests = self.fingerprints.of(blocks)
+        if digests is None:
+            digests = self.fingerprints.of(blocks)
         with self.rows.lock:
             ids, held = self._place(blocks, digests)
             rows = self.rows.rows_of(ids)

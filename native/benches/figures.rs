@@ -218,9 +218,9 @@ fn main() {
     // steady state of a pool: no file growth, page cache already there)
     core.trim("a", 0, total_blocks * BS as u64).unwrap();
     core.trim("b", 0, total_blocks * BS as u64).unwrap();
-    let snap = core.snapshot(&Default::default());
+    let snap = core.snapshot(&Default::default()).unwrap();
     core.sync().unwrap();
-    core.end(snap.token);
+    core.end(snap.token).unwrap();
     let t = Watch::start();
     for i in 0..requests {
         stamp(&mut buf, requests + i);

@@ -1,25 +1,30 @@
-//! The core: block layer, block tables and VMs behind one lock, with the data path over a VM.
+//! The core: a block layer, the block tables and the VMs behind one lock, with the data path over
+//! a VM. Written once over `Backend` (backend.rs): a local pool's slots (`Core<Blocks>`, the
+//! default) or a block layer in Python (a cluster's).
 //!
 //! Data ops (TARGET.md, "Transactions"): `write`, `trim` (also write-zeroes) are atomic per
 //! request in RAM. A write fingerprints its whole blocks before taking the lock, then, under the
-//! lock: reads the partial blocks at either end, plans every block (dedup lookups with byte
-//! verification), reserves the new slots (`NoSpace` refuses the request with nothing changed),
-//! and applies: slot data, refcounts, block-table pages. No catalog work per data op.
+//! lock: reads the partial blocks at either end, stores or shares the rest through the backend
+//! (all or nothing: `NoSpace` refuses the request with nothing changed), and then sets the
+//! block-table entries, which cannot fail, and drops the references they replace. No catalog work
+//! per data op.
 //!
 //! A block of zeros takes no slot: its entry is INHERIT where the layers beneath read zeros there
 //! too (always so in a root layer), else ZERO. A trim of a range that already reads as zeros
 //! changes nothing and adds no page.
 //!
-//! `read` checks every block against its stored fingerprint as it copies it; a mismatch is a
-//! `Corrupt` error naming the byte offset, never data, and the slot joins the known-corrupt set.
+//! `read` checks every block against its fingerprint (the backend does, as it copies it); a
+//! mismatch is a `Corrupt` error naming the byte offset, never data.
 //!
 //! Locking: many threads call in at once with the GIL released. Reads share the lock and run in
-//! parallel; writes and structural edits take it alone; a write hashes its blocks before it
-//! takes the lock.
+//! parallel; writes, commits' bookkeeping and structural edits take it alone; a write hashes its
+//! blocks before it takes the lock. A backend in Python is called with the lock held and then the
+//! GIL taken: that order only, since no caller ever waits for the lock while it holds the GIL.
 //!
 //! Commits are Python's (it owns the catalog): `snapshot` (dirty pages + seal the pending frees),
 //! `sync`, then Python writes the pages and commits sqlite, then `end` (pages clean, frees
-//! released) or, if anything failed, `abort` (pages stay dirty, frees wait again).
+//! released) or, if anything failed, `abort` (pages stay dirty, frees wait again). A structural
+//! edit, once committed, is applied whole by `apply_edit`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -29,14 +34,15 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use rayon::prelude::*;
 
+use crate::backend::{Backend, ReadFault, Syncer};
 use crate::blocks::Blocks;
 use crate::error::{Error, Result};
 use crate::fingerprint::{is_zero, Digest, Fingerprinter};
 use crate::gate::Gate;
-use crate::progress::Sink;
+use crate::progress::{Meter, Sink};
 use crate::rebuild::{self, Figures};
-use crate::slots::{SlotFiles, SlotStore};
-use crate::tables::{is_address, DirtyPage, Tables, INHERIT, PAGE_ENTRIES, ZERO};
+use crate::slots::SlotStore;
+use crate::tables::{is_address, DirtyPage, Merged, Tables, INHERIT, PAGE_ENTRIES, ZERO};
 
 /// Above this many bytes, a write fingerprints its blocks on all cores.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
@@ -47,24 +53,26 @@ pub struct Vm {
     pub size: u64,
 }
 
-pub struct State {
-    pub blocks: Blocks,
+pub struct State<B: Backend = Blocks> {
+    pub blocks: B,
     pub tables: Tables,
     pub vms: HashMap<String, Vm>,
+    /// A rebuild has counted the references: writes may go to the backend.
+    pub ready: bool,
     commits: HashMap<u64, u64>, // snapshot token -> sealed epoch
 }
 
-impl State {
+impl<B: Backend> State<B> {
     fn vm(&self, name: &str) -> Result<&Vm> {
         self.vms
             .get(name)
             .ok_or_else(|| Error::UnknownVm(name.to_string()))
     }
 
-    /// The VM to write to; refused until a rebuild has built the index.
+    /// The VM to write to; refused until a rebuild has counted the references.
     fn writable_vm(&self, name: &str) -> Result<Vm> {
         let vm = self.vm(name)?.clone();
-        if !self.blocks.ready {
+        if !self.ready {
             return Err(Error::State(
                 "the pool's index is not built: rebuild first".into(),
             ));
@@ -83,6 +91,24 @@ impl State {
 pub struct Snapshot {
     pub token: u64,
     pub pages: Vec<DirtyPage>,
+    /// Blocks were sealed with it (so the commit has work even with no page).
+    pub frees: bool,
+}
+
+/// A structural edit the catalog has committed, as the core applies it (engine/layergraph.py's
+/// LayerEdit, less what only the catalog needs).
+#[derive(Default)]
+pub struct Edit {
+    pub removed_vms: Vec<String>,
+    /// Layers that go, in order: (layer, None) is dropped with its pages, (layer, Some(child)) is
+    /// folded into its only child.
+    pub drops: Vec<(u64, Option<u64>)>,
+    /// New writable layers, parents first: (layer, parent).
+    pub new_layers: Vec<(u64, Option<u64>)>,
+    /// Tops that become frozen (a clone's source).
+    pub frozen: Vec<u64>,
+    /// VMs registered or updated: (name, top, size).
+    pub vms: Vec<(String, u64, u64)>,
 }
 
 /// A run of blocks for NBD block status: `length` bytes, allocated or reading as zeros.
@@ -95,14 +121,14 @@ pub struct Extent {
 /// (address, layer, LBN) of every reference, sorted; rebuilt when the tables' generation moves.
 type ReverseMap = Arc<Vec<(u64, u64, u64)>>;
 
-pub struct Core {
-    state: RwLock<State>,
+pub struct Core<B: Backend = Blocks> {
+    state: RwLock<State<B>>,
     reverse: Mutex<Option<(u64, ReverseMap)>>,
     gate: Gate,
     block_size: usize,
     fp: Fingerprinter,
     readonly: bool,
-    files: Option<SlotFiles>,
+    syncer: Syncer,
 }
 
 /// One block of a request, as the write path sees it.
@@ -122,7 +148,25 @@ impl Src<'_> {
     }
 }
 
-impl Core {
+/// The blocks to store of a run of sources, their digests, and which sources are zeros.
+fn split<'s>(srcs: &'s [Src<'s>]) -> (Vec<&'s [u8]>, Vec<Digest>, Vec<bool>) {
+    let mut blocks = Vec::with_capacity(srcs.len());
+    let mut digests = Vec::with_capacity(srcs.len());
+    let mut zeros = Vec::with_capacity(srcs.len());
+    for s in srcs {
+        match s.bytes() {
+            Some((b, d)) => {
+                blocks.push(b);
+                digests.push(*d);
+                zeros.push(false);
+            }
+            None => zeros.push(true),
+        }
+    }
+    (blocks, digests, zeros)
+}
+
+impl Core<Blocks> {
     /// A core over a pool directory's slot files (see `SlotStore::open`), or in RAM if `dir` is
     /// None. Writes wait until the first `rebuild`.
     pub fn open(
@@ -136,14 +180,71 @@ impl Core {
             Some(dir) => SlotStore::open(dir, block_size, readonly, create)?,
             None => SlotStore::in_memory(block_size)?,
         };
-        let files = store.files();
+        Ok(Core::over(Blocks::new(store, fp), block_size, readonly, fp))
+    }
+
+    /// Rebuilds refcounts, index and free space from the pages in RAM (see `rebuild`). Writes
+    /// wait meanwhile; reads go on. Errors: `Cancelled` (nothing changed), `Io`.
+    pub fn rebuild(&self, full: bool, reclaim: bool, sink: Sink) -> Result<Figures> {
+        self.gate.hold_writes();
+        let result = (|| {
+            let st = self.state.upgradable_read();
+            let rebuilt = rebuild::rebuild(&st, full, &mut *sink)?;
+            let mut st = RwLockUpgradableReadGuard::upgrade(st);
+            let figures = rebuild::install(&mut st, rebuilt, reclaim && !self.readonly)?;
+            drop(st);
+            // Reported once the lock is let go: a progress callback may look at the pool.
+            let mut sink: Sink = &mut *sink;
+            Meter::new(&mut sink, "space", 1, 1).finish()?;
+            Ok(figures)
+        })();
+        // Even a failed first rebuild lets writes in: they are refused (no index), never hung.
+        self.gate.release_writes();
+        result
+    }
+
+    pub fn corrupt_slots(&self) -> Vec<u64> {
+        let st = self.state.read();
+        let slots = st.blocks.corrupt.read().iter().copied().collect();
+        slots
+    }
+
+    /// Remembers slots known to be corrupt (e.g. restored from the catalog at open).
+    pub fn mark_corrupt(&self, slots: &[u64]) {
+        let st = self.state.read();
+        let mut set = st.blocks.corrupt.write();
+        set.extend(
+            slots
+                .iter()
+                .copied()
+                .filter(|&s| s > 0 && s < st.blocks.store.capacity()),
+        );
+    }
+
+    /// Verifies up to `limit` live slots above `after` against their fingerprints (a scrub's
+    /// step): (the last slot checked, or 0 when none was left; how many; those found rotten,
+    /// now known corrupt).
+    pub fn scrub(&self, after: u64, limit: usize) -> Result<(u64, usize, Vec<u64>)> {
+        let st = self.state.read();
+        let slots: Vec<u64> = st.blocks.refs.live_from(after + 1).take(limit).collect();
+        let bad = crate::check::rehash(&st, &slots, &mut |_: &crate::progress::Report| Ok(()))?;
+        Ok((slots.last().copied().unwrap_or(0), slots.len(), bad))
+    }
+}
+
+impl<B: Backend> Core<B> {
+    /// A core over a block layer. Writes wait until the first rebuild (`rebuild` for a local
+    /// core, `rebuild_with` for any).
+    pub fn over(blocks: B, block_size: usize, readonly: bool, fp: Fingerprinter) -> Self {
+        let syncer = blocks.syncer();
         let gate = Gate::new();
         gate.hold_writes();
-        Ok(Core {
+        Core {
             state: RwLock::new(State {
-                blocks: Blocks::new(store, fp),
+                blocks,
                 tables: Tables::new(),
                 vms: HashMap::new(),
+                ready: false,
                 commits: HashMap::new(),
             }),
             reverse: Mutex::new(None),
@@ -151,8 +252,8 @@ impl Core {
             block_size,
             fp,
             readonly,
-            files,
-        })
+            syncer,
+        }
     }
 
     pub fn block_size(&self) -> usize {
@@ -169,11 +270,11 @@ impl Core {
 
     /// The state, shared (views) or alone (structural edits, which Python makes with the gate
     /// closed).
-    pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+    pub fn state(&self) -> parking_lot::RwLockReadGuard<'_, State<B>> {
         self.state.read()
     }
 
-    pub fn state_mut(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+    pub fn state_mut(&self) -> parking_lot::RwLockWriteGuard<'_, State<B>> {
         self.state.write()
     }
 
@@ -220,7 +321,8 @@ impl Core {
     // -- writes ------------------------------------------------------------------------------------
 
     /// Writes `data` at byte `offset` of VM `name`. Errors (nothing changed): `UnknownVm`,
-    /// `OutOfRange`, `ReadOnly`, `NoSpace`, `Corrupt` (a partial block to merge with is rotten).
+    /// `OutOfRange`, `ReadOnly`, `NoSpace`, `Corrupt` (a partial block to merge with is rotten),
+    /// or the backend's own.
     pub fn write(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
         self.refuse_readonly()?;
         let bs = self.block_size as u64;
@@ -280,7 +382,8 @@ impl Core {
         let end = offset + length;
         let first_whole = offset.div_ceil(bs);
         let last_whole = end / bs; // one past
-                                   // Partial blocks at either end: zero their part (read, modify, write).
+
+        // Partial blocks at either end: zero their part (read, modify, write).
         let mut edges = Vec::new();
         let mut edge_lbns = Vec::new();
         for lbn in [offset / bs, (end - 1) / bs] {
@@ -296,17 +399,17 @@ impl Core {
                 edge_lbns.push(lbn);
             }
         }
-        // Reserve for the edges first: the whole-block part cannot fail.
-        let (plan, blocks, digests, zeros) = Self::plan_srcs(&st, &edges);
-        st.blocks.reserve(plan.new_slots())?;
-        let mut addrs = st.blocks.apply(plan, &blocks, &digests)?.into_iter();
+        // The edges are stored first: the whole-block part cannot fail.
+        let (blocks, digests, zeros) = split(&edges);
+        let mut addrs = st.blocks.store(&blocks, &digests)?.into_iter();
+        let mut replaced = Vec::new();
         for (lbn, zero) in edge_lbns.iter().zip(zeros) {
             let entry = if zero {
                 Self::zero_entry(&st.tables, vm.top, *lbn)
             } else {
                 addrs.next().unwrap()
             };
-            Self::set_run(&mut st, vm.top, *lbn, &[entry]);
+            Self::set_run(&mut st, vm.top, *lbn, &[entry], &mut replaced);
         }
         let mut lbn = first_whole;
         while lbn < last_whole {
@@ -327,11 +430,11 @@ impl Core {
                         }
                     })
                     .collect();
-                Self::set_run(&mut st, vm.top, lbn, &entries);
+                Self::set_run(&mut st, vm.top, lbn, &entries, &mut replaced);
             }
             lbn += n;
         }
-        Ok(())
+        st.blocks.decref(&replaced)
     }
 
     fn owned(&self, buf: Vec<u8>) -> Src<'static> {
@@ -360,33 +463,11 @@ impl Core {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn plan_srcs<'s>(
-        st: &State,
-        srcs: &'s [Src<'s>],
-    ) -> (crate::blocks::Plan, Vec<&'s [u8]>, Vec<Digest>, Vec<bool>) {
-        let mut blocks = Vec::with_capacity(srcs.len());
-        let mut digests = Vec::with_capacity(srcs.len());
-        let mut zeros = Vec::with_capacity(srcs.len());
-        for s in srcs {
-            match s.bytes() {
-                Some((b, d)) => {
-                    blocks.push(b);
-                    digests.push(*d);
-                    zeros.push(false);
-                }
-                None => zeros.push(true),
-            }
-        }
-        (st.blocks.plan(&blocks, &digests), blocks, digests, zeros)
-    }
-
     /// Stores, shares or zeroes consecutive blocks of layer `top` from `lbn0`: all or nothing.
-    fn put_blocks(st: &mut State, top: u64, lbn0: u64, srcs: Vec<Src>) -> Result<()> {
-        let (plan, blocks, digests, zeros) = Self::plan_srcs(st, &srcs);
-        st.blocks.reserve(plan.new_slots())?;
-        // Once the new slots are written, nothing can fail: the request is applied whole.
-        let mut addrs = st.blocks.apply(plan, &blocks, &digests)?.into_iter();
+    fn put_blocks(st: &mut State<B>, top: u64, lbn0: u64, srcs: Vec<Src>) -> Result<()> {
+        let (blocks, digests, zeros) = split(&srcs);
+        // Once the blocks are stored, nothing can fail: the request is applied whole.
+        let mut addrs = st.blocks.store(&blocks, &digests)?.into_iter();
         let mut entries = Vec::with_capacity(srcs.len());
         for (i, zero) in zeros.into_iter().enumerate() {
             entries.push(if zero {
@@ -395,14 +476,15 @@ impl Core {
                 addrs.next().unwrap()
             });
         }
+        let mut replaced = Vec::new();
         let mut done = 0usize;
         while done < entries.len() {
             let lbn = lbn0 + done as u64;
             let n = (PAGE_ENTRIES - (lbn % PAGE_ENTRIES as u64) as usize).min(entries.len() - done);
-            Self::set_run(st, top, lbn, &entries[done..done + n]);
+            Self::set_run(st, top, lbn, &entries[done..done + n], &mut replaced);
             done += n;
         }
-        Ok(())
+        st.blocks.decref(&replaced)
     }
 
     /// The entry for a block of zeros at `lbn` of `top`: INHERIT where the layers beneath read
@@ -415,25 +497,21 @@ impl Core {
         }
     }
 
-    /// set_entries within one page, then drops the references the page no longer holds.
-    fn set_run(st: &mut State, top: u64, lbn: u64, entries: &[u64]) {
-        let replaced = st
+    /// set_entries within one page; the addresses the page no longer holds join `replaced`
+    /// (the caller drops their references once, at the end).
+    fn set_run(st: &mut State<B>, top: u64, lbn: u64, entries: &[u64], replaced: &mut Vec<u64>) {
+        let old = st
             .tables
             .set_entries(top, lbn, entries)
             .expect("top layer checked");
-        for addr in replaced {
-            st.blocks.decref(addr);
-        }
+        replaced.extend(old);
     }
 
     // -- reads -------------------------------------------------------------------------------------
 
     /// Reads `out.len()` bytes at `offset` of VM `name` into `out`, every block verified.
-    /// Errors: `UnknownVm`, `OutOfRange`, `Corrupt` (naming the byte offset of the bad block).
-    ///
-    /// Each block is hashed right after it is copied, while it is in the L1 cache: memory, not
-    /// hashing, bounds a read (measured: hashing a copied block afterwards, even on all cores,
-    /// cost more than hashing it hot under the shared lock).
+    /// Errors: `UnknownVm`, `OutOfRange`, `Corrupt` (naming the byte offset of the bad block), or
+    /// the backend's own.
     pub fn read_into(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()> {
         let bs = self.block_size as u64;
         let len = out.len() as u64;
@@ -448,38 +526,14 @@ impl Core {
         let last = (offset + len - 1) / bs;
         let mut entries = vec![0u64; (last - first + 1) as usize];
         st.tables.lookup(vm.top, first, &mut entries)?;
-        let store = &st.blocks.store;
-        let mut corrupt = st.blocks.corrupt.lock();
-        for (i, &e) in entries.iter().enumerate() {
-            let start = (first + i as u64) * bs;
-            let from = offset.max(start);
-            let to = (offset + len).min(start + bs);
-            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-            if !is_address(e) {
-                dst.fill(0);
-                continue;
-            }
-            let bad = || Error::Corrupt {
-                vm: name.to_string(),
-                offset: start,
-                slot: e,
-            };
-            if corrupt.contains(&e) {
-                return Err(bad());
-            }
-            let block = store.block(e);
-            let digest = if dst.len() == bs as usize {
-                dst.copy_from_slice(block);
-                self.fp.of(dst)
-            } else {
-                dst.copy_from_slice(&block[(from - start) as usize..(to - start) as usize]);
-                self.fp.of(block)
-            };
-            if digest != store.digest(e) {
-                corrupt.insert(e);
-                return Err(bad());
-            }
+        if offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
+            return self.read_blocks(&st, name, first, &entries, out);
         }
+        // Unaligned: whole blocks into a buffer, then the part asked for.
+        let mut buf = vec![0u8; entries.len() * bs as usize];
+        self.read_blocks(&st, name, first, &entries, &mut buf)?;
+        let start = (offset - first * bs) as usize;
+        out.copy_from_slice(&buf[start..start + out.len()]);
         Ok(())
     }
 
@@ -489,30 +543,55 @@ impl Core {
         Ok(out)
     }
 
-    /// One block of a VM, verified, for a read-modify-write under the write lock.
-    fn read_block(&self, st: &State, name: &str, vm: &Vm, lbn: u64, buf: &mut [u8]) -> Result<()> {
-        let mut e = [0u64];
-        st.tables.lookup(vm.top, lbn, &mut e)?;
-        if !is_address(e[0]) {
-            buf.fill(0);
+    /// The blocks behind `entries` (from `lbn0`) into `out`, one block each: zeros where no block,
+    /// the rest from the backend, verified.
+    fn read_blocks(
+        &self,
+        st: &State<B>,
+        name: &str,
+        lbn0: u64,
+        entries: &[u64],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let mut pieces = Vec::with_capacity(entries.len());
+        let mut lbns = Vec::with_capacity(entries.len());
+        for (i, (&e, dst)) in entries
+            .iter()
+            .zip(out.chunks_mut(self.block_size))
+            .enumerate()
+        {
+            if is_address(e) {
+                pieces.push((e, dst));
+                lbns.push(lbn0 + i as u64);
+            } else {
+                dst.fill(0);
+            }
+        }
+        if pieces.is_empty() {
             return Ok(());
         }
-        let slot = e[0];
-        let offset = lbn * buf.len() as u64;
-        let corrupt = || Error::Corrupt {
-            vm: name.to_string(),
-            offset,
-            slot,
-        };
-        if st.blocks.is_corrupt(slot) {
-            return Err(corrupt());
-        }
-        buf.copy_from_slice(st.blocks.store.block(slot));
-        if self.fp.of(buf) != st.blocks.store.digest(slot) {
-            st.blocks.mark_corrupt(slot);
-            return Err(corrupt());
-        }
-        Ok(())
+        st.blocks.read(&mut pieces).map_err(|fault| match fault {
+            ReadFault::Rotten(i) => Error::Corrupt {
+                vm: name.to_string(),
+                offset: lbns[i] * self.block_size as u64,
+                slot: pieces[i].0,
+            },
+            ReadFault::Failed(e) => e,
+        })
+    }
+
+    /// One block of a VM, verified, for a read-modify-write under the write lock.
+    fn read_block(
+        &self,
+        st: &State<B>,
+        name: &str,
+        vm: &Vm,
+        lbn: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let mut e = [0u64];
+        st.tables.lookup(vm.top, lbn, &mut e)?;
+        self.read_blocks(st, name, lbn, &e, buf)
     }
 
     /// Runs of allocated and zero blocks over the range, for NBD block status: lengths add up to
@@ -561,83 +640,128 @@ impl Core {
 
     /// The dirty pages of every layer outside `exclude` (provisional layers), and the pending
     /// frees sealed with them.
-    pub fn snapshot(&self, exclude: &HashSet<u64>) -> Snapshot {
+    pub fn snapshot(&self, exclude: &HashSet<u64>) -> Result<Snapshot> {
         let mut st = self.state.write();
+        let (epoch, frees) = st.blocks.seal()?;
         let (token, pages) = st.tables.snapshot(exclude);
-        let epoch = st.blocks.seal();
         st.commits.insert(token, epoch);
-        Snapshot { token, pages }
+        Ok(Snapshot {
+            token,
+            pages,
+            frees,
+        })
     }
 
-    /// fdatasync the slot files (no lock held: data ops go on meanwhile).
+    /// Makes every block stored so far durable (no lock held: data ops go on meanwhile).
     pub fn sync(&self) -> Result<()> {
-        match &self.files {
-            Some(f) => f.sync(),
-            None => Ok(()),
-        }
+        (self.syncer)()
     }
 
     /// The snapshot is committed: its pages are clean unless changed since; its frees are
-    /// released (slots allocatable, fingerprints zeroed). Returns how many slots were released.
-    pub fn end(&self, token: u64) -> u64 {
+    /// released (slots allocatable, fingerprints zeroed). Returns how many were released.
+    pub fn end(&self, token: u64) -> Result<u64> {
         let mut st = self.state.write();
         st.tables.end(token);
         match st.commits.remove(&token) {
             Some(epoch) => st.blocks.release(epoch),
-            None => 0,
+            None => Ok(0),
         }
     }
 
     /// The snapshot's commit failed: its pages stay dirty, its frees wait for the next commit.
-    pub fn abort(&self, token: u64) {
+    pub fn abort(&self, token: u64) -> Result<()> {
         let mut st = self.state.write();
         st.tables.abort(token);
-        if let Some(epoch) = st.commits.remove(&token) {
-            st.blocks.unseal(epoch);
+        match st.commits.remove(&token) {
+            Some(epoch) => st.blocks.unseal(epoch),
+            None => Ok(()),
         }
+    }
+
+    // -- structural edits --------------------------------------------------------------------------
+
+    /// What merging frozen `layer` into its only child makes of the child's pages (see
+    /// `Tables::merged`): for the edit's log, before the edit is applied.
+    pub fn merged(&self, layer: u64, child: u64) -> Result<Merged> {
+        self.state.read().tables.merged(layer, child)
+    }
+
+    /// Applies a committed structural edit whole, under one lock (Python calls it with the
+    /// gate closed, right after the commit that logged the edit): VMs removed, layers dropped
+    /// or merged (their pages are durable already: nothing is left dirty), new tops, frozen
+    /// tops, VMs put; then the references the dropped and shadowed entries held are released at
+    /// once, since their removal is durable. Returns how many blocks were freed.
+    pub fn apply_edit(&self, edit: &Edit) -> Result<u64> {
+        let mut st = self.state.write();
+        for name in &edit.removed_vms {
+            st.vms.remove(name);
+        }
+        let mut released = Vec::new();
+        for &(layer, into) in &edit.drops {
+            released.extend(match into {
+                None => st.tables.drop_layer_as(layer, true)?,
+                Some(child) => st.tables.merge_as(layer, child, true)?,
+            });
+        }
+        for &(layer, parent) in &edit.new_layers {
+            if !st.tables.has_layer(layer) {
+                st.tables.add_layer(layer, parent, true)?;
+            }
+        }
+        for &layer in &edit.frozen {
+            st.tables.set_top(layer, false)?;
+        }
+        for (name, top, size) in &edit.vms {
+            if !st.tables.has_layer(*top) {
+                return Err(Error::State(format!(
+                    "VM '{name}': top layer {top} does not exist"
+                )));
+            }
+            st.vms.insert(
+                name.clone(),
+                Vm {
+                    top: *top,
+                    size: *size,
+                },
+            );
+        }
+        if released.is_empty() {
+            return Ok(0);
+        }
+        // With the gate closed and the edit's commit just done, nothing else waits to be freed:
+        // the epoch sealed here holds exactly what the edit released.
+        st.blocks.decref(&released)?;
+        let (epoch, _) = st.blocks.seal()?;
+        st.blocks.release(epoch)
     }
 
     // -- rebuild -----------------------------------------------------------------------------------
 
-    /// Rebuilds refcounts, index and free space from the pages in RAM (see `rebuild`). Writes
-    /// wait meanwhile; reads go on. Errors: `Cancelled` (nothing changed), `Io`.
-    pub fn rebuild(&self, full: bool, reclaim: bool, sink: Sink) -> Result<Figures> {
+    /// A rebuild by the backend itself (a Python block layer's): holds writes back, hands
+    /// `rebuild` every reference (each address once per entry naming it) and the number of pages,
+    /// and lets writes go to the backend once it succeeds. Reads go on meanwhile.
+    pub fn rebuild_with<T>(&self, rebuild: impl FnOnce(Vec<u64>, u64) -> Result<T>) -> Result<T> {
         self.gate.hold_writes();
-        let result = (|| {
-            let st = self.state.upgradable_read();
-            let rebuilt = rebuild::rebuild(&st, full, sink)?;
-            let mut st = RwLockUpgradableReadGuard::upgrade(st);
-            rebuild::install(&mut st, rebuilt, reclaim && !self.readonly)
-        })();
-        // Even a failed first rebuild lets writes in: they are refused (no index), never hung.
+        let (refs, pages) = {
+            let st = self.state.read();
+            (st.tables.references(), st.tables.page_count())
+        };
+        let result = rebuild(refs, pages);
+        if result.is_ok() {
+            self.state.write().ready = true;
+        }
         self.gate.release_writes();
         result
     }
 
-    // -- views -------------------------------------------------------------------------------------
-
-    pub fn corrupt_slots(&self) -> Vec<u64> {
-        self.state
-            .read()
-            .blocks
-            .corrupt
-            .lock()
-            .iter()
-            .copied()
-            .collect()
-    }
-
-    /// Remembers slots known to be corrupt (e.g. restored from the catalog at open).
-    pub fn mark_corrupt(&self, slots: &[u64]) {
+    /// Runs `f` over every reference (with repeats) while no change can happen: a Python block
+    /// layer's fsck judges one consistent state.
+    pub fn with_references<T>(&self, f: impl FnOnce(&[u64]) -> T) -> T {
         let st = self.state.read();
-        let mut set = st.blocks.corrupt.lock();
-        set.extend(
-            slots
-                .iter()
-                .copied()
-                .filter(|&s| s > 0 && s < st.blocks.store.capacity()),
-        );
+        f(&st.tables.references())
     }
+
+    // -- views -------------------------------------------------------------------------------------
 
     /// Where block `addr` is referenced: (layer, LBN) pairs, from the reverse map (built once per
     /// generation of the tables, so a page of the block view costs one build).
@@ -652,7 +776,7 @@ impl Core {
             .collect()
     }
 
-    fn reverse_map(&self, st: &State) -> ReverseMap {
+    fn reverse_map(&self, st: &State<B>) -> ReverseMap {
         let mut cached = self.reverse.lock();
         match &*cached {
             Some((generation, map)) if *generation == st.tables.generation => map.clone(),
@@ -757,9 +881,10 @@ mod tests {
         let other = c.state().tables.page(1, 0).unwrap()[0];
         c.write("a", 0, &block).unwrap();
         assert_eq!(c.state().blocks.refcount(other), 0);
-        let snap = c.snapshot(&HashSet::new());
+        let snap = c.snapshot(&HashSet::new()).unwrap();
         assert_eq!(snap.pages.len(), 1);
-        assert_eq!(c.end(snap.token), 1);
+        assert!(snap.frees);
+        assert_eq!(c.end(snap.token).unwrap(), 1);
         assert_eq!(c.state().blocks.store.digest(other), [0; 16]);
     }
 
@@ -788,8 +913,8 @@ mod tests {
         let mut data = vec![1u8; 4096];
         data[0] = 0;
         c.write("a", 0, &data).unwrap();
-        let snap = c.snapshot(&HashSet::new());
-        c.end(snap.token);
+        let snap = c.snapshot(&HashSet::new()).unwrap();
+        c.end(snap.token).unwrap();
         c.trim("a", 0, 1).unwrap(); // byte 0 is already zero: the block is stored again as is
         c.write("a", 0, &data).unwrap();
         assert_eq!(c.state().tables.dirty_count(), 0);
@@ -981,5 +1106,148 @@ mod tests {
         }
         let problems = crate::check::check(&c.state());
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn a_clone_then_deletes_applied_as_edits_leave_nothing_dirty_and_free_at_once() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        c.write("a", 0, &pattern(4 * 4096, 1)).unwrap();
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        // clone a to b: a's top freezes, a and b get new tops on it
+        c.apply_edit(&Edit {
+            new_layers: vec![(2, Some(1)), (3, Some(1))],
+            frozen: vec![1],
+            vms: vec![("a".into(), 2, 1 << 20), ("b".into(), 3, 1 << 20)],
+            ..Edit::default()
+        })
+        .unwrap();
+        c.write("b", 0, &pattern(4096, 2)).unwrap(); // shadows a's block 0
+        c.write("a", 4096, &pattern(4096, 3)).unwrap(); // shadows a's block 1
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        // delete a: its top goes, layer 1 merges into b's top; the merge is planned first
+        let planned = c.merged(1, 3).unwrap();
+        assert_eq!(
+            planned.shadowed.len(),
+            1,
+            "b's own block 0 shadows layer 1's"
+        );
+        let freed = c
+            .apply_edit(&Edit {
+                removed_vms: vec!["a".into()],
+                drops: vec![(2, None), (1, Some(3))],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert_eq!(freed, 2, "a's own block and the one b shadows");
+        assert_eq!(
+            c.state().tables.dirty_count(),
+            0,
+            "the edit's pages are durable"
+        );
+        assert_eq!(
+            c.state().tables.page(3, 0).unwrap()[..4],
+            planned.pages[0].1.as_ref().unwrap()[..4]
+        );
+        let mut want = pattern(4 * 4096, 1);
+        want[..4096].copy_from_slice(&pattern(4096, 2));
+        assert_eq!(c.read("b", 0, 4 * 4096).unwrap(), want);
+        assert!(matches!(c.read("a", 0, 1), Err(Error::UnknownVm(_))));
+        let st = c.state();
+        assert_eq!(st.blocks.unique_blocks(), 4);
+        assert_eq!(st.blocks.space.waiting_count(), 0);
+        assert_eq!(crate::check::check(&st), vec![]);
+    }
+
+    /// The local block layer, with a store that can be made to fail (a cluster refusing blocks).
+    struct Flaky {
+        inner: Blocks,
+        refuse: bool,
+    }
+
+    impl Backend for Flaky {
+        fn store(&mut self, blocks: &[&[u8]], digests: &[Digest]) -> Result<Vec<u64>> {
+            if self.refuse {
+                return Err(Error::NoSpace("the nodes".into()));
+            }
+            self.inner.store(blocks, digests)
+        }
+        fn decref(&mut self, addrs: &[u64]) -> Result<()> {
+            self.inner.decref(addrs)
+        }
+        fn read(&self, pieces: &mut [(u64, &mut [u8])]) -> std::result::Result<(), ReadFault> {
+            self.inner.read(pieces)
+        }
+        fn seal(&mut self) -> Result<(u64, bool)> {
+            self.inner.seal()
+        }
+        fn release(&mut self, epoch: u64) -> Result<u64> {
+            self.inner.release(epoch)
+        }
+        fn unseal(&mut self, epoch: u64) -> Result<()> {
+            self.inner.unseal(epoch)
+        }
+        fn syncer(&self) -> Syncer {
+            self.inner.syncer()
+        }
+    }
+
+    #[test]
+    fn over_another_backend_a_refused_store_changes_nothing_and_writes_wait_for_its_rebuild() {
+        let store = SlotStore::in_memory(4096).unwrap();
+        let flaky = Flaky {
+            inner: Blocks::new(store, Fingerprinter::Xxh3),
+            refuse: false,
+        };
+        let c = Arc::new(Core::over(flaky, 4096, false, Fingerprinter::Xxh3));
+        c.state_mut().tables.add_layer(1, None, true).unwrap();
+        c.set_vm("a", 1, 1 << 20).unwrap();
+        let c2 = c.clone();
+        let writer = std::thread::spawn(move || c2.write("a", 0, &pattern(4096, 1)));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!writer.is_finished(), "writes wait for the first rebuild");
+        let (refs, pages) = c.rebuild_with(|refs, pages| Ok((refs, pages))).unwrap();
+        assert_eq!((refs.len(), pages), (0, 0));
+        writer.join().unwrap().unwrap();
+        // the index of the local blocks is built by its own rebuild; here it starts empty and
+        // grows with the stores, which is all this test needs
+        let before = c.read("a", 0, 3 * 4096).unwrap();
+        let dirty = c.state().tables.dirty_count();
+        c.state_mut().blocks.refuse = true;
+        for result in [
+            c.write("a", 100, &pattern(3 * 4096, 2)),
+            c.trim("a", 100, 4096),
+        ] {
+            assert!(
+                matches!(result, Err(Error::NoSpace(_))),
+                "{:?}",
+                result.err()
+            );
+        }
+        assert_eq!(c.read("a", 0, 3 * 4096).unwrap(), before);
+        assert_eq!(c.state().tables.dirty_count(), dirty);
+        c.state_mut().blocks.refuse = false;
+        c.write("a", 100, &pattern(4096, 2)).unwrap();
+        assert_eq!(c.with_references(|r| r.len()), 2);
+    }
+
+    #[test]
+    fn scrub_steps_through_the_live_slots_and_finds_rot() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        c.write("a", 0, &pattern(10 * 4096, 7)).unwrap();
+        c.state_mut().blocks.store.overwrite_raw(6, 3, &[0]);
+        let (mut after, mut seen, mut bad) = (0, 0, Vec::new());
+        loop {
+            let (last, n, found) = c.scrub(after, 4).unwrap();
+            if n == 0 {
+                assert_eq!(last, 0);
+                break;
+            }
+            (after, seen) = (last, seen + n);
+            bad.extend(found);
+        }
+        assert_eq!((seen, bad), (10, vec![6]));
+        assert_eq!(c.corrupt_slots(), vec![6]);
     }
 }

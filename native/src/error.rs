@@ -33,4 +33,8 @@ pub enum Error {
     Cancelled(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Raised by a block layer written in Python (a cluster's): handed back to Python as is.
+    #[cfg(feature = "python")]
+    #[error("{0}")]
+    Python(pyo3::PyErr),
 }

@@ -140,6 +140,11 @@ impl FreeSpace {
             .copied()
     }
 
+    /// Frees waiting for the next seal.
+    pub fn pending_count(&self) -> u64 {
+        self.pending.len() as u64
+    }
+
     pub fn waiting_count(&self) -> u64 {
         (self.pending.len() + self.sealed.values().map(Vec::len).sum::<usize>()) as u64
     }

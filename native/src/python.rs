@@ -1,9 +1,9 @@
 //! The Python module `engine._native`: a few coarse calls over buffers and numpy arrays.
 //! The API is documented in native/API.md; this file only converts and releases the GIL.
 //!
-//! Every call that takes the core's lock first releases the GIL (`detach`): a rebuild holds the
-//! lock while it reports progress to Python, so waiting for the lock with the GIL held could
-//! deadlock.
+//! Every call that takes the core's lock first releases the GIL (`detach`): the core takes the
+//! GIL while it holds its lock (a rebuild reporting progress, a cluster's block layer storing
+//! blocks), so waiting for the lock with the GIL held could deadlock. Nothing here ever does.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,66 +15,69 @@ use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use crate::backend::Backend;
 use crate::check;
-use crate::core::Core;
+use crate::core::{Core, Edit};
 use crate::error::Error;
 use crate::fingerprint::{self, Fingerprinter};
 use crate::progress::Report;
+use crate::pybackend::PyBackend;
 use crate::rebuild::Figures;
 use crate::tables::{INHERIT, PAGE_ENTRIES, ZERO};
 
 create_exception!(
-    _native,
+    engine._native,
     NativeError,
     PyException,
     "Base of the core's errors."
 );
 create_exception!(
-    _native,
+    engine._native,
     OutOfRangeError,
     NativeError,
     "A range outside a VM, a bad argument: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     UnknownVMError,
     NativeError,
     "No VM registered under that name: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     NoSpaceError,
     NativeError,
     "The slot files could not grow: the request was refused, nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     CorruptError,
     NativeError,
     "A block's bytes no longer match its fingerprint; .vm, .offset, .slot say which."
 );
 create_exception!(
-    _native,
+    engine._native,
     ReadOnlyError,
     NativeError,
     "A change to a core opened read-only: nothing changed."
 );
 create_exception!(
-    _native,
+    engine._native,
     FormatError,
     NativeError,
     "A slot file that is not what a pool keeps; the message names it."
 );
 create_exception!(
-    _native,
+    engine._native,
     StateError,
     NativeError,
     "A call the core's state does not allow (unknown layer, closed core, ...)."
 );
 create_exception!(
-    _native,
+    engine._native,
     CancelledError,
     NativeError,
     "Long work stopped because the caller asked."
@@ -103,6 +106,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
             Some(errno) => PyOSError::new_err((errno, msg)),
             None => PyOSError::new_err(msg),
         },
+        Error::Python(e) => e,
     }
 }
 
@@ -154,6 +158,19 @@ impl Bytes {
     #[allow(clippy::mut_from_ref)]
     fn slice_mut(&self) -> &mut [u8] {
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
+}
+
+/// A bytes object of `length` bytes, not zeroed (a 1 MiB read spent 6 % of its time zeroing
+/// what it then overwrote).
+fn uninit_bytes(py: Python<'_>, length: usize) -> PyResult<Bound<'_, PyBytes>> {
+    let size = isize::try_from(length)
+        .map_err(|_| OutOfRangeError::new_err(format!("{length} bytes is too long a read")))?;
+    // SAFETY: PyBytes_FromStringAndSize with a null pointer makes an uninitialised bytes object
+    // of that size (or fails, raising MemoryError).
+    unsafe {
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
     }
 }
 
@@ -221,27 +238,68 @@ fn fingerprints<'py>(
     Ok(PyBytes::new(py, digests.as_flattened()))
 }
 
-/// A pool's core: slots, index, refcounts, free space, block tables and VMs (see API.md).
+/// The phases a local core's rebuild reports, in order.
+const PHASES: [&str; 4] = ["tables", "hashes", "index", "space"];
+
+/// The core behind a `Core` object: a local pool's, or one over a block layer in Python.
+#[derive(Clone)]
+enum Inner {
+    Local(Arc<Core>),
+    Foreign(Arc<Core<PyBackend>>),
+}
+
+/// `$body` with `$c` bound to the core, whichever its backend (the body is compiled for each).
+macro_rules! each {
+    ($inner:expr, $c:ident => $body:expr) => {
+        match $inner {
+            Inner::Local($c) => $body,
+            Inner::Foreign($c) => $body,
+        }
+    };
+}
+
+/// `$body` on the core with the GIL released, its error raised as the matching exception.
+macro_rules! detached {
+    ($self:ident, $py:ident, |$c:ident| $body:expr) => {
+        each!($self.inner()?, $c => $py.detach(|| $body)).or_raise($py)
+    };
+}
+
+/// A pool's core: block tables, VMs and the data path over a block layer: the local slots, or a
+/// block layer written in Python (see API.md).
 #[pyclass(frozen, name = "Core", module = "engine._native")]
 struct PyCore {
-    inner: Mutex<Option<Arc<Core>>>,
+    inner: Mutex<Option<Inner>>,
+    /// The Python block layer of a core made by `Core.over`.
+    layer: Option<Py<PyAny>>,
 }
 
 impl PyCore {
-    fn core(&self) -> PyResult<Arc<Core>> {
+    fn inner(&self) -> PyResult<Inner> {
         self.inner
             .lock()
             .clone()
             .ok_or_else(|| StateError::new_err("the core is closed"))
     }
 
-    /// Runs `f` on the core with the GIL released, mapping its error.
+    /// The local core, for what only a pool's own slots answer (a Python block layer answers
+    /// its own views).
+    fn local(&self) -> PyResult<Arc<Core>> {
+        match self.inner()? {
+            Inner::Local(c) => Ok(c),
+            Inner::Foreign(_) => Err(StateError::new_err(
+                "a core over a Python block layer: ask the block layer",
+            )),
+        }
+    }
+
+    /// Runs `f` on the local core with the GIL released, mapping its error.
     fn run<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&Core) -> crate::error::Result<T> + Send,
     ) -> PyResult<T> {
-        let core = self.core()?;
+        let core = self.local()?;
         py.detach(|| f(&core)).or_raise(py)
     }
 }
@@ -263,6 +321,11 @@ fn figures_dict<'py>(py: Python<'py>, f: &Figures) -> PyResult<Bound<'py, PyDict
     Ok(d)
 }
 
+fn page_blob<'py>(py: Python<'py>, page: &[u64]) -> Bound<'py, PyBytes> {
+    let bytes: Vec<u8> = page.iter().flat_map(|x| x.to_le_bytes()).collect();
+    PyBytes::new(py, &bytes)
+}
+
 #[pymethods]
 impl PyCore {
     #[new]
@@ -280,7 +343,27 @@ impl PyCore {
             .detach(|| Core::open(directory.as_deref(), block_size, readonly, create, fp))
             .or_raise(py)?;
         Ok(PyCore {
-            inner: Mutex::new(Some(Arc::new(core))),
+            inner: Mutex::new(Some(Inner::Local(Arc::new(core)))),
+            layer: None,
+        })
+    }
+
+    /// A core whose blocks a Python block layer keeps (engine/blocklayer.py's Protocol: a
+    /// cluster's ClusterBlocks); the core does the rest, as for a local pool.
+    #[staticmethod]
+    #[pyo3(signature = (block_layer, block_size, *, readonly=false))]
+    fn over(block_layer: Py<PyAny>, block_size: usize, readonly: bool) -> PyResult<Self> {
+        if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
+            return Err(OutOfRangeError::new_err(format!(
+                "bad block size {block_size}: a power of two from 512 B to 1 MiB"
+            )));
+        }
+        let layer = Python::attach(|py| block_layer.clone_ref(py));
+        let backend = PyBackend::new(block_layer, block_size);
+        let core = Core::over(backend, block_size, readonly, Fingerprinter::Xxh3);
+        Ok(PyCore {
+            inner: Mutex::new(Some(Inner::Foreign(Arc::new(core)))),
+            layer: Some(layer),
         })
     }
 
@@ -291,12 +374,27 @@ impl PyCore {
 
     #[getter]
     fn block_size(&self) -> PyResult<usize> {
-        Ok(self.core()?.block_size())
+        Ok(each!(self.inner()?, c => c.block_size()))
     }
 
     #[getter]
     fn readonly(&self) -> PyResult<bool> {
-        Ok(self.core()?.readonly())
+        Ok(each!(self.inner()?, c => c.readonly()))
+    }
+
+    /// A rebuild has counted the references: writes are served.
+    #[getter]
+    fn ready(&self, py: Python<'_>) -> PyResult<bool> {
+        detached!(self, py, |c| Ok(c.state().ready))
+    }
+
+    /// The phases `rebuild` reports, in order.
+    #[getter]
+    fn rebuild_phases<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.layer {
+            Some(layer) => Ok(layer.bind(py).getattr("rebuild_phases")?),
+            None => Ok(PyTuple::new(py, PHASES)?.into_any()),
+        }
     }
 
     /// Slots in the data file, the header included.
@@ -328,23 +426,24 @@ impl PyCore {
         parent: Option<u64>,
         top: bool,
     ) -> PyResult<()> {
-        self.run(py, |c| c.state_mut().tables.add_layer(layer, parent, top))
+        detached!(self, py, |c| c
+            .state_mut()
+            .tables
+            .add_layer(layer, parent, top))
     }
 
     fn set_top(&self, py: Python<'_>, layer: u64, top: bool) -> PyResult<()> {
-        self.run(py, |c| c.state_mut().tables.set_top(layer, top))
+        detached!(self, py, |c| c.state_mut().tables.set_top(layer, top))
     }
 
     #[pyo3(signature = (layer, parent))]
     fn set_parent(&self, py: Python<'_>, layer: u64, parent: Option<u64>) -> PyResult<()> {
-        self.run(py, |c| c.state_mut().tables.set_parent(layer, parent))
+        detached!(self, py, |c| c.state_mut().tables.set_parent(layer, parent))
     }
 
     fn drop_layer<'py>(&self, py: Python<'py>, layer: u64) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(
-            py,
-            self.run(py, |c| c.state_mut().tables.drop_layer(layer))?,
-        ))
+        let addrs = detached!(self, py, |c| c.state_mut().tables.drop_layer(layer))?;
+        Ok(u64s(py, addrs))
     }
 
     fn merge_into_child<'py>(
@@ -353,27 +452,69 @@ impl PyCore {
         layer: u64,
         child: u64,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(
-            py,
-            self.run(py, |c| c.state_mut().tables.merge_into_child(layer, child))?,
-        ))
+        let addrs = detached!(self, py, |c| c
+            .state_mut()
+            .tables
+            .merge_into_child(layer, child))?;
+        Ok(u64s(py, addrs))
+    }
+
+    /// What merging frozen `layer` into its only child makes of the child's pages, without doing
+    /// it: ([(page, entries bytes or None), ...] for the pages that change, shadowed addresses).
+    #[allow(clippy::type_complexity)]
+    fn merged<'py>(
+        &self,
+        py: Python<'py>,
+        layer: u64,
+        child: u64,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyArray1<u64>>)> {
+        let m = detached!(self, py, |c| c.merged(layer, child))?;
+        let pages = PyList::empty(py);
+        for (pno, page) in m.pages {
+            pages.append((pno, page.map(|p| page_blob(py, &p[..]))))?;
+        }
+        Ok((pages, u64s(py, m.shadowed)))
+    }
+
+    /// Applies a committed structural edit whole (see API.md); returns how many blocks it freed.
+    #[pyo3(signature = (*, removed_vms=Vec::new(), drops=Vec::new(), new_layers=Vec::new(), frozen=Vec::new(), vms=Vec::new()))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn apply_edit(
+        &self,
+        py: Python<'_>,
+        removed_vms: Vec<String>,
+        drops: Vec<(u64, Option<u64>)>,
+        new_layers: Vec<(u64, Option<u64>)>,
+        frozen: Vec<u64>,
+        vms: Vec<(String, u64, u64)>,
+    ) -> PyResult<u64> {
+        let edit = Edit {
+            removed_vms,
+            drops,
+            new_layers,
+            frozen,
+            vms,
+        };
+        detached!(self, py, |c| c.apply_edit(&edit))
     }
 
     /// Loads stored pages from an iterable of (layer, page, entries blob); returns how many were
     /// for layers in the graph.
     fn load_pages(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let inner = self.inner()?;
         let mut loaded = 0u64;
         let mut batch: Vec<(u64, u64, Vec<u8>)> = Vec::with_capacity(1024);
         let flush = |batch: &mut Vec<(u64, u64, Vec<u8>)>| -> PyResult<u64> {
             let rows = std::mem::take(batch);
-            self.run(py, move |c| {
+            each!(&inner, c => py.detach(|| {
                 let mut st = c.state_mut();
                 let mut n = 0;
                 for (layer, pno, blob) in rows {
                     n += st.tables.load_page(layer, pno, &blob)? as u64;
                 }
                 Ok(n)
-            })
+            }))
+            .or_raise(py)
         };
         for row in rows.try_iter()? {
             let (layer, pno, blob): (u64, u64, Vec<u8>) = row?.extract()?;
@@ -396,10 +537,9 @@ impl PyCore {
         lbn: u64,
         count: usize,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        let out = self.run(py, |c| {
+        let out = detached!(self, py, |c| {
             let mut out = vec![0u64; count];
-            c.lookup(layer, lbn, &mut out)?;
-            Ok(out)
+            c.lookup(layer, lbn, &mut out).map(|_| out)
         })?;
         Ok(u64s(py, out))
     }
@@ -414,12 +554,11 @@ impl PyCore {
         entries: PyReadonlyArray1<'py, u64>,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
         let entries = entries.as_slice()?.to_vec();
-        Ok(u64s(
-            py,
-            self.run(py, |c| {
-                c.state_mut().tables.set_entries(layer, lbn, &entries)
-            })?,
-        ))
+        let old = detached!(self, py, |c| c
+            .state_mut()
+            .tables
+            .set_entries(layer, lbn, &entries))?;
+        Ok(u64s(py, old))
     }
 
     /// A page's raw entries (INHERIT, ZERO or addresses), or None.
@@ -429,18 +568,20 @@ impl PyCore {
         layer: u64,
         page: u64,
     ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
-        let p = self.run(py, |c| {
-            Ok(c.state().tables.page(layer, page).map(|p| p.to_vec()))
-        })?;
+        let p = detached!(self, py, |c| Ok(c
+            .state()
+            .tables
+            .page(layer, page)
+            .map(|p| p.to_vec())))?;
         Ok(p.map(|v| u64s(py, v)))
     }
 
     fn page_numbers(&self, py: Python<'_>, layer: u64) -> PyResult<Vec<u64>> {
-        self.run(py, |c| Ok(c.state().tables.page_numbers(layer)))
+        detached!(self, py, |c| Ok(c.state().tables.page_numbers(layer)))
     }
 
     fn is_empty(&self, py: Python<'_>, layer: u64) -> PyResult<bool> {
-        self.run(py, |c| Ok(c.state().tables.is_empty(layer)))
+        detached!(self, py, |c| Ok(c.state().tables.is_empty(layer)))
     }
 
     /// Every block address the layer holds, with repeats.
@@ -449,50 +590,49 @@ impl PyCore {
         py: Python<'py>,
         layer: u64,
     ) -> PyResult<Bound<'py, PyArray1<u64>>> {
-        Ok(u64s(
-            py,
-            self.run(py, |c| Ok(c.state().tables.layer_entries(layer)))?,
-        ))
+        let addrs = detached!(self, py, |c| Ok(c.state().tables.layer_entries(layer)))?;
+        Ok(u64s(py, addrs))
     }
 
     /// How many blocks read as data through `layer` (cached for frozen layers).
     fn visible_blocks(&self, py: Python<'_>, layer: u64) -> PyResult<u64> {
-        self.run(py, |c| c.state().tables.visible_blocks(layer))
+        detached!(self, py, |c| c.state().tables.visible_blocks(layer))
     }
 
-    /// Drops one reference from each address; a slot left with none waits for the next commit.
+    /// Drops one reference from each address; a block left with none waits for the next commit.
     fn decref(&self, py: Python<'_>, addrs: PyReadonlyArray1<'_, u64>) -> PyResult<()> {
         let addrs = addrs.as_slice()?.to_vec();
-        self.run(py, |c| {
-            let mut st = c.state_mut();
-            let mut wanted: HashMap<u64, u64> = HashMap::new();
-            for &a in &addrs {
-                *wanted.entry(a).or_default() += 1;
-            }
-            // Checked whole first: a bad address changes nothing.
-            if let Some((&bad, _)) = wanted
-                .iter()
-                .find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n)
-            {
-                return Err(Error::State(format!(
-                    "decref of slot {bad}, which holds fewer references than that"
-                )));
-            }
-            for a in addrs {
-                st.blocks.decref(a);
-            }
-            Ok(())
-        })
+        match self.inner()? {
+            Inner::Local(c) => py.detach(|| {
+                let mut st = c.state_mut();
+                let mut wanted: HashMap<u64, u64> = HashMap::new();
+                for &a in &addrs {
+                    *wanted.entry(a).or_default() += 1;
+                }
+                // Checked whole first: a bad address changes nothing.
+                if let Some((&bad, _)) = wanted
+                    .iter()
+                    .find(|(&a, &n)| a == 0 || st.blocks.refcount(a) < n)
+                {
+                    return Err(Error::State(format!(
+                        "decref of slot {bad}, which holds fewer references than that"
+                    )));
+                }
+                st.blocks.decref(&addrs)
+            }),
+            Inner::Foreign(c) => py.detach(|| c.state_mut().blocks.decref(&addrs)),
+        }
+        .or_raise(py)
     }
 
     // -- VMs and the data path -------------------------------------------------------------
 
     fn set_vm(&self, py: Python<'_>, name: &str, top: u64, size: u64) -> PyResult<()> {
-        self.run(py, |c| c.set_vm(name, top, size))
+        detached!(self, py, |c| c.set_vm(name, top, size))
     }
 
     fn remove_vm(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        self.run(py, |c| c.remove_vm(name))
+        detached!(self, py, |c| c.remove_vm(name))
     }
 
     fn write(
@@ -503,11 +643,11 @@ impl PyCore {
         data: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let data = Bytes::get(data)?;
-        self.run(py, |c| c.write(name, offset, data.slice()))
+        detached!(self, py, |c| c.write(name, offset, data.slice()))
     }
 
     fn trim(&self, py: Python<'_>, name: &str, offset: u64, length: u64) -> PyResult<()> {
-        self.run(py, |c| c.trim(name, offset, length))
+        detached!(self, py, |c| c.trim(name, offset, length))
     }
 
     fn read<'py>(
@@ -517,13 +657,17 @@ impl PyCore {
         offset: u64,
         length: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let core = self.core()?;
-        let mut result = Ok(());
-        let bytes = PyBytes::new_with(py, length, |out| {
-            result = py.detach(|| core.read_into(name, offset, out));
-            Ok(())
-        })?;
-        result.or_raise(py)?;
+        let inner = self.inner()?;
+        let bytes = uninit_bytes(py, length)?;
+        // SAFETY: a fresh bytes object nobody else sees yet; a read that succeeds writes every
+        // byte of it, and one that fails drops it unseen.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                pyo3::ffi::PyBytes_AsString(bytes.as_ptr()) as *mut u8,
+                length,
+            )
+        };
+        each!(&inner, c => py.detach(|| c.read_into(name, offset, out))).or_raise(py)?;
         Ok(bytes)
     }
 
@@ -536,7 +680,7 @@ impl PyCore {
         buffer: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let out = Bytes::writable(buffer)?;
-        self.run(py, |c| c.read_into(name, offset, out.slice_mut()))
+        detached!(self, py, |c| c.read_into(name, offset, out.slice_mut()))
     }
 
     /// Runs of (length, zero) covering the range, for NBD block status.
@@ -547,20 +691,20 @@ impl PyCore {
         offset: u64,
         length: u64,
     ) -> PyResult<Vec<(u64, bool)>> {
-        let runs = self.run(py, |c| c.extents(name, offset, length))?;
+        let runs = detached!(self, py, |c| c.extents(name, offset, length))?;
         Ok(runs.into_iter().map(|e| (e.length, e.zero)).collect())
     }
 
     /// Stops new data ops and waits for those in flight (a structural edit follows).
     fn close_gate(&self, py: Python<'_>) -> PyResult<()> {
-        self.run(py, |c| {
+        detached!(self, py, |c| {
             c.gate().close();
             Ok(())
         })
     }
 
     fn open_gate(&self, py: Python<'_>) -> PyResult<()> {
-        self.run(py, |c| {
+        detached!(self, py, |c| {
             c.gate().open();
             Ok(())
         })
@@ -568,65 +712,134 @@ impl PyCore {
 
     // -- commits -----------------------------------------------------------------------------
 
-    /// (token, [(layer, page, entries bytes or None for a deleted page), ...]): the dirty pages
-    /// of every layer not in `exclude`, with the pending frees sealed.
+    /// (token, [(layer, page, entries bytes or None for a deleted page), ...], frees): the dirty
+    /// pages of every layer not in `exclude`, with the pending frees sealed (`frees`: there were
+    /// some, so the commit has work even with no page).
     #[pyo3(signature = (exclude=Vec::new()))]
     fn snapshot<'py>(
         &self,
         py: Python<'py>,
         exclude: Vec<u64>,
-    ) -> PyResult<(u64, Bound<'py, PyList>)> {
+    ) -> PyResult<(u64, Bound<'py, PyList>, bool)> {
         let exclude: HashSet<u64> = exclude.into_iter().collect();
-        let snap = self.run(py, |c| Ok(c.snapshot(&exclude)))?;
+        let snap = detached!(self, py, |c| c.snapshot(&exclude))?;
         let rows = PyList::empty(py);
         for p in snap.pages {
-            let blob = p.entries.map(|e| {
-                let bytes: Vec<u8> = e.iter().flat_map(|x| x.to_le_bytes()).collect();
-                PyBytes::new(py, &bytes)
-            });
+            let blob = p.entries.map(|e| page_blob(py, &e[..]));
             rows.append((p.layer, p.page, blob))?;
         }
-        Ok((snap.token, rows))
+        Ok((snap.token, rows, snap.frees))
     }
 
-    /// fdatasync the slot files; data ops go on meanwhile.
+    /// Makes every stored block durable (fdatasync of the slot files, or the block layer's
+    /// `sync`); data ops go on meanwhile.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
-        self.run(py, |c| c.sync())
+        detached!(self, py, |c| c.sync())
     }
 
     /// The snapshot is committed; returns how many slots were released.
     fn end(&self, py: Python<'_>, token: u64) -> PyResult<u64> {
-        self.run(py, |c| Ok(c.end(token)))
+        detached!(self, py, |c| c.end(token))
     }
 
     fn abort(&self, py: Python<'_>, token: u64) -> PyResult<()> {
-        self.run(py, |c| {
-            c.abort(token);
-            Ok(())
-        })
+        detached!(self, py, |c| c.abort(token))
     }
 
-    // -- rebuild, checks and views -----------------------------------------------------------
+    // -- rebuild and checks ------------------------------------------------------------------
 
+    /// Rebuilds the block layer's RAM metadata from the pages in RAM; returns its figures (a
+    /// Python block layer's rebuild, handed every reference, returns its own).
     #[pyo3(signature = (*, full=false, reclaim=true, progress=None, cancel=None))]
-    fn rebuild<'py>(
+    fn rebuild(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         full: bool,
         reclaim: bool,
         progress: Option<Py<PyAny>>,
         cancel: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core()?;
-        let mut sink = PySink {
-            progress,
-            cancel,
-            raised: None,
-            what: "rebuild",
-        };
-        let result = py.detach(|| core.rebuild(full, reclaim, &mut |r: &Report| sink.call(r)));
-        let figures = sink.finish(py, result)?;
-        figures_dict(py, &figures)
+    ) -> PyResult<Py<PyAny>> {
+        match self.inner()? {
+            Inner::Local(core) => {
+                let mut sink = PySink {
+                    progress,
+                    cancel,
+                    raised: None,
+                    what: "rebuild",
+                };
+                let result =
+                    py.detach(|| core.rebuild(full, reclaim, &mut |r: &Report| sink.call(r)));
+                let figures = sink.finish(py, result)?;
+                Ok(figures_dict(py, &figures)?.into_any().unbind())
+            }
+            Inner::Foreign(core) => {
+                let layer = self.layer.as_ref().expect("a foreign core has its layer");
+                py.detach(|| {
+                    core.rebuild_with(|refs, pages| {
+                        Python::attach(|py| {
+                            let kw = PyDict::new(py);
+                            kw.set_item("pages", pages)?;
+                            kw.set_item("full", full)?;
+                            kw.set_item("reclaim", reclaim)?;
+                            kw.set_item("progress", progress)?;
+                            kw.set_item("cancel", cancel)?;
+                            let refs = PyArray1::from_vec(py, refs);
+                            layer.call_method(py, "rebuild", (refs,), Some(&kw))
+                        })
+                        .map_err(Error::Python)
+                    })
+                })
+                .or_raise(py)
+            }
+        }
+    }
+
+    /// fsck's checks of the block layer over one consistent state (writes wait meanwhile): a
+    /// local core's reference, refcount and space checks and the re-hash of every live slot, or
+    /// a Python block layer's `fsck(references, progress)`. A list of problem dicts, each with
+    /// kind, message and pbn.
+    #[pyo3(signature = (*, progress=None, cancel=None))]
+    fn fsck(
+        &self,
+        py: Python<'_>,
+        progress: Option<Py<PyAny>>,
+        cancel: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.inner()? {
+            Inner::Local(core) => {
+                let mut sink = PySink {
+                    progress,
+                    cancel,
+                    raised: None,
+                    what: "fsck",
+                };
+                let result = py.detach(|| {
+                    let st = core.state();
+                    let mut problems = check::check(&st);
+                    let live = st.blocks.live_slots();
+                    let bad = check::rehash(&st, &live, &mut |r: &Report| sink.call(r))?;
+                    problems.extend(check::corrupt_problems(&bad));
+                    Ok(problems)
+                });
+                let problems = sink.finish(py, result)?;
+                Ok(problems_list(py, &problems)?.into_any().unbind())
+            }
+            Inner::Foreign(core) => {
+                let layer = self.layer.as_ref().expect("a foreign core has its layer");
+                py.detach(|| {
+                    core.with_references(|refs| {
+                        Python::attach(|py| {
+                            let kw = PyDict::new(py);
+                            kw.set_item("progress", progress)?;
+                            let refs = PyArray1::from_slice(py, refs);
+                            layer.call_method(py, "fsck", (refs,), Some(&kw))
+                        })
+                        .map_err(Error::Python)
+                    })
+                })
+                .or_raise(py)
+            }
+        }
     }
 
     /// The reference, refcount and space checks: a list of {"kind", "message", "pbn"}.
@@ -649,7 +862,7 @@ impl PyCore {
             Some(s) => Some(s.as_slice()?.to_vec()),
             None => None,
         };
-        let core = self.core()?;
+        let core = self.local()?;
         let mut sink = PySink {
             progress,
             cancel,
@@ -663,6 +876,20 @@ impl PyCore {
         });
         Ok(u64s(py, sink.finish(py, result)?))
     }
+
+    /// A scrub's step: verifies up to `limit` live slots above `after`; returns (the last slot
+    /// checked or 0 when none was left, how many, those found rotten).
+    fn scrub<'py>(
+        &self,
+        py: Python<'py>,
+        after: u64,
+        limit: usize,
+    ) -> PyResult<(u64, usize, Bound<'py, PyArray1<u64>>)> {
+        let (last, n, bad) = self.run(py, |c| c.scrub(after, limit))?;
+        Ok((last, n, u64s(py, bad)))
+    }
+
+    // -- a local pool's views ----------------------------------------------------------------
 
     /// Live slots, ascending.
     fn live<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
@@ -721,7 +948,7 @@ impl PyCore {
         let s = self.run(py, |c| {
             let st = c.state();
             let b = &st.blocks;
-            let corrupt = b.corrupt.lock().len();
+            let corrupt = b.corrupt.read().len();
             Ok((
                 b.unique_blocks(),
                 b.space.free_count(),
@@ -756,6 +983,7 @@ impl PyCore {
     }
 
     /// Known-corrupt slots, ascending.
+    #[getter]
     fn corrupt<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
         Ok(u64s(py, self.run(py, |c| Ok(c.corrupt_slots()))?))
     }
@@ -769,24 +997,26 @@ impl PyCore {
         })
     }
 
-    /// The names of the VMs that read block `addr`, sorted.
-    fn vms_reading(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<String>> {
-        self.run(py, |c| Ok(c.vms_reading(addr)))
-    }
-
-    /// Where block `addr` is referenced: [(layer, LBN), ...].
-    fn references(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<(u64, u64)>> {
-        self.run(py, |c| Ok(c.references(addr)))
-    }
-
     /// Bytes of RAM for index, refcounts and free space.
     fn metadata_bytes(&self, py: Python<'_>) -> PyResult<u64> {
         self.run(py, |c| Ok(c.state().blocks.metadata_bytes()))
     }
 
+    // -- views of the tables -----------------------------------------------------------------
+
+    /// The names of the VMs that read block `addr`, sorted.
+    fn vms_reading(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<String>> {
+        detached!(self, py, |c| Ok(c.vms_reading(addr)))
+    }
+
+    /// Where block `addr` is referenced: [(layer, LBN), ...].
+    fn references(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<(u64, u64)>> {
+        detached!(self, py, |c| Ok(c.references(addr)))
+    }
+
     /// How many pages are dirty (waiting for a commit).
     fn dirty_pages(&self, py: Python<'_>) -> PyResult<usize> {
-        self.run(py, |c| Ok(c.state().tables.dirty_count()))
+        detached!(self, py, |c| Ok(c.state().tables.dirty_count()))
     }
 }
 

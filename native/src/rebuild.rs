@@ -179,19 +179,19 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
         }
         blocks.store.sync()?;
     }
-    let mut known = std::mem::take(&mut *blocks.corrupt.lock());
+    let mut known = std::mem::take(&mut *blocks.corrupt.write());
     match corrupt {
         Some(found) => known = found,
         None => known.retain(|&s| refs.get(s) > 0),
     }
-    *blocks.corrupt.lock() = known;
+    *blocks.corrupt.write() = known;
     figures.free_slots = space.free_count();
     figures.orphans_reclaimed = orphans.len() as u64;
     blocks.refs = refs;
     blocks.live = live;
     blocks.index = index;
     blocks.space = space;
-    blocks.ready = true;
+    st.ready = true;
     let seconds = started.elapsed().as_secs_f64();
     figures.seconds = (seconds * 1e4).round() / 1e4;
     figures.bytes_per_s = if seconds > 0.0 {
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(st.blocks.refcount(1), 2);
         assert_eq!(st.blocks.store.digest(orphan), [0; 16]);
         assert_eq!(
-            st.blocks.corrupt.lock().iter().copied().collect::<Vec<_>>(),
+            st.blocks.corrupt.read().iter().copied().collect::<Vec<_>>(),
             vec![3]
         );
         drop(st);
@@ -285,8 +285,8 @@ mod tests {
         let fig = c.rebuild(false, true, &mut quiet()).unwrap();
         assert_eq!(fig.orphans_reclaimed, 0, "a waiting slot is no orphan");
         assert!(!c.state().blocks.space.is_free(1));
-        let snap = c.snapshot(&Default::default());
-        assert_eq!(c.end(snap.token), 1);
+        let snap = c.snapshot(&Default::default()).unwrap();
+        assert_eq!(c.end(snap.token).unwrap(), 1);
         assert!(c.state().blocks.space.is_free(1));
     }
 

@@ -86,14 +86,21 @@ impl Refcounts {
 
     /// Slots with a count above 0, ascending (slot 0 never has one).
     pub fn live(&self) -> impl Iterator<Item = u64> + '_ {
-        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+        self.live_from(0)
+    }
+
+    /// Counted slots from `start` on, ascending; chunks before it are not looked at.
+    pub fn live_from(&self, start: u64) -> impl Iterator<Item = u64> + '_ {
+        let skip = (start >> CHUNK_BITS) as usize;
+        let chunks = self.chunks.iter().enumerate().skip(skip);
+        chunks.flat_map(move |(c, chunk)| {
             let base = (c as u64) << CHUNK_BITS;
             chunk
                 .iter()
                 .enumerate()
                 .filter(|(_, &n)| n != 0)
                 .map(move |(i, _)| base + i as u64)
-                .filter(move |&s| s < self.len)
+                .filter(move |&s| s >= start && s < self.len)
         })
     }
 

@@ -43,6 +43,14 @@ struct Layer {
     pages: BTreeMap<u64, Box<Page>>,
 }
 
+/// What a merge makes of a child's pages: (page number, entries or None) for each page that
+/// changes, and the addresses the child shadows.
+#[derive(Default)]
+pub struct Merged {
+    pub pages: Vec<(u64, Option<Box<Page>>)>,
+    pub shadowed: Vec<u64>,
+}
+
 /// A page handed to a commit: its bytes (512 little-endian u64), or None for a dropped page.
 pub struct DirtyPage {
     pub layer: u64,
@@ -236,6 +244,15 @@ impl Tables {
         }
     }
 
+    /// Every address in every page, with repeats (a Python block layer's rebuild and fsck).
+    pub fn references(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for page in self.pages() {
+            out.extend(page.iter().copied().filter(|&e| is_address(e)));
+        }
+        out
+    }
+
     /// Every page, for a pass over all references (rebuild, checks).
     pub fn pages(&self) -> impl Iterator<Item = &Page> {
         self.layers
@@ -385,6 +402,12 @@ impl Tables {
     /// Drops a layer nobody reads any more: its pages (deleted at the next commit) and its place
     /// in the graph. Returns the addresses it held, with repeats. Error: it has children.
     pub fn drop_layer(&mut self, layer: u64) -> Result<Vec<u64>> {
+        self.drop_layer_as(layer, false)
+    }
+
+    /// `drop_layer`; `durable`: the catalog already lost the layer's pages (an applied edit), so
+    /// nothing is left for a commit to do.
+    pub fn drop_layer_as(&mut self, layer: u64, durable: bool) -> Result<Vec<u64>> {
         self.layer(layer)?;
         if let Some(child) = self.children(layer).first() {
             return Err(Error::State(format!(
@@ -393,55 +416,53 @@ impl Tables {
         }
         let addrs = self.layer_entries(layer);
         let l = self.layers.remove(&layer).unwrap();
-        for pno in l.pages.keys() {
-            self.version += 1;
-            self.dirty.insert((layer, *pno), self.version);
+        if durable {
+            self.dirty.retain(|k, _| k.0 != layer);
+        } else {
+            for pno in l.pages.keys() {
+                self.version += 1;
+                self.dirty.insert((layer, *pno), self.version);
+            }
         }
         self.graph_changed();
         Ok(addrs)
     }
 
-    /// Folds frozen `layer` into `child`, its only child; returns the addresses the child shadows
-    /// (they lose the layer's reference). The child's own entries win; it takes the layer's place
-    /// in the graph; if the layer was a root, the child's ZERO entries become INHERIT, which means
-    /// the same there.
-    pub fn merge_into_child(&mut self, layer: u64, child: u64) -> Result<Vec<u64>> {
+    /// What folding frozen `layer` into its child `child` makes of the child's pages, without
+    /// doing it (a delete plans its merges before it drops the layer's other child): the pages
+    /// that change (None: left all INHERIT, so dropped), and the addresses the child's own
+    /// entries shadow. The child's entries win; if the layer is a root, the child's ZERO entries
+    /// become INHERIT, which means the same there.
+    pub fn merged(&self, layer: u64, child: u64) -> Result<Merged> {
         let l = self.layer(layer)?;
         if l.top {
             return Err(Error::State(format!(
                 "layer {layer} is a top: only frozen layers merge"
             )));
         }
-        let children = self.children(layer);
-        if children != [child] {
+        let c = self.layer(child)?;
+        if c.parent != Some(layer) {
             return Err(Error::State(format!(
-                "layer {layer} has children {children:?}: it merges only into its one child"
+                "layer {child} is not a child of layer {layer}"
             )));
         }
-        let grandparent = l.parent;
-        let root = grandparent.is_none();
-        let gone = self.layers.remove(&layer).unwrap();
-        let mut shadowed = Vec::new();
-        let mut touched = Vec::new();
-        let c = self.layers.get_mut(&child).unwrap();
-        let mut pnos: Vec<u64> = gone.pages.keys().copied().collect();
+        let root = l.parent.is_none();
+        let mut pnos: Vec<u64> = l.pages.keys().copied().collect();
         if root {
             pnos.extend(c.pages.keys().copied());
             pnos.sort_unstable();
             pnos.dedup();
         }
+        let mut merged = Merged::default();
         for pno in pnos {
-            let mut page = c
-                .pages
-                .remove(&pno)
-                .unwrap_or_else(|| Box::new([INHERIT; PAGE_ENTRIES]));
-            let before = *page;
-            if let Some(below) = gone.pages.get(&pno) {
+            let before = c.pages.get(&pno).map_or([INHERIT; PAGE_ENTRIES], |p| **p);
+            let mut page = Box::new(before);
+            if let Some(below) = l.pages.get(&pno) {
                 for (mine, &b) in page.iter_mut().zip(below.iter()) {
                     if *mine == INHERIT {
                         *mine = b;
                     } else if is_address(b) {
-                        shadowed.push(b);
+                        merged.shadowed.push(b);
                     }
                 }
             }
@@ -451,20 +472,52 @@ impl Tables {
                     .for_each(|e| *e = INHERIT);
             }
             if *page != before {
-                touched.push(pno);
-            }
-            if !all_inherit(&page) {
-                c.pages.insert(pno, page);
+                let kept = (!all_inherit(&page)).then_some(page);
+                merged.pages.push((pno, kept));
             }
         }
-        c.parent = grandparent;
-        for pno in touched {
-            self.version += 1;
-            self.dirty.insert((child, pno), self.version);
+        Ok(merged)
+    }
+
+    /// Folds frozen `layer` into `child`, its only child (see `merged`); returns the addresses
+    /// the child shadows (they lose the layer's reference). The child takes the layer's place in
+    /// the graph.
+    pub fn merge_into_child(&mut self, layer: u64, child: u64) -> Result<Vec<u64>> {
+        self.merge_as(layer, child, false)
+    }
+
+    /// `merge_into_child`; `durable`: the catalog already holds the merged pages (an applied
+    /// edit), so they are clean.
+    pub fn merge_as(&mut self, layer: u64, child: u64, durable: bool) -> Result<Vec<u64>> {
+        let children = self.children(layer);
+        if children != [child] {
+            return Err(Error::State(format!(
+                "layer {layer} has children {children:?}: it merges only into its one child"
+            )));
         }
-        for pno in gone.pages.keys() {
-            self.version += 1;
-            self.dirty.insert((layer, *pno), self.version);
+        let Merged { pages, shadowed } = self.merged(layer, child)?;
+        let gone = self.layers.remove(&layer).unwrap();
+        let c = self.layers.get_mut(&child).unwrap();
+        c.parent = gone.parent;
+        for (pno, page) in pages {
+            match page {
+                Some(p) => c.pages.insert(pno, p),
+                None => c.pages.remove(&pno),
+            };
+            if durable {
+                self.dirty.remove(&(child, pno));
+            } else {
+                self.version += 1;
+                self.dirty.insert((child, pno), self.version);
+            }
+        }
+        if durable {
+            self.dirty.retain(|k, _| k.0 != layer);
+        } else {
+            for pno in gone.pages.keys() {
+                self.version += 1;
+                self.dirty.insert((layer, *pno), self.version);
+            }
         }
         self.graph_changed();
         Ok(shadowed)

@@ -3,29 +3,29 @@
 Target (issue 11): <= 16 bytes per unique block over 10 M blocks, at any moment, growth included.
 For comparison, bees keeps 16 B per entry and ZFS 150-320 B per dedup-table entry in core.
 
-Synthetic, over N unique blocks (10 M by default; a real pool of 10 M unique blocks would need
-40 GiB of disk). Each layout is built in a fresh process of its own, so that its peak is its own:
+Over N unique blocks (10 M by default), each layout built in a fresh process of its own, so that
+its peak is its own, through the native core's own calls (engine._native.Core):
 
-  after rebuild    the engine's own rebuild (`engine.rebuild.rebuild`, fast mode, as every open
-                   runs it) over N live slots: block-table pages that reference each slot once,
-                   generated page by page as the catalog scan yields them, and a slot file with
-                   the 25 % spare that BlockStore.grow can leave (its stored fingerprints stand
-                   in for hashes.dat, allocated before the measurement starts, as a file mapping
-                   would be outside the process's heap)
-  grown by writes  what inline dedup does as new blocks arrive: batches of 512 (one block-table
-                   page) allocated from the free space, the slot file grown as BlockStore.grow
-                   grows it, inserted into an index that starts empty, referenced
+  after rebuild    the core's rebuild (fast, as every open runs it) over N live slots: slot files
+                   with the 25 % spare that growth can leave (blocks.dat sparse: a fast rebuild
+                   reads no data; hashes.dat holding N fingerprints), and block-table pages that
+                   reference each slot once, loaded before the measurement starts
+  grown by writes  N unique blocks written through the core's data path (`Core.write`, 2 MiB
+                   requests into one VM) into a pool that starts empty: the index, refcounts, free
+                   space and slot files grow as writes need them. Blocks of 512 B, so that 10 M of
+                   them take 5 GiB of disk, not 40: index, refcounts and free space cost the same
+                   per slot whatever the block size
 
 Each layout is measured at every moment it has grown to at least a tenth of N blocks (before
 that, fixed minimum sizes make a block look expensive), and the worst moment counts:
-  held   the structures' bytes (index + refcounts + free space, as stats() counts them) between
-         batches, over the blocks held then
+  held   the core's own count (index + refcounts + free space, `metadata_bytes()`, as stats()
+         shows it) between requests, over the blocks held then
   peak   the process's peak resident set since the moment before (VmHWM, reset through
-         /proc/self/clear_refs after every batch), less its resident set when the inputs
-         existed, over the blocks held before the batch: temporaries, and the moments when an
-         old and a new table coexist, included, whatever allocated them (numpy or a native
-         core). Checked against tracemalloc's peak of every Python and numpy allocation over a
-         whole build: within 4 %.
+         /proc/self/clear_refs after every request), less its resident set when the inputs
+         existed, over the blocks held before: temporaries, and the moments when an old and a
+         new table coexist, included. Left out, as they are not this metric: the mapped slot
+         files (page cache: the growth of RssFile, which only grows here) and the block-table
+         pages (4 KiB each, counted exactly; the LBN -> block map itself, 8 B per logical block).
 The verdict is on the peak. Then a real pool: stats()["metadata_ram_bytes_per_block"] of a pool
 holding REAL MiB of unique data, sampled after every 2 MiB write once a quarter is written, and
 after a reopen.
@@ -38,22 +38,21 @@ from __future__ import annotations
 import multiprocessing
 import re
 import shutil
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from engine.blockstore import MIN_GROWTH_SLOTS
-from engine.fingerprint import Fingerprinter, keys_of
-from engine.index import FingerprintIndex
+from engine import _native
 from engine.pool import Pool
-from engine.rebuild import PageScan, rebuild
-from engine.spacemap import SpaceMap
 
 from .common import MiB, parser, report, scratch, timer, verdict
 
 TARGET = 16
-SPARE = 0.25                 # BlockStore.grow adds max(needed, capacity // 4) slots
-PAGE = 512
+SPARE = 0.25                 # a pool's slot files grow by a quarter of their capacity at a time
+PAGE = _native.PAGE_ENTRIES
+PAGE_BYTES = PAGE * 8
+MAGIC = b"BLOCKFOLD-SLOTS\n"  # slot 0 of blocks.dat
+REQUEST = 2 * MiB
 PEERS = "bees 16 B per entry; ZFS DDT 150-320 B per entry in core"
 
 
@@ -68,20 +67,6 @@ def digests(n: int, seed: int) -> np.ndarray:
                                                 endpoint=True)
 
 
-@dataclass
-class SlotFile:
-    """What the rebuild reads of a slot file: its size and the stored fingerprints."""
-    capacity: int
-    hashes: np.ndarray
-    block_size: int = 4096
-
-    def clear_hashes(self, slots) -> None:
-        self.hashes[slots] = 0
-
-    def sync(self) -> None:
-        pass
-
-
 class Moments:
     """The worst moment of a build: bytes per block held, and peak resident growth per block."""
 
@@ -94,13 +79,16 @@ class Moments:
         """The inputs exist: resident growth counts from here."""
         self._reset()
         self.base = status("VmRSS")
+        self.base_file = status("RssFile")
 
     def _reset(self) -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                   # VmHWM := the current resident set
 
-    def sample(self, held: int, blocks_before: int, blocks_after: int) -> None:
-        grown = status("VmHWM") - self.base
+    def sample(self, held: int, pages: int, blocks_before: int, blocks_after: int) -> None:
+        """`pages`: block-table pages held beyond those at the start."""
+        grown = (status("VmHWM") - self.base - (status("RssFile") - self.base_file)
+                 - pages * PAGE_BYTES)
         self.highest = max(self.highest, grown)
         if blocks_before >= self.floor:
             self.peak = max(self.peak, grown / blocks_before)
@@ -109,55 +97,72 @@ class Moments:
         self._reset()
 
 
-def after_rebuild(n: int, seed: int, moments: Moments) -> tuple:
+def after_rebuild(n: int, seed: int, moments: Moments, where: Path) -> _native.Core:
+    bs = 4096
     capacity = 1 + n + int(n * SPARE)
-    store = SlotFile(capacity, np.zeros((capacity, 2), dtype=np.uint64))
-    store.hashes[1:n + 1] = digests(n, seed)
+    with open(where / "blocks.dat", "wb") as f:
+        f.write(MAGIC)
+        f.truncate(capacity * bs)
+    hashes = np.zeros((capacity, 2), np.uint64)
+    hashes[1:n + 1] = digests(n, seed)
+    hashes.tofile(where / "hashes.dat")
+    del hashes
+    core = _native.Core(str(where), bs)
+    core.add_layer(1, None, True)
+
+    def page(first: int) -> bytes:
+        entries = np.zeros(PAGE, np.uint64)
+        slots = np.arange(first, min(first + PAGE, n + 1), dtype=np.uint64)
+        entries[:len(slots)] = slots
+        return entries.tobytes()
+
+    core.load_pages((1, pno, page(first)) for pno, first in enumerate(range(1, n + 1, PAGE)))
+    # hashes.dat in the page cache and mapped, as after any open: a file's pages, not the heap's
+    for first in range(0, capacity, 1 << 20):
+        core.fingerprints_of(np.arange(first, min(first + (1 << 20), capacity), dtype=np.uint64))
     moments.start()
-
-    def pages():
-        for page, first in enumerate(range(1, n + 1, PAGE)):
-            yield 0, page, np.arange(first, min(first + PAGE, n + 1), dtype=np.uint64).tobytes()
-
-    scan = PageScan(pages(), -(-n // PAGE), {0})
-    result = rebuild(scan, store, full=False, fingerprints=Fingerprinter(store.block_size),
-                     reclaim=False)
-    moments.sample(result.index.nbytes + result.space.nbytes, n, n)
-    return result.index, result.space
+    core.rebuild()
+    moments.sample(core.metadata_bytes(), 0, n, n)
+    return core
 
 
-def grown_by_writes(n: int, seed: int, moments: Moments) -> tuple:
-    keys = keys_of(digests(n, seed))
+def grown_by_writes(n: int, seed: int, moments: Moments, where: Path) -> _native.Core:
+    bs = 512
+    per = REQUEST // bs
+    core = _native.Core(str(where), bs, create=True)
+    core.rebuild()
+    core.add_layer(1, None, True)
+    core.set_vm("unique", 1, n * bs)
+    blocks = np.zeros((per, bs // 8), np.uint64)
+    blocks[:, 1] = seed
     moments.start()
-    index, space = FingerprintIndex(), SpaceMap(1)
-    capacity = 1
-    for first in range(0, n, PAGE):
-        batch = keys[first:first + PAGE]
-        taken = space.allocate(len(batch))
-        if taken is None:              # as LocalBlocks._allocate and BlockStore.grow do
-            extra = max(len(batch) - space.free_count, capacity // 4, MIN_GROWTH_SLOTS)
-            space.add_slots(np.arange(capacity, capacity + extra, dtype=np.uint64))
-            capacity += extra
-            taken = space.allocate(len(batch))
-        index.insert(batch, taken, keep=lambda s: space.refcounts[s] > 0)
-        space.incref(taken)
-        moments.sample(index.nbytes + space.nbytes, first, first + len(batch))
-    return index, space
+    for first in range(0, n, per):
+        count = min(per, n - first)
+        blocks[:, 0] = np.arange(first + 1, first + per + 1, dtype=np.uint64)   # unique
+        core.write("unique", first * bs, blocks[:count])
+        pages = -(-(first + count) // PAGE)
+        moments.sample(core.metadata_bytes(), pages, first, first + count)
+    return core
 
 
 LAYOUTS = {"after_rebuild": after_rebuild, "grown_by_writes": grown_by_writes}
 
 
-def layout(kind: str, n: int, seed: int) -> dict:
+def layout(kind: str, n: int, seed: int, where: str) -> dict:
     """Builds one layout in this (fresh) process and measures it; see the module docstring."""
     moments = Moments(max(1, n // 10))
-    with timer() as t:
-        index, space = LAYOUTS[kind](n, seed, moments)
+    path = Path(where) / kind
+    path.mkdir()
+    try:
+        with timer() as t:
+            core = LAYOUTS[kind](n, seed, moments, path)
+        summary = core.summary()
+        core.close()
+    finally:
+        shutil.rmtree(path)
     return {"held_per_block": round(moments.held, 2), "peak_per_block": round(moments.peak, 2),
-            "highest_bytes": moments.highest, "index_bytes": index.nbytes,
-            "index_cells": len(index.keys), "index_load": round(index.count / len(index.keys), 3),
-            "refcount_bytes": space.refcounts.nbytes,
-            "free_bytes": space.nbytes - space.refcounts.nbytes, "seconds": round(t(), 2)}
+            "highest_bytes": moments.highest, "metadata_bytes": summary["metadata_ram_bytes"],
+            "blocks": summary["unique_blocks"], "seconds": round(t(), 2)}
 
 
 def real_pool(where, real_mib: int, seed: int) -> dict:
@@ -192,32 +197,30 @@ def main(argv=None) -> None:
     n = args.blocks
     spawn = multiprocessing.get_context("spawn")
     layouts = {}
+    where = scratch(args.data, "memory")
     for kind in LAYOUTS:
         with spawn.Pool(1) as child:
-            layouts[kind] = child.apply(layout, (kind, n, args.seed))
-    real = real_pool(scratch(args.data, "memory"), args.real_mib, args.seed)
+            layouts[kind] = child.apply(layout, (kind, n, args.seed, str(where)))
+    real = real_pool(where, args.real_mib, args.seed)
 
-    rows = [("layout (worst moment)", "index (at the end)", "refcounts", "free space",
-             "held B/block", "peak B/block",
-             f"target <= {TARGET} B (peak)")]
+    rows = [("layout (worst moment)", "index + refcounts + free space (at the end)",
+             "held B/block", "peak B/block", f"target <= {TARGET} B (peak)")]
     figures: dict = {"blocks": n, "target": TARGET, "peers": PEERS}
     for kind, f in layouts.items():
         rows.append((f"{n:,} blocks, {kind.replace('_', ' ')}",
-                     f"{f['index_bytes'] / MiB:.0f} MiB ({f['index_cells']:,} cells, "
-                     f"load {f['index_load']:.2f})",
-                     f"{f['refcount_bytes'] / MiB:.0f} MiB", f"{f['free_bytes'] / MiB:.0f} MiB",
+                     f"{f['metadata_bytes'] / MiB:.0f} MiB ({f['blocks']:,} blocks)",
                      f"{f['held_per_block']:.1f}", f"{f['peak_per_block']:.1f}",
                      verdict(f["peak_per_block"], TARGET, False)))
         figures[kind] = f
         figures[f"{kind}_peak_per_block"] = f["peak_per_block"]
         figures[f"verdict_{kind}"] = verdict(f["peak_per_block"], TARGET, False)
     rows.append((f"real pool, {real['blocks']:,} blocks: stats() while growing (largest) and "
-                 "after a reopen", "", "", "", f"{real['growing_peak']:.1f} / "
+                 "after a reopen", "", f"{real['growing_peak']:.1f} / "
                  f"{real['after_open']:.1f}", "",
                  verdict(max(real["growing_peak"], real["after_open"]), TARGET, False)))
     figures.update(real_pool=real, verdict_real=verdict(max(real["growing_peak"],
                                                              real["after_open"]), TARGET, False))
-    rows.append(("peers", PEERS, "", "", "", "", ""))
+    rows.append(("peers", PEERS, "", "", ""))
     report("memory", "RAM per unique block: index + refcounts + free space", rows, figures)
 
 
