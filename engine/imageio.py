@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from .errors import BadImageError
@@ -59,6 +60,21 @@ class Image:
     def close(self) -> None:
         if self.seekable:
             os.close(self.fd)
+
+
+def read_ahead(image, chunk: int):
+    """image.chunks(chunk), with the next chunk of a file read on a thread while the caller
+    stores this one (both release the GIL: the reads overlap the hashing). A pipe or a stream is
+    read as it comes: a read of one may never return, and nothing may be left waiting on it."""
+    if not (isinstance(image, Image) and image.seekable):
+        yield from image.chunks(chunk)
+        return
+    pieces = image.chunks(chunk)
+    with ThreadPoolExecutor(1, thread_name_prefix="blockfold-read") as reader:
+        pending = reader.submit(next, pieces, None)
+        while (piece := pending.result()) is not None:
+            pending = reader.submit(next, pieces, None)
+            yield piece
 
 
 def _read_full(fd: int, n: int) -> bytes:

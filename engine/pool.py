@@ -573,7 +573,7 @@ class Pool:
         """Writes an image's chunks into an import's provisional VM; returns its size in bytes."""
         meter = Meter(progress, "import", image.size, unit_bytes=1)
         size = image.size
-        for offset, data in image.chunks(IMPORT_CHUNK_BLOCKS * self.block_size):
+        for offset, data in imageio.read_ahead(image, IMPORT_CHUNK_BLOCKS * self.block_size):
             size = max(size, offset + len(data))       # stdin: grows as it comes
             self.write(target, offset, data)
             meter.done = offset + len(data)
