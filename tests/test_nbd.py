@@ -144,6 +144,29 @@ def test_trim_and_write_zeroes_read_back_zeros_and_free_space(pool_dir, golden, 
     assert stats["physical_bytes"] <= MiB + 4096         # what is left of golden's 2 MiB
 
 
+def test_discarding_what_reads_as_zeros_adds_no_metadata(pool_dir, server, tmp_path):
+    """What mkfs.ext4 and fstrim do to every new desktop: TRIM and WRITE_ZEROES over the whole of
+    a never-written 64 GiB VM, 1 GiB at a time, leave the catalog as it was (issue 13, case 4)."""
+    make_vm(pool_dir, "empty", sparse_file(tmp_path / "empty.raw", 64 << 30))
+    def catalog_bytes() -> int:      # the database and its write-ahead log, if any
+        return sum(f.stat().st_size for f in pool_dir.glob("catalog.db*"))
+
+    before = catalog_bytes()
+    s = server()
+    c = RawClient(s.port)
+    c.connect("empty")
+    for gib in range(64):
+        command = CMD_TRIM if gib % 2 else CMD_WRITE_ZEROES
+        assert c.simple(command, gib << 30, 1 << 30) == 0
+    assert c.simple(CMD_FLUSH) == 0
+    assert c.read((64 << 30) - MiB, MiB) == (0, bytes(MiB))
+    c.close()
+    s.stop()
+    assert catalog_bytes() - before < 64 * 1024     # no page of nothing but INHERIT
+    assert pool_stats(pool_dir)["unique_blocks"] == 0
+    assert fsck(pool_dir) == "clean"
+
+
 def test_flushed_and_fua_writes_survive_kill_9(pool_dir, golden, server, tmp_path):
     rng = random.Random(3)
     expected = bytearray(golden.read_bytes())
