@@ -43,6 +43,7 @@ from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeErro
 from .layergraph import VM, LayerEdit, LayerGraph
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
+from .reserve import Reserve, disk_full
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
@@ -90,7 +91,10 @@ class Pool:
         if not (path / CATALOG_FILE).is_file():
             raise NotAPoolError(f"{path} is not a Blockfold pool")
         lock = None if readonly else PoolLock(path)
+        reserve = None if readonly else Reserve(path)
         try:
+            if reserve is not None:
+                reserve.release_if_full()
             catalog = Catalog(path / CATALOG_FILE, readonly=readonly)
             catalog.check_format(path)
             block_size = int(catalog.get("block_size"))
@@ -105,6 +109,7 @@ class Pool:
                     raise engine_error(e) from None
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
+            pool._reserve = reserve
         except BaseException:
             if lock:
                 lock.release()
@@ -131,6 +136,7 @@ class Pool:
         self._new_core = new_core
         self._lock = threading.RLock()        # commits and structural edits, one at a time
         self._lock_file = lock
+        self._reserve: Reserve | None = None    # a local pool's, when writable
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
@@ -163,7 +169,7 @@ class Pool:
         crashed = self.catalog.get("state") == "dirty"
         if not self.readonly:
             self.catalog.ensure_tables()
-            self.catalog.set("state", "dirty")
+            self._durably(lambda: self.catalog.set("state", "dirty"))
         reason = "crash" if crashed else ("requested" if rebuild else "open")
         self._start_rebuild(rebuild == "full", reason, progress, background=not wait)
         return self
@@ -182,7 +188,7 @@ class Pool:
             try:
                 if not self.readonly and self._rebuild_error is None:
                     self._commit()
-                    self.catalog.set("state", "clean")
+                    self._durably(lambda: self.catalog.set("state", "clean"))
             finally:
                 self.catalog.close()
                 if self.readonly:
@@ -337,30 +343,51 @@ class Pool:
             self.core.end(token)
             self._committed = number
             return
+        corrupt = self.blocks.corrupt
+
+        def write() -> None:
+            try:
+                self.catalog.begin()
+                self.catalog.write_pages(pages)
+                if edit is not None:
+                    self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
+                if rows is not None:
+                    rows(self.catalog)
+                self.catalog.set("collisions", self.blocks.collisions)
+                if not np.array_equal(corrupt, self._corrupt_saved):
+                    self.catalog.set_corrupt(corrupt)
+                self.catalog.commit()
+            except BaseException:
+                self.catalog.rollback()
+                raise
+
         try:
             self.core.sync()
-            self.catalog.begin()
-            self.catalog.write_pages(pages)
-            if edit is not None:
-                self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
-            if rows is not None:
-                rows(self.catalog)
-            self.catalog.set("collisions", self.blocks.collisions)
-            corrupt = self.blocks.corrupt
-            if not np.array_equal(corrupt, self._corrupt_saved):
-                self.catalog.set_corrupt(corrupt)
-            self.catalog.commit()
+            self._durably(write)
         except BaseException as e:
-            self.catalog.rollback()
             self.core.abort(token)
             if isinstance(e, Exception):
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.core.end(token)
+        if self._reserve is not None:
+            self._reserve.hold()
         self._corrupt_saved = corrupt
         self._committed = number
         if edit is not None:
             self._apply(edit)
+
+    def _durably(self, write) -> None:
+        """Runs `write()`, a catalog write that rolls itself back if it fails; if it failed for
+        a full disk, gives it the reserve's space (engine/reserve.py) and runs it once more."""
+        try:
+            write()
+        except Exception as e:
+            if not disk_full(e) or self._reserve is None or not self._reserve.release():
+                raise
+        else:
+            return
+        write()
 
     def _apply(self, edit: LayerEdit) -> None:
         """Applies a committed edit to RAM: the graph, then the core (which frees at once the

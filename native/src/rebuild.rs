@@ -191,6 +191,9 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
     blocks.live = live;
     blocks.index = index;
     blocks.space = space;
+    if reclaim {
+        blocks.give_back_space(None);
+    }
     st.ready = true;
     let seconds = started.elapsed().as_secs_f64();
     figures.seconds = (seconds * 1e4).round() / 1e4;
