@@ -17,11 +17,12 @@ from pathlib import Path
 
 RESERVE_FILE = "reserve"
 MIN_RESERVE = 1 << 20
-MAX_RESERVE = 64 << 20
+MAX_RESERVE = 4 << 20
 
 
 def reserve_bytes(filesystem_bytes: int) -> int:
-    """The reserve of a pool on a filesystem of that size: 1/64 of it, from 1 to 64 MiB."""
+    """The reserve of a pool on a filesystem of that size: 1/64 of it, from 1 to 4 MiB (what a
+    commit needs is WAL pages, a few MiB even for the delete of a VM of hundreds of GiB)."""
     return min(max(filesystem_bytes // 64, MIN_RESERVE), MAX_RESERVE)
 
 
