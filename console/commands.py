@@ -366,14 +366,22 @@ def _names(names: list[str], most: int = 4) -> str:
 
 @command("rebuild", help="rebuild the RAM dedup metadata and print its figures", rebuilds=True,
          args=[arg("--full", action="store_true",
-                   help="re-read and re-hash every block, reporting corrupt ones")])
+                   help="re-read and re-hash every block, reporting corrupt ones"),
+               arg("--repair", action="store_true",
+                   help="with --full: repair what a truncated or deleted blocks.dat or "
+                   "hashes.dat left (fingerprints computed again from the data; blocks whose "
+                   "data is gone are marked corrupt); needs the pool to itself")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     text = (f"{r.mode} rebuild: {r.blocks} blocks ({human_bytes(r.bytes)}) in "
             f"{r.seconds:.2f}s, {human_bytes(r.bytes_per_s)}/s; "
             f"{len(r.corrupt_blocks)} corrupt, {r.orphans_reclaimed} orphans reclaimed")
+    if r.bad_references:
+        text += f", {r.bad_references} bad references"
     emit(args, r, text)
-    return 1 if r.corrupt_blocks else 0
+    if r.damage:
+        print(f"blockfold: {r.damage}", file=sys.stderr)
+    return 1 if r.corrupt_blocks or r.bad_references or r.damage else 0
 
 
 @command("fsck", help="check every promise the pool makes; exit 1 if any is broken", looks=True)

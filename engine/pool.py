@@ -38,8 +38,8 @@ from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog
 from .core import engine_error, import_vm
-from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError, ReadOnlyError,
-                     RefusedError)
+from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
+                     PoolFormatError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
@@ -80,6 +80,9 @@ class Pool:
         """Opens a pool and rebuilds its RAM metadata.
 
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
+        "repair": full, after repairing what a truncated, deleted or replaced slot file left
+        (`Core.repair`: fingerprints computed again from the data; references past the end of
+        the data file get a slot, known corrupt).
         wait: False returns at once and serves reads while the rebuild runs in the background.
         colliding_fingerprint: 16 bytes that every block gets as its fingerprint (collision
         tests only).
@@ -99,7 +102,7 @@ class Pool:
             catalog.check_format(path)
             block_size = int(catalog.get("block_size"))
             # Slot files are made with the pool; a catalog that holds no block may lose them.
-            create = not readonly and not catalog.has_pages()
+            create = not readonly and (rebuild == "repair" or not catalog.has_pages())
 
             def new_core():
                 try:
@@ -137,6 +140,7 @@ class Pool:
         self._lock = threading.RLock()        # commits and structural edits, one at a time
         self._lock_file = lock
         self._reserve: Reserve | None = None    # a local pool's, when writable
+        self._repaired: str | None = None       # a repair's event, until a commit logs it
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
@@ -171,8 +175,24 @@ class Pool:
             self.catalog.ensure_tables()
             self._durably(lambda: self.catalog.set("state", "dirty"))
         reason = "crash" if crashed else ("requested" if rebuild else "open")
-        self._start_rebuild(rebuild == "full", reason, progress, background=not wait)
+        if rebuild == "repair":
+            self._repair()
+            reason = "repair"
+        self._start_rebuild(rebuild in ("full", "repair"), reason, progress,
+                            background=not wait)
         return self
+
+    def _repair(self) -> None:
+        """The core's repair, told in the event log (committed with the rebuild after it)."""
+        try:
+            computed, lost = self.core.repair()
+        except _native.NativeError as e:
+            raise engine_error(e) from None
+        message = f"repair: {computed} fingerprints computed again from the data"
+        if len(lost):
+            shown = ", ".join(map(str, lost[:10])) + (" …" if len(lost) > 10 else "")
+            message += f"; {len(lost)} blocks whose data is gone are corrupt (slots {shown})"
+        self._repaired = message
 
     @property
     def local(self) -> bool:
@@ -259,11 +279,17 @@ class Pool:
             self._ready.set()
             raise
         with self._lock:
-            figures = dict(figures, reason=reason)
+            figures = dict(figures, reason=reason, damage=self.core.damage)
             self.last_rebuild = figures
+            repaired, self._repaired = self._repaired, None
+
+            def rows(catalog) -> None:
+                catalog.record_rebuild(figures)
+                if repaired:
+                    catalog.log(current_actor(self.actor), "repair", repaired)
             try:
                 if not self.readonly:
-                    self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
+                    self._commit(rows=rows)
             finally:
                 # RAM is rebuilt whether or not its record commits: waiters must not hang.
                 self._ready.set()
@@ -300,6 +326,8 @@ class Pool:
         if self.readonly:
             raise ReadOnlyError(f"pool {self.path} is open read-only")
         self._wait_ready()
+        if damage := self.core.damage:
+            raise PoolFormatError(damage)
         with self._lock:
             try:
                 yield

@@ -156,6 +156,14 @@ impl SlotStore {
         self.readonly
     }
 
+    /// The path of one of the slot files (DATA_FILE, HASH_FILE), for messages.
+    pub fn path_of(&self, file: &str) -> String {
+        match &self.dir {
+            Some(dir) => dir.join(file).display().to_string(),
+            None => file.to_string(),
+        }
+    }
+
     pub fn files(&self) -> Option<SlotFiles> {
         self.files.clone()
     }
@@ -221,7 +229,7 @@ impl SlotStore {
         self.put_digest(slot, digest);
     }
 
-    fn put_digest(&mut self, slot: u64, digest: &Digest) {
+    pub fn put_digest(&mut self, slot: u64, digest: &Digest) {
         assert!(!self.readonly && slot > 0 && slot < self.capacity);
         // SAFETY: inside the mapping, `&mut self` excludes readers.
         unsafe {
