@@ -26,6 +26,7 @@ writes wait for the rebuild to finish.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ import numpy as np
 from . import _native, blockview, fsck as fsck_mod, imageio, stats as stats_mod
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
-from .catalog import CATALOG_FILE, Catalog
+from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
                      PoolFormatError, ReadOnlyError, RefusedError)
@@ -113,11 +114,19 @@ class Pool:
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
             pool._reserve = reserve
-        except BaseException:
+        except BaseException as e:
             if lock:
                 lock.release()
+            # What the catalog holds cannot be loaded: a damaged file, or rows of the wrong
+            # type or shape (the core refuses pages and layers that make no pool).
+            if isinstance(e, (sqlite3.DatabaseError, ValueError, TypeError, OverflowError,
+                              _native.NativeError)):
+                raise unreadable(path / CATALOG_FILE, e) from None
             raise
-        return pool._start(rebuild, progress, wait)
+        try:
+            return pool._start(rebuild, progress, wait)
+        except sqlite3.DatabaseError as e:
+            raise unreadable(path / CATALOG_FILE, e) from None
 
     @classmethod
     def attach(cls, path, catalog: Catalog, blocks: BlockLayer, *, readonly: bool = False,
