@@ -159,19 +159,43 @@ def vm_export(admin, args, bar) -> int:
               help="byte offset in the VM"),
     arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
-    if args.file == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            with open(args.file, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise BlockfoldError(f"cannot read {args.file}: {e.strerror}") from None
+    room = max(admin.vm_size(args.name) - args.offset, 0)
+    data = _read_at_most(args.file, room + 1)       # one byte more tells a source too long
+    if len(data) > room:
+        raise BlockfoldError(f"{args.file} would write past the end of VM {args.name} "
+                             f"({admin.vm_size(args.name)} bytes) from offset {args.offset}: "
+                             "nothing written")
     detaching(args, f"Overwrite part of VM {args.name}",
               lambda force: admin.write(args.name, args.offset, data, force=force))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
          f"wrote {len(data)} bytes to {args.name} at {args.offset}")
     return 0
+
+
+def _read_at_most(source: str, n: int) -> bytes:
+    """Up to `n` bytes of a file, a device or stdin ("-"): a source that never ends (/dev/zero)
+    is read no further, and a FIFO with no writer reads as empty instead of waiting forever."""
+    try:
+        fd = sys.stdin.buffer.fileno() if source == "-" else os.open(
+            source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+    try:
+        if source != "-":
+            os.set_blocking(fd, True)
+        parts, got = [], 0
+        while got < n:
+            part = os.read(fd, min(n - got, 1 << 24))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    except OSError as e:
+        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+    finally:
+        if source != "-":
+            os.close(fd)
 
 
 @command("vm", "clone", help="make linked clones of a VM: O(1) each, whatever its size", args=[
