@@ -134,10 +134,17 @@ def run(args) -> int:
         return cmd.run(args)
     bar = args.progress = ProgressBar.if_terminal()
     try:
-        rebuild = ("full" if args.full else "fast") if cmd.rebuilds else None
+        rebuild = None
+        if cmd.rebuilds:
+            rebuild = "repair" if args.repair else ("full" if args.full else "fast")
+            if args.repair and not args.full:
+                raise UsageError("--repair needs --full: it re-reads every block")
         with commands.open_admin(args, readonly=cmd.looks, rebuild=rebuild,
                                  progress=bar if cmd.rebuilds else None) as admin:
             if cmd.rebuilds and admin.served:     # a service rebuilds what it holds, when asked
+                if rebuild == "repair":
+                    raise BlockfoldError("rebuild --repair needs the pool to itself: stop "
+                                         "its service first")
                 admin.rebuild(rebuild == "full", bar)
             return cmd.run(admin, args, bar)
     finally:

@@ -171,19 +171,43 @@ def vm_export(admin, args, bar) -> int:
               help="byte offset in the VM"),
     arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
-    if args.file == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            with open(args.file, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise BlockfoldError(f"cannot read {args.file}: {e.strerror}") from None
+    room = max(admin.vm_size(args.name) - args.offset, 0)
+    data = _read_at_most(args.file, room + 1)       # one byte more tells a source too long
+    if len(data) > room:
+        raise BlockfoldError(f"{args.file} would write past the end of VM {args.name} "
+                             f"({admin.vm_size(args.name)} bytes) from offset {args.offset}: "
+                             "nothing written")
     detaching(args, f"Overwrite part of VM {args.name}",
               lambda force: admin.write(args.name, args.offset, data, force=force))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
          f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
     return 0
+
+
+def _read_at_most(source: str, n: int) -> bytes:
+    """Up to `n` bytes of a file, a device or stdin ("-"): a source that never ends (/dev/zero)
+    is read no further, and a FIFO with no writer reads as empty instead of waiting forever."""
+    try:
+        fd = sys.stdin.buffer.fileno() if source == "-" else os.open(
+            source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+    try:
+        if source != "-":
+            os.set_blocking(fd, True)
+        parts, got = [], 0
+        while got < n:
+            part = os.read(fd, min(n - got, 1 << 24))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    except OSError as e:
+        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+    finally:
+        if source != "-":
+            os.close(fd)
 
 
 @command("vm", "clone",
@@ -395,7 +419,11 @@ def _names(names: list[str], most: int = 4) -> str:
          json='RebuildFigures (every field in engine/results.py)',
          help="rebuild the RAM dedup metadata and print its figures", rebuilds=True,
          args=[arg("--full", action="store_true",
-                   help="re-read and re-hash every block, reporting corrupt ones")])
+                   help="re-read and re-hash every block, reporting corrupt ones"),
+               arg("--repair", action="store_true",
+                   help="with --full: repair what a truncated or deleted blocks.dat or "
+                   "hashes.dat left (fingerprints computed again from the data; blocks whose "
+                   "data is gone are marked corrupt); needs the pool to itself")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     rate = formats.rate_over(r.bytes, r.seconds)
@@ -403,8 +431,12 @@ def rebuild(admin, args, bar) -> int:
             f"{formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
             f"{formats.count(len(r.corrupt_blocks))} corrupt, "
             f"{formats.count(r.orphans_reclaimed)} orphans reclaimed")
+    if r.bad_references:
+        text += f", {formats.count(r.bad_references)} bad references"
     emit(args, r, text)
-    return 1 if r.corrupt_blocks else 0
+    if r.damage:
+        print(f"blockfold: {r.damage}", file=sys.stderr)
+    return 1 if r.corrupt_blocks or r.bad_references or r.damage else 0
 
 
 @command("fsck",

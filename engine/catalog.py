@@ -21,6 +21,22 @@ CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
 
 
+def unreadable(path: Path, e: Exception) -> PoolFormatError:
+    """The one line for a catalog that cannot be opened: damaged (not a database, a malformed
+    image, rows that make no pool: a value of the wrong type, a layer that is not there), or
+    another reason sqlite gives."""
+    if isinstance(e, sqlite3.DatabaseError):
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return PoolFormatError(f"cannot use {path}: {e}")
+        what = str(e)
+    else:
+        what = f"its rows make no pool: {e}"
+    return PoolFormatError(f"{path} is damaged ({what}): restore it from a backup (`sqlite3 "
+                           f"{path} .recover` saves what can still be read); nothing was "
+                           "changed")
+
+
 class Catalog:
     def __init__(self, path: Path | None, readonly: bool = False):
         """Opens the catalog at `path` (None: in RAM)."""

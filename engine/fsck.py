@@ -38,6 +38,8 @@ class Problems:
 def check(pool, progress=None) -> list[dict]:
     problems = Problems()
     _check_layers(pool, problems.report)
+    if damage := pool.core.damage:
+        problems.report("damage", damage)
     try:
         found = pool.core.fsck(progress=core_callback(progress))
     except _native.NativeError as e:

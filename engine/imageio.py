@@ -13,7 +13,8 @@ from .errors import BadImageError
 
 
 class Image:
-    """A raw image to import: a regular file (size known, holes found by SEEK_DATA) or stdin."""
+    """A raw image to import: a regular file (size known, holes found by SEEK_DATA), a block
+    device (its size) or stdin."""
 
     def __init__(self, fd: int, size: int, seekable: bool, name: str):
         self.fd, self.size, self.seekable, self.name = fd, size, seekable, name
@@ -100,17 +101,24 @@ def open_image(source) -> Image:
             return Image(os.dup(fd), os.fstat(fd).st_size, True, "stdin")
         return Image(fd, 0, False, "stdin")
     try:
-        fd = os.open(source, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO with no writer would wait for one, forever.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise BadImageError(f"cannot read image {source}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        size = os.fstat(fd).st_size
+    elif stat.S_ISBLK(mode):
+        size = os.lseek(fd, 0, os.SEEK_END)
+    else:
         os.close(fd)
-        raise BadImageError(f"image {source} is not a regular file")
-    if st.st_size == 0:
+        raise BadImageError(f"image {source} is not a regular file or a block device: give "
+                            "one, or - to read stdin")
+    os.set_blocking(fd, True)
+    if size == 0:
         os.close(fd)
         raise empty_image(source)
-    return Image(fd, st.st_size, True, source)
+    return Image(fd, size, True, source)
 
 
 def empty_image(source: str) -> BadImageError:

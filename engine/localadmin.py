@@ -118,7 +118,7 @@ class LocalAdmin(Admin):
             bytes_per_s=raw["bytes_per_s"], corrupt_blocks=raw["corrupt_blocks"],
             bad_references=raw["bad_references"], orphans_reclaimed=raw["orphans_reclaimed"],
             missing_blocks=None, free_slots=raw["free_slots"],
-            capacity_slots=raw["capacity_slots"])
+            capacity_slots=raw["capacity_slots"], damage=raw.get("damage"))
 
     def fsck(self, progress=None, cancel=None):
         return [Problem(**p) for p in self.pool.fsck(cancellable(progress, cancel))]

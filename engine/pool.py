@@ -26,6 +26,7 @@ writes wait for the rebuild to finish.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -36,13 +37,14 @@ import numpy as np
 from . import _native, blockview, formats, fsck as fsck_mod, imageio, stats as stats_mod
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
-from .catalog import CATALOG_FILE, Catalog
+from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
-from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError, ReadOnlyError,
-                     RefusedError)
+from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
+                     PoolFormatError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
+from .reserve import Reserve, disk_full
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
@@ -79,6 +81,9 @@ class Pool:
         """Opens a pool and rebuilds its RAM metadata.
 
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
+        "repair": full, after repairing what a truncated, deleted or replaced slot file left
+        (`Core.repair`: fingerprints computed again from the data; references past the end of
+        the data file get a slot, known corrupt).
         wait: False returns at once and serves reads while the rebuild runs in the background.
         colliding_fingerprint: 16 bytes that every block gets as its fingerprint (collision
         tests only).
@@ -90,12 +95,15 @@ class Pool:
         if not (path / CATALOG_FILE).is_file():
             raise NotAPoolError(f"{path} is not a Blockfold pool")
         lock = None if readonly else PoolLock(path)
+        reserve = None if readonly else Reserve(path)
         try:
+            if reserve is not None:
+                reserve.release_if_full()
             catalog = Catalog(path / CATALOG_FILE, readonly=readonly)
             catalog.check_format(path)
             block_size = int(catalog.get("block_size"))
             # Slot files are made with the pool; a catalog that holds no block may lose them.
-            create = not readonly and not catalog.has_pages()
+            create = not readonly and (rebuild == "repair" or not catalog.has_pages())
 
             def new_core():
                 try:
@@ -105,11 +113,20 @@ class Pool:
                     raise engine_error(e) from None
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
-        except BaseException:
+            pool._reserve = reserve
+        except BaseException as e:
             if lock:
                 lock.release()
+            # What the catalog holds cannot be loaded: a damaged file, or rows of the wrong
+            # type or shape (the core refuses pages and layers that make no pool).
+            if isinstance(e, (sqlite3.DatabaseError, ValueError, TypeError, OverflowError,
+                              _native.NativeError)):
+                raise unreadable(path / CATALOG_FILE, e) from None
             raise
-        return pool._start(rebuild, progress, wait)
+        try:
+            return pool._start(rebuild, progress, wait)
+        except sqlite3.DatabaseError as e:
+            raise unreadable(path / CATALOG_FILE, e) from None
 
     @classmethod
     def attach(cls, path, catalog: Catalog, blocks: BlockLayer, *, readonly: bool = False,
@@ -131,6 +148,8 @@ class Pool:
         self._new_core = new_core
         self._lock = threading.RLock()        # commits and structural edits, one at a time
         self._lock_file = lock
+        self._reserve: Reserve | None = None    # a local pool's, when writable
+        self._repaired: str | None = None       # a repair's event, until a commit logs it
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
@@ -163,10 +182,26 @@ class Pool:
         crashed = self.catalog.get("state") == "dirty"
         if not self.readonly:
             self.catalog.ensure_tables()
-            self.catalog.set("state", "dirty")
+            self._durably(lambda: self.catalog.set("state", "dirty"))
         reason = "crash" if crashed else ("requested" if rebuild else "open")
-        self._start_rebuild(rebuild == "full", reason, progress, background=not wait)
+        if rebuild == "repair":
+            self._repair()
+            reason = "repair"
+        self._start_rebuild(rebuild in ("full", "repair"), reason, progress,
+                            background=not wait)
         return self
+
+    def _repair(self) -> None:
+        """The core's repair, told in the event log (committed with the rebuild after it)."""
+        try:
+            computed, lost = self.core.repair()
+        except _native.NativeError as e:
+            raise engine_error(e) from None
+        message = f"repair: {computed} fingerprints computed again from the data"
+        if len(lost):
+            shown = ", ".join(map(str, lost[:10])) + (" …" if len(lost) > 10 else "")
+            message += f"; {len(lost)} blocks whose data is gone are corrupt (slots {shown})"
+        self._repaired = message
 
     @property
     def local(self) -> bool:
@@ -182,7 +217,7 @@ class Pool:
             try:
                 if not self.readonly and self._rebuild_error is None:
                     self._commit()
-                    self.catalog.set("state", "clean")
+                    self._durably(lambda: self.catalog.set("state", "clean"))
             finally:
                 self.catalog.close()
                 if self.readonly:
@@ -253,11 +288,17 @@ class Pool:
             self._ready.set()
             raise
         with self._lock:
-            figures = dict(figures, reason=reason)
+            figures = dict(figures, reason=reason, damage=self.core.damage)
             self.last_rebuild = figures
+            repaired, self._repaired = self._repaired, None
+
+            def rows(catalog) -> None:
+                catalog.record_rebuild(figures)
+                if repaired:
+                    catalog.log(current_actor(self.actor), "repair", repaired)
             try:
                 if not self.readonly:
-                    self._commit(rows=lambda catalog: catalog.record_rebuild(figures))
+                    self._commit(rows=rows)
             finally:
                 # RAM is rebuilt whether or not its record commits: waiters must not hang.
                 self._ready.set()
@@ -294,6 +335,8 @@ class Pool:
         if self.readonly:
             raise ReadOnlyError(f"pool {self.path} is open read-only")
         self._wait_ready()
+        if damage := self.core.damage:
+            raise PoolFormatError(damage)
         with self._lock:
             try:
                 yield
@@ -337,30 +380,51 @@ class Pool:
             self.core.end(token)
             self._committed = number
             return
+        corrupt = self.blocks.corrupt
+
+        def write() -> None:
+            try:
+                self.catalog.begin()
+                self.catalog.write_pages(pages)
+                if edit is not None:
+                    self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
+                if rows is not None:
+                    rows(self.catalog)
+                self.catalog.set("collisions", self.blocks.collisions)
+                if not np.array_equal(corrupt, self._corrupt_saved):
+                    self.catalog.set_corrupt(corrupt)
+                self.catalog.commit()
+            except BaseException:
+                self.catalog.rollback()
+                raise
+
         try:
             self.core.sync()
-            self.catalog.begin()
-            self.catalog.write_pages(pages)
-            if edit is not None:
-                self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
-            if rows is not None:
-                rows(self.catalog)
-            self.catalog.set("collisions", self.blocks.collisions)
-            corrupt = self.blocks.corrupt
-            if not np.array_equal(corrupt, self._corrupt_saved):
-                self.catalog.set_corrupt(corrupt)
-            self.catalog.commit()
+            self._durably(write)
         except BaseException as e:
-            self.catalog.rollback()
             self.core.abort(token)
             if isinstance(e, Exception):
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.core.end(token)
+        if self._reserve is not None:
+            self._reserve.hold()
         self._corrupt_saved = corrupt
         self._committed = number
         if edit is not None:
             self._apply(edit)
+
+    def _durably(self, write) -> None:
+        """Runs `write()`, a catalog write that rolls itself back if it fails; if it failed for
+        a full disk, gives it the reserve's space (engine/reserve.py) and runs it once more."""
+        try:
+            write()
+        except Exception as e:
+            if not disk_full(e) or self._reserve is None or not self._reserve.release():
+                raise
+        else:
+            return
+        write()
 
     def _apply(self, edit: LayerEdit) -> None:
         """Applies a committed edit to RAM: the graph, then the core (which frees at once the

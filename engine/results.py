@@ -82,7 +82,7 @@ class RebuildRecord:
     ts: float
     """When it finished, seconds since the epoch."""
     reason: str
-    """"open", "crash" (the last close was not clean), "requested" or "rollback"."""
+    """"open", "crash" (the last close was not clean), "requested", "rollback" or "repair"."""
     mode: str
     """"fast" (stored fingerprints) or "full" (every block re-read and re-hashed)."""
     seconds: float
@@ -213,7 +213,7 @@ class RebuildFigures:
     mode: str
     """"fast" (stored fingerprints) or "full" (every block re-read and re-hashed)."""
     reason: str
-    """"open", "crash" (the last close was not clean), "requested" or "rollback"."""
+    """"open", "crash" (the last close was not clean), "requested", "rollback" or "repair"."""
     seconds: float
     """How long it took."""
     pages: int
@@ -239,6 +239,9 @@ class RebuildFigures:
     """Free slots after the rebuild; None for a cluster (each node keeps its own)."""
     capacity_slots: int | None
     """Slots in the slot files; None for a cluster."""
+    damage: str | None = None
+    """What makes writing unsafe (a truncated or deleted slot file, in one line naming it and
+    what to do), or None: every write is refused until `rebuild --full --repair`."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,7 @@ class Problem:
     """One broken promise that fsck found, and where: the fields that do not locate it are None."""
 
     kind: str
-    """"layer", "reference", "refcount", "space", "corrupt", "replica", "missing" or
+    """"layer", "reference", "refcount", "space", "corrupt", "damage", "replica", "missing" or
     "replication"."""
     message: str
     """One line, for people."""

@@ -143,7 +143,7 @@ def unchanged(pool):
     (["vm", "clone", "a", "y", "--count", "0"], 2, "must be at least 1"),
     (["vm", "rm", "nope"], 1, "no VM named 'nope'"),
     (["vm", "export", "nope", "OUT"], 1, "no VM named"),
-    (["vm", "write", "a", "--offset", "65536", "IMG"], 1, "outside VM 'a'"),
+    (["vm", "write", "a", "--offset", "65536", "IMG"], 1, "would write past the end of VM a"),
     (["vm", "write", "a", "--offset", "-5", "IMG"], 2, "must not be negative"),
     (["vm", "write", "a", "--offset", "12x", "IMG"], 2, "not a whole number"),
     (["blocks", "--prefix", "xyz"], 1, "bad fingerprint prefix"),

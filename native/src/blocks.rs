@@ -24,6 +24,9 @@ use crate::index::Index;
 use crate::refcounts::Refcounts;
 use crate::slots::SlotStore;
 
+/// The shortest run of free slots whose space goes back to the filesystem.
+pub const PUNCH_BYTES: u64 = 1 << 20;
+
 pub struct Blocks {
     pub(crate) fp: Fingerprinter,
     pub(crate) store: SlotStore,
@@ -125,20 +128,56 @@ impl Blocks {
         })
     }
 
-    /// Makes sure `n` slots are free, growing the files. Error: `NoSpace`, nothing changed.
+    /// Makes sure the `n` slots `apply` will take are free and have disk behind them, growing
+    /// the files or filling holes. Error: `NoSpace`, nothing changed that anyone can see.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
         let free = self.space.free_count();
-        if (n as u64) <= free {
-            return Ok(());
+        if (n as u64) > free {
+            let first = self.store.grow(n as u64 - free)?;
+            let capacity = self.store.capacity();
+            self.refs.set_len(capacity);
+            self.space.set_len(capacity);
+            for slot in first..capacity {
+                self.space.put(slot);
+            }
         }
-        let first = self.store.grow(n as u64 - free)?;
-        let capacity = self.store.capacity();
-        self.refs.set_len(capacity);
-        self.space.set_len(capacity);
-        for slot in first..capacity {
-            self.space.put(slot);
+        let next = self.space.peek(n).expect("n slots are free");
+        for (first, count) in self.space.hollow_runs(&next) {
+            self.store.back(first, count)?;
+            self.space.set_hollow(first, count, false);
         }
         Ok(())
+    }
+
+    /// Gives the disk space of long runs of free slots back to the filesystem (holes): the run
+    /// around each slot of `around`, or every run if None. Only where a run is at least
+    /// `PUNCH_BYTES` long, so that the data file is not cut into small pieces.
+    pub fn give_back_space(&mut self, around: Option<&[u64]>) {
+        if self.store.readonly() || self.store.files().is_none() {
+            return;
+        }
+        let min = (PUNCH_BYTES / self.block_size() as u64).max(1);
+        let runs = match around {
+            None => self.space.solid_runs(),
+            Some(slots) => {
+                let mut runs = Vec::new();
+                let mut past = 0;
+                for &slot in slots {
+                    if slot >= past && self.space.is_free(slot) && !self.space.is_hollow(slot) {
+                        let (first, count) = self.space.solid_run_around(slot);
+                        past = first + count;
+                        runs.push((first, count));
+                    }
+                }
+                runs
+            }
+        };
+        for (first, count) in runs.into_iter().filter(|&(_, count)| count >= min) {
+            // A hole that could not be made only keeps space the file had: nothing to undo.
+            if self.store.punch(first, count).is_ok() {
+                self.space.set_hollow(first, count, true);
+            }
+        }
     }
 
     /// Carries out a plan whose new slots are reserved; returns each block's address, referenced.
@@ -301,7 +340,7 @@ impl Backend for Blocks {
 
     /// After the commit of `epoch`: its slots become free and their fingerprints are zeroed.
     fn release(&mut self, epoch: u64) -> Result<u64> {
-        let mut released = 0;
+        let mut freed = Vec::new();
         for slot in self.space.take_sealed(epoch) {
             if self.refs.get(slot) == 0 && !self.space.is_free(slot) {
                 if !self.store.readonly() {
@@ -309,10 +348,12 @@ impl Backend for Blocks {
                 }
                 self.space.put(slot);
                 self.corrupt.write().remove(&slot);
-                released += 1;
+                freed.push(slot);
             }
         }
-        Ok(released)
+        freed.sort_unstable();
+        self.give_back_space(Some(&freed));
+        Ok(freed.len() as u64)
     }
 
     fn unseal(&mut self, epoch: u64) -> Result<()> {
@@ -409,6 +450,55 @@ pub(crate) mod tests {
             "rot found by the byte comparison is remembered"
         );
         assert_eq!(b.collisions, 0);
+    }
+
+    /// Bytes of disk behind a file.
+    fn allocated(path: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn freed_runs_go_back_to_the_filesystem_and_come_back_on_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = SlotStore::open(dir.path(), 4096, false, true).unwrap();
+        let mut b = Blocks::new(slots, Fingerprinter::Xxh3);
+        let data: Vec<Vec<u8>> = (0..600u32)
+            .map(|i| {
+                let mut v = vec![0u8; 4096];
+                v[..4].copy_from_slice(&i.to_le_bytes());
+                v
+            })
+            .collect();
+        let addrs = store(&mut b, &data);
+        let file = dir.path().join(crate::slots::DATA_FILE);
+        let before = allocated(&file);
+        if before == 0 {
+            return; // a filesystem that allocates nothing: nothing to give back
+        }
+        for &a in &addrs[..300] {
+            b.decref_one(a);
+        }
+        let (epoch, _) = b.seal().unwrap();
+        assert_eq!(b.release(epoch).unwrap(), 300);
+        let after = allocated(&file);
+        assert!(
+            after <= before - 256 * 4096,
+            "{before} -> {after}: a 1.2 MiB free run is a hole"
+        );
+        assert!(b.space.is_hollow(addrs[0]) && !b.space.is_hollow(addrs[300]));
+        // Reuse fills the hole again at reservation, and the bytes read back.
+        let again = store(&mut b, &[vec![7; 4096], vec![8; 4096]]);
+        assert_eq!(again, vec![addrs[0], addrs[1]]);
+        assert_eq!(b.store.block(addrs[1]), &[8; 4096][..]);
+        assert!(allocated(&file) > after);
+    }
+
+    #[test]
+    fn growth_leaves_the_slop_free() {
+        assert_eq!(crate::slots::slop_bytes(24 << 20), 1 << 20);
+        assert_eq!(crate::slots::slop_bytes(64 << 30), 2 << 30 >> 1);
+        assert_eq!(crate::slots::slop_bytes(1 << 50), 1 << 30);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct State<B: Backend = Blocks> {
     pub vms: HashMap<String, Vm>,
     /// A rebuild has counted the references: writes may go to the backend.
     pub ready: bool,
+    /// What the last rebuild found wrong with the slot files that makes writing unsafe
+    /// (references past the end of the data file, live blocks without a fingerprint): every
+    /// write and structural edit is refused with it until a repair.
+    pub damage: Option<String>,
     commits: HashMap<u64, u64>, // snapshot token -> sealed epoch
 }
 
@@ -76,6 +80,9 @@ impl<B: Backend> State<B> {
             return Err(Error::State(
                 "the pool's index is not built: rebuild first".into(),
             ));
+        }
+        if let Some(damage) = &self.damage {
+            return Err(Error::Format(damage.clone()));
         }
         if !self.tables.is_top(vm.top) {
             return Err(Error::State(format!(
@@ -203,6 +210,48 @@ impl Core<Blocks> {
         result
     }
 
+    /// Repairs what a truncated, deleted or replaced slot file left (`rebuild --full --repair`;
+    /// run a full rebuild after it): every slot the tables reference past the end of the data
+    /// file gets a place (the file grows) and is known corrupt, its data being gone; every
+    /// referenced slot without a fingerprint gets one computed from its data (which cannot tell
+    /// rot from a lost fingerprint: the data is trusted). Returns (fingerprints computed, slots
+    /// whose data is gone). Errors: `NoSpace`, `Io`, `ReadOnly`.
+    pub fn repair(&self) -> Result<(u64, Vec<u64>)> {
+        self.refuse_readonly()?;
+        let mut st = self.state.write();
+        let st = &mut *st;
+        let capacity = st.blocks.store.capacity();
+        let mut referenced = BTreeSet::new();
+        for page in st.tables.pages() {
+            referenced.extend(
+                page.iter()
+                    .copied()
+                    .filter(|&e| crate::tables::is_address(e)),
+            );
+        }
+        let lost: Vec<u64> = referenced.range(capacity..).copied().collect();
+        if let Some(&last) = lost.last() {
+            st.blocks.store.grow(last + 1 - capacity)?;
+        }
+        let mut computed = 0;
+        let store = &mut st.blocks.store;
+        for &slot in referenced.range(..capacity) {
+            if store.digest(slot) == [0; 16] {
+                let digest = st.blocks.fp.of(store.block(slot));
+                store.put_digest(slot, &digest);
+                computed += 1;
+            }
+        }
+        store.sync()?;
+        st.blocks.corrupt.write().extend(lost.iter().copied());
+        Ok((computed, lost))
+    }
+
+    /// What makes writing unsafe, as the last rebuild found it (see `State::damage`).
+    pub fn damage(&self) -> Option<String> {
+        self.state.read().damage.clone()
+    }
+
     pub fn corrupt_slots(&self) -> Vec<u64> {
         let st = self.state.read();
         let slots = st.blocks.corrupt.read().iter().copied().collect();
@@ -245,6 +294,7 @@ impl<B: Backend> Core<B> {
                 tables: Tables::new(),
                 vms: HashMap::new(),
                 ready: false,
+                damage: None,
                 commits: HashMap::new(),
             }),
             reverse: Mutex::new(None),

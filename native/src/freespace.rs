@@ -7,13 +7,15 @@
 //! into the pending list, for the next commit.
 //!
 //! Free slots are a bitmap (1 bit a slot); allocation takes the lowest free slots first, so freed
-//! slots are reused before the file's fresh tail.
+//! slots are reused before the file's fresh tail. A second bitmap marks the free slots that are
+//! *hollow*: their space went back to the filesystem (a hole), to be allocated again before reuse.
 
 use std::collections::BTreeMap;
 
 #[derive(Default)]
 pub struct FreeSpace {
     bits: Vec<u64>,
+    hollow: Vec<u64>,
     len: u64,
     free: u64,
     cursor: u64, // no free slot below it
@@ -33,6 +35,7 @@ impl FreeSpace {
         self.bits
             .reserve_exact(words.saturating_sub(self.bits.len()));
         self.bits.resize(words, 0);
+        self.hollow.resize(words, 0);
         self.len = self.len.max(len);
     }
 
@@ -66,24 +69,85 @@ impl FreeSpace {
         self.cursor = self.cursor.min(slot);
     }
 
-    /// Takes the `n` lowest free slots, or None (and takes nothing) if fewer are free.
-    pub fn take(&mut self, n: usize) -> Option<Vec<u64>> {
+    /// The `n` lowest free slots (what `take(n)` would take), or None if fewer are free.
+    pub fn peek(&self, n: usize) -> Option<Vec<u64>> {
         if (n as u64) > self.free {
             return None;
         }
         let mut out = Vec::with_capacity(n);
         let mut w = (self.cursor / 64) as usize;
         while out.len() < n {
-            while self.bits[w] == 0 {
-                w += 1;
+            let mut word = self.bits[w];
+            while word != 0 && out.len() < n {
+                let b = word.trailing_zeros() as u64;
+                out.push(w as u64 * 64 + b);
+                word &= word - 1;
             }
-            let b = self.bits[w].trailing_zeros() as u64;
+            w += 1;
+        }
+        Some(out)
+    }
+
+    /// Takes the `n` lowest free slots, or None (and takes nothing) if fewer are free. Panics if
+    /// one is hollow (callers fill holes first, see `hollow_runs`).
+    pub fn take(&mut self, n: usize) -> Option<Vec<u64>> {
+        let out = self.peek(n)?;
+        for &slot in &out {
+            let (w, b) = ((slot / 64) as usize, slot % 64);
+            assert!(
+                self.hollow[w] >> b & 1 == 0,
+                "slot {slot} taken while hollow"
+            );
             self.bits[w] &= !(1 << b);
-            out.push(w as u64 * 64 + b);
         }
         self.free -= n as u64;
         self.cursor = out.last().map_or(self.cursor, |&s| s + 1);
         Some(out)
+    }
+
+    pub fn is_hollow(&self, slot: u64) -> bool {
+        slot < self.len && self.hollow[(slot / 64) as usize] >> (slot % 64) & 1 == 1
+    }
+
+    /// Marks `first..first + count` (free slots) hollow, or not.
+    pub fn set_hollow(&mut self, first: u64, count: u64, hollow: bool) {
+        for slot in first..first + count {
+            let (w, b) = ((slot / 64) as usize, slot % 64);
+            debug_assert!(self.bits[w] >> b & 1 == 1, "slot {slot} is not free");
+            if hollow {
+                self.hollow[w] |= 1 << b;
+            } else {
+                self.hollow[w] &= !(1 << b);
+            }
+        }
+    }
+
+    /// The hollow slots among ascending `slots`, as runs (first, count).
+    pub fn hollow_runs(&self, slots: &[u64]) -> Vec<(u64, u64)> {
+        runs(slots.iter().copied().filter(|&s| self.is_hollow(s)))
+    }
+
+    /// The maximal run of free slots that are not hollow around `slot` (free itself), as
+    /// (first, count).
+    pub fn solid_run_around(&self, slot: u64) -> (u64, u64) {
+        let solid = |s: u64| self.is_free(s) && !self.is_hollow(s);
+        let (mut first, mut end) = (slot, slot + 1);
+        while first > 1 && solid(first - 1) {
+            first -= 1;
+        }
+        while end < self.len && solid(end) {
+            end += 1;
+        }
+        (first, end - first)
+    }
+
+    /// Every run of free slots that are not hollow, as (first, count), ascending.
+    pub fn solid_runs(&self) -> Vec<(u64, u64)> {
+        runs(
+            self.free_slots()
+                .into_iter()
+                .filter(|&s| !self.is_hollow(s)),
+        )
     }
 
     /// Every free slot, ascending.
@@ -156,6 +220,18 @@ impl FreeSpace {
     }
 }
 
+/// Ascending slots as runs of consecutive ones: (first, count).
+fn runs(slots: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for slot in slots {
+        match out.last_mut() {
+            Some((first, count)) if *first + *count == slot => *count += 1,
+            _ => out.push((slot, 1)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +278,29 @@ mod tests {
     fn double_free_is_a_bug() {
         let mut f = space(10, &[4]);
         f.put(4);
+    }
+
+    #[test]
+    fn hollow_slots_are_found_in_runs_and_never_taken() {
+        let mut f = space(300, &(1..200).collect::<Vec<_>>());
+        assert_eq!(f.solid_run_around(50), (1, 199));
+        f.set_hollow(10, 20, true);
+        assert_eq!(f.solid_run_around(50), (30, 170));
+        assert_eq!(f.solid_run_around(5), (1, 9));
+        assert_eq!(f.solid_runs(), vec![(1, 9), (30, 170)]);
+        let next = f.peek(12).unwrap();
+        assert_eq!(f.hollow_runs(&next), vec![(10, 3)]);
+        f.set_hollow(10, 3, false);
+        assert_eq!(f.take(12).unwrap(), (1..13).collect::<Vec<_>>());
+        assert!(f.is_hollow(13) && !f.is_hollow(12));
+    }
+
+    #[test]
+    #[should_panic]
+    fn taking_a_hollow_slot_is_a_bug() {
+        let mut f = space(10, &[4]);
+        f.set_hollow(4, 1, true);
+        f.take(1);
     }
 
     #[test]

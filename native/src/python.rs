@@ -397,6 +397,25 @@ impl PyCore {
         }
     }
 
+    /// What makes writing unsafe, as the last rebuild found it (a truncated or deleted slot
+    /// file), or None; every write and structural edit is refused with it (FormatError).
+    #[getter]
+    fn damage(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        match self.inner()? {
+            Inner::Local(core) => Ok(py.detach(|| core.damage())),
+            Inner::Foreign(_) => Ok(None),
+        }
+    }
+
+    /// Repairs what a truncated or deleted slot file left (run a full rebuild after it):
+    /// returns (fingerprints computed from the data, slots referenced past the end of the data
+    /// file, now known corrupt). Raises NoSpaceError, OSError, ReadOnlyError.
+    fn repair<'py>(&self, py: Python<'py>) -> PyResult<(u64, Bound<'py, PyArray1<u64>>)> {
+        let core = self.local()?;
+        let (computed, lost) = py.detach(|| core.repair()).or_raise(py)?;
+        Ok((computed, u64s(py, lost)))
+    }
+
     /// Slots in the data file, the header included.
     #[getter]
     fn capacity(&self, py: Python<'_>) -> PyResult<u64> {

@@ -55,6 +55,7 @@ pub struct Rebuilt {
     live: u64,
     index: Index,
     corrupt: Option<BTreeSet<u64>>, // None in fast mode: keep what is known
+    unhashed: u64,                  // live slots without a fingerprint
     figures: Figures,
     started: Instant,
 }
@@ -83,6 +84,13 @@ pub fn rebuild(st: &State, full: bool, mut sink: Sink) -> Result<Rebuilt> {
         meter.advance(1)?;
     }
     meter.finish()?;
+    // A live slot never has an all-zero fingerprint, unless the fingerprint file lost it.
+    let unhashed = {
+        let known = blocks.corrupt.read();
+        refs.live()
+            .filter(|&s| store.digest(s) == [0; 16] && !known.contains(&s))
+            .count() as u64
+    };
 
     // hashes
     let mut meter = Meter::new(&mut sink, "hashes", live, bs);
@@ -143,6 +151,7 @@ pub fn rebuild(st: &State, full: bool, mut sink: Sink) -> Result<Rebuilt> {
         live,
         index,
         corrupt,
+        unhashed,
         figures,
         started,
     })
@@ -156,6 +165,7 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
         live,
         index,
         corrupt,
+        unhashed,
         mut figures,
         started,
     } = rebuilt;
@@ -191,6 +201,10 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
     blocks.live = live;
     blocks.index = index;
     blocks.space = space;
+    if reclaim {
+        blocks.give_back_space(None);
+    }
+    st.damage = damage(&st.blocks.store, figures.bad_references, unhashed);
     st.ready = true;
     let seconds = started.elapsed().as_secs_f64();
     figures.seconds = (seconds * 1e4).round() / 1e4;
@@ -200,6 +214,29 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
         0
     };
     Ok(figures)
+}
+
+/// What makes writing unsafe, in one line naming the file and what to do.
+fn damage(store: &crate::slots::SlotStore, bad_references: u64, unhashed: u64) -> Option<String> {
+    use crate::slots::{DATA_FILE, HASH_FILE};
+    if bad_references > 0 {
+        Some(format!(
+            "{bad_references} block references point past the end of {} ({} slots): it was \
+             truncated or replaced; nothing is written until `blockfold rebuild --full --repair` \
+             (which marks those blocks corrupt)",
+            store.path_of(DATA_FILE),
+            store.capacity()
+        ))
+    } else if unhashed > 0 {
+        Some(format!(
+            "{unhashed} live blocks have no fingerprint in {}: it was truncated, deleted or \
+             replaced; nothing is written until `blockfold rebuild --full --repair` (which \
+             computes them again from the data)",
+            store.path_of(HASH_FILE)
+        ))
+    } else {
+        None
+    }
 }
 
 impl FreeSpace {
@@ -219,6 +256,7 @@ mod tests {
     use crate::error::Error;
     use crate::fingerprint::Fingerprinter;
     use crate::progress::Report;
+    use crate::slots::{DATA_FILE as DATA, HASH_FILE as HASHES};
 
     fn quiet() -> impl FnMut(&Report) -> Result<()> {
         |_: &Report| Ok(())
@@ -291,6 +329,44 @@ mod tests {
     }
 
     #[test]
+    fn damage_refuses_writes_until_a_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = pool(dir.path());
+        c.write("a", 0, &[1; 4096]).unwrap();
+        c.write("a", 4096, &[2; 4096]).unwrap();
+        let lost = c.state().blocks.store.capacity() + 5;
+        c.state_mut().tables.set_entries(1, 2, &[lost]).unwrap();
+        c.state_mut().blocks.store.clear_digest(2); // a lost fingerprint
+        c.rebuild(false, true, &mut quiet()).unwrap();
+        let damage = c.damage().unwrap();
+        assert!(
+            damage.contains("past the end of") && damage.contains(DATA),
+            "{damage}"
+        );
+        assert!(matches!(c.write("a", 0, &[3; 4096]), Err(Error::Format(_))));
+        let (computed, gone) = c.repair().unwrap();
+        assert_eq!((computed, gone), (1, vec![lost]));
+        let fig = c.rebuild(true, true, &mut quiet()).unwrap();
+        assert_eq!(fig.corrupt_blocks, vec![lost]);
+        assert_eq!(c.damage(), None);
+        c.write("a", 3 * 4096, &[4; 4096]).unwrap();
+        let mut at = [0u64];
+        c.lookup(1, 3, &mut at).unwrap();
+        assert_ne!(at[0], lost, "a lost slot is never reused");
+        assert_eq!(c.read("a", 4096, 4096).unwrap(), vec![2; 4096]);
+    }
+
+    #[test]
+    fn a_lost_fingerprint_alone_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = pool(dir.path());
+        c.write("a", 0, &[1; 4096]).unwrap();
+        c.state_mut().blocks.store.clear_digest(1);
+        c.rebuild(false, true, &mut quiet()).unwrap();
+        assert!(c.damage().unwrap().contains(HASHES));
+    }
+
+    #[test]
     fn references_past_the_end_are_bad_and_cancel_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let c = pool(dir.path());
@@ -304,6 +380,14 @@ mod tests {
             Err(Error::Cancelled(_))
         ));
         assert_eq!(c.state().blocks.refcount(1), 1);
-        c.write("a", 8192, &[3; 4096]).unwrap(); // writes go on after a cancelled rebuild
+        // The damage the last finished rebuild found still refuses writes: a cancelled rebuild
+        // changed nothing; once the reference is sound again, writes go on.
+        assert!(matches!(
+            c.write("a", 8192, &[3; 4096]),
+            Err(Error::Format(_))
+        ));
+        c.state_mut().tables.set_entries(1, 1, &[1]).unwrap();
+        c.rebuild(false, true, &mut quiet()).unwrap();
+        c.write("a", 8192, &[3; 4096]).unwrap();
     }
 }

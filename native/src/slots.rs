@@ -8,7 +8,14 @@
 //!
 //! Both files grow with posix_fallocate in steps of max(n, capacity/4, 1024) slots, so running out
 //! of disk is an error when slots are reserved, never a SIGBUS on a later store through the map.
-//! The in-RAM variant (no directory) keeps both in anonymous maps.
+//! Growth always leaves the filesystem's *slop* free (1/32 of it, from 1 MiB to 1 GiB, as ZFS
+//! keeps back 1/32 of a pool): the data file can never fill the disk, so the catalog can still
+//! commit the acknowledged writes and deletes (dm-vdo and ZFS keep such a reserve too).
+//! Long runs of free slots give their space back to the filesystem as holes (`punch`), never by
+//! truncating the file: a read-only opener beside the writer maps the file at its old length, and
+//! a page past a truncated end would kill it (SIGBUS), while a hole reads as zeros. A hole is
+//! allocated again (`back`) when its slots are reserved, so reuse is refused at reservation, never
+//! at a store. The in-RAM variant (no directory) keeps both in anonymous maps.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -149,6 +156,14 @@ impl SlotStore {
         self.readonly
     }
 
+    /// The path of one of the slot files (DATA_FILE, HASH_FILE), for messages.
+    pub fn path_of(&self, file: &str) -> String {
+        match &self.dir {
+            Some(dir) => dir.join(file).display().to_string(),
+            None => file.to_string(),
+        }
+    }
+
     pub fn files(&self) -> Option<SlotFiles> {
         self.files.clone()
     }
@@ -214,7 +229,7 @@ impl SlotStore {
         self.put_digest(slot, digest);
     }
 
-    fn put_digest(&mut self, slot: u64, digest: &Digest) {
+    pub fn put_digest(&mut self, slot: u64, digest: &Digest) {
         assert!(!self.readonly && slot > 0 && slot < self.capacity);
         // SAFETY: inside the mapping, `&mut self` excludes readers.
         unsafe {
@@ -278,6 +293,44 @@ impl SlotStore {
                 .add(slot as usize * self.block_size + offset);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
         }
+    }
+
+    /// Gives the space of slots `first..first + count` back to the filesystem (a hole in the
+    /// data file; its length and the fingerprints stay). A filesystem without holes keeps it.
+    pub fn punch(&mut self, first: u64, count: u64) -> Result<()> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        assert!(!self.readonly && first > 0 && first + count <= self.capacity);
+        let bs = self.block_size as u64;
+        // SAFETY: a plain syscall on an open descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                files.data.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (first * bs) as libc::off_t,
+                (count * bs) as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(Error::Io(std::io::Error::last_os_error())),
+        }
+    }
+
+    /// Allocates disk behind slots `first..first + count` again (after `punch`), leaving the
+    /// slop free. Error: `NoSpace`.
+    pub fn back(&mut self, first: u64, count: u64) -> Result<()> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        assert!(first > 0 && first + count <= self.capacity);
+        let bs = self.block_size as u64;
+        let dir = self.dir.as_deref().unwrap();
+        fallocate_range(&files.data, first * bs, count * bs, dir)
     }
 
     pub fn sync(&self) -> Result<()> {
@@ -395,21 +448,52 @@ fn allocate(file: &File, size: u64, dir: &Path) -> Result<()> {
     if size <= current {
         return Ok(());
     }
+    let result = fallocate_range(file, current, size - current, dir);
+    if result.is_err() {
+        file.set_len(current)?;
+    }
+    result
+}
+
+/// The filesystem space growth never takes: 1/32 of the filesystem, from 1 MiB to 1 GiB.
+pub fn slop_bytes(filesystem_bytes: u64) -> u64 {
+    (filesystem_bytes / 32).clamp(1 << 20, 1 << 30)
+}
+
+/// Bytes free to an unprivileged writer and the filesystem's size, of the filesystem holding
+/// `file`.
+fn filesystem_space(file: &File) -> Result<(u64, u64)> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain syscall filling a struct we own.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(Error::Io(std::io::Error::last_os_error()));
+    }
+    let unit = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+}
+
+/// posix_fallocate of `len` bytes at `offset`, refused with `NoSpace` if it would leave less than
+/// the slop free (the file may then hold part of the range: callers trim or retry).
+/// Filesystems without fallocate (or statvfs figures) get nothing allocated, and no refusal.
+fn fallocate_range(file: &File, offset: u64, len: u64, dir: &Path) -> Result<()> {
+    let (free, total) = filesystem_space(file)?;
+    if total > 0 && free < len.saturating_add(slop_bytes(total)) {
+        return Err(Error::NoSpace(dir.display().to_string()));
+    }
     // SAFETY: a plain syscall on an open descriptor.
     let rc = unsafe {
-        libc::posix_fallocate(
-            file.as_raw_fd(),
-            current as libc::off_t,
-            (size - current) as libc::off_t,
-        )
+        libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
     };
     match rc {
         0 => Ok(()),
-        libc::ENOSPC => {
-            file.set_len(current)?;
-            Err(Error::NoSpace(dir.display().to_string()))
+        libc::ENOSPC => Err(Error::NoSpace(dir.display().to_string())),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            let end = offset + len;
+            if file.metadata()?.len() < end {
+                file.set_len(end)?;
+            }
+            Ok(())
         }
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(file.set_len(size)?),
         errno => Err(Error::Io(std::io::Error::from_raw_os_error(errno))),
     }
 }

@@ -1,0 +1,86 @@
+"""The pool's reserve: disk space held back so that the catalog can always commit.
+
+A full filesystem must not wedge a pool: the catalog commit of writes already acknowledged, and of
+the deletes that would give space back, needs a little room in the sqlite WAL. Two things keep it
+(as dm-vdo and ZFS keep slop space): the native core never grows the slot files into the last
+1/32 of the filesystem (native/src/slots.rs), and `DIR/reserve`, a preallocated file of
+`reserve_bytes` made here, stands for the room a commit needs when something else (another file,
+another program) has filled the disk. A commit that fails with SQLITE_FULL deletes the reserve and
+commits again; once the filesystem has room, the reserve is made again after the next commit.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+RESERVE_FILE = "reserve"
+MIN_RESERVE = 1 << 20
+MAX_RESERVE = 4 << 20
+
+
+def reserve_bytes(filesystem_bytes: int) -> int:
+    """The reserve of a pool on a filesystem of that size: 1/64 of it, from 1 to 4 MiB (what a
+    commit needs is WAL pages, a few MiB even for the delete of a VM of hundreds of GiB)."""
+    return min(max(filesystem_bytes // 64, MIN_RESERVE), MAX_RESERVE)
+
+
+def disk_full(e: BaseException) -> bool:
+    """sqlite could not write because the filesystem is full."""
+    return (isinstance(e, sqlite3.OperationalError)
+            and (getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+                 or "disk is full" in str(e)))
+
+
+class Reserve:
+    """DIR/reserve: held when it exists whole. Not thread-safe: the pool's lock guards it."""
+
+    def __init__(self, pool_dir: Path):
+        self.path = Path(pool_dir) / RESERVE_FILE
+        self.held = False
+
+    def _space(self) -> tuple[int, int]:
+        """(bytes free, reserve size) of the pool's filesystem."""
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize, reserve_bytes(st.f_blocks * st.f_frsize)
+
+    def hold(self) -> None:
+        """Makes the reserve if it is missing and the filesystem has room for it twice over
+        (so that making it never fills the disk); quietly keeps none otherwise."""
+        if self.held:
+            return
+        free, size = self._space()
+        try:
+            if self.path.stat().st_blocks * 512 >= size:
+                self.held = True
+                return
+        except FileNotFoundError:
+            pass
+        if free < 2 * size:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            self.held = True
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        """Gives the reserve's space to whoever needs it next; True if there was any."""
+        self.held = False
+        try:
+            self.path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def release_if_full(self) -> None:
+        """Before a writable open: a filesystem with less room than the reserve gets the
+        reserve's, so that sqlite can open its WAL and the open can commit."""
+        free, size = self._space()
+        if free < size:
+            self.release()

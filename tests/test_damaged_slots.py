@@ -1,0 +1,119 @@
+"""Truncated and deleted slot files (issue 15.1): refused for writing, named, and repairable.
+
+A pool whose block tables point past the end of blocks.dat, or whose live blocks lost their
+fingerprints, refuses every write naming the file (so a new import can never take slots the
+tables still point at); reads serve what is sound and name what is not; `rebuild` exits 1;
+`rebuild --full --repair` computes lost fingerprints from the data and marks blocks whose data is
+gone corrupt, after which the pool takes writes again without cross-linking anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from tests.conftest import cli_json, run_cli
+
+BS = 4096
+BLOCKS = 64
+
+
+@pytest.fixture
+def golden(tmp_path):
+    """A pool holding VM golden (64 distinct blocks, slots 1-64) and the image it came from."""
+    pool = tmp_path / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "golden.raw"
+    image.write_bytes(os.urandom(BLOCKS * BS))
+    run_cli("-p", pool, "vm", "import", "golden", image, check=True)
+    return pool, image
+
+
+def one_line_naming(proc, *words: str) -> str:
+    assert proc.returncode == 1, proc.stderr_text
+    lines = proc.stderr_text.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "internal error" not in lines[0] and "Traceback" not in proc.stderr_text
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_truncated_data_file_refuses_writes_then_repair_marks_what_is_gone(golden, tmp_path):
+    pool, image = golden
+    half = 1 + BLOCKS // 2                       # the header and the first 32 blocks stay
+    os.truncate(pool / "blocks.dat", half * BS)
+    proc = run_cli("-p", pool, "rebuild", "--full")
+    one_line_naming(proc, "blocks.dat", "past the end", "--repair")
+    assert "32 bad references" in proc.stdout_text
+    other = tmp_path / "other.raw"
+    other.write_bytes(os.urandom(16 * BS))
+    one_line_naming(run_cli("-p", pool, "vm", "import", "new", other), "blocks.dat", "--repair")
+    one_line_naming(run_cli("-p", pool, "vm", "clone", "golden", "g2"), "blocks.dat")
+    assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["golden"]
+    # Looking still works, and says what is wrong.
+    proc = run_cli("-p", pool, "fsck")
+    assert proc.returncode == 1 and "blocks.dat" in proc.stdout_text
+    one_line_naming(run_cli("-p", pool, "vm", "export", "golden", tmp_path / "out.raw"),
+                    "VM golden", f"byte {(half - 1) * BS}")
+
+    proc = run_cli("-p", pool, "rebuild", "--full", "--repair")
+    assert proc.returncode == 1 and "32 corrupt" in proc.stdout_text, proc.stdout_text
+    run_cli("-p", pool, "vm", "import", "new", other, check=True)
+    run_cli("-p", pool, "vm", "export", "new", tmp_path / "new.raw", check=True)
+    assert (tmp_path / "new.raw").read_bytes() == other.read_bytes()
+    # golden never serves the new VM's bytes: what is gone stays an error.
+    proc = run_cli("-p", pool, "vm", "export", "golden", tmp_path / "out.raw")
+    one_line_naming(proc, "VM golden", f"byte {(half - 1) * BS}")
+    assert cli_json("-p", pool, "stats")["corrupt_blocks"] == 32
+    db = sqlite3.connect(pool / "catalog.db")
+    events = " ".join(m for (m,) in db.execute("SELECT message FROM events WHERE kind='repair'"))
+    db.close()
+    assert "32 blocks whose data is gone are corrupt" in events
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_lost_fingerprints_are_computed_again_from_the_data(golden, tmp_path, damage):
+    pool, image = golden
+    if damage == "delete":
+        (pool / "hashes.dat").unlink()
+        one_line_naming(run_cli("-p", pool, "vm", "rm", "-y", "golden"), "hashes.dat",
+                        "missing")
+        one_line_naming(run_cli("-p", pool, "rebuild", "--full"), "hashes.dat", "missing")
+    else:
+        os.truncate(pool / "hashes.dat", 16 * 10)
+        proc = run_cli("-p", pool, "rebuild")
+        one_line_naming(proc, "hashes.dat", "no fingerprint", "--repair")
+        one_line_naming(run_cli("-p", pool, "vm", "write", "golden", "--offset", "0", image),
+                        "hashes.dat", "--repair")
+    proc = run_cli("-p", pool, "rebuild", "--full", "--repair")
+    assert proc.returncode == 0, proc.stderr_text
+    assert "0 corrupt" in proc.stdout_text
+    run_cli("-p", pool, "vm", "export", "golden", tmp_path / "out.raw", check=True)
+    assert (tmp_path / "out.raw").read_bytes() == image.read_bytes()
+    run_cli("-p", pool, "vm", "import", "again", image, check=True)     # dedups again
+    assert cli_json("-p", pool, "stats")["unique_blocks"] == BLOCKS
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_a_deleted_data_file_is_refused_and_repair_keeps_new_data_apart(golden, tmp_path):
+    pool, image = golden
+    (pool / "blocks.dat").unlink()
+    one_line_naming(run_cli("-p", pool, "vm", "import", "x", image), "blocks.dat", "missing")
+    proc = run_cli("-p", pool, "rebuild", "--full", "--repair")
+    assert proc.returncode == 1 and f"{BLOCKS} corrupt" in proc.stdout_text
+    run_cli("-p", pool, "vm", "import", "again", image, check=True)
+    run_cli("-p", pool, "vm", "export", "again", tmp_path / "again.raw", check=True)
+    assert (tmp_path / "again.raw").read_bytes() == image.read_bytes()
+    one_line_naming(run_cli("-p", pool, "vm", "export", "golden", tmp_path / "g.raw"),
+                    "VM golden", "byte 0")
+    run_cli("-p", pool, "vm", "rm", "-y", "golden", check=True)
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_rebuild_repair_refuses_without_full(golden):
+    pool, _ = golden
+    proc = run_cli("-p", pool, "rebuild", "--repair")
+    assert proc.returncode == 2 and "--repair needs --full" in proc.stderr_text

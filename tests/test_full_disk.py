@@ -1,0 +1,210 @@
+"""A full disk (issues 13.1, 15.2, 15.3): on small tmpfs mounts, real servers and real CLIs.
+
+The failing request fails alone (ENOSPC); every write acknowledged before stays readable on every
+connection; FLUSH commits them (the slot files never take the last of the disk, and the reserve
+gives the catalog room when something else has filled it); a full filesystem can be relieved,
+and deleting VMs gives the space back (holes in blocks.dat), measurably.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_json, run_cli
+from tests.nbdclient import CMD_FLUSH, ENOSPC, MiB, RawClient, servers
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """Mounts a tmpfs of the size asked (MiB) under tmp_path; unmounted after."""
+    mounted = []
+
+    def mount(mib: int) -> Path:
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("needs root to mount a small tmpfs")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def fill(path: Path) -> int:
+    """Writes a file until the filesystem is full; returns its size."""
+    block = os.urandom(CHUNK)
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                n = f.write(block)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                break
+            written += n
+        while True:                  # the last scraps, a page at a time
+            try:
+                written += f.write(block[:4096])
+            except OSError:
+                break
+    return written
+
+
+def used(path: Path) -> int:
+    return shutil.disk_usage(path).used
+
+
+def vm_pool(mnt: Path, tmp_path: Path, *names: str, size: int = 256 * MiB) -> Path:
+    pool = mnt / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "holes.raw"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    for name in names:
+        run_cli("-p", pool, "vm", "import", name, image, check=True)
+    return pool
+
+
+def fill_until_enospc(c: RawClient, rng: random.Random, start: int = 0) -> dict[int, bytes]:
+    """64 KiB chunks from `start` until one fails, which must be ENOSPC; the acknowledged ones."""
+    acked = {}
+    offset = start
+    while True:
+        data = rng.randbytes(CHUNK)
+        error = c.write(offset, data)
+        if error:
+            assert error == ENOSPC, error
+            return acked
+        acked[offset] = data
+        offset += CHUNK
+
+
+def assert_reads(c: RawClient, written: dict[int, bytes]) -> None:
+    bad = [offset for offset, data in written.items() if c.read(offset, len(data)) != (0, data)]
+    assert bad == [], f"{len(bad)} acknowledged writes read back wrong, first at {bad[0]}"
+
+
+def test_a_full_disk_fails_the_write_alone_and_keeps_every_acknowledged_one(small_fs, tmp_path):
+    """Issue 13.1's scenario: a 24 MiB tmpfs, two 256 MiB VMs, two connections."""
+    pool = vm_pool(small_fs(24), tmp_path, "a", "b")
+    rng = random.Random(131)
+    with servers(pool) as start:
+        s = start()
+        ca, cb = RawClient(s.port), RawClient(s.port)
+        ca.connect("a")
+        cb.connect("b")
+        small = {128 * MiB: rng.randbytes(4096)}
+        assert ca.write(128 * MiB, small[128 * MiB]) == 0
+        chunks = fill_until_enospc(cb, rng)
+        assert len(chunks) > 100                # most of the disk went to data
+        # Every acknowledged write reads back, on its own connection and on fresh ones.
+        assert_reads(ca, small)
+        assert_reads(cb, chunks)
+        other_a, other_b = RawClient(s.port), RawClient(s.port)
+        other_a.connect("a")
+        other_b.connect("b")
+        assert_reads(other_a, small)
+        assert_reads(other_b, chunks)
+        # The data file left the slop free: the commit of all of it succeeds.
+        assert cb.simple(CMD_FLUSH) == 0
+        assert ca.simple(CMD_FLUSH) == 0
+        s.kill()
+        s = start()
+        c, d = RawClient(s.port), RawClient(s.port)
+        c.connect("a")
+        d.connect("b")
+        assert_reads(c, small)
+        assert_reads(d, chunks)
+        for client in (ca, cb, other_a, other_b, c, d):
+            client.close()
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_flush_on_a_disk_filled_by_others_commits_once_there_is_room(small_fs, tmp_path):
+    """Another file fills the disk: FLUSH gets the reserve's room, or fails with EIO and
+    succeeds once space is freed; after kill -9 every flushed byte is there."""
+    mnt = small_fs(24)
+    pool = vm_pool(mnt, tmp_path, "a")
+    rng = random.Random(152)
+    with servers(pool) as start:
+        s = start()
+        c = RawClient(s.port)
+        c.connect("a")
+        written = {o: rng.randbytes(CHUNK) for o in range(0, 32 * CHUNK, CHUNK)}
+        for offset, data in written.items():
+            assert c.write(offset, data) == 0
+        filler = mnt / "filler"
+        fill(filler)
+        # New data fills the slots already allocated, then finds no room; data already stored
+        # can still be shared.
+        written.update(fill_until_enospc(c, rng, 64 * MiB))
+        assert c.write(96 * MiB, written[0]) == 0
+        written[96 * MiB] = written[0]
+        assert c.simple(CMD_FLUSH) == 0                   # the reserve made room
+        filler2 = mnt / "filler2"
+        fill(filler2)
+        for i in range(64):                               # dirty many pages, no new slot
+            assert c.write(i * 2 * MiB + 100 * MiB, written[CHUNK]) == 0
+            written[i * 2 * MiB + 100 * MiB] = written[CHUNK]
+        error = c.simple(CMD_FLUSH)
+        assert error in (0, 5), error                     # EIO only if it cannot commit
+        assert_reads(c, written)                          # nothing acknowledged is lost
+        filler.unlink()
+        filler2.unlink()
+        assert c.simple(CMD_FLUSH) == 0
+        s.kill()
+        c.close()
+        s = start()
+        c = RawClient(s.port)
+        c.connect("a")
+        assert_reads(c, written)
+        c.close()
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_a_full_filesystem_is_relieved_by_deleting(small_fs, tmp_path):
+    """At 100 %, rm, clone, rebuild and nbd serve work, and deleting VMs gives space back."""
+    mnt = small_fs(24)
+    pool = mnt / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "a.raw"
+    image.write_bytes(os.urandom(8 * MiB))
+    run_cli("-p", pool, "vm", "import", "a", image, check=True)
+    image.write_bytes(os.urandom(6 * MiB))
+    run_cli("-p", pool, "vm", "import", "b", image, check=True)
+    fill(mnt / "filler")
+    assert shutil.disk_usage(mnt).free < MiB
+    for args in (["vm", "clone", "a", "a2"], ["rebuild"], ["vm", "rm", "-y", "a2"]):
+        proc = run_cli("-p", pool, *args)
+        assert proc.returncode == 0, (args, proc.stderr_text)
+    with servers(pool) as start:
+        s = start()
+        c = RawClient(s.port)
+        c.connect("a")
+        assert c.read(0, 4096)[0] == 0
+        c.close()
+        s.stop()
+    before = used(mnt)
+    run_cli("-p", pool, "vm", "rm", "-y", "a", check=True)
+    freed = before - used(mnt)
+    assert freed >= 7 * MiB, f"deleting 8 MiB of blocks gave back {freed} bytes"
+    # The space given back is used again, and what is left is whole.
+    (mnt / "filler").unlink()
+    image.write_bytes(os.urandom(8 * MiB))
+    run_cli("-p", pool, "vm", "import", "c", image, check=True)
+    out = tmp_path / "c.out"
+    run_cli("-p", pool, "vm", "export", "c", out, check=True)
+    assert out.read_bytes() == image.read_bytes()
+    assert cli_json("-p", pool, "fsck")["clean"]
