@@ -67,6 +67,8 @@ const SEND_BYTES: usize = 256 << 10;
 /// The most one BLOCK_STATUS reply describes; clients ask on.
 const STATUS_SPAN: u64 = 1 << 30;
 const THREAD_STACK: usize = 2 << 20;
+/// Buffers a connection keeps between requests (a large READ or WRITE is let go after it).
+const KEEP_BYTES: usize = 1 << 20;
 
 /// What the request loop asks of the pool: a core, over either block layer.
 pub trait Volume: Send + Sync + 'static {
@@ -288,7 +290,7 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
             host,
             meter,
             counters,
-            input: Vec::with_capacity(RECV_BYTES),
+            input: Vec::new(),
             start: 0,
             output: Vec::new(),
             payload: Vec::new(),
@@ -609,6 +611,9 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
             sent += n as usize;
         }
         self.output.clear();
+        if self.output.capacity() > KEEP_BYTES {
+            self.output.shrink_to(KEEP_BYTES); // one large read does not stay held
+        }
         Ok(())
     }
 
@@ -619,19 +624,10 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
                 self.input.drain(..self.start);
                 self.start = 0;
             }
-            let have = self.input.len();
-            self.input.resize(have + RECV_BYTES, 0);
-            let got = recv(self.fd, &mut self.input[have..], wait);
-            let n = match got {
-                Ok(Some(n)) => n,
-                Ok(None) => 0,
-                Err(Gone) => 0,
-            };
-            self.input.truncate(have + n);
-            match got {
-                Ok(Some(0)) | Err(Gone) => return Err(Gone),
-                Ok(None) => return Ok(false),
-                Ok(Some(_)) => {}
+            match recv_more(self.fd, &mut self.input, RECV_BYTES, wait)? {
+                Some(0) => return Err(Gone),
+                None => return Ok(false),
+                Some(_) => {}
             }
         }
         Ok(true)
@@ -640,16 +636,17 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
     /// Exactly `n` bytes of input into `self.payload`: what is buffered, then from the socket.
     fn take(&mut self, n: usize) -> std::result::Result<(), Gone> {
         self.payload.clear();
+        if self.payload.capacity() > KEEP_BYTES {
+            self.payload.shrink_to(KEEP_BYTES); // one large write does not stay held
+        }
         let buffered = (self.input.len() - self.start).min(n);
         self.payload
             .extend_from_slice(&self.input[self.start..self.start + buffered]);
         self.start += buffered;
-        self.payload.resize(n, 0);
-        let mut have = buffered;
-        while have < n {
-            match recv(self.fd, &mut self.payload[have..], true)? {
-                Some(0) | None => return Err(Gone),
-                Some(got) => have += got,
+        while self.payload.len() < n {
+            let want = n - self.payload.len();
+            if recv_more(self.fd, &mut self.payload, want, true)? == Some(0) {
+                return Err(Gone);
             }
         }
         Ok(())
@@ -668,14 +665,24 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
     }
 }
 
-/// Receives into `buf`: how many bytes (0 at the end of input), None if nothing has arrived and
-/// `wait` is false.
-fn recv(fd: RawFd, buf: &mut [u8], wait: bool) -> std::result::Result<Option<usize>, Gone> {
+/// Receives at most `most` bytes onto the end of `buf` (no zero-filling first: an idle
+/// connection touches no more memory than it receives): how many (0 at the end of input), None
+/// if nothing has arrived and `wait` is false.
+fn recv_more(
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    most: usize,
+    wait: bool,
+) -> std::result::Result<Option<usize>, Gone> {
     let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    buf.reserve(most);
     loop {
-        // SAFETY: a valid writable buffer of buf.len() bytes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory of at least `most` bytes owned by `buf`.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), most, flags) };
         if n >= 0 {
+            // SAFETY: recv initialised the first n bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
             return Ok(Some(n as usize));
         }
         match io::Error::last_os_error().kind() {
