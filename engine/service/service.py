@@ -151,8 +151,9 @@ class Service:
 
     # -- from a thread, beside a console ------------------------------------------------------
 
-    def start_in_thread(self) -> None:
-        """Serves from a thread of its own; returns once listening. Raises BlockfoldError."""
+    def start_in_thread(self) -> dict[str, tuple[str, int]]:
+        """Serves from a thread of its own; returns once listening, with the addresses bound
+        (see start). Raises BlockfoldError."""
         started: Future = Future()
 
         async def main():
@@ -170,7 +171,7 @@ class Service:
         self._thread = threading.Thread(target=asyncio.run, args=(main(),),
                                         name="blockfold-service", daemon=True)
         self._thread.start()
-        started.result()
+        return started.result()
 
     def stop(self) -> None:
         """Drains a service started with start_in_thread and waits for it."""
