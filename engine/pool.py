@@ -505,7 +505,7 @@ class Pool:
             raise OutOfRangeError(f"range {offset}+{length} is outside VM {name!r} "
                                   f"({self.graph.vm(name).size} bytes)")
 
-    def _data_error(self, e: Exception) -> BlockfoldError:
+    def data_error(self, e: Exception) -> BlockfoldError:
         """The engine's error for a data op's native one (nothing changed by it)."""
         if isinstance(e, OSError):
             return RefusedError(f"I/O error in pool {self.path}: {e}")
@@ -525,7 +525,7 @@ class Pool:
         try:
             return self.core.read(name, offset, length)
         except (_native.NativeError, OSError) as e:
-            raise self._data_error(e) from None
+            raise self.data_error(e) from None
 
     def write(self, name: str, offset: int, data) -> None:
         """Writes `data` at `offset` (bytes), whole or not at all (RefusedError: no space, out
@@ -534,7 +534,7 @@ class Pool:
         try:
             self.core.write(name, offset, data)
         except (_native.NativeError, OSError) as e:
-            raise self._data_error(e) from None
+            raise self.data_error(e) from None
 
     def trim(self, name: str, offset: int, length: int) -> None:
         """The range reads back as zeros and its blocks are freed; zeroing what already reads as
@@ -543,7 +543,7 @@ class Pool:
         try:
             self.core.trim(name, offset, length)
         except (_native.NativeError, OSError) as e:
-            raise self._data_error(e) from None
+            raise self.data_error(e) from None
 
     def extents(self, name: str, offset: int, length: int) -> list[tuple[int, bool]]:
         """The byte range as runs of (length in bytes, hole), in order and covering it exactly:
@@ -554,7 +554,7 @@ class Pool:
         try:
             return self.core.extents(name, offset, length)
         except (_native.NativeError, OSError) as e:
-            raise self._data_error(e) from None
+            raise self.data_error(e) from None
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
         """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""

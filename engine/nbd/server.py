@@ -1,18 +1,20 @@
 """An NBD server: every VM an `Admin` holds is an export under its own name.
 
-It uses only the Admin's volume methods (vm_names, vm_size, read, write, trim, extents, flush)
-and its block size, so an embedded pool and a cluster are served the same way.
+It uses the Admin's volume methods (vm_names, vm_size, flush), its block size and its pool's
+native core, so an embedded pool and a cluster are served the same way.
 
 An asyncio loop accepts connections and runs each negotiation (engine/nbd/handshake.py). Once a
-client has chosen its export, the connection's transmission phase moves to a thread of its own
-(engine/nbd/transmission.py) that blocks on its socket. There is no pool of threads to run out of:
-idle desktops cost a thread and a socket each, and every connection is served. The one limit is
-the open-file limit (the server raises its soft limit to the hard one): past it, a client is
-refused at NBD_OPT_GO with NBD_REP_ERR_POLICY and a message, and the refusal is logged.
+client has chosen its export, the connection's transmission phase moves to a thread of the
+native core's own (engine/nbd/transmission.py) that blocks on its socket without the GIL. There is
+no pool of threads to run out of: idle desktops cost a thread and a socket each, and every
+connection is served. The one limit is the open-file limit (the server raises its soft limit to
+the hard one): past it, a client is refused at NBD_OPT_GO with NBD_REP_ERR_POLICY and a message,
+and the refusal is logged.
 
-Once handed over, a connection belongs to its thread, which closes it when done: the event loop is
-never woken per connection that ends (a thousand desktops leaving at once would fill its wakeup
-pipe, and a SIGTERM arriving then would be lost).
+Once handed over, a connection belongs to its thread, which closes it when done: nothing in
+Python is woken per connection that ends (a thousand desktops leaving at once would fill the event
+loop's wakeup pipe, and a SIGTERM arriving then would be lost); ended connections are forgotten
+the next time the server looks at them.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import _native
 from . import protocol as p
 from .handshake import ClientGone, Handshake, ProtocolError, Session
-from .transmission import Transmission
+from .transmission import transmit
 
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
 # Open files kept for everything but transmitting connections: the pool's files and sqlite's,
@@ -55,17 +58,20 @@ def connection_limit() -> int:
 
 
 class NBDServer:
-    def __init__(self, admin, *, read_only: bool = False, log: Callable[[str], None] | None = None):
+    def __init__(self, admin, meter, *, read_only: bool = False,
+                 log: Callable[[str], None] | None = None):
+        """Serves `admin`'s VMs (a LocalAdmin or a ClusterAdmin: its pool's core serves the
+        requests), counting what it serves in `meter` (an engine._native.Meter)."""
         self.admin = admin
+        self.meter = meter
         self.read_only = read_only
         self.flags = TRANSMISSION_FLAGS | (p.FLAG_READ_ONLY if read_only else 0)
         self.block_size = admin.block_size      # the preferred block size each export reports
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
         self.admin_calls = ThreadPoolExecutor(2, thread_name_prefix="nbd-admin")
-        self.lock = threading.Lock()    # connections and transmitting: the threads change them
+        self.lock = threading.Lock()    # connections: the service asks from its admin threads
         self.connections: set[Connection] = set()
-        self.transmitting = 0           # connections handed to a thread of their own
         self.max_transmitting = 0       # set by start()
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
@@ -100,11 +106,20 @@ class NBDServer:
             connection.task = asyncio.create_task(connection.serve())
 
     def release(self, connection: Connection) -> None:
-        """A connection is closed: forget it (from its thread, or from the loop)."""
+        """A connection that never reached transmission is closed: forget it."""
         with self.lock:
             self.connections.discard(connection)
-            if connection.thread is not None:
-                self.transmitting -= 1
+
+    def transmitting(self) -> list[Connection]:
+        """The connections in their transmission phase; those that ended are forgotten. Call
+        with the lock held."""
+        ended = {c for c in self.connections if c.handle is not None and c.handle.done}
+        self.connections -= ended
+        return [c for c in self.connections if c.handle is not None]
+
+    def changes(self) -> int:
+        """How many writes, trims and rotten blocks the export has seen (they change figures)."""
+        return self.meter.changes
 
     async def close(self) -> None:
         """Stops listening, answers what each client already sent, then drops the connections."""
@@ -114,9 +129,9 @@ class NBDServer:
             connections = list(self.connections)
         for connection in connections:
             connection.stop()
-        await asyncio.gather(*(c.task for c in connections if c.thread is None),
+        await asyncio.gather(*(c.task for c in connections if c.handle is None),
                              return_exceptions=True)
-        await asyncio.to_thread(drain, [c for c in connections if c.thread is not None])
+        await asyncio.to_thread(drain, [c for c in connections if c.handle is not None])
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
     # -- who is attached: asked by the service before it deletes or overwrites a VM ------------
@@ -124,14 +139,14 @@ class NBDServer:
     def clients(self, name: str) -> list[str]:
         """HOST:PORT of every connection transmitting on export `name`."""
         with self.lock:
-            return [c.peer for c in self.connections if c.export == name]
+            return [c.peer for c in self.transmitting() if c.export == name]
 
     def detach(self, name: str) -> None:
         """Drops every connection to export `name` at once, as if its network had failed."""
         with self.lock:
-            attached = [c for c in self.connections if c.export == name]
+            attached = [c for c in self.transmitting() if c.export == name]
         for connection in attached:
-            connection.abort()
+            connection.handle.abort()
 
 
 def drain(connections: list[Connection]) -> None:
@@ -139,11 +154,11 @@ def drain(connections: list[Connection]) -> None:
     drops the connections of those still at it (a client that does not read, say)."""
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
     for c in connections:
-        c.thread.join(max(0.0, deadline - time.monotonic()))
+        c.handle.join(max(0.0, deadline - time.monotonic()))
     for c in connections:
-        if c.thread.is_alive():
-            c.abort()
-            c.thread.join()
+        if not c.handle.done:
+            c.handle.abort()
+            c.handle.join()
 
 
 class Connection:
@@ -151,26 +166,16 @@ class Connection:
         self.server = server
         self.sock = sock
         self.peer = f"{peer[0]}:{peer[1]}"
-        self.task: asyncio.Task | None = None           # the negotiation, on the loop
-        self.thread: threading.Thread | None = None     # the transmission phase, once handed over
-        self.export: str | None = None                  # the VM it transmits on, from then
+        self.task: asyncio.Task | None = None               # the negotiation, on the loop
+        self.handle: _native.Transmission | None = None     # the transmission, once handed over
+        self.export: str | None = None                      # the VM it transmits on, from then
 
     def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
-        if self.thread is not None:
-            self._shutdown(socket.SHUT_RD)      # the connection's thread sees the end of input
+        if self.handle is not None:
+            self.handle.stop()      # the connection's thread sees the end of input
         else:
             self.task.cancel()
-
-    def abort(self) -> None:
-        """Shutdown grace is over: unblock a thread stuck sending to a client that does not read."""
-        self._shutdown(socket.SHUT_RDWR)
-
-    def _shutdown(self, how: int) -> None:
-        try:
-            self.sock.shutdown(how)
-        except OSError:
-            pass    # already disconnected
 
     async def serve(self) -> None:
         handed_over = False
@@ -201,42 +206,22 @@ class Connection:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
     def hand_over(self, session: Session, replies: bytes) -> str | None:
-        """Starts the connection's own thread, which sends `replies` (the last one enters
-        transmission), serves the requests and closes the connection. Returns why not, if the
-        server cannot take another connection."""
+        """Hands the connection to a native thread of its own, which sends `replies` (the last
+        one enters transmission), serves the requests and closes the connection. Returns why
+        not, if the server cannot take another connection."""
         server = self.server
         with server.lock:
-            if server.transmitting >= server.max_transmitting:
-                why = (f"the server is serving {server.transmitting} connections, its limit:"
+            transmitting = len(server.transmitting())
+            if transmitting >= server.max_transmitting:
+                why = (f"the server is serving {transmitting} connections, its limit:"
                        " try again later")
             else:
-                thread = threading.Thread(target=self._transmit, args=(session, replies),
-                                          name=f"nbd {self.peer}", daemon=True)
                 try:
-                    thread.start()
+                    handle = transmit(server, self.sock, session, replies, self.peer)
                 except RuntimeError as e:     # out of threads (a pids limit, say)
                     why = f"the server cannot start another connection: {e}"
                 else:
-                    self.thread, self.export = thread, session.export.name
-                    server.transmitting += 1
+                    self.handle, self.export = handle, session.export.name
                     return None
         server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
         return why
-
-    # -- transmission, on the connection's own thread ------------------------------------------
-
-    def _transmit(self, session: Session, replies: bytes) -> None:
-        try:
-            self.sock.setblocking(True)
-            self.sock.sendall(replies)
-            Transmission(self.server, self.sock, session).run()
-        except (ClientGone, OSError):
-            pass
-        except ProtocolError as e:
-            self.server.log(f"{self.peer}: {e}; closing the connection")
-        except Exception as e:      # noqa: BLE001 - logged, and only this connection ends
-            self.server.log(f"{self.peer}: internal error: {type(e).__name__}: {e}")
-        finally:
-            self.sock.close()
-            self.server.release(self)
-

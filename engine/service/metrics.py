@@ -4,22 +4,22 @@ Two kinds:
 - the pool's figures, read at each scrape from the Admin (one stats() call): logical and physical
   bytes, dedup ratio, unique blocks, each VM's logical bytes, under-replicated blocks, each node's
   state, and the progress of every running job (rebuild, heal, scrub, import …);
-- what the NBD export serves, counted as it goes (Metered wraps the Admin the NBD server uses):
-  requests, bytes read and written per VM (IOPS are the requests' rate), and a latency histogram
-  per kind of request.
+- what the NBD export serves, counted as it goes by the native request loop in a Meter (atomic
+  counters, read at each scrape): requests, bytes read and written per VM (IOPS are the
+  requests' rate), and a latency histogram per kind of request.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import itertools
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
 from prometheus_client.registry import Collector
 
+from .. import _native
 from ..admin import Admin
-from ..errors import CorruptBlockError
 
 NODE_STATES = ("up", "suspect", "down", "returning")
 # From a cached 4 KiB read (tens of microseconds) to a flush that waits on a slow disk.
@@ -73,20 +73,40 @@ class PoolCollector(Collector):
         yield jobs
 
 
+class ExportCollector(Collector):
+    """What the NBD export served, from the native loop's counters, at every scrape."""
+
+    def __init__(self, meter: _native.Meter):
+        self.meter = meter
+
+    def collect(self):
+        requests = CounterMetricFamily("blockfold_vm_requests",
+                                       "NBD requests served, per VM and kind", labels=["vm", "op"])
+        read = CounterMetricFamily("blockfold_vm_read_bytes", "Bytes read over NBD, per VM",
+                                   labels=["vm"])
+        written = CounterMetricFamily("blockfold_vm_written_bytes",
+                                      "Bytes written over NBD, per VM", labels=["vm"])
+        for vm, reads, writes, trims, read_bytes, written_bytes in self.meter.vms():
+            for op, n in (("read", reads), ("write", writes), ("trim", trims)):
+                requests.add_metric([vm, op], n)
+            read.add_metric([vm], read_bytes)
+            written.add_metric([vm], written_bytes)
+        latency = HistogramMetricFamily("blockfold_nbd_request_seconds",
+                                        "Time the pool takes to serve an NBD request, per kind",
+                                        labels=["op"])
+        bounds = [*map(str, LATENCY_BUCKETS), "+Inf"]
+        for op, counts, _, seconds in self.meter.latency():
+            cumulative = itertools.accumulate(counts)
+            latency.add_metric([op], list(zip(bounds, cumulative)), seconds)
+        yield from (requests, read, written, latency)
+
+
 class Metrics:
     def __init__(self, admin: Admin):
         self.registry = CollectorRegistry()
         self.registry.register(PoolCollector(admin))
-        self.requests = Counter("blockfold_vm_requests", "NBD requests served, per VM and kind",
-                                ["vm", "op"], registry=self.registry)
-        self.read_bytes = Counter("blockfold_vm_read_bytes", "Bytes read over NBD, per VM",
-                                  ["vm"], registry=self.registry)
-        self.written_bytes = Counter("blockfold_vm_written_bytes",
-                                     "Bytes written over NBD, per VM", ["vm"],
-                                     registry=self.registry)
-        self.latency = Histogram("blockfold_nbd_request_seconds",
-                                 "Time the pool takes to serve an NBD request, per kind", ["op"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.meter = _native.Meter(list(LATENCY_BUCKETS))
+        self.registry.register(ExportCollector(self.meter))
         self._http = None
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
@@ -98,53 +118,3 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-
-
-class Metered:
-    """The Admin the NBD server uses, counting what it serves (everything else passes through),
-    and telling `changed()` of every write, trim or rotten block (see ServedAdmin.changed)."""
-
-    def __init__(self, admin: Admin, metrics: Metrics, changed: Callable[[], None]):
-        self._admin = admin
-        self._m = metrics
-        self._changed = changed
-
-    def __getattr__(self, name):
-        return getattr(self._admin, name)
-
-    def read(self, name, offset, length):
-        started = time.perf_counter()
-        try:
-            data = self._admin.read(name, offset, length)
-        except CorruptBlockError:
-            self._changed()         # remembered as corrupt: a figure
-            raise
-        self._done("read", name, started)
-        self._m.read_bytes.labels(name).inc(length)
-        return data
-
-    def write(self, name, offset, data, force=False):
-        started = time.perf_counter()
-        try:
-            self._admin.write(name, offset, data)
-        finally:
-            self._changed()
-        self._done("write", name, started)
-        self._m.written_bytes.labels(name).inc(len(data))
-
-    def trim(self, name, offset, length):
-        started = time.perf_counter()
-        try:
-            self._admin.trim(name, offset, length)
-        finally:
-            self._changed()
-        self._done("trim", name, started)
-
-    def flush(self):
-        started = time.perf_counter()
-        self._admin.flush()
-        self._m.latency.labels("flush").observe(time.perf_counter() - started)
-
-    def _done(self, op: str, vm: str, started: float) -> None:
-        self._m.latency.labels(op).observe(time.perf_counter() - started)
-        self._m.requests.labels(vm, op).inc()

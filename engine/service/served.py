@@ -35,6 +35,9 @@ class Attachments(Protocol):
     def detach(self, name: str) -> None:
         """Drops every client of VM `name` at once, as if its connection broke."""
 
+    def changes(self) -> int:
+        """How many changes (writes, trims, rotten blocks found) its clients have made."""
+
 
 class NoAttachments:
     """A service without NBD: nothing is ever attached."""
@@ -44,6 +47,9 @@ class NoAttachments:
 
     def detach(self, name: str) -> None:
         pass
+
+    def changes(self) -> int:
+        return 0
 
 
 def _changes(method: Callable) -> Callable:
@@ -67,8 +73,8 @@ class ServedAdmin(Admin):
         self.attachments: Attachments = NoAttachments()
         self.job_list = Jobs(default_actor)
         self._epochs = itertools.count(1)
-        self._epoch = 0                 # bumped after every change the service sees
-        self._figures: dict[str, tuple[int, object]] = {}
+        self._epoch = 0                 # bumped after every change the service's clients make
+        self._figures: dict[str, tuple[tuple[int, int], object]] = {}
         self._figures_lock = threading.Lock()
 
     @property
@@ -89,7 +95,7 @@ class ServedAdmin(Admin):
         yet (the RAM metadata being rebuilt) is not kept."""
         if self.kind != "pool":
             return compute()
-        epoch = self._epoch
+        epoch = (self._epoch, self.attachments.changes())   # NBD's changes are counted apart
         with self._figures_lock:
             kept = self._figures.get(what)
         if kept is not None and kept[0] == epoch:

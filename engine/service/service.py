@@ -33,7 +33,7 @@ from ..admin import Admin
 from ..errors import BlockfoldError, CancelledError
 from ..net.adminwire import SOCKET
 from . import socketfile
-from .metrics import Metered, Metrics
+from .metrics import Metrics
 from .served import ServedAdmin
 from .session import Session
 
@@ -80,7 +80,7 @@ class Service:
                 bound["metrics"] = self.metrics.serve(*self.metrics_address)
             if self.nbd_address:
                 from ..nbd.server import NBDServer   # asyncio's NBD only where it is served
-                self.nbd = NBDServer(Metered(self.inner, self.metrics, self.admin.changed),
+                self.nbd = NBDServer(self.inner, self.metrics.meter,
                                      read_only=self.nbd_read_only)
                 bound["nbd"] = await self.nbd.start(*self.nbd_address)
                 self.admin.attachments = self.nbd
@@ -151,8 +151,9 @@ class Service:
 
     # -- from a thread, beside a console ------------------------------------------------------
 
-    def start_in_thread(self) -> None:
-        """Serves from a thread of its own; returns once listening. Raises BlockfoldError."""
+    def start_in_thread(self) -> dict[str, tuple[str, int]]:
+        """Serves from a thread of its own; returns once listening, with the addresses bound
+        (see start). Raises BlockfoldError."""
         started: Future = Future()
 
         async def main():
@@ -170,7 +171,7 @@ class Service:
         self._thread = threading.Thread(target=asyncio.run, args=(main(),),
                                         name="blockfold-service", daemon=True)
         self._thread.start()
-        started.result()
+        return started.result()
 
     def stop(self) -> None:
         """Drains a service started with start_in_thread and waits for it."""

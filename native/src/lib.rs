@@ -18,6 +18,8 @@
 //!   rebuild      refcounts, index and free space from the pages; orphans
 //!   check        fsck's checks of the RAM state
 //!   progress     throttled progress reports and cancellation
+//!   nbd          the NBD transmission phase of a connection, on a thread of its own
+//!   meter        what the NBD export serves, counted: requests, bytes, latency
 //!   python       the Python module engine._native (feature "python")
 //!   pybackend    a block layer written in Python (a cluster's), as a backend
 
@@ -30,6 +32,8 @@ pub mod fingerprint;
 pub mod freespace;
 pub mod gate;
 pub mod index;
+pub mod meter;
+pub mod nbd;
 pub mod progress;
 pub mod rebuild;
 pub mod refcounts;

@@ -13,7 +13,7 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use parking_lot::Mutex;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -23,6 +23,8 @@ use crate::check;
 use crate::core::{Core, Edit};
 use crate::error::Error;
 use crate::fingerprint::{self, Fingerprinter};
+use crate::meter::{self, Meter};
+use crate::nbd::{self, Connection, Export, Failure, Host};
 use crate::progress::Report;
 use crate::pybackend::PyBackend;
 use crate::rebuild::Figures;
@@ -1059,6 +1061,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(fingerprints, m)?)?;
     m.add_class::<PyCore>()?;
+    m.add_class::<PyMeter>()?;
+    m.add_class::<PyTransmission>()?;
     m.add("PAGE_ENTRIES", PAGE_ENTRIES)?;
     m.add("INHERIT", INHERIT)?;
     m.add("ZERO", ZERO)?;
@@ -1076,4 +1080,181 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add(name, cls)?;
     }
     Ok(())
+}
+
+// -- the NBD export ---------------------------------------------------------------------------
+
+/// What only the engine does for an NBD connection, through a Python object with `flush()`,
+/// `failure(exception) -> (nbd_error, message)` and `log(message)`; each called with the GIL.
+struct PyHost(Py<PyAny>);
+
+impl PyHost {
+    fn failure_of(&self, py: Python<'_>, e: PyErr) -> Failure {
+        let told = self
+            .0
+            .bind(py)
+            .call_method1("failure", (e.value(py),))
+            .and_then(|r| r.extract::<(u32, String)>());
+        told.map(|(error, message)| Failure { error, message })
+            .unwrap_or_else(|e| {
+                self.log_with(
+                    py,
+                    &format!("internal error: the failure handler raised {e}"),
+                );
+                Failure {
+                    error: nbd::EIO,
+                    message: "internal error (logged by the server)".into(),
+                }
+            })
+    }
+
+    fn log_with(&self, py: Python<'_>, message: &str) {
+        if let Err(e) = self.0.bind(py).call_method1("log", (message,)) {
+            e.write_unraisable(py, None);
+        }
+    }
+}
+
+impl Host for PyHost {
+    fn flush(&self) -> Result<(), Failure> {
+        Python::attach(|py| match self.0.bind(py).call_method0("flush") {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure_of(py, e)),
+        })
+    }
+
+    fn failure(&self, error: Error) -> Failure {
+        Python::attach(|py| {
+            let e = to_py(py, error);
+            self.failure_of(py, e)
+        })
+    }
+
+    fn log(&self, message: &str) {
+        Python::attach(|py| self.log_with(py, message));
+    }
+}
+
+/// What the NBD export serves, counted as it goes (read at a scrape): requests and bytes per
+/// VM, a latency histogram per kind of request (buckets up to each of `buckets` seconds).
+#[pyclass(frozen, name = "Meter", module = "engine._native")]
+struct PyMeter(Arc<Meter>);
+
+#[pymethods]
+impl PyMeter {
+    #[new]
+    fn new(buckets: Vec<f64>) -> Self {
+        PyMeter(Arc::new(Meter::new(&buckets)))
+    }
+
+    /// [(vm, reads, writes, trims, read_bytes, written_bytes)] of every VM served so far.
+    fn vms(&self) -> Vec<(String, u64, u64, u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .vms()
+            .into_iter()
+            .map(|(name, c)| {
+                let [r, w, t] = [0, 1, 2].map(|i| c.requests[i].load(Relaxed));
+                (
+                    name,
+                    r,
+                    w,
+                    t,
+                    c.read_bytes.load(Relaxed),
+                    c.written_bytes.load(Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// [(op, [count per bucket, the last above every bound], count, sum of seconds)] for
+    /// read, write, trim and flush.
+    fn latency(&self) -> Vec<(&'static str, Vec<u64>, u64, f64)> {
+        meter::OPS
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let (buckets, count, sum) = self.0.latency(i).read();
+                (*op, buckets, count, sum)
+            })
+            .collect()
+    }
+
+    /// How many writes, trims and rotten blocks found the export has seen.
+    #[getter]
+    fn changes(&self) -> u64 {
+        self.0.changes()
+    }
+}
+
+/// One NBD connection in its transmission phase, served by a thread of its own without the GIL
+/// (native/src/nbd.rs). The socket `fd` (blocking, connected) is the connection's from the
+/// moment this returns: it sends `greeting` first, then serves until NBD_CMD_DISC or the end of
+/// input, and closes it. `host`: see PyHost. RuntimeError if no thread can be started (the
+/// socket stays the caller's).
+#[pyclass(frozen, name = "Transmission", module = "engine._native")]
+struct PyTransmission(Arc<Connection>);
+
+#[pymethods]
+impl PyTransmission {
+    #[new]
+    #[pyo3(signature = (core, fd, greeting, name, size, *, structured, context, read_only, peer, host, meter))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        core: &PyCore,
+        fd: i32,
+        greeting: Vec<u8>,
+        name: String,
+        size: u64,
+        structured: bool,
+        context: u32,
+        read_only: bool,
+        peer: String,
+        host: Py<PyAny>,
+        meter: &PyMeter,
+    ) -> PyResult<Self> {
+        let inner = core.inner()?;
+        let export = Export {
+            name,
+            size,
+            block_size: each!(&inner, c => c.block_size()) as u64,
+            structured,
+            context,
+            read_only,
+            peer,
+        };
+        let meter = meter.0.clone();
+        let host = PyHost(host);
+        let started = match inner {
+            Inner::Local(c) => nbd::serve(fd, greeting, c, export, host, meter),
+            Inner::Foreign(c) => nbd::serve(fd, greeting, c, export, host, meter),
+        };
+        started
+            .map(PyTransmission)
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a thread: {e}")))
+    }
+
+    /// Stop taking requests; those already received are still answered.
+    fn stop(&self) {
+        self.0.stop();
+    }
+
+    /// Drop the connection now, as if its network failed.
+    fn abort(&self) {
+        self.0.abort();
+    }
+
+    /// Waits (without the GIL) until the connection is closed, at most `timeout` seconds;
+    /// whether it is.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        let timeout = timeout.map(|t| std::time::Duration::from_secs_f64(t.max(0.0)));
+        py.detach(|| self.0.join(timeout))
+    }
+
+    /// The connection is closed.
+    #[getter]
+    fn done(&self) -> bool {
+        self.0.done()
+    }
 }
