@@ -356,7 +356,8 @@ def stats(admin, args, bar) -> int:
     ]
     if admin.kind == "cluster":
         rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),
-                 ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks")]
+                 ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks"),
+                 ("repaired copies", formats.count(s.repaired_copies))]
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     emit(args, s, "\n".join(lines))
@@ -438,7 +439,8 @@ def scrub(admin, args, bar) -> int:
     rate = formats.rate_over(r.bytes, r.seconds)
     text = (f"scrubbed {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
-            f" {formats.count(len(r.corrupt))} corrupt"
+            + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
+            + f" {formats.count(len(r.corrupt))} corrupt"
             + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
     emit(args, r, text)
     return 1 if r.corrupt else 0

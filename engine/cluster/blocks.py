@@ -9,7 +9,7 @@ rooms that do the work, all over the one row map of the coordinator's RAM:
   rowmap     id -> row, refcounts, hash words, holders; the lock every room takes to use them
   copies     the block requests to the nodes (PUT, GET, DROP, SYNC, INVENTORY, SCRUB)
   writes     ids, placement, verification, collisions
-  reads      gather with failover past unreachable nodes and rotten copies
+  reads      gather with failover past unreachable nodes and rotten copies, and read repair
   inventory  rebuild from the nodes' inventories, and a returning node's rejoin
   heal       copies back to R on the placement targets, and trims copies beyond R
   check      the cluster's fsck
@@ -30,6 +30,8 @@ from .reads import Reader
 from .rowmap import RowMap
 from .writes import Writer
 
+SCRUB_NODE_SHIFT = 48       # a scrub's cursor: the node's index above, its slot below
+
 
 class ClusterBlocks:
     rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
@@ -49,6 +51,7 @@ class ClusterBlocks:
         self._healer = Healer(members, self._rows, self._copies, self._reader,
                               replicas=config.replicas)
         self.corrupt = np.zeros(0, np.uint64)     # ids with no sound copy, ascending
+        self.scrub_repaired = 0                   # copies a scrub rewrote, since open
 
     @property
     def collisions(self) -> int:
@@ -73,6 +76,57 @@ class ClusterBlocks:
     def gather(self, addrs: np.ndarray) -> np.ndarray:
         """The bytes of each id, as n × block_size, from the first holder with a sound copy."""
         return self._reader.gather(addrs)
+
+    @property
+    def repaired(self) -> int:
+        """Rotten copies rewritten from a sound replica (reads and scrubs), since open."""
+        return self._reader.repaired
+
+    def take_repairs(self) -> list[tuple[int, str, str]]:
+        """The repairs not yet logged as events: (id, node, actor) each, handed over once."""
+        return self._reader.take_repairs()
+
+    # -- scrub --------------------------------------------------------------------------------
+
+    def scrub_total(self) -> int:
+        """Copies a scrub reads: every block every reachable node holds."""
+        reachable = self.members.reachable_mask()
+        return sum(n.blocks for n, r in zip(self.members.nodes, reachable) if r)
+
+    def scrub(self, cursor: int, count: int) -> tuple[int, int, np.ndarray]:
+        """Has the nodes re-read their copies, node by node, `count` slots at a time from
+        `cursor` (node << SCRUB_NODE_SHIFT | slot) until some copies were read, and repairs
+        each rotten copy of a live block from a sound replica (engine.cluster.reads). Returns
+        (the next cursor; copies read, 0 once past the last node, and the cursor is then 0;
+        the live ids found with no sound copy left, now known corrupt). An unreachable node is
+        passed over."""
+        k = len(self.members.nodes)
+        node, slot = cursor >> SCRUB_NODE_SHIFT, cursor & ((1 << SCRUB_NODE_SHIFT) - 1)
+        while node < k:
+            part = (self._copies.scrub_part(node, slot, count)
+                    if self.members.reachable_mask()[node] else None)
+            if part is None:
+                node, slot = node + 1, 0
+                continue
+            bad, read, nxt = part
+            lost = self._repair_scrubbed(node, bad)
+            node, slot = (node, nxt) if nxt else (node + 1, 0)
+            if read:
+                return node << SCRUB_NODE_SHIFT | slot, read, lost
+        return 0, 0, np.zeros(0, np.uint64)
+
+    def _repair_scrubbed(self, node: int, bad: np.ndarray) -> np.ndarray:
+        """Rewrites `node`'s rotten copies of live ids from sound replicas; returns the ids
+        with none left (now known corrupt)."""
+        with self._rows.lock:
+            bad = bad[self._rows.refcounts_at(self._rows.rows_of(bad)) > 0]
+        if not len(bad):
+            return bad
+        fixed, lost = self._reader.repair(node, bad)
+        self.scrub_repaired += len(fixed)
+        if len(lost):
+            self.corrupt = np.union1d(self.corrupt, lost)
+        return lost
 
     # -- durability ---------------------------------------------------------------------------
 
@@ -171,6 +225,7 @@ class ClusterBlocks:
                 "replicas": self.replicas,
                 "min_replicas": self.min_replicas,
                 "under_replicated_blocks": self.under_replicated(),
+                "repaired_copies": self.repaired,
             }
 
     def mark_corrupt(self, addrs: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """The copies on the nodes: every block request the coordinator sends them.
 
-PUT (store, or compare with the copy held), GET, DROP, SYNC, INVENTORY and SCRUB, each fanned out as
+PUT (store, compare with the copy held, or rewrite a rotten one), GET, DROP, SYNC, INVENTORY and SCRUB, each fanned out as
 one request per node, to every node at once (engine.cluster.members.Members.call_many). A payload is
 the ids as little-endian uint64, then the blocks' bytes, if any. Nothing here decides where a copy
 goes or what a reply means for the row map: callers do.
@@ -36,13 +36,16 @@ class Copies:
         self._sync_lock = threading.Lock()
         self._unsynced: set[int] = set()      # nodes that took blocks since the last sync
 
-    def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray) -> dict:
+    def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray,
+            repair: bool = False) -> dict:
         """Sends block j to every node i with want[j, i]: one PUT per node. Returns {node: a
-        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}."""
+        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}. With
+        `repair`, a node only rewrites copies it holds rotten (STORED) and stores nothing new."""
         requests = {}
+        head = {"repair": True} if repair else {}
         for node in np.flatnonzero(want.any(axis=0)).tolist():
             sel = np.flatnonzero(want[:, node])
-            requests[node] = (rpc.PUT, {"n": len(sel)}, payload(ids[sel], data[sel]))
+            requests[node] = (rpc.PUT, {"n": len(sel), **head}, payload(ids[sel], data[sel]))
         if not requests:
             return {}
         replies = self.members.call_many(requests, WRITE_TIMEOUT)
@@ -122,3 +125,14 @@ class Copies:
         if isinstance(reply, Exception):
             return np.zeros(0, np.uint64)
         return np.array(reply[0]["bad"], dtype=np.uint64)
+
+    def scrub_part(self, node: int, start: int, count: int) -> tuple[np.ndarray, int, int] | None:
+        """Has `node` re-read the blocks in `count` of its slots from `start`: (the ids whose
+        copies no longer match their fingerprint, blocks read, the next start or 0 at the
+        end); None if it cannot be reached."""
+        reply = self.members.call(node, rpc.SCRUB, {"start": start, "count": count},
+                                  timeout=SCRUB_TIMEOUT)
+        if isinstance(reply, Exception):
+            return None
+        header = reply[0]
+        return np.array(header["bad"], dtype=np.uint64), header["blocks"], header["next"]

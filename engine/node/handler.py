@@ -68,9 +68,14 @@ class Handler:
 
     def put(self, header: dict, payload) -> tuple[dict, bytes]:
         """Stores n blocks under their ids (payload: ids, then n blocks); replies one status
-        byte per id (rpc.STORED, SAME or COLLISION)."""
+        byte per id (rpc.STORED, SAME or COLLISION). A rotten copy held is rewritten (STORED)
+        by bytes that hash to its record; with `repair` (optional), only that: an id not held
+        is COLLISION and nothing new is stored."""
         ids, blocks = _ids(header, payload)
-        return {}, self.store.put(ids, blocks).tobytes()
+        repair = header.get("repair", False)
+        if not isinstance(repair, bool):
+            raise NodeError(Code.BAD_REQUEST, "request field 'repair' must be a boolean")
+        return {}, self.store.put(ids, blocks, repair).tobytes()
 
     def get(self, header: dict, payload) -> tuple[dict, bytes]:
         """The bytes of every id held, in order; {missing: positions of the ids not held}."""
@@ -94,8 +99,13 @@ class Handler:
         return {}, b""
 
     def scrub(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Re-hashes every block: {bad: the ids whose bytes no longer match}."""
-        return {"bad": self.store.scrub()}, b""
+        """Re-hashes the blocks in `count` slots from `start` (optional: every block): {bad:
+        the ids whose bytes no longer match, blocks (read), next (the next start, 0 at the
+        end)}."""
+        count = header.get("count")
+        bad, n, nxt = self.store.scrub(_int(header, "start", 0),
+                                       None if count is None else _int(header, "count", low=1))
+        return {"bad": bad, "blocks": n, "next": nxt}, b""
 
     # -- the catalog replica ------------------------------------------------------------------
 
