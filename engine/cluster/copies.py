@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 
+from ..errors import ReplicationError
 from ..net import rpc
 
 FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
@@ -34,7 +35,10 @@ class Copies:
         self.block_size = block_size
         self.frame_blocks = max(1, FRAME_BYTES // block_size)   # blocks a GET or PUT may carry
         self._sync_lock = threading.Lock()
-        self._unsynced: set[int] = set()      # nodes that took blocks since the last sync
+        # Nodes that took blocks since the last sync: {node: (the incarnation their PUTs'
+        # replies named, or None if they named two; the ids sent)}.
+        self._unsynced: dict[int, tuple[str | None, list[np.ndarray]]] = {}
+        self._lost: list[str] = []    # losses found by a sync, for the next commit's to raise
 
     def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray,
             repair: bool = False) -> dict:
@@ -51,7 +55,12 @@ class Copies:
         replies = self.members.call_many(requests, WRITE_TIMEOUT)
         # Noted once answered: a sync that ran meanwhile may have overtaken the PUT on its node.
         with self._sync_lock:
-            self._unsynced.update(requests)
+            for node in requests:
+                reply = replies[node]
+                run = None if isinstance(reply, Exception) else reply[0].get("incarnation")
+                seen, sent = self._unsynced.get(node, (run, []))
+                sent.append(ids[want[:, node]])
+                self._unsynced[node] = (seen if seen == run else None, sent)
         return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
                 for node, r in replies.items()}
 
@@ -87,15 +96,42 @@ class Copies:
             if requests:
                 self.members.call_many(requests, WRITE_TIMEOUT)
 
-    def sync(self) -> None:
-        """Every node that took blocks since the last sync makes them durable.
+    def sync(self, commit: bool = True) -> None:
+        """Every node that took blocks since the last sync makes them durable. A node that
+        restarted since (another incarnation answers) and no longer holds every block it took
+        has lost writes: a commit's sync then raises ReplicationError, so the commit does not
+        count on them and its caller learns it (a sync for a heal keeps it for the next
+        commit). A node still holding them all (its disk kept them) is durable now.
 
         The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
         returns only once the copies it counts on are durable."""
         with self._sync_lock:
-            nodes, self._unsynced = self._unsynced, set()
-            if nodes:
-                self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes}, WRITE_TIMEOUT)
+            nodes, self._unsynced = self._unsynced, {}
+            replies = (self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes},
+                                              WRITE_TIMEOUT) if nodes else {})
+            for node, reply in replies.items():
+                run, sent = nodes[node]
+                if isinstance(reply, Exception):     # unreachable: judged when it answers
+                    self._unsynced[node] = (run, sent)
+                    continue
+                if reply[0].get("incarnation") == run:
+                    continue
+                lost = self._missing(node, np.unique(np.concatenate(sent)))
+                if lost:
+                    self._lost.append(f"node {self.members.names()[node]} restarted and lost"
+                                      f" {lost} blocks written since the last flush")
+        if commit and self._lost:
+            told, self._lost = self._lost, []
+            raise ReplicationError("; ".join(told) + ": those writes are not durable")
+
+    def _missing(self, node: int, ids: np.ndarray) -> int:
+        """How many of `ids` `node` does not hold (all, if it cannot be asked)."""
+        lost = 0
+        for start in range(0, len(ids), self.frame_blocks):
+            part = ids[start:start + self.frame_blocks]
+            reply = self.get({node: part})[node]
+            lost += len(part) if isinstance(reply, Exception) else int(reply[0].sum())
+        return lost
 
     def inventory(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, second fingerprint words) of every copy a node holds, ascending by id, in as

@@ -65,7 +65,7 @@ class Healer:
                 copied += c
                 missing += m
                 meter.advance(n)
-        self.copies.sync()
+        self.copies.sync(commit=False)      # a loss it finds is the next commit's to tell
         meter.finish()
         dropped = self._trim()
         with self.rows.lock:
