@@ -1,9 +1,10 @@
 """The copies on the nodes: every block request the coordinator sends them.
 
-PUT (store, compare with the copy held, or rewrite a rotten one), GET, DROP, SYNC, INVENTORY and SCRUB, each fanned out as
-one request per node, to every node at once (engine.cluster.members.Members.call_many). A payload is
-the ids as little-endian uint64, then the blocks' bytes, if any. Nothing here decides where a copy
-goes or what a reply means for the row map: callers do.
+PUT (store, compare with the copy held, or rewrite a rotten one), GET, DROP, SYNC, INVENTORY and
+SCRUB, each fanned out as one request per node, to every node at once
+(engine.cluster.members.Members.call_many). A payload is the ids as little-endian uint64, then the
+blocks' bytes, if any. Nothing here decides where a copy goes or what a reply means for the row
+map: callers do.
 """
 
 from __future__ import annotations

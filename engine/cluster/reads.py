@@ -8,8 +8,9 @@ errs, times out or lacks a copy is not asked again for that block.
 
 Read repair: a rotten copy found on the way is rewritten on its node with the sound replica's
 bytes (a repairing PUT: the node takes them only in place of a copy it holds rotten, and only if
-they hash to its record), then made durable. Each repair is counted and kept for the event log (`repairs`, with
-the actor of the read), so the healer thread records it: a read never commits.
+they hash to its record), then made durable. Each repair is counted and kept for the event log
+(`repairs`, with the actor of the read), so the healer thread records it: a read never commits.
+`repair` does the same for the rotten copies a node's scrub names.
 """
 
 from __future__ import annotations
