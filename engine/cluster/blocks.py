@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ReplicationError
 from ..fingerprint import Fingerprinter
 from ..fsck import Problems
 from ..progress import engine_callback
@@ -49,9 +50,10 @@ class ClusterBlocks:
         self._reader = Reader(members, self._rows, self._copies, fingerprints)
         self._inventory = Inventory(members, self._rows, self._copies)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
-                              replicas=config.replicas)
+                              replicas=config.replicas, sync=self._note_losses)
         self.corrupt = np.zeros(0, np.uint64)     # ids with no sound copy, ascending
         self.scrub_repaired = 0                   # copies a scrub rewrote, since open
+        self._lost: list[str] = []     # losses a sync found, for the next commit to raise
 
     @property
     def collisions(self) -> int:
@@ -131,8 +133,32 @@ class ClusterBlocks:
     # -- durability ---------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Before the block tables commit: every node that took blocks makes them durable."""
-        self._copies.sync()
+        """Before the block tables commit: every node that took blocks makes them durable.
+        Raises ReplicationError if a node restarted meanwhile and lost blocks still referenced
+        that no other node holds (found here or by a heal's sync since): the commit must not
+        count on them, and whoever flushed learns it."""
+        self._note_losses()
+        if self._lost:
+            told, self._lost = self._lost, []
+            raise ReplicationError("; ".join(told) + ": those writes are not durable")
+
+    def _note_losses(self) -> None:
+        """Syncs the nodes, and notes what restarted nodes lost: the ids still referenced with
+        no holder left but them."""
+        gone = self._copies.sync()
+        if not gone:
+            return
+        restarted = np.zeros(len(self.members.nodes), bool)
+        restarted[list(gone)] = True
+        names = self.members.names()
+        with self._rows.lock:
+            for node, ids in gone.items():
+                rows = self._rows.rows_of(ids)
+                others = self._rows.holders_at(rows) & ~restarted[None, :]
+                lost = (self._rows.refcounts_at(rows) > 0) & ~others.any(axis=1)
+                if lost.any():
+                    self._lost.append(f"node {names[node]} restarted and lost"
+                                      f" {int(lost.sum())} blocks written since the last flush")
 
     @property
     def has_pending(self) -> bool:

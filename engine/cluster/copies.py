@@ -13,7 +13,6 @@ import threading
 
 import numpy as np
 
-from ..errors import ReplicationError
 from ..net import rpc
 
 FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
@@ -39,7 +38,6 @@ class Copies:
         # Nodes that took blocks since the last sync: {node: (the incarnation their PUTs'
         # replies named, or None if they named two; the ids sent)}.
         self._unsynced: dict[int, tuple[str | None, list[np.ndarray]]] = {}
-        self._lost: list[str] = []    # losses found by a sync, for the next commit's to raise
 
     def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray,
             repair: bool = False) -> dict:
@@ -97,12 +95,12 @@ class Copies:
             if requests:
                 self.members.call_many(requests, WRITE_TIMEOUT)
 
-    def sync(self, commit: bool = True) -> None:
-        """Every node that took blocks since the last sync makes them durable. A node that
-        restarted since (another incarnation answers) and no longer holds every block it took
-        has lost writes: a commit's sync then raises ReplicationError, so the commit does not
-        count on them and its caller learns it (a sync for a heal keeps it for the next
-        commit). A node still holding them all (its disk kept them) is durable now.
+    def sync(self) -> dict[int, np.ndarray]:
+        """Every node that took blocks since the last sync makes them durable. Returns, for
+        each node that restarted since (another incarnation answers), the ids it took and no
+        longer holds: a disk node's page cache usually kept them all, a RAM node none. What
+        that loses is the caller's to judge (engine.cluster.blocks). A node unreachable now is
+        judged when it answers again.
 
         The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
         returns only once the copies it counts on are durable."""
@@ -110,29 +108,25 @@ class Copies:
             nodes, self._unsynced = self._unsynced, {}
             replies = (self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes},
                                               WRITE_TIMEOUT) if nodes else {})
+            gone = {}
             for node, reply in replies.items():
                 run, sent = nodes[node]
-                if isinstance(reply, Exception):     # unreachable: judged when it answers
+                if isinstance(reply, Exception):
                     self._unsynced[node] = (run, sent)
-                    continue
-                if reply[0].get("incarnation") == run:
-                    continue
-                lost = self._missing(node, np.unique(np.concatenate(sent)))
-                if lost:
-                    self._lost.append(f"node {self.members.names()[node]} restarted and lost"
-                                      f" {lost} blocks written since the last flush")
-        if commit and self._lost:
-            told, self._lost = self._lost, []
-            raise ReplicationError("; ".join(told) + ": those writes are not durable")
+                elif reply[0].get("incarnation") != run:
+                    missing = self._missing(node, np.unique(np.concatenate(sent)))
+                    if len(missing):
+                        gone[node] = missing
+            return gone
 
-    def _missing(self, node: int, ids: np.ndarray) -> int:
-        """How many of `ids` `node` does not hold (all, if it cannot be asked)."""
-        lost = 0
+    def _missing(self, node: int, ids: np.ndarray) -> np.ndarray:
+        """The `ids` that `node` does not hold (all, if it cannot be asked)."""
+        out = []
         for start in range(0, len(ids), self.frame_blocks):
             part = ids[start:start + self.frame_blocks]
             reply = self.get({node: part})[node]
-            lost += len(part) if isinstance(reply, Exception) else int(reply[0].sum())
-        return lost
+            out.append(part if isinstance(reply, Exception) else part[reply[0]])
+        return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
     def inventory(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, second fingerprint words) of every copy a node holds, ascending by id, in as

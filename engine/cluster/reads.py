@@ -89,8 +89,8 @@ class Reader:
 
     def repair(self, node: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rewrites the copies of `ids` that `node` holds rotten (a scrub found them) from a
-        sound replica on another node. Returns (the ids repaired, the ids with no sound copy
-        on any other reachable node)."""
+        sound replica on another node, asking known holders in placement order. Returns (the
+        ids repaired, the ids with no sound copy on any other reachable holder)."""
         ids = np.unique(np.asarray(ids, np.uint64))
         k = len(self.members.nodes)
         with self.rows.lock:
@@ -128,7 +128,8 @@ class Reader:
         on_node = np.zeros((len(ids), k), bool)
         on_node[found, node] = True
         fixed = self._rewrite(ids, out, on_node)
-        return fixed, ids[~found]
+        # A row with no hash word yet (no node held it at rebuild) cannot be judged lost.
+        return fixed, ids[~found & (expect != 0)]
 
     def _rewrite(self, ids: np.ndarray, data: np.ndarray, on: np.ndarray) -> np.ndarray:
         """Sends block j's sound bytes to every node i with on[j, i] (it holds j rotten), then
