@@ -422,8 +422,10 @@ def fsck(admin, args, bar) -> int:
          json='ScrubFigures, or the Job started (engine/results.py)',
          help="verify every live block against its fingerprint, beside reads and "
          "writes", description="Verifies every live block against its fingerprint (the anchor is "
-         "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). A scrub stopped "
-         "resumes where it was the next time. With a service running, it runs there in the "
+         "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). In a cluster "
+         "every node re-reads each copy it holds, and a rotten copy is rewritten from a sound "
+         "replica: only a block with no sound copy left is corrupt. Exit 1 if any is. A scrub "
+         "stopped resumes where it was the next time. With a service running, it runs there in the "
          "background unless --wait (`job ls` shows it); without one, this command does the "
          "work.", args=[
              arg("--rate", metavar="SIZE", help="at most SIZE bytes a second (e.g. 200M)"),

@@ -122,10 +122,13 @@ class ClusterBlocks:
         with none left (now known corrupt)."""
         with self._rows.lock:
             bad = bad[self._rows.refcounts_at(self._rows.rows_of(bad)) > 0]
-        if not len(bad):
-            return bad
-        fixed, lost = self._reader.repair(node, bad)
-        self.scrub_repaired += len(fixed)
+        step = self._copies.frame_blocks            # a frame's worth at a time
+        lost = [np.zeros(0, np.uint64)]
+        for start in range(0, len(bad), step):
+            fixed, gone = self._reader.repair(node, bad[start:start + step])
+            self.scrub_repaired += len(fixed)
+            lost.append(gone)
+        lost = np.concatenate(lost)
         if len(lost):
             self.corrupt = np.union1d(self.corrupt, lost)
         return lost

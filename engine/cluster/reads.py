@@ -15,9 +15,9 @@ they hash to its record), then made durable. Each repair is counted and kept for
 
 from __future__ import annotations
 
-import numpy as np
-
 import threading
+
+import numpy as np
 
 from ..actor import current as current_actor
 from ..errors import BlockfoldError
