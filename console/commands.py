@@ -380,7 +380,8 @@ def stats(admin, args, bar) -> int:
     ]
     if admin.kind == "cluster":
         rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),
-                 ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks")]
+                 ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks"),
+                 ("repaired copies", formats.count(s.repaired_copies))]
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     emit(args, s, "\n".join(lines))
@@ -453,8 +454,10 @@ def fsck(admin, args, bar) -> int:
          json='ScrubFigures, or the Job started (engine/results.py)',
          help="verify every live block against its fingerprint, beside reads and "
          "writes", description="Verifies every live block against its fingerprint (the anchor is "
-         "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). A scrub stopped "
-         "resumes where it was the next time. With a service running, it runs there in the "
+         "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). In a cluster "
+         "every node re-reads each copy it holds, and a rotten copy is rewritten from a sound "
+         "replica: only a block with no sound copy left is corrupt. Exit 1 if any is. A scrub "
+         "stopped resumes where it was the next time. With a service running, it runs there in the "
          "background unless --wait (`job ls` shows it); without one, this command does the "
          "work.", args=[
              arg("--rate", metavar="SIZE", help="at most SIZE bytes a second (e.g. 200M)"),
@@ -470,7 +473,8 @@ def scrub(admin, args, bar) -> int:
     rate = formats.rate_over(r.bytes, r.seconds)
     text = (f"scrubbed {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
-            f" {formats.count(len(r.corrupt))} corrupt"
+            + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
+            + f" {formats.count(len(r.corrupt))} corrupt"
             + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
     emit(args, r, text)
     return 1 if r.corrupt else 0

@@ -155,8 +155,9 @@ class Admin(ABC):
         """Verifies every live block against its fingerprint beside reads and writes (the anchor
         is `zpool scrub`), at most `rate` bytes a second if given; rotten blocks are remembered
         as corrupt. A scrub cancelled resumes where it stopped the next time. Progress phase
-        "scrub", in blocks. Raises ReadOnlyError, RefusedError (a cluster: its full rebuild
-        scrubs every node)."""
+        "scrub", in blocks. A cluster's nodes each re-read every copy they hold, and each rotten
+        copy is rewritten from a sound replica (`repaired`); corrupt are the blocks with no
+        sound copy left. Raises ReadOnlyError."""
 
     # -- background jobs: what a service runs, for whoever asked ------------------------------
 

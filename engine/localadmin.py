@@ -90,6 +90,7 @@ class LocalAdmin(Admin):
             refcount_histogram=raw.get("refcount_histogram"),
             metadata_ram_bytes=raw.get("metadata_ram_bytes"),
             metadata_ram_bytes_per_block=raw.get("metadata_ram_bytes_per_block"),
+            repaired_copies=raw.get("repaired_copies"),
             **self._replication(raw),
             rebuilds=[RebuildRecord(**r) for r in raw["rebuilds"]],
             vms=[_vm(v, known) for v in raw["vms"]],
@@ -124,7 +125,7 @@ class LocalAdmin(Admin):
         return [Problem(**p) for p in self.pool.fsck(cancellable(progress, cancel))]
 
     def scrub(self, rate=None, progress=None, cancel=None):
-        return ScrubFigures(**self.pool.scrub(rate, progress, cancel))
+        return ScrubFigures(**self.pool.scrub(rate, progress, cancel), repaired=None)
 
     def events(self, limit=100):
         return [Event(**e) for e in self.pool.events(limit)]

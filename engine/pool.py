@@ -706,7 +706,8 @@ class Pool:
         started = time.monotonic()
         with self._lock:
             cursor = int(self.catalog.get("scrub_cursor") or 0)
-        total = len(self.blocks.live())
+        # A pool reads each live block once; a cluster every copy on every node.
+        total = len(self.blocks.live()) if self.local else self.blocks.scrub_total()
         meter = Meter(progress, "scrub", total, unit_bytes=self.block_size)
         checked, found, saved, finished = 0, [], time.monotonic(), False
         while not (cancel is not None and cancel.is_set()):
@@ -729,7 +730,8 @@ class Pool:
         self._save_scrub(cursor)
         meter.finish()
         seconds = time.monotonic() - started
-        corrupt = np.concatenate(found) if found else np.zeros(0, np.uint64)
+        # np.unique: a cluster finds a lost block once on each node that holds it.
+        corrupt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
         return {"blocks": checked, "bytes": checked * self.block_size,
                 "corrupt": [int(a) for a in corrupt], "seconds": round(seconds, 4),
                 "bytes_per_s": int(checked * self.block_size / seconds) if seconds else 0,

@@ -137,6 +137,9 @@ class PoolStats:
     """Fewest copies a write accepts before it is refused; 1 for an embedded pool."""
     under_replicated_blocks: int | None
     """Live blocks with fewer than `replicas` copies on up nodes (0 for an embedded pool)."""
+    repaired_copies: int | None
+    """Rotten copies rewritten from a sound replica (read repair and scrub) since the
+    coordinator opened; None for an embedded pool (one copy: nothing to repair from)."""
     rebuilds: list[RebuildRecord]
     """The most recent rebuilds, newest first (at most 5)."""
     vms: list[VMStats]
@@ -286,7 +289,8 @@ class ScrubFigures:
     bytes: int
     """Their bytes: blocks × block size."""
     corrupt: list[int]
-    """Addresses of the blocks found rotten (see BlockRow.pbn)."""
+    """Addresses of the blocks found rotten (see BlockRow.pbn); in a cluster, those with no
+    sound copy left on any reachable node."""
     seconds: float
     """How long it took."""
     bytes_per_s: int
@@ -294,6 +298,10 @@ class ScrubFigures:
     finished: bool
     """True if it reached the last live block (the next scrub starts over); False if it was
     cancelled (the next one resumes here)."""
+    repaired: int | None = None
+    """Rotten copies rewritten from a sound replica (a cluster); None for an embedded pool,
+    whose only copy cannot be repaired. In a cluster `blocks` counts copies read, on every
+    node."""
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,33 @@ def test_malformed_requests_are_refused_with_a_code_never_a_fault(node, kind, he
 def test_one_function_maps_what_went_wrong_to_a_code(error, code):
     got, message = describe(error)
     assert got is code and "\n" not in message and message
+
+
+def test_a_rotten_copy_is_rewritten_by_sound_bytes_and_only_then(node):
+    assert put(node, [7, 8], blocks(1, 2)) == [rpc.STORED, rpc.STORED]
+    # Another block under a held, sound id is a collision, repair or not: nothing changes.
+    assert put(node, [7], blocks(9)) == [rpc.COLLISION]
+    _, status = call(node, rpc.PUT, {"n": 1, "repair": True}, ids(7) + blocks(9))
+    assert list(status) == [rpc.COLLISION]
+    slot = int(node.store._slots_of(np.array([7], np.uint64))[0])
+    node.store.store.data[slot, 100] ^= 0xFF                       # rot id 7's copy
+    assert call(node, rpc.SCRUB)[0]["bad"] == [7]
+    assert put(node, [7], blocks(9)) == [rpc.COLLISION]            # bytes not its own
+    # A repairing PUT rewrites the rotten copy, and never stores an id it does not hold.
+    _, status = call(node, rpc.PUT, {"n": 2, "repair": True}, ids(7, 5) + blocks(1, 3))
+    assert list(status) == [rpc.STORED, rpc.COLLISION]
+    assert call(node, rpc.GET, {"n": 2}, ids(7, 5)) == ({"missing": [1]}, blocks(1))
+    assert call(node, rpc.SCRUB)[0]["bad"] == []
+    assert refused(node, rpc.PUT, {"n": 1, "repair": 1}, ids(7) + blocks(1)) == Code.BAD_REQUEST
+
+
+def test_a_scrub_goes_a_page_of_slots_at_a_time(node):
+    put(node, [1, 2, 3], blocks(1, 2, 3))
+    header, _ = call(node, rpc.SCRUB, {"start": 0, "count": 2})
+    assert header == {"bad": [], "blocks": 1, "next": 2}        # slot 0 is the header
+    header, _ = call(node, rpc.SCRUB, {"start": 2, "count": 1 << 20})
+    assert header == {"bad": [], "blocks": 2, "next": 0}
+    assert refused(node, rpc.SCRUB, {"start": 0, "count": 0}) == Code.BAD_REQUEST
+    # SYNC and PUT name the same incarnation while the node runs.
+    put(node, [4], blocks(4))
+    assert call(node, rpc.SYNC)[0]["incarnation"] == node.incarnation

@@ -14,11 +14,12 @@ import threading
 import time
 from dataclasses import replace
 
-from ..errors import BlockfoldError, CancelledError, RefusedError
+from .. import formats
+from ..errors import BlockfoldError, CancelledError
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
-from ..results import HealFigures, NodeStatus
+from ..results import HealFigures, NodeStatus, ScrubFigures
 from . import lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
@@ -123,7 +124,9 @@ class ClusterAdmin(LocalAdmin):
     def _tend_once(self) -> None:
         self._rejoin_returning()
         if self.readonly:
+            self.pool.blocks.take_repairs()     # counted in stats; only a writer logs events
             return
+        self._log_repairs()
         if self._rebalance:
             self._rebalance = False
             self.pool.blocks.heal(cancel=self._stop)
@@ -135,6 +138,18 @@ class ClusterAdmin(LocalAdmin):
             self._short_since = now
         if now - self._short_since >= self.config.repair_delay:
             self.pool.blocks.heal(cancel=self._stop)
+
+    def _log_repairs(self) -> None:
+        """An event (kind `repair`) per node and actor for the rotten copies rewritten since
+        the last call; the reads that repaired them could not commit one themselves."""
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for block_id, node, actor in self.pool.blocks.take_repairs():
+            grouped.setdefault((node, actor or self.pool.actor), []).append(block_id)
+        for (node, actor), ids in grouped.items():
+            shown = ", ".join(f"{i:016x}" for i in ids[:3]) + (" …" if len(ids) > 3 else "")
+            self.pool.log_event("repair", f"node {node}: {formats.count(len(ids))} rotten"
+                                f" {'copy' if len(ids) == 1 else 'copies'} rewritten from a"
+                                f" sound replica ({shown})", actor)
 
     def _heal_failed(self, message: str) -> None:
         """A failure of the healer, once per distinct message (engine.cluster.failures): a line
@@ -171,8 +186,14 @@ class ClusterAdmin(LocalAdmin):
                 raise CancelledError("heal cancelled")
 
     def scrub(self, rate=None, progress=None, cancel=None):
-        raise RefusedError("a cluster is scrubbed node by node by a full rebuild:"
-                           " `blockfold -c DIR rebuild --full`")
+        """Every reachable node re-reads its copies (the pool's scrub over ClusterBlocks.scrub:
+        rate, resume and progress alike); each rotten copy is rewritten from a sound replica,
+        and a block with none left is remembered as corrupt."""
+        blocks = self.pool.blocks
+        before = blocks.scrub_repaired
+        raw = self.pool.scrub(rate, progress, cancel)
+        self._log_repairs()
+        return ScrubFigures(**raw, repaired=blocks.scrub_repaired - before)
 
     # -- views: the pool's own, with what only a cluster knows --------------------------------
 

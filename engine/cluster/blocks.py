@@ -9,7 +9,7 @@ rooms that do the work, all over the one row map of the coordinator's RAM:
   rowmap     id -> row, refcounts, hash words, holders; the lock every room takes to use them
   copies     the block requests to the nodes (PUT, GET, DROP, SYNC, INVENTORY, SCRUB)
   writes     ids, placement, verification, collisions
-  reads      gather with failover past unreachable nodes and rotten copies
+  reads      gather with failover past unreachable nodes and rotten copies, and read repair
   inventory  rebuild from the nodes' inventories, and a returning node's rejoin
   heal       copies back to R on the placement targets, and trims copies beyond R
   check      the cluster's fsck
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ReplicationError
 from ..fingerprint import Fingerprinter
 from ..fsck import Problems
 from ..progress import engine_callback
@@ -29,6 +30,8 @@ from .inventory import Inventory
 from .reads import Reader
 from .rowmap import RowMap
 from .writes import Writer
+
+SCRUB_NODE_SHIFT = 48       # a scrub's cursor: the node's index above, its slot below
 
 
 class ClusterBlocks:
@@ -47,8 +50,10 @@ class ClusterBlocks:
         self._reader = Reader(members, self._rows, self._copies, fingerprints)
         self._inventory = Inventory(members, self._rows, self._copies)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
-                              replicas=config.replicas)
+                              replicas=config.replicas, sync=self._note_losses)
         self.corrupt = np.zeros(0, np.uint64)     # ids with no sound copy, ascending
+        self.scrub_repaired = 0                   # copies a scrub rewrote, since open
+        self._lost: list[str] = []     # losses a sync found, for the next commit to raise
 
     @property
     def collisions(self) -> int:
@@ -74,11 +79,89 @@ class ClusterBlocks:
         """The bytes of each id, as n × block_size, from the first holder with a sound copy."""
         return self._reader.gather(addrs)
 
+    @property
+    def repaired(self) -> int:
+        """Rotten copies rewritten from a sound replica (reads and scrubs), since open."""
+        return self._reader.repaired
+
+    def take_repairs(self) -> list[tuple[int, str, str]]:
+        """The repairs not yet logged as events: (id, node, actor) each, handed over once."""
+        return self._reader.take_repairs()
+
+    # -- scrub --------------------------------------------------------------------------------
+
+    def scrub_total(self) -> int:
+        """Copies a scrub reads: every block every reachable node holds."""
+        reachable = self.members.reachable_mask()
+        return sum(n.blocks for n, r in zip(self.members.nodes, reachable) if r)
+
+    def scrub(self, cursor: int, count: int) -> tuple[int, int, np.ndarray]:
+        """Has the nodes re-read their copies, node by node, `count` slots at a time from
+        `cursor` (node << SCRUB_NODE_SHIFT | slot) until some copies were read, and repairs
+        each rotten copy of a live block from a sound replica (engine.cluster.reads). Returns
+        (the next cursor; copies read, 0 once past the last node, and the cursor is then 0;
+        the live ids found with no sound copy left, now known corrupt). An unreachable node is
+        passed over."""
+        k = len(self.members.nodes)
+        node, slot = cursor >> SCRUB_NODE_SHIFT, cursor & ((1 << SCRUB_NODE_SHIFT) - 1)
+        while node < k:
+            part = (self._copies.scrub_part(node, slot, count)
+                    if self.members.reachable_mask()[node] else None)
+            if part is None:
+                node, slot = node + 1, 0
+                continue
+            bad, read, nxt = part
+            lost = self._repair_scrubbed(node, bad)
+            node, slot = (node, nxt) if nxt else (node + 1, 0)
+            if read:
+                return node << SCRUB_NODE_SHIFT | slot, read, lost
+        return 0, 0, np.zeros(0, np.uint64)
+
+    def _repair_scrubbed(self, node: int, bad: np.ndarray) -> np.ndarray:
+        """Rewrites `node`'s rotten copies of live ids from sound replicas; returns the ids
+        with none left (now known corrupt)."""
+        with self._rows.lock:
+            bad = bad[self._rows.refcounts_at(self._rows.rows_of(bad)) > 0]
+        step = self._copies.frame_blocks            # a frame's worth at a time
+        lost = [np.zeros(0, np.uint64)]
+        for start in range(0, len(bad), step):
+            fixed, gone = self._reader.repair(node, bad[start:start + step])
+            self.scrub_repaired += len(fixed)
+            lost.append(gone)
+        lost = np.concatenate(lost)
+        if len(lost):
+            self.corrupt = np.union1d(self.corrupt, lost)
+        return lost
+
     # -- durability ---------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Before the block tables commit: every node that took blocks makes them durable."""
-        self._copies.sync()
+        """Before the block tables commit: every node that took blocks makes them durable.
+        Raises ReplicationError if a node restarted meanwhile and lost blocks still referenced
+        that no other node holds (found here or by a heal's sync since): the commit must not
+        count on them, and whoever flushed learns it."""
+        self._note_losses()
+        if self._lost:
+            told, self._lost = self._lost, []
+            raise ReplicationError("; ".join(told) + ": those writes are not durable")
+
+    def _note_losses(self) -> None:
+        """Syncs the nodes, and notes what restarted nodes lost: the ids still referenced with
+        no holder left but them."""
+        gone = self._copies.sync()
+        if not gone:
+            return
+        restarted = np.zeros(len(self.members.nodes), bool)
+        restarted[list(gone)] = True
+        names = self.members.names()
+        with self._rows.lock:
+            for node, ids in gone.items():
+                rows = self._rows.rows_of(ids)
+                others = self._rows.holders_at(rows) & ~restarted[None, :]
+                lost = (self._rows.refcounts_at(rows) > 0) & ~others.any(axis=1)
+                if lost.any():
+                    self._lost.append(f"node {names[node]} restarted and lost"
+                                      f" {int(lost.sum())} blocks written since the last flush")
 
     @property
     def has_pending(self) -> bool:
@@ -171,6 +254,7 @@ class ClusterBlocks:
                 "replicas": self.replicas,
                 "min_replicas": self.min_replicas,
                 "under_replicated_blocks": self.under_replicated(),
+                "repaired_copies": self.repaired,
             }
 
     def mark_corrupt(self, addrs: np.ndarray) -> None:

@@ -1,9 +1,10 @@
 """The copies on the nodes: every block request the coordinator sends them.
 
-PUT (store, or compare with the copy held), GET, DROP, SYNC, INVENTORY and SCRUB, each fanned out as
-one request per node, to every node at once (engine.cluster.members.Members.call_many). A payload is
-the ids as little-endian uint64, then the blocks' bytes, if any. Nothing here decides where a copy
-goes or what a reply means for the row map: callers do.
+PUT (store, compare with the copy held, or rewrite a rotten one), GET, DROP, SYNC, INVENTORY and
+SCRUB, each fanned out as one request per node, to every node at once
+(engine.cluster.members.Members.call_many). A payload is the ids as little-endian uint64, then the
+blocks' bytes, if any. Nothing here decides where a copy goes or what a reply means for the row
+map: callers do.
 """
 
 from __future__ import annotations
@@ -34,21 +35,31 @@ class Copies:
         self.block_size = block_size
         self.frame_blocks = max(1, FRAME_BYTES // block_size)   # blocks a GET or PUT may carry
         self._sync_lock = threading.Lock()
-        self._unsynced: set[int] = set()      # nodes that took blocks since the last sync
+        # Nodes that took blocks since the last sync: {node: (the incarnation their PUTs'
+        # replies named, or None if they named two; the ids sent)}.
+        self._unsynced: dict[int, tuple[str | None, list[np.ndarray]]] = {}
 
-    def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray) -> dict:
+    def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray,
+            repair: bool = False) -> dict:
         """Sends block j to every node i with want[j, i]: one PUT per node. Returns {node: a
-        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}."""
+        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}. With
+        `repair`, a node only rewrites copies it holds rotten (STORED) and stores nothing new."""
         requests = {}
+        head = {"repair": True} if repair else {}
         for node in np.flatnonzero(want.any(axis=0)).tolist():
             sel = np.flatnonzero(want[:, node])
-            requests[node] = (rpc.PUT, {"n": len(sel)}, payload(ids[sel], data[sel]))
+            requests[node] = (rpc.PUT, {"n": len(sel), **head}, payload(ids[sel], data[sel]))
         if not requests:
             return {}
         replies = self.members.call_many(requests, WRITE_TIMEOUT)
         # Noted once answered: a sync that ran meanwhile may have overtaken the PUT on its node.
         with self._sync_lock:
-            self._unsynced.update(requests)
+            for node in requests:
+                reply = replies[node]
+                run = None if isinstance(reply, Exception) else reply[0].get("incarnation")
+                seen, sent = self._unsynced.get(node, (run, []))
+                sent.append(ids[want[:, node]])
+                self._unsynced[node] = (seen if seen == run else None, sent)
         return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
                 for node, r in replies.items()}
 
@@ -84,15 +95,38 @@ class Copies:
             if requests:
                 self.members.call_many(requests, WRITE_TIMEOUT)
 
-    def sync(self) -> None:
-        """Every node that took blocks since the last sync makes them durable.
+    def sync(self) -> dict[int, np.ndarray]:
+        """Every node that took blocks since the last sync makes them durable. Returns, for
+        each node that restarted since (another incarnation answers), the ids it took and no
+        longer holds: a disk node's page cache usually kept them all, a RAM node none. What
+        that loses is the caller's to judge (engine.cluster.blocks). A node unreachable now is
+        judged when it answers again.
 
         The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
         returns only once the copies it counts on are durable."""
         with self._sync_lock:
-            nodes, self._unsynced = self._unsynced, set()
-            if nodes:
-                self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes}, WRITE_TIMEOUT)
+            nodes, self._unsynced = self._unsynced, {}
+            replies = (self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes},
+                                              WRITE_TIMEOUT) if nodes else {})
+            gone = {}
+            for node, reply in replies.items():
+                run, sent = nodes[node]
+                if isinstance(reply, Exception):
+                    self._unsynced[node] = (run, sent)
+                elif reply[0].get("incarnation") != run:
+                    missing = self._missing(node, np.unique(np.concatenate(sent)))
+                    if len(missing):
+                        gone[node] = missing
+            return gone
+
+    def _missing(self, node: int, ids: np.ndarray) -> np.ndarray:
+        """The `ids` that `node` does not hold (all, if it cannot be asked)."""
+        out = []
+        for start in range(0, len(ids), self.frame_blocks):
+            part = ids[start:start + self.frame_blocks]
+            reply = self.get({node: part})[node]
+            out.append(part if isinstance(reply, Exception) else part[reply[0]])
+        return np.concatenate(out) if out else np.zeros(0, np.uint64)
 
     def inventory(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, second fingerprint words) of every copy a node holds, ascending by id, in as
@@ -122,3 +156,14 @@ class Copies:
         if isinstance(reply, Exception):
             return np.zeros(0, np.uint64)
         return np.array(reply[0]["bad"], dtype=np.uint64)
+
+    def scrub_part(self, node: int, start: int, count: int) -> tuple[np.ndarray, int, int] | None:
+        """Has `node` re-read the blocks in `count` of its slots from `start`: (the ids whose
+        copies no longer match their fingerprint, blocks read, the next start or 0 at the
+        end); None if it cannot be reached."""
+        reply = self.members.call(node, rpc.SCRUB, {"start": start, "count": count},
+                                  timeout=SCRUB_TIMEOUT)
+        if isinstance(reply, Exception):
+            return None
+        header = reply[0]
+        return np.array(header["bad"], dtype=np.uint64), header["blocks"], header["next"]

@@ -32,12 +32,13 @@ HEAL_STREAMS = 2
 
 class Healer:
     def __init__(self, members, rows: RowMap, copies: Copies, reader: Reader, *,
-                 replicas: int):
+                 replicas: int, sync):
         self.members = members
         self.rows = rows
         self.copies = copies
         self.reader = reader
         self.replicas = replicas            # R
+        self.sync = sync                    # the copies' sync, its losses kept for a commit
 
     def heal(self, progress=None, cancel=None) -> dict:
         """Copies every id its placement targets lack from a holder, then trims copies beyond
@@ -65,7 +66,7 @@ class Healer:
                 copied += c
                 missing += m
                 meter.advance(n)
-        self.copies.sync()
+        self.sync()
         meter.finish()
         dropped = self._trim()
         with self.rows.lock:

@@ -9,6 +9,7 @@ changes. Block ids travel as the first 8·n payload bytes (little-endian u64), n
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class Handler:
         self.name = name
         self.staged = None          # a big catalog transfer, part by part: (key, next, bytes)
         self.image: tuple[int, bytes] | None = None  # (version, catalog image) being fetched
+        # This process's run: a coordinator that sees it change between a PUT and the SYNC
+        # after knows the node restarted, and may have lost what it had not synced yet.
+        self.incarnation = os.urandom(8).hex()
         self.methods = {
             rpc.HELLO: self.hello, rpc.HEARTBEAT: self.heartbeat,
             rpc.PUT: self.put, rpc.GET: self.get, rpc.DROP: self.drop,
@@ -68,9 +72,15 @@ class Handler:
 
     def put(self, header: dict, payload) -> tuple[dict, bytes]:
         """Stores n blocks under their ids (payload: ids, then n blocks); replies one status
-        byte per id (rpc.STORED, SAME or COLLISION)."""
+        byte per id (rpc.STORED, SAME or COLLISION), and {incarnation} (see sync). A rotten
+        copy held is rewritten (STORED) by bytes that hash to its record; with `repair`
+        (optional), only that: an id not held is COLLISION and nothing new is stored."""
         ids, blocks = _ids(header, payload)
-        return {}, self.store.put(ids, blocks).tobytes()
+        repair = header.get("repair", False)
+        if not isinstance(repair, bool):
+            raise NodeError(Code.BAD_REQUEST, "request field 'repair' must be a boolean")
+        return ({"incarnation": self.incarnation},
+                self.store.put(ids, blocks, repair).tobytes())
 
     def get(self, header: dict, payload) -> tuple[dict, bytes]:
         """The bytes of every id held, in order; {missing: positions of the ids not held}."""
@@ -89,13 +99,19 @@ class Handler:
         return {"count": len(ids), "next": nxt}, ids.tobytes() + words.tobytes()
 
     def sync(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Makes every block put so far durable."""
+        """Makes every block put so far durable: {incarnation}, a token of this process's run,
+        the same as its PUTs' replies carried unless the node restarted in between."""
         self.store.sync()
-        return {}, b""
+        return {"incarnation": self.incarnation}, b""
 
     def scrub(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Re-hashes every block: {bad: the ids whose bytes no longer match}."""
-        return {"bad": self.store.scrub()}, b""
+        """Re-hashes the blocks in `count` slots from `start` (optional: every block): {bad:
+        the ids whose bytes no longer match, blocks (read), next (the next start, 0 at the
+        end)}."""
+        count = header.get("count")
+        bad, n, nxt = self.store.scrub(_int(header, "start", 0),
+                                       None if count is None else _int(header, "count", low=1))
+        return {"bad": bad, "blocks": n, "next": nxt}, b""
 
     # -- the catalog replica ------------------------------------------------------------------
 

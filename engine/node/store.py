@@ -75,8 +75,10 @@ class NodeStore:
                 raise NodeError(Code.NODE_FULL, f"node is full ({self.memory} bytes of memory)")
         return int(self._free.pop())
 
-    def put(self, ids: np.ndarray, data) -> np.ndarray:
-        """Stores each block under its id, or compares it with the copy already held."""
+    def put(self, ids: np.ndarray, data, repair: bool = False) -> np.ndarray:
+        """Stores each block under its id, or compares it with the copy already held; a copy
+        held rotten is rewritten (STORED) by bytes that hash to its record. With `repair`,
+        nothing new is stored: an id not held is refused (COLLISION)."""
         bs = self.block_size
         if len(data) != len(ids) * bs:
             raise NodeError(Code.BAD_REQUEST, f"put of {len(ids)} ids carries {len(data)} bytes,"
@@ -90,8 +92,13 @@ class NodeStore:
         if len(held):
             same = (self.store.data[slots[held]] == blocks[held]).all(axis=1)
             status[held] = np.where(same, SAME, COLLISION)
+            differ = held[~same]
+            if len(differ):
+                status[differ[self._repair(slots[differ], blocks[differ])]] = STORED
         fresh = np.flatnonzero(slots == 0)
-        if len(fresh):
+        if repair:
+            status[fresh] = COLLISION
+        elif len(fresh):
             keys, first = np.unique(ids[fresh], return_index=True)
             firsts = fresh[first]
             repeats = np.setdiff1d(fresh, firsts)       # the same id twice in one put
@@ -108,6 +115,18 @@ class NodeStore:
             self.held += len(firsts)
             self.dirty = True
         return status
+
+    def _repair(self, slots: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """Rewrites each held copy that is rotten (its bytes no longer hash to its record) with
+        the block offered, if that hashes to the record: read repair and scrub send a sound
+        replica's bytes. A sound copy is never replaced. Returns which were rewritten."""
+        record = self.store.hashes[slots, 1]
+        rotten = self.fingerprints.of(self.store.data[slots])[:, 1] != record
+        fixed = rotten & (self.fingerprints.of(blocks)[:, 1] == record)
+        if fixed.any():
+            self.store.data[slots[fixed]] = blocks[fixed]
+            self.dirty = True
+        return fixed
 
     def _live(self, slots: np.ndarray) -> np.ndarray:
         return self.store.hashes[slots, 0] != 0
@@ -137,12 +156,16 @@ class NodeStore:
         return (words[used, 0].copy(), words[used, 1].copy(),
                 end if end < self.store.capacity else 0)
 
-    def scrub(self) -> list[int]:
-        """Ids whose bytes no longer hash to their record."""
-        slots = np.flatnonzero(self.store.hashes[:, 0])
+    def scrub(self, start: int = 0, count: int | None = None) -> tuple[list[int], int, int]:
+        """Re-reads the blocks held in `count` slots from `start` (all of them if None): (the
+        ids whose bytes no longer hash to their record, blocks read, the next start or 0 at
+        the end)."""
+        end = self.store.capacity if count is None else min(self.store.capacity, start + count)
+        slots = np.flatnonzero(self.store.hashes[start:end, 0]) + start
         slots = slots[slots != 0]
         words = self.fingerprints.of_slots(self.store.view(), slots)[:, 1]
-        return self.store.hashes[slots[words != self.store.hashes[slots, 1]], 0].tolist()
+        bad = self.store.hashes[slots[words != self.store.hashes[slots, 1]], 0].tolist()
+        return bad, len(slots), end if end < self.store.capacity else 0
 
     def sync(self) -> None:
         """Makes every put so far durable (a RAM node has nothing to do)."""
