@@ -18,7 +18,8 @@ FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big
                            # keep round trips few while copying
 DROP_IDS = 1 << 20          # 8 MiB of ids a frame
 READ_TIMEOUT = 5.0
-WRITE_TIMEOUT = 20.0
+WRITE_TIMEOUT = 10.0     # a backstop far under a guest's 30 s I/O timeout: a node that turns
+                         # suspect is given up on at once (engine.cluster.members)
 INVENTORY_TIMEOUT = 30.0
 SCRUB_TIMEOUT = 120.0
 
