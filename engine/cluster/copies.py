@@ -75,6 +75,7 @@ class Copies:
         holder drops: a read-only coordinator leaves the copies alone."""
         if self.members.holder is None:
             return
+        held = held & self.members.reachable_mask()[None, :]   # no waiting on a node down
         for start in range(0, len(ids), DROP_IDS):      # a VM's worth of ids: many frames
             part_ids, part_held = ids[start:start + DROP_IDS], held[start:start + DROP_IDS]
             requests = {}
@@ -91,7 +92,9 @@ class Copies:
         The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
         returns only once the copies it counts on are durable."""
         with self._sync_lock:
-            nodes, self._unsynced = self._unsynced, set()
+            # A node judged down is not waited on: it syncs at a later call, once back.
+            down = {i for i in self._unsynced if not self.members.reachable_mask()[i]}
+            nodes, self._unsynced = self._unsynced - down, down
             if nodes:
                 self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes}, WRITE_TIMEOUT)
 

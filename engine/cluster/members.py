@@ -141,8 +141,12 @@ class Members:
         """The request `call` to node i, abandoned at once if the heartbeats judge the node
         suspect or down meanwhile; a node judged so already gets SUSPECT_TIMEOUT at most.
         Raises NodeUnreachable(timed_out=True) when abandoned."""
+        name = self.nodes[i].client.name
         if self.nodes[i].state in (NodeState.SUSPECT, NodeState.DOWN):
-            return await asyncio.wait_for(call, min(timeout, SUSPECT_TIMEOUT))
+            try:
+                return await asyncio.wait_for(call, min(timeout, SUSPECT_TIMEOUT))
+            except TimeoutError:
+                raise NodeUnreachable(f"node {name}: timed out", timed_out=True) from None
         request = asyncio.ensure_future(call)
         judged = asyncio.ensure_future(self._judged[i].wait())
         try:
@@ -151,8 +155,8 @@ class Members:
             judged.cancel()
         if not request.done():
             request.cancel()
-            raise NodeUnreachable(f"node {self.nodes[i].client.name}: stopped answering"
-                                  " heartbeats; request abandoned", timed_out=True)
+            raise NodeUnreachable(f"node {name}: stopped answering heartbeats; request"
+                                  " abandoned", timed_out=True)
         return request.result()
 
     def _judge(self, i: int, state: NodeState) -> None:
