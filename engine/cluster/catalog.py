@@ -80,7 +80,8 @@ class ReplicatedCatalog(Catalog):
             if len(versions) < need:
                 raise BlockfoldError(
                     f"cluster {path}: {len(versions)} of {total} nodes answer; writes need"
-                    f" {need} (a majority): restore nodes, or open it read-only")
+                    f" {need} (a majority): restore nodes (commands that only read still"
+                    " work)")
             epoch = 1 + max(max(v["promised"], v["epoch"]) for v in versions.values())
             replies = members.call_many(
                 {i: (rpc.CATALOG_PROMISE, {"holder": members.holder, "epoch": epoch}, b"")
