@@ -88,10 +88,10 @@ def simulate(nodes: int, ids: int, replicas: int, seed: int) -> dict:
         "lost_node": names[lost], "lost_weight": float(weights[lost]),
         "lost_held": int(held[lost]), "moved_copies": moved,
         "moved_other_blocks": others_moved,
-        "senders": int(len(senders)), "sent_max_over_mean": round(float(senders.max()
-                                                                        / senders.mean()), 3),
-        "takers": int(len(takers)), "taken_max_over_mean": round(float(takers.max()
-                                                                      / takers.mean()), 3),
+        "senders": len(senders),
+        "sent_max_over_mean": round(float(senders.max() / senders.mean()), 3),
+        "takers": len(takers),
+        "taken_max_over_mean": round(float(takers.max() / takers.mean()), 3),
         "held_share": (held / held.sum()).tolist(), "weights": weights.tolist(),
     }
 
