@@ -35,7 +35,7 @@ bench: $(NATIVE)
 	$(BIN)/python -m tests.bench.run_all
 
 screenshots: $(NATIVE)
-	$(BIN)/python -m console.screenshots screenshots
+	$(BIN)/python -m console.screenshots screenshots screenshots/png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis engine/_native*.so

@@ -3,7 +3,8 @@
 It works the same on an embedded pool (LocalAdmin) and on any other Admin implementation. Every
 engine call runs in a thread worker that posts a message back; the UI thread never waits on I/O.
 The pool's figures are polled by a worker that re-arms a timer when its result arrives, so polls
-never pile up behind a slow engine.
+never pile up behind a slow engine. The console's screens (1-6) are panes of one Textual Screen,
+one shown at a time (console/screens/base.py says why); dialogs are Textual screens on top.
 """
 
 from __future__ import annotations
@@ -11,27 +12,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from textual.app import App
+from rich.text import Text
+from textual.app import App, ComposeResult
 from textual.reactive import reactive
 from textual.timer import Timer
+from textual.widgets import ContentSwitcher, Header, Static
 
 from engine.api import Admin, BlockfoldError
+from widgets.key_bar import KeyBar
 
 from .clock import SystemClock
 from .messages import EngineDone, EngineFailed, Polled, PollFailed, PoolView, Sample
 from .palette import CommandsProvider
-from .registry import allowed, bindings_for
-from .screens.blocks import BlocksScreen
+from .registry import SCREENS, allowed, app_bindings, find
+from .screens.base import PoolPane
+from .screens.blocks import BlocksPane
 from .screens.error import ErrorDialog
-from .screens.events import EventsScreen
+from .screens.events import EventsPane
 from .screens.help import HelpScreen
-from .screens.nodes import NodesScreen
-from .screens.overview import OverviewScreen
-from .screens.rebuild import RebuildScreen
-from .screens.vms import VMsScreen
+from .screens.nodes import NodesPane
+from .screens.overview import OverviewPane
+from .screens.rebuild import RebuildPane
+from .screens.vms import VMsPane
 
 HISTORY = 120      # samples kept for the Overview trends
 EVENTS = 200
+PANES = {pane.MODE: pane for pane in (OverviewPane, VMsPane, BlocksPane, RebuildPane, NodesPane,
+                                      EventsPane)}       # in the order of registry.SCREENS
 
 
 def error_text(error: BaseException) -> str:
@@ -44,19 +51,22 @@ def error_text(error: BaseException) -> str:
 
 class BlockfoldApp(App):
     TITLE = "Blockfold"
-    MODES = {"overview": OverviewScreen, "vms": VMsScreen, "blocks": BlocksScreen,
-             "rebuild": RebuildScreen, "nodes": NodesScreen, "events": EventsScreen}
-    DEFAULT_MODE = "overview"
-    BINDINGS = bindings_for("app")
+    BINDINGS = app_bindings()
+    AUTO_FOCUS = None                   # nothing takes the focus: see console/screens/base.py
     COMMANDS = {CommandsProvider}
+    # Screens lay out for 80x24 as well as for bigger terminals (classes on the Screen).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     CSS = """
     .panel { border: round $primary-darken-1; padding: 0 1; height: auto; }
     .muted { color: $text-muted; }
-    DataTable.framed { border: round $primary-darken-1; }
-    DataTable.framed:focus { border: round $primary; }
+    DataTable.framed { border: round $primary; }
+    #screen-tabs { height: 1; padding: 0 1; background: $boost; }
+    ContentSwitcher { height: 1fr; }
     """
 
     view: reactive[PoolView | None] = reactive(None, always_update=True)
+    switcher: ContentSwitcher
 
     def __init__(self, admin: Admin, *, read_only: bool = False, clock=None,
                  poll_interval: float = 2.0):
@@ -71,12 +81,53 @@ class BlockfoldApp(App):
         self._poll_again = False
         self._last_physical: tuple[float, int] | None = None
 
-    def on_mount(self) -> None:
-        where = self.clock.volatile(self.admin.name)
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="screen-tabs")
+        # The other screens are made when first shown: the first frame comes sooner.
+        with ContentSwitcher(initial=f"{SCREENS[0][0]}-screen") as self.switcher:
+            yield PANES[SCREENS[0][0]]()
+        yield KeyBar()
+
+    async def on_mount(self) -> None:
+        where = self.clock.place(self.admin.name)
         self.sub_title = ("READ-ONLY · " if self.read_only else "") + f"{self.admin.kind} {where}"
+        await self.action_show(SCREENS[0][0])
         self.poll()
 
+    @property
+    def pane(self) -> PoolPane:
+        """The console screen in front (under any dialog)."""
+        return self.switcher.get_child_by_id(self.switcher.current, PoolPane)
+
+    async def action_show(self, mode: str) -> None:
+        """Brings the console screen `mode` to the front (made the first time), with its keys,
+        and draws the newest poll on it."""
+        if not self.switcher.query_children(f"#{mode}-screen"):
+            await self.switcher.add_content(PANES[mode]())
+        self.switcher.current = f"{mode}-screen"
+        pane = self.pane
+        self.title = pane.TITLE
+        self.switcher.screen.query_one("#screen-tabs", Static).update(tabs(mode))
+        self.refresh_bindings()
+        pane.draw()
+
+    async def action_pane(self, action: str) -> None:
+        """A command of the screen in front (its key is bound on the app)."""
+        await self.pane.run_action(action)
+
+    def action_navigate(self, key: str) -> None:
+        self.pane.navigate(key)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pane", "navigate"):
+            if self.switcher.current is None or self.screen is not self.switcher.screen:
+                return False            # not shown yet, or a dialog in front has the keys
+            if action == "navigate":
+                return True
+            inner = str(parameters[0]).split("(")[0]
+            return (find(self.pane.MODE, inner) is not None
+                    and allowed(self.pane.MODE, inner, self.read_only))
         return allowed("app", action, self.read_only)
 
     # -- engine calls -------------------------------------------------------------------------
@@ -138,7 +189,8 @@ class BlockfoldApp(App):
         self._poll_timer = self.set_timer(self.poll_interval, self.poll, name="poll")
 
     def on_polled(self, message: Polled) -> None:
-        stats = message.snapshot.stats
+        snapshot = self.clock.steady(message.snapshot)
+        stats = snapshot.stats
         if stats.physical_bytes is not None:        # None while the RAM metadata is rebuilt
             now = self.clock.now()
             written = 0.0
@@ -147,7 +199,7 @@ class BlockfoldApp(App):
                 written = max(stats.physical_bytes - before, 0) / max(now - then, 1e-9)
             self._last_physical = (now, stats.physical_bytes)
             self.history = [*self.history, Sample(now, stats.dedup_ratio, written)][-HISTORY:]
-        self.view = PoolView(stats, message.snapshot.events, tuple(self.history))
+        self.view = PoolView(stats, snapshot.events, tuple(self.history))
         self._rearm()
 
     def on_poll_failed(self, message: PollFailed) -> None:
@@ -158,10 +210,19 @@ class BlockfoldApp(App):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(getattr(self.screen, "MODE", None), self.read_only))
+            self.push_screen(HelpScreen(self.pane.MODE, self.read_only))
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
     def action_refresh(self) -> None:
         self.poll()
+
+
+def tabs(current: str) -> Text:
+    """The screens and their number keys, the one in front highlighted."""
+    text = Text()
+    for mode, key, title in SCREENS:
+        text.append(f" {key} {title} ", style="bold reverse" if mode == current else "")
+        text.append(" ")
+    return text

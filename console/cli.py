@@ -87,7 +87,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             parent = groups[group[0]]
         sp = parent.add_parser(word, help=cmd.help, description=cmd.description or cmd.help)
         if cmd.json:
-            sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+            sp.add_argument("--json", action="store_true", help=f"print JSON: {cmd.json}")
         for a in cmd.args:
             sp.add_argument(*a.flags, **a.options)
         sp.set_defaults(declared=cmd)
@@ -132,7 +132,7 @@ def run(args) -> int:
         raise UsageError(f"{' '.join(cmd.words)} needs a cluster: use -c DIR")
     if not cmd.opens:
         return cmd.run(args)
-    bar = ProgressBar.if_terminal()
+    bar = args.progress = ProgressBar.if_terminal()
     try:
         rebuild = ("full" if args.full else "fast") if cmd.rebuilds else None
         with commands.open_admin(args, readonly=cmd.looks, rebuild=rebuild,

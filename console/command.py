@@ -45,8 +45,9 @@ class Command:
     """Only looks: opened read-only, without the write lock, so it runs beside a writer."""
     cluster: bool = False
     """Needs a cluster (-c DIR)."""
-    json: bool = True
-    """Takes --json: machine-readable output."""
+    json: str | None = None
+    """What --json prints instead of text for people, documented in --help (the fields of the
+    results in engine/results.py); None: the command takes no --json."""
     rebuilds: bool = False
     """Opening rebuilds the RAM metadata (full with --full), with a progress bar: the work."""
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from engine import api
 from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
-                        default_pool_path, human_bytes, parse_size, plain)
+                        default_pool_path, formats, parse_size, plain)
 
 from .command import Command, UsageError, arg, listen_address, nonnegative, positive
 
@@ -96,6 +96,10 @@ def local_user() -> str:
 
 
 def emit(args, data, text: str) -> None:
+    """Prints the result: `text` for people, or `data` as JSON with --json. A progress bar still
+    on screen is closed first, so the result comes after it."""
+    if getattr(args, "progress", None):
+        args.progress.close()
     print(json.dumps(plain(data), indent=2, default=str) if args.json else text)
 
 
@@ -123,7 +127,9 @@ def _size(text):
 
 # -- pools and VMs ------------------------------------------------------------------------------
 
-@command("pool", "init", help="create an empty pool in DIR", opens=False, args=[
+@command("pool", "init",
+         json='{"pool": DIR, "block_size": bytes}',
+         help="create an empty pool in DIR", opens=False, args=[
     arg("dir", metavar="DIR", help="where the pool goes: a new or empty directory"),
     arg("--block-size", type=positive, default=4096, metavar="N",
         help="block size in bytes: a power of two from 4096 to 65536 (default 4096)")])
@@ -134,16 +140,20 @@ def pool_init(args) -> int:
     return 0
 
 
-@command("vm", "import", help="import a raw disk image as a new VM (holes and zeros take no "
+@command("vm", "import",
+         json='the VM made (ImportResult: name, size)',
+         help="import a raw disk image as a new VM (holes and zeros take no "
          "space)", args=[NAME, arg("image", metavar="IMAGE", help="a raw image file, or - for "
                                    "stdin")])
 def vm_import(admin, args, bar) -> int:
     vm = admin.import_image(args.name, args.image, bar)
-    emit(args, vm, f"imported {vm.name}: {human_bytes(vm.size)}")
+    emit(args, vm, f"imported {vm.name}: {formats.size(vm.size)}")
     return 0
 
 
-@command("vm", "export", help="write a VM out byte for byte (sparse where it has holes)",
+@command("vm", "export",
+         json='{"name": NAME, "out": OUT}',
+         help="write a VM out byte for byte (sparse where it has holes)",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
@@ -154,7 +164,9 @@ def vm_export(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "write", help="write a file's bytes into a VM at an offset", args=[
+@command("vm", "write",
+         json='{"name": NAME, "offset": bytes, "bytes": bytes written}',
+         help="write a file's bytes into a VM at an offset", args=[
     NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
               help="byte offset in the VM"),
     arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
@@ -170,11 +182,13 @@ def vm_write(admin, args, bar) -> int:
     detaching(args, f"Overwrite part of VM {args.name}",
               lambda force: admin.write(args.name, args.offset, data, force=force))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
-         f"wrote {len(data)} bytes to {args.name} at {args.offset}")
+         f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
     return 0
 
 
-@command("vm", "clone", help="make linked clones of a VM: O(1) each, whatever its size", args=[
+@command("vm", "clone",
+         json='{"source": SRC, "clones": [names]}',
+         help="make linked clones of a VM: O(1) each, whatever its size", args=[
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
     arg("--count", type=positive, default=1, metavar="K",
@@ -187,7 +201,9 @@ def vm_clone(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "rm", help="delete a VM and free what only it referenced",
+@command("vm", "rm",
+         json='{"deleted": NAME}',
+         help="delete a VM and free what only it referenced",
          args=[NAME, YES, FORCE])
 def vm_rm(admin, args, bar) -> int:
     admin.vm_size(args.name)      # a clear error for an unknown name, before asking
@@ -212,12 +228,15 @@ def detaching(args, doing: str, change: Callable[[bool], None]) -> None:
         change(True)
 
 
-@command("vm", "ls", help="list VMs with their size, logical, unique and shared blocks and "
+@command("vm", "ls",
+         json='a list of VMStats (every field in engine/results.py)',
+         help="list VMs with their size, logical, unique and shared blocks and "
          "chain depth", looks=True)
 def vm_ls(admin, args, bar) -> int:
-    vms = admin.vms()
-    rows = [(v.name, human_bytes(v.size), human_bytes(v.logical_bytes), str(v.unique_blocks),
-             str(v.shared_blocks), str(v.depth)) for v in vms]
+    vms = sorted(admin.vms(), key=lambda v: formats.natural_key(v.name))
+    rows = [(v.name, formats.size(v.size), formats.size(v.logical_bytes),
+             formats.count(v.unique_blocks), formats.count(v.shared_blocks), str(v.depth))
+            for v in vms]
     emit(args, vms, table(("NAME", "SIZE", "LOGICAL", "UNIQUE", "SHARED", "DEPTH"), rows))
     return 0
 
@@ -239,7 +258,7 @@ SERVICE_ARGS = (
          "metrics are served if --metrics is. Prints 'admin PATH', then 'nbd HOST:PORT' and "
          "'metrics HOST:PORT' once listening. On SIGTERM it drains: NBD answers what it "
          "received, admin calls finish or are cancelled, the pool is flushed and marked clean.",
-         opens=False, json=False, args=[
+         opens=False, args=[
              arg("--nbd", type=listen_address, metavar="HOST:PORT",
                  help="export every VM over NBD here (port 0: any free)"),
              arg("--nbd-read-only", action="store_true",
@@ -256,7 +275,7 @@ def serve(args) -> int:
 @command("nbd", "serve", help="export every VM under its own name until SIGTERM",
          description="`blockfold serve --nbd HOST:PORT`: exports every VM under its own name "
          "and serves the pool to every other command, until SIGTERM; prints 'ready HOST:PORT' "
-         "once listening", json=False, opens=False, args=[
+         "once listening", opens=False, args=[
              arg("--listen", type=listen_address, default=("127.0.0.1", 10809),
                  metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one"),
              arg("--read-only", action="store_true", help="refuse writes and trims (EPERM)"),
@@ -310,36 +329,43 @@ def hold(args, actor: str) -> api.Admin:
 
 # -- the pool's figures and checks --------------------------------------------------------------
 
-@command("stats", help="pool-wide figures: logical and physical bytes, dedup ratio, refcounts",
+@command("stats",
+         json='PoolStats (every field in engine/results.py)',
+         help="pool-wide figures: logical and physical bytes, dedup ratio, refcounts",
          looks=True)
 def stats(admin, args, bar) -> int:
     s = admin.stats()
-    hist = ", ".join(f"{k}: {v}" for k, v in (s.refcount_histogram or {}).items()) or "-"
-    lines = [
-        f"pool            {s.path}",
-        f"block size      {s.block_size}",
-        f"VMs             {len(s.vms)}",
-        f"logical         {human_bytes(s.logical_bytes)}",
-        f"physical        {human_bytes(s.physical_bytes)}",
-        f"dedup ratio     {s.dedup_ratio:.2f}x",
-        f"unique blocks   {s.unique_blocks}",
+    hist = ", ".join(f"{k}: {formats.count(v)}" for k, v in (s.refcount_histogram or {}).items())
+    per_block = s.metadata_ram_bytes_per_block
+    rows = [
+        ("pool", s.path),
+        ("block size", formats.size(s.block_size)),
+        ("VMs", formats.count(len(s.vms))),
+        ("logical", formats.size(s.logical_bytes)),
+        ("physical", formats.size(s.physical_bytes)),
+        ("dedup ratio", formats.ratio(s.dedup_ratio)),
+        ("unique blocks", formats.count(s.unique_blocks)),
     ]
     if s.free_slots is not None:
-        lines.append(f"free slots      {s.free_slots}")
-    lines += [
-        f"collisions      {s.collisions}",
-        f"refcounts       {hist}",
-        f"metadata RAM    {human_bytes(s.metadata_ram_bytes)}"
-        f" ({s.metadata_ram_bytes_per_block} B per block)",
+        rows.append(("free slots", formats.count(s.free_slots)))
+    rows += [
+        ("collisions", formats.count(s.collisions)),
+        ("refcounts", hist or formats.UNKNOWN),
+        ("metadata RAM", f"{formats.size(s.metadata_ram_bytes)}"
+         f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f}'} B per block)"),
     ]
     if admin.kind == "cluster":
-        lines += [f"nodes           {sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up",
-                  f"under-replicated {s.under_replicated_blocks} blocks"]
+        rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),
+                 ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks")]
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     emit(args, s, "\n".join(lines))
     return 0
 
 
-@command("blocks", help="the block table: one row per physical block", looks=True, args=[
+@command("blocks",
+         json='a BlockPage (engine/results.py)',
+         help="the block table: one row per physical block", looks=True, args=[
     arg("--vm", metavar="NAME", help="only blocks this VM reads"),
     arg("--limit", type=nonnegative, default=50, metavar="N", help="at most N rows (default 50)"),
     arg("--offset", type=nonnegative, default=0, metavar="N", help="skip the first N rows"),
@@ -351,9 +377,10 @@ def stats(admin, args, bar) -> int:
 def blocks(admin, args, bar) -> int:
     page = admin.blocks(vm=args.vm, min_refs=args.min_refs, max_refs=args.max_refs,
                         prefix=args.prefix, offset=args.offset, limit=args.limit)
-    rows = [(str(r.pbn), r.fingerprint, str(r.refcount), _names(r.vms)) for r in page.rows]
+    rows = [(str(r.pbn), r.fingerprint, formats.count(r.refcount), _names(r.vms))
+            for r in page.rows]
     text = table(("PBN", "FINGERPRINT", "REFS", "VMS"), rows)
-    text += f"\n{len(rows)} of {page.total} blocks"
+    text += f"\n{formats.count(len(rows))} of {formats.count(page.total)} blocks"
     emit(args, page, text)
     return 0
 
@@ -364,19 +391,25 @@ def _names(names: list[str], most: int = 4) -> str:
     return ",".join(names[:most]) + f" +{len(names) - most}"
 
 
-@command("rebuild", help="rebuild the RAM dedup metadata and print its figures", rebuilds=True,
+@command("rebuild",
+         json='RebuildFigures (every field in engine/results.py)',
+         help="rebuild the RAM dedup metadata and print its figures", rebuilds=True,
          args=[arg("--full", action="store_true",
                    help="re-read and re-hash every block, reporting corrupt ones")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
-    text = (f"{r.mode} rebuild: {r.blocks} blocks ({human_bytes(r.bytes)}) in "
-            f"{r.seconds:.2f}s, {human_bytes(r.bytes_per_s)}/s; "
-            f"{len(r.corrupt_blocks)} corrupt, {r.orphans_reclaimed} orphans reclaimed")
+    rate = formats.rate_over(r.bytes, r.seconds)
+    text = (f"{r.mode} rebuild: {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in "
+            f"{formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
+            f"{formats.count(len(r.corrupt_blocks))} corrupt, "
+            f"{formats.count(r.orphans_reclaimed)} orphans reclaimed")
     emit(args, r, text)
     return 1 if r.corrupt_blocks else 0
 
 
-@command("fsck", help="check every promise the pool makes; exit 1 if any is broken", looks=True)
+@command("fsck",
+         json='{"clean": true or false, "problems": [Problem (engine/results.py)]}',
+         help="check every promise the pool makes; exit 1 if any is broken", looks=True)
 def fsck(admin, args, bar) -> int:
     problems = admin.fsck(bar)
     text = "\n".join(f"{p.kind}: {p.message}" for p in problems) or "clean"
@@ -384,7 +417,9 @@ def fsck(admin, args, bar) -> int:
     return 1 if problems else 0
 
 
-@command("scrub", help="verify every live block against its fingerprint, beside reads and "
+@command("scrub",
+         json='ScrubFigures, or the Job started (engine/results.py)',
+         help="verify every live block against its fingerprint, beside reads and "
          "writes", description="Verifies every live block against its fingerprint (the anchor is "
          "`zpool scrub`); rotten blocks are remembered as corrupt (`stats`). A scrub stopped "
          "resumes where it was the next time. With a service running, it runs there in the "
@@ -400,8 +435,10 @@ def scrub(admin, args, bar) -> int:
         emit(args, job, f"scrub started: job {job.id} (`blockfold job ls` shows its progress)")
         return 0
     r = admin.scrub(rate, bar)
-    text = (f"scrubbed {r.blocks} blocks ({human_bytes(r.bytes)}) in {r.seconds:.2f}s,"
-            f" {human_bytes(r.bytes_per_s)}/s; {len(r.corrupt)} corrupt"
+    rate = formats.rate_over(r.bytes, r.seconds)
+    text = (f"scrubbed {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in"
+            f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
+            f" {formats.count(len(r.corrupt))} corrupt"
             + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
     emit(args, r, text)
     return 1 if r.corrupt else 0
@@ -409,16 +446,20 @@ def scrub(admin, args, bar) -> int:
 
 # -- a service's jobs ----------------------------------------------------------------------------
 
-@command("job", "ls", help="the long work a service runs: imports, exports, rebuilds, scrubs …")
+@command("job", "ls",
+         json='a list of Job (every field in engine/results.py)',
+         help="the long work a service runs: imports, exports, rebuilds, scrubs …")
 def job_ls(admin, args, bar) -> int:
     jobs = admin.jobs()
-    rows = [(str(j.id), j.kind, j.actor, j.state, j.phase or "-",
-             f"{j.done / j.total:.0%}" if j.total else "-", j.message) for j in jobs]
+    rows = [(str(j.id), j.kind, j.actor, j.state, j.phase or formats.UNKNOWN,
+             f"{j.done / j.total:.0%}" if j.total else formats.UNKNOWN, j.message) for j in jobs]
     emit(args, jobs, table(("ID", "KIND", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
     return 0
 
 
-@command("job", "cancel", help="stop a running job of the service", args=[
+@command("job", "cancel",
+         json='the Job (engine/results.py)',
+         help="stop a running job of the service", args=[
     arg("id", type=positive, metavar="ID", help="the job's id (see `job ls`)")])
 def job_cancel(admin, args, bar) -> int:
     job = admin.cancel_job(args.id)
@@ -428,7 +469,9 @@ def job_cancel(admin, args, bar) -> int:
 
 # -- clusters -----------------------------------------------------------------------------------
 
-@command("cluster", "up", help="create a local cluster in DIR if new, and start its nodes",
+@command("cluster", "up",
+         json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
+         help="create a local cluster in DIR if new, and start its nodes",
          opens=False, args=[
              CLUSTER_DIR,
              arg("--nodes", type=positive, default=3, metavar="N",
@@ -446,19 +489,33 @@ def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
                           min_replicas=args.min_replicas, memory=_size(args.memory),
                           block_size=args.block_size, repair_delay=args.repair_delay)
-    print(json.dumps({"cluster": args.dir, "nodes": rows}, indent=2))
+    emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
 
-@command("cluster", "down", help="stop the cluster's local nodes", opens=False,
+@command("cluster", "down",
+         json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
+         help="stop the cluster's local nodes", opens=False,
          args=[CLUSTER_DIR])
 def cluster_down(args) -> int:
     rows = api.cluster_down(args.dir)
-    print(json.dumps({"cluster": args.dir, "nodes": rows}, indent=2))
+    emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
 
-@command("cluster", "add", help="join a node running elsewhere, pinning its host key now",
+def _cluster_nodes(path: str, rows: list[dict]) -> str:
+    """cluster up/down for people: each node, where it listens, and whether it runs here."""
+    running = sum(bool(r["running"]) for r in rows if r["local"])
+    local = sum(bool(r["local"]) for r in rows)
+    lines = table(("NODE", "ADDRESS", "WHERE", "PID"), [
+        (r["name"], r["address"], ("running here" if r["running"] else "stopped") if r["local"]
+         else "elsewhere", str(r["pid"]) if r["pid"] else formats.UNKNOWN) for r in rows])
+    return f"{lines}\ncluster {path}: {running} of {local} local nodes running"
+
+
+@command("cluster", "add",
+         json='{name, address, pid, local, running} of the node added',
+         help="join a node running elsewhere, pinning its host key now",
          opens=False, args=[
              CLUSTER_DIR,
              arg("address", metavar="HOST:PORT", help="where the node listens"),
@@ -472,7 +529,7 @@ def cluster_add(args) -> int:
 
 
 @command("node", "serve", help="run one node (an SSH server) in the foreground", opens=False,
-         json=False, args=[
+         args=[
              arg("--data", required=True, metavar="DIR", help="the node's data directory"),
              arg("--listen", type=listen_address, required=True, metavar="HOST:PORT",
                  help="port 0: any free"),
@@ -491,13 +548,16 @@ def node_serve(args) -> int:
     return 0
 
 
-@command("node", "ls", help="the nodes: state, latency, capacity, blocks", looks=True,
+@command("node", "ls",
+         json='a list of NodeStatus (every field in engine/results.py)',
+         help="the nodes: state, latency, capacity, blocks", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
-    rows = [(n.name, n.address, n.state, f"{n.latency_ms:.1f}", human_bytes(n.capacity_bytes),
-             str(n.live_blocks), str(n.under_replicated)) for n in nodes]
-    emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY MS", "CAPACITY", "BLOCKS",
+    rows = [(n.name, n.address, n.state, formats.latency(n.latency_ms),
+             formats.size(n.capacity_bytes), formats.count(n.live_blocks),
+             formats.count(n.under_replicated)) for n in nodes]
+    emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY", "CAPACITY", "BLOCKS",
                              "UNDER-REPLICATED"), rows))
     return 0
 
@@ -505,7 +565,9 @@ def node_ls(admin, args, bar) -> int:
 # Failing and restoring a node act on its process from the cluster directory alone: they run
 # beside a cluster's writer, and with every node down. A writer sees the change at its next
 # heartbeat.
-@command("node", "fail", help="make a node unreachable (kill its process)", opens=False,
+@command("node", "fail",
+         json='{"failed": NAME}',
+         help="make a node unreachable (kill its process)", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
     if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
@@ -516,7 +578,9 @@ def node_fail(args) -> int:
     return 0
 
 
-@command("node", "restore", help="bring a failed node back (restart its process)", opens=False,
+@command("node", "restore",
+         json='{"restored": NAME, "address": HOST:PORT, "pid": its process}',
+         help="bring a failed node back (restart its process)", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(args) -> int:
     row = api.restore_node(args.cluster, args.name)
@@ -525,18 +589,21 @@ def node_restore(args) -> int:
     return 0
 
 
-@command("heal", help="re-replicate under-replicated blocks", cluster=True, args=[
+@command("heal",
+         json='HealFigures (every field in engine/results.py)',
+         help="re-replicate under-replicated blocks", cluster=True, args=[
     arg("--wait", action="store_true", help="until none is under-replicated")])
 def heal(admin, args, bar) -> int:
     figures = admin.heal(wait=args.wait, progress=bar)
-    emit(args, figures, f"copied {figures.copied} blocks, dropped {figures.dropped};"
-         f" {figures.under_replicated} under-replicated")
+    emit(args, figures, f"copied {formats.count(figures.copied)} blocks, dropped"
+         f" {formats.count(figures.dropped)}; {formats.count(figures.under_replicated)}"
+         " under-replicated")
     return 0
 
 
 # -- the console --------------------------------------------------------------------------------
 
-@command("console", help="open the console on a pool or a cluster", opens=False, json=False,
+@command("console", help="open the console on a pool or a cluster", opens=False,
          args=[arg("-p", "--pool", metavar="DIR", default=argparse.SUPPRESS,
                    help="the pool directory ($BLOCKFOLD_POOL)"),
                arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
@@ -606,7 +673,7 @@ def _quit_on_hangup(app) -> None:
          "console on it; quitting stops the nodes",
          description="Starts 3 node processes on 127.0.0.1 (R=2) in a fresh directory, seeds a "
          "golden image and a dozen linked clones, opens the console on the cluster, and stops "
-         "every node on quit.", opens=False, json=False, args=[
+         "every node on quit.", opens=False, args=[
              arg("--dir", metavar="DIR", help="where the demo cluster lives (default: a new "
                  "temporary directory, removed on quit)")])
 def demo(args) -> int:

@@ -10,11 +10,22 @@ from __future__ import annotations
 import random
 import tempfile
 
+from engine import api
 from engine.api import Admin
 
 BLOCK = 4096
 GOLDEN_BLOCKS = 8192          # 32 MiB
 DESKTOPS = 12
+NODES, REPLICAS = 3, 2
+
+
+def up(path, memory: int | None = None, repair_delay: float = 0.0) -> None:
+    """Starts the demo cluster in `path` (made if new): 3 local nodes on 127.0.0.1, every block
+    on 2 of them. memory: each node keeps its blocks in RAM, up to this many bytes (then its
+    capacity is that, whatever the disk). repair_delay: seconds before the healer copies the
+    blocks of a lost node elsewhere."""
+    api.cluster_up(path, nodes=NODES, replicas=REPLICAS, memory=memory,
+                   repair_delay=repair_delay)
 
 
 def golden_image(seed: int = 7) -> bytes:

@@ -12,10 +12,10 @@ from .registry import Command, commands_for
 class CommandsProvider(Provider):
     def _commands(self) -> list[tuple[Command, object]]:
         read_only = getattr(self.app, "read_only", False)
-        scope = getattr(self.screen, "MODE", None)
+        pane = getattr(self.app, "pane", None)          # the console screen in front
         found = [(c, self.app) for c in commands_for("app", read_only)]
-        if scope:
-            found += [(c, self.screen) for c in commands_for(scope, read_only)]
+        if pane is not None:
+            found += [(c, pane) for c in commands_for(pane.MODE, read_only)]
         return found
 
     async def discover(self) -> Hits:

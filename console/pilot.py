@@ -16,5 +16,6 @@ async def settle(pilot, rounds: int = 40) -> None:
                 break
     # Widgets such as DataTable lay out new rows when idle: give a loaded machine time for it.
     await pilot.pause(0.1)
+    await pilot.wait_for_animation()        # progress bars glide to their value
     await pilot.pause()
     app.clear_notifications()

@@ -1,4 +1,4 @@
-"""The one command registry: it feeds the key bindings, the footer, `?` help and the palette.
+"""The one command registry: it feeds the key bindings, the key bar, `?` help and the palette.
 
 A command belongs to the whole app or to one screen (by its mode name). Commands that change the
 pool are marked `writes`, and `--read-only` hides them everywhere at once.
@@ -32,7 +32,7 @@ SCREENS = [  # (mode, key, title)
 ]
 
 COMMANDS: list[Command] = [
-    *(Command(key, f"switch_mode('{mode}')", title, f"show the {title} screen", footer=False)
+    *(Command(key, f"show('{mode}')", title, f"show the {title} screen", footer=False)
       for mode, key, title in SCREENS),
     Command("question_mark", "help", "Help", "the keys of this screen"),
     Command("t", "toggle_theme", "Theme", "switch between the dark and the light theme"),
@@ -58,21 +58,36 @@ COMMANDS: list[Command] = [
 ]
 
 
+NAVIGATION = ("up", "down", "pageup", "pagedown", "home", "end")
+"""Keys that move through the table of the screen in front (widgets/row_table.py)."""
+
+
 def commands_for(scope: str, read_only: bool = False) -> list[Command]:
     return [c for c in COMMANDS if c.scope == scope and not (read_only and c.writes)]
 
 
-def bindings_for(scope: str) -> list[Binding]:
-    return [Binding(c.key, c.action, c.title, show=c.footer) for c in COMMANDS
-            if c.scope == scope]
+def app_bindings() -> list[Binding]:
+    """Every key, bound on the app: the console's screens are panes of one Textual screen that
+    never takes the focus (console/screens/base.py), so a screen's commands run as
+    pane(ACTION) on the screen in front, and the arrows and paging keys as navigate(KEY) on its
+    table. The app's check_action enables only the screen in front's."""
+    # The screens' commands first: the key bar shows them before the app's.
+    ordered = sorted(COMMANDS, key=lambda c: c.scope == "app")
+    return [*(Binding(c.key, c.action if c.scope == "app" else f"pane({c.action!r})", c.title,
+                      show=c.footer) for c in ordered),
+            *(Binding(key, f"navigate({key!r})", key, show=False) for key in NAVIGATION)]
+
+
+def find(scope: str, action: str) -> Command | None:
+    """The command of `scope` whose action (without its arguments) is `action`."""
+    return next((c for c in COMMANDS
+                 if c.scope == scope and c.action.split("(")[0] == action), None)
 
 
 def allowed(scope: str, action: str, read_only: bool) -> bool:
     """False for a write command when read-only: Textual then hides and disables its binding."""
-    for c in COMMANDS:
-        if c.scope == scope and c.action.split("(")[0] == action:
-            return not (read_only and c.writes)
-    return True
+    command = find(scope, action)
+    return command is None or not (read_only and command.writes)
 
 
 def key_label(key: str) -> str:

@@ -1,6 +1,7 @@
 """The engine's front door: everything the console and the CLI use, and nothing else of it.
 
-`Admin` (engine.admin) is the interface; its results are the dataclasses of engine.results.
+`Admin` (engine.admin) is the interface; its results are the dataclasses of engine.results, and
+`formats` says how each kind of figure reads for people (the CLI and the console share it).
 `LocalAdmin` runs it over a pool embedded in this process, `open_cluster` over a cluster,
 `find_service` and `connect_service` over a running service (engine/service), which `serve` and
 `Service` run. What is heavy is imported on use: the storage engine (numpy) only when a pool is
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import formats
 from .admin import Admin
 from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
                      VMNotFoundError)
@@ -21,7 +23,7 @@ from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
                       PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
                       VMStats, plain)
-from .units import human_bytes, parse_size
+from .formats import parse_size
 
 if TYPE_CHECKING:
     from .localadmin import LocalAdmin
@@ -33,7 +35,7 @@ __all__ = [
     "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
     "ScrubFigures", "Service", "Snapshot", "VMNotFoundError", "VMStats", "cluster_add",
     "cluster_down", "cluster_up", "connect_service", "create_pool", "default_pool_path",
-    "find_service", "human_bytes", "open_cluster", "parse_size", "plain", "serve_node",
+    "find_service", "formats", "open_cluster", "parse_size", "plain", "serve_node",
 ]
 
 

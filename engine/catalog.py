@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import formats
 from .errors import NotAPoolError, PoolFormatError
 from .layergraph import VM, LayerEdit
 
@@ -168,9 +169,10 @@ class Catalog:
              figures["blocks"], figures["bytes"], len(figures["corrupt_blocks"]),
              figures["orphans_reclaimed"]))
         self.log("engine", "rebuild",
-                 f"{figures['mode']} rebuild ({figures['reason']}): {figures['blocks']} blocks,"
-                 f" {len(figures['corrupt_blocks'])} corrupt,"
-                 f" {figures['orphans_reclaimed']} orphans reclaimed")
+                 f"{figures['mode']} rebuild ({figures['reason']}):"
+                 f" {formats.count(figures['blocks'])} blocks,"
+                 f" {formats.count(len(figures['corrupt_blocks']))} corrupt,"
+                 f" {formats.count(figures['orphans_reclaimed'])} orphans reclaimed")
 
     def rebuilds(self, limit: int = 10) -> list[dict]:
         cols = ("ts", "reason", "mode", "seconds", "blocks", "bytes", "corrupt", "orphans")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native, blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from . import _native, blockview, formats, fsck as fsck_mod, imageio, stats as stats_mod
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog
@@ -556,7 +556,7 @@ class Pool:
             finally:
                 image.close()
             with self._changing():
-                events = [("import", f"imported {name} ({size} bytes)")]
+                events = [("import", f"imported {name} ({formats.size(size)})")]
                 self._edit(lambda: self.graph.plan_register(layer, size, events))
         except BaseException:
             with self._lock:
@@ -571,7 +571,7 @@ class Pool:
 
     def _fill(self, target: str, image, progress) -> int:
         """Writes an image's chunks into an import's provisional VM; returns its size in bytes."""
-        meter = Meter(progress, "import", image.size)
+        meter = Meter(progress, "import", image.size, unit_bytes=1)
         size = image.size
         for offset, data in image.chunks(IMPORT_CHUNK_BLOCKS * self.block_size):
             size = max(size, offset + len(data))       # stdin: grows as it comes
@@ -588,7 +588,7 @@ class Pool:
         size = self.graph.vm(name).size
         bs = self.block_size
         chunk = IMPORT_CHUNK_BLOCKS * bs
-        meter = Meter(progress, "export", size)
+        meter = Meter(progress, "export", size, unit_bytes=1)
         with imageio.open_output(dest, size) as out:
             for offset in range(0, size, chunk):
                 n = min(chunk, size - offset)

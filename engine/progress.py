@@ -12,9 +12,13 @@ from .errors import CancelledError
 @dataclass(frozen=True)
 class Progress:
     phase: str
+    """What is being done: "import", "hashes", … (Admin.rebuild_phases names a rebuild's)."""
     done: int
+    """Units done so far (bytes, blocks, pages or nodes: the phase decides)."""
     total: int
+    """Units in all."""
     bytes_per_s: float = 0.0
+    """Data rate since the phase began; 0 for work not counted in bytes or blocks."""
 
     @property
     def fraction(self) -> float:
@@ -41,10 +45,12 @@ def cancellable(progress: ProgressCallback | None, cancel) -> ProgressCallback |
 
 
 class Meter:
-    """Turns running counts into Progress reports, at most every `interval` seconds."""
+    """Turns running counts into Progress reports, at most every `interval` seconds. unit_bytes:
+    the bytes in one unit of work (1 for bytes, the block size for blocks; 0 for pages, nodes
+    or keys, whose reports have no data rate)."""
 
     def __init__(self, callback: ProgressCallback | None, phase: str, total: int,
-                 unit_bytes: int = 1, interval: float = 0.1):
+                 unit_bytes: int = 0, interval: float = 0.1):
         self.callback = callback
         self.phase = phase
         self.total = total

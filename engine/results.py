@@ -52,7 +52,8 @@ class NodeStatus:
     state: str
     """"up", "suspect" (missed a heartbeat), "down" or "returning" (back, being caught up)."""
     latency_ms: float | None
-    """Round trip of the node's last answer, milliseconds; None for an embedded pool."""
+    """Round trip of the node's last heartbeat, milliseconds; None for a node that is down and
+    for an embedded pool."""
     capacity_bytes: int | None
     """Bytes of blocks it can hold: a node's held blocks plus its free disk (its last heartbeat);
     an embedded pool's slot files as allocated so far (None while its RAM metadata is

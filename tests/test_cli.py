@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from engine.pool import Pool
 from tests.conftest import cli_json, run_cli
+from tests.terminal import Terminal
 
 BS = 4096
 
@@ -274,3 +278,38 @@ def test_json_of_an_embedded_pool_has_every_field_a_cluster_has(pool, tmp_path):
     assert node["live_blocks"] == stats["unique_blocks"]
     figures = cli_json("-p", pool, "rebuild")
     assert figures["reason"] == "requested" and figures["missing_blocks"] is None
+
+
+def test_figures_read_one_way_for_people(pool, tmp_path):
+    """Counts with separators, sizes in IEC units, VMs in natural order, no rate for a rebuild
+    too short to have one (engine/formats.py)."""
+    make_image(tmp_path / "g.raw", 1400, 3)
+    run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw", check=True)
+    run_cli("-p", pool, "vm", "clone", "golden", "desk", "--count", "11", check=True)
+    names = [line.split()[0] for line in
+             run_cli("-p", pool, "vm", "ls", check=True).stdout_text.splitlines()[1:]]
+    assert names == [*(f"desk-{i}" for i in range(1, 12)), "golden"]
+    stats = dict(re.split(r"\s{2,}", line, maxsplit=1)
+                 for line in run_cli("-p", pool, "stats", check=True).stdout_text.splitlines())
+    unique = cli_json("-p", pool, "stats")["unique_blocks"]
+    assert unique > 999 and stats["unique blocks"] == f"{unique:,}"
+    assert stats["block size"] == "4.0 KiB" and stats["logical"].endswith(" MiB")
+    said = run_cli("-p", pool, "rebuild", check=True).stdout_text
+    assert f"{unique:,} blocks" in said and "/s" not in said
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_the_progress_bar_ends_on_its_own_line(pool, tmp_path):
+    """On a terminal, import shows a bar (rich.progress), and what it prints next starts a line
+    of its own."""
+    (tmp_path / "big.raw").write_bytes(os.urandom(64 << 20))
+    t = Terminal(tmp_path, f"{sys.executable} -m console -p {pool} vm import big "
+                           f"{tmp_path / 'big.raw'}")
+    try:
+        assert t.exit_code(timeout=60) == 0
+        lines = [line for line in t.screen().splitlines() if line.strip()]
+        bar = next(i for i, line in enumerate(lines) if line.startswith("import"))
+        assert "100%" in lines[bar] and "━" in lines[bar]
+        assert lines[bar + 1] == "imported big: 64.0 MiB"
+    finally:
+        t.close()

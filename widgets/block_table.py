@@ -10,32 +10,29 @@ from __future__ import annotations
 
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable
 
-from engine.api import BlockRow
+from engine.api import BlockRow, formats
+
+from .row_table import Col, RowTable
 
 MOST_VM_NAMES = 4
+COLUMNS = (Col("PBN", 20, numeric=True), Col("FINGERPRINT", 32, least=16),
+           Col("REFS", 5, numeric=True), Col("VMS", 26, flex=True))
 
 
 def vm_names(names: list[str]) -> str:
+    names = sorted(names, key=formats.natural_key)
     if len(names) <= MOST_VM_NAMES:
         return ", ".join(names)
     return ", ".join(names[:MOST_VM_NAMES]) + f" +{len(names) - MOST_VM_NAMES}"
 
 
-class BlockTable(DataTable):
+class BlockTable(RowTable):
     """Rows are engine.api.BlockRow: pbn, fingerprint, refcount and the VMs that read it."""
 
-    DEFAULT_CSS = """
-    BlockTable { border: round $primary-darken-1; }
-    BlockTable:focus { border: round $primary; }
-    """
-    BINDINGS = [
-        Binding("pagedown", "next_page", "Next page", show=False),
-        Binding("pageup", "previous_page", "Previous page", show=False),
-        Binding("ctrl+home,home", "first_page", "First page", show=False),
-        Binding("ctrl+end,end", "last_page", "Last page", show=False),
-    ]
+    KEYS = {**RowTable.KEYS, "pagedown": "next_page", "pageup": "previous_page",
+            "home": "first_page", "end": "last_page"}
+    BINDINGS = [Binding(key, action, show=False) for key, action in KEYS.items()]
 
     class PageWanted(Message):
         """The table needs the rows from `offset`; `cursor` is "first" or "last" row of it."""
@@ -47,29 +44,26 @@ class BlockTable(DataTable):
             self.cursor = cursor
 
     def __init__(self, page_size: int = 100, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(COLUMNS, zebra_stripes=True, **kwargs)
         self.page_size = page_size
         self.first_row = 0
         self.total = 0
         self._waiting = False
 
     def on_mount(self) -> None:
-        # Fixed widths: the columns stay put from page to page.
-        for column, width in (("PBN", 20), ("FINGERPRINT", 32), ("REFS", 6), ("VMS", 56)):
-            self.add_column(column, key=column.lower(), width=width)
+        super().on_mount()
         self._caption()
 
     def show_page(self, total: int, offset: int, rows: list[BlockRow],
                   cursor: str = "first") -> None:
         self._waiting = False
         self.total, self.first_row = total, offset
-        self.clear()
-        for row in rows:
-            self.add_row(str(row.pbn), row.fingerprint, str(row.refcount), vm_names(row.vms),
-                         key=str(row.pbn))
+        self.show_rows([(str(r.pbn), (str(r.pbn), r.fingerprint, formats.count(r.refcount),
+                                      vm_names(r.vms))) for r in rows])
         if rows:
             self.move_cursor(row=len(rows) - 1 if cursor == "last" else 0, animate=False)
         self._caption()
+        self._where()
 
     def page_failed(self) -> None:
         """The page asked for did not come: the table may ask again."""
@@ -81,6 +75,11 @@ class BlockTable(DataTable):
             self.border_title = f"blocks {self.first_row + 1:,}–{last:,} of {self.total:,}"
         else:
             self.border_title = "no blocks"
+
+    def _where(self) -> None:
+        """Where the cursor is among all the blocks, not only this page's."""
+        self.border_subtitle = (f"{self.first_row + self.cursor_row + 1:,} of {self.total:,}"
+                                if self.total > 1 else "")
 
     def _want(self, offset: int, cursor: str) -> None:
         last_page = max(0, (self.total - 1) // self.page_size * self.page_size)

@@ -1,13 +1,12 @@
-"""A node's health at a glance: a glyph, a word and a colour, so it reads without colour too."""
+"""A node's health at a glance: a glyph, a word and a colour (so it reads without colour too),
+and the figures of the node an operator looks at before failing or restoring it."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.api import NodeStatus
-
-from .figures import UNKNOWN, count, size
+from engine.api import NodeStatus, formats
 
 HEALTH = {
     "up": ("●", "UP", "green"),
@@ -27,27 +26,43 @@ class NodeCard(Static):
     (blocks done, blocks in all)."""
 
     DEFAULT_CSS = """
-    NodeCard { width: 30; height: auto; border: round $panel; padding: 0 1; }
+    NodeCard { height: auto; border: round $panel; padding: 0 1; }
     NodeCard.up { border: round $success; }
     NodeCard.suspect { border: round $warning; }
     NodeCard.down { border: round $error; }
     NodeCard.returning { border: round $primary; }
     """
 
-    def __init__(self, node: NodeStatus, heal: tuple[int, int] | None = None, **kwargs) -> None:
+    def __init__(self, node: NodeStatus, heal: tuple[int, int] | None = None,
+                 when=None, **kwargs) -> None:
+        """when: how a moment reads (a console clock's `when`); None: it is not shown."""
         super().__init__(**kwargs)
+        self.when = when
         self.show(node, heal)
 
     def show(self, node: NodeStatus, heal: tuple[int, int] | None = None) -> None:
         self.set_classes(node.state)
         self.border_title = node.name
-        text = health_text(node.state)
-        latency = UNKNOWN if node.latency_ms is None else f"{node.latency_ms:.1f} ms"
-        text.append(f"\nlatency   {latency}")
-        text.append(f"\ncapacity  {size(node.capacity_bytes)}")
-        text.append(f"\nblocks    {count(node.blocks)}")
+        text = Text()
+        text.append_text(health_text(node.state))
+        lines = [("why", node.error)] if node.error else []
+        lines += [("address", node.address),
+                 ("latency", formats.latency(node.latency_ms)),
+                 ("capacity", formats.size(node.capacity_bytes)),
+                 ("blocks", f"{formats.count(node.blocks)} stored"
+                            + (f", {formats.count(node.live_blocks)} live"
+                               if node.live_blocks != node.blocks else ""))]
+        if node.weight is not None:
+            lines.append(("weight", f"{node.weight:g}"))
+        if self.when is not None and node.last_seen is not None:
+            lines.append(("last seen", self.when(node.last_seen) if node.last_seen else "never"))
+        for label, value in lines:
+            text.append(f"\n{label:<17}", style="dim")
+            text.append(value)
         under = node.under_replicated
-        text.append(f"\nunder-replicated {under:,}", style="bold yellow" if under else "")
+        text.append(f"\n{'under-replicated':<17}", style="dim")
+        text.append(formats.count(under), style="bold yellow" if under else "")
         if heal and heal[1]:
-            text.append(f"\nhealing   {heal[0]:,}/{heal[1]:,}", style="blue")
+            text.append(f"\n{'healing':<17}", style="dim")
+            text.append(f"{formats.count(heal[0])} of {formats.count(heal[1])}", style="blue")
         self.update(text)

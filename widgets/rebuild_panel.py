@@ -7,14 +7,15 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, ProgressBar, Static
 
+from engine.api import formats
+
 
 class RebuildPanel(Vertical):
     DEFAULT_CSS = """
     RebuildPanel { height: auto; border: round $primary; padding: 0 1; }
-    RebuildPanel #phases { margin-bottom: 1; }
     RebuildPanel ProgressBar Bar { width: 1fr; }
     RebuildPanel ProgressBar { width: 1fr; }
-    RebuildPanel #results { margin-top: 1; }
+    RebuildPanel #rate { width: 1fr; display: none; }
     """
 
     def __init__(self, phases: list[str], **kwargs) -> None:
@@ -39,28 +40,34 @@ class RebuildPanel(Vertical):
         self.border_title = f"{mode} rebuild"
         self.query_one("#bar", ProgressBar).update(total=1, progress=0)
         self.query_one("#results", Static).update("")
+        self.query_one("#rate").display = True
         self._draw_phases()
 
     def advance(self, phase: str, done: int, total: int, rate: str | None = None,
                 eta: str | None = None) -> None:
-        """rate and eta are already worded ("12.0 MiB/s", "3s"); None shows a dash."""
+        """rate and eta are already worded ("12.0 MiB/s", "3 s"); None shows a dash."""
         self.current = phase
+        self.query_one("#rate").display = True
         self.query_one("#bar", ProgressBar).update(total=max(total, 1), progress=done)
         self.query_one("#rate", Label).update(
-            f"{phase}: {done:,} of {total:,}   rate {rate or '—'}   ETA {eta or '—'}")
+            f"{phase}: {formats.count(done)} of {formats.count(total)}   "
+            f"rate {rate or formats.UNKNOWN}   ETA {eta or formats.UNKNOWN}")
         self._draw_phases()
 
     def finish(self, results: list[tuple[str, str]], state: str = "done") -> None:
-        """state: "done", "cancelled" or "failed"; results are (label, value) lines."""
+        """state: "done", "cancelled" or "failed"; results are (label, value) pairs, which
+        follow one another on as few lines as the width allows."""
         self.state = state
         if state == "done":
             self.current = None
-            bar = self.query_one("#bar", ProgressBar)
-            bar.update(total=1, progress=1)
-        width = max((len(label) for label, _ in results), default=0)
-        text = Text(state.upper(), style="bold green" if state == "done" else "bold red")
-        for label, value in results:
-            text.append(f"\n{label.ljust(width)}  {value}")
+            self.query_one("#bar", ProgressBar).update(total=1, progress=1)
+        self.query_one("#rate").display = False
+        text = Text()
+        text.append(state.upper(), style="bold green" if state == "done" else "bold red")
+        for i, (label, value) in enumerate(results):
+            text.append("  " if i == 0 else " · ")
+            text.append(label, style="dim")
+            text.append(f" {value}")
         self.query_one("#results", Static).update(text)
         self._draw_phases()
 

@@ -34,7 +34,7 @@ class Trend(Static):
     """
 
     def __init__(self, describe: Callable[[float], str], **kwargs) -> None:
-        """describe words a value: lambda v: f"{v:.2f}x"."""
+        """describe words a value: formats.ratio, formats.rate."""
         super().__init__(**kwargs)
         self.describe = describe
         self.values: list[float] = []

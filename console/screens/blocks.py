@@ -10,19 +10,19 @@ from widgets.block_table import BlockTable
 
 from ..blockfilter import HINT, describe, parse_filter
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 from .error import ErrorDialog
 from .prompt import PromptDialog
 
 PAGE_SIZE = 100
 
 
-class BlocksScreen(PoolScreen):
+class BlocksPane(PoolPane):
     MODE = "blocks"
     TITLE = "Blockfold · Blocks"
     DEFAULT_CSS = """
-    BlocksScreen BlockTable { height: 1fr; }
-    BlocksScreen #filter { padding: 0 1; }
+    BlocksPane BlockTable { height: 1fr; }
+    BlocksPane #filter { padding: 0 1; }
     """
 
     def __init__(self) -> None:
@@ -32,7 +32,7 @@ class BlocksScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         yield Label("filter: none   (/ to filter)", id="filter")
-        yield BlockTable(page_size=PAGE_SIZE)
+        yield BlockTable(page_size=PAGE_SIZE, classes="framed")
 
     def show_view(self, view: PoolView) -> None:
         # A page is re-read only when the pool's blocks may have changed, not at every poll.

@@ -11,6 +11,7 @@ from .error import DIALOG_CSS
 
 
 class ConfirmDialog(ModalScreen[bool]):
+    AUTO_FOCUS = "*"           # the console's own screens focus nothing (screens/base.py)
     DEFAULT_CSS = DIALOG_CSS.format(name="ConfirmDialog").replace("$error", "$warning")
     BINDINGS = [("y", "answer(True)", "Yes"), ("n,escape", "answer(False)", "No")]
 

@@ -9,14 +9,16 @@ from textual.widgets import Button, Label
 
 DIALOG_CSS = """
 {name} {{ align: center middle; }}
-{name} > Vertical {{ width: 64; height: auto; border: thick $error; background: $surface;
-                     padding: 1 2; }}
+{name} > Vertical {{ width: 64; max-width: 100%; height: auto; border: thick $error;
+                     background: $surface; padding: 1 2; }}
 {name} .buttons {{ height: auto; align-horizontal: right; margin-top: 1; }}
 {name} Button {{ margin-left: 2; }}
+{name} Label {{ width: 1fr; }}
 """
 
 
 class ErrorDialog(ModalScreen[None]):
+    AUTO_FOCUS = "*"           # the console's own screens focus nothing (screens/base.py)
     DEFAULT_CSS = DIALOG_CSS.format(name="ErrorDialog")
     BINDINGS = [("escape,enter", "dismiss", "Close")]
 

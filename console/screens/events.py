@@ -3,35 +3,29 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable
 
-from engine.api import Event
+from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
+
+COLUMNS = (Col("WHEN", 12, numeric=True), Col("WHO", 14, least=8), Col("WHAT", 8),
+           Col("MESSAGE", 30, flex=True))
 
 
-class EventsScreen(PoolScreen):
+class EventsPane(PoolPane):
     MODE = "events"
     TITLE = "Blockfold · Events"
     DEFAULT_CSS = """
-    EventsScreen DataTable { height: 1fr; }
+    EventsPane RowTable { height: 1fr; }
     """
 
     def body(self) -> ComposeResult:
-        table = DataTable(cursor_type="row", zebra_stripes=True, id="events", classes="framed")
-        for column, width in (("WHEN", 19), ("WHO", 10), ("WHAT", 10), ("MESSAGE", 80)):
-            table.add_column(column, width=width)
-        yield table
-
-    shown_events: list[Event] | None = None
+        yield RowTable(COLUMNS, zebra_stripes=True, id="events", classes="framed")
 
     def show_view(self, view: PoolView) -> None:
-        if view.events == self.shown_events:
-            return
-        self.shown_events = view.events
-        table = self.query_one("#events", DataTable)
-        table.clear()
-        for e in view.events:
-            table.add_row(self.app.clock.stamp(e.ts), e.actor, e.kind, e.message)
+        table = self.query_one("#events", RowTable)
+        when = self.app.clock.when
+        table.show_rows([(str(e.id), (when(e.ts), e.actor, e.kind, e.message))
+                         for e in view.events])
         table.border_title = f"{len(view.events)} most recent events"

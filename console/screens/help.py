@@ -11,9 +11,11 @@ from ..registry import commands_for, key_label
 
 
 class HelpScreen(ModalScreen[None]):
+    AUTO_FOCUS = "*"           # the console's own screens focus nothing (screens/base.py)
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 90; height: auto; max-height: 90%; border: thick $primary;
+    HelpScreen > Vertical { width: 90; max-width: 100%; height: auto; max-height: 90%;
+                            border: thick $primary;
                             background: $surface; padding: 0 1; }
     HelpScreen DataTable { height: auto; }
     """

@@ -1,65 +1,58 @@
 """5 Nodes: each node's health (glyph, word, colour), latency, capacity, blocks and
-under-replicated count; fail and restore a node, with confirmation."""
+under-replicated count, the selected node in detail; fail and restore a node, with
+confirmation."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import HorizontalScroll
-from textual.widgets import DataTable
 
-from widgets.figures import UNKNOWN, count, size
+from engine.api import NodeStatus, formats
 from widgets.node_card import NodeCard, health_text
+from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView
-from .base import PoolScreen
+from .base import PoolPane
 from .confirm import ConfirmDialog
 
+COLUMNS = (Col("NODE", 10), Col("HEALTH", 11), Col("LATENCY", 8, numeric=True),
+           Col("CAPACITY", 9, numeric=True), Col("BLOCKS", 9, numeric=True),
+           Col("UNDER-REPL", 10, numeric=True))
 
-class NodesScreen(PoolScreen):
+
+class NodesPane(PoolPane):
     MODE = "nodes"
     TITLE = "Blockfold · Nodes"
     DEFAULT_CSS = """
-    NodesScreen #cards { height: auto; }
-    NodesScreen DataTable { height: 1fr; }
+    NodesPane #nodes { height: auto; max-height: 60%; }
     """
 
     def body(self) -> ComposeResult:
-        # Not focusable, so that the arrow keys move through the table's nodes from the start.
-        yield HorizontalScroll(id="cards", can_focus=False)
-        table = DataTable(cursor_type="row", id="nodes", classes="framed")
-        for column, width in (("NODE", 12), ("HEALTH", 11), ("ADDRESS", 24), ("LATENCY", 10),
-                              ("CAPACITY", 10), ("BLOCKS", 12), ("UNDER-REPL", 10)):
-            table.add_column(column, key=column.lower(), width=width)
-        yield table
+        yield RowTable(COLUMNS, id="nodes", classes="framed")
+        yield NodeCard(blank_node(), when=self.app.clock.when, id="card")
 
     def show_view(self, view: PoolView) -> None:
-        cards = self.query_one("#cards", HorizontalScroll)
-        existing = {card.name: card for card in cards.query(NodeCard)}
-        for node in view.nodes:
-            if node.name in existing:
-                existing.pop(node.name).show(node)
-            else:
-                cards.mount(NodeCard(node, name=node.name))
-        for card in existing.values():
-            card.remove()
-        table = self.query_one("#nodes", DataTable)
-        selected = self.selected()
-        table.clear()
-        for n in view.nodes:
-            latency = UNKNOWN if n.latency_ms is None else f"{n.latency_ms:.1f} ms"
-            table.add_row(n.name, health_text(n.state), self.app.clock.volatile(n.address),
-                          latency, size(n.capacity_bytes), count(n.blocks),
-                          count(n.under_replicated), key=n.name)
+        table = self.query_one("#nodes", RowTable)
+        table.show_rows([(n.name, (n.name, health_text(n.state), formats.latency(n.latency_ms),
+                                   formats.size(n.capacity_bytes), formats.count(n.blocks),
+                                   formats.count(n.under_replicated)))
+                         for n in view.nodes])
         down = sum(n.state != "up" for n in view.nodes)
         table.border_title = f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
-        if selected is not None and selected in table.rows:
-            table.move_cursor(row=table.get_row_index(selected), animate=False)
+        self._show_selected()
+
+    def on_data_table_row_highlighted(self) -> None:
+        self._show_selected()
+
+    def _show_selected(self) -> None:
+        if self._shown is None:
+            return
+        name = self.selected()
+        for node in self._shown.nodes:
+            if node.name == name:
+                self.query_one(NodeCard).show(node)
 
     def selected(self) -> str | None:
-        table = self.query_one("#nodes", DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.query_one("#nodes", RowTable).selected()
 
     def _confirm_then(self, verb: str, question: str, call) -> None:
         name = self.selected()
@@ -76,10 +69,17 @@ class NodesScreen(PoolScreen):
                              answered)
 
     def action_fail_node(self) -> None:
-        self._confirm_then("fail", "Fail node {name}? Its blocks are served from their other "
-                           "replicas and healed onto the remaining nodes.",
-                           self.app.admin.fail_node)
+        self._confirm_then("fail", "Fail node {name}? Its process is killed: its blocks are "
+                           "served from their other replicas, and healed onto the remaining "
+                           "nodes after the repair delay.", self.app.admin.fail_node)
 
     def action_restore_node(self) -> None:
-        self._confirm_then("restore", "Restore node {name}? It rejoins the pool and catches up.",
-                           self.app.admin.restore_node)
+        self._confirm_then("restore", "Restore node {name}? It restarts, rejoins the pool and "
+                           "catches up.", self.app.admin.restore_node)
+
+
+def blank_node() -> NodeStatus:
+    """What the card shows before the first poll: nothing known."""
+    return NodeStatus(name="", address=formats.UNKNOWN, state="unknown", latency_ms=None,
+                      capacity_bytes=None, blocks=None, live_blocks=None, under_replicated=0,
+                      weight=None, catalog_version=None, last_seen=None, error="")

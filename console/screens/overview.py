@@ -1,4 +1,5 @@
-"""1 Overview: capacity, logical vs physical bytes, the dedup ratio, trends, nodes and events."""
+"""1 Overview: the pool at a glance (VMs, logical and stored bytes, capacity, nodes), the dedup
+ratio in big digits, its trend and the data written, and as many recent events as fit."""
 
 from __future__ import annotations
 
@@ -7,93 +8,115 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import Label, Static
 
-from engine.api import NodeStatus, human_bytes
+from engine.api import PoolStats, formats
 from widgets.dedup_gauge import DedupGauge
-from widgets.figures import count, size
+from widgets.meter import Meter
 from widgets.node_card import HEALTH, health_text
 from widgets.trend import Trend
 
 from ..messages import PoolView
-from .base import PoolScreen
-
-RECENT_EVENTS = 6
+from .base import PoolPane
 
 
-class OverviewScreen(PoolScreen):
+class OverviewPane(PoolPane):
     MODE = "overview"
     TITLE = "Blockfold · Overview"
+    # Its CSS starts from the Screen, whose classes say the terminal's size (-narrow, -short);
+    # Textual reads SCOPED_CSS of each class, not inherited.
+    SCOPED_CSS = False
     DEFAULT_CSS = """
-    OverviewScreen #top { height: auto; }
-    OverviewScreen #capacity { width: 1fr; }
-    OverviewScreen #capacity ProgressBar Bar { width: 1fr; }
-    OverviewScreen #capacity ProgressBar { width: 1fr; }
-    OverviewScreen #dedup { width: auto; min-width: 40; }
-    OverviewScreen #trends { height: auto; }
-    OverviewScreen #trends > Vertical { width: 1fr; height: auto; }
+    OverviewPane #top { height: auto; }
+    OverviewPane #pool { width: 1fr; }
+    OverviewPane #dedup { width: 44; }
+    Screen.-narrow OverviewPane #dedup { width: 30; }
+    OverviewPane #trends { height: auto; }
+    OverviewPane #trends > Vertical { width: 1fr; height: auto; }
+    Screen.-short OverviewPane Trend { height: 3; }
+    OverviewPane #recent-box { height: 1fr; border: round $primary-darken-1; padding: 0 1; }
+    OverviewPane #recent, OverviewPane #figures, OverviewPane #node-summary {
+        text-wrap: nowrap; text-overflow: ellipsis; }
+    OverviewPane #node-summary { width: 1fr; }
     """
 
     def body(self) -> ComposeResult:
         with Horizontal(id="top"):
-            with Vertical(id="capacity", classes="panel") as capacity:
-                capacity.border_title = "capacity"
+            with Vertical(id="pool", classes="panel") as pool:
+                pool.border_title = "pool"
                 yield Static(id="figures")
-                yield ProgressBar(total=1, show_eta=False, id="used")
+                yield Meter(id="used")
+                yield Label(id="node-summary")
             with Vertical(id="dedup", classes="panel") as dedup:
                 dedup.border_title = "dedup ratio"
                 yield DedupGauge()
         with Horizontal(id="trends"):
             with Vertical(classes="panel") as ratio:
                 ratio.border_title = "dedup ratio over time"
-                yield Trend(lambda v: f"{v:.2f}x", id="ratio-trend")
+                yield Trend(formats.ratio, id="ratio-trend")
             with Vertical(classes="panel") as written:
                 written.border_title = "data written per second"
-                yield Trend(lambda v: f"{human_bytes(v)}/s", id="written-trend")
-        with Vertical(id="nodes", classes="panel") as nodes:
-            nodes.border_title = "nodes"
-            yield Label(id="node-summary")
-        with Vertical(id="events", classes="panel") as events:
+                yield Trend(formats.rate, id="written-trend")
+        with Vertical(id="recent-box") as events:
             events.border_title = "recent events"
             yield Static(id="recent")
 
     def show_view(self, view: PoolView) -> None:
         s = view.stats
-        free = f"  ({count(s.free_slots)} free slots)" if s.free_slots is not None else ""
-        self.query_one("#figures", Static).update(
-            f"VMs       {len(view.vms)}\n"
-            f"logical   {size(s.logical_bytes)}\n"
-            f"physical  {size(s.physical_bytes)} in {count(s.unique_blocks)} blocks\n"
-            f"capacity  {size(s.capacity_bytes)}{free}\n"
-            f"state     {s.state}")
-        self.query_one("#used", ProgressBar).update(total=max(s.capacity_bytes or 0, 1),
-                                                    progress=s.physical_bytes or 0)
-        if s.dedup_ratio is not None:
-            self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
+        self.query_one("#pool").border_title = "pool" if s.state == "ready" else f"pool · {s.state}"
+        self.query_one("#figures", Static).update(figures(s))
+        self.query_one("#used", Meter).show((s.physical_bytes or 0) / s.capacity_bytes
+                                            if s.capacity_bytes else 0.0)
+        self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
         self.query_one("#ratio-trend", Trend).show([x.ratio for x in view.history])
         self.query_one("#written-trend", Trend).show([x.written_per_s for x in view.history])
-        self.query_one("#node-summary", Label).update(node_summary(view.nodes))
+        self.query_one("#node-summary", Label).update(node_summary(s))
         recent = Text()
-        for e in view.events[:RECENT_EVENTS]:
-            recent.append(f"{self.app.clock.stamp(e.ts)}  ", style="dim")
-            recent.append(f"{e.actor:<8} ", style="cyan")
+        for e in view.events[:self.query_one("#recent-box").content_size.height or 20]:
+            recent.append(f"{self.app.clock.when(e.ts):>8}  ", style="dim")
+            recent.append(f"{e.actor:<10.10} ", style="cyan")
             recent.append(f"{e.message}\n")
         recent.rstrip()
         self.query_one("#recent", Static).update(recent or Text("no events yet", style="dim"))
 
+    def on_resize(self) -> None:
+        self._shown = None            # as many events as now fit
+        if self.is_shown:
+            self.draw()
 
-def node_summary(nodes: list[NodeStatus]) -> Text:
-    """'3 nodes: ● UP 2  ✖ DOWN 1 — DEGRADED' in the health colours."""
-    counts = Counter(n.state for n in nodes)
-    text = Text(f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}:  ")
+
+def figures(s: PoolStats) -> Text:
+    """VMs, logical, stored and capacity, labelled."""
+    free = f" · {formats.count(s.free_slots)} free slots" if s.free_slots is not None else ""
+    lines = [("VMs", formats.count(len(s.vms))),
+             ("logical", formats.size(s.logical_bytes)),
+             ("stored", f"{formats.size(s.physical_bytes)} in "
+                        f"{formats.count(s.unique_blocks)} blocks"),
+             ("capacity", f"{formats.size(s.capacity_bytes)}{free}")]
+    text = Text()
+    for label, value in lines:
+        text.append(f"{label:<10}", style="bold")
+        text.append(f"{value}\n")
+    text.rstrip()
+    return text
+
+
+def node_summary(s: PoolStats) -> Text:
+    """Two lines, in the health colours: 'nodes     ● UP 2  ✖ DOWN 1' and 'health    DEGRADED ·
+    1,204 under-replicated' (or 'healthy')."""
+    counts = Counter(n.state for n in s.nodes)
+    text = Text("nodes     ", style="bold")
     for state in list(HEALTH) + sorted(set(counts) - set(HEALTH)):
         if counts[state]:
             text.append_text(health_text(state))
-            text.append(f" {counts[state]}   ")
-    degraded = any(n.state != "up" for n in nodes)
-    under = sum(n.under_replicated for n in nodes)
-    if degraded or under:
-        text.append(f"DEGRADED ({under:,} blocks under-replicated)", style="bold red")
+            text.append(f" {counts[state]}  ")
+    text.rstrip()
+    text.append("\nhealth    ", style="bold")
+    if s.under_replicated_blocks:
+        text.append(f"DEGRADED · {formats.count(s.under_replicated_blocks)} under-replicated",
+                    style="bold red")
+    elif counts["up"] < len(s.nodes):
+        text.append("DEGRADED", style="bold red")
     else:
         text.append("healthy", style="bold green")
     return text

@@ -11,6 +11,7 @@ from .error import DIALOG_CSS
 
 
 class PromptDialog(ModalScreen[dict | None]):
+    AUTO_FOCUS = "*"           # the console's own screens focus nothing (screens/base.py)
     DEFAULT_CSS = DIALOG_CSS.format(name="PromptDialog").replace("$error", "$primary")
     BINDINGS = [("escape", "cancel", "Cancel")]
 

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable
 
-from engine.api import CancelledError, Progress, RebuildFigures, human_bytes
+from engine.api import CancelledError, Progress, RebuildFigures, formats
 from widgets.rebuild_panel import RebuildPanel
+from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
-from .base import PoolScreen
+from .base import PoolPane
 
 UNITS = {"tables": "pages", "inventory": "nodes"}    # what a phase counts; else blocks
+COLUMNS = (Col("WHEN", 12, numeric=True), Col("REASON", 9), Col("MODE", 4),
+           Col("BLOCKS", 10, numeric=True), Col("CORRUPT", 7, numeric=True),
+           Col("ORPHANS", 7, numeric=True), Col("TIME", 8, numeric=True))
 
 
-class RebuildScreen(PoolScreen):
+class RebuildPane(PoolPane):
     MODE = "rebuild"
     TITLE = "Blockfold · Rebuild"
     DEFAULT_CSS = """
-    RebuildScreen DataTable { height: 1fr; }
+    RebuildPane RowTable { height: 1fr; }
     """
 
     def __init__(self) -> None:
@@ -31,20 +33,17 @@ class RebuildScreen(PoolScreen):
 
     def body(self) -> ComposeResult:
         yield RebuildPanel(list(self.app.admin.rebuild_phases))
-        table = DataTable(cursor_type="none", id="history", classes="framed")
-        for column, width in (("WHEN", 19), ("REASON", 10), ("MODE", 5), ("BLOCKS", 12),
-                              ("CORRUPT", 8), ("ORPHANS", 8), ("SECONDS", 8)):
-            table.add_column(column, width=width)
+        table = RowTable(COLUMNS, cursor_type="none", id="history", classes="framed")
         table.border_title = "recent rebuilds   (f fast · F full · Escape cancels)"
         yield table
 
     def show_view(self, view: PoolView) -> None:
-        clock = self.app.clock
-        table = self.query_one("#history", DataTable)
-        table.clear()
-        for r in view.stats.rebuilds:
-            table.add_row(clock.stamp(r.ts), r.reason, r.mode, f"{r.blocks:,}", str(r.corrupt),
-                          str(r.orphans), clock.volatile(f"{r.seconds:.2f}"))
+        when = self.app.clock.when
+        self.query_one("#history", RowTable).show_rows([
+            (str(i), (when(r.ts), r.reason, r.mode, formats.count(r.blocks),
+                      formats.count(r.corrupt), formats.count(r.orphans),
+                      formats.duration(r.seconds)))
+            for i, r in enumerate(view.stats.rebuilds)])
 
     @property
     def running(self) -> bool:
@@ -82,18 +81,19 @@ class RebuildScreen(PoolScreen):
 
     def on_task_progress(self, message: TaskProgress) -> None:
         p = message.progress
-        now = time.monotonic()
+        now = self.app.clock.monotonic()
         if self._phase_start is None or self._phase_start[0] != p.phase:
             self._phase_start = (p.phase, now)
         elapsed = now - self._phase_start[1]
-        per_s = p.done / elapsed if elapsed > 0 else 0.0
-        rate = f"{per_s:,.0f} {UNITS.get(p.phase, 'blocks')}/s"
-        if p.phase == "hashes" and p.bytes_per_s:
-            rate += f" ({human_bytes(p.bytes_per_s)}/s)"
-        eta = f"{(p.total - p.done) / per_s:.0f}s" if per_s else None
-        clock = self.app.clock
-        self.query_one(RebuildPanel).advance(p.phase, p.done, p.total, clock.volatile(rate),
-                                             clock.volatile(eta) if eta else None)
+        rate = eta = None
+        # Only a phase that has run a while has a rate (and so an ETA) that means anything.
+        if elapsed >= formats.RATE_MIN_SECONDS and p.done:
+            per_s = p.done / elapsed
+            rate = f"{formats.count(round(per_s))} {UNITS.get(p.phase, 'blocks')}/s"
+            if p.bytes_per_s:
+                rate += f" ({formats.rate(p.bytes_per_s)})"
+            eta = formats.duration((p.total - p.done) / per_s)
+        self.query_one(RebuildPanel).advance(p.phase, p.done, p.total, rate, eta)
 
     def _finished(self, figures: RebuildFigures | None) -> None:
         self.cancel_event = None
@@ -102,20 +102,20 @@ class RebuildScreen(PoolScreen):
             panel.finish([("result", "cancelled: the pool keeps the metadata it had")],
                          "cancelled")
             return
-        panel.finish(result_lines(figures, self.app.clock))
+        panel.finish(result_lines(self.app.clock.steady(figures)))
 
 
-def result_lines(figures: RebuildFigures, clock) -> list[tuple[str, str]]:
-    """The figures a rebuild returns, worded; those that do not apply (None) are left out."""
-    lines = [("mode", figures.mode),
-             ("blocks", f"{figures.blocks:,} ({human_bytes(figures.bytes)})")]
+def result_lines(figures: RebuildFigures) -> list[tuple[str, str]]:
+    """The figures a rebuild returns, worded; those that do not apply (None) are left out, and
+    so is the rate of a rebuild too short for one (formats.RATE_MIN_SECONDS)."""
+    rate = formats.rate_over(figures.bytes, figures.seconds)
+    lines = [("blocks", f"{formats.count(figures.blocks)} ({formats.size(figures.bytes)})"),
+             ("time", formats.duration(figures.seconds) + (f" at {rate}" if rate else ""))]
     for label, value in (("pages read", figures.pages), ("references", figures.references),
-                         ("corrupt blocks", len(figures.corrupt_blocks)),
+                         ("corrupt", len(figures.corrupt_blocks)),
                          ("orphans reclaimed", figures.orphans_reclaimed),
-                         ("missing blocks", figures.missing_blocks),
+                         ("missing", figures.missing_blocks),
                          ("free slots", figures.free_slots)):
         if value is not None:
-            lines.append((label, f"{value:,}"))
-    rate = f"{figures.seconds:.2f}s, {human_bytes(figures.bytes_per_s)}/s"
-    lines.append(("time", clock.volatile(rate)))
+            lines.append((label, formats.count(value)))
     return lines

@@ -4,64 +4,57 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Label, ProgressBar
+from textual.widgets import Label, ProgressBar
 
-from engine.api import ImportResult, Progress, VMStats, human_bytes
-from widgets.figures import count, ratio, size
+from engine.api import ImportResult, Progress, formats
+from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
-from .base import PoolScreen
+from .base import PoolPane
 from .confirm import ConfirmDialog
 from .error import ErrorDialog
 from .prompt import PromptDialog
 
+COLUMNS = (Col("NAME", 20, least=14), Col("SIZE", 8, numeric=True),
+           Col("LOGICAL", 8, numeric=True), Col("UNIQUE", 9, numeric=True),
+           Col("SHARED", 9, numeric=True), Col("DEPTH", 5, numeric=True),
+           Col("ORIGIN", 8, flex=True))
 
-class VMsScreen(PoolScreen):
+
+class VMsPane(PoolPane):
     MODE = "vms"
     TITLE = "Blockfold · VMs"
     DEFAULT_CSS = """
-    VMsScreen DataTable { height: 1fr; }
-    VMsScreen #import { height: auto; display: none; padding: 0 1; }
-    VMsScreen #import.running { display: block; }
-    VMsScreen #import ProgressBar Bar { width: 1fr; }
-    VMsScreen #import ProgressBar { width: 1fr; }
+    VMsPane RowTable { height: 1fr; }
+    VMsPane #import { height: auto; display: none; padding: 0 1; }
+    VMsPane #import.running { display: block; }
+    VMsPane #import ProgressBar Bar { width: 1fr; }
+    VMsPane #import ProgressBar { width: 1fr; }
     """
 
     def body(self) -> ComposeResult:
-        table = DataTable(cursor_type="row", zebra_stripes=True, id="vms", classes="framed")
-        # Fixed widths: the layout does not shift as rows come and go.
-        for column, width in (("NAME", 24), ("SIZE", 10), ("LOGICAL", 10), ("UNIQUE", 10),
-                              ("SHARED", 10), ("DEPTH", 5)):
-            table.add_column(column, key=column.lower(), width=width)
-        yield table
+        yield RowTable(COLUMNS, zebra_stripes=True, id="vms", classes="framed")
         with Vertical(id="import"):
             yield Label("", id="import-label")
             yield ProgressBar(total=1, id="import-bar", show_eta=False)
 
-    shown_vms: list[VMStats] | None = None
-
     def show_view(self, view: PoolView) -> None:
-        table = self.query_one("#vms", DataTable)
-        selected = self.selected()
-        if view.vms != self.shown_vms:      # rebuilding a big table at every poll costs frames
-            self.shown_vms = view.vms
-            table.clear()
-            for vm in view.vms:
-                table.add_row(vm.name, human_bytes(vm.size), human_bytes(vm.logical_bytes),
-                              count(vm.unique_blocks), count(vm.shared_blocks), str(vm.depth),
-                              key=vm.name)
+        table = self.query_one("#vms", RowTable)
+        vms = sorted(view.vms, key=lambda v: formats.natural_key(v.name))
+        table.show_rows([(vm.name, (vm.name, formats.size(vm.size),
+                                    formats.size(vm.logical_bytes),
+                                    formats.count(vm.unique_blocks),
+                                    formats.count(vm.shared_blocks), str(vm.depth),
+                                    vm.origin or ""))
+                         for vm in vms])
         s = view.stats
-        table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s.logical_bytes)} logical in "
-                              f"{size(s.physical_bytes)} stored · "
-                              f"dedup {ratio(s.dedup_ratio)}")
-        if selected is not None and selected in table.rows:
-            table.move_cursor(row=table.get_row_index(selected), animate=False)
+        table.border_title = (f"{formats.count(len(vms))} VMs · "
+                              f"{formats.size(s.logical_bytes)} logical in "
+                              f"{formats.size(s.physical_bytes)} stored · "
+                              f"dedup {formats.ratio(s.dedup_ratio)}")
 
     def selected(self) -> str | None:
-        table = self.query_one("#vms", DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.query_one("#vms", RowTable).selected()
 
     def _need_vm(self) -> str | None:
         name = self.selected()
@@ -128,7 +121,7 @@ class VMsScreen(PoolScreen):
 
             def finished(vm: ImportResult) -> None:
                 box.remove_class("running")
-                self.notify(f"imported {vm.name} ({human_bytes(vm.size)})")
+                self.notify(f"imported {vm.name} ({formats.size(vm.size)})")
 
             self.app.engine(f"import {name}",
                             lambda: self.app.admin.import_image(name, path, progress), finished,

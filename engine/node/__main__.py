@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import BlockfoldError
-from ..units import parse_size
+from ..formats import parse_size
 from .server import run
 
 

@@ -151,11 +151,15 @@ def test_cli_drives_a_cluster(tmp_path):
     path = tmp_path / "cl"
     data = image(tmp_path / "a.raw", 1)
     try:
-        up = json.loads(bf("cluster", "up", str(path), "--nodes", "3", "--replicas", "2").stdout)
+        up = json.loads(bf("cluster", "up", str(path), "--nodes", "3", "--replicas", "2",
+                           "--json").stdout)
         assert [n["name"] for n in up["nodes"]] == ["node1", "node2", "node3"]
         assert all(n["pid"] for n in up["nodes"])
-        again = json.loads(bf("cluster", "up", str(path)).stdout)       # reuses the dir
+        again = json.loads(bf("cluster", "up", str(path), "--json").stdout)   # reuses the dir
         assert again["nodes"] == up["nodes"]
+        said = bf("cluster", "up", str(path)).stdout.splitlines()      # for people: a table
+        assert said[0].split() == ["NODE", "ADDRESS", "WHERE", "PID"]
+        assert said[-1] == f"cluster {path}: 3 of 3 local nodes running"
         bf("-c", str(path), "vm", "import", "a", str(tmp_path / "a.raw"))
         bf("-c", str(path), "node", "fail", "node3", "-y")
         bf("-c", str(path), "vm", "export", "a", str(tmp_path / "out.raw"))

@@ -88,7 +88,7 @@ async def test_restoring_a_node_brings_it_back_and_heals(seeded):
             await press(pilot, "r")
         assert health(app, "node2") == "● UP"
         table = app.screen.query_one("#nodes", DataTable)
-        assert [str(table.get_row(n)[6]) for n in ("node1", "node2", "node3")] == ["0"] * 3
+        assert [str(table.get_row(n)[5]).strip() for n in ("node1", "node2", "node3")] == ["0"] * 3
         assert app.screen.query_one("#nodes").border_title == "3 nodes"
         await press(pilot, "1")
         assert "healthy" in node_summary(app)

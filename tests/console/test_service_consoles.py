@@ -17,7 +17,7 @@ from .helpers import press, settle
 
 def vm_rows(app) -> list[str]:
     table = app.screen.query_one("#vms", DataTable)
-    return [table.get_row_at(i)[0] for i in range(table.row_count)]
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
 
 
 def event_actors(app) -> set[str]:

@@ -1,4 +1,4 @@
-"""Snapshots of every screen and of the main workflows, on a real pool with fixed contents.
+"""Snapshots of every screen and of the main workflows, on a real embedded pool with fixed contents.
 
 Update them with `pytest tests/console --snapshot-update`, then look at the SVGs before committing.
 """
@@ -20,8 +20,10 @@ def keys(*sequence: str):
 
 @pytest.mark.parametrize("key,screen", [("1", "overview"), ("2", "vms"), ("3", "blocks"),
                                         ("4", "rebuild"), ("5", "nodes"), ("6", "events")])
-def test_screen(snap_compare, make_app, key, screen):
-    assert snap_compare(make_app(), run_before=keys(key), terminal_size=SIZE)
+def test_screen_at_80x24(snap_compare, make_app, key, screen):
+    """An embedded pool's screens in the smallest terminal the console is made for (a cluster's,
+    in both sizes: test_demo_snapshots.py)."""
+    assert snap_compare(make_app(), run_before=keys(key), terminal_size=(80, 24))
 
 
 def test_help_lists_the_keys_of_the_current_screen(snap_compare, make_app):

@@ -12,7 +12,7 @@ from widgets.rebuild_panel import RebuildPanel
 from widgets.trend import spark_rows
 
 
-def node(name: str, state: str, latency_ms: float, blocks: int, under: int) -> NodeStatus:
+def node(name: str, state: str, latency_ms: float | None, blocks: int, under: int) -> NodeStatus:
     return NodeStatus(name=name, address="10.0.0.1:2222", state=state, latency_ms=latency_ms,
                       capacity_bytes=8 << 30, blocks=blocks, live_blocks=blocks,
                       under_replicated=under, weight=1.0, catalog_version=1, last_seen=0.0,
@@ -22,7 +22,7 @@ def node(name: str, state: str, latency_ms: float, blocks: int, under: int) -> N
 NODES = [  # (node, its heal progress)
     (node("node-a", "up", 0.4, 120_000, 0), None),
     (node("node-b", "suspect", 812.0, 118_000, 0), None),
-    (node("node-c", "down", 0.0, 0, 40_000), None),
+    (node("node-c", "down", None, 0, 40_000), None),
     (node("node-d", "returning", 1.2, 80_000, 12_000), (28_000, 40_000)),
 ]
 
@@ -55,7 +55,7 @@ async def test_every_state_has_its_glyph_and_word():
         shown = [str(card.render()) for card in app.query(NodeCard)]
     for text, expected in zip(shown, ["● UP", "◐ SUSPECT", "✖ DOWN", "↻ RETURNING"]):
         assert text.startswith(expected)
-    assert "healing   28,000/40,000" in shown[3]
+    assert "28,000 of 40,000" in shown[3].splitlines()[-1]
 
 
 def test_a_flat_zero_trend_draws_nothing():

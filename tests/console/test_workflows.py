@@ -12,7 +12,7 @@ from console.app import BlockfoldApp
 from console.clock import FixedClock
 from console.sample import BLOCK, golden_image
 from console.screens.error import ErrorDialog
-from console.screens.rebuild import RebuildScreen
+from console.screens.rebuild import RebuildPane
 from engine.api import LocalAdmin, create_pool
 from widgets.block_table import BlockTable
 from widgets.rebuild_panel import RebuildPanel
@@ -23,7 +23,7 @@ from .helpers import press, settle
 
 def vm_rows(app) -> list[str]:
     table = app.screen.query_one("#vms", DataTable)
-    return [table.get_row_at(i)[0] for i in range(table.row_count)]
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
 
 
 async def test_clone_ten_from_the_palette_raises_the_ratio(make_app, admin):
@@ -68,7 +68,7 @@ async def test_read_only_hides_and_refuses_writes(make_app, admin):
     app = make_app(read_only=True)
     async with app.run_test(size=SIZE) as pilot:
         await press(pilot, "2", "d", "c", "i")
-        assert app.screen.MODE == "vms"            # no dialog opened
+        assert app.screen is app.switcher.screen and app.pane.MODE == "vms"   # no dialog
         await press(pilot, "ctrl+p", *"vm")
         shown: list[str] = []
         for _ in range(50):                 # the palette searches in the background
@@ -100,7 +100,8 @@ async def test_block_table_pages_through_the_engine(tmp_path):
             assert (table.row_count, table.border_title) == (100, f"blocks 1–100 of {total}")
             await press(pilot, "pagedown")
             assert table.border_title == f"blocks 101–200 of {total}"
-            assert table.get_row_at(0)[0] == str(admin.blocks(offset=100, limit=1).rows[0].pbn)
+            assert (str(table.get_row_at(0)[0]).strip()
+                    == str(admin.blocks(offset=100, limit=1).rows[0].pbn))
             await press(pilot, "end")
             assert table.border_title == f"blocks 201–{total} of {total}"
             assert table.cursor_row == table.row_count - 1
@@ -133,8 +134,8 @@ async def test_escape_cancels_a_rebuild_and_the_pool_keeps_working(make_app, adm
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await press(pilot, "4")
-        screen = app.screen
-        assert isinstance(screen, RebuildScreen)
+        screen = app.pane
+        assert isinstance(screen, RebuildPane)
         # What Escape runs, at once: the cancel lands before the thread's first check.
         screen.action_rebuild(True)
         screen.action_cancel()

@@ -1,0 +1,123 @@
+"""Figures for people: one format for each kind, used by the CLI and by every console screen.
+
+    size(1_572_864)          "1.5 MiB"      IEC units, one decimal below 100 ("512 MiB" above)
+    count(24943)             "24,943"       always with thousands separators
+    rate(3.2e9)              "3.0 GiB/s"    a size per second
+    duration(0.113)          "0.11 s"       "3.2 ms", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min"
+    latency(0.43)            "0.43 ms"      a round trip, milliseconds
+    ratio(4.2)               "4.20x"
+    when(ts, now)            "14:03:12"     today; "Nov 24 14:03" this year; else "2025-11-24"
+    any of them (None)       "—"            not known yet, or does not apply
+
+A rate is worth showing only for work that took a while: `RATE_MIN_SECONDS` says how long.
+`natural_key` sorts names as people count (desk-2 before desk-10). `parse_size` reads sizes
+back ("10G", "512M", "1.5GiB").
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, tzinfo
+
+UNKNOWN = "—"
+"""How a figure that is None reads: not known yet (during a rebuild), or does not apply."""
+
+RATE_MIN_SECONDS = 1.0
+"""Work that took less than this shows no rate: over a fraction of a second, a rate measures
+start-up costs rather than throughput (5,560 blocks in 0.11 s is not 48 blocks/s)."""
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def size(n: float | None) -> str:
+    """Bytes in IEC units: "0 B", "512 B", "1.5 KiB", "32.0 MiB", "512 MiB" (at most 8
+    characters)."""
+    if n is None:
+        return UNKNOWN
+    n = float(n)
+    for unit in _UNITS:
+        if abs(n) < 1024 or unit == _UNITS[-1]:
+            if unit == "B":
+                return f"{int(n)} B"
+            return f"{n:.1f} {unit}" if abs(n) < 99.95 else f"{n:.0f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def count(n: int | None) -> str:
+    """A whole number with thousands separators: "24,943"."""
+    return UNKNOWN if n is None else f"{n:,}"
+
+
+def rate(bytes_per_s: float | None) -> str:
+    """Bytes per second: "3.0 GiB/s"."""
+    return UNKNOWN if bytes_per_s is None else f"{size(bytes_per_s)}/s"
+
+
+def rate_over(nbytes: int, seconds: float) -> str | None:
+    """The rate of work that moved `nbytes` in `seconds`, or None when it took less than
+    RATE_MIN_SECONDS (too short for its rate to mean anything)."""
+    return rate(nbytes / seconds) if seconds >= RATE_MIN_SECONDS else None
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds for people: "0.15 ms", "3.2 ms", "0.11 s", "4.2 s", "42 s", "3 min 20 s",
+    "2 h 5 min", "3 d 4 h"."""
+    if seconds is None:
+        return UNKNOWN
+    if seconds == 0:
+        return "0 s"
+    if seconds < 0.01:
+        return latency(seconds * 1000)
+    if seconds < 10:
+        return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    m = s // 60
+    if m < 24 * 60:
+        return f"{m // 60} h {m % 60} min" if m % 60 else f"{m // 60} h"
+    h = m // 60
+    return f"{h // 24} d {h % 24} h" if h % 24 else f"{h // 24} d"
+
+
+def latency(ms: float | None) -> str:
+    """A round trip in milliseconds: "0.43 ms", "12.3 ms", "812 ms"."""
+    if ms is None:
+        return UNKNOWN
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def ratio(r: float | None) -> str:
+    """A dedup ratio: "4.20x"."""
+    return UNKNOWN if r is None else f"{r:.2f}x"
+
+
+def when(ts: float | None, now: float, tz: tzinfo | None = None) -> str:
+    """A moment (seconds since the epoch) as short as it can be next to `now`: "14:03:12" the
+    same day, "Nov 24 14:03" the same year, "2025-11-24" before. tz: None for local time."""
+    if ts is None:
+        return UNKNOWN
+    t, today = datetime.fromtimestamp(ts, tz), datetime.fromtimestamp(now, tz)
+    if t.date() == today.date():
+        return t.strftime("%H:%M:%S")
+    if t.year == today.year:
+        return t.strftime("%b %d %H:%M")
+    return t.strftime("%Y-%m-%d")
+
+
+def natural_key(name: str) -> tuple:
+    """Sorts names as people count: desk-2 before desk-10 (runs of digits compare as numbers)."""
+    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name))
+
+
+def parse_size(text: str) -> int:
+    """'4096', '64K', '10G', '1.5GiB' -> bytes. Raises ValueError."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise ValueError(f"bad size {text!r}: use a number with an optional K, M, G or T")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
