@@ -62,7 +62,7 @@ def test_every_request_type_has_a_method(node):
 def test_hello_names_the_node(node):
     header, _ = call(node, rpc.HELLO)
     assert header == {"name": "node1", "block_size": BS, "blocks": 0,
-                      "capacity_bytes": 64 * BS, "version": 0, "memory": True,
+                      "capacity_bytes": 64 * BS, "version": 0, "epoch": 0, "memory": True,
                       "lease": None}
 
 
@@ -139,7 +139,7 @@ def changes_body(changes, blobs=b"") -> bytes:
 def test_the_catalog_replica_installs_applies_and_refuses_a_wrong_base(node):
     call(node, rpc.LEASE, {"holder": "a", "seconds": 10.0})
     assert call(node, rpc.CATALOG_INSTALL, {"holder": "a", "version": 1},
-                catalog_image())[0] == {"version": 1}
+                catalog_image())[0] == {"version": 1, "aside": None}
     change = [{"table": "meta", "cols": ["key", "value"], "pk": ["key"],
                "upsert": [["state", "dirty"]], "delete": []}]
     assert refused(node, rpc.CATALOG_APPLY, {"holder": "a", "base": 7, "version": 8},
@@ -147,6 +147,37 @@ def test_the_catalog_replica_installs_applies_and_refuses_a_wrong_base(node):
     assert call(node, rpc.CATALOG_APPLY, {"holder": "a", "base": 1, "version": 2},
                 changes_body(change))[0] == {"version": 2}
     assert node.store.catalog.execute("SELECT value FROM meta").fetchone() == ("dirty",)
+
+
+def test_epochs_fence_an_older_writer_and_another_lineage_is_kept_aside(node):
+    """(epoch, version) never repeats: a promised epoch refuses older writers, and an install
+    from a lineage that does not run through the replica keeps the replica aside first."""
+    call(node, rpc.LEASE, {"holder": "a", "seconds": 10.0})
+    assert call(node, rpc.CATALOG_PROMISE, {"holder": "a", "epoch": 3})[0]["promised"] == 3
+    assert refused(node, rpc.CATALOG_PROMISE, {"holder": "a", "epoch": 3}) is Code.STALE_EPOCH
+    call(node, rpc.CATALOG_INSTALL, {"holder": "a", "version": 1, "epoch": 3,
+                                     "lineage": [[3, 0]]}, catalog_image())
+    change = [{"table": "meta", "cols": ["key", "value"], "pk": ["key"],
+               "upsert": [["state", "dirty"]], "delete": []}]
+    call(node, rpc.CATALOG_APPLY, {"holder": "a", "base": 1, "base_epoch": 3, "version": 2,
+                                   "epoch": 3}, changes_body(change))
+    assert call(node, rpc.CATALOG_VERSION)[0] == {"version": 2, "epoch": 3,
+                                                   "lineage": [[3, 0]], "promised": 3}
+    call(node, rpc.CATALOG_PROMISE, {"holder": "a", "epoch": 5})
+    assert refused(node, rpc.CATALOG_APPLY, {"holder": "a", "base": 2, "base_epoch": 3,
+                                             "version": 3, "epoch": 3},
+                   changes_body(change)) is Code.STALE_EPOCH
+    # Epoch 4 took over from version 1 of epoch 3: version 2 of epoch 3 is not on its lineage.
+    reply = call(node, rpc.CATALOG_INSTALL, {"holder": "a", "version": 3, "epoch": 4,
+                                             "lineage": [[3, 0], [4, 1]], "writer": 5},
+                 catalog_image())[0]
+    assert reply["aside"]["epoch"] == 3 and reply["aside"]["version"] == 2
+    assert list(node.store.aside) == ["catalog-aside-e3-v2.db"]
+    assert node.store.catalog.execute("SELECT value FROM meta").fetchone() == ("clean",)
+    # Its own next commit runs through it: installed over, nothing kept aside.
+    assert call(node, rpc.CATALOG_INSTALL, {"holder": "a", "version": 9, "epoch": 5,
+                                            "lineage": [[3, 0], [4, 1], [5, 3]]},
+                catalog_image())[0]["aside"] is None
 
 
 @pytest.mark.parametrize("body", [

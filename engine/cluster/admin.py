@@ -59,7 +59,8 @@ class ClusterAdmin(LocalAdmin):
                     members.mark(i, NodeState.UP)
             if not readonly:
                 members.take_lease()
-            catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size)
+            catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size,
+                                             writable=not readonly)
             if not readonly:
                 if catalog.version == 0:
                     catalog.publish()
@@ -71,7 +72,7 @@ class ClusterAdmin(LocalAdmin):
                 if catalog.get("placement") != rule:
                     catalog.set("placement", rule)
                 for i, node in enumerate(members.nodes):
-                    if node.state == NodeState.UP and node.version != catalog.version:
+                    if node.state == NodeState.UP and (node.epoch, node.version) != catalog.stamp:
                         catalog.catch_up(i)
             blocks = ClusterBlocks(members, config, Fingerprinter(config.block_size),
                                    int(catalog.get("collisions") or 0))
@@ -83,6 +84,7 @@ class ClusterAdmin(LocalAdmin):
             members.close()
             raise
         admin = cls(pool, members, config)
+        admin._tell_asides()
         members.start_heartbeats()
         admin._healer = threading.Thread(target=admin._tend, daemon=True,
                                          name="blockfold-healer")
@@ -106,7 +108,14 @@ class ClusterAdmin(LocalAdmin):
             self.pool.blocks.rejoin(i, reclaim=not self.readonly)
             self.members.mark(i, NodeState.UP)
             self._rebalance = True
+        self._tell_asides()
         return True
+
+    def _tell_asides(self) -> None:
+        """An event of kind `catalog` for each replica a node kept aside (stderr told already)."""
+        asides, self.pool.catalog.asides = self.pool.catalog.asides, []
+        for told in asides:
+            self.pool.log_event("catalog", told)
 
     def _tend(self) -> None:
         """Beside the heartbeats (which must never wait on the pool): catches returning nodes

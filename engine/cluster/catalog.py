@@ -1,18 +1,22 @@
 """The cluster catalog: an engine.catalog.Catalog in the coordinator's RAM, replicated whole to
 every node.
 
-Each node keeps a full replica with a version number. The coordinator starts from the up node
-with the highest version. Each commit ships one changeset (engine.changeset) from version v to v+1
-to every up node before it commits locally; a node applies it only on top of v. A node that is
-behind (it was down, or missed a changeset) gets the whole catalog image instead. A commit that
-reaches fewer than min_replicas nodes is refused (ReplicationError) and rolled back.
+Each node keeps a full replica stamped (epoch, version) with its lineage (engine.lineage). A
+writable coordinator takes a new epoch from a majority of the configured nodes and starts from the
+newest of their replicas. Each commit ships one changeset (engine.changeset) from the last stamp
+to (our epoch, next counter) to every up node before it commits locally; a node applies it only on
+top of that stamp. A node that is behind (it was down, or missed a changeset) gets the whole
+catalog image instead, and keeps its replica aside if it was from another lineage. A commit that
+reaches fewer than a majority of the nodes (or min_replicas) is refused (ReplicationError) and
+rolled back; its counter is never reused.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
-from .. import changeset
+from .. import changeset, lineage
 from ..catalog import Catalog
 from ..errors import BlockfoldError, ReplicationError
 from ..net import rpc
@@ -29,7 +33,7 @@ def rollback_journal(image: bytes) -> bytes:
 
 class ReplicatedCatalog(Catalog):
     def __init__(self, members, min_replicas: int, image: bytes | None, version: int,
-                 block_size: int):
+                 block_size: int, epoch: int = 0, line: list | None = None):
         super().__init__(None)
         self.members = members
         self.min_replicas = min_replicas
@@ -38,27 +42,71 @@ class ReplicatedCatalog(Catalog):
             self.conn.execute("DROP TABLE IF EXISTS replica")
         else:
             self.create_schema(block_size)
-        self.version = version
+        self.epoch, self.version = epoch, version   # the last commit the nodes took
+        self.lineage = line or []
+        self.writer_epoch = 0           # ours, promised by a majority; 0 when read-only
+        self._next = version + 1        # the next commit's counter: a failed one's is not reused
+        self.asides: list[str] = []     # replicas from another lineage, kept aside by nodes
         changeset.install_capture(self.conn)
 
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """(epoch, version) of the last commit the nodes took."""
+        return self.epoch, self.version
+
+    @property
+    def needed(self) -> int:
+        """Nodes a catalog change must reach: a majority of the configured nodes (so every
+        writable open, which reads a majority, sees it), and at least min_replicas."""
+        return max(self.min_replicas, lineage.majority(len(self.members.nodes)))
+
     @classmethod
-    def load(cls, members, min_replicas: int, block_size: int) -> ReplicatedCatalog:
-        """The catalog of the up node with the highest version (a fresh one if none has any)."""
+    def load(cls, members, min_replicas: int, block_size: int,
+             writable: bool = False) -> ReplicatedCatalog:
+        """The newest catalog (highest (epoch, version)) of the nodes that answer (a fresh one
+        if none has any). Writable: a majority of the configured nodes must answer and promise
+        a new epoch, above any they promised before; the newest of their replicas is then the
+        newest any writer committed (engine.lineage). Else BlockfoldError, in one line naming
+        how many nodes answer and how many it needs."""
+        path, total = members.config.path, len(members.nodes)
         up = [i for i, n in enumerate(members.nodes) if n.state != NodeState.DOWN]
         replies = members.call_many({i: (rpc.CATALOG_VERSION, {}, b"") for i in up}, 10.0)
-        versions = {i: r[0]["version"] for i, r in replies.items()
-                    if not isinstance(r, Exception)}
+        versions = {i: r[0] for i, r in replies.items() if not isinstance(r, Exception)}
         if not versions:
-            raise BlockfoldError(f"no node of cluster {members.config.path} can be reached")
-        best = max(versions, key=versions.get)
-        if versions[best] == 0:
-            return cls(members, min_replicas, None, 0, block_size)
-        version, image = cls._fetch(members, best)
-        return cls(members, min_replicas, image, version, block_size)
+            raise BlockfoldError(f"no node of cluster {path} can be reached")
+        epoch = 0
+        if writable:
+            need = max(min_replicas, lineage.majority(total))
+            if len(versions) < need:
+                raise BlockfoldError(
+                    f"cluster {path}: {len(versions)} of {total} nodes answer; writes need"
+                    f" {need} (a majority): restore nodes (commands that only read still"
+                    " work)")
+            epoch = 1 + max(max(v["promised"], v["epoch"]) for v in versions.values())
+            replies = members.call_many(
+                {i: (rpc.CATALOG_PROMISE, {"holder": members.holder, "epoch": epoch}, b"")
+                 for i in versions}, 10.0)
+            versions = {i: r[0] for i, r in replies.items() if not isinstance(r, Exception)}
+            if len(versions) < need:
+                raise BlockfoldError(
+                    f"cluster {path}: {len(versions)} of {total} nodes took this writer's epoch"
+                    f" {epoch}; writes need {need} (a majority): another writer may have come"
+                    " first, try again")
+        best = max(versions, key=lambda i: (versions[i]["epoch"], versions[i]["version"]))
+        if versions[best]["version"] == 0:
+            catalog = cls(members, min_replicas, None, 0, block_size)
+        else:
+            (stamp, image), line = cls._fetch(members, best), versions[best]["lineage"]
+            if stamp != (versions[best]["epoch"], versions[best]["version"]):
+                line = members.call(best, rpc.CATALOG_VERSION, {}, timeout=10.0)[0]["lineage"]
+            catalog = cls(members, min_replicas, image, stamp[1], block_size, stamp[0], line)
+        catalog.writer_epoch = epoch
+        return catalog
 
     @staticmethod
-    def _fetch(members, node: int) -> tuple[int, bytes]:
-        """A node's whole catalog, a part at a time; starts over if it changes meanwhile."""
+    def _fetch(members, node: int) -> tuple[tuple[int, int], bytes]:
+        """A node's whole catalog, a part at a time, and its (epoch, version); starts over if
+        it changes meanwhile."""
         for _ in range(5):
             parts, offset, version = [], 0, None
             while True:
@@ -69,9 +117,10 @@ class ReplicatedCatalog(Catalog):
                     raise BlockfoldError(f"cannot fetch the catalog from node "
                                          f"{members.names()[node]}: {reply}")
                 header, data = reply
-                if version is not None and header["version"] != version:
+                stamp = (header.get("epoch", 0), header["version"])
+                if version is not None and stamp != version:
                     break
-                version = header["version"]
+                version = stamp
                 parts.append(bytes(data))
                 offset += len(data)
                 if offset >= header["size"] or not len(data):
@@ -85,36 +134,59 @@ class ReplicatedCatalog(Catalog):
         super().commit()
 
     def ship(self, also: tuple[int, ...] = ()) -> None:
-        """Sends the changes committed since the last ship to every up node (and `also`)."""
+        """Sends the changes committed since the last ship to every up node (and `also`), as
+        (our epoch, the next counter) on top of the last stamp the nodes took."""
         if self.members.holder is None or not changeset.pending(self.conn):
             return
         changes, blobs = changeset.encode(changeset.collect(self.conn))
         meta = json.dumps({"changes": changes}, separators=(",", ":")).encode()
         blob = rpc.BODY_HEADER.pack(len(meta)) + meta + blobs
-        base, version = self.version, self.version + 1
+        epoch, version = self.writer_epoch, self._next
+        self._next += 1
+        line = lineage.extend(self.lineage or [[self.epoch, 0]], epoch, self.version)
         up = [i for i, n in enumerate(self.members.nodes)
               if n.state in (NodeState.UP, NodeState.SUSPECT) or i in also]
-        header = {"holder": self.members.holder, "base": base, "version": version}
+        header = {"holder": self.members.holder, "base": self.version, "base_epoch": self.epoch,
+                  "version": version, "epoch": epoch}
         replies = self._send_parts(rpc.CATALOG_APPLY, header, blob, up)
         done = [i for i, r in replies.items() if not isinstance(r, Exception)]
         behind = [i for i, r in replies.items()
                   if isinstance(r, rpc.RemoteError) and r.code == rpc.Code.CATALOG_BEHIND]
         if behind:
-            done += self._install(behind, version)
-        if len(done) < self.min_replicas:
-            names = self.members.names()
-            missed = ", ".join(names[i] for i in range(len(names)) if i not in done)
-            raise ReplicationError(f"a catalog change reached {len(done)} nodes, fewer than"
-                                   f" min_replicas={self.min_replicas} (not reached: {missed})")
-        self.version = version
+            done += self._install(behind, (epoch, version), line)
+        if len(done) < self.needed:
+            raise ReplicationError(self._short(done, replies))
+        self.epoch, self.version, self.lineage = epoch, version, line
         changeset.forget(self.conn)
 
-    def _install(self, nodes: list[int], version: int) -> list[int]:
-        """Gives nodes the whole catalog at `version`; returns those that took it."""
-        replies = self._send_parts(rpc.CATALOG_INSTALL,
-                                   {"holder": self.members.holder, "version": version},
-                                   self.conn.serialize(), nodes)
-        return [i for i, r in replies.items() if not isinstance(r, Exception)]
+    def _short(self, done: list[int], replies: dict) -> str:
+        """The one line of a catalog change that reached too few nodes."""
+        names, total = self.members.names(), len(self.members.nodes)
+        if any(isinstance(r, rpc.RemoteError) and r.code == rpc.Code.STALE_EPOCH
+               for r in replies.values()):
+            return (f"a newer writer has cluster {self.members.config.path}: this one's epoch"
+                    f" {self.writer_epoch} is refused, and its change is not committed")
+        missed = ", ".join(names[i] for i in range(total) if i not in done)
+        return (f"a catalog change reached {len(done)} of {total} nodes; it needs {self.needed}"
+                f" (a majority, and min_replicas={self.min_replicas}) (not reached: {missed})")
+
+    def _install(self, nodes: list[int], stamp: tuple[int, int], line: list) -> list[int]:
+        """Gives nodes the whole catalog at `stamp` (epoch, version) with lineage `line`;
+        returns those that took it. A node whose replica was from another lineage keeps it
+        aside: told on stderr, and in `asides`."""
+        header = {"holder": self.members.holder, "epoch": stamp[0], "version": stamp[1],
+                  "lineage": line, "writer": self.writer_epoch}
+        replies = self._send_parts(rpc.CATALOG_INSTALL, header, self.conn.serialize(), nodes)
+        took = [i for i, r in replies.items() if not isinstance(r, Exception)]
+        for i in took:
+            aside = replies[i][0].get("aside")
+            if aside:
+                told = (f"node {self.members.names()[i]} held a catalog replica from another"
+                        f" lineage (epoch {aside['epoch']}, version {aside['version']}), changes"
+                        f" no majority took: kept aside as {aside['kept']}")
+                self.asides.append(told)
+                print(f"blockfold: {told}", file=sys.stderr, flush=True)
+        return took
 
     def _send_parts(self, kind: int, header: dict, blob: bytes, nodes: list[int]) -> dict:
         """Sends `blob` to every node in frames of at most rpc.CATALOG_PART bytes; a node
@@ -141,16 +213,17 @@ class ReplicatedCatalog(Catalog):
         info = self.members.call(node, rpc.CATALOG_VERSION, {}, timeout=10.0)
         if isinstance(info, Exception):
             return False
-        if info[0]["version"] == self.version:
+        if (info[0]["epoch"], info[0]["version"]) == self.stamp:
             return True
-        return bool(self._install([node], self.version))
+        return bool(self._install([node], self.stamp, self.lineage or [[self.epoch, 0]]))
 
     def publish(self) -> None:
-        """A new cluster's first catalog, to every up node, as version 1."""
+        """A new cluster's first catalog, to every up node, as version 1 of our epoch."""
         up = [i for i, n in enumerate(self.members.nodes) if n.state != NodeState.DOWN]
-        if len(self._install(up, 1)) < self.min_replicas:
+        line = [[self.writer_epoch, 0]]
+        if len(self._install(up, (self.writer_epoch, 1), line)) < self.needed:
             raise BlockfoldError("could not store the new cluster's catalog on enough nodes")
-        self.version = 1
+        self.epoch, self.version, self.lineage, self._next = self.writer_epoch, 1, line, 2
         changeset.forget(self.conn)
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big
                            # keep round trips few while copying
 DROP_IDS = 1 << 20          # 8 MiB of ids a frame
 READ_TIMEOUT = 5.0
-WRITE_TIMEOUT = 20.0
+WRITE_TIMEOUT = 10.0     # a backstop far under a guest's 30 s I/O timeout: a node that turns
+                         # suspect is given up on at once (engine.cluster.members)
 INVENTORY_TIMEOUT = 30.0
 SCRUB_TIMEOUT = 120.0
 
@@ -85,6 +86,7 @@ class Copies:
         holder drops: a read-only coordinator leaves the copies alone."""
         if self.members.holder is None:
             return
+        held = held & self.members.reachable_mask()[None, :]   # no waiting on a node down
         for start in range(0, len(ids), DROP_IDS):      # a VM's worth of ids: many frames
             part_ids, part_held = ids[start:start + DROP_IDS], held[start:start + DROP_IDS]
             requests = {}
@@ -105,7 +107,10 @@ class Copies:
         The lock is held across the SYNCs, so a concurrent caller (a commit beside a heal)
         returns only once the copies it counts on are durable."""
         with self._sync_lock:
-            nodes, self._unsynced = self._unsynced, {}
+            # A node judged down is not waited on: it syncs at a later call, once back.
+            up = self.members.reachable_mask()
+            nodes = {i: v for i, v in self._unsynced.items() if up[i]}
+            self._unsynced = {i: v for i, v in self._unsynced.items() if not up[i]}
             replies = (self.members.call_many({i: (rpc.SYNC, {}, b"") for i in nodes},
                                               WRITE_TIMEOUT) if nodes else {})
             gone = {}

@@ -3,6 +3,8 @@
 States (NodeState): up (answers), suspect (missed a heartbeat), down (missed several, or
 unreachable), returning (answers again after being down: it must catch up before it counts as
 up). A failed request marks its node down at once, so the next request goes to another replica.
+A request in flight to a node that turns suspect or down is abandoned at once (a hung node
+holds no write up), and one sent to a node already judged so waits SUSPECT_TIMEOUT at most.
 
     up --missed heartbeat--> suspect --answers--> up
     up, suspect --DOWN_AFTER_MISSES misses, refused connection, failed request--> down
@@ -28,6 +30,7 @@ from .placement import node_seed
 
 HEARTBEAT_INTERVAL = 0.5
 DOWN_AFTER_MISSES = 3
+SUSPECT_TIMEOUT = 2.0       # a request to a node already judged suspect or down waits this long
 LEASE_SECONDS = 10.0
 
 
@@ -51,7 +54,8 @@ class Member:
         self.latency_ms = 0.0
         self.capacity_bytes = 0
         self.blocks = 0
-        self.version = 0
+        self.version = 0                # the catalog replica's (epoch, version)
+        self.epoch = 0
         self.seen = 0.0
         self.error = ""
 
@@ -64,6 +68,8 @@ class Members:
         self.process = ""               # our identity in it (holder.process())
         self.nodes = [Member(NodeClient(e.name, e.address, e.host_key or None,
                                            str(config.admin_key))) for e in config.nodes]
+        # Per node, set while it is judged suspect or down: requests in flight give up on it.
+        self._judged = [asyncio.Event() for _ in self.nodes]
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
@@ -108,7 +114,8 @@ class Members:
         async def one(i, kind, header, payload):
             started = time.monotonic()
             try:
-                reply = await self.nodes[i].client.call(kind, header, payload, timeout)
+                call = self.nodes[i].client.call(kind, header, payload, timeout)
+                reply = await (self._unless_judged(i, call, timeout) if mark else call)
                 self._answered(i, time.monotonic() - started)
                 return reply
             except rpc.RemoteError as e:
@@ -130,6 +137,36 @@ class Members:
                 self.mark_down(i, str(e))
             return dict.fromkeys(requests, e)
 
+    async def _unless_judged(self, i: int, call, timeout: float):
+        """The request `call` to node i, abandoned at once if the heartbeats judge the node
+        suspect or down meanwhile; a node judged so already gets SUSPECT_TIMEOUT at most.
+        Raises NodeUnreachable(timed_out=True) when abandoned."""
+        name = self.nodes[i].client.name
+        if self.nodes[i].state in (NodeState.SUSPECT, NodeState.DOWN):
+            try:
+                return await asyncio.wait_for(call, min(timeout, SUSPECT_TIMEOUT))
+            except TimeoutError:
+                raise NodeUnreachable(f"node {name}: timed out", timed_out=True) from None
+        request = asyncio.ensure_future(call)
+        judged = asyncio.ensure_future(self._judged[i].wait())
+        try:
+            await asyncio.wait({request, judged}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            judged.cancel()
+        if not request.done():
+            request.cancel()
+            raise NodeUnreachable(f"node {name}: stopped answering heartbeats; request"
+                                  " abandoned", timed_out=True)
+        return request.result()
+
+    def _judge(self, i: int, state: NodeState) -> None:
+        """Sets node i's state (under self.lock); requests in flight to it are abandoned when it
+        turns suspect or down, and wait again once it answers."""
+        self.nodes[i].state = state
+        event = self._judged[i]
+        judged = state in (NodeState.SUSPECT, NodeState.DOWN)
+        self.io.loop.call_soon_threadsafe(event.set if judged else event.clear)
+
     def _answered(self, i: int, seconds: float) -> None:
         node = self.nodes[i]
         with self.lock:
@@ -137,16 +174,16 @@ class Members:
             node.latency_ms = round(seconds * 1000, 3)
             node.seen = time.time()
             if node.state == NodeState.SUSPECT:
-                node.state = NodeState.UP
+                self._judge(i, NodeState.UP)
 
     def mark_down(self, i: int, error: str = "") -> None:
         with self.lock:
-            self.nodes[i].state = NodeState.DOWN
+            self._judge(i, NodeState.DOWN)
             self.nodes[i].error = error
 
     def mark(self, i: int, state: NodeState) -> None:
         with self.lock:
-            self.nodes[i].state = state
+            self._judge(i, state)
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -175,8 +212,8 @@ class Members:
             with self.lock:
                 node.misses += 1
                 if node.state in (NodeState.UP, NodeState.SUSPECT):
-                    node.state = (NodeState.SUSPECT if node.misses < DOWN_AFTER_MISSES
-                                  else NodeState.DOWN)
+                    self._judge(i, NodeState.SUSPECT if node.misses < DOWN_AFTER_MISSES
+                                else NodeState.DOWN)
             return reply
         info = reply[0]
         if info.get("block_size") != self.config.block_size:
@@ -186,9 +223,9 @@ class Members:
         with self.lock:
             node.capacity_bytes = info["capacity_bytes"]
             node.blocks = info["blocks"]
-            node.version = info["version"]
+            node.version, node.epoch = info["version"], info.get("epoch", 0)
             if node.state == NodeState.DOWN:
-                node.state = NodeState.RETURNING
+                self._judge(i, NodeState.RETURNING)
         return info
 
     def start_heartbeats(self) -> None:

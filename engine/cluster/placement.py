@@ -35,9 +35,10 @@ def ranking(ids: np.ndarray, seeds: np.ndarray, weights: np.ndarray) -> np.ndarr
 
 
 def targets(ids: np.ndarray, seeds: np.ndarray, weights: np.ndarray, up: np.ndarray,
-            replicas: int) -> np.ndarray:
-    """The first `replicas` up nodes of each id, as a bool matrix len(ids) × nodes."""
-    order = ranking(ids, seeds, weights)
+            replicas: int, order: np.ndarray | None = None) -> np.ndarray:
+    """The first `replicas` up nodes of each id, as a bool matrix len(ids) × nodes. `order`:
+    ranking(ids, seeds, weights), if the caller has it already."""
+    order = ranking(ids, seeds, weights) if order is None else order
     up_ranked = up[order]
     rank_among_up = np.cumsum(up_ranked, axis=1)
     chosen = up_ranked & (rank_among_up <= replicas)

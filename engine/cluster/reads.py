@@ -74,7 +74,7 @@ class Reader:
                     continue
                 missing, got = reply
                 fine = sel[~missing]
-                words = self.fingerprints.of(got)[:, 1]
+                words = self.fingerprints.of(got)[:, 1] if len(got) else expect[fine]
                 rotten = (words != expect[fine]) & (expect[fine] != 0)
                 out[fine[~rotten]] = got[~rotten]
                 rotten_on[fine[rotten], node] = True

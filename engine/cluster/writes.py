@@ -10,7 +10,8 @@ Placing a batch goes in rounds (at most MAX_ROUNDS), each of these phases:
   leads    equal ids in the batch: the first (the lead) goes out, the others follow it once
            their bytes compare equal; other bytes under the same id are a collision
   choose   a known id is verified by one up holder that has not failed it, in placement order;
-           a new id (or one with no reachable holder) goes to its R placement targets
+           a new id (or one with no reachable holder) goes to its R placement targets among the
+           healthy nodes (suspect ones only when too few are healthy)
   send     one PUT per node (engine.cluster.copies)
   judge    a refusal refuses the batch; an unreachable node is not asked again; a COLLISION
            moves the block to its next variant, dropping copies already made under the old id
@@ -122,7 +123,7 @@ class Writer:
                     f"only {int(up.sum())} of {k} nodes are up (down: {down}); a write needs"
                     f" at least min_replicas={self.min_replicas} copies: refused")
             lead, followers = self._leads(b)
-            want = self._choose(b, lead, up)
+            want = self._choose(b, lead, self._writable())
             self._judge(b, lead, want, self.copies.put(b.ids[lead], b.data[lead], want))
             self._settle(b, lead, followers)
         raise ReplicationError("could not place blocks on enough nodes: the cluster keeps"
@@ -187,8 +188,15 @@ class Writer:
                 b.held[bad] = False
                 b.existing[bad] = False
 
+    def _writable(self) -> np.ndarray:
+        """The nodes a write goes to: the healthy ones, so no write waits on a node that missed
+        a heartbeat (its blocks go to the next node in placement order, and heal moves them
+        back); suspect ones too only when too few are healthy."""
+        healthy = self.members.healthy_mask()
+        return healthy if healthy.sum() >= self.min_replicas else self.members.up_mask()
+
     def _settle(self, b: _Batch, lead: np.ndarray, followers: list[tuple[int, int]]) -> None:
-        up = self.members.up_mask()
+        up = self._writable()
         hl = b.held[lead]
         verified = b.existing[lead] & hl.any(axis=1)
         targets = placement.targets(b.ids[lead], self.members.seeds, self.members.weights, up,

@@ -162,12 +162,14 @@ class NodeClient:
         except TimeoutError:
             # The connection stays: a node busy with bulk data ahead of this request is slow,
             # not gone. The caller decides (a read fails over; a heartbeat counts a miss).
-            self.pending.pop(request_id, None)
             raise NodeUnreachable(f"node {self.name}: timed out", timed_out=True) from None
         except (OSError, asyncssh.Error) as e:
-            self.pending.pop(request_id, None)
             self._drop(conn, str(e))
             raise NodeUnreachable(f"node {self.name}: {e}") from None
+        finally:
+            # Answered, timed out, or abandoned by the caller (cancelled): a late reply is
+            # dropped, and a node that never answers leaves nothing behind.
+            self.pending.pop(request_id, None)
 
     async def close(self) -> None:
         if self.conn is not None:

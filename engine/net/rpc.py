@@ -38,11 +38,11 @@ PACKET = 256 << 10
 
 # Request types. A reply is REPLY or ERROR with the request's id.
 HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB = 1, 2, 3, 4, 5, 6, 7
-CATALOG_VERSION, CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL = 10, 11, 12, 13
+CATALOG_VERSION, CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE = 10, 11, 12, 13, 14
 LEASE, HEARTBEAT, RELEASE = 20, 21, 22
 REPLY, ERROR = 0x80, 0x81
 REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, CATALOG_VERSION, CATALOG_FETCH,
-            CATALOG_APPLY, CATALOG_INSTALL, LEASE, HEARTBEAT, RELEASE}
+            CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE, LEASE, HEARTBEAT, RELEASE}
 
 # A PUT reply's payload: one status byte per id sent.
 STORED, SAME, COLLISION = 0, 1, 2     # new here; already held, same bytes; held, other bytes
@@ -55,6 +55,7 @@ class Code(enum.StrEnum):
     LEASE_HELD = "LEASE_HELD"            # another coordinator holds the write lease
     LEASE_REQUIRED = "LEASE_REQUIRED"    # a change needs the write lease, which the caller lacks
     CATALOG_BEHIND = "CATALOG_BEHIND"    # the replica is not at the changeset's base version
+    STALE_EPOCH = "STALE_EPOCH"          # the node promised a newer writer's epoch (engine.lineage)
     NODE_FULL = "NODE_FULL"              # no room for more blocks (memory cap or disk)
     IO_ERROR = "IO_ERROR"                # the node's disk failed the request
     INTERNAL = "INTERNAL"                # anything else: a fault in the node

@@ -41,6 +41,7 @@ class Handler:
             rpc.INVENTORY: self.inventory, rpc.SYNC: self.sync, rpc.SCRUB: self.scrub,
             rpc.CATALOG_VERSION: self.catalog_version, rpc.CATALOG_FETCH: self.catalog_fetch,
             rpc.CATALOG_APPLY: self.catalog_apply, rpc.CATALOG_INSTALL: self.catalog_install,
+            rpc.CATALOG_PROMISE: self.catalog_promise,
             rpc.LEASE: self.lease, rpc.RELEASE: self.release,
         }
 
@@ -54,12 +55,14 @@ class Handler:
     # -- who we are ---------------------------------------------------------------------------
 
     def hello(self, header: dict, payload) -> tuple[dict, bytes]:
-        """The node's figures: {name, block_size, blocks (held), capacity_bytes, version (of
-        the catalog replica), memory (a RAM node), lease ({holder, process} of the running
-        write lease, or null)}."""
+        """The node's figures: {name, block_size, blocks (held), capacity_bytes, version and
+        epoch (of the catalog replica), memory (a RAM node), lease ({holder, process} of the
+        running write lease, or null)}."""
         s = self.store
+        replica = s.replica()
         return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
-                "capacity_bytes": s.capacity_bytes, "version": s.version,
+                "capacity_bytes": s.capacity_bytes, "version": replica["version"],
+                "epoch": replica["epoch"],
                 "memory": bool(s.memory), "lease": s.lease_info()}, b""
 
     def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:
@@ -116,8 +119,16 @@ class Handler:
     # -- the catalog replica ------------------------------------------------------------------
 
     def catalog_version(self, header: dict, payload) -> tuple[dict, bytes]:
-        """{version} of the catalog replica (0: none yet)."""
-        return {"version": self.store.version}, b""
+        """{version, epoch, lineage, promised} of the catalog replica (engine.lineage; 0 and []:
+        none yet)."""
+        return self.store.replica(), b""
+
+    def catalog_promise(self, header: dict, payload) -> tuple[dict, bytes]:
+        """Promises `epoch` (needs the lease of `holder`): no catalog change from an older
+        epoch is taken after it. STALE_EPOCH unless it is above every epoch promised before.
+        Replies {version, epoch, lineage, promised} of the replica."""
+        self.store.check_lease(header.get("holder"))
+        return self.store.promise(_int(header, "epoch", low=1)), b""
 
     def catalog_fetch(self, header: dict, payload) -> tuple[dict, bytes]:
         """Up to `length` bytes (at most rpc.CATALOG_PART) of the catalog image from `offset`:
@@ -126,40 +137,49 @@ class Handler:
         s = self.store
         offset = _int(header, "offset", 0)
         length = min(_int(header, "length", rpc.CATALOG_PART, low=1), rpc.CATALOG_PART)
-        if offset == 0 or self.image is None or self.image[0] != s.version:
-            self.image = (s.version, s.catalog_image())
-        version, image = self.image
-        return {"version": version, "size": len(image)}, image[offset:offset + length]
+        now = (s.epoch, s.version)
+        if offset == 0 or self.image is None or self.image[0] != now:
+            self.image = (now, s.catalog_image())
+        (epoch, version), image = self.image
+        return ({"version": version, "epoch": epoch, "size": len(image)},
+                image[offset:offset + length])
 
     def catalog_apply(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Applies one changeset from version `base` to `version` (needs the lease of `holder`),
-        in parts (`part`, `more`); {staged: true} until the last part, then {version}. Raises
-        CATALOG_BEHIND if the replica is not at `base`: the caller sends the whole image."""
+        """Applies one changeset from (`base_epoch`, `base`) to (`epoch`, `version`) (needs the
+        lease of `holder`), in parts (`part`, `more`); {staged: true} until the last part, then
+        {version}. Raises CATALOG_BEHIND if the replica is not at the base: the caller sends
+        the whole image; STALE_EPOCH if the node promised a newer epoch."""
         s = self.store
         s.check_lease(header.get("holder"))
         base, version = _int(header, "base"), _int(header, "version")
-        if _int(header, "part", 0) == 0 and s.version != base:
+        base_epoch, epoch = _int(header, "base_epoch", 0), _int(header, "epoch", 0)
+        if _int(header, "part", 0) == 0 and (s.epoch, s.version) != (base_epoch, base):
             raise NodeError(Code.CATALOG_BEHIND,
-                            f"catalog replica is at version {s.version}, not {base}")
+                            f"catalog replica is at version {s.version} of epoch {s.epoch},"
+                            f" not {base} of epoch {base_epoch}")
         blob = self._gather_parts(rpc.CATALOG_APPLY, header, payload)
         if blob is None:
             return {"staged": True}, b""
         body, blobs = rpc.parse_body(blob)
-        s.apply_changes(base, version, changeset.decode(body.get("changes"), blobs))
+        s.apply_changes(base, version, changeset.decode(body.get("changes"), blobs),
+                        base_epoch, epoch)
         return {"version": s.version}, b""
 
     def catalog_install(self, header: dict, payload) -> tuple[dict, bytes]:
-        """Replaces the replica with a whole catalog image at `version` (needs the lease of
-        `holder`), in parts like catalog_apply; {staged: true} until the last, then
-        {version}."""
+        """Replaces the replica with a whole catalog image at (`epoch`, `version`) whose
+        lineage is `lineage`, from the writer of epoch `writer` (needs the lease of `holder`),
+        in parts like catalog_apply; {staged: true} until the last, then {version, aside}:
+        aside is {epoch, version, kept} when the replica replaced was from another lineage and
+        was kept aside, else null."""
         s = self.store
         s.check_lease(header.get("holder"))
-        version = _int(header, "version")
+        version, epoch = _int(header, "version"), _int(header, "epoch", 0)
+        writer, line = _int(header, "writer", epoch), _lineage(header)
         blob = self._gather_parts(rpc.CATALOG_INSTALL, header, payload)
         if blob is None:
             return {"staged": True}, b""
-        s.install_catalog(blob, version)
-        return {"version": s.version}, b""
+        aside = s.install_catalog(blob, version, epoch, line, writer)
+        return {"version": s.version, "aside": aside}, b""
 
     def _gather_parts(self, kind: int, header: dict, payload) -> bytes | None:
         """A transfer too big for one frame comes in parts 0, 1, …; the whole once the last
@@ -204,6 +224,18 @@ def _ids(header: dict, payload) -> tuple[np.ndarray, memoryview]:
     if 8 * n > len(payload):
         raise NodeError(Code.BAD_REQUEST, "request names more block ids than it carries")
     return np.frombuffer(payload[:8 * n], dtype="<u8").astype(np.uint64), payload[8 * n:]
+
+
+def _lineage(header: dict) -> list[list[int]] | None:
+    """The optional `lineage` field: a list of [epoch, start] pairs of integers."""
+    value = header.get("lineage")
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(
+            isinstance(e, list) and len(e) == 2 and all(type(x) is int and x >= 0 for x in e)
+            for e in value)):
+        raise NodeError(Code.BAD_REQUEST, "request field 'lineage' must be [epoch, start] pairs")
+    return value
 
 
 def _int(header: dict, name: str, default=_REQUIRED, low: int = 0) -> int:

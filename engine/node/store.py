@@ -11,6 +11,7 @@ The node holds no refcounts: the coordinator says what to store and what to drop
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import changeset
+from .. import changeset, lineage
 from ..blockstore import BlockStore
 from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
@@ -49,6 +50,7 @@ class NodeStore:
         self._free = list(free[::-1].tolist())
         self.held = len(used)
         self.dirty = False
+        self.aside: dict[str, bytes] = {}     # a RAM node's replicas kept aside
         self.catalog = self._open_catalog()
         self.lease_holder: str | None = None
         self.lease_process = ""         # the holder's identity (engine.cluster.holder), opaque
@@ -190,27 +192,75 @@ class NodeStore:
             conn = sqlite3.connect(self.directory / CATALOG_FILE, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
+        self._replica_table(conn)
         return conn
+
+    @staticmethod
+    def _replica_table(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(replica)")}
+        for column, kind in (("epoch", "INTEGER DEFAULT 0"), ("lineage", "TEXT DEFAULT '[]'"),
+                             ("promised", "INTEGER DEFAULT 0")):
+            if column not in have:      # a replica from before epochs: epoch 0
+                conn.execute(f"ALTER TABLE replica ADD COLUMN {column} {kind}")
+        if conn.execute("SELECT count(*) FROM replica").fetchone()[0] == 0:
+            conn.execute("INSERT INTO replica (version) VALUES (0)")
+
+    def replica(self) -> dict:
+        """{version (counter), epoch, lineage ([epoch, start] pairs), promised (the highest
+        epoch this node promised)}; all 0 / [] before the first install."""
+        version, epoch, line, promised = self.catalog.execute(
+            "SELECT version, epoch, lineage, promised FROM replica").fetchone()
+        return {"version": version, "epoch": epoch, "lineage": json.loads(line),
+                "promised": promised}
 
     @property
     def version(self) -> int:
-        """The catalog replica's version; 0 before the first install."""
-        row = self.catalog.execute("SELECT version FROM replica").fetchone()
-        return row[0] if row else 0
+        """The catalog replica's counter; 0 before the first install."""
+        return self.replica()["version"]
 
-    def _set_version(self, version: int) -> None:
-        self.catalog.execute("DELETE FROM replica")
-        self.catalog.execute("INSERT INTO replica VALUES (?)", (version,))
+    @property
+    def epoch(self) -> int:
+        return self.replica()["epoch"]
+
+    def _set_version(self, version: int, epoch: int, line: list, promised: int) -> None:
+        self.catalog.execute("UPDATE replica SET version = ?, epoch = ?, lineage = ?,"
+                             " promised = ?", (version, epoch, json.dumps(line), promised))
+
+    def promise(self, epoch: int) -> dict:
+        """Promises never to take catalog changes from an epoch below `epoch` (durably, before
+        the reply); returns replica(). Raises NodeError(STALE_EPOCH) unless `epoch` is above
+        every epoch promised before: two writers never share one."""
+        promised = self.replica()["promised"]
+        if epoch <= promised:
+            raise NodeError(Code.STALE_EPOCH, f"this node promised epoch {promised} to a"
+                                              f" newer writer, not {epoch}")
+        self.catalog.execute("UPDATE replica SET promised = ?", (epoch,))
+        return self.replica()
+
+    def _check_epoch(self, epoch: int) -> int:
+        """The promise after a change from `epoch`: refused (STALE_EPOCH) below the promise."""
+        promised = self.replica()["promised"]
+        if epoch < promised:
+            raise NodeError(Code.STALE_EPOCH, f"a newer writer (epoch {promised}) has this"
+                                              f" cluster; changes from epoch {epoch} are refused")
+        return epoch
 
     def catalog_image(self) -> bytes:
         """The replica, serialized (a disk node's is in WAL mode)."""
         return self.catalog.serialize()
 
-    def install_catalog(self, image: bytes, version: int) -> None:
+    def install_catalog(self, image: bytes, version: int, epoch: int = 0,
+                        line: list | None = None, writer: int | None = None) -> dict | None:
         """Replaces the replica with a whole catalog image (sqlite's serialized form) at
-        `version`. Raises NodeError(BAD_REQUEST), the replica untouched, if the image is not
-        an sqlite database."""
+        (epoch, version) with lineage `line`, sent by the writer of epoch `writer` (by default
+        `epoch`). A replica that does not lie on that lineage (a
+        writer's commits that no majority took) is kept aside first, never dropped: returns
+        {epoch, version, kept (where)}, else None. Raises NodeError(BAD_REQUEST), the replica
+        untouched, if the image is not an sqlite database; STALE_EPOCH below the promise."""
+        line = [list(e) for e in line] if line is not None else [[epoch, 0]]
+        writer = epoch if writer is None else writer
+        promised = max(self._check_epoch(writer), self.replica()["promised"])
         staging = sqlite3.connect(":memory:")
         try:
             try:
@@ -219,6 +269,7 @@ class NodeStore:
             except sqlite3.DatabaseError:
                 raise NodeError(Code.BAD_REQUEST,
                                 "catalog image is not an sqlite database") from None
+            aside = self._keep_aside(line)
             if self.memory:
                 staging.backup(self.catalog)
             else:
@@ -235,22 +286,47 @@ class NodeStore:
                 self.catalog = self._open_catalog()
         finally:
             staging.close()
-        self.catalog.execute("CREATE TABLE IF NOT EXISTS replica (version INTEGER)")
-        self._set_version(version)
+        self.catalog.execute("DROP TABLE IF EXISTS replica")
+        self._replica_table(self.catalog)
+        self._set_version(version, epoch, line, promised)
+        return aside
 
-    def apply_changes(self, base: int, version: int, changes: list[dict]) -> None:
-        """Applies decoded changes (engine.changeset) taking the replica from `base` to
-        `version`, all or nothing. Raises NodeError(CATALOG_BEHIND) if it is not at `base`,
-        ChangesetError if the changes do not fit it."""
-        have = self.version
-        if have != base:
+    def _keep_aside(self, line: list) -> dict | None:
+        """Keeps the current replica aside if it does not lie on `line`: a file beside the
+        catalog on disk, the image in RAM on a RAM node."""
+        mine = self.replica()
+        if lineage.descends(line, mine["epoch"], mine["version"]):
+            return None
+        name = f"catalog-aside-e{mine['epoch']}-v{mine['version']}.db"
+        if self.memory:
+            self.aside[name] = self.catalog_image()
+            kept = f"{name} (in RAM)"
+        else:
+            target = sqlite3.connect(self.directory / name)
+            self.catalog.backup(target)
+            target.close()
+            kept = str(self.directory / name)
+        return {"epoch": mine["epoch"], "version": mine["version"], "kept": kept}
+
+    def apply_changes(self, base: int, version: int, changes: list[dict], base_epoch: int = 0,
+                      epoch: int = 0) -> None:
+        """Applies decoded changes (engine.changeset) taking the replica from (base_epoch, base)
+        to (epoch, version), all or nothing. Raises NodeError(CATALOG_BEHIND) if it is not at
+        the base, STALE_EPOCH below the promise, ChangesetError if the changes do not fit it."""
+        mine = self.replica()
+        promised = max(self._check_epoch(epoch), mine["promised"])
+        if (mine["epoch"], mine["version"]) != (base_epoch, base):
             raise NodeError(Code.CATALOG_BEHIND,
-                            f"catalog replica is at version {have}, not {base}")
+                            f"catalog replica is at version {mine['version']} of epoch"
+                            f" {mine['epoch']}, not {base} of epoch {base_epoch}")
         conn = self.catalog
         conn.execute("BEGIN IMMEDIATE")
         try:
             changeset.apply(conn, changes)
-            self._set_version(version)
+            self._set_version(version, epoch,
+                              lineage.extend(mine["lineage"] or [[mine["epoch"], 0]], epoch,
+                                             base),
+                              promised)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
