@@ -335,7 +335,8 @@ def hold(args, actor: str) -> api.Admin:
          looks=True)
 def stats(admin, args, bar) -> int:
     s = admin.stats()
-    hist = ", ".join(f"{k}: {formats.count(v)}" for k, v in (s.refcount_histogram or {}).items())
+    hist = formats.histogram(s.readers_histogram)
+    refs = formats.histogram(s.refcount_histogram)
     per_block = s.metadata_ram_bytes_per_block
     rows = [
         ("pool", s.path),
@@ -350,7 +351,11 @@ def stats(admin, args, bar) -> int:
         rows.append(("free slots", formats.count(s.free_slots)))
     rows += [
         ("collisions", formats.count(s.collisions)),
-        ("refcounts", hist or formats.UNKNOWN),
+        ("VMs reading", hist),
+    ]
+    if refs != hist:
+        rows.append(("refcounts", refs))
+    rows += [
         ("metadata RAM", f"{formats.size(s.metadata_ram_bytes)}"
          f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f}'} B per block)"),
     ]
@@ -365,30 +370,36 @@ def stats(admin, args, bar) -> int:
 
 @command("blocks",
          json='a BlockPage (engine/results.py)',
-         help="the block table: one row per physical block", looks=True, args=[
+         help="the block table: one row per physical block, with how many VMs read it, its "
+              "refcount (layer references) where that differs, and on a cluster the nodes that "
+              "hold its copies", looks=True, args=[
     arg("--vm", metavar="NAME", help="only blocks this VM reads"),
     arg("--limit", type=nonnegative, default=50, metavar="N", help="at most N rows (default 50)"),
     arg("--offset", type=nonnegative, default=0, metavar="N", help="skip the first N rows"),
-    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks with at least N "
-        "references"),
-    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks with at most N "
-        "references"),
+    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks at least N VMs read "
+        "(VMs reading, not the refcount: a golden's block read by 51 clones counts 52)"),
+    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks at most N VMs read "
+        "(VMs reading, not the refcount)"),
     arg("--prefix", metavar="HEX", help="fingerprints starting with HEX")])
 def blocks(admin, args, bar) -> int:
     page = admin.blocks(vm=args.vm, min_refs=args.min_refs, max_refs=args.max_refs,
                         prefix=args.prefix, offset=args.offset, limit=args.limit)
-    rows = [(str(r.pbn), r.fingerprint, formats.count(r.refcount), _names(r.vms))
-            for r in page.rows]
-    text = table(("PBN", "FINGERPRINT", "REFS", "VMS"), rows)
+    header = ("PBN", "FINGERPRINT", "VMS", "REFS") + (("NODES",) if admin.kind == "cluster"
+                                                      else ()) + ("READ BY",)
+    rows = [(str(r.pbn), r.fingerprint, formats.count(r.readers), formats.refs_beside(r.readers, r.refcount))
+            + ((",".join(r.nodes or ()) or formats.UNKNOWN,) if admin.kind == "cluster" else ())
+            + (_names(r.vms, r.readers),) for r in page.rows]
+    text = table(header, rows)
     text += f"\n{formats.count(len(rows))} of {formats.count(page.total)} blocks"
     emit(args, page, text)
     return 0
 
 
-def _names(names: list[str], most: int = 4) -> str:
-    if len(names) <= most:
+def _names(names: list[str], readers: int, most: int = 4) -> str:
+    names = sorted(names, key=formats.natural_key)
+    if readers <= most:
         return ",".join(names)
-    return ",".join(names[:most]) + f" +{len(names) - most}"
+    return ",".join(names[:most]) + f" +{formats.count(readers - most)}"
 
 
 @command("rebuild",

@@ -88,6 +88,7 @@ class LocalAdmin(Admin):
             collisions=raw.get("collisions"),
             corrupt_blocks=raw.get("corrupt_blocks"),
             refcount_histogram=raw.get("refcount_histogram"),
+            readers_histogram=raw.get("readers_histogram"),
             metadata_ram_bytes=raw.get("metadata_ram_bytes"),
             metadata_ram_bytes_per_block=raw.get("metadata_ram_bytes_per_block"),
             **self._replication(raw),

@@ -126,7 +126,11 @@ class PoolStats:
     corrupt_blocks: int | None
     """Blocks found rotten by the last full rebuild (their bytes no longer match)."""
     refcount_histogram: dict[str, int] | None
-    """Live blocks by refcount, in power-of-two buckets: {"1": n, "2": n, "3-4": n, …}."""
+    """Live blocks by refcount (layer references), in power-of-two buckets: {"1": n, "2": n,
+    "3-4": n, …}."""
+    readers_histogram: dict[str, int] | None
+    """Live blocks by how many VMs read them (BlockRow.readers), in the same buckets: how shared
+    the blocks are, as operators mean it."""
     metadata_ram_bytes: int | None
     """RAM taken by the dedup metadata (fingerprint index, refcounts, free space, replica map)."""
     metadata_ram_bytes_per_block: float | None
@@ -188,10 +192,18 @@ class BlockRow:
     """Its address: an embedded pool's slot number, a cluster's 64-bit block id."""
     fingerprint: str
     """Its xxh3-128 fingerprint, 32 hex digits (a cluster: block id, then the second hash word)."""
+    readers: int
+    """How many VMs read it: those whose chain reaches a layer holding it, at an LBN nothing above
+    in their chain shadows (a golden's block read by 51 clones through one frozen layer: 52).
+    What `Admin.blocks`' min_refs/max_refs filter on and the readers histogram counts."""
     refcount: int
-    """References to it from every block table."""
+    """References to it from the block tables (one per layer entry, however many VMs read
+    through that layer): what keeps the block stored."""
     vms: list[str]
-    """The VMs that read it somewhere, by name (at most 1000)."""
+    """The VMs that read it, by name (at most 1000; `readers` counts them all)."""
+    nodes: list[str] | None
+    """The cluster nodes holding a copy of it, in the cluster's order; None for an embedded pool
+    (its one copy is in the pool's own slot files)."""
 
 
 @dataclass(frozen=True)

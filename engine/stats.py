@@ -30,7 +30,8 @@ def vm_stats(pool, vm) -> dict:
 
 
 def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
-    """Live blocks by refcount, in power-of-two buckets: 1, 2, 3-4, 5-8, …"""
+    """Live blocks by a count (their refcount, or the VMs reading them), in power-of-two
+    buckets: 1, 2, 3-4, 5-8, …"""
     live = refcounts[refcounts > 0].astype(np.int64)
     if not len(live):
         return {}
@@ -47,7 +48,10 @@ def pool_stats(pool) -> dict:
     bs = pool.block_size
     vms = [vm_stats(pool, vm) for vm in pool.graph.vms()]
     logical = sum(v["logical_bytes"] for v in vms)
-    blocks = pool.blocks.summary() if pool.blocks.ready and not pool.rebuilding else {}
+    known = pool.blocks.ready and not pool.rebuilding
+    blocks = pool.blocks.summary() if known else {}
+    if known:
+        blocks["readers_histogram"] = refcount_histogram(pool.core.readers_of(pool.blocks.live()))
     physical = blocks.get("unique_blocks", 0) * bs
     return {
         "path": str(pool.path),

@@ -146,6 +146,14 @@ class ClusterBlocks:
         with self._rows.lock:
             return self._rows.refcounts_at(self._rows.rows_of(np.asarray(addrs, np.uint64)))
 
+    def holders_of(self, addrs: np.ndarray) -> list[list[str]]:
+        """The names of the nodes holding a copy of each id, in the cluster's order (up or not:
+        what the row map credits them with)."""
+        names = self.members.names()
+        with self._rows.lock:
+            held = self._rows.holders_at(self._rows.rows_of(np.asarray(addrs, np.uint64)))
+        return [[names[i] for i in np.flatnonzero(row)] for row in held]
+
     def fingerprints_of(self, addrs: np.ndarray) -> np.ndarray:
         """(id, second fingerprint word): for variant 0, the block's xxh3-128 itself."""
         addrs = np.asarray(addrs, np.uint64)

@@ -33,6 +33,7 @@ pub mod index;
 pub mod progress;
 pub mod rebuild;
 pub mod refcounts;
+pub mod sharing;
 pub mod slots;
 pub mod tables;
 
