@@ -331,7 +331,9 @@ def hold(args, actor: str) -> api.Admin:
 
 @command("stats",
          json='PoolStats (every field in engine/results.py)',
-         help="pool-wide figures: logical and physical bytes, dedup ratio, refcounts",
+         help="pool-wide figures: logical and physical bytes, dedup ratio, capacity (room for "
+              "new blocks: free slots and disk; a cluster's free disk once per filesystem, and "
+              "usable: divided by R), blocks by VMs reading them and by refcount",
          looks=True)
 def stats(admin, args, bar) -> int:
     s = admin.stats()
@@ -347,6 +349,9 @@ def stats(admin, args, bar) -> int:
         ("dedup ratio", formats.ratio(s.dedup_ratio)),
         ("unique blocks", formats.count(s.unique_blocks)),
     ]
+    rows.append(("capacity", f"{formats.size(s.capacity_bytes)} free"
+                 + (f", {formats.size(s.usable_bytes)} usable at R={s.replicas}"
+                    if s.replicas > 1 else "")))
     if s.free_slots is not None:
         rows.append(("free slots", formats.count(s.free_slots)))
     rows += [
@@ -384,11 +389,12 @@ def stats(admin, args, bar) -> int:
 def blocks(admin, args, bar) -> int:
     page = admin.blocks(vm=args.vm, min_refs=args.min_refs, max_refs=args.max_refs,
                         prefix=args.prefix, offset=args.offset, limit=args.limit)
-    header = ("PBN", "FINGERPRINT", "VMS", "REFS") + (("NODES",) if admin.kind == "cluster"
-                                                      else ()) + ("READ BY",)
-    rows = [(str(r.pbn), r.fingerprint, formats.count(r.readers), formats.refs_beside(r.readers, r.refcount))
-            + ((",".join(r.nodes or ()) or formats.UNKNOWN,) if admin.kind == "cluster" else ())
-            + (_names(r.vms, r.readers),) for r in page.rows]
+    cluster = admin.kind == "cluster"
+    header = ("PBN", "FINGERPRINT", "VMS", "REFS", *(("NODES",) if cluster else ()), "READ BY")
+    rows = [(str(r.pbn), r.fingerprint, formats.count(r.readers),
+             formats.refs_beside(r.readers, r.refcount),
+             *((",".join(r.nodes or ()) or formats.UNKNOWN,) if cluster else ()),
+             _names(r.vms, r.readers)) for r in page.rows]
     text = table(header, rows)
     text += f"\n{formats.count(len(rows))} of {formats.count(page.total)} blocks"
     emit(args, page, text)
@@ -561,7 +567,8 @@ def node_serve(args) -> int:
 
 @command("node", "ls",
          json='a list of NodeStatus (every field in engine/results.py)',
-         help="the nodes: state, latency, capacity, blocks", looks=True,
+         help="the nodes: state, latency, capacity (room for new blocks on the node's "
+              "filesystem or memory), blocks", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()

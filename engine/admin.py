@@ -128,7 +128,8 @@ class Admin(ABC):
                max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
                limit: int = 100) -> BlockPage:
         """A page of the block table: blocks `vm` reads, read by [min_refs, max_refs] VMs (their
-        BlockRow.readers, not their refcount), whose fingerprint starts with the hex `prefix`; rows offset … offset + limit.
+        BlockRow.readers, not their refcount), whose fingerprint starts with the hex `prefix`;
+        rows offset … offset + limit.
         Raises VMNotFoundError, BlockfoldError (a prefix that is not up to 32 hex digits)."""
 
     @abstractmethod

@@ -85,6 +85,7 @@ class LocalAdmin(Admin):
             dedup_ratio=raw["dedup_ratio"] if known else None,
             unique_blocks=raw["unique_blocks"] if known else None,
             free_slots=raw.get("free_slots"), capacity_bytes=raw.get("capacity_bytes"),
+            usable_bytes=raw.get("usable_bytes"),
             collisions=raw.get("collisions"),
             corrupt_blocks=raw.get("corrupt_blocks"),
             refcount_histogram=raw.get("refcount_histogram"),

@@ -55,9 +55,9 @@ class NodeStatus:
     """Round trip of the node's last heartbeat, milliseconds; None for a node that is down and
     for an embedded pool."""
     capacity_bytes: int | None
-    """Bytes of blocks it can hold: a node's held blocks plus its free disk (its last heartbeat);
-    an embedded pool's slot files as allocated so far (None while its RAM metadata is
-    rebuilt)."""
+    """Room for new blocks on it, bytes (its last heartbeat): the free space of the filesystem
+    it keeps its blocks on (shared with any node on the same one), a RAM node's unused memory;
+    an embedded pool's PoolStats.capacity_bytes."""
     blocks: int | None
     """Blocks it stores by its own count: a node's last heartbeat, an embedded pool's live slots
     (None while rebuilt)."""
@@ -119,8 +119,13 @@ class PoolStats:
     """Slots in the slot files ready for new blocks; None for a cluster (each node keeps its own
     free space)."""
     capacity_bytes: int | None
-    """Bytes of blocks the storage can hold: an embedded pool's slot files as allocated so far
-    (they grow on demand); a cluster's up nodes, each its held blocks plus its free disk."""
+    """Room for new blocks, bytes: an embedded pool's free slots plus what its slot files may
+    still grow by on their filesystem; a cluster's free space on the nodes that are up, each
+    filesystem counted once however many nodes share it (a RAM node: its unused memory), for
+    block copies, so not divided by R. None while the RAM metadata is rebuilt."""
+    usable_bytes: int | None
+    """Room for new unique blocks, bytes: capacity_bytes / R (each block takes R copies);
+    capacity_bytes itself for an embedded pool."""
     collisions: int | None
     """Blocks whose fingerprint matched another block with different bytes (stored apart)."""
     corrupt_blocks: int | None

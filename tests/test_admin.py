@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import threading
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def test_sharing_counts_the_vms_that_read_a_block_not_its_references(pool_dir):
         assert admin.blocks(min_refs=2, max_refs=51).total == 1
         assert admin.blocks(max_refs=1).rows[0].vms == ["desk-7"]
         assert admin.stats().readers_histogram == {"1": 1, "33-64": 2}
+
+
+def test_capacity_is_room_for_new_blocks(admin, pool_dir):
+    """An embedded pool's capacity: its free slots plus what its slot files may still grow by on
+    their filesystem; usable is the same (one copy)."""
+    s = admin.stats()
+    st = os.statvfs(pool_dir)
+    grow = st.f_bavail * st.f_frsize // (BS + 16) * BS
+    assert s.free_slots * BS <= s.capacity_bytes
+    assert abs(s.capacity_bytes - s.free_slots * BS - grow) < 256 << 20
+    assert s.usable_bytes == s.capacity_bytes and s.nodes[0].capacity_bytes == s.capacity_bytes
 
 
 def test_one_snapshot_computes_the_figures_once(admin, monkeypatch):

@@ -99,10 +99,19 @@ def test_blocks_rebuild_fsck(pool, tmp_path):
     assert page["total"] == cli_json("-p", pool, "stats")["unique_blocks"]
     assert len(page["rows"]) == 5
     row = page["rows"][0]
-    assert set(row) == {"pbn", "fingerprint", "refcount", "vms"}
-    assert len(row["fingerprint"]) == 32 and row["vms"] == ["a", "b"]
-    shared = cli_json("-p", pool, "blocks", "--min-refs", "2")
-    assert [r["refcount"] for r in shared["rows"]] == [4]      # the \x07 block, 4 times in a
+    assert set(row) == {"pbn", "fingerprint", "readers", "refcount", "vms", "nodes"}
+    assert len(row["fingerprint"]) == 32 and row["vms"] == ["a", "b"] and row["nodes"] is None
+    # --min-refs counts VMs reading: every block is read by a and its clone b, whatever its
+    # refcount (the \x07 block: 4 references in a's layer)
+    shared = cli_json("-p", pool, "blocks", "--min-refs", "2", "--limit", "100")
+    assert shared["total"] == page["total"] and {r["readers"] for r in shared["rows"]} == {2}
+    assert sorted({r["refcount"] for r in shared["rows"]}) == [1, 4]
+    assert cli_json("-p", pool, "blocks", "--min-refs", "3")["total"] == 0
+    table = run_cli("-p", pool, "blocks", "--limit", "100", check=True).stdout_text
+    assert "VMS" in table and "NODES" not in table
+    # VMS, then the refcount beside it where the two differ (here on every row)
+    assert {tuple(line.split()[2:4]) for line in table.splitlines()[1:-1]} == {("2", "1"),
+                                                                               ("2", "4")}
     by_prefix = cli_json("-p", pool, "blocks", "--prefix", row["fingerprint"][:6])
     assert row["pbn"] in [r["pbn"] for r in by_prefix["rows"]]
     figures = cli_json("-p", pool, "rebuild", "--full")

@@ -160,17 +160,27 @@ class ClusterBlocks:
         with self._rows.lock:
             return np.stack([addrs, self._rows.words_at(self._rows.rows_of(addrs))], axis=1)
 
+    def capacity(self) -> int:
+        """Room for new block copies on the nodes that are up: each filesystem's free space
+        counted once, however many nodes keep their blocks on it (a RAM node's unused memory is
+        its own)."""
+        room: dict = {}
+        for i, (node, up) in enumerate(zip(self.members.nodes, self.members.up_mask())):
+            if up:
+                room[node.disk or i] = node.capacity_bytes
+        return sum(room.values())
+
     def summary(self) -> dict:
         rows = self._rows
         with rows.lock:
             used = rows.used_count
             memory = rows.nbytes
-            capacity = sum(n.capacity_bytes for n, up in zip(self.members.nodes,
-                                                             self.members.up_mask()) if up)
+            capacity = self.capacity()
             return {
                 "unique_blocks": used,
                 "free_slots": 0,
                 "capacity_bytes": capacity,
+                "usable_bytes": capacity // self.replicas,
                 "collisions": self.collisions,
                 "corrupt_blocks": len(self.corrupt),
                 "refcount_histogram": rows.refcount_histogram(),

@@ -50,6 +50,7 @@ class Member:
         self.misses = 0
         self.latency_ms = 0.0
         self.capacity_bytes = 0
+        self.disk: str | None = None
         self.blocks = 0
         self.version = 0
         self.seen = 0.0
@@ -185,6 +186,7 @@ class Members:
             return BlockfoldError(self.nodes[i].error)
         with self.lock:
             node.capacity_bytes = info["capacity_bytes"]
+            node.disk = info.get("disk")
             node.blocks = info["blocks"]
             node.version = info["version"]
             if node.state == NodeState.DOWN:

@@ -50,12 +50,13 @@ class Handler:
     # -- who we are ---------------------------------------------------------------------------
 
     def hello(self, header: dict, payload) -> tuple[dict, bytes]:
-        """The node's figures: {name, block_size, blocks (held), capacity_bytes, version (of
-        the catalog replica), memory (a RAM node), lease ({holder, process} of the running
-        write lease, or null)}."""
+        """The node's figures: {name, block_size, blocks (held), capacity_bytes (room for new
+        blocks), disk (the filesystem that room is on: counted once however many nodes share
+        it), version (of the catalog replica), memory (a RAM node), lease ({holder, process} of
+        the running write lease, or null)}."""
         s = self.store
         return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
-                "capacity_bytes": s.capacity_bytes, "version": s.version,
+                "capacity_bytes": s.capacity_bytes, "disk": s.disk, "version": s.version,
                 "memory": bool(s.memory), "lease": s.lease_info()}, b""
 
     def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:
