@@ -180,7 +180,7 @@ def vm_write(admin, args, bar) -> int:
         except OSError as e:
             raise BlockfoldError(f"cannot read {args.file}: {e.strerror}") from None
     detaching(args, f"Overwrite part of VM {args.name}",
-              lambda force: admin.write(args.name, args.offset, data, force=force))
+              lambda force: admin.write(args.name, args.offset, data, force=force, event=True))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
          f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
     return 0
@@ -370,6 +370,21 @@ def stats(admin, args, bar) -> int:
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label.ljust(width)}{value}" for label, value in rows]
     emit(args, s, "\n".join(lines))
+    return 0
+
+
+@command("events",
+         json='a list of Event, newest first (every field in engine/results.py)',
+         help="the event log, newest first: who did what (imports, clones, deletes, writes, "
+              "rebuilds that were asked for or found something, scrubs, heals, nodes failed, "
+              "restored, down or back)", looks=True, args=[
+    arg("--limit", type=nonnegative, default=20, metavar="N",
+        help="the N newest events (default 20)")])
+def events(admin, args, bar) -> int:
+    found = admin.events(args.limit)
+    now = time.time()
+    rows = [(formats.when(e.ts, now), e.actor, e.kind, e.message) for e in found]
+    emit(args, found, table(("WHEN", "WHO", "KIND", "WHAT"), rows))
     return 0
 
 
@@ -585,23 +600,34 @@ def node_ls(admin, args, bar) -> int:
 # heartbeat.
 @command("node", "fail",
          json='{"failed": NAME}',
-         help="make a node unreachable (kill its process)", opens=False,
+         help="make a node unreachable (kill its process); through the cluster's service when "
+              "one runs, which records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
     if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
         print("not failed", file=sys.stderr)
         return 1
-    api.fail_node(args.cluster, args.name)
+    served = api.find_service(args.cluster, actor=local_user())
+    if served is not None:          # its coordinator records the event and marks the node down
+        with served:
+            served.fail_node(args.name)
+    else:
+        api.fail_node(args.cluster, args.name)
     emit(args, {"failed": args.name}, f"failed {args.name}")
     return 0
 
 
 @command("node", "restore",
          json='{"restored": NAME, "address": HOST:PORT, "pid": its process}',
-         help="bring a failed node back (restart its process)", opens=False,
+         help="bring a failed node back (restart its process); the cluster's service, when one "
+              "runs, catches it up and records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(args) -> int:
     row = api.restore_node(args.cluster, args.name)
+    served = api.find_service(args.cluster, actor=local_user())
+    if served is not None:          # its coordinator catches the node up and records the event
+        with served:
+            served.restore_node(args.name)
     emit(args, {"restored": args.name, "address": row["address"], "pid": row["pid"]},
          f"restored {args.name} (pid {row['pid']}, {row['address']})")
     return 0

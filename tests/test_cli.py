@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -322,3 +323,25 @@ def test_the_progress_bar_ends_on_its_own_line(pool, tmp_path):
         assert lines[bar + 1] == "imported big: 64.0 MiB"
     finally:
         t.close()
+
+
+def test_events_name_who_acted_and_an_open_is_no_event(pool, tmp_path):
+    """Imports, `vm write`, an asked-for rebuild and a scrub are events under the local user;
+    the rebuild each command does as it opens the pool is not."""
+    make_image(tmp_path / "a.raw", 8, 5)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    for _ in range(3):
+        run_cli("-p", pool, "vm", "ls", check=True)
+        run_cli("-p", pool, "stats", check=True)
+    (tmp_path / "w").write_bytes(b"w" * BS)
+    run_cli("-p", pool, "vm", "write", "a", "--offset", str(BS), tmp_path / "w", check=True)
+    run_cli("-p", pool, "rebuild", check=True)
+    run_cli("-p", pool, "scrub", check=True)
+    events = cli_json("-p", pool, "events")
+    assert [e["kind"] for e in events] == ["scrub", "rebuild", "write", "import"]
+    assert {e["actor"] for e in events} == {getpass.getuser()}
+    assert set(events[0]) == {"id", "ts", "actor", "kind", "message"}
+    assert events[2]["message"] == "wrote 4.0 KiB to a at byte 4,096"
+    text = run_cli("-p", pool, "events", "--limit", "2", check=True).stdout_text
+    assert text.splitlines()[0].split() == ["WHEN", "WHO", "KIND", "WHAT"]
+    assert len(text.splitlines()) == 3 and "scrub finished: 8 blocks" in text

@@ -55,6 +55,7 @@ class Member:
         self.version = 0
         self.seen = 0.0
         self.error = ""
+        self.was_up = False     # up at least once since we opened: its going down is news
 
 
 class Members:
@@ -68,6 +69,7 @@ class Members:
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
+        self._news: list[str] = []
         self._stop = threading.Event()
         self._thread = None
 
@@ -140,14 +142,33 @@ class Members:
             if node.state == NodeState.SUSPECT:
                 node.state = NodeState.UP
 
-    def mark_down(self, i: int, error: str = "") -> None:
+    def mark_down(self, i: int, error: str = "", told: bool = False) -> None:
+        """The node is down, for `error`; `told`: whoever made it so records the event."""
         with self.lock:
-            self.nodes[i].state = NodeState.DOWN
+            self._went_down(i, error, told)
             self.nodes[i].error = error
 
     def mark(self, i: int, state: NodeState) -> None:
         with self.lock:
-            self.nodes[i].state = state
+            node = self.nodes[i]
+            if state == NodeState.UP and node.state != NodeState.UP:
+                if node.was_up:
+                    self._news.append(f"{node.client.name} is back up: caught up")
+                node.was_up = True
+            node.state = state
+
+    def _went_down(self, i: int, error: str, told: bool = False) -> None:
+        node = self.nodes[i]
+        if node.state != NodeState.DOWN and node.was_up and not told:
+            self._news.append(f"{node.client.name} is down: {error or 'no answer'}")
+        node.state = NodeState.DOWN
+
+    def news(self) -> list[str]:
+        """What happened to the nodes since the last call (a node that went down, one back up
+        after being down), for the event log: the heartbeats never wait for the pool to log it."""
+        with self.lock:
+            news, self._news = self._news, []
+        return news
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -176,8 +197,10 @@ class Members:
             with self.lock:
                 node.misses += 1
                 if node.state in (NodeState.UP, NodeState.SUSPECT):
-                    node.state = (NodeState.SUSPECT if node.misses < DOWN_AFTER_MISSES
-                                  else NodeState.DOWN)
+                    if node.misses < DOWN_AFTER_MISSES:
+                        node.state = NodeState.SUSPECT
+                    else:
+                        self._went_down(i, f"{node.misses} heartbeats missed")
             return reply
         info = reply[0]
         if info.get("block_size") != self.config.block_size:
