@@ -384,7 +384,7 @@ def events(admin, args, bar) -> int:
     found = admin.events(args.limit)
     now = time.time()
     rows = [(formats.when(e.ts, now), e.actor, e.kind, e.message) for e in found]
-    emit(args, found, table(("WHEN", "WHO", "KIND", "WHAT"), rows))
+    emit(args, found, table(("WHEN", "WHO", "WHAT", "MESSAGE"), rows))
     return 0
 
 

@@ -343,5 +343,5 @@ def test_events_name_who_acted_and_an_open_is_no_event(pool, tmp_path):
     assert set(events[0]) == {"id", "ts", "actor", "kind", "message"}
     assert events[2]["message"] == "wrote 4.0 KiB to a at byte 4,096"
     text = run_cli("-p", pool, "events", "--limit", "2", check=True).stdout_text
-    assert text.splitlines()[0].split() == ["WHEN", "WHO", "KIND", "WHAT"]
+    assert text.splitlines()[0].split() == ["WHEN", "WHO", "WHAT", "MESSAGE"]
     assert len(text.splitlines()) == 3 and "scrub finished: 8 blocks" in text

@@ -16,13 +16,13 @@ from engine.api import BlockRow, formats
 from .row_table import Col, RowTable
 
 MOST_VM_NAMES = 4
-NODES = Col("NODES", 17, least=5)
+NODES = Col("NODES", 11)      # R names: "node1,node3"
 
 
 def columns(cluster: bool) -> tuple[Col, ...]:
     """VMS is how many VMs read the block; REFS its refcount, shown where the two differ; NODES
     (a cluster's) the nodes holding its copies."""
-    return (Col("PBN", 20, numeric=True, least=8), Col("FINGERPRINT", 32, least=12),
+    return (Col("PBN", 20, numeric=True, least=10), Col("FINGERPRINT", 32, least=10),
             Col("VMS", 5, numeric=True), Col("REFS", 5, numeric=True),
             *((NODES,) if cluster else ()), Col("READ BY", 26, flex=True))
 
@@ -35,7 +35,7 @@ def vm_names(names: list[str], readers: int) -> str:
 
 
 def cells(row: BlockRow, cluster: bool) -> tuple[str, ...]:
-    nodes = (", ".join(row.nodes or ()) or formats.UNKNOWN,) if cluster else ()
+    nodes = (",".join(row.nodes or ()) or formats.UNKNOWN,) if cluster else ()
     return (str(row.pbn), row.fingerprint, formats.count(row.readers),
             formats.refs_beside(row.readers, row.refcount), *nodes,
             vm_names(row.vms, row.readers))
