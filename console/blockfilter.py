@@ -1,8 +1,9 @@
 """The Blocks screen's filter language, read into `Admin.blocks` arguments.
 
     vm golden          blocks the VM golden reads     (also vm=golden)
-    refs>=2            refcount at least 2            (>=, <=, >, <, =)
-    refs 2-5           refcount from 2 to 5
+    refs>=2            read by at least 2 VMs         (>=, <=, >, <, =)
+    refs 2-5           read by 2 to 5 VMs
+`refs` counts the VMs reading a block (the VMS column), not its refcount (layer references).
     fp 3fa9 / 3fa9     fingerprints starting with the hex digits
 Terms combine: `vm golden refs>=2`.
 """
@@ -18,7 +19,7 @@ TERM = re.compile(r"""\s*(?:
   | (?P<bare>[0-9a-fA-F]+)(?=\s|$)
 )\s*""", re.VERBOSE)
 
-HINT = "use vm NAME, refs>=N, refs N-M or fp HEX"
+HINT = "use vm NAME, refs>=N or refs N-M (VMs reading), or fp HEX"
 
 
 def parse_filter(text: str) -> dict:

@@ -12,7 +12,9 @@ so that every run shows the same screens with real-looking figures instead of ma
   seconds and rate follow from the data;
 - a node's round trip (a fixed latency for each node) and where it listens (the port it was
   given at random becomes a fixed one, in its address and in the message saying why it is
-  down), and the directory the pool lives in.
+  down), and the directory the pool lives in;
+- the free space of the filesystem an embedded pool's slot files may grow on (DISK_FREE), so its
+  capacity is its free slots plus what that space holds.
 
 Everything the engine computes from the data (blocks, sizes, ratios, states, capacities of nodes
 with a fixed memory, and None for what is not known) is shown exactly as it comes.
@@ -56,6 +58,8 @@ class FixedClock(SystemClock):
     tz = UTC
     RATE = 2.5 * (1 << 30)
     """Bytes per second a rebuild goes at, on this clock."""
+    DISK_FREE = 200 << 30
+    """Bytes free on the filesystem of an embedded pool, on this clock."""
     GAPS = (4, 17, 42, 9, 63, 28, 131, 11, 76, 240)
     """Seconds between one moment and the one before, in turn: an irregular, working day's pace."""
 
@@ -103,8 +107,13 @@ class FixedClock(SystemClock):
                          last_seen=None if n.last_seen is None else
                          self.t - (2 if n.state == "down" else 0) if n.last_seen else 0.0)
                  for i, n in enumerate(s.nodes)]
+        capacity = {}
+        if s.free_slots is not None and s.capacity_bytes is not None:     # an embedded pool
+            room = (s.free_slots + self.DISK_FREE // (s.block_size + 16)) * s.block_size
+            capacity = {"capacity_bytes": room, "usable_bytes": room}
+            nodes = [replace(n, capacity_bytes=room) for n in nodes]
         stats = replace(
-            s, path=self.where, nodes=nodes,
+            s, path=self.where, nodes=nodes, **capacity,
             vms=[replace(v, created=retimed[v.created]) for v in s.vms],
             rebuilds=[replace(r, ts=retimed[r.ts], seconds=r.bytes / self.RATE)
                       for r in s.rebuilds])

@@ -178,7 +178,7 @@ def vm_write(admin, args, bar) -> int:
                              f"({admin.vm_size(args.name)} bytes) from offset {args.offset}: "
                              "nothing written")
     detaching(args, f"Overwrite part of VM {args.name}",
-              lambda force: admin.write(args.name, args.offset, data, force=force))
+              lambda force: admin.write(args.name, args.offset, data, force=force, event=True))
     emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
          f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
     return 0
@@ -355,11 +355,14 @@ def hold(args, actor: str) -> api.Admin:
 
 @command("stats",
          json='PoolStats (every field in engine/results.py)',
-         help="pool-wide figures: logical and physical bytes, dedup ratio, refcounts",
+         help="pool-wide figures: logical and physical bytes, dedup ratio, capacity (room for "
+              "new blocks: free slots and disk; a cluster's free disk once per filesystem, and "
+              "usable: divided by R), blocks by VMs reading them and by refcount",
          looks=True)
 def stats(admin, args, bar) -> int:
     s = admin.stats()
-    hist = ", ".join(f"{k}: {formats.count(v)}" for k, v in (s.refcount_histogram or {}).items())
+    hist = formats.histogram(s.readers_histogram)
+    refs = formats.histogram(s.refcount_histogram)
     per_block = s.metadata_ram_bytes_per_block
     rows = [
         ("pool", s.path),
@@ -370,11 +373,18 @@ def stats(admin, args, bar) -> int:
         ("dedup ratio", formats.ratio(s.dedup_ratio)),
         ("unique blocks", formats.count(s.unique_blocks)),
     ]
+    rows.append(("capacity", f"{formats.size(s.capacity_bytes)} free"
+                 + (f", {formats.size(s.usable_bytes)} usable at R={s.replicas}"
+                    if s.replicas > 1 else "")))
     if s.free_slots is not None:
         rows.append(("free slots", formats.count(s.free_slots)))
     rows += [
         ("collisions", formats.count(s.collisions)),
-        ("refcounts", hist or formats.UNKNOWN),
+        ("VMs reading", hist),
+    ]
+    if refs != hist:
+        rows.append(("refcounts", refs))
+    rows += [
         ("metadata RAM", f"{formats.size(s.metadata_ram_bytes)}"
          f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f}'} B per block)"),
     ]
@@ -388,32 +398,54 @@ def stats(admin, args, bar) -> int:
     return 0
 
 
+@command("events",
+         json='a list of Event, newest first (every field in engine/results.py)',
+         help="the event log, newest first: who did what (imports, clones, deletes, writes, "
+              "rebuilds that were asked for or found something, scrubs, heals, nodes failed, "
+              "restored, down or back)", looks=True, args=[
+    arg("--limit", type=nonnegative, default=20, metavar="N",
+        help="the N newest events (default 20)")])
+def events(admin, args, bar) -> int:
+    found = admin.events(args.limit)
+    now = time.time()
+    rows = [(formats.when(e.ts, now), e.actor, e.kind, e.message) for e in found]
+    emit(args, found, table(("WHEN", "WHO", "WHAT", "MESSAGE"), rows))
+    return 0
+
+
 @command("blocks",
          json='a BlockPage (engine/results.py)',
-         help="the block table: one row per physical block", looks=True, args=[
+         help="the block table: one row per physical block, with how many VMs read it, its "
+              "refcount (layer references) where that differs, and on a cluster the nodes that "
+              "hold its copies", looks=True, args=[
     arg("--vm", metavar="NAME", help="only blocks this VM reads"),
     arg("--limit", type=nonnegative, default=50, metavar="N", help="at most N rows (default 50)"),
     arg("--offset", type=nonnegative, default=0, metavar="N", help="skip the first N rows"),
-    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks with at least N "
-        "references"),
-    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks with at most N "
-        "references"),
+    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks at least N VMs read "
+        "(VMs reading, not the refcount: a golden's block read by 51 clones counts 52)"),
+    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks at most N VMs read "
+        "(VMs reading, not the refcount)"),
     arg("--prefix", metavar="HEX", help="fingerprints starting with HEX")])
 def blocks(admin, args, bar) -> int:
     page = admin.blocks(vm=args.vm, min_refs=args.min_refs, max_refs=args.max_refs,
                         prefix=args.prefix, offset=args.offset, limit=args.limit)
-    rows = [(str(r.pbn), r.fingerprint, formats.count(r.refcount), _names(r.vms))
-            for r in page.rows]
-    text = table(("PBN", "FINGERPRINT", "REFS", "VMS"), rows)
+    cluster = admin.kind == "cluster"
+    header = ("PBN", "FINGERPRINT", "VMS", "REFS", *(("NODES",) if cluster else ()), "READ BY")
+    rows = [(str(r.pbn), r.fingerprint, formats.count(r.readers),
+             formats.refs_beside(r.readers, r.refcount),
+             *((",".join(r.nodes or ()) or formats.UNKNOWN,) if cluster else ()),
+             _names(r.vms, r.readers)) for r in page.rows]
+    text = table(header, rows)
     text += f"\n{formats.count(len(rows))} of {formats.count(page.total)} blocks"
     emit(args, page, text)
     return 0
 
 
-def _names(names: list[str], most: int = 4) -> str:
-    if len(names) <= most:
+def _names(names: list[str], readers: int, most: int = 4) -> str:
+    names = sorted(names, key=formats.natural_key)
+    if readers <= most:
         return ",".join(names)
-    return ",".join(names[:most]) + f" +{len(names) - most}"
+    return ",".join(names[:most]) + f" +{formats.count(readers - most)}"
 
 
 @command("rebuild",
@@ -586,7 +618,8 @@ def node_serve(args) -> int:
 
 @command("node", "ls",
          json='a list of NodeStatus (every field in engine/results.py)',
-         help="the nodes: state, latency, capacity, blocks", looks=True,
+         help="the nodes: state, latency, capacity (room for new blocks on the node's "
+              "filesystem or memory), blocks", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
@@ -603,23 +636,34 @@ def node_ls(admin, args, bar) -> int:
 # heartbeat.
 @command("node", "fail",
          json='{"failed": NAME}',
-         help="make a node unreachable (kill its process)", opens=False,
+         help="make a node unreachable (kill its process); through the cluster's service when "
+              "one runs, which records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
     if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
         print("not failed", file=sys.stderr)
         return 1
-    api.fail_node(args.cluster, args.name)
+    served = api.find_service(args.cluster, actor=local_user())
+    if served is not None:          # its coordinator records the event and marks the node down
+        with served:
+            served.fail_node(args.name)
+    else:
+        api.fail_node(args.cluster, args.name)
     emit(args, {"failed": args.name}, f"failed {args.name}")
     return 0
 
 
 @command("node", "restore",
          json='{"restored": NAME, "address": HOST:PORT, "pid": its process}',
-         help="bring a failed node back (restart its process)", opens=False,
+         help="bring a failed node back (restart its process); the cluster's service, when one "
+              "runs, catches it up and records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(args) -> int:
     row = api.restore_node(args.cluster, args.name)
+    served = api.find_service(args.cluster, actor=local_user())
+    if served is not None:          # its coordinator catches the node up and records the event
+        with served:
+            served.restore_node(args.name)
     emit(args, {"restored": args.name, "address": row["address"], "pid": row["pid"]},
          f"restored {args.name} (pid {row['pid']}, {row['address']})")
     return 0

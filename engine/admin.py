@@ -56,12 +56,15 @@ class Admin(ABC):
         no reachable copy of a block)."""
 
     @abstractmethod
-    def write(self, name: str, offset: int, data, force: bool = False) -> None:
+    def write(self, name: str, offset: int, data, force: bool = False,
+              event: bool = False) -> None:
         """Writes a bytes-like object at `offset`, deduplicated inline; durable after flush().
         A served pool refuses to change a VM that NBD clients have attached (RefusedError naming
         them) unless `force`, which detaches them first; the NBD export itself writes without
-        asking. Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing
-        written), RefusedError (attached)."""
+        asking. `event`: an operator's write (`vm write`), recorded in the event log under its
+        actor and durable at once; the NBD export's writes are data, not events.
+        Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing written),
+        RefusedError (attached)."""
 
     @abstractmethod
     def trim(self, name: str, offset: int, length: int) -> None:
@@ -127,8 +130,9 @@ class Admin(ABC):
     def blocks(self, vm: str | None = None, min_refs: int | None = None,
                max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
                limit: int = 100) -> BlockPage:
-        """A page of the block table: blocks `vm` reads, with a refcount in [min_refs, max_refs],
-        whose fingerprint starts with the hex `prefix`; rows offset … offset + limit.
+        """A page of the block table: blocks `vm` reads, read by [min_refs, max_refs] VMs (their
+        BlockRow.readers, not their refcount), whose fingerprint starts with the hex `prefix`;
+        rows offset … offset + limit.
         Raises VMNotFoundError, BlockfoldError (a prefix that is not up to 32 hex digits)."""
 
     @abstractmethod

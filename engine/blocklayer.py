@@ -96,6 +96,9 @@ class BlockLayer(Protocol):
     def fingerprints_of(self, addrs: np.ndarray) -> np.ndarray:
         """Each address's fingerprint, as n × 2 uint64 words."""
 
+    def holders_of(self, addrs: np.ndarray) -> list[list[str]]:
+        """The names of the nodes holding a copy of each address."""
+
     def summary(self) -> dict:
         """Pool-wide figures of the block layer (see engine/stats.py)."""
 

@@ -1,8 +1,10 @@
 """The block table as operators see it: one row per physical block, paged and filtered.
 
-Filters run vectorised over the RAM refcounts and stored fingerprints, so a page costs the same
-over millions of blocks. Naming the VMs behind a block needs the reverse of the block tables
-(block -> layer, LBN); the core builds it once per change of the tables and keeps it.
+Sharing is what operators mean by "how shared": how many VMs read a block (a golden's block read
+by 51 clones through one frozen layer: 52 VMs, refcount 1), not how many layer references it has.
+The core counts it from the layer graph (engine._native's `readers_of`, `vms_reading`: the VMs
+whose chain reaches a layer holding the block where nothing above shadows it), once per change of
+the tables or the VMs. Filters run vectorised over those counts and the stored fingerprints.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import RefusedError
+
+MOST_NAMES = 1000    # VM names a row carries (its `readers` counts them all)
 
 
 def fingerprint_hex(words: np.ndarray) -> str:
@@ -52,27 +56,35 @@ class BlockView:
     def page(self, vm: str | None = None, min_refs: int | None = None,
              max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
              limit: int = 100, with_vms: bool = True) -> dict:
-        """Rows {pbn, fingerprint, refcount, vms} from `offset`, at most `limit`, of the live
-        blocks that `vm` reads, with a refcount in [min_refs, max_refs], whose fingerprint starts
-        with the hex `prefix`; and how many match in all. Raises RefusedError (bad prefix)."""
-        blocks = self.pool.blocks
+        """Rows {pbn, fingerprint, readers, refcount, vms, nodes} from `offset`, at most
+        `limit`, of the live blocks that `vm` reads, read by [min_refs, max_refs] VMs, whose
+        fingerprint starts with the hex `prefix`; and how many match in all. Raises RefusedError
+        (bad prefix)."""
+        blocks, core = self.pool.blocks, self.pool.core
         live = blocks.live()
         if vm is not None:
             live = np.intersect1d(live, self.vm_addresses(vm))
-        if min_refs is not None:
-            live = live[blocks.refcounts_of(live) >= min_refs]
-        if max_refs is not None:
-            live = live[blocks.refcounts_of(live) <= max_refs]
+        if min_refs is not None or max_refs is not None:
+            readers = core.readers_of(live)
+            keep = np.ones(len(live), dtype=bool)
+            if min_refs is not None:
+                keep &= readers >= min_refs
+            if max_refs is not None:
+                keep &= readers <= max_refs
+            live = live[keep]
         if prefix:
             if len(prefix) > 32 or any(c not in "0123456789abcdefABCDEF" for c in prefix):
                 raise RefusedError(f"bad fingerprint prefix {prefix!r}: use up to 32 hex digits")
             live = live[_prefix_mask(blocks.fingerprints_of(live), prefix)]
         rows = []
         page = live[offset:offset + limit]
-        for addr, refs, words in zip(page.tolist(), blocks.refcounts_of(page).tolist(),
-                                     blocks.fingerprints_of(page)):
-            row = {"pbn": addr, "fingerprint": fingerprint_hex(words), "refcount": int(refs)}
+        holders = [None] * len(page) if self.pool.local else self.pool.blocks.holders_of(page)
+        for addr, readers, refs, words, nodes in zip(
+                page.tolist(), core.readers_of(page).tolist(), blocks.refcounts_of(page).tolist(),
+                blocks.fingerprints_of(page), holders):
+            row = {"pbn": addr, "fingerprint": fingerprint_hex(words), "readers": int(readers),
+                   "refcount": int(refs), "nodes": nodes}
             if with_vms:
-                row["vms"] = self.referencing_vms(addr)
+                row["vms"] = self.referencing_vms(addr)[:MOST_NAMES]
             rows.append(row)
         return {"total": len(live), "offset": offset, "rows": rows}

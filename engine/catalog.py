@@ -176,19 +176,25 @@ class Catalog:
         return [lid for (lid,) in self.conn.execute(
             "SELECT DISTINCT layer FROM bmap WHERE layer NOT IN (SELECT id FROM layers)")]
 
-    def record_rebuild(self, figures: dict) -> None:
-        """The rebuild history row and its event; inside a commit."""
+    def record_rebuild(self, figures: dict, actor: str) -> None:
+        """The rebuild history row, and its event when the rebuild is news: one asked for, one
+        after a crash or a rollback, or one that found something (corrupt blocks, orphans, bad
+        references, missing blocks). The rebuild every open does is not, or each CLI call
+        would log one. Inside a commit."""
         self.conn.execute(
             "INSERT INTO rebuilds (ts, reason, mode, seconds, blocks, bytes, corrupt, orphans)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (time.time(), figures["reason"], figures["mode"], figures["seconds"],
              figures["blocks"], figures["bytes"], len(figures["corrupt_blocks"]),
              figures["orphans_reclaimed"]))
-        self.log("engine", "rebuild",
-                 f"{figures['mode']} rebuild ({figures['reason']}):"
-                 f" {formats.count(figures['blocks'])} blocks,"
-                 f" {formats.count(len(figures['corrupt_blocks']))} corrupt,"
-                 f" {formats.count(figures['orphans_reclaimed'])} orphans reclaimed")
+        found = (figures["corrupt_blocks"] or figures["orphans_reclaimed"]
+                 or figures.get("bad_references") or figures.get("missing_blocks"))
+        if figures["reason"] != "open" or found:
+            self.log(actor if figures["reason"] == "requested" else "engine", "rebuild",
+                     f"{figures['mode']} rebuild ({figures['reason']}):"
+                     f" {formats.count(figures['blocks'])} blocks,"
+                     f" {formats.count(len(figures['corrupt_blocks']))} corrupt,"
+                     f" {formats.count(figures['orphans_reclaimed'])} orphans reclaimed")
 
     def rebuilds(self, limit: int = 10) -> list[dict]:
         cols = ("ts", "reason", "mode", "seconds", "blocks", "bytes", "corrupt", "orphans")

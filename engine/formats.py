@@ -7,6 +7,8 @@
     latency(0.43)            "0.43 ms"      a round trip, milliseconds
     ratio(4.2)               "4.20x"
     when(ts, now)            "14:03:12"     today; "Nov 24 14:03" this year; else "2025-11-24"
+    histogram({"1": 5, …})   "1: 5, 2: 1,024"   blocks by count, in its buckets
+    refs_beside(52, 1)       "1"            a refcount shown beside the VMs reading, "" if equal
     any of them (None)       "—"            not known yet, or does not apply
 
 A rate is worth showing only for work that took a while: `RATE_MIN_SECONDS` says how long.
@@ -107,6 +109,19 @@ def when(ts: float | None, now: float, tz: tzinfo | None = None) -> str:
     if t.year == today.year:
         return t.strftime("%b %d %H:%M")
     return t.strftime("%Y-%m-%d")
+
+
+def histogram(buckets: dict[str, int] | None) -> str:
+    """Blocks by a count, bucket by bucket: "1: 5,000, 2: 12, 3-4: 7"."""
+    if not buckets:
+        return UNKNOWN
+    return ", ".join(f"{k}: {count(v)}" for k, v in buckets.items())
+
+
+def refs_beside(readers: int, refcount: int) -> str:
+    """A block's refcount beside how many VMs read it: shown only where the two differ (a frozen
+    layer's block read by 51 clones and its golden: 52 VMs, refcount 1)."""
+    return "" if readers == refcount else count(refcount)
 
 
 def natural_key(name: str) -> tuple:

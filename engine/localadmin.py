@@ -6,6 +6,8 @@ console and the CLI see is the same whichever Admin answers.
 
 from __future__ import annotations
 
+from . import formats
+from .actor import current as current_actor
 from .admin import Admin
 from .errors import BlockfoldError
 from .pool import Pool
@@ -50,7 +52,12 @@ class LocalAdmin(Admin):
     def vm_names(self): return self.pool.vm_names()
     def vm_size(self, name): return self.pool.vm_size(name)
     def read(self, name, offset, length): return self.pool.read(name, offset, length)
-    def write(self, name, offset, data, force=False): self.pool.write(name, offset, data)
+    def write(self, name, offset, data, force=False, event=False):
+        self.pool.write(name, offset, data)
+        if event:
+            self.pool.log_event("write", f"wrote {formats.size(len(data))} to {name} at byte"
+                                         f" {formats.count(offset)}",
+                                actor=current_actor(self.pool.actor))
     def trim(self, name, offset, length): self.pool.trim(name, offset, length)
     def flush(self): self.pool.flush()
 
@@ -85,9 +92,11 @@ class LocalAdmin(Admin):
             dedup_ratio=raw["dedup_ratio"] if known else None,
             unique_blocks=raw["unique_blocks"] if known else None,
             free_slots=raw.get("free_slots"), capacity_bytes=raw.get("capacity_bytes"),
+            usable_bytes=raw.get("usable_bytes"),
             collisions=raw.get("collisions"),
             corrupt_blocks=raw.get("corrupt_blocks"),
             refcount_histogram=raw.get("refcount_histogram"),
+            readers_histogram=raw.get("readers_histogram"),
             metadata_ram_bytes=raw.get("metadata_ram_bytes"),
             metadata_ram_bytes_per_block=raw.get("metadata_ram_bytes_per_block"),
             repaired_copies=raw.get("repaired_copies"),

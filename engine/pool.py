@@ -39,8 +39,8 @@ from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
-from .errors import (AbortedError, BlockfoldError, NotAPoolError, OutOfRangeError,
-                     PoolFormatError, ReadOnlyError, RefusedError)
+from .errors import (AbortedError, BlockfoldError, CancelledError, NotAPoolError,
+                     OutOfRangeError, PoolFormatError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
@@ -286,16 +286,21 @@ class Pool:
             if not self.core.ready:     # nothing to fall back on; a live pool keeps what it had
                 self._rebuild_error = e
             self._ready.set()
+            if isinstance(e, CancelledError) and not self.readonly:
+                self.log_event("rebuild", f"{'full' if full else 'fast'} rebuild ({reason})"
+                                          " cancelled: the metadata it had is kept",
+                               current_actor(self.actor))
             raise
         with self._lock:
             figures = dict(figures, reason=reason, damage=self.core.damage)
             self.last_rebuild = figures
             repaired, self._repaired = self._repaired, None
+            actor = current_actor(self.actor)
 
             def rows(catalog) -> None:
-                catalog.record_rebuild(figures)
+                catalog.record_rebuild(figures, actor)
                 if repaired:
-                    catalog.log(current_actor(self.actor), "repair", repaired)
+                    catalog.log(actor, "repair", repaired)
             try:
                 if not self.readonly:
                     self._commit(rows=rows)
@@ -727,19 +732,29 @@ class Pool:
             if time.monotonic() - saved >= SCRUB_SAVE_S:
                 self._save_scrub(cursor)
                 saved = time.monotonic()
-        self._save_scrub(cursor)
-        meter.finish()
         seconds = time.monotonic() - started
         # np.unique: a cluster finds a lost block once on each node that holds it.
         corrupt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+        self._save_scrub(cursor, event=(
+            f"scrub {'finished' if finished else 'stopped'}: {formats.count(checked)} blocks"
+            f" ({formats.size(checked * self.block_size)}) verified in {formats.duration(seconds)},"
+            f" {formats.count(len(corrupt))} corrupt"))
+        meter.finish()
         return {"blocks": checked, "bytes": checked * self.block_size,
                 "corrupt": [int(a) for a in corrupt], "seconds": round(seconds, 4),
                 "bytes_per_s": int(checked * self.block_size / seconds) if seconds else 0,
                 "finished": finished}
 
-    def _save_scrub(self, cursor: int) -> None:
+    def _save_scrub(self, cursor: int, event: str | None = None) -> None:
+        """Where the scrub got to, and at its end its event (under the caller's actor)."""
+        actor = current_actor(self.actor)
+
+        def rows(catalog):
+            catalog.set("scrub_cursor", cursor)
+            if event:
+                catalog.log(actor, "scrub", event)
         with self._lock:
-            self._commit(rows=lambda catalog: catalog.set("scrub_cursor", cursor))
+            self._commit(rows=rows)
 
     def events(self, limit: int = 100) -> list[dict]:
         with self._lock:

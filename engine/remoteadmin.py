@@ -255,9 +255,9 @@ class RemoteAdmin(Admin):
     def read(self, name, offset, length):
         return self._call("read", {"name": name, "offset": offset, "length": length})
 
-    def write(self, name, offset, data, force=False):
+    def write(self, name, offset, data, force=False, event=False):
         data = memoryview(data).cast("B")
-        self._call("write", {"name": name, "offset": offset, "force": force},
+        self._call("write", {"name": name, "offset": offset, "force": force, "event": event},
                    send=((i, data[i:i + wire.DATA_CHUNK])
                          for i in range(0, len(data), wire.DATA_CHUNK)))
 

@@ -55,9 +55,9 @@ class NodeStatus:
     """Round trip of the node's last heartbeat, milliseconds; None for a node that is down and
     for an embedded pool."""
     capacity_bytes: int | None
-    """Bytes of blocks it can hold: a node's held blocks plus its free disk (its last heartbeat);
-    an embedded pool's slot files as allocated so far (None while its RAM metadata is
-    rebuilt)."""
+    """Room for new blocks on it, bytes (its last heartbeat): the free space of the filesystem
+    it keeps its blocks on (shared with any node on the same one), a RAM node's unused memory;
+    an embedded pool's PoolStats.capacity_bytes."""
     blocks: int | None
     """Blocks it stores by its own count: a node's last heartbeat, an embedded pool's live slots
     (None while rebuilt)."""
@@ -119,14 +119,23 @@ class PoolStats:
     """Slots in the slot files ready for new blocks; None for a cluster (each node keeps its own
     free space)."""
     capacity_bytes: int | None
-    """Bytes of blocks the storage can hold: an embedded pool's slot files as allocated so far
-    (they grow on demand); a cluster's up nodes, each its held blocks plus its free disk."""
+    """Room for new blocks, bytes: an embedded pool's free slots plus what its slot files may
+    still grow by on their filesystem; a cluster's free space on the nodes that are up, each
+    filesystem counted once however many nodes share it (a RAM node: its unused memory), for
+    block copies, so not divided by R. None while the RAM metadata is rebuilt."""
+    usable_bytes: int | None
+    """Room for new unique blocks, bytes: capacity_bytes / R (each block takes R copies);
+    capacity_bytes itself for an embedded pool."""
     collisions: int | None
     """Blocks whose fingerprint matched another block with different bytes (stored apart)."""
     corrupt_blocks: int | None
     """Blocks found rotten by the last full rebuild (their bytes no longer match)."""
     refcount_histogram: dict[str, int] | None
-    """Live blocks by refcount, in power-of-two buckets: {"1": n, "2": n, "3-4": n, …}."""
+    """Live blocks by refcount (layer references), in power-of-two buckets: {"1": n, "2": n,
+    "3-4": n, …}."""
+    readers_histogram: dict[str, int] | None
+    """Live blocks by how many VMs read them (BlockRow.readers), in the same buckets: how shared
+    the blocks are, as operators mean it."""
     metadata_ram_bytes: int | None
     """RAM taken by the dedup metadata (fingerprint index, refcounts, free space, replica map)."""
     metadata_ram_bytes_per_block: float | None
@@ -191,10 +200,18 @@ class BlockRow:
     """Its address: an embedded pool's slot number, a cluster's 64-bit block id."""
     fingerprint: str
     """Its xxh3-128 fingerprint, 32 hex digits (a cluster: block id, then the second hash word)."""
+    readers: int
+    """How many VMs read it: those whose chain reaches a layer holding it, at an LBN nothing above
+    in their chain shadows (a golden's block read by 51 clones through one frozen layer: 52).
+    What `Admin.blocks`' min_refs/max_refs filter on and the readers histogram counts."""
     refcount: int
-    """References to it from every block table."""
+    """References to it from the block tables (one per layer entry, however many VMs read
+    through that layer): what keeps the block stored."""
     vms: list[str]
-    """The VMs that read it somewhere, by name (at most 1000)."""
+    """The VMs that read it, by name (at most 1000; `readers` counts them all)."""
+    nodes: list[str] | None
+    """The cluster nodes holding a copy of it, in the cluster's order; None for an embedded pool
+    (its one copy is in the pool's own slot files)."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ figures cost only its own top layer); refcounts and the pool-wide figures from t
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+FINGERPRINT_BYTES = 16      # a slot's entry in hashes.dat, beside its block in blocks.dat
 
 
 def vm_stats(pool, vm) -> dict:
@@ -30,7 +34,8 @@ def vm_stats(pool, vm) -> dict:
 
 
 def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
-    """Live blocks by refcount, in power-of-two buckets: 1, 2, 3-4, 5-8, …"""
+    """Live blocks by a count (their refcount, or the VMs reading them), in power-of-two
+    buckets: 1, 2, 3-4, 5-8, …"""
     live = refcounts[refcounts > 0].astype(np.int64)
     if not len(live):
         return {}
@@ -43,11 +48,26 @@ def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
     return out
 
 
+def pool_capacity(pool, free_slots: int) -> int:
+    """Bytes of new blocks a local pool has room for: its free slots, and the slots its files may
+    still grow by on their filesystem (each takes a block in blocks.dat and a fingerprint in
+    hashes.dat)."""
+    st = os.statvfs(pool.path)
+    growth = st.f_bavail * st.f_frsize // (pool.block_size + FINGERPRINT_BYTES)
+    return (free_slots + growth) * pool.block_size
+
+
 def pool_stats(pool) -> dict:
     bs = pool.block_size
     vms = [vm_stats(pool, vm) for vm in pool.graph.vms()]
     logical = sum(v["logical_bytes"] for v in vms)
-    blocks = pool.blocks.summary() if pool.blocks.ready and not pool.rebuilding else {}
+    known = pool.blocks.ready and not pool.rebuilding
+    blocks = pool.blocks.summary() if known else {}
+    if known:
+        blocks["readers_histogram"] = refcount_histogram(pool.core.readers_of(pool.blocks.live()))
+        if pool.local:
+            blocks["capacity_bytes"] = pool_capacity(pool, blocks["free_slots"])
+            blocks["usable_bytes"] = blocks["capacity_bytes"]
     physical = blocks.get("unique_blocks", 0) * bs
     return {
         "path": str(pool.path),

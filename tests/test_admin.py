@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import threading
 from pathlib import Path
 
@@ -54,9 +55,40 @@ def test_results_are_typed_and_their_json_is_the_fields(admin):
     figures = admin.last_rebuild()
     assert figures.missing_blocks is None and figures.free_slots is not None
     page = admin.blocks(min_refs=2)
-    assert [(r.refcount, r.vms) for r in page.rows] == [(8, ["a", "b"])]
+    assert [(r.readers, r.refcount, r.vms, r.nodes) for r in page.rows] == [
+        (2, 8, ["a", "b"], None), (2, 1, ["a", "b"], None)]
+    assert s.readers_histogram == {"2": 2} and s.refcount_histogram == {"1": 1, "5-8": 1}
     assert admin.events(1)[0].kind == "clone"
     assert admin.fsck() == []
+
+
+def test_sharing_counts_the_vms_that_read_a_block_not_its_references(pool_dir):
+    """A golden's block read by 51 clones through one frozen layer: 52 VMs, refcount 1; the
+    filters and the histogram count VMs; a clone that writes over it no longer reads it."""
+    with LocalAdmin.open(pool_dir, actor="test") as admin:
+        admin.pool.create_vm("golden", 4 * BS)
+        admin.write("golden", 0, b"g" * BS + b"h" * BS)
+        admin.clone("golden", "desk", count=51)
+        admin.write("desk-7", 0, b"mine" * (BS // 4))
+        admin.write("desk-9", 2 * BS, b"h" * BS)       # desk-9 reads h twice: still one VM
+        rows = admin.blocks().rows
+        by_count = sorted((r.readers, r.refcount, len(r.vms)) for r in rows)
+        assert by_count == [(1, 1, 1), (51, 1, 51), (52, 2, 52)]
+        assert [r.readers for r in admin.blocks(min_refs=52).rows] == [52]
+        assert admin.blocks(min_refs=2, max_refs=51).total == 1
+        assert admin.blocks(max_refs=1).rows[0].vms == ["desk-7"]
+        assert admin.stats().readers_histogram == {"1": 1, "33-64": 2}
+
+
+def test_capacity_is_room_for_new_blocks(admin, pool_dir):
+    """An embedded pool's capacity: its free slots plus what its slot files may still grow by on
+    their filesystem; usable is the same (one copy)."""
+    s = admin.stats()
+    st = os.statvfs(pool_dir)
+    grow = st.f_bavail * st.f_frsize // (BS + 16) * BS
+    assert s.free_slots * BS <= s.capacity_bytes
+    assert abs(s.capacity_bytes - s.free_slots * BS - grow) < 256 << 20
+    assert s.usable_bytes == s.capacity_bytes and s.nodes[0].capacity_bytes == s.capacity_bytes
 
 
 def test_one_snapshot_computes_the_figures_once(admin, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -99,10 +100,19 @@ def test_blocks_rebuild_fsck(pool, tmp_path):
     assert page["total"] == cli_json("-p", pool, "stats")["unique_blocks"]
     assert len(page["rows"]) == 5
     row = page["rows"][0]
-    assert set(row) == {"pbn", "fingerprint", "refcount", "vms"}
-    assert len(row["fingerprint"]) == 32 and row["vms"] == ["a", "b"]
-    shared = cli_json("-p", pool, "blocks", "--min-refs", "2")
-    assert [r["refcount"] for r in shared["rows"]] == [4]      # the \x07 block, 4 times in a
+    assert set(row) == {"pbn", "fingerprint", "readers", "refcount", "vms", "nodes"}
+    assert len(row["fingerprint"]) == 32 and row["vms"] == ["a", "b"] and row["nodes"] is None
+    # --min-refs counts VMs reading: every block is read by a and its clone b, whatever its
+    # refcount (the \x07 block: 4 references in a's layer)
+    shared = cli_json("-p", pool, "blocks", "--min-refs", "2", "--limit", "100")
+    assert shared["total"] == page["total"] and {r["readers"] for r in shared["rows"]} == {2}
+    assert sorted({r["refcount"] for r in shared["rows"]}) == [1, 4]
+    assert cli_json("-p", pool, "blocks", "--min-refs", "3")["total"] == 0
+    table = run_cli("-p", pool, "blocks", "--limit", "100", check=True).stdout_text
+    assert "VMS" in table and "NODES" not in table
+    # VMS, then the refcount beside it where the two differ (here on every row)
+    assert {tuple(line.split()[2:4]) for line in table.splitlines()[1:-1]} == {("2", "1"),
+                                                                               ("2", "4")}
     by_prefix = cli_json("-p", pool, "blocks", "--prefix", row["fingerprint"][:6])
     assert row["pbn"] in [r["pbn"] for r in by_prefix["rows"]]
     figures = cli_json("-p", pool, "rebuild", "--full")
@@ -313,3 +323,25 @@ def test_the_progress_bar_ends_on_its_own_line(pool, tmp_path):
         assert lines[bar + 1] == "imported big: 64.0 MiB"
     finally:
         t.close()
+
+
+def test_events_name_who_acted_and_an_open_is_no_event(pool, tmp_path):
+    """Imports, `vm write`, an asked-for rebuild and a scrub are events under the local user;
+    the rebuild each command does as it opens the pool is not."""
+    make_image(tmp_path / "a.raw", 8, 5)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    for _ in range(3):
+        run_cli("-p", pool, "vm", "ls", check=True)
+        run_cli("-p", pool, "stats", check=True)
+    (tmp_path / "w").write_bytes(b"w" * BS)
+    run_cli("-p", pool, "vm", "write", "a", "--offset", str(BS), tmp_path / "w", check=True)
+    run_cli("-p", pool, "rebuild", check=True)
+    run_cli("-p", pool, "scrub", check=True)
+    events = cli_json("-p", pool, "events")
+    assert [e["kind"] for e in events] == ["scrub", "rebuild", "write", "import"]
+    assert {e["actor"] for e in events} == {getpass.getuser()}
+    assert set(events[0]) == {"id", "ts", "actor", "kind", "message"}
+    assert events[2]["message"] == "wrote 4.0 KiB to a at byte 4,096"
+    text = run_cli("-p", pool, "events", "--limit", "2", check=True).stdout_text
+    assert text.splitlines()[0].split() == ["WHEN", "WHO", "WHAT", "MESSAGE"]
+    assert len(text.splitlines()) == 3 and "scrub finished: 8 blocks" in text

@@ -62,7 +62,8 @@ def test_every_request_type_has_a_method(node):
 def test_hello_names_the_node(node):
     header, _ = call(node, rpc.HELLO)
     assert header == {"name": "node1", "block_size": BS, "blocks": 0,
-                      "capacity_bytes": 64 * BS, "version": 0, "epoch": 0, "memory": True,
+                      "capacity_bytes": 64 * BS, "disk": None, "version": 0, "epoch": 0,
+                      "memory": True,
                       "lease": None}
 
 

@@ -16,19 +16,34 @@ from engine.api import BlockRow, formats
 from .row_table import Col, RowTable
 
 MOST_VM_NAMES = 4
-COLUMNS = (Col("PBN", 20, numeric=True), Col("FINGERPRINT", 32, least=16),
-           Col("REFS", 5, numeric=True), Col("VMS", 26, flex=True))
+NODES = Col("NODES", 11)      # R names: "node1,node3"
 
 
-def vm_names(names: list[str]) -> str:
+def columns(cluster: bool) -> tuple[Col, ...]:
+    """VMS is how many VMs read the block; REFS its refcount, shown where the two differ; NODES
+    (a cluster's) the nodes holding its copies."""
+    return (Col("PBN", 20, numeric=True, least=10), Col("FINGERPRINT", 32, least=10),
+            Col("VMS", 5, numeric=True), Col("REFS", 5, numeric=True),
+            *((NODES,) if cluster else ()), Col("READ BY", 26, flex=True))
+
+
+def vm_names(names: list[str], readers: int) -> str:
     names = sorted(names, key=formats.natural_key)
-    if len(names) <= MOST_VM_NAMES:
+    if readers <= MOST_VM_NAMES:
         return ", ".join(names)
-    return ", ".join(names[:MOST_VM_NAMES]) + f" +{len(names) - MOST_VM_NAMES}"
+    return ", ".join(names[:MOST_VM_NAMES]) + f" +{formats.count(readers - MOST_VM_NAMES)}"
+
+
+def cells(row: BlockRow, cluster: bool) -> tuple[str, ...]:
+    nodes = (",".join(row.nodes or ()) or formats.UNKNOWN,) if cluster else ()
+    return (str(row.pbn), row.fingerprint, formats.count(row.readers),
+            formats.refs_beside(row.readers, row.refcount), *nodes,
+            vm_names(row.vms, row.readers))
 
 
 class BlockTable(RowTable):
-    """Rows are engine.api.BlockRow: pbn, fingerprint, refcount and the VMs that read it."""
+    """Rows are engine.api.BlockRow: pbn, fingerprint, how many VMs read it (and its refcount
+    where that differs), the nodes holding it (`cluster`) and the VMs' names."""
 
     KEYS = {**RowTable.KEYS, "pagedown": "next_page", "pageup": "previous_page",
             "home": "first_page", "end": "last_page"}
@@ -43,8 +58,9 @@ class BlockTable(RowTable):
             self.offset = offset
             self.cursor = cursor
 
-    def __init__(self, page_size: int = 100, **kwargs) -> None:
-        super().__init__(COLUMNS, zebra_stripes=True, **kwargs)
+    def __init__(self, page_size: int = 100, cluster: bool = False, **kwargs) -> None:
+        super().__init__(columns(cluster), zebra_stripes=True, **kwargs)
+        self.cluster = cluster
         self.page_size = page_size
         self.first_row = 0
         self.total = 0
@@ -58,8 +74,7 @@ class BlockTable(RowTable):
                   cursor: str = "first") -> None:
         self._waiting = False
         self.total, self.first_row = total, offset
-        self.show_rows([(str(r.pbn), (str(r.pbn), r.fingerprint, formats.count(r.refcount),
-                                      vm_names(r.vms))) for r in rows])
+        self.show_rows([(str(r.pbn), cells(r, self.cluster)) for r in rows])
         if rows:
             self.move_cursor(row=len(rows) - 1 if cursor == "last" else 0, animate=False)
         self._caption()

@@ -48,7 +48,7 @@ class NodeCard(Static):
         lines = [("why", node.error)] if node.error else []
         lines += [("address", node.address),
                  ("latency", formats.latency(node.latency_ms)),
-                 ("capacity", formats.size(node.capacity_bytes)),
+                 ("capacity", f"{formats.size(node.capacity_bytes)} free"),
                  ("blocks", f"{formats.count(node.blocks)} stored"
                             + (f", {formats.count(node.live_blocks)} live"
                                if node.live_blocks != node.blocks else ""))]

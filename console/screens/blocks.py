@@ -32,7 +32,8 @@ class BlocksPane(PoolPane):
 
     def body(self) -> ComposeResult:
         yield Label("filter: none   (/ to filter)", id="filter")
-        yield BlockTable(page_size=PAGE_SIZE, classes="framed")
+        yield BlockTable(page_size=PAGE_SIZE, cluster=self.app.admin.kind == "cluster",
+                         classes="framed")
 
     def show_view(self, view: PoolView) -> None:
         # A page is re-read only when the pool's blocks may have changed, not at every poll.

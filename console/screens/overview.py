@@ -65,8 +65,7 @@ class OverviewPane(PoolPane):
         s = view.stats
         self.query_one("#pool").border_title = "pool" if s.state == "ready" else f"pool · {s.state}"
         self.query_one("#figures", Static).update(figures(s))
-        self.query_one("#used", Meter).show((s.physical_bytes or 0) / s.capacity_bytes
-                                            if s.capacity_bytes else 0.0)
+        self.query_one("#used", Meter).show(used_share(s))
         self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
         self.query_one("#ratio-trend", Trend).show([x.ratio for x in view.history])
         self.query_one("#written-trend", Trend).show([x.written_per_s for x in view.history])
@@ -85,14 +84,24 @@ class OverviewPane(PoolPane):
             self.draw()
 
 
+def used_share(s: PoolStats) -> float:
+    """How full the storage is: the block copies stored against those plus the room left."""
+    if s.physical_bytes is None or s.capacity_bytes is None:
+        return 0.0
+    stored = s.physical_bytes * s.replicas
+    return stored / (stored + s.capacity_bytes) if stored + s.capacity_bytes else 0.0
+
+
 def figures(s: PoolStats) -> Text:
-    """VMs, logical, stored and capacity, labelled."""
-    free = f" · {formats.count(s.free_slots)} free slots" if s.free_slots is not None else ""
+    """VMs, logical, stored and capacity (room for new blocks), labelled."""
+    room = f"{formats.size(s.capacity_bytes)} free"
+    if s.replicas > 1:
+        room += f" · {formats.size(s.usable_bytes)} usable"
     lines = [("VMs", formats.count(len(s.vms))),
              ("logical", formats.size(s.logical_bytes)),
              ("stored", f"{formats.size(s.physical_bytes)} in "
                         f"{formats.count(s.unique_blocks)} blocks"),
-             ("capacity", f"{formats.size(s.capacity_bytes)}{free}")]
+             ("capacity", room)]
     text = Text()
     for label, value in lines:
         text.append(f"{label:<10}", style="bold")

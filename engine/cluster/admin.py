@@ -12,9 +12,10 @@ import json
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from .. import formats
+from ..actor import current as current_actor
 from ..errors import BlockfoldError, CancelledError
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
@@ -136,9 +137,11 @@ class ClusterAdmin(LocalAdmin):
             self.pool.blocks.take_repairs()     # counted in stats; only a writer logs events
             return
         self._log_repairs()
+        for news in self.members.news():
+            self._record("node", news)
         if self._rebalance:
             self._rebalance = False
-            self.pool.blocks.heal(cancel=self._stop)
+            self._heal_pass("engine", cancel=self._stop)
         if self.pool.blocks.under_replicated() == 0:
             self._short_since = None
             return
@@ -146,7 +149,30 @@ class ClusterAdmin(LocalAdmin):
         if self._short_since is None:
             self._short_since = now
         if now - self._short_since >= self.config.repair_delay:
-            self.pool.blocks.heal(cancel=self._stop)
+            self._heal_pass("engine", cancel=self._stop)
+
+    def _heal_pass(self, actor: str, progress=None, cancel=None, told: bool = False) -> dict:
+        """One heal pass; its start and end are events when it had work (or `told`: an
+        operator's heal, whose start and end its caller records)."""
+        short = self.pool.blocks.under_replicated()
+        if short and not told:
+            self._record("heal", f"heal started: {formats.count(short)} blocks under-replicated",
+                         actor)
+        figures = self.pool.blocks.heal(progress, cancel)
+        if (short or figures["copied"] or figures["dropped"]) and not told:
+            self._record("heal", _healed(figures), actor)
+        return figures
+
+    def _record(self, kind: str, message: str, actor: str = "engine") -> None:
+        """An event of this coordinator's (a writable one's); one that cannot be committed (no
+        node to take the catalog) is told on stderr instead of failing what it describes."""
+        if self.readonly:
+            return
+        try:
+            self.pool.log_event(kind, message, actor)
+        except BlockfoldError as e:
+            print(f"blockfold: event not recorded ({message}): {e}", file=sys.stderr,
+                  flush=True)
 
     def _log_repairs(self) -> None:
         """An event (kind `repair`) per node and actor for the rotten copies rewritten since
@@ -176,12 +202,25 @@ class ClusterAdmin(LocalAdmin):
         """Re-replicates every under-replicated block; with wait, until none is left."""
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
+        actor = current_actor(self.pool.actor)
+        short = self.pool.blocks.under_replicated()
+        self._record("heal", f"heal started: {formats.count(short)} blocks under-replicated",
+                     actor)
+        figures = None
+        try:
+            figures = self._heal(wait, progress, cancel)
+            return figures
+        finally:
+            self._record("heal", _healed(asdict(figures)) if figures
+                         else "heal stopped before it was done", actor)
+
+    def _heal(self, wait: bool, progress, cancel) -> HealFigures:
         replicas = self.config.replicas
         stop = cancel or threading.Event()      # waits between passes end early on a cancel
         while True:
             self.members.probe_all()
             self._rejoin_returning()
-            figures = HealFigures(**self.pool.blocks.heal(progress, cancel))
+            figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
             if not wait or figures.under_replicated == 0:
                 return figures
             if figures.unreachable and not figures.copied:
@@ -242,7 +281,9 @@ class ClusterAdmin(LocalAdmin):
 
     def fail_node(self, name: str) -> None:
         lifecycle.fail_node(self.config, name)
-        self.members.mark_down(self.members.index(name), "failed by the operator")
+        self.members.mark_down(self.members.index(name), "failed by the operator", told=True)
+        self._record("node", f"failed {name} (its process killed)",
+                     current_actor(self.pool.actor))
 
     def restore_node(self, name: str) -> None:
         lifecycle.restore_node(self.config, name)
@@ -250,6 +291,8 @@ class ClusterAdmin(LocalAdmin):
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:
             self._rejoin(i)
+        self._record("node", f"restored {name} (its process restarted)",
+                     current_actor(self.pool.actor))
 
     def close(self) -> None:
         self._stop.set()
@@ -260,3 +303,9 @@ class ClusterAdmin(LocalAdmin):
         finally:
             self.members.close()
 
+
+def _healed(figures: dict) -> str:
+    """A heal pass's end, for the event log."""
+    return (f"heal ended: {formats.count(figures['copied'])} copies made,"
+            f" {formats.count(figures['dropped'])} dropped,"
+            f" {formats.count(figures['under_replicated'])} blocks still under-replicated")

@@ -229,23 +229,41 @@ class ClusterBlocks:
         with self._rows.lock:
             return self._rows.refcounts_at(self._rows.rows_of(np.asarray(addrs, np.uint64)))
 
+    def holders_of(self, addrs: np.ndarray) -> list[list[str]]:
+        """The names of the nodes holding a copy of each id, in the cluster's order (up or not:
+        what the row map credits them with)."""
+        names = self.members.names()
+        with self._rows.lock:
+            held = self._rows.holders_at(self._rows.rows_of(np.asarray(addrs, np.uint64)))
+        return [[names[i] for i in np.flatnonzero(row)] for row in held]
+
     def fingerprints_of(self, addrs: np.ndarray) -> np.ndarray:
         """(id, second fingerprint word): for variant 0, the block's xxh3-128 itself."""
         addrs = np.asarray(addrs, np.uint64)
         with self._rows.lock:
             return np.stack([addrs, self._rows.words_at(self._rows.rows_of(addrs))], axis=1)
 
+    def capacity(self) -> int:
+        """Room for new block copies on the nodes that are up: each filesystem's free space
+        counted once, however many nodes keep their blocks on it (a RAM node's unused memory is
+        its own)."""
+        room: dict = {}
+        for i, (node, up) in enumerate(zip(self.members.nodes, self.members.up_mask())):
+            if up:
+                room[node.disk or i] = node.capacity_bytes
+        return sum(room.values())
+
     def summary(self) -> dict:
         rows = self._rows
         with rows.lock:
             used = rows.used_count
             memory = rows.nbytes
-            capacity = sum(n.capacity_bytes for n, up in zip(self.members.nodes,
-                                                             self.members.up_mask()) if up)
+            capacity = self.capacity()
             return {
                 "unique_blocks": used,
                 "free_slots": 0,
                 "capacity_bytes": capacity,
+                "usable_bytes": capacity // self.replicas,
                 "collisions": self.collisions,
                 "corrupt_blocks": len(self.corrupt),
                 "refcount_histogram": rows.refcount_histogram(),

@@ -53,11 +53,13 @@ class Member:
         self.misses = 0
         self.latency_ms = 0.0
         self.capacity_bytes = 0
+        self.disk: str | None = None
         self.blocks = 0
         self.version = 0                # the catalog replica's (epoch, version)
         self.epoch = 0
         self.seen = 0.0
         self.error = ""
+        self.was_up = False     # up at least once since we opened: its going down is news
 
 
 class Members:
@@ -73,6 +75,7 @@ class Members:
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
+        self._news: list[str] = []
         self._stop = threading.Event()
         self._thread = None
 
@@ -176,14 +179,33 @@ class Members:
             if node.state == NodeState.SUSPECT:
                 self._judge(i, NodeState.UP)
 
-    def mark_down(self, i: int, error: str = "") -> None:
+    def mark_down(self, i: int, error: str = "", told: bool = False) -> None:
+        """The node is down, for `error`; `told`: whoever made it so records the event."""
         with self.lock:
-            self._judge(i, NodeState.DOWN)
+            self._went_down(i, error, told)
             self.nodes[i].error = error
 
     def mark(self, i: int, state: NodeState) -> None:
         with self.lock:
+            node = self.nodes[i]
+            if state == NodeState.UP and node.state != NodeState.UP:
+                if node.was_up:
+                    self._news.append(f"{node.client.name} is back up: caught up")
+                node.was_up = True
             self._judge(i, state)
+
+    def _went_down(self, i: int, error: str, told: bool = False) -> None:
+        node = self.nodes[i]
+        if node.state != NodeState.DOWN and node.was_up and not told:
+            self._news.append(f"{node.client.name} is down: {error or 'no answer'}")
+        self._judge(i, NodeState.DOWN)
+
+    def news(self) -> list[str]:
+        """What happened to the nodes since the last call (a node that went down, one back up
+        after being down), for the event log: the heartbeats never wait for the pool to log it."""
+        with self.lock:
+            news, self._news = self._news, []
+        return news
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -212,8 +234,10 @@ class Members:
             with self.lock:
                 node.misses += 1
                 if node.state in (NodeState.UP, NodeState.SUSPECT):
-                    self._judge(i, NodeState.SUSPECT if node.misses < DOWN_AFTER_MISSES
-                                else NodeState.DOWN)
+                    if node.misses < DOWN_AFTER_MISSES:
+                        self._judge(i, NodeState.SUSPECT)
+                    else:
+                        self._went_down(i, f"{node.misses} heartbeats missed")
             return reply
         info = reply[0]
         if info.get("block_size") != self.config.block_size:
@@ -222,6 +246,7 @@ class Members:
             return BlockfoldError(self.nodes[i].error)
         with self.lock:
             node.capacity_bytes = info["capacity_bytes"]
+            node.disk = info.get("disk")
             node.blocks = info["blocks"]
             node.version, node.epoch = info["version"], info.get("epoch", 0)
             if node.state == NodeState.DOWN:

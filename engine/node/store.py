@@ -177,11 +177,21 @@ class NodeStore:
 
     @property
     def capacity_bytes(self) -> int:
-        """Bytes of blocks this node could hold: its memory, or what it holds plus free disk."""
+        """Bytes of new blocks this node has room for: a RAM node's memory not yet used, or the
+        free space of the filesystem its directory is on (statvfs f_bavail)."""
         if self.memory:
-            return self.memory
+            return max(0, self.memory - self.held * self.block_size)
         st = os.statvfs(self.directory)
-        return self.held * self.block_size + st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize
+
+    @property
+    def disk(self) -> str | None:
+        """Which filesystem the capacity is free on: "BOOT_ID:DEVICE" (the host's boot id, so
+        equal devices on two hosts differ); None for a RAM node (its memory is its own)."""
+        if self.memory:
+            return None
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat(self.directory).st_dev}"
 
     # -- catalog replica ----------------------------------------------------------------------
 

@@ -125,10 +125,10 @@ class ServedAdmin(Admin):
     def read(self, name, offset, length): return self.inner.read(name, offset, length)
 
     @_changes
-    def write(self, name, offset, data, force=False):
+    def write(self, name, offset, data, force=False, event=False):
         self.inner.vm_size(name)        # an unknown VM is told as such, not as unattached
         self._unless_attached(name, force, "overwriting")
-        self.inner.write(name, offset, data)
+        self.inner.write(name, offset, data, event=event)
 
     @_changes
     def trim(self, name, offset, length): self.inner.trim(name, offset, length)

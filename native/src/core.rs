@@ -26,7 +26,7 @@
 //! released) or, if anything failed, `abort` (pages stay dirty, frees wait again). A structural
 //! edit, once committed, is applied whole by `apply_edit`.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use crate::fingerprint::{is_zero, Digest, Fingerprinter};
 use crate::gate::Gate;
 use crate::progress::{Meter, Sink};
 use crate::rebuild::{self, Figures};
+use crate::sharing::Sharing;
 use crate::slots::SlotStore;
 use crate::tables::{is_address, DirtyPage, Merged, Tables, INHERIT, PAGE_ENTRIES, ZERO};
 
@@ -128,9 +129,13 @@ pub struct Extent {
 /// (address, layer, LBN) of every reference, sorted; rebuilt when the tables' generation moves.
 type ReverseMap = Arc<Vec<(u64, u64, u64)>>;
 
+/// Who reads each block, for the tables' generation and the VMs (name, top) it was built for.
+type SharingCache = Option<(u64, Vec<(String, u64)>, Arc<Sharing>)>;
+
 pub struct Core<B: Backend = Blocks> {
     state: RwLock<State<B>>,
     reverse: Mutex<Option<(u64, ReverseMap)>>,
+    sharing: Mutex<SharingCache>,
     gate: Gate,
     block_size: usize,
     fp: Fingerprinter,
@@ -298,6 +303,7 @@ impl<B: Backend> Core<B> {
                 commits: HashMap::new(),
             }),
             reverse: Mutex::new(None),
+            sharing: Mutex::new(None),
             gate,
             block_size,
             fp,
@@ -838,32 +844,35 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Who reads each block (built once per generation of the tables and of the VMs).
+    fn sharing(&self, st: &State<B>) -> (ReverseMap, Arc<Sharing>) {
+        let reverse = self.reverse_map(st);
+        let mut vms: Vec<(String, u64)> =
+            st.vms.iter().map(|(n, vm)| (n.clone(), vm.top)).collect();
+        vms.sort();
+        let mut cached = self.sharing.lock();
+        if let Some((generation, key, sharing)) = &*cached {
+            if *generation == st.tables.generation && *key == vms {
+                return (reverse, sharing.clone());
+            }
+        }
+        let sharing = Arc::new(Sharing::build(&st.tables, &vms, &reverse));
+        *cached = Some((st.tables.generation, vms, sharing.clone()));
+        (reverse, sharing)
+    }
+
     /// The VMs that read block `addr` somewhere (the block view): those reading through a layer
     /// that holds it, at an LBN where nothing above in their chain shadows it. Sorted.
     pub fn vms_reading(&self, addr: u64) -> Vec<String> {
-        let held = self.references(addr);
         let st = self.state.read();
-        let layers: BTreeSet<u64> = held.iter().map(|&(l, _)| l).collect();
-        let mut names = Vec::new();
-        for (name, vm) in &st.vms {
-            let Ok(chain) = st.tables.chain(vm.top) else {
-                continue;
-            };
-            if !chain.iter().any(|l| layers.contains(l)) {
-                continue;
-            }
-            let reads = held.iter().any(|&(layer, lbn)| {
-                let mut e = [0u64];
-                chain.contains(&layer)
-                    && st.tables.lookup(vm.top, lbn, &mut e).is_ok()
-                    && e[0] == addr
-            });
-            if reads {
-                names.push(name.clone());
-            }
-        }
-        names.sort();
-        names
+        let (reverse, sharing) = self.sharing(&st);
+        sharing.names_of(addr, &reverse)
+    }
+
+    /// How many VMs read each of `addrs` (as `vms_reading` counts them; 0: not referenced).
+    pub fn readers_of(&self, addrs: &[u64]) -> Vec<u64> {
+        let st = self.state.read();
+        self.sharing(&st).1.readers_of(addrs)
     }
 }
 
@@ -1009,6 +1018,52 @@ mod tests {
             "a page of nothing but INHERIT is dropped"
         );
         assert_eq!(c.state().blocks.unique_blocks(), 0);
+    }
+
+    #[test]
+    fn readers_count_vms_once_through_shadows_at_any_depth() {
+        let c = core();
+        with_vm(&c, "gold", 1, None, 1 << 20);
+        let a = pattern(4096, 1);
+        let b = pattern(4096, 2);
+        // the golden holds block a twice (LBN 0 and 2) and b once
+        c.write("gold", 0, &[a.clone(), b.clone(), a.clone()].concat()).unwrap();
+        {
+            let mut st = c.state_mut();
+            st.tables.set_top(1, false).unwrap();
+            for l in 2..=5 {
+                st.tables.add_layer(l, Some(1), true).unwrap();
+            }
+        }
+        c.set_vm("gold", 2, 1 << 20).unwrap();
+        for (name, l) in [("d1", 3), ("d2", 4), ("d3", 5)] {
+            c.set_vm(name, l, 1 << 20).unwrap();
+        }
+        let (addr_a, addr_b) = {
+            let st = c.state();
+            let p = st.tables.page(1, 0).unwrap();
+            (p[0], p[1])
+        };
+        // d1 writes over LBN 0 (still reads a at LBN 2); d2 over both a's; d3 writes b at LBN 2
+        c.write("d1", 0, &pattern(4096, 3)).unwrap();
+        c.write("d2", 0, &pattern(4096, 4)).unwrap();
+        c.write("d2", 8192, &pattern(4096, 5)).unwrap();
+        c.write("d3", 8192, &b).unwrap();
+        assert_eq!(c.vms_reading(addr_a), vec!["d1", "d3", "gold"]);
+        assert_eq!(c.vms_reading(addr_b), vec!["d1", "d2", "d3", "gold"]);
+        assert_eq!(c.readers_of(&[addr_a, addr_b, 999_999]), vec![3, 4, 0]);
+        // d1 frozen under a clone of its own: its layer's shadow covers both VMs beneath it
+        {
+            let mut st = c.state_mut();
+            st.tables.set_top(3, false).unwrap();
+            st.tables.add_layer(6, Some(3), true).unwrap();
+            st.tables.add_layer(7, Some(3), true).unwrap();
+        }
+        c.set_vm("d1", 6, 1 << 20).unwrap();
+        c.set_vm("d1-clone", 7, 1 << 20).unwrap();
+        c.write("d1-clone", 8192, &pattern(4096, 6)).unwrap();
+        assert_eq!(c.vms_reading(addr_a), vec!["d1", "d3", "gold"]);
+        assert_eq!(c.readers_of(&[addr_b, addr_a]), vec![5, 3]);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod nbd;
 pub mod progress;
 pub mod rebuild;
 pub mod refcounts;
+pub mod sharing;
 pub mod slots;
 pub mod tables;
 

@@ -1030,6 +1030,16 @@ impl PyCore {
         detached!(self, py, |c| Ok(c.vms_reading(addr)))
     }
 
+    /// How many VMs read each of `addrs` (as `vms_reading` counts them; 0: not referenced).
+    fn readers_of<'py>(
+        &self,
+        py: Python<'py>,
+        addrs: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        let addrs = addrs.as_slice()?.to_vec();
+        Ok(u64s(py, detached!(self, py, |c| Ok(c.readers_of(&addrs)))?))
+    }
+
     /// Where block `addr` is referenced: [(layer, LBN), ...].
     fn references(&self, py: Python<'_>, addr: u64) -> PyResult<Vec<(u64, u64)>> {
         detached!(self, py, |c| Ok(c.references(addr)))

@@ -201,6 +201,19 @@ impl Tables {
         Ok(true)
     }
 
+    /// Every layer and its parent.
+    pub fn graph(&self) -> impl Iterator<Item = (u64, Option<u64>)> + '_ {
+        self.layers.iter().map(|(&id, l)| (id, l.parent))
+    }
+
+    /// A layer's pages: (page number, entries), ascending.
+    pub fn layer_pages(&self, layer: u64) -> impl Iterator<Item = (u64, &Page)> {
+        self.layers
+            .get(&layer)
+            .into_iter()
+            .flat_map(|l| l.pages.iter().map(|(&n, p)| (n, &**p)))
+    }
+
     pub fn page(&self, layer: u64, pno: u64) -> Option<&Page> {
         self.layers.get(&layer)?.pages.get(&pno).map(|p| &**p)
     }
