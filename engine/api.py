@@ -20,7 +20,7 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
                       PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
-                      VMStats, plain)
+                      VMInfo, VMSnapshot, VMStats, plain)
 from .units import human_bytes, parse_size
 
 if TYPE_CHECKING:
@@ -31,9 +31,10 @@ __all__ = [
     "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
     "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
     "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
-    "ScrubFigures", "Service", "Snapshot", "VMNotFoundError", "VMStats", "cluster_add",
-    "cluster_down", "cluster_up", "connect_service", "create_pool", "default_pool_path",
-    "find_service", "human_bytes", "open_cluster", "parse_size", "plain", "serve_node",
+    "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
+    "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
+    "default_pool_path", "find_service", "human_bytes", "open_cluster", "parse_size", "plain",
+    "serve_node",
 ]
 
 

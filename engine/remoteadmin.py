@@ -293,6 +293,32 @@ class RemoteAdmin(Admin):
         return self._call("clone", {"source": source, "new": new, "count": count})
 
     def delete(self, name, force=False): self._call("delete", {"name": name, "force": force})
+    def clones_of(self, name): return self._call("clones_of", {"name": name})
+    def vm_info(self, name): return self._call("vm_info", {"name": name})
+
+    def refresh(self, name, force=False):
+        self._call("refresh", {"name": name, "force": force})
+
+    def rebase(self, names, golden, keep_writes=False, force=False):
+        self._call("rebase", {"names": names, "golden": golden, "keep_writes": keep_writes,
+                              "force": force})
+
+    def rename(self, old, new, force=False):
+        self._call("rename", {"old": old, "new": new, "force": force})
+
+    def resize(self, name, size, shrink=False, force=False):
+        self._call("resize", {"name": name, "size": size, "shrink": shrink, "force": force})
+
+    def take_snapshot(self, name, snap):
+        self._call("take_snapshot", {"name": name, "snap": snap})
+
+    def snapshots(self, name): return self._call("snapshots", {"name": name})
+
+    def rollback(self, name, snap, force=False):
+        self._call("rollback", {"name": name, "snap": snap, "force": force})
+
+    def remove_snapshot(self, name, snap):
+        self._call("remove_snapshot", {"name": name, "snap": snap})
 
     # -- the pool -----------------------------------------------------------------------------
 
@@ -314,7 +340,8 @@ class RemoteAdmin(Admin):
     def scrub(self, rate=None, progress=None, cancel=None):
         return self._call("scrub", {"rate": rate}, progress=progress, cancel=cancel)
 
-    def events(self, limit=100): return self._call("events", {"limit": limit})
+    def events(self, limit=100, since=None):
+        return self._call("events", {"limit": limit, "since": since})
 
     # -- jobs ---------------------------------------------------------------------------------
 

@@ -38,6 +38,43 @@ class VMStats:
     """The VM it was cloned from; None for an imported or created VM."""
     created: float
     """When the VM was made, seconds since the epoch."""
+    snapshots: int = 0
+    """Its snapshots (named frozen states it can be rolled back to)."""
+
+
+@dataclass(frozen=True)
+class VMSnapshot:
+    """A VM's snapshot: a frozen state with a name, O(1) to take and to roll back to."""
+
+    vm: str
+    """The VM it belongs to."""
+    name: str
+    """Its name, unique within the VM."""
+    created: float
+    """When it was taken, seconds since the epoch."""
+    size: int
+    """The VM's size then, bytes (a rollback restores it)."""
+    origin: str | None
+    """The golden image the VM was cloned from then."""
+    blocks_alone: int | None
+    """Blocks it holds alone: referenced once, by the snapshot's own layer, and read by no VM
+    now (what removing it may free). None while the RAM metadata is rebuilt."""
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    """Everything about one VM: its figures, its golden image, clones, snapshots and clients."""
+
+    stats: VMStats
+    """Its figures: size, logical bytes, own and shared blocks, chain depth, origin."""
+    clones: list[str]
+    """The VMs cloned from it (or rebased onto it), by name."""
+    snapshots: list[VMSnapshot]
+    """Its snapshots, oldest first."""
+    attached: list[str]
+    """The NBD clients attached to it (HOST:PORT each); [] when no service runs."""
+    refreshable: bool
+    """It keeps the golden state it was cloned from: `vm refresh` brings it back there."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +179,11 @@ class PoolStats:
     """Every VM, by name."""
     nodes: list[NodeStatus]
     """Every node, in the cluster's order (an embedded pool: itself)."""
+    snapshots: int = 0
+    """Snapshots, over every VM."""
+    snapshot_blocks: int | None = None
+    """Blocks that only snapshots hold (VMSnapshot.blocks_alone, summed): what removing every
+    snapshot may free. None while the RAM metadata is rebuilt."""
 
 
 @dataclass(frozen=True)
