@@ -133,23 +133,38 @@ def pool_init(args) -> int:
     return 0
 
 
-@command("vm", "import", help="import a raw disk image as a new VM (holes and zeros take no "
-         "space)", args=[NAME, arg("image", metavar="IMAGE", help="a raw image file, or - for "
-                                   "stdin")])
+@command("vm", "import", help="import a disk image as a new VM: qcow2, vmdk, vhdx, vdi or raw "
+         "(holes and zeros take no space)",
+         description="Imports the disk an image holds as a new VM. The format is qemu-img's "
+         "probe (--format forces one); a qcow2's backing chain imports as the one disk it "
+         "makes. Images are read through qemu-nbd and nbdcopy, streaming: never a temporary "
+         "copy. A block device (LVM, a LUN) or - (stdin) is read as a raw disk. An image that "
+         "is not a disk (a compressed file, a damaged container) is refused.", args=[
+             NAME, arg("image", metavar="IMAGE", help="an image file, a block device, or - for "
+                       "stdin (raw)"),
+             arg("--format", choices=api.IMPORT_FORMATS, help="the image's format (default: "
+                 "what qemu-img finds)")])
 def vm_import(admin, args, bar) -> int:
-    vm = admin.import_image(args.name, args.image, bar)
+    image = api.open_disk(args.image, args.format)
+    try:
+        vm = admin.import_image(args.name, image, bar)
+    finally:
+        image.close()
     emit(args, vm, f"imported {vm.name}: {human_bytes(vm.size)}")
     return 0
 
 
-@command("vm", "export", help="write a VM out byte for byte (sparse where it has holes)",
-         looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout")])
+@command("vm", "export", help="write a VM out: raw (sparse where it has holes), qcow2 or vmdk",
+         looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
+                           arg("--format", choices=api.EXPORT_FORMATS, default="raw",
+                               help="the image's format (default raw)")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
-    admin.export(args.name, args.out, bar)
+    api.export_disk(admin, args.name, args.out, args.format, bar)
     if args.out != "-":
-        emit(args, {"name": args.name, "out": args.out}, f"exported {args.name} to {args.out}")
+        emit(args, {"name": args.name, "out": args.out, "format": args.format},
+             f"exported {args.name} to {args.out} ({args.format})")
     return 0
 
 

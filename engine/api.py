@@ -23,17 +23,55 @@ from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job
                       VMInfo, VMSnapshot, VMStats, plain)
 from .units import human_bytes, parse_size
 
+IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
+EXPORT_FORMATS = ("raw", "qcow2", "vmdk")
+
 if TYPE_CHECKING:
     from .localadmin import LocalAdmin
     from .service.service import Service
 
 __all__ = [
-    "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
-    "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
-    "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
-    "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
-    "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
-    "default_pool_path", "find_service", "human_bytes", "open_cluster", "parse_size", "plain",
+    "EXPORT_FORMATS",
+    "IMPORT_FORMATS",
+    "Admin",
+    "AttachedError",
+    "BlockPage",
+    "BlockRow",
+    "BlockfoldError",
+    "CancelledError",
+    "Event",
+    "HealFigures",
+    "ImportResult",
+    "Job",
+    "LocalAdmin",
+    "NodeStatus",
+    "PoolLockedError",
+    "PoolStats",
+    "Problem",
+    "Progress",
+    "ProgressCallback",
+    "RebuildFigures",
+    "RebuildRecord",
+    "ScrubFigures",
+    "Service",
+    "Snapshot",
+    "VMInfo",
+    "VMNotFoundError",
+    "VMSnapshot",
+    "VMStats",
+    "cluster_add",
+    "cluster_down",
+    "cluster_up",
+    "connect_service",
+    "create_pool",
+    "default_pool_path",
+    "export_disk",
+    "find_service",
+    "human_bytes",
+    "open_cluster",
+    "open_disk",
+    "parse_size",
+    "plain",
     "serve_node",
 ]
 
@@ -47,6 +85,19 @@ def __getattr__(name: str):
         from .service.service import Service
         return Service
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_disk(source, format: str | None = None):
+    """The disk an image holds, to pass to Admin.import_image (engine.diskformats.open_disk)."""
+    from .diskformats import open_disk as open_
+    return open_(source, format)
+
+
+def export_disk(admin: Admin, name: str, dest: str, format: str = "raw", progress=None,
+                cancel=None) -> None:
+    """VM `name` written to `dest` as a `format` image (engine.diskformats.export_disk)."""
+    from .diskformats import export_disk as export
+    export(admin, name, dest, format, progress, cancel)
 
 
 def default_pool_path() -> Path:

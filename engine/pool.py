@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native, blockview, fsck as fsck_mod, imageio, stats as stats_mod
+from . import _native, blockview, diskformats, fsck as fsck_mod, imageio, stats as stats_mod
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog
@@ -649,7 +649,7 @@ class Pool:
             self.core.add_layer(layer, None, True)
             self.core.set_vm(import_vm(layer), layer, IMPORT_SIZE)
         try:
-            image = imageio.open_image(source)
+            image = diskformats.open_disk(source)
             try:
                 size = self._fill(import_vm(layer), image, progress)
             finally:

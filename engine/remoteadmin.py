@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from . import imageio
+from . import diskformats, imageio
 from .admin import Admin
 from .errors import BlockfoldError
 from .net import adminwire as wire, rpc
@@ -274,7 +274,7 @@ class RemoteAdmin(Admin):
     def vms(self): return self._call("vms")
 
     def import_image(self, name, source, progress=None, cancel=None):
-        image = imageio.open_image(source)      # the client's file, read with its permissions
+        image = diskformats.open_disk(source)   # the client's file, read with its permissions
         try:
             return self._call("import_image", {"name": name, "size": image.size,
                                                "image": image.name},
