@@ -411,6 +411,27 @@ def vm_snapshot_rm(admin, args, bar) -> int:
     return 0
 
 
+@command("estimate", help="how many blocks images would add, and the dedup ratio after "
+         "importing them, without writing", looks=True,
+         description="Reads each image as `vm import` would (any format, holes skipped), "
+         "fingerprints its blocks and looks them up in the pool, writing nothing: the blocks "
+         "each image would add (new to the pool and to the images before it) and the pool's "
+         "dedup ratio once all are imported (the anchors are `zdb -S` and VDO's estimator).",
+         args=[arg("images", nargs="+", metavar="IMAGE", help="image files or block devices"),
+               arg("--format", choices=api.IMPORT_FORMATS,
+                   help="the images' format (default: what qemu-img finds in each)")])
+def estimate(admin, args, bar) -> int:
+    e = api.estimate(admin, args.images, bar, format=args.format)
+    rows = [(i.image, human_bytes(i.size), str(i.data_blocks), str(i.known_blocks),
+             str(i.new_blocks)) for i in e.images]
+    text = table(("IMAGE", "SIZE", "DATA BLOCKS", "IN POOL", "NEW"), rows)
+    now = "-" if e.pool_dedup_ratio is None else f"{e.pool_dedup_ratio:.2f}x"
+    text += (f"\nnew blocks      {e.new_blocks} ({human_bytes(e.new_blocks * e.block_size)})"
+             f"\ndedup ratio     {now} now, {e.dedup_ratio:.2f}x after importing them")
+    emit(args, e, text)
+    return 0
+
+
 # -- the service: one process holds the pool, serves it, and answers every other command ---------
 
 SERVICE_ARGS = (

@@ -181,6 +181,13 @@ class Admin(ABC):
         return Snapshot(self.stats(), self.events(events))
 
     @abstractmethod
+    def known_blocks(self, fingerprints: bytes) -> bytes:
+        """For each of n fingerprints (n × 16 bytes, canonical xxh3-128 digests), one byte: 1 if
+        the pool holds a live block with it, else 0. Read-only (a dedup estimate,
+        engine.estimate). Raises BlockfoldError (not a whole number of fingerprints; a cluster:
+        not supported yet)."""
+
+    @abstractmethod
     def blocks(self, vm: str | None = None, min_refs: int | None = None,
                max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
                limit: int = 100) -> BlockPage:

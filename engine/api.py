@@ -100,6 +100,12 @@ def export_disk(admin: Admin, name: str, dest: str, format: str = "raw", progres
     export(admin, name, dest, format, progress, cancel)
 
 
+def estimate(admin: Admin, sources: list, progress=None, cancel=None, format=None):
+    """A dedup estimate before importing `sources` (engine.estimate.estimate)."""
+    from .estimate import estimate as estimate_
+    return estimate_(admin, sources, progress, cancel, format)
+
+
 def default_pool_path() -> Path:
     base = (os.environ.get("XDG_DATA_HOME")
             or os.path.join(os.path.expanduser("~"), ".local", "share"))

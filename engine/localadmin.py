@@ -6,7 +6,9 @@ console and the CLI see is the same whichever Admin answers.
 
 from __future__ import annotations
 
+from . import _native
 from .admin import Admin
+from .core import engine_error
 from .errors import BlockfoldError, RefusedError
 from .pool import Pool
 from .progress import ProgressCallback, cancellable
@@ -130,6 +132,16 @@ class LocalAdmin(Admin):
         """One copy of every block, in this pool's slot files."""
         return {"replicas": 1, "min_replicas": 1,
                 "under_replicated_blocks": 0 if raw["state"] == "ready" else None}
+
+    def known_blocks(self, fingerprints):
+        if not self.pool.local:
+            raise RefusedError("a dedup estimate needs a pool's fingerprint index: a cluster's"
+                               " coordinator keeps none yet")
+        self.pool._wait_ready()
+        try:
+            return self.pool.core.known(fingerprints)
+        except _native.NativeError as e:
+            raise engine_error(e) from None
 
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         page = self.pool.block_page(vm=vm, min_refs=min_refs, max_refs=max_refs, prefix=prefix,

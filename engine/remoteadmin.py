@@ -18,6 +18,7 @@ again at the next call, so a console outlives a restart of its service.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import pwd
@@ -324,6 +325,11 @@ class RemoteAdmin(Admin):
 
     def stats(self): return self._call("stats")
     def snapshot(self, events=100): return self._call("snapshot", {"events": events})
+
+    def known_blocks(self, fingerprints):
+        # JSON carries bytes as base64 (msgspec decodes it in the service).
+        return self._call("known_blocks",
+                          {"fingerprints": base64.b64encode(fingerprints).decode()})
 
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         return self._call("blocks", {"vm": vm, "min_refs": min_refs, "max_refs": max_refs,

@@ -371,6 +371,46 @@ class ImportResult:
     """Its size, bytes: the image's."""
 
 
+@dataclass(frozen=True)
+class ImageEstimate:
+    """What importing one image would add (after the images before it in the estimate)."""
+
+    image: str
+    """The image's path ("stdin" for -)."""
+    size: int
+    """The disk's size, bytes."""
+    data_blocks: int
+    """Its blocks that hold data (not all zeros): its logical blocks once imported."""
+    known_blocks: int
+    """Of those, blocks the pool holds already."""
+    new_blocks: int
+    """Blocks it would add to the pool: new to the pool and to the images before it."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A dedup estimate before import: what the pool would hold with the images in it."""
+
+    block_size: int
+    """The pool's block size, bytes: the estimate's unit."""
+    images: list[ImageEstimate]
+    """Each image, in the order given."""
+    pool_logical_blocks: int
+    """The pool's logical blocks now."""
+    pool_unique_blocks: int
+    """The pool's unique (stored) blocks now."""
+    pool_dedup_ratio: float | None
+    """The pool's dedup ratio now."""
+    new_blocks: int
+    """Blocks the images would add, all together."""
+    logical_blocks: int
+    """The pool's logical blocks with the images imported."""
+    unique_blocks: int
+    """The pool's unique blocks with the images imported."""
+    dedup_ratio: float
+    """logical_blocks / unique_blocks, to 3 decimals (as `stats` computes it)."""
+
+
 def plain(value: Any) -> Any:
     """Results, and lists and dicts of them, as JSON-able data: each dataclass becomes the dict of
     its fields."""

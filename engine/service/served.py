@@ -210,6 +210,8 @@ class ServedAdmin(Admin):
     def stats(self):
         return self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
 
+    def known_blocks(self, fingerprints): return self.inner.known_blocks(fingerprints)
+
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         return self.inner.blocks(vm, min_refs, max_refs, prefix, offset, limit)
 

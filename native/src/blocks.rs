@@ -125,6 +125,16 @@ impl Blocks {
         })
     }
 
+    /// For each digest, 1 if a live, sound block has it, else 0: a read-only lookup (a dedup
+    /// estimate asks before anything is written). Matches the stored 128-bit fingerprint; the
+    /// bytes are not compared (a write would compare them).
+    pub fn known(&self, digests: &[Digest]) -> Vec<u8> {
+        digests
+            .iter()
+            .map(|d| u8::from(self.candidate(d).is_some()))
+            .collect()
+    }
+
     /// Makes sure `n` slots are free, growing the files. Error: `NoSpace`, nothing changed.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
         let free = self.space.free_count();
