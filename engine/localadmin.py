@@ -135,8 +135,8 @@ class LocalAdmin(Admin):
 
     def known_blocks(self, fingerprints):
         if not self.pool.local:
-            raise RefusedError("a dedup estimate needs a pool's fingerprint index: a cluster's"
-                               " coordinator keeps none yet")
+            raise RefusedError("a dedup estimate looks fingerprints up in a pool's index: not"
+                               " on a cluster yet")
         self.pool._wait_ready()
         try:
             return self.pool.core.known(fingerprints)

@@ -47,13 +47,16 @@ class VMsScreen(PoolScreen):
             self.shown_vms = view.vms
             table.clear()
             for vm in view.vms:
-                table.add_row(vm.name, human_bytes(vm.size), human_bytes(vm.logical_bytes),
+                name = vm.name + (f" · {vm.snapshots} snap" if vm.snapshots else "")
+                table.add_row(name, human_bytes(vm.size), human_bytes(vm.logical_bytes),
                               count(vm.unique_blocks), count(vm.shared_blocks), str(vm.depth),
                               key=vm.name)
         s = view.stats
         table.border_title = (f"{len(view.vms)} VMs · {human_bytes(s.logical_bytes)} logical in "
                               f"{size(s.physical_bytes)} stored · "
-                              f"dedup {ratio(s.dedup_ratio)}")
+                              f"dedup {ratio(s.dedup_ratio)}"
+                              + (f" · {s.snapshots} snapshots holding {count(s.snapshot_blocks)}"
+                                 " blocks alone" if s.snapshots else ""))
         if selected is not None and selected in table.rows:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
 
