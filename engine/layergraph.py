@@ -298,6 +298,9 @@ class LayerGraph:
             if name == golden:
                 raise RefusedError(f"cannot rebase {name} onto itself")
             if keep_writes:
+                if vm.base is None:
+                    raise RefusedError(f"VM {name} was not cloned from a golden image: it has no"
+                                       " writes of its own apart from its disk to keep")
                 if self._parents[vm.top] != vm.base:
                     raise RefusedError(
                         f"VM {name} has snapshots or clones of its own above its golden image:"

@@ -38,7 +38,7 @@ class Desk:
     def __init__(self, base=None, origin=None):
         self.base = base
         self.origin = origin
-        self.entries: dict[int, bytes] | None = {}
+        self.entries: dict[int, bytes] | None = {} if base is not None else None
 
 
 def block(data, b: int) -> bytes:

@@ -354,6 +354,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn known_finds_live_blocks_only_and_changes_nothing() {
+        let mut b = ready_blocks();
+        let a = store(&mut b, &[vec![1; 4096], vec![2; 4096]]);
+        let digests = [
+            fingerprint(&[1; 4096]),
+            fingerprint(&[3; 4096]),
+            fingerprint(&[2; 4096]),
+        ];
+        assert_eq!(b.known(&digests), vec![1, 0, 1]);
+        assert_eq!(b.refcount(a[0]), 1);
+        b.mark_corrupt(a[1]);
+        assert_eq!(b.known(&digests), vec![1, 0, 0]);
+    }
+
+    #[test]
     fn equal_blocks_share_a_slot_within_and_across_batches() {
         let mut b = ready_blocks();
         let a = store(&mut b, &[vec![1; 4096], vec![2; 4096], vec![1; 4096]]);
