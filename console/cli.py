@@ -27,8 +27,9 @@ examples:
   blockfold cluster up /srv/cl --nodes 3 --replicas 2
   blockfold -c /srv/cl vm import golden golden.raw
 
-The pool is -p DIR, or $BLOCKFOLD_POOL; a cluster is -c DIR. When a service runs on it
-(`blockfold serve`), every command goes through the service.
+The pool is -p DIR, or $BLOCKFOLD_POOL, or the console's default pool
+($XDG_DATA_HOME/blockfold/pool); a cluster is -c DIR. -p, -c and --service may stand anywhere
+on the line. When a service runs on it (`blockfold serve`), every command goes through it.
 """
 
 
@@ -40,6 +41,29 @@ class Parser(argparse.ArgumentParser):
 
 
 GLOBAL_VALUES = {"-p", "--pool", "-c", "--cluster", "--service"}   # global options with a value
+
+
+def hoisted(argv: list[str]) -> list[str]:
+    """`argv` with the global options (-p, -c, --service and their values) moved to the front,
+    wherever they stood (up to a `--`), so that `blockfold vm ls -p DIR` works too."""
+    front, rest = [], []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            rest += argv[i:]
+            break
+        name = token.split("=", 1)[0]
+        if token in GLOBAL_VALUES and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        if name in GLOBAL_VALUES and name.startswith("--") and "=" in token:
+            front.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return front + rest
 
 
 def named(argv: list[str]) -> list[Command]:
@@ -68,7 +92,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = Parser(prog="blockfold", description="Blockfold: a deduplicating storage pool for "
                "virtual-desktop disk images.", epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL)")
+    p.add_argument("--version", action="version", version=f"blockfold {version()}")
+    p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL;"
+                   " default $XDG_DATA_HOME/blockfold/pool)")
     p.add_argument("-c", "--cluster", metavar="DIR",
                    help="run the command against the cluster in DIR (see `cluster up`)")
     p.add_argument("--service", metavar="URL",
@@ -94,8 +120,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("blockfold")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = hoisted(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     try:
         return run(args)

@@ -24,7 +24,7 @@ from .command import Command, UsageError, arg, listen_address, nonnegative, posi
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
-    "vm": "import, export, write, clone, delete and list VMs",
+    "vm": "import, export, write, clone, delete and list VMs; refresh, rebase, snapshots",
     "nbd": "serve VM disks over NBD",
     "cluster": "create, start and stop a cluster of nodes",
     "node": "serve a node; list, fail and restore a cluster's nodes",
@@ -51,10 +51,9 @@ CLUSTER_DIR = arg("dir", metavar="DIR", help="the cluster directory")
 
 
 def pool_path(args) -> str:
-    path = args.pool or os.environ.get("BLOCKFOLD_POOL")
-    if not path:
-        raise UsageError("no pool given: use -p DIR or set BLOCKFOLD_POOL")
-    return path
+    """-p DIR, else $BLOCKFOLD_POOL, else the console's default pool
+    ($XDG_DATA_HOME/blockfold/pool)."""
+    return args.pool or os.environ.get("BLOCKFOLD_POOL") or str(default_pool_path())
 
 
 def open_admin(args, *, readonly: bool = False, restrict: bool = False,
@@ -142,25 +141,40 @@ def pool_init(args) -> int:
 
 @command("vm", "import",
          json='the VM made (ImportResult: name, size)',
-         help="import a raw disk image as a new VM (holes and zeros take no "
-         "space)", args=[NAME, arg("image", metavar="IMAGE", help="a raw image file, or - for "
-                                   "stdin")])
+         help="import a disk image as a new VM: qcow2, vmdk, vhdx, vdi or raw "
+         "(holes and zeros take no space)",
+         description="Imports the disk an image holds as a new VM. The format is qemu-img's "
+         "probe (--format forces one); a qcow2's backing chain imports as the one disk it "
+         "makes. Images are read through qemu-nbd and nbdcopy, streaming: never a temporary "
+         "copy. A block device (LVM, a LUN) or - (stdin) is read as a raw disk. An image that "
+         "is not a disk (a compressed file, a damaged container) is refused.", args=[
+             NAME, arg("image", metavar="IMAGE", help="an image file, a block device, or - for "
+                       "stdin (raw)"),
+             arg("--format", choices=api.IMPORT_FORMATS, help="the image's format (default: "
+                 "what qemu-img finds)")])
 def vm_import(admin, args, bar) -> int:
-    vm = admin.import_image(args.name, args.image, bar)
+    image = api.open_disk(args.image, args.format)
+    try:
+        vm = admin.import_image(args.name, image, bar)
+    finally:
+        image.close()
     emit(args, vm, f"imported {vm.name}: {formats.size(vm.size)}")
     return 0
 
 
 @command("vm", "export",
          json='{"name": NAME, "out": OUT}',
-         help="write a VM out byte for byte (sparse where it has holes)",
-         looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout")])
+         help="write a VM out: raw (sparse where it has holes), qcow2 or vmdk",
+         looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
+                           arg("--format", choices=api.EXPORT_FORMATS, default="raw",
+                               help="the image's format (default raw)")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
-    admin.export(args.name, args.out, bar)
+    api.export_disk(admin, args.name, args.out, args.format, bar)
     if args.out != "-":
-        emit(args, {"name": args.name, "out": args.out}, f"exported {args.name} to {args.out}")
+        emit(args, {"name": args.name, "out": args.out, "format": args.format},
+             f"exported {args.name} to {args.out} ({args.format})")
     return 0
 
 
@@ -230,8 +244,13 @@ def vm_clone(admin, args, bar) -> int:
          help="delete a VM and free what only it referenced",
          args=[NAME, YES, FORCE])
 def vm_rm(admin, args, bar) -> int:
-    admin.vm_size(args.name)      # a clear error for an unknown name, before asking
-    if not confirmed(args, f"Delete VM {args.name}? Its own blocks are freed."):
+    clones = admin.clones_of(args.name)     # a clear error for an unknown name, before asking
+    question = f"Delete VM {args.name}? Its own blocks are freed."
+    if clones:
+        question = (f"VM {args.name} is the golden image of {len(clones)} clone"
+                    f"{'s' if len(clones) > 1 else ''} ({_names(clones)}); they keep their"
+                    " disks, but can no longer be refreshed to it. Delete it?")
+    if not confirmed(args, question):
         print("not deleted", file=sys.stderr)
         return 1
     detaching(args, f"Delete VM {args.name}", lambda force: admin.delete(args.name, force=force))
@@ -262,6 +281,197 @@ def vm_ls(admin, args, bar) -> int:
              formats.count(v.unique_blocks), formats.count(v.shared_blocks), str(v.depth))
             for v in vms]
     emit(args, vms, table(("NAME", "SIZE", "LOGICAL", "UNIQUE", "SHARED", "DEPTH"), rows))
+    return 0
+
+
+@command("vm", "info", help="one VM: size, logical, own and shared blocks, origin, clones,"
+         " snapshots, attached clients", looks=True, args=[NAME])
+def vm_info(admin, args, bar) -> int:
+    info = admin.vm_info(args.name)
+    v = info.stats
+    snaps = ", ".join(f"{s.name} ({_count(s.blocks_alone)} blocks alone)"
+                      for s in info.snapshots) or "-"
+    lines = [
+        f"name            {v.name}",
+        f"size            {formats.size(v.size)} ({v.size} bytes)",
+        f"logical         {formats.size(v.logical_bytes)} ({v.logical_blocks} blocks)",
+        f"own blocks      {_count(v.unique_blocks)}",
+        f"shared blocks   {_count(v.shared_blocks)}",
+        f"chain depth     {v.depth}",
+        f"origin          {v.origin or '-'}"
+        + ("" if info.refreshable or not v.origin else " (not refreshable)"),
+        f"clones          {len(info.clones)}" + (f" ({_names(info.clones)})" if info.clones
+                                                  else ""),
+        f"snapshots       {snaps}",
+        f"attached        {', '.join(info.attached) or '-'}",
+    ]
+    emit(args, info, "\n".join(lines))
+    return 0
+
+
+def _count(n: int | None) -> str:
+    return formats.UNKNOWN if n is None else formats.count(n)
+
+
+@command("vm", "rename", help="rename a VM (its snapshots and its clones' origin follow)",
+         args=[arg("old", metavar="NAME", help="the VM's name"),
+               arg("new", metavar="NEW", help="its new name"), FORCE])
+def vm_rename(admin, args, bar) -> int:
+    detaching(args, f"Rename VM {args.old}",
+              lambda force: admin.rename(args.old, args.new, force=force))
+    emit(args, {"old": args.old, "new": args.new}, f"renamed {args.old} to {args.new}")
+    return 0
+
+
+@command("vm", "resize", help="grow a VM (shrinking needs --force: it cuts off the end)", args=[
+    NAME, arg("size", metavar="SIZE", help="the new size: bytes, or 20G, 512M …"), YES,
+    arg("--force", action="store_true", help="allow shrinking (what lies past the new end is"
+        " lost; asks on a terminal), and detach NBD clients first")])
+def vm_resize(admin, args, bar) -> int:
+    size = _size(args.size)
+    old = admin.vm_size(args.name)
+    shrink = size < old
+    if shrink:
+        if not args.force:
+            raise BlockfoldError(f"{formats.size(size)} is smaller than VM {args.name}"
+                                 f" ({formats.size(old)}): shrinking cuts off its last"
+                                 f" {formats.size(old - size)} (allow it with --force)")
+        warning = (f"shrinking VM {args.name} from {formats.size(old)} to {formats.size(size)}"
+                   f" cuts off its last {formats.size(old - size)} (bytes {size} to {old - 1}):"
+                   " whatever a filesystem keeps there is lost")
+        print(f"blockfold: warning: {warning}", file=sys.stderr)
+        if not confirmed(args, "Shrink it?"):
+            print("not resized", file=sys.stderr)
+            return 1
+    detaching(args, f"Resize VM {args.name}",
+              lambda force: admin.resize(args.name, size, shrink=shrink, force=force))
+    emit(args, {"name": args.name, "old_size": old, "size": size},
+         f"resized {args.name} from {formats.size(old)} to {formats.size(size)}")
+    return 0
+
+
+@command("vm", "refresh", help="drop a desktop's own writes: back to the golden image it was "
+         "cloned from (O(1))", args=[NAME, YES, FORCE])
+def vm_refresh(admin, args, bar) -> int:
+    admin.vm_size(args.name)
+    if not confirmed(args, f"Refresh VM {args.name}? Everything it wrote since its clone is"
+                           " dropped."):
+        print("not refreshed", file=sys.stderr)
+        return 1
+    detaching(args, f"Refresh VM {args.name}",
+              lambda force: admin.refresh(args.name, force=force))
+    emit(args, {"refreshed": args.name}, f"refreshed {args.name}")
+    return 0
+
+
+@command("vm", "rebase", help="move desktops onto another golden image's current state "
+         "(O(1) each)",
+         description="`vm rebase NAME NEW_GOLDEN` moves one desktop, `vm rebase --all-of OLD "
+         "NEW_GOLDEN` every desktop cloned from OLD, in one edit (Horizon's recompose, MCS's "
+         "catalog update). NEW_GOLDEN's top is frozen first if it wrote since it was last "
+         "frozen. The desktops' own writes are dropped unless --keep-writes.", args=[
+             arg("names", nargs="+", metavar="NAME", help="NAME NEW_GOLDEN, or NEW_GOLDEN"
+                 " with --all-of"),
+             arg("--all-of", metavar="OLD", help="every desktop cloned from OLD"),
+             arg("--keep-writes", action="store_true",
+                 help="keep each desktop's own writes on top of the new golden image"),
+             YES, FORCE])
+def vm_rebase(admin, args, bar) -> int:
+    if args.all_of:
+        if len(args.names) != 1:
+            raise UsageError("with --all-of, give only NEW_GOLDEN")
+        golden = args.names[0]
+        names = [n for n in admin.clones_of(args.all_of) if n != golden]
+        if not names:
+            raise BlockfoldError(f"no VM was cloned from {args.all_of}: nothing to rebase")
+    else:
+        if len(args.names) != 2:
+            raise UsageError("give NAME NEW_GOLDEN (or --all-of OLD NEW_GOLDEN)")
+        names, golden = [args.names[0]], args.names[1]
+        admin.vm_size(names[0])
+    admin.vm_size(golden)
+    what = names[0] if len(names) == 1 else f"{len(names)} desktops ({_names(names)})"
+    keep = "keeping" if args.keep_writes else "dropping"
+    if not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own writes?"):
+        print("not rebased", file=sys.stderr)
+        return 1
+    detaching(args, f"Rebase {what}", lambda force: admin.rebase(
+        names, golden, keep_writes=args.keep_writes, force=force))
+    emit(args, {"rebased": names, "golden": golden, "kept_writes": args.keep_writes},
+         f"rebased {what} onto {golden}")
+    return 0
+
+
+SNAP = arg("snap", metavar="SNAP", help="the snapshot's name")
+
+
+@command("vm", "snapshot", help="name a VM's state now, to roll back to (O(1))",
+         args=[NAME, SNAP])
+def vm_snapshot(admin, args, bar) -> int:
+    admin.take_snapshot(args.name, args.snap)
+    emit(args, {"name": args.name, "snapshot": args.snap},
+         f"snapshot {args.snap} of {args.name}")
+    return 0
+
+
+@command("vm", "snapshots", help="a VM's snapshots, with the blocks each holds alone",
+         looks=True, args=[NAME])
+def vm_snapshots(admin, args, bar) -> int:
+    snaps = admin.snapshots(args.name)
+    rows = [(s.name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)),
+             formats.size(s.size), _count(s.blocks_alone)) for s in snaps]
+    emit(args, snaps, table(("SNAPSHOT", "TAKEN", "SIZE", "BLOCKS ALONE"), rows))
+    return 0
+
+
+@command("vm", "rollback", help="bring a VM back to a snapshot (what it wrote since is dropped)",
+         args=[NAME, SNAP, YES, FORCE])
+def vm_rollback(admin, args, bar) -> int:
+    if args.snap not in {s.name for s in admin.snapshots(args.name)}:
+        raise BlockfoldError(f"VM {args.name} has no snapshot named {args.snap!r}")
+    if not confirmed(args, f"Roll VM {args.name} back to {args.snap}? What it wrote since is"
+                           " dropped."):
+        print("not rolled back", file=sys.stderr)
+        return 1
+    detaching(args, f"Roll VM {args.name} back",
+              lambda force: admin.rollback(args.name, args.snap, force=force))
+    emit(args, {"name": args.name, "snapshot": args.snap},
+         f"rolled {args.name} back to {args.snap}")
+    return 0
+
+
+@command("vm", "snapshot-rm", help="forget a snapshot and free the blocks only it held",
+         args=[NAME, SNAP, YES])
+def vm_snapshot_rm(admin, args, bar) -> int:
+    if args.snap not in {s.name for s in admin.snapshots(args.name)}:
+        raise BlockfoldError(f"VM {args.name} has no snapshot named {args.snap!r}")
+    if not confirmed(args, f"Remove snapshot {args.snap} of VM {args.name}?"):
+        print("not removed", file=sys.stderr)
+        return 1
+    admin.remove_snapshot(args.name, args.snap)
+    emit(args, {"name": args.name, "removed": args.snap},
+         f"removed snapshot {args.snap} of {args.name}")
+    return 0
+
+
+@command("estimate", help="how many blocks images would add, and the dedup ratio after "
+         "importing them, without writing", looks=True,
+         description="Reads each image as `vm import` would (any format, holes skipped), "
+         "fingerprints its blocks and looks them up in the pool, writing nothing: the blocks "
+         "each image would add (new to the pool and to the images before it) and the pool's "
+         "dedup ratio once all are imported (the anchors are `zdb -S` and VDO's estimator).",
+         args=[arg("images", nargs="+", metavar="IMAGE", help="image files or block devices"),
+               arg("--format", choices=api.IMPORT_FORMATS,
+                   help="the images' format (default: what qemu-img finds in each)")])
+def estimate(admin, args, bar) -> int:
+    e = api.estimate(admin, args.images, bar, format=args.format)
+    rows = [(i.image, formats.size(i.size), str(i.data_blocks), str(i.known_blocks),
+             str(i.new_blocks)) for i in e.images]
+    text = table(("IMAGE", "SIZE", "DATA BLOCKS", "IN POOL", "NEW"), rows)
+    now = "-" if e.pool_dedup_ratio is None else f"{e.pool_dedup_ratio:.2f}x"
+    text += (f"\nnew blocks      {e.new_blocks} ({formats.size(e.new_blocks * e.block_size)})"
+             f"\ndedup ratio     {now} now, {e.dedup_ratio:.2f}x after importing them")
+    emit(args, e, text)
     return 0
 
 
@@ -403,10 +613,12 @@ def stats(admin, args, bar) -> int:
          help="the event log, newest first: who did what (imports, clones, deletes, writes, "
               "rebuilds that were asked for or found something, scrubs, heals, nodes failed, "
               "restored, down or back)", looks=True, args=[
+    arg("--since", metavar="TIME", help="only events since TIME: seconds since the epoch, an"
+        " ISO date/time (2026-11-30T22:00), or an age (90s, 15m, 2h, 7d)"),
     arg("--limit", type=nonnegative, default=20, metavar="N",
         help="the N newest events (default 20)")])
 def events(admin, args, bar) -> int:
-    found = admin.events(args.limit)
+    found = admin.events(args.limit, since_time(args.since) if args.since else None)
     now = time.time()
     rows = [(formats.when(e.ts, now), e.actor, e.kind, e.message) for e in found]
     emit(args, found, table(("WHEN", "WHO", "WHAT", "MESSAGE"), rows))
@@ -510,6 +722,26 @@ def scrub(admin, args, bar) -> int:
             + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
     emit(args, r, text)
     return 1 if r.corrupt else 0
+
+
+AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_time(text: str) -> float:
+    """Seconds since the epoch from an epoch number, an ISO date/time (local time unless it
+    says otherwise) or an age back from now ("15m"). Raises UsageError."""
+    import datetime
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text[:-1].isdigit() and text[-1:] in AGES:
+        return time.time() - int(text[:-1]) * AGES[text[-1]]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(f"--since: not a time: {text!r} (epoch seconds, an ISO date/time,"
+                         " or an age like 15m)") from None
 
 
 # -- a service's jobs ----------------------------------------------------------------------------

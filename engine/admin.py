@@ -15,7 +15,8 @@ from abc import ABC, abstractmethod
 from .errors import RefusedError
 from .progress import ProgressCallback
 from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMStats)
+                      PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMInfo,
+                      VMSnapshot, VMStats)
 
 
 class Admin(ABC):
@@ -116,6 +117,62 @@ class Admin(ABC):
         delete a VM that NBD clients have attached (RefusedError naming them) unless `force`,
         which detaches them first. Raises VMNotFoundError, ReadOnlyError, RefusedError."""
 
+    @abstractmethod
+    def clones_of(self, name: str) -> list[str]:
+        """The VMs cloned from `name` (or rebased onto it), by name. Raises VMNotFoundError."""
+
+    @abstractmethod
+    def vm_info(self, name: str) -> VMInfo:
+        """Everything about one VM: figures, clones, snapshots, attached NBD clients.
+        Raises VMNotFoundError."""
+
+    # -- desktops' lifecycle (each one layer edit, O(1) per VM) -------------------------------
+    # A served pool refuses to change a VM that NBD clients have attached (AttachedError naming
+    # them) unless `force`, which detaches them first.
+
+    @abstractmethod
+    def refresh(self, name: str, force: bool = False) -> None:
+        """Drops the VM's own writes: it reads as the golden state it was cloned from again
+        (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone), AttachedError."""
+
+    @abstractmethod
+    def rebase(self, names: list[str], golden: str, keep_writes: bool = False,
+               force: bool = False) -> None:
+        """Moves the VMs onto `golden`'s current state in one edit (Horizon's recompose, MCS's
+        catalog update); golden's top is frozen first if it wrote since it was last frozen.
+        keep_writes: each VM keeps its own writes on top (only a VM whose top sits right on
+        its golden state: no snapshot or clone of its own above); else they are dropped.
+        Raises VMNotFoundError, RefusedError, AttachedError."""
+
+    @abstractmethod
+    def rename(self, old: str, new: str, force: bool = False) -> None:
+        """Renames a VM; its snapshots and its clones' origin follow. Raises VMNotFoundError,
+        VMExistsError, BadNameError, AttachedError."""
+
+    @abstractmethod
+    def resize(self, name: str, size: int, shrink: bool = False, force: bool = False) -> None:
+        """Sets the VM's size, bytes: growing reads as zeros; shrinking (only with `shrink`)
+        cuts off what lies past the new end. Raises VMNotFoundError, OutOfRangeError,
+        RefusedError (smaller without `shrink`), AttachedError."""
+
+    @abstractmethod
+    def take_snapshot(self, name: str, snap: str) -> None:
+        """Names the VM's state now, O(1). Raises VMNotFoundError, VMExistsError (a snapshot of
+        that name), BadNameError."""
+
+    @abstractmethod
+    def snapshots(self, name: str) -> list[VMSnapshot]:
+        """The VM's snapshots, oldest first. Raises VMNotFoundError."""
+
+    @abstractmethod
+    def rollback(self, name: str, snap: str, force: bool = False) -> None:
+        """The VM reads as at the snapshot again (its size too); what it wrote since goes, the
+        snapshot stays. Raises VMNotFoundError (the VM or the snapshot), AttachedError."""
+
+    @abstractmethod
+    def remove_snapshot(self, name: str, snap: str) -> None:
+        """Forgets a snapshot; the blocks only it held are freed. Raises VMNotFoundError."""
+
     # -- the pool -----------------------------------------------------------------------------
 
     @abstractmethod
@@ -125,6 +182,13 @@ class Admin(ABC):
     def snapshot(self, events: int = 100) -> Snapshot:
         """The figures and the `events` newest events: what a console shows, in one call."""
         return Snapshot(self.stats(), self.events(events))
+
+    @abstractmethod
+    def known_blocks(self, fingerprints: bytes) -> bytes:
+        """For each of n fingerprints (n × 16 bytes, canonical xxh3-128 digests), one byte: 1 if
+        the pool holds a live block with it, else 0. Read-only (a dedup estimate,
+        engine.estimate). Raises BlockfoldError (not a whole number of fingerprints; a cluster:
+        not supported yet)."""
 
     @abstractmethod
     def blocks(self, vm: str | None = None, min_refs: int | None = None,
@@ -181,8 +245,9 @@ class Admin(ABC):
         raise RefusedError(f"no job {job}: no service runs this pool")
 
     @abstractmethod
-    def events(self, limit: int = 100) -> list[Event]:
-        """The `limit` newest events, newest first."""
+    def events(self, limit: int = 100, since: float | None = None) -> list[Event]:
+        """The `limit` newest events, newest first; only those at or after `since` (seconds
+        since the epoch) if given."""
 
     # -- nodes --------------------------------------------------------------------------------
 

@@ -22,20 +22,25 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
                       PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
-                      VMStats, plain)
+                      VMInfo, VMSnapshot, VMStats, plain)
 from .formats import parse_size
+
+IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
+EXPORT_FORMATS = ("raw", "qcow2", "vmdk")
 
 if TYPE_CHECKING:
     from .localadmin import LocalAdmin
     from .service.service import Service
 
 __all__ = [
+    "EXPORT_FORMATS", "IMPORT_FORMATS",
     "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
     "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
     "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
-    "ScrubFigures", "Service", "Snapshot", "VMNotFoundError", "VMStats", "cluster_add",
-    "cluster_down", "cluster_up", "connect_service", "create_pool", "default_pool_path",
-    "find_service", "formats", "open_cluster", "parse_size", "plain", "serve_node",
+    "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
+    "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
+    "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
+    "parse_size", "plain", "serve_node",
 ]
 
 
@@ -48,6 +53,25 @@ def __getattr__(name: str):
         from .service.service import Service
         return Service
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_disk(source, format: str | None = None):
+    """The disk an image holds, to pass to Admin.import_image (engine.diskformats.open_disk)."""
+    from .diskformats import open_disk as open_
+    return open_(source, format)
+
+
+def export_disk(admin: Admin, name: str, dest: str, format: str = "raw", progress=None,
+                cancel=None) -> None:
+    """VM `name` written to `dest` as a `format` image (engine.diskformats.export_disk)."""
+    from .diskformats import export_disk as export
+    export(admin, name, dest, format, progress, cancel)
+
+
+def estimate(admin: Admin, sources: list, progress=None, cancel=None, format=None):
+    """A dedup estimate before importing `sources` (engine.estimate.estimate)."""
+    from .estimate import estimate as estimate_
+    return estimate_(admin, sources, progress, cancel, format)
 
 
 def default_pool_path() -> Path:

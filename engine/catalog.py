@@ -15,7 +15,7 @@ import numpy as np
 
 from . import formats
 from .errors import NotAPoolError, PoolFormatError
-from .layergraph import VM, LayerEdit
+from .layergraph import VM, LayerEdit, Snap
 
 CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
@@ -86,9 +86,18 @@ class Catalog:
         ])
 
     def ensure_tables(self) -> None:
-        """Tables added since format 1 began, made where missing (a writable open)."""
+        """Tables and columns added since format 1 began, made where missing (a writable
+        open): `corrupt`; `snapshots`; `vms.base` (the layer a clone was cloned onto)."""
         self.conn.execute("CREATE TABLE IF NOT EXISTS corrupt (address INTEGER PRIMARY KEY,"
                           " found REAL)")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS snapshots (vm TEXT, name TEXT,"
+                          " layer INTEGER, created REAL, size INTEGER, origin TEXT,"
+                          " base INTEGER, PRIMARY KEY (vm, name))")
+        if "base" not in self._columns("vms"):
+            self.conn.execute("ALTER TABLE vms ADD COLUMN base INTEGER")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
 
     def check_format(self, where: Path) -> None:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is None:
@@ -129,8 +138,19 @@ class Catalog:
     # -- rows ---------------------------------------------------------------------------------
 
     def vms(self) -> dict[str, VM]:
-        rows = self.conn.execute("SELECT name, size, top, created, origin FROM vms").fetchall()
+        base = "base" if "base" in self._columns("vms") else "NULL"     # an older pool
+        rows = self.conn.execute(f"SELECT name, size, top, created, origin, {base}"
+                                 " FROM vms").fetchall()
         return {r[0]: VM(*r) for r in rows}
+
+    def snaps(self) -> list[Snap]:
+        """Every VM's snapshots ([] for an older pool opened read-only)."""
+        try:
+            rows = self.conn.execute("SELECT vm, name, layer, created, size, origin, base"
+                                     " FROM snapshots").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [Snap(*r) for r in rows]
 
     def layer_parents(self) -> dict[int, int | None]:
         return dict(self.conn.execute("SELECT id, parent FROM layers"))
@@ -150,11 +170,20 @@ class Catalog:
         c.executemany("DELETE FROM bmap WHERE layer=?", [(lid,) for lid in edit.dropped])
         c.executemany("DELETE FROM layers WHERE id=?", [(lid,) for lid in edit.dropped])
         c.executemany("INSERT OR REPLACE INTO layers (id, parent) VALUES (?, ?)",
-                      list(edit.new_layers.items()) + list(edit.reparented.items()))
+                      list(edit.new_layers.items()) + list(edit.reparented.items())
+                      + list(edit.moved.items()))
         c.executemany("DELETE FROM vms WHERE name=?", [(name,) for name in edit.deleted_vms])
         c.executemany(
-            "INSERT OR REPLACE INTO vms (name, size, top, created, origin) VALUES (?,?,?,?,?)",
-            [(vm.name, vm.size, vm.top, vm.created, vm.origin) for vm in edit.put_vms])
+            "INSERT OR REPLACE INTO vms (name, size, top, created, origin, base)"
+            " VALUES (?,?,?,?,?,?)",
+            [(vm.name, vm.size, vm.top, vm.created, vm.origin, vm.base)
+             for vm in edit.put_vms])
+        c.executemany("DELETE FROM snapshots WHERE vm=? AND name=?", edit.deleted_snaps)
+        c.executemany(
+            "INSERT OR REPLACE INTO snapshots (vm, name, layer, created, size, origin, base)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [(s.vm, s.name, s.layer, s.created, s.size, s.origin, s.base)
+             for s in edit.put_snaps])
         self.write_pages([(layer, pno, page) for (layer, pno), page in edit.pages.items()])
         for kind, message in edit.events:
             self.log(actor, kind, message)
@@ -224,9 +253,11 @@ class Catalog:
         self.conn.execute("INSERT INTO events (ts, actor, kind, message) VALUES (?, ?, ?, ?)",
                           (time.time(), actor, kind, message))
 
-    def events(self, limit: int) -> list[dict]:
-        rows = self.conn.execute("SELECT id, ts, actor, kind, message FROM events"
-                                 " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    def events(self, limit: int, since: float | None = None) -> list[dict]:
+        rows = self.conn.execute("SELECT id, ts, actor, kind, message FROM events WHERE ts >= ?"
+                                 " ORDER BY id DESC LIMIT ?",
+                                 (since if since is not None else float("-inf"), limit)
+                                 ).fetchall()
         return [dict(zip(("id", "ts", "actor", "kind", "message"), r)) for r in rows]
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """fsck: check every promise the pool makes about its own state, and report each problem.
 
 Here, the layer graph and the catalog:
-- every VM's top exists, every parent exists, no cycles, no layer that nothing reads through, no
-  block-table page of a layer that is gone
+- every VM's top exists, every parent exists, no cycles, no layer that nothing reads through
+  (snapshots and the golden states kept for a refresh aside), no block-table page of a layer
+  that is gone
 The block layer's own promises are checked by the core over one consistent state (native
 check.rs for a local pool; a cluster's block layer through it, engine/cluster/check.py):
 - refcounts equal the references in the block tables
@@ -52,6 +53,7 @@ def check(pool, progress=None) -> list[dict]:
 def _check_layers(pool, report) -> None:
     graph = pool.graph
     layers = set(graph.layers())
+    pinned = graph.pinned()        # a snapshot or a golden state kept for a refresh
     for vm in graph.vms():
         if vm.top not in layers:
             report("layer", f"VM {vm.name} has top layer {vm.top}, which does not exist",
@@ -68,7 +70,7 @@ def _check_layers(pool, report) -> None:
                 break
             seen.add(lid)
             lid = graph.parent(lid)
-        if not graph.is_top(layer) and not graph.children(layer):
+        if not graph.is_top(layer) and not graph.children(layer) and layer not in pinned:
             report("layer", f"frozen layer {layer} has no children: nothing reads it",
                    layer=layer)
     for layer in pool.catalog.stale_page_layers():

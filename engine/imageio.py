@@ -1,4 +1,5 @@
-"""Raw disk images in and out: holes are skipped on the way in and left on the way out."""
+"""Raw disk images in and out: holes are skipped on the way in and left on the way out.
+(Other formats are engine/diskformats.py's.)"""
 
 from __future__ import annotations
 
@@ -18,13 +19,23 @@ class Image:
 
     def __init__(self, fd: int, size: int, seekable: bool, name: str):
         self.fd, self.size, self.seekable, self.name = fd, size, seekable, name
+        self._head = b""            # a stream's first bytes, read by peek()
+
+    def peek(self, n: int) -> bytes:
+        """The first `n` bytes (fewer if the image is shorter), still to come in chunks()."""
+        if self.seekable:
+            return os.pread(self.fd, n, 0)
+        if len(self._head) < n:
+            self._head += _read_full(self.fd, n - len(self._head))
+        return self._head[:n]
 
     def chunks(self, chunk: int):
         """(offset, bytes) for every chunk-aligned piece that may hold data."""
         if not self.seekable:
             offset = 0
             while True:
-                data = _read_full(self.fd, chunk)
+                data = self._head + _read_full(self.fd, chunk - len(self._head))
+                self._head = b""
                 if not data:
                     return
                 yield offset, data
@@ -59,8 +70,10 @@ class Image:
                 raise
 
     def close(self) -> None:
-        if self.seekable:
+        """Lets the file go (again: nothing)."""
+        if self.seekable and self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1
 
 
 def read_ahead(image, chunk: int):

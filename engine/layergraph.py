@@ -18,18 +18,34 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from .errors import VMExistsError, VMNotFoundError
+from .errors import RefusedError, VMExistsError, VMNotFoundError
 from .names import check_vm_name
 
 
 @dataclass(frozen=True)
 class VM:
-    """A VM: its size in bytes, its top layer, when it was made and what it was cloned from."""
+    """A VM: its size in bytes, its top layer, when it was made and what it was cloned from:
+    `origin` the golden image's name, `base` the frozen layer holding the golden's state it was
+    cloned from (what a refresh brings it back to; None: imported or created, not a clone)."""
     name: str
     size: int
     top: int
     created: float
     origin: str | None
+    base: int | None = None
+
+
+@dataclass(frozen=True)
+class Snap:
+    """A VM's snapshot: a frozen layer with a name, and the VM's size, origin and base then
+    (what a rollback restores)."""
+    vm: str
+    name: str
+    layer: int
+    created: float
+    size: int
+    origin: str | None
+    base: int | None
 
 
 @dataclass
@@ -43,15 +59,21 @@ class LayerEdit:
     pages: (layer, page number) -> entries the edit writes (a merge's child pages: 512
            little-endian uint64, as the catalog keeps them); None drops one
     registered: provisional layers that become a VM's top (an import's)
+    moved: layer -> new parent, for a VM's top that moves onto another layer (a rebase that
+           keeps the VM's writes)
+    put_snaps / deleted_snaps: snapshot rows written or removed ((vm, name) for a removal)
     events: (kind, message) pairs logged with the edit
     """
     new_layers: dict[int, int | None] = field(default_factory=dict)
     reparented: dict[int, int | None] = field(default_factory=dict)
+    moved: dict[int, int | None] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     put_vms: list[VM] = field(default_factory=list)
     deleted_vms: list[str] = field(default_factory=list)
     pages: dict[tuple[int, int], bytes | None] = field(default_factory=dict)
     registered: list[int] = field(default_factory=list)
+    put_snaps: list[Snap] = field(default_factory=list)
+    deleted_snaps: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -64,8 +86,10 @@ class Merge:
 
 
 class LayerGraph:
-    def __init__(self, vms: dict[str, VM], parents: dict[int, int | None], next_layer: int):
+    def __init__(self, vms: dict[str, VM], parents: dict[int, int | None], next_layer: int,
+                 snaps: list[Snap] = ()):
         self._vms = dict(vms)
+        self._snaps: dict[tuple[str, str], Snap] = {(s.vm, s.name): s for s in snaps}
         self._parents = dict(parents)
         self._next_layer = next_layer
         self._provisional: dict[int, str] = {}     # import's top layer -> the name it reserves
@@ -131,6 +155,27 @@ class LayerGraph:
             layer = self._parents[layer]
         return out
 
+    def snaps(self, vm: str | None = None) -> list[Snap]:
+        """The snapshots of `vm` (every VM's if None), oldest first."""
+        return sorted((s for s in self._snaps.values() if vm is None or s.vm == vm),
+                      key=lambda s: (s.vm, s.created, s.name))
+
+    def snap(self, vm: str, name: str) -> Snap:
+        self.vm(vm)
+        try:
+            return self._snaps[(vm, name)]
+        except KeyError:
+            raise VMNotFoundError(f"VM {vm} has no snapshot named {name!r}") from None
+
+    def clones_of(self, name: str) -> list[str]:
+        """The VMs cloned from `name` (or rebased onto it), by name."""
+        return sorted(vm.name for vm in self._vms.values() if vm.origin == name)
+
+    def pinned(self) -> set[int]:
+        """Frozen layers kept whoever reads them: every VM's base, every snapshot, and the base
+        each snapshot restores."""
+        return self._pins_without()
+
     def check_new_name(self, name: str) -> None:
         """Refuses a bad name, and one that a VM or an import under way already has."""
         check_vm_name(name)
@@ -191,36 +236,190 @@ class LayerGraph:
         now = time.time()
         for name, layer in zip(names, self._new_ids(len(names))):
             edit.new_layers[layer] = base
-            edit.put_vms.append(VM(name, vm.size, layer, now, source))
+            edit.put_vms.append(VM(name, vm.size, layer, now, source, base))
         return edit
 
+    def _frozen_state(self, name: str, top_empty: bool, edit: LayerEdit) -> int:
+        """The frozen layer that shows VM `name` as it is now: its top's parent if it wrote
+        nothing since it was last frozen, else its top, frozen by `edit` (the VM gets a new
+        empty top on it)."""
+        vm = self.vm(name)
+        parent = self._parents[vm.top]
+        if parent is not None and top_empty:
+            return parent
+        (new_top,) = self._new_ids(1)
+        edit.new_layers[new_top] = vm.top
+        edit.put_vms.append(replace(vm, top=new_top))
+        return vm.top
+
     def plan_delete(self, name: str) -> tuple[LayerEdit, list[Merge]]:
-        """Drops the VM's top, then collects upwards: a frozen layer left with no children goes
-        too, and one left with a single child is merged into it. The merges' pages are the block
+        """Drops the VM's top and its snapshots' names, then collects what nobody needs (see
+        _collect). Its clones lose their golden image: they keep their disks, but no longer
+        the golden state beneath their own writes (a refresh has nothing to go back to), so
+        that deleting a golden frees what only it held. The merges' pages are the block
         tables' part, added by the caller."""
         vm = self.vm(name)
-        edit = LayerEdit(deleted_vms=[name])
-        merges: list[Merge] = []
-        tops = self._tops - {vm.top}
-        gone = set()
-        layer = vm.top
-        while True:
-            edit.dropped.append(layer)
-            gone.add(layer)
-            parent = self._parents[layer]
-            if parent is None or parent in tops:
-                break
-            children = self._children.get(parent, set()) - gone
-            if not children:
-                layer = parent
+        snaps = self.snaps(name)
+        orphans = [self._vms[c] for c in self.clones_of(name) if c != name]
+        orphan_snaps = [s for s in self._snaps.values() if s.origin == name and s.vm != name]
+        edit = LayerEdit(deleted_vms=[name], deleted_snaps=[(s.vm, s.name) for s in snaps],
+                         put_vms=[replace(c, origin=None, base=None) for c in orphans],
+                         put_snaps=[replace(s, origin=None, base=None) for s in orphan_snaps])
+        pinned = self._pins_without(vms={name} | {c.name for c in orphans},
+                                    snaps={(s.vm, s.name) for s in snaps + orphan_snaps})
+        pinned |= {s.layer for s in orphan_snaps}
+        unpinned = ([s.layer for s in snaps] + [s.base for s in snaps + orphan_snaps]
+                    + [vm.base] + [c.base for c in orphans])
+        return edit, self._collect(edit, [vm.top], unpinned, pinned)
+
+    def plan_refresh(self, name: str) -> tuple[LayerEdit, list[Merge]]:
+        """Drops the VM's own writes: a new empty top on the golden state it was cloned from."""
+        vm = self.vm(name)
+        if vm.base is None:
+            raise RefusedError(f"VM {name} was not cloned from a golden image (or was cloned"
+                               " before Blockfold kept its base): nothing to refresh it to")
+        edit = LayerEdit()
+        (top,) = self._new_ids(1)
+        edit.new_layers[top] = vm.base
+        edit.put_vms.append(replace(vm, top=top))
+        return edit, self._collect(edit, [vm.top], [], self._pins_without(), {top: vm.base})
+
+    def plan_rebase(self, names: list[str], golden: str, golden_top_empty: bool,
+                    keep_writes: bool) -> tuple[LayerEdit, list[Merge]]:
+        """Moves each VM onto `golden`'s state now (its top frozen if it wrote since it was last
+        frozen): with `keep_writes` each VM's top moves there (O(1): it must sit right on its
+        base, no snapshot or clone of its own above), else a new empty top replaces it."""
+        g = self.vm(golden)
+        edit = LayerEdit()
+        base = self._frozen_state(golden, golden_top_empty, edit)
+        going, added, old_bases = [], {}, []
+        for name in names:
+            vm = self.vm(name)
+            if name == golden:
+                raise RefusedError(f"cannot rebase {name} onto itself")
+            if keep_writes:
+                if vm.base is None:
+                    raise RefusedError(f"VM {name} was not cloned from a golden image: it has no"
+                                       " writes of its own apart from its disk to keep")
+                if self._parents[vm.top] != vm.base:
+                    raise RefusedError(
+                        f"VM {name} has snapshots or clones of its own above its golden image:"
+                        " --keep-writes moves only a desktop's own top (remove them, or rebase"
+                        " without keeping its writes)")
+                edit.moved[vm.top] = base
+                top = vm.top
+            else:
+                (top,) = self._new_ids(1)
+                edit.new_layers[top] = base
+                added[top] = base
+                going.append(vm.top)
+            old_bases.append(vm.base)
+            edit.put_vms.append(VM(name, g.size, top, vm.created, golden, base))
+        pinned = self._pins_without(vms=set(names)) | {base}
+        return edit, self._collect(edit, going, old_bases, pinned, added)
+
+    def plan_snapshot(self, name: str, snap: str, top_empty: bool) -> LayerEdit:
+        """Names the VM's state now: a frozen layer (its top, frozen, unless it wrote nothing
+        since it was last frozen)."""
+        check_vm_name(snap)
+        vm = self.vm(name)
+        if (name, snap) in self._snaps:
+            raise VMExistsError(f"VM {name} already has a snapshot named {snap!r}")
+        edit = LayerEdit()
+        layer = self._frozen_state(name, top_empty, edit)
+        edit.put_snaps.append(Snap(name, snap, layer, time.time(), vm.size, vm.origin, vm.base))
+        return edit
+
+    def plan_rollback(self, name: str, snap: str) -> tuple[LayerEdit, list[Merge]]:
+        """Drops what the VM wrote since the snapshot: a new empty top on the snapshot's layer,
+        with the size, origin and base it had then. The snapshot stays."""
+        vm = self.vm(name)
+        s = self.snap(name, snap)
+        edit = LayerEdit()
+        (top,) = self._new_ids(1)
+        edit.new_layers[top] = s.layer
+        edit.put_vms.append(VM(name, s.size, top, vm.created, s.origin, s.base))
+        pinned = self._pins_without(vms={name}) | ({s.base} if s.base is not None else set())
+        return edit, self._collect(edit, [vm.top], [vm.base], pinned, {top: s.layer})
+
+    def plan_snapshot_rm(self, name: str, snap: str) -> tuple[LayerEdit, list[Merge]]:
+        """Forgets a snapshot; its layer goes, or merges, once nothing else needs it."""
+        s = self.snap(name, snap)
+        edit = LayerEdit(deleted_snaps=[(name, snap)])
+        pinned = self._pins_without(snaps={(name, snap)})
+        return edit, self._collect(edit, [], [s.layer], pinned)
+
+    def plan_rename(self, old: str, new: str) -> LayerEdit:
+        """The VM, its snapshots and its clones' origin under the new name."""
+        vm = self.vm(old)
+        self.check_new_name(new)
+        edit = LayerEdit(deleted_vms=[old], put_vms=[replace(vm, name=new)])
+        edit.put_vms += [replace(self._vms[c], origin=new) for c in self.clones_of(old)
+                         if c != old]
+        for s in self.snaps(old):
+            edit.deleted_snaps.append((old, s.name))
+            edit.put_snaps.append(replace(s, vm=new, origin=new if s.origin == old
+                                          else s.origin))
+        edit.put_snaps += [replace(s, origin=new) for s in self._snaps.values()
+                           if s.origin == old and s.vm != old]
+        return edit
+
+    def plan_resize(self, name: str, size: int) -> LayerEdit:
+        return LayerEdit(put_vms=[replace(self.vm(name), size=size)])
+
+    def _pins_without(self, vms=frozenset(), snaps=frozenset()) -> set[int]:
+        """The pinned layers once the VMs `vms` and the snapshots `snaps` no longer pin."""
+        snapped = [s for key, s in self._snaps.items() if key not in snaps]
+        return ({vm.base for vm in self._vms.values() if vm.name not in vms}
+                | {s.layer for s in snapped} | {s.base for s in snapped}) - {None}
+
+    def _collect(self, edit: LayerEdit, going: list[int], unpinned, pinned: set[int],
+                 added: dict[int, int | None] | None = None) -> list[Merge]:
+        """Adds to `edit` the layers `going` (tops dropped) and everything that then nobody needs:
+        a frozen layer that is no longer pinned (a VM's base, a snapshot) goes once it has no
+        children left, and merges into its child once it has only one (as a delete has always
+        collected upwards). `unpinned`: layers that lost a pin; `added`: new layer -> parent in
+        the same edit. Two merges never touch the same layer (a merged layer is then left
+        standing: correct, one layer deeper). Returns the merges, whose pages the caller adds."""
+        going = sorted(set(going), key=lambda layer: -len(self.chain(layer)))
+        gone = set(going)
+        moved = set(edit.moved)
+        extra: dict[int, int] = {}
+        for parent in list((added or {}).values()) + list(edit.moved.values()):
+            if parent is not None:
+                extra[parent] = extra.get(parent, 0) + 1
+
+        def kids(layer: int) -> set[int]:
+            return self._children.get(layer, set()) - gone - moved
+
+        tops = self._tops - gone
+        todo = [self._parents[layer] for layer in going] + list(unpinned)
+        todo += [self._parents[layer] for layer in moved]
+        dropped, candidates = list(going), []
+        while todo:
+            layer = todo.pop()
+            if layer is None or layer in gone or layer in tops or layer in pinned:
                 continue
-            if len(children) == 1:
-                (child,) = children
-                merges.append(Merge(parent, child, self._parents[parent]))
-                edit.reparented[child] = self._parents[parent]
-                edit.dropped.append(parent)
-            break
-        return edit, merges
+            if not kids(layer) and not extra.get(layer):
+                gone.add(layer)
+                dropped.append(layer)
+                todo.append(self._parents[layer])
+            else:
+                candidates.append(layer)
+        merges: list[Merge] = []
+        involved: set[int] = set()
+        for layer in dict.fromkeys(candidates):
+            children = kids(layer)
+            if layer in gone or len(children) != 1 or extra.get(layer):
+                continue
+            (child,) = children
+            if layer in involved or child in involved:
+                continue
+            involved |= {layer, child}
+            merges.append(Merge(layer, child, self._parents[layer]))
+        edit.dropped += dropped + [m.layer for m in merges]
+        edit.reparented.update({m.child: m.parent for m in merges})
+        return merges
 
     # -- applying edits -----------------------------------------------------------------------
 
@@ -234,7 +433,8 @@ class LayerGraph:
                 self._children.get(parent, set()).discard(layer)
             self._children.pop(layer, None)
             self._tops.discard(layer)
-        for layer, parent in list(edit.new_layers.items()) + list(edit.reparented.items()):
+        for layer, parent in (list(edit.new_layers.items()) + list(edit.reparented.items())
+                              + list(edit.moved.items())):
             old = self._parents.get(layer)
             if old is not None:
                 self._children.get(old, set()).discard(layer)
@@ -243,6 +443,10 @@ class LayerGraph:
                 self._children.setdefault(parent, set()).add(layer)
         for name in edit.deleted_vms:
             self._vms.pop(name)
+        for key in edit.deleted_snaps:
+            self._snaps.pop(key)
+        for snap in edit.put_snaps:
+            self._snaps[(snap.vm, snap.name)] = snap
         for vm in edit.put_vms:
             old = self._vms.get(vm.name)
             if old is not None:

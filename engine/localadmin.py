@@ -6,15 +6,16 @@ console and the CLI see is the same whichever Admin answers.
 
 from __future__ import annotations
 
-from . import formats
+from . import _native, formats
 from .actor import current as current_actor
 from .admin import Admin
-from .errors import BlockfoldError
+from .core import engine_error
+from .errors import BlockfoldError, RefusedError
 from .pool import Pool
 from .progress import ProgressCallback, cancellable
 from .results import (BlockPage, BlockRow, Event, Extent, HealFigures, ImportResult,
                       NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
-                      VMStats)
+                      VMInfo, VMSnapshot, VMStats)
 
 
 class LocalAdmin(Admin):
@@ -79,6 +80,35 @@ class LocalAdmin(Admin):
 
     def clone(self, source, new, count=1): return self.pool.clone(source, new, count)
     def delete(self, name, force=False): self.pool.delete(name)
+    def refresh(self, name, force=False): self.pool.refresh(name)
+    def rename(self, old, new, force=False): self.pool.rename(old, new)
+
+    def rebase(self, names, golden, keep_writes=False, force=False):
+        self.pool.rebase(names, golden, keep_writes)
+
+    def clones_of(self, name):
+        self.pool.vm(name)
+        return self.pool.graph.clones_of(name)
+
+    def resize(self, name, size, shrink=False, force=False):
+        old = self.pool.vm_size(name)
+        if size < old and not shrink:
+            raise RefusedError(f"{formats.size(size)} is smaller than VM {name}"
+                               f" ({formats.size(old)}): shrinking cuts off its last"
+                               f" {formats.size(old - size)} (allow it with --force)")
+        self.pool.resize(name, size)
+
+    def vm_info(self, name):
+        vm = self.pool.vm(name)
+        stats = next(v for v in self.vms() if v.name == name)
+        return VMInfo(stats=stats, clones=self.pool.graph.clones_of(name),
+                      snapshots=self.snapshots(name), attached=[],
+                      refreshable=vm.base is not None)
+
+    def take_snapshot(self, name, snap): self.pool.snapshot(name, snap)
+    def snapshots(self, name): return [VMSnapshot(**s) for s in self.pool.snapshots(name)]
+    def rollback(self, name, snap, force=False): self.pool.rollback(name, snap)
+    def remove_snapshot(self, name, snap): self.pool.snapshot_rm(name, snap)
 
     # -- the pool -----------------------------------------------------------------------------
 
@@ -103,12 +133,23 @@ class LocalAdmin(Admin):
             **self._replication(raw),
             rebuilds=[RebuildRecord(**r) for r in raw["rebuilds"]],
             vms=[_vm(v, known) for v in raw["vms"]],
-            nodes=self._nodes(raw))
+            nodes=self._nodes(raw), snapshots=raw["snapshots"],
+            snapshot_blocks=raw["snapshot_blocks"])
 
     def _replication(self, raw: dict) -> dict:
         """One copy of every block, in this pool's slot files."""
         return {"replicas": 1, "min_replicas": 1,
                 "under_replicated_blocks": 0 if raw["state"] == "ready" else None}
+
+    def known_blocks(self, fingerprints):
+        if not self.pool.local:
+            raise RefusedError("a dedup estimate looks fingerprints up in a pool's index: not"
+                               " on a cluster yet")
+        self.pool._wait_ready()
+        try:
+            return self.pool.core.known(fingerprints)
+        except _native.NativeError as e:
+            raise engine_error(e) from None
 
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         page = self.pool.block_page(vm=vm, min_refs=min_refs, max_refs=max_refs, prefix=prefix,
@@ -136,8 +177,8 @@ class LocalAdmin(Admin):
     def scrub(self, rate=None, progress=None, cancel=None):
         return ScrubFigures(**self.pool.scrub(rate, progress, cancel), repaired=None)
 
-    def events(self, limit=100):
-        return [Event(**e) for e in self.pool.events(limit)]
+    def events(self, limit=100, since=None):
+        return [Event(**e) for e in self.pool.events(limit, since)]
 
     # -- nodes --------------------------------------------------------------------------------
 
@@ -170,4 +211,5 @@ def _vm(raw: dict, known: bool) -> VMStats:
                    logical_blocks=raw["logical_blocks"],
                    unique_blocks=raw["unique_blocks"] if known else None,
                    shared_blocks=raw["shared_blocks"] if known else None,
-                   depth=raw["depth"], origin=raw["origin"], created=raw["created"])
+                   depth=raw["depth"], origin=raw["origin"], created=raw["created"],
+                   snapshots=raw["snapshots"])

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _native, blockview, formats, fsck as fsck_mod, imageio, stats as stats_mod
+from . import (_native, blockview, diskformats, formats, fsck as fsck_mod, imageio,
+               stats as stats_mod)
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
@@ -162,7 +163,7 @@ class Pool:
     def _load(self, blocks: BlockLayer | None) -> None:
         """A core with the graph and the pages as the catalog holds them (at open)."""
         self.graph = LayerGraph(self.catalog.vms(), self.catalog.layer_parents(),
-                                int(self.catalog.get("next_layer")))
+                                int(self.catalog.get("next_layer")), self.catalog.snaps())
         core = self._new_core()
         # The core is a local pool's block layer: it answers the views a Python one answers.
         self.blocks = core if blocks is None else blocks
@@ -436,11 +437,14 @@ class Pool:
         blocks the edit stopped referencing: its commit made that durable)."""
         graph = self.graph
         frozen = [graph.vm(vm.name).top for vm in edit.put_vms
-                  if vm.name in graph and graph.vm(vm.name).top != vm.top]
+                  if vm.name in graph and graph.vm(vm.name).top != vm.top
+                  and graph.vm(vm.name).top not in edit.dropped]
         merged_into = {graph.parent(child): child for child in edit.reparented}
         removed = list(edit.deleted_vms)
         removed += [import_vm(layer) for layer in edit.registered]
         graph.apply(edit)
+        for layer, parent in edit.moved.items():      # before their old parents may go
+            self.core.set_parent(layer, parent)
         self.core.apply_edit(
             removed_vms=removed,
             drops=[(layer, merged_into.get(layer)) for layer in edit.dropped],
@@ -591,19 +595,115 @@ class Pool:
         return names
 
     def delete(self, name: str) -> None:
-        """Deletes a VM, frees what only it referenced, and collects layers nobody needs:
-        a frozen layer left with no children goes too, one left with a single child merges
-        into it. Raises VMNotFoundError."""
-        def plan() -> LayerEdit:
-            edit, merges = self.graph.plan_delete(name)
+        """Deletes a VM and its snapshots, frees what only it referenced, and collects layers
+        nobody needs: a frozen layer left with no children goes too, one left with a single
+        child merges into it. Raises VMNotFoundError."""
+        self._collecting(lambda: self.graph.plan_delete(name), "delete", f"deleted {name}")
+
+    def _collecting(self, plan, kind: str, message: str) -> None:
+        """A structural edit whose plan (a LayerEdit, and merges) collects layers: the merges'
+        pages come from the core."""
+        def planned() -> LayerEdit:
+            edit, merges = plan()
             for merge in merges:
                 pages, _ = self.core.merged(merge.layer, merge.child)
                 edit.pages.update({(merge.child, pno): blob for pno, blob in pages})
-            edit.events.append(("delete", f"deleted {name}"))
+            edit.events.append((kind, message))
+            return edit
+
+        with self._changing():
+            self._edit(planned)
+
+    # -- desktops' lifecycle: refresh, rebase, snapshots, rename, resize ----------------------
+
+    def refresh(self, name: str) -> None:
+        """Drops the VM's own writes: it reads as the golden image it was cloned from again,
+        O(1) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone)."""
+        self._collecting(lambda: self.graph.plan_refresh(name), "refresh",
+                         f"refreshed {name} to its golden image")
+
+    def rebase(self, names: list[str], golden: str, keep_writes: bool = False) -> None:
+        """Moves the VMs onto `golden`'s current state in one edit, O(1) each (Horizon's
+        recompose, MCS's catalog update): golden's top is frozen if it wrote since it was last
+        frozen; each VM keeps its own writes on top (`keep_writes`: only a VM whose top sits
+        right on its base) or starts empty. Raises VMNotFoundError, RefusedError."""
+        if not names:
+            raise RefusedError("nothing to rebase")
+
+        def plan():
+            empty = self.core.is_empty(self.graph.vm(golden).top)
+            return self.graph.plan_rebase(names, golden, empty, keep_writes)
+        label = names[0] if len(names) == 1 else f"{len(names)} VMs"
+        self._collecting(plan, "rebase", f"rebased {label} onto {golden}"
+                         + (" keeping their writes" if keep_writes else ""))
+
+    def snapshot(self, name: str, snap: str) -> None:
+        """Names the VM's state now, O(1): a frozen layer kept until snapshot_rm.
+        Raises VMNotFoundError, VMExistsError (the VM has a snapshot of that name), BadNameError."""
+        def plan():
+            edit = self.graph.plan_snapshot(name, snap,
+                                            self.core.is_empty(self.graph.vm(name).top))
+            edit.events.append(("snapshot", f"snapshot {snap} of {name}"))
             return edit
 
         with self._changing():
             self._edit(plan)
+
+    def rollback(self, name: str, snap: str) -> None:
+        """The VM reads as it did at the snapshot again (its size too); what it wrote since is
+        dropped, the snapshot stays. Raises VMNotFoundError (the VM, or its snapshot)."""
+        self._collecting(lambda: self.graph.plan_rollback(name, snap), "rollback",
+                         f"rolled {name} back to {snap}")
+
+    def snapshot_rm(self, name: str, snap: str) -> None:
+        """Forgets a snapshot; the blocks only it held are freed. Raises VMNotFoundError."""
+        self._collecting(lambda: self.graph.plan_snapshot_rm(name, snap), "snapshot",
+                         f"removed snapshot {snap} of {name}")
+
+    def rename(self, old: str, new: str) -> None:
+        """Renames a VM (its snapshots and its clones' origin follow). Raises VMNotFoundError,
+        VMExistsError, BadNameError."""
+        def plan():
+            edit = self.graph.plan_rename(old, new)
+            edit.events.append(("rename", f"renamed {old} to {new}"))
+            return edit
+
+        with self._changing():
+            self._edit(plan)
+
+    def resize(self, name: str, size: int) -> None:
+        """Grows the VM to `size` bytes (the new part reads as zeros), or shrinks it: what lies
+        past the new end is trimmed first, so growing again later shows zeros there.
+        Raises VMNotFoundError, OutOfRangeError (size not positive)."""
+        if size <= 0:
+            raise OutOfRangeError(f"bad VM size {size}: it must be positive")
+        old = self.graph.vm(name).size
+        if size < old:
+            self.trim(name, size, old - size)
+
+        def plan():
+            edit = self.graph.plan_resize(name, size)
+            edit.events.append(("resize", f"resized {name} from {old} to {size} bytes"))
+            return edit
+
+        with self._changing():
+            self._edit(plan)
+
+    def snapshots(self, name: str | None = None) -> list[dict]:
+        """The snapshots of `name` (every VM's if None), each with the blocks it holds alone
+        (engine.stats.held_alone: what removing it may free)."""
+        with self._lock:
+            if name is not None:
+                self.graph.vm(name)
+            known = self.blocks.ready and not self.rebuilding
+            out = []
+            for s in self.graph.snaps(name):
+                alone = None
+                if known:
+                    alone = len(stats_mod.held_alone(self, s.layer))
+                out.append({"vm": s.vm, "name": s.name, "created": s.created, "size": s.size,
+                            "origin": s.origin, "blocks_alone": alone})
+            return out
 
     # -- images -------------------------------------------------------------------------------
 
@@ -619,7 +719,7 @@ class Pool:
             self.core.add_layer(layer, None, True)
             self.core.set_vm(import_vm(layer), layer, IMPORT_SIZE)
         try:
-            image = imageio.open_image(source)
+            image = diskformats.open_disk(source)
             try:
                 size = self._fill(import_vm(layer), image, progress)
             finally:
@@ -756,6 +856,8 @@ class Pool:
         with self._lock:
             self._commit(rows=rows)
 
-    def events(self, limit: int = 100) -> list[dict]:
+    def events(self, limit: int = 100, since: float | None = None) -> list[dict]:
+        """The `limit` newest events (at or after `since`, seconds since the epoch), newest
+        first."""
         with self._lock:
-            return self.catalog.events(limit)
+            return self.catalog.events(limit, since)

@@ -18,6 +18,7 @@ again at the next call, so a console outlives a restart of its service.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import pwd
@@ -31,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from . import imageio
+from . import diskformats, imageio
 from .admin import Admin
 from .errors import BlockfoldError
 from .net import adminwire as wire, rpc
@@ -274,7 +275,7 @@ class RemoteAdmin(Admin):
     def vms(self): return self._call("vms")
 
     def import_image(self, name, source, progress=None, cancel=None):
-        image = imageio.open_image(source)      # the client's file, read with its permissions
+        image = diskformats.open_disk(source)   # the client's file, read with its permissions
         try:
             return self._call("import_image", {"name": name, "size": image.size,
                                                "image": image.name},
@@ -293,11 +294,42 @@ class RemoteAdmin(Admin):
         return self._call("clone", {"source": source, "new": new, "count": count})
 
     def delete(self, name, force=False): self._call("delete", {"name": name, "force": force})
+    def clones_of(self, name): return self._call("clones_of", {"name": name})
+    def vm_info(self, name): return self._call("vm_info", {"name": name})
+
+    def refresh(self, name, force=False):
+        self._call("refresh", {"name": name, "force": force})
+
+    def rebase(self, names, golden, keep_writes=False, force=False):
+        self._call("rebase", {"names": names, "golden": golden, "keep_writes": keep_writes,
+                              "force": force})
+
+    def rename(self, old, new, force=False):
+        self._call("rename", {"old": old, "new": new, "force": force})
+
+    def resize(self, name, size, shrink=False, force=False):
+        self._call("resize", {"name": name, "size": size, "shrink": shrink, "force": force})
+
+    def take_snapshot(self, name, snap):
+        self._call("take_snapshot", {"name": name, "snap": snap})
+
+    def snapshots(self, name): return self._call("snapshots", {"name": name})
+
+    def rollback(self, name, snap, force=False):
+        self._call("rollback", {"name": name, "snap": snap, "force": force})
+
+    def remove_snapshot(self, name, snap):
+        self._call("remove_snapshot", {"name": name, "snap": snap})
 
     # -- the pool -----------------------------------------------------------------------------
 
     def stats(self): return self._call("stats")
     def snapshot(self, events=100): return self._call("snapshot", {"events": events})
+
+    def known_blocks(self, fingerprints):
+        # JSON carries bytes as base64 (msgspec decodes it in the service).
+        return self._call("known_blocks",
+                          {"fingerprints": base64.b64encode(fingerprints).decode()})
 
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         return self._call("blocks", {"vm": vm, "min_refs": min_refs, "max_refs": max_refs,
@@ -314,7 +346,8 @@ class RemoteAdmin(Admin):
     def scrub(self, rate=None, progress=None, cancel=None):
         return self._call("scrub", {"rate": rate}, progress=progress, cancel=cancel)
 
-    def events(self, limit=100): return self._call("events", {"limit": limit})
+    def events(self, limit=100, since=None):
+        return self._call("events", {"limit": limit, "since": since})
 
     # -- jobs ---------------------------------------------------------------------------------
 

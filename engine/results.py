@@ -38,6 +38,43 @@ class VMStats:
     """The VM it was cloned from; None for an imported or created VM."""
     created: float
     """When the VM was made, seconds since the epoch."""
+    snapshots: int = 0
+    """Its snapshots (named frozen states it can be rolled back to)."""
+
+
+@dataclass(frozen=True)
+class VMSnapshot:
+    """A VM's snapshot: a frozen state with a name, O(1) to take and to roll back to."""
+
+    vm: str
+    """The VM it belongs to."""
+    name: str
+    """Its name, unique within the VM."""
+    created: float
+    """When it was taken, seconds since the epoch."""
+    size: int
+    """The VM's size then, bytes (a rollback restores it)."""
+    origin: str | None
+    """The golden image the VM was cloned from then."""
+    blocks_alone: int | None
+    """Blocks it holds alone: referenced once, by the snapshot's own layer, and read by no VM
+    now (what removing it may free). None while the RAM metadata is rebuilt."""
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    """Everything about one VM: its figures, its golden image, clones, snapshots and clients."""
+
+    stats: VMStats
+    """Its figures: size, logical bytes, own and shared blocks, chain depth, origin."""
+    clones: list[str]
+    """The VMs cloned from it (or rebased onto it), by name."""
+    snapshots: list[VMSnapshot]
+    """Its snapshots, oldest first."""
+    attached: list[str]
+    """The NBD clients attached to it (HOST:PORT each); [] when no service runs."""
+    refreshable: bool
+    """It keeps the golden state it was cloned from: `vm refresh` brings it back there."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +192,11 @@ class PoolStats:
     """Every VM, by name."""
     nodes: list[NodeStatus]
     """Every node, in the cluster's order (an embedded pool: itself)."""
+    snapshots: int = 0
+    """Snapshots, over every VM."""
+    snapshot_blocks: int | None = None
+    """Blocks that only snapshots hold (VMSnapshot.blocks_alone, summed): what removing every
+    snapshot may free. None while the RAM metadata is rebuilt."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +398,46 @@ class ImportResult:
     """Its name."""
     size: int
     """Its size, bytes: the image's."""
+
+
+@dataclass(frozen=True)
+class ImageEstimate:
+    """What importing one image would add (after the images before it in the estimate)."""
+
+    image: str
+    """The image's path ("stdin" for -)."""
+    size: int
+    """The disk's size, bytes."""
+    data_blocks: int
+    """Its blocks that hold data (not all zeros): its logical blocks once imported."""
+    known_blocks: int
+    """Of those, blocks the pool holds already."""
+    new_blocks: int
+    """Blocks it would add to the pool: new to the pool and to the images before it."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A dedup estimate before import: what the pool would hold with the images in it."""
+
+    block_size: int
+    """The pool's block size, bytes: the estimate's unit."""
+    images: list[ImageEstimate]
+    """Each image, in the order given."""
+    pool_logical_blocks: int
+    """The pool's logical blocks now."""
+    pool_unique_blocks: int
+    """The pool's unique (stored) blocks now."""
+    pool_dedup_ratio: float | None
+    """The pool's dedup ratio now."""
+    new_blocks: int
+    """Blocks the images would add, all together."""
+    logical_blocks: int
+    """The pool's logical blocks with the images imported."""
+    unique_blocks: int
+    """The pool's unique blocks with the images imported."""
+    dedup_ratio: float
+    """logical_blocks / unique_blocks, to 3 decimals (as `stats` computes it)."""
 
 
 def plain(value: Any) -> Any:

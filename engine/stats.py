@@ -30,7 +30,21 @@ def vm_stats(pool, vm) -> dict:
         "depth": len(pool.graph.chain(vm.top)),
         "origin": vm.origin,
         "created": vm.created,
+        "snapshots": len(pool.graph.snaps(vm.name)),
     }
+
+
+def held_alone(pool, layer: int) -> np.ndarray:
+    """The blocks only snapshot layer `layer` holds: referenced once, by it, and read by no VM
+    (what removing the snapshot may free)."""
+    mine = pool.core.layer_entries(layer)
+    once = mine[pool.blocks.refcounts_of(mine) == 1]
+    return np.array([a for a in once if not pool.core.vms_reading(int(a))], np.uint64)
+
+
+def snapshot_blocks(pool) -> int:
+    """Blocks that only snapshots hold, over every snapshot."""
+    return sum(len(held_alone(pool, layer)) for layer in {s.layer for s in pool.graph.snaps()})
 
 
 def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
@@ -80,4 +94,6 @@ def pool_stats(pool) -> dict:
         **blocks,
         "rebuilds": pool.catalog.rebuilds(5),
         "vms": vms,
+        "snapshots": len(pool.graph.snaps()),
+        "snapshot_blocks": snapshot_blocks(pool) if known else None,
     }

@@ -1,6 +1,7 @@
-"""A hypothesis state machine: random writes, reads, trims, clones and deletes against a model
-that keeps a bytearray per VM. Reads must agree after every step; fsck is clean at the end, and
-a reopened pool reads identically."""
+"""A hypothesis state machine: random writes, reads, trims, clones, deletes, refreshes, rebases,
+snapshots and rollbacks against a model that keeps a bytearray per VM (and the golden state each
+clone can be refreshed to, and each snapshot's bytes). Reads must agree after every step; fsck is
+clean at the end, and a reopened pool reads identically."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from engine.errors import RefusedError
 from engine.pool import Pool
 
 BS = 4096
@@ -23,6 +25,26 @@ def has_vms(machine) -> bool:
     return bool(machine.model)
 
 
+def blocks_of(offset: int, n: int) -> range:
+    return range(offset // BS, (offset + n - 1) // BS + 1)
+
+
+class Desk:
+    """What the model knows of a VM beyond its bytes: the golden state it can be refreshed to
+    (None: none), its origin, and, while its top sits right on that state (`entries` not None),
+    which blocks its top holds an entry for and their bytes (INHERIT elsewhere): what a rebase
+    keeping its writes keeps."""
+
+    def __init__(self, base=None, origin=None):
+        self.base = base
+        self.origin = origin
+        self.entries: dict[int, bytes] | None = {} if base is not None else None
+
+
+def block(data, b: int) -> bytes:
+    return bytes(data[b * BS:(b + 1) * BS])
+
+
 class PoolMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -30,6 +52,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.path = Pool.create(Path(self.tmp.name) / "pool")
         self.pool = Pool.open(self.path)
         self.model: dict[str, bytearray] = {}
+        self.desks: dict[str, Desk] = {}
+        self.snaps: dict[tuple[str, str], tuple[bytearray, Desk]] = {}
         self.counter = 0
 
     def _name(self) -> str:
@@ -45,6 +69,21 @@ class PoolMachine(RuleBasedStateMachine):
         name = self._name()
         self.pool.create_vm(name, SIZE)
         self.model[name] = bytearray(SIZE)
+        self.desks[name] = Desk()
+
+    def _touched(self, vm: str, offset: int, n: int) -> None:
+        """The top's entries after a write or trim: a block that reads as zeros over a golden
+        state that reads as zeros there too is INHERIT (no entry)."""
+        desk = self.desks[vm]
+        if desk.entries is None:
+            return
+        for b in blocks_of(offset, n):
+            mine = block(self.model[vm], b)
+            beneath = block(desk.base, b) if desk.base is not None else bytes(len(mine))
+            if not any(mine) and not any(beneath):
+                desk.entries.pop(b, None)
+            else:
+                desk.entries[b] = mine
 
     @precondition(has_vms)
     @rule(offset=st.integers(0, SIZE - 1), data=st.data())
@@ -61,6 +100,7 @@ class PoolMachine(RuleBasedStateMachine):
             payload = bytes(n)
         self.pool.write(vm, offset, payload)
         self.model[vm][offset:offset + n] = payload
+        self._touched(vm, offset, n)
 
     @precondition(has_vms)
     @rule(offset=st.integers(0, SIZE - 1), data=st.data())
@@ -69,6 +109,7 @@ class PoolMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, SIZE - offset))
         self.pool.trim(vm, offset, n)
         self.model[vm][offset:offset + n] = bytes(n)
+        self._touched(vm, offset, n)
 
     @precondition(lambda self: 0 < len(self.model) < 6)
     @rule(data=st.data())
@@ -77,6 +118,8 @@ class PoolMachine(RuleBasedStateMachine):
         name = self._name()
         self.pool.clone(source, name)
         self.model[name] = bytearray(self.model[source])
+        self.desks[name] = Desk(bytes(self.model[source]), source)
+        self.desks[source].entries = None        # its top may have been frozen beneath it
 
     @precondition(has_vms)
     @rule(data=st.data())
@@ -84,6 +127,82 @@ class PoolMachine(RuleBasedStateMachine):
         vm = self._pick(data)
         self.pool.delete(vm)
         del self.model[vm]
+        del self.desks[vm]
+        for key in [k for k in self.snaps if k[0] == vm]:
+            del self.snaps[key]
+        # Its clones (and snapshots taken of them) lose their golden state.
+        for desk in list(self.desks.values()) + [d for _, d in self.snaps.values()]:
+            if desk.origin == vm:
+                desk.origin, desk.base, desk.entries = None, None, None
+
+    @precondition(has_vms)
+    @rule(data=st.data())
+    def refresh(self, data):
+        vm = self._pick(data)
+        desk = self.desks[vm]
+        if desk.base is None:
+            try:
+                self.pool.refresh(vm)
+            except RefusedError:
+                return
+            raise AssertionError(f"{vm} has no golden state, yet it was refreshed")
+        self.pool.refresh(vm)
+        self.model[vm] = bytearray(desk.base)
+        desk.entries = {}
+
+    @precondition(lambda self: len(self.model) >= 2)
+    @rule(data=st.data())
+    def rebase(self, data):
+        golden = self._pick(data)
+        others = sorted(set(self.model) - {golden})
+        all_of = data.draw(st.sampled_from(
+            [None, *sorted({self.desks[n].origin for n in others} - {None, golden})]))
+        names = (data.draw(st.lists(st.sampled_from(others), min_size=1, max_size=1))
+                 if all_of is None else [n for n in others if self.desks[n].origin == all_of])
+        keep = data.draw(st.booleans()) and all(self.desks[n].entries is not None for n in names)
+        self.pool.rebase(names, golden, keep_writes=keep)
+        state = bytes(self.model[golden])
+        self.desks[golden].entries = None
+        for name in names:
+            desk = self.desks[name]
+            if keep:
+                now = bytearray(state)
+                for b, mine in desk.entries.items():
+                    now[b * BS:b * BS + len(mine)] = mine
+                self.model[name] = now
+            else:
+                self.model[name] = bytearray(state)
+                desk.entries = {}
+            desk.base, desk.origin = state, golden
+
+    @precondition(has_vms)
+    @rule(data=st.data(), snap=st.sampled_from(["s1", "s2"]))
+    def snapshot(self, data, snap):
+        vm = self._pick(data)
+        if (vm, snap) in self.snaps:
+            return
+        self.pool.snapshot(vm, snap)
+        desk = self.desks[vm]
+        saved = Desk(desk.base, desk.origin)
+        self.snaps[(vm, snap)] = (bytearray(self.model[vm]), saved)
+        desk.entries = None
+
+    @precondition(lambda self: bool(self.snaps))
+    @rule(data=st.data())
+    def rollback(self, data):
+        vm, snap = data.draw(st.sampled_from(sorted(self.snaps)))
+        self.pool.rollback(vm, snap)
+        saved, desk = self.snaps[(vm, snap)]
+        self.model[vm] = bytearray(saved)
+        self.desks[vm] = Desk(desk.base, desk.origin)
+        self.desks[vm].entries = None
+
+    @precondition(lambda self: bool(self.snaps))
+    @rule(data=st.data())
+    def snapshot_rm(self, data):
+        vm, snap = data.draw(st.sampled_from(sorted(self.snaps)))
+        self.pool.snapshot_rm(vm, snap)
+        del self.snaps[(vm, snap)]
 
     @rule()
     def flush(self):
@@ -108,6 +227,8 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.close()
             with Pool.open(self.path, rebuild="full") as reopened:
                 assert sorted(reopened.vm_names()) == sorted(self.model)
+                assert sorted((s["vm"], s["name"]) for s in reopened.snapshots()) == sorted(
+                    self.snaps)
                 for vm, expect in self.model.items():
                     assert reopened.read(vm, 0, SIZE) == bytes(expect), vm
                 assert reopened.fsck() == []

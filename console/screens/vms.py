@@ -41,8 +41,8 @@ class VMsPane(PoolPane):
     def show_view(self, view: PoolView) -> None:
         table = self.query_one("#vms", RowTable)
         vms = sorted(view.vms, key=lambda v: formats.natural_key(v.name))
-        table.show_rows([(vm.name, (vm.name, formats.size(vm.size),
-                                    formats.size(vm.logical_bytes),
+        table.show_rows([(vm.name, (vm.name + (f" · {vm.snapshots} snap" if vm.snapshots else ""),
+                                    formats.size(vm.size), formats.size(vm.logical_bytes),
                                     formats.count(vm.unique_blocks),
                                     formats.count(vm.shared_blocks), str(vm.depth),
                                     vm.origin or ""))
@@ -51,7 +51,10 @@ class VMsPane(PoolPane):
         table.border_title = (f"{formats.count(len(vms))} VMs · "
                               f"{formats.size(s.logical_bytes)} logical in "
                               f"{formats.size(s.physical_bytes)} stored · "
-                              f"dedup {formats.ratio(s.dedup_ratio)}")
+                              f"dedup {formats.ratio(s.dedup_ratio)}"
+                              + (f" · {formats.count(s.snapshots)} snapshots holding "
+                                 f"{formats.count(s.snapshot_blocks)} blocks alone"
+                                 if s.snapshots else ""))
 
     def selected(self) -> str | None:
         return self.query_one("#vms", RowTable).selected()

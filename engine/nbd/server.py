@@ -89,6 +89,16 @@ class NBDServer:
         bound = self._listener.getsockname()
         return bound[0], bound[1]
 
+    async def start_unix(self, path: str) -> str:
+        """Listens on a Unix socket at `path` (an export for this process's own tools)."""
+        self.max_transmitting = connection_limit()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept_forever())
+        return path
+
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -99,7 +109,8 @@ class NBDServer:
                 await asyncio.sleep(0.5)
                 continue
             # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock, peer)
             with self.lock:
                 self.connections.add(connection)
@@ -165,7 +176,7 @@ class Connection:
     def __init__(self, server: NBDServer, sock: socket.socket, peer):
         self.server = server
         self.sock = sock
-        self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.task: asyncio.Task | None = None               # the negotiation, on the loop
         self.handle: _native.Transmission | None = None     # the transmission, once handed over
         self.export: str | None = None                      # the VM it transmits on, from then

@@ -17,10 +17,13 @@ from ..admin import Admin
 from .streams import ExportSink, StreamImage, gather
 
 LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
-                   "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs"})
+                   "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs", "clones_of",
+                   "vm_info", "snapshots", "known_blocks"})
 """What a read-only login may call: the methods that only look."""
 CHANGES = frozenset({"write", "trim", "flush", "import_image", "clone", "delete", "rebuild",
-                     "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node", "heal"})
+                     "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node", "heal",
+                     "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
+                     "remove_snapshot"})
 METHODS = LOOKS | CHANGES
 
 SUPPLIED = frozenset({"progress", "cancel"})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from ..admin import Admin
@@ -163,10 +164,59 @@ class ServedAdmin(Admin):
         self._unless_attached(name, force, "deleting")
         self.inner.delete(name)
 
+    def clones_of(self, name): return self.inner.clones_of(name)
+
+    def vm_info(self, name):
+        info = self.inner.vm_info(name)
+        return replace(info, attached=self.attachments.clients(name))
+
+    @_changes
+    def refresh(self, name, force=False):
+        self.inner.vm_size(name)
+        self._unless_attached(name, force, "refreshing")
+        self.inner.refresh(name)
+
+    @_changes
+    def rebase(self, names, golden, keep_writes=False, force=False):
+        self.inner.vm_size(golden)
+        for name in names:
+            self.inner.vm_size(name)
+        for name in names:
+            self._unless_attached(name, force, "rebasing")
+        self.inner.rebase(names, golden, keep_writes)
+
+    @_changes
+    def rename(self, old, new, force=False):
+        self.inner.vm_size(old)
+        self._unless_attached(old, force, "renaming")
+        self.inner.rename(old, new)
+
+    @_changes
+    def resize(self, name, size, shrink=False, force=False):
+        self.inner.vm_size(name)
+        self._unless_attached(name, force, "resizing")
+        self.inner.resize(name, size, shrink)
+
+    @_changes
+    def take_snapshot(self, name, snap): self.inner.take_snapshot(name, snap)
+
+    def snapshots(self, name): return self.inner.snapshots(name)
+
+    @_changes
+    def rollback(self, name, snap, force=False):
+        self.inner.snapshots(name)
+        self._unless_attached(name, force, "rolling back")
+        self.inner.rollback(name, snap)
+
+    @_changes
+    def remove_snapshot(self, name, snap): self.inner.remove_snapshot(name, snap)
+
     # -- the pool -----------------------------------------------------------------------------
 
     def stats(self):
         return self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
+
+    def known_blocks(self, fingerprints): return self.inner.known_blocks(fingerprints)
 
     def blocks(self, vm=None, min_refs=None, max_refs=None, prefix=None, offset=0, limit=100):
         return self.inner.blocks(vm, min_refs, max_refs, prefix, offset, limit)
@@ -197,7 +247,7 @@ class ServedAdmin(Admin):
         finally:
             self.changed()
 
-    def events(self, limit=100): return self.inner.events(limit)
+    def events(self, limit=100, since=None): return self.inner.events(limit, since)
 
     # -- jobs ---------------------------------------------------------------------------------
 

@@ -128,6 +128,16 @@ impl Blocks {
         })
     }
 
+    /// For each digest, 1 if a live, sound block has it, else 0: a read-only lookup (a dedup
+    /// estimate asks before anything is written). Matches the stored 128-bit fingerprint; the
+    /// bytes are not compared (a write would compare them).
+    pub fn known(&self, digests: &[Digest]) -> Vec<u8> {
+        digests
+            .iter()
+            .map(|d| u8::from(self.candidate(d).is_some()))
+            .collect()
+    }
+
     /// Makes sure the `n` slots `apply` will take are free and have disk behind them, growing
     /// the files or filling holes. Error: `NoSpace`, nothing changed that anyone can see.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
@@ -382,6 +392,21 @@ pub(crate) mod tests {
         let refs: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
         let digests: Vec<Digest> = refs.iter().map(|b| fingerprint(b)).collect();
         b.store(&refs, &digests).unwrap()
+    }
+
+    #[test]
+    fn known_finds_live_blocks_only_and_changes_nothing() {
+        let mut b = ready_blocks();
+        let a = store(&mut b, &[vec![1; 4096], vec![2; 4096]]);
+        let digests = [
+            fingerprint(&[1; 4096]),
+            fingerprint(&[3; 4096]),
+            fingerprint(&[2; 4096]),
+        ];
+        assert_eq!(b.known(&digests), vec![1, 0, 1]);
+        assert_eq!(b.refcount(a[0]), 1);
+        b.mark_corrupt(a[1]);
+        assert_eq!(b.known(&digests), vec![1, 0, 0]);
     }
 
     #[test]

@@ -933,6 +933,30 @@ impl PyCore {
         Ok(u64s(py, out))
     }
 
+    /// Which of n fingerprints (n × 16 bytes, canonical digests) a live, sound block of this
+    /// pool has: n bytes, each 1 or 0. Read-only, one call per batch, the GIL released (a dedup
+    /// estimate). A core over a Python block layer refuses.
+    fn known<'py>(
+        &self,
+        py: Python<'py>,
+        digests: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = Bytes::get(digests)?;
+        if data.len % 16 != 0 {
+            return Err(OutOfRangeError::new_err(format!(
+                "{} bytes are not a whole number of 16-byte fingerprints",
+                data.len
+            )));
+        }
+        let digests: Vec<fingerprint::Digest> = data
+            .slice()
+            .chunks_exact(16)
+            .map(|c| c.try_into().unwrap())
+            .collect();
+        let found = self.run(py, |c| Ok(c.state().blocks.known(&digests)))?;
+        Ok(PyBytes::new(py, &found))
+    }
+
     /// The stored fingerprints of the addresses, as an n × 2 uint64 array (the hashes.dat words).
     fn fingerprints_of<'py>(
         &self,

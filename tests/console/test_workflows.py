@@ -41,6 +41,21 @@ async def test_clone_ten_from_the_palette_raises_the_ratio(make_app, admin):
     assert "golden-clone-10" in admin.vm_names()
 
 
+async def test_the_vms_screen_shows_snapshots_and_what_they_hold_alone(make_app, admin):
+    admin.take_snapshot("desk-1", "before")
+    admin.write("desk-1", 0, bytes([9]) * BLOCK)
+    admin.take_snapshot("desk-1", "after")
+    admin.write("desk-1", 0, bytes([8]) * BLOCK)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await press(pilot, "2")
+        assert "desk-1 · 2 snap" in vm_rows(app)
+        # Alone: the 9s, and desk-1's own first block from before (the sample wrote 8 blocks).
+        assert "2 snapshots holding 2 blocks alone" in str(
+            app.screen.query_one("#vms").border_title)
+
+
 async def test_delete_happens_only_after_yes(make_app, admin):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -1,0 +1,281 @@
+"""Disk image formats: what an image holds, read as the disk it holds, and written in a format.
+
+In: `qemu-img info --output=json` names the format (its probe reads the image's magic; `--format`
+forces one). qcow2, vmdk, vhdx and vdi are read through `qemu-nbd` (read-only, `-f FMT`, on a
+private Unix socket in a temporary directory, so a qcow2's backing chain is read as the one disk
+it makes) by `nbdcopy`, which asks block status and skips the holes, and streams the disk's bytes
+through a pipe: never a temporary copy. Runs of zeros are dropped here, before they travel. A raw
+image is read as it is (a file's holes skipped with SEEK_DATA), from a regular file, a block
+device (LVM, a LUN) or stdin. An image that qemu-img calls raw but whose first bytes are another
+container's magic (a qcow2 qemu-img cannot open, a compressed file, an OVA) is refused: it would
+import as the container's bytes, not as a disk.
+
+Out: raw is the VM's bytes (engine.imageio); qcow2 and vmdk are written by `qemu-img convert`
+from an NBD export of the VM on a private Unix socket, served from this process over the Admin
+the caller has (a pool opened here, or a service's).
+
+Both run where the image file is, the client's side: the file is read and written with the
+user's permissions, a client over SSH works on its own files, and a service never starts qemu.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .errors import BadImageError
+from .imageio import empty_image, open_image
+
+IMPORTS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")     # engine.api names them for the CLI
+EXPORTS = ("raw", "qcow2", "vmdk")
+MAGICS = (    # (offset, bytes, what): first bytes that say "not a raw disk"
+    (0, b"QFI\xfb", "qcow2"), (0, b"KDMV", "vmdk"), (0, b"# Disk DescriptorFile", "vmdk"),
+    (0, b"vhdxfile", "vhdx"), (0x40, b"\x7f\x10\xda\xbe", "vdi"), (0, b"conectix", "vhd"),
+    (0, b"QED\x00", "qed"), (0, b"LUKS\xba\xbe", "LUKS"), (0, b"\x1f\x8b", "gzip"),
+    (0, b"\xfd7zXZ\x00", "xz"), (0, b"\x28\xb5\x2f\xfd", "zstd"), (0, b"BZh", "bzip2"),
+    (0, b"PK\x03\x04", "zip"), (257, b"ustar", "tar (an OVA?)"))
+HEAD = 512              # bytes enough for every magic above
+PIPE_CHUNK = 2 << 20    # bytes read from nbdcopy's pipe at a time
+START_TIMEOUT = 30.0    # seconds qemu-nbd may take to listen
+_ZEROS = bytes(PIPE_CHUNK)
+
+
+def open_disk(source, format: str | None = None):
+    """The disk an image holds, to import: `source` a path (a file or a block device) or "-"
+    (stdin, raw); an image already open is returned as it is. `format` forces one of IMPORTS
+    (default: qemu-img's probe). Returns an object with size, name, chunks(n) and close() (see
+    engine.imageio.Image). Raises BadImageError (unreadable, empty, an unknown or unsupported
+    format, a container's magic in a "raw" image, qemu's tools missing)."""
+    if not isinstance(source, str):
+        return source
+    if format is not None and format not in IMPORTS:
+        raise BadImageError(f"unknown format {format!r}: use {', '.join(IMPORTS)}")
+    if source == "-":
+        if format not in (None, "raw"):
+            raise BadImageError(f"stdin is read as a raw disk: give a {format} image as a file")
+        image = open_image("-")
+        if format is None:
+            refuse_container(image.peek(HEAD), "stdin")
+        return image
+    try:
+        mode = os.stat(source).st_mode
+    except OSError as e:
+        raise BadImageError(f"cannot read image {source}: {e.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise BadImageError(f"image {source} is neither a file nor a block device")
+    info = probe(source, format)
+    fmt = info["format"]
+    if fmt not in IMPORTS:
+        raise BadImageError(f"{source} is a {fmt} image: vm import takes "
+                            f"{', '.join(IMPORTS)} (--format raw takes its bytes as they are)")
+    if fmt != "raw":
+        check_ends(source, fmt, info)
+        return QemuImage(source, fmt, int(info["virtual-size"]))
+    image = open_image(source)
+    if format is None:
+        refuse_container(os.pread(image.fd, HEAD, 0), source)
+    return image
+
+
+def probe(path: str, format: str | None = None) -> dict:
+    """qemu-img's view of the image (`qemu-img info --output=json --backing-chain`): the top
+    image's, with "chain", every file of its backing chain, top first. Raises BadImageError
+    with qemu-img's own reason (a damaged image, a backing file missing)."""
+    if os.stat(path).st_size == 0 and stat.S_ISREG(os.stat(path).st_mode):
+        raise empty_image(path)
+    args = ["qemu-img", "info", "--output=json", "--backing-chain", "-U"]
+    proc = _run([*args, *(["-f", format] if format else []), path])
+    if proc.returncode != 0:
+        raise BadImageError(f"{path}: not an image qemu-img can read: {_reason(proc.stderr)}")
+    chain = json.loads(proc.stdout)
+    return dict(chain[0], chain=[entry["filename"] for entry in chain])
+
+
+def check_ends(path: str, fmt: str, info: dict) -> None:
+    """Refuses an image whose tables point past the end of its file (a truncated copy): qemu
+    would read what is missing as zeros. `qemu-img map` gives each extent's file offset, and
+    its depth in the backing chain."""
+    proc = _run(["qemu-img", "map", "--output=json", "-U", "-f", fmt, path])
+    if proc.returncode != 0:
+        raise BadImageError(f"{path}: qemu-img cannot map it: {_reason(proc.stderr)}")
+    ends: dict[int, int] = {}
+    for extent in json.loads(proc.stdout):
+        if "offset" in extent and extent.get("data") and not extent.get("compressed"):
+            depth = extent.get("depth", 0)
+            ends[depth] = max(ends.get(depth, 0), extent["offset"] + extent["length"])
+    for depth, end in ends.items():
+        name = info["chain"][depth] if depth < len(info["chain"]) else path
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and end > st.st_size:     # (a device's end is its own)
+            raise BadImageError(f"{name} is truncated: its tables point to byte {end}, but it"
+                                f" ends at byte {st.st_size}")
+
+
+def refuse_container(head: bytes, name: str) -> None:
+    """Refuses bytes that start as another container does (not a raw disk)."""
+    for offset, magic, what in MAGICS:
+        if head[offset:offset + len(magic)] == magic:
+            raise BadImageError(f"{name} starts as a {what} file does, yet it is not one qemu-img"
+                                " can open: refusing to import it as a raw disk (--format raw"
+                                " takes its bytes as they are)")
+
+
+class QemuImage:
+    """A qcow2/vmdk/vhdx/vdi image read as the disk it holds: qemu-nbd serves it read-only on a
+    private Unix socket, nbdcopy streams the disk (holes skipped by block status) into a pipe."""
+
+    seekable = False
+
+    def __init__(self, path: str, fmt: str, size: int):
+        self.name, self.format, self.size = path, fmt, size
+        self._dir = tempfile.mkdtemp(prefix="blockfold-qemu-")
+        self._socket = os.path.join(self._dir, "nbd.sock")
+        self._server = _spawn(["qemu-nbd", "--read-only", "--persistent", "--shared=8",
+                               f"--format={fmt}", f"--socket={self._socket}", path])
+        self._copy: subprocess.Popen | None = None
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(self._socket):
+            if self._server.poll() is not None:
+                raise BadImageError(f"{self.name}: qemu-nbd cannot serve it: "
+                                    f"{_reason(self._server.stderr.read())}")
+            if time.monotonic() > deadline:
+                raise BadImageError(f"{self.name}: qemu-nbd did not start")
+            time.sleep(0.02)
+
+    def chunks(self, chunk: int):
+        """(offset, bytes) of every chunk that holds data, in order."""
+        self._wait_listening()
+        self._copy = _spawn(["nbdcopy", f"nbd+unix:///?socket={self._socket}", "-"],
+                            stdout=subprocess.PIPE)
+        out, offset = self._copy.stdout, 0
+        while True:
+            data = out.read(chunk)
+            if not data:
+                break
+            if data != _ZEROS[:len(data)] or len(data) > len(_ZEROS):
+                yield offset, data
+            offset += len(data)
+        if self._copy.wait() != 0 or offset != self.size:
+            raise BadImageError(f"{self.name}: reading it as {self.format} failed"
+                                f" ({offset} of {self.size} bytes): "
+                                f"{_reason(self._copy.stderr.read()) or 'nbdcopy failed'}")
+
+    def close(self) -> None:
+        """Stops qemu-nbd and nbdcopy and removes the socket's directory (again: nothing)."""
+        procs, self._copy, self._server = (self._copy, self._server), None, None
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            if proc is not None:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None) -> None:
+    """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS): raw through
+    admin.export; qcow2 and vmdk by qemu-img convert from an NBD export of the VM on a private
+    Unix socket, served here over `admin` read-only. Raises VMNotFoundError, BadImageError."""
+    if format not in EXPORTS:
+        raise BadImageError(f"unknown format {format!r}: vm export writes {', '.join(EXPORTS)}")
+    if format == "raw":
+        admin.export(name, dest, progress, cancel)
+        return
+    admin.vm_size(name)             # an unknown VM, told as such
+    if dest == "-":
+        raise BadImageError(f"a {format} image cannot be streamed: give a file")
+    with served_over_nbd(admin) as socket_path:
+        proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
+                     f"nbd+unix:///{name}?socket={socket_path}", dest])
+    if proc.returncode != 0:
+        raise BadImageError(f"cannot write {dest} as {format}: {_reason(proc.stderr)}")
+
+
+class served_over_nbd:
+    """Every VM of `admin`, exported read-only over NBD on a Unix socket in a private temporary
+    directory, from a thread of this process, while the `with` lasts; yields the socket's
+    path."""
+
+    def __init__(self, admin):
+        self.admin = admin
+
+    def __enter__(self) -> str:
+        import asyncio
+
+        from .nbd.server import NBDServer       # asyncio's NBD, only when a format asks
+        self._dir = tempfile.mkdtemp(prefix="blockfold-nbd-")
+        path = os.path.join(self._dir, "nbd.sock")
+        ready = threading.Event()
+        self._failed: BaseException | None = None
+
+        async def serve():
+            server = NBDServer(self.admin, read_only=True,
+                               log=lambda m: print(f"blockfold: nbd: {m}", file=sys.stderr))
+            try:
+                await server.start_unix(path)
+                self._stop = asyncio.Event()
+                self._loop = asyncio.get_running_loop()
+            except BaseException as e:
+                self._failed = e
+                raise
+            finally:
+                ready.set()
+            await self._stop.wait()
+            await server.close()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True,
+                                        name="blockfold-export-nbd")
+        self._thread.start()
+        ready.wait()
+        if self._failed is not None:
+            raise BadImageError(f"cannot serve the VM over NBD: {self._failed}")
+        return path
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _spawn(args: list[str], stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils"
+                            " libnbd-bin)") from None
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils)") from None
+
+
+def _reason(stderr) -> str:
+    """The last line a qemu tool wrote on stderr, without its program-name prefix."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    return lines[-1].split(": ", 1)[-1] if lines else ""
+

@@ -1,0 +1,162 @@
+"""A VDI operator's everyday verbs, from the real CLI in subprocesses, each run twice: on a pool
+the command opens itself, and through a running service (`blockfold serve`) holding the pool:
+refresh, rebase (one desktop, --all-of, --keep-writes), snapshots, rollback, rename, resize,
+info, events --since, --version, the default pool, -p anywhere, and a golden's delete."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, cli_json, run_cli
+from tests.serviceproc import Served
+from tests.terminal import Terminal
+
+BS = 4096
+
+
+def blocks(*fill: int) -> bytes:
+    return b"".join(bytes([f]) * BS for f in fill)
+
+
+@pytest.fixture(params=["direct", "served"])
+def cli(request, pool_dir, tmp_path):
+    """blockfold -p POOL ARGS, checked; with a service holding the pool for the 'served' run."""
+    served = Served(["-p", str(pool_dir)]) if request.param == "served" else None
+    (tmp_path / "golden.raw").write_bytes(blocks(1, 1, 2, 0))
+    (tmp_path / "golden2.raw").write_bytes(blocks(3, 3, 3, 3))
+
+    def run(*args, check=True, **kw):
+        return run_cli("-p", pool_dir, *args, check=check, **kw)
+    run("vm", "import", "golden", tmp_path / "golden.raw")
+    run("vm", "import", "golden2", tmp_path / "golden2.raw")
+    run("vm", "clone", "golden", "desk", "--count", "3")
+    yield run
+    if served is not None:
+        assert "Traceback" not in served.stop()
+
+
+def read(cli, name: str, tmp_path) -> bytes:
+    out = tmp_path / f"{name}.out"
+    cli("vm", "export", name, out)
+    return out.read_bytes()
+
+
+def test_refresh_drops_a_desktops_writes(cli, tmp_path):
+    cli("vm", "write", "desk-1", "--offset", "0", "-", input=blocks(9))
+    assert read(cli, "desk-1", tmp_path) == blocks(9, 1, 2, 0)
+    assert "refreshed desk-1" in cli("vm", "refresh", "desk-1", "-y").stdout_text
+    assert read(cli, "desk-1", tmp_path) == blocks(1, 1, 2, 0)
+    proc = cli("vm", "refresh", "golden", "-y", check=False)
+    assert proc.returncode == 1 and "not cloned from a golden image" in proc.stderr_text
+    assert len(proc.stderr_text.splitlines()) == 1
+
+
+def test_rebase_one_all_of_and_keeping_writes(cli, tmp_path):
+    cli("vm", "write", "desk-1", "--offset", "0", "-", input=blocks(9))
+    cli("vm", "write", "desk-2", "--offset", str(BS), "-", input=blocks(8))
+    cli("vm", "rebase", "desk-1", "golden2", "--keep-writes", "-y")
+    assert read(cli, "desk-1", tmp_path) == blocks(9, 3, 3, 3)
+    cli("vm", "write", "golden2", "--offset", str(3 * BS), "-", input=blocks(7))
+    out = json.loads(cli("vm", "rebase", "--all-of", "golden", "golden2", "-y",
+                         "--json").stdout)
+    assert out["rebased"] == ["desk-2", "desk-3"]
+    # Dropping their writes; golden2's newest write is in their new golden state.
+    for name in ("desk-2", "desk-3"):
+        assert read(cli, name, tmp_path) == blocks(3, 3, 3, 7)
+    info = json.loads(cli("vm", "info", "desk-3", "--json").stdout)
+    assert info["stats"]["origin"] == "golden2" and info["refreshable"]
+    assert json.loads(cli("vm", "info", "golden2", "--json").stdout)["clones"] == [
+        "desk-1", "desk-2", "desk-3"]
+    proc = cli("vm", "rebase", "--all-of", "golden", "golden2", "-y", check=False)
+    assert proc.returncode == 1 and "nothing to rebase" in proc.stderr_text
+    proc = cli("vm", "rebase", "desk-1", check=False)
+    assert proc.returncode == 2 and "NEW_GOLDEN" in proc.stderr_text
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def test_snapshots_rollback_and_removal(cli, tmp_path):
+    cli("vm", "snapshot", "desk-1", "clean")
+    cli("vm", "write", "desk-1", "--offset", "0", "-", input=blocks(5))
+    cli("vm", "snapshot", "desk-1", "patched")
+    cli("vm", "write", "desk-1", "--offset", "0", "-", input=blocks(6, 6))
+    snaps = json.loads(cli("vm", "snapshots", "desk-1", "--json").stdout)
+    assert [s["name"] for s in snaps] == ["clean", "patched"]
+    assert snaps[1]["blocks_alone"] == 1            # the block of 5s: nobody else holds it
+    proc = cli("vm", "snapshot", "desk-1", "clean", check=False)
+    assert proc.returncode == 1 and "already has a snapshot" in proc.stderr_text
+    cli("vm", "rollback", "desk-1", "patched", "-y")
+    assert read(cli, "desk-1", tmp_path) == blocks(5, 1, 2, 0)
+    cli("vm", "rollback", "desk-1", "clean", "-y")
+    assert read(cli, "desk-1", tmp_path) == blocks(1, 1, 2, 0)
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["snapshots"] == 2 and stats["snapshot_blocks"] == 1
+    cli("vm", "snapshot-rm", "desk-1", "patched", "-y")
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["snapshots"] == 1 and stats["snapshot_blocks"] == 0
+    proc = cli("vm", "rollback", "desk-1", "patched", "-y", check=False)
+    assert proc.returncode == 1 and "no snapshot named 'patched'" in proc.stderr_text
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def test_rename_resize_info_and_events(cli, tmp_path):
+    started = time.time()
+    cli("vm", "snapshot", "golden", "v1")
+    cli("vm", "rename", "golden", "base")
+    info = json.loads(cli("vm", "info", "base", "--json").stdout)
+    assert info["clones"] == ["desk-1", "desk-2", "desk-3"]
+    assert [s["name"] for s in info["snapshots"]] == ["v1"] and info["attached"] == []
+    assert json.loads(cli("vm", "info", "desk-1", "--json").stdout)["stats"]["origin"] == "base"
+    text = cli("vm", "info", "desk-1").stdout_text
+    assert "origin          base" in text and "own blocks      0" in text
+    cli("vm", "resize", "desk-1", "8M")
+    assert json.loads(cli("vm", "info", "desk-1", "--json").stdout)["stats"]["size"] == 8 << 20
+    proc = cli("vm", "resize", "desk-2", "8K", check=False)
+    assert proc.returncode == 1 and "allow it with --force" in proc.stderr_text
+    proc = cli("vm", "resize", "desk-2", "8K", "--force", "-y")
+    assert "cuts off its last 8.0 KiB (bytes 8192 to 16383)" in proc.stderr_text
+    cli("vm", "resize", "desk-2", "16K")           # grown again: what was cut reads as zeros
+    assert read(cli, "desk-2", tmp_path) == blocks(1, 1, 0, 0)
+    events = json.loads(cli("events", "--since", str(started), "--json").stdout)
+    kinds = [e["kind"] for e in events if e["kind"] != "rebuild"]     # direct opens rebuild
+    assert kinds[:4] == ["resize", "resize", "resize", "rename"] and "snapshot" in kinds
+    assert "import" not in kinds                    # before --since
+    assert "import" in [e["kind"] for e in json.loads(cli("events", "--since", "1h",
+                                                           "--json").stdout)]
+    proc = cli("events", "--since", "yesterday-ish", check=False)
+    assert proc.returncode == 2 and "not a time" in proc.stderr_text
+
+
+def test_a_golden_with_clones_says_how_many_before_it_goes(cli, pool_dir, tmp_path):
+    term = Terminal(tmp_path, f"cd {ROOT} && {sys.executable} -m console -p {pool_dir}"
+                              " vm rm golden")
+    try:
+        term.wait_for("golden image of 3 clones (desk-1,desk-2,desk-3)")
+        term.keys("n", "Enter")
+        assert term.exit_code() == 1
+    finally:
+        term.close()
+    assert "golden" in cli("vm", "ls").stdout_text
+    cli("vm", "rm", "golden", "-y")
+    assert read(cli, "desk-1", tmp_path) == blocks(1, 1, 2, 0)
+    info = json.loads(cli("vm", "info", "desk-1", "--json").stdout)
+    assert info["stats"]["origin"] is None and not info["refreshable"]
+
+
+def test_version_default_pool_and_options_anywhere(tmp_path):
+    proc = run_cli("--version", check=True)
+    assert proc.stdout_text.startswith("blockfold ")
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "BLOCKFOLD_POOL": ""}
+    proc = run_cli("stats", env=env)
+    default = tmp_path / "data" / "blockfold" / "pool"
+    assert proc.returncode == 1 and str(default) in proc.stderr_text
+    run_cli("pool", "init", tmp_path / "data" / "blockfold" / "pool", check=True)
+    assert json.loads(run_cli("stats", "--json", env=env, check=True).stdout)["vms"] == []
+    other = tmp_path / "other"
+    run_cli("pool", "init", other, check=True)
+    run_cli("vm", "import", "x", "-", "-p", other, input=blocks(1), check=True)
+    assert [v["name"] for v in cli_json("vm", "ls", "-p", other)] == ["x"]
+    assert [v["name"] for v in cli_json("vm", "ls", f"--pool={other}")] == ["x"]
