@@ -284,7 +284,9 @@ def vm_ls(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "info", help="one VM: size, logical, own and shared blocks, origin, clones,"
+@command("vm", "info",
+         json='VMInfo (engine/results.py)',
+         help="one VM: size, logical, own and shared blocks, origin, clones,"
          " snapshots, attached clients", looks=True, args=[NAME])
 def vm_info(admin, args, bar) -> int:
     info = admin.vm_info(args.name)
@@ -313,7 +315,9 @@ def _count(n: int | None) -> str:
     return formats.UNKNOWN if n is None else formats.count(n)
 
 
-@command("vm", "rename", help="rename a VM (its snapshots and its clones' origin follow)",
+@command("vm", "rename",
+         json='{"old": NAME, "new": NEW}',
+         help="rename a VM (its snapshots and its clones' origin follow)",
          args=[arg("old", metavar="NAME", help="the VM's name"),
                arg("new", metavar="NEW", help="its new name"), FORCE])
 def vm_rename(admin, args, bar) -> int:
@@ -323,7 +327,9 @@ def vm_rename(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "resize", help="grow a VM (shrinking needs --force: it cuts off the end)", args=[
+@command("vm", "resize",
+         json='{"name": NAME, "old_size": bytes, "size": bytes}',
+         help="grow a VM (shrinking needs --force: it cuts off the end)", args=[
     NAME, arg("size", metavar="SIZE", help="the new size: bytes, or 20G, 512M …"), YES,
     arg("--force", action="store_true", help="allow shrinking (what lies past the new end is"
         " lost; asks on a terminal), and detach NBD clients first")])
@@ -350,7 +356,9 @@ def vm_resize(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "refresh", help="drop a desktop's own writes: back to the golden image it was "
+@command("vm", "refresh",
+         json='{"refreshed": NAME}',
+         help="drop a desktop's own writes: back to the golden image it was "
          "cloned from (O(1))", args=[NAME, YES, FORCE])
 def vm_refresh(admin, args, bar) -> int:
     admin.vm_size(args.name)
@@ -364,7 +372,9 @@ def vm_refresh(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "rebase", help="move desktops onto another golden image's current state "
+@command("vm", "rebase",
+         json='{"rebased": [names], "golden": NAME, "kept_writes": true or false}',
+         help="move desktops onto another golden image's current state "
          "(O(1) each)",
          description="`vm rebase NAME NEW_GOLDEN` moves one desktop, `vm rebase --all-of OLD "
          "NEW_GOLDEN` every desktop cloned from OLD, in one edit (Horizon's recompose, MCS's "
@@ -405,7 +415,9 @@ def vm_rebase(admin, args, bar) -> int:
 SNAP = arg("snap", metavar="SNAP", help="the snapshot's name")
 
 
-@command("vm", "snapshot", help="name a VM's state now, to roll back to (O(1))",
+@command("vm", "snapshot",
+         json='{"name": NAME, "snapshot": SNAP}',
+         help="name a VM's state now, to roll back to (O(1))",
          args=[NAME, SNAP])
 def vm_snapshot(admin, args, bar) -> int:
     admin.take_snapshot(args.name, args.snap)
@@ -414,7 +426,9 @@ def vm_snapshot(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "snapshots", help="a VM's snapshots, with the blocks each holds alone",
+@command("vm", "snapshots",
+         json='a list of VMSnapshot (every field in engine/results.py)',
+         help="a VM's snapshots, with the blocks each holds alone",
          looks=True, args=[NAME])
 def vm_snapshots(admin, args, bar) -> int:
     snaps = admin.snapshots(args.name)
@@ -424,7 +438,9 @@ def vm_snapshots(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "rollback", help="bring a VM back to a snapshot (what it wrote since is dropped)",
+@command("vm", "rollback",
+         json='{"name": NAME, "snapshot": SNAP}',
+         help="bring a VM back to a snapshot (what it wrote since is dropped)",
          args=[NAME, SNAP, YES, FORCE])
 def vm_rollback(admin, args, bar) -> int:
     if args.snap not in {s.name for s in admin.snapshots(args.name)}:
@@ -440,7 +456,9 @@ def vm_rollback(admin, args, bar) -> int:
     return 0
 
 
-@command("vm", "snapshot-rm", help="forget a snapshot and free the blocks only it held",
+@command("vm", "snapshot-rm",
+         json='{"name": NAME, "removed": SNAP}',
+         help="forget a snapshot and free the blocks only it held",
          args=[NAME, SNAP, YES])
 def vm_snapshot_rm(admin, args, bar) -> int:
     if args.snap not in {s.name for s in admin.snapshots(args.name)}:
@@ -454,7 +472,9 @@ def vm_snapshot_rm(admin, args, bar) -> int:
     return 0
 
 
-@command("estimate", help="how many blocks images would add, and the dedup ratio after "
+@command("estimate",
+         json='Estimate (every field in engine/results.py)',
+         help="how many blocks images would add, and the dedup ratio after "
          "importing them, without writing", looks=True,
          description="Reads each image as `vm import` would (any format, holes skipped), "
          "fingerprints its blocks and looks them up in the pool, writing nothing: the blocks "
@@ -653,7 +673,9 @@ def blocks(admin, args, bar) -> int:
     return 0
 
 
-def _names(names: list[str], readers: int, most: int = 4) -> str:
+def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
+    """At most `most` of `names`, then how many more of `readers` (default: of `names`)."""
+    readers = len(names) if readers is None else readers
     names = sorted(names, key=formats.natural_key)
     if readers <= most:
         return ",".join(names)
@@ -837,7 +859,7 @@ def cluster_add(args) -> int:
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes of a new node (default 4096; an existing node"
                       " keeps its own)"),
-             arg("--cluster", metavar="DIR",
+             arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
                  help="serve the console on this cluster to the keys in DATA/admin_keys"
                       " (DATA/admin_keys_readonly: read-only) over SSH")])
 def node_serve(args) -> int:

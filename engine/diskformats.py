@@ -31,8 +31,9 @@ import tempfile
 import threading
 import time
 
+from . import _native
 from .errors import BadImageError
-from .imageio import empty_image, open_image
+from .imageio import empty_image, not_a_source, open_image
 
 IMPORTS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")     # engine.api names them for the CLI
 EXPORTS = ("raw", "qcow2", "vmdk")
@@ -70,7 +71,7 @@ def open_disk(source, format: str | None = None):
     except OSError as e:
         raise BadImageError(f"cannot read image {source}: {e.strerror}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        raise BadImageError(f"image {source} is neither a file nor a block device")
+        raise not_a_source(source)
     info = probe(source, format)
     fmt = info["format"]
     if fmt not in IMPORTS:
@@ -194,7 +195,8 @@ class QemuImage:
 def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None) -> None:
     """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS): raw through
     admin.export; qcow2 and vmdk by qemu-img convert from an NBD export of the VM on a private
-    Unix socket, served here over `admin` read-only. Raises VMNotFoundError, BadImageError."""
+    Unix socket, served here over `admin` read-only (a service's client: from a sparse raw
+    export beside `dest`). Raises VMNotFoundError, BadImageError."""
     if format not in EXPORTS:
         raise BadImageError(f"unknown format {format!r}: vm export writes {', '.join(EXPORTS)}")
     if format == "raw":
@@ -203,9 +205,18 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
     admin.vm_size(name)             # an unknown VM, told as such
     if dest == "-":
         raise BadImageError(f"a {format} image cannot be streamed: give a file")
-    with served_over_nbd(admin) as socket_path:
-        proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
-                     f"nbd+unix:///{name}?socket={socket_path}", dest])
+    if getattr(admin, "pool", None) is None:
+        # A service's client holds no pool core to serve NBD from: the VM comes over as a
+        # sparse raw file beside `dest` (holes stay holes), and qemu-img converts that.
+        with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
+                                         dir=os.path.dirname(os.path.abspath(dest))) as tmp:
+            raw = os.path.join(tmp, "disk.raw")
+            admin.export(name, raw, progress, cancel)
+            proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, raw, dest])
+    else:
+        with served_over_nbd(admin) as socket_path:
+            proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
+                         f"nbd+unix:///{name}?socket={socket_path}", dest])
     if proc.returncode != 0:
         raise BadImageError(f"cannot write {dest} as {format}: {_reason(proc.stderr)}")
 
@@ -228,9 +239,9 @@ class served_over_nbd:
         self._failed: BaseException | None = None
 
         async def serve():
-            server = NBDServer(self.admin, read_only=True,
-                               log=lambda m: print(f"blockfold: nbd: {m}", file=sys.stderr))
             try:
+                server = NBDServer(self.admin, _native.Meter([]), read_only=True,
+                                   log=lambda m: print(f"blockfold: nbd: {m}", file=sys.stderr))
                 await server.start_unix(path)
                 self._stop = asyncio.Event()
                 self._loop = asyncio.get_running_loop()

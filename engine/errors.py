@@ -84,3 +84,9 @@ class CorruptBlockError(BlockfoldError):
 class ReplicationError(RefusedError):
     """The cluster cannot keep a change safe (too few nodes, a node refusing blocks): the
     change is refused. (Raised by a commit, the pool turns it into an AbortedError.)"""
+
+
+class LostWritesError(ReplicationError):
+    """Nodes restarted before a flush and lost acknowledged writes that no other node held. The
+    commit that found it fails, and so does the next flush of every NBD connection open then
+    (engine.nbd.transmission.Host): each writer learns it, as after a crash (issue 13, case 1)."""

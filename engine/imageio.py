@@ -125,8 +125,7 @@ def open_image(source) -> Image:
         size = os.lseek(fd, 0, os.SEEK_END)
     else:
         os.close(fd)
-        raise BadImageError(f"image {source} is not a regular file or a block device: give "
-                            "one, or - to read stdin")
+        raise not_a_source(source)
     os.set_blocking(fd, True)
     if size == 0:
         os.close(fd)
@@ -136,6 +135,12 @@ def open_image(source) -> Image:
 
 def empty_image(source: str) -> BadImageError:
     return BadImageError(f"image {source} is empty")
+
+
+def not_a_source(source: str) -> BadImageError:
+    """A FIFO, a socket, a directory: nothing an import can read a disk from."""
+    return BadImageError(f"image {source} is not a regular file or a block device: give one, or"
+                         " - to read stdin")
 
 
 def mapped_runs(mapped):

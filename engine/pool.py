@@ -40,8 +40,9 @@ from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
-from .errors import (AbortedError, BlockfoldError, CancelledError, NotAPoolError,
-                     OutOfRangeError, PoolFormatError, ReadOnlyError, RefusedError)
+from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
+                     NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
+                     RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
@@ -155,6 +156,7 @@ class Pool:
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
         self._committed = 0                   # the number of the last one that succeeded
+        self.losses = 0     # commits that found acknowledged writes lost (LostWritesError)
         self.last_rebuild: dict = {}
         self._corrupt_saved = catalog.corrupt_addresses()
         self._load(blocks)
@@ -409,6 +411,8 @@ class Pool:
             self._durably(write)
         except BaseException as e:
             self.core.abort(token)
+            if isinstance(e, LostWritesError):
+                self.losses += 1
             if isinstance(e, Exception):
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise

@@ -61,7 +61,7 @@ def test_vm_write_reads_no_more_than_the_vm_holds(vm_pool, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     proc = run_cli("-p", pool, "vm", "write", "a", "--offset", "0", fifo)   # no writer: empty
-    assert proc.returncode == 0 and "wrote 0 bytes" in proc.stdout_text
+    assert proc.returncode == 0 and "wrote 0 B to a" in proc.stdout_text
 
 
 def test_a_block_device_is_imported(vm_pool, tmp_path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ReplicationError
+from ..errors import LostWritesError
 from ..fingerprint import Fingerprinter
 from ..fsck import Problems
 from ..progress import engine_callback
@@ -137,13 +137,13 @@ class ClusterBlocks:
 
     def sync(self) -> None:
         """Before the block tables commit: every node that took blocks makes them durable.
-        Raises ReplicationError if a node restarted meanwhile and lost blocks still referenced
+        Raises LostWritesError if a node restarted meanwhile and lost blocks still referenced
         that no other node holds (found here or by a heal's sync since): the commit must not
         count on them, and whoever flushed learns it."""
         self._note_losses()
         if self._lost:
             told, self._lost = self._lost, []
-            raise ReplicationError("; ".join(told) + ": those writes are not durable")
+            raise LostWritesError("; ".join(told) + ": those writes are not durable")
 
     def _note_losses(self) -> None:
         """Syncs the nodes, and notes what restarted nodes lost: the ids still referenced with

@@ -26,9 +26,8 @@
 //! released) or, if anything failed, `abort` (pages stay dirty, frees wait again). A structural
 //! edit, once committed, is applied whole by `apply_edit`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};

@@ -112,8 +112,8 @@ def main() -> int:
     try:
         first = timed(lambda: admin.blocks(offset=0, limit=100))
         total = admin.blocks(limit=1).total
-        pages = [timed(lambda o=rng.randrange(total - 100): admin.blocks(offset=o, limit=100))
-                 for _ in range(REPEATS)]
+        offsets = [rng.randrange(total - 100) for _ in range(REPEATS)]
+        pages = [timed(lambda o=o: admin.blocks(offset=o, limit=100)) for o in offsets]
         everyone = admin.blocks(min_refs=args.clones + 1, limit=100)
         by_all = [timed(lambda: admin.blocks(min_refs=args.clones + 1, limit=100))
                   for _ in range(3)]
