@@ -143,8 +143,8 @@ def unchanged(pool):
 
 @pytest.mark.parametrize("args,code,message", [
     (["vm", "import", "x", "/nonexistent.raw"], 1, "cannot read image /nonexistent.raw"),
-    (["vm", "import", "x", "/dev/null"], 1, "neither a file nor a block device"),
-    (["vm", "import", "x", "/"], 1, "neither a file nor a block device"),
+    (["vm", "import", "x", "/dev/null"], 1, "not a regular file or a block device"),
+    (["vm", "import", "x", "/"], 1, "not a regular file or a block device"),
     (["vm", "import", "a", "IMG"], 1, "already exists"),
     (["vm", "import", "bad/name", "IMG"], 1, "bad VM name"),
     (["vm", "import", "-dash", "IMG"], 2, ""),
