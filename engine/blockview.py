@@ -47,11 +47,12 @@ class BlockView:
         return self.pool.core.vms_reading(addr)
 
     def vm_addresses(self, name: str) -> np.ndarray:
+        """The addresses VM `name` reads, one per LBN that holds data (repeats kept)."""
         pool = self.pool
         vm = pool.graph.vm(name)
         blocks = -(-vm.size // pool.block_size)
         addrs = pool.core.lookup(vm.top, 0, blocks)
-        return np.unique(addrs[addrs != 0])
+        return addrs[addrs != 0]
 
     def page(self, vm: str | None = None, min_refs: int | None = None,
              max_refs: int | None = None, prefix: str | None = None, offset: int = 0,
@@ -63,7 +64,8 @@ class BlockView:
         blocks, core = self.pool.blocks, self.pool.core
         live = blocks.live()
         if vm is not None:
-            live = np.intersect1d(live, self.vm_addresses(vm))
+            # isin picks a lookup table for a pool's dense slot numbers: no sort of 10 M ids.
+            live = live[np.isin(live, self.vm_addresses(vm))]
         if min_refs is not None or max_refs is not None:
             readers = core.readers_of(live)
             keep = np.ones(len(live), dtype=bool)
