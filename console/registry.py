@@ -44,6 +44,11 @@ COMMANDS: list[Command] = [
             writes=True),
     Command("i", "import_image", "Import image", "import a raw disk image file as a new VM",
             "vms", writes=True),
+    # Off the key bar, which has no room left at 80 columns: `?` and the palette list them.
+    Command("s", "take_snapshot", "Snapshot VM", "name the selected VM's state now, to roll "
+            "back to", "vms", writes=True, footer=False),
+    Command("R", "refresh_vm", "Refresh VM", "back to its golden image, after confirmation",
+            "vms", writes=True, footer=False),
     Command("slash", "filter", "Filter", "filter blocks: vm NAME, refs>=2, refs 2-5, fp PREFIX",
             "blocks"),
     Command("f", "rebuild(False)", "Fast rebuild", "rebuild the RAM metadata from stored "

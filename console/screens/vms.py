@@ -107,6 +107,38 @@ class VMsPane(PoolPane):
             "Delete VM", f"Delete VM {name}? The blocks only it references are freed.",
             "Delete"), answered)
 
+    # -- snapshot and refresh -------------------------------------------------------------------
+
+    def action_take_snapshot(self) -> None:
+        name = self._need_vm()
+        if name is None:
+            return
+
+        def submitted(answer: dict | None) -> None:
+            if answer is None:
+                return
+            snap = answer["snap"]
+            self.app.engine(f"snapshot {name}",
+                            lambda: self.app.admin.take_snapshot(name, snap),
+                            lambda _: self.notify(f"took snapshot {snap} of {name}"))
+
+        self.app.push_screen(PromptDialog(f"Snapshot {name}", [
+            ("snap", "Snapshot name", "snap-1")], ok="Snapshot"), submitted)
+
+    def action_refresh_vm(self) -> None:
+        name = self._need_vm()
+        if name is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.engine(f"refresh {name}", lambda: self.app.admin.refresh(name),
+                                lambda _: self.notify(f"refreshed {name}"))
+
+        self.app.push_screen(ConfirmDialog(
+            "Refresh VM", f"Refresh VM {name}? Everything it wrote since its clone is dropped:"
+            " it reads as its golden image again.", "Refresh"), answered)
+
     # -- import -------------------------------------------------------------------------------
 
     def action_import_image(self) -> None:

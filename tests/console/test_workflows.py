@@ -56,6 +56,24 @@ async def test_the_vms_screen_shows_snapshots_and_what_they_hold_alone(make_app,
             app.screen.query_one("#vms").border_title)
 
 
+async def test_snapshot_and_refresh_from_the_vms_screen(make_app, admin):
+    golden = admin.read("golden", 0, BLOCK)
+    admin.write("desk-1", 0, bytes([7]) * BLOCK)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await press(pilot, "2", "s", "enter")
+        await settle(pilot)
+        assert [s.name for s in admin.snapshots("desk-1")] == ["snap-1"]
+        assert "desk-1 · 1 snap" in vm_rows(app)
+        await press(pilot, "R", "n")
+        assert admin.read("desk-1", 0, BLOCK) == bytes([7]) * BLOCK
+        await press(pilot, "R", "y")
+        await settle(pilot)
+        assert admin.read("desk-1", 0, BLOCK) == golden
+    assert [e.kind for e in admin.events(2)] == ["refresh", "snapshot"]
+
+
 async def test_delete_happens_only_after_yes(make_app, admin):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
