@@ -90,6 +90,10 @@ class BlockLayer(Protocol):
     def live(self) -> np.ndarray:
         """Every referenced address, ascending."""
 
+    def live_page(self, offset: int, limit: int) -> tuple[int, np.ndarray]:
+        """How many addresses are referenced, and `limit` of them from the `offset`-th on,
+        ascending: a page of live() without building it whole."""
+
     def refcounts_of(self, addrs: np.ndarray) -> np.ndarray:
         """The refcount of each address (0 if unknown)."""
 

@@ -225,6 +225,10 @@ class ClusterBlocks:
         with self._rows.lock:
             return self._rows.live_ids()
 
+    def live_page(self, offset: int, limit: int) -> tuple[int, np.ndarray]:
+        live = self.live()
+        return len(live), live[offset:offset + limit]
+
     def refcounts_of(self, addrs: np.ndarray) -> np.ndarray:
         with self._rows.lock:
             return self._rows.refcounts_at(self._rows.rows_of(np.asarray(addrs, np.uint64)))

@@ -920,6 +920,17 @@ impl PyCore {
         ))
     }
 
+    /// (how many slots are live, `limit` of them from the `offset`-th on, ascending).
+    fn live_page<'py>(
+        &self,
+        py: Python<'py>,
+        offset: u64,
+        limit: usize,
+    ) -> PyResult<(u64, Bound<'py, PyArray1<u64>>)> {
+        let (total, page) = self.run(py, |c| Ok(c.state().blocks.live_page(offset, limit)))?;
+        Ok((total, u64s(py, page)))
+    }
+
     fn refcounts_of<'py>(
         &self,
         py: Python<'py>,
