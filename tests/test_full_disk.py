@@ -230,3 +230,18 @@ def test_a_nearly_full_disk_takes_the_blocks_it_has_room_for(small_fs, tmp_path)
     run_cli("-p", pool, "vm", "export", "small", out, check=True)
     assert out.read_bytes() == small.read_bytes()
     assert cli_json("-p", pool, "fsck")["clean"]
+
+
+@pytest.mark.parametrize("target", ["tmpfs", "/dev/full"])
+def test_an_export_onto_a_full_disk_names_the_file(small_fs, tmp_path, target):
+    """It said only "No space left on device", not which of the user's files."""
+    pool = tmp_path / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "a.raw"
+    image.write_bytes(os.urandom(8 * MiB))
+    run_cli("-p", pool, "vm", "import", "a", image, check=True)
+    out = small_fs(4) / "a.out" if target == "tmpfs" else Path(target)
+    proc = run_cli("-p", pool, "vm", "export", "a", out)
+    assert proc.returncode == 1
+    assert proc.stderr_text.strip() == f"blockfold: error: cannot write {out}: " \
+                                       "No space left on device", proc.stderr_text
