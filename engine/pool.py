@@ -833,7 +833,9 @@ class Pool:
             if not n:
                 finished = True
                 break
-            if rate:
+            # No pause once every block there was has been read: it held a finished scrub as
+            # "running" at 100 % for as long as its rate would have taken (hours at 1K/s).
+            if rate and checked < total:
                 ahead = checked * self.block_size / rate - (time.monotonic() - started)
                 if ahead > 0 and cancel is not None:
                     cancel.wait(ahead)
