@@ -594,7 +594,8 @@ def stats(admin, args, bar) -> int:
     s = admin.stats()
     hist = formats.histogram(s.readers_histogram)
     refs = formats.histogram(s.refcount_histogram)
-    per_block = s.metadata_ram_bytes_per_block
+    # An empty pool's JSON says 0 bytes per block; for people a figure that does not apply is -.
+    per_block = s.metadata_ram_bytes_per_block if s.unique_blocks else None
     rows = [
         ("pool", s.path),
         ("block size", formats.size(s.block_size)),
@@ -617,7 +618,7 @@ def stats(admin, args, bar) -> int:
         rows.append(("refcounts", refs))
     rows += [
         ("metadata RAM", f"{formats.size(s.metadata_ram_bytes)}"
-         f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f}'} B per block)"),
+         f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f} B'} per block)"),
     ]
     if admin.kind == "cluster":
         rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),

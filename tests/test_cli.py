@@ -369,3 +369,10 @@ def test_an_empty_or_doubled_pool_option_never_falls_through_to_another_pool(
     assert proc.returncode == 2, proc.stderr_text
     assert proc.stderr_text.strip().splitlines()[-1] == f"blockfold: error: {message}"
     assert [v["name"] for v in cli_json("-p", default, "vm", "ls")] == ["keep"]
+
+
+def test_an_empty_pools_stats_give_a_dash_for_what_does_not_apply(pool):
+    """Metadata RAM per block of no blocks read "0.0 B per block"."""
+    out = run_cli("-p", pool, "stats", check=True).stdout_text
+    assert re.search(r"^metadata RAM +\S+ \S+ \(— per block\)$", out, re.M), out
+    assert cli_json("-p", pool, "stats")["metadata_ram_bytes_per_block"] == 0
