@@ -93,9 +93,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                "virtual-desktop disk images.", epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"blockfold {version()}")
-    p.add_argument("-p", "--pool", metavar="DIR", help="the pool directory ($BLOCKFOLD_POOL;"
-                   " default $XDG_DATA_HOME/blockfold/pool)")
-    p.add_argument("-c", "--cluster", metavar="DIR",
+    p.add_argument("-p", "--pool", metavar="DIR", type=given_path,
+                   help="the pool directory ($BLOCKFOLD_POOL; default"
+                   " $XDG_DATA_HOME/blockfold/pool)")
+    p.add_argument("-c", "--cluster", metavar="DIR", type=given_path,
                    help="run the command against the cluster in DIR (see `cluster up`)")
     p.add_argument("--service", metavar="URL",
                    help="run the command through the service behind a node's SSH admin"
@@ -118,6 +119,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             sp.add_argument(*a.flags, **a.options)
         sp.set_defaults(declared=cmd)
     return p
+
+
+def given_path(text: str) -> str:
+    """A -p or -c value. An empty one (`-p "$POOL"` with POOL unset) is a usage error: taken as
+    no value, it sent the command to the default pool instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a directory")
+    return text
 
 
 def version() -> str:
@@ -162,6 +171,9 @@ def run(args) -> int:
         actions = [c.words[1] for c in commands.COMMANDS if c.words[0] == group]
         raise UsageError(f"{group} needs an action: {', '.join(actions[:-1])} or {actions[-1]}"
                          if len(actions) > 1 else f"{group} needs an action: {actions[0]}")
+    if getattr(args, "pool", None) and getattr(args, "cluster", None):
+        # -c used to win silently: a command meant for the pool went to the cluster.
+        raise UsageError("give -p (a pool) or -c (a cluster), not both")
     if cmd.cluster and not (args.cluster or args.service):
         raise UsageError(f"{' '.join(cmd.words)} needs a cluster: use -c DIR")
     if not cmd.opens:

@@ -485,12 +485,13 @@ def vm_snapshot_rm(admin, args, bar) -> int:
                    help="the images' format (default: what qemu-img finds in each)")])
 def estimate(admin, args, bar) -> int:
     e = api.estimate(admin, args.images, bar, format=args.format)
-    rows = [(i.image, formats.size(i.size), str(i.data_blocks), str(i.known_blocks),
-             str(i.new_blocks)) for i in e.images]
+    rows = [(i.image, formats.size(i.size), formats.count(i.data_blocks),
+             formats.count(i.known_blocks), formats.count(i.new_blocks)) for i in e.images]
     text = table(("IMAGE", "SIZE", "DATA BLOCKS", "IN POOL", "NEW"), rows)
-    now = "-" if e.pool_dedup_ratio is None else f"{e.pool_dedup_ratio:.2f}x"
-    text += (f"\nnew blocks      {e.new_blocks} ({formats.size(e.new_blocks * e.block_size)})"
-             f"\ndedup ratio     {now} now, {e.dedup_ratio:.2f}x after importing them")
+    text += (f"\nnew blocks      {formats.count(e.new_blocks)}"
+             f" ({formats.size(e.new_blocks * e.block_size)})"
+             f"\ndedup ratio     {formats.ratio(e.pool_dedup_ratio)} now,"
+             f" {formats.ratio(e.dedup_ratio)} after importing them")
     emit(args, e, text)
     return 0
 
@@ -593,7 +594,8 @@ def stats(admin, args, bar) -> int:
     s = admin.stats()
     hist = formats.histogram(s.readers_histogram)
     refs = formats.histogram(s.refcount_histogram)
-    per_block = s.metadata_ram_bytes_per_block
+    # An empty pool's JSON says 0 bytes per block; for people a figure that does not apply is -.
+    per_block = s.metadata_ram_bytes_per_block if s.unique_blocks else None
     rows = [
         ("pool", s.path),
         ("block size", formats.size(s.block_size)),
@@ -616,7 +618,7 @@ def stats(admin, args, bar) -> int:
         rows.append(("refcounts", refs))
     rows += [
         ("metadata RAM", f"{formats.size(s.metadata_ram_bytes)}"
-         f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f}'} B per block)"),
+         f" ({formats.UNKNOWN if per_block is None else f'{per_block:.1f} B'} per block)"),
     ]
     if admin.kind == "cluster":
         rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),

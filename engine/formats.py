@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, tzinfo
+from fractions import Fraction
 
 UNKNOWN = "—"
 """How a figure that is None reads: not known yet (during a rebuild), or does not apply."""
@@ -135,4 +136,5 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
     if not m:
         raise ValueError(f"bad size {text!r}: use a number with an optional K, M, G or T")
-    return int(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
+    # Exact (no float): a big figure must reach the range check as it was typed.
+    return int(Fraction(m.group(1)) * _SUFFIX[m.group(2).lower()])

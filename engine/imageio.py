@@ -160,8 +160,8 @@ def mapped_runs(mapped):
 class _Output:
     """Where an export goes: a file, where unmapped blocks stay holes, or a stream."""
 
-    def __init__(self, fd: int, sparse: bool):
-        self.fd, self.sparse = fd, sparse
+    def __init__(self, fd: int, sparse: bool, name: str | None = None):
+        self.fd, self.sparse, self.name = fd, sparse, name
         self.position = 0
 
     def write_blocks(self, offset: int, data: bytes, mapped, block_size: int) -> None:
@@ -188,20 +188,34 @@ class _Output:
 
     def _write(self, data: bytes, offset: int | None) -> None:
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
-            if offset is not None:
-                offset += n
-            else:
-                self.position += n
-            view = view[n:]
+        with self._naming_errors():
+            while view:
+                n = (os.write(self.fd, view) if offset is None
+                     else os.pwrite(self.fd, view, offset))
+                if offset is not None:
+                    offset += n
+                else:
+                    self.position += n
+                view = view[n:]
 
     def finish(self, size: int) -> None:
         if self.sparse:
-            os.ftruncate(self.fd, size)
-            os.fsync(self.fd)
+            with self._naming_errors():
+                os.ftruncate(self.fd, size)
+                os.fsync(self.fd)
         else:
             self._pad_to(size)
+
+    @contextmanager
+    def _naming_errors(self):
+        """A file that cannot take the bytes (a full disk, /dev/full) is named in the error;
+        a stream's errors (a closed pipe) pass as they are."""
+        try:
+            yield
+        except OSError as e:
+            if self.name is None:
+                raise
+            raise BadImageError(f"cannot write {self.name}: {e.strerror or e}") from None
 
 
 @contextmanager
@@ -222,7 +236,7 @@ def open_output(dest, size: int):
     except OSError as e:
         raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
     try:
-        out = _Output(fd, sparse=True)
+        out = _Output(fd, sparse=True, name=dest)
         yield out
         out.finish(size)
     finally:

@@ -321,7 +321,7 @@ class LayerGraph:
     def plan_snapshot(self, name: str, snap: str, top_empty: bool) -> LayerEdit:
         """Names the VM's state now: a frozen layer (its top, frozen, unless it wrote nothing
         since it was last frozen)."""
-        check_vm_name(snap)
+        check_vm_name(snap, "snapshot")
         vm = self.vm(name)
         if (name, snap) in self._snaps:
             raise VMExistsError(f"VM {name} already has a snapshot named {snap!r}")

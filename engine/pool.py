@@ -54,6 +54,14 @@ SCRUB_BATCH = 4096          # blocks verified under the lock at a time
 SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
+MAX_VM_BYTES = (1 << 63) - 1    # the catalog's largest INTEGER (sqlite), and qemu's largest disk
+
+
+def _check_vm_size(size: int) -> None:
+    """Raises OutOfRangeError for a VM size (bytes) the catalog cannot hold."""
+    if not 0 < size <= MAX_VM_BYTES:
+        raise OutOfRangeError(f"bad VM size {size}: it must be from 1 byte to "
+                              f"{formats.size(MAX_VM_BYTES)}")
 
 
 class Pool:
@@ -507,8 +515,7 @@ class Pool:
 
     def create_vm(self, name: str, size: int) -> None:
         """An empty VM of `size` bytes. Raises BadNameError, VMExistsError, OutOfRangeError."""
-        if size <= 0:
-            raise OutOfRangeError(f"bad VM size {size}: it must be positive")
+        _check_vm_size(size)
         with self._changing():
             self._edit(lambda: self.graph.plan_create(name, size))
 
@@ -678,9 +685,8 @@ class Pool:
     def resize(self, name: str, size: int) -> None:
         """Grows the VM to `size` bytes (the new part reads as zeros), or shrinks it: what lies
         past the new end is trimmed first, so growing again later shows zeros there.
-        Raises VMNotFoundError, OutOfRangeError (size not positive)."""
-        if size <= 0:
-            raise OutOfRangeError(f"bad VM size {size}: it must be positive")
+        Raises VMNotFoundError, OutOfRangeError (size not positive, or past MAX_VM_BYTES)."""
+        _check_vm_size(size)
         old = self.graph.vm(name).size
         if size < old:
             self.trim(name, size, old - size)
@@ -827,7 +833,9 @@ class Pool:
             if not n:
                 finished = True
                 break
-            if rate:
+            # No pause once every block there was has been read: it held a finished scrub as
+            # "running" at 100 % for as long as its rate would have taken (hours at 1K/s).
+            if rate and checked < total:
                 ahead = checked * self.block_size / rate - (time.monotonic() - started)
                 if ahead > 0 and cancel is not None:
                     cancel.wait(ahead)

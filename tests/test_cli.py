@@ -348,3 +348,31 @@ def test_events_name_who_acted_and_an_open_is_no_event(pool, tmp_path):
     text = run_cli("-p", pool, "events", "--limit", "2", check=True).stdout_text
     assert text.splitlines()[0].split() == ["WHEN", "WHO", "WHAT", "MESSAGE"]
     assert len(text.splitlines()) == 3 and "scrub finished: 8 blocks" in text
+
+
+@pytest.mark.parametrize("options,message", [
+    (["-p", ""], "argument -p/--pool: an empty path: give a directory"),
+    (["--cluster="], "argument -c/--cluster: an empty path: give a directory"),
+    (["-p", "DEFAULT", "-c", "DEFAULT"], "give -p (a pool) or -c (a cluster), not both"),
+])
+def test_an_empty_or_doubled_pool_option_never_falls_through_to_another_pool(
+        tmp_path, options, message):
+    """`-p "$POOL"` with POOL unset removed from the default pool; -c silently beat -p."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "BLOCKFOLD_POOL": ""}
+    default = tmp_path / "xdg" / "blockfold" / "pool"
+    run_cli("pool", "init", default, check=True)
+    image = tmp_path / "a.raw"
+    image.write_bytes(os.urandom(BS))
+    run_cli("-p", default, "vm", "import", "keep", image, check=True)
+    options = [str(default) if o == "DEFAULT" else o for o in options]
+    proc = run_cli(*options, "vm", "rm", "-y", "keep", env=env)
+    assert proc.returncode == 2, proc.stderr_text
+    assert proc.stderr_text.strip().splitlines()[-1] == f"blockfold: error: {message}"
+    assert [v["name"] for v in cli_json("-p", default, "vm", "ls")] == ["keep"]
+
+
+def test_an_empty_pools_stats_give_a_dash_for_what_does_not_apply(pool):
+    """Metadata RAM per block of no blocks read "0.0 B per block"."""
+    out = run_cli("-p", pool, "stats", check=True).stdout_text
+    assert re.search(r"^metadata RAM +\S+ \S+ \(— per block\)$", out, re.M), out
+    assert cli_json("-p", pool, "stats")["metadata_ram_bytes_per_block"] == 0

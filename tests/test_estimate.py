@@ -6,6 +6,7 @@ already, a qcow2, and through a running service."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -68,3 +69,13 @@ def test_the_core_looks_fingerprints_up_without_writing(pool_dir):
         with pytest.raises(_native.OutOfRangeError):
             pool.core.known(b"x" * 17)
         assert pool.stats()["unique_blocks"] == 2
+
+
+def test_the_estimate_table_reads_figures_as_everywhere_else(pool_dir, tmp_path):
+    """Counts with separators, as every other command and screen gives them (it printed 2048)."""
+    (tmp_path / "big.raw").write_bytes(os.urandom(2048 * BS))
+    out = run_cli("-p", pool_dir, "estimate", tmp_path / "big.raw", check=True).stdout_text
+    row = next(line for line in out.splitlines() if line.startswith(str(tmp_path / "big.raw")))
+    assert row.split()[-3:] == ["2,048", "0", "2,048"], row
+    assert "new blocks      2,048 (8.0 MiB)" in out
+    assert "dedup ratio     1.00x now, 1.00x after importing them" in out

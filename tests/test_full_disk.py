@@ -208,3 +208,40 @@ def test_a_full_filesystem_is_relieved_by_deleting(small_fs, tmp_path):
     run_cli("-p", pool, "vm", "export", "c", out, check=True)
     assert out.read_bytes() == image.read_bytes()
     assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_a_nearly_full_disk_takes_the_blocks_it_has_room_for(small_fs, tmp_path):
+    """The slot files grow a quarter at a time; where that step does not fit but the blocks
+    written do, the write is taken (it was refused as out of disk space with MiBs free)."""
+    mnt = small_fs(24)
+    pool = mnt / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "a.raw"
+    for name in ("a", "b"):
+        image.write_bytes(os.urandom(10 * MiB))
+        run_cli("-p", pool, "vm", "import", name, image, check=True)
+    assert cli_json("-p", pool, "stats")["free_slots"] == 0
+    assert shutil.disk_usage(mnt).free > 2 * MiB       # room for the reserve, the slop and more
+    small = tmp_path / "small.raw"
+    small.write_bytes(os.urandom(64 * 1024))
+    proc = run_cli("-p", pool, "vm", "import", "small", small)
+    assert proc.returncode == 0, proc.stderr_text
+    out = tmp_path / "small.out"
+    run_cli("-p", pool, "vm", "export", "small", out, check=True)
+    assert out.read_bytes() == small.read_bytes()
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+@pytest.mark.parametrize("target", ["tmpfs", "/dev/full"])
+def test_an_export_onto_a_full_disk_names_the_file(small_fs, tmp_path, target):
+    """It said only "No space left on device", not which of the user's files."""
+    pool = tmp_path / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "a.raw"
+    image.write_bytes(os.urandom(8 * MiB))
+    run_cli("-p", pool, "vm", "import", "a", image, check=True)
+    out = small_fs(4) / "a.out" if target == "tmpfs" else Path(target)
+    proc = run_cli("-p", pool, "vm", "export", "a", out)
+    assert proc.returncode == 1
+    assert proc.stderr_text.strip() == f"blockfold: error: cannot write {out}: " \
+                                       "No space left on device", proc.stderr_text

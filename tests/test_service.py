@@ -114,9 +114,13 @@ def test_a_command_a_service_answers_loads_none_of_the_storage_engine(pool_dir, 
     assert "golden" in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
 
 
-def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve):
+def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, tmp_path):
+    # More than one scrub batch (4096 blocks): a scrub pauses for its rate between batches,
+    # and ends as soon as the last block is read.
+    (tmp_path / "big.raw").write_bytes(os.urandom(24 << 20))
+    run_cli("-p", pool_dir, "vm", "import", "big", tmp_path / "big.raw", check=True)
     serve()
-    job = cli_json("-p", pool_dir, "scrub", "--rate", "100K")   # 3 MiB at 100 KiB/s: 30 s
+    job = cli_json("-p", pool_dir, "scrub", "--rate", "100K")   # 27 MiB at 100 KiB/s: minutes
     assert job["kind"] == "scrub" and job["state"] == "running"
     running = cli_json("-p", pool_dir, "job", "ls")
     assert [j["state"] for j in running if j["id"] == job["id"]] == ["running"]

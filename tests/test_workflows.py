@@ -88,6 +88,8 @@ def test_snapshots_rollback_and_removal(cli, tmp_path):
     assert snaps[1]["blocks_alone"] == 1            # the block of 5s: nobody else holds it
     proc = cli("vm", "snapshot", "desk-1", "clean", check=False)
     assert proc.returncode == 1 and "already has a snapshot" in proc.stderr_text
+    proc = cli("vm", "snapshot", "desk-1", "a b", check=False)      # it said "bad VM name"
+    assert proc.returncode == 1 and "bad snapshot name 'a b'" in proc.stderr_text
     cli("vm", "rollback", "desk-1", "patched", "-y")
     assert read(cli, "desk-1", tmp_path) == blocks(5, 1, 2, 0)
     cli("vm", "rollback", "desk-1", "clean", "-y")

@@ -468,7 +468,20 @@ impl<B: Backend> Core<B> {
         }
         let mut lbn = first_whole;
         while lbn < last_whole {
-            let pno = lbn / PAGE_ENTRIES as u64;
+            let mut pno = lbn / PAGE_ENTRIES as u64;
+            // Pages no layer of the chain holds read as zeros already: jump past them, so that
+            // trimming (or shrinking) a huge sparse VM does not visit every page of its size.
+            match st.tables.next_page_in_chain(vm.top, pno) {
+                None => break,
+                Some(next) if next > pno => {
+                    pno = next;
+                    lbn = next * PAGE_ENTRIES as u64;
+                    if lbn >= last_whole {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
             let n = (PAGE_ENTRIES as u64 - lbn % PAGE_ENTRIES as u64).min(last_whole - lbn);
             let below = st.tables.below(vm.top, pno);
             let own = st.tables.page(vm.top, pno).copied();

@@ -170,18 +170,20 @@ impl SlotStore {
 
     /// Adds at least `at_least` slots; returns the first new slot. Error: `NoSpace` (the files are
     /// left as they were).
+    /// Near a full disk the usual step (a quarter of the capacity) may not fit where the slots
+    /// asked for do: the step is then halved, down to `at_least`, rather than refuse a write the
+    /// disk has room for.
     pub fn grow(&mut self, at_least: u64) -> Result<u64> {
         let old = self.capacity;
-        let new = old + at_least.max(old / 4).max(MIN_GROWTH_SLOTS);
-        let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
-        if let Some(files) = &self.files {
-            let dir = self.dir.as_deref().unwrap();
-            allocate(&files.data, new * bs, dir)?;
-            if let Err(e) = allocate(&files.hashes, new * hb, dir) {
-                files.data.set_len(old * bs)?;
-                return Err(e);
+        let mut step = at_least.max(old / 4).max(MIN_GROWTH_SLOTS);
+        loop {
+            match self.allocate_files(old, old + step) {
+                Err(Error::NoSpace(_)) if step > at_least => step = (step / 2).max(at_least),
+                result => break result?,
             }
         }
+        let new = old + step;
+        let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
         // mremap: the pages already mapped stay mapped (no copy, no fault again).
         let options = RemapOptions::new().may_move(true);
         // SAFETY: the files (or anonymous memory) now cover the new lengths; `&mut self` means no
@@ -192,6 +194,20 @@ impl SlotStore {
         }
         self.capacity = new;
         Ok(old)
+    }
+
+    /// Gives both files room for `new` slots, or fails and leaves them `old` slots long.
+    fn allocate_files(&self, old: u64, new: u64) -> Result<()> {
+        let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
+        if let Some(files) = &self.files {
+            let dir = self.dir.as_deref().unwrap();
+            allocate(&files.data, new * bs, dir)?;
+            if let Err(e) = allocate(&files.hashes, new * hb, dir) {
+                files.data.set_len(old * bs)?;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The bytes of one slot. Panics past the capacity (callers check addresses first).

@@ -225,6 +225,21 @@ impl Tables {
             .unwrap_or_default()
     }
 
+    /// The first page number at or after `pno` that `layer` or any layer beneath it holds
+    /// (None: none does, so all from `pno` on reads as zeros). O(chain depth × log pages), so
+    /// that a range over an enormous sparse VM costs what its pages do, not its size.
+    pub fn next_page_in_chain(&self, layer: u64, pno: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut lid = Some(layer);
+        while let Some(l) = lid.and_then(|id| self.layers.get(&id)) {
+            if let Some((&n, _)) = l.pages.range(pno..).next() {
+                next = Some(next.map_or(n, |m| m.min(n)));
+            }
+            lid = l.parent;
+        }
+        next
+    }
+
     pub fn is_empty(&self, layer: u64) -> bool {
         self.layers.get(&layer).is_none_or(|l| l.pages.is_empty())
     }
