@@ -42,6 +42,7 @@ class ClusterAdmin(LocalAdmin):
         self.readonly = pool.readonly
         self._stop = threading.Event()
         self._short_since: float | None = None
+        self._fruitless = None          # (up nodes, blocks short) after a pass that did nothing
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
@@ -149,7 +150,15 @@ class ClusterAdmin(LocalAdmin):
         if self._short_since is None:
             self._short_since = now
         if now - self._short_since >= self.config.repair_delay:
-            self._heal_pass("engine", cancel=self._stop)
+            # A pass that copied and dropped nothing (too few nodes up for R copies) is not
+            # run again, nor logged again, until a node comes or goes or the shortfall changes.
+            state = (tuple(self.members.up_mask()), self.pool.blocks.under_replicated())
+            if state == self._fruitless:
+                return
+            figures = self._heal_pass("engine", cancel=self._stop)
+            self._fruitless = (None if figures["copied"] or figures["dropped"] else
+                               (tuple(self.members.up_mask()),
+                                self.pool.blocks.under_replicated()))
 
     def _heal_pass(self, actor: str, progress=None, cancel=None, told: bool = False) -> dict:
         """One heal pass; its start and end are events when it had work (or `told`: an
