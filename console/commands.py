@@ -913,11 +913,13 @@ def node_fail(args) -> int:
               "runs, catches it up and records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(args) -> int:
-    row = api.restore_node(args.cluster, args.name)
     served = api.find_service(args.cluster, actor=local_user())
-    if served is not None:          # its coordinator catches the node up and records the event
-        with served:
+    if served is not None:          # its coordinator restarts the node, catches it up and
+        with served:                # records the event
             served.restore_node(args.name)
+        row = api.node_row(args.cluster, args.name)
+    else:
+        row = api.restore_node(args.cluster, args.name)
     emit(args, {"restored": args.name, "address": row["address"], "pid": row["pid"]},
          f"restored {args.name} (pid {row['pid']}, {row['address']})")
     return 0

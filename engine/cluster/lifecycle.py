@@ -69,14 +69,17 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:
-    """Restarts a local node on its data dir and address, if it is not running; its row. A
-    coordinator that has the cluster open sees it answer its next heartbeat and catches it up."""
+    """Restarts a local node on its data dir and address; its row. A running node is refused
+    (BlockfoldError), with nothing done. A coordinator that has the cluster open sees it
+    answer its next heartbeat and catches it up."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
                              " host")
-    if not processes.is_running(entry):
-        start_local(config, [entry])
+    if processes.is_running(entry):
+        raise BlockfoldError(f"node {name} is running (pid {entry.pid}, {entry.address}):"
+                             " nothing to restore")
+    start_local(config, [entry])
     return node_row(entry)
 
 

@@ -120,3 +120,29 @@ def test_a_cli_elsewhere_goes_through_the_node_to_the_service(admin_node, tmp_pa
     assert {("alice@laptop", "import"), ("alice@laptop", "clone")} <= actors
     with pytest.raises(BlockfoldError, match="not a service address"):
         connect_service("http://nowhere")
+
+
+def test_restoring_a_running_node_is_refused_with_nothing_changed(make_cluster):
+    # `node restore` of a node that runs said "restored" and, through a service, logged an
+    # event claiming its process restarted; it is refused now, and only a real restart counts.
+    cluster = make_cluster(nodes=3, replicas=2)
+    pid = cluster.pid("node2")
+    done = run_cli("-c", cluster.path, "node", "restore", "node2")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith("blockfold: error: node node2 is running (pid ")
+    assert done.stderr_text.strip().endswith("nothing to restore")
+    assert cluster.pid("node2") == pid
+    s = Served(["-c", str(cluster.path)])
+    try:
+        done = run_cli("-c", cluster.path, "node", "restore", "node2")
+        assert done.returncode == 1 and "nothing to restore" in done.stderr_text
+        assert not [e for e in cli_json("-c", cluster.path, "events") if e["kind"] == "node"]
+        run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+        row = cli_json("-c", cluster.path, "node", "restore", "node2")
+        assert row["pid"] == cluster.pid("node2") != pid and row["address"]
+        told = [e["message"] for e in cli_json("-c", cluster.path, "events")
+                if e["kind"] == "node" and e["message"].startswith(("failed", "restored"))]
+        assert told == ["restored node2 (its process restarted)",
+                        "failed node2 (its process killed)"]
+    finally:
+        s.kill()
