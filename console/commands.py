@@ -873,12 +873,13 @@ def node_serve(args) -> int:
 @command("node", "ls",
          json='a list of NodeStatus (every field in engine/results.py)',
          help="the nodes: state, latency, capacity (room for new blocks on the node's "
-              "filesystem or memory), blocks", looks=True,
+              "filesystem or memory), blocks it stores; a dash for what a down node cannot "
+              "tell", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
     rows = [(n.name, n.address, n.state, formats.latency(n.latency_ms),
-             formats.size(n.capacity_bytes), formats.count(n.live_blocks),
+             formats.size(n.capacity_bytes), formats.count(n.blocks),
              formats.count(n.under_replicated)) for n in nodes]
     emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY", "CAPACITY", "BLOCKS",
                              "UNDER-REPLICATED"), rows))

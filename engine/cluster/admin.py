@@ -274,13 +274,14 @@ class ClusterAdmin(LocalAdmin):
     def _nodes(self, raw: dict) -> list[NodeStatus]:
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated. A down
-        node has no latency: its last one says nothing about it now."""
+        node has no latency, capacity or count of blocks stored: its last heartbeat (if this
+        process ever had one) says nothing about it now."""
         live, short = self.pool.blocks.per_node()
+        down = [node.state == NodeState.DOWN for node in self.members.nodes]
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
-                           latency_ms=(None if node.state == NodeState.DOWN
-                                       else node.latency_ms),
-                           capacity_bytes=node.capacity_bytes,
-                           blocks=node.blocks, live_blocks=int(live[i]),
+                           latency_ms=None if down[i] else node.latency_ms,
+                           capacity_bytes=None if down[i] else node.capacity_bytes,
+                           blocks=None if down[i] else node.blocks, live_blocks=int(live[i]),
                            under_replicated=int(short[i]), weight=entry.weight,
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "")

@@ -5,8 +5,10 @@ takes the lease over when the service dies, and says so."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -146,3 +148,40 @@ def test_restoring_a_running_node_is_refused_with_nothing_changed(make_cluster):
                         "failed node2 (its process killed)"]
     finally:
         s.kill()
+
+
+def test_a_down_node_shows_no_stale_or_zero_figures_anywhere(make_cluster, tmp_path):
+    # A CLI that never saw the node said CAPACITY 0 B and BLOCKS 0 (a full disk, an empty node);
+    # a service that had seen it showed its last heartbeat's. Neither is known: a dash in both.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=31)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+
+    def shown():
+        rows = {n["name"]: n for n in cli_json("-c", cluster.path, "node", "ls")}
+        table = run_cli("-c", cluster.path, "node", "ls", check=True).stdout_text
+        cells = {x.split()[0]: re.split(r"\s{2,}", x) for x in table.splitlines()[1:]}
+        line, up = cells["node2"], cells["node1"]
+        return rows, line, up
+
+    s = None
+    try:
+        for _ in range(2):                 # the CLI alone, then through a service that saw it
+            rows, line, up = shown()
+            assert rows["node2"]["state"] == "down"
+            assert (rows["node2"]["capacity_bytes"], rows["node2"]["blocks"],
+                    rows["node2"]["latency_ms"]) == (None, None, None)
+            assert line[2:6] == ["down", "—", "—", "—"]
+            assert up[2] == "up" and up[5] == f"{rows['node1']['blocks']:,}" != "0"
+            if s is None:
+                run_cli("-c", cluster.path, "node", "restore", "node2", check=True)
+                s = Served(["-c", str(cluster.path)])
+                deadline = time.monotonic() + 20      # until the service has seen node2 up
+                while time.monotonic() < deadline and any(
+                        n["blocks"] is None for n in cli_json("-c", cluster.path, "node", "ls")):
+                    time.sleep(0.2)
+                run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+    finally:
+        if s is not None:
+            s.kill()
