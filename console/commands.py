@@ -737,7 +737,8 @@ def scrub(admin, args, bar) -> int:
         return 0
     r = admin.scrub(rate, bar)
     rate = formats.rate_over(r.bytes, r.seconds)
-    text = (f"scrubbed {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in"
+    unit = "copies" if admin.kind == "cluster" else "blocks"    # every copy on every node
+    text = (f"scrubbed {formats.count(r.blocks)} {unit} ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
             + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
             + f" {formats.count(len(r.corrupt))} corrupt"
