@@ -794,19 +794,20 @@ def job_cancel(admin, args, bar) -> int:
 
 @command("cluster", "up",
          json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
-         help="create a local cluster in DIR if new, and start its nodes",
+         help="create a local cluster in DIR if new, and start its nodes (an existing "
+              "cluster keeps its shape: options that differ are refused)",
          opens=False, args=[
              CLUSTER_DIR,
-             arg("--nodes", type=positive, default=3, metavar="N",
+             arg("--nodes", type=positive, metavar="N",
                  help="local nodes to create (default 3)"),
-             arg("--replicas", type=positive, default=2, metavar="R",
+             arg("--replicas", type=positive, metavar="R",
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=positive, metavar="M",
                  help="refuse writes that would have fewer copies (default min(2, R))"),
              arg("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE"),
-             arg("--block-size", type=positive, default=4096, metavar="N",
+             arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
-             arg("--repair-delay", type=float, default=0.0, metavar="S",
+             arg("--repair-delay", type=float, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,

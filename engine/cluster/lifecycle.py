@@ -8,6 +8,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+from .. import formats
 from ..errors import BlockfoldError
 from ..net.client import fetch_host_key
 from ..node import keys, settings
@@ -15,14 +16,22 @@ from . import processes
 from .config import ClusterConfig, NodeEntry, is_cluster
 
 
-def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
-       memory: int | None = None, block_size: int = 4096,
-       repair_delay: float = 0.0) -> list[dict]:
-    """Creates the cluster if new, then starts every local node that is not running."""
+def up(path, nodes: int | None = None, replicas: int | None = None,
+       min_replicas: int | None = None, memory: int | None = None,
+       block_size: int | None = None, repair_delay: float | None = None) -> list[dict]:
+    """Creates the cluster if new (3 nodes, R=2, 4 KiB blocks unless told), then starts every
+    local node that is not running. The shape of a cluster that exists is kept: an option
+    that asks for another one is refused, with nothing started."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
+        _same_shape(config, nodes=nodes, replicas=replicas, min_replicas=min_replicas,
+                    memory=memory, block_size=block_size, repair_delay=repair_delay)
     else:
+        nodes = 3 if nodes is None else nodes
+        replicas = 2 if replicas is None else replicas
+        block_size = 4096 if block_size is None else block_size
+        repair_delay = 0.0 if repair_delay is None else repair_delay
         if nodes < 1:
             raise BlockfoldError(f"bad node count {nodes}: a cluster needs at least one node")
         if not 1 <= replicas <= nodes:
@@ -45,6 +54,23 @@ def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
         config.save()
     start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
     return [node_row(e) for e in config.nodes]
+
+
+def _same_shape(config: ClusterConfig, **asked) -> None:
+    """Raises BlockfoldError naming each option given that differs from the existing cluster."""
+    local = [e for e in config.nodes if e.data]
+    has = {"nodes": len(local), "replicas": config.replicas,
+           "min_replicas": config.min_replicas, "block_size": config.block_size,
+           "repair_delay": config.repair_delay, "memory": local[0].memory if local else None}
+    wrong = [f"--{name.replace('_', '-')} {formats.size(value) if name == 'memory' else value}"
+             for name, value in asked.items()
+             if value is not None and value != has[name]]
+    if wrong:
+        raise BlockfoldError(
+            f"cluster {config.path} exists ({has['nodes']} local nodes, R={config.replicas},"
+            f" min_replicas={config.min_replicas}, {config.block_size}-byte blocks, repair"
+            f" delay {has['repair_delay']:g} s, {'RAM' if has['memory'] else 'disk'} nodes):"
+            f" {' '.join(wrong)} would only apply to a new cluster; nothing started")
 
 
 def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:

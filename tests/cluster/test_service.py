@@ -185,3 +185,21 @@ def test_a_down_node_shows_no_stale_or_zero_figures_anywhere(make_cluster, tmp_p
     finally:
         if s is not None:
             s.kill()
+
+
+def test_cluster_up_on_a_cluster_of_another_shape_is_refused(make_cluster):
+    # `cluster up C --nodes 5 --replicas 3` on a 3-node R=2 cluster said "3 of 3 local nodes
+    # running" and exit 0: the user believed in 5 nodes and 3 copies of every block.
+    cluster = make_cluster(nodes=3, replicas=2)
+    before = (cluster.path / "cluster.json").read_text()
+    run_cli("cluster", "down", cluster.path, check=True)
+    done = run_cli("cluster", "up", cluster.path, "--nodes", "5", "--replicas", "3")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith(f"blockfold: error: cluster {cluster.path} exists (3 local"
+                                       " nodes, R=2,")
+    assert "--nodes 5 --replicas 3 would only apply to a new cluster" in done.stderr_text
+    assert not any(n["running"] for n in cli_json("cluster", "down", cluster.path)["nodes"])
+    assert (cluster.path / "cluster.json").read_text() == before
+    # the same shape, or none given, starts it as before
+    rows = cli_json("cluster", "up", cluster.path, "--nodes", "3", "--replicas", "2")["nodes"]
+    assert [r["running"] for r in rows] == [True] * 3
