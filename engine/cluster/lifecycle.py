@@ -137,6 +137,11 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     if weight <= 0:
         raise BlockfoldError(f"bad weight {weight}: it must be positive")
     key = asyncio.run(fetch_host_key(address))
+    for entry in config.nodes:
+        if entry.host_key and entry.host_key.split()[:2] == key.split()[:2]:
+            raise BlockfoldError(f"the node at {address} is {entry.name} ({entry.address}): same"
+                                 " host key; a node joins a cluster once, or its copies would"
+                                 " count twice")
     config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
     config.save()
     return {"name": name, "address": address, "host_key": key}

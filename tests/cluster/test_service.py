@@ -203,3 +203,16 @@ def test_cluster_up_on_a_cluster_of_another_shape_is_refused(make_cluster):
     # the same shape, or none given, starts it as before
     rows = cli_json("cluster", "up", cluster.path, "--nodes", "3", "--replicas", "2")["nodes"]
     assert [r["running"] for r in rows] == [True] * 3
+
+
+def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(make_cluster):
+    # `cluster add C localhost:PORT` of node1 (127.0.0.1:PORT) joined it as node4: its copies
+    # counted twice, heal dropped "extra" ones, and blocks were left with one real copy.
+    cluster = make_cluster(nodes=3, replicas=2)
+    before = (cluster.path / "cluster.json").read_text()
+    port = cluster.config.node("node1").address.rpartition(":")[2]
+    done = run_cli("cluster", "add", cluster.path, f"localhost:{port}")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith(f"blockfold: error: the node at localhost:{port} is"
+                                       f" node1 (127.0.0.1:{port}): same host key")
+    assert (cluster.path / "cluster.json").read_text() == before
