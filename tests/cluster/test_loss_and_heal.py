@@ -352,7 +352,9 @@ def test_node_restore_works_with_every_node_down(make_cluster, tmp_path):
     cluster.kill("node1")
     cluster.kill("node2")
     # With nothing to reach, opening the cluster fails; restoring needs only its directory.
-    assert "can be reached" in bf("node", "ls").stderr
+    told = bf("node", "ls").stderr
+    assert told.startswith(f"blockfold: error: no node of cluster {cluster.path} can be"
+                           f" reached: start them (`blockfold cluster up {cluster.path}`")
     done = bf("node", "restore", "node1")
     assert done.returncode == 0, done.stderr
     address = cluster.config.node("node1").address
