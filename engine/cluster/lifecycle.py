@@ -84,10 +84,14 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
 
 
 def fail_node(config: ClusterConfig, name: str) -> dict:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row."""
+    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row. A
+    node that does not run is refused (BlockfoldError), with nothing done."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
+    if not processes.is_running(entry):
+        raise BlockfoldError(f"node {name} is not running: nothing to fail (`node restore"
+                             f" {name}` starts it)")
     processes.stop(entry, signal.SIGKILL)
     entry.failed = True
     config.save()

@@ -124,9 +124,10 @@ def test_a_cli_elsewhere_goes_through_the_node_to_the_service(admin_node, tmp_pa
         connect_service("http://nowhere")
 
 
-def test_restoring_a_running_node_is_refused_with_nothing_changed(make_cluster):
+def test_restoring_a_running_node_or_failing_a_stopped_one_is_refused(make_cluster):
     # `node restore` of a node that runs said "restored" and, through a service, logged an
-    # event claiming its process restarted; it is refused now, and only a real restart counts.
+    # event claiming its process restarted (and `node fail` of a dead node, one claiming it was
+    # killed); both are refused now, and only a real restart or kill is an event.
     cluster = make_cluster(nodes=3, replicas=2)
     pid = cluster.pid("node2")
     done = run_cli("-c", cluster.path, "node", "restore", "node2")
@@ -140,6 +141,10 @@ def test_restoring_a_running_node_is_refused_with_nothing_changed(make_cluster):
         assert done.returncode == 1 and "nothing to restore" in done.stderr_text
         assert not [e for e in cli_json("-c", cluster.path, "events") if e["kind"] == "node"]
         run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+        again = run_cli("-c", cluster.path, "node", "fail", "node2", "-y")
+        assert again.returncode == 1
+        assert again.stderr_text == ("blockfold: error: node node2 is not running: nothing to"
+                                     " fail (`node restore node2` starts it)\n")
         row = cli_json("-c", cluster.path, "node", "restore", "node2")
         assert row["pid"] == cluster.pid("node2") != pid and row["address"]
         told = [e["message"] for e in cli_json("-c", cluster.path, "events")
@@ -216,3 +221,4 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
     assert done.stderr_text.startswith(f"blockfold: error: the node at localhost:{port} is"
                                        f" node1 (127.0.0.1:{port}): same host key")
     assert (cluster.path / "cluster.json").read_text() == before
+
