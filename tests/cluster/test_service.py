@@ -222,3 +222,27 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
                                        f" node1 (127.0.0.1:{port}): same host key")
     assert (cluster.path / "cluster.json").read_text() == before
 
+
+@pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
+                                  '{"replicas": 2, "bogus": 1}'])
+def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
+    # `[]` in cluster.json gave "internal error: TypeError: pop expected at most 1 argument".
+    (tmp_path / "cluster.json").write_text(text)
+    for args in (("-c", tmp_path, "node", "ls"), ("cluster", "up", tmp_path)):
+        done = run_cli(*args)
+        assert done.returncode == 1
+        assert done.stderr_text.startswith(f"blockfold: error: {tmp_path / 'cluster.json'} is"
+                                           " not a cluster file: "), done.stderr_text
+        assert len(done.stderr_text.splitlines()) == 1
+
+
+def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):
+    # It said "No such file or directory: …/node.log".
+    cluster = make_cluster(nodes=3, replicas=2)
+    run_cli("-c", cluster.path, "node", "fail", "node3", "-y", check=True)
+    data = cluster.config.node("node3").data
+    os.rename(data, tmp_path / "moved")
+    done = run_cli("-c", cluster.path, "node", "restore", "node3")
+    assert done.returncode == 1
+    assert done.stderr_text == (f"blockfold: error: node node3 cannot start: its data directory"
+                                f" {data} is gone\n")
