@@ -178,7 +178,8 @@ def test_a_down_node_shows_no_stale_or_zero_figures_anywhere(make_cluster, tmp_p
             assert (rows["node2"]["capacity_bytes"], rows["node2"]["blocks"],
                     rows["node2"]["latency_ms"]) == (None, None, None)
             assert line[2:6] == ["down", "—", "—", "—"]
-            assert up[2] == "up" and up[5] == f"{rows['node1']['blocks']:,}" != "0"
+            # (heal may copy onto node1 between the two calls: a count, not the same one)
+            assert up[2] == "up" and re.fullmatch(r"[1-9][\d,]*", up[5])
             if s is None:
                 run_cli("-c", cluster.path, "node", "restore", "node2", check=True)
                 s = Served(["-c", str(cluster.path)])
