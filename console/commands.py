@@ -739,7 +739,8 @@ def scrub(admin, args, bar) -> int:
         return 0
     r = admin.scrub(rate, bar)
     rate = formats.rate_over(r.bytes, r.seconds)
-    text = (f"scrubbed {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in"
+    unit = "copies" if admin.kind == "cluster" else "blocks"    # every copy on every node
+    text = (f"scrubbed {formats.count(r.blocks)} {unit} ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
             + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
             + f" {formats.count(len(r.corrupt))} corrupt"
@@ -795,19 +796,20 @@ def job_cancel(admin, args, bar) -> int:
 
 @command("cluster", "up",
          json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
-         help="create a local cluster in DIR if new, and start its nodes",
+         help="create a local cluster in DIR if new, and start its nodes (an existing "
+              "cluster keeps its shape: options that differ are refused)",
          opens=False, args=[
              CLUSTER_DIR,
-             arg("--nodes", type=positive, default=3, metavar="N",
+             arg("--nodes", type=positive, metavar="N",
                  help="local nodes to create (default 3)"),
-             arg("--replicas", type=positive, default=2, metavar="R",
+             arg("--replicas", type=positive, metavar="R",
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=positive, metavar="M",
                  help="refuse writes that would have fewer copies (default min(2, R))"),
              arg("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE"),
-             arg("--block-size", type=positive, default=4096, metavar="N",
+             arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
-             arg("--repair-delay", type=float, default=0.0, metavar="S",
+             arg("--repair-delay", type=float, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
@@ -875,12 +877,13 @@ def node_serve(args) -> int:
 @command("node", "ls",
          json='a list of NodeStatus (every field in engine/results.py)',
          help="the nodes: state, latency, capacity (room for new blocks on the node's "
-              "filesystem or memory), blocks", looks=True,
+              "filesystem or memory), blocks it stores; a dash for what a down node cannot "
+              "tell", looks=True,
          cluster=True)
 def node_ls(admin, args, bar) -> int:
     nodes = admin.nodes()
     rows = [(n.name, n.address, n.state, formats.latency(n.latency_ms),
-             formats.size(n.capacity_bytes), formats.count(n.live_blocks),
+             formats.size(n.capacity_bytes), formats.count(n.blocks),
              formats.count(n.under_replicated)) for n in nodes]
     emit(args, nodes, table(("NAME", "ADDRESS", "STATE", "LATENCY", "CAPACITY", "BLOCKS",
                              "UNDER-REPLICATED"), rows))
@@ -915,11 +918,13 @@ def node_fail(args) -> int:
               "runs, catches it up and records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name")])
 def node_restore(args) -> int:
-    row = api.restore_node(args.cluster, args.name)
     served = api.find_service(args.cluster, actor=local_user())
-    if served is not None:          # its coordinator catches the node up and records the event
-        with served:
+    if served is not None:          # its coordinator restarts the node, catches it up and
+        with served:                # records the event
             served.restore_node(args.name)
+        row = api.node_row(args.cluster, args.name)
+    else:
+        row = api.restore_node(args.cluster, args.name)
     emit(args, {"restored": args.name, "address": row["address"], "pid": row["pid"]},
          f"restored {args.name} (pid {row['pid']}, {row['address']})")
     return 0

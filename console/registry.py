@@ -56,9 +56,9 @@ COMMANDS: list[Command] = [
     Command("F", "rebuild(True)", "Full rebuild", "rebuild by re-reading and re-hashing every "
             "block", "rebuild"),
     Command("escape", "cancel", "Cancel", "cancel the running rebuild", "rebuild"),
-    Command("x", "fail_node", "Fail node", "simulate the loss of the selected node, after "
+    Command("x", "fail_node", "Fail node", "kill the selected node's process, after "
             "confirmation", "nodes", writes=True),
-    Command("u", "restore_node", "Restore node", "bring the selected node back, after "
+    Command("u", "restore_node", "Restore node", "restart the selected node's process, after "
             "confirmation", "nodes", writes=True),
 ]
 

@@ -139,10 +139,19 @@ def fail_node(path, name: str) -> dict:
 def restore_node(path, name: str) -> dict:
     """Restarts the local node `name` of the cluster in `path` unless it runs; needs the cluster
     directory only, so it works with every node down. Its row, as fail_node. Raises
-    BlockfoldError (no such node, a node running elsewhere, a node that does not start)."""
+    BlockfoldError (no such node, a node that runs already, a node running elsewhere, a node
+    that does not start)."""
     from .cluster import lifecycle
     from .cluster.config import ClusterConfig
     return lifecycle.restore_node(ClusterConfig.load(path), name)
+
+
+def node_row(path, name: str) -> dict:
+    """The node `name` of the cluster in `path` as cluster.json and its process say now: its
+    row, as fail_node."""
+    from .cluster import lifecycle
+    from .cluster.config import ClusterConfig
+    return lifecycle.node_row(ClusterConfig.load(path).node(name))
 
 
 def serve_node(data: str, host: str, port: int, memory: int | None = None,

@@ -848,7 +848,8 @@ class Pool:
         # np.unique: a cluster finds a lost block once on each node that holds it.
         corrupt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
         self._save_scrub(cursor, event=(
-            f"scrub {'finished' if finished else 'stopped'}: {formats.count(checked)} blocks"
+            f"scrub {'finished' if finished else 'stopped'}: {formats.count(checked)}"
+            f" {getattr(self.blocks, 'scrub_unit', 'blocks')}"
             f" ({formats.size(checked * self.block_size)}) verified in {formats.duration(seconds)},"
             f" {formats.count(len(corrupt))} corrupt"))
         meter.finish()

@@ -94,10 +94,10 @@ class NodeStatus:
     capacity_bytes: int | None
     """Room for new blocks on it, bytes (its last heartbeat): the free space of the filesystem
     it keeps its blocks on (shared with any node on the same one), a RAM node's unused memory;
-    an embedded pool's PoolStats.capacity_bytes."""
+    an embedded pool's PoolStats.capacity_bytes. None for a node that is down (not known)."""
     blocks: int | None
     """Blocks it stores by its own count: a node's last heartbeat, an embedded pool's live slots
-    (None while rebuilt)."""
+    (None while rebuilt, and for a node that is down: not known)."""
     live_blocks: int | None
     """Live blocks the coordinator knows it holds a copy of (None while rebuilt)."""
     under_replicated: int

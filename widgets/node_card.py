@@ -48,10 +48,9 @@ class NodeCard(Static):
         lines = [("why", node.error)] if node.error else []
         lines += [("address", node.address),
                  ("latency", formats.latency(node.latency_ms)),
-                 ("capacity", f"{formats.size(node.capacity_bytes)} free"),
-                 ("blocks", f"{formats.count(node.blocks)} stored"
-                            + (f", {formats.count(node.live_blocks)} live"
-                               if node.live_blocks != node.blocks else ""))]
+                 ("capacity", formats.UNKNOWN if node.capacity_bytes is None
+                  else f"{formats.size(node.capacity_bytes)} free"),
+                 ("blocks", _blocks(node))]
         if node.weight is not None:
             lines.append(("weight", f"{node.weight:g}"))
         if self.when is not None and node.last_seen is not None:
@@ -66,3 +65,13 @@ class NodeCard(Static):
             text.append(f"\n{'healing':<17}", style="dim")
             text.append(f"{formats.count(heal[0])} of {formats.count(heal[1])}", style="blue")
         self.update(text)
+
+
+def _blocks(node: NodeStatus) -> str:
+    """What it stores by its own count and, where that differs, the live copies the coordinator
+    credits it with (all that is known of a down node)."""
+    live = (f"{formats.count(node.live_blocks)} live"
+            if node.live_blocks is not None and node.live_blocks != node.blocks else "")
+    if node.blocks is None:
+        return live or formats.UNKNOWN
+    return f"{formats.count(node.blocks)} stored" + (f", {live}" if live else "")

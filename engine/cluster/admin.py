@@ -42,6 +42,7 @@ class ClusterAdmin(LocalAdmin):
         self.readonly = pool.readonly
         self._stop = threading.Event()
         self._short_since: float | None = None
+        self._fruitless = None          # (up nodes, blocks short) after a pass that did nothing
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
@@ -149,7 +150,15 @@ class ClusterAdmin(LocalAdmin):
         if self._short_since is None:
             self._short_since = now
         if now - self._short_since >= self.config.repair_delay:
-            self._heal_pass("engine", cancel=self._stop)
+            # A pass that copied and dropped nothing (too few nodes up for R copies) is not
+            # run again, nor logged again, until a node comes or goes or the shortfall changes.
+            state = (tuple(self.members.up_mask()), self.pool.blocks.under_replicated())
+            if state == self._fruitless:
+                return
+            figures = self._heal_pass("engine", cancel=self._stop)
+            self._fruitless = (None if figures["copied"] or figures["dropped"] else
+                               (tuple(self.members.up_mask()),
+                                self.pool.blocks.under_replicated()))
 
     def _heal_pass(self, actor: str, progress=None, cancel=None, told: bool = False) -> dict:
         """One heal pass; its start and end are events when it had work (or `told`: an
@@ -265,13 +274,14 @@ class ClusterAdmin(LocalAdmin):
     def _nodes(self, raw: dict) -> list[NodeStatus]:
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated. A down
-        node has no latency: its last one says nothing about it now."""
+        node has no latency, capacity or count of blocks stored: its last heartbeat (if this
+        process ever had one) says nothing about it now."""
         live, short = self.pool.blocks.per_node()
+        down = [node.state == NodeState.DOWN for node in self.members.nodes]
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
-                           latency_ms=(None if node.state == NodeState.DOWN
-                                       else node.latency_ms),
-                           capacity_bytes=node.capacity_bytes,
-                           blocks=node.blocks, live_blocks=int(live[i]),
+                           latency_ms=None if down[i] else node.latency_ms,
+                           capacity_bytes=None if down[i] else node.capacity_bytes,
+                           blocks=None if down[i] else node.blocks, live_blocks=int(live[i]),
                            under_replicated=int(short[i]), weight=entry.weight,
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "")

@@ -36,6 +36,7 @@ SCRUB_NODE_SHIFT = 48       # a scrub's cursor: the node's index above, its slot
 
 class ClusterBlocks:
     rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
+    scrub_unit = "copies"       # a scrub reads every copy on every node, not each block once
 
     def __init__(self, members, config, fingerprints: Fingerprinter, collisions: int = 0):
         self.members = members

@@ -73,7 +73,9 @@ class ReplicatedCatalog(Catalog):
         replies = members.call_many({i: (rpc.CATALOG_VERSION, {}, b"") for i in up}, 10.0)
         versions = {i: r[0] for i, r in replies.items() if not isinstance(r, Exception)}
         if not versions:
-            raise BlockfoldError(f"no node of cluster {path} can be reached")
+            raise BlockfoldError(f"no node of cluster {path} can be reached: start them"
+                                 f" (`blockfold cluster up {path}` starts its local nodes,"
+                                 " `node restore NAME` one of them)")
         epoch = 0
         if writable:
             need = max(min_replicas, lineage.majority(total))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import formats
 from ..progress import Meter
 from .copies import Copies
 from .rowmap import RowMap
@@ -65,5 +66,5 @@ def check(members, rows: RowMap, copies: Copies, replicas: int, references: np.n
         report("missing", f"block {block_id:016x} has no reachable copy", pbn=block_id)
     short = np.count_nonzero((reachable > 0) & (reachable < replicas))
     if short:
-        report("replication", f"{short} blocks have fewer than {replicas} reachable copies:"
-               " run heal")
+        report("replication", f"{formats.count(short)} blocks have fewer than {replicas}"
+               " reachable copies: run heal")

@@ -66,8 +66,17 @@ class ClusterConfig:
             raise BlockfoldError(f"{path} is not a Blockfold cluster (no {CONFIG_FILE})") from None
         except ValueError as e:
             raise BlockfoldError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
-        nodes = [NodeEntry(**n) for n in data.pop("nodes", [])]
-        return cls(path=path, nodes=nodes, **data)
+        if not isinstance(data, dict):
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: not a JSON object")
+        try:
+            nodes = [NodeEntry(**n) for n in data.pop("nodes", [])]
+            config = cls(path=path, nodes=nodes, **data)
+        except (AttributeError, TypeError) as e:    # a list, a number, an unknown field…
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: {e}") from None
+        if not all(isinstance(n.name, str) and isinstance(n.address, str) for n in nodes):
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: a node without"
+                                 " a name or address")
+        return config
 
     @classmethod
     def create(cls, path, replicas: int, min_replicas: int, block_size: int,

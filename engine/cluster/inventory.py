@@ -63,12 +63,14 @@ class Inventory:
                 corrupt.append(bad)
                 sound = ~np.isin(node_ids, bad)
                 node_ids, node_words = node_ids[sound], node_words[sound]
-            pos = np.minimum(np.searchsorted(ids, node_ids), max(len(ids) - 1, 0))
-            hit = ids[pos] == node_ids if len(ids) else np.zeros(len(node_ids), bool)
-            first = hit & (words[pos] == 0)
-            words[pos[first]] = node_words[first]
-            match = hit & (words[pos] == node_words)
-            held[pos[match], node] = True
+            match = np.zeros(len(node_ids), bool)
+            if len(ids):        # else nothing is referenced: every copy is unwanted
+                pos = np.minimum(np.searchsorted(ids, node_ids), len(ids) - 1)
+                hit = ids[pos] == node_ids
+                first = hit & (words[pos] == 0)
+                words[pos[first]] = node_words[first]
+                match = hit & (words[pos] == node_words)
+                held[pos[match], node] = True
             unwanted = node_ids[~match]
             if full:
                 unwanted = np.concatenate([unwanted, corrupt[-1]])

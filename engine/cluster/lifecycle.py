@@ -8,6 +8,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+from .. import formats
 from ..errors import BlockfoldError
 from ..net.client import fetch_host_key
 from ..node import keys, settings
@@ -15,14 +16,22 @@ from . import processes
 from .config import ClusterConfig, NodeEntry, is_cluster
 
 
-def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
-       memory: int | None = None, block_size: int = 4096,
-       repair_delay: float = 0.0) -> list[dict]:
-    """Creates the cluster if new, then starts every local node that is not running."""
+def up(path, nodes: int | None = None, replicas: int | None = None,
+       min_replicas: int | None = None, memory: int | None = None,
+       block_size: int | None = None, repair_delay: float | None = None) -> list[dict]:
+    """Creates the cluster if new (3 nodes, R=2, 4 KiB blocks unless told), then starts every
+    local node that is not running. The shape of a cluster that exists is kept: an option
+    that asks for another one is refused, with nothing started."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
+        _same_shape(config, nodes=nodes, replicas=replicas, min_replicas=min_replicas,
+                    memory=memory, block_size=block_size, repair_delay=repair_delay)
     else:
+        nodes = 3 if nodes is None else nodes
+        replicas = 2 if replicas is None else replicas
+        block_size = 4096 if block_size is None else block_size
+        repair_delay = 0.0 if repair_delay is None else repair_delay
         if nodes < 1:
             raise BlockfoldError(f"bad node count {nodes}: a cluster needs at least one node")
         if not 1 <= replicas <= nodes:
@@ -47,6 +56,23 @@ def up(path, nodes: int = 3, replicas: int = 2, min_replicas: int | None = None,
     return [node_row(e) for e in config.nodes]
 
 
+def _same_shape(config: ClusterConfig, **asked) -> None:
+    """Raises BlockfoldError naming each option given that differs from the existing cluster."""
+    local = [e for e in config.nodes if e.data]
+    has = {"nodes": len(local), "replicas": config.replicas,
+           "min_replicas": config.min_replicas, "block_size": config.block_size,
+           "repair_delay": config.repair_delay, "memory": local[0].memory if local else None}
+    wrong = [f"--{name.replace('_', '-')} {formats.size(value) if name == 'memory' else value}"
+             for name, value in asked.items()
+             if value is not None and value != has[name]]
+    if wrong:
+        raise BlockfoldError(
+            f"cluster {config.path} exists ({has['nodes']} local nodes, R={config.replicas},"
+            f" min_replicas={config.min_replicas}, {config.block_size}-byte blocks, repair"
+            f" delay {has['repair_delay']:g} s, {'RAM' if has['memory'] else 'disk'} nodes):"
+            f" {' '.join(wrong)} would only apply to a new cluster; nothing started")
+
+
 def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
     if not entries:
         return
@@ -58,10 +84,14 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
 
 
 def fail_node(config: ClusterConfig, name: str) -> dict:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row."""
+    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row. A
+    node that does not run is refused (BlockfoldError), with nothing done."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
+    if not processes.is_running(entry):
+        raise BlockfoldError(f"node {name} is not running: nothing to fail (`node restore"
+                             f" {name}` starts it)")
     processes.stop(entry, signal.SIGKILL)
     entry.failed = True
     config.save()
@@ -69,14 +99,17 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:
-    """Restarts a local node on its data dir and address, if it is not running; its row. A
-    coordinator that has the cluster open sees it answer its next heartbeat and catches it up."""
+    """Restarts a local node on its data dir and address; its row. A running node is refused
+    (BlockfoldError), with nothing done. A coordinator that has the cluster open sees it
+    answer its next heartbeat and catches it up."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): start it on its"
                              " host")
-    if not processes.is_running(entry):
-        start_local(config, [entry])
+    if processes.is_running(entry):
+        raise BlockfoldError(f"node {name} is running (pid {entry.pid}, {entry.address}):"
+                             " nothing to restore")
+    start_local(config, [entry])
     return node_row(entry)
 
 
@@ -108,6 +141,11 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     if weight <= 0:
         raise BlockfoldError(f"bad weight {weight}: it must be positive")
     key = asyncio.run(fetch_host_key(address))
+    for entry in config.nodes:
+        if entry.host_key and entry.host_key.split()[:2] == key.split()[:2]:
+            raise BlockfoldError(f"the node at {address} is {entry.name} ({entry.address}): same"
+                                 " host key; a node joins a cluster once, or its copies would"
+                                 " count twice")
     config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
     config.save()
     return {"name": name, "address": address, "host_key": key}

@@ -32,6 +32,10 @@ def start(entries: list[NodeEntry]) -> list[tuple[int, str]]:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    for entry in entries:       # before any starts: nothing to stop again
+        if not Path(entry.data).is_dir():
+            raise BlockfoldError(f"node {entry.name} cannot start: its data directory"
+                                 f" {entry.data} is gone")
     procs = []
     for entry in entries:
         cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,

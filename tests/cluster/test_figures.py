@@ -83,3 +83,22 @@ def test_a_node_lost_behind_the_writers_back_is_an_event(make_cluster):
             time.sleep(0.2)
         assert [(e.actor, e.message.split(":")[0]) for e in news] == [("engine",
                                                                         "node2 is down")]
+
+
+def test_a_heal_that_cannot_make_r_copies_is_logged_once_not_every_round(make_cluster, tmp_path):
+    # R=3 on 3 nodes with one down: no pass can make the third copies, so the healer's passes
+    # change nothing; it says so once, not two events every 0.2 s, until a node comes back.
+    cluster = make_cluster(nodes=3, replicas=3)
+    image(tmp_path / "a.raw", 1, seed=6)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node3")
+        time.sleep(3)
+        heals = [e.message.split(":")[0] for e in admin.events(200)
+                 if e.kind == "heal" and e.actor == "engine"]
+        assert heals == ["heal ended", "heal started"]
+        admin.restore_node("node3")
+        deadline = time.monotonic() + 20
+        while admin.stats().under_replicated_blocks and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert admin.stats().under_replicated_blocks == 0

@@ -179,3 +179,24 @@ def test_an_acknowledged_write_survives_its_nodes_killed_and_restored(make_clust
         proc = run_cli("-c", cluster.path, "vm", "export", "a", tmp_path / "a.raw", check=True)
         assert proc.returncode == 0
         assert (tmp_path / "a.raw").read_bytes()[8192:12288] == m1
+
+
+def test_a_cluster_scrub_and_fsck_say_what_they_count(make_cluster, tmp_path):
+    # A scrub reads every copy on every node: it said "scrubbed 2,713 blocks" of a pool of
+    # 2,048 blocks. And fsck's count of short blocks had no thousands separator.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 12, seed=41)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    copies = sum(len(held(d)) for d in node_dirs(cluster))
+    said = run_cli("-c", cluster.path, "scrub", "--wait", check=True).stdout_text
+    assert said.startswith(f"scrubbed {copies:,} copies (")
+    [event] = [e["message"] for e in cli_json("-c", cluster.path, "events")
+               if e["kind"] == "scrub"]
+    assert event.startswith(f"scrub finished: {copies:,} copies (")
+    run_cli("-c", cluster.path, "node", "fail", "node1", "-y", check=True)
+    short = len(held(node_dirs(cluster)[0]))
+    assert short > 999
+    proc = run_cli("-c", cluster.path, "fsck")
+    assert proc.returncode == 1
+    assert (f"replication: {short:,} blocks have fewer than 2 reachable copies: run heal"
+            in proc.stdout_text + proc.stderr_text)

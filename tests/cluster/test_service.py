@@ -5,8 +5,10 @@ takes the lease over when the service dies, and says so."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,3 +122,128 @@ def test_a_cli_elsewhere_goes_through_the_node_to_the_service(admin_node, tmp_pa
     assert {("alice@laptop", "import"), ("alice@laptop", "clone")} <= actors
     with pytest.raises(BlockfoldError, match="not a service address"):
         connect_service("http://nowhere")
+
+
+def test_restoring_a_running_node_or_failing_a_stopped_one_is_refused(make_cluster):
+    # `node restore` of a node that runs said "restored" and, through a service, logged an
+    # event claiming its process restarted (and `node fail` of a dead node, one claiming it was
+    # killed); both are refused now, and only a real restart or kill is an event.
+    cluster = make_cluster(nodes=3, replicas=2)
+    pid = cluster.pid("node2")
+    done = run_cli("-c", cluster.path, "node", "restore", "node2")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith("blockfold: error: node node2 is running (pid ")
+    assert done.stderr_text.strip().endswith("nothing to restore")
+    assert cluster.pid("node2") == pid
+    s = Served(["-c", str(cluster.path)])
+    try:
+        done = run_cli("-c", cluster.path, "node", "restore", "node2")
+        assert done.returncode == 1 and "nothing to restore" in done.stderr_text
+        assert not [e for e in cli_json("-c", cluster.path, "events") if e["kind"] == "node"]
+        run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+        again = run_cli("-c", cluster.path, "node", "fail", "node2", "-y")
+        assert again.returncode == 1
+        assert again.stderr_text == ("blockfold: error: node node2 is not running: nothing to"
+                                     " fail (`node restore node2` starts it)\n")
+        row = cli_json("-c", cluster.path, "node", "restore", "node2")
+        assert row["pid"] == cluster.pid("node2") != pid and row["address"]
+        told = [e["message"] for e in cli_json("-c", cluster.path, "events")
+                if e["kind"] == "node" and e["message"].startswith(("failed", "restored"))]
+        assert told == ["restored node2 (its process restarted)",
+                        "failed node2 (its process killed)"]
+    finally:
+        s.kill()
+
+
+def test_a_down_node_shows_no_stale_or_zero_figures_anywhere(make_cluster, tmp_path):
+    # A CLI that never saw the node said CAPACITY 0 B and BLOCKS 0 (a full disk, an empty node);
+    # a service that had seen it showed its last heartbeat's. Neither is known: a dash in both.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=31)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+
+    def shown():
+        rows = {n["name"]: n for n in cli_json("-c", cluster.path, "node", "ls")}
+        table = run_cli("-c", cluster.path, "node", "ls", check=True).stdout_text
+        cells = {x.split()[0]: re.split(r"\s{2,}", x) for x in table.splitlines()[1:]}
+        line, up = cells["node2"], cells["node1"]
+        return rows, line, up
+
+    s = None
+    try:
+        for _ in range(2):                 # the CLI alone, then through a service that saw it
+            rows, line, up = shown()
+            assert rows["node2"]["state"] == "down"
+            assert (rows["node2"]["capacity_bytes"], rows["node2"]["blocks"],
+                    rows["node2"]["latency_ms"]) == (None, None, None)
+            assert line[2:6] == ["down", "—", "—", "—"]
+            # (heal may copy onto node1 between the two calls: a count, not the same one)
+            assert up[2] == "up" and re.fullmatch(r"[1-9][\d,]*", up[5])
+            if s is None:
+                run_cli("-c", cluster.path, "node", "restore", "node2", check=True)
+                s = Served(["-c", str(cluster.path)])
+                deadline = time.monotonic() + 20      # until the service has seen node2 up
+                while time.monotonic() < deadline and any(
+                        n["blocks"] is None for n in cli_json("-c", cluster.path, "node", "ls")):
+                    time.sleep(0.2)
+                run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+    finally:
+        if s is not None:
+            s.kill()
+
+
+def test_cluster_up_on_a_cluster_of_another_shape_is_refused(make_cluster):
+    # `cluster up C --nodes 5 --replicas 3` on a 3-node R=2 cluster said "3 of 3 local nodes
+    # running" and exit 0: the user believed in 5 nodes and 3 copies of every block.
+    cluster = make_cluster(nodes=3, replicas=2)
+    before = (cluster.path / "cluster.json").read_text()
+    run_cli("cluster", "down", cluster.path, check=True)
+    done = run_cli("cluster", "up", cluster.path, "--nodes", "5", "--replicas", "3")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith(f"blockfold: error: cluster {cluster.path} exists (3 local"
+                                       " nodes, R=2,")
+    assert "--nodes 5 --replicas 3 would only apply to a new cluster" in done.stderr_text
+    assert not any(n["running"] for n in cli_json("cluster", "down", cluster.path)["nodes"])
+    assert (cluster.path / "cluster.json").read_text() == before
+    # the same shape, or none given, starts it as before
+    rows = cli_json("cluster", "up", cluster.path, "--nodes", "3", "--replicas", "2")["nodes"]
+    assert [r["running"] for r in rows] == [True] * 3
+
+
+def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(make_cluster):
+    # `cluster add C localhost:PORT` of node1 (127.0.0.1:PORT) joined it as node4: its copies
+    # counted twice, heal dropped "extra" ones, and blocks were left with one real copy.
+    cluster = make_cluster(nodes=3, replicas=2)
+    before = (cluster.path / "cluster.json").read_text()
+    port = cluster.config.node("node1").address.rpartition(":")[2]
+    done = run_cli("cluster", "add", cluster.path, f"localhost:{port}")
+    assert done.returncode == 1, done.stdout_text
+    assert done.stderr_text.startswith(f"blockfold: error: the node at localhost:{port} is"
+                                       f" node1 (127.0.0.1:{port}): same host key")
+    assert (cluster.path / "cluster.json").read_text() == before
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
+                                  '{"replicas": 2, "bogus": 1}'])
+def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
+    # `[]` in cluster.json gave "internal error: TypeError: pop expected at most 1 argument".
+    (tmp_path / "cluster.json").write_text(text)
+    for args in (("-c", tmp_path, "node", "ls"), ("cluster", "up", tmp_path)):
+        done = run_cli(*args)
+        assert done.returncode == 1
+        assert done.stderr_text.startswith(f"blockfold: error: {tmp_path / 'cluster.json'} is"
+                                           " not a cluster file: "), done.stderr_text
+        assert len(done.stderr_text.splitlines()) == 1
+
+
+def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):
+    # It said "No such file or directory: …/node.log".
+    cluster = make_cluster(nodes=3, replicas=2)
+    run_cli("-c", cluster.path, "node", "fail", "node3", "-y", check=True)
+    data = cluster.config.node("node3").data
+    os.rename(data, tmp_path / "moved")
+    done = run_cli("-c", cluster.path, "node", "restore", "node3")
+    assert done.returncode == 1
+    assert done.stderr_text == (f"blockfold: error: node node3 cannot start: its data directory"
+                                f" {data} is gone\n")

@@ -246,3 +246,17 @@ async def test_no_engine_call_runs_on_the_ui_thread(pool_dir):
         assert admin.ui_thread_calls == ["vm_names"]   # only this test's own call above
     finally:
         admin.close()
+
+
+async def test_help_shows_every_key_whole_at_80x24(make_app):
+    # At 80 columns the help of the Nodes screen cut "… after confirmati": every row must fit.
+    from console.screens.help import HelpScreen
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for key in "123456":
+            await press(pilot, key, "question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            table = app.screen.query_one(DataTable)
+            assert table.virtual_size.width <= table.size.width, key
+            await press(pilot, "escape")
