@@ -392,11 +392,9 @@ class Pool:
             token, pages, frees = self.core.snapshot(exclude)
         except _native.NativeError as e:
             raise AbortedError(str(e)) from None
-        if not pages and not frees and edit is None and rows is None:
-            self.core.end(token)
-            self._committed = number
-            return
         corrupt = self.blocks.corrupt
+        idle = (not pages and not frees and edit is None and rows is None
+                and np.array_equal(corrupt, self._corrupt_saved))
 
         def write() -> None:
             try:
@@ -415,8 +413,11 @@ class Pool:
                 raise
 
         try:
+            # Even with nothing to write: a cluster's copies lost since the last commit (a node
+            # back empty) are told by its sync, and a flush must learn of them.
             self.core.sync()
-            self._durably(write)
+            if not idle:
+                self._durably(write)
         except BaseException as e:
             self.core.abort(token)
             if isinstance(e, LostWritesError):

@@ -152,14 +152,17 @@ class ClusterBlocks:
         gone = self._copies.sync()
         if not gone:
             return
-        restarted = np.zeros(len(self.members.nodes), bool)
-        restarted[list(gone)] = True
         names = self.members.names()
         with self._rows.lock:
+            # A restarted node is no longer credited with what it lost: when its other holders
+            # come back empty too (or are gone), no copy is left and that is told.
             for node, ids in gone.items():
                 rows = self._rows.rows_of(ids)
-                others = self._rows.holders_at(rows) & ~restarted[None, :]
-                lost = (self._rows.refcounts_at(rows) > 0) & ~others.any(axis=1)
+                self._rows.unhold(rows[rows != 0], np.arange(len(names)) == node)
+            for node, ids in gone.items():
+                rows = self._rows.rows_of(ids)
+                lost = ((self._rows.refcounts_at(rows) > 0)
+                        & ~self._rows.holders_at(rows).any(axis=1))
                 if lost.any():
                     self._lost.append(f"node {names[node]} restarted and lost"
                                       f" {int(lost.sum())} blocks written since the last flush")
