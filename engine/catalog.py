@@ -25,13 +25,16 @@ def unreadable(path: Path, e: Exception) -> PoolFormatError:
     """The one line for a catalog that cannot be opened: damaged (not a database, a malformed
     image, rows that make no pool: a value of the wrong type, a layer that is not there), or
     another reason sqlite gives."""
+    # Garbage quoted back from a damaged row must not break the one line.
+    said = "".join(c if c.isprintable() else "?" for c in str(e))
     if isinstance(e, sqlite3.DatabaseError):
-        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        # No sqlite error code: Python's own reading failed (text that is not UTF-8): damage.
+        code = getattr(e, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF
         if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            return PoolFormatError(f"cannot use {path}: {e}")
-        what = str(e)
+            return PoolFormatError(f"cannot use {path}: {said}")
+        what = said
     else:
-        what = f"its rows make no pool: {e}"
+        what = f"its rows make no pool: {said}"
     return PoolFormatError(f"{path} is damaged ({what}): restore it from a backup (`sqlite3 "
                            f"{path} .recover` saves what can still be read); nothing was "
                            "changed")

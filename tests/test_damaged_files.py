@@ -50,6 +50,10 @@ CASES = {
     "catalog cut in half": ("catalog.db", lambda p: os.truncate(p, p.stat().st_size // 2),
                             ["catalog.db", "damaged"]),
     "catalog garbage inside": ("catalog.db", overwrite(0.5, 4096), ["catalog.db", "damaged"]),
+    # Python cannot decode it, and quoted it back with a newline inside: two lines, "cannot use".
+    "catalog text not UTF-8": ("catalog.db", sql("UPDATE vms SET name = CAST(x'ff0a01' AS TEXT)"
+                                                 " WHERE rowid = (SELECT min(rowid) FROM vms)"),
+                               ["catalog.db", "damaged"]),
     "catalog page of 2 bytes": ("catalog.db", sql("UPDATE bmap SET entries = x'0102'"),
                                 ["catalog.db", "damaged", "block-table page"]),
     "catalog top layer gone": ("catalog.db", sql("UPDATE vms SET top = 999"),
