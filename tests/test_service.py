@@ -124,6 +124,10 @@ def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, t
     assert job["kind"] == "scrub" and job["state"] == "running"
     running = cli_json("-p", pool_dir, "job", "ls")
     assert [j["state"] for j in running if j["id"] == job["id"]] == ["running"]
+    # A second scrub would double the reads the first one's rate holds back: refused, naming it.
+    proc = run_cli("-p", pool_dir, "scrub", "--rate", "100K")
+    assert proc.returncode == 1 and f"job {job['id']}" in proc.stderr_text
+    assert [j["kind"] for j in cli_json("-p", pool_dir, "job", "ls")].count("scrub") == 1
     assert cli_json("-p", pool_dir, "job", "cancel", str(job["id"]))["id"] == job["id"]
     deadline = time.monotonic() + 20
     while cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "running":

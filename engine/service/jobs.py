@@ -28,6 +28,10 @@ Work = Callable[[ProgressCallback, threading.Event], T]
 """work(progress, cancel): the call a job runs."""
 
 
+# One at a time, as `zpool scrub`: a second would double the I/O the first one's rate limits.
+ALONE = {"scrub"}
+
+
 @dataclass
 class _Running:
     id: int
@@ -85,7 +89,14 @@ class Jobs:
                 self._threads.discard(threading.current_thread())
 
     def _begin(self, kind: str, cancel: threading.Event) -> _Running:
+        """Raises RefusedError if `kind` runs alone and one such job runs already."""
         with self._lock:
+            if kind in ALONE:
+                for other in self._running.values():
+                    if other.kind == kind:
+                        raise RefusedError(
+                            f"a {kind} runs already (job {other.id}, started by {other.actor}):"
+                            f" `blockfold job cancel {other.id}` stops it")
             job = _Running(next(self._ids), kind, current_actor(self.default_actor), time.time(),
                            cancel)
             self._running[job.id] = job
