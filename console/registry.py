@@ -20,6 +20,7 @@ class Command:
     scope: str = "app"  # "app", or the mode name of a screen
     writes: bool = False
     footer: bool = True
+    bar: str = ""       # the key bar's shorter word, where the title would not fit 80 columns
 
 
 SCREENS = [  # (mode, key, title)
@@ -52,9 +53,9 @@ COMMANDS: list[Command] = [
     Command("slash", "filter", "Filter", "filter blocks: vm NAME, refs>=2, refs 2-5, fp PREFIX",
             "blocks"),
     Command("f", "rebuild(False)", "Fast rebuild", "rebuild the RAM metadata from stored "
-            "fingerprints", "rebuild"),
+            "fingerprints", "rebuild", bar="Fast"),
     Command("F", "rebuild(True)", "Full rebuild", "rebuild by re-reading and re-hashing every "
-            "block", "rebuild"),
+            "block", "rebuild", bar="Full"),
     Command("escape", "cancel", "Cancel", "cancel the running rebuild", "rebuild"),
     Command("x", "fail_node", "Fail node", "kill the selected node's process, after "
             "confirmation", "nodes", writes=True),
@@ -78,7 +79,8 @@ def app_bindings() -> list[Binding]:
     table. The app's check_action enables only the screen in front's."""
     # The screens' commands first: the key bar shows them before the app's.
     ordered = sorted(COMMANDS, key=lambda c: c.scope == "app")
-    return [*(Binding(c.key, c.action if c.scope == "app" else f"pane({c.action!r})", c.title,
+    return [*(Binding(c.key, c.action if c.scope == "app" else f"pane({c.action!r})",
+                      c.bar or c.title,
                       show=c.footer) for c in ordered),
             *(Binding(key, f"navigate({key!r})", key, show=False) for key in NAVIGATION)]
 

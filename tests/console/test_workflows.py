@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 from textual.command import CommandList
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from console.app import BlockfoldApp
 from console.clock import FixedClock
@@ -95,6 +96,17 @@ async def test_failing_a_node_of_an_embedded_pool_shows_the_error_and_keeps_runn
         assert len(vm_rows(app)) == 4
         await press(pilot, "d", "y")        # the console still does work after the error
         assert "desk-1" not in admin.vm_names()
+
+
+async def test_every_screens_key_bar_fits_80_columns(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for key in "123456":
+            await press(pilot, key)
+            bar = app.screen.query_one("#keys", Static)
+            shown = re.sub(r"\[[^\]]*\]", "", str(bar.content))    # the keys, markup aside
+            assert len(shown) <= bar.content_region.width, (key, shown)
 
 
 async def test_read_only_hides_and_refuses_writes(make_app, admin):
