@@ -438,13 +438,18 @@ def vm_snapshots(admin, args, bar) -> int:
     return 0
 
 
+def _need_snapshot(admin, name: str, snap: str) -> None:
+    """A clear error for an unknown snapshot, before anything is asked."""
+    if snap not in {s.name for s in admin.snapshots(name)}:
+        raise BlockfoldError(f"VM {name} has no snapshot named {snap!r}")
+
+
 @command("vm", "rollback",
          json='{"name": NAME, "snapshot": SNAP}',
          help="bring a VM back to a snapshot (what it wrote since is dropped)",
          args=[NAME, SNAP, YES, FORCE])
 def vm_rollback(admin, args, bar) -> int:
-    if args.snap not in {s.name for s in admin.snapshots(args.name)}:
-        raise BlockfoldError(f"VM {args.name} has no snapshot named {args.snap!r}")
+    _need_snapshot(admin, args.name, args.snap)
     if not confirmed(args, f"Roll VM {args.name} back to {args.snap}? What it wrote since is"
                            " dropped."):
         print("not rolled back", file=sys.stderr)
@@ -461,8 +466,7 @@ def vm_rollback(admin, args, bar) -> int:
          help="forget a snapshot and free the blocks only it held",
          args=[NAME, SNAP, YES])
 def vm_snapshot_rm(admin, args, bar) -> int:
-    if args.snap not in {s.name for s in admin.snapshots(args.name)}:
-        raise BlockfoldError(f"VM {args.name} has no snapshot named {args.snap!r}")
+    _need_snapshot(admin, args.name, args.snap)
     if not confirmed(args, f"Remove snapshot {args.snap} of VM {args.name}?"):
         print("not removed", file=sys.stderr)
         return 1

@@ -1039,7 +1039,8 @@ mod tests {
         let a = pattern(4096, 1);
         let b = pattern(4096, 2);
         // the golden holds block a twice (LBN 0 and 2) and b once
-        c.write("gold", 0, &[a.clone(), b.clone(), a.clone()].concat()).unwrap();
+        c.write("gold", 0, &[a.clone(), b.clone(), a.clone()].concat())
+            .unwrap();
         {
             let mut st = c.state_mut();
             st.tables.set_top(1, false).unwrap();

@@ -191,6 +191,15 @@ struct PySink {
 }
 
 impl PySink {
+    fn new(progress: Option<Py<PyAny>>, cancel: Option<Py<PyAny>>, what: &'static str) -> Self {
+        PySink {
+            progress,
+            cancel,
+            raised: None,
+            what,
+        }
+    }
+
     fn call(&mut self, r: &Report) -> crate::error::Result<()> {
         if self.progress.is_none() && self.cancel.is_none() {
             return Ok(());
@@ -782,12 +791,7 @@ impl PyCore {
     ) -> PyResult<Py<PyAny>> {
         match self.inner()? {
             Inner::Local(core) => {
-                let mut sink = PySink {
-                    progress,
-                    cancel,
-                    raised: None,
-                    what: "rebuild",
-                };
+                let mut sink = PySink::new(progress, cancel, "rebuild");
                 let result =
                     py.detach(|| core.rebuild(full, reclaim, &mut |r: &Report| sink.call(r)));
                 let figures = sink.finish(py, result)?;
@@ -828,12 +832,7 @@ impl PyCore {
     ) -> PyResult<Py<PyAny>> {
         match self.inner()? {
             Inner::Local(core) => {
-                let mut sink = PySink {
-                    progress,
-                    cancel,
-                    raised: None,
-                    what: "fsck",
-                };
+                let mut sink = PySink::new(progress, cancel, "fsck");
                 let result = py.detach(|| {
                     let st = core.state();
                     let mut problems = check::check(&st);
@@ -884,12 +883,7 @@ impl PyCore {
             None => None,
         };
         let core = self.local()?;
-        let mut sink = PySink {
-            progress,
-            cancel,
-            raised: None,
-            what: "rehash",
-        };
+        let mut sink = PySink::new(progress, cancel, "rehash");
         let result = py.detach(|| {
             let st = core.state();
             let slots = slots.unwrap_or_else(|| st.blocks.live_slots());

@@ -107,7 +107,9 @@ impl Sharing {
                 sharing.runs_of(layer, lbn, &mut runs);
             }
             sharing.addrs.push(group[0].0);
-            sharing.readers.push(union(&mut runs).iter().map(|r| (r.1 - r.0) as u64).sum());
+            sharing
+                .readers
+                .push(union(&mut runs).iter().map(|r| (r.1 - r.0) as u64).sum());
         }
         sharing
     }
