@@ -42,6 +42,11 @@ class ReplicatedCatalog(Catalog):
             self.conn.execute("DROP TABLE IF EXISTS replica")
         else:
             self.create_schema(block_size)
+            # In sqlite's memdb like a loaded one: only there does an image taken inside a
+            # transaction hold just what was committed (a plain :memory: one shows the rest)…
+            self.conn.deserialize(self.conn.serialize())
+        # … as long as no page of a big transaction is spilled into it before the commit.
+        self.conn.execute("PRAGMA cache_spill = OFF")
         self.epoch, self.version = epoch, version   # the last commit the nodes took
         self.lineage = line or []
         self.writer_epoch = 0           # ours, promised by a majority; 0 when read-only
