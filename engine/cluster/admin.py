@@ -60,6 +60,10 @@ class ClusterAdmin(LocalAdmin):
                 if node.state == NodeState.RETURNING:     # first contact: not a return
                     members.mark(i, NodeState.UP)
             if not readonly:
+                # Before the lease: on a minority's side, a live writer's lease is not why
+                # this open cannot write, and waiting for it to run out would not help.
+                ReplicatedCatalog.require_majority(members, config.min_replicas,
+                                                   int(members.reachable_mask().sum()))
                 members.take_lease()
             catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size,
                                              writable=not readonly)

@@ -65,6 +65,19 @@ class ReplicatedCatalog(Catalog):
         writable open, which reads a majority, sees it), and at least min_replicas."""
         return max(self.min_replicas, lineage.majority(len(self.members.nodes)))
 
+    @staticmethod
+    def require_majority(members, min_replicas: int, answering: int) -> int:
+        """How many nodes a writer needs (a majority of the configured nodes, and
+        min_replicas); BlockfoldError in one line if `answering` nodes are fewer."""
+        total = len(members.nodes)
+        need = max(min_replicas, lineage.majority(total))
+        if answering < need:
+            raise BlockfoldError(
+                f"cluster {members.config.path}: {answering} of {total} nodes answer; writes"
+                f" need {need} (a majority): restore nodes (commands that only read still"
+                " work)")
+        return need
+
     @classmethod
     def load(cls, members, min_replicas: int, block_size: int,
              writable: bool = False) -> ReplicatedCatalog:
@@ -83,12 +96,7 @@ class ReplicatedCatalog(Catalog):
                                  " `node restore NAME` one of them)")
         epoch = 0
         if writable:
-            need = max(min_replicas, lineage.majority(total))
-            if len(versions) < need:
-                raise BlockfoldError(
-                    f"cluster {path}: {len(versions)} of {total} nodes answer; writes need"
-                    f" {need} (a majority): restore nodes (commands that only read still"
-                    " work)")
+            need = cls.require_majority(members, min_replicas, len(versions))
             epoch = 1 + max(max(v["promised"], v["epoch"]) for v in versions.values())
             replies = members.call_many(
                 {i: (rpc.CATALOG_PROMISE, {"holder": members.holder, "epoch": epoch}, b"")
@@ -162,6 +170,12 @@ class ReplicatedCatalog(Catalog):
         if behind:
             done += self._catch_up(behind, header, blob, (epoch, version), line)
         if len(done) < self.needed:
+            if done and self.in_transaction:
+                # Undone where it landed, before the refusal is told: the pool rolls back,
+                # and no replica may show a change no majority took (a read-only open loads
+                # the newest it reaches). The image is the last commit's (memdb: see
+                # __init__), at its stamp.
+                self._install(done, self.stamp, self.lineage or [[self.epoch, 0]])
             raise ReplicationError(self._short(done, replies))
         self.epoch, self.version, self.lineage = epoch, version, line
         changeset.forget(self.conn)
@@ -184,8 +198,11 @@ class ReplicatedCatalog(Catalog):
     def _short(self, done: list[int], replies: dict) -> str:
         """The one line of a catalog change that reached too few nodes."""
         names, total = self.members.names(), len(self.members.nodes)
+        # A node that answers heartbeats with a newer epoch than ours was taken by another
+        # writer (across a partition, say): we are fenced, not merely short of nodes.
         if any(isinstance(r, rpc.RemoteError) and r.code == rpc.Code.STALE_EPOCH
-               for r in replies.values()):
+               for r in replies.values()) or any(
+                n.epoch > self.writer_epoch for n in self.members.nodes):
             return (f"a newer writer has cluster {self.members.config.path}: this one's epoch"
                     f" {self.writer_epoch} is refused, and its change is not committed")
         missed = ", ".join(names[i] for i in range(total) if i not in done)
