@@ -46,6 +46,7 @@ class ClusterAdmin(LocalAdmin):
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
+        self._fenced = False            # gave the lease up to a newer writer
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -141,6 +142,9 @@ class ClusterAdmin(LocalAdmin):
         if self.readonly:
             self.pool.blocks.take_repairs()     # counted in stats; only a writer logs events
             return
+        if self.pool.catalog.fenced:
+            self._give_up_lease()
+            return
         self._log_repairs()
         for news in self.members.news():
             self._record("node", news)
@@ -163,6 +167,18 @@ class ClusterAdmin(LocalAdmin):
             self._fruitless = (None if figures["copied"] or figures["dropped"] else
                                (tuple(self.members.up_mask()),
                                 self.pool.blocks.under_replicated()))
+
+    def _give_up_lease(self) -> None:
+        """Once fenced, the lease goes, on every node: the nodes this writer still held (a
+        minority's, after a partition heals) stayed `returning` to the newer writer, never
+        caught up, for as long as this process ran. Its commits are refused from then on (the
+        nodes want the lease), and its healer does nothing more."""
+        if self._fenced:
+            return
+        self._fenced = True
+        self.members.release_lease()
+        print(f"blockfold: {self.pool.catalog.fenced_line()}: gave the write lease up; nothing"
+              " more is written here (close it)", file=sys.stderr, flush=True)
 
     def _heal_pass(self, actor: str, progress=None, cancel=None, told: bool = False) -> dict:
         """One heal pass; its start and end are events when it had work (or `told`: an

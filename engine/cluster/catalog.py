@@ -65,6 +65,18 @@ class ReplicatedCatalog(Catalog):
         writable open, which reads a majority, sees it), and at least min_replicas."""
         return max(self.min_replicas, lineage.majority(len(self.members.nodes)))
 
+    @property
+    def fenced(self) -> bool:
+        """Whether a node answering our heartbeats holds a replica from a newer epoch than ours:
+        another writer took the cluster (across a partition, say), and no commit of ours can
+        reach a majority again (every majority promised its epoch). False when read-only."""
+        return bool(self.writer_epoch) and any(n.epoch > self.writer_epoch
+                                               for n in self.members.nodes)
+
+    def fenced_line(self) -> str:
+        return (f"a newer writer has cluster {self.members.config.path}: this one's epoch"
+                f" {self.writer_epoch} is refused")
+
     @staticmethod
     def require_majority(members, min_replicas: int, answering: int) -> int:
         """How many nodes a writer needs (a majority of the configured nodes, and
@@ -198,13 +210,9 @@ class ReplicatedCatalog(Catalog):
     def _short(self, done: list[int], replies: dict) -> str:
         """The one line of a catalog change that reached too few nodes."""
         names, total = self.members.names(), len(self.members.nodes)
-        # A node that answers heartbeats with a newer epoch than ours was taken by another
-        # writer (across a partition, say): we are fenced, not merely short of nodes.
-        if any(isinstance(r, rpc.RemoteError) and r.code == rpc.Code.STALE_EPOCH
-               for r in replies.values()) or any(
-                n.epoch > self.writer_epoch for n in self.members.nodes):
-            return (f"a newer writer has cluster {self.members.config.path}: this one's epoch"
-                    f" {self.writer_epoch} is refused, and its change is not committed")
+        if self.fenced or any(isinstance(r, rpc.RemoteError) and r.code == rpc.Code.STALE_EPOCH
+                              for r in replies.values()):
+            return f"{self.fenced_line()}, and its change is not committed"
         missed = ", ".join(names[i] for i in range(total) if i not in done)
         return (f"a catalog change reached {len(done)} of {total} nodes; it needs {self.needed}"
                 f" (a majority, and min_replicas={self.min_replicas}) (not reached: {missed})")
@@ -243,8 +251,8 @@ class ReplicatedCatalog(Catalog):
 
     def catch_up(self, node: int) -> bool:
         """Brings a returning node's replica to the current version; False if it failed."""
-        if self.in_transaction or self.members.holder is None:
-            return False
+        if self.in_transaction or self.members.holder is None or self.fenced:
+            return False        # fenced: the lease is the newer writer's to take
         if not self.members.lease_on(node):
             return False
         if changeset.pending(self.conn):

@@ -284,6 +284,14 @@ def test_a_cut_off_writer_is_fenced_and_the_majority_keeps_every_acknowledged_wr
     while "a newer writer has cluster" not in a.err().splitlines()[-1]:
         assert not write(a, 0x66, 200 * KiB, 16 * KiB)
         assert time.monotonic() < healed + 30, a.err()
+    # ... and it gives its lease up, so B catches up the nodes A held (they stayed "returning"
+    # to B for as long as A ran), A still running.
+    while {n["state"] for n in json.loads(s.ok("b", "-c", cb, "node", "ls", "--json"))} != {"up"}:
+        assert time.monotonic() < healed + 30, a.err()
+        time.sleep(0.5)
+    assert "gave the write lease up; nothing more is written here" in a.err()
+    assert a.proc.poll() is None
+    assert not write(a, 0x77, 200 * KiB, 16 * KiB)
     # No VM had two writers that both acknowledged writes: A's last precedes B's first.
     assert [w for w, acked in acks if acked] == ["a", "b", "b"]
     assert a.stop() != 0                            # its "clean" mark is refused too
