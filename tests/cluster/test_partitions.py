@@ -68,11 +68,13 @@ class Served:
 class Site:
     """A cluster of nodes n1..nN (node1..nodeN) and coordinator hosts on one test network."""
 
-    def __init__(self, net: netns.Network, tmp_path, nodes: int, replicas: int,
-                 hosts: tuple[str, ...]):
+    def __init__(self, net: netns.Network, tmp_path):
         self.net, self.tmp = net, tmp_path
         self.procs: list[subprocess.Popen] = []
         self.served: list[Served] = []
+
+    def start(self, nodes: int, replicas: int, hosts: tuple[str, ...]) -> None:
+        net, tmp_path = self.net, self.tmp
         for host in (*[f"n{k}" for k in range(1, nodes + 1)], *hosts):
             net.add(host)
         self.config = ClusterConfig.create(tmp_path / "cluster", replicas, min(2, replicas),
@@ -149,7 +151,8 @@ def site(tmp_path):
     made = []
 
     def make(**kw) -> Site:
-        made.append(Site(net, tmp_path, **kw))
+        made.append(Site(net, tmp_path))        # stopped after, even if it fails to start
+        made[-1].start(**kw)
         return made[-1]
 
     try:
