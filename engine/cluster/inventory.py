@@ -42,7 +42,9 @@ class Inventory:
         meter.finish()
 
         k = len(self.members.nodes)
-        self.members.probe_all()
+        # Fresh figures from the nodes that answer; a down one is not asked again (a silent
+        # one cost every open a second connect timeout): heartbeats find it when it returns.
+        self.members.probe_all(np.flatnonzero(self.members.reachable_mask()).tolist())
         meter = Meter(progress, "inventory", k)
         held = np.zeros((len(ids), k), bool)
         words = np.zeros(len(ids), np.uint64)

@@ -52,3 +52,24 @@ def test_a_hung_node_holds_no_write_up_and_heals_once_it_wakes(make_cluster, tmp
         assert nodes["node3"].state == "up" and nodes["node3"].live_blocks > 0
         assert admin.read("desk", 0, len(fresh)) == fresh
         assert admin.fsck() == []
+
+
+def test_an_open_waits_for_a_hung_node_once(make_cluster, tmp_path):
+    # An open asked a node that did not answer its first heartbeat again in its rebuild, so a
+    # silent node (hung, or across a partition) cost every command two connect timeouts (3 s
+    # each), not one.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "golden.raw", 1, seed=43)
+    with cluster.open() as admin:
+        admin.import_image("desk", str(tmp_path / "golden.raw"))
+    pid = cluster.pid("node3")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for readonly in (True, False):
+            started = time.monotonic()
+            with cluster.open(readonly=readonly) as admin:
+                took = time.monotonic() - started
+                assert admin.vm_names() == ["desk"]
+            assert took < 5, f"open took {took:.1f} s with one node hung"
+    finally:
+        os.kill(pid, signal.SIGCONT)
