@@ -178,8 +178,8 @@ def few_blocks(path, seed: int, distinct: int = 4, blocks: int = 64) -> bytes:
 # What the writer w cannot reach, and for how long (s): single links and two at once (w in a
 # minority), some shorter than the 2 s a node gets before it is judged, some longer; the last
 # minority lasts long enough that a flush must fail in it.
-FLAPS = [(("n3",), 1.0), ((), 0.4), (("n1", "n2"), 2.5), ((), 0.4), (("n2",), 2.5), ((), 0.3),
-         (("n1", "n3"), 0.8), ((), 0.6), (("n2", "n3"), 6.0), ((), 0.5), (("n1",), 1.5)]
+FLAPS = [(("n3",), 1.0), ((), 0.4), (("n1", "n2"), 2.5), ((), 0.4), (("n2",), 2.0), ((), 0.3),
+         (("n1", "n3"), 0.8), ((), 0.6), (("n2", "n3"), 4.5), ((), 0.5), (("n1",), 1.0)]
 
 
 def test_a_flapping_link_loses_no_write_a_flush_acknowledged(site, tmp_path):
