@@ -37,15 +37,23 @@ WINDOW = 16 << 20
 PACKET = 256 << 10
 
 # Request types. A reply is REPLY or ERROR with the request's id.
-HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB = 1, 2, 3, 4, 5, 6, 7
+HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, COPY = 1, 2, 3, 4, 5, 6, 7, 8
 CATALOG_VERSION, CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE = 10, 11, 12, 13, 14
 LEASE, HEARTBEAT, RELEASE = 20, 21, 22
 REPLY, ERROR = 0x80, 0x81
-REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, CATALOG_VERSION, CATALOG_FETCH,
-            CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE, LEASE, HEARTBEAT, RELEASE}
+REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, COPY, CATALOG_VERSION,
+            CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE, LEASE, HEARTBEAT,
+            RELEASE}
 
 # A PUT reply's payload: one status byte per id sent.
 STORED, SAME, COLLISION = 0, 1, 2     # new here; already held, same bytes; held, other bytes
+# A COPY reply's payload: one status byte per id asked, a PUT status as the target replied, or:
+MISSING, ROTTEN, UNSENT = 3, 4, 5     # the holder has no copy; its copy is rotten (not sent);
+                                      # the target could not be reached or refused it
+
+# What a peer key (another node copying to this one) may ask: nothing that drops, leases or
+# touches the catalog.
+PEER_REQUESTS = {HELLO, PUT}
 
 
 class Code(enum.StrEnum):
@@ -58,6 +66,7 @@ class Code(enum.StrEnum):
     STALE_EPOCH = "STALE_EPOCH"          # the node promised a newer writer's epoch (engine.lineage)
     NODE_FULL = "NODE_FULL"              # no room for more blocks (memory cap or disk)
     IO_ERROR = "IO_ERROR"                # the node's disk failed the request
+    NOT_ALLOWED = "NOT_ALLOWED"          # the caller's key may not make this request (a peer)
     INTERNAL = "INTERNAL"                # anything else: a fault in the node
 
 
