@@ -95,7 +95,9 @@ class Peers:
             async with gate:
                 if errors:              # a target that failed once is not sent more
                     return
-                body = ids[part].astype("<u8").tobytes() + data[row[part]].tobytes()
+                # A target's sound copies are consecutive rows of `data`: a view, not a copy.
+                blocks = memoryview(data[row[part[0]]:row[part[-1]] + 1]).cast("B")
+                body = b"".join((ids[part].astype("<u8").tobytes(), blocks))
                 try:
                     head, reply = await client.call(rpc.PUT, {"n": len(part)}, body,
                                                     PUT_TIMEOUT)

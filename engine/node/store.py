@@ -149,6 +149,8 @@ class NodeStore:
         held = np.flatnonzero(slots)
         data = self.store.data[slots[held]]
         rotten = self.fingerprints.of(data)[:, 1] != self.store.hashes[slots[held], 1]
+        if not rotten.any():
+            return data, status             # the usual case: no second copy of the bytes
         status[held[rotten]] = ROTTEN
         return data[~rotten], status
 
