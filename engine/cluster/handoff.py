@@ -40,7 +40,7 @@ class Handoff:
         left = need.copy()
         notes: set[str] = set()
         source = self._pick(ids, have)
-        entries = self.members.config.nodes
+        clients = [n.client for n in self.members.nodes]     # where and as whom we reach them
         requests, plans = {}, {}
         for node in np.unique(source[need.any(axis=1) & (source >= 0)]).tolist():
             mine = np.flatnonzero((source == node) & need.any(axis=1))
@@ -49,11 +49,11 @@ class Handoff:
                 sel = mine[need[mine, t]]
                 if not len(sel):
                     continue
-                if not entries[t].host_key:
-                    notes.add(f"node {entries[t].name} has no pinned host key")
+                if not clients[t].host_key:
+                    notes.add(f"node {clients[t].name} has no pinned host key")
                     continue
-                targets.append({"name": entries[t].name, "address": entries[t].address,
-                                "host_key": entries[t].host_key, "n": len(sel)})
+                targets.append({"name": clients[t].name, "address": clients[t].address,
+                                "host_key": clients[t].host_key, "n": len(sel)})
                 parts.append(ids[sel])
                 plan.append((t, sel))
             if targets:

@@ -124,11 +124,12 @@ class Handler:
                                        None if count is None else _int(header, "count", low=1))
         return {"bad": bad, "blocks": n, "next": nxt}, b""
 
-    async def copy(self, header: dict, payload) -> tuple[dict, bytes]:
+    def copy(self, header: dict, payload):
         """Hands this node's sound copies of ids straight to other nodes (engine.node.peers):
         `targets` is a list of {name, address (HOST:PORT), host_key (pinned), n}, the payload
-        their ids, target by target. Replies {targets: [{incarnation, error}]} and a status
-        byte per id (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT)."""
+        their ids, target by target. The request is checked now; returns the coroutine that
+        copies and replies {targets: [{incarnation, error}]} and a status byte per id
+        (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT)."""
         listed = header.get("targets")
         if not isinstance(listed, list) or not 0 < len(listed) <= MAX_TARGETS:
             raise NodeError(Code.BAD_REQUEST, f"request field 'targets' must be a list of 1 to"
@@ -148,7 +149,7 @@ class Handler:
                                                   " public key: a node trusts no unknown host")
             targets.append(Target(_str(entry, "name"), address, host_key, _int(entry, "n")))
         ids, _ = _ids({"n": sum(t.n for t in targets)}, payload)
-        return await self.peers.copy(targets, ids)
+        return self.peers.copy(targets, ids)
 
     # -- the catalog replica ------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ class RpcSession(asyncssh.SSHServerSession):
         """A request that waits on other nodes (COPY): answered when done."""
         try:
             header, payload = rpc.parse_body(body)
-            reply, data = await self.handler.call(kind, header, payload)
+            reply, data = await self.handler.call(kind, header, payload)   # checked, then run
             frame = rpc.encode(rpc.REPLY, request_id, reply, data)
         except Exception as e:     # noqa: BLE001 - every fault is an error reply (describe)
             frame = self._error(kind, request_id, e)
