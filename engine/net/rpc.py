@@ -162,7 +162,8 @@ class FrameReader:
             kind, request_id, body_len = self._want
             if len(self._buf) < body_len:
                 return frames
-            body = bytes(self._buf[:body_len])
+            with memoryview(self._buf) as view:     # one copy of the body, not two
+                body = bytes(view[:body_len])
             del self._buf[:body_len]
             self._want = None
             frames.append((kind, request_id, body))
