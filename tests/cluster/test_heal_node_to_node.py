@@ -4,11 +4,13 @@ is never passed on, and a copy a node cannot make goes through the coordinator, 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import asyncssh
 import numpy as np
 
+from engine import api
 from engine.net import rpc
 from engine.node import keys
 
@@ -111,3 +113,44 @@ def test_a_target_that_refuses_the_peer_key_is_healed_through_the_coordinator(
                    for m in events)
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_returning_node_is_refilled_from_node_to_node(make_cluster, tmp_path):
+    """A RAM node comes back empty: the copies placement wants on it are misplaced on the
+    others, and take the same path as a heal's."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=64 << 20, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 8, seed=34)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        share = {n.name: n.live_blocks for n in admin.nodes()}["node1"]
+        assert share * 4096 > 4 << 20
+        admin.fail_node("node1")
+        admin.heal(wait=True)
+        admin.restore_node("node1")             # back empty: RAM only; its catalog sent
+        before = _io_bytes()                    # the healer thread's pass starts in 0.2 s
+        admin.heal(wait=True)
+        for _ in range(50):                     # heartbeats bring the count in
+            if {n.name: n.live_blocks for n in admin.nodes()}["node1"] == share:
+                break
+            time.sleep(0.1)
+        assert {n.name: n.live_blocks for n in admin.nodes()}["node1"] == share
+        assert _io_bytes() - before < share * 4096 / 20
+        told = [e["message"] for e in admin.pool.events() if e["kind"] == "heal"]
+        assert not any("through the coordinator" in m for m in told)
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_cluster_up_gives_an_older_clusters_nodes_the_peer_key(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    api.cluster_down(cluster.path)
+    made = [cluster.path / "peer_key", cluster.path / "peer_key.pub"]
+    for name in ("node1", "node2"):
+        made += [cluster.path / "nodes" / name / f for f in (keys.PEER_KEY, keys.PEER_KEYS)]
+    for path in made:
+        path.unlink()                           # as a cluster made before there was a peer key
+    api.cluster_up(cluster.path)
+    assert all(path.is_file() for path in made)
+    public = (cluster.path / "peer_key.pub").read_text().strip()
+    assert (cluster.path / "nodes" / "node2" / keys.PEER_KEYS).read_text() == \
+        f"restrict {public}\n"
