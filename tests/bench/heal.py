@@ -149,7 +149,8 @@ class OpenSSH:
             "UsePAM no\nStrictModes no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             f"Ciphers {CIPHER}\nLogLevel ERROR\n")
-        Path("/run/sshd").mkdir(exist_ok=True)        # sshd's privilege separation directory
+        if os.geteuid() == 0:                     # sshd's privilege separation directory
+            Path("/run/sshd").mkdir(exist_ok=True)
         self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")])
         try:
             wait_for_file(home / "sshd.pid", self.sshd, "sshd")
