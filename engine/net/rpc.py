@@ -102,13 +102,17 @@ class RemoteError(Exception):
 
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
     """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
-    JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""
+    JSON-able dict) and `payload` (bytes-like, or a tuple of bytes-likes joined in the frame:
+    ids and blocks without a copy of their own). Raises ValueError if the body is over
+    MAX_BODY."""
+    parts = payload if isinstance(payload, tuple) else (payload,)
+    views = [memoryview(p).cast("B") for p in parts]
     meta = json.dumps(header or {}, separators=(",", ":")).encode()
-    body_len = BODY_HEADER.size + len(meta) + len(payload)
+    body_len = BODY_HEADER.size + len(meta) + sum(len(v) for v in views)
     if body_len > MAX_BODY:
         raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
     return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
-                     BODY_HEADER.pack(len(meta)), meta, payload))
+                     BODY_HEADER.pack(len(meta)), meta, *views))
 
 
 def encode_error(request_id: int, code: Code, message: str) -> bytes:

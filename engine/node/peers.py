@@ -96,8 +96,8 @@ class Peers:
                 if errors:              # a target that failed once is not sent more
                     return
                 # A target's sound copies are consecutive rows of `data`: a view, not a copy.
-                blocks = memoryview(data[row[part[0]]:row[part[-1]] + 1]).cast("B")
-                body = b"".join((ids[part].astype("<u8").tobytes(), blocks))
+                blocks = data[row[part[0]]:row[part[-1]] + 1]
+                body = (ids[part].astype("<u8").tobytes(), blocks)    # joined in the frame
                 try:
                     head, reply = await client.call(rpc.PUT, {"n": len(part)}, body,
                                                     PUT_TIMEOUT)
