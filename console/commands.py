@@ -844,8 +844,12 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
 
 
 @command("cluster", "add",
-         json='{name, address, pid, local, running} of the node added',
-         help="join a node running elsewhere, pinning its host key now",
+         json='{name, address, host_key, peer_key} of the node added',
+         help="join a node running elsewhere, pinning its host key now. For heal's copies"
+              " from node to node, its operator puts the cluster's DIR/peer_key in the"
+              " node's DATA/peer_key (mode 600) and 'restrict ' + DIR/peer_key.pub in its"
+              " DATA/peer_keys; until then those copies go through the coordinator, and each"
+              " heal says why",
          opens=False, args=[
              CLUSTER_DIR,
              arg("address", metavar="HOST:PORT", help="where the node listens"),
@@ -854,7 +858,9 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
                  help="its share of the blocks relative to the others (default 1)")])
 def cluster_add(args) -> int:
     row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
-    emit(args, row, f"added {row['name']} at {row['address']}")
+    emit(args, row, f"added {row['name']} at {row['address']}; give it the peer key:"
+                    f" {row['peer_key']} as DATA/peer_key, 'restrict ' + {row['peer_key']}.pub"
+                    " in DATA/peer_keys")
     return 0
 
 
@@ -940,7 +946,9 @@ def node_restore(args) -> int:
     arg("--wait", action="store_true", help="until none is under-replicated")])
 def heal(admin, args, bar) -> int:
     figures = admin.heal(wait=args.wait, progress=bar)
-    emit(args, figures, f"copied {formats.count(figures.copied)} blocks, dropped"
+    relayed = (f" ({formats.count(figures.relayed)} through the coordinator:"
+               f" {figures.relayed_why})" if figures.relayed else "")
+    emit(args, figures, f"copied {formats.count(figures.copied)} blocks{relayed}, dropped"
          f" {formats.count(figures.dropped)}; {formats.count(figures.under_replicated)}"
          " under-replicated")
     return 0

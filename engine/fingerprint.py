@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import xxhash
 
+from . import _native
+
 DIGEST_BYTES = 16
 
 fingerprint: Callable[[bytes], bytes] = xxhash.xxh3_128_digest
@@ -29,6 +31,8 @@ class Fingerprinter:
         view = memoryview(data).cast("B")
         bs = self.block_size
         one = self.one
+        if one is fingerprint:          # the same digests from the native core, a batch per call
+            return np.frombuffer(_native.fingerprints(view, bs), dtype=np.uint64).reshape(-1, 2)
         joined = b"".join([one(view[i:i + bs]) for i in range(0, len(view), bs)])
         return np.frombuffer(joined, dtype=np.uint64).reshape(-1, 2)
 

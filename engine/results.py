@@ -331,6 +331,11 @@ class HealFigures:
 
     copied: int
     """Block copies made onto the nodes placement wants them on."""
+    relayed: int
+    """Of those, copies made through the coordinator (read from a holder, written to the
+    target) because a copy from node to node could not be made."""
+    relayed_why: str
+    """Why they were relayed, one line ("" if none were)."""
     unreachable: int
     """Blocks that needed a copy but have none on a reachable node."""
     dropped: int

@@ -3,11 +3,13 @@ method per request type, every refusal with its code, and a malformed request ch
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import sqlite3
 import struct
 
+import asyncssh
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -215,6 +217,24 @@ def test_parts_out_of_order_are_refused(node):
     assert refused(node, rpc.CATALOG_INSTALL, dict(header, part=2, more=False), b"y") \
         is Code.BAD_REQUEST
 
+
+
+def test_copy_sends_no_missing_or_rotten_copy_and_says_what_stopped_it(node):
+    """COPY (engine.node.peers) checks each copy against the node's record before it sends it;
+    this node has no peer key, so nothing goes, and the reply says why."""
+    call(node, rpc.PUT, {"n": 3}, struct.pack("<3Q", 5, 6, 7) + blocks(1, 2, 3))
+    slot = node.store._slots_of(np.array([6], np.uint64))[0]
+    node.store.store.data[slot, 9] ^= 0xFF                        # block 6 rots
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    target = {"name": "node9", "address": "127.0.0.1:9", "host_key": host_key, "n": 4}
+    header, status = asyncio.run(call(node, rpc.COPY, {"targets": [target]},
+                                      struct.pack("<4Q", 5, 6, 7, 8)))
+    assert list(status) == [rpc.UNSENT, rpc.ROTTEN, rpc.UNSENT, rpc.MISSING]
+    assert "node node1 has no peer key" in header["targets"][0]["error"]
+    for bad in ({"targets": []}, {"targets": [{**target, "host_key": ""}]},
+                {"targets": [{**target, "address": "nowhere"}]},
+                {"targets": [{**target, "n": 5}]}):                   # more ids than carried
+        assert refused(node, rpc.COPY, bad, struct.pack("<4Q", 5, 6, 7, 8)) is Code.BAD_REQUEST
 
 FIELDS = ["n", "start", "holder", "base", "version", "seconds", "lease", "offset", "length",
           "part", "more", "process", "replace"]

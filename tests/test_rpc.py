@@ -162,4 +162,4 @@ def test_an_error_without_a_known_code_is_internal(header):
 def test_the_codes_are_a_small_closed_set():
     assert {c.value for c in rpc.Code} == {"BAD_REQUEST", "LEASE_HELD", "LEASE_REQUIRED",
                                            "CATALOG_BEHIND", "STALE_EPOCH", "NODE_FULL",
-                                           "IO_ERROR", "INTERNAL"}
+                                           "IO_ERROR", "NOT_ALLOWED", "INTERNAL"}

@@ -188,6 +188,8 @@ class ClusterAdmin(LocalAdmin):
             self._record("heal", f"heal started: {formats.count(short)} blocks under-replicated",
                          actor)
         figures = self.pool.blocks.heal(progress, cancel)
+        if figures["relayed"]:
+            print(f"blockfold: heal: {_relayed(figures)}", file=sys.stderr, flush=True)
         if (short or figures["copied"] or figures["dropped"]) and not told:
             self._record("heal", _healed(figures), actor)
         return figures
@@ -337,6 +339,13 @@ class ClusterAdmin(LocalAdmin):
 
 def _healed(figures: dict) -> str:
     """A heal pass's end, for the event log."""
-    return (f"heal ended: {formats.count(figures['copied'])} copies made,"
+    relayed = f" ({_relayed(figures)})" if figures["relayed"] else ""
+    return (f"heal ended: {formats.count(figures['copied'])} copies made{relayed},"
             f" {formats.count(figures['dropped'])} dropped,"
             f" {formats.count(figures['under_replicated'])} blocks still under-replicated")
+
+
+def _relayed(figures: dict) -> str:
+    """The copies a heal pass made through the coordinator, and why."""
+    return (f"{formats.count(figures['relayed'])} copies went through the coordinator, not"
+            f" from node to node: {figures['relayed_why']}")

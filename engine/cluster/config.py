@@ -1,5 +1,6 @@
 """A cluster directory: cluster.json (the nodes, their pinned host keys, R, min_replicas, the
-repair delay), the admin key pair every node authorises, and the data dirs of local nodes.
+repair delay), the admin key pair every node authorises, the peer key pair every node holds and
+authorises (for copies from node to node: engine.node.peers), and the data dirs of local nodes.
 
 cluster.json is rewritten whole through a temporary file and a rename, so a crash never leaves
 half of it.
@@ -18,6 +19,7 @@ from ..errors import BlockfoldError
 
 CONFIG_FILE = "cluster.json"
 ADMIN_KEY = "admin_key"
+PEER_KEY = "peer_key"
 
 
 @dataclass
@@ -44,6 +46,10 @@ class ClusterConfig:
     @property
     def admin_key(self) -> Path:
         return self.path / ADMIN_KEY
+
+    @property
+    def peer_key(self) -> Path:
+        return self.path / PEER_KEY
 
     def node(self, name: str) -> NodeEntry:
         for entry in self.nodes:
@@ -83,16 +89,30 @@ class ClusterConfig:
                repair_delay: float) -> ClusterConfig:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="blockfold-admin")
-        key.write_private_key(str(path / ADMIN_KEY))
-        os.chmod(path / ADMIN_KEY, 0o600)
-        key.write_public_key(str(path / (ADMIN_KEY + ".pub")))
+        _key_pair(path / ADMIN_KEY, "blockfold-admin")
         config = cls(path, block_size, replicas, min_replicas, repair_delay)
+        config.ensure_peer_key()
         config.save()
         return config
 
     def admin_public_key(self) -> str:
         return (self.path / (ADMIN_KEY + ".pub")).read_text()
+
+    def ensure_peer_key(self) -> None:
+        """The peer key pair, made once (a cluster made before there was one gets it now)."""
+        if not self.peer_key.is_file():
+            _key_pair(self.peer_key, "blockfold-peer")
+
+    def peer_public_key(self) -> str:
+        return (self.path / (PEER_KEY + ".pub")).read_text()
+
+
+def _key_pair(path: Path, comment: str) -> None:
+    """An ed25519 key pair: the private key at `path` (mode 600), the public one beside it."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+    key.write_public_key(str(path) + ".pub")
 
 
 def is_cluster(path) -> bool:

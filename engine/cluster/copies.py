@@ -64,6 +64,14 @@ class Copies:
         return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
                 for node, r in replies.items()}
 
+    def noted(self, node: int, run: str | None, ids: np.ndarray) -> None:
+        """Notes for the next sync that `node` took `ids` from another node (engine.cluster.
+        handoff), its replies naming incarnation `run`, as put() notes its own PUTs."""
+        with self._sync_lock:
+            seen, sent = self._unsynced.get(node, (run, []))
+            sent.append(ids)
+            self._unsynced[node] = (seen if seen == run else None, sent)
+
     def get(self, asked: dict[int, np.ndarray]) -> dict:
         """Asks each node for its ids ({node: ids}, at most frame_blocks each). Returns {node:
         (a bool per id: the node has no copy, the bytes as n × block_size with a row per id it

@@ -3,9 +3,12 @@
 Phases:
   short  the live ids whose placement targets (the first R up nodes in rendezvous order) lack a
          copy: under-replicated, or misplaced because a node came back
-  copy   in batches of a frame, each read from a holder (engine.cluster.reads, with its failover)
-         and PUT to the targets that lack it, two batches in flight (one read while the other is
-         written), then one SYNC of the nodes that took copies
+  copy   in batches of BATCH_FRAMES frames, two in flight: a holder of each id sends it straight
+         to the targets that lack it (engine.cluster.handoff: the bytes never cross the
+         coordinator); what that could not copy (the holder lacked the copy or held it rotten,
+         a target could not be given it) is *relayed*: read here from a holder
+         (engine.cluster.reads, with its failover and read repair) and PUT to the targets, and
+         the pass says how many and why; then one SYNC of the nodes that took copies
   trim   an id with more than R copies on up nodes, all its targets among them, loses the copies
          on nodes that are not targets
 
@@ -24,10 +27,13 @@ from ..net import rpc
 from ..progress import Meter
 from . import placement
 from .copies import Copies
+from .handoff import Handoff
 from .reads import Reader
 from .rowmap import RowMap
 
 HEAL_STREAMS = 2
+BATCH_FRAMES = 4       # a batch's ids: only ids travel through here, so a batch may be big
+TOLD_REASONS = 3       # reasons for relayed copies a pass names
 
 
 class Healer:
@@ -39,11 +45,14 @@ class Healer:
         self.reader = reader
         self.replicas = replicas            # R
         self.sync = sync                    # the copies' sync, its losses kept for a commit
+        self.handoff = Handoff(members, copies)
 
     def heal(self, progress=None, cancel=None) -> dict:
         """Copies every id its placement targets lack from a holder, then trims copies beyond
-        R. Returns {copied, unreachable (ids with no reachable copy), dropped,
-        under_replicated (left after)}. Raises CancelledError when `cancel` is set."""
+        R. Returns {copied, relayed (of those, copies made through the coordinator),
+        relayed_why (why, one line; "" if none), unreachable (ids with no reachable copy),
+        dropped, under_replicated (left after)}. Raises CancelledError when `cancel` is
+        set."""
         with self.rows.lock:
             rows = self.rows.live_rows()
             up = self.members.up_mask()
@@ -52,8 +61,9 @@ class Healer:
                                         self.members.weights, up, self.replicas)
             short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.copies.block_size)
-        copied = missing = 0
-        step = self.copies.frame_blocks
+        copied = relayed = missing = 0
+        why: set[str] = set()
+        step = self.copies.frame_blocks * BATCH_FRAMES
         batches = [short[i:i + step] for i in range(0, len(short), step)]
 
         def one(batch):
@@ -62,21 +72,25 @@ class Healer:
             return self._copy(batch), len(batch)
 
         with ThreadPoolExecutor(HEAL_STREAMS, thread_name_prefix="blockfold-heal") as pool:
-            for (c, m), n in pool.map(one, batches):
+            for (c, r, m, notes), n in pool.map(one, batches):
                 copied += c
+                relayed += r
                 missing += m
+                why.update(notes)
                 meter.advance(n)
         self.sync()
         meter.finish()
         dropped = self._trim()
         with self.rows.lock:
             left = self.rows.under_replicated(self.members.up_mask(), self.replicas)
-        return {"copied": copied, "unreachable": missing, "dropped": dropped,
-                "under_replicated": left}
+        told = sorted(why)[:TOLD_REASONS] + (["…"] if len(why) > TOLD_REASONS else [])
+        return {"copied": copied, "relayed": relayed, "relayed_why": "; ".join(told),
+                "unreachable": missing, "dropped": dropped, "under_replicated": left}
 
-    def _copy(self, rows: np.ndarray) -> tuple[int, int]:
-        """Copies one batch of rows to the targets that lack them; (copies made, blocks with no
-        reachable copy)."""
+    def _copy(self, rows: np.ndarray) -> tuple[int, int, int, list[str]]:
+        """Copies one batch of rows to the targets that lack them: node to node, and what that
+        could not copy through here. Returns (copies made, of those relayed through here,
+        blocks with no reachable copy, why copies were relayed)."""
         with self.rows.lock:
             rows = rows[self.rows.refcounts_at(rows) > 0]
             ids = self.rows.ids_at(rows)
@@ -90,32 +104,48 @@ class Healer:
         unreachable = int(np.count_nonzero(~sources))
         want = need.any(axis=1)
         if not want.any():
-            return 0, unreachable
-        rows, ids, need = rows[want], ids[want], need[want]
+            return 0, 0, unreachable, []
+        rows, ids, need, have = rows[want], ids[want], need[want], have[want]
+        made, left, notes = self.handoff.copy(ids, have, need)
+        copied = self._hold(rows, ids, made)
+        todo = np.flatnonzero(left.any(axis=1))
+        relayed = 0
+        step = self.copies.frame_blocks
+        for start in range(0, len(todo), step):
+            part = todo[start:start + step]
+            got, lost = self._relay(rows[part], ids[part], left[part])
+            relayed += got
+            unreachable += lost
+        return copied + relayed, relayed, unreachable, notes
+
+    def _relay(self, rows: np.ndarray, ids: np.ndarray, need: np.ndarray) -> tuple[int, int]:
+        """Copies rows (a frame's worth at most) through here: read from a holder, PUT to the
+        nodes marked in `need`. Returns (copies made, blocks with no reachable sound copy)."""
         try:
             data = self.reader.gather(ids)
         except BlockfoldError:
-            return 0, unreachable + len(ids)     # its last holder went meanwhile
+            return 0, len(ids)      # its last holder went meanwhile, or its copies are rotten
         replies = self.copies.put(ids, data, need)
-        copied = 0
-        k = len(self.members.nodes)
+        made = np.zeros_like(need)
+        for node, status in replies.items():
+            if isinstance(status, Exception):
+                continue
+            sent = np.flatnonzero(need[:, node])
+            made[sent[status != rpc.COLLISION], node] = True
+        return self._hold(rows, ids, made), 0
+
+    def _hold(self, rows: np.ndarray, ids: np.ndarray, made: np.ndarray) -> int:
+        """Credits node i with its copy of rows[j] for every made[j, i]; returns how many. An
+        id released while it was being copied (its drop missed this copy) is dropped there
+        instead."""
         with self.rows.lock:
-            for node, status in replies.items():
-                if isinstance(status, Exception):
-                    continue
-                sent = np.flatnonzero(need[:, node])
-                sent = sent[status != rpc.COLLISION]
-                # An id released while it was being copied: its drop missed this copy.
-                gone = self.rows.ids_at(rows[sent]) != ids[sent]
-                on_node = np.zeros(k, bool)
-                on_node[node] = True
-                self.rows.hold(rows[sent[~gone]], on_node)
-                copied += int(np.count_nonzero(~gone))
-                if gone.any():
-                    stale = np.zeros((int(gone.sum()), k), bool)
-                    stale[:, node] = True
-                    self.copies.drop(ids[sent[gone]], stale)
-        return copied, unreachable
+            gone = self.rows.ids_at(rows) != ids
+            keep = made & ~gone[:, None]
+            self.rows.hold(rows, keep)
+            stale = made & gone[:, None]
+            if stale.any():
+                self.copies.drop(ids, stale)
+        return int(keep.sum())
 
     def _trim(self) -> int:
         """Drops copies beyond R from nodes that are not among an id's placement targets;

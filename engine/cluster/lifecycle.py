@@ -1,10 +1,15 @@
 """`blockfold cluster up/down/add` and `node fail/restore`: make a local cluster directory,
 start and stop its nodes, and join nodes that run elsewhere (pinning their host key on first
-contact). All of it needs only the cluster directory, never a reachable node."""
+contact). All of it needs only the cluster directory, never a reachable node.
+
+Every local node gets the cluster's peer key (its private half as DATA/peer_key, its public half
+in DATA/peer_keys, restricted), so nodes copy blocks to each other (engine.node.peers); a node
+that runs elsewhere is given them by its operator (`add` says which files)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -52,6 +57,7 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
                                           memory=memory))
         config.save()
+    install_peer_key(config)
     start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
     return [node_row(e) for e in config.nodes]
 
@@ -71,6 +77,25 @@ def _same_shape(config: ClusterConfig, **asked) -> None:
             f" min_replicas={config.min_replicas}, {config.block_size}-byte blocks, repair"
             f" delay {has['repair_delay']:g} s, {'RAM' if has['memory'] else 'disk'} nodes):"
             f" {' '.join(wrong)} would only apply to a new cluster; nothing started")
+
+
+def install_peer_key(config: ClusterConfig) -> None:
+    """Gives every local node the cluster's peer key where it lacks it (a cluster made before
+    there was one gets it now): the private half as DATA/peer_key (mode 600), the public half
+    in DATA/peer_keys with options that leave it nothing but the RPC (keys.PEER_OPTIONS)."""
+    config.ensure_peer_key()
+    private = config.peer_key.read_bytes()
+    line = f"{keys.PEER_OPTIONS} {config.peer_public_key().strip()}\n"
+    for entry in config.nodes:
+        if not entry.data:
+            continue
+        data = Path(entry.data)
+        if not (data / keys.PEER_KEY).is_file():
+            fd = os.open(data / keys.PEER_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(private)
+        if not (data / keys.PEER_KEYS).is_file():
+            (data / keys.PEER_KEYS).write_text(line)
 
 
 def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
@@ -128,7 +153,11 @@ def down(path) -> list[dict]:
 
 
 def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dict:
-    """Joins a node that runs elsewhere; its host key is pinned now, on first contact."""
+    """Joins a node that runs elsewhere; its host key is pinned now, on first contact. Returns
+    {name, address, host_key, peer_key}: the node copies blocks to and from the others (heal)
+    once its operator puts the private key `peer_key` in its DATA/peer_key (mode 600) and the
+    line `restrict` + `peer_key`.pub in its DATA/peer_keys; until then those copies go
+    through the coordinator, and each heal says why."""
     config = ClusterConfig.load(path)
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -147,5 +176,7 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
                                  " host key; a node joins a cluster once, or its copies would"
                                  " count twice")
     config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
+    config.ensure_peer_key()
     config.save()
-    return {"name": name, "address": address, "host_key": key}
+    return {"name": name, "address": address, "host_key": key,
+            "peer_key": str(config.peer_key.resolve())}

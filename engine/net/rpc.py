@@ -34,18 +34,30 @@ CATALOG_PART = 16 << 20      # catalog images and changesets travel in parts of 
 SUBSYSTEM = "blockfold-rpc"
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 WINDOW = 16 << 20
-PACKET = 256 << 10
+# But packets under asyncio's 256 KiB socket read: asyncssh re-copies its input buffer for
+# every read that ends mid-packet, which at 192-256 KiB packets made receiving 3 times dearer
+# (asyncssh 2.24, one stream of 683 MiB over loopback: the receiver's CPU 0.7-1.1 s at 128 KiB,
+# 2.2-2.7 s at 192 or 256 KiB).
+PACKET = 128 << 10
 
 # Request types. A reply is REPLY or ERROR with the request's id.
-HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB = 1, 2, 3, 4, 5, 6, 7
+HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, COPY = 1, 2, 3, 4, 5, 6, 7, 8
 CATALOG_VERSION, CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE = 10, 11, 12, 13, 14
 LEASE, HEARTBEAT, RELEASE = 20, 21, 22
 REPLY, ERROR = 0x80, 0x81
-REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, CATALOG_VERSION, CATALOG_FETCH,
-            CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE, LEASE, HEARTBEAT, RELEASE}
+REQUESTS = {HELLO, PUT, GET, DROP, INVENTORY, SYNC, SCRUB, COPY, CATALOG_VERSION,
+            CATALOG_FETCH, CATALOG_APPLY, CATALOG_INSTALL, CATALOG_PROMISE, LEASE, HEARTBEAT,
+            RELEASE}
 
 # A PUT reply's payload: one status byte per id sent.
 STORED, SAME, COLLISION = 0, 1, 2     # new here; already held, same bytes; held, other bytes
+# A COPY reply's payload: one status byte per id asked, a PUT status as the target replied, or:
+MISSING, ROTTEN, UNSENT = 3, 4, 5     # the holder has no copy; its copy is rotten (not sent);
+                                      # the target could not be reached or refused it
+
+# What a peer key (another node copying to this one) may ask: nothing that drops, leases or
+# touches the catalog.
+PEER_REQUESTS = {HELLO, PUT}
 
 
 class Code(enum.StrEnum):
@@ -58,6 +70,7 @@ class Code(enum.StrEnum):
     STALE_EPOCH = "STALE_EPOCH"          # the node promised a newer writer's epoch (engine.lineage)
     NODE_FULL = "NODE_FULL"              # no room for more blocks (memory cap or disk)
     IO_ERROR = "IO_ERROR"                # the node's disk failed the request
+    NOT_ALLOWED = "NOT_ALLOWED"          # the caller's key may not make this request (a peer)
     INTERNAL = "INTERNAL"                # anything else: a fault in the node
 
 
@@ -89,13 +102,17 @@ class RemoteError(Exception):
 
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
     """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
-    JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""
+    JSON-able dict) and `payload` (bytes-like, or a tuple of bytes-likes joined in the frame:
+    ids and blocks without a copy of their own). Raises ValueError if the body is over
+    MAX_BODY."""
+    parts = payload if isinstance(payload, tuple) else (payload,)
+    views = [memoryview(p).cast("B") for p in parts]
     meta = json.dumps(header or {}, separators=(",", ":")).encode()
-    body_len = BODY_HEADER.size + len(meta) + len(payload)
+    body_len = BODY_HEADER.size + len(meta) + sum(len(v) for v in views)
     if body_len > MAX_BODY:
         raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
     return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
-                     BODY_HEADER.pack(len(meta)), meta, payload))
+                     BODY_HEADER.pack(len(meta)), meta, *views))
 
 
 def encode_error(request_id: int, code: Code, message: str) -> bytes:
@@ -153,7 +170,8 @@ class FrameReader:
             kind, request_id, body_len = self._want
             if len(self._buf) < body_len:
                 return frames
-            body = bytes(self._buf[:body_len])
+            with memoryview(self._buf) as view:     # one copy of the body, not two
+                body = bytes(view[:body_len])
             del self._buf[:body_len]
             self._want = None
             frames.append((kind, request_id, body))

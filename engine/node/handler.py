@@ -17,10 +17,12 @@ from .. import changeset
 from ..net import rpc
 from ..net.rpc import Code
 from .errors import NodeError
+from .peers import Peers, Target
 from .store import NodeStore
 
 LEASE_SECONDS = 10.0
 MAX_CATALOG = 16 << 30       # a staged catalog transfer may not grow past this
+MAX_TARGETS = 256            # targets one COPY may name
 _REQUIRED = object()
 
 
@@ -42,11 +44,16 @@ class Handler:
             rpc.CATALOG_VERSION: self.catalog_version, rpc.CATALOG_FETCH: self.catalog_fetch,
             rpc.CATALOG_APPLY: self.catalog_apply, rpc.CATALOG_INSTALL: self.catalog_install,
             rpc.CATALOG_PROMISE: self.catalog_promise,
-            rpc.LEASE: self.lease, rpc.RELEASE: self.release,
+            rpc.LEASE: self.lease, rpc.RELEASE: self.release, rpc.COPY: self.copy,
         }
+        # Requests that wait on other nodes: answered when done, the channel's others meanwhile.
+        self.background = {rpc.COPY}
+        self.peers = Peers(store, name)
 
-    def call(self, kind: int, header: dict, payload: memoryview) -> tuple[dict, bytes]:
-        """Answers one request of type `kind`; raises NodeError (or what the store raises)."""
+    def call(self, kind: int, header: dict, payload: memoryview):
+        """Answers one request of type `kind`: (reply header, reply payload), or for a type in
+        `background` a coroutine that answers it; raises NodeError (or what the store
+        raises)."""
         method = self.methods.get(kind)
         if method is None:
             raise NodeError(Code.BAD_REQUEST, f"unknown request type {kind}")
@@ -116,6 +123,33 @@ class Handler:
         bad, n, nxt = self.store.scrub(_int(header, "start", 0),
                                        None if count is None else _int(header, "count", low=1))
         return {"bad": bad, "blocks": n, "next": nxt}, b""
+
+    def copy(self, header: dict, payload):
+        """Hands this node's sound copies of ids straight to other nodes (engine.node.peers):
+        `targets` is a list of {name, address (HOST:PORT), host_key (pinned), n}, the payload
+        their ids, target by target. The request is checked now; returns the coroutine that
+        copies and replies {targets: [{incarnation, error}]} and a status byte per id
+        (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT)."""
+        listed = header.get("targets")
+        if not isinstance(listed, list) or not 0 < len(listed) <= MAX_TARGETS:
+            raise NodeError(Code.BAD_REQUEST, f"request field 'targets' must be a list of 1 to"
+                                              f" {MAX_TARGETS} targets")
+        targets = []
+        for entry in listed:
+            if not isinstance(entry, dict):
+                raise NodeError(Code.BAD_REQUEST, "each of 'targets' must be an object")
+            address = _str(entry, "address")
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise NodeError(Code.BAD_REQUEST, f"bad target address {address!r}: use"
+                                                  " HOST:PORT")
+            host_key = _str(entry, "host_key")
+            if len(host_key.split()) < 2:
+                raise NodeError(Code.BAD_REQUEST, "a target's 'host_key' must be a pinned"
+                                                  " public key: a node trusts no unknown host")
+            targets.append(Target(_str(entry, "name"), address, host_key, _int(entry, "n")))
+        ids, _ = _ids({"n": sum(t.n for t in targets)}, payload)
+        return self.peers.copy(targets, ids)
 
     # -- the catalog replica ------------------------------------------------------------------
 

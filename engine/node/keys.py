@@ -2,6 +2,9 @@
 
     host_key, host_key.pub   the node's ed25519 host key, made on first start; clients pin it
     authorized_keys          node keys: the coordinator's, for the `blockfold-rpc` subsystem
+    peer_keys                the cluster's peer key: other nodes copying blocks here (heal),
+                             for the `blockfold-rpc` subsystem, HELLO and PUT only
+    peer_key                 the cluster's peer private key: this node's own, to copy to others
     admin_keys               keys that get the console over SSH
     admin_keys_readonly      keys that get the console read-only
 
@@ -42,6 +45,10 @@ HOST_KEY = "host_key"
 AUTHORIZED_KEYS = "authorized_keys"
 ADMIN_KEYS = "admin_keys"
 READONLY_KEYS = "admin_keys_readonly"
+PEER_KEYS = "peer_keys"
+PEER_KEY = "peer_key"
+# How a node authorises the peer key: no terminal, no forwarding of any kind.
+PEER_OPTIONS = "restrict"
 
 # Options the node enforces (or that hold for every key), and the restrictions `restrict` sets.
 ENFORCED = {"from", "expiry-time", "no-pty", "pty", "restrict", "no-port-forwarding",
@@ -84,6 +91,7 @@ class Login:
     actor: str                  # the key's comment, or its fingerprint
     pty: bool                   # the line giving the console allows a terminal
     console_from: str           # that line ("admin_keys line 3"), or "" (no console)
+    peer: bool = False          # the peer key: `blockfold-rpc` with rpc.PEER_REQUESTS only
 
 
 def login_for(directory: Path, key: asyncssh.SSHKey, address: str) -> Login | None:
@@ -91,16 +99,17 @@ def login_for(directory: Path, key: asyncssh.SSHKey, address: str) -> Login | No
     key file lets it in. The files are read on every login, so a key added, removed or expired
     counts at once."""
     grants = {name: grant(directory / name, key, address)
-              for name in (AUTHORIZED_KEYS, ADMIN_KEYS, READONLY_KEYS)}
+              for name in (AUTHORIZED_KEYS, ADMIN_KEYS, READONLY_KEYS, PEER_KEYS)}
     if not any(grants.values()):
         return None
     console = grants[ADMIN_KEYS] or grants[READONLY_KEYS]
     role = "admin" if grants[ADMIN_KEYS] else "readonly" if grants[READONLY_KEYS] else None
-    named = console or grants[AUTHORIZED_KEYS]
+    named = console or grants[AUTHORIZED_KEYS] or grants[PEER_KEYS]
     actor = named.comment or f"ssh:{key.get_fingerprint()}"
     return Login(grants[AUTHORIZED_KEYS] is not None, role, actor,
                  pty=console.pty if console else False,
-                 console_from=console.where if console else "")
+                 console_from=console.where if console else "",
+                 peer=grants[PEER_KEYS] is not None)
 
 
 def grant(path: Path, key: asyncssh.SSHKey, address: str) -> Grant | None:

@@ -1,12 +1,15 @@
 """`blockfold node serve`: one node, an asyncssh server in front of a NodeStore.
 
-It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys and
-DATA/admin_keys_readonly, as the options on their lines allow (engine.node.keys). Node keys get
-the `blockfold-rpc` subsystem; admin keys get the console in an interactive session with a PTY
-(console_session.py) and the `blockfold-admin` subsystem, a relay to the cluster's service
-(admin_relay.py), both read-only for the keys in admin_keys_readonly. Exec requests, other
-subsystems, port forwarding, agent and X11 forwarding are all refused. Requests on a channel are
-answered in order, one at a time, by the Handler; one bad channel never stops the others.
+It accepts only the client keys in DATA/authorized_keys, DATA/admin_keys,
+DATA/admin_keys_readonly and DATA/peer_keys, as the options on their lines allow
+(engine.node.keys). Node keys get the `blockfold-rpc` subsystem; the peer key (other nodes
+copying blocks here) gets it for HELLO and PUT only (NOT_ALLOWED otherwise); admin keys get the
+console in an interactive session with a PTY (console_session.py) and the `blockfold-admin`
+subsystem, a relay to the cluster's service (admin_relay.py), both read-only for the keys in
+admin_keys_readonly. Exec requests, other subsystems, port forwarding, agent and X11 forwarding
+are all refused. Requests on a channel are answered in order, one at a time, by the Handler,
+except COPY (engine.node.peers), which waits on other nodes: it is answered when done, and the
+requests after it do not wait for it. One bad channel never stops the others.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..net import adminwire, rpc
 from . import keys, settings
 from .admin_relay import AdminRelay
 from .console_session import ConsoleSession
-from .errors import describe
+from .errors import NodeError, describe
 from .handler import Handler
 from .keys import Login
 from .store import NodeStore
@@ -47,6 +50,7 @@ class RpcSession(asyncssh.SSHServerSession):
         self.size = (80, 24)
         self.console: ConsoleSession | None = None
         self.relay: AdminRelay | None = None
+        self.tasks: set[asyncio.Task] = set()     # background requests (COPY) being answered
 
     def connection_made(self, chan):
         self.chan = chan
@@ -78,7 +82,7 @@ class RpcSession(asyncssh.SSHServerSession):
             self.relay = AdminRelay(self.chan, self.cluster, self.login)
             asyncio.get_running_loop().create_task(self.relay.start())
             return True
-        if subsystem != rpc.SUBSYSTEM or not self.login.rpc_allowed:
+        if subsystem != rpc.SUBSYSTEM or not (self.login.rpc_allowed or self.login.peer):
             return False
         self.worker = asyncio.get_running_loop().create_task(self._serve())
         return True
@@ -135,18 +139,45 @@ class RpcSession(asyncssh.SSHServerSession):
                 self._write(rpc.encode_error(0, rpc.Code.BAD_REQUEST, body))
                 self.chan.close()
                 return
+            if kind in self.handler.background and self._allowed(kind):
+                task = asyncio.get_running_loop().create_task(
+                    self._answer_later(kind, request_id, body))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                continue
             self._write(self._answer(kind, request_id, body))
+
+    def _allowed(self, kind: int) -> bool:
+        """A node key may make every request; the peer key only rpc.PEER_REQUESTS."""
+        return self.login.rpc_allowed or kind in rpc.PEER_REQUESTS
 
     def _answer(self, kind: int, request_id: int, body: bytes) -> bytes:
         try:
+            if not self._allowed(kind):
+                raise NodeError(rpc.Code.NOT_ALLOWED, f"request type {kind} is not allowed to"
+                                                      " the peer key")
             header, payload = rpc.parse_body(body)
             reply, data = self.handler.call(kind, header, payload)
             return rpc.encode(rpc.REPLY, request_id, reply, data)
-        except Exception as e:
-            code, message = describe(e)
-            if code is rpc.Code.INTERNAL:
-                log.exception("request type %d failed", kind)
-            return rpc.encode_error(request_id, code, message)
+        except Exception as e:     # noqa: BLE001 - every fault is an error reply (describe)
+            return self._error(kind, request_id, e)
+
+    async def _answer_later(self, kind: int, request_id: int, body: bytes) -> None:
+        """A request that waits on other nodes (COPY): answered when done."""
+        try:
+            header, payload = rpc.parse_body(body)
+            reply, data = await self.handler.call(kind, header, payload)   # checked, then run
+            frame = rpc.encode(rpc.REPLY, request_id, reply, data)
+        except Exception as e:     # noqa: BLE001 - every fault is an error reply (describe)
+            frame = self._error(kind, request_id, e)
+        self._write(frame)
+
+    @staticmethod
+    def _error(kind: int, request_id: int, e: Exception) -> bytes:
+        code, message = describe(e)
+        if code is rpc.Code.INTERNAL:
+            log.exception("request type %d failed", kind)
+        return rpc.encode_error(request_id, code, message)
 
     def _write(self, frame: bytes) -> None:
         if self.chan is not None:
@@ -229,6 +260,7 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
         await stop.wait()
         acceptor.close()
         await acceptor.wait_closed()
+        await handler.peers.close()
     finally:
         store.close()
 

@@ -23,7 +23,7 @@ from .. import changeset, lineage
 from ..blockstore import BlockStore
 from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
-from ..net.rpc import COLLISION, SAME, STORED, Code
+from ..net.rpc import COLLISION, MISSING, ROTTEN, SAME, STORED, Code
 from .errors import NodeError
 
 CATALOG_FILE = "catalog.db"
@@ -139,6 +139,20 @@ class NodeStore:
         missing = np.flatnonzero(slots == 0)
         found = slots[slots != 0]
         return self.store.data[found].tobytes(), missing.tolist()
+
+    def sound(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The copies of `ids` fit to hand to another node: (the bytes of the sound ones, as
+        k × block_size uint8 in order; a status per id: 0 sound, rpc.MISSING (not held) or
+        rpc.ROTTEN (its bytes no longer hash to its record: never passed on))."""
+        slots = self._slots_of(ids)
+        status = np.where(slots == 0, MISSING, 0).astype(np.uint8)
+        held = np.flatnonzero(slots)
+        data = self.store.data[slots[held]]
+        rotten = self.fingerprints.of(data)[:, 1] != self.store.hashes[slots[held], 1]
+        if not rotten.any():
+            return data, status             # the usual case: no second copy of the bytes
+        status[held[rotten]] = ROTTEN
+        return data[~rotten], status
 
     def drop(self, ids: np.ndarray) -> int:
         """Forgets every id held; returns how many were."""

@@ -1,0 +1,156 @@
+"""Heal copies from node to node: the bytes go from a holder straight to the target, a rotten copy
+is never passed on, and a copy a node cannot make goes through the coordinator, saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncssh
+import numpy as np
+
+from engine import api
+from engine.net import rpc
+from engine.node import keys
+
+from .conftest import image
+from .test_loss_and_heal import _rot_every_copy
+
+LATER = 3600.0      # repair delay: the coordinator's own healer leaves the heal to the test
+
+
+def _io_bytes() -> int:
+    """Bytes this process (the coordinator) has read and written, sockets included."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
+async def _rpc(cluster, name: str, key: Path, kind: int, header=None, payload=b""):
+    """One request to a node with `key`: (reply type, header, payload)."""
+    host, _, port = cluster.config.node(name).address.rpartition(":")
+    async with asyncssh.connect(host, int(port), username="blockfold", known_hosts=None,
+                                agent_path=None, config=None,
+                                client_keys=[str(key)]) as conn:
+        writer, reader, _ = await conn.open_session(subsystem=rpc.SUBSYSTEM, encoding=None)
+        writer.write(rpc.encode(kind, 7, header, payload))
+        head = await asyncio.wait_for(reader.readexactly(rpc.HEADER.size), 5)
+        got, _, n = rpc.parse_header(head)
+        body, data = rpc.parse_body(await asyncio.wait_for(reader.readexactly(n), 5))
+        return got, body, bytes(data)
+
+
+def _held(cluster, name: str) -> np.ndarray:
+    """The ids a node holds (one page of its inventory is all a test cluster has)."""
+    _, body, data = asyncio.run(_rpc(cluster, name, cluster.config.admin_key, rpc.INVENTORY,
+                                     {"start": 0}))
+    return np.frombuffer(data, "<u8")[:body["count"]].astype(np.uint64)
+
+
+def test_a_heal_after_node_fail_goes_from_node_to_node(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 16, seed=31)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        before = _io_bytes()
+        figures = admin.heal(wait=True)
+        through_here = _io_bytes() - before
+        healed = figures.copied * 4096
+        assert figures.under_replicated == 0 and figures.relayed == 0
+        assert figures.relayed_why == ""
+        assert healed > 8 << 20
+        # Every healed byte through the coordinator would be twice `healed` (in, then out).
+        assert through_here < healed / 20
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_the_peer_key_may_only_say_hello_and_put(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    peer = cluster.path / "nodes" / "node1" / keys.PEER_KEY
+    assert peer.stat().st_mode & 0o777 == 0o600
+    kind, body, _ = asyncio.run(_rpc(cluster, "node2", peer, rpc.HELLO))
+    assert (kind, body["name"]) == (rpc.REPLY, "node2")
+    for asked, header in ((rpc.DROP, {"n": 0}), (rpc.GET, {"n": 0}), (rpc.LEASE, {"holder": "x"}),
+                          (rpc.COPY, {"targets": []}), (rpc.CATALOG_FETCH, {})):
+        kind, body, _ = asyncio.run(_rpc(cluster, "node2", peer, asked, header))
+        assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.NOT_ALLOWED)
+
+
+def test_a_rotten_copy_is_not_passed_on(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2, repair_delay=LATER)
+    image(tmp_path / "a.raw", 2, seed=32)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        only_rotten = np.intersect1d(_held(cluster, "node1"), _held(cluster, "node2"))
+        assert len(only_rotten)
+        _rot_every_copy(Path(cluster.config.node("node1").data))
+        admin.fail_node("node2")
+        figures = admin.heal(wait=False)
+        assert "node node1 holds rotten" in figures.relayed_why
+        assert figures.unreachable == len(only_rotten)      # node1's are rotten: no sound copy
+        # The target holds none of the blocks whose last copy is rotten.
+        assert not np.isin(only_rotten, _held(cluster, "node3")).any()
+
+
+def test_a_target_that_refuses_the_peer_key_is_healed_through_the_coordinator(
+        make_cluster, tmp_path, capfd):
+    cluster = make_cluster(nodes=3, replicas=2, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 4, seed=33)
+    (cluster.path / "nodes" / "node3" / keys.PEER_KEYS).write_text("")   # read at each login
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        figures = admin.heal(wait=True)
+        assert figures.under_replicated == 0
+        # node2 -> node3 was refused and went through here; node3 -> node2 went direct.
+        assert 0 < figures.relayed < figures.copied
+        assert "node node2 to node3: node3 refused the peer key" in figures.relayed_why
+        assert "went through the coordinator" in capfd.readouterr().err
+        events = [e["message"] for e in admin.pool.events() if e["kind"] == "heal"]
+        assert any("through the coordinator" in m and "refused the peer key" in m
+                   for m in events)
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_returning_node_is_refilled_from_node_to_node(make_cluster, tmp_path):
+    """A RAM node comes back empty: the copies placement wants on it are misplaced on the
+    others, and take the same path as a heal's."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=64 << 20, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 8, seed=34)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        share = {n.name: n.live_blocks for n in admin.nodes()}["node1"]
+        assert share * 4096 > 4 << 20
+        admin.fail_node("node1")
+        admin.heal(wait=True)
+        admin.restore_node("node1")             # back empty: RAM only; its catalog sent
+        before = _io_bytes()                    # the healer thread's pass starts in 0.2 s
+        admin.heal(wait=True)
+        for _ in range(50):                     # heartbeats bring the count in
+            if {n.name: n.live_blocks for n in admin.nodes()}["node1"] == share:
+                break
+            time.sleep(0.1)
+        assert {n.name: n.live_blocks for n in admin.nodes()}["node1"] == share
+        assert _io_bytes() - before < share * 4096 / 20
+        told = [e["message"] for e in admin.pool.events() if e["kind"] == "heal"]
+        assert not any("through the coordinator" in m for m in told)
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_cluster_up_gives_an_older_clusters_nodes_the_peer_key(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    api.cluster_down(cluster.path)
+    made = [cluster.path / "peer_key", cluster.path / "peer_key.pub"]
+    for name in ("node1", "node2"):
+        made += [cluster.path / "nodes" / name / f for f in (keys.PEER_KEY, keys.PEER_KEYS)]
+    for path in made:
+        path.unlink()                           # as a cluster made before there was a peer key
+    api.cluster_up(cluster.path)
+    assert all(path.is_file() for path in made)
+    public = (cluster.path / "peer_key.pub").read_text().strip()
+    assert (cluster.path / "nodes" / "node2" / keys.PEER_KEYS).read_text() == \
+        f"restrict {public}\n"
