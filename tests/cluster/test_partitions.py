@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from engine.cluster.config import ClusterConfig
+from engine.node import keys
 from tests import netns
 from tests.conftest import ROOT
 
@@ -89,6 +90,11 @@ class Site:
         data = self.tmp / "nodes" / f"node{k}"
         data.mkdir(parents=True)
         (data / "authorized_keys").write_text(self.config.admin_public_key())
+        # What an operator gives a node started elsewhere (`cluster add --help`): the peer key,
+        # so heals go from node to node here too.
+        shutil.copy(self.config.peer_key, data / keys.PEER_KEY)
+        (data / keys.PEER_KEYS).write_text(
+            f"{keys.PEER_OPTIONS} {self.config.peer_public_key()}")
         with open(data / "node.log", "wb") as log:
             proc = subprocess.Popen(
                 self.net.command(f"n{k}", sys.executable, "-m", "engine.node", "--data", data,
