@@ -124,7 +124,7 @@ class Writer:
                     f" at least min_replicas={self.min_replicas} copies: refused")
             lead, followers = self._leads(b)
             want = self._choose(b, lead, self._writable())
-            self._judge(b, lead, want, self.copies.put(b.ids[lead], b.data[lead], want))
+            self._judge(b, lead, want, self.copies.put(b.ids[lead], b.data, want, rows=lead))
             self._settle(b, lead, followers)
         raise ReplicationError("could not place blocks on enough nodes: the cluster keeps"
                                " changing under the write")

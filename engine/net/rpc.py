@@ -90,12 +90,18 @@ class RemoteError(Exception):
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
     """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
     JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""
+    return b"".join((encode_head(kind, request_id, header, memoryview(payload).nbytes), payload))
+
+
+def encode_head(kind: int, request_id: int, header: dict | None, payload_bytes: int) -> bytes:
+    """A frame up to its payload, which follows it on the stream: megabytes of blocks are then
+    written as they are, not copied into one frame first. Arguments and errors as encode()."""
     meta = json.dumps(header or {}, separators=(",", ":")).encode()
-    body_len = BODY_HEADER.size + len(meta) + len(payload)
+    body_len = BODY_HEADER.size + len(meta) + payload_bytes
     if body_len > MAX_BODY:
         raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
     return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
-                     BODY_HEADER.pack(len(meta)), meta, payload))
+                     BODY_HEADER.pack(len(meta)), meta))
 
 
 def encode_error(request_id: int, code: Code, message: str) -> bytes:
@@ -153,7 +159,8 @@ class FrameReader:
             kind, request_id, body_len = self._want
             if len(self._buf) < body_len:
                 return frames
-            body = bytes(self._buf[:body_len])
+            with memoryview(self._buf) as view:     # one copy of the body, not two
+                body = bytes(view[:body_len])
             del self._buf[:body_len]
             self._want = None
             frames.append((kind, request_id, body))

@@ -6,7 +6,9 @@ the `blockfold-rpc` subsystem; admin keys get the console in an interactive sess
 (console_session.py) and the `blockfold-admin` subsystem, a relay to the cluster's service
 (admin_relay.py), both read-only for the keys in admin_keys_readonly. Exec requests, other
 subsystems, port forwarding, agent and X11 forwarding are all refused. Requests on a channel are
-answered in order, one at a time, by the Handler; one bad channel never stops the others.
+answered in order, one at a time, by the Handler, and the channels take turns between requests
+(a coordinator's heartbeats ride a channel of their own beside its bulk PUTs); one bad channel
+never stops the others.
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ class RpcSession(asyncssh.SSHServerSession):
                 self.chan.close()
                 return
             self._write(self._answer(kind, request_id, body))
+            # A get from a queue that holds frames never yields: let the other channel (a
+            # heartbeat) in between two bulk requests.
+            await asyncio.sleep(0)
 
     def _answer(self, kind: int, request_id: int, body: bytes) -> bytes:
         try:
