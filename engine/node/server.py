@@ -28,6 +28,7 @@ from .console_session import ConsoleSession
 from .errors import describe
 from .handler import Handler
 from .keys import Login
+from .malloc import keep_freed_memory
 from .store import NodeStore
 
 log = logging.getLogger(__name__)
@@ -241,4 +242,5 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
 def run(data: str, host: str, port: int, memory: int | None = None,
         block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
     """serve() on its own event loop, returning once the node has stopped."""
+    keep_freed_memory()
     asyncio.run(serve(Path(data), host, port, memory, block_size, cluster, ready))
