@@ -29,6 +29,7 @@ class BlockLayer(Protocol):
     collisions: int             # fingerprints that matched other bytes, since the pool was made
     corrupt: np.ndarray         # addresses known rotten (every copy, in a cluster), ascending
     rebuild_phases: tuple[str, ...]   # the phases rebuild() reports, in order
+    import_blocks: int          # blocks an import writes at a time: the layer's best batch
 
     # -- write path (called by the core) ------------------------------------------------------
     def store_blocks(self, blocks: np.ndarray, digests: np.ndarray | None = None) -> np.ndarray:

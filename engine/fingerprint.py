@@ -27,11 +27,12 @@ class Fingerprinter:
         self.one = one
 
     def of(self, data) -> np.ndarray:
-        """The digests of each block of `data` (a bytes-like of n whole blocks), as n × 2 words."""
+        """The digests of each block of `data` (a bytes-like of n whole blocks, contiguous), as
+        n × 2 words."""
         view = memoryview(data).cast("B")
         bs = self.block_size
         one = self.one
-        if one is fingerprint:          # the same digests from the native core, a batch per call
+        if one is fingerprint:          # the native core's: one call, without the GIL
             return np.frombuffer(_native.fingerprints(view, bs), dtype=np.uint64).reshape(-1, 2)
         joined = b"".join([one(view[i:i + bs]) for i in range(0, len(view), bs)])
         return np.frombuffer(joined, dtype=np.uint64).reshape(-1, 2)

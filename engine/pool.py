@@ -753,7 +753,8 @@ class Pool:
         """Writes an image's chunks into an import's provisional VM; returns its size in bytes."""
         meter = Meter(progress, "import", image.size, unit_bytes=1)
         size = image.size
-        for offset, data in imageio.read_ahead(image, IMPORT_CHUNK_BLOCKS * self.block_size):
+        chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks
+        for offset, data in imageio.read_ahead(image, chunk * self.block_size):
             size = max(size, offset + len(data))       # stdin: grows as it comes
             self.write(target, offset, data)
             meter.done = offset + len(data)

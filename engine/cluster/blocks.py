@@ -37,12 +37,14 @@ SCRUB_NODE_SHIFT = 48       # a scrub's cursor: the node's index above, its slot
 class ClusterBlocks:
     rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
     scrub_unit = "copies"       # a scrub reads every copy on every node, not each block once
+    import_bytes = 16 << 20     # an import's batch: few round trips, several frames per node
 
     def __init__(self, members, config, fingerprints: Fingerprinter, collisions: int = 0):
         self.members = members
         self.block_size = config.block_size
         self.replicas = config.replicas
         self.min_replicas = config.min_replicas
+        self.import_blocks = self.import_bytes // config.block_size
         self._rows = RowMap(len(members.nodes))
         self._copies = Copies(members, config.block_size)
         self._writer = Writer(members, self._rows, self._copies, fingerprints,

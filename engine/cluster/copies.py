@@ -2,9 +2,10 @@
 
 PUT (store, compare with the copy held, or rewrite a rotten one), GET, DROP, SYNC, INVENTORY and
 SCRUB, each fanned out as one request per node, to every node at once
-(engine.cluster.members.Members.call_many). A payload is the ids as little-endian uint64, then the
-blocks' bytes, if any. Nothing here decides where a copy goes or what a reply means for the row
-map: callers do.
+(engine.cluster.members.Members.call_many); a PUT goes in frames of up to PUT_BYTES, all in flight
+together (call_each). A payload is the ids as little-endian uint64, then the blocks' bytes, if
+any, built with one copy of the bytes. Nothing here decides where a copy goes or what a reply
+means for the row map: callers do.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ..net import rpc
 
 FRAME_BYTES = 8 << 20      # block data per request: far under rpc.MAX_BODY, big enough to
                            # keep round trips few while copying
+PUT_BYTES = 4 << 20        # a node's PUT goes in frames of this much, all in flight at once:
+                           # it stores one while the next is on its way (smaller frames cost
+                           # the node more per byte)
 DROP_IDS = 1 << 20          # 8 MiB of ids a frame
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0     # a backstop far under a guest's 30 s I/O timeout: a node that turns
@@ -25,9 +29,21 @@ INVENTORY_TIMEOUT = 30.0
 SCRUB_TIMEOUT = 120.0
 
 
-def payload(ids: np.ndarray, data: np.ndarray | None = None) -> bytes:
-    head = ids.astype("<u8").tobytes()
-    return head if data is None else head + data.tobytes()
+def payload(ids: np.ndarray, data: np.ndarray | None = None,
+            rows: np.ndarray | None = None) -> bytes | np.ndarray:
+    """The ids, then the blocks data[rows] (n × block_size; all of data if rows is None), as
+    one flat uint8 array: the blocks' bytes are copied once, straight into it."""
+    if data is None:
+        return ids.astype("<u8").tobytes()
+    n, bs = len(ids), data.shape[1]
+    out = np.empty(8 * n + n * bs, np.uint8)
+    out[:8 * n].view("<u8")[:] = ids
+    blocks = out[8 * n:].reshape(n, bs)
+    if rows is None:
+        blocks[:] = data
+    else:
+        np.take(data, rows, axis=0, out=blocks, mode="clip")    # "raise" would copy twice
+    return out
 
 
 class Copies:
@@ -35,33 +51,43 @@ class Copies:
         self.members = members
         self.block_size = block_size
         self.frame_blocks = max(1, FRAME_BYTES // block_size)   # blocks a GET or PUT may carry
+        self.put_blocks = max(1, PUT_BYTES // block_size)       # blocks a PUT frame carries
         self._sync_lock = threading.Lock()
         # Nodes that took blocks since the last sync: {node: (the incarnation their PUTs'
         # replies named, or None if they named two; the ids sent)}.
         self._unsynced: dict[int, tuple[str | None, list[np.ndarray]]] = {}
 
     def put(self, ids: np.ndarray, data: np.ndarray, want: np.ndarray,
-            repair: bool = False) -> dict:
-        """Sends block j to every node i with want[j, i]: one PUT per node. Returns {node: a
-        status per block sent (rpc.STORED, SAME or COLLISION), or the exception}. With
-        `repair`, a node only rewrites copies it holds rotten (STORED) and stores nothing new."""
+            repair: bool = False, rows: np.ndarray | None = None) -> dict:
+        """Sends block j to every node i with want[j, i]: one PUT per node, in frames of
+        PUT_BYTES sent all at once (several in flight to each node). Block j's bytes are
+        data[rows[j]] (data[j] if rows is None). Returns {node: a status per block sent
+        (rpc.STORED, SAME or COLLISION), or the exception}. With `repair`, a node only rewrites
+        copies it holds rotten (STORED) and stores nothing new."""
         requests = {}
         head = {"repair": True} if repair else {}
+        step = self.put_blocks
         for node in np.flatnonzero(want.any(axis=0)).tolist():
             sel = np.flatnonzero(want[:, node])
-            requests[node] = (rpc.PUT, {"n": len(sel), **head}, payload(ids[sel], data[sel]))
+            at = sel if rows is None else rows[sel]
+            requests[node] = [(rpc.PUT, {"n": len(sel[k:k + step]), **head},
+                               payload(ids[sel[k:k + step]], data, at[k:k + step]))
+                              for k in range(0, len(sel), step)]
         if not requests:
             return {}
-        replies = self.members.call_many(requests, WRITE_TIMEOUT)
+        replies = self.members.call_each(requests, WRITE_TIMEOUT)
         # Noted once answered: a sync that ran meanwhile may have overtaken the PUT on its node.
         with self._sync_lock:
             for node in requests:
                 reply = replies[node]
-                run = None if isinstance(reply, Exception) else reply[0].get("incarnation")
+                runs = set() if isinstance(reply, Exception) else {
+                    r[0].get("incarnation") for r in reply}
+                run = runs.pop() if len(runs) == 1 else None    # two: it restarted between
                 seen, sent = self._unsynced.get(node, (run, []))
                 sent.append(ids[want[:, node]])
                 self._unsynced[node] = (seen if seen == run else None, sent)
-        return {node: r if isinstance(r, Exception) else np.frombuffer(r[1], np.uint8)
+        return {node: r if isinstance(r, Exception) else
+                np.concatenate([np.frombuffer(part[1], np.uint8) for part in r])
                 for node, r in replies.items()}
 
     def noted(self, node: int, run: str | None, ids: np.ndarray) -> None:

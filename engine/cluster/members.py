@@ -114,10 +114,19 @@ class Members:
         judge for themselves); a node's error reply is returned as rpc.RemoteError and leaves
         it up.
         """
-        async def one(i, kind, header, payload):
+        replies = self.call_each({i: [req] for i, req in requests.items()}, timeout, mark)
+        return {i: r if isinstance(r, Exception) else r[0] for i, r in replies.items()}
+
+    def call_each(self, requests: dict, timeout: float = 10.0, mark: bool = True) -> dict:
+        """Sends every request {node: [(kind, header, payload), ...]} at once, all of a node's
+        in flight together (it answers them in order, working on one while the next arrives);
+        {node: [its replies, in order], or the first exception}. Marking as call_many."""
+        async def one(i, node_requests):
             started = time.monotonic()
+            client = self.nodes[i].client
             try:
-                call = self.nodes[i].client.call(kind, header, payload, timeout)
+                call = _all(client.call(kind, header, payload, timeout)
+                            for kind, header, payload in node_requests)
                 reply = await (self._unless_judged(i, call, timeout) if mark else call)
                 self._answered(i, time.monotonic() - started)
                 return reply
@@ -130,7 +139,7 @@ class Members:
 
         async def all_of():
             items = list(requests.items())
-            results = await asyncio.gather(*(one(i, *req) for i, req in items))
+            results = await asyncio.gather(*(one(i, reqs) for i, reqs in items))
             return dict(zip((i for i, _ in items), results))
 
         try:
@@ -324,3 +333,8 @@ class Members:
         except Exception:   # noqa: BLE001 - closing anyway
             pass
         self.io.close()
+
+
+async def _all(calls) -> list:
+    """The results of `calls`, run at once; cancelling this cancels them all."""
+    return await asyncio.gather(*calls)

@@ -124,7 +124,7 @@ class Writer:
                     f" at least min_replicas={self.min_replicas} copies: refused")
             lead, followers = self._leads(b)
             want = self._choose(b, lead, self._writable())
-            self._judge(b, lead, want, self.copies.put(b.ids[lead], b.data[lead], want))
+            self._judge(b, lead, want, self.copies.put(b.ids[lead], b.data, want, rows=lead))
             self._settle(b, lead, followers)
         raise ReplicationError("could not place blocks on enough nodes: the cluster keeps"
                                " changing under the write")
@@ -167,6 +167,9 @@ class Writer:
         return want
 
     def _judge(self, b: _Batch, lead: np.ndarray, want: np.ndarray, replies: dict) -> None:
+        # Every node's answer is taken before any block moves on: a copy another node stored
+        # under an id that collided is then known, and dropped, whatever order nodes answer in.
+        collided = np.zeros(len(lead), bool)
         for node, status in replies.items():
             sent = np.flatnonzero(want[:, node])
             if isinstance(status, rpc.RemoteError):
@@ -177,16 +180,17 @@ class Writer:
                 continue
             ok = status != rpc.COLLISION
             b.held[lead[sent[ok]], node] = True
-            bad = lead[sent[~ok]]
-            if len(bad):
-                self.collisions += len(bad)
-                # Copies already made under the taken id must not linger there.
-                orphaned = bad[~b.existing[bad] & b.held[bad].any(axis=1)]
-                if len(orphaned):
-                    self.copies.drop(b.ids[orphaned], b.held[orphaned])
-                b.next_variant(bad)
-                b.held[bad] = False
-                b.existing[bad] = False
+            collided[sent[~ok]] = True
+        bad = lead[collided]
+        if len(bad):
+            self.collisions += len(bad)
+            # Copies already made under the taken id must not linger there.
+            orphaned = bad[~b.existing[bad] & b.held[bad].any(axis=1)]
+            if len(orphaned):
+                self.copies.drop(b.ids[orphaned], b.held[orphaned])
+            b.next_variant(bad)
+            b.held[bad] = False
+            b.existing[bad] = False
 
     def _writable(self) -> np.ndarray:
         """The nodes a write goes to: the healthy ones, so no write waits on a node that missed

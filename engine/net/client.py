@@ -1,9 +1,12 @@
-"""The coordinator's side of the SSH transport: one connection and RPC channel per node.
+"""The coordinator's side of the SSH transport: one connection per node, with two RPC channels.
 
 asyncssh runs on its own event loop in a background thread (IoLoop), so the synchronous pool code
-calls `loop.run(coroutine, timeout)`. A NodeClient multiplexes requests on one channel by request
-id; when the connection drops, every request in flight fails at once with NodeUnreachable, which
-is what lets reads fail over to another replica without waiting for a timeout.
+calls `loop.run(coroutine, timeout)`. A NodeClient multiplexes requests by request id on two
+channels: heartbeats and lease requests on a control channel, everything else on the bulk one. A
+node answers each channel's requests in order, so a heartbeat queued behind megabytes of PUTs
+would wait for all of them; on its own channel it waits for one at most. When the connection
+drops, every request in flight fails at once with NodeUnreachable, which is what lets reads fail
+over to another replica without waiting for a timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from . import rpc
 
 CONNECT_TIMEOUT = 3.0
 USERNAME = "blockfold"
+CONTROL = {rpc.HELLO, rpc.HEARTBEAT, rpc.LEASE, rpc.RELEASE}    # the control channel's requests
 
 
 class NodeUnreachable(Exception):
@@ -73,10 +77,10 @@ class NodeClient:
         self.host_key = host_key
         self.client_key = client_key
         self.conn = None
-        self.writer = None
+        self.writers: tuple | None = None     # (bulk, control) channels' writers
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = itertools.count(1)
-        self.reader_task = None
+        self.reader_tasks: list[asyncio.Task] = []
         self._connecting: asyncio.Lock | None = None
 
     @property
@@ -108,13 +112,16 @@ class NodeClient:
             except (TimeoutError, OSError, asyncssh.Error) as e:
                 raise NodeUnreachable(f"node {self.name} ({self.address}): {e}") from None
             try:
-                writer, reader, _ = await conn.open_session(subsystem=rpc.SUBSYSTEM,
-                                                            encoding=None)
+                channels = [await conn.open_session(subsystem=rpc.SUBSYSTEM, encoding=None)
+                            for _ in range(2)]
             except (OSError, asyncssh.Error) as e:
                 conn.close()
                 raise NodeUnreachable(f"node {self.name}: {e}") from None
-            self.conn, self.writer = conn, writer
-            self.reader_task = asyncio.get_running_loop().create_task(self._read(reader, conn))
+            self.conn = conn
+            self.writers = tuple(writer for writer, _, _ in channels)
+            loop = asyncio.get_running_loop()
+            self.reader_tasks = [loop.create_task(self._read(reader, conn))
+                                 for _, reader, _ in channels]
 
     async def _read(self, reader, conn) -> None:
         error = "connection closed"
@@ -139,9 +146,10 @@ class NodeClient:
             self._drop(conn, error)
 
     def _drop(self, conn, error: str) -> None:
-        if self.conn is conn:
-            self.conn = self.writer = None
         conn.close()
+        if self.conn is not conn:
+            return          # dropped already (its other channel): the pending are a newer one's
+        self.conn = self.writers = None
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
@@ -149,15 +157,24 @@ class NodeClient:
 
     async def call(self, kind: int, header: dict | None = None, payload=b"",
                    timeout: float = 10.0):
-        """(reply header, reply payload); raises NodeUnreachable or rpc.RemoteError."""
+        """(reply header, reply payload); raises NodeUnreachable or rpc.RemoteError. `payload`:
+        bytes or a C-contiguous array, or a tuple of them sent one after the other (ids, then
+        blocks): each is written as it is, not copied into a frame first."""
         if self.conn is None:
             await self.connect()
         request_id = next(self.ids) & 0xFFFF_FFFF
         future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         conn = self.conn
+        writer = self.writers[kind in CONTROL]
+        parts = [memoryview(p).cast("B") for p in
+                 (payload if isinstance(payload, tuple) else (payload,))]
         try:
-            self.writer.write(rpc.encode(kind, request_id, header, payload))
+            writer.write(rpc.encode_head(kind, request_id, header, sum(map(len, parts))))
+            for part in parts:
+                if len(part):
+                    writer.write(part)     # asyncssh tests `not data`: an array has no truth
+                                           # value, a view has
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             # The connection stays: a node busy with bulk data ahead of this request is slow,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections import deque
 
 MAGIC = b"BFRP"
 VERSION = 1
@@ -102,17 +103,19 @@ class RemoteError(Exception):
 
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
     """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
-    JSON-able dict) and `payload` (bytes-like, or a tuple of bytes-likes joined in the frame:
-    ids and blocks without a copy of their own). Raises ValueError if the body is over
-    MAX_BODY."""
-    parts = payload if isinstance(payload, tuple) else (payload,)
-    views = [memoryview(p).cast("B") for p in parts]
+    JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""
+    return b"".join((encode_head(kind, request_id, header, memoryview(payload).nbytes), payload))
+
+
+def encode_head(kind: int, request_id: int, header: dict | None, payload_bytes: int) -> bytes:
+    """A frame up to its payload, which follows it on the stream: megabytes of blocks are then
+    written as they are, not copied into one frame first. Arguments and errors as encode()."""
     meta = json.dumps(header or {}, separators=(",", ":")).encode()
-    body_len = BODY_HEADER.size + len(meta) + sum(len(v) for v in views)
+    body_len = BODY_HEADER.size + len(meta) + payload_bytes
     if body_len > MAX_BODY:
         raise ValueError(f"frame body of {body_len} bytes is over the {MAX_BODY} cap")
     return b"".join((HEADER.pack(MAGIC, VERSION, kind, request_id, body_len),
-                     BODY_HEADER.pack(len(meta)), meta, *views))
+                     BODY_HEADER.pack(len(meta)), meta))
 
 
 def encode_error(request_id: int, code: Code, message: str) -> bytes:
@@ -151,27 +154,42 @@ def parse_body(body: bytes) -> tuple[dict, memoryview]:
 
 
 class FrameReader:
-    """Splits a byte stream into frames: feed() bytes, then take the complete frames."""
+    """Splits a byte stream into frames: feed() bytes, then take the complete frames. What
+    arrives is kept as it came, and a frame's bytes are joined once, when it is complete."""
 
     def __init__(self):
-        self._buf = bytearray()
+        self._parts: deque = deque()     # bytes received and not yet framed (or views of them)
+        self._have = 0
         self._want: tuple[int, int, int] | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Complete frames (type, request id, body) in the data so far; raises FrameError."""
-        self._buf += data
+        if data:
+            self._parts.append(bytes(data))      # no copy of bytes; a buffer may be reused
+            self._have += len(data)
         frames = []
         while True:
             if self._want is None:
-                if len(self._buf) < HEADER.size:
+                if self._have < HEADER.size:
                     return frames
-                self._want = parse_header(bytes(self._buf[:HEADER.size]))
-                del self._buf[:HEADER.size]
+                self._want = parse_header(self._take(HEADER.size))
             kind, request_id, body_len = self._want
-            if len(self._buf) < body_len:
+            if self._have < body_len:
                 return frames
-            with memoryview(self._buf) as view:     # one copy of the body, not two
-                body = bytes(view[:body_len])
-            del self._buf[:body_len]
+            body = self._take(body_len)
             self._want = None
             frames.append((kind, request_id, body))
+
+    def _take(self, n: int) -> bytes:
+        """The next n bytes received (at most what is held)."""
+        out, got = [], 0
+        while got < n:
+            part = self._parts.popleft()
+            if got + len(part) > n:
+                rest = memoryview(part)
+                self._parts.appendleft(rest[n - got:])
+                part = rest[:n - got]
+            out.append(part)
+            got += len(part)
+        self._have -= n
+        return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)

@@ -97,7 +97,7 @@ class Peers:
                     return
                 # A target's sound copies are consecutive rows of `data`: a view, not a copy.
                 blocks = data[row[part[0]]:row[part[-1]] + 1]
-                body = (ids[part].astype("<u8").tobytes(), blocks)    # joined in the frame
+                body = (ids[part].astype("<u8").tobytes(), blocks)    # written one after the other
                 try:
                     head, reply = await client.call(rpc.PUT, {"n": len(part)}, body,
                                                     PUT_TIMEOUT)

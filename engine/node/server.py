@@ -9,7 +9,9 @@ subsystem, a relay to the cluster's service (admin_relay.py), both read-only for
 admin_keys_readonly. Exec requests, other subsystems, port forwarding, agent and X11 forwarding
 are all refused. Requests on a channel are answered in order, one at a time, by the Handler,
 except COPY (engine.node.peers), which waits on other nodes: it is answered when done, and the
-requests after it do not wait for it. One bad channel never stops the others.
+requests after it do not wait for it. The channels take turns between requests (a
+coordinator's heartbeats ride a channel of their own beside its bulk PUTs); one bad channel
+never stops the others.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .console_session import ConsoleSession
 from .errors import NodeError, describe
 from .handler import Handler
 from .keys import Login
+from .malloc import keep_freed_memory
 from .store import NodeStore
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,9 @@ class RpcSession(asyncssh.SSHServerSession):
                 task.add_done_callback(self.tasks.discard)
                 continue
             self._write(self._answer(kind, request_id, body))
+            # A get from a queue that holds frames never yields: let the other channel (a
+            # heartbeat) in between two bulk requests.
+            await asyncio.sleep(0)
 
     def _allowed(self, kind: int) -> bool:
         """A node key may make every request; the peer key only rpc.PEER_REQUESTS."""
@@ -268,4 +274,5 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
 def run(data: str, host: str, port: int, memory: int | None = None,
         block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
     """serve() on its own event loop, returning once the node has stopped."""
+    keep_freed_memory()
     asyncio.run(serve(Path(data), host, port, memory, block_size, cluster, ready))

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from engine.api import BlockfoldError
+from engine.cluster.blocks import ClusterBlocks
 
 from .conftest import image
 
@@ -20,7 +21,8 @@ from .conftest import image
 def test_kill_the_coordinator_mid_import(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
     data = image(tmp_path / "a.raw", 2, seed=11)
-    big = image(tmp_path / "big.raw", 16, seed=12)
+    # Three of an import's batches, so the kill can land between two of them.
+    big = image(tmp_path / "big.raw", 3 * ClusterBlocks.import_bytes >> 20, seed=12)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
         before = sum(n.blocks for n in admin.nodes())

@@ -15,13 +15,17 @@ import numpy as np
 import pytest
 
 from engine.api import BlockfoldError
+from engine.cluster.blocks import ClusterBlocks
 
 from .conftest import image
+
+# Three of an import's batches: a kill at 30 % of the import lands between two of them.
+MID_IMPORT_MIB = 3 * ClusterBlocks.import_bytes >> 20
 
 
 def test_kill_a_node_mid_import_then_heal(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=2)
-    data = image(tmp_path / "golden.raw", 8)
+    data = image(tmp_path / "golden.raw", MID_IMPORT_MIB)
     killed = threading.Event()
 
     def progress(p):
@@ -248,7 +252,7 @@ def test_losing_r_nodes_mid_import_rolls_it_back_whole(make_cluster, tmp_path):
     error naming the lost nodes, and the cluster works again once they are back."""
     cluster = make_cluster(nodes=3, replicas=2)
     first = image(tmp_path / "first.raw", 1, seed=11)
-    image(tmp_path / "big.raw", 8, seed=12)
+    image(tmp_path / "big.raw", MID_IMPORT_MIB, seed=12)
     killed = threading.Event()
 
     def progress(p):

@@ -1,0 +1,78 @@
+"""The coordinator's transport under bulk data: a node answers a heartbeat while megabytes of
+PUTs queue on the other channel, and a write bigger than a frame lands whole."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from engine.cluster import placement
+from engine.cluster.copies import PUT_BYTES, payload
+from engine.fingerprint import Fingerprinter
+from engine.net import rpc
+from engine.net.client import IoLoop, NodeClient
+
+
+def test_a_heartbeat_is_answered_between_bulk_puts(make_cluster):
+    cluster = make_cluster(nodes=1, replicas=1)
+    entry = cluster.config.nodes[0]
+    client = NodeClient(entry.name, entry.address, entry.host_key, str(cluster.config.admin_key))
+    rng = np.random.default_rng(5)
+    n = PUT_BYTES // 4096
+    frames = 12
+    puts = [payload(rng.integers(1, 2**63, n, dtype=np.uint64),
+                    rng.integers(0, 256, (n, 4096), dtype=np.uint8)) for _ in range(frames)]
+    order = []
+
+    async def one(label, kind, header, body):
+        await client.call(kind, header, body, timeout=60)
+        order.append(label)
+
+    async def run():
+        await client.connect()
+        calls = [one(f"put{k}", rpc.PUT, {"n": n}, body) for k, body in enumerate(puts)]
+        calls.append(one("heartbeat", rpc.HEARTBEAT, {}, b""))
+        await asyncio.gather(*calls)
+        await client.close()
+
+    io = IoLoop()
+    try:
+        io.run(run(), 120)
+    finally:
+        io.close()
+    # Sent last, behind 48 MiB of PUTs; answered after a few of them, not after all.
+    assert order.index("heartbeat") < frames // 2, order
+
+
+def test_a_write_over_many_frames_lands_whole_with_a_collision_in_a_later_frame(
+        make_cluster, tmp_path):
+    """The first of the two nodes the image's last block goes to already holds other bytes
+    under its id: it answers COLLISION in the third frame of its PUT while the other node
+    stores the block. The block moves to its next id, the copy made under the taken one is
+    dropped, and every byte reads back, each copy where the coordinator counts it."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    rng = np.random.default_rng(6)
+    blocks = rng.integers(0, 256, (3 * PUT_BYTES // 4096 * 3 // 2, 4096), dtype=np.uint8)
+    data = blocks.tobytes()
+    (tmp_path / "a.raw").write_bytes(data)
+    taken = np.array([Fingerprinter(4096).of(blocks[-1])[0, 0]], dtype=np.uint64)
+    entries = cluster.config.nodes
+    seeds = np.array([placement.node_seed(e.name) for e in entries], dtype=np.uint64)
+    weights = np.array([e.weight for e in entries], dtype=np.float64)
+    first = int(np.flatnonzero(placement.targets(taken, seeds, weights, np.ones(3, bool), 2)[0])[0])
+    other = rng.integers(0, 256, (1, 4096), dtype=np.uint8)
+    with cluster.open() as admin:
+        entry = entries[first]          # planted behind the coordinator's back
+        client = NodeClient(entry.name, entry.address, entry.host_key,
+                            str(cluster.config.admin_key))
+        io = IoLoop()
+        try:
+            io.run(client.call(rpc.PUT, {"n": 1}, payload(taken, other)), 30)
+            io.run(client.close(), 10)
+        finally:
+            io.close()
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.stats().collisions == 1
+        assert admin.fsck() == []
