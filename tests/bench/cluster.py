@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--heal-mib", type=int, default=1024, help="unique data to heal")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     args = parser.parse_args()
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=args.dir))
     try:
         images = make_images(work, args.mib)
