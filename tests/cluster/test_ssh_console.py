@@ -68,9 +68,13 @@ def test_admin_key_gets_the_console_switches_resizes_and_quits(console_node):
     assert "Overview" in t.wait_for("Blockfold · Overview")
     t.keys("2")
     t.wait_for("Blockfold · VMs")
-    shown = t.wait_for("golden")
-    assert "Delete" in shown
-    assert max(map(len, shown.splitlines())) > 100    # laid out to the client's 120 columns
+    t.wait_for("golden")
+    t.wait_for("Delete")                          # a writable session's key bar
+    # Laid out to the client's 120 columns; polled, since a capture may fall mid-redraw.
+    deadline = time.monotonic() + 10
+    while max(map(len, t.screen().splitlines())) <= 100:
+        assert time.monotonic() < deadline, "the console was not laid out to 120 columns"
+        time.sleep(0.1)
     t.resize(70, 20)
     t.wait_for("golden")
     deadline = time.monotonic() + 10
