@@ -160,7 +160,7 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     through the coordinator, and each heal says why."""
     config = ClusterConfig.load(path)
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT")
     if any(e.address == address for e in config.nodes):
         raise BlockfoldError(f"a node at {address} is already in cluster {config.path}")

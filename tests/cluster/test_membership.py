@@ -9,6 +9,8 @@ import time
 
 from engine import api
 
+from ..conftest import run_cli
+
 from .conftest import image
 
 
@@ -48,3 +50,13 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
     finally:
         node.terminate()                  # SIGTERM: a clean exit
         assert node.wait(10) == 0
+
+
+def test_cluster_add_refuses_a_port_out_of_range_in_one_line(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    before = cluster.config.nodes
+    proc = run_cli("cluster", "add", cluster.path, "127.0.0.1:99999")
+    assert proc.returncode == 1
+    assert proc.stderr_text == ("blockfold: error: bad node address '127.0.0.1:99999': use"
+                                " HOST:PORT\n")
+    assert cluster.config.nodes == before
