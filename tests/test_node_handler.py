@@ -239,7 +239,7 @@ def test_copy_sends_no_missing_or_rotten_copy_and_says_what_stopped_it(node):
     header, status = asyncio.run(call(node, rpc.COPY, {"targets": [target]},
                                       struct.pack("<4Q", 5, 6, 7, 8)))
     assert list(status) == [rpc.UNSENT, rpc.ROTTEN, rpc.UNSENT, rpc.MISSING]
-    assert "node node1 has no peer key" in header["targets"][0]["error"]
+    assert header["targets"][0]["error"].startswith("has no peer key")
     for bad in ({"targets": []}, {"targets": [{**target, "host_key": ""}]},
                 {"targets": [{**target, "address": "nowhere"}]},
                 {"targets": [{**target, "address": "127.0.0.1:99999"}]},     # no such port

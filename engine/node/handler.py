@@ -49,7 +49,7 @@ class Handler:
         }
         # Requests that wait on other nodes: answered when done, the channel's others meanwhile.
         self.background = {rpc.COPY}
-        self.peers = Peers(store, name)
+        self.peers = Peers(store)
 
     def call(self, kind: int, header: dict, payload: memoryview):
         """Answers one request of type `kind`: (reply header, reply payload), or for a type in

@@ -47,6 +47,11 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
             assert admin.read("a", 0, len(data)) == data
             problems = admin.fsck()      # heal may not have caught up yet: only that is allowed
             assert all(p.kind == "replication" for p in problems), problems
+            # far has no peer key yet: its copies go through here, and the reason names it as
+            # the cluster does, not by its own name (far-node) nor a path relative to it.
+            why = admin.heal(wait=True).relayed_why
+            assert f"node far has no peer key ({far / 'peer_key'})" in why, why
+            assert "far-node has" not in why
     finally:
         node.terminate()                  # SIGTERM: a clean exit
         assert node.wait(10) == 0
