@@ -126,6 +126,15 @@ def test_a_ram_node_that_is_full_says_so(node):
     assert e.value.code is Code.NODE_FULL
 
 
+def test_a_put_refused_as_full_leaves_the_room_it_found(node):
+    # A heal's 4 MiB PUT to a nearly full target is refused whole; the slots it had counted out
+    # are still there for the copies that fit (they were lost until the node restarted).
+    with pytest.raises(NodeError):
+        put(node, list(range(1, 101)), blocks(*range(100)))
+    assert put(node, list(range(101, 141)), blocks(*range(40))) == [rpc.STORED] * 40
+    assert node.store.held == 40
+
+
 def catalog_image() -> bytes:
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -230,9 +239,11 @@ def test_copy_sends_no_missing_or_rotten_copy_and_says_what_stopped_it(node):
     header, status = asyncio.run(call(node, rpc.COPY, {"targets": [target]},
                                       struct.pack("<4Q", 5, 6, 7, 8)))
     assert list(status) == [rpc.UNSENT, rpc.ROTTEN, rpc.UNSENT, rpc.MISSING]
-    assert "node node1 has no peer key" in header["targets"][0]["error"]
+    assert header["targets"][0]["error"].startswith("has no peer key")
     for bad in ({"targets": []}, {"targets": [{**target, "host_key": ""}]},
                 {"targets": [{**target, "address": "nowhere"}]},
+                {"targets": [{**target, "address": "127.0.0.1:99999"}]},     # no such port
+                {"targets": [{**target, "host_key": "ssh-ed25519 notakey"}]},
                 {"targets": [{**target, "n": 5}]}):                   # more ids than carried
         assert refused(node, rpc.COPY, bad, struct.pack("<4Q", 5, 6, 7, 8)) is Code.BAD_REQUEST
 

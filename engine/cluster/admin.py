@@ -29,6 +29,10 @@ from .failures import FailureLog
 from .members import Members, NodeState
 
 HEAL_POLL = 0.2
+# A heal that waits gives up once its passes made no copy for this long: longer than a hung
+# node takes to be judged down (then the targets change), so only a lasting refusal (full
+# targets) ends it.
+HEAL_STALL = 10.0
 
 
 class ClusterAdmin(LocalAdmin):
@@ -248,12 +252,20 @@ class ClusterAdmin(LocalAdmin):
     def _heal(self, wait: bool, progress, cancel) -> HealFigures:
         replicas = self.config.replicas
         stop = cancel or threading.Event()      # waits between passes end early on a cancel
+        moved = time.monotonic()                # when a pass last made or dropped a copy
         while True:
             self.members.probe_all()
             self._rejoin_returning()
             figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
             if not wait or figures.under_replicated == 0:
                 return figures
+            if figures.copied or figures.dropped:
+                moved = time.monotonic()
+            elif time.monotonic() - moved > HEAL_STALL:
+                raise BlockfoldError(
+                    f"heal made no copy for {HEAL_STALL:.0f} s:"
+                    f" {formats.count(figures.under_replicated)} blocks are still"
+                    f" under-replicated ({figures.relayed_why or 'no node took a copy'})")
             if figures.unreachable and not figures.copied:
                 raise BlockfoldError(f"{figures.unreachable} blocks have no reachable copy:"
                                      " restore the nodes that hold them")

@@ -78,8 +78,8 @@ class Handoff:
                 ok = (got == rpc.STORED) | (got == rpc.SAME)
                 made[sel[ok], t] = True
                 left[sel[answered], t] = False
-                if told.get("error"):
-                    notes.add(told["error"])
+                if told.get("error"):       # the holder's line, under the name we know it by
+                    notes.add(f"node {names[node]} {told['error']}")
                 for code, what in ((rpc.MISSING, "has no copy of"), (rpc.ROTTEN, "holds rotten")):
                     n = int(np.count_nonzero(got == code))
                     if n:

@@ -81,6 +81,7 @@ class FrameError(Exception):
     def __init__(self, message: str, fatal: bool):
         super().__init__(message)
         self.fatal = fatal
+        self.frames: list[tuple[int, int, bytes]] = []   # complete ones before it (feed)
 
 
 class RemoteError(Exception):
@@ -163,7 +164,8 @@ class FrameReader:
         self._want: tuple[int, int, int] | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """Complete frames (type, request id, body) in the data so far; raises FrameError."""
+        """Complete frames (type, request id, body) in the data so far; raises FrameError,
+        whose `frames` are the complete ones that came before the bad header."""
         if data:
             self._parts.append(bytes(data))      # no copy of bytes; a buffer may be reused
             self._have += len(data)
@@ -172,7 +174,11 @@ class FrameReader:
             if self._want is None:
                 if self._have < HEADER.size:
                     return frames
-                self._want = parse_header(self._take(HEADER.size))
+                try:
+                    self._want = parse_header(self._take(HEADER.size))
+                except FrameError as e:
+                    e.frames = frames
+                    raise
             kind, request_id, body_len = self._want
             if self._have < body_len:
                 return frames

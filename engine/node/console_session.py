@@ -152,7 +152,8 @@ class ConsoleSession:
     def start(self, term: str | None, size: tuple[int, int]) -> None:
         """Refusals are written at once, before the client's EOF could close the channel."""
         if self.login.console_role is None:
-            return self._refuse("this key may not open the console: it is a node key,"
+            what = "a node key" if self.login.rpc_allowed else "the cluster's peer key"
+            return self._refuse(f"this key may not open the console: it is {what},"
                                 f" not in {ADMIN_KEYS} or {READONLY_KEYS}")
         if not self.login.pty:
             return self._refuse(f"this key may have no terminal ({self.login.console_from}:"

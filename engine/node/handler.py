@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 
+import asyncssh
 import numpy as np
 
 from .. import changeset
@@ -48,7 +49,7 @@ class Handler:
         }
         # Requests that wait on other nodes: answered when done, the channel's others meanwhile.
         self.background = {rpc.COPY}
-        self.peers = Peers(store, name)
+        self.peers = Peers(store)
 
     def call(self, kind: int, header: dict, payload: memoryview):
         """Answers one request of type `kind`: (reply header, reply payload), or for a type in
@@ -140,13 +141,16 @@ class Handler:
                 raise NodeError(Code.BAD_REQUEST, "each of 'targets' must be an object")
             address = _str(entry, "address")
             host, _, port = address.rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
                 raise NodeError(Code.BAD_REQUEST, f"bad target address {address!r}: use"
                                                   " HOST:PORT")
             host_key = _str(entry, "host_key")
-            if len(host_key.split()) < 2:
+            try:
+                asyncssh.import_public_key(host_key)
+            except ValueError:          # asyncssh.KeyImportError
                 raise NodeError(Code.BAD_REQUEST, "a target's 'host_key' must be a pinned"
-                                                  " public key: a node trusts no unknown host")
+                                                  " public key: a node trusts no unknown host"
+                                ) from None
             targets.append(Target(_str(entry, "name"), address, host_key, _int(entry, "n")))
         ids, _ = _ids({"n": sum(t.n for t in targets)}, payload)
         return self.peers.copy(targets, ids)

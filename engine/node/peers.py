@@ -9,7 +9,8 @@ node to node and never through it. Phases of one COPY:
          in flight on one SSH connection per target; a target checks them as it checks any PUT
   reply  a status byte per id (the target's PUT status, or MISSING, ROTTEN, UNSENT), and per
          target the incarnation its PUT replies named (null if two) and the error that stopped
-         it (null if none); the ids after a failed PUT are not sent
+         it (null if none; a line that names the target, not this node); the ids after a
+         failed PUT are not sent
 
 A node connects with the cluster's peer key (DATA/peer_key) to the address and pinned host key the
 coordinator names: it trusts no host key it was not told. A target lets the peer key make HELLO
@@ -50,9 +51,8 @@ class Target:
 class Peers:
     """The connections this node opened to other nodes, over one NodeStore."""
 
-    def __init__(self, store: NodeStore, name: str):
+    def __init__(self, store: NodeStore):
         self.store = store
-        self.name = name
         self.key = store.directory / keys.PEER_KEY
         self.clients: dict[tuple[str, str], NodeClient] = {}
 
@@ -83,8 +83,8 @@ class Peers:
         if not len(todo):
             return out, None, None
         if not self.key.is_file():
-            return out, None, (f"node {self.name} has no peer key ({self.key}): copy the"
-                               " cluster's peer_key there (see `blockfold cluster add --help`)")
+            return out, None, (f"has no peer key ({self.key.resolve()}): copy the cluster's"
+                               " peer_key there (see `blockfold cluster add --help`)")
         client = self._client(target)
         step = max(1, CHUNK_BYTES // self.store.block_size)
         gate = asyncio.Semaphore(IN_FLIGHT)
@@ -121,15 +121,17 @@ class Peers:
         return client
 
     def _why(self, target: Target, e: Exception) -> str:
-        """One line for a failed copy from this node to `target`."""
-        where = f"node {self.name} to {target.name}"
+        """One line for a failed copy from this node to `target`, naming the target as the
+        request did and not this node: the coordinator puts the name its cluster knows this
+        node by before it (a node added with `cluster add --name` has another of its own)."""
+        where = f"to {target.name}"
         if isinstance(e, HostKeyMismatch):
             return f"{where}: {e}"
         if isinstance(e, BlockfoldError):      # the target refused the peer key
             return (f"{where}: {target.name} refused the peer key: add the cluster's"
                     f" peer_key.pub to its {keys.PEER_KEYS}")
         if isinstance(e, ValueError):          # the key file is not a key asyncssh can read
-            return f"{where}: cannot use {self.key}: {e}"
+            return f"{where}: cannot use {self.key.resolve()}: {e}"
         return f"{where}: {e}"
 
     async def close(self) -> None:

@@ -111,6 +111,8 @@ class RpcSession(asyncssh.SSHServerSession):
             frames = self.reader.feed(data)
         except rpc.FrameError as e:
             self.reader = None
+            for frame in e.frames:      # the requests before it are answered, then it closes
+                self.queue.put_nowait(frame)
             self.queue.put_nowait(("fatal", 0, str(e)))
             return
         for frame in frames:

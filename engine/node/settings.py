@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import BlockfoldError
+from ..pool import BLOCK_SIZES
 
 NODE_FILE = "node.json"
 DEFAULT_BLOCK_SIZE = 4096
@@ -19,7 +20,7 @@ def create(directory: Path, name: str, block_size: int) -> None:
 def load(directory: Path, block_size: int | None = None) -> dict:
     """{"name", "block_size"} of the node in `directory`; made on first start (named for the
     directory) if absent. Raises BlockfoldError if `block_size` is given and is not the one the
-    directory holds."""
+    directory holds, or for a new node is not one a pool takes (engine.pool.BLOCK_SIZES)."""
     path = directory / NODE_FILE
     try:
         settings = json.loads(path.read_text()) if path.exists() else {}
@@ -29,6 +30,9 @@ def load(directory: Path, block_size: int | None = None) -> dict:
         raise BlockfoldError(f"{directory} holds blocks of {settings['block_size']} bytes,"
                              f" not {block_size}")
     if "block_size" not in settings:
+        if block_size and block_size not in BLOCK_SIZES:     # the store needs one of these
+            raise BlockfoldError(f"bad block size {block_size}: use a power of two from 4096"
+                                 " to 65536")
         settings["block_size"] = block_size or DEFAULT_BLOCK_SIZE
         settings.setdefault("name", directory.name)
         path.write_text(json.dumps(settings))

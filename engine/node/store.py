@@ -77,6 +77,17 @@ class NodeStore:
                 raise NodeError(Code.NODE_FULL, f"node is full ({self.memory} bytes of memory)")
         return int(self._free.pop())
 
+    def _allocate_all(self, n: int) -> np.ndarray:
+        """n free slots, or none: a put refused as full gives back the slots it had taken."""
+        taken = []
+        try:
+            for _ in range(n):
+                taken.append(self._allocate())
+        except Exception:
+            self._free.extend(reversed(taken))
+            raise
+        return np.array(taken, dtype=np.uint64)
+
     def put(self, ids: np.ndarray, data, repair: bool = False) -> np.ndarray:
         """Stores each block under its id, or compares it with the copy already held; a copy
         held rotten is rewritten (STORED) by bytes that hash to its record. With `repair`,
@@ -113,7 +124,7 @@ class NodeStore:
             keys = ids[firsts]
             # Most puts bring only new blocks: then they are used as they came, not copied.
             new = blocks if len(firsts) == len(blocks) else blocks[firsts]
-            taken = np.array([self._allocate() for _ in range(len(firsts))], dtype=np.uint64)
+            taken = self._allocate_all(len(firsts))
             words = self.fingerprints.of(new)[:, 1]
             self.store.data[taken] = new
             # The record last: only now does the block become visible.

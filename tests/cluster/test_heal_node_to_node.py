@@ -14,6 +14,7 @@ from engine import api
 from engine.net import rpc
 from engine.node import keys
 
+from ..conftest import run_cli
 from .conftest import image
 from .test_loss_and_heal import _rot_every_copy
 
@@ -154,3 +155,22 @@ def test_cluster_up_gives_an_older_clusters_nodes_the_peer_key(make_cluster, tmp
     public = (cluster.path / "peer_key.pub").read_text().strip()
     assert (cluster.path / "nodes" / "node2" / keys.PEER_KEYS).read_text() == \
         f"restrict {public}\n"
+
+
+def test_heal_wait_with_every_target_full_stops_and_says_so(make_cluster, tmp_path):
+    """RAM nodes with room for 1,793 blocks each hold about 2,350 distinct blocks twice over
+    three nodes; with one failed, the other two cannot hold every block twice. `heal --wait` waited
+    for that forever, saying nothing."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=7 << 20, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 12, seed=35)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+    assert run_cli("-c", cluster.path, "node", "fail", "node1").returncode == 0
+    started = time.monotonic()
+    proc = run_cli("-c", cluster.path, "heal", "--wait")
+    assert time.monotonic() - started < 60
+    assert proc.returncode == 1
+    last = proc.stderr_text.strip().splitlines()[-1]
+    assert last.startswith("blockfold: error: heal made no copy") and "node is full" in last
+    with cluster.open() as admin:
+        assert admin.read("a", 0, len(data)) == data     # short of copies, nothing lost

@@ -9,6 +9,8 @@ import time
 
 from engine import api
 
+from ..conftest import run_cli
+
 from .conftest import image
 
 
@@ -45,6 +47,21 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
             assert admin.read("a", 0, len(data)) == data
             problems = admin.fsck()      # heal may not have caught up yet: only that is allowed
             assert all(p.kind == "replication" for p in problems), problems
+            # far has no peer key yet: its copies go through here, and the reason names it as
+            # the cluster does, not by its own name (far-node) nor a path relative to it.
+            why = admin.heal(wait=True).relayed_why
+            assert f"node far has no peer key ({far / 'peer_key'})" in why, why
+            assert "far-node has" not in why
     finally:
         node.terminate()                  # SIGTERM: a clean exit
         assert node.wait(10) == 0
+
+
+def test_cluster_add_refuses_a_port_out_of_range_in_one_line(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    before = cluster.config.nodes
+    proc = run_cli("cluster", "add", cluster.path, "127.0.0.1:99999")
+    assert proc.returncode == 1
+    assert proc.stderr_text == ("blockfold: error: bad node address '127.0.0.1:99999': use"
+                                " HOST:PORT\n")
+    assert cluster.config.nodes == before

@@ -39,6 +39,16 @@ def test_a_block_size_other_than_the_nodes_is_refused(data):
     assert sorted(p.name for p in data.iterdir()) == ["authorized_keys", "node.json"]
 
 
+def test_a_block_size_a_pool_refuses_is_refused_for_a_new_node(data):
+    # 4100 was an internal error (a numpy ValueError) once the node's store was made.
+    (data / "authorized_keys").write_text("")
+    r = serve(data, "--listen", "127.0.0.1:0", "--block-size", "4100")
+    assert r.returncode == 1
+    assert r.stderr == ("blockfold: error: bad block size 4100: use a power of two from 4096 to"
+                        " 65536\n")
+    assert sorted(p.name for p in data.iterdir()) == ["authorized_keys"]
+
+
 @pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:", ":22", "127.0.0.1:99999"])
 def test_a_bad_listen_address_is_a_usage_error(data, listen):
     r = serve(data, "--listen", listen)

@@ -211,6 +211,22 @@ def test_cluster_up_on_a_cluster_of_another_shape_is_refused(make_cluster):
     assert [r["running"] for r in rows] == [True] * 3
 
 
+@pytest.mark.parametrize("size", ["4100", "520"])
+def test_cluster_up_with_a_block_size_a_pool_refuses_is_refused_with_nothing_made(tmp_path, size):
+    # 4100: the cluster was made, then its nodes died at start on a numpy ValueError, and every
+    # later `cluster up` failed the same way; 520 made a cluster a local pool would refuse.
+    path = tmp_path / "cl"
+    try:
+        done = run_cli("cluster", "up", path, "--block-size", size)
+        assert done.returncode == 1
+        assert done.stderr_text == (f"blockfold: error: bad block size {size}: use a power of"
+                                    " two from 4096 to 65536\n")
+        assert not path.exists()
+    finally:
+        if path.exists():               # what a failing run started is stopped
+            run_cli("cluster", "down", path)
+
+
 def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(make_cluster):
     # `cluster add C localhost:PORT` of node1 (127.0.0.1:PORT) joined it as node4: its copies
     # counted twice, heal dropped "extra" ones, and blocks were left with one real copy.

@@ -27,7 +27,8 @@ def keygen(path, comment: str) -> str:
 @pytest.fixture
 def console_node(tmp_path, make_cluster):
     """A node serving the console on a 1-node cluster holding one VM; keys for an admin, a
-    read-only admin, a node and a stranger. Yields (ssh command for a key name, opened tmuxes)."""
+    read-only admin, a node, the cluster's peer key and a stranger. Yields (ssh command for a
+    key name, opened tmuxes)."""
     cluster = make_cluster(nodes=1, replicas=1)
     (tmp_path / "golden.raw").write_bytes(os.urandom(1 << 20))
     with cluster.open(actor="setup") as admin:
@@ -35,8 +36,9 @@ def console_node(tmp_path, make_cluster):
     data = tmp_path / "console-node"
     data.mkdir()
     keys = {name: keygen(tmp_path / name, f"{name}@laptop")
-            for name in ("alice", "reader", "nodekey", "stranger")}
+            for name in ("alice", "reader", "nodekey", "peerkey", "stranger")}
     (data / "authorized_keys").write_text(keys["nodekey"])
+    (data / "peer_keys").write_text("restrict " + keys["peerkey"])
     (data / "admin_keys").write_text(keys["alice"])
     (data / "admin_keys_readonly").write_text(keys["reader"])
     with open(tmp_path / "node.log", "w") as log:       # the node's stderr
@@ -158,6 +160,7 @@ def test_killing_a_client_leaves_the_node_serving(console_node):
 
 @pytest.mark.parametrize("key, extra, message", [
     ("nodekey", "-tt", "node key"),
+    ("peerkey", "-tt", "the cluster's peer key"),
     ("alice", "-T", "needs a terminal"),
 ])
 def test_who_gets_no_console_is_told_in_one_line(console_node, key, extra, message):

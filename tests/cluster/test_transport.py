@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncssh
 import numpy as np
 
 from engine.cluster import placement
@@ -76,3 +77,28 @@ def test_a_write_over_many_frames_lands_whole_with_a_collision_in_a_later_frame(
         assert admin.read("a", 0, len(data)) == data
         assert admin.stats().collisions == 1
         assert admin.fsck() == []
+
+
+def test_requests_before_a_corrupt_frame_are_answered_before_the_channel_closes(make_cluster):
+    """Two HELLOs and a header with a bad magic arrive in one write: the HELLOs were dropped
+    unanswered with the rest of that read."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    host, _, port = cluster.config.nodes[0].address.rpartition(":")
+
+    async def talk():
+        async with asyncssh.connect(host, int(port), username="blockfold", known_hosts=None,
+                                    agent_path=None, config=None,
+                                    client_keys=[str(cluster.config.admin_key)]) as conn:
+            writer, reader, _ = await conn.open_session(subsystem=rpc.SUBSYSTEM, encoding=None)
+            writer.write(rpc.encode(rpc.HELLO, 1) + rpc.encode(rpc.HELLO, 2) + b"XXXX" * 4)
+            got = []
+            for _ in range(3):
+                kind, request_id, n = rpc.parse_header(
+                    await asyncio.wait_for(reader.readexactly(rpc.HEADER.size), 10))
+                header, _ = rpc.parse_body(await asyncio.wait_for(reader.readexactly(n), 10))
+                got.append((kind, request_id, header.get("code")))
+            assert await asyncio.wait_for(reader.read(), 10) == b""     # then it closes
+            return got
+
+    assert asyncio.run(talk()) == [(rpc.REPLY, 1, None), (rpc.REPLY, 2, None),
+                                   (rpc.ERROR, 0, rpc.Code.BAD_REQUEST)]
