@@ -165,8 +165,13 @@ class Members:
             await asyncio.wait({request, judged}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             judged.cancel()
-        if not request.done():
-            request.cancel()
+            abandoned = not request.done()
+            if abandoned:
+                # Judged, or this wait was cancelled (a caller's timeout): how the request ends
+                # is nobody's to read, and unread it would be logged as an error.
+                request.cancel()
+                request.add_done_callback(_unread)
+        if abandoned:
             raise NodeUnreachable(f"node {name}: stopped answering heartbeats; request"
                                   " abandoned", timed_out=True)
         return request.result()
@@ -333,6 +338,12 @@ class Members:
         except Exception:   # noqa: BLE001 - closing anyway
             pass
         self.io.close()
+
+
+def _unread(task: asyncio.Task) -> None:
+    """Takes an abandoned request's outcome, so that asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _all(calls) -> list:
