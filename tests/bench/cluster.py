@@ -24,6 +24,8 @@ import numpy as np
 from engine import api
 from engine.cluster.config import ClusterConfig
 
+from .common import write_unique
+
 
 def make_images(directory: Path, mib: int) -> list[Path]:
     """A VDI-like set: a golden image and three desktops that differ from it in 10 % of blocks."""
@@ -70,11 +72,7 @@ def bench_heal(work: Path, mib: int) -> dict:
     path = work / "heal"
     api.cluster_up(path, nodes=3, replicas=2)
     try:
-        image = work / "unique.raw"
-        rng = np.random.default_rng(3)
-        with open(image, "wb") as f:
-            for _ in range(mib // 64):
-                f.write(rng.integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes())
+        image = write_unique(work / "unique.raw", mib)
         with api.open_cluster(path) as admin:
             admin.import_image("unique", str(image))
             image.unlink()

@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import xxhash
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -143,6 +144,15 @@ def has_command(*words: str) -> bool:
     """Whether `blockfold WORDS --help` exists (benchmarks of commands still to come skip)."""
     return subprocess.run([blockfold_cli(), *words, "--help"], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0
+
+
+def write_unique(path: Path, mib: int, seed: int = 3) -> Path:
+    """A raw image of `mib` MiB (a multiple of 64) of seeded random bytes: no block repeats."""
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        for _ in range(mib // 64):
+            f.write(rng.integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes())
+    return path
 
 
 def mb_per_s(nbytes: int, seconds: float) -> float:

@@ -39,7 +39,7 @@ from engine import api
 from engine.cluster.config import ClusterConfig
 from engine.net import rpc
 
-from .common import MiB, mb_per_s, parser, report, scratch, verdict
+from .common import MiB, mb_per_s, parser, report, scratch, verdict, write_unique
 
 SSHD = "/usr/sbin/sshd"
 CIPHER = "aes128-gcm@openssh.com"
@@ -63,11 +63,7 @@ class Cluster:
         self.mib = mib
         api.cluster_up(self.path, nodes=3, replicas=2, repair_delay=LATER)
         try:
-            image = work / "unique.raw"
-            rng = np.random.default_rng(3)
-            with open(image, "wb") as f:
-                for _ in range(mib // 64):
-                    f.write(rng.integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes())
+            image = write_unique(work / "unique.raw", mib)
             self.admin = api.open_cluster(self.path)
             self.admin.import_image("unique", str(image))
             image.unlink()
