@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -132,6 +133,17 @@ def refuse_container(head: bytes, name: str) -> None:
                                 " takes its bytes as they are)")
 
 
+def _listening(path: str) -> bool:
+    """Whether a server accepts connections on the Unix socket at `path`. The file appears at
+    bind(), before listen(): a client that only saw it was refused now and then."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
+
+
 class QemuImage:
     """A qcow2/vmdk/vhdx/vdi image read as the disk it holds: qemu-nbd serves it read-only on a
     private Unix socket, nbdcopy streams the disk (holes skipped by block status) into a pipe."""
@@ -148,7 +160,7 @@ class QemuImage:
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self._socket):
+        while not _listening(self._socket):
             if self._server.poll() is not None:
                 raise BadImageError(f"{self.name}: qemu-nbd cannot serve it: "
                                     f"{_reason(self._server.stderr.read())}")
