@@ -50,6 +50,14 @@ from .reserve import Reserve, disk_full
 
 DEFAULT_BLOCK_SIZE = 4096
 BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
+
+
+def check_block_size(block_size: int) -> None:
+    """RefusedError in one line unless `block_size` (bytes) is one a pool takes (BLOCK_SIZES):
+    a pool's, and a node's store's, which holds blocks the same way."""
+    if block_size not in BLOCK_SIZES:
+        raise RefusedError(f"bad block size {block_size}: use a power of two from 4096 to"
+                           " 65536")
 SCRUB_BATCH = 4096          # blocks verified under the lock at a time
 SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
@@ -70,9 +78,7 @@ class Pool:
     @staticmethod
     def create(path, block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
         path = Path(path)
-        if block_size not in BLOCK_SIZES:
-            raise RefusedError(f"bad block size {block_size}: use a power of two from 4096 to"
-                               " 65536")
+        check_block_size(block_size)
         if (path / CATALOG_FILE).exists():
             raise RefusedError(f"{path} is already a Blockfold pool")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):

@@ -77,22 +77,19 @@ class Copies:
             return {}
         replies = self.members.call_each(requests, WRITE_TIMEOUT)
         # Noted once answered: a sync that ran meanwhile may have overtaken the PUT on its node.
-        with self._sync_lock:
-            for node in requests:
-                reply = replies[node]
-                runs = set() if isinstance(reply, Exception) else {
-                    r[0].get("incarnation") for r in reply}
-                run = runs.pop() if len(runs) == 1 else None    # two: it restarted between
-                seen, sent = self._unsynced.get(node, (run, []))
-                sent.append(ids[want[:, node]])
-                self._unsynced[node] = (seen if seen == run else None, sent)
+        for node in requests:
+            reply = replies[node]
+            runs = set() if isinstance(reply, Exception) else {
+                r[0].get("incarnation") for r in reply}
+            run = runs.pop() if len(runs) == 1 else None    # two: it restarted between
+            self.noted(node, run, ids[want[:, node]])
         return {node: r if isinstance(r, Exception) else
                 np.concatenate([np.frombuffer(part[1], np.uint8) for part in r])
                 for node, r in replies.items()}
 
     def noted(self, node: int, run: str | None, ids: np.ndarray) -> None:
-        """Notes for the next sync that `node` took `ids` from another node (engine.cluster.
-        handoff), its replies naming incarnation `run`, as put() notes its own PUTs."""
+        """Notes for the next sync that `node` took `ids` (from us, or from another node:
+        engine.cluster.handoff), its replies naming incarnation `run` (None if none or two)."""
         with self._sync_lock:
             seen, sent = self._unsynced.get(node, (run, []))
             sent.append(ids)

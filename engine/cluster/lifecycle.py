@@ -15,9 +15,10 @@ from pathlib import Path
 
 from .. import formats
 from ..errors import BlockfoldError
+from ..net import rpc
 from ..net.client import fetch_host_key
 from ..node import keys, settings
-from ..pool import BLOCK_SIZES
+from ..pool import check_block_size
 from . import processes
 from .config import ClusterConfig, NodeEntry, is_cluster
 
@@ -38,9 +39,7 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
         replicas = 2 if replicas is None else replicas
         block_size = 4096 if block_size is None else block_size
         repair_delay = 0.0 if repair_delay is None else repair_delay
-        if block_size not in BLOCK_SIZES:       # as a local pool: the node's store needs it
-            raise BlockfoldError(f"bad block size {block_size}: use a power of two from 4096"
-                                 " to 65536")
+        check_block_size(block_size)
         if nodes < 1:
             raise BlockfoldError(f"bad node count {nodes}: a cluster needs at least one node")
         if not 1 <= replicas <= nodes:
@@ -163,8 +162,7 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     line `restrict` + `peer_key`.pub in its DATA/peer_keys; until then those copies go
     through the coordinator, and each heal says why."""
     config = ClusterConfig.load(path)
-    host, _, port = address.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+    if rpc.node_address(address) is None:
         raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT")
     if any(e.address == address for e in config.nodes):
         raise BlockfoldError(f"a node at {address} is already in cluster {config.path}")

@@ -102,6 +102,14 @@ class RemoteError(Exception):
         return cls(str(header.get("error", "error")), code)
 
 
+def node_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of a node's "HOST:PORT", the port 1-65535; None if it is not one."""
+    host, _, port = text.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return host, int(port)
+
+
 def encode(kind: int, request_id: int, header: dict | None = None, payload=b"") -> bytes:
     """One frame: `kind` (a request type, REPLY or ERROR, u8), `request_id` (u32), `header` (a
     JSON-able dict) and `payload` (bytes-like). Raises ValueError if the body is over MAX_BODY."""

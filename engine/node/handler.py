@@ -140,8 +140,7 @@ class Handler:
             if not isinstance(entry, dict):
                 raise NodeError(Code.BAD_REQUEST, "each of 'targets' must be an object")
             address = _str(entry, "address")
-            host, _, port = address.rpartition(":")
-            if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            if rpc.node_address(address) is None:
                 raise NodeError(Code.BAD_REQUEST, f"bad target address {address!r}: use"
                                                   " HOST:PORT")
             host_key = _str(entry, "host_key")

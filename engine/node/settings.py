@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import BlockfoldError
-from ..pool import BLOCK_SIZES
+from ..pool import check_block_size
 
 NODE_FILE = "node.json"
 DEFAULT_BLOCK_SIZE = 4096
@@ -30,9 +30,8 @@ def load(directory: Path, block_size: int | None = None) -> dict:
         raise BlockfoldError(f"{directory} holds blocks of {settings['block_size']} bytes,"
                              f" not {block_size}")
     if "block_size" not in settings:
-        if block_size and block_size not in BLOCK_SIZES:     # the store needs one of these
-            raise BlockfoldError(f"bad block size {block_size}: use a power of two from 4096"
-                                 " to 65536")
+        if block_size:
+            check_block_size(block_size)
         settings["block_size"] = block_size or DEFAULT_BLOCK_SIZE
         settings.setdefault("name", directory.name)
         path.write_text(json.dumps(settings))
