@@ -252,6 +252,9 @@ class Members:
                         self._judge(i, NodeState.SUSPECT)
                     else:
                         self._went_down(i, f"{node.misses} heartbeats missed")
+                silent = node.misses >= DOWN_AFTER_MISSES
+            if silent:      # however it went down: its connection is not trusted to wake
+                self.io.loop.call_soon_threadsafe(node.client.disconnect, "heartbeats missed")
             return reply
         info = reply[0]
         if info.get("block_size") != self.config.block_size:

@@ -188,6 +188,14 @@ class NodeClient:
             # dropped, and a node that never answers leaves nothing behind.
             self.pending.pop(request_id, None)
 
+    def disconnect(self, why: str) -> None:
+        """Drops the connection, failing what is in flight (run on the IoLoop). For a node
+        silent to heartbeats (a cut link, a hung host): its TCP retransmissions back off, so
+        the old connection may stay mute long after the path is back; the next request
+        connects afresh."""
+        if self.conn is not None:
+            self._drop(self.conn, why)
+
     async def close(self) -> None:
         if self.conn is not None:
             conn = self.conn
