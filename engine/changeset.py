@@ -64,9 +64,12 @@ def pending(conn: sqlite3.Connection) -> bool:
     return conn.execute(f"SELECT 1 FROM {DIRTY} LIMIT 1").fetchone() is not None
 
 
-def collect(conn: sqlite3.Connection) -> list[dict]:
-    """The changes noted so far: per table, rows to upsert and keys to delete."""
-    keys = table_keys(conn)
+def collect(conn: sqlite3.Connection, source: sqlite3.Connection | None = None) -> list[dict]:
+    """The changes noted so far in `conn`: per table, rows to upsert and keys to delete, as the
+    rows are in `source` (by default `conn` itself). With `source` a copy of the catalog before
+    the changes, that is their inverse: the changed rows as they were, the new ones deleted."""
+    source = conn if source is None else source
+    keys = table_keys(source)
     by_table: dict[str, list] = {}
     for tbl, key in conn.execute(f"SELECT tbl, key FROM {DIRTY}"):
         by_table.setdefault(tbl, []).append(json.loads(key))
@@ -77,7 +80,7 @@ def collect(conn: sqlite3.Connection) -> list[dict]:
         sel = f"SELECT {', '.join(_quote(c) for c in cols)} FROM {_quote(tbl)} WHERE {where}"
         upsert, delete = [], []
         for key in pks:
-            row = conn.execute(sel, key).fetchone()
+            row = source.execute(sel, key).fetchone()
             if row is None:
                 delete.append(key)
             else:

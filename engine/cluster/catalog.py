@@ -14,6 +14,7 @@ rolled back; its counter is never reused.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 
 from .. import changeset, lineage
@@ -165,9 +166,7 @@ class ReplicatedCatalog(Catalog):
         (our epoch, the next counter) on top of the last stamp the nodes took."""
         if self.members.holder is None or not changeset.pending(self.conn):
             return
-        changes, blobs = changeset.encode(changeset.collect(self.conn))
-        meta = json.dumps({"changes": changes}, separators=(",", ":")).encode()
-        blob = rpc.BODY_HEADER.pack(len(meta)) + meta + blobs
+        blob = _encode(changeset.collect(self.conn))
         epoch, version = self.writer_epoch, self._next
         self._next += 1
         line = lineage.extend(self.lineage or [[self.epoch, 0]], epoch, self.version)
@@ -185,12 +184,34 @@ class ReplicatedCatalog(Catalog):
             if done and self.in_transaction:
                 # Undone where it landed, before the refusal is told: the pool rolls back,
                 # and no replica may show a change no majority took (a read-only open loads
-                # the newest it reaches). The image is the last commit's (memdb: see
-                # __init__), at its stamp.
-                self._install(done, self.stamp, self.lineage or [[self.epoch, 0]])
+                # the newest it reaches).
+                self._undo(done, (epoch, version))
             raise ReplicationError(self._short(done, replies))
         self.epoch, self.version, self.lineage = epoch, version, line
         changeset.forget(self.conn)
+
+    def _undo(self, nodes: list[int], refused: tuple[int, int]) -> None:
+        """Takes `nodes`, which took the change stamped `refused` in this transaction, back to
+        the last commit and its stamp with the change's inverse: the rows it changed as they
+        were at the last commit (the image inside the transaction holds only that, memdb: see
+        __init__), so the bytes sent grow with the change, not with the catalog (the whole
+        image went to a partitioned minority at every refused flush)."""
+        before = sqlite3.connect(":memory:")
+        try:
+            before.deserialize(self.conn.serialize())
+            blob = _encode(changeset.collect(self.conn, before))
+        finally:
+            before.close()
+        line = self.lineage or [[self.epoch, 0]]
+        header = {"holder": self.members.holder, "base": refused[1], "base_epoch": refused[0],
+                  "version": self.version, "epoch": self.epoch, "writer": self.writer_epoch,
+                  "lineage": line}
+        replies = self._send_parts(rpc.CATALOG_APPLY, header, blob, nodes)
+        # A node that answered but could not take the inverse (not at the refused stamp, so
+        # what it holds is not known) is the one case for the whole image.
+        whole = [i for i, r in replies.items() if isinstance(r, rpc.RemoteError)]
+        if whole:
+            self._install(whole, self.stamp, line)
 
     def _catch_up(self, nodes: list[int], header: dict, blob: bytes, stamp: tuple[int, int],
                   line: list) -> list[int]:
@@ -279,3 +300,10 @@ class ReplicatedCatalog(Catalog):
             self.ship()
         finally:
             super().close()
+
+
+def _encode(changes: list[dict]) -> bytes:
+    """A changeset as CATALOG_APPLY carries it: its JSON body, then its blobs."""
+    changes, blobs = changeset.encode(changes)
+    meta = json.dumps({"changes": changes}, separators=(",", ":")).encode()
+    return rpc.BODY_HEADER.pack(len(meta)) + meta + blobs

@@ -185,12 +185,15 @@ class Handler:
     def catalog_apply(self, header: dict, payload) -> tuple[dict, bytes]:
         """Applies one changeset from (`base_epoch`, `base`) to (`epoch`, `version`) (needs the
         lease of `holder`), in parts (`part`, `more`); {staged: true} until the last part, then
-        {version}. Raises CATALOG_BEHIND if the replica is not at the base: the caller sends
-        the whole image; STALE_EPOCH if the node promised a newer epoch."""
+        {version}. Optional, as for catalog_install: `writer` (the sender's epoch, by default
+        `epoch`) and `lineage` (by default the base's, extended): an undo goes back to an
+        older stamp. Raises CATALOG_BEHIND if the replica is not at the base: the caller sends
+        the whole image; STALE_EPOCH if the node promised a newer epoch than `writer`."""
         s = self.store
         s.check_lease(header.get("holder"))
         base, version = _int(header, "base"), _int(header, "version")
         base_epoch, epoch = _int(header, "base_epoch", 0), _int(header, "epoch", 0)
+        writer, line = _int(header, "writer", epoch), _lineage(header)
         if _int(header, "part", 0) == 0 and (s.epoch, s.version) != (base_epoch, base):
             raise NodeError(Code.CATALOG_BEHIND,
                             f"catalog replica is at version {s.version} of epoch {s.epoch},"
@@ -200,7 +203,7 @@ class Handler:
             return {"staged": True}, b""
         body, blobs = rpc.parse_body(blob)
         s.apply_changes(base, version, changeset.decode(body.get("changes"), blobs),
-                        base_epoch, epoch)
+                        base_epoch, epoch, writer, line)
         return {"version": s.version}, b""
 
     def catalog_install(self, header: dict, payload) -> tuple[dict, bytes]:

@@ -349,12 +349,17 @@ class NodeStore:
         return {"epoch": mine["epoch"], "version": mine["version"], "kept": kept}
 
     def apply_changes(self, base: int, version: int, changes: list[dict], base_epoch: int = 0,
-                      epoch: int = 0) -> None:
+                      epoch: int = 0, writer: int | None = None,
+                      line: list | None = None) -> None:
         """Applies decoded changes (engine.changeset) taking the replica from (base_epoch, base)
-        to (epoch, version), all or nothing. Raises NodeError(CATALOG_BEHIND) if it is not at
-        the base, STALE_EPOCH below the promise, ChangesetError if the changes do not fit it."""
+        to (epoch, version) with lineage `line` (by default the base's, extended by `epoch`),
+        sent by the writer of epoch `writer` (by default `epoch`), all or nothing. A writer
+        undoing its refused change sends the change's inverse, back to the stamp and lineage
+        before it. Raises NodeError(CATALOG_BEHIND) if it is not at the base, STALE_EPOCH
+        below the promise, ChangesetError if the changes do not fit it."""
         mine = self.replica()
-        promised = max(self._check_epoch(epoch), mine["promised"])
+        writer = epoch if writer is None else writer
+        promised = max(self._check_epoch(writer), mine["promised"])
         if (mine["epoch"], mine["version"]) != (base_epoch, base):
             raise NodeError(Code.CATALOG_BEHIND,
                             f"catalog replica is at version {mine['version']} of epoch"
@@ -363,10 +368,9 @@ class NodeStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             changeset.apply(conn, changes)
-            self._set_version(version, epoch,
-                              lineage.extend(mine["lineage"] or [[mine["epoch"], 0]], epoch,
-                                             base),
-                              promised)
+            if line is None:
+                line = lineage.extend(mine["lineage"] or [[mine["epoch"], 0]], epoch, base)
+            self._set_version(version, epoch, line, promised)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -4,7 +4,9 @@ down, whatever the test did to it."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -30,6 +32,19 @@ class Cluster:
 
     def open(self, **kw):
         return api.open_cluster(self.path, **kw)
+
+    def received(self, name: str) -> int:
+        """Bytes node `name` has received over its open TCP connections: what crossed the
+        loopback to it, SSH's framing included (ss's bytes_received)."""
+        port = self.config.node(name).address.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-tinH", "state", "established", "sport", "=", f":{port}"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+        return sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
+
+    def peak_memory(self, name: str) -> int:
+        """Node `name`'s peak resident memory so far, bytes (VmHWM)."""
+        status = open(f"/proc/{self.pid(name)}/status").read()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) << 10
 
 
 @pytest.fixture
