@@ -28,6 +28,10 @@ HEADER = struct.Struct("!4sBBxxII")      # magic, version, type, pad, request id
 BODY_HEADER = struct.Struct("!I")        # JSON header length
 MAX_BODY = 64 << 20
 CATALOG_PART = 16 << 20      # catalog images and changesets travel in parts of this size
+# Block data one request may have a node gather (a GET's reply, a COPY's copies): ids cost 8
+# bytes each, so 64 MiB of one id repeated would ask 32 GiB back. The coordinator asks 8 MiB a
+# GET and at most 32 MiB of distinct blocks a COPY (a heal batch).
+MAX_GATHER = MAX_BODY // 2
 
 # The SSH channel the frames ride on, which both ends must agree on. AES-GCM runs on the CPU's AES
 # instructions: the fastest cipher asyncssh offers. A big window and big packets keep per-packet

@@ -95,8 +95,11 @@ class Handler:
                 self.store.put(ids, blocks, repair).tobytes())
 
     def get(self, header: dict, payload) -> tuple[dict, bytes]:
-        """The bytes of every id held, in order; {missing: positions of the ids not held}."""
-        data, missing = self.store.get(_ids(header, payload)[0])
+        """The bytes of every id held, in order; {missing: positions of the ids not held}.
+        BAD_REQUEST, nothing read, if the reply could be over rpc.MAX_GATHER bytes."""
+        ids = _ids(header, payload)[0]
+        self._gather_bound("GET", len(ids))
+        data, missing = self.store.get(ids)
         return {"missing": missing}, data
 
     def drop(self, header: dict, payload) -> tuple[dict, bytes]:
@@ -130,7 +133,8 @@ class Handler:
         `targets` is a list of {name, address (HOST:PORT), host_key (pinned), n}, the payload
         their ids, target by target. The request is checked now; returns the coroutine that
         copies and replies {targets: [{incarnation, error}]} and a status byte per id
-        (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT)."""
+        (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT). BAD_REQUEST if its distinct
+        ids are over rpc.MAX_GATHER bytes of blocks."""
         listed = header.get("targets")
         if not isinstance(listed, list) or not 0 < len(listed) <= MAX_TARGETS:
             raise NodeError(Code.BAD_REQUEST, f"request field 'targets' must be a list of 1 to"
@@ -152,7 +156,17 @@ class Handler:
                                 ) from None
             targets.append(Target(_str(entry, "name"), address, host_key, _int(entry, "n")))
         ids, _ = _ids({"n": sum(t.n for t in targets)}, payload)
+        self._gather_bound("COPY", len(np.unique(ids)))   # read once however many targets
         return self.peers.copy(targets, ids)
+
+    def _gather_bound(self, what: str, blocks: int) -> None:
+        """Refuses a request that would have this node gather the bytes of more than
+        rpc.MAX_GATHER bytes of blocks at once."""
+        if blocks * self.store.block_size > rpc.MAX_GATHER:
+            raise NodeError(Code.BAD_REQUEST,
+                            f"{what} of {blocks} blocks of {self.store.block_size} bytes is over"
+                            f" the {rpc.MAX_GATHER >> 20} MiB one request may gather: ask in"
+                            " parts")
 
     # -- the catalog replica ------------------------------------------------------------------
 

@@ -59,9 +59,13 @@ class Peers:
     async def copy(self, targets: list[Target], ids: np.ndarray) -> tuple[dict, bytes]:
         """Sends this node's sound copies of `ids` (target by target, t.n each) to the targets.
         Returns ({targets: [{incarnation, error}] in order}, a status byte per id)."""
-        data, status = self.store.sound(ids)
-        row = np.full(len(ids), -1, np.int64)
-        row[status == 0] = np.arange(len(data))
+        # Each distinct id read once: an id for two targets is one copy in `data`, and the
+        # first target's rows stay consecutive.
+        firsts, of = _firsts(ids)
+        data, once = self.store.sound(ids[firsts])
+        rows = np.full(len(once), -1, np.int64)
+        rows[once == 0] = np.arange(len(data))
+        status, row = once[of], rows[of]
         starts = np.cumsum([0] + [t.n for t in targets])
         sent = await asyncio.gather(*(
             self._send(t, ids[lo:hi], data, row[lo:hi])
@@ -82,6 +86,10 @@ class Peers:
         todo = np.flatnonzero(row >= 0)
         if not len(todo):
             return out, None, None
+        # An id named twice for one target goes once, and each naming gets its status:
+        # repeats never multiply what crosses the wire.
+        firsts, of = _firsts(ids[todo])
+        sent = todo[firsts]
         if not self.key.is_file():
             return out, None, (f"has no peer key ({self.key.resolve()}): copy the cluster's"
                                " peer_key there (see `blockfold cluster add --help`)")
@@ -95,8 +103,11 @@ class Peers:
             async with gate:
                 if errors:              # a target that failed once is not sent more
                     return
-                # A target's sound copies are consecutive rows of `data`: a view, not a copy.
-                blocks = data[row[part[0]]:row[part[-1]] + 1]
+                # Consecutive rows of `data` (as a target's usually are) go as a view, not a
+                # copy.
+                rows = row[part]
+                run = rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all()
+                blocks = data[rows[0]:rows[-1] + 1] if run else data[rows]
                 body = (ids[part].astype("<u8").tobytes(), blocks)    # written one after the other
                 try:
                     head, reply = await client.call(rpc.PUT, {"n": len(part)}, body,
@@ -107,7 +118,8 @@ class Peers:
                 out[part] = np.frombuffer(reply, np.uint8)
                 runs.add(head.get("incarnation"))
 
-        await asyncio.gather(*(put(todo[i:i + step]) for i in range(0, len(todo), step)))
+        await asyncio.gather(*(put(sent[i:i + step]) for i in range(0, len(sent), step)))
+        out[todo] = out[sent][of]
         run = runs.pop() if len(runs) == 1 else None
         return out, run, errors[0] if errors else None
 
@@ -139,3 +151,13 @@ class Peers:
         clients, self.clients = self.clients, {}
         for client in clients.values():
             await client.close()
+
+
+def _firsts(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the position where each distinct id first comes, in that order; for each position,
+    the index into those of the id it holds)."""
+    _, first, back = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[back.reshape(-1)]

@@ -1,0 +1,75 @@
+"""A node bounds what one request makes it gather: ids cost 8 bytes each, so a GET or COPY of one
+id repeated asked a node for a reply (or copies) thousands of times the request's size: 64 MiB
+of ids is 32 GiB of 4 KiB blocks. Real nodes, real SSH."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from engine.net import rpc
+
+from .test_heal_node_to_node import _rpc
+
+BS = 4096
+ID = 0x1234_5678_9ABC_DEF0
+
+
+def _ids(n: int, value: int = ID) -> bytes:
+    return np.full(n, value, "<u8").tobytes()
+
+
+def _call(cluster, name: str, kind: int, header: dict, payload=b""):
+    return asyncio.run(_rpc(cluster, name, cluster.config.admin_key, kind, header, payload))
+
+
+def _put_one(cluster, name: str) -> None:
+    kind, _, status = _call(cluster, name, rpc.PUT, {"n": 1}, _ids(1) + bytes([7]) * BS)
+    assert (kind, status) == (rpc.REPLY, bytes([rpc.STORED]))
+
+
+def test_a_get_whose_reply_would_be_over_the_cap_is_refused_in_one_line(make_cluster):
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    _put_one(cluster, "node1")
+    # 64 MiB of reply: the node built it, then failed to frame it (an INTERNAL fault).
+    kind, body, _ = _call(cluster, "node1", rpc.GET, {"n": 16384}, _ids(16384))
+    assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.BAD_REQUEST)
+    assert body["error"] == ("GET of 16384 blocks of 4096 bytes is over the 32 MiB one request"
+                             " may gather: ask in parts")
+    # A frame full of one id: 32 GiB asked back. Refused before anything is read.
+    peak = cluster.peak_memory("node1")
+    n = (rpc.MAX_BODY - 64) // 8
+    kind, body, _ = _call(cluster, "node1", rpc.GET, {"n": n}, _ids(n))
+    assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.BAD_REQUEST)
+    assert cluster.peak_memory("node1") - peak < 1 << 30
+    kind, _, data = _call(cluster, "node1", rpc.GET, {"n": 2}, _ids(2))     # still answers
+    assert (kind, data) == (rpc.REPLY, bytes([7]) * BS * 2)
+
+
+def test_a_copy_of_one_id_repeated_sends_it_once(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    _put_one(cluster, "node1")
+    node2 = cluster.config.node("node2")
+    target = {"name": "node2", "address": node2.address, "host_key": node2.host_key}
+
+    def copy(n: int) -> tuple[int, dict, bytes]:
+        return _call(cluster, "node1", rpc.COPY, {"targets": [dict(target, n=n)]}, _ids(n))
+
+    before = cluster.received("node2")
+    kind, body, status = copy(16384)        # 64 MiB of copies went to node2
+    assert kind == rpc.REPLY and body["targets"][0]["error"] is None
+    assert status == bytes([rpc.STORED]) * 16384
+    assert cluster.received("node2") - before < 1 << 20
+    # A frame full of one id: the node read 32 GiB of copies to send.
+    peak = cluster.peak_memory("node1")
+    n = (rpc.MAX_BODY - 1024) // 8
+    kind, _, status = copy(n)
+    assert kind == rpc.REPLY and status == bytes([rpc.SAME]) * n
+    assert cluster.peak_memory("node1") - peak < 1 << 30
+    # Distinct ids over the cap are refused in one line.
+    many = np.arange(1, 8193, dtype="<u8").tobytes() + _ids(1)
+    kind, body, _ = _call(cluster, "node1", rpc.COPY, {"targets": [dict(target, n=8193)]},
+                          many)
+    assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.BAD_REQUEST)
+    assert body["error"].startswith("COPY of 8193 blocks of 4096 bytes is over the 32 MiB")
