@@ -27,7 +27,8 @@ def _io_bytes() -> int:
     return int(fields["rchar"]) + int(fields["wchar"])
 
 
-async def _rpc(cluster, name: str, key: Path, kind: int, header=None, payload=b""):
+async def _rpc(cluster, name: str, key: Path, kind: int, header=None, payload=b"",
+               timeout: float = 5.0):
     """One request to a node with `key`: (reply type, header, payload)."""
     host, _, port = cluster.config.node(name).address.rpartition(":")
     async with asyncssh.connect(host, int(port), username="blockfold", known_hosts=None,
@@ -35,9 +36,9 @@ async def _rpc(cluster, name: str, key: Path, kind: int, header=None, payload=b"
                                 client_keys=[str(key)]) as conn:
         writer, reader, _ = await conn.open_session(subsystem=rpc.SUBSYSTEM, encoding=None)
         writer.write(rpc.encode(kind, 7, header, payload))
-        head = await asyncio.wait_for(reader.readexactly(rpc.HEADER.size), 5)
+        head = await asyncio.wait_for(reader.readexactly(rpc.HEADER.size), timeout)
         got, _, n = rpc.parse_header(head)
-        body, data = rpc.parse_body(await asyncio.wait_for(reader.readexactly(n), 5))
+        body, data = rpc.parse_body(await asyncio.wait_for(reader.readexactly(n), timeout))
         return got, body, bytes(data)
 
 
