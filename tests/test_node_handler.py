@@ -59,6 +59,7 @@ def put(handler, id_list, data) -> list[int]:
 
 def test_every_request_type_has_a_method(node):
     assert set(node.methods) == rpc.REQUESTS
+    assert set(node.peer_methods) == rpc.PEER_REQUESTS
 
 
 def test_hello_names_the_node(node):

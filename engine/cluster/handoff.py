@@ -85,6 +85,10 @@ class Handoff:
                     if n:
                         notes.add(f"node {names[node]} {what} {n} of the blocks it was to"
                                   " send: not sent")
+                n = int(np.count_nonzero(got == rpc.MISMATCH))
+                if n:
+                    notes.add(f"node {names[t]} refused {n} blocks from node {names[node]}"
+                              " whose bytes do not hash to their ids")
         return made, left, sorted(notes)
 
     def _pick(self, ids: np.ndarray, have: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Writes: block ids, placement of new blocks, verification of known ones, collisions.
 
 A block's id is the first 64 bits of its xxh3-128 fingerprint (variant 0) or, once that id is bound
-to other bytes somewhere, a hash of the fingerprint and a variant number. The node that holds an id
+to other bytes somewhere, a hash of the fingerprint and a variant number (engine.blockids). The node
+that holds an id
 compares the bytes of any later PUT under it, so an id never names two contents: a mismatch is a
 collision, and the block moves on to its next variant.
 
@@ -24,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 
+from ..blockids import VARIANTS, block_ids
 from ..errors import ReplicationError
 from ..fingerprint import Fingerprinter
 from ..net import rpc
@@ -34,18 +35,6 @@ from .copies import Copies
 from .rowmap import RowMap
 
 MAX_ROUNDS = 32
-MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-
-
-def block_ids(digests: np.ndarray, variants: np.ndarray) -> np.ndarray:
-    """The id of each fingerprint (n × 2 words) at its variant; never 0 nor 2^64-1."""
-    ids = digests[:, 0].copy()
-    for i in np.flatnonzero(variants).tolist():
-        seed = digests[i].tobytes() + int(variants[i]).to_bytes(4, "little")
-        ids[i] = xxhash.xxh3_64_intdigest(seed)
-    ids[ids == 0] = 1
-    ids[ids == MAX_ID] = MAX_ID - np.uint64(1)
-    return ids
 
 
 @dataclass
@@ -71,6 +60,8 @@ class _Batch:
 
     def next_variant(self, which: np.ndarray) -> None:
         self.variants[which] += 1
+        if (self.variants[which] > VARIANTS).any():     # a node would not take the id
+            raise ReplicationError(f"a block's id collided {VARIANTS + 1} times: refused")
         self.ids[which] = block_ids(self.digests[which], self.variants[which])
 
 

@@ -59,6 +59,9 @@ STORED, SAME, COLLISION = 0, 1, 2     # new here; already held, same bytes; held
 # A COPY reply's payload: one status byte per id asked, a PUT status as the target replied, or:
 MISSING, ROTTEN, UNSENT = 3, 4, 5     # the holder has no copy; its copy is rotten (not sent);
                                       # the target could not be reached or refused it
+# A PUT status for the peer key alone (a node copying to this one): the bytes do not hash to the
+# id they came under (engine.blockids), so they were not stored.
+MISMATCH = 6
 
 # What a peer key (another node copying to this one) may ask: nothing that drops, leases or
 # touches the catalog.

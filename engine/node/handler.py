@@ -47,15 +47,17 @@ class Handler:
             rpc.CATALOG_PROMISE: self.catalog_promise,
             rpc.LEASE: self.lease, rpc.RELEASE: self.release, rpc.COPY: self.copy,
         }
+        # What the peer key may ask (rpc.PEER_REQUESTS): its PUTs are checked (put_checked).
+        self.peer_methods = {rpc.HELLO: self.hello, rpc.PUT: self.put_checked}
         # Requests that wait on other nodes: answered when done, the channel's others meanwhile.
         self.background = {rpc.COPY}
         self.peers = Peers(store)
 
-    def call(self, kind: int, header: dict, payload: memoryview):
-        """Answers one request of type `kind`: (reply header, reply payload), or for a type in
-        `background` a coroutine that answers it; raises NodeError (or what the store
-        raises)."""
-        method = self.methods.get(kind)
+    def call(self, kind: int, header: dict, payload: memoryview, peer: bool = False):
+        """Answers one request of type `kind`, made with the peer key if `peer`: (reply header,
+        reply payload), or for a type in `background` a coroutine that answers it; raises
+        NodeError (or what the store raises)."""
+        method = (self.peer_methods if peer else self.methods).get(kind)
         if method is None:
             raise NodeError(Code.BAD_REQUEST, f"unknown request type {kind}")
         return method(header, payload)
@@ -82,7 +84,7 @@ class Handler:
 
     # -- blocks -------------------------------------------------------------------------------
 
-    def put(self, header: dict, payload) -> tuple[dict, bytes]:
+    def put(self, header: dict, payload, check: bool = False) -> tuple[dict, bytes]:
         """Stores n blocks under their ids (payload: ids, then n blocks); replies one status
         byte per id (rpc.STORED, SAME or COLLISION), and {incarnation} (see sync). A rotten
         copy held is rewritten (STORED) by bytes that hash to its record; with `repair`
@@ -92,7 +94,12 @@ class Handler:
         if not isinstance(repair, bool):
             raise NodeError(Code.BAD_REQUEST, "request field 'repair' must be a boolean")
         return ({"incarnation": self.incarnation},
-                self.store.put(ids, blocks, repair).tobytes())
+                self.store.put(ids, blocks, repair, check).tobytes())
+
+    def put_checked(self, header: dict, payload) -> tuple[dict, bytes]:
+        """put() for the peer key, which may name any id: a new block whose bytes do not hash
+        to its id (engine.blockids) is not stored, and its status is rpc.MISMATCH."""
+        return self.put(header, payload, check=True)
 
     def get(self, header: dict, payload) -> tuple[dict, bytes]:
         """The bytes of every id held, in order; {missing: positions of the ids not held}.

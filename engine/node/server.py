@@ -165,7 +165,8 @@ class RpcSession(asyncssh.SSHServerSession):
                 raise NodeError(rpc.Code.NOT_ALLOWED, f"request type {kind} is not allowed to"
                                                       " the peer key")
             header, payload = rpc.parse_body(body)
-            reply, data = self.handler.call(kind, header, payload)
+            reply, data = self.handler.call(kind, header, payload,
+                                            peer=not self.login.rpc_allowed)
             return rpc.encode(rpc.REPLY, request_id, reply, data)
         except Exception as e:     # noqa: BLE001 - every fault is an error reply (describe)
             return self._error(kind, request_id, e)

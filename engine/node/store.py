@@ -23,7 +23,8 @@ from .. import changeset, lineage
 from ..blockstore import BlockStore
 from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
-from ..net.rpc import COLLISION, MISSING, ROTTEN, SAME, STORED, Code
+from ..blockids import belong
+from ..net.rpc import COLLISION, MISMATCH, MISSING, ROTTEN, SAME, STORED, Code
 from .errors import NodeError
 
 CATALOG_FILE = "catalog.db"
@@ -88,10 +89,13 @@ class NodeStore:
             raise
         return np.array(taken, dtype=np.uint64)
 
-    def put(self, ids: np.ndarray, data, repair: bool = False) -> np.ndarray:
+    def put(self, ids: np.ndarray, data, repair: bool = False,
+            check: bool = False) -> np.ndarray:
         """Stores each block under its id, or compares it with the copy already held; a copy
         held rotten is rewritten (STORED) by bytes that hash to its record. With `repair`,
-        nothing new is stored: an id not held is refused (COLLISION)."""
+        nothing new is stored: an id not held is refused (COLLISION). With `check` (a peer's
+        PUT), a new block whose bytes do not hash to its id is refused (MISMATCH); the
+        coordinator's own PUTs are not checked, their ids are made from the same hash."""
         bs = self.block_size
         if len(data) != len(ids) * bs:
             raise NodeError(Code.BAD_REQUEST, f"put of {len(ids)} ids carries {len(data)} bytes,"
@@ -124,8 +128,15 @@ class NodeStore:
             keys = ids[firsts]
             # Most puts bring only new blocks: then they are used as they came, not copied.
             new = blocks if len(firsts) == len(blocks) else blocks[firsts]
+            digests = self.fingerprints.of(new)
+            if check:
+                fits = belong(keys, digests)
+                if not fits.all():
+                    status[fresh[np.isin(ids[fresh], keys[~fits])]] = MISMATCH
+                    firsts, keys, new, digests = (firsts[fits], keys[fits], new[fits],
+                                                  digests[fits])
             taken = self._allocate_all(len(firsts))
-            words = self.fingerprints.of(new)[:, 1]
+            words = digests[:, 1]
             self.store.data[taken] = new
             # The record last: only now does the block become visible.
             self.store.hashes[taken] = np.stack([keys, words], axis=1)

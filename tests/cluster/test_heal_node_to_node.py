@@ -11,6 +11,8 @@ import asyncssh
 import numpy as np
 
 from engine import api
+from engine.blockids import block_ids
+from engine.fingerprint import Fingerprinter
 from engine.net import rpc
 from engine.node import keys
 
@@ -78,6 +80,24 @@ def test_the_peer_key_may_only_say_hello_and_put(make_cluster):
                           (rpc.COPY, {"targets": []}), (rpc.CATALOG_FETCH, {})):
         kind, body, _ = asyncio.run(_rpc(cluster, "node2", peer, asked, header))
         assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.NOT_ALLOWED)
+
+
+def test_the_peer_key_may_put_only_bytes_that_hash_to_their_ids(make_cluster):
+    """A peer's PUT (another node's COPY) may name any id: bytes that are not the id's (junk
+    under a live block's id, say) are refused (MISMATCH), the others stored; once any bytes
+    went in under any id."""
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    peer = cluster.path / "nodes" / "node1" / keys.PEER_KEY
+    data = np.random.default_rng(7).integers(0, 256, (3, 4096), np.uint8)
+    digests = Fingerprinter(4096).of(data)
+    ids = block_ids(digests, np.array([0, 0, 3]))      # the last after 3 collisions
+    ids[1] = ids[0] ^ np.uint64(1)                      # not the id of those bytes
+    kind, _, status = asyncio.run(_rpc(cluster, "node2", peer, rpc.PUT, {"n": 3},
+                                       ids.astype("<u8").tobytes() + data.tobytes()))
+    assert (kind, list(status)) == (rpc.REPLY, [rpc.STORED, rpc.MISMATCH, rpc.STORED])
+    kind, body, got = asyncio.run(_rpc(cluster, "node2", cluster.config.admin_key, rpc.GET,
+                                       {"n": 3}, ids.astype("<u8").tobytes()))
+    assert body["missing"] == [1] and got == data[[0, 2]].tobytes()
 
 
 def test_a_rotten_copy_is_not_passed_on(make_cluster, tmp_path):

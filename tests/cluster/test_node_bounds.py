@@ -11,12 +11,14 @@ import time
 import asyncssh
 import numpy as np
 
+from engine.fingerprint import Fingerprinter
 from engine.net import rpc
 
 from .test_heal_node_to_node import _rpc
 
 BS = 4096
-ID = 0x1234_5678_9ABC_DEF0
+BLOCK = bytes([7]) * BS
+ID = int(Fingerprinter(BS).of(BLOCK)[0, 0])      # its id: a peer's PUT of it is checked
 
 
 def _ids(n: int, value: int = ID) -> bytes:
@@ -30,7 +32,7 @@ def _call(cluster, name: str, kind: int, header: dict, payload=b""):
 
 
 def _put_one(cluster, name: str) -> None:
-    kind, _, status = _call(cluster, name, rpc.PUT, {"n": 1}, _ids(1) + bytes([7]) * BS)
+    kind, _, status = _call(cluster, name, rpc.PUT, {"n": 1}, _ids(1) + BLOCK)
     assert (kind, status) == (rpc.REPLY, bytes([rpc.STORED]))
 
 
@@ -49,7 +51,7 @@ def test_a_get_whose_reply_would_be_over_the_cap_is_refused_in_one_line(make_clu
     assert (kind, body["code"]) == (rpc.ERROR, rpc.Code.BAD_REQUEST)
     assert cluster.peak_memory("node1") - peak < 1 << 30
     kind, _, data = _call(cluster, "node1", rpc.GET, {"n": 2}, _ids(2))     # still answers
-    assert (kind, data) == (rpc.REPLY, bytes([7]) * BS * 2)
+    assert (kind, data) == (rpc.REPLY, BLOCK * 2)
 
 
 def test_a_copy_of_one_id_repeated_sends_it_once(make_cluster):
