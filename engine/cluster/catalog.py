@@ -8,7 +8,7 @@ to (our epoch, next counter) to every up node before it commits locally; a node 
 top of that stamp. A node that is behind (it was down, or missed a changeset) gets the whole
 catalog image instead, and keeps its replica aside if it was from another lineage. A commit that
 reaches fewer than a majority of the nodes (or min_replicas) is refused (ReplicationError) and
-rolled back; its counter is never reused.
+rolled back, and undone on the nodes that took it by its inverse; its counter is never reused.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The coordinator's catalog image taken inside a transaction holds only what was committed:
-what a node behind is given before the change, and what undoes a refused change where it
-landed (engine/cluster/catalog.py). No nodes needed."""
+what a node behind is given before the change, and what the inverse that undoes a refused
+change where it landed is read from (engine/cluster/catalog.py). No nodes needed."""
 
 from __future__ import annotations
 
