@@ -83,6 +83,32 @@ def test_inserts_updates_deletes_and_blobs_make_the_replica_equal(pair):
         == page[::-1]
 
 
+def test_the_inverse_read_from_the_catalog_before_takes_a_replica_back(pair):
+    """How a refused commit is undone where it landed (engine.cluster.catalog): the changed
+    rows as a copy of the catalog before the change holds them, the new ones deleted."""
+    src, dst = pair
+    page = bytes(range(256)) * 16
+    transaction(src, ("INSERT INTO vms VALUES (?, ?, ?, ?)", ("golden", 1 << 30, 1, None)),
+                ("INSERT INTO vms VALUES (?, ?, ?, ?)", ("desk-1", 1 << 30, 2, "golden")),
+                ("INSERT INTO bmap VALUES (?, ?, ?)", (1, 0, page)))
+    ship(src, dst)
+    before = sqlite3.connect(":memory:")
+    before.deserialize(src.serialize())
+    transaction(src, ("UPDATE bmap SET entries=? WHERE layer=1 AND page=0", (page[::-1],)),
+                ("DELETE FROM vms WHERE name=?", ("desk-1",)),
+                ("INSERT INTO vms VALUES (?, ?, ?, ?)", ("desk-2", 1 << 30, 3, "golden")),
+                ("INSERT INTO events VALUES (?, ?, ?)", (1, 2.5, "cloned desk-2")))
+    was = rows(before)
+    inverse = changeset.collect(src, before)
+    ship(src, dst)
+    assert rows(dst) == rows(src) != was
+    changes, blobs = changeset.encode(inverse)
+    dst.execute("BEGIN IMMEDIATE")
+    changeset.apply(dst, changeset.decode(changes, blobs))
+    dst.execute("COMMIT")
+    assert rows(dst) == was
+
+
 def test_a_row_inserted_and_deleted_in_one_transaction_ships_as_a_delete(pair):
     src, dst = pair
     transaction(src, ("INSERT INTO vms VALUES (?, ?, ?, ?)", ("tmp", 1, 1, None)),
