@@ -21,29 +21,24 @@ MAX_ID = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 def block_ids(digests: np.ndarray, variants: np.ndarray) -> np.ndarray:
     """The id of each fingerprint (n × 2 words) at its variant (n, 0 to VARIANTS)."""
     ids = digests[:, 0].copy()
+    ids[ids == 0] = 1
+    ids[ids == MAX_ID] = MAX_ID - np.uint64(1)
     for i in np.flatnonzero(variants).tolist():
         ids[i] = _variant(digests[i], int(variants[i]))
-    return _valid(ids)
+    return ids
 
 
 def belong(ids: np.ndarray, digests: np.ndarray) -> np.ndarray:
     """Whether each id (n) is the id of its fingerprint (n × 2 words) at some variant. Ids of
     variant 0, all real ones but for a collision, cost one compare; any other tries every
     variant."""
-    ok = ids == _valid(digests[:, 0].copy())
+    ok = ids == block_ids(digests, np.zeros(len(ids), np.int64))
     for i in np.flatnonzero(~ok).tolist():
-        want = int(ids[i])
-        ok[i] = any(int(_valid(np.array([_variant(digests[i], v)], np.uint64))[0]) == want
-                    for v in range(1, VARIANTS + 1))
+        ok[i] = int(ids[i]) in {_variant(digests[i], v) for v in range(1, VARIANTS + 1)}
     return ok
 
 
 def _variant(digest: np.ndarray, variant: int) -> int:
-    return xxhash.xxh3_64_intdigest(digest.tobytes() + variant.to_bytes(4, "little"))
-
-
-def _valid(ids: np.ndarray) -> np.ndarray:
-    """`ids` with 0 and 2^64-1, never ids, moved to their neighbours (in place)."""
-    ids[ids == 0] = 1
-    ids[ids == MAX_ID] = MAX_ID - np.uint64(1)
-    return ids
+    """The id of a fingerprint (2 words) at a variant above 0."""
+    got = xxhash.xxh3_64_intdigest(digest.tobytes() + variant.to_bytes(4, "little"))
+    return 1 if got == 0 else got - 1 if got == int(MAX_ID) else got

@@ -1,10 +1,9 @@
 """Writes: block ids, placement of new blocks, verification of known ones, collisions.
 
 A block's id is the first 64 bits of its xxh3-128 fingerprint (variant 0) or, once that id is bound
-to other bytes somewhere, a hash of the fingerprint and a variant number (engine.blockids). The node
-that holds an id
-compares the bytes of any later PUT under it, so an id never names two contents: a mismatch is a
-collision, and the block moves on to its next variant.
+to other bytes somewhere, a hash of the fingerprint and a variant number (engine.blockids). The
+node that holds an id compares the bytes of any later PUT under it, so an id never names two
+contents: a mismatch is a collision, and the block moves on to its next variant.
 
 Placing a batch goes in rounds (at most MAX_ROUNDS), each of these phases:
   quorum   fewer than min_replicas nodes up: the whole batch is refused (ReplicationError)

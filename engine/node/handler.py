@@ -86,9 +86,10 @@ class Handler:
 
     def put(self, header: dict, payload, check: bool = False) -> tuple[dict, bytes]:
         """Stores n blocks under their ids (payload: ids, then n blocks); replies one status
-        byte per id (rpc.STORED, SAME or COLLISION), and {incarnation} (see sync). A rotten
-        copy held is rewritten (STORED) by bytes that hash to its record; with `repair`
-        (optional), only that: an id not held is COLLISION and nothing new is stored."""
+        byte per id (rpc.STORED, SAME or COLLISION; with `check`, MISMATCH too), and
+        {incarnation} (see sync). A rotten copy held is rewritten (STORED) by bytes that hash
+        to its record; with `repair` (optional), only that: an id not held is COLLISION and
+        nothing new is stored."""
         ids, blocks = _ids(header, payload)
         repair = header.get("repair", False)
         if not isinstance(repair, bool):
@@ -140,8 +141,8 @@ class Handler:
         `targets` is a list of {name, address (HOST:PORT), host_key (pinned), n}, the payload
         their ids, target by target. The request is checked now; returns the coroutine that
         copies and replies {targets: [{incarnation, error}]} and a status byte per id
-        (rpc.STORED, SAME, COLLISION, MISSING, ROTTEN or UNSENT). BAD_REQUEST if its distinct
-        ids are over rpc.MAX_GATHER bytes of blocks."""
+        (rpc.STORED, SAME, COLLISION, MISMATCH, MISSING, ROTTEN or UNSENT). BAD_REQUEST if its
+        distinct ids are over rpc.MAX_GATHER bytes of blocks."""
         listed = header.get("targets")
         if not isinstance(listed, list) or not 0 < len(listed) <= MAX_TARGETS:
             raise NodeError(Code.BAD_REQUEST, f"request field 'targets' must be a list of 1 to"
