@@ -180,48 +180,29 @@ def vm_export(admin, args, bar) -> int:
 
 @command("vm", "write",
          json='{"name": NAME, "offset": bytes, "bytes": bytes written}',
-         help="write a file's bytes into a VM at an offset", args=[
+         help="write a file's bytes into a VM at an offset",
+         description="Writes all of FILE into the VM from byte --offset, as one change and one"
+         " event: it is streamed in pieces (memory stays small whatever its size; a file's"
+         " holes are not read and write zeros) into a provisional layer, and lands on the VM"
+         " only once FILE has ended. A FILE too long for the VM from that offset is refused"
+         " with nothing written: at once for a file or a block device (their size is known),"
+         " else when the stream passes the VM's end. An error or Ctrl-C half-way writes"
+         " nothing either.", args=[
     NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
               help="byte offset in the VM"),
-    arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
+    arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
+        " for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
-    room = max(admin.vm_size(args.name) - args.offset, 0)
-    data = _read_at_most(args.file, room + 1)       # one byte more tells a source too long
-    if len(data) > room:
-        raise BlockfoldError(f"{args.file} would write past the end of VM {args.name} "
-                             f"({admin.vm_size(args.name)} bytes) from offset {args.offset}: "
-                             "nothing written")
-    detaching(args, f"Overwrite part of VM {args.name}",
-              lambda force: admin.write(args.name, args.offset, data, force=force, event=True))
-    emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
-         f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
-    return 0
-
-
-def _read_at_most(source: str, n: int) -> bytes:
-    """Up to `n` bytes of a file, a device or stdin ("-"): a source that never ends (/dev/zero)
-    is read no further, and a FIFO with no writer reads as empty instead of waiting forever."""
+    source = api.open_source(args.file)
     try:
-        fd = sys.stdin.buffer.fileno() if source == "-" else os.open(
-            source, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
-    try:
-        if source != "-":
-            os.set_blocking(fd, True)
-        parts, got = [], 0
-        while got < n:
-            part = os.read(fd, min(n - got, 1 << 24))
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
-        return b"".join(parts)
-    except OSError as e:
-        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+        written = detaching(args, f"Overwrite part of VM {args.name}", lambda force:
+                             admin.write_file(args.name, args.offset, source, force=force,
+                                              progress=bar))
     finally:
-        if source != "-":
-            os.close(fd)
+        source.close()
+    emit(args, {"name": args.name, "offset": args.offset, "bytes": written},
+         f"wrote {formats.size(written)} to {args.name} at byte {formats.count(args.offset)}")
+    return 0
 
 
 @command("vm", "clone",
@@ -258,17 +239,18 @@ def vm_rm(admin, args, bar) -> int:
     return 0
 
 
-def detaching(args, doing: str, change: Callable[[bool], None]) -> None:
+def detaching(args, doing: str, change: Callable[[bool], object]):
     """change(force=False); if the VM is attached and --force was given, asks on a terminal,
-    then change(force=True), which detaches its NBD clients first."""
+    then change(force=True), which detaches its NBD clients first. Returns what change
+    returned."""
     try:
-        change(False)
+        return change(False)
     except AttachedError as e:
         if not args.force:
             raise
         if not confirmed(args, f"{e}. {doing} and cut its clients off?"):
             raise BlockfoldError("not forced: nothing changed") from None
-        change(True)
+        return change(True)
 
 
 @command("vm", "ls",

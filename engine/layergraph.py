@@ -92,7 +92,7 @@ class LayerGraph:
         self._snaps: dict[tuple[str, str], Snap] = {(s.vm, s.name): s for s in snaps}
         self._parents = dict(parents)
         self._next_layer = next_layer
-        self._provisional: dict[int, str] = {}     # import's top layer -> the name it reserves
+        self._provisional: dict[int, str | None] = {}   # import's top -> the name it reserves
         self._children: dict[int, set[int]] = {}
         for layer, parent in self._parents.items():
             if parent is not None:
@@ -199,9 +199,11 @@ class LayerGraph:
         vm = VM(name, size, layer, time.time(), None)
         return LayerEdit(new_layers={layer: None}, put_vms=[vm])
 
-    def begin_import(self, name: str) -> int:
-        """A provisional top layer for an import under `name`, which it reserves."""
-        self.check_new_name(name)
+    def begin_import(self, name: str | None) -> int:
+        """A provisional top layer for an import under `name`, which it reserves; None: a
+        streamed write's, which no VM takes (Pool.write_from moves its blocks onto a VM's)."""
+        if name is not None:
+            self.check_new_name(name)
         (layer,) = self._new_ids(1)
         self._parents[layer] = None
         self._provisional[layer] = name

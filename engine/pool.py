@@ -770,6 +770,110 @@ class Pool:
         meter.finish()
         return size
 
+    def write_from(self, name: str, offset: int, source,
+                   progress: ProgressCallback | None = None) -> int:
+        """Writes every byte of `source` into VM `name` from `offset` (bytes), as one change with
+        one event, durable when it returns; returns the bytes written (the source's length).
+
+        `source` is an open image (engine.imageio.Image's size, seekable, name, chunks()): its
+        size is its exact length when seekable, else it is read to its end. Memory stays
+        bounded whatever its length: the bytes go, piece by piece, into a provisional layer of
+        their own (as an import's), and only once the source has ended inside the VM are its
+        blocks moved onto the VM's top, with data ops held, and committed with the event. So a
+        source too long for the VM (found at once when its size is known, else when it passes
+        the end), an unreadable one, no space or a cancel leave the VM as it was. A file's
+        holes are not read: they write zeros. Progress phase "write", in bytes (total 0 for a
+        stream of unknown length); the first report comes before any byte is read.
+        Raises VMNotFoundError, OutOfRangeError, BadImageError, NoSpaceError, CancelledError,
+        AbortedError."""
+        size = self.graph.vm(name).size
+        length = source.size if source.seekable else None
+        if offset < 0 or offset > size or (length is not None and offset + length > size):
+            raise _too_long(source.name, name, size, offset)
+        with self._changing():
+            layer = self.graph.begin_import(None)
+            self.core.add_layer(layer, None, True)
+            self.core.set_vm(import_vm(layer), layer, IMPORT_SIZE)
+        moved = False
+        try:
+            end = self._stream(import_vm(layer), name, size, offset, source, progress)
+            if length is not None:
+                end = offset + length           # a file's holes at its end write zeros too
+            with self._changing():
+                self._land(layer, name, offset, end)
+                moved = True
+                self._drop_scratch(layer, moved)
+                message = (f"wrote {formats.size(end - offset)} to {name} at byte"
+                           f" {formats.count(offset)}")
+                self._commit(rows=lambda catalog: catalog.log(
+                    current_actor(self.actor), "write", message))
+        finally:
+            with self._lock:
+                self._drop_scratch(layer, moved)
+        return end - offset
+
+    def _stream(self, target: str, name: str, size: int, offset: int, source, progress) -> int:
+        """Writes the source's pieces into the provisional VM `target` at `offset` on; returns
+        where they ended. Raises OutOfRangeError past the end of VM `name` (`size` bytes)."""
+        meter = Meter(progress, "write", source.size if source.seekable else 0, unit_bytes=1)
+        meter.advance(0)        # a service's client sends its bytes only after this report
+        end = offset
+        chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks
+        for at, data in imageio.read_ahead(source, chunk * self.block_size):
+            end = max(end, offset + at + len(data))
+            if end > size:
+                raise _too_long(source.name, name, size, offset)
+            self.write(target, offset + at, data)
+            meter.done = end - offset
+            meter.advance(0)
+        meter.finish()
+        return end
+
+    def _land(self, layer: int, name: str, offset: int, end: int) -> None:
+        """Moves the blocks of [offset, end) from a streamed write's `layer` onto VM `name`'s
+        top, with data ops held: where the layer has no block, the top reads zeros. The partial
+        blocks at either end get the VM's own bytes around the range first. Refuses (nothing
+        moved) if the VM went or shrank meanwhile. Caller is in `_changing`."""
+        vm = self.graph.vm(name)
+        if end > vm.size:
+            raise _too_long(f"{end - offset} bytes", name, vm.size, offset)
+        if end == offset:
+            return
+        bs, target = self.block_size, import_vm(layer)
+        head, tail = offset - offset % bs, min(-(-end // bs) * bs, vm.size)
+        if head < offset:
+            self.write(target, head, self.read(name, head, offset - head))
+        if end < tail:
+            self.write(target, end, self.read(name, end, tail - end))
+        parent = self.graph.parent(vm.top)
+        per_page = _native.PAGE_ENTRIES
+        lbn, last = head // bs, -(-end // bs)
+        with self._paused():
+            while lbn < last:
+                n = min(per_page - lbn % per_page, last - lbn)
+                page = self.core.page(layer, lbn // per_page)
+                moved = (np.zeros(n, np.uint64) if page is None
+                         else page[lbn % per_page:lbn % per_page + n])
+                # What reads as zeros is INHERIT where the layers beneath read zeros too.
+                zero = (np.full(n, _native.INHERIT, np.uint64) if parent is None else
+                        np.where(self.core.lookup(parent, lbn, n) == 0, np.uint64(_native.INHERIT),
+                                 np.uint64(_native.ZERO)))
+                data = (moved != _native.INHERIT) & (moved != _native.ZERO)
+                entries = np.where(data, moved, zero).astype(np.uint64)
+                self.core.decref(self.core.set_entries(vm.top, lbn, entries))
+                lbn += n
+
+    def _drop_scratch(self, layer: int, moved: bool) -> None:
+        """Drops a streamed write's provisional layer, if still there; its blocks' references
+        go with it unless they `moved` onto the VM. Caller holds the lock."""
+        if layer not in self.graph.provisional:
+            return
+        self.core.remove_vm(import_vm(layer))
+        held = self.core.drop_layer(layer)
+        if not moved:
+            self.core.decref(held)
+        self.graph.end_import(layer)
+
     def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
         """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-")."""
         size = self.graph.vm(name).size
@@ -882,3 +986,8 @@ class Pool:
         first."""
         with self._lock:
             return self.catalog.events(limit, since)
+
+
+def _too_long(source: str, name: str, size: int, offset: int) -> OutOfRangeError:
+    return OutOfRangeError(f"{source} would write past the end of VM {name} ({size} bytes) from"
+                           f" offset {offset}: nothing written")
