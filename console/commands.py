@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -207,17 +208,40 @@ def vm_write(admin, args, bar) -> int:
 
 @command("vm", "clone",
          json='{"source": SRC, "clones": [names]}',
-         help="make linked clones of a VM: O(1) each, whatever its size", args=[
+         help="make linked clones of a VM: O(1) each, whatever its size",
+         description="Makes linked clones of SRC as it is now. With --count, they are made"
+         " 1000 at a time, each batch one commit and one event, and the pool is let go between"
+         " batches, so NBD clients and other commands carry on meanwhile; every name is checked"
+         " first (one taken: nothing made). Ctrl-C (or an error) stops it between batches:"
+         " the clones made so far are kept, and the error names them (NEW-1 … NEW-J); a second"
+         " Ctrl-C stops at once.", args=[
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
     arg("--count", type=positive, default=1, metavar="K",
-        help="make K clones named NEW-1 … NEW-K in one transaction")])
+        help="make K clones named NEW-1 … NEW-K, in batches of 1000")])
 def vm_clone(admin, args, bar) -> int:
-    names = admin.clone(args.source, args.new, args.count)
+    with ctrl_c_cancels() as cancel:
+        names = admin.clone(args.source, args.new, args.count, progress=bar, cancel=cancel)
     text = (f"cloned {args.source} to {names[0]}" if len(names) == 1
             else f"cloned {args.source} to {names[0]} … {names[-1]} ({len(names)} VMs)")
     emit(args, {"source": args.source, "clones": names}, text)
     return 0
+
+
+@contextmanager
+def ctrl_c_cancels():
+    """Yields a threading.Event that the first Ctrl-C (SIGINT) sets, for work that stops
+    cleanly between steps; a second Ctrl-C interrupts at once (KeyboardInterrupt)."""
+    cancel = threading.Event()
+
+    def stop(signum, frame):
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = signal.signal(signal.SIGINT, stop)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @command("vm", "rm",

@@ -119,10 +119,17 @@ class Admin(ABC):
         write), CancelledError."""
 
     @abstractmethod
-    def clone(self, source: str, new: str, count: int = 1) -> list[str]:
-        """Makes `count` linked clones of `source`, O(1) each, in one transaction; returns their
-        names: `new`, or NEW-1 … NEW-count when count > 1. Raises VMNotFoundError,
-        VMExistsError, BadNameError, ReadOnlyError, BlockfoldError (count < 1)."""
+    def clone(self, source: str, new: str, count: int = 1,
+              progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> list[str]:
+        """Makes `count` linked clones of `source`, O(1) each, all of it as it is now; returns
+        their names: `new`, or NEW-1 … NEW-count when count > 1. They are made a batch at a
+        time (engine.pool.CLONE_BATCH, each one transaction and one event), and the pool is let
+        go between batches, so a huge count never holds NBD clients or other calls back for
+        long. Progress phase "clone", in VMs. Raises VMNotFoundError, VMExistsError (any of the
+        names, with nothing made), BadNameError, ReadOnlyError, RefusedError (count < 1),
+        CancelledError (before anything was made); a failure or a cancel after the first batch
+        is a BlockfoldError naming the clones made before it, which are kept."""
 
     @abstractmethod
     def delete(self, name: str, force: bool = False) -> None:

@@ -222,13 +222,25 @@ class LayerGraph:
         return LayerEdit(new_layers={layer: None}, put_vms=[vm], registered=[layer],
                          events=list(events))
 
-    def plan_clone(self, source: str, names: list[str], source_top_empty: bool) -> LayerEdit:
+    def plan_clone(self, source: str, names: list[str], source_top_empty: bool,
+                   like: VM | None = None) -> LayerEdit:
         """Freezes the source's top as the shared base (unless it wrote nothing since it was last
-        frozen: then its base is shared as it is) and gives every clone an empty top on it."""
+        frozen: then its base is shared as it is) and gives every clone an empty top on it.
+        `like`: a clone made of the source before (an earlier batch of the same clone): these
+        are made as it was, on its base, whatever the source did since. Raises VMExistsError,
+        BadNameError, VMNotFoundError, RefusedError (`like`'s base is gone)."""
         for name in names:
             self.check_new_name(name)
-        vm = self.vm(source)
         edit = LayerEdit()
+        if like is not None:
+            if like.base not in self._parents:
+                raise RefusedError(f"the state of {source} that the first clones show is gone")
+            now = time.time()
+            for name, layer in zip(names, self._new_ids(len(names))):
+                edit.new_layers[layer] = like.base
+                edit.put_vms.append(VM(name, like.size, layer, now, like.origin, like.base))
+            return edit
+        vm = self.vm(source)
         base = self._parents[vm.top]
         if base is None or not source_top_empty:
             base = vm.top

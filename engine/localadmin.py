@@ -81,7 +81,9 @@ class LocalAdmin(Admin):
     def export(self, name, dest, progress=None, cancel=None):
         self.pool.export(name, dest, cancellable(progress, cancel))
 
-    def clone(self, source, new, count=1): return self.pool.clone(source, new, count)
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self.pool.clone(source, new, count, progress, cancel)
+
     def delete(self, name, force=False): self.pool.delete(name)
     def refresh(self, name, force=False): self.pool.refresh(name)
     def rename(self, old, new, force=False): self.pool.rename(old, new)

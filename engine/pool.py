@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def check_block_size(block_size: int) -> None:
         raise RefusedError(f"bad block size {block_size}: use a power of two from 4096 to"
                            " 65536")
 SCRUB_BATCH = 4096          # blocks verified under the lock at a time
+CLONE_BATCH = 1000          # clones made under the lock at a time (~20 ms; ~0.2 s on a cluster)
 SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
@@ -589,27 +591,57 @@ class Pool:
 
     # -- clones and deletes -------------------------------------------------------------------
 
-    def clone(self, source: str, new: str, count: int = 1) -> list[str]:
+    def clone(self, source: str, new: str, count: int = 1,
+              progress: ProgressCallback | None = None, cancel=None) -> list[str]:
         """Links new VMs to `source`'s blocks: O(1) each, whatever the size.
 
         Makes `new`, or NEW-1 … NEW-count. The source's top layer is frozen and becomes the
         shared base; the source and every clone get an empty top layer of their own. If the
         source has written nothing since it was last frozen, its base is shared as it is.
-        Raises VMNotFoundError, VMExistsError, BadNameError, RefusedError (count < 1).
+        Clones are made CLONE_BATCH at a time, each batch one edit, commit and event, and the
+        pool's lock is let go between batches (NBD and other calls go on); every batch after
+        the first is made as the first was, on the same base, whatever the source did since.
+        Every name is checked first: a clash refuses with nothing made. Progress phase "clone",
+        in VMs; `cancel` (a threading.Event) stops it between batches.
+        Raises VMNotFoundError, VMExistsError, BadNameError, RefusedError (count < 1), or, if
+        the first batch fails, its error with nothing made; a later failure or a cancel is a
+        BlockfoldError that names the clones made before it, which are kept.
         """
         if count < 1:
             raise RefusedError(f"bad clone count {count}: it must be at least 1")
         names = [new] if count == 1 else [f"{new}-{i}" for i in range(1, count + 1)]
+        meter = Meter(progress, "clone", count)
+        like: VM | None = None
 
-        def plan() -> LayerEdit:
-            top = self.graph.vm(source).top
-            edit = self.graph.plan_clone(source, names, self.core.is_empty(top))
-            label = names[0] if count == 1 else f"{names[0]} … {names[-1]}"
+        def plan(batch: list[str]) -> LayerEdit:
+            if like is None:            # the first batch: every later name is checked too
+                for name in names[len(batch):]:
+                    self.graph.check_new_name(name)
+                top = self.graph.vm(source).top
+                edit = self.graph.plan_clone(source, batch, self.core.is_empty(top))
+            else:
+                edit = self.graph.plan_clone(source, batch, False, like)
+            label = batch[0] if len(batch) == 1 else f"{batch[0]} … {batch[-1]}"
             edit.events.append(("clone", f"cloned {source} to {label}"))
             return edit
 
-        with self._changing():
-            self._edit(plan)
+        for start in range(0, count, CLONE_BATCH):
+            batch = names[start:start + CLONE_BATCH]
+            try:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("clone cancelled")
+                with self._changing():
+                    self._edit(partial(plan, batch))
+                    like = like or self.graph.vm(batch[0])
+            except Exception as e:
+                if start == 0:
+                    raise
+                raise BlockfoldError(f"clone of {source} stopped after {start:,} of {count:,}"
+                                     f" VMs: {e}; {names[0]} … {names[start - 1]} are made"
+                                     " and kept") from e
+            meter.done = start + len(batch)
+            meter.advance(0)
+        meter.finish()
         return names
 
     def delete(self, name: str) -> None:

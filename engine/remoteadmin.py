@@ -307,8 +307,9 @@ class RemoteAdmin(Admin):
             self._call("export", {"name": name}, progress=progress, cancel=cancel,
                        receive=out.write_at)
 
-    def clone(self, source, new, count=1):
-        return self._call("clone", {"source": source, "new": new, "count": count})
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self._call("clone", {"source": source, "new": new, "count": count},
+                          progress=progress, cancel=cancel)
 
     def delete(self, name, force=False): self._call("delete", {"name": name, "force": force})
     def clones_of(self, name): return self._call("clones_of", {"name": name})

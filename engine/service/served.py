@@ -3,8 +3,8 @@
 It is the pool's (or cluster's) Admin with what only a service knows:
 - which VMs NBD clients have attached: deleting or overwriting one is refused with a message
   naming its clients, unless forced, which detaches them first;
-- its jobs: every long call (import, export, write_file, rebuild, fsck, heal, scrub) is listed
-  with its actor and progress while it runs, and may be cancelled by any client; a scrub may
+- its jobs: every long call (import, export, write_file, clone, rebuild, fsck, heal, scrub) is
+  listed with its actor and progress while it runs, and may be cancelled by any client; a scrub may
   run in the background, outliving the client that started it;
 - every change to the pool: all of them go through the service (its clients' calls, and NBD's
   writes, which the service counts), so a pool's figures (stats, vms) are computed once per
@@ -163,7 +163,9 @@ class ServedAdmin(Admin):
                                  progress, cancel)
 
     @_changes
-    def clone(self, source, new, count=1): return self.inner.clone(source, new, count)
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self.job_list.run("clone", lambda p, c: self.inner.clone(source, new, count, p,
+                                                                        c), progress, cancel)
 
     @_changes
     def delete(self, name, force=False):
