@@ -6,7 +6,6 @@ info, events --since, --version, the default pool, -p anywhere, and a golden's d
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -170,21 +169,27 @@ def test_version_default_pool_and_options_anywhere(tmp_path):
 MiB = 1 << 20
 
 
-def _peak_rss(tmp_path, *args, input_path=None) -> tuple[int, str, int]:
-    """Runs `blockfold ARGS` (stdin from `input_path`) and returns its exit code, its stderr
-    and its peak RSS in bytes (the kernel's ru_maxrss of exactly this process)."""
-    err = tmp_path / "stderr.txt"
-    with open(err, "wb") as stderr, open(input_path or os.devnull, "rb") as stdin:
-        proc = subprocess.Popen([sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
-                                stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
+PEAK_RSS = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
+"""Runs a command and writes its exit code and peak RSS (bytes) to a file. A process's ru_maxrss
+counts the memory of the process it was forked from (the kernel keeps the larger of the old and
+new high-water marks at exec), so the command is forked from this small one, not from pytest."""
+
+
+def _peak_rss(tmp_path, *args) -> tuple[int, str, int]:
+    """Runs `blockfold ARGS` and returns its exit code, its stderr and its peak RSS in bytes."""
+    err, result = tmp_path / "stderr.txt", tmp_path / "rss.txt"
+    with open(err, "wb") as stderr:
+        subprocess.run([sys.executable, "-c", PEAK_RSS, result, sys.executable, "-m", "console",
+                        *map(str, args)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=stderr, timeout=300, check=True)
+    code, rss = map(int, result.read_text().split())
+    return code, err.read_text(), rss
 
 
 def test_a_large_write_streams_in_bounded_memory(cli, pool_dir, tmp_path):
