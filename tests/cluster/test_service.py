@@ -267,7 +267,8 @@ def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):
 
 def test_vm_write_streams_onto_a_cluster_whole_or_not_at_all(make_cluster, tmp_path):
     """`vm write` on a cluster the CLI opens: a file with holes at an unaligned offset, then
-    stdin, land as they are (holes overwrite with zeros); one byte too long changes nothing."""
+    stdin, land as they are (holes overwrite with zeros); a stream one byte too long changes
+    nothing."""
     cluster = make_cluster(nodes=2, replicas=2)
     data = bytearray(image(tmp_path / "a.raw", 4, seed=5))
     run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
@@ -282,11 +283,11 @@ def test_vm_write_streams_onto_a_cluster_whole_or_not_at_all(make_cluster, tmp_p
     run_cli("-c", cluster.path, "vm", "write", "a", "--offset", 10, "-", input=b"hi" * 3000,
             check=True)
     data[10:6010] = b"hi" * 3000
-    for args, kw in (((patch,), {}), (("-",), {"input": patch.read_bytes()})):
-        done = run_cli("-c", cluster.path, "vm", "write", "a", "--offset", len(data) - (3 << 20)
-                       + 1, *args, **kw)
-        assert done.returncode == 1 and "nothing written" in done.stderr_text
+    # A stream is found too long only at its end: its blocks were stored, and are dropped.
+    done = run_cli("-c", cluster.path, "vm", "write", "a", "--offset", len(data) - (3 << 20) + 1,
+                   "-", input=patch.read_bytes())
+    assert done.returncode == 1 and "nothing written" in done.stderr_text
     with cluster.open(readonly=True) as admin:
         assert admin.read("a", 0, len(data)) == data
         assert [e.kind for e in admin.events()].count("write") == 2
-    assert cli_json("-c", cluster.path, "fsck")["clean"]
+        assert admin.fsck() == []
