@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -180,63 +181,67 @@ def vm_export(admin, args, bar) -> int:
 
 @command("vm", "write",
          json='{"name": NAME, "offset": bytes, "bytes": bytes written}',
-         help="write a file's bytes into a VM at an offset", args=[
+         help="write a file's bytes into a VM at an offset",
+         description="Writes all of FILE into the VM from byte --offset, as one change and one"
+         " event: it is streamed in pieces (memory stays small whatever its size; a file's"
+         " holes are not read and write zeros) into a provisional layer, and lands on the VM"
+         " only once FILE has ended. A FILE too long for the VM from that offset is refused"
+         " with nothing written: at once for a file or a block device (their size is known),"
+         " else when the stream passes the VM's end. An error or Ctrl-C half-way writes"
+         " nothing either.", args=[
     NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
               help="byte offset in the VM"),
-    arg("file", metavar="FILE", help="the bytes to write, or - for stdin"), FORCE])
+    arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
+        " for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
-    room = max(admin.vm_size(args.name) - args.offset, 0)
-    data = _read_at_most(args.file, room + 1)       # one byte more tells a source too long
-    if len(data) > room:
-        raise BlockfoldError(f"{args.file} would write past the end of VM {args.name} "
-                             f"({admin.vm_size(args.name)} bytes) from offset {args.offset}: "
-                             "nothing written")
-    detaching(args, f"Overwrite part of VM {args.name}",
-              lambda force: admin.write(args.name, args.offset, data, force=force, event=True))
-    emit(args, {"name": args.name, "offset": args.offset, "bytes": len(data)},
-         f"wrote {formats.size(len(data))} to {args.name} at byte {formats.count(args.offset)}")
-    return 0
-
-
-def _read_at_most(source: str, n: int) -> bytes:
-    """Up to `n` bytes of a file, a device or stdin ("-"): a source that never ends (/dev/zero)
-    is read no further, and a FIFO with no writer reads as empty instead of waiting forever."""
+    source = api.open_source(args.file)
     try:
-        fd = sys.stdin.buffer.fileno() if source == "-" else os.open(
-            source, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
-    try:
-        if source != "-":
-            os.set_blocking(fd, True)
-        parts, got = [], 0
-        while got < n:
-            part = os.read(fd, min(n - got, 1 << 24))
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
-        return b"".join(parts)
-    except OSError as e:
-        raise BlockfoldError(f"cannot read {source}: {e.strerror}") from None
+        written = detaching(args, f"Overwrite part of VM {args.name}", lambda force:
+                             admin.write_file(args.name, args.offset, source, force=force,
+                                              progress=bar))
     finally:
-        if source != "-":
-            os.close(fd)
+        source.close()
+    emit(args, {"name": args.name, "offset": args.offset, "bytes": written},
+         f"wrote {formats.size(written)} to {args.name} at byte {formats.count(args.offset)}")
+    return 0
 
 
 @command("vm", "clone",
          json='{"source": SRC, "clones": [names]}',
-         help="make linked clones of a VM: O(1) each, whatever its size", args=[
+         help="make linked clones of a VM: O(1) each, whatever its size",
+         description="Makes linked clones of SRC as it is now. With --count, they are made"
+         " 1000 at a time, each batch one commit and one event, and the pool is let go between"
+         " batches, so NBD clients and other commands carry on meanwhile; every name is checked"
+         " first (one taken: nothing made). Ctrl-C (or an error) stops it between batches:"
+         " the clones made so far are kept, and the error names them (NEW-1 … NEW-J); a second"
+         " Ctrl-C stops at once.", args=[
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
     arg("--count", type=positive, default=1, metavar="K",
-        help="make K clones named NEW-1 … NEW-K in one transaction")])
+        help="make K clones named NEW-1 … NEW-K, in batches of 1000")])
 def vm_clone(admin, args, bar) -> int:
-    names = admin.clone(args.source, args.new, args.count)
+    with ctrl_c_cancels() as cancel:
+        names = admin.clone(args.source, args.new, args.count, progress=bar, cancel=cancel)
     text = (f"cloned {args.source} to {names[0]}" if len(names) == 1
             else f"cloned {args.source} to {names[0]} … {names[-1]} ({len(names)} VMs)")
     emit(args, {"source": args.source, "clones": names}, text)
     return 0
+
+
+@contextmanager
+def ctrl_c_cancels():
+    """Yields a threading.Event that the first Ctrl-C (SIGINT) sets, for work that stops
+    cleanly between steps; a second Ctrl-C interrupts at once (KeyboardInterrupt)."""
+    cancel = threading.Event()
+
+    def stop(signum, frame):
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = signal.signal(signal.SIGINT, stop)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @command("vm", "rm",
@@ -258,17 +263,18 @@ def vm_rm(admin, args, bar) -> int:
     return 0
 
 
-def detaching(args, doing: str, change: Callable[[bool], None]) -> None:
+def detaching(args, doing: str, change: Callable[[bool], object]):
     """change(force=False); if the VM is attached and --force was given, asks on a terminal,
-    then change(force=True), which detaches its NBD clients first."""
+    then change(force=True), which detaches its NBD clients first. Returns what change
+    returned."""
     try:
-        change(False)
+        return change(False)
     except AttachedError as e:
         if not args.force:
             raise
         if not confirmed(args, f"{e}. {doing} and cut its clients off?"):
             raise BlockfoldError("not forced: nothing changed") from None
-        change(True)
+        return change(True)
 
 
 @command("vm", "ls",

@@ -57,15 +57,28 @@ class Admin(ABC):
         no reachable copy of a block)."""
 
     @abstractmethod
-    def write(self, name: str, offset: int, data, force: bool = False,
-              event: bool = False) -> None:
+    def write(self, name: str, offset: int, data, force: bool = False) -> None:
         """Writes a bytes-like object at `offset`, deduplicated inline; durable after flush().
         A served pool refuses to change a VM that NBD clients have attached (RefusedError naming
         them) unless `force`, which detaches them first; the NBD export itself writes without
-        asking. `event`: an operator's write (`vm write`), recorded in the event log under its
-        actor and durable at once; the NBD export's writes are data, not events.
+        asking. Data, not an event: an operator's write is write_file.
         Raises VMNotFoundError, OutOfRangeError, ReadOnlyError, NoSpaceError (nothing written),
         RefusedError (attached)."""
+
+    @abstractmethod
+    def write_file(self, name: str, offset: int, source, force: bool = False,
+                   progress: ProgressCallback | None = None,
+                   cancel: threading.Event | None = None) -> int:
+        """Writes all of `source` into the VM from `offset` (`vm write`), in bounded memory
+        whatever its length, as one change: it lands whole once the source has ended, or not at
+        all (too long for the VM from `offset`, unreadable, no space, cancelled); it is one
+        event under the caller's actor, durable when this returns. Returns the bytes written.
+        `source`: a path (a file or block device: holes write zeros without being read; a FIFO
+        or character device, read to its end), "-" for stdin, or an open source
+        (engine.imageio.open_source). Attached VMs as for write. Progress phase "write", in
+        bytes. Raises VMNotFoundError, OutOfRangeError (too long: nothing written),
+        BadImageError (unreadable), NoSpaceError, ReadOnlyError, AttachedError,
+        CancelledError."""
 
     @abstractmethod
     def trim(self, name: str, offset: int, length: int) -> None:
@@ -106,10 +119,17 @@ class Admin(ABC):
         write), CancelledError."""
 
     @abstractmethod
-    def clone(self, source: str, new: str, count: int = 1) -> list[str]:
-        """Makes `count` linked clones of `source`, O(1) each, in one transaction; returns their
-        names: `new`, or NEW-1 … NEW-count when count > 1. Raises VMNotFoundError,
-        VMExistsError, BadNameError, ReadOnlyError, BlockfoldError (count < 1)."""
+    def clone(self, source: str, new: str, count: int = 1,
+              progress: ProgressCallback | None = None,
+              cancel: threading.Event | None = None) -> list[str]:
+        """Makes `count` linked clones of `source`, O(1) each, all of it as it is now; returns
+        their names: `new`, or NEW-1 … NEW-count when count > 1. They are made a batch at a
+        time (engine.pool.CLONE_BATCH, each one transaction and one event), and the pool is let
+        go between batches, so a huge count never holds NBD clients or other calls back for
+        long. Progress phase "clone", in VMs. Raises VMNotFoundError, VMExistsError (any of the
+        names, with nothing made), BadNameError, ReadOnlyError, RefusedError (count < 1),
+        CancelledError (before anything was made); a failure or a cancel after the first batch
+        is a BlockfoldError naming the clones made before it, which are kept."""
 
     @abstractmethod
     def delete(self, name: str, force: bool = False) -> None:

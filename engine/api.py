@@ -40,6 +40,7 @@ __all__ = [
     "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
     "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
     "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
+    "open_source",
     "parse_size", "plain", "serve_node",
 ]
 
@@ -59,6 +60,12 @@ def open_disk(source, format: str | None = None):
     """The disk an image holds, to pass to Admin.import_image (engine.diskformats.open_disk)."""
     from .diskformats import open_disk as open_
     return open_(source, format)
+
+
+def open_source(source: str):
+    """What Admin.write_file writes, opened (engine.imageio.open_source): a path or "-"."""
+    from .imageio import open_source as open_
+    return open_(source)
 
 
 def export_disk(admin: Admin, name: str, dest: str, format: str = "raw", progress=None,

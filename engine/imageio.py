@@ -17,8 +17,9 @@ class Image:
     """A raw image to import: a regular file (size known, holes found by SEEK_DATA), a block
     device (its size) or stdin."""
 
-    def __init__(self, fd: int, size: int, seekable: bool, name: str):
+    def __init__(self, fd: int, size: int, seekable: bool, name: str, owned: bool | None = None):
         self.fd, self.size, self.seekable, self.name = fd, size, seekable, name
+        self.owned = seekable if owned is None else owned     # close() closes fd
         self._head = b""            # a stream's first bytes, read by peek()
 
     def peek(self, n: int) -> bytes:
@@ -71,7 +72,7 @@ class Image:
 
     def close(self) -> None:
         """Lets the file go (again: nothing)."""
-        if self.seekable and self.fd >= 0:
+        if self.owned and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
@@ -131,6 +132,29 @@ def open_image(source) -> Image:
         os.close(fd)
         raise empty_image(source)
     return Image(fd, size, True, source)
+
+
+def open_source(source: str) -> Image:
+    """What `vm write` writes: the file or block device at path `source` (its size known, holes
+    found), else stdin ("-"), a FIFO or a character device, read to its end as it comes (a FIFO
+    with no writer reads as empty, at once). Raises BadImageError (cannot open it)."""
+    if source == "-":
+        fd = sys.stdin.buffer.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return Image(os.dup(fd), os.fstat(fd).st_size, True, "stdin")
+        return Image(fd, 0, False, "stdin")
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer would wait for one, forever.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        raise BadImageError(f"cannot read {source}: {e.strerror}") from None
+    if stat.S_ISREG(mode):
+        return Image(fd, os.fstat(fd).st_size, True, source)
+    if stat.S_ISBLK(mode):
+        return Image(fd, os.lseek(fd, 0, os.SEEK_END), True, source)
+    return Image(fd, 0, False, source, owned=True)
 
 
 def empty_image(source: str) -> BadImageError:

@@ -92,7 +92,7 @@ class LayerGraph:
         self._snaps: dict[tuple[str, str], Snap] = {(s.vm, s.name): s for s in snaps}
         self._parents = dict(parents)
         self._next_layer = next_layer
-        self._provisional: dict[int, str] = {}     # import's top layer -> the name it reserves
+        self._provisional: dict[int, str | None] = {}   # import's top -> the name it reserves
         self._children: dict[int, set[int]] = {}
         for layer, parent in self._parents.items():
             if parent is not None:
@@ -199,9 +199,11 @@ class LayerGraph:
         vm = VM(name, size, layer, time.time(), None)
         return LayerEdit(new_layers={layer: None}, put_vms=[vm])
 
-    def begin_import(self, name: str) -> int:
-        """A provisional top layer for an import under `name`, which it reserves."""
-        self.check_new_name(name)
+    def begin_import(self, name: str | None) -> int:
+        """A provisional top layer for an import under `name`, which it reserves; None: a
+        streamed write's, which no VM takes (Pool.write_from moves its blocks onto a VM's)."""
+        if name is not None:
+            self.check_new_name(name)
         (layer,) = self._new_ids(1)
         self._parents[layer] = None
         self._provisional[layer] = name
@@ -220,13 +222,25 @@ class LayerGraph:
         return LayerEdit(new_layers={layer: None}, put_vms=[vm], registered=[layer],
                          events=list(events))
 
-    def plan_clone(self, source: str, names: list[str], source_top_empty: bool) -> LayerEdit:
+    def plan_clone(self, source: str, names: list[str], source_top_empty: bool,
+                   like: VM | None = None) -> LayerEdit:
         """Freezes the source's top as the shared base (unless it wrote nothing since it was last
-        frozen: then its base is shared as it is) and gives every clone an empty top on it."""
+        frozen: then its base is shared as it is) and gives every clone an empty top on it.
+        `like`: a clone made of the source before (an earlier batch of the same clone): these
+        are made as it was, on its base, whatever the source did since. Raises VMExistsError,
+        BadNameError, VMNotFoundError, RefusedError (`like`'s base is gone)."""
         for name in names:
             self.check_new_name(name)
-        vm = self.vm(source)
         edit = LayerEdit()
+        if like is not None:
+            if like.base not in self._parents:
+                raise RefusedError(f"the state of {source} that the first clones show is gone")
+            now = time.time()
+            for name, layer in zip(names, self._new_ids(len(names))):
+                edit.new_layers[layer] = like.base
+                edit.put_vms.append(VM(name, like.size, layer, now, like.origin, like.base))
+            return edit
+        vm = self.vm(source)
         base = self._parents[vm.top]
         if base is None or not source_top_empty:
             base = vm.top

@@ -6,8 +6,7 @@ console and the CLI see is the same whichever Admin answers.
 
 from __future__ import annotations
 
-from . import _native, formats
-from .actor import current as current_actor
+from . import _native, formats, imageio
 from .admin import Admin
 from .core import engine_error
 from .errors import BlockfoldError, RefusedError
@@ -53,12 +52,16 @@ class LocalAdmin(Admin):
     def vm_names(self): return self.pool.vm_names()
     def vm_size(self, name): return self.pool.vm_size(name)
     def read(self, name, offset, length): return self.pool.read(name, offset, length)
-    def write(self, name, offset, data, force=False, event=False):
-        self.pool.write(name, offset, data)
-        if event:
-            self.pool.log_event("write", f"wrote {formats.size(len(data))} to {name} at byte"
-                                         f" {formats.count(offset)}",
-                                actor=current_actor(self.pool.actor))
+    def write(self, name, offset, data, force=False): self.pool.write(name, offset, data)
+
+    def write_file(self, name, offset, source, force=False, progress=None, cancel=None):
+        opened = imageio.open_source(source) if isinstance(source, str) else source
+        try:
+            return self.pool.write_from(name, offset, opened, cancellable(progress, cancel))
+        finally:
+            if opened is not source:
+                opened.close()
+
     def trim(self, name, offset, length): self.pool.trim(name, offset, length)
     def flush(self): self.pool.flush()
 
@@ -78,7 +81,9 @@ class LocalAdmin(Admin):
     def export(self, name, dest, progress=None, cancel=None):
         self.pool.export(name, dest, cancellable(progress, cancel))
 
-    def clone(self, source, new, count=1): return self.pool.clone(source, new, count)
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self.pool.clone(source, new, count, progress, cancel)
+
     def delete(self, name, force=False): self.pool.delete(name)
     def refresh(self, name, force=False): self.pool.refresh(name)
     def rename(self, old, new, force=False): self.pool.rename(old, new)

@@ -221,16 +221,18 @@ class RemoteAdmin(Admin):
     # -- calls --------------------------------------------------------------------------------
 
     def _call(self, method: str, args: dict | None = None, *, progress=None, cancel=None,
-              send: Iterable[tuple[int, bytes]] | None = None,
+              send: Iterable[tuple[int, bytes]] | None = None, send_when_taken: bool = False,
               receive: Callable[[int, memoryview], None] | None = None) -> Any:
         """Calls Admin.`method` in the service and returns its decoded result. `send` yields
-        (offset, bytes) to stream to it; `receive(offset, bytes)` takes what it streams back."""
+        (offset, bytes) to stream to it (`send_when_taken`: only once the service has sent its
+        first progress report, and nothing if the call ends first); `receive(offset, bytes)`
+        takes what it streams back."""
         link = self._current()
         request_id, inbox = link.open_call()
         try:
             link.send(wire.CALL, request_id, {"method": method, "args": args or {}})
             call = _Call(link, request_id, inbox, progress, cancel, receive)
-            if send is not None:
+            if send is not None and (not send_when_taken or call.taken()):
                 call.stream(send)
             return call.finish(method)
         except KeyboardInterrupt:
@@ -256,11 +258,26 @@ class RemoteAdmin(Admin):
     def read(self, name, offset, length):
         return self._call("read", {"name": name, "offset": offset, "length": length})
 
-    def write(self, name, offset, data, force=False, event=False):
+    def write(self, name, offset, data, force=False):
         data = memoryview(data).cast("B")
-        self._call("write", {"name": name, "offset": offset, "force": force, "event": event},
+        self._call("write", {"name": name, "offset": offset, "force": force},
                    send=((i, data[i:i + wire.DATA_CHUNK])
                          for i in range(0, len(data), wire.DATA_CHUNK)))
+
+    def write_file(self, name, offset, source, force=False, progress=None, cancel=None):
+        # The client's file, read with its permissions; its bytes go only once the service has
+        # taken the call (its first progress report): a refusal (attached, too long) reads none
+        # of a stream, so stdin is still whole for a forced try.
+        opened = imageio.open_source(source) if isinstance(source, str) else source
+        try:
+            return self._call("write_file", {
+                "name": name, "offset": offset, "force": force, "image": opened.name,
+                "size": opened.size if opened.seekable else None},
+                progress=progress, cancel=cancel, send=opened.chunks(wire.DATA_CHUNK),
+                send_when_taken=True)
+        finally:
+            if opened is not source:
+                opened.close()
 
     def trim(self, name, offset, length):
         self._call("trim", {"name": name, "offset": offset, "length": length})
@@ -290,8 +307,9 @@ class RemoteAdmin(Admin):
             self._call("export", {"name": name}, progress=progress, cancel=cancel,
                        receive=out.write_at)
 
-    def clone(self, source, new, count=1):
-        return self._call("clone", {"source": source, "new": new, "count": count})
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self._call("clone", {"source": source, "new": new, "count": count},
+                          progress=progress, cancel=cancel)
 
     def delete(self, name, force=False): self._call("delete", {"name": name, "force": force})
     def clones_of(self, name): return self._call("clones_of", {"name": name})
@@ -381,7 +399,20 @@ class _Call:
         self.link, self.request_id, self.inbox = link, request_id, inbox
         self.progress, self.cancel, self.receive = progress, cancel, receive
         self.cancelled = False
+        self.reported = False           # a PROGRESS frame has come
         self.end: tuple[int, dict, memoryview] | None = None
+
+    def taken(self) -> bool:
+        """Waits for the service's first progress report (True) or the end of the call."""
+        while not self.reported and self.end is None:
+            try:
+                frame = self.inbox.get(timeout=WAIT_STEP)
+            except queue.Empty:
+                if self._cancel_if_asked():
+                    return False
+                continue
+            self._handle(frame)
+        return self.end is None
 
     def stream(self, chunks: Iterable[tuple[int, bytes]]) -> None:
         """Sends the chunks as DATA frames, then their end; stops early if the call ended
@@ -426,6 +457,7 @@ class _Call:
             raise ServiceGone(self.link.error)
         kind, header, payload = frame
         if kind == wire.PROGRESS:
+            self.reported = True
             if self.progress is not None:
                 self.progress(Progress(header["phase"], header["done"], header["total"],
                                        header.get("bytes_per_s", 0.0)))

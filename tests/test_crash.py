@@ -4,6 +4,7 @@ back and fsck is clean. 3 tests × 8 kills = 24 kill points."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -69,3 +70,40 @@ def test_kill_9_loses_nothing_flushed(tmp_path, seed):
     with Pool.open(path, rebuild="full") as pool:
         assert pool.fsck() == []
         assert pool.last_rebuild["orphans_reclaimed"] == 0
+
+
+FORKING_WRITER = """
+import os, sys, time
+from engine.pool import Pool
+pool = Pool.open(sys.argv[1])
+child = os.fork()
+if child == 0:          # a child between fork and exec (qemu-img being spawned), drawn out
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_writers_child_does_not_keep_the_pool(tmp_path):
+    """A writer killed while a child it forked has not exec'd yet: the pool opens at once (a
+    flock, shared with the child, kept it locked in the dead writer's name: the flake)."""
+    path = Pool.create(tmp_path / "pool")
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_WRITER, str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = None
+    try:
+        child = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with Pool.open(path) as pool:
+            assert pool.last_rebuild["reason"] == "crash"
+    finally:
+        if child is not None:       # first: it holds the pipes communicate() reads to the end
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)

@@ -12,7 +12,7 @@ import pytest
 from engine.errors import (AbortedError, BadNameError, CorruptBlockError, NotAPoolError,
                            OutOfRangeError, PoolFormatError, PoolLockedError, VMExistsError,
                            VMNotFoundError)
-from engine.pool import Pool
+from engine.pool import CLONE_BATCH, Pool
 
 BS = 4096
 
@@ -107,6 +107,27 @@ def test_clone_count_names_and_errors(pool):
     with pytest.raises(BadNameError):
         pool.clone("g", "../x")
     assert sorted(pool.vm_names()) == ["d-1", "d-2", "d-3", "g"]
+
+
+def test_a_clone_in_batches_checks_every_name_first_and_logs_each_batch(pool):
+    """--count 2500 is three batches (CLONE_BATCH 1000): a name taken in the last refuses with
+    nothing made; once free, every clone reads the source, with one event a batch."""
+    assert CLONE_BATCH == 1000
+    data = rand(4 * BS, 21)
+    pool.create_vm("g", 4 * BS)
+    pool.write("g", 0, data)
+    pool.create_vm("d-2400", BS)
+    with pytest.raises(VMExistsError, match="d-2400"):
+        pool.clone("g", "d", count=2500)
+    assert sorted(pool.vm_names()) == ["d-2400", "g"]
+    pool.delete("d-2400")
+    reports = []
+    names = pool.clone("g", "d", count=2500, progress=reports.append)
+    assert len(names) == 2500 and reports[-1].done == reports[-1].total == 2500
+    assert all(pool.read(name, 0, 4 * BS) == data for name in ("d-1", "d-1001", "d-2500"))
+    clones = [e["message"] for e in pool.events() if e["kind"] == "clone"]
+    assert clones == ["cloned g to d-2001 … d-2500", "cloned g to d-1001 … d-2000",
+                      "cloned g to d-1 … d-1000"]
 
 
 def test_deep_chains_read_correctly_and_deletes_collect_layers(pool):

@@ -307,6 +307,50 @@ def test_ctrl_c_cancels_an_import_in_the_service_and_leaves_nothing(pool_dir, go
         assert admin.vm_names() == ["golden"] and admin.fsck() == []
 
 
+def test_a_huge_clone_lets_other_commands_in_and_ctrl_c_keeps_what_it_made(pool_dir, golden,
+                                                                           serve):
+    """`vm clone --count 1000000` through the service: another command that takes the pool's
+    lock (`events`, `vm write`) is answered while the clone is still going (it sees some of
+    its batches, not the last), and every clone shows the golden as it was when the clone
+    began; Ctrl-C stops it between batches, keeping the clones made, named in one line."""
+    count = 1_000_000
+    s = serve()
+    cloner = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                               "clone", "golden", "d", "--count", str(count)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with find_service(pool_dir) as admin:
+            deadline = time.monotonic() + 60
+            while not [j for j in admin.jobs() if j.kind == "clone" and j.done]:
+                assert time.monotonic() < deadline and cloner.poll() is None
+                time.sleep(0.05)
+            events = cli_json("-p", pool_dir, "events")
+            clones = [e["message"] for e in events if e["kind"] == "clone"]
+            assert clones and f"d-{count}" not in clones[0]     # mid-way: not the last batch
+            # The golden written meanwhile: later batches still show it as it was.
+            run_cli("-p", pool_dir, "vm", "write", "golden", "--offset", "0", "-",
+                    input=b"new", check=True)
+            assert cloner.poll() is None
+            cloner.send_signal(signal.SIGINT)
+            _, err = cloner.communicate(timeout=60)
+            assert cloner.returncode == 1 and err.count("\n") == 1, err
+            made = int(err.split("stopped after ")[1].split()[0].replace(",", ""))
+            assert 0 < made < count
+            assert err.strip() == (f"blockfold: error: clone of golden stopped after {made:,} of"
+                                   f" {count:,} VMs: clone cancelled; d-1 … d-{made} are made"
+                                   " and kept")
+            assert admin.read(f"d-{made}", 0, MiB) == golden[:MiB]
+            assert admin.read("golden", 0, 3) == b"new"
+            with pytest.raises(BlockfoldError, match="no VM named"):
+                admin.vm_size(f"d-{made + 1}")
+            assert [j.state for j in admin.jobs() if j.kind == "clone"] == ["cancelled"]
+    finally:
+        if cloner.poll() is None:
+            cloner.kill()
+            cloner.communicate()
+    s.stop()
+
+
 def test_a_short_writer_waits_for_another_to_let_the_pool_go(pool_dir, golden):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\nfrom engine.pool import Pool\n"

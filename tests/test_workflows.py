@@ -6,6 +6,8 @@ info, events --since, --version, the default pool, -p anywhere, and a golden's d
 from __future__ import annotations
 
 import json
+import random
+import subprocess
 import sys
 import time
 
@@ -162,3 +164,104 @@ def test_version_default_pool_and_options_anywhere(tmp_path):
     run_cli("vm", "import", "x", "-", "-p", other, input=blocks(1), check=True)
     assert [v["name"] for v in cli_json("vm", "ls", "-p", other)] == ["x"]
     assert [v["name"] for v in cli_json("vm", "ls", f"--pool={other}")] == ["x"]
+
+
+MiB = 1 << 20
+
+
+PEAK_RSS = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
+"""Runs a command and writes its exit code and peak RSS (bytes) to a file. A process's ru_maxrss
+counts the memory of the process it was forked from (the kernel keeps the larger of the old and
+new high-water marks at exec), so the command is forked from this small one, not from pytest."""
+
+
+def _peak_rss(tmp_path, *args) -> tuple[int, str, int]:
+    """Runs `blockfold ARGS` and returns its exit code, its stderr and its peak RSS in bytes."""
+    err, result = tmp_path / "stderr.txt", tmp_path / "rss.txt"
+    with open(err, "wb") as stderr:
+        subprocess.run([sys.executable, "-c", PEAK_RSS, result, sys.executable, "-m", "console",
+                        *map(str, args)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=stderr, timeout=300, check=True)
+    code, rss = map(int, result.read_text().split())
+    return code, err.read_text(), rss
+
+
+def test_a_large_write_streams_in_bounded_memory(cli, pool_dir, tmp_path):
+    """`vm write` of a 256 MiB file (32 MiB of data, the rest holes) at an unaligned offset:
+    the CLI (and a service) stay far below the file's size in RAM, the VM reads the file's bytes
+    there (holes overwrite old data with zeros) and its own around them; a source one byte too
+    long, a file or a stream, is refused with the VM unchanged."""
+    size, offset, length = 320 * MiB, 5 * BS + 1000, 256 * MiB + 777
+    old = tmp_path / "old.raw"
+    with open(old, "wb") as f:                      # the VM's own data, around and under
+        f.truncate(size)
+        for at in (0, 150 * MiB, size - 4 * MiB):
+            f.seek(at)
+            f.write(b"\xaa" * 4 * MiB)
+    cli("vm", "import", "big", old)
+    source = tmp_path / "source.raw"
+    rng = random.Random(7)
+    with open(source, "wb") as f:
+        f.truncate(length)
+        for at in range(0, length - MiB, 8 * MiB):
+            f.seek(at)
+            f.write(rng.randbytes(MiB))
+    code, err, rss = _peak_rss(tmp_path, "-p", pool_dir, "vm", "write", "big",
+                               "--offset", offset, source)
+    assert code == 0, err
+    assert rss < 150 * MiB, f"vm write peaked at {rss / MiB:.0f} MiB"
+    service = _service_pid(pool_dir)
+    if service is not None:
+        assert _hwm(service) < 150 * MiB, f"the service peaked at {_hwm(service) / MiB:.0f} MiB"
+    out = tmp_path / "big.out"
+    cli("vm", "export", "big", out)
+    with open(old, "rb") as was, open(source, "rb") as new, open(out, "rb") as got:
+        for at in range(0, size, 8 * MiB):
+            expect = bytearray(was.read(8 * MiB))
+            lo, hi = max(at, offset), min(at + 8 * MiB, offset + length)
+            if lo < hi:
+                new.seek(lo - offset)
+                expect[lo - at:hi - at] = new.read(hi - lo)
+            assert got.read(8 * MiB) == expect, f"bytes from {at} differ"
+    events = json.loads(cli("events", "--json").stdout)
+    assert [e["kind"] for e in events].count("write") == 1
+    assert events[0]["message"] == f"wrote 256 MiB to big at byte {offset:,}"
+    # One byte too long, from a file (refused at once) and from a stream (at its end).
+    before = json.loads(cli("vm", "info", "big", "--json").stdout)
+    tail = tmp_path / "tail.raw"
+    tail.write_bytes(b"\x55" * (2 * MiB + 1))
+    for args, kw in (((tail,), {}), (("-",), {"input": tail.read_bytes()})):
+        proc = cli("vm", "write", "big", "--offset", size - 2 * MiB, *args, check=False, **kw)
+        assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1
+        assert f"would write past the end of VM big ({size} bytes)" in proc.stderr_text
+        assert "nothing written" in proc.stderr_text
+    assert json.loads(cli("vm", "info", "big", "--json").stdout) == before
+    with open(out, "rb") as f:
+        f.seek(size - 2 * MiB)
+        exported = f.read()
+    cli("vm", "export", "big", out)
+    with open(out, "rb") as f:
+        f.seek(size - 2 * MiB)
+        assert f.read() == exported
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def _service_pid(pool_dir) -> int | None:
+    """The pid of the service holding the pool (the 'served' run), from its lock file."""
+    if not (pool_dir / "admin.sock").exists():
+        return None
+    return int((pool_dir / "lock").read_text().split()[0])
+
+
+def _hwm(pid: int) -> int:
+    """A process's peak RSS so far, bytes (VmHWM)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")

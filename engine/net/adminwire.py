@@ -13,7 +13,9 @@ Frames are engine.net.rpc's (header, JSON, payload), with kinds of their own:
     PROGRESS   {phase, done, total, bytes_per_s}
     DATA       {offset} + bytes         a call's bytes: an image to import or data to write
                                         (client -> service), an export (service -> client)
-    DATA       {end: true}              the end of a call's bytes
+    DATA       {end: true}              the end of a call's bytes; write_file's client sends
+                                        its DATA only after the call's first PROGRESS (a
+                                        refusal before it has read none of stdin)
     CANCEL                              stops the call with the same request id; so does the
                                         client going away
     REPLY      {} + result              the result as JSON (msgspec), or raw bytes for `read`

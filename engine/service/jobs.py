@@ -113,7 +113,9 @@ class Jobs:
             job.state = "cancelled"
             raise
         except BaseException as e:
-            job.state, job.message = "failed", str(e) or type(e).__name__
+            # Stopped by its cancel, saying what it did first (a clone's batches kept): cancelled.
+            job.state = "cancelled" if job.cancel.is_set() else "failed"
+            job.message = str(e) or type(e).__name__
             raise
         else:
             job.state = "cancelled" if job.cancel.is_set() else "done"

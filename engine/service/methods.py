@@ -20,17 +20,20 @@ LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "s
                    "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs", "clones_of",
                    "vm_info", "snapshots", "known_blocks"})
 """What a read-only login may call: the methods that only look."""
-CHANGES = frozenset({"write", "trim", "flush", "import_image", "clone", "delete", "rebuild",
-                     "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node", "heal",
-                     "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
+CHANGES = frozenset({"write", "write_file", "trim", "flush", "import_image", "clone", "delete",
+                     "rebuild", "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node",
+                     "heal", "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
                      "remove_snapshot"})
 METHODS = LOOKS | CHANGES
 
 SUPPLIED = frozenset({"progress", "cancel"})
 """Parameters the service fills in, as it does those with no annotation (the bytes that travel:
-write's data, import_image's source, export's dest); a client never names them."""
-STREAMED = {"import_image": {"size": int, "image": str}}
-"""Arguments a call takes besides its method's: an import's image size and name."""
+write's data, import_image's and write_file's source, export's dest); a client never names
+them."""
+STREAMED = {"import_image": {"size": int, "image": str},
+            "write_file": {"size": int | None, "image": str}}
+"""Arguments a call takes besides its method's: the size (None: a stream, read to its end) and
+name of the source whose bytes the client streams."""
 
 
 class BadRequest(Exception):
@@ -79,6 +82,9 @@ def invoke(admin: Admin, method: str, kwargs: dict, call) -> bytes:
     if method == "import_image":
         kwargs["source"] = StreamImage(call.inbox, call.cancel, kwargs.pop("size"),
                                        kwargs.pop("image"))
+    elif method == "write_file":
+        size = kwargs.pop("size")
+        kwargs["source"] = StreamImage(call.inbox, call.cancel, size, kwargs.pop("image"))
     elif method == "write":
         room = admin.vm_size(kwargs["name"]) - kwargs["offset"]
         kwargs["data"] = gather(call.inbox, call.cancel, max(room, 0),

@@ -3,9 +3,9 @@
 It is the pool's (or cluster's) Admin with what only a service knows:
 - which VMs NBD clients have attached: deleting or overwriting one is refused with a message
   naming its clients, unless forced, which detaches them first;
-- its jobs: every long call (import, export, rebuild, fsck, heal, scrub) is listed with its actor
-  and progress while it runs, and may be cancelled by any client; a scrub may run in the
-  background, outliving the client that started it;
+- its jobs: every long call (import, export, write_file, clone, rebuild, fsck, heal, scrub) is
+  listed with its actor and progress while it runs, and may be cancelled by any client; a scrub may
+  run in the background, outliving the client that started it;
 - every change to the pool: all of them go through the service (its clients' calls, and NBD's
   writes, which the service counts), so a pool's figures (stats, vms) are computed once per
   change and shared by every client that asks meanwhile: consoles polling an idle pool of
@@ -126,10 +126,17 @@ class ServedAdmin(Admin):
     def read(self, name, offset, length): return self.inner.read(name, offset, length)
 
     @_changes
-    def write(self, name, offset, data, force=False, event=False):
+    def write(self, name, offset, data, force=False):
         self.inner.vm_size(name)        # an unknown VM is told as such, not as unattached
         self._unless_attached(name, force, "overwriting")
-        self.inner.write(name, offset, data, event=event)
+        self.inner.write(name, offset, data)
+
+    @_changes
+    def write_file(self, name, offset, source, force=False, progress=None, cancel=None):
+        self.inner.vm_size(name)
+        self._unless_attached(name, force, "overwriting")
+        return self.job_list.run("write", lambda p, c: self.inner.write_file(
+            name, offset, source, progress=p, cancel=c), progress, cancel)
 
     @_changes
     def trim(self, name, offset, length): self.inner.trim(name, offset, length)
@@ -156,7 +163,9 @@ class ServedAdmin(Admin):
                                  progress, cancel)
 
     @_changes
-    def clone(self, source, new, count=1): return self.inner.clone(source, new, count)
+    def clone(self, source, new, count=1, progress=None, cancel=None):
+        return self.job_list.run("clone", lambda p, c: self.inner.clone(source, new, count, p,
+                                                                        c), progress, cancel)
 
     @_changes
     def delete(self, name, force=False):

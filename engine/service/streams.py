@@ -45,11 +45,13 @@ def pieces(inbox: queue.Queue, cancel: threading.Event, what: str) -> Iterator[t
 
 
 class StreamImage:
-    """An image a client streams: what Pool.import_image reads instead of a file (see
-    engine.imageio.Image)."""
+    """An image a client streams: what Pool.import_image and Pool.write_from read instead of a
+    file (see engine.imageio.Image). `size` None: a stream whose length is known at its end."""
 
-    def __init__(self, inbox: queue.Queue, cancel: threading.Event, size: int, name: str):
-        self.inbox, self.cancel, self.size, self.name = inbox, cancel, size, name
+    def __init__(self, inbox: queue.Queue, cancel: threading.Event, size: int | None,
+                 name: str):
+        self.inbox, self.cancel, self.name = inbox, cancel, name
+        self.size, self.seekable = size or 0, size is not None
 
     def chunks(self, chunk: int) -> Iterator[tuple[int, bytes]]:
         """The pieces as the client sends them (holes are never sent)."""

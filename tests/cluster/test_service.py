@@ -263,3 +263,31 @@ def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):
     assert done.returncode == 1
     assert done.stderr_text == (f"blockfold: error: node node3 cannot start: its data directory"
                                 f" {data} is gone\n")
+
+
+def test_vm_write_streams_onto_a_cluster_whole_or_not_at_all(make_cluster, tmp_path):
+    """`vm write` on a cluster the CLI opens: a file with holes at an unaligned offset, then
+    stdin, land as they are (holes overwrite with zeros); a stream one byte too long changes
+    nothing."""
+    cluster = make_cluster(nodes=2, replicas=2)
+    data = bytearray(image(tmp_path / "a.raw", 4, seed=5))
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    patch = tmp_path / "patch.raw"
+    with open(patch, "wb") as f:
+        f.truncate(3 << 20)
+        f.seek(1 << 20)
+        f.write(b"\x77" * 5000)
+    offset = 4096 * 7 + 123
+    run_cli("-c", cluster.path, "vm", "write", "a", "--offset", offset, patch, check=True)
+    data[offset:offset + (3 << 20)] = patch.read_bytes()
+    run_cli("-c", cluster.path, "vm", "write", "a", "--offset", 10, "-", input=b"hi" * 3000,
+            check=True)
+    data[10:6010] = b"hi" * 3000
+    # A stream is found too long only at its end: its blocks were stored, and are dropped.
+    done = run_cli("-c", cluster.path, "vm", "write", "a", "--offset", len(data) - (3 << 20) + 1,
+                   "-", input=patch.read_bytes())
+    assert done.returncode == 1 and "nothing written" in done.stderr_text
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("a", 0, len(data)) == data
+        assert [e.kind for e in admin.events()].count("write") == 2
+        assert admin.fsck() == []
