@@ -814,11 +814,15 @@ def job_cancel(admin, args, bar) -> int:
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
              arg("--repair-delay", type=float, metavar="S",
-                 help="seconds a block may stay under-replicated before heal (default 0)")])
+                 help="seconds a block may stay under-replicated before heal (default 0)"),
+             arg("--etcd", metavar="URL[,URL…]",
+                 help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
+                      " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
                           min_replicas=args.min_replicas, memory=_size(args.memory),
-                          block_size=args.block_size, repair_delay=args.repair_delay)
+                          block_size=args.block_size, repair_delay=args.repair_delay,
+                          etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
@@ -831,6 +835,39 @@ def cluster_down(args) -> int:
     rows = api.cluster_down(args.dir)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
+
+
+@command("cluster", "status",
+         json='{"cluster": DIR, "etcd": EtcdStatus or null (engine/results.py), "nodes":'
+              ' [{name, address, pid, local, running, registered}]}',
+         help="the cluster's nodes and etcd without reaching any node: which nodes run here,"
+              " which etcd has registered, etcd's health, and the writers it knows",
+         opens=False, args=[CLUSTER_DIR])
+def cluster_status(args) -> int:
+    status = api.cluster_status(args.dir)
+    emit(args, status, _cluster_status(status))
+    return 0
+
+
+def _cluster_status(status: dict) -> str:
+    """cluster status for people: the nodes with their etcd word, then etcd and its writers."""
+    etcd = status["etcd"]
+    rows = [(r["name"], r["address"], ("running here" if r["running"] else "stopped")
+             if r["local"] else "elsewhere", str(r["pid"]) if r["pid"] else formats.UNKNOWN,
+             formats.UNKNOWN if r["registered"] is None
+             else "registered" if r["registered"] else "not registered")
+            for r in status["nodes"]]
+    lines = [table(("NODE", "ADDRESS", "WHERE", "PID", "ETCD"), rows)]
+    if etcd is None:
+        lines.append("etcd: none (this cluster has no etcd)")
+    elif etcd.healthy:
+        lines.append(f"etcd: {', '.join(etcd.endpoints)}: healthy, {etcd.members}"
+                     f" member{'' if etcd.members == 1 else 's'};"
+                     f" {len(etcd.registered)} of {len(rows)} nodes registered")
+        lines += [f"writer: {w}" for w in etcd.writers] or ["writers: none"]
+    else:
+        lines.append(f"etcd: {', '.join(etcd.endpoints)}: not healthy: {etcd.error}")
+    return "\n".join(lines)
 
 
 def _cluster_nodes(path: str, rows: list[dict]) -> str:

@@ -20,9 +20,9 @@ from .admin import Admin
 from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
                      VMNotFoundError)
 from .progress import Progress, ProgressCallback
-from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
-                      VMInfo, VMSnapshot, VMStats, plain)
+from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
+                      Snapshot, VMInfo, VMSnapshot, VMStats, plain)
 from .formats import parse_size
 
 IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
@@ -33,14 +33,14 @@ if TYPE_CHECKING:
     from .service.service import Service
 
 __all__ = [
-    "EXPORT_FORMATS", "IMPORT_FORMATS",
-    "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
-    "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
-    "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
-    "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
-    "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
-    "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
-    "parse_size", "plain", "serve_node",
+    "EXPORT_FORMATS", "IMPORT_FORMATS", "Admin", "AttachedError", "BlockPage", "BlockRow",
+    "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
+    "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
+    "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
+    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "cluster_add", "cluster_down",
+    "cluster_status", "cluster_up", "connect_service", "create_pool", "default_pool_path",
+    "export_disk", "find_service", "formats", "open_cluster", "open_disk", "parse_size", "plain",
+    "serve_node",
 ]
 
 
@@ -120,6 +120,15 @@ def cluster_up(path, **kwargs) -> list[dict]:
 def cluster_down(path) -> list[dict]:
     from .cluster import lifecycle
     return lifecycle.down(path)
+
+
+def cluster_status(path) -> dict:
+    """What the cluster directory and its etcd say, reaching no node: {cluster, etcd:
+    EtcdStatus or None (a cluster without etcd), nodes: [{name, address, pid, local, running,
+    registered}]}; `registered` is None when etcd does not answer or there is none. Raises
+    BlockfoldError (not a cluster)."""
+    from .cluster import lifecycle
+    return lifecycle.status(path)
 
 
 def cluster_add(path, address: str, **kwargs) -> dict:
