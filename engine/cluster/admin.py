@@ -350,12 +350,14 @@ class ClusterAdmin(LocalAdmin):
     def fail_node(self, name: str) -> None:
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
         lifecycle.fail_node(ClusterConfig.load(self.config.path), name)
+        self._etcd_read = None          # it is unregistered now: the next view reads etcd again
         self.members.mark_down(self.members.index(name), "failed by the operator", told=True)
         self._record("node", f"failed {name} (its process killed)",
                      current_actor(self.pool.actor))
 
     def restore_node(self, name: str) -> None:
         lifecycle.restore_node(ClusterConfig.load(self.config.path), name)
+        self._etcd_read = None
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:

@@ -156,8 +156,9 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
 
 
 def fail_node(config: ClusterConfig, name: str) -> dict:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row. A
-    node that does not run is refused (BlockfoldError), with nothing done."""
+    """Kills a local node's process (kill -9: no goodbye), records it as failed, and ends its
+    liveness lease in etcd; its row. A node that does not run is refused (BlockfoldError),
+    with nothing done."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
@@ -167,7 +168,22 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
     processes.stop(entry, signal.SIGKILL)
     entry.failed = True
     config.save()
+    _unregister(config, name)
     return node_row(entry)
+
+
+def _unregister(config: ClusterConfig, name: str) -> None:
+    """Ends the liveness lease of a node whose death we saw, so etcd says so now, not a TTL
+    later; an etcd that does not answer lets it run out on its own."""
+    client = etcd_of(config)
+    if client is None:
+        return
+    try:
+        client.revoke_holder(f"nodes/{name}")
+    except EtcdError:
+        pass
+    finally:
+        client.close()
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:

@@ -87,6 +87,8 @@ def test_a_killed_node_is_unregistered_once_its_lease_runs_out_and_back_when_res
     assert registered(cluster.path) == {"node1": True, "node2": True}
     with cluster.open(readonly=True) as admin:      # the Nodes data says the same
         assert [n.registered for n in admin.nodes()] == [True, True]
+    run_cli("node", "fail", "node1", "-y", "-c", cluster.path, check=True)
+    assert registered(cluster.path)["node1"] is False     # its death was seen: at once
 
 
 def test_a_writer_is_in_etcd_while_it_holds_the_cluster_and_gone_after(make_cluster):
