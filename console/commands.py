@@ -912,12 +912,20 @@ def cluster_add(args) -> int:
                       " keeps its own)"),
              arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
                  help="serve the console on this cluster to the keys in DATA/admin_keys"
-                      " (DATA/admin_keys_readonly: read-only) over SSH")])
+                      " (DATA/admin_keys_readonly: read-only) over SSH"),
+             arg("--etcd", metavar="URL[,URL…]",
+                 help="keep the node's liveness key in the cluster's etcd at these client"
+                      " URLs (cluster.json's etcd endpoints)"),
+             arg("--etcd-prefix", metavar="PREFIX",
+                 help="the cluster's keys there (cluster.json's etcd prefix, /blockfold/ID/)")])
 def node_serve(args) -> int:
     def ready(host, port):
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
+    if bool(args.etcd) != bool(args.etcd_prefix):
+        raise UsageError("give --etcd and --etcd-prefix together")
     api.serve_node(args.data, *args.listen, _size(args.memory), args.block_size, args.cluster,
-                   ready=ready)
+                   ready=ready, etcd=(args.etcd.split(","), args.etcd_prefix)
+                   if args.etcd else None)
     return 0
 
 

@@ -164,6 +164,7 @@ def node_row(path, name: str) -> dict:
 
 
 def serve_node(data: str, host: str, port: int, memory: int | None = None,
-               block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
+               block_size: int | None = None, cluster: str | None = None, ready=None,
+               etcd: tuple[list[str], str] | None = None) -> None:
     from .node import server
-    server.run(data, host, port, memory, block_size, cluster, ready)
+    server.run(data, host, port, memory, block_size, cluster, ready, etcd)

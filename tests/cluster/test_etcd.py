@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
-from engine.etcd import TTL
+from engine.etcd import TTL, Etcd
 from tests.conftest import cli_json, run_cli
 
 from .conftest import image
@@ -179,3 +181,28 @@ def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
                         5)
     finally:
         etcd_member.stop(member)
+
+
+def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_path):
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "authorized_keys").write_text("")
+    usage = run_cli("node", "serve", "--data", data, "--listen", "127.0.0.1:0", "--etcd", etcd)
+    assert usage.returncode == 2 and "give --etcd and --etcd-prefix together" in usage.stderr_text
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(data), "--listen", "127.0.0.1:0", "--etcd", etcd,
+                             "--etcd-prefix", "/blockfold/far-test/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    keys = Etcd([etcd], "/blockfold/far-test/")
+    try:
+        address = node.stdout.readline().split()[1]       # `ready HOST:PORT`: registered
+        told = keys.under("nodes/")
+        name = json.loads((data / "node.json").read_text())["name"]
+        assert list(told) == [name] and told[name]["address"] == address
+        node.terminate()
+        assert node.wait(30) == 0
+        assert keys.under("nodes/") == {}                  # its lease ended with it
+    finally:
+        node.kill()
+        node.communicate()
+        keys.close()
