@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
 from .. import formats
 from ..actor import current as current_actor
 from ..errors import BlockfoldError, CancelledError
-from ..etcd import KeptKey
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
@@ -30,6 +30,9 @@ from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
 from .failures import FailureLog
 from .members import Members, NodeState
+
+if TYPE_CHECKING:
+    from ..etcd import KeptKey
 
 HEAL_POLL = 0.2
 # A heal that waits gives up once its passes made no copy for this long: longer than a hung
@@ -55,7 +58,8 @@ class ClusterAdmin(LocalAdmin):
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
         self._fenced = False            # gave the lease up to a newer writer
-        self._etcd = lifecycle.etcd_of(config)
+        self._etcd = None               # a client of the cluster's etcd, made on first use
+        self._etcd_made = threading.Lock()
         self._session: KeptKey | None = None
         self._etcd_read: tuple[float, EtcdStatus] | None = None     # (when, what it said)
 
@@ -102,9 +106,10 @@ class ClusterAdmin(LocalAdmin):
             members.close()
             raise
         admin = cls(pool, members, config)
-        if admin._etcd and not readonly:
+        if config.etcd and not readonly:
+            from ..etcd import KeptKey      # on use, as lifecycle.etcd_of says why
             admin._session = KeptKey(
-                admin._etcd, f"sessions/{secrets.token_hex(8)}",
+                admin._client(), f"sessions/{secrets.token_hex(8)}",
                 {"holder": members.holder, "process": members.process, "started": time.time()},
                 f"writer {members.holder}").start()
         admin._tell_asides()
@@ -310,12 +315,19 @@ class ClusterAdmin(LocalAdmin):
 
     def etcd_status(self) -> EtcdStatus | None:
         """What the cluster's etcd says (read again once ETCD_FRESH old); None without one."""
-        if self._etcd is None:
+        if self.config.etcd is None:
             return None
         now = time.monotonic()
         if self._etcd_read is None or now - self._etcd_read[0] >= ETCD_FRESH:
-            self._etcd_read = (now, self._etcd.status())
+            self._etcd_read = (now, self._client().status())
         return self._etcd_read[1]
+
+    def _client(self):
+        """The client of the cluster's etcd (engine.etcd.Etcd), made once."""
+        with self._etcd_made:
+            if self._etcd is None:
+                self._etcd = lifecycle.etcd_of(self.config)
+            return self._etcd
 
     def _rebuild_figures(self, raw: dict):
         # No data file (references past its end are missing blocks here), no slots.

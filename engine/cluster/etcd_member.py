@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from ..errors import BlockfoldError
-from ..etcd import Etcd, EtcdError
 from . import processes
 from .config import EtcdEntry
 
@@ -89,6 +88,7 @@ def _spawn(etcd: str, path: Path, entry: EtcdEntry) -> subprocess.Popen:
 
 def _wait_ready(proc: subprocess.Popen, entry: EtcdEntry) -> str | None:
     """None once the member answers; why not, if it exits or the time runs out."""
+    from ..etcd import Etcd, EtcdError     # on use, as lifecycle.etcd_of says why
     etcd = Etcd(entry.endpoints, entry.prefix, timeout=1.0)
     deadline = time.monotonic() + READY_TIMEOUT
     try:

@@ -17,16 +17,19 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import formats
 from ..errors import BlockfoldError
-from ..etcd import Etcd, EtcdError
 from ..net import rpc
 from ..net.client import fetch_host_key
 from ..node import keys, settings
 from ..pool import check_block_size
 from . import etcd_member, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
+
+if TYPE_CHECKING:
+    from ..etcd import Etcd
 
 NO_ETCD = "none"
 
@@ -91,6 +94,7 @@ def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
         return etcd_member.create(path)
     if etcd == NO_ETCD:
         return None
+    from ..etcd import Etcd, EtcdError
     urls = [url.strip() for url in etcd.split(",") if url.strip()] or [etcd]
     client = Etcd(urls, etcd_member.prefix(path))      # a URL of another shape is refused
     try:
@@ -103,7 +107,10 @@ def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
 
 
 def etcd_of(config: ClusterConfig) -> Etcd | None:
-    """A client of the cluster's etcd (close it after use); None for a cluster without one."""
+    """A client of the cluster's etcd (close it after use); None for a cluster without one.
+    engine.etcd is imported here, on use: its HTTP client takes 140 ms to import, which a CLI
+    that never asks etcd (`vm ls`) need not pay."""
+    from ..etcd import Etcd
     return config.etcd and Etcd(config.etcd.endpoints, config.etcd.prefix)
 
 
@@ -175,6 +182,7 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
 def _unregister(config: ClusterConfig, name: str) -> None:
     """Ends the liveness lease of a node whose death we saw, so etcd says so now, not a TTL
     later; an etcd that does not answer lets it run out on its own."""
+    from ..etcd import EtcdError
     client = etcd_of(config)
     if client is None:
         return

@@ -25,7 +25,6 @@ from pathlib import Path
 import asyncssh
 
 from ..errors import BlockfoldError
-from ..etcd import Etcd, KeptKey
 from ..net import adminwire, rpc
 from . import keys, settings
 from .admin_relay import AdminRelay
@@ -265,11 +264,13 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
         except OSError as e:
             raise BlockfoldError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         address = f"{f'[{host}]' if ':' in host else host}:{acceptor.get_port()}"
-        alive = etcd and KeptKey(
-            Etcd(*etcd), f"nodes/{node['name']}",
-            {"address": address, "incarnation": handler.incarnation, "started": time.time()},
-            f"node {node['name']}")
-        if alive:
+        alive = None
+        if etcd:
+            from ..etcd import Etcd, KeptKey    # on use: a node without etcd never loads it
+            alive = KeptKey(
+                Etcd(*etcd), f"nodes/{node['name']}",
+                {"address": address, "incarnation": handler.incarnation, "started": time.time()},
+                f"node {node['name']}")
             await asyncio.to_thread(alive.start)
         if ready is not None:
             ready(host, acceptor.get_port())
