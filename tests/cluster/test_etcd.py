@@ -76,7 +76,7 @@ def test_cluster_up_runs_its_own_etcd_and_down_stops_it(etcd, tmp_path):
 
 
 def test_a_killed_node_is_unregistered_once_its_lease_runs_out_and_back_when_restored(
-        make_cluster):
+        etcd, make_cluster):
     cluster = make_cluster(nodes=2, replicas=2)
     assert registered(cluster.path) == {"node1": True, "node2": True}
     cluster.kill("node2")                       # kill -9: no goodbye, the lease runs on
@@ -93,7 +93,7 @@ def test_a_killed_node_is_unregistered_once_its_lease_runs_out_and_back_when_res
     assert registered(cluster.path)["node1"] is False     # its death was seen: at once
 
 
-def test_a_writer_is_in_etcd_while_it_holds_the_cluster_and_gone_after(make_cluster):
+def test_a_writer_is_in_etcd_while_it_holds_the_cluster_and_gone_after(etcd, make_cluster):
     cluster = make_cluster(nodes=2, replicas=2)
     assert status(cluster.path)["etcd"]["writers"] == []
     with cluster.open() as admin:
