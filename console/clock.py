@@ -12,7 +12,8 @@ so that every run shows the same screens with real-looking figures instead of ma
   seconds and rate follow from the data;
 - a node's round trip (a fixed latency for each node) and where it listens (the port it was
   given at random becomes a fixed one, in its address and in the message saying why it is
-  down), and the directory the pool lives in;
+  down), where the cluster's etcd listens (etcd's own port, 2379), and the directory the pool
+  lives in;
 - the free space of the filesystem an embedded pool's slot files may grow on (DISK_FREE), so its
   capacity is its free slots plus what that space holds.
 
@@ -112,8 +113,10 @@ class FixedClock(SystemClock):
             room = (s.free_slots + self.DISK_FREE // (s.block_size + 16)) * s.block_size
             capacity = {"capacity_bytes": room, "usable_bytes": room}
             nodes = [replace(n, capacity_bytes=room) for n in nodes]
+        etcd = s.etcd and replace(s.etcd, endpoints=[
+            f"{url.rpartition(':')[0]}:{2379 + i}" for i, url in enumerate(s.etcd.endpoints)])
         stats = replace(
-            s, path=self.where, nodes=nodes, **capacity,
+            s, path=self.where, nodes=nodes, etcd=etcd, **capacity,
             vms=[replace(v, created=retimed[v.created]) for v in s.vms],
             rebuilds=[replace(r, ts=retimed[r.ts], seconds=r.bytes / self.RATE)
                       for r in s.rebuilds])

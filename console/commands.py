@@ -820,11 +820,15 @@ def job_cancel(admin, args, bar) -> int:
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
              arg("--repair-delay", type=float, metavar="S",
-                 help="seconds a block may stay under-replicated before heal (default 0)")])
+                 help="seconds a block may stay under-replicated before heal (default 0)"),
+             arg("--etcd", metavar="URL[,URL…]",
+                 help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
+                      " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
                           min_replicas=args.min_replicas, memory=_size(args.memory),
-                          block_size=args.block_size, repair_delay=args.repair_delay)
+                          block_size=args.block_size, repair_delay=args.repair_delay,
+                          etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
@@ -837,6 +841,39 @@ def cluster_down(args) -> int:
     rows = api.cluster_down(args.dir)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
+
+
+@command("cluster", "status",
+         json='{"cluster": DIR, "etcd": EtcdStatus or null (engine/results.py), "nodes":'
+              ' [{name, address, pid, local, running, registered}]}',
+         help="the cluster's nodes and etcd without reaching any node: which nodes run here,"
+              " which etcd has registered, etcd's health, and the writers it knows",
+         opens=False, args=[CLUSTER_DIR])
+def cluster_status(args) -> int:
+    status = api.cluster_status(args.dir)
+    emit(args, status, _cluster_status(status))
+    return 0
+
+
+def _cluster_status(status: dict) -> str:
+    """cluster status for people: the nodes with their etcd word, then etcd and its writers."""
+    etcd = status["etcd"]
+    rows = [(r["name"], r["address"], ("running here" if r["running"] else "stopped")
+             if r["local"] else "elsewhere", str(r["pid"]) if r["pid"] else formats.UNKNOWN,
+             formats.UNKNOWN if r["registered"] is None
+             else "registered" if r["registered"] else "not registered")
+            for r in status["nodes"]]
+    lines = [table(("NODE", "ADDRESS", "WHERE", "PID", "ETCD"), rows)]
+    if etcd is None:
+        lines.append("etcd: none (this cluster has no etcd)")
+    elif etcd.healthy:
+        lines.append(f"etcd: {', '.join(etcd.endpoints)}: healthy, {etcd.members}"
+                     f" member{'' if etcd.members == 1 else 's'};"
+                     f" {len(etcd.registered)} of {len(rows)} nodes registered")
+        lines += [f"writer: {w}" for w in etcd.writers] or ["writers: none"]
+    else:
+        lines.append(f"etcd: {', '.join(etcd.endpoints)}: not healthy: {etcd.error}")
+    return "\n".join(lines)
 
 
 def _cluster_nodes(path: str, rows: list[dict]) -> str:
@@ -881,12 +918,20 @@ def cluster_add(args) -> int:
                       " keeps its own)"),
              arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,
                  help="serve the console on this cluster to the keys in DATA/admin_keys"
-                      " (DATA/admin_keys_readonly: read-only) over SSH")])
+                      " (DATA/admin_keys_readonly: read-only) over SSH"),
+             arg("--etcd", metavar="URL[,URL…]",
+                 help="keep the node's liveness key in the cluster's etcd at these client"
+                      " URLs (cluster.json's etcd endpoints)"),
+             arg("--etcd-prefix", metavar="PREFIX",
+                 help="the cluster's keys there (cluster.json's etcd prefix, /blockfold/ID/)")])
 def node_serve(args) -> int:
     def ready(host, port):
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
+    if bool(args.etcd) != bool(args.etcd_prefix):
+        raise UsageError("give --etcd and --etcd-prefix together")
     api.serve_node(args.data, *args.listen, _size(args.memory), args.block_size, args.cluster,
-                   ready=ready)
+                   ready=ready, etcd=(args.etcd.split(","), args.etcd_prefix)
+                   if args.etcd else None)
     return 0
 
 

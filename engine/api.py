@@ -20,9 +20,9 @@ from .admin import Admin
 from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
                      VMNotFoundError)
 from .progress import Progress, ProgressCallback
-from .results import (BlockPage, BlockRow, Event, HealFigures, ImportResult, Job, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures, Snapshot,
-                      VMInfo, VMSnapshot, VMStats, plain)
+from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
+                      Snapshot, VMInfo, VMSnapshot, VMStats, plain)
 from .formats import parse_size
 
 IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
@@ -33,14 +33,13 @@ if TYPE_CHECKING:
     from .service.service import Service
 
 __all__ = [
-    "EXPORT_FORMATS", "IMPORT_FORMATS",
-    "Admin", "AttachedError", "BlockPage", "BlockRow", "BlockfoldError", "CancelledError", "Event",
-    "HealFigures", "ImportResult", "Job", "LocalAdmin", "NodeStatus", "PoolLockedError",
-    "PoolStats", "Problem", "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord",
-    "ScrubFigures", "Service", "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats",
-    "cluster_add", "cluster_down", "cluster_up", "connect_service", "create_pool",
-    "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
-    "open_source",
+    "EXPORT_FORMATS", "IMPORT_FORMATS", "Admin", "AttachedError", "BlockPage", "BlockRow",
+    "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
+    "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
+    "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
+    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "cluster_add", "cluster_down",
+    "cluster_status", "cluster_up", "connect_service", "create_pool", "default_pool_path",
+    "export_disk", "find_service", "formats", "open_cluster", "open_disk", "open_source",
     "parse_size", "plain", "serve_node",
 ]
 
@@ -129,6 +128,15 @@ def cluster_down(path) -> list[dict]:
     return lifecycle.down(path)
 
 
+def cluster_status(path) -> dict:
+    """What the cluster directory and its etcd say, reaching no node: {cluster, etcd:
+    EtcdStatus or None (a cluster without etcd), nodes: [{name, address, pid, local, running,
+    registered}]}; `registered` is None when etcd does not answer or there is none. Raises
+    BlockfoldError (not a cluster)."""
+    from .cluster import lifecycle
+    return lifecycle.status(path)
+
+
 def cluster_add(path, address: str, **kwargs) -> dict:
     from .cluster import lifecycle
     return lifecycle.add(path, address, **kwargs)
@@ -162,6 +170,7 @@ def node_row(path, name: str) -> dict:
 
 
 def serve_node(data: str, host: str, port: int, memory: int | None = None,
-               block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
+               block_size: int | None = None, cluster: str | None = None, ready=None,
+               etcd: tuple[list[str], str] | None = None) -> None:
     from .node import server
-    server.run(data, host, port, memory, block_size, cluster, ready)
+    server.run(data, host, port, memory, block_size, cluster, ready, etcd)

@@ -110,6 +110,29 @@ class NodeStatus:
     """When it last answered, seconds since the epoch (0: never); None for an embedded pool."""
     error: str
     """Why the node is down; empty when it is not."""
+    registered: bool | None = None
+    """Whether etcd holds the node's liveness key (its lease kept alive by the node: it runs);
+    None for a cluster without etcd, for an embedded pool, and when etcd cannot be read."""
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    """A cluster's etcd, as read from it (engine.etcd): where it is, whether it answers, and the
+    nodes and writers registered in it."""
+
+    endpoints: list[str]
+    """Its client URLs (cluster.json), http://HOST:PORT."""
+    healthy: bool
+    """It answered and has a leader."""
+    members: int | None
+    """Its members (1 for a local cluster's own); None when it does not answer."""
+    error: str
+    """Why it is not healthy; empty when it is."""
+    registered: list[str]
+    """The nodes whose liveness key it holds, by name."""
+    writers: list[str]
+    """The writable coordinators with a session in it (CLI, console, service): their holder
+    names ("HOST pid N (hex)", engine.cluster.holder), oldest first."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +220,8 @@ class PoolStats:
     snapshot_blocks: int | None = None
     """Blocks that only snapshots hold (VMSnapshot.blocks_alone, summed): what removing every
     snapshot may free. None while the RAM metadata is rebuilt."""
+    etcd: EtcdStatus | None = None
+    """A cluster's etcd; None for an embedded pool and a cluster without etcd."""
 
 
 @dataclass(frozen=True)

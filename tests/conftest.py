@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,33 @@ def run_cli(*args, input: bytes | None = None, env: dict | None = None,
 
 def cli_json(*args, **kw):
     return json.loads(run_cli(*args, "--json", check=True, **kw).stdout)
+
+
+@pytest.fixture(scope="session")
+def etcd_url(tmp_path_factory) -> str | None:
+    """The client URL of one etcd member for this pytest process (each xdist worker has its
+    own: starting one per cluster would cost 0.7 s each), shared by the clusters its tests make,
+    each under its own key prefix; None when there is no `etcd` binary."""
+    from engine.cluster import etcd_member
+    if shutil.which(etcd_member.BINARY) is None:
+        yield None
+        return
+    path = tmp_path_factory.mktemp("etcd")
+    member = etcd_member.create(path)
+    etcd_member.start(path, member, fresh=True)
+    try:
+        yield member.endpoints[0]
+    finally:
+        etcd_member.stop(member)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd(etcd_url) -> str:
+    """etcd_url, for a test that needs etcd: skipped when there is none."""
+    if etcd_url is None:
+        pytest.skip("no `etcd` binary: install Debian's etcd-server")
+    return etcd_url
 
 
 @pytest.fixture

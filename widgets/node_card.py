@@ -16,9 +16,18 @@ HEALTH = {
 }
 
 
+# Whether etcd holds the node's liveness key (NodeStatus.registered).
+REGISTRATION = {True: ("●", "registered", "green"), False: ("✖", "not registered", "red")}
+
+
 def health_text(state: str) -> Text:
     glyph, word, colour = HEALTH.get(state, ("?", state.upper(), "magenta"))
     return Text(f"{glyph} {word}", style=f"bold {colour}")
+
+
+def registration_text(registered: bool) -> Text:
+    glyph, word, colour = REGISTRATION[registered]
+    return Text(f"{glyph} {word}", style=colour)
 
 
 class NodeCard(Static):
@@ -55,6 +64,8 @@ class NodeCard(Static):
             lines.append(("weight", f"{node.weight:g}"))
         if self.when is not None and node.last_seen is not None:
             lines.append(("last seen", self.when(node.last_seen) if node.last_seen else "never"))
+        if node.registered is not None:
+            lines.append(("etcd", registration_text(node.registered)))
         for label, value in lines:
             text.append(f"\n{label:<17}", style="dim")
             text.append(value)

@@ -1,12 +1,12 @@
 """5 Nodes: each node's health (glyph, word, colour), latency, capacity, blocks and
-under-replicated count, the selected node in detail; fail and restore a node, with
-confirmation."""
+under-replicated count, the cluster's etcd (where, healthy or not, its members), the selected
+node in detail (whether etcd has it registered); fail and restore a node, with confirmation."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 
-from engine.api import NodeStatus, formats
+from engine.api import EtcdStatus, NodeStatus, formats
 from widgets.node_card import NodeCard, health_text
 from widgets.row_table import Col, RowTable
 
@@ -37,7 +37,8 @@ class NodesPane(PoolPane):
                                    formats.count(n.under_replicated)))
                          for n in view.nodes])
         down = sum(n.state != "up" for n in view.nodes)
-        table.border_title = f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
+        table.border_title = (f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
+                              + _etcd(view.stats.etcd))
         self._show_selected()
 
     def on_data_table_row_highlighted(self) -> None:
@@ -76,6 +77,16 @@ class NodesPane(PoolPane):
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It restarts, rejoins the pool and "
                            "catches up.", self.app.admin.restore_node)
+
+
+def _etcd(etcd: EtcdStatus | None) -> str:
+    """The cluster's etcd, for the table's title; nothing for a pool or a cluster without."""
+    if etcd is None:
+        return ""
+    if not etcd.healthy:
+        return f" · etcd {', '.join(etcd.endpoints)} ✖ not healthy"
+    return (f" · etcd {', '.join(etcd.endpoints)} ● healthy, {etcd.members}"
+            f" member{'' if etcd.members == 1 else 's'}")
 
 
 def blank_node() -> NodeStatus:

@@ -3,16 +3,19 @@
 The coordinator runs in this process: an engine.pool.Pool whose block layer is ClusterBlocks and
 whose catalog is a ReplicatedCatalog. A writable coordinator holds the nodes' write lease, renews
 it with heartbeats, brings returning nodes up to date, and heals under-replicated blocks once they
-have been short for the repair delay.
+have been short for the repair delay. In a cluster with etcd, a writable coordinator keeps its
+session there (sessions/S, engine.etcd), and the views show what etcd says (EtcdStatus).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import threading
 import time
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
 from .. import formats
 from ..actor import current as current_actor
@@ -20,7 +23,7 @@ from ..errors import BlockfoldError, CancelledError
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
-from ..results import HealFigures, NodeStatus, ScrubFigures
+from ..results import EtcdStatus, HealFigures, NodeStatus, ScrubFigures
 from . import lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
@@ -28,11 +31,15 @@ from .config import ClusterConfig
 from .failures import FailureLog
 from .members import Members, NodeState
 
+if TYPE_CHECKING:
+    from ..etcd import KeptKey
+
 HEAL_POLL = 0.2
 # A heal that waits gives up once its passes made no copy for this long: longer than a hung
 # node takes to be judged down (then the targets change), so only a lasting refusal (full
 # targets) ends it.
 HEAL_STALL = 10.0
+ETCD_FRESH = 1.0        # seconds a status read from etcd is shown before it is read again
 
 
 class ClusterAdmin(LocalAdmin):
@@ -51,6 +58,10 @@ class ClusterAdmin(LocalAdmin):
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
         self._fenced = False            # gave the lease up to a newer writer
+        self._etcd = None               # a client of the cluster's etcd, made on first use
+        self._etcd_made = threading.Lock()
+        self._session: KeptKey | None = None
+        self._etcd_read: tuple[float, EtcdStatus] | None = None     # (when, what it said)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -95,6 +106,12 @@ class ClusterAdmin(LocalAdmin):
             members.close()
             raise
         admin = cls(pool, members, config)
+        if config.etcd and not readonly:
+            from ..etcd import KeptKey      # on use, as lifecycle.etcd_of says why
+            admin._session = KeptKey(
+                admin._client(), f"sessions/{secrets.token_hex(8)}",
+                {"holder": members.holder, "process": members.process, "started": time.time()},
+                f"writer {members.holder}").start()
         admin._tell_asides()
         members.start_heartbeats()
         admin._healer = threading.Thread(target=admin._tend, daemon=True,
@@ -294,7 +311,23 @@ class ClusterAdmin(LocalAdmin):
 
     def stats(self):
         # Free slots belong to each node's own store: the coordinator has none to count.
-        return replace(super().stats(), free_slots=None)
+        return replace(super().stats(), free_slots=None, etcd=self.etcd_status())
+
+    def etcd_status(self) -> EtcdStatus | None:
+        """What the cluster's etcd says (read again once ETCD_FRESH old); None without one."""
+        if self.config.etcd is None:
+            return None
+        now = time.monotonic()
+        if self._etcd_read is None or now - self._etcd_read[0] >= ETCD_FRESH:
+            self._etcd_read = (now, self._client().status())
+        return self._etcd_read[1]
+
+    def _client(self):
+        """The client of the cluster's etcd (engine.etcd.Etcd), made once."""
+        with self._etcd_made:
+            if self._etcd is None:
+                self._etcd = lifecycle.etcd_of(self.config)
+            return self._etcd
 
     def _rebuild_figures(self, raw: dict):
         # No data file (references past its end are missing blocks here), no slots.
@@ -312,13 +345,16 @@ class ClusterAdmin(LocalAdmin):
         process ever had one) says nothing about it now."""
         live, short = self.pool.blocks.per_node()
         down = [node.state == NodeState.DOWN for node in self.members.nodes]
+        etcd = self.etcd_status()
+        registered = (set(etcd.registered) if etcd and etcd.healthy else None)
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
                            latency_ms=None if down[i] else node.latency_ms,
                            capacity_bytes=None if down[i] else node.capacity_bytes,
                            blocks=None if down[i] else node.blocks, live_blocks=int(live[i]),
                            under_replicated=int(short[i]), weight=entry.weight,
                            catalog_version=node.version, last_seen=node.seen,
-                           error=node.error if node.state == NodeState.DOWN else "")
+                           error=node.error if node.state == NodeState.DOWN else "",
+                           registered=None if registered is None else entry.name in registered)
                 for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))]
 
     # -- simulated loss -----------------------------------------------------------------------
@@ -326,12 +362,14 @@ class ClusterAdmin(LocalAdmin):
     def fail_node(self, name: str) -> None:
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
         lifecycle.fail_node(ClusterConfig.load(self.config.path), name)
+        self._etcd_read = None          # it is unregistered now: the next view reads etcd again
         self.members.mark_down(self.members.index(name), "failed by the operator", told=True)
         self._record("node", f"failed {name} (its process killed)",
                      current_actor(self.pool.actor))
 
     def restore_node(self, name: str) -> None:
         lifecycle.restore_node(ClusterConfig.load(self.config.path), name)
+        self._etcd_read = None
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:
@@ -347,6 +385,10 @@ class ClusterAdmin(LocalAdmin):
             self.pool.close()
         finally:
             self.members.close()
+            if self._session:
+                self._session.close()       # after the lease: no moment without either
+            if self._etcd:
+                self._etcd.close()
 
 
 def _healed(figures: dict) -> str:

@@ -1,6 +1,7 @@
 """A cluster directory: cluster.json (the nodes, their pinned host keys, R, min_replicas, the
-repair delay), the admin key pair every node authorises, the peer key pair every node holds and
-authorises (for copies from node to node: engine.node.peers), and the data dirs of local nodes.
+repair delay, where its etcd is), the admin key pair every node authorises, the peer key pair
+every node holds and authorises (for copies from node to node: engine.node.peers), and the data
+dirs of local nodes (and of its etcd member).
 
 cluster.json is rewritten whole through a temporary file and a rename, so a crash never leaves
 half of it.
@@ -35,6 +36,17 @@ class NodeEntry:
 
 
 @dataclass
+class EtcdEntry:
+    """Where the cluster's etcd is (engine.etcd), and its key prefix (/blockfold/ID/, ID unique
+    to this cluster, so clusters can share one etcd)."""
+    endpoints: list[str]           # client URLs, http://HOST:PORT
+    prefix: str
+    data: str | None = None        # a local member (`cluster up` runs it): its data dir
+    pid: int | None = None
+    peer: str | None = None        # a local member's peer URL
+
+
+@dataclass
 class ClusterConfig:
     path: Path
     block_size: int = 4096
@@ -42,6 +54,7 @@ class ClusterConfig:
     min_replicas: int = 1
     repair_delay: float = 0.0
     nodes: list[NodeEntry] = field(default_factory=list)
+    etcd: EtcdEntry | None = None   # None: a cluster without etcd (made before it, or --etcd none)
 
     @property
     def admin_key(self) -> Path:
@@ -76,7 +89,8 @@ class ClusterConfig:
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: not a JSON object")
         try:
             nodes = [NodeEntry(**n) for n in data.pop("nodes", [])]
-            config = cls(path=path, nodes=nodes, **data)
+            etcd = data.pop("etcd", None)
+            config = cls(path=path, nodes=nodes, etcd=etcd and EtcdEntry(**etcd), **data)
         except (AttributeError, TypeError) as e:    # a list, a number, an unknown field…
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: {e}") from None
         if not all(isinstance(n.name, str) and isinstance(n.address, str) for n in nodes):

@@ -2,6 +2,11 @@
 start and stop its nodes, and join nodes that run elsewhere (pinning their host key on first
 contact). All of it needs only the cluster directory, never a reachable node.
 
+A new cluster gets its own etcd member (etcd_member.py), started before the nodes and stopped
+after them, unless `etcd` names one that runs elsewhere ("URL,URL…") or "none" (a cluster
+made before etcd has none either). Local nodes are started with its endpoints and keep their
+liveness keys there (engine.etcd).
+
 Every local node gets the cluster's peer key (its private half as DATA/peer_key, its public half
 in DATA/peer_keys, restricted), so nodes copy blocks to each other (engine.node.peers); a node
 that runs elsewhere is given them by its operator (`add` says which files)."""
@@ -12,6 +17,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import formats
 from ..errors import BlockfoldError
@@ -19,21 +25,31 @@ from ..net import rpc
 from ..net.client import fetch_host_key
 from ..node import keys, settings
 from ..pool import check_block_size
-from . import processes
-from .config import ClusterConfig, NodeEntry, is_cluster
+from . import etcd_member, processes
+from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
+
+if TYPE_CHECKING:
+    from ..etcd import Etcd
+
+NO_ETCD = "none"
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
        min_replicas: int | None = None, memory: int | None = None,
-       block_size: int | None = None, repair_delay: float | None = None) -> list[dict]:
-    """Creates the cluster if new (3 nodes, R=2, 4 KiB blocks unless told), then starts every
-    local node that is not running. The shape of a cluster that exists is kept: an option
-    that asks for another one is refused, with nothing started."""
+       block_size: int | None = None, repair_delay: float | None = None,
+       etcd: str | None = None) -> list[dict]:
+    """Creates the cluster if new (3 nodes, R=2, 4 KiB blocks, its own etcd member unless
+    told), then starts its etcd member and every local node that is not running. `etcd`:
+    None (a local member), "none", or the client URLs of an etcd that runs elsewhere,
+    comma-separated. The shape of a cluster that exists is kept: an option that asks for
+    another one is refused, with nothing started. A missing etcd binary, or an etcd given
+    that does not answer, is refused with nothing made."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
         _same_shape(config, nodes=nodes, replicas=replicas, min_replicas=min_replicas,
-                    memory=memory, block_size=block_size, repair_delay=repair_delay)
+                    memory=memory, block_size=block_size, repair_delay=repair_delay,
+                    etcd=etcd)
     else:
         nodes = 3 if nodes is None else nodes
         replicas = 2 if replicas is None else replicas
@@ -50,7 +66,9 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             raise BlockfoldError(f"bad min_replicas {min_replicas}: use 1 to {replicas}")
         if path.exists() and any(path.iterdir()):
             raise BlockfoldError(f"{path} exists and is not an empty directory")
+        agreement = _new_etcd(path, etcd)
         config = ClusterConfig.create(path, replicas, min_replicas, block_size, repair_delay)
+        config.etcd = agreement
         for k in range(1, nodes + 1):
             name = f"node{k}"
             data = path / "nodes" / name
@@ -60,9 +78,40 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
                                           memory=memory))
         config.save()
+    if config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd):
+        etcd_member.start(path, config.etcd, fresh=not Path(config.etcd.data).exists())
+        config.save()
     install_peer_key(config)
     start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
     return [node_row(e) for e in config.nodes]
+
+
+def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
+    """A new cluster's etcd entry, checked before anything is made: the binary is there for a
+    local member; an etcd given answers."""
+    if etcd is None:
+        etcd_member.binary()
+        return etcd_member.create(path)
+    if etcd == NO_ETCD:
+        return None
+    from ..etcd import Etcd, EtcdError
+    urls = [url.strip() for url in etcd.split(",") if url.strip()] or [etcd]
+    client = Etcd(urls, etcd_member.prefix(path))      # a URL of another shape is refused
+    try:
+        client.check()
+    except EtcdError as e:
+        raise BlockfoldError(f"{e}; nothing made") from None
+    finally:
+        client.close()
+    return EtcdEntry(endpoints=urls, prefix=client.prefix)
+
+
+def etcd_of(config: ClusterConfig) -> Etcd | None:
+    """A client of the cluster's etcd (close it after use); None for a cluster without one.
+    engine.etcd is imported here, on use: its HTTP client takes 140 ms to import, which a CLI
+    that never asks etcd (`vm ls`) need not pay."""
+    from ..etcd import Etcd
+    return config.etcd and Etcd(config.etcd.endpoints, config.etcd.prefix)
 
 
 def _same_shape(config: ClusterConfig, **asked) -> None:
@@ -70,7 +119,9 @@ def _same_shape(config: ClusterConfig, **asked) -> None:
     local = [e for e in config.nodes if e.data]
     has = {"nodes": len(local), "replicas": config.replicas,
            "min_replicas": config.min_replicas, "block_size": config.block_size,
-           "repair_delay": config.repair_delay, "memory": local[0].memory if local else None}
+           "repair_delay": config.repair_delay, "memory": local[0].memory if local else None,
+           "etcd": (NO_ETCD if config.etcd is None else None if config.etcd.data
+                    else ",".join(config.etcd.endpoints))}
     wrong = [f"--{name.replace('_', '-')} {formats.size(value) if name == 'memory' else value}"
              for name, value in asked.items()
              if value is not None and value != has[name]]
@@ -104,7 +155,7 @@ def install_peer_key(config: ClusterConfig) -> None:
 def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
     if not entries:
         return
-    for entry, (pid, address) in zip(entries, processes.start(entries)):
+    for entry, (pid, address) in zip(entries, processes.start(entries, config.etcd)):
         entry.pid, entry.address, entry.failed = pid, address, False
         if not entry.host_key:
             entry.host_key = keys.host_public_key(Path(entry.data))
@@ -112,8 +163,9 @@ def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
 
 
 def fail_node(config: ClusterConfig, name: str) -> dict:
-    """Kills a local node's process (kill -9: no goodbye) and records it as failed; its row. A
-    node that does not run is refused (BlockfoldError), with nothing done."""
+    """Kills a local node's process (kill -9: no goodbye), records it as failed, and ends its
+    liveness lease in etcd; its row. A node that does not run is refused (BlockfoldError),
+    with nothing done."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
@@ -123,7 +175,23 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
     processes.stop(entry, signal.SIGKILL)
     entry.failed = True
     config.save()
+    _unregister(config, name)
     return node_row(entry)
+
+
+def _unregister(config: ClusterConfig, name: str) -> None:
+    """Ends the liveness lease of a node whose death we saw, so etcd says so now, not a TTL
+    later; an etcd that does not answer lets it run out on its own."""
+    from ..etcd import EtcdError
+    client = etcd_of(config)
+    if client is None:
+        return
+    try:
+        client.revoke_holder(f"nodes/{name}")
+    except EtcdError:
+        pass
+    finally:
+        client.close()
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:
@@ -148,11 +216,32 @@ def node_row(entry: NodeEntry) -> dict:
 
 
 def down(path) -> list[dict]:
+    """Stops the local nodes, then the cluster's own etcd member (the nodes end their leases
+    on the way out); their rows."""
     config = ClusterConfig.load(path)
     for entry in config.nodes:
         if entry.data:
             processes.stop(entry, signal.SIGTERM)
+    if config.etcd and config.etcd.data:
+        etcd_member.stop(config.etcd)
     return [node_row(e) for e in config.nodes]
+
+
+def status(path) -> dict:
+    """What needs only the cluster directory and its etcd: {cluster, etcd: EtcdStatus or None
+    (no etcd), nodes: [node_row + registered (bool; None: no etcd, or it does not answer)]}."""
+    config = ClusterConfig.load(path)
+    client = etcd_of(config)
+    told = None
+    if client is not None:
+        try:
+            told = client.status()
+        finally:
+            client.close()
+    known = told is not None and told.healthy
+    return {"cluster": str(config.path), "etcd": told,
+            "nodes": [dict(node_row(e), registered=e.name in told.registered if known else None)
+                      for e in config.nodes]}
 
 
 def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dict:

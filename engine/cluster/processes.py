@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import BlockfoldError
-from .config import NodeEntry
+from .config import EtcdEntry, NodeEntry
 
 NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_running knows it
 READY_TIMEOUT = 30.0        # a loaded machine can take long to start Python and asyncssh
@@ -23,8 +23,9 @@ STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
 
 
-def start(entries: list[NodeEntry]) -> list[tuple[int, str]]:
-    """Starts local nodes, each in its own session, and waits for every `ready` line.
+def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple[int, str]]:
+    """Starts local nodes, each in its own session, and waits for every `ready` line; with
+    `etcd`, each keeps its liveness key there (engine.etcd).
 
     Returns (pid, the address it listens on) for each; a node that fails to start is an error
     naming it, and the others started with it are stopped again.
@@ -42,6 +43,8 @@ def start(entries: list[NodeEntry]) -> list[tuple[int, str]]:
                "--listen", entry.address]
         if entry.memory:
             cmd += ["--memory", str(entry.memory)]
+        if etcd:
+            cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
         with open(Path(entry.data) / LOG_FILE, "ab") as log:
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
@@ -81,7 +84,12 @@ def _ready_line(proc) -> str:
 
 
 def is_running(entry: NodeEntry) -> bool:
-    pid = entry.pid
+    return runs(entry.pid, NODE_MODULE, entry.data)
+
+
+def runs(pid: int | None, *words: str) -> bool:
+    """True if process `pid` runs (not a zombie) with every one of `words` in its command
+    line: a recorded pid is only acted on while it is still the process we started."""
     if not pid:
         return False
     try:
@@ -96,17 +104,23 @@ def is_running(entry: NodeEntry) -> bool:
             cmdline = f.read().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return NODE_MODULE.encode() in cmdline and entry.data.encode() in cmdline
+    return all(word.encode() in cmdline for word in words)
 
 
 def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:
     """Signals the node and waits until it is gone (SIGKILL if SIGTERM is not enough)."""
-    if not is_running(entry):
+    stop_pid(entry.pid, lambda: is_running(entry), sig)
+
+
+def stop_pid(pid: int | None, running, sig: int = signal.SIGTERM) -> None:
+    """Signals `pid` while running() says it is ours, and waits until it is gone (SIGKILL if
+    `sig` is not enough)."""
+    if not running():
         return
-    os.kill(entry.pid, sig)
+    os.kill(pid, sig)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while is_running(entry):
+    while running():
         if time.monotonic() > deadline:
-            os.kill(entry.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + STOP_TIMEOUT
         time.sleep(0.01)

@@ -32,9 +32,12 @@ def main() -> int:
     parser.add_argument("--memory", type=parse_size)
     parser.add_argument("--block-size", type=int)
     parser.add_argument("--cluster")
+    parser.add_argument("--etcd", help="client URLs of the cluster's etcd, comma-separated")
+    parser.add_argument("--etcd-prefix", help="the cluster's keys there: /blockfold/ID/")
     a = parser.parse_args()
     try:
-        run(a.data, *a.listen, a.memory, a.block_size, a.cluster, ready=_ready)
+        etcd = (a.etcd.split(","), a.etcd_prefix) if a.etcd else None
+        run(a.data, *a.listen, a.memory, a.block_size, a.cluster, ready=_ready, etcd=etcd)
     except (BlockfoldError, OSError) as e:
         print(f"blockfold: error: {e}", file=sys.stderr)
         return 1

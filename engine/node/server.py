@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import asyncssh
@@ -235,13 +236,16 @@ class NodeServer(asyncssh.SSHServer):
 
 async def serve(directory: Path, host: str, port: int, memory: int | None = None,
                 block_size: int | None = None, cluster: str | None = None,
-                ready=None) -> None:
+                ready=None, etcd: tuple[list[str], str] | None = None) -> None:
     """Serves the node in `directory` on host:port (0: any free port) until SIGTERM or SIGINT.
 
     `memory` (bytes) keeps blocks and catalog in RAM; `block_size` must match the directory's,
     if given; `cluster` (a cluster directory) serves the console to admin keys; `ready(host,
-    port)` is called once listening. Raises BlockfoldError if no client could log in, the block
-    size does not match, or the address cannot be listened on.
+    port)` is called once listening; `etcd` (client URLs, key prefix): the node keeps its
+    liveness key nodes/NAME there (engine.etcd), registered before `ready`, ended at stop; an
+    etcd it cannot reach is retried and told once on stderr, never a reason not to serve.
+    Raises BlockfoldError if no client could log in, the block size does not match, or the
+    address cannot be listened on.
     """
     if not (directory / keys.AUTHORIZED_KEYS).is_file():
         raise BlockfoldError(f"{directory / keys.AUTHORIZED_KEYS} is missing: no client could"
@@ -260,6 +264,15 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
                 encryption_algs=rpc.CIPHERS, window=rpc.WINDOW, max_pktsize=rpc.PACKET)
         except OSError as e:
             raise BlockfoldError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        address = f"{f'[{host}]' if ':' in host else host}:{acceptor.get_port()}"
+        alive = None
+        if etcd:
+            from ..etcd import Etcd, KeptKey    # on use: a node without etcd never loads it
+            alive = KeptKey(
+                Etcd(*etcd), f"nodes/{node['name']}",
+                {"address": address, "incarnation": handler.incarnation, "started": time.time()},
+                f"node {node['name']}")
+            await asyncio.to_thread(alive.start)
         if ready is not None:
             ready(host, acceptor.get_port())
         stop = asyncio.Event()
@@ -270,12 +283,15 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
         acceptor.close()
         await acceptor.wait_closed()
         await handler.peers.close()
+        if alive:
+            await asyncio.to_thread(alive.close)
     finally:
         store.close()
 
 
 def run(data: str, host: str, port: int, memory: int | None = None,
-        block_size: int | None = None, cluster: str | None = None, ready=None) -> None:
+        block_size: int | None = None, cluster: str | None = None, ready=None,
+        etcd: tuple[list[str], str] | None = None) -> None:
     """serve() on its own event loop, returning once the node has stopped."""
     keep_freed_memory()
-    asyncio.run(serve(Path(data), host, port, memory, block_size, cluster, ready))
+    asyncio.run(serve(Path(data), host, port, memory, block_size, cluster, ready, etcd))

@@ -1,5 +1,6 @@
-"""A real cluster in tmp_path: node subprocesses on 127.0.0.1 (port 0), real keys; always torn
-down, whatever the test did to it."""
+"""A real cluster in tmp_path: node subprocesses on 127.0.0.1 (port 0), real keys, the worker's
+etcd (tests/conftest.py: etcd_url; none when there is no etcd binary); always torn down,
+whatever the test did to it."""
 
 from __future__ import annotations
 
@@ -48,12 +49,13 @@ class Cluster:
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
+def make_cluster(tmp_path, etcd_url):
     made = []
 
     def make(nodes=3, replicas=2, **kw):
         path = tmp_path / f"cluster{len(made)}"
         made.append(path)
+        kw.setdefault("etcd", etcd_url or "none")
         api.cluster_up(path, nodes=nodes, replicas=replicas, **kw)
         return Cluster(path)
 

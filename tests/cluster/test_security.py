@@ -130,15 +130,15 @@ def test_garbage_frames_never_crash_a_node(node_cluster, garbage):
 
 
 @pytest.fixture(scope="module")
-def node_cluster(tmp_path_factory):
+def node_cluster(tmp_path_factory, etcd_url):
     path = tmp_path_factory.mktemp("fuzz") / "cluster"
-    api.cluster_up(path, nodes=1, replicas=1, min_replicas=1)
+    api.cluster_up(path, nodes=1, replicas=1, min_replicas=1, etcd=etcd_url or "none")
     from .conftest import Cluster
     yield Cluster(path)
     api.cluster_down(path)
 
 
-def test_cli_drives_a_cluster(tmp_path):
+def test_cli_drives_a_cluster(tmp_path, etcd_url):
     import subprocess
     import sys
 
@@ -152,7 +152,7 @@ def test_cli_drives_a_cluster(tmp_path):
     data = image(tmp_path / "a.raw", 1)
     try:
         up = json.loads(bf("cluster", "up", str(path), "--nodes", "3", "--replicas", "2",
-                           "--json").stdout)
+                           "--etcd", etcd_url or "none", "--json").stdout)
         assert [n["name"] for n in up["nodes"]] == ["node1", "node2", "node3"]
         assert all(n["pid"] for n in up["nodes"])
         again = json.loads(bf("cluster", "up", str(path), "--json").stdout)   # reuses the dir

@@ -8,6 +8,7 @@ from textual.widgets import DataTable, Label
 from console.app import BlockfoldApp
 from console.clock import FixedClock
 from console.screens.confirm import ConfirmDialog
+from widgets.node_card import NodeCard
 from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
 
 from .conftest import SIZE
@@ -48,6 +49,15 @@ def node_summary(app) -> str:
     return str(app.screen.query_one("#node-summary", Label).render())
 
 
+def card(app) -> str:
+    return str(app.screen.query_one(NodeCard).render())
+
+
+def etcd_title(admin) -> str:
+    """What the Nodes table's title says of a healthy etcd (none without one)."""
+    return " · etcd http://127.0.0.1:2379 ● healthy, 1 member" if admin.config.etcd else ""
+
+
 async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go_on(seeded):
     admin, data = seeded
     app = make_app(admin)
@@ -59,6 +69,8 @@ async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go
         assert health(app, "node2") == "✖ DOWN"
         assert health(app, "node1") == "● UP" and health(app, "node3") == "● UP"
         assert "1 not up" in str(app.screen.query_one("#nodes").border_title)
+        if admin.config.etcd:                   # its death was seen: its lease ended at once
+            assert "etcd             ✖ not registered" in card(app)
         await press(pilot, "1")
         assert "✖ DOWN 1" in node_summary(app) and "DEGRADED" in node_summary(app)
         # Every block has a replica on a node that is still up.
@@ -89,7 +101,9 @@ async def test_restoring_a_node_brings_it_back_and_heals(seeded):
         assert health(app, "node2") == "● UP"
         table = app.screen.query_one("#nodes", DataTable)
         assert [str(table.get_row(n)[5]).strip() for n in ("node1", "node2", "node3")] == ["0"] * 3
-        assert app.screen.query_one("#nodes").border_title == "3 nodes"
+        assert app.screen.query_one("#nodes").border_title == "3 nodes" + etcd_title(admin)
+        if admin.config.etcd:
+            assert "etcd             ● registered" in card(app)
         await press(pilot, "1")
         assert "healthy" in node_summary(app)
         assert "DEGRADED" not in node_summary(app)

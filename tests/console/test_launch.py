@@ -62,16 +62,23 @@ def test_scripted_commands_do_not_load_textual(pool_dir):
     assert "dedup ratio" in out and out.strip().endswith("textual not loaded")
 
 
-def test_demo_runs_a_seeded_cluster_and_stops_it_on_quit(terminal, tmp_path):
+def test_demo_runs_a_seeded_cluster_and_stops_it_on_quit(etcd, terminal, tmp_path):
     demo = tmp_path / "demo"
     t = terminal(f"{BLOCKFOLD} demo --dir {demo}")
     t.wait_for("VMs       13", timeout=60)           # golden + 12 linked clones
-    pids = [node["pid"] for node in json.loads((demo / "cluster.json").read_text())["nodes"]]
+    made = json.loads((demo / "cluster.json").read_text())
+    pids = [node["pid"] for node in made["nodes"]]
     assert len(pids) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids)
+    member = made["etcd"]["pid"]                     # the cluster's own etcd member
+    assert os.path.exists(f"/proc/{member}")
     t.keys("5")
-    assert t.wait_for("node3").count("UP") >= 3
+    shown = t.wait_for("node3")
+    assert shown.count("UP") >= 3
+    assert f"etcd {made['etcd']['endpoints'][0]} ● healthy, 1 member" in shown
     t.keys("q")
     assert t.exit_code(timeout=30) == 0
     for pid in pids:                                 # every node it started is gone
         assert not os.path.exists(f"/proc/{pid}") or \
             b"engine.node" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    assert not os.path.exists(f"/proc/{member}") or \
+        str(demo / "etcd").encode() not in open(f"/proc/{member}/cmdline", "rb").read()

@@ -1,0 +1,129 @@
+"""A local cluster's own etcd member: Debian's `etcd` binary, one member, its data in DIR/etcd,
+its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, kept across restarts,
+as a node keeps its address), its log in DIR/etcd.log. `cluster up` starts it before the nodes,
+`cluster down` stops it after them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import BlockfoldError
+from . import processes
+from .config import EtcdEntry
+
+BINARY = "etcd"
+DATA = "etcd"
+LOG_FILE = "etcd.log"
+READY_TIMEOUT = 20.0        # it answers in 0.7 s here; a loaded machine takes longer
+PORT_TRIES = 3              # a free port taken by someone else before etcd bound it
+
+
+def binary() -> str:
+    """The path of the etcd binary. Raises BlockfoldError naming the package if there is none."""
+    found = shutil.which(BINARY)
+    if found is None:
+        raise BlockfoldError("no `etcd` binary on PATH: install Debian's etcd-server (or use"
+                             " `cluster up --etcd URL` for an etcd running elsewhere, or"
+                             " `--etcd none`); nothing made")
+    return found
+
+
+def prefix(path: Path) -> str:
+    """A new cluster's key prefix: its directory's name and a random tag, unique per cluster."""
+    return f"/blockfold/{path.name or 'cluster'}-{secrets.token_hex(4)}/"
+
+
+def create(path: Path) -> EtcdEntry:
+    """A new local member's entry (not started yet): data dir, free ports, prefix."""
+    client, peer = _free_port(), _free_port()
+    return EtcdEntry(endpoints=[f"http://127.0.0.1:{client}"], prefix=prefix(path),
+                     data=str((path / DATA).resolve()), peer=f"http://127.0.0.1:{peer}")
+
+
+def is_running(entry: EtcdEntry) -> bool:
+    return bool(entry.data) and processes.runs(entry.pid, "--data-dir", entry.data)
+
+
+def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
+    """Starts the member and waits until it answers; entry.pid is set. A new member (`fresh`)
+    whose port was taken meanwhile gets other ports. Raises BlockfoldError with the last line
+    of its log if it does not start (it is killed)."""
+    etcd = binary()
+    tries = 1
+    while True:
+        proc = _spawn(etcd, path, entry)
+        why = _wait_ready(proc, entry)
+        if why is None:
+            entry.pid = proc.pid
+            proc.returncode = 0     # it outlives us: forget the Popen quietly (init reaps it)
+            return
+        proc.kill()
+        proc.wait()
+        if not (fresh and "address already in use" in why and tries < PORT_TRIES):
+            raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
+        tries += 1
+        shutil.rmtree(entry.data, ignore_errors=True)
+        other = create(path)
+        entry.endpoints, entry.peer = other.endpoints, other.peer
+
+
+def _spawn(etcd: str, path: Path, entry: EtcdEntry) -> subprocess.Popen:
+    client = entry.endpoints[0]
+    cmd = [etcd, "--name", "blockfold", "--data-dir", entry.data,
+           "--listen-client-urls", client, "--advertise-client-urls", client,
+           "--listen-peer-urls", entry.peer, "--initial-advertise-peer-urls", entry.peer,
+           "--initial-cluster", f"blockfold={entry.peer}",
+           "--logger", "zap", "--log-outputs", "stderr"]
+    with open(path / LOG_FILE, "ab") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+
+
+def _wait_ready(proc: subprocess.Popen, entry: EtcdEntry) -> str | None:
+    """None once the member answers; why not, if it exits or the time runs out."""
+    from ..etcd import Etcd, EtcdError     # on use, as lifecycle.etcd_of says why
+    etcd = Etcd(entry.endpoints, entry.prefix, timeout=1.0)
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return _last_error(Path(entry.data).parent / LOG_FILE)
+            try:
+                etcd.check()
+                return None
+            except EtcdError:
+                time.sleep(0.05)
+        return f"it did not answer within {READY_TIMEOUT:g} s"
+    finally:
+        etcd.close()
+
+
+def _last_error(log: Path) -> str:
+    """The message of the last error line of its log (zap writes JSON lines)."""
+    lines = log.read_text(errors="replace").strip().splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("level") in ("error", "fatal", "panic"):
+            return f"{record.get('msg', '')}: {record.get('error', '')}".strip(": ")
+    return lines[-1] if lines else "it exited at once"
+
+
+def stop(entry: EtcdEntry) -> None:
+    """Stops the member (SIGTERM; SIGKILL if that is not enough) and waits until it is gone."""
+    processes.stop_pid(entry.pid, lambda: is_running(entry))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

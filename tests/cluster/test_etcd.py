@@ -1,0 +1,208 @@
+"""etcd in a cluster (issue 14, step 1): `cluster up` runs the cluster's own member and `cluster
+down` stops it; nodes keep liveness keys under their own leases; a writable coordinator keeps a
+session; `cluster status`, the Nodes data and the CLI say what etcd says. Real etcd processes
+(Debian's etcd-server); skipped without the binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from engine import api
+from engine.cluster import etcd_member
+from engine.cluster.config import ClusterConfig
+from engine.etcd import TTL, Etcd
+from tests.conftest import cli_json, run_cli
+
+from .conftest import image
+
+# A killed node's key lasts until its lease runs out: TTL after its last keepalive.
+EXPIRY = TTL + 5
+
+
+def status(path) -> dict:
+    return cli_json("cluster", "status", path)
+
+
+def registered(path) -> dict:
+    """Each node's word in `cluster status --json`, asked in this process (a CLI costs 0.8 s)."""
+    return {n["name"]: n["registered"] for n in api.cluster_status(path)["nodes"]}
+
+
+def wait_for(check, seconds: float):
+    """check()'s first truthy answer within `seconds`, else the last answer."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def etcd_processes(data: str) -> list[int]:
+    """The pids of the processes whose command line names this etcd data dir."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if data.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_cluster_up_runs_its_own_etcd_and_down_stops_it(etcd, tmp_path):
+    path = tmp_path / "c"
+    try:
+        run_cli("cluster", "up", path, "--nodes", "2", "--memory", "64M", check=True)
+        member = ClusterConfig.load(path).etcd
+        assert member.data == str(path.resolve() / "etcd")
+        assert etcd_processes(member.data) == [member.pid]
+        told = status(path)
+        assert told["etcd"]["healthy"] and told["etcd"]["members"] == 1
+        assert told["etcd"]["endpoints"] == member.endpoints
+        assert [n["registered"] for n in told["nodes"]] == [True, True]
+        said = run_cli("cluster", "status", path, check=True).stdout_text
+        assert f"etcd: {member.endpoints[0]}: healthy, 1 member; 2 of 2 nodes registered" in said
+        assert said.splitlines()[1].split()[-1] == "registered"
+    finally:
+        run_cli("cluster", "down", path, check=True)
+    assert etcd_processes(member.data) == []
+    after = status(path)
+    assert not after["etcd"]["healthy"] and "connection refused" in after["etcd"]["error"]
+    assert [n["registered"] for n in after["nodes"]] == [None, None]
+
+
+def test_a_killed_node_is_unregistered_once_its_lease_runs_out_and_back_when_restored(
+        etcd, make_cluster):
+    cluster = make_cluster(nodes=2, replicas=2)
+    assert registered(cluster.path) == {"node1": True, "node2": True}
+    cluster.kill("node2")                       # kill -9: no goodbye, the lease runs on
+    assert registered(cluster.path)["node2"]
+    started = time.monotonic()
+    assert wait_for(lambda: not registered(cluster.path)["node2"], EXPIRY)
+    assert time.monotonic() - started > TTL - 3      # etcd let the lease run out, not sooner
+    assert registered(cluster.path)["node1"]
+    run_cli("node", "restore", "node2", "-c", cluster.path, check=True)
+    assert registered(cluster.path) == {"node1": True, "node2": True}
+    with cluster.open(readonly=True) as admin:      # the Nodes data says the same
+        assert [n.registered for n in admin.nodes()] == [True, True]
+    run_cli("node", "fail", "node1", "-y", "-c", cluster.path, check=True)
+    assert registered(cluster.path)["node1"] is False     # its death was seen: at once
+
+
+def test_a_writer_is_in_etcd_while_it_holds_the_cluster_and_gone_after(etcd, make_cluster):
+    cluster = make_cluster(nodes=2, replicas=2)
+    assert status(cluster.path)["etcd"]["writers"] == []
+    with cluster.open() as admin:
+        holder = admin.members.holder
+        assert status(cluster.path)["etcd"]["writers"] == [holder]
+        said = run_cli("cluster", "status", cluster.path, check=True).stdout_text
+        assert f"writer: {holder}" in said.splitlines()
+        shown = admin.snapshot().stats.etcd            # what the console shows
+        assert shown.healthy and shown.writers == [holder] and shown.members == 1
+        assert sorted(shown.registered) == ["node1", "node2"]
+    assert status(cluster.path)["etcd"]["writers"] == []       # closed: its lease revoked
+    with cluster.open(readonly=True):
+        assert status(cluster.path)["etcd"]["writers"] == []   # a reader is no writer
+
+
+def test_without_the_etcd_binary_cluster_up_is_one_line_with_nothing_made(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = run_cli("cluster", "up", tmp_path / "c", env={"PATH": str(empty)})
+    assert done.returncode == 1
+    assert done.stderr_text.startswith("blockfold: error: no `etcd` binary on PATH: install"
+                                       " Debian's etcd-server")
+    assert done.stderr_text.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_etcd_that_does_not_answer_is_one_line_with_nothing_made(tmp_path):
+    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "http://127.0.0.1:1")
+    assert done.returncode == 1
+    assert done.stderr_text == ("blockfold: error: etcd does not answer (http://127.0.0.1:1:"
+                                " connection refused); nothing made\n")
+    assert not (tmp_path / "c").exists()
+    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "127.0.0.1:2379")
+    assert done.stderr_text == ("blockfold: error: bad etcd endpoint '127.0.0.1:2379': use"
+                                " http://HOST:PORT\n")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_cluster_made_before_etcd_still_opens_and_shows_none(make_cluster, etcd_url,
+                                                                 tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    api.cluster_down(cluster.path)
+    made = json.loads((cluster.path / "cluster.json").read_text())
+    del made["etcd"]                                    # as cluster.json was before etcd
+    (cluster.path / "cluster.json").write_text(json.dumps(made))
+    run_cli("cluster", "up", cluster.path, check=True)  # no etcd member made for it now
+    assert ClusterConfig.load(cluster.path).etcd is None
+    told = status(cluster.path)
+    assert told["etcd"] is None and [n["registered"] for n in told["nodes"]] == [None, None]
+    assert "etcd: none (this cluster has no etcd)" in run_cli(
+        "cluster", "status", cluster.path, check=True).stdout_text
+    data = image(tmp_path / "a.raw", 1)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("a", 0, len(data)) == data
+        assert admin.stats().etcd is None
+        assert [n.registered for n in admin.nodes()] == [None, None]
+    if etcd_url is not None:
+        done = run_cli("cluster", "up", cluster.path, "--etcd", etcd_url)
+        assert done.returncode == 1
+        assert f"--etcd {etcd_url} would only apply to a new cluster" in done.stderr_text
+
+
+def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
+        etcd, make_cluster, tmp_path):
+    place = tmp_path / "own-etcd"
+    place.mkdir()
+    member = etcd_member.create(place)
+    etcd_member.start(place, member, fresh=True)
+    try:
+        cluster = make_cluster(nodes=2, replicas=2, etcd=member.endpoints[0])
+        data = image(tmp_path / "a.raw", 1)
+        with cluster.open() as admin:
+            admin.import_image("a", str(tmp_path / "a.raw"))
+        etcd_member.stop(member)
+        log = cluster.path / "nodes" / "node1" / "node.log"
+        assert wait_for(lambda: "not registered in etcd" in log.read_text(), 10)
+        with cluster.open() as admin:           # etcd is not on the data path
+            assert admin.read("a", 0, len(data)) == data
+        time.sleep(3)                           # more failed keepalives: still one line
+        assert log.read_text().count("not registered in etcd") == 1
+        etcd_member.start(place, member, fresh=False)
+        assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
+        assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True},
+                        5)
+    finally:
+        etcd_member.stop(member)
+
+
+def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_path):
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "authorized_keys").write_text("")
+    usage = run_cli("node", "serve", "--data", data, "--listen", "127.0.0.1:0", "--etcd", etcd)
+    assert usage.returncode == 2 and "give --etcd and --etcd-prefix together" in usage.stderr_text
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(data), "--listen", "127.0.0.1:0", "--etcd", etcd,
+                             "--etcd-prefix", "/blockfold/far-test/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    keys = Etcd([etcd], "/blockfold/far-test/")
+    try:
+        address = node.stdout.readline().split()[1]       # `ready HOST:PORT`: registered
+        told = keys.under("nodes/")
+        name = json.loads((data / "node.json").read_text())["name"]
+        assert list(told) == [name] and told[name]["address"] == address
+        node.terminate()
+        assert node.wait(30) == 0
+        assert keys.under("nodes/") == {}                  # its lease ended with it
+    finally:
+        node.kill()
+        node.communicate()
+        keys.close()
