@@ -197,6 +197,10 @@ class PoolStats:
     snapshot_blocks: int | None = None
     """Blocks that only snapshots hold (VMSnapshot.blocks_alone, summed): what removing every
     snapshot may free. None while the RAM metadata is rebuilt."""
+    fenced: str = ""
+    """Empty, or why this cluster's writer writes nothing now: a newer writer took the cluster
+    while it was cut off, and it waits to take it back (engine/cluster/admin.py), in one line:
+    "fenced: a newer writer has cluster C (HOST pid N); waiting to take it back"."""
 
 
 @dataclass(frozen=True)
