@@ -25,7 +25,7 @@ from console.pilot import settle
 from engine import api
 from engine.api import PoolLockedError
 from tests.conftest import ROOT
-from tests.nbdclient import CMD_FLUSH, EIO, RawClient
+from tests.nbdclient import CMD_FLUSH, EIO, RawClient, tool
 from tests.serviceproc import Served
 
 from .conftest import image
@@ -100,9 +100,11 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         newer.flush()
         os.kill(served.proc.pid, signal.SIGCONT)
         stopped = False
+        woke = time.monotonic()
 
         # (a) Fenced, and told so: status, metrics; its old connection's flush fails.
         said = _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        fenced_s = time.monotonic() - woke
         assert said.startswith(f"fenced: a newer writer has cluster {cluster.path} (")
         assert f"pid {os.getpid()} (" in said and said.endswith("; waiting to take it back")
         assert any(line.split(None, 1) == ["writer", said]
@@ -127,6 +129,8 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
                                           + disk[2 * BLOCK:3 * BLOCK])
         assert new.write(3 * BLOCK, b"\x44" * BLOCK) == 0 and new.simple(CMD_FLUSH) == 0
         writes_s = time.monotonic() - closed
+        tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 {BLOCK} {BLOCK}", "-c",
+             f"read -P 0x44 {3 * BLOCK} {BLOCK}", served.uri("disk"))
         assert "blockfold_fenced 0.0" in urllib.request.urlopen(served.metrics,
                                                                  timeout=10).read().decode()
         title, summary = asyncio.run(_console_overview(cluster))
@@ -157,5 +161,6 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
     with cluster.open() as admin:
         assert admin.fsck() == []
     with capsys.disabled():
-        print(f"\nfenced service: status says writable {status_s:.2f} s and a new NBD"
-              f" connection wrote+flushed {writes_s:.2f} s after the newer writer closed")
+        print(f"\nfenced service: status said fenced {fenced_s:.2f} s after SIGCONT; writable"
+              f" {status_s:.2f} s and a new NBD connection wrote+flushed {writes_s:.2f} s after"
+              " the newer writer closed")
