@@ -148,8 +148,9 @@ class NBDServer:
     def reopened(self, admin) -> int:
         """Serves `admin` from now on (a fenced cluster writer's, opened again from the newest
         catalog): every connection handed over before is dropped, as if its network failed, and
-        its thread ended, so that no client reads newer data after older on one connection;
-        the next ones are served from `admin`. Returns how many were dropped."""
+        its thread ended: their writes not flushed are gone with the old state, so one of them
+        could read older data after newer. The next ones are served from `admin`. Returns how
+        many were dropped."""
         with self.lock:
             self.admin = admin          # transmit() reads it under the lock
             dropped = self.transmitting()

@@ -8,7 +8,9 @@
 
 Everything runs on one asyncio loop but the Admin's calls, which block and run on threads of
 their own (a thread per admin call, one per NBD connection). The Admin is the pool's, writable;
-the service hands it to its clients as a ServedAdmin.
+the service hands it to its clients as a ServedAdmin. A cluster's Admin that was fenced and took
+its cluster back hands the service the cluster reopened (_reopened): NBD, the ServedAdmin and
+every call after switch to it.
 
 Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
 (new CLIs open the pool themselves once it is free), NBD answers what it had received, running
