@@ -66,6 +66,17 @@ async def _console_overview(cluster) -> tuple[str, str]:
         admin.close()
 
 
+def _stop(served: Served) -> str:
+    """SIGTERM (SIGKILL after 60 s); its stderr. Its exit status is the caller's to check, once
+    whatever failed before is told."""
+    served.proc.terminate()
+    try:
+        return served.proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        return served.proc.communicate(timeout=30)[1]
+
+
 def _take_over(cluster, seconds: float = 30.0):
     """The cluster opened for writing here, once the stopped service's lease has run out."""
     deadline = time.monotonic() + seconds
@@ -151,7 +162,8 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
             os.kill(served.proc.pid, signal.SIGCONT)
         if newer is not None:
             newer.close()
-        err = served.stop() if served.proc.poll() is None else served.proc.communicate()[1]
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
     assert f"fenced: a newer writer has cluster {cluster.path}" in err
     assert "1 NBD connections open before were dropped" in err, err
     with cluster.open(readonly=True) as admin:
@@ -164,3 +176,47 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         print(f"\nfenced service: status said fenced {fenced_s:.2f} s after SIGCONT; writable"
               f" {status_s:.2f} s and a new NBD connection wrote+flushed {writes_s:.2f} s after"
               " the newer writer closed")
+
+
+def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_back(
+        make_cluster, tmp_path):
+    """Fenced, and once the newer writer closes only 1 of 3 nodes answers: the service cannot
+    take the cluster back and its status says why, in the same line; once the nodes are back it
+    takes it, caught up from their newest catalog, without a restart."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=42)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+    stopped = False
+    try:
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        with _take_over(cluster) as newer:
+            newer.write("disk", 0, b"\x33" * BLOCK)
+            newer.flush()
+            os.kill(served.proc.pid, signal.SIGCONT)
+            stopped = False
+            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        for name in ("node2", "node3"):
+            cluster.kill(name)
+        said = _wait(lambda: "cannot take it back" in (f := _fenced(cluster)) and f, 30,
+                     "the service never said why it cannot take the cluster back")
+        assert said.endswith("cannot take it back: cluster"
+                             f" {cluster.path}: 1 of 3 nodes answer; writes need 2 (a majority):"
+                             " restore nodes (commands that only read still work)"), said
+        for name in ("node2", "node3"):
+            api.restore_node(cluster.path, name)
+        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 0 {BLOCK}", "-c",
+             f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
+    finally:
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    assert err.count("cannot take cluster") == 1, err      # told once, not every 2 s
+    with cluster.open() as admin:
+        assert admin.read("disk", 0, 2 * BLOCK) == b"\x33" * BLOCK + b"\x44" * BLOCK
+        assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
+        assert admin.fsck() == []
