@@ -608,6 +608,7 @@ def stats(admin, args, bar) -> int:
     per_block = s.metadata_ram_bytes_per_block if s.unique_blocks else None
     rows = [
         ("pool", s.path),
+        *([("writer", s.fenced)] if s.fenced else []),
         ("block size", formats.size(s.block_size)),
         ("VMs", formats.count(len(s.vms))),
         ("logical", formats.size(s.logical_bytes)),

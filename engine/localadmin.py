@@ -207,6 +207,12 @@ class LocalAdmin(Admin):
     def heal(self, wait=True, progress=None, cancel=None) -> HealFigures:
         raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
 
+    def on_reopen(self, reopened) -> None:
+        """Asks to be handed this pool's Admin opened afresh, should this one lose the right to
+        write and win it back (a fenced cluster writer: engine/cluster/admin.py); reopened(new)
+        is called from a thread of the engine's. A local pool's lock is never taken from it:
+        nothing to do."""
+
     def close(self): self.pool.close()
 
 

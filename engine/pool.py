@@ -227,14 +227,15 @@ class Pool:
         """The pool keeps its blocks in its own slot files (not a cluster's nodes)."""
         return self.blocks is self.core
 
-    def close(self) -> None:
-        """Commits, marks the pool clean and releases it."""
+    def close(self, commit: bool = True) -> None:
+        """Commits, marks the pool clean and releases it. `commit` False: releases it only (a
+        fenced cluster writer's pool, whose commits a newer writer's epoch refuses)."""
         self._ready.wait()
         with self._lock:
             if self.catalog is None:
                 return
             try:
-                if not self.readonly and self._rebuild_error is None:
+                if commit and not self.readonly and self._rebuild_error is None:
                     self._commit()
                     self._durably(lambda: self.catalog.set("state", "clean"))
             finally:

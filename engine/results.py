@@ -222,6 +222,10 @@ class PoolStats:
     snapshot may free. None while the RAM metadata is rebuilt."""
     etcd: EtcdStatus | None = None
     """A cluster's etcd; None for an embedded pool and a cluster without etcd."""
+    fenced: str = ""
+    """Empty, or why this cluster's writer writes nothing now: a newer writer took the cluster
+    while it was cut off, and it waits to take it back (engine/cluster/admin.py), in one line:
+    "fenced: a newer writer has cluster C (HOST pid N); waiting to take it back"."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class OverviewPane(PoolPane):
 
     def show_view(self, view: PoolView) -> None:
         s = view.stats
-        self.query_one("#pool").border_title = "pool" if s.state == "ready" else f"pool · {s.state}"
+        state = "fenced" if s.fenced else s.state
+        self.query_one("#pool").border_title = "pool" if state == "ready" else f"pool · {state}"
         self.query_one("#figures", Static).update(figures(s))
         self.query_one("#used", Meter).show(used_share(s))
         self.query_one(DedupGauge).show(s.dedup_ratio, s.logical_bytes, s.physical_bytes)
@@ -112,7 +113,7 @@ def figures(s: PoolStats) -> Text:
 
 def node_summary(s: PoolStats) -> Text:
     """Two lines, in the health colours: 'nodes     ● UP 2  ✖ DOWN 1' and 'health    DEGRADED ·
-    1,204 under-replicated' (or 'healthy')."""
+    1,204 under-replicated' (or 'healthy', or 'FENCED · a newer writer has …' first of all)."""
     counts = Counter(n.state for n in s.nodes)
     text = Text("nodes     ", style="bold")
     for state in list(HEALTH) + sorted(set(counts) - set(HEALTH)):
@@ -121,7 +122,9 @@ def node_summary(s: PoolStats) -> Text:
             text.append(f" {counts[state]}  ")
     text.rstrip()
     text.append("\nhealth    ", style="bold")
-    if s.under_replicated_blocks:
+    if s.fenced:
+        text.append(s.fenced.replace("fenced:", "FENCED ·", 1), style="bold red")
+    elif s.under_replicated_blocks:
         text.append(f"DEGRADED · {formats.count(s.under_replicated_blocks)} under-replicated",
                     style="bold red")
     elif counts["up"] < len(s.nodes):

@@ -5,6 +5,14 @@ whose catalog is a ReplicatedCatalog. A writable coordinator holds the nodes' wr
 it with heartbeats, brings returning nodes up to date, and heals under-replicated blocks once they
 have been short for the repair delay. In a cluster with etcd, a writable coordinator keeps its
 session there (sessions/S, engine.etcd), and the views show what etcd says (EtcdStatus).
+
+A writer that a newer one fenced (see ReplicatedCatalog.fenced) gives the lease up, and its etcd
+session ends. If someone asked for it (on_reopen: a service), it then tries every RETAKE_S to
+take the cluster back, and once it has the lease opens it again as a writable open does, over
+the same connections, and hands the new Admin over: its own RAM state is older than the newer
+writer's commits, so it is dropped, never committed.
+
+    writing --fenced--> fenced, waiting --lease taken, reopened--> handed over (a new Admin)
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from .. import formats
 from ..actor import current as current_actor
-from ..errors import BlockfoldError, CancelledError
+from ..errors import BlockfoldError, CancelledError, PoolLockedError
+from ..net import rpc
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
@@ -40,6 +49,9 @@ HEAL_POLL = 0.2
 # targets) ends it.
 HEAL_STALL = 10.0
 ETCD_FRESH = 1.0        # seconds a status read from etcd is shown before it is read again
+# A fenced writer tries to take its cluster back this often: one LEASE round while another
+# writer holds it.
+RETAKE_S = 2.0
 
 
 class ClusterAdmin(LocalAdmin):
@@ -57,11 +69,15 @@ class ClusterAdmin(LocalAdmin):
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
         self._failures = FailureLog(self._heal_failed)
-        self._fenced = False            # gave the lease up to a newer writer
         self._etcd = None               # a client of the cluster's etcd, made on first use
         self._etcd_made = threading.Lock()
         self._session: KeptKey | None = None
         self._etcd_read: tuple[float, EtcdStatus] | None = None     # (when, what it said)
+        self._fenced_at: float | None = None    # when it gave the lease up to a newer writer
+        self._newer = ""                # who has the cluster meanwhile (its lease holder)
+        self._stuck = ""                # why the last try to take it back failed, if not a lease
+        self._reopened = None           # takes the reopened Admin (on_reopen)
+        self._successor: ClusterAdmin | None = None     # the reopened Admin, once handed over
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -81,30 +97,41 @@ class ClusterAdmin(LocalAdmin):
                 ReplicatedCatalog.require_majority(members, config.min_replicas,
                                                    int(members.reachable_mask().sum()))
                 members.take_lease()
-            catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size,
-                                             writable=not readonly)
-            if not readonly:
-                if catalog.version == 0:
-                    catalog.publish()
-                # Every replica names the nodes and R: with rendezvous placement, that says
-                # where each block's copies belong, whichever node the catalog is read from.
-                rule = json.dumps(
-                    {"replicas": config.replicas, "min_replicas": config.min_replicas,
-                     "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]})
-                if catalog.get("placement") != rule:
-                    catalog.set("placement", rule)
-                for i, node in enumerate(members.nodes):
-                    if node.state == NodeState.UP and (node.epoch, node.version) != catalog.stamp:
-                        catalog.catch_up(i)
-            blocks = ClusterBlocks(members, config, Fingerprinter(config.block_size),
-                                   int(catalog.get("collisions") or 0))
-            pool = Pool.attach(config.path, catalog, blocks, readonly=readonly, rebuild=rebuild,
-                               progress=progress, wait=True, actor=actor)
-            if not readonly:
-                catalog.ship()      # "in use" (dirty) on the nodes now: a crash shows next open
+            admin = cls._attach(members, config, readonly, rebuild, progress, actor)
         except BaseException:
             members.close()
             raise
+        members.start_heartbeats()
+        admin._start_healer()
+        return admin
+
+    @classmethod
+    def _attach(cls, members: Members, config: ClusterConfig, readonly: bool,
+                rebuild: str | None, progress, actor: str) -> ClusterAdmin:
+        """The coordinator over `members` (probed; holding the lease unless read-only): the
+        newest catalog (a writable one promised a new epoch), the pool and its RAM state
+        rebuilt. Its healer is not started yet."""
+        catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size,
+                                         writable=not readonly)
+        if not readonly:
+            if catalog.version == 0:
+                catalog.publish()
+            # Every replica names the nodes and R: with rendezvous placement, that says
+            # where each block's copies belong, whichever node the catalog is read from.
+            rule = json.dumps(
+                {"replicas": config.replicas, "min_replicas": config.min_replicas,
+                 "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]})
+            if catalog.get("placement") != rule:
+                catalog.set("placement", rule)
+            for i, node in enumerate(members.nodes):
+                if node.state == NodeState.UP and (node.epoch, node.version) != catalog.stamp:
+                    catalog.catch_up(i)
+        blocks = ClusterBlocks(members, config, Fingerprinter(config.block_size),
+                               int(catalog.get("collisions") or 0))
+        pool = Pool.attach(config.path, catalog, blocks, readonly=readonly, rebuild=rebuild,
+                           progress=progress, wait=True, actor=actor)
+        if not readonly:
+            catalog.ship()      # "in use" (dirty) on the nodes now: a crash shows next open
         admin = cls(pool, members, config)
         if config.etcd and not readonly:
             from ..etcd import KeptKey      # on use, as lifecycle.etcd_of says why
@@ -113,11 +140,11 @@ class ClusterAdmin(LocalAdmin):
                 {"holder": members.holder, "process": members.process, "started": time.time()},
                 f"writer {members.holder}").start()
         admin._tell_asides()
-        members.start_heartbeats()
-        admin._healer = threading.Thread(target=admin._tend, daemon=True,
-                                         name="blockfold-healer")
-        admin._healer.start()
         return admin
+
+    def _start_healer(self) -> None:
+        self._healer = threading.Thread(target=self._tend, daemon=True, name="blockfold-healer")
+        self._healer.start()
 
     # -- returning nodes and heal -------------------------------------------------------------
 
@@ -148,7 +175,8 @@ class ClusterAdmin(LocalAdmin):
     def _tend(self) -> None:
         """Beside the heartbeats (which must never wait on the pool): catches returning nodes
         up, and heals once blocks have been short of R copies for the repair delay. A failing
-        round is told (see _heal_failed) and the next one tries again."""
+        round is told (see _heal_failed) and the next one tries again. Once fenced, it only
+        waits to take the cluster back (_retake_until_handed_over)."""
         while not self._stop.wait(HEAL_POLL):
             try:
                 self._tend_once()
@@ -157,6 +185,9 @@ class ClusterAdmin(LocalAdmin):
                     return             # closing: a heal cut short is no failure
                 message = str(e) if isinstance(e, BlockfoldError) else f"{type(e).__name__}: {e}"
                 self._failures.failed(message)
+            if self._fenced_at is not None:
+                self._retake_until_handed_over()
+                return
 
     def _tend_once(self) -> None:
         self._rejoin_returning()
@@ -164,7 +195,7 @@ class ClusterAdmin(LocalAdmin):
             self.pool.blocks.take_repairs()     # counted in stats; only a writer logs events
             return
         if self.pool.catalog.fenced:
-            self._give_up_lease()
+            self._give_up_lease()       # and the healer waits to take it back (_tend)
             return
         self._log_repairs()
         for news in self.members.news():
@@ -193,13 +224,112 @@ class ClusterAdmin(LocalAdmin):
         """Once fenced, the lease goes, on every node: the nodes this writer still held (a
         minority's, after a partition heals) stayed `returning` to the newer writer, never
         caught up, for as long as this process ran. Its commits are refused from then on (the
-        nodes want the lease), and its healer does nothing more."""
-        if self._fenced:
+        nodes want the lease), and its healer heals nothing more."""
+        if self._fenced_at is not None:
             return
-        self._fenced = True
+        self._fenced_at = time.monotonic()
         self.members.release_lease()
-        print(f"blockfold: {self.pool.catalog.fenced_line()}: gave the write lease up; nothing"
-              " more is written here (close it)", file=sys.stderr, flush=True)
+        self._end_session()         # not a writer any more: etcd must not name it as one
+        self._newer = self._lease_holder()
+        if self._reopened is None:
+            print(f"blockfold: {self.pool.catalog.fenced_line()}: gave the write lease up;"
+                  " nothing more is written here (close it)", file=sys.stderr, flush=True)
+        else:
+            print(f"blockfold: {self.fenced()}", file=sys.stderr, flush=True)
+
+    def on_reopen(self, reopened) -> None:
+        """Once fenced, try every RETAKE_S to take the cluster back, and hand the reopened
+        Admin to reopened(new), from the healer's thread; new connections are the caller's
+        to serve from it, and whatever it served from this one must stop serving before it
+        returns (this Admin's pool is released then, its changes never committed)."""
+        self._reopened = reopened
+
+    def fenced(self) -> str:
+        """Empty while this coordinator may write; once fenced, one line saying so, who has the
+        cluster (or why it cannot be taken back), and whether it waits to take it back."""
+        if self._fenced_at is None:
+            return ""
+        newer = f" ({self._newer})" if self._newer else ""
+        then = ("nothing more is written here (close it)" if self._reopened is None else
+                f"cannot take it back: {self._stuck}" if self._stuck else
+                "waiting to take it back")
+        return f"fenced: a newer writer has cluster {self.config.path}{newer}; {then}"
+
+    def _lease_holder(self) -> str:
+        """Who holds the lease on the nodes that answer (holder.name()), or ""."""
+        up = [i for i, n in enumerate(self.members.nodes) if n.state != NodeState.DOWN]
+        replies = self.members.call_many(dict.fromkeys(up, (rpc.HELLO, {}, b"")), timeout=2.0)
+        holders = [r[0]["lease"]["holder"] for r in replies.values()
+                   if not isinstance(r, Exception) and r[0].get("lease")]
+        return max(set(holders), key=holders.count) if holders else ""
+
+    def _retake_until_handed_over(self) -> None:
+        """Fenced, with someone to take a reopened Admin: one try every RETAKE_S until one
+        succeeds (then this Admin is done) or the Admin closes. A try that fails other than on
+        another's lease is told once per distinct reason, like a heal's failure."""
+        failures = FailureLog(lambda message: print(f"blockfold: {message}", file=sys.stderr,
+                                                    flush=True))
+        while self._reopened is not None and not self._stop.wait(RETAKE_S):
+            try:
+                admin = self._retake()
+            except Exception as e:     # noqa: BLE001 - the loop must outlive any one failure
+                self._stuck = str(e) if isinstance(e, BlockfoldError) else repr(e)
+                failures.failed(f"cannot take cluster {self.config.path} back: {self._stuck}")
+                continue
+            if admin is not None:
+                self._hand_over(admin)
+                return
+
+    def _retake(self) -> ClusterAdmin | None:
+        """One try: None while another writer holds the lease; else the cluster opened again
+        as a writable open does (a majority answers and promises a new epoch, the newest
+        catalog, the RAM state rebuilt from it) over this Admin's members. Raises
+        BlockfoldError (a minority answers, say), with the lease given up again."""
+        members = self.members
+        ReplicatedCatalog.require_majority(members, self.config.min_replicas,
+                                           int(members.reachable_mask().sum()))
+        try:
+            members.take_lease()
+        except PoolLockedError:
+            self._newer, self._stuck = self._lease_holder() or self._newer, ""
+            return None
+        for i, node in enumerate(members.nodes):
+            if node.state == NodeState.RETURNING:   # a fresh open: caught up by it, as at open
+                members.mark(i, NodeState.UP)
+        try:
+            if self._stop.is_set():
+                raise CancelledError("closing")
+            admin = self._attach(members, self.config, False, None, None, self.pool.actor)
+        except BaseException:
+            members.release_lease()
+            raise
+        admin._reopened = self._reopened
+        return admin
+
+    def _hand_over(self, admin: ClusterAdmin) -> None:
+        """The reopened Admin takes this one's place (the events say so), then this one's pool
+        is released without a commit: nothing written through it since the fencing was ever
+        acknowledged as durable (every flush failed)."""
+        fenced_for = time.monotonic() - self._fenced_at
+        newer = f" ({self._newer})" if self._newer else ""
+        catalog = admin.pool.catalog
+        loaded = (f"epoch {catalog.epoch}, version {catalog.version}), writing as epoch"
+                  f" {catalog.writer_epoch}")
+        admin._record("catalog", f"fenced for {fenced_for:.1f} s: a newer writer{newer} took"
+                                 f" cluster {self.config.path} (our epoch"
+                                 f" {self.pool.catalog.writer_epoch} refused); nothing written"
+                                 " here meanwhile was committed")
+        told = f"took cluster {self.config.path} back: reopened from the newest catalog ({loaded}"
+        admin._record("catalog", told)
+        print(f"blockfold: {told}", file=sys.stderr, flush=True)
+        self._successor = admin
+        try:
+            self._reopened(admin)
+        finally:
+            admin._start_healer()
+            self.pool.close(commit=False)
+            if self._etcd:
+                self._etcd.close()      # the successor made its own client and session
 
     def _heal_pass(self, actor: str, progress=None, cancel=None, told: bool = False) -> dict:
         """One heal pass; its start and end are events when it had work (or `told`: an
@@ -311,7 +441,8 @@ class ClusterAdmin(LocalAdmin):
 
     def stats(self):
         # Free slots belong to each node's own store: the coordinator has none to count.
-        return replace(super().stats(), free_slots=None, etcd=self.etcd_status())
+        return replace(super().stats(), free_slots=None, etcd=self.etcd_status(),
+                       fenced=self.fenced())
 
     def etcd_status(self) -> EtcdStatus | None:
         """What the cluster's etcd says (read again once ETCD_FRESH old); None without one."""
@@ -379,16 +510,26 @@ class ClusterAdmin(LocalAdmin):
 
     def close(self) -> None:
         self._stop.set()
-        if self._healer:
+        if self._healer and self._healer is not threading.current_thread():
             self._healer.join(10)
+        if self._successor is not None:
+            # Its pool was released at the hand-over: whoever opened this one closes the
+            # cluster through it.
+            self._successor.close()
+            return
         try:
-            self.pool.close()
+            self.pool.close()       # fenced: its commit is refused, and the caller told
         finally:
             self.members.close()
-            if self._session:
-                self._session.close()       # after the lease: no moment without either
+            self._end_session()     # after the lease: no moment without either
             if self._etcd:
                 self._etcd.close()
+
+    def _end_session(self) -> None:
+        """Ends this writer's session in etcd (its key goes at once), if it has one."""
+        if self._session:
+            self._session.close()
+            self._session = None
 
 
 def _healed(figures: dict) -> str:

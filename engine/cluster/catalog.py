@@ -295,9 +295,11 @@ class ReplicatedCatalog(Catalog):
         changeset.forget(self.conn)
 
     def close(self) -> None:
-        # Changes made outside a transaction (the pool's clean/dirty state) still ship.
+        # Changes made outside a transaction (the pool's clean/dirty state) still ship, unless
+        # fenced: the nodes refuse our epoch.
         try:
-            self.ship()
+            if not self.fenced:
+                self.ship()
         finally:
             super().close()
 

@@ -145,6 +145,21 @@ class NBDServer:
         await asyncio.to_thread(drain, [c for c in connections if c.handle is not None])
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
+    def reopened(self, admin) -> int:
+        """Serves `admin` from now on (a fenced cluster writer's, opened again from the newest
+        catalog): every connection handed over before is dropped, as if its network failed, and
+        its thread ended: their writes not flushed are gone with the old state, so one of them
+        could read older data after newer. The next ones are served from `admin`. Returns how
+        many were dropped."""
+        with self.lock:
+            self.admin = admin          # transmit() reads it under the lock
+            dropped = self.transmitting()
+        for connection in dropped:
+            connection.handle.abort()
+        for connection in dropped:
+            connection.handle.join()
+        return len(dropped)
+
     # -- who is attached: asked by the service before it deletes or overwrites a VM ------------
 
     def clients(self, name: str) -> list[str]:

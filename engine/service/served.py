@@ -86,6 +86,11 @@ class ServedAdmin(Admin):
     def rebuild_phases(self) -> tuple[str, ...]:
         return self.inner.rebuild_phases
 
+    def reopened(self, inner: Admin) -> None:
+        """`inner` answers from now on (a fenced cluster writer's Admin reopened: Service)."""
+        self.inner = inner
+        self.changed()
+
     def changed(self) -> None:
         """Something the figures count may have changed: the next stats() or vms() computes
         them again. Called after the change (a view computed meanwhile is not kept)."""

@@ -8,7 +8,9 @@
 
 Everything runs on one asyncio loop but the Admin's calls, which block and run on threads of
 their own (a thread per admin call, one per NBD connection). The Admin is the pool's, writable;
-the service hands it to its clients as a ServedAdmin.
+the service hands it to its clients as a ServedAdmin. A cluster's Admin that was fenced and took
+its cluster back hands the service the cluster reopened (_reopened): NBD, the ServedAdmin and
+every call after switch to it.
 
 Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
 (new CLIs open the pool themselves once it is free), NBD answers what it had received, running
@@ -28,8 +30,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..admin import Admin
 from ..errors import BlockfoldError, CancelledError
 from ..net.adminwire import SOCKET
 from . import socketfile
@@ -37,19 +39,24 @@ from .metrics import Metrics
 from .served import ServedAdmin
 from .session import Session
 
+if TYPE_CHECKING:
+    from ..localadmin import LocalAdmin
+
 DRAIN_S = 10.0
 
 
 class Service:
-    def __init__(self, admin: Admin, directory, *, actor: str, group: str | None = None,
+    def __init__(self, admin: LocalAdmin, directory, *, actor: str, group: str | None = None,
                  nbd: tuple[str, int] | None = None, nbd_read_only: bool = False,
                  metrics: tuple[str, int] | None = None,
                  log: Callable[[str], None] | None = None):
-        """Serves `admin` (writable) from `directory` (the pool's or the cluster's). `actor`
+        """Serves `admin` (writable: a LocalAdmin or a ClusterAdmin, which may hand over a
+        reopened one, see _reopened) from `directory` (the pool's or the cluster's). `actor`
         names what the service does on its own account in events; `group` opens the admin
         socket to a group; `nbd` and `metrics` are addresses to serve on."""
         self.inner = admin
         self.admin = ServedAdmin(admin, actor)
+        admin.on_reopen(self._reopened)
         self.socket_path = Path(directory) / SOCKET
         self.group = group
         self.nbd_address, self.nbd_read_only = nbd, nbd_read_only
@@ -101,6 +108,16 @@ class Service:
             await session.run()
         finally:
             self.sessions.discard(session)
+
+    def _reopened(self, admin: LocalAdmin) -> None:
+        """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
+        is the cluster opened again: NBD drops every connection to the old one and serves new
+        ones from `admin`, and every admin call goes to it. Called from the engine's thread."""
+        dropped = self.nbd.reopened(admin) if self.nbd is not None else 0
+        self.admin.reopened(admin)
+        self.inner = admin
+        self.log(f"serving {admin.name} again; {dropped} NBD connections open before were"
+                 " dropped (clients reconnect)")
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""

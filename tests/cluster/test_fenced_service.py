@@ -1,0 +1,222 @@
+"""A fenced service comes back by itself (issue 14): a service cut off long enough for a newer
+writer to take its cluster says so wherever its health shows, and once that writer closes it takes
+the cluster back, reopened from the newest catalog; NBD connections open before are dropped, new
+ones read what the newer writer committed and write again.
+
+The service is cut off with SIGSTOP (its lease runs out on every node, as across a partition),
+and the newer writer is this test's own process, as an operator's console or a CLI would be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from textual.widgets import Label
+
+from console.app import BlockfoldApp
+from console.clock import FixedClock
+from console.pilot import settle
+from engine import api
+from engine.api import PoolLockedError
+from tests.conftest import ROOT
+from tests.nbdclient import CMD_FLUSH, EIO, RawClient, tool
+from tests.serviceproc import Served
+
+from .conftest import image
+
+BLOCK = 4096
+
+
+def _cli(cluster, *args) -> str:
+    done = subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _fenced(cluster) -> str:
+    return json.loads(_cli(cluster, "stats", "--json"))["fenced"]
+
+
+def _wait(what, seconds: float, why: str):
+    """what() until it is true, for `seconds` at most (AssertionError naming `why`)."""
+    deadline = time.monotonic() + seconds
+    while not (got := what()):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.2)
+    return got
+
+
+async def _console_overview(cluster) -> tuple[str, str]:
+    """(pool panel's title, node summary) of a console on the cluster's service."""
+    admin = api.find_service(cluster.path, actor="console")
+    try:
+        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
+        async with app.run_test(size=(120, 34)) as pilot:
+            await settle(pilot)
+            return (str(app.screen.query_one("#pool").border_title),
+                    str(app.screen.query_one("#node-summary", Label).render()))
+    finally:
+        admin.close()
+
+
+def _stop(served: Served) -> str:
+    """SIGTERM (SIGKILL after 60 s); its stderr. Its exit status is the caller's to check, once
+    whatever failed before is told."""
+    served.proc.terminate()
+    try:
+        return served.proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        return served.proc.communicate(timeout=30)[1]
+
+
+def _take_over(cluster, seconds: float = 30.0):
+    """The cluster opened for writing here, once the stopped service's lease has run out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return cluster.open(actor="operator")
+        except PoolLockedError:
+            assert time.monotonic() < deadline, "the stopped service's lease never ran out"
+            time.sleep(1.0)
+
+
+def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writer_closes(
+        make_cluster, tmp_path, capsys):
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=41)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0", "--metrics",
+                    "127.0.0.1:0")
+    port = int(served.nbd.rsplit(":", 1)[1])
+    old = new = newer = None
+    stopped = False
+    try:
+        old = RawClient(port)
+        old.connect("disk")
+        assert old.write(0, b"\x11" * BLOCK) == 0 and old.simple(CMD_FLUSH) == 0
+
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        newer = _take_over(cluster)
+        newer.write("disk", BLOCK, b"\x33" * BLOCK)
+        newer.flush()
+        os.kill(served.proc.pid, signal.SIGCONT)
+        stopped = False
+        woke = time.monotonic()
+
+        # (a) Fenced, and told so: status, metrics; its old connection's flush fails.
+        said = _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        fenced_s = time.monotonic() - woke
+        assert said.startswith(f"fenced: a newer writer has cluster {cluster.path} (")
+        assert f"pid {os.getpid()} (" in said and said.endswith("; waiting to take it back")
+        assert any(line.split(None, 1) == ["writer", said]
+                   for line in _cli(cluster, "stats").splitlines())
+        metrics = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
+        assert "blockfold_fenced 1.0" in metrics
+        title, summary = asyncio.run(_console_overview(cluster))
+        assert title == "pool · fenced"
+        assert f"FENCED · a newer writer has cluster {cluster.path}" in summary, summary
+        assert old.write(2 * BLOCK, b"\x22" * BLOCK) == 0
+        assert old.simple(CMD_FLUSH) == EIO
+
+        # (b) The newer writer closes: the service takes the cluster back by itself.
+        newer.close()
+        newer = None
+        closed = time.monotonic()
+        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        status_s = time.monotonic() - closed
+        new = RawClient(port)
+        new.connect("disk")
+        assert new.read(0, 3 * BLOCK) == (0, b"\x11" * BLOCK + b"\x33" * BLOCK
+                                          + disk[2 * BLOCK:3 * BLOCK])
+        assert new.write(3 * BLOCK, b"\x44" * BLOCK) == 0 and new.simple(CMD_FLUSH) == 0
+        writes_s = time.monotonic() - closed
+        tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 {BLOCK} {BLOCK}", "-c",
+             f"read -P 0x44 {3 * BLOCK} {BLOCK}", served.uri("disk"))
+        assert "blockfold_fenced 0.0" in urllib.request.urlopen(served.metrics,
+                                                                 timeout=10).read().decode()
+        title, summary = asyncio.run(_console_overview(cluster))
+        assert title == "pool" and "healthy" in summary, (title, summary)
+
+        # (c) The old connection was dropped, not served the newer state after the older.
+        assert old.closed_by_server()
+        events = [e["message"] for e in json.loads(_cli(cluster, "events", "--json"))
+                  if e["kind"] == "catalog"]
+        assert any(m.startswith("fenced for ") and f"pid {os.getpid()} (" in m
+                   for m in events), events
+        assert any(m.startswith(f"took cluster {cluster.path} back") for m in events), events
+    finally:
+        for client in (old, new):
+            if client is not None:
+                client.close()
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        if newer is not None:
+            newer.close()
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    assert f"fenced: a newer writer has cluster {cluster.path}" in err
+    assert "1 NBD connections open before were dropped" in err, err
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("disk", 0, 4 * BLOCK) == (b"\x11" * BLOCK + b"\x33" * BLOCK
+                                                  + disk[2 * BLOCK:3 * BLOCK] + b"\x44" * BLOCK)
+        assert admin.read("disk", 4 * BLOCK, len(disk) - 4 * BLOCK) == disk[4 * BLOCK:]
+    with cluster.open() as admin:
+        assert admin.fsck() == []
+    with capsys.disabled():
+        print(f"\nfenced service: status said fenced {fenced_s:.2f} s after SIGCONT; writable"
+              f" {status_s:.2f} s and a new NBD connection wrote+flushed {writes_s:.2f} s after"
+              " the newer writer closed")
+
+
+def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_back(
+        make_cluster, tmp_path):
+    """Fenced, and once the newer writer closes only 1 of 3 nodes answers: the service cannot
+    take the cluster back and its status says why, in the same line; once the nodes are back it
+    takes it, caught up from their newest catalog, without a restart."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=42)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+    stopped = False
+    try:
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        with _take_over(cluster) as newer:
+            newer.write("disk", 0, b"\x33" * BLOCK)
+            newer.flush()
+            os.kill(served.proc.pid, signal.SIGCONT)
+            stopped = False
+            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        for name in ("node2", "node3"):
+            cluster.kill(name)
+        said = _wait(lambda: "cannot take it back" in (f := _fenced(cluster)) and f, 30,
+                     "the service never said why it cannot take the cluster back")
+        assert said.endswith("cannot take it back: cluster"
+                             f" {cluster.path}: 1 of 3 nodes answer; writes need 2 (a majority):"
+                             " restore nodes (commands that only read still work)"), said
+        for name in ("node2", "node3"):
+            api.restore_node(cluster.path, name)
+        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 0 {BLOCK}", "-c",
+             f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
+    finally:
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    assert err.count("cannot take cluster") == 1, err      # told once, not every 2 s
+    with cluster.open() as admin:
+        assert admin.read("disk", 0, 2 * BLOCK) == b"\x33" * BLOCK + b"\x44" * BLOCK
+        assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
+        assert admin.fsck() == []
