@@ -227,10 +227,12 @@ class ClusterAdmin(LocalAdmin):
         nodes want the lease), and its healer heals nothing more."""
         if self._fenced_at is not None:
             return
-        self._fenced_at = time.monotonic()
         self.members.release_lease()
         self._end_session()         # not a writer any more: etcd must not name it as one
         self._newer = self._lease_holder()
+        # Last: fenced() says who has the cluster from this moment (a status read in between
+        # said "a newer writer has cluster C" without naming it).
+        self._fenced_at = time.monotonic()
         if self._reopened is None:
             print(f"blockfold: {self.pool.catalog.fenced_line()}: gave the write lease up;"
                   " nothing more is written here (close it)", file=sys.stderr, flush=True)

@@ -44,6 +44,12 @@ def _fenced(cluster) -> str:
     return json.loads(_cli(cluster, "stats", "--json"))["fenced"]
 
 
+def _writers(cluster) -> list[str]:
+    """The writers etcd has a session of, each as "pid N ("."""
+    writers = api.cluster_status(str(cluster.path))["etcd"].writers
+    return [w[w.index("pid "):w.index("(") + 1] for w in writers]
+
+
 def _wait(what, seconds: float, why: str):
     """what() until it is true, for `seconds` at most (AssertionError naming `why`)."""
     deadline = time.monotonic() + seconds
@@ -127,6 +133,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         assert f"FENCED · a newer writer has cluster {cluster.path}" in summary, summary
         assert old.write(2 * BLOCK, b"\x22" * BLOCK) == 0
         assert old.simple(CMD_FLUSH) == EIO
+        assert _writers(cluster) == [f"pid {os.getpid()} ("]     # etcd names only the newer
 
         # (b) The newer writer closes: the service takes the cluster back by itself.
         newer.close()
@@ -146,6 +153,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
                                                                  timeout=10).read().decode()
         title, summary = asyncio.run(_console_overview(cluster))
         assert title == "pool" and "healthy" in summary, (title, summary)
+        assert _writers(cluster) == [f"pid {served.proc.pid} ("]
 
         # (c) The old connection was dropped, not served the newer state after the older.
         assert old.closed_by_server()
