@@ -301,10 +301,14 @@ def _lineage(header: dict) -> list[list[int]] | None:
     return value
 
 
+INT_MAX = 2**63 - 1      # every count, slot, epoch and version a node keeps fits in an int64
+
+
 def _int(header: dict, name: str, default=_REQUIRED, low: int = 0) -> int:
     value = header.get(name, default)
-    if type(value) is not int or value < low:        # bool is not an int here
-        raise NodeError(Code.BAD_REQUEST, f"request field {name!r} must be an integer >= {low}")
+    if type(value) is not int or not low <= value <= INT_MAX:      # bool is not an int here
+        raise NodeError(Code.BAD_REQUEST,
+                        f"request field {name!r} must be an integer from {low} to 2^63-1")
     return value
 
 

@@ -312,6 +312,8 @@ class NodeStore:
         line = [list(e) for e in line] if line is not None else [[epoch, 0]]
         writer = epoch if writer is None else writer
         promised = max(self._check_epoch(writer), self.replica()["promised"])
+        if not image:       # sqlite's deserialize of nothing says MemoryError
+            raise NodeError(Code.BAD_REQUEST, "catalog image is empty")
         staging = sqlite3.connect(":memory:")
         try:
             try:
