@@ -68,11 +68,17 @@ class ReplicatedCatalog(Catalog):
 
     @property
     def fenced(self) -> bool:
-        """Whether a node answering our heartbeats holds a replica from a newer epoch than ours:
-        another writer took the cluster (across a partition, say), and no commit of ours can
-        reach a majority again (every majority promised its epoch). False when read-only."""
-        return bool(self.writer_epoch) and any(n.epoch > self.writer_epoch
-                                               for n in self.members.nodes)
+        """Whether no commit of ours can reach enough nodes again: a node answering our
+        heartbeats holds a replica from a newer epoch (another writer took the cluster, across a
+        partition, say: it had a majority's promise), or so many nodes promised a newer epoch
+        that those left cannot make `needed` (a writer that died after its promises, before
+        its first commit: every flush of ours was refused, and nothing said fenced). False when
+        read-only."""
+        if not self.writer_epoch:
+            return False
+        nodes = self.members.nodes
+        return (any(n.epoch > self.writer_epoch for n in nodes)
+                or sum(n.promised > self.writer_epoch for n in nodes) > len(nodes) - self.needed)
 
     def fenced_line(self) -> str:
         return (f"a newer writer has cluster {self.members.config.path}: this one's epoch"

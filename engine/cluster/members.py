@@ -57,6 +57,7 @@ class Member:
         self.blocks = 0
         self.version = 0                # the catalog replica's (epoch, version)
         self.epoch = 0
+        self.promised = 0               # the highest epoch the node promised a writer
         self.seen = 0.0
         self.error = ""
         self.was_up = False     # up at least once since we opened: its going down is news
@@ -266,6 +267,7 @@ class Members:
             node.disk = info.get("disk")
             node.blocks = info["blocks"]
             node.version, node.epoch = info["version"], info.get("epoch", 0)
+            node.promised = info.get("promised", 0)
             if node.state == NodeState.DOWN:
                 self._judge(i, NodeState.RETURNING)
         return info

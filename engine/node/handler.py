@@ -67,13 +67,14 @@ class Handler:
     def hello(self, header: dict, payload) -> tuple[dict, bytes]:
         """The node's figures: {name, block_size, blocks (held), capacity_bytes (room for new
         blocks), disk (the filesystem that room is on: counted once however many nodes share
-        it), version and epoch (of the catalog replica), memory (a RAM node), lease ({holder,
-        process} of the running write lease, or null)}."""
+        it), version and epoch (of the catalog replica), promised (the highest epoch it
+        promised), memory (a RAM node), lease ({holder, process} of the running write lease, or
+        null)}."""
         s = self.store
         replica = s.replica()
         return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
                 "capacity_bytes": s.capacity_bytes, "disk": s.disk, "version": replica["version"],
-                "epoch": replica["epoch"],
+                "epoch": replica["epoch"], "promised": replica["promised"],
                 "memory": bool(s.memory), "lease": s.lease_info()}, b""
 
     def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:

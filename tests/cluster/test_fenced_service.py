@@ -24,6 +24,8 @@ from console.clock import FixedClock
 from console.pilot import settle
 from engine import api
 from engine.api import PoolLockedError
+from engine.cluster.catalog import ReplicatedCatalog
+from engine.cluster.members import Members
 from tests.conftest import ROOT
 from tests.nbdclient import CMD_FLUSH, EIO, RawClient, tool
 from tests.serviceproc import Served
@@ -226,5 +228,69 @@ def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_ba
     assert err.count("cannot take cluster") == 1, err      # told once, not every 2 s
     with cluster.open() as admin:
         assert admin.read("disk", 0, 2 * BLOCK) == b"\x33" * BLOCK + b"\x44" * BLOCK
+        assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
+        assert admin.fsck() == []
+
+
+def _promise_and_die(cluster) -> None:
+    """What a writable open that died after its nodes promised it a new epoch, before its first
+    commit (Ctrl-C in its rebuild, say), leaves: every node promised an epoch that no replica
+    has. Done by that open's own code, once the stopped service's lease has run out."""
+    deadline = time.monotonic() + 30
+    while True:
+        members = Members(cluster.config)
+        try:
+            members.probe_all()
+            members.take_lease()
+            break
+        except PoolLockedError:
+            members.close()
+            assert time.monotonic() < deadline, "the stopped service's lease never ran out"
+            time.sleep(1.0)
+    try:
+        ReplicatedCatalog.load(members, cluster.config.min_replicas, BLOCK, writable=True)
+    finally:
+        members.close()
+
+
+def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_back(
+        make_cluster, tmp_path):
+    """A newer writer was promised an epoch by every node and died before it committed
+    anything: no replica is newer, yet every commit of the service is refused (STALE_EPOCH).
+    It must count as fenced, so that it takes the cluster back with an epoch of its own, not
+    fail every flush for as long as it runs."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=43)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+    port = int(served.nbd.rsplit(":", 1)[1])
+    old = None
+    stopped = False
+    try:
+        old = RawClient(port)
+        old.connect("disk")
+        assert old.write(0, b"\x11" * BLOCK) == 0 and old.simple(CMD_FLUSH) == 0
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        _promise_and_die(cluster)
+        os.kill(served.proc.pid, signal.SIGCONT)
+        stopped = False
+        assert old.write(BLOCK, b"\x22" * BLOCK) == 0
+        assert old.simple(CMD_FLUSH) == EIO
+        _wait(lambda: _fenced(cluster), 30, "refused by every node, the service never said it"
+                                            " was fenced")
+        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        tool("qemu-io", "-f", "raw", "-c", f"read -P 0x11 0 {BLOCK}", "-c",
+             f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
+    finally:
+        if old is not None:
+            old.close()
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    with cluster.open() as admin:
+        assert admin.read("disk", 0, 2 * BLOCK) == b"\x11" * BLOCK + b"\x44" * BLOCK
         assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
         assert admin.fsck() == []
