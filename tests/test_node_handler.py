@@ -66,7 +66,7 @@ def test_hello_names_the_node(node):
     header, _ = call(node, rpc.HELLO)
     assert header == {"name": "node1", "block_size": BS, "blocks": 0,
                       "capacity_bytes": 64 * BS, "disk": None, "version": 0, "epoch": 0,
-                      "memory": True,
+                      "promised": 0, "memory": True,
                       "lease": None}
 
 
