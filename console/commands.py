@@ -869,7 +869,8 @@ def _cluster_status(status: dict) -> str:
     elif etcd.healthy:
         lines.append(f"etcd: {', '.join(etcd.endpoints)}: healthy, {etcd.members}"
                      f" member{'' if etcd.members == 1 else 's'};"
-                     f" {len(etcd.registered)} of {len(rows)} nodes registered")
+                     f" {sum(bool(r['registered']) for r in status['nodes'])} of {len(rows)}"
+                     " nodes registered")
         lines += [f"writer: {w}" for w in etcd.writers] or ["writers: none"]
     else:
         lines.append(f"etcd: {', '.join(etcd.endpoints)}: not healthy: {etcd.error}")
