@@ -218,7 +218,7 @@ def vm_write(admin, args, bar) -> int:
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
     arg("--count", type=positive, default=1, metavar="K",
-        help="make K clones named NEW-1 … NEW-K, in batches of 1000")])
+        help="make K clones named NEW-1 … NEW-K, in batches of 1000 (K at most 1,000,000)")])
 def vm_clone(admin, args, bar) -> int:
     with ctrl_c_cancels() as cancel:
         names = admin.clone(args.source, args.new, args.count, progress=bar, cancel=cancel)
