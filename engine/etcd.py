@@ -42,11 +42,11 @@ class EtcdError(BlockfoldError):
 
 def endpoint(url: str) -> tuple[str, int]:
     """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)       # raises ValueError for a bracket left open ("http://[::1")
         port = parts.port
     except ValueError:
-        port = None
+        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT") from None
     if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("",
                                                                                          "/"):
         raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT")

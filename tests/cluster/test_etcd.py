@@ -248,3 +248,11 @@ def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_n
         for node in far:
             node.kill()
             node.communicate()
+
+
+def test_an_etcd_url_that_does_not_parse_is_one_line_with_nothing_made(tmp_path):
+    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "http://[::1")
+    assert done.returncode == 1
+    assert done.stderr_text == ("blockfold: error: bad etcd endpoint 'http://[::1': use"
+                                " http://HOST:PORT\n")
+    assert not (tmp_path / "c").exists()
