@@ -274,12 +274,13 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
                  "started": time.time()},
                 f"node {node['name']}")
             await asyncio.to_thread(alive.start)
-        if ready is not None:
-            ready(host, acceptor.get_port())
+        # Before `ready`: a SIGTERM sent once it is seen must end the lease, not the process.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready(host, acceptor.get_port())
         await stop.wait()
         acceptor.close()
         await acceptor.wait_closed()
