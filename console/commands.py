@@ -218,7 +218,7 @@ def vm_write(admin, args, bar) -> int:
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
     arg("--count", type=positive, default=1, metavar="K",
-        help="make K clones named NEW-1 … NEW-K, in batches of 1000")])
+        help="make K clones named NEW-1 … NEW-K, in batches of 1000 (K at most 1,000,000)")])
 def vm_clone(admin, args, bar) -> int:
     with ctrl_c_cancels() as cancel:
         names = admin.clone(args.source, args.new, args.count, progress=bar, cancel=cancel)
@@ -870,7 +870,8 @@ def _cluster_status(status: dict) -> str:
     elif etcd.healthy:
         lines.append(f"etcd: {', '.join(etcd.endpoints)}: healthy, {etcd.members}"
                      f" member{'' if etcd.members == 1 else 's'};"
-                     f" {len(etcd.registered)} of {len(rows)} nodes registered")
+                     f" {sum(bool(r['registered']) for r in status['nodes'])} of {len(rows)}"
+                     " nodes registered")
         lines += [f"writer: {w}" for w in etcd.writers] or ["writers: none"]
     else:
         lines.append(f"etcd: {', '.join(etcd.endpoints)}: not healthy: {etcd.error}")

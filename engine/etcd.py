@@ -1,9 +1,11 @@
 """A cluster's keys in etcd (ARCHITECTURE.md, "Many writers"), through etcd's v3 HTTP gateway
 (etcd3gw). Every key is under the cluster's prefix, /blockfold/ID/:
 
-    nodes/NAME     a node's liveness key, under the node's own lease:
-                   {"address": HOST:PORT, "incarnation": hex (the node's, as PUT and SYNC
-                   replies name it), "started": seconds since the epoch}
+    nodes/ID       a node's liveness key, under the node's own lease; ID is its host key's
+                   (engine.node.keys.host_key_id), as names are not unique:
+                   {"name": the node's own (node.json), "address": HOST:PORT, "incarnation":
+                   hex (the node's, as PUT and SYNC replies name it), "started": seconds
+                   since the epoch}
     sessions/S     a writable coordinator's session, under its own lease:
                    {"holder": holder name, "process": holder process (engine.cluster.holder),
                    "started": seconds since the epoch}
@@ -40,11 +42,11 @@ class EtcdError(BlockfoldError):
 
 def endpoint(url: str) -> tuple[str, int]:
     """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)       # raises ValueError for a bracket left open ("http://[::1")
         port = parts.port
     except ValueError:
-        port = None
+        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT") from None
     if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("",
                                                                                          "/"):
         raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT")
@@ -118,8 +120,9 @@ class Etcd:
             if int(meta.get("lease", 0)):
                 self.revoke(int(meta["lease"]))
 
-    def status(self) -> EtcdStatus:
-        """What it says now: health, members, the nodes and writers registered. Never raises:
+    def status(self, names: dict[str, str]) -> EtcdStatus:
+        """What it says now: health, members, the nodes and writers registered, each node by
+        its name in `names` ({ID: the cluster's name}; one not there by its own). Never raises:
         an etcd that does not answer is an unhealthy status saying why."""
         try:
             members = self.check()
@@ -127,8 +130,8 @@ class Etcd:
         except EtcdError as e:
             return EtcdStatus(self.endpoints, False, None, str(e), [], [])
         return EtcdStatus(self.endpoints, True, members, "",
-                          registered=[k.removeprefix("nodes/") for k in keys
-                                      if k.startswith("nodes/")],
+                          registered=[names.get(k.removeprefix("nodes/"), v.get("name", k))
+                                      for k, v in keys.items() if k.startswith("nodes/")],
                           writers=[v.get("holder", k) for k, v in keys.items()
                                    if k.startswith("sessions/")])
 

@@ -137,7 +137,8 @@ def open_image(source) -> Image:
 def open_source(source: str) -> Image:
     """What `vm write` writes: the file or block device at path `source` (its size known, holes
     found), else stdin ("-"), a FIFO or a character device, read to its end as it comes (a FIFO
-    with no writer reads as empty, at once). Raises BadImageError (cannot open it)."""
+    with no writer reads as empty, at once). Raises BadImageError (cannot open it, or a
+    directory)."""
     if source == "-":
         fd = sys.stdin.buffer.fileno()
         if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -150,6 +151,9 @@ def open_source(source: str) -> Image:
         mode = os.fstat(fd).st_mode
     except OSError as e:
         raise BadImageError(f"cannot read {source}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):          # it opens, and its first read fails with a bare EISDIR
+        os.close(fd)
+        raise BadImageError(f"cannot read {source}: it is a directory")
     if stat.S_ISREG(mode):
         return Image(fd, os.fstat(fd).st_size, True, source)
     if stat.S_ISBLK(mode):

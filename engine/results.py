@@ -129,7 +129,8 @@ class EtcdStatus:
     error: str
     """Why it is not healthy; empty when it is."""
     registered: list[str]
-    """The nodes whose liveness key it holds, by name."""
+    """The nodes whose liveness key it holds, by their names in the cluster (one that is not
+    in cluster.json by its own name)."""
     writers: list[str]
     """The writable coordinators with a session in it (CLI, console, service): their holder
     names ("HOST pid N (hex)", engine.cluster.holder), oldest first."""

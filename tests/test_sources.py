@@ -79,3 +79,12 @@ def test_a_block_device_is_imported(vm_pool, tmp_path):
     run_cli("-p", pool, "vm", "export", "dev", out, check=True)
     assert out.read_bytes() == image.read_bytes()
     assert cli_json("-p", pool, "stats")["unique_blocks"] == 16        # shared with a
+
+
+def test_vm_write_from_a_directory_is_one_line_naming_it(vm_pool, tmp_path):
+    pool, _ = vm_pool
+    before = unchanged(pool)
+    proc = run_cli("-p", pool, "vm", "write", "a", "--offset", "0", tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr_text == f"blockfold: error: cannot read {tmp_path}: it is a directory\n"
+    assert unchanged(pool) == before

@@ -452,7 +452,7 @@ class ClusterAdmin(LocalAdmin):
             return None
         now = time.monotonic()
         if self._etcd_read is None or now - self._etcd_read[0] >= ETCD_FRESH:
-            self._etcd_read = (now, self._client().status())
+            self._etcd_read = (now, self._client().status(lifecycle.etcd_names(self.config)))
         return self._etcd_read[1]
 
     def _client(self):

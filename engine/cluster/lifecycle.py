@@ -106,6 +106,12 @@ def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
     return EtcdEntry(endpoints=urls, prefix=client.prefix)
 
 
+def etcd_names(config: ClusterConfig) -> dict[str, str]:
+    """{a node's id in etcd (its host key's): its name in the cluster}, for the nodes whose host
+    key is pinned (every node that ever started or was added)."""
+    return {keys.host_key_id(e.host_key): e.name for e in config.nodes if e.host_key}
+
+
 def etcd_of(config: ClusterConfig) -> Etcd | None:
     """A client of the cluster's etcd (close it after use); None for a cluster without one.
     engine.etcd is imported here, on use: its HTTP client takes 140 ms to import, which a CLI
@@ -187,7 +193,7 @@ def _unregister(config: ClusterConfig, name: str) -> None:
     if client is None:
         return
     try:
-        client.revoke_holder(f"nodes/{name}")
+        client.revoke_holder(f"nodes/{keys.host_key_id(config.node(name).host_key)}")
     except EtcdError:
         pass
     finally:
@@ -235,7 +241,7 @@ def status(path) -> dict:
     told = None
     if client is not None:
         try:
-            told = client.status()
+            told = client.status(etcd_names(config))
         finally:
             client.close()
     known = told is not None and told.healthy

@@ -59,8 +59,14 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple
         results.append((proc.pid, text.split(" ", 1)[-1]))
     for proc in procs:
         if error is not None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM: a node that started ends its liveness lease on the way out (kill -9
+            # left it "registered" in etcd for a TTL more).
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         else:
             # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
             proc.returncode = 0

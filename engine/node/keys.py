@@ -32,6 +32,8 @@ than more than it says. The first line of a file that lets the key in is the one
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import time
@@ -71,6 +73,14 @@ def ensure_host_key(directory: Path) -> None:
 def host_public_key(directory: Path) -> str:
     """The node's host public key in OpenSSH one-line form (the node has started once)."""
     return (directory / (HOST_KEY + ".pub")).read_text().strip()
+
+
+def host_key_id(public_key: str) -> str:
+    """A node's id in etcd: 16 hex digits of the SHA-256 of its host key's blob (`public_key`
+    in OpenSSH one-line form, as cluster.json pins it; its comment does not count). Names will
+    not do: a node that runs elsewhere names itself (node.json), and `cluster add --name` gives
+    it another. Raises ValueError for a line that is not a key."""
+    return hashlib.sha256(base64.b64decode(public_key.split()[1], validate=True)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

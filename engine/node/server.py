@@ -242,7 +242,7 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
     `memory` (bytes) keeps blocks and catalog in RAM; `block_size` must match the directory's,
     if given; `cluster` (a cluster directory) serves the console to admin keys; `ready(host,
     port)` is called once listening; `etcd` (client URLs, key prefix): the node keeps its
-    liveness key nodes/NAME there (engine.etcd), registered before `ready`, ended at stop; an
+    liveness key nodes/ID there (engine.etcd), registered before `ready`, ended at stop; an
     etcd it cannot reach is retried and told once on stderr, never a reason not to serve.
     Raises BlockfoldError if no client could log in, the block size does not match, or the
     address cannot be listened on.
@@ -269,16 +269,18 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
         if etcd:
             from ..etcd import Etcd, KeptKey    # on use: a node without etcd never loads it
             alive = KeptKey(
-                Etcd(*etcd), f"nodes/{node['name']}",
-                {"address": address, "incarnation": handler.incarnation, "started": time.time()},
+                Etcd(*etcd), f"nodes/{keys.host_key_id(keys.host_public_key(directory))}",
+                {"name": node["name"], "address": address, "incarnation": handler.incarnation,
+                 "started": time.time()},
                 f"node {node['name']}")
             await asyncio.to_thread(alive.start)
-        if ready is not None:
-            ready(host, acceptor.get_port())
+        # Before `ready`: a SIGTERM sent once it is seen must end the lease, not the process.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready(host, acceptor.get_port())
         await stop.wait()
         acceptor.close()
         await acceptor.wait_closed()

@@ -15,6 +15,7 @@ from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
 from engine.etcd import TTL, Etcd
+from engine.node.keys import host_key_id
 from tests.conftest import cli_json, run_cli
 
 from .conftest import image
@@ -198,7 +199,9 @@ def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_pat
         address = node.stdout.readline().split()[1]       # `ready HOST:PORT`: registered
         told = keys.under("nodes/")
         name = json.loads((data / "node.json").read_text())["name"]
-        assert list(told) == [name] and told[name]["address"] == address
+        key = host_key_id((data / "host_key.pub").read_text())
+        assert list(told) == [key]
+        assert told[key]["name"] == name and told[key]["address"] == address
         node.terminate()
         assert node.wait(30) == 0
         assert keys.under("nodes/") == {}                  # its lease ended with it
@@ -206,3 +209,66 @@ def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_pat
         node.kill()
         node.communicate()
         keys.close()
+
+
+def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_names(
+        etcd, make_cluster, tmp_path):
+    """A node that runs elsewhere names itself after its data dir (node.json), and two hosts'
+    data dirs are often named alike; `cluster add --name` gives it the cluster's name. Each is
+    registered as the cluster knows it, neither hides the other, and `node fail` of a local
+    node leaves them be."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    member = cluster.config.etcd
+    far, names = [], ["left", "right"]
+    try:
+        for host in ("a", "b"):
+            data = tmp_path / host / "node1"        # the same name as the local node
+            data.mkdir(parents=True)
+            (data / "authorized_keys").write_text(cluster.config.admin_public_key())
+            far.append(subprocess.Popen(
+                [sys.executable, "-m", "console", "node", "serve", "--data", str(data),
+                 "--listen", "127.0.0.1:0", "--etcd", ",".join(member.endpoints),
+                 "--etcd-prefix", member.prefix],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for node, name in zip(far, names):
+            address = node.stdout.readline().split()[1]
+            run_cli("cluster", "add", cluster.path, address, "--name", name, check=True)
+        assert registered(cluster.path) == {"node1": True, "left": True, "right": True}
+        said = run_cli("cluster", "status", cluster.path, check=True).stdout_text
+        assert "3 of 3 nodes registered" in said
+        assert [line.split()[-1] for line in said.splitlines()[1:4]] == ["registered"] * 3
+        with cluster.open(readonly=True) as admin:
+            assert [n.registered for n in admin.nodes()] == [True, True, True]
+        run_cli("node", "fail", "node1", "-y", "-c", cluster.path, check=True)
+        assert registered(cluster.path) == {"node1": False, "left": True, "right": True}
+        far[0].terminate()
+        assert far[0].wait(30) == 0
+        assert registered(cluster.path) == {"node1": False, "left": False, "right": True}
+    finally:
+        for node in far:
+            node.kill()
+            node.communicate()
+
+
+def test_an_etcd_url_that_does_not_parse_is_one_line_with_nothing_made(tmp_path):
+    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "http://[::1")
+    assert done.returncode == 1
+    assert done.stderr_text == ("blockfold: error: bad etcd endpoint 'http://[::1': use"
+                                " http://HOST:PORT\n")
+    assert not (tmp_path / "c").exists()
+
+
+def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd, make_cluster):
+    """`cluster up` stops the nodes it started with one that failed (its port taken): they
+    end their leases on the way out, so etcd does not call them registered for a TTL more."""
+    import socket
+    cluster = make_cluster(nodes=3, replicas=2)
+    api.cluster_down(cluster.path)
+    port = int(cluster.config.node("node1").address.rsplit(":", 1)[1])
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = run_cli("cluster", "up", cluster.path)
+        assert done.returncode == 1 and "node node1 did not start" in done.stderr_text
+        assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
