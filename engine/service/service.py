@@ -112,12 +112,15 @@ class Service:
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
         is the cluster opened again: NBD drops every connection to the old one and serves new
-        ones from `admin`, and every admin call goes to it. Called from the engine's thread."""
+        ones from `admin`, every admin call goes to it, and the jobs running on the old one are
+        cancelled and waited for (DRAIN_S). Called from the engine's thread."""
         dropped = self.nbd.reopened(admin) if self.nbd is not None else 0
-        self.admin.reopened(admin)
+        cancelled = self.admin.reopened(admin, DRAIN_S)
         self.inner = admin
+        jobs = (f"; {cancelled} job{'' if cancelled == 1 else 's'} working from the fenced state"
+                f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
         self.log(f"serving {admin.name} again; {dropped} NBD connections open before were"
-                 " dropped (clients reconnect)")
+                 f" dropped (clients reconnect){jobs}")
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""

@@ -294,3 +294,44 @@ def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_b
         assert admin.read("disk", 0, 2 * BLOCK) == b"\x11" * BLOCK + b"\x44" * BLOCK
         assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
         assert admin.fsck() == []
+
+
+def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_cluster_back(
+        make_cluster, tmp_path):
+    """A scrub started through the fenced service works from the fenced state: at the take-back
+    it is cancelled before that state is released, never left running over it (it failed later
+    with "the core is closed"); a scrub started after reads the reopened cluster to its end."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "disk.raw", 4, seed=44)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)])
+    stopped = False
+    service = None
+    try:
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        with _take_over(cluster) as newer:
+            newer.write("disk", 0, b"\x33" * BLOCK)
+            newer.flush()
+            os.kill(served.proc.pid, signal.SIGCONT)
+            stopped = False
+            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+            service = api.find_service(cluster.path, actor="operator")
+            old = service.start_scrub(200 << 10)       # ~20 s at this rate
+        _wait(lambda: not service.stats().fenced, 30, "the service never took the cluster back")
+        job = _wait(lambda: next((j for j in service.jobs() if j.id == old.id
+                                  and j.state != "running"), None), 15,
+                    "the scrub of the fenced state still runs after the take-back")
+        assert job.state == "cancelled", job
+        assert "core" not in job.message, job
+        assert service.scrub().finished
+    finally:
+        if service is not None:
+            service.close()
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    assert "1 job working from the fenced state was cancelled" in err, err
+    assert "internal error" not in err, err
