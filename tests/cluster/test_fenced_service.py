@@ -335,3 +335,53 @@ def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_clus
     assert served.proc.returncode == 0, err
     assert "1 job working from the fenced state was cancelled" in err, err
     assert "internal error" not in err, err
+
+
+def _metric_fenced(served: Served) -> bool:
+    """The service's own blockfold_fenced (DIR/admin.sock may be another service's)."""
+    text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
+    return "blockfold_fenced 1.0" in text
+
+
+def test_a_service_that_takes_its_cluster_back_from_another_service_answers_on_the_socket(
+        make_cluster, tmp_path):
+    """The newer writer is a second service B (a standby that took over while A was stopped),
+    which made DIR/admin.sock its own. Once A takes the cluster back, commands reach A there: not
+    B, stopped or fenced, nor no service at all once B has exited (A then held the lease with
+    no socket, and every command that writes was refused as locked by A)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "disk.raw", 1, seed=45)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    first = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")
+    second = None
+    stopped = []
+    try:
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        stopped.append(first)
+        second = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")   # a standby
+        os.kill(first.proc.pid, signal.SIGCONT)
+        stopped.remove(first)
+        _wait(lambda: _metric_fenced(first), 30, "A never said it was fenced")
+
+        os.kill(second.proc.pid, signal.SIGSTOP)
+        stopped.append(second)
+        _wait(lambda: not _metric_fenced(first), 60, "A never took the cluster back from B")
+        assert _fenced(cluster) == ""           # A answers, not B (stopped)
+        os.kill(second.proc.pid, signal.SIGCONT)
+        stopped.remove(second)
+        _wait(lambda: _metric_fenced(second), 30, "B never said it was fenced")
+        assert _fenced(cluster) == ""           # A still, not B (fenced now)
+        second.proc.terminate()
+        second.proc.communicate(timeout=60)     # fenced: exits non-zero, documented
+        _cli(cluster, "vm", "clone", "disk", "desk1")
+        assert "desk1" in _cli(cluster, "vm", "ls")
+    finally:
+        for served in stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        if second is not None and second.proc.poll() is None:
+            _stop(second)
+        err = _stop(first)
+    assert first.proc.returncode == 0, err
+    with cluster.open(readonly=True) as admin:
+        assert "desk1" in admin.vm_names()
