@@ -385,3 +385,49 @@ def test_a_service_that_takes_its_cluster_back_from_another_service_answers_on_t
     assert first.proc.returncode == 0, err
     with cluster.open(readonly=True) as admin:
         assert "desk1" in admin.vm_names()
+
+
+def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothing(
+        make_cluster, tmp_path):
+    """SIGTERM while fenced: the service exits at once, and what its NBD client wrote since the
+    fencing (its flush failed) is not committed over the newer writer's data; it exits non-zero
+    saying so. With nothing written since, it exits 0."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=46)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    for wrote in (True, False):
+        served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+        stopped = False
+        client = None
+        try:
+            client = RawClient(int(served.nbd.rsplit(":", 1)[1]))
+            client.connect("disk")
+            os.kill(served.proc.pid, signal.SIGSTOP)
+            stopped = True
+            with _take_over(cluster) as newer:
+                newer.write("disk", 0, b"\x33" * BLOCK)
+                newer.flush()
+                os.kill(served.proc.pid, signal.SIGCONT)
+                stopped = False
+                _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+                if wrote:
+                    assert client.write(0, b"\x22" * BLOCK) == 0
+                    assert client.simple(CMD_FLUSH) == EIO
+        finally:
+            if client is not None:
+                client.close()
+            if stopped:
+                os.kill(served.proc.pid, signal.SIGCONT)
+            err = _stop(served)
+        assert "Traceback" not in err, err
+        if wrote:
+            assert served.proc.returncode == 1, err
+            assert "its change is not committed" in err, err
+        else:
+            assert served.proc.returncode == 0, err
+        with cluster.open(readonly=True) as admin:
+            assert admin.read("disk", 0, BLOCK) == b"\x33" * BLOCK
+            assert admin.read("disk", BLOCK, len(disk) - BLOCK) == disk[BLOCK:]
+    with cluster.open() as admin:
+        assert admin.fsck() == []
