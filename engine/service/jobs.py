@@ -116,7 +116,7 @@ class Jobs:
         except BaseException as e:
             # Stopped by its cancel, saying what it did first (a clone's batches kept): cancelled.
             job.state = "cancelled" if job.cancel.is_set() else "failed"
-            job.message = str(e) or type(e).__name__
+            job.message = job.message or str(e) or type(e).__name__
             raise
         else:
             job.state = "cancelled" if job.cancel.is_set() else "done"
@@ -141,12 +141,14 @@ class Jobs:
         job.cancel.set()
         return job.result()
 
-    def stop_all(self, timeout: float) -> int:
-        """Cancels every running job and waits up to `timeout` seconds in all for them to end
-        (a background job's thread too); returns how many were running."""
+    def stop_all(self, timeout: float, why: str = "") -> int:
+        """Cancels every running job (`why`, if given, is what each then says) and waits up to
+        `timeout` seconds in all for them to end (a background job's thread too); returns how
+        many were running."""
         with self._lock:
             jobs = list(self._running.values())
             for job in jobs:
+                job.message = why
                 job.cancel.set()
             threads = list(self._threads)
         deadline = time.monotonic() + timeout

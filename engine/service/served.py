@@ -92,7 +92,8 @@ class ServedAdmin(Admin):
         cancelled, and waited for up to `timeout` seconds in all. Returns how many were."""
         self.inner = inner
         self.changed()
-        return self.job_list.stop_all(timeout)
+        return self.job_list.stop_all(timeout, "cancelled when the service took its cluster back:"
+                                               " it worked from the fenced state; run it again")
 
     def changed(self) -> None:
         """Something the figures count may have changed: the next stats() or vms() computes
