@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..actor import current as current_actor
@@ -42,6 +42,7 @@ class _Running:
     progress: Progress | None = None
     state: str = "running"
     message: str = ""
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def result(self) -> Job:
         p = self.progress
@@ -115,7 +116,7 @@ class Jobs:
         except BaseException as e:
             # Stopped by its cancel, saying what it did first (a clone's batches kept): cancelled.
             job.state = "cancelled" if job.cancel.is_set() else "failed"
-            job.message = str(e) or type(e).__name__
+            job.message = job.message or str(e) or type(e).__name__
             raise
         else:
             job.state = "cancelled" if job.cancel.is_set() else "done"
@@ -123,6 +124,7 @@ class Jobs:
             with self._lock:
                 self._running.pop(job.id, None)
                 self._ended.append(job)
+            job.ended.set()
         return result
 
     def list(self) -> list[Job]:
@@ -139,12 +141,19 @@ class Jobs:
         job.cancel.set()
         return job.result()
 
-    def stop_all(self, timeout: float) -> None:
-        """Cancels every running job and waits up to `timeout` seconds for the background ones."""
+    def stop_all(self, timeout: float, why: str = "") -> int:
+        """Cancels every running job (`why`, if given, is what each then says) and waits up to
+        `timeout` seconds in all for them to end (a background job's thread too); returns how
+        many were running."""
         with self._lock:
-            for job in self._running.values():
+            jobs = list(self._running.values())
+            for job in jobs:
+                job.message = why
                 job.cancel.set()
             threads = list(self._threads)
         deadline = time.monotonic() + timeout
+        for job in jobs:
+            job.ended.wait(max(0.0, deadline - time.monotonic()))
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        return len(jobs)

@@ -86,10 +86,14 @@ class ServedAdmin(Admin):
     def rebuild_phases(self) -> tuple[str, ...]:
         return self.inner.rebuild_phases
 
-    def reopened(self, inner: Admin) -> None:
-        """`inner` answers from now on (a fenced cluster writer's Admin reopened: Service)."""
+    def reopened(self, inner: Admin, timeout: float) -> int:
+        """`inner` answers from now on (a fenced cluster writer's Admin reopened: Service).
+        Every job still running works from the old one, whose state is released next: each is
+        cancelled, and waited for up to `timeout` seconds in all. Returns how many were."""
         self.inner = inner
         self.changed()
+        return self.job_list.stop_all(timeout, "cancelled when the service took its cluster back:"
+                                               " it worked from the fenced state; run it again")
 
     def changed(self) -> None:
         """Something the figures count may have changed: the next stats() or vms() computes

@@ -67,6 +67,7 @@ class Service:
         self.nbd = None
         self.metrics: Metrics | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._socket_id: tuple[int, int] | None = None     # DIR/admin.sock as bound (socketfile)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -91,8 +92,7 @@ class Service:
                                      read_only=self.nbd_read_only)
                 bound["nbd"] = await self.nbd.start(*self.nbd_address)
                 self.admin.attachments = self.nbd
-            sock = socketfile.bind(self.socket_path, self.group)
-            self._server = await asyncio.start_unix_server(self._client, sock=sock)
+            await self._listen()
         except OSError as e:
             await self._close_listeners()
             raise BlockfoldError(f"cannot serve: {e.strerror or e}") from None
@@ -100,6 +100,26 @@ class Service:
             await self._close_listeners()
             raise
         return bound
+
+    async def _listen(self) -> None:
+        """Listens on DIR/admin.sock (made afresh: see socketfile)."""
+        sock = socketfile.bind(self.socket_path, self.group)
+        self._socket_id = socketfile.identity(self.socket_path)
+        self._server = await asyncio.start_unix_server(self._client, sock=sock)
+
+    async def _listen_again(self) -> None:
+        """After a take-back: if another service made DIR/admin.sock its own meanwhile (the newer
+        writer, a standby that took over), this one binds it again, so that commands reach the
+        writer; sessions open on the old listener go on."""
+        if self._server is None or socketfile.identity(self.socket_path) == self._socket_id:
+            return
+        old = self._server
+        try:
+            await self._listen()
+        except BlockfoldError as e:
+            self.log(f"cannot listen on {self.socket_path} again: {e}")
+            return
+        old.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer)
@@ -112,12 +132,21 @@ class Service:
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
         is the cluster opened again: NBD drops every connection to the old one and serves new
-        ones from `admin`, and every admin call goes to it. Called from the engine's thread."""
+        ones from `admin`, every admin call goes to it, the jobs running on the old one are
+        cancelled and waited for (DRAIN_S), and DIR/admin.sock is bound again if another
+        service took it meanwhile. Called from the engine's thread."""
         dropped = self.nbd.reopened(admin) if self.nbd is not None else 0
-        self.admin.reopened(admin)
+        cancelled = self.admin.reopened(admin, DRAIN_S)
         self.inner = admin
+        listening = self._listen_again()
+        try:
+            asyncio.run_coroutine_threadsafe(listening, self._loop)
+        except RuntimeError:        # the loop has ended: the service stopped meanwhile
+            listening.close()
+        jobs = (f"; {cancelled} job{'' if cancelled == 1 else 's'} working from the fenced state"
+                f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
         self.log(f"serving {admin.name} again; {dropped} NBD connections open before were"
-                 " dropped (clients reconnect)")
+                 f" dropped (clients reconnect){jobs}")
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""
@@ -139,7 +168,7 @@ class Service:
     async def _close_listeners(self) -> None:
         if self._server is not None:
             self._server.close()
-            self.socket_path.unlink(missing_ok=True)
+            socketfile.remove(self.socket_path, self._socket_id)
             self._server = None
         if self.nbd is not None:
             await self.nbd.close()

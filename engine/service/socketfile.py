@@ -1,6 +1,10 @@
 """DIR/admin.sock: the Unix socket a service listens on. Its file mode is the permission check:
 0600 (the service's user only), or 0660 with a group (its members too). The mode is set before
 the socket takes its first connection, so no client ever finds it more open than that.
+
+Two services of one cluster may take turns as its writer (a standby took over, the first took
+the cluster back: engine/service/service.py): each knows its socket by its file's identity, so
+the one writing again binds the path anew, and the other, stopping, does not remove it.
 """
 
 from __future__ import annotations
@@ -44,3 +48,19 @@ def bind(path: Path, group: str | None = None) -> socket.socket:
         os.chmod(path, 0o660)
     sock.listen(BACKLOG)
     return sock
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path` now, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def remove(path: Path, bound: tuple[int, int] | None) -> None:
+    """Removes the socket at `path` if it is still the one bound as `bound` (identity): another
+    service may have made the path its own since."""
+    if bound is not None and identity(path) == bound:
+        path.unlink(missing_ok=True)

@@ -294,3 +294,140 @@ def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_b
         assert admin.read("disk", 0, 2 * BLOCK) == b"\x11" * BLOCK + b"\x44" * BLOCK
         assert admin.read("disk", 2 * BLOCK, len(disk) - 2 * BLOCK) == disk[2 * BLOCK:]
         assert admin.fsck() == []
+
+
+def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_cluster_back(
+        make_cluster, tmp_path):
+    """A scrub started through the fenced service works from the fenced state: at the take-back
+    it is cancelled before that state is released, never left running over it (it failed later
+    with "the core is closed"); a scrub started after reads the reopened cluster to its end."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "disk.raw", 4, seed=44)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    served = Served(["-c", str(cluster.path)])
+    stopped = False
+    service = None
+    try:
+        os.kill(served.proc.pid, signal.SIGSTOP)
+        stopped = True
+        with _take_over(cluster) as newer:
+            newer.write("disk", 0, b"\x33" * BLOCK)
+            newer.flush()
+            os.kill(served.proc.pid, signal.SIGCONT)
+            stopped = False
+            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+            service = api.find_service(cluster.path, actor="operator")
+            old = service.start_scrub(200 << 10)       # ~20 s at this rate
+        _wait(lambda: not service.stats().fenced, 30, "the service never took the cluster back")
+        job = _wait(lambda: next((j for j in service.jobs() if j.id == old.id
+                                  and j.state != "running"), None), 15,
+                    "the scrub of the fenced state still runs after the take-back")
+        assert job.state == "cancelled", job
+        assert job.message.startswith("cancelled when the service took its cluster back"), job
+        assert service.scrub().finished
+    finally:
+        if service is not None:
+            service.close()
+        if stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    assert "1 job working from the fenced state was cancelled" in err, err
+    assert "internal error" not in err, err
+
+
+def _metric_fenced(served: Served) -> bool:
+    """The service's own blockfold_fenced (DIR/admin.sock may be another service's)."""
+    text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
+    return "blockfold_fenced 1.0" in text
+
+
+def test_a_service_that_takes_its_cluster_back_from_another_service_answers_on_the_socket(
+        make_cluster, tmp_path):
+    """The newer writer is a second service B (a standby that took over while A was stopped),
+    which made DIR/admin.sock its own. Once A takes the cluster back, commands reach A there: not
+    B, stopped or fenced, nor no service at all once B has exited (A then held the lease with
+    no socket, and every command that writes was refused as locked by A)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "disk.raw", 1, seed=45)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    first = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")
+    second = None
+    stopped = []
+    try:
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        stopped.append(first)
+        second = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")   # a standby
+        os.kill(first.proc.pid, signal.SIGCONT)
+        stopped.remove(first)
+        _wait(lambda: _metric_fenced(first), 30, "A never said it was fenced")
+
+        os.kill(second.proc.pid, signal.SIGSTOP)
+        stopped.append(second)
+        _wait(lambda: not _metric_fenced(first), 60, "A never took the cluster back from B")
+        assert _fenced(cluster) == ""           # A answers, not B (stopped)
+        os.kill(second.proc.pid, signal.SIGCONT)
+        stopped.remove(second)
+        _wait(lambda: _metric_fenced(second), 30, "B never said it was fenced")
+        assert _fenced(cluster) == ""           # A still, not B (fenced now)
+        second.proc.terminate()
+        second.proc.communicate(timeout=60)     # fenced: exits non-zero, documented
+        _cli(cluster, "vm", "clone", "disk", "desk1")
+        assert "desk1" in _cli(cluster, "vm", "ls")
+    finally:
+        for served in stopped:
+            os.kill(served.proc.pid, signal.SIGCONT)
+        if second is not None and second.proc.poll() is None:
+            _stop(second)
+        err = _stop(first)
+    assert first.proc.returncode == 0, err
+    with cluster.open(readonly=True) as admin:
+        assert "desk1" in admin.vm_names()
+
+
+def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothing(
+        make_cluster, tmp_path):
+    """SIGTERM while fenced: the service exits at once, and what its NBD client wrote since the
+    fencing (its flush failed) is not committed over the newer writer's data; it exits non-zero
+    saying so. With nothing written since, it exits 0."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    disk = image(tmp_path / "disk.raw", 1, seed=46)
+    with cluster.open() as admin:
+        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    for wrote in (True, False):
+        served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+        stopped = False
+        client = None
+        try:
+            client = RawClient(int(served.nbd.rsplit(":", 1)[1]))
+            client.connect("disk")
+            os.kill(served.proc.pid, signal.SIGSTOP)
+            stopped = True
+            with _take_over(cluster) as newer:
+                newer.write("disk", 0, b"\x33" * BLOCK)
+                newer.flush()
+                os.kill(served.proc.pid, signal.SIGCONT)
+                stopped = False
+                _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+                if wrote:
+                    assert client.write(0, b"\x22" * BLOCK) == 0
+                    assert client.simple(CMD_FLUSH) == EIO
+        finally:
+            if client is not None:
+                client.close()
+            if stopped:
+                os.kill(served.proc.pid, signal.SIGCONT)
+            err = _stop(served)
+        assert "Traceback" not in err, err
+        if wrote:
+            assert served.proc.returncode == 1, err
+            assert "its change is not committed" in err, err
+        else:
+            assert served.proc.returncode == 0, err
+        with cluster.open(readonly=True) as admin:
+            assert admin.read("disk", 0, BLOCK) == b"\x33" * BLOCK
+            assert admin.read("disk", BLOCK, len(disk) - BLOCK) == disk[BLOCK:]
+    with cluster.open() as admin:
+        assert admin.fsck() == []
