@@ -96,12 +96,18 @@ def _take_over(cluster, seconds: float = 30.0):
             time.sleep(1.0)
 
 
-def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writer_closes(
-        make_cluster, tmp_path, capsys):
+def _cluster_with_disk(make_cluster, tmp_path, mib: int, seed: int):
+    """A 3-node R=2 cluster holding VM "disk" (`mib` MiB of random bytes); (cluster, bytes)."""
     cluster = make_cluster(nodes=3, replicas=2)
-    disk = image(tmp_path / "disk.raw", 1, seed=41)
+    disk = image(tmp_path / "disk.raw", mib, seed=seed)
     with cluster.open() as admin:
         admin.import_image("disk", str(tmp_path / "disk.raw"))
+    return cluster, disk
+
+
+def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writer_closes(
+        make_cluster, tmp_path, capsys):
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 41)
     served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0", "--metrics",
                     "127.0.0.1:0")
     port = int(served.nbd.rsplit(":", 1)[1])
@@ -193,10 +199,7 @@ def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_ba
     """Fenced, and once the newer writer closes only 1 of 3 nodes answers: the service cannot
     take the cluster back and its status says why, in the same line; once the nodes are back it
     takes it, caught up from their newest catalog, without a restart."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    disk = image(tmp_path / "disk.raw", 1, seed=42)
-    with cluster.open() as admin:
-        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 42)
     served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
     stopped = False
     try:
@@ -259,10 +262,7 @@ def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_b
     anything: no replica is newer, yet every commit of the service is refused (STALE_EPOCH).
     It must count as fenced, so that it takes the cluster back with an epoch of its own, not
     fail every flush for as long as it runs."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    disk = image(tmp_path / "disk.raw", 1, seed=43)
-    with cluster.open() as admin:
-        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 43)
     served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
     port = int(served.nbd.rsplit(":", 1)[1])
     old = None
@@ -301,10 +301,7 @@ def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_clus
     """A scrub started through the fenced service works from the fenced state: at the take-back
     it is cancelled before that state is released, never left running over it (it failed later
     with "the core is closed"); a scrub started after reads the reopened cluster to its end."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    image(tmp_path / "disk.raw", 4, seed=44)
-    with cluster.open() as admin:
-        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 4, 44)
     served = Served(["-c", str(cluster.path)])
     stopped = False
     service = None
@@ -349,10 +346,7 @@ def test_a_service_that_takes_its_cluster_back_from_another_service_answers_on_t
     which made DIR/admin.sock its own. Once A takes the cluster back, commands reach A there: not
     B, stopped or fenced, nor no service at all once B has exited (A then held the lease with
     no socket, and every command that writes was refused as locked by A)."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    image(tmp_path / "disk.raw", 1, seed=45)
-    with cluster.open() as admin:
-        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 45)
     first = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")
     second = None
     stopped = []
@@ -392,10 +386,7 @@ def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothin
     """SIGTERM while fenced: the service exits at once, and what its NBD client wrote since the
     fencing (its flush failed) is not committed over the newer writer's data; it exits non-zero
     saying so. With nothing written since, it exits 0."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    disk = image(tmp_path / "disk.raw", 1, seed=46)
-    with cluster.open() as admin:
-        admin.import_image("disk", str(tmp_path / "disk.raw"))
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 46)
     for wrote in (True, False):
         served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
         stopped = False
