@@ -40,6 +40,12 @@ class Admin(ABC):
     def rebuild_phases(self) -> tuple[str, ...]:
         """The phases a rebuild reports through its progress callback, in order."""
 
+    def fenced(self) -> str:
+        """Empty while this Admin's state is the newest; else one line saying why it is not (a
+        cluster writer that a newer one fenced: engine/cluster/admin.py). A pool is never
+        fenced."""
+        return ""
+
     # -- volumes: what the NBD export serves --------------------------------------------------
 
     @abstractmethod

@@ -148,7 +148,8 @@ class RawClient:
         return option, kind, self.recv(length)
 
     def go(self, name: str, option: int = OPT_GO) -> tuple[int, int, int]:
-        """NBD_OPT_GO (or INFO); returns (final reply type, export size, transmission flags)."""
+        """NBD_OPT_GO (or INFO); returns (final reply type, export size, transmission flags).
+        An error reply's text is kept in `error_text`."""
         encoded = name.encode()
         self.option(option, struct.pack(">I", len(encoded)) + encoded + struct.pack(">H", 0))
         size = flags = None
@@ -159,6 +160,7 @@ class RawClient:
                 assert len(data) == 12
                 size, flags = struct.unpack(">QH", data[2:])
             elif kind != REP_INFO:
+                self.error_text = data.decode(errors="replace") if kind >= 2**31 else ""
                 return kind, size, flags
 
     def ask_structured(self) -> int:

@@ -57,6 +57,7 @@ class Handshake:
         self.no_zeroes = False
         self.structured = False
         self.context_export: str | None = None   # the export `base:allocation` was set for
+        self.unavailable = ""                    # why the last find() served nothing, if fenced
         self.pending: list[bytes] = []           # replies not sent yet
 
     async def run(self) -> bool:
@@ -129,12 +130,25 @@ class Handshake:
     # -- exports --------------------------------------------------------------------------------
 
     async def find(self, name: str) -> Export | None:
+        """The export of VM `name`; None if there is none, or while the Admin is fenced: its
+        state is older than a newer writer's commits, so a new client would read stale data
+        (`unavailable` then says why; NBD_REP_ERR_UNKNOWN is "the export is not available")."""
+        self.unavailable = ""
+        admin = self.server.admin
+        fenced = admin.fenced()
+        if fenced:
+            self.unavailable = f"VM {name!r} is not served now: {fenced}"
+            return None
         try:
-            size = await self.server.call(self.server.admin.vm_size, name)
+            size = await self.server.call(admin.vm_size, name)
         except BlockfoldError:
             return None
         return Export(name, size, self.server.flags
                       | (p.FLAG_SEND_DF if self.structured else 0))
+
+    def not_found(self, name: str) -> str:
+        """Why find() gave no export."""
+        return self.unavailable or f"no VM named {name!r}"
 
     def session(self, export: Export) -> Session:
         return Session(export, self.structured,
@@ -147,7 +161,7 @@ class Handshake:
             raise ProtocolError(f"bad export name: {e}") from None
         export = await self.find(name)
         if export is None:
-            raise ProtocolError(f"no VM named {name!r}")
+            raise ProtocolError(self.not_found(name))
         self.pending.append(p.EXPORT_NAME_REPLY.pack(export.size, export.flags)
                             + (b"" if self.no_zeroes else bytes(124)))
         return self.session(export)
@@ -169,7 +183,7 @@ class Handshake:
             return None
         export = await self.find(name)
         if export is None:
-            self.reply(option, p.REP_ERR_UNKNOWN, f"no VM named {name!r}")
+            self.reply(option, p.REP_ERR_UNKNOWN, self.not_found(name))
             return None
         self.reply(option, p.REP_INFO, p.INFO_EXPORT_DATA.pack(p.INFO_EXPORT, export.size,
                                                                export.flags))
@@ -199,7 +213,7 @@ class Handshake:
             self.reply(option, p.REP_ERR_INVALID, str(e))
             return
         if await self.find(name) is None:
-            self.reply(option, p.REP_ERR_UNKNOWN, f"no VM named {name!r}")
+            self.reply(option, p.REP_ERR_UNKNOWN, self.not_found(name))
             return
         for context in matched:
             self.reply(option, p.REP_META_CONTEXT,

@@ -86,6 +86,8 @@ class ServedAdmin(Admin):
     def rebuild_phases(self) -> tuple[str, ...]:
         return self.inner.rebuild_phases
 
+    def fenced(self) -> str: return self.inner.fenced()
+
     def reopened(self, inner: Admin, timeout: float) -> int:
         """`inner` answers from now on (a fenced cluster writer's Admin reopened: Service).
         Every job still running works from the old one, whose state is released next: each is

@@ -27,7 +27,7 @@ from engine.api import PoolLockedError
 from engine.cluster.catalog import ReplicatedCatalog
 from engine.cluster.members import Members
 from tests.conftest import ROOT
-from tests.nbdclient import CMD_FLUSH, EIO, RawClient, tool
+from tests.nbdclient import CMD_FLUSH, EIO, REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
 from .conftest import image
@@ -141,6 +141,17 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         assert f"FENCED · a newer writer has cluster {cluster.path}" in summary, summary
         assert old.write(2 * BLOCK, b"\x22" * BLOCK) == 0
         assert old.simple(CMD_FLUSH) == EIO
+        # A new client gets no export while fenced: it would read a state older than the
+        # newer writer's commits (block 1 as the import left it, not 0x33).
+        late = RawClient(port)
+        try:
+            late.handshake()
+            kind, _, _ = late.go("disk")
+            text = late.error_text
+            assert kind == REP_ERR_UNKNOWN and text.startswith("VM 'disk' is not served now:"
+                                                               " fenced: "), (kind, text)
+        finally:
+            late.close()
         assert _writers(cluster) == [f"pid {os.getpid()} ("]     # etcd names only the newer
 
         # (b) The newer writer closes: the service takes the cluster back by itself.
