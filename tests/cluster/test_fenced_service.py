@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 from textual.widgets import Label
 
@@ -94,6 +95,25 @@ def _take_over(cluster, seconds: float = 30.0):
         except PoolLockedError:
             assert time.monotonic() < deadline, "the stopped service's lease never ran out"
             time.sleep(1.0)
+
+
+@contextmanager
+def _newer_writer(cluster, served):
+    """A newer writer, as in every test here: the service stopped (SIGSTOP) until its lease runs
+    out, the cluster opened here and 0x33 written to block 0 of "disk" and flushed, the service
+    continued (whatever failed) and waited for until it says it is fenced. Yields the newer
+    writer, closed on leaving."""
+    os.kill(served.proc.pid, signal.SIGSTOP)
+    try:
+        newer = _take_over(cluster)
+        with newer:
+            newer.write("disk", 0, b"\x33" * BLOCK)
+            newer.flush()
+            os.kill(served.proc.pid, signal.SIGCONT)
+            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+            yield newer
+    finally:
+        os.kill(served.proc.pid, signal.SIGCONT)       # a no-op once it runs
 
 
 def _cluster_with_disk(make_cluster, tmp_path, mib: int, seed: int):
@@ -212,16 +232,9 @@ def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_ba
     takes it, caught up from their newest catalog, without a restart."""
     cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 42)
     served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
-    stopped = False
     try:
-        os.kill(served.proc.pid, signal.SIGSTOP)
-        stopped = True
-        with _take_over(cluster) as newer:
-            newer.write("disk", 0, b"\x33" * BLOCK)
-            newer.flush()
-            os.kill(served.proc.pid, signal.SIGCONT)
-            stopped = False
-            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        with _newer_writer(cluster, served):
+            pass
         for name in ("node2", "node3"):
             cluster.kill(name)
         said = _wait(lambda: "cannot take it back" in (f := _fenced(cluster)) and f, 30,
@@ -235,8 +248,6 @@ def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_ba
         tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 0 {BLOCK}", "-c",
              f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
     finally:
-        if stopped:
-            os.kill(served.proc.pid, signal.SIGCONT)
         err = _stop(served)
     assert served.proc.returncode == 0, err
     assert err.count("cannot take cluster") == 1, err      # told once, not every 2 s
@@ -314,17 +325,9 @@ def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_clus
     with "the core is closed"); a scrub started after reads the reopened cluster to its end."""
     cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 4, 44)
     served = Served(["-c", str(cluster.path)])
-    stopped = False
     service = None
     try:
-        os.kill(served.proc.pid, signal.SIGSTOP)
-        stopped = True
-        with _take_over(cluster) as newer:
-            newer.write("disk", 0, b"\x33" * BLOCK)
-            newer.flush()
-            os.kill(served.proc.pid, signal.SIGCONT)
-            stopped = False
-            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        with _newer_writer(cluster, served):
             service = api.find_service(cluster.path, actor="operator")
             old = service.start_scrub(200 << 10)       # ~20 s at this rate
         _wait(lambda: not service.stats().fenced, 30, "the service never took the cluster back")
@@ -337,8 +340,6 @@ def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_clus
     finally:
         if service is not None:
             service.close()
-        if stopped:
-            os.kill(served.proc.pid, signal.SIGCONT)
         err = _stop(served)
     assert served.proc.returncode == 0, err
     assert "1 job working from the fenced state was cancelled" in err, err
@@ -400,27 +401,17 @@ def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothin
     cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 46)
     for wrote in (True, False):
         served = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
-        stopped = False
         client = None
         try:
             client = RawClient(int(served.nbd.rsplit(":", 1)[1]))
             client.connect("disk")
-            os.kill(served.proc.pid, signal.SIGSTOP)
-            stopped = True
-            with _take_over(cluster) as newer:
-                newer.write("disk", 0, b"\x33" * BLOCK)
-                newer.flush()
-                os.kill(served.proc.pid, signal.SIGCONT)
-                stopped = False
-                _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+            with _newer_writer(cluster, served):
                 if wrote:
                     assert client.write(0, b"\x22" * BLOCK) == 0
                     assert client.simple(CMD_FLUSH) == EIO
         finally:
             if client is not None:
                 client.close()
-            if stopped:
-                os.kill(served.proc.pid, signal.SIGCONT)
             err = _stop(served)
         assert "Traceback" not in err, err
         if wrote:
