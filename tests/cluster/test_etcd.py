@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
@@ -121,15 +123,17 @@ def test_without_the_etcd_binary_cluster_up_is_one_line_with_nothing_made(tmp_pa
     assert not (tmp_path / "c").exists()
 
 
-def test_an_etcd_that_does_not_answer_is_one_line_with_nothing_made(tmp_path):
-    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "http://127.0.0.1:1")
+@pytest.mark.parametrize("url, said", [
+    ("http://127.0.0.1:1", "etcd does not answer (http://127.0.0.1:1: connection refused);"
+                           " nothing made"),
+    ("127.0.0.1:2379", "bad etcd endpoint '127.0.0.1:2379': use http://HOST:PORT"),
+    ("http://[::1", "bad etcd endpoint 'http://[::1': use http://HOST:PORT"),   # not a URL
+])
+def test_an_etcd_that_does_not_answer_or_a_bad_url_is_one_line_with_nothing_made(
+        tmp_path, url, said):
+    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", url)
     assert done.returncode == 1
-    assert done.stderr_text == ("blockfold: error: etcd does not answer (http://127.0.0.1:1:"
-                                " connection refused); nothing made\n")
-    assert not (tmp_path / "c").exists()
-    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "127.0.0.1:2379")
-    assert done.stderr_text == ("blockfold: error: bad etcd endpoint '127.0.0.1:2379': use"
-                                " http://HOST:PORT\n")
+    assert done.stderr_text == f"blockfold: error: {said}\n"
     assert not (tmp_path / "c").exists()
 
 
@@ -248,14 +252,6 @@ def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_n
         for node in far:
             node.kill()
             node.communicate()
-
-
-def test_an_etcd_url_that_does_not_parse_is_one_line_with_nothing_made(tmp_path):
-    done = run_cli("cluster", "up", tmp_path / "c", "--etcd", "http://[::1")
-    assert done.returncode == 1
-    assert done.stderr_text == ("blockfold: error: bad etcd endpoint 'http://[::1': use"
-                                " http://HOST:PORT\n")
-    assert not (tmp_path / "c").exists()
 
 
 def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd, make_cluster):
