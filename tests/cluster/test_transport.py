@@ -4,6 +4,7 @@ PUTs queue on the other channel, and a write bigger than a frame lands whole."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncssh
 import numpy as np
@@ -12,7 +13,7 @@ from engine.cluster import placement
 from engine.cluster.copies import PUT_BYTES, payload
 from engine.fingerprint import Fingerprinter
 from engine.net import rpc
-from engine.net.client import IoLoop, NodeClient
+from engine.net.client import IoLoop, NodeClient, NodeUnreachable
 
 
 def test_a_heartbeat_is_answered_between_bulk_puts(make_cluster):
@@ -102,3 +103,40 @@ def test_requests_before_a_corrupt_frame_are_answered_before_the_channel_closes(
 
     assert asyncio.run(talk()) == [(rpc.REPLY, 1, None), (rpc.REPLY, 2, None),
                                    (rpc.ERROR, 0, rpc.Code.BAD_REQUEST)]
+
+
+def test_puts_to_a_node_killed_unnoticed_fail_without_a_flood_of_socket_warnings(
+        make_cluster, caplog):
+    """PUTs sent to a node that died before its close was read: each fails as NodeUnreachable,
+    and stderr does not fill with asyncio's "socket.send() raised exception.", which it logged
+    once per SSH packet written after the loss (hundreds a second)."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    entry = cluster.config.nodes[0]
+    client = NodeClient(entry.name, entry.address, entry.host_key, str(cluster.config.admin_key))
+    rng = np.random.default_rng(7)
+    n = PUT_BYTES // 4096
+    body = payload(rng.integers(1, 2**63, n, dtype=np.uint64),
+                   rng.integers(0, 256, (n, 4096), dtype=np.uint8))
+    failed = []
+
+    async def one():
+        try:
+            await client.call(rpc.PUT, {"n": n}, body, timeout=60)
+        except NodeUnreachable:
+            failed.append(1)
+
+    async def run():
+        await client.connect()
+        cluster.kill(entry.name)
+        time.sleep(0.5)     # blocks the loop: the node is gone before its close is read
+        await asyncio.gather(*(one() for _ in range(4)))
+        await client.close()
+
+    io = IoLoop()
+    try:
+        io.run(run(), 120)
+    finally:
+        io.close()
+    assert len(failed) == 4, f"{len(failed)} of 4 PUTs to a killed node failed"
+    floods = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
+    assert not floods, f"{len(floods)} asyncio socket warnings"
