@@ -4,6 +4,9 @@ Capture is generic: temporary triggers on every catalog table record the primary
 inserted, updated or deleted into a temporary `_dirty` table (it lives and rolls back with the
 transaction). At commit the dirty keys are read back as their current rows (an upsert) or as
 gone (a delete). The same encoding serves every table; blobs travel as raw bytes after the JSON.
+A changeset carries rows, never a schema change: the capture notes the schema version its
+receivers hold (`_schema`), and `collect` refuses across a change of it (the whole image must
+go instead; its receivers then hold the new schema: `rebase`).
 
 The coordinator captures, collects and encodes (engine.cluster.catalog); a node decodes and
 applies (engine.node.store). Encoded, a changeset is JSON plus one byte string:
@@ -21,6 +24,7 @@ import json
 import sqlite3
 
 DIRTY = "_dirty"
+SCHEMA = "_schema"
 SCALARS = (type(None), bool, int, float, str, bytes)
 
 
@@ -45,9 +49,14 @@ def table_keys(conn: sqlite3.Connection, schema: str = "main") -> dict[str, tupl
 
 
 def install_capture(conn: sqlite3.Connection, skip=("replica",)) -> None:
-    """Temporary triggers that note the key of every changed row in temp._dirty."""
+    """Temporary triggers that note the key of every changed row in temp._dirty. Run again
+    after tables are added, it adds theirs and keeps the schema version the changes are based
+    on (temp._schema, first noted here)."""
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {DIRTY} (tbl TEXT, key TEXT,"
                  " PRIMARY KEY (tbl, key))")
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SCHEMA} (version INTEGER)")
+    if conn.execute(f"SELECT 1 FROM {SCHEMA}").fetchone() is None:
+        conn.execute(f"INSERT INTO {SCHEMA} VALUES (?)", (schema_version(conn),))
     for name, (_cols, pk) in table_keys(conn).items():
         if name in skip:
             continue
@@ -60,6 +69,28 @@ def install_capture(conn: sqlite3.Connection, skip=("replica",)) -> None:
                          f" AFTER {event} ON main.{_quote(name)} BEGIN {body} END")
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    """sqlite's schema cookie of the main database: it changes with every table or column made
+    or dropped (temporary ones aside)."""
+    return conn.execute("PRAGMA main.schema_version").fetchone()[0]
+
+
+def image_schema_version(image: bytes) -> int:
+    """The schema cookie of a serialized database (big-endian, bytes 40-43 of its header)."""
+    return int.from_bytes(image[40:44], "big")
+
+
+def schema_changed(conn: sqlite3.Connection) -> bool:
+    """Whether the schema changed since the one the noted changes are based on."""
+    return schema_version(conn) != conn.execute(f"SELECT version FROM {SCHEMA}").fetchone()[0]
+
+
+def rebase(conn: sqlite3.Connection, version: int) -> None:
+    """The receivers now hold schema `version` (they were given the whole image): the changes
+    noted stay, to be collected on top of it."""
+    conn.execute(f"UPDATE {SCHEMA} SET version = ?", (version,))
+
+
 def pending(conn: sqlite3.Connection) -> bool:
     return conn.execute(f"SELECT 1 FROM {DIRTY} LIMIT 1").fetchone() is not None
 
@@ -67,7 +98,12 @@ def pending(conn: sqlite3.Connection) -> bool:
 def collect(conn: sqlite3.Connection, source: sqlite3.Connection | None = None) -> list[dict]:
     """The changes noted so far in `conn`: per table, rows to upsert and keys to delete, as the
     rows are in `source` (by default `conn` itself). With `source` a copy of the catalog before
-    the changes, that is their inverse: the changed rows as they were, the new ones deleted."""
+    the changes, that is their inverse: the changed rows as they were, the new ones deleted.
+    Raises ChangesetError if the schema changed since the changes' base (a table or column
+    added): rows in the new schema do not fit the receivers' tables, which would refuse them."""
+    if schema_changed(conn):
+        raise ChangesetError("the catalog's schema changed since its changes were based:"
+                             " a changeset cannot carry that, the whole image must go")
     source = conn if source is None else source
     keys = table_keys(source)
     by_table: dict[str, list] = {}
@@ -90,7 +126,9 @@ def collect(conn: sqlite3.Connection, source: sqlite3.Connection | None = None) 
 
 
 def forget(conn: sqlite3.Connection) -> None:
+    """The receivers hold every change noted, and the schema as it is."""
     conn.execute(f"DELETE FROM {DIRTY}")
+    rebase(conn, schema_version(conn))
 
 
 def encode(changes: list[dict]) -> tuple[list, bytes]:

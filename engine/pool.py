@@ -65,6 +65,7 @@ CLONE_BATCH = 1000          # clones made under the lock at a time (~20 ms; ~0.2
 # 29 M in 9.5 min, and then no open of the pool fit in 24 GiB).
 MAX_CLONES = 1_000_000
 SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
+SCRUB_PACE_S = 0.1          # under a rate, a scrub reads this long's worth of blocks at a time
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
 MAX_VM_BYTES = (1 << 63) - 1    # the catalog's largest INTEGER (sqlite), and qemu's largest disk
@@ -959,11 +960,13 @@ class Pool:
         """Verifies every live block against its fingerprint (the anchor is `zpool scrub`),
         SCRUB_BATCH blocks at a time, so reads and writes go on in between.
 
-        rate: at most this many bytes a second (None: as fast as it goes). Where it got to is
-        committed every few seconds, so a scrub cancelled (or a process killed) resumes there
-        the next time; a scrub that reaches the end starts over the time after. Rotten blocks
-        are remembered as corrupt. Returns {"blocks", "bytes", "corrupt" (addresses found),
-        "seconds", "bytes_per_s", "finished"}. Raises ReadOnlyError.
+        rate: at most this many bytes a second (None: as fast as it goes), from the first
+        block: SCRUB_PACE_S worth of blocks at a time, each read once the rate allows it,
+        never ahead. Where it got to is committed every few seconds, so a scrub cancelled (or
+        a process killed) resumes there the next time; a scrub that reaches the end starts
+        over the time after. Rotten blocks are remembered as corrupt. Returns {"blocks",
+        "bytes", "corrupt" (addresses found), "seconds", "bytes_per_s", "finished"}. Raises
+        ReadOnlyError.
         """
         if self.readonly:
             raise ReadOnlyError(f"pool {self.path} is open read-only: scrub records what it finds")
@@ -975,22 +978,28 @@ class Pool:
         total = len(self.blocks.live()) if self.local else self.blocks.scrub_total()
         meter = Meter(progress, "scrub", total, unit_bytes=self.block_size)
         checked, found, saved, finished = 0, [], time.monotonic(), False
+        batch = SCRUB_BATCH if not rate else max(1, min(
+            SCRUB_BATCH, int(rate * SCRUB_PACE_S) // self.block_size))
         while not (cancel is not None and cancel.is_set()):
-            cursor, n, bad = self.blocks.scrub(cursor, SCRUB_BATCH)
+            # Paced before each read, so the rate holds from the first block: read first, a
+            # pool smaller than a batch went at 2,220 MB/s under `--rate 8M`. No pause once
+            # every block there was has been read: it held a finished scrub as "running" at
+            # 100 % for as long as its rate would have taken (hours at 1K/s).
+            if rate and checked < total:
+                ahead = ((checked + min(batch, total - checked)) * self.block_size / rate
+                         - (time.monotonic() - started))
+                if ahead > 0 and cancel is not None:
+                    if cancel.wait(ahead):
+                        break
+                elif ahead > 0:
+                    time.sleep(ahead)
+            cursor, n, bad = self.blocks.scrub(cursor, batch)
             checked += n
             found.append(bad)
             meter.advance(n)
             if not n:
                 finished = True
                 break
-            # No pause once every block there was has been read: it held a finished scrub as
-            # "running" at 100 % for as long as its rate would have taken (hours at 1K/s).
-            if rate and checked < total:
-                ahead = checked * self.block_size / rate - (time.monotonic() - started)
-                if ahead > 0 and cancel is not None:
-                    cancel.wait(ahead)
-                elif ahead > 0:
-                    time.sleep(ahead)
             if time.monotonic() - saved >= SCRUB_SAVE_S:
                 self._save_scrub(cursor)
                 saved = time.monotonic()

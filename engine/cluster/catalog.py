@@ -6,7 +6,9 @@ writable coordinator takes a new epoch from a majority of the configured nodes a
 newest of their replicas. Each commit ships one changeset (engine.changeset) from the last stamp
 to (our epoch, next counter) to every up node before it commits locally; a node applies it only on
 top of that stamp. A node that is behind (it was down, or missed a changeset) gets the whole
-catalog image instead, and keeps its replica aside if it was from another lineage. A commit that
+catalog image instead, and keeps its replica aside if it was from another lineage; so does every
+node after a schema change (an older cluster's catalog given its newer tables at a writable
+open), which no changeset can carry. A commit that
 reaches fewer than a majority of the nodes (or min_replicas) is refused (ReplicationError) and
 rolled back, and undone on the nodes that took it by its inverse; its counter is never reused.
 """
@@ -42,10 +44,14 @@ class ReplicatedCatalog(Catalog):
             self.conn.deserialize(rollback_journal(image))
             self.conn.execute("DROP TABLE IF EXISTS replica")
         else:
-            self.create_schema(block_size)
+            # Made aside: deserialize leaves temporary triggers on the tables it replaces
+            # dead, and our ensure_tables installs the capture.
+            new = Catalog(None)
+            new.create_schema(block_size)
             # In sqlite's memdb like a loaded one: only there does an image taken inside a
             # transaction hold just what was committed (a plain :memory: one shows the rest)…
-            self.conn.deserialize(self.conn.serialize())
+            self.conn.deserialize(new.conn.serialize())
+            new.close()
         # … as long as no page of a big transaction is spilled into it before the commit.
         self.conn.execute("PRAGMA cache_spill = OFF")
         self.epoch, self.version = epoch, version   # the last commit the nodes took
@@ -53,6 +59,12 @@ class ReplicatedCatalog(Catalog):
         self.writer_epoch = 0           # ours, promised by a majority; 0 when read-only
         self._next = version + 1        # the next commit's counter: a failed one's is not reused
         self.asides: list[str] = []     # replicas from another lineage, kept aside by nodes
+        changeset.install_capture(self.conn)
+
+    def ensure_tables(self) -> None:
+        """The newer tables and columns, made where missing, and captured: a row written to a
+        table made here must reach the nodes too. The next ship sends the whole image."""
+        super().ensure_tables()
         changeset.install_capture(self.conn)
 
     @property
@@ -169,8 +181,13 @@ class ReplicatedCatalog(Catalog):
 
     def ship(self, also: tuple[int, ...] = ()) -> None:
         """Sends the changes committed since the last ship to every up node (and `also`), as
-        (our epoch, the next counter) on top of the last stamp the nodes took."""
-        if self.members.holder is None or not changeset.pending(self.conn):
+        (our epoch, the next counter) on top of the last stamp the nodes took. After a schema
+        change, the whole image goes first."""
+        if self.members.holder is None:
+            return
+        if changeset.schema_changed(self.conn):
+            self._ship_whole(also)
+        if not changeset.pending(self.conn):
             return
         blob = _encode(changeset.collect(self.conn))
         epoch, version = self.writer_epoch, self._next
@@ -195,6 +212,24 @@ class ReplicatedCatalog(Catalog):
             raise ReplicationError(self._short(done, replies))
         self.epoch, self.version, self.lineage = epoch, version, line
         changeset.forget(self.conn)
+
+    def _ship_whole(self, also: tuple[int, ...]) -> None:
+        """Gives every up node (and `also`) the whole image as a commit of its own: the schema
+        changed since the nodes' (ensure_tables gave an older cluster's catalog its newer tables
+        and columns), and a changeset with the new columns was refused by every node. Inside a
+        transaction the image holds what was committed (memdb, see __init__), the schema change
+        included (made outside any transaction); the transaction's changes follow on top."""
+        image = self.conn.serialize()
+        epoch, version = self.writer_epoch, self._next
+        self._next += 1
+        line = lineage.extend(self.lineage or [[self.epoch, 0]], epoch, self.version)
+        up = [i for i, n in enumerate(self.members.nodes)
+              if n.state in (NodeState.UP, NodeState.SUSPECT) or i in also]
+        took = self._install(up, (epoch, version), line, image)
+        if len(took) < self.needed:
+            raise ReplicationError(self._short(took, {}))
+        self.epoch, self.version, self.lineage = epoch, version, line
+        changeset.rebase(self.conn, changeset.image_schema_version(image))
 
     def _undo(self, nodes: list[int], refused: tuple[int, int]) -> None:
         """Takes `nodes`, which took the change stamped `refused` in this transaction, back to
@@ -244,13 +279,15 @@ class ReplicatedCatalog(Catalog):
         return (f"a catalog change reached {len(done)} of {total} nodes; it needs {self.needed}"
                 f" (a majority, and min_replicas={self.min_replicas}) (not reached: {missed})")
 
-    def _install(self, nodes: list[int], stamp: tuple[int, int], line: list) -> list[int]:
-        """Gives nodes the whole catalog at `stamp` (epoch, version) with lineage `line`;
-        returns those that took it. A node whose replica was from another lineage keeps it
-        aside: told on stderr, and in `asides`."""
+    def _install(self, nodes: list[int], stamp: tuple[int, int], line: list,
+                 image: bytes | None = None) -> list[int]:
+        """Gives nodes the whole catalog (`image`, by default the catalog's now) at `stamp`
+        (epoch, version) with lineage `line`; returns those that took it. A node whose replica
+        was from another lineage keeps it aside: told on stderr, and in `asides`."""
         header = {"holder": self.members.holder, "epoch": stamp[0], "version": stamp[1],
                   "lineage": line, "writer": self.writer_epoch}
-        replies = self._send_parts(rpc.CATALOG_INSTALL, header, self.conn.serialize(), nodes)
+        image = self.conn.serialize() if image is None else image
+        replies = self._send_parts(rpc.CATALOG_INSTALL, header, image, nodes)
         took = [i for i, r in replies.items() if not isinstance(r, Exception)]
         for i in took:
             aside = replies[i][0].get("aside")
@@ -282,8 +319,7 @@ class ReplicatedCatalog(Catalog):
             return False        # fenced: the lease is the newer writer's to take
         if not self.members.lease_on(node):
             return False
-        if changeset.pending(self.conn):
-            self.ship(also=(node,))
+        self.ship(also=(node,))
         info = self.members.call(node, rpc.CATALOG_VERSION, {}, timeout=10.0)
         if isinstance(info, Exception):
             return False

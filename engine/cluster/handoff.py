@@ -4,7 +4,9 @@ coordinator carries only ids and statuses (COPY, engine.node.peers).
 Phases of one handoff (heal decides which ids go to which targets):
   pick   each id's holder: the first up holder in placement order, healthy ones first
   ask    one COPY per holder, all holders at once, naming each target's address and the host
-         key pinned in cluster.json (a holder trusts no other), and the ids for it
+         key pinned in cluster.json (a holder trusts no other), and the ids for it; a holder
+         with more than COPY_BYTES of blocks to send is asked again in further rounds, each
+         COPY within it counting every id over every target
   tell   per id and target: made (the target stored it or held it already), or left for
          another path (the holder lacked it or held it rotten, or the target could not be given
          it), with one line per distinct reason; a COLLISION is neither, as for a PUT
@@ -22,6 +24,7 @@ from . import placement
 from .copies import Copies
 
 COPY_TIMEOUT = 60.0       # a COPY carries a heal batch: many PUTs, each with its own 10 s
+COPY_BYTES = rpc.MAX_GATHER     # blocks one COPY may name: a node refuses more (BAD_REQUEST)
 
 
 class Handoff:
@@ -32,35 +35,56 @@ class Handoff:
     def copy(self, ids: np.ndarray, have: np.ndarray,
              need: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Has a holder of each id (have: len(ids) × nodes, up holders) send it to every node
-        marked in `need` (len(ids) × nodes). Returns (made, left: len(ids) × nodes bool, the
-        copies the targets now hold and those to make another way; the reasons for `left`,
-        one line each)."""
-        k = len(self.members.nodes)
+        marked in `need` (len(ids) × nodes), in rounds of one COPY per holder, each of at most
+        COPY_BYTES of blocks (_parts). Returns (made, left: len(ids) × nodes bool, the copies
+        the targets now hold and those to make another way; the reasons for `left`, one line
+        each)."""
         made = np.zeros_like(need)
         left = need.copy()
         notes: set[str] = set()
-        source = self._pick(ids, have)
+        plans = self._plan(ids, have, need, notes)
+        cap = max(1, COPY_BYTES // self.copies.block_size)
+        rounds = {node: _parts(plan, cap) for node, plan in plans.items()}
         clients = [n.client for n in self.members.nodes]     # where and as whom we reach them
-        requests, plans = {}, {}
+        for r in range(max(map(len, rounds.values()), default=0)):
+            part = {node: parts[r] for node, parts in rounds.items() if r < len(parts)}
+            requests = {
+                node: (rpc.COPY,
+                       {"targets": [{"name": clients[t].name, "address": clients[t].address,
+                                     "host_key": clients[t].host_key, "n": len(sel)}
+                                    for t, sel in plan]},
+                       np.concatenate([ids[sel] for _, sel in plan]).astype("<u8").tobytes())
+                for node, plan in part.items()}
+            self._tell(ids, self.members.call_many(requests, COPY_TIMEOUT), part, made, left,
+                       notes)
+        return made, left, sorted(notes)
+
+    def _plan(self, ids: np.ndarray, have: np.ndarray, need: np.ndarray,
+              notes: set[str]) -> dict[int, list[tuple[int, np.ndarray]]]:
+        """{holder: [(target, the indexes into ids it is to send there)]}; a target with no
+        pinned host key is left out, noted."""
+        source = self._pick(ids, have)
+        clients = [n.client for n in self.members.nodes]
+        plans = {}
         for node in np.unique(source[need.any(axis=1) & (source >= 0)]).tolist():
             mine = np.flatnonzero((source == node) & need.any(axis=1))
-            targets, parts, plan = [], [], []
-            for t in range(k):
+            plan = []
+            for t in range(len(clients)):
                 sel = mine[need[mine, t]]
                 if not len(sel):
                     continue
                 if not clients[t].host_key:
                     notes.add(f"node {clients[t].name} has no pinned host key")
                     continue
-                targets.append({"name": clients[t].name, "address": clients[t].address,
-                                "host_key": clients[t].host_key, "n": len(sel)})
-                parts.append(ids[sel])
                 plan.append((t, sel))
-            if targets:
-                requests[node] = (rpc.COPY, {"targets": targets},
-                                  np.concatenate(parts).astype("<u8").tobytes())
+            if plan:
                 plans[node] = plan
-        replies = self.members.call_many(requests, COPY_TIMEOUT) if requests else {}
+        return plans
+
+    def _tell(self, ids: np.ndarray, replies: dict, plans: dict, made: np.ndarray,
+              left: np.ndarray, notes: set[str]) -> None:
+        """Marks in `made` and `left` what one round's COPY replies say, and notes why copies
+        were not made."""
         names = self.members.names()
         for node, reply in replies.items():
             if isinstance(reply, Exception):
@@ -89,7 +113,6 @@ class Handoff:
                 if n:
                     notes.add(f"node {names[t]} refused {n} blocks from node {names[node]}"
                               " whose bytes do not hash to their ids")
-        return made, left, sorted(notes)
 
     def _pick(self, ids: np.ndarray, have: np.ndarray) -> np.ndarray:
         """Each id's holder to send it: the first in placement order among its healthy holders,
@@ -100,3 +123,21 @@ class Handoff:
         ranked = np.take_along_axis(options, order, axis=1)
         pick = order[np.arange(len(ids)), ranked.argmax(axis=1)]
         return np.where(ranked.any(axis=1), pick, -1)
+
+
+def _parts(plan: list[tuple[int, np.ndarray]],
+           cap: int) -> list[list[tuple[int, np.ndarray]]]:
+    """A holder's plan, [(target, indexes)], cut into COPYs of at most `cap` ids each, counted
+    over every target: the node counts the distinct ones, and an id named for two targets
+    counts twice here, so each part fits whatever the overlap. A target's ids may span two
+    parts."""
+    parts, part, room = [], [], cap
+    for t, sel in plan:
+        while len(sel):
+            take, sel = sel[:room], sel[room:]
+            part.append((t, take))
+            room -= len(take)
+            if not room:
+                parts.append(part)
+                part, room = [], cap
+    return [*parts, part] if part else parts
