@@ -21,7 +21,8 @@ from engine import api
 from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
                         default_pool_path, formats, parse_size, plain)
 
-from .command import Command, UsageError, arg, listen_address, nonnegative, positive
+from .command import (Command, UsageError, arg, byte_size, listen_address, nonnegative,
+                      positive)
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -189,8 +190,8 @@ def vm_export(admin, args, bar) -> int:
          " with nothing written: at once for a file or a block device (their size is known),"
          " else when the stream passes the VM's end. An error or Ctrl-C half-way writes"
          " nothing either.", args=[
-    NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
-              help="byte offset in the VM"),
+    NAME, arg("--offset", type=byte_size, required=True, metavar="N",
+              help="byte offset in the VM (4K, 1M: as sizes are given)"),
     arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
         " for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
