@@ -837,9 +837,16 @@ def cluster_up(args) -> int:
 
 @command("cluster", "down",
          json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
-         help="stop the cluster's local nodes", opens=False,
-         args=[CLUSTER_DIR])
+         help="stop the cluster's local nodes (refused while a service serves the cluster,"
+              " unless --force)", opens=False,
+         args=[CLUSTER_DIR, arg("--force", action="store_true",
+                                help="stop them even while a service serves the cluster")])
 def cluster_down(args) -> int:
+    if not args.force:
+        pid = api.service_pid(args.dir)
+        if pid is not None:     # it would go on serving a cluster with no nodes: every call fails
+            raise BlockfoldError(f"cluster {args.dir} is served by pid {pid}: stop that service"
+                                 " first, or give --force")
     rows = api.cluster_down(args.dir)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0

@@ -60,6 +60,28 @@ def test_the_cluster_service_answers_every_cli_and_a_standby_takes_over(make_clu
             assert standby.returncode == 0
 
 
+def test_cluster_down_is_refused_while_a_service_serves_the_cluster(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=2)
+    s = Served(["-c", str(cluster.path)])
+    try:
+        refused = run_cli("cluster", "down", cluster.path)
+        assert refused.returncode == 1
+        assert refused.stderr_text == (f"blockfold: error: cluster {cluster.path} is served by pid"
+                                       f" {s.proc.pid}: stop that service first, or give"
+                                       " --force\n")
+        assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
+        assert len(cli_json("-c", cluster.path, "node", "ls")) == 2     # still served
+        s.stop()
+        stopped = cli_json("cluster", "down", cluster.path)     # nothing serves it now
+        assert not any(n["running"] for n in stopped["nodes"])
+        run_cli("cluster", "up", cluster.path, check=True)
+        s = Served(["-c", str(cluster.path)])
+        forced = cli_json("cluster", "down", cluster.path, "--force")
+        assert not any(n["running"] for n in forced["nodes"])
+    finally:
+        s.kill()
+
+
 @pytest.fixture
 def admin_node(tmp_path, make_cluster):
     """A node relaying the cluster's service to admin keys over SSH; HOME holds alice's key and
