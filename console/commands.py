@@ -688,12 +688,13 @@ def blocks(admin, args, bar) -> int:
 
 
 def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
-    """At most `most` of `names`, then how many more of `readers` (default: of `names`)."""
+    """At most `most` of `names`, joined with ", " as every list of names a message shows,
+    then how many more of `readers` (default: of `names`)."""
     readers = len(names) if readers is None else readers
     names = sorted(names, key=formats.natural_key)
     if readers <= most:
-        return ",".join(names)
-    return ",".join(names[:most]) + f" +{formats.count(readers - most)}"
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f" +{formats.count(readers - most)}"
 
 
 @command("rebuild",

@@ -63,6 +63,19 @@ def test_vm_write_offset_takes_units_as_sizes_do(pool, tmp_path, offset, at):
     assert (tmp_path / "out.raw").read_bytes() == expected
 
 
+def test_lists_of_names_are_joined_with_a_comma_and_a_space(pool, tmp_path):
+    make_image(tmp_path / "g.raw", 8, 1)
+    run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw", check=True)
+    run_cli("-p", pool, "vm", "clone", "golden", "d", "--count", "6", check=True)
+    for snap in ("s1", "s2"):
+        run_cli("-p", pool, "vm", "snapshot", "golden", snap, check=True)
+    info = run_cli("-p", pool, "vm", "info", "golden", check=True).stdout_text
+    assert "clones          6 (d-1, d-2, d-3, d-4 +2)" in info
+    assert "snapshots       s1 (" in info and "), s2 (" in info
+    shown = run_cli("-p", pool, "blocks", "--limit", "1", check=True).stdout_text
+    assert "d-1, d-2, d-3, d-4 +3" in shown     # READ BY, as the console's block table has it
+
+
 def test_import_export_clone_rm_ls_stats(pool, tmp_path):
     data = make_image(tmp_path / "g.raw", 64, 1, holes=True)
     assert run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw").returncode == 0
