@@ -966,22 +966,45 @@ def node_ls(admin, args, bar) -> int:
 # beside a cluster's writer, and with every node down. A writer sees the change at its next
 # heartbeat.
 @command("node", "fail",
-         json='{"failed": NAME}',
+         json='{"failed": NAME, "unreachable_blocks": blocks with no reachable copy left'
+              ' (null: not counted)}',
          help="make a node unreachable (kill its process); through the cluster's service when "
               "one runs, which records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
-    if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
-        print("not failed", file=sys.stderr)
-        return 1
     served = api.find_service(args.cluster, actor=local_user())
-    if served is not None:          # its coordinator records the event and marks the node down
-        with served:
+    try:
+        alone, lost = _only_copies(args, served)
+        if not confirmed(args, f"Fail node {args.name}? Its process is killed.{lost}"):
+            print("not failed", file=sys.stderr)
+            return 1
+        if served is not None:      # its coordinator records the event and marks the node down
             served.fail_node(args.name)
-    else:
-        api.fail_node(args.cluster, args.name)
-    emit(args, {"failed": args.name}, f"failed {args.name}")
+        else:
+            api.fail_node(args.cluster, args.name)
+    finally:
+        if served is not None:
+            served.close()
+    emit(args, {"failed": args.name, "unreachable_blocks": alone},
+         f"failed {args.name}.{lost.replace('would have', 'have')}".removesuffix("."))
     return 0
+
+
+def _only_copies(args, served: api.Admin | None) -> tuple[int | None, str]:
+    """The blocks whose only reachable copies are on node args.name, and a sentence saying how
+    many and how much (empty when none), asked of the service or of the cluster opened
+    read-only here. Unknown when the cluster cannot be opened (every node down: failing one
+    still works, from the directory alone)."""
+    if served is not None:
+        alone, block_size = served.only_copies(args.name), served.block_size
+    else:
+        try:
+            admin = open_here(args, readonly=True, actor=local_user())
+        except BlockfoldError as e:
+            return None, f" Its blocks could not be counted ({e})."
+        with admin:
+            alone, block_size = admin.only_copies(args.name), admin.block_size
+    return alone, f" {formats.no_copy_left(alone, block_size)}." if alone else ""
 
 
 @command("node", "restore",
