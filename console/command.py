@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.api import parse_size
+
 
 class UsageError(Exception):
     """Bad usage the parser cannot see (no pool given, a command without its action): exit 2."""
@@ -60,6 +62,22 @@ def nonnegative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
+
+
+def byte_size(text: str) -> int:
+    """A count of bytes as the size options take it ('1048576', '0x100000', '4K', '1M',
+    '1.5GiB'), for an option that is a byte position."""
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r} (a number with"
+                                         " an optional K, M, G or T)") from None
 
 
 def positive(text: str) -> int:

@@ -21,7 +21,8 @@ from engine import api
 from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
                         default_pool_path, formats, parse_size, plain)
 
-from .command import Command, UsageError, arg, listen_address, nonnegative, positive
+from .command import (Command, UsageError, arg, byte_size, listen_address, nonnegative,
+                      positive)
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -189,8 +190,8 @@ def vm_export(admin, args, bar) -> int:
          " with nothing written: at once for a file or a block device (their size is known),"
          " else when the stream passes the VM's end. An error or Ctrl-C half-way writes"
          " nothing either.", args=[
-    NAME, arg("--offset", type=nonnegative, required=True, metavar="N",
-              help="byte offset in the VM"),
+    NAME, arg("--offset", type=byte_size, required=True, metavar="N",
+              help="byte offset in the VM (4K, 1M: as sizes are given)"),
     arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
         " for stdin"), FORCE])
 def vm_write(admin, args, bar) -> int:
@@ -687,12 +688,13 @@ def blocks(admin, args, bar) -> int:
 
 
 def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
-    """At most `most` of `names`, then how many more of `readers` (default: of `names`)."""
+    """At most `most` of `names`, joined with ", " as every list of names a message shows,
+    then how many more of `readers` (default: of `names`)."""
     readers = len(names) if readers is None else readers
     names = sorted(names, key=formats.natural_key)
     if readers <= most:
-        return ",".join(names)
-    return ",".join(names[:most]) + f" +{formats.count(readers - most)}"
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f" +{formats.count(readers - most)}"
 
 
 @command("rebuild",
@@ -836,9 +838,16 @@ def cluster_up(args) -> int:
 
 @command("cluster", "down",
          json='{"cluster": DIR, "nodes": [{name, address, pid, local, running}]}',
-         help="stop the cluster's local nodes", opens=False,
-         args=[CLUSTER_DIR])
+         help="stop the cluster's local nodes (refused while a service serves the cluster,"
+              " unless --force)", opens=False,
+         args=[CLUSTER_DIR, arg("--force", action="store_true",
+                                help="stop them even while a service serves the cluster")])
 def cluster_down(args) -> int:
+    if not args.force:
+        pid = api.service_pid(args.dir)
+        if pid is not None:     # it would go on serving a cluster with no nodes: every call fails
+            raise BlockfoldError(f"cluster {args.dir} is served by pid {pid}: stop that service"
+                                 " first, or give --force")
     rows = api.cluster_down(args.dir)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
@@ -957,22 +966,45 @@ def node_ls(admin, args, bar) -> int:
 # beside a cluster's writer, and with every node down. A writer sees the change at its next
 # heartbeat.
 @command("node", "fail",
-         json='{"failed": NAME}',
+         json='{"failed": NAME, "unreachable_blocks": blocks with no reachable copy left'
+              ' (null: not counted)}',
          help="make a node unreachable (kill its process); through the cluster's service when "
               "one runs, which records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
-    if not confirmed(args, f"Fail node {args.name}? Its process is killed."):
-        print("not failed", file=sys.stderr)
-        return 1
     served = api.find_service(args.cluster, actor=local_user())
-    if served is not None:          # its coordinator records the event and marks the node down
-        with served:
+    try:
+        alone, lost = _only_copies(args, served)
+        if not confirmed(args, f"Fail node {args.name}? Its process is killed.{lost}"):
+            print("not failed", file=sys.stderr)
+            return 1
+        if served is not None:      # its coordinator records the event and marks the node down
             served.fail_node(args.name)
-    else:
-        api.fail_node(args.cluster, args.name)
-    emit(args, {"failed": args.name}, f"failed {args.name}")
+        else:
+            api.fail_node(args.cluster, args.name)
+    finally:
+        if served is not None:
+            served.close()
+    emit(args, {"failed": args.name, "unreachable_blocks": alone},
+         f"failed {args.name}.{lost.replace('would have', 'have')}".removesuffix("."))
     return 0
+
+
+def _only_copies(args, served: api.Admin | None) -> tuple[int | None, str]:
+    """The blocks whose only reachable copies are on node args.name, and a sentence saying how
+    many and how much (empty when none), asked of the service or of the cluster opened
+    read-only here. Unknown when the cluster cannot be opened (every node down: failing one
+    still works, from the directory alone)."""
+    if served is not None:
+        alone, block_size = served.only_copies(args.name), served.block_size
+    else:
+        try:
+            admin = open_here(args, readonly=True, actor=local_user())
+        except BlockfoldError as e:
+            return None, f" Its blocks could not be counted ({e})."
+        with admin:
+            alone, block_size = admin.only_copies(args.name), admin.block_size
+    return alone, f" {formats.no_copy_left(alone, block_size)}." if alone else ""
 
 
 @command("node", "restore",

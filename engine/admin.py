@@ -282,6 +282,12 @@ class Admin(ABC):
         """Every node's health (an embedded pool: itself, as node "local")."""
 
     @abstractmethod
+    def only_copies(self, name: str) -> int:
+        """How many live blocks have their only reachable copies on node `name` (held by no
+        other up or suspect node): what failing it would make unreadable. Raises BlockfoldError
+        (an embedded pool, an unknown node)."""
+
+    @abstractmethod
     def fail_node(self, name: str) -> None:
         """Kills a local node's process: a real loss, for drills. Raises BlockfoldError (an
         embedded pool, an unknown node, a node running elsewhere)."""

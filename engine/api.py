@@ -102,6 +102,19 @@ def find_service(directory, *, actor: str | None = None, read_only: bool = False
     return RemoteAdmin.find(directory, actor=actor, read_only=read_only)
 
 
+def service_pid(directory) -> int | None:
+    """The pid of the process serving the pool or cluster in `directory` (a service, or a
+    console serving what it opened), from its admin.sock; None when none serves it. Raises
+    BlockfoldError (the socket's mode keeps this user out: it cannot be told)."""
+    from .net import adminwire
+    path = Path(directory) / adminwire.SOCKET
+    try:
+        return adminwire.server_pid(path)
+    except PermissionError:
+        raise BlockfoldError(f"cannot tell whether a service serves {directory}: {path} is not"
+                             " open to this user") from None
+
+
 def connect_service(url: str, *, read_only: bool = False) -> Admin:
     """The Admin of the service behind a node's SSH admin subsystem, ssh://USER@HOST:PORT (the
     user's SSH keys and known_hosts). Raises BlockfoldError."""

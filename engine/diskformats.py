@@ -3,12 +3,14 @@
 In: `qemu-img info --output=json` names the format (its probe reads the image's magic; `--format`
 forces one). qcow2, vmdk, vhdx and vdi are read through `qemu-nbd` (read-only, `-f FMT`, on a
 private Unix socket in a temporary directory, so a qcow2's backing chain is read as the one disk
-it makes) by `nbdcopy`, which asks block status and skips the holes, and streams the disk's bytes
-through a pipe: never a temporary copy. Runs of zeros are dropped here, before they travel. A raw
-image is read as it is (a file's holes skipped with SEEK_DATA), from a regular file, a block
-device (LVM, a LUN) or stdin. An image that qemu-img calls raw but whose first bytes are another
-container's magic (a qcow2 qemu-img cannot open, a compressed file, an OVA) is refused: it would
-import as the container's bytes, not as a disk.
+it makes, its external data file too) by `nbdcopy`, which asks block status and skips the holes,
+and streams the disk's bytes through a pipe: never a temporary copy. Runs of zeros are dropped
+here, before they travel. A raw image is read as it is (a file's holes skipped with SEEK_DATA),
+from a regular file, a block device (LVM, a LUN) or stdin. An image that qemu-img calls raw but
+whose first bytes are another container's magic (a qcow2 qemu-img cannot open, a compressed file,
+an OVA) is refused: it would import as the container's bytes, not as a disk. The qemu tools run
+in the image's directory: qemu finds a relative external data file (`qemu-img create -o
+data_file=NAME`, made beside the image) from its working directory, not from the image's.
 
 Out: raw is the VM's bytes (engine.imageio); qcow2 and vmdk are written by `qemu-img convert`
 from an NBD export of the VM on a private Unix socket, served from this process over the Admin
@@ -94,18 +96,30 @@ def probe(path: str, format: str | None = None) -> dict:
     if os.stat(path).st_size == 0 and stat.S_ISREG(os.stat(path).st_mode):
         raise empty_image(path)
     args = ["qemu-img", "info", "--output=json", "--backing-chain", "-U"]
-    proc = _run([*args, *(["-f", format] if format else []), path])
+    proc = _run([*args, *(["-f", format] if format else []), path], path)
     if proc.returncode != 0:
         raise BadImageError(f"{path}: not an image qemu-img can read: {_reason(proc.stderr)}")
     chain = json.loads(proc.stdout)
-    return dict(chain[0], chain=[entry["filename"] for entry in chain])
+    return dict(chain[0], chain=[entry["filename"] for entry in chain],
+                data=[_data_file(entry, path) for entry in chain])
+
+
+def _data_file(entry: dict, path: str) -> str:
+    """The file that holds the data of one image of a chain, as `qemu-img info` describes it:
+    its external data file (found as qemu finds it, from the directory of `path`, where the
+    tools run), or the image file itself."""
+    external = entry.get("format-specific", {}).get("data", {}).get("data-file")
+    if external is None:
+        return entry["filename"]
+    return os.path.join(_beside(path), external)
 
 
 def check_ends(path: str, fmt: str, info: dict) -> None:
     """Refuses an image whose tables point past the end of its file (a truncated copy): qemu
-    would read what is missing as zeros. `qemu-img map` gives each extent's file offset, and
-    its depth in the backing chain."""
-    proc = _run(["qemu-img", "map", "--output=json", "-U", "-f", fmt, path])
+    would read what is missing as zeros. `qemu-img map` gives each extent's offset in the file
+    that holds its data (the image, or its external data file), and its depth in the backing
+    chain."""
+    proc = _run(["qemu-img", "map", "--output=json", "-U", "-f", fmt, path], path)
     if proc.returncode != 0:
         raise BadImageError(f"{path}: qemu-img cannot map it: {_reason(proc.stderr)}")
     ends: dict[int, int] = {}
@@ -114,7 +128,7 @@ def check_ends(path: str, fmt: str, info: dict) -> None:
             depth = extent.get("depth", 0)
             ends[depth] = max(ends.get(depth, 0), extent["offset"] + extent["length"])
     for depth, end in ends.items():
-        name = info["chain"][depth] if depth < len(info["chain"]) else path
+        name = info["data"][depth] if depth < len(info["data"]) else path
         try:
             st = os.stat(name)
         except OSError:
@@ -155,7 +169,8 @@ class QemuImage:
         self._dir = tempfile.mkdtemp(prefix="blockfold-qemu-")
         self._socket = os.path.join(self._dir, "nbd.sock")
         self._server = _spawn(["qemu-nbd", "--read-only", "--persistent", "--shared=8",
-                               f"--format={fmt}", f"--socket={self._socket}", path])
+                               f"--format={fmt}", f"--socket={self._socket}",
+                               os.path.abspath(path)], cwd=_beside(path))
         self._copy: subprocess.Popen | None = None
 
     def _wait_listening(self) -> None:
@@ -279,18 +294,29 @@ class served_over_nbd:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _spawn(args: list[str], stdout=subprocess.DEVNULL) -> subprocess.Popen:
+def _beside(image: str) -> str:
+    """The directory qemu runs in for `image`: the image's own (see the module's docstring)."""
+    return os.path.dirname(os.path.abspath(image))
+
+
+def _spawn(args: list[str], stdout=subprocess.DEVNULL, cwd: str | None = None
+           ) -> subprocess.Popen:
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, cwd=cwd)
     except FileNotFoundError:
         raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils"
                             " libnbd-bin)") from None
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
+def _run(args: list[str], image: str | None = None) -> subprocess.CompletedProcess:
+    """Runs a qemu tool; when `image` (its last argument) is given, in the image's directory
+    and on its absolute path."""
+    if image is not None:
+        args = [*args[:-1], os.path.abspath(image)]
     try:
-        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              cwd=None if image is None else _beside(image))
     except FileNotFoundError:
         raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils)") from None
 

@@ -53,6 +53,13 @@ def count(n: int | None) -> str:
     return UNKNOWN if n is None else f"{n:,}"
 
 
+def no_copy_left(blocks: int, block_size: int) -> str:
+    """What failing a node would cost, for its confirmation: "12 blocks (48.0 KiB) would have
+    no reachable copy"."""
+    return (f"{count(blocks)} block{'' if blocks == 1 else 's'} ({size(blocks * block_size)})"
+            " would have no reachable copy")
+
+
 def rate(bytes_per_s: float | None) -> str:
     """Bytes per second: "3.0 GiB/s"."""
     return UNKNOWN if bytes_per_s is None else f"{size(bytes_per_s)}/s"

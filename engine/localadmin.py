@@ -198,6 +198,9 @@ class LocalAdmin(Admin):
                            blocks=live, live_blocks=live, under_replicated=0, weight=None,
                            catalog_version=None, last_seen=None, error="")]
 
+    def only_copies(self, name):
+        raise BlockfoldError("an embedded pool has no nodes: open a cluster")
+
     def fail_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to fail: open a cluster")
 

@@ -376,6 +376,7 @@ class RemoteAdmin(Admin):
     # -- nodes --------------------------------------------------------------------------------
 
     def nodes(self): return self._call("nodes")
+    def only_copies(self, name): return self._call("only_copies", {"name": name})
     def fail_node(self, name): self._call("fail_node", {"name": name})
     def restore_node(self, name): self._call("restore_node", {"name": name})
 

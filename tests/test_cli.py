@@ -49,6 +49,33 @@ def pool(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("offset, at", [("4K", 4096), ("1M", 1 << 20), ("1.5KiB", 1536),
+                                        ("0x2000", 8192), ("300", 300)])
+def test_vm_write_offset_takes_units_as_sizes_do(pool, tmp_path, offset, at):
+    make_image(tmp_path / "a.raw", 512, 5)                  # 2 MiB
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    (tmp_path / "patch").write_bytes(b"x" * 5000)
+    written = cli_json("-p", pool, "vm", "write", "a", "--offset", offset, tmp_path / "patch")
+    assert (written["offset"], written["bytes"]) == (at, 5000)
+    run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw", check=True)
+    expected = bytearray((tmp_path / "a.raw").read_bytes())
+    expected[at:at + 5000] = b"x" * 5000
+    assert (tmp_path / "out.raw").read_bytes() == expected
+
+
+def test_lists_of_names_are_joined_with_a_comma_and_a_space(pool, tmp_path):
+    make_image(tmp_path / "g.raw", 8, 1)
+    run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw", check=True)
+    run_cli("-p", pool, "vm", "clone", "golden", "d", "--count", "6", check=True)
+    for snap in ("s1", "s2"):
+        run_cli("-p", pool, "vm", "snapshot", "golden", snap, check=True)
+    info = run_cli("-p", pool, "vm", "info", "golden", check=True).stdout_text
+    assert "clones          6 (d-1, d-2, d-3, d-4 +2)" in info
+    assert "snapshots       s1 (" in info and "), s2 (" in info
+    shown = run_cli("-p", pool, "blocks", "--limit", "1", check=True).stdout_text
+    assert "d-1, d-2, d-3, d-4 +3" in shown     # READ BY, as the console's block table has it
+
+
 def test_import_export_clone_rm_ls_stats(pool, tmp_path):
     data = make_image(tmp_path / "g.raw", 64, 1, holes=True)
     assert run_cli("-p", pool, "vm", "import", "golden", tmp_path / "g.raw").returncode == 0

@@ -88,6 +88,21 @@ def test_a_qcow2_over_a_backing_file_imports_the_chain(cli, images, tmp_path):
     assert (tmp_path / "chain.raw").read_bytes() == expected
 
 
+@pytest.mark.parametrize("named", ["relative", "absolute"])
+def test_a_qcow2_with_an_external_data_file_imports_its_disk(cli, images, tmp_path, named):
+    data = "fs.data" if named == "relative" else str(tmp_path / "fs.data")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={data}",
+                    "ext.qcow2", "24M"], cwd=tmp_path, check=True)
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2",
+                    images / "fs.raw", "ext.qcow2"], cwd=tmp_path, check=True)
+    cli("vm", "import", "ext", tmp_path / "ext.qcow2")      # from another working directory
+    cli("vm", "export", "ext", tmp_path / "ext.raw")
+    assert (tmp_path / "ext.raw").read_bytes() == (images / "fs.raw").read_bytes()
+    os.truncate(tmp_path / "fs.data", 1 << 20)      # its tables' offsets are the data file's
+    proc = cli("vm", "import", "cut", tmp_path / "ext.qcow2", check=False)
+    assert proc.returncode == 1 and f"{tmp_path / 'fs.data'} is truncated" in proc.stderr_text
+
+
 def test_what_is_not_a_disk_is_refused_in_one_line(cli, images, tmp_path):
     cli("vm", "import", "before", images / "fs.qcow2")
     truncated = tmp_path / "truncated.qcow2"

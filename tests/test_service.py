@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -390,6 +391,17 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
     assert after['blockfold_node_state{node="local",state="up"}'] == 1
     desk = next(v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk")
     assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
+    s.stop()
+
+
+def test_metrics_answer_only_at_their_path(pool_dir, golden, serve):
+    s = serve("--metrics", "127.0.0.1:0")
+    root = s.metrics.removesuffix("/metrics")
+    for path in ("/", "/metric", "/metrics/x", "/favicon.ico", "/admin"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(root + path, timeout=10)
+        assert refused.value.code == 404, path
+    assert scrape(s.metrics)["blockfold_unique_blocks"] > 0
     s.stop()
 
 

@@ -55,8 +55,8 @@ class NodesPane(PoolPane):
     def selected(self) -> str | None:
         return self.query_one("#nodes", RowTable).selected()
 
-    def _confirm_then(self, verb: str, question: str, call) -> None:
-        name = self.selected()
+    def _confirm_then(self, verb: str, question: str, call, name: str | None = None) -> None:
+        name = name or self.selected()
         if name is None:
             return
 
@@ -70,9 +70,21 @@ class NodesPane(PoolPane):
                              answered)
 
     def action_fail_node(self) -> None:
-        self._confirm_then("fail", "Fail node {name}? Its process is killed: its blocks are "
-                           "served from their other replicas, and healed onto the remaining "
-                           "nodes after the repair delay.", self.app.admin.fail_node)
+        admin, name = self.app.admin, self.selected()
+        question = ("Fail node {name}? Its process is killed: its blocks are served from their"
+                    " other replicas, and healed onto the remaining nodes after the repair delay.")
+        if name is None or admin.kind != "cluster":     # a pool's fail_node says it has none
+            return self._confirm_then("fail", question, admin.fail_node)
+
+        def counted(alone: int) -> None:
+            said = question if not alone else (
+                "Fail node {name}? Its process is killed. "
+                f"{formats.no_copy_left(alone, admin.block_size)}: reads of them fail until it"
+                " is restored.")
+            self._confirm_then("fail", said, admin.fail_node, name)
+
+        self.app.engine(f"count the blocks only node {name} holds",
+                        lambda: admin.only_copies(name), counted, changes=False)
 
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It restarts, rejoins the pool and "

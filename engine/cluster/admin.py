@@ -492,6 +492,9 @@ class ClusterAdmin(LocalAdmin):
 
     # -- simulated loss -----------------------------------------------------------------------
 
+    def only_copies(self, name: str) -> int:
+        return self.pool.blocks.only_on(self.members.index(name))
+
     def fail_node(self, name: str) -> None:
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
         lifecycle.fail_node(ClusterConfig.load(self.config.path), name)

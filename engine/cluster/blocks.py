@@ -221,6 +221,11 @@ class ClusterBlocks:
         with self._rows.lock:
             return self._rows.per_node(self.members.up_mask(), self.replicas)
 
+    def only_on(self, node: int) -> int:
+        """Live blocks whose only copy on an up node is on `node`."""
+        with self._rows.lock:
+            return self._rows.only_on(node, self.members.up_mask())
+
     def heal(self, progress=None, cancel=None) -> dict:
         """Back to R copies on the placement targets; see engine.cluster.heal."""
         return self._healer.heal(progress, cancel)

@@ -168,6 +168,16 @@ class RowMap:
         copies = (held & up[None, :]).sum(axis=1)
         return held.sum(axis=0), held[copies < replicas].sum(axis=0)
 
+    def only_on(self, node: int, up: np.ndarray) -> int:
+        """How many live rows `node` holds that no other `up` node holds: the blocks that have
+        no reachable copy once `node` is gone."""
+        if not self.ready or not up[node]:     # a node already down: nothing more is lost
+            return 0
+        others = up.copy()
+        others[node] = False
+        held = self._holders[self.live_rows()]
+        return int(np.count_nonzero(held[:, node] & ~(held & others[None, :]).any(axis=1)))
+
     @property
     def used_count(self) -> int:
         """Live rows: the unique blocks of the cluster."""

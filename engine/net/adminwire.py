@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +115,20 @@ def error_from(header: dict) -> BlockfoldError:
         return CorruptBlockError(message, address=int(header.get("address") or 0),
                                  offset=header.get("offset"))
     return dict(_CLASSES).get(code, BlockfoldError)(message)
+
+
+def server_pid(path: Path) -> int | None:
+    """The pid of the process that serves the admin socket at `path` (the kernel's credentials of
+    the listening end, SO_PEERCRED); None when none serves it. Says nothing to the service.
+    Raises PermissionError (its mode keeps us out)."""
+    try:
+        sock = connect(path, timeout=10)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        return None
+    with sock:
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return pid
 
 
 @contextmanager

@@ -7,13 +7,20 @@ Two kinds:
 - what the NBD export serves, counted as it goes by the native request loop in a Meter (atomic
   counters, read at each scrape): requests, bytes read and written per VM (IOPS are the
   requests' rate), and a latency histogram per kind of request.
+
+Only GET /metrics answers with them; any other path is 404 (prometheus-client's own server
+answers every path with the figures, so a typo'd or probing URL looked like a scrape target).
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.registry import Collector
@@ -112,11 +119,34 @@ class Metrics:
         self._http = None
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
-        """Serves /metrics on host:port (0: any free port) from a thread; returns the address."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Serves /metrics on host:port (0: any free port) from a thread, 404 elsewhere;
+        returns the address."""
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self._http = make_server(host, port, only_metrics(make_wsgi_app(self.registry)), Server,
+                                 handler_class=QuietHandler)
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
         return host, self._http.server_port
 
     def close(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+def only_metrics(app):
+    """The WSGI `app` at /metrics, and 404 Not Found at every other path."""
+    def serve(environ, start_response):
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: the metrics are at /metrics\n"]
+        return app(environ, start_response)
+    return serve
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Logs no request: a scrape every few seconds would fill the service's stderr."""
+
+    def log_message(self, format, *args):
+        pass

@@ -282,6 +282,8 @@ class ServedAdmin(Admin):
 
     def nodes(self): return self.inner.nodes()
 
+    def only_copies(self, name): return self.inner.only_copies(name)
+
     @_changes
     def fail_node(self, name): self.inner.fail_node(name)
 

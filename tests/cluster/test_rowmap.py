@@ -133,3 +133,12 @@ def test_growth_keeps_every_row_and_its_holders():
     assert rows.holders_at(rows.rows_of(np.array([3], np.uint64))).tolist() == [[0, 0, 1]]
     live, _ = rows.per_node(on(0, 1, 2), 1)
     assert live.tolist() == [n // 3, n // 3, n // 3 + 1]
+
+
+def test_only_on_counts_the_live_rows_no_other_up_node_holds():
+    rows = loaded(ids=[10, 20, 30, 40, 50], refcounts=[1, 1, 1, 1, 0],
+                  holders=[[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0]])
+    assert rows.only_on(0, on(0, 1, 2)) == 1        # 10 (50 is dead: no reference)
+    assert rows.only_on(0, on(0, 1)) == 2           # 10, and 30, whose other copy is down
+    assert rows.only_on(1, on(0, 1)) == 1           # 40
+    assert rows.only_on(2, on(0, 1)) == 0           # down already: nothing more is lost

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from engine.api import BlockfoldError, PoolLockedError, connect_service
+from engine.api import BlockfoldError, PoolLockedError, connect_service, formats
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
+from tests.terminal import Terminal
 
 from .conftest import image
 
@@ -58,6 +59,60 @@ def test_the_cluster_service_answers_every_cli_and_a_standby_takes_over(make_clu
             standby.terminate()
             standby.communicate(timeout=60)
             assert standby.returncode == 0
+
+
+def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=1)         # every block on one node alone
+    image(tmp_path / "golden.raw", 2)
+    run_cli("-c", cluster.path, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+    held = {n["name"]: n["live_blocks"] for n in cli_json("-c", cluster.path, "node", "ls")}
+    assert held["node1"] > 0
+    lost = f"{held['node1']:,} blocks ({formats.size(held['node1'] * 4096)})"
+    # On a terminal it asks, saying so; no: nothing is done.
+    term = Terminal(tmp_path, f"cd {ROOT} && {sys.executable} -m console -c {cluster.path}"
+                    " node fail node1")
+    try:
+        shown = term.wait_for("[y/N]")
+        assert f"Fail node node1? Its process is killed. {lost} would have no reachable copy." \
+            in shown
+        term.keys("n", "Enter")
+        assert term.exit_code() == 1 and "not failed" in term.screen()
+    finally:
+        term.close()
+    assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
+    # --yes (or no terminal) goes on, and says what it cost; through a service too.
+    s = Served(["-c", str(cluster.path)])
+    try:
+        done = run_cli("-c", cluster.path, "node", "fail", "node2", "--yes", check=True)
+        assert done.stdout_text == (f"failed node2. {held['node2']:,} blocks"
+                                    f" ({formats.size(held['node2'] * 4096)}) have no reachable"
+                                    " copy\n")
+    finally:
+        s.stop()
+    assert cli_json("-c", cluster.path, "node", "fail", "node1") == {
+        "failed": "node1", "unreachable_blocks": held["node1"]}
+
+
+def test_cluster_down_is_refused_while_a_service_serves_the_cluster(make_cluster):
+    cluster = make_cluster(nodes=2, replicas=2)
+    s = Served(["-c", str(cluster.path)])
+    try:
+        refused = run_cli("cluster", "down", cluster.path)
+        assert refused.returncode == 1
+        assert refused.stderr_text == (f"blockfold: error: cluster {cluster.path} is served by pid"
+                                       f" {s.proc.pid}: stop that service first, or give"
+                                       " --force\n")
+        assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
+        assert len(cli_json("-c", cluster.path, "node", "ls")) == 2     # still served
+        s.stop()
+        stopped = cli_json("cluster", "down", cluster.path)     # nothing serves it now
+        assert not any(n["running"] for n in stopped["nodes"])
+        run_cli("cluster", "up", cluster.path, check=True)
+        s = Served(["-c", str(cluster.path)])
+        forced = cli_json("cluster", "down", cluster.path, "--force")
+        assert not any(n["running"] for n in forced["nodes"])
+    finally:
+        s.kill()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from textual.widgets import DataTable, Label
 from console.app import BlockfoldApp
 from console.clock import FixedClock
 from console.screens.confirm import ConfirmDialog
+from engine.api import formats
 from widgets.node_card import NodeCard
 from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
 
@@ -77,6 +78,26 @@ async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go
         assert admin.read("golden", 0, len(data)) == data
         assert admin.read(f"desk-{CLONES}", 0, len(data)) == data
     assert {n.name: n.state for n in admin.nodes()}["node2"] == "down"
+
+
+async def test_failing_a_node_that_holds_the_only_copies_says_how_many_first(make_cluster,  # noqa: F811
+                                                                            tmp_path):
+    cluster = make_cluster(nodes=3, replicas=1)         # every block on one node alone
+    image(tmp_path / "golden.raw", 1, seed=4)
+    with cluster.open(actor="console") as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        alone = {n.name: n.live_blocks for n in admin.nodes()}["node2"]
+        assert alone > 0
+        app = make_app(admin)
+        async with app.run_test(size=SIZE) as pilot:
+            await press(pilot, "5")
+            await press(pilot, "down", "x")
+            said = " ".join(question(app).split())
+            assert said == (f"Fail node node2? Its process is killed. {alone:,} blocks"
+                            f" ({formats.size(alone * 4096)}) would have no reachable copy:"
+                            " reads of them fail until it is restored.")
+            await press(pilot, "n")
+        assert {n.name: n.state for n in admin.nodes()}["node2"] == "up"
 
 
 async def test_restoring_a_node_brings_it_back_and_heals(seeded):
