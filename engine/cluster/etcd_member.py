@@ -1,7 +1,8 @@
 """A local cluster's own etcd member: Debian's `etcd` binary, one member, its data in DIR/etcd,
 its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, kept across restarts,
 as a node keeps its address), its log in DIR/etcd.log. `cluster up` starts it before the nodes,
-`cluster down` stops it after them.
+`cluster down` stops it after them. A data dir it cannot start from is set aside as
+DIR/etcd.damaged-N and a new member started (start() says why that loses nothing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ BINARY = "etcd"
 DATA = "etcd"
 LOG_FILE = "etcd.log"
 READY_TIMEOUT = 20.0        # it answers in 0.7 s here; a loaded machine takes longer
-PORT_TRIES = 3              # a free port taken by someone else before etcd bound it
+TRIES = 3                   # starts: a free port taken before etcd bound it, a damaged data dir
 
 
 def binary() -> str:
@@ -53,8 +55,11 @@ def is_running(entry: EtcdEntry) -> bool:
 
 def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
     """Starts the member and waits until it answers; entry.pid is set. A new member (`fresh`)
-    whose port was taken meanwhile gets other ports. Raises BlockfoldError with the last line
-    of its log if it does not start (it is killed)."""
+    whose port was taken meanwhile gets other ports. A member that exits at once from a data
+    dir it has (a damaged write-ahead log or database) has it set aside as DIR/etcd.damaged-N
+    and starts as a new one, saying so in one line on stderr: its keys are leased liveness and
+    session keys that their holders put again (engine.etcd.KeptKey). Raises BlockfoldError with
+    the last line of its log if it does not start (it is killed)."""
     etcd = binary()
     tries = 1
     while True:
@@ -64,14 +69,36 @@ def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
             entry.pid = proc.pid
             proc.returncode = 0     # it outlives us: forget the Popen quietly (init reaps it)
             return
+        exited = proc.poll() is not None
         proc.kill()
         proc.wait()
-        if not (fresh and "address already in use" in why and tries < PORT_TRIES):
+        if tries >= TRIES:
             raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
         tries += 1
-        shutil.rmtree(entry.data, ignore_errors=True)
-        other = create(path)
-        entry.endpoints, entry.peer = other.endpoints, other.peer
+        if fresh and "address already in use" in why:
+            shutil.rmtree(entry.data, ignore_errors=True)
+            other = create(path)
+            entry.endpoints, entry.peer = other.endpoints, other.peer
+        elif exited and not fresh and "address already in use" not in why:
+            aside = _set_aside(Path(entry.data))
+            _tell(f"etcd did not start from {entry.data} ({why}): set it aside as {aside} and"
+                  " started a new member (nodes and writers register again)")
+            fresh = True
+        else:
+            raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
+
+
+def _set_aside(data: Path) -> Path:
+    """Moves a damaged data dir to DATA.damaged-N, the first N free; where it went."""
+    n = 1
+    while (aside := data.with_name(f"{data.name}.damaged-{n}")).exists():
+        n += 1
+    data.rename(aside)
+    return aside
+
+
+def _tell(line: str) -> None:
+    print(f"blockfold: {line}", file=sys.stderr, flush=True)
 
 
 def _spawn(etcd: str, path: Path, entry: EtcdEntry) -> subprocess.Popen:

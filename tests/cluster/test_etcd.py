@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -268,3 +269,31 @@ def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd
         done = run_cli("cluster", "up", cluster.path)
         assert done.returncode == 1 and "node node1 did not start" in done.stderr_text
         assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
+
+
+@pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])
+def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(etcd, tmp_path, damage):
+    """Its keys are leases that nodes and writers put again, so a data dir etcd cannot start
+    from costs nothing: `cluster up` moves it aside (the first free name) and says so once."""
+    path = tmp_path / "c"
+    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
+            check=True)
+    run_cli("cluster", "down", path, check=True)
+    data = path / "etcd"
+    if damage == "junk in its files":
+        for f in [*data.rglob("*.wal"), *data.rglob("db")]:
+            f.write_bytes(b"junk" * 1024)
+    else:
+        shutil.rmtree(data)
+        data.write_bytes(b"junk")
+    (path / "etcd.damaged-1").mkdir()           # an earlier one: this one is the next
+    try:
+        done = run_cli("cluster", "up", path, check=True)
+        said = [line for line in done.stderr_text.splitlines() if "etcd" in line]
+        assert len(said) == 1 and said[0].startswith(f"blockfold: etcd did not start from {data}")
+        assert said[0].endswith(f": set it aside as {path / 'etcd.damaged-2'} and started a new"
+                                " member (nodes and writers register again)")
+        assert (path / "etcd.damaged-2").exists() and data.is_dir()
+        assert registered(path) == {"node1": True}
+    finally:
+        run_cli("cluster", "down", path, check=True)
