@@ -1,13 +1,15 @@
 """A local cluster's own etcd member: Debian's `etcd` binary, one member, its data in DIR/etcd,
 its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, kept across restarts,
-as a node keeps its address), its log in DIR/etcd.log. `cluster up` starts it before the nodes,
-`cluster down` stops it after them. A data dir it cannot start from is set aside as
-DIR/etcd.damaged-N and a new member started (start() says why that loses nothing).
+as a node keeps its address, moved if another process has taken one), its log in DIR/etcd.log.
+`cluster up` starts it before the nodes, `cluster down` stops it after them. A data dir it
+cannot start from is set aside as DIR/etcd.damaged-N and a new member started (start() says
+why that loses nothing).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import BlockfoldError
 from . import processes
@@ -24,6 +27,7 @@ BINARY = "etcd"
 DATA = "etcd"
 LOG_FILE = "etcd.log"
 READY_TIMEOUT = 20.0        # it answers in 0.7 s here; a loaded machine takes longer
+TAKEN = "address already in use"
 TRIES = 3                   # starts: a free port taken before etcd bound it, a damaged data dir
 
 
@@ -54,12 +58,13 @@ def is_running(entry: EtcdEntry) -> bool:
 
 
 def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
-    """Starts the member and waits until it answers; entry.pid is set. A new member (`fresh`)
-    whose port was taken meanwhile gets other ports. A member that exits at once from a data
-    dir it has (a damaged write-ahead log or database) has it set aside as DIR/etcd.damaged-N
-    and starts as a new one, saying so in one line on stderr: its keys are leased liveness and
-    session keys that their holders put again (engine.etcd.KeptKey). Raises BlockfoldError with
-    the last line of its log if it does not start (it is killed)."""
+    """Starts the member and waits until it answers; entry.pid is set (save the entry after:
+    its ports may move). Each of these is said in one line on stderr:
+    - a port of its own that another process has taken moves to a free one;
+    - a data dir it has but exits at once from (a damaged write-ahead log or database) is set
+      aside as DIR/etcd.damaged-N and it starts as a new member. Nothing is lost: its only keys
+      are leased liveness and session keys that their holders put again (engine.etcd.KeptKey).
+    Raises BlockfoldError with the last error of its log if it does not start (it is killed)."""
     etcd = binary()
     tries = 1
     while True:
@@ -75,17 +80,34 @@ def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
         if tries >= TRIES:
             raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
         tries += 1
-        if fresh and "address already in use" in why:
-            shutil.rmtree(entry.data, ignore_errors=True)
-            other = create(path)
-            entry.endpoints, entry.peer = other.endpoints, other.peer
-        elif exited and not fresh and "address already in use" not in why:
+        if TAKEN in why:
+            if fresh:       # what it made of its first start names the old peer URL
+                shutil.rmtree(entry.data, ignore_errors=True)
+            _tell(_move_ports(entry, why))
+        elif exited and not fresh:
             aside = _set_aside(Path(entry.data))
             _tell(f"etcd did not start from {entry.data} ({why}): set it aside as {aside} and"
                   " started a new member (nodes and writers register again)")
             fresh = True
         else:
             raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
+
+
+def _move_ports(entry: EtcdEntry, why: str) -> str:
+    """Gives the member a free port for the one its start found taken (both if `why` does not
+    say which); the line that says so."""
+    taken = re.search(r"listen tcp (\S+): bind", why)
+    address = taken.group(1) if taken else None
+    moved = []
+    for kind, url in (("client", entry.endpoints[0]), ("peer", entry.peer)):
+        if address in (None, urlsplit(url).netloc):
+            new = f"http://127.0.0.1:{_free_port()}"
+            moved.append(f"{kind} {url} -> {new}")
+            if kind == "client":
+                entry.endpoints = [new]
+            else:
+                entry.peer = new
+    return f"etcd's port was taken by another process: moved {', '.join(moved)} (in cluster.json)"
 
 
 def _set_aside(data: Path) -> Path:

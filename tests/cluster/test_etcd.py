@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -258,7 +259,6 @@ def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_n
 def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd, make_cluster):
     """`cluster up` stops the nodes it started with one that failed (its port taken): they
     end their leases on the way out, so etcd does not call them registered for a TTL more."""
-    import socket
     cluster = make_cluster(nodes=3, replicas=2)
     api.cluster_down(cluster.path)
     port = int(cluster.config.node("node1").address.rsplit(":", 1)[1])
@@ -295,5 +295,32 @@ def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(etcd, tmp
                                 " member (nodes and writers register again)")
         assert (path / "etcd.damaged-2").exists() and data.is_dir()
         assert registered(path) == {"node1": True}
+    finally:
+        run_cli("cluster", "down", path, check=True)
+
+
+@pytest.mark.parametrize("kind", ["client", "peer"])
+def test_a_taken_etcd_port_moves_to_a_free_one_kept_in_cluster_json(etcd, tmp_path, kind):
+    path = tmp_path / "c"
+    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
+            check=True)
+    run_cli("cluster", "down", path, check=True)
+    before = ClusterConfig.load(path).etcd
+    url = before.endpoints[0] if kind == "client" else before.peer
+    try:
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            taken.listen()
+            done = run_cli("cluster", "up", path, check=True)
+        after = ClusterConfig.load(path).etcd
+        now = after.endpoints[0] if kind == "client" else after.peer
+        assert now != url
+        assert [line for line in done.stderr_text.splitlines() if "etcd" in line] == [
+            f"blockfold: etcd's port was taken by another process: moved {kind} {url} -> {now}"
+            " (in cluster.json)"]
+        assert (after.peer if kind == "client" else after.endpoints[0]) == (
+            before.peer if kind == "client" else before.endpoints[0])       # the other kept
+        assert status(path)["etcd"]["healthy"] and registered(path) == {"node1": True}
     finally:
         run_cli("cluster", "down", path, check=True)
