@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,34 @@ def etcd_processes(data: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def own_etcd(etcd, tmp_path):
+    """An etcd member of the test's own, for a test that stops it (the worker's member serves
+    its other tests): its entry; stopped after the test."""
+    place = tmp_path / "own-etcd"
+    place.mkdir()
+    member = etcd_member.create(place)
+    etcd_member.start(place, member, fresh=True)
+    try:
+        yield member
+    finally:
+        etcd_member.stop(member)
+
+
+@pytest.fixture
+def resting_cluster(etcd, tmp_path):
+    """A one-node cluster made by `cluster up` alone (so with its own etcd member), down again:
+    its path. Down after the test, whatever the test started."""
+    path = tmp_path / "c"
+    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
+            check=True)
+    run_cli("cluster", "down", path, check=True)
+    try:
+        yield path
+    finally:
+        run_cli("cluster", "down", path, check=True)
 
 
 def test_cluster_up_runs_its_own_etcd_and_down_stops_it(etcd, tmp_path):
@@ -165,29 +194,21 @@ def test_a_cluster_made_before_etcd_still_opens_and_shows_none(make_cluster, etc
 
 
 def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
-        etcd, make_cluster, tmp_path):
-    place = tmp_path / "own-etcd"
-    place.mkdir()
-    member = etcd_member.create(place)
-    etcd_member.start(place, member, fresh=True)
-    try:
-        cluster = make_cluster(nodes=2, replicas=2, etcd=member.endpoints[0])
-        data = image(tmp_path / "a.raw", 1)
-        with cluster.open() as admin:
-            admin.import_image("a", str(tmp_path / "a.raw"))
-        etcd_member.stop(member)
-        log = cluster.path / "nodes" / "node1" / "node.log"
-        assert wait_for(lambda: "not registered in etcd" in log.read_text(), 10)
-        with cluster.open() as admin:           # etcd is not on the data path
-            assert admin.read("a", 0, len(data)) == data
-        time.sleep(3)                           # more failed keepalives: still one line
-        assert log.read_text().count("not registered in etcd") == 1
-        etcd_member.start(place, member, fresh=False)
-        assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
-        assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True},
-                        5)
-    finally:
-        etcd_member.stop(member)
+        own_etcd, make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2, etcd=own_etcd.endpoints[0])
+    data = image(tmp_path / "a.raw", 1)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+    etcd_member.stop(own_etcd)
+    log = cluster.path / "nodes" / "node1" / "node.log"
+    assert wait_for(lambda: "not registered in etcd" in log.read_text(), 10)
+    with cluster.open() as admin:           # etcd is not on the data path
+        assert admin.read("a", 0, len(data)) == data
+    time.sleep(3)                           # more failed keepalives: still one line
+    assert log.read_text().count("not registered in etcd") == 1
+    etcd_member.start(Path(own_etcd.data).parent, own_etcd, fresh=False)
+    assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
+    assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True}, 5)
 
 
 def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_path):
@@ -272,13 +293,11 @@ def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd
 
 
 @pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])
-def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(etcd, tmp_path, damage):
+def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(resting_cluster,
+                                                                       damage):
     """Its keys are leases that nodes and writers put again, so a data dir etcd cannot start
     from costs nothing: `cluster up` moves it aside (the first free name) and says so once."""
-    path = tmp_path / "c"
-    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
-            check=True)
-    run_cli("cluster", "down", path, check=True)
+    path = resting_cluster
     data = path / "etcd"
     if damage == "junk in its files":
         for f in [*data.rglob("*.wal"), *data.rglob("db")]:
@@ -287,40 +306,31 @@ def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(etcd, tmp
         shutil.rmtree(data)
         data.write_bytes(b"junk")
     (path / "etcd.damaged-1").mkdir()           # an earlier one: this one is the next
-    try:
-        done = run_cli("cluster", "up", path, check=True)
-        said = [line for line in done.stderr_text.splitlines() if "etcd" in line]
-        assert len(said) == 1 and said[0].startswith(f"blockfold: etcd did not start from {data}")
-        assert said[0].endswith(f": set it aside as {path / 'etcd.damaged-2'} and started a new"
-                                " member (nodes and writers register again)")
-        assert (path / "etcd.damaged-2").exists() and data.is_dir()
-        assert registered(path) == {"node1": True}
-    finally:
-        run_cli("cluster", "down", path, check=True)
+    done = run_cli("cluster", "up", path, check=True)
+    said = [line for line in done.stderr_text.splitlines() if "etcd" in line]
+    assert len(said) == 1 and said[0].startswith(f"blockfold: etcd did not start from {data}")
+    assert said[0].endswith(f": set it aside as {path / 'etcd.damaged-2'} and started a new"
+                            " member (nodes and writers register again)")
+    assert (path / "etcd.damaged-2").exists() and data.is_dir()
+    assert registered(path) == {"node1": True}
 
 
 @pytest.mark.parametrize("kind", ["client", "peer"])
-def test_a_taken_etcd_port_moves_to_a_free_one_kept_in_cluster_json(etcd, tmp_path, kind):
-    path = tmp_path / "c"
-    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
-            check=True)
-    run_cli("cluster", "down", path, check=True)
+def test_a_taken_etcd_port_moves_to_a_free_one_kept_in_cluster_json(resting_cluster, kind):
+    path = resting_cluster
     before = ClusterConfig.load(path).etcd
     url = before.endpoints[0] if kind == "client" else before.peer
-    try:
-        with socket.socket() as taken:
-            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            taken.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-            taken.listen()
-            done = run_cli("cluster", "up", path, check=True)
-        after = ClusterConfig.load(path).etcd
-        now = after.endpoints[0] if kind == "client" else after.peer
-        assert now != url
-        assert [line for line in done.stderr_text.splitlines() if "etcd" in line] == [
-            f"blockfold: etcd's port was taken by another process: moved {kind} {url} -> {now}"
-            " (in cluster.json)"]
-        assert (after.peer if kind == "client" else after.endpoints[0]) == (
-            before.peer if kind == "client" else before.endpoints[0])       # the other kept
-        assert status(path)["etcd"]["healthy"] and registered(path) == {"node1": True}
-    finally:
-        run_cli("cluster", "down", path, check=True)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        taken.listen()
+        done = run_cli("cluster", "up", path, check=True)
+    after = ClusterConfig.load(path).etcd
+    now = after.endpoints[0] if kind == "client" else after.peer
+    assert now != url
+    assert [line for line in done.stderr_text.splitlines() if "etcd" in line] == [
+        f"blockfold: etcd's port was taken by another process: moved {kind} {url} -> {now}"
+        " (in cluster.json)"]
+    assert (after.peer if kind == "client" else after.endpoints[0]) == (
+        before.peer if kind == "client" else before.endpoints[0])       # the other kept
+    assert status(path)["etcd"]["healthy"] and registered(path) == {"node1": True}
