@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
-from engine.etcd import TTL, Etcd
+from engine.etcd import KEEPALIVE, TTL, WAIT, Etcd, KeptKey
 from engine.node.keys import host_key_id
 from tests.conftest import cli_json, run_cli
 
@@ -209,6 +210,35 @@ def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
     etcd_member.start(Path(own_etcd.data).parent, own_etcd, fresh=False)
     assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
     assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True}, 5)
+
+
+def test_a_kept_key_waits_at_most_a_second_for_an_etcd_that_does_not_answer(own_etcd):
+    """Starting and closing a liveness or session key wait WAIT at most for a stopped etcd
+    (they took 2.2 s and 3.7 s), a keepalive in flight at close included; the key still comes,
+    and still goes, once etcd answers."""
+    keys = Etcd(own_etcd.endpoints, "/blockfold/kept-test/")
+    try:
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            kept = KeptKey(own_etcd.endpoints, "/blockfold/kept-test/", "k", {"a": 1},
+                           "test").start()
+            assert time.monotonic() - started < WAIT + 0.5
+        finally:
+            os.kill(own_etcd.pid, signal.SIGCONT)
+        assert wait_for(lambda: keys.under("") == {"k": {"a": 1}}, KEEPALIVE + WAIT + 3)
+        time.sleep(KEEPALIVE - 0.3)
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.6)                 # the next keepalive is in flight
+            closing = time.monotonic()
+            kept.close()
+            assert time.monotonic() - closing < WAIT + 0.5
+        finally:
+            os.kill(own_etcd.pid, signal.SIGCONT)
+        assert wait_for(lambda: keys.under("") == {}, WAIT + 3)    # its lease ended after all
+    finally:
+        keys.close()
 
 
 def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_path):
