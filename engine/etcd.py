@@ -18,6 +18,7 @@ data path: a process that cannot reach it goes on serving and writing, and retri
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from urllib.parse import urlsplit
@@ -41,16 +42,34 @@ class EtcdError(BlockfoldError):
     """etcd could not be reached, or refused a request."""
 
 
+# The password in a URL's //USER:PASSWORD@: all up to the @, even a / that urlsplit would not
+# take for part of it (better masked too much than shown).
+_PASSWORD = re.compile(r"(//[^/?#@:\s,]*:)[^\s@]*@")
+
+
+def masked(text: str) -> str:
+    """`text` with the password of every http://USER:PASSWORD@HOST URL in it shown as ***: for
+    any message that names an etcd URL given to us."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
 def endpoint(url: str) -> tuple[str, int]:
-    """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape."""
+    """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape,
+    and for a user and password in it (etcd's authentication is not supported)."""
+    user = (f"etcd endpoint {masked(url)!r} names a user: etcd's authentication is not"
+            " supported; use http://HOST:PORT")
+    if _PASSWORD.search(url):
+        raise BlockfoldError(user)
     try:
         parts = urlsplit(url)       # raises ValueError for a bracket left open ("http://[::1")
         port = parts.port
     except ValueError:
-        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT") from None
+        raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT") from None
+    if parts.username is not None:
+        raise BlockfoldError(user)
     if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("",
                                                                                          "/"):
-        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT")
+        raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT")
     return parts.hostname, port
 
 

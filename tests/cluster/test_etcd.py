@@ -160,6 +160,14 @@ def test_without_the_etcd_binary_cluster_up_is_one_line_with_nothing_made(tmp_pa
                            " nothing made"),
     ("127.0.0.1:2379", "bad etcd endpoint '127.0.0.1:2379': use http://HOST:PORT"),
     ("http://[::1", "bad etcd endpoint 'http://[::1': use http://HOST:PORT"),   # not a URL
+    ("http://root:s3cret@127.0.0.1:2379", "etcd endpoint 'http://root:***@127.0.0.1:2379' names"
+                                          " a user: etcd's authentication is not supported; use"
+                                          " http://HOST:PORT"),
+    ("http://root:s3cret@[::1", "etcd endpoint 'http://root:***@[::1' names a user: etcd's"
+                                " authentication is not supported; use http://HOST:PORT"),
+    ("http://127.0.0.1:1,http://root:s3/cret@127.0.0.1:2", "etcd endpoint"
+     " 'http://root:***@127.0.0.1:2' names a user: etcd's authentication is not supported; use"
+     " http://HOST:PORT"),
 ])
 def test_an_etcd_that_does_not_answer_or_a_bad_url_is_one_line_with_nothing_made(
         tmp_path, url, said):
@@ -192,6 +200,9 @@ def test_a_cluster_made_before_etcd_still_opens_and_shows_none(make_cluster, etc
         done = run_cli("cluster", "up", cluster.path, "--etcd", etcd_url)
         assert done.returncode == 1
         assert f"--etcd {etcd_url} would only apply to a new cluster" in done.stderr_text
+        done = run_cli("cluster", "up", cluster.path, "--etcd", "http://root:s3cret@127.0.0.1:1")
+        assert done.returncode == 1 and "s3cret" not in done.stderr_text
+        assert "--etcd http://root:***@127.0.0.1:1 would only apply" in done.stderr_text
 
 
 def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
