@@ -95,19 +95,16 @@ def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
 
 def _move_ports(entry: EtcdEntry, why: str) -> str:
     """Gives the member a free port for the one its start found taken (both if `why` does not
-    say which); the line that says so."""
+    name one of them); the line that says so."""
     taken = re.search(r"listen tcp (\S+): bind", why)
-    address = taken.group(1) if taken else None
-    moved = []
-    for kind, url in (("client", entry.endpoints[0]), ("peer", entry.peer)):
-        if address in (None, urlsplit(url).netloc):
-            new = f"http://127.0.0.1:{_free_port()}"
-            moved.append(f"{kind} {url} -> {new}")
-            if kind == "client":
-                entry.endpoints = [new]
-            else:
-                entry.peer = new
-    return f"etcd's port was taken by another process: moved {', '.join(moved)} (in cluster.json)"
+    ours = {"client": entry.endpoints[0], "peer": entry.peer}
+    which = [kind for kind, url in ours.items()
+             if taken and urlsplit(url).netloc == taken.group(1)] or list(ours)
+    new = {kind: f"http://127.0.0.1:{_free_port()}" for kind in which}
+    entry.endpoints = [new.get("client", entry.endpoints[0])]
+    entry.peer = new.get("peer", entry.peer)
+    moved = ", ".join(f"{kind} {ours[kind]} -> {new[kind]}" for kind in which)
+    return f"etcd's port was taken by another process: moved {moved} (in cluster.json)"
 
 
 def _set_aside(data: Path) -> Path:
