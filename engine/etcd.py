@@ -18,6 +18,7 @@ data path: a process that cannot reach it goes on serving and writing, and retri
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from .results import EtcdStatus
 TTL = 10                # seconds a lease outlives its last keepalive (the design's)
 KEEPALIVE = 2.0         # seconds between keepalives: four chances inside a TTL
 TIMEOUT = 2.0           # seconds one request to one endpoint may take
+WAIT = 1.0              # seconds a KeptKey's start or close waits for etcd (its requests' timeout)
 FAILURES = (etcd_errors.Etcd3Exception, OSError, ValueError, KeyError)
 
 
@@ -40,16 +42,34 @@ class EtcdError(BlockfoldError):
     """etcd could not be reached, or refused a request."""
 
 
+# The password in a URL's //USER:PASSWORD@: all up to the @, even a / that urlsplit would not
+# take for part of it (better masked too much than shown).
+_PASSWORD = re.compile(r"(//[^/?#@:\s,]*:)[^\s@]*@")
+
+
+def masked(text: str) -> str:
+    """`text` with the password of every http://USER:PASSWORD@HOST URL in it shown as ***: for
+    any message that names an etcd URL given to us."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
 def endpoint(url: str) -> tuple[str, int]:
-    """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape."""
+    """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape,
+    and for a user and password in it (etcd's authentication is not supported)."""
+    user = (f"etcd endpoint {masked(url)!r} names a user: etcd's authentication is not"
+            " supported; use http://HOST:PORT")
+    if _PASSWORD.search(url):
+        raise BlockfoldError(user)
     try:
         parts = urlsplit(url)       # raises ValueError for a bracket left open ("http://[::1")
         port = parts.port
     except ValueError:
-        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT") from None
+        raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT") from None
+    if parts.username is not None:
+        raise BlockfoldError(user)
     if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("",
                                                                                          "/"):
-        raise BlockfoldError(f"bad etcd endpoint {url!r}: use http://HOST:PORT")
+        raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT")
     return parts.hostname, port
 
 
@@ -159,35 +179,49 @@ def _direct() -> requests.Session:
 
 
 class KeptKey:
-    """One key under a lease of its own, kept alive by a daemon thread: a node's liveness key, a
-    writer's session. While etcd cannot be reached it retries, and says so once on stderr (and
-    once when it is registered again); a lease that ran out meanwhile is replaced."""
+    """One key under a lease of its own, kept alive by a daemon thread through a client of its
+    own (shared, its requests would queue behind others' and theirs behind its own): a node's
+    liveness key, a writer's session. While etcd cannot be reached it retries, and says so once
+    on stderr (and once when it is registered again); a lease that ran out meanwhile is
+    replaced. Neither start nor close waits more than WAIT seconds for etcd."""
 
-    def __init__(self, etcd: Etcd, key: str, value: dict, what: str):
+    def __init__(self, endpoints: list[str], prefix: str, key: str, value: dict, what: str):
         """what: who holds it, for the lines on stderr ("node node1", "writer HOST pid N")."""
-        self.etcd = etcd
+        self.etcd = Etcd(endpoints, prefix, timeout=WAIT)
         self.key = key
         self.value = value
         self.what = what
         self.lease: int | None = None
         self._stop = threading.Event()
+        self._tried = threading.Event()     # its first registration answered or failed
         self._told = False
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"blockfold-etcd {key}")
 
     def start(self) -> KeptKey:
-        """Registers at once (one try), then keeps it alive in the background."""
-        self._tend()
+        """Registers (at once if etcd answers within WAIT), then keeps it alive."""
         self._thread.start()
+        self._tried.wait(WAIT)
         return self
 
     def _run(self) -> None:
+        self._tend()
+        self._tried.set()
         while not self._stop.wait(KEEPALIVE):
             self._tend()
+        # Here, not in close: a keepalive in flight holds the client until etcd answers it.
+        if self.lease is not None:
+            try:
+                self.etcd.revoke(self.lease)
+            except EtcdError:
+                pass            # it runs out on its own, TTL seconds from now
+        self.etcd.close()
 
     def _tend(self) -> None:
         try:
             if self.lease is None or not self.etcd.keep_alive(self.lease):
+                if self._stop.is_set():
+                    return      # closed meanwhile: no new lease, it would outlive us
                 self.lease = self.etcd.grant()
                 self.etcd.put(self.key, self.value, self.lease)
         except EtcdError as e:
@@ -202,12 +236,9 @@ class KeptKey:
                   flush=True)
 
     def close(self) -> None:
-        """Stops the keepalives and ends the lease, so the key goes now, not a TTL later."""
+        """Stops the keepalives and ends the lease, so the key goes now, not a TTL later. Waits
+        at most WAIT: past that (etcd does not answer) its thread ends the lease once etcd
+        answers the request in flight, or the lease runs out TTL seconds on."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(TIMEOUT * len(self.etcd.endpoints) + KEEPALIVE)
-        if self.lease is not None:
-            try:
-                self.etcd.revoke(self.lease)
-            except EtcdError:
-                pass            # it runs out on its own, TTL seconds from now
+            self._thread.join(WAIT)

@@ -136,7 +136,7 @@ class ClusterAdmin(LocalAdmin):
         if config.etcd and not readonly:
             from ..etcd import KeptKey      # on use, as lifecycle.etcd_of says why
             admin._session = KeptKey(
-                admin._client(), f"sessions/{secrets.token_hex(8)}",
+                config.etcd.endpoints, config.etcd.prefix, f"sessions/{secrets.token_hex(8)}",
                 {"holder": members.holder, "process": members.process, "started": time.time()},
                 f"writer {members.holder}").start()
         admin._tell_asides()

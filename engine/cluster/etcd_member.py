@@ -1,18 +1,23 @@
 """A local cluster's own etcd member: Debian's `etcd` binary, one member, its data in DIR/etcd,
 its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, kept across restarts,
-as a node keeps its address), its log in DIR/etcd.log. `cluster up` starts it before the nodes,
-`cluster down` stops it after them.
+as a node keeps its address, moved if another process has taken one), its log in DIR/etcd.log.
+`cluster up` starts it before the nodes, `cluster down` stops it after them. A data dir it
+cannot start from is set aside as DIR/etcd.damaged-N and a new member started (start() says
+why that loses nothing).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import BlockfoldError
 from . import processes
@@ -22,7 +27,8 @@ BINARY = "etcd"
 DATA = "etcd"
 LOG_FILE = "etcd.log"
 READY_TIMEOUT = 20.0        # it answers in 0.7 s here; a loaded machine takes longer
-PORT_TRIES = 3              # a free port taken by someone else before etcd bound it
+TAKEN = "address already in use"
+TRIES = 3                   # starts: a free port taken before etcd bound it, a damaged data dir
 
 
 def binary() -> str:
@@ -52,9 +58,13 @@ def is_running(entry: EtcdEntry) -> bool:
 
 
 def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
-    """Starts the member and waits until it answers; entry.pid is set. A new member (`fresh`)
-    whose port was taken meanwhile gets other ports. Raises BlockfoldError with the last line
-    of its log if it does not start (it is killed)."""
+    """Starts the member and waits until it answers; entry.pid is set (save the entry after:
+    its ports may move). Each of these is said in one line on stderr:
+    - a port of its own that another process has taken moves to a free one;
+    - a data dir it has but exits at once from (a damaged write-ahead log or database) is set
+      aside as DIR/etcd.damaged-N and it starts as a new member. Nothing is lost: its only keys
+      are leased liveness and session keys that their holders put again (engine.etcd.KeptKey).
+    Raises BlockfoldError with the last error of its log if it does not start (it is killed)."""
     etcd = binary()
     tries = 1
     while True:
@@ -64,14 +74,50 @@ def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
             entry.pid = proc.pid
             proc.returncode = 0     # it outlives us: forget the Popen quietly (init reaps it)
             return
+        exited = proc.poll() is not None
         proc.kill()
         proc.wait()
-        if not (fresh and "address already in use" in why and tries < PORT_TRIES):
+        if tries >= TRIES:
             raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
         tries += 1
-        shutil.rmtree(entry.data, ignore_errors=True)
-        other = create(path)
-        entry.endpoints, entry.peer = other.endpoints, other.peer
+        if TAKEN in why:
+            if fresh:       # what it made of its first start names the old peer URL
+                shutil.rmtree(entry.data, ignore_errors=True)
+            _tell(_move_ports(entry, why))
+        elif exited and not fresh:
+            aside = _set_aside(Path(entry.data))
+            _tell(f"etcd did not start from {entry.data} ({why}): set it aside as {aside} and"
+                  " started a new member (nodes and writers register again)")
+            fresh = True
+        else:
+            raise BlockfoldError(f"etcd did not start: {why} (see {path / LOG_FILE})")
+
+
+def _move_ports(entry: EtcdEntry, why: str) -> str:
+    """Gives the member a free port for the one its start found taken (both if `why` does not
+    name one of them); the line that says so."""
+    taken = re.search(r"listen tcp (\S+): bind", why)
+    ours = {"client": entry.endpoints[0], "peer": entry.peer}
+    which = [kind for kind, url in ours.items()
+             if taken and urlsplit(url).netloc == taken.group(1)] or list(ours)
+    new = {kind: f"http://127.0.0.1:{_free_port()}" for kind in which}
+    entry.endpoints = [new.get("client", entry.endpoints[0])]
+    entry.peer = new.get("peer", entry.peer)
+    moved = ", ".join(f"{kind} {ours[kind]} -> {new[kind]}" for kind in which)
+    return f"etcd's port was taken by another process: moved {moved} (in cluster.json)"
+
+
+def _set_aside(data: Path) -> Path:
+    """Moves a damaged data dir to DATA.damaged-N, the first N free; where it went."""
+    n = 1
+    while (aside := data.with_name(f"{data.name}.damaged-{n}")).exists():
+        n += 1
+    data.rename(aside)
+    return aside
+
+
+def _tell(line: str) -> None:
+    print(f"blockfold: {line}", file=sys.stderr, flush=True)
 
 
 def _spawn(etcd: str, path: Path, entry: EtcdEntry) -> subprocess.Popen:

@@ -132,11 +132,12 @@ def _same_shape(config: ClusterConfig, **asked) -> None:
              for name, value in asked.items()
              if value is not None and value != has[name]]
     if wrong:
+        from ..etcd import masked       # on use, as etcd_of says why
         raise BlockfoldError(
             f"cluster {config.path} exists ({has['nodes']} local nodes, R={config.replicas},"
             f" min_replicas={config.min_replicas}, {config.block_size}-byte blocks, repair"
             f" delay {has['repair_delay']:g} s, {'RAM' if has['memory'] else 'disk'} nodes):"
-            f" {' '.join(wrong)} would only apply to a new cluster; nothing started")
+            f" {masked(' '.join(wrong))} would only apply to a new cluster; nothing started")
 
 
 def install_peer_key(config: ClusterConfig) -> None:

@@ -267,9 +267,9 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
         address = f"{f'[{host}]' if ':' in host else host}:{acceptor.get_port()}"
         alive = None
         if etcd:
-            from ..etcd import Etcd, KeptKey    # on use: a node without etcd never loads it
+            from ..etcd import KeptKey      # on use: a node without etcd never loads it
             alive = KeptKey(
-                Etcd(*etcd), f"nodes/{keys.host_key_id(keys.host_public_key(directory))}",
+                *etcd, f"nodes/{keys.host_key_id(keys.host_public_key(directory))}",
                 {"name": node["name"], "address": address, "incarnation": handler.incarnation,
                  "started": time.time()},
                 f"node {node['name']}")

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
-from engine.etcd import TTL, Etcd
+from engine.etcd import KEEPALIVE, TTL, WAIT, Etcd, KeptKey
 from engine.node.keys import host_key_id
 from tests.conftest import cli_json, run_cli
 
@@ -54,6 +58,34 @@ def etcd_processes(data: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def own_etcd(etcd, tmp_path):
+    """An etcd member of the test's own, for a test that stops it (the worker's member serves
+    its other tests): its entry; stopped after the test."""
+    place = tmp_path / "own-etcd"
+    place.mkdir()
+    member = etcd_member.create(place)
+    etcd_member.start(place, member, fresh=True)
+    try:
+        yield member
+    finally:
+        etcd_member.stop(member)
+
+
+@pytest.fixture
+def resting_cluster(etcd, tmp_path):
+    """A one-node cluster made by `cluster up` alone (so with its own etcd member), down again:
+    its path. Down after the test, whatever the test started."""
+    path = tmp_path / "c"
+    run_cli("cluster", "up", path, "--nodes", "1", "--replicas", "1", "--memory", "64M",
+            check=True)
+    run_cli("cluster", "down", path, check=True)
+    try:
+        yield path
+    finally:
+        run_cli("cluster", "down", path, check=True)
 
 
 def test_cluster_up_runs_its_own_etcd_and_down_stops_it(etcd, tmp_path):
@@ -128,6 +160,14 @@ def test_without_the_etcd_binary_cluster_up_is_one_line_with_nothing_made(tmp_pa
                            " nothing made"),
     ("127.0.0.1:2379", "bad etcd endpoint '127.0.0.1:2379': use http://HOST:PORT"),
     ("http://[::1", "bad etcd endpoint 'http://[::1': use http://HOST:PORT"),   # not a URL
+    ("http://root:s3cret@127.0.0.1:2379", "etcd endpoint 'http://root:***@127.0.0.1:2379' names"
+                                          " a user: etcd's authentication is not supported; use"
+                                          " http://HOST:PORT"),
+    ("http://root:s3cret@[::1", "etcd endpoint 'http://root:***@[::1' names a user: etcd's"
+                                " authentication is not supported; use http://HOST:PORT"),
+    ("http://127.0.0.1:1,http://root:s3/cret@127.0.0.1:2", "etcd endpoint"
+     " 'http://root:***@127.0.0.1:2' names a user: etcd's authentication is not supported; use"
+     " http://HOST:PORT"),
 ])
 def test_an_etcd_that_does_not_answer_or_a_bad_url_is_one_line_with_nothing_made(
         tmp_path, url, said):
@@ -160,32 +200,56 @@ def test_a_cluster_made_before_etcd_still_opens_and_shows_none(make_cluster, etc
         done = run_cli("cluster", "up", cluster.path, "--etcd", etcd_url)
         assert done.returncode == 1
         assert f"--etcd {etcd_url} would only apply to a new cluster" in done.stderr_text
+        done = run_cli("cluster", "up", cluster.path, "--etcd", "http://root:s3cret@127.0.0.1:1")
+        assert done.returncode == 1 and "s3cret" not in done.stderr_text
+        assert "--etcd http://root:***@127.0.0.1:1 would only apply" in done.stderr_text
 
 
 def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
-        etcd, make_cluster, tmp_path):
-    place = tmp_path / "own-etcd"
-    place.mkdir()
-    member = etcd_member.create(place)
-    etcd_member.start(place, member, fresh=True)
+        own_etcd, make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2, etcd=own_etcd.endpoints[0])
+    data = image(tmp_path / "a.raw", 1)
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+    etcd_member.stop(own_etcd)
+    log = cluster.path / "nodes" / "node1" / "node.log"
+    assert wait_for(lambda: "not registered in etcd" in log.read_text(), 10)
+    with cluster.open() as admin:           # etcd is not on the data path
+        assert admin.read("a", 0, len(data)) == data
+    time.sleep(3)                           # more failed keepalives: still one line
+    assert log.read_text().count("not registered in etcd") == 1
+    etcd_member.start(Path(own_etcd.data).parent, own_etcd, fresh=False)
+    assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
+    assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True}, 5)
+
+
+def test_a_kept_key_waits_at_most_a_second_for_an_etcd_that_does_not_answer(own_etcd):
+    """Starting and closing a liveness or session key wait WAIT at most for a stopped etcd
+    (they took 2.2 s and 3.7 s), a keepalive in flight at close included; the key still comes,
+    and still goes, once etcd answers."""
+    keys = Etcd(own_etcd.endpoints, "/blockfold/kept-test/")
     try:
-        cluster = make_cluster(nodes=2, replicas=2, etcd=member.endpoints[0])
-        data = image(tmp_path / "a.raw", 1)
-        with cluster.open() as admin:
-            admin.import_image("a", str(tmp_path / "a.raw"))
-        etcd_member.stop(member)
-        log = cluster.path / "nodes" / "node1" / "node.log"
-        assert wait_for(lambda: "not registered in etcd" in log.read_text(), 10)
-        with cluster.open() as admin:           # etcd is not on the data path
-            assert admin.read("a", 0, len(data)) == data
-        time.sleep(3)                           # more failed keepalives: still one line
-        assert log.read_text().count("not registered in etcd") == 1
-        etcd_member.start(place, member, fresh=False)
-        assert wait_for(lambda: "registered in etcd again" in log.read_text(), 10)
-        assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True},
-                        5)
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            kept = KeptKey(own_etcd.endpoints, "/blockfold/kept-test/", "k", {"a": 1},
+                           "test").start()
+            assert time.monotonic() - started < WAIT + 0.5
+        finally:
+            os.kill(own_etcd.pid, signal.SIGCONT)
+        assert wait_for(lambda: keys.under("") == {"k": {"a": 1}}, KEEPALIVE + WAIT + 3)
+        time.sleep(KEEPALIVE - 0.3)
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.6)                 # the next keepalive is in flight
+            closing = time.monotonic()
+            kept.close()
+            assert time.monotonic() - closing < WAIT + 0.5
+        finally:
+            os.kill(own_etcd.pid, signal.SIGCONT)
+        assert wait_for(lambda: keys.under("") == {}, WAIT + 3)    # its lease ended after all
     finally:
-        etcd_member.stop(member)
+        keys.close()
 
 
 def test_a_node_started_elsewhere_with_the_clusters_etcd_registers(etcd, tmp_path):
@@ -257,7 +321,6 @@ def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_n
 def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd, make_cluster):
     """`cluster up` stops the nodes it started with one that failed (its port taken): they
     end their leases on the way out, so etcd does not call them registered for a TTL more."""
-    import socket
     cluster = make_cluster(nodes=3, replicas=2)
     api.cluster_down(cluster.path)
     port = int(cluster.config.node("node1").address.rsplit(":", 1)[1])
@@ -268,3 +331,47 @@ def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd
         done = run_cli("cluster", "up", cluster.path)
         assert done.returncode == 1 and "node node1 did not start" in done.stderr_text
         assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
+
+
+@pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])
+def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(resting_cluster,
+                                                                       damage):
+    """Its keys are leases that nodes and writers put again, so a data dir etcd cannot start
+    from costs nothing: `cluster up` moves it aside (the first free name) and says so once."""
+    path = resting_cluster
+    data = path / "etcd"
+    if damage == "junk in its files":
+        for f in [*data.rglob("*.wal"), *data.rglob("db")]:
+            f.write_bytes(b"junk" * 1024)
+    else:
+        shutil.rmtree(data)
+        data.write_bytes(b"junk")
+    (path / "etcd.damaged-1").mkdir()           # an earlier one: this one is the next
+    done = run_cli("cluster", "up", path, check=True)
+    said = [line for line in done.stderr_text.splitlines() if "etcd" in line]
+    assert len(said) == 1 and said[0].startswith(f"blockfold: etcd did not start from {data}")
+    assert said[0].endswith(f": set it aside as {path / 'etcd.damaged-2'} and started a new"
+                            " member (nodes and writers register again)")
+    assert (path / "etcd.damaged-2").exists() and data.is_dir()
+    assert registered(path) == {"node1": True}
+
+
+@pytest.mark.parametrize("kind", ["client", "peer"])
+def test_a_taken_etcd_port_moves_to_a_free_one_kept_in_cluster_json(resting_cluster, kind):
+    path = resting_cluster
+    before = ClusterConfig.load(path).etcd
+    url = before.endpoints[0] if kind == "client" else before.peer
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        taken.listen()
+        done = run_cli("cluster", "up", path, check=True)
+    after = ClusterConfig.load(path).etcd
+    now = after.endpoints[0] if kind == "client" else after.peer
+    assert now != url
+    assert [line for line in done.stderr_text.splitlines() if "etcd" in line] == [
+        f"blockfold: etcd's port was taken by another process: moved {kind} {url} -> {now}"
+        " (in cluster.json)"]
+    assert (after.peer if kind == "client" else after.endpoints[0]) == (
+        before.peer if kind == "client" else before.endpoints[0])       # the other kept
+    assert status(path)["etcd"]["healthy"] and registered(path) == {"node1": True}
