@@ -166,13 +166,19 @@ def vm_import(admin, args, bar) -> int:
 @command("vm", "export",
          json='{"name": NAME, "out": OUT}',
          help="write a VM out: raw (sparse where it has holes), qcow2 or vmdk",
+         description="Writes the VM to OUT as a raw (sparse where it has holes), qcow2 or vmdk"
+         " image. A file is written beside OUT and takes its place (its mode, owner and group)"
+         " only once complete: a failed or interrupted export leaves the file that was there."
+         " A device (a LUN, /dev/null) is written in place, every byte. OUT inside the pool's"
+         " own directory is refused.",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
                            arg("--format", choices=api.EXPORT_FORMATS, default="raw",
                                help="the image's format (default raw)")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
-    api.export_disk(admin, args.name, args.out, args.format, bar)
+    home = None if args.service else args.cluster or pool_path(args)
+    api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
     if args.out != "-":
         emit(args, {"name": args.name, "out": args.out, "format": args.format},
              f"exported {args.name} to {args.out} ({args.format})")

@@ -249,10 +249,14 @@ def test_export_of_a_rotten_block_fails_naming_the_vm_and_offset(pool, tmp_path)
         byte = f.read(1)
         f.seek(3 * BS + 7)
         f.write(bytes([byte[0] ^ 0xFF]))
+    (tmp_path / "out.raw").write_bytes(b"the good image")
     proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw")
     assert proc.returncode == 1
     assert "VM a" in proc.stderr_text and f"byte {2 * BS}" in proc.stderr_text
     assert len(proc.stderr_text.strip().splitlines()) == 1
+    # The export was written beside out.raw: what was there is left as it was.
+    assert (tmp_path / "out.raw").read_bytes() == b"the good image"
+    assert sorted(os.listdir(tmp_path)) == ["a.raw", "out.raw", "pool"]
     assert cli_json("-p", pool, "stats")["corrupt_blocks"] == 1
 
 
