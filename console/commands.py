@@ -369,18 +369,26 @@ def vm_resize(admin, args, bar) -> int:
 
 
 @command("vm", "refresh",
-         json='{"refreshed": NAME}',
+         json='{"refreshed": NAME, "golden": its golden image}',
          help="drop a desktop's own writes: back to the golden image it was "
-         "cloned from (O(1))", args=[NAME, YES, FORCE])
+         "cloned from (O(1))",
+         description="Drops everything the desktop wrote since it was cloned from its golden"
+         " image (or last rebased onto one): it reads as that golden image did then. The golden"
+         " image's own later changes are not taken (`vm rebase` takes them); the desktop's"
+         " snapshots stay. A VM with no golden image (imported, or its golden deleted) is"
+         " refused.", args=[NAME, YES, FORCE])
 def vm_refresh(admin, args, bar) -> int:
-    admin.vm_size(args.name)
-    if not confirmed(args, f"Refresh VM {args.name}? Everything it wrote since its clone is"
-                           " dropped."):
+    name, golden = args.name, admin.vm_info(args.name).stats.origin
+    # A VM with no golden image is not asked about: the refresh refuses it.
+    if golden and not confirmed(args, f"Refresh VM {name}? Everything {name} wrote since it was"
+                                      f" cloned from {golden} (or last rebased onto it) is"
+                                      f" dropped, and it reads as {golden} did then."):
         print("not refreshed", file=sys.stderr)
         return 1
-    detaching(args, f"Refresh VM {args.name}",
-              lambda force: admin.refresh(args.name, force=force))
-    emit(args, {"refreshed": args.name}, f"refreshed {args.name}")
+    detaching(args, f"Refresh VM {name}", lambda force: admin.refresh(name, force=force))
+    emit(args, {"refreshed": name, "golden": golden},
+         f"refreshed {name}: its own writes are dropped; it reads as {golden} did when it"
+         " was cloned from it (or last rebased onto it)")
     return 0
 
 
@@ -391,7 +399,9 @@ def vm_refresh(admin, args, bar) -> int:
          description="`vm rebase NAME NEW_GOLDEN` moves one desktop, `vm rebase --all-of OLD "
          "NEW_GOLDEN` every desktop cloned from OLD, in one edit (Horizon's recompose, MCS's "
          "catalog update). NEW_GOLDEN's top is frozen first if it wrote since it was last "
-         "frozen. The desktops' own writes are dropped unless --keep-writes.", args=[
+         "frozen. The desktops' own writes are dropped unless --keep-writes. A VM with no "
+         "golden image (imported, or its golden deleted) is refused: all its disk is its own.",
+         args=[
              arg("names", nargs="+", metavar="NAME", help="NAME NEW_GOLDEN, or NEW_GOLDEN"
                  " with --all-of"),
              arg("--all-of", metavar="OLD", help="every desktop cloned from OLD"),
@@ -410,11 +420,14 @@ def vm_rebase(admin, args, bar) -> int:
         if len(args.names) != 2:
             raise UsageError("give NAME NEW_GOLDEN (or --all-of OLD NEW_GOLDEN)")
         names, golden = [args.names[0]], args.names[1]
-        admin.vm_size(names[0])
+    # A VM with no golden image (never one of --all-of's) is not asked about: the rebase
+    # refuses it.
+    orphan = not args.all_of and not admin.vm_info(names[0]).refreshable
     admin.vm_size(golden)
     what = names[0] if len(names) == 1 else f"{len(names)} desktops ({_names(names)})"
     keep = "keeping" if args.keep_writes else "dropping"
-    if not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own writes?"):
+    if not orphan and not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own"
+                                          " writes?"):
         print("not rebased", file=sys.stderr)
         return 1
     detaching(args, f"Rebase {what}", lambda force: admin.rebase(
