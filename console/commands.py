@@ -1035,6 +1035,7 @@ def heal(admin, args, bar) -> int:
                    help="the cluster directory"),
                arg("--read-only", action="store_true", help="hide destructive actions")])
 def console(args) -> int:
+    need_terminal()
     from .app import BlockfoldApp       # Textual loads only when a console opens
     # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
@@ -1071,6 +1072,7 @@ def console_admin(args, actor: str):
 
 def console_default(args) -> int:
     """`blockfold` alone: the console on $BLOCKFOLD_POOL, or on the default pool, made if new."""
+    need_terminal()
     if not args.pool and not os.environ.get("BLOCKFOLD_POOL"):
         path = default_pool_path()
         if not path.exists():
@@ -1078,6 +1080,18 @@ def console_default(args) -> int:
         args.pool = str(path)
     args.read_only = False
     return console(args)
+
+
+def need_terminal() -> None:
+    """Refuses to open a console without a terminal on stdin and stdout (a script, a pipe, a cron
+    job): it waited for keys that never came, writing escape sequences. Raises UsageError."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        raise UsageError(f"the console needs a terminal, but {' and '.join(missing)}"
+                         f" {'is not one' if len(missing) == 1 else 'are not terminals'}: run"
+                         " it in a terminal (ssh -t), or use the commands (blockfold --help)"
+                         " in scripts")
 
 
 def _quit_on_hangup(app) -> None:
@@ -1107,6 +1121,7 @@ def demo(args) -> int:
     import tempfile
 
     from . import demo as demo_data
+    need_terminal()                 # before any node starts
     path = args.dir or tempfile.mkdtemp(prefix="blockfold-demo-")
     print(f"starting 3 nodes in {path} …", file=sys.stderr)
     try:

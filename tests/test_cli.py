@@ -383,3 +383,25 @@ def test_an_empty_pools_stats_give_a_dash_for_what_does_not_apply(pool):
     out = run_cli("-p", pool, "stats", check=True).stdout_text
     assert re.search(r"^metadata RAM +\S+ \S+ \(— per block\)$", out, re.M), out
     assert cli_json("-p", pool, "stats")["metadata_ram_bytes_per_block"] == 0
+
+
+def test_a_console_without_a_terminal_is_refused_in_one_line(pool, tmp_path):
+    """stdin and stdout not terminals (a script): exit 2 at once, naming them, and nothing made
+    (the default pool, a demo's nodes); stdout alone redirected in a real terminal: the same."""
+    xdg = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "BLOCKFOLD_POOL": ""}
+    for args, env in ((["-p", pool, "console"], None), ([], xdg),
+                      (["demo", "--dir", tmp_path / "demo"], None)):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 2 and proc.stdout_text == ""
+        assert proc.stderr_text == ("blockfold: error: the console needs a terminal, but stdin"
+                                    " and stdout are not terminals: run it in a terminal"
+                                    " (ssh -t), or use the commands (blockfold --help) in"
+                                    " scripts\n")
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "demo").exists()
+    term = Terminal(tmp_path, f"{sys.executable} -m console -p {pool} console > {tmp_path}/out")
+    try:
+        assert term.exit_code() == 2
+        term.wait_for("but stdout is not one")
+    finally:
+        term.close()
+    assert (tmp_path / "out").read_text() == ""
