@@ -21,7 +21,8 @@ from engine import api
 from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
                         default_pool_path, formats, parse_size, plain)
 
-from .command import Command, UsageError, arg, listen_address, nonnegative, positive
+from .command import (Command, UsageError, arg, listen_address, nonnegative, positive, seconds,
+                      size, weight)
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -836,17 +837,18 @@ def job_cancel(admin, args, bar) -> int:
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=positive, metavar="M",
                  help="refuse writes that would have fewer copies (default min(2, R))"),
-             arg("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE"),
+             arg("--memory", type=size, metavar="SIZE",
+                 help="keep each node's blocks in RAM, up to SIZE"),
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
-             arg("--repair-delay", type=float, metavar="S",
+             arg("--repair-delay", type=seconds, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)"),
              arg("--etcd", metavar="URL[,URL…]",
                  help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
                       " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
-                          min_replicas=args.min_replicas, memory=_size(args.memory),
+                          min_replicas=args.min_replicas, memory=args.memory,
                           block_size=args.block_size, repair_delay=args.repair_delay,
                           etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
@@ -918,7 +920,7 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
              CLUSTER_DIR,
              arg("address", metavar="HOST:PORT", help="where the node listens"),
              arg("--name", metavar="NAME", help="the node's name (default nodeN)"),
-             arg("--weight", type=float, default=1.0, metavar="W",
+             arg("--weight", type=weight, default=1.0, metavar="W",
                  help="its share of the blocks relative to the others (default 1)")])
 def cluster_add(args) -> int:
     row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
@@ -933,7 +935,7 @@ def cluster_add(args) -> int:
              arg("--data", required=True, metavar="DIR", help="the node's data directory"),
              arg("--listen", type=listen_address, required=True, metavar="HOST:PORT",
                  help="port 0: any free"),
-             arg("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
+             arg("--memory", type=size, metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes of a new node (default 4096; an existing node"
                       " keeps its own)"),
@@ -950,7 +952,7 @@ def node_serve(args) -> int:
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
     if bool(args.etcd) != bool(args.etcd_prefix):
         raise UsageError("give --etcd and --etcd-prefix together")
-    api.serve_node(args.data, *args.listen, _size(args.memory), args.block_size, args.cluster,
+    api.serve_node(args.data, *args.listen, args.memory, args.block_size, args.cluster,
                    ready=ready, etcd=(args.etcd.split(","), args.etcd_prefix)
                    if args.etcd else None)
     return 0

@@ -405,3 +405,37 @@ def test_a_console_without_a_terminal_is_refused_in_one_line(pool, tmp_path):
     finally:
         term.close()
     assert (tmp_path / "out").read_text() == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["cluster", "up", "CL", "--repair-delay", "-5"], "argument --repair-delay: must not be"
+     " negative: -5"),
+    (["cluster", "up", "CL", "--repair-delay", "nan"], "argument --repair-delay: not a finite"
+     " number: 'nan'"),
+    (["cluster", "up", "CL", "--repair-delay", "soon"], "argument --repair-delay: not a number:"
+     " 'soon'"),
+    (["cluster", "up", "CL", "--memory", "0"], "argument --memory: must be above 0: 0"),
+    (["cluster", "up", "CL", "--memory=-1G"], "argument --memory: bad size '-1G'"),
+    (["cluster", "up", "CL", "--memory", "lots"], "argument --memory: bad size 'lots'"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "0"], "argument --weight: must be above"
+     " 0: 0"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "-2"], "argument --weight: must be"
+     " above 0: -2"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "inf"], "argument --weight: not a finite"
+     " number: 'inf'"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "heavy"], "argument --weight: not a"
+     " number: 'heavy'"),
+    (["node", "serve", "--data", "CL", "--listen", "127.0.0.1:0", "--memory", "0"],
+     "argument --memory: must be above 0: 0"),
+])
+def test_a_bad_delay_weight_or_memory_is_a_usage_error_before_anything_starts(tmp_path, args,
+                                                                             message):
+    where = tmp_path / "cl"
+    try:
+        proc = run_cli(*[where if a == "CL" else a for a in args])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr_text
+        assert proc.stderr_text.splitlines()[-1].startswith(f"blockfold: error: {message}")
+        assert not where.exists()
+    finally:
+        if where.exists():          # made by a check that let a bad value through: its nodes go
+            run_cli("cluster", "down", where)
