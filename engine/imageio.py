@@ -292,9 +292,8 @@ def replacing(dest: str):
     gets 0644 less the umask. A symlink's target is replaced, the link kept. A device or a FIFO
     (/dev/null, a LUN) is not replaced: `dest` itself is yielded, written in place. Raises
     BadImageError (the directory takes no new file)."""
-    target = os.path.realpath(dest)
     try:
-        old = os.stat(target)
+        old = os.stat(dest)
     except FileNotFoundError:
         old = None
     except OSError as e:
@@ -302,7 +301,8 @@ def replacing(dest: str):
     if old is not None and not stat.S_ISREG(old.st_mode):
         yield dest
         return
-    folder, base = os.path.split(target)
+    # (after the stat: /dev/stdout on a pipe resolves to no path at all)
+    folder, base = os.path.split(os.path.realpath(dest))
     part = _new_part(folder, base, dest)
     try:
         yield part
@@ -314,7 +314,7 @@ def replacing(dest: str):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(part, target)
+        os.rename(part, os.path.join(folder, base))
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(part)

@@ -153,9 +153,9 @@ def test_an_export_that_fails_half_way_leaves_the_file_that_was_there(cli, image
 
 def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(
         cli, images, pool_dir, tmp_path):
-    """A file replaced keeps its mode, owner and group; /dev/null and a block device are written
-    in place, every byte (a device's holes are not zeros); a path in the pool's own directory
-    is refused, nothing written."""
+    """A file replaced keeps its mode, owner and group; /dev/null, /dev/stdout on a pipe and a
+    block device are written in place, every byte (a device's holes are not zeros); a path in
+    the pool's own directory is refused, nothing written."""
     cli("vm", "import", "fs", images / "fs.raw")
     disk = (images / "fs.raw").read_bytes()
     out = tmp_path / "fs.img"
@@ -171,6 +171,7 @@ def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(
             before.st_mode, before.st_uid, before.st_gid)
     assert out.read_bytes() == disk
     cli("vm", "export", "fs", "/dev/null")
+    assert cli("vm", "export", "fs", "/dev/stdout").stdout[:len(disk)] == disk     # a pipe
     lun = tmp_path / "lun"
     lun.write_bytes(b"\xff" * len(disk))
     attach = subprocess.run(["losetup", "--find", "--show", lun], capture_output=True, text=True)
