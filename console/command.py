@@ -7,6 +7,7 @@ dispatch and the read-only and cluster rules from the declarations.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,45 @@ def positive(text: str) -> int:
     value = nonnegative(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (--repair-delay: 0 heals at once)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def weight(text: str) -> float:
+    """A share above 0 (a node of weight 0 would be given no blocks: fail or remove it)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    """A finite number (float() takes "nan" and "inf" too, and they pass every comparison a
+    check makes, or none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """A size above 0 in bytes: 4096, 512M, 20G … (engine.formats.parse_size)."""
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
     return value
 
 

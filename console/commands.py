@@ -22,7 +22,7 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
                         default_pool_path, formats, parse_size, plain)
 
 from .command import (Command, UsageError, arg, byte_size, listen_address, nonnegative,
-                      positive)
+                      positive, seconds, size, weight)
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -167,13 +167,19 @@ def vm_import(admin, args, bar) -> int:
 @command("vm", "export",
          json='{"name": NAME, "out": OUT}',
          help="write a VM out: raw (sparse where it has holes), qcow2 or vmdk",
+         description="Writes the VM to OUT as a raw (sparse where it has holes), qcow2 or vmdk"
+         " image. A file is written beside OUT and takes its place (its mode, owner and group)"
+         " only once complete: a failed or interrupted export leaves the file that was there."
+         " A device (a LUN, /dev/null) is written in place, every byte. OUT inside the pool's"
+         " own directory is refused.",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
                            arg("--format", choices=api.EXPORT_FORMATS, default="raw",
                                help="the image's format (default raw)")])
 def vm_export(admin, args, bar) -> int:
     if args.out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
-    api.export_disk(admin, args.name, args.out, args.format, bar)
+    home = None if args.service else args.cluster or pool_path(args)
+    api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
     if args.out != "-":
         emit(args, {"name": args.name, "out": args.out, "format": args.format},
              f"exported {args.name} to {args.out} ({args.format})")
@@ -364,18 +370,26 @@ def vm_resize(admin, args, bar) -> int:
 
 
 @command("vm", "refresh",
-         json='{"refreshed": NAME}',
+         json='{"refreshed": NAME, "golden": its golden image}',
          help="drop a desktop's own writes: back to the golden image it was "
-         "cloned from (O(1))", args=[NAME, YES, FORCE])
+         "cloned from (O(1))",
+         description="Drops everything the desktop wrote since it was cloned from its golden"
+         " image (or last rebased onto one): it reads as that golden image did then. The golden"
+         " image's own later changes are not taken (`vm rebase` takes them); the desktop's"
+         " snapshots stay. A VM with no golden image (imported, or its golden deleted) is"
+         " refused.", args=[NAME, YES, FORCE])
 def vm_refresh(admin, args, bar) -> int:
-    admin.vm_size(args.name)
-    if not confirmed(args, f"Refresh VM {args.name}? Everything it wrote since its clone is"
-                           " dropped."):
+    name, golden = args.name, admin.vm_info(args.name).stats.origin
+    # A VM with no golden image is not asked about: the refresh refuses it.
+    if golden and not confirmed(args, f"Refresh VM {name}? Everything {name} wrote since it was"
+                                      f" cloned from {golden} (or last rebased onto it) is"
+                                      f" dropped, and it reads as {golden} did then."):
         print("not refreshed", file=sys.stderr)
         return 1
-    detaching(args, f"Refresh VM {args.name}",
-              lambda force: admin.refresh(args.name, force=force))
-    emit(args, {"refreshed": args.name}, f"refreshed {args.name}")
+    detaching(args, f"Refresh VM {name}", lambda force: admin.refresh(name, force=force))
+    emit(args, {"refreshed": name, "golden": golden},
+         f"refreshed {name}: its own writes are dropped; it reads as {golden} did when it"
+         " was cloned from it (or last rebased onto it)")
     return 0
 
 
@@ -386,7 +400,9 @@ def vm_refresh(admin, args, bar) -> int:
          description="`vm rebase NAME NEW_GOLDEN` moves one desktop, `vm rebase --all-of OLD "
          "NEW_GOLDEN` every desktop cloned from OLD, in one edit (Horizon's recompose, MCS's "
          "catalog update). NEW_GOLDEN's top is frozen first if it wrote since it was last "
-         "frozen. The desktops' own writes are dropped unless --keep-writes.", args=[
+         "frozen. The desktops' own writes are dropped unless --keep-writes. A VM with no "
+         "golden image (imported, or its golden deleted) is refused: all its disk is its own.",
+         args=[
              arg("names", nargs="+", metavar="NAME", help="NAME NEW_GOLDEN, or NEW_GOLDEN"
                  " with --all-of"),
              arg("--all-of", metavar="OLD", help="every desktop cloned from OLD"),
@@ -405,11 +421,14 @@ def vm_rebase(admin, args, bar) -> int:
         if len(args.names) != 2:
             raise UsageError("give NAME NEW_GOLDEN (or --all-of OLD NEW_GOLDEN)")
         names, golden = [args.names[0]], args.names[1]
-        admin.vm_size(names[0])
+    # A VM with no golden image (never one of --all-of's) is not asked about: the rebase
+    # refuses it.
+    orphan = not args.all_of and not admin.vm_info(names[0]).refreshable
     admin.vm_size(golden)
     what = names[0] if len(names) == 1 else f"{len(names)} desktops ({_names(names)})"
     keep = "keeping" if args.keep_writes else "dropping"
-    if not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own writes?"):
+    if not orphan and not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own"
+                                          " writes?"):
         print("not rebased", file=sys.stderr)
         return 1
     detaching(args, f"Rebase {what}", lambda force: admin.rebase(
@@ -819,17 +838,18 @@ def job_cancel(admin, args, bar) -> int:
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=positive, metavar="M",
                  help="refuse writes that would have fewer copies (default min(2, R))"),
-             arg("--memory", metavar="SIZE", help="keep each node's blocks in RAM, up to SIZE"),
+             arg("--memory", type=size, metavar="SIZE",
+                 help="keep each node's blocks in RAM, up to SIZE"),
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes (default 4096)"),
-             arg("--repair-delay", type=float, metavar="S",
+             arg("--repair-delay", type=seconds, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)"),
              arg("--etcd", metavar="URL[,URL…]",
                  help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
                       " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
     rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
-                          min_replicas=args.min_replicas, memory=_size(args.memory),
+                          min_replicas=args.min_replicas, memory=args.memory,
                           block_size=args.block_size, repair_delay=args.repair_delay,
                           etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
@@ -908,7 +928,7 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
              CLUSTER_DIR,
              arg("address", metavar="HOST:PORT", help="where the node listens"),
              arg("--name", metavar="NAME", help="the node's name (default nodeN)"),
-             arg("--weight", type=float, default=1.0, metavar="W",
+             arg("--weight", type=weight, default=1.0, metavar="W",
                  help="its share of the blocks relative to the others (default 1)")])
 def cluster_add(args) -> int:
     row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
@@ -923,7 +943,7 @@ def cluster_add(args) -> int:
              arg("--data", required=True, metavar="DIR", help="the node's data directory"),
              arg("--listen", type=listen_address, required=True, metavar="HOST:PORT",
                  help="port 0: any free"),
-             arg("--memory", metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
+             arg("--memory", type=size, metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
              arg("--block-size", type=positive, metavar="N",
                  help="block size in bytes of a new node (default 4096; an existing node"
                       " keeps its own)"),
@@ -940,7 +960,7 @@ def node_serve(args) -> int:
         print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
     if bool(args.etcd) != bool(args.etcd_prefix):
         raise UsageError("give --etcd and --etcd-prefix together")
-    api.serve_node(args.data, *args.listen, _size(args.memory), args.block_size, args.cluster,
+    api.serve_node(args.data, *args.listen, args.memory, args.block_size, args.cluster,
                    ready=ready, etcd=(args.etcd.split(","), args.etcd_prefix)
                    if args.etcd else None)
     return 0
@@ -1048,6 +1068,7 @@ def heal(admin, args, bar) -> int:
                    help="the cluster directory"),
                arg("--read-only", action="store_true", help="hide destructive actions")])
 def console(args) -> int:
+    need_terminal()
     from .app import BlockfoldApp       # Textual loads only when a console opens
     # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
@@ -1084,6 +1105,7 @@ def console_admin(args, actor: str):
 
 def console_default(args) -> int:
     """`blockfold` alone: the console on $BLOCKFOLD_POOL, or on the default pool, made if new."""
+    need_terminal()
     if not args.pool and not os.environ.get("BLOCKFOLD_POOL"):
         path = default_pool_path()
         if not path.exists():
@@ -1091,6 +1113,18 @@ def console_default(args) -> int:
         args.pool = str(path)
     args.read_only = False
     return console(args)
+
+
+def need_terminal() -> None:
+    """Refuses to open a console without a terminal on stdin and stdout (a script, a pipe, a cron
+    job): it waited for keys that never came, writing escape sequences. Raises UsageError."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        raise UsageError(f"the console needs a terminal, but {' and '.join(missing)}"
+                         f" {'is not one' if len(missing) == 1 else 'are not terminals'}: run"
+                         " it in a terminal (ssh -t), or use the commands (blockfold --help)"
+                         " in scripts")
 
 
 def _quit_on_hangup(app) -> None:
@@ -1120,6 +1154,7 @@ def demo(args) -> int:
     import tempfile
 
     from . import demo as demo_data
+    need_terminal()                 # before any node starts
     path = args.dir or tempfile.mkdtemp(prefix="blockfold-demo-")
     print(f"starting 3 nodes in {path} …", file=sys.stderr)
     try:

@@ -36,7 +36,7 @@ import time
 
 from . import _native
 from .errors import BadImageError
-from .imageio import empty_image, not_a_source, open_image
+from .imageio import empty_image, not_a_source, open_image, replacing
 
 IMPORTS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")     # engine.api names them for the CLI
 EXPORTS = ("raw", "qcow2", "vmdk")
@@ -219,33 +219,51 @@ class QemuImage:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None) -> None:
+def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None,
+                home: str | None = None) -> None:
     """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS): raw through
     admin.export; qcow2 and vmdk by qemu-img convert from an NBD export of the VM on a private
     Unix socket, served here over `admin` read-only (a service's client: from a sparse raw
-    export beside `dest`). Raises VMNotFoundError, BadImageError."""
+    export beside `dest`). A file is replaced whole once the image is complete
+    (engine.imageio.replacing); a device is written in place. `home`: the pool's or cluster's
+    directory, as this process names it (None: a service's, on another machine): a `dest`
+    inside it is refused before anything is written. Raises VMNotFoundError, BadImageError."""
     if format not in EXPORTS:
         raise BadImageError(f"unknown format {format!r}: vm export writes {', '.join(EXPORTS)}")
+    if home is not None and dest != "-":
+        refuse_inside(home, dest)
     if format == "raw":
         admin.export(name, dest, progress, cancel)
         return
     admin.vm_size(name)             # an unknown VM, told as such
     if dest == "-":
         raise BadImageError(f"a {format} image cannot be streamed: give a file")
-    if getattr(admin, "pool", None) is None:
-        # A service's client holds no pool core to serve NBD from: the VM comes over as a
-        # sparse raw file beside `dest` (holes stay holes), and qemu-img converts that.
-        with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
-                                         dir=os.path.dirname(os.path.abspath(dest))) as tmp:
-            raw = os.path.join(tmp, "disk.raw")
-            admin.export(name, raw, progress, cancel)
-            proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, raw, dest])
-    else:
-        with served_over_nbd(admin) as socket_path:
-            proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
-                         f"nbd+unix:///{name}?socket={socket_path}", dest])
-    if proc.returncode != 0:
-        raise BadImageError(f"cannot write {dest} as {format}: {_reason(proc.stderr)}")
+    with replacing(dest) as path:
+        if getattr(admin, "pool", None) is None:
+            # A service's client holds no pool core to serve NBD from: the VM comes over as a
+            # sparse raw file beside `dest` (holes stay holes), and qemu-img converts that.
+            with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
+                                             dir=os.path.dirname(os.path.abspath(path))) as tmp:
+                raw = os.path.join(tmp, "disk.raw")
+                admin.export(name, raw, progress, cancel)
+                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, raw, path])
+        else:
+            with served_over_nbd(admin) as socket_path:
+                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
+                             f"nbd+unix:///{name}?socket={socket_path}", path])
+        if proc.returncode != 0:
+            raise BadImageError(f"cannot write {dest} as {format}: {_reason(proc.stderr)}")
+
+
+def refuse_inside(directory: str, dest: str) -> None:
+    """Refuses `dest` (a path) in the pool's or cluster's own `directory` (symlinks followed),
+    where an export could overwrite the pool's own files. Raises BadImageError."""
+    home = os.path.realpath(directory)
+    where = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(dest))),
+                         os.path.basename(dest))
+    if os.path.commonpath([home, where]) == home:
+        raise BadImageError(f"refusing to write {dest}: it is inside {directory}, whose files"
+                            " are the pool's: give a path outside it")
 
 
 class served_over_nbd:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from .errors import BadImageError
 
@@ -186,7 +187,8 @@ def mapped_runs(mapped):
 
 
 class _Output:
-    """Where an export goes: a file, where unmapped blocks stay holes, or a stream."""
+    """Where an export goes: a file, where unmapped blocks stay holes, or a stream or a device,
+    written from its start with every byte (`name`: a path, named in its errors)."""
 
     def __init__(self, fd: int, sparse: bool, name: str | None = None):
         self.fd, self.sparse, self.name = fd, sparse, name
@@ -233,6 +235,9 @@ class _Output:
                 os.fsync(self.fd)
         else:
             self._pad_to(size)
+            if self.name is not None and stat.S_ISBLK(os.fstat(self.fd).st_mode):
+                with self._naming_errors():     # (a character device, /dev/null, has no sync)
+                    os.fsync(self.fd)
 
     @contextmanager
     def _naming_errors(self):
@@ -248,7 +253,8 @@ class _Output:
 
 @contextmanager
 def open_output(dest, size: int):
-    """Where an export of `size` bytes goes: the file at path `dest` (sparse), stdout for "-", or
+    """Where an export of `size` bytes goes: the file at path `dest` (sparse, and replaced whole:
+    see replacing), a device or a FIFO there (written in place, every byte), stdout for "-", or
     `dest` itself when it is an output already (a service's stream to a client)."""
     if not isinstance(dest, str):
         yield dest
@@ -259,13 +265,92 @@ def open_output(dest, size: int):
         yield out
         out.finish(size)
         return
+    with replacing(dest) as path:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
+        try:
+            # A device's unwritten bytes are not zeros, and /dev/null has no size to set.
+            out = _Output(fd, sparse=stat.S_ISREG(os.fstat(fd).st_mode), name=dest)
+            yield out
+            out.finish(size)
+        finally:
+            os.close(fd)
+
+
+PART_TRIES = 100        # names tried for the temporary file beside a target
+
+
+@contextmanager
+def replacing(dest: str):
+    """Yields the path to write the new content of file `dest` to: an empty temporary file beside
+    it (".NAME.XXXXXXXX.part", in the same directory, so that the rename is atomic), renamed over
+    `dest` once the `with` ends without an error, and removed if it raises: a failed or
+    interrupted export leaves the file that was there as it was. The new file takes the old
+    one's mode, owner and group (owner and group as far as this user may set them); a new file
+    gets 0644 less the umask. A symlink's target is replaced, the link kept. A device or a FIFO
+    (/dev/null, a LUN) is not replaced: `dest` itself is yielded, written in place. Raises
+    BadImageError (the directory takes no new file)."""
     try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        old = os.stat(dest)
+    except FileNotFoundError:
+        old = None
     except OSError as e:
         raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        yield dest
+        return
+    # (after the stat: /dev/stdout on a pipe resolves to no path at all)
+    folder, base = os.path.split(os.path.realpath(dest))
+    part = _new_part(folder, base, dest)
     try:
-        out = _Output(fd, sparse=True, name=dest)
-        yield out
-        out.finish(size)
+        yield part
+        fd = os.open(part, os.O_RDONLY)     # (qemu-img makes its file afresh, and never syncs)
+        try:
+            if old is not None:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))
+                _keep_owner(fd, old)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(part, os.path.join(folder, base))
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(part)
+        raise
+    _sync_dir(folder)
+
+
+def _new_part(folder: str, base: str, dest: str) -> str:
+    """A new empty file ".BASE.XXXXXXXX.part" in `folder`: its path."""
+    for _ in range(PART_TRIES):
+        part = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return part
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
+    raise BadImageError(f"cannot write {dest}: {PART_TRIES} temporary names beside it are taken")
+
+
+def _keep_owner(fd: int, old: os.stat_result) -> None:
+    """Gives the file at `fd` the owner and group of `old`: both as root; else its group, if
+    this user is in it; else it stays this user's."""
+    for uid in (old.st_uid, -1):
+        try:
+            os.fchown(fd, uid, old.st_gid)
+            return
+        except PermissionError:
+            continue
+
+
+def _sync_dir(folder: str) -> None:
+    """Makes a rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)

@@ -290,8 +290,9 @@ class LayerGraph:
         """Drops the VM's own writes: a new empty top on the golden state it was cloned from."""
         vm = self.vm(name)
         if vm.base is None:
-            raise RefusedError(f"VM {name} was not cloned from a golden image (or was cloned"
-                               " before Blockfold kept its base): nothing to refresh it to")
+            raise RefusedError(f"VM {name} was not cloned from a golden image (or its golden"
+                               " image was deleted, or it was cloned before Blockfold kept its"
+                               " base): nothing to refresh it to")
         edit = LayerEdit()
         (top,) = self._new_ids(1)
         edit.new_layers[top] = vm.base
@@ -302,7 +303,8 @@ class LayerGraph:
                     keep_writes: bool) -> tuple[LayerEdit, list[Merge]]:
         """Moves each VM onto `golden`'s state now (its top frozen if it wrote since it was last
         frozen): with `keep_writes` each VM's top moves there (O(1): it must sit right on its
-        base, no snapshot or clone of its own above), else a new empty top replaces it."""
+        base, no snapshot or clone of its own above), else a new empty top replaces it. A VM
+        with no golden base (imported; its golden deleted) is refused: all its disk is its own."""
         g = self.vm(golden)
         edit = LayerEdit()
         base = self._frozen_state(golden, golden_top_empty, edit)
@@ -311,10 +313,13 @@ class LayerGraph:
             vm = self.vm(name)
             if name == golden:
                 raise RefusedError(f"cannot rebase {name} onto itself")
+            if vm.base is None:
+                # Its whole disk is its own: a rebase would drop all of it, or keep all of it
+                # over the new golden image's bytes.
+                raise RefusedError(f"VM {name} has no golden image (it was imported, or its"
+                                   " golden image was deleted): rebasing it would replace its"
+                                   f" whole disk; clone {golden} instead")
             if keep_writes:
-                if vm.base is None:
-                    raise RefusedError(f"VM {name} was not cloned from a golden image: it has no"
-                                       " writes of its own apart from its disk to keep")
                 if self._parents[vm.top] != vm.base:
                     raise RefusedError(
                         f"VM {name} has snapshots or clones of its own above its golden image:"

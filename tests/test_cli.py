@@ -276,10 +276,14 @@ def test_export_of_a_rotten_block_fails_naming_the_vm_and_offset(pool, tmp_path)
         byte = f.read(1)
         f.seek(3 * BS + 7)
         f.write(bytes([byte[0] ^ 0xFF]))
+    (tmp_path / "out.raw").write_bytes(b"the good image")
     proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw")
     assert proc.returncode == 1
     assert "VM a" in proc.stderr_text and f"byte {2 * BS}" in proc.stderr_text
     assert len(proc.stderr_text.strip().splitlines()) == 1
+    # The export was written beside out.raw: what was there is left as it was.
+    assert (tmp_path / "out.raw").read_bytes() == b"the good image"
+    assert sorted(os.listdir(tmp_path)) == ["a.raw", "out.raw", "pool"]
     assert cli_json("-p", pool, "stats")["corrupt_blocks"] == 1
 
 
@@ -406,3 +410,59 @@ def test_an_empty_pools_stats_give_a_dash_for_what_does_not_apply(pool):
     out = run_cli("-p", pool, "stats", check=True).stdout_text
     assert re.search(r"^metadata RAM +\S+ \S+ \(— per block\)$", out, re.M), out
     assert cli_json("-p", pool, "stats")["metadata_ram_bytes_per_block"] == 0
+
+
+def test_a_console_without_a_terminal_is_refused_in_one_line(pool, tmp_path):
+    """stdin and stdout not terminals (a script): exit 2 at once, naming them, and nothing made
+    (the default pool, a demo's nodes); stdout alone redirected in a real terminal: the same."""
+    xdg = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "BLOCKFOLD_POOL": ""}
+    for args, env in ((["-p", pool, "console"], None), ([], xdg),
+                      (["demo", "--dir", tmp_path / "demo"], None)):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 2 and proc.stdout_text == ""
+        assert proc.stderr_text == ("blockfold: error: the console needs a terminal, but stdin"
+                                    " and stdout are not terminals: run it in a terminal"
+                                    " (ssh -t), or use the commands (blockfold --help) in"
+                                    " scripts\n")
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "demo").exists()
+    term = Terminal(tmp_path, f"{sys.executable} -m console -p {pool} console > {tmp_path}/out")
+    try:
+        assert term.exit_code() == 2
+        term.wait_for("but stdout is not one")
+    finally:
+        term.close()
+    assert (tmp_path / "out").read_text() == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["cluster", "up", "CL", "--repair-delay", "-5"], "argument --repair-delay: must not be"
+     " negative: -5"),
+    (["cluster", "up", "CL", "--repair-delay", "nan"], "argument --repair-delay: not a finite"
+     " number: 'nan'"),
+    (["cluster", "up", "CL", "--repair-delay", "soon"], "argument --repair-delay: not a number:"
+     " 'soon'"),
+    (["cluster", "up", "CL", "--memory", "0"], "argument --memory: must be above 0: 0"),
+    (["cluster", "up", "CL", "--memory=-1G"], "argument --memory: bad size '-1G'"),
+    (["cluster", "up", "CL", "--memory", "lots"], "argument --memory: bad size 'lots'"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "0"], "argument --weight: must be above"
+     " 0: 0"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "-2"], "argument --weight: must be"
+     " above 0: -2"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "inf"], "argument --weight: not a finite"
+     " number: 'inf'"),
+    (["cluster", "add", "CL", "127.0.0.1:1", "--weight", "heavy"], "argument --weight: not a"
+     " number: 'heavy'"),
+    (["node", "serve", "--data", "CL", "--listen", "127.0.0.1:0", "--memory", "0"],
+     "argument --memory: must be above 0: 0"),
+])
+def test_a_bad_delay_weight_or_memory_is_a_usage_error_before_anything_starts(tmp_path, args,
+                                                                             message):
+    where = tmp_path / "cl"
+    try:
+        proc = run_cli(*[where if a == "CL" else a for a in args])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr_text
+        assert proc.stderr_text.splitlines()[-1].startswith(f"blockfold: error: {message}")
+        assert not where.exists()
+    finally:
+        if where.exists():          # made by a check that let a bad value through: its nodes go
+            run_cli("cluster", "down", where)

@@ -142,3 +142,63 @@ def test_a_block_device_is_a_source(cli, images, tmp_path):
         subprocess.run(["losetup", "-d", device], check=True)
     cli("vm", "export", "lun", tmp_path / "lun.raw")
     assert (tmp_path / "lun.raw").read_bytes() == (images / "fs.raw").read_bytes()
+
+
+def test_an_export_that_fails_half_way_leaves_the_file_that_was_there(cli, images, tmp_path):
+    """Out of disk half-way (a 1 MiB tmpfs), raw or qcow2: the old image is whole, and no
+    temporary file is left beside it."""
+    cli("vm", "import", "fs", images / "fs.raw")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        good = b"the good image " * 4096
+        (small / "fs.img").write_bytes(good)
+        for fmt in ("raw", "qcow2"):
+            proc = cli("vm", "export", "fs", small / "fs.img", "--format", fmt, check=False)
+            assert proc.returncode == 1 and "No space left on device" in proc.stderr_text
+            assert len(proc.stderr_text.strip().splitlines()) == 1, proc.stderr_text
+            assert (small / "fs.img").read_bytes() == good
+            assert os.listdir(small) == ["fs.img"]
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
+def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(
+        cli, images, pool_dir, tmp_path):
+    """A file replaced keeps its mode, owner and group; /dev/null, /dev/stdout on a pipe and a
+    block device are written in place, every byte (a device's holes are not zeros); a path in
+    the pool's own directory is refused, nothing written."""
+    cli("vm", "import", "fs", images / "fs.raw")
+    disk = (images / "fs.raw").read_bytes()
+    out = tmp_path / "fs.img"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o640)
+    if os.geteuid() == 0:
+        os.chown(out, 1234, 5678)
+    before = os.stat(out)
+    for fmt in ("qcow2", "raw"):
+        cli("vm", "export", "fs", out, "--format", fmt)
+        after = os.stat(out)
+        assert (after.st_mode, after.st_uid, after.st_gid) == (
+            before.st_mode, before.st_uid, before.st_gid)
+    assert out.read_bytes() == disk
+    cli("vm", "export", "fs", "/dev/null")
+    assert cli("vm", "export", "fs", "/dev/stdout").stdout[:len(disk)] == disk     # a pipe
+    lun = tmp_path / "lun"
+    lun.write_bytes(b"\xff" * len(disk))
+    attach = subprocess.run(["losetup", "--find", "--show", lun], capture_output=True, text=True)
+    if attach.returncode == 0:
+        try:
+            cli("vm", "export", "fs", attach.stdout.strip())
+        finally:
+            subprocess.run(["losetup", "-d", attach.stdout.strip()], check=True)
+        assert lun.read_bytes() == disk
+    blocks = (pool_dir / "blocks.dat").read_bytes()
+    for inside in (pool_dir / "fs.img", pool_dir / "blocks.dat", pool_dir / ".." / "pool"):
+        proc = cli("vm", "export", "fs", inside, check=False)
+        assert proc.returncode == 1 and "whose files are the pool's" in proc.stderr_text
+        assert len(proc.stderr_text.strip().splitlines()) == 1
+    assert not (pool_dir / "fs.img").exists() and (pool_dir / "blocks.dat").read_bytes() == blocks

@@ -160,6 +160,12 @@ class PoolMachine(RuleBasedStateMachine):
         names = (data.draw(st.lists(st.sampled_from(others), min_size=1, max_size=1))
                  if all_of is None else [n for n in others if self.desks[n].origin == all_of])
         keep = data.draw(st.booleans()) and all(self.desks[n].entries is not None for n in names)
+        if any(self.desks[n].base is None for n in names):
+            try:            # all its disk is its own: a rebase would drop it
+                self.pool.rebase(names, golden, keep_writes=keep)
+            except RefusedError:
+                return
+            raise AssertionError(f"{names} has a VM with no golden state, yet it was rebased")
         self.pool.rebase(names, golden, keep_writes=keep)
         state = bytes(self.model[golden])
         self.desks[golden].entries = None

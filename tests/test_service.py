@@ -443,3 +443,22 @@ def test_a_client_outlives_a_restart_of_its_service(pool_dir, golden, serve):
         t = serve()
         assert admin.vm_names() == ["golden"]       # connected again, as the console polls
         t.stop()
+
+
+def test_an_address_in_use_is_one_line_naming_it(pool_dir, golden):
+    """serve --nbd, nbd serve --listen and --metrics on a port another process listens on: one
+    line naming what and where, exit 1 (NBD gave an internal error), and the pool
+    is left as it was, for the next command to open."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        where = f"127.0.0.1:{taken.getsockname()[1]}"
+        for args, what in ((["serve", "--nbd", where], "NBD"),
+                           (["nbd", "serve", "--listen", where], "NBD"),
+                           (["serve", "--metrics", where], "metrics")):
+            proc = run_cli("-p", pool_dir, *args)
+            assert proc.returncode == 1 and proc.stdout_text == ""
+            assert proc.stderr_text == (f"blockfold: error: cannot serve {what} on {where}:"
+                                        " Address already in use: another process listens"
+                                        " there (`ss -ltnp` names it); stop it, or give another"
+                                        " port (0: any free)\n")
+    assert not (pool_dir / adminwire.SOCKET).exists()
+    assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]

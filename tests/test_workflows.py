@@ -265,3 +265,27 @@ def _hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_a_vm_with_no_golden_image_is_not_rebased_and_a_refresh_says_what_it_did(
+        cli, tmp_path):
+    cli("vm", "write", "desk-1", "--offset", "0", "-", input=blocks(9))
+    proc = cli("vm", "refresh", "desk-1", "-y")
+    assert proc.stdout_text.strip() == ("refreshed desk-1: its own writes are dropped; it reads"
+                                        " as golden did when it was cloned from it (or last"
+                                        " rebased onto it)")
+    out = json.loads(cli("vm", "refresh", "desk-2", "-y", "--json").stdout)
+    assert out == {"refreshed": "desk-2", "golden": "golden"}
+    # An imported VM, and a clone whose golden image is gone: their whole disk is their own.
+    cli("vm", "clone", "golden2", "kid")
+    cli("vm", "rm", "golden2", "-y")
+    before = {name: read(cli, name, tmp_path) for name in ("golden", "kid")}
+    for name in ("golden", "kid"):
+        for keep in ([], ["--keep-writes"]):
+            proc = cli("vm", "rebase", name, "desk-3", "-y", *keep, check=False)
+            assert proc.returncode == 1 and f"VM {name} has no golden image" in proc.stderr_text
+            assert "clone desk-3 instead" in proc.stderr_text
+            assert len(proc.stderr_text.splitlines()) == 1
+    assert {name: read(cli, name, tmp_path) for name in ("golden", "kid")} == before
+    assert json.loads(cli("vm", "info", "kid", "--json").stdout)["stats"]["origin"] is None
+    assert cli("fsck").stdout_text.strip() == "clean"

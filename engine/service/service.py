@@ -23,12 +23,15 @@ holds the pool (no signals; `stop()` drains).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,13 +88,14 @@ class Service:
             if self.metrics_address or self.nbd_address:
                 self.metrics = Metrics(self.admin)
             if self.metrics_address:
-                bound["metrics"] = self.metrics.serve(*self.metrics_address)
+                with _naming("metrics", self.metrics_address):
+                    bound["metrics"] = self.metrics.serve(*self.metrics_address)
             if self.nbd_address:
                 from ..nbd.server import NBDServer   # asyncio's NBD only where it is served
-                self.nbd = NBDServer(self.inner, self.metrics.meter,
-                                     read_only=self.nbd_read_only)
-                bound["nbd"] = await self.nbd.start(*self.nbd_address)
-                self.admin.attachments = self.nbd
+                nbd = NBDServer(self.inner, self.metrics.meter, read_only=self.nbd_read_only)
+                with _naming("NBD", self.nbd_address):
+                    bound["nbd"] = await nbd.start(*self.nbd_address)
+                self.nbd = self.admin.attachments = nbd     # (one that failed has nothing to close)
             await self._listen()
         except OSError as e:
             await self._close_listeners()
@@ -226,6 +230,22 @@ class Service:
         self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
         self._thread = None
+
+
+@contextmanager
+def _naming(what: str, address: tuple[str, int]):
+    """An address that cannot be listened on, named in one line with what to do: raises
+    BlockfoldError."""
+    host, port = address
+    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        yield
+    except OSError as e:
+        hint = (": another process listens there (`ss -ltnp` names it); stop it, or give"
+                " another port (0: any free)" if e.errno == errno.EADDRINUSE else "")
+        # (socket.create_server's strerror adds the address again, as a Python tuple)
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise BlockfoldError(f"cannot serve {what} on {where}: {reason}{hint}") from None
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:
