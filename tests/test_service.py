@@ -23,7 +23,7 @@ import pytest
 from engine.api import AttachedError, BlockfoldError, LocalAdmin, PoolLockedError, find_service
 from engine.errors import ReadOnlyError
 from engine.net import adminwire, rpc
-from engine.pool import Pool
+from engine.pool import SCRUB_BATCH, Pool
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
 
@@ -133,7 +133,11 @@ def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, t
     while cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "cancelled"
+    ended = cli_json("-p", pool_dir, "job", "ls")[-1]
+    assert ended["state"] == "cancelled"
+    # Where it stopped: its first batch, then the wait its rate asks (it showed 100 %).
+    assert (ended["done"], ended["phase"]) == (SCRUB_BATCH, "scrub")
+    assert ended["total"] > SCRUB_BATCH
     proc = run_cli("-p", pool_dir, "job", "cancel", "99")
     assert proc.returncode == 1 and "no job 99 is running" in proc.stderr_text
 
