@@ -393,7 +393,9 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
     assert after['blockfold_nbd_request_seconds_count{op="write"}'] > 0
     assert after['blockfold_node_state{node="local",state="up"}'] == 1
     desk = next(v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk")
-    assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
+    # Its first MiB (stored once for its first two) and its third: only desk references them.
+    assert desk["unique_blocks"] == 512
+    assert desk["shared_blocks"] == 0
     s.stop()
 
 
