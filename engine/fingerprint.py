@@ -29,7 +29,10 @@ class Fingerprinter:
     def of(self, data) -> np.ndarray:
         """The digests of each block of `data` (a bytes-like of n whole blocks, contiguous), as
         n × 2 words."""
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if not view.nbytes:     # an empty n-d array's view cannot be cast (TypeError)
+            return np.zeros((0, 2), np.uint64)
+        view = view.cast("B")
         bs = self.block_size
         one = self.one
         if one is fingerprint:          # the native core's: one call, without the GIL

@@ -1011,7 +1011,10 @@ class Pool:
             f" {getattr(self.blocks, 'scrub_unit', 'blocks')}"
             f" ({formats.size(checked * self.block_size)}) verified in {formats.duration(seconds)},"
             f" {formats.count(len(corrupt))} corrupt"))
-        meter.finish()
+        if finished:
+            meter.finish()
+        else:
+            meter.stopped()
         return {"blocks": checked, "bytes": checked * self.block_size,
                 "corrupt": [int(a) for a in corrupt], "seconds": round(seconds, 4),
                 "bytes_per_s": int(checked * self.block_size / seconds) if seconds else 0,

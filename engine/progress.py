@@ -70,8 +70,15 @@ class Meter:
             self.callback(self._report(now))
 
     def finish(self) -> None:
+        """Reports the work whole: done is the total at least."""
         if self.callback is not None:
             self.done = max(self.done, self.total)
+            self.callback(self._report(time.monotonic()))
+
+    def stopped(self) -> None:
+        """Reports where work that ends before its end (a cancelled scrub) got to: done as
+        counted, never bumped to the total (its job showed 100 % at any point it stopped)."""
+        if self.callback is not None:
             self.callback(self._report(time.monotonic()))
 
     def _report(self, now: float) -> Progress:

@@ -28,10 +28,12 @@ class VMStats:
     logical_blocks: int
     """The same, in blocks."""
     unique_blocks: int | None
-    """Blocks only this VM references: written by it and shared with nothing. None while the RAM
-    metadata is rebuilt."""
+    """Blocks only this VM references: written by it and shared with nothing, each counted once
+    however many of its LBNs hold it (what deleting it frees). None while the RAM metadata is
+    rebuilt."""
     shared_blocks: int | None
-    """logical_blocks - unique_blocks: blocks it reads that another VM or layer may read too."""
+    """Its LBNs that read a block another VM or layer may read too: logical_blocks less the
+    LBNs holding its unique blocks."""
     depth: int
     """Layers in the VM's chain, its own writable top included."""
     origin: str | None

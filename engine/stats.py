@@ -16,17 +16,17 @@ FINGERPRINT_BYTES = 16      # a slot's entry in hashes.dat, beside its block in 
 def vm_stats(pool, vm) -> dict:
     bs = pool.block_size
     logical = pool.core.visible_blocks(vm.top)
-    unique = 0
+    unique = own_lbns = 0
     if pool.blocks.ready and not pool.rebuilding:
-        mine = pool.core.layer_entries(vm.top)
-        unique = int(np.count_nonzero(pool.blocks.refcounts_of(mine) == 1))
+        mine, own_lbns = held_only_by(pool, vm.top)
+        unique = len(mine)
     return {
         "name": vm.name,
         "size": vm.size,
         "logical_bytes": logical * bs,
         "logical_blocks": logical,
         "unique_blocks": unique,
-        "shared_blocks": logical - unique,
+        "shared_blocks": logical - own_lbns,
         "depth": len(pool.graph.chain(vm.top)),
         "origin": vm.origin,
         "created": vm.created,
@@ -34,12 +34,20 @@ def vm_stats(pool, vm) -> dict:
     }
 
 
+def held_only_by(pool, layer: int) -> tuple[np.ndarray, int]:
+    """The blocks every reference of which is one of `layer`'s LBNs, each once (a block at 100
+    of its LBNs has refcount 100: it is still only this layer's), and how many of its LBNs
+    hold them."""
+    blocks, lbns = np.unique(pool.core.layer_entries(layer), return_counts=True)
+    alone = pool.blocks.refcounts_of(blocks) == lbns
+    return blocks[alone], int(lbns[alone].sum())
+
+
 def held_alone(pool, layer: int) -> np.ndarray:
-    """The blocks only snapshot layer `layer` holds: referenced once, by it, and read by no VM
+    """The blocks only snapshot layer `layer` holds: referenced by it alone, and read by no VM
     (what removing the snapshot may free)."""
-    mine = pool.core.layer_entries(layer)
-    once = mine[pool.blocks.refcounts_of(mine) == 1]
-    return np.array([a for a in once if not pool.core.vms_reading(int(a))], np.uint64)
+    mine, _ = held_only_by(pool, layer)
+    return np.array([a for a in mine if not pool.core.vms_reading(int(a))], np.uint64)
 
 
 def snapshot_blocks(pool) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from engine.errors import BadNameError, VMExistsError, VMNotFoundError
@@ -45,6 +47,39 @@ def test_delete_collects_upwards_and_merges_a_single_child():
     assert edit.dropped == [g.vm("c").top, 1] and edit.reparented == {top_a: None}
     g.apply(edit)
     assert g.chain(g.vm("a").top) == [top_a] and g.names() == ["a"]
+
+
+class CountedLooks(dict):
+    """A graph's layer -> children map that counts, per layer, how often its children are
+    looked up."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.looks: Counter[int] = Counter()
+
+    def get(self, layer, default=None):
+        self.looks[layer] += 1
+        return super().get(layer, default)
+
+
+@pytest.mark.parametrize("plan, layers_after", [
+    # The golden goes: every clone's base loses its pin, and stays (1000 children); b's top.
+    (lambda g, clones: g.plan_delete("a"), 1 + 1 + 1000),
+    # Every clone moves onto b: each top goes and each base loses its pin, so a's old base
+    # merges into a's top; b's top is frozen under a new one; 1000 new tops.
+    (lambda g, clones: g.plan_rebase(clones, "b", False, keep_writes=False), 1 + 2 + 1000),
+])
+def test_collection_looks_at_each_layer_once_however_many_clones_name_it(plan, layers_after):
+    """A golden's 1000 clones name its base 1000 times (each lost a pin, or its top went): the
+    collection looks at its children once, not once per clone (which made it quadratic)."""
+    g = graph(a=1, b=2)
+    clones = [f"d-{i}" for i in range(1000)]
+    g.apply(g.plan_clone("a", clones, source_top_empty=False))
+    g._children = CountedLooks(g._children)
+    edit, _ = plan(g, clones)
+    assert g._children.looks[1] == 1 and max(g._children.looks.values()) == 1
+    g.apply(edit)
+    assert len(g.layers()) == layers_after
 
 
 def test_names_are_checked_and_reserved_by_imports():

@@ -248,6 +248,19 @@ def test_copy_sends_no_missing_or_rotten_copy_and_says_what_stopped_it(node):
                 {"targets": [{**target, "n": 5}]}):                   # more ids than carried
         assert refused(node, rpc.COPY, bad, struct.pack("<4Q", 5, 6, 7, 8)) is Code.BAD_REQUEST
 
+
+def test_a_copy_of_ids_the_node_does_not_hold_answers_missing(node):
+    """Nothing to send (every id missing, or none named): each id is MISSING, not a fault (the
+    empty batch of copies to check once answered INTERNAL)."""
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    target = {"name": "node9", "address": "127.0.0.1:9", "host_key": host_key}
+    header, status = asyncio.run(call(node, rpc.COPY, {"targets": [{**target, "n": 2}]},
+                                      ids(8, 9)))
+    assert list(status) == [rpc.MISSING, rpc.MISSING]
+    assert header["targets"] == [{"incarnation": None, "error": None}]
+    header, status = asyncio.run(call(node, rpc.COPY, {"targets": [{**target, "n": 0}]}))
+    assert list(status) == [] and header["targets"][0]["error"] is None
+
 FIELDS = ["n", "start", "holder", "base", "version", "seconds", "lease", "offset", "length",
           "part", "more", "process", "replace"]
 VALUES = st.one_of(st.just("a"), st.integers(-5, 10**6), st.integers(-2**70, 2**70),

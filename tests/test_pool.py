@@ -263,6 +263,28 @@ def test_stats_have_the_promised_fields(pool):
     assert s["rebuilds"][0]["reason"] == "open"
 
 
+def test_a_block_at_many_lbns_of_one_layer_is_held_by_it_once(pool):
+    """Unique blocks are blocks, not LBNs: a VM written with one block 100 times holds it alone
+    (its refcount is 100, which read as shared) and counts it once, as does a snapshot."""
+    def figures(name):
+        (v,) = [v for v in pool.stats()["vms"] if v["name"] == name]
+        return v["logical_blocks"], v["unique_blocks"], v["shared_blocks"]
+
+    block = rand(BS, 11)
+    pool.create_vm("a", 200 * BS)
+    pool.write("a", 0, block * 100 + rand(BS, 12))
+    assert figures("a") == (101, 2, 0)
+    pool.create_vm("b", BS)
+    pool.write("b", 0, block)
+    assert figures("a") == (101, 1, 100) and figures("b") == (1, 0, 1)
+    pool.delete("b")
+    pool.snapshot("a", "s")
+    pool.write("a", 0, rand(101 * BS, 13))
+    assert figures("a") == (101, 101, 0)
+    assert [s["blocks_alone"] for s in pool.snapshots("a")] == [2]
+    assert pool.stats()["snapshot_blocks"] == 2
+
+
 def test_a_rotten_block_is_never_served_and_is_remembered(pool_dir):
     data = rand(8 * BS, 21)
     with Pool.open(pool_dir) as p:

@@ -24,7 +24,7 @@ import pytest
 from engine.api import AttachedError, BlockfoldError, LocalAdmin, PoolLockedError, find_service
 from engine.errors import ReadOnlyError
 from engine.net import adminwire, rpc
-from engine.pool import Pool
+from engine.pool import SCRUB_BATCH, Pool
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
 
@@ -134,7 +134,11 @@ def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, t
     while cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert cli_json("-p", pool_dir, "job", "ls")[-1]["state"] == "cancelled"
+    ended = cli_json("-p", pool_dir, "job", "ls")[-1]
+    assert ended["state"] == "cancelled"
+    # Where it stopped: its first batch, then the wait its rate asks (it showed 100 %).
+    assert (ended["done"], ended["phase"]) == (SCRUB_BATCH, "scrub")
+    assert ended["total"] > SCRUB_BATCH
     proc = run_cli("-p", pool_dir, "job", "cancel", "99")
     assert proc.returncode == 1 and "no job 99 is running" in proc.stderr_text
 
@@ -390,7 +394,9 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
     assert after['blockfold_nbd_request_seconds_count{op="write"}'] > 0
     assert after['blockfold_node_state{node="local",state="up"}'] == 1
     desk = next(v for v in cli_json("-p", pool_dir, "vm", "ls") if v["name"] == "desk")
-    assert desk["unique_blocks"] == 256     # its third MiB; the first is stored once for two
+    # Its first MiB (stored once for its first two) and its third: only desk references them.
+    assert desk["unique_blocks"] == 512
+    assert desk["shared_blocks"] == 0
     s.stop()
 
 

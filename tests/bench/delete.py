@@ -1,0 +1,119 @@
+"""Delete a golden image with many linked clones, while another VM writes over NBD.
+
+A pool holds `golden` (DATA MiB of seeded random data), CLONES linked clones of it (made
+in-process, `Pool.clone`) and `other`, a VM of its own. `blockfold serve --nbd` serves them; one
+NBD client writes a 4 KiB block to `other` and flushes, over and over, while
+`blockfold -p POOL vm rm golden -y` runs through the service. Reported: the delete's wall time
+(the CLI command from start to exit: it unpins every clone's base and collects the golden's
+layers, one edit) and the NBD write+flush latency before and during it (the delete holds the
+pool's lock; a write on another VM waits for it). Targets: none set; it must grow linearly
+with CLONES (it was quadratic: 128 s at 40,000, 418 s at 100,000).
+
+    python -m tests.bench.delete [--data bench-data] [--clones 40000] [--data-mib 16]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+from engine.pool import Pool
+from tests.nbdclient import CMD_FLUSH, RawClient
+from tests.serviceproc import Served
+
+from .common import BLOCK, MiB, blockfold_cli, measure, parser, report, scratch
+
+OTHER_BLOCKS = 4096             # `other`: 16 MiB, written a block at a time at random places
+MAX_WRITES = 1_000_000          # the writer's bound, whatever happens to the delete
+
+
+def writer(port: int, stop: threading.Event, latencies: list[tuple[float, float]]) -> None:
+    """Writes and flushes `other` until `stop`: (when it started, seconds) for each pair."""
+    client = RawClient(port, timeout=600)
+    client.connect("other")
+    rng = np.random.default_rng(5)
+    try:
+        for _ in range(MAX_WRITES):
+            if stop.is_set():
+                break
+            block = rng.bytes(BLOCK)
+            at = int(rng.integers(OTHER_BLOCKS)) * BLOCK
+            start = time.perf_counter()
+            assert client.write(at, block) == 0
+            assert client.simple(CMD_FLUSH) == 0
+            latencies.append((start, time.perf_counter() - start))
+    finally:
+        client.close()
+
+
+def ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    return f"{np.quantile(values, q) * 1e3:.1f} ms"
+
+
+def main(argv=None) -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--clones", type=int, default=40_000, help="linked clones (default 40000)")
+    p.add_argument("--data-mib", type=int, default=16,
+                   help="MiB of data in the golden image (default 16)")
+    p.add_argument("--seed", type=int, default=2)
+    args = p.parse_args(argv)
+    where = scratch(args.data, "delete")
+    pool_dir = where / "pool"
+    image = where / "golden.raw"
+    image.write_bytes(np.random.default_rng(args.seed).bytes(args.data_mib * MiB))
+    Pool.create(pool_dir)
+    with Pool.open(pool_dir) as pool:
+        pool.import_image("golden", str(image))
+        pool.create_vm("other", OTHER_BLOCKS * BLOCK)
+        clone_s, _, _ = measure(pool.clone, "golden", "d", args.clones)
+    os.unlink(image)
+
+    served = Served(["-p", str(pool_dir)], "--nbd", "127.0.0.1:0")
+    stop, latencies = threading.Event(), []
+    try:
+        thread = threading.Thread(target=writer, daemon=True,
+                                  args=(int(served.nbd.rpartition(":")[2]), stop, latencies))
+        thread.start()
+        time.sleep(2)                                   # the writer alone, for a baseline
+        command = [blockfold_cli(), "-p", str(pool_dir), "vm", "rm", "golden", "-y"]
+        began = time.perf_counter()
+        delete_s, delete_cpu, _ = measure(subprocess.run, command, check=True,
+                                          stdout=subprocess.DEVNULL)
+        ended = time.perf_counter()
+        time.sleep(1)
+        stop.set()
+        thread.join(timeout=600)
+    finally:
+        served.stop()
+    before = [s for t, s in latencies if t < began]
+    during = [s for t, s in latencies if began <= t < ended]
+    # A pair that began before the delete and waited for it counts as during it.
+    during += [s for t, s in latencies if t < began < t + s]
+    subprocess.run(["rm", "-rf", str(where)], check=True)
+
+    rows = [("", "wall", "detail")]
+    rows.append((f"Pool.clone(count={args.clones:,}) in-process", f"{clone_s:.2f} s", ""))
+    rows.append((f"blockfold vm rm golden ({args.clones:,} clones, via the service)",
+                 f"{delete_s:.2f} s", f"CLI CPU {delete_cpu:.2f} s"))
+    rows.append(("NBD write+flush on other, before", ms(before, 0.5),
+                 f"median of {len(before)}; max {ms(before, 1.0)}"))
+    rows.append(("NBD write+flush on other, during the delete", ms(during, 1.0),
+                 f"max of {len(during)}; median {ms(during, 0.5)}"))
+    report("delete", f"delete a golden image with {args.clones:,} linked clones"
+                     f" ({args.data_mib} MiB of data)", rows,
+           {"clones": args.clones, "data_mib": args.data_mib, "clone_s": round(clone_s, 3),
+            "delete_s": round(delete_s, 3), "delete_cli_cpu_s": round(delete_cpu, 3),
+            "nbd_before_median_s": round(statistics.median(before), 4) if before else None,
+            "nbd_during_max_s": round(max(during), 4) if during else None,
+            "nbd_during_count": len(during), "command": " ".join(command[1:])})
+
+
+if __name__ == "__main__":
+    main()
