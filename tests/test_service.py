@@ -116,8 +116,8 @@ def test_a_command_a_service_answers_loads_none_of_the_storage_engine(pool_dir, 
 
 
 def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, tmp_path):
-    # More than one scrub batch (4096 blocks): a scrub pauses for its rate between batches,
-    # and ends as soon as the last block is read.
+    # More than one scrub batch (4096 blocks). Paced before each read, it has read a second's
+    # worth of its rate or so when cancelled.
     (tmp_path / "big.raw").write_bytes(os.urandom(24 << 20))
     run_cli("-p", pool_dir, "vm", "import", "big", tmp_path / "big.raw", check=True)
     serve()
@@ -136,9 +136,8 @@ def test_a_scrub_runs_in_the_background_and_is_listed(pool_dir, golden, serve, t
         time.sleep(0.2)
     ended = cli_json("-p", pool_dir, "job", "ls")[-1]
     assert ended["state"] == "cancelled"
-    # Where it stopped: its first batch, then the wait its rate asks (it showed 100 %).
-    assert (ended["done"], ended["phase"]) == (SCRUB_BATCH, "scrub")
-    assert ended["total"] > SCRUB_BATCH
+    # Where it stopped (it showed 100 %).
+    assert ended["phase"] == "scrub" and 0 < ended["done"] < SCRUB_BATCH < ended["total"]
     proc = run_cli("-p", pool_dir, "job", "cancel", "99")
     assert proc.returncode == 1 and "no job 99 is running" in proc.stderr_text
 
