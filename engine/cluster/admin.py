@@ -77,6 +77,7 @@ class ClusterAdmin(LocalAdmin):
         self._newer = ""                # who has the cluster meanwhile (its lease holder)
         self._stuck = ""                # why the last try to take it back failed, if not a lease
         self._reopened = None           # takes the reopened Admin (on_reopen)
+        self._on_fenced = None          # told at the fencing (on_fenced)
         self._successor: ClusterAdmin | None = None     # the reopened Admin, once handed over
 
     @classmethod
@@ -238,6 +239,8 @@ class ClusterAdmin(LocalAdmin):
                   " nothing more is written here (close it)", file=sys.stderr, flush=True)
         else:
             print(f"blockfold: {self.fenced()}", file=sys.stderr, flush=True)
+        if self._on_fenced is not None:
+            self._on_fenced(self.fenced())
 
     def on_reopen(self, reopened) -> None:
         """Once fenced, try every RETAKE_S to take the cluster back, and hand the reopened
@@ -245,6 +248,11 @@ class ClusterAdmin(LocalAdmin):
         to serve from it, and whatever it served from this one must stop serving before it
         returns (this Admin's pool is released then, its changes never committed)."""
         self._reopened = reopened
+
+    def on_fenced(self, fenced) -> None:
+        """fenced(line) is called from the healer's thread once this writer is fenced, after it
+        gave the lease up (`line`: what fenced() says); a reopened Admin tells it too."""
+        self._on_fenced = fenced
 
     def fenced(self) -> str:
         """Empty while this coordinator may write; once fenced, one line saying so, who has the
@@ -305,7 +313,7 @@ class ClusterAdmin(LocalAdmin):
         except BaseException:
             members.release_lease()
             raise
-        admin._reopened = self._reopened
+        admin._reopened, admin._on_fenced = self._reopened, self._on_fenced
         return admin
 
     def _hand_over(self, admin: ClusterAdmin) -> None:

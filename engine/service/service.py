@@ -56,6 +56,7 @@ class Service:
         socket to a group; `nbd` and `metrics` are addresses to serve on."""
         self.inner = admin
         self.admin = ServedAdmin(admin, actor)
+        admin.on_fenced(self._fenced)
         admin.on_reopen(self._reopened)
         self.socket_path = Path(directory) / SOCKET
         self.group = group
@@ -129,6 +130,13 @@ class Service:
         finally:
             self.sessions.discard(session)
 
+    def _fenced(self, line: str) -> None:
+        """A newer writer fenced the cluster's Admin (engine/cluster/admin.py; `line` says so):
+        NBD drops every connection at once. Called from the engine's thread."""
+        dropped = self.nbd.fenced() if self.nbd is not None else 0
+        self.log(f"{_count(dropped, 'NBD connection')} dropped at the fencing (clients reconnect"
+                 " once the cluster is taken back)")
+
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
         is the cluster opened again: NBD drops every connection to the old one and serves new
@@ -145,8 +153,9 @@ class Service:
             listening.close()
         jobs = (f"; {cancelled} job{'' if cancelled == 1 else 's'} working from the fenced state"
                 f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
-        self.log(f"serving {admin.name} again; {dropped} NBD connections open before were"
-                 f" dropped (clients reconnect){jobs}")
+        dropped = (f"; {_count(dropped, 'NBD connection')} open before"
+                   f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
+        self.log(f"serving {admin.name} again{dropped}{jobs}")
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""
@@ -226,6 +235,11 @@ class Service:
         self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
         self._thread = None
+
+
+def _count(n: int, thing: str) -> str:
+    """"1 job", "2 jobs"."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:
