@@ -132,7 +132,9 @@ class Service:
 
     def _fenced(self, line: str) -> None:
         """A newer writer fenced the cluster's Admin (engine/cluster/admin.py; `line` says so):
-        NBD drops every connection at once. Called from the engine's thread."""
+        NBD drops every connection at once, and admin calls other than reporting are refused
+        (methods.WHILE_FENCED) until the take-back. Called from the engine's thread."""
+        self.admin.fence(line)
         dropped = self.nbd.fenced() if self.nbd is not None else 0
         self.log(f"{_count(dropped, 'NBD connection')} dropped at the fencing (clients reconnect"
                  " once the cluster is taken back)")

@@ -26,6 +26,7 @@ from console.pilot import settle
 from engine import api
 from engine.api import PoolLockedError
 from engine.cluster.catalog import ReplicatedCatalog
+from engine.errors import RefusedError
 from engine.cluster.members import Members
 from tests.conftest import ROOT
 from tests.nbdclient import CMD_FLUSH, EIO, REP_ERR_UNKNOWN, RawClient, tool
@@ -325,26 +326,81 @@ def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_b
         assert admin.fsck() == []
 
 
-def test_a_job_started_while_fenced_is_cancelled_when_the_service_takes_its_cluster_back(
-        make_cluster, tmp_path):
-    """A scrub started through the fenced service works from the fenced state: at the take-back
-    it is cancelled before that state is released, never left running over it (it failed later
-    with "the core is closed"); a scrub started after reads the reopened cluster to its end."""
-    cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 4, 44)
+def _write_from_silence(cluster) -> subprocess.Popen:
+    """`vm write disk --offset 0 -` from a stdin that sends nothing: its job in the service waits
+    for bytes until it is cancelled."""
+    return subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path), "vm",
+                             "write", "disk", "--offset", "0", "-"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp_path):
+    """While fenced, a call that would read the fenced state (older than the newer writer's
+    commits) or change it is refused in one line, the fenced one; stats, events and jobs still
+    answer, and nothing the refused calls asked for is done."""
+    cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 47)
     served = Served(["-c", str(cluster.path)])
-    service = None
     try:
         with _newer_writer(cluster, served):
-            service = api.find_service(cluster.path, actor="operator")
-            old = service.start_scrub(200 << 10)       # ~20 s at this rate
+            said = _fenced(cluster)
+            for args in (["vm", "clone", "disk", "desk1"], ["vm", "ls"]):
+                done = subprocess.run([sys.executable, "-m", "console", "-c",
+                                       str(cluster.path), *args], cwd=ROOT,
+                                      capture_output=True, text=True, timeout=60)
+                method = "clone" if args[1] == "clone" else "vms"
+                assert done.returncode != 0 and f"{method} refused: {said}" in done.stderr, (
+                    args, done.returncode, done.stderr)
+            assert any(line.split(None, 1) == ["writer", said]
+                       for line in _cli(cluster, "stats").splitlines())
+            _cli(cluster, "events")
+            _cli(cluster, "job", "ls")
+        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        assert _cli(cluster, "vm", "ls").split().count("desk1") == 0
+    finally:
+        err = _stop(served)
+    assert served.proc.returncode == 0, err
+    with cluster.open(readonly=True) as admin:
+        assert admin.vm_names() == ["disk"]
+
+
+def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
+        make_cluster, tmp_path):
+    """A job running on the service when it is fenced works from the fenced state: it is
+    cancelled before that state is released, never left running over it (a scrub did, and
+    failed later with "the core is closed"); while fenced no job starts, and once the cluster
+    is taken back a scrub reads it to its end."""
+    cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 44)
+    served = Served(["-c", str(cluster.path)])
+    service = writer = None
+    try:
+        service = api.find_service(cluster.path, actor="operator")
+        writer = _write_from_silence(cluster)
+        job = _wait(lambda: next((j for j in service.jobs() if j.kind == "write"), None), 30,
+                    "the write from stdin never started")
+        with _newer_writer(cluster, served):
+            try:
+                service.start_scrub()
+            except RefusedError as e:
+                assert str(e) == f"start_scrub refused: {service.stats().fenced}", e
+            else:
+                raise AssertionError("a fenced service started a scrub")
         _wait(lambda: not service.stats().fenced, 30, "the service never took the cluster back")
-        job = _wait(lambda: next((j for j in service.jobs() if j.id == old.id
-                                  and j.state != "running"), None), 15,
-                    "the scrub of the fenced state still runs after the take-back")
-        assert job.state == "cancelled", job
-        assert job.message.startswith("cancelled when the service took its cluster back"), job
+        ended = _wait(lambda: next((j for j in service.jobs() if j.id == job.id
+                                    and j.state != "running"), None), 15,
+                      "the write of the fenced state still runs after the take-back")
+        assert ended.state == "cancelled", ended
+        assert ended.message.startswith("cancelled when the service took its cluster back"), ended
+        writer.stdin.close()            # the CLI reads its stdin until it ends
+        assert writer.wait(30) != 0
         assert service.scrub().finished
     finally:
+        if writer is not None:
+            if writer.poll() is None:
+                writer.kill()
+            writer.wait(30)
+            for pipe in (writer.stdin, writer.stdout, writer.stderr):
+                pipe.close()
         if service is not None:
             service.close()
         err = _stop(served)
