@@ -132,12 +132,17 @@ class Service:
 
     def _fenced(self, line: str) -> None:
         """A newer writer fenced the cluster's Admin (engine/cluster/admin.py; `line` says so):
-        NBD drops every connection at once, and admin calls other than reporting are refused
-        (methods.WHILE_FENCED) until the take-back. Called from the engine's thread."""
+        NBD drops every connection at once, admin calls other than reporting are refused
+        (methods.WHILE_FENCED) until the take-back, and the running jobs are cancelled and
+        waited for (DRAIN_S). Called from the engine's thread."""
         self.admin.fence(line)
         dropped = self.nbd.fenced() if self.nbd is not None else 0
-        self.log(f"{_count(dropped, 'NBD connection')} dropped at the fencing (clients reconnect"
-                 " once the cluster is taken back)")
+        cancelled = self.admin.job_list.stop_all(
+            DRAIN_S, "cancelled because the service was fenced: it worked from a state older than"
+                     " the newer writer's commits; run it again once the cluster is taken back")
+        self.log(f"at the fencing: {_count(dropped, 'NBD connection')} dropped,"
+                 f" {_count(cancelled, 'job')} cancelled (clients reconnect, and jobs may run"
+                 " again, once the cluster is taken back)")
 
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`

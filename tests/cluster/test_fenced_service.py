@@ -213,7 +213,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         err = _stop(served)
     assert served.proc.returncode == 0, err
     assert f"fenced: a newer writer has cluster {cluster.path}" in err
-    assert "1 NBD connection dropped at the fencing" in err, err
+    assert "at the fencing: 1 NBD connection dropped" in err, err
     with cluster.open(readonly=True) as admin:
         assert admin.read("disk", 0, 4 * BLOCK) == (b"\x11" * BLOCK + b"\x33" * BLOCK
                                                   + disk[2 * BLOCK:3 * BLOCK] + b"\x44" * BLOCK)
@@ -367,9 +367,9 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
 def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
         make_cluster, tmp_path):
     """A job running on the service when it is fenced works from the fenced state: it is
-    cancelled before that state is released, never left running over it (a scrub did, and
-    failed later with "the core is closed"); while fenced no job starts, and once the cluster
-    is taken back a scrub reads it to its end."""
+    cancelled at once, not left running until the take-back (nor over the state released then:
+    a scrub did, and failed with "the core is closed"); while fenced no job starts, and once the
+    cluster is taken back a scrub reads it to its end."""
     cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 44)
     served = Served(["-c", str(cluster.path)])
     service = writer = None
@@ -385,12 +385,12 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
                 assert str(e) == f"start_scrub refused: {service.stats().fenced}", e
             else:
                 raise AssertionError("a fenced service started a scrub")
+            ended = _wait(lambda: next((j for j in service.jobs() if j.id == job.id
+                                        and j.state != "running"), None), 15,
+                          "the write of the fenced state still runs while fenced")
+            assert ended.state == "cancelled", ended
+            assert ended.message.startswith("cancelled because the service was fenced"), ended
         _wait(lambda: not service.stats().fenced, 30, "the service never took the cluster back")
-        ended = _wait(lambda: next((j for j in service.jobs() if j.id == job.id
-                                    and j.state != "running"), None), 15,
-                      "the write of the fenced state still runs after the take-back")
-        assert ended.state == "cancelled", ended
-        assert ended.message.startswith("cancelled when the service took its cluster back"), ended
         writer.stdin.close()            # the CLI reads its stdin until it ends
         assert writer.wait(30) != 0
         assert service.scrub().finished
@@ -405,7 +405,7 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
             service.close()
         err = _stop(served)
     assert served.proc.returncode == 0, err
-    assert "1 job working from the fenced state was cancelled" in err, err
+    assert "at the fencing: 0 NBD connections dropped, 1 job cancelled" in err, err
     assert "internal error" not in err, err
 
 
