@@ -14,10 +14,10 @@ every call after switch to it.
 
 Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
 (new CLIs open the pool themselves once it is free), NBD answers what it had received, running
-jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the Admin,
-which flushes and marks the pool clean. A SIGKILL leaves a pool the next open rebuilds, losing
-nothing that was flushed. `start_in_thread()` serves from a thread instead, for a console that
-holds the pool (no signals; `stop()` drains).
+jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the
+service (close), which closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
+a pool the next open rebuilds, losing nothing that was flushed. `start_in_thread()` serves from
+a thread instead, for a console that holds the pool (no signals; `stop()` drains, then `close()`).
 """
 
 from __future__ import annotations
@@ -171,6 +171,16 @@ class Service:
 
     # -- stopping -----------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Closes the Admin it serves, once: the one it was given, or the one that took its
+        place at a take-back (_reopened), which is this service's alone to close. Call once
+        stopped. Raises what the Admin's close raises (a fenced cluster's change not
+        committed)."""
+        while (admin := self.inner) is not None:
+            admin.close()       # stops its healer: a take-back under way hands over first
+            if self.inner is admin:
+                self.inner = None
+
     async def drain(self) -> None:
         """Stops taking clients, answers what NBD received, cancels the jobs, and gives every
         admin call DRAIN_S to finish."""
@@ -196,7 +206,7 @@ class Service:
 
     def run(self, ready: Callable[[dict], None] | None = None) -> None:
         """Serves until SIGTERM or SIGINT, then drains. `ready(bound)` is called once listening
-        (see start). The caller closes the Admin afterwards."""
+        (see start). The caller closes the service afterwards (close)."""
         asyncio.run(self._run(ready))
 
     async def _run(self, ready) -> None:

@@ -9,6 +9,7 @@ and the newer writer is this test's own process, as an operator's console or a C
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 from contextlib import contextmanager
 
 from textual.widgets import Label
@@ -27,6 +29,7 @@ from engine import api
 from engine.api import PoolLockedError
 from engine.cluster.catalog import ReplicatedCatalog
 from engine.errors import RefusedError
+from engine.service.service import Service
 from engine.cluster.members import Members
 from tests.conftest import ROOT
 from tests.nbdclient import CMD_FLUSH, EIO, REP_ERR_UNKNOWN, RawClient, tool
@@ -487,4 +490,48 @@ def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothin
             assert admin.read("disk", 0, BLOCK) == b"\x33" * BLOCK
             assert admin.read("disk", BLOCK, len(disk) - BLOCK) == disk[BLOCK:]
     with cluster.open() as admin:
+        assert admin.fsck() == []
+
+
+def test_a_take_back_lets_the_replaced_coordinator_go_and_the_service_closes_the_new_one(
+        make_cluster, tmp_path):
+    """After a take-back the service holds the reopened Admin, and nothing holds the replaced
+    one's pool: no chain of old Admins and their pools grows with each take-back. Closing the
+    service closes the Admin it holds, once, which lets the cluster go.
+
+    In this process (the memory held is what is checked): the service's coordinator is fenced
+    and takes the cluster back by its own code (_give_up_lease, _retake, _hand_over), its healer
+    held still so that it does not race the test."""
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 48)
+    first = cluster.open(actor="service")
+    service = Service(first, cluster.path, actor="service", log=lambda message: None)
+    try:
+        service.start_in_thread()
+        first._stop.set()
+        first._healer.join(10)
+        first._stop.clear()
+        for _ in range(2):
+            replaced = service.inner
+            old_pool = weakref.ref(replaced.pool)
+            replaced._give_up_lease()
+            assert service.admin.fenced().startswith("fenced: ")
+            reopened = replaced._retake()
+            replaced._hand_over(reopened)
+            assert service.inner is reopened and service.admin.fenced() == ""
+            assert replaced.pool is None
+            replaced.close()            # stops its threads only: the cluster is the new one's
+            del replaced
+            gc.collect()
+            assert old_pool() is None, gc.get_referrers(old_pool())
+            if service.inner is not first:
+                service.inner._stop.set()
+                service.inner._healer.join(10)
+                service.inner._stop.clear()
+        assert service.admin.read("disk", 0, len(disk)) == disk
+    finally:
+        service.stop()
+        service.close()
+        service.close()                 # once closed, nothing more
+    with cluster.open() as admin:       # the lease was let go: writable at once
+        assert admin.read("disk", 0, len(disk)) == disk
         assert admin.fsck() == []
