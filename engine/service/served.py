@@ -243,7 +243,10 @@ class ServedAdmin(Admin):
     # -- the pool -----------------------------------------------------------------------------
 
     def stats(self):
-        return self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
+        stats = self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
+        fenced = self.fenced()
+        # Fenced, the VMs are as they were before the newer writer's commits: none is listed.
+        return replace(stats, vms=[], fenced=fenced) if fenced else stats
 
     def known_blocks(self, fingerprints): return self.inner.known_blocks(fingerprints)
 

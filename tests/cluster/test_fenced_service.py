@@ -340,8 +340,8 @@ def _write_from_silence(cluster) -> subprocess.Popen:
 
 def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp_path):
     """While fenced, a call that would read the fenced state (older than the newer writer's
-    commits) or change it is refused in one line, the fenced one; stats, events and jobs still
-    answer, and nothing the refused calls asked for is done."""
+    commits) or change it is refused in one line, the fenced one; stats (which lists no VM
+    then), events and jobs still answer, and nothing the refused calls asked for is done."""
     cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 47)
     served = Served(["-c", str(cluster.path)])
     try:
@@ -356,9 +356,14 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
                     args, done.returncode, done.stderr)
             assert any(line.split(None, 1) == ["writer", said]
                        for line in _cli(cluster, "stats").splitlines())
+            # No VM is listed: the list would be the fenced state's, older than the newer
+            # writer's commits.
+            assert json.loads(_cli(cluster, "stats", "--json"))["vms"] == []
             _cli(cluster, "events")
             _cli(cluster, "job", "ls")
         _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        assert [v["name"] for v in json.loads(_cli(cluster, "stats", "--json"))["vms"]] == [
+            "disk"]
         assert _cli(cluster, "vm", "ls").split().count("desk1") == 0
     finally:
         err = _stop(served)
