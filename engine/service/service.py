@@ -158,7 +158,7 @@ class Service:
             asyncio.run_coroutine_threadsafe(listening, self._loop)
         except RuntimeError:        # the loop has ended: the service stopped meanwhile
             listening.close()
-        jobs = (f"; {cancelled} job{'' if cancelled == 1 else 's'} working from the fenced state"
+        jobs = (f"; {_count(cancelled, 'job')} working from the fenced state"
                 f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
         dropped = (f"; {_count(dropped, 'NBD connection')} open before"
                    f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
@@ -177,9 +177,11 @@ class Service:
         stopped. Raises what the Admin's close raises (a fenced cluster's change not
         committed)."""
         while (admin := self.inner) is not None:
-            admin.close()       # stops its healer: a take-back under way hands over first
-            if self.inner is admin:
-                self.inner = None
+            try:
+                admin.close()   # stops its healer: a take-back under way hands over first
+            finally:
+                if self.inner is admin:
+                    self.inner = None
 
     async def drain(self) -> None:
         """Stops taking clients, answers what NBD received, cancels the jobs, and gives every
