@@ -583,10 +583,12 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
     actor = local_user()
     directory = args.cluster or pool_path(args)
-    with hold(args, actor) as admin:
-        service = api.Service(admin, directory, actor=actor, group=args.group, nbd=nbd,
-                              nbd_read_only=nbd_read_only, metrics=args.metrics)
+    service = api.Service(hold(args, actor), directory, actor=actor, group=args.group, nbd=nbd,
+                          nbd_read_only=nbd_read_only, metrics=args.metrics)
+    try:
         service.run(lambda bound: ready(dict(bound, admin=service.socket_path)))
+    finally:
+        service.close()     # the Admin opened here, or the one that took its place
     return 0
 
 
@@ -1100,7 +1102,10 @@ def console_admin(args, actor: str):
             if service is not None:
                 service.stop()
         finally:
-            admin.close()
+            if service is not None:
+                service.close()     # its Admin: this one, or the one that took its place
+            else:
+                admin.close()
 
 
 def console_default(args) -> int:

@@ -216,6 +216,11 @@ class LocalAdmin(Admin):
         is called from a thread of the engine's. A local pool's lock is never taken from it:
         nothing to do."""
 
+    def on_fenced(self, fenced) -> None:
+        """Asks to be told at once, fenced(line), should this Admin lose the right to write to a
+        newer writer (engine/cluster/admin.py); called from a thread of the engine's, `line`
+        being what fenced() says from then on. A local pool is never fenced: nothing to do."""
+
     def close(self): self.pool.close()
 
 

@@ -10,7 +10,8 @@ A writer that a newer one fenced (see ReplicatedCatalog.fenced) gives the lease 
 session ends. If someone asked for it (on_reopen: a service), it then tries every RETAKE_S to
 take the cluster back, and once it has the lease opens it again as a writable open does, over
 the same connections, and hands the new Admin over: its own RAM state is older than the newer
-writer's commits, so it is dropped, never committed.
+writer's commits, so it is dropped, never committed. The new Admin is the receiver's to close;
+the old one keeps no reference to it (no chain of Admins across take-backs).
 
     writing --fenced--> fenced, waiting --lease taken, reopened--> handed over (a new Admin)
 """
@@ -77,7 +78,7 @@ class ClusterAdmin(LocalAdmin):
         self._newer = ""                # who has the cluster meanwhile (its lease holder)
         self._stuck = ""                # why the last try to take it back failed, if not a lease
         self._reopened = None           # takes the reopened Admin (on_reopen)
-        self._successor: ClusterAdmin | None = None     # the reopened Admin, once handed over
+        self._on_fenced = None          # told at the fencing (on_fenced)
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -238,6 +239,8 @@ class ClusterAdmin(LocalAdmin):
                   " nothing more is written here (close it)", file=sys.stderr, flush=True)
         else:
             print(f"blockfold: {self.fenced()}", file=sys.stderr, flush=True)
+        if self._on_fenced is not None:
+            self._on_fenced(self.fenced())
 
     def on_reopen(self, reopened) -> None:
         """Once fenced, try every RETAKE_S to take the cluster back, and hand the reopened
@@ -245,6 +248,11 @@ class ClusterAdmin(LocalAdmin):
         to serve from it, and whatever it served from this one must stop serving before it
         returns (this Admin's pool is released then, its changes never committed)."""
         self._reopened = reopened
+
+    def on_fenced(self, fenced) -> None:
+        """fenced(line) is called from the healer's thread once this writer is fenced, after it
+        gave the lease up (`line`: what fenced() says); a reopened Admin tells it too."""
+        self._on_fenced = fenced
 
     def fenced(self) -> str:
         """Empty while this coordinator may write; once fenced, one line saying so, who has the
@@ -305,13 +313,15 @@ class ClusterAdmin(LocalAdmin):
         except BaseException:
             members.release_lease()
             raise
-        admin._reopened = self._reopened
+        admin._reopened, admin._on_fenced = self._reopened, self._on_fenced
         return admin
 
     def _hand_over(self, admin: ClusterAdmin) -> None:
         """The reopened Admin takes this one's place (the events say so), then this one's pool
-        is released without a commit: nothing written through it since the fencing was ever
-        acknowledged as durable (every flush failed)."""
+        is released without a commit (nothing written through it since the fencing was ever
+        acknowledged as durable: every flush failed) and let go, so its memory is freed. The
+        reopened Admin is the caller's from then on, to close; closing this one only stops its
+        threads."""
         fenced_for = time.monotonic() - self._fenced_at
         newer = f" ({self._newer})" if self._newer else ""
         catalog = admin.pool.catalog
@@ -324,12 +334,12 @@ class ClusterAdmin(LocalAdmin):
         told = f"took cluster {self.config.path} back: reopened from the newest catalog ({loaded}"
         admin._record("catalog", told)
         print(f"blockfold: {told}", file=sys.stderr, flush=True)
-        self._successor = admin
         try:
             self._reopened(admin)
         finally:
             admin._start_healer()
             self.pool.close(commit=False)
+            self.pool = None
             if self._etcd:
                 self._etcd.close()      # the successor made its own client and session
 
@@ -517,11 +527,8 @@ class ClusterAdmin(LocalAdmin):
         self._stop.set()
         if self._healer and self._healer is not threading.current_thread():
             self._healer.join(10)
-        if self._successor is not None:
-            # Its pool was released at the hand-over: whoever opened this one closes the
-            # cluster through it.
-            self._successor.close()
-            return
+        if self.pool is None:
+            return      # handed over: its pool was released then, its members are the new one's
         try:
             self.pool.close()       # fenced: its commit is refused, and the caller told
         finally:

@@ -145,20 +145,26 @@ class NBDServer:
         await asyncio.to_thread(drain, [c for c in connections if c.handle is not None])
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
+    def fenced(self) -> int:
+        """The Admin was fenced by a newer writer: every connection transmitting is dropped at
+        once, as if its network failed, and its thread ended. Its reads would return a state
+        older than the newer writer's commits, and its writes fail at their flush anyway. No
+        connection is handed over until reopened() (Handshake.find, hand_over). Returns how many
+        were dropped."""
+        with self.lock:
+            dropped = self.transmitting()
+        return _drop(dropped)
+
     def reopened(self, admin) -> int:
         """Serves `admin` from now on (a fenced cluster writer's, opened again from the newest
         catalog): every connection handed over before is dropped, as if its network failed, and
         its thread ended: their writes not flushed are gone with the old state, so one of them
         could read older data after newer. The next ones are served from `admin`. Returns how
-        many were dropped."""
+        many were dropped (none, unless one was handed over as the fencing was told)."""
         with self.lock:
             self.admin = admin          # transmit() reads it under the lock
             dropped = self.transmitting()
-        for connection in dropped:
-            connection.handle.abort()
-        for connection in dropped:
-            connection.handle.join()
-        return len(dropped)
+        return _drop(dropped)
 
     # -- who is attached: asked by the service before it deletes or overwrites a VM ------------
 
@@ -173,6 +179,15 @@ class NBDServer:
             attached = [c for c in self.transmitting() if c.export == name]
         for connection in attached:
             connection.handle.abort()
+
+
+def _drop(connections: list[Connection]) -> int:
+    """Aborts the connections and waits for their threads; returns how many."""
+    for connection in connections:
+        connection.handle.abort()
+    for connection in connections:
+        connection.handle.join()
+    return len(connections)
 
 
 def drain(connections: list[Connection]) -> None:
@@ -238,7 +253,10 @@ class Connection:
         server = self.server
         with server.lock:
             transmitting = len(server.transmitting())
-            if transmitting >= server.max_transmitting:
+            fenced = server.admin.fenced()      # since find(): fenced() dropped the others
+            if fenced:
+                why = f"VM {session.export.name!r} is not served now: {fenced}"
+            elif transmitting >= server.max_transmitting:
                 why = (f"the server is serving {transmitting} connections, its limit:"
                        " try again later")
             else:

@@ -14,6 +14,7 @@ import typing
 import msgspec
 
 from ..admin import Admin
+from ..errors import RefusedError
 from .streams import ExportSink, StreamImage, gather
 
 LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
@@ -25,6 +26,10 @@ CHANGES = frozenset({"write", "write_file", "trim", "flush", "import_image", "cl
                      "heal", "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
                      "remove_snapshot"})
 METHODS = LOOKS | CHANGES
+WHILE_FENCED = frozenset({"stats", "snapshot", "events", "jobs", "cancel_job"})
+"""What a fenced service still answers: its reporting, which says it is fenced, and stopping
+its jobs. Everything else would read a state older than the newer writer's commits, or write
+what cannot be committed."""
 
 SUPPLIED = frozenset({"progress", "cancel"})
 """Parameters the service fills in, as it does those with no annotation (the bytes that travel:
@@ -73,7 +78,11 @@ def arguments(method: str, args) -> dict:
 
 def invoke(admin: Admin, method: str, kwargs: dict, call) -> bytes:
     """Runs Admin.`method` with the checked `kwargs` for `call` (engine.service.session.Call);
-    returns the REPLY's payload."""
+    returns the REPLY's payload. Raises RefusedError (a fenced service, for a method not in
+    WHILE_FENCED), or what the method raises."""
+    fenced = admin.fenced() if method not in WHILE_FENCED else ""
+    if fenced:
+        raise RefusedError(f"{method} refused: {fenced}")
     params, hints = _signature(method)
     if "progress" in params:
         kwargs["progress"] = call.progress

@@ -77,6 +77,7 @@ class ServedAdmin(Admin):
         self._epoch = 0                 # bumped after every change the service's clients make
         self._figures: dict[str, tuple[tuple[int, int], object]] = {}
         self._figures_lock = threading.Lock()
+        self._fenced = ""               # the service's fenced line (fence), until reopened
 
     @property
     def block_size(self) -> int:
@@ -86,13 +87,21 @@ class ServedAdmin(Admin):
     def rebuild_phases(self) -> tuple[str, ...]:
         return self.inner.rebuild_phases
 
-    def fenced(self) -> str: return self.inner.fenced()
+    def fenced(self) -> str:
+        """The inner Admin's fenced line, or the one the service was told at the fencing
+        (fence()) until it takes its cluster back."""
+        return self.inner.fenced() or self._fenced
+
+    def fence(self, line: str) -> None:
+        """The service was fenced (`line` says so): fenced() says it until reopened()."""
+        self._fenced = line
 
     def reopened(self, inner: Admin, timeout: float) -> int:
         """`inner` answers from now on (a fenced cluster writer's Admin reopened: Service).
         Every job still running works from the old one, whose state is released next: each is
         cancelled, and waited for up to `timeout` seconds in all. Returns how many were."""
         self.inner = inner
+        self._fenced = ""
         self.changed()
         return self.job_list.stop_all(timeout, "cancelled when the service took its cluster back:"
                                                " it worked from the fenced state; run it again")
@@ -234,7 +243,10 @@ class ServedAdmin(Admin):
     # -- the pool -----------------------------------------------------------------------------
 
     def stats(self):
-        return self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
+        stats = self._shared("stats", self.inner.stats, lambda s: s.state == "ready")
+        fenced = self.fenced()
+        # Fenced, the VMs are as they were before the newer writer's commits: none is listed.
+        return replace(stats, vms=[], fenced=fenced) if fenced else stats
 
     def known_blocks(self, fingerprints): return self.inner.known_blocks(fingerprints)
 

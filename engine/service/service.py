@@ -14,10 +14,10 @@ every call after switch to it.
 
 Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
 (new CLIs open the pool themselves once it is free), NBD answers what it had received, running
-jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the Admin,
-which flushes and marks the pool clean. A SIGKILL leaves a pool the next open rebuilds, losing
-nothing that was flushed. `start_in_thread()` serves from a thread instead, for a console that
-holds the pool (no signals; `stop()` drains).
+jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the
+service (close), which closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
+a pool the next open rebuilds, losing nothing that was flushed. `start_in_thread()` serves from
+a thread instead, for a console that holds the pool (no signals; `stop()` drains, then `close()`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Service:
         socket to a group; `nbd` and `metrics` are addresses to serve on."""
         self.inner = admin
         self.admin = ServedAdmin(admin, actor)
+        admin.on_fenced(self._fenced)
         admin.on_reopen(self._reopened)
         self.socket_path = Path(directory) / SOCKET
         self.group = group
@@ -133,6 +134,20 @@ class Service:
         finally:
             self.sessions.discard(session)
 
+    def _fenced(self, line: str) -> None:
+        """A newer writer fenced the cluster's Admin (engine/cluster/admin.py; `line` says so):
+        NBD drops every connection at once, admin calls other than reporting are refused
+        (methods.WHILE_FENCED) until the take-back, and the running jobs are cancelled and
+        waited for (DRAIN_S). Called from the engine's thread."""
+        self.admin.fence(line)
+        dropped = self.nbd.fenced() if self.nbd is not None else 0
+        cancelled = self.admin.job_list.stop_all(
+            DRAIN_S, "cancelled because the service was fenced: it worked from a state older than"
+                     " the newer writer's commits; run it again once the cluster is taken back")
+        self.log(f"at the fencing: {_count(dropped, 'NBD connection')} dropped,"
+                 f" {_count(cancelled, 'job')} cancelled (clients reconnect, and jobs may run"
+                 " again, once the cluster is taken back)")
+
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
         is the cluster opened again: NBD drops every connection to the old one and serves new
@@ -147,10 +162,11 @@ class Service:
             asyncio.run_coroutine_threadsafe(listening, self._loop)
         except RuntimeError:        # the loop has ended: the service stopped meanwhile
             listening.close()
-        jobs = (f"; {cancelled} job{'' if cancelled == 1 else 's'} working from the fenced state"
+        jobs = (f"; {_count(cancelled, 'job')} working from the fenced state"
                 f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
-        self.log(f"serving {admin.name} again; {dropped} NBD connections open before were"
-                 f" dropped (clients reconnect){jobs}")
+        dropped = (f"; {_count(dropped, 'NBD connection')} open before"
+                   f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
+        self.log(f"serving {admin.name} again{dropped}{jobs}")
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""
@@ -158,6 +174,18 @@ class Service:
             self.log(f"{method}: internal error: {type(error).__name__}: {error}")
 
     # -- stopping -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the Admin it serves, once: the one it was given, or the one that took its
+        place at a take-back (_reopened), which is this service's alone to close. Call once
+        stopped. Raises what the Admin's close raises (a fenced cluster's change not
+        committed)."""
+        while (admin := self.inner) is not None:
+            try:
+                admin.close()   # stops its healer: a take-back under way hands over first
+            finally:
+                if self.inner is admin:
+                    self.inner = None
 
     async def drain(self) -> None:
         """Stops taking clients, answers what NBD received, cancels the jobs, and gives every
@@ -184,7 +212,7 @@ class Service:
 
     def run(self, ready: Callable[[dict], None] | None = None) -> None:
         """Serves until SIGTERM or SIGINT, then drains. `ready(bound)` is called once listening
-        (see start). The caller closes the Admin afterwards."""
+        (see start). The caller closes the service afterwards (close)."""
         asyncio.run(self._run(ready))
 
     async def _run(self, ready) -> None:
@@ -246,6 +274,11 @@ def _naming(what: str, address: tuple[str, int]):
         # (socket.create_server's strerror adds the address again, as a Python tuple)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise BlockfoldError(f"cannot serve {what} on {where}: {reason}{hint}") from None
+
+
+def _count(n: int, thing: str) -> str:
+    """"1 job", "2 jobs"."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:
