@@ -62,6 +62,25 @@ def etcd(etcd_url) -> str:
 
 
 @pytest.fixture
+def small_fs(tmp_path):
+    """Mounts a tmpfs of the size asked (MiB) under tmp_path; unmounted after."""
+    mounted = []
+
+    def mount(mib: int) -> Path:
+        mnt = tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("needs root to mount a small tmpfs")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.fixture
 def pool_dir(tmp_path) -> Path:
     return Pool.create(tmp_path / "pool")
 

@@ -227,36 +227,28 @@ def test_a_locked_pool_is_refused_with_the_holder(pool, tmp_path):
         assert run_cli("-p", pool, "vm", "ls").returncode == 0      # looking is allowed
 
 
-def test_running_out_of_disk_mid_import_leaves_no_half_vm(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        pool = mnt / "pool"
-        run_cli("pool", "init", pool, check=True)
-        make_image(tmp_path / "small.raw", 64, 7)
-        run_cli("-p", pool, "vm", "import", "small", tmp_path / "small.raw", check=True)
-        before = unchanged(pool)
-        make_image(tmp_path / "big.raw", 8192, 8)                    # 32 MiB into 16 MiB
-        proc = run_cli("-p", pool, "vm", "import", "big", tmp_path / "big.raw")
-        assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
-        assert unchanged(pool) == before
-        assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["small"]
-        # A write that runs out of disk halfway changes nothing either.
-        with open(tmp_path / "holes.raw", "wb") as f:
-            f.truncate(64 << 20)
-            f.seek((64 << 20) - 1)
-            f.write(b"\x01")
-        run_cli("-p", pool, "vm", "import", "roomy", tmp_path / "holes.raw", check=True)
-        before = unchanged(pool)
-        proc = run_cli("-p", pool, "vm", "write", "roomy", "--offset", "0", tmp_path / "big.raw")
-        assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
-        assert unchanged(pool) == before
-        assert cli_json("-p", pool, "fsck")["clean"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
+def test_running_out_of_disk_mid_import_leaves_no_half_vm(tmp_path, small_fs):
+    pool = small_fs(16) / "pool"
+    run_cli("pool", "init", pool, check=True)
+    make_image(tmp_path / "small.raw", 64, 7)
+    run_cli("-p", pool, "vm", "import", "small", tmp_path / "small.raw", check=True)
+    before = unchanged(pool)
+    make_image(tmp_path / "big.raw", 8192, 8)                    # 32 MiB into 16 MiB
+    proc = run_cli("-p", pool, "vm", "import", "big", tmp_path / "big.raw")
+    assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
+    assert unchanged(pool) == before
+    assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["small"]
+    # A write that runs out of disk halfway changes nothing either.
+    with open(tmp_path / "holes.raw", "wb") as f:
+        f.truncate(64 << 20)
+        f.seek((64 << 20) - 1)
+        f.write(b"\x01")
+    run_cli("-p", pool, "vm", "import", "roomy", tmp_path / "holes.raw", check=True)
+    before = unchanged(pool)
+    proc = run_cli("-p", pool, "vm", "write", "roomy", "--offset", "0", tmp_path / "big.raw")
+    assert proc.returncode == 1 and "out of disk space" in proc.stderr_text
+    assert unchanged(pool) == before
+    assert cli_json("-p", pool, "fsck")["clean"]
 
 
 def test_help_explains_the_commands():

@@ -144,26 +144,19 @@ def test_a_block_device_is_a_source(cli, images, tmp_path):
     assert (tmp_path / "lun.raw").read_bytes() == (images / "fs.raw").read_bytes()
 
 
-def test_an_export_that_fails_half_way_leaves_the_file_that_was_there(cli, images, tmp_path):
+def test_an_export_that_fails_half_way_leaves_the_file_that_was_there(cli, images, small_fs):
     """Out of disk half-way (a 1 MiB tmpfs), raw or qcow2: the old image is whole, and no
     temporary file is left beside it."""
     cli("vm", "import", "fs", images / "fs.raw")
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        good = b"the good image " * 4096
-        (small / "fs.img").write_bytes(good)
-        for fmt in ("raw", "qcow2"):
-            proc = cli("vm", "export", "fs", small / "fs.img", "--format", fmt, check=False)
-            assert proc.returncode == 1 and "No space left on device" in proc.stderr_text
-            assert len(proc.stderr_text.strip().splitlines()) == 1, proc.stderr_text
-            assert (small / "fs.img").read_bytes() == good
-            assert os.listdir(small) == ["fs.img"]
-    finally:
-        subprocess.run(["umount", "-l", str(small)])
+    small = small_fs(1)
+    good = b"the good image " * 4096
+    (small / "fs.img").write_bytes(good)
+    for fmt in ("raw", "qcow2"):
+        proc = cli("vm", "export", "fs", small / "fs.img", "--format", fmt, check=False)
+        assert proc.returncode == 1 and "No space left on device" in proc.stderr_text
+        assert len(proc.stderr_text.strip().splitlines()) == 1, proc.stderr_text
+        assert (small / "fs.img").read_bytes() == good
+        assert os.listdir(small) == ["fs.img"]
 
 
 def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(

@@ -12,7 +12,6 @@ import errno
 import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,6 @@ from tests.conftest import cli_json, run_cli
 from tests.nbdclient import CMD_FLUSH, ENOSPC, MiB, RawClient, servers
 
 CHUNK = 64 * 1024
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """Mounts a tmpfs of the size asked (MiB) under tmp_path; unmounted after."""
-    mounted = []
-
-    def mount(mib: int) -> Path:
-        mnt = tmp_path / f"fs{len(mounted)}"
-        mnt.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
-                          capture_output=True).returncode != 0:
-            pytest.skip("needs root to mount a small tmpfs")
-        mounted.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounted:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def fill(path: Path) -> int:

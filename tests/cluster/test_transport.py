@@ -38,11 +38,7 @@ def test_a_heartbeat_is_answered_between_bulk_puts(make_cluster):
         await asyncio.gather(*calls)
         await client.close()
 
-    io = IoLoop()
-    try:
-        io.run(run(), 120)
-    finally:
-        io.close()
+    _run(run())
     # Sent last, behind 48 MiB of PUTs; answered after a few of them, not after all.
     assert order.index("heartbeat") < frames // 2, order
 
@@ -132,11 +128,16 @@ def test_puts_to_a_node_killed_unnoticed_fail_without_a_flood_of_socket_warnings
         await asyncio.gather(*(one() for _ in range(4)))
         await client.close()
 
-    io = IoLoop()
-    try:
-        io.run(run(), 120)
-    finally:
-        io.close()
+    _run(run())
     assert len(failed) == 4, f"{len(failed)} of 4 PUTs to a killed node failed"
     floods = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
     assert not floods, f"{len(floods)} asyncio socket warnings"
+
+
+def _run(coroutine, timeout: float = 120) -> None:
+    """Runs `coroutine` on an IoLoop of its own, as the coordinator does."""
+    io = IoLoop()
+    try:
+        io.run(coroutine, timeout)
+    finally:
+        io.close()
