@@ -138,7 +138,7 @@ def test_a_golden_with_clones_says_how_many_before_it_goes(cli, pool_dir, tmp_pa
     term = Terminal(tmp_path, f"cd {ROOT} && {sys.executable} -m console -p {pool_dir}"
                               " vm rm golden")
     try:
-        term.wait_for("golden image of 3 clones (desk-1,desk-2,desk-3)")
+        term.wait_for("golden image of 3 clones (desk-1, desk-2, desk-3)")
         term.keys("n", "Enter")
         assert term.exit_code() == 1
     finally:
