@@ -43,14 +43,26 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
             assert nodes["far"].state == "up" and nodes["far"].live_blocks > 0
             live = admin.stats().unique_blocks
             assert sum(n.live_blocks for n in nodes.values()) == 2 * live
+            last = admin.events(limit=1)[0].id
             admin.fail_node("node1")
             assert admin.read("a", 0, len(data)) == data
             problems = admin.fsck()      # heal may not have caught up yet: only that is allowed
             assert all(p.kind == "replication" for p in problems), problems
             # far has no peer key yet: its copies go through here, and the reason names it as
-            # the cluster does, not by its own name (far-node) nor a path relative to it.
-            why = admin.heal(wait=True).relayed_why
-            assert f"node far has no peer key ({far / 'peer_key'})" in why, why
+            # the cluster does, not by its own name (far-node) nor a path relative to it. Read
+            # from every heal's events since node1 failed: the healer starts at once (repair
+            # delay 0) and may have made the copies before this heal, which then relays none,
+            # and may commit its "heal ended" event only after this heal has returned.
+            admin.heal(wait=True)
+            reason = f"node far has no peer key ({far / 'peer_key'})"
+            deadline = time.monotonic() + 30
+            while True:
+                why = "\n".join(e.message for e in admin.events(limit=1000)
+                                 if e.id > last and e.kind == "heal")
+                if reason in why or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert reason in why, why
             assert "far-node has" not in why
     finally:
         node.terminate()                  # SIGTERM: a clean exit
