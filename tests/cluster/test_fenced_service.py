@@ -19,7 +19,9 @@ import time
 import urllib.request
 import weakref
 from contextlib import contextmanager
+from functools import partial
 
+import pytest
 from textual.widgets import Label
 
 from console.app import BlockfoldApp
@@ -532,7 +534,16 @@ def test_a_take_back_lets_the_replaced_coordinator_go_and_the_service_closes_the
             reopened = replaced._retake()
             replaced._hand_over(reopened)
             assert service.inner is reopened and service.admin.fenced() == ""
-            assert replaced.pool is None
+            # A call that reaches the replaced Admin from now on (one begun as it was handed
+            # over: a status read) is refused in one line, and does nothing; it failed with an
+            # AttributeError on the pool it had let go.
+            said = f"the service is taking cluster {cluster.path} back: try again"
+            for call in (replaced.stats, replaced.nodes, partial(replaced.read, "disk", 0, BLOCK),
+                         partial(replaced.fail_node, "node1")):
+                with pytest.raises(RefusedError) as refused:
+                    call()
+                assert str(refused.value) == said
+            assert [n.state for n in service.admin.nodes()] == ["up"] * 3
             replaced.close()            # stops its threads only: the cluster is the new one's
             del replaced
             gc.collect()
