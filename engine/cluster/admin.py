@@ -501,16 +501,22 @@ class ClusterAdmin(LocalAdmin):
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated. A down
         node has no latency, capacity or count of blocks stored: its last heartbeat (if this
-        process ever had one) says nothing about it now."""
-        live, short = self.pool.blocks.per_node()
+        process ever had one) says nothing about it now. Fenced, the coordinator's two counts
+        are None: they are of its state, older than the newer writer's commits (the rest is the
+        nodes' own, as they answer now: what an operator of a fenced service needs)."""
+        blocks = self.pool.blocks
+        if self._fenced_at is None:
+            live, short = blocks.per_node()
+        else:
+            live = short = [None] * len(self.members.nodes)
         down = [node.state == NodeState.DOWN for node in self.members.nodes]
         etcd = self.etcd_status()
         registered = (set(etcd.registered) if etcd and etcd.healthy else None)
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
                            latency_ms=None if down[i] else node.latency_ms,
                            capacity_bytes=None if down[i] else node.capacity_bytes,
-                           blocks=None if down[i] else node.blocks, live_blocks=int(live[i]),
-                           under_replicated=int(short[i]), weight=entry.weight,
+                           blocks=None if down[i] else node.blocks, live_blocks=_int(live[i]),
+                           under_replicated=_int(short[i]), weight=entry.weight,
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "",
                            registered=None if registered is None else entry.name in registered)
@@ -558,6 +564,11 @@ class ClusterAdmin(LocalAdmin):
         if self._session:
             self._session.close()
             self._session = None
+
+
+def _int(count) -> int | None:
+    """A numpy count as a plain int; None stays None (not known)."""
+    return None if count is None else int(count)
 
 
 def _healed(figures: dict) -> str:

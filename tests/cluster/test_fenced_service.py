@@ -352,7 +352,8 @@ def _write_from_silence(cluster) -> subprocess.Popen:
 def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp_path):
     """While fenced, a call that would read the fenced state (older than the newer writer's
     commits) or change it is refused in one line, the fenced one; stats (which lists no VM
-    then), events and jobs still answer, and nothing the refused calls asked for is done."""
+    then), events, jobs and the nodes' health still answer, and nothing the refused calls asked
+    for is done."""
     cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 47)
     served = Served(["-c", str(cluster.path)])
     try:
@@ -372,9 +373,19 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
             assert json.loads(_cli(cluster, "stats", "--json"))["vms"] == []
             _cli(cluster, "events")
             _cli(cluster, "job", "ls")
+            # The nodes' health answers, as they answer now (it was refused: what an operator
+            # needs most then), without the coordinator's counts of its fenced state.
+            nodes = json.loads(_cli(cluster, "node", "ls", "--json"))
+            assert [(n["name"], n["state"], n["live_blocks"], n["under_replicated"])
+                    for n in nodes] == [(f"node{i}", "up", None, None) for i in (1, 2, 3)]
+            assert all(n["blocks"] > 0 and n["latency_ms"] is not None for n in nodes), nodes
+            assert _cli(cluster, "node", "ls").splitlines()[1].split()[:3] == [
+                "node1", nodes[0]["address"], "up"]
         _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
         assert [v["name"] for v in json.loads(_cli(cluster, "stats", "--json"))["vms"]] == [
             "disk"]
+        assert all(n["live_blocks"] > 0 and n["under_replicated"] == 0
+                   for n in json.loads(_cli(cluster, "node", "ls", "--json")))
         assert _cli(cluster, "vm", "ls").split().count("desk1") == 0
     finally:
         err = _stop(served)
