@@ -6,13 +6,9 @@ dispatch and the read-only and cluster rules from the declarations.
 
 from __future__ import annotations
 
-import argparse
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from engine.api import parse_size
 
 
 class UsageError(Exception):
@@ -54,81 +50,3 @@ class Command:
     rebuilds: bool = False
     """Opening rebuilds the RAM metadata (full with --full), with a progress bar: the work."""
 
-
-def nonnegative(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
-def byte_size(text: str) -> int:
-    """A count of bytes as the size options take it ('1048576', '0x100000', '4K', '1M',
-    '1.5GiB'), for an option that is a byte position."""
-    if text.strip().startswith("-"):
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    try:
-        return int(text, 0)
-    except ValueError:
-        pass
-    try:
-        return parse_size(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r} (a number with"
-                                         " an optional K, M, G or T)") from None
-
-
-def positive(text: str) -> int:
-    value = nonnegative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def seconds(text: str) -> float:
-    """A duration in seconds, 0 or more (--repair-delay: 0 heals at once)."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
-def weight(text: str) -> float:
-    """A share above 0 (a node of weight 0 would be given no blocks: fail or remove it)."""
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
-    return value
-
-
-def _number(text: str) -> float:
-    """A finite number (float() takes "nan" and "inf" too, and they pass every comparison a
-    check makes, or none)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
-
-
-def size(text: str) -> int:
-    """A size above 0 in bytes: 4096, 512M, 20G … (engine.formats.parse_size)."""
-    try:
-        value = parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
-    return value
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)

@@ -19,10 +19,9 @@ from contextlib import contextmanager
 
 from engine import api
 from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_pool,
-                        default_pool_path, formats, parse_size, plain)
+                        default_pool_path, formats, options, parse_size, plain)
 
-from .command import (Command, UsageError, arg, byte_size, listen_address, nonnegative,
-                      positive, seconds, size, weight)
+from .command import Command, UsageError, arg
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -132,7 +131,7 @@ def _size(text):
          json='{"pool": DIR, "block_size": bytes}',
          help="create an empty pool in DIR", opens=False, args=[
     arg("dir", metavar="DIR", help="where the pool goes: a new or empty directory"),
-    arg("--block-size", type=positive, default=4096, metavar="N",
+    arg("--block-size", type=options.positive, default=4096, metavar="N",
         help="block size in bytes: a power of two from 4096 to 65536 (default 4096)")])
 def pool_init(args) -> int:
     path = create_pool(args.dir, args.block_size)
@@ -196,7 +195,7 @@ def vm_export(admin, args, bar) -> int:
          " with nothing written: at once for a file or a block device (their size is known),"
          " else when the stream passes the VM's end. An error or Ctrl-C half-way writes"
          " nothing either.", args=[
-    NAME, arg("--offset", type=byte_size, required=True, metavar="N",
+    NAME, arg("--offset", type=options.byte_size, required=True, metavar="N",
               help="byte offset in the VM (4K, 1M: as sizes are given)"),
     arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
         " for stdin"), FORCE])
@@ -224,7 +223,7 @@ def vm_write(admin, args, bar) -> int:
          " Ctrl-C stops at once.", args=[
     arg("source", metavar="SRC", help="the VM to clone"),
     arg("new", metavar="NEW", help="the clone's name"),
-    arg("--count", type=positive, default=1, metavar="K",
+    arg("--count", type=options.positive, default=1, metavar="K",
         help="make K clones named NEW-1 … NEW-K, in batches of 1000 (K at most 1,000,000)")])
 def vm_clone(admin, args, bar) -> int:
     with ctrl_c_cancels() as cancel:
@@ -529,7 +528,7 @@ def estimate(admin, args, bar) -> int:
 # -- the service: one process holds the pool, serves it, and answers every other command ---------
 
 SERVICE_ARGS = (
-    arg("--metrics", type=listen_address, metavar="HOST:PORT",
+    arg("--metrics", type=options.listen_address, metavar="HOST:PORT",
         help="serve Prometheus metrics over HTTP here (port 0: any free)"),
     arg("--group", metavar="GROUP", help="let GROUP's members use the admin socket too (mode"
         " 0660; by default only this user: 0600)"))
@@ -544,7 +543,7 @@ SERVICE_ARGS = (
          "'metrics HOST:PORT' once listening. On SIGTERM it drains: NBD answers what it "
          "received, admin calls finish or are cancelled, the pool is flushed and marked clean.",
          opens=False, args=[
-             arg("--nbd", type=listen_address, metavar="HOST:PORT",
+             arg("--nbd", type=options.listen_address, metavar="HOST:PORT",
                  help="export every VM over NBD here (port 0: any free)"),
              arg("--nbd-read-only", action="store_true",
                  help="NBD refuses writes and trims (EPERM)"), *SERVICE_ARGS])
@@ -561,7 +560,7 @@ def serve(args) -> int:
          description="`blockfold serve --nbd HOST:PORT`: exports every VM under its own name "
          "and serves the pool to every other command, until SIGTERM; prints 'ready HOST:PORT' "
          "once listening", opens=False, args=[
-             arg("--listen", type=listen_address, default=("127.0.0.1", 10809),
+             arg("--listen", type=options.listen_address, default=("127.0.0.1", 10809),
                  metavar="HOST:PORT", help="default 127.0.0.1:10809; port 0 picks a free one"),
              arg("--read-only", action="store_true", help="refuse writes and trims (EPERM)"),
              *SERVICE_ARGS])
@@ -670,7 +669,7 @@ def stats(admin, args, bar) -> int:
               "restored, down or back)", looks=True, args=[
     arg("--since", metavar="TIME", help="only events since TIME: seconds since the epoch, an"
         " ISO date/time (2026-11-30T22:00), or an age (90s, 15m, 2h, 7d)"),
-    arg("--limit", type=nonnegative, default=20, metavar="N",
+    arg("--limit", type=options.nonnegative, default=20, metavar="N",
         help="the N newest events (default 20)")])
 def events(admin, args, bar) -> int:
     found = admin.events(args.limit, since_time(args.since) if args.since else None)
@@ -686,11 +685,12 @@ def events(admin, args, bar) -> int:
               "refcount (layer references) where that differs, and on a cluster the nodes that "
               "hold its copies", looks=True, args=[
     arg("--vm", metavar="NAME", help="only blocks this VM reads"),
-    arg("--limit", type=nonnegative, default=50, metavar="N", help="at most N rows (default 50)"),
-    arg("--offset", type=nonnegative, default=0, metavar="N", help="skip the first N rows"),
-    arg("--min-refs", type=nonnegative, metavar="N", help="only blocks at least N VMs read "
+    arg("--limit", type=options.nonnegative, default=50, metavar="N",
+        help="at most N rows (default 50)"),
+    arg("--offset", type=options.nonnegative, default=0, metavar="N", help="skip the first N rows"),
+    arg("--min-refs", type=options.nonnegative, metavar="N", help="only blocks at least N VMs read "
         "(VMs reading, not the refcount: a golden's block read by 51 clones counts 52)"),
-    arg("--max-refs", type=nonnegative, metavar="N", help="only blocks at most N VMs read "
+    arg("--max-refs", type=options.nonnegative, metavar="N", help="only blocks at most N VMs read "
         "(VMs reading, not the refcount)"),
     arg("--prefix", metavar="HEX", help="fingerprints starting with HEX")])
 def blocks(admin, args, bar) -> int:
@@ -762,20 +762,20 @@ def fsck(admin, args, bar) -> int:
          "stopped resumes where it was the next time. With a service running, it runs there in the "
          "background unless --wait (`job ls` shows it); without one, this command does the "
          "work.", args=[
-             arg("--rate", metavar="SIZE", help="at most SIZE bytes a second (e.g. 200M)"),
+             arg("--rate", type=options.rate, metavar="SIZE",
+                 help="at most SIZE bytes a second (e.g. 200M); without it, no limit"),
              arg("--wait", action="store_true",
                  help="wait for the end, with progress; Ctrl-C stops it")])
 def scrub(admin, args, bar) -> int:
-    rate = _size(args.rate)
     if admin.served and not args.wait:
-        job = admin.start_scrub(rate)
+        job = admin.start_scrub(args.rate)
         emit(args, job, f"scrub started: job {job.id} (`blockfold job ls` shows its progress)")
         return 0
-    r = admin.scrub(rate, bar)
-    rate = formats.rate_over(r.bytes, r.seconds)
+    r = admin.scrub(args.rate, bar)
+    speed = formats.rate_over(r.bytes, r.seconds)
     unit = "copies" if admin.kind == "cluster" else "blocks"    # every copy on every node
     text = (f"scrubbed {formats.count(r.blocks)} {unit} ({formats.size(r.bytes)}) in"
-            f" {formats.duration(r.seconds)}{f', {rate}' if rate else ''};"
+            f" {formats.duration(r.seconds)}{f', {speed}' if speed else ''};"
             + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
             + f" {formats.count(len(r.corrupt))} corrupt"
             + ("" if r.finished else "; stopped before the end: the next scrub resumes"))
@@ -819,7 +819,7 @@ def job_ls(admin, args, bar) -> int:
 @command("job", "cancel",
          json='the Job (engine/results.py)',
          help="stop a running job of the service", args=[
-    arg("id", type=positive, metavar="ID", help="the job's id (see `job ls`)")])
+    arg("id", type=options.positive, metavar="ID", help="the job's id (see `job ls`)")])
 def job_cancel(admin, args, bar) -> int:
     job = admin.cancel_job(args.id)
     emit(args, job, f"cancelling job {job.id} ({job.kind})")
@@ -834,17 +834,17 @@ def job_cancel(admin, args, bar) -> int:
               "cluster keeps its shape: options that differ are refused)",
          opens=False, args=[
              CLUSTER_DIR,
-             arg("--nodes", type=positive, metavar="N",
+             arg("--nodes", type=options.positive, metavar="N",
                  help="local nodes to create (default 3)"),
-             arg("--replicas", type=positive, metavar="R",
+             arg("--replicas", type=options.positive, metavar="R",
                  help="copies of every block (default 2)"),
-             arg("--min-replicas", type=positive, metavar="M",
+             arg("--min-replicas", type=options.positive, metavar="M",
                  help="refuse writes that would have fewer copies (default min(2, R))"),
-             arg("--memory", type=size, metavar="SIZE",
+             arg("--memory", type=options.size, metavar="SIZE",
                  help="keep each node's blocks in RAM, up to SIZE"),
-             arg("--block-size", type=positive, metavar="N",
+             arg("--block-size", type=options.positive, metavar="N",
                  help="block size in bytes (default 4096)"),
-             arg("--repair-delay", type=seconds, metavar="S",
+             arg("--repair-delay", type=options.seconds, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)"),
              arg("--etcd", metavar="URL[,URL…]",
                  help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
@@ -930,7 +930,7 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
              CLUSTER_DIR,
              arg("address", metavar="HOST:PORT", help="where the node listens"),
              arg("--name", metavar="NAME", help="the node's name (default nodeN)"),
-             arg("--weight", type=weight, default=1.0, metavar="W",
+             arg("--weight", type=options.weight, default=1.0, metavar="W",
                  help="its share of the blocks relative to the others (default 1)")])
 def cluster_add(args) -> int:
     row = api.cluster_add(args.dir, args.address, name=args.name, weight=args.weight)
@@ -943,10 +943,11 @@ def cluster_add(args) -> int:
 @command("node", "serve", help="run one node (an SSH server) in the foreground", opens=False,
          args=[
              arg("--data", required=True, metavar="DIR", help="the node's data directory"),
-             arg("--listen", type=listen_address, required=True, metavar="HOST:PORT",
+             arg("--listen", type=options.listen_address, required=True, metavar="HOST:PORT",
                  help="port 0: any free"),
-             arg("--memory", type=size, metavar="SIZE", help="keep blocks in RAM, up to SIZE"),
-             arg("--block-size", type=positive, metavar="N",
+             arg("--memory", type=options.size, metavar="SIZE",
+                 help="keep blocks in RAM, up to SIZE"),
+             arg("--block-size", type=options.positive, metavar="N",
                  help="block size in bytes of a new node (default 4096; an existing node"
                       " keeps its own)"),
              arg("-c", "--cluster", metavar="DIR", default=argparse.SUPPRESS,

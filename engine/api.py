@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import formats
+from . import formats, options
 from .admin import Admin
 from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
                      VMNotFoundError)
@@ -40,7 +40,7 @@ __all__ = [
     "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "cluster_add", "cluster_down",
     "cluster_status", "cluster_up", "connect_service", "create_pool", "default_pool_path",
     "export_disk", "find_service", "formats", "open_cluster", "open_disk", "open_source",
-    "parse_size", "plain", "serve_node",
+    "options", "parse_size", "plain", "serve_node",
 ]
 
 

@@ -101,9 +101,11 @@ class NodeStatus:
     """Blocks it stores by its own count: a node's last heartbeat, an embedded pool's live slots
     (None while rebuilt, and for a node that is down: not known)."""
     live_blocks: int | None
-    """Live blocks the coordinator knows it holds a copy of (None while rebuilt)."""
-    under_replicated: int
-    """Of those, how many have fewer than `replicas` copies on nodes that are up."""
+    """Live blocks the coordinator knows it holds a copy of (None while rebuilt, and while the
+    coordinator is fenced: it would count its state, older than the newer writer's commits)."""
+    under_replicated: int | None
+    """Of those, how many have fewer than `replicas` copies on nodes that are up (None while the
+    coordinator is fenced)."""
     weight: float | None
     """The node's weight in placement (rendezvous hashing); None for an embedded pool."""
     catalog_version: int | None

@@ -187,6 +187,10 @@ def unchanged(pool):
     (["vm", "write", "a", "--offset", "-5", "IMG"], 2, "must not be negative"),
     (["vm", "write", "a", "--offset", "12x", "IMG"], 2, "not a whole number"),
     (["blocks", "--prefix", "xyz"], 1, "bad fingerprint prefix"),
+    # 0 read as no rate: the whole pool scrubbed at full speed.
+    (["scrub", "--rate", "0"], 2, "argument --rate: must be above 0: 0 (without the option: no"
+     " limit)"),
+    (["scrub", "--rate", "0K"], 2, "argument --rate: must be above 0: 0K"),
     (["frobnicate"], 2, "invalid choice"),
 ])
 def test_bad_input_is_one_clear_line_and_changes_nothing(pool, tmp_path, args, code, message):

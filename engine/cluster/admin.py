@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .. import formats
 from ..actor import current as current_actor
-from ..errors import BlockfoldError, CancelledError, PoolLockedError
+from ..errors import BlockfoldError, CancelledError, PoolLockedError, RefusedError
 from ..net import rpc
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
@@ -79,6 +79,20 @@ class ClusterAdmin(LocalAdmin):
         self._stuck = ""                # why the last try to take it back failed, if not a lease
         self._reopened = None           # takes the reopened Admin (on_reopen)
         self._on_fenced = None          # told at the fencing (on_fenced)
+
+    @property
+    def pool(self) -> Pool:
+        """The coordinator's pool. Raises RefusedError once handed over (_hand_over): a call
+        that reached this Admin as its service took the cluster back (a status read begun just
+        before) is refused, not failed on a pool released; the reopened Admin answers it."""
+        if self._pool is None:
+            raise RefusedError(f"the service is taking cluster {self.config.path} back: try"
+                               " again")
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: Pool | None) -> None:
+        self._pool = pool
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
@@ -338,8 +352,10 @@ class ClusterAdmin(LocalAdmin):
             self._reopened(admin)
         finally:
             admin._start_healer()
-            self.pool.close(commit=False)
-            self.pool = None
+            # Let go before it is closed: a call reaching this Admin from now on is refused
+            # (see pool), not run on a pool being closed.
+            pool, self.pool = self.pool, None
+            pool.close(commit=False)
             if self._etcd:
                 self._etcd.close()      # the successor made its own client and session
 
@@ -485,16 +501,22 @@ class ClusterAdmin(LocalAdmin):
         """Per node: state and heartbeat figures (latency, capacity, blocks it stores), the live
         blocks the coordinator knows it holds, and how many of those are under-replicated. A down
         node has no latency, capacity or count of blocks stored: its last heartbeat (if this
-        process ever had one) says nothing about it now."""
-        live, short = self.pool.blocks.per_node()
+        process ever had one) says nothing about it now. Fenced, the coordinator's two counts
+        are None: they are of its state, older than the newer writer's commits (the rest is the
+        nodes' own, as they answer now: what an operator of a fenced service needs)."""
+        blocks = self.pool.blocks
+        if self._fenced_at is None:
+            live, short = blocks.per_node()
+        else:
+            live = short = [None] * len(self.members.nodes)
         down = [node.state == NodeState.DOWN for node in self.members.nodes]
         etcd = self.etcd_status()
         registered = (set(etcd.registered) if etcd and etcd.healthy else None)
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
                            latency_ms=None if down[i] else node.latency_ms,
                            capacity_bytes=None if down[i] else node.capacity_bytes,
-                           blocks=None if down[i] else node.blocks, live_blocks=int(live[i]),
-                           under_replicated=int(short[i]), weight=entry.weight,
+                           blocks=None if down[i] else node.blocks, live_blocks=_int(live[i]),
+                           under_replicated=_int(short[i]), weight=entry.weight,
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "",
                            registered=None if registered is None else entry.name in registered)
@@ -506,28 +528,28 @@ class ClusterAdmin(LocalAdmin):
         return self.pool.blocks.only_on(self.members.index(name))
 
     def fail_node(self, name: str) -> None:
+        actor = current_actor(self.pool.actor)      # first: a handed-over Admin acts on nothing
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
         lifecycle.fail_node(ClusterConfig.load(self.config.path), name)
         self._etcd_read = None          # it is unregistered now: the next view reads etcd again
         self.members.mark_down(self.members.index(name), "failed by the operator", told=True)
-        self._record("node", f"failed {name} (its process killed)",
-                     current_actor(self.pool.actor))
+        self._record("node", f"failed {name} (its process killed)", actor)
 
     def restore_node(self, name: str) -> None:
+        actor = current_actor(self.pool.actor)
         lifecycle.restore_node(ClusterConfig.load(self.config.path), name)
         self._etcd_read = None
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:
             self._rejoin(i)
-        self._record("node", f"restored {name} (its process restarted)",
-                     current_actor(self.pool.actor))
+        self._record("node", f"restored {name} (its process restarted)", actor)
 
     def close(self) -> None:
         self._stop.set()
         if self._healer and self._healer is not threading.current_thread():
             self._healer.join(10)
-        if self.pool is None:
+        if self._pool is None:
             return      # handed over: its pool was released then, its members are the new one's
         try:
             self.pool.close()       # fenced: its commit is refused, and the caller told
@@ -542,6 +564,11 @@ class ClusterAdmin(LocalAdmin):
         if self._session:
             self._session.close()
             self._session = None
+
+
+def _int(count) -> int | None:
+    """A numpy count as a plain int; None stays None (not known)."""
+    return None if count is None else int(count)
 
 
 def _healed(figures: dict) -> str:

@@ -10,15 +10,8 @@ import argparse
 import sys
 
 from ..errors import BlockfoldError
-from ..formats import parse_size
+from ..options import listen_address, positive, size
 from .server import run
-
-
-def _listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def _ready(host: str, port: int) -> None:
@@ -26,15 +19,19 @@ def _ready(host: str, port: int) -> None:
 
 
 def main() -> int:
+    # The values `blockfold node serve` takes, checked alike (engine.options): --memory 0 and
+    # --block-size 0 read as none (a node on disk, of the default block size).
     parser = argparse.ArgumentParser(prog="python -m engine.node")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--listen", required=True, type=_listen)
-    parser.add_argument("--memory", type=parse_size)
-    parser.add_argument("--block-size", type=int)
+    parser.add_argument("--listen", required=True, type=listen_address)
+    parser.add_argument("--memory", type=size)
+    parser.add_argument("--block-size", type=positive)
     parser.add_argument("--cluster")
     parser.add_argument("--etcd", help="client URLs of the cluster's etcd, comma-separated")
     parser.add_argument("--etcd-prefix", help="the cluster's keys there: /blockfold/ID/")
     a = parser.parse_args()
+    if bool(a.etcd) != bool(a.etcd_prefix):
+        parser.error("give --etcd and --etcd-prefix together")
     try:
         etcd = (a.etcd.split(","), a.etcd_prefix) if a.etcd else None
         run(a.data, *a.listen, a.memory, a.block_size, a.cluster, ready=_ready, etcd=etcd)

@@ -26,10 +26,11 @@ CHANGES = frozenset({"write", "write_file", "trim", "flush", "import_image", "cl
                      "heal", "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
                      "remove_snapshot"})
 METHODS = LOOKS | CHANGES
-WHILE_FENCED = frozenset({"stats", "snapshot", "events", "jobs", "cancel_job"})
-"""What a fenced service still answers: its reporting, which says it is fenced, and stopping
-its jobs. Everything else would read a state older than the newer writer's commits, or write
-what cannot be committed."""
+WHILE_FENCED = frozenset({"stats", "snapshot", "events", "jobs", "cancel_job", "nodes"})
+"""What a fenced service still answers: its reporting, which says it is fenced, stopping its
+jobs, and the nodes' health (`node ls`: what they answer now, without the coordinator's counts
+of its state). Everything else would read a state older than the newer writer's commits
+(only_copies counts its blocks), or write what cannot be committed."""
 
 SUPPLIED = frozenset({"progress", "cancel"})
 """Parameters the service fills in, as it does those with no annotation (the bytes that travel:

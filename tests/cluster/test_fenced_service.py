@@ -19,7 +19,9 @@ import time
 import urllib.request
 import weakref
 from contextlib import contextmanager
+from functools import partial
 
+import pytest
 from textual.widgets import Label
 
 from console.app import BlockfoldApp
@@ -351,7 +353,8 @@ def _write_from_silence(cluster) -> subprocess.Popen:
 def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp_path):
     """While fenced, a call that would read the fenced state (older than the newer writer's
     commits) or change it is refused in one line, the fenced one; stats (which lists no VM
-    then), events and jobs still answer, and nothing the refused calls asked for is done."""
+    then), events, jobs and the nodes' health still answer, and nothing the refused calls asked
+    for is done."""
     cluster, _ = _cluster_with_disk(make_cluster, tmp_path, 1, 47)
     served = Served(["-c", str(cluster.path)])
     try:
@@ -371,9 +374,19 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
             assert json.loads(_cli(cluster, "stats", "--json"))["vms"] == []
             _cli(cluster, "events")
             _cli(cluster, "job", "ls")
+            # The nodes' health answers, as they answer now (it was refused: what an operator
+            # needs most then), without the coordinator's counts of its fenced state.
+            nodes = json.loads(_cli(cluster, "node", "ls", "--json"))
+            assert [(n["name"], n["state"], n["live_blocks"], n["under_replicated"])
+                    for n in nodes] == [(f"node{i}", "up", None, None) for i in (1, 2, 3)]
+            assert all(n["blocks"] > 0 and n["latency_ms"] is not None for n in nodes), nodes
+            assert _cli(cluster, "node", "ls").splitlines()[1].split()[:3] == [
+                "node1", nodes[0]["address"], "up"]
         _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
         assert [v["name"] for v in json.loads(_cli(cluster, "stats", "--json"))["vms"]] == [
             "disk"]
+        assert all(n["live_blocks"] > 0 and n["under_replicated"] == 0
+                   for n in json.loads(_cli(cluster, "node", "ls", "--json")))
         assert _cli(cluster, "vm", "ls").split().count("desk1") == 0
     finally:
         err = _stop(served)
@@ -538,7 +551,16 @@ def test_a_take_back_lets_the_replaced_coordinator_go_and_the_service_closes_the
             reopened = replaced._retake()
             replaced._hand_over(reopened)
             assert service.inner is reopened and service.admin.fenced() == ""
-            assert replaced.pool is None
+            # A call that reaches the replaced Admin from now on (one begun as it was handed
+            # over: a status read) is refused in one line, and does nothing; it failed with an
+            # AttributeError on the pool it had let go.
+            said = f"the service is taking cluster {cluster.path} back: try again"
+            for call in (replaced.stats, replaced.nodes, partial(replaced.read, "disk", 0, BLOCK),
+                         partial(replaced.fail_node, "node1")):
+                with pytest.raises(RefusedError) as refused:
+                    call()
+                assert str(refused.value) == said
+            assert [n.state for n in service.admin.nodes()] == ["up"] * 3
             replaced.close()            # stops its threads only: the cluster is the new one's
             del replaced
             gc.collect()

@@ -55,6 +55,24 @@ def test_a_bad_listen_address_is_a_usage_error(data, listen):
     assert r.returncode == 2 and "not HOST:PORT" in r.stderr
 
 
+@pytest.mark.parametrize("module", [("console", "node", "serve"), ("engine.node",)])
+@pytest.mark.parametrize("args,message", [
+    # `python -m engine.node` (how `cluster up` starts a node) took 0 as none: a node on disk,
+    # of the default block size.
+    (["--memory", "0"], "argument --memory: must be above 0: 0"),
+    (["--memory", "lots"], "argument --memory: bad size 'lots'"),
+    (["--block-size", "0"], "argument --block-size: must be at least 1"),
+    (["--block-size", "4K"], "argument --block-size: not a whole number: '4K'"),
+    (["--etcd", "http://127.0.0.1:2379"], "give --etcd and --etcd-prefix together"),
+])
+def test_a_bad_value_is_the_same_usage_error_from_either_command_line(data, module, args,
+                                                                      message):
+    r = serve(data, "--listen", "127.0.0.1:0", *args, module=module)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert f": error: {message}" in r.stderr.splitlines()[-1], r.stderr
+    assert list(data.iterdir()) == []
+
+
 def test_a_port_in_use_is_one_line(data):
     (data / "authorized_keys").write_text("")
     with socket.socket() as taken:

@@ -1,0 +1,106 @@
+"""What a command line's values must be, checked as argparse parses them (its `type=`): sizes,
+rates, weights, durations, counts, addresses. One set for both command lines that take them:
+`blockfold` (console/commands.py, through engine.api) and `python -m engine.node`, which `cluster
+up` runs; a bad value is a usage error (exit 2) before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .formats import parse_size
+
+
+def nonnegative(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def byte_size(text: str) -> int:
+    """A count of bytes as the size options take it ('1048576', '0x100000', '4K', '1M',
+    '1.5GiB'), for an option that is a byte position."""
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r} (a number with"
+                                         " an optional K, M, G or T)") from None
+
+
+def positive(text: str) -> int:
+    value = nonnegative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (--repair-delay: 0 heals at once)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def weight(text: str) -> float:
+    """A share above 0 (a node of weight 0 would be given no blocks: fail or remove it)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    """A finite number (float() takes "nan" and "inf" too, and they pass every comparison a
+    check makes, or none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """A size above 0 in bytes: 4096, 512M, 20G … (engine.formats.parse_size). A node's --memory
+    of 0 made a node on disk (`if memory`)."""
+    value = _bytes(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def rate(text: str) -> int:
+    """Bytes a second above 0: 200M … (a scrub's --rate). No limit is the option left out: 0
+    read as none (`if rate`), a scrub of the whole pool at full speed."""
+    value = _bytes(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text} (without the option: no"
+                                         " limit)")
+    return value
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
