@@ -269,14 +269,19 @@ class RemoteAdmin(Admin):
         # taken the call (its first progress report): a refusal (attached, too long) reads none
         # of a stream, so stdin is still whole for a forced try.
         opened = imageio.open_source(source) if isinstance(source, str) else source
+        # A stream (stdin, a FIFO) is read on a thread: its read may never return (stdin left
+        # open), and the call must still end when it is cancelled or refused.
+        arrivals = None if opened.seekable else _Arrivals(opened, wire.DATA_CHUNK)
         try:
             return self._call("write_file", {
                 "name": name, "offset": offset, "force": force, "image": opened.name,
                 "size": opened.size if opened.seekable else None},
-                progress=progress, cancel=cancel, send=opened.chunks(wire.DATA_CHUNK),
-                send_when_taken=True)
+                progress=progress, cancel=cancel,
+                send=arrivals or opened.chunks(wire.DATA_CHUNK), send_when_taken=True)
         finally:
-            if opened is not source:
+            if arrivals is not None:
+                arrivals.stop(close=opened is not source)
+            elif opened is not source:
                 opened.close()
 
     def trim(self, name, offset, length):
@@ -415,13 +420,16 @@ class _Call:
             self._handle(frame)
         return self.end is None
 
-    def stream(self, chunks: Iterable[tuple[int, bytes]]) -> None:
+    def stream(self, chunks: Iterable[tuple[int, bytes] | None]) -> None:
         """Sends the chunks as DATA frames, then their end; stops early if the call ended
-        (refused at once, say) or was cancelled (the service stops it without the end)."""
-        for offset, data in chunks:
+        (refused at once, say) or was cancelled (the service stops it without the end). A None
+        among the chunks (_Arrivals: none came for a while) only has the call looked at."""
+        for piece in chunks:
             if not self._going_on() or self._cancel_if_asked():
                 return
-            self.link.send(wire.DATA, self.request_id, {"offset": offset}, data)
+            if piece is not None:
+                offset, data = piece
+                self.link.send(wire.DATA, self.request_id, {"offset": offset}, data)
         self.link.send(wire.DATA, self.request_id, {"end": True})
 
     def finish(self, method: str) -> Any:
@@ -473,6 +481,73 @@ class _Call:
             self.cancelled = True
             self.link.send(wire.CANCEL, self.request_id)
         return self.cancelled
+
+
+class _Arrivals:
+    """A stream's chunks (image.chunks(chunk): stdin, a FIFO), read on a daemon thread: iterated,
+    each (offset, bytes) as it comes, and None every WAIT_STEP that none came, so that its call
+    is looked at meanwhile (a read of a stream may never return: stdin left open). Raises what
+    the reading raised."""
+
+    _END = object()
+
+    def __init__(self, image, chunk: int):
+        self.image, self.chunk = image, chunk
+        self.pieces: queue.Queue = queue.Queue(maxsize=2)   # bounded: read ahead of the socket
+        self.stopped = threading.Event()
+        self.close_image = False        # the reader closes the image once its read returns
+        self.reader: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def __iter__(self):
+        self.reader = threading.Thread(target=self._read, daemon=True, name="blockfold-stream")
+        self.reader.start()
+        while True:
+            try:
+                piece = self.pieces.get(timeout=WAIT_STEP)
+            except queue.Empty:
+                yield None
+                continue
+            if piece is self._END:
+                return
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+
+    def _read(self) -> None:
+        try:
+            for piece in self.image.chunks(self.chunk):
+                if not self._put(piece):
+                    return
+            self._put(self._END)
+        except Exception as e:     # noqa: BLE001 - raised where the pieces are taken
+            self._put(e)
+        finally:
+            with self.lock:
+                self.reader = None
+                if self.close_image:
+                    self.image.close()
+
+    def _put(self, item) -> bool:
+        """Hands `item` over; False once the pieces are no longer taken (stop)."""
+        while not self.stopped.is_set():
+            try:
+                self.pieces.put(item, timeout=WAIT_STEP)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self, close: bool) -> None:
+        """No more pieces are taken; with `close`, the image is closed: now if no read is under
+        way, else by the reader once its read returns (its fd might be another file's by
+        then)."""
+        self.stopped.set()
+        with self.lock:
+            if close and self.reader is None:
+                self.image.close()
+            else:
+                self.close_image = close
 
 
 def _user() -> str:

@@ -94,7 +94,8 @@ def invoke(admin: Admin, method: str, kwargs: dict, call) -> bytes:
                                        kwargs.pop("image"))
     elif method == "write_file":
         size = kwargs.pop("size")
-        kwargs["source"] = StreamImage(call.inbox, call.cancel, size, kwargs.pop("image"))
+        kwargs["source"] = StreamImage(call.inbox, call.cancel, size, kwargs.pop("image"),
+                                       "write")
     elif method == "write":
         room = admin.vm_size(kwargs["name"]) - kwargs["offset"]
         kwargs["data"] = gather(call.inbox, call.cancel, max(room, 0),

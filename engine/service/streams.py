@@ -49,13 +49,13 @@ class StreamImage:
     file (see engine.imageio.Image). `size` None: a stream whose length is known at its end."""
 
     def __init__(self, inbox: queue.Queue, cancel: threading.Event, size: int | None,
-                 name: str):
-        self.inbox, self.cancel, self.name = inbox, cancel, name
+                 name: str, what: str = "import"):
+        self.inbox, self.cancel, self.name, self.what = inbox, cancel, name, what
         self.size, self.seekable = size or 0, size is not None
 
     def chunks(self, chunk: int) -> Iterator[tuple[int, bytes]]:
         """The pieces as the client sends them (holes are never sent)."""
-        return pieces(self.inbox, self.cancel, f"import of {self.name}")
+        return pieces(self.inbox, self.cancel, f"{self.what} of {self.name}")
 
     def close(self) -> None:
         pass
