@@ -21,6 +21,17 @@ def _listen(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _memory(text: str) -> int:
+    """--memory: a size above 0 (0 would quietly keep blocks on disk)."""
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
 def _ready(host: str, port: int) -> None:
     print(f"ready {f'[{host}]' if ':' in host else host}:{port}", flush=True)
 
@@ -29,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.node")
     parser.add_argument("--data", required=True)
     parser.add_argument("--listen", required=True, type=_listen)
-    parser.add_argument("--memory", type=parse_size)
+    parser.add_argument("--memory", type=_memory)
     parser.add_argument("--block-size", type=int)
     parser.add_argument("--cluster")
     parser.add_argument("--etcd", help="client URLs of the cluster's etcd, comma-separated")
