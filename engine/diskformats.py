@@ -256,12 +256,15 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
 
 
 def refuse_inside(directory: str, dest: str) -> None:
-    """Refuses `dest` (a path) in the pool's or cluster's own `directory` (symlinks followed),
-    where an export could overwrite the pool's own files. Raises BadImageError."""
+    """Refuses `dest` (a path) in the pool's or cluster's own `directory`, or a symlink to a
+    file there (symlinks followed), where an export could overwrite the pool's own files.
+    Raises BadImageError."""
     home = os.path.realpath(directory)
     where = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(dest))),
                          os.path.basename(dest))
-    if os.path.commonpath([home, where]) == home:
+    # The link itself, and where it leads: the export replaces its target (imageio.replacing).
+    if any(os.path.commonpath([home, path]) == home
+           for path in (where, os.path.realpath(dest))):
         raise BadImageError(f"refusing to write {dest}: it is inside {directory}, whose files"
                             " are the pool's: give a path outside it")
 

@@ -138,10 +138,14 @@ def natural_key(name: str) -> tuple:
                  for part in re.split(r"(\d+)", name))
 
 
-def parse_size(text: str) -> int:
-    """'4096', '64K', '10G', '1.5GiB' -> bytes. Raises ValueError."""
+def parse_size(text: str, whole: bool = False) -> int:
+    """'4096', '64K', '10G', '1.5GiB' -> bytes, a fraction of a byte dropped ('1.3G'), or with
+    `whole` refused (a byte position: '1.5' is no byte). Raises ValueError."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
     if not m:
         raise ValueError(f"bad size {text!r}: use a number with an optional K, M, G or T")
     # Exact (no float): a big figure must reach the range check as it was typed.
-    return int(Fraction(m.group(1)) * _SUFFIX[m.group(2).lower()])
+    value = Fraction(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if whole and value.denominator != 1:
+        raise ValueError(f"not a whole number of bytes: {text!r}")
+    return int(value)

@@ -32,7 +32,7 @@ def byte_size(text: str) -> int:
     except ValueError:
         pass
     try:
-        return parse_size(text)
+        return parse_size(text, whole=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r} (a number with"
                                          " an optional K, M, G or T)") from None

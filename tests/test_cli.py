@@ -186,6 +186,13 @@ def unchanged(pool):
     (["vm", "write", "a", "--offset", "65536", "IMG"], 1, "would write past the end of VM a"),
     (["vm", "write", "a", "--offset", "-5", "IMG"], 2, "must not be negative"),
     (["vm", "write", "a", "--offset", "12x", "IMG"], 2, "not a whole number"),
+    # 1.5 wrote at byte 1 (the half byte dropped), 0.3K at byte 307.
+    (["vm", "write", "a", "--offset", "1.5", "IMG"], 2, "not a whole number of bytes: '1.5'"),
+    (["vm", "write", "a", "--offset", "0.3K", "IMG"], 2, "not a whole number of bytes"),
+    # --rate 0 (or under a byte) scrubbed as fast as it went, unpaced.
+    (["scrub", "--rate", "0"], 2, "argument --rate: must be above 0: 0"),
+    (["scrub", "--rate", "0.5"], 2, "argument --rate: must be above 0: 0.5"),
+    (["scrub", "--rate", "fast"], 2, "argument --rate: bad size 'fast'"),
     (["blocks", "--prefix", "xyz"], 1, "bad fingerprint prefix"),
     # 0 read as no rate: the whole pool scrubbed at full speed.
     (["scrub", "--rate", "0"], 2, "argument --rate: must be above 0: 0 (without the option: no"

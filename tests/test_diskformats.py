@@ -10,11 +10,14 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.serviceproc import Served
 
 FORMATS = ("qcow2", "vmdk", "vhdx", "vdi")
@@ -179,7 +182,8 @@ def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(
             before.st_mode, before.st_uid, before.st_gid)
     assert out.read_bytes() == disk
     cli("vm", "export", "fs", "/dev/null")
-    assert cli("vm", "export", "fs", "/dev/stdout").stdout[:len(disk)] == disk     # a pipe
+    piped = cli("vm", "export", "fs", "/dev/stdout")                    # a pipe: the image
+    assert piped.stdout == disk and "exported fs" in piped.stderr_text  # alone, the line aside
     lun = tmp_path / "lun"
     lun.write_bytes(b"\xff" * len(disk))
     attach = subprocess.run(["losetup", "--find", "--show", lun], capture_output=True, text=True)
@@ -195,3 +199,73 @@ def test_an_export_takes_the_old_files_place_and_writes_a_device_in_place(
         assert proc.returncode == 1 and "whose files are the pool's" in proc.stderr_text
         assert len(proc.stderr_text.strip().splitlines()) == 1
     assert not (pool_dir / "fs.img").exists() and (pool_dir / "blocks.dat").read_bytes() == blocks
+
+
+def test_an_export_through_a_symlink_to_a_pool_file_is_refused(cli, images, pool_dir, tmp_path):
+    """A symlink outside the pool's directory to a file in it leads the export there (its target
+    is replaced): refused like the file itself, the pool's file left as it was."""
+    cli("vm", "import", "fs", images / "fs.raw")
+    blocks = (pool_dir / "blocks.dat").read_bytes()
+    (tmp_path / "link.raw").symlink_to(pool_dir / "blocks.dat")
+    for fmt in ("raw", "qcow2"):
+        proc = cli("vm", "export", "fs", tmp_path / "link.raw", "--format", fmt, check=False)
+        assert proc.returncode == 1 and "whose files are the pool's" in proc.stderr_text
+        assert len(proc.stderr_text.strip().splitlines()) == 1
+    assert (pool_dir / "blocks.dat").read_bytes() == blocks
+    assert cli("fsck").returncode == 0
+
+
+def _signalled_export(pool_dir, out, sig, ignored=()):
+    """Runs `vm export big OUT/big.img`, frozen as soon as its temporary file appears (so the
+    signal lands half-way), sends it `sig` (with the signals `ignored` ignored, as nohup does)
+    and lets it go on: (exit status, stderr)."""
+    def ignore():
+        for each in ignored:
+            signal.signal(each, signal.SIG_IGN)
+    proc = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                             "export", "big", str(out / "big.img")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ignore)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(out)) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert len(os.listdir(out)) == 2, "the export ended before it could be stopped"
+        os.kill(proc.pid, sig)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode()
+
+
+@pytest.fixture
+def big(cli, tmp_path):
+    """A 32 MiB VM "big" of random bytes, and an "out" directory holding an old big.img."""
+    (tmp_path / "big.raw").write_bytes(os.urandom(32 << 20))
+    cli("vm", "import", "big", tmp_path / "big.raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.img").write_bytes(b"old")
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_an_export_stopped_by_a_signal_leaves_no_temporary_file(pool_dir, big, sig):
+    """SIGTERM (`timeout`) or SIGHUP (a closed terminal) half-way stops an export as Ctrl-C
+    does: the old file as it was, and no .part file beside it (the signal's default end left
+    one, as big as the export got)."""
+    status, err = _signalled_export(pool_dir, big, sig)
+    assert status == 130, err
+    assert os.listdir(big) == ["big.img"] and (big / "big.img").read_bytes() == b"old"
+
+
+def test_an_export_under_nohup_goes_on_after_a_sighup(pool_dir, big, tmp_path):
+    """SIGHUP ignored (nohup) stays ignored: the export ends and replaces the old file."""
+    status, err = _signalled_export(pool_dir, big, signal.SIGHUP, ignored=[signal.SIGHUP])
+    assert status == 0, err
+    assert os.listdir(big) == ["big.img"]
+    assert (big / "big.img").read_bytes() == (tmp_path / "big.raw").read_bytes()

@@ -95,7 +95,7 @@ def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
     if etcd == NO_ETCD:
         return None
     from ..etcd import Etcd, EtcdError
-    urls = [url.strip() for url in etcd.split(",") if url.strip()] or [etcd]
+    urls = _etcd_urls(etcd)
     client = Etcd(urls, etcd_member.prefix(path))      # a URL of another shape is refused
     try:
         client.check()
@@ -104,6 +104,12 @@ def _new_etcd(path: Path, etcd: str | None) -> EtcdEntry | None:
     finally:
         client.close()
     return EtcdEntry(endpoints=urls, prefix=client.prefix)
+
+
+def _etcd_urls(etcd: str) -> list[str]:
+    """The client URLs in --etcd's comma-separated list, blanks around and between them
+    dropped ("http://a:2379, http://b:2379," is two)."""
+    return [url.strip() for url in etcd.split(",") if url.strip()] or [etcd]
 
 
 def etcd_names(config: ClusterConfig) -> dict[str, str]:
@@ -128,6 +134,9 @@ def _same_shape(config: ClusterConfig, **asked) -> None:
            "repair_delay": config.repair_delay, "memory": local[0].memory if local else None,
            "etcd": (NO_ETCD if config.etcd is None else None if config.etcd.data
                     else ",".join(config.etcd.endpoints))}
+    if asked.get("etcd") not in (None, NO_ETCD):
+        # As a new cluster keeps it: the same list, spaced otherwise, is the same etcd.
+        asked["etcd"] = ",".join(_etcd_urls(asked["etcd"]))
     wrong = [f"--{name.replace('_', '-')} {formats.size(value) if name == 'memory' else value}"
              for name, value in asked.items()
              if value is not None and value != has[name]]

@@ -177,6 +177,24 @@ def test_an_etcd_that_does_not_answer_or_a_bad_url_is_one_line_with_nothing_made
     assert not (tmp_path / "c").exists()
 
 
+def test_an_etcd_list_given_again_with_other_spacing_is_the_same_etcd(etcd_url, tmp_path):
+    """`cluster up --etcd " URL, "` keeps [URL]; the same words again started the cluster no
+    more ("--etcd  URL,  would only apply to a new cluster")."""
+    if etcd_url is None:
+        pytest.skip("no etcd binary")
+    given = f" {etcd_url} , "
+    try:
+        run_cli("cluster", "up", tmp_path / "c", "--nodes", "1", "--replicas", "1", "--etcd",
+                given, check=True)
+        assert ClusterConfig.load(tmp_path / "c").etcd.endpoints == [etcd_url]
+        for again in (given, etcd_url):
+            run_cli("cluster", "up", tmp_path / "c", "--etcd", again, check=True)
+        done = run_cli("cluster", "up", tmp_path / "c", "--etcd", f"{etcd_url},{etcd_url}")
+        assert done.returncode == 1 and "would only apply to a new cluster" in done.stderr_text
+    finally:
+        api.cluster_down(tmp_path / "c")
+
+
 def test_a_cluster_made_before_etcd_still_opens_and_shows_none(make_cluster, etcd_url,
                                                                  tmp_path):
     cluster = make_cluster(nodes=2, replicas=2)

@@ -82,3 +82,13 @@ def test_a_port_in_use_is_one_line(data):
         r = serve(data, "--listen", f"127.0.0.1:{port}")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     assert r.stderr.startswith(f"blockfold: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize("module", [("console", "node", "serve"), ("engine.node",)])
+@pytest.mark.parametrize("memory", ["0", "0.1", "lots", "-1G"])
+def test_a_memory_of_no_bytes_is_a_usage_error(data, module, memory):
+    # engine.node (what `cluster up` starts) took --memory 0 and kept the blocks on disk.
+    (data / "authorized_keys").write_text("")
+    r = serve(data, "--listen", "127.0.0.1:0", f"--memory={memory}", module=module)
+    assert r.returncode == 2 and "argument --memory: " in r.stderr, r.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["authorized_keys"]
