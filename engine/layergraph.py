@@ -62,6 +62,9 @@ class LayerEdit:
     moved: layer -> new parent, for a VM's top that moves onto another layer (a rebase that
            keeps the VM's writes)
     put_snaps / deleted_snaps: snapshot rows written or removed ((vm, name) for a removal)
+    unlinked: a deleted golden image's clones, their rows without origin and base (Unlinked):
+           the catalog rewrites them with one statement a table, the graph takes the rows
+           built; their tops and sizes stay, so the core has nothing to do
     events: (kind, message) pairs logged with the edit
     """
     new_layers: dict[int, int | None] = field(default_factory=dict)
@@ -74,7 +77,34 @@ class LayerEdit:
     registered: list[int] = field(default_factory=list)
     put_snaps: list[Snap] = field(default_factory=list)
     deleted_snaps: list[tuple[str, str]] = field(default_factory=list)
+    unlinked: Unlinked | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Unlinked:
+    """A golden image's clones as its delete leaves them: every VM and snapshot whose origin it
+    is (its own aside), without origin or base. Built before the delete takes the pool's lock
+    (the per-clone part of the delete, ~2 µs a clone), from the graph as it was at `state`: an
+    edit applied since makes it stale, and the plan builds it again.
+
+    vms: name -> row; snaps: (vm, name) -> row; bases: the layers they no longer pin.
+    """
+    golden: str
+    state: object
+    vms: dict[str, VM]
+    snaps: dict[tuple[str, str], Snap]
+    bases: frozenset[int]
+
+    @classmethod
+    def of(cls, golden: str, state: object, vms: list[VM], snaps: list[Snap]) -> Unlinked:
+        """From LayerGraph.cloned_from(golden). Rows are made directly: dataclasses.replace
+        took 1.4 s for 40,000 clones."""
+        return cls(golden, state,
+                   {vm.name: VM(vm.name, vm.size, vm.top, vm.created, None) for vm in vms},
+                   {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, None, None)
+                    for s in snaps},
+                   frozenset(x.base for x in [*vms, *snaps] if x.base is not None))
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,7 @@ class LayerGraph:
             if parent is not None:
                 self._children.setdefault(parent, set()).add(layer)
         self._tops = {vm.top for vm in self._vms.values()}
+        self._state = object()      # a new one with every edit applied (Unlinked.state)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -166,6 +197,13 @@ class LayerGraph:
             return self._snaps[(vm, name)]
         except KeyError:
             raise VMNotFoundError(f"VM {vm} has no snapshot named {name!r}") from None
+
+    def cloned_from(self, name: str) -> tuple[object, list[VM], list[Snap]]:
+        """The graph's state now, and the VMs and snapshots whose origin is `name` (its own
+        aside): what Unlinked.of builds from, once the caller let go of the pool's lock."""
+        return (self._state,
+                [vm for vm in self._vms.values() if vm.origin == name and vm.name != name],
+                [s for s in self._snaps.values() if s.origin == name and s.vm != name])
 
     def clones_of(self, name: str) -> list[str]:
         """The VMs cloned from `name` (or rebased onto it), by name."""
@@ -266,24 +304,24 @@ class LayerGraph:
         edit.put_vms.append(replace(vm, top=new_top))
         return vm.top
 
-    def plan_delete(self, name: str) -> tuple[LayerEdit, list[Merge]]:
+    def plan_delete(self, name: str,
+                    unlinked: Unlinked | None = None) -> tuple[LayerEdit, list[Merge]]:
         """Drops the VM's top and its snapshots' names, then collects what nobody needs (see
         _collect). Its clones lose their golden image: they keep their disks, but no longer
         the golden state beneath their own writes (a refresh has nothing to go back to), so
-        that deleting a golden frees what only it held. The merges' pages are the block
-        tables' part, added by the caller."""
+        that deleting a golden frees what only it held. `unlinked`: its clones' rows built
+        ahead (Unlinked), taken unless stale. The merges' pages are the block tables' part,
+        added by the caller."""
         vm = self.vm(name)
         snaps = self.snaps(name)
-        orphans = [self._vms[c] for c in self.clones_of(name) if c != name]
-        orphan_snaps = [s for s in self._snaps.values() if s.origin == name and s.vm != name]
+        if unlinked is None or unlinked.golden != name or unlinked.state is not self._state:
+            unlinked = Unlinked.of(name, *self.cloned_from(name))
         edit = LayerEdit(deleted_vms=[name], deleted_snaps=[(s.vm, s.name) for s in snaps],
-                         put_vms=[replace(c, origin=None, base=None) for c in orphans],
-                         put_snaps=[replace(s, origin=None, base=None) for s in orphan_snaps])
-        pinned = self._pins_without(vms={name} | {c.name for c in orphans},
-                                    snaps={(s.vm, s.name) for s in snaps + orphan_snaps})
-        pinned |= {s.layer for s in orphan_snaps}
-        unpinned = ([s.layer for s in snaps] + [s.base for s in snaps + orphan_snaps]
-                    + [vm.base] + [c.base for c in orphans])
+                         unlinked=unlinked)
+        pinned = self._pins_without(vms=unlinked.vms.keys() | {name},
+                                    snaps={(s.vm, s.name) for s in snaps} | unlinked.snaps.keys())
+        pinned |= {s.layer for s in unlinked.snaps.values()}
+        unpinned = [s.layer for s in snaps] + [s.base for s in snaps] + [vm.base, *unlinked.bases]
         return edit, self._collect(edit, [vm.top], unpinned, pinned)
 
     def plan_refresh(self, name: str) -> tuple[LayerEdit, list[Merge]]:
@@ -477,9 +515,13 @@ class LayerGraph:
             self._snaps.pop(key)
         for snap in edit.put_snaps:
             self._snaps[(snap.vm, snap.name)] = snap
+        if edit.unlinked is not None:           # their tops stay: one update each, in C
+            self._vms.update(edit.unlinked.vms)
+            self._snaps.update(edit.unlinked.snaps)
         for vm in edit.put_vms:
             old = self._vms.get(vm.name)
             if old is not None:
                 self._tops.discard(old.top)
             self._vms[vm.name] = vm
             self._tops.add(vm.top)
+        self._state = object()

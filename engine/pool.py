@@ -44,7 +44,7 @@ from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
                      NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
                      RefusedError)
-from .layergraph import VM, LayerEdit, LayerGraph
+from .layergraph import VM, LayerEdit, LayerGraph, Unlinked
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
 from .reserve import Reserve, disk_full
@@ -654,8 +654,16 @@ class Pool:
     def delete(self, name: str) -> None:
         """Deletes a VM and its snapshots, frees what only it referenced, and collects layers
         nobody needs: a frozen layer left with no children goes too, one left with a single
-        child merges into it. Raises VMNotFoundError."""
-        self._collecting(lambda: self.graph.plan_delete(name), "delete", f"deleted {name}")
+        child merges into it. Raises VMNotFoundError.
+
+        A golden image's clones lose their origin and base in the same edit, all or nothing;
+        their new rows are built before the edit takes the lock (the graph's rows are copied
+        under it), so data ops and flushes wait for its commit, not for work per clone."""
+        with self._lock:
+            clones = self.graph.cloned_from(name)
+        unlinked = Unlinked.of(name, *clones)
+        self._collecting(lambda: self.graph.plan_delete(name, unlinked), "delete",
+                         f"deleted {name}")
 
     def _collecting(self, plan, kind: str, message: str) -> None:
         """A structural edit whose plan (a LayerEdit, and merges) collects layers: the merges'

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from engine.errors import BadNameError, VMExistsError, VMNotFoundError
-from engine.layergraph import VM, LayerGraph
+from engine.layergraph import VM, LayerGraph, Unlinked
 
 
 def graph(**tops) -> LayerGraph:
@@ -109,3 +109,22 @@ def test_readers_follow_edits():
     edit, _ = g.plan_delete("b")
     g.apply(edit)
     assert readers(g.vm("a").top) == ["a"]
+
+
+def test_a_golden_delete_takes_its_clones_rows_built_ahead_unless_an_edit_landed_since():
+    """The clones' new rows are built before the pool's lock is taken: used as they are while
+    the graph is unchanged, built again when an edit landed meanwhile (a clone made since would
+    keep its golden otherwise)."""
+    g = graph(a=1, b=2)
+    g.apply(g.plan_clone("a", ["d-1", "d-2"], source_top_empty=False))
+    g.apply(g.plan_snapshot("d-1", "s", top_empty=True))
+    ahead = Unlinked.of("a", *g.cloned_from("a"))
+    edit, _ = g.plan_delete("a", ahead)
+    assert edit.unlinked is ahead and sorted(ahead.vms) == ["d-1", "d-2"]
+    g.apply(g.plan_clone("a", ["late"], source_top_empty=True))
+    edit, _ = g.plan_delete("a", ahead)
+    assert edit.unlinked is not ahead and sorted(edit.unlinked.vms) == ["d-1", "d-2", "late"]
+    g.apply(edit)
+    assert all(vm.origin is None and vm.base is None for vm in g.vms() if vm.name != "b")
+    assert [(s.origin, s.base) for s in g.snaps()] == [(None, None)]
+    assert g.pinned() == {g.snap("d-1", "s").layer}

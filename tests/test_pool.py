@@ -386,6 +386,36 @@ def test_a_failed_commit_keeps_acknowledged_writes_and_edits_change_nothing(pool
         assert p.fsck() == []
 
 
+def test_a_golden_delete_unlinks_every_clone_all_or_nothing(pool_dir, monkeypatch):
+    """The clones' rows are rewritten by one statement a table: a failed commit leaves every
+    clone linked, in RAM and in the catalog; the delete once it commits unlinks them all."""
+    with Pool.open(pool_dir) as p:
+        p.create_vm("g", 8 * BS)
+        p.write("g", 0, rand(8 * BS, 1))
+        p.clone("g", "d", count=3)
+        p.snapshot("d-1", "s")
+        real_commit = p.catalog.commit
+
+        def full_disk():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        with pytest.raises(AbortedError):
+            p.delete("g")
+        monkeypatch.setattr(p.catalog, "commit", real_commit)
+        assert p.graph.clones_of("g") == ["d-1", "d-2", "d-3"]
+    with Pool.open(pool_dir) as p:
+        assert p.graph.clones_of("g") == ["d-1", "d-2", "d-3"]
+        assert p.snapshots("d-1")[0]["origin"] == "g"
+        p.delete("g")
+    with Pool.open(pool_dir) as p:
+        assert p.vm_names() == ["d-1", "d-2", "d-3"]
+        assert all(p.vm(n).origin is None and p.vm(n).base is None for n in p.vm_names())
+        assert p.snapshots("d-1")[0]["origin"] is None
+        assert p.read("d-2", 0, 8 * BS) == rand(8 * BS, 1)
+        assert p.fsck() == []
+
+
 def test_data_ops_run_beside_clones_deletes_and_flushes(pool):
     """Writers and readers on their own VMs, with no Python lock around them, while clones,
     deletes and flushes happen: every VM reads as its model, and fsck is clean."""
