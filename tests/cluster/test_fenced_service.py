@@ -75,7 +75,7 @@ def _wait(what, seconds: float, why: str):
     return got
 
 
-def _taken_back(service) -> bool:
+def _unfenced(service) -> bool:
     """Whether the service says it is no longer fenced; a stats call that reached the replaced
     coordinator during the take-back is refused ("try again"), and means not yet."""
     try:
@@ -431,7 +431,7 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
                           "the write of the fenced state still runs while fenced")
             assert ended.state == "cancelled", ended
             assert ended.message.startswith("cancelled because the service was fenced"), ended
-        _wait(lambda: _taken_back(service), 30, "the service never took the cluster back")
+        _wait(lambda: _unfenced(service), 30, "the service never took the cluster back")
         writer.stdin.close()            # the CLI reads its stdin until it ends
         assert writer.wait(30) != 0
         assert service.scrub().finished
