@@ -95,12 +95,12 @@ def local_user() -> str:
         return str(os.getuid())
 
 
-def emit(args, data, text: str) -> None:
-    """Prints the result: `text` for people, or `data` as JSON with --json. A progress bar still
-    on screen is closed first, so the result comes after it."""
+def emit(args, data, text: str, file=None) -> None:
+    """Prints the result: `text` for people, or `data` as JSON with --json, on stdout (or
+    `file`). A progress bar still on screen is closed first, so the result comes after it."""
     if getattr(args, "progress", None):
         args.progress.close()
-    print(json.dumps(plain(data), indent=2, default=str) if args.json else text)
+    print(json.dumps(plain(data), indent=2, default=str) if args.json else text, file=file)
 
 
 def table(headers, rows) -> str:
@@ -170,19 +170,36 @@ def vm_import(admin, args, bar) -> int:
          " image. A file is written beside OUT and takes its place (its mode, owner and group)"
          " only once complete: a failed or interrupted export leaves the file that was there."
          " A device (a LUN, /dev/null) is written in place, every byte. OUT inside the pool's"
-         " own directory is refused.",
+         " own directory is refused. When OUT is stdout (/dev/stdout), the line saying what was"
+         " exported goes to stderr, so stdout is the image alone.",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
                            arg("--format", choices=api.EXPORT_FORMATS, default="raw",
                                help="the image's format (default raw)")])
 def vm_export(admin, args, bar) -> int:
-    if args.out == "-" and sys.stdout.isatty():
+    # (looked at before the export: a file replaced is another file after it)
+    stdout = args.out == "-" or _is_stdout(args.out)
+    if stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
     home = None if args.service else args.cluster or pool_path(args)
-    api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
-    if args.out != "-":
-        emit(args, {"name": args.name, "out": args.out, "format": args.format},
-             f"exported {args.name} to {args.out} ({args.format})")
+    with terminated_as_interrupted():
+        api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
+    if args.out == "-":
+        return 0
+    # On stdout behind the image's last byte, the line would be part of the image: a pipe's
+    # reader takes every byte as the disk.
+    emit(args, {"name": args.name, "out": args.out, "format": args.format},
+         f"exported {args.name} to {args.out} ({args.format})",
+         file=sys.stderr if stdout else None)
     return 0
+
+
+def _is_stdout(path: str) -> bool:
+    """Whether `path` names the file stdout is (/dev/stdout, /dev/fd/1, /proc/self/fd/1, or the
+    file it was redirected to)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):
+        return False
 
 
 @command("vm", "write",
@@ -248,6 +265,23 @@ def ctrl_c_cancels():
         yield cancel
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@contextmanager
+def terminated_as_interrupted():
+    """SIGTERM and SIGHUP (`timeout`, a closed terminal) stop the work inside as Ctrl-C does
+    (KeyboardInterrupt), so it cleans up: a signal's default end left an export's temporary
+    file beside OUT."""
+    # One ignored (nohup's SIGHUP) stays ignored.
+    taken = [sig for sig in (signal.SIGTERM, signal.SIGHUP)
+             if signal.getsignal(sig) == signal.SIG_DFL]
+    for sig in taken:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 @command("vm", "rm",
