@@ -4,7 +4,6 @@ whatever the test did to it."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine import api
+from engine.cluster import processes
 from engine.cluster.config import ClusterConfig
 
 
@@ -28,8 +28,11 @@ class Cluster:
         return self.config.node(name).pid
 
     def kill(self, name: str) -> None:
-        """kill -9, behind the coordinator's back."""
-        os.kill(self.pid(name), signal.SIGKILL)
+        """kill -9, behind the coordinator's back; returns once the node is gone, as an operator
+        sees it before restoring it (the kernel ends a killed process a moment later, and under
+        load `node restore` could still find it running)."""
+        entry = self.config.node(name)
+        processes.stop_pid(entry.pid, lambda: processes.is_running(entry), signal.SIGKILL)
 
     def open(self, **kw):
         return api.open_cluster(self.path, **kw)
