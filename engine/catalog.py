@@ -177,7 +177,7 @@ class Catalog:
                       + list(edit.moved.items()))
         c.executemany("DELETE FROM vms WHERE name=?", [(name,) for name in edit.deleted_vms])
         c.executemany("DELETE FROM snapshots WHERE vm=? AND name=?", edit.deleted_snaps)
-        if edit.relinked is not None:   # before the rows put: the renamed golden is not a clone
+        if edit.relinked is not None:   # before the rows put: a renamed golden keeps its origin
             self._relink(edit.relinked)
         c.executemany(
             "INSERT OR REPLACE INTO vms (name, size, top, created, origin, base)"
