@@ -15,7 +15,7 @@ import numpy as np
 
 from . import formats
 from .errors import NotAPoolError, PoolFormatError
-from .layergraph import VM, LayerEdit, Snap, Unlinked
+from .layergraph import VM, LayerEdit, Relinked, Snap
 
 CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
@@ -176,37 +176,39 @@ class Catalog:
                       list(edit.new_layers.items()) + list(edit.reparented.items())
                       + list(edit.moved.items()))
         c.executemany("DELETE FROM vms WHERE name=?", [(name,) for name in edit.deleted_vms])
+        c.executemany("DELETE FROM snapshots WHERE vm=? AND name=?", edit.deleted_snaps)
+        if edit.relinked is not None:   # before the rows put: a renamed golden keeps its origin
+            self._relink(edit.relinked)
         c.executemany(
             "INSERT OR REPLACE INTO vms (name, size, top, created, origin, base)"
             " VALUES (?,?,?,?,?,?)",
             [(vm.name, vm.size, vm.top, vm.created, vm.origin, vm.base)
              for vm in edit.put_vms])
-        c.executemany("DELETE FROM snapshots WHERE vm=? AND name=?", edit.deleted_snaps)
         c.executemany(
             "INSERT OR REPLACE INTO snapshots (vm, name, layer, created, size, origin, base)"
             " VALUES (?,?,?,?,?,?,?)",
             [(s.vm, s.name, s.layer, s.created, s.size, s.origin, s.base)
              for s in edit.put_snaps])
-        if edit.unlinked is not None:
-            self._unlink(edit.unlinked)
         self.write_pages([(layer, pno, page) for (layer, pno), page in edit.pages.items()])
         for kind, message in edit.events:
             self.log(actor, kind, message)
         self.set("next_layer", next_layer)
 
-    def _unlink(self, unlinked: Unlinked) -> None:
-        """A golden's clones lose their origin and base: one statement a table, not a row
-        written per clone (40,000 clones: 1.1 s). Raises ValueError if it finds other rows
-        than the graph's (the edit's commit then fails, nothing changed)."""
-        golden = unlinked.golden
-        vms = self.conn.execute("UPDATE vms SET origin=NULL, base=NULL WHERE origin=? AND"
-                                " name<>?", (golden, golden)).rowcount
-        snaps = self.conn.execute("UPDATE snapshots SET origin=NULL, base=NULL WHERE origin=?"
-                                  " AND vm<>?", (golden, golden)).rowcount
-        if (vms, snaps) != (len(unlinked.vms), len(unlinked.snaps)):
+    def _relink(self, relinked: Relinked) -> None:
+        """A golden's clones take their new origin (a rename), or lose it and their base (a
+        delete): one statement a table, not a row written per clone (40,000 clones: 1.1 s).
+        Raises ValueError if it finds other rows than the graph's (the edit's commit then
+        fails, nothing changed)."""
+        golden, origin = relinked.golden, relinked.origin
+        sets, args = ("origin=NULL, base=NULL", ()) if origin is None else ("origin=?", (origin,))
+        vms = self.conn.execute(f"UPDATE vms SET {sets} WHERE origin=? AND name<>?",
+                                (*args, golden, golden)).rowcount
+        snaps = self.conn.execute(f"UPDATE snapshots SET {sets} WHERE origin=? AND vm<>?",
+                                  (*args, golden, golden)).rowcount
+        if (vms, snaps) != (len(relinked.vms), len(relinked.snaps)):
             raise ValueError(f"the catalog holds {vms} VMs and {snaps} snapshots cloned from"
-                             f" {golden}, the layer graph {len(unlinked.vms)} and"
-                             f" {len(unlinked.snaps)}")
+                             f" {golden}, the layer graph {len(relinked.vms)} and"
+                             f" {len(relinked.snaps)}")
 
     # -- reading block tables -----------------------------------------------------------------
 

@@ -62,9 +62,9 @@ class LayerEdit:
     moved: layer -> new parent, for a VM's top that moves onto another layer (a rebase that
            keeps the VM's writes)
     put_snaps / deleted_snaps: snapshot rows written or removed ((vm, name) for a removal)
-    unlinked: a deleted golden image's clones, their rows without origin and base (Unlinked):
-           the catalog rewrites them with one statement a table, the graph takes the rows
-           built; their tops and sizes stay, so the core has nothing to do
+    relinked: a deleted or renamed golden image's clones, their rows with their new origin
+           (Relinked): the catalog rewrites them with one statement a table, the graph takes
+           the rows built; their tops and sizes stay, so the core has nothing to do
     events: (kind, message) pairs logged with the edit
     """
     new_layers: dict[int, int | None] = field(default_factory=dict)
@@ -77,34 +77,51 @@ class LayerEdit:
     registered: list[int] = field(default_factory=list)
     put_snaps: list[Snap] = field(default_factory=list)
     deleted_snaps: list[tuple[str, str]] = field(default_factory=list)
-    unlinked: Unlinked | None = None
+    relinked: Relinked | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class Unlinked:
-    """A golden image's clones as its delete leaves them: every VM and snapshot whose origin it
-    is (its own aside), without origin or base. Built before the delete takes the pool's lock
-    (the per-clone part of the delete, ~2 µs a clone), from the graph as it was at `state`: an
-    edit applied since makes it stale, and the plan builds it again.
+class Relinked:
+    """A golden image's clones as its delete or rename leaves them: every VM and snapshot whose
+    origin it is (its own aside), with `origin` their new origin: None for a delete, which
+    drops their base too (they no longer pin it), or the golden's new name for a rename, which
+    keeps it. Built before the edit takes the pool's lock (the per-clone part, ~2 µs a clone),
+    from the graph as it was at `state`: an edit applied since makes it stale, and the plan
+    builds it again.
 
-    vms: name -> row; snaps: (vm, name) -> row; bases: the layers they no longer pin.
+    vms: name -> row; snaps: (vm, name) -> row; bases: the layers they no longer pin (none
+    for a rename).
     """
     golden: str
+    origin: str | None
     state: object
     vms: dict[str, VM]
     snaps: dict[tuple[str, str], Snap]
     bases: frozenset[int]
 
     @classmethod
-    def of(cls, golden: str, state: object, vms: list[VM], snaps: list[Snap]) -> Unlinked:
+    def of(cls, golden: str, origin: str | None, state: object, vms: list[VM],
+           snaps: list[Snap]) -> Relinked:
         """From LayerGraph.cloned_from(golden). Rows are made directly: dataclasses.replace
         took 1.4 s for 40,000 clones."""
-        return cls(golden, state,
-                   {vm.name: VM(vm.name, vm.size, vm.top, vm.created, None) for vm in vms},
-                   {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, None, None)
-                    for s in snaps},
-                   frozenset(x.base for x in [*vms, *snaps] if x.base is not None))
+        if origin is None:
+            return cls(golden, None, state,
+                       {vm.name: VM(vm.name, vm.size, vm.top, vm.created, None) for vm in vms},
+                       {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, None,
+                                             None) for s in snaps},
+                       frozenset(x.base for x in [*vms, *snaps] if x.base is not None))
+        return cls(golden, origin, state,
+                   {vm.name: VM(vm.name, vm.size, vm.top, vm.created, origin, vm.base)
+                    for vm in vms},
+                   {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, origin,
+                                         s.base) for s in snaps},
+                   frozenset())
+
+    def fits(self, golden: str, origin: str | None, state: object) -> bool:
+        """Whether these rows are the ones to take now: built for this change of `golden`,
+        and from the graph at `state` (no edit applied since)."""
+        return self.golden == golden and self.origin == origin and self.state is state
 
 
 @dataclass(frozen=True)
@@ -128,7 +145,7 @@ class LayerGraph:
             if parent is not None:
                 self._children.setdefault(parent, set()).add(layer)
         self._tops = {vm.top for vm in self._vms.values()}
-        self._state = object()      # a new one with every edit applied (Unlinked.state)
+        self._state = object()      # a new one with every edit applied (Relinked.state)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -200,7 +217,7 @@ class LayerGraph:
 
     def cloned_from(self, name: str) -> tuple[object, list[VM], list[Snap]]:
         """The graph's state now, and the VMs and snapshots whose origin is `name` (its own
-        aside): what Unlinked.of builds from, once the caller let go of the pool's lock."""
+        aside): what Relinked.of builds from, once the caller let go of the pool's lock."""
         return (self._state,
                 [vm for vm in self._vms.values() if vm.origin == name and vm.name != name],
                 [s for s in self._snaps.values() if s.origin == name and s.vm != name])
@@ -305,19 +322,19 @@ class LayerGraph:
         return vm.top
 
     def plan_delete(self, name: str,
-                    unlinked: Unlinked | None = None) -> tuple[LayerEdit, list[Merge]]:
+                    unlinked: Relinked | None = None) -> tuple[LayerEdit, list[Merge]]:
         """Drops the VM's top and its snapshots' names, then collects what nobody needs (see
         _collect). Its clones lose their golden image: they keep their disks, but no longer
         the golden state beneath their own writes (a refresh has nothing to go back to), so
         that deleting a golden frees what only it held. `unlinked`: its clones' rows built
-        ahead (Unlinked), taken unless stale. The merges' pages are the block tables' part,
-        added by the caller."""
+        ahead (Relinked, origin None), taken unless stale. The merges' pages are the block
+        tables' part, added by the caller."""
         vm = self.vm(name)
         snaps = self.snaps(name)
-        if unlinked is None or unlinked.golden != name or unlinked.state is not self._state:
-            unlinked = Unlinked.of(name, *self.cloned_from(name))
+        if unlinked is None or not unlinked.fits(name, None, self._state):
+            unlinked = Relinked.of(name, None, *self.cloned_from(name))
         edit = LayerEdit(deleted_vms=[name], deleted_snaps=[(s.vm, s.name) for s in snaps],
-                         unlinked=unlinked)
+                         relinked=unlinked)
         pinned = self._pins_without(vms=unlinked.vms.keys() | {name},
                                     snaps={(s.vm, s.name) for s in snaps} | unlinked.snaps.keys())
         pinned |= {s.layer for s in unlinked.snaps.values()}
@@ -406,19 +423,18 @@ class LayerGraph:
         pinned = self._pins_without(snaps={(name, snap)})
         return edit, self._collect(edit, [], [s.layer], pinned)
 
-    def plan_rename(self, old: str, new: str) -> LayerEdit:
-        """The VM, its snapshots and its clones' origin under the new name."""
+    def plan_rename(self, old: str, new: str, relinked: Relinked | None = None) -> LayerEdit:
+        """The VM, its snapshots and its clones' origin under the new name. `relinked`: its
+        clones' rows built ahead (Relinked, origin `new`), taken unless stale."""
         vm = self.vm(old)
         self.check_new_name(new)
-        edit = LayerEdit(deleted_vms=[old], put_vms=[replace(vm, name=new)])
-        edit.put_vms += [replace(self._vms[c], origin=new) for c in self.clones_of(old)
-                         if c != old]
+        if relinked is None or not relinked.fits(old, new, self._state):
+            relinked = Relinked.of(old, new, *self.cloned_from(old))
+        edit = LayerEdit(deleted_vms=[old], put_vms=[replace(vm, name=new)], relinked=relinked)
         for s in self.snaps(old):
             edit.deleted_snaps.append((old, s.name))
             edit.put_snaps.append(replace(s, vm=new, origin=new if s.origin == old
                                           else s.origin))
-        edit.put_snaps += [replace(s, origin=new) for s in self._snaps.values()
-                           if s.origin == old and s.vm != old]
         return edit
 
     def plan_resize(self, name: str, size: int) -> LayerEdit:
@@ -515,9 +531,9 @@ class LayerGraph:
             self._snaps.pop(key)
         for snap in edit.put_snaps:
             self._snaps[(snap.vm, snap.name)] = snap
-        if edit.unlinked is not None:           # their tops stay: one update each, in C
-            self._vms.update(edit.unlinked.vms)
-            self._snaps.update(edit.unlinked.snaps)
+        if edit.relinked is not None:           # their tops stay: one update each, in C
+            self._vms.update(edit.relinked.vms)
+            self._snaps.update(edit.relinked.snaps)
         for vm in edit.put_vms:
             old = self._vms.get(vm.name)
             if old is not None:

@@ -44,7 +44,7 @@ from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
                      NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
                      RefusedError)
-from .layergraph import VM, LayerEdit, LayerGraph, Unlinked
+from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
 from .progress import Meter, ProgressCallback, core_callback
 from .reserve import Reserve, disk_full
@@ -661,7 +661,7 @@ class Pool:
         under it), so data ops and flushes wait for its commit, not for work per clone."""
         with self._lock:
             clones = self.graph.cloned_from(name)
-        unlinked = Unlinked.of(name, *clones)
+        unlinked = Relinked.of(name, None, *clones)
         self._collecting(lambda: self.graph.plan_delete(name, unlinked), "delete",
                          f"deleted {name}")
 
@@ -727,9 +727,17 @@ class Pool:
 
     def rename(self, old: str, new: str) -> None:
         """Renames a VM (its snapshots and its clones' origin follow). Raises VMNotFoundError,
-        VMExistsError, BadNameError."""
+        VMExistsError, BadNameError.
+
+        A golden image's clones take the new origin in the same edit, all or nothing, built
+        before it takes the lock as a delete's are, so data ops and flushes wait for its
+        commit, not for work per clone."""
+        with self._lock:
+            clones = self.graph.cloned_from(old)
+        relinked = Relinked.of(old, new, *clones)
+
         def plan():
-            edit = self.graph.plan_rename(old, new)
+            edit = self.graph.plan_rename(old, new, relinked)
             edit.events.append(("rename", f"renamed {old} to {new}"))
             return edit
 

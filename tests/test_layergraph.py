@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from engine.errors import BadNameError, VMExistsError, VMNotFoundError
-from engine.layergraph import VM, LayerGraph, Unlinked
+from engine.layergraph import VM, LayerGraph, Relinked
 
 
 def graph(**tops) -> LayerGraph:
@@ -118,13 +118,34 @@ def test_a_golden_delete_takes_its_clones_rows_built_ahead_unless_an_edit_landed
     g = graph(a=1, b=2)
     g.apply(g.plan_clone("a", ["d-1", "d-2"], source_top_empty=False))
     g.apply(g.plan_snapshot("d-1", "s", top_empty=True))
-    ahead = Unlinked.of("a", *g.cloned_from("a"))
+    ahead = Relinked.of("a", None, *g.cloned_from("a"))
     edit, _ = g.plan_delete("a", ahead)
-    assert edit.unlinked is ahead and sorted(ahead.vms) == ["d-1", "d-2"]
+    assert edit.relinked is ahead and sorted(ahead.vms) == ["d-1", "d-2"]
     g.apply(g.plan_clone("a", ["late"], source_top_empty=True))
     edit, _ = g.plan_delete("a", ahead)
-    assert edit.unlinked is not ahead and sorted(edit.unlinked.vms) == ["d-1", "d-2", "late"]
+    assert edit.relinked is not ahead and sorted(edit.relinked.vms) == ["d-1", "d-2", "late"]
     g.apply(edit)
     assert all(vm.origin is None and vm.base is None for vm in g.vms() if vm.name != "b")
     assert [(s.origin, s.base) for s in g.snaps()] == [(None, None)]
     assert g.pinned() == {g.snap("d-1", "s").layer}
+
+
+def test_a_golden_rename_takes_its_clones_rows_built_ahead_unless_stale():
+    """As a delete's: the rows built for this rename while the graph is unchanged, built again
+    for another new name or once an edit landed; the clones keep their bases and pins."""
+    g = graph(a=1, b=2)
+    g.apply(g.plan_clone("a", ["d-1", "d-2"], source_top_empty=False))
+    g.apply(g.plan_snapshot("d-1", "s", top_empty=True))
+    ahead = Relinked.of("a", "z", *g.cloned_from("a"))
+    assert g.plan_rename("a", "z", ahead).relinked is ahead
+    assert g.plan_rename("a", "y", ahead).relinked.origin == "y"
+    g.apply(g.plan_clone("a", ["late"], source_top_empty=True))
+    edit = g.plan_rename("a", "z", ahead)
+    assert edit.relinked is not ahead and sorted(edit.relinked.vms) == ["d-1", "d-2", "late"]
+    bases, pinned = {vm.name: vm.base for vm in g.vms()}, g.pinned()
+    g.apply(edit)
+    assert g.clones_of("z") == ["d-1", "d-2", "late"] and g.clones_of("a") == []
+    assert {vm.name: vm.base for vm in g.vms()} == {("z" if n == "a" else n): b
+                                                    for n, b in bases.items()}
+    assert [(s.vm, s.origin, s.base) for s in g.snaps()] == [("d-1", "z", bases["d-1"])]
+    assert g.pinned() == pinned

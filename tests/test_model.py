@@ -1,7 +1,8 @@
-"""A hypothesis state machine: random writes, reads, trims, clones, deletes, refreshes, rebases,
-snapshots and rollbacks against a model that keeps a bytearray per VM (and the golden state each
-clone can be refreshed to, and each snapshot's bytes). Reads must agree after every step; fsck is
-clean at the end, and a reopened pool reads identically."""
+"""A hypothesis state machine: random writes, reads, trims, clones, deletes, renames, refreshes,
+rebases, snapshots and rollbacks against a model that keeps a bytearray per VM (and the golden
+state each clone can be refreshed to, its origin, and each snapshot's bytes). Reads and origins
+must agree after every step; fsck is clean at the end, and a reopened pool reads identically,
+with the same origins."""
 
 from __future__ import annotations
 
@@ -137,6 +138,21 @@ class PoolMachine(RuleBasedStateMachine):
 
     @precondition(has_vms)
     @rule(data=st.data())
+    def rename(self, data):
+        old = self._pick(data)
+        new = self._name()
+        self.pool.rename(old, new)
+        self.model[new] = self.model.pop(old)
+        self.desks[new] = self.desks.pop(old)
+        self.snaps = {(new if vm == old else vm, snap): kept
+                      for (vm, snap), kept in self.snaps.items()}
+        # Its clones (and snapshots taken of them) follow the golden's new name.
+        for desk in list(self.desks.values()) + [d for _, d in self.snaps.values()]:
+            if desk.origin == old:
+                desk.origin = new
+
+    @precondition(has_vms)
+    @rule(data=st.data())
     def refresh(self, data):
         vm = self._pick(data)
         desk = self.desks[vm]
@@ -226,6 +242,11 @@ class PoolMachine(RuleBasedStateMachine):
     def every_vm_reads_as_the_model(self):
         for vm, expect in self.model.items():
             assert self.pool.read(vm, 0, SIZE) == bytes(expect), vm
+        assert self._origins(self.pool) == {vm: d.origin for vm, d in self.desks.items()}
+
+    @staticmethod
+    def _origins(pool: Pool) -> dict[str, str | None]:
+        return {vm: pool.vm(vm).origin for vm in pool.vm_names()}
 
     def teardown(self):
         try:
@@ -237,6 +258,9 @@ class PoolMachine(RuleBasedStateMachine):
                     self.snaps)
                 for vm, expect in self.model.items():
                     assert reopened.read(vm, 0, SIZE) == bytes(expect), vm
+                assert self._origins(reopened) == {vm: d.origin for vm, d in self.desks.items()}
+                assert {(s["vm"], s["name"]): s["origin"] for s in reopened.snapshots()} == {
+                    key: d.origin for key, (_, d) in self.snaps.items()}
                 assert reopened.fsck() == []
                 assert reopened.last_rebuild["orphans_reclaimed"] == 0
         finally:

@@ -416,6 +416,60 @@ def test_a_golden_delete_unlinks_every_clone_all_or_nothing(pool_dir, monkeypatc
         assert p.fsck() == []
 
 
+def test_a_golden_rename_keeps_every_clone_reading_its_golden_all_or_nothing(pool_dir,
+                                                                              monkeypatch):
+    """The clones' origin is rewritten by one statement a table: a failed commit leaves the
+    golden and every clone as they were; once committed, every clone reads what it did, through
+    the same chain, follows the new name (refresh goes back to it, a snapshot keeps it), and so
+    after a full rebuild."""
+    golden = rand(8 * BS, 1)
+    own = rand(BS, 2)
+    with Pool.open(pool_dir) as p:
+        p.create_vm("g", 8 * BS)
+        p.write("g", 0, golden)
+        p.snapshot("g", "v1")
+        p.clone("g", "d", count=3)
+        p.write("d-2", 0, own)
+        p.snapshot("d-2", "s")
+        real_commit = p.catalog.commit
+
+        def full_disk():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        with pytest.raises(AbortedError):
+            p.rename("g", "h")
+        monkeypatch.setattr(p.catalog, "commit", real_commit)
+        assert p.graph.clones_of("g") == ["d-1", "d-2", "d-3"] and "h" not in p.vm_names()
+        chains = {n: p.graph.chain(p.vm(n).top) for n in ("d-1", "d-2", "d-3")}
+        bases = {n: p.vm(n).base for n in chains}
+        p.rename("g", "h")
+
+    def check(p: Pool) -> None:
+        assert p.vm_names() == ["d-1", "d-2", "d-3", "h"]
+        assert p.graph.clones_of("h") == ["d-1", "d-2", "d-3"] and p.graph.clones_of("g") == []
+        assert {n: p.graph.chain(p.vm(n).top) for n in chains} == chains
+        assert {n: p.vm(n).base for n in chains} == bases
+        assert [(s["vm"], s["name"], s["origin"]) for s in p.snapshots()] == [
+            ("d-2", "s", "h"), ("h", "v1", None)]
+        assert p.read("h", 0, 8 * BS) == golden
+        assert p.read("d-1", 0, 8 * BS) == p.read("d-3", 0, 8 * BS) == golden
+        assert p.read("d-2", 0, 8 * BS) == own + golden[BS:]
+        assert p.fsck() == []
+
+    with Pool.open(pool_dir) as p:
+        check(p)
+    with Pool.open(pool_dir, rebuild="full") as p:
+        check(p)
+        p.refresh("d-2")                    # back to the golden state under its new name
+        assert p.read("d-2", 0, 8 * BS) == golden
+        p.rollback("d-2", "s")
+        assert p.read("d-2", 0, 8 * BS) == own + golden[BS:]
+        assert p.vm("d-2").origin == "h"
+        p.clone("h", "late")
+        assert p.graph.clones_of("h") == ["d-1", "d-2", "d-3", "late"]
+
+
 def test_data_ops_run_beside_clones_deletes_and_flushes(pool):
     """Writers and readers on their own VMs, with no Python lock around them, while clones,
     deletes and flushes happen: every VM reads as its model, and fsck is clean."""

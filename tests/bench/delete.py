@@ -1,15 +1,19 @@
-"""Delete a golden image with many linked clones, while another VM writes over NBD.
+"""Delete (or rename) a golden image with many linked clones, while another VM writes over NBD.
 
 A pool holds `golden` (DATA MiB of seeded random data), CLONES linked clones of it (made
 in-process, `Pool.clone`) and `other`, a VM of its own. `blockfold serve --nbd` serves them; one
 NBD client writes a 4 KiB block to `other` and flushes, over and over, while
-`blockfold -p POOL vm rm golden -y` runs through the service. Reported: the delete's wall time
-(the CLI command from start to exit: it unpins every clone's base and collects the golden's
-layers, one edit) and the NBD write+flush latency before and during it (the delete holds the
-pool's lock; a write on another VM waits for it). Targets: none set; it must grow linearly
-with CLONES (it was quadratic: 128 s at 40,000, 418 s at 100,000).
+`blockfold -p POOL vm rm golden -y` (--op rm, the default) or `blockfold -p POOL vm rename
+golden golden-2` (--op rename) runs through the service. Reported: the command's wall time
+(the CLI from start to exit; a delete unpins every clone's base and collects the golden's
+layers, a rename gives every clone its new origin; each one edit) and the NBD write+flush
+latency before and during it (the edit holds the pool's lock; a write on another VM waits for
+it). The pool is opened again afterwards to check every clone lost (rm) or follows (rename) its
+golden. Targets: none set; it must grow linearly with CLONES (the delete was quadratic: 128 s
+at 40,000, 418 s at 100,000).
 
     python -m tests.bench.delete [--data bench-data] [--clones 40000] [--data-mib 16]
+                                 [--op rm|rename]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -30,6 +35,10 @@ from .common import BLOCK, MiB, blockfold_cli, measure, parser, report, scratch
 
 OTHER_BLOCKS = 4096             # `other`: 16 MiB, written a block at a time at random places
 MAX_WRITES = 1_000_000          # the writer's bound, whatever happens to the delete
+RENAMED = "golden-2"
+# --op: (the benchmark's name in its JSON line, the command's words after `-p POOL`)
+OPS = {"rm": ("delete", ["vm", "rm", "golden", "-y"]),
+       "rename": ("rename", ["vm", "rename", "golden", RENAMED])}
 
 
 def writer(port: int, stop: threading.Event, latencies: list[tuple[float, float]]) -> None:
@@ -63,7 +72,11 @@ def main(argv=None) -> None:
     p.add_argument("--data-mib", type=int, default=16,
                    help="MiB of data in the golden image (default 16)")
     p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--op", choices=sorted(OPS), default="rm",
+                   help="what is done to the golden image: rm (delete it, the default) or"
+                        f" rename (to {RENAMED})")
     args = p.parse_args(argv)
+    bench, words = OPS[args.op]
     where = scratch(args.data, "delete")
     pool_dir = where / "pool"
     image = where / "golden.raw"
@@ -82,34 +95,39 @@ def main(argv=None) -> None:
                                   args=(int(served.nbd.rpartition(":")[2]), stop, latencies))
         thread.start()
         time.sleep(2)                                   # the writer alone, for a baseline
-        command = [blockfold_cli(), "-p", str(pool_dir), "vm", "rm", "golden", "-y"]
+        command = [blockfold_cli(), "-p", str(pool_dir), *words]
         began = time.perf_counter()
-        delete_s, delete_cpu, _ = measure(subprocess.run, command, check=True,
-                                          stdout=subprocess.DEVNULL)
+        op_s, op_cpu, _ = measure(subprocess.run, command, check=True,
+                                  stdout=subprocess.DEVNULL)
         ended = time.perf_counter()
         time.sleep(1)
         stop.set()
         thread.join(timeout=600)
     finally:
         served.stop()
+    with Pool.open(pool_dir) as pool:
+        origins = Counter(pool.vm(name).origin for name in pool.vm_names())
+    expected = ({None: 2, RENAMED: args.clones} if args.op == "rename"
+                else {None: args.clones + 1})
+    assert origins == expected, f"the VMs' origins after the {bench}: {dict(origins)}"
     before = [s for t, s in latencies if t < began]
     during = [s for t, s in latencies if began <= t < ended]
-    # A pair that began before the delete and waited for it counts as during it.
+    # A pair that began before the command and waited for it counts as during it.
     during += [s for t, s in latencies if t < began < t + s]
     subprocess.run(["rm", "-rf", str(where)], check=True)
 
     rows = [("", "wall", "detail")]
     rows.append((f"Pool.clone(count={args.clones:,}) in-process", f"{clone_s:.2f} s", ""))
-    rows.append((f"blockfold vm rm golden ({args.clones:,} clones, via the service)",
-                 f"{delete_s:.2f} s", f"CLI CPU {delete_cpu:.2f} s"))
+    rows.append((f"blockfold {' '.join(words)} ({args.clones:,} clones, via the service)",
+                 f"{op_s:.2f} s", f"CLI CPU {op_cpu:.2f} s"))
     rows.append(("NBD write+flush on other, before", ms(before, 0.5),
                  f"median of {len(before)}; max {ms(before, 1.0)}"))
-    rows.append(("NBD write+flush on other, during the delete", ms(during, 1.0),
+    rows.append((f"NBD write+flush on other, during the {bench}", ms(during, 1.0),
                  f"max of {len(during)}; median {ms(during, 0.5)}"))
-    report("delete", f"delete a golden image with {args.clones:,} linked clones"
-                     f" ({args.data_mib} MiB of data)", rows,
+    report(bench, f"{bench} a golden image with {args.clones:,} linked clones"
+                  f" ({args.data_mib} MiB of data)", rows,
            {"clones": args.clones, "data_mib": args.data_mib, "clone_s": round(clone_s, 3),
-            "delete_s": round(delete_s, 3), "delete_cli_cpu_s": round(delete_cpu, 3),
+            f"{bench}_s": round(op_s, 3), f"{bench}_cli_cpu_s": round(op_cpu, 3),
             "nbd_before_median_s": round(statistics.median(before), 4) if before else None,
             "nbd_during_max_s": round(max(during), 4) if during else None,
             "nbd_during_count": len(during), "command": " ".join(command[1:])})
