@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import numpy as np
 
-from engine import api
+from engine import api, formats
 from engine.blockids import block_ids
 from engine.fingerprint import Fingerprinter
 from engine.net import rpc
@@ -66,6 +66,37 @@ def test_a_heal_after_node_fail_goes_from_node_to_node(make_cluster, tmp_path):
         assert healed > 8 << 20
         # Every healed byte through the coordinator would be twice `healed` (in, then out).
         assert through_here < healed / 20
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_heal_that_waits_reports_the_copies_of_all_its_passes(make_cluster, tmp_path):
+    """`heal --wait` that takes two passes (a node failed while it ran: the blocks it held are
+    short only after the first pass chose its blocks) reports the copies every pass made; it
+    reported its last pass's alone, fewer than the blocks it healed."""
+    cluster = make_cluster(nodes=5, replicas=3, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 8, seed=35)
+    stay = ("node2", "node3", "node4")
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        live = admin.pool.blocks.live()
+        # With node5 gone too, every live block ends with a copy on each node left: the copies
+        # the heal must make onto them, whichever pass makes them.
+        needed = sum(int((~np.isin(live, _held(cluster, name))).sum()) for name in stay)
+        failed = []
+
+        def progress(_):
+            if not failed:      # within the first pass
+                failed.append(True)
+                admin.fail_node("node5")
+
+        figures = admin.heal(wait=True, progress=progress)
+        assert failed and figures.under_replicated == 0 and figures.unreachable == 0
+        assert all(np.isin(live, _held(cluster, name)).all() for name in stay)
+        assert figures.copied >= needed > 0, (figures, needed)
+        healed = [e["message"] for e in admin.pool.events() if e["kind"] == "heal"]   # newest first
+        assert healed[0].startswith(f"heal ended: {formats.count(figures.copied)} copies made")
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
 
