@@ -899,12 +899,7 @@ def cluster_up(args) -> int:
          args=[CLUSTER_DIR, arg("--force", action="store_true",
                                 help="stop them even while a service serves the cluster")])
 def cluster_down(args) -> int:
-    if not args.force:
-        pid = api.service_pid(args.dir)
-        if pid is not None:     # it would go on serving a cluster with no nodes: every call fails
-            raise BlockfoldError(f"cluster {args.dir} is served by pid {pid}: stop that service"
-                                 " first, or give --force")
-    rows = api.cluster_down(args.dir)
+    rows = api.cluster_down(args.dir, force=args.force)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
@@ -1206,6 +1201,6 @@ def demo(args) -> int:
         args.cluster, args.read_only = path, False
         return console(args)
     finally:
-        api.cluster_down(path)
+        api.cluster_down(path, force=True)     # the nodes it started, whoever serves them
         if not args.dir:
             shutil.rmtree(path, ignore_errors=True)

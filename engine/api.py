@@ -136,8 +136,17 @@ def cluster_up(path, **kwargs) -> list[dict]:
     return lifecycle.up(path, **kwargs)
 
 
-def cluster_down(path) -> list[dict]:
+def cluster_down(path, force: bool = False) -> list[dict]:
+    """Stops the local nodes of the cluster in `path`, then its own etcd member; their rows
+    (name, address, pid, local, running). Refused while a service (or a console) serves the
+    cluster, unless `force`: it would go on serving a cluster with no nodes, and every call
+    would fail. Raises BlockfoldError (not a cluster, served: nothing stopped)."""
     from .cluster import lifecycle
+    if not force:
+        pid = service_pid(path)
+        if pid is not None:
+            raise BlockfoldError(f"cluster {path} is served by pid {pid}: stop that service"
+                                 " first, or give --force")
     return lifecycle.down(path)
 
 

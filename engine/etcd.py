@@ -54,8 +54,9 @@ def masked(text: str) -> str:
 
 
 def endpoint(url: str) -> tuple[str, int]:
-    """(host, port) of a client URL http://HOST:PORT. Raises BlockfoldError for another shape,
-    and for a user and password in it (etcd's authentication is not supported)."""
+    """(host, port) of a client URL http://HOST:PORT (a "/" after it is taken). Raises
+    BlockfoldError for another shape, for a path, query or fragment after it, and for a user and
+    password in it (etcd's authentication is not supported)."""
     user = (f"etcd endpoint {masked(url)!r} names a user: etcd's authentication is not"
             " supported; use http://HOST:PORT")
     if _PASSWORD.search(url):
@@ -67,9 +68,16 @@ def endpoint(url: str) -> tuple[str, int]:
         raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT") from None
     if parts.username is not None:
         raise BlockfoldError(user)
-    if parts.scheme != "http" or not parts.hostname or port is None or parts.path not in ("",
-                                                                                         "/"):
+    if parts.scheme != "http" or not parts.hostname or port is None:
         raise BlockfoldError(f"bad etcd endpoint {masked(url)!r}: use http://HOST:PORT")
+    # etcd3gw builds its own http://HOST:PORT/v3/...: the rest of the URL would be dropped
+    # without a word. ("?" and "#" alone: urlsplit gives an empty query or fragment.)
+    extra = [what for what, given in (("a path", parts.path not in ("", "/")),
+                                      ("a query", "?" in url), ("a fragment", "#" in url))
+             if given]
+    if extra:
+        said = ", ".join(extra[:-1]) + " and " + extra[-1] if len(extra) > 1 else extra[0]
+        raise BlockfoldError(f"etcd endpoint {masked(url)!r} has {said}: use http://HOST:PORT")
     return parts.hostname, port
 
 

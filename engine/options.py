@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from .formats import parse_size
 
@@ -73,30 +74,26 @@ def _number(text: str) -> float:
     return value
 
 
-def size(text: str) -> int:
-    """A size above 0 in bytes: 4096, 512M, 20G … (engine.formats.parse_size). A node's --memory
-    of 0 made a node on disk (`if memory`)."""
-    value = _bytes(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
-    return value
+def above_zero(hint: str = "") -> Callable[[str], int]:
+    """An argparse type for a count of bytes above 0 (engine.formats.parse_size: 4096, 512M,
+    20G …); `hint` follows "must be above 0: TEXT" in the message, to say what the user meant
+    by 0 instead."""
+    def check(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text}{hint}")
+        return value
+    return check
 
 
-def rate(text: str) -> int:
-    """Bytes a second above 0: 200M … (a scrub's --rate). No limit is the option left out: 0
-    read as none (`if rate`), a scrub of the whole pool at full speed."""
-    value = _bytes(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {text} (without the option: no"
-                                         " limit)")
-    return value
-
-
-def _bytes(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+# A size in bytes (a node's --memory): 0 made a node on disk (`if memory`).
+size = above_zero()
+# Bytes a second (a scrub's --rate): 0 read as no limit (`if rate`), a scrub of the whole pool at
+# full speed; no limit is the option left out.
+rate = above_zero(" (without the option: no limit)")
 
 
 def listen_address(text: str) -> tuple[str, int]:

@@ -298,13 +298,21 @@ class RemoteAdmin(Admin):
 
     def import_image(self, name, source, progress=None, cancel=None):
         image = diskformats.open_disk(source)   # the client's file, read with its permissions
+        # A raw stream (stdin, a FIFO) is read on a thread, as write_file's is: its read may never
+        # return (stdin left open), and the call must still end when it is cancelled. (A qemu
+        # image's chunks come from our nbdcopy, whose reads return.)
+        stream = isinstance(image, imageio.Image) and not image.seekable
+        arrivals = _Arrivals(image, wire.DATA_CHUNK) if stream else None
         try:
             return self._call("import_image", {"name": name, "size": image.size,
                                                "image": image.name},
                               progress=progress, cancel=cancel,
-                              send=image.chunks(wire.DATA_CHUNK))
+                              send=arrivals or image.chunks(wire.DATA_CHUNK))
         finally:
-            image.close()
+            if arrivals is not None:
+                arrivals.stop(close=True)
+            else:
+                image.close()
 
     def export(self, name, dest, progress=None, cancel=None):
         size = self.vm_size(name)

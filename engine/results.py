@@ -361,7 +361,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class HealFigures:
-    """What one heal pass did."""
+    """What a heal did: a heal that waits sums its passes' copies, relays and drops, and says
+    what its last pass left unreachable and under-replicated."""
 
     copied: int
     """Block copies made onto the nodes placement wants them on."""

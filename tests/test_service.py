@@ -311,36 +311,38 @@ def test_ctrl_c_cancels_an_import_in_the_service_and_leaves_nothing(pool_dir, go
         assert admin.vm_names() == ["golden"] and admin.fsck() == []
 
 
-def test_a_write_from_stdin_whose_job_is_cancelled_ends_though_its_stdin_stays_open(
-        pool_dir, golden, serve):
-    """`vm write NAME -` whose job is cancelled in the service (`job cancel`, a fenced service)
-    ends at once, in one line, with its stdin still open: it waited in a read of stdin until
-    stdin ended. The VM is as it was."""
+@pytest.mark.parametrize("args, kind", [(["write", "golden", "--offset", "0", "-"], "write"),
+                                        (["import", "big", "-"], "import_image")])
+def test_a_write_or_import_from_stdin_whose_job_is_cancelled_ends_though_its_stdin_stays_open(
+        pool_dir, golden, serve, args, kind):
+    """`vm write NAME -` or `vm import NAME -` whose job is cancelled in the service (`job
+    cancel`, a fenced service) ends at once, in one line, with its stdin still open: it waited
+    in a read of stdin until stdin ended. The pool is as it was."""
     s = serve()
-    writer = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
-                               "write", "golden", "--offset", "0", "-"], cwd=ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                               *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        writer.stdin.write("x" * 5000)       # a block and a bit, then nothing: stdin stays open
-        writer.stdin.flush()
+        client.stdin.write("x" * 5000)       # a block and a bit, then nothing: stdin stays open
+        client.stdin.flush()
         with find_service(pool_dir) as admin:
             deadline = time.monotonic() + 30
-            while not (jobs := [j for j in admin.jobs() if j.kind == "write"]):
-                assert time.monotonic() < deadline and writer.poll() is None
+            while not (jobs := [j for j in admin.jobs() if j.kind == kind]):
+                assert time.monotonic() < deadline and client.poll() is None
                 time.sleep(0.05)
             admin.cancel_job(jobs[0].id)
             cancelled = time.monotonic()
-            assert writer.wait(10) == 1
+            assert client.wait(10) == 1
             took = time.monotonic() - cancelled
-            err = writer.stderr.read()
-            assert err == "blockfold: error: write of stdin cancelled\n", err
+            err = client.stderr.read()
+            assert err == f"blockfold: error: {args[0]} of stdin cancelled\n", err
             assert [j.state for j in admin.jobs()] == ["cancelled"]
+            assert admin.vm_names() == ["golden"]
             assert admin.read("golden", 0, len(golden)) == golden
     finally:
-        if writer.poll() is None:
-            writer.kill()
-        writer.communicate(timeout=30)
+        if client.poll() is None:
+            client.kill()
+        client.communicate(timeout=30)
     s.stop()
     assert took < 2, took
 

@@ -425,15 +425,18 @@ class ClusterAdmin(LocalAdmin):
                          else "heal stopped before it was done", actor)
 
     def _heal(self, wait: bool, progress, cancel) -> HealFigures:
+        """The passes' figures summed (HealFigures): each pass is checked on its own."""
         replicas = self.config.replicas
         stop = cancel or threading.Event()      # waits between passes end early on a cancel
         moved = time.monotonic()                # when a pass last made or dropped a copy
+        total = None
         while True:
             self.members.probe_all()
             self._rejoin_returning()
             figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
+            total = figures if total is None else _summed(total, figures)
             if not wait or figures.under_replicated == 0:
-                return figures
+                return total
             if figures.copied or figures.dropped:
                 moved = time.monotonic()
             elif time.monotonic() - moved > HEAL_STALL:
@@ -569,6 +572,15 @@ class ClusterAdmin(LocalAdmin):
 def _int(count) -> int | None:
     """A numpy count as a plain int; None stays None (not known)."""
     return None if count is None else int(count)
+
+
+def _summed(before: HealFigures, then: HealFigures) -> HealFigures:
+    """Two heal passes' figures as one heal's: the copies, relays and drops of both, their
+    reasons for relays (each once), and what the later left unreachable and under-replicated."""
+    why = dict.fromkeys(w for f in (before, then) for w in f.relayed_why.split("; ") if w)
+    return replace(then, copied=before.copied + then.copied,
+                   relayed=before.relayed + then.relayed, relayed_why="; ".join(why),
+                   dropped=before.dropped + then.dropped)
 
 
 def _healed(figures: dict) -> str:

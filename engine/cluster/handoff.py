@@ -6,7 +6,8 @@ Phases of one handoff (heal decides which ids go to which targets):
   ask    one COPY per holder, all holders at once, naming each target's address and the host
          key pinned in cluster.json (a holder trusts no other), and the ids for it; a holder
          with more than COPY_BYTES of blocks to send is asked again in further rounds, each
-         COPY within it counting every id over every target
+         COPY within it counting its distinct ids, as the node does (an id for two targets
+         is read once, and counts once)
   tell   per id and target: made (the target stored it or held it already), or left for
          another path (the holder lacked it or held it rotten, or the target could not be given
          it), with one line per distinct reason; a COLLISION is neither, as for a PUT
@@ -127,17 +128,14 @@ class Handoff:
 
 def _parts(plan: list[tuple[int, np.ndarray]],
            cap: int) -> list[list[tuple[int, np.ndarray]]]:
-    """A holder's plan, [(target, indexes)], cut into COPYs of at most `cap` ids each, counted
-    over every target: the node counts the distinct ones, and an id named for two targets
-    counts twice here, so each part fits whatever the overlap. A target's ids may span two
-    parts."""
-    parts, part, room = [], [], cap
-    for t, sel in plan:
-        while len(sel):
-            take, sel = sel[:room], sel[room:]
-            part.append((t, take))
-            room -= len(take)
-            if not room:
-                parts.append(part)
-                part, room = [], cap
-    return [*parts, part] if part else parts
+    """A holder's plan, [(target, indexes)], cut into COPYs of at most `cap` distinct ids
+    each, as the node counts them (it reads an id named for two targets once): the holder's
+    ids in order, `cap` at a time, each part naming every target's among them. As few parts
+    as the distinct ids need; a target's ids may span parts."""
+    every = np.unique(np.concatenate([sel for _, sel in plan]))
+    parts = []
+    for start in range(0, len(every), cap):
+        chunk = every[start:start + cap]
+        part = [(t, sel[np.isin(sel, chunk)]) for t, sel in plan]
+        parts.append([(t, sel) for t, sel in part if len(sel)])
+    return parts

@@ -42,6 +42,15 @@ STREAMED = {"import_image": {"size": int, "image": str},
 name of the source whose bytes the client streams."""
 
 
+def unless_fenced(admin: Admin, method: str) -> None:
+    """Raises RefusedError ("METHOD refused: " and the fenced line) while `admin` is fenced, for
+    a method not in WHILE_FENCED. The one check of it: methods.invoke makes it for the socket's
+    calls, ServedAdmin for every call of its methods (a console's, in its own process)."""
+    fenced = admin.fenced() if method not in WHILE_FENCED else ""
+    if fenced:
+        raise RefusedError(f"{method} refused: {fenced}")
+
+
 class BadRequest(Exception):
     """A call the service cannot make: an unknown method, a bad or missing argument."""
 
@@ -81,9 +90,7 @@ def invoke(admin: Admin, method: str, kwargs: dict, call) -> bytes:
     """Runs Admin.`method` with the checked `kwargs` for `call` (engine.service.session.Call);
     returns the REPLY's payload. Raises RefusedError (a fenced service, for a method not in
     WHILE_FENCED), or what the method raises."""
-    fenced = admin.fenced() if method not in WHILE_FENCED else ""
-    if fenced:
-        raise RefusedError(f"{method} refused: {fenced}")
+    unless_fenced(admin, method)    # before a write's bytes are gathered, named as called
     params, hints = _signature(method)
     if "progress" in params:
         kwargs["progress"] = call.progress

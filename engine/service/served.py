@@ -10,7 +10,9 @@ It is the pool's (or cluster's) Admin with what only a service knows:
   writes, which the service counts), so a pool's figures (stats, vms) are computed once per
   change and shared by every client that asks meanwhile: consoles polling an idle pool of
   millions of blocks cost nothing. A cluster's figures also move with its nodes' heartbeats, so
-  they are computed for every call.
+  they are computed for every call;
+- whether it is fenced (a cluster's): every call but its reporting is refused then
+  (methods.WHILE_FENCED), through the socket or from a console in its own process alike.
 Everything else is the inner Admin's, unchanged.
 """
 
@@ -25,6 +27,7 @@ from typing import Protocol
 from ..admin import Admin
 from ..errors import AttachedError
 from .jobs import Jobs
+from .methods import METHODS, WHILE_FENCED, unless_fenced
 
 
 class Attachments(Protocol):
@@ -311,3 +314,19 @@ class ServedAdmin(Admin):
 
     def close(self) -> None:
         """The service closes the inner Admin itself, once it has drained."""
+
+
+def _refused_while_fenced(method: Callable) -> Callable:
+    """A ServedAdmin method refused while the service is fenced (methods.unless_fenced)."""
+    def checked(self: ServedAdmin, *args, **kwargs):
+        unless_fenced(self, method.__name__)
+        return method(self, *args, **kwargs)
+    checked.__name__, checked.__doc__ = method.__name__, method.__doc__
+    return checked
+
+
+# Every method a service serves but its reporting is refused while it is fenced, the same for a
+# call through its socket and for one made in its own process (a console that serves what it
+# opened holds this Admin): either would read a state older than the newer writer's commits.
+for _method in METHODS - WHILE_FENCED:
+    setattr(ServedAdmin, _method, _refused_while_fenced(getattr(ServedAdmin, _method)))

@@ -137,8 +137,8 @@ class Service:
     def _fenced(self, line: str) -> None:
         """A newer writer fenced the cluster's Admin (engine/cluster/admin.py; `line` says so):
         NBD drops every connection at once, admin calls other than reporting are refused
-        (methods.WHILE_FENCED) until the take-back, and the running jobs are cancelled and
-        waited for (DRAIN_S). Called from the engine's thread."""
+        (ServedAdmin, methods.WHILE_FENCED) until the take-back, and the running jobs are
+        cancelled and waited for (DRAIN_S). Called from the engine's thread."""
         self.admin.fence(line)
         dropped = self.nbd.fenced() if self.nbd is not None else 0
         cancelled = self.admin.job_list.stop_all(

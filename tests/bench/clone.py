@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.pool import Pool
 
-from .common import GiB, KiB, MiB, blockfold_cli, measure, parser, report, scratch, \
+from .common import GiB, KiB, MiB, arguments, blockfold_cli, measure, parser, report, \
     verdict
 
 TARGET_RATIO = 100.0
@@ -58,13 +58,11 @@ def qemu_overlays(base: Path, where: Path, count: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.split("\n")[0])
+    p = parser(__doc__, seed=2)
     p.add_argument("--count", type=int, default=1000, help="clones (default 1000)")
     p.add_argument("--data-mib", type=int, default=256,
                    help="MiB of data written in the 20 GiB VM (default 256)")
-    p.add_argument("--seed", type=int, default=2)
-    args = p.parse_args(argv)
-    where = scratch(args.data, "clone")
+    args, where = arguments(p, "clone", argv)
     base = where / "base.raw"
     make_base(base, args.data_mib, args.seed)
     pool_dir = where / "pool"

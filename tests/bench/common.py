@@ -30,11 +30,24 @@ LOAD_AT_START = os.getloadavg()
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str, seed: int | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --data DIR and, given a `seed`, --seed N (that its
+    default). `description`: the module's docstring, or its first line (the one shown)."""
+    p = argparse.ArgumentParser(description=description.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
                    help=f"where image sets and scratch pools go (default {DEFAULT_DATA}/)")
+    if seed is not None:
+        p.add_argument("--seed", type=int, default=seed,
+                       help=f"seed of the random data (default {seed})")
     return p
+
+
+def arguments(p: argparse.ArgumentParser, name: str,
+              argv: list[str] | None = None) -> tuple[argparse.Namespace, Path]:
+    """The values of `p` from argv (None: the command line), and the benchmark's fresh scratch
+    directory, DATA/scratch/NAME (scratch)."""
+    args = p.parse_args(argv)
+    return args, scratch(args.data, name)
 
 
 def scratch(data: Path, name: str) -> Path:

@@ -31,7 +31,7 @@ from engine.pool import Pool
 from tests.nbdclient import CMD_FLUSH, RawClient
 from tests.serviceproc import Served
 
-from .common import BLOCK, MiB, blockfold_cli, measure, parser, report, scratch
+from .common import BLOCK, MiB, arguments, blockfold_cli, measure, parser, report
 
 OTHER_BLOCKS = 4096             # `other`: 16 MiB, written a block at a time at random places
 MAX_WRITES = 1_000_000          # the writer's bound, whatever happens to the delete
@@ -67,17 +67,15 @@ def ms(values: list[float], q: float) -> str:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.split("\n")[0])
+    p = parser(__doc__, seed=2)
     p.add_argument("--clones", type=int, default=40_000, help="linked clones (default 40000)")
     p.add_argument("--data-mib", type=int, default=16,
                    help="MiB of data in the golden image (default 16)")
-    p.add_argument("--seed", type=int, default=2)
     p.add_argument("--op", choices=sorted(OPS), default="rm",
                    help="what is done to the golden image: rm (delete it, the default) or"
                         f" rename (to {RENAMED})")
-    args = p.parse_args(argv)
+    args, where = arguments(p, "delete", argv)
     bench, words = OPS[args.op]
-    where = scratch(args.data, "delete")
     pool_dir = where / "pool"
     image = where / "golden.raw"
     image.write_bytes(np.random.default_rng(args.seed).bytes(args.data_mib * MiB))

@@ -45,7 +45,7 @@ import numpy as np
 from engine import _native
 from engine.pool import Pool
 
-from .common import MiB, parser, report, scratch, timer, verdict
+from .common import MiB, arguments, parser, report, timer, verdict
 
 TARGET = 16
 SPARE = 0.25                 # a pool's slot files grow by a quarter of their capacity at a time
@@ -188,16 +188,14 @@ def real_pool(where, real_mib: int, seed: int) -> dict:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.split("\n")[0])
+    p = parser(__doc__, seed=2)
     p.add_argument("--blocks", type=int, default=10_000_000, help="unique blocks (default 10 M)")
     p.add_argument("--real-mib", type=int, default=256,
                    help="unique data in the real pool (default 256)")
-    p.add_argument("--seed", type=int, default=2)
-    args = p.parse_args(argv)
+    args, where = arguments(p, "memory", argv)
     n = args.blocks
     spawn = multiprocessing.get_context("spawn")
     layouts = {}
-    where = scratch(args.data, "memory")
     for kind in LAYOUTS:
         with spawn.Pool(1) as child:
             layouts[kind] = child.apply(layout, (kind, n, args.seed, str(where)))

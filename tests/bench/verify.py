@@ -41,7 +41,7 @@ from engine.errors import BlockfoldError
 from engine.fingerprint import Fingerprinter
 from engine.pool import Pool
 
-from .common import BLOCK, MiB, parser, report, scratch, timer, verdict, warm
+from .common import BLOCK, MiB, arguments, parser, report, timer, verdict, warm
 
 TARGET = 0.90
 ROUNDS = 5
@@ -127,14 +127,12 @@ def rotten_block_is_refused(pool_dir, offset: int) -> bool:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.split("\n")[0])
+    p = parser(__doc__, seed=2)
     p.add_argument("--size-mib", type=int, default=1024, help="VM size, all data (default 1024)")
     p.add_argument("--reads", type=int, default=100_000,
                    help="random 4 KiB reads per round (default 100000)")
-    p.add_argument("--seed", type=int, default=2)
-    args = p.parse_args(argv)
+    args, where = arguments(p, "verify", argv)
     size = args.size_mib * MiB
-    where = scratch(args.data, "verify")
     pool_dir = where / "pool"
     fill(pool_dir, size, args.seed)
     warm([pool_dir / DATA_FILE])

@@ -168,6 +168,17 @@ def test_without_the_etcd_binary_cluster_up_is_one_line_with_nothing_made(tmp_pa
     ("http://127.0.0.1:1,http://root:s3/cret@127.0.0.1:2", "etcd endpoint"
      " 'http://root:***@127.0.0.1:2' names a user: etcd's authentication is not supported; use"
      " http://HOST:PORT"),
+    # The rest of the URL was dropped without a word: etcd3gw asks http://HOST:PORT/v3/...
+    ("http://127.0.0.1:2379?x", "etcd endpoint 'http://127.0.0.1:2379?x' has a query: use"
+                                " http://HOST:PORT"),
+    ("http://127.0.0.1:2379/?", "etcd endpoint 'http://127.0.0.1:2379/?' has a query: use"
+                                " http://HOST:PORT"),
+    ("http://127.0.0.1:2379#frag", "etcd endpoint 'http://127.0.0.1:2379#frag' has a fragment:"
+                                   " use http://HOST:PORT"),
+    ("http://127.0.0.1:2379/v3?x#y", "etcd endpoint 'http://127.0.0.1:2379/v3?x#y' has a path,"
+                                     " a query and a fragment: use http://HOST:PORT"),
+    ("http://127.0.0.1:1,http://127.0.0.1:2/etcd", "etcd endpoint 'http://127.0.0.1:2/etcd'"
+                                                   " has a path: use http://HOST:PORT"),
 ])
 def test_an_etcd_that_does_not_answer_or_a_bad_url_is_one_line_with_nothing_made(
         tmp_path, url, said):

@@ -8,6 +8,7 @@ and the newer writer is this test's own process, as an operator's console or a C
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -26,6 +27,7 @@ from textual.widgets import Label
 
 from console.app import BlockfoldApp
 from console.clock import FixedClock
+from console.commands import console_admin
 from console.pilot import settle
 from engine import api
 from engine.api import PoolLockedError
@@ -534,6 +536,40 @@ def test_a_fenced_service_stopped_before_it_took_its_cluster_back_commits_nothin
             assert admin.read("disk", BLOCK, len(disk) - BLOCK) == disk[BLOCK:]
     with cluster.open() as admin:
         assert admin.fsck() == []
+
+
+def test_a_console_serving_its_cluster_is_refused_as_the_socket_is_while_fenced(make_cluster,
+                                                                               tmp_path):
+    """A console that serves the cluster it opened calls the service's Admin in its own
+    process, not through the socket: while fenced it is refused the same calls, in the same
+    line (it read the fenced state: the VMs as they were before the newer writer's commits),
+    and its reporting still answers. Fenced and taken back by the coordinator's own code, its
+    healer held still so that it does not race the test."""
+    cluster, disk = _cluster_with_disk(make_cluster, tmp_path, 1, 49)
+    args = argparse.Namespace(cluster=str(cluster.path), pool=None, service=None,
+                              read_only=False)
+    with console_admin(args, "console") as admin:
+        first = admin.inner
+        first._stop.set()
+        first._healer.join(10)
+        first._stop.clear()
+        first._give_up_lease()
+        said = admin.fenced()
+        assert said.startswith("fenced: ")
+        for name, call in (("vms", admin.vms), ("read", partial(admin.read, "disk", 0, BLOCK)),
+                           ("clone", partial(admin.clone, "disk", "copy")),
+                           ("start_scrub", admin.start_scrub)):
+            with pytest.raises(RefusedError) as refused:
+                call()
+            assert str(refused.value) == f"{name} refused: {said}"
+        assert admin.stats().fenced == said and admin.stats().vms == []
+        assert [n.state for n in admin.nodes()] == ["up"] * 3
+        assert admin.jobs() == []
+        first._hand_over(first._retake())
+        assert admin.fenced() == "" and admin.vm_names() == ["disk"]
+        assert admin.read("disk", 0, len(disk)) == disk
+    with cluster.open() as admin:
+        assert admin.vm_names() == ["disk"] and admin.fsck() == []
 
 
 def test_a_take_back_lets_the_replaced_coordinator_go_and_the_service_closes_the_new_one(

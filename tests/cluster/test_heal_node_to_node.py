@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import numpy as np
 
-from engine import api
+from engine import api, formats
 from engine.blockids import block_ids
 from engine.fingerprint import Fingerprinter
 from engine.net import rpc
@@ -66,6 +66,37 @@ def test_a_heal_after_node_fail_goes_from_node_to_node(make_cluster, tmp_path):
         assert healed > 8 << 20
         # Every healed byte through the coordinator would be twice `healed` (in, then out).
         assert through_here < healed / 20
+        assert admin.fsck() == []
+        assert admin.read("a", 0, len(data)) == data
+
+
+def test_a_heal_that_waits_reports_the_copies_of_all_its_passes(make_cluster, tmp_path):
+    """`heal --wait` that takes two passes (a node failed while it ran: the blocks it held are
+    short only after the first pass chose its blocks) reports the copies every pass made; it
+    reported its last pass's alone, fewer than the blocks it healed."""
+    cluster = make_cluster(nodes=5, replicas=3, repair_delay=LATER)
+    data = image(tmp_path / "a.raw", 8, seed=35)
+    stay = ("node2", "node3", "node4")
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        admin.fail_node("node1")
+        live = admin.pool.blocks.live()
+        # With node5 gone too, every live block ends with a copy on each node left: the copies
+        # the heal must make onto them, whichever pass makes them.
+        needed = sum(int((~np.isin(live, _held(cluster, name))).sum()) for name in stay)
+        failed = []
+
+        def progress(_):
+            if not failed:      # within the first pass
+                failed.append(True)
+                admin.fail_node("node5")
+
+        figures = admin.heal(wait=True, progress=progress)
+        assert failed and figures.under_replicated == 0 and figures.unreachable == 0
+        assert all(np.isin(live, _held(cluster, name)).all() for name in stay)
+        assert figures.copied >= needed > 0, (figures, needed)
+        healed = [e["message"] for e in admin.pool.events() if e["kind"] == "heal"]   # newest first
+        assert healed[0].startswith(f"heal ended: {formats.count(figures.copied)} copies made")
         assert admin.fsck() == []
         assert admin.read("a", 0, len(data)) == data
 
@@ -197,39 +228,72 @@ def test_heal_wait_with_every_target_full_stops_and_says_so(make_cluster, tmp_pa
         assert admin.read("a", 0, len(data)) == data     # short of copies, nothing lost
 
 
+def _live_ids(admin) -> np.ndarray:
+    blocks = admin.pool.blocks
+    with blocks._rows.lock:
+        return blocks._rows.ids_at(blocks._rows.live_rows())
+
+
+def _copy_counted(admin, ids, have, need):
+    """The heal's handoff.copy(ids, have, need) with the ids each COPY named counted (an id
+    for two targets twice): (made, left, notes, [ids named per COPY])."""
+    handoff = admin.pool.blocks._healer.handoff
+    asked = []
+    call_many = handoff.members.call_many
+
+    def counted(requests, *args, **kw):     # heartbeats call it too, from their thread
+        asked.extend(len(payload) // 8 for kind, _, payload in requests.values()
+                     if kind == rpc.COPY)
+        return call_many(requests, *args, **kw)
+
+    handoff.members.call_many = counted
+    try:
+        return (*handoff.copy(ids, have, need), asked)
+    finally:
+        del handoff.members.call_many
+
+
 def test_a_holder_with_more_than_one_copy_request_may_gather_is_asked_in_rounds(make_cluster,
                                                                               tmp_path):
     # One COPY naming over rpc.MAX_GATHER bytes of blocks is refused whole (BAD_REQUEST):
-    # the handoff splits a holder's work into rounds, counting every id over every target.
+    # the handoff splits a holder's work into rounds.
     cluster = make_cluster(nodes=2, replicas=2, repair_delay=LATER)
     rng = np.random.default_rng(71)
     data = rng.integers(0, 256, ((rpc.MAX_GATHER >> 12) + 300) * 4096, np.uint8).tobytes()
     (tmp_path / "a.raw").write_bytes(data)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-        blocks = admin.pool.blocks
-        with blocks._rows.lock:
-            ids = blocks._rows.ids_at(blocks._rows.live_rows())
+        ids = _live_ids(admin)
         assert len(ids) * 4096 > rpc.MAX_GATHER
         # node1 sends every block to node2, which holds them already (SAME): one holder, one
         # target, more ids than one COPY may carry.
         have = np.zeros((len(ids), 2), bool)
         have[:, 0] = True
-        need = ~have
-        handoff = blocks._healer.handoff
-        asked = []
-        call_many = handoff.members.call_many
-
-        def counted(requests, *args, **kw):     # heartbeats call it too, from their thread
-            asked.extend(len(payload) // 8 for kind, _, payload in requests.values()
-                         if kind == rpc.COPY)
-            return call_many(requests, *args, **kw)
-
-        handoff.members.call_many = counted
-        try:
-            made, left, notes = handoff.copy(ids, have, need)
-        finally:
-            del handoff.members.call_many
+        made, left, notes, asked = _copy_counted(admin, ids, have, ~have)
         assert notes == []
         assert made[:, 1].all() and not left.any()
         assert asked == [rpc.MAX_GATHER >> 12, len(ids) - (rpc.MAX_GATHER >> 12)]
+
+
+def test_a_copy_round_counts_an_id_for_two_targets_once_as_the_node_does(make_cluster,
+                                                                        tmp_path):
+    """The node reads an id named for two targets once, and bounds a COPY by its distinct ids:
+    a round of MAX_GATHER bytes of distinct blocks for two targets each is taken whole (no
+    BAD_REQUEST), and a heal to two targets takes the rounds its distinct ids need, not twice
+    as many (it counted each id once per target)."""
+    cluster = make_cluster(nodes=3, replicas=3, repair_delay=LATER)
+    cap = rpc.MAX_GATHER >> 12
+    rng = np.random.default_rng(72)
+    (tmp_path / "a.raw").write_bytes(rng.integers(0, 256, (cap + 300) * 4096,
+                                                  np.uint8).tobytes())
+    with cluster.open() as admin:
+        admin.import_image("a", str(tmp_path / "a.raw"))
+        ids = _live_ids(admin)
+        assert len(ids) > cap
+        # node1 sends every block to node2 and node3, which hold them already (SAME).
+        have = np.zeros((len(ids), 3), bool)
+        have[:, 0] = True
+        made, left, notes, asked = _copy_counted(admin, ids, have, ~have)
+        assert notes == []
+        assert made[:, 1:].all() and not left.any()
+        assert asked == [2 * cap, 2 * (len(ids) - cap)]

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from engine import api
 from engine.api import BlockfoldError, PoolLockedError, connect_service, formats
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
@@ -111,6 +112,23 @@ def test_cluster_down_is_refused_while_a_service_serves_the_cluster(make_cluster
         s = Served(["-c", str(cluster.path)])
         forced = cli_json("cluster", "down", cluster.path, "--force")
         assert not any(n["running"] for n in forced["nodes"])
+    finally:
+        s.kill()
+
+
+def test_api_cluster_down_is_refused_while_a_service_serves_the_cluster(make_cluster):
+    """The refusal is the API's, so the console and scripts have it as the CLI does: the
+    service would go on serving a cluster with no nodes, every call failing."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    s = Served(["-c", str(cluster.path)])
+    try:
+        with pytest.raises(BlockfoldError, match=f"^cluster {cluster.path} is served by pid"
+                                                 f" {s.proc.pid}: stop that service first"):
+            api.cluster_down(cluster.path)
+        assert all(n["running"] for n in api.cluster_status(cluster.path)["nodes"])
+        assert len(cli_json("-c", cluster.path, "node", "ls")) == 1     # still served
+        forced = api.cluster_down(cluster.path, force=True)
+        assert forced and not any(n["running"] for n in forced)
     finally:
         s.kill()
 
