@@ -268,6 +268,38 @@ def _attached(admin, name: str):
     return None
 
 
+def test_a_forced_refresh_leaves_nothing_the_detached_client_had_in_flight(pool_dir, golden,
+                                                                           serve):
+    """`vm refresh --force` under fio (depth 8): once it returns, the desktop reads as its
+    golden image. Writes the dropped client had sent used to land after the refresh, in about
+    half the tries."""
+    s = serve("--nbd", "127.0.0.1:0")
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
+    for _ in range(4):
+        fio = subprocess.Popen(["fio", "--name=w", "--ioengine=nbd", f"--uri={s.uri('desk')}",
+                                "--rw=randwrite", "--bs=4k", "--size=4M", "--iodepth=8",
+                                "--time_based", "--runtime=60"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while _own(pool_dir, "desk") < 256:     # fio is writing
+                assert time.monotonic() < deadline
+            run_cli("-p", pool_dir, "vm", "refresh", "desk", "-y", "--force", check=True)
+            fio.wait(timeout=30)        # its connection was dropped: it ends
+        finally:
+            fio.kill()
+            fio.wait()
+        assert _own(pool_dir, "desk") == 0
+        with find_service(pool_dir) as admin:
+            assert admin.read("desk", 0, len(golden)) == golden
+    s.stop()
+
+
+def _own(pool_dir, name: str) -> int:
+    """Blocks VM `name` holds alone, as `vm info --json` says."""
+    return cli_json("-p", pool_dir, "vm", "info", name)["stats"]["unique_blocks"] or 0
+
+
 def test_sigterm_drains_and_the_next_open_is_not_a_crash(pool_dir, golden, serve, tmp_path):
     s = serve("--nbd", "127.0.0.1:0")
     subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",

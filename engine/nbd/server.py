@@ -174,11 +174,12 @@ class NBDServer:
             return [c.peer for c in self.transmitting() if c.export == name]
 
     def detach(self, name: str) -> None:
-        """Drops every connection to export `name` at once, as if its network had failed."""
+        """Drops every connection to export `name` at once, as if its network had failed, and
+        returns once their threads have ended: a write a client had in flight lands before the
+        caller's edit (a forced refresh or rollback), never after it."""
         with self.lock:
             attached = [c for c in self.transmitting() if c.export == name]
-        for connection in attached:
-            connection.handle.abort()
+        _drop(attached)
 
 
 def _drop(connections: list[Connection]) -> int:

@@ -37,7 +37,8 @@ class Attachments(Protocol):
         """The clients attached to VM `name` (HOST:PORT of each NBD connection)."""
 
     def detach(self, name: str) -> None:
-        """Drops every client of VM `name` at once, as if its connection broke."""
+        """Drops every client of VM `name` at once, as if its connection broke; returns once
+        nothing they sent can still land."""
 
     def changes(self) -> int:
         """How many changes (writes, trims, rotten blocks found) its clients have made."""
