@@ -43,7 +43,7 @@ COMMANDS: list[Command] = [
             writes=True),
     Command("d", "delete", "Delete VM", "delete the selected VM, after confirmation", "vms",
             writes=True),
-    Command("i", "import_image", "Import image", "import a raw disk image file as a new VM",
+    Command("i", "import_image", "Import image", "import a raw, qcow2, vmdk, vhdx or vdi image",
             "vms", writes=True),
     # Off the key bar, which has no room left at 80 columns: `?` and the palette list them.
     Command("s", "take_snapshot", "Snapshot VM", "name the selected VM's state now, to roll "
@@ -52,10 +52,11 @@ COMMANDS: list[Command] = [
             "vms", writes=True, footer=False),
     Command("slash", "filter", "Filter", "filter blocks: vm NAME, refs>=2, refs 2-5, fp PREFIX",
             "blocks"),
+    # A rebuild writes: it reclaims orphans and drops corrupt blocks (a read-only login is refused).
     Command("f", "rebuild(False)", "Fast rebuild", "rebuild the RAM metadata from stored "
-            "fingerprints", "rebuild", bar="Fast"),
+            "fingerprints", "rebuild", writes=True, bar="Fast"),
     Command("F", "rebuild(True)", "Full rebuild", "rebuild by re-reading and re-hashing every "
-            "block", "rebuild", bar="Full"),
+            "block", "rebuild", writes=True, bar="Full"),
     Command("escape", "cancel", "Cancel", "cancel the running rebuild", "rebuild"),
     Command("x", "fail_node", "Fail node", "kill the selected node's process, after "
             "confirmation", "nodes", writes=True),

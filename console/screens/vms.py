@@ -163,7 +163,7 @@ class VMsPane(PoolPane):
                             failed=lambda: box.remove_class("running"))
 
         self.app.push_screen(PromptDialog("Import image", [
-            ("path", "Raw image file", ""), ("name", "New VM name", "")], ok="Import"),
+            ("path", "Disk image file", ""), ("name", "New VM name", "")], ok="Import"),
             submitted)
 
     def on_task_progress(self, message: TaskProgress) -> None:

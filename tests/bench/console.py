@@ -142,7 +142,7 @@ def main() -> int:
             t.keys("2")
             t.wait("Blockfold · VMs")
             t.keys("i")
-            t.wait("Raw image file")
+            t.wait("Disk image file")
             name = f"import-{os.getpid()}"      # the pool is kept between runs
             for keys in ("import.raw", "Enter", name, "Enter"):
                 t.keys(keys)

@@ -124,6 +124,9 @@ async def test_read_only_hides_and_refuses_writes(make_app, admin):
             await pilot.pause(0.05)
         assert any("VMs" in text for text in shown)
         assert not any(word in text for text in shown for word in ("Delete", "Clone", "Import"))
+        last = admin.last_rebuild()
+        await press(pilot, "escape", "4", "f", "F")      # a rebuild writes: hidden too
+        assert app.pane.MODE == "rebuild" and admin.last_rebuild() == last
     assert len(admin.vm_names()) == 4
 
 
