@@ -43,8 +43,11 @@ def image(path, mib: int, seed: int) -> bytes:
 
 @pytest.fixture
 def golden(pool_dir, tmp_path) -> bytes:
+    """VM golden (4 MiB), imported in this process as a CLI would (its actor): a CLI costs 1 to 5
+    s a test, and `vm import` through the service is the first test's."""
     data = image(tmp_path / "golden.raw", 4, 1)
-    run_cli("-p", pool_dir, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
+    with LocalAdmin.open(pool_dir, actor=getpass.getuser()) as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
     return data
 
 
