@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from engine.api import create_pool
 from engine.pool import Pool
 from tests.conftest import cli_json, run_cli
 from tests.terminal import Terminal
@@ -44,9 +45,8 @@ def make_image(path, blocks: int, seed: int, holes: bool = False) -> bytes:
 
 @pytest.fixture
 def pool(tmp_path):
-    path = tmp_path / "pool"
-    run_cli("pool", "init", path, check=True)
-    return path
+    """An empty pool, made in this process (the tests of `pool init` run it as a CLI)."""
+    return create_pool(tmp_path / "pool")
 
 
 @pytest.mark.parametrize("offset, at", [("4K", 4096), ("1M", 1 << 20), ("1.5KiB", 1536),

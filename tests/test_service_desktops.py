@@ -30,11 +30,13 @@ def raw(path, seed: int, size: int = SIZE) -> bytes:
 
 @pytest.fixture
 def desktops(pool_dir, tmp_path):
-    """golden (imported), and VMs a, b (its clones, written over NBD) and idle (one to delete)."""
+    """golden (imported), and VMs a, b (its clones, written over NBD) and idle (one to delete);
+    made in this process (four CLIs cost seconds: the tests' own commands run as CLIs)."""
     golden = raw(tmp_path / "golden.raw", 1)
-    run_cli("-p", pool_dir, "vm", "import", "golden", tmp_path / "golden.raw", check=True)
-    for name in ("a", "b", "idle"):
-        run_cli("-p", pool_dir, "vm", "clone", "golden", name, check=True)
+    with LocalAdmin.open(pool_dir) as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        for name in ("a", "b", "idle"):
+            admin.clone("golden", name)
     return golden
 
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from engine.api import LocalAdmin
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
 from tests.terminal import Terminal
@@ -26,16 +27,20 @@ def blocks(*fill: int) -> bytes:
 
 @pytest.fixture(params=["direct", "served"])
 def cli(request, pool_dir, tmp_path):
-    """blockfold -p POOL ARGS, checked; with a service holding the pool for the 'served' run."""
-    served = Served(["-p", str(pool_dir)]) if request.param == "served" else None
+    """blockfold -p POOL ARGS, checked, on a pool holding golden (blocks 1 1 2 0), golden2
+    (3 3 3 3) and desk-1..3 cloned from golden; with a service holding the pool for the 'served'
+    run. The pool is filled in this process, before the service starts (three CLIs cost 1 to 5 s
+    a test, and what they would do is not what these tests check)."""
     (tmp_path / "golden.raw").write_bytes(blocks(1, 1, 2, 0))
     (tmp_path / "golden2.raw").write_bytes(blocks(3, 3, 3, 3))
+    with LocalAdmin.open(pool_dir) as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        admin.import_image("golden2", str(tmp_path / "golden2.raw"))
+        admin.clone("golden", "desk", count=3)
+    served = Served(["-p", str(pool_dir)]) if request.param == "served" else None
 
     def run(*args, check=True, **kw):
         return run_cli("-p", pool_dir, *args, check=check, **kw)
-    run("vm", "import", "golden", tmp_path / "golden.raw")
-    run("vm", "import", "golden2", tmp_path / "golden2.raw")
-    run("vm", "clone", "golden", "desk", "--count", "3")
     yield run
     if served is not None:
         assert "Traceback" not in served.stop()

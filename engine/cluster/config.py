@@ -1,7 +1,7 @@
 """A cluster directory: cluster.json (the nodes, their pinned host keys, R, min_replicas, the
-repair delay, where its etcd is), the admin key pair every node authorises, the peer key pair
-every node holds and authorises (for copies from node to node: engine.node.peers), and the data
-dirs of local nodes (and of its etcd member).
+repair delay, the write lease's length, where its etcd is), the admin key pair every node
+authorises, the peer key pair every node holds and authorises (for copies from node to node:
+engine.node.peers), and the data dirs of local nodes (and of its etcd member).
 
 cluster.json is rewritten whole through a temporary file and a rename, so a crash never leaves
 half of it.
@@ -10,6 +10,7 @@ half of it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import BlockfoldError
 CONFIG_FILE = "cluster.json"
 ADMIN_KEY = "admin_key"
 PEER_KEY = "peer_key"
+LEASE_SECONDS = 10.0
 
 
 @dataclass
@@ -53,6 +55,10 @@ class ClusterConfig:
     replicas: int = 2
     min_replicas: int = 1
     repair_delay: float = 0.0
+    # Seconds a writer's lease outlives its last heartbeat: how long a writer that stopped
+    # (SIGSTOP, a partition) keeps another out. Shorter fails over sooner, and risks a writer
+    # that a loaded host kept from its heartbeats losing its lease (heartbeats every 0.5 s).
+    lease_seconds: float = LEASE_SECONDS
     nodes: list[NodeEntry] = field(default_factory=list)
     etcd: EtcdEntry | None = None   # None: a cluster without etcd (made before it, or --etcd none)
 
@@ -96,6 +102,10 @@ class ClusterConfig:
         if not all(isinstance(n.name, str) and isinstance(n.address, str) for n in nodes):
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: a node without"
                                  " a name or address")
+        lease = config.lease_seconds
+        if type(lease) not in (int, float) or not (math.isfinite(lease) and lease > 0):
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: lease_seconds"
+                                 f" must be a positive number of seconds, not {lease!r}")
         return config
 
     @classmethod

@@ -31,7 +31,6 @@ from .placement import node_seed
 HEARTBEAT_INTERVAL = 0.5
 DOWN_AFTER_MISSES = 3
 SUSPECT_TIMEOUT = 2.0       # a request to a node already judged suspect or down waits this long
-LEASE_SECONDS = 10.0
 
 
 class NodeState(enum.StrEnum):
@@ -232,7 +231,7 @@ class Members:
         """Heartbeats, all at once: a node that does not answer delays no other. Refreshes the
         figures; a down node that answers becomes returning. {node: figures or exception}"""
         nodes = range(len(self.nodes)) if nodes is None else nodes
-        header = {"holder": self.holder, "lease": LEASE_SECONDS} if self.holder else {}
+        header = {"holder": self.holder, "lease": self.config.lease_seconds} if self.holder else {}
         replies = self.call_many(dict.fromkeys(nodes, (rpc.HEARTBEAT, header, b"")),
                                  timeout=2.0, mark=False)
         return {i: self._beat(i, reply) for i, reply in replies.items()}
@@ -311,7 +310,8 @@ class Members:
     def _lease(self, nodes: list[int], replace: dict | None = None) -> dict:
         """Sends LEASE to `nodes` (replacing the holder `replace` names per node);
         {node: RemoteError} of those where another writer holds it."""
-        header = {"holder": self.holder, "process": self.process, "seconds": LEASE_SECONDS}
+        header = {"holder": self.holder, "process": self.process,
+                  "seconds": self.config.lease_seconds}
         replies = self.call_many({i: (rpc.LEASE, dict(header, replace=(replace or {}).get(i)),
                                       b"") for i in nodes})
         return {i: r for i, r in replies.items()
@@ -320,7 +320,7 @@ class Members:
     def lease_on(self, i: int) -> bool:
         """Takes our lease on one node (a node that restarted has forgotten it)."""
         reply = self.call(i, rpc.LEASE, {"holder": self.holder, "process": self.process,
-                                         "seconds": LEASE_SECONDS}, timeout=5.0)
+                                         "seconds": self.config.lease_seconds}, timeout=5.0)
         return not isinstance(reply, Exception)
 
     def release_lease(self) -> None:

@@ -55,11 +55,17 @@ class Cluster:
 def make_cluster(tmp_path, etcd_url):
     made = []
 
-    def make(nodes=3, replicas=2, **kw):
+    def make(nodes=3, replicas=2, lease_seconds=None, **kw):
+        """api.cluster_up's cluster; `lease_seconds` is put in its cluster.json (every writer
+        that opens it from then on takes leases that long)."""
         path = tmp_path / f"cluster{len(made)}"
         made.append(path)
         kw.setdefault("etcd", etcd_url or "none")
         api.cluster_up(path, nodes=nodes, replicas=replicas, **kw)
+        if lease_seconds is not None:
+            config = ClusterConfig.load(path)
+            config.lease_seconds = lease_seconds
+            config.save()
         return Cluster(path)
 
     yield make

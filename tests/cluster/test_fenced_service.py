@@ -42,6 +42,9 @@ from tests.serviceproc import Served
 from .conftest import image
 
 BLOCK = 4096
+# The clusters' write lease (cluster.json; 10 s by default): every test here waits for a stopped
+# writer's lease to run out, once or twice. Eight heartbeats' worth: a loaded host still renews it.
+LEASE = 4.0
 
 
 def _cli(cluster, *args) -> str:
@@ -119,7 +122,7 @@ def _take_over(cluster, seconds: float = 30.0):
             return cluster.open(actor="operator")
         except PoolLockedError:
             assert time.monotonic() < deadline, "the stopped service's lease never ran out"
-            time.sleep(1.0)
+            time.sleep(0.25)
 
 
 @contextmanager
@@ -143,8 +146,9 @@ def _newer_writer(cluster, served):
 
 
 def _cluster_with_disk(make_cluster, tmp_path, mib: int, seed: int):
-    """A 3-node R=2 cluster holding VM "disk" (`mib` MiB of random bytes); (cluster, bytes)."""
-    cluster = make_cluster(nodes=3, replicas=2)
+    """A 3-node R=2 cluster (leases of LEASE s) holding VM "disk" (`mib` MiB of random bytes);
+    (cluster, bytes)."""
+    cluster = make_cluster(nodes=3, replicas=2, lease_seconds=LEASE)
     disk = image(tmp_path / "disk.raw", mib, seed=seed)
     with cluster.open() as admin:
         admin.import_image("disk", str(tmp_path / "disk.raw"))
@@ -297,7 +301,7 @@ def _promise_and_die(cluster) -> None:
         except PoolLockedError:
             members.close()
             assert time.monotonic() < deadline, "the stopped service's lease never ran out"
-            time.sleep(1.0)
+            time.sleep(0.25)
     try:
         ReplicatedCatalog.load(members, cluster.config.min_replicas, BLOCK, writable=True)
     finally:

@@ -3,6 +3,7 @@ move onto it by placement."""
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from engine import api
 from ..conftest import run_cli
 
 from .conftest import image
+
+READY_WAIT = 60.0       # seconds `node serve` may take to say ready
 
 
 def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
@@ -23,16 +26,15 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
     far = tmp_path / "far-node"
     far.mkdir()
     (far / "authorized_keys").write_text(cluster.config.admin_public_key())
-    started = time.monotonic()
     node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
                              str(far), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
                             text=True)
     try:
-        line = node.stdout.readline().strip()
-        assert line.startswith("ready 127.0.0.1:")
-        # About 0.45 s on an idle machine (interpreter start included); the bound leaves room
-        # for a shared, busy 2-core box running the suite two-wide.
-        assert time.monotonic() - started < 3.0
+        # Ready, within a bound no loaded machine reaches; how soon is tests/bench/nodestart.py's
+        # figure (about 0.45 s on an idle machine).
+        said, _, _ = select.select([node.stdout], [], [], READY_WAIT)
+        line = node.stdout.readline().strip() if said else ""
+        assert line.startswith("ready 127.0.0.1:"), f"not ready within {READY_WAIT:.0f} s: {line!r}"
         address = line.split()[1]
         row = api.cluster_add(cluster.path, address, name="far")
         assert row["host_key"] == (far / "host_key.pub").read_text().strip()

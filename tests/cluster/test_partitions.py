@@ -74,12 +74,17 @@ class Site:
         self.procs: list[subprocess.Popen] = []
         self.served: list[Served] = []
 
-    def start(self, nodes: int, replicas: int, hosts: tuple[str, ...]) -> None:
+    def start(self, nodes: int, replicas: int, hosts: tuple[str, ...],
+              lease_seconds: float | None = None) -> None:
+        """`lease_seconds`: the writers' leases (cluster.json's; 10 s unless given)."""
         net, tmp_path = self.net, self.tmp
         for host in (*[f"n{k}" for k in range(1, nodes + 1)], *hosts):
             net.add(host)
         self.config = ClusterConfig.create(tmp_path / "cluster", replicas, min(2, replicas),
                                            4096, 0.0)
+        if lease_seconds is not None:
+            self.config.lease_seconds = lease_seconds
+            self.config.save()
         for k in range(1, nodes + 1):
             self._start_node(k)
         for k in range(1, nodes + 1):       # joined from the first coordinator host
@@ -181,6 +186,11 @@ def few_blocks(path, seed: int, distinct: int = 4, blocks: int = 64) -> bytes:
     return data
 
 
+# The leases of the tests that wait for a cut-off writer's lease to run out on the other side:
+# the same path as with the default 10 s, sooner. (The flapping link keeps 10 s: its cuts of up
+# to 4.5 s must not let its writer's lease lapse.)
+LEASE = 4.0
+
 # What the writer w cannot reach, and for how long (s): single links and two at once (w in a
 # minority), some shorter than the 2 s a node gets before it is judged, some longer; the last
 # minority lasts long enough that a flush must fail in it.
@@ -253,7 +263,7 @@ def test_a_cut_off_writer_is_fenced_and_the_majority_keeps_every_acknowledged_wr
     B and three nodes on the other. A's flushes fail, a new writer on its side is refused in
     one line, a reader there still reads; B writes; after the heal A stays fenced, and a fresh
     open finds every write either acknowledged, and fsck clean."""
-    s = site(nodes=5, replicas=3, hosts=("a", "b"))
+    s = site(nodes=5, replicas=3, hosts=("a", "b"), lease_seconds=LEASE)
     ca, ca2, cb = s.cluster("a"), s.cluster("a2"), s.cluster("b")
     vm1 = bytearray(few_blocks(tmp_path / "vm1.raw", seed=1))
     vm2 = few_blocks(tmp_path / "vm2.raw", seed=2)
@@ -325,7 +335,7 @@ def test_a_fenced_writer_takes_the_cluster_back_once_the_newer_writer_closes(sit
     takes the cluster and writes, the partition heals and A is fenced; once B closes, A takes
     the cluster back by itself, within a bounded time, reopened from the newest catalog: it
     serves B's writes, and writes again, with nobody restarting it."""
-    s = site(nodes=5, replicas=3, hosts=("a", "b"))
+    s = site(nodes=5, replicas=3, hosts=("a", "b"), lease_seconds=LEASE)
     ca, cb = s.cluster("a"), s.cluster("b")
     vm1 = bytearray(few_blocks(tmp_path / "vm1.raw", seed=3))
     a = s.serve("a", ca)
