@@ -52,7 +52,7 @@ HANDSHAKE_DEADLINE_S = 10.0
 HANDSHAKE_DEADLINE_ENV = "BLOCKFOLD_NBD_HANDSHAKE_S"
 # Out of files: files kept to accept clients and refuse them with a message, and how long each
 # may haggle (so clients that say nothing take no more than RESERVE_FILES / REFUSAL_S per second).
-RESERVE_FILES = 8
+RESERVE_FILES = 16
 REFUSAL_S = 1.0
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 # Open files kept for everything but transmitting connections: the pool's files and sqlite's,
