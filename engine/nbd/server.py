@@ -17,7 +17,8 @@ starts and when clients are accepted again.
 
 A connection must have chosen its export within HANDSHAKE_DEADLINE_S of its accept (a refused
 NBD_OPT_GO starts it again), or it is closed and logged: a port scanner or a stuck client would
-hold its file forever. A transmitting connection has no deadline: a desktop may idle for hours.
+hold its file forever (told in a line per DEADLINE_LOG_S). A transmitting connection has no
+deadline: a desktop may idle for hours.
 
 Once handed over, a connection belongs to its thread, which closes it when done: nothing in
 Python is woken per connection that ends (a thousand desktops leaving at once would fill the event
@@ -54,6 +55,8 @@ HANDSHAKE_DEADLINE_ENV = "BLOCKFOLD_NBD_HANDSHAKE_S"
 # may haggle (so clients that say nothing take no more than RESERVE_FILES / REFUSAL_S per second).
 RESERVE_FILES = 16
 REFUSAL_S = 1.0
+# Connections closed at the deadline: the first is told, the others in a line each this often.
+DEADLINE_LOG_S = 10.0
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 # Open files kept for everything but transmitting connections: the pool's files and sqlite's,
 # a cluster's SSH channels, and clients still negotiating (they hold a socket before their GO).
@@ -114,6 +117,7 @@ class NBDServer:
         self._refusing: set[asyncio.Task] = set()
         self._refused = 0                   # clients refused so, in this burst
         self._starved = False               # out of files, and told so
+        self._untold: int | None = None     # closed at the deadline since the last line
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
 
@@ -229,6 +233,28 @@ class NBDServer:
             except OSError:
                 return
 
+    def timed_out(self, peer: str) -> None:
+        """A connection was closed at the handshake deadline: the first is told; those after
+        it are counted and told in one line every DEADLINE_LOG_S (a port scanner's thousands
+        would flood stderr)."""
+        if self._untold is not None:
+            self._untold += 1
+            return
+        self.log(f"{peer}: no export chosen within {self.handshake_deadline:g} s; closing the"
+                 " connection")
+        self._untold = 0
+        asyncio.get_running_loop().call_later(DEADLINE_LOG_S, self._tell_timed_out)
+
+    def _tell_timed_out(self, again: bool = True) -> None:
+        """Tells how many were closed since the last line; `again`: and counts on."""
+        untold, self._untold = self._untold, None
+        if untold:
+            self.log(f"{untold} more {'connection' if untold == 1 else 'connections'} closed:"
+                     f" no export chosen within {self.handshake_deadline:g} s")
+        if untold and again:
+            self._untold = 0
+            asyncio.get_running_loop().call_later(DEADLINE_LOG_S, self._tell_timed_out)
+
     def release(self, connection: Connection) -> None:
         """A connection that never reached transmission is closed: forget it."""
         with self.lock:
@@ -261,6 +287,7 @@ class NBDServer:
         await asyncio.gather(*(c.task for c in connections if c.handle is None),
                              return_exceptions=True)
         await asyncio.to_thread(drain, [c for c in connections if c.handle is not None])
+        self._tell_timed_out(again=False)
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
     def fenced(self) -> int:
@@ -345,8 +372,7 @@ class Connection:
         except (ClientGone, OSError):   # (TimeoutError is one)
             # The client went away, or its socket failed: nothing more to answer.
             if self.deadline.expired():
-                self.server.log(f"{self.peer}: no export chosen within"
-                                f" {self.server.handshake_deadline:g} s; closing the connection")
+                self.server.timed_out(self.peer)
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
