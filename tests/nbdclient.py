@@ -7,6 +7,7 @@ the specification (doc/proto.md of NetworkBlockDevice/nbd) and not against its o
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
@@ -50,13 +51,15 @@ def tool(*args, timeout=60) -> subprocess.CompletedProcess:
 class Server:
     """`blockfold -p POOL nbd serve --listen 127.0.0.1:0` (-c: a cluster's) as a subprocess."""
 
-    def __init__(self, pool_dir: Path, *extra: str, cluster: bool = False, preexec_fn=None):
+    def __init__(self, pool_dir: Path, *extra: str, cluster: bool = False, preexec_fn=None,
+                 env: dict[str, str] | None = None):
+        """`env`: variables set for the server on top of this process's."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "console", "-c" if cluster else "-p", str(pool_dir), "nbd",
              "serve",
              "--listen", "127.0.0.1:0", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=preexec_fn)
+            preexec_fn=preexec_fn, env={**os.environ, **(env or {})})
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("ready 127.0.0.1:"):

@@ -11,7 +11,8 @@ Fixed newstyle only. The options served:
 - NBD_OPT_ABORT. Anything else (STARTTLS, EXTENDED_HEADERS, ...) gets NBD_REP_ERR_UNSUP.
 
 A malformed option gets NBD_REP_ERR_INVALID and haggling goes on; only what breaks the framing
-(a bad magic, unknown client flags, an option over 64 KiB) drops the connection.
+(a bad magic, unknown client flags, an option over 64 KiB) drops the connection. A client the
+server cannot take (out of open files) is only refused (Handshake.refuse).
 """
 
 from __future__ import annotations
@@ -66,23 +67,9 @@ class Handshake:
         Raises ClientGone, ProtocolError, OSError.
         """
         c = self.connection
-        self.pending.append(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT,
-                                                   p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
-        await self.send_pending()
-        (flags,) = p.CLIENT_FLAGS.unpack(await c.recv_exactly(p.CLIENT_FLAGS.size))
-        if flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
-            raise ProtocolError(f"unknown client flags {flags:#x}")
-        if not flags & p.FLAG_C_FIXED_NEWSTYLE:
-            raise ProtocolError("the client does not speak fixed newstyle negotiation")
-        self.no_zeroes = bool(flags & p.FLAG_C_NO_ZEROES)
+        await self.greet()
         while True:
-            magic, option, length = p.OPTION_HEADER.unpack(
-                await c.recv_exactly(p.OPTION_HEADER.size))
-            if magic != p.IHAVEOPT:
-                raise ProtocolError(f"bad option magic {magic:#x}")
-            if length > p.MAX_OPTION_DATA:
-                raise ProtocolError(f"option {option} claims {length} bytes of data")
-            data = await c.recv_exactly(length)
+            option, data = await self.next_option()
             if option == p.OPT_ABORT:
                 self.reply(option, p.REP_ACK)
                 await self.send_pending()
@@ -98,6 +85,48 @@ class Handshake:
                     return False        # this option has no error reply: drop the connection
                 self.pending[-1] = p.option_reply(option, p.REP_ERR_POLICY, refusal.encode())
             await self.send_pending()
+
+    async def refuse(self, why: str) -> None:
+        """Negotiates only to refuse (the server cannot serve this client now): every option gets
+        NBD_REP_ERR_POLICY with `why` until the client gives up; NBD_OPT_ABORT is acknowledged,
+        and NBD_OPT_EXPORT_NAME, which has no error reply, ends it (the caller closes).
+
+        Raises ClientGone, ProtocolError, OSError.
+        """
+        await self.greet()
+        while True:
+            option, _ = await self.next_option()
+            if option == p.OPT_EXPORT_NAME:
+                return
+            if option == p.OPT_ABORT:
+                self.reply(option, p.REP_ACK)
+                await self.send_pending()
+                return
+            self.reply(option, p.REP_ERR_POLICY, why)
+            await self.send_pending()
+
+    async def greet(self) -> None:
+        """Sends the greeting and takes the client's flags."""
+        self.pending.append(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT,
+                                                   p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES))
+        await self.send_pending()
+        (flags,) = p.CLIENT_FLAGS.unpack(
+            await self.connection.recv_exactly(p.CLIENT_FLAGS.size))
+        if flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
+            raise ProtocolError(f"unknown client flags {flags:#x}")
+        if not flags & p.FLAG_C_FIXED_NEWSTYLE:
+            raise ProtocolError("the client does not speak fixed newstyle negotiation")
+        self.no_zeroes = bool(flags & p.FLAG_C_NO_ZEROES)
+
+    async def next_option(self) -> tuple[int, bytes]:
+        """The client's next option and its data."""
+        c = self.connection
+        magic, option, length = p.OPTION_HEADER.unpack(await c.recv_exactly(p.OPTION_HEADER.size))
+        if magic != p.IHAVEOPT:
+            raise ProtocolError(f"bad option magic {magic:#x}")
+        if length > p.MAX_OPTION_DATA:
+            raise ProtocolError(f"option {option} claims {length} bytes of data")
+        return option, await c.recv_exactly(length)
 
     async def option(self, option: int, data: bytes) -> Session | None:
         """Answers one option; returns the session if it enters transmission."""

@@ -9,7 +9,16 @@ native core's own (engine/nbd/transmission.py) that blocks on its socket without
 no pool of threads to run out of: idle desktops cost a thread and a socket each, and every
 connection is served. The one limit is the open-file limit (the server raises its soft limit to
 the hard one): past it, a client is refused at NBD_OPT_GO with NBD_REP_ERR_POLICY and a message,
-and the refusal is logged.
+and the refusal is logged. Should the process run out of files all the same (a limit lowered
+under it, clients that hold connections open without negotiating), RESERVE_FILES are kept in
+reserve: one is given up to accept the next client, which is refused with a message
+(Handshake.refuse, within REFUSAL_S), then taken back; the burst is logged in two lines, when it
+starts and when clients are accepted again.
+
+A connection must have chosen its export within HANDSHAKE_DEADLINE_S of its accept (a refused
+NBD_OPT_GO starts it again), or it is closed and logged: a port scanner or a stuck client would
+hold its file forever (told in a line per DEADLINE_LOG_S). A transmitting connection has no
+deadline: a desktop may idle for hours.
 
 Once handed over, a connection belongs to its thread, which closes it when done: nothing in
 Python is woken per connection that ends (a thousand desktops leaving at once would fill the event
@@ -20,6 +29,9 @@ the next time the server looks at them.
 from __future__ import annotations
 
 import asyncio
+import errno
+import math
+import os
 import resource
 import socket
 import sys
@@ -29,11 +41,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import _native
+from ..errors import BlockfoldError
 from . import protocol as p
 from .handshake import ClientGone, Handshake, ProtocolError, Session
 from .transmission import transmit
 
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
+# How long a client has, from its accept, to choose its export; BLOCKFOLD_NBD_HANDSHAKE_S (seconds)
+# sets another (tests).
+HANDSHAKE_DEADLINE_S = 10.0
+HANDSHAKE_DEADLINE_ENV = "BLOCKFOLD_NBD_HANDSHAKE_S"
+# Out of files: files kept to accept clients and refuse them with a message, and how long each
+# may haggle (so clients that say nothing take no more than RESERVE_FILES / REFUSAL_S per second).
+RESERVE_FILES = 16
+REFUSAL_S = 1.0
+# Connections closed at the deadline: the first is told, the others in a line each this often.
+DEADLINE_LOG_S = 10.0
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 # Open files kept for everything but transmitting connections: the pool's files and sqlite's,
 # a cluster's SSH channels, and clients still negotiating (they hold a socket before their GO).
 RESERVED_FILES = 256
@@ -42,6 +66,21 @@ TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p
                       | p.FLAG_SEND_WRITE_ZEROES
                       # one pool behind every connection: a flush on one covers writes on all
                       | p.FLAG_CAN_MULTI_CONN)
+
+
+def handshake_deadline() -> float:
+    """HANDSHAKE_DEADLINE_S, or the seconds BLOCKFOLD_NBD_HANDSHAKE_S gives (BlockfoldError if
+    they are not a number over 0)."""
+    given = os.environ.get(HANDSHAKE_DEADLINE_ENV)
+    if given is None:
+        return HANDSHAKE_DEADLINE_S
+    try:
+        value = float(given)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:
+        raise BlockfoldError(f"{HANDSHAKE_DEADLINE_ENV}={given!r}: give a number of seconds over 0")
+    return value
 
 
 def connection_limit() -> int:
@@ -73,6 +112,12 @@ class NBDServer:
         self.lock = threading.Lock()    # connections: the service asks from its admin threads
         self.connections: set[Connection] = set()
         self.max_transmitting = 0       # set by start()
+        self.handshake_deadline = handshake_deadline()
+        self._reserve: list[int] = []       # files given up to refuse clients when out of them
+        self._refusing: set[asyncio.Task] = set()
+        self._refused = 0                   # clients refused so, in this burst
+        self._starved = False               # out of files, and told so
+        self._untold: int | None = None     # closed at the deadline since the last line
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
 
@@ -82,6 +127,7 @@ class NBDServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listens on host:port (0: any free port) and returns the address actually bound."""
         self.max_transmitting = connection_limit()
+        self._fill_reserve()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=1024)
         self._listener.setblocking(False)
@@ -92,6 +138,7 @@ class NBDServer:
     async def start_unix(self, path: str) -> str:
         """Listens on a Unix socket at `path` (an export for this process's own tools)."""
         self.max_transmitting = connection_limit()
+        self._fill_reserve()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(64)
@@ -104,10 +151,18 @@ class NBDServer:
         while True:
             try:
                 sock, peer = await loop.sock_accept(self._listener)
-            except OSError as e:        # out of file descriptors, say: wait, then go on serving
-                self.log(f"cannot accept a connection: {e.strerror or e}")
-                await asyncio.sleep(0.5)
-                continue
+            except OSError as e:
+                if e.errno not in OUT_OF_FILES:     # out of memory, say: wait, then serve on
+                    self.log(f"cannot accept a connection: {e.strerror or e}")
+                    await asyncio.sleep(0.5)
+                    continue
+                # (Linux takes the file before it looks for a client: this is no sign of one.)
+                if (accepted := await self._accept_out_of_files(e)) is None:
+                    continue
+                sock, peer = accepted
+            if self._starved:
+                self._starved = False
+                self.log(f"accepting clients again; {self._refused} refused while out of files")
             # Replies go out in one send per batch; Nagle would hold the next one for an ACK.
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,6 +170,90 @@ class NBDServer:
             with self.lock:
                 self.connections.add(connection)
             connection.task = asyncio.create_task(connection.serve())
+
+    async def _accept_out_of_files(self, error: OSError) -> tuple[socket.socket, object] | None:
+        """Out of files: once a client waits, a reserve file is given up to accept it (at once:
+        nothing else may take the file meanwhile, the admin socket's accepts say); the client is
+        refused with a message (_refuse), and the file taken back once it is closed. Returns the
+        client only if files were freed meanwhile (it is served). Without a reserve file free,
+        waits a moment."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if not self._starved:
+            self._starved, self._refused = True, 0
+            self.log(f"cannot accept a connection: {error.strerror} (limit {limit}): refusing"
+                     " new clients until files are freed")
+        await self._client_waits()
+        self._fill_reserve()
+        if not self._reserve:
+            await asyncio.sleep(0.1)
+            return None
+        os.close(self._reserve.pop())
+        try:
+            sock, peer = self._listener.accept()
+        except OSError:                 # the client left meanwhile
+            self._fill_reserve()
+            return None
+        sock.setblocking(False)
+        self._fill_reserve()
+        if len(self._reserve) == RESERVE_FILES:
+            return sock, peer           # there is room again
+        self._refused += 1
+        task = asyncio.create_task(self._refuse(sock, peer, limit))
+        self._refusing.add(task)
+        task.add_done_callback(self._refusing.discard)
+        return None
+
+    async def _client_waits(self) -> None:
+        """Returns once a client waits to be accepted (the listener reads ready)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self._listener.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+    async def _refuse(self, sock: socket.socket, peer, limit: int) -> None:
+        why = f"the server is out of open files (limit {limit}): try again later"
+        try:
+            async with asyncio.timeout(REFUSAL_S):
+                await Handshake(Connection(self, sock, peer)).refuse(why)
+        except (ClientGone, ProtocolError, OSError):
+            pass    # it went, broke the protocol or took too long: closed all the same
+        finally:
+            sock.close()
+            self._fill_reserve()
+
+    def _fill_reserve(self) -> None:
+        """Opens reserve files up to RESERVE_FILES, as many as can be had."""
+        while len(self._reserve) < RESERVE_FILES:
+            try:
+                self._reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    def timed_out(self, peer: str) -> None:
+        """A connection was closed at the handshake deadline: the first is told; those after
+        it are counted and told in one line every DEADLINE_LOG_S (a port scanner's thousands
+        would flood stderr)."""
+        if self._untold is not None:
+            self._untold += 1
+            return
+        self.log(f"{peer}: no export chosen within {self.handshake_deadline:g} s; closing the"
+                 " connection")
+        self._untold = 0
+        asyncio.get_running_loop().call_later(DEADLINE_LOG_S, self._tell_timed_out)
+
+    def _tell_timed_out(self, again: bool = True) -> None:
+        """Tells how many were closed since the last line; `again`: and counts on."""
+        untold, self._untold = self._untold, None
+        if untold:
+            self.log(f"{untold} more {'connection' if untold == 1 else 'connections'} closed:"
+                     f" no export chosen within {self.handshake_deadline:g} s")
+        if untold and again:
+            self._untold = 0
+            asyncio.get_running_loop().call_later(DEADLINE_LOG_S, self._tell_timed_out)
 
     def release(self, connection: Connection) -> None:
         """A connection that never reached transmission is closed: forget it."""
@@ -135,7 +274,12 @@ class NBDServer:
     async def close(self) -> None:
         """Stops listening, answers what each client already sent, then drops the connections."""
         self._accepting.cancel()
+        for task in self._refusing:
+            task.cancel()
+        await asyncio.gather(self._accepting, *self._refusing, return_exceptions=True)
         self._listener.close()
+        while self._reserve:
+            os.close(self._reserve.pop())
         with self.lock:
             connections = list(self.connections)
         for connection in connections:
@@ -143,6 +287,7 @@ class NBDServer:
         await asyncio.gather(*(c.task for c in connections if c.handle is None),
                              return_exceptions=True)
         await asyncio.to_thread(drain, [c for c in connections if c.handle is not None])
+        self._tell_timed_out(again=False)
         self.admin_calls.shutdown(wait=True)    # an Admin call in a thread cannot be cancelled
 
     def fenced(self) -> int:
@@ -211,6 +356,7 @@ class Connection:
         self.task: asyncio.Task | None = None               # the negotiation, on the loop
         self.handle: _native.Transmission | None = None     # the transmission, once handed over
         self.export: str | None = None                      # the VM it transmits on, from then
+        self.deadline: asyncio.Timeout | None = None        # the handshake's, while it runs
 
     def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
@@ -222,9 +368,12 @@ class Connection:
     async def serve(self) -> None:
         handed_over = False
         try:
-            handed_over = await Handshake(self).run()
-        except (ClientGone, OSError):
-            pass    # the client went away, or its socket failed: nothing more to answer
+            async with asyncio.timeout(self.server.handshake_deadline) as self.deadline:
+                handed_over = await Handshake(self).run()
+        except (ClientGone, OSError):   # (TimeoutError is one)
+            # The client went away, or its socket failed: nothing more to answer.
+            if self.deadline.expired():
+                self.server.timed_out(self.peer)
         except ProtocolError as e:
             self.server.log(f"{self.peer}: {e}; closing the connection")
         finally:
@@ -269,4 +418,6 @@ class Connection:
                     self.handle, self.export = handle, session.export.name
                     return None
         server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
+        # Told to try again later, it may, on this connection: its deadline starts again.
+        self.deadline.reschedule(asyncio.get_running_loop().time() + server.handshake_deadline)
         return why

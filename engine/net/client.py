@@ -13,30 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import threading
 
 import asyncssh
 
 from ..errors import BlockfoldError
-from . import rpc
+from . import asynciolog, rpc
 
 CONNECT_TIMEOUT = 3.0
 USERNAME = "blockfold"
 CONTROL = {rpc.HELLO, rpc.HEARTBEAT, rpc.LEASE, rpc.RELEASE}    # the control channel's requests
 
 
-class _LostWrites(logging.Filter):
-    """asyncio warns "socket.send() raised exception." for every write to a transport whose peer
-    is gone but whose close it has not yet delivered; asyncssh writes a big request as hundreds of
-    packets, so one dead node floods stderr. The loss itself reaches the caller as
-    NodeUnreachable."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "socket.send() raised exception."
-
-
-logging.getLogger("asyncio").addFilter(_LostWrites())
+asynciolog.quieten()     # a dead node's lost writes would flood stderr
 
 
 class NodeUnreachable(Exception):

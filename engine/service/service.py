@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BlockfoldError, CancelledError
+from ..net import asynciolog
 from ..net.adminwire import SOCKET
 from . import socketfile
 from .metrics import Metrics
@@ -84,6 +85,7 @@ class Service:
         made)."""
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        asynciolog.quieten()    # the admin socket at the open-file limit: one line, not a flood
         bound = {}
         try:
             if self.metrics_address or self.nbd_address:
