@@ -246,7 +246,8 @@ def vm_clone(admin, args, bar) -> int:
     with ctrl_c_cancels() as cancel:
         names = admin.clone(args.source, args.new, args.count, progress=bar, cancel=cancel)
     text = (f"cloned {args.source} to {names[0]}" if len(names) == 1
-            else f"cloned {args.source} to {names[0]} … {names[-1]} ({len(names)} VMs)")
+            else f"cloned {args.source} to {names[0]} … {names[-1]}"
+                 f" ({formats.count(len(names))} VMs)")
     emit(args, {"source": args.source, "clones": names}, text)
     return 0
 
@@ -342,14 +343,14 @@ def vm_info(admin, args, bar) -> int:
     lines = [
         f"name            {v.name}",
         f"size            {formats.size(v.size)} ({v.size} bytes)",
-        f"logical         {formats.size(v.logical_bytes)} ({v.logical_blocks} blocks)",
+        f"logical         {formats.size(v.logical_bytes)} ({_count(v.logical_blocks)} blocks)",
         f"own blocks      {_count(v.unique_blocks)}",
         f"shared blocks   {_count(v.shared_blocks)}",
         f"chain depth     {v.depth}",
         f"origin          {v.origin or '-'}"
         + ("" if info.refreshable or not v.origin else " (not refreshable)"),
-        f"clones          {len(info.clones)}" + (f" ({_names(info.clones)})" if info.clones
-                                                  else ""),
+        f"clones          {formats.count(len(info.clones))}"
+        + (f" ({_names(info.clones)})" if info.clones else ""),
         f"snapshots       {snaps}",
         f"attached        {', '.join(info.attached) or '-'}",
     ]
@@ -458,7 +459,8 @@ def vm_rebase(admin, args, bar) -> int:
     # refuses it.
     orphan = not args.all_of and not admin.vm_info(names[0]).refreshable
     admin.vm_size(golden)
-    what = names[0] if len(names) == 1 else f"{len(names)} desktops ({_names(names)})"
+    what = (names[0] if len(names) == 1
+            else f"{formats.count(len(names))} desktops ({_names(names)})")
     keep = "keeping" if args.keep_writes else "dropping"
     if not orphan and not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own"
                                           " writes?"):

@@ -102,8 +102,8 @@ def latency(ms: float | None) -> str:
 
 
 def ratio(r: float | None) -> str:
-    """A dedup ratio: "4.20x"."""
-    return UNKNOWN if r is None else f"{r:.2f}x"
+    """A dedup ratio: "4.20x", "49,152,000.00x"."""
+    return UNKNOWN if r is None else f"{r:,.2f}x"
 
 
 def when(ts: float | None, now: float, tz: tzinfo | None = None) -> str:

@@ -223,7 +223,8 @@ class Pool:
         message = f"repair: {computed} fingerprints computed again from the data"
         if len(lost):
             shown = ", ".join(map(str, lost[:10])) + (" …" if len(lost) > 10 else "")
-            message += f"; {len(lost)} blocks whose data is gone are corrupt (slots {shown})"
+            message += (f"; {formats.count(len(lost))} blocks whose data is gone are corrupt"
+                        f" (slots {shown})")
         self._repaired = message
 
     @property
@@ -698,7 +699,7 @@ class Pool:
         def plan():
             empty = self.core.is_empty(self.graph.vm(golden).top)
             return self.graph.plan_rebase(names, golden, empty, keep_writes)
-        label = names[0] if len(names) == 1 else f"{len(names)} VMs"
+        label = names[0] if len(names) == 1 else f"{formats.count(len(names))} VMs"
         self._collecting(plan, "rebase", f"rebased {label} onto {golden}"
                          + (" keeping their writes" if keep_writes else ""))
 

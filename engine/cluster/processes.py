@@ -55,6 +55,7 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple
         if not text.startswith("ready ") and error is None:
             log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
             last = log_tail.splitlines()[-1] if log_tail else "no output"
+            last = last.removeprefix("blockfold: error: ")     # ours adds its own
             error = BlockfoldError(f"node {entry.name} did not start: {last}")
         results.append((proc.pid, text.split(" ", 1)[-1]))
     for proc in procs:
