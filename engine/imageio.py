@@ -228,6 +228,13 @@ class _Output:
                     self.position += n
                 view = view[n:]
 
+    def start(self, size: int) -> None:
+        """A file takes its size first: one its file system cannot hold (ext4 past 16 TiB) is
+        refused before any of the disk is read."""
+        if self.sparse:
+            with self._naming_errors():
+                os.ftruncate(self.fd, size)
+
     def finish(self, size: int) -> None:
         if self.sparse:
             with self._naming_errors():
@@ -273,6 +280,7 @@ def open_output(dest, size: int):
         try:
             # A device's unwritten bytes are not zeros, and /dev/null has no size to set.
             out = _Output(fd, sparse=stat.S_ISREG(os.fstat(fd).st_mode), name=dest)
+            out.start(size)
             yield out
             out.finish(size)
         finally:

@@ -591,6 +591,16 @@ class Pool:
         except (_native.NativeError, OSError) as e:
             raise self.data_error(e) from None
 
+    def next_mapped(self, name: str, lbn: int) -> int | None:
+        """The first LBN at or after `lbn` whose block is stored (None: none, to the end), in
+        time proportional to the table pages of the VM's layers, not to the LBNs skipped.
+        Raises VMNotFoundError."""
+        self.graph.vm(name)
+        try:
+            return self.core.next_mapped(name, lbn)
+        except (_native.NativeError, OSError) as e:
+            raise self.data_error(e) from None
+
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
         """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""
         return self.core.lookup(self.graph.vm(name).top, lbn, count)
@@ -937,14 +947,21 @@ class Pool:
         chunk = IMPORT_CHUNK_BLOCKS * bs
         meter = Meter(progress, "export", size, unit_bytes=1)
         with imageio.open_output(dest, size) as out:
-            for offset in range(0, size, chunk):
+            offset = 0
+            while offset < size:
+                # Chunks with no block behind them are jumped, all at once: a hole of any size
+                # costs what the pages around it do, not its length.
+                lbn = self.next_mapped(name, offset // bs)
+                if lbn is None or lbn * bs >= size:
+                    break
+                offset = max(offset, lbn * bs - lbn * bs % chunk)
                 n = min(chunk, size - offset)
-                if self.addresses(name, offset // bs, -(-n // bs)).any():
-                    data = self.read(name, offset, n)
-                    # What reads as zeros is a hole: zero blocks never take a slot.
-                    whole = np.frombuffer(data + bytes(-n % bs), np.uint64)
-                    out.write_blocks(offset, data, whole.reshape(-1, bs // 8).any(axis=1), bs)
-                meter.done = offset + n
+                data = self.read(name, offset, n)
+                # What reads as zeros is a hole: zero blocks never take a slot.
+                whole = np.frombuffer(data + bytes(-n % bs), np.uint64)
+                out.write_blocks(offset, data, whole.reshape(-1, bs // 8).any(axis=1), bs)
+                offset += n
+                meter.done = offset
                 meter.advance(0)
         meter.finish()
 

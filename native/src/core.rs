@@ -125,6 +125,32 @@ pub struct Extent {
     pub zero: bool,
 }
 
+/// Extents being gathered over the bytes [start, end): blocks [from, to) join the last run
+/// when of its kind; a new run past `limit` is refused.
+struct Runs {
+    out: Vec<Extent>,
+    start: u64,
+    end: u64,
+    block_size: u64,
+    limit: usize,
+}
+
+impl Runs {
+    fn add(&mut self, from: u64, to: u64, zero: bool) -> bool {
+        let bytes = self.end.min(to * self.block_size) - self.start.max(from * self.block_size);
+        let full = self.out.len() >= self.limit;
+        match self.out.last_mut() {
+            Some(x) if x.zero == zero => x.length += bytes,
+            _ if full => return false,
+            _ => self.out.push(Extent {
+                length: bytes,
+                zero,
+            }),
+        }
+        true
+    }
+}
+
 /// (address, layer, LBN) of every reference, sorted; rebuilt when the tables' generation moves.
 type ReverseMap = Arc<Vec<(u64, u64, u64)>>;
 
@@ -663,34 +689,69 @@ impl<B: Backend> Core<B> {
     }
 
     /// Runs of allocated and zero blocks over the range, for NBD block status: lengths add up to
-    /// `length`. Errors: `UnknownVm`, `OutOfRange`.
-    pub fn extents(&self, name: &str, offset: u64, length: u64) -> Result<Vec<Extent>> {
+    /// `length`, or, once `limit` runs are made, to less (the last run then ends where the next
+    /// would start). Walks only the pages the VM's chain holds: a hole of any size is one step,
+    /// so the cost follows the mapped data, not the range. Errors: `UnknownVm`, `OutOfRange`.
+    pub fn extents(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        limit: usize,
+    ) -> Result<Vec<Extent>> {
         let bs = self.block_size as u64;
+        let pe = PAGE_ENTRIES as u64;
         let _pass = self.gate.enter(false);
         let st = self.state.read();
         let vm = st.vm(name)?;
         Self::check_range(name, vm, offset, length)?;
-        let mut out: Vec<Extent> = Vec::new();
+        let mut runs = Runs {
+            out: Vec::new(),
+            start: offset,
+            end: offset + length,
+            block_size: bs,
+            limit: limit.max(1),
+        };
         if length == 0 {
-            return Ok(out);
+            return Ok(runs.out);
         }
-        let first = offset / bs;
-        let last = (offset + length - 1) / bs;
-        let mut entries = vec![0u64; (last - first + 1) as usize];
-        st.tables.lookup(vm.top, first, &mut entries)?;
-        for (i, &e) in entries.iter().enumerate() {
-            let start = (first + i as u64) * bs;
-            let piece = (offset + length).min(start + bs) - offset.max(start);
-            let zero = !is_address(e);
-            match out.last_mut() {
-                Some(x) if x.zero == zero => x.length += piece,
-                _ => out.push(Extent {
-                    length: piece,
-                    zero,
-                }),
+        let stop = (offset + length - 1) / bs + 1;
+        let mut lbn = offset / bs;
+        let mut entries = [INHERIT; PAGE_ENTRIES];
+        'walk: while lbn < stop {
+            let pno = lbn / pe;
+            match st.tables.next_page_in_chain(vm.top, pno) {
+                Some(next) if next == pno => {}
+                next => {
+                    // No page of the chain until `next`: all of it reads as zeros.
+                    let to = next.map_or(stop, |n| stop.min(n * pe));
+                    if !runs.add(lbn, to, true) {
+                        break;
+                    }
+                    lbn = to;
+                    continue;
+                }
             }
+            let n = (pe - lbn % pe).min(stop - lbn) as usize;
+            st.tables.lookup(vm.top, lbn, &mut entries[..n])?;
+            for (i, &e) in entries[..n].iter().enumerate() {
+                let at = lbn + i as u64;
+                if !runs.add(at, at + 1, !is_address(e)) {
+                    break 'walk;
+                }
+            }
+            lbn += n as u64;
         }
-        Ok(out)
+        Ok(runs.out)
+    }
+
+    /// The first LBN at or after `lbn` of VM `name` whose block is stored (None: none up to the
+    /// end of its tables); see Tables::next_mapped. Errors: `UnknownVm`.
+    pub fn next_mapped(&self, name: &str, lbn: u64) -> Result<Option<u64>> {
+        let _pass = self.gate.enter(false);
+        let st = self.state.read();
+        let vm = st.vm(name)?;
+        st.tables.next_mapped(vm.top, lbn)
     }
 
     /// The visible address of `out.len()` blocks of a layer from `lbn` (0 reads as zeros).
@@ -1158,7 +1219,7 @@ mod tests {
         let c = core();
         with_vm(&c, "a", 1, None, 1 << 20);
         c.write("a", 8192, &pattern(8192, 1)).unwrap();
-        let e = c.extents("a", 100, 5 * 4096).unwrap();
+        let e = c.extents("a", 100, 5 * 4096, usize::MAX).unwrap();
         assert_eq!(
             e,
             vec![
@@ -1176,6 +1237,37 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn extents_jump_holes_through_the_chain_and_stop_at_the_limit() {
+        let c = core();
+        let size = 1u64 << 60; // an EiB: a walk over its blocks would never end
+        let far = 1u64 << 50;
+        with_vm(&c, "a", 1, None, size);
+        c.write("a", 8192, &pattern(4096, 1)).unwrap();
+        c.state_mut().tables.set_top(1, false).unwrap();
+        with_vm(&c, "b", 2, Some(1), size);
+        c.write("b", far, &pattern(4096, 2)).unwrap();
+        let run = |length, zero| Extent { length, zero };
+        assert_eq!(
+            c.extents("b", 0, size, usize::MAX).unwrap(),
+            vec![
+                run(8192, true),
+                run(4096, false),
+                run(far - 12288, true),
+                run(4096, false),
+                run(size - far - 4096, true),
+            ]
+        );
+        assert_eq!(
+            c.extents("b", 100, size - 100, 2).unwrap(),
+            vec![run(8092, true), run(4096, false)]
+        );
+        assert_eq!(c.next_mapped("b", 0).unwrap(), Some(2));
+        assert_eq!(c.next_mapped("b", 3).unwrap(), Some(far / 4096));
+        assert_eq!(c.next_mapped("b", far / 4096 + 1).unwrap(), None);
+        assert_eq!(c.next_mapped("a", 3).unwrap(), None);
     }
 
     #[test]

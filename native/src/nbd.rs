@@ -64,8 +64,12 @@ const MAX_MESSAGE: usize = 4096;
 const RECV_BYTES: usize = 256 << 10;
 /// Replies sent at once, not held until nothing more has arrived.
 const SEND_BYTES: usize = 256 << 10;
-/// The most one BLOCK_STATUS reply describes; clients ask on.
-const STATUS_SPAN: u64 = 1 << 30;
+/// The most one BLOCK_STATUS reply describes; clients ask on. Just under 4 GiB, a multiple of
+/// every block size a pool takes (4..64 KiB), so that an extent rounded up to its block's end
+/// still fits the reply's 32-bit length: a hole costs one reply per 4 GiB, whatever the VM size.
+const STATUS_SPAN: u64 = (1 << 32) - (64 << 10);
+/// The most extents one BLOCK_STATUS reply holds (512 KiB of descriptors); clients ask on.
+const STATUS_EXTENTS: usize = 1 << 16;
 const THREAD_STACK: usize = 2 << 20;
 /// Buffers a connection keeps between requests (a large READ or WRITE is let go after it).
 const KEEP_BYTES: usize = 1 << 20;
@@ -75,7 +79,7 @@ pub trait Volume: Send + Sync + 'static {
     fn read_into(&self, name: &str, offset: u64, out: &mut [u8]) -> Result<()>;
     fn write(&self, name: &str, offset: u64, data: &[u8]) -> Result<()>;
     fn trim(&self, name: &str, offset: u64, length: u64) -> Result<()>;
-    fn extents(&self, name: &str, offset: u64, length: u64) -> Result<Vec<Extent>>;
+    fn extents(&self, name: &str, offset: u64, length: u64, limit: usize) -> Result<Vec<Extent>>;
 }
 
 impl<B: Backend + Send + Sync + 'static> Volume for Core<B> {
@@ -88,8 +92,8 @@ impl<B: Backend + Send + Sync + 'static> Volume for Core<B> {
     fn trim(&self, name: &str, offset: u64, length: u64) -> Result<()> {
         Core::trim(self, name, offset, length)
     }
-    fn extents(&self, name: &str, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        Core::extents(self, name, offset, length)
+    fn extents(&self, name: &str, offset: u64, length: u64, limit: usize) -> Result<Vec<Extent>> {
+        Core::extents(self, name, offset, length, limit)
     }
 }
 
@@ -512,13 +516,15 @@ impl<'h, V: Volume, H: Host> Transmission<'h, V, H> {
             let bs = self.export.block_size;
             end = self.export.size.min(end.div_ceil(bs) * bs);
         }
-        let mut extents = self
+        let extents = self
             .volume
-            .extents(&self.export.name, r.offset, end - r.offset)
+            .extents(
+                &self.export.name,
+                r.offset,
+                end - r.offset,
+                if one { 1 } else { STATUS_EXTENTS },
+            )
             .map_err(|e| self.host.failure(e))?;
-        if one {
-            extents.truncate(1);
-        }
         self.chunk_header(
             r.cookie,
             REPLY_TYPE_BLOCK_STATUS,
@@ -724,7 +730,7 @@ mod tests {
             self.0.lock()[offset as usize..(offset + length) as usize].fill(0);
             Ok(())
         }
-        fn extents(&self, _: &str, _: u64, length: u64) -> Result<Vec<Extent>> {
+        fn extents(&self, _: &str, _: u64, length: u64, _: usize) -> Result<Vec<Extent>> {
             Ok(vec![Extent {
                 length,
                 zero: false,

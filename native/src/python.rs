@@ -721,8 +721,14 @@ impl PyCore {
         offset: u64,
         length: u64,
     ) -> PyResult<Vec<(u64, bool)>> {
-        let runs = detached!(self, py, |c| c.extents(name, offset, length))?;
+        let runs = detached!(self, py, |c| c.extents(name, offset, length, usize::MAX))?;
         Ok(runs.into_iter().map(|e| (e.length, e.zero)).collect())
+    }
+
+    /// The first LBN at or after `lbn` of VM `name` that reads from a block (None: none does, to
+    /// the end): a walk that skips holes in time proportional to the pages the VM's layers hold.
+    fn next_mapped(&self, py: Python<'_>, name: &str, lbn: u64) -> PyResult<Option<u64>> {
+        detached!(self, py, |c| c.next_mapped(name, lbn))
     }
 
     /// Stops new data ops and waits for those in flight (a structural edit follows).

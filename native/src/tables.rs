@@ -240,6 +240,27 @@ impl Tables {
         next
     }
 
+    /// The first LBN at or after `lbn` whose entry, as `layer` shows it, names a block (None:
+    /// none does). Visits only the pages the chain holds (next_page_in_chain), one page lookup
+    /// each, so a hole of any size costs what the pages around it do. Errors: unknown layer.
+    pub fn next_mapped(&self, layer: u64, lbn: u64) -> Result<Option<u64>> {
+        let pe = PAGE_ENTRIES as u64;
+        let mut buf = [INHERIT; PAGE_ENTRIES];
+        let mut lbn = lbn;
+        loop {
+            let Some(pno) = self.next_page_in_chain(layer, lbn / pe) else {
+                return Ok(None);
+            };
+            lbn = lbn.max(pno * pe);
+            let n = (pe - lbn % pe) as usize;
+            self.lookup(layer, lbn, &mut buf[..n])?;
+            if let Some(i) = buf[..n].iter().position(|&e| is_address(e)) {
+                return Ok(Some(lbn + i as u64));
+            }
+            lbn = (pno + 1) * pe;
+        }
+    }
+
     pub fn is_empty(&self, layer: u64) -> bool {
         self.layers.get(&layer).is_none_or(|l| l.pages.is_empty())
     }
