@@ -380,7 +380,7 @@ def vm_rename(admin, args, bar) -> int:
     arg("--force", action="store_true", help="allow shrinking (what lies past the new end is"
         " lost; asks on a terminal), and detach NBD clients first")])
 def vm_resize(admin, args, bar) -> int:
-    size = _size(args.size)
+    size = api.check_vm_size(_size(args.size))     # a size refused is not warned about first
     old = admin.vm_size(args.name)
     shrink = size < old
     if shrink:

@@ -46,6 +46,7 @@ from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesErr
                      RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
+from .names import check_vm_size
 from .progress import Meter, ProgressCallback, core_callback
 from .reserve import Reserve, disk_full
 
@@ -68,14 +69,6 @@ SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 SCRUB_PACE_S = 0.1          # under a rate, a scrub reads this long's worth of blocks at a time
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
-MAX_VM_BYTES = (1 << 63) - 1    # the catalog's largest INTEGER (sqlite), and qemu's largest disk
-
-
-def _check_vm_size(size: int) -> None:
-    """Raises OutOfRangeError for a VM size (bytes) the catalog cannot hold."""
-    if not 0 < size <= MAX_VM_BYTES:
-        raise OutOfRangeError(f"bad VM size {size}: it must be from 1 byte to "
-                              f"{formats.size(MAX_VM_BYTES)}")
 
 
 class Pool:
@@ -529,7 +522,7 @@ class Pool:
 
     def create_vm(self, name: str, size: int) -> None:
         """An empty VM of `size` bytes. Raises BadNameError, VMExistsError, OutOfRangeError."""
-        _check_vm_size(size)
+        check_vm_size(size)
         with self._changing():
             self._edit(lambda: self.graph.plan_create(name, size))
 
@@ -748,7 +741,7 @@ class Pool:
         """Grows the VM to `size` bytes (the new part reads as zeros), or shrinks it: what lies
         past the new end is trimmed first, so growing again later shows zeros there.
         Raises VMNotFoundError, OutOfRangeError (size not positive, or past MAX_VM_BYTES)."""
-        _check_vm_size(size)
+        check_vm_size(size)
         old = self.graph.vm(name).size
         if size < old:
             self.trim(name, size, old - size)

@@ -38,3 +38,14 @@ def test_shrinking_an_enormous_sparse_vm_is_quick_and_keeps_what_stays(tmp_path)
     run_cli("-p", pool, "vm", "export", "a", out, check=True)
     assert out.read_bytes() == image.read_bytes()
     assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_a_size_no_vm_can_have_is_refused_before_any_shrink_warning(tmp_path):
+    """`vm resize a 0 --force -y` warned that the shrink cut off all of VM a, then refused 0."""
+    pool, _ = _pool_with_vm(tmp_path)
+    for force in ((), ("--force", "-y")):
+        proc = run_cli("-p", pool, "vm", "resize", "a", "0", *force)
+        assert proc.returncode == 1
+        assert proc.stderr_text == ("blockfold: error: bad VM size 0: it must be from 1 byte to"
+                                    " 8.0 EiB\n")
+    assert cli_json("-p", pool, "vm", "info", "a")["stats"]["size"] == 64 * 1024
