@@ -383,14 +383,15 @@ def vm_resize(admin, args, bar) -> int:
     size = api.check_vm_size(_size(args.size))     # a size refused is not warned about first
     old = admin.vm_size(args.name)
     shrink = size < old
+    exact = formats.exact_size
     if shrink:
         if not args.force:
-            raise BlockfoldError(f"{formats.size(size)} is smaller than VM {args.name}"
-                                 f" ({formats.size(old)}): shrinking cuts off its last"
-                                 f" {formats.size(old - size)} (allow it with --force)")
-        warning = (f"shrinking VM {args.name} from {formats.size(old)} to {formats.size(size)}"
-                   f" cuts off its last {formats.size(old - size)} (bytes {size} to {old - 1}):"
-                   " whatever a filesystem keeps there is lost")
+            raise BlockfoldError(f"{exact(size)} is smaller than VM {args.name} ({exact(old)}):"
+                                 f" shrinking cuts off its last {exact(old - size)};"
+                                 " allow it with --force")
+        warning = (f"shrinking VM {args.name} from {exact(old)} to {exact(size)} cuts off its"
+                   f" last {exact(old - size)} (bytes {size} to {old - 1}): whatever a"
+                   " filesystem keeps there is lost")
         print(f"blockfold: warning: {warning}", file=sys.stderr)
         if not confirmed(args, "Shrink it?"):
             print("not resized", file=sys.stderr)
@@ -398,7 +399,7 @@ def vm_resize(admin, args, bar) -> int:
     detaching(args, f"Resize VM {args.name}",
               lambda force: admin.resize(args.name, size, shrink=shrink, force=force))
     emit(args, {"name": args.name, "old_size": old, "size": size},
-         f"resized {args.name} from {formats.size(old)} to {formats.size(size)}")
+         f"resized {args.name} from {exact(old)} to {exact(size)}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Figures for people: one format for each kind, used by the CLI and by every console screen.
 
     size(1_572_864)          "1.5 MiB"      IEC units, one decimal below 100 ("512 MiB" above)
+    exact_size(4097)         "4,097 B (4.0 KiB)"   a size read exactly ("4.0 KiB" for 4096)
     count(24943)             "24,943"       always with thousands separators
     rate(3.2e9)              "3.0 GiB/s"    a size per second
     duration(0.113)          "0.11 s"       "3.2 ms", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min"
@@ -46,6 +47,16 @@ def size(n: float | None) -> str:
             return f"{n:.1f} {unit}" if abs(n) < 99.95 else f"{n:.0f} {unit}"
         n /= 1024
     raise AssertionError
+
+
+def exact_size(n: int) -> str:
+    """Bytes as `size` has them when that figure is exact ("1.5 KiB", "2.0 GiB"), else the count
+    of bytes before it: "4,097 B (4.0 KiB)". For a size an exact cut depends on (a resize)."""
+    shown = size(n)
+    figure, unit = shown.split()
+    if Fraction(figure) * 1024 ** _UNITS.index(unit) == n:
+        return shown
+    return f"{count(n)} B ({shown})"
 
 
 def count(n: int | None) -> str:

@@ -748,7 +748,8 @@ class Pool:
 
         def plan():
             edit = self.graph.plan_resize(name, size)
-            edit.events.append(("resize", f"resized {name} from {old} to {size} bytes"))
+            edit.events.append(("resize", f"resized {name} from {formats.exact_size(old)}"
+                                           f" to {formats.exact_size(size)}"))
             return edit
 
         with self._changing():
