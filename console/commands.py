@@ -765,12 +765,12 @@ def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     rate = formats.rate_over(r.bytes, r.seconds)
-    text = (f"{r.mode} rebuild: {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in "
-            f"{formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
+    text = (f"{r.mode} rebuild: {formats.counted(r.blocks, 'block')} ({formats.size(r.bytes)})"
+            f" in {formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
             f"{formats.count(len(r.corrupt_blocks))} corrupt, "
-            f"{formats.count(r.orphans_reclaimed)} orphans reclaimed")
+            f"{formats.counted(r.orphans_reclaimed, 'orphan')} reclaimed")
     if r.bad_references:
-        text += f", {formats.count(r.bad_references)} bad references"
+        text += f", {formats.counted(r.bad_references, 'bad reference')}"
     emit(args, r, text)
     if r.damage:
         print(f"blockfold: {r.damage}", file=sys.stderr)
@@ -808,8 +808,8 @@ def scrub(admin, args, bar) -> int:
         return 0
     r = admin.scrub(args.rate, bar)
     speed = formats.rate_over(r.bytes, r.seconds)
-    unit = "copies" if admin.kind == "cluster" else "blocks"    # every copy on every node
-    text = (f"scrubbed {formats.count(r.blocks)} {unit} ({formats.size(r.bytes)}) in"
+    unit = ("copy", "copies") if admin.kind == "cluster" else ("block",)  # every copy, every node
+    text = (f"scrubbed {formats.counted(r.blocks, *unit)} ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {speed}' if speed else ''};"
             + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
             + f" {formats.count(len(r.corrupt))} corrupt"

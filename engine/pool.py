@@ -1017,8 +1017,8 @@ class Pool:
         # np.unique: a cluster finds a lost block once on each node that holds it.
         corrupt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
         self._save_scrub(cursor, event=(
-            f"scrub {'finished' if finished else 'stopped'}: {formats.count(checked)}"
-            f" {getattr(self.blocks, 'scrub_unit', 'blocks')}"
+            f"scrub {'finished' if finished else 'stopped'}:"
+            f" {formats.counted(checked, *getattr(self.blocks, 'scrub_unit', ('block',)))}"
             f" ({formats.size(checked * self.block_size)}) verified in {formats.duration(seconds)},"
             f" {formats.count(len(corrupt))} corrupt"))
         if finished:
