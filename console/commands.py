@@ -381,17 +381,18 @@ def vm_rename(admin, args, bar) -> int:
     arg("--force", action="store_true", help="allow shrinking (what lies past the new end is"
         " lost; asks on a terminal), and detach NBD clients first")])
 def vm_resize(admin, args, bar) -> int:
-    size = _size(args.size)
+    size = api.check_vm_size(_size(args.size))     # a size refused is not warned about first
     old = admin.vm_size(args.name)
     shrink = size < old
+    exact = formats.exact_size
     if shrink:
         if not args.force:
-            raise BlockfoldError(f"{formats.size(size)} is smaller than VM {args.name}"
-                                 f" ({formats.size(old)}): shrinking cuts off its last"
-                                 f" {formats.size(old - size)} (allow it with --force)")
-        warning = (f"shrinking VM {args.name} from {formats.size(old)} to {formats.size(size)}"
-                   f" cuts off its last {formats.size(old - size)} (bytes {size} to {old - 1}):"
-                   " whatever a filesystem keeps there is lost")
+            raise BlockfoldError(f"{exact(size)} is smaller than VM {args.name} ({exact(old)}):"
+                                 f" shrinking cuts off its last {exact(old - size)};"
+                                 " allow it with --force")
+        warning = (f"shrinking VM {args.name} from {exact(old)} to {exact(size)} cuts off its"
+                   f" last {exact(old - size)} (bytes {size} to {old - 1}): whatever a"
+                   " filesystem keeps there is lost")
         print(f"blockfold: warning: {warning}", file=sys.stderr)
         if not confirmed(args, "Shrink it?"):
             print("not resized", file=sys.stderr)
@@ -399,7 +400,7 @@ def vm_resize(admin, args, bar) -> int:
     detaching(args, f"Resize VM {args.name}",
               lambda force: admin.resize(args.name, size, shrink=shrink, force=force))
     emit(args, {"name": args.name, "old_size": old, "size": size},
-         f"resized {args.name} from {formats.size(old)} to {formats.size(size)}")
+         f"resized {args.name} from {exact(old)} to {exact(size)}")
     return 0
 
 
@@ -766,12 +767,12 @@ def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     rate = formats.rate_over(r.bytes, r.seconds)
-    text = (f"{r.mode} rebuild: {formats.count(r.blocks)} blocks ({formats.size(r.bytes)}) in "
-            f"{formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
+    text = (f"{r.mode} rebuild: {formats.counted(r.blocks, 'block')} ({formats.size(r.bytes)})"
+            f" in {formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
             f"{formats.count(len(r.corrupt_blocks))} corrupt, "
-            f"{formats.count(r.orphans_reclaimed)} orphans reclaimed")
+            f"{formats.counted(r.orphans_reclaimed, 'orphan')} reclaimed")
     if r.bad_references:
-        text += f", {formats.count(r.bad_references)} bad references"
+        text += f", {formats.counted(r.bad_references, 'bad reference')}"
     emit(args, r, text)
     if r.damage:
         print(f"blockfold: {r.damage}", file=sys.stderr)
@@ -809,8 +810,8 @@ def scrub(admin, args, bar) -> int:
         return 0
     r = admin.scrub(args.rate, bar)
     speed = formats.rate_over(r.bytes, r.seconds)
-    unit = "copies" if admin.kind == "cluster" else "blocks"    # every copy on every node
-    text = (f"scrubbed {formats.count(r.blocks)} {unit} ({formats.size(r.bytes)}) in"
+    unit = ("copy", "copies") if admin.kind == "cluster" else ("block",)  # every copy, every node
+    text = (f"scrubbed {formats.counted(r.blocks, *unit)} ({formats.size(r.bytes)}) in"
             f" {formats.duration(r.seconds)}{f', {speed}' if speed else ''};"
             + ("" if r.repaired is None else f" {formats.count(r.repaired)} repaired,")
             + f" {formats.count(len(r.corrupt))} corrupt"

@@ -24,6 +24,7 @@ from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, Impor
                       NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
                       Snapshot, VMInfo, VMSnapshot, VMStats, plain)
 from .formats import parse_size
+from .names import check_vm_size
 
 IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
 EXPORT_FORMATS = ("raw", "qcow2", "vmdk")
@@ -37,10 +38,10 @@ __all__ = [
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
     "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
     "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
-    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "cluster_add", "cluster_down",
-    "cluster_status", "cluster_up", "connect_service", "create_pool", "default_pool_path",
-    "export_disk", "find_service", "formats", "open_cluster", "open_disk", "open_source",
-    "options", "parse_size", "plain", "serve_node",
+    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "check_vm_size", "cluster_add",
+    "cluster_down", "cluster_status", "cluster_up", "connect_service", "create_pool",
+    "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
+    "open_source", "options", "parse_size", "plain", "serve_node",
 ]
 
 

@@ -242,9 +242,9 @@ class Catalog:
         if figures["reason"] != "open" or found:
             self.log(actor if figures["reason"] == "requested" else "engine", "rebuild",
                      f"{figures['mode']} rebuild ({figures['reason']}):"
-                     f" {formats.count(figures['blocks'])} blocks,"
+                     f" {formats.counted(figures['blocks'], 'block')},"
                      f" {formats.count(len(figures['corrupt_blocks']))} corrupt,"
-                     f" {formats.count(figures['orphans_reclaimed'])} orphans reclaimed")
+                     f" {formats.counted(figures['orphans_reclaimed'], 'orphan')} reclaimed")
 
     def rebuilds(self, limit: int = 10) -> list[dict]:
         cols = ("ts", "reason", "mode", "seconds", "blocks", "bytes", "corrupt", "orphans")

@@ -1,7 +1,9 @@
 """Figures for people: one format for each kind, used by the CLI and by every console screen.
 
     size(1_572_864)          "1.5 MiB"      IEC units, one decimal below 100 ("512 MiB" above)
+    exact_size(4097)         "4,097 B (4.0 KiB)"   a size read exactly ("4.0 KiB" for 4096)
     count(24943)             "24,943"       always with thousands separators
+    counted(1, "block")      "1 block"      a count of things: "24,943 blocks", "2 copies"
     rate(3.2e9)              "3.0 GiB/s"    a size per second
     duration(0.113)          "0.11 s"       "3.2 ms", "4.2 s", "42 s", "3 min 20 s", "2 h 5 min"
     latency(0.43)            "0.43 ms"      a round trip, milliseconds
@@ -48,15 +50,31 @@ def size(n: float | None) -> str:
     raise AssertionError
 
 
+def exact_size(n: int) -> str:
+    """Bytes as `size` has them when that figure is exact ("1.5 KiB", "2.0 GiB"), else the count
+    of bytes before it: "4,097 B (4.0 KiB)". For a size an exact cut depends on (a resize)."""
+    shown = size(n)
+    figure, unit = shown.split()
+    if Fraction(figure) * 1024 ** _UNITS.index(unit) == n:
+        return shown
+    return f"{count(n)} B ({shown})"
+
+
 def count(n: int | None) -> str:
     """A whole number with thousands separators: "24,943"."""
     return UNKNOWN if n is None else f"{n:,}"
 
 
+def counted(n: int, thing: str, things: str | None = None) -> str:
+    """A count of things, singular for one: "1 block", "24,943 blocks"; `things` where the plural
+    is not thing + "s" ("copies")."""
+    return f"{count(n)} {thing if n == 1 else things or thing + 's'}"
+
+
 def no_copy_left(blocks: int, block_size: int) -> str:
     """What failing a node would cost, for its confirmation: "12 blocks (48.0 KiB) would have
     no reachable copy"."""
-    return (f"{count(blocks)} block{'' if blocks == 1 else 's'} ({size(blocks * block_size)})"
+    return (f"{counted(blocks, 'block')} ({size(blocks * block_size)})"
             " would have no reachable copy")
 
 

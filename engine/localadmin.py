@@ -98,9 +98,10 @@ class LocalAdmin(Admin):
     def resize(self, name, size, shrink=False, force=False):
         old = self.pool.vm_size(name)
         if size < old and not shrink:
-            raise RefusedError(f"{formats.size(size)} is smaller than VM {name}"
-                               f" ({formats.size(old)}): shrinking cuts off its last"
-                               f" {formats.size(old - size)} (allow it with --force)")
+            exact = formats.exact_size
+            raise RefusedError(f"{exact(size)} is smaller than VM {name} ({exact(old)}):"
+                               f" shrinking cuts off its last {exact(old - size)};"
+                               " allow it with --force")
         self.pool.resize(name, size)
 
     def vm_info(self, name):

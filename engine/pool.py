@@ -46,6 +46,7 @@ from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesErr
                      RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
+from .names import check_vm_size
 from .progress import Meter, ProgressCallback, core_callback
 from .reserve import Reserve, disk_full
 
@@ -68,14 +69,6 @@ SCRUB_SAVE_S = 5.0          # how often a scrub commits where it got to
 SCRUB_PACE_S = 0.1          # under a rate, a scrub reads this long's worth of blocks at a time
 IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
-MAX_VM_BYTES = (1 << 63) - 1    # the catalog's largest INTEGER (sqlite), and qemu's largest disk
-
-
-def _check_vm_size(size: int) -> None:
-    """Raises OutOfRangeError for a VM size (bytes) the catalog cannot hold."""
-    if not 0 < size <= MAX_VM_BYTES:
-        raise OutOfRangeError(f"bad VM size {size}: it must be from 1 byte to "
-                              f"{formats.size(MAX_VM_BYTES)}")
 
 
 class Pool:
@@ -530,7 +523,7 @@ class Pool:
 
     def create_vm(self, name: str, size: int) -> None:
         """An empty VM of `size` bytes. Raises BadNameError, VMExistsError, OutOfRangeError."""
-        _check_vm_size(size)
+        check_vm_size(size)
         with self._changing():
             self._edit(lambda: self.graph.plan_create(name, size))
 
@@ -759,14 +752,15 @@ class Pool:
         """Grows the VM to `size` bytes (the new part reads as zeros), or shrinks it: what lies
         past the new end is trimmed first, so growing again later shows zeros there.
         Raises VMNotFoundError, OutOfRangeError (size not positive, or past MAX_VM_BYTES)."""
-        _check_vm_size(size)
+        check_vm_size(size)
         old = self.graph.vm(name).size
         if size < old:
             self.trim(name, size, old - size)
 
         def plan():
             edit = self.graph.plan_resize(name, size)
-            edit.events.append(("resize", f"resized {name} from {old} to {size} bytes"))
+            edit.events.append(("resize", f"resized {name} from {formats.exact_size(old)}"
+                                           f" to {formats.exact_size(size)}"))
             return edit
 
         with self._changing():
@@ -1041,8 +1035,8 @@ class Pool:
         # np.unique: a cluster finds a lost block once on each node that holds it.
         corrupt = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
         self._save_scrub(cursor, event=(
-            f"scrub {'finished' if finished else 'stopped'}: {formats.count(checked)}"
-            f" {getattr(self.blocks, 'scrub_unit', 'blocks')}"
+            f"scrub {'finished' if finished else 'stopped'}:"
+            f" {formats.counted(checked, *getattr(self.blocks, 'scrub_unit', ('block',)))}"
             f" ({formats.size(checked * self.block_size)}) verified in {formats.duration(seconds)},"
             f" {formats.count(len(corrupt))} corrupt"))
         if finished:

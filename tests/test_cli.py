@@ -348,6 +348,21 @@ def test_figures_read_one_way_for_people(pool, tmp_path):
     assert f"{unique:,} blocks" in said and "/s" not in said
 
 
+def test_one_block_reads_as_1_block(pool, tmp_path):
+    """A pool of one block: the rebuild's and the scrub's lines and events said "1 blocks"."""
+    (tmp_path / "one.raw").write_bytes(os.urandom(BS))
+    run_cli("-p", pool, "vm", "import", "one", tmp_path / "one.raw", check=True)
+    said = run_cli("-p", pool, "rebuild", check=True).stdout_text
+    assert said.startswith("fast rebuild: 1 block (4.0 KiB) in ")
+    assert said.endswith("; 0 corrupt, 0 orphans reclaimed\n")
+    [event] = cli_json("-p", pool, "events", "--limit", "1")
+    assert event["message"] == "fast rebuild (requested): 1 block, 0 corrupt, 0 orphans reclaimed"
+    said = run_cli("-p", pool, "scrub", check=True).stdout_text
+    assert said.startswith("scrubbed 1 block (4.0 KiB) in ")
+    [event] = cli_json("-p", pool, "events", "--limit", "1")
+    assert event["message"].startswith("scrub finished: 1 block (4.0 KiB) verified in ")
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_the_progress_bar_ends_on_its_own_line(pool, tmp_path):
     """On a terminal, import shows a bar (rich.progress), and what it prints next starts a line

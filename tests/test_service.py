@@ -238,6 +238,7 @@ def test_a_read_only_login_only_looks(pool_dir, golden, serve):
 def test_an_attached_vm_is_not_deleted_or_overwritten_unless_forced(pool_dir, golden, serve):
     s = serve("--nbd", "127.0.0.1:0")
     run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
+    run_cli("-p", pool_dir, "vm", "snapshot", "desk", "s1", check=True)
     client = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "read 0 4k", "-c", "sleep 60000",
                                s.uri("desk")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -248,11 +249,14 @@ def test_an_attached_vm_is_not_deleted_or_overwritten_unless_forced(pool_dir, go
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         before = cli_json("-p", pool_dir, "vm", "ls")
-        for words in (("vm", "rm", "desk", "-y"), ("vm", "write", "desk", "--offset", "0", "-")):
+        for words, doing in ((("vm", "rm", "desk", "-y"), "deleting it"),
+                             (("vm", "write", "desk", "--offset", "0", "-"), "overwriting it"),
+                             (("vm", "rollback", "desk", "s1", "-y"), "rolling it back")):
             proc = run_cli("-p", pool_dir, *words, input=b"x")
             assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1
             assert "VM desk is attached over NBD by 127.0.0.1:" in proc.stderr_text
-            assert "--force" in proc.stderr_text
+            assert proc.stderr_text.endswith(f": {doing} would pull the disk from under them"
+                                             " (--force detaches them first)\n")
         assert cli_json("-p", pool_dir, "vm", "ls") == before
         run_cli("-p", pool_dir, "vm", "rm", "desk", "-y", "--force", check=True)
         assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]

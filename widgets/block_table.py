@@ -21,10 +21,14 @@ NODES = Col("NODES", 11)      # R names: "node1,node3"
 
 def columns(cluster: bool) -> tuple[Col, ...]:
     """VMS is how many VMs read the block; REFS its refcount, shown where the two differ; NODES
-    (a cluster's) the nodes holding its copies."""
-    return (Col("PBN", 20, numeric=True, least=10), Col("FINGERPRINT", 32, least=10),
+    (a cluster's) the nodes holding its copies.
+
+    PBN is always whole: a cluster's is a 64-bit id (up to 20 digits), an embedded pool's a slot
+    number. In 80 columns the fingerprint narrows first, to 11 hex digits (enough for the
+    filter's `fp` prefix), then READ BY; NODES stays whole."""
+    return (Col("PBN", 20 if cluster else 12, numeric=True), Col("FINGERPRINT", 32, least=12),
             Col("VMS", 5, numeric=True), Col("REFS", 5, numeric=True),
-            *((NODES,) if cluster else ()), Col("READ BY", 26, flex=True))
+            *((NODES,) if cluster else ()), Col("READ BY", 26, flex=True, least=8))
 
 
 def vm_names(names: list[str], readers: int) -> str:

@@ -6,7 +6,9 @@
   tables never take it); either way it draws its cursor as a focused table does.
 - Columns have fixed widths, so the layout does not shift as rows come and go, except one
   *flexible* column that takes the room the others leave: the table always fits its width, with
-  no sideways scrolling, and a long cell ends in "…" rather than off the edge.
+  no sideways scrolling, and a long cell ends in "…" rather than off the edge. In a table too
+  narrow for them all, the columns that may narrow (`least`) do so in their order, each as far
+  as needed and no further than its `least`, the flexible one too.
 - Numbers are right-aligned, so their digits line up; a cell too long for its column ends in "…".
 - `show_rows` redraws only what changed: nothing when a poll brings the same rows, the changed
   cells when the same rows come in the same order, and the whole table only when rows come or go;
@@ -32,10 +34,10 @@ class Col:
     numeric: bool = False
     """Right-aligned."""
     flex: bool = False
-    """Takes the room the other columns leave."""
+    """Takes the room the other columns leave (at least `width`, unless it has a `least`)."""
     least: int | None = None
     """Narrows down to this many cells when the table is too narrow for `width` (its cells then
-    end in "…")."""
+    end in "…"), after the columns before it that may narrow."""
 
 
 Cells = tuple[str | Text, ...]
@@ -78,7 +80,7 @@ class RowTable(DataTable):
                 cut = min(short, c.width - c.least)
                 widths[i] -= cut
                 short -= cut
-        return tuple(max(c.width, c.width - short) if c.flex else width
+        return tuple(width - min(short, 0) if c.flex else width
                      for c, width in zip(self.spec, widths))
 
     def _lay_out(self) -> None:

@@ -18,6 +18,10 @@ COLUMNS = (Col("NODE", 10), Col("HEALTH", 11), Col("LATENCY", 8, numeric=True),
            Col("CAPACITY", 9, numeric=True), Col("BLOCKS", 9, numeric=True),
            Col("UNDER-REPL", 10, numeric=True))
 
+# What the toast says once a fail or a restore is done.
+DONE = {"fail": "{name} failed: its process was killed",
+        "restore": "{name} restored: its process restarted"}
+
 
 class NodesPane(PoolPane):
     MODE = "nodes"
@@ -63,7 +67,7 @@ class NodesPane(PoolPane):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.app.engine(f"{verb} node {name}", lambda: call(name),
-                                lambda _: self.notify(f"{verb}: node {name}"))
+                                lambda _: self.notify(DONE[verb].format(name=name)))
 
         self.app.push_screen(ConfirmDialog(f"{verb.capitalize()} node",
                                            question.format(name=name), verb.capitalize()),

@@ -535,7 +535,8 @@ class ClusterAdmin(LocalAdmin):
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
         lifecycle.fail_node(ClusterConfig.load(self.config.path), name)
         self._etcd_read = None          # it is unregistered now: the next view reads etcd again
-        self.members.mark_down(self.members.index(name), "failed by the operator", told=True)
+        self.members.mark_failed(self.members.index(name),
+                                 f"failed by {actor}: its process was killed")
         self._record("node", f"failed {name} (its process killed)", actor)
 
     def restore_node(self, name: str) -> None:

@@ -36,7 +36,7 @@ SCRUB_NODE_SHIFT = 48       # a scrub's cursor: the node's index above, its slot
 
 class ClusterBlocks:
     rebuild_phases = ("tables", "inventory")     # as rebuild() reports them
-    scrub_unit = "copies"       # a scrub reads every copy on every node, not each block once
+    scrub_unit = ("copy", "copies")     # a scrub reads every copy on every node, not each once
     import_bytes = 16 << 20     # an import's batch: few round trips, several frames per node
 
     def __init__(self, members, config, fingerprints: Fingerprinter, collisions: int = 0):

@@ -59,6 +59,10 @@ class Member:
         self.promised = 0               # the highest epoch the node promised a writer
         self.seen = 0.0
         self.error = ""
+        # Why an operator failed it (`node fail`): its `error` while it stays down, not the
+        # refused heartbeats that follow; cleared once it is up again (caught up), not at its
+        # first answer, which may be one sent before the kill.
+        self.failed = ""
         self.was_up = False     # up at least once since we opened: its going down is news
 
 
@@ -70,6 +74,9 @@ class Members:
         self.process = ""               # our identity in it (holder.process())
         self.nodes = [Member(NodeClient(e.name, e.address, e.host_key or None,
                                            str(config.admin_key))) for e in config.nodes]
+        for node, entry in zip(self.nodes, config.nodes):
+            if entry.failed:            # by another process, before we opened
+                node.failed = node.error = "failed by an operator: its process was killed"
         # Per node, set while it is judged suspect or down: requests in flight give up on it.
         self._judged = [asyncio.Event() for _ in self.nodes]
         self.seeds = np.array([node_seed(e.name) for e in config.nodes], dtype=np.uint64)
@@ -194,10 +201,18 @@ class Members:
                 self._judge(i, NodeState.UP)
 
     def mark_down(self, i: int, error: str = "", told: bool = False) -> None:
-        """The node is down, for `error`; `told`: whoever made it so records the event."""
+        """The node is down, for `error` (unless an operator failed it: that stays the why);
+        `told`: whoever made it so records the event."""
         with self.lock:
             self._went_down(i, error, told)
-            self.nodes[i].error = error
+            self.nodes[i].error = self.nodes[i].failed or error
+
+    def mark_failed(self, i: int, why: str) -> None:
+        """An operator failed node i (its process killed): down, for `why`, until it is up
+        again. The operator records the event."""
+        with self.lock:
+            self._went_down(i, why, told=True)
+            self.nodes[i].error = self.nodes[i].failed = why
 
     def mark(self, i: int, state: NodeState) -> None:
         with self.lock:
@@ -206,6 +221,7 @@ class Members:
                 if node.was_up:
                     self._news.append(f"{node.client.name} is back up: caught up")
                 node.was_up = True
+                node.failed = ""
             self._judge(i, state)
 
     def _went_down(self, i: int, error: str, told: bool = False) -> None:

@@ -132,12 +132,14 @@ class ServedAdmin(Admin):
         return value
 
     def _unless_attached(self, name: str, force: bool, doing: str) -> None:
+        """Refuses (AttachedError) to change VM `name` while NBD clients have it, unless `force`:
+        then it detaches them. doing: what the change is, said of the VM ("rolling it back")."""
         clients = self.attachments.clients(name)
         if not clients:
             return
         if not force:
             raise AttachedError(f"VM {name} is attached over NBD by {', '.join(clients)}:"
-                                f" {doing} it would pull the disk from under them (--force"
+                                f" {doing} would pull the disk from under them (--force"
                                 " detaches them first)")
         self.attachments.detach(name)
 
@@ -152,13 +154,13 @@ class ServedAdmin(Admin):
     @_changes
     def write(self, name, offset, data, force=False):
         self.inner.vm_size(name)        # an unknown VM is told as such, not as unattached
-        self._unless_attached(name, force, "overwriting")
+        self._unless_attached(name, force, "overwriting it")
         self.inner.write(name, offset, data)
 
     @_changes
     def write_file(self, name, offset, source, force=False, progress=None, cancel=None):
         self.inner.vm_size(name)
-        self._unless_attached(name, force, "overwriting")
+        self._unless_attached(name, force, "overwriting it")
         return self.job_list.run("write", lambda p, c: self.inner.write_file(
             name, offset, source, progress=p, cancel=c), progress, cancel)
 
@@ -194,7 +196,7 @@ class ServedAdmin(Admin):
     @_changes
     def delete(self, name, force=False):
         self.inner.vm_size(name)
-        self._unless_attached(name, force, "deleting")
+        self._unless_attached(name, force, "deleting it")
         self.inner.delete(name)
 
     def clones_of(self, name): return self.inner.clones_of(name)
@@ -206,7 +208,7 @@ class ServedAdmin(Admin):
     @_changes
     def refresh(self, name, force=False):
         self.inner.vm_size(name)
-        self._unless_attached(name, force, "refreshing")
+        self._unless_attached(name, force, "refreshing it")
         self.inner.refresh(name)
 
     @_changes
@@ -215,19 +217,19 @@ class ServedAdmin(Admin):
         for name in names:
             self.inner.vm_size(name)
         for name in names:
-            self._unless_attached(name, force, "rebasing")
+            self._unless_attached(name, force, "rebasing it")
         self.inner.rebase(names, golden, keep_writes)
 
     @_changes
     def rename(self, old, new, force=False):
         self.inner.vm_size(old)
-        self._unless_attached(old, force, "renaming")
+        self._unless_attached(old, force, "renaming it")
         self.inner.rename(old, new)
 
     @_changes
     def resize(self, name, size, shrink=False, force=False):
         self.inner.vm_size(name)
-        self._unless_attached(name, force, "resizing")
+        self._unless_attached(name, force, "resizing it")
         self.inner.resize(name, size, shrink)
 
     @_changes
@@ -238,7 +240,7 @@ class ServedAdmin(Admin):
     @_changes
     def rollback(self, name, snap, force=False):
         self.inner.snapshots(name)
-        self._unless_attached(name, force, "rolling back")
+        self._unless_attached(name, force, "rolling it back")
         self.inner.rollback(name, snap)
 
     @_changes

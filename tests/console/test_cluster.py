@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from textual.notifications import Notify
 from textual.widgets import DataTable, Label
 
 from console.app import BlockfoldApp
@@ -54,6 +55,15 @@ def card(app) -> str:
     return str(app.screen.query_one(NodeCard).render())
 
 
+class Toasts(list):
+    """The toasts an app raised, in order (settle clears them from the screen): pass it as
+    run_test's message_hook."""
+
+    def __call__(self, message) -> None:
+        if isinstance(message, Notify):
+            self.append(message.notification.message)
+
+
 def etcd_title(admin) -> str:
     """What the Nodes table's title says of a healthy etcd (none without one)."""
     return " · etcd http://127.0.0.1:2379 ● healthy, 1 member" if admin.config.etcd else ""
@@ -61,8 +71,8 @@ def etcd_title(admin) -> str:
 
 async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go_on(seeded):
     admin, data = seeded
-    app = make_app(admin)
-    async with app.run_test(size=SIZE) as pilot:
+    app, toasts = make_app(admin), Toasts()
+    async with app.run_test(size=SIZE, message_hook=toasts) as pilot:
         await press(pilot, "5")
         await press(pilot, "down", "x")
         assert "Fail node node2?" in question(app)
@@ -70,6 +80,11 @@ async def test_failing_a_node_shows_it_down_and_the_pool_degraded_while_reads_go
         assert health(app, "node2") == "✖ DOWN"
         assert health(app, "node1") == "● UP" and health(app, "node3") == "● UP"
         assert "1 not up" in str(app.screen.query_one("#nodes").border_title)
+        assert toasts == ["node2 failed: its process was killed"]
+        # Its refused heartbeats do not replace why it is down (a raw socket error did).
+        admin.members.probe_all()
+        await press(pilot, "r")
+        assert "why              failed by console: its process was killed" in card(app)
         if admin.config.etcd:                   # its death was seen: its lease ended at once
             assert "etcd             ✖ not registered" in card(app)
         await press(pilot, "1")
@@ -103,8 +118,8 @@ async def test_failing_a_node_that_holds_the_only_copies_says_how_many_first(mak
 async def test_restoring_a_node_brings_it_back_and_heals(seeded):
     admin, data = seeded
     admin.fail_node("node2")
-    app = make_app(admin)
-    async with app.run_test(size=SIZE) as pilot:
+    app, toasts = make_app(admin), Toasts()
+    async with app.run_test(size=SIZE, message_hook=toasts) as pilot:
         await press(pilot, "5")
         await press(pilot, "down")
         assert health(app, "node2") == "✖ DOWN"
@@ -112,6 +127,7 @@ async def test_restoring_a_node_brings_it_back_and_heals(seeded):
         assert "Restore node node2?" in question(app)
         await press(pilot, "y")
         assert health(app, "node2") in ("● UP", "↻ RETURNING")
+        assert toasts == ["node2 restored: its process restarted"]
         for _ in range(100):                 # the node catches up in the background
             nodes = app.view.nodes
             if (all(n.state == "up" for n in nodes)
