@@ -768,6 +768,10 @@ def rebuild(admin, args, bar) -> int:
             f"{formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
             f"{formats.count(len(r.corrupt_blocks))} corrupt, "
             f"{formats.count(r.orphans_reclaimed)} orphans reclaimed")
+    if r.repaired_copies:
+        copies = "copy" if r.repaired_copies == 1 else "copies"
+        text += (f", {formats.count(r.repaired_copies)} rotten {copies} rewritten from a"
+                 " sound replica")
     if r.bad_references:
         text += f", {formats.count(r.bad_references)} bad references"
     emit(args, r, text)
