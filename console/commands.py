@@ -771,6 +771,9 @@ def rebuild(admin, args, bar) -> int:
             f" in {formats.duration(r.seconds)}{f', {rate}' if rate else ''}; "
             f"{formats.count(len(r.corrupt_blocks))} corrupt, "
             f"{formats.counted(r.orphans_reclaimed, 'orphan')} reclaimed")
+    if r.repaired_copies:
+        text += (f", {formats.counted(r.repaired_copies, 'rotten copy', 'rotten copies')}"
+                 " rewritten from a sound replica")
     if r.bad_references:
         text += f", {formats.counted(r.bad_references, 'bad reference')}"
     emit(args, r, text)
@@ -953,7 +956,9 @@ def _cluster_nodes(path: str, rows: list[dict]) -> str:
 
 @command("cluster", "add",
          json='{name, address, host_key, peer_key} of the node added',
-         help="join a node running elsewhere, pinning its host key now. For heal's copies"
+         help="join a node running elsewhere, pinning its host key now; it must let the"
+              " cluster's key in (DIR/admin_key.pub in its DATA/authorized_keys), or nothing"
+              " is added. For heal's copies"
               " from node to node, its operator puts the cluster's DIR/peer_key in the"
               " node's DATA/peer_key (mode 600) and 'restrict ' + DIR/peer_key.pub in its"
               " DATA/peer_keys; until then those copies go through the coordinator, and each"

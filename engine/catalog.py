@@ -229,8 +229,8 @@ class Catalog:
     def record_rebuild(self, figures: dict, actor: str) -> None:
         """The rebuild history row, and its event when the rebuild is news: one asked for, one
         after a crash or a rollback, or one that found something (corrupt blocks, orphans, bad
-        references, missing blocks). The rebuild every open does is not, or each CLI call
-        would log one. Inside a commit."""
+        references, missing blocks, rotten copies rewritten). The rebuild every open does is
+        not, or each CLI call would log one. Inside a commit."""
         self.conn.execute(
             "INSERT INTO rebuilds (ts, reason, mode, seconds, blocks, bytes, corrupt, orphans)"
             " VALUES (?,?,?,?,?,?,?,?)",
@@ -239,12 +239,15 @@ class Catalog:
              figures["orphans_reclaimed"]))
         found = (figures["corrupt_blocks"] or figures["orphans_reclaimed"]
                  or figures.get("bad_references") or figures.get("missing_blocks"))
-        if figures["reason"] != "open" or found:
+        rewritten = figures.get("repaired_copies")     # a cluster's full rebuild
+        if figures["reason"] != "open" or found or rewritten:
             self.log(actor if figures["reason"] == "requested" else "engine", "rebuild",
                      f"{figures['mode']} rebuild ({figures['reason']}):"
                      f" {formats.counted(figures['blocks'], 'block')},"
                      f" {formats.count(len(figures['corrupt_blocks']))} corrupt,"
-                     f" {formats.counted(figures['orphans_reclaimed'], 'orphan')} reclaimed")
+                     f" {formats.counted(figures['orphans_reclaimed'], 'orphan')} reclaimed"
+                     + (f", {formats.counted(rewritten, 'rotten copy', 'rotten copies')}"
+                        " rewritten from a sound replica" if rewritten else ""))
 
     def rebuilds(self, limit: int = 10) -> list[dict]:
         cols = ("ts", "reason", "mode", "seconds", "blocks", "bytes", "corrupt", "orphans")

@@ -323,7 +323,9 @@ class RebuildFigures:
     bytes_per_s: int
     """bytes / seconds."""
     corrupt_blocks: list[int]
-    """Addresses of blocks whose bytes no longer match their fingerprint (full mode only)."""
+    """Addresses of blocks whose bytes no longer match their fingerprint (full mode only); in a
+    cluster, those with no sound copy left on any reachable node (a rotten copy with a sound
+    replica is rewritten: repaired_copies)."""
     bad_references: int | None
     """References past the end of the data file; None for a cluster (no data file)."""
     orphans_reclaimed: int
@@ -338,6 +340,10 @@ class RebuildFigures:
     damage: str | None = None
     """What makes writing unsafe (a truncated or deleted slot file, in one line naming it and
     what to do), or None: every write is refused until `rebuild --full --repair`."""
+    repaired_copies: int | None = None
+    """A cluster's full rebuild: rotten copies rewritten from a sound replica on another node
+    (also counted in PoolStats.repaired_copies and logged as `repair` events); None for an
+    embedded pool (one copy of each block) and for a fast rebuild (no copy is re-read)."""
 
 
 @dataclass(frozen=True)

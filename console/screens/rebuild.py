@@ -114,6 +114,7 @@ def result_lines(figures: RebuildFigures) -> list[tuple[str, str]]:
     for label, value in (("pages read", figures.pages), ("references", figures.references),
                          ("corrupt", len(figures.corrupt_blocks)),
                          ("orphans reclaimed", figures.orphans_reclaimed),
+                         ("copies repaired", figures.repaired_copies),
                          ("missing", figures.missing_blocks),
                          ("free slots", figures.free_slots)):
         if value is not None:

@@ -495,7 +495,7 @@ class ClusterAdmin(LocalAdmin):
         # No data file (references past its end are missing blocks here), no slots.
         return replace(super()._rebuild_figures(raw), bad_references=None,
                        missing_blocks=raw["missing_blocks"], free_slots=None,
-                       capacity_slots=None)
+                       capacity_slots=None, repaired_copies=raw.get("repaired_copies"))
 
     def nodes(self):
         return self._nodes({})

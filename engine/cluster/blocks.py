@@ -51,7 +51,7 @@ class ClusterBlocks:
                               replicas=config.replicas, min_replicas=config.min_replicas,
                               collisions=collisions)
         self._reader = Reader(members, self._rows, self._copies, fingerprints)
-        self._inventory = Inventory(members, self._rows, self._copies)
+        self._inventory = Inventory(members, self._rows, self._copies, self._reader)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
                               replicas=config.replicas, sync=self._note_losses)
         self.corrupt = np.zeros(0, np.uint64)     # ids with no sound copy, ascending

@@ -3,8 +3,11 @@
 Refcounts come from the block tables' references (the core's); holders and hash words from what
 each reachable node says it holds. The first holder seen fixes an id's hash word; a copy whose word
 disagrees is not a copy of that block. A full rebuild also scrubs every node (it re-reads and
-re-hashes each copy): rotten copies count as held by nobody. With `reclaim`, each node drops what
-no table references, what disagrees and what is rotten.
+re-hashes each copy), as a scrub does: with `reclaim`, a rotten copy of a live block is rewritten
+from a sound replica on another node (engine.cluster.reads, counted as a repaired copy), and only a
+block with no sound copy left is corrupt. With `reclaim`, each node drops what no table references
+(the orphans), what disagrees, and the rotten copies it could not have rewritten (heal copies a
+sound one back where a replica is left).
 """
 
 from __future__ import annotations
@@ -16,23 +19,25 @@ import numpy as np
 from ..errors import CancelledError
 from ..progress import Meter
 from .copies import Copies
+from .reads import Reader
 from .rowmap import RowMap
 
 
 class Inventory:
-    def __init__(self, members, rows: RowMap, copies: Copies):
+    def __init__(self, members, rows: RowMap, copies: Copies, reader: Reader):
         self.members = members
         self.rows = rows
         self.copies = copies
+        self.reader = reader
 
     def rebuild(self, references: np.ndarray, *, pages: int, full: bool, progress, cancel,
                 reclaim: bool, known_corrupt: np.ndarray) -> tuple[dict, np.ndarray]:
         """Reloads the row map from `references` (every table entry naming a block, with
         repeats, out of `pages` block-table pages). Returns the figures of the core's rebuild
         (free and capacity slots are 0: nodes keep their own space; missing_blocks: ids no
-        reachable node holds;
-        corrupt_blocks: ids with a rotten copy on some node, or in a fast rebuild those of
-        `known_corrupt` still referenced), and the corrupt ids in the sense of
+        reachable node holds a sound copy of; corrupt_blocks: the corrupt ids below;
+        orphans_reclaimed: copies of ids no table references, dropped; repaired_copies: rotten
+        copies rewritten from a sound replica, full only), and the corrupt ids in the sense of
         engine.blocklayer: those with no sound copy left on a reachable node (full), or
         `known_corrupt` still referenced (fast: copies are not re-read). Raises
         CancelledError."""
@@ -49,7 +54,7 @@ class Inventory:
         held = np.zeros((len(ids), k), bool)
         words = np.zeros(len(ids), np.uint64)
         orphans = 0
-        corrupt = []
+        rotten: dict[int, np.ndarray] = {}     # node: the live ids it holds rotten (full)
         for node in range(k):
             meter.advance()
             if cancel is not None and cancel.is_set():
@@ -62,7 +67,7 @@ class Inventory:
             node_ids, node_words = inv
             if full:
                 bad = self.copies.scrub(node)
-                corrupt.append(bad)
+                rotten[node] = bad[np.isin(bad, ids)]
                 sound = ~np.isin(node_ids, bad)
                 node_ids, node_words = node_ids[sound], node_words[sound]
             match = np.zeros(len(node_ids), bool)
@@ -74,22 +79,31 @@ class Inventory:
                 match = hit & (words[pos] == node_words)
                 held[pos[match], node] = True
             unwanted = node_ids[~match]
-            if full:
-                unwanted = np.concatenate([unwanted, corrupt[-1]])
+            if full:        # rotten copies of unreferenced ids are orphans too
+                unwanted = np.concatenate([unwanted, bad[~np.isin(bad, ids)]])
             if reclaim and len(unwanted):
-                orphans += len(unwanted)
-                only_here = np.zeros((len(unwanted), k), bool)
-                only_here[:, node] = True
-                self.copies.drop(unwanted, only_here)
+                orphans += int(np.count_nonzero(~np.isin(unwanted, ids)))
+                self._drop(node, unwanted)
         meter.finish()
 
         with self.rows.lock:
             self.rows.load(ids, counts, words, held)
-        bad = np.unique(np.concatenate(corrupt)) if corrupt else np.zeros(0, np.uint64)
-        if not full:                # a full rebuild judges every copy afresh
-            bad = np.union1d(bad, known_corrupt)
-        bad = bad[np.isin(bad, ids)]
-        lost = bad[~held[np.searchsorted(ids, bad)].any(axis=1)] if full else bad
+        repaired = 0
+        for node, bad in rotten.items():
+            if not reclaim or not len(bad):
+                continue
+            fixed, _ = self.reader.repair(node, bad)
+            repaired += len(fixed)
+            with self.rows.lock:
+                self.rows.hold(self.rows.rows_of(fixed), np.arange(k) == node)
+            held[np.searchsorted(ids, fixed), node] = True
+            # Not rewritten (no sound replica, or the node refused it): not a copy to keep.
+            self._drop(node, bad[~np.isin(bad, fixed)])
+        if full:                    # a full rebuild judges every copy afresh
+            bad = np.unique(np.concatenate(list(rotten.values()))) if rotten else ids[:0]
+            lost = bad[~held[np.searchsorted(ids, bad)].any(axis=1)]
+        else:
+            lost = known_corrupt[np.isin(known_corrupt, ids)]
         seconds = time.monotonic() - started
         bs = self.copies.block_size
         return {
@@ -100,13 +114,21 @@ class Inventory:
             "blocks": len(ids),
             "bytes": len(ids) * bs,
             "bytes_per_s": int(len(ids) * bs / seconds) if seconds > 0 else 0,
-            "corrupt_blocks": [int(x) for x in bad],
+            "corrupt_blocks": [int(x) for x in lost],
             "bad_references": 0,
             "orphans_reclaimed": orphans,
+            "repaired_copies": repaired if full else None,
             "missing_blocks": int(np.count_nonzero(~held.any(axis=1))),
             "free_slots": 0,
             "capacity_slots": 0,
         }, lost
+
+    def _drop(self, node: int, unwanted: np.ndarray) -> None:
+        """`node` drops its copies of `unwanted` ids."""
+        if len(unwanted):
+            only_here = np.zeros((len(unwanted), len(self.members.nodes)), bool)
+            only_here[:, node] = True
+            self.copies.drop(unwanted, only_here)
 
     def rejoin(self, node: int, reclaim: bool) -> None:
         """A returning node: its copies count again; with `reclaim`, what it should not hold

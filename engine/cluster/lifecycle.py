@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from .. import formats
 from ..errors import BlockfoldError
 from ..net import rpc
-from ..net.client import fetch_host_key
+from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
 from ..pool import check_block_size
 from . import etcd_member, processes
@@ -260,12 +260,39 @@ def status(path) -> dict:
                       for e in config.nodes]}
 
 
+def _log_in(config: ClusterConfig, name: str, address: str, host_key: str) -> None:
+    """Logs in to the node at `address` (host key `host_key`) with the cluster's admin key, as
+    the coordinator will, and leaves. Raises BlockfoldError naming what to do if it refuses."""
+    client = NodeClient(name, address, host_key, str(config.admin_key))
+
+    async def attempt() -> None:
+        try:
+            await client.connect()
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(attempt())
+    except KeyRefused:
+        raise BlockfoldError(f"the node at {address} refused the cluster's key: put"
+                             f" {config.admin_key}.pub in its DATA/authorized_keys (a node of"
+                             " another cluster cannot join this one); nothing was added"
+                             ) from None
+    except NodeUnreachable as e:
+        raise BlockfoldError(f"cannot log in to the node at {address}: {e}; nothing was"
+                             " added") from None
+
+
 def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dict:
-    """Joins a node that runs elsewhere; its host key is pinned now, on first contact. Returns
-    {name, address, host_key, peer_key}: the node copies blocks to and from the others (heal)
-    once its operator puts the private key `peer_key` in its DATA/peer_key (mode 600) and the
-    line `restrict` + `peer_key`.pub in its DATA/peer_keys; until then those copies go
-    through the coordinator, and each heal says why."""
+    """Joins a node that runs elsewhere; its host key is pinned now, on first contact, once it
+    has let the cluster's admin key log in. Returns {name, address, host_key, peer_key}: the
+    node copies blocks to and from the others (heal) once its operator puts the private key
+    `peer_key` in its DATA/peer_key (mode 600) and the line `restrict` + `peer_key`.pub in its
+    DATA/peer_keys; until then those copies go through the coordinator, and each heal says why.
+    Raises BlockfoldError, with cluster.json unchanged: a bad address, name or weight, a node
+    already in the cluster, one that cannot be reached, or one that refuses the admin key (a
+    node of another cluster, or a wrong port: it would be down for good and raise the write
+    majority)."""
     config = ClusterConfig.load(path)
     if rpc.node_address(address) is None:
         raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT")
@@ -282,6 +309,7 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
             raise BlockfoldError(f"the node at {address} is {entry.name} ({entry.address}): same"
                                  " host key; a node joins a cluster once, or its copies would"
                                  " count twice")
+    _log_in(config, name, address, key)
     config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
     config.ensure_peer_key()
     config.save()

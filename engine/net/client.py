@@ -40,6 +40,10 @@ class HostKeyMismatch(BlockfoldError):
     pass
 
 
+class KeyRefused(BlockfoldError):
+    """The node refused our client key: it is not this cluster's node (or not yet)."""
+
+
 class IoLoop:
     """An asyncio loop in a daemon thread."""
 
@@ -110,8 +114,8 @@ class NodeClient:
                     f"node {self.name} ({self.address}) presented a host key that does not match"
                     " the pinned one: refusing it") from None
             except asyncssh.PermissionDenied:
-                raise BlockfoldError(f"node {self.name} ({self.address}) refused our client"
-                                     " key") from None
+                raise KeyRefused(f"node {self.name} ({self.address}) refused our client"
+                                 " key") from None
             except (TimeoutError, OSError, asyncssh.Error) as e:
                 raise NodeUnreachable(f"node {self.name} ({self.address}): {e}") from None
             try:

@@ -157,10 +157,12 @@ def test_a_rotten_copy_is_never_served_and_fsck_names_it(make_cluster, tmp_path)
         assert admin.read("a", 0, len(data)) == data
         kinds = {p.kind for p in admin.fsck()}
         assert "corrupt" in kinds
-        # A full rebuild re-hashes every copy, drops the rotten ones; heal copies sound ones.
+        # A full rebuild re-hashes every copy and rewrites the rotten ones from a sound
+        # replica: none is a corrupt block (it named each one, and dropped it for heal).
         phases = []
         figures = admin.rebuild(full=True, progress=lambda p: phases.append(p.phase))
-        assert figures.corrupt_blocks
+        assert figures.corrupt_blocks == [] and figures.repaired_copies > 0
+        assert admin.fsck() == []       # none rotten, none short: each rewritten in place
         assert tuple(dict.fromkeys(phases)) == admin.rebuild_phases     # as the console shows
         # What a cluster has no use for is None, not a stand-in 0.
         assert figures.free_slots is None and figures.capacity_slots is None

@@ -10,7 +10,7 @@ import time
 
 from engine import api
 
-from ..conftest import run_cli
+from ..conftest import cli_json, run_cli
 
 from .conftest import image
 
@@ -79,3 +79,42 @@ def test_cluster_add_refuses_a_port_out_of_range_in_one_line(make_cluster):
     assert proc.stderr_text == ("blockfold: error: bad node address '127.0.0.1:99999': use"
                                 " HOST:PORT\n")
     assert cluster.config.nodes == before
+
+
+def test_cluster_add_refuses_a_node_that_refuses_the_clusters_key(make_cluster, tmp_path):
+    # A node of another cluster joined as "added node4", down for good: the write majority
+    # rose and nothing could remove it.
+    cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
+    other = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    before = (cluster.path / "cluster.json").read_text()
+    address = other.config.node("node1").address
+    proc = run_cli("cluster", "add", cluster.path, address)
+    assert proc.returncode == 1, proc.stdout_text
+    assert proc.stderr_text == (f"blockfold: error: the node at {address} refused the cluster's"
+                                f" key: put {cluster.path / 'admin_key'}.pub in its"
+                                " DATA/authorized_keys (a node of another cluster cannot join"
+                                " this one); nothing was added\n")
+    assert (cluster.path / "cluster.json").read_text() == before
+    assert [n["state"] for n in cli_json("-c", cluster.path, "node", "ls")] == ["up", "up"]
+
+    # A node set up with another cluster's key joins once its operator does as told.
+    far = tmp_path / "far-node"
+    far.mkdir()
+    (far / "authorized_keys").write_text(other.config.admin_public_key())
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(far), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = node.stdout.readline().split()[1]
+        proc = run_cli("cluster", "add", cluster.path, address, "--name", "far")
+        assert proc.returncode == 1 and "refused the cluster's key" in proc.stderr_text
+        assert (cluster.path / "cluster.json").read_text() == before
+        with open(far / "authorized_keys", "a") as keys:    # read again at each login
+            keys.write(cluster.config.admin_public_key())
+        proc = run_cli("cluster", "add", cluster.path, address, "--name", "far")
+        assert proc.returncode == 0, proc.stderr_text
+        states = {n["name"]: n["state"] for n in cli_json("-c", cluster.path, "node", "ls")}
+        assert states == {"node1": "up", "node2": "up", "far": "up"}
+    finally:
+        node.terminate()
+        assert node.wait(10) == 0

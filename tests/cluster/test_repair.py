@@ -212,3 +212,56 @@ def test_a_cluster_scrub_and_fsck_say_what_they_count(make_cluster, tmp_path):
     assert proc.returncode == 1
     assert (f"replication: {short:,} blocks have fewer than 2 reachable copies: run heal"
             in proc.stdout_text + proc.stderr_text)
+
+
+def test_a_full_rebuild_rewrites_rotten_copies_and_calls_corrupt_only_a_lost_block(
+        make_cluster, tmp_path):
+    # It called every rotten copy a corrupt block (exit 1) although each had a sound replica,
+    # and counted the copies it dropped as orphans reclaimed; scrub called them repaired.
+    cluster = make_cluster(nodes=3, replicas=2)
+    data = {name: image(tmp_path / f"{name}.raw", 1, seed=seed)
+            for name, seed in (("a", 43), ("b", 47))}
+    for name in data:
+        run_cli("-c", cluster.path, "vm", "import", name, tmp_path / f"{name}.raw", check=True)
+    dirs = node_dirs(cluster)
+    copies = [held(d) for d in dirs]
+    rotten = sorted(copies[2])[::5]                      # a fifth of node3's copies
+    for block_id in rotten:
+        flip(dirs[2], copies[2][block_id])
+
+    proc = run_cli("-c", cluster.path, "rebuild", "--full", "--json")
+    assert proc.returncode == 0, proc.stderr_text        # nothing is lost
+    figures = json.loads(proc.stdout)
+    assert figures["corrupt_blocks"] == [] and figures["missing_blocks"] == 0
+    assert figures["repaired_copies"] == len(rotten) and figures["orphans_reclaimed"] == 0
+    assert held(dirs[2]) == copies[2]                    # rewritten in place, none dropped
+    assert fsck(cluster) == []                           # every copy sound again
+    assert cli_json("-c", cluster.path, "stats")["corrupt_blocks"] == 0
+    event = next(e for e in cli_json("-c", cluster.path, "events", "--limit", "20")
+                 if e["kind"] == "rebuild")
+    assert (f"0 corrupt, 0 orphans reclaimed, {len(rotten)} rotten copies rewritten from a"
+            " sound replica") in event["message"]
+
+    # A block whose every copy is rotten is the one corrupt block: exit 1, named.
+    lost = sorted(copies[0])[0]
+    for i, node_copies in enumerate(copies):
+        if lost in node_copies:
+            flip(dirs[i], node_copies[lost])
+    other = next(b for b in sorted(copies[1]) if b != lost)
+    flip(dirs[1], copies[1][other])
+    proc = run_cli("-c", cluster.path, "rebuild", "--full")
+    assert proc.returncode == 1, proc.stderr_text
+    assert ("1 corrupt, 0 orphans reclaimed, 1 rotten copy rewritten from a sound replica"
+            in proc.stdout_text)
+    assert cli_json("-c", cluster.path, "stats")["corrupt_blocks"] == 1
+    # The VM holding the lost block names it; every other block reads back as imported.
+    failed = []
+    for name, raw in data.items():
+        out = tmp_path / f"{name}.out"
+        proc = run_cli("-c", cluster.path, "vm", "export", name, out)
+        if proc.returncode == 0:
+            assert out.read_bytes() == raw
+        else:
+            assert f"{lost:016x}" in proc.stderr_text
+            failed.append(name)
+    assert len(failed) == 1
