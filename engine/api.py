@@ -22,7 +22,7 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
                       NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
-                      Snapshot, VMInfo, VMSnapshot, VMStats, plain)
+                      Snapshot, VMInfo, VMSnapshot, VMStats, WriteQuorum, plain)
 from .formats import parse_size
 
 IMPORT_FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")    # engine.diskformats's, kept in step
@@ -37,10 +37,10 @@ __all__ = [
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
     "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
     "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
-    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "cluster_add", "cluster_down",
-    "cluster_status", "cluster_up", "connect_service", "create_pool", "default_pool_path",
-    "export_disk", "find_service", "formats", "open_cluster", "open_disk", "open_source",
-    "options", "parse_size", "plain", "serve_node",
+    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum", "cluster_add",
+    "cluster_down", "cluster_status", "cluster_up", "connect_service", "create_pool",
+    "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
+    "open_source", "options", "parse_size", "plain", "serve_node",
 ]
 
 

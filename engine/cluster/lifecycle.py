@@ -182,17 +182,24 @@ def fail_node(config: ClusterConfig, name: str) -> dict:
     """Kills a local node's process (kill -9: no goodbye), records it as failed, and ends its
     liveness lease in etcd; its row. A node that does not run is refused (BlockfoldError),
     with nothing done."""
+    check_failable(config, name)
+    entry = config.node(name)
+    processes.stop(entry, signal.SIGKILL)
+    entry.failed = True
+    config.save()
+    _unregister(config, name)
+    return node_row(entry)
+
+
+def check_failable(config: ClusterConfig, name: str) -> None:
+    """Raises BlockfoldError if fail_node would refuse node `name`: unknown, running elsewhere,
+    or not running."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
     if not processes.is_running(entry):
         raise BlockfoldError(f"node {name} is not running: nothing to fail (`node restore"
                              f" {name}` starts it)")
-    processes.stop(entry, signal.SIGKILL)
-    entry.failed = True
-    config.save()
-    _unregister(config, name)
-    return node_row(entry)
 
 
 def _unregister(config: ClusterConfig, name: str) -> None:

@@ -4,6 +4,7 @@ takes the lease over when the service dies, and says so."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -91,7 +92,47 @@ def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluste
     finally:
         s.stop()
     assert cli_json("-c", cluster.path, "node", "fail", "node1") == {
-        "failed": "node1", "unreachable_blocks": held["node1"]}
+        "failed": "node1", "unreachable_blocks": held["node1"], "event_recorded": None}
+
+
+def test_a_fail_that_leaves_no_write_majority_warns_and_is_still_recorded(make_cluster,
+                                                                           tmp_path):
+    # Failing node3 after node2 said "failed node3", and its event was never recorded: it was
+    # committed after the kill, and 1 of 3 nodes could not take it. Nothing said that writes
+    # would be refused from then on.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "golden.raw", 1)
+    s = Served(["-c", str(cluster.path)])
+    try:
+        run_cli("-c", cluster.path, "vm", "import", "golden", tmp_path / "golden.raw",
+                check=True)
+        done = run_cli("-c", cluster.path, "node", "fail", "node2", "-y", check=True)
+        assert done.stdout_text == "failed node2\n"        # 2 of 3 left: writes go on
+        term = Terminal(tmp_path, f"cd {ROOT} && {sys.executable} -m console -c {cluster.path}"
+                        " node fail node3")
+        try:
+            shown = " ".join(term.wait_for("[y/N]").split())
+            assert ("Fail node node3? Its process is killed. Writes will be refused: 1 of 3"
+                    " nodes left, writes need 2. [y/N]") in shown
+            term.keys("n", "Enter")
+            assert term.exit_code() == 1
+        finally:
+            term.close()
+        done = run_cli("-c", cluster.path, "node", "fail", "node3", "-y", check=True)
+        assert done.stdout_text == ("failed node3. Writes are refused: 1 of 3 nodes left,"
+                                    " writes need 2\n")
+        assert done.stderr_text == ""
+        told = [e["message"] for e in cli_json("-c", cluster.path, "events")
+                if e["kind"] == "node"]
+        assert told == ["failed node3 (its process killed)", "failed node2 (its process killed)"]
+        # With writes refused already, the event of the next fail cannot be recorded: said so.
+        done = run_cli("-c", cluster.path, "node", "fail", "node1", "-y", "--json", check=True)
+        said = json.loads(done.stdout)
+        assert said["failed"] == "node1" and said["event_recorded"] is False
+        assert done.stderr_text.startswith("blockfold: the event was not recorded: a catalog"
+                                           " change reached 1 of 3 nodes; it needs 2")
+    finally:
+        s.kill()
 
 
 def test_cluster_down_is_refused_while_a_service_serves_the_cluster(make_cluster):
