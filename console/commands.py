@@ -869,7 +869,7 @@ def job_cancel(admin, args, bar) -> int:
          opens=False, args=[
              CLUSTER_DIR,
              arg("--nodes", type=options.positive, metavar="N",
-                 help="local nodes to create (default 3)"),
+                 help="local nodes to create (default 3, at most 64)"),
              arg("--replicas", type=options.positive, metavar="R",
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=options.positive, metavar="M",
@@ -884,10 +884,13 @@ def job_cancel(admin, args, bar) -> int:
                  help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
                       " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
-    rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
-                          min_replicas=args.min_replicas, memory=args.memory,
-                          block_size=args.block_size, repair_delay=args.repair_delay,
-                          etcd=args.etcd)
+    # SIGTERM (timeout, systemd) as Ctrl-C: the nodes started so far are stopped again, where
+    # its default end left every one running.
+    with terminated_as_interrupted():
+        rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
+                              min_replicas=args.min_replicas, memory=args.memory,
+                              block_size=args.block_size, repair_delay=args.repair_delay,
+                              etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 

@@ -21,14 +21,20 @@ NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_run
 READY_TIMEOUT = 30.0        # a loaded machine can take long to start Python and asyncssh
 STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple[int, str]]:
+def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
+          started=None) -> list[tuple[int, str]]:
     """Starts local nodes, each in its own session, and waits for every `ready` line; with
-    `etcd`, each keeps its liveness key there (engine.etcd).
+    `etcd`, each keeps its liveness key there (engine.etcd). `started(entry, pid, address)` is
+    called as each process starts (address None: not known yet) and again once it is ready
+    (the address it listens on), so its caller can record it at once.
 
     Returns (pid, the address it listens on) for each; a node that fails to start is an error
-    naming it, and the others started with it are stopped again.
+    naming it, and the others started with it are stopped again, as they are when the wait is
+    interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under console.commands'
+    terminated_as_interrupted).
     """
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -38,41 +44,61 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple
             raise BlockfoldError(f"node {entry.name} cannot start: its data directory"
                                  f" {entry.data} is gone")
     procs = []
-    for entry in entries:
-        cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
-               "--listen", entry.address]
-        if entry.memory:
-            cmd += ["--memory", str(entry.memory)]
-        if etcd:
-            cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
-        with open(Path(entry.data) / LOG_FILE, "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          env=env))
-    results, error = [], None
-    for entry, proc in zip(entries, procs):
-        text = _ready_line(proc)
-        if not text.startswith("ready ") and error is None:
-            log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
-            last = log_tail.splitlines()[-1] if log_tail else "no output"
-            error = BlockfoldError(f"node {entry.name} did not start: {last}")
-        results.append((proc.pid, text.split(" ", 1)[-1]))
-    for proc in procs:
-        if error is not None:
-            # SIGTERM: a node that started ends its liveness lease on the way out (kill -9
-            # left it "registered" in etcd for a TTL more).
-            proc.terminate()
+    try:
+        for entry in entries:
+            cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
+                   "--listen", entry.address]
+            if entry.memory:
+                cmd += ["--memory", str(entry.memory)]
+            if etcd:
+                cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
+            # An interrupt inside Popen would leave a node started that procs does not hold,
+            # so nothing would stop it: the signals wait until it is in the list.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
             try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        else:
-            # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
-            proc.returncode = 0
-    if error is not None:
-        raise error
+                with open(Path(entry.data) / LOG_FILE, "ab") as log:
+                    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                                  stdin=subprocess.DEVNULL,
+                                                  start_new_session=True, env=env))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            if started is not None:
+                started(entry, procs[-1].pid, None)
+        results, error = [], None
+        for entry, proc in zip(entries, procs):
+            text = _ready_line(proc)
+            if not text.startswith("ready ") and error is None:
+                log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
+                last = log_tail.splitlines()[-1] if log_tail else "no output"
+                error = BlockfoldError(f"node {entry.name} did not start: {last}")
+            results.append((proc.pid, text.split(" ", 1)[-1]))
+            if error is None and started is not None:
+                started(entry, *results[-1])
+        if error is not None:
+            raise error
+    except BaseException:
+        _stop_started(procs)
+        raise
+    for proc in procs:
+        # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
+        proc.returncode = 0
     return results
+
+
+def _stop_started(procs: list[subprocess.Popen]) -> None:
+    """Stops the nodes of a start that failed or was interrupted, every one, and waits."""
+    # SIGTERM: a node that started ends its liveness lease on the way out (kill -9 left it
+    # "registered" in etcd for a TTL more). All signalled first, then waited for: one at a time
+    # was STOP_TIMEOUT each for nodes still importing Python.
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ready_line(proc) -> str:
