@@ -21,7 +21,6 @@ NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_run
 READY_TIMEOUT = 30.0        # a loaded machine can take long to start Python and asyncssh
 STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
-INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
@@ -52,16 +51,10 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
                 cmd += ["--memory", str(entry.memory)]
             if etcd:
                 cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
-            # An interrupt inside Popen would leave a node started that procs does not hold,
-            # so nothing would stop it: the signals wait until it is in the list.
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
-            try:
-                with open(Path(entry.data) / LOG_FILE, "ab") as log:
-                    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                                  stdin=subprocess.DEVNULL,
-                                                  start_new_session=True, env=env))
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            with open(Path(entry.data) / LOG_FILE, "ab") as log:
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                              stdin=subprocess.DEVNULL, start_new_session=True,
+                                              env=env))
             if started is not None:
                 started(entry, procs[-1].pid, None)
         results, error = [], None
@@ -88,14 +81,13 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
 def _stop_started(procs: list[subprocess.Popen]) -> None:
     """Stops the nodes of a start that failed or was interrupted, every one, and waits."""
     # SIGTERM: a node that started ends its liveness lease on the way out (kill -9 left it
-    # "registered" in etcd for a TTL more). All signalled first, then waited for: one at a time
-    # was STOP_TIMEOUT each for nodes still importing Python.
+    # "registered" in etcd for a TTL more). All signalled first, so they end side by side;
+    # each is given STOP_TIMEOUT of its own to end its lease (a shared one ran out under load).
     for proc in procs:
         proc.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
     for proc in procs:
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
+            proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
