@@ -875,7 +875,7 @@ def job_cancel(admin, args, bar) -> int:
          opens=False, args=[
              CLUSTER_DIR,
              arg("--nodes", type=options.positive, metavar="N",
-                 help="local nodes to create (default 3)"),
+                 help="local nodes to create (default 3, at most 64)"),
              arg("--replicas", type=options.positive, metavar="R",
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=options.positive, metavar="M",
@@ -890,10 +890,13 @@ def job_cancel(admin, args, bar) -> int:
                  help="use the etcd at these client URLs (http://HOST:PORT) instead of a"
                       " local member of its own; 'none': no etcd")])
 def cluster_up(args) -> int:
-    rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
-                          min_replicas=args.min_replicas, memory=args.memory,
-                          block_size=args.block_size, repair_delay=args.repair_delay,
-                          etcd=args.etcd)
+    # SIGTERM (timeout, systemd) as Ctrl-C: the nodes started so far are stopped again, where
+    # its default end left every one running.
+    with terminated_as_interrupted():
+        rows = api.cluster_up(args.dir, nodes=args.nodes, replicas=args.replicas,
+                              min_replicas=args.min_replicas, memory=args.memory,
+                              block_size=args.block_size, repair_delay=args.repair_delay,
+                              etcd=args.etcd)
     emit(args, {"cluster": args.dir, "nodes": rows}, _cluster_nodes(args.dir, rows))
     return 0
 
@@ -1027,36 +1030,43 @@ def node_ls(admin, args, bar) -> int:
 # heartbeat.
 @command("node", "fail",
          json='{"failed": NAME, "unreachable_blocks": blocks with no reachable copy left'
-              ' (null: not counted)}',
+              ' (null: not counted), "event_recorded": false when the service could not'
+              ' commit its event (writes were refused already; null: no service)}',
          help="make a node unreachable (kill its process); through the cluster's service when "
               "one runs, which records the event", opens=False,
          cluster=True, args=[arg("name", metavar="NAME", help="the node's name"), YES])
 def node_fail(args) -> int:
     served = api.find_service(args.cluster, actor=local_user())
+    unrecorded = ""
     try:
-        alone, lost = _only_copies(args, served)
+        alone, lost = _fail_costs(args, served)
         if not confirmed(args, f"Fail node {args.name}? Its process is killed.{lost}"):
             print("not failed", file=sys.stderr)
             return 1
         if served is not None:      # its coordinator records the event and marks the node down
-            served.fail_node(args.name)
+            unrecorded = served.fail_node(args.name)
         else:
             api.fail_node(args.cluster, args.name)
     finally:
         if served is not None:
             served.close()
-    emit(args, {"failed": args.name, "unreachable_blocks": alone},
-         f"failed {args.name}.{lost.replace('would have', 'have')}".removesuffix("."))
+    if unrecorded:
+        print(f"blockfold: the event was not recorded: {unrecorded}", file=sys.stderr)
+    emit(args, {"failed": args.name, "unreachable_blocks": alone,
+                "event_recorded": None if served is None else not unrecorded},
+         f"failed {args.name}.{lost.replace('would have', 'have').replace(' will be', ' are')}"
+         .removesuffix("."))
     return 0
 
 
-def _only_copies(args, served: api.Admin | None) -> tuple[int | None, str]:
+def _fail_costs(args, served: api.Admin | None) -> tuple[int | None, str]:
     """The blocks whose only reachable copies are on node args.name, and a sentence saying how
-    many and how much (empty when none), asked of the service or of the cluster opened
-    read-only here. Unknown when the cluster cannot be opened (every node down: failing one
-    still works, from the directory alone)."""
+    many and how much, then whether writes would be refused without it (empty when neither),
+    asked of the service or of the cluster opened read-only here. Unknown when the cluster
+    cannot be opened (every node down: failing one still works, from the directory alone)."""
     if served is not None:
         alone, block_size = served.only_copies(args.name), served.block_size
+        quorum = served.writes_without(args.name)
     else:
         try:
             admin = open_here(args, readonly=True, actor=local_user())
@@ -1064,7 +1074,12 @@ def _only_copies(args, served: api.Admin | None) -> tuple[int | None, str]:
             return None, f" Its blocks could not be counted ({e})."
         with admin:
             alone, block_size = admin.only_copies(args.name), admin.block_size
-    return alone, f" {formats.no_copy_left(alone, block_size)}." if alone else ""
+            quorum = admin.writes_without(args.name)
+    said = f" {formats.no_copy_left(alone, block_size)}." if alone else ""
+    if quorum.refused:
+        refused = formats.writes_refused(quorum.left, quorum.nodes, quorum.need)
+        said += f" {refused[0].upper()}{refused[1:]}."
+    return alone, said
 
 
 @command("node", "restore",

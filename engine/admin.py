@@ -16,7 +16,7 @@ from .errors import RefusedError
 from .progress import ProgressCallback
 from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeStatus,
                       PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMInfo,
-                      VMSnapshot, VMStats)
+                      VMSnapshot, VMStats, WriteQuorum)
 
 
 class Admin(ABC):
@@ -288,9 +288,19 @@ class Admin(ABC):
         (an embedded pool, an unknown node)."""
 
     @abstractmethod
-    def fail_node(self, name: str) -> None:
-        """Kills a local node's process: a real loss, for drills. Raises BlockfoldError (an
-        embedded pool, an unknown node, a node running elsewhere)."""
+    def writes_without(self, name: str) -> WriteQuorum:
+        """How many nodes would answer without node `name` (every node not down but it), and
+        how many a write needs: whether failing it would leave writes refused. Raises
+        BlockfoldError (an embedded pool, an unknown node)."""
+
+    @abstractmethod
+    def fail_node(self, name: str) -> str:
+        """Kills a local node's process: a real loss, for drills. Its event is recorded first,
+        while the node can still take it (after, a fail that leaves no write majority could
+        not commit it). Returns "" when the event was recorded, else why not (the node was
+        failed anyway: writes were refused already). Raises BlockfoldError (an embedded pool,
+        an unknown node, a node running elsewhere, a node that does not run), with nothing
+        done."""
 
     @abstractmethod
     def restore_node(self, name: str) -> None:

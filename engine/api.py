@@ -22,7 +22,7 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
                       NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
-                      Snapshot, VMInfo, VMSnapshot, VMStats, plain)
+                      Snapshot, VMInfo, VMSnapshot, VMStats, WriteQuorum, plain)
 from .formats import parse_size
 from .names import check_vm_size
 
@@ -38,7 +38,8 @@ __all__ = [
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
     "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
     "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
-    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "check_vm_size", "cluster_add",
+    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum", "check_vm_size",
+    "cluster_add",
     "cluster_down", "cluster_status", "cluster_up", "connect_service", "create_pool",
     "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
     "open_source", "options", "parse_size", "plain", "serve_node",

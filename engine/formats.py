@@ -78,6 +78,13 @@ def no_copy_left(blocks: int, block_size: int) -> str:
             " would have no reachable copy")
 
 
+def writes_refused(left: int, nodes: int, need: int) -> str:
+    """What failing a node would do to writes, for its confirmation: "writes will be refused:
+    1 of 3 nodes left, writes need 2"."""
+    return (f"writes will be refused: {count(left)} of {count(nodes)}"
+            f" node{'' if nodes == 1 else 's'} left, writes need {count(need)}")
+
+
 def rate(bytes_per_s: float | None) -> str:
     """Bytes per second: "3.0 GiB/s"."""
     return UNKNOWN if bytes_per_s is None else f"{size(bytes_per_s)}/s"

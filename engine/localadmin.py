@@ -202,6 +202,9 @@ class LocalAdmin(Admin):
     def only_copies(self, name):
         raise BlockfoldError("an embedded pool has no nodes: open a cluster")
 
+    def writes_without(self, name):
+        raise BlockfoldError("an embedded pool has no nodes: open a cluster")
+
     def fail_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to fail: open a cluster")
 

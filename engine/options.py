@@ -13,13 +13,22 @@ from collections.abc import Callable
 from .formats import parse_size
 
 
+# The largest count a catalog query takes (sqlite's INTEGER is 64-bit signed): a larger --limit
+# or --offset was an OverflowError, an internal error, where a usage error belongs.
+LARGEST = 2**63 - 1
+
+
 def nonnegative(text: str) -> int:
+    """A whole number from 0 to LARGEST (a count, an offset in rows, an id). Raises
+    argparse.ArgumentTypeError: not a number, below 0, above LARGEST."""
     try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    if value > LARGEST:
+        raise argparse.ArgumentTypeError(f"too large: {text} (at most {LARGEST})")
     return value
 
 

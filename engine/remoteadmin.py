@@ -390,7 +390,8 @@ class RemoteAdmin(Admin):
 
     def nodes(self): return self._call("nodes")
     def only_copies(self, name): return self._call("only_copies", {"name": name})
-    def fail_node(self, name): self._call("fail_node", {"name": name})
+    def writes_without(self, name): return self._call("writes_without", {"name": name})
+    def fail_node(self, name): return self._call("fail_node", {"name": name})
     def restore_node(self, name): self._call("restore_node", {"name": name})
 
     def heal(self, wait=True, progress=None, cancel=None):

@@ -366,6 +366,24 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class WriteQuorum:
+    """Whether writes would go on without one node (Admin.writes_without): every catalog
+    change must reach `need` nodes, and `left` would answer."""
+
+    nodes: int
+    """Nodes in the cluster."""
+    left: int
+    """Nodes that would still answer: those not down, but the one left out."""
+    need: int
+    """Nodes a catalog change must reach: a majority of `nodes`, and at least min_replicas."""
+
+    @property
+    def refused(self) -> bool:
+        """True if too few would be left: every write (and event) would be refused."""
+        return self.left < self.need
+
+
+@dataclass(frozen=True)
 class HealFigures:
     """What a heal did: a heal that waits sums its passes' copies, relays and drops, and says
     what its last pass left unreachable and under-replicated."""

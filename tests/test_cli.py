@@ -194,6 +194,13 @@ def unchanged(pool):
     (["scrub", "--rate", "0.5"], 2, "argument --rate: must be above 0: 0.5"),
     (["scrub", "--rate", "fast"], 2, "argument --rate: bad size 'fast'"),
     (["blocks", "--prefix", "xyz"], 1, "bad fingerprint prefix"),
+    # Past sqlite's 64-bit INTEGER: "internal error: OverflowError", exit 1.
+    (["blocks", "--offset", "99999999999999999999"], 2, "argument --offset: too large:"
+     " 99999999999999999999 (at most 9223372036854775807)"),
+    (["blocks", "--limit", "99999999999999999999"], 2, "argument --limit: too large"),
+    (["blocks", "--min-refs", "99999999999999999999"], 2, "argument --min-refs: too large"),
+    (["events", "--limit", "99999999999999999999"], 2, "argument --limit: too large"),
+    (["job", "cancel", "99999999999999999999"], 2, "argument ID: too large"),
     # 0 read as no rate: the whole pool scrubbed at full speed.
     (["scrub", "--rate", "0"], 2, "argument --rate: must be above 0: 0 (without the option: no"
      " limit)"),

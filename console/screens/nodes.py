@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 
-from engine.api import EtcdStatus, NodeStatus, formats
+from engine.api import EtcdStatus, NodeStatus, WriteQuorum, formats
 from widgets.node_card import NodeCard, health_text
 from widgets.row_table import Col, RowTable
 
@@ -64,10 +64,14 @@ class NodesPane(PoolPane):
         if name is None:
             return
 
+        def done(unrecorded: str | None) -> None:
+            self.notify(DONE[verb].format(name=name))
+            if unrecorded:          # fail_node: its event could not be committed
+                self.notify(f"The event was not recorded: {unrecorded}", severity="warning")
+
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.engine(f"{verb} node {name}", lambda: call(name),
-                                lambda _: self.notify(DONE[verb].format(name=name)))
+                self.app.engine(f"{verb} node {name}", lambda: call(name), done)
 
         self.app.push_screen(ConfirmDialog(f"{verb.capitalize()} node",
                                            question.format(name=name), verb.capitalize()),
@@ -80,15 +84,20 @@ class NodesPane(PoolPane):
         if name is None or admin.kind != "cluster":     # a pool's fail_node says it has none
             return self._confirm_then("fail", question, admin.fail_node)
 
-        def counted(alone: int) -> None:
+        def counted(costs: tuple[int, WriteQuorum]) -> None:
+            alone, quorum = costs
             said = question if not alone else (
                 "Fail node {name}? Its process is killed. "
                 f"{formats.no_copy_left(alone, admin.block_size)}: reads of them fail until it"
                 " is restored.")
+            if quorum.refused:
+                refused = formats.writes_refused(quorum.left, quorum.nodes, quorum.need)
+                said += f" {refused[0].upper()}{refused[1:]} until a node is restored."
             self._confirm_then("fail", said, admin.fail_node, name)
 
         self.app.engine(f"count the blocks only node {name} holds",
-                        lambda: admin.only_copies(name), counted, changes=False)
+                        lambda: (admin.only_copies(name), admin.writes_without(name)), counted,
+                        changes=False)
 
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It restarts, rejoins the pool and "

@@ -33,7 +33,7 @@ from ..net import rpc
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
-from ..results import EtcdStatus, HealFigures, NodeStatus, ScrubFigures
+from ..results import EtcdStatus, HealFigures, NodeStatus, ScrubFigures, WriteQuorum
 from . import lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
@@ -373,16 +373,19 @@ class ClusterAdmin(LocalAdmin):
             self._record("heal", _healed(figures), actor)
         return figures
 
-    def _record(self, kind: str, message: str, actor: str = "engine") -> None:
+    def _record(self, kind: str, message: str, actor: str = "engine") -> str:
         """An event of this coordinator's (a writable one's); one that cannot be committed (no
-        node to take the catalog) is told on stderr instead of failing what it describes."""
+        node to take the catalog) is told on stderr instead of failing what it describes.
+        Returns "" (recorded, or read-only: no events), else why it was not recorded."""
         if self.readonly:
-            return
+            return ""
         try:
             self.pool.log_event(kind, message, actor)
         except BlockfoldError as e:
             print(f"blockfold: event not recorded ({message}): {e}", file=sys.stderr,
                   flush=True)
+            return str(e)
+        return ""
 
     def _log_repairs(self) -> None:
         """An event (kind `repair`) per node and actor for the rotten copies rewritten since
@@ -530,14 +533,26 @@ class ClusterAdmin(LocalAdmin):
     def only_copies(self, name: str) -> int:
         return self.pool.blocks.only_on(self.members.index(name))
 
-    def fail_node(self, name: str) -> None:
+    def writes_without(self, name: str) -> WriteQuorum:
+        i = self.members.index(name)
+        left = sum(node.state != NodeState.DOWN for k, node in enumerate(self.members.nodes)
+                   if k != i)
+        return WriteQuorum(nodes=len(self.members.nodes), left=left,
+                           need=self.pool.catalog.needed)
+
+    def fail_node(self, name: str) -> str:
         actor = current_actor(self.pool.actor)      # first: a handed-over Admin acts on nothing
         # The file, not our copy: a CLI may have restarted the node since we opened (a new pid).
-        lifecycle.fail_node(ClusterConfig.load(self.config.path), name)
+        config = ClusterConfig.load(self.config.path)
+        lifecycle.check_failable(config, name)
+        # Recorded before the kill, while the node still takes catalog changes: after it, a
+        # fail that leaves fewer nodes than a write needs could not commit its own event.
+        unrecorded = self._record("node", f"failed {name} (its process killed)", actor)
+        lifecycle.fail_node(config, name)
         self._etcd_read = None          # it is unregistered now: the next view reads etcd again
         self.members.mark_failed(self.members.index(name),
                                  f"failed by {actor}: its process was killed")
-        self._record("node", f"failed {name} (its process killed)", actor)
+        return unrecorded
 
     def restore_node(self, name: str) -> None:
         actor = current_actor(self.pool.actor)

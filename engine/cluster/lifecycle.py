@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from ..etcd import Etcd
 
 NO_ETCD = "none"
+# Local nodes a new cluster may have: each is a Python process of this machine (1000 of them
+# took a 2-core machine to a load of 135, and cluster up never finished).
+MAX_LOCAL_NODES = 64
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
@@ -56,8 +59,11 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
         block_size = 4096 if block_size is None else block_size
         repair_delay = 0.0 if repair_delay is None else repair_delay
         check_block_size(block_size)
-        if nodes < 1:
-            raise BlockfoldError(f"bad node count {nodes}: a cluster needs at least one node")
+        if not 1 <= nodes <= MAX_LOCAL_NODES:
+            raise BlockfoldError(f"bad node count {formats.count(nodes)}: use 1 to"
+                                 f" {MAX_LOCAL_NODES} (each local node is a process of its own"
+                                 " on this machine; add nodes on other hosts with `cluster"
+                                 " add`)")
         if not 1 <= replicas <= nodes:
             raise BlockfoldError(f"bad replica count {replicas}: use 1 to {nodes} (the nodes)")
         if min_replicas is None:
@@ -169,30 +175,43 @@ def install_peer_key(config: ClusterConfig) -> None:
 
 
 def start_local(config: ClusterConfig, entries: list[NodeEntry]) -> None:
-    if not entries:
-        return
-    for entry, (pid, address) in zip(entries, processes.start(entries, config.etcd)):
-        entry.pid, entry.address, entry.failed = pid, address, False
-        if not entry.host_key:
-            entry.host_key = keys.host_public_key(Path(entry.data))
-    config.save()
+    """Starts `entries` (local nodes), recording each in cluster.json as its process starts
+    (its pid) and as it is ready (its address): a start cut short (killed) leaves no running
+    node that the file calls stopped, or that `cluster down` cannot find."""
+    def started(entry: NodeEntry, pid: int, address: str | None) -> None:
+        entry.pid = pid
+        if address is not None:         # ready: no longer failed (a restore that fails still is)
+            entry.address, entry.failed = address, False
+            if not entry.host_key:
+                entry.host_key = keys.host_public_key(Path(entry.data))
+        config.save()
+
+    if entries:
+        processes.start(entries, config.etcd, started)
 
 
 def fail_node(config: ClusterConfig, name: str) -> dict:
     """Kills a local node's process (kill -9: no goodbye), records it as failed, and ends its
     liveness lease in etcd; its row. A node that does not run is refused (BlockfoldError),
     with nothing done."""
+    check_failable(config, name)
+    entry = config.node(name)
+    processes.stop(entry, signal.SIGKILL)
+    entry.failed = True
+    config.save()
+    _unregister(config, name)
+    return node_row(entry)
+
+
+def check_failable(config: ClusterConfig, name: str) -> None:
+    """Raises BlockfoldError if fail_node would refuse node `name`: unknown, running elsewhere,
+    or not running."""
     entry = config.node(name)
     if not entry.data:
         raise BlockfoldError(f"node {name} runs elsewhere ({entry.address}): stop it on its host")
     if not processes.is_running(entry):
         raise BlockfoldError(f"node {name} is not running: nothing to fail (`node restore"
                              f" {name}` starts it)")
-    processes.stop(entry, signal.SIGKILL)
-    entry.failed = True
-    config.save()
-    _unregister(config, name)
-    return node_row(entry)
 
 
 def _unregister(config: ClusterConfig, name: str) -> None:

@@ -23,12 +23,17 @@ STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
 
 
-def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple[int, str]]:
+def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
+          started=None) -> list[tuple[int, str]]:
     """Starts local nodes, each in its own session, and waits for every `ready` line; with
-    `etcd`, each keeps its liveness key there (engine.etcd).
+    `etcd`, each keeps its liveness key there (engine.etcd). `started(entry, pid, address)` is
+    called as each process starts (address None: not known yet) and again once it is ready
+    (the address it listens on), so its caller can record it at once.
 
     Returns (pid, the address it listens on) for each; a node that fails to start is an error
-    naming it, and the others started with it are stopped again.
+    naming it, and the others started with it are stopped again, as they are when the wait is
+    interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under console.commands'
+    terminated_as_interrupted).
     """
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -38,42 +43,55 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None) -> list[tuple
             raise BlockfoldError(f"node {entry.name} cannot start: its data directory"
                                  f" {entry.data} is gone")
     procs = []
-    for entry in entries:
-        cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
-               "--listen", entry.address]
-        if entry.memory:
-            cmd += ["--memory", str(entry.memory)]
-        if etcd:
-            cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
-        with open(Path(entry.data) / LOG_FILE, "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                          env=env))
-    results, error = [], None
-    for entry, proc in zip(entries, procs):
-        text = _ready_line(proc)
-        if not text.startswith("ready ") and error is None:
-            log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
-            last = log_tail.splitlines()[-1] if log_tail else "no output"
-            last = last.removeprefix("blockfold: error: ")     # ours adds its own
-            error = BlockfoldError(f"node {entry.name} did not start: {last}")
-        results.append((proc.pid, text.split(" ", 1)[-1]))
-    for proc in procs:
+    try:
+        for entry in entries:
+            cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
+                   "--listen", entry.address]
+            if entry.memory:
+                cmd += ["--memory", str(entry.memory)]
+            if etcd:
+                cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
+            with open(Path(entry.data) / LOG_FILE, "ab") as log:
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                              stdin=subprocess.DEVNULL, start_new_session=True,
+                                              env=env))
+            if started is not None:
+                started(entry, procs[-1].pid, None)
+        results, error = [], None
+        for entry, proc in zip(entries, procs):
+            text = _ready_line(proc)
+            if not text.startswith("ready ") and error is None:
+                log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
+                last = log_tail.splitlines()[-1] if log_tail else "no output"
+                last = last.removeprefix("blockfold: error: ")     # ours adds its own
+                error = BlockfoldError(f"node {entry.name} did not start: {last}")
+            results.append((proc.pid, text.split(" ", 1)[-1]))
+            if error is None and started is not None:
+                started(entry, *results[-1])
         if error is not None:
-            # SIGTERM: a node that started ends its liveness lease on the way out (kill -9
-            # left it "registered" in etcd for a TTL more).
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        else:
-            # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
-            proc.returncode = 0
-    if error is not None:
-        raise error
+            raise error
+    except BaseException:
+        _stop_started(procs)
+        raise
+    for proc in procs:
+        # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
+        proc.returncode = 0
     return results
+
+
+def _stop_started(procs: list[subprocess.Popen]) -> None:
+    """Stops the nodes of a start that failed or was interrupted, every one, and waits."""
+    # SIGTERM: a node that started ends its liveness lease on the way out (kill -9 left it
+    # "registered" in etcd for a TTL more). All signalled first, so they end side by side;
+    # each is given STOP_TIMEOUT of its own to end its lease (a shared one ran out under load).
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ready_line(proc) -> str:

@@ -19,7 +19,7 @@ from .streams import ExportSink, StreamImage, gather
 
 LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
                    "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs", "clones_of",
-                   "vm_info", "snapshots", "known_blocks", "only_copies"})
+                   "vm_info", "snapshots", "known_blocks", "only_copies", "writes_without"})
 """What a read-only login may call: the methods that only look."""
 CHANGES = frozenset({"write", "write_file", "trim", "flush", "import_image", "clone", "delete",
                      "rebuild", "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node",

@@ -302,8 +302,10 @@ class ServedAdmin(Admin):
 
     def only_copies(self, name): return self.inner.only_copies(name)
 
+    def writes_without(self, name): return self.inner.writes_without(name)
+
     @_changes
-    def fail_node(self, name): self.inner.fail_node(name)
+    def fail_node(self, name): return self.inner.fail_node(name)
 
     @_changes
     def restore_node(self, name): self.inner.restore_node(name)

@@ -115,6 +115,26 @@ async def test_failing_a_node_that_holds_the_only_copies_says_how_many_first(mak
         assert {n.name: n.state for n in admin.nodes()}["node2"] == "up"
 
 
+async def test_failing_the_node_a_write_majority_needs_warns_and_is_recorded(seeded):
+    # Failing a second node of three said only "Fail node node3? …", toasted "fail: node node3",
+    # and its event was lost: committed after the kill, to 1 of 3 nodes.
+    admin, _ = seeded
+    admin.fail_node("node2")
+    app = make_app(admin)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "5")
+        await press(pilot, "down", "down", "x")
+        said = " ".join(question(app).split())
+        assert said.startswith("Fail node node3? Its process is killed")
+        assert said.endswith(" Writes will be refused: 1 of 3 nodes left, writes need 2 until a"
+                             " node is restored.")
+        await press(pilot, "y")
+        assert health(app, "node3") == "✖ DOWN"
+    told = [e.message for e in admin.events(10) if e.kind == "node"]
+    assert told == ["failed node3 (its process killed)", "failed node2 (its process killed)"]
+    admin.restore_node("node3")     # a majority again, for the fixture's close to commit
+
+
 async def test_restoring_a_node_brings_it_back_and_heals(seeded):
     admin, data = seeded
     admin.fail_node("node2")
