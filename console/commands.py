@@ -1181,7 +1181,7 @@ def demo(args) -> int:
     try:
         api.cluster_up(path, nodes=3, replicas=2)
         with api.open_cluster(path, actor="demo") as admin:
-            if not admin.vmlisted():
+            if not admin.vm_names():
                 print("seeding a golden image and 12 linked clones …", file=sys.stderr)
                 demo_data.seed(admin)
         args.cluster, args.read_only = path, False
