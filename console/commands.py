@@ -22,6 +22,7 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
                         default_pool_path, formats, options, parse_size, plain)
 
 from .command import Command, UsageError, arg
+from .wording import delete_question, listed
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -291,12 +292,7 @@ def terminated_as_interrupted():
          args=[NAME, YES, FORCE])
 def vm_rm(admin, args, bar) -> int:
     clones = admin.clones_of(args.name)     # a clear error for an unknown name, before asking
-    question = f"Delete VM {args.name}? Its own blocks are freed."
-    if clones:
-        question = (f"VM {args.name} is the golden image of {len(clones)} clone"
-                    f"{'s' if len(clones) > 1 else ''} ({_names(clones)}); they keep their"
-                    " disks, but can no longer be refreshed to it. Delete it?")
-    if not confirmed(args, question):
+    if not confirmed(args, delete_question(args.name, clones)):
         print("not deleted", file=sys.stderr)
         return 1
     detaching(args, f"Delete VM {args.name}", lambda force: admin.delete(args.name, force=force))
@@ -350,7 +346,7 @@ def vm_info(admin, args, bar) -> int:
         f"origin          {v.origin or '-'}"
         + ("" if info.refreshable or not v.origin else " (not refreshable)"),
         f"clones          {formats.count(len(info.clones))}"
-        + (f" ({_names(info.clones)})" if info.clones else ""),
+        + (f" ({listed(info.clones)})" if info.clones else ""),
         f"snapshots       {snaps}",
         f"attached        {', '.join(info.attached) or '-'}",
     ]
@@ -461,7 +457,7 @@ def vm_rebase(admin, args, bar) -> int:
     orphan = not args.all_of and not admin.vm_info(names[0]).refreshable
     admin.vm_size(golden)
     what = (names[0] if len(names) == 1
-            else f"{formats.count(len(names))} desktops ({_names(names)})")
+            else f"{formats.count(len(names))} desktops ({listed(names)})")
     keep = "keeping" if args.keep_writes else "dropping"
     if not orphan and not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own"
                                           " writes?"):
@@ -738,21 +734,11 @@ def blocks(admin, args, bar) -> int:
     rows = [(str(r.pbn), r.fingerprint, formats.count(r.readers),
              formats.refs_beside(r.readers, r.refcount),
              *((",".join(r.nodes or ()) or formats.UNKNOWN,) if cluster else ()),
-             _names(r.vms, r.readers)) for r in page.rows]
+             listed(r.vms, r.readers)) for r in page.rows]
     text = table(header, rows)
     text += f"\n{formats.count(len(rows))} of {formats.count(page.total)} blocks"
     emit(args, page, text)
     return 0
-
-
-def _names(names: list[str], readers: int | None = None, most: int = 4) -> str:
-    """At most `most` of `names`, joined with ", " as every list of names a message shows,
-    then how many more of `readers` (default: of `names`)."""
-    readers = len(names) if readers is None else readers
-    names = sorted(names, key=formats.natural_key)
-    if readers <= most:
-        return ", ".join(names)
-    return ", ".join(names[:most]) + f" +{formats.count(readers - most)}"
 
 
 @command("rebuild",

@@ -6,10 +6,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, ProgressBar
 
-from engine.api import ImportResult, Progress, formats
+from engine.api import AttachedError, ImportResult, Progress, VMInfo, formats
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
+from ..wording import attached_refusal, delete_question
 from .base import PoolPane
 from .confirm import ConfirmDialog
 from .error import ErrorDialog
@@ -94,18 +95,30 @@ class VMsPane(PoolPane):
     # -- delete -------------------------------------------------------------------------------
 
     def action_delete(self) -> None:
+        """Asks with what the CLI asks (its clones, if a golden image) and who has it attached;
+        an attached VM is deleted only by "Detach and delete", which cuts its clients off."""
         name = self._need_vm()
         if name is None:
             return
+        admin = self.app.admin
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.engine(f"delete {name}", lambda: self.app.admin.delete(name),
-                                lambda _: self.notify(f"deleted {name}"))
+        def delete(force: bool) -> None:
+            try:
+                admin.delete(name, force=force)
+            except AttachedError:      # attached after the question: said for the console
+                raise AttachedError(attached_refusal(name, admin.vm_info(name).attached)) from None
 
-        self.app.push_screen(ConfirmDialog(
-            "Delete VM", f"Delete VM {name}? The blocks only it references are freed.",
-            "Delete"), answered)
+        def ask(info: VMInfo) -> None:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.app.engine(f"delete {name}", lambda: delete(bool(info.attached)),
+                                    lambda _: self.notify(f"deleted {name}"))
+
+            self.app.push_screen(ConfirmDialog(
+                "Delete VM", delete_question(name, info.clones, info.attached),
+                "Detach and delete" if info.attached else "Delete"), answered)
+
+        self.app.engine(f"delete {name}", lambda: admin.vm_info(name), ask, changes=False)
 
     # -- snapshot and refresh -------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ cluster (DIR/admin.sock, on this machine), after one LOGIN frame that names the 
 the actor and says whether the key is read-only (admin_keys_readonly): the service takes LOGIN
 only from a peer running as its own user, first, and then lets the client behind it neither rename
 itself nor write if it is read-only. The node never parses what follows; the service checks
-every frame. Each direction waits while the other end is slow to take bytes.
+every frame. Each direction waits while the other end is slow to take bytes. A node started
+without `--cluster` takes the subsystem only to answer it with an ERROR frame saying so.
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ CHUNK = 1 << 20
 HIGH_WATER = 8 << 20        # bytes waiting for the service before the channel stops reading
 
 
+NO_CLUSTER = ("this node serves no admin service: it was started without --cluster; start it"
+              " with `blockfold node serve --cluster DIR` on the machine that holds the cluster"
+              " directory DIR")
+
+
 class AdminRelay:
-    def __init__(self, chan, cluster: str, login: Login):
+    """The relay of one channel to the service of `cluster` (its directory), or, on a node
+    started without --cluster (`cluster` None), a refusal that says so."""
+
+    def __init__(self, chan, cluster: str | None, login: Login):
         self.chan = chan
-        self.path = Path(cluster) / adminwire.SOCKET
+        self.path = None if cluster is None else Path(cluster) / adminwire.SOCKET
         self.login = login
         self.writer: asyncio.StreamWriter | None = None
         self.early: list[bytes] = []        # what the client sent before the service answered
@@ -33,6 +42,9 @@ class AdminRelay:
         self.writable.set()
 
     async def start(self) -> None:
+        if self.path is None:
+            self._refuse(NO_CLUSTER)
+            return
         try:
             with adminwire.socket_address(self.path) as address:
                 reader, self.writer = await asyncio.open_unix_connection(address)

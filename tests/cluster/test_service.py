@@ -176,11 +176,10 @@ def test_api_cluster_down_is_refused_while_a_service_serves_the_cluster(make_clu
         s.kill()
 
 
-@pytest.fixture
-def admin_node(tmp_path, make_cluster):
-    """A node relaying the cluster's service to admin keys over SSH; HOME holds alice's key and
-    the node's host key in known_hosts, as OpenSSH users have them."""
-    cluster = make_cluster(nodes=1, replicas=1)
+def start_admin_node(tmp_path, *extra: str):
+    """`node serve` (with `extra` options) whose admin key is alice's and read-only key the
+    reader's; HOME holds their keys, a stranger's, and the node's host key in known_hosts.
+    Returns the node's process, its port and HOME."""
     data = tmp_path / "admin-node"
     data.mkdir()
     home = tmp_path / "home"
@@ -191,11 +190,20 @@ def admin_node(tmp_path, make_cluster):
     (data / "admin_keys").write_text(keys["alice"])
     (data / "admin_keys_readonly").write_text(keys["reader"])
     node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
-                             str(data), "--listen", "127.0.0.1:0", "--cluster", str(cluster.path)],
+                             str(data), "--listen", "127.0.0.1:0", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     port = node.stdout.readline().split(":")[-1].strip()
     host_key = (data / "host_key.pub").read_text().split()
     (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    return node, port, home
+
+
+@pytest.fixture
+def admin_node(tmp_path, make_cluster):
+    """A node relaying the cluster's service to admin keys over SSH; HOME holds alice's key and
+    the node's host key in known_hosts, as OpenSSH users have them."""
+    cluster = make_cluster(nodes=1, replicas=1)
+    node, port, home = start_admin_node(tmp_path, "--cluster", str(cluster.path))
 
     def as_key(name: str, *args, **kw):
         """`blockfold --service ssh://…` run with HOME's key `name` as the user's own."""
@@ -238,6 +246,25 @@ def test_a_cli_elsewhere_goes_through_the_node_to_the_service(admin_node, tmp_pa
     assert {("alice@laptop", "import"), ("alice@laptop", "clone")} <= actors
     with pytest.raises(BlockfoldError, match="not a service address"):
         connect_service("http://nowhere")
+
+
+def test_a_cli_through_a_node_started_without_cluster_is_told_how_to_start_it(tmp_path):
+    """As `ssh` to such a node is told it serves no console, `--service` is told it serves no
+    admin service and how to start one that does; the reader's key too."""
+    node, port, home = start_admin_node(tmp_path)
+    try:
+        for key in ("alice", "reader"):
+            os.replace(home / ".ssh" / key, home / ".ssh" / "id_ed25519")
+            proc = run_cli("--service", f"ssh://admin@127.0.0.1:{port}", "vm", "ls",
+                           env={"HOME": str(home)})
+            os.replace(home / ".ssh" / "id_ed25519", home / ".ssh" / key)
+            assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1, proc.stderr_text
+            assert "this node serves no admin service: it was started without --cluster" \
+                in proc.stderr_text
+            assert "`blockfold node serve --cluster DIR`" in proc.stderr_text
+    finally:
+        node.terminate()
+        node.wait(10)
 
 
 def test_restoring_a_running_node_or_failing_a_stopped_one_is_refused(make_cluster):

@@ -3,16 +3,20 @@ own connection (RemoteAdmin) and sees what the others did at its next poll; even
 
 from __future__ import annotations
 
-from textual.widgets import DataTable
+import subprocess
+import time
+
+from textual.widgets import Button, DataTable
 
 from console.app import BlockfoldApp
 from console.clock import FixedClock
+from console.screens.error import ErrorDialog
 from engine.api import find_service
 from tests.conftest import run_cli
 from tests.serviceproc import Served
 
 from .conftest import SIZE
-from .helpers import press, settle
+from .helpers import asked, press, settle
 
 
 def vm_rows(app) -> list[str]:
@@ -60,4 +64,59 @@ async def test_two_consoles_and_a_cli_on_one_service(pool_dir):
     finally:
         alice.close()
         bob.close()
+        service.stop()
+
+
+def attach(service: Served, admin, vm: str) -> subprocess.Popen:
+    """qemu-io holding `vm` open over NBD, once the service counts it as attached."""
+    client = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "read 0 4k", "-c", "sleep 60000",
+                               service.uri(vm)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not admin.vm_info(vm).attached:
+        assert time.monotonic() < deadline, f"qemu-io did not attach {vm}"
+        time.sleep(0.1)
+    return client
+
+
+async def test_deleting_an_attached_vm_says_who_and_detaches_only_when_asked(pool_dir):
+    """The question names the NBD client and offers "Detach and delete"; a client that attached
+    after the question is told in the console's words (no CLI flag), and d again detaches it."""
+    service = Served(["-p", str(pool_dir)], "--nbd", "127.0.0.1:0")
+    admin = find_service(pool_dir, actor="alice")
+    clients = []
+    try:
+        clients.append(attach(service, admin, "desk-1"))
+        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
+        async with app.run_test(size=SIZE) as pilot:
+            await press(pilot, "2", "d")
+            question = asked(app)
+            assert question.startswith("VM desk-1 is attached over NBD by 127.0.0.1:")
+            assert question.endswith(": deleting it detaches them and pulls the disk from under"
+                                     " them. Delete VM desk-1? Its own blocks are freed.")
+            assert str(app.screen.query_one("#yes", Button).label) == "Detach and delete (y)"
+            await press(pilot, "n")
+            assert "desk-1" in admin.vm_names() and admin.vm_info("desk-1").attached
+
+            await press(pilot, "down", "d")
+            assert asked(app) == "Delete VM desk-2? Its own blocks are freed."
+            clients.append(attach(service, admin, "desk-2"))    # after the question, before y
+            await press(pilot, "y")
+            assert isinstance(app.screen, ErrorDialog)
+            refusal = str(app.screen.query_one("#message").render())
+            assert "VM desk-2 is attached over NBD by 127.0.0.1:" in refusal
+            assert "nothing was deleted. Detach the client first, or press d again" in refusal
+            assert "--force detaches" not in refusal
+            assert "desk-2" in admin.vm_names()
+
+            await press(pilot, "enter", "d")
+            assert asked(app).startswith("VM desk-2 is attached over NBD by 127.0.0.1:")
+            await press(pilot, "y")
+            assert "desk-2" not in admin.vm_names() and "desk-2" not in vm_rows(app)
+            assert "desk-1" in admin.vm_names()
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+        admin.close()
         service.stop()

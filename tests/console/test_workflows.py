@@ -7,7 +7,7 @@ import re
 import threading
 
 from textual.command import CommandList
-from textual.widgets import DataTable, Static
+from textual.widgets import Button, DataTable, Static
 
 from console.app import BlockfoldApp
 from console.clock import FixedClock
@@ -19,7 +19,7 @@ from widgets.block_table import BlockTable
 from widgets.rebuild_panel import RebuildPanel
 
 from .conftest import SIZE
-from .helpers import press, settle
+from .helpers import asked, press, settle
 
 
 def vm_rows(app) -> list[str]:
@@ -78,11 +78,28 @@ async def test_snapshot_and_refresh_from_the_vms_screen(make_app, admin):
 async def test_delete_happens_only_after_yes(make_app, admin):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await press(pilot, "2", "down", "down", "d", "n")
+        await press(pilot, "2", "down", "down", "d")     # the question waits for what it says
+        await press(pilot, "n")
         assert "desk-3" in admin.vm_names() and "desk-3" in vm_rows(app)
-        await press(pilot, "d", "y")
+        await press(pilot, "d")
+        await press(pilot, "y")
         assert "desk-3" not in admin.vm_names() and "desk-3" not in vm_rows(app)
         assert admin.events(1)[0].message == "deleted desk-3"
+
+
+async def test_deleting_a_golden_image_says_what_the_cli_says_about_its_clones(make_app, admin):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "2", "end", "d")
+        assert asked(app) == (
+            "VM golden is the golden image of 3 clones (desk-1, desk-2, desk-3); they keep"
+            " their disks, but can no longer be refreshed to it. Delete it?")
+        assert "Delete (y)" in str(app.screen.query_one("#yes", Button).label)
+        await press(pilot, "n")
+        assert "golden" in admin.vm_names()
+        await press(pilot, "home", "d")
+        assert asked(app) == "Delete VM desk-1? Its own blocks are freed."
+        await press(pilot, "n")
 
 
 async def test_failing_a_node_of_an_embedded_pool_shows_the_error_and_keeps_running(make_app,
@@ -94,7 +111,8 @@ async def test_failing_a_node_of_an_embedded_pool_shows_the_error_and_keeps_runn
         assert "no nodes to fail" in str(app.screen.query_one("#message").render())
         await press(pilot, "enter", "2")
         assert len(vm_rows(app)) == 4
-        await press(pilot, "d", "y")        # the console still does work after the error
+        await press(pilot, "d")
+        await press(pilot, "y")             # the console still does work after the error
         assert "desk-1" not in admin.vm_names()
 
 
@@ -255,7 +273,8 @@ async def test_no_engine_call_runs_on_the_ui_thread(pool_dir):
         app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
         async with app.run_test(size=SIZE) as pilot:
             await press(pilot, "2", "c", "enter", "enter", "3", "pagedown", "4", "f", "5", "6")
-            await press(pilot, "2", "d", "y", "1")
+            await press(pilot, "2", "d")
+            await press(pilot, "y", "1")
             await asyncio.sleep(0.3)
             assert len(admin.vm_names()) == 4     # one clone made, one VM deleted
         assert admin.ui_thread_calls == ["vm_names"]   # only this test's own call above

@@ -1,0 +1,38 @@
+"""Sentences the CLI and the console both say, built in one place so they say the same."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.api import formats
+
+
+def listed(names: Sequence[str], readers: int | None = None, most: int = 4) -> str:
+    """At most `most` of `names` in natural order, joined with ", " as every list of names a
+    message shows, then how many more of `readers` (default: of `names`): "d-1, d-2 +3"."""
+    readers = len(names) if readers is None else readers
+    names = sorted(names, key=formats.natural_key)
+    if readers <= most:
+        return ", ".join(names)
+    return ", ".join(names[:most]) + f" +{formats.count(readers - most)}"
+
+
+def delete_question(name: str, clones: Sequence[str], attached: Sequence[str] = ()) -> str:
+    """The question before deleting VM `name`: that it is the golden image of `clones` (which
+    keep their disks but lose refresh), and, when NBD clients (HOST:PORT each) are `attached`,
+    that deleting it cuts them off. Ends with a question mark."""
+    said = (f"VM {name} is attached over NBD by {listed(attached)}: deleting it detaches them"
+            " and pulls the disk from under them. " if attached else "")
+    if clones:
+        return said + (f"VM {name} is the golden image of {len(clones)} clone"
+                       f"{'s' if len(clones) > 1 else ''} ({listed(clones)}); they keep their"
+                       " disks, but can no longer be refreshed to it. Delete it?")
+    return said + f"Delete VM {name}? Its own blocks are freed."
+
+
+def attached_refusal(name: str, attached: Sequence[str]) -> str:
+    """The console's refusal to delete VM `name` that NBD clients (HOST:PORT each) attached
+    after it asked: what to do, in the console or with the CLI."""
+    return (f"VM {name} is attached over NBD by {listed(attached) or 'a client'}: nothing was"
+            " deleted. Detach the client first, or press d again to detach and delete it"
+            f" (`blockfold vm rm {name} --force` on the command line).")
