@@ -353,6 +353,18 @@ def test_a_rated_scrub_holds_its_rate_from_the_first_block_and_ends_with_its_las
         assert 0.95 <= result["seconds"] < 1.5
 
 
+def _disk_full(p, monkeypatch):
+    """Makes the pool's catalog commits fail as on a full disk; returns the real commit, for
+    the test to put back."""
+    real_commit = p.catalog.commit
+
+    def full_disk():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(p.catalog, "commit", full_disk)
+    return real_commit
+
+
 def test_a_failed_commit_keeps_acknowledged_writes_and_edits_change_nothing(pool_dir,
                                                                            monkeypatch):
     with Pool.open(pool_dir) as p:
@@ -360,12 +372,7 @@ def test_a_failed_commit_keeps_acknowledged_writes_and_edits_change_nothing(pool
         p.write("a", 0, rand(8 * BS, 1))
         p.flush()
         p.write("a", BS, rand(BS, 2))                   # acknowledged, not yet durable
-        real_commit = p.catalog.commit
-
-        def full_disk():
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        real_commit = _disk_full(p, monkeypatch)
         with pytest.raises(AbortedError, match="disk is full"):
             p.flush()
         with pytest.raises(AbortedError):
@@ -394,12 +401,7 @@ def test_a_golden_delete_unlinks_every_clone_all_or_nothing(pool_dir, monkeypatc
         p.write("g", 0, rand(8 * BS, 1))
         p.clone("g", "d", count=3)
         p.snapshot("d-1", "s")
-        real_commit = p.catalog.commit
-
-        def full_disk():
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        real_commit = _disk_full(p, monkeypatch)
         with pytest.raises(AbortedError):
             p.delete("g")
         monkeypatch.setattr(p.catalog, "commit", real_commit)
@@ -431,12 +433,7 @@ def test_a_golden_rename_keeps_every_clone_reading_its_golden_all_or_nothing(poo
         p.clone("g", "d", count=3)
         p.write("d-2", 0, own)
         p.snapshot("d-2", "s")
-        real_commit = p.catalog.commit
-
-        def full_disk():
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(p.catalog, "commit", full_disk)
+        real_commit = _disk_full(p, monkeypatch)
         with pytest.raises(AbortedError):
             p.rename("g", "h")
         monkeypatch.setattr(p.catalog, "commit", real_commit)
