@@ -18,7 +18,7 @@ from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Header, Static
 
-from engine.api import Admin, BlockfoldError
+from engine.api import Admin, BlockfoldError, Job
 from widgets.key_bar import KeyBar
 
 from .clock import SystemClock
@@ -27,6 +27,7 @@ from .palette import CommandsProvider
 from .registry import SCREENS, allowed, app_bindings, find
 from .screens.base import PoolPane
 from .screens.blocks import BlocksPane
+from .screens.confirm import ConfirmDialog
 from .screens.error import ErrorDialog
 from .screens.events import EventsPane
 from .screens.help import HelpScreen
@@ -49,6 +50,16 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def quit_question(jobs: list[Job]) -> str:
+    """The question before quitting a console whose service runs other clients' `jobs`."""
+    n = len(jobs)
+    running = ", ".join(f"{j.kind.replace('_', ' ')} by {j.actor}" for j in jobs[:3])
+    more = f" +{n - 3}" if n > 3 else ""
+    who = f"{n} jobs from other clients are" if n > 1 else "1 job from another client is"
+    return (f"{who} running through this console ({running}{more}): quitting cancels"
+            f" {'them' if n > 1 else 'it'}. Quit?")
+
+
 class BlockfoldApp(App):
     TITLE = "Blockfold"
     BINDINGS = app_bindings()
@@ -69,9 +80,13 @@ class BlockfoldApp(App):
     switcher: ContentSwitcher
 
     def __init__(self, admin: Admin, *, read_only: bool = False, clock=None,
-                 poll_interval: float = 2.0):
+                 poll_interval: float = 2.0,
+                 quitting_cancels: Callable[[], list[Job]] | None = None):
+        """`quitting_cancels()`: the running jobs that quitting cancels (the other clients' of
+        a service this console runs for its pool), asked about first; None: none."""
         super().__init__()
         self.admin = admin
+        self.quitting_cancels = quitting_cancels
         self.read_only = read_only
         self.clock = clock or SystemClock()
         self.poll_interval = poll_interval
@@ -129,6 +144,18 @@ class BlockfoldApp(App):
             return (find(self.pane.MODE, inner) is not None
                     and allowed(self.pane.MODE, inner, self.read_only))
         return allowed("app", action, self.read_only)
+
+    async def action_quit(self) -> None:
+        """`q`: quits, after asking if that cancels other clients' running jobs."""
+        jobs = self.quitting_cancels() if self.quitting_cancels is not None else []
+        if not jobs:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+        self.push_screen(ConfirmDialog("Quit", quit_question(jobs), "Quit"), answered)
 
     # -- engine calls -------------------------------------------------------------------------
 

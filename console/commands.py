@@ -10,6 +10,7 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -615,13 +616,25 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
     actor = local_user()
     directory = args.cluster or pool_path(args)
-    service = api.Service(hold(args, actor), directory, actor=actor, group=args.group, nbd=nbd,
+    admin = hold(args, actor)
+    try:
+        admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile every"
+                      " command and console goes through it")
+    except BaseException:
+        admin.close()
+        raise
+    service = api.Service(admin, directory, actor=actor, group=args.group, nbd=nbd,
                           nbd_read_only=nbd_read_only, metrics=args.metrics)
     try:
         service.run(lambda bound: ready(dict(bound, admin=service.socket_path)))
     finally:
         service.close()     # the Admin opened here, or the one that took its place
     return 0
+
+
+def command_line() -> str:
+    """This process's command line as its user typed it: `blockfold console -p pl`."""
+    return shlex.join(["blockfold", *sys.argv[1:]])
 
 
 def hold(args, actor: str) -> api.Admin:
@@ -1116,7 +1129,10 @@ def console(args) -> int:
     sys.setswitchinterval(0.001)
     # A console served over SSH logs its actions under the key's comment (engine/node).
     with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
-        app = BlockfoldApp(admin, read_only=args.read_only)
+        # A console serving its own pool (console_admin) cancels its clients' jobs on quitting.
+        jobs = getattr(admin, "job_list", None)
+        app = BlockfoldApp(admin, read_only=args.read_only,
+                           quitting_cancels=jobs.from_clients if jobs is not None else None)
         _quit_on_hangup(app)
         app.run()
     return 0
@@ -1133,13 +1149,15 @@ def console_admin(args, actor: str):
     service = None
     try:
         if not admin.served and not args.read_only:
+            admin.held_by("a console", command_line(), "quit it, or start `serve` first and"
+                          " consoles go through it")
             service = api.Service(admin, args.cluster or pool_path(args), actor=actor)
             service.start_in_thread()
         yield service.admin if service is not None else admin
     finally:
         try:
             if service is not None:
-                service.stop()
+                service.stop(f"the console serving {admin.kind} {admin.name} quit")
         finally:
             if service is not None:
                 service.close()     # its Admin: this one, or the one that took its place

@@ -20,6 +20,12 @@ def current(default: str) -> str:
     return _ACTOR.get() or default
 
 
+def requested() -> str | None:
+    """The actor of the client request being served here; None outside one (the opener's own
+    calls: a console on the pool it serves)."""
+    return _ACTOR.get()
+
+
 @contextmanager
 def acting(name: str) -> Iterator[None]:
     """Names `name` as the actor of everything done inside the block, in this thread."""

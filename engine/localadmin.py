@@ -225,6 +225,11 @@ class LocalAdmin(Admin):
         newer writer (engine/cluster/admin.py); called from a thread of the engine's, `line`
         being what fenced() says from then on. A local pool is never fenced: nothing to do."""
 
+    def held_by(self, what: str, command: str, advice: str) -> None:
+        """Names what holds this pool to the openers refused meanwhile: "pool P is held by
+        `what` (pid N, `command`): `advice`" (engine/lock.py). Raises OSError."""
+        self.pool.held_by(what, command, advice)
+
     def close(self): self.pool.close()
 
 

@@ -8,12 +8,17 @@ writer's pid (5 kills in 200, a child spawning in a loop). A record lock belongs
 children never hold it. Its catch, a lock that goes when the process closes *any* descriptor of
 the file, is kept away by opening DIR/lock only here, and refusing a second lock of the same
 file in this process before it is opened (_HELD).
+
+The file says who holds it: the holder's pid on the first line, and, once a Blockfold process
+serves the pool (a service, or a console serving its own pool: held_by), a JSON line naming it,
+its command line and what to do; a refused opener names it from there.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import threading
 from pathlib import Path
@@ -44,12 +49,11 @@ class PoolLock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                said = os.pread(fd, 4096, 0)
                 os.close(fd)
                 if e.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
-                raise PoolLockedError(f"pool {directory} is in use by another process"
-                                      f" (pid {holder})") from None
+                raise PoolLockedError(_refusal(directory, said)) from None
             st = os.fstat(fd)
             self.key = (st.st_dev, st.st_ino)
             _HELD.add(self.key)
@@ -57,9 +61,31 @@ class PoolLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
+    def held_by(self, what: str, command: str, advice: str) -> None:
+        """Says who holds the lock, for the openers it refuses: "pool P is held by `what` (pid N,
+        `command`): `advice`". `what`: "a console"; `command`: its command line; `advice`: what
+        to do. Raises OSError (cannot write DIR/lock)."""
+        said = f"{os.getpid()}\n" + json.dumps({"what": what, "command": command,
+                                                "advice": advice}) + "\n"
+        # Longer than the pid line alone, so a reader in between sees that line whole.
+        os.pwrite(self.fd, said.encode(), 0)
+        os.ftruncate(self.fd, len(said.encode()))
+
     def release(self) -> None:
         with _HELD_LOCK:
             if self.fd >= 0:
                 _HELD.discard(self.key)
                 os.close(self.fd)
                 self.fd = -1
+
+
+def _refusal(directory: Path, said: bytes) -> str:
+    """The refusal of `directory`, from what its lock file `said` (see held_by)."""
+    lines = said.decode(errors="replace").split("\n")
+    pid = lines[0].strip() or "?"
+    try:
+        holder = json.loads(lines[1])
+        return (f"pool {directory} is held by {holder['what']} (pid {pid},"
+                f" `{holder['command']}`): {holder['advice']}")
+    except (IndexError, ValueError, TypeError, KeyError):      # a plain opener: its pid alone
+        return f"pool {directory} is in use by another process (pid {pid})"

@@ -225,6 +225,12 @@ class Pool:
         """The pool keeps its blocks in its own slot files (not a cluster's nodes)."""
         return self.blocks is self.core
 
+    def held_by(self, what: str, command: str, advice: str) -> None:
+        """Names what holds the pool to the openers it refuses (engine/lock.py PoolLock.held_by);
+        nothing for a read-only pool, which holds no lock."""
+        if self._lock_file:
+            self._lock_file.held_by(what, command, advice)
+
     def close(self, commit: bool = True) -> None:
         """Commits, marks the pool clean and releases it. `commit` False: releases it only (a
         fenced cluster writer's pool, whose commits a newer writer's epoch refuses)."""

@@ -70,6 +70,11 @@ def test_every_command_goes_through_the_service_and_works_as_without_one(pool_di
     assert oct(s.socket.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(PoolLockedError):
         Pool.open(pool_dir)             # the service holds the pool: the CLI cannot open it
+    second = run_cli("-p", pool_dir, "serve")
+    assert second.returncode == 1 and second.stderr_text == (
+        f"blockfold: error: pool {pool_dir} is held by a service (pid {s.proc.pid}, `blockfold"
+        f" -p {pool_dir} serve`): stop it first (SIGTERM); meanwhile every command and console"
+        " goes through it\n")
     cli = lambda *a, **kw: run_cli("-p", pool_dir, *a, check=True, **kw)    # noqa: E731
     assert "d-1 … d-3" in cli("vm", "clone", "golden", "d", "--count", "3").stdout_text
     other = image(tmp_path / "other.raw", 2, 2)

@@ -564,6 +564,10 @@ class ClusterAdmin(LocalAdmin):
             self._rejoin(i)
         self._record("node", f"restored {name} (its process restarted)", actor)
 
+    def held_by(self, what: str, command: str, advice: str) -> None:
+        """A cluster's write lease names its holder's host and pid (engine/cluster/holder.py):
+        nothing more is said."""
+
     def close(self) -> None:
         self._stop.set()
         if self._healer and self._healer is not threading.current_thread():

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..actor import current as current_actor
+from ..actor import current as current_actor, requested
 from ..errors import CancelledError, RefusedError
 from ..progress import Progress, ProgressCallback
 from ..results import Job
@@ -39,6 +39,7 @@ class _Running:
     actor: str
     started: float
     cancel: threading.Event
+    client: bool                # asked for by a client of the service (not its opener)
     progress: Progress | None = None
     state: str = "running"
     message: str = ""
@@ -99,7 +100,7 @@ class Jobs:
                             f"a {kind} runs already (job {other.id}, started by {other.actor}):"
                             f" `blockfold job cancel {other.id}` stops it")
             job = _Running(next(self._ids), kind, current_actor(self.default_actor), time.time(),
-                           cancel)
+                           cancel, requested() is not None)
             self._running[job.id] = job
         return job
 
@@ -110,8 +111,10 @@ class Jobs:
                 progress(p)
         try:
             result = work(report, job.cancel)
-        except CancelledError:
+        except CancelledError as e:
             job.state = "cancelled"
+            if job.message:     # stop_all's why: the client is told it too
+                raise CancelledError(f"{e}: {job.message}") from None
             raise
         except BaseException as e:
             # Stopped by its cancel, saying what it did first (a clone's batches kept): cancelled.
@@ -132,6 +135,13 @@ class Jobs:
             jobs = sorted([*self._running.values(), *self._ended], key=lambda j: j.id)
         return [j.result() for j in jobs]
 
+    def from_clients(self) -> list[Job]:
+        """The running jobs that clients of the service asked for (not its opener: a console
+        serving its own pool), oldest first."""
+        with self._lock:
+            jobs = sorted((j for j in self._running.values() if j.client), key=lambda j: j.id)
+        return [j.result() for j in jobs]
+
     def cancel(self, job_id: int) -> Job:
         """Asks a running job to stop; returns it. Raises RefusedError (no such job running)."""
         with self._lock:
@@ -142,7 +152,8 @@ class Jobs:
         return job.result()
 
     def stop_all(self, timeout: float, why: str = "") -> int:
-        """Cancels every running job (`why`, if given, is what each then says) and waits up to
+        """Cancels every running job (`why`, if given, is what each then says, and what its
+        client is told after "… cancelled: ") and waits up to
         `timeout` seconds in all for them to end (a background job's thread too); returns how
         many were running."""
         with self._lock:

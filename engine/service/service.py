@@ -76,6 +76,7 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._why = ""          # what stop() tells the clients of the jobs it cancels
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -189,11 +190,12 @@ class Service:
                 if self.inner is admin:
                     self.inner = None
 
-    async def drain(self) -> None:
-        """Stops taking clients, answers what NBD received, cancels the jobs, and gives every
-        admin call DRAIN_S to finish."""
+    async def drain(self, why: str = "") -> None:
+        """Stops taking clients, answers what NBD received, cancels the jobs (`why`, if given,
+        is what their clients are told: Jobs.stop_all), and gives every admin call DRAIN_S to
+        finish."""
         await self._close_listeners()
-        await asyncio.to_thread(self.admin.job_list.stop_all, DRAIN_S)
+        await asyncio.to_thread(self.admin.job_list.stop_all, DRAIN_S, why)
         calls = [c for s in self.sessions for c in s.calls.values()]
         await asyncio.to_thread(_join, [c.ended for c in calls], DRAIN_S)
         for session in list(self.sessions):
@@ -246,17 +248,19 @@ class Service:
             try:
                 await self._stopping.wait()
             finally:
-                await self.drain()
+                await self.drain(self._why)
 
         self._thread = threading.Thread(target=asyncio.run, args=(main(),),
                                         name="blockfold-service", daemon=True)
         self._thread.start()
         return started.result()
 
-    def stop(self) -> None:
-        """Drains a service started with start_in_thread and waits for it."""
+    def stop(self, why: str = "") -> None:
+        """Drains a service started with start_in_thread and waits for it; `why`, if given, is
+        what the clients of the jobs it cancels are told ("the console serving pool P quit")."""
         if self._thread is None:
             return
+        self._why = why
         self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
         self._thread = None

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from engine.api import LocalAdmin
+from engine.api import LocalAdmin, find_service
+from tests.conftest import ROOT, run_cli
 from tests.terminal import Terminal
 
 BLOCKFOLD = str(Path(sys.executable).parent / "blockfold")
@@ -82,3 +85,51 @@ def test_demo_runs_a_seeded_cluster_and_stops_it_on_quit(etcd, terminal, tmp_pat
             b"engine.node" not in open(f"/proc/{pid}/cmdline", "rb").read()
     assert not os.path.exists(f"/proc/{member}") or \
         str(demo / "etcd").encode() not in open(f"/proc/{member}/cmdline", "rb").read()
+
+
+def test_a_console_serving_its_pool_names_itself_to_serve_and_asks_before_cancelling_jobs(
+        terminal, pool_dir):
+    """A console that serves its own pool: `serve` is refused naming it and what to do; `q` while
+    a CLI's import runs through it asks first (n keeps it running), and the import, cancelled
+    by the quit, says why."""
+    t = terminal(f"{BLOCKFOLD} console -p {pool_dir}")
+    t.wait_for("Blockfold · Overview")
+    pid = t.client_pid()
+    refused = run_cli("-p", pool_dir, "serve", "--nbd", "127.0.0.1:0")
+    assert refused.returncode == 1
+    assert refused.stderr_text == (
+        f"blockfold: error: pool {pool_dir} is held by a console (pid {pid}, `blockfold console"
+        f" -p {pool_dir}`): quit it, or start `serve` first and consoles go through it\n")
+
+    client = subprocess.Popen([sys.executable, "-m", "console", "-p", pool_dir, "vm", "import",
+                               "big", "-"], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client.stdin.write("x" * 5000)       # a block and a bit, then nothing: stdin stays open
+        client.stdin.flush()
+        with find_service(pool_dir) as admin:
+            deadline = time.monotonic() + 30
+            while not [j for j in admin.jobs() if j.kind == "import_image"]:
+                assert time.monotonic() < deadline and client.poll() is None
+                time.sleep(0.05)
+        t.keys("q")
+        shown = t.wait_for("Quit?")
+        assert "1 job from another client is running through this console" in shown
+        assert f"import image by {getpass.getuser()}" in shown
+        t.keys("n")
+        deadline = time.monotonic() + 20
+        while "Quit?" in t.screen():        # the dialog goes, the console stays
+            assert time.monotonic() < deadline, t.screen()
+            time.sleep(0.1)
+        assert "Blockfold · Overview" in t.screen() and client.poll() is None
+        t.keys("q")
+        t.wait_for("Quit?")
+        t.keys("y")
+        assert t.exit_code() == 0
+        assert client.wait(20) == 1
+        assert client.stderr.read() == (f"blockfold: error: import of stdin cancelled: the"
+                                        f" console serving pool {pool_dir} quit\n")
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate(timeout=30)
