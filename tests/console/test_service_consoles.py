@@ -3,16 +3,20 @@ own connection (RemoteAdmin) and sees what the others did at its next poll; even
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import subprocess
+import sys
 import time
 
 from textual.widgets import Button, DataTable
 
 from console.app import BlockfoldApp
 from console.clock import FixedClock
+from console.screens.confirm import ConfirmDialog
 from console.screens.error import ErrorDialog
-from engine.api import find_service
-from tests.conftest import run_cli
+from engine.api import LocalAdmin, Service, find_service
+from tests.conftest import ROOT, run_cli
 from tests.serviceproc import Served
 
 from .conftest import SIZE
@@ -120,3 +124,57 @@ async def test_deleting_an_attached_vm_says_who_and_detaches_only_when_asked(poo
             client.wait()
         admin.close()
         service.stop()
+
+
+def import_from_stdin(pool_dir, name: str) -> subprocess.Popen:
+    """`vm import NAME -` whose stdin stays open after a block and a bit: a job that runs until
+    it is cancelled."""
+    client = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                               "import", name, "-"], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client.stdin.write("x" * 5000)
+    client.stdin.flush()
+    return client
+
+
+async def test_quitting_a_console_that_serves_its_pool_asks_while_clients_jobs_run(pool_dir):
+    """The console serving its own pool (as `blockfold console` does with no service running):
+    with two CLI imports running through it, `q` asks, naming them by kind and user; n keeps
+    them running; once it quits, each import ends saying why."""
+    admin = LocalAdmin.open(pool_dir, actor="console")
+    service = Service(admin, pool_dir, actor="console")
+    service.start_in_thread()
+    clients = []
+    try:
+        served = service.admin
+        app = BlockfoldApp(served, clock=FixedClock(), poll_interval=3600,
+                           quitting_cancels=served.job_list.from_clients)
+        async with app.run_test(size=SIZE) as pilot:
+            clients = [import_from_stdin(pool_dir, name) for name in ("big1", "big2")]
+            deadline = time.monotonic() + 30
+            while len(served.job_list.from_clients()) < 2:
+                assert time.monotonic() < deadline and all(c.poll() is None for c in clients)
+                await asyncio.sleep(0.05)
+            await press(pilot, "q")
+            user = getpass.getuser()
+            assert asked(app) == (f"2 jobs from other clients are running through this console"
+                                  f" (import image by {user}, import image by {user}):"
+                                  " quitting cancels them. Quit?")
+            await press(pilot, "n")
+            assert not isinstance(app.screen, ConfirmDialog)
+            assert all(c.poll() is None for c in clients)
+            await press(pilot, "q", "y")
+            assert not app.is_running
+        service.stop(f"the console serving pool {pool_dir} quit")     # as console_admin does
+        for client in clients:
+            _, err = client.communicate(timeout=30)
+            assert client.returncode == 1
+            assert err == (f"blockfold: error: import of stdin cancelled: the console serving"
+                           f" pool {pool_dir} quit\n")
+    finally:
+        service.stop()
+        service.close()
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.communicate(timeout=30)
