@@ -175,14 +175,18 @@ def vm_import(admin, args, bar) -> int:
          " own directory is refused. When OUT is stdout (/dev/stdout), the line saying what was"
          " exported goes to stderr, so stdout is the image alone.",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
-                           arg("--format", choices=api.EXPORT_FORMATS, default="raw",
-                               help="the image's format (default raw)")])
+                           arg("--format", choices=api.EXPORT_FORMATS,
+                               help="the image's format (default: OUT's suffix, .qcow2 or"
+                                    " .vmdk, else raw)")])
 def vm_export(admin, args, bar) -> int:
     # (looked at before the export: a file replaced is another file after it)
     stdout = args.out == "-" or _is_stdout(args.out)
     if stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a disk image to a terminal: give a file, or pipe it")
     home = None if args.service else args.cluster or pool_path(args)
+    # A file named disk.qcow2 that held raw bytes would be taken for raw by whoever opens it.
+    suffix = os.path.splitext(args.out)[1].lstrip(".").lower()
+    args.format = args.format or (suffix if suffix in api.EXPORT_FORMATS else "raw")
     with terminated_as_interrupted():
         api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
     if args.out == "-":

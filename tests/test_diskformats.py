@@ -66,12 +66,14 @@ def test_every_format_round_trips_byte_for_byte(cli, images, tmp_path):
         assert (tmp_path / f"{fmt}.raw").read_bytes() == disk, fmt
     for fmt in ("qcow2", "vmdk"):
         cli("vm", "export", "vdi", tmp_path / f"out.{fmt}", "--format", fmt)
-        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
-                                          tmp_path / f"out.{fmt}"], capture_output=True,
-                                         check=True).stdout)
-        assert info["format"] == fmt
-        subprocess.run(["qemu-img", "compare", "-q", tmp_path / f"out.{fmt}",
-                        images / "fs.raw"], check=True)
+        cli("vm", "export", "vdi", tmp_path / f"named.{fmt}")     # the format from its name
+        for out in (tmp_path / f"out.{fmt}", tmp_path / f"named.{fmt}"):
+            info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", out],
+                                             capture_output=True, check=True).stdout)
+            assert info["format"] == fmt
+            subprocess.run(["qemu-img", "compare", "-q", out, images / "fs.raw"], check=True)
+    cli("vm", "export", "vdi", tmp_path / "raw.qcow2", "--format", "raw")   # as told
+    assert (tmp_path / "raw.qcow2").read_bytes() == disk
     # Four imports of one disk: the pool holds it once.
     stats = json.loads(cli("stats", "--json").stdout)
     assert stats["dedup_ratio"] >= 4.0

@@ -34,7 +34,8 @@ class RebuildPane(PoolPane):
     def body(self) -> ComposeResult:
         yield RebuildPanel(list(self.app.admin.rebuild_phases))
         table = RowTable(COLUMNS, cursor_type="none", id="history", classes="framed")
-        table.border_title = "recent rebuilds   (f fast · F full · Escape cancels)"
+        table.border_title = "recent rebuilds" + (
+            "" if self.app.read_only else "   (f fast · F full · Escape cancels)")
         yield table
 
     def show_view(self, view: PoolView) -> None:

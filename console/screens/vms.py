@@ -49,12 +49,12 @@ class VMsPane(PoolPane):
                                     vm.origin or ""))
                          for vm in vms])
         s = view.stats
-        table.border_title = (f"{formats.count(len(vms))} VMs · "
+        table.border_title = (f"{formats.counted(len(vms), 'VM')} · "
                               f"{formats.size(s.logical_bytes)} logical in "
                               f"{formats.size(s.physical_bytes)} stored · "
                               f"dedup {formats.ratio(s.dedup_ratio)}"
-                              + (f" · {formats.count(s.snapshots)} snapshots holding "
-                                 f"{formats.count(s.snapshot_blocks)} blocks alone"
+                              + (f" · {formats.counted(s.snapshots, 'snapshot')} holding "
+                                 f"{formats.counted(s.snapshot_blocks, 'block')} alone"
                                  if s.snapshots else ""))
 
     def selected(self) -> str | None:

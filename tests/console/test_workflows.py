@@ -145,6 +145,7 @@ async def test_read_only_hides_and_refuses_writes(make_app, admin):
         last = admin.last_rebuild()
         await press(pilot, "escape", "4", "f", "F")      # a rebuild writes: hidden too
         assert app.pane.MODE == "rebuild" and admin.last_rebuild() == last
+        assert "f fast" not in str(app.pane.query_one("#history").border_title)
     assert len(admin.vm_names()) == 4
 
 
