@@ -10,7 +10,6 @@ half of it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,9 @@ CONFIG_FILE = "cluster.json"
 ADMIN_KEY = "admin_key"
 PEER_KEY = "peer_key"
 LEASE_SECONDS = 10.0
+# A shorter lease than heartbeats can keep (every 0.5 s) fails every write; a longer one lets a
+# writer that died hold the cluster's writes that long.
+LEASE_RANGE = (2.0, 600.0)
 
 
 @dataclass
@@ -103,9 +105,10 @@ class ClusterConfig:
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: a node without"
                                  " a name or address")
         lease = config.lease_seconds
-        if type(lease) not in (int, float) or not (math.isfinite(lease) and lease > 0):
+        low, high = LEASE_RANGE
+        if type(lease) not in (int, float) or not low <= lease <= high:
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: lease_seconds"
-                                 f" must be a positive number of seconds, not {lease!r}")
+                                 f" must be from {low:g} to {high:g} seconds, not {lease!r}")
         return config
 
     @classmethod

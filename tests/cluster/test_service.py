@@ -385,7 +385,8 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
 
 @pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
                                   '{"replicas": 2, "bogus": 1}', '{"lease_seconds": 0}',
-                                  '{"lease_seconds": "10"}'])
+                                  '{"lease_seconds": "10"}', '{"lease_seconds": 1e-9}',
+                                  '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}'])
 def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
     # `[]` in cluster.json gave "internal error: TypeError: pop expected at most 1 argument".
     (tmp_path / "cluster.json").write_text(text)
