@@ -491,7 +491,8 @@ def test_cli_usage_errors_are_one_line(pool_dir):
 def test_cli_refuses_a_second_server_and_a_busy_port(pool_dir, golden, server):
     s = server()
     proc = run_cli("-p", pool_dir, "nbd", "serve", "--listen", "127.0.0.1:0", check=False)
-    assert proc.returncode == 1 and "in use" in proc.stderr_text
+    assert proc.returncode == 1 and "is held by a service (pid " in proc.stderr_text
+    assert "stop it first (SIGTERM)" in proc.stderr_text
     assert "Traceback" not in proc.stderr_text
     other = pool_dir.parent / "other"
     create_pool(other)
