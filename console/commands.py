@@ -339,14 +339,15 @@ def vm_ls(admin, args, bar) -> int:
 def vm_info(admin, args, bar) -> int:
     info = admin.vm_info(args.name)
     v = info.stats
-    snaps = ", ".join(f"{s.name} ({_count(s.blocks_alone)} blocks alone)"
+    snaps = ", ".join(f"{s.name} ({formats.count(s.blocks_alone)} blocks alone)"
                       for s in info.snapshots) or "-"
     lines = [
         f"name            {v.name}",
         f"size            {formats.size(v.size)} ({v.size} bytes)",
-        f"logical         {formats.size(v.logical_bytes)} ({_count(v.logical_blocks)} blocks)",
-        f"own blocks      {_count(v.unique_blocks)}",
-        f"shared blocks   {_count(v.shared_blocks)}",
+        f"logical         {formats.size(v.logical_bytes)}"
+        f" ({formats.count(v.logical_blocks)} blocks)",
+        f"own blocks      {formats.count(v.unique_blocks)}",
+        f"shared blocks   {formats.count(v.shared_blocks)}",
         f"chain depth     {v.depth}",
         f"origin          {v.origin or '-'}"
         + ("" if info.refreshable or not v.origin else " (not refreshable)"),
@@ -357,10 +358,6 @@ def vm_info(admin, args, bar) -> int:
     ]
     emit(args, info, "\n".join(lines))
     return 0
-
-
-def _count(n: int | None) -> str:
-    return formats.UNKNOWN if n is None else formats.count(n)
 
 
 @command("vm", "rename",
@@ -496,7 +493,7 @@ def vm_snapshot(admin, args, bar) -> int:
 def vm_snapshots(admin, args, bar) -> int:
     snaps = admin.snapshots(args.name)
     rows = [(s.name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)),
-             formats.size(s.size), _count(s.blocks_alone)) for s in snaps]
+             formats.size(s.size), formats.count(s.blocks_alone)) for s in snaps]
     emit(args, snaps, table(("SNAPSHOT", "TAKEN", "SIZE", "BLOCKS ALONE"), rows))
     return 0
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import formats
 from ..errors import BlockfoldError, CancelledError
 from ..net import asynciolog
 from ..net.adminwire import SOCKET
@@ -147,9 +148,9 @@ class Service:
         cancelled = self.admin.job_list.stop_all(
             DRAIN_S, "cancelled because the service was fenced: it worked from a state older than"
                      " the newer writer's commits; run it again once the cluster is taken back")
-        self.log(f"at the fencing: {_count(dropped, 'NBD connection')} dropped,"
-                 f" {_count(cancelled, 'job')} cancelled (clients reconnect, and jobs may run"
-                 " again, once the cluster is taken back)")
+        self.log(f"at the fencing: {formats.counted(dropped, 'NBD connection')} dropped,"
+                 f" {formats.counted(cancelled, 'job')} cancelled (clients reconnect, and jobs may"
+                 " run again, once the cluster is taken back)")
 
     def _reopened(self, admin: LocalAdmin) -> None:
         """A fenced cluster writer took its cluster back (engine/cluster/admin.py), and `admin`
@@ -165,9 +166,9 @@ class Service:
             asyncio.run_coroutine_threadsafe(listening, self._loop)
         except RuntimeError:        # the loop has ended: the service stopped meanwhile
             listening.close()
-        jobs = (f"; {_count(cancelled, 'job')} working from the fenced state"
+        jobs = (f"; {formats.counted(cancelled, 'job')} working from the fenced state"
                 f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
-        dropped = (f"; {_count(dropped, 'NBD connection')} open before"
+        dropped = (f"; {formats.counted(dropped, 'NBD connection')} open before"
                    f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
         self.log(f"serving {admin.name} again{dropped}{jobs}")
 
@@ -280,11 +281,6 @@ def _naming(what: str, address: tuple[str, int]):
         # (socket.create_server's strerror adds the address again, as a Python tuple)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise BlockfoldError(f"cannot serve {what} on {where}: {reason}{hint}") from None
-
-
-def _count(n: int, thing: str) -> str:
-    """"1 job", "2 jobs"."""
-    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:
