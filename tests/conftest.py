@@ -86,6 +86,14 @@ def pool_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
+def server(pool_dir):
+    """start(*extra) -> an `nbd serve` of pool_dir (tests.nbdclient.Server); all stopped after."""
+    from tests.nbdclient import servers     # here: tests.nbdclient imports this module
+    with servers(pool_dir) as start:
+        yield start
+
+
+@pytest.fixture
 def pool(pool_dir):
     p = Pool.open(pool_dir)
     yield p

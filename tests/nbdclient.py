@@ -91,10 +91,12 @@ def servers(pool_dir: Path):
         started.append(Server(pool_dir, *extra, **kw))
         return started[-1]
 
-    yield start
-    for s in started:
-        if s.proc.poll() is None:
-            s.stop()
+    try:
+        yield start
+    finally:        # a test that failed leaves no server running either
+        for s in started:
+            if s.proc.poll() is None:
+                s.stop()
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tests.nbdclient import (CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_REQ_O
                              OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT,
                              OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID,
                              REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_SERVER, REQUEST_MAGIC, STATE_HOLE,
-                             STATE_ZERO, MiB, RawClient, Server, servers, tool)
+                             STATE_ZERO, MiB, RawClient, Server, tool)
 
 
 def fsck(pool_dir: Path) -> str:
@@ -65,12 +65,6 @@ def golden(pool_dir, tmp_path) -> Path:
     image = image_with_duplicates(tmp_path / "golden.raw", 8 * MiB)
     make_vm(pool_dir, "golden", image, clone="desk")
     return image
-
-
-@pytest.fixture
-def server(pool_dir):
-    with servers(pool_dir) as start:
-        yield start
 
 
 # -- real clients ------------------------------------------------------------------------------

@@ -12,16 +12,9 @@ import pytest
 
 from engine.api import LocalAdmin
 from engine.nbd.server import RESERVED_FILES
-from tests.nbdclient import (OPT_EXPORT_NAME, OPT_GO, REP_ACK, REP_ERR_POLICY, MiB, RawClient,
-                             servers)
+from tests.nbdclient import (OPT_EXPORT_NAME, OPT_GO, REP_ACK, REP_ERR_POLICY, MiB, RawClient)
 
 DESKTOPS = 1000
-
-
-@pytest.fixture
-def server(pool_dir):
-    with servers(pool_dir) as start:
-        yield start
 
 
 @pytest.fixture

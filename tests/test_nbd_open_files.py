@@ -17,16 +17,10 @@ import time
 import pytest
 
 from engine.api import LocalAdmin
-from tests.nbdclient import OPT_LIST, REP_ACK, MiB, RawClient, servers
+from tests.nbdclient import OPT_LIST, REP_ACK, MiB, RawClient
 
 DEADLINE_ENV = "BLOCKFOLD_NBD_HANDSHAKE_S"
 LIMIT = 80          # the server's open-file limit, soft and hard
-
-
-@pytest.fixture
-def server(pool_dir):
-    with servers(pool_dir) as start:
-        yield start
 
 
 @pytest.fixture
