@@ -221,7 +221,7 @@ def _is_stdout(path: str) -> bool:
     NAME, arg("--offset", type=options.byte_size, required=True, metavar="N",
               help="byte offset in the VM (4K, 1M: as sizes are given)"),
     arg("file", metavar="FILE", help="the bytes to write: a file, a block device, a FIFO, or -"
-        " for stdin"), FORCE])
+        " for stdin"), YES, FORCE])
 def vm_write(admin, args, bar) -> int:
     source = api.open_source(args.file)
     try:
@@ -364,7 +364,7 @@ def vm_info(admin, args, bar) -> int:
          json='{"old": NAME, "new": NEW}',
          help="rename a VM (its snapshots and its clones' origin follow)",
          args=[arg("old", metavar="NAME", help="the VM's name"),
-               arg("new", metavar="NEW", help="its new name"), FORCE])
+               arg("new", metavar="NEW", help="its new name"), YES, FORCE])
 def vm_rename(admin, args, bar) -> int:
     detaching(args, f"Rename VM {args.old}",
               lambda force: admin.rename(args.old, args.new, force=force))

@@ -244,15 +244,8 @@ def test_an_attached_vm_is_not_deleted_or_overwritten_unless_forced(pool_dir, go
     s = serve("--nbd", "127.0.0.1:0")
     run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
     run_cli("-p", pool_dir, "vm", "snapshot", "desk", "s1", check=True)
-    client = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "read 0 4k", "-c", "sleep 60000",
-                               s.uri("desk")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    client = _attach(pool_dir, s.uri("desk"))
     try:
-        with find_service(pool_dir) as admin:
-            deadline = time.monotonic() + 30
-            while _attached(admin, "desk") is None:      # until qemu-io has connected
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
         before = cli_json("-p", pool_dir, "vm", "ls")
         for words, doing in ((("vm", "rm", "desk", "-y"), "deleting it"),
                              (("vm", "write", "desk", "--offset", "0", "-"), "overwriting it"),
@@ -263,12 +256,36 @@ def test_an_attached_vm_is_not_deleted_or_overwritten_unless_forced(pool_dir, go
             assert proc.stderr_text.endswith(f": {doing} would pull the disk from under them"
                                              " (--force detaches them first)\n")
         assert cli_json("-p", pool_dir, "vm", "ls") == before
-        run_cli("-p", pool_dir, "vm", "rm", "desk", "-y", "--force", check=True)
+        # Each --force detaches the client, and -y answers the question it asks.
+        run_cli("-p", pool_dir, "vm", "write", "desk", "--offset", "0", "-", "--force", "-y",
+                input=b"\x07" * 4096, check=True)
+        client.kill()
+        client = _attach(pool_dir, s.uri("desk"))
+        run_cli("-p", pool_dir, "vm", "rename", "desk", "desk2", "--force", "-y", check=True)
+        run_cli("-p", pool_dir, "vm", "export", "desk2", pool_dir.parent / "desk2.raw",
+                check=True)
+        assert (pool_dir.parent / "desk2.raw").read_bytes()[:4096] == b"\x07" * 4096
+        client.kill()
+        client = _attach(pool_dir, s.uri("desk2"))
+        run_cli("-p", pool_dir, "vm", "rm", "desk2", "-y", "--force", check=True)
         assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
     finally:
         client.kill()
         client.wait()
     s.stop()
+
+
+def _attach(pool_dir, uri: str) -> subprocess.Popen:
+    """A qemu-io that holds `uri` open, once the service shows it attached."""
+    client = subprocess.Popen(["qemu-io", "-f", "raw", "-c", "read 0 4k", "-c", "sleep 60000",
+                               uri], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = uri.rsplit("/", 1)[1]
+    with find_service(pool_dir) as admin:
+        deadline = time.monotonic() + 30
+        while _attached(admin, name) is None:      # until qemu-io has connected
+            assert time.monotonic() < deadline, f"qemu-io never attached {name}"
+            time.sleep(0.1)
+    return client
 
 
 def _attached(admin, name: str):
