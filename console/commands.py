@@ -689,6 +689,9 @@ def stats(admin, args, bar) -> int:
                     if s.replicas > 1 else "")))
     if s.free_slots is not None:
         rows.append(("free slots", formats.count(s.free_slots)))
+    if s.corrupt_blocks:
+        rows.append(("corrupt", f"{formats.counted(s.corrupt_blocks, 'block')} with no sound copy"
+                                " (reads fail; fsck names them)"))
     rows += [
         ("collisions", formats.count(s.collisions)),
         ("VMs reading", hist),

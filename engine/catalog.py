@@ -237,7 +237,9 @@ class Catalog:
             (time.time(), figures["reason"], figures["mode"], figures["seconds"],
              figures["blocks"], figures["bytes"], len(figures["corrupt_blocks"]),
              figures["orphans_reclaimed"]))
-        found = (figures["corrupt_blocks"] or figures["orphans_reclaimed"]
+        # A fast rebuild reads no block: the corrupt ones it counts were known before.
+        corrupt = figures["corrupt_blocks"] if figures["mode"] == "full" else []
+        found = (corrupt or figures["orphans_reclaimed"]
                  or figures.get("bad_references") or figures.get("missing_blocks"))
         rewritten = figures.get("repaired_copies")     # a cluster's full rebuild
         if figures["reason"] != "open" or found or rewritten:

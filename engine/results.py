@@ -194,7 +194,8 @@ class PoolStats:
     collisions: int | None
     """Blocks whose fingerprint matched another block with different bytes (stored apart)."""
     corrupt_blocks: int | None
-    """Blocks found rotten by the last full rebuild (their bytes no longer match)."""
+    """Live blocks known to have no sound copy (their bytes no longer match; found by a full
+    rebuild, a scrub, fsck or a read): reads of them fail."""
     refcount_histogram: dict[str, int] | None
     """Live blocks by refcount (layer references), in power-of-two buckets: {"1": n, "2": n,
     "3-4": n, …}."""

@@ -157,6 +157,14 @@ def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
     proc = run_cli("-p", pool, "fsck")
     assert proc.returncode == 1
     assert "slot 1" in proc.stdout_text and "corrupt" in proc.stdout_text
+    # Known from then on: stats says so, and a fast rebuild (which reads no block) still counts
+    # it; the rebuild of every open logs nothing about it.
+    shown = run_cli("-p", pool, "stats", check=True).stdout_text
+    assert "corrupt        1 block with no sound copy (reads fail; fsck names them)\n" in shown
+    proc = run_cli("-p", pool, "rebuild")
+    assert proc.returncode == 1 and "; 1 corrupt, 0 orphans reclaimed\n" in proc.stdout_text
+    assert [e["message"] for e in cli_json("-p", pool, "events") if e["kind"] == "rebuild"] == [
+        "fast rebuild (requested): 5 blocks, 1 corrupt, 0 orphans reclaimed"]
 
 
 def unchanged(pool):

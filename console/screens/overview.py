@@ -107,13 +107,18 @@ def figures(s: PoolStats) -> Text:
     for label, value in lines:
         text.append(f"{label:<10}", style="bold")
         text.append(f"{value}\n")
+    if s.corrupt_blocks:
+        text.append(f"{'corrupt':<10}", style="bold")
+        text.append(f"✖ {formats.counted(s.corrupt_blocks, 'block')} with no sound copy",
+                    style="bold red")
     text.rstrip()
     return text
 
 
 def node_summary(s: PoolStats) -> Text:
     """Two lines, in the health colours: 'nodes     ● UP 2  ✖ DOWN 1' and 'health    DEGRADED ·
-    1,204 under-replicated' (or 'healthy', or 'FENCED · a newer writer has …' first of all)."""
+    1,204 under-replicated' (or 'DAMAGED · 3 corrupt', or 'healthy', or 'FENCED · a newer writer
+    has …' first of all)."""
     counts = Counter(n.state for n in s.nodes)
     text = Text("nodes     ", style="bold")
     for state in list(HEALTH) + sorted(set(counts) - set(HEALTH)):
@@ -124,6 +129,8 @@ def node_summary(s: PoolStats) -> Text:
     text.append("\nhealth    ", style="bold")
     if s.fenced:
         text.append(s.fenced.replace("fenced:", "FENCED ·", 1), style="bold red")
+    elif s.corrupt_blocks:
+        text.append(f"DAMAGED · {formats.count(s.corrupt_blocks)} corrupt", style="bold red")
     elif s.under_replicated_blocks:
         text.append(f"DEGRADED · {formats.count(s.under_replicated_blocks)} under-replicated",
                     style="bold red")

@@ -141,7 +141,18 @@ pub fn rebuild(st: &State, full: bool, mut sink: Sink) -> Result<Rebuilt> {
         references,
         blocks: live,
         bytes: live * bs,
-        corrupt_blocks: corrupt.iter().flatten().copied().collect(),
+        corrupt_blocks: match &corrupt {
+            Some(found) => found.iter().copied().collect(),
+            // Not re-read, but the live blocks already known corrupt still are: a fast rebuild
+            // after a scrub said "0 corrupt" of a block every read fails.
+            None => blocks
+                .corrupt
+                .read()
+                .iter()
+                .copied()
+                .filter(|&s| s < capacity && refs.get(s) > 0)
+                .collect(),
+        },
         bad_references,
         capacity_slots: capacity,
         ..Figures::default()
@@ -312,6 +323,9 @@ mod tests {
         // the index works: the same block shares again
         c.write("a", 6 * 4096, &data[4096..8192]).unwrap();
         assert_eq!(c.state().blocks.refcount(2), 2);
+        // a fast rebuild re-reads nothing, and still counts the live block known corrupt
+        let fig = c.rebuild(false, true, &mut |_: &Report| Ok(())).unwrap();
+        assert_eq!((fig.mode, fig.corrupt_blocks), ("fast", vec![3]));
     }
 
     #[test]
