@@ -24,6 +24,7 @@ from ..errors import BlockfoldError
 from ..net import rpc
 from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
+from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
 from . import etcd_member, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
     from ..etcd import Etcd
 
 NO_ETCD = "none"
-# Local nodes a new cluster may have: each is a Python process of this machine (1000 of them
-# took a 2-core machine to a load of 135, and cluster up never finished).
-MAX_LOCAL_NODES = 64
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
