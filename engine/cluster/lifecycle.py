@@ -44,7 +44,9 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
     None (a local member), "none", or the client URLs of an etcd that runs elsewhere,
     comma-separated. The shape of a cluster that exists is kept: an option that asks for
     another one is refused, with nothing started. A missing etcd binary, or an etcd given
-    that does not answer, is refused with nothing made."""
+    that does not answer, is refused with nothing made. Interrupted (KeyboardInterrupt), it
+    stops what it started (its nodes, then its etcd member) and leaves the directory made:
+    the next `up` starts that cluster."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
@@ -82,11 +84,21 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
                                           memory=memory))
         config.save()
-    if config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd):
+    ours = bool(config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd))
+    if ours:
         etcd_member.start(path, config.etcd, fresh=not Path(config.etcd.data).exists())
-        config.save()
-    install_peer_key(config)
-    start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+    try:
+        if ours:
+            config.save()           # its pid, and its ports if they moved
+        install_peer_key(config)
+        start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+    except KeyboardInterrupt:
+        # The nodes it started are stopped again (processes.start); so is the member it
+        # started, after them (they end their leases there): an interrupted first `up` left
+        # the member running, with nothing else of the cluster.
+        if ours:
+            etcd_member.stop(config.etcd)
+        raise
     return [node_row(e) for e in config.nodes]
 
 
