@@ -877,8 +877,8 @@ def job_cancel(admin, args, bar) -> int:
               "cluster keeps its shape: options that differ are refused)",
          opens=False, args=[
              CLUSTER_DIR,
-             arg("--nodes", type=options.positive, metavar="N",
-                 help="local nodes to create (default 3, at most 64)"),
+             arg("--nodes", type=options.local_nodes, metavar="N",
+                 help=f"local nodes to create (default 3, at most {options.MAX_LOCAL_NODES})"),
              arg("--replicas", type=options.positive, metavar="R",
                  help="copies of every block (default 2)"),
              arg("--min-replicas", type=options.positive, metavar="M",

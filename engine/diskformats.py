@@ -34,9 +34,10 @@ import tempfile
 import threading
 import time
 
-from . import _native
+from . import _native, formats
 from .errors import BadImageError
 from .imageio import empty_image, not_a_source, open_image, replacing
+from .names import MAX_VM_BYTES, MAX_VM_WHY
 
 IMPORTS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")     # engine.api names them for the CLI
 EXPORTS = ("raw", "qcow2", "vmdk")
@@ -235,24 +236,39 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
     if format == "raw":
         admin.export(name, dest, progress, cancel)
         return
-    admin.vm_size(name)             # an unknown VM, told as such
+    size = admin.vm_size(name)      # an unknown VM, told as such
     if dest == "-":
         raise BadImageError(f"a {format} image cannot be streamed: give a file")
+    if size > MAX_VM_BYTES:         # a VM grown before the bound: qemu-img cannot open it
+        raise BadImageError(f"cannot write {dest} as {format}: VM {name} is"
+                            f" {formats.exact_size(size)}, past {formats.count(MAX_VM_BYTES)} B"
+                            f" ({MAX_VM_WHY}); shrink it first (`vm resize {name} SIZE"
+                            " --force`)")
     with replacing(dest) as path:
         if getattr(admin, "pool", None) is None:
             # A service's client holds no pool core to serve NBD from: the VM comes over as a
             # sparse raw file beside `dest` (holes stay holes), and qemu-img converts that.
             with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
                                              dir=os.path.dirname(os.path.abspath(path))) as tmp:
-                raw = os.path.join(tmp, "disk.raw")
-                admin.export(name, raw, progress, cancel)
-                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, raw, path])
+                source = os.path.join(tmp, "disk.raw")
+                try:
+                    admin.export(name, source, progress, cancel)
+                except (BadImageError, OSError) as e:
+                    why = e.strerror if isinstance(e, OSError) else str(e).split(": ")[-1]
+                    raise BadImageError(f"cannot write {dest} as {format} (VM {name},"
+                                        f" {formats.size(size)}): the raw copy it is converted"
+                                        f" from, beside it, cannot be written: {why}") from None
+                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
         else:
             with served_over_nbd(admin) as socket_path:
-                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
-                             f"nbd+unix:///{name}?socket={socket_path}", path])
+                source = f"nbd+unix:///{name}?socket={socket_path}"
+                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
         if proc.returncode != 0:
-            raise BadImageError(f"cannot write {dest} as {format}: {_reason(proc.stderr)}")
+            # qemu-img names what it was given: our private socket (or temporary copy) and the
+            # .part file, which mean nothing to the user; they are the VM and `dest`.
+            said = _reason(proc.stderr).replace(source, f"VM {name}").replace(path, dest)
+            raise BadImageError(f"cannot write {dest} as {format} (VM {name},"
+                                f" {formats.size(size)}): {said.removeprefix(f'{dest}: ')}")
 
 
 def refuse_inside(directory: str, dest: str) -> None:

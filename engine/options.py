@@ -98,6 +98,21 @@ def above_zero(hint: str = "") -> Callable[[str], int]:
     return check
 
 
+# Local nodes a new cluster may have (cluster up's --nodes): each is a Python process of this
+# machine (1000 of them took a 2-core machine to a load of 135, and cluster up never finished).
+MAX_LOCAL_NODES = 64
+
+
+def local_nodes(text: str) -> int:
+    """A count of local nodes, 1 to MAX_LOCAL_NODES. Raises argparse.ArgumentTypeError."""
+    value = positive(text)
+    if value > MAX_LOCAL_NODES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_LOCAL_NODES} local nodes, not {text} (each is a process of its own on"
+            " this machine; add nodes on other hosts with `cluster add`)")
+    return value
+
+
 # A size in bytes (a node's --memory): 0 made a node on disk (`if memory`).
 size = above_zero()
 # Bytes a second (a scrub's --rate): 0 read as no limit (`if rate`), a scrub of the whole pool at

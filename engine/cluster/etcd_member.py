@@ -64,12 +64,21 @@ def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
     - a data dir it has but exits at once from (a damaged write-ahead log or database) is set
       aside as DIR/etcd.damaged-N and it starts as a new member. Nothing is lost: its only keys
       are leased liveness and session keys that their holders put again (engine.etcd.KeptKey).
-    Raises BlockfoldError with the last error of its log if it does not start (it is killed)."""
+    Raises BlockfoldError with the last error of its log if it does not start (it is killed);
+    a wait interrupted (KeyboardInterrupt) kills it too."""
     etcd = binary()
     tries = 1
     while True:
-        proc = _spawn(etcd, path, entry)
-        why = _wait_ready(proc, entry)
+        proc = None
+        try:
+            with processes.interrupts_held():
+                proc = _spawn(etcd, path, entry)
+            why = _wait_ready(proc, entry)
+        except BaseException:       # interrupted: its pid is nowhere yet, nothing could stop it
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            raise
         if why is None:
             entry.pid = proc.pid
             proc.returncode = 0     # it outlives us: forget the Popen quietly (init reaps it)

@@ -24,6 +24,7 @@ from ..errors import BlockfoldError
 from ..net import rpc
 from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
+from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
 from . import etcd_member, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
     from ..etcd import Etcd
 
 NO_ETCD = "none"
-# Local nodes a new cluster may have: each is a Python process of this machine (1000 of them
-# took a 2-core machine to a load of 135, and cluster up never finished).
-MAX_LOCAL_NODES = 64
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
@@ -46,7 +44,9 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
     None (a local member), "none", or the client URLs of an etcd that runs elsewhere,
     comma-separated. The shape of a cluster that exists is kept: an option that asks for
     another one is refused, with nothing started. A missing etcd binary, or an etcd given
-    that does not answer, is refused with nothing made."""
+    that does not answer, is refused with nothing made. Interrupted (KeyboardInterrupt), it
+    stops what it started (its nodes, then its etcd member) and leaves the directory made:
+    the next `up` starts that cluster."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
@@ -84,11 +84,21 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
                                           memory=memory))
         config.save()
-    if config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd):
+    ours = bool(config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd))
+    if ours:
         etcd_member.start(path, config.etcd, fresh=not Path(config.etcd.data).exists())
-        config.save()
-    install_peer_key(config)
-    start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+    try:
+        if ours:
+            config.save()           # its pid, and its ports if they moved
+        install_peer_key(config)
+        start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+    except KeyboardInterrupt:
+        # The nodes it started are stopped again (processes.start); so is the member it
+        # started, after them (they end their leases there): an interrupted first `up` left
+        # the member running, with nothing else of the cluster.
+        if ours:
+            etcd_member.stop(config.etcd)
+        raise
     return [node_row(e) for e in config.nodes]
 
 
@@ -279,27 +289,53 @@ def status(path) -> dict:
                       for e in config.nodes]}
 
 
-def _log_in(config: ClusterConfig, name: str, address: str, host_key: str) -> None:
+def _log_in(config: ClusterConfig, name: str, address: str, host_key: str) -> dict:
     """Logs in to the node at `address` (host key `host_key`) with the cluster's admin key, as
-    the coordinator will, and leaves. Raises BlockfoldError naming what to do if it refuses."""
+    the coordinator will, asks its HELLO (engine.node.handler: blocks, block_size, the catalog
+    replica's epoch, version and promised epoch, lease) and leaves; HELLO's reply. Raises
+    BlockfoldError naming what to do if it refuses."""
     client = NodeClient(name, address, host_key, str(config.admin_key))
 
-    async def attempt() -> None:
+    async def attempt() -> dict:
         try:
             await client.connect()
+            header, _ = await client.call(rpc.HELLO)
+            return header
         finally:
             await client.close()
 
     try:
-        asyncio.run(attempt())
+        return asyncio.run(attempt())
     except KeyRefused:
         raise BlockfoldError(f"the node at {address} refused the cluster's key: put"
                              f" {config.admin_key}.pub in its DATA/authorized_keys (a node of"
                              " another cluster cannot join this one); nothing was added"
                              ) from None
-    except NodeUnreachable as e:
+    except (NodeUnreachable, rpc.RemoteError) as e:
         raise BlockfoldError(f"cannot log in to the node at {address}: {e}; nothing was"
                              " added") from None
+
+
+def _check_new(config: ClusterConfig, address: str, hello: dict) -> None:
+    """Raises BlockfoldError unless the node's HELLO is a new node's of the cluster's block
+    size: one that holds blocks, a catalog replica, a promised epoch or a write lease has been
+    another cluster's. Joined, its catalog (of another lineage, maybe newer) was loaded in
+    place of this cluster's at the next open, and its blocks were reclaimed as orphans."""
+    if hello.get("block_size") != config.block_size:
+        raise BlockfoldError(f"the node at {address} keeps {hello.get('block_size')}-byte"
+                             f" blocks, cluster {config.path} {config.block_size}-byte ones;"
+                             " nothing was added")
+    held = []
+    if hello.get("blocks"):
+        held.append(formats.counted(hello["blocks"], "block"))
+    if hello.get("version") or hello.get("epoch") or hello.get("promised"):
+        held.append(f"a catalog (epoch {hello.get('epoch')}, version {hello.get('version')})")
+    if hello.get("lease"):
+        held.append(f"a write lease of {hello['lease'].get('holder')}")
+    if held:
+        raise BlockfoldError(f"the node at {address} holds {' and '.join(held)}: it is a node"
+                             " of another cluster, and a node joins empty (start it on a new"
+                             " data dir); nothing was added")
 
 
 def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dict:
@@ -309,12 +345,14 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     `peer_key` in its DATA/peer_key (mode 600) and the line `restrict` + `peer_key`.pub in its
     DATA/peer_keys; until then those copies go through the coordinator, and each heal says why.
     Raises BlockfoldError, with cluster.json unchanged: a bad address, name or weight, a node
-    already in the cluster, one that cannot be reached, or one that refuses the admin key (a
+    already in the cluster, one that cannot be reached, one that refuses the admin key (a
     node of another cluster, or a wrong port: it would be down for good and raise the write
-    majority)."""
+    majority), or one that is not new (_check_new: blocks, a catalog or a lease of another
+    cluster, or another block size)."""
     config = ClusterConfig.load(path)
     if rpc.node_address(address) is None:
-        raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT")
+        raise BlockfoldError(f"bad node address {address!r}: use HOST:PORT ([ADDR]:PORT for"
+                             " IPv6)")
     if any(e.address == address for e in config.nodes):
         raise BlockfoldError(f"a node at {address} is already in cluster {config.path}")
     name = name or f"node{len(config.nodes) + 1}"
@@ -328,7 +366,7 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
             raise BlockfoldError(f"the node at {address} is {entry.name} ({entry.address}): same"
                                  " host key; a node joins a cluster once, or its copies would"
                                  " count twice")
-    _log_in(config, name, address, key)
+    _check_new(config, address, _log_in(config, name, address, key))
     config.nodes.append(NodeEntry(name, address, host_key=key, weight=weight))
     config.ensure_peer_key()
     config.save()

@@ -11,7 +11,9 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import BlockfoldError
@@ -51,7 +53,7 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
                 cmd += ["--memory", str(entry.memory)]
             if etcd:
                 cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
-            with open(Path(entry.data) / LOG_FILE, "ab") as log:
+            with open(Path(entry.data) / LOG_FILE, "ab") as log, interrupts_held():
                 procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                               stdin=subprocess.DEVNULL, start_new_session=True,
                                               env=env))
@@ -77,6 +79,29 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
         # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
         proc.returncode = 0
     return results
+
+
+@contextmanager
+def interrupts_held():
+    """Holds Ctrl-C (and the signals taken as it: console.commands' terminated_as_interrupted)
+    back while a child is spawned and kept, and raises KeyboardInterrupt after if one came: one
+    raised inside Popen, once the child was forked, left it running with its pid known to
+    nobody. Only in the main thread (signal handlers are set there alone); the child gets the
+    default handlers back at exec, as for any handled signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(sig) is signal.default_int_handler]
+    before = {sig: signal.signal(sig, lambda sig, frame: came.append(sig)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt
 
 
 def _stop_started(procs: list[subprocess.Popen]) -> None:

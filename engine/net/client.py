@@ -100,11 +100,11 @@ class NodeClient:
         async with self._connecting:
             if self.conn is not None:
                 return
-            host, _, port = self.address.rpartition(":")
+            host, port = rpc.node_address(self.address) or (self.address, 0)
             trusted = [asyncssh.import_public_key(self.host_key)] if self.host_key else []
             try:
                 conn = await asyncio.wait_for(asyncssh.connect(
-                    host, int(port), username=USERNAME, client_keys=[self.client_key],
+                    host, port, username=USERNAME, client_keys=[self.client_key],
                     known_hosts=(trusted, [], []), agent_path=None, config=None,
                     client_host_keys=None, encoding=None, keepalive_interval=0,
                     preferred_auth="publickey", encryption_algs=rpc.CIPHERS, window=rpc.WINDOW,
@@ -212,9 +212,9 @@ class NodeClient:
 
 async def fetch_host_key(address: str) -> str:
     """The host key a node presents, for pinning on first contact (OpenSSH one-line form)."""
-    host, _, port = address.rpartition(":")
+    host, port = rpc.node_address(address) or (address, 0)
     try:
-        key = await asyncio.wait_for(asyncssh.get_server_host_key(host, int(port)),
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port),
                                      CONNECT_TIMEOUT)
     except (TimeoutError, OSError, asyncssh.Error) as e:
         raise BlockfoldError(f"cannot reach a node at {address}: {e}") from None

@@ -110,8 +110,14 @@ class RemoteError(Exception):
 
 
 def node_address(text: str) -> tuple[str, int] | None:
-    """(host, port) of a node's "HOST:PORT", the port 1-65535; None if it is not one."""
+    """(host, port) of a node's "HOST:PORT", the port 1-65535; None if it is not one. An IPv6
+    address is "[ADDR]:PORT" (its host is then ADDR, as a socket takes it: "[::1]" was looked
+    up as a name), or as before ADDR:PORT, its last colon the port's."""
     host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "[" in host or "]" in host:
+        return None
     if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         return None
     return host, int(port)

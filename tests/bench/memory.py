@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import _native
+from engine.options import positive
 from engine.pool import Pool
 
 from .common import MiB, arguments, parser, report, timer, verdict
@@ -166,9 +167,10 @@ def layout(kind: str, n: int, seed: int, where: str) -> dict:
 
 
 def real_pool(where, real_mib: int, seed: int) -> dict:
-    """stats()' RAM per block while a real pool grows by 2 MiB writes of unique data, and after
-    a reopen. Samples before a quarter of the data is written are left out: the index's minimum
-    size makes the first blocks look expensive."""
+    """stats()' RAM per block while a real pool grows by writes of up to 2 MiB of unique data
+    (`real_mib` MiB, 1 or more), and after a reopen. Samples before a quarter of the data is
+    written are left out: the index's minimum size makes the first blocks look expensive. The
+    last write ends the data, so there is always one (under 4 MiB, none was taken: a crash)."""
     pool_dir = where / "pool"
     Pool.create(pool_dir)
     rng = np.random.default_rng(seed)
@@ -177,8 +179,9 @@ def real_pool(where, real_mib: int, seed: int) -> dict:
     with Pool.open(pool_dir) as pool:
         pool.create_vm("unique", size)
         for off in range(0, size, 2 * MiB):
-            pool.write("unique", off, rng.bytes(2 * MiB))
-            if off >= size // 4:
+            end = min(off + 2 * MiB, size)      # an odd size's last write is 1 MiB
+            pool.write("unique", off, rng.bytes(end - off))
+            if end > size // 4:
                 samples.append(pool.stats()["metadata_ram_bytes_per_block"])
     with Pool.open(pool_dir) as pool:
         stats = pool.stats()
@@ -189,9 +192,10 @@ def real_pool(where, real_mib: int, seed: int) -> dict:
 
 def main(argv=None) -> None:
     p = parser(__doc__, seed=2)
-    p.add_argument("--blocks", type=int, default=10_000_000, help="unique blocks (default 10 M)")
-    p.add_argument("--real-mib", type=int, default=256,
-                   help="unique data in the real pool (default 256)")
+    p.add_argument("--blocks", type=positive, default=10_000_000,
+                   help="unique blocks (default 10 M)")
+    p.add_argument("--real-mib", type=positive, default=256,
+                   help="unique data in the real pool, MiB (default 256)")
     args, where = arguments(p, "memory", argv)
     n = args.blocks
     spawn = multiprocessing.get_context("spawn")

@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.cluster import placement
 from engine.index import FingerprintIndex
+from engine.options import positive
 from engine.pool import Pool
 
 from .common import BLOCK, MiB, report, verdict
@@ -105,8 +106,8 @@ def measured_costs(mib: int) -> dict:
         rng = np.random.default_rng(3)
         with Pool.open(where / "pool") as pool:
             pool.create_vm("unique", mib * MiB)
-            for off in range(0, mib * MiB, 2 * MiB):
-                pool.write("unique", off, rng.bytes(2 * MiB))
+            for off in range(0, mib * MiB, 2 * MiB):     # an odd count's last write: 1 MiB
+                pool.write("unique", off, rng.bytes(min(2 * MiB, mib * MiB - off)))
             core = pool.stats()["metadata_ram_bytes_per_block"]
         catalog = sum(p.stat().st_size for p in (where / "pool").glob("catalog*"))
     finally:
@@ -125,8 +126,8 @@ def main(argv=None) -> None:
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--dedup", type=float, default=10.0,
                    help="logical / unique at 1 PB (VDI: 10)")
-    p.add_argument("--real-mib", type=int, default=64,
-                   help="unique data written to the real pool measured")
+    p.add_argument("--real-mib", type=positive, default=64,
+                   help="unique data written to the real pool measured, MiB")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     sim = simulate(a.nodes, a.ids, a.replicas, a.seed)

@@ -22,7 +22,7 @@ from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
 from engine.etcd import KEEPALIVE, TTL, WAIT, Etcd, KeptKey
 from engine.node.keys import host_key_id
-from tests.conftest import cli_json, run_cli
+from tests.conftest import ROOT, cli_json, run_cli
 
 from .conftest import image
 
@@ -108,6 +108,57 @@ def test_cluster_up_runs_its_own_etcd_and_down_stops_it(etcd, tmp_path):
     after = status(path)
     assert not after["etcd"]["healthy"] and "connection refused" in after["etcd"]["error"]
     assert [n["registered"] for n in after["nodes"]] == [None, None]
+
+
+def _seen(find, seconds: float = 60) -> list[int]:
+    """find()'s first non-empty answer, asked every 10 ms (a member answers 0.7 s after it
+    starts); fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (found := find()):
+        assert time.monotonic() < deadline, f"nothing found in {seconds} s"
+        time.sleep(0.01)
+    return found
+
+
+@pytest.mark.parametrize("stage", ["its etcd member", "its nodes"])
+def test_a_first_cluster_up_interrupted_while_starting_leaves_nothing_running(etcd, tmp_path,
+                                                                               stage):
+    """SIGTERM (taken as Ctrl-C) while a new cluster starts: the nodes it started are stopped,
+    and its etcd member too (it ran on alone; interrupted before it answered, its pid was not
+    even in cluster.json, so `cluster down` could not stop it). The directory stays, and the
+    next `up` starts that cluster."""
+    path = tmp_path / "c"
+    member = str(path.resolve() / "etcd")
+    nodes = [str(path.resolve() / "nodes" / f"node{k}") for k in (1, 2)]
+
+    def running() -> list[int]:
+        return etcd_processes(member) + [pid for n in nodes for pid in etcd_processes(n)]
+
+    up = subprocess.Popen([sys.executable, "-m", "console", "cluster", "up", str(path),
+                           "--nodes", "2", "--memory", "64M"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if stage == "its etcd member":
+            (pid,) = _seen(lambda: etcd_processes(member))
+            os.kill(pid, signal.SIGSTOP)        # it never answers: cluster up waits for it
+        else:
+            _seen(lambda: etcd_processes(nodes[0]))
+        up.send_signal(signal.SIGTERM)
+        _, err = up.communicate(timeout=60)
+        assert up.returncode == 130 and err.decode() == "blockfold: interrupted\n"
+        assert running() == []
+        assert (path / "cluster.json").is_file()
+    finally:
+        up.kill()
+        up.wait()
+        for pid in running():
+            os.kill(pid, signal.SIGKILL)
+    try:
+        run_cli("cluster", "up", path, check=True)
+        assert registered(path) == {"node1": True, "node2": True}
+    finally:
+        api.cluster_down(path)
+    assert running() == []
 
 
 def test_a_killed_node_is_unregistered_once_its_lease_runs_out_and_back_when_restored(

@@ -3,10 +3,14 @@ move onto it by placement."""
 
 from __future__ import annotations
 
+import re
 import select
+import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 from engine import api
 
@@ -77,7 +81,7 @@ def test_cluster_add_refuses_a_port_out_of_range_in_one_line(make_cluster):
     proc = run_cli("cluster", "add", cluster.path, "127.0.0.1:99999")
     assert proc.returncode == 1
     assert proc.stderr_text == ("blockfold: error: bad node address '127.0.0.1:99999': use"
-                                " HOST:PORT\n")
+                                " HOST:PORT ([ADDR]:PORT for IPv6)\n")
     assert cluster.config.nodes == before
 
 
@@ -115,6 +119,90 @@ def test_cluster_add_refuses_a_node_that_refuses_the_clusters_key(make_cluster, 
         assert proc.returncode == 0, proc.stderr_text
         states = {n["name"]: n["state"] for n in cli_json("-c", cluster.path, "node", "ls")}
         assert states == {"node1": "up", "node2": "up", "far": "up"}
+    finally:
+        node.terminate()
+        assert node.wait(10) == 0
+
+
+def _far_node(data, admin_key: str, listen: str = "127.0.0.1:0", *options: str):
+    """`node serve` on a new data dir `data` that lets `admin_key` in: (its process, its
+    address once ready). Terminate it after."""
+    data.mkdir()
+    (data / "authorized_keys").write_text(admin_key)
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(data), "--listen", listen, *options], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    said, _, _ = select.select([node.stdout], [], [], READY_WAIT)
+    line = node.stdout.readline().strip() if said else ""
+    if not line.startswith("ready "):
+        node.kill()
+        node.wait()
+        raise AssertionError(f"not ready within {READY_WAIT:.0f} s: {line!r}")
+    return node, line.split()[1]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_cluster_add_takes_an_ipv6_address_in_brackets(make_cluster, tmp_path):
+    # `cluster add DIR [::1]:PORT` looked "[::1]" up as a host name: "cannot reach a node at
+    # [::1]:PORT: [Errno -2] Name or service not known".
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    node, address = _far_node(tmp_path / "far", cluster.config.admin_public_key(), "[::1]:0")
+    try:
+        assert address.startswith("[::1]:")
+        row = cli_json("cluster", "add", cluster.path, address, "--name", "far")
+        assert row["address"] == address
+        states = {n["name"]: n["state"] for n in cli_json("-c", cluster.path, "node", "ls")}
+        assert states == {"node1": "up", "far": "up"}
+    finally:
+        node.terminate()
+        assert node.wait(10) == 0
+
+
+def test_cluster_add_refuses_a_node_of_another_cluster_in_one_line(make_cluster, tmp_path):
+    # A node that held another cluster's blocks and catalog joined: the next open loaded that
+    # cluster's catalog (its VMs showed in `vm ls`), and inventory would reclaim its blocks.
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    other = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    image(tmp_path / "a.raw", 1)
+    with other.open() as admin:
+        admin.import_image("theirs", str(tmp_path / "a.raw"))
+        blocks = admin.stats().unique_blocks
+    data = other.config.node("node1").data
+    with open(f"{data}/authorized_keys", "a") as keys:     # it lets this cluster in too
+        keys.write(cluster.config.admin_public_key())
+    before = (cluster.path / "cluster.json").read_text()
+    address = other.config.node("node1").address
+    proc = run_cli("cluster", "add", cluster.path, address)
+    assert proc.returncode == 1, proc.stdout_text
+    assert re.fullmatch(
+        f"blockfold: error: the node at {re.escape(address)} holds {blocks} blocks and a catalog"
+        r" \(epoch \d+, version \d+\): it is a node of another cluster, and a node joins empty"
+        r" \(start it on a new data dir\); nothing was added\n", proc.stderr_text)
+    assert (cluster.path / "cluster.json").read_text() == before
+    assert cli_json("-c", cluster.path, "vm", "ls") == []
+
+
+def test_cluster_add_refuses_a_node_of_another_block_size(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1, replicas=1, min_replicas=1)
+    before = (cluster.path / "cluster.json").read_text()
+    node, address = _far_node(tmp_path / "far", cluster.config.admin_public_key(),
+                              "127.0.0.1:0", "--block-size", "8192")
+    try:
+        proc = run_cli("cluster", "add", cluster.path, address)
+        assert proc.returncode == 1
+        assert proc.stderr_text == (f"blockfold: error: the node at {address} keeps 8192-byte"
+                                    f" blocks, cluster {cluster.path} 4096-byte ones; nothing"
+                                    " was added\n")
+        assert (cluster.path / "cluster.json").read_text() == before
     finally:
         node.terminate()
         assert node.wait(10) == 0

@@ -441,13 +441,19 @@ def test_vm_write_streams_onto_a_cluster_whole_or_not_at_all(make_cluster, tmp_p
         assert admin.fsck() == []
 
 
-def test_cluster_up_with_more_nodes_than_a_machine_runs_is_refused_with_nothing_made(tmp_path):
-    # --nodes 1000 was accepted: a load of 135 on 2 cores, and cluster up never finished.
+def test_cluster_up_with_more_nodes_than_a_machine_runs_is_a_usage_error_with_nothing_made(
+        tmp_path):
+    # --nodes 1000 was accepted: a load of 135 on 2 cores, and cluster up never finished. Then
+    # --nodes 65 was refused with exit 1 where --nodes 0 was a usage error (exit 2).
     path = tmp_path / "cl"
-    done = run_cli("cluster", "up", path, "--nodes", "65", "--etcd", "none")
-    assert done.returncode == 1
-    assert done.stderr_text.startswith("blockfold: error: bad node count 65: use 1 to 64 (")
-    assert not path.exists()
+    for nodes, why in (("65", "at most 64 local nodes, not 65 ("), ("0", "must be at least 1")):
+        done = run_cli("cluster", "up", path, "--nodes", nodes, "--etcd", "none")
+        assert done.returncode == 2
+        assert done.stderr_text.splitlines()[-1] == (
+            f"blockfold: error: argument --nodes: {why}" + (
+                "each is a process of its own on this machine; add nodes on other hosts with"
+                " `cluster add`)" if nodes == "65" else ""))
+        assert not path.exists()
 
 
 def _node_pids(path) -> set[int]:
