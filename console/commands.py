@@ -615,6 +615,8 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
     """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
     if getattr(args, "service", None):
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
+    if nbd:
+        api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()
     directory = args.cluster or pool_path(args)
     admin = hold(args, actor)
