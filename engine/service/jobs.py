@@ -153,7 +153,8 @@ class Jobs:
 
     def stop_all(self, timeout: float, why: str = "") -> int:
         """Cancels every running job (`why`, if given, is what each then says, and what its
-        client is told after "… cancelled: ") and waits up to
+        client is told after "… cancelled: ": a reason, "the service was fenced", never
+        "cancelled because …", which would say it twice) and waits up to
         `timeout` seconds in all for them to end (a background job's thread too); returns how
         many were running."""
         with self._lock:

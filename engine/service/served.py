@@ -107,8 +107,8 @@ class ServedAdmin(Admin):
         self.inner = inner
         self._fenced = ""
         self.changed()
-        return self.job_list.stop_all(timeout, "cancelled when the service took its cluster back:"
-                                               " it worked from the fenced state; run it again")
+        return self.job_list.stop_all(timeout, "the service took its cluster back: it worked"
+                                               " from the fenced state; run it again")
 
     def changed(self) -> None:
         """Something the figures count may have changed: the next stats() or vms() computes

@@ -150,8 +150,8 @@ class Service:
         self.admin.fence(line)
         dropped = self.nbd.fenced() if self.nbd is not None else 0
         cancelled = self.admin.job_list.stop_all(
-            DRAIN_S, "cancelled because the service was fenced: it worked from a state older than"
-                     " the newer writer's commits; run it again once the cluster is taken back")
+            DRAIN_S, "the service was fenced: it worked from a state older than the newer"
+                     " writer's commits; run it again once the cluster is taken back")
         self.log(f"at the fencing: {formats.counted(dropped, 'NBD connection')} dropped,"
                  f" {formats.counted(cancelled, 'job')} cancelled (clients reconnect, and jobs may"
                  " run again, once the cluster is taken back)")
