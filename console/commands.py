@@ -1132,10 +1132,7 @@ def console(args) -> int:
     sys.setswitchinterval(0.001)
     # A console served over SSH logs its actions under the key's comment (engine/node).
     with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
-        # A console serving its own pool (console_admin) cancels its clients' jobs on quitting.
-        jobs = getattr(admin, "job_list", None)
-        app = BlockfoldApp(admin, read_only=args.read_only,
-                           quitting_cancels=jobs.from_clients if jobs is not None else None)
+        app = BlockfoldApp(admin, read_only=args.read_only)
         _quit_on_hangup(app)
         app.run()
     return 0

@@ -290,6 +290,7 @@ class ServedAdmin(Admin):
     # -- jobs ---------------------------------------------------------------------------------
 
     def jobs(self): return self.job_list.list()
+    def jobs_from_clients(self): return self.job_list.from_clients()
 
     def start_scrub(self, rate=None):
         return self.job_list.start("scrub", lambda p, c: self._scrub(rate, p, c))

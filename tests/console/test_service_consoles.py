@@ -147,14 +147,16 @@ async def test_quitting_a_console_that_serves_its_pool_asks_while_clients_jobs_r
     clients = []
     try:
         served = service.admin
-        app = BlockfoldApp(served, clock=FixedClock(), poll_interval=3600,
-                           quitting_cancels=served.job_list.from_clients)
+        app = BlockfoldApp(served, clock=FixedClock(), poll_interval=3600)
         async with app.run_test(size=SIZE) as pilot:
             clients = [import_from_stdin(pool_dir, name) for name in ("big1", "big2")]
             deadline = time.monotonic() + 30
-            while len(served.job_list.from_clients()) < 2:
+            while len(served.jobs_from_clients()) < 2:
                 assert time.monotonic() < deadline and all(c.poll() is None for c in clients)
                 await asyncio.sleep(0.05)
+            # A client of the service, quitting, cancels none of them: it serves nobody.
+            with find_service(pool_dir, actor="console") as remote:
+                assert len(remote.jobs()) == 2 and remote.jobs_from_clients() == []
             await press(pilot, "q")
             user = getpass.getuser()
             assert asked(app) == (f"2 jobs from other clients are running through this console"
