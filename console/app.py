@@ -18,7 +18,7 @@ from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Header, Static
 
-from engine.api import Admin, BlockfoldError, Job
+from engine.api import Admin, BlockfoldError, Job, formats
 from widgets.key_bar import KeyBar
 
 from .clock import SystemClock
@@ -53,7 +53,7 @@ def error_text(error: BaseException) -> str:
 def quit_question(jobs: list[Job]) -> str:
     """The question before quitting a console whose service runs other clients' `jobs`."""
     n = len(jobs)
-    running = ", ".join(f"{j.kind.replace('_', ' ')} by {j.actor}" for j in jobs[:3])
+    running = ", ".join(f"{formats.job(j.kind, j.vm)} by {j.actor}" for j in jobs[:3])
     more = f" +{n - 3}" if n > 3 else ""
     who = f"{n} jobs from other clients are" if n > 1 else "1 job from another client is"
     return (f"{who} running through this console ({running}{more}): quitting cancels"

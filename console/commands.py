@@ -852,9 +852,10 @@ def since_time(text: str) -> float:
          help="the long work a service runs: imports, exports, rebuilds, scrubs …")
 def job_ls(admin, args, bar) -> int:
     jobs = admin.jobs()
-    rows = [(str(j.id), j.kind, j.actor, j.state, j.phase or formats.UNKNOWN,
-             f"{j.done / j.total:.0%}" if j.total else formats.UNKNOWN, j.message) for j in jobs]
-    emit(args, jobs, table(("ID", "KIND", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
+    rows = [(str(j.id), j.kind, j.vm or formats.UNKNOWN, j.actor, j.state,
+             j.phase or formats.UNKNOWN, f"{j.done / j.total:.0%}" if j.total else formats.UNKNOWN,
+             j.message) for j in jobs]
+    emit(args, jobs, table(("ID", "KIND", "VM", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
     return 0
 
 

@@ -100,8 +100,10 @@ def test_every_command_goes_through_the_service_and_works_as_without_one(pool_di
     scrub = cli_json("-p", pool_dir, "scrub", "--wait")
     assert scrub["finished"] and scrub["corrupt"] == []
     jobs = cli_json("-p", pool_dir, "job", "ls")
-    assert {(j["kind"], j["state"]) for j in jobs} >= {("import_image", "done"),
-                                                        ("rebuild", "done"), ("scrub", "done")}
+    assert {(j["kind"], j["vm"], j["state"]) for j in jobs} >= {
+        ("clone", "golden", "done"), ("import_image", "other", "done"),
+        ("import_image", "piped", "done"), ("write", "d-1", "done"), ("export", "d-1", "done"),
+        ("rebuild", "", "done"), ("scrub", "", "done")}
     assert {j["actor"] for j in jobs} == {getpass.getuser()}
     s.stop()
     with LocalAdmin.open(pool_dir, readonly=True) as admin:
