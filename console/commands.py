@@ -621,8 +621,9 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
     directory = args.cluster or pool_path(args)
     admin = hold(args, actor)
     try:
-        admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile every"
-                      " command and console goes through it")
+        if not args.cluster:    # a cluster's standby is told whose lease it waits for, and when
+            admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile"
+                          " every command and console goes through it")
     except BaseException:
         admin.close()
         raise
@@ -643,7 +644,8 @@ def command_line() -> str:
 def hold(args, actor: str) -> api.Admin:
     """The pool or cluster opened for writing, for as long as a service runs. A cluster whose
     write lease another service holds is waited for (a standby): its lease runs out if that
-    service has died, and this one takes over."""
+    service has died, and this one takes over. One that a console holds is refused, naming it:
+    the console renews its lease for as long as it is open."""
     if not args.cluster:
         return api.LocalAdmin.open(pool_path(args), wait=False, actor=actor)
     waited = False
@@ -651,6 +653,8 @@ def hold(args, actor: str) -> api.Admin:
         try:
             admin = api.open_cluster(args.cluster, actor=actor)
         except PoolLockedError as e:
+            if e.held_by:       # a console said so (console_admin): it is not going away
+                raise
             if not waited:
                 print(f"blockfold: waiting: {e}", file=sys.stderr, flush=True)
                 waited = True
