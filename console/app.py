@@ -18,7 +18,7 @@ from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Header, Static
 
-from engine.api import Admin, BlockfoldError, Job
+from engine.api import Admin, BlockfoldError, Job, formats
 from widgets.key_bar import KeyBar
 
 from .clock import SystemClock
@@ -53,7 +53,7 @@ def error_text(error: BaseException) -> str:
 def quit_question(jobs: list[Job]) -> str:
     """The question before quitting a console whose service runs other clients' `jobs`."""
     n = len(jobs)
-    running = ", ".join(f"{j.kind.replace('_', ' ')} by {j.actor}" for j in jobs[:3])
+    running = ", ".join(f"{formats.job(j.kind, j.vm)} by {j.actor}" for j in jobs[:3])
     more = f" +{n - 3}" if n > 3 else ""
     who = f"{n} jobs from other clients are" if n > 1 else "1 job from another client is"
     return (f"{who} running through this console ({running}{more}): quitting cancels"
@@ -80,13 +80,9 @@ class BlockfoldApp(App):
     switcher: ContentSwitcher
 
     def __init__(self, admin: Admin, *, read_only: bool = False, clock=None,
-                 poll_interval: float = 2.0,
-                 quitting_cancels: Callable[[], list[Job]] | None = None):
-        """`quitting_cancels()`: the running jobs that quitting cancels (the other clients' of
-        a service this console runs for its pool), asked about first; None: none."""
+                 poll_interval: float = 2.0):
         super().__init__()
         self.admin = admin
-        self.quitting_cancels = quitting_cancels
         self.read_only = read_only
         self.clock = clock or SystemClock()
         self.poll_interval = poll_interval
@@ -146,8 +142,9 @@ class BlockfoldApp(App):
         return allowed("app", action, self.read_only)
 
     async def action_quit(self) -> None:
-        """`q`: quits, after asking if that cancels other clients' running jobs."""
-        jobs = self.quitting_cancels() if self.quitting_cancels is not None else []
+        """`q`: quits, after asking if that cancels other clients' running jobs (a console
+        serving the pool it opened: Admin.jobs_from_clients)."""
+        jobs = self.admin.jobs_from_clients()
         if not jobs:
             self.exit()
             return

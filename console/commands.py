@@ -615,12 +615,15 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
     """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
     if getattr(args, "service", None):
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
+    if nbd:
+        api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()
     directory = args.cluster or pool_path(args)
     admin = hold(args, actor)
     try:
-        admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile every"
-                      " command and console goes through it")
+        if not args.cluster:    # a cluster's standby is told whose lease it waits for, and when
+            admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile"
+                          " every command and console goes through it")
     except BaseException:
         admin.close()
         raise
@@ -641,7 +644,8 @@ def command_line() -> str:
 def hold(args, actor: str) -> api.Admin:
     """The pool or cluster opened for writing, for as long as a service runs. A cluster whose
     write lease another service holds is waited for (a standby): its lease runs out if that
-    service has died, and this one takes over."""
+    service has died, and this one takes over. One that a console holds is refused, naming it:
+    the console renews its lease for as long as it is open."""
     if not args.cluster:
         return api.LocalAdmin.open(pool_path(args), wait=False, actor=actor)
     waited = False
@@ -649,6 +653,8 @@ def hold(args, actor: str) -> api.Admin:
         try:
             admin = api.open_cluster(args.cluster, actor=actor)
         except PoolLockedError as e:
+            if e.held_by:       # a console said so (console_admin): it is not going away
+                raise
             if not waited:
                 print(f"blockfold: waiting: {e}", file=sys.stderr, flush=True)
                 waited = True
@@ -853,9 +859,10 @@ def since_time(text: str) -> float:
          help="the long work a service runs: imports, exports, rebuilds, scrubs …")
 def job_ls(admin, args, bar) -> int:
     jobs = admin.jobs()
-    rows = [(str(j.id), j.kind, j.actor, j.state, j.phase or formats.UNKNOWN,
-             f"{j.done / j.total:.0%}" if j.total else formats.UNKNOWN, j.message) for j in jobs]
-    emit(args, jobs, table(("ID", "KIND", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
+    rows = [(str(j.id), j.kind, j.vm or formats.UNKNOWN, j.actor, j.state,
+             j.phase or formats.UNKNOWN, f"{j.done / j.total:.0%}" if j.total else formats.UNKNOWN,
+             j.message) for j in jobs]
+    emit(args, jobs, table(("ID", "KIND", "VM", "ACTOR", "STATE", "PHASE", "DONE", "WHY"), rows))
     return 0
 
 
@@ -1133,10 +1140,7 @@ def console(args) -> int:
     sys.setswitchinterval(0.001)
     # A console served over SSH logs its actions under the key's comment (engine/node).
     with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
-        # A console serving its own pool (console_admin) cancels its clients' jobs on quitting.
-        jobs = getattr(admin, "job_list", None)
-        app = BlockfoldApp(admin, read_only=args.read_only,
-                           quitting_cancels=jobs.from_clients if jobs is not None else None)
+        app = BlockfoldApp(admin, read_only=args.read_only)
         _quit_on_hangup(app)
         app.run()
     return 0

@@ -260,6 +260,14 @@ class Admin(ABC):
         [] when no service runs this Admin."""
         return []
 
+    def jobs_from_clients(self) -> list[Job]:
+        """The running jobs that closing this Admin cancels although its own caller did not ask
+        for them: those that other clients asked of the service this process runs for it (a
+        console serving the pool it opened), oldest first. [] for every other Admin: an
+        embedded pool serves nobody, and closing a service's client cancels its own calls
+        only."""
+        return []
+
     def start_scrub(self, rate: float | None = None) -> Job:
         """Starts a scrub (see scrub) in the background of the service and returns at once.
         Raises RefusedError when no service runs this Admin: nothing would outlive the caller."""

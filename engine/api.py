@@ -117,6 +117,14 @@ def service_pid(directory) -> int | None:
                              " open to this user") from None
 
 
+def nbd_handshake_deadline() -> float:
+    """The seconds an NBD client has to choose its export (engine/nbd/server.py), as the
+    environment sets it: asked before a service opens its pool, so a bad setting starts
+    nothing. Raises BlockfoldError (not a number of seconds within bounds)."""
+    from .nbd.server import handshake_deadline
+    return handshake_deadline()
+
+
 def connect_service(url: str, *, read_only: bool = False) -> Admin:
     """The Admin of the service behind a node's SSH admin subsystem, ssh://USER@HOST:PORT (the
     user's SSH keys and known_hosts). Raises BlockfoldError."""

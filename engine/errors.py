@@ -30,7 +30,13 @@ class PoolFormatError(RefusedError):
 
 
 class PoolLockedError(RefusedError):
-    pass
+    """Another writer holds the pool or the cluster's write lease. `held_by`: what that writer
+    said it is ("a console", "a service"; "" if it said nothing: ClusterAdmin.held_by); the
+    message then says so, with its pid, command line and what to do."""
+
+    def __init__(self, message: str = "", held_by: str = ""):
+        super().__init__(message)
+        self.held_by = held_by
 
 
 class VMNotFoundError(RefusedError):

@@ -71,6 +71,17 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
     return f"{count(n)} {thing if n == 1 else things or thing + 's'}"
 
 
+# A job's kind (an Admin method) as a word, and how it names its VM.
+JOB_WORDS = {"import_image": ("import", "of"), "export": ("export", "of"),
+             "write": ("write", "to"), "clone": ("clone", "of")}
+
+
+def job(kind: str, vm: str) -> str:
+    """What a job does, for people: "import of desk3", "write to desk3", "rebuild" (no VM)."""
+    word, joint = JOB_WORDS.get(kind, (kind.replace("_", " "), "of"))
+    return f"{word} {joint} {vm}" if vm else word
+
+
 def no_copy_left(blocks: int, block_size: int) -> str:
     """What failing a node would cost, for its confirmation: "12 blocks (48.0 KiB) would have
     no reachable copy"."""

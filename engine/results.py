@@ -452,7 +452,10 @@ class Job:
     bytes_per_s: float
     """Its rate in the last report, bytes a second."""
     message: str
-    """Why it failed; empty otherwise."""
+    """Why it failed, or why it was cancelled when the service stopped it; empty otherwise."""
+    vm: str = ""
+    """The VM it works on: the one an import makes, an export reads or a write changes, the
+    source of a clone; "" for work on the whole pool (rebuild, fsck, scrub, heal)."""
 
 
 @dataclass(frozen=True)

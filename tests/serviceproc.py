@@ -16,10 +16,10 @@ from tests.conftest import ROOT
 class Served:
     """`blockfold -p POOL serve` (or -c CLUSTER) with `extra` arguments."""
 
-    def __init__(self, where: list[str], *extra: str, env: dict | None = None):
+    def __init__(self, where: list[str], *extra: str, env: dict | None = None, **popen):
         self.proc = subprocess.Popen([sys.executable, "-m", "console", *where, "serve", *extra],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+                                     text=True, env=env, **popen)
         self.lines = {}
         wanted = {"admin"} | {flag[2:] for flag in extra if flag in ("--nbd", "--metrics")}
         out: queue.Queue = queue.Queue()

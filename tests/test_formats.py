@@ -69,3 +69,11 @@ def test_sizes_read_back(text, n):
 def test_a_bad_size_says_what_to_write():
     with pytest.raises(ValueError, match="K, M, G or T"):
         formats.parse_size("ten")
+
+
+def test_a_job_reads_as_what_it_does_to_which_vm():
+    assert [formats.job(kind, vm) for kind, vm in (
+        ("import_image", "desk3"), ("export", "golden"), ("write", "desk3"),
+        ("clone", "golden"), ("rebuild", ""), ("scrub", ""))] == [
+        "import of desk3", "export of golden", "write to desk3", "clone of golden", "rebuild",
+        "scrub"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from engine.api import AttachedError, BlockfoldError, LocalAdmin, PoolLockedErro
 from engine.errors import ReadOnlyError
 from engine.net import adminwire, rpc
 from engine.pool import SCRUB_BATCH, Pool
+from engine.service.session import DEADLINE_S
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
 
@@ -98,8 +100,10 @@ def test_every_command_goes_through_the_service_and_works_as_without_one(pool_di
     scrub = cli_json("-p", pool_dir, "scrub", "--wait")
     assert scrub["finished"] and scrub["corrupt"] == []
     jobs = cli_json("-p", pool_dir, "job", "ls")
-    assert {(j["kind"], j["state"]) for j in jobs} >= {("import_image", "done"),
-                                                        ("rebuild", "done"), ("scrub", "done")}
+    assert {(j["kind"], j["vm"], j["state"]) for j in jobs} >= {
+        ("clone", "golden", "done"), ("import_image", "other", "done"),
+        ("import_image", "piped", "done"), ("write", "d-1", "done"), ("export", "d-1", "done"),
+        ("rebuild", "", "done"), ("scrub", "", "done")}
     assert {j["actor"] for j in jobs} == {getpass.getuser()}
     s.stop()
     with LocalAdmin.open(pool_dir, readonly=True) as admin:
@@ -227,6 +231,77 @@ def test_garbage_on_the_admin_socket_closes_only_that_client(pool_dir, golden, s
                 (adminwire.ERROR, 7, "BAD_REQUEST"), ("open", 0, None)], call
         assert admin.vm_names() == ["golden"]       # the other client never noticed
         assert s.proc.poll() is None
+
+
+def closed_by_service(sock: socket.socket, within: float) -> list[tuple[int, int, dict]]:
+    """Reads until the service closes `sock` (AssertionError if it has not `within` seconds
+    from now); the frames it sent."""
+    sock.settimeout(within)
+    reader, frames = rpc.FrameReader(), []
+    while chunk := sock.recv(65536):
+        frames += [(kind, rid, rpc.parse_body(body)[0]) for kind, rid, body in reader.feed(chunk)]
+    return frames
+
+
+def test_an_admin_client_that_says_nothing_or_half_a_request_is_closed_at_its_deadline(
+        pool_dir, golden, serve):
+    s = serve()
+    silent = adminwire.connect(s.socket, timeout=10)            # connects, says nothing
+    half = adminwire.connect(s.socket, timeout=10)              # hello, then half a call
+    half.sendall(rpc.encode(adminwire.HELLO, 1, {}) + rpc.encode(adminwire.CALL, 2, {
+        "method": "vm_names"})[:20])
+    started = time.monotonic()
+    with find_service(pool_dir, actor="console") as idle:
+        # Neither holds up another client.
+        assert idle.vm_names() == ["golden"] and time.monotonic() - started < DEADLINE_S / 2
+        for sock in (silent, half):
+            frames = closed_by_service(sock, DEADLINE_S + 5)
+            assert frames[-1][:2] == (adminwire.ERROR, 0)
+            assert frames[-1][2]["error"] == (f"no whole request within {DEADLINE_S:g} s:"
+                                              " closing the connection")
+        assert DEADLINE_S - 1 < time.monotonic() - started < DEADLINE_S + 5
+        # Between requests a client may idle past the deadline (a console between polls).
+        assert idle.vm_names() == ["golden"]
+    silent.close()
+    half.close()
+    log = s.stop()
+    assert log.count(f"no whole request within {DEADLINE_S:g} s; closing the connection") == 1
+    assert f"1 more admin connection closed: no whole request within {DEADLINE_S:g} s" in log
+
+
+def test_silent_admin_clients_that_use_up_the_open_files_are_closed_and_others_served(
+        pool_dir, golden, serve):
+    limit = 128
+    s = serve(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    held = []
+    try:
+        # More than the service has files for: the last ones wait in the backlog, until it is
+        # full (a connect fails at once, for a second).
+        full_since = None
+        while len(held) < limit + 200:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(s.socket))
+            except BlockingIOError:
+                sock.close()
+                full_since = full_since or time.monotonic()
+                if time.monotonic() - full_since > 1:
+                    break
+                time.sleep(0.02)
+                continue
+            full_since = None
+            held.append(sock)
+        assert len(held) > limit
+        started = time.monotonic()
+        # A command waits for its connection until the silent ones are closed, then is served.
+        assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+        assert time.monotonic() - started < DEADLINE_S + 8
+    finally:
+        for sock in held:
+            sock.close()
+    log = s.stop()
+    assert "Too many open files" in log and "more admin connections closed" in log, log
 
 
 def test_a_read_only_login_only_looks(pool_dir, golden, serve):

@@ -34,7 +34,7 @@ from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
 from ..results import EtcdStatus, HealFigures, NodeStatus, ScrubFigures, WriteQuorum
-from . import lifecycle
+from . import holder, lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
 from .config import ClusterConfig
@@ -78,6 +78,7 @@ class ClusterAdmin(LocalAdmin):
         self._newer = ""                # who has the cluster meanwhile (its lease holder)
         self._stuck = ""                # why the last try to take it back failed, if not a lease
         self._reopened = None           # takes the reopened Admin (on_reopen)
+        self._said: tuple[str, str, str] | None = None      # held_by's, for a reopened Admin
         self._on_fenced = None          # told at the fencing (on_fenced)
 
     @property
@@ -328,6 +329,11 @@ class ClusterAdmin(LocalAdmin):
             members.release_lease()
             raise
         admin._reopened, admin._on_fenced = self._reopened, self._on_fenced
+        if self._said is not None:      # under the lease's new holder name
+            try:
+                admin.held_by(*self._said)
+            except OSError:
+                pass        # a refused opener is told of the lease alone
         return admin
 
     def _hand_over(self, admin: ClusterAdmin) -> None:
@@ -565,8 +571,11 @@ class ClusterAdmin(LocalAdmin):
         self._record("node", f"restored {name} (its process restarted)", actor)
 
     def held_by(self, what: str, command: str, advice: str) -> None:
-        """A cluster's write lease names its holder's host and pid (engine/cluster/holder.py):
-        nothing more is said."""
+        """A cluster's write lease names its holder's host and pid; DIR/holder.json says the
+        rest, for the openers the lease refuses (engine/cluster/holder.py): "cluster C is held
+        by `what` (pid N, `command`): `advice`". Raises OSError."""
+        holder.note(self.config.path, self.members.holder, what, command, advice)
+        self._said = (what, command, advice)
 
     def close(self) -> None:
         self._stop.set()
@@ -577,6 +586,8 @@ class ClusterAdmin(LocalAdmin):
         try:
             self.pool.close()       # fenced: its commit is refused, and the caller told
         finally:
+            if self._said is not None:
+                holder.unnote(self.config.path, self.members.holder)
             self.members.close()
             self._end_session()     # after the lease: no moment without either
             if self._etcd:

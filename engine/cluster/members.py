@@ -304,7 +304,9 @@ class Members:
         self.holder, self.process = holder.name(), holder.process()
         refused = self._lease([i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN])
         if refused:
-            gone = self._gone_holders(list(refused))
+            leases = self._leases(list(refused))
+            gone = {i: lease["holder"] for i, lease in leases.items()
+                    if holder.gone(lease["process"])}
             if len(gone) == len(refused):
                 refused = self._lease(list(refused), gone)    # empty unless another came first
                 if not refused:
@@ -313,15 +315,18 @@ class Members:
                               " longer runs", file=sys.stderr, flush=True)
                     return
             self.release_lease()
+            # The holder in its own words if it gave them (a console: waiting would not help).
+            told = holder.said(self.config.path, {lease["holder"] for lease in leases.values()})
+            if told is not None:
+                raise PoolLockedError(told[1], held_by=told[0])
             raise PoolLockedError(f"cluster {self.config.path} is {refused[min(refused)]}")
 
-    def _gone_holders(self, nodes: list[int]) -> dict[int, str]:
-        """{node: the holder of its lease}, for the nodes whose lease holder is a process of this
-        host that no longer runs."""
+    def _leases(self, nodes: list[int]) -> dict[int, dict]:
+        """{node: its running lease, {holder, process}}, of those of `nodes` that answer and
+        have one."""
         replies = self.call_many(dict.fromkeys(nodes, (rpc.HELLO, {}, b"")), timeout=5.0)
         leases = {i: r[0].get("lease") for i, r in replies.items() if not isinstance(r, Exception)}
-        return {i: lease["holder"] for i, lease in leases.items()
-                if lease and holder.gone(lease["process"])}
+        return {i: lease for i, lease in leases.items() if lease}
 
     def _lease(self, nodes: list[int], replace: dict | None = None) -> dict:
         """Sends LEASE to `nodes` (replacing the holder `replace` names per node);

@@ -32,6 +32,7 @@ import enum
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ from ..errors import (AbortedError, AttachedError, BadImageError, BadNameError, 
 SOCKET = "admin.sock"
 SUBSYSTEM = "blockfold-admin"         # the SSH subsystem a node relays to its cluster's service
 DATA_CHUNK = 4 << 20                  # bytes a DATA frame carries at most
+CONNECT_RETRY_S = 0.05                # a full backlog is tried again this often
 
 LOGIN, HELLO, CALL, DATA, CANCEL = 1, 2, 3, 4, 5
 PROGRESS, REPLY, ERROR = 0x82, 0x80, 0x81
@@ -146,13 +148,25 @@ def socket_address(path: Path) -> Iterator[str]:
 
 
 def connect(path: Path, timeout: float | None = None) -> socket.socket:
-    """A connected Unix stream socket to `path`. Raises OSError (ENOENT: no socket; ECONNREFUSED:
-    a socket nobody serves; EACCES: its mode keeps us out)."""
+    """A connected Unix stream socket to `path`, waiting up to `timeout` seconds (None: as long as
+    it takes) while the service's backlog is full (it is out of open files, say, until its
+    silent clients' deadline closes them). Raises OSError (ENOENT: no socket; ECONNREFUSED: a
+    socket nobody serves; EACCES: its mode keeps us out), BlockfoldError (still full)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         with socket_address(path) as address:
-            sock.connect(address)
+            while True:
+                try:
+                    sock.connect(address)
+                    break
+                except BlockingIOError:    # with a timeout, a full backlog fails at once
+                    if time.monotonic() >= deadline:
+                        raise BlockfoldError(
+                            f"the service at {path} takes no new connection (waited"
+                            f" {timeout:g} s): its log says why (out of open files?)") from None
+                    time.sleep(CONNECT_RETRY_S)
     except BaseException:
         sock.close()
         raise

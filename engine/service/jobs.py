@@ -40,6 +40,7 @@ class _Running:
     started: float
     cancel: threading.Event
     client: bool                # asked for by a client of the service (not its opener)
+    vm: str = ""                # the VM it works on (Job.vm)
     progress: Progress | None = None
     state: str = "running"
     message: str = ""
@@ -50,7 +51,7 @@ class _Running:
         return Job(id=self.id, kind=self.kind, actor=self.actor, started=self.started,
                    state=self.state, phase=p.phase if p else "", done=p.done if p else 0,
                    total=p.total if p else 0, bytes_per_s=p.bytes_per_s if p else 0.0,
-                   message=self.message)
+                   message=self.message, vm=self.vm)
 
 
 class Jobs:
@@ -63,11 +64,11 @@ class Jobs:
         self._threads: set[threading.Thread] = set()
 
     def run(self, kind: str, work: Work[T], progress: ProgressCallback | None = None,
-            cancel: threading.Event | None = None) -> T:
-        """Runs work(progress, cancel) here as job `kind` and returns what it returns; its
-        progress reports go to `progress` too. `cancel` (the caller's) and cancel() both stop
-        it."""
-        job = self._begin(kind, cancel or threading.Event())
+            cancel: threading.Event | None = None, vm: str = "") -> T:
+        """Runs work(progress, cancel) here as job `kind` on VM `vm` ("": the whole pool) and
+        returns what it returns; its progress reports go to `progress` too. `cancel` (the
+        caller's) and cancel() both stop it."""
+        job = self._begin(kind, cancel or threading.Event(), vm)
         return self._run(job, work, progress)
 
     def start(self, kind: str, work: Work) -> Job:
@@ -90,7 +91,7 @@ class Jobs:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _begin(self, kind: str, cancel: threading.Event) -> _Running:
+    def _begin(self, kind: str, cancel: threading.Event, vm: str = "") -> _Running:
         """Raises RefusedError if `kind` runs alone and one such job runs already."""
         with self._lock:
             if kind in ALONE:
@@ -100,7 +101,7 @@ class Jobs:
                             f"a {kind} runs already (job {other.id}, started by {other.actor}):"
                             f" `blockfold job cancel {other.id}` stops it")
             job = _Running(next(self._ids), kind, current_actor(self.default_actor), time.time(),
-                           cancel, requested() is not None)
+                           cancel, requested() is not None, vm)
             self._running[job.id] = job
         return job
 
@@ -153,7 +154,8 @@ class Jobs:
 
     def stop_all(self, timeout: float, why: str = "") -> int:
         """Cancels every running job (`why`, if given, is what each then says, and what its
-        client is told after "… cancelled: ") and waits up to
+        client is told after "… cancelled: ": a reason, "the service was fenced", never
+        "cancelled because …", which would say it twice) and waits up to
         `timeout` seconds in all for them to end (a background job's thread too); returns how
         many were running."""
         with self._lock:

@@ -107,8 +107,8 @@ class ServedAdmin(Admin):
         self.inner = inner
         self._fenced = ""
         self.changed()
-        return self.job_list.stop_all(timeout, "cancelled when the service took its cluster back:"
-                                               " it worked from the fenced state; run it again")
+        return self.job_list.stop_all(timeout, "the service took its cluster back: it worked"
+                                               " from the fenced state; run it again")
 
     def changed(self) -> None:
         """Something the figures count may have changed: the next stats() or vms() computes
@@ -162,7 +162,7 @@ class ServedAdmin(Admin):
         self.inner.vm_size(name)
         self._unless_attached(name, force, "overwriting it")
         return self.job_list.run("write", lambda p, c: self.inner.write_file(
-            name, offset, source, progress=p, cancel=c), progress, cancel)
+            name, offset, source, progress=p, cancel=c), progress, cancel, name)
 
     @_changes
     def trim(self, name, offset, length): self.inner.trim(name, offset, length)
@@ -181,17 +181,18 @@ class ServedAdmin(Admin):
     @_changes
     def import_image(self, name, source, progress=None, cancel=None):
         return self.job_list.run("import_image", lambda p, c: self.inner.import_image(
-            name, source, p, c), progress, cancel)
+            name, source, p, c), progress, cancel, name)
 
     @_changes
     def export(self, name, dest, progress=None, cancel=None):
         return self.job_list.run("export", lambda p, c: self.inner.export(name, dest, p, c),
-                                 progress, cancel)
+                                 progress, cancel, name)
 
     @_changes
     def clone(self, source, new, count=1, progress=None, cancel=None):
         return self.job_list.run("clone", lambda p, c: self.inner.clone(source, new, count, p,
-                                                                        c), progress, cancel)
+                                                                        c), progress, cancel,
+                                 source)
 
     @_changes
     def delete(self, name, force=False):
@@ -290,6 +291,7 @@ class ServedAdmin(Admin):
     # -- jobs ---------------------------------------------------------------------------------
 
     def jobs(self): return self.job_list.list()
+    def jobs_from_clients(self): return self.job_list.from_clients()
 
     def start_scrub(self, rate=None):
         return self.job_list.start("scrub", lambda p, c: self._scrub(rate, p, c))

@@ -42,12 +42,15 @@ from ..net.adminwire import SOCKET
 from . import socketfile
 from .metrics import Metrics
 from .served import ServedAdmin
-from .session import Session
+from .session import DEADLINE_S, Session
 
 if TYPE_CHECKING:
     from ..localadmin import LocalAdmin
 
 DRAIN_S = 10.0
+# Admin clients closed at their deadline (session.DEADLINE_S): the first is told, the others in a
+# line each this often.
+DEADLINE_LOG_S = 10.0
 
 
 class Service:
@@ -78,6 +81,7 @@ class Service:
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._why = ""          # what stop() tells the clients of the jobs it cancels
+        self._untold: int | None = None     # admin clients closed at the deadline, not told
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -146,8 +150,8 @@ class Service:
         self.admin.fence(line)
         dropped = self.nbd.fenced() if self.nbd is not None else 0
         cancelled = self.admin.job_list.stop_all(
-            DRAIN_S, "cancelled because the service was fenced: it worked from a state older than"
-                     " the newer writer's commits; run it again once the cluster is taken back")
+            DRAIN_S, "the service was fenced: it worked from a state older than the newer"
+                     " writer's commits; run it again once the cluster is taken back")
         self.log(f"at the fencing: {formats.counted(dropped, 'NBD connection')} dropped,"
                  f" {formats.counted(cancelled, 'job')} cancelled (clients reconnect, and jobs may"
                  " run again, once the cluster is taken back)")
@@ -171,6 +175,27 @@ class Service:
         dropped = (f"; {formats.counted(dropped, 'NBD connection')} open before"
                    f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
         self.log(f"serving {admin.name} again{dropped}{jobs}")
+
+    def timed_out(self, client: str) -> None:
+        """An admin client was closed at its deadline (session.DEADLINE_S): the first is told;
+        those after it are counted and told in one line every DEADLINE_LOG_S (a flood of silent
+        connections would flood stderr). Called on the loop."""
+        if self._untold is not None:
+            self._untold += 1
+            return
+        self.log(f"{client}: no whole request within {DEADLINE_S:g} s; closing the connection")
+        self._untold = 0
+        self._loop.call_later(DEADLINE_LOG_S, self._tell_timed_out)
+
+    def _tell_timed_out(self, again: bool = True) -> None:
+        """Tells how many were closed since the last line; `again`: and counts on."""
+        untold, self._untold = self._untold, None
+        if untold:
+            self.log(f"{formats.counted(untold, 'more admin connection')} closed: no whole"
+                     f" request within {DEADLINE_S:g} s")
+        if untold and again:
+            self._untold = 0
+            self._loop.call_later(DEADLINE_LOG_S, self._tell_timed_out)
 
     def log_failure(self, method: str, error: BaseException) -> None:
         """A call failed: told to its client; a fault of ours is logged here too."""
@@ -201,6 +226,7 @@ class Service:
         await asyncio.to_thread(_join, [c.ended for c in calls], DRAIN_S)
         for session in list(self.sessions):
             session.gone()
+        self._tell_timed_out(again=False)
 
     async def _close_listeners(self) -> None:
         if self._server is not None:

@@ -9,6 +9,14 @@ only its own calls. The client's LOGIN/HELLO say who it is:
 - a read-only client may call only the methods that look (engine.service.methods.LOOKS); a
   connection can become read-only, never writable again.
 A frame that cannot be parsed closes this connection only; a bad request gets an ERROR.
+
+Deadlines, as the NBD server's handshake: a client's first frame (HELLO, a relay's LOGIN, or a
+CALL) must have arrived whole within DEADLINE_S of its accept, and a frame begun later must not
+stall longer than DEADLINE_S between two of its pieces (a 4 MiB DATA frame over a slow SSH link
+takes as long as it takes, while it flows). Else the connection is closed: a client that
+connects and says nothing, or sends half a request, would hold a file forever, and enough of
+them leave the service out of files, taking no client at all. Between frames a client may idle
+for as long as it likes (a console between polls).
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from . import methods
 from .streams import END, GONE, INBOX_PIECES, WAIT_STEP
 
 PEERCRED = struct.Struct("3i")      # pid, uid, gid
+# How long a client has, from its accept, to send its first frame whole; and how long a frame
+# begun may stall between two pieces.
+DEADLINE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,19 @@ class Session:
 
     async def run(self) -> None:
         try:
+            first = True
             while True:
-                head = await self.reader.readexactly(rpc.HEADER.size)
-                kind, request_id, length = rpc.parse_header(head)
-                body = await self.reader.readexactly(length)
+                kind, request_id, body = await self.frame(first)
+                first = False
                 await self.dispatch(kind, request_id, body)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass                        # the client went away
+        except TimeoutError:
+            # Told in the frame's place (a client that sent half of one sees why); no drain:
+            # it may read nothing.
+            self.writer.write(rpc.encode(wire.ERROR, 0, wire.bad_request(
+                f"no whole request within {DEADLINE_S:g} s: closing the connection")))
+            self.service.timed_out(f"admin client pid {self.peer.pid} ({self.peer.user})")
         except rpc.FrameError as e:     # garbage: nothing after it can be framed
             await self.send(rpc.encode(wire.ERROR, 0, wire.bad_request(str(e))))
         finally:
@@ -120,7 +137,32 @@ class Session:
 
     # -- frames in ----------------------------------------------------------------------------
 
-    async def dispatch(self, kind: int, request_id: int, body: bytes) -> None:
+    async def frame(self, first: bool) -> tuple[int, int, bytearray]:
+        """The next frame: (kind, request id, body). The `first` must be whole within DEADLINE_S
+        of now (the accept); a later one may be long in coming, but once begun each piece must
+        follow the last within DEADLINE_S. Raises TimeoutError, IncompleteReadError (the client
+        went away), rpc.FrameError."""
+        async with asyncio.timeout(DEADLINE_S if first else None) as deadline:
+            got = bytearray() if first else bytearray(await self.reader.readexactly(1))
+            stall = None if first else deadline
+            await self._fill(got, rpc.HEADER.size, stall)
+            kind, request_id, length = rpc.parse_header(bytes(got))
+            body = bytearray()
+            await self._fill(body, length, stall)
+        return kind, request_id, body
+
+    async def _fill(self, got: bytearray, n: int, stall: asyncio.Timeout | None) -> None:
+        """Reads into `got` until it holds `n` bytes; `stall`, if given, is moved to DEADLINE_S
+        past each piece's arrival."""
+        while len(got) < n:
+            if stall is not None:
+                stall.reschedule(self.loop.time() + DEADLINE_S)
+            piece = await self.reader.read(n - len(got))
+            if not piece:
+                raise asyncio.IncompleteReadError(bytes(got), n)
+            got += piece
+
+    async def dispatch(self, kind: int, request_id: int, body: bytes | bytearray) -> None:
         try:
             header, payload = rpc.parse_body(body)
         except rpc.FrameError as e:

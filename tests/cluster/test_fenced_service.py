@@ -436,10 +436,14 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
                                         and j.state != "running"), None), 15,
                           "the write of the fenced state still runs while fenced")
             assert ended.state == "cancelled", ended
-            assert ended.message.startswith("cancelled because the service was fenced"), ended
+            # Its state, then why: "cancelled" is said once (and once to its client, below).
+            assert ended.message.startswith("the service was fenced: it worked from"), ended
         _wait(lambda: _unfenced(service), 30, "the service never took the cluster back")
         writer.stdin.close()            # the CLI reads its stdin until it ends
         assert writer.wait(30) != 0
+        said = writer.stderr.read()
+        assert said.startswith("blockfold: error: write of stdin cancelled: the service was fenced:"
+                               " it worked from"), said
         assert service.scrub().finished
     finally:
         if writer is not None:

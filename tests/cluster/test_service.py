@@ -65,6 +65,32 @@ def test_the_cluster_service_answers_every_cli_and_a_standby_takes_over(make_clu
             assert standby.returncode == 0
 
 
+def test_serve_of_a_cluster_a_console_holds_is_refused_naming_the_console(make_cluster,
+                                                                         tmp_path):
+    """A console serving the cluster it opened renews its lease for as long as it is open:
+    `serve -c` does not wait for it as a standby (it waited for ever, saying when the lease
+    runs out), but says who holds it and what to do, in one line, as for a pool."""
+    cluster = make_cluster(nodes=2, replicas=2)
+    command = f"blockfold console -c {cluster.path}"
+    term = Terminal(tmp_path, f"cd {ROOT} && {sys.executable} -m console console -c"
+                              f" {cluster.path}")
+    try:
+        term.wait_for("Overview", 30)
+        pid = api.service_pid(cluster.path)
+        for args in (["serve"], ["nbd", "serve", "--listen", "127.0.0.1:0"]):
+            refused = run_cli("-c", cluster.path, *args)
+            assert (refused.returncode, refused.stdout_text, refused.stderr_text) == (
+                1, "", f"blockfold: error: cluster {cluster.path} is held by a console (pid"
+                       f" {pid}, `{command}`): quit it, or start `serve` first and consoles"
+                       " go through it\n"), args
+        term.keys("q")
+        assert term.exit_code() == 0
+    finally:
+        term.close()
+    served = Served(["-c", str(cluster.path)])      # once it quit: at once, as ever
+    served.stop()
+
+
 def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, replicas=1)         # every block on one node alone
     image(tmp_path / "golden.raw", 2)

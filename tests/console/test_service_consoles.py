@@ -139,7 +139,8 @@ def import_from_stdin(pool_dir, name: str) -> subprocess.Popen:
 
 async def test_quitting_a_console_that_serves_its_pool_asks_while_clients_jobs_run(pool_dir):
     """The console serving its own pool (as `blockfold console` does with no service running):
-    with two CLI imports running through it, `q` asks, naming them by kind and user; n keeps
+    with two CLI imports running through it, `q` asks, naming them by kind, VM and user (as
+    `job ls` does); n keeps
     them running; once it quits, each import ends saying why."""
     admin = LocalAdmin.open(pool_dir, actor="console")
     service = Service(admin, pool_dir, actor="console")
@@ -147,19 +148,26 @@ async def test_quitting_a_console_that_serves_its_pool_asks_while_clients_jobs_r
     clients = []
     try:
         served = service.admin
-        app = BlockfoldApp(served, clock=FixedClock(), poll_interval=3600,
-                           quitting_cancels=served.job_list.from_clients)
+        app = BlockfoldApp(served, clock=FixedClock(), poll_interval=3600)
         async with app.run_test(size=SIZE) as pilot:
             clients = [import_from_stdin(pool_dir, name) for name in ("big1", "big2")]
             deadline = time.monotonic() + 30
-            while len(served.job_list.from_clients()) < 2:
+            while len(served.jobs_from_clients()) < 2:
                 assert time.monotonic() < deadline and all(c.poll() is None for c in clients)
                 await asyncio.sleep(0.05)
+            # A client of the service, quitting, cancels none of them: it serves nobody.
+            with find_service(pool_dir, actor="console") as remote:
+                assert len(remote.jobs()) == 2 and remote.jobs_from_clients() == []
+            listed = run_cli("-p", pool_dir, "job", "ls").stdout_text.splitlines()
+            assert sorted(line.split()[1:3] for line in listed[1:]) == [
+                ["import_image", "big1"], ["import_image", "big2"]]
             await press(pilot, "q")
             user = getpass.getuser()
-            assert asked(app) == (f"2 jobs from other clients are running through this console"
-                                  f" (import image by {user}, import image by {user}):"
-                                  " quitting cancels them. Quit?")
+            assert asked(app) in (f"2 jobs from other clients are running through this console"
+                                  f" ({first} by {user}, {second} by {user}): quitting cancels"
+                                  " them. Quit?" for first, second in (
+                                      ("import of big1", "import of big2"),
+                                      ("import of big2", "import of big1")))
             await press(pilot, "n")
             assert not isinstance(app.screen, ConfirmDialog)
             assert all(c.poll() is None for c in clients)
