@@ -269,6 +269,15 @@ def test_an_admin_client_that_says_nothing_or_half_a_request_is_closed_at_its_de
     assert f"1 more admin connection closed: no whole request within {DEADLINE_S:g} s" in log
 
 
+def test_a_service_stopped_with_clients_connected_says_no_traceback(pool_dir, golden, serve):
+    s = serve()
+    with find_service(pool_dir, actor="console") as idle:
+        assert idle.vm_names() == ["golden"]
+        log = s.stop()          # the console's connection is open, idle between requests
+    assert s.proc.returncode == 0
+    assert "Traceback" not in log and "CancelledError" not in log
+
+
 def test_silent_admin_clients_that_use_up_the_open_files_are_closed_and_others_served(
         pool_dir, golden, serve):
     limit = 128

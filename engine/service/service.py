@@ -139,6 +139,10 @@ class Service:
         self.sessions.add(session)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # The service stops with this client connected. Python 3.11's start_server asks
+            # the cancelled task for its exception and prints a traceback for it (3.12 does not).
+            pass
         finally:
             self.sessions.discard(session)
 
