@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..blockids import VARIANTS, block_ids
-from ..errors import ReplicationError
+from ..errors import NoSpaceError, ReplicationError
 from ..fingerprint import Fingerprinter
 from ..net import rpc
 from . import placement
@@ -163,8 +163,13 @@ class Writer:
         for node, status in replies.items():
             sent = np.flatnonzero(want[:, node])
             if isinstance(status, rpc.RemoteError):
-                raise ReplicationError(f"node {self.members.names()[node]} refused blocks:"
-                                       f" {status}")
+                name = self.members.names()[node]
+                if status.code == rpc.Code.NODE_FULL:
+                    # ENOSPC over NBD, as a full local pool: a guest pauses (qemu's
+                    # werror=enospc) until space is freed, where EIO fails its I/O.
+                    raise NoSpaceError(f"out of space on node {name} ({status}): free some"
+                                       " (vm rm, snapshot-rm) or add a node (cluster add)")
+                raise ReplicationError(f"node {name} refused blocks: {status}")
             if isinstance(status, Exception):
                 b.tried[lead[sent], node] = True
                 continue

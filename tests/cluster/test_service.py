@@ -582,3 +582,29 @@ def test_a_cluster_up_killed_while_starting_nodes_leaves_every_running_node_know
         up.kill()
         for pid in _node_pids(path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_full_cluster_answers_no_space_as_a_full_pool_does(make_cluster, tmp_path):
+    """RAM nodes with room for about 1,800 blocks each, R=2 over 3: a guest writing past that
+    got EIO (its filesystem goes read-only) where a full pool answers ENOSPC (qemu pauses the
+    guest until space is freed)."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=7 << 20)
+    empty = tmp_path / "empty.raw"
+    with open(empty, "wb") as f:
+        f.truncate(64 << 20)
+    with cluster.open() as admin:
+        admin.import_image("d", str(empty))
+    fill = tmp_path / "fill.raw"
+    fill.write_bytes(os.urandom(12 << 20))          # 3,072 blocks, twice: more than 3 nodes hold
+    refused = run_cli("-c", cluster.path, "vm", "write", "d", "--offset", "0", fill)
+    assert refused.returncode == 1
+    assert re.fullmatch(r"blockfold: error: out of space on node node\d \(node is full \(\d+"
+                        r" bytes of memory\)\): free some \(vm rm, snapshot-rm\) or add a node"
+                        r" \(cluster add\)\n", refused.stderr_text), refused.stderr_text
+    s = Served(["-c", str(cluster.path)], "--nbd", "127.0.0.1:0")
+    try:
+        proc = subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -s {fill} 0 12M",
+                               s.uri("d")], capture_output=True, text=True, timeout=120)
+        assert "No space left on device" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    finally:
+        s.kill()
