@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import changeset, lineage
 from ..blockstore import BlockStore
+from ..errors import BlockfoldError
 from ..fingerprint import Fingerprinter
 from ..index import FingerprintIndex
 from ..blockids import belong
@@ -239,11 +240,21 @@ class NodeStore:
     def _open_catalog(self) -> sqlite3.Connection:
         if self.memory:
             conn = sqlite3.connect(":memory:", isolation_level=None)
-        else:
-            conn = sqlite3.connect(self.directory / CATALOG_FILE, isolation_level=None)
+            self._replica_table(conn)
+            return conn
+        path = self.directory / CATALOG_FILE
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-        self._replica_table(conn)
+            self._replica_table(conn)
+        except sqlite3.DatabaseError as e:
+            # Not set aside here: the replica holds the epoch this node promised, and a node
+            # that forgot its promise could let a fenced writer's commit reach a majority.
+            raise BlockfoldError(
+                f"the node's catalog replica {path} is damaged ({e}): move it aside (mv {path}"
+                f" {path}.damaged) and start the node again: it starts with no replica and is"
+                " caught up from the other nodes") from None
         return conn
 
     @staticmethod

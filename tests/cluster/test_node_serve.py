@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -92,3 +93,22 @@ def test_a_memory_of_no_bytes_is_a_usage_error(data, module, memory):
     r = serve(data, "--listen", "127.0.0.1:0", f"--memory={memory}", module=module)
     assert r.returncode == 2 and "argument --memory: " in r.stderr, r.stderr
     assert sorted(p.name for p in data.iterdir()) == ["authorized_keys"]
+
+
+def test_a_damaged_catalog_replica_is_named_with_what_to_do(data):
+    # A traceback ending in "sqlite3.DatabaseError: database disk image is malformed" named no
+    # file and no way out.
+    (data / "authorized_keys").write_text("")
+    db = sqlite3.connect(data / "catalog.db")
+    db.execute("CREATE TABLE t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 200)
+    db.commit()
+    db.close()
+    with open(data / "catalog.db", "r+b") as f:
+        f.truncate(10000)
+    r = serve(data, "--listen", "127.0.0.1:0")
+    path = data / "catalog.db"
+    assert r.returncode == 1 and r.stderr == (
+        f"blockfold: error: the node's catalog replica {path} is damaged (database disk image is"
+        f" malformed): move it aside (mv {path} {path}.damaged) and start the node again: it"
+        " starts with no replica and is caught up from the other nodes\n")
