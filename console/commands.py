@@ -23,6 +23,7 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
                         default_pool_path, formats, options, parse_size, plain)
 
 from .command import Command, UsageError, arg
+from .progressbar import ProgressBar
 from .wording import delete_question, listed
 
 GROUPS = {  # the first word of two-word commands, and its help
@@ -978,6 +979,70 @@ def cluster_add(args) -> int:
                     f" {row['peer_key']} as DATA/peer_key, 'restrict ' + {row['peer_key']}.pub"
                     " in DATA/peer_keys")
     return 0
+
+
+@command("cluster", "remove",
+         json='{removed: NAME, address, local, data: its data dir, kept (null: none, or'
+              ' deleted), deleted, and NodeRemoval\'s fields (engine/results.py): blocks,'
+              ' short, copied, lost, nodes_left, need, …}',
+         help="take a node out of the cluster: it gets no new copies, and its blocks are"
+              " copied to the other nodes until every block has R copies without it; then it"
+              " leaves cluster.json (writes need a majority of the nodes left) and a local"
+              " node's process stops, its data dir kept and marked removed (it never serves"
+              " again) unless --delete-data. Refused while the cluster's service runs",
+         opens=False, args=[
+             CLUSTER_DIR,
+             arg("name", metavar="NODE", help="the node's name"),
+             arg("--force", action="store_true",
+                 help="remove a node that is down although some blocks have no copy on any"
+                      " other node that answers: they are lost"),
+             arg("--delete-data", action="store_true",
+                 help="delete a local node's data directory as well"),
+             YES])
+def cluster_remove(args) -> int:
+    def ask(plan: api.NodeRemoval) -> bool:
+        return confirmed(args, _removal_question(args.dir, plan))
+
+    bar = args.progress = ProgressBar.if_terminal()
+    try:
+        with terminated_as_interrupted():
+            done = api.remove_node(args.dir, args.name, force=args.force,
+                                   delete_data=args.delete_data, confirm=ask, progress=bar,
+                                   actor=local_user())
+    finally:
+        if bar:
+            bar.close()
+    if done is None:
+        print("not removed", file=sys.stderr)
+        return 1
+    lost = (f"; {formats.no_copy_left(done['lost'], done['block_size'])}".replace(
+        "would have", "have") if done["lost"] else "")
+    where = (f"; its data is kept in {done['data']} (marked removed: it does not serve"
+             " again)" if done["data"] else "; its data directory was deleted"
+             if done["deleted"] else "" if done["local"] else
+             f"; stop it on its host ({done['address']})")
+    emit(args, done, f"removed {args.name} from cluster {args.dir}:"
+                     f" {formats.counted(done['copied'], 'copy', 'copies')} made on the other"
+                     f" nodes{lost}; writes now need {formats.count(done['need'])} of"
+                     f" {formats.counted(done['nodes_left'], 'node')}{where}")
+    return 0
+
+
+def _removal_question(path: str, plan: api.NodeRemoval) -> str:
+    """The confirmation of `cluster remove`: what the drain copies, and what is lost."""
+    weight = formats.size(plan.blocks * plan.block_size)
+    if plan.drained:
+        said = " Its blocks were copied already: it only leaves cluster.json."
+    elif plan.state == "down":
+        said = (f" It is down: the {formats.counted(plan.short, 'block')}"
+                f" ({formats.size(plan.short * plan.block_size)}) short of copies without it"
+                " will be copied from their other replicas first.")
+    else:
+        said = (f" Its {formats.counted(plan.blocks, 'block')} ({weight}) will be copied to"
+                " the other nodes first.")
+    if plan.lost:
+        said += f" {formats.no_copy_left(plan.lost, plan.block_size)}: they are lost."
+    return f"Remove {plan.node} from cluster {path}?{said}"
 
 
 @command("node", "serve", help="run one node (an SSH server) in the foreground", opens=False,

@@ -14,9 +14,13 @@ from abc import ABC, abstractmethod
 
 from .errors import RefusedError
 from .progress import ProgressCallback
-from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMInfo,
-                      VMSnapshot, VMStats, WriteQuorum)
+from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeRemoval,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot,
+                      VMInfo, VMSnapshot, VMStats, WriteQuorum)
+
+SERVED_REMOVAL = ("a node is removed with its cluster's service stopped (a service serves on with"
+                  " the nodes it opened with): stop the service, then `blockfold cluster remove`")
+"""Why a removal through a service is refused (RemoteAdmin, ServedAdmin, api.remove_node)."""
 
 
 class Admin(ABC):
@@ -306,6 +310,26 @@ class Admin(ABC):
     def restore_node(self, name: str) -> None:
         """Restarts a failed local node; it catches up and rejoins. Raises BlockfoldError (as
         fail_node)."""
+
+    @abstractmethod
+    def removal(self, name: str, force: bool = False) -> NodeRemoval:
+        """What removing node `name` would copy (or lose), and the write majority after.
+        Raises BlockfoldError, with nothing changed: an embedded pool, read-only, an unknown
+        node, fewer nodes left than R or min_replicas, fewer than R other nodes up, a node
+        down with blocks no other node that answers holds (unless `force`)."""
+
+    @abstractmethod
+    def remove_node(self, name: str, force: bool = False,
+                    progress: ProgressCallback | None = None,
+                    cancel: threading.Event | None = None) -> NodeRemoval:
+        """Drains node `name`: out of placement, its blocks copied (node to node, as heal's)
+        until every live block has R copies on the other nodes (`force`: but those only it
+        held, while down), then its removal committed in the catalog (placement without it,
+        and its host key recorded: a writable open refuses a cluster.json that still names
+        it). Progress phase "heal", in blocks. The node is still in cluster.json: it leaves
+        once this Admin is closed (engine.cluster.removal). Raises as removal, and
+        BlockfoldError when the copies stop (a heal that stalls), CancelledError; then
+        placement takes it back and nothing is recorded."""
 
     @abstractmethod
     def heal(self, wait: bool = True, progress: ProgressCallback | None = None,

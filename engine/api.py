@@ -21,8 +21,9 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
                      VMNotFoundError)
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
-                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
-                      Snapshot, VMInfo, VMSnapshot, VMStats, WriteQuorum, plain)
+                      NodeRemoval, NodeStatus, PoolStats, Problem, RebuildFigures,
+                      RebuildRecord, ScrubFigures, Snapshot, VMInfo, VMSnapshot, VMStats,
+                      WriteQuorum, plain)
 from .formats import parse_size
 from .names import check_vm_size
 
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORT_FORMATS", "IMPORT_FORMATS", "Admin", "AttachedError", "BlockPage", "BlockRow",
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
-    "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
-    "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
-    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum", "check_vm_size",
-    "cluster_add",
+    "Job", "LocalAdmin", "NodeRemoval", "NodeStatus", "PoolLockedError", "PoolStats", "Problem",
+    "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service",
+    "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum",
+    "check_vm_size", "cluster_add",
     "cluster_down", "cluster_status", "cluster_up", "connect_service", "create_pool",
     "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
     "open_source", "options", "parse_size", "plain", "serve_node",
@@ -164,6 +165,20 @@ def cluster_status(path) -> dict:
 def cluster_add(path, address: str, **kwargs) -> dict:
     from .cluster import lifecycle
     return lifecycle.add(path, address, **kwargs)
+
+
+def remove_node(path, name: str, **kwargs) -> dict | None:
+    """Removes node `name` from the cluster in `path`: drained (its blocks copied until every
+    live block has R copies without it), then out of cluster.json, its etcd key and a local
+    node's process gone (engine.cluster.removal.remove: keywords force, delete_data, confirm,
+    progress, cancel, actor). None when confirm(plan) said no. Raises BlockfoldError (a
+    refusal, nothing changed; a service serves the cluster), CancelledError."""
+    from .admin import SERVED_REMOVAL
+    from .cluster import removal
+    pid = service_pid(path)
+    if pid is not None:
+        raise BlockfoldError(f"cluster {path} is served by pid {pid}: {SERVED_REMOVAL}")
+    return removal.remove(path, name, **kwargs)
 
 
 def fail_node(path, name: str) -> dict:

@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from . import diskformats, imageio
-from .admin import Admin
+from .admin import SERVED_REMOVAL, Admin
 from .errors import BlockfoldError
 from .net import adminwire as wire, rpc
 from .progress import Progress
@@ -396,6 +396,12 @@ class RemoteAdmin(Admin):
 
     def heal(self, wait=True, progress=None, cancel=None):
         return self._call("heal", {"wait": wait}, progress=progress, cancel=cancel)
+
+    def removal(self, name, force=False):
+        raise BlockfoldError(SERVED_REMOVAL)
+
+    def remove_node(self, name, force=False, progress=None, cancel=None):
+        raise BlockfoldError(SERVED_REMOVAL)
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ holds no write up), and one sent to a node already judged so waits SUSPECT_TIMEO
     up --missed heartbeat--> suspect --answers--> up
     up, suspect --DOWN_AFTER_MISSES misses, refused connection, failed request--> down
     down --answers a heartbeat--> returning --caught up (ClusterAdmin)--> up
+
+A node being removed (`cluster remove`: ClusterAdmin.remove_node) is *leaving*, whatever its
+state: it still serves reads and gives its copies away, but no placement names it (new blocks,
+heal's targets), so every block it holds is short until R other nodes hold it.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Members:
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
         self._news: list[str] = []
+        self.leaving: int | None = None     # the node being removed (placeable_mask)
         self._stop = threading.Event()
         self._thread = None
 
@@ -99,6 +104,14 @@ class Members:
         """Nodes that serve requests (up or suspect)."""
         return np.array([n.state in (NodeState.UP, NodeState.SUSPECT) for n in self.nodes],
                         dtype=bool)
+
+    def placeable_mask(self) -> np.ndarray:
+        """Nodes that may be given copies (new blocks, heal's targets): the up ones but a
+        node being removed."""
+        mask = self.up_mask()
+        if self.leaving is not None:
+            mask[self.leaving] = False
+        return mask
 
     def healthy_mask(self) -> np.ndarray:
         """Nodes that answered their last heartbeat (up, not suspect)."""

@@ -185,9 +185,10 @@ class Writer:
     def _writable(self) -> np.ndarray:
         """The nodes a write goes to: the healthy ones, so no write waits on a node that missed
         a heartbeat (its blocks go to the next node in placement order, and heal moves them
-        back); suspect ones too only when too few are healthy."""
-        healthy = self.members.healthy_mask()
-        return healthy if healthy.sum() >= self.min_replicas else self.members.up_mask()
+        back); suspect ones too only when too few are healthy; never a node being removed."""
+        placeable = self.members.placeable_mask()
+        healthy = self.members.healthy_mask() & placeable
+        return healthy if healthy.sum() >= self.min_replicas else placeable
 
     def _settle(self, b: _Batch, lead: np.ndarray, followers: list[tuple[int, int]]) -> None:
         up = self._writable()

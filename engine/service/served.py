@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from ..admin import Admin
-from ..errors import AttachedError
+from ..admin import SERVED_REMOVAL, Admin
+from ..errors import AttachedError, RefusedError
 from .jobs import Jobs
 from .methods import METHODS, WHILE_FENCED, unless_fenced
 
@@ -309,6 +309,12 @@ class ServedAdmin(Admin):
 
     @_changes
     def restore_node(self, name): self.inner.restore_node(name)
+
+    def removal(self, name, force=False):
+        raise RefusedError(SERVED_REMOVAL)
+
+    def remove_node(self, name, force=False, progress=None, cancel=None):
+        raise RefusedError(SERVED_REMOVAL)
 
     @_changes
     def heal(self, wait=True, progress=None, cancel=None):
