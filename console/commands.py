@@ -1015,8 +1015,9 @@ def cluster_remove(args) -> int:
     if done is None:
         print("not removed", file=sys.stderr)
         return 1
-    lost = (f"; {formats.no_copy_left(done['lost'], done['block_size'])}".replace(
-        "would have", "have") if done["lost"] else "")
+    lost = (f"; {formats.counted(done['lost'], 'block')}"
+            f" ({formats.size(done['lost'] * done['block_size'])}) are lost (their only"
+            " copies were on it)" if done["lost"] else "")
     where = (f"; its data is kept in {done['data']} (marked removed: it does not serve"
              " again)" if done["data"] else "; its data directory was deleted"
              if done["deleted"] else "" if done["local"] else

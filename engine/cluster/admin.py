@@ -674,8 +674,8 @@ class ClusterAdmin(LocalAdmin):
         removed = self._removed()
         removed[lifecycle.node_id(entry)] = {"name": name, "address": entry.address,
                                              "at": time.time(), "by": actor}
-        gone = (f"; {formats.no_copy_left(lost, self.block_size)} (removed with --force)"
-                if lost else "")
+        gone = (f"; {formats.counted(lost, 'block')} ({formats.size(lost * self.block_size)})"
+                " lost, their only copies on it (removed with --force)" if lost else "")
         self.pool.log_event(
             "node", f"removed {name}: {formats.counted(copied, 'copy', 'copies')} made on the"
                     f" other nodes{gone}", actor,
