@@ -409,8 +409,8 @@ class NodeRemoval:
     copied: int = 0
     """Copies the drain made (remove_node; 0 from removal)."""
     drained: bool = False
-    """The catalog records it removed already: a removal cut short after its drain, which
-    remove_node finishes without copying."""
+    """The catalog records it removed: always once remove_node returns; from removal, a
+    removal cut short after its drain, which remove_node finishes without copying."""
 
 
 @dataclass(frozen=True)

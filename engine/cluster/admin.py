@@ -731,9 +731,9 @@ def _refuse_removed(config: ClusterConfig, removed: dict, finishing: str | None)
             raise BlockfoldError(
                 f"cluster {config.path}: cluster.json names node {entry.name}, which was"
                 f" removed from the cluster on {when} by {told.get('by')}: this cluster.json is"
-                " older than the removal (use the directory it was made in), or the removal was"
-                f" cut short (`blockfold cluster remove {config.path} {entry.name}` finishes"
-                " it)")
+                " older than the removal (use the directory it was made in; a removed node"
+                " rejoins only as a new one, from a new data directory), or the removal was cut"
+                f" short (`blockfold cluster remove {config.path} {entry.name}` finishes it)")
 
 
 def _int(count) -> int | None:
