@@ -982,14 +982,14 @@ def cluster_add(args) -> int:
 
 
 @command("cluster", "remove",
-         json='{removed: NAME, address, local, data: its data dir, kept (null: none, or'
-              ' deleted), deleted, and NodeRemoval\'s fields (engine/results.py): blocks,'
-              ' short, copied, lost, nodes_left, need, …}',
+         json="NodeRemoval (every field in engine/results.py): blocks it held, short, copied,"
+              " lost, nodes_left, need (writes need this many of them), data (its data dir,"
+              " kept), deleted, …",
          help="take a node out of the cluster: it gets no new copies, and its blocks are"
               " copied to the other nodes until every block has R copies without it; then it"
               " leaves cluster.json (writes need a majority of the nodes left) and a local"
               " node's process stops, its data dir kept and marked removed (it never serves"
-              " again) unless --delete-data. Refused while the cluster's service runs",
+              " again) unless --delete-data. Through the cluster's service when one runs",
          opens=False, args=[
              CLUSTER_DIR,
              arg("name", metavar="NODE", help="the node's name"),
@@ -1015,17 +1015,15 @@ def cluster_remove(args) -> int:
     if done is None:
         print("not removed", file=sys.stderr)
         return 1
-    lost = (f"; {formats.counted(done['lost'], 'block')}"
-            f" ({formats.size(done['lost'] * done['block_size'])}) are lost (their only"
-            " copies were on it)" if done["lost"] else "")
-    where = (f"; its data is kept in {done['data']} (marked removed: it does not serve"
-             " again)" if done["data"] else "; its data directory was deleted"
-             if done["deleted"] else "" if done["local"] else
-             f"; stop it on its host ({done['address']})")
+    lost = (f"; {formats.counted(done.lost, 'block')} ({formats.size(done.lost * done.block_size)})"
+            " are lost (their only copies were on it)" if done.lost else "")
+    where = (f"; its data is kept in {done.data} (marked removed: it does not serve again)"
+             if done.data else "; its data directory was deleted" if done.deleted else
+             "" if done.local else f"; stop it on its host ({done.address})")
     emit(args, done, f"removed {args.name} from cluster {args.dir}:"
-                     f" {formats.counted(done['copied'], 'copy', 'copies')} made on the other"
-                     f" nodes{lost}; writes now need {formats.count(done['need'])} of"
-                     f" {formats.counted(done['nodes_left'], 'node')}{where}")
+                     f" {formats.counted(done.copied, 'copy', 'copies')} made on the other"
+                     f" nodes{lost}; writes now need {formats.count(done.need)} of"
+                     f" {formats.counted(done.nodes_left, 'node')}{where}")
     return 0
 
 

@@ -18,10 +18,6 @@ from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, 
                       NodeStatus, PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot,
                       VMInfo, VMSnapshot, VMStats, WriteQuorum)
 
-SERVED_REMOVAL = ("a node is removed with its cluster's service stopped (a service serves on with"
-                  " the nodes it opened with): stop the service, then `blockfold cluster remove`")
-"""Why a removal through a service is refused (RemoteAdmin, ServedAdmin, api.remove_node)."""
-
 
 class Admin(ABC):
     """The interface. Thread-safe: the console calls it from worker threads."""
@@ -319,17 +315,18 @@ class Admin(ABC):
         down with blocks no other node that answers holds (unless `force`)."""
 
     @abstractmethod
-    def remove_node(self, name: str, force: bool = False,
+    def remove_node(self, name: str, force: bool = False, delete_data: bool = False,
                     progress: ProgressCallback | None = None,
                     cancel: threading.Event | None = None) -> NodeRemoval:
-        """Drains node `name`: out of placement, its blocks copied (node to node, as heal's)
-        until every live block has R copies on the other nodes (`force`: but those only it
-        held, while down), then its removal committed in the catalog (placement without it,
-        and its host key recorded: a writable open refuses a cluster.json that still names
-        it). Progress phase "heal", in blocks. The node is still in cluster.json: it leaves
-        once this Admin is closed (engine.cluster.removal). Raises as removal, and
-        BlockfoldError when the copies stop (a heal that stalls), CancelledError; then
-        placement takes it back and nothing is recorded."""
+        """Removes node `name` (engine/cluster/removal.py names the phases): out of
+        placement, its blocks copied (node to node, as heal's) until every live block has R
+        copies on the other nodes (`force`: but those only it held, while down); its removal
+        committed in the catalog while the majority still counts it; then it is gone: out of
+        cluster.json, its etcd key revoked, a local node stopped and its data dir marked
+        removed (deleted with `delete_data`), and this Admin runs on without it, writes
+        needing a majority of the others. Progress phase "heal", in blocks. Raises as
+        removal, and BlockfoldError (another removal running; the copies stopped: a drain
+        that stalls), CancelledError; then the node stays, back in placement."""
 
     @abstractmethod
     def heal(self, wait: bool = True, progress: ProgressCallback | None = None,

@@ -167,18 +167,24 @@ def cluster_add(path, address: str, **kwargs) -> dict:
     return lifecycle.add(path, address, **kwargs)
 
 
-def remove_node(path, name: str, **kwargs) -> dict | None:
-    """Removes node `name` from the cluster in `path`: drained (its blocks copied until every
-    live block has R copies without it), then out of cluster.json, its etcd key and a local
-    node's process gone (engine.cluster.removal.remove: keywords force, delete_data, confirm,
-    progress, cancel, actor). None when confirm(plan) said no. Raises BlockfoldError (a
-    refusal, nothing changed; a service serves the cluster), CancelledError."""
-    from .admin import SERVED_REMOVAL
-    from .cluster import removal
-    pid = service_pid(path)
-    if pid is not None:
-        raise BlockfoldError(f"cluster {path} is served by pid {pid}: {SERVED_REMOVAL}")
-    return removal.remove(path, name, **kwargs)
+def remove_node(path, name: str, *, force: bool = False, delete_data: bool = False,
+                confirm=None, progress=None, cancel=None,
+                actor: str = "cli") -> NodeRemoval | None:
+    """Removes node `name` from the cluster in `path` (Admin.remove_node): through its service
+    when one runs, else opened here (engine.cluster.removal). `confirm(plan)` (a NodeRemoval:
+    what it copies and loses) is asked once the checks have passed, before anything changes;
+    None when it says no. Raises BlockfoldError (a refusal, with nothing changed),
+    CancelledError."""
+    served = find_service(path, actor=actor)
+    if served is None:
+        from .cluster import removal
+        return removal.remove(path, name, force=force, delete_data=delete_data,
+                              confirm=confirm, progress=progress, cancel=cancel, actor=actor)
+    with served:
+        plan = served.removal(name, force)
+        if confirm is not None and not confirm(plan):
+            return None
+        return served.remove_node(name, force, delete_data, progress, cancel)
 
 
 def fail_node(path, name: str) -> dict:

@@ -214,7 +214,7 @@ class LocalAdmin(Admin):
     def removal(self, name, force=False):
         raise BlockfoldError("an embedded pool has no nodes to remove: open a cluster")
 
-    def remove_node(self, name, force=False, progress=None, cancel=None):
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
         raise BlockfoldError("an embedded pool has no nodes to remove: open a cluster")
 
     def heal(self, wait=True, progress=None, cancel=None) -> HealFigures:

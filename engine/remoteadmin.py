@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from . import diskformats, imageio
-from .admin import SERVED_REMOVAL, Admin
+from .admin import Admin
 from .errors import BlockfoldError
 from .net import adminwire as wire, rpc
 from .progress import Progress
@@ -398,10 +398,12 @@ class RemoteAdmin(Admin):
         return self._call("heal", {"wait": wait}, progress=progress, cancel=cancel)
 
     def removal(self, name, force=False):
-        raise BlockfoldError(SERVED_REMOVAL)
+        return self._call("removal", {"name": name, "force": force})
 
-    def remove_node(self, name, force=False, progress=None, cancel=None):
-        raise BlockfoldError(SERVED_REMOVAL)
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
+        return self._call("remove_node", {"name": name, "force": force,
+                                          "delete_data": delete_data},
+                          progress=progress, cancel=cancel)
 
     # -- lifetime -----------------------------------------------------------------------------
 

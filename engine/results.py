@@ -411,6 +411,15 @@ class NodeRemoval:
     drained: bool = False
     """The catalog records it removed: always once remove_node returns; from removal, a
     removal cut short after its drain, which remove_node finishes without copying."""
+    address: str = ""
+    """Where it listened (HOST:PORT): a node that runs elsewhere is to be stopped there."""
+    local: bool = False
+    """A node of this host (its process stopped by remove_node)."""
+    data: str | None = None
+    """Its data directory, kept and marked removed (remove_node; None: none here, or
+    deleted)."""
+    deleted: bool = False
+    """Its data directory was deleted (remove_node with delete_data)."""
 
 
 @dataclass(frozen=True)

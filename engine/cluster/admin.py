@@ -145,7 +145,9 @@ class ClusterAdmin(LocalAdmin):
                                          writable=not readonly)
         if not readonly:
             removed = json.loads(catalog.get(REMOVED) or "{}")
-            _refuse_removed(config, removed, finishing)
+            # A service's own config still names the nodes it removed (Members.retire).
+            _refuse_removed(config, removed,
+                            {finishing} | {members.names()[i] for i in members.removed})
             if catalog.version == 0:
                 catalog.publish()
             # Every replica names the nodes and R: with rendezvous placement, that says
@@ -533,6 +535,7 @@ class ClusterAdmin(LocalAdmin):
         down = [node.state == NodeState.DOWN for node in self.members.nodes]
         etcd = self.etcd_status()
         registered = (set(etcd.registered) if etcd and etcd.healthy else None)
+        present = set(self.members.present())
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
                            latency_ms=None if down[i] else node.latency_ms,
                            capacity_bytes=None if down[i] else node.capacity_bytes,
@@ -541,7 +544,8 @@ class ClusterAdmin(LocalAdmin):
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "",
                            registered=None if registered is None else entry.name in registered)
-                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))]
+                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))
+                if i in present]
 
     # -- simulated loss -----------------------------------------------------------------------
 
@@ -552,7 +556,7 @@ class ClusterAdmin(LocalAdmin):
         i = self.members.index(name)
         left = sum(node.state != NodeState.DOWN for k, node in enumerate(self.members.nodes)
                    if k != i)
-        return WriteQuorum(nodes=len(self.members.nodes), left=left,
+        return WriteQuorum(nodes=self.members.count(), left=left,
                            need=self.pool.catalog.needed)
 
     def fail_node(self, name: str) -> str:
@@ -584,7 +588,10 @@ class ClusterAdmin(LocalAdmin):
     def removal(self, name: str, force: bool = False) -> NodeRemoval:
         if self.readonly:
             raise BlockfoldError("removing a node needs a writable cluster")
-        lifecycle.check_removable(self.config, name)
+        # The file, not our copy: it no longer names the nodes removed since we opened.
+        config = ClusterConfig.load(self.config.path)
+        lifecycle.check_removable(config, name)
+        lifecycle.check_no_removal(config)
         i = self.members.index(name)
         node = self.members.nodes[i]
         short, bare = self.pool.blocks.without(i)
@@ -592,7 +599,7 @@ class ClusterAdmin(LocalAdmin):
         others = self.members.up_mask()
         others[i] = False
         up = int(others.sum())
-        left = len(self.members.nodes) - 1
+        left = self.members.count() - 1
         down = node.state == NodeState.DOWN
         plan = NodeRemoval(node=name, state=str(node.state), blocks=int(live[i]), short=short,
                            lost=bare if down else 0, nodes_left=left,
@@ -615,26 +622,34 @@ class ClusterAdmin(LocalAdmin):
                 " first, or --force to remove it anyway and lose them; nothing changed")
         return plan
 
-    def remove_node(self, name: str, force: bool = False, progress=None,
-                    cancel=None) -> NodeRemoval:
+    def remove_node(self, name: str, force: bool = False, delete_data: bool = False,
+                    progress=None, cancel=None) -> NodeRemoval:
         plan = self.removal(name, force)
-        if plan.drained:
-            return plan
-        actor = current_actor(self.pool.actor)
-        i = self.members.index(name)
-        self._record("node", f"removing {name}: {formats.counted(plan.short, 'block')}"
-                             " to copy to the other nodes", actor)
-        self.members.leaving = i
-        try:
-            copied = self._drain(progress, cancel)
-            lost = self.pool.blocks.without(i)[1] if force else 0
-            self._commit_removal(name, copied, lost, actor)
-        except BaseException as e:
-            self.members.leaving = None     # back in placement: heal puts copies back on it
-            self._record("node", f"removing {name} stopped ({e or type(e).__name__}): it stays"
-                                 " in the cluster", actor)
-            raise
-        return replace(plan, copied=copied, lost=lost, drained=True)
+        with lifecycle.removing(self.config, name):
+            actor = current_actor(self.pool.actor)
+            i = self.members.index(name)
+            copied = lost = 0
+            if not plan.drained:
+                self._record("node", f"removing {name}: {formats.counted(plan.short, 'block')}"
+                                     " to copy to the other nodes", actor)
+                self.members.leaving = i
+                try:
+                    copied = self._drain(progress, cancel)
+                    lost = self.pool.blocks.without(i)[1] if force else 0
+                    self._commit_removal(name, copied, lost, actor)
+                except BaseException as e:
+                    self.members.leaving = None     # back in placement: heal refills it
+                    self._record("node", f"removing {name} stopped ({e or type(e).__name__}):"
+                                         " it stays in the cluster", actor)
+                    raise
+            # From here on the others are the cluster: the next commit (the close's, at least)
+            # needs a majority of them, as every open will.
+            self.pool.blocks.forget(i)
+            self.members.retire(i)
+            self._etcd_read = None
+            left = lifecycle.leave(self.config.path, name, delete_data)
+        return replace(plan, copied=copied, lost=lost, drained=True, address=left["address"],
+                       local=left["local"], data=left["data"], deleted=left["deleted"])
 
     def _drain(self, progress, cancel) -> int:
         """Heal passes, with the leaving node out of placement, until every live block that
@@ -720,13 +735,14 @@ def _placement_rule(config: ClusterConfig, removed: dict) -> str:
                    if lifecycle.node_id(e) not in removed]})
 
 
-def _refuse_removed(config: ClusterConfig, removed: dict, finishing: str | None) -> None:
+def _refuse_removed(config: ClusterConfig, removed: dict, known: set) -> None:
     """Raises BlockfoldError if cluster.json names a node the catalog records removed (but
-    `finishing`): a copy of the directory older than the removal, which would count the node
-    in the write majority and give it copies again."""
+    those `known`: a removal being finished, or made by this process): a copy of the
+    directory older than the removal, which would count the node in the write majority and
+    give it copies again."""
     for entry in config.nodes:
         told = removed.get(lifecycle.node_id(entry))
-        if told and entry.name != finishing:
+        if told and entry.name not in known:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(told.get("at", 0)))
             raise BlockfoldError(
                 f"cluster {config.path}: cluster.json names node {entry.name}, which was"

@@ -235,6 +235,11 @@ class ClusterBlocks:
             return (self._rows.short_without(node, up, self.replicas),
                     self._rows.bare_without(node, up))
 
+    def forget(self, node: int) -> None:
+        """A node removed from the cluster: it is credited with no copy any more."""
+        with self._rows.lock:
+            self._rows.set_node(node, np.zeros(0, np.int64))
+
     def heal(self, progress=None, cancel=None) -> dict:
         """Back to R copies on the placement targets; see engine.cluster.heal."""
         return self._healer.heal(progress, cancel)

@@ -366,25 +366,38 @@ def check_removable(config: ClusterConfig, name: str) -> None:
             f" {need}; nothing changed")
 
 
+def check_no_removal(config: ClusterConfig) -> None:
+    """Raises BlockfoldError while a removal runs (removing()): checked before a remover opens
+    the cluster, whose lease that removal holds ("in use" would not say why)."""
+    other = _removal_running(config)
+    if other is not None:
+        raise BlockfoldError(f"node {other.get('node')} is being removed from cluster"
+                             f" {config.path} (pid {other.get('pid')}): wait for that removal"
+                             " to end; nothing changed")
+
+
+def _removal_running(config: ClusterConfig) -> dict | None:
+    """DIR/removing.json's {node, pid, process} if the remover it names still runs."""
+    try:
+        other = json.loads((config.path / REMOVING).read_text())
+        return None if holder.gone(other["process"]) else other
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None         # half written or damaged: nobody's
+
+
 @contextmanager
 def removing(config: ClusterConfig, name: str):
     """One removal at a time: DIR/removing.json names the node and the remover's process while
     it runs, and goes at the end. Raises BlockfoldError while another remover that still runs
-    holds it; one whose process is gone (killed mid-drain) is replaced."""
+    holds it (check_no_removal); one whose process is gone (killed mid-drain) is replaced."""
     path = config.path / REMOVING
     mine = {"node": name, "pid": os.getpid(), "process": holder.process()}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        try:
-            other = json.loads(path.read_text())
-            running = not holder.gone(other["process"])
-        except (OSError, ValueError, KeyError, TypeError):
-            other, running = {}, False      # half written or damaged: nobody's
-        if running:
-            raise BlockfoldError(f"node {other.get('node')} is being removed from cluster"
-                                 f" {config.path} (pid {other.get('pid')}): wait for that"
-                                 " removal to end; nothing changed") from None
+        check_no_removal(config)
         tmp = path.with_name(REMOVING + ".tmp")
         tmp.write_text(json.dumps(mine))
         os.replace(tmp, path)

@@ -108,9 +108,11 @@ class Writer:
                 return b.ids, b.held
             up = self.members.up_mask()
             if up.sum() < self.min_replicas:
-                down = ", ".join(n for n, u in zip(self.members.names(), up) if not u)
+                names = self.members.names()
+                down = ", ".join(names[i] for i in self.members.present() if not up[i])
                 raise ReplicationError(
-                    f"only {int(up.sum())} of {k} nodes are up (down: {down}); a write needs"
+                    f"only {int(up.sum())} of {self.members.count()} nodes are up (down:"
+                    f" {down}); a write needs"
                     f" at least min_replicas={self.min_replicas} copies: refused")
             lead, followers = self._leads(b)
             want = self._choose(b, lead, self._writable())

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from ..admin import SERVED_REMOVAL, Admin
-from ..errors import AttachedError, RefusedError
+from ..admin import Admin
+from ..errors import AttachedError
 from .jobs import Jobs
 from .methods import METHODS, WHILE_FENCED, unless_fenced
 
@@ -310,11 +310,12 @@ class ServedAdmin(Admin):
     @_changes
     def restore_node(self, name): self.inner.restore_node(name)
 
-    def removal(self, name, force=False):
-        raise RefusedError(SERVED_REMOVAL)
+    def removal(self, name, force=False): return self.inner.removal(name, force)
 
-    def remove_node(self, name, force=False, progress=None, cancel=None):
-        raise RefusedError(SERVED_REMOVAL)
+    @_changes
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
+        return self.job_list.run("remove", lambda p, c: self.inner.remove_node(
+            name, force, delete_data, p, c), progress, cancel)
 
     @_changes
     def heal(self, wait=True, progress=None, cancel=None):

@@ -42,7 +42,7 @@ def test_removing_a_healthy_node_of_four_keeps_every_block_at_two_copies(make_cl
     assert held > 0
 
     done = cli_json("cluster", "remove", cluster.path, "node2", "-y")
-    assert done["removed"] == "node2" and done["blocks"] == held
+    assert done["node"] == "node2" and done["blocks"] == held
     assert done["copied"] >= held and done["lost"] == 0
     assert (done["nodes_left"], done["need"]) == (3, 2)
     assert done["data"] == node2.data and not done["deleted"]
@@ -183,16 +183,28 @@ def test_a_second_removal_is_refused_while_one_runs(make_cluster, tmp_path):
         "node1", "node3", "node4"]
 
 
-def test_a_served_cluster_refuses_removal(make_cluster, tmp_path):
-    cluster = make_cluster(nodes=3, replicas=2)
+def test_a_service_removes_a_node_and_serves_on_with_the_others(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=4, replicas=2)
+    data = image(tmp_path / "a.raw", 2, seed=8)
     served = Served(["-c", str(cluster.path)])
     try:
-        proc = run_cli("cluster", "remove", cluster.path, "node3", "-y")
-        assert proc.returncode == 1
-        assert "is served by pid" in _only_line(proc) and "stop the service" in proc.stderr_text
+        run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+        done = cli_json("cluster", "remove", cluster.path, "node4", "-y")
+        assert done["copied"] > 0 and (done["nodes_left"], done["need"]) == (3, 2)
+        nodes = cli_json("-c", cluster.path, "node", "ls")
+        assert [n["name"] for n in nodes] == ["node1", "node2", "node3"]
+        assert all(n["under_replicated"] == 0 for n in nodes)
+        # The service counts 3 nodes now: 2 of them answering are a majority (2 of the 4 it
+        # opened with would not be).
+        cluster.kill("node3")
+        run_cli("-c", cluster.path, "vm", "clone", "a", "b", check=True)
+        run_cli("-c", cluster.path, "vm", "export", "b", tmp_path / "b.raw", check=True)
+        assert (tmp_path / "b.raw").read_bytes() == data
+        events = [e["message"] for e in cli_json("-c", cluster.path, "events")]
+        assert any(m.startswith("removed node4:") for m in events), events
     finally:
         served.stop()
-    assert len(cluster.config.nodes) == 3
+    assert [e.name for e in cluster.config.nodes] == ["node1", "node2", "node3"]
 
 
 def test_delete_data_removes_the_local_data_dir(make_cluster):
