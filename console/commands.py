@@ -24,7 +24,7 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
 
 from .command import Command, UsageError, arg
 from .progressbar import ProgressBar
-from .wording import delete_question, listed
+from .wording import delete_question, listed, removal_question
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -1001,7 +1001,7 @@ def cluster_add(args) -> int:
              YES])
 def cluster_remove(args) -> int:
     def ask(plan: api.NodeRemoval) -> bool:
-        return confirmed(args, _removal_question(args.dir, plan))
+        return confirmed(args, removal_question(args.dir, plan))
 
     bar = args.progress = ProgressBar.if_terminal()
     try:
@@ -1025,23 +1025,6 @@ def cluster_remove(args) -> int:
                      f" nodes{lost}; writes now need {formats.count(done.need)} of"
                      f" {formats.counted(done.nodes_left, 'node')}{where}")
     return 0
-
-
-def _removal_question(path: str, plan: api.NodeRemoval) -> str:
-    """The confirmation of `cluster remove`: what the drain copies, and what is lost."""
-    weight = formats.size(plan.blocks * plan.block_size)
-    if plan.drained:
-        said = " Its blocks were copied already: it only leaves cluster.json."
-    elif plan.state == "down":
-        said = (f" It is down: the {formats.counted(plan.short, 'block')}"
-                f" ({formats.size(plan.short * plan.block_size)}) short of copies without it"
-                " will be copied from their other replicas first.")
-    else:
-        said = (f" Its {formats.counted(plan.blocks, 'block')} ({weight}) will be copied to"
-                " the other nodes first.")
-    if plan.lost:
-        said += f" {formats.no_copy_left(plan.lost, plan.block_size)}: they are lost."
-    return f"Remove {plan.node} from cluster {path}?{said}"
 
 
 @command("node", "serve", help="run one node (an SSH server) in the foreground", opens=False,
