@@ -117,7 +117,10 @@ class Members:
             self.leaving = None
             self._judge(i, NodeState.DOWN)
             self.nodes[i].error = "removed from the cluster"
-        self.io.run(self.nodes[i].client.close(), 5)
+        try:
+            self.io.run(self.nodes[i].client.close(), 5)
+        except Exception:   # noqa: BLE001 - it is never asked again either way
+            pass
 
     def index(self, name: str) -> int:
         for i, n in enumerate(self.nodes):
@@ -223,7 +226,10 @@ class Members:
 
     def _judge(self, i: int, state: NodeState) -> None:
         """Sets node i's state (under self.lock); requests in flight to it are abandoned when it
-        turns suspect or down, and wait again once it answers."""
+        turns suspect or down, and wait again once it answers. A removed node stays down (a
+        heartbeat sent before its removal may still answer)."""
+        if i in self.removed:
+            state = NodeState.DOWN
         self.nodes[i].state = state
         event = self._judged[i]
         judged = state in (NodeState.SUSPECT, NodeState.DOWN)

@@ -183,6 +183,32 @@ def test_a_second_removal_is_refused_while_one_runs(make_cluster, tmp_path):
         "node1", "node3", "node4"]
 
 
+def test_a_removal_killed_midway_is_run_again(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=4, replicas=2)
+    data = image(tmp_path / "a.raw", 2, seed=9)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    first = subprocess.Popen([sys.executable, "-m", "console", "cluster", "remove",
+                              str(cluster.path), "node2", "-y"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = cluster.path / "removing.json"
+    deadline = time.monotonic() + 30
+    while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    first.kill()                # kill -9 while it drains: its lease and its marker stay
+    first.wait()
+    assert marker.exists()
+
+    # Its lease is taken over (its process is gone), its marker replaced, and the drain done.
+    done = cli_json("cluster", "remove", cluster.path, "node2", "-y")
+    assert done["node"] == "node2" and not marker.exists()
+    unique, nodes = _copies(cluster)
+    assert [n.name for n in nodes] == ["node1", "node3", "node4"]
+    assert sum(n.live_blocks for n in nodes) == 2 * unique
+    assert run_cli("-c", cluster.path, "fsck", check=True).stdout_text.strip() == "clean"
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("a", 0, len(data)) == data
+
+
 def test_a_service_removes_a_node_and_serves_on_with_the_others(make_cluster, tmp_path):
     cluster = make_cluster(nodes=4, replicas=2)
     data = image(tmp_path / "a.raw", 2, seed=8)
