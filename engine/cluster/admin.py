@@ -635,7 +635,8 @@ class ClusterAdmin(LocalAdmin):
                 self.members.leaving = i
                 try:
                     copied = self._drain(progress, cancel)
-                    lost = self.pool.blocks.without(i)[1] if force else 0
+                    # Forced past a node down with the only copies: those are lost now.
+                    lost = self.pool.blocks.without(i)[1] if plan.lost else 0
                     self._commit_removal(name, copied, lost, actor)
                 except BaseException as e:
                     self.members.leaving = None     # back in placement: heal refills it
