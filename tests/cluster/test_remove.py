@@ -6,10 +6,13 @@ started again by hand never serves, and a cluster.json older than the removal is
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
 import time
+
+from engine import api
 
 from engine.cluster import processes
 from tests.conftest import ROOT, cli_json, run_cli
@@ -238,3 +241,32 @@ def test_delete_data_removes_the_local_data_dir(make_cluster):
     done = cli_json("cluster", "remove", cluster.path, "node3", "-y", "--delete-data")
     assert done["deleted"] and done["data"] is None
     assert not (cluster.path / "nodes" / "node3").exists()
+
+
+def test_a_node_that_runs_elsewhere_is_removed_and_told_to_be_stopped(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, replicas=2)
+    far = tmp_path / "far-node"
+    far.mkdir()
+    (far / "authorized_keys").write_text(cluster.config.admin_public_key())
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(far), "--listen", "127.0.0.1:0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        said, _, _ = select.select([node.stdout], [], [], 60)
+        line = node.stdout.readline().strip() if said else ""
+        assert line.startswith("ready 127.0.0.1:"), line
+        address = line.split()[1]
+        api.cluster_add(cluster.path, address, name="far")
+        data = image(tmp_path / "a.raw", 1, seed=10)
+        run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+        proc = run_cli("cluster", "remove", cluster.path, "far", "-y", check=True)
+        assert f"stop it on its host ({address})" in proc.stdout_text
+        assert node.poll() is None          # not ours to stop
+        unique, nodes = _copies(cluster)
+        assert [n.name for n in nodes] == ["node1", "node2"]
+        assert sum(n.live_blocks for n in nodes) == 2 * unique
+        with cluster.open(readonly=True) as admin:
+            assert admin.read("a", 0, len(data)) == data
+    finally:
+        node.terminate()
+        node.wait(10)
