@@ -53,8 +53,9 @@ def test_removing_a_healthy_node_of_four_keeps_every_block_at_two_copies(make_cl
 
     status = cli_json("cluster", "status", cluster.path)
     assert [n["name"] for n in status["nodes"]] == ["node1", "node3", "node4"]
-    if status["etcd"] is not None:
+    if status["etcd"] is not None:           # its key went as it stopped
         assert status["etcd"]["healthy"] and all(n["registered"] for n in status["nodes"])
+        assert sorted(status["etcd"]["registered"]) == ["node1", "node3", "node4"]
     assert run_cli("-c", cluster.path, "fsck", check=True).stdout_text.strip() == "clean"
     with cluster.open(readonly=True) as admin:
         assert admin.stats().unique_blocks == unique
@@ -96,6 +97,9 @@ def test_a_killed_node_is_removed_and_its_copies_healed_from_the_others(make_clu
 
     done = cli_json("cluster", "remove", cluster.path, "node3", "-y")
     assert done["state"] == "down" and done["lost"] == 0 and done["copied"] > 0
+    etcd = cli_json("cluster", "status", cluster.path)["etcd"]
+    if etcd is not None:        # its lease revoked, not left to run out (10 s after the kill)
+        assert sorted(etcd["registered"]) == ["node1", "node2", "node4"]
     unique, nodes = _copies(cluster)
     assert [n.name for n in nodes] == ["node1", "node2", "node4"]
     assert sum(n.live_blocks for n in nodes) == 2 * unique
