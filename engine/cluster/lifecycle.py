@@ -412,27 +412,24 @@ def removing(config: ClusterConfig, name: str):
 
 def leave(path, name: str, delete_data: bool = False) -> dict:
     """The last step of `cluster remove`, once no block needs node `name` (its copies drained,
-    the catalog's record of its removal committed): it leaves cluster.json, its liveness key in
-    etcd goes, and a local node's process is stopped (SIGTERM) and its data dir marked removed
-    (engine.node.settings.retire: it never serves again), or deleted with `delete_data`.
-    Returns {removed, address, local, data: the data dir kept (None: none, or deleted),
-    deleted: bool}."""
+    the catalog's record of its removal committed): a local node's data dir is marked removed
+    (engine.node.settings.retire: it never serves again) before its process is stopped
+    (SIGTERM), so no moment leaves it free to start; the node leaves cluster.json, its liveness
+    key in etcd goes, and with `delete_data` its data dir too. Returns {address, local, data:
+    the data dir kept (None: none, or deleted), deleted: bool}."""
     config = ClusterConfig.load(path)
     entry = config.node(name)
+    data = Path(entry.data) if entry.data and Path(entry.data).is_dir() else None
+    if data is not None:
+        settings.retire(data, str(config.path.resolve()))
     if entry.data and processes.is_running(entry):
         processes.stop(entry, signal.SIGTERM)   # it ends its own liveness lease on the way out
     config.nodes.remove(entry)
     config.save()
     if entry.host_key:
         _revoke(config, entry.host_key)
-    data = Path(entry.data) if entry.data else None
-    deleted = False
-    if data is not None and data.is_dir():
-        if delete_data:
-            shutil.rmtree(data)
-            deleted = True
-        else:
-            settings.retire(data, str(config.path.resolve()))
-    return {"removed": name, "address": entry.address, "local": bool(entry.data),
-            "data": str(data) if data is not None and not deleted and data.is_dir() else None,
-            "deleted": deleted}
+    if data is not None and delete_data:
+        shutil.rmtree(data)
+    return {"address": entry.address, "local": bool(entry.data),
+            "data": None if data is None or delete_data else str(data),
+            "deleted": data is not None and delete_data}
