@@ -16,6 +16,7 @@ that runs elsewhere is given them by its operator (`add` says which files)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import shutil
@@ -41,6 +42,9 @@ NO_ETCD = "none"
 # took a 2-core machine to a load of 135, and cluster up never finished).
 MAX_LOCAL_NODES = 64
 REMOVING = "removing.json"      # a removal under way: {node, pid, process} (removing())
+# The cluster whose removal this thread of control holds (removing()): its own checks and a
+# nested removing() pass; another thread of the same process (a service's other call) waits.
+_HELD: contextvars.ContextVar[str | None] = contextvars.ContextVar("removal_held", default=None)
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
@@ -370,7 +374,7 @@ def check_no_removal(config: ClusterConfig) -> None:
     """Raises BlockfoldError while a removal runs (removing()): checked before a remover opens
     the cluster, whose lease that removal holds ("in use" would not say why)."""
     other = _removal_running(config)
-    if other is not None:
+    if other is not None and _HELD.get() != str(config.path.resolve()):
         raise BlockfoldError(f"node {other.get('node')} is being removed from cluster"
                              f" {config.path} (pid {other.get('pid')}): wait for that removal"
                              " to end; nothing changed")
@@ -391,7 +395,12 @@ def _removal_running(config: ClusterConfig) -> dict | None:
 def removing(config: ClusterConfig, name: str):
     """One removal at a time: DIR/removing.json names the node and the remover's process while
     it runs, and goes at the end. Raises BlockfoldError while another remover that still runs
-    holds it (check_no_removal); one whose process is gone (killed mid-drain) is replaced."""
+    holds it (check_no_removal); one whose process is gone (killed mid-drain) is replaced.
+    Nested in the same thread of control (the CLI holds it from before its open to the end,
+    the Admin's remove_node takes it again), it is the outer one's."""
+    if _HELD.get() == str(config.path.resolve()):
+        yield           # held already, by the caller (engine.cluster.removal around the Admin)
+        return
     path = config.path / REMOVING
     mine = {"node": name, "pid": os.getpid(), "process": holder.process()}
     try:
@@ -404,9 +413,11 @@ def removing(config: ClusterConfig, name: str):
     else:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(mine))
+    token = _HELD.set(str(config.path.resolve()))
     try:
         yield
     finally:
+        _HELD.reset(token)
         path.unlink(missing_ok=True)
 
 

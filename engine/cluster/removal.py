@@ -4,10 +4,10 @@ first (ClusterAdmin.remove_node; a service runs the same through its Admin).
 Phases, each one what the next relies on (a removal cut short is run again, and the record
 lets it skip the drain):
   check   refusals with nothing changed: unknown node, fewer nodes left than R or min_replicas
-          (lifecycle.check_removable), another removal running (lifecycle.check_no_removal:
-          before the open, whose lease that removal holds); fewer than R other nodes up, a node
-          down holding blocks no other node that answers holds, unless forced
-          (ClusterAdmin.removal); then the caller's question
+          (lifecycle.check_removable), another removal running or asking (lifecycle.removing,
+          taken before the open, whose lease that removal holds, and kept to the end); fewer
+          than R other nodes up, a node down holding blocks no other node that answers holds,
+          unless forced (ClusterAdmin.removal); then the caller's question
   drain   the node leaves placement, and heal copies every block it holds (or, down, every
           block it held, from the other replicas) until each has R copies without it
   record  one commit, while the write majority is still counted over every node, the leaving
@@ -37,8 +37,8 @@ def remove(path, name: str, *, force: bool = False, delete_data: bool = False,
     still in the cluster), CancelledError."""
     config = ClusterConfig.load(path)
     lifecycle.check_removable(config, name)
-    lifecycle.check_no_removal(config)
-    with ClusterAdmin.open(path, actor=actor, finishing=name) as admin:
+    with (lifecycle.removing(config, name),
+          ClusterAdmin.open(path, actor=actor, finishing=name) as admin):
         plan = admin.removal(name, force)
         if confirm is not None and not confirm(plan):
             return None
