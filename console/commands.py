@@ -23,7 +23,8 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
                         default_pool_path, formats, options, parse_size, plain)
 
 from .command import Command, UsageError, arg
-from .wording import delete_question, listed
+from .progressbar import ProgressBar
+from .wording import delete_question, listed, removal_question
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -987,6 +988,52 @@ def cluster_add(args) -> int:
     emit(args, row, f"added {row['name']} at {row['address']}; give it the peer key:"
                     f" {row['peer_key']} as DATA/peer_key, 'restrict ' + {row['peer_key']}.pub"
                     " in DATA/peer_keys")
+    return 0
+
+
+@command("cluster", "remove",
+         json="NodeRemoval (every field in engine/results.py): blocks it held, short, copied,"
+              " lost, nodes_left, need (writes need this many of them), data (its data dir,"
+              " kept), deleted, …",
+         help="take a node out of the cluster: it gets no new copies, and its blocks are"
+              " copied to the other nodes until every block has R copies without it; then it"
+              " leaves cluster.json (writes need a majority of the nodes left) and a local"
+              " node's process stops, its data dir kept and marked removed (it never serves"
+              " again) unless --delete-data. Through the cluster's service when one runs",
+         opens=False, args=[
+             CLUSTER_DIR,
+             arg("name", metavar="NODE", help="the node's name"),
+             arg("--force", action="store_true",
+                 help="remove a node that is down although some blocks have no copy on any"
+                      " other node that answers: they are lost"),
+             arg("--delete-data", action="store_true",
+                 help="delete a local node's data directory as well"),
+             YES])
+def cluster_remove(args) -> int:
+    def ask(plan: api.NodeRemoval) -> bool:
+        return confirmed(args, removal_question(args.dir, plan))
+
+    bar = args.progress = ProgressBar.if_terminal()
+    try:
+        with terminated_as_interrupted():
+            done = api.remove_node(args.dir, args.name, force=args.force,
+                                   delete_data=args.delete_data, confirm=ask, progress=bar,
+                                   actor=local_user())
+    finally:
+        if bar:
+            bar.close()
+    if done is None:
+        print("not removed", file=sys.stderr)
+        return 1
+    lost = (f"; {formats.counted(done.lost, 'block')} ({formats.size(done.lost * done.block_size)})"
+            " are lost (their only copies were on it)" if done.lost else "")
+    where = (f"; its data is kept in {done.data} (marked removed: it does not serve again)"
+             if done.data else "; its data directory was deleted" if done.deleted else
+             "" if done.local else f"; stop it on its host ({done.address})")
+    emit(args, done, f"removed {args.name} from cluster {args.dir}:"
+                     f" {formats.counted(done.copied, 'copy', 'copies')} made on the other"
+                     f" nodes{lost}; writes now need {formats.count(done.need)} of"
+                     f" {formats.counted(done.nodes_left, 'node')}{where}")
     return 0
 
 

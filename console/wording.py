@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.api import formats
+from engine.api import NodeRemoval, formats
 
 
 def listed(names: Sequence[str], readers: int | None = None, most: int = 4) -> str:
@@ -36,3 +36,21 @@ def attached_refusal(name: str, attached: Sequence[str]) -> str:
     return (f"VM {name} is attached over NBD by {listed(attached) or 'a client'}: nothing was"
             " deleted. Detach the client first, or press d again to detach and delete it"
             f" (`blockfold vm rm {name} --force` on the command line).")
+
+
+def removal_question(cluster: str, plan: NodeRemoval) -> str:
+    """The question before removing a node (`cluster remove`, the Nodes screen's X): what the
+    drain copies, from where, and what is lost. Ends with "first." or "lost."."""
+    if plan.drained:
+        said = " Its blocks were copied already: it only leaves the cluster."
+    elif plan.state == "down":
+        said = (f" It is down: the {formats.counted(plan.short, 'block')}"
+                f" ({formats.size(plan.short * plan.block_size)}) short of copies without it"
+                " will be copied from their other replicas first.")
+    else:
+        said = (f" Its {formats.counted(plan.blocks, 'block')}"
+                f" ({formats.size(plan.blocks * plan.block_size)}) will be copied to the other"
+                " nodes first.")
+    if plan.lost:
+        said += f" {formats.no_copy_left(plan.lost, plan.block_size)}: they are lost."
+    return f"Remove {plan.node} from cluster {cluster}?{said}"

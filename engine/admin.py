@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 
 from .errors import RefusedError
 from .progress import ProgressCallback
-from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeStatus,
-                      PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot, VMInfo,
-                      VMSnapshot, VMStats, WriteQuorum)
+from .results import (BlockPage, Event, Extent, HealFigures, ImportResult, Job, NodeRemoval,
+                      NodeStatus, PoolStats, Problem, RebuildFigures, ScrubFigures, Snapshot,
+                      VMInfo, VMSnapshot, VMStats, WriteQuorum)
 
 
 class Admin(ABC):
@@ -314,6 +314,27 @@ class Admin(ABC):
     def restore_node(self, name: str) -> None:
         """Restarts a failed local node; it catches up and rejoins. Raises BlockfoldError (as
         fail_node)."""
+
+    @abstractmethod
+    def removal(self, name: str, force: bool = False) -> NodeRemoval:
+        """What removing node `name` would copy (or lose), and the write majority after.
+        Raises BlockfoldError, with nothing changed: an embedded pool, read-only, an unknown
+        node, fewer nodes left than R or min_replicas, fewer than R other nodes up, a node
+        down with blocks no other node that answers holds (unless `force`)."""
+
+    @abstractmethod
+    def remove_node(self, name: str, force: bool = False, delete_data: bool = False,
+                    progress: ProgressCallback | None = None,
+                    cancel: threading.Event | None = None) -> NodeRemoval:
+        """Removes node `name` (engine/cluster/removal.py names the phases): out of
+        placement, its blocks copied (node to node, as heal's) until every live block has R
+        copies on the other nodes (`force`: but those only it held, while down); its removal
+        committed in the catalog while the majority still counts it; then it is gone: out of
+        cluster.json, its etcd key revoked, a local node stopped and its data dir marked
+        removed (deleted with `delete_data`), and this Admin runs on without it, writes
+        needing a majority of the others. Progress phase "heal", in blocks. Raises as
+        removal, and BlockfoldError (another removal running; the copies stopped: a drain
+        that stalls), CancelledError; then the node stays, back in placement."""
 
     @abstractmethod
     def heal(self, wait: bool = True, progress: ProgressCallback | None = None,

@@ -21,8 +21,9 @@ from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedEr
                      VMNotFoundError)
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
-                      NodeStatus, PoolStats, Problem, RebuildFigures, RebuildRecord, ScrubFigures,
-                      Snapshot, VMInfo, VMSnapshot, VMStats, WriteQuorum, plain)
+                      NodeRemoval, NodeStatus, PoolStats, Problem, RebuildFigures,
+                      RebuildRecord, ScrubFigures, Snapshot, VMInfo, VMSnapshot, VMStats,
+                      WriteQuorum, plain)
 from .formats import parse_size
 from .names import check_vm_size
 
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORT_FORMATS", "IMPORT_FORMATS", "Admin", "AttachedError", "BlockPage", "BlockRow",
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
-    "Job", "LocalAdmin", "NodeStatus", "PoolLockedError", "PoolStats", "Problem", "Progress",
-    "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service", "Snapshot",
-    "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum", "check_vm_size",
-    "cluster_add",
+    "Job", "LocalAdmin", "NodeRemoval", "NodeStatus", "PoolLockedError", "PoolStats", "Problem",
+    "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service",
+    "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum",
+    "check_vm_size", "cluster_add",
     "cluster_down", "cluster_status", "cluster_up", "connect_service", "create_pool",
     "default_pool_path", "export_disk", "find_service", "formats", "open_cluster", "open_disk",
     "open_source", "options", "parse_size", "plain", "serve_node",
@@ -172,6 +173,26 @@ def cluster_status(path) -> dict:
 def cluster_add(path, address: str, **kwargs) -> dict:
     from .cluster import lifecycle
     return lifecycle.add(path, address, **kwargs)
+
+
+def remove_node(path, name: str, *, force: bool = False, delete_data: bool = False,
+                confirm=None, progress=None, cancel=None,
+                actor: str = "cli") -> NodeRemoval | None:
+    """Removes node `name` from the cluster in `path` (Admin.remove_node): through its service
+    when one runs, else opened here (engine.cluster.removal). `confirm(plan)` (a NodeRemoval:
+    what it copies and loses) is asked once the checks have passed, before anything changes;
+    None when it says no. Raises BlockfoldError (a refusal, with nothing changed),
+    CancelledError."""
+    served = find_service(path, actor=actor)
+    if served is None:
+        from .cluster import removal
+        return removal.remove(path, name, force=force, delete_data=delete_data,
+                              confirm=confirm, progress=progress, cancel=cancel, actor=actor)
+    with served:
+        plan = served.removal(name, force)
+        if confirm is not None and not confirm(plan):
+            return None
+        return served.remove_node(name, force, delete_data, progress, cancel)
 
 
 def fail_node(path, name: str) -> dict:

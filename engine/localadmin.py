@@ -211,6 +211,12 @@ class LocalAdmin(Admin):
     def restore_node(self, name):
         raise BlockfoldError("an embedded pool has no nodes to restore: open a cluster")
 
+    def removal(self, name, force=False):
+        raise BlockfoldError("an embedded pool has no nodes to remove: open a cluster")
+
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
+        raise BlockfoldError("an embedded pool has no nodes to remove: open a cluster")
+
     def heal(self, wait=True, progress=None, cancel=None) -> HealFigures:
         raise BlockfoldError("an embedded pool keeps one copy of each block: nothing to heal")
 

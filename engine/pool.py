@@ -509,12 +509,19 @@ class Pool:
                 return
             self._commit()
 
-    def log_event(self, kind: str, message: str, actor: str = "engine") -> None:
-        """Records an event that no change describes (background work that failed). It is a
-        commit: every change so far becomes durable with it. Raises AbortedError if the commit
-        failed, ReadOnlyError on a read-only pool."""
+    def log_event(self, kind: str, message: str, actor: str = "engine",
+                  meta: dict | None = None) -> None:
+        """Records an event that no change describes (background work that failed), with the
+        catalog's `meta` keys set to their values in the same commit (a cluster's removed
+        nodes). It is a commit: every change so far becomes durable with it. Raises
+        AbortedError if the commit failed, ReadOnlyError on a read-only pool."""
+        def rows(catalog) -> None:
+            for key, value in (meta or {}).items():
+                catalog.set(key, value)
+            catalog.log(actor, kind, message)
+
         with self._changing():
-            self._commit(rows=lambda catalog: catalog.log(actor, kind, message))
+            self._commit(rows=rows)
 
     # -- VMs ----------------------------------------------------------------------------------
 

@@ -397,6 +397,14 @@ class RemoteAdmin(Admin):
     def heal(self, wait=True, progress=None, cancel=None):
         return self._call("heal", {"wait": wait}, progress=progress, cancel=cancel)
 
+    def removal(self, name, force=False):
+        return self._call("removal", {"name": name, "force": force})
+
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
+        return self._call("remove_node", {"name": name, "force": force,
+                                          "delete_data": delete_data},
+                          progress=progress, cancel=cancel)
+
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -385,6 +385,45 @@ class WriteQuorum:
 
 
 @dataclass(frozen=True)
+class NodeRemoval:
+    """What removing a node costs (Admin.removal) or did (Admin.remove_node): its blocks are
+    copied to the other nodes until every live block has R copies without it."""
+
+    node: str
+    """The node's name."""
+    state: str
+    """Its state as the coordinator saw it (NodeStatus.state's words)."""
+    blocks: int
+    """Live blocks it holds, as the coordinator knows (0 for a node down since it opened)."""
+    short: int
+    """Live blocks with fewer than R copies on the up nodes but it: what the drain copies."""
+    lost: int
+    """Live blocks no up node but it holds while it is down: lost if it is removed anyway
+    (--force); 0 for an up node, which gives them away."""
+    nodes_left: int
+    """Nodes in the cluster once it is gone."""
+    need: int
+    """Nodes a catalog change must reach once it is gone: a majority of `nodes_left`, and at
+    least min_replicas."""
+    block_size: int
+    """The cluster's block size, bytes: `blocks` × it is what the node's blocks weigh."""
+    copied: int = 0
+    """Copies the drain made (remove_node; 0 from removal)."""
+    drained: bool = False
+    """The catalog records it removed: always once remove_node returns; from removal, a
+    removal cut short after its drain, which remove_node finishes without copying."""
+    address: str = ""
+    """Where it listened (HOST:PORT): a node that runs elsewhere is to be stopped there."""
+    local: bool = False
+    """A node of this host (its process stopped by remove_node)."""
+    data: str | None = None
+    """Its data directory, kept and marked removed (remove_node; None: none here, or
+    deleted)."""
+    deleted: bool = False
+    """Its data directory was deleted (remove_node with delete_data)."""
+
+
+@dataclass(frozen=True)
 class HealFigures:
     """What a heal did: a heal that waits sums its passes' copies, relays and drops, and says
     what its last pass left unreachable and under-replicated."""

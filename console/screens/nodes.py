@@ -1,6 +1,7 @@
 """5 Nodes: each node's health (glyph, word, colour), latency, capacity, blocks and
 under-replicated count, the cluster's etcd (where, healthy or not, its members), the selected
-node in detail (whether etcd has it registered); fail and restore a node, with confirmation."""
+node in detail (whether etcd has it registered); fail, restore and remove a node, with
+confirmation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from widgets.node_card import NodeCard, health_text
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView
+from ..wording import removal_question
 from .base import PoolPane
 from .confirm import ConfirmDialog
 
@@ -18,9 +20,10 @@ COLUMNS = (Col("NODE", 10), Col("HEALTH", 11), Col("LATENCY", 8, numeric=True),
            Col("CAPACITY", 9, numeric=True), Col("BLOCKS", 9, numeric=True),
            Col("UNDER-REPL", 10, numeric=True))
 
-# What the toast says once a fail or a restore is done.
+# What the toast says once a fail, a restore or a removal is done.
 DONE = {"fail": "{name} failed: its process was killed",
-        "restore": "{name} restored: its process restarted"}
+        "restore": "{name} restored: its process restarted",
+        "remove": "{name} removed: every block has its copies on the other nodes"}
 
 
 class NodesPane(PoolPane):
@@ -64,10 +67,10 @@ class NodesPane(PoolPane):
         if name is None:
             return
 
-        def done(unrecorded: str | None) -> None:
+        def done(result) -> None:
             self.notify(DONE[verb].format(name=name))
-            if unrecorded:          # fail_node: its event could not be committed
-                self.notify(f"The event was not recorded: {unrecorded}", severity="warning")
+            if verb == "fail" and result:       # fail_node: why its event was not committed
+                self.notify(f"The event was not recorded: {result}", severity="warning")
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -98,6 +101,19 @@ class NodesPane(PoolPane):
         self.app.engine(f"count the blocks only node {name} holds",
                         lambda: (admin.only_copies(name), admin.writes_without(name)), counted,
                         changes=False)
+
+    def action_remove_node(self) -> None:
+        admin, name = self.app.admin, self.selected()
+        if name is None:
+            return
+
+        def counted(plan) -> None:
+            # Braces in a path would be read as the question's {name}.
+            said = removal_question(admin.name, plan).replace("{", "{{").replace("}", "}}")
+            self._confirm_then("remove", said, admin.remove_node, name)
+
+        self.app.engine(f"count what removing node {name} copies",
+                        lambda: admin.removal(name), counted, changes=False)
 
     def action_restore_node(self) -> None:
         self._confirm_then("restore", "Restore node {name}? It restarts, rejoins the pool and "

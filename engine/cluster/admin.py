@@ -14,6 +14,12 @@ writer's commits, so it is dropped, never committed. The new Admin is the receiv
 the old one keeps no reference to it (no chain of Admins across take-backs).
 
     writing --fenced--> fenced, waiting --lease taken, reopened--> handed over (a new Admin)
+
+Removing a node (remove_node, for engine.cluster.removal): the node leaves placement
+(Members.leaving), heal passes copy its blocks to the others, and one commit records the
+removal (its host key in meta `removed_nodes`, placement without it). A writable open whose
+cluster.json still names a removed node is refused: a copy of the directory older than the
+removal would count it in the write majority again.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ import time
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
-from .. import formats
+from .. import formats, lineage
 from ..actor import current as current_actor
 from ..errors import BlockfoldError, CancelledError, PoolLockedError, RefusedError
 from ..net import rpc
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
-from ..results import EtcdStatus, HealFigures, NodeStatus, ScrubFigures, WriteQuorum
+from ..results import (EtcdStatus, HealFigures, NodeRemoval, NodeStatus, ScrubFigures,
+                       WriteQuorum)
 from . import holder, lifecycle
 from .blocks import ClusterBlocks
 from .catalog import ReplicatedCatalog
@@ -53,6 +60,7 @@ ETCD_FRESH = 1.0        # seconds a status read from etcd is shown before it is 
 # A fenced writer tries to take its cluster back this often: one LEASE round while another
 # writer holds it.
 RETAKE_S = 2.0
+REMOVED = "removed_nodes"   # catalog meta: {node id (lifecycle.node_id): {name, address, at, by}}
 
 
 class ClusterAdmin(LocalAdmin):
@@ -97,7 +105,11 @@ class ClusterAdmin(LocalAdmin):
 
     @classmethod
     def open(cls, path, *, readonly: bool = False, rebuild: str | None = None,
-             progress=None, wait: bool = True, actor: str = "cli") -> ClusterAdmin:
+             progress=None, wait: bool = True, actor: str = "cli",
+             finishing: str | None = None) -> ClusterAdmin:
+        """The cluster in `path`, opened (see LocalAdmin.open). `finishing`: the node whose
+        removal is being made (engine.cluster.removal), which cluster.json may still name
+        though the catalog records it removed (a removal cut short after its record)."""
         config = ClusterConfig.load(path)
         if not config.nodes:
             raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
@@ -113,7 +125,8 @@ class ClusterAdmin(LocalAdmin):
                 ReplicatedCatalog.require_majority(members, config.min_replicas,
                                                    int(members.reachable_mask().sum()))
                 members.take_lease()
-            admin = cls._attach(members, config, readonly, rebuild, progress, actor)
+            admin = cls._attach(members, config, readonly, rebuild, progress, actor,
+                                finishing)
         except BaseException:
             members.close()
             raise
@@ -123,20 +136,24 @@ class ClusterAdmin(LocalAdmin):
 
     @classmethod
     def _attach(cls, members: Members, config: ClusterConfig, readonly: bool,
-                rebuild: str | None, progress, actor: str) -> ClusterAdmin:
+                rebuild: str | None, progress, actor: str,
+                finishing: str | None = None) -> ClusterAdmin:
         """The coordinator over `members` (probed; holding the lease unless read-only): the
         newest catalog (a writable one promised a new epoch), the pool and its RAM state
-        rebuilt. Its healer is not started yet."""
+        rebuilt. Its healer is not started yet. Writable, a cluster.json that names a node
+        the catalog records removed (but `finishing`) is refused."""
         catalog = ReplicatedCatalog.load(members, config.min_replicas, config.block_size,
                                          writable=not readonly)
         if not readonly:
+            removed = json.loads(catalog.get(REMOVED) or "{}")
+            # A service's own config still names the nodes it removed (Members.retire).
+            _refuse_removed(config, removed,
+                            {finishing} | {members.names()[i] for i in members.removed})
             if catalog.version == 0:
                 catalog.publish()
             # Every replica names the nodes and R: with rendezvous placement, that says
             # where each block's copies belong, whichever node the catalog is read from.
-            rule = json.dumps(
-                {"replicas": config.replicas, "min_replicas": config.min_replicas,
-                 "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes]})
+            rule = _placement_rule(config, removed)
             if catalog.get("placement") != rule:
                 catalog.set("placement", rule)
             for i, node in enumerate(members.nodes):
@@ -456,7 +473,7 @@ class ClusterAdmin(LocalAdmin):
             if figures.unreachable and not figures.copied:
                 raise BlockfoldError(f"{figures.unreachable} blocks have no reachable copy:"
                                      " restore the nodes that hold them")
-            up = int(self.members.up_mask().sum())
+            up = int(self.members.placeable_mask().sum())
             if up < replicas:
                 raise BlockfoldError(f"only {up} nodes are up: {replicas} copies of every block"
                                      f" need {replicas}; restore a node first")
@@ -524,6 +541,7 @@ class ClusterAdmin(LocalAdmin):
         down = [node.state == NodeState.DOWN for node in self.members.nodes]
         etcd = self.etcd_status()
         registered = (set(etcd.registered) if etcd and etcd.healthy else None)
+        present = set(self.members.present())
         return [NodeStatus(name=entry.name, address=entry.address, state=node.state,
                            latency_ms=None if down[i] else node.latency_ms,
                            capacity_bytes=None if down[i] else node.capacity_bytes,
@@ -532,7 +550,8 @@ class ClusterAdmin(LocalAdmin):
                            catalog_version=node.version, last_seen=node.seen,
                            error=node.error if node.state == NodeState.DOWN else "",
                            registered=None if registered is None else entry.name in registered)
-                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))]
+                for i, (entry, node) in enumerate(zip(self.config.nodes, self.members.nodes))
+                if i in present]
 
     # -- simulated loss -----------------------------------------------------------------------
 
@@ -543,7 +562,7 @@ class ClusterAdmin(LocalAdmin):
         i = self.members.index(name)
         left = sum(node.state != NodeState.DOWN for k, node in enumerate(self.members.nodes)
                    if k != i)
-        return WriteQuorum(nodes=len(self.members.nodes), left=left,
+        return WriteQuorum(nodes=self.members.count(), left=left,
                            need=self.pool.catalog.needed)
 
     def fail_node(self, name: str) -> str:
@@ -569,6 +588,125 @@ class ClusterAdmin(LocalAdmin):
         if self.members.nodes[i].state == NodeState.RETURNING:
             self._rejoin(i)
         self._record("node", f"restored {name} (its process restarted)", actor)
+
+    # -- removing a node (engine.cluster.removal runs it) ---------------------------------------
+
+    def removal(self, name: str, force: bool = False) -> NodeRemoval:
+        if self.readonly:
+            raise BlockfoldError("removing a node needs a writable cluster")
+        # The file, not our copy: it no longer names the nodes removed since we opened.
+        config = ClusterConfig.load(self.config.path)
+        lifecycle.check_removable(config, name)
+        lifecycle.check_no_removal(config)
+        i = self.members.index(name)
+        node = self.members.nodes[i]
+        short, bare = self.pool.blocks.without(i)
+        live, _ = self.pool.blocks.per_node()
+        others = self.members.up_mask()
+        others[i] = False
+        up = int(others.sum())
+        left = self.members.count() - 1
+        down = node.state == NodeState.DOWN
+        plan = NodeRemoval(node=name, state=str(node.state), blocks=int(live[i]), short=short,
+                           lost=bare if down else 0, nodes_left=left,
+                           need=max(self.config.min_replicas, lineage.majority(left)),
+                           block_size=self.block_size,
+                           drained=lifecycle.node_id(self.config.node(name)) in self._removed())
+        if plan.drained:
+            return plan
+        replicas = self.config.replicas
+        if short and up < replicas:
+            raise BlockfoldError(
+                f"removing {name} needs {replicas} copies of every block on the other nodes,"
+                f" and only {formats.counted(up, 'node')} of them {'is' if up == 1 else 'are'}"
+                " up: restore a node first; nothing changed")
+        if plan.lost and not force:
+            raise BlockfoldError(
+                f"node {name} is down, and {formats.counted(plan.lost, 'block')}"
+                f" ({formats.size(plan.lost * self.block_size)}) have no copy on any other node"
+                f" that answers (it holds the only ones): `node restore {name}` to copy them"
+                " first, or --force to remove it anyway and lose them; nothing changed")
+        return plan
+
+    def remove_node(self, name: str, force: bool = False, delete_data: bool = False,
+                    progress=None, cancel=None) -> NodeRemoval:
+        plan = self.removal(name, force)
+        with lifecycle.removing(self.config, name):
+            actor = current_actor(self.pool.actor)
+            i = self.members.index(name)
+            copied = lost = 0
+            if not plan.drained:
+                self._record("node", f"removing {name}: {formats.counted(plan.short, 'block')}"
+                                     " to copy to the other nodes", actor)
+                self.members.leaving = i
+                try:
+                    copied = self._drain(progress, cancel)
+                    # Forced past a node down with the only copies: those are lost now.
+                    lost = self.pool.blocks.without(i)[1] if plan.lost else 0
+                    self._commit_removal(name, copied, lost, actor)
+                except BaseException as e:
+                    self.members.leaving = None     # back in placement: heal refills it
+                    self._record("node", f"removing {name} stopped ({e or type(e).__name__}):"
+                                         " it stays in the cluster", actor)
+                    raise
+            # From here on the others are the cluster: the next commit (the close's, at least)
+            # needs a majority of them, as every open will.
+            self.pool.blocks.forget(i)
+            self.members.retire(i)
+            self._etcd_read = None
+            left = lifecycle.leave(self.config.path, name, delete_data)
+        return replace(plan, copied=copied, lost=lost, drained=True, address=left["address"],
+                       local=left["local"], data=left["data"], deleted=left["deleted"])
+
+    def _drain(self, progress, cancel) -> int:
+        """Heal passes, with the leaving node out of placement, until every live block that
+        has a reachable copy has R copies on the other nodes; the copies made. Raises
+        BlockfoldError once the passes made no copy for HEAL_STALL or fewer than R other nodes
+        are up, CancelledError."""
+        stop = cancel or threading.Event()
+        moved = time.monotonic()
+        copied = 0
+        while True:
+            self.members.probe_all()
+            self._rejoin_returning()
+            figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
+            copied += figures.copied
+            if figures.under_replicated <= figures.unreachable:
+                return copied       # what is left has no copy to make one from
+            if figures.copied or figures.dropped:
+                moved = time.monotonic()
+            elif time.monotonic() - moved > HEAL_STALL:
+                raise BlockfoldError(
+                    f"the drain made no copy for {HEAL_STALL:.0f} s:"
+                    f" {formats.count(figures.under_replicated)} blocks are still short of"
+                    f" {self.config.replicas} copies on the other nodes"
+                    f" ({figures.relayed_why or 'no node took a copy'})")
+            up = int(self.members.placeable_mask().sum())
+            if up < self.config.replicas:
+                raise BlockfoldError(f"only {formats.counted(up, 'other node')} up:"
+                                     f" {self.config.replicas} copies of every block need"
+                                     f" {self.config.replicas}; restore a node first")
+            if stop.wait(HEAL_POLL):
+                raise CancelledError("removal cancelled")
+
+    def _commit_removal(self, name: str, copied: int, lost: int, actor: str) -> None:
+        """One commit, while the node is still counted in the majority: the removal's event,
+        its id among the removed, placement without it."""
+        entry = self.config.node(name)
+        removed = self._removed()
+        removed[lifecycle.node_id(entry)] = {"name": name, "address": entry.address,
+                                             "at": time.time(), "by": actor}
+        gone = (f"; {formats.counted(lost, 'block')} ({formats.size(lost * self.block_size)})"
+                " lost, their only copies on it (removed with --force)" if lost else "")
+        self.pool.log_event(
+            "node", f"removed {name}: {formats.counted(copied, 'copy', 'copies')} made on the"
+                    f" other nodes{gone}", actor,
+            meta={REMOVED: json.dumps(removed), "placement": _placement_rule(self.config,
+                                                                             removed)})
+
+    def _removed(self) -> dict:
+        """The catalog's record of removed nodes (REMOVED)."""
+        return json.loads(self.pool.catalog.get(REMOVED) or "{}")
 
     def held_by(self, what: str, command: str, advice: str) -> None:
         """A cluster's write lease names its holder's host and pid; DIR/holder.json says the
@@ -598,6 +736,32 @@ class ClusterAdmin(LocalAdmin):
         if self._session:
             self._session.close()
             self._session = None
+
+
+def _placement_rule(config: ClusterConfig, removed: dict) -> str:
+    """Meta `placement`: R, min_replicas and the nodes with their weights, but those
+    `removed` (REMOVED's record)."""
+    return json.dumps(
+        {"replicas": config.replicas, "min_replicas": config.min_replicas,
+         "nodes": [{"name": e.name, "weight": e.weight} for e in config.nodes
+                   if lifecycle.node_id(e) not in removed]})
+
+
+def _refuse_removed(config: ClusterConfig, removed: dict, known: set) -> None:
+    """Raises BlockfoldError if cluster.json names a node the catalog records removed (but
+    those `known`: a removal being finished, or made by this process): a copy of the
+    directory older than the removal, which would count the node in the write majority and
+    give it copies again."""
+    for entry in config.nodes:
+        told = removed.get(lifecycle.node_id(entry))
+        if told and entry.name not in known:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(told.get("at", 0)))
+            raise BlockfoldError(
+                f"cluster {config.path}: cluster.json names node {entry.name}, which was"
+                f" removed from the cluster on {when} by {told.get('by')}: this cluster.json is"
+                " older than the removal (use the directory it was made in; a removed node"
+                " rejoins only as a new one, from a new data directory), or the removal was cut"
+                f" short (`blockfold cluster remove {config.path} {entry.name}` finishes it)")
 
 
 def _int(count) -> int | None:

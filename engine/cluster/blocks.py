@@ -212,19 +212,33 @@ class ClusterBlocks:
     # -- health and heal ----------------------------------------------------------------------
 
     def under_replicated(self) -> int:
-        """Live ids with fewer than R copies on up nodes."""
+        """Live ids with fewer than R copies on up nodes (a node being removed not counted)."""
         with self._rows.lock:
-            return self._rows.under_replicated(self.members.up_mask(), self.replicas)
+            return self._rows.under_replicated(self.members.placeable_mask(), self.replicas)
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""
         with self._rows.lock:
-            return self._rows.per_node(self.members.up_mask(), self.replicas)
+            return self._rows.per_node(self.members.placeable_mask(), self.replicas)
 
     def only_on(self, node: int) -> int:
         """Live blocks whose only copy on an up node is on `node`."""
         with self._rows.lock:
             return self._rows.only_on(node, self.members.up_mask())
+
+    def without(self, node: int) -> tuple[int, int]:
+        """What removing `node` means to the live blocks: (how many have fewer than R copies
+        on the up nodes but it: the drain's copies, how many have no copy on them at all: held
+        by it alone, or lost already)."""
+        with self._rows.lock:
+            up = self.members.up_mask()
+            return (self._rows.short_without(node, up, self.replicas),
+                    self._rows.bare_without(node, up))
+
+    def forget(self, node: int) -> None:
+        """A node removed from the cluster: it is credited with no copy any more."""
+        with self._rows.lock:
+            self._rows.set_node(node, np.zeros(0, np.int64))
 
     def heal(self, progress=None, cancel=None) -> dict:
         """Back to R copies on the placement targets; see engine.cluster.heal."""

@@ -76,7 +76,7 @@ class ReplicatedCatalog(Catalog):
     def needed(self) -> int:
         """Nodes a catalog change must reach: a majority of the configured nodes (so every
         writable open, which reads a majority, sees it), and at least min_replicas."""
-        return max(self.min_replicas, lineage.majority(len(self.members.nodes)))
+        return max(self.min_replicas, lineage.majority(self.members.count()))
 
     @property
     def fenced(self) -> bool:
@@ -88,7 +88,7 @@ class ReplicatedCatalog(Catalog):
         read-only."""
         if not self.writer_epoch:
             return False
-        nodes = self.members.nodes
+        nodes = [self.members.nodes[i] for i in self.members.present()]
         return (any(n.epoch > self.writer_epoch for n in nodes)
                 or sum(n.promised > self.writer_epoch for n in nodes) > len(nodes) - self.needed)
 
@@ -100,7 +100,7 @@ class ReplicatedCatalog(Catalog):
     def require_majority(members, min_replicas: int, answering: int) -> int:
         """How many nodes a writer needs (a majority of the configured nodes, and
         min_replicas); BlockfoldError in one line if `answering` nodes are fewer."""
-        total = len(members.nodes)
+        total = members.count()
         need = max(min_replicas, lineage.majority(total))
         if answering < need:
             raise BlockfoldError(
@@ -117,7 +117,7 @@ class ReplicatedCatalog(Catalog):
         a new epoch, above any they promised before; the newest of their replicas is then the
         newest any writer committed (engine.lineage). Else BlockfoldError, in one line naming
         how many nodes answer and how many it needs."""
-        path, total = members.config.path, len(members.nodes)
+        path, total = members.config.path, members.count()
         up = [i for i, n in enumerate(members.nodes) if n.state != NodeState.DOWN]
         replies = members.call_many({i: (rpc.CATALOG_VERSION, {}, b"") for i in up}, 10.0)
         versions = {i: r[0] for i, r in replies.items() if not isinstance(r, Exception)}
@@ -271,11 +271,11 @@ class ReplicatedCatalog(Catalog):
 
     def _short(self, done: list[int], replies: dict) -> str:
         """The one line of a catalog change that reached too few nodes."""
-        names, total = self.members.names(), len(self.members.nodes)
+        names, total = self.members.names(), self.members.count()
         if self.fenced or any(isinstance(r, rpc.RemoteError) and r.code == rpc.Code.STALE_EPOCH
                               for r in replies.values()):
             return f"{self.fenced_line()}, and its change is not committed"
-        missed = ", ".join(names[i] for i in range(total) if i not in done)
+        missed = ", ".join(names[i] for i in self.members.present() if i not in done)
         return (f"a catalog change reached {len(done)} of {total} nodes; it needs {self.needed}"
                 f" (a majority, and min_replicas={self.min_replicas}) (not reached: {missed})")
 

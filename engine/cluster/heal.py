@@ -1,8 +1,9 @@
 """Heal: every live block back to R copies, on the nodes placement wants, and no more.
 
 Phases:
-  short  the live ids whose placement targets (the first R up nodes in rendezvous order) lack a
-         copy: under-replicated, or misplaced because a node came back
+  short  the live ids whose placement targets (the first R up nodes in rendezvous order, never
+         a node being removed: engine.cluster.members) lack a copy: under-replicated, or
+         misplaced because a node came back, or held by a node being removed (a drain)
   copy   in batches of BATCH_FRAMES frames, two in flight: a holder of each id sends it straight
          to the targets that lack it (engine.cluster.handoff: the bytes never cross the
          coordinator); what that could not copy (the holder lacked the copy or held it rotten,
@@ -10,7 +11,7 @@ Phases:
          (engine.cluster.reads, with its failover and read repair) and PUT to the targets, and
          the pass says how many and why; then one SYNC of the nodes that took copies
   trim   an id with more than R copies on up nodes, all its targets among them, loses the copies
-         on nodes that are not targets
+         on nodes that are not targets (a node being removed: its copies, once drained)
 
 The row map's lock is held to read and update the map, and across the DROPs that go with an
 update, but never across the copying: reads and writes go on while a heal runs.
@@ -55,10 +56,10 @@ class Healer:
         set."""
         with self.rows.lock:
             rows = self.rows.live_rows()
-            up = self.members.up_mask()
-            have = self.rows.holders_at(rows) & up[None, :]
+            have = self.rows.holders_at(rows) & self.members.up_mask()[None, :]
             targets = placement.targets(self.rows.ids_at(rows), self.members.seeds,
-                                        self.members.weights, up, self.replicas)
+                                        self.members.weights, self.members.placeable_mask(),
+                                        self.replicas)
             short = rows[(targets & ~have).any(axis=1)]
         meter = Meter(progress, "heal", len(short), unit_bytes=self.copies.block_size)
         copied = relayed = missing = 0
@@ -82,7 +83,7 @@ class Healer:
         meter.finish()
         dropped = self._trim()
         with self.rows.lock:
-            left = self.rows.under_replicated(self.members.up_mask(), self.replicas)
+            left = self.rows.under_replicated(self.members.placeable_mask(), self.replicas)
         told = sorted(why)[:TOLD_REASONS] + (["…"] if len(why) > TOLD_REASONS else [])
         return {"copied": copied, "relayed": relayed, "relayed_why": "; ".join(told),
                 "unreachable": missing, "dropped": dropped, "under_replicated": left}
@@ -94,10 +95,9 @@ class Healer:
         with self.rows.lock:
             rows = rows[self.rows.refcounts_at(rows) > 0]
             ids = self.rows.ids_at(rows)
-            up = self.members.up_mask()
-            have = self.rows.holders_at(rows) & up[None, :]
-        targets = placement.targets(ids, self.members.seeds, self.members.weights, up,
-                                    self.replicas)
+            have = self.rows.holders_at(rows) & self.members.up_mask()[None, :]
+        targets = placement.targets(ids, self.members.seeds, self.members.weights,
+                                    self.members.placeable_mask(), self.replicas)
         # Fewer copies than R but none missing from the targets: the targets are all taken.
         sources = have.any(axis=1)
         need = targets & ~have & sources[:, None]
@@ -159,8 +159,8 @@ class Healer:
                 return 0
             rows = rows[over]
             ids = self.rows.ids_at(rows)
-            targets = placement.targets(ids, self.members.seeds, self.members.weights, up,
-                                        self.replicas)
+            targets = placement.targets(ids, self.members.seeds, self.members.weights,
+                                        self.members.placeable_mask(), self.replicas)
             complete = ~(targets & ~have[over]).any(axis=1)
             extra = have[over] & ~targets & complete[:, None]
             if not extra.any():

@@ -1,6 +1,8 @@
 """`blockfold cluster up/down/add` and `node fail/restore`: make a local cluster directory,
 start and stop its nodes, and join nodes that run elsewhere (pinning their host key on first
-contact). All of it needs only the cluster directory, never a reachable node.
+contact); and the directory's side of `cluster remove` (engine.cluster.removal): who may be
+removed, one removal at a time, and the node's leaving once drained. All of it needs only the
+cluster directory, never a reachable node.
 
 A new cluster gets its own etcd member (etcd_member.py), started before the nodes and stopped
 after them, unless `etcd` names one that runs elsewhere ("URL,URL…") or "none" (a cluster
@@ -14,8 +16,12 @@ that runs elsewhere is given them by its operator (`add` says which files)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 import os
+import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,13 +32,17 @@ from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
 from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
-from . import etcd_member, processes
+from . import etcd_member, holder, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
 
 if TYPE_CHECKING:
     from ..etcd import Etcd
 
 NO_ETCD = "none"
+REMOVING = "removing.json"      # a removal under way: {node, pid, process} (removing())
+# The cluster whose removal this thread of control holds (removing()): its own checks and a
+# nested removing() pass; another thread of the same process (a service's other call) waits.
+_HELD: contextvars.ContextVar[str | None] = contextvars.ContextVar("removal_held", default=None)
 
 
 def up(path, nodes: int | None = None, replicas: int | None = None,
@@ -142,6 +152,12 @@ def etcd_of(config: ClusterConfig) -> Etcd | None:
     return config.etcd and Etcd(config.etcd.endpoints, config.etcd.prefix)
 
 
+def node_id(entry: NodeEntry) -> str:
+    """A node's identity as the catalog records a removed one: its id in etcd (its host key's),
+    or for a node never started (no host key pinned) its name."""
+    return keys.host_key_id(entry.host_key) if entry.host_key else f"name:{entry.name}"
+
+
 def _same_shape(config: ClusterConfig, **asked) -> None:
     """Raises BlockfoldError naming each option given that differs from the existing cluster."""
     local = [e for e in config.nodes if e.data]
@@ -227,12 +243,17 @@ def check_failable(config: ClusterConfig, name: str) -> None:
 def _unregister(config: ClusterConfig, name: str) -> None:
     """Ends the liveness lease of a node whose death we saw, so etcd says so now, not a TTL
     later; an etcd that does not answer lets it run out on its own."""
+    _revoke(config, config.node(name).host_key)
+
+
+def _revoke(config: ClusterConfig, host_key: str) -> None:
+    """Ends the liveness lease of the node with `host_key` (see _unregister)."""
     from ..etcd import EtcdError
     client = etcd_of(config)
     if client is None:
         return
     try:
-        client.revoke_holder(f"nodes/{keys.host_key_id(config.node(name).host_key)}")
+        client.revoke_holder(f"nodes/{keys.host_key_id(host_key)}")
     except EtcdError:
         pass
     finally:
@@ -372,3 +393,92 @@ def add(path, address: str, name: str | None = None, weight: float = 1.0) -> dic
     config.save()
     return {"name": name, "address": address, "host_key": key,
             "peer_key": str(config.peer_key.resolve())}
+
+
+def check_removable(config: ClusterConfig, name: str) -> None:
+    """Raises BlockfoldError if node `name` may not be removed whatever its blocks: unknown, or
+    the nodes left would be fewer than R (every block's copies) or min_replicas."""
+    config.node(name)
+    left = len(config.nodes) - 1
+    need = max(config.replicas, config.min_replicas)
+    if left < need:
+        raise BlockfoldError(
+            f"removing {name} would leave {formats.counted(left, 'node')} in cluster"
+            f" {config.path}: R={config.replicas} and min_replicas={config.min_replicas} need"
+            f" {need}; nothing changed")
+
+
+def check_no_removal(config: ClusterConfig) -> None:
+    """Raises BlockfoldError while a removal runs (removing()): checked before a remover opens
+    the cluster, whose lease that removal holds ("in use" would not say why)."""
+    other = _removal_running(config)
+    if other is not None and _HELD.get() != str(config.path.resolve()):
+        raise BlockfoldError(f"node {other.get('node')} is being removed from cluster"
+                             f" {config.path} (pid {other.get('pid')}): wait for that removal"
+                             " to end; nothing changed")
+
+
+def _removal_running(config: ClusterConfig) -> dict | None:
+    """DIR/removing.json's {node, pid, process} if the remover it names still runs."""
+    try:
+        other = json.loads((config.path / REMOVING).read_text())
+        return None if holder.gone(other["process"]) else other
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None         # half written or damaged: nobody's
+
+
+@contextmanager
+def removing(config: ClusterConfig, name: str):
+    """One removal at a time: DIR/removing.json names the node and the remover's process while
+    it runs, and goes at the end. Raises BlockfoldError while another remover that still runs
+    holds it (check_no_removal); one whose process is gone (killed mid-drain) is replaced.
+    Nested in the same thread of control (the CLI holds it from before its open to the end,
+    the Admin's remove_node takes it again), it is the outer one's."""
+    if _HELD.get() == str(config.path.resolve()):
+        yield           # held already, by the caller (engine.cluster.removal around the Admin)
+        return
+    path = config.path / REMOVING
+    mine = {"node": name, "pid": os.getpid(), "process": holder.process()}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        check_no_removal(config)
+        tmp = path.with_name(REMOVING + ".tmp")
+        tmp.write_text(json.dumps(mine))
+        os.replace(tmp, path)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(mine))
+    token = _HELD.set(str(config.path.resolve()))
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        path.unlink(missing_ok=True)
+
+
+def leave(path, name: str, delete_data: bool = False) -> dict:
+    """The last step of `cluster remove`, once no block needs node `name` (its copies drained,
+    the catalog's record of its removal committed): a local node's data dir is marked removed
+    (engine.node.settings.retire: it never serves again) before its process is stopped
+    (SIGTERM), so no moment leaves it free to start; the node leaves cluster.json, its liveness
+    key in etcd goes, and with `delete_data` its data dir too. Returns {address, local, data:
+    the data dir kept (None: none, or deleted), deleted: bool}."""
+    config = ClusterConfig.load(path)
+    entry = config.node(name)
+    data = Path(entry.data) if entry.data and Path(entry.data).is_dir() else None
+    if data is not None:
+        settings.retire(data, str(config.path.resolve()))
+    if entry.data and processes.is_running(entry):
+        processes.stop(entry, signal.SIGTERM)   # it ends its own liveness lease on the way out
+    config.nodes.remove(entry)
+    config.save()
+    if entry.host_key:
+        _revoke(config, entry.host_key)
+    if data is not None and delete_data:
+        shutil.rmtree(data)
+    return {"address": entry.address, "local": bool(entry.data),
+            "data": None if data is None or delete_data else str(data),
+            "deleted": data is not None and delete_data}

@@ -9,6 +9,13 @@ holds no write up), and one sent to a node already judged so waits SUSPECT_TIMEO
     up --missed heartbeat--> suspect --answers--> up
     up, suspect --DOWN_AFTER_MISSES misses, refused connection, failed request--> down
     down --answers a heartbeat--> returning --caught up (ClusterAdmin)--> up
+
+A node being removed (`cluster remove`: ClusterAdmin.remove_node) is *leaving*, whatever its
+state: it still serves reads and gives its copies away, but no placement names it (new blocks,
+heal's targets), so every block it holds is short until R other nodes hold it. Once removed
+(retire) it stays in `nodes`, so every index and matrix keeps its shape while the coordinator
+runs on, but down for good: never asked again, and not counted among the configured nodes
+(count), so the write majority is a majority of the others.
 """
 
 from __future__ import annotations
@@ -83,11 +90,37 @@ class Members:
         self.weights = np.array([e.weight for e in config.nodes], dtype=np.float64)
         self.lock = threading.Lock()
         self._news: list[str] = []
+        self.leaving: int | None = None     # the node being removed (placeable_mask)
+        self.removed: set[int] = set()      # nodes removed since we opened (retire)
         self._stop = threading.Event()
         self._thread = None
 
     def names(self) -> list[str]:
         return [n.client.name for n in self.nodes]
+
+    def count(self) -> int:
+        """The configured nodes: every one but those removed since we opened (the write
+        majority is a majority of these)."""
+        return len(self.nodes) - len(self.removed)
+
+    def present(self) -> list[int]:
+        """The indexes of the configured nodes (every one but those removed)."""
+        return [i for i in range(len(self.nodes)) if i not in self.removed]
+
+    def retire(self, i: int) -> None:
+        """Node i was removed from the cluster: our lease on it goes (if it answers), its
+        connection is closed, and it is down for good, never asked again."""
+        if self.holder and self.nodes[i].state != NodeState.DOWN:
+            self.call(i, rpc.RELEASE, {"holder": self.holder}, timeout=2.0)
+        with self.lock:
+            self.removed.add(i)
+            self.leaving = None
+            self._judge(i, NodeState.DOWN)
+            self.nodes[i].error = "removed from the cluster"
+        try:
+            self.io.run(self.nodes[i].client.close(), 5)
+        except Exception:   # noqa: BLE001 - it is never asked again either way
+            pass
 
     def index(self, name: str) -> int:
         for i, n in enumerate(self.nodes):
@@ -99,6 +132,14 @@ class Members:
         """Nodes that serve requests (up or suspect)."""
         return np.array([n.state in (NodeState.UP, NodeState.SUSPECT) for n in self.nodes],
                         dtype=bool)
+
+    def placeable_mask(self) -> np.ndarray:
+        """Nodes that may be given copies (new blocks, heal's targets): the up ones but a
+        node being removed."""
+        mask = self.up_mask()
+        if self.leaving is not None:
+            mask[self.leaving] = False
+        return mask
 
     def healthy_mask(self) -> np.ndarray:
         """Nodes that answered their last heartbeat (up, not suspect)."""
@@ -185,7 +226,10 @@ class Members:
 
     def _judge(self, i: int, state: NodeState) -> None:
         """Sets node i's state (under self.lock); requests in flight to it are abandoned when it
-        turns suspect or down, and wait again once it answers."""
+        turns suspect or down, and wait again once it answers. A removed node stays down (a
+        heartbeat sent before its removal may still answer)."""
+        if i in self.removed:
+            state = NodeState.DOWN
         self.nodes[i].state = state
         event = self._judged[i]
         judged = state in (NodeState.SUSPECT, NodeState.DOWN)
@@ -246,7 +290,8 @@ class Members:
     def probe_all(self, nodes=None) -> dict:
         """Heartbeats, all at once: a node that does not answer delays no other. Refreshes the
         figures; a down node that answers becomes returning. {node: figures or exception}"""
-        nodes = range(len(self.nodes)) if nodes is None else nodes
+        nodes = self.present() if nodes is None else [i for i in nodes
+                                                      if i not in self.removed]
         header = {"holder": self.holder, "lease": self.config.lease_seconds} if self.holder else {}
         replies = self.call_many(dict.fromkeys(nodes, (rpc.HEARTBEAT, header, b"")),
                                  timeout=2.0, mark=False)

@@ -178,6 +178,23 @@ class RowMap:
         held = self._holders[self.live_rows()]
         return int(np.count_nonzero(held[:, node] & ~(held & others[None, :]).any(axis=1)))
 
+    def bare_without(self, node: int, up: np.ndarray) -> int:
+        """How many live rows no `up` node but `node` holds: without `node`, they have no
+        reachable copy (held by it alone, or by down nodes alone, or by none)."""
+        if not self.ready:
+            return 0
+        others = up.copy()
+        others[node] = False
+        return int(np.count_nonzero(~(self._holders[self.live_rows()]
+                                      & others[None, :]).any(axis=1)))
+
+    def short_without(self, node: int, up: np.ndarray, replicas: int) -> int:
+        """How many live rows have fewer than `replicas` copies on the `up` nodes but `node`:
+        what a removal of `node` has to copy."""
+        others = up.copy()
+        others[node] = False
+        return self.under_replicated(others, replicas)
+
     @property
     def used_count(self) -> int:
         """Live rows: the unique blocks of the cluster."""

@@ -108,9 +108,11 @@ class Writer:
                 return b.ids, b.held
             up = self.members.up_mask()
             if up.sum() < self.min_replicas:
-                down = ", ".join(n for n, u in zip(self.members.names(), up) if not u)
+                names = self.members.names()
+                down = ", ".join(names[i] for i in self.members.present() if not up[i])
                 raise ReplicationError(
-                    f"only {int(up.sum())} of {k} nodes are up (down: {down}); a write needs"
+                    f"only {int(up.sum())} of {self.members.count()} nodes are up (down:"
+                    f" {down}); a write needs"
                     f" at least min_replicas={self.min_replicas} copies: refused")
             lead, followers = self._leads(b)
             want = self._choose(b, lead, self._writable())
@@ -190,9 +192,10 @@ class Writer:
     def _writable(self) -> np.ndarray:
         """The nodes a write goes to: the healthy ones, so no write waits on a node that missed
         a heartbeat (its blocks go to the next node in placement order, and heal moves them
-        back); suspect ones too only when too few are healthy."""
-        healthy = self.members.healthy_mask()
-        return healthy if healthy.sum() >= self.min_replicas else self.members.up_mask()
+        back); suspect ones too only when too few are healthy; never a node being removed."""
+        placeable = self.members.placeable_mask()
+        healthy = self.members.healthy_mask() & placeable
+        return healthy if healthy.sum() >= self.min_replicas else placeable
 
     def _settle(self, b: _Batch, lead: np.ndarray, followers: list[tuple[int, int]]) -> None:
         up = self._writable()

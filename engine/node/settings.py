@@ -1,8 +1,12 @@
-"""DATA/node.json: a node's name and block size, fixed when its data directory is made."""
+"""DATA/node.json: a node's name and block size, fixed when its data directory is made, and
+whether it was removed from its cluster (`cluster remove`): a removed node does not serve
+again, so it can neither rejoin nor vote unseen; its blocks stay in its data directory."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from ..errors import BlockfoldError
@@ -36,4 +40,25 @@ def load(directory: Path, block_size: int | None = None) -> dict:
         settings.setdefault("name", directory.name)
         path.write_text(json.dumps(settings))
     settings.setdefault("name", directory.name)
+    removed = settings.get("removed")
+    if removed:
+        raise BlockfoldError(
+            f"node {settings['name']} was removed from cluster {removed.get('cluster')} on"
+            f" {removed.get('at')}: it does not serve again (its blocks are kept in"
+            f" {directory}; a node rejoins only as a new one, from a new data directory)")
     return settings
+
+
+def retire(directory: Path, cluster: str) -> None:
+    """Marks the node in `directory` removed from `cluster`, so load() refuses it from now on.
+    Written whole through a temporary file and a rename."""
+    path = directory / NODE_FILE
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        settings = {"name": directory.name}
+    settings["removed"] = {"cluster": cluster,
+                           "at": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
+    tmp = path.with_name(NODE_FILE + ".tmp")
+    tmp.write_text(json.dumps(settings))
+    os.replace(tmp, path)

@@ -19,12 +19,13 @@ from .streams import ExportSink, StreamImage, gather
 
 LOOKS = frozenset({"vm_names", "vm_size", "read", "extents", "vms", "export", "stats", "snapshot",
                    "blocks", "last_rebuild", "fsck", "events", "nodes", "jobs", "clones_of",
-                   "vm_info", "snapshots", "known_blocks", "only_copies", "writes_without"})
+                   "vm_info", "snapshots", "known_blocks", "only_copies", "writes_without",
+                   "removal"})
 """What a read-only login may call: the methods that only look."""
 CHANGES = frozenset({"write", "write_file", "trim", "flush", "import_image", "clone", "delete",
                      "rebuild", "scrub", "start_scrub", "cancel_job", "fail_node", "restore_node",
                      "heal", "refresh", "rebase", "rename", "resize", "take_snapshot", "rollback",
-                     "remove_snapshot"})
+                     "remove_snapshot", "remove_node"})
 METHODS = LOOKS | CHANGES
 WHILE_FENCED = frozenset({"stats", "snapshot", "events", "jobs", "cancel_job", "nodes"})
 """What a fenced service still answers: its reporting, which says it is fenced, stopping its

@@ -312,6 +312,13 @@ class ServedAdmin(Admin):
     @_changes
     def restore_node(self, name): self.inner.restore_node(name)
 
+    def removal(self, name, force=False): return self.inner.removal(name, force)
+
+    @_changes
+    def remove_node(self, name, force=False, delete_data=False, progress=None, cancel=None):
+        return self.job_list.run("remove", lambda p, c: self.inner.remove_node(
+            name, force, delete_data, p, c), progress, cancel)
+
     @_changes
     def heal(self, wait=True, progress=None, cancel=None):
         return self.job_list.run("heal", lambda p, c: self.inner.heal(wait, p, c), progress,

@@ -165,3 +165,33 @@ async def test_restoring_a_node_brings_it_back_and_heals(seeded):
         assert "healthy" in node_summary(app)
         assert "DEGRADED" not in node_summary(app)
     assert admin.read("desk-1", 0, len(data)) == data
+
+
+async def test_removing_a_node_drains_it_and_the_table_loses_it(make_cluster, tmp_path):  # noqa: F811
+    cluster = make_cluster(nodes=4, replicas=2)
+    data = image(tmp_path / "golden.raw", 1, seed=5)
+    with cluster.open(actor="console") as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        held = {n.name: n.live_blocks for n in admin.nodes()}["node2"]
+        app, toasts = make_app(admin), Toasts()
+        async with app.run_test(size=SIZE, message_hook=toasts) as pilot:
+            await press(pilot, "5")
+            await press(pilot, "down", "X")
+            said = " ".join(question(app).split())
+            assert said == (f"Remove node2 from cluster {cluster.path}? Its {held:,} blocks"
+                            f" ({formats.size(held * 4096)}) will be copied to the other nodes"
+                            " first.")
+            await press(pilot, "y")
+            for _ in range(100):                # the drain runs in a worker
+                if toasts:
+                    break
+                await pilot.pause(0.1)
+            assert toasts == ["node2 removed: every block has its copies on the other nodes"]
+            await press(pilot, "r")
+            table = app.screen.query_one("#nodes", DataTable)
+            assert [str(table.get_row_at(k)[0]) for k in range(table.row_count)] == [
+                "node1", "node3", "node4"]
+        nodes = admin.nodes()
+        assert sum(n.live_blocks for n in nodes) == 2 * admin.stats().unique_blocks
+        assert admin.read("golden", 0, len(data)) == data
+    assert [e.name for e in cluster.config.nodes] == ["node1", "node3", "node4"]
