@@ -134,8 +134,8 @@ def _size(text):
          json='{"pool": DIR, "block_size": bytes}',
          help="create an empty pool in DIR", opens=False, args=[
     arg("dir", metavar="DIR", help="where the pool goes: a new or empty directory"),
-    arg("--block-size", type=options.positive, default=4096, metavar="N",
-        help="block size in bytes: a power of two from 4096 to 65536 (default 4096)")])
+    arg("--block-size", type=options.block_size, default=4096, metavar="SIZE",
+        help="block size: a power of two from 4K to 64K (default 4K)")])
 def pool_init(args) -> int:
     path = create_pool(args.dir, args.block_size)
     emit(args, {"pool": str(path), "block_size": args.block_size},
@@ -893,8 +893,8 @@ def job_cancel(admin, args, bar) -> int:
                  help="refuse writes that would have fewer copies (default min(2, R))"),
              arg("--memory", type=options.size, metavar="SIZE",
                  help="keep each node's blocks in RAM, up to SIZE"),
-             arg("--block-size", type=options.positive, metavar="N",
-                 help="block size in bytes (default 4096)"),
+             arg("--block-size", type=options.block_size, metavar="SIZE",
+                 help="block size: a power of two from 4K to 64K (default 4K)"),
              arg("--repair-delay", type=options.seconds, metavar="S",
                  help="seconds a block may stay under-replicated before heal (default 0)"),
              arg("--etcd", metavar="URL[,URL…]",

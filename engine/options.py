@@ -48,6 +48,23 @@ def byte_size(text: str) -> int:
                                          " an optional K, M, G or T)") from None
 
 
+# The block sizes a pool and a node's store take (bytes): powers of two, 4 KiB to 64 KiB.
+BLOCK_SIZES = tuple(1 << n for n in range(12, 17))
+
+
+def block_size(text: str) -> int:
+    """A block size as `pool init` and `cluster up` take it ('4096', '64K'): one of
+    BLOCK_SIZES. Raises argparse.ArgumentTypeError."""
+    try:
+        value = byte_size(text)
+    except argparse.ArgumentTypeError:
+        value = None
+    if value not in BLOCK_SIZES:
+        raise argparse.ArgumentTypeError(f"not a block size: {text!r} (a power of two from 4K"
+                                         " to 64K: 4K, 8K, 16K, 32K or 64K)")
+    return value
+
+
 def positive(text: str) -> int:
     value = nonnegative(text)
     if value == 0:

@@ -47,11 +47,11 @@ from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesErr
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
 from .names import check_vm_size
+from .options import BLOCK_SIZES
 from .progress import Meter, ProgressCallback, core_callback
 from .reserve import Reserve, disk_full
 
 DEFAULT_BLOCK_SIZE = 4096
-BLOCK_SIZES = tuple(1 << n for n in range(12, 17))    # 4 KiB .. 64 KiB
 
 
 def check_block_size(block_size: int) -> None:

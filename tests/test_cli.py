@@ -499,3 +499,20 @@ def test_a_bad_delay_weight_or_memory_is_a_usage_error_before_anything_starts(tm
     finally:
         if where.exists():          # made by a check that let a bad value through: its nodes go
             run_cli("cluster", "down", where)
+
+
+@pytest.mark.parametrize("size,made", [("64K", 65536), ("8192", 8192), ("0", None),
+                                       ("3000", None), ("1M", None), ("lots", None)])
+def test_a_block_size_is_given_as_other_sizes_are_and_any_bad_one_is_a_usage_error(
+        tmp_path, size, made):
+    # 64K was "not a whole number"; 0 was "must be at least 1" (exit 2) and 3000 "use a power
+    # of two from 4096" (exit 1).
+    proc = run_cli("pool", "init", tmp_path / "p", "--block-size", size)
+    if made:
+        assert proc.returncode == 0
+        assert cli_json("-p", tmp_path / "p", "stats")["block_size"] == made
+    else:
+        assert proc.returncode == 2 and not (tmp_path / "p").exists()
+        assert proc.stderr_text.endswith(
+            f"error: argument --block-size: not a block size: '{size}' (a power of two from 4K"
+            " to 64K: 4K, 8K, 16K, 32K or 64K)\n")

@@ -24,7 +24,7 @@ def create(directory: Path, name: str, block_size: int) -> None:
 def load(directory: Path, block_size: int | None = None) -> dict:
     """{"name", "block_size"} of the node in `directory`; made on first start (named for the
     directory) if absent. Raises BlockfoldError if `block_size` is given and is not the one the
-    directory holds, or for a new node is not one a pool takes (engine.pool.BLOCK_SIZES)."""
+    directory holds, or for a new node is not one a pool takes (engine.options.BLOCK_SIZES)."""
     path = directory / NODE_FILE
     try:
         settings = json.loads(path.read_text()) if path.exists() else {}
