@@ -8,7 +8,9 @@ and streams the disk's bytes through a pipe: never a temporary copy. Runs of zer
 here, before they travel. A raw image is read as it is (a file's holes skipped with SEEK_DATA),
 from a regular file, a block device (LVM, a LUN) or stdin. An image that qemu-img calls raw but
 whose first bytes are another container's magic (a qcow2 qemu-img cannot open, a compressed file,
-an OVA) is refused: it would import as the container's bytes, not as a disk. The qemu tools run
+an OVA) is refused: it would import as the container's bytes, not as a disk. So is a truncated
+or damaged image, before anything is read: its tables point past the end of its file (`qemu-img
+map`), or are themselves cut off or damaged (`qemu-img check`). The qemu tools run
 in the image's directory: qemu finds a relative external data file (`qemu-img create -o
 data_file=NAME`, made beside the image) from its working directory, not from the image's.
 
@@ -83,6 +85,7 @@ def open_disk(source, format: str | None = None):
                             f"{', '.join(IMPORTS)} (--format raw takes its bytes as they are)")
     if fmt != "raw":
         check_ends(source, fmt, info)
+        check_tables(source, info)
         return QemuImage(source, fmt, int(info["virtual-size"]))
     image = open_image(source)
     if format is None:
@@ -92,8 +95,9 @@ def open_disk(source, format: str | None = None):
 
 def probe(path: str, format: str | None = None) -> dict:
     """qemu-img's view of the image (`qemu-img info --output=json --backing-chain`): the top
-    image's, with "chain", every file of its backing chain, top first. Raises BadImageError
-    with qemu-img's own reason (a damaged image, a backing file missing)."""
+    image's, with "images", qemu-img's view of every file of its backing chain, top first, and
+    "data", the file that holds each one's data. Raises BadImageError with qemu-img's own
+    reason (a damaged image, a backing file missing)."""
     if os.stat(path).st_size == 0 and stat.S_ISREG(os.stat(path).st_mode):
         raise empty_image(path)
     args = ["qemu-img", "info", "--output=json", "--backing-chain", "-U"]
@@ -101,8 +105,7 @@ def probe(path: str, format: str | None = None) -> dict:
     if proc.returncode != 0:
         raise BadImageError(f"{path}: not an image qemu-img can read: {_reason(proc.stderr)}")
     chain = json.loads(proc.stdout)
-    return dict(chain[0], chain=[entry["filename"] for entry in chain],
-                data=[_data_file(entry, path) for entry in chain])
+    return dict(chain[0], images=chain, data=[_data_file(entry, path) for entry in chain])
 
 
 def _data_file(entry: dict, path: str) -> str:
@@ -137,6 +140,44 @@ def check_ends(path: str, fmt: str, info: dict) -> None:
         if stat.S_ISREG(st.st_mode) and end > st.st_size:     # (a device's end is its own)
             raise BadImageError(f"{name} is truncated: its tables point to byte {end}, but it"
                                 f" ends at byte {st.st_size}")
+
+
+def check_tables(path: str, info: dict) -> None:
+    """Refuses an image of the chain whose own tables are cut off or damaged, which check_ends
+    cannot see: qemu reads a qcow2's L1, L2 or refcount table past the end of its file as
+    zeros, so a copy cut inside them imported as a disk of zeros (a vmdk's grain tables, a
+    vhdx's BAT and a vdi's block map cut off, qemu refuses to open). Asks `qemu-img check` of
+    each image file, which walks every table. Refused: damaged tables (exit 2), a check that
+    cannot finish (exit 1), and a qcow2's `image-end-offset` (the end of the last cluster its
+    tables use) past the end of the file's last cluster, which qemu-img check lets pass (cut
+    at the L1 table's cluster: exit 0); a file may end inside its last cluster (a new qcow2
+    ends after its L1 table). Harmless: refcounts that disagree with the tables, leaked
+    clusters (exit 3), a format with no check (exit 63)."""
+    for image in info["images"]:
+        name, fmt, cluster = image["filename"], image["format"], image.get("cluster-size", 1)
+        if fmt == "raw":
+            continue
+        proc = _run(["qemu-img", "check", "--output=json", "-U", "-f", fmt, name], name)
+        if proc.returncode == 1:
+            raise BadImageError(f"{name}: qemu-img cannot check it: {_reason(proc.stderr)}")
+        report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        # A refcount that disagrees with the tables ("refcount=0 reference=1": what a VM
+        # killed with lazy_refcounts=on leaves) is harmless here: reads never consult them.
+        errors = [line.removeprefix("ERROR").lstrip(": ") for line in proc.stderr.splitlines()
+                  if line.startswith("ERROR") and "refcount=" not in line]
+        if proc.returncode == 2 and errors:
+            count = report.get("corruptions", len(errors))
+            raise BadImageError(f"{name} is truncated or damaged: qemu-img check finds {count}"
+                                f" error{'s' if count != 1 else ''}, the first: {errors[0]}")
+        end = report.get("image-end-offset")
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (end is not None and stat.S_ISREG(st.st_mode)       # (a device's end is its own)
+                and end > -(-st.st_size // cluster) * cluster):
+            raise BadImageError(f"{name} is truncated: its tables use bytes up to {end}"
+                                f" (qemu-img check), but it ends at byte {st.st_size}")
 
 
 def refuse_container(head: bytes, name: str) -> None:

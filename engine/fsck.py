@@ -1,9 +1,10 @@
 """fsck: check every promise the pool makes about its own state, and report each problem.
 
-Here, the layer graph and the catalog:
-- every VM's top exists, every parent exists, no cycles, no layer that nothing reads through
-  (snapshots and the golden states kept for a refresh aside), no block-table page of a layer
-  that is gone
+Here, the layer graph and the catalog (rows that make no graph, a missing top or parent or a
+cycle, refuse the open already: LayerGraph.unsound):
+- every writable top is one VM's alone, and no layer reads through it; no layer that nothing
+  reads through (snapshots and the golden states kept for a refresh aside); no block-table page
+  of a layer that is gone
 The block layer's own promises are checked by the core over one consistent state (native
 check.rs for a local pool; a cluster's block layer through it, engine/cluster/check.py):
 - refcounts equal the references in the block tables
@@ -52,24 +53,10 @@ def check(pool, progress=None) -> list[dict]:
 
 def _check_layers(pool, report) -> None:
     graph = pool.graph
-    layers = set(graph.layers())
     pinned = graph.pinned()        # a snapshot or a golden state kept for a refresh
-    for vm in graph.vms():
-        if vm.top not in layers:
-            report("layer", f"VM {vm.name} has top layer {vm.top}, which does not exist",
-                   vm=vm.name)
-    for layer in layers:
-        parent = graph.parent(layer)
-        if parent is not None and parent not in layers:
-            report("layer", f"layer {layer} has parent {parent}, which does not exist",
-                   layer=layer)
-        seen, lid = set(), layer
-        while lid is not None and lid in layers:
-            if lid in seen:
-                report("layer", f"layer {layer} is on a cycle", layer=layer)
-                break
-            seen.add(lid)
-            lid = graph.parent(lid)
+    for message, where in graph.shared_tops():
+        report("layer", message, **where)
+    for layer in graph.layers():
         if not graph.is_top(layer) and not graph.children(layer) and layer not in pinned:
             report("layer", f"frozen layer {layer} has no children: nothing reads it",
                    layer=layer)

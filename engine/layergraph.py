@@ -231,6 +231,63 @@ class LayerGraph:
         each snapshot restores."""
         return self._pins_without()
 
+    def unsound(self) -> list[str]:
+        """The catalog's rows that make no graph, each said as the row that is wrong: layers
+        that are their own parent, layers whose parent does not exist, cycles of parents, VMs
+        whose top does not exist. Empty: every chain ends at a root. (An open refuses such a
+        catalog: nothing could be mirrored in the core.)"""
+        selfish = sorted(layer for layer, parent in self._parents.items() if parent == layer)
+        orphans: dict[int, list[int]] = {}
+        for layer, parent in sorted(self._parents.items()):
+            if parent is not None and parent not in self._parents:
+                orphans.setdefault(parent, []).append(layer)
+        out = [f"{_layers(selfish)} {'is its' if len(selfish) == 1 else 'are each their'} own"
+               " parent"] if selfish else []
+        out += [f"{_layers(kids)} {'has' if len(kids) == 1 else 'have'} parent {parent},"
+                " which does not exist" for parent, kids in orphans.items()]
+        out += [f"{_layers(sorted(cycle))} form a cycle of parents, "
+                f"{' -> '.join(map(str, [*cycle, cycle[0]]))}" for cycle in self._cycles()
+                if len(cycle) > 1]
+        out += [f"VM {vm.name} has top layer {vm.top}, which does not exist"
+                for vm in self.vms() if vm.top not in self._parents]
+        return out
+
+    def _cycles(self) -> list[list[int]]:
+        """Every cycle of parents, each once, from its smallest layer, child to parent."""
+        state: dict[int, int] = {}      # layer -> the walk that reached it first
+        cycles = []
+        for start in sorted(self._parents):
+            path, layer = [], start
+            while layer is not None and layer in self._parents and layer not in state:
+                state[layer] = start
+                path.append(layer)
+                layer = self._parents[layer]
+            if layer is not None and state.get(layer) == start:   # this walk came back
+                cycle = path[path.index(layer):]
+                first = cycle.index(min(cycle))
+                cycles.append(cycle[first:] + cycle[:first])
+        return cycles
+
+    def shared_tops(self) -> list[tuple[str, dict]]:
+        """Writable layers read by more than their VM, each as (message, where): VMs sharing
+        one top, and a VM's top that other layers read through (a write to it changes what
+        they show). A catalog's rows that the open takes, yet no edit ever makes."""
+        owners: dict[int, list[str]] = {}
+        for vm in self.vms():
+            owners.setdefault(vm.top, []).append(vm.name)
+        out = []
+        for top, names in sorted(owners.items()):
+            if len(names) > 1:
+                out.append((f"VMs {_and(names)} share top layer {top}: a write to one changes"
+                            f" the other{'s' if len(names) > 2 else ''}",
+                            {"vm": names[0], "layer": top}))
+            if kids := self._children.get(top):
+                out.append((f"VM {names[0]}'s top layer {top} is the parent of"
+                            f" {_layers(sorted(kids))}: a write to {names[0]} changes what"
+                            f" {'it shows' if len(kids) == 1 else 'they show'}",
+                            {"vm": names[0], "layer": top}))
+        return out
+
     def check_new_name(self, name: str) -> None:
         """Refuses a bad name, and one that a VM or an import under way already has."""
         check_vm_name(name)
@@ -541,3 +598,14 @@ class LayerGraph:
             self._vms[vm.name] = vm
             self._tops.add(vm.top)
         self._state = object()
+
+
+def _and(words: list) -> str:
+    """"a", "a and b", "a, b and c"."""
+    words = [str(w) for w in words]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _layers(layers: list[int]) -> str:
+    """"layer 3", "layers 1 and 4"."""
+    return f"layer{'s' if len(layers) > 1 else ''} {_and(layers)}"

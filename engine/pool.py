@@ -179,6 +179,10 @@ class Pool:
         """A core with the graph and the pages as the catalog holds them (at open)."""
         self.graph = LayerGraph(self.catalog.vms(), self.catalog.layer_parents(),
                                 int(self.catalog.get("next_layer")), self.catalog.snaps())
+        if unsound := self.graph.unsound():
+            # Said here, as the rows that are wrong: the core would only say which VM it
+            # could not place (its top, never reached from a root).
+            raise ValueError("; ".join(unsound))
         core = self._new_core()
         # The core is a local pool's block layer: it answers the views a Python one answers.
         self.blocks = core if blocks is None else blocks

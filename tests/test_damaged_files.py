@@ -64,7 +64,19 @@ CASES = {
     "catalog negative size": ("catalog.db", sql("UPDATE vms SET size = -5"),
                               ["catalog.db", "damaged"]),
     "catalog layer cycle": ("catalog.db", sql("UPDATE layers SET parent = id"),
-                            ["catalog.db", "damaged"]),
+                            ["catalog.db", "damaged", "layers 1, 2 and 3 are each their own"
+                             " parent"]),
+    # g's frozen base (layer 1), under g's top (2) and c's (3): the line names the wrong row,
+    # not a VM's top that the core could not place.
+    "catalog parent layer gone": ("catalog.db", sql("DELETE FROM layers WHERE id = 1"),
+                                  ["catalog.db", "damaged", "layers 2 and 3 have parent 1,"
+                                   " which does not exist"]),
+    "catalog two layers on a cycle": ("catalog.db",
+                                      sql("UPDATE layers SET parent = 3 WHERE id = 1"),
+                                      ["catalog.db", "layers 1 and 3 form a cycle"]),
+    "catalog layer its own parent": ("catalog.db",
+                                     sql("UPDATE layers SET parent = 3 WHERE id = 3"),
+                                     ["catalog.db", "layer 3 is its own parent"]),
     "blocks.dat empty": ("blocks.dat", lambda p: os.truncate(p, 0), ["blocks.dat", "empty"]),
     "blocks.dat ragged": ("blocks.dat", lambda p: os.truncate(p, p.stat().st_size - 7),
                           ["blocks.dat", "whole number"]),
@@ -99,3 +111,22 @@ def test_a_damaged_file_is_one_line_naming_it(golden, tmp_path, case):
     # The damaged file is left as it was (a short fingerprint file is only evened up with
     # zeros, as after a crash between growing the two slot files).
     assert after.get(name, b"")[:len(before.get(name, b""))] == before.get(name, b"")
+
+
+@pytest.mark.parametrize("statement, said", [
+    # c's top made g's: a write to c lands in g (brk7 5a).
+    ("UPDATE vms SET top = 2 WHERE name = 'c'",
+     "VMs c and g share top layer 2: a write to one changes the other"),
+    # c's top made the frozen base under both: a write to c changes g as well.
+    ("UPDATE vms SET top = 1 WHERE name = 'c'",
+     "VM c's top layer 1 is the parent of layers 2 and 3: a write to c changes what they show"),
+])
+def test_fsck_names_a_writable_top_that_more_than_its_vm_reads(golden, tmp_path, statement,
+                                                               said):
+    source, _ = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    sql(statement)(pool / "catalog.db")
+    proc = run_cli("-p", pool, "fsck")
+    assert proc.returncode == 1, (proc.stdout_text, proc.stderr_text)
+    assert f"layer: {said}" in proc.stdout_text.splitlines(), proc.stdout_text

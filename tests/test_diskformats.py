@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -182,6 +183,65 @@ def test_what_is_not_a_disk_is_refused_in_one_line(cli, images, tmp_path):
     cli("vm", "import", "packed", packed, "--format", "raw")
     cli("vm", "export", "packed", tmp_path / "packed.out")
     assert (tmp_path / "packed.out").read_bytes() == packed.read_bytes()
+
+
+def qcow2_tables(path) -> dict:
+    """Where a qcow2's tables start (its header, big-endian): the refcount table, the L1
+    table and the first L2 table; and its cluster size."""
+    head = path.read_bytes()[:72]
+    bits, = struct.unpack(">I", head[20:24])
+    l1, refcounts = struct.unpack(">QQ", head[40:56])
+    l2, = struct.unpack(">Q", path.read_bytes()[l1:l1 + 8])
+    return {"refcount": refcounts, "l1": l1, "l2": l2 & ((1 << 56) - 1) & ~511,
+            "cluster": 1 << bits}
+
+
+# Where an interrupted copy of fs.qcow2 ends, as a function of its tables (brk7 6: each one
+# imported as a disk of zeros, exit 0). qemu-img check finds nothing wrong with the first two:
+# the cut is less than a cluster before the end of what the tables use.
+CUTS = {
+    "at the L1 table": lambda t: t["l1"],
+    "half a cluster before the L1 table": lambda t: t["l1"] - t["cluster"] // 2,
+    "between the L1 table and the first L2 table": lambda t: (t["l1"] + t["l2"]) // 2,
+    "inside the refcount table": lambda t: t["refcount"] + 512,
+}
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_qcow2_cut_inside_its_tables_is_refused_in_one_line(cli, images, tmp_path, cut):
+    image = tmp_path / "cut.qcow2"
+    shutil.copy(images / "fs.qcow2", image)
+    os.truncate(image, CUTS[cut](qcow2_tables(image)))
+    base = tmp_path / "base.qcow2"          # the same cut under a sound top: the base is named
+    shutil.copy(image, base)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                    "qcow2", "top.qcow2"], cwd=tmp_path, check=True)
+    for args, name in (([image], image), ([image, "--format", "qcow2"], image),
+                       ([tmp_path / "top.qcow2"], base)):
+        proc = cli("vm", "import", "x", *args, check=False)
+        lines = proc.stderr_text.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr_text
+        assert lines[0].startswith(f"blockfold: error: {name} is truncated"), lines
+        proc = cli("estimate", *args, check=False)
+        assert proc.returncode == 1 and f"{name} is truncated" in proc.stderr_text
+    assert listing(cli) == []
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def test_a_qcow2_left_with_stale_refcounts_imports_as_the_disk_it_holds(cli, tmp_path):
+    """A VM killed with lazy_refcounts=on leaves refcounts that qemu-img check calls errors
+    (exit 2); reads never consult them, so the image imports as it is."""
+    image = tmp_path / "lazy.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+                    image, "4M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 7 65536 1M", "-c", "abort", image],
+                   capture_output=True)
+    assert subprocess.run(["qemu-img", "check", image], capture_output=True).returncode == 2
+    cli("vm", "import", "lazy", image)
+    cli("vm", "export", "lazy", tmp_path / "lazy.raw")
+    expected = bytearray(4 << 20)
+    expected[65536:65536 + (1 << 20)] = bytes([7]) * (1 << 20)
+    assert (tmp_path / "lazy.raw").read_bytes() == expected
 
 
 def test_a_block_device_is_a_source(cli, images, tmp_path):

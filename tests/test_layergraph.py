@@ -149,3 +149,30 @@ def test_a_golden_rename_takes_its_clones_rows_built_ahead_unless_stale():
                                                     for n, b in bases.items()}
     assert [(s.vm, s.origin, s.base) for s in g.snaps()] == [("d-1", "z", bases["d-1"])]
     assert g.pinned() == pinned
+
+
+@pytest.mark.parametrize("parents, tops, said", [
+    ({1: None, 2: 1, 3: 1}, {"a": 2, "b": 3}, []),
+    ({2: 1, 3: 1}, {"a": 2, "b": 3}, ["layers 2 and 3 have parent 1, which does not exist"]),
+    ({1: 3, 2: 1, 3: 1}, {"a": 2}, ["layers 1 and 3 form a cycle of parents, 1 -> 3 -> 1"]),
+    ({1: 5, 5: 6, 6: 1, 2: 6}, {"a": 2},
+     ["layers 1, 5 and 6 form a cycle of parents, 1 -> 5 -> 6 -> 1"]),
+    ({1: None, 3: 3}, {"a": 3}, ["layer 3 is its own parent"]),
+    ({1: None}, {"a": 9}, ["VM a has top layer 9, which does not exist"]),
+])
+def test_rows_that_make_no_graph_are_named_as_the_rows_that_are_wrong(parents, tops, said):
+    vms = {name: VM(name, 4096, top, 0.0, None) for name, top in tops.items()}
+    assert LayerGraph(vms, parents, 10).unsound() == said
+
+
+def test_a_top_shared_or_read_through_is_named():
+    g = graph(a=1)
+    g.apply(g.plan_clone("a", ["b"], source_top_empty=False))
+    assert g.shared_tops() == []
+    vms = {"a": VM("a", 4096, 2, 0.0, None), "b": VM("b", 4096, 2, 0.0, "a", 1),
+           "c": VM("c", 4096, 1, 0.0, None)}
+    shared = LayerGraph(vms, {1: None, 2: 1, 3: 1}, 4).shared_tops()
+    assert [m for m, _ in shared] == [
+        "VM c's top layer 1 is the parent of layers 2 and 3: a write to c changes what they"
+        " show",
+        "VMs a and b share top layer 2: a write to one changes the other"]
