@@ -815,6 +815,7 @@ class Pool:
                 if layer in self.graph.provisional:
                     self.core.remove_vm(import_vm(layer))
                     self.core.decref(self.core.drop_layer(layer))
+                    self._give_back_dropped()
             raise
         finally:
             with self._lock:
@@ -936,9 +937,20 @@ class Pool:
             return
         self.core.remove_vm(import_vm(layer))
         held = self.core.drop_layer(layer)
+        self.graph.end_import(layer)
         if not moved:
             self.core.decref(held)
-        self.graph.end_import(layer)
+            self._give_back_dropped()
+
+    def _give_back_dropped(self) -> None:
+        """The slots of a dropped provisional layer wait for a commit, as every freed slot does
+        (the core cannot tell them apart): commits, so that a refused or failed import or write
+        gives its room back at once, not at the next flush. A commit that fails leaves them to
+        the next one. Caller holds the lock."""
+        try:
+            self._commit()
+        except AbortedError:
+            pass
 
     def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
         """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-")."""

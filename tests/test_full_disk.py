@@ -225,3 +225,41 @@ def test_an_export_onto_a_full_disk_names_the_file(small_fs, tmp_path, target):
     assert proc.returncode == 1
     assert proc.stderr_text.strip() == f"blockfold: error: cannot write {out}: " \
                                        "No space left on device", proc.stderr_text
+
+
+def test_capacity_is_the_room_a_write_can_take(small_fs, tmp_path):
+    """Free slots whose space went back to the filesystem (a hole) were counted as room, and
+    their disk again as room to grow: `stats` said 10.8 MiB free and a 6 MiB write was refused
+    (brk7 finding 1). Through a service, a write of exactly the capacity is taken, a block more
+    is refused, and a refused write gives back at once the room it had taken."""
+    mnt = small_fs(24)
+    pool = mnt / "pool"
+    run_cli("pool", "init", pool, check=True)
+    image = tmp_path / "a.raw"
+    image.write_bytes(os.urandom(16 * MiB))
+    run_cli("-p", pool, "vm", "import", "golden", image, check=True)
+    image.write_bytes(os.urandom(4 * MiB))
+    run_cli("-p", pool, "vm", "import", "x", image, check=True)
+    run_cli("-p", pool, "vm", "rm", "-y", "x", check=True)      # 4 MiB of free slots: a hole
+    run_cli("-p", pool, "vm", "clone", "golden", "d", check=True)
+    stats = cli_json("-p", pool, "stats")
+    assert stats["free_slots"] == 1024
+    room = shutil.disk_usage(mnt).free - MiB         # the slop the slot files never take
+    assert abs(stats["capacity_bytes"] - room) < 64 * 1024, (stats["capacity_bytes"], room)
+    with servers(pool) as start:
+        start()
+        capacity = cli_json("-p", pool, "stats")["capacity_bytes"]
+        image.write_bytes(os.urandom(capacity + 4096))
+        proc = run_cli("-p", pool, "vm", "write", "d", "--offset", "0", image)
+        assert proc.returncode == 1 and "out of disk space" in proc.stderr_text, proc.stderr_text
+        # The refused write gave back what it had taken (its commit's catalog pages aside).
+        after = cli_json("-p", pool, "stats")["capacity_bytes"]
+        assert capacity - 64 * 1024 < after <= capacity
+        capacity = after
+        image.write_bytes(os.urandom(capacity))
+        run_cli("-p", pool, "vm", "write", "d", "--offset", "0", image, check=True)
+        out = tmp_path / "d.out"
+        run_cli("-p", pool, "vm", "export", "d", out, check=True)
+    with open(out, "rb") as f:
+        assert f.read(capacity) == image.read_bytes()
+    assert cli_json("-p", pool, "fsck")["clean"]
