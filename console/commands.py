@@ -689,6 +689,9 @@ def stats(admin, args, bar) -> int:
                     if s.replicas > 1 else "")))
     if s.free_slots is not None:
         rows.append(("free slots", formats.count(s.free_slots)))
+    if s.reserve_bytes == 0:
+        rows.append(("reserve", f"none: the filesystem holding {s.path} is too full to keep"
+                     " the catalog's reserve, so a commit at 100 % may fail; free space on it"))
     rows += [
         ("collisions", formats.count(s.collisions)),
         ("VMs reading", hist),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .reserve import Reserve
+
 FINGERPRINT_BYTES = 16      # a slot's entry in hashes.dat, beside its block in blocks.dat
 
 
@@ -96,6 +98,7 @@ def pool_stats(pool) -> dict:
             blocks["capacity_bytes"] = (None if room is None else
                                         pool_capacity(bs, blocks["free_slots"], hollow, room))
             blocks["usable_bytes"] = blocks["capacity_bytes"]
+            blocks["reserve_bytes"] = Reserve(pool.path).held_bytes()
     physical = blocks.get("unique_blocks", 0) * bs
     return {
         "path": str(pool.path),
