@@ -268,7 +268,8 @@ def test_capacity_is_the_room_a_write_can_take(small_fs, tmp_path):
 def test_the_reserve_survives_a_crash_on_a_nearly_full_disk(small_fs, tmp_path):
     """A kill -9 leaves the catalog's WAL, so the restart's open found less room than the
     reserve and deleted it, for good: at 100 % `vm rm` and `clone` then failed with "database
-    or disk is full" (brk7 finding 2). Now the reserve is there after the restart, and they work."""
+    or disk is full", and FLUSH with EIO (brk7 finding 2). Now the reserve is there after the
+    restart, and they work."""
     mnt = small_fs(24)
     pool = mnt / "pool"
     run_cli("pool", "init", pool, check=True)
@@ -288,6 +289,12 @@ def test_the_reserve_survives_a_crash_on_a_nearly_full_disk(small_fs, tmp_path):
         s = start()
         assert (pool / "reserve").exists(), "the restart gave up the reserve"
         fill(mnt / "filler")
+        c = RawClient(s.port)
+        c.connect("d")
+        first = min(written)
+        assert c.write(first + CHUNK, written[first]) == 0        # shared: no new slot
+        assert c.simple(CMD_FLUSH) == 0                           # it answered EIO
+        c.close()
         for args in (["vm", "clone", "golden", "e"], ["vm", "rm", "-y", "--force", "d"]):
             proc = run_cli("-p", pool, *args)
             assert proc.returncode == 0, (args, proc.stderr_text)
