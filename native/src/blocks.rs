@@ -145,7 +145,10 @@ impl Blocks {
     /// room for the holes among the slots taken, and refuse a write the disk has room for.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
         let free = self.space.free_count();
-        let lowest = self.space.peek(n.min(free as usize)).expect("that many slots are free");
+        let lowest = self
+            .space
+            .peek(n.min(free as usize))
+            .expect("that many slots are free");
         let hollow = self.space.hollow_runs(&lowest);
         let mut result = Ok(None);
         for (i, &(first, count)) in hollow.iter().enumerate() {

@@ -1012,7 +1012,10 @@ impl PyCore {
                 b.unique_blocks(),
                 (b.space.free_count(), b.space.hollow_count()),
                 b.space.waiting_count(),
-                (b.store.capacity() * b.block_size() as u64, b.store.disk_room()?),
+                (
+                    b.store.capacity() * b.block_size() as u64,
+                    b.store.disk_room()?,
+                ),
                 b.collisions,
                 corrupt,
                 b.refcount_histogram(),
