@@ -42,14 +42,15 @@ from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
-                     NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
-                     RefusedError)
+                     NoSpaceError, NotAPoolError, OutOfRangeError, PoolFormatError,
+                     ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
 from .names import check_vm_size
 from .options import BLOCK_SIZES
 from .progress import Meter, ProgressCallback, core_callback
-from .reserve import Reserve, disk_full
+from .reserve import (COMMIT_FAILED, OPEN_FAILED, Reserve, disk_full, filesystem_full,
+                      filesystem_nearly_full)
 
 DEFAULT_BLOCK_SIZE = 4096
 
@@ -71,6 +72,14 @@ IMPORT_CHUNK_BLOCKS = _native.PAGE_ENTRIES
 IMPORT_SIZE = 1 << 62       # an import's provisional VM in the core: any image fits
 
 
+def _unopened(path: Path, e: Exception) -> BlockfoldError:
+    """Why a catalog could not be opened: its filesystem is full (sqlite cannot make its WAL
+    there: "disk I/O error", not damage), or what `unreadable` says."""
+    if isinstance(e, sqlite3.OperationalError) and (disk_full(e) or filesystem_nearly_full(path)):
+        return NoSpaceError(filesystem_full(path, COMMIT_FAILED if disk_full(e) else OPEN_FAILED))
+    return unreadable(path / CATALOG_FILE, e)
+
+
 class Pool:
     # -- creation and opening -----------------------------------------------------------------
 
@@ -87,6 +96,7 @@ class Pool:
         catalog.create_schema(block_size)
         catalog.close()
         _native.Core(str(path), block_size, create=True).close()
+        Reserve(path).hold()
         return path
 
     @classmethod
@@ -136,12 +146,12 @@ class Pool:
             # type or shape (the core refuses pages and layers that make no pool).
             if isinstance(e, (sqlite3.DatabaseError, ValueError, TypeError, OverflowError,
                               _native.NativeError)):
-                raise unreadable(path / CATALOG_FILE, e) from None
+                raise _unopened(path, e) from None
             raise
         try:
             return pool._start(rebuild, progress, wait)
         except sqlite3.DatabaseError as e:
-            raise unreadable(path / CATALOG_FILE, e) from None
+            raise _unopened(path, e) from None
 
     @classmethod
     def attach(cls, path, catalog: Catalog, blocks: BlockLayer, *, readonly: bool = False,
@@ -443,24 +453,36 @@ class Pool:
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.core.end(token)
-        if self._reserve is not None:
-            self._reserve.hold()
         self._corrupt_saved = corrupt
         self._committed = number
         if edit is not None:
             self._apply(edit)
+        if self._reserve is not None:       # after the edit: a delete's room counts
+            self._reserve.hold()
 
     def _durably(self, write) -> None:
         """Runs `write()`, a catalog write that rolls itself back if it fails; if it failed for
-        a full disk, gives it the reserve's space (engine/reserve.py) and runs it once more."""
+        a full disk, gives it the reserve's space (engine/reserve.py) and runs it once more.
+        Raises AbortedError naming the full filesystem and what frees it if it still cannot."""
         try:
             write()
         except Exception as e:
-            if not disk_full(e) or self._reserve is None or not self._reserve.release():
+            if not disk_full(e):
                 raise
+            if self._reserve is None or not self._reserve.release():
+                raise self._disk_full() from e
         else:
             return
-        write()
+        try:
+            write()
+        except Exception as e:
+            if disk_full(e):
+                raise self._disk_full() from e
+            raise
+
+    def _disk_full(self) -> AbortedError:
+        """A catalog commit found its filesystem full, the reserve spent."""
+        return AbortedError(filesystem_full(self.path))
 
     def _apply(self, edit: LayerEdit) -> None:
         """Applies a committed edit to RAM: the graph, then the core (which frees at once the
@@ -826,6 +848,7 @@ class Pool:
                 if layer in self.graph.provisional:
                     self.core.remove_vm(import_vm(layer))
                     self.core.decref(self.core.drop_layer(layer))
+                    self._give_back_dropped()
             raise
         finally:
             with self._lock:
@@ -947,9 +970,20 @@ class Pool:
             return
         self.core.remove_vm(import_vm(layer))
         held = self.core.drop_layer(layer)
+        self.graph.end_import(layer)
         if not moved:
             self.core.decref(held)
-        self.graph.end_import(layer)
+            self._give_back_dropped()
+
+    def _give_back_dropped(self) -> None:
+        """The slots of a dropped provisional layer wait for a commit, as every freed slot does
+        (the core cannot tell them apart): commits, so that a refused or failed import or write
+        gives its room back at once, not at the next flush. A commit that fails leaves them to
+        the next one. Caller holds the lock."""
+        try:
+            self._commit()
+        except AbortedError:
+            pass
 
     def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
         """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-")."""

@@ -228,6 +228,10 @@ class PoolStats:
     snapshot may free. None while the RAM metadata is rebuilt."""
     etcd: EtcdStatus | None = None
     """A cluster's etcd; None for an embedded pool and a cluster without etcd."""
+    reserve_bytes: int | None = None
+    """Disk an embedded pool holds back for its catalog (DIR/reserve, engine/reserve.py); 0 when
+    it has none (its filesystem was too full to keep it: a commit at 100 % may fail). None for
+    a cluster."""
     fenced: str = ""
     """Empty, or why this cluster's writer writes nothing now: a newer writer took the cluster
     while it was cut off, and it waits to take it back (engine/cluster/admin.py), in one line:

@@ -6,9 +6,9 @@ figures cost only its own top layer); refcounts and the pool-wide figures from t
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from .reserve import Reserve
 
 FINGERPRINT_BYTES = 16      # a slot's entry in hashes.dat, beside its block in blocks.dat
 
@@ -70,13 +70,18 @@ def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:
     return out
 
 
-def pool_capacity(pool, free_slots: int) -> int:
-    """Bytes of new blocks a local pool has room for: its free slots, and the slots its files may
-    still grow by on their filesystem (each takes a block in blocks.dat and a fingerprint in
-    hashes.dat)."""
-    st = os.statvfs(pool.path)
-    growth = st.f_bavail * st.f_frsize // (pool.block_size + FINGERPRINT_BYTES)
-    return (free_slots + growth) * pool.block_size
+def pool_capacity(block_size: int, free_slots: int, hollow_slots: int,
+                  disk_room: int) -> int:
+    """Bytes of new blocks a local pool has room for: what a write can take now.
+
+    free_slots: its free slots, of which hollow_slots are holes (their space went back to the
+    filesystem: each takes a block of disk again when a write reserves it); disk_room: bytes its
+    slot files may still take on their filesystem (free space less the slop growth never takes,
+    see native/src/slots.rs). A hole is filled before the files grow, and a slot the files grow
+    by takes a block in blocks.dat and a fingerprint in hashes.dat."""
+    filled = min(hollow_slots, disk_room // block_size)
+    grown = (disk_room - filled * block_size) // (block_size + FINGERPRINT_BYTES)
+    return (free_slots - hollow_slots + filled + grown) * block_size
 
 
 def pool_stats(pool) -> dict:
@@ -88,8 +93,12 @@ def pool_stats(pool) -> dict:
     if known:
         blocks["readers_histogram"] = refcount_histogram(pool.core.readers_of(pool.blocks.live()))
         if pool.local:
-            blocks["capacity_bytes"] = pool_capacity(pool, blocks["free_slots"])
+            room = blocks.pop("disk_room_bytes")
+            hollow = blocks.pop("hollow_slots")
+            blocks["capacity_bytes"] = (None if room is None else
+                                        pool_capacity(bs, blocks["free_slots"], hollow, room))
             blocks["usable_bytes"] = blocks["capacity_bytes"]
+            blocks["reserve_bytes"] = Reserve(pool.path).held_bytes()
     physical = blocks.get("unique_blocks", 0) * bs
     return {
         "path": str(pool.path),

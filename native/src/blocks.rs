@@ -138,25 +138,55 @@ impl Blocks {
             .collect()
     }
 
-    /// Makes sure the `n` slots `apply` will take are free and have disk behind them, growing
-    /// the files or filling holes. Error: `NoSpace`, nothing changed that anyone can see.
+    /// Makes sure the `n` slots `apply` will take are free and have disk behind them, filling
+    /// holes, then growing the files. Error: `NoSpace`, nothing changed that anyone can see
+    /// (holes filled for it are punched again).
+    /// Holes first: growth takes a quarter of the capacity when it fits, which could leave no
+    /// room for the holes among the slots taken, and refuse a write the disk has room for.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
         let free = self.space.free_count();
-        if (n as u64) > free {
-            let first = self.store.grow(n as u64 - free)?;
-            let capacity = self.store.capacity();
-            self.refs.set_len(capacity);
-            self.space.set_len(capacity);
-            for slot in first..capacity {
-                self.space.put(slot);
+        let lowest = self
+            .space
+            .peek(n.min(free as usize))
+            .expect("that many slots are free");
+        let hollow = self.space.hollow_runs(&lowest);
+        let mut result = Ok(None);
+        for (i, &(first, count)) in hollow.iter().enumerate() {
+            if let Err(e) = self.store.back(first, count) {
+                result = Err((e, i + 1));
+                break;
             }
         }
-        let next = self.space.peek(n).expect("n slots are free");
-        for (first, count) in self.space.hollow_runs(&next) {
-            self.store.back(first, count)?;
-            self.space.set_hollow(first, count, false);
+        if result.is_ok() && (n as u64) > free {
+            result = self
+                .store
+                .grow(n as u64 - free)
+                .map(Some)
+                .map_err(|e| (e, hollow.len()));
         }
-        Ok(())
+        match result {
+            Err((e, tried)) => {
+                for &(first, count) in &hollow[..tried] {
+                    // A hole that cannot be made again only keeps space the file had.
+                    let _ = self.store.punch(first, count);
+                }
+                Err(e)
+            }
+            Ok(grown) => {
+                for &(first, count) in &hollow {
+                    self.space.set_hollow(first, count, false);
+                }
+                if let Some(first) = grown {
+                    let capacity = self.store.capacity();
+                    self.refs.set_len(capacity);
+                    self.space.set_len(capacity);
+                    for slot in first..capacity {
+                        self.space.put(slot);
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Gives the disk space of long runs of free slots back to the filesystem (holes): the run
@@ -533,6 +563,14 @@ pub(crate) mod tests {
             "{before} -> {after}: a 1.2 MiB free run is a hole"
         );
         assert!(b.space.is_hollow(addrs[0]) && !b.space.is_hollow(addrs[300]));
+        // The file itself tells where the holes are (what a rebuild learns them from).
+        let holes = b.store.holes().unwrap();
+        assert!(
+            holes
+                .iter()
+                .any(|&(f, c)| f <= addrs[0] && f + c >= addrs[0] + 256),
+            "{holes:?}"
+        );
         // Reuse fills the hole again at reservation, and the bytes read back.
         let again = store(&mut b, &[vec![7; 4096], vec![8; 4096]]);
         assert_eq!(again, vec![addrs[0], addrs[1]]);

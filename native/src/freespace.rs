@@ -105,6 +105,11 @@ impl FreeSpace {
         Some(out)
     }
 
+    /// Free slots that are hollow.
+    pub fn hollow_count(&self) -> u64 {
+        self.hollow.iter().map(|w| w.count_ones() as u64).sum()
+    }
+
     pub fn is_hollow(&self, slot: u64) -> bool {
         slot < self.len && self.hollow[(slot / 64) as usize] >> (slot % 64) & 1 == 1
     }
@@ -119,6 +124,19 @@ impl FreeSpace {
             } else {
                 self.hollow[w] &= !(1 << b);
             }
+        }
+    }
+
+    /// Marks hollow the free slots among `first..first + count` (used ones stay as they are).
+    pub fn mark_hollow(&mut self, first: u64, count: u64) {
+        let end = (first + count).min(self.len);
+        let mut slot = first;
+        while slot < end {
+            let (w, b) = ((slot / 64) as usize, slot % 64);
+            let n = (64 - b).min(end - slot);
+            let mask = if n == 64 { !0 } else { ((1u64 << n) - 1) << b };
+            self.hollow[w] |= self.bits[w] & mask;
+            slot += n;
         }
     }
 
@@ -293,6 +311,15 @@ mod tests {
         f.set_hollow(10, 3, false);
         assert_eq!(f.take(12).unwrap(), (1..13).collect::<Vec<_>>());
         assert!(f.is_hollow(13) && !f.is_hollow(12));
+    }
+
+    #[test]
+    fn holes_mark_only_free_slots_hollow() {
+        let mut f = space(300, &[3, 4, 63, 64, 65, 130, 200]);
+        f.mark_hollow(4, 127);
+        assert_eq!(f.hollow_count(), 5);
+        assert!(!f.is_hollow(3) && f.is_hollow(4) && f.is_hollow(63) && f.is_hollow(130));
+        assert!(!f.is_hollow(200) && !f.is_hollow(5));
     }
 
     #[test]

@@ -998,8 +998,11 @@ impl PyCore {
         Ok(u64s(py, words).reshape([n, 2])?.into_any())
     }
 
-    /// Figures for stats: unique_blocks, free_slots, waiting_slots, capacity_bytes, collisions,
-    /// corrupt_blocks, refcount_histogram, metadata_ram_bytes, metadata_ram_bytes_per_block.
+    /// Figures for stats: unique_blocks, free_slots, hollow_slots (free slots whose space went
+    /// back to the filesystem), waiting_slots, capacity_bytes (of the data file), disk_room_bytes
+    /// (what the slot files may still take on their filesystem, the slop left; None in RAM),
+    /// collisions, corrupt_blocks, refcount_histogram, metadata_ram_bytes,
+    /// metadata_ram_bytes_per_block.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.run(py, |c| {
             let st = c.state();
@@ -1007,9 +1010,12 @@ impl PyCore {
             let corrupt = b.corrupt.read().len();
             Ok((
                 b.unique_blocks(),
-                b.space.free_count(),
+                (b.space.free_count(), b.space.hollow_count()),
                 b.space.waiting_count(),
-                b.store.capacity() * b.block_size() as u64,
+                (
+                    b.store.capacity() * b.block_size() as u64,
+                    b.store.disk_room()?,
+                ),
                 b.collisions,
                 corrupt,
                 b.refcount_histogram(),
@@ -1018,9 +1024,11 @@ impl PyCore {
         })?;
         let d = PyDict::new(py);
         d.set_item("unique_blocks", s.0)?;
-        d.set_item("free_slots", s.1)?;
+        d.set_item("free_slots", s.1 .0)?;
+        d.set_item("hollow_slots", s.1 .1)?;
         d.set_item("waiting_slots", s.2)?;
-        d.set_item("capacity_bytes", s.3)?;
+        d.set_item("capacity_bytes", s.3 .0)?;
+        d.set_item("disk_room_bytes", s.3 .1)?;
         d.set_item("collisions", s.4)?;
         d.set_item("corrupt_blocks", s.5)?;
         let hist = PyDict::new(py);

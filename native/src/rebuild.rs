@@ -206,6 +206,11 @@ pub fn install(st: &mut State, rebuilt: Rebuilt, reclaim: bool) -> Result<Figure
         None => known.retain(|&s| refs.get(s) > 0),
     }
     *blocks.corrupt.write() = known;
+    // Free slots in holes of the data file need disk again before reuse (a hole that ends
+    // part-way into a run too short to punch is known only from the file).
+    for (first, count) in blocks.store.holes()? {
+        space.mark_hollow(first, count);
+    }
     figures.free_slots = space.free_count();
     figures.orphans_reclaimed = orphans.len() as u64;
     blocks.refs = refs;

@@ -168,6 +168,16 @@ impl SlotStore {
         self.files.clone()
     }
 
+    /// Bytes of disk the slot files may still take (growth, holes filled again): the free space
+    /// of their filesystem less the slop. None in RAM (no filesystem bounds it).
+    pub fn disk_room(&self) -> Result<Option<u64>> {
+        let Some(files) = &self.files else {
+            return Ok(None);
+        };
+        let (free, total) = filesystem_space(&files.data)?;
+        Ok(Some(free.saturating_sub(slop_bytes(total))))
+    }
+
     /// Adds at least `at_least` slots; returns the first new slot. Error: `NoSpace` (the files are
     /// left as they were).
     /// Near a full disk the usual step (a quarter of the capacity) may not fit where the slots
@@ -335,6 +345,43 @@ impl SlotStore {
             Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
             _ => Err(Error::Io(std::io::Error::last_os_error())),
         }
+    }
+
+    /// The runs of slots (first, count) that lie wholly in holes of the data file (space given
+    /// back by `punch`, found with SEEK_HOLE/SEEK_DATA): a rebuild marks the free ones hollow,
+    /// since what RAM knew of them is gone. None found in RAM or where holes are not reported.
+    pub fn holes(&self) -> Result<Vec<(u64, u64)>> {
+        let Some(files) = &self.files else {
+            return Ok(Vec::new());
+        };
+        let (fd, bs) = (files.data.as_raw_fd(), self.block_size as u64);
+        let end = self.capacity * bs;
+        let seek = |at: u64, whence| {
+            // SAFETY: a plain syscall on an open descriptor.
+            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+            if r >= 0 {
+                return Ok(r as u64);
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => Ok(end), // nothing more of that kind before the end
+                _ => Err(Error::Io(std::io::Error::last_os_error())),
+            }
+        };
+        let mut out = Vec::new();
+        let mut at = bs; // slot 0 is the header
+        while at < end {
+            let hole = seek(at, libc::SEEK_HOLE)?.min(end);
+            if hole >= end {
+                break;
+            }
+            let data = seek(hole, libc::SEEK_DATA)?.min(end);
+            let (first, past) = (hole.div_ceil(bs), data / bs);
+            if past > first {
+                out.push((first, past - first));
+            }
+            at = data.max(hole + 1);
+        }
+        Ok(out)
     }
 
     /// Allocates disk behind slots `first..first + count` again (after `punch`), leaving the
