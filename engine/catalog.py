@@ -120,6 +120,14 @@ class Catalog:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                           (key, str(value)))
 
+    def mark_dirty(self, writer: str | None) -> None:
+        """State "dirty" (a writer has the pool open: a close marks it "clean") and, if given,
+        meta `writer`, the writer's identity (engine.processid): one statement, so both or
+        neither."""
+        rows = [("state", "dirty")] + ([("writer", writer)] if writer is not None else [])
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                          + ", ".join(["(?, ?)"] * len(rows)), [v for row in rows for v in row])
+
     # -- transactions -------------------------------------------------------------------------
 
     def begin(self) -> None:

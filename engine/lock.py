@@ -9,6 +9,9 @@ children never hold it. Its catch, a lock that goes when the process closes *any
 the file, is kept away by opening DIR/lock only here, and refusing a second lock of the same
 file in this process before it is opened (_HELD).
 
+A file can be removed under its lock, and a second opener would lock a new one: the pool's
+catalog names its writer as well (engine.pool, meta `writer`), which such an opener checks.
+
 The file says who holds it: the holder's pid on the first line, and, once a Blockfold process
 serves the pool (a service, or a console serving its own pool: held_by), a JSON line naming it,
 its command line and what to do; a refused opener names it from there.

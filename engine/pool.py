@@ -36,16 +36,16 @@ from pathlib import Path
 import numpy as np
 
 from . import (_native, blockview, diskformats, formats, fsck as fsck_mod, imageio,
-               stats as stats_mod)
+               processid, stats as stats_mod)
 from .actor import current as current_actor
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
                      NoSpaceError, NotAPoolError, OutOfRangeError, PoolFormatError,
-                     ReadOnlyError, RefusedError)
+                     PoolLockedError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
-from .lock import PoolLock
+from .lock import LOCK_FILE, PoolLock
 from .names import check_vm_size
 from .options import BLOCK_SIZES
 from .progress import Meter, ProgressCallback, core_callback
@@ -53,6 +53,21 @@ from .reserve import (COMMIT_FAILED, OPEN_FAILED, Reserve, disk_full, filesystem
                       filesystem_nearly_full)
 
 DEFAULT_BLOCK_SIZE = 4096
+WRITER = "writer"       # catalog meta: the identity (engine.processid) of a local pool's writer
+
+
+def _refuse_live_writer(path: Path, catalog: Catalog) -> None:
+    """PoolLockedError if the catalog names a writer that still runs: DIR/lock was removed or
+    replaced under it (a "stale lock" cleanup, a tmp reaper), and our lock on the new file
+    would make two writers, each handing out the same free slots."""
+    writer = catalog.get(WRITER)
+    if catalog.get("state") != "dirty" or not writer or writer == processid.this():
+        return
+    if processid.running(writer):
+        raise PoolLockedError(
+            f"pool {path} is in use by another process (pid {writer.split(' ')[2]}), though its"
+            f" lock file {path / LOCK_FILE} was removed or replaced while it ran: stop that"
+            " process first")
 
 
 def check_block_size(block_size: int) -> None:
@@ -126,6 +141,8 @@ class Pool:
                 reserve.release_if_full()
             catalog = Catalog(path / CATALOG_FILE, readonly=readonly)
             catalog.check_format(path)
+            if lock:
+                _refuse_live_writer(path, catalog)
             block_size = int(catalog.get("block_size"))
             # Slot files are made with the pool; a catalog that holds no block may lose them.
             create = not readonly and (rebuild == "repair" or not catalog.has_pages())
@@ -212,7 +229,9 @@ class Pool:
         crashed = self.catalog.get("state") == "dirty"
         if not self.readonly:
             self.catalog.ensure_tables()
-            self._durably(lambda: self.catalog.set("state", "dirty"))
+            # Who writes it, for an opener whose lock says nothing (_refuse_live_writer).
+            writer = processid.this() if self._lock_file else None
+            self._durably(lambda: self.catalog.mark_dirty(writer))
         reason = "crash" if crashed else ("requested" if rebuild else "open")
         if rebuild == "repair":
             self._repair()

@@ -15,7 +15,7 @@ import pytest
 
 from engine.api import create_pool
 from engine.pool import Pool
-from tests.conftest import cli_json, run_cli
+from tests.conftest import ROOT, cli_json, run_cli
 from tests.terminal import Terminal
 
 BS = 4096
@@ -251,6 +251,34 @@ def test_a_locked_pool_is_refused_with_the_holder(pool, tmp_path):
         assert proc.returncode == 1
         assert f"in use by another process (pid {os.getpid()})" in proc.stderr_text
         assert run_cli("-p", pool, "vm", "ls").returncode == 0      # looking is allowed
+
+
+def test_a_pool_whose_lock_file_was_removed_under_its_writer_is_still_refused(pool, tmp_path):
+    # `rm DIR/lock` beside a service let a second one lock a new file and open the pool: two
+    # writers handed out the same free slots, flushed writes were lost and fsck said clean.
+    make_image(tmp_path / "a.raw", 4, 6)
+    with Pool.open(pool):
+        (pool / "lock").unlink()
+        proc = run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw")
+        assert proc.returncode == 1 and proc.stderr_text == (
+            f"blockfold: error: pool {pool} is in use by another process (pid {os.getpid()}),"
+            f" though its lock file {pool / 'lock'} was removed or replaced while it ran: stop"
+            " that process first\n")
+        assert run_cli("-p", pool, "vm", "ls").returncode == 0      # looking is allowed
+    # Once it has stopped (or died: a kill leaves the pool dirty), the pool opens again.
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    killed = subprocess.Popen([sys.executable, "-c", "import time; from engine.pool import Pool;"
+                               f" p = Pool.open({str(pool)!r}); print('open', flush=True);"
+                               " time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert killed.stdout.readline() == "open\n"
+        (pool / "lock").unlink()
+        assert run_cli("-p", pool, "vm", "clone", "a", "b").returncode == 1
+    finally:
+        killed.kill()
+        killed.wait()
+    run_cli("-p", pool, "vm", "clone", "a", "b", check=True)
+    assert cli_json("-p", pool, "fsck")["clean"]
 
 
 def test_running_out_of_disk_mid_import_leaves_no_half_vm(tmp_path, small_fs):

@@ -25,14 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import formats
+from .. import formats, processid
 from ..errors import BlockfoldError
 from ..net import rpc
 from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
 from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
-from . import etcd_member, holder, processes
+from . import etcd_member, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
 
 if TYPE_CHECKING:
@@ -422,7 +422,7 @@ def _removal_running(config: ClusterConfig) -> dict | None:
     """DIR/removing.json's {node, pid, process} if the remover it names still runs."""
     try:
         other = json.loads((config.path / REMOVING).read_text())
-        return None if holder.gone(other["process"]) else other
+        return None if processid.gone(other["process"]) else other
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -440,7 +440,7 @@ def removing(config: ClusterConfig, name: str):
         yield           # held already, by the caller (engine.cluster.removal around the Admin)
         return
     path = config.path / REMOVING
-    mine = {"node": name, "pid": os.getpid(), "process": holder.process()}
+    mine = {"node": name, "pid": os.getpid(), "process": processid.this()}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from .. import processid
 from ..errors import BlockfoldError, PoolLockedError
 from ..net import rpc
 from ..net.client import IoLoop, NodeClient, NodeUnreachable
@@ -78,7 +79,7 @@ class Members:
         self.config = config
         self.io = IoLoop()
         self.holder: str | None = None  # the write lease we hold, if any (holder.name())
-        self.process = ""               # our identity in it (holder.process())
+        self.process = ""               # our identity in it (processid.this())
         self.nodes = [Member(NodeClient(e.name, e.address, e.host_key or None,
                                            str(config.admin_key))) for e in config.nodes]
         for node, entry in zip(self.nodes, config.nodes):
@@ -346,12 +347,12 @@ class Members:
         """The write lease on every node that answers; another writer's lease is an error,
         unless that writer was on this host and its process is gone (engine.cluster.holder):
         then the lease is taken over at once, and a line on stderr says so."""
-        self.holder, self.process = holder.name(), holder.process()
+        self.holder, self.process = holder.name(), processid.this()
         refused = self._lease([i for i, n in enumerate(self.nodes) if n.state != NodeState.DOWN])
         if refused:
             leases = self._leases(list(refused))
             gone = {i: lease["holder"] for i, lease in leases.items()
-                    if holder.gone(lease["process"])}
+                    if processid.gone(lease["process"])}
             if len(gone) == len(refused):
                 refused = self._lease(list(refused), gone)    # empty unless another came first
                 if not refused:
