@@ -146,6 +146,10 @@ def test_blocks_rebuild_fsck(pool, tmp_path):
     assert figures["mode"] == "full" and figures["blocks"] == page["total"]
     assert figures["corrupt_blocks"] == []
     assert cli_json("-p", pool, "fsck") == {"clean": True, "problems": []}
+    # The VMs reading a block in natural order, as every list of VMs (d-10 came before d-2).
+    run_cli("-p", pool, "vm", "clone", "a", "d", "--count", "11", check=True)
+    names = cli_json("-p", pool, "blocks", "--limit", "1")["rows"][0]["vms"]
+    assert names == ["a", "b"] + [f"d-{i}" for i in range(1, 12)]
 
 
 def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
