@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from engine import api
+from engine.errors import CancelledError, RefusedError
 from engine.localadmin import LocalAdmin
-from tests.conftest import cli_json, run_cli
+from engine.pool import Pool
+from tests.conftest import ROOT, cli_json, run_cli
 from tests.nbdclient import MiB, RawClient, tool
 
 BS = 4096
@@ -138,3 +143,77 @@ def test_export_beside_an_nbd_writer_is_the_vm_at_one_moment(pool_dir, desk, ser
         ("desk", 1)]
     served.stop()
     assert run_cli("-p", pool_dir, "fsck", check=True).stdout_text.strip() == "clean"
+
+
+@pytest.mark.parametrize("format", ["raw", "qcow2", "vmdk"])
+def test_export_from_a_pool_opened_here_beside_a_writer_is_one_moment(pool_dir, desk, tmp_path,
+                                                                    format):
+    # qcow2 and vmdk go through this process's own private NBD export of the frozen state.
+    with LocalAdmin.open(pool_dir) as admin:
+        writer = Writer(lambda offset, data: admin.write("desk", offset, data))
+        assert writer.started.wait(60), "the writer made no two passes"
+        out = tmp_path / f"out.{format}"
+        api.export_disk(admin, "desk", str(out), format)
+        writer.end()
+        assert one_moment(generations(as_raw(out, format, tmp_path)))
+        assert [(vm.name, vm.depth) for vm in admin.vms()] == [("desk", 1)]
+        assert admin.fsck() == []
+
+
+def test_the_frozen_state_outlives_writes_and_refuses_what_would_drop_it(pool_dir, desk):
+    with Pool.open(pool_dir) as pool:
+        pool.snapshot("desk", "s1")
+        pool.write("desk", 0, tagged(0, 1))
+        with pool.frozen("desk") as (view, size):
+            assert size == SIZE
+            pool.write("desk", 0, tagged(0, 2))
+            pool.resize("desk", 2 * SIZE)
+            assert pool.core.read(view, 0, UNIT) == tagged(0, 1)
+            for change in (lambda: pool.delete("desk"), lambda: pool.rollback("desk", "s1")):
+                with pytest.raises(RefusedError, match="VM desk is being exported"):
+                    change()
+            pool.snapshot_rm("desk", "s1")      # its layer is not the one the export reads
+            assert pool.vm_names() == ["desk"] and pool.snapshots("desk") == []
+        # The frozen layer merged back into the VM's top: one layer, as before.
+        assert len(pool.graph.chain(pool.vm("desk").top)) == 1
+        assert pool.read("desk", 0, UNIT) == tagged(0, 2) and pool.vm_size("desk") == 2 * SIZE
+        assert pool.fsck() == []
+        pool.delete("desk")
+
+
+def test_a_cancelled_export_lets_its_frozen_state_go(pool_dir, desk, tmp_path):
+    def cancel(progress):
+        raise CancelledError("export cancelled")
+
+    with Pool.open(pool_dir) as pool:
+        pool.write("desk", 0, tagged(0, 1))
+        with pytest.raises(CancelledError):
+            pool.export("desk", str(tmp_path / "out.raw"), cancel)
+        assert not (tmp_path / "out.raw").exists()
+        assert len(pool.graph.chain(pool.vm("desk").top)) == 1
+        pool.delete("desk")         # nothing holds its state any more
+        assert pool.fsck() == []
+
+
+CRASH = """
+import os, sys
+from engine.pool import Pool
+pool = Pool.open(sys.argv[1])
+with pool.frozen("desk"):
+    pool.write("desk", 0, b"after" * 1000)
+    pool.flush()
+    os._exit(9)
+"""
+
+
+def test_a_crash_during_an_export_leaves_nothing_fsck_calls_damage(pool_dir, desk):
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(pool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    with Pool.open(pool_dir) as pool:
+        assert pool.vm_names() == ["desk"] and pool.snapshots() == []
+        assert pool.read("desk", 0, 5000) == b"after" * 1000
+        assert pool.fsck() == []
+        # The layer frozen for the export is an ordinary one: a delete collects it.
+        pool.delete("desk")
+        assert pool.graph.layers() == [] and pool.fsck() == []
