@@ -221,21 +221,21 @@ class QemuImage:
 
 
 def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None,
-                home: str | None = None) -> None:
+                home: str | None = None, snapshot: str | None = None) -> None:
     """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS), as it was when the
     export began (Pool.frozen): raw through admin.export; qcow2 and vmdk by qemu-img convert from an
     NBD export of that state on a private Unix socket, served here over `admin` read-only (a
     service's client: from a sparse raw export beside `dest`). A file is replaced whole once the
     image is complete (engine.imageio.replacing); a device is written in place. `home`: the pool's
     or cluster's directory, as this process names it (None: a service's, on another machine): a
-    `dest` inside it is refused before anything is written. Raises VMNotFoundError,
-    BadImageError."""
+    `dest` inside it is refused before anything is written. `snapshot`: the VM's snapshot of that
+    name instead. Raises VMNotFoundError, BadImageError."""
     if format not in EXPORTS:
         raise BadImageError(f"unknown format {format!r}: vm export writes {', '.join(EXPORTS)}")
     if home is not None and dest != "-":
         refuse_inside(home, dest)
     if format == "raw":
-        admin.export(name, dest, progress, cancel)
+        admin.export(name, dest, progress, cancel, snapshot)
         return
     admin.vm_size(name)             # an unknown VM, told as such
     if dest == "-":
@@ -247,12 +247,12 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
             with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
                                              dir=os.path.dirname(os.path.abspath(path))) as tmp:
                 raw = os.path.join(tmp, "disk.raw")
-                admin.export(name, raw, progress, cancel)
+                admin.export(name, raw, progress, cancel, snapshot)
                 proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, raw, path])
         else:
             # The VM as it was when the export began (Pool.frozen), however its NBD clients
             # write meanwhile, served alone under the name the core reads it through.
-            with (admin.pool.frozen(name) as (view, size),
+            with (admin.pool.frozen(name, snapshot) as (view, size),
                   served_over_nbd(FrozenExport(admin, view, size)) as socket_path):
                 proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format,
                              f"nbd+unix:///{view}?socket={socket_path}", path])

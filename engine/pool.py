@@ -943,11 +943,13 @@ class Pool:
             self.core.decref(held)
         self.graph.end_import(layer)
 
-    def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
+    def export(self, name: str, dest: str, progress: ProgressCallback | None = None,
+               snapshot: str | None = None) -> None:
         """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-"), as
-        it was when the export began (frozen): an NBD client writing meanwhile changes nothing
-        in the image. Raises VMNotFoundError, BadImageError, CorruptBlockError, RefusedError."""
-        with self.frozen(name) as (view, size):
+        it was when the export began (frozen), or as it was at its `snapshot`: an NBD client
+        writing meanwhile changes nothing in the image. Raises VMNotFoundError, BadImageError,
+        CorruptBlockError, RefusedError."""
+        with self.frozen(name, snapshot) as (view, size):
             bs = self.block_size
             chunk = IMPORT_CHUNK_BLOCKS * bs
             meter = Meter(progress, "export", size, unit_bytes=1)
@@ -971,26 +973,32 @@ class Pool:
             meter.finish()
 
     @contextmanager
-    def frozen(self, name: str):
-        """VM `name` as it is now, for a long read (an export): yields (view, size), the name
-        the core reads that state through (not a VM: nobody else sees it) and its size in bytes.
-        Writes, resizes and rollbacks of the VM meanwhile change nothing in it.
+    def frozen(self, name: str, snapshot: str | None = None):
+        """VM `name` as it is now (or at its `snapshot`), for a long read (an export): yields
+        (view, size), the name the core reads that state through (not a VM: nobody else sees
+        it) and its size in bytes. Writes, resizes and rollbacks of the VM meanwhile change
+        nothing in it.
 
         The VM's top is frozen under the pool's lock (one commit; nothing if it wrote nothing
         since it was last frozen, as a snapshot does) and the layer held while the `with`
         lasts (LayerGraph.hold: in RAM, so a crash leaves an ordinary layer); an edit that would
         drop it meanwhile (deleting or refreshing the VM) is refused. At the end, even on an
         error or a cancel, the layer merges into the VM's top again (plan_unfreeze). A
-        read-only pool's VMs never change: its view is the VM's top. Raises VMNotFoundError,
-        ReadOnlyError, AbortedError (the freeze's commit failed)."""
-        view = f"{name}@export-{next(self._views)}"
-        with self._lock if self.readonly else self._changing():
+        read-only pool's VMs never change: its view is the VM's top. A snapshot is frozen
+        already: its layer is held as it is. Raises VMNotFoundError (the VM, or its snapshot),
+        AbortedError (the freeze's commit failed)."""
+        view = f"{name}@{snapshot or 'export'}-{next(self._views)}"
+        with self._lock if self.readonly or snapshot else self._changing():
             vm = self.graph.vm(name)
-            layer = vm.top if self.readonly else self._freeze(vm)
+            if snapshot is not None:
+                snap = self.graph.snap(name, snapshot)
+                layer, size = snap.layer, snap.size
+            else:
+                layer, size = vm.top if self.readonly else self._freeze(vm), vm.size
             self.graph.hold(view, layer, name)
-            self.core.set_vm(view, layer, vm.size)
+            self.core.set_vm(view, layer, size)
         try:
-            yield view, vm.size
+            yield view, size
         finally:
             self._unfreeze(view, layer)
 

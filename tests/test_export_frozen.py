@@ -10,6 +10,7 @@ longer run at the end, or a pass more.
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
@@ -217,3 +218,33 @@ def test_a_crash_during_an_export_leaves_nothing_fsck_calls_damage(pool_dir, des
         # The layer frozen for the export is an ordinary one: a delete collects it.
         pool.delete("desk")
         assert pool.graph.layers() == [] and pool.fsck() == []
+
+
+@pytest.mark.parametrize("format", ["raw", "qcow2"])
+def test_a_snapshot_is_exported_as_it_was_while_the_vm_is_written(pool_dir, desk, server,
+                                                                  tmp_path, format):
+    served = server()
+    writer = nbd_writer(served.port)
+    assert writer.started.wait(60), "the writer made no two passes"
+    run_cli("-p", pool_dir, "vm", "snapshot", "desk", "s1", check=True)
+    here = tmp_path / f"here.{format}"
+    run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", here, check=True)
+    writer.end()
+    # Written and grown since, the snapshot still exports at its own size and bytes.
+    run_cli("-p", pool_dir, "vm", "resize", "desk", 2 * SIZE, "--force", check=True)
+    later = tmp_path / f"later.{format}"
+    proc = run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", later,
+                   "--json", check=True)
+    assert json.loads(proc.stdout)["snapshot"] == "s1"
+    image = as_raw(here, format, tmp_path)
+    assert len(image) == SIZE and one_moment(generations(image))
+    assert as_raw(later, format, tmp_path) == image
+    missing = run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "nope",
+                      tmp_path / "nope.raw")
+    assert missing.returncode != 0 and "no snapshot named 'nope'" in missing.stderr_text
+    assert not (tmp_path / "nope.raw").exists()
+    served.stop()
+    # Read-only, without a service: the same bytes.
+    again = tmp_path / f"again.{format}"
+    run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", again, check=True)
+    assert as_raw(again, format, tmp_path) == image
