@@ -11,11 +11,14 @@ longer run at the end, or a pass more.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +251,37 @@ def test_a_snapshot_is_exported_as_it_was_while_the_vm_is_written(pool_dir, desk
     again = tmp_path / f"again.{format}"
     run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", again, check=True)
     assert as_raw(again, format, tmp_path) == image
+
+
+def test_an_export_whose_client_is_killed_lets_its_frozen_state_go(pool_dir, desk, server,
+                                                                    tmp_path):
+    served = server()
+    run_cli("-p", pool_dir, "vm", "write", "desk", "--offset", "0", "-", input=b"x" * BS,
+            check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                             "export", "desk", str(out / "desk.raw")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.listdir(out) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the export wrote nothing"
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGSTOP)     # the service's stream waits on its socket
+        # Meanwhile: no VM, no snapshot, but the VM's frozen layer under its new top.
+        assert [(vm["name"], vm["depth"]) for vm in cli_json("-p", pool_dir, "vm", "ls")] == [
+            ("desk", 2)]
+        assert cli_json("-p", pool_dir, "vm", "snapshots", "desk") == []
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while cli_json("-p", pool_dir, "vm", "ls")[0]["depth"] != 1:
+        assert time.monotonic() < deadline, "the frozen layer stayed after the client went"
+        time.sleep(0.1)
+    served.stop()
+    assert run_cli("-p", pool_dir, "fsck", check=True).stdout_text.strip() == "clean"
