@@ -403,6 +403,8 @@ class LayerGraph:
                                    " golden image was deleted): rebasing it would replace its"
                                    f" whole disk; clone {golden} instead")
             if keep_writes:
+                if self.held(self._parents[vm.top]):
+                    raise self._held_by(self._parents[vm.top])
                 if self._parents[vm.top] != vm.base:
                     raise RefusedError(
                         f"VM {name} has snapshots or clones of its own above its golden image:"
