@@ -273,6 +273,7 @@ def test_an_export_whose_client_is_killed_lets_its_frozen_state_go(pool_dir, des
         assert [(vm["name"], vm["depth"]) for vm in cli_json("-p", pool_dir, "vm", "ls")] == [
             ("desk", 2)]
         assert cli_json("-p", pool_dir, "vm", "snapshots", "desk") == []
+        assert run_cli("-p", pool_dir, "fsck", check=True).stdout_text.strip() == "clean"
         proc.kill()
         proc.wait(timeout=30)
     finally:
