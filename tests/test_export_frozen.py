@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import api
+from engine import _native, api
 from engine.errors import CancelledError, RefusedError
 from engine.localadmin import LocalAdmin
 from engine.pool import Pool
@@ -286,3 +286,24 @@ def test_an_export_whose_client_is_killed_lets_its_frozen_state_go(pool_dir, des
         time.sleep(0.1)
     served.stop()
     assert run_cli("-p", pool_dir, "fsck", check=True).stdout_text.strip() == "clean"
+
+
+def test_overlapping_exports_each_read_their_own_moment(pool_dir, desk):
+    with Pool.open(pool_dir) as pool:
+        pool.write("desk", 0, tagged(0, 1))
+        first = pool.frozen("desk")
+        view1, _ = first.__enter__()
+        pool.write("desk", 0, tagged(0, 2))
+        second = pool.frozen("desk")
+        view2, _ = second.__enter__()
+        pool.write("desk", 0, tagged(0, 3))
+        first.__exit__(None, None, None)     # the first ends first: its layer merges below
+        assert pool.core.read(view2, 0, UNIT) == tagged(0, 2)
+        with pytest.raises(RefusedError, match="being exported"):
+            pool.delete("desk")
+        second.__exit__(None, None, None)
+        assert pool.read("desk", 0, UNIT) == tagged(0, 3)
+        assert len(pool.graph.chain(pool.vm("desk").top)) == 1 and pool.fsck() == []
+        for view in (view1, view2):            # gone from the core too
+            with pytest.raises(_native.UnknownVMError):
+                pool.core.read(view, 0, UNIT)
