@@ -167,18 +167,22 @@ def vm_import(admin, args, bar) -> int:
 
 
 @command("vm", "export",
-         json='{"name": NAME, "out": OUT}',
+         json='{"name": NAME, "out": OUT, "snapshot": SNAP or null}',
          help="write a VM out: raw (sparse where it has holes), qcow2 or vmdk",
          description="Writes the VM to OUT as a raw (sparse where it has holes), qcow2 or vmdk"
-         " image. A file is written beside OUT and takes its place (its mode, owner and group)"
-         " only once complete: a failed or interrupted export leaves the file that was there."
+         " image, as it was when the export began: what NBD clients write meanwhile is not in"
+         " it (or as it was at its snapshot SNAP, with --snapshot). A file is written beside"
+         " OUT and takes its place (its mode, owner and group) only once complete: a failed or"
+         " interrupted export leaves the file that was there."
          " A device (a LUN, /dev/null) is written in place, every byte. OUT inside the pool's"
          " own directory is refused. When OUT is stdout (/dev/stdout), the line saying what was"
          " exported goes to stderr, so stdout is the image alone.",
          looks=True, args=[NAME, arg("out", metavar="OUT", help="a file, or - for stdout (raw)"),
                            arg("--format", choices=api.EXPORT_FORMATS,
                                help="the image's format (default: OUT's suffix, .qcow2 or"
-                                    " .vmdk, else raw)")])
+                                    " .vmdk, else raw)"),
+                           arg("--snapshot", metavar="SNAP",
+                               help="the VM's snapshot of that name, not the VM now")])
 def vm_export(admin, args, bar) -> int:
     # (looked at before the export: a file replaced is another file after it)
     stdout = args.out == "-" or _is_stdout(args.out)
@@ -189,13 +193,16 @@ def vm_export(admin, args, bar) -> int:
     suffix = os.path.splitext(args.out)[1].lstrip(".").lower()
     args.format = args.format or (suffix if suffix in api.EXPORT_FORMATS else "raw")
     with terminated_as_interrupted():
-        api.export_disk(admin, args.name, args.out, args.format, bar, home=home)
+        api.export_disk(admin, args.name, args.out, args.format, bar, home=home,
+                        snapshot=args.snapshot)
     if args.out == "-":
         return 0
     # On stdout behind the image's last byte, the line would be part of the image: a pipe's
     # reader takes every byte as the disk.
-    emit(args, {"name": args.name, "out": args.out, "format": args.format},
-         f"exported {args.name} to {args.out} ({args.format})",
+    what = args.name + (f" (snapshot {args.snapshot})" if args.snapshot else "")
+    emit(args, {"name": args.name, "out": args.out, "format": args.format,
+                "snapshot": args.snapshot},
+         f"exported {what} to {args.out} ({args.format})",
          file=sys.stderr if stdout else None)
     return 0
 

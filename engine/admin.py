@@ -118,11 +118,13 @@ class Admin(ABC):
 
     @abstractmethod
     def export(self, name: str, dest, progress: ProgressCallback | None = None,
-               cancel: threading.Event | None = None) -> None:
-        """Writes the VM byte for byte to `dest`: a file's path (sparse where the VM has holes),
+               cancel: threading.Event | None = None, snapshot: str | None = None) -> None:
+        """Writes the VM byte for byte to `dest`, as it was when the export began (its NBD
+        clients' writes meanwhile are not in it): a file's path (sparse where the VM has holes),
         "-" for stdout, or an open output (engine.imageio's write_blocks() and finish()).
-        Progress phase "export", in bytes. Raises VMNotFoundError, BadImageError (cannot
-        write), CancelledError."""
+        `snapshot`: the VM's snapshot of that name instead (its size then). Progress phase
+        "export", in bytes. Raises VMNotFoundError (the VM, or its snapshot), BadImageError
+        (cannot write), CancelledError, RefusedError."""
 
     @abstractmethod
     def clone(self, source: str, new: str, count: int = 1,

@@ -71,10 +71,11 @@ def open_source(source: str):
 
 
 def export_disk(admin: Admin, name: str, dest: str, format: str = "raw", progress=None,
-                cancel=None, home: str | None = None) -> None:
-    """VM `name` written to `dest` as a `format` image (engine.diskformats.export_disk)."""
+                cancel=None, home: str | None = None, snapshot: str | None = None) -> None:
+    """VM `name` (or its `snapshot`) written to `dest` as a `format` image
+    (engine.diskformats.export_disk)."""
     from .diskformats import export_disk as export
-    export(admin, name, dest, format, progress, cancel, home)
+    export(admin, name, dest, format, progress, cancel, home, snapshot)
 
 
 def estimate(admin: Admin, sources: list, progress=None, cancel=None, format=None):

@@ -16,7 +16,8 @@ data_file=NAME`, made beside the image) from its working directory, not from the
 
 Out: raw is the VM's bytes (engine.imageio); qcow2 and vmdk are written by `qemu-img convert`
 from an NBD export of the VM on a private Unix socket, served from this process over the Admin
-the caller has (a pool opened here, or a service's).
+the caller has (a pool opened here, or a service's). Either way the image is the VM as it was
+when the export began (Pool.frozen), whatever its NBD clients write meanwhile.
 
 Both run where the image file is, the client's side: the file is read and written with the
 user's permissions, a client over SSH works on its own files, and a service never starts qemu.
@@ -37,7 +38,7 @@ import threading
 import time
 
 from . import _native, formats
-from .errors import BadImageError
+from .errors import BadImageError, VMNotFoundError
 from .imageio import empty_image, not_a_source, open_image, replacing
 from .names import MAX_VM_BYTES, MAX_VM_WHY
 
@@ -262,20 +263,21 @@ class QemuImage:
 
 
 def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=None,
-                home: str | None = None) -> None:
-    """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS): raw through
-    admin.export; qcow2 and vmdk by qemu-img convert from an NBD export of the VM on a private
-    Unix socket, served here over `admin` read-only (a service's client: from a sparse raw
-    export beside `dest`). A file is replaced whole once the image is complete
-    (engine.imageio.replacing); a device is written in place. `home`: the pool's or cluster's
-    directory, as this process names it (None: a service's, on another machine): a `dest`
-    inside it is refused before anything is written. Raises VMNotFoundError, BadImageError."""
+                home: str | None = None, snapshot: str | None = None) -> None:
+    """Writes VM `name` to the file `dest` as a `format` image (one of EXPORTS), as it was when the
+    export began (Pool.frozen): raw through admin.export; qcow2 and vmdk by qemu-img convert from an
+    NBD export of that state on a private Unix socket, served here over `admin` read-only (a
+    service's client: from a sparse raw export beside `dest`). A file is replaced whole once the
+    image is complete (engine.imageio.replacing); a device is written in place. `home`: the pool's
+    or cluster's directory, as this process names it (None: a service's, on another machine): a
+    `dest` inside it is refused before anything is written. `snapshot`: the VM's snapshot of that
+    name instead. Raises VMNotFoundError, BadImageError."""
     if format not in EXPORTS:
         raise BadImageError(f"unknown format {format!r}: vm export writes {', '.join(EXPORTS)}")
     if home is not None and dest != "-":
         refuse_inside(home, dest)
     if format == "raw":
-        admin.export(name, dest, progress, cancel)
+        admin.export(name, dest, progress, cancel, snapshot)
         return
     size = admin.vm_size(name)      # an unknown VM, told as such
     if dest == "-":
@@ -293,7 +295,7 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
                                              dir=os.path.dirname(os.path.abspath(path))) as tmp:
                 source = os.path.join(tmp, "disk.raw")
                 try:
-                    admin.export(name, source, progress, cancel)
+                    admin.export(name, source, progress, cancel, snapshot)
                 except (BadImageError, OSError) as e:
                     why = e.strerror if isinstance(e, OSError) else str(e).split(": ")[-1]
                     raise BadImageError(f"cannot write {dest} as {format} (VM {name},"
@@ -301,8 +303,11 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
                                         f" from, beside it, cannot be written: {why}") from None
                 proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
         else:
-            with served_over_nbd(admin) as socket_path:
-                source = f"nbd+unix:///{name}?socket={socket_path}"
+            # The VM as it was when the export began (Pool.frozen), however its NBD clients
+            # write meanwhile, served alone under the name the core reads it through.
+            with (admin.pool.frozen(name, snapshot) as (view, size),
+                  served_over_nbd(FrozenExport(admin, view, size)) as socket_path):
+                source = f"nbd+unix:///{view}?socket={socket_path}"
                 proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
         if proc.returncode != 0:
             # qemu-img names what it was given: our private socket (or temporary copy) and the
@@ -324,6 +329,26 @@ def refuse_inside(directory: str, dest: str) -> None:
            for path in (where, os.path.realpath(dest))):
         raise BadImageError(f"refusing to write {dest}: it is inside {directory}, whose files"
                             " are the pool's: give a path outside it")
+
+
+class FrozenExport:
+    """One frozen state of a VM (Pool.frozen's view) as the Admin an NBDServer serves: the
+    only export, read-only, named `view`; the rest is `admin`'s."""
+
+    def __init__(self, admin, view: str, size: int):
+        self.admin, self.view, self.size = admin, view, size
+        self.pool, self.block_size = admin.pool, admin.block_size
+
+    def vm_names(self) -> list[str]:
+        return [self.view]
+
+    def vm_size(self, name: str) -> int:
+        if name != self.view:
+            raise VMNotFoundError(f"no VM named {name!r}")
+        return self.size
+
+    def fenced(self) -> str: return self.admin.fenced()
+    def flush(self) -> None: self.admin.flush()
 
 
 class served_over_nbd:

@@ -2,7 +2,8 @@
 
 A VM reads through a chain of layers: its own writable *top*, then frozen layers beneath, each
 naming its parent. A frozen layer never changes what it shows. An import writes into a
-*provisional* top that belongs to no VM until the import registers it.
+*provisional* top that belongs to no VM until the import registers it. A long read (an export)
+*holds* the frozen layer it reads: in RAM only, for as long as the read lasts.
 
 Changes are values (LevelDB's VersionEdit is the model): a `LayerEdit` says which layers appear,
 move or go, which VMs are put or deleted, and which block-table pages the change writes (merges).
@@ -140,6 +141,7 @@ class LayerGraph:
         self._parents = dict(parents)
         self._next_layer = next_layer
         self._provisional: dict[int, str | None] = {}   # import's top -> the name it reserves
+        self._held: dict[str, tuple[int, str]] = {}     # a read's view -> (layer, its VM's name)
         self._children: dict[int, set[int]] = {}
         for layer, parent in self._parents.items():
             if parent is not None:
@@ -288,6 +290,19 @@ class LayerGraph:
                             {"vm": names[0], "layer": top}))
         return out
 
+    def hold(self, view: str, layer: int, vm: str) -> None:
+        """Keeps frozen `layer` (VM `vm`'s state) as it is while `view` reads it: no edit
+        merges it, and one that would drop it is refused (_collect). RAM only: a crash ends
+        every read, and the layer is then an ordinary one."""
+        self._held[view] = (layer, vm)
+
+    def release(self, view: str) -> None:
+        """Ends `view`'s hold (none: the graph was loaded again since, without it)."""
+        self._held.pop(view, None)
+
+    def held(self, layer: int) -> bool:
+        return any(held == layer for held, _ in self._held.values())
+
     def check_new_name(self, name: str) -> None:
         """Refuses a bad name, and one that a VM or an import under way already has."""
         check_vm_name(name)
@@ -365,6 +380,19 @@ class LayerGraph:
             edit.put_vms.append(VM(name, vm.size, layer, now, source, base))
         return edit
 
+    def plan_freeze(self, name: str, top_empty: bool) -> tuple[LayerEdit, int]:
+        """The frozen layer that shows VM `name` as it is now, for a read to hold (an export),
+        and the edit that freezes it (empty if the VM wrote nothing since it was last frozen)."""
+        edit = LayerEdit()
+        return edit, self._frozen_state(name, top_empty, edit)
+
+    def plan_unfreeze(self, layer: int) -> tuple[LayerEdit, list[Merge]]:
+        """Collects a layer that a read held and let go (plan_freeze's, once its export ends):
+        if nothing else pins it, it merges into its only child (the VM's top, usually), so
+        exports do not deepen chains."""
+        edit = LayerEdit()
+        return edit, self._collect(edit, [], [layer], self._pins_without())
+
     def _frozen_state(self, name: str, top_empty: bool, edit: LayerEdit) -> int:
         """The frozen layer that shows VM `name` as it is now: its top's parent if it wrote
         nothing since it was last frozen, else its top, frozen by `edit` (the VM gets a new
@@ -432,6 +460,8 @@ class LayerGraph:
                                    " golden image was deleted): rebasing it would replace its"
                                    f" whole disk; clone {golden} instead")
             if keep_writes:
+                if self.held(self._parents[vm.top]):
+                    raise self._held_by(self._parents[vm.top])
                 if self._parents[vm.top] != vm.base:
                     raise RefusedError(
                         f"VM {name} has snapshots or clones of its own above its golden image:"
@@ -505,11 +535,13 @@ class LayerGraph:
 
     def _collect(self, edit: LayerEdit, going: list[int], unpinned, pinned: set[int],
                  added: dict[int, int | None] | None = None) -> list[Merge]:
-        """Adds to `edit` the layers `going` (tops dropped) and everything that then nobody needs:
-        a frozen layer that is no longer pinned (a VM's base, a snapshot) goes once it has no
-        children left, and merges into its child once it has only one (as a delete has always
-        collected upwards). `unpinned`: layers that lost a pin; `added`: new layer -> parent in
-        the same edit. Two merges never touch the same layer (a merged layer is then left
+        """Adds to `edit` the layers `going` (tops dropped) and everything that then nobody needs: a
+        frozen layer that is no longer pinned (a VM's base, a snapshot) goes once it has no children
+        left, and merges into its child once it has only one (as a delete has always collected
+        upwards). A held layer (hold) never merges, and an edit that would drop it is refused
+        (RefusedError): the read holding it would lose what it reads, and a layer kept with no child
+        would be left behind by a crash. `unpinned`: layers that lost a pin; `added`: new layer ->
+        parent in the same edit. Two merges never touch the same layer (a merged layer is then left
         standing: correct, one layer deeper). Returns the merges, whose pages the caller adds."""
         going = sorted(set(going), key=lambda layer: -len(self.chain(layer)))
         gone = set(going)
@@ -539,6 +571,8 @@ class LayerGraph:
             if layer is None or layer in gone or layer in tops or layer in pinned:
                 continue
             if not kids(layer) and not extra.get(layer):
+                if self.held(layer):
+                    raise self._held_by(layer)
                 gone.add(layer)
                 dropped.append(layer)
                 parent = self._parents[layer]
@@ -551,7 +585,7 @@ class LayerGraph:
         involved: set[int] = set()
         for layer in dict.fromkeys(candidates):
             children = kids(layer)
-            if layer in gone or len(children) != 1 or extra.get(layer):
+            if layer in gone or len(children) != 1 or extra.get(layer) or self.held(layer):
                 continue
             (child,) = children
             if layer in involved or child in involved:
@@ -561,6 +595,12 @@ class LayerGraph:
         edit.dropped += dropped + [m.layer for m in merges]
         edit.reparented.update({m.child: m.parent for m in merges})
         return merges
+
+    def _held_by(self, layer: int) -> RefusedError:
+        vm = next(vm for held, vm in self._held.values() if held == layer)
+        return RefusedError(f"VM {vm} is being exported, as it was when the export began:"
+                            " this would drop that state under the export; try again once the"
+                            " export ends, or cancel it (blockfold job ls)")
 
     # -- applying edits -----------------------------------------------------------------------
 

@@ -78,8 +78,8 @@ class LocalAdmin(Admin):
         vm = self.pool.import_image(name, source, cancellable(progress, cancel))
         return ImportResult(vm.name, vm.size)
 
-    def export(self, name, dest, progress=None, cancel=None):
-        self.pool.export(name, dest, cancellable(progress, cancel))
+    def export(self, name, dest, progress=None, cancel=None, snapshot=None):
+        self.pool.export(name, dest, cancellable(progress, cancel), snapshot)
 
     def clone(self, source, new, count=1, progress=None, cancel=None):
         return self.pool.clone(source, new, count, progress, cancel)

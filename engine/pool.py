@@ -26,6 +26,7 @@ writes wait for the rebuild to finish.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -199,6 +200,7 @@ class Pool:
         self.losses = 0     # commits that found acknowledged writes lost (LostWritesError)
         self.last_rebuild: dict = {}
         self._corrupt_saved = catalog.corrupt_addresses()
+        self._views = itertools.count(1)      # frozen()'s names in the core
         self._load(blocks)
         self.block_size = self.core.block_size
 
@@ -647,10 +649,7 @@ class Pool:
         time proportional to the table pages of the VM's layers, not to the LBNs skipped.
         Raises VMNotFoundError."""
         self.graph.vm(name)
-        try:
-            return self.core.next_mapped(name, lbn)
-        except (_native.NativeError, OSError) as e:
-            raise self.data_error(e) from None
+        return self._next_mapped(name, lbn)
 
     def addresses(self, name: str, lbn: int, count: int) -> np.ndarray:
         """The block address behind each of `count` blocks from `lbn` (0: reads as zeros)."""
@@ -731,15 +730,19 @@ class Pool:
         """A structural edit whose plan (a LayerEdit, and merges) collects layers: the merges'
         pages come from the core."""
         def planned() -> LayerEdit:
-            edit, merges = plan()
-            for merge in merges:
-                pages, _ = self.core.merged(merge.layer, merge.child)
-                edit.pages.update({(merge.child, pno): blob for pno, blob in pages})
+            edit = self._with_merges(*plan())
             edit.events.append((kind, message))
             return edit
 
         with self._changing():
             self._edit(planned)
+
+    def _with_merges(self, edit: LayerEdit, merges) -> LayerEdit:
+        """`edit` with its merges' pages, from the core."""
+        for merge in merges:
+            pages, _ = self.core.merged(merge.layer, merge.child)
+            edit.pages.update({(merge.child, pno): blob for pno, blob in pages})
+        return edit
 
     # -- desktops' lifecycle: refresh, rebase, snapshots, rename, resize ----------------------
 
@@ -1004,30 +1007,99 @@ class Pool:
         except AbortedError:
             pass
 
-    def export(self, name: str, dest: str, progress: ProgressCallback | None = None) -> None:
-        """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-")."""
-        size = self.graph.vm(name).size
-        bs = self.block_size
-        chunk = IMPORT_CHUNK_BLOCKS * bs
-        meter = Meter(progress, "export", size, unit_bytes=1)
-        with imageio.open_output(dest, size) as out:
-            offset = 0
-            while offset < size:
-                # Chunks with no block behind them are jumped, all at once: a hole of any size
-                # costs what the pages around it do, not its length.
-                lbn = self.next_mapped(name, offset // bs)
-                if lbn is None or lbn * bs >= size:
-                    break
-                offset = max(offset, lbn * bs - lbn * bs % chunk)
-                n = min(chunk, size - offset)
-                data = self.read(name, offset, n)
-                # What reads as zeros is a hole: zero blocks never take a slot.
-                whole = np.frombuffer(data + bytes(-n % bs), np.uint64)
-                out.write_blocks(offset, data, whole.reshape(-1, bs // 8).any(axis=1), bs)
-                offset += n
-                meter.done = offset
-                meter.advance(0)
-        meter.finish()
+    def export(self, name: str, dest: str, progress: ProgressCallback | None = None,
+               snapshot: str | None = None) -> None:
+        """Writes the VM byte for byte to a file (sparse where it has holes) or stdout ("-"), as
+        it was when the export began (frozen), or as it was at its `snapshot`: an NBD client
+        writing meanwhile changes nothing in the image. Raises VMNotFoundError, BadImageError,
+        CorruptBlockError, RefusedError."""
+        with self.frozen(name, snapshot) as (view, size):
+            bs = self.block_size
+            chunk = IMPORT_CHUNK_BLOCKS * bs
+            meter = Meter(progress, "export", size, unit_bytes=1)
+            with imageio.open_output(dest, size) as out:
+                offset = 0
+                while offset < size:
+                    # Chunks with no block behind them are jumped, all at once: a hole of any
+                    # size costs what the pages around it do, not its length.
+                    lbn = self._next_mapped(view, offset // bs)
+                    if lbn is None or lbn * bs >= size:
+                        break
+                    offset = max(offset, lbn * bs - lbn * bs % chunk)
+                    n = min(chunk, size - offset)
+                    data = self.read(view, offset, n)
+                    # What reads as zeros is a hole: zero blocks never take a slot.
+                    whole = np.frombuffer(data + bytes(-n % bs), np.uint64)
+                    out.write_blocks(offset, data, whole.reshape(-1, bs // 8).any(axis=1), bs)
+                    offset += n
+                    meter.done = offset
+                    meter.advance(0)
+            meter.finish()
+
+    @contextmanager
+    def frozen(self, name: str, snapshot: str | None = None):
+        """VM `name` as it is now (or at its `snapshot`), for a long read (an export): yields
+        (view, size), the name the core reads that state through (not a VM: nobody else sees
+        it) and its size in bytes. Writes, resizes and rollbacks of the VM meanwhile change
+        nothing in it.
+
+        The VM's top is frozen under the pool's lock (one commit; nothing if it wrote nothing
+        since it was last frozen, as a snapshot does) and the layer held while the `with`
+        lasts (LayerGraph.hold: in RAM, so a crash leaves an ordinary layer); an edit that would
+        drop it meanwhile (deleting or refreshing the VM) is refused. At the end, even on an
+        error or a cancel, the layer merges into the VM's top again (plan_unfreeze). A
+        read-only pool's VMs never change: its view is the VM's top. A snapshot is frozen
+        already: its layer is held as it is. Raises VMNotFoundError (the VM, or its snapshot),
+        AbortedError (the freeze's commit failed)."""
+        view = f"{name}@{snapshot or 'export'}-{next(self._views)}"
+        with self._lock if self.readonly or snapshot else self._changing():
+            vm = self.graph.vm(name)
+            if snapshot is not None:
+                snap = self.graph.snap(name, snapshot)
+                layer, size = snap.layer, snap.size
+            else:
+                layer, size = vm.top if self.readonly else self._freeze(vm), vm.size
+            self.graph.hold(view, layer, name)
+            self.core.set_vm(view, layer, size)
+        try:
+            yield view, size
+        finally:
+            self._unfreeze(view, layer)
+
+    def _freeze(self, vm: VM) -> int:
+        """The frozen layer showing `vm` now, frozen and committed if need be. Caller is in
+        `_changing`."""
+        with self._paused():
+            edit, layer = self.graph.plan_freeze(vm.name, self.core.is_empty(vm.top))
+            if edit.new_layers:
+                self._commit(edit)
+        return layer
+
+    def _unfreeze(self, view: str, layer: int) -> None:
+        """Ends frozen()'s read of `layer` through `view`, and collects the layer."""
+        with self._lock:
+            self.graph.release(view)
+            try:
+                self.core.remove_vm(view)
+            except _native.NativeError:
+                return          # gone with the core, loaded again from the last commit
+        if self.readonly:
+            return
+        try:
+            with self._changing(), self._paused():
+                if self.graph.has_layer(layer) and not self.graph.is_top(layer):
+                    edit, merges = self.graph.plan_unfreeze(layer)
+                    if edit.dropped:
+                        self._commit(self._with_merges(edit, merges))
+        except BlockfoldError:
+            pass        # a tidy-up: the layer stays, read one layer deeper, until a later edit
+
+    def _next_mapped(self, name: str, lbn: int) -> int | None:
+        """next_mapped for a name the core reads through (a VM or a frozen() view)."""
+        try:
+            return self.core.next_mapped(name, lbn)
+        except (_native.NativeError, OSError) as e:
+            raise self.data_error(e) from None
 
     # -- views --------------------------------------------------------------------------------
 

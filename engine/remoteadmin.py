@@ -34,7 +34,7 @@ import msgspec
 
 from . import diskformats, imageio
 from .admin import Admin
-from .errors import BlockfoldError
+from .errors import BlockfoldError, VMNotFoundError
 from .net import adminwire as wire, rpc
 from .progress import Progress
 from .results import Job
@@ -314,11 +314,16 @@ class RemoteAdmin(Admin):
             else:
                 image.close()
 
-    def export(self, name, dest, progress=None, cancel=None):
-        size = self.vm_size(name)
+    def export(self, name, dest, progress=None, cancel=None, snapshot=None):
+        if snapshot is None:
+            size, args = self.vm_size(name), {"name": name}
+        else:
+            size = next((s.size for s in self.snapshots(name) if s.name == snapshot), None)
+            if size is None:
+                raise VMNotFoundError(f"VM {name} has no snapshot named {snapshot!r}")
+            args = {"name": name, "snapshot": snapshot}
         with imageio.open_output(dest, size) as out:
-            self._call("export", {"name": name}, progress=progress, cancel=cancel,
-                       receive=out.write_at)
+            self._call("export", args, progress=progress, cancel=cancel, receive=out.write_at)
 
     def clone(self, source, new, count=1, progress=None, cancel=None):
         return self._call("clone", {"source": source, "new": new, "count": count},

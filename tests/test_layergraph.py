@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from engine.errors import BadNameError, VMExistsError, VMNotFoundError
-from engine.layergraph import VM, LayerGraph, Relinked
+from engine.errors import BadNameError, RefusedError, VMExistsError, VMNotFoundError
+from engine.layergraph import VM, LayerGraph, Merge, Relinked
 
 
 def graph(**tops) -> LayerGraph:
@@ -176,3 +176,22 @@ def test_a_top_shared_or_read_through_is_named():
         "VM c's top layer 1 is the parent of layers 2 and 3: a write to c changes what they"
         " show",
         "VMs a and b share top layer 2: a write to one changes the other"]
+
+
+def test_a_held_layer_never_merges_and_what_would_drop_it_is_refused():
+    g = graph(golden=1)
+    g.apply(g.plan_clone("golden", ["desk"], source_top_empty=False))
+    edit, frozen = g.plan_freeze("desk", top_empty=False)
+    g.apply(edit)
+    g.hold("desk@export-1", frozen, "desk")
+    for plan in (lambda: g.plan_delete("desk"), lambda: g.plan_refresh("desk"),
+                 lambda: g.plan_rebase(["desk"], "golden", True, keep_writes=False),
+                 lambda: g.plan_rebase(["desk"], "golden", True, keep_writes=True)):
+        with pytest.raises(RefusedError, match="VM desk is being exported"):
+            plan()
+    assert g.plan_unfreeze(frozen)[0].dropped == []         # held: no merge
+    g.release("desk@export-1")
+    edit, merges = g.plan_unfreeze(frozen)
+    assert merges == [Merge(frozen, g.vm("desk").top, g.vm("desk").base)]
+    g.apply(edit)
+    assert g.chain(g.vm("desk").top) == [g.vm("desk").top, g.vm("desk").base]

@@ -184,8 +184,9 @@ class ServedAdmin(Admin):
             name, source, p, c), progress, cancel, name)
 
     @_changes
-    def export(self, name, dest, progress=None, cancel=None):
-        return self.job_list.run("export", lambda p, c: self.inner.export(name, dest, p, c),
+    def export(self, name, dest, progress=None, cancel=None, snapshot=None):
+        return self.job_list.run("export", lambda p, c: self.inner.export(name, dest, p, c,
+                                                                         snapshot),
                                  progress, cancel, name)
 
     @_changes

@@ -35,3 +35,22 @@ def test_a_clusters_vm_is_served_with_its_holes(make_cluster, tmp_path):
                                        tmp_path / source, s.uri(vm)).stdout
     finally:
         s.stop()
+
+
+def test_a_clusters_export_beside_an_nbd_writer_is_the_vm_at_one_moment(make_cluster, tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_export_frozen import SIZE, generations, nbd_writer, one_moment
+    cluster = make_cluster(nodes=2, replicas=2)
+    (tmp_path / "desk.raw").write_bytes(bytes(range(256)) * (SIZE // 256))
+    with cluster.open() as admin:
+        admin.import_image("desk", str(tmp_path / "desk.raw"))
+    s = Server(cluster.path, cluster=True)
+    try:
+        writer = nbd_writer(s.port)
+        assert writer.started.wait(120), "the writer made no two passes"
+        proc = run_cli("-c", cluster.path, "vm", "export", "desk", tmp_path / "out.raw")
+        writer.end()
+        assert proc.returncode == 0, proc.stderr_text
+        assert one_moment(generations((tmp_path / "out.raw").read_bytes()))
+    finally:
+        s.stop()
