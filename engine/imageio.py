@@ -311,8 +311,9 @@ def replacing(dest: str):
         return
     # (after the stat: /dev/stdout on a pipe resolves to no path at all)
     folder, base = os.path.split(os.path.realpath(dest))
-    part = _new_part(folder, base, dest)
+    made: list[str] = []        # the part, named before it exists: a Ctrl-C in between leaves none
     try:
+        part = _new_part(folder, base, dest, made)
         yield part
         fd = os.open(part, os.O_RDONLY)     # (qemu-img makes its file afresh, and never syncs)
         try:
@@ -324,20 +325,24 @@ def replacing(dest: str):
             os.close(fd)
         os.rename(part, os.path.join(folder, base))
     except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(part)
+        for part in made:
+            with suppress(FileNotFoundError):
+                os.unlink(part)
         raise
     _sync_dir(folder)
 
 
-def _new_part(folder: str, base: str, dest: str) -> str:
-    """A new empty file ".BASE.XXXXXXXX.part" in `folder`: its path."""
+def _new_part(folder: str, base: str, dest: str, made: list[str]) -> str:
+    """A new empty file ".BASE.XXXXXXXX.part" in `folder`: its path, in `made` from before it
+    is created until the caller is done with it."""
     for _ in range(PART_TRIES):
         part = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.part")
+        made.append(part)
         try:
             os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             return part
         except FileExistsError:
+            made.remove(part)       # another's
             continue
         except OSError as e:
             raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
