@@ -132,7 +132,8 @@ class Pool:
         """
         path = Path(path)
         if not path.is_dir():
-            raise NotAPoolError(f"{path} is not a Blockfold pool (no such directory)")
+            raise NotAPoolError(f"{path} is not a Blockfold pool (no such directory): make one"
+                                f" with `blockfold pool init {path}`")
         if not (path / CATALOG_FILE).is_file():
             raise NotAPoolError(f"{path} is not a Blockfold pool")
         lock = None if readonly else PoolLock(path)

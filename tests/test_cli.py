@@ -240,7 +240,9 @@ def test_not_a_pool_newer_format_and_no_pool(tmp_path, pool):
     # No pool given: the console's default pool, which does not exist here.
     proc = run_cli("stats", env={"BLOCKFOLD_POOL": "", "XDG_DATA_HOME": str(tmp_path / "xdg")})
     assert proc.returncode == 1 and "is not a Blockfold pool" in proc.stderr_text
-    assert str(tmp_path / "xdg" / "blockfold" / "pool") in proc.stderr_text
+    default = tmp_path / "xdg" / "blockfold" / "pool"
+    assert proc.stderr_text == (f"blockfold: error: {default} is not a Blockfold pool (no such"
+                                f" directory): make one with `blockfold pool init {default}`\n")
     db = sqlite3.connect(pool / "catalog.db")
     db.execute("UPDATE meta SET value='7' WHERE key='format_version'")
     db.commit()
