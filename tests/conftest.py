@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import shutil
@@ -23,9 +24,17 @@ TMPFS_TMPDIR = Path("/dev/shm/blockfold-tests")
 
 
 def pytest_configure(config):
-    """TMPDIR on TMPFS_TMPDIR for pytest's tmp_path, tempfile and every subprocess (xdist's
-    workers included: they start after this, with this environment)."""
-    if "TMPDIR" in os.environ or hasattr(config, "workerinput"):
+    """Bytecode for the project's modules, and TMPDIR on TMPFS_TMPDIR for pytest's tmp_path,
+    tempfile and every subprocess (xdist's workers included: they start after this, with this
+    environment)."""
+    if hasattr(config, "workerinput"):
+        return
+    # Each test starts CLI, node and server subprocesses by the thousand; where nothing writes
+    # .pyc files (PYTHONDONTWRITEBYTECODE, as in our shells), each compiled the ~40 project
+    # modules it imports again: 0.04 s of CPU of the 0.2 s a `vm ls` takes. Up to date: 0.1 s.
+    for package in ("engine", "console", "widgets", "tests"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+    if "TMPDIR" in os.environ:
         return
     if not (os.path.ismount("/dev/shm") and os.access("/dev/shm", os.W_OK)):
         return
