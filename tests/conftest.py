@@ -16,6 +16,10 @@ import pytest
 from engine.pool import Pool
 
 ROOT = Path(__file__).resolve().parent.parent
+# pytest keeps the assertion-rewritten test modules in __pycache__ only where bytecode may be
+# written: under our shells' PYTHONDONTWRITEBYTECODE each run (each xdist worker) rewrote and
+# compiled every test module again, 9 s of collection instead of 2.6 s.
+sys.dont_write_bytecode = False
 # Where the tests' temporary files go unless TMPDIR says otherwise: a tmpfs, so that the pools'
 # fsyncs (every commit, every flush) return at once instead of queueing on a disk other tenants
 # share; on ext4 under load they were two thirds of test_model's time. A process killed -9 leaves
