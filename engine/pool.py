@@ -98,7 +98,8 @@ class Pool:
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
         "repair": full, after repairing what a truncated, deleted or replaced slot file left
         (`Core.repair`: fingerprints computed again from the data; references past the end of
-        the data file get a slot, known corrupt).
+        the data file get a slot, known corrupt), and a damaged blocks.dat header once the file
+        shows it is this pool's (`_native.repair_header`).
         wait: False returns at once and serves reads while the rebuild runs in the background.
         colliding_fingerprint: 16 bytes that every block gets as its fingerprint (collision
         tests only).
@@ -119,6 +120,12 @@ class Pool:
             block_size = int(catalog.get("block_size"))
             # Slot files are made with the pool; a catalog that holds no block may lose them.
             create = not readonly and (rebuild == "repair" or not catalog.has_pages())
+            header_rewritten = False
+            if rebuild == "repair" and not readonly:
+                try:
+                    header_rewritten = _native.repair_header(str(path), block_size)
+                except _native.NativeError as e:
+                    raise engine_error(e) from None
 
             def new_core():
                 try:
@@ -129,6 +136,7 @@ class Pool:
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
             pool._reserve = reserve
+            pool._header_rewritten = header_rewritten
         except BaseException as e:
             if lock:
                 lock.release()
@@ -165,6 +173,7 @@ class Pool:
         self._lock_file = lock
         self._reserve: Reserve | None = None    # a local pool's, when writable
         self._repaired: str | None = None       # a repair's event, until a commit logs it
+        self._header_rewritten = False          # the repair rewrote blocks.dat's header
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
@@ -213,7 +222,8 @@ class Pool:
             computed, lost = self.core.repair()
         except _native.NativeError as e:
             raise engine_error(e) from None
-        message = f"repair: {computed} fingerprints computed again from the data"
+        header = "blocks.dat's damaged header rewritten; " if self._header_rewritten else ""
+        message = f"repair: {header}{computed} fingerprints computed again from the data"
         if len(lost):
             shown = ", ".join(map(str, lost[:10])) + (" …" if len(lost) > 10 else "")
             message += (f"; {formats.count(len(lost))} blocks whose data is gone are corrupt"
