@@ -121,7 +121,7 @@ def repair_events(pool) -> str:
     return events
 
 
-@pytest.mark.parametrize("damage", [b"XXXXXXXX", bytes(range(256)) * 2])     # 8 bytes, a sector
+@pytest.mark.parametrize("damage", [b"XXXXXXXX", bytes(range(256)) * 2], ids=["8 bytes", "sector"])
 def test_a_damaged_header_refuses_the_open_and_repair_rewrites_it(golden, tmp_path, damage):
     pool, image = golden
     with open(pool / "blocks.dat", "r+b") as f:
