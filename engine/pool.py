@@ -833,7 +833,8 @@ class Pool:
 
     def _fill(self, target: str, image, progress) -> int:
         """Writes an image's chunks into an import's provisional VM; returns its size in bytes."""
-        meter = Meter(progress, "import", image.size, unit_bytes=1)
+        # A stream's size is 0: not known until it ends.
+        meter = Meter(progress, "import", image.size or None, unit_bytes=1)
         size = image.size
         chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks
         for offset, data in imageio.read_ahead(image, chunk * self.block_size):
@@ -858,7 +859,7 @@ class Pool:
         blocks moved onto the VM's top, with data ops held, and committed with the event. So a
         source too long for the VM (found at once when its size is known, else when it passes
         the end), an unreadable one, no space or a cancel leave the VM as it was. A file's
-        holes are not read: they write zeros. Progress phase "write", in bytes (total 0 for a
+        holes are not read: they write zeros. Progress phase "write", in bytes (total None for a
         stream of unknown length); the first report comes before any byte is read.
         Raises VMNotFoundError, OutOfRangeError, BadImageError, NoSpaceError, CancelledError,
         AbortedError."""
@@ -891,7 +892,7 @@ class Pool:
     def _stream(self, target: str, name: str, size: int, offset: int, source, progress) -> int:
         """Writes the source's pieces into the provisional VM `target` at `offset` on; returns
         where they ended. Raises OutOfRangeError past the end of VM `name` (`size` bytes)."""
-        meter = Meter(progress, "write", source.size if source.seekable else 0, unit_bytes=1)
+        meter = Meter(progress, "write", source.size if source.seekable else None, unit_bytes=1)
         meter.advance(0)        # a service's client sends its bytes only after this report
         end = offset
         chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks
