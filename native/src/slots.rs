@@ -724,10 +724,15 @@ mod tests {
     #[test]
     fn a_damaged_header_is_rewritten_when_the_blocks_match_their_fingerprints() {
         let dir = pool_of(4096, 200);
-        assert!(!repair_header(dir.path(), 4096).unwrap(), "a sound header is left alone");
+        assert!(
+            !repair_header(dir.path(), 4096).unwrap(),
+            "a sound header is left alone"
+        );
         // A bad sector over the header and slot 1: most blocks still match.
         scribble(&dir.path().join(DATA_FILE), 0, &[0x58; 4096 + 512]);
-        let err = SlotStore::open(dir.path(), 4096, false, false).err().unwrap();
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("bad header"), "{err}");
         assert!(err.to_string().contains("rebuild --full --repair"), "{err}");
         assert!(repair_header(dir.path(), 4096).unwrap());
@@ -750,7 +755,9 @@ mod tests {
 
         // A random file with the fingerprints of the blocks that were there.
         let dir = pool_of(4096, 100);
-        let random: Vec<u8> = (0..101 * 4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..101 * 4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         std::fs::write(dir.path().join(DATA_FILE), &random).unwrap();
         assert!(repair_header(dir.path(), 4096).is_err());
         assert_eq!(std::fs::read(dir.path().join(DATA_FILE)).unwrap(), random);
