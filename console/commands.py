@@ -783,7 +783,8 @@ def blocks(admin, args, bar) -> int:
                arg("--repair", action="store_true",
                    help="with --full: repair what a truncated or deleted blocks.dat or "
                    "hashes.dat left (fingerprints computed again from the data; blocks whose "
-                   "data is gone are marked corrupt); needs the pool to itself")])
+                   "data is gone are marked corrupt) and a damaged blocks.dat header (once its "
+                   "blocks match their fingerprints); needs the pool to itself")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     rate = formats.rate_over(r.bytes, r.seconds)

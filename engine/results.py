@@ -491,7 +491,7 @@ class Job:
     done: int
     """Work done in that phase (bytes or blocks, as the phase reports)."""
     total: int
-    """The phase's whole work, in the same unit."""
+    """The phase's whole work, in the same unit; 0 while not known (a stream's bytes)."""
     bytes_per_s: float
     """Its rate in the last report, bytes a second."""
     message: str
