@@ -66,6 +66,9 @@ TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p
                       | p.FLAG_SEND_WRITE_ZEROES
                       # one pool behind every connection: a flush on one covers writes on all
                       | p.FLAG_CAN_MULTI_CONN)
+# What a read-only export does not offer: its changes would be refused (EPERM), and FUA only
+# speaks of writes (as nbdkit -r). FLUSH stays: it succeeds, having nothing to commit.
+WRITE_FLAGS = p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM | p.FLAG_SEND_WRITE_ZEROES
 
 
 def handshake_deadline() -> float:
@@ -104,7 +107,8 @@ class NBDServer:
         self.admin = admin
         self.meter = meter
         self.read_only = read_only
-        self.flags = TRANSMISSION_FLAGS | (p.FLAG_READ_ONLY if read_only else 0)
+        self.flags = ((TRANSMISSION_FLAGS & ~WRITE_FLAGS) | p.FLAG_READ_ONLY if read_only
+                      else TRANSMISSION_FLAGS)
         self.block_size = admin.block_size      # the preferred block size each export reports
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
