@@ -759,17 +759,29 @@ class Pool:
 
     def refresh(self, name: str) -> None:
         """Drops the VM's own writes: it reads as the golden image it was cloned from again,
-        O(1) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone)."""
+        at its size then, O(1) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not
+        a clone)."""
+        vm = self.graph.vm(name)
+        back = vm.base_size if vm.base_size not in (None, vm.size) else None
         self._collecting(lambda: self.graph.plan_refresh(name), "refresh",
-                         f"refreshed {name} to its golden image")
+                         f"refreshed {name} to its golden image"
+                         + (f", {formats.exact_size(back)} again" if back else ""))
 
     def rebase(self, names: list[str], golden: str, keep_writes: bool = False) -> None:
         """Moves the VMs onto `golden`'s current state in one edit, O(1) each (Horizon's
-        recompose, MCS's catalog update): golden's top is frozen if it wrote since it was last
-        frozen; each VM keeps its own writes on top (`keep_writes`: only a VM whose top sits
-        right on its base) or starts empty. Raises VMNotFoundError, RefusedError."""
+        recompose, MCS's catalog update), at golden's size: golden's top is frozen if it wrote
+        since it was last frozen; each VM keeps its own writes on top (`keep_writes`: only a
+        VM whose top sits right on its base) or starts empty. A VM it shrinks, keeping its
+        writes, has what lies past golden's end trimmed first (as resize does), so growing it
+        later shows zeros there. Raises VMNotFoundError, RefusedError."""
         if not names:
             raise RefusedError("nothing to rebase")
+        if keep_writes:
+            with self._lock:
+                shrunk = self.graph.check_rebase(names, golden, keep_writes)
+                end = self.graph.vm(golden).size
+            for vm in shrunk:
+                self.trim(vm.name, end, vm.size - end)
 
         def plan():
             empty = self.core.is_empty(self.graph.vm(golden).top)

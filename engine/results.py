@@ -77,6 +77,9 @@ class VMInfo:
     """The NBD clients attached to it (HOST:PORT each); [] when no service runs."""
     refreshable: bool
     """It keeps the golden state it was cloned from: `vm refresh` brings it back there."""
+    base_size: int | None = None
+    """Bytes: the size of that golden state, which a refresh gives it back; None: not
+    refreshable, or cloned before Blockfold kept it (a refresh keeps its size)."""
 
 
 @dataclass(frozen=True)
