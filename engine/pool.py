@@ -429,6 +429,7 @@ class Pool:
             # Even with nothing to write: a cluster's copies lost since the last commit (a node
             # back empty) are told by its sync, and a flush must learn of them.
             self.core.sync()
+            self._refuse_lost(pages, edit)
             if not idle:
                 self._durably(write)
         except BaseException as e:
@@ -445,6 +446,47 @@ class Pool:
         self._committed = number
         if edit is not None:
             self._apply(edit)
+
+    def _refuse_lost(self, pages, edit: LayerEdit | None) -> None:
+        """LostWritesError if the change would commit a reference to a block whose copies are
+        all lost (a cluster's nodes restarted before it was durable): every commit fails until
+        the VM's client overwrites or trims those blocks (or the VM is deleted), so no flush
+        ever covers data that is gone. Nothing to do while every live block has a copy."""
+        if self.local or not self.blocks.lost_blocks():
+            return
+        dropped = set(edit.dropped) if edit is not None else set()
+        lost_at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry is lost
+        lost_ids = []
+        for layer, page, blob in pages:
+            if blob is None or layer in dropped:
+                continue
+            new = np.frombuffer(blob, np.uint64)
+            old = self.catalog.page(layer, page)
+            changed = np.flatnonzero(new != (0 if old is None else np.frombuffer(old, np.uint64)))
+            gone = np.isin(new[changed], self.blocks.without_copy(new[changed]))
+            if gone.any():
+                lost_ids.append(int(new[changed[gone][0]]))
+                lost_at.setdefault(layer, []).extend(
+                    (page * _native.PAGE_ENTRIES + changed[gone]).tolist())
+        if lost_at:
+            tops = {vm.top: vm.name for vm in self.graph.vms()}
+            where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
+                              f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
+                              for layer, lbns in lost_at.items())
+            raise LostWritesError(f"{where}: {self.blocks.why_lost(lost_ids[0])}; every flush"
+                                  " fails until they are written again or trimmed")
+
+    def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
+        """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
+        ranges: list[list[int]] = []
+        for lbn in lbns:
+            if ranges and ranges[-1][1] == lbn - 1:
+                ranges[-1][1] = lbn
+            else:
+                ranges.append([lbn, lbn])
+        bs = self.block_size
+        text = ", ".join(f"{a * bs}-{(b + 1) * bs - 1}" for a, b in ranges[:shown])
+        return text + (f" and {len(ranges) - shown} more ranges" if len(ranges) > shown else "")
 
     def _durably(self, write) -> None:
         """Runs `write()`, a catalog write that rolls itself back if it fails; if it failed for

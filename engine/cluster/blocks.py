@@ -27,6 +27,7 @@ from . import check
 from .copies import Copies
 from .heal import Healer
 from .inventory import Inventory
+from .losses import BEFORE_DURABLE, CAME_BACK_WITHOUT, LostCopies
 from .reads import Reader
 from .rowmap import RowMap
 from .writes import Writer
@@ -50,7 +51,8 @@ class ClusterBlocks:
         self._writer = Writer(members, self._rows, self._copies, fingerprints,
                               replicas=config.replicas, min_replicas=config.min_replicas,
                               collisions=collisions)
-        self._reader = Reader(members, self._rows, self._copies, fingerprints)
+        self.lost_copies = LostCopies()
+        self._reader = Reader(members, self._rows, self._copies, fingerprints, self.why_lost)
         self._inventory = Inventory(members, self._rows, self._copies, self._reader)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
                               replicas=config.replicas, sync=self._note_losses)
@@ -161,6 +163,7 @@ class ClusterBlocks:
             for node, ids in gone.items():
                 rows = self._rows.rows_of(ids)
                 self._rows.unhold(rows[rows != 0], np.arange(len(names)) == node)
+                self.lost_copies.note(BEFORE_DURABLE, node, ids)
             for node, ids in gone.items():
                 rows = self._rows.rows_of(ids)
                 lost = ((self._rows.refcounts_at(rows) > 0)
@@ -206,8 +209,17 @@ class ClusterBlocks:
         return figures
 
     def rejoin(self, node: int, reclaim: bool) -> None:
-        """A returning node: its copies count again; what it should not hold, it drops."""
+        """A returning node: its copies count again; what it should not hold, it drops. The
+        live copies it came back without are noted (a read of a block left with no copy says
+        so)."""
+        with self._rows.lock:
+            live = self._rows.live_rows()
+            credited = live[self._rows.holders_at(live)[:, node]]
         self._inventory.rejoin(node, reclaim)
+        with self._rows.lock:
+            gone = credited[~self._rows.holders_at(credited)[:, node]
+                            & (self._rows.refcounts_at(credited) > 0)]
+            self.lost_copies.note(CAME_BACK_WITHOUT, node, self._rows.ids_at(gone))
 
     # -- health and heal ----------------------------------------------------------------------
 
@@ -215,6 +227,23 @@ class ClusterBlocks:
         """Live ids with fewer than R copies on up nodes."""
         with self._rows.lock:
             return self._rows.under_replicated(self.members.up_mask(), self.replicas)
+
+    def without_copy(self, addrs: np.ndarray) -> np.ndarray:
+        """The distinct ids of `addrs` that the row map knows and no node holds (up or not),
+        ascending: their copies were lost."""
+        ids = np.unique(np.asarray(addrs, np.uint64))
+        with self._rows.lock:
+            rows = self._rows.rows_of(ids)
+            return ids[(rows != 0) & ~self._rows.holders_at(rows).any(axis=1)]
+
+    def lost_blocks(self) -> int:
+        """Live ids that no node holds a copy of, up or not."""
+        with self._rows.lock:
+            return int((~self._rows.holders_at(self._rows.live_rows()).any(axis=1)).sum())
+
+    def why_lost(self, block_id: int) -> str:
+        """Why no node holds `block_id` (engine.cluster.losses)."""
+        return self.lost_copies.why(block_id, self.members.names())
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""
@@ -287,6 +316,7 @@ class ClusterBlocks:
                 "replicas": self.replicas,
                 "min_replicas": self.min_replicas,
                 "under_replicated_blocks": self.under_replicated(),
+                "lost_blocks": self.lost_blocks(),
                 "repaired_copies": self.repaired,
             }
 
@@ -299,7 +329,7 @@ class ClusterBlocks:
         R reachable, sound copies. Problem dicts, as engine.fsck reports them."""
         problems = Problems()
         check.check(self.members, self._rows, self._copies, self.replicas, references,
-                    problems.report, engine_callback(progress))
+                    problems.report, engine_callback(progress), self.why_lost)
         return problems.found
 
     def close(self) -> None:
