@@ -43,7 +43,7 @@ from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
                      NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
-                     RefusedError)
+                     RefusedError, ReplicationError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
 from .names import check_vm_size
@@ -449,32 +449,39 @@ class Pool:
 
     def _refuse_lost(self, pages, edit: LayerEdit | None) -> None:
         """LostWritesError if the change would commit a reference to a block whose copies are
-        all lost (a cluster's nodes restarted before it was durable): every commit fails until
-        the VM's client overwrites or trims those blocks (or the VM is deleted), so no flush
-        ever covers data that is gone. Nothing to do while every live block has a copy."""
-        if self.local or not self.blocks.lost_blocks():
+        all lost (a cluster's nodes restarted before it was durable; ReplicationError if its only
+        copies are on nodes that went down before syncing them): every commit fails until the
+        VM's client overwrites or trims those blocks (or the VM is deleted), so no flush ever
+        covers data that is gone. Only changed entries count: what the last commit references
+        is not this change's to answer for. Nothing to do while no copy is in doubt."""
+        if self.local or not self.blocks.copies_in_doubt():
             return
         dropped = set(edit.dropped) if edit is not None else set()
-        lost_at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry is lost
-        lost_ids = []
+        at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry has no durable copy
+        lost, waiting = [], []
         for layer, page, blob in pages:
             if blob is None or layer in dropped:
                 continue
             new = np.frombuffer(blob, np.uint64)
             old = self.catalog.page(layer, page)
             changed = np.flatnonzero(new != (0 if old is None else np.frombuffer(old, np.uint64)))
-            gone = np.isin(new[changed], self.blocks.without_copy(new[changed]))
-            if gone.any():
-                lost_ids.append(int(new[changed[gone][0]]))
-                lost_at.setdefault(layer, []).extend(
-                    (page * _native.PAGE_ENTRIES + changed[gone]).tolist())
-        if lost_at:
+            gone, unsure = self.blocks.without_durable_copy(new[changed])
+            bad = changed[np.isin(new[changed], np.concatenate([gone, unsure]))]
+            lost += gone.tolist()
+            waiting += unsure.tolist()
+            if len(bad):
+                at.setdefault(layer, []).extend((page * _native.PAGE_ENTRIES + bad).tolist())
+        if at:
             tops = {vm.top: vm.name for vm in self.graph.vms()}
             where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
                               f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
-                              for layer, lbns in lost_at.items())
-            raise LostWritesError(f"{where}: {self.blocks.why_lost(lost_ids[0])}; every flush"
-                                  " fails until they are written again or trimmed")
+                              for layer, lbns in at.items())
+            # Lost: told to every connection (Pool.losses); waiting: judged once the node answers.
+            why = self.blocks.why_lost((lost or waiting)[0])
+            kind, until = ((LostWritesError, "") if lost
+                           else (ReplicationError, ", or those nodes answer"))
+            raise kind(f"{where} have no durable copy: {why}; every flush fails until they are"
+                       f" written again or trimmed{until}")
 
     def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
         """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
@@ -1024,12 +1031,20 @@ class Pool:
             return self.view.page(**filters)
 
     def fsck(self, progress: ProgressCallback | None = None) -> list[dict]:
-        """Every broken promise, judged on the committed state (the pool commits first)."""
+        """Every broken promise, judged on the committed state (the pool commits first). A
+        commit refused for writes whose copies were lost is reported (kind "lost"), not raised:
+        that is what an operator runs fsck to see."""
         self._wait_ready()
         with self._lock:
+            refused = []
             if not self.readonly:
-                self._commit()
-            return fsck_mod.check(self, progress)
+                try:
+                    self._commit()
+                except AbortedError as e:
+                    if not isinstance(e.__cause__, LostWritesError):
+                        raise
+                    refused = [{"kind": "lost", "message": f"not committed: {e}"}]
+            return refused + fsck_mod.check(self, progress)
 
     def scrub(self, rate: float | None = None, progress: ProgressCallback | None = None,
               cancel: threading.Event | None = None) -> dict:

@@ -354,8 +354,8 @@ class Problem:
     """One broken promise that fsck found, and where: the fields that do not locate it are None."""
 
     kind: str
-    """"layer", "reference", "refcount", "space", "corrupt", "damage", "replica", "missing" or
-    "replication"."""
+    """"layer", "reference", "refcount", "space", "corrupt", "damage", "replica", "missing",
+    "lost" (no copy left on any node, or a commit refused for it) or "replication"."""
     message: str
     """One line, for people."""
     pbn: int | None = None

@@ -228,13 +228,24 @@ class ClusterBlocks:
         with self._rows.lock:
             return self._rows.under_replicated(self.members.up_mask(), self.replicas)
 
-    def without_copy(self, addrs: np.ndarray) -> np.ndarray:
-        """The distinct ids of `addrs` that the row map knows and no node holds (up or not),
-        ascending: their copies were lost."""
+    def copies_in_doubt(self) -> bool:
+        """Nodes lost copies since the open, or hold some they have not made durable and are
+        down: a commit must check what it references (without_durable_copy)."""
+        return bool(self.lost_copies) or bool(self._copies.unsynced_down())
+
+    def without_durable_copy(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lost, waiting): the distinct ids of `addrs` the row map knows that no node holds,
+        up or not (their copies were lost), and those held only by nodes that went down before
+        making them durable (a sync judges them once those answer). Both ascending."""
         ids = np.unique(np.asarray(addrs, np.uint64))
         with self._rows.lock:
             rows = self._rows.rows_of(ids)
-            return ids[(rows != 0) & ~self._rows.holders_at(rows).any(axis=1)]
+            held = self._rows.holders_at(rows).copy()
+        known = rows != 0
+        lost = known & ~held.any(axis=1)
+        for node, sent in self._copies.unsynced_down().items():
+            held[:, node] &= ~np.isin(ids, sent)
+        return ids[lost], ids[known & ~lost & ~held.any(axis=1)]
 
     def lost_blocks(self) -> int:
         """Live ids that no node holds a copy of, up or not."""
@@ -242,8 +253,17 @@ class ClusterBlocks:
             return int((~self._rows.holders_at(self._rows.live_rows()).any(axis=1)).sum())
 
     def why_lost(self, block_id: int) -> str:
-        """Why no node holds `block_id` (engine.cluster.losses)."""
-        return self.lost_copies.why(block_id, self.members.names())
+        """Why `block_id` has no durable copy: its holders went down before making it durable,
+        or (no node holds it) who lost it (engine.cluster.losses)."""
+        names = self.members.names()
+        with self._rows.lock:
+            held = self._rows.holders_at(self._rows.rows_of(np.array([block_id], np.uint64)))[0]
+        if held.any():
+            nodes = [names[n] for n in np.flatnonzero(held)]
+            which = "nodes " if len(nodes) > 1 else "node "
+            return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
+                    " durable there")
+        return self.lost_copies.why(block_id, names)
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""

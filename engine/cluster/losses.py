@@ -27,6 +27,9 @@ class LostCopies:
             kept[node] = np.union1d(kept.get(node, np.zeros(0, np.uint64)),
                                     np.asarray(ids, np.uint64))
 
+    def __bool__(self) -> bool:
+        return any(self._lost.values())
+
     def why(self, block_id: int, names: list[str]) -> str:
         """Why no node holds `block_id`: "its copies were lost: nodes node1, node2 restarted
         before it was made durable" (`names`: the nodes' names, by index)."""
