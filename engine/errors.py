@@ -89,4 +89,6 @@ class ReplicationError(RefusedError):
 class LostWritesError(ReplicationError):
     """Nodes restarted before a flush and lost acknowledged writes that no other node held. The
     commit that found it fails, and so does the next flush of every NBD connection open then
-    (engine.nbd.transmission.Host): each writer learns it, as after a crash (issue 13, case 1)."""
+    (engine.nbd.transmission.Host): each writer learns it, as after a crash (issue 13, case 1).
+    Every commit after it fails too while its change still references a lost block
+    (engine.pool.Pool._refuse_lost)."""

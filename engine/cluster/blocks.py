@@ -231,7 +231,7 @@ class ClusterBlocks:
     def copies_in_doubt(self) -> bool:
         """Nodes lost copies since the open, or hold some they have not made durable and are
         down: a commit must check what it references (without_durable_copy)."""
-        return bool(self.lost_copies) or bool(self._copies.unsynced_down())
+        return bool(self.lost_copies) or self._copies.any_unsynced_down()
 
     def without_durable_copy(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lost, waiting): the distinct ids of `addrs` the row map knows that no node holds,
