@@ -91,4 +91,11 @@ class LostWritesError(ReplicationError):
     commit that found it fails, and so does the next flush of every NBD connection open then
     (engine.nbd.transmission.Host): each writer learns it, as after a crash (issue 13, case 1).
     Every commit after it fails too while its change still references a lost block
-    (engine.pool.Pool._refuse_lost)."""
+    (NotDurableError)."""
+
+
+class NotDurableError(ReplicationError):
+    """A commit's change references blocks with no durable copy: no node holds them (nodes
+    restarted before they were durable), or only nodes that went down before syncing them.
+    Refused, as is every commit after it until they are written again or trimmed
+    (engine.pool.Pool._refuse_lost). Not a new loss: Pool.losses does not count it."""

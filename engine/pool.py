@@ -43,7 +43,7 @@ from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
                      NotAPoolError, OutOfRangeError, PoolFormatError, ReadOnlyError,
-                     RefusedError, ReplicationError)
+                     NotDurableError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import PoolLock
 from .names import check_vm_size
@@ -448,9 +448,9 @@ class Pool:
             self._apply(edit)
 
     def _refuse_lost(self, pages, edit: LayerEdit | None) -> None:
-        """LostWritesError if the change would commit a reference to a block whose copies are
-        all lost (a cluster's nodes restarted before it was durable; ReplicationError if its only
-        copies are on nodes that went down before syncing them): every commit fails until the
+        """NotDurableError if the change would commit a reference to a block whose copies are
+        all lost (a cluster's nodes restarted before it was durable), or only on nodes that went
+        down before syncing them (judged once they answer): every commit fails until the
         VM's client overwrites or trims those blocks (or the VM is deleted), so no flush ever
         covers data that is gone. Only changed entries count: what the last commit references
         is not this change's to answer for. Nothing to do while no copy is in doubt."""
@@ -476,12 +476,10 @@ class Pool:
             where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
                               f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
                               for layer, lbns in at.items())
-            # Lost: told to every connection (Pool.losses); waiting: judged once the node answers.
             why = self.blocks.why_lost((lost or waiting)[0])
-            kind, until = ((LostWritesError, "") if lost
-                           else (ReplicationError, ", or those nodes answer"))
-            raise kind(f"{where} have no durable copy: {why}; every flush fails until they are"
-                       f" written again or trimmed{until}")
+            until = "" if lost else ", or those nodes answer"
+            raise NotDurableError(f"{where} have no durable copy: {why}; every flush fails until"
+                                  f" they are written again or trimmed{until}")
 
     def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
         """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
@@ -1041,7 +1039,7 @@ class Pool:
                 try:
                     self._commit()
                 except AbortedError as e:
-                    if not isinstance(e.__cause__, LostWritesError):
+                    if not isinstance(e.__cause__, (LostWritesError, NotDurableError)):
                         raise
                     refused = [{"kind": "lost", "message": f"not committed: {e}"}]
             return refused + fsck_mod.check(self, progress)
