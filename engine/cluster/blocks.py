@@ -210,14 +210,17 @@ class ClusterBlocks:
 
     def rejoin(self, node: int, reclaim: bool) -> None:
         """A returning node: its copies count again; what it should not hold, it drops. The
-        live copies it came back without are noted (a read of a block left with no copy says
-        so)."""
+        live blocks it came back without that no up node holds now are noted (a read of one
+        left with no copy says who lost it); those with copies elsewhere are not: a RAM node
+        comes back without millions."""
         with self._rows.lock:
             live = self._rows.live_rows()
             credited = live[self._rows.holders_at(live)[:, node]]
         self._inventory.rejoin(node, reclaim)
+        up = self.members.up_mask()
         with self._rows.lock:
-            gone = credited[~self._rows.holders_at(credited)[:, node]
+            held = self._rows.holders_at(credited)
+            gone = credited[~held[:, node] & ~(held & up[None, :]).any(axis=1)
                             & (self._rows.refcounts_at(credited) > 0)]
             self.lost_copies.note(CAME_BACK_WITHOUT, node, self._rows.ids_at(gone))
 

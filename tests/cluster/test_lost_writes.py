@@ -59,8 +59,12 @@ def test_no_flush_covers_blocks_whose_copies_were_lost(make_cluster, tmp_path):
         assert failed
         assert all("has no copy left: its copies were lost: nodes node1, node2 restarted"
                    " before it was made durable" in why for why in failed.values()), failed
+        # The golden's committed blocks that only node1 and node2 held (RAM) are gone too.
+        gone = lost_reads(lambda lbn: admin.read("golden", lbn * 4096, 4096), 256)
+        assert gone and all("has no copy left: its copies were lost: nodes node1, node2 came"
+                            " back without it" in why for why in gone.values()), gone
         assert all(n.state == "up" for n in admin.nodes())
-        assert admin.stats().lost_blocks >= len(failed)
+        assert admin.stats().lost_blocks >= len(failed) + len(set(gone.values()))
         assert any(p.kind == "lost" for p in admin.fsck())
         for lbn in failed:                      # the client writes them again: flushes work
             written[lbn] = os.urandom(4096)
