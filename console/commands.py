@@ -752,6 +752,7 @@ def stats(admin, args, bar) -> int:
     if admin.kind == "cluster":
         rows += [("nodes", f"{sum(n.state == 'up' for n in s.nodes)} of {len(s.nodes)} up"),
                  ("under-replicated", f"{formats.count(s.under_replicated_blocks)} blocks"),
+                 ("no copy left", f"{formats.count(s.lost_blocks)} blocks"),
                  ("repaired copies", formats.count(s.repaired_copies))]
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label.ljust(width)}{value}" for label, value in rows]

@@ -233,6 +233,12 @@ class Catalog:
     def has_pages(self) -> bool:
         return self.conn.execute("SELECT 1 FROM bmap LIMIT 1").fetchone() is not None
 
+    def page(self, layer: int, page: int) -> bytes | None:
+        """One block-table page's entries as committed (None: no such page)."""
+        row = self.conn.execute("SELECT entries FROM bmap WHERE layer=? AND page=?",
+                                (layer, page)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def scan_pages(self):
         """Every block-table page, as (layer, page number, entries bytes): the one scan of the
         block tables, which the native core loads at open (rebuild, fsck and the block view

@@ -151,7 +151,8 @@ class LocalAdmin(Admin):
     def _replication(self, raw: dict) -> dict:
         """One copy of every block, in this pool's slot files."""
         return {"replicas": 1, "min_replicas": 1,
-                "under_replicated_blocks": 0 if raw["state"] == "ready" else None}
+                "under_replicated_blocks": 0 if raw["state"] == "ready" else None,
+                "lost_blocks": 0 if raw["state"] == "ready" else None}
 
     def known_blocks(self, fingerprints):
         if not self.pool.local:

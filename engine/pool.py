@@ -43,8 +43,8 @@ from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
-                     NoSpaceError, NotAPoolError, OutOfRangeError, PoolFormatError,
-                     PoolLockedError, ReadOnlyError, RefusedError)
+                     NoSpaceError, NotAPoolError, NotDurableError, OutOfRangeError,
+                     PoolFormatError, PoolLockedError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
 from .lock import LOCK_FILE, PoolLock
 from .names import check_vm_size
@@ -475,6 +475,7 @@ class Pool:
             # Even with nothing to write: a cluster's copies lost since the last commit (a node
             # back empty) are told by its sync, and a flush must learn of them.
             self.core.sync()
+            self._refuse_lost(pages, edit)
             if not idle:
                 self._durably(write)
         except BaseException as e:
@@ -491,6 +492,52 @@ class Pool:
             self._apply(edit)
         if self._reserve is not None:       # after the edit: a delete's room counts
             self._reserve.hold()
+
+    def _refuse_lost(self, pages, edit: LayerEdit | None) -> None:
+        """NotDurableError if the change would commit a reference to a block whose copies are
+        all lost (a cluster's nodes restarted before it was durable), or only on nodes that went
+        down before syncing them (judged once they answer): every commit fails until the
+        VM's client overwrites or trims those blocks (or the VM is deleted), so no flush ever
+        covers data that is gone. Only changed entries count: what the last commit references
+        is not this change's to answer for. Nothing to do while no copy is in doubt."""
+        if self.local or not self.blocks.copies_in_doubt():
+            return
+        dropped = set(edit.dropped) if edit is not None else set()
+        at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry has no durable copy
+        lost, waiting = [], []
+        for layer, page, blob in pages:
+            if blob is None or layer in dropped:
+                continue
+            new = np.frombuffer(blob, np.uint64)
+            old = self.catalog.page(layer, page)
+            changed = np.flatnonzero(new != (0 if old is None else np.frombuffer(old, np.uint64)))
+            gone, unsure = self.blocks.without_durable_copy(new[changed])
+            bad = changed[np.isin(new[changed], np.concatenate([gone, unsure]))]
+            lost += gone.tolist()
+            waiting += unsure.tolist()
+            if len(bad):
+                at.setdefault(layer, []).extend((page * _native.PAGE_ENTRIES + bad).tolist())
+        if at:
+            tops = {vm.top: vm.name for vm in self.graph.vms()}
+            where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
+                              f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
+                              for layer, lbns in at.items())
+            why = self.blocks.why_lost((lost or waiting)[0])
+            until = "" if lost else ", or those nodes answer"
+            raise NotDurableError(f"{where} have no durable copy: {why}; every flush fails until"
+                                  f" they are written again or trimmed{until}")
+
+    def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
+        """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
+        ranges: list[list[int]] = []
+        for lbn in lbns:
+            if ranges and ranges[-1][1] == lbn - 1:
+                ranges[-1][1] = lbn
+            else:
+                ranges.append([lbn, lbn])
+        bs = self.block_size
+        text = ", ".join(f"{a * bs}-{(b + 1) * bs - 1}" for a, b in ranges[:shown])
+        return text + (f" and {len(ranges) - shown} more ranges" if len(ranges) > shown else "")
 
     def _durably(self, write) -> None:
         """Runs `write()`, a catalog write that rolls itself back if it fails; if it failed for
@@ -1142,12 +1189,20 @@ class Pool:
             return self.view.page(**filters)
 
     def fsck(self, progress: ProgressCallback | None = None) -> list[dict]:
-        """Every broken promise, judged on the committed state (the pool commits first)."""
+        """Every broken promise, judged on the committed state (the pool commits first). A
+        commit refused for writes whose copies were lost is reported (kind "lost"), not raised:
+        that is what an operator runs fsck to see."""
         self._wait_ready()
         with self._lock:
+            refused = []
             if not self.readonly:
-                self._commit()
-            return fsck_mod.check(self, progress)
+                try:
+                    self._commit()
+                except AbortedError as e:
+                    if not isinstance(e.__cause__, (LostWritesError, NotDurableError)):
+                        raise
+                    refused = [{"kind": "lost", "message": f"not committed: {e}"}]
+            return refused + fsck_mod.check(self, progress)
 
     def scrub(self, rate: float | None = None, progress: ProgressCallback | None = None,
               cancel: threading.Event | None = None) -> dict:

@@ -215,6 +215,9 @@ class PoolStats:
     """Fewest copies a write accepts before it is refused; 1 for an embedded pool."""
     under_replicated_blocks: int | None
     """Live blocks with fewer than `replicas` copies on up nodes (0 for an embedded pool)."""
+    lost_blocks: int | None
+    """Live blocks no node holds a copy of, up or not: their copies were lost (nodes restarted
+    without them); reads of them fail saying so. 0 for an embedded pool."""
     repaired_copies: int | None
     """Rotten copies rewritten from a sound replica (read repair and scrub) since the
     coordinator opened; None for an embedded pool (one copy: nothing to repair from)."""
@@ -359,8 +362,8 @@ class Problem:
     """One broken promise that fsck found, and where: the fields that do not locate it are None."""
 
     kind: str
-    """"layer", "reference", "refcount", "space", "corrupt", "damage", "replica", "missing" or
-    "replication"."""
+    """"layer", "reference", "refcount", "space", "corrupt", "damage", "replica", "missing",
+    "lost" (no copy left on any node, or a commit refused for it) or "replication"."""
     message: str
     """One line, for people."""
     pbn: int | None = None

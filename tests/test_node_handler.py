@@ -67,7 +67,7 @@ def test_hello_names_the_node(node):
     assert header == {"name": "node1", "block_size": BS, "blocks": 0,
                       "capacity_bytes": 64 * BS, "disk": None, "version": 0, "epoch": 0,
                       "promised": 0, "memory": True,
-                      "lease": None}
+                      "lease": None, "incarnation": node.incarnation}
 
 
 def test_put_get_and_inventory(node):

@@ -494,7 +494,8 @@ class ClusterAdmin(LocalAdmin):
 
     def _replication(self, raw: dict) -> dict:
         return {"replicas": self.config.replicas, "min_replicas": self.config.min_replicas,
-                "under_replicated_blocks": raw.get("under_replicated_blocks")}
+                "under_replicated_blocks": raw.get("under_replicated_blocks"),
+                "lost_blocks": raw.get("lost_blocks")}
 
     def stats(self):
         # Free slots belong to each node's own store: the coordinator has none to count.

@@ -27,6 +27,7 @@ from . import check
 from .copies import Copies
 from .heal import Healer
 from .inventory import Inventory
+from .losses import BEFORE_DURABLE, CAME_BACK_WITHOUT, LostCopies
 from .reads import Reader
 from .rowmap import RowMap
 from .writes import Writer
@@ -50,7 +51,8 @@ class ClusterBlocks:
         self._writer = Writer(members, self._rows, self._copies, fingerprints,
                               replicas=config.replicas, min_replicas=config.min_replicas,
                               collisions=collisions)
-        self._reader = Reader(members, self._rows, self._copies, fingerprints)
+        self.lost_copies = LostCopies()
+        self._reader = Reader(members, self._rows, self._copies, fingerprints, self.why_lost)
         self._inventory = Inventory(members, self._rows, self._copies, self._reader)
         self._healer = Healer(members, self._rows, self._copies, self._reader,
                               replicas=config.replicas, sync=self._note_losses)
@@ -161,6 +163,7 @@ class ClusterBlocks:
             for node, ids in gone.items():
                 rows = self._rows.rows_of(ids)
                 self._rows.unhold(rows[rows != 0], np.arange(len(names)) == node)
+                self.lost_copies.note(BEFORE_DURABLE, node, ids)
             for node, ids in gone.items():
                 rows = self._rows.rows_of(ids)
                 lost = ((self._rows.refcounts_at(rows) > 0)
@@ -206,8 +209,20 @@ class ClusterBlocks:
         return figures
 
     def rejoin(self, node: int, reclaim: bool) -> None:
-        """A returning node: its copies count again; what it should not hold, it drops."""
+        """A returning node: its copies count again; what it should not hold, it drops. The
+        live blocks it came back without that no up node holds now are noted (a read of one
+        left with no copy says who lost it); those with copies elsewhere are not: a RAM node
+        comes back without millions."""
+        with self._rows.lock:
+            live = self._rows.live_rows()
+            credited = live[self._rows.holders_at(live)[:, node]]
         self._inventory.rejoin(node, reclaim)
+        up = self.members.up_mask()
+        with self._rows.lock:
+            held = self._rows.holders_at(credited)
+            gone = credited[~held[:, node] & ~(held & up[None, :]).any(axis=1)
+                            & (self._rows.refcounts_at(credited) > 0)]
+            self.lost_copies.note(CAME_BACK_WITHOUT, node, self._rows.ids_at(gone))
 
     # -- health and heal ----------------------------------------------------------------------
 
@@ -215,6 +230,43 @@ class ClusterBlocks:
         """Live ids with fewer than R copies on up nodes (a node being removed not counted)."""
         with self._rows.lock:
             return self._rows.under_replicated(self.members.placeable_mask(), self.replicas)
+
+    def copies_in_doubt(self) -> bool:
+        """Nodes lost copies since the open, or hold some they have not made durable and are
+        down: a commit must check what it references (without_durable_copy)."""
+        return bool(self.lost_copies) or self._copies.any_unsynced_down()
+
+    def without_durable_copy(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lost, waiting): the distinct ids of `addrs` the row map knows that no node holds,
+        up or not (their copies were lost), and those held only by nodes that went down before
+        making them durable (a sync judges them once those answer). Both ascending."""
+        ids = np.unique(np.asarray(addrs, np.uint64))
+        with self._rows.lock:
+            rows = self._rows.rows_of(ids)
+            held = self._rows.holders_at(rows).copy()
+        known = rows != 0
+        lost = known & ~held.any(axis=1)
+        for node, sent in self._copies.unsynced_down().items():
+            held[:, node] &= ~np.isin(ids, sent)
+        return ids[lost], ids[known & ~lost & ~held.any(axis=1)]
+
+    def lost_blocks(self) -> int:
+        """Live ids that no node holds a copy of, up or not."""
+        with self._rows.lock:
+            return int((~self._rows.holders_at(self._rows.live_rows()).any(axis=1)).sum())
+
+    def why_lost(self, block_id: int) -> str:
+        """Why `block_id` has no durable copy: its holders went down before making it durable,
+        or (no node holds it) who lost it (engine.cluster.losses)."""
+        names = self.members.names()
+        with self._rows.lock:
+            held = self._rows.holders_at(self._rows.rows_of(np.array([block_id], np.uint64)))[0]
+        if held.any():
+            nodes = [names[n] for n in np.flatnonzero(held)]
+            which = "nodes " if len(nodes) > 1 else "node "
+            return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
+                    " durable there")
+        return self.lost_copies.why(block_id, names)
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""
@@ -301,6 +353,7 @@ class ClusterBlocks:
                 "replicas": self.replicas,
                 "min_replicas": self.min_replicas,
                 "under_replicated_blocks": self.under_replicated(),
+                "lost_blocks": self.lost_blocks(),
                 "repaired_copies": self.repaired,
             }
 
@@ -313,7 +366,7 @@ class ClusterBlocks:
         R reachable, sound copies. Problem dicts, as engine.fsck reports them."""
         problems = Problems()
         check.check(self.members, self._rows, self._copies, self.replicas, references,
-                    problems.report, engine_callback(progress))
+                    problems.report, engine_callback(progress), self.why_lost)
         return problems.found
 
     def close(self) -> None:

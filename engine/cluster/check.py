@@ -4,7 +4,8 @@
   no row is counted that nothing references
 - every node holds what the row map says it holds, and every copy it holds still hashes to its
   fingerprint (the node scrubs itself)
-- every live id has a reachable copy, and R of them (else: run heal)
+- every live id has a copy (else it is lost, and counted), a reachable one, and R of them
+  (else: run heal)
 
 At most MAX_SHOWN problems of a kind are reported per check: one broken promise is usually
 thousands of blocks.
@@ -23,9 +24,10 @@ MAX_SHOWN = 10
 
 
 def check(members, rows: RowMap, copies: Copies, replicas: int, references: np.ndarray,
-          report, progress) -> None:
+          report, progress, why_lost) -> None:
     """Checks the row map against `references` (every table entry) and the nodes against the
-    row map; calls report(kind, message, **where) for each problem found."""
+    row map; calls report(kind, message, **where) for each problem found. `why_lost(id)`: why
+    no node holds a copy of it (engine.cluster.losses)."""
     with rows.lock:
         ids, counts = np.unique(references, return_counts=True)
         at = rows.rows_of(ids)
@@ -61,9 +63,18 @@ def check(members, rows: RowMap, copies: Copies, replicas: int, references: np.n
             report("corrupt", f"node {names[node]}: block {block_id:016x} no longer matches its"
                    " hash", pbn=block_id, node=names[node])
     meter.finish()
+    # No copy on any node, up or not: lost, and counted; no reachable copy: its nodes are down.
+    lost = ~held.any(axis=1)
+    for block_id in live_ids[lost][:MAX_SHOWN].tolist():
+        report("lost", f"block {block_id:016x} has no copy left: {why_lost(block_id)}",
+               pbn=block_id)
+    if lost.sum() > MAX_SHOWN:
+        report("lost", f"{formats.count(int(lost.sum()))} blocks in all have no copy left on any"
+               " node")
     reachable = (held & up[None, :]).sum(axis=1)
-    for block_id in live_ids[reachable == 0][:MAX_SHOWN].tolist():
-        report("missing", f"block {block_id:016x} has no reachable copy", pbn=block_id)
+    for block_id in live_ids[(reachable == 0) & ~lost][:MAX_SHOWN].tolist():
+        report("missing", f"block {block_id:016x} has no reachable copy: its nodes are down",
+               pbn=block_id)
     short = np.count_nonzero((reachable > 0) & (reachable < replicas))
     if short:
         report("replication", f"{formats.count(short)} blocks have fewer than {replicas}"

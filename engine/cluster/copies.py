@@ -95,6 +95,20 @@ class Copies:
             sent.append(ids)
             self._unsynced[node] = (seen if seen == run else None, sent)
 
+    def unsynced_down(self) -> dict[int, np.ndarray]:
+        """The ids each node took that it has not made durable, for the nodes down since (a
+        sync passes them by): {node: ids ascending}."""
+        up = self.members.reachable_mask()
+        with self._sync_lock:
+            return {node: np.unique(np.concatenate(sent))
+                    for node, (_, sent) in self._unsynced.items() if sent and not up[node]}
+
+    def any_unsynced_down(self) -> bool:
+        """Some node down holds copies it has not made durable."""
+        up = self.members.reachable_mask()
+        with self._sync_lock:
+            return any(sent and not up[node] for node, (_, sent) in self._unsynced.items())
+
     def get(self, asked: dict[int, np.ndarray]) -> dict:
         """Asks each node for its ids ({node: ids}, at most frame_blocks each). Returns {node:
         (a bool per id: the node has no copy, the bytes as n × block_size with a row per id it

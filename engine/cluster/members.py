@@ -72,6 +72,7 @@ class Member:
         # first answer, which may be one sent before the kill.
         self.failed = ""
         self.was_up = False     # up at least once since we opened: its going down is news
+        self.incarnation: str | None = None     # its last heartbeat's: another is a restart
 
 
 class Members:
@@ -329,8 +330,15 @@ class Members:
             node.blocks = info["blocks"]
             node.version, node.epoch = info["version"], info.get("epoch", 0)
             node.promised = info.get("promised", 0)
+            run = info.get("incarnation")
             if node.state == NodeState.DOWN:
                 self._judge(i, NodeState.RETURNING)
+            elif (node.state in (NodeState.UP, NodeState.SUSPECT)
+                  and None not in (run, node.incarnation) and run != node.incarnation):
+                # Restarted between two heartbeats: what it held may be gone (a RAM node's
+                # all), and the row map still credits it. Caught up as any returning node.
+                self._judge(i, NodeState.RETURNING)
+            node.incarnation = run
         return info
 
     def start_heartbeats(self) -> None:

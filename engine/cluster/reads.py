@@ -16,6 +16,7 @@ they hash to its record), then made durable. Each repair is counted and kept for
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,8 +30,10 @@ from .rowmap import RowMap
 
 
 class Reader:
-    def __init__(self, members, rows: RowMap, copies: Copies, fingerprints: Fingerprinter):
+    def __init__(self, members, rows: RowMap, copies: Copies, fingerprints: Fingerprinter,
+                 why_lost: Callable[[int], str]):
         self.members = members
+        self.why_lost = why_lost    # why no node holds an id (engine.cluster.losses)
         self.rows = rows
         self.copies = copies
         self.fingerprints = fingerprints
@@ -153,6 +156,14 @@ class Reader:
             self.members.call_many({n: (rpc.SYNC, {}, b"") for n in done}, WRITE_TIMEOUT)
         return np.unique(np.concatenate(fixed)) if fixed else np.zeros(0, np.uint64)
 
+    def _unreachable_why(self, block_id: int) -> str:
+        """Why no node answered for `block_id`: its holders are down, or no node holds it."""
+        with self.rows.lock:
+            held = self.rows.holders_at(self.rows.rows_of(np.array([block_id], np.uint64)))
+        if held.any():
+            return "has no reachable copy: too many nodes are down"
+        return f"has no copy left: {self.why_lost(block_id)}"
+
     def take_repairs(self) -> list[tuple[int, str, str]]:
         """The repairs not yet logged, (id, node, actor) each; they are handed over once."""
         with self._repairs_lock:
@@ -176,6 +187,5 @@ class Reader:
             has = ranked.any(axis=1)
             if not has.all():
                 lost = int(uniq[todo[~has][0]])
-                raise BlockfoldError(f"block {lost:016x} has no reachable copy:"
-                                     " too many nodes are down")
+                raise BlockfoldError(f"block {lost:016x} {self._unreachable_why(lost)}")
         return order[todo, ranked.argmax(axis=1)]

@@ -69,13 +69,14 @@ class Handler:
         blocks), disk (the filesystem that room is on: counted once however many nodes share
         it), version and epoch (of the catalog replica), promised (the highest epoch it
         promised), memory (a RAM node), lease ({holder, process} of the running write lease, or
-        null)}."""
+        null), incarnation (drawn at its start: a coordinator sees a restart it missed)}."""
         s = self.store
         replica = s.replica()
         return {"name": self.name, "block_size": s.block_size, "blocks": s.held,
                 "capacity_bytes": s.capacity_bytes, "disk": s.disk, "version": replica["version"],
                 "epoch": replica["epoch"], "promised": replica["promised"],
-                "memory": bool(s.memory), "lease": s.lease_info()}, b""
+                "memory": bool(s.memory), "lease": s.lease_info(),
+                "incarnation": self.incarnation}, b""
 
     def heartbeat(self, header: dict, payload) -> tuple[dict, bytes]:
         """hello(), after renewing the lease of `holder` (optional) for `lease` seconds if it

@@ -57,6 +57,8 @@ class PoolCollector(Collector):
         yield gauge("blockfold_unique_blocks", "Live blocks, each stored once", s.unique_blocks)
         yield gauge("blockfold_under_replicated_blocks",
                     "Live blocks with fewer copies than R on up nodes", s.under_replicated_blocks)
+        yield gauge("blockfold_lost_blocks",
+                    "Live blocks no node holds a copy of (their copies were lost)", s.lost_blocks)
         yield gauge("blockfold_rebuilding", "1 while the RAM metadata is rebuilt",
                     int(s.state == "rebuilding"))
         yield gauge("blockfold_fenced", "1 while a newer writer has the cluster and this one"

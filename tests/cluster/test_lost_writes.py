@@ -1,0 +1,115 @@
+"""Writes lost before they were durable (RAM nodes restarted between a write and its flush): no
+flush succeeds while the change still references them, reads say their copies were lost, and
+stats and fsck count them (brk7 #18: the second flush committed references to 116 lost blocks,
+and their reads blamed "too many nodes are down" with every node up)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from engine.api import BlockfoldError
+from engine.cluster import lifecycle
+
+from ..nbdclient import CMD_FLUSH, CMD_READ, CMD_TRIM, EIO, RawClient, Reply, Server
+from .conftest import image
+
+BLOCKS = 48     # written, not flushed: about a third land on node1 and node2 only
+
+
+def lost_reads(read, blocks: int) -> dict[int, str]:
+    """{LBN: the read's error} for each of the first `blocks` 4 KiB blocks that fails."""
+    failed = {}
+    for lbn in range(blocks):
+        try:
+            read(lbn)
+        except BlockfoldError as e:
+            failed[lbn] = str(e)
+    return failed
+
+
+def flush(client: RawClient) -> Reply:
+    return client.read_reply(client.request(CMD_FLUSH), CMD_FLUSH)
+
+
+def test_no_flush_covers_blocks_whose_copies_were_lost(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2, memory=32 << 20)
+    image(tmp_path / "golden.raw", 1)
+    written = {lbn: os.urandom(4096) for lbn in range(BLOCKS)}
+    with cluster.open() as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        admin.clone("golden", "desk")
+        for lbn, data in written.items():
+            admin.write("desk", lbn * 4096, data)
+        cluster.kill("node1")
+        cluster.kill("node2")
+        admin.restore_node("node2")             # back empty; node1's copies are not durable
+        with pytest.raises(BlockfoldError, match="have no durable copy: its only copies are on"
+                           " node node1, down before it was made durable"):
+            admin.flush()
+        admin.restore_node("node1")             # back empty too: those blocks are gone
+        for _ in range(3):      # a client that retries is told each time, not once
+            with pytest.raises(BlockfoldError, match=r"desk: \d+ blocks at bytes .* have no"
+                               " durable copy: its copies were lost: nodes node1, node2"
+                               " restarted before it was made durable"):
+                admin.flush()
+        failed = lost_reads(lambda lbn: admin.read("desk", lbn * 4096, 4096), BLOCKS)
+        assert failed
+        assert all("has no copy left: its copies were lost: nodes node1, node2 restarted"
+                   " before it was made durable" in why for why in failed.values()), failed
+        # The golden's committed blocks that only node1 and node2 held (RAM) are gone too.
+        gone = lost_reads(lambda lbn: admin.read("golden", lbn * 4096, 4096), 256)
+        assert gone and all("has no copy left: its copies were lost: nodes node1, node2 came"
+                            " back without it" in why for why in gone.values()), gone
+        assert all(n.state == "up" for n in admin.nodes())
+        assert admin.stats().lost_blocks >= len(failed) + len(set(gone.values()))
+        assert any(p.kind == "lost" for p in admin.fsck())
+        for lbn in failed:                      # the client writes them again: flushes work
+            written[lbn] = os.urandom(4096)
+            admin.write("desk", lbn * 4096, written[lbn])
+        admin.flush()
+    with cluster.open(readonly=True) as admin:
+        for lbn, data in written.items():
+            assert admin.read("desk", lbn * 4096, 4096) == data
+
+
+def test_nbd_flush_fails_until_the_lost_blocks_are_trimmed(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, replicas=2, memory=32 << 20)
+    image(tmp_path / "golden.raw", 1)
+    with cluster.open() as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        admin.clone("golden", "desk")
+    server = Server(cluster.path, cluster=True)
+    try:
+        client = RawClient(server.port)
+        client.connect("desk", structured=True)
+        for lbn in range(BLOCKS):
+            assert client.write(lbn * 4096, os.urandom(4096)) == 0
+        cluster.kill("node1")
+        cluster.kill("node2")
+        for name in ("node1", "node2"):
+            lifecycle.restore_node(cluster.config, name)
+        # The server's coordinator sees them back at its next heartbeats, and catches them up.
+        deadline = time.monotonic() + 15
+        while "its copies were lost" not in (reply := flush(client)).message:
+            assert reply.error == EIO, "a flush succeeded over writes that are gone"
+            assert time.monotonic() < deadline, reply.message
+            time.sleep(0.2)
+        assert [flush(client).error for _ in range(2)] == [EIO] * 2
+        failed = {}
+        for lbn in range(BLOCKS):
+            reply = client.read_reply(client.request(CMD_READ, lbn * 4096, 4096), CMD_READ,
+                                      lbn * 4096, 4096)
+            if reply.error:
+                failed[lbn] = reply.message
+        assert failed
+        assert all("its copies were lost" in why and "too many nodes are down" not in why
+                   for why in failed.values()), failed
+        for lbn in failed:
+            assert client.simple(CMD_TRIM, lbn * 4096, 4096) == 0
+        assert client.simple(CMD_FLUSH) == 0
+        client.close()
+    finally:
+        server.stop()
