@@ -45,6 +45,12 @@ def test_no_flush_covers_blocks_whose_copies_were_lost(make_cluster, tmp_path):
             admin.write("desk", lbn * 4096, data)
         cluster.kill("node1")
         cluster.kill("node2")
+        # Judged down before either comes back, so each return is seen as one (which node lost
+        # which copy is recorded as each comes back).
+        deadline = time.monotonic() + 15
+        while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
+            assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
+            time.sleep(0.1)
         admin.restore_node("node2")             # back empty; node1's copies are not durable
         with pytest.raises(BlockfoldError, match="have no durable copy: its only copies are on"
                            " node node1, down before it was made durable"):
