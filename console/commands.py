@@ -24,7 +24,7 @@ from engine.api import (AttachedError, BlockfoldError, PoolLockedError, create_p
 
 from .command import Command, UsageError, arg
 from .progressbar import ProgressBar
-from .wording import delete_question, listed, removal_question
+from .wording import delete_question, listed, refresh_question, refreshed, removal_question
 
 GROUPS = {  # the first word of two-word commands, and its help
     "pool": "create pools",
@@ -393,13 +393,8 @@ def vm_resize(admin, args, bar) -> int:
     exact = formats.exact_size
     if shrink:
         if not args.force:
-            raise BlockfoldError(f"{exact(size)} is smaller than VM {args.name} ({exact(old)}):"
-                                 f" shrinking cuts off its last {exact(old - size)};"
-                                 " allow it with --force")
-        warning = (f"shrinking VM {args.name} from {exact(old)} to {exact(size)} cuts off its"
-                   f" last {exact(old - size)} (bytes {size} to {old - 1}): whatever a"
-                   " filesystem keeps there is lost")
-        print(f"blockfold: warning: {warning}", file=sys.stderr)
+            raise BlockfoldError(formats.shrink_refused(size, [(args.name, old)]))
+        _warn_cut(f"shrinking VM {args.name}", old, size)
         if not confirmed(args, "Shrink it?"):
             print("not resized", file=sys.stderr)
             return 1
@@ -410,47 +405,62 @@ def vm_resize(admin, args, bar) -> int:
     return 0
 
 
+def _warn_cut(doing: str, old: int, size: int, link: str = "") -> None:
+    """The warning before a shrink (forced) from `old` to `size` bytes: "`doing` from OLD to
+    SIZE`link` cuts off its last …"."""
+    exact = formats.exact_size
+    print(f"blockfold: warning: {doing} from {exact(old)} to {exact(size)}{link} cuts off its last"
+          f" {exact(old - size)} (bytes {size} to {old - 1}): whatever a filesystem keeps there"
+          " is lost", file=sys.stderr)
+
+
 @command("vm", "refresh",
-         json='{"refreshed": NAME, "golden": its golden image}',
+         json='{"refreshed": NAME, "golden": its golden image, "size": bytes}',
          help="drop a desktop's own writes: back to the golden image it was "
          "cloned from (O(1))",
          description="Drops everything the desktop wrote since it was cloned from its golden"
-         " image (or last rebased onto one): it reads as that golden image did then. The golden"
+         " image (or last rebased onto one): it reads as that golden image did then, at its size"
+         " then (a desktop cloned before Blockfold kept that size keeps its own). The golden"
          " image's own later changes are not taken (`vm rebase` takes them); the desktop's"
          " snapshots stay. A VM with no golden image (imported, or its golden deleted) is"
          " refused.", args=[NAME, YES, FORCE])
 def vm_refresh(admin, args, bar) -> int:
-    name, golden = args.name, admin.vm_info(args.name).stats.origin
+    info = admin.vm_info(args.name)
+    name, golden, size = args.name, info.stats.origin, info.stats.size
     # A VM with no golden image is not asked about: the refresh refuses it.
-    if golden and not confirmed(args, f"Refresh VM {name}? Everything {name} wrote since it was"
-                                      f" cloned from {golden} (or last rebased onto it) is"
-                                      f" dropped, and it reads as {golden} did then."):
+    if golden and not confirmed(args, refresh_question(name, golden, size, info.base_size)):
         print("not refreshed", file=sys.stderr)
         return 1
     detaching(args, f"Refresh VM {name}", lambda force: admin.refresh(name, force=force))
-    emit(args, {"refreshed": name, "golden": golden},
-         f"refreshed {name}: its own writes are dropped; it reads as {golden} did when it"
-         " was cloned from it (or last rebased onto it)")
+    emit(args, {"refreshed": name, "golden": golden, "size": admin.vm_size(name)},
+         refreshed(name, golden, size, info.base_size))
     return 0
 
 
 @command("vm", "rebase",
-         json='{"rebased": [names], "golden": NAME, "kept_writes": true or false}',
+         json='{"rebased": [names], "golden": NAME, "kept_writes": true or false, "size":'
+         ' bytes}',
          help="move desktops onto another golden image's current state "
          "(O(1) each)",
          description="`vm rebase NAME NEW_GOLDEN` moves one desktop, `vm rebase --all-of OLD "
          "NEW_GOLDEN` every desktop cloned from OLD, in one edit (Horizon's recompose, MCS's "
          "catalog update). NEW_GOLDEN's top is frozen first if it wrote since it was last "
-         "frozen. The desktops' own writes are dropped unless --keep-writes. A VM with no "
-         "golden image (imported, or its golden deleted) is refused: all its disk is its own.",
+         "frozen. The desktops' own writes are dropped unless --keep-writes. Each takes "
+         "NEW_GOLDEN's size: keeping its writes, a desktop larger than NEW_GOLDEN is shrunk "
+         "only with --force (what lies past NEW_GOLDEN's end is cut off, as `vm resize` cuts "
+         "it). A VM with no golden image (imported, or its golden deleted) is refused: all its "
+         "disk is its own.",
          args=[
              arg("names", nargs="+", metavar="NAME", help="NAME NEW_GOLDEN, or NEW_GOLDEN"
                  " with --all-of"),
              arg("--all-of", metavar="OLD", help="every desktop cloned from OLD"),
              arg("--keep-writes", action="store_true",
                  help="keep each desktop's own writes on top of the new golden image"),
-             YES, FORCE])
+             YES, arg("--force", action="store_true", help="allow shrinking a desktop that"
+                      " keeps its writes (what lies past NEW_GOLDEN's end is lost; asks on a"
+                      " terminal), and detach NBD clients first")])
 def vm_rebase(admin, args, bar) -> int:
+    exact = formats.exact_size
     if args.all_of:
         if len(args.names) != 1:
             raise UsageError("with --all-of, give only NEW_GOLDEN")
@@ -465,18 +475,38 @@ def vm_rebase(admin, args, bar) -> int:
     # A VM with no golden image (never one of --all-of's) is not asked about: the rebase
     # refuses it.
     orphan = not args.all_of and not admin.vm_info(names[0]).refreshable
-    admin.vm_size(golden)
+    size = admin.vm_size(golden)
     what = (names[0] if len(names) == 1
             else f"{formats.count(len(names))} desktops ({listed(names)})")
+    sizes = {} if orphan else {name: admin.vm_size(name) for name in names}
+    resized = sorted((n for n, s in sizes.items() if s != size), key=formats.natural_key)
+    shrunk = [(n, sizes[n]) for n in resized if sizes[n] > size] if args.keep_writes else []
+    if shrunk:
+        if not args.force:
+            raise BlockfoldError(formats.shrink_refused(
+                size, shrunk, "rebasing keeping its writes" if len(shrunk) == 1
+                else "rebasing them keeping their writes", f"{golden} ({exact(size)})"))
+        for name, old in shrunk[:4]:
+            _warn_cut(f"rebasing VM {name} onto {golden} shrinks it", old, size, " and")
+        if len(shrunk) > 4:
+            print(f"blockfold: warning: and {formats.count(len(shrunk) - 4)} more desktops"
+                  f" larger than {golden} lose what lies past {exact(size)}", file=sys.stderr)
     keep = "keeping" if args.keep_writes else "dropping"
+    becomes = ""
+    if resized:
+        becomes = (f" ({resized[0]} becomes {exact(size)}, {golden}'s size; it is"
+                   f" {exact(sizes[resized[0]])} now)" if len(resized) == 1 else
+                   f" ({listed(resized)} become {exact(size)}, {golden}'s size)")
     if not orphan and not confirmed(args, f"Rebase {what} onto {golden}, {keep} their own"
-                                          " writes?"):
+                                          f" writes{becomes}?"):
         print("not rebased", file=sys.stderr)
         return 1
     detaching(args, f"Rebase {what}", lambda force: admin.rebase(
-        names, golden, keep_writes=args.keep_writes, force=force))
-    emit(args, {"rebased": names, "golden": golden, "kept_writes": args.keep_writes},
-         f"rebased {what} onto {golden}")
+        names, golden, keep_writes=args.keep_writes, force=force, shrink=bool(shrunk)))
+    emit(args, {"rebased": names, "golden": golden, "kept_writes": args.keep_writes,
+                "size": size},
+         f"rebased {what} onto {golden}"
+         + (f"; {exact(size)} now, {golden}'s size" if resized else ""))
     return 0
 
 
@@ -783,7 +813,8 @@ def blocks(admin, args, bar) -> int:
                arg("--repair", action="store_true",
                    help="with --full: repair what a truncated or deleted blocks.dat or "
                    "hashes.dat left (fingerprints computed again from the data; blocks whose "
-                   "data is gone are marked corrupt); needs the pool to itself")])
+                   "data is gone are marked corrupt) and a damaged blocks.dat header (once its "
+                   "blocks match their fingerprints); needs the pool to itself")])
 def rebuild(admin, args, bar) -> int:
     r = admin.last_rebuild()
     rate = formats.rate_over(r.bytes, r.seconds)

@@ -62,9 +62,8 @@ COMMANDS: list[Command] = [
             "confirmation", "nodes", writes=True),
     Command("u", "restore_node", "Restore node", "restart the selected node's process, after "
             "confirmation", "nodes", writes=True),
-    Command("X", "remove_node", "Remove node", "copy the selected node's blocks to the others,"
-            " then take it out of the cluster, after confirmation", "nodes", writes=True,
-            footer=False),
+    Command("X", "remove_node", "Remove node", "move its blocks away, then drop it,"
+            " after confirmation", "nodes", writes=True, footer=False),
 ]
 
 

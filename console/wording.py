@@ -54,3 +54,31 @@ def removal_question(cluster: str, plan: NodeRemoval) -> str:
     if plan.lost:
         said += f" {formats.no_copy_left(plan.lost, plan.block_size)}: they are lost."
     return f"Remove {plan.node} from cluster {cluster}?{said}"
+
+
+def _refresh_size(size: int, base_size: int | None) -> str:
+    """What a refresh does to the size of a VM of `size` bytes whose golden state was
+    `base_size` bytes (None: a clone made before Blockfold kept it)."""
+    exact = formats.exact_size
+    if base_size is None:
+        return (f"; it keeps its size ({exact(size)}): it was cloned before Blockfold kept its"
+                " golden image's size")
+    if base_size != size:
+        return f", at its size then: {exact(base_size)} (it is {exact(size)} now)"
+    return ""
+
+
+def refresh_question(name: str, golden: str | None, size: int, base_size: int | None) -> str:
+    """The question before refreshing VM `name` (`size` bytes) back to `golden`'s state of
+    `base_size` bytes (VMInfo.base_size): what is dropped, and the size it comes back at when
+    that is not its size now. Ends with a question mark."""
+    return (f"Refresh VM {name}? Everything {name} wrote since it was cloned from {golden} (or"
+            f" last rebased onto it) is dropped, and it reads as {golden} did then"
+            + _refresh_size(size, base_size) + ".")
+
+
+def refreshed(name: str, golden: str | None, size: int, base_size: int | None) -> str:
+    """What a refresh of VM `name` (`size` bytes before it) did: its writes gone, the golden
+    state it reads as, and its size when that changed (or could not come back)."""
+    return (f"refreshed {name}: its own writes are dropped; it reads as {golden} did when it"
+            " was cloned from it (or last rebased onto it)" + _refresh_size(size, base_size))

@@ -160,17 +160,22 @@ class Admin(ABC):
 
     @abstractmethod
     def refresh(self, name: str, force: bool = False) -> None:
-        """Drops the VM's own writes: it reads as the golden state it was cloned from again
-        (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone), AttachedError."""
+        """Drops the VM's own writes: it reads as the golden state it was cloned from again, at
+        that state's size (VMInfo.base_size; a VM cloned before Blockfold kept it keeps its
+        size) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone),
+        AttachedError."""
 
     @abstractmethod
     def rebase(self, names: list[str], golden: str, keep_writes: bool = False,
-               force: bool = False) -> None:
+               force: bool = False, shrink: bool = False) -> None:
         """Moves the VMs onto `golden`'s current state in one edit (Horizon's recompose, MCS's
-        catalog update); golden's top is frozen first if it wrote since it was last frozen.
-        keep_writes: each VM keeps its own writes on top (only a VM whose top sits right on
-        its golden state: no snapshot or clone of its own above); else they are dropped.
-        Raises VMNotFoundError, RefusedError, AttachedError."""
+        catalog update), at golden's size; golden's top is frozen first if it wrote since it
+        was last frozen. keep_writes: each VM keeps its own writes on top (only a VM whose top
+        sits right on its golden state: no snapshot or clone of its own above); else they are
+        dropped. A VM larger than golden keeping its writes is shrunk only with `shrink` (what
+        lies past golden's end is cut off, as resize cuts it). Raises VMNotFoundError,
+        RefusedError (also: it would shrink a VM keeping its writes, without `shrink`),
+        AttachedError."""
 
     @abstractmethod
     def rename(self, old: str, new: str, force: bool = False) -> None:

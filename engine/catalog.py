@@ -90,17 +90,26 @@ class Catalog:
 
     def ensure_tables(self) -> None:
         """Tables and columns added since format 1 began, made where missing (a writable
-        open): `corrupt`; `snapshots`; `vms.base` (the layer a clone was cloned onto)."""
+        open): `corrupt`; `snapshots`; `vms.base` (the layer a clone was cloned onto);
+        `vms.base_size` and `snapshots.base_size` (that layer's size, bytes: NULL for a clone
+        made before it was kept)."""
         self.conn.execute("CREATE TABLE IF NOT EXISTS corrupt (address INTEGER PRIMARY KEY,"
                           " found REAL)")
         self.conn.execute("CREATE TABLE IF NOT EXISTS snapshots (vm TEXT, name TEXT,"
                           " layer INTEGER, created REAL, size INTEGER, origin TEXT,"
-                          " base INTEGER, PRIMARY KEY (vm, name))")
-        if "base" not in self._columns("vms"):
-            self.conn.execute("ALTER TABLE vms ADD COLUMN base INTEGER")
+                          " base INTEGER, base_size INTEGER, PRIMARY KEY (vm, name))")
+        for table, column in (("vms", "base"), ("vms", "base_size"),
+                              ("snapshots", "base_size")):
+            if column not in self._columns(table):
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER")
 
     def _columns(self, table: str) -> set[str]:
         return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _or_null(self, table: str, *columns: str) -> str:
+        """The columns to select, NULL for those an older pool opened read-only lacks."""
+        have = self._columns(table)
+        return ", ".join(c if c in have else "NULL" for c in columns)
 
     def check_format(self, where: Path) -> None:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is None:
@@ -149,18 +158,18 @@ class Catalog:
     # -- rows ---------------------------------------------------------------------------------
 
     def vms(self) -> dict[str, VM]:
-        base = "base" if "base" in self._columns("vms") else "NULL"     # an older pool
-        rows = self.conn.execute(f"SELECT name, size, top, created, origin, {base}"
+        newer = self._or_null("vms", "base", "base_size")
+        rows = self.conn.execute(f"SELECT name, size, top, created, origin, {newer}"
                                  " FROM vms").fetchall()
         return {r[0]: VM(*r) for r in rows}
 
     def snaps(self) -> list[Snap]:
         """Every VM's snapshots ([] for an older pool opened read-only)."""
-        try:
-            rows = self.conn.execute("SELECT vm, name, layer, created, size, origin, base"
-                                     " FROM snapshots").fetchall()
-        except sqlite3.OperationalError:
+        if not self._columns("snapshots"):
             return []
+        newer = self._or_null("snapshots", "base_size")
+        rows = self.conn.execute("SELECT vm, name, layer, created, size, origin, base,"
+                                 f" {newer} FROM snapshots").fetchall()
         return [Snap(*r) for r in rows]
 
     def layer_parents(self) -> dict[int, int | None]:
@@ -188,14 +197,14 @@ class Catalog:
         if edit.relinked is not None:   # before the rows put: a renamed golden keeps its origin
             self._relink(edit.relinked)
         c.executemany(
-            "INSERT OR REPLACE INTO vms (name, size, top, created, origin, base)"
-            " VALUES (?,?,?,?,?,?)",
-            [(vm.name, vm.size, vm.top, vm.created, vm.origin, vm.base)
+            "INSERT OR REPLACE INTO vms (name, size, top, created, origin, base, base_size)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [(vm.name, vm.size, vm.top, vm.created, vm.origin, vm.base, vm.base_size)
              for vm in edit.put_vms])
         c.executemany(
-            "INSERT OR REPLACE INTO snapshots (vm, name, layer, created, size, origin, base)"
-            " VALUES (?,?,?,?,?,?,?)",
-            [(s.vm, s.name, s.layer, s.created, s.size, s.origin, s.base)
+            "INSERT OR REPLACE INTO snapshots (vm, name, layer, created, size, origin, base,"
+            " base_size) VALUES (?,?,?,?,?,?,?,?)",
+            [(s.vm, s.name, s.layer, s.created, s.size, s.origin, s.base, s.base_size)
              for s in edit.put_snaps])
         self.write_pages([(layer, pno, page) for (layer, pno), page in edit.pages.items()])
         for kind, message in edit.events:
@@ -208,7 +217,8 @@ class Catalog:
         Raises ValueError if it finds other rows than the graph's (the edit's commit then
         fails, nothing changed)."""
         golden, origin = relinked.golden, relinked.origin
-        sets, args = ("origin=NULL, base=NULL", ()) if origin is None else ("origin=?", (origin,))
+        sets, args = (("origin=NULL, base=NULL, base_size=NULL", ()) if origin is None
+                      else ("origin=?", (origin,)))
         vms = self.conn.execute(f"UPDATE vms SET {sets} WHERE origin=? AND name<>?",
                                 (*args, golden, golden)).rowcount
         snaps = self.conn.execute(f"UPDATE snapshots SET {sets} WHERE origin=? AND vm<>?",

@@ -37,7 +37,9 @@ def estimate(admin, sources: list, progress: ProgressCallback | None = None,
     bs = admin.block_size
     images = [diskformats.open_disk(s, format) for s in sources]
     try:
-        meter = Meter(progress, "estimate", sum(i.size for i in images))
+        # A stream (stdin) has size 0: the total is not known until it ends.
+        total = sum(i.size for i in images) if all(i.size for i in images) else None
+        meter = Meter(progress, "estimate", total, unit_bytes=1)
         seen: set[bytes] = set()            # fingerprints new to the pool, over every image
         found = [_one(admin, image, bs, seen, meter, cancel) for image in images]
     finally:
@@ -57,6 +59,7 @@ def estimate(admin, sources: list, progress: ProgressCallback | None = None,
 def _one(admin, image, bs: int, seen: set, meter: Meter, cancel) -> ImageEstimate:
     data_blocks = known = new = 0
     size = image.size
+    before = meter.done                 # the images before this one, in bytes
     for offset, data in image.chunks(BATCH_BLOCKS * bs):
         if cancel is not None and cancel.is_set():
             raise CancelledError("estimate cancelled")
@@ -76,7 +79,7 @@ def _one(admin, image, bs: int, seen: set, meter: Meter, cancel) -> ImageEstimat
                 if key not in seen:
                     seen.add(key)
                     new += 1
-        meter.done = offset + len(data)
+        meter.done = before + offset + len(data)
         meter.advance(0)
     return ImageEstimate(image=image.name, size=size, data_blocks=data_blocks,
                          known_blocks=known, new_blocks=new)

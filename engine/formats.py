@@ -96,6 +96,23 @@ def writes_refused(left: int, nodes: int, need: int) -> str:
             f" node{'' if nodes == 1 else 's'} left, writes need {count(need)}")
 
 
+def shrink_refused(size: int, vms: list[tuple[str, int]], doing: str = "shrinking",
+                   smaller: str | None = None) -> str:
+    """The refusal of a shrink not forced: VMs (name, size in bytes) would be cut to `size`
+    bytes by `doing` ("shrinking", or a rebase's words); `smaller` names what is that small
+    (by default the size itself). "1.0 MiB is smaller than VM dk (16.0 MiB): shrinking cuts
+    off its last 15.0 MiB; allow it with --force"."""
+    smaller = smaller or exact_size(size)
+    if len(vms) == 1:
+        ((name, old),) = vms
+        return (f"{smaller} is smaller than VM {name} ({exact_size(old)}): {doing} cuts off its"
+                f" last {exact_size(old - size)}; allow it with --force")
+    names = [n for n, _ in sorted(vms, key=lambda v: natural_key(v[0]))]
+    shown = ", ".join(names[:4]) + (f" +{count(len(names) - 4)}" if len(names) > 4 else "")
+    return (f"{smaller} is smaller than {count(len(vms))} VMs ({shown}): {doing} cuts off what"
+            f" each holds past {exact_size(size)}; allow it with --force")
+
+
 def rate(bytes_per_s: float | None) -> str:
     """Bytes per second: "3.0 GiB/s"."""
     return UNKNOWN if bytes_per_s is None else f"{size(bytes_per_s)}/s"

@@ -27,19 +27,22 @@ from .names import check_vm_name
 class VM:
     """A VM: its size in bytes, its top layer, when it was made and what it was cloned from:
     `origin` the golden image's name, `base` the frozen layer holding the golden's state it was
-    cloned from (what a refresh brings it back to; None: imported or created, not a clone)."""
+    cloned from (what a refresh brings it back to; None: imported or created, not a clone),
+    `base_size` that state's size in bytes (what a refresh gives it back; None: not a clone, or
+    cloned before Blockfold kept it, and a refresh keeps the VM's size)."""
     name: str
     size: int
     top: int
     created: float
     origin: str | None
     base: int | None = None
+    base_size: int | None = None
 
 
 @dataclass(frozen=True)
 class Snap:
-    """A VM's snapshot: a frozen layer with a name, and the VM's size, origin and base then
-    (what a rollback restores)."""
+    """A VM's snapshot: a frozen layer with a name, and the VM's size, origin, base and base's
+    size then (what a rollback restores)."""
     vm: str
     name: str
     layer: int
@@ -47,6 +50,7 @@ class Snap:
     size: int
     origin: str | None
     base: int | None
+    base_size: int | None = None
 
 
 @dataclass
@@ -114,13 +118,13 @@ class Relinked:
             return cls(golden, None, state,
                        {vm.name: VM(vm.name, vm.size, vm.top, vm.created, None) for vm in vms},
                        {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, None,
-                                             None) for s in snaps},
+                                             None, None) for s in snaps},
                        frozenset(x.base for x in [*vms, *snaps] if x.base is not None))
         return cls(golden, origin, state,
-                   {vm.name: VM(vm.name, vm.size, vm.top, vm.created, origin, vm.base)
-                    for vm in vms},
+                   {vm.name: VM(vm.name, vm.size, vm.top, vm.created, origin, vm.base,
+                                vm.base_size) for vm in vms},
                    {(s.vm, s.name): Snap(s.vm, s.name, s.layer, s.created, s.size, origin,
-                                         s.base) for s in snaps},
+                                         s.base, s.base_size) for s in snaps},
                    frozenset())
 
     def fits(self, golden: str, origin: str | None, state: object) -> bool:
@@ -369,7 +373,8 @@ class LayerGraph:
             now = time.time()
             for name, layer in zip(names, self._new_ids(len(names))):
                 edit.new_layers[layer] = like.base
-                edit.put_vms.append(VM(name, like.size, layer, now, like.origin, like.base))
+                edit.put_vms.append(VM(name, like.size, layer, now, like.origin, like.base,
+                                       like.base_size))
             return edit
         vm = self.vm(source)
         base = self._parents[vm.top]
@@ -381,7 +386,7 @@ class LayerGraph:
         now = time.time()
         for name, layer in zip(names, self._new_ids(len(names))):
             edit.new_layers[layer] = base
-            edit.put_vms.append(VM(name, vm.size, layer, now, source, base))
+            edit.put_vms.append(VM(name, vm.size, layer, now, source, base, vm.size))
         return edit
 
     def plan_freeze(self, name: str, top_empty: bool) -> tuple[LayerEdit, int]:
@@ -446,7 +451,8 @@ class LayerGraph:
         return edit, self._collect(edit, [vm.top], unpinned, pinned)
 
     def plan_refresh(self, name: str) -> tuple[LayerEdit, list[Merge]]:
-        """Drops the VM's own writes: a new empty top on the golden state it was cloned from."""
+        """Drops the VM's own writes: a new empty top on the golden state it was cloned from,
+        at that state's size (a VM cloned before Blockfold kept it keeps its own)."""
         vm = self.vm(name)
         if vm.base is None:
             raise RefusedError(f"VM {name} was not cloned from a golden image (or its golden"
@@ -455,19 +461,17 @@ class LayerGraph:
         edit = LayerEdit()
         (top,) = self._new_ids(1)
         edit.new_layers[top] = vm.base
-        edit.put_vms.append(replace(vm, top=top))
+        size = vm.size if vm.base_size is None else vm.base_size
+        edit.put_vms.append(replace(vm, top=top, size=size))
         return edit, self._collect(edit, [vm.top], [], self._pins_without(), {top: vm.base})
 
-    def plan_rebase(self, names: list[str], golden: str, golden_top_empty: bool,
-                    keep_writes: bool) -> tuple[LayerEdit, list[Merge]]:
-        """Moves each VM onto `golden`'s state now (its top frozen if it wrote since it was last
-        frozen): with `keep_writes` each VM's top moves there (O(1): it must sit right on its
-        base, no snapshot or clone of its own above), else a new empty top replaces it. A VM
-        with no golden base (imported; its golden deleted) is refused: all its disk is its own."""
+    def check_rebase(self, names: list[str], golden: str, keep_writes: bool) -> list[VM]:
+        """Refuses a rebase that cannot be made (RefusedError; VMNotFoundError): onto itself, a
+        VM with no golden base (imported; its golden deleted: all its disk is its own), and with
+        `keep_writes` a VM whose top does not sit right on its base. Returns the VMs larger
+        than `golden`, which the rebase shrinks to its size."""
         g = self.vm(golden)
-        edit = LayerEdit()
-        base = self._frozen_state(golden, golden_top_empty, edit)
-        going, added, old_bases = [], {}, []
+        shrunk = []
         for name in names:
             vm = self.vm(name)
             if name == golden:
@@ -478,14 +482,31 @@ class LayerGraph:
                 raise RefusedError(f"VM {name} has no golden image (it was imported, or its"
                                    " golden image was deleted): rebasing it would replace its"
                                    f" whole disk; clone {golden} instead")
+            if keep_writes and self.held(self._parents[vm.top]):
+                raise self._held_by(self._parents[vm.top])
+            if keep_writes and self._parents[vm.top] != vm.base:
+                raise RefusedError(
+                    f"VM {name} has snapshots or clones of its own above its golden image:"
+                    " --keep-writes moves only a desktop's own top (remove them, or rebase"
+                    " without keeping its writes)")
+            if vm.size > g.size:
+                shrunk.append(vm)
+        return shrunk
+
+    def plan_rebase(self, names: list[str], golden: str, golden_top_empty: bool,
+                    keep_writes: bool) -> tuple[LayerEdit, list[Merge]]:
+        """Moves each VM onto `golden`'s state now (its top frozen if it wrote since it was last
+        frozen), at golden's size: with `keep_writes` each VM's top moves there (O(1): it must
+        sit right on its base, no snapshot or clone of its own above), else a new empty top
+        replaces it. Refuses what check_rebase refuses."""
+        self.check_rebase(names, golden, keep_writes)
+        g = self.vm(golden)
+        edit = LayerEdit()
+        base = self._frozen_state(golden, golden_top_empty, edit)
+        going, added, old_bases = [], {}, []
+        for name in names:
+            vm = self.vm(name)
             if keep_writes:
-                if self.held(self._parents[vm.top]):
-                    raise self._held_by(self._parents[vm.top])
-                if self._parents[vm.top] != vm.base:
-                    raise RefusedError(
-                        f"VM {name} has snapshots or clones of its own above its golden image:"
-                        " --keep-writes moves only a desktop's own top (remove them, or rebase"
-                        " without keeping its writes)")
                 edit.moved[vm.top] = base
                 top = vm.top
             else:
@@ -494,7 +515,7 @@ class LayerGraph:
                 added[top] = base
                 going.append(vm.top)
             old_bases.append(vm.base)
-            edit.put_vms.append(VM(name, g.size, top, vm.created, golden, base))
+            edit.put_vms.append(VM(name, g.size, top, vm.created, golden, base, g.size))
         pinned = self._pins_without(vms=set(names)) | {base}
         return edit, self._collect(edit, going, old_bases, pinned, added)
 
@@ -507,7 +528,8 @@ class LayerGraph:
             raise VMExistsError(f"VM {name} already has a snapshot named {snap!r}")
         edit = LayerEdit()
         layer = self._frozen_state(name, top_empty, edit)
-        edit.put_snaps.append(Snap(name, snap, layer, time.time(), vm.size, vm.origin, vm.base))
+        edit.put_snaps.append(Snap(name, snap, layer, time.time(), vm.size, vm.origin, vm.base,
+                                   vm.base_size))
         return edit
 
     def plan_rollback(self, name: str, snap: str) -> tuple[LayerEdit, list[Merge]]:
@@ -518,7 +540,7 @@ class LayerGraph:
         edit = LayerEdit()
         (top,) = self._new_ids(1)
         edit.new_layers[top] = s.layer
-        edit.put_vms.append(VM(name, s.size, top, vm.created, s.origin, s.base))
+        edit.put_vms.append(VM(name, s.size, top, vm.created, s.origin, s.base, s.base_size))
         pinned = self._pins_without(vms={name}) | ({s.base} if s.base is not None else set())
         return edit, self._collect(edit, [vm.top], [vm.base], pinned, {top: s.layer})
 

@@ -88,7 +88,15 @@ class LocalAdmin(Admin):
     def refresh(self, name, force=False): self.pool.refresh(name)
     def rename(self, old, new, force=False): self.pool.rename(old, new)
 
-    def rebase(self, names, golden, keep_writes=False, force=False):
+    def rebase(self, names, golden, keep_writes=False, force=False, shrink=False):
+        if keep_writes and not shrink:
+            shrunk = self.pool.graph.check_rebase(names, golden, keep_writes)
+            if shrunk:
+                raise RefusedError(formats.shrink_refused(
+                    self.pool.vm_size(golden), [(vm.name, vm.size) for vm in shrunk],
+                    "rebasing keeping its writes" if len(shrunk) == 1
+                    else "rebasing them keeping their writes",
+                    f"{golden} ({formats.exact_size(self.pool.vm_size(golden))})"))
         self.pool.rebase(names, golden, keep_writes)
 
     def clones_of(self, name):
@@ -98,10 +106,7 @@ class LocalAdmin(Admin):
     def resize(self, name, size, shrink=False, force=False):
         old = self.pool.vm_size(name)
         if size < old and not shrink:
-            exact = formats.exact_size
-            raise RefusedError(f"{exact(size)} is smaller than VM {name} ({exact(old)}):"
-                               f" shrinking cuts off its last {exact(old - size)};"
-                               " allow it with --force")
+            raise RefusedError(formats.shrink_refused(size, [(name, old)]))
         self.pool.resize(name, size)
 
     def vm_info(self, name):
@@ -109,7 +114,8 @@ class LocalAdmin(Admin):
         stats = next(v for v in self.vms() if v.name == name)
         return VMInfo(stats=stats, clones=self.pool.graph.clones_of(name),
                       snapshots=self.snapshots(name), attached=[],
-                      refreshable=vm.base is not None)
+                      refreshable=vm.base is not None,
+                      base_size=vm.base_size if vm.base is not None else None)
 
     def take_snapshot(self, name, snap): self.pool.snapshot(name, snap)
     def snapshots(self, name): return [VMSnapshot(**s) for s in self.pool.snapshots(name)]

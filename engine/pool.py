@@ -124,7 +124,8 @@ class Pool:
         rebuild: "fast" (stored fingerprints) or "full" (re-hash every block); by default fast.
         "repair": full, after repairing what a truncated, deleted or replaced slot file left
         (`Core.repair`: fingerprints computed again from the data; references past the end of
-        the data file get a slot, known corrupt).
+        the data file get a slot, known corrupt), and a damaged blocks.dat header once the file
+        shows it is this pool's (`_native.repair_header`).
         wait: False returns at once and serves reads while the rebuild runs in the background.
         colliding_fingerprint: 16 bytes that every block gets as its fingerprint (collision
         tests only).
@@ -148,6 +149,12 @@ class Pool:
             block_size = int(catalog.get("block_size"))
             # Slot files are made with the pool; a catalog that holds no block may lose them.
             create = not readonly and (rebuild == "repair" or not catalog.has_pages())
+            header_rewritten = False
+            if rebuild == "repair" and not readonly:
+                try:
+                    header_rewritten = _native.repair_header(str(path), block_size)
+                except _native.NativeError as e:
+                    raise engine_error(e) from None
 
             def new_core():
                 try:
@@ -158,6 +165,7 @@ class Pool:
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
             pool._reserve = reserve
+            pool._header_rewritten = header_rewritten
         except BaseException as e:
             if lock:
                 lock.release()
@@ -194,6 +202,7 @@ class Pool:
         self._lock_file = lock
         self._reserve: Reserve | None = None    # a local pool's, when writable
         self._repaired: str | None = None       # a repair's event, until a commit logs it
+        self._header_rewritten = False          # the repair rewrote blocks.dat's header
         self._ready = threading.Event()
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
@@ -249,7 +258,8 @@ class Pool:
             computed, lost = self.core.repair()
         except _native.NativeError as e:
             raise engine_error(e) from None
-        message = f"repair: {computed} fingerprints computed again from the data"
+        header = "blocks.dat's damaged header rewritten; " if self._header_rewritten else ""
+        message = f"repair: {header}{computed} fingerprints computed again from the data"
         if len(lost):
             shown = ", ".join(map(str, lost[:10])) + (" …" if len(lost) > 10 else "")
             message += (f"; {formats.count(len(lost))} blocks whose data is gone are corrupt"
@@ -754,17 +764,29 @@ class Pool:
 
     def refresh(self, name: str) -> None:
         """Drops the VM's own writes: it reads as the golden image it was cloned from again,
-        O(1) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not a clone)."""
+        at its size then, O(1) (Horizon's refresh). Raises VMNotFoundError, RefusedError (not
+        a clone)."""
+        vm = self.graph.vm(name)
+        back = vm.base_size if vm.base_size not in (None, vm.size) else None
         self._collecting(lambda: self.graph.plan_refresh(name), "refresh",
-                         f"refreshed {name} to its golden image")
+                         f"refreshed {name} to its golden image"
+                         + (f", {formats.exact_size(back)} again" if back else ""))
 
     def rebase(self, names: list[str], golden: str, keep_writes: bool = False) -> None:
         """Moves the VMs onto `golden`'s current state in one edit, O(1) each (Horizon's
-        recompose, MCS's catalog update): golden's top is frozen if it wrote since it was last
-        frozen; each VM keeps its own writes on top (`keep_writes`: only a VM whose top sits
-        right on its base) or starts empty. Raises VMNotFoundError, RefusedError."""
+        recompose, MCS's catalog update), at golden's size: golden's top is frozen if it wrote
+        since it was last frozen; each VM keeps its own writes on top (`keep_writes`: only a
+        VM whose top sits right on its base) or starts empty. A VM it shrinks, keeping its
+        writes, has what lies past golden's end trimmed first (as resize does), so growing it
+        later shows zeros there. Raises VMNotFoundError, RefusedError."""
         if not names:
             raise RefusedError("nothing to rebase")
+        if keep_writes:
+            with self._lock:
+                shrunk = self.graph.check_rebase(names, golden, keep_writes)
+                end = self.graph.vm(golden).size
+            for vm in shrunk:
+                self.trim(vm.name, end, vm.size - end)
 
         def plan():
             empty = self.core.is_empty(self.graph.vm(golden).top)
@@ -885,7 +907,8 @@ class Pool:
 
     def _fill(self, target: str, image, progress) -> int:
         """Writes an image's chunks into an import's provisional VM; returns its size in bytes."""
-        meter = Meter(progress, "import", image.size, unit_bytes=1)
+        # A stream's size is 0: not known until it ends.
+        meter = Meter(progress, "import", image.size or None, unit_bytes=1)
         size = image.size
         chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks
         for offset, data in imageio.read_ahead(image, chunk * self.block_size):
@@ -910,7 +933,7 @@ class Pool:
         blocks moved onto the VM's top, with data ops held, and committed with the event. So a
         source too long for the VM (found at once when its size is known, else when it passes
         the end), an unreadable one, no space or a cancel leave the VM as it was. A file's
-        holes are not read: they write zeros. Progress phase "write", in bytes (total 0 for a
+        holes are not read: they write zeros. Progress phase "write", in bytes (total None for a
         stream of unknown length); the first report comes before any byte is read.
         Raises VMNotFoundError, OutOfRangeError, BadImageError, NoSpaceError, CancelledError,
         AbortedError."""
@@ -943,7 +966,7 @@ class Pool:
     def _stream(self, target: str, name: str, size: int, offset: int, source, progress) -> int:
         """Writes the source's pieces into the provisional VM `target` at `offset` on; returns
         where they ended. Raises OutOfRangeError past the end of VM `name` (`size` bytes)."""
-        meter = Meter(progress, "write", source.size if source.seekable else 0, unit_bytes=1)
+        meter = Meter(progress, "write", source.size if source.seekable else None, unit_bytes=1)
         meter.advance(0)        # a service's client sends its bytes only after this report
         end = offset
         chunk = IMPORT_CHUNK_BLOCKS if self.local else self.blocks.import_blocks

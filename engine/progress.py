@@ -15,13 +15,16 @@ class Progress:
     """What is being done: "import", "hashes", … (Admin.rebuild_phases names a rebuild's)."""
     done: int
     """Units done so far (bytes, blocks, pages or nodes: the phase decides)."""
-    total: int
-    """Units in all."""
+    total: int | None
+    """Units in all; None while not known (a stream read to its end, counted in bytes)."""
     bytes_per_s: float = 0.0
     """Data rate since the phase began; 0 for work not counted in bytes or blocks."""
 
     @property
     def fraction(self) -> float:
+        """Of the work done: 1.0 for work with nothing to do, 0.0 while the total is not known."""
+        if self.total is None:
+            return 0.0
         return self.done / self.total if self.total else 1.0
 
 
@@ -45,11 +48,12 @@ def cancellable(progress: ProgressCallback | None, cancel) -> ProgressCallback |
 
 
 class Meter:
-    """Turns running counts into Progress reports, at most every `interval` seconds. unit_bytes:
-    the bytes in one unit of work (1 for bytes, the block size for blocks; 0 for pages, nodes
-    or keys, whose reports have no data rate)."""
+    """Turns running counts into Progress reports, at most every `interval` seconds. total: None
+    for a stream's bytes, not known until it ends. unit_bytes: the bytes in one unit of work (1
+    for bytes, the block size for blocks; 0 for pages, nodes or keys, whose reports have no data
+    rate)."""
 
-    def __init__(self, callback: ProgressCallback | None, phase: str, total: int,
+    def __init__(self, callback: ProgressCallback | None, phase: str, total: int | None,
                  unit_bytes: int = 0, interval: float = 0.1):
         self.callback = callback
         self.phase = phase
@@ -72,7 +76,7 @@ class Meter:
     def finish(self) -> None:
         """Reports the work whole: done is the total at least."""
         if self.callback is not None:
-            self.done = max(self.done, self.total)
+            self.done = max(self.done, self.total or 0)
             self.callback(self._report(time.monotonic()))
 
     def stopped(self) -> None:

@@ -336,9 +336,10 @@ class RemoteAdmin(Admin):
     def refresh(self, name, force=False):
         self._call("refresh", {"name": name, "force": force})
 
-    def rebase(self, names, golden, keep_writes=False, force=False):
+    def rebase(self, names, golden, keep_writes=False, force=False, shrink=False):
+        # `shrink` only when asked: a service from before it refuses an argument it lacks.
         self._call("rebase", {"names": names, "golden": golden, "keep_writes": keep_writes,
-                              "force": force})
+                              "force": force, **({"shrink": True} if shrink else {})})
 
     def rename(self, old, new, force=False):
         self._call("rename", {"old": old, "new": new, "force": force})

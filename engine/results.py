@@ -77,6 +77,9 @@ class VMInfo:
     """The NBD clients attached to it (HOST:PORT each); [] when no service runs."""
     refreshable: bool
     """It keeps the golden state it was cloned from: `vm refresh` brings it back there."""
+    base_size: int | None = None
+    """Bytes: the size of that golden state, which a refresh gives it back; None: not
+    refreshable, or cloned before Blockfold kept it (a refresh keeps its size)."""
 
 
 @dataclass(frozen=True)
@@ -491,7 +494,7 @@ class Job:
     done: int
     """Work done in that phase (bytes or blocks, as the phase reports)."""
     total: int
-    """The phase's whole work, in the same unit."""
+    """The phase's whole work, in the same unit; 0 while not known (a stream's bytes)."""
     bytes_per_s: float
     """Its rate in the last report, bytes a second."""
     message: str

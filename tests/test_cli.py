@@ -429,6 +429,33 @@ def test_the_progress_bar_ends_on_its_own_line(pool, tmp_path):
         t.close()
 
 
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("command", ["vm import piped -", "vm write disk --offset 0 -"])
+def test_a_stream_shows_the_bytes_read_and_the_rate_not_a_percentage(pool, tmp_path, command):
+    """From a pipe the total is not known: while it reads, and at its end, the bar shows the
+    bytes read so far and the rate, never a percentage (it showed 100 % from the start)."""
+    part = tmp_path / "part.raw"
+    part.write_bytes(os.urandom(8 << 20))
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(32 << 20)
+    run_cli("-p", pool, "vm", "import", "disk", disk, check=True)
+    phase = command.split()[1]
+    t = Terminal(tmp_path, f"(cat {part}; sleep 3; cat {part}) | {sys.executable} -m console"
+                           f" -p {pool} {command}")
+
+    def bar() -> str:
+        return next((line for line in t.screen().splitlines()
+                     if line.startswith(phase) and "MiB/s" in line), "")
+    try:
+        t.wait_for("MiB/s", timeout=20)             # half read, the producer asleep
+        assert "MiB " in bar() and "%" not in bar(), t.screen()
+        assert t.exit_code(timeout=60) == 0, t.screen()
+        assert "16.0 MiB" in bar() and "%" not in bar(), t.screen()
+    finally:
+        t.close()
+
+
 def test_events_name_who_acted_and_an_open_is_no_event(pool, tmp_path):
     """Imports, `vm write`, an asked-for rebuild and a scrub are events under the local user;
     the rebuild each command does as it opens the pool is not."""

@@ -114,6 +114,54 @@ def test_a_deleted_data_file_is_refused_and_repair_keeps_new_data_apart(golden, 
     assert cli_json("-p", pool, "fsck")["clean"]
 
 
+def repair_events(pool) -> str:
+    db = sqlite3.connect(pool / "catalog.db")
+    events = " ".join(m for (m,) in db.execute("SELECT message FROM events WHERE kind='repair'"))
+    db.close()
+    return events
+
+
+@pytest.mark.parametrize("damage", [b"XXXXXXXX", bytes(range(256)) * 2], ids=["8 bytes", "sector"])
+def test_a_damaged_header_refuses_the_open_and_repair_rewrites_it(golden, tmp_path, damage):
+    pool, image = golden
+    with open(pool / "blocks.dat", "r+b") as f:
+        f.write(damage)
+    one_line_naming(run_cli("-p", pool, "vm", "ls"), "blocks.dat", "bad header",
+                    f"blockfold -p {pool} rebuild --full --repair")
+    proc = run_cli("-p", pool, "rebuild", "--full", "--repair")
+    assert proc.returncode == 0, proc.stderr_text
+    assert f"{BLOCKS} blocks" in proc.stdout_text and "0 corrupt" in proc.stdout_text
+    assert "header rewritten" in repair_events(pool)
+    run_cli("-p", pool, "vm", "export", "golden", tmp_path / "out.raw", check=True)
+    assert (tmp_path / "out.raw").read_bytes() == image.read_bytes()
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_repair_leaves_a_bad_header_alone_on_slot_files_that_are_not_the_pools(golden, tmp_path):
+    pool, image = golden
+    other = create_pool(tmp_path / "big", block_size=65536)
+    with LocalAdmin.open(other) as admin:
+        admin.import_image("golden", str(image))
+    own_hashes = (pool / "hashes.dat").read_bytes()
+    for name in ("blocks.dat", "hashes.dat"):        # another block size's files, put there
+        (pool / name).write_bytes((other / name).read_bytes())
+    with open(pool / "blocks.dat", "r+b") as f:
+        f.write(b"XXXXXXXX")
+    before = (pool / "blocks.dat").read_bytes()
+    one_line_naming(run_cli("-p", pool, "rebuild", "--full", "--repair"), "blocks.dat",
+                    "bad header", "not this pool's", "4096-byte slots", "not rewritten")
+    assert (pool / "blocks.dat").read_bytes() == before
+    # A random file in its place, beside the pool's own fingerprints.
+    (pool / "blocks.dat").write_bytes(os.urandom(len(before)))
+    (pool / "hashes.dat").write_bytes(own_hashes)
+    one_line_naming(run_cli("-p", pool, "rebuild", "--full", "--repair"), "blocks.dat",
+                    "bad header", "0 of", "not rewritten")
+    # No fingerprint to check it by.
+    (pool / "hashes.dat").unlink()
+    one_line_naming(run_cli("-p", pool, "rebuild", "--full", "--repair"), "blocks.dat",
+                    "bad header", "no fingerprint", "not rewritten")
+
+
 def test_rebuild_repair_refuses_without_full(golden):
     pool, _ = golden
     proc = run_cli("-p", pool, "rebuild", "--repair")

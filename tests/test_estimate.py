@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from engine import _native
+from engine.api import LocalAdmin, estimate
 from engine.pool import Pool
 from tests.conftest import run_cli
 from tests.serviceproc import Served
@@ -79,3 +81,20 @@ def test_the_estimate_table_reads_figures_as_everywhere_else(pool_dir, tmp_path)
     assert row.split()[-3:] == ["2,048", "0", "2,048"], row
     assert "new blocks      2,048 (8.0 MiB)" in out
     assert "dedup ratio     1.00x now, 1.00x after importing them" in out
+
+
+def test_the_estimate_reports_bytes_over_all_its_images(pool_dir, tmp_path):
+    """Its progress counts bytes from the first image's start to the last one's end, never going
+    back at the second image (it went back to the second one's own offsets), at a rate."""
+    image(tmp_path / "a.raw", list(range(1, 301)))
+    image(tmp_path / "b.raw", list(range(301, 401)))
+    reports = []
+
+    def slow(p):            # a report at every chunk: each comes over the Meter's interval
+        reports.append(p)
+        time.sleep(0.11)
+    with LocalAdmin.open(pool_dir) as admin:
+        estimate(admin, [str(tmp_path / "a.raw"), str(tmp_path / "b.raw")], slow)
+    done = [p.done for p in reports]
+    assert len(done) >= 3 and done == sorted(done), done
+    assert done[-1] == reports[-1].total == 400 * BS and reports[-1].bytes_per_s > 0

@@ -125,8 +125,9 @@ def test_a_golden_delete_takes_its_clones_rows_built_ahead_unless_an_edit_landed
     edit, _ = g.plan_delete("a", ahead)
     assert edit.relinked is not ahead and sorted(edit.relinked.vms) == ["d-1", "d-2", "late"]
     g.apply(edit)
-    assert all(vm.origin is None and vm.base is None for vm in g.vms() if vm.name != "b")
-    assert [(s.origin, s.base) for s in g.snaps()] == [(None, None)]
+    assert all(vm.origin is None and vm.base is None and vm.base_size is None
+               for vm in g.vms() if vm.name != "b")
+    assert [(s.origin, s.base, s.base_size) for s in g.snaps()] == [(None, None, None)]
     assert g.pinned() == {g.snap("d-1", "s").layer}
 
 
@@ -235,3 +236,23 @@ def test_an_export_ends_by_folding_the_top_into_its_layer_unless_another_reads_i
     g.release("desk@export-4")
     edit, merges = g.plan_unfreeze(frozen)
     assert (edit.dropped, edit.folded, merges) == ([], {}, [])
+
+
+def test_the_golden_states_size_goes_with_clone_rebase_snapshot_and_rename():
+    """The size a refresh brings back: the golden's when cloned or rebased onto, kept by a
+    snapshot (for a rollback) and by a golden's rename; a rebase names the VMs it shrinks."""
+    g = graph(a=1, big=2)
+    g.apply(g.plan_resize("big", 8192))
+    g.apply(g.plan_clone("a", ["d"], source_top_empty=False))
+    g.apply(g.plan_resize("d", 1024))
+    g.apply(g.plan_snapshot("d", "small", top_empty=True))
+    g.apply(g.plan_rename("a", "z"))
+    assert (g.vm("d").base_size, g.snap("d", "small").base_size) == (4096, 4096)
+    g.apply(g.plan_refresh("d")[0])
+    assert g.vm("d").size == 4096
+    g.apply(g.plan_rebase(["d"], "big", golden_top_empty=True, keep_writes=False)[0])
+    assert (g.vm("d").size, g.vm("d").base_size) == (8192, 8192)
+    assert g.check_rebase(["d"], "z", keep_writes=True) == [g.vm("d")]
+    g.apply(g.plan_rollback("d", "small")[0])
+    assert (g.vm("d").size, g.vm("d").base_size, g.vm("d").origin) == (1024, 4096, "z")
+    assert g.check_rebase(["d"], "big", keep_writes=True) == []

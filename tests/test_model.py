@@ -1,6 +1,7 @@
-"""A hypothesis state machine: random writes, reads, trims, clones, deletes, renames, refreshes,
-rebases, snapshots, rollbacks and exports against a model that keeps a bytearray per VM (and the
-golden state each clone can be refreshed to, its origin, and each snapshot's bytes). Reads and
+"""A hypothesis state machine: random writes, reads, trims, resizes, clones, deletes, renames,
+refreshes, rebases, snapshots, rollbacks and exports against a model that keeps a bytearray per
+VM, as long as the VM (and the golden state each clone can be refreshed to, its origin, and each
+snapshot's bytes). Reads, sizes, logical blocks (the blocks inside the disk that hold data) and
 origins must agree after every step; fsck is clean at the end, and a reopened pool reads
 identically, with the same origins."""
 
@@ -18,6 +19,7 @@ from engine.pool import Pool
 
 BS = 4096
 SIZE = 24 * BS + 300           # not a whole number of blocks, on purpose
+SIZES = [SIZE, 9 * BS + 1000, 30 * BS, 40 * BS + 7]         # what a resize picks from
 # A few block patterns, so that equal blocks (dedup) are common.
 PATTERNS = [bytes([i]) * BS for i in range(1, 4)] + [bytes(BS)]
 
@@ -86,11 +88,16 @@ class PoolMachine(RuleBasedStateMachine):
             else:
                 desk.entries[b] = mine
 
-    @precondition(has_vms)
-    @rule(offset=st.integers(0, SIZE - 1), data=st.data())
-    def write(self, offset, data):
+    def _pick_range(self, data) -> tuple[str, int]:
+        """A VM and an offset inside it."""
         vm = self._pick(data)
-        n = data.draw(st.integers(1, min(3 * BS, SIZE - offset)))
+        return vm, data.draw(st.integers(0, len(self.model[vm]) - 1))
+
+    @precondition(has_vms)
+    @rule(data=st.data())
+    def write(self, data):
+        vm, offset = self._pick_range(data)
+        n = data.draw(st.integers(1, min(3 * BS, len(self.model[vm]) - offset)))
         how = data.draw(st.sampled_from(["pattern", "random", "zeros"]))
         if how == "pattern":
             p = data.draw(st.sampled_from(PATTERNS))
@@ -104,13 +111,28 @@ class PoolMachine(RuleBasedStateMachine):
         self._touched(vm, offset, n)
 
     @precondition(has_vms)
-    @rule(offset=st.integers(0, SIZE - 1), data=st.data())
-    def trim(self, offset, data):
-        vm = self._pick(data)
-        n = data.draw(st.integers(1, SIZE - offset))
+    @rule(data=st.data())
+    def trim(self, data):
+        vm, offset = self._pick_range(data)
+        n = data.draw(st.integers(1, len(self.model[vm]) - offset))
         self.pool.trim(vm, offset, n)
+        self._trimmed(vm, offset, n)
+
+    def _trimmed(self, vm: str, offset: int, n: int) -> None:
         self.model[vm][offset:offset + n] = bytes(n)
         self._touched(vm, offset, n)
+
+    @precondition(has_vms)
+    @rule(data=st.data(), size=st.sampled_from(SIZES))
+    def resize(self, data, size):
+        vm = self._pick(data)
+        old = len(self.model[vm])
+        self.pool.resize(vm, size)
+        if size < old:          # what lies past the new end is trimmed first
+            self._trimmed(vm, size, old - size)
+            del self.model[vm][size:]
+        else:
+            self.model[vm] += bytes(size - old)
 
     @precondition(lambda self: 0 < len(self.model) < 6)
     @rule(data=st.data())
@@ -190,9 +212,13 @@ class PoolMachine(RuleBasedStateMachine):
         for name in names:
             desk = self.desks[name]
             if keep:
+                old = len(self.model[name])
+                if old > len(state):    # cut to golden's size: trimmed first, as a resize
+                    self._trimmed(name, len(state), old - len(state))
                 now = bytearray(state)
                 for b, mine in desk.entries.items():
                     now[b * BS:b * BS + len(mine)] = mine
+                del now[len(state):]
                 self.model[name] = now
             else:
                 self.model[name] = bytearray(state)
@@ -214,17 +240,17 @@ class PoolMachine(RuleBasedStateMachine):
         desk.entries = None
 
     @precondition(lambda self: 0 < len(self.model) < 6)
-    @rule(offset=st.integers(0, SIZE - 1), data=st.data(),
-          meanwhile=st.sampled_from([None, "clone", "snapshot"]), first=st.booleans())
-    def export(self, offset, data, meanwhile, first):
+    @rule(data=st.data(), meanwhile=st.sampled_from([None, "clone", "snapshot"]),
+          first=st.booleans())
+    def export(self, data, meanwhile, first):
         """An export's frozen state (Pool.frozen) beside a write to the VM, and a clone or a
         snapshot of it before or after the write: the view reads the VM as it was; at its end
         the VM's top folds into the frozen layer, or the layer merges or stays if the clone or
         the snapshot reads it. The write is of non-zero blocks: a top's tombstones over a
         frozen layer are kept by a fold as by a merge, and `Desk.entries` does not model them."""
-        vm = self._pick(data)
+        vm, offset = self._pick_range(data)
         before = bytes(self.model[vm])
-        n = data.draw(st.integers(1, min(3 * BS, SIZE - offset)))
+        n = data.draw(st.integers(1, min(3 * BS, len(before) - offset)))
         p = data.draw(st.sampled_from(PATTERNS[:3]))
         payload = (p * (n // BS + 2))[offset % BS:offset % BS + n]
         with self.pool.frozen(vm) as (view, size):
@@ -263,15 +289,17 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(has_vms)
     @rule(data=st.data())
     def read_range(self, data):
-        vm = self._pick(data)
-        offset = data.draw(st.integers(0, SIZE - 1))
-        n = data.draw(st.integers(0, SIZE - offset))
+        vm, offset = self._pick_range(data)
+        n = data.draw(st.integers(0, len(self.model[vm]) - offset))
         assert self.pool.read(vm, offset, n) == bytes(self.model[vm][offset:offset + n])
 
     @invariant()
     def every_vm_reads_as_the_model(self):
         for vm, expect in self.model.items():
-            assert self.pool.read(vm, 0, SIZE) == bytes(expect), vm
+            assert self.pool.vm_size(vm) == len(expect), vm
+            assert self.pool.read(vm, 0, len(expect)) == bytes(expect), vm
+            data = [block(expect, b) for b in range(-(-len(expect) // BS))]
+            assert self.pool.core.visible_blocks(self.pool.vm(vm).top) == sum(map(any, data)), vm
         assert self._origins(self.pool) == {vm: d.origin for vm, d in self.desks.items()}
 
     @staticmethod
@@ -287,7 +315,7 @@ class PoolMachine(RuleBasedStateMachine):
                 assert sorted((s["vm"], s["name"]) for s in reopened.snapshots()) == sorted(
                     self.snaps)
                 for vm, expect in self.model.items():
-                    assert reopened.read(vm, 0, SIZE) == bytes(expect), vm
+                    assert reopened.read(vm, 0, len(expect)) == bytes(expect), vm
                 assert self._origins(reopened) == {vm: d.origin for vm, d in self.desks.items()}
                 assert {(s["vm"], s["name"]): s["origin"] for s in reopened.snapshots()} == {
                     key: d.origin for key, (_, d) in self.snaps.items()}

@@ -22,7 +22,8 @@ from tests.conftest import run_cli
 from tests.nbdclient import (CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_REQ_ONE, CMD_FLUSH,
                              CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC,
                              EPERM, FLAG_CAN_MULTI_CONN, FLAG_READ_ONLY, FLAG_SEND_DF,
-                             FLAG_SEND_FLUSH, FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES, OPT_ABORT,
+                             FLAG_SEND_FLUSH, FLAG_SEND_FUA, FLAG_SEND_TRIM,
+                             FLAG_SEND_WRITE_ZEROES, OPT_ABORT,
                              OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT,
                              OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID,
                              REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_SERVER, REQUEST_MAGIC, STATE_HOLE,
@@ -90,7 +91,8 @@ def test_nbdinfo_lists_every_vm(pool_dir, golden, server):
     assert set(exports) == {"golden", "desk"}
     for e in exports.values():
         assert e["export-size"] == 8 * MiB
-        assert e["can_flush"] and e["can_trim"] and e["can_zero"] and not e["is_read_only"]
+        assert e["can_flush"] and e["can_fua"] and e["can_trim"] and e["can_zero"]
+        assert not e["is_read_only"]
 
 
 def test_nbdcopy_exports_a_clone_byte_exact_while_other_clients_hang(pool_dir, golden, server,
@@ -201,12 +203,16 @@ def test_a_flush_on_one_connection_makes_another_ones_writes_durable(pool_dir, g
         assert admin.read("golden", 3 * MiB, 12288) == b"\x77" * 12288
 
 
-def test_read_only_export_refuses_writes_with_eperm(pool_dir, golden, server):
+def test_read_only_export_offers_no_changes_and_refuses_them_with_eperm(pool_dir, golden, server):
     s = server("--read-only")
+    seen = json.loads(tool("nbdinfo", "--json", s.uri("golden")).stdout)["exports"][0]
+    assert seen["is_read_only"] and seen["can_flush"] and seen["can_multi_conn"]
+    assert not (seen["can_trim"] or seen["can_zero"] or seen["can_fua"]), seen  # as nbdkit -r
     c = RawClient(s.port)
     _, flags = c.connect("golden")
-    assert flags & FLAG_READ_ONLY
-    assert flags & FLAG_SEND_FLUSH and flags & FLAG_SEND_TRIM and flags & FLAG_SEND_WRITE_ZEROES
+    assert flags & FLAG_READ_ONLY and flags & FLAG_SEND_FLUSH
+    assert not flags & (FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES)
+    # A client that sends them all the same is refused.
     assert c.write(0, b"x" * 4096) == EPERM
     assert c.simple(CMD_TRIM, 0, 4096) == EPERM
     assert c.simple(CMD_WRITE_ZEROES, 0, 4096) == EPERM

@@ -7,6 +7,7 @@ RLIMIT_NOFILE, real sockets held open, nbdinfo as the client.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from engine.api import LocalAdmin
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.nbdclient import OPT_LIST, REP_ACK, MiB, RawClient
 from tests.serviceproc import Served
 
@@ -81,6 +82,65 @@ def test_a_bad_deadline_stops_the_start_in_one_line_before_anything_is_opened(im
                     " from 1 to 3600 (unset: 10)\n")), (given, args)
     finally:
         holder.stop()
+
+
+def test_a_client_that_keeps_sending_options_is_not_cut_at_the_deadline(image, server, pool_dir):
+    run_cli("-p", pool_dir, "vm", "clone", "a", "d", "--count", "40", check=True)
+    s = server(env={DEADLINE_ENV: "1"})
+    silent = RawClient(s.port)
+    assert len(silent.recv(18)) == 18
+    started = time.monotonic()
+    # libnbd asks two options of each export, ~0.2 s each: 8 s of haggling, 8 deadlines.
+    listing = nbdinfo("--list", "--json", f"nbd://127.0.0.1:{s.port}", timeout=60)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert time.monotonic() - started > 2
+    names = {e["export-name"] for e in json.loads(listing.stdout)["exports"]}
+    assert names == {"a"} | {f"d-{i}" for i in range(1, 41)}
+    assert silent.closed_by_server()        # an idle client is still cut, at 1 s
+    silent.close()
+    log = s.stop()
+    assert log.count("no export chosen within 1 s") == 1, log
+
+
+def haggle(clients: list[RawClient]) -> list[RawClient]:
+    """Each client lists the exports; returns those the server has closed."""
+    closed = []
+    for c in clients:
+        try:
+            c.option(OPT_LIST)
+            while c.option_reply()[1] != REP_ACK:
+                pass
+        except (EOFError, ConnectionError):
+            closed.append(c)
+    return closed
+
+
+def test_out_of_open_files_clients_that_haggle_past_the_deadline_are_closed(image, server):
+    s = server(env={DEADLINE_ENV: "2"},
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT)))
+    clients = haggling = [RawClient(s.port) for _ in range(20)]
+    for c in clients:
+        c.handshake()
+    held = []
+    try:
+        until = time.monotonic() + 4            # twice the deadline: busy, they are served on
+        while time.monotonic() < until:
+            assert haggle(haggling) == []
+            time.sleep(0.2)
+        held = [RawClient(s.port) for _ in range(LIMIT)]       # the server runs out of files
+        until = time.monotonic() + 10
+        while haggling:
+            assert time.monotonic() < until, f"{len(haggling)} still haggling"
+            closed = haggle(haggling)
+            haggling = [c for c in haggling if c not in closed]
+            time.sleep(0.2)
+    finally:
+        for c in clients + held:
+            c.close()
+    log = s.stop()
+    assert "refusing new clients until files are freed" in log, log
+    assert "no export chosen within 2 s; closing the connection" in log, log
+    assert "Traceback" not in log, log[:2000]
 
 
 def test_out_of_open_files_a_client_is_refused_then_served_once_files_are_freed(

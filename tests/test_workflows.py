@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,6 +83,101 @@ def test_rebase_one_all_of_and_keeping_writes(cli, tmp_path):
     assert proc.returncode == 1 and "nothing to rebase" in proc.stderr_text
     proc = cli("vm", "rebase", "desk-1", check=False)
     assert proc.returncode == 2 and "NEW_GOLDEN" in proc.stderr_text
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def info(cli, name: str) -> dict:
+    return json.loads(cli("vm", "info", name, "--json").stdout)
+
+
+def test_a_refresh_brings_back_the_size_of_the_golden_state(cli, tmp_path):
+    # Shrunk, it kept 8 KiB and read golden cut short, while it said it read as golden did.
+    cli("vm", "resize", "desk-1", "8K", "--force", "-y")
+    proc = cli("vm", "refresh", "desk-1", "-y")
+    assert info(cli, "desk-1")["stats"]["size"] == 4 * BS
+    assert proc.stdout_text.strip().endswith("rebased onto it), at its size then: 16.0 KiB (it is"
+                                             " 8.0 KiB now)")
+    assert info(cli, "desk-1")["base_size"] == 4 * BS
+    assert read(cli, "desk-1", tmp_path) == blocks(1, 1, 2, 0)
+    # Grown and written past the golden's end: all of it is its own, and goes.
+    cli("vm", "resize", "desk-2", "32K")
+    cli("vm", "write", "desk-2", "--offset", str(6 * BS), "-", input=blocks(9))
+    out = json.loads(cli("vm", "refresh", "desk-2", "-y", "--json").stdout)
+    assert out["size"] == 4 * BS
+    stats = info(cli, "desk-2")["stats"]
+    assert (stats["size"], stats["logical_blocks"]) == (4 * BS, 3)
+    assert read(cli, "desk-2", tmp_path) == blocks(1, 1, 2, 0)
+    # A snapshot keeps the size to come back at: a rollback, then a refresh.
+    cli("vm", "resize", "desk-3", "8K", "--force", "-y")
+    cli("vm", "snapshot", "desk-3", "small")
+    cli("vm", "rollback", "desk-3", "small", "-y")
+    cli("vm", "refresh", "desk-3", "-y")
+    assert read(cli, "desk-3", tmp_path) == blocks(1, 1, 2, 0)
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def test_a_clone_made_before_blockfold_kept_its_golden_size_keeps_its_own(pool_dir, tmp_path):
+    (tmp_path / "golden.raw").write_bytes(blocks(1, 1, 2, 0))
+    with LocalAdmin.open(pool_dir) as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+        admin.clone("golden", "old")
+        admin.take_snapshot("old", "then")
+    db = sqlite3.connect(pool_dir / "catalog.db")      # as an older Blockfold left it
+    db.execute("ALTER TABLE vms DROP COLUMN base_size")
+    db.execute("ALTER TABLE snapshots DROP COLUMN base_size")
+    db.commit()
+    db.close()
+    with LocalAdmin.open(pool_dir, readonly=True) as admin:
+        assert admin.vm_info("old").base_size is None and admin.vm_info("old").refreshable
+        assert [s.name for s in admin.snapshots("old")] == ["then"]
+
+    def cli(*args):
+        return run_cli("-p", pool_dir, *args, check=True)
+    cli("vm", "resize", "old", "8K", "--force", "-y")
+    cli("vm", "clone", "golden", "new")
+    cli("vm", "resize", "new", "8K", "--force", "-y")
+    proc = cli("vm", "refresh", "old", "-y")
+    assert proc.stdout_text.strip().endswith("; it keeps its size (8.0 KiB): it was cloned before"
+                                             " Blockfold kept its golden image's size")
+    assert info(cli, "old")["stats"]["size"] == 2 * BS
+    cli("vm", "refresh", "new", "-y")
+    assert info(cli, "new")["stats"]["size"] == 4 * BS
+    cli("vm", "rollback", "old", "then", "-y")
+    assert info(cli, "old")["base_size"] is None
+    assert cli("fsck").stdout_text.strip() == "clean"
+
+
+def test_a_rebase_keeping_writes_onto_a_smaller_golden_needs_force(cli, tmp_path):
+    (tmp_path / "tiny.raw").write_bytes(blocks(5))
+    cli("vm", "import", "tiny", tmp_path / "tiny.raw")
+    cli("vm", "write", "desk-1", "--offset", str(3 * BS), "-", input=blocks(9))
+    # It became 4 KiB without a word, its write at 12 KiB still counted in its logical bytes.
+    proc = cli("vm", "rebase", "desk-1", "tiny", "--keep-writes", "-y", check=False)
+    assert proc.returncode == 1 and proc.stderr_text == (
+        "blockfold: error: tiny (4.0 KiB) is smaller than VM desk-1 (16.0 KiB): rebasing keeping"
+        " its writes cuts off its last 12.0 KiB; allow it with --force\n")
+    assert info(cli, "desk-1")["stats"]["origin"] == "golden"
+    assert read(cli, "desk-1", tmp_path) == blocks(1, 1, 2, 9)
+    proc = cli("vm", "rebase", "desk-1", "tiny", "--keep-writes", "--force", "-y")
+    assert ("rebasing VM desk-1 onto tiny shrinks it from 16.0 KiB to 4.0 KiB and cuts off its"
+            " last 12.0 KiB (bytes 4096 to 16383)") in proc.stderr_text
+    assert proc.stdout_text.strip() == "rebased desk-1 onto tiny; 4.0 KiB now, tiny's size"
+    stats = info(cli, "desk-1")["stats"]
+    assert (stats["size"], stats["logical_blocks"], stats["origin"]) == (BS, 1, "tiny")
+    cli("vm", "resize", "desk-1", "16K")           # what was cut reads as zeros, as a resize's
+    assert read(cli, "desk-1", tmp_path) == blocks(5, 0, 0, 0)
+    # Every desktop of --all-of is checked before any moves; dropping their writes, nothing of
+    # theirs is cut: they take the golden's size.
+    cli("vm", "write", "desk-2", "--offset", "0", "-", input=blocks(8))
+    proc = cli("vm", "rebase", "--all-of", "golden", "tiny", "--keep-writes", "-y", check=False)
+    assert proc.returncode == 1 and ("is smaller than 2 VMs (desk-2, desk-3): rebasing them"
+                                     " keeping their writes cuts off") in proc.stderr_text
+    assert read(cli, "desk-2", tmp_path) == blocks(8, 1, 2, 0)
+    out = json.loads(cli("vm", "rebase", "--all-of", "golden", "tiny", "-y", "--json").stdout)
+    assert out["rebased"] == ["desk-2", "desk-3"] and out["size"] == BS
+    assert read(cli, "desk-2", tmp_path) == blocks(5)
+    logical = json.loads(cli("stats", "--json").stdout)["logical_bytes"]
+    assert logical == (3 + 4 + 1 + 1 + 1 + 1) * BS     # golden, golden2, tiny, desk-1..3
     assert cli("fsck").stdout_text.strip() == "clean"
 
 
@@ -280,7 +376,7 @@ def test_a_vm_with_no_golden_image_is_not_rebased_and_a_refresh_says_what_it_did
                                         " as golden did when it was cloned from it (or last"
                                         " rebased onto it)")
     out = json.loads(cli("vm", "refresh", "desk-2", "-y", "--json").stdout)
-    assert out == {"refreshed": "desk-2", "golden": "golden"}
+    assert out == {"refreshed": "desk-2", "golden": "golden", "size": 4 * BS}
     # An imported VM, and a clone whose golden image is gone: their whole disk is their own.
     cli("vm", "clone", "golden2", "kid")
     cli("vm", "rm", "golden2", "-y")

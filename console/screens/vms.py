@@ -10,7 +10,7 @@ from engine.api import AttachedError, ImportResult, Progress, VMInfo, formats
 from widgets.row_table import Col, RowTable
 
 from ..messages import PoolView, TaskProgress
-from ..wording import attached_refusal, delete_question
+from ..wording import attached_refusal, delete_question, refresh_question
 from .base import PoolPane
 from .confirm import ConfirmDialog
 from .error import ErrorDialog
@@ -139,18 +139,25 @@ class VMsPane(PoolPane):
             ("snap", "Snapshot name", "snap-1")], ok="Snapshot"), submitted)
 
     def action_refresh_vm(self) -> None:
+        """Asks with what the CLI asks: what is dropped, and the size it comes back at."""
         name = self._need_vm()
         if name is None:
             return
+        admin = self.app.admin
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.engine(f"refresh {name}", lambda: self.app.admin.refresh(name),
-                                lambda _: self.notify(f"refreshed {name}"))
+        def ask(info: VMInfo) -> None:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.app.engine(f"refresh {name}", lambda: admin.refresh(name),
+                                    lambda _: self.notify(f"refreshed {name}"))
 
-        self.app.push_screen(ConfirmDialog(
-            "Refresh VM", f"Refresh VM {name}? Everything it wrote since its clone is dropped:"
-            " it reads as its golden image again.", "Refresh"), answered)
+            if not info.refreshable:        # not asked about: its refusal is shown
+                answered(True)
+                return
+            self.app.push_screen(ConfirmDialog("Refresh VM", refresh_question(
+                name, info.stats.origin, info.stats.size, info.base_size), "Refresh"), answered)
+
+        self.app.engine(f"refresh {name}", lambda: admin.vm_info(name), ask, changes=False)
 
     # -- import -------------------------------------------------------------------------------
 

@@ -285,9 +285,7 @@ def down(path) -> list[dict]:
     """Stops the local nodes, then the cluster's own etcd member (the nodes end their leases
     on the way out); their rows."""
     config = ClusterConfig.load(path)
-    for entry in config.nodes:
-        if entry.data:
-            processes.stop(entry, signal.SIGTERM)
+    processes.stop_all([entry for entry in config.nodes if entry.data], signal.SIGTERM)
     if config.etcd and config.etcd.data:
         etcd_member.stop(config.etcd)
     return [node_row(e) for e in config.nodes]

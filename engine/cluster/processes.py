@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from ..errors import BlockfoldError
@@ -162,12 +163,27 @@ def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:
     stop_pid(entry.pid, lambda: is_running(entry), sig)
 
 
+def stop_all(entries: list[NodeEntry], sig: int = signal.SIGTERM) -> None:
+    """stop() of every node in `entries`, signalled all at once and then waited for: their
+    shutdowns overlap instead of queueing (a cluster's `down`)."""
+    running = [entry for entry in entries if is_running(entry)]
+    for entry in running:
+        os.kill(entry.pid, sig)
+    for entry in running:
+        _wait_gone(entry.pid, partial(is_running, entry))
+
+
 def stop_pid(pid: int | None, running, sig: int = signal.SIGTERM) -> None:
     """Signals `pid` while running() says it is ours, and waits until it is gone (SIGKILL if
     `sig` is not enough)."""
     if not running():
         return
     os.kill(pid, sig)
+    _wait_gone(pid, running)
+
+
+def _wait_gone(pid: int, running) -> None:
+    """Until running() is false; SIGKILL each STOP_TIMEOUT s it is not."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while running():
         if time.monotonic() > deadline:

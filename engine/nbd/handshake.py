@@ -85,6 +85,7 @@ class Handshake:
                     return False        # this option has no error reply: drop the connection
                 self.pending[-1] = p.option_reply(option, p.REP_ERR_POLICY, refusal.encode())
             await self.send_pending()
+            c.answered()
 
     async def refuse(self, why: str) -> None:
         """Negotiates only to refuse (the server cannot serve this client now): every option gets

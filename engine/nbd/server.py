@@ -15,10 +15,14 @@ reserve: one is given up to accept the next client, which is refused with a mess
 (Handshake.refuse, within REFUSAL_S), then taken back; the burst is logged in two lines, when it
 starts and when clients are accepted again.
 
-A connection must have chosen its export within HANDSHAKE_DEADLINE_S of its accept (a refused
-NBD_OPT_GO starts it again), or it is closed and logged: a port scanner or a stuck client would
-hold its file forever (told in a line per DEADLINE_LOG_S). A transmitting connection has no
-deadline: a desktop may idle for hours.
+A negotiating client must send its first option within HANDSHAKE_DEADLINE_S of its accept, and
+each next one within HANDSHAKE_DEADLINE_S of the server's last reply, until it has chosen its
+export, or it is closed and logged: a port scanner or a stuck client would hold its file forever
+(told in a line per DEADLINE_LOG_S). A client that keeps sending options is not idle: nbdinfo
+--list of 300 VMs haggles for a minute (libnbd's pace). Only once the server is out of files
+is a handshake bounded as a whole: those negotiating for longer than HANDSHAKE_DEADLINE_S since
+their accept are closed then, busy or not. A transmitting connection has no deadline: a desktop
+may idle for hours.
 
 Once handed over, a connection belongs to its thread, which closes it when done: nothing in
 Python is woken per connection that ends (a thousand desktops leaving at once would fill the event
@@ -47,10 +51,11 @@ from .handshake import ClientGone, Handshake, ProtocolError, Session
 from .transmission import transmit
 
 SHUTDOWN_GRACE_S = 10.0         # how long in-flight requests get to finish on SIGTERM
-# How long a client has, from its accept, to choose its export; BLOCKFOLD_NBD_HANDSHAKE_S (seconds)
-# sets another (tests), within bounds: under a second a client across a slow link is cut before
-# its round trips end (at 0.001 s, 4 of 5 nbdinfo on loopback were); over an hour a silent
-# client holds its file for good in all but name.
+# How long a negotiating client may stay silent: from its accept to its first option, from each
+# reply to its next option; BLOCKFOLD_NBD_HANDSHAKE_S (seconds) sets another (tests), within
+# bounds: under a second a client across a slow link is cut before its round trips end (at
+# 0.001 s, 4 of 5 nbdinfo on loopback were); over an hour a silent client holds its file for
+# good in all but name.
 HANDSHAKE_DEADLINE_S = 10.0
 HANDSHAKE_DEADLINE_ENV = "BLOCKFOLD_NBD_HANDSHAKE_S"
 HANDSHAKE_DEADLINE_BOUNDS_S = (1.0, 3600.0)
@@ -69,6 +74,9 @@ TRANSMISSION_FLAGS = (p.FLAG_HAS_FLAGS | p.FLAG_SEND_FLUSH | p.FLAG_SEND_FUA | p
                       | p.FLAG_SEND_WRITE_ZEROES
                       # one pool behind every connection: a flush on one covers writes on all
                       | p.FLAG_CAN_MULTI_CONN)
+# What a read-only export does not offer: its changes would be refused (EPERM), and FUA only
+# speaks of writes (as nbdkit -r). FLUSH stays: it succeeds, having nothing to commit.
+WRITE_FLAGS = p.FLAG_SEND_FUA | p.FLAG_SEND_TRIM | p.FLAG_SEND_WRITE_ZEROES
 
 
 def handshake_deadline() -> float:
@@ -109,7 +117,8 @@ class NBDServer:
         self.admin = admin
         self.meter = meter
         self.read_only = read_only
-        self.flags = TRANSMISSION_FLAGS | (p.FLAG_READ_ONLY if read_only else 0)
+        self.flags = ((TRANSMISSION_FLAGS & ~WRITE_FLAGS) | p.FLAG_READ_ONLY if read_only
+                      else TRANSMISSION_FLAGS)
         self.block_size = admin.block_size      # the preferred block size each export reports
         self.log = log or (lambda message: print(f"blockfold nbd: {message}", file=sys.stderr,
                                                  flush=True))
@@ -187,6 +196,7 @@ class NBDServer:
             self._starved, self._refused = True, 0
             self.log(f"cannot accept a connection: {error.strerror} (limit {limit}): refusing"
                      " new clients until files are freed")
+        self._end_long_handshakes()
         await self._client_waits()
         self._fill_reserve()
         if not self._reserve:
@@ -229,6 +239,17 @@ class NBDServer:
         finally:
             sock.close()
             self._fill_reserve()
+
+    def _end_long_handshakes(self) -> None:
+        """Out of files: every client negotiating for longer than the deadline since its accept
+        is closed now (as at the deadline), though it keeps sending options, so that clients
+        which never choose an export cannot hold the files others need to be served."""
+        now = asyncio.get_running_loop().time()
+        with self.lock:
+            negotiating = [c for c in self.connections if c.handle is None]
+        for c in negotiating:
+            if now - c.accepted >= self.handshake_deadline:
+                c.end_handshake(now)
 
     def _fill_reserve(self) -> None:
         """Opens reserve files up to RESERVE_FILES, as many as can be had."""
@@ -362,6 +383,7 @@ class Connection:
         self.handle: _native.Transmission | None = None     # the transmission, once handed over
         self.export: str | None = None                      # the VM it transmits on, from then
         self.deadline: asyncio.Timeout | None = None        # the handshake's, while it runs
+        self.accepted = asyncio.get_running_loop().time()  # (loop time) out of files, it counts
 
     def stop(self) -> None:
         """Server shutdown: stop taking requests; those already received are still answered."""
@@ -387,6 +409,16 @@ class Connection:
                 self.server.release(self)
 
     # -- negotiation, on the event loop --------------------------------------------------------
+
+    def answered(self) -> None:
+        """The server has answered an option: the client's next one has the whole deadline."""
+        self.deadline.reschedule(asyncio.get_running_loop().time()
+                                 + self.server.handshake_deadline)
+
+    def end_handshake(self, now: float) -> None:
+        """Closes the negotiation at once, as at its deadline (unless it already expires)."""
+        if self.deadline is not None and not self.deadline.expired():
+            self.deadline.reschedule(now)
 
     async def recv_exactly(self, n: int) -> bytes:
         loop = asyncio.get_running_loop()
@@ -423,6 +455,4 @@ class Connection:
                     self.handle, self.export = handle, session.export.name
                     return None
         server.log(f"{self.peer}: refused export {session.export.name!r}: {why}")
-        # Told to try again later, it may, on this connection: its deadline starts again.
-        self.deadline.reschedule(asyncio.get_running_loop().time() + server.handshake_deadline)
-        return why
+        return why      # told to try again later, it may, on this connection

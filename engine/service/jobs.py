@@ -50,7 +50,7 @@ class _Running:
         p = self.progress
         return Job(id=self.id, kind=self.kind, actor=self.actor, started=self.started,
                    state=self.state, phase=p.phase if p else "", done=p.done if p else 0,
-                   total=p.total if p else 0, bytes_per_s=p.bytes_per_s if p else 0.0,
+                   total=(p.total or 0) if p else 0, bytes_per_s=p.bytes_per_s if p else 0.0,
                    message=self.message, vm=self.vm)
 
 

@@ -214,13 +214,13 @@ class ServedAdmin(Admin):
         self.inner.refresh(name)
 
     @_changes
-    def rebase(self, names, golden, keep_writes=False, force=False):
+    def rebase(self, names, golden, keep_writes=False, force=False, shrink=False):
         self.inner.vm_size(golden)
         for name in names:
             self.inner.vm_size(name)
         for name in names:
             self._unless_attached(name, force, "rebasing it")
-        self.inner.rebase(names, golden, keep_writes)
+        self.inner.rebase(names, golden, keep_writes, shrink=shrink)
 
     @_changes
     def rename(self, old, new, force=False):

@@ -249,6 +249,14 @@ fn fingerprints<'py>(
     Ok(PyBytes::new(py, digests.as_flattened()))
 }
 
+/// Rewrites a damaged blocks.dat header in `directory` once the file shows it is the pool's
+/// (`slots::repair_header`); true if it did.
+#[pyfunction]
+fn repair_header(py: Python<'_>, directory: PathBuf, block_size: usize) -> PyResult<bool> {
+    py.detach(|| crate::slots::repair_header(&directory, block_size))
+        .or_raise(py)
+}
+
 /// The phases a local core's rebuild reports, in order.
 const PHASES: [&str; 4] = ["tables", "hashes", "index", "space"];
 
@@ -1133,6 +1141,7 @@ fn problems_list<'py>(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(fingerprints, m)?)?;
+    m.add_function(wrap_pyfunction!(repair_header, m)?)?;
     m.add_class::<PyCore>()?;
     m.add_class::<PyMeter>()?;
     m.add_class::<PyTransmission>()?;

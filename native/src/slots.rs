@@ -120,8 +120,10 @@ impl SlotStore {
         }
         if store.block(0)[..16] != MAGIC[..] {
             return Err(Error::Format(format!(
-                "{} is not a Blockfold slot file (bad header)",
-                data_path.display()
+                "{} is not a Blockfold slot file (bad header): `blockfold -p {} rebuild --full \
+                 --repair` rewrites the header if the rest of the file is this pool's",
+                data_path.display(),
+                dir.display()
             )));
         }
         Ok(store)
@@ -411,6 +413,82 @@ impl SlotStore {
     }
 }
 
+/// Windows of the data file in each of which `repair_header` hashes one fingerprinted slot again.
+const HEADER_PROBES: u64 = 64;
+
+/// Rewrites the header slot of `dir`'s blocks.dat when its magic is damaged, once the rest of the
+/// file shows it is this pool's (what `rebuild --full --repair` does first; its full rebuild then
+/// re-hashes every block, so nothing the header's damage touched is trusted). Shown by: a whole
+/// number of `block_size`-byte slots, two at least; and in each of 64 windows spread over the
+/// file, the first slot that has a fingerprint in hashes.dat is hashed again: more than half of
+/// those must match (a random file, or a slot file of another block size, matches none, and one
+/// holding no fingerprinted block proves nothing). A missing, empty or ragged file is left to
+/// `SlotStore::open`. Returns whether it rewrote the header (false: it was sound, or not ours
+/// to judge). Errors: `Format` naming the file and what the check found, `Io`.
+pub fn repair_header(dir: &Path, block_size: usize) -> Result<bool> {
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    check_block_size(block_size)?;
+    let data_path = dir.join(DATA_FILE);
+    let hash_path = dir.join(HASH_FILE);
+    let Ok(data) = OpenOptions::new().read(true).write(true).open(&data_path) else {
+        return Ok(false);
+    };
+    let bs = block_size as u64;
+    let size = data.metadata()?.len();
+    if size < 2 * bs || size % bs != 0 {
+        return Ok(false);
+    }
+    let mut header = vec![0u8; block_size];
+    data.read_exact_at(&mut header, 0)?;
+    if header[..MAGIC.len()] == MAGIC[..] {
+        return Ok(false);
+    }
+    let slots = size / bs;
+    let (mut checked, mut matched) = (0u64, 0u64);
+    if let Ok(hashes) = File::open(&hash_path) {
+        let known = (hashes.metadata()?.len() / HASH_BYTES as u64).min(slots);
+        let mut hashes = BufReader::with_capacity(1 << 16, hashes);
+        let (mut digest, mut block) = ([0u8; HASH_BYTES], vec![0u8; block_size]);
+        for k in 0..HEADER_PROBES.min(known.saturating_sub(1)) {
+            let first = 1 + k * (known - 1) / HEADER_PROBES;
+            let end = 1 + (k + 1) * (known - 1) / HEADER_PROBES;
+            hashes.seek(SeekFrom::Start(first * HASH_BYTES as u64))?;
+            for slot in first..end {
+                hashes.read_exact(&mut digest)?;
+                if digest != [0; HASH_BYTES] {
+                    data.read_exact_at(&mut block, slot * bs)?;
+                    checked += 1;
+                    matched += u64::from(crate::fingerprint::fingerprint(&block) == digest);
+                    break;
+                }
+            }
+        }
+    }
+    if checked == 0 {
+        return Err(Error::Format(format!(
+            "{} has a bad header, and {} holds no fingerprint to show the file is this pool's: \
+             not rewritten (restore it from a backup)",
+            data_path.display(),
+            hash_path.display()
+        )));
+    }
+    if matched * 2 <= checked {
+        return Err(Error::Format(format!(
+            "{} has a bad header and is not this pool's file of {block_size}-byte slots: {matched} \
+             of {checked} blocks checked match their fingerprints in {}; not rewritten (restore \
+             it from a backup)",
+            data_path.display(),
+            hash_path.display()
+        )));
+    }
+    header.fill(0);
+    header[..MAGIC.len()].copy_from_slice(MAGIC);
+    data.write_all_at(&header, 0)?;
+    data.sync_data()?;
+    Ok(true)
+}
+
 /// Slots written by one pwritev (IOV_MAX is 1024 on Linux).
 const MAX_RUN: usize = 1024;
 
@@ -669,5 +747,73 @@ mod tests {
             4096
         );
         s.grow(1).unwrap();
+    }
+
+    /// A pool directory whose blocks.dat holds `n` fingerprinted blocks of `bs` bytes.
+    fn pool_of(bs: usize, n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SlotStore::open(dir.path(), bs, false, true).unwrap();
+        s.grow(n).unwrap();
+        for slot in 1..=n {
+            let block = vec![slot as u8; bs];
+            s.put(slot, &block, &crate::fingerprint::fingerprint(&block));
+        }
+        s.sync().unwrap();
+        dir
+    }
+
+    fn scribble(path: &Path, offset: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_header_is_rewritten_when_the_blocks_match_their_fingerprints() {
+        let dir = pool_of(4096, 200);
+        assert!(
+            !repair_header(dir.path(), 4096).unwrap(),
+            "a sound header is left alone"
+        );
+        // A bad sector over the header and slot 1: most blocks still match.
+        scribble(&dir.path().join(DATA_FILE), 0, &[0x58; 4096 + 512]);
+        let err = SlotStore::open(dir.path(), 4096, false, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("bad header"), "{err}");
+        assert!(err.to_string().contains("rebuild --full --repair"), "{err}");
+        assert!(repair_header(dir.path(), 4096).unwrap());
+        let s = SlotStore::open(dir.path(), 4096, true, false).unwrap();
+        assert_eq!(&s.block(0)[..16], MAGIC);
+        assert!(s.block(0)[16..].iter().all(|&b| b == 0));
+        assert_eq!(s.block(2), &vec![2u8; 4096][..]);
+    }
+
+    #[test]
+    fn a_header_is_not_rewritten_on_a_file_that_is_not_ours() {
+        // Another block size: 64 KiB slot files under a catalog that says 4 KiB.
+        let dir = pool_of(65536, 100);
+        scribble(&dir.path().join(DATA_FILE), 0, b"XXXXXXXX");
+        let before = std::fs::read(dir.path().join(DATA_FILE)).unwrap();
+        let err = repair_header(dir.path(), 4096).err().unwrap();
+        assert!(err.to_string().contains("not this pool's"), "{err}");
+        assert!(err.to_string().contains("0 of"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join(DATA_FILE)).unwrap(), before);
+
+        // A random file with the fingerprints of the blocks that were there.
+        let dir = pool_of(4096, 100);
+        let random: Vec<u8> = (0..101 * 4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.path().join(DATA_FILE), &random).unwrap();
+        assert!(repair_header(dir.path(), 4096).is_err());
+        assert_eq!(std::fs::read(dir.path().join(DATA_FILE)).unwrap(), random);
+
+        // No fingerprint at all: nothing shows the file is ours.
+        let dir = pool_of(4096, 100);
+        scribble(&dir.path().join(DATA_FILE), 0, b"XXXXXXXX");
+        std::fs::write(dir.path().join(HASH_FILE), vec![0u8; 101 * 16]).unwrap();
+        let err = repair_header(dir.path(), 4096).err().unwrap();
+        assert!(err.to_string().contains("holds no fingerprint"), "{err}");
     }
 }

@@ -85,13 +85,18 @@ class Site:
         if lease_seconds is not None:
             self.config.lease_seconds = lease_seconds
             self.config.save()
-        for k in range(1, nodes + 1):
-            self._start_node(k)
+        started = [self._start_node(k) for k in range(1, nodes + 1)]   # all at once
+        for k, proc in enumerate(started, 1):
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            line = proc.stdout.readline().decode() if ready else ""
+            assert line.startswith("ready "), \
+                f"node{k}: {(self.tmp / 'nodes' / f'node{k}' / 'node.log').read_text()}"
         for k in range(1, nodes + 1):       # joined from the first coordinator host
             self.ok(hosts[0], "cluster", "add", self.config.path,
                     f"{net.hosts[f'n{k}']}:{PORT}", "--name", f"node{k}")
 
-    def _start_node(self, k: int) -> None:
+    def _start_node(self, k: int) -> subprocess.Popen:
+        """Node k's process, started (its "ready" line not yet read)."""
         data = self.tmp / "nodes" / f"node{k}"
         data.mkdir(parents=True)
         (data / "authorized_keys").write_text(self.config.admin_public_key())
@@ -106,9 +111,7 @@ class Site:
                                  "--listen", f"{self.net.hosts[f'n{k}']}:{PORT}"),
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline().decode() if ready else ""
-        assert line.startswith("ready "), f"node{k}: {(data / 'node.log').read_text()}"
+        return proc
 
     def cluster(self, name: str):
         """A copy of the cluster directory: what another machine (or admin) has."""

@@ -14,7 +14,7 @@ from console.clock import FixedClock
 from console.sample import BLOCK, golden_image
 from console.screens.error import ErrorDialog
 from console.screens.rebuild import RebuildPane
-from engine.api import LocalAdmin, create_pool
+from engine.api import LocalAdmin, create_pool, formats
 from widgets.block_table import BlockTable
 from widgets.rebuild_panel import RebuildPanel
 
@@ -73,6 +73,22 @@ async def test_snapshot_and_refresh_from_the_vms_screen(make_app, admin):
         await settle(pilot)
         assert admin.read("desk-1", 0, BLOCK) == golden
     assert [e.kind for e in admin.events(2)] == ["refresh", "snapshot"]
+
+
+async def test_refresh_asks_what_the_cli_asks_and_brings_back_the_golden_size(make_app, admin):
+    size = admin.vm_size("desk-1")
+    admin.resize("desk-1", BLOCK, shrink=True)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await press(pilot, "2", "R")
+        assert asked(app) == (
+            "Refresh VM desk-1? Everything desk-1 wrote since it was cloned from golden (or last"
+            " rebased onto it) is dropped, and it reads as golden did then, at its size then:"
+            f" {formats.exact_size(size)} (it is 4.0 KiB now).")
+        await press(pilot, "y")
+        await settle(pilot)
+        assert admin.vm_size("desk-1") == size
 
 
 async def test_delete_happens_only_after_yes(make_app, admin):
