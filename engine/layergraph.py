@@ -66,6 +66,9 @@ class LayerEdit:
     registered: provisional layers that become a VM's top (an import's)
     moved: layer -> new parent, for a VM's top that moves onto another layer (a rebase that
            keeps the VM's writes)
+    folded: top -> its parent, for a VM's top folded down into the frozen layer beneath it,
+           which takes the top's entries and becomes the VM's top again (the top is in
+           `dropped` too; its pages are the edit's `pages` of the parent)
     put_snaps / deleted_snaps: snapshot rows written or removed ((vm, name) for a removal)
     relinked: a deleted or renamed golden image's clones, their rows with their new origin
            (Relinked): the catalog rewrites them with one statement a table, the graph takes
@@ -75,6 +78,7 @@ class LayerEdit:
     new_layers: dict[int, int | None] = field(default_factory=dict)
     reparented: dict[int, int | None] = field(default_factory=dict)
     moved: dict[int, int | None] = field(default_factory=dict)
+    folded: dict[int, int] = field(default_factory=dict)
     dropped: list[int] = field(default_factory=list)
     put_vms: list[VM] = field(default_factory=list)
     deleted_vms: list[str] = field(default_factory=list)
@@ -392,11 +396,26 @@ class LayerGraph:
         return edit, self._frozen_state(name, top_empty, edit)
 
     def plan_unfreeze(self, layer: int) -> tuple[LayerEdit, list[Merge]]:
-        """Collects a layer that a read held and let go (plan_freeze's, once its export ends):
-        if nothing else pins it, it merges into its only child (the VM's top, usually), so
-        exports do not deepen chains."""
+        """Collects a layer that a read held and let go (plan_freeze's, once its export ends),
+        so exports do not deepen chains. If nothing else reads it (no pin, no other hold, and
+        its one child a VM's top), that top folds down into it (LayerEdit.folded) and it is the
+        VM's top again: the edit costs what the VM wrote since it was frozen, not the layer's
+        pages. Else it is collected as a layer that lost a pin: merged into its only child (a
+        clone's or a snapshot's frozen layer), or kept (pinned, held, several children)."""
         edit = LayerEdit()
-        return edit, self._collect(edit, [], [layer], self._pins_without())
+        pinned = self._pins_without()
+        children = self._children.get(layer, set())
+        if (len(children) == 1 and layer not in pinned and not self.held(layer)
+                and not self.is_top(layer)):
+            (top,) = children
+            owner = next((vm for vm in self._vms.values() if vm.top == top), None) \
+                if top in self._tops else None
+            if owner is not None:
+                edit.dropped.append(top)
+                edit.folded[top] = layer
+                edit.put_vms.append(replace(owner, top=layer))
+                return edit, []
+        return edit, self._collect(edit, [], [layer], pinned)
 
     def _frozen_state(self, name: str, top_empty: bool, edit: LayerEdit) -> int:
         """The frozen layer that shows VM `name` as it is now: its top's parent if it wrote

@@ -578,7 +578,9 @@ class Pool:
             self.core.set_parent(layer, parent)
         self.core.apply_edit(
             removed_vms=removed,
-            drops=[(layer, merged_into.get(layer)) for layer in edit.dropped],
+            drops=[(layer, merged_into.get(layer)) for layer in edit.dropped
+                   if layer not in edit.folded],
+            folds=list(edit.folded.items()),
             new_layers=list(edit.new_layers.items()),
             frozen=frozen,
             vms=[(vm.name, vm.top, vm.size) for vm in edit.put_vms])
@@ -796,10 +798,13 @@ class Pool:
             self._edit(planned)
 
     def _with_merges(self, edit: LayerEdit, merges) -> LayerEdit:
-        """`edit` with its merges' pages, from the core."""
+        """`edit` with its merges' and its folds' pages, from the core."""
         for merge in merges:
             pages, _ = self.core.merged(merge.layer, merge.child)
             edit.pages.update({(merge.child, pno): blob for pno, blob in pages})
+        for top, layer in edit.folded.items():
+            pages, _ = self.core.folded(top, layer)
+            edit.pages.update({(layer, pno): blob for pno, blob in pages})
         return edit
 
     # -- desktops' lifecycle: refresh, rebase, snapshots, rename, resize ----------------------
@@ -1118,8 +1123,10 @@ class Pool:
         since it was last frozen, as a snapshot does) and the layer held while the `with`
         lasts (LayerGraph.hold: in RAM, so a crash leaves an ordinary layer); an edit that would
         drop it meanwhile (deleting or refreshing the VM) is refused. At the end, even on an
-        error or a cancel, the layer merges into the VM's top again (plan_unfreeze). A
-        read-only pool's VMs never change: its view is the VM's top. A snapshot is frozen
+        error or a cancel, the layer is the VM's top again with what the VM wrote meanwhile
+        folded into it (at a cost in those writes), or, if something else reads it now (a
+        clone, a snapshot), it merges as a snapshot's layer does (plan_unfreeze). A read-only
+        pool's VMs never change: its view is the VM's top. A snapshot is frozen
         already: its layer is held as it is. Raises VMNotFoundError (the VM, or its snapshot),
         AbortedError (the freeze's commit failed)."""
         view = f"{name}@{snapshot or 'export'}-{next(self._views)}"

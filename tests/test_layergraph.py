@@ -193,9 +193,49 @@ def test_a_held_layer_never_merges_and_what_would_drop_it_is_refused():
     assert g.plan_unfreeze(frozen)[0].dropped == []         # held: no merge
     g.release("desk@export-1")
     edit, merges = g.plan_unfreeze(frozen)
-    assert merges == [Merge(frozen, g.vm("desk").top, g.vm("desk").base)]
+    assert merges == [] and edit.folded == {g.vm("desk").top: frozen}
     g.apply(edit)
-    assert g.chain(g.vm("desk").top) == [g.vm("desk").top, g.vm("desk").base]
+    assert g.chain(g.vm("desk").top) == [frozen, g.vm("desk").base]
+
+
+def test_an_export_ends_by_folding_the_top_into_its_layer_unless_another_reads_it():
+    # Nothing else reads the frozen layer: the VM's top (what it wrote during the export)
+    # folds into it, and it is the VM's top again, writable; the top alone goes.
+    g = graph(desk=1)
+    edit, frozen = g.plan_freeze("desk", top_empty=False)
+    g.apply(edit)
+    top = g.vm("desk").top
+    g.hold("desk@export-1", frozen, "desk")
+    g.hold("desk@export-2", frozen, "desk")     # a second export began before it was written
+    g.release("desk@export-1")
+    assert g.plan_unfreeze(frozen)[0].dropped == []         # still read by the second
+    g.release("desk@export-2")
+    edit, merges = g.plan_unfreeze(frozen)
+    assert (merges, edit.folded, edit.dropped) == ([], {top: frozen}, [top])
+    assert [(vm.name, vm.top) for vm in edit.put_vms] == [("desk", frozen)]
+    assert edit.new_layers == {} and edit.reparented == {}
+    g.apply(edit)
+    assert g.layers() == [frozen] and g.is_top(frozen) and g.vm("desk").top == frozen
+    # A snapshot taken during the export froze the top over the layer: the layer merges into
+    # the snapshot's, as before (the snapshot's layer keeps its id and its pin).
+    edit, frozen = g.plan_freeze("desk", top_empty=False)
+    g.apply(edit)
+    g.hold("desk@export-3", frozen, "desk")
+    g.apply(g.plan_snapshot("desk", "s1", top_empty=False))
+    snap = g.snap("desk", "s1").layer
+    g.release("desk@export-3")
+    edit, merges = g.plan_unfreeze(frozen)
+    assert merges == [Merge(frozen, snap, None)] and edit.folded == {}
+    g.apply(edit)
+    assert g.chain(g.vm("desk").top) == [g.vm("desk").top, snap]
+    # A clone made during the export reads the layer too: it stays, nothing folds.
+    edit, frozen = g.plan_freeze("desk", top_empty=False)
+    g.apply(edit)
+    g.hold("desk@export-4", frozen, "desk")
+    g.apply(g.plan_clone("desk", ["copy"], source_top_empty=True))
+    g.release("desk@export-4")
+    edit, merges = g.plan_unfreeze(frozen)
+    assert (edit.dropped, edit.folded, merges) == ([], {}, [])
 
 
 def test_the_golden_states_size_goes_with_clone_rebase_snapshot_and_rename():

@@ -1,6 +1,6 @@
 """A hypothesis state machine: random writes, reads, trims, resizes, clones, deletes, renames,
-refreshes, rebases, snapshots and rollbacks against a model that keeps a bytearray per VM, as
-long as the VM (and the golden state each clone can be refreshed to, its origin, and each
+refreshes, rebases, snapshots, rollbacks and exports against a model that keeps a bytearray per
+VM, as long as the VM (and the golden state each clone can be refreshed to, its origin, and each
 snapshot's bytes). Reads, sizes, logical blocks (the blocks inside the disk that hold data) and
 origins must agree after every step; fsck is clean at the end, and a reopened pool reads
 identically, with the same origins."""
@@ -137,7 +137,9 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: 0 < len(self.model) < 6)
     @rule(data=st.data())
     def clone(self, data):
-        source = self._pick(data)
+        self._clone(self._pick(data))
+
+    def _clone(self, source: str) -> None:
         name = self._name()
         self.pool.clone(source, name)
         self.model[name] = bytearray(self.model[source])
@@ -226,7 +228,9 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(has_vms)
     @rule(data=st.data(), snap=st.sampled_from(["s1", "s2"]))
     def snapshot(self, data, snap):
-        vm = self._pick(data)
+        self._snapshot(self._pick(data), snap)
+
+    def _snapshot(self, vm: str, snap: str) -> None:
         if (vm, snap) in self.snaps:
             return
         self.pool.snapshot(vm, snap)
@@ -234,6 +238,32 @@ class PoolMachine(RuleBasedStateMachine):
         saved = Desk(desk.base, desk.origin)
         self.snaps[(vm, snap)] = (bytearray(self.model[vm]), saved)
         desk.entries = None
+
+    @precondition(lambda self: 0 < len(self.model) < 6)
+    @rule(data=st.data(), meanwhile=st.sampled_from([None, "clone", "snapshot"]),
+          first=st.booleans())
+    def export(self, data, meanwhile, first):
+        """An export's frozen state (Pool.frozen) beside a write to the VM, and a clone or a
+        snapshot of it before or after the write: the view reads the VM as it was; at its end
+        the VM's top folds into the frozen layer, or the layer merges or stays if the clone or
+        the snapshot reads it. The write is of non-zero blocks: a top's tombstones over a
+        frozen layer are kept by a fold as by a merge, and `Desk.entries` does not model them."""
+        vm, offset = self._pick_range(data)
+        before = bytes(self.model[vm])
+        n = data.draw(st.integers(1, min(3 * BS, len(before) - offset)))
+        p = data.draw(st.sampled_from(PATTERNS[:3]))
+        payload = (p * (n // BS + 2))[offset % BS:offset % BS + n]
+        with self.pool.frozen(vm) as (view, size):
+            for step in ["write", meanwhile] if not first else [meanwhile, "write"]:
+                if step == "write":
+                    self.pool.write(vm, offset, payload)
+                    self.model[vm][offset:offset + n] = payload
+                    self._touched(vm, offset, n)
+                elif step == "clone":
+                    self._clone(vm)
+                elif step == "snapshot":
+                    self._snapshot(vm, "s1")
+            assert self.pool.core.read(view, 0, size) == before
 
     @precondition(lambda self: bool(self.snaps))
     @rule(data=st.data())

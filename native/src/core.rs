@@ -110,6 +110,9 @@ pub struct Edit {
     /// Layers that go, in order: (layer, None) is dropped with its pages, (layer, Some(child)) is
     /// folded into its only child.
     pub drops: Vec<(u64, Option<u64>)>,
+    /// Tops folded down into their parent, after the drops: (top, parent). The parent takes
+    /// the top's entries and becomes a top again (a VM's, by `vms`); the top goes.
+    pub folds: Vec<(u64, u64)>,
     /// New writable layers, parents first: (layer, parent).
     pub new_layers: Vec<(u64, Option<u64>)>,
     /// Tops that become frozen (a clone's source).
@@ -815,9 +818,16 @@ impl<B: Backend> Core<B> {
         self.state.read().tables.merged(layer, child)
     }
 
+    /// What folding top `top` down into its parent `layer` makes of the parent's pages (see
+    /// `Tables::folded`): for the edit's log, before the edit is applied.
+    pub fn folded(&self, top: u64, layer: u64) -> Result<Merged> {
+        self.state.read().tables.folded(top, layer)
+    }
+
     /// Applies a committed structural edit whole, under one lock (Python calls it with the
     /// gate closed, right after the commit that logged the edit): VMs removed, layers dropped
-    /// or merged (their pages are durable already: nothing is left dirty), new tops, frozen
+    /// or merged, tops folded into their parents (their pages are durable already: nothing is
+    /// left dirty), new tops, frozen
     /// tops, VMs put; then the references the dropped and shadowed entries held are released at
     /// once, since their removal is durable. Returns how many blocks were freed.
     pub fn apply_edit(&self, edit: &Edit) -> Result<u64> {
@@ -831,6 +841,9 @@ impl<B: Backend> Core<B> {
                 None => st.tables.drop_layer_as(layer, true)?,
                 Some(child) => st.tables.merge_as(layer, child, true)?,
             });
+        }
+        for &(top, layer) in &edit.folds {
+            released.extend(st.tables.fold_as(top, layer, true)?);
         }
         for &(layer, parent) in &edit.new_layers {
             if !st.tables.has_layer(layer) {
@@ -1366,6 +1379,47 @@ mod tests {
         let st = c.state();
         assert_eq!(st.blocks.unique_blocks(), 4);
         assert_eq!(st.blocks.space.waiting_count(), 0);
+        assert_eq!(crate::check::check(&st), vec![]);
+    }
+
+    #[test]
+    fn a_top_folded_into_its_frozen_parent_keeps_its_writes_and_frees_what_it_shadowed() {
+        let c = core();
+        with_vm(&c, "a", 1, None, 1 << 20);
+        c.write("a", 0, &pattern(4 * 4096, 1)).unwrap();
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        // an export's freeze: a's top freezes under a new top
+        c.apply_edit(&Edit {
+            new_layers: vec![(2, Some(1))],
+            frozen: vec![1],
+            vms: vec![("a".into(), 2, 1 << 20)],
+            ..Edit::default()
+        })
+        .unwrap();
+        c.write("a", 4096, &pattern(4096, 3)).unwrap(); // shadows block 1
+        c.write("a", 8 * 4096, &pattern(4096, 1)).unwrap(); // shares block 0's slot
+        c.end(c.snapshot(&HashSet::new()).unwrap().token).unwrap();
+        let planned = c.folded(2, 1).unwrap();
+        assert_eq!(planned.shadowed.len(), 1);
+        let freed = c
+            .apply_edit(&Edit {
+                folds: vec![(2, 1)],
+                vms: vec![("a".into(), 1, 1 << 20)],
+                ..Edit::default()
+            })
+            .unwrap();
+        assert_eq!(freed, 1, "only the block a's write shadowed");
+        assert_eq!(c.state().tables.dirty_count(), 0);
+        let mut want = vec![0u8; 9 * 4096];
+        want[..4 * 4096].copy_from_slice(&pattern(4 * 4096, 1));
+        want[4096..8192].copy_from_slice(&pattern(4096, 3));
+        want[8 * 4096..].copy_from_slice(&pattern(4096, 1));
+        assert_eq!(c.read("a", 0, 9 * 4096).unwrap(), want);
+        // a writes on into layer 1, its top again
+        c.write("a", 0, &pattern(4096, 4)).unwrap();
+        assert!(c.state().tables.is_top(1) && !c.state().tables.has_layer(2));
+        let st = c.state();
+        assert_eq!(st.blocks.unique_blocks(), 5);
         assert_eq!(crate::check::check(&st), vec![]);
     }
 

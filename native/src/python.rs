@@ -514,14 +514,33 @@ impl PyCore {
         Ok((pages, u64s(py, m.shadowed)))
     }
 
+    /// What folding top `top` down into its parent `layer` makes of the parent's pages, without
+    /// doing it: ([(page, entries bytes or None), ...] for the pages that change, shadowed
+    /// addresses).
+    #[allow(clippy::type_complexity)]
+    fn folded<'py>(
+        &self,
+        py: Python<'py>,
+        top: u64,
+        layer: u64,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyArray1<u64>>)> {
+        let m = detached!(self, py, |c| c.folded(top, layer))?;
+        let pages = PyList::empty(py);
+        for (pno, page) in m.pages {
+            pages.append((pno, page.map(|p| page_blob(py, &p[..]))))?;
+        }
+        Ok((pages, u64s(py, m.shadowed)))
+    }
+
     /// Applies a committed structural edit whole (see API.md); returns how many blocks it freed.
-    #[pyo3(signature = (*, removed_vms=Vec::new(), drops=Vec::new(), new_layers=Vec::new(), frozen=Vec::new(), vms=Vec::new()))]
+    #[pyo3(signature = (*, removed_vms=Vec::new(), drops=Vec::new(), folds=Vec::new(), new_layers=Vec::new(), frozen=Vec::new(), vms=Vec::new()))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn apply_edit(
         &self,
         py: Python<'_>,
         removed_vms: Vec<String>,
         drops: Vec<(u64, Option<u64>)>,
+        folds: Vec<(u64, u64)>,
         new_layers: Vec<(u64, Option<u64>)>,
         frozen: Vec<u64>,
         vms: Vec<(String, u64, u64)>,
@@ -529,6 +548,7 @@ impl PyCore {
         let edit = Edit {
             removed_vms,
             drops,
+            folds,
             new_layers,
             frozen,
             vms,

@@ -572,6 +572,86 @@ impl Tables {
         Ok(shadowed)
     }
 
+    /// What folding top `top` down into `layer`, its parent (frozen, with no other child), makes
+    /// of the parent's pages, without doing it: for each page the top holds, the parent's page
+    /// that changes (None: left all INHERIT, so dropped), and the parent's addresses the top's
+    /// entries shadow. The top's entries win, as in `merged`; the cost is the top's pages, not
+    /// the parent's. If the parent is a root, ZERO entries become INHERIT, which means the same.
+    pub fn folded(&self, top: u64, layer: u64) -> Result<Merged> {
+        let t = self.layer(top)?;
+        if !t.top || t.parent != Some(layer) {
+            return Err(Error::State(format!(
+                "layer {top} is not a top on layer {layer}: only a top folds into its parent"
+            )));
+        }
+        let l = self.layer(layer)?;
+        if l.top {
+            return Err(Error::State(format!(
+                "layer {layer} is a top: a top folds only into a frozen layer"
+            )));
+        }
+        let root = l.parent.is_none();
+        let mut merged = Merged::default();
+        for (&pno, own) in &t.pages {
+            let before = l.pages.get(&pno).map_or([INHERIT; PAGE_ENTRIES], |p| **p);
+            let mut page = Box::new(before);
+            for (below, &mine) in page.iter_mut().zip(own.iter()) {
+                if mine != INHERIT {
+                    if is_address(*below) {
+                        merged.shadowed.push(*below);
+                    }
+                    *below = if root && mine == ZERO { INHERIT } else { mine };
+                }
+            }
+            if *page != before {
+                let kept = (!all_inherit(&page)).then_some(page);
+                merged.pages.push((pno, kept));
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Folds top `top` into `layer`, its parent (see `folded`): the parent takes the top's
+    /// entries and becomes a top itself, and the top goes. Returns the addresses shadowed (they
+    /// lose the parent's reference; the top's own references move with its entries).
+    /// `durable`: the catalog already holds the folded pages and lost the top's (an applied
+    /// edit), so nothing is left dirty. Errors: not a top on a frozen parent, or the parent has
+    /// another child.
+    pub fn fold_as(&mut self, top: u64, layer: u64, durable: bool) -> Result<Vec<u64>> {
+        let children = self.children(layer);
+        if children != [top] {
+            return Err(Error::State(format!(
+                "layer {layer} has children {children:?}: only its one child folds into it"
+            )));
+        }
+        let Merged { pages, shadowed } = self.folded(top, layer)?;
+        let gone = self.layers.remove(&top).unwrap();
+        let l = self.layers.get_mut(&layer).unwrap();
+        l.top = true;
+        for (pno, page) in pages {
+            match page {
+                Some(p) => l.pages.insert(pno, p),
+                None => l.pages.remove(&pno),
+            };
+            if durable {
+                self.dirty.remove(&(layer, pno));
+            } else {
+                self.version += 1;
+                self.dirty.insert((layer, pno), self.version);
+            }
+        }
+        if durable {
+            self.dirty.retain(|k, _| k.0 != top);
+        } else {
+            for pno in gone.pages.keys() {
+                self.version += 1;
+                self.dirty.insert((top, *pno), self.version);
+            }
+        }
+        self.graph_changed();
+        Ok(shadowed)
+    }
+
     // -- commits -------------------------------------------------------------------------------
 
     /// The dirty pages of every layer not in `exclude` (copies), and a token for `end`/`abort`.
@@ -754,6 +834,47 @@ mod tests {
         assert!(t.page(2, 1).is_none(), "a page left all INHERIT is dropped");
         assert_eq!(t.parent(2).unwrap(), None);
         assert!(!t.has_layer(1));
+    }
+
+    #[test]
+    fn fold_moves_the_tops_entries_down_and_returns_only_what_they_shadow() {
+        let mut t = graph(&[(1, None, false), (2, Some(1), false), (3, Some(2), true)]);
+        t.set_top(2, true).unwrap();
+        t.set_entries(2, 0, &[10, 11, 12]).unwrap();
+        t.set_entries(2, 5000, &[13]).unwrap();
+        t.set_top(2, false).unwrap();
+        t.set_entries(3, 0, &[20, ZERO]).unwrap();
+        t.set_entries(3, 1030, &[21]).unwrap();
+        let (token, _) = t.snapshot(&HashSet::new());
+        t.end(token);
+        let planned = t.folded(3, 2).unwrap();
+        assert_eq!(planned.shadowed, vec![10, 11]);
+        assert_eq!(
+            planned.pages.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![0, 2],
+            "only the top's pages are written"
+        );
+        assert!(
+            t.fold_as(2, 1, true).is_err(),
+            "a frozen layer does not fold"
+        );
+        let shadowed = t.fold_as(3, 2, true).unwrap();
+        assert_eq!(shadowed, vec![10, 11]);
+        assert!(!t.has_layer(3) && t.is_top(2) && t.parent(2).unwrap() == Some(1));
+        assert_eq!(look(&t, 2, 0, 3), vec![20, ZERO, 12]);
+        assert_eq!(look(&t, 2, 1030, 1), vec![21]);
+        assert_eq!(look(&t, 2, 5000, 1), vec![13]);
+        assert_eq!(t.dirty_count(), 0, "durable: the commit wrote it all");
+        // Writable again: a write changes it in place.
+        t.set_entries(2, 5000, &[22]).unwrap();
+        assert_eq!(look(&t, 2, 5000, 1), vec![22]);
+        // Onto a root, ZERO is INHERIT; a parent with another child refuses.
+        let mut r = graph(&[(1, None, false), (2, Some(1), true), (4, Some(1), true)]);
+        r.set_entries(2, 0, &[ZERO]).unwrap();
+        assert!(r.fold_as(2, 1, false).is_err());
+        r.drop_layer(4).unwrap();
+        assert_eq!(r.fold_as(2, 1, false).unwrap(), Vec::<u64>::new());
+        assert!(r.page(1, 0).is_none() && r.is_top(1));
     }
 
     #[test]
