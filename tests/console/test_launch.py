@@ -115,7 +115,7 @@ def test_a_console_serving_its_pool_names_itself_to_serve_and_asks_before_cancel
         t.keys("q")
         shown = t.wait_for("Quit?")
         assert "1 job from another client is running through this console" in shown
-        assert f"import image by {getpass.getuser()}" in shown
+        assert f"import of big by {getpass.getuser()}" in shown     # the job names its VM
         t.keys("n")
         deadline = time.monotonic() + 20
         while "Quit?" in t.screen():        # the dialog goes, the console stays
