@@ -24,7 +24,9 @@ sys.dont_write_bytecode = False
 # fsyncs (every commit, every flush) return at once instead of queueing on a disk other tenants
 # share; on ext4 under load they were two thirds of test_model's time. A process killed -9 leaves
 # its writes in the page cache either way, which is all the crash tests rely on.
-TMPFS_TMPDIR = Path("/dev/shm/blockfold-tests")
+# Short: tmux's and the services' Unix sockets live under tmp_path, and a socket's path has
+# 107 bytes at most (/dev/shm/blockfold-tests made test_ssh_console's 108).
+TMPFS_TMPDIR = Path("/dev/shm/bf")
 TMPFS_ROOM = 4 << 30        # bytes free on it that the suite wants, with room to spare
 
 

@@ -154,7 +154,8 @@ def test_refusals_change_nothing(make_cluster, tmp_path):
         "node1", "node2"]
     fsck = run_cli("-c", cluster.path, "fsck", "--json")
     assert fsck.returncode == 1
-    assert {p["kind"] for p in json.loads(fsck.stdout)["problems"]} == {"missing"}
+    # Lost, not missing: no node holds them any more, up or down (engine/cluster/losses.py).
+    assert {p["kind"] for p in json.loads(fsck.stdout)["problems"]} == {"lost"}
 
     small = make_cluster(nodes=3, replicas=3)
     proc = run_cli("cluster", "remove", small.path, "node1", "-y")
