@@ -524,8 +524,14 @@ class Pool:
                               for layer, lbns in at.items())
             why = self.blocks.why_lost((lost or waiting)[0])
             until = "" if lost else ", or those nodes answer"
+            # Every VM's flush waits on this (commits are pool-wide): the operator's way out,
+            # when the client that could write them again is gone, is to drop those writes.
+            vms = ", ".join(sorted((tops[layer] for layer in at if layer in tops),
+                                   key=formats.natural_key))
+            out = (f" (or their writes are dropped: `vm refresh`, `vm rollback` or `vm rm` of"
+                   f" {vms})" if vms else "")
             raise NotDurableError(f"{where} have no durable copy: {why}; every flush fails until"
-                                  f" they are written again or trimmed{until}")
+                                  f" they are written again or trimmed{until}{out}")
 
     def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
         """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
