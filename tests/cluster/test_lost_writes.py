@@ -60,8 +60,8 @@ def test_no_flush_covers_blocks_whose_copies_were_lost(make_cluster, tmp_path):
             with pytest.raises(BlockfoldError, match=r"desk: \d+ blocks at bytes .* have no"
                                " durable copy: its copies were lost: nodes node1, node2"
                                " restarted before it was made durable; every flush fails until"
-                               " they are written again or trimmed \(or their writes are"
-                               " dropped: `vm refresh`, `vm rollback` or `vm rm` of desk\)"):
+                               r" they are written again or trimmed \(or their writes are"
+                               r" dropped: `vm refresh`, `vm rollback` or `vm rm` of desk\)"):
                 admin.flush()
         failed = lost_reads(lambda lbn: admin.read("desk", lbn * 4096, 4096), BLOCKS)
         assert failed
