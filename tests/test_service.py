@@ -585,6 +585,18 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
     s.stop()
 
 
+def test_metrics_count_the_blocks_a_scrub_found_corrupt(pool_dir, golden, serve):
+    # stats and the console said so; a Prometheus alert had nothing to fire on.
+    s = serve("--metrics", "127.0.0.1:0")
+    assert scrape(s.metrics)["blockfold_corrupt_blocks"] == 0
+    with open(pool_dir / "blocks.dat", "r+b") as f:     # a bit of rot in slot 1
+        f.seek(4096 + 100)
+        f.write(b"\xff" * 8)
+    assert run_cli("-p", pool_dir, "scrub", "--wait").returncode == 1
+    assert scrape(s.metrics)["blockfold_corrupt_blocks"] == 1
+    s.stop()
+
+
 def test_metrics_answer_only_at_their_path(pool_dir, golden, serve):
     s = serve("--metrics", "127.0.0.1:0")
     root = s.metrics.removesuffix("/metrics")

@@ -57,6 +57,9 @@ class PoolCollector(Collector):
         yield gauge("blockfold_unique_blocks", "Live blocks, each stored once", s.unique_blocks)
         yield gauge("blockfold_under_replicated_blocks",
                     "Live blocks with fewer copies than R on up nodes", s.under_replicated_blocks)
+        yield gauge("blockfold_corrupt_blocks",
+                    "Live blocks known to have no sound copy (reads of them fail)",
+                    s.corrupt_blocks)
         yield gauge("blockfold_lost_blocks",
                     "Live blocks no node holds a copy of (their copies were lost)", s.lost_blocks)
         yield gauge("blockfold_rebuilding", "1 while the RAM metadata is rebuilt",
