@@ -139,6 +139,11 @@ class Catalog:
 
     # -- transactions -------------------------------------------------------------------------
 
+    def data_version(self) -> int:
+        """sqlite's PRAGMA data_version: changes whenever another connection commits to the
+        database (never for this connection's own commits)."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
 

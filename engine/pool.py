@@ -46,7 +46,7 @@ from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesErr
                      NoSpaceError, NotAPoolError, NotDurableError, OutOfRangeError,
                      PoolFormatError, PoolLockedError, ReadOnlyError, RefusedError)
 from .layergraph import VM, LayerEdit, LayerGraph, Relinked
-from .lock import LOCK_FILE, PoolLock
+from .lock import LOCK_FILE, PoolLock, ReadLock
 from .names import check_vm_size
 from .options import BLOCK_SIZES
 from .progress import Meter, ProgressCallback, core_callback
@@ -197,6 +197,8 @@ class Pool:
         self.catalog = catalog
         self.readonly = readonly
         self.actor = actor
+        # The catalog as this pool loads it, for a read-only one's long read (_unwritten).
+        self._loaded_version = catalog.data_version() if readonly and blocks is None else None
         self._new_core = new_core
         self._lock = threading.RLock()        # commits and structural edits, one at a time
         self._lock_file = lock
@@ -1132,23 +1134,46 @@ class Pool:
         error or a cancel, the layer is the VM's top again with what the VM wrote meanwhile
         folded into it (at a cost in those writes), or, if something else reads it now (a
         clone, a snapshot), it merges as a snapshot's layer does (plan_unfreeze). A read-only
-        pool's VMs never change: its view is the VM's top. A snapshot is frozen
-        already: its layer is held as it is. Raises VMNotFoundError (the VM, or its snapshot),
-        AbortedError (the freeze's commit failed)."""
+        pool's view is the VM's top, which its shared lock on DIR/lock keeps as it is: writers'
+        opens are refused meanwhile (_unwritten). A snapshot is frozen already: its layer is
+        held as it is. Raises VMNotFoundError (the VM, or its snapshot), AbortedError (the
+        freeze's commit failed), PoolLockedError (read-only: a writer holds the pool),
+        RefusedError (read-only: a writer wrote it after this pool was opened)."""
         view = f"{name}@{snapshot or 'export'}-{next(self._views)}"
-        with self._lock if self.readonly or snapshot else self._changing():
-            vm = self.graph.vm(name)
-            if snapshot is not None:
-                snap = self.graph.snap(name, snapshot)
-                layer, size = snap.layer, snap.size
-            else:
-                layer, size = vm.top if self.readonly else self._freeze(vm), vm.size
-            self.graph.hold(view, layer, name)
-            self.core.set_vm(view, layer, size)
+        with self._unwritten():
+            with self._lock if self.readonly or snapshot else self._changing():
+                vm = self.graph.vm(name)
+                if snapshot is not None:
+                    snap = self.graph.snap(name, snapshot)
+                    layer, size = snap.layer, snap.size
+                else:
+                    layer, size = vm.top if self.readonly else self._freeze(vm), vm.size
+                self.graph.hold(view, layer, name)
+                self.core.set_vm(view, layer, size)
+            try:
+                yield view, size
+            finally:
+                self._unfreeze(view, layer)
+
+    @contextmanager
+    def _unwritten(self):
+        """Keeps writers out of a local read-only pool for a long read (frozen): nothing else
+        holds its state still, and a writer opening meanwhile could change the VM or reuse its
+        slots (an export was torn, verifier finding N2). Its shared lock (lock.ReadLock) refuses
+        a writer's open while it lasts. Nothing for a writable pool (its own lock keeps others
+        out) or a cluster's. Raises PoolLockedError (a writer holds the pool now), RefusedError
+        (one wrote it after this pool loaded it: what is loaded here is not the pool now)."""
+        if self._loaded_version is None:
+            yield
+            return
+        lock = ReadLock.take(self.path)
         try:
-            yield view, size
+            if self.catalog.data_version() != self._loaded_version:
+                raise RefusedError(f"pool {self.path} was written by another process after"
+                                   f" this one opened it: run the export again")
+            yield
         finally:
-            self._unfreeze(view, layer)
+            lock.release()
 
     def _freeze(self, vm: VM) -> int:
         """The frozen layer showing `vm` now, frozen and committed if need be. Caller is in
