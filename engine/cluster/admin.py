@@ -647,8 +647,11 @@ class ClusterAdmin(LocalAdmin):
                     self._commit_removal(name, copied, lost, actor)
                 except BaseException as e:
                     self.members.leaving = None     # back in placement: heal refills it
-                    self._record("node", f"removing {name} stopped ({e or type(e).__name__}):"
-                                         " it stays in the cluster", actor)
+                    # A Ctrl-C's KeyboardInterrupt says nothing of itself ("stopped ()").
+                    why = str(e) or ("interrupted" if isinstance(e, KeyboardInterrupt)
+                                     else type(e).__name__)
+                    self._record("node", f"removing {name} stopped ({why}): it stays in the"
+                                         " cluster", actor)
                     raise
             # From here on the others are the cluster: the next commit (the close's, at least)
             # needs a majority of them, as every open will.
