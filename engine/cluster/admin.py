@@ -450,22 +450,25 @@ class ClusterAdmin(LocalAdmin):
             self._record("heal", _healed(asdict(figures)) if figures
                          else "heal stopped before it was done", actor)
 
+    def _pass(self, progress, cancel) -> HealFigures:
+        """One heal pass (heal's and a removal's drain), after a round of heartbeats and with
+        the returning nodes caught up."""
+        self.members.probe_all()
+        self._rejoin_returning()
+        return HealFigures(**self._heal_pass("", progress, cancel, told=True))
+
     def _heal(self, wait: bool, progress, cancel) -> HealFigures:
         """The passes' figures summed (HealFigures): each pass is checked on its own."""
         replicas = self.config.replicas
         stop = cancel or threading.Event()      # waits between passes end early on a cancel
-        moved = time.monotonic()                # when a pass last made or dropped a copy
+        stall = _Stall()
         total = None
         while True:
-            self.members.probe_all()
-            self._rejoin_returning()
-            figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
+            figures = self._pass(progress, cancel)
             total = figures if total is None else _summed(total, figures)
             if not wait or figures.under_replicated == 0:
                 return total
-            if figures.copied or figures.dropped:
-                moved = time.monotonic()
-            elif time.monotonic() - moved > HEAL_STALL:
+            if stall.stalled(figures):
                 raise BlockfoldError(
                     f"heal made no copy for {HEAL_STALL:.0f} s:"
                     f" {formats.count(figures.under_replicated)} blocks are still"
@@ -668,18 +671,14 @@ class ClusterAdmin(LocalAdmin):
         BlockfoldError once the passes made no copy for HEAL_STALL or fewer than R other nodes
         are up, CancelledError."""
         stop = cancel or threading.Event()
-        moved = time.monotonic()
+        stall = _Stall()
         copied = 0
         while True:
-            self.members.probe_all()
-            self._rejoin_returning()
-            figures = HealFigures(**self._heal_pass("", progress, cancel, told=True))
+            figures = self._pass(progress, cancel)
             copied += figures.copied
             if figures.under_replicated <= figures.unreachable:
                 return copied       # what is left has no copy to make one from
-            if figures.copied or figures.dropped:
-                moved = time.monotonic()
-            elif time.monotonic() - moved > HEAL_STALL:
+            if stall.stalled(figures):
                 raise BlockfoldError(
                     f"the drain made no copy for {HEAL_STALL:.0f} s:"
                     f" {formats.count(figures.under_replicated)} blocks are still short of"
@@ -771,6 +770,19 @@ def _refuse_removed(config: ClusterConfig, removed: dict, known: set) -> None:
 def _int(count) -> int | None:
     """A numpy count as a plain int; None stays None (not known)."""
     return None if count is None else int(count)
+
+
+class _Stall:
+    """How long heal passes have gone without making or dropping a copy."""
+
+    def __init__(self):
+        self.moved = time.monotonic()
+
+    def stalled(self, figures: HealFigures) -> bool:
+        """True once passes have made or dropped no copy for HEAL_STALL, this one included."""
+        if figures.copied or figures.dropped:
+            self.moved = time.monotonic()
+        return time.monotonic() - self.moved > HEAL_STALL
 
 
 def _summed(before: HealFigures, then: HealFigures) -> HealFigures:

@@ -28,6 +28,16 @@ def _copies(cluster) -> tuple[int, list]:
         return admin.stats().unique_blocks, admin.nodes()
 
 
+def _whole_on(cluster, names: list[str], data: bytes) -> None:
+    """The cluster's nodes are `names`, holding every live block twice (R=2), and VM a reads
+    back as `data`."""
+    unique, nodes = _copies(cluster)
+    assert [n.name for n in nodes] == names
+    assert sum(n.live_blocks for n in nodes) == 2 * unique
+    with cluster.open(readonly=True) as admin:
+        assert admin.read("a", 0, len(data)) == data
+
+
 def _only_line(proc) -> str:
     lines = proc.stderr_text.strip().splitlines()
     assert len(lines) == 1, proc.stderr_text
@@ -101,12 +111,8 @@ def test_a_killed_node_is_removed_and_its_copies_healed_from_the_others(make_clu
     etcd = cli_json("cluster", "status", cluster.path)["etcd"]
     if etcd is not None:        # its lease revoked, not left to run out (10 s after the kill)
         assert sorted(etcd["registered"]) == ["node1", "node2", "node4"]
-    unique, nodes = _copies(cluster)
-    assert [n.name for n in nodes] == ["node1", "node2", "node4"]
-    assert sum(n.live_blocks for n in nodes) == 2 * unique
+    _whole_on(cluster, ["node1", "node2", "node4"], data)
     assert run_cli("-c", cluster.path, "fsck", check=True).stdout_text.strip() == "clean"
-    with cluster.open(readonly=True) as admin:
-        assert admin.read("a", 0, len(data)) == data
 
 
 def test_writes_need_a_majority_of_the_nodes_left(make_cluster, tmp_path):
@@ -214,12 +220,8 @@ def test_a_removal_killed_midway_is_run_again(make_cluster, tmp_path):
     # Its lease is taken over (its process is gone), its marker replaced, and the drain done.
     done = cli_json("cluster", "remove", cluster.path, "node2", "-y")
     assert done["node"] == "node2" and not marker.exists()
-    unique, nodes = _copies(cluster)
-    assert [n.name for n in nodes] == ["node1", "node3", "node4"]
-    assert sum(n.live_blocks for n in nodes) == 2 * unique
+    _whole_on(cluster, ["node1", "node3", "node4"], data)
     assert run_cli("-c", cluster.path, "fsck", check=True).stdout_text.strip() == "clean"
-    with cluster.open(readonly=True) as admin:
-        assert admin.read("a", 0, len(data)) == data
 
 
 def test_a_service_removes_a_node_and_serves_on_with_the_others(make_cluster, tmp_path):
@@ -272,11 +274,7 @@ def test_a_node_that_runs_elsewhere_is_removed_and_told_to_be_stopped(make_clust
         proc = run_cli("cluster", "remove", cluster.path, "far", "-y", check=True)
         assert f"stop it on its host ({address})" in proc.stdout_text
         assert node.poll() is None          # not ours to stop
-        unique, nodes = _copies(cluster)
-        assert [n.name for n in nodes] == ["node1", "node2"]
-        assert sum(n.live_blocks for n in nodes) == 2 * unique
-        with cluster.open(readonly=True) as admin:
-            assert admin.read("a", 0, len(data)) == data
+        _whole_on(cluster, ["node1", "node2"], data)
     finally:
         node.terminate()
         node.wait(10)
