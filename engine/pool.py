@@ -30,6 +30,7 @@ import itertools
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ import numpy as np
 from . import (_native, blockview, diskformats, formats, fsck as fsck_mod, imageio,
                processid, stats as stats_mod)
 from .actor import current as current_actor
+from .blockstore import DATA_FILE, HASH_FILE
 from .blocklayer import BlockLayer
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
@@ -55,6 +57,21 @@ from .reserve import (COMMIT_FAILED, OPEN_FAILED, Reserve, disk_full, filesystem
 
 DEFAULT_BLOCK_SIZE = 4096
 WRITER = "writer"       # catalog meta: the identity (engine.processid) of a local pool's writer
+POOL_ID = "pool_id"     # catalog meta: 32 hex digits, stamped in the slot files too
+
+
+def _refuse_other_pools_files(path: Path, catalog: Catalog, core) -> None:
+    """PoolFormatError if a slot file is stamped with another pool's id than the catalog's: it
+    was copied or moved here from another pool. Its blocks match their own fingerprints, so
+    nothing else notices: the pool served the other pool's data as its own, and fsck said
+    clean. Files not stamped yet (older pools) pass."""
+    want = catalog.get(POOL_ID)
+    for file, stamp in zip((DATA_FILE, HASH_FILE), core.slot_owner()):
+        if want and any(stamp) and stamp.hex() != want:
+            raise PoolFormatError(
+                f"{path / file} is another pool's file (stamped with pool id {stamp.hex()},"
+                f" this pool's is {want}): it was copied or moved here; put this pool's own"
+                f" {DATA_FILE} and {HASH_FILE} back (nothing was changed)")
 
 
 def _refuse_live_writer(path: Path, catalog: Catalog) -> None:
@@ -110,8 +127,12 @@ class Pool:
         path.mkdir(parents=True, exist_ok=True)
         catalog = Catalog(path / CATALOG_FILE)
         catalog.create_schema(block_size)
+        pool_id = uuid.uuid4()
+        catalog.set(POOL_ID, pool_id.hex)
         catalog.close()
-        _native.Core(str(path), block_size, create=True).close()
+        core = _native.Core(str(path), block_size, create=True)
+        core.stamp_owner(pool_id.bytes)
+        core.close()
         Reserve(path).hold()
         return path
 
@@ -158,10 +179,16 @@ class Pool:
 
             def new_core():
                 try:
-                    return _native.Core(str(path), block_size, readonly=readonly, create=create,
+                    core = _native.Core(str(path), block_size, readonly=readonly, create=create,
                                         colliding_fingerprint=colliding_fingerprint)
                 except _native.NativeError as e:
                     raise engine_error(e) from None
+                try:
+                    _refuse_other_pools_files(path, catalog, core)
+                except BaseException:
+                    core.close()
+                    raise
+                return core
 
             pool = cls(path, catalog, new_core, None, lock, readonly, actor)
             pool._reserve = reserve
@@ -246,6 +273,8 @@ class Pool:
             # Who writes it, for an opener whose lock says nothing (_refuse_live_writer).
             writer = processid.this() if self._lock_file else None
             self._durably(lambda: self.catalog.mark_dirty(writer))
+            if self._lock_file:
+                self._stamp_slot_files()
         reason = "crash" if crashed else ("requested" if rebuild else "open")
         if rebuild == "repair":
             self._repair()
@@ -253,6 +282,19 @@ class Pool:
         self._start_rebuild(rebuild in ("full", "repair"), reason, progress,
                             background=not wait)
         return self
+
+    def _stamp_slot_files(self) -> None:
+        """Stamps the slot files that lack it with the pool's id (`_refuse_other_pools_files`),
+        giving a pool older than ids one first: the catalog's, durable before any file names
+        it, so a crash between the two leaves files that are merely not stamped yet."""
+        pool_id = self.catalog.get(POOL_ID)
+        stamps = self.core.slot_owner()
+        if not pool_id:
+            stamped = [stamp for stamp in stamps if any(stamp)]
+            pool_id = stamped[0].hex() if stamped else uuid.uuid4().hex
+            self._durably(lambda: self.catalog.set(POOL_ID, pool_id))
+        if not all(any(stamp) for stamp in stamps):
+            self.core.stamp_owner(bytes.fromhex(pool_id))
 
     def _repair(self) -> None:
         """The core's repair, told in the event log (committed with the rebuild after it)."""

@@ -131,3 +131,72 @@ def test_fsck_names_a_writable_top_that_more_than_its_vm_reads(golden, tmp_path,
     proc = run_cli("-p", pool, "fsck")
     assert proc.returncode == 1, (proc.stdout_text, proc.stderr_text)
     assert f"layer: {said}" in proc.stdout_text.splitlines(), proc.stdout_text
+
+
+@pytest.fixture(scope="module")
+def other_pools(tmp_path_factory, golden):
+    """Two other pools holding the golden's image: one of the same block size, one of 64 KiB."""
+    _, image = golden
+    base = tmp_path_factory.mktemp("others")
+    for name, block_size in (("same", "4K"), ("wide", "64K")):
+        run_cli("pool", "init", base / name, "--block-size", block_size, check=True)
+        run_cli("-p", base / name, "vm", "import", "g", image, check=True)
+    return base
+
+
+@pytest.mark.parametrize("other, files, said", [
+    # A consistent pair from another pool: every block matches its own fingerprint, so reads
+    # served the other pool's g as this one's, and fsck said clean.
+    ("same", ["blocks.dat", "hashes.dat"], "blocks.dat is another pool's file"),
+    ("same", ["hashes.dat"], "hashes.dat is another pool's file"),
+    # A whole number of 4 KiB slots too: opened, and read cut into this pool's slot size.
+    ("wide", ["blocks.dat", "hashes.dat"], "blocks.dat holds 65536-byte slots"),
+])
+def test_slot_files_of_another_pool_are_refused(golden, other_pools, tmp_path, other, files,
+                                                said):
+    source, _ = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    for name in files:
+        shutil.copyfile(other_pools / other / name, pool / name)
+
+    def files():  # every file but the lock, which names its last taker
+        return {p.name: p.read_bytes() for p in pool.iterdir() if p.name != "lock"}
+
+    before = files()
+    out = tmp_path / "g.raw"
+    # The repair too: it would compute fingerprints again from the other pool's data.
+    for args in (["vm", "export", "g", out], ["vm", "rm", "-y", "c"], ["fsck"],
+                 ["rebuild", "--full", "--repair"]):
+        proc = run_cli("-p", pool, *args)
+        lines = proc.stderr_text.strip().splitlines()
+        assert proc.returncode == 1, (args, proc.stdout_text, proc.stderr_text)
+        assert len(lines) == 1 and said in lines[0], (args, lines)
+    assert not out.exists()
+    assert files() == before
+
+
+def test_a_pool_older_than_pool_ids_gets_one_at_its_first_writable_open(golden, other_pools,
+                                                                         tmp_path):
+    source, image = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    # As such a pool was: no id in the catalog, none in the slot files.
+    sql("DELETE FROM meta WHERE key = 'pool_id'")(pool / "catalog.db")
+    for name, at, length in (("blocks.dat", 16, 20), ("hashes.dat", 0, 16)):
+        with open(pool / name, "r+b") as f:
+            f.seek(at)
+            f.write(bytes(length))
+    run_cli("-p", pool, "vm", "ls", check=True)               # read-only: it opens as it is
+    run_cli("-p", pool, "vm", "clone", "g", "d", check=True)  # writable: it gets an id
+    pool_id = sqlite3.connect(pool / "catalog.db").execute(
+        "SELECT value FROM meta WHERE key = 'pool_id'").fetchone()[0]
+    assert (pool / "hashes.dat").read_bytes()[:16].hex() == pool_id
+    assert (pool / "blocks.dat").read_bytes()[16:32].hex() == pool_id
+    out = tmp_path / "d.raw"
+    run_cli("-p", pool, "vm", "export", "d", out, check=True)
+    assert out.read_bytes() == image.read_bytes()
+    # From now on another pool's files are told apart.
+    shutil.copyfile(other_pools / "same" / "hashes.dat", pool / "hashes.dat")
+    proc = run_cli("-p", pool, "vm", "ls")
+    assert proc.returncode == 1 and "hashes.dat is another pool's file" in proc.stderr_text

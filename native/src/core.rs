@@ -41,7 +41,7 @@ use crate::gate::Gate;
 use crate::progress::{Meter, Sink};
 use crate::rebuild::{self, Figures};
 use crate::sharing::Sharing;
-use crate::slots::SlotStore;
+use crate::slots::{PoolId, SlotStore};
 use crate::tables::{is_address, DirtyPage, Merged, Tables, INHERIT, PAGE_ENTRIES, ZERO};
 
 /// Above this many bytes, a write fingerprints its blocks on all cores.
@@ -278,6 +278,18 @@ impl Core<Blocks> {
         store.sync()?;
         st.blocks.corrupt.write().extend(lost.iter().copied());
         Ok((computed, lost))
+    }
+
+    /// The pool id stamped in the slot files (see `SlotStore::owner`).
+    pub fn owner(&self) -> (PoolId, PoolId) {
+        self.state.read().blocks.store.owner()
+    }
+
+    /// Stamps the slot files with the pool's id (see `SlotStore::stamp`). Error: `ReadOnly`.
+    pub fn stamp_owner(&self, id: &PoolId) -> Result<()> {
+        self.refuse_readonly()?;
+        self.state.write().blocks.store.stamp(id);
+        Ok(())
     }
 
     /// What makes writing unsafe, as the last rebuild found it (see `State::damage`).

@@ -13,7 +13,7 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use parking_lot::Mutex;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -433,6 +433,27 @@ impl PyCore {
         let core = self.local()?;
         let (computed, lost) = py.detach(|| core.repair()).or_raise(py)?;
         Ok((computed, u64s(py, lost)))
+    }
+
+    /// The pool id stamped in the slot files: (blocks.dat's header, hashes.dat's), 16 bytes
+    /// each, zeros where not stamped yet (a pool older than pool ids, a header a repair
+    /// rewrote). A local core's only.
+    fn slot_owner<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let (data, hashes) = self.local()?.owner();
+        Ok((PyBytes::new(py, &data), PyBytes::new(py, &hashes)))
+    }
+
+    /// Stamps both slot files with the pool's id (16 bytes; durable at the next sync). Raises
+    /// ValueError (not 16 bytes), ReadOnlyError.
+    fn stamp_owner(&self, py: Python<'_>, id: &[u8]) -> PyResult<()> {
+        let id: crate::slots::PoolId = id
+            .try_into()
+            .map_err(|_| PyValueError::new_err("a pool id is 16 bytes"))?;
+        let core = self.local()?;
+        py.detach(|| core.stamp_owner(&id)).or_raise(py)
     }
 
     /// Slots in the data file, the header included.

@@ -32,6 +32,14 @@ pub const HASH_FILE: &str = "hashes.dat";
 pub const MAGIC: &[u8; 16] = b"BLOCKFOLD-SLOTS\n";
 pub const HASH_BYTES: usize = 16;
 pub const MIN_GROWTH_SLOTS: u64 = 1024;
+/// Where blocks.dat's header (slot 0) says whose file it is, after the magic: the pool's id
+/// (16 bytes) and the size of its slots (u32, little-endian). Zeros until a writable open stamps
+/// them (files made before pools had ids, a header a repair rewrote). hashes.dat keeps the id
+/// too, in slot 0's fingerprint place, which no block uses.
+const OWNER_AT: usize = 16;
+const BLOCK_SIZE_AT: usize = 32;
+const HEADER_BYTES: usize = 36;
+pub type PoolId = [u8; 16];
 
 /// The two files of a pool on disk; shared so that a sync can run without the core's lock.
 #[derive(Clone)]
@@ -82,6 +90,7 @@ impl SlotStore {
             allocate(&data, bs, dir)?;
             size = bs;
         }
+        check_slot_size(&data, &data_path, block_size)?;
         if size % bs != 0 {
             return Err(Error::Format(format!(
                 "{} is {size} bytes: not a whole number of {block_size}-byte slots",
@@ -94,9 +103,11 @@ impl SlotStore {
             // A crash between growing the two files leaves them out of step; even them up.
             if readonly {
                 return Err(Error::Format(format!(
-                    "{} is shorter than {} fingerprints",
+                    "{} holds fingerprints for {} slots, but {} has {capacity}: open the pool \
+                     writable once to even them up",
                     hash_path.display(),
-                    capacity
+                    hashes.metadata()?.len() / HASH_BYTES as u64,
+                    data_path.display()
                 )));
             }
             hashes.set_len(want)?;
@@ -405,6 +416,31 @@ impl SlotStore {
         }
     }
 
+    /// The pool id stamped in each file: (blocks.dat's header, hashes.dat's), zeros where not
+    /// stamped yet.
+    pub fn owner(&self) -> (PoolId, PoolId) {
+        let (mut data, mut hashes) = (PoolId::default(), PoolId::default());
+        data.copy_from_slice(&self.block(0)[OWNER_AT..OWNER_AT + 16]);
+        // SAFETY: slot 0's fingerprint place is inside every mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.hashes.as_ptr(), hashes.as_mut_ptr(), 16) }
+        (data, hashes)
+    }
+
+    /// Stamps both files with the pool's id, and the header with the slot size (durable at the
+    /// next sync).
+    pub fn stamp(&mut self, id: &PoolId) {
+        assert!(!self.readonly);
+        let size = (self.block_size as u32).to_le_bytes();
+        // SAFETY: slot 0 and its fingerprint place are inside every mapping; `&mut self`
+        // excludes readers.
+        unsafe {
+            let header = self.data.as_mut_ptr();
+            std::ptr::copy_nonoverlapping(id.as_ptr(), header.add(OWNER_AT), id.len());
+            std::ptr::copy_nonoverlapping(size.as_ptr(), header.add(BLOCK_SIZE_AT), size.len());
+            std::ptr::copy_nonoverlapping(id.as_ptr(), self.hashes.as_mut_ptr(), id.len());
+        }
+    }
+
     fn write_header(&mut self) {
         // SAFETY: slot 0 is inside every mapping.
         unsafe {
@@ -532,6 +568,26 @@ fn write_run(file: &File, offset: u64, pieces: &[&[u8]]) -> std::io::Result<()> 
         at = end;
     }
     debug_assert_eq!(at, total);
+    Ok(())
+}
+
+/// Refuses a data file whose header was stamped with another slot size: another pool's file,
+/// whose blocks would be read cut into this pool's slots.
+fn check_slot_size(data: &File, path: &Path, block_size: usize) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; HEADER_BYTES];
+    if data.read_exact_at(&mut header, 0).is_err() || header[..MAGIC.len()] != MAGIC[..] {
+        return Ok(()); // too short, or a bad header: said after the size check
+    }
+    let stamped = u32::from_le_bytes(header[BLOCK_SIZE_AT..].try_into().unwrap()) as usize;
+    if stamped != 0 && stamped != block_size {
+        return Err(Error::Format(format!(
+            "{} holds {stamped}-byte slots (its header says so), but this pool's blocks are \
+             {block_size} bytes: it is another pool's file; put this pool's own {DATA_FILE} and \
+             {HASH_FILE} back",
+            path.display()
+        )));
+    }
     Ok(())
 }
 
@@ -663,6 +719,25 @@ mod tests {
         assert_eq!(s.block(5), &block(7)[..]);
         assert_eq!(s.digest(5), [9; 16]);
         assert_eq!(s.digest(6), [0; 16]);
+    }
+
+    #[test]
+    fn a_stamp_names_the_pool_and_refuses_another_slot_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SlotStore::open(dir.path(), 4096, false, true).unwrap();
+        assert_eq!(s.owner(), ([0; 16], [0; 16]));
+        s.grow(16).unwrap();
+        s.stamp(&[7; 16]);
+        s.sync().unwrap();
+        drop(s);
+        let s = SlotStore::open(dir.path(), 4096, true, false).unwrap();
+        assert_eq!(s.owner(), ([7; 16], [7; 16]));
+        drop(s);
+        // The file is 17 * 4096 bytes: a whole number of 1024-byte slots, yet not this size's.
+        let err = SlotStore::open(dir.path(), 1024, true, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("holds 4096-byte slots"), "{err}");
     }
 
     #[test]
