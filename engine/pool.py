@@ -1181,7 +1181,9 @@ class Pool:
         held as it is. Raises VMNotFoundError (the VM, or its snapshot), AbortedError (the
         freeze's commit failed), PoolLockedError (read-only: a writer holds the pool),
         RefusedError (read-only: a writer wrote it after this pool was opened)."""
-        view = f"{name}@{snapshot or 'export'}-{next(self._views)}"
+        # Read in errors ("VM desk (export 1): the block at byte 0 is corrupt").
+        which = f"snapshot {snapshot}, " if snapshot else ""
+        view = f"{name} ({which}export {next(self._views)})"
         with self._unwritten():
             with self._lock if self.readonly or snapshot else self._changing():
                 vm = self.graph.vm(name)

@@ -169,6 +169,11 @@ def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
     assert proc.returncode == 1 and "; 1 corrupt, 0 orphans reclaimed\n" in proc.stdout_text
     assert [e["message"] for e in cli_json("-p", pool, "events") if e["kind"] == "rebuild"] == [
         "fast rebuild (requested): 5 blocks, 1 corrupt, 0 orphans reclaimed"]
+    # An export names the VM as its user knows it, not the name its frozen state is read by.
+    proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw")
+    assert proc.returncode == 1
+    assert proc.stderr_text.startswith("blockfold: error: VM a (export 1): the block at byte 0"
+                                       " is corrupt"), proc.stderr_text
 
 
 def unchanged(pool):
