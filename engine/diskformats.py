@@ -32,7 +32,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -305,10 +304,16 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
         else:
             # The VM as it was when the export began (Pool.frozen), however its NBD clients
             # write meanwhile, served alone under the name the core reads it through.
-            with (admin.pool.frozen(name, snapshot) as (view, size),
-                  served_over_nbd(FrozenExport(admin, view, size)) as socket_path):
-                source = f"nbd+unix:///{view}?socket={socket_path}"
-                proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
+            with admin.pool.frozen(name, snapshot) as (view, size):
+                served = served_over_nbd(FrozenExport(admin, view, size))
+                with served as socket_path:
+                    source = f"nbd+unix:///{view}?socket={socket_path}"
+                    proc = _run(["qemu-img", "convert", "-f", "raw", "-O", format, source, path])
+                if proc.returncode != 0 and served.said:
+                    # Why a read failed, which qemu-img only knows as EIO.
+                    raise BadImageError(f"cannot write {dest} as {format} (VM {name},"
+                                        f" {formats.size(size)}):"
+                                        f" {served.said[-1].replace(view, name)}")
         if proc.returncode != 0:
             # qemu-img names what it was given: our private socket (or temporary copy) and the
             # .part file, which mean nothing to the user; they are the VM and `dest`.
@@ -354,10 +359,12 @@ class FrozenExport:
 class served_over_nbd:
     """Every VM of `admin`, exported read-only over NBD on a Unix socket in a private temporary
     directory, from a thread of this process, while the `with` lasts; yields the socket's
-    path."""
+    path. What the server would log (a read's error) is kept in `said`, for the caller's one
+    line, not printed: its export is a private name."""
 
     def __init__(self, admin):
         self.admin = admin
+        self.said: list[str] = []
 
     def __enter__(self) -> str:
         import asyncio
@@ -371,7 +378,7 @@ class served_over_nbd:
         async def serve():
             try:
                 server = NBDServer(self.admin, _native.Meter([]), read_only=True,
-                                   log=lambda m: print(f"blockfold: nbd: {m}", file=sys.stderr))
+                                   log=self._said)
                 await server.start_unix(path)
                 self._stop = asyncio.Event()
                 self._loop = asyncio.get_running_loop()
@@ -390,6 +397,10 @@ class served_over_nbd:
         if self._failed is not None:
             raise BadImageError(f"cannot serve the VM over NBD: {self._failed}")
         return path
+
+    def _said(self, message: str) -> None:
+        # "EXPORT: why": the export is the caller's private name; the why names the VM.
+        self.said.append(message.split(": ", 1)[-1])
 
     def __exit__(self, *exc) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)

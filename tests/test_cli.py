@@ -174,6 +174,11 @@ def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr_text.startswith("blockfold: error: VM a (export 1): the block at byte 0"
                                        " is corrupt"), proc.stderr_text
+    # A qcow2's too, in one line: qemu-img only knows the read as EIO.
+    proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.qcow2")
+    assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1, proc.stderr_text
+    assert "cannot write " in proc.stderr_text and " as qcow2 (VM a, 16.0 KiB): VM a: the block at" \
+        " byte 0 is corrupt" in proc.stderr_text, proc.stderr_text
 
 
 def unchanged(pool):
