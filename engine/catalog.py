@@ -189,6 +189,13 @@ class Catalog:
         self.conn.executemany("DELETE FROM bmap WHERE layer=? AND page=?",
                               [p[:2] for p in pages if p[2] is None])
 
+    def layer_ids_end(self) -> int:
+        """1 + the largest layer id any row uses (a layer, a block-table page), 1 if none: the
+        first id a new layer may take whatever meta `next_layer` says."""
+        used = self.conn.execute("SELECT max(m) FROM (SELECT max(id) AS m FROM layers"
+                                 " UNION ALL SELECT max(layer) FROM bmap)").fetchone()[0]
+        return 1 + (used or 0)
+
     def apply(self, edit: LayerEdit, actor: str, next_layer: int) -> None:
         """Writes the rows of a layer edit (see engine.layergraph.LayerEdit)."""
         c = self.conn

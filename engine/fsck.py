@@ -60,5 +60,9 @@ def _check_layers(pool, report) -> None:
         if not graph.is_top(layer) and not graph.children(layer) and layer not in pinned:
             report("layer", f"frozen layer {layer} has no children: nothing reads it",
                    layer=layer)
+    stored, end = int(pool.catalog.get("next_layer")), pool.catalog.layer_ids_end()
+    if stored < end:
+        report("layer", f"meta next_layer {stored} is not past layer {end - 1}, which is in use:"
+               f" new layers take ids from {end} (the next commit records it)")
     for layer in pool.catalog.stale_page_layers():
         report("layer", f"block-table pages remain for deleted layer {layer}", layer=layer)

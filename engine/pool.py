@@ -246,7 +246,7 @@ class Pool:
     def _load(self, blocks: BlockLayer | None) -> None:
         """A core with the graph and the pages as the catalog holds them (at open)."""
         self.graph = LayerGraph(self.catalog.vms(), self.catalog.layer_parents(),
-                                int(self.catalog.get("next_layer")), self.catalog.snaps())
+                                self._next_layer(), self.catalog.snaps())
         if unsound := self.graph.unsound():
             # Said here, as the rows that are wrong: the core would only say which VM it
             # could not place (its top, never reached from a root).
@@ -265,6 +265,12 @@ class Pool:
         self.blocks.mark_corrupt(self._corrupt_saved)
         self.core = core
         self.view = blockview.BlockView(self)
+
+    def _next_layer(self) -> int:
+        """The id the next new layer takes: meta `next_layer`, or past every id in use if it
+        lags them (a catalog restored in part): a clone took id 1 again and replaced the
+        golden's base row, and no open of the pool worked after. fsck reports the lag."""
+        return max(int(self.catalog.get("next_layer")), self.catalog.layer_ids_end())
 
     def _start(self, rebuild: str | None, progress, wait: bool) -> Pool:
         crashed = self.catalog.get("state") == "dirty"

@@ -177,8 +177,8 @@ def test_fsck_exits_1_and_lists_a_corrupt_block(pool, tmp_path):
     # A qcow2's too, in one line: qemu-img only knows the read as EIO.
     proc = run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.qcow2")
     assert proc.returncode == 1 and proc.stderr_text.count("\n") == 1, proc.stderr_text
-    assert "cannot write " in proc.stderr_text and " as qcow2 (VM a, 16.0 KiB): VM a: the block at" \
-        " byte 0 is corrupt" in proc.stderr_text, proc.stderr_text
+    said = " as qcow2 (VM a, 16.0 KiB): VM a: the block at byte 0 is corrupt"
+    assert "cannot write " in proc.stderr_text and said in proc.stderr_text, proc.stderr_text
 
 
 def unchanged(pool):

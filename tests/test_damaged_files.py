@@ -200,3 +200,22 @@ def test_a_pool_older_than_pool_ids_gets_one_at_its_first_writable_open(golden, 
     shutil.copyfile(other_pools / "same" / "hashes.dat", pool / "hashes.dat")
     proc = run_cli("-p", pool, "vm", "ls")
     assert proc.returncode == 1 and "hashes.dat is another pool's file" in proc.stderr_text
+
+
+def test_a_layer_counter_behind_the_layers_gives_no_id_twice(golden, tmp_path):
+    source, image = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    # g's base (1) and two tops (2, 3): the counter as an older copy of the meta row had it.
+    sql("UPDATE meta SET value = '1' WHERE key = 'next_layer'")(pool / "catalog.db")
+    proc = run_cli("-p", pool, "fsck")
+    assert proc.returncode == 1
+    assert "layer: meta next_layer 1 is not past layer 3, which is in use" in proc.stdout_text
+    # The clone took id 1 again, replaced the golden's base row, and no open worked after.
+    run_cli("-p", pool, "vm", "clone", "c", "e", check=True)
+    for vm in ("g", "c", "e"):
+        out = tmp_path / f"{vm}.raw"
+        run_cli("-p", pool, "vm", "export", vm, out, check=True)
+        assert out.read_bytes() == image.read_bytes(), vm
+    proc = run_cli("-p", pool, "fsck")
+    assert (proc.returncode, proc.stdout_text) == (0, "clean\n")
