@@ -413,6 +413,33 @@ def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd
         assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
 
 
+@pytest.mark.parametrize("fault", ["its port taken", "its data dir gone"])
+def test_a_cluster_up_whose_node_cannot_start_stops_the_etcd_member_it_started(
+        resting_cluster, fault):
+    """A failed `up` leaves nothing it started running, as an interrupted one does: its etcd
+    member ran on alone, with no node of the cluster."""
+    path = resting_cluster
+    member = ClusterConfig.load(path).etcd.data
+    node1 = ClusterConfig.load(path).node("node1")
+    with socket.socket() as taken:
+        if fault == "its port taken":
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", int(node1.address.rsplit(":", 1)[1])))
+            taken.listen()
+        else:
+            os.rename(node1.data, f"{node1.data}.moved")
+        done = run_cli("cluster", "up", path)
+        assert done.returncode == 1, done.stderr_text
+        assert ("node node1 did not start" if fault == "its port taken"
+                else "node node1 cannot start") in done.stderr_text
+        assert etcd_processes(member) == []
+        assert etcd_processes(node1.data) == []
+    if fault == "its data dir gone":
+        os.rename(f"{node1.data}.moved", node1.data)
+    run_cli("cluster", "up", path, check=True)     # the fault gone, it starts as it was
+    assert registered(path) == {"node1": True}
+
+
 @pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])
 def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(resting_cluster,
                                                                        damage):
