@@ -158,6 +158,7 @@ class ClusterBlocks:
             return
         names = self.members.names()
         with self._rows.lock:
+            self._forget_mended()       # a loss told now is this one, not one made good since
             # A restarted node is no longer credited with what it lost: when its other holders
             # come back empty too (or are gone), no copy is left and that is told.
             for node, ids in gone.items():
@@ -214,6 +215,7 @@ class ClusterBlocks:
         left with no copy says who lost it); those with copies elsewhere are not: a RAM node
         comes back without millions."""
         with self._rows.lock:
+            self._forget_mended()
             live = self._rows.live_rows()
             credited = live[self._rows.holders_at(live)[:, node]]
         self._inventory.rejoin(node, reclaim)
@@ -232,9 +234,24 @@ class ClusterBlocks:
             return self._rows.under_replicated(self.members.placeable_mask(), self.replicas)
 
     def copies_in_doubt(self) -> bool:
-        """Nodes lost copies since the open, or hold some they have not made durable and are
-        down: a commit must check what it references (without_durable_copy)."""
+        """Nodes lost copies of blocks not yet mended, or hold some they have not made durable
+        and are down: a commit must check what it references (without_durable_copy)."""
+        with self._rows.lock:
+            self._forget_mended()
         return bool(self.lost_copies) or self._copies.any_unsynced_down()
+
+    def _forget_mended(self) -> None:
+        """Forgets who lost the blocks now referenced by nobody (trimmed, written over, their
+        writes dropped) or held by R nodes again (written again, healed, a holder back with its
+        copy): their losses are over, and a read or fsck that named them later named the old
+        loss, not the new one. Caller holds the row map's lock."""
+        noted = self.lost_copies.ids()
+        if not len(noted):
+            return
+        rows = self._rows.rows_of(noted)
+        live = (rows != 0) & (self._rows.refcounts_at(rows) > 0)
+        whole = self._rows.holders_at(rows).sum(axis=1) >= self.replicas
+        self.lost_copies.forget(noted[~live | whole])
 
     def without_durable_copy(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lost, waiting): the distinct ids of `addrs` the row map knows that no node holds,
