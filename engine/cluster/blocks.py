@@ -238,7 +238,8 @@ class ClusterBlocks:
         and are down: a commit must check what it references (without_durable_copy)."""
         with self._rows.lock:
             self._forget_mended()
-        return bool(self.lost_copies) or self._copies.any_unsynced_down()
+            lost = bool(self.lost_copies)
+        return lost or self._copies.any_unsynced_down()
 
     def _forget_mended(self) -> None:
         """Forgets who lost the blocks now referenced by nobody (trimmed, written over, their
@@ -276,14 +277,14 @@ class ClusterBlocks:
         """Why `block_id` has no durable copy: its holders went down before making it durable,
         or (no node holds it) who lost it (engine.cluster.losses)."""
         names = self.members.names()
-        with self._rows.lock:
+        with self._rows.lock:       # the record changes under it (noted, forgotten)
             held = self._rows.holders_at(self._rows.rows_of(np.array([block_id], np.uint64)))[0]
-        if held.any():
-            nodes = [names[n] for n in np.flatnonzero(held)]
-            which = "nodes " if len(nodes) > 1 else "node "
-            return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
-                    " durable there")
-        return self.lost_copies.why(block_id, names)
+            if not held.any():
+                return self.lost_copies.why(block_id, names)
+        nodes = [names[n] for n in np.flatnonzero(held)]
+        which = "nodes " if len(nodes) > 1 else "node "
+        return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
+                " durable there")
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""
