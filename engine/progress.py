@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import CancelledError
 
@@ -88,6 +88,14 @@ class Meter:
     def _report(self, now: float) -> Progress:
         elapsed = max(now - self.start, 1e-9)
         return Progress(self.phase, self.done, self.total, self.done * self.unit_bytes / elapsed)
+
+
+def relabelled(callback: ProgressCallback | None, phase: str) -> ProgressCallback | None:
+    """`callback`, told every report as `phase`: work that runs another's steps says what it is
+    doing (a removal's drain runs heal passes, and its bar said "heal")."""
+    if callback is None:
+        return None
+    return lambda p: callback(replace(p, phase=phase))
 
 
 # The native core reports progress as four arguments, (phase, done, total, bytes_per_s), and so

@@ -33,6 +33,17 @@ class Terminal:
         raise AssertionError(f"{text!r} never appeared (exit code {code}); the screen shows:\n"
                              f"{self.screen()}")
 
+    def wait_until(self, check, what: str, timeout: float = 20) -> str:
+        """The first screen check(screen) accepts, polled: a capture may fall mid-redraw, so
+        what a test asserts of a screen is asserted of one capture that shows it whole."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.screen()
+            if check(shown):
+                return shown
+            time.sleep(0.1)
+        raise AssertionError(f"{what} never appeared; the screen shows:\n{self.screen()}")
+
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "-S", self.socket, "send-keys", *keys], check=True)
 

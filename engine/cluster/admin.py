@@ -39,6 +39,7 @@ from ..net import rpc
 from ..fingerprint import Fingerprinter
 from ..localadmin import LocalAdmin
 from ..pool import Pool
+from ..progress import relabelled
 from ..results import (EtcdStatus, HealFigures, NodeRemoval, NodeStatus, ScrubFigures,
                        WriteQuorum)
 from . import holder, lifecycle
@@ -644,7 +645,7 @@ class ClusterAdmin(LocalAdmin):
                                      " to copy to the other nodes", actor)
                 self.members.leaving = i
                 try:
-                    copied = self._drain(progress, cancel)
+                    copied = self._drain(relabelled(progress, f"draining {name}"), cancel)
                     # Forced past a node down with the only copies: those are lost now.
                     lost = self.pool.blocks.without(i)[1] if plan.lost else 0
                     self._commit_removal(name, copied, lost, actor)

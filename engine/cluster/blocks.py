@@ -158,6 +158,7 @@ class ClusterBlocks:
             return
         names = self.members.names()
         with self._rows.lock:
+            self._forget_mended()       # a loss told now is this one, not one made good since
             # A restarted node is no longer credited with what it lost: when its other holders
             # come back empty too (or are gone), no copy is left and that is told.
             for node, ids in gone.items():
@@ -214,6 +215,7 @@ class ClusterBlocks:
         left with no copy says who lost it); those with copies elsewhere are not: a RAM node
         comes back without millions."""
         with self._rows.lock:
+            self._forget_mended()
             live = self._rows.live_rows()
             credited = live[self._rows.holders_at(live)[:, node]]
         self._inventory.rejoin(node, reclaim)
@@ -232,9 +234,25 @@ class ClusterBlocks:
             return self._rows.under_replicated(self.members.placeable_mask(), self.replicas)
 
     def copies_in_doubt(self) -> bool:
-        """Nodes lost copies since the open, or hold some they have not made durable and are
-        down: a commit must check what it references (without_durable_copy)."""
-        return bool(self.lost_copies) or self._copies.any_unsynced_down()
+        """Nodes lost copies of blocks not yet mended, or hold some they have not made durable
+        and are down: a commit must check what it references (without_durable_copy)."""
+        with self._rows.lock:
+            self._forget_mended()
+            lost = bool(self.lost_copies)
+        return lost or self._copies.any_unsynced_down()
+
+    def _forget_mended(self) -> None:
+        """Forgets who lost the blocks now referenced by nobody (trimmed, written over, their
+        writes dropped) or held by R nodes again (written again, healed, a holder back with its
+        copy): their losses are over, and a read or fsck that named them later named the old
+        loss, not the new one. Caller holds the row map's lock."""
+        noted = self.lost_copies.ids()
+        if not len(noted):
+            return
+        rows = self._rows.rows_of(noted)
+        live = (rows != 0) & (self._rows.refcounts_at(rows) > 0)
+        whole = self._rows.holders_at(rows).sum(axis=1) >= self.replicas
+        self.lost_copies.forget(noted[~live | whole])
 
     def without_durable_copy(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lost, waiting): the distinct ids of `addrs` the row map knows that no node holds,
@@ -259,14 +277,14 @@ class ClusterBlocks:
         """Why `block_id` has no durable copy: its holders went down before making it durable,
         or (no node holds it) who lost it (engine.cluster.losses)."""
         names = self.members.names()
-        with self._rows.lock:
+        with self._rows.lock:       # the record changes under it (noted, forgotten)
             held = self._rows.holders_at(self._rows.rows_of(np.array([block_id], np.uint64)))[0]
-        if held.any():
-            nodes = [names[n] for n in np.flatnonzero(held)]
-            which = "nodes " if len(nodes) > 1 else "node "
-            return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
-                    " durable there")
-        return self.lost_copies.why(block_id, names)
+            if not held.any():
+                return self.lost_copies.why(block_id, names)
+        nodes = [names[n] for n in np.flatnonzero(held)]
+        which = "nodes " if len(nodes) > 1 else "node "
+        return (f"its only copies are on {which}{', '.join(nodes)}, down before it was made"
+                " durable there")
 
     def per_node(self) -> tuple[np.ndarray, np.ndarray]:
         """For each node: live blocks it holds, and how many of those are under-replicated."""

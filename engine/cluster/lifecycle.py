@@ -54,9 +54,9 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
     None (a local member), "none", or the client URLs of an etcd that runs elsewhere,
     comma-separated. The shape of a cluster that exists is kept: an option that asks for
     another one is refused, with nothing started. A missing etcd binary, or an etcd given
-    that does not answer, is refused with nothing made. Interrupted (KeyboardInterrupt), it
-    stops what it started (its nodes, then its etcd member) and leaves the directory made:
-    the next `up` starts that cluster."""
+    that does not answer, is refused with nothing made. Failed (a node that cannot start) or
+    interrupted (KeyboardInterrupt), it stops what it started (its nodes, then its etcd
+    member) and leaves the directory made: the next `up` starts that cluster."""
     path = Path(path)
     if is_cluster(path):
         config = ClusterConfig.load(path)
@@ -102,10 +102,11 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
             config.save()           # its pid, and its ports if they moved
         install_peer_key(config)
         start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
-    except KeyboardInterrupt:
-        # The nodes it started are stopped again (processes.start); so is the member it
-        # started, after them (they end their leases there): an interrupted first `up` left
-        # the member running, with nothing else of the cluster.
+    except BaseException:
+        # Failed or interrupted, the nodes it started are stopped again (processes.start); so
+        # is the member it started, after them (they end their leases there): an `up` whose
+        # node could not start (its port taken, its data dir gone) left the member running
+        # alone, as an interrupted first `up` did.
         if ours:
             etcd_member.stop(config.etcd)
         raise
@@ -189,7 +190,9 @@ def install_peer_key(config: ClusterConfig) -> None:
     private = config.peer_key.read_bytes()
     line = f"{keys.PEER_OPTIONS} {config.peer_public_key().strip()}\n"
     for entry in config.nodes:
-        if not entry.data:
+        # A data dir gone is refused by the start, naming the node (here it was a bare
+        # "No such file or directory: …/peer_key").
+        if not entry.data or not Path(entry.data).is_dir():
             continue
         data = Path(entry.data)
         if not (data / keys.PEER_KEY).is_file():

@@ -5,7 +5,9 @@ finding it: a commit's SYNC names another incarnation than the PUTs did (the nod
 before the blocks were durable: engine.cluster.blocks), and a returning node's inventory lacks
 copies the row map credited it with (it came back without them: engine.cluster.inventory). The
 row map then credits nobody with the block; this record says who lost it. Ids are kept per node,
-sorted: 8 bytes each, bounded by what the node held.
+sorted: 8 bytes each, bounded by what the node held. A block mended (written again or healed to R
+copies) or no longer referenced (trimmed, its writes dropped) is forgotten (ClusterBlocks), so a
+later loss of it is told as that one, and a commit stops checking for lost blocks once none is.
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ class LostCopies:
             kept = self._lost[why]
             kept[node] = np.union1d(kept.get(node, np.zeros(0, np.uint64)),
                                     np.asarray(ids, np.uint64))
+
+    def ids(self) -> np.ndarray:
+        """Every id some node lost, ascending."""
+        kept = [ids for nodes in self._lost.values() for ids in nodes.values()]
+        return np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.uint64)
+
+    def forget(self, ids: np.ndarray) -> None:
+        """Who lost `ids` is no longer told (they were mended, or are referenced no more)."""
+        if not len(ids):
+            return
+        for kept in self._lost.values():
+            for node in list(kept):
+                left = np.setdiff1d(kept[node], ids, assume_unique=True)
+                if len(left):
+                    kept[node] = left
+                else:
+                    del kept[node]
 
     def __bool__(self) -> bool:
         return any(self._lost.values())

@@ -20,7 +20,7 @@ import pytest
 from engine import api
 from engine.cluster import etcd_member
 from engine.cluster.config import ClusterConfig
-from engine.etcd import KEEPALIVE, TTL, WAIT, Etcd, KeptKey
+from engine.etcd import KEEPALIVE, TTL, Etcd, KeptKey
 from engine.node.keys import host_key_id
 from tests.conftest import ROOT, cli_json, run_cli
 
@@ -303,31 +303,31 @@ def test_a_node_that_loses_etcd_serves_on_says_so_once_and_registers_again(
     assert wait_for(lambda: registered(cluster.path) == {"node1": True, "node2": True}, 5)
 
 
-def test_a_kept_key_waits_at_most_a_second_for_an_etcd_that_does_not_answer(own_etcd):
-    """Starting and closing a liveness or session key wait WAIT at most for a stopped etcd
-    (they took 2.2 s and 3.7 s), a keepalive in flight at close included; the key still comes,
-    and still goes, once etcd answers."""
+def test_a_kept_key_starts_and_closes_while_etcd_does_not_answer(own_etcd):
+    """Starting and closing a liveness or session key return while etcd does not answer (a
+    writer's open and close waited on it: how long they wait now, WAIT at most, is a figure of
+    tests/bench/silent.py), a keepalive in flight at close included; the key still comes, and
+    still goes, once etcd answers."""
     keys = Etcd(own_etcd.endpoints, "/blockfold/kept-test/")
     try:
         os.kill(own_etcd.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
+        try:                                # returns with etcd still stopped
             kept = KeptKey(own_etcd.endpoints, "/blockfold/kept-test/", "k", {"a": 1},
                            "test").start()
-            assert time.monotonic() - started < WAIT + 0.5
         finally:
             os.kill(own_etcd.pid, signal.SIGCONT)
-        assert wait_for(lambda: keys.under("") == {"k": {"a": 1}}, KEEPALIVE + WAIT + 3)
+        assert wait_for(lambda: keys.under("") == {"k": {"a": 1}}, EXPIRY)
         time.sleep(KEEPALIVE - 0.3)
         os.kill(own_etcd.pid, signal.SIGSTOP)
         try:
             time.sleep(0.6)                 # the next keepalive is in flight
-            closing = time.monotonic()
-            kept.close()
-            assert time.monotonic() - closing < WAIT + 0.5
+            kept.close()                    # returns with etcd still stopped
         finally:
             os.kill(own_etcd.pid, signal.SIGCONT)
-        assert wait_for(lambda: keys.under("") == {}, WAIT + 3)    # its lease ended after all
+        # Gone before its lease could have run out (TTL after its last keepalive answered,
+        # which came before the stop: over 6 s from here): the close's thread ended it once
+        # etcd answered. A bound that tells the two apart, not a speed figure.
+        assert wait_for(lambda: keys.under("") == {}, TTL / 2)
     finally:
         keys.close()
 
@@ -411,6 +411,33 @@ def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd
         done = run_cli("cluster", "up", cluster.path)
         assert done.returncode == 1 and "node node1 did not start" in done.stderr_text
         assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
+
+
+@pytest.mark.parametrize("fault", ["its port taken", "its data dir gone"])
+def test_a_cluster_up_whose_node_cannot_start_stops_the_etcd_member_it_started(
+        resting_cluster, fault):
+    """A failed `up` leaves nothing it started running, as an interrupted one does: its etcd
+    member ran on alone, with no node of the cluster."""
+    path = resting_cluster
+    member = ClusterConfig.load(path).etcd.data
+    node1 = ClusterConfig.load(path).node("node1")
+    with socket.socket() as taken:
+        if fault == "its port taken":
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", int(node1.address.rsplit(":", 1)[1])))
+            taken.listen()
+        else:
+            os.rename(node1.data, f"{node1.data}.moved")
+        done = run_cli("cluster", "up", path)
+        assert done.returncode == 1, done.stderr_text
+        assert ("node node1 did not start" if fault == "its port taken"
+                else "node node1 cannot start") in done.stderr_text
+        assert etcd_processes(member) == []
+        assert etcd_processes(node1.data) == []
+    if fault == "its data dir gone":
+        os.rename(f"{node1.data}.moved", node1.data)
+    run_cli("cluster", "up", path, check=True)     # the fault gone, it starts as it was
+    assert registered(path) == {"node1": True}
 
 
 @pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])

@@ -121,3 +121,45 @@ def test_nbd_flush_fails_until_the_lost_blocks_are_trimmed(make_cluster, tmp_pat
         client.close()
     finally:
         server.stop()
+
+
+def test_a_loss_made_good_is_forgotten_and_a_later_one_told_as_itself(make_cluster, tmp_path):
+    """Who lost a block is forgotten once it is written again: when its nodes later come back
+    without it (RAM nodes killed after the flush), reads and fsck say so, not the old loss
+    ("restarted before it was made durable", which was over)."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=32 << 20)
+    (tmp_path / "empty.raw").write_bytes(bytes(1 << 20))      # a VM with no block of its own
+    written = {lbn: os.urandom(4096) for lbn in range(BLOCKS)}
+    with cluster.open() as admin:
+        admin.import_image("desk", str(tmp_path / "empty.raw"))
+
+        def lose_node1_and_node2() -> None:
+            """Both killed, judged down, then restored empty (in that order, each told)."""
+            cluster.kill("node1")
+            cluster.kill("node2")
+            deadline = time.monotonic() + 15
+            while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
+                assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
+                time.sleep(0.1)
+            admin.restore_node("node1")
+            admin.restore_node("node2")
+
+        for lbn, data in written.items():
+            admin.write("desk", lbn * 4096, data)
+        lose_node1_and_node2()                  # before the flush: its writes are gone
+        with pytest.raises(BlockfoldError, match="restarted before it was made durable"):
+            admin.flush()
+        for lbn, data in written.items():       # the client writes them again, the same bytes
+            admin.write("desk", lbn * 4096, data)
+        admin.flush()
+        assert admin.stats().lost_blocks == 0 and admin.fsck() == []
+
+        lose_node1_and_node2()                  # after it: durable, but RAM nodes come back empty
+        failed = lost_reads(lambda lbn: admin.read("desk", lbn * 4096, 4096), BLOCKS)
+        assert failed
+        assert all(why.endswith("has no copy left: its copies were lost: nodes node1, node2"
+                                " came back without it") for why in failed.values()), failed
+        lost = [p for p in admin.fsck() if p.kind == "lost"]
+        assert lost and all("came back without it" in p.message or "in all" in p.message
+                            for p in lost), lost
+        assert admin.stats().lost_blocks == len(failed)

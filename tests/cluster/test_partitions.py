@@ -29,6 +29,9 @@ from tests.conftest import ROOT
 
 PORT = 7000             # every node listens on its own address, so all on one port
 KiB = 1024
+# What a guest waits for one I/O before it gives up on the disk (Linux's SCSI and virtio-blk
+# default): a refusal must reach it before that, a contract, not a speed figure.
+GUEST_IO_TIMEOUT = 30
 MINORITY = (r"blockfold: error: cluster \S+: 2 of 5 nodes answer; writes need 3 \(a majority\):"
             r" restore nodes \(commands that only read still work\)\n")
 
@@ -293,7 +296,8 @@ def test_a_cut_off_writer_is_fenced_and_the_majority_keeps_every_acknowledged_wr
 
     started = time.monotonic()
     assert not write(a, 0x22, 128 * KiB, 16 * KiB)
-    assert time.monotonic() - started < 15          # EIO well within a guest's I/O timeout
+    # EIO, not a hang: qemu-io's write and flush both end before one guest I/O would time out.
+    assert time.monotonic() - started < GUEST_IO_TIMEOUT
     assert "a catalog change reached 2 of 5 nodes; it needs 3" in a.err()
     done = s.cli("a", "-c", ca2, "vm", "clone", "vm1", "x")      # another writer, A's side
     assert done.returncode == 1 and re.fullmatch(MINORITY, done.stderr), done.stderr
@@ -365,6 +369,7 @@ def test_a_fenced_writer_takes_the_cluster_back_once_the_newer_writer_closes(sit
     assert not s.write(a, "vm1", 0x44, 8 * KiB, 8 * KiB)
     assert b.stop() == 0, b.err()
     closed = time.monotonic()
+    # A bound (it comes back by itself, unasked), not a speed figure: the time is printed.
     while not s.write(a, "vm1", 0x55, 24 * KiB, 8 * KiB):
         assert time.monotonic() < closed + 30, a.err()
         time.sleep(0.5)

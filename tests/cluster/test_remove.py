@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -113,6 +114,39 @@ def test_a_killed_node_is_removed_and_its_copies_healed_from_the_others(make_clu
         assert sorted(etcd["registered"]) == ["node1", "node2", "node4"]
     _whole_on(cluster, ["node1", "node2", "node4"], data)
     assert run_cli("-c", cluster.path, "fsck", check=True).stdout_text.strip() == "clean"
+
+
+def test_the_drains_progress_bar_says_which_node_it_drains(make_cluster, tmp_path):
+    """On a terminal, `cluster remove` shows its drain's bar as "draining node2" (the drain
+    runs heal passes, and its bar said "heal": an operator read it as another heal)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 2, seed=10)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    master, slave = pty.openpty()               # its stderr a terminal: the bar is shown
+    remover = subprocess.Popen([sys.executable, "-m", "console", "cluster", "remove",
+                                str(cluster.path), "node2", "-y"], cwd=ROOT,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            try:
+                chunk = os.read(master, 65536) if ready else b""
+            except OSError:                     # EIO: every writer of the terminal is gone
+                break
+            if ready and not chunk:
+                break
+            shown += chunk
+        assert remover.wait(60) == 0, shown
+    finally:
+        remover.kill()
+        remover.wait()
+        os.close(master)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    bars = [line.strip() for line in re.split(r"[\r\n]+", plain) if "━" in line]
+    assert bars and all(line.startswith("draining node2 ") for line in bars), plain
 
 
 def test_writes_need_a_majority_of_the_nodes_left(make_cluster, tmp_path):

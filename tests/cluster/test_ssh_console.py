@@ -64,6 +64,20 @@ def console_node(tmp_path, make_cluster):
     node.wait(10)
 
 
+def laid_out(columns: int, rows: int):
+    """A check of a screen (Terminal.wait_until): the VMs screen drawn whole to `columns` x
+    `rows`, its box's top and bottom borders each one line as wide as the window, the golden
+    VM in it. tmux shows a console's old frame cut to a smaller window, so only a redraw shows
+    the box closed on the right at the new width, and its bottom within the new height."""
+    def check(screen: str) -> bool:
+        lines = screen.rstrip("\n").split("\n")
+        box = [line for line in lines if line.startswith(("╭", "╰"))]
+        return (len(lines) == rows and "golden" in screen
+                and [line[0] + line[-1] for line in box] == ["╭╮", "╰╯"]
+                and all(len(line) == columns for line in box))
+    return check
+
+
 def test_admin_key_gets_the_console_switches_resizes_and_quits(console_node):
     node, cluster, ssh, terminal = console_node
     t = terminal("alice", "alice")
@@ -72,19 +86,9 @@ def test_admin_key_gets_the_console_switches_resizes_and_quits(console_node):
     t.wait_for("Blockfold · VMs")
     t.wait_for("golden")
     t.wait_for("Delete")                          # a writable session's key bar
-    # Laid out to the client's 120 columns; polled, since a capture may fall mid-redraw.
-    deadline = time.monotonic() + 10
-    while max(map(len, t.screen().splitlines())) <= 100:
-        assert time.monotonic() < deadline, "the console was not laid out to 120 columns"
-        time.sleep(0.1)
+    t.wait_until(laid_out(120, 34), "the VMs screen laid out to 120x34")
     t.resize(70, 20)
-    t.wait_for("golden")
-    deadline = time.monotonic() + 10
-    while max(map(len, t.screen().rstrip().splitlines())) > 70 or \
-            len(t.screen().rstrip("\n").splitlines()) > 20:
-        assert time.monotonic() < deadline, "the console did not re-lay out to 70x20"
-        time.sleep(0.1)
-    assert "golden" in t.screen()
+    t.wait_until(laid_out(70, 20), "the VMs screen laid out again to 70x20")
     t.keys("q")
     assert t.exit_code() == 0
     assert node.poll() is None
