@@ -24,7 +24,7 @@ from widgets.key_bar import KeyBar
 from .clock import SystemClock
 from .messages import EngineDone, EngineFailed, Polled, PollFailed, PoolView, Sample
 from .palette import CommandsProvider
-from .registry import SCREENS, allowed, app_bindings, find
+from .registry import SCREENS, Offer, allowed, app_bindings, find
 from .screens.base import PoolPane
 from .screens.blocks import BlocksPane
 from .screens.confirm import ConfirmDialog
@@ -84,6 +84,7 @@ class BlockfoldApp(App):
         super().__init__()
         self.admin = admin
         self.read_only = read_only
+        self.offer = Offer(read_only, cluster=admin.kind == "cluster")
         self.clock = clock or SystemClock()
         self.poll_interval = poll_interval
         self.history: list[Sample] = []
@@ -138,8 +139,8 @@ class BlockfoldApp(App):
                 return True
             inner = str(parameters[0]).split("(")[0]
             return (find(self.pane.MODE, inner) is not None
-                    and allowed(self.pane.MODE, inner, self.read_only))
-        return allowed("app", action, self.read_only)
+                    and allowed(self.pane.MODE, inner, self.offer))
+        return allowed("app", action, self.offer)
 
     async def action_quit(self) -> None:
         """`q`: quits, after asking if that cancels other clients' running jobs (a console
@@ -234,7 +235,7 @@ class BlockfoldApp(App):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.pane.MODE, self.read_only))
+            self.push_screen(HelpScreen(self.pane.MODE, self.offer))
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"

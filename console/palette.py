@@ -6,16 +6,16 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from .registry import Command, commands_for
+from .registry import Command, Offer, commands_for
 
 
 class CommandsProvider(Provider):
     def _commands(self) -> list[tuple[Command, object]]:
-        read_only = getattr(self.app, "read_only", False)
+        offer = getattr(self.app, "offer", Offer())
         pane = getattr(self.app, "pane", None)          # the console screen in front
-        found = [(c, self.app) for c in commands_for("app", read_only)]
+        found = [(c, self.app) for c in commands_for("app", offer)]
         if pane is not None:
-            found += [(c, pane) for c in commands_for(pane.MODE, read_only)]
+            found += [(c, pane) for c in commands_for(pane.MODE, offer)]
         return found
 
     async def discover(self) -> Hits:

@@ -1,7 +1,8 @@
 """The one command registry: it feeds the key bindings, the key bar, `?` help and the palette.
 
 A command belongs to the whole app or to one screen (by its mode name). Commands that change the
-pool are marked `writes`, and `--read-only` hides them everywhere at once.
+pool are marked `writes`, and `--read-only` hides them everywhere at once; those on a cluster's
+nodes are marked `nodes`, and a pool (which has none) hides them the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ class Command:
     writes: bool = False
     footer: bool = True
     bar: str = ""       # the key bar's shorter word, where the title would not fit 80 columns
+    nodes: bool = False  # acts on a cluster's node: a pool has none to offer it for
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Which commands the console offers: no writes when read-only, no node commands on a
+    pool (it asked "Fail node local? … served from their other replicas" and then failed)."""
+    read_only: bool = False
+    cluster: bool = True
+
+    def offers(self, command: Command) -> bool:
+        return not (self.read_only and command.writes) and (self.cluster or not command.nodes)
 
 
 SCREENS = [  # (mode, key, title)
@@ -59,11 +72,11 @@ COMMANDS: list[Command] = [
             "block", "rebuild", writes=True, bar="Full"),
     Command("escape", "cancel", "Cancel", "cancel the running rebuild", "rebuild"),
     Command("x", "fail_node", "Fail node", "kill the selected node's process, after "
-            "confirmation", "nodes", writes=True),
+            "confirmation", "nodes", writes=True, nodes=True),
     Command("u", "restore_node", "Restore node", "restart the selected node's process, after "
-            "confirmation", "nodes", writes=True),
+            "confirmation", "nodes", writes=True, nodes=True),
     Command("X", "remove_node", "Remove node", "move its blocks away, then drop it,"
-            " after confirmation", "nodes", writes=True, footer=False),
+            " after confirmation", "nodes", writes=True, footer=False, nodes=True),
 ]
 
 
@@ -71,8 +84,8 @@ NAVIGATION = ("up", "down", "pageup", "pagedown", "home", "end")
 """Keys that move through the table of the screen in front (widgets/row_table.py)."""
 
 
-def commands_for(scope: str, read_only: bool = False) -> list[Command]:
-    return [c for c in COMMANDS if c.scope == scope and not (read_only and c.writes)]
+def commands_for(scope: str, offer: Offer = Offer()) -> list[Command]:
+    return [c for c in COMMANDS if c.scope == scope and offer.offers(c)]
 
 
 def app_bindings() -> list[Binding]:
@@ -94,10 +107,10 @@ def find(scope: str, action: str) -> Command | None:
                  if c.scope == scope and c.action.split("(")[0] == action), None)
 
 
-def allowed(scope: str, action: str, read_only: bool) -> bool:
-    """False for a write command when read-only: Textual then hides and disables its binding."""
+def allowed(scope: str, action: str, offer: Offer) -> bool:
+    """False for a command not offered (Offer): Textual then hides and disables its binding."""
     command = find(scope, action)
-    return command is None or not (read_only and command.writes)
+    return command is None or offer.offers(command)
 
 
 def key_label(key: str) -> str:

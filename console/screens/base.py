@@ -69,4 +69,4 @@ class PoolPane(Vertical):
             return
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return allowed(self.MODE, action, self.app.read_only)
+        return allowed(self.MODE, action, self.app.offer)

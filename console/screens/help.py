@@ -7,7 +7,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
-from ..registry import commands_for, key_label
+from ..registry import Offer, commands_for, key_label
 
 
 class HelpScreen(ModalScreen[None]):
@@ -21,18 +21,19 @@ class HelpScreen(ModalScreen[None]):
     """
     BINDINGS = [("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, scope: str | None, read_only: bool):
+    def __init__(self, scope: str | None, offer: Offer):
         super().__init__()
-        self.scope, self.read_only = scope, read_only
+        self.scope, self.offer = scope, offer
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = "Keys" + (" (read-only: writes hidden)" if self.read_only else "")
+            box.border_title = "Keys" + (" (read-only: writes hidden)" if self.offer.read_only
+                                         else "")
             box.border_subtitle = "Escape closes · Ctrl+P runs any of these by name"
             table = DataTable(cursor_type="none", show_cursor=False)
             table.add_columns("KEY", "COMMAND", "WHAT IT DOES")
-            commands = commands_for(self.scope, self.read_only) if self.scope else []
-            for command in commands + commands_for("app", self.read_only):
+            commands = commands_for(self.scope, self.offer) if self.scope else []
+            for command in commands + commands_for("app", self.offer):
                 table.add_row(key_label(command.key), command.title, command.help)
             yield table
             yield Label("ctrl+p  command palette", classes="muted")

@@ -44,7 +44,8 @@ class NodesPane(PoolPane):
                                    formats.count(n.under_replicated)))
                          for n in view.nodes])
         down = sum(n.state != "up" for n in view.nodes)
-        table.border_title = (f"{len(view.nodes)} nodes" + (f" · {down} not up" if down else "")
+        table.border_title = (formats.counted(len(view.nodes), "node")
+                              + (f" · {down} not up" if down else "")
                               + _etcd(view.stats.etcd))
         self._show_selected()
 

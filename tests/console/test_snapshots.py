@@ -71,5 +71,5 @@ def test_block_filter(snap_compare, make_app):
     assert snap_compare(make_app(), run_before=run_before, terminal_size=SIZE)
 
 
-def test_fail_node_on_an_embedded_pool_shows_the_error(snap_compare, make_app):
-    assert snap_compare(make_app(), run_before=keys("5", "x", "y"), terminal_size=SIZE)
+def test_an_embedded_pool_offers_no_node_commands(snap_compare, make_app):
+    assert snap_compare(make_app(), run_before=keys("5", "question_mark"), terminal_size=SIZE)

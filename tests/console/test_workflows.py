@@ -118,17 +118,26 @@ async def test_deleting_a_golden_image_says_what_the_cli_says_about_its_clones(m
         await press(pilot, "n")
 
 
-async def test_failing_a_node_of_an_embedded_pool_shows_the_error_and_keeps_running(make_app,
-                                                                                    admin):
+async def test_an_embedded_pool_offers_no_node_commands(make_app, admin):
+    # It asked "Fail node local? … served from their other replicas", and then failed: a pool
+    # has no nodes (brk8a #2).
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await press(pilot, "5", "x", "y")
-        assert isinstance(app.screen, ErrorDialog)
-        assert "no nodes to fail" in str(app.screen.query_one("#message").render())
-        await press(pilot, "enter", "2")
-        assert len(vm_rows(app)) == 4
-        await press(pilot, "d")
-        await press(pilot, "y")             # the console still does work after the error
+        await press(pilot, "5", "x", "u", "X")
+        assert app.screen is app.switcher.screen and app.pane.MODE == "nodes"   # no dialog
+        bar = str(app.screen.query_one("#keys", Static).content)
+        assert "Fail" not in bar and "Restore" not in bar, bar
+        await press(pilot, "ctrl+p", *"node")
+        shown: list[str] = []
+        for _ in range(50):                 # the palette searches in the background
+            found = app.screen.query_one(CommandList)
+            shown = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
+            if any("Nodes" in text for text in shown):
+                break
+            await pilot.pause(0.05)
+        assert any("Nodes" in text for text in shown)
+        assert not any(word in text for text in shown for word in ("Fail", "Restore", "Remove"))
+        await press(pilot, "escape", "2", "d", "y")     # the console still does work
         assert "desk-1" not in admin.vm_names()
 
 
