@@ -570,39 +570,51 @@ class Pool:
         at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry has no durable copy
         lost: dict[int, list[int]] = {}   # layer -> the ids of those no node holds
         waiting: dict[int, list[int]] = {}  # layer -> those only on nodes down before a sync
-        for layer, page, blob in pages:
-            if blob is None or layer in dropped:
-                continue
-            new = np.frombuffer(blob, np.uint64)
-            old = self.catalog.page(layer, page)
-            changed = np.flatnonzero(new != (0 if old is None else np.frombuffer(old, np.uint64)))
+
+        def judge(layer: int, page: int, new: np.ndarray, *committed: int) -> None:
+            changed = np.ones(len(new), bool)
+            for was in committed:       # an entry some committed page has there is not new
+                old = self.catalog.page(was, page)
+                changed &= new != (0 if old is None else np.frombuffer(old, np.uint64))
+            changed = np.flatnonzero(changed)
             gone, unsure = self.blocks.without_durable_copy(new[changed])
             bad = changed[np.isin(new[changed], np.concatenate([gone, unsure]))]
             if len(bad):
                 at.setdefault(layer, []).extend((page * _native.PAGE_ENTRIES + bad).tolist())
                 lost.setdefault(layer, []).extend(gone.tolist())
                 waiting.setdefault(layer, []).extend(unsure.tolist())
+
+        for layer, page, blob in pages:
+            if blob is not None and layer not in dropped:
+                judge(layer, page, np.frombuffer(blob, np.uint64), layer)
+        # A fold's pages are the edit's: the top's entries, committed or not, folded down.
+        for top, layer in (edit.folded.items() if edit is not None else ()):
+            for (target, page), blob in edit.pages.items():
+                if target == layer and blob is not None:
+                    judge(layer, page, np.frombuffer(blob, np.uint64), layer, top)
         if not at:
             return {}
         tops = {vm.top: vm.name for vm in self.graph.vms()}
+        if edit is not None:        # a fold's layer is its VM's top once the edit is applied
+            tops.update({vm.top: vm.name for vm in edit.put_vms if vm.top in at})
         layers, names = edit.touches() if edit is not None else (set(), set())
         if all(layer in tops and layer not in layers and tops[layer] not in names
                for layer in at):
             return {layer: self._not_durable({layer: at[layer]}, lost[layer], waiting[layer],
-                                             f"flushes of {tops[layer]} fail")
+                                             f"flushes of {tops[layer]} fail", tops)
                     for layer in at}
         vms = ", ".join(sorted({tops[layer] for layer in at if layer in tops},
                                key=formats.natural_key))
         raise NotDurableError(self._not_durable(
             at, [*itertools.chain(*lost.values())], [*itertools.chain(*waiting.values())],
             f"flushes of {vms} and this change fail" if all(layer in tops for layer in at)
-            else "every flush fails"))
+            else "every flush fails", tops))
 
     def _not_durable(self, at: dict[int, list[int]], lost: list[int], waiting: list[int],
-                     failing: str) -> str:
+                     failing: str, tops: dict[int, str]) -> str:
         """'desk: 17 blocks at bytes 0-4095, … have no durable copy: its copies were lost: …;
-        `failing` until they are written again or trimmed (or their writes are dropped: …)'."""
-        tops = {vm.top: vm.name for vm in self.graph.vms()}
+        `failing` until they are written again or trimmed (or their writes are dropped: …)'.
+        tops: the VMs' names by their top layers."""
         where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
                           f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
                           for layer, lbns in at.items())

@@ -236,3 +236,34 @@ def test_a_crash_while_a_vm_is_left_out_keeps_what_it_flushed(make_cluster, tmp_
             kept += 1
         # Each block has 2 copies on 3 nodes: about 2 in 3 had one on node3, which kept it.
         assert kept
+
+
+def test_an_export_ending_folds_no_lost_write_into_its_vm(make_cluster, tmp_path):
+    """Writes made while an export held the VM's state, their copies then lost: the export's
+    end folds the VM's top back into the frozen layer beneath, and that edit must not commit
+    them (its pages are the edit's own, not a dirty layer's)."""
+    cluster = make_cluster(nodes=3, replicas=2, memory=32 << 20)
+    desktops(cluster, tmp_path, "a")
+    with cluster.open() as admin:
+        with admin.pool.frozen("a"):
+            for lbn in range(BLOCKS):
+                admin.write("a", lbn * 4096, os.urandom(4096))
+            cluster.kill("node1")
+            cluster.kill("node2")
+            deadline = time.monotonic() + 15
+            while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
+                assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
+                time.sleep(0.1)
+            admin.restore_node("node1")
+            admin.restore_node("node2")
+            with pytest.raises(BlockfoldError, match="its copies were lost"):
+                admin.flush()
+        for _ in range(2):      # the fold was refused, and the writes are still left out
+            with pytest.raises(BlockfoldError, match="flushes of a fail"):
+                admin.flush()
+        failed = lost_reads(lambda lbn: admin.read("a", lbn * 4096, 4096), BLOCKS)
+        assert failed
+        for lbn in failed:
+            admin.trim("a", lbn * 4096, 4096)
+        admin.flush()
+        assert [p for p in admin.fsck() if p.kind == "lost"] == []
