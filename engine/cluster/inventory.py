@@ -132,7 +132,8 @@ class Inventory:
 
     def rejoin(self, node: int, reclaim: bool) -> None:
         """A returning node: its copies count again; with `reclaim`, what it should not hold
-        (an id the row map has no row for, or another block's bytes) it drops. Nothing if it cannot be reached."""
+        (an id the row map has no row for, or another block's bytes) it drops. Nothing if it
+        cannot be reached."""
         inv = self.copies.inventory(node)
         if inv is None:
             return
