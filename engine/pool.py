@@ -211,6 +211,7 @@ class Pool:
         self._committed = 0                   # the number of the last one that succeeded
         self._left_out: dict[int, str] = {}   # the last commit's: VMs' tops left out, and why
         self._kept: dict[int, np.ndarray] = {}  # left-out layers: what their committed pages name
+        self._keeping: frozenset[int] = frozenset()     # the layers whose _kept the blocks keep
         self.last_rebuild: dict = {}
         self._corrupt_saved = catalog.corrupt_addresses()
         self._views = itertools.count(1)      # frozen()'s names in the core
@@ -351,6 +352,7 @@ class Pool:
     def _run_rebuild(self, full: bool, reason: str, progress, cancel) -> dict:
         """The core rebuilds from the pages in RAM (reads go on, writes wait); the figures are
         recorded in the catalog."""
+        self._keeping = frozenset()     # a rebuild's row map keeps nothing pending
         try:
             try:
                 figures = self.core.rebuild(full=full, reclaim=not self.readonly,
@@ -494,6 +496,8 @@ class Pool:
         self._corrupt_saved = corrupt
         self._committed = number
         self._left_out = left_out
+        # Taken whole, a layer's committed pages changed: what they name is read again if it is
+        # left out again.
         self._kept = {layer: ids for layer, ids in self._kept.items() if layer in left_out}
         if edit is not None:
             self._apply(edit)
@@ -504,15 +508,19 @@ class Pool:
         """A commit's snapshot, its blocks synced: (token, pages, frees, left_out, news).
         left_out: {layer: why} for the VMs' tops the commit leaves out (_refuse_lost): each found
         means a new snapshot without it (one more sync), so the loop ends within one round a
-        VM, and, until a commit takes them, the blocks their committed pages name are not freed
-        (they would be reused under a catalog that still names them). news: what the sync found
-        lost (LostWritesError), for the event log: judged here, VM by VM, not failed whole.
-        AbortedError (nothing taken) if the sync fails or the change cannot leave them out."""
+        VM. Until a commit takes them, the blocks their committed pages name are not freed
+        (they would be reused under a catalog that still names them): those of the layers the
+        last commit left out too, so a VM that stays out costs no new list, and one taken again
+        has its frees wait one commit more. news: what the sync found lost (LostWritesError),
+        for the event log: judged here, VM by VM, not failed whole. AbortedError (nothing
+        taken) if the sync fails or the change cannot leave them out."""
         left_out: dict[int, str] = {}
         news = None
         while True:
-            if not self.local:
-                self.blocks.keep_pending(self._kept_for(left_out))
+            keeping = frozenset(self._left_out) | frozenset(left_out)
+            if not self.local and keeping != self._keeping:
+                self.blocks.keep_pending(self._kept_for(keeping))
+                self._keeping = keeping
             try:
                 token, pages, frees = self.core.snapshot(sorted(provisional | left_out.keys()))
             except _native.NativeError as e:

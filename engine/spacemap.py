@@ -59,9 +59,14 @@ class SpaceMap:
     @property
     def has_pending(self) -> bool:
         """Some pending slot would be sealed (one kept does not count)."""
-        if not len(self._kept):
+        if not len(self._kept) or not self._pending:
             return bool(self._pending)
-        return any(not np.isin(part, self._kept).all() for part in self._pending)
+        return not self._is_kept(np.concatenate(self._pending)).all()
+
+    def _is_kept(self, slots: np.ndarray) -> np.ndarray:
+        """Which of `slots` are kept (a binary search each: the kept may be millions)."""
+        at = np.minimum(np.searchsorted(self._kept, slots), len(self._kept) - 1)
+        return self._kept[at] == slots
 
     def keep(self, slots: np.ndarray) -> None:
         """From now on, until called again, seals leave `slots` pending (a commit that leaves
@@ -109,7 +114,7 @@ class SpaceMap:
         self._epoch += 1
         if len(self._kept) and self._pending:
             pending = np.concatenate(self._pending).astype(np.uint64)
-            kept = np.isin(pending, self._kept)
+            kept = self._is_kept(pending)
             self._sealed[self._epoch] = [pending[~kept]]
             self._pending = [pending[kept]] if kept.any() else []
         else:
