@@ -99,7 +99,9 @@ class Admin(ABC):
 
     @abstractmethod
     def flush(self) -> None:
-        """Makes every write and trim so far durable (does nothing when read-only)."""
+        """Makes every write and trim so far durable (does nothing when read-only). Raises
+        AbortedError if the commit failed, or (a cluster) left out a VM's writes whose copies
+        were lost: they are not durable (an NBD export's flush is judged for its own VM)."""
 
     # -- VMs ----------------------------------------------------------------------------------
 

@@ -251,6 +251,13 @@ class Catalog:
                                 (layer, page)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def layer_blocks(self, layer: int) -> np.ndarray:
+        """The distinct blocks the committed pages of `layer` name (no INHERIT or ZERO)."""
+        parts = [np.frombuffer(bytes(row[0]), np.uint64) for row in self.conn.execute(
+            "SELECT entries FROM bmap WHERE layer=?", (layer,))]
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        return ids[(ids != 0) & (ids != np.iinfo(np.uint64).max)]
+
     def scan_pages(self):
         """Every block-table page, as (layer, page number, entries bytes): the one scan of the
         block tables, which the native core loads at open (rebuild, fsck and the block view

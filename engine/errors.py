@@ -93,15 +93,15 @@ class ReplicationError(RefusedError):
 
 
 class LostWritesError(ReplicationError):
-    """Nodes restarted before a flush and lost acknowledged writes that no other node held. The
-    commit that found it fails, and so does the next flush of every NBD connection open then
-    (engine.nbd.transmission.Host): each writer learns it, as after a crash (issue 13, case 1).
-    Every commit after it fails too while its change still references a lost block
-    (NotDurableError)."""
+    """Nodes restarted before a flush and lost acknowledged writes that no other node held
+    (raised by a cluster's sync once every node is synced). The commit that found it logs it
+    and goes on: the VMs whose change references a lost block are left out of it, and every
+    flush of theirs fails, while their change does (NotDurableError)."""
 
 
 class NotDurableError(ReplicationError):
-    """A commit's change references blocks with no durable copy: no node holds them (nodes
-    restarted before they were durable), or only nodes that went down before syncing them.
-    Refused, as is every commit after it until they are written again or trimmed
-    (engine.pool.Pool._refuse_lost). Not a new loss: Pool.losses does not count it."""
+    """A change references blocks with no durable copy: no node holds them (nodes restarted
+    before they were durable), or only nodes that went down before syncing them. A VM whose
+    own writes do is left out of every commit, and its flushes fail, until they are written
+    again or trimmed (engine.pool.Pool._refuse_lost); a commit that cannot leave them out (an
+    edit of that VM) is refused."""

@@ -89,6 +89,20 @@ class LayerEdit:
     relinked: Relinked | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
 
+    def touches(self) -> tuple[set[int], set[str]]:
+        """(the layers whose rows or pages it writes, or that it links a layer to; the VMs whose
+        rows, or snapshots' rows, it writes or removes). Dropped layers are not counted: they
+        go."""
+        layers = {*self.new_layers.values(), *self.reparented, *self.reparented.values(),
+                  *self.moved, *self.moved.values(), *self.folded, *self.folded.values(),
+                  *(layer for layer, _ in self.pages), *self.registered,
+                  *(vm.top for vm in self.put_vms), *(snap.layer for snap in self.put_snaps)}
+        names = {*(vm.name for vm in self.put_vms), *self.deleted_vms,
+                 *(snap.vm for snap in self.put_snaps), *(vm for vm, _ in self.deleted_snaps)}
+        if self.relinked is not None:
+            names |= {*self.relinked.vms, *(vm for vm, _ in self.relinked.snaps)}
+        return layers - {None} - set(self.dropped), names
+
 
 @dataclass(frozen=True)
 class Relinked:

@@ -236,7 +236,9 @@ class Pool:
         self._rebuild_error: BaseException | None = None
         self._commits = 0                     # commits begun
         self._committed = 0                   # the number of the last one that succeeded
-        self.losses = 0     # commits that found acknowledged writes lost (LostWritesError)
+        self._left_out: dict[int, str] = {}   # the last commit's: VMs' tops left out, and why
+        self._kept: dict[int, np.ndarray] = {}  # left-out layers: what their committed pages name
+        self._keeping: frozenset[int] = frozenset()     # the layers whose _kept the blocks keep
         self.last_rebuild: dict = {}
         self._corrupt_saved = catalog.corrupt_addresses()
         self._views = itertools.count(1)      # frozen()'s names in the core
@@ -252,6 +254,7 @@ class Pool:
             # could not place (its top, never reached from a root).
             raise ValueError("; ".join(unsound))
         core = self._new_core()
+        self._left_out, self._kept = {}, {}     # RAM is the catalog again: nothing left out
         # The core is a local pool's block layer: it answers the views a Python one answers.
         self.blocks = core if blocks is None else blocks
         tops = {vm.top for vm in self.graph.vms()}
@@ -337,6 +340,7 @@ class Pool:
             try:
                 if commit and not self.readonly and self._rebuild_error is None:
                     self._commit()
+                    self._refuse_left_out()     # not clean: those writes are not in it
                     self._durably(lambda: self.catalog.set("state", "clean"))
             finally:
                 self.catalog.close()
@@ -396,6 +400,7 @@ class Pool:
     def _run_rebuild(self, full: bool, reason: str, progress, cancel) -> dict:
         """The core rebuilds from the pages in RAM (reads go on, writes wait); the figures are
         recorded in the catalog."""
+        self._keeping = frozenset()     # a rebuild's row map keeps nothing pending
         try:
             try:
                 figures = self.core.rebuild(full=full, reclaim=not self.readonly,
@@ -436,6 +441,9 @@ class Pool:
         with self._lock:
             if not self.readonly:
                 self._commit()
+                # A rebuild counts RAM's references: the blocks only the committed pages of a
+                # VM left out name would be dropped as orphans.
+                self._refuse_left_out()
             self._ready.clear()
         return self._run_rebuild(full, "requested", progress, cancel)
 
@@ -491,28 +499,31 @@ class Pool:
 
     def _commit(self, edit: LayerEdit | None = None, rows=None) -> None:
         """Makes every change so far durable, with `edit` and `rows(catalog)` if given: all of it
-        or none of it. On failure the catalog is rolled back, RAM keeps what it had (dirty pages
-        stay dirty, freed blocks wait) and AbortedError says why. Caller holds the lock."""
+        or none of it, but for the VMs whose change references blocks with no durable copy (a
+        cluster's, _refuse_lost): their top layers are left out, dirty, for a later commit to
+        take whole, and their flushes fail meanwhile (`_left_out`, _refuse_left_out). On
+        failure the catalog is rolled back, RAM keeps what it had (dirty pages stay dirty,
+        freed blocks wait) and AbortedError says why. Caller holds the lock."""
         self._commits += 1
         number = self._commits
         registering = set(edit.registered) if edit is not None else set()
-        exclude = sorted(self.graph.provisional - registering)
-        try:
-            token, pages, frees = self.core.snapshot(exclude)
-        except _native.NativeError as e:
-            raise AbortedError(str(e)) from None
+        token, pages, frees, left_out, news = self._snapshot(
+            self.graph.provisional - registering, edit)
         corrupt = self.blocks.corrupt
-        idle = (not pages and not frees and edit is None and rows is None
+        idle = (not pages and not frees and edit is None and rows is None and news is None
                 and np.array_equal(corrupt, self._corrupt_saved))
+        actor = current_actor(self.actor)
 
         def write() -> None:
             try:
                 self.catalog.begin()
                 self.catalog.write_pages(pages)
                 if edit is not None:
-                    self.catalog.apply(edit, current_actor(self.actor), self.graph.next_layer)
+                    self.catalog.apply(edit, actor, self.graph.next_layer)
                 if rows is not None:
                     rows(self.catalog)
+                if news is not None:
+                    self.catalog.log("engine", "lost", news)
                 self.catalog.set("collisions", self.blocks.collisions)
                 if not np.array_equal(corrupt, self._corrupt_saved):
                     self.catalog.set_corrupt(corrupt)
@@ -522,66 +533,157 @@ class Pool:
                 raise
 
         try:
-            # Even with nothing to write: a cluster's copies lost since the last commit (a node
-            # back empty) are told by its sync, and a flush must learn of them.
-            self.core.sync()
-            self._refuse_lost(pages, edit)
             if not idle:
                 self._durably(write)
         except BaseException as e:
             self.core.abort(token)
-            if isinstance(e, LostWritesError):
-                self.losses += 1
             if isinstance(e, Exception):
                 raise AbortedError(str(e) or type(e).__name__) from e
             raise
         self.core.end(token)
         self._corrupt_saved = corrupt
         self._committed = number
+        self._left_out = left_out
+        # Taken whole, a layer's committed pages changed: what they name is read again if it is
+        # left out again.
+        self._kept = {layer: ids for layer, ids in self._kept.items() if layer in left_out}
         if edit is not None:
             self._apply(edit)
         if self._reserve is not None:       # after the edit: a delete's room counts
             self._reserve.hold()
 
-    def _refuse_lost(self, pages, edit: LayerEdit | None) -> None:
-        """NotDurableError if the change would commit a reference to a block whose copies are
-        all lost (a cluster's nodes restarted before it was durable), or only on nodes that went
-        down before syncing them (judged once they answer): every commit fails until the
-        VM's client overwrites or trims those blocks (or the VM is deleted), so no flush ever
-        covers data that is gone. Only changed entries count: what the last commit references
-        is not this change's to answer for. Nothing to do while no copy is in doubt."""
+    def _snapshot(self, provisional: set[int], edit: LayerEdit | None):
+        """A commit's snapshot, its blocks synced: (token, pages, frees, left_out, news).
+        left_out: {layer: why} for the VMs' tops the commit leaves out (_refuse_lost): each found
+        means a new snapshot without it (one more sync), so the loop ends within one round a
+        VM. Until a commit takes them, the blocks their committed pages name are not freed
+        (they would be reused under a catalog that still names them): those of the layers the
+        last commit left out too, so a VM that stays out costs no new list, and one taken again
+        has its frees wait one commit more. news: what the sync found lost (LostWritesError),
+        for the event log: judged here, VM by VM, not failed whole. AbortedError (nothing
+        taken) if the sync fails or the change cannot leave them out."""
+        left_out: dict[int, str] = {}
+        news = None
+        while True:
+            keeping = frozenset(self._left_out) | frozenset(left_out)
+            if not self.local and keeping != self._keeping:
+                self.blocks.keep_pending(self._kept_for(keeping))
+                self._keeping = keeping
+            try:
+                token, pages, frees = self.core.snapshot(sorted(provisional | left_out.keys()))
+            except _native.NativeError as e:
+                raise AbortedError(str(e)) from None
+            try:
+                # Even with nothing to write: a cluster's copies lost since the last commit (a
+                # node back empty) are told by its sync, and a flush must learn of them.
+                try:
+                    self.core.sync()
+                except LostWritesError as e:
+                    news = str(e)   # every node synced: _refuse_lost tells whose writes they were
+                more = self._refuse_lost(pages, edit)
+            except BaseException as e:
+                self.core.abort(token)
+                if isinstance(e, Exception):
+                    raise AbortedError(str(e) or type(e).__name__) from e
+                raise
+            if not more:
+                return token, pages, frees, left_out, news
+            self.core.abort(token)
+            left_out.update(more)
+
+    def _kept_for(self, layers) -> np.ndarray:
+        """The blocks the committed pages of `layers` name (cached: a layer left out keeps its
+        committed pages until a commit takes it)."""
+        for layer in layers:
+            if layer not in self._kept:
+                self._kept[layer] = self.catalog.layer_blocks(layer)
+        parts = [self._kept[layer] for layer in layers]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+
+    def _refuse_left_out(self, name: str | None = None) -> None:
+        """AbortedError (from NotDurableError) if the last commit left out VM `name`'s writes
+        (any VM's if None): its flush promises what is not durable."""
+        top = self.graph.vm(name).top if name is not None and name in self.graph else None
+        why = [text for layer, text in self._left_out.items() if name is None or layer == top]
+        if why:
+            text = "; ".join(why)
+            raise AbortedError(text) from NotDurableError(text)
+
+    def _refuse_lost(self, pages, edit: LayerEdit | None) -> dict[int, str]:
+        """The VMs' top layers whose changed entries name a block whose copies are all lost (a
+        cluster's nodes restarted before it was durable), or are only on nodes that went down
+        before syncing them (judged once they answer), each with why: the commit leaves them
+        out, so no flush of theirs covers data that is gone, until the VM's client overwrites
+        or trims those blocks (or the VM is refreshed, rolled back or deleted), and every other
+        VM's commits go on. NotDurableError, the whole commit refused, if such a layer is not a
+        VM's top (its pages are not one VM's own) or `edit` touches it or its VM (the edit
+        would be committed without the pages it goes with). Only changed entries count: what
+        the last commit references is not this change's to answer for. Nothing to do while no
+        copy is in doubt."""
         if self.local or not self.blocks.copies_in_doubt():
-            return
+            return {}
         dropped = set(edit.dropped) if edit is not None else set()
         at: dict[int, list[int]] = {}     # layer -> the LBNs whose new entry has no durable copy
-        lost, waiting = [], []
-        for layer, page, blob in pages:
-            if blob is None or layer in dropped:
-                continue
-            new = np.frombuffer(blob, np.uint64)
-            old = self.catalog.page(layer, page)
-            changed = np.flatnonzero(new != (0 if old is None else np.frombuffer(old, np.uint64)))
+        lost: dict[int, list[int]] = {}   # layer -> the ids of those no node holds
+        waiting: dict[int, list[int]] = {}  # layer -> those only on nodes down before a sync
+
+        def judge(layer: int, page: int, new: np.ndarray, *committed: int) -> None:
+            changed = np.ones(len(new), bool)
+            for was in committed:       # an entry some committed page has there is not new
+                old = self.catalog.page(was, page)
+                changed &= new != (0 if old is None else np.frombuffer(old, np.uint64))
+            changed = np.flatnonzero(changed)
             gone, unsure = self.blocks.without_durable_copy(new[changed])
             bad = changed[np.isin(new[changed], np.concatenate([gone, unsure]))]
-            lost += gone.tolist()
-            waiting += unsure.tolist()
             if len(bad):
                 at.setdefault(layer, []).extend((page * _native.PAGE_ENTRIES + bad).tolist())
-        if at:
-            tops = {vm.top: vm.name for vm in self.graph.vms()}
-            where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
-                              f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
-                              for layer, lbns in at.items())
-            why = self.blocks.why_lost((lost or waiting)[0])
-            until = "" if lost else ", or those nodes answer"
-            # Every VM's flush waits on this (commits are pool-wide): the operator's way out,
-            # when the client that could write them again is gone, is to drop those writes.
-            vms = ", ".join(sorted((tops[layer] for layer in at if layer in tops),
-                                   key=formats.natural_key))
-            out = (f" (or their writes are dropped: `vm refresh`, `vm rollback` or `vm rm` of"
-                   f" {vms})" if vms else "")
-            raise NotDurableError(f"{where} have no durable copy: {why}; every flush fails until"
-                                  f" they are written again or trimmed{until}{out}")
+                lost.setdefault(layer, []).extend(gone.tolist())
+                waiting.setdefault(layer, []).extend(unsure.tolist())
+
+        for layer, page, blob in pages:
+            if blob is not None and layer not in dropped:
+                judge(layer, page, np.frombuffer(blob, np.uint64), layer)
+        # A fold's pages are the edit's: the top's entries, committed or not, folded down.
+        for top, layer in (edit.folded.items() if edit is not None else ()):
+            for (target, page), blob in edit.pages.items():
+                if target == layer and blob is not None:
+                    judge(layer, page, np.frombuffer(blob, np.uint64), layer, top)
+        if not at:
+            return {}
+        tops = {vm.top: vm.name for vm in self.graph.vms()}
+        if edit is not None:        # a fold's layer is its VM's top once the edit is applied
+            tops.update({vm.top: vm.name for vm in edit.put_vms if vm.top in at})
+        layers, names = edit.touches() if edit is not None else (set(), set())
+        if all(layer in tops and layer not in layers and tops[layer] not in names
+               for layer in at):
+            return {layer: self._not_durable({layer: at[layer]}, lost[layer], waiting[layer],
+                                             f"flushes of {tops[layer]} fail", tops)
+                    for layer in at}
+        vms = ", ".join(sorted({tops[layer] for layer in at if layer in tops},
+                               key=formats.natural_key))
+        raise NotDurableError(self._not_durable(
+            at, [*itertools.chain(*lost.values())], [*itertools.chain(*waiting.values())],
+            f"flushes of {vms} and this change fail" if all(layer in tops for layer in at)
+            else "every flush fails", tops))
+
+    def _not_durable(self, at: dict[int, list[int]], lost: list[int], waiting: list[int],
+                     failing: str, tops: dict[int, str]) -> str:
+        """'desk: 17 blocks at bytes 0-4095, … have no durable copy: its copies were lost: …;
+        `failing` until they are written again or trimmed (or their writes are dropped: …)'.
+        tops: the VMs' names by their top layers."""
+        where = "; ".join(f"{tops.get(layer, f'layer {layer}')}: {formats.count(len(lbns))}"
+                          f" blocks at bytes {self._byte_ranges(sorted(lbns))}"
+                          for layer, lbns in at.items())
+        why = self.blocks.why_lost((lost or waiting)[0])
+        until = "" if lost else ", or those nodes answer"
+        # The operator's way out, when the client that could write them again is gone, is to
+        # drop those writes.
+        vms = ", ".join(sorted((tops[layer] for layer in at if layer in tops),
+                               key=formats.natural_key))
+        out = (f" (or their writes are dropped: `vm refresh`, `vm rollback` or `vm rm` of"
+               f" {vms})" if vms else "")
+        return (f"{where} have no durable copy: {why}; {failing} until they are written again"
+                f" or trimmed{until}{out}")
 
     def _byte_ranges(self, lbns: list[int], shown: int = 5) -> str:
         """'0-4095, 12288-20479 and 3 more ranges': the byte ranges of ascending LBNs."""
@@ -658,8 +760,10 @@ class Pool:
             with self._paused():
                 yield True
 
-    def flush(self) -> None:
-        """Makes every change so far durable. Raises AbortedError if the commit failed.
+    def flush(self, name: str | None = None) -> None:
+        """Makes every change so far durable. Raises AbortedError if the commit failed, or if
+        it left out writes whose copies were lost (_refuse_lost): any VM's, or only VM `name`'s
+        if given (an NBD export's flush: another VM's loss is not its own).
 
         Group commit: a flush returns at once if a commit that began after it was called has
         succeeded meanwhile (that commit covered every write acknowledged before)."""
@@ -668,9 +772,9 @@ class Pool:
         self._wait_ready()
         called = self._commits
         with self._lock:
-            if self._committed > called:
-                return
-            self._commit()
+            if self._committed <= called:
+                self._commit()
+            self._refuse_left_out(name)
 
     def log_event(self, kind: str, message: str, actor: str = "engine",
                   meta: dict | None = None) -> None:
@@ -1286,8 +1390,9 @@ class Pool:
             if not self.readonly:
                 try:
                     self._commit()
+                    self._refuse_left_out()
                 except AbortedError as e:
-                    if not isinstance(e.__cause__, (LostWritesError, NotDurableError)):
+                    if not isinstance(e.__cause__, NotDurableError):
                         raise
                     refused = [{"kind": "lost", "message": f"not committed: {e}"}]
             return refused + fsck_mod.check(self, progress)

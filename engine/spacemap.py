@@ -3,7 +3,9 @@
 A slot whose last reference goes is not reusable at once: until a commit makes the drop durable, a
 crash would bring the old reference back, so the slot waits in *pending*. A commit `seal()`s the
 pending slots of its epoch when it takes its snapshot, `release()`s them once it is durable, or
-`unseal()`s them if it failed: they wait for the next commit.
+`unseal()`s them if it failed: they wait for the next commit. Slots `keep()` names are left pending
+by every seal meanwhile: a committed page still names them (a cluster commit that leaves a VM's
+top out, engine.pool.Pool._commit).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class SpaceMap:
         self._pending: list[np.ndarray] = []
         self._sealed: dict[int, list[np.ndarray]] = {}
         self._epoch = 0
+        self._kept = np.zeros(0, np.uint64)         # ascending: slots no seal takes
 
     @classmethod
     def from_refcounts(cls, refcounts: np.ndarray) -> SpaceMap:
@@ -55,7 +58,20 @@ class SpaceMap:
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending)
+        """Some pending slot would be sealed (one kept does not count)."""
+        if not len(self._kept) or not self._pending:
+            return bool(self._pending)
+        return not self._is_kept(np.concatenate(self._pending)).all()
+
+    def _is_kept(self, slots: np.ndarray) -> np.ndarray:
+        """Which of `slots` are kept (a binary search each: the kept may be millions)."""
+        at = np.minimum(np.searchsorted(self._kept, slots), len(self._kept) - 1)
+        return self._kept[at] == slots
+
+    def keep(self, slots: np.ndarray) -> None:
+        """From now on, until called again, seals leave `slots` pending (a commit that leaves
+        out the layers naming them must not free them)."""
+        self._kept = np.unique(np.asarray(slots, np.uint64))
 
     def add_slots(self, slots: np.ndarray) -> None:
         """New slots from a grown store join the bottom of the free stack: reuse comes first."""
@@ -96,8 +112,14 @@ class SpaceMap:
     def seal(self) -> int:
         """Closes the current epoch of pending slots (a commit's snapshot); returns its number."""
         self._epoch += 1
-        self._sealed[self._epoch] = self._pending
-        self._pending = []
+        if len(self._kept) and self._pending:
+            pending = np.concatenate(self._pending).astype(np.uint64)
+            kept = self._is_kept(pending)
+            self._sealed[self._epoch] = [pending[~kept]]
+            self._pending = [pending[kept]] if kept.any() else []
+        else:
+            self._sealed[self._epoch] = self._pending
+            self._pending = []
         return self._epoch
 
     def unseal(self, epoch: int) -> None:

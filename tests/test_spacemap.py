@@ -44,6 +44,22 @@ def test_a_failed_commit_puts_its_slots_back_to_pending():
     assert space.release(space.seal()).tolist() == [1]
 
 
+def test_a_kept_slot_stays_pending_through_every_seal_until_let_go():
+    space = fresh(4)
+    slots = space.allocate(2)
+    space.incref(slots)
+    space.decref(slots)                         # both unreferenced now
+    space.keep(slots[:1])                       # a committed page still names slot 1
+    assert space.has_pending
+    assert space.release(space.seal()).tolist() == [2]
+    assert not space.has_pending                # what waits is kept: no commit's work
+    assert space.release(space.seal()).tolist() == []
+    assert sorted(space.allocate(space.free_count).tolist()) == [2, 3]    # never slot 1
+    space.keep(np.zeros(0, np.uint64))          # a commit took that page
+    assert space.has_pending
+    assert space.release(space.seal()).tolist() == [1]
+
+
 def test_a_slot_shared_again_before_the_commit_is_not_released():
     space = fresh(4)
     slots = space.allocate(1)

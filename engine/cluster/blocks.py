@@ -142,9 +142,10 @@ class ClusterBlocks:
 
     def sync(self) -> None:
         """Before the block tables commit: every node that took blocks makes them durable.
-        Raises LostWritesError if a node restarted meanwhile and lost blocks still referenced
-        that no other node holds (found here or by a heal's sync since): the commit must not
-        count on them, and whoever flushed learns it."""
+        Raises LostWritesError, once every node is synced, if a node restarted meanwhile and
+        lost blocks still referenced that no other node holds (found here or by a heal's sync
+        since): the commit logs it, and leaves out the VMs whose change references them
+        (engine.pool.Pool._refuse_lost)."""
         self._note_losses()
         if self._lost:
             told, self._lost = self._lost, []
@@ -176,6 +177,14 @@ class ClusterBlocks:
     @property
     def has_pending(self) -> bool:
         return self._rows.has_pending
+
+    def keep_pending(self, ids: np.ndarray) -> None:
+        """Until called again, a commit leaves `ids` unfreed even once nothing in RAM names
+        them: a committed page still does, of a layer the commits leave out (a VM whose writes
+        were lost, engine.pool.Pool._commit); their rows and copies stay."""
+        with self._rows.lock:
+            rows = self._rows.rows_of(np.asarray(ids, np.uint64))
+            self._rows.keep_pending(rows[rows != 0])
 
     def seal(self) -> int:
         with self._rows.lock:

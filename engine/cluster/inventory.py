@@ -132,7 +132,8 @@ class Inventory:
 
     def rejoin(self, node: int, reclaim: bool) -> None:
         """A returning node: its copies count again; with `reclaim`, what it should not hold
-        (unreferenced, or another block's bytes) it drops. Nothing if it cannot be reached."""
+        (an id the row map has no row for, or another block's bytes) it drops. Nothing if it
+        cannot be reached."""
         inv = self.copies.inventory(node)
         if inv is None:
             return
@@ -143,8 +144,10 @@ class Inventory:
             # A block no reachable node held at rebuild has no hash word yet: this copy's.
             unknown = (at != 0) & (rows.words_at(at) == 0)
             rows.set_words(at[unknown], node_words[unknown])
+            # A row with no reference left is still wanted until its release (which drops its
+            # copies): the catalog may name it yet (a commit not done, or a VM left out of
+            # the commits, engine.pool.Pool._kept_for).
             ok = (at != 0) & (rows.words_at(at) == node_words)
-            ok &= rows.refcounts_at(at) > 0
             # What it holds now is all it holds: a RAM node comes back empty.
             rows.set_node(node, at[ok])
             unwanted = node_ids[~ok]

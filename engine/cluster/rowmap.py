@@ -110,8 +110,13 @@ class RowMap:
     def has_pending(self) -> bool:
         return self._space.has_pending
 
+    def keep_pending(self, rows: np.ndarray) -> None:
+        """Seals leave `rows` pending from now on, until called again (engine.spacemap)."""
+        self._space.keep(rows)
+
     def seal(self) -> int:
-        """Closes the epoch of rows that lost their last reference; returns its number."""
+        """Closes the epoch of rows that lost their last reference (but those kept pending);
+        returns its number."""
         return self._space.seal()
 
     def unseal(self, epoch: int) -> None:

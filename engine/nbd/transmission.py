@@ -14,8 +14,7 @@ import socket
 from collections.abc import Callable
 
 from .. import _native
-from ..errors import (BlockfoldError, CorruptBlockError, LostWritesError, NoSpaceError,
-                      OutOfRangeError, ReadOnlyError)
+from ..errors import BlockfoldError, CorruptBlockError, NoSpaceError, OutOfRangeError, ReadOnlyError
 from . import protocol as p
 from .handshake import Session
 
@@ -36,19 +35,11 @@ class Host:
         self.admin = admin
         self.export = export
         self.log = log
-        self.losses = admin.pool.losses     # the pool's losses this connection has been told
 
     def flush(self) -> None:
-        """The pool's commit. Raises what it raised, or LostWritesError if acknowledged writes
-        were lost since this connection's last flush, once per loss: any commit may be the one
-        that finds it (an event, another connection's flush), and every writer must learn it."""
-        try:
-            self.admin.flush()
-        finally:
-            told, self.losses = self.losses, self.admin.pool.losses
-        if told != self.losses:
-            raise LostWritesError("writes acknowledged since this connection's last flush were"
-                                  " lost: nodes holding them restarted before they were durable")
+        """The pool's commit, judged for this export's VM: it fails while that VM's writes are
+        left out for copies lost (engine.pool.Pool.flush), not for another VM's."""
+        self.admin.pool.flush(self.export)
 
     def failure(self, error: BaseException) -> tuple[int, str]:
         """(NBD error, message) for what a request raised: the core's error as the engine words
