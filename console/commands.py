@@ -690,8 +690,9 @@ def command_line() -> str:
 
 def hold(args, actor: str) -> api.Admin:
     """The pool or cluster opened for writing, for as long as a service runs. A cluster whose
-    write lease another service holds is waited for (a standby): its lease runs out if that
-    service has died, and this one takes over. One that a console holds is refused, naming it:
+    write lease another service holds is waited for, listening on nothing (--standby serves
+    meanwhile: api.standby_cluster): its lease runs out if that service has died, and this one
+    takes over. One that a console holds is refused, naming it:
     the console renews its lease for as long as it is open."""
     if not args.cluster:
         return api.LocalAdmin.open(pool_path(args), wait=False, actor=actor)
