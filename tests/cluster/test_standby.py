@@ -6,6 +6,7 @@ clients read through it what was flushed through the first, and write."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
@@ -15,6 +16,11 @@ import urllib.request
 import numpy as np
 import pytest
 
+from textual.widgets import Label
+
+from console.app import BlockfoldApp
+from console.clock import FixedClock
+from console.pilot import settle
 from engine import api
 from tests.conftest import cli_json, run_cli
 from tests.nbdclient import REP_ERR_UNKNOWN, RawClient, tool
@@ -55,6 +61,19 @@ def _serves(served: Served) -> bool:
                           timeout=30).returncode == 0
 
 
+async def _console_overview(directory) -> tuple[str, str]:
+    """(pool panel's title, node summary) of a console on the service of `directory`."""
+    admin = api.find_service(directory, actor="console")
+    try:
+        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
+        async with app.run_test(size=(120, 34)) as pilot:
+            await settle(pilot)
+            return (str(app.screen.query_one("#pool").border_title),
+                    str(app.screen.query_one("#node-summary", Label).render()))
+    finally:
+        admin.close()
+
+
 def _metric(served: Served, name: str) -> str:
     text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
     return re.search(rf"^{name} (\S+)$", text, re.M)[1]
@@ -82,6 +101,9 @@ def test_a_standby_takes_the_cluster_over_when_its_service_dies_or_stops(make_cl
         stats = run_cli("-c", host_b, "stats", check=True).stdout_text.splitlines()
         assert ["writer", said] in [line.split(None, 1) for line in stats]
         assert _metric(standby, "blockfold_fenced") == "1.0"
+        title, summary = asyncio.run(_console_overview(host_b))
+        assert title == "pool · standby"
+        assert f"STANDBY · {said.partition(': ')[2]}" in summary.replace("\n", " "), summary
         assert _no_export(standby) == f"VM 'disk' is not served now: {said}"
         assert cli_json("-c", cluster.path, "stats")["fenced"] == ""    # the active one's
 
