@@ -1,8 +1,9 @@
 """A standby service (issue 14, its first step): `serve -c --standby` on another host (here, run
 from a copy of the cluster directory as that host would hold it) listens at once but serves no
 export while another service holds the cluster, and says so where a fenced service does; once
-that service dies (kill -9) or stops (SIGTERM), the standby takes the cluster over, and NBD
-clients read through it what was flushed through the first, and write."""
+that service dies (kill -9, alone or with its host's node) or stops (SIGTERM), the standby
+takes the cluster over, and NBD clients read through it what was flushed through the first, and
+write."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _metric(served: Served, name: str) -> str:
     return re.search(rf"^{name} (\S+)$", text, re.M)[1]
 
 
-@pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
+@pytest.mark.parametrize("end", ["kill -9", "kill -9 with its node", "SIGTERM"])
 def test_a_standby_takes_the_cluster_over_when_its_service_dies_or_stops(make_cluster,
                                                                         tmp_path, end):
     cluster = make_cluster(nodes=3, replicas=2)
@@ -111,10 +112,12 @@ def test_a_standby_takes_the_cluster_over_when_its_service_dies_or_stops(make_cl
         written = tmp_path / "written.raw"
         written.write_bytes(np.random.default_rng(7).bytes(2 * MiB))
         tool("nbdcopy", "--flush", written, active.uri("disk"))
-        if end == "kill -9":
-            active.kill()
-        else:
+        if end == "SIGTERM":
             active.stop()
+        else:
+            active.kill()
+        if end == "kill -9 with its node":    # its host lost: the node there goes with it
+            cluster.kill("node1")
 
         # The standby serves it, with every flushed byte; and writes.
         _wait(lambda: _serves(standby), TAKE_OVER_S, "the standby never served the export")
