@@ -604,7 +604,12 @@ SERVICE_ARGS = (
     arg("--metrics", type=options.listen_address, metavar="HOST:PORT",
         help="serve Prometheus metrics over HTTP here (port 0: any free)"),
     arg("--group", metavar="GROUP", help="let GROUP's members use the admin socket too (mode"
-        " 0660; by default only this user: 0600)"))
+        " 0660; by default only this user: 0600)"),
+    arg("--standby", action="store_true", help="(-c only) when another service holds the"
+        " cluster, listen at once, as a fenced service does (NBD has no export, stats says"
+        " standby), and take the cluster over once that service's lease runs out (it died or"
+        " stopped); run it on another host, from a copy of the cluster directory"
+        " (cluster.json and the keys)"))
 
 
 @command("serve", help="serve the pool: the admin socket for every CLI and console, and NBD and "
@@ -653,11 +658,15 @@ def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
     """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
     if getattr(args, "service", None):
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
+    if args.standby and not args.cluster:
+        raise UsageError("--standby waits for a cluster's write lease: use it with -c, not -p")
     if nbd:
         api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()
     directory = args.cluster or pool_path(args)
-    admin = hold(args, actor)
+    admin = api.standby_cluster(args.cluster, actor=actor) if args.standby else hold(args, actor)
+    if admin.fenced():
+        print(f"blockfold: {admin.fenced()}", file=sys.stderr, flush=True)
     try:
         if not args.cluster:    # a cluster's standby is told whose lease it waits for, and when
             admin.held_by("a service", command_line(), "stop it first (SIGTERM); meanwhile"
@@ -681,8 +690,9 @@ def command_line() -> str:
 
 def hold(args, actor: str) -> api.Admin:
     """The pool or cluster opened for writing, for as long as a service runs. A cluster whose
-    write lease another service holds is waited for (a standby): its lease runs out if that
-    service has died, and this one takes over. One that a console holds is refused, naming it:
+    write lease another service holds is waited for, listening on nothing (--standby serves
+    meanwhile: api.standby_cluster): its lease runs out if that service has died, and this one
+    takes over. One that a console holds is refused, naming it:
     the console renews its lease for as long as it is open."""
     if not args.cluster:
         return api.LocalAdmin.open(pool_path(args), wait=False, actor=actor)

@@ -143,6 +143,14 @@ def open_cluster(path, **kwargs) -> Admin:
     return ClusterAdmin.open(path, **kwargs)
 
 
+def standby_cluster(path, *, actor: str = "cli") -> Admin:
+    """The cluster for a standby service: writable if no one holds it, else read-only and
+    waiting to take it over once the holder's lease runs out (ClusterAdmin.standby; fenced()
+    says so meanwhile). Raises BlockfoldError, as open_cluster does."""
+    from .cluster.admin import ClusterAdmin
+    return ClusterAdmin.standby(path, actor=actor)
+
+
 def cluster_up(path, **kwargs) -> list[dict]:
     from .cluster import lifecycle
     return lifecycle.up(path, **kwargs)

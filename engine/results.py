@@ -241,7 +241,10 @@ class PoolStats:
     fenced: str = ""
     """Empty, or why this cluster's writer writes nothing now: a newer writer took the cluster
     while it was cut off, and it waits to take it back (engine/cluster/admin.py), in one line:
-    "fenced: a newer writer has cluster C (HOST pid N); waiting to take it back"."""
+    "fenced: a newer writer has cluster C (HOST pid N); waiting to take it back". A standby
+    service (`serve -c --standby`) that waits for another's lease to run out says so the same
+    way: "standby: cluster C is held by HOST pid N (…); taking it over when its lease runs
+    out". The word before the colon is the state."""
 
 
 @dataclass(frozen=True)

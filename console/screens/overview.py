@@ -63,7 +63,7 @@ class OverviewPane(PoolPane):
 
     def show_view(self, view: PoolView) -> None:
         s = view.stats
-        state = "fenced" if s.fenced else s.state
+        state = s.fenced.partition(":")[0] if s.fenced else s.state     # fenced, or standby
         self.query_one("#pool").border_title = "pool" if state == "ready" else f"pool · {state}"
         self.query_one("#figures", Static).update(figures(s))
         self.query_one("#used", Meter).show(used_share(s))
@@ -128,7 +128,8 @@ def node_summary(s: PoolStats) -> Text:
     text.rstrip()
     text.append("\nhealth    ", style="bold")
     if s.fenced:
-        text.append(s.fenced.replace("fenced:", "FENCED ·", 1), style="bold red")
+        word, _, why = s.fenced.partition(": ")
+        text.append(f"{word.upper()} · {why}", style="bold red")
     elif s.corrupt_blocks:
         text.append(f"DAMAGED · {formats.count(s.corrupt_blocks)} corrupt", style="bold red")
     elif s.under_replicated_blocks:

@@ -15,6 +15,12 @@ the old one keeps no reference to it (no chain of Admins across take-backs).
 
     writing --fenced--> fenced, waiting --lease taken, reopened--> handed over (a new Admin)
 
+A standby (standby(): `serve -c --standby`) starts where a fenced writer waits: another writer
+holds the lease, so it opens the cluster read-only and takes it over by the same path once that
+lease runs out (the holder died, or stopped), for the service that asked (on_reopen).
+
+    standby, waiting --lease taken, reopened--> handed over (a new Admin)
+
 Removing a node (remove_node, for engine.cluster.removal): the node leaves placement
 (Members.leaving), heal passes copy its blocks to the others, and one commit records the
 removal (its host key in meta `removed_nodes`, placement without it). A writable open whose
@@ -89,6 +95,7 @@ class ClusterAdmin(LocalAdmin):
         self._reopened = None           # takes the reopened Admin (on_reopen)
         self._said: tuple[str, str, str] | None = None      # held_by's, for a reopened Admin
         self._on_fenced = None          # told at the fencing (on_fenced)
+        self._standby = False           # read-only, waiting to take over (standby)
 
     @property
     def pool(self) -> Pool:
@@ -112,14 +119,8 @@ class ClusterAdmin(LocalAdmin):
         removal is being made (engine.cluster.removal), which cluster.json may still name
         though the catalog records it removed (a removal cut short after its record)."""
         config = ClusterConfig.load(path)
-        if not config.nodes:
-            raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
-        members = Members(config)
+        members = cls._probed(config)
         try:
-            members.probe_all()
-            for i, node in enumerate(members.nodes):
-                if node.state == NodeState.RETURNING:     # first contact: not a return
-                    members.mark(i, NodeState.UP)
             if not readonly:
                 # Before the lease: on a minority's side, a live writer's lease is not why
                 # this open cannot write, and waiting for it to run out would not help.
@@ -134,6 +135,49 @@ class ClusterAdmin(LocalAdmin):
         members.start_heartbeats()
         admin._start_healer()
         return admin
+
+    @classmethod
+    def standby(cls, path, *, actor: str = "cli") -> ClusterAdmin:
+        """The cluster in `path` for a standby service: opened as a writable open does if no
+        one holds its write lease; else read-only, waiting (fenced() says so, as a fenced
+        writer's does) to take it over once the holder's lease runs out. It tries every
+        RETAKE_S from when a receiver asks for the writable Admin (on_reopen). Raises what open
+        raises, and PoolLockedError from a holder that said what it is (a console, which renews
+        its lease for as long as it is open)."""
+        try:
+            return cls.open(path, actor=actor)
+        except PoolLockedError as e:
+            if e.held_by:
+                raise
+        config = ClusterConfig.load(path)
+        members = cls._probed(config)
+        try:
+            admin = cls._attach(members, config, True, None, None, actor)
+            admin._newer = admin._lease_holder()
+        except BaseException:
+            members.close()
+            raise
+        admin._standby = True
+        admin._fenced_at = time.monotonic()     # waiting from now, as a fenced writer does
+        members.start_heartbeats()
+        return admin
+
+    @classmethod
+    def _probed(cls, config: ClusterConfig) -> Members:
+        """The members of `config`, each asked once (a node that answers is up: a first
+        contact is no return). Raises BlockfoldError (no nodes)."""
+        if not config.nodes:
+            raise BlockfoldError(f"cluster {config.path} has no nodes: add one first")
+        members = Members(config)
+        try:
+            members.probe_all()
+            for i, node in enumerate(members.nodes):
+                if node.state == NodeState.RETURNING:
+                    members.mark(i, NodeState.UP)
+        except BaseException:
+            members.close()
+            raise
+        return members
 
     @classmethod
     def _attach(cls, members: Members, config: ClusterConfig, readonly: bool,
@@ -281,6 +325,8 @@ class ClusterAdmin(LocalAdmin):
         to serve from it, and whatever it served from this one must stop serving before it
         returns (this Admin's pool is released then, its changes never committed)."""
         self._reopened = reopened
+        if self._standby and self._healer is None:
+            self._start_healer()    # a standby takes the cluster over only for a receiver
 
     def on_fenced(self, fenced) -> None:
         """fenced(line) is called from the healer's thread once this writer is fenced, after it
@@ -292,6 +338,11 @@ class ClusterAdmin(LocalAdmin):
         cluster (or why it cannot be taken back), and whether it waits to take it back."""
         if self._fenced_at is None:
             return ""
+        if self._standby:
+            holder = self._newer or "another writer"
+            then = (f"cannot take it over: {self._stuck}" if self._stuck else
+                    "taking it over when its lease runs out")
+            return f"standby: cluster {self.config.path} is held by {holder}; {then}"
         newer = f" ({self._newer})" if self._newer else ""
         then = ("nothing more is written here (close it)" if self._reopened is None else
                 f"cannot take it back: {self._stuck}" if self._stuck else
@@ -360,16 +411,22 @@ class ClusterAdmin(LocalAdmin):
         acknowledged as durable: every flush failed) and let go, so its memory is freed. The
         reopened Admin is the caller's from then on, to close; closing this one only stops its
         threads."""
-        fenced_for = time.monotonic() - self._fenced_at
+        waited = time.monotonic() - self._fenced_at
         newer = f" ({self._newer})" if self._newer else ""
         catalog = admin.pool.catalog
         loaded = (f"epoch {catalog.epoch}, version {catalog.version}), writing as epoch"
                   f" {catalog.writer_epoch}")
-        admin._record("catalog", f"fenced for {fenced_for:.1f} s: a newer writer{newer} took"
-                                 f" cluster {self.config.path} (our epoch"
-                                 f" {self.pool.catalog.writer_epoch} refused); nothing written"
-                                 " here meanwhile was committed")
-        told = f"took cluster {self.config.path} back: reopened from the newest catalog ({loaded}"
+        if self._standby:
+            told = (f"took cluster {self.config.path} over after {waited:.1f} s as a standby:"
+                    f" the lease of {self._newer or 'its writer'} ended; opened from the"
+                    f" newest catalog ({loaded}")
+        else:
+            admin._record("catalog", f"fenced for {waited:.1f} s: a newer writer{newer} took"
+                                     f" cluster {self.config.path} (our epoch"
+                                     f" {self.pool.catalog.writer_epoch} refused); nothing"
+                                     " written here meanwhile was committed")
+            told = (f"took cluster {self.config.path} back: reopened from the newest catalog"
+                    f" ({loaded}")
         admin._record("catalog", told)
         print(f"blockfold: {told}", file=sys.stderr, flush=True)
         try:

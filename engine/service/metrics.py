@@ -64,8 +64,9 @@ class PoolCollector(Collector):
                     "Live blocks no node holds a copy of (their copies were lost)", s.lost_blocks)
         yield gauge("blockfold_rebuilding", "1 while the RAM metadata is rebuilt",
                     int(s.state == "rebuilding"))
-        yield gauge("blockfold_fenced", "1 while a newer writer has the cluster and this one"
-                    " waits to take it back (writes fail)", int(bool(s.fenced)))
+        yield gauge("blockfold_fenced", "1 while another writer has the cluster and this one"
+                    " waits to take it (fenced, or a standby: no export is served)",
+                    int(bool(s.fenced)))
         vms = GaugeMetricFamily("blockfold_vm_logical_bytes", "Bytes that read as data, per VM",
                                 labels=["vm"])
         for vm in s.vms:

@@ -10,7 +10,9 @@ Everything runs on one asyncio loop but the Admin's calls, which block and run o
 their own (a thread per admin call, one per NBD connection). The Admin is the pool's, writable;
 the service hands it to its clients as a ServedAdmin. A cluster's Admin that was fenced and took
 its cluster back hands the service the cluster reopened (_reopened): NBD, the ServedAdmin and
-every call after switch to it.
+every call after switch to it. A standby (ClusterAdmin.standby: another service holds the
+cluster) is served as a fenced one is, and takes the cluster over by the same seam; it leaves
+DIR/admin.sock to the service that answers there until then.
 
 Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
 (new CLIs open the pool themselves once it is free), NBD answers what it had received, running
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 from .. import formats
 from ..errors import BlockfoldError, CancelledError
 from ..net import asynciolog
-from ..net.adminwire import SOCKET
+from ..net.adminwire import SOCKET, server_pid
 from . import socketfile
 from .metrics import Metrics
 from .served import ServedAdmin
@@ -64,6 +66,8 @@ class Service:
         socket to a group; `nbd` and `metrics` are addresses to serve on."""
         self.inner = admin
         self.admin = ServedAdmin(admin, actor)
+        # Fenced before it serves: a standby, waiting for another service's lease to run out.
+        self.standby = bool(admin.fenced())
         admin.on_fenced(self._fenced)
         admin.on_reopen(self._reopened)
         self.socket_path = Path(directory) / SOCKET
@@ -77,6 +81,10 @@ class Service:
         self.metrics: Metrics | None = None
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None     # DIR/admin.sock as bound (socketfile)
+        self._deferred = False      # a standby leaves DIR/admin.sock to the live service's
+        # Set once start() is done (or failed): a standby's take-over waits for it, so that
+        # what _reopened switches over is what start() made.
+        self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -112,10 +120,19 @@ class Service:
         except BaseException:
             await self._close_listeners()
             raise
+        finally:
+            self._started.set()
         return bound
 
     async def _listen(self) -> None:
-        """Listens on DIR/admin.sock (made afresh: see socketfile)."""
+        """Listens on DIR/admin.sock (made afresh: see socketfile); a standby whose
+        DIR/admin.sock a live service answers (the writer's, same directory) leaves it to that
+        one, and binds it once it takes the cluster over (_listen_again)."""
+        if self.standby and not self._deferred and _answered(self.socket_path):
+            self._deferred = True
+            self.log(f"{self.socket_path} is the serving writer's: this standby listens there"
+                     " once it takes the cluster over")
+            return
         sock = socketfile.bind(self.socket_path, self.group)
         self._socket_id = socketfile.identity(self.socket_path)
         self._server = await asyncio.start_unix_server(self._client, sock=sock)
@@ -124,15 +141,18 @@ class Service:
         """After a take-back: if another service made DIR/admin.sock its own meanwhile (the newer
         writer, a standby that took over), this one binds it again, so that commands reach the
         writer; sessions open on the old listener go on."""
-        if self._server is None or socketfile.identity(self.socket_path) == self._socket_id:
+        if self._server is None and not self._deferred:
+            return      # stopped meanwhile
+        if self._server is not None and socketfile.identity(self.socket_path) == self._socket_id:
             return
-        old = self._server
+        old, self._deferred = self._server, False
         try:
             await self._listen()
         except BlockfoldError as e:
             self.log(f"cannot listen on {self.socket_path} again: {e}")
             return
-        old.close()
+        if old is not None:
+            old.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer)
@@ -165,7 +185,10 @@ class Service:
         is the cluster opened again: NBD drops every connection to the old one and serves new
         ones from `admin`, every admin call goes to it, the jobs running on the old one are
         cancelled and waited for (DRAIN_S), and DIR/admin.sock is bound again if another
-        service took it meanwhile. Called from the engine's thread."""
+        service took it meanwhile (or, a standby's, when it was left to the writer's). Called
+        from the engine's thread."""
+        self._started.wait()    # a standby's lease may be free at once
+        standby, self.standby = self.standby, False     # (binds DIR/admin.sock now: _listen)
         dropped = self.nbd.reopened(admin) if self.nbd is not None else 0
         cancelled = self.admin.reopened(admin, DRAIN_S)
         self.inner = admin
@@ -178,7 +201,10 @@ class Service:
                 f" {'was' if cancelled == 1 else 'were'} cancelled") if cancelled else ""
         dropped = (f"; {formats.counted(dropped, 'NBD connection')} open before"
                    f" {'was' if dropped == 1 else 'were'} dropped") if dropped else ""
-        self.log(f"serving {admin.name} again{dropped}{jobs}")
+        if standby:
+            self.log(f"serving {admin.name}: this standby took it over{dropped}{jobs}")
+        else:
+            self.log(f"serving {admin.name} again{dropped}{jobs}")
 
     def timed_out(self, client: str) -> None:
         """An admin client was closed at its deadline (session.DEADLINE_S): the first is told;
@@ -233,6 +259,7 @@ class Service:
         self._tell_timed_out(again=False)
 
     async def _close_listeners(self) -> None:
+        self._deferred = False
         if self._server is not None:
             self._server.close()
             socketfile.remove(self.socket_path, self._socket_id)
@@ -311,6 +338,15 @@ def _naming(what: str, address: tuple[str, int]):
         # (socket.create_server's strerror adds the address again, as a Python tuple)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise BlockfoldError(f"cannot serve {what} on {where}: {reason}{hint}") from None
+
+
+def _answered(path: Path) -> bool:
+    """Whether a live process listens on the Unix socket at `path` (one that keeps this user
+    out counts: it is not this one's to replace)."""
+    try:
+        return server_pid(path) is not None
+    except PermissionError:
+        return True
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:

@@ -5,15 +5,17 @@ whatever the test did to it."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine import api
 from engine.cluster import processes
-from engine.cluster.config import ClusterConfig
+from engine.cluster.config import ADMIN_KEY, CONFIG_FILE, PEER_KEY, ClusterConfig
 
 
 class Cluster:
@@ -33,6 +35,16 @@ class Cluster:
         load `node restore` could still find it running)."""
         entry = self.config.node(name)
         processes.stop_pid(entry.pid, lambda: processes.is_running(entry), signal.SIGKILL)
+
+    def host_copy(self, path) -> Path:
+        """The cluster's directory as another host holds it, at `path`: cluster.json and the
+        admin and peer key pairs; no nodes' data, no etcd (a standby service runs from it, with
+        an admin socket of its own)."""
+        path = Path(path)
+        path.mkdir()
+        for name in (CONFIG_FILE, ADMIN_KEY, f"{ADMIN_KEY}.pub", PEER_KEY, f"{PEER_KEY}.pub"):
+            shutil.copy2(self.path / name, path / name)
+        return path
 
     def open(self, **kw):
         return api.open_cluster(self.path, **kw)
