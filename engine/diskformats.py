@@ -279,8 +279,9 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
         admin.export(name, dest, progress, cancel, snapshot)
         return
     size = admin.vm_size(name)      # an unknown VM, told as such
-    if dest == "-":
-        raise BadImageError(f"a {format} image cannot be streamed: give a file")
+    if dest == "-" or _stream(dest):
+        raise BadImageError(f"a {format} image cannot be streamed"
+                            f"{'' if dest == '-' else f' to {dest}'}: give a file")
     if size > MAX_VM_BYTES:         # a VM grown before the bound: qemu-img cannot open it
         raise BadImageError(f"cannot write {dest} as {format}: VM {name} is"
                             f" {formats.exact_size(size)}, past {formats.count(MAX_VM_BYTES)} B"
@@ -320,6 +321,16 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
             said = _reason(proc.stderr).replace(source, f"VM {name}").replace(path, dest)
             raise BadImageError(f"cannot write {dest} as {format} (VM {name},"
                                 f" {formats.size(size)}): {said.removeprefix(f'{dest}: ')}")
+
+
+def _stream(dest: str) -> bool:
+    """Whether `dest` is a pipe, socket or character device (/dev/stdout into a pipe): qemu-img
+    seeks and sizes what it writes, and said "Could not resize file: Invalid argument"."""
+    try:
+        mode = os.stat(dest).st_mode
+    except OSError:
+        return False            # a new file
+    return not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode))
 
 
 def refuse_inside(directory: str, dest: str) -> None:

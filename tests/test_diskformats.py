@@ -326,6 +326,19 @@ def test_an_export_through_a_symlink_to_a_pool_file_is_refused(cli, images, pool
     assert cli("fsck").returncode == 0
 
 
+def test_a_qcow2_export_into_a_pipe_is_refused_in_one_line(cli, images, tmp_path):
+    """qemu-img seeks in what it writes: into a pipe (`/dev/stdout | …`) it said "Could not
+    resize file: Invalid argument"."""
+    cli("vm", "import", "fs", images / "fs.raw")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for fmt in ("qcow2", "vmdk"):
+        proc = cli("vm", "export", "fs", fifo, "--format", fmt, check=False)
+        assert proc.returncode == 1, proc.stderr_text
+        assert proc.stderr_text == (f"blockfold: error: a {fmt} image cannot be streamed to"
+                                    f" {fifo}: give a file\n")
+
+
 def _signalled_export(pool_dir, out, sig, ignored=()):
     """Runs `vm export big OUT/big.img`, frozen as soon as its temporary file appears (so the
     signal lands half-way), sends it `sig` (with the signals `ignored` ignored, as nohup does)
