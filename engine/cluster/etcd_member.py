@@ -54,7 +54,18 @@ def create(path: Path) -> EtcdEntry:
 
 
 def is_running(entry: EtcdEntry) -> bool:
-    return bool(entry.data) and processes.runs(entry.pid, "--data-dir", entry.data)
+    """Whether the member runs on its data dir; entry.pid is set to its pid when it does. Found
+    by its command line when the pid recorded is not its (cluster.json restored from a backup
+    or copied): taken for another process, it had its ports moved and a second member
+    started on its data dir."""
+    if not entry.data:
+        return False
+    if not processes.runs(entry.pid, "--data-dir", entry.data):
+        pid = processes.find("--data-dir", entry.data)
+        if pid is None:
+            return False
+        entry.pid = pid
+    return True
 
 
 def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
@@ -175,7 +186,8 @@ def _last_error(log: Path) -> str:
 
 def stop(entry: EtcdEntry) -> None:
     """Stops the member (SIGTERM; SIGKILL if that is not enough) and waits until it is gone."""
-    processes.stop_pid(entry.pid, lambda: is_running(entry))
+    if is_running(entry):       # its pid, found
+        processes.stop_pid(entry.pid, lambda: is_running(entry))
 
 
 def _free_port() -> int:

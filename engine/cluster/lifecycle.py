@@ -98,10 +98,12 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
     if ours:
         etcd_member.start(path, config.etcd, fresh=not Path(config.etcd.data).exists())
     try:
-        if ours:
-            config.save()           # its pid, and its ports if they moved
+        # Found running, a node keeps running (its pid found kept too: cluster.json may name
+        # stale ones); only the others start.
+        stopped = [e for e in config.nodes if e.data and not processes.is_running(e)]
+        config.save()               # the pids found; the member's, and its ports if they moved
         install_peer_key(config)
-        start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
+        start_local(config, stopped)
     except KeyboardInterrupt:
         # The nodes it started are stopped again (processes.start); so is the member it
         # started, after them (they end their leases there): an interrupted first `up` left

@@ -1,7 +1,10 @@
-"""Local node processes: start one detached, wait for its `ready` line, stop or kill it.
+"""Local node processes: start one detached, wait for its `ready` line, find, stop or kill it.
 
-A pid from cluster.json is only acted on if /proc says it still runs a node on that data dir, so a
-reused pid is never signalled.
+A node is found by its data dir: the process holding DATA/lock (engine.node.server takes it
+before anything else), not by the pid cluster.json records, which a file restored from a backup
+or copied makes stale. The recorded pid is used only while a node starts (before it holds the
+lock), and only if /proc says it still runs a node on that data dir, so a reused pid is never
+signalled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from .. import lock
 from ..errors import BlockfoldError
 from .config import EtcdEntry, NodeEntry
 
@@ -135,7 +139,14 @@ def _ready_line(proc) -> str:
 
 
 def is_running(entry: NodeEntry) -> bool:
-    return runs(entry.pid, NODE_MODULE, entry.data)
+    """Whether a node serves entry's data dir here; entry.pid is set to its process's pid when
+    one does (save the config to keep it)."""
+    pid = lock.holder(Path(entry.data)) if entry.data else None
+    if pid is None and runs(entry.pid, NODE_MODULE, entry.data):
+        pid = entry.pid             # started, not holding its lock yet
+    if pid is not None:
+        entry.pid = pid
+    return pid is not None
 
 
 def runs(pid: int | None, *words: str) -> bool:
@@ -147,6 +158,18 @@ def runs(pid: int | None, *words: str) -> bool:
         os.waitpid(pid, os.WNOHANG)      # reaps it if it is our own child and has exited
     except ChildProcessError:
         pass
+    return _has(pid, words)
+
+
+def find(*words: str) -> int | None:
+    """The pid of a process here whose command line has every one of `words` (see runs), the
+    lowest if several; None if none. Reaps nothing: a caller's own children are its own."""
+    pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    return next((pid for pid in pids if _has(pid, words)), None)
+
+
+def _has(pid: int, words: tuple[str, ...]) -> bool:
+    """Whether process `pid` runs (not a zombie) with every one of `words` in its command line."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
@@ -160,7 +183,8 @@ def runs(pid: int | None, *words: str) -> bool:
 
 def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:
     """Signals the node and waits until it is gone (SIGKILL if SIGTERM is not enough)."""
-    stop_pid(entry.pid, lambda: is_running(entry), sig)
+    if is_running(entry):       # its pid, found
+        stop_pid(entry.pid, lambda: is_running(entry), sig)
 
 
 def stop_all(entries: list[NodeEntry], sig: int = signal.SIGTERM) -> None:

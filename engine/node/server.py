@@ -24,7 +24,8 @@ from pathlib import Path
 
 import asyncssh
 
-from ..errors import BlockfoldError
+from .. import lock
+from ..errors import BlockfoldError, PoolLockedError
 from ..net import adminwire, rpc
 from . import keys, settings
 from .admin_relay import AdminRelay
@@ -252,6 +253,24 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
     if not (directory / keys.AUTHORIZED_KEYS).is_file():
         raise BlockfoldError(f"{directory / keys.AUTHORIZED_KEYS} is missing: no client could"
                              " log in")
+    # One node per data dir: a second one (a `cluster up` that took a stale pid in
+    # cluster.json for a stopped node) would serve the same blocks beside it. The lock is
+    # also how `cluster status` and `down` find the node (engine.cluster.processes).
+    try:
+        held = lock.PoolLock(directory)
+    except PoolLockedError:
+        raise BlockfoldError(f"node data dir {directory} is served already (pid"
+                             f" {lock.holder(directory) or '?'})") from None
+    try:
+        await _serve(directory, host, port, memory, block_size, cluster, ready, etcd)
+    finally:
+        held.release()
+
+
+async def _serve(directory: Path, host: str, port: int, memory: int | None,
+                 block_size: int | None, cluster: str | None, ready,
+                 etcd: tuple[list[str], str] | None) -> None:
+    """serve() once the data dir is ours."""
     node = settings.load(directory, block_size)
     keys.ensure_host_key(directory)
     store = NodeStore(directory, node["block_size"], memory)
