@@ -24,6 +24,7 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .. import formats, processid
 from ..errors import BlockfoldError
@@ -32,7 +33,7 @@ from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
 from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
-from . import etcd_member, processes
+from . import etcd_member, ports, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
 
 if TYPE_CHECKING:
@@ -85,13 +86,18 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
         agreement = _new_etcd(path, etcd)
         config = ClusterConfig.create(path, replicas, min_replicas, block_size, repair_delay)
         config.etcd = agreement
+        chosen: set[int] = set()    # ports given out here, not listened on yet
+        if agreement and agreement.data:
+            chosen = {urlsplit(agreement.endpoints[0]).port, urlsplit(agreement.peer).port}
         for k in range(1, nodes + 1):
             name = f"node{k}"
             data = path / "nodes" / name
             data.mkdir(parents=True)
             (data / keys.AUTHORIZED_KEYS).write_text(config.admin_public_key())
             settings.create(data, name, block_size)
-            config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
+            port = ports.free(chosen=frozenset(chosen))
+            chosen.add(port)
+            config.nodes.append(NodeEntry(name, f"127.0.0.1:{port}", data=str(data.resolve()),
                                           memory=memory))
         config.save()
     ours = bool(config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd))
@@ -263,7 +269,8 @@ def _revoke(config: ClusterConfig, host_key: str) -> None:
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:
-    """Restarts a local node on its data dir and address; its row. A running node is refused
+    """Restarts a local node on its data dir and address (another, if another process took
+    its port: processes.start); its row. A running node is refused
     (BlockfoldError), with nothing done. A coordinator that has the cluster open sees it
     answer its next heartbeat and catches it up."""
     entry = config.node(name)

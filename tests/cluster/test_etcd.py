@@ -398,21 +398,6 @@ def test_nodes_added_with_names_of_their_own_are_registered_under_the_clusters_n
             node.communicate()
 
 
-def test_nodes_stopped_again_when_one_cannot_start_are_unregistered_at_once(etcd, make_cluster):
-    """`cluster up` stops the nodes it started with one that failed (its port taken): they
-    end their leases on the way out, so etcd does not call them registered for a TTL more."""
-    cluster = make_cluster(nodes=3, replicas=2)
-    api.cluster_down(cluster.path)
-    port = int(cluster.config.node("node1").address.rsplit(":", 1)[1])
-    with socket.socket() as taken:
-        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        taken.bind(("127.0.0.1", port))
-        taken.listen()
-        done = run_cli("cluster", "up", cluster.path)
-        assert done.returncode == 1 and "node node1 did not start" in done.stderr_text
-        assert registered(cluster.path) == {"node1": False, "node2": False, "node3": False}
-
-
 @pytest.mark.parametrize("damage", ["junk in its files", "a file in its place"])
 def test_a_damaged_etcd_data_dir_is_set_aside_and_a_new_member_started(resting_cluster,
                                                                        damage):
