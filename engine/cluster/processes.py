@@ -1,7 +1,7 @@
 """Local node processes: start one detached, wait for its `ready` line, find, stop or kill it.
 
 A node is found by its data dir: the process holding DATA/lock (engine.node.server takes it
-before anything else), not by the pid cluster.json records, which a file restored from a backup
+before it opens its store), not by the pid cluster.json records, which a file restored from a backup
 or copied makes stale. The recorded pid is used only while a node starts (before it holds the
 lock), and only if /proc says it still runs a node on that data dir, so a reused pid is never
 signalled.

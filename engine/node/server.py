@@ -253,26 +253,26 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
     if not (directory / keys.AUTHORIZED_KEYS).is_file():
         raise BlockfoldError(f"{directory / keys.AUTHORIZED_KEYS} is missing: no client could"
                              " log in")
+    node = settings.load(directory, block_size)
+    keys.ensure_host_key(directory)
     # One node per data dir: a second one (a `cluster up` that took a stale pid in
     # cluster.json for a stopped node) would serve the same blocks beside it. The lock is
-    # also how `cluster status` and `down` find the node (engine.cluster.processes).
+    # also how `cluster status` and `down` find the node (engine.cluster.processes). Taken
+    # once the checks above passed: a refused start leaves no file behind.
     try:
         held = lock.PoolLock(directory)
     except PoolLockedError:
         raise BlockfoldError(f"node data dir {directory} is served already (pid"
                              f" {lock.holder(directory) or '?'})") from None
     try:
-        await _serve(directory, host, port, memory, block_size, cluster, ready, etcd)
+        await _serve(directory, host, port, memory, node, cluster, ready, etcd)
     finally:
         held.release()
 
 
-async def _serve(directory: Path, host: str, port: int, memory: int | None,
-                 block_size: int | None, cluster: str | None, ready,
-                 etcd: tuple[list[str], str] | None) -> None:
-    """serve() once the data dir is ours."""
-    node = settings.load(directory, block_size)
-    keys.ensure_host_key(directory)
+async def _serve(directory: Path, host: str, port: int, memory: int | None, node: dict,
+                 cluster: str | None, ready, etcd: tuple[list[str], str] | None) -> None:
+    """serve() once the data dir is ours: `node` its settings."""
     store = NodeStore(directory, node["block_size"], memory)
     try:
         handler = Handler(store, node["name"])
