@@ -133,6 +133,26 @@ class ReadLock:
                 os.close(self.fd)
 
 
+def holder(directory: Path) -> int | None:
+    """The pid of the process that holds DIR/lock for writing (a pool's writer, a node serving
+    its data dir: engine.node.server), None if none does (or the file is not there). Asked of
+    the kernel (F_GETLK), not of what the file says: a pid written in a file can be stale."""
+    path = directory / LOCK_FILE
+    with _HELD_LOCK:
+        held = _held(path)
+        if held is not None:        # ours: closing another descriptor of it would drop it
+            return os.getpid() if isinstance(held, PoolLock) else None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            kind, pid = _in_the_way(fd, fcntl.F_WRLCK)
+        finally:
+            os.close(fd)
+    return pid if kind == fcntl.F_WRLCK and pid > 0 else None
+
+
 def _key(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return st.st_dev, st.st_ino

@@ -645,6 +645,7 @@ class ClusterAdmin(LocalAdmin):
         actor = current_actor(self.pool.actor)
         lifecycle.restore_node(ClusterConfig.load(self.config.path), name)
         self._etcd_read = None
+        self.members.follow()       # it may have started on another port
         i = self.members.index(name)
         self.members.probe(i)
         if self.members.nodes[i].state == NodeState.RETURNING:

@@ -1,6 +1,7 @@
 """A local cluster's own etcd member: Debian's `etcd` binary, one member, its data in DIR/etcd,
-its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, kept across restarts,
-as a node keeps its address, moved if another process has taken one), its log in DIR/etcd.log.
+its client and peer URLs on 127.0.0.1 (free ports chosen when it is made, below the ephemeral
+range (ports.py), kept across restarts, as a node keeps its address, moved if another process
+has taken one), its log in DIR/etcd.log.
 `cluster up` starts it before the nodes, `cluster down` stops it after them. A data dir it
 cannot start from is set aside as DIR/etcd.damaged-N and a new member started (start() says
 why that loses nothing).
@@ -12,7 +13,6 @@ import json
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import BlockfoldError
-from . import processes
+from . import ports, processes
 from .config import EtcdEntry
 
 BINARY = "etcd"
@@ -48,13 +48,25 @@ def prefix(path: Path) -> str:
 
 def create(path: Path) -> EtcdEntry:
     """A new local member's entry (not started yet): data dir, free ports, prefix."""
-    client, peer = _free_port(), _free_port()
+    client = ports.free()
+    peer = ports.free(chosen=frozenset([client]))
     return EtcdEntry(endpoints=[f"http://127.0.0.1:{client}"], prefix=prefix(path),
                      data=str((path / DATA).resolve()), peer=f"http://127.0.0.1:{peer}")
 
 
 def is_running(entry: EtcdEntry) -> bool:
-    return bool(entry.data) and processes.runs(entry.pid, "--data-dir", entry.data)
+    """Whether the member runs on its data dir; entry.pid is set to its pid when it does. Found
+    by its command line when the pid recorded is not its (cluster.json restored from a backup
+    or copied): taken for another process, it had its ports moved and a second member
+    started on its data dir."""
+    if not entry.data:
+        return False
+    if not processes.runs(entry.pid, "--data-dir", entry.data):
+        pid = processes.find("--data-dir", entry.data)
+        if pid is None:
+            return False
+        entry.pid = pid
+    return True
 
 
 def start(path: Path, entry: EtcdEntry, fresh: bool) -> None:
@@ -109,7 +121,7 @@ def _move_ports(entry: EtcdEntry, why: str) -> str:
     ours = {"client": entry.endpoints[0], "peer": entry.peer}
     which = [kind for kind, url in ours.items()
              if taken and urlsplit(url).netloc == taken.group(1)] or list(ours)
-    new = {kind: f"http://127.0.0.1:{_free_port()}" for kind in which}
+    new = {kind: f"http://127.0.0.1:{ports.free()}" for kind in which}
     entry.endpoints = [new.get("client", entry.endpoints[0])]
     entry.peer = new.get("peer", entry.peer)
     moved = ", ".join(f"{kind} {ours[kind]} -> {new[kind]}" for kind in which)
@@ -175,10 +187,5 @@ def _last_error(log: Path) -> str:
 
 def stop(entry: EtcdEntry) -> None:
     """Stops the member (SIGTERM; SIGKILL if that is not enough) and waits until it is gone."""
-    processes.stop_pid(entry.pid, lambda: is_running(entry))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if is_running(entry):       # its pid, found
+        processes.stop_pid(entry.pid, lambda: is_running(entry))

@@ -24,6 +24,7 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .. import formats, processid
 from ..errors import BlockfoldError
@@ -32,7 +33,7 @@ from ..net.client import KeyRefused, NodeClient, NodeUnreachable, fetch_host_key
 from ..node import keys, settings
 from ..options import MAX_LOCAL_NODES
 from ..pool import check_block_size
-from . import etcd_member, processes
+from . import etcd_member, ports, processes
 from .config import ClusterConfig, EtcdEntry, NodeEntry, is_cluster
 
 if TYPE_CHECKING:
@@ -85,29 +86,37 @@ def up(path, nodes: int | None = None, replicas: int | None = None,
         agreement = _new_etcd(path, etcd)
         config = ClusterConfig.create(path, replicas, min_replicas, block_size, repair_delay)
         config.etcd = agreement
+        chosen: set[int] = set()    # ports given out here, not listened on yet
+        if agreement and agreement.data:
+            chosen = {urlsplit(agreement.endpoints[0]).port, urlsplit(agreement.peer).port}
         for k in range(1, nodes + 1):
             name = f"node{k}"
             data = path / "nodes" / name
             data.mkdir(parents=True)
             (data / keys.AUTHORIZED_KEYS).write_text(config.admin_public_key())
             settings.create(data, name, block_size)
-            config.nodes.append(NodeEntry(name, "127.0.0.1:0", data=str(data.resolve()),
+            port = ports.free(chosen=frozenset(chosen))
+            chosen.add(port)
+            config.nodes.append(NodeEntry(name, f"127.0.0.1:{port}", data=str(data.resolve()),
                                           memory=memory))
         config.save()
     ours = bool(config.etcd and config.etcd.data and not etcd_member.is_running(config.etcd))
     if ours:
         etcd_member.start(path, config.etcd, fresh=not Path(config.etcd.data).exists())
     try:
-        if ours:
-            config.save()           # its pid, and its ports if they moved
+        # Found running, a node keeps running (its pid found kept too: cluster.json may name
+        # stale ones); only the others start.
+        stopped = [e for e in config.nodes if e.data and not processes.is_running(e)]
+        config.save()               # the pids found; the member's, and its ports if they moved
         install_peer_key(config)
-        start_local(config, [e for e in config.nodes if e.data and not processes.is_running(e)])
-    except BaseException:
-        # Failed or interrupted, the nodes it started are stopped again (processes.start); so
-        # is the member it started, after them (they end their leases there): an `up` whose
-        # node could not start (its port taken, its data dir gone) left the member running
-        # alone, as an interrupted first `up` did.
-        if ours:
+        start_local(config, stopped)
+    except BaseException as error:
+        # Interrupted, it stops what it started: the nodes (processes.start), then its member,
+        # after them (they end their leases there). Failed, the nodes that did start serve on
+        # (a cluster serves with a node down), registered with the member; with none running
+        # the member would run on alone (an `up` whose only node could not start left it so).
+        alone = not any(processes.is_running(entry) for entry in config.nodes if entry.data)
+        if ours and (isinstance(error, KeyboardInterrupt) or alone):
             etcd_member.stop(config.etcd)
         raise
     return [node_row(e) for e in config.nodes]
@@ -264,7 +273,8 @@ def _revoke(config: ClusterConfig, host_key: str) -> None:
 
 
 def restore_node(config: ClusterConfig, name: str) -> dict:
-    """Restarts a local node on its data dir and address; its row. A running node is refused
+    """Restarts a local node on its data dir and address (another, if another process took
+    its port: processes.start); its row. A running node is refused
     (BlockfoldError), with nothing done. A coordinator that has the cluster open sees it
     answer its next heartbeat and catches it up."""
     entry = config.node(name)

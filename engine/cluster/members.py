@@ -33,7 +33,7 @@ from ..errors import BlockfoldError, PoolLockedError
 from ..net import rpc
 from ..net.client import IoLoop, NodeClient, NodeUnreachable
 from . import holder
-from .config import ClusterConfig
+from .config import CONFIG_FILE, ClusterConfig
 from .placement import node_seed
 
 HEARTBEAT_INTERVAL = 0.5
@@ -96,6 +96,7 @@ class Members:
         self.removed: set[int] = set()      # nodes removed since we opened (retire)
         self._stop = threading.Event()
         self._thread = None
+        self._config_read = _stamp(config)     # cluster.json as we last read it (follow)
 
     def names(self) -> list[str]:
         return [n.client.name for n in self.nodes]
@@ -306,6 +307,7 @@ class Members:
         if isinstance(reply, Exception):
             # A refused connection is a node gone; a slow answer makes it suspect first.
             if not getattr(reply, "timed_out", False):
+                self.follow()
                 self.mark_down(i, str(reply))
                 return reply
             with self.lock:
@@ -340,6 +342,27 @@ class Members:
                 self._judge(i, NodeState.RETURNING)
             node.incarnation = run
         return info
+
+    def follow(self) -> None:
+        """Takes the addresses of nodes that moved from cluster.json, if it changed since we
+        read it: a local node whose port another process took while it was down starts on
+        another (engine.cluster.processes). Its pinned host key, not its name or address,
+        says which entry is it; the next connection goes to the new address."""
+        stamp = _stamp(self.config)
+        if stamp is None or stamp == self._config_read:
+            return
+        try:
+            now = ClusterConfig.load(self.config.path)
+        except (BlockfoldError, OSError, ValueError):
+            return          # half a change (it is replaced whole) or none: the next refusal
+        self._config_read = stamp
+        moved = {(tuple(e.host_key.split()[:2]) if e.host_key else e.name): e.address
+                 for e in now.nodes}
+        for node, entry in zip(self.nodes, self.config.nodes):
+            key = node.client.host_key
+            address = moved.get(tuple(key.split()[:2]) if key else entry.name)
+            if address and address != node.client.address:
+                node.client.address = entry.address = address
 
     def start_heartbeats(self) -> None:
         def beat():
@@ -418,6 +441,14 @@ class Members:
         except Exception:   # noqa: BLE001 - closing anyway
             pass
         self.io.close()
+
+
+def _stamp(config: ClusterConfig) -> int | None:
+    """When cluster.json last changed (None: it cannot be read)."""
+    try:
+        return (config.path / CONFIG_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _unread(task: asyncio.Task) -> None:

@@ -1,7 +1,10 @@
-"""Local node processes: start one detached, wait for its `ready` line, stop or kill it.
+"""Local node processes: start one detached, wait for its `ready` line, find, stop or kill it.
 
-A pid from cluster.json is only acted on if /proc says it still runs a node on that data dir, so a
-reused pid is never signalled.
+A node is found by its data dir: the process holding DATA/lock (engine.node.server takes it
+before it opens its store), not by the pid cluster.json records, which a file restored from a backup
+or copied makes stale. The recorded pid is used only while a node starts (before it holds the
+lock), and only if /proc says it still runs a node on that data dir, so a reused pid is never
+signalled.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from .. import lock
 from ..errors import BlockfoldError
+from . import ports
 from .config import EtcdEntry, NodeEntry
 
 NODE_MODULE = "engine.node"     # started as `python -m engine.node`; how is_running knows it
 READY_TIMEOUT = 30.0        # a loaded machine can take long to start Python and asyncssh
 STOP_TIMEOUT = 5.0
 LOG_FILE = "node.log"
+TAKEN = "address already in use"    # how a node says its port is taken (engine.node.server)
+MOVES = 3                   # a free port can be taken again before the node binds it
 
 
 def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
@@ -33,53 +40,95 @@ def start(entries: list[NodeEntry], etcd: EtcdEntry | None = None,
     called as each process starts (address None: not known yet) and again once it is ready
     (the address it listens on), so its caller can record it at once.
 
-    Returns (pid, the address it listens on) for each; a node that fails to start is an error
-    naming it, and the others started with it are stopped again, as they are when the wait is
-    interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under console.commands'
-    terminated_as_interrupted).
+    A node whose port another process has taken moves to a free one (ports.free; entry.address
+    changed, said in one line on stderr): its host key, not its address, is what the cluster
+    pins. Returns (pid, the address it listens on) for each. A node that fails to start for
+    another reason is an error naming it, raised once the others are up: they keep running (a
+    node down is what the cluster is made to survive; stopping them all made one node's fault
+    the whole cluster's). Interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under
+    console.commands' terminated_as_interrupted), it stops every node it started.
     """
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
-    for entry in entries:       # before any starts: nothing to stop again
-        if not Path(entry.data).is_dir():
-            raise BlockfoldError(f"node {entry.name} cannot start: its data directory"
-                                 f" {entry.data} is gone")
-    procs = []
+    # A node whose data dir is gone is one of the errors: the others start.
+    errors = [f"node {entry.name} cannot start: its data directory {entry.data} is gone"
+              for entry in entries if not Path(entry.data).is_dir()]
+    entries = [entry for entry in entries if Path(entry.data).is_dir()]
+    procs: list[subprocess.Popen] = []
+
+    def spawn(entry: NodeEntry) -> subprocess.Popen:
+        with interrupts_held():     # kept before an interrupt that came meanwhile is raised
+            procs.append(_spawn(entry, etcd))
+        if started is not None:
+            started(entry, procs[-1].pid, None)
+        return procs[-1]
+
     try:
-        for entry in entries:
-            cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data,
-                   "--listen", entry.address]
-            if entry.memory:
-                cmd += ["--memory", str(entry.memory)]
-            if etcd:
-                cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
-            with open(Path(entry.data) / LOG_FILE, "ab") as log, interrupts_held():
-                procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
-                                              stdin=subprocess.DEVNULL, start_new_session=True,
-                                              env=env))
-            if started is not None:
-                started(entry, procs[-1].pid, None)
-        results, error = [], None
-        for entry, proc in zip(entries, procs):
+        running = [spawn(entry) for entry in entries]
+        results = []
+        for entry, proc in zip(entries, running):
             text = _ready_line(proc)
-            if not text.startswith("ready ") and error is None:
-                log_tail = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
-                last = log_tail.splitlines()[-1] if log_tail else "no output"
-                last = last.removeprefix("blockfold: error: ")     # ours adds its own
-                error = BlockfoldError(f"node {entry.name} did not start: {last}")
+            for _ in range(MOVES):
+                if text.startswith("ready ") or not _port_taken(entry, proc):
+                    break
+                _move(entry)
+                proc = spawn(entry)
+                text = _ready_line(proc)
+            if not text.startswith("ready "):
+                _stop_started([proc])       # exited, or hung before `ready`
+                errors.append(f"node {entry.name} did not start: {_last_said(entry)}")
+                continue
             results.append((proc.pid, text.split(" ", 1)[-1]))
-            if error is None and started is not None:
+            if started is not None:
                 started(entry, *results[-1])
-        if error is not None:
-            raise error
     except BaseException:
         _stop_started(procs)
         raise
     for proc in procs:
         # The node outlives us: forget the Popen quietly; init (or is_running) reaps it.
         proc.returncode = 0
+    if errors:
+        raise BlockfoldError("; ".join(errors))
     return results
+
+
+def _spawn(entry: NodeEntry, etcd: EtcdEntry | None) -> subprocess.Popen:
+    """The node's process, started on its data dir and address, its stderr to its log."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data, "--listen", entry.address]
+    if entry.memory:
+        cmd += ["--memory", str(entry.memory)]
+    if etcd:
+        cmd += ["--etcd", ",".join(etcd.endpoints), "--etcd-prefix", etcd.prefix]
+    with open(Path(entry.data) / LOG_FILE, "ab") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+
+
+def _port_taken(entry: NodeEntry, proc: subprocess.Popen) -> bool:
+    """Whether the node exited (it closed its stdout: it is on its way out) saying its port is
+    taken (as its log's last line: an earlier run's is no answer while this one runs)."""
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return False
+    return TAKEN in _last_said(entry)
+
+
+def _last_said(entry: NodeEntry) -> str:
+    """The last line of the node's log (its error, if it exited), without our prefix."""
+    log = (Path(entry.data) / LOG_FILE).read_text(errors="replace").strip()
+    last = log.splitlines()[-1] if log else "no output"
+    return last.removeprefix("blockfold: error: ")     # the caller's message adds its own
+
+
+def _move(entry: NodeEntry) -> None:
+    """Gives the node a free port for the one another process took; says so on stderr."""
+    host = entry.address.rsplit(":", 1)[0]
+    moved = f"{host}:{ports.free(host.strip('[]'))}"
+    print(f"blockfold: node {entry.name}'s port was taken by another process: moved"
+          f" {entry.address} -> {moved} (in cluster.json)", file=sys.stderr, flush=True)
+    entry.address = moved
 
 
 @contextmanager
@@ -135,7 +184,14 @@ def _ready_line(proc) -> str:
 
 
 def is_running(entry: NodeEntry) -> bool:
-    return runs(entry.pid, NODE_MODULE, entry.data)
+    """Whether a node serves entry's data dir here; entry.pid is set to its process's pid when
+    one does (save the config to keep it)."""
+    pid = lock.holder(Path(entry.data)) if entry.data else None
+    if pid is None and runs(entry.pid, NODE_MODULE, entry.data):
+        pid = entry.pid             # started, not holding its lock yet
+    if pid is not None:
+        entry.pid = pid
+    return pid is not None
 
 
 def runs(pid: int | None, *words: str) -> bool:
@@ -147,6 +203,18 @@ def runs(pid: int | None, *words: str) -> bool:
         os.waitpid(pid, os.WNOHANG)      # reaps it if it is our own child and has exited
     except ChildProcessError:
         pass
+    return _has(pid, words)
+
+
+def find(*words: str) -> int | None:
+    """The pid of a process here whose command line has every one of `words` (see runs), the
+    lowest if several; None if none. Reaps nothing: a caller's own children are its own."""
+    pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    return next((pid for pid in pids if _has(pid, words)), None)
+
+
+def _has(pid: int, words: tuple[str, ...]) -> bool:
+    """Whether process `pid` runs (not a zombie) with every one of `words` in its command line."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
@@ -160,7 +228,8 @@ def runs(pid: int | None, *words: str) -> bool:
 
 def stop(entry: NodeEntry, sig: int = signal.SIGTERM) -> None:
     """Signals the node and waits until it is gone (SIGKILL if SIGTERM is not enough)."""
-    stop_pid(entry.pid, lambda: is_running(entry), sig)
+    if is_running(entry):       # its pid, found
+        stop_pid(entry.pid, lambda: is_running(entry), sig)
 
 
 def stop_all(entries: list[NodeEntry], sig: int = signal.SIGTERM) -> None:

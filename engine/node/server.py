@@ -24,7 +24,8 @@ from pathlib import Path
 
 import asyncssh
 
-from ..errors import BlockfoldError
+from .. import lock
+from ..errors import BlockfoldError, PoolLockedError
 from ..net import adminwire, rpc
 from . import keys, settings
 from .admin_relay import AdminRelay
@@ -254,6 +255,24 @@ async def serve(directory: Path, host: str, port: int, memory: int | None = None
                              " log in")
     node = settings.load(directory, block_size)
     keys.ensure_host_key(directory)
+    # One node per data dir: a second one (a `cluster up` that took a stale pid in
+    # cluster.json for a stopped node) would serve the same blocks beside it. The lock is
+    # also how `cluster status` and `down` find the node (engine.cluster.processes). Taken
+    # once the checks above passed: a refused start leaves no file behind.
+    try:
+        held = lock.PoolLock(directory)
+    except PoolLockedError:
+        raise BlockfoldError(f"node data dir {directory} is served already (pid"
+                             f" {lock.holder(directory) or '?'})") from None
+    try:
+        await _serve(directory, host, port, memory, node, cluster, ready, etcd)
+    finally:
+        held.release()
+
+
+async def _serve(directory: Path, host: str, port: int, memory: int | None, node: dict,
+                 cluster: str | None, ready, etcd: tuple[list[str], str] | None) -> None:
+    """serve() once the data dir is ours: `node` its settings."""
     store = NodeStore(directory, node["block_size"], memory)
     try:
         handler = Handler(store, node["name"])
