@@ -626,7 +626,7 @@ def serve(args) -> int:
         for what in ("nbd", "metrics"):
             if what in bound:
                 print(f"{what} {address(*bound[what])}", flush=True)
-    return run_service(args, args.nbd, args.nbd_read_only, ready)
+    return run_service(args, args.nbd, args.nbd_read_only, ready, "--nbd")
 
 
 @command("nbd", "serve", help="export every VM under its own name until SIGTERM",
@@ -642,17 +642,22 @@ def nbd_serve(args) -> int:
         print(f"ready {address(*bound['nbd'])}", flush=True)
         if "metrics" in bound:
             print(f"metrics {address(*bound['metrics'])}", flush=True)
-    return run_service(args, args.listen, args.read_only, ready)
+    return run_service(args, args.listen, args.read_only, ready, "--listen")
 
 
 def address(host: str, port: int) -> str:
     return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
-    """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
+def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
+    """Opens the pool or cluster for writing and serves it until a signal; then closes it.
+    `nbd_flag` names the option that gave the NBD address."""
     if getattr(args, "service", None):
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
+    # Port 0 is any free one: two of them never meet.
+    if nbd and nbd[1] and args.metrics and address(*nbd).lower() == address(*args.metrics).lower():
+        raise UsageError(f"{nbd_flag} and --metrics name the same address ({address(*nbd)}):"
+                         " give each its own port")
     if nbd:
         api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()

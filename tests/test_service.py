@@ -665,3 +665,20 @@ def test_an_address_in_use_is_one_line_naming_it(pool_dir, golden):
                                         " port (0: any free)\n")
     assert not (pool_dir / adminwire.SOCKET).exists()
     assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+
+
+def test_nbd_and_metrics_on_one_address_is_a_usage_error_before_anything_opens(pool_dir, golden):
+    """--nbd (nbd serve's --listen) and --metrics naming one address: the service would listen
+    there twice, and said "another process listens there" of its own metrics (brk8a #8). A
+    usage error now, with the pool not even opened."""
+    before = {p.name: p.read_bytes() for p in pool_dir.iterdir()}
+    for args, flag in ((["serve", "--nbd", "127.0.0.1:29801", "--metrics", "127.0.0.1:29801"],
+                        "--nbd"),
+                       (["nbd", "serve", "--metrics", "127.0.0.1:10809"], "--listen"),
+                       (["serve", "--nbd", "[::1]:29801", "--metrics", "[::1]:29801"], "--nbd")):
+        proc = run_cli("-p", pool_dir, *args)
+        where = args[-1]
+        assert proc.returncode == 2 and proc.stdout_text == "", proc.stderr_text
+        assert proc.stderr_text == (f"blockfold: error: {flag} and --metrics name the same"
+                                    f" address ({where}): give each its own port\n")
+    assert {p.name: p.read_bytes() for p in pool_dir.iterdir()} == before
