@@ -66,7 +66,8 @@ def open_admin(args, *, readonly: bool = False, restrict: bool = False,
     -c or the pool of -p / $BLOCKFOLD_POOL if one runs (`restrict`: it lets us only look); else
     that cluster or pool opened here (`readonly`: without the write lock, beside a writer), with
     `options`. A writer that finds it held by another process waits LOCK_WAIT_S for it (or for a
-    service to answer) before giving up. `actor` names the caller in events (by default the
+    service to answer) before giving up (api.unreachable: a holder that serves the pool, whose
+    admin socket is gone, is named so). `actor` names the caller in events (by default the
     local user)."""
     if getattr(args, "service", None):
         return api.connect_service(args.service, read_only=restrict)
@@ -78,9 +79,11 @@ def open_admin(args, *, readonly: bool = False, restrict: bool = False,
             return served
         try:
             return open_here(args, readonly=readonly, actor=actor or local_user(), **options)
-        except PoolLockedError:
-            if readonly or time.monotonic() >= deadline:
+        except PoolLockedError as e:
+            if readonly:
                 raise
+            if time.monotonic() >= deadline:
+                raise api.unreachable(directory, e) from None
             time.sleep(0.25)
 
 

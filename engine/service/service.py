@@ -12,10 +12,11 @@ the service hands it to its clients as a ServedAdmin. A cluster's Admin that was
 its cluster back hands the service the cluster reopened (_reopened): NBD, the ServedAdmin and
 every call after switch to it.
 
-Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
-(new CLIs open the pool themselves once it is free), NBD answers what it had received, running
-jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the
-service (close), which closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
+Lifecycle. `run()` serves until SIGTERM or SIGINT (DIR/admin.sock made again meanwhile if it is
+removed: _keep_socket), then drains: the admin socket is removed (new CLIs open the pool
+themselves once it is free), NBD answers what it had received, running jobs are cancelled and
+every admin call gets DRAIN_S to finish; then the caller closes the service (close), which
+closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
 a pool the next open rebuilds, losing nothing that was flushed. `start_in_thread()` serves from
 a thread instead, for a console that holds the pool (no signals; `stop()` drains, then `close()`).
 """
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from ..localadmin import LocalAdmin
 
 DRAIN_S = 10.0
+# How often the service looks whether DIR/admin.sock is still its own (_keep_socket).
+SOCKET_CHECK_S = 1.0
 # Admin clients closed at their deadline (session.DEADLINE_S): the first is told, the others in a
 # line each this often.
 DEADLINE_LOG_S = 10.0
@@ -77,6 +80,7 @@ class Service:
         self.metrics: Metrics | None = None
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None     # DIR/admin.sock as bound (socketfile)
+        self._keeper: asyncio.Task | None = None            # _keep_socket
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -106,6 +110,7 @@ class Service:
                     bound["nbd"] = await nbd.start(*self.nbd_address)
                 self.nbd = self.admin.attachments = nbd     # (one that failed has nothing to close)
             await self._listen()
+            self._keeper = asyncio.create_task(self._keep_socket())
         except OSError as e:
             await self._close_listeners()
             raise BlockfoldError(f"cannot serve: {e.strerror or e}") from None
@@ -126,12 +131,42 @@ class Service:
         writer; sessions open on the old listener go on."""
         if self._server is None or socketfile.identity(self.socket_path) == self._socket_id:
             return
-        old = self._server
         try:
-            await self._listen()
+            await self._bind_again()
         except BlockfoldError as e:
             self.log(f"cannot listen on {self.socket_path} again: {e}")
-            return
+
+    async def _keep_socket(self) -> None:
+        """Every SOCKET_CHECK_S: DIR/admin.sock made again if it is no longer the one bound here
+        and no service answers there: removed (a tmp cleaner, a user taking it for a killed
+        service's) or replaced by a file nobody listens on. Commands reach this service only
+        through it, and its lock on the pool lets no other process serve the pool meanwhile.
+        One another service answers on (a cluster's newer writer) is left to it. Said in the
+        log once, made or not."""
+        told = False
+        while True:
+            await asyncio.sleep(SOCKET_CHECK_S)
+            found = socketfile.identity(self.socket_path)
+            if found == self._socket_id or (found is not None and await asyncio.to_thread(
+                    socketfile.answers, self.socket_path)):
+                continue
+            what = "removed" if found is None else "replaced by a file no service answers on"
+            try:
+                await self._bind_again()
+            except BlockfoldError as e:
+                if not told:
+                    self.log(f"{self.socket_path} was {what}; cannot make it again ({e}): no"
+                             " command reaches this service until it can, or it is restarted")
+                told = True
+                continue
+            told = False
+            self.log(f"{self.socket_path} was {what}: made it again")
+
+    async def _bind_again(self) -> None:
+        """DIR/admin.sock bound anew; sessions open on the old listener go on. Raises
+        BlockfoldError (the socket cannot be made)."""
+        old = self._server
+        await self._listen()
         old.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -233,6 +268,9 @@ class Service:
         self._tell_timed_out(again=False)
 
     async def _close_listeners(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
         if self._server is not None:
             self._server.close()
             socketfile.remove(self.socket_path, self._socket_id)
