@@ -66,7 +66,8 @@ def open_admin(args, *, readonly: bool = False, restrict: bool = False,
     -c or the pool of -p / $BLOCKFOLD_POOL if one runs (`restrict`: it lets us only look); else
     that cluster or pool opened here (`readonly`: without the write lock, beside a writer), with
     `options`. A writer that finds it held by another process waits LOCK_WAIT_S for it (or for a
-    service to answer) before giving up. `actor` names the caller in events (by default the
+    service to answer) before giving up (api.unreachable: a holder that serves the pool, whose
+    admin socket is gone, is named so). `actor` names the caller in events (by default the
     local user)."""
     if getattr(args, "service", None):
         return api.connect_service(args.service, read_only=restrict)
@@ -78,9 +79,11 @@ def open_admin(args, *, readonly: bool = False, restrict: bool = False,
             return served
         try:
             return open_here(args, readonly=readonly, actor=actor or local_user(), **options)
-        except PoolLockedError:
-            if readonly or time.monotonic() >= deadline:
+        except PoolLockedError as e:
+            if readonly:
                 raise
+            if time.monotonic() >= deadline:
+                raise api.unreachable(directory, e) from None
             time.sleep(0.25)
 
 
@@ -631,7 +634,7 @@ def serve(args) -> int:
         for what in ("nbd", "metrics"):
             if what in bound:
                 print(f"{what} {address(*bound[what])}", flush=True)
-    return run_service(args, args.nbd, args.nbd_read_only, ready)
+    return run_service(args, args.nbd, args.nbd_read_only, ready, "--nbd")
 
 
 @command("nbd", "serve", help="export every VM under its own name until SIGTERM",
@@ -647,19 +650,24 @@ def nbd_serve(args) -> int:
         print(f"ready {address(*bound['nbd'])}", flush=True)
         if "metrics" in bound:
             print(f"metrics {address(*bound['metrics'])}", flush=True)
-    return run_service(args, args.listen, args.read_only, ready)
+    return run_service(args, args.listen, args.read_only, ready, "--listen")
 
 
 def address(host: str, port: int) -> str:
     return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def run_service(args, nbd, nbd_read_only: bool, ready) -> int:
-    """Opens the pool or cluster for writing and serves it until a signal; then closes it."""
+def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
+    """Opens the pool or cluster for writing and serves it until a signal; then closes it.
+    `nbd_flag` names the option that gave the NBD address."""
     if getattr(args, "service", None):
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
     if args.standby and not args.cluster:
         raise UsageError("--standby waits for a cluster's write lease: use it with -c, not -p")
+    # Port 0 is any free one: two of them never meet.
+    if nbd and nbd[1] and args.metrics and address(*nbd).lower() == address(*args.metrics).lower():
+        raise UsageError(f"{nbd_flag} and --metrics name the same address ({address(*nbd)}):"
+                         " give each its own port")
     if nbd:
         api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()

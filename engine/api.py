@@ -119,6 +119,26 @@ def service_pid(directory) -> int | None:
                              " open to this user") from None
 
 
+def unreachable(directory, refused: PoolLockedError) -> PoolLockedError:
+    """`refused`, an open of the pool in `directory` that its holder refused, said anew when
+    that holder serves the pool (a service, a console) and yet no service answers on its
+    admin.sock: whoever removed the socket left every command nowhere to go, where the refusal
+    says they all go through it. The holder makes its socket again within a second
+    (Service._keep_socket); this is for one that has not. Raises BlockfoldError (the socket's
+    mode keeps this user out)."""
+    from .net import adminwire
+    if not refused.holder or service_pid(directory) is not None:
+        return refused
+    path = Path(directory) / adminwire.SOCKET
+    what = refused.held_by.removeprefix("a ")
+    state = "does not answer" if path.exists() else "is missing"
+    return PoolLockedError(f"pool {directory} is held by {refused.holder}, but its admin socket"
+                           f" {path} {state} and the {what} has not made it again: no command"
+                           f" reaches the {what} until it does; restart the {what} (its log"
+                           " says what went wrong)", held_by=refused.held_by,
+                           holder=refused.holder)
+
+
 def nbd_handshake_deadline() -> float:
     """The seconds an NBD client has to choose its export (engine/nbd/server.py), as the
     environment sets it: asked before a service opens its pool, so a bad setting starts

@@ -32,11 +32,13 @@ class PoolFormatError(RefusedError):
 class PoolLockedError(RefusedError):
     """Another writer holds the pool or the cluster's write lease. `held_by`: what that writer
     said it is ("a console", "a service"; "" if it said nothing: ClusterAdmin.held_by); the
-    message then says so, with its pid, command line and what to do."""
+    message then says so, with its pid, command line and what to do. `holder`: that writer as
+    the message names it, "a service (pid N, `blockfold -p P serve`)" (a pool's; else "")."""
 
-    def __init__(self, message: str = "", held_by: str = ""):
+    def __init__(self, message: str = "", held_by: str = "", holder: str = ""):
         super().__init__(message)
         self.held_by = held_by
+        self.holder = holder
 
 
 class VMNotFoundError(RefusedError):

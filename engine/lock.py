@@ -63,7 +63,7 @@ class PoolLock:
                 if kind == fcntl.F_RDLCK:       # a reader: the file still names the last writer
                     raise PoolLockedError(f"pool {directory} is being read by {_who(pid)} (a"
                                           f" `vm export`): try again when it ends") from None
-                raise PoolLockedError(_refusal(directory, said)) from None
+                raise _refusal(directory, said) from None
             self.key = _key(fd)
             _HELD[self.key] = self
             self.fd = fd
@@ -186,13 +186,14 @@ def _being_written(directory: Path, pid: int | str) -> str:
             f" (`blockfold serve`), or when it ends")
 
 
-def _refusal(directory: Path, said: bytes) -> str:
+def _refusal(directory: Path, said: bytes) -> PoolLockedError:
     """The refusal of `directory`, from what its lock file `said` (see held_by)."""
     lines = said.decode(errors="replace").split("\n")
     pid = lines[0].strip() or "?"
     try:
         holder = json.loads(lines[1])
-        return (f"pool {directory} is held by {holder['what']} (pid {pid},"
-                f" `{holder['command']}`): {holder['advice']}")
+        who = f"{holder['what']} (pid {pid}, `{holder['command']}`)"
+        return PoolLockedError(f"pool {directory} is held by {who}: {holder['advice']}",
+                               held_by=holder["what"], holder=who)
     except (IndexError, ValueError, TypeError, KeyError):      # a plain opener: its pid alone
-        return f"pool {directory} is in use by another process (pid {pid})"
+        return PoolLockedError(f"pool {directory} is in use by another process (pid {pid})")

@@ -40,8 +40,8 @@ import numpy as np
 from . import (_native, blockview, diskformats, formats, fsck as fsck_mod, imageio,
                processid, stats as stats_mod)
 from .actor import current as current_actor
-from .blockstore import DATA_FILE, HASH_FILE
 from .blocklayer import BlockLayer
+from .blockstore import DATA_FILE, HASH_FILE
 from .catalog import CATALOG_FILE, Catalog, unreadable
 from .core import engine_error, import_vm
 from .errors import (AbortedError, BlockfoldError, CancelledError, LostWritesError,
@@ -113,6 +113,27 @@ def _unopened(path: Path, e: Exception) -> BlockfoldError:
     return unreadable(path / CATALOG_FILE, e)
 
 
+def _no_catalog(path: Path) -> BlockfoldError | None:
+    """Why `path` has no catalog to open, if it has none: a directory holding slot files is a
+    pool whose catalog.db was lost (removed, or left empty by a crash on a filesystem that does
+    not order data), said naming the file (PoolFormatError); any other is not a pool. An empty
+    file is never handed to sqlite, which would take it for a new database (and delete the WAL
+    beside it). None: there is a catalog to open."""
+    catalog = path / CATALOG_FILE
+    try:
+        size = catalog.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if size:
+        return None
+    slots = [name for name in (DATA_FILE, HASH_FILE) if (path / name).exists()]
+    if not slots:
+        return NotAPoolError(f"{path} is not a Blockfold pool")
+    return PoolFormatError(f"{catalog} is {'missing' if size is None else 'empty (0 bytes)'},"
+                           f" but {' and '.join(slots)} beside it hold a pool's blocks: restore"
+                           " catalog.db from a backup; nothing was changed")
+
+
 class Pool:
     # -- creation and opening -----------------------------------------------------------------
 
@@ -120,8 +141,12 @@ class Pool:
     def create(path, block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
         path = Path(path)
         check_block_size(block_size)
-        if (path / CATALOG_FILE).exists():
-            raise RefusedError(f"{path} is already a Blockfold pool")
+        if path.is_dir():
+            lost = _no_catalog(path)
+            if lost is None:
+                raise RefusedError(f"{path} is already a Blockfold pool")
+            if isinstance(lost, PoolFormatError):   # a pool whose catalog was lost
+                raise lost
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RefusedError(f"{path} exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
@@ -156,8 +181,8 @@ class Pool:
         if not path.is_dir():
             raise NotAPoolError(f"{path} is not a Blockfold pool (no such directory): make one"
                                 f" with `blockfold pool init {path}`")
-        if not (path / CATALOG_FILE).is_file():
-            raise NotAPoolError(f"{path} is not a Blockfold pool")
+        if (lost := _no_catalog(path)) is not None:
+            raise lost
         lock = None if readonly else PoolLock(path)
         reserve = None if readonly else Reserve(path)
         try:

@@ -219,3 +219,45 @@ def test_a_layer_counter_behind_the_layers_gives_no_id_twice(golden, tmp_path):
         assert out.read_bytes() == image.read_bytes(), vm
     proc = run_cli("-p", pool, "fsck")
     assert (proc.returncode, proc.stdout_text) == (0, "clean\n")
+
+
+@pytest.mark.parametrize("lose, said", [(lambda p: os.truncate(p, 0), "is empty (0 bytes)"),
+                                        (os.unlink, "is missing")])
+def test_a_pool_whose_catalog_is_lost_is_told_so_by_every_command_pool_init_too(golden, tmp_path,
+                                                                               lose, said):
+    """catalog.db removed, or left empty by a crash on a filesystem that does not order data:
+    blocks.dat and hashes.dat say the directory is a pool. Every command said "not a Blockfold
+    pool" and `pool init` "already a Blockfold pool" (or "not an empty directory"), and sqlite,
+    handed the empty file, deleted the WAL beside it (brk8a #6). One line naming the file now,
+    the same from every command, with nothing changed."""
+    source, image = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    lose(pool / "catalog.db")
+    (pool / "catalog.db-wal").write_bytes(b"what a lost catalog's WAL may still hold")
+    before = {p.name: p.read_bytes() for p in pool.iterdir()}
+    line = (f"blockfold: error: {pool / 'catalog.db'} {said}, but blocks.dat and hashes.dat"
+            " beside it hold a pool's blocks: restore catalog.db from a backup; nothing was"
+            " changed\n")
+    for args in (["-p", pool, "vm", "ls"], ["-p", pool, "vm", "clone", "g", "d"],
+                 ["-p", pool, "vm", "import", "n", image], ["-p", pool, "fsck"],
+                 ["-p", pool, "rebuild", "--full", "--repair"], ["-p", pool, "serve"],
+                 ["pool", "init", pool]):
+        proc = run_cli(*args)
+        assert (proc.returncode, proc.stdout_text, proc.stderr_text) == (1, "", line), args
+    assert {p.name: p.read_bytes() for p in pool.iterdir()} == before
+
+
+def test_a_directory_with_an_empty_catalog_and_no_blocks_is_no_pool(tmp_path):
+    """Without slot files, an empty catalog.db makes no pool: not one to open, nor a directory
+    to make one in (an empty one)."""
+    where = tmp_path / "p"
+    where.mkdir()
+    (where / "catalog.db").touch()
+    proc = run_cli("-p", where, "vm", "ls")
+    assert (proc.returncode, proc.stderr_text) == (
+        1, f"blockfold: error: {where} is not a Blockfold pool\n")
+    proc = run_cli("pool", "init", where)
+    assert (proc.returncode, proc.stderr_text) == (
+        1, f"blockfold: error: {where} exists and is not an empty directory\n")
+    assert [p.name for p in where.iterdir()] == ["catalog.db"]

@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -648,6 +649,71 @@ def test_a_client_outlives_a_restart_of_its_service(pool_dir, golden, serve):
         t.stop()
 
 
+def made_again(path: Path, gone: tuple[int, int]) -> None:
+    """Waits (bounded) until a socket other than `gone` (device, inode) is at `path`."""
+    for _ in range(600):
+        try:
+            st = path.stat()
+            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) != gone:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was not made again within 30 s")
+
+
+def test_a_service_makes_its_admin_socket_again_once_removed_or_replaced(pool_dir, golden,
+                                                                       serve):
+    """DIR/admin.sock removed under a running service (a tmp cleaner, a user taking it for a
+    killed service's): every writing command waited 5 s, then was told the pool's service takes
+    every command, which none could reach until it was restarted (brk8a #7). The service holds
+    the pool, so it makes the socket again, and says so in its log; so it does with a file no
+    service answers on put in its place."""
+    s = serve()
+    first = (s.socket.stat().st_dev, s.socket.stat().st_ino)
+    s.socket.unlink()
+    made_again(s.socket, first)
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "d", check=True)
+    assert oct(s.socket.stat().st_mode & 0o777) == "0o600"      # made as the first was
+    second = (s.socket.stat().st_dev, s.socket.stat().st_ino)
+    s.socket.unlink()
+    s.socket.write_text("not a socket")
+    made_again(s.socket, second)
+    run_cli("-p", pool_dir, "vm", "rm", "d", "-y", check=True)
+    log = s.stop()
+    assert log.count(f"blockfold: {s.socket} was removed: made it again\n") == 1, log
+    assert log.count(f"blockfold: {s.socket} was replaced by a file no service answers on: made"
+                     " it again\n") == 1, log
+    assert not s.socket.exists()        # its own, removed at the stop
+    assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+
+
+def test_a_service_whose_admin_socket_is_gone_is_named_so_with_what_to_do(pool_dir, golden,
+                                                                          serve):
+    """A service that has not made its socket again (stopped here, SIGSTOP): a command says
+    the socket is missing and to restart the service, not that every command goes through
+    it (brk8a #7), and changes nothing. Once the service runs on, it makes the socket, and the
+    command goes through."""
+    s = serve()
+    first = (s.socket.stat().st_dev, s.socket.stat().st_ino)
+    os.kill(s.proc.pid, signal.SIGSTOP)
+    try:
+        s.socket.unlink()
+        proc = run_cli("-p", pool_dir, "vm", "clone", "golden", "d")
+        assert (proc.returncode, proc.stdout_text) == (1, "")
+        assert proc.stderr_text == (
+            f"blockfold: error: pool {pool_dir} is held by a service (pid {s.proc.pid},"
+            f" `blockfold -p {pool_dir} serve`), but its admin socket {s.socket} is missing and"
+            " the service has not made it again: no command reaches the service until it does;"
+            " restart the service (its log says what went wrong)\n")
+    finally:
+        os.kill(s.proc.pid, signal.SIGCONT)
+    made_again(s.socket, first)
+    assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+    run_cli("-p", pool_dir, "vm", "clone", "golden", "d", check=True)
+    s.stop()
+
+
 def test_an_address_in_use_is_one_line_naming_it(pool_dir, golden):
     """serve --nbd, nbd serve --listen and --metrics on a port another process listens on: one
     line naming what and where, exit 1 (NBD gave an internal error), and the pool
@@ -665,3 +731,20 @@ def test_an_address_in_use_is_one_line_naming_it(pool_dir, golden):
                                         " port (0: any free)\n")
     assert not (pool_dir / adminwire.SOCKET).exists()
     assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
+
+
+def test_nbd_and_metrics_on_one_address_is_a_usage_error_before_anything_opens(pool_dir, golden):
+    """--nbd (nbd serve's --listen) and --metrics naming one address: the service would listen
+    there twice, and said "another process listens there" of its own metrics (brk8a #8). A
+    usage error now, with the pool not even opened."""
+    before = {p.name: p.read_bytes() for p in pool_dir.iterdir()}
+    for args, flag in ((["serve", "--nbd", "127.0.0.1:29801", "--metrics", "127.0.0.1:29801"],
+                        "--nbd"),
+                       (["nbd", "serve", "--metrics", "127.0.0.1:10809"], "--listen"),
+                       (["serve", "--nbd", "[::1]:29801", "--metrics", "[::1]:29801"], "--nbd")):
+        proc = run_cli("-p", pool_dir, *args)
+        where = args[-1]
+        assert proc.returncode == 2 and proc.stdout_text == "", proc.stderr_text
+        assert proc.stderr_text == (f"blockfold: error: {flag} and --metrics name the same"
+                                    f" address ({where}): give each its own port\n")
+    assert {p.name: p.read_bytes() for p in pool_dir.iterdir()} == before

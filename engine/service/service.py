@@ -14,10 +14,11 @@ every call after switch to it. A standby (ClusterAdmin.standby: another service 
 cluster) is served as a fenced one is, and takes the cluster over by the same seam; it leaves
 DIR/admin.sock to the service that answers there until then.
 
-Lifecycle. `run()` serves until SIGTERM or SIGINT, then drains: the admin socket is removed
-(new CLIs open the pool themselves once it is free), NBD answers what it had received, running
-jobs are cancelled and every admin call gets DRAIN_S to finish; then the caller closes the
-service (close), which closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
+Lifecycle. `run()` serves until SIGTERM or SIGINT (DIR/admin.sock made again meanwhile if it is
+removed: _keep_socket), then drains: the admin socket is removed (new CLIs open the pool
+themselves once it is free), NBD answers what it had received, running jobs are cancelled and
+every admin call gets DRAIN_S to finish; then the caller closes the service (close), which
+closes its Admin: that flushes and marks the pool clean. A SIGKILL leaves
 a pool the next open rebuilds, losing nothing that was flushed. `start_in_thread()` serves from
 a thread instead, for a console that holds the pool (no signals; `stop()` drains, then `close()`).
 """
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 from .. import formats
 from ..errors import BlockfoldError, CancelledError
 from ..net import asynciolog
-from ..net.adminwire import SOCKET, server_pid
+from ..net.adminwire import SOCKET
 from . import socketfile
 from .metrics import Metrics
 from .served import ServedAdmin
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from ..localadmin import LocalAdmin
 
 DRAIN_S = 10.0
+# How often the service looks whether DIR/admin.sock is still its own (_keep_socket).
+SOCKET_CHECK_S = 1.0
 # Admin clients closed at their deadline (session.DEADLINE_S): the first is told, the others in a
 # line each this often.
 DEADLINE_LOG_S = 10.0
@@ -85,6 +88,7 @@ class Service:
         # Set once start() is done (or failed): a standby's take-over waits for it, so that
         # what _reopened switches over is what start() made.
         self._started = threading.Event()
+        self._keeper: asyncio.Task | None = None            # _keep_socket
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -114,6 +118,7 @@ class Service:
                     bound["nbd"] = await nbd.start(*self.nbd_address)
                 self.nbd = self.admin.attachments = nbd     # (one that failed has nothing to close)
             await self._listen()
+            self._keeper = asyncio.create_task(self._keep_socket())
         except OSError as e:
             await self._close_listeners()
             raise BlockfoldError(f"cannot serve: {e.strerror or e}") from None
@@ -128,7 +133,7 @@ class Service:
         """Listens on DIR/admin.sock (made afresh: see socketfile); a standby whose
         DIR/admin.sock a live service answers (the writer's, same directory) leaves it to that
         one, and binds it once it takes the cluster over (_listen_again)."""
-        if self.standby and not self._deferred and _answered(self.socket_path):
+        if self.standby and not self._deferred and socketfile.answers(self.socket_path):
             self._deferred = True
             self.log(f"{self.socket_path} is the serving writer's: this standby listens there"
                      " once it takes the cluster over")
@@ -145,13 +150,46 @@ class Service:
             return      # stopped meanwhile
         if self._server is not None and socketfile.identity(self.socket_path) == self._socket_id:
             return
-        old, self._deferred = self._server, False
+        self._deferred = False
         try:
-            await self._listen()
+            await self._bind_again()
         except BlockfoldError as e:
             self.log(f"cannot listen on {self.socket_path} again: {e}")
-            return
-        if old is not None:
+
+    async def _keep_socket(self) -> None:
+        """Every SOCKET_CHECK_S: DIR/admin.sock made again if it is no longer the one bound here
+        and no service answers there: removed (a tmp cleaner, a user taking it for a killed
+        service's) or replaced by a file nobody listens on. Commands reach this service only
+        through it, and its lock on the pool lets no other process serve the pool meanwhile.
+        One another service answers on (a cluster's newer writer) is left to it. Said in the
+        log once, made or not."""
+        told = False
+        while True:
+            await asyncio.sleep(SOCKET_CHECK_S)
+            if self._deferred:
+                continue        # a standby's: bound once it takes the cluster over
+            found = socketfile.identity(self.socket_path)
+            if found == self._socket_id or (found is not None and await asyncio.to_thread(
+                    socketfile.answers, self.socket_path)):
+                continue
+            what = "removed" if found is None else "replaced by a file no service answers on"
+            try:
+                await self._bind_again()
+            except BlockfoldError as e:
+                if not told:
+                    self.log(f"{self.socket_path} was {what}; cannot make it again ({e}): no"
+                             " command reaches this service until it can, or it is restarted")
+                told = True
+                continue
+            told = False
+            self.log(f"{self.socket_path} was {what}: made it again")
+
+    async def _bind_again(self) -> None:
+        """DIR/admin.sock bound anew; sessions open on the old listener go on. Raises
+        BlockfoldError (the socket cannot be made)."""
+        old = self._server
+        await self._listen()
+        if old is not None:     # a standby's first bind
             old.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -260,6 +298,9 @@ class Service:
 
     async def _close_listeners(self) -> None:
         self._deferred = False
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
         if self._server is not None:
             self._server.close()
             socketfile.remove(self.socket_path, self._socket_id)
@@ -338,15 +379,6 @@ def _naming(what: str, address: tuple[str, int]):
         # (socket.create_server's strerror adds the address again, as a Python tuple)
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise BlockfoldError(f"cannot serve {what} on {where}: {reason}{hint}") from None
-
-
-def _answered(path: Path) -> bool:
-    """Whether a live process listens on the Unix socket at `path` (one that keeps this user
-    out counts: it is not this one's to replace)."""
-    try:
-        return server_pid(path) is not None
-    except PermissionError:
-        return True
 
 
 def _join(events: list[threading.Event], timeout: float) -> None:

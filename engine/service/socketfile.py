@@ -4,7 +4,9 @@ the socket takes its first connection, so no client ever finds it more open than
 
 Two services of one cluster may take turns as its writer (a standby took over, the first took
 the cluster back: engine/service/service.py): each knows its socket by its file's identity, so
-the one writing again binds the path anew, and the other, stopping, does not remove it.
+the one writing again binds the path anew, and the other, stopping, does not remove it. A service
+whose socket was removed under it (a tmp cleaner, a user taking it for a killed service's) makes
+it again, unless another service answers at the path (`answers`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 from pathlib import Path
 
 from ..errors import BlockfoldError
-from ..net.adminwire import socket_address
+from ..net.adminwire import server_pid, socket_address
 
 BACKLOG = 64
 
@@ -64,3 +66,14 @@ def remove(path: Path, bound: tuple[int, int] | None) -> None:
     service may have made the path its own since."""
     if bound is not None and identity(path) == bound:
         path.unlink(missing_ok=True)
+
+
+def answers(path: Path) -> bool:
+    """Whether a service listens on the socket at `path`: one whose mode keeps this user out,
+    or whose backlog stays full, counts (it is not ours to replace)."""
+    try:
+        return server_pid(path) is not None
+    except (PermissionError, BlockfoldError):
+        return True
+    except OSError:         # not a socket
+        return False
