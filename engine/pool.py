@@ -1093,15 +1093,12 @@ class Pool:
         with self._lock:
             if name is not None:
                 self.graph.vm(name)
-            known = self.blocks.ready and not self.rebuilding
-            out = []
-            for s in self.graph.snaps(name):
-                alone = None
-                if known:
-                    alone = len(stats_mod.held_alone(self, s.layer))
-                out.append({"vm": s.vm, "name": s.name, "created": s.created, "size": s.size,
-                            "origin": s.origin, "blocks_alone": alone})
-            return out
+            snaps = self.graph.snaps(name)
+            alone = {}
+            if self.blocks.ready and not self.rebuilding:
+                alone = stats_mod.held_alone(self, {s.layer for s in snaps})
+            return [{"vm": s.vm, "name": s.name, "created": s.created, "size": s.size,
+                     "origin": s.origin, "blocks_alone": alone.get(s.layer)} for s in snaps]
 
     # -- images -------------------------------------------------------------------------------
 

@@ -43,16 +43,23 @@ def held_only_by(pool, layer: int) -> tuple[np.ndarray, int]:
     return blocks[alone], int(lbns[alone].sum())
 
 
-def held_alone(pool, layer: int) -> np.ndarray:
-    """The blocks only snapshot layer `layer` holds: referenced by it alone, and read by no VM
-    (what removing the snapshot may free)."""
-    mine, _ = held_only_by(pool, layer)
-    return np.array([a for a in mine if not pool.core.vms_reading(int(a))], np.uint64)
+def held_alone(pool, layers) -> dict[int, int]:
+    """How many blocks each snapshot layer of `layers` holds alone: referenced by it alone, and
+    read by no VM (what removing the snapshot may free). The readers of all of them are counted
+    in one call: the core builds who reads each block once per change of the layer graph, and a
+    call costs O(VMs) whatever it asks (one per block took 16,384 calls for a 64 MiB snapshot)."""
+    held = {layer: held_only_by(pool, layer)[0] for layer in layers}
+    unread = pool.core.readers_of(np.concatenate([np.empty(0, np.uint64), *held.values()])) == 0
+    counts, at = {}, 0
+    for layer, blocks in held.items():
+        counts[layer] = int(unread[at:at + len(blocks)].sum())
+        at += len(blocks)
+    return counts
 
 
 def snapshot_blocks(pool) -> int:
     """Blocks that only snapshots hold, over every snapshot."""
-    return sum(len(held_alone(pool, layer)) for layer in {s.layer for s in pool.graph.snaps()})
+    return sum(held_alone(pool, {s.layer for s in pool.graph.snaps()}).values())
 
 
 def refcount_histogram(refcounts: np.ndarray) -> dict[str, int]:

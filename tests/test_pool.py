@@ -285,6 +285,36 @@ def test_a_block_at_many_lbns_of_one_layer_is_held_by_it_once(pool):
     assert pool.stats()["snapshot_blocks"] == 2
 
 
+def test_a_snapshot_holds_alone_what_no_vm_reads_and_no_other_layer_references(pool):
+    """What removing a snapshot may free, per snapshot and over them all: a block the VM still
+    reads, or that another VM also holds, is not the snapshot's alone; clones and other
+    snapshots change nothing of it."""
+    def alone():
+        return ([s["blocks_alone"] for s in pool.snapshots("a")],
+                pool.stats()["snapshot_blocks"])
+
+    block = [rand(BS, 40 + k) for k in range(8)]
+    pool.create_vm("a", 8 * BS)
+    pool.write("a", 0, b"".join(block))
+    pool.snapshot("a", "s1")
+    assert alone() == ([0], 0)                      # a reads all 8 through s1
+    pool.write("a", 0, rand(4 * BS, 50))
+    assert alone() == ([4], 4)                      # blocks 0-3 only s1 holds now
+    pool.create_vm("b", BS)
+    pool.write("b", 0, block[1])
+    assert alone() == ([3], 3)                      # b holds block 1 too
+    pool.snapshot("a", "s2")
+    pool.write("a", 0, rand(BS, 51))
+    assert alone() == ([3, 1], 4)                   # s2: the first of the 4 written, overwritten
+    pool.clone("a", "c")
+    pool.write("c", 2 * BS, rand(BS, 52))
+    assert alone() == ([3, 1], 4)
+    pool.delete("b")
+    assert alone() == ([4, 1], 5)
+    pool.write("c", 0, block[0])                    # c's copy of block 0: no longer s1's alone
+    assert alone() == ([3, 1], 4)
+
+
 def test_a_rotten_block_is_never_served_and_is_remembered(pool_dir):
     data = rand(8 * BS, 21)
     with Pool.open(pool_dir) as p:

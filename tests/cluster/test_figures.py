@@ -1,10 +1,13 @@
 """A cluster's figures mean what they say: which nodes hold each block, how many VMs read it,
-and capacity as room for new copies, each filesystem counted once and not divided by R."""
+what a snapshot alone holds, and capacity as room for new copies, each filesystem counted once
+and not divided by R."""
 
 from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 
 from .conftest import image
 
@@ -28,6 +31,23 @@ def test_blocks_name_their_holders_and_capacity_counts_each_disk_once(make_clust
         assert abs(s.capacity_bytes - free) < 256 * MiB
         assert s.usable_bytes == s.capacity_bytes // 2
         assert all(abs(n.capacity_bytes - free) < 256 * MiB for n in admin.nodes())
+
+
+def test_a_snapshot_counts_the_blocks_it_alone_holds(make_cluster, tmp_path):
+    """What removing a snapshot may free, as stats and `vm snapshots` say it on a cluster: the
+    blocks the VM overwrote since, not those it or another VM still reads."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "a.raw", 1, seed=6)
+    rng = np.random.default_rng(7)
+    with cluster.open() as admin:
+        admin.import_image("golden", str(tmp_path / "a.raw"))
+        admin.clone("golden", "desk", count=3)
+        admin.write("desk-1", 0, rng.bytes(64 * 4096))
+        admin.take_snapshot("desk-1", "s1")
+        assert admin.stats().snapshot_blocks == 0                   # desk-1 reads them
+        admin.write("desk-1", 16 * 4096, rng.bytes(48 * 4096))
+        assert [s.blocks_alone for s in admin.snapshots("desk-1")] == [48]
+        assert admin.stats().snapshot_blocks == 48
 
 
 def test_ram_nodes_each_count_their_unused_memory(make_cluster, tmp_path):
