@@ -379,7 +379,22 @@ class Pool:
             finally:
                 # RAM is rebuilt whether or not its record commits: waiters must not hang.
                 self._ready.set()
+        if reason == "crash" and not self.readonly:
+            self._fold_back()
         return figures
+
+    def _fold_back(self) -> None:
+        """After a crash: the frozen layers exports held when it came (frozen) are folded back
+        as the exports' ends would have folded them (LayerGraph.plan_fold_back), in one
+        commit, so a VM is not left one layer deeper (and refused `rebase --keep-writes`)
+        until its next delete, refresh or rollback. A tidy-up: on a failure they stay."""
+        try:
+            with self._changing(), self._paused():
+                edit = self.graph.plan_fold_back()
+                if edit.dropped:
+                    self._commit(self._with_merges(edit, []))
+        except BlockfoldError:
+            pass
 
     def rebuild(self, full: bool = False, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None) -> dict:
