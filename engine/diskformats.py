@@ -21,10 +21,14 @@ when the export began (Pool.frozen), whatever its NBD clients write meanwhile.
 
 Both run where the image file is, the client's side: the file is read and written with the
 user's permissions, a client over SSH works on its own files, and a service never starts qemu.
+Every qemu tool started here dies with the thread that started it (PR_SET_PDEATHSIG): a CLI
+killed outright (kill -9) left qemu-img converting a whole image into a file nobody would rename,
+and a persistent qemu-nbd serving forever.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -38,7 +42,7 @@ import time
 
 from . import _native, formats
 from .errors import BadImageError, VMNotFoundError
-from .imageio import empty_image, not_a_source, open_image, replacing
+from .imageio import empty_image, not_a_source, open_image, replacing, scratch
 from .names import MAX_VM_BYTES, MAX_VM_WHY
 
 IMPORTS = ("qcow2", "vmdk", "vhdx", "vdi", "raw")     # engine.api names them for the CLI
@@ -291,8 +295,7 @@ def export_disk(admin, name: str, dest: str, format: str, progress=None, cancel=
         if getattr(admin, "pool", None) is None:
             # A service's client holds no pool core to serve NBD from: the VM comes over as a
             # sparse raw file beside `dest` (holes stay holes), and qemu-img converts that.
-            with tempfile.TemporaryDirectory(prefix=".blockfold-export-",
-                                             dir=os.path.dirname(os.path.abspath(path))) as tmp:
+            with scratch(path) as tmp:
                 source = os.path.join(tmp, "disk.raw")
                 try:
                     admin.export(name, source, progress, cancel, snapshot)
@@ -424,11 +427,27 @@ def _beside(image: str) -> str:
     return os.path.dirname(os.path.abspath(image))
 
 
+PR_SET_PDEATHSIG = 1        # prctl(2)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _dies_with_us():
+    """A preexec_fn: the child gets SIGTERM when the thread that started it ends, however it
+    ends (kill -9 too). Resolved before the fork, so the child only makes two system calls."""
+    parent, prctl = os.getpid(), _libc.prctl
+
+    def child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:      # the parent died before the line above
+            os._exit(1)
+    return child
+
+
 def _spawn(args: list[str], stdout=subprocess.DEVNULL, cwd: str | None = None
            ) -> subprocess.Popen:
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.PIPE, cwd=cwd)
+                                stderr=subprocess.PIPE, cwd=cwd, preexec_fn=_dies_with_us())
     except FileNotFoundError:
         raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils"
                             " libnbd-bin)") from None
@@ -441,7 +460,8 @@ def _run(args: list[str], image: str | None = None) -> subprocess.CompletedProce
         args = [*args[:-1], os.path.abspath(image)]
     try:
         return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              cwd=None if image is None else _beside(image))
+                              cwd=None if image is None else _beside(image),
+                              preexec_fn=_dies_with_us())
     except FileNotFoundError:
         raise BadImageError(f"{args[0]} is not installed (apt install qemu-utils)") from None
 

@@ -46,7 +46,7 @@ def estimate(admin, sources: list, progress: ProgressCallback | None = None,
         for image in images:
             image.close()
     meter.finish()
-    pool_logical = stats.logical_bytes // bs
+    pool_logical = sum(vm.logical_blocks for vm in stats.vms)
     logical = pool_logical + sum(f.data_blocks for f in found)
     unique = stats.unique_blocks + len(seen)
     return Estimate(

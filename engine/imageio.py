@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import secrets
+import shutil
 import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -298,7 +301,11 @@ def replacing(dest: str):
     interrupted export leaves the file that was there as it was. The new file takes the old
     one's mode, owner and group (owner and group as far as this user may set them); a new file
     gets 0644 less the umask. A symlink's target is replaced, the link kept. A device or a FIFO
-    (/dev/null, a LUN) is not replaced: `dest` itself is yielded, written in place. Raises
+    (/dev/null, a LUN) is not replaced: `dest` itself is yielded, written in place.
+
+    The part is locked (flock) while its writer lives, so that what a writer killed outright
+    left (kill -9, a power cut: no handler of its own runs) is known as such and removed by the
+    next export to `dest` (_sweep), never a part another export is writing. Raises
     BadImageError (the directory takes no new file)."""
     try:
         old = os.stat(dest)
@@ -311,9 +318,11 @@ def replacing(dest: str):
         return
     # (after the stat: /dev/stdout on a pipe resolves to no path at all)
     folder, base = os.path.split(os.path.realpath(dest))
+    _sweep(folder, base)
     made: list[str] = []        # the part, named before it exists: a Ctrl-C in between leaves none
+    lock = None
     try:
-        part = _new_part(folder, base, dest, made)
+        part, lock = _new_part(folder, base, dest, made)
         yield part
         fd = os.open(part, os.O_RDONLY)     # (qemu-img makes its file afresh, and never syncs)
         try:
@@ -326,26 +335,86 @@ def replacing(dest: str):
         os.rename(part, os.path.join(folder, base))
     except BaseException:
         for part in made:
+            shutil.rmtree(part + SCRATCH, ignore_errors=True)
             with suppress(FileNotFoundError):
                 os.unlink(part)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     _sync_dir(folder)
 
 
-def _new_part(folder: str, base: str, dest: str, made: list[str]) -> str:
-    """A new empty file ".BASE.XXXXXXXX.part" in `folder`: its path, in `made` from before it
-    is created until the caller is done with it."""
+SCRATCH = ".d"          # a part's scratch directory: PART.d (scratch)
+
+
+@contextmanager
+def scratch(part: str):
+    """A directory beside the part `part` (replacing's) for what goes into it on the way (a
+    raw copy to convert): removed at the end, and with the part if its writer is killed."""
+    folder = part + SCRATCH
+    try:
+        os.mkdir(folder, 0o700)
+    except OSError as e:
+        raise BadImageError(f"cannot write beside {part}: {e.strerror}") from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep(folder: str, base: str) -> None:
+    """Removes the parts of `base` (and their scratch directories) that no living writer locks:
+    left by an export killed before it could remove them. Anything it cannot remove stays."""
+    left = re.compile(re.escape(f".{base}.") + r"[0-9a-f]{8}\.part(" + re.escape(SCRATCH) + ")?")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        found = left.fullmatch(name)
+        if not found:
+            continue
+        path = os.path.join(folder, name)
+        if found.group(1):          # a scratch directory whose part is gone already
+            if not os.path.lexists(path.removesuffix(SCRATCH)):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                shutil.rmtree(path + SCRATCH, ignore_errors=True)
+                os.unlink(path)
+        except OSError:
+            pass        # its writer runs (BlockingIOError), or it is not ours to remove
+        finally:
+            os.close(fd)
+
+
+def _new_part(folder: str, base: str, dest: str, made: list[str]) -> tuple[str, int]:
+    """A new empty file ".BASE.XXXXXXXX.part" in `folder`, locked: its path, in `made` from
+    before it is created until the caller is done with it, and the descriptor holding its lock
+    (closed by the caller)."""
     for _ in range(PART_TRIES):
         part = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.part")
         made.append(part)
         try:
-            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            return part
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             made.remove(part)       # another's
             continue
         except OSError as e:
             raise BadImageError(f"cannot write {dest}: {e.strerror}") from None
+        # Blocking: a sweeper that took it before this lock lets go at once, having removed it.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return part, fd
+        os.close(fd)
+        made.remove(part)
     raise BadImageError(f"cannot write {dest}: {PART_TRIES} temporary names beside it are taken")
 
 

@@ -409,6 +409,24 @@ class LayerGraph:
         edit = LayerEdit()
         return edit, self._frozen_state(name, top_empty, edit)
 
+    def plan_fold_back(self) -> LayerEdit:
+        """What a crash left of exports, folded back as their ends would have folded it
+        (plan_unfreeze): every VM's top whose parent nobody else reads (no pin, no hold, no other
+        child) folds down into it, so the VM is as deep as before its export began. Costs the
+        tops' pages; an empty edit if there is none (no pool left so by anything else: a
+        collection merges such a layer, but for the rare one two merges would have shared)."""
+        edit = LayerEdit()
+        pinned = self._pins_without()
+        for vm in self._vms.values():
+            layer = self._parents.get(vm.top)
+            if (layer is None or layer in pinned or self.held(layer) or self.is_top(layer)
+                    or self._children.get(layer) != {vm.top}):
+                continue
+            edit.dropped.append(vm.top)
+            edit.folded[vm.top] = layer
+            edit.put_vms.append(replace(vm, top=layer))
+        return edit
+
     def plan_unfreeze(self, layer: int) -> tuple[LayerEdit, list[Merge]]:
         """Collects a layer that a read held and let go (plan_freeze's, once its export ends),
         so exports do not deepen chains. If nothing else reads it (no pin, no other hold, and

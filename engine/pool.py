@@ -457,7 +457,22 @@ class Pool:
             finally:
                 # RAM is rebuilt whether or not its record commits: waiters must not hang.
                 self._ready.set()
+        if reason == "crash" and not self.readonly:
+            self._fold_back()
         return figures
+
+    def _fold_back(self) -> None:
+        """After a crash: the frozen layers exports held when it came (frozen) are folded back
+        as the exports' ends would have folded them (LayerGraph.plan_fold_back), in one
+        commit, so a VM is not left one layer deeper (and refused `rebase --keep-writes`)
+        until its next delete, refresh or rollback. A tidy-up: on a failure they stay."""
+        try:
+            with self._changing(), self._paused():
+                edit = self.graph.plan_fold_back()
+                if edit.dropped:
+                    self._commit(self._with_merges(edit, []))
+        except BlockfoldError:
+            pass
 
     def rebuild(self, full: bool = False, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None) -> dict:
@@ -1000,9 +1015,24 @@ class Pool:
         a clone)."""
         vm = self.graph.vm(name)
         back = vm.base_size if vm.base_size not in (None, vm.size) else None
-        self._collecting(lambda: self.graph.plan_refresh(name), "refresh",
-                         f"refreshed {name} to its golden image"
-                         + (f", {formats.exact_size(back)} again" if back else ""))
+
+        def planned() -> LayerEdit:
+            edit = self._with_merges(*self.graph.plan_refresh(name))
+            edit.events.append(("refresh", f"refreshed {name} to its golden image"
+                                + (f", {formats.exact_size(back)} again" if back else "")))
+            return edit
+
+        with self._changing():
+            self._edit(planned)
+            if vm.base_size is None:
+                # It keeps its own size over a golden state that may be larger (it was shrunk
+                # since): what lies past its end is trimmed, as its shrink trimmed it, so a
+                # later grow shows zeros there and `logical` counts only its disk.
+                try:
+                    self.core.cut_past_end(name)
+                except (_native.NativeError, OSError) as e:
+                    raise self.data_error(e) from None
+                self._commit()
 
     def rebase(self, names: list[str], golden: str, keep_writes: bool = False) -> None:
         """Moves the VMs onto `golden`'s current state in one edit, O(1) each (Horizon's

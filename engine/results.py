@@ -24,9 +24,10 @@ class VMStats:
     size: int
     """The virtual disk's size, bytes."""
     logical_bytes: int
-    """Bytes that read as data (neither zeros nor never written) through the VM's chain."""
+    """Bytes that read as data (neither zeros nor never written) through the VM's chain, at most
+    its size (a last block past its end counts only its part inside)."""
     logical_blocks: int
-    """The same, in blocks."""
+    """Its blocks that read as data (the last one whole)."""
     unique_blocks: int | None
     """Blocks only this VM references: written by it and shared with nothing, each counted once
     however many of its LBNs hold it (what deleting it frees). None while the RAM metadata is
@@ -180,7 +181,8 @@ class PoolStats:
     physical_bytes: int | None
     """Bytes of unique blocks stored (one copy each): unique_blocks × block size."""
     dedup_ratio: float | None
-    """logical_bytes / physical_bytes, to 3 decimals; 1.0 for an empty pool."""
+    """Logical over physical, to 3 decimals, both in blocks (a VM's last block, read in part,
+    is stored whole); 1.0 for an empty pool."""
     unique_blocks: int | None
     """Live blocks: each distinct block stored once, however many references it has."""
     free_slots: int | None

@@ -6,6 +6,7 @@ Each on a pool the CLI opens itself and through a running service."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -393,3 +394,104 @@ def test_an_export_under_nohup_goes_on_after_a_sighup(pool_dir, big, tmp_path):
     assert status == 0, err
     assert os.listdir(big) == ["big.img"]
     assert (big / "big.img").read_bytes() == (tmp_path / "big.raw").read_bytes()
+
+
+def _children(pid: int, comm: str) -> list[int]:
+    """The pids of `pid`'s children running `comm`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except (OSError, ValueError):
+            continue
+        name, _, rest = stat.partition(" (")[2].rpartition(") ")
+        if name == comm and int(rest.split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _pending(pid: int) -> int:
+    """The signals waiting for process `pid` (its ShdPnd mask)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _wait_gone(pid: int) -> None:
+    """Waits (60 s at most) until process `pid` has ended."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{pid}/stat").read().rpartition(") ")[2].startswith("Z"):
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not end")
+
+
+def test_a_killed_export_takes_its_qemu_img_along_and_the_next_leaves_no_part(
+        pool_dir, tmp_path):
+    """kill -9 of a qcow2 export through a service while qemu-img converts: qemu-img is told to
+    end with it (it went on writing the whole image into a .part file nobody would rename),
+    and the next export to that path removes what the killed one left beside it."""
+    served = Served(["-p", str(pool_dir)])
+    try:
+        (tmp_path / "big.raw").write_bytes(os.urandom(64 << 20))
+        run_cli("-p", pool_dir, "vm", "import", "big", tmp_path / "big.raw", check=True)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "big.qcow2").write_bytes(b"old")
+        proc = subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), "vm",
+                                 "export", "big", str(out / "big.qcow2")], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not (qemu := _children(proc.pid, "qemu-img")):
+                assert proc.poll() is None, "the export ended before qemu-img could be caught"
+                assert time.monotonic() < deadline, "qemu-img never started"
+                time.sleep(0.001)
+            os.kill(qemu[0], signal.SIGSTOP)        # held where it is, whatever the load
+            proc.kill()
+            proc.wait()
+            assert _pending(qemu[0]) & (1 << (signal.SIGTERM - 1)), "qemu-img was not told"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pid in qemu:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                _wait_gone(pid)
+        assert (out / "big.qcow2").read_bytes() == b"old"
+        assert len(os.listdir(out)) > 1                 # the killed export's part, and its copy
+        run_cli("-p", pool_dir, "vm", "export", "big", out / "big.qcow2", check=True)
+        assert os.listdir(out) == ["big.qcow2"]
+        subprocess.run(["qemu-img", "compare", "-q", out / "big.qcow2", tmp_path / "big.raw"],
+                       check=True)
+    finally:
+        assert "Traceback" not in served.stop()
+
+
+def test_an_export_removes_the_parts_a_killed_one_left_never_a_live_ones(tmp_path):
+    """What an export killed outright left beside its file (no lock on it) goes at the next
+    export to that path; the part of an export still writing it stays, and so do other
+    files' parts."""
+    from engine.imageio import replacing
+    dest = tmp_path / "disk.img"
+    dead = tmp_path / ".disk.img.0123abcd.part"
+    dead.write_bytes(b"half an image")
+    (tmp_path / ".disk.img.0123abcd.part.d").mkdir()        # its raw copy, through a service
+    other = tmp_path / ".other.img.0123abcd.part"
+    other.write_bytes(b"another file's")
+    with replacing(str(dest)) as first:
+        assert sorted(os.listdir(tmp_path)) == [os.path.basename(first), other.name]
+        with replacing(str(dest)) as second:                # a second export, meanwhile
+            assert os.path.exists(first)
+            with open(second, "wb") as f:
+                f.write(b"second")
+        with open(first, "wb") as f:
+            f.write(b"first")
+    assert sorted(os.listdir(tmp_path)) == [other.name, "disk.img"]
+    assert dest.read_bytes() == b"first"

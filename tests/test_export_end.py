@@ -158,3 +158,30 @@ def test_a_crash_right_after_an_export_ended_keeps_its_writes(pool_dir):
         assert pool.read("desk", 0, 6000) == b"during" * 1000
         assert pool.read("desk", 8192, 5000) == data[8192:8192 + 5000]
         assert len(pool.graph.chain(pool.vm("desk").top)) == 1 and pool.fsck() == []
+
+
+def test_zeros_written_during_an_export_are_kept_over_a_new_golden_as_written_directly(
+        pool_dir):
+    """A desk zeroes a block of its own data where its golden reads zeros, once directly and
+    once while an export reads it; then it is rebased onto a new golden keeping its writes. The
+    export changes nothing the user sees: the block reads the new golden's data both ways
+    (the fold kept a ZERO tombstone, so it read zeros there after the export)."""
+    with Pool.open(pool_dir) as pool:
+        pool.create_vm("g", 4 * BS)
+        pool.write("g", BS, b"g" * BS)             # block 0 of the golden reads zeros
+        pool.create_vm("g2", 4 * BS)
+        pool.write("g2", 0, b"N" * BS)             # the new golden has data there
+        for desk, during_export in (("direct", False), ("exported", True)):
+            pool.clone("g", desk)
+            pool.write(desk, 0, b"d" * BS)         # its own data, then zeros over it
+            pool.write(desk, 2 * BS, b"z" * BS)    # and over the golden's zeros beside
+            if during_export:
+                with pool.frozen(desk):
+                    pool.write(desk, 0, bytes(BS))
+            else:
+                pool.write(desk, 0, bytes(BS))
+        pool.rebase(["direct", "exported"], "g2", keep_writes=True)
+        for desk in ("direct", "exported"):
+            assert pool.read(desk, 0, BS) == b"N" * BS, desk
+            assert pool.read(desk, BS, 3 * BS) == bytes(BS) + b"z" * BS + bytes(BS), desk
+        assert pool.fsck() == []

@@ -218,9 +218,34 @@ def test_a_crash_during_an_export_leaves_nothing_fsck_calls_damage(pool_dir, des
         assert pool.vm_names() == ["desk"] and pool.snapshots() == []
         assert pool.read("desk", 0, 5000) == b"after" * 1000
         assert pool.fsck() == []
-        # The layer frozen for the export is an ordinary one: a delete collects it.
+        # The open after the crash folded the export's layer back, as its end would have:
+        # the chain is as deep as before (it stayed one deeper until the VM's next delete).
+        assert len(pool.graph.chain(pool.vm("desk").top)) == 1
         pool.delete("desk")
         assert pool.graph.layers() == [] and pool.fsck() == []
+
+
+def test_a_clone_exported_when_its_pool_crashed_can_be_rebased_keeping_its_writes(pool_dir,
+                                                                                  desk):
+    """A clone whose export a crash cut is its base plus its top again once reopened: its
+    writes (made before and during the export) are kept over a new golden, where a rebase
+    --keep-writes was refused while the export's layer stood between."""
+    with Pool.open(pool_dir) as pool:
+        pool.rename("desk", "gold")
+        pool.clone("gold", "desk")
+        pool.write("desk", 8192, b"before" * 1000)
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(pool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    with Pool.open(pool_dir) as pool:
+        assert len(pool.graph.chain(pool.vm("desk").top)) == 2        # its top, on its base
+        pool.create_vm("new", pool.vm_size("gold"))
+        pool.write("new", 4 * 8192, b"new" * 1000)
+        pool.rebase(["desk"], "new", keep_writes=True)
+        assert pool.read("desk", 0, 5000) == b"after" * 1000
+        assert pool.read("desk", 8192, 6000) == b"before" * 1000
+        assert pool.read("desk", 4 * 8192, 3000) == b"new" * 1000
+        assert pool.fsck() == []
 
 
 @pytest.mark.parametrize("format", ["raw", "qcow2"])

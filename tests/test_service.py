@@ -560,11 +560,24 @@ def scrape(url: str) -> dict[str, float]:
             for line in text.splitlines() if line and not line.startswith("#")}
 
 
+def scrape_ready(url: str) -> dict[str, float]:
+    """scrape(url) once the service has rebuilt its RAM metadata. `serve` answers at once (it
+    opens the pool with wait=False) and until its rebuild ends the block figures have no sample
+    (None, never a stand-in 0): a first scrape under load landed there now and then, and a
+    figure it looked up was missing."""
+    deadline = time.monotonic() + 60
+    while (figures := scrape(url))["blockfold_rebuilding"]:
+        assert "blockfold_unique_blocks" not in figures and "blockfold_dedup_ratio" not in figures
+        assert time.monotonic() < deadline, "the service's rebuild did not end"
+        time.sleep(0.05)
+    return figures
+
+
 def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, golden, serve,
                                                                      tmp_path):
     run_cli("-p", pool_dir, "vm", "clone", "golden", "desk", check=True)
     s = serve("--nbd", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
-    before = scrape(s.metrics)
+    before = scrape_ready(s.metrics)
     assert before["blockfold_logical_bytes"] == 6 * MiB          # the holes are not data
     assert before["blockfold_dedup_ratio"] == pytest.approx(3.0, rel=0.01)
     assert cli_json("-p", pool_dir, "stats")["logical_bytes"] == 6 * MiB
@@ -589,7 +602,7 @@ def test_metrics_for_prometheus_and_figures_fresh_after_every_write(pool_dir, go
 def test_metrics_count_the_blocks_a_scrub_found_corrupt(pool_dir, golden, serve):
     # stats and the console said so; a Prometheus alert had nothing to fire on.
     s = serve("--metrics", "127.0.0.1:0")
-    assert scrape(s.metrics)["blockfold_corrupt_blocks"] == 0
+    assert scrape_ready(s.metrics)["blockfold_corrupt_blocks"] == 0
     with open(pool_dir / "blocks.dat", "r+b") as f:     # a bit of rot in slot 1
         f.seek(4096 + 100)
         f.write(b"\xff" * 8)
@@ -605,7 +618,7 @@ def test_metrics_answer_only_at_their_path(pool_dir, golden, serve):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(root + path, timeout=10)
         assert refused.value.code == 404, path
-    assert scrape(s.metrics)["blockfold_unique_blocks"] > 0
+    assert scrape_ready(s.metrics)["blockfold_unique_blocks"] > 0
     s.stop()
 
 

@@ -122,3 +122,25 @@ def test_a_vm_left_past_the_largest_says_so_on_export_not_an_internal_address(tm
         " (8.0 EiB), past 9,223,372,035,781,033,984 B (8 EiB less 1 GiB, the largest disk qemu"
         " opens); shrink it first (`vm resize a SIZE --force`)\n")
     assert not out.exists()
+
+
+def test_a_vm_whose_size_ends_inside_a_block_counts_only_its_own_bytes(tmp_path):
+    """On a 64 KiB pool a 100 KiB VM written to its end reads 100 KiB of data: its logical
+    bytes are 100 KiB, not the 128 KiB of its two blocks (more than its size), and the dedup
+    ratio, blocks over blocks, is 1 until a clone shares them."""
+    pool = tmp_path / "pool"
+    run_cli("pool", "init", pool, "--block-size", "64K", check=True)
+    (tmp_path / "zeros.raw").write_bytes(bytes(100 * 1024))
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "zeros.raw", check=True)
+    (tmp_path / "end.raw").write_bytes(os.urandom(8 * 1024))
+    run_cli("-p", pool, "vm", "write", "a", tmp_path / "end.raw", "--offset", "92K", check=True)
+    (vm,) = cli_json("-p", pool, "vm", "ls")
+    assert (vm["size"], vm["logical_bytes"], vm["logical_blocks"]) == (100 * 1024, 36 * 1024, 1)
+    run_cli("-p", pool, "vm", "write", "a", tmp_path / "end.raw", "--offset", "0", check=True)
+    (vm,) = cli_json("-p", pool, "vm", "ls")
+    assert (vm["logical_bytes"], vm["logical_blocks"]) == (100 * 1024, 2)
+    stats = cli_json("-p", pool, "stats")
+    assert (stats["logical_bytes"], stats["dedup_ratio"]) == (100 * 1024, 1.0)
+    run_cli("-p", pool, "vm", "clone", "a", "b", check=True)
+    stats = cli_json("-p", pool, "stats")
+    assert (stats["logical_bytes"], stats["dedup_ratio"]) == (200 * 1024, 2.0)

@@ -140,6 +140,11 @@ def test_a_clone_made_before_blockfold_kept_its_golden_size_keeps_its_own(pool_d
     assert proc.stdout_text.strip().endswith("; it keeps its size (8.0 KiB): it was cloned before"
                                              " Blockfold kept its golden image's size")
     assert info(cli, "old")["stats"]["size"] == 2 * BS
+    # The golden's block past its end is not its own (it counted 3 blocks in 8 KiB), and
+    # grown, it reads zeros there, as it did after its shrink (it read the golden's block).
+    assert info(cli, "old")["stats"]["logical_blocks"] == 2
+    cli("vm", "resize", "old", "16K")
+    assert read(cli, "old", tmp_path) == blocks(1, 1, 0, 0)
     cli("vm", "refresh", "new", "-y")
     assert info(cli, "new")["stats"]["size"] == 4 * BS
     cli("vm", "rollback", "old", "then", "-y")

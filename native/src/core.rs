@@ -467,7 +467,6 @@ impl<B: Backend> Core<B> {
     /// reads as zeros changes nothing. Errors as `write`.
     pub fn trim(&self, name: &str, offset: u64, length: u64) -> Result<()> {
         self.refuse_readonly()?;
-        let bs = self.block_size as u64;
         let _pass = self.gate.enter(true);
         let mut st = self.state.write();
         let vm = st.writable_vm(name)?;
@@ -475,7 +474,36 @@ impl<B: Backend> Core<B> {
         if length == 0 {
             return Ok(());
         }
-        let end = offset + length;
+        self.trim_range(&mut st, name, &vm, offset, offset + length)
+    }
+
+    /// Trims whatever VM `name`'s chain holds from its end on (`trim` stops at the end): a VM
+    /// put on a base larger than itself (a refresh of a clone made before its golden's size was
+    /// kept) would otherwise read the base's data there once grown, and count it meanwhile.
+    /// Costs the pages the chain holds past the end. Errors as `write`.
+    pub fn cut_past_end(&self, name: &str) -> Result<()> {
+        self.refuse_readonly()?;
+        let bs = self.block_size as u64;
+        let _pass = self.gate.enter(true);
+        let mut st = self.state.write();
+        let vm = st.writable_vm(name)?;
+        // The last LBN a page can hold: no block lies past it.
+        self.trim_range(&mut st, name, &vm, vm.size, u64::MAX / bs * bs)
+    }
+
+    /// `trim` of [offset, end) under the write lock, with no check of the VM's size.
+    fn trim_range(
+        &self,
+        st: &mut State<B>,
+        name: &str,
+        vm: &Vm,
+        offset: u64,
+        end: u64,
+    ) -> Result<()> {
+        let bs = self.block_size as u64;
+        if offset >= end {
+            return Ok(());
+        }
         let first_whole = offset.div_ceil(bs);
         let last_whole = end / bs; // one past
 
@@ -487,7 +515,7 @@ impl<B: Backend> Core<B> {
             let partial = start < offset || start + bs > end;
             if partial && !edge_lbns.contains(&lbn) {
                 let mut buf = vec![0u8; bs as usize];
-                self.read_block(&st, name, &vm, lbn, &mut buf)?;
+                self.read_block(st, name, vm, lbn, &mut buf)?;
                 let from = offset.max(start);
                 let to = end.min(start + bs);
                 buf[(from - start) as usize..(to - start) as usize].fill(0);
@@ -505,7 +533,7 @@ impl<B: Backend> Core<B> {
             } else {
                 addrs.next().unwrap()
             };
-            Self::set_run(&mut st, vm.top, *lbn, &[entry], &mut replaced);
+            Self::set_run(st, vm.top, *lbn, &[entry], &mut replaced);
         }
         let mut lbn = first_whole;
         while lbn < last_whole {
@@ -539,7 +567,7 @@ impl<B: Backend> Core<B> {
                         }
                     })
                     .collect();
-                Self::set_run(&mut st, vm.top, lbn, &entries, &mut replaced);
+                Self::set_run(st, vm.top, lbn, &entries, &mut replaced);
             }
             lbn += n;
         }

@@ -729,6 +729,11 @@ impl PyCore {
         detached!(self, py, |c| c.trim(name, offset, length))
     }
 
+    /// Trims what the VM's chain holds past its end (Core::cut_past_end).
+    fn cut_past_end(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        detached!(self, py, |c| c.cut_past_end(name))
+    }
+
     fn read<'py>(
         &self,
         py: Python<'py>,

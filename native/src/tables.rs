@@ -480,8 +480,9 @@ impl Tables {
     /// What folding frozen `layer` into its child `child` makes of the child's pages, without
     /// doing it (a delete plans its merges before it drops the layer's other child): the pages
     /// that change (None: left all INHERIT, so dropped), and the addresses the child's own
-    /// entries shadow. The child's entries win; if the layer is a root, the child's ZERO entries
-    /// become INHERIT, which means the same there.
+    /// entries shadow. The child's entries win; a ZERO left over what reads as zeros beneath the
+    /// layer (always so under a root) becomes INHERIT, as a write of zeros made there would
+    /// leave it (`zero_kept`).
     pub fn merged(&self, layer: u64, child: u64) -> Result<Merged> {
         let l = self.layer(layer)?;
         if l.top {
@@ -515,11 +516,7 @@ impl Tables {
                     }
                 }
             }
-            if root {
-                page.iter_mut()
-                    .filter(|e| **e == ZERO)
-                    .for_each(|e| *e = INHERIT);
-            }
+            self.zero_kept(layer, pno, &mut page);
             if *page != before {
                 let kept = (!all_inherit(&page)).then_some(page);
                 merged.pages.push((pno, kept));
@@ -576,7 +573,8 @@ impl Tables {
     /// of the parent's pages, without doing it: for each page the top holds, the parent's page
     /// that changes (None: left all INHERIT, so dropped), and the parent's addresses the top's
     /// entries shadow. The top's entries win, as in `merged`; the cost is the top's pages, not
-    /// the parent's. If the parent is a root, ZERO entries become INHERIT, which means the same.
+    /// the parent's. A ZERO left over what reads as zeros beneath the parent becomes INHERIT
+    /// (`zero_kept`): the fold leaves what a write of zeros made straight to the parent would.
     pub fn folded(&self, top: u64, layer: u64) -> Result<Merged> {
         let t = self.layer(top)?;
         if !t.top || t.parent != Some(layer) {
@@ -590,7 +588,6 @@ impl Tables {
                 "layer {layer} is a top: a top folds only into a frozen layer"
             )));
         }
-        let root = l.parent.is_none();
         let mut merged = Merged::default();
         for (&pno, own) in &t.pages {
             let before = l.pages.get(&pno).map_or([INHERIT; PAGE_ENTRIES], |p| **p);
@@ -600,15 +597,34 @@ impl Tables {
                     if is_address(*below) {
                         merged.shadowed.push(*below);
                     }
-                    *below = if root && mine == ZERO { INHERIT } else { mine };
+                    *below = mine;
                 }
             }
+            self.zero_kept(layer, pno, &mut page);
             if *page != before {
                 let kept = (!all_inherit(&page)).then_some(page);
                 merged.pages.push((pno, kept));
             }
         }
         Ok(merged)
+    }
+
+    /// Page `pno` of frozen `layer` as it will be once a layer above is merged or folded into
+    /// it: each ZERO kept only where the layers beneath `layer` read data, INHERIT where they
+    /// read zeros. A write of zeros leaves exactly that (core.rs, `zero_entry`); a tombstone the
+    /// layer took from above over zeros beneath would outlive a later `rebase --keep-writes`
+    /// as zeros over the new golden's data, where the same write made with no layer between
+    /// shows the golden's.
+    fn zero_kept(&self, layer: u64, pno: u64, page: &mut Page) {
+        if !page.contains(&ZERO) {
+            return;
+        }
+        let beneath = self.below(layer, pno);
+        for (i, e) in page.iter_mut().enumerate() {
+            if *e == ZERO && !beneath.as_ref().is_some_and(|b| is_address(b[i])) {
+                *e = INHERIT;
+            }
+        }
     }
 
     /// Folds top `top` into `layer`, its parent (see `folded`): the parent takes the top's
@@ -861,7 +877,8 @@ mod tests {
         let shadowed = t.fold_as(3, 2, true).unwrap();
         assert_eq!(shadowed, vec![10, 11]);
         assert!(!t.has_layer(3) && t.is_top(2) && t.parent(2).unwrap() == Some(1));
-        assert_eq!(look(&t, 2, 0, 3), vec![20, ZERO, 12]);
+        // LBN 1: zeros over the root's zeros need no tombstone (a_zero_is_kept_only_over_data).
+        assert_eq!(look(&t, 2, 0, 3), vec![20, INHERIT, 12]);
         assert_eq!(look(&t, 2, 1030, 1), vec![21]);
         assert_eq!(look(&t, 2, 5000, 1), vec![13]);
         assert_eq!(t.dirty_count(), 0, "durable: the commit wrote it all");
@@ -875,6 +892,32 @@ mod tests {
         r.drop_layer(4).unwrap();
         assert_eq!(r.fold_as(2, 1, false).unwrap(), Vec::<u64>::new());
         assert!(r.page(1, 0).is_none() && r.is_top(1));
+    }
+
+    #[test]
+    fn a_zero_is_kept_only_over_data_beneath_after_a_fold_or_a_merge() {
+        // 1 (root: data at LBN 0) <- 2 (data at 0 and 1) <- 3 (zeros at 0 and 1), frozen.
+        let build = || {
+            let mut t = graph(&[(1, None, true), (2, Some(1), true), (3, Some(2), true)]);
+            t.set_entries(1, 0, &[10]).unwrap();
+            t.set_entries(2, 0, &[20, 21]).unwrap();
+            t.set_entries(3, 0, &[ZERO, ZERO]).unwrap();
+            t.set_top(1, false).unwrap();
+            t.set_top(2, false).unwrap();
+            t
+        };
+        let own = |t: &Tables, layer| t.page(layer, 0).map(|p| p[..2].to_vec());
+        // A write of zeros made straight to layer 2 would leave a tombstone over the root's data
+        // only, INHERIT over its zeros: a fold and a merge into layer 2 leave the same.
+        let mut folded = build();
+        assert_eq!(folded.fold_as(3, 2, false).unwrap(), vec![20, 21]);
+        assert_eq!(own(&folded, 2), Some(vec![ZERO, INHERIT]));
+        let mut merged = build();
+        merged.set_top(3, false).unwrap();
+        merged.add_layer(4, Some(3), true).unwrap();
+        assert_eq!(merged.merge_into_child(2, 3).unwrap(), vec![20, 21]);
+        assert_eq!(own(&merged, 3), Some(vec![ZERO, INHERIT]));
+        assert_eq!(look(&merged, 4, 0, 2), vec![ZERO, INHERIT]);
     }
 
     #[test]
