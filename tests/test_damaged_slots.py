@@ -16,6 +16,8 @@ import pytest
 
 from engine.api import LocalAdmin, create_pool
 from tests.conftest import cli_json, run_cli
+from tests.nbdclient import EIO, RawClient
+from tests.serviceproc import Served
 
 BS = 4096
 BLOCKS = 64
@@ -76,6 +78,51 @@ def test_a_truncated_data_file_refuses_writes_then_repair_marks_what_is_gone(gol
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_data_file_cut_under_the_service_fails_those_reads_and_the_service_goes_on(tmp_path):
+    """A page of a mapped slot file that cannot be read (SIGBUS: the file cut short under the
+    map, or a disk's unreadable sector) fails the reads of its blocks, not the process: every
+    other block of every VM is still served, and writes are refused from then on."""
+    pool = create_pool(tmp_path / "pool")
+    images = {"b": os.urandom(16 * BS), "a": os.urandom(BLOCKS * BS)}   # b: slots 1-16, a: 17-80
+    with LocalAdmin.open(pool) as admin:
+        for name, data in images.items():
+            (tmp_path / name).write_bytes(data)
+            admin.import_image(name, str(tmp_path / name))
+    s = Served(["-p", str(pool)], "--nbd", "127.0.0.1:0")
+    clients = []
+    try:
+        port = int(s.nbd.rpartition(":")[2])
+        for name in ("a", "b"):
+            clients.append(RawClient(port))
+            clients[-1].connect(name)
+        a, b = clients
+        os.truncate(pool / "blocks.dat", (1 + 16 + 32) * BS)     # a's blocks from 32 on are gone
+        assert a.read(40 * BS, BS) == (EIO, b"")
+        assert s.proc.poll() is None
+        assert a.read(0, 32 * BS) == (0, images["a"][:32 * BS])
+        assert b.read(0, 16 * BS) == (0, images["b"])
+        assert a.write(0, bytes(BS)) == EIO
+        assert b.write(0, bytes(BS)) == EIO
+        assert b.read(0, BS) == (0, images["b"][:BS])
+        damage = cli_json("-p", pool, "stats")["damage"]
+        assert damage.startswith(f"{pool}/blocks.dat could not be read at byte {(17 + 40) * BS}")
+        proc = run_cli("-p", pool, "fsck")
+        assert proc.returncode == 1 and "blocks.dat could not be read" in proc.stdout_text
+        one_line_naming(run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw"),
+                        "VM a", f"byte {32 * BS}")
+        one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat",
+                        "could not be read")
+        for c in clients:
+            c.close()
+        s.stop()
+    finally:
+        for c in clients:
+            c.close()
+        s.kill()
+    # Opened again, the pool says what a rebuild finds: the blocks past the end.
+    one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat", "past the end")
+
+
 def test_lost_fingerprints_are_computed_again_from_the_data(golden, tmp_path, damage):
     pool, image = golden
     if damage == "delete":
