@@ -77,7 +77,6 @@ def test_a_truncated_data_file_refuses_writes_then_repair_marks_what_is_gone(gol
     assert "32 blocks whose data is gone are corrupt" in events
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_a_data_file_cut_under_the_service_fails_those_reads_and_the_service_goes_on(tmp_path):
     """A page of a mapped slot file that cannot be read (SIGBUS: the file cut short under the
     map, or a disk's unreadable sector) fails the reads of its blocks, not the process: every
@@ -123,6 +122,7 @@ def test_a_data_file_cut_under_the_service_fails_those_reads_and_the_service_goe
     one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat", "past the end")
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_lost_fingerprints_are_computed_again_from_the_data(golden, tmp_path, damage):
     pool, image = golden
     if damage == "delete":
