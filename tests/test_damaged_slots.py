@@ -10,12 +10,15 @@ gone corrupt, after which the pool takes writes again without cross-linking anyt
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from engine.api import LocalAdmin, create_pool
-from tests.conftest import cli_json, run_cli
+from tests.conftest import ROOT, cli_json, run_cli
 from tests.nbdclient import EIO, RawClient
 from tests.serviceproc import Served
 
@@ -120,6 +123,23 @@ def test_a_data_file_cut_under_the_service_fails_those_reads_and_the_service_goe
         s.kill()
     # Opened again, the pool says what a rebuild finds: the blocks past the end.
     one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat", "past the end")
+
+
+@pytest.mark.parametrize("fault", ["kill", "another map"])
+def test_a_sigbus_that_is_not_the_pools_still_ends_the_process(tmp_path, fault):
+    """The handler takes only faults in the slot files' maps: a SIGBUS sent with kill, or one on
+    another file's map, ends the process as it always did."""
+    trigger = ("os.kill(os.getpid(), signal.SIGBUS)" if fault == "kill" else
+               "f = open(sys.argv[2], 'w+b'); f.truncate(8192); m = mmap.mmap(f.fileno(), 8192);"
+               " f.truncate(0); m[4096]")
+    script = ("import mmap, os, signal, sys\n"
+              "from engine.api import LocalAdmin, create_pool\n"
+              "with LocalAdmin.open(create_pool(sys.argv[1])):\n"
+              f"    {trigger}\n"
+              "print('survived')\n")
+    proc = subprocess.run([sys.executable, "-c", script, tmp_path / "pool", tmp_path / "other"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGBUS and "survived" not in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
