@@ -754,6 +754,8 @@ def stats(admin, args, bar) -> int:
     if s.corrupt_blocks:
         rows.append(("corrupt", f"{formats.counted(s.corrupt_blocks, 'block')} with no sound copy"
                                 " (reads fail; fsck names them)"))
+    if s.damage:
+        rows.append(("damage", s.damage))
     if s.reserve_bytes == 0:
         rows.append(("reserve", f"none: the filesystem holding {s.path} is too full to keep"
                      " the catalog's reserve, so a commit at 100 % may fail; free space on it"))

@@ -146,7 +146,8 @@ class LocalAdmin(Admin):
             rebuilds=[RebuildRecord(**r) for r in raw["rebuilds"]],
             vms=[_vm(v, known) for v in raw["vms"]],
             nodes=self._nodes(raw), snapshots=raw["snapshots"],
-            snapshot_blocks=raw["snapshot_blocks"], reserve_bytes=raw.get("reserve_bytes"))
+            snapshot_blocks=raw["snapshot_blocks"], reserve_bytes=raw.get("reserve_bytes"),
+            damage=raw.get("damage"))
 
     def _replication(self, raw: dict) -> dict:
         """One copy of every block, in this pool's slot files."""

@@ -1339,21 +1339,25 @@ class Pool:
         folded into it (at a cost in those writes), or, if something else reads it now (a
         clone, a snapshot), it merges as a snapshot's layer does (plan_unfreeze). A read-only
         pool's view is the VM's top, which its shared lock on DIR/lock keeps as it is: writers'
-        opens are refused meanwhile (_unwritten). A snapshot is frozen already: its layer is
+        opens are refused meanwhile (_unwritten); so is a damaged pool's, which refuses every
+        write (Core.damage). A snapshot is frozen already: its layer is
         held as it is. Raises VMNotFoundError (the VM, or its snapshot), AbortedError (the
         freeze's commit failed), PoolLockedError (read-only: a writer holds the pool),
         RefusedError (read-only: a writer wrote it after this pool was opened)."""
         # Read in errors ("VM desk (export 1): the block at byte 0 is corrupt").
         which = f"snapshot {snapshot}, " if snapshot else ""
         view = f"{name} ({which}export {next(self._views)})"
+        # A damaged pool refuses every write, so the top stays as it is without a freeze (an
+        # edit, refused too): what can still be read is saved, the rest named.
+        still = self.readonly or bool(self.core.damage)
         with self._unwritten():
-            with self._lock if self.readonly or snapshot else self._changing():
+            with self._lock if still or snapshot else self._changing():
                 vm = self.graph.vm(name)
                 if snapshot is not None:
                     snap = self.graph.snap(name, snapshot)
                     layer, size = snap.layer, snap.size
                 else:
-                    layer, size = vm.top if self.readonly else self._freeze(vm), vm.size
+                    layer, size = vm.top if still else self._freeze(vm), vm.size
                 self.graph.hold(view, layer, name)
                 self.core.set_vm(view, layer, size)
             try:

@@ -240,6 +240,10 @@ class PoolStats:
     """Disk an embedded pool holds back for its catalog (DIR/reserve, engine/reserve.py); 0 when
     it has none (its filesystem was too full to keep it: a commit at 100 % may fail). None for
     a cluster."""
+    damage: str | None = None
+    """What refuses every write and structural edit, in one line naming the slot file and what to
+    do (a truncated or deleted one, or a page of it that could not be read since the open), or
+    None."""
     fenced: str = ""
     """Empty, or why this cluster's writer writes nothing now: a newer writer took the cluster
     while it was cut off, and it waits to take it back (engine/cluster/admin.py), in one line:

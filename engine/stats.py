@@ -133,4 +133,5 @@ def pool_stats(pool) -> dict:
         "vms": vms,
         "snapshots": len(pool.graph.snaps()),
         "snapshot_blocks": snapshot_blocks(pool) if known else None,
+        "damage": pool.core.damage,
     }

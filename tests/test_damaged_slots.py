@@ -10,12 +10,17 @@ gone corrupt, after which the pool takes writes again without cross-linking anyt
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from engine.api import LocalAdmin, create_pool
-from tests.conftest import cli_json, run_cli
+from tests.conftest import ROOT, cli_json, run_cli
+from tests.nbdclient import EIO, RawClient
+from tests.serviceproc import Served
 
 BS = 4096
 BLOCKS = 64
@@ -73,6 +78,68 @@ def test_a_truncated_data_file_refuses_writes_then_repair_marks_what_is_gone(gol
     events = " ".join(m for (m,) in db.execute("SELECT message FROM events WHERE kind='repair'"))
     db.close()
     assert "32 blocks whose data is gone are corrupt" in events
+
+
+def test_a_data_file_cut_under_the_service_fails_those_reads_and_the_service_goes_on(tmp_path):
+    """A page of a mapped slot file that cannot be read (SIGBUS: the file cut short under the
+    map, or a disk's unreadable sector) fails the reads of its blocks, not the process: every
+    other block of every VM is still served, and writes are refused from then on."""
+    pool = create_pool(tmp_path / "pool")
+    images = {"b": os.urandom(16 * BS), "a": os.urandom(BLOCKS * BS)}   # b: slots 1-16, a: 17-80
+    with LocalAdmin.open(pool) as admin:
+        for name, data in images.items():
+            (tmp_path / name).write_bytes(data)
+            admin.import_image(name, str(tmp_path / name))
+    s = Served(["-p", str(pool)], "--nbd", "127.0.0.1:0")
+    clients = []
+    try:
+        port = int(s.nbd.rpartition(":")[2])
+        for name in ("a", "b"):
+            clients.append(RawClient(port))
+            clients[-1].connect(name)
+        a, b = clients
+        os.truncate(pool / "blocks.dat", (1 + 16 + 32) * BS)     # a's blocks from 32 on are gone
+        assert a.read(40 * BS, BS) == (EIO, b"")
+        assert s.proc.poll() is None
+        assert a.read(0, 32 * BS) == (0, images["a"][:32 * BS])
+        assert b.read(0, 16 * BS) == (0, images["b"])
+        assert a.write(0, bytes(BS)) == EIO
+        assert b.write(0, bytes(BS)) == EIO
+        assert b.read(0, BS) == (0, images["b"][:BS])
+        damage = cli_json("-p", pool, "stats")["damage"]
+        assert damage.startswith(f"{pool}/blocks.dat could not be read at byte {(17 + 40) * BS}")
+        proc = run_cli("-p", pool, "fsck")
+        assert proc.returncode == 1 and "blocks.dat could not be read" in proc.stdout_text
+        one_line_naming(run_cli("-p", pool, "vm", "export", "a", tmp_path / "out.raw"),
+                        "VM a", f"byte {32 * BS}")
+        one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat",
+                        "could not be read")
+        for c in clients:
+            c.close()
+        s.stop()
+    finally:
+        for c in clients:
+            c.close()
+        s.kill()
+    # Opened again, the pool says what a rebuild finds: the blocks past the end.
+    one_line_naming(run_cli("-p", pool, "vm", "clone", "b", "c"), "blocks.dat", "past the end")
+
+
+@pytest.mark.parametrize("fault", ["kill", "another map"])
+def test_a_sigbus_that_is_not_the_pools_still_ends_the_process(tmp_path, fault):
+    """The handler takes only faults in the slot files' maps: a SIGBUS sent with kill, or one on
+    another file's map, ends the process as it always did."""
+    trigger = ("os.kill(os.getpid(), signal.SIGBUS)" if fault == "kill" else
+               "f = open(sys.argv[2], 'w+b'); f.truncate(8192); m = mmap.mmap(f.fileno(), 8192);"
+               " f.truncate(0); m[4096]")
+    script = ("import mmap, os, signal, sys\n"
+              "from engine.api import LocalAdmin, create_pool\n"
+              "with LocalAdmin.open(create_pool(sys.argv[1])):\n"
+              f"    {trigger}\n"
+              "print('survived')\n")
+    proc = subprocess.run([sys.executable, "-c", script, tmp_path / "pool", tmp_path / "other"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGBUS and "survived" not in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])

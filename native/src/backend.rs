@@ -59,4 +59,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The handle a commit syncs with (see `Syncer`).
     fn syncer(&self) -> Syncer;
+
+    /// Why writing became unsafe since the block layer was opened (a page of a local pool's
+    /// slot file that could not be read), in one line; None while it is sound.
+    fn unreadable(&self) -> Option<String> {
+        None
+    }
 }

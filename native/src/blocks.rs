@@ -408,6 +408,10 @@ impl Backend for Blocks {
         Ok(())
     }
 
+    fn unreadable(&self) -> Option<String> {
+        self.store.unreadable()
+    }
+
     fn syncer(&self) -> Syncer {
         match self.store.files() {
             Some(files) => Arc::new(move || files.sync()),

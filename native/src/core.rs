@@ -61,7 +61,8 @@ pub struct State<B: Backend = Blocks> {
     pub ready: bool,
     /// What the last rebuild found wrong with the slot files that makes writing unsafe
     /// (references past the end of the data file, live blocks without a fingerprint): every
-    /// write and structural edit is refused with it until a repair.
+    /// write and structural edit is refused with it until a repair. A page found unreadable
+    /// since the open refuses them too (`State::damage()`).
     pub damage: Option<String>,
     commits: HashMap<u64, u64>, // snapshot token -> sealed epoch
 }
@@ -73,6 +74,12 @@ impl<B: Backend> State<B> {
             .ok_or_else(|| Error::UnknownVm(name.to_string()))
     }
 
+    /// What refuses writes: a page of a slot file found unreadable since the open (it holds
+    /// zeros in the map now), else what the last rebuild found.
+    fn damage(&self) -> Option<String> {
+        self.blocks.unreadable().or_else(|| self.damage.clone())
+    }
+
     /// The VM to write to; refused until a rebuild has counted the references.
     fn writable_vm(&self, name: &str) -> Result<Vm> {
         let vm = self.vm(name)?.clone();
@@ -81,8 +88,8 @@ impl<B: Backend> State<B> {
                 "the pool's index is not built: rebuild first".into(),
             ));
         }
-        if let Some(damage) = &self.damage {
-            return Err(Error::Format(damage.clone()));
+        if let Some(damage) = self.damage() {
+            return Err(Error::Format(damage));
         }
         if !self.tables.is_top(vm.top) {
             return Err(Error::State(format!(
@@ -292,9 +299,10 @@ impl Core<Blocks> {
         Ok(())
     }
 
-    /// What makes writing unsafe, as the last rebuild found it (see `State::damage`).
+    /// What makes writing unsafe: a page of a slot file found unreadable since the open, or what
+    /// the last rebuild found (see `State::damage`).
     pub fn damage(&self) -> Option<String> {
-        self.state.read().damage.clone()
+        self.state.read().damage()
     }
 
     pub fn corrupt_slots(&self) -> Vec<u64> {

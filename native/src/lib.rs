@@ -6,6 +6,7 @@
 //!   backend      the block layer seam: what the data path asks of whatever keeps the blocks
 //!   fingerprint  xxh3-128 digests and index keys
 //!   slots        blocks.dat / hashes.dat, mapped, grown by fallocate
+//!   mapguard     a page of a mapped slot file that cannot be read (SIGBUS): zeros and a record
 //!   refcounts    2 bytes a slot, chunked
 //!   freespace    free bitmap and pending frees by epoch
 //!   index        fingerprint key -> slot, sharded, 8 bytes a cell
@@ -32,6 +33,7 @@ pub mod fingerprint;
 pub mod freespace;
 pub mod gate;
 pub mod index;
+pub mod mapguard;
 pub mod meter;
 pub mod nbd;
 pub mod progress;

@@ -417,7 +417,9 @@ impl PyCore {
     }
 
     /// What makes writing unsafe, as the last rebuild found it (a truncated or deleted slot
-    /// file), or None; every write and structural edit is refused with it (FormatError).
+    /// file) or as a read through the maps found it since the open (a page of a slot file that
+    /// could not be read), or None; every write and structural edit is refused with it
+    /// (FormatError).
     #[getter]
     fn damage(&self, py: Python<'_>) -> PyResult<Option<String>> {
         match self.inner()? {

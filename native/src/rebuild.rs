@@ -376,6 +376,34 @@ mod tests {
     }
 
     #[test]
+    fn a_data_file_cut_under_the_pool_fails_those_reads_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = pool(dir.path());
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i / 4096 + 1) as u8).collect();
+        c.write("a", 0, &data).unwrap(); // slots 1-3
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(DATA))
+            .unwrap()
+            .set_len(2 * 4096) // the header and slot 1 stay
+            .unwrap();
+        assert!(matches!(
+            c.read("a", 4096, 4096),
+            Err(Error::Corrupt { offset: 4096, slot: 2, .. })
+        ));
+        let damage = c.damage().unwrap();
+        assert!(
+            damage.contains(DATA) && damage.contains("at byte 8192"),
+            "{damage}"
+        );
+        assert_eq!(c.read("a", 0, 4096).unwrap(), data[..4096]);
+        assert!(matches!(c.write("a", 0, &[9; 4096]), Err(Error::Format(_))));
+        // What the map found stays until the pool is opened again.
+        c.rebuild(false, true, &mut quiet()).unwrap();
+        assert!(c.damage().unwrap().contains("could not be read"));
+    }
+
+    #[test]
     fn a_lost_fingerprint_alone_is_damage() {
         let dir = tempfile::tempdir().unwrap();
         let c = pool(dir.path());

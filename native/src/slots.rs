@@ -13,7 +13,8 @@
 //! commit the acknowledged writes and deletes (dm-vdo and ZFS keep such a reserve too).
 //! Long runs of free slots give their space back to the filesystem as holes (`punch`), never by
 //! truncating the file: a read-only opener beside the writer maps the file at its old length, and
-//! a page past a truncated end would kill it (SIGBUS), while a hole reads as zeros. A hole is
+//! a page past a truncated end cannot be read (SIGBUS, which mapguard.rs turns into failed reads
+//! and a damaged pool), while a hole reads as zeros. A hole is
 //! allocated again (`back`) when its slots are reserved, so reuse is refused at reservation, never
 //! at a store. The in-RAM variant (no directory) keeps both in anonymous maps.
 
@@ -22,10 +23,11 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{MmapOptions, MmapRaw, RemapOptions};
+use memmap2::{MmapOptions, RemapOptions};
 
 use crate::error::{Error, Result};
 use crate::fingerprint::Digest;
+use crate::mapguard::GuardedMap;
 
 pub const DATA_FILE: &str = "blocks.dat";
 pub const HASH_FILE: &str = "hashes.dat";
@@ -62,8 +64,8 @@ pub struct SlotStore {
     block_size: usize,
     readonly: bool,
     files: Option<SlotFiles>,
-    data: MmapRaw,
-    hashes: MmapRaw,
+    data: GuardedMap,
+    hashes: GuardedMap,
     capacity: u64,
 }
 
@@ -148,8 +150,8 @@ impl SlotStore {
             block_size,
             readonly: false,
             files: None,
-            data: MmapOptions::new().len(block_size).map_anon()?.into(),
-            hashes: MmapOptions::new().len(HASH_BYTES).map_anon()?.into(),
+            data: GuardedMap::anonymous(MmapOptions::new().len(block_size).map_anon()?.into()),
+            hashes: GuardedMap::anonymous(MmapOptions::new().len(HASH_BYTES).map_anon()?.into()),
             capacity: 1,
         };
         store.write_header();
@@ -175,6 +177,24 @@ impl SlotStore {
             Some(dir) => dir.join(file).display().to_string(),
             None => file.to_string(),
         }
+    }
+
+    /// Why writing is unsafe since the open, if a page of a slot file could not be read through
+    /// its map (mapguard.rs): one line naming the file and the byte. The map holds zeros there
+    /// from then on, so nothing is trusted from it until the pool is opened again.
+    pub fn unreadable(&self) -> Option<String> {
+        let (file, at) = match (self.data.fault(), self.hashes.fault()) {
+            (Some(at), _) => (DATA_FILE, at),
+            (None, Some(at)) => (HASH_FILE, at),
+            (None, None) => return None,
+        };
+        Some(format!(
+            "{} could not be read at byte {at} (an I/O error, or the file was truncated under the \
+             pool): reads of the blocks there fail, and nothing is written until the pool is \
+             opened again (restart the service; if the file was cut short, `blockfold rebuild \
+             --full --repair` then marks the blocks that are gone corrupt)",
+            self.path_of(file)
+        ))
     }
 
     pub fn files(&self) -> Option<SlotFiles> {
@@ -617,7 +637,7 @@ fn map_files(
     block_size: usize,
     capacity: u64,
     readonly: bool,
-) -> Result<(MmapRaw, MmapRaw)> {
+) -> Result<(GuardedMap, GuardedMap)> {
     let data_len = capacity as usize * block_size;
     let hash_len = capacity as usize * HASH_BYTES;
     let (data, hashes) = if readonly {
@@ -635,7 +655,10 @@ fn map_files(
             MmapOptions::new().len(hash_len).map_raw(&*files.hashes)?,
         )
     };
-    Ok((data, hashes))
+    Ok((
+        GuardedMap::file(data, !readonly)?,
+        GuardedMap::file(hashes, !readonly)?,
+    ))
 }
 
 /// Grows `file` to `size` bytes with real blocks behind them, or fails with `NoSpace` and leaves
@@ -835,6 +858,31 @@ mod tests {
         }
         s.sync().unwrap();
         dir
+    }
+
+    #[test]
+    fn a_file_cut_under_its_map_reads_zeros_there_and_says_so() {
+        let dir = pool_of(4096, 8);
+        let s = SlotStore::open(dir.path(), 4096, true, false).unwrap();
+        assert_eq!(s.unreadable(), None);
+        let cut = |name: &str, len: u64| {
+            let f = OpenOptions::new().write(true).open(dir.path().join(name));
+            f.unwrap().set_len(len).unwrap();
+        };
+        cut(DATA_FILE, 4 * 4096);
+        assert_eq!(s.block(3), &vec![3u8; 4096][..]);
+        assert_eq!(s.block(5), &[0u8; 4096][..]);
+        let why = s.unreadable().unwrap();
+        assert!(why.contains("blocks.dat could not be read at byte 20480"), "{why}");
+        // The page stays zeros even once the file is long again.
+        cut(DATA_FILE, 9 * 4096);
+        assert_eq!(s.block(5), &[0u8; 4096][..]);
+        cut(HASH_FILE, 0);
+        assert_eq!(s.digest(1), [0; 16]);
+        assert!(s.unreadable().unwrap().contains("blocks.dat"), "the first file named stays");
+        drop(s);
+        let s = SlotStore::open(dir.path(), 4096, false, false).unwrap();
+        assert_eq!(s.unreadable(), None, "a new map starts sound");
     }
 
     fn scribble(path: &Path, offset: u64, bytes: &[u8]) {
