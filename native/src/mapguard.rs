@@ -178,7 +178,11 @@ fn install() {
     });
 }
 
-extern "C" fn on_sigbus(signo: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn on_sigbus(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: the kernel hands a valid siginfo; errno is the interrupted code's, kept as it was.
     unsafe {
         let errno = *libc::__errno_location();
@@ -217,9 +221,10 @@ fn absorb(addr: usize) -> bool {
         if zeros == libc::MAP_FAILED {
             return false;
         }
-        let _ = entry
-            .fault
-            .compare_exchange(0, (at.max(start) - start) as u64 + 1, AcqRel, Relaxed);
+        let _ =
+            entry
+                .fault
+                .compare_exchange(0, (at.max(start) - start) as u64 + 1, AcqRel, Relaxed);
         return true;
     }
     false

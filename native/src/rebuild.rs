@@ -389,7 +389,11 @@ mod tests {
             .unwrap();
         assert!(matches!(
             c.read("a", 4096, 4096),
-            Err(Error::Corrupt { offset: 4096, slot: 2, .. })
+            Err(Error::Corrupt {
+                offset: 4096,
+                slot: 2,
+                ..
+            })
         ));
         let damage = c.damage().unwrap();
         assert!(

@@ -873,13 +873,19 @@ mod tests {
         assert_eq!(s.block(3), &vec![3u8; 4096][..]);
         assert_eq!(s.block(5), &[0u8; 4096][..]);
         let why = s.unreadable().unwrap();
-        assert!(why.contains("blocks.dat could not be read at byte 20480"), "{why}");
+        assert!(
+            why.contains("blocks.dat could not be read at byte 20480"),
+            "{why}"
+        );
         // The page stays zeros even once the file is long again.
         cut(DATA_FILE, 9 * 4096);
         assert_eq!(s.block(5), &[0u8; 4096][..]);
         cut(HASH_FILE, 0);
         assert_eq!(s.digest(1), [0; 16]);
-        assert!(s.unreadable().unwrap().contains("blocks.dat"), "the first file named stays");
+        assert!(
+            s.unreadable().unwrap().contains("blocks.dat"),
+            "the first file named stays"
+        );
         drop(s);
         let s = SlotStore::open(dir.path(), 4096, false, false).unwrap();
         assert_eq!(s.unreadable(), None, "a new map starts sound");
