@@ -17,6 +17,7 @@ from textual.app import App, ComposeResult
 from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Header, Static
+from textual.worker import Worker, WorkerState
 
 from engine.api import Admin, BlockfoldError, Job, formats
 from widgets.key_bar import KeyBar
@@ -184,6 +185,14 @@ class BlockfoldApp(App):
         self.push_screen(ErrorDialog(f"{message.what} failed", error_text(message.error)))
         if message.changes:
             self.poll()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Loud by default: a worker that ends in an error its runner did not post (engine()
+        and poll() post their calls' failures themselves) is told in the same dialog, never
+        dropped as a worker's unseen state."""
+        if event.state == WorkerState.ERROR:
+            self.push_screen(ErrorDialog(f"{event.worker.name} failed",
+                                         error_text(event.worker.error)))
 
     # -- polling ------------------------------------------------------------------------------
 

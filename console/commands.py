@@ -1247,22 +1247,35 @@ def console(args) -> int:
     # Engine work in threads holds the GIL in long stretches; a shorter switch interval hands
     # it back to the UI thread sooner, so keys are answered while an import or rebuild runs.
     sys.setswitchinterval(0.001)
+    # A hangup or SIGTERM while it opens ends the open, releasing what it took (the lease).
+    stage = _Stage()
+    _quit_on_hangup(stage)
+    # The open (a cluster's rebuild, thousands of VMs) can take a while: say so, with its phases.
+    where = f"cluster {args.cluster}" if args.cluster else f"pool {pool_path(args)}"
+    print(f"blockfold: opening {where} …", file=sys.stderr, flush=True)
+    # A cluster's open rebuilds before it returns; a pool's goes on behind the first frame
+    # (wait=False), where a bar on the terminal would draw over the console.
+    bar = ProgressBar.if_terminal() if args.cluster else None
     # A console served over SSH logs its actions under the key's comment (engine/node).
-    with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console") as admin:
-        app = BlockfoldApp(admin, read_only=args.read_only)
-        _quit_on_hangup(app)
-        app.run()
+    with console_admin(args, os.environ.get("BLOCKFOLD_ACTOR") or "console", bar) as admin:
+        if bar:
+            bar.close()
+        stage.app = BlockfoldApp(admin, read_only=args.read_only)
+        try:
+            stage.app.run()
+        finally:
+            stage.closing = True
     return 0
 
 
 @contextmanager
-def console_admin(args, actor: str):
+def console_admin(args, actor: str, progress=None):
     """What a console runs on: the service of the pool or cluster if one runs; else the pool or
     cluster opened here, served from this process for as long as the console is open (so CLIs
     go on working beside it). wait=False: the first frame comes at once while the RAM metadata
-    is rebuilt behind it."""
+    is rebuilt behind it. `progress`: the open's rebuild reports, if given."""
     admin = open_admin(args, readonly=args.read_only, restrict=args.read_only, actor=actor,
-                       wait=False)
+                       wait=False, **({"progress": progress} if progress else {}))
     service = None
     try:
         if not admin.served and not args.read_only:
@@ -1306,16 +1319,28 @@ def need_terminal() -> None:
                          " in scripts")
 
 
-def _quit_on_hangup(app) -> None:
-    """A lost terminal (an SSH client gone) or SIGTERM quits the app like `q`, so the cluster is
-    closed cleanly and its write lease freed at once."""
+class _Stage:
+    """Where a console is in its life, for a signal: opening (no app yet), running, closing."""
+    app = None
+    closing = False
+
+
+def _quit_on_hangup(stage: _Stage) -> None:
+    """A lost terminal (an SSH client gone) or SIGTERM: while the pool or cluster opens, ends
+    the open (KeyboardInterrupt: "interrupted", and what the open took, its write lease too, is
+    released); once the app runs, quits it like `q`, so the cluster is closed cleanly and its
+    write lease freed at once; while it closes, nothing more (the close frees the lease)."""
     import asyncio
 
     def quit_(signum, frame):
+        if stage.closing:
+            return
+        if stage.app is None:
+            raise KeyboardInterrupt
         try:
-            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
-        except RuntimeError:            # before the app runs: leave, closing the cluster
-            raise SystemExit(1) from None
+            asyncio.get_running_loop().call_soon_threadsafe(stage.app.exit)
+        except RuntimeError:            # made, not running yet: leave, closing the cluster
+            raise KeyboardInterrupt from None
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, quit_)
 

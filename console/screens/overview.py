@@ -38,18 +38,26 @@ class OverviewPane(PoolPane):
     OverviewPane #recent, OverviewPane #figures, OverviewPane #node-summary {
         text-wrap: nowrap; text-overflow: ellipsis; }
     OverviewPane #node-summary { width: 1fr; }
+    OverviewPane.-loading .-figure { display: none; }
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_class("-loading")      # until the first poll: see body
 
     def body(self) -> ComposeResult:
         with Horizontal(id="top"):
             with Vertical(id="pool", classes="panel") as pool:
-                pool.border_title = "pool"
-                yield Static(id="figures")
-                yield Meter(id="used")
+                # Until the first poll is back (thousands of VMs take a while): say so, rather
+                # than draw an empty pool at 0 %.
+                pool.border_title = "pool · loading"
+                yield Static(Text(f"loading the {self.app.admin.kind}'s figures …",
+                                  style="dim"), id="figures")
+                yield Meter(id="used", classes="-figure")
                 yield Label(id="node-summary")
             with Vertical(id="dedup", classes="panel") as dedup:
                 dedup.border_title = "dedup ratio"
-                yield DedupGauge()
+                yield DedupGauge(classes="-figure")
         with Horizontal(id="trends"):
             with Vertical(classes="panel") as ratio:
                 ratio.border_title = "dedup ratio over time"
@@ -62,6 +70,7 @@ class OverviewPane(PoolPane):
             yield Static(id="recent")
 
     def show_view(self, view: PoolView) -> None:
+        self.remove_class("-loading")
         s = view.stats
         state = s.fenced.partition(":")[0] if s.fenced else s.state     # fenced, or standby
         self.query_one("#pool").border_title = "pool" if state == "ready" else f"pool · {state}"

@@ -35,6 +35,7 @@ import secrets
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,9 @@ class ClusterAdmin(LocalAdmin):
         self._fruitless = None          # (up nodes, blocks short) after a pass that did nothing
         self._rebalance = False         # a node came back: copies move back to their places
         self._healer = None
+        # Held by an operator's heal or a removal's drain for all its passes: the healer runs
+        # no pass of its own meanwhile (both claimed the same copies in the event log).
+        self._healing = threading.Lock()
         self._failures = FailureLog(self._heal_failed)
         self._etcd = None               # a client of the cluster's etcd, made on first use
         self._etcd_made = threading.Lock()
@@ -278,6 +282,15 @@ class ClusterAdmin(LocalAdmin):
         self._log_repairs()
         for news in self.members.news():
             self._record("node", news)
+        if not self._healing.acquire(blocking=False):
+            return                      # an operator's heal or a drain runs: it heals
+        try:
+            self._tend_heal()
+        finally:
+            self._healing.release()
+
+    def _tend_heal(self) -> None:
+        """The healer's own passes (a rebalance's; a shortfall's after the repair delay)."""
         if self._rebalance:
             self._rebalance = False
             self._heal_pass("engine", cancel=self._stop)
@@ -497,16 +510,30 @@ class ClusterAdmin(LocalAdmin):
         if self.readonly:
             raise BlockfoldError("heal needs a writable cluster")
         actor = current_actor(self.pool.actor)
-        short = self.pool.blocks.under_replicated()
-        self._record("heal", f"heal started: {formats.count(short)} blocks under-replicated",
-                     actor)
-        figures = None
+        with self._operator_heal(cancel):
+            short = self.pool.blocks.under_replicated()
+            self._record("heal", f"heal started: {formats.count(short)} blocks"
+                                 " under-replicated", actor)
+            figures = None
+            try:
+                figures = self._heal(wait, progress, cancel)
+                return figures
+            finally:
+                self._record("heal", _healed(asdict(figures)) if figures
+                             else "heal stopped before it was done", actor)
+
+    @contextmanager
+    def _operator_heal(self, cancel):
+        """Holds the healer off for an operator's heal or a drain, once a pass of its own that
+        runs has ended (its copies are its own: the heal counts what is short after it).
+        Raises CancelledError if `cancel` is set meanwhile."""
+        while not self._healing.acquire(timeout=HEAL_POLL):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("heal cancelled")
         try:
-            figures = self._heal(wait, progress, cancel)
-            return figures
+            yield
         finally:
-            self._record("heal", _healed(asdict(figures)) if figures
-                         else "heal stopped before it was done", actor)
+            self._healing.release()
 
     def _pass(self, progress, cancel) -> HealFigures:
         """One heal pass (heal's and a removal's drain), after a round of heartbeats and with
@@ -694,7 +721,8 @@ class ClusterAdmin(LocalAdmin):
     def remove_node(self, name: str, force: bool = False, delete_data: bool = False,
                     progress=None, cancel=None) -> NodeRemoval:
         plan = self.removal(name, force)
-        with lifecycle.removing(self.config, name):
+        # The healer is held off until it has left: the drain's copies are the removal's.
+        with lifecycle.removing(self.config, name), self._operator_heal(cancel):
             actor = current_actor(self.pool.actor)
             i = self.members.index(name)
             copied = lost = 0

@@ -9,6 +9,8 @@ from textual.widgets import DataTable, Label
 from console.app import BlockfoldApp
 from console.clock import FixedClock
 from console.screens.confirm import ConfirmDialog
+from console.screens.error import ErrorDialog
+from engine.api import Service
 from engine.api import formats
 from widgets.node_card import NodeCard
 from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
@@ -133,6 +135,33 @@ async def test_failing_the_node_a_write_majority_needs_warns_and_is_recorded(see
     told = [e.message for e in admin.events(10) if e.kind == "node"]
     assert told == ["failed node3 (its process killed)", "failed node2 (its process killed)"]
     admin.restore_node("node3")     # a majority again, for the fixture's close to commit
+
+
+async def test_a_clone_the_cluster_refuses_is_told_as_a_failure(seeded):
+    # A console serving its cluster (the demo's way: its clone is a job of its service): with
+    # 1 of 3 nodes up the clone's commit is refused, and the console says so and why.
+    admin, _ = seeded
+    admin.fail_node("node2")
+    admin.fail_node("node3")
+    service = Service(admin, admin.config.path, actor="console")
+    service.start_in_thread()
+    try:
+        app = make_app(service.admin)
+        async with app.run_test(size=SIZE) as pilot:
+            await press(pilot, "2", "c")
+            await press(pilot, "tab", "enter")
+            assert isinstance(app.screen, ErrorDialog), app.screen
+            assert app.screen.title_text == "clone desk-1 failed"
+            said = " ".join(str(app.screen.query_one("#message", Label).render()).split())
+            assert said.startswith("a catalog change reached 1 of 3 nodes; it needs 2")
+            await press(pilot, "enter")
+            assert not isinstance(app.screen, ErrorDialog)
+        assert [(j.kind, j.state) for j in service.admin.jobs()] == [("clone", "failed")]
+    finally:
+        service.stop()
+        admin.restore_node("node2")     # a majority again, for the fixture's close to commit
+        admin.restore_node("node3")
+    assert "desk-1-clone" not in admin.vm_names()
 
 
 async def test_restoring_a_node_brings_it_back_and_heals(seeded):

@@ -6,6 +6,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import LocalAdmin, find_service
+from engine.api import LocalAdmin, find_service, open_cluster
+from engine.cluster.members import Members
+from tests.cluster.conftest import image, make_cluster  # noqa: F401 - make_cluster is a fixture
 from tests.conftest import ROOT, run_cli
 from tests.terminal import Terminal
 
@@ -133,3 +136,32 @@ def test_a_console_serving_its_pool_names_itself_to_serve_and_asks_before_cancel
         if client.poll() is None:
             client.kill()
         client.communicate(timeout=30)
+
+
+def test_a_hangup_while_a_console_opens_a_cluster_ends_it_and_holds_nothing(
+        make_cluster, terminal, tmp_path):  # noqa: F811 - the fixture imported above
+    # A console went on opening (and then serving) through a hangup or SIGTERM: a closed
+    # terminal left a hidden writer. The open says what it does, and a hangup ends it.
+    cluster = make_cluster(nodes=3, replicas=2)
+    image(tmp_path / "golden.raw", 1, seed=9)
+    with cluster.open() as admin:
+        admin.import_image("golden", str(tmp_path / "golden.raw"))
+    hung = cluster.pid("node3")
+    os.kill(hung, signal.SIGSTOP)       # the open waits for it: 3 s to give it up
+    try:
+        t = terminal(f"{BLOCKFOLD} console -c {cluster.path}")
+        t.wait_for(f"blockfold: opening cluster {cluster.path} …")
+        os.kill(t.client_pid(), signal.SIGHUP)
+        assert t.exit_code() == 130
+        assert "blockfold: interrupted" in t.screen()
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    # No node holds a lease for it, and a writer opens at once.
+    members = Members(cluster.config)
+    try:
+        members.probe_all()
+        assert members._leases(list(range(3))) == {}
+    finally:
+        members.close()
+    with open_cluster(cluster.path) as admin:
+        assert admin.vm_names() == ["golden"]
