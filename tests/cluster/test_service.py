@@ -110,7 +110,16 @@ def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluste
     finally:
         term.close()
     assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
-    # --yes (or no terminal) goes on, and says what it cost; through a service too.
+    # Without a terminal, a line of stdin answers: "n" is no (it was taken as yes: the node
+    # was killed); no line at all refuses, naming -y.
+    done = run_cli("-c", cluster.path, "node", "fail", "node1", input=b"n\n")
+    assert done.returncode == 1 and done.stderr_text.endswith("[y/N] n\nnot failed\n")
+    done = run_cli("-c", cluster.path, "node", "fail", "node1")
+    assert (done.returncode, done.stderr_text) == (
+        2, "blockfold: error: node fail not confirmed: stdin is not a terminal and gave no"
+           " answer; pass -y to confirm from a script\n")
+    assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
+    # --yes goes on, and says what it cost; through a service too.
     s = Served(["-c", str(cluster.path)])
     try:
         done = run_cli("-c", cluster.path, "node", "fail", "node2", "--yes", check=True)
@@ -119,7 +128,7 @@ def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluste
                                     " copy\n")
     finally:
         s.stop()
-    assert cli_json("-c", cluster.path, "node", "fail", "node1") == {
+    assert cli_json("-c", cluster.path, "node", "fail", "node1", "-y") == {
         "failed": "node1", "unreachable_blocks": held["node1"], "event_recorded": None}
 
 
