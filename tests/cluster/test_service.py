@@ -425,7 +425,10 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
 @pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
                                   '{"replicas": 2, "bogus": 1}', '{"lease_seconds": 0}',
                                   '{"lease_seconds": "10"}', '{"lease_seconds": 1e-9}',
-                                  '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}'])
+                                  '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}',
+                                  '{"nodes": [{"name": "n", "address": "a:1", "weight": 0}]}',
+                                  '{"nodes": [{"name": "n", "address": "a:1", "memory": "1G"}]}',
+                                  '{"etcd": {"endpoints": "http://x:1", "prefix": "/p/"}}'])
 def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
     # `[]` in cluster.json gave "internal error: TypeError: pop expected at most 1 argument".
     (tmp_path / "cluster.json").write_text(text)
@@ -435,6 +438,29 @@ def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
         assert done.stderr_text.startswith(f"blockfold: error: {tmp_path / 'cluster.json'} is"
                                            " not a cluster file: "), done.stderr_text
         assert len(done.stderr_text.splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("replicas", "two", "a whole number, 1 or more"), ("replicas", -1, "a whole number, 1 or more"),
+    ("replicas", True, "a whole number, 1 or more"),
+    ("min_replicas", 3, "a whole number from 1 to replicas"),
+    ("block_size", 1000, "a power of two from 4096 to 65536"),
+    ("repair_delay", -1, "a number of seconds, 0 or more"),
+    ("repair_delay", "soon", "a number of seconds, 0 or more")])
+def test_a_bad_field_in_cluster_json_is_named_with_what_it_may_be(tmp_path, field, value,
+                                                                 allowed):
+    # replicas "two" was taken as is: `cluster up` and `vm ls` ran, and `stats` ended in
+    # "internal error: TypeError"; -1 was taken silently.
+    text = {"replicas": 2, "min_replicas": 2, field: value,
+            "nodes": [{"name": "node1", "address": "127.0.0.1:1"},
+                      {"name": "node2", "address": "127.0.0.1:2"}]}
+    (tmp_path / "cluster.json").write_text(json.dumps(text))
+    for args in (("-c", tmp_path, "stats"), ("-c", tmp_path, "vm", "ls"),
+                 ("cluster", "up", tmp_path)):
+        done = run_cli(*args)
+        assert (done.returncode, done.stderr_text) == (
+            1, f"blockfold: error: {tmp_path / 'cluster.json'} is not a cluster file: {field}"
+               f" must be {allowed}, not {value!r}\n")
 
 
 def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):
