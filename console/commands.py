@@ -48,9 +48,10 @@ def command(*words: str, help: str, args=(), **declared) -> Callable:
 
 
 NAME = arg("name", metavar="NAME", help="the VM's name")
-YES = arg("-y", "--yes", action="store_true", help="do not ask for confirmation")
+YES = arg("-y", "--yes", action="store_true", help="do not ask for confirmation (a script"
+          " must pass it: without a terminal, only a line of stdin answers)")
 FORCE = arg("--force", action="store_true", help="if NBD clients have the VM attached, detach"
-            " them first (asks on a terminal)")
+            " them first (asks first)")
 CLUSTER_DIR = arg("dir", metavar="DIR", help="the cluster directory")
 
 
@@ -118,10 +119,23 @@ def table(headers, rows) -> str:
 
 
 def confirmed(args, question: str) -> bool:
-    """Asks before destruction on a terminal; scripts (no TTY) and --yes go straight on."""
-    if args.yes or not sys.stdin.isatty():
+    """-y goes on; a terminal is asked; otherwise one line of stdin is the answer ("y" or
+    "yes" goes on). No line at all (/dev/null, a closed pipe) refuses with a UsageError naming
+    -y: a script that forgot -y used to delete and fail nodes unasked."""
+    if args.yes:
         return True
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty():
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    # stdin that is the data being written (`vm write NAME -`) holds no answer.
+    line = "" if stdin is None or getattr(args, "file", None) == "-" else stdin.readline()
+    if not line:
+        words = " ".join(args.declared.words)
+        raise UsageError(f"{words} not confirmed: stdin is not a terminal and gave no answer;"
+                         " pass -y to confirm from a script")
+    answer = line.strip()
+    print(f"{question} [y/N] {answer}", file=sys.stderr)    # what was asked, and answered
+    return answer.lower() in ("y", "yes")
 
 
 def _size(text):
@@ -317,7 +331,7 @@ def vm_rm(admin, args, bar) -> int:
 
 
 def detaching(args, doing: str, change: Callable[[bool], object]):
-    """change(force=False); if the VM is attached and --force was given, asks on a terminal,
+    """change(force=False); if the VM is attached and --force was given, asks (`confirmed`),
     then change(force=True), which detaches its NBD clients first. Returns what change
     returned."""
     try:
@@ -388,7 +402,7 @@ def vm_rename(admin, args, bar) -> int:
          help="grow a VM (shrinking needs --force: it cuts off the end)", args=[
     NAME, arg("size", metavar="SIZE", help="the new size: bytes, or 20G, 512M …"), YES,
     arg("--force", action="store_true", help="allow shrinking (what lies past the new end is"
-        " lost; asks on a terminal), and detach NBD clients first")])
+        " lost; asks first), and detach NBD clients first")])
 def vm_resize(admin, args, bar) -> int:
     size = api.check_vm_size(_size(args.size))     # a size refused is not warned about first
     old = admin.vm_size(args.name)

@@ -58,8 +58,12 @@ def run_cli(*args, input: bytes | None = None, env: dict | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
     """Runs `blockfold ARGS` as a user would, returning the finished process (text output)."""
     full_env = dict(os.environ, **(env or {}))
+    # No input: stdin is /dev/null, not the xdist worker's (execnet's channel), so a command
+    # that confirms without -y refuses rather than reading the worker's stdin.
+    stdin = subprocess.DEVNULL if input is None else None
     proc = subprocess.run([sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
-                          input=input, capture_output=True, env=full_env, timeout=120)
+                          input=input, stdin=stdin, capture_output=True, env=full_env,
+                          timeout=120)
     proc.stdout_text = proc.stdout.decode(errors="replace")
     proc.stderr_text = proc.stderr.decode(errors="replace")
     if check and proc.returncode != 0:

@@ -58,7 +58,8 @@ class Server:
             [sys.executable, "-m", "console", "-c" if cluster else "-p", str(pool_dir), "nbd",
              "serve",
              "--listen", "127.0.0.1:0", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
             preexec_fn=preexec_fn, env={**os.environ, **(env or {})})
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""

@@ -19,7 +19,7 @@ class Served:
     def __init__(self, where: list[str], *extra: str, env: dict | None = None, **popen):
         self.proc = subprocess.Popen([sys.executable, "-m", "console", *where, "serve", *extra],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, **popen)
+                                     text=True, env=env, **{"stdin": subprocess.DEVNULL, **popen})
         self.lines = {}
         wanted = {"admin"} | {flag[2:] for flag in extra if flag in ("--nbd", "--metrics")}
         out: queue.Queue = queue.Queue()

@@ -105,10 +105,32 @@ def test_import_export_clone_rm_ls_stats(pool, tmp_path):
                                          / stats["physical_bytes"], 3)
     assert stats["dedup_ratio"] > 3.5          # 4 VMs over one image, repeats shared
 
-    assert run_cli("-p", pool, "vm", "rm", "golden").returncode == 0
+    assert run_cli("-p", pool, "vm", "rm", "golden", "-y").returncode == 0
     assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["d-1", "d-2", "d-3"]
     run_cli("-p", pool, "vm", "export", "d-3", tmp_path / "d3.raw", check=True)
     assert (tmp_path / "d3.raw").read_bytes() == data
+
+
+def test_without_a_terminal_a_line_of_stdin_answers_and_none_refuses(pool, tmp_path):
+    # No terminal was taken as yes: `vm rm e < /dev/null` deleted, `echo n |` was ignored.
+    make_image(tmp_path / "a.raw", 4, 1)
+    run_cli("-p", pool, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    refused = ("not confirmed: stdin is not a terminal and gave no answer; pass -y to confirm"
+               " from a script\n")
+    proc = run_cli("-p", pool, "vm", "rm", "a")                     # stdin is /dev/null
+    assert (proc.returncode, proc.stderr_text) == (2, f"blockfold: error: vm rm {refused}")
+    proc = run_cli("-p", pool, "vm", "rm", "a", input=b"n\n")
+    assert proc.returncode == 1 and proc.stderr_text == ("Delete VM a? Its own blocks are freed."
+                                                  " [y/N] n\nnot deleted\n")
+    proc = run_cli("-p", pool, "vm", "rm", "a", input=b"")           # a closed pipe
+    assert proc.returncode == 2 and proc.stderr_text.endswith(refused)
+    run_cli("-p", pool, "vm", "snapshot", "a", "s1", check=True)
+    proc = run_cli("-p", pool, "vm", "rollback", "a", "s1", input=b"yes\n", check=True)
+    assert proc.stdout_text == "rolled a back to s1\n"
+    assert [v["name"] for v in cli_json("-p", pool, "vm", "ls")] == ["a"]
+    proc = run_cli("-p", pool, "vm", "rm", "a", input=b"y\n", check=True)
+    assert proc.stdout_text == "deleted a\n"
+    assert cli_json("-p", pool, "vm", "ls") == []
 
 
 def test_import_from_stdin_and_pool_from_env(pool, tmp_path):

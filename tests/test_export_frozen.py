@@ -259,7 +259,7 @@ def test_a_snapshot_is_exported_as_it_was_while_the_vm_is_written(pool_dir, desk
     run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", here, check=True)
     writer.end()
     # Written and grown since, the snapshot still exports at its own size and bytes.
-    run_cli("-p", pool_dir, "vm", "resize", "desk", 2 * SIZE, "--force", check=True)
+    run_cli("-p", pool_dir, "vm", "resize", "desk", 2 * SIZE, "--force", "-y", check=True)
     later = tmp_path / f"later.{format}"
     proc = run_cli("-p", pool_dir, "vm", "export", "desk", "--snapshot", "s1", later,
                    "--json", check=True)

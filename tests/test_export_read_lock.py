@@ -37,7 +37,7 @@ def image(pool_dir, tmp_path) -> bytes:
 
 def cli(*args, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
-                            **popen)
+                            **{"stdin": subprocess.DEVNULL, **popen})
 
 
 def ended(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:

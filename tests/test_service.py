@@ -168,7 +168,7 @@ def open_dir():
 def as_nobody(*args) -> subprocess.CompletedProcess:
     return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-m", "console", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
 
 def test_the_socket_mode_decides_who_may_use_the_service(open_dir, tmp_path):

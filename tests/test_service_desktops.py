@@ -56,7 +56,8 @@ def nbd_writers(s: Served, tmp_path) -> tuple[subprocess.Popen, subprocess.Popen
 
 def cli(pool_dir, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "console", "-p", str(pool_dir), *args],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_desktops_are_served_while_the_pool_is_administered(pool_dir, desktops, tmp_path):

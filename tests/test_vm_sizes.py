@@ -38,7 +38,7 @@ def test_shrinking_an_enormous_sparse_vm_is_quick_and_keeps_what_stays(tmp_path)
     pool, image = _pool_with_vm(tmp_path)
     run_cli("-p", pool, "vm", "resize", "a", "4000000T", check=True)
     # Before: one page visit per 2 MiB of the cut, ~2^41 of them; run_cli gives up at 120 s.
-    run_cli("-p", pool, "vm", "resize", "a", "64K", "--force", check=True)
+    run_cli("-p", pool, "vm", "resize", "a", "64K", "--force", "-y", check=True)
     out = tmp_path / "a.out"
     run_cli("-p", pool, "vm", "export", "a", out, check=True)
     assert out.read_bytes() == image.read_bytes()

@@ -69,6 +69,10 @@ ETCD_FRESH = 1.0        # seconds a status read from etcd is shown before it is 
 # writer holds it.
 RETAKE_S = 2.0
 REMOVED = "removed_nodes"   # catalog meta: {node id (lifecycle.node_id): {name, address, at, by}}
+# Catalog meta, set while copies are not yet where a changed placement rule puts them (a node
+# added): kept in the catalog so a writer that closes before the healer moved them (a CLI)
+# leaves them for the next one.
+PLACEMENT_CHANGED = "placement_changed"
 
 
 class ClusterAdmin(LocalAdmin):
@@ -84,6 +88,7 @@ class ClusterAdmin(LocalAdmin):
         self._short_since: float | None = None
         self._fruitless = None          # (up nodes, blocks short) after a pass that did nothing
         self._rebalance = False         # a node came back: copies move back to their places
+        self._move_at: float | None = None   # when the healer moves copies to a new placement
         self._healer = None
         # Held by an operator's heal or a removal's drain for all its passes: the healer runs
         # no pass of its own meanwhile (both claimed the same copies in the event log).
@@ -203,8 +208,11 @@ class ClusterAdmin(LocalAdmin):
             # Every replica names the nodes and R: with rendezvous placement, that says
             # where each block's copies belong, whichever node the catalog is read from.
             rule = _placement_rule(config, removed)
-            if catalog.get("placement") != rule:
+            before = catalog.get("placement")
+            if before != rule:
                 catalog.set("placement", rule)
+                if before:          # not a new catalog: copies are where the old rule put them
+                    catalog.set(PLACEMENT_CHANGED, "1")
             for i, node in enumerate(members.nodes):
                 if node.state == NodeState.UP and (node.epoch, node.version) != catalog.stamp:
                     catalog.catch_up(i)
@@ -215,6 +223,9 @@ class ClusterAdmin(LocalAdmin):
         if not readonly:
             catalog.ship()      # "in use" (dirty) on the nodes now: a crash shows next open
         admin = cls(pool, members, config)
+        if not readonly and catalog.get(PLACEMENT_CHANGED):
+            # As for a node down: a node added and soon removed again costs no moves.
+            admin._move_at = time.monotonic() + config.repair_delay
         if config.etcd and not readonly:
             from ..etcd import KeptKey      # on use, as lifecycle.etcd_of says why
             admin._session = KeptKey(
@@ -290,10 +301,17 @@ class ClusterAdmin(LocalAdmin):
             self._healing.release()
 
     def _tend_heal(self) -> None:
-        """The healer's own passes (a rebalance's; a shortfall's after the repair delay)."""
-        if self._rebalance:
+        """The healer's own passes (a rebalance's, a placement change's; a shortfall's after
+        the repair delay)."""
+        moving = self._move_at is not None and time.monotonic() >= self._move_at
+        if self._rebalance or moving:
             self._rebalance = False
-            self._heal_pass("engine", cancel=self._stop)
+            figures = self._heal_pass("engine", cancel=self._stop)
+            if moving:
+                self._move_at = None     # left undone (a node down): the next open's
+                if not figures["under_replicated"] and not figures["unreachable"]:
+                    self._record("heal", "placement changed: every block's copies are on the"
+                                 " nodes it names now", meta={PLACEMENT_CHANGED: ""})
         if self.pool.blocks.under_replicated() == 0:
             self._short_since = None
             return
@@ -467,14 +485,16 @@ class ClusterAdmin(LocalAdmin):
             self._record("heal", _healed(figures), actor)
         return figures
 
-    def _record(self, kind: str, message: str, actor: str = "engine") -> str:
+    def _record(self, kind: str, message: str, actor: str = "engine",
+                meta: dict | None = None) -> str:
         """An event of this coordinator's (a writable one's); one that cannot be committed (no
         node to take the catalog) is told on stderr instead of failing what it describes.
-        Returns "" (recorded, or read-only: no events), else why it was not recorded."""
+        `meta`: catalog meta keys set in the same commit. Returns "" (recorded, or read-only:
+        no events), else why it was not recorded."""
         if self.readonly:
             return ""
         try:
-            self.pool.log_event(kind, message, actor)
+            self.pool.log_event(kind, message, actor, meta=meta)
         except BlockfoldError as e:
             print(f"blockfold: event not recorded ({message}): {e}", file=sys.stderr,
                   flush=True)

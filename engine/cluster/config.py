@@ -10,6 +10,7 @@ half of it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from ..errors import BlockfoldError
+from ..options import BLOCK_SIZES
 
 CONFIG_FILE = "cluster.json"
 ADMIN_KEY = "admin_key"
@@ -101,14 +103,9 @@ class ClusterConfig:
             config = cls(path=path, nodes=nodes, etcd=etcd and EtcdEntry(**etcd), **data)
         except (AttributeError, TypeError) as e:    # a list, a number, an unknown field…
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: {e}") from None
-        if not all(isinstance(n.name, str) and isinstance(n.address, str) for n in nodes):
-            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: a node without"
-                                 " a name or address")
-        lease = config.lease_seconds
-        low, high = LEASE_RANGE
-        if type(lease) not in (int, float) or not low <= lease <= high:
-            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: lease_seconds"
-                                 f" must be from {low:g} to {high:g} seconds, not {lease!r}")
+        bad = _bad_field(config)
+        if bad:
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: {bad}")
         return config
 
     @classmethod
@@ -132,6 +129,63 @@ class ClusterConfig:
 
     def peer_public_key(self) -> str:
         return (self.path / (PEER_KEY + ".pub")).read_text()
+
+
+def _whole(value) -> bool:
+    return type(value) is int          # bool is an int, and true is no count
+
+
+def _number(value) -> bool:
+    """A finite number (json reads NaN and Infinity, which pass every comparison or none)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _bad_field(config: ClusterConfig) -> str | None:
+    """What is wrong with a cluster.json's fields, read as they are (hand-edited, or another
+    version's): the field and what it may be; None when nothing. A bad one was taken as is, and
+    `replicas: "two"` ended `stats` in an internal TypeError. R is not held to the nodes here:
+    a cluster of remote nodes is made empty and grows by `cluster add`."""
+    low, high = LEASE_RANGE
+    replicas = config.replicas
+    checks = [
+        ("block_size", config.block_size in BLOCK_SIZES and _whole(config.block_size),
+         "a power of two from 4096 to 65536"),
+        ("replicas", _whole(replicas) and replicas >= 1, "a whole number, 1 or more"),
+        ("min_replicas", _whole(config.min_replicas) and _whole(replicas)
+         and 1 <= config.min_replicas <= replicas, "a whole number from 1 to replicas"),
+        ("repair_delay", _number(config.repair_delay) and config.repair_delay >= 0,
+         "a number of seconds, 0 or more"),
+        ("lease_seconds", _number(config.lease_seconds) and low <= config.lease_seconds <= high,
+         f"from {low:g} to {high:g} seconds"),
+    ]
+    for field_name, good, allowed in checks:
+        if not good:
+            return f"{field_name} must be {allowed}, not {getattr(config, field_name)!r}"
+    names = set()
+    for node in config.nodes:
+        if not isinstance(node.name, str) or not isinstance(node.address, str):
+            return "a node without a name or address"
+        for field_name, good, allowed in (
+                ("weight", _number(node.weight) and node.weight > 0, "a number above 0"),
+                ("memory", node.memory is None or (_whole(node.memory) and node.memory > 0),
+                 "a number of bytes above 0, or null"),
+                ("host_key", isinstance(node.host_key, str), "a string"),
+                ("data", node.data is None or isinstance(node.data, str), "a path, or null"),
+                ("pid", node.pid is None or _whole(node.pid), "a process id, or null"),
+                ("failed", type(node.failed) is bool, "true or false")):
+            if not good:
+                return (f"node {node.name}'s {field_name} must be {allowed}, not"
+                        f" {getattr(node, field_name)!r}")
+        if node.name in names:
+            return f"node {node.name} is named twice"
+        names.add(node.name)
+    etcd = config.etcd
+    if etcd is not None and not (isinstance(etcd.endpoints, list) and etcd.endpoints
+                                 and all(isinstance(e, str) for e in etcd.endpoints)
+                                 and isinstance(etcd.prefix, str)):
+        return ("etcd must have endpoints (a list of URLs) and a prefix (a string), not"
+                f" {etcd.endpoints!r} and {etcd.prefix!r}")
+    return None
 
 
 def _key_pair(path: Path, comment: str) -> None:

@@ -64,7 +64,8 @@ def test_a_writer_killed_on_this_host_leaves_the_lease_at_once(make_cluster, tmp
 
     def bf(*args):
         return subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
-                              capture_output=True, text=True, timeout=60)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
 
     writer = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path), "nbd",
                                "serve", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,

@@ -49,7 +49,8 @@ LEASE = 4.0
 
 def _cli(cluster, *args) -> str:
     done = subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -379,7 +380,8 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
             for args in (["vm", "clone", "disk", "desk1"], ["vm", "ls"]):
                 done = subprocess.run([sys.executable, "-m", "console", "-c",
                                        str(cluster.path), *args], cwd=ROOT,
-                                      capture_output=True, text=True, timeout=60)
+                                      stdin=subprocess.DEVNULL, capture_output=True,
+                                      text=True, timeout=60)
                 method = "clone" if args[1] == "clone" else "vms"
                 assert done.returncode != 0 and f"{method} refused: {said}" in done.stderr, (
                     args, done.returncode, done.stderr)

@@ -217,7 +217,7 @@ def test_heal_wait_with_every_target_full_stops_and_says_so(make_cluster, tmp_pa
     data = image(tmp_path / "a.raw", 12, seed=35)
     with cluster.open() as admin:
         admin.import_image("a", str(tmp_path / "a.raw"))
-    assert run_cli("-c", cluster.path, "node", "fail", "node1").returncode == 0
+    assert run_cli("-c", cluster.path, "node", "fail", "node1", "-y").returncode == 0
     started = time.monotonic()
     proc = run_cli("-c", cluster.path, "heal", "--wait")
     assert time.monotonic() - started < 60

@@ -351,7 +351,8 @@ def test_node_restore_works_with_every_node_down(make_cluster, tmp_path):
 
     def bf(*args):
         return subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
-                              capture_output=True, text=True, timeout=60)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
 
     cluster.kill("node1")
     cluster.kill("node2")
@@ -381,7 +382,8 @@ def test_a_node_back_with_copies_of_an_emptied_pool_breaks_nothing(make_cluster,
 
     def bf(*args, check=True):
         done = subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), *args],
-                              capture_output=True, text=True, timeout=60)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
         assert not check or done.returncode == 0, done.stderr
         return done
 

@@ -75,6 +75,41 @@ def test_cluster_add_pins_the_host_key_and_rebalances(make_cluster, tmp_path):
         assert node.wait(10) == 0
 
 
+def test_a_node_added_gets_its_share_from_the_healer_unasked(make_cluster, tmp_path):
+    # A node added held nothing until an operator ran `heal`: the healer moved copies only
+    # when a node came back, and fsck and `node ls` called that clean.
+    cluster = make_cluster(nodes=3, replicas=2, repair_delay=2)
+    data = image(tmp_path / "a.raw", 2, seed=11)
+    run_cli("-c", cluster.path, "vm", "import", "a", tmp_path / "a.raw", check=True)
+    far = tmp_path / "far-node"
+    far.mkdir()
+    (far / "authorized_keys").write_text(cluster.config.admin_public_key())
+    node = subprocess.Popen([sys.executable, "-m", "console", "node", "serve", "--data",
+                             str(far), "--listen", "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        said, _, _ = select.select([node.stdout], [], [], READY_WAIT)
+        line = node.stdout.readline().strip() if said else ""
+        assert line.startswith("ready 127.0.0.1:"), f"not ready within {READY_WAIT:.0f} s: {line!r}"
+        api.cluster_add(cluster.path, line.split()[1], name="far")
+        # A writer that closes within the repair delay leaves the move to the next one.
+        run_cli("-c", cluster.path, "vm", "clone", "a", "b", check=True)
+        with cluster.open() as admin:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                    e.message.startswith("placement changed") for e in admin.events(limit=20)):
+                time.sleep(0.2)
+            nodes = {n.name: n for n in admin.nodes()}
+            assert nodes["far"].live_blocks > 0, nodes["far"]
+            assert sum(n.live_blocks for n in nodes.values()) == 2 * admin.stats().unique_blocks
+            assert all(n.under_replicated == 0 for n in nodes.values()), nodes
+            assert admin.fsck() == []
+            assert admin.read("b", 0, len(data)) == data
+    finally:
+        node.terminate()                  # SIGTERM: a clean exit
+        assert node.wait(10) == 0
+
+
 def test_cluster_add_refuses_a_port_out_of_range_in_one_line(make_cluster):
     cluster = make_cluster(nodes=2, replicas=1, min_replicas=1)
     before = cluster.config.nodes

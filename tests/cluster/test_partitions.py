@@ -124,7 +124,8 @@ class Site:
 
     def cli(self, host: str, *args) -> subprocess.CompletedProcess:
         return subprocess.run(self.net.command(host, sys.executable, "-m", "console", *args),
-                              cwd=ROOT, capture_output=True, text=True, timeout=90)
+                              cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=90)
 
     def ok(self, host: str, *args) -> str:
         done = self.cli(host, *args)

@@ -144,7 +144,7 @@ def test_cli_drives_a_cluster(tmp_path, etcd_url):
 
     def bf(*args, check=True):
         r = subprocess.run([sys.executable, "-m", "console", *args], capture_output=True,
-                           text=True, timeout=60)
+                           stdin=subprocess.DEVNULL, text=True, timeout=60)
         assert not check or r.returncode == 0, r.stderr
         return r
 

@@ -110,7 +110,16 @@ def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluste
     finally:
         term.close()
     assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
-    # --yes (or no terminal) goes on, and says what it cost; through a service too.
+    # Without a terminal, a line of stdin answers: "n" is no (it was taken as yes: the node
+    # was killed); no line at all refuses, naming -y.
+    done = run_cli("-c", cluster.path, "node", "fail", "node1", input=b"n\n")
+    assert done.returncode == 1 and done.stderr_text.endswith("[y/N] n\nnot failed\n")
+    done = run_cli("-c", cluster.path, "node", "fail", "node1")
+    assert (done.returncode, done.stderr_text) == (
+        2, "blockfold: error: node fail not confirmed: stdin is not a terminal and gave no"
+           " answer; pass -y to confirm from a script\n")
+    assert all(n["running"] for n in cli_json("cluster", "status", cluster.path)["nodes"])
+    # --yes goes on, and says what it cost; through a service too.
     s = Served(["-c", str(cluster.path)])
     try:
         done = run_cli("-c", cluster.path, "node", "fail", "node2", "--yes", check=True)
@@ -119,7 +128,7 @@ def test_node_fail_says_how_many_blocks_would_have_no_reachable_copy(make_cluste
                                     " copy\n")
     finally:
         s.stop()
-    assert cli_json("-c", cluster.path, "node", "fail", "node1") == {
+    assert cli_json("-c", cluster.path, "node", "fail", "node1", "-y") == {
         "failed": "node1", "unreachable_blocks": held["node1"], "event_recorded": None}
 
 
@@ -416,7 +425,10 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
 @pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
                                   '{"replicas": 2, "bogus": 1}', '{"lease_seconds": 0}',
                                   '{"lease_seconds": "10"}', '{"lease_seconds": 1e-9}',
-                                  '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}'])
+                                  '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}',
+                                  '{"nodes": [{"name": "n", "address": "a:1", "weight": 0}]}',
+                                  '{"nodes": [{"name": "n", "address": "a:1", "memory": "1G"}]}',
+                                  '{"etcd": {"endpoints": "http://x:1", "prefix": "/p/"}}'])
 def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
     # `[]` in cluster.json gave "internal error: TypeError: pop expected at most 1 argument".
     (tmp_path / "cluster.json").write_text(text)
@@ -426,6 +438,29 @@ def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
         assert done.stderr_text.startswith(f"blockfold: error: {tmp_path / 'cluster.json'} is"
                                            " not a cluster file: "), done.stderr_text
         assert len(done.stderr_text.splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("replicas", "two", "a whole number, 1 or more"), ("replicas", -1, "a whole number, 1 or more"),
+    ("replicas", True, "a whole number, 1 or more"),
+    ("min_replicas", 3, "a whole number from 1 to replicas"),
+    ("block_size", 1000, "a power of two from 4096 to 65536"),
+    ("repair_delay", -1, "a number of seconds, 0 or more"),
+    ("repair_delay", "soon", "a number of seconds, 0 or more")])
+def test_a_bad_field_in_cluster_json_is_named_with_what_it_may_be(tmp_path, field, value,
+                                                                 allowed):
+    # replicas "two" was taken as is: `cluster up` and `vm ls` ran, and `stats` ended in
+    # "internal error: TypeError"; -1 was taken silently.
+    text = {"replicas": 2, "min_replicas": 2, field: value,
+            "nodes": [{"name": "node1", "address": "127.0.0.1:1"},
+                      {"name": "node2", "address": "127.0.0.1:2"}]}
+    (tmp_path / "cluster.json").write_text(json.dumps(text))
+    for args in (("-c", tmp_path, "stats"), ("-c", tmp_path, "vm", "ls"),
+                 ("cluster", "up", tmp_path)):
+        done = run_cli(*args)
+        assert (done.returncode, done.stderr_text) == (
+            1, f"blockfold: error: {tmp_path / 'cluster.json'} is not a cluster file: {field}"
+               f" must be {allowed}, not {value!r}\n")
 
 
 def test_a_node_whose_data_directory_is_gone_is_named(make_cluster, tmp_path):

@@ -135,8 +135,8 @@ def test_an_idle_console_keeps_no_one_from_writing(console_node):
     second = terminal("alice2", "alice")          # it goes through alice's console's service
     second.wait_for("Blockfold · Overview")
     done = subprocess.run([sys.executable, "-m", "console", "-c", str(cluster.path), "vm",
-                           "clone", "golden", "fromcli"], capture_output=True, text=True,
-                          timeout=60)
+                           "clone", "golden", "fromcli"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     second.keys("2", "r")
     assert "fromcli" in second.wait_for("fromcli")
