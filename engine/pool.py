@@ -492,6 +492,8 @@ class Pool:
         self._committed = number
         if edit is not None:
             self._apply(edit)
+            if edit.dropped:
+                self.catalog.give_back_wal()
         if self._reserve is not None:       # after the edit: a delete's room counts
             self._reserve.hold()
 

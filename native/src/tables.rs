@@ -69,6 +69,8 @@ pub struct Tables {
     visible: Mutex<HashMap<u64, u64>>,
     /// Bumped on every change of a page or of the graph: derived views key their caches on it.
     pub generation: u64,
+    /// Pages the catalog holds, as of the last load, commit or structural edit (`count_stored`).
+    stored: u64,
 }
 
 impl Tables {
@@ -194,8 +196,8 @@ impl Tables {
         if all_inherit(&page) {
             self.version += 1;
             self.dirty.insert((layer, pno), self.version);
-        } else {
-            l.pages.insert(pno, page);
+        } else if l.pages.insert(pno, page).is_none() {
+            self.stored += 1;
         }
         self.generation += 1;
         Ok(true)
@@ -267,6 +269,16 @@ impl Tables {
 
     pub fn page_count(&self) -> u64 {
         self.layers.values().map(|l| l.pages.len() as u64).sum()
+    }
+
+    /// Pages the catalog holds as of the last load, commit or structural edit.
+    pub fn stored_pages(&self) -> u64 {
+        self.stored
+    }
+
+    /// The catalog now holds the pages in RAM (a commit or a structural edit is durable).
+    pub fn count_stored(&mut self) {
+        self.stored = self.page_count();
     }
 
     /// Every block address a layer holds, with repeats.
@@ -684,6 +696,7 @@ impl Tables {
                 self.dirty.remove(&key);
             }
         }
+        self.count_stored();
     }
 
     /// The snapshot's commit failed: its pages stay dirty.
