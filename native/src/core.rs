@@ -611,9 +611,8 @@ impl<B: Backend> Core<B> {
             let lbn = lbn0 + i as u64;
             let n = ((per - lbn % per) as usize).min(zeros.len() - i);
             if tables.page(top, lbn / per).is_none()
-                && (i..i + n).any(|j| {
-                    !zeros[j] || Self::zero_entry(tables, top, lbn0 + j as u64) != INHERIT
-                })
+                && (i..i + n)
+                    .any(|j| !zeros[j] || Self::zero_entry(tables, top, lbn0 + j as u64) != INHERIT)
             {
                 added += 1;
             }
@@ -1044,6 +1043,26 @@ mod tests {
         let c = Core::open(None, 4096, false, true, Fingerprinter::Xxh3).unwrap();
         c.rebuild(false, true, &mut no_progress()).unwrap();
         c
+    }
+
+    #[test]
+    fn a_page_is_added_only_where_more_than_inherit_goes() {
+        let mut t = Tables::new();
+        t.add_layer(1, None, false).unwrap();
+        t.add_layer(2, Some(1), true).unwrap();
+        t.set_entries(1, 0, &[7]).unwrap(); // page 0 of the frozen base names a block at LBN 0
+        t.add_layer(3, None, true).unwrap();
+        t.set_entries(3, 0, &[8]).unwrap();
+        let added = |top, lbn0, zeros: &[bool]| Core::<Blocks>::pages_added(&t, top, lbn0, zeros);
+        assert_eq!(added(3, 0, &[false]), 0); // its page is there
+        assert_eq!(added(3, 511, &[false, false, true]), 1); // page 1 only
+        assert_eq!(added(3, 1023, &[false, false]), 2); // pages 1 and 2
+        assert_eq!(added(3, 1024, &[true; 4]), 0); // zeros in a root: INHERIT
+        assert_eq!(added(2, 0, &[true]), 1); // a ZERO tombstone over the base's block
+        assert_eq!(added(2, 1, &[true]), 0); // zeros over zeros
+        let trimmed = |first, past| Core::<Blocks>::pages_trim_adds(&t, 2, first, past);
+        assert_eq!(trimmed(0, 512), 1);
+        assert_eq!(trimmed(1, 4096), 0);
     }
 
     pub(crate) fn with_vm(c: &Core, name: &str, layer: u64, parent: Option<u64>, size: u64) {

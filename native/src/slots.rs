@@ -197,7 +197,9 @@ impl SlotStore {
         };
         let (free, total) = filesystem_space(&files.data)?;
         if total > 0 && free < slop_bytes(total).saturating_add(bytes) {
-            return Err(Error::NoSpace(self.dir.as_deref().unwrap().display().to_string()));
+            return Err(Error::NoSpace(
+                self.dir.as_deref().unwrap().display().to_string(),
+            ));
         }
         Ok(())
     }
@@ -642,7 +644,12 @@ fn filesystem_space(file: &File) -> Result<(u64, u64)> {
 /// refusal.
 fn fallocate_range(file: &File, offset: u64, len: u64, dir: &Path, catalog: u64) -> Result<()> {
     let (free, total) = filesystem_space(file)?;
-    if total > 0 && free < len.saturating_add(slop_bytes(total)).saturating_add(catalog) {
+    if total > 0
+        && free
+            < len
+                .saturating_add(slop_bytes(total))
+                .saturating_add(catalog)
+    {
         return Err(Error::NoSpace(dir.display().to_string()));
     }
     // SAFETY: a plain syscall on an open descriptor.
