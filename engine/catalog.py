@@ -19,6 +19,7 @@ from .layergraph import VM, LayerEdit, Relinked, Snap
 
 CATALOG_FILE = "catalog.db"
 FORMAT_VERSION = 1
+BUSY_MS = 5000      # sqlite3.connect's default timeout: how long a commit waits for a lock
 
 
 def unreadable(path: Path, e: Exception) -> PoolFormatError:
@@ -155,6 +156,21 @@ class Catalog:
         full disk may have)."""
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+    def give_back_wal(self) -> None:
+        """Truncates the WAL once all of it is in the database file: a delete writes as much WAL
+        as the pages it deletes, space the filesystem gets back at once this way (sqlite keeps a
+        WAL at its largest while the catalog is open). Waits for no reader: one still reading an
+        older state leaves the WAL as it is."""
+        if self.path is None or self.readonly:
+            return
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass        # the commit is durable; the WAL is given back by the next checkpoint
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
 
     @property
     def in_transaction(self) -> bool:

@@ -589,6 +589,8 @@ class Pool:
         self._kept = {layer: ids for layer, ids in self._kept.items() if layer in left_out}
         if edit is not None:
             self._apply(edit)
+            if edit.dropped:
+                self.catalog.give_back_wal()
         if self._reserve is not None:       # after the edit: a delete's room counts
             self._reserve.hold()
 

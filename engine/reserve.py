@@ -3,7 +3,9 @@
 A full filesystem must not wedge a pool: the catalog commit of writes already acknowledged, and of
 the deletes that would give space back, needs a little room in the sqlite WAL. Two things keep it
 (as dm-vdo and ZFS keep slop space): the native core never grows the slot files into the last
-1/32 of the filesystem (native/src/slots.rs), and `DIR/reserve`, a preallocated file of
+1/32 of the filesystem (native/src/slots.rs) nor into the room the catalog's block-table pages
+need to be committed and deleted (`catalog_bytes`, native/src/core.rs; a write that would add a
+page without that room is refused), and `DIR/reserve`, a preallocated file of
 `reserve_bytes` made here, stands for the room a commit needs when something else (another file,
 another program) has filled the disk. A commit that fails with SQLITE_FULL deletes the reserve and
 commits again; once the filesystem has room, the reserve is made again after the next commit.

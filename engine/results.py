@@ -190,9 +190,10 @@ class PoolStats:
     free space)."""
     capacity_bytes: int | None
     """Room for new blocks, bytes: an embedded pool's free slots plus what its slot files may
-    still grow by on their filesystem; a cluster's free space on the nodes that are up, each
-    filesystem counted once however many nodes share it (a RAM node: its unused memory), for
-    block copies, so not divided by R. None while the RAM metadata is rebuilt."""
+    still grow by on their filesystem (the slop and the catalog's room kept); a cluster's free
+    space on the nodes that are up, each filesystem counted once however many nodes share it (a
+    RAM node: its unused memory), for block copies, so not divided by R. None while the RAM
+    metadata is rebuilt."""
     usable_bytes: int | None
     """Room for new unique blocks, bytes: capacity_bytes / R (each block takes R copies);
     capacity_bytes itself for an embedded pool."""

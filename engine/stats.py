@@ -11,6 +11,8 @@ import numpy as np
 from .reserve import Reserve
 
 FINGERPRINT_BYTES = 16      # a slot's entry in hashes.dat, beside its block in blocks.dat
+CATALOG_PAGE_BYTES = 5 << 10    # disk kept for one block-table page's row or delete (core.rs)
+PAGE_ENTRIES = 512
 
 
 def vm_stats(pool, vm) -> dict:
@@ -94,12 +96,27 @@ def pool_capacity(block_size: int, free_slots: int, hollow_slots: int,
 
     free_slots: its free slots, of which hollow_slots are holes (their space went back to the
     filesystem: each takes a block of disk again when a write reserves it); disk_room: bytes its
-    slot files may still take on their filesystem (free space less the slop growth never takes,
-    see native/src/slots.rs). A hole is filled before the files grow, and a slot the files grow
-    by takes a block in blocks.dat and a fingerprint in hashes.dat."""
-    filled = min(hollow_slots, disk_room // block_size)
-    grown = (disk_room - filled * block_size) // (block_size + FINGERPRINT_BYTES)
-    return (free_slots - hollow_slots + filled + grown) * block_size
+    slot files may still take on their filesystem (free space less the slop growth never takes
+    and the catalog's room, see native/src/slots.rs). A hole is filled before the files grow, a
+    slot the files grow by takes a block in blocks.dat and a fingerprint in hashes.dat, and
+    every PAGE_ENTRIES blocks take a new block-table page, for which the catalog keeps two
+    CATALOG_PAGE_BYTES of that room (native/src/core.rs): the blocks of a write to where the
+    VM has no page yet."""
+    def blocks(room: int) -> int:
+        room = max(room, 0)
+        filled = min(hollow_slots, room // block_size)
+        grown = (room - filled * block_size) // (block_size + FINGERPRINT_BYTES)
+        return free_slots - hollow_slots + filled + grown
+
+    def fits(n: int) -> bool:
+        return blocks(disk_room - -(-n // PAGE_ENTRIES) * 2 * CATALOG_PAGE_BYTES) >= n
+
+    n = blocks(disk_room - -(-blocks(disk_room) // PAGE_ENTRIES) * 2 * CATALOG_PAGE_BYTES)
+    for _ in range(2 * CATALOG_PAGE_BYTES // block_size + 2):   # the pages' share, a block less
+        if not fits(n + 1):
+            break
+        n += 1
+    return n * block_size
 
 
 def pool_stats(pool) -> dict:

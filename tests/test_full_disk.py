@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.stats import CATALOG_PAGE_BYTES
 from tests.conftest import cli_json, run_cli
 from tests.nbdclient import CMD_FLUSH, ENOSPC, MiB, RawClient, servers
 
@@ -114,7 +115,9 @@ def test_a_full_disk_fails_the_write_alone_and_keeps_every_acknowledged_one(smal
 
 def test_flush_on_a_disk_filled_by_others_commits_once_there_is_room(small_fs, tmp_path):
     """Another file fills the disk: FLUSH gets the reserve's room, or fails with EIO and
-    succeeds once space is freed; after kill -9 every flushed byte is there."""
+    succeeds once space is freed; after kill -9 every flushed byte is there. A write that would
+    add a block-table page finds no room for it in the catalog and is refused (ENOSPC), even
+    if it shares a block already stored."""
     mnt = small_fs(24)
     pool = vm_pool(mnt, tmp_path, "a")
     rng = random.Random(152)
@@ -123,21 +126,24 @@ def test_flush_on_a_disk_filled_by_others_commits_once_there_is_room(small_fs, t
         c = RawClient(s.port)
         c.connect("a")
         written = {o: rng.randbytes(CHUNK) for o in range(0, 32 * CHUNK, CHUNK)}
+        pages = [i * 2 * MiB + 100 * MiB for i in range(64)]     # 64 pages of the VM's table
+        written.update({o: rng.randbytes(CHUNK) for o in pages})
         for offset, data in written.items():
             assert c.write(offset, data) == 0
         filler = mnt / "filler"
         fill(filler)
         # New data fills the slots already allocated, then finds no room; data already stored
-        # can still be shared.
+        # can still be shared where the VM has its page, not where it would need a new one.
         written.update(fill_until_enospc(c, rng, 64 * MiB))
-        assert c.write(96 * MiB, written[0]) == 0
-        written[96 * MiB] = written[0]
+        assert c.write(96 * MiB, written[0]) == ENOSPC
+        assert c.write(CHUNK, written[0]) == 0
+        written[CHUNK] = written[0]
         assert c.simple(CMD_FLUSH) == 0                   # the reserve made room
         filler2 = mnt / "filler2"
         fill(filler2)
-        for i in range(64):                               # dirty many pages, no new slot
-            assert c.write(i * 2 * MiB + 100 * MiB, written[CHUNK]) == 0
-            written[i * 2 * MiB + 100 * MiB] = written[CHUNK]
+        for offset in pages:                              # dirty many pages, no new slot
+            assert c.write(offset, written[2 * CHUNK]) == 0
+            written[offset] = written[2 * CHUNK]
         error = c.simple(CMD_FLUSH)
         assert error in (0, 5), error                     # EIO only if it cannot commit
         assert_reads(c, written)                          # nothing acknowledged is lost
@@ -244,7 +250,10 @@ def test_capacity_is_the_room_a_write_can_take(small_fs, tmp_path):
     run_cli("-p", pool, "vm", "clone", "golden", "d", check=True)
     stats = cli_json("-p", pool, "stats")
     assert stats["free_slots"] == 1024
-    room = shutil.disk_usage(mnt).free - MiB         # the slop the slot files never take
+    # The slop the slot files never take, and the catalog's room (engine/stats.py): golden's 8
+    # block-table pages, and twice that a page for those a write of it all adds to d.
+    room = shutil.disk_usage(mnt).free - MiB - 8 * CATALOG_PAGE_BYTES
+    room -= -(-room // (2 * MiB)) * 2 * CATALOG_PAGE_BYTES
     assert abs(stats["capacity_bytes"] - room) < 64 * 1024, (stats["capacity_bytes"], room)
     with servers(pool) as start:
         start()
@@ -333,3 +342,77 @@ def test_a_catalog_that_cannot_commit_says_which_filesystem_to_free(small_fs, tm
         run_cli("-p", pool, "vm", "clone", "a", "c", check=True)
         assert cli_json("-p", pool, "stats")["reserve_bytes"] >= MiB
     assert {vm["name"] for vm in cli_json("-p", pool, "vm", "ls")} == {"a", "b", "c"}
+
+
+def fill_pages_until_enospc(c: RawClient, rng: random.Random) -> dict[int, bytes]:
+    """One 4 KiB block per 2 MiB (each its own block-table page: the catalog grows as fast as
+    the data), a FLUSH every 64 writes, until a write fails, which must be ENOSPC; the
+    acknowledged ones. Bounded: 32 MiB holds far fewer than 20,000 such pages."""
+    acked = {}
+    for i in range(20000):
+        data = rng.randbytes(4096)
+        error = c.write(i * 2 * MiB, data)
+        if error:
+            assert error == ENOSPC, error
+            return acked
+        acked[i * 2 * MiB] = data
+        if i % 64 == 63:
+            assert c.simple(CMD_FLUSH) == 0
+    raise AssertionError("20,000 block-table pages fitted on 32 MiB")
+
+
+def test_a_pool_filled_through_its_block_tables_deletes_its_vm(small_fs, tmp_path):
+    """A thin VM written one block per block-table page grew the catalog into the slop until the
+    slot files refused; `vm rm` then needed more WAL than the reserve held and failed at 100 %,
+    with the service and without it, after a kill -9 too: the pool was wedged for good (brk8a
+    #3). Now growth leaves the catalog room to delete its pages: FLUSH commits what was
+    acknowledged, and `vm rm` gives the space back, also after a kill -9 and a reopen."""
+    mnt = small_fs(32)
+    pool = vm_pool(mnt, tmp_path, "v", size=1 << 40)
+    rng = random.Random(83)
+    with servers(pool) as start:
+        s = start()
+        c = RawClient(s.port, timeout=60)
+        c.connect("v")
+        acked = fill_pages_until_enospc(c, rng)
+        assert len(acked) > 1000
+        assert c.simple(CMD_FLUSH) == 0         # the catalog had room to commit them all
+        c.close()
+        before = shutil.disk_usage(mnt).free
+        proc = run_cli("-p", pool, "vm", "rm", "-y", "v")
+        assert proc.returncode == 0, proc.stderr_text
+        assert shutil.disk_usage(mnt).free > before + 4 * MiB, "v's blocks did not come back"
+        # Filled again, killed with writes unflushed, reopened without a service: rm works.
+        run_cli("-p", pool, "vm", "import", "w", tmp_path / "holes.raw", check=True)
+        c = RawClient(s.port, timeout=60)
+        c.connect("w")
+        acked = fill_pages_until_enospc(c, rng)
+        assert len(acked) > 1000
+        c.close()
+        s.kill()
+    flushed = {off: data for off, data in acked.items() if off < len(acked) // 64 * 64 * 2 * MiB}
+    with servers(pool) as start:
+        c = RawClient(start().port, timeout=60)
+        c.connect("w")
+        assert_reads(c, flushed)
+        c.close()
+    before = shutil.disk_usage(mnt).free
+    proc = run_cli("-p", pool, "vm", "rm", "-y", "w")
+    assert proc.returncode == 0, proc.stderr_text
+    assert shutil.disk_usage(mnt).free > before + 4 * MiB, "w's blocks did not come back"
+    assert cli_json("-p", pool, "fsck")["clean"]
+
+
+def test_an_ordinary_fill_reaches_close_to_full(small_fs, tmp_path):
+    """What the catalog's pages keep free is small beside dense data: a VM written in 64 KiB
+    chunks still fills the filesystem to its slop (1 MiB of 32) and a little more."""
+    mnt = small_fs(32)
+    pool = vm_pool(mnt, tmp_path, "a")
+    with servers(pool) as start:
+        c = RawClient(start().port)
+        c.connect("a")
+        chunks = fill_until_enospc(c, random.Random(7))
+        assert c.simple(CMD_FLUSH) == 0
+        c.close()
+    free = shutil.disk_usage(mnt).free
+    assert free < 2 * MiB, f"{free} bytes left free after {len(chunks)} chunks"

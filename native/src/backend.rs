@@ -65,4 +65,12 @@ pub trait Backend: Send + Sync + 'static {
     fn unreadable(&self) -> Option<String> {
         None
     }
+
+    /// Bytes of disk that storing blocks must leave free from now on for the catalog's
+    /// block-table pages (a local pool's catalog shares the slot files' filesystem); `check`:
+    /// `NoSpace` unless that much is free now. A backend whose catalog lives elsewhere keeps
+    /// nothing.
+    fn keep_for_catalog(&mut self, _bytes: u64, _check: bool) -> Result<()> {
+        Ok(())
+    }
 }

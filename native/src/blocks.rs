@@ -351,6 +351,10 @@ impl Backend for Blocks {
         self.apply(plan, blocks, digests)
     }
 
+    fn keep_for_catalog(&mut self, bytes: u64, check: bool) -> Result<()> {
+        self.store.keep_for_catalog(bytes, check)
+    }
+
     fn decref(&mut self, addrs: &[u64]) -> Result<()> {
         for &addr in addrs {
             self.decref_one(addr);

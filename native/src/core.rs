@@ -47,6 +47,19 @@ use crate::tables::{is_address, DirtyPage, Merged, Tables, INHERIT, PAGE_ENTRIES
 /// Above this many bytes, a write fingerprints its blocks on all cores.
 const PARALLEL_HASH_BYTES: usize = 1 << 20;
 
+/// Disk the catalog needs for one block-table page: its row (4 KiB of entries and sqlite's
+/// b-tree: 4.6 KB measured) or the WAL frames that delete it (4.7 KB: a delete rewrites the
+/// row's pages). Writes leave free one such for each stored page (its delete) and two for each
+/// dirty or new one (its commit's WAL frames and its row), so that at 100 % a VM can always be
+/// deleted (ARCHITECTURE.md, "A full or damaged pool").
+pub const CATALOG_PAGE_BYTES: u64 = 5 << 10;
+
+/// Disk to leave free for the catalog's block-table pages, `adds` new ones about to be made.
+pub fn catalog_bytes(tables: &Tables, adds: u64) -> u64 {
+    let dirty = tables.dirty_count() as u64 + adds;
+    (tables.stored_pages() + 2 * dirty) * CATALOG_PAGE_BYTES
+}
+
 #[derive(Clone, Debug)]
 pub struct Vm {
     pub top: u64,
@@ -514,6 +527,8 @@ impl<B: Backend> Core<B> {
         }
         let first_whole = offset.div_ceil(bs);
         let last_whole = end / bs; // one past
+        let adds = Self::pages_trim_adds(&st.tables, vm.top, offset / bs, end.div_ceil(bs));
+        Self::keep_for_catalog(st, adds)?;
 
         // Partial blocks at either end: zero their part (read, modify, write).
         let mut edges = Vec::new();
@@ -611,6 +626,8 @@ impl<B: Backend> Core<B> {
     /// Stores, shares or zeroes consecutive blocks of layer `top` from `lbn0`: all or nothing.
     fn put_blocks(st: &mut State<B>, top: u64, lbn0: u64, srcs: Vec<Src>) -> Result<()> {
         let (blocks, digests, zeros) = split(&srcs);
+        let adds = Self::pages_added(&st.tables, top, lbn0, &zeros);
+        Self::keep_for_catalog(st, adds)?;
         // Once the blocks are stored, nothing can fail: the request is applied whole.
         let mut addrs = st.blocks.store(&blocks, &digests)?.into_iter();
         let mut entries = Vec::with_capacity(srcs.len());
@@ -630,6 +647,56 @@ impl<B: Backend> Core<B> {
             done += n;
         }
         st.blocks.decref(&replaced)
+    }
+
+    /// How many pages writing blocks from `lbn0` adds to `top` (`zeros[i]`: block i is all
+    /// zeros): those it lacks where an entry other than INHERIT goes.
+    fn pages_added(tables: &Tables, top: u64, lbn0: u64, zeros: &[bool]) -> u64 {
+        let per = PAGE_ENTRIES as u64;
+        let mut added = 0;
+        let mut i = 0usize;
+        while i < zeros.len() {
+            let lbn = lbn0 + i as u64;
+            let n = ((per - lbn % per) as usize).min(zeros.len() - i);
+            if tables.page(top, lbn / per).is_none()
+                && (i..i + n)
+                    .any(|j| !zeros[j] || Self::zero_entry(tables, top, lbn0 + j as u64) != INHERIT)
+            {
+                added += 1;
+            }
+            i += n;
+        }
+        added
+    }
+
+    /// How many pages trimming LBNs `first..past` adds to `top`: those it lacks where a layer
+    /// beneath names a block (the trim leaves ZERO tombstones there).
+    fn pages_trim_adds(tables: &Tables, top: u64, first: u64, past: u64) -> u64 {
+        let per = PAGE_ENTRIES as u64;
+        let mut added = 0;
+        let mut pno = first / per;
+        while let Some(p) = tables.next_page_in_chain(top, pno) {
+            let start = p * per;
+            if start >= past {
+                break;
+            }
+            if tables.page(top, p).is_none() {
+                if let Some(below) = tables.below(top, p) {
+                    let from = (first.max(start) - start) as usize;
+                    let to = (past.min(start + per) - start) as usize;
+                    added += u64::from(below[from..to].iter().any(|&e| is_address(e)));
+                }
+            }
+            pno = p + 1;
+        }
+        added
+    }
+
+    /// Tells the backend what to leave free for the catalog's pages, `adds` more of them about
+    /// to be made: refused (`NoSpace`, nothing changed) if the disk has not that room now.
+    fn keep_for_catalog(st: &mut State<B>, adds: u64) -> Result<()> {
+        let bytes = catalog_bytes(&st.tables, adds);
+        st.blocks.keep_for_catalog(bytes, adds > 0)
     }
 
     /// The entry for a block of zeros at `lbn` of `top`: INHERIT where the layers beneath read
@@ -915,6 +982,7 @@ impl<B: Backend> Core<B> {
                 },
             );
         }
+        st.tables.count_stored();
         if released.is_empty() {
             return Ok(0);
         }
@@ -1023,6 +1091,26 @@ mod tests {
         let c = Core::open(None, 4096, false, true, Fingerprinter::Xxh3).unwrap();
         c.rebuild(false, true, &mut no_progress()).unwrap();
         c
+    }
+
+    #[test]
+    fn a_page_is_added_only_where_more_than_inherit_goes() {
+        let mut t = Tables::new();
+        t.add_layer(1, None, false).unwrap();
+        t.add_layer(2, Some(1), true).unwrap();
+        t.set_entries(1, 0, &[7]).unwrap(); // page 0 of the frozen base names a block at LBN 0
+        t.add_layer(3, None, true).unwrap();
+        t.set_entries(3, 0, &[8]).unwrap();
+        let added = |top, lbn0, zeros: &[bool]| Core::<Blocks>::pages_added(&t, top, lbn0, zeros);
+        assert_eq!(added(3, 0, &[false]), 0); // its page is there
+        assert_eq!(added(3, 511, &[false, false, true]), 1); // page 1 only
+        assert_eq!(added(3, 1023, &[false, false]), 2); // pages 1 and 2
+        assert_eq!(added(3, 1024, &[true; 4]), 0); // zeros in a root: INHERIT
+        assert_eq!(added(2, 0, &[true]), 1); // a ZERO tombstone over the base's block
+        assert_eq!(added(2, 1, &[true]), 0); // zeros over zeros
+        let trimmed = |first, past| Core::<Blocks>::pages_trim_adds(&t, 2, first, past);
+        assert_eq!(trimmed(0, 512), 1);
+        assert_eq!(trimmed(1, 4096), 0);
     }
 
     pub(crate) fn with_vm(c: &Core, name: &str, layer: u64, parent: Option<u64>, size: u64) {

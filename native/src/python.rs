@@ -20,7 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::backend::Backend;
 use crate::check;
-use crate::core::{Core, Edit};
+use crate::core::{catalog_bytes, Core, Edit};
 use crate::error::Error;
 use crate::fingerprint::{self, Fingerprinter};
 use crate::meter::{self, Meter};
@@ -1056,7 +1056,8 @@ impl PyCore {
 
     /// Figures for stats: unique_blocks, free_slots, hollow_slots (free slots whose space went
     /// back to the filesystem), waiting_slots, capacity_bytes (of the data file), disk_room_bytes
-    /// (what the slot files may still take on their filesystem, the slop left; None in RAM),
+    /// (what the slot files may still take on their filesystem, the slop and the catalog's room
+    /// left; None in RAM),
     /// collisions, corrupt_blocks, refcount_histogram, metadata_ram_bytes,
     /// metadata_ram_bytes_per_block.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -1070,7 +1071,7 @@ impl PyCore {
                 b.space.waiting_count(),
                 (
                     b.store.capacity() * b.block_size() as u64,
-                    b.store.disk_room()?,
+                    b.store.disk_room(catalog_bytes(&st.tables, 0))?,
                 ),
                 b.collisions,
                 corrupt,

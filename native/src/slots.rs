@@ -10,7 +10,9 @@
 //! of disk is an error when slots are reserved, never a SIGBUS on a later store through the map.
 //! Growth always leaves the filesystem's *slop* free (1/32 of it, from 1 MiB to 1 GiB, as ZFS
 //! keeps back 1/32 of a pool): the data file can never fill the disk, so the catalog can still
-//! commit the acknowledged writes and deletes (dm-vdo and ZFS keep such a reserve too).
+//! commit the acknowledged writes and deletes (dm-vdo and ZFS keep such a reserve too). Growth
+//! also leaves free what the catalog's block-table pages need (`keep_for_catalog`: set by the
+//! core from its page count), so that the catalog can always commit their delete.
 //! Long runs of free slots give their space back to the filesystem as holes (`punch`), never by
 //! truncating the file: a read-only opener beside the writer maps the file at its old length, and
 //! a page past a truncated end cannot be read (SIGBUS, which mapguard.rs turns into failed reads
@@ -67,6 +69,8 @@ pub struct SlotStore {
     data: GuardedMap,
     hashes: GuardedMap,
     capacity: u64,
+    /// Bytes beyond the slop that growth leaves free for the catalog (`keep_for_catalog`).
+    catalog: u64,
 }
 
 impl SlotStore {
@@ -89,7 +93,7 @@ impl SlotStore {
             if !create {
                 return Err(Error::Format(format!("{} is empty", data_path.display())));
             }
-            allocate(&data, bs, dir)?;
+            allocate(&data, bs, dir, 0)?;
             size = bs;
         }
         check_slot_size(&data, &data_path, block_size)?;
@@ -127,6 +131,7 @@ impl SlotStore {
             data: data_map,
             hashes: hash_map,
             capacity,
+            catalog: 0,
         };
         if size == bs && create && store.block(0)[..16] != MAGIC[..] {
             store.write_header();
@@ -153,6 +158,7 @@ impl SlotStore {
             data: GuardedMap::anonymous(MmapOptions::new().len(block_size).map_anon()?.into()),
             hashes: GuardedMap::anonymous(MmapOptions::new().len(HASH_BYTES).map_anon()?.into()),
             capacity: 1,
+            catalog: 0,
         };
         store.write_header();
         Ok(store)
@@ -202,13 +208,31 @@ impl SlotStore {
     }
 
     /// Bytes of disk the slot files may still take (growth, holes filled again): the free space
-    /// of their filesystem less the slop. None in RAM (no filesystem bounds it).
-    pub fn disk_room(&self) -> Result<Option<u64>> {
+    /// of their filesystem less the slop and `catalog`, what is kept for the catalog (see
+    /// `keep_for_catalog`). None in RAM (no filesystem bounds it).
+    pub fn disk_room(&self, catalog: u64) -> Result<Option<u64>> {
         let Some(files) = &self.files else {
             return Ok(None);
         };
         let (free, total) = filesystem_space(&files.data)?;
-        Ok(Some(free.saturating_sub(slop_bytes(total))))
+        Ok(Some(free.saturating_sub(slop_bytes(total) + catalog)))
+    }
+
+    /// Keeps `bytes` free beyond the slop for the catalog from now on: growth leaves them free.
+    /// `check`: also `NoSpace` if the filesystem has less than that free now (a write that adds
+    /// block-table pages, which the catalog will hold, asks so).
+    pub fn keep_for_catalog(&mut self, bytes: u64, check: bool) -> Result<()> {
+        self.catalog = bytes;
+        let (Some(files), true) = (&self.files, check) else {
+            return Ok(());
+        };
+        let (free, total) = filesystem_space(&files.data)?;
+        if total > 0 && free < slop_bytes(total).saturating_add(bytes) {
+            return Err(Error::NoSpace(
+                self.dir.as_deref().unwrap().display().to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds at least `at_least` slots; returns the first new slot. Error: `NoSpace` (the files are
@@ -244,8 +268,8 @@ impl SlotStore {
         let (bs, hb) = (self.block_size as u64, HASH_BYTES as u64);
         if let Some(files) = &self.files {
             let dir = self.dir.as_deref().unwrap();
-            allocate(&files.data, new * bs, dir)?;
-            if let Err(e) = allocate(&files.hashes, new * hb, dir) {
+            allocate(&files.data, new * bs, dir, self.catalog)?;
+            if let Err(e) = allocate(&files.hashes, new * hb, dir, self.catalog) {
                 files.data.set_len(old * bs)?;
                 return Err(e);
             }
@@ -418,7 +442,7 @@ impl SlotStore {
     }
 
     /// Allocates disk behind slots `first..first + count` again (after `punch`), leaving the
-    /// slop free. Error: `NoSpace`.
+    /// slop and the catalog's room free. Error: `NoSpace`.
     pub fn back(&mut self, first: u64, count: u64) -> Result<()> {
         let Some(files) = &self.files else {
             return Ok(());
@@ -426,7 +450,7 @@ impl SlotStore {
         assert!(first > 0 && first + count <= self.capacity);
         let bs = self.block_size as u64;
         let dir = self.dir.as_deref().unwrap();
-        fallocate_range(&files.data, first * bs, count * bs, dir)
+        fallocate_range(&files.data, first * bs, count * bs, dir, self.catalog)
     }
 
     pub fn sync(&self) -> Result<()> {
@@ -662,13 +686,14 @@ fn map_files(
 }
 
 /// Grows `file` to `size` bytes with real blocks behind them, or fails with `NoSpace` and leaves
-/// the file as it was. Filesystems without fallocate get a plain (sparse) extension.
-fn allocate(file: &File, size: u64, dir: &Path) -> Result<()> {
+/// the file as it was. Filesystems without fallocate get a plain (sparse) extension. `catalog`:
+/// bytes to leave free beyond the slop.
+fn allocate(file: &File, size: u64, dir: &Path, catalog: u64) -> Result<()> {
     let current = file.metadata()?.len();
     if size <= current {
         return Ok(());
     }
-    let result = fallocate_range(file, current, size - current, dir);
+    let result = fallocate_range(file, current, size - current, dir, catalog);
     if result.is_err() {
         file.set_len(current)?;
     }
@@ -693,11 +718,17 @@ fn filesystem_space(file: &File) -> Result<(u64, u64)> {
 }
 
 /// posix_fallocate of `len` bytes at `offset`, refused with `NoSpace` if it would leave less than
-/// the slop free (the file may then hold part of the range: callers trim or retry).
-/// Filesystems without fallocate (or statvfs figures) get nothing allocated, and no refusal.
-fn fallocate_range(file: &File, offset: u64, len: u64, dir: &Path) -> Result<()> {
+/// the slop and `catalog` bytes free (the file may then hold part of the range: callers trim or
+/// retry). Filesystems without fallocate (or statvfs figures) get nothing allocated, and no
+/// refusal.
+fn fallocate_range(file: &File, offset: u64, len: u64, dir: &Path, catalog: u64) -> Result<()> {
     let (free, total) = filesystem_space(file)?;
-    if total > 0 && free < len.saturating_add(slop_bytes(total)) {
+    if total > 0
+        && free
+            < len
+                .saturating_add(slop_bytes(total))
+                .saturating_add(catalog)
+    {
         return Err(Error::NoSpace(dir.display().to_string()));
     }
     // SAFETY: a plain syscall on an open descriptor.

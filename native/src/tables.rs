@@ -69,6 +69,11 @@ pub struct Tables {
     visible: Mutex<HashMap<u64, u64>>,
     /// Bumped on every change of a page or of the graph: derived views key their caches on it.
     pub generation: u64,
+    /// Pages in RAM, every layer's, kept as they come and go (a sum over 40,000 layers at every
+    /// commit would cost more than the commit).
+    held: u64,
+    /// Pages the catalog holds, as of the last load, commit or structural edit (`count_stored`).
+    stored: u64,
 }
 
 impl Tables {
@@ -194,8 +199,9 @@ impl Tables {
         if all_inherit(&page) {
             self.version += 1;
             self.dirty.insert((layer, pno), self.version);
-        } else {
-            l.pages.insert(pno, page);
+        } else if l.pages.insert(pno, page).is_none() {
+            self.held += 1;
+            self.stored += 1;
         }
         self.generation += 1;
         Ok(true)
@@ -266,7 +272,17 @@ impl Tables {
     }
 
     pub fn page_count(&self) -> u64 {
-        self.layers.values().map(|l| l.pages.len() as u64).sum()
+        self.held
+    }
+
+    /// Pages the catalog holds as of the last load, commit or structural edit.
+    pub fn stored_pages(&self) -> u64 {
+        self.stored
+    }
+
+    /// The catalog now holds the pages in RAM (a commit or a structural edit is durable).
+    pub fn count_stored(&mut self) {
+        self.stored = self.held;
     }
 
     /// Every block address a layer holds, with repeats.
@@ -417,6 +433,7 @@ impl Tables {
                 let mut page = Box::new([INHERIT; PAGE_ENTRIES]);
                 page[first..first + entries.len()].copy_from_slice(entries);
                 l.pages.insert(pno, page);
+                self.held += 1;
             }
             Some(page) => {
                 let slice = &mut page[first..first + entries.len()];
@@ -430,6 +447,7 @@ impl Tables {
                 slice.copy_from_slice(entries);
                 if all_inherit(page) {
                     l.pages.remove(&pno);
+                    self.held -= 1;
                 }
             }
         }
@@ -465,6 +483,7 @@ impl Tables {
         }
         let addrs = self.layer_entries(layer);
         let l = self.layers.remove(&layer).unwrap();
+        self.held -= l.pages.len() as u64;
         if durable {
             self.dirty.retain(|k, _| k.0 != layer);
         } else {
@@ -543,13 +562,16 @@ impl Tables {
         }
         let Merged { pages, shadowed } = self.merged(layer, child)?;
         let gone = self.layers.remove(&layer).unwrap();
+        self.held -= gone.pages.len() as u64;
         let c = self.layers.get_mut(&child).unwrap();
         c.parent = gone.parent;
         for (pno, page) in pages {
-            match page {
+            let had = match page {
                 Some(p) => c.pages.insert(pno, p),
                 None => c.pages.remove(&pno),
             };
+            self.held =
+                self.held + u64::from(c.pages.contains_key(&pno)) - u64::from(had.is_some());
             if durable {
                 self.dirty.remove(&(child, pno));
             } else {
@@ -642,13 +664,16 @@ impl Tables {
         }
         let Merged { pages, shadowed } = self.folded(top, layer)?;
         let gone = self.layers.remove(&top).unwrap();
+        self.held -= gone.pages.len() as u64;
         let l = self.layers.get_mut(&layer).unwrap();
         l.top = true;
         for (pno, page) in pages {
-            match page {
+            let had = match page {
                 Some(p) => l.pages.insert(pno, p),
                 None => l.pages.remove(&pno),
             };
+            self.held =
+                self.held + u64::from(l.pages.contains_key(&pno)) - u64::from(had.is_some());
             if durable {
                 self.dirty.remove(&(layer, pno));
             } else {
@@ -700,6 +725,7 @@ impl Tables {
                 self.dirty.remove(&key);
             }
         }
+        self.count_stored();
     }
 
     /// The snapshot's commit failed: its pages stay dirty.
@@ -770,6 +796,12 @@ mod tests {
         t
     }
 
+    /// The pages counted as they come and go are the pages there, `n` of them.
+    fn counted(t: &Tables, n: u64) -> bool {
+        let there: u64 = t.layers.values().map(|l| l.pages.len() as u64).sum();
+        t.page_count() == there && there == n
+    }
+
     fn look(t: &Tables, layer: u64, lbn: u64, n: usize) -> Vec<u64> {
         let mut out = vec![0; n];
         t.lookup(layer, lbn, &mut out).unwrap();
@@ -835,16 +867,12 @@ mod tests {
     #[test]
     fn merge_into_child_returns_shadowed_and_roots_lose_zero() {
         let mut t = graph(&[(1, None, false), (2, Some(1), true)]);
-        t.layers
-            .get_mut(&1)
-            .unwrap()
-            .pages
-            .insert(0, Box::new([0; PAGE_ENTRIES]));
-        t.layers.get_mut(&1).unwrap().pages.get_mut(&0).unwrap()[..3]
-            .copy_from_slice(&[10, 11, 12]);
+        t.set_entries(1, 0, &[10, 11, 12]).unwrap();
         t.set_entries(2, 0, &[20, ZERO]).unwrap();
         t.set_entries(2, 700, &[ZERO]).unwrap();
+        assert!(counted(&t, 3));
         let shadowed = t.merge_into_child(1, 2).unwrap();
+        assert!(counted(&t, 1));
         assert_eq!(shadowed, vec![10, 11]);
         assert_eq!(look(&t, 2, 0, 4), vec![20, INHERIT, 12, 0]);
         assert!(t.page(2, 1).is_none(), "a page left all INHERIT is dropped");
@@ -881,6 +909,10 @@ mod tests {
         assert_eq!(look(&t, 2, 0, 3), vec![20, INHERIT, 12]);
         assert_eq!(look(&t, 2, 1030, 1), vec![21]);
         assert_eq!(look(&t, 2, 5000, 1), vec![13]);
+        assert!(
+            counted(&t, 3) && t.stored_pages() == 4,
+            "stored: as of the last commit"
+        );
         assert_eq!(t.dirty_count(), 0, "durable: the commit wrote it all");
         // Writable again: a write changes it in place.
         t.set_entries(2, 5000, &[22]).unwrap();
@@ -891,7 +923,7 @@ mod tests {
         assert!(r.fold_as(2, 1, false).is_err());
         r.drop_layer(4).unwrap();
         assert_eq!(r.fold_as(2, 1, false).unwrap(), Vec::<u64>::new());
-        assert!(r.page(1, 0).is_none() && r.is_top(1));
+        assert!(r.page(1, 0).is_none() && r.is_top(1) && counted(&r, 0));
     }
 
     #[test]
@@ -927,6 +959,7 @@ mod tests {
         assert!(t.drop_layer(1).is_err());
         assert_eq!(t.drop_layer(2).unwrap(), vec![5, 5]);
         assert!(t.drop_layer(1).unwrap().is_empty());
+        assert!(counted(&t, 0));
         let (_, pages) = t.snapshot(&HashSet::new());
         assert_eq!(pages.len(), 1);
         assert!(pages[0].entries.is_none());
