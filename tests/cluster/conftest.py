@@ -13,6 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from textual.widgets import Label
+
+from console.app import BlockfoldApp
+from console.clock import FixedClock
+from console.pilot import settle
 from engine import api
 from engine.cluster import processes
 from engine.cluster.config import ADMIN_KEY, CONFIG_FILE, PEER_KEY, ClusterConfig
@@ -94,3 +99,16 @@ def image(path, mib: int, seed: int = 1):
     data = blocks.tobytes()
     path.write_bytes(data)
     return data
+
+
+async def console_overview(directory) -> tuple[str, str]:
+    """(pool panel's title, node summary) of a console on the service of `directory`."""
+    admin = api.find_service(directory, actor="console")
+    try:
+        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
+        async with app.run_test(size=(120, 34)) as pilot:
+            await settle(pilot)
+            return (str(app.screen.query_one("#pool").border_title),
+                    str(app.screen.query_one("#node-summary", Label).render()))
+    finally:
+        admin.close()

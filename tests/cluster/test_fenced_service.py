@@ -23,12 +23,8 @@ from contextlib import contextmanager
 from functools import partial
 
 import pytest
-from textual.widgets import Label
 
-from console.app import BlockfoldApp
-from console.clock import FixedClock
 from console.commands import console_admin
-from console.pilot import settle
 from engine import api
 from engine.api import PoolLockedError
 from engine.cluster.catalog import ReplicatedCatalog
@@ -39,7 +35,7 @@ from tests.conftest import ROOT
 from tests.nbdclient import CMD_FLUSH, EIO, REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
-from .conftest import image
+from .conftest import console_overview, image
 
 BLOCK = 4096
 # The clusters' write lease (cluster.json; 10 s by default): every test here waits for a stopped
@@ -89,19 +85,6 @@ def _unfenced(service) -> bool:
     except RefusedError as e:
         assert "back: try again" in str(e), e
         return False
-
-
-async def _console_overview(cluster) -> tuple[str, str]:
-    """(pool panel's title, node summary) of a console on the cluster's service."""
-    admin = api.find_service(cluster.path, actor="console")
-    try:
-        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
-        async with app.run_test(size=(120, 34)) as pilot:
-            await settle(pilot)
-            return (str(app.screen.query_one("#pool").border_title),
-                    str(app.screen.query_one("#node-summary", Label).render()))
-    finally:
-        admin.close()
 
 
 def _stop(served: Served) -> str:
@@ -187,7 +170,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
                    for line in _cli(cluster, "stats").splitlines())
         metrics = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
         assert "blockfold_fenced 1.0" in metrics
-        title, summary = asyncio.run(_console_overview(cluster))
+        title, summary = asyncio.run(console_overview(cluster.path))
         assert title == "pool · fenced"
         assert f"FENCED · a newer writer has cluster {cluster.path}" in summary, summary
         # Its old connection is dropped at the fencing: it would read a state older than the
@@ -222,7 +205,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
              f"read -P 0x44 {3 * BLOCK} {BLOCK}", served.uri("disk"))
         assert "blockfold_fenced 0.0" in urllib.request.urlopen(served.metrics,
                                                                  timeout=10).read().decode()
-        title, summary = asyncio.run(_console_overview(cluster))
+        title, summary = asyncio.run(console_overview(cluster.path))
         assert title == "pool" and "healthy" in summary, (title, summary)
         assert _writers(cluster) == [f"pid {served.proc.pid} ("]
 

@@ -52,6 +52,19 @@ def desktops(cluster, tmp_path, *names: str) -> None:
             admin.import_image(name, str(empty))
 
 
+def restart_empty(cluster, admin) -> None:
+    """Kills node1 and node2, waits until `admin` judges both down, then restores them empty
+    (RAM), each told in that order."""
+    cluster.kill("node1")
+    cluster.kill("node2")
+    deadline = time.monotonic() + 15
+    while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
+        assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
+        time.sleep(0.1)
+    admin.restore_node("node1")
+    admin.restore_node("node2")
+
+
 def lose_unflushed(cluster, client: RawClient, vm: str) -> str:
     """Kills node1 and node2 and brings them back empty (RAM), then flushes `client` until it is
     told that copies of its VM's writes were lost (every flush before fails too). Returns that
@@ -163,20 +176,9 @@ def test_a_loss_made_good_is_forgotten_and_a_later_one_told_as_itself(make_clust
     with cluster.open() as admin:
         admin.import_image("desk", str(tmp_path / "empty.raw"))
 
-        def lose_node1_and_node2() -> None:
-            """Both killed, judged down, then restored empty (in that order, each told)."""
-            cluster.kill("node1")
-            cluster.kill("node2")
-            deadline = time.monotonic() + 15
-            while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
-                assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
-                time.sleep(0.1)
-            admin.restore_node("node1")
-            admin.restore_node("node2")
-
         for lbn, data in written.items():
             admin.write("desk", lbn * 4096, data)
-        lose_node1_and_node2()                  # before the flush: its writes are gone
+        restart_empty(cluster, admin)     # before the flush: its writes are gone
         with pytest.raises(BlockfoldError, match="restarted before it was made durable"):
             admin.flush()
         for lbn, data in written.items():       # the client writes them again, the same bytes
@@ -184,7 +186,7 @@ def test_a_loss_made_good_is_forgotten_and_a_later_one_told_as_itself(make_clust
         admin.flush()
         assert admin.stats().lost_blocks == 0 and admin.fsck() == []
 
-        lose_node1_and_node2()                  # after it: durable, but RAM nodes come back empty
+        restart_empty(cluster, admin)     # after it: durable, but RAM nodes come back empty
         failed = lost_reads(lambda lbn: admin.read("desk", lbn * 4096, 4096), BLOCKS)
         assert failed
         assert all(why.endswith("has no copy left: its copies were lost: nodes node1, node2"
@@ -290,14 +292,7 @@ def test_an_export_ending_folds_no_lost_write_into_its_vm(make_cluster, tmp_path
         with admin.pool.frozen("a"):
             for lbn in range(BLOCKS):
                 admin.write("a", lbn * 4096, os.urandom(4096))
-            cluster.kill("node1")
-            cluster.kill("node2")
-            deadline = time.monotonic() + 15
-            while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
-                assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
-                time.sleep(0.1)
-            admin.restore_node("node1")
-            admin.restore_node("node2")
+            restart_empty(cluster, admin)
             with pytest.raises(BlockfoldError, match="its copies were lost"):
                 admin.flush()
         for _ in range(2):      # the fold was refused, and the writes are still left out

@@ -17,17 +17,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from textual.widgets import Label
 
-from console.app import BlockfoldApp
-from console.clock import FixedClock
-from console.pilot import settle
 from engine import api
 from tests.conftest import cli_json, run_cli
 from tests.nbdclient import REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
-from .conftest import image
+from .conftest import console_overview, image
 
 MiB = 1 << 20
 # A bound, not a figure (tests/bench/takeover.py measures it): the lease (10 s by default) runs
@@ -62,19 +58,6 @@ def _serves(served: Served) -> bool:
                           timeout=30).returncode == 0
 
 
-async def _console_overview(directory) -> tuple[str, str]:
-    """(pool panel's title, node summary) of a console on the service of `directory`."""
-    admin = api.find_service(directory, actor="console")
-    try:
-        app = BlockfoldApp(admin, clock=FixedClock(), poll_interval=3600)
-        async with app.run_test(size=(120, 34)) as pilot:
-            await settle(pilot)
-            return (str(app.screen.query_one("#pool").border_title),
-                    str(app.screen.query_one("#node-summary", Label).render()))
-    finally:
-        admin.close()
-
-
 def _metric(served: Served, name: str) -> str:
     text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
     return re.search(rf"^{name} (\S+)$", text, re.M)[1]
@@ -102,7 +85,7 @@ def test_a_standby_takes_the_cluster_over_when_its_service_dies_or_stops(make_cl
         stats = run_cli("-c", host_b, "stats", check=True).stdout_text.splitlines()
         assert ["writer", said] in [line.split(None, 1) for line in stats]
         assert _metric(standby, "blockfold_fenced") == "1.0"
-        title, summary = asyncio.run(_console_overview(host_b))
+        title, summary = asyncio.run(console_overview(host_b))
         assert title == "pool · standby"
         assert f"STANDBY · {said.partition(': ')[2]}" in summary.replace("\n", " "), summary
         assert _no_export(standby) == f"VM 'disk' is not served now: {said}"
