@@ -95,7 +95,10 @@ def _spawn(entry: NodeEntry, etcd: EtcdEntry | None) -> subprocess.Popen:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
-    cmd = [sys.executable, "-m", NODE_MODULE, "--data", entry.data, "--listen", entry.address]
+    # -P: the current directory is not put first on sys.path (an engine/ there, a checkout
+    # of another version, took the place of this one: every node failed to import).
+    cmd = [sys.executable, "-P", "-m", NODE_MODULE, "--data", entry.data, "--listen",
+           entry.address]
     if entry.memory:
         cmd += ["--memory", str(entry.memory)]
     if etcd:

@@ -58,7 +58,8 @@ class ConsoleChild:
                    PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                            os.environ.get("PYTHONPATH")])))
         env[ACTOR_ENV] = actor
-        command = [sys.executable, "-m", "console", "console", "-c", cluster]
+        # -P: not the node's current directory first on sys.path (a console/ there).
+        command = [sys.executable, "-P", "-m", "console", "console", "-c", cluster]
         if read_only:
             command.append("--read-only")
         try:

@@ -185,3 +185,23 @@ def test_a_restored_cluster_json_with_stale_pids_finds_the_running_nodes(own_clu
     assert down.returncode == 0 and "0 of 3 local nodes running" in down.stdout_text
     assert [lock.holder(Path(e.data)) for e in running.nodes] == [None] * 3
     assert not etcd_member.is_running(stale.etcd)        # found by its data dir: none
+
+
+def test_nodes_start_whatever_the_current_directory_holds(etcd, tmp_path):
+    """`cluster up` from a directory holding an engine/ of its own (a checkout of another
+    version, say): the nodes ran `python -m engine.node`, which imported that one first, and
+    every node failed to start."""
+    decoy = tmp_path / "work"
+    (decoy / "engine").mkdir(parents=True)
+    (decoy / "engine" / "__init__.py").write_text("raise ImportError('not this engine')\n")
+    path = tmp_path / "c"
+    blockfold = Path(sys.executable).with_name("blockfold")
+    try:
+        done = subprocess.run([blockfold, "cluster", "up", path, "--nodes", "1", "--replicas",
+                               "1", "--memory", "16M", "--etcd", etcd], cwd=decoy,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert all(node["running"] for node in api.cluster_status(path)["nodes"])
+    finally:
+        api.cluster_down(path)
