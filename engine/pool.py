@@ -67,11 +67,21 @@ def _refuse_other_pools_files(path: Path, catalog: Catalog, core) -> None:
     clean. Files not stamped yet (older pools) pass."""
     want = catalog.get(POOL_ID)
     for file, stamp in zip((DATA_FILE, HASH_FILE), core.slot_owner()):
-        if want and any(stamp) and stamp.hex() != want:
+        if not any(stamp) or stamp.hex() == want:
+            continue
+        if want:
             raise PoolFormatError(
                 f"{path / file} is another pool's file (stamped with pool id {stamp.hex()},"
                 f" this pool's is {want}): it was copied or moved here; put this pool's own"
                 f" {DATA_FILE} and {HASH_FILE} back (nothing was changed)")
+        # A catalog older than ids never had stamped files beside it (it gets its id before
+        # they are stamped): one of the two is another pool's.
+        raise PoolFormatError(
+            f"{path / file} is stamped with pool id {stamp.hex()}, but {path / CATALOG_FILE}"
+            " names no pool id: one of them is another pool's; put this pool's own files back,"
+            " or, if the catalog is this pool's own restored from a backup made before pool"
+            f" ids, give it the id: sqlite3 {path / CATALOG_FILE} \"INSERT INTO meta VALUES"
+            f" ('{POOL_ID}', '{stamp.hex()}')\" (nothing was changed)")
 
 
 def _refuse_live_writer(path: Path, catalog: Catalog) -> None:
@@ -322,12 +332,10 @@ class Pool:
         giving a pool older than ids one first: the catalog's, durable before any file names
         it, so a crash between the two leaves files that are merely not stamped yet."""
         pool_id = self.catalog.get(POOL_ID)
-        stamps = self.core.slot_owner()
-        if not pool_id:
-            stamped = [stamp for stamp in stamps if any(stamp)]
-            pool_id = stamped[0].hex() if stamped else uuid.uuid4().hex
+        if not pool_id:     # its files are not stamped either: the open refused them
+            pool_id = uuid.uuid4().hex
             self._durably(lambda: self.catalog.set(POOL_ID, pool_id))
-        if not all(any(stamp) for stamp in stamps):
+        if not all(any(stamp) for stamp in self.core.slot_owner()):
             self.core.stamp_owner(bytes.fromhex(pool_id))
 
     def _repair(self) -> None:

@@ -202,6 +202,27 @@ def test_a_pool_older_than_pool_ids_gets_one_at_its_first_writable_open(golden, 
     assert proc.returncode == 1 and "hashes.dat is another pool's file" in proc.stderr_text
 
 
+def test_a_catalog_older_than_pool_ids_refuses_stamped_files(golden, other_pools, tmp_path):
+    """A catalog without an id beside another pool's (stamped) files: it took their id, and
+    served that pool's blocks as its own (verifier N2). Such a catalog never had stamped files
+    beside it, so one of them is another pool's."""
+    source, _ = golden
+    pool = tmp_path / "pool"
+    shutil.copytree(source, pool)
+    sql("DELETE FROM meta WHERE key = 'pool_id'")(pool / "catalog.db")
+    for name in ("blocks.dat", "hashes.dat"):
+        shutil.copyfile(other_pools / "same" / name, pool / name)
+    for args in (["vm", "ls"], ["vm", "clone", "g", "d"], ["fsck"]):
+        proc = run_cli("-p", pool, *args)
+        assert proc.returncode == 1, (args, proc.stdout_text, proc.stderr_text)
+        assert "blocks.dat is stamped with pool id" in proc.stderr_text, proc.stderr_text
+        assert "names no pool id: one of them is another pool's" in proc.stderr_text
+    # The way out it names, for a catalog that is this pool's own: then it opens.
+    stamp = (pool / "blocks.dat").read_bytes()[16:32].hex()
+    sql(f"INSERT INTO meta VALUES ('pool_id', '{stamp}')")(pool / "catalog.db")
+    run_cli("-p", pool, "vm", "ls", check=True)
+
+
 def test_a_layer_counter_behind_the_layers_gives_no_id_twice(golden, tmp_path):
     source, image = golden
     pool = tmp_path / "pool"
