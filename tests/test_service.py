@@ -28,6 +28,7 @@ from engine.errors import ReadOnlyError
 from engine.net import adminwire, rpc
 from engine.pool import SCRUB_BATCH, Pool
 from engine.service.session import DEADLINE_S
+from engine.service.service import SOCKET_CHECK_S
 from tests.conftest import ROOT, cli_json, run_cli
 from tests.serviceproc import Served
 
@@ -693,10 +694,22 @@ def test_a_service_makes_its_admin_socket_again_once_removed_or_replaced(pool_di
     s.socket.write_text("not a socket")
     made_again(s.socket, second)
     run_cli("-p", pool_dir, "vm", "rm", "d", "-y", check=True)
+    # A directory in its place for a while: the keeper's unlink failed, unsaid, and it never
+    # made the socket again (verifier N4). Now it says why once, and makes it once it can.
+    third = (s.socket.stat().st_dev, s.socket.stat().st_ino)
+    s.socket.unlink()
+    s.socket.mkdir()
+    time.sleep(3 * SOCKET_CHECK_S)          # a few of the keeper's looks
+    s.socket.rmdir()
+    made_again(s.socket, third)
+    run_cli("-p", pool_dir, "vm", "ls", check=True)
     log = s.stop()
-    assert log.count(f"blockfold: {s.socket} was removed: made it again\n") == 1, log
+    assert log.count(f"blockfold: {s.socket} was removed: made it again\n") == 2, log
     assert log.count(f"blockfold: {s.socket} was replaced by a file no service answers on: made"
                      " it again\n") == 1, log
+    assert log.count(f"blockfold: {s.socket} was replaced by a file no service answers on;"
+                     f" cannot make it again (cannot make the admin socket {s.socket}: Is a"
+                     " directory)") == 1, log
     assert not s.socket.exists()        # its own, removed at the stop
     assert [v["name"] for v in cli_json("-p", pool_dir, "vm", "ls")] == ["golden"]
 

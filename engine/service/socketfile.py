@@ -32,7 +32,10 @@ def bind(path: Path, group: str | None = None) -> socket.socket:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise BlockfoldError(f"no group named {group!r}") from None
-    path.unlink(missing_ok=True)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:        # a directory put there, say
+        raise BlockfoldError(f"cannot make the admin socket {path}: {e.strerror or e}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # bind() creates the file as the umask allows: this one leaves the owner alone in. The umask
     # is the process's, so other threads' files made in this instant get the same mode.
