@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
@@ -671,6 +672,22 @@ def address(host: str, port: int) -> str:
     return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def _one_listener(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether listeners on (host, port) `a` and `b` would take the same address: one port
+    (0 is any free one: two never meet) on hosts that resolve alike (localhost and
+    127.0.0.1), or one of them every address (0.0.0.0, ::). A host that does not resolve is
+    left to the bind to say."""
+    if a[1] != b[1] or not a[1]:
+        return False
+    if {a[0], b[0]} & {"", "0.0.0.0", "::"}:
+        return True
+    try:
+        found = [{info[4][0] for info in socket.getaddrinfo(host, a[1])} for host in (a[0], b[0])]
+    except OSError:
+        return False
+    return bool(found[0] & found[1])
+
+
 def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
     """Opens the pool or cluster for writing and serves it until a signal; then closes it.
     `nbd_flag` names the option that gave the NBD address."""
@@ -678,10 +695,9 @@ def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
         raise UsageError("a service serves a pool or cluster of this machine: use -p or -c")
     if args.standby and not args.cluster:
         raise UsageError("--standby waits for a cluster's write lease: use it with -c, not -p")
-    # Port 0 is any free one: two of them never meet.
-    if nbd and nbd[1] and args.metrics and address(*nbd).lower() == address(*args.metrics).lower():
-        raise UsageError(f"{nbd_flag} and --metrics name the same address ({address(*nbd)}):"
-                         " give each its own port")
+    if nbd and args.metrics and _one_listener(nbd, args.metrics):
+        raise UsageError(f"{nbd_flag} {address(*nbd)} and --metrics {address(*args.metrics)}"
+                         " would listen on the same address: give each its own port")
     if nbd:
         api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()

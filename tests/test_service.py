@@ -764,13 +764,20 @@ def test_nbd_and_metrics_on_one_address_is_a_usage_error_before_anything_opens(p
     there twice, and said "another process listens there" of its own metrics (brk8a #8). A
     usage error now, with the pool not even opened."""
     before = {p.name: p.read_bytes() for p in pool_dir.iterdir()}
-    for args, flag in ((["serve", "--nbd", "127.0.0.1:29801", "--metrics", "127.0.0.1:29801"],
-                        "--nbd"),
-                       (["nbd", "serve", "--metrics", "127.0.0.1:10809"], "--listen"),
-                       (["serve", "--nbd", "[::1]:29801", "--metrics", "[::1]:29801"], "--nbd")):
+    # One address however it is written: a name that resolves to it, or every address.
+    for args, flag, nbd in (
+            (["serve", "--nbd", "127.0.0.1:29801", "--metrics", "127.0.0.1:29801"], "--nbd",
+             "127.0.0.1:29801"),
+            (["nbd", "serve", "--metrics", "127.0.0.1:10809"], "--listen", "127.0.0.1:10809"),
+            (["serve", "--nbd", "[::1]:29801", "--metrics", "[::1]:29801"], "--nbd",
+             "[::1]:29801"),
+            (["serve", "--nbd", "localhost:29801", "--metrics", "127.0.0.1:29801"], "--nbd",
+             "localhost:29801"),
+            (["serve", "--nbd", "0.0.0.0:29801", "--metrics", "127.0.0.1:29801"], "--nbd",
+             "0.0.0.0:29801")):
         proc = run_cli("-p", pool_dir, *args)
-        where = args[-1]
         assert proc.returncode == 2 and proc.stdout_text == "", proc.stderr_text
-        assert proc.stderr_text == (f"blockfold: error: {flag} and --metrics name the same"
-                                    f" address ({where}): give each its own port\n")
+        assert proc.stderr_text == (f"blockfold: error: {flag} {nbd} and --metrics {args[-1]}"
+                                    " would listen on the same address: give each its own"
+                                    " port\n")
     assert {p.name: p.read_bytes() for p in pool_dir.iterdir()} == before
