@@ -97,8 +97,13 @@ class ClusterConfig:
             raise BlockfoldError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: not a JSON object")
+        # Every cluster.json written has its nodes: `{}` made a cluster of defaults, no node.
+        if not isinstance(data.get("nodes"), list) or not all(isinstance(n, dict)
+                                                              for n in data["nodes"]):
+            raise BlockfoldError(f"{path / CONFIG_FILE} is not a cluster file: nodes must be a"
+                                 " list of objects")
         try:
-            nodes = [NodeEntry(**n) for n in data.pop("nodes", [])]
+            nodes = [NodeEntry(**n) for n in data.pop("nodes")]
             etcd = data.pop("etcd", None)
             config = cls(path=path, nodes=nodes, etcd=etcd and EtcdEntry(**etcd), **data)
         except (AttributeError, TypeError) as e:    # a list, a number, an unknown field…

@@ -422,7 +422,8 @@ def test_a_node_already_in_the_cluster_cannot_join_again_under_another_address(m
     assert (cluster.path / "cluster.json").read_text() == before
 
 
-@pytest.mark.parametrize("text", ["[]", "null", '{"nodes": [1]}', '{"nodes": 3}',
+@pytest.mark.parametrize("text", ["[]", "null", "{}", '{"nodes": [1]}', '{"nodes": 3}',
+                                  '{"nodes": "x"}',
                                   '{"replicas": 2, "bogus": 1}', '{"lease_seconds": 0}',
                                   '{"lease_seconds": "10"}', '{"lease_seconds": 1e-9}',
                                   '{"lease_seconds": 1e9}', '{"lease_seconds": NaN}',
@@ -438,6 +439,7 @@ def test_a_cluster_file_that_is_not_one_is_one_clear_line(tmp_path, text):
         assert done.stderr_text.startswith(f"blockfold: error: {tmp_path / 'cluster.json'} is"
                                            " not a cluster file: "), done.stderr_text
         assert len(done.stderr_text.splitlines()) == 1
+        assert "NodeEntry" not in done.stderr_text      # an internal name (verifier)
 
 
 @pytest.mark.parametrize("field, value, allowed", [
