@@ -96,7 +96,7 @@ impl SlotStore {
             allocate(&data, bs, dir, 0)?;
             size = bs;
         }
-        check_slot_size(&data, &data_path, block_size)?;
+        check_stamps(&data, &data_path, &hashes, &hash_path, block_size)?;
         if size % bs != 0 {
             return Err(Error::Format(format!(
                 "{} is {size} bytes: not a whole number of {block_size}-byte slots",
@@ -615,9 +615,17 @@ fn write_run(file: &File, offset: u64, pieces: &[&[u8]]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Refuses a data file whose header was stamped with another slot size: another pool's file,
-/// whose blocks would be read cut into this pool's slots.
-fn check_slot_size(data: &File, path: &Path, block_size: usize) -> Result<()> {
+/// Refuses slot files stamped for another pool than each other, or a data file stamped with
+/// another slot size: another pool's file, whose blocks would be read cut into this pool's
+/// slots (or whose fingerprints are another's), said before anything is changed (a short
+/// hashes.dat is evened up next).
+fn check_stamps(
+    data: &File,
+    data_path: &Path,
+    hashes: &File,
+    hash_path: &Path,
+    block_size: usize,
+) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; HEADER_BYTES];
     if data.read_exact_at(&mut header, 0).is_err() || header[..MAGIC.len()] != MAGIC[..] {
@@ -629,10 +637,30 @@ fn check_slot_size(data: &File, path: &Path, block_size: usize) -> Result<()> {
             "{} holds {stamped}-byte slots (its header says so), but this pool's blocks are \
              {block_size} bytes: it is another pool's file; put this pool's own {DATA_FILE} and \
              {HASH_FILE} back",
-            path.display()
+            data_path.display()
+        )));
+    }
+    let owner = &header[OWNER_AT..OWNER_AT + 16];
+    let mut theirs = PoolId::default();
+    if hashes.read_exact_at(&mut theirs, 0).is_ok()
+        && owner != [0; 16]
+        && theirs != [0; 16]
+        && owner != theirs
+    {
+        return Err(Error::Format(format!(
+            "{} and {} are not one pool's pair (stamped with pool ids {} and {}): one of them \
+             was copied or moved here from another pool; put this pool's own files back",
+            data_path.display(),
+            hash_path.display(),
+            hex(owner),
+            hex(&theirs)
         )));
     }
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_block_size(block_size: usize) -> Result<()> {
@@ -792,6 +820,12 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("holds 4096-byte slots"), "{err}");
+        // A hashes.dat of another pool beside it.
+        std::fs::write(dir.path().join(HASH_FILE), [8u8; 16]).unwrap();
+        let err = SlotStore::open(dir.path(), 4096, true, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("are not one pool's pair"), "{err}");
     }
 
     #[test]
