@@ -83,7 +83,8 @@ CASES = {
     "blocks.dat bad header": ("blocks.dat", overwrite(0, 16), ["blocks.dat", "header",
                                                                    "--full --repair"]),
     "blocks.dat deleted": ("blocks.dat", os.unlink, ["blocks.dat", "missing"]),
-    "hashes.dat deleted": ("hashes.dat", os.unlink, ["hashes.dat", "missing"]),
+    "hashes.dat deleted": ("hashes.dat", os.unlink, ["hashes.dat", "missing",
+                                                 "rebuild --full --repair"]),
     "hashes.dat empty": ("hashes.dat", lambda p: os.truncate(p, 0),
                          ["hashes.dat", "no fingerprint", "--repair"]),
 }

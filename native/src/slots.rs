@@ -86,7 +86,15 @@ impl SlotStore {
         let data_path = dir.join(DATA_FILE);
         let hash_path = dir.join(HASH_FILE);
         let data = open_file(&data_path, readonly, create)?;
-        let hashes = open_file(&hash_path, readonly, create)?;
+        let hashes = open_file(&hash_path, readonly, create).map_err(|e| match e {
+            // Fingerprints can be computed again from the data; blocks cannot.
+            Error::Format(why) => Error::Format(format!(
+                "{why}: `blockfold -p {} rebuild --full --repair` computes the fingerprints \
+                 again from {DATA_FILE}",
+                dir.display()
+            )),
+            e => e,
+        })?;
         let mut size = data.metadata()?.len();
         let bs = block_size as u64;
         if size == 0 {
