@@ -702,7 +702,7 @@ def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
         api.nbd_handshake_deadline()    # a bad setting refused before anything is opened
     actor = local_user()
     directory = args.cluster or pool_path(args)
-    admin = api.standby_cluster(args.cluster, actor=actor) if args.standby else hold(args, actor)
+    admin = standby(args, actor) if args.standby else hold(args, actor)
     if admin.fenced():
         print(f"blockfold: {admin.fenced()}", file=sys.stderr, flush=True)
     try:
@@ -724,6 +724,20 @@ def run_service(args, nbd, nbd_read_only: bool, ready, nbd_flag: str) -> int:
 def command_line() -> str:
     """This process's command line as its user typed it: `blockfold console -p pl`."""
     return shlex.join(["blockfold", *sys.argv[1:]])
+
+
+def standby(args, actor: str) -> api.Admin:
+    """The cluster for a standby (api.standby_cluster), waited for while too few of its nodes
+    answer: a standby is there to wait, and it exited at once on a minority."""
+    told = False
+    while True:
+        try:
+            return api.standby_cluster(args.cluster, actor=actor)
+        except api.NoMajorityError as e:
+            if not told:
+                print(f"blockfold: standby: waiting: {e}", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(1.0)
 
 
 def hold(args, actor: str) -> api.Admin:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from . import formats, options
 from .admin import Admin
-from .errors import (AttachedError, BlockfoldError, CancelledError, PoolLockedError,
-                     VMNotFoundError)
+from .errors import (AttachedError, BlockfoldError, CancelledError, NoMajorityError,
+                     PoolLockedError, VMNotFoundError)
 from .progress import Progress, ProgressCallback
 from .results import (BlockPage, BlockRow, EtcdStatus, Event, HealFigures, ImportResult, Job,
                       NodeRemoval, NodeStatus, PoolStats, Problem, RebuildFigures,
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORT_FORMATS", "IMPORT_FORMATS", "Admin", "AttachedError", "BlockPage", "BlockRow",
     "BlockfoldError", "CancelledError", "EtcdStatus", "Event", "HealFigures", "ImportResult",
-    "Job", "LocalAdmin", "NodeRemoval", "NodeStatus", "PoolLockedError", "PoolStats", "Problem",
+    "Job", "LocalAdmin", "NoMajorityError", "NodeRemoval", "NodeStatus", "PoolLockedError",
+    "PoolStats", "Problem",
     "Progress", "ProgressCallback", "RebuildFigures", "RebuildRecord", "ScrubFigures", "Service",
     "Snapshot", "VMInfo", "VMNotFoundError", "VMSnapshot", "VMStats", "WriteQuorum",
     "check_vm_size", "cluster_add",

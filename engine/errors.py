@@ -89,6 +89,10 @@ class CorruptBlockError(BlockfoldError):
         self.offset = offset
 
 
+class NoMajorityError(RefusedError):
+    """Too few of a cluster's nodes answer for a writable open: writes need a majority."""
+
+
 class ReplicationError(RefusedError):
     """The cluster cannot keep a change safe (too few nodes, a node refusing blocks): the
     change is refused. (Raised by a commit, the pool turns it into an AbortedError.)"""

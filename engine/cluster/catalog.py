@@ -21,7 +21,7 @@ import sys
 
 from .. import changeset, lineage
 from ..catalog import Catalog
-from ..errors import BlockfoldError, ReplicationError
+from ..errors import BlockfoldError, NoMajorityError, ReplicationError
 from ..net import rpc
 from .members import NodeState
 
@@ -99,11 +99,11 @@ class ReplicatedCatalog(Catalog):
     @staticmethod
     def require_majority(members, min_replicas: int, answering: int) -> int:
         """How many nodes a writer needs (a majority of the configured nodes, and
-        min_replicas); BlockfoldError in one line if `answering` nodes are fewer."""
+        min_replicas); NoMajorityError in one line if `answering` nodes are fewer."""
         total = members.count()
         need = max(min_replicas, lineage.majority(total))
         if answering < need:
-            raise BlockfoldError(
+            raise NoMajorityError(
                 f"cluster {members.config.path}: {answering} of {total} nodes answer; writes"
                 f" need {need} (a majority): restore nodes (commands that only read still"
                 " work)")

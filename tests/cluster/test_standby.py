@@ -8,9 +8,13 @@ write."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 
@@ -19,7 +23,8 @@ import pytest
 
 
 from engine import api
-from tests.conftest import cli_json, run_cli
+from engine.cluster import lifecycle
+from tests.conftest import ROOT, cli_json, run_cli
 from tests.nbdclient import REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
@@ -155,6 +160,41 @@ def test_a_standby_beside_its_service_leaves_it_the_admin_socket_until_it_takes_
         active.kill()
         if standby is not None:
             standby.kill()
+
+
+def test_a_standby_started_on_a_minority_waits_for_its_nodes(make_cluster, tmp_path):
+    """A standby started while too few nodes answer waits, saying why, and serves once they
+    are back: it exited at once ("1 of 3 nodes answer; writes need 2"), a standby that would
+    not stand by (verifier N7)."""
+    cluster = make_cluster(nodes=3, replicas=2)
+    cluster.kill("node2")
+    cluster.kill("node3")
+    proc = subprocess.Popen([sys.executable, "-m", "console", "-c", str(cluster.path), "serve",
+                             "--standby"], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: dict[str, queue.Queue] = {"out": queue.Queue(), "err": queue.Queue()}
+    for name, stream in (("out", proc.stdout), ("err", proc.stderr)):
+        threading.Thread(target=lambda q=lines[name], f=stream: [*map(q.put, f), q.put("")],
+                         daemon=True).start()
+
+    def line(name: str) -> str:
+        return lines[name].get(timeout=TAKE_OVER_S)
+    try:
+        said = line("err")
+        assert said.startswith(f"blockfold: standby: waiting: cluster {cluster.path}: 1 of 3"
+                               " nodes answer; writes need 2"), said
+        time.sleep(2)                   # two more tries of the open: it waits on
+        assert proc.poll() is None
+        for name in ("node2", "node3"):
+            lifecycle.restore_node(cluster.config, name)
+        assert line("out").startswith("admin "), "the standby never opened the cluster"
+        assert cli_json("-c", cluster.path, "stats")["fenced"] == ""     # no one held it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("command", [["serve"], ["nbd", "serve", "--listen", "127.0.0.1:0"]])
