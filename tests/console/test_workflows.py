@@ -118,6 +118,21 @@ async def test_deleting_a_golden_image_says_what_the_cli_says_about_its_clones(m
         await press(pilot, "n")
 
 
+async def palette(pilot, app, typed: str, expected: str) -> list[str]:
+    """The command palette's entries for `typed`, once one names `expected` (it searches in the
+    background: bounded)."""
+    await press(pilot, "ctrl+p", *typed)
+    shown: list[str] = []
+    for _ in range(50):
+        found = app.screen.query_one(CommandList)
+        shown = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
+        if any(expected in text for text in shown):
+            break
+        await pilot.pause(0.05)
+    assert any(expected in text for text in shown), shown
+    return shown
+
+
 async def test_an_embedded_pool_offers_no_node_commands(make_app, admin):
     # It asked "Fail node local? … served from their other replicas", and then failed: a pool
     # has no nodes (brk8a #2).
@@ -127,15 +142,7 @@ async def test_an_embedded_pool_offers_no_node_commands(make_app, admin):
         assert app.screen is app.switcher.screen and app.pane.MODE == "nodes"   # no dialog
         bar = str(app.screen.query_one("#keys", Static).content)
         assert "Fail" not in bar and "Restore" not in bar, bar
-        await press(pilot, "ctrl+p", *"node")
-        shown: list[str] = []
-        for _ in range(50):                 # the palette searches in the background
-            found = app.screen.query_one(CommandList)
-            shown = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
-            if any("Nodes" in text for text in shown):
-                break
-            await pilot.pause(0.05)
-        assert any("Nodes" in text for text in shown)
+        shown = await palette(pilot, app, "node", "Nodes")
         assert not any(word in text for text in shown for word in ("Fail", "Restore", "Remove"))
         await press(pilot, "escape", "2", "d", "y")     # the console still does work
         assert "desk-1" not in admin.vm_names()
@@ -157,15 +164,7 @@ async def test_read_only_hides_and_refuses_writes(make_app, admin):
     async with app.run_test(size=SIZE) as pilot:
         await press(pilot, "2", "d", "c", "i")
         assert app.screen is app.switcher.screen and app.pane.MODE == "vms"   # no dialog
-        await press(pilot, "ctrl+p", *"vm")
-        shown: list[str] = []
-        for _ in range(50):                 # the palette searches in the background
-            found = app.screen.query_one(CommandList)
-            shown = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
-            if any("VMs" in text for text in shown):
-                break
-            await pilot.pause(0.05)
-        assert any("VMs" in text for text in shown)
+        shown = await palette(pilot, app, "vm", "VMs")
         assert not any(word in text for text in shown for word in ("Delete", "Clone", "Import"))
         last = admin.last_rebuild()
         await press(pilot, "escape", "4", "f", "F")      # a rebuild writes: hidden too
