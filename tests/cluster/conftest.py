@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,20 @@ async def console_overview(directory) -> tuple[str, str]:
                     str(app.screen.query_one("#node-summary", Label).render()))
     finally:
         admin.close()
+
+
+def wait_until(what, seconds: float, why: str):
+    """what() until it is true, for `seconds` at most (AssertionError naming `why`)."""
+    deadline = time.monotonic() + seconds
+    while not (got := what()):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.2)
+    return got
+
+
+def wait_for(check, seconds: float):
+    """check()'s first truthy answer within `seconds`, else the last answer."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found

@@ -24,7 +24,7 @@ from engine.etcd import KEEPALIVE, TTL, Etcd, KeptKey
 from engine.node.keys import host_key_id
 from tests.conftest import ROOT, cli_json, run_cli
 
-from .conftest import image
+from .conftest import image, wait_for
 
 # A killed node's key lasts until its lease runs out: TTL after its last keepalive.
 EXPIRY = TTL + 5
@@ -37,14 +37,6 @@ def status(path) -> dict:
 def registered(path) -> dict:
     """Each node's word in `cluster status --json`, asked in this process (a CLI costs 0.8 s)."""
     return {n["name"]: n["registered"] for n in api.cluster_status(path)["nodes"]}
-
-
-def wait_for(check, seconds: float):
-    """check()'s first truthy answer within `seconds`, else the last answer."""
-    deadline = time.monotonic() + seconds
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return found
 
 
 def etcd_processes(data: str) -> list[int]:

@@ -35,7 +35,7 @@ from tests.conftest import ROOT
 from tests.nbdclient import CMD_FLUSH, EIO, REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
-from .conftest import console_overview, image
+from .conftest import console_overview, image, wait_until
 
 BLOCK = 4096
 # The clusters' write lease (cluster.json; 10 s by default): every test here waits for a stopped
@@ -66,15 +66,6 @@ def _writers(cluster) -> list[str]:
     """The writers etcd has a session of, each as "pid N ("."""
     writers = api.cluster_status(str(cluster.path))["etcd"].writers
     return [w[w.index("pid "):w.index("(") + 1] for w in writers]
-
-
-def _wait(what, seconds: float, why: str):
-    """what() until it is true, for `seconds` at most (AssertionError naming `why`)."""
-    deadline = time.monotonic() + seconds
-    while not (got := what()):
-        assert time.monotonic() < deadline, why
-        time.sleep(0.2)
-    return got
 
 
 def _unfenced(service) -> bool:
@@ -122,7 +113,7 @@ def _newer_writer(cluster, served):
             newer.write("disk", 0, b"\x33" * BLOCK)
             newer.flush()
             os.kill(served.proc.pid, signal.SIGCONT)
-            _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+            wait_until(lambda: _fenced(cluster), 30, "the service never said it was fenced")
             yield newer
     finally:
         # A no-op once it runs, or once it exited (a caller may stop it while fenced).
@@ -162,7 +153,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         woke = time.monotonic()
 
         # (a) Fenced, and told so: status, metrics; its old connection's flush fails.
-        said = _wait(lambda: _fenced(cluster), 30, "the service never said it was fenced")
+        said = wait_until(lambda: _fenced(cluster), 30, "the service never said it was fenced")
         fenced_s = time.monotonic() - woke
         assert said.startswith(f"fenced: a newer writer has cluster {cluster.path} (")
         assert f"pid {os.getpid()} (" in said and said.endswith("; waiting to take it back")
@@ -193,7 +184,7 @@ def test_a_fenced_service_says_so_and_takes_its_cluster_back_once_the_newer_writ
         newer.close()
         newer = None
         closed = time.monotonic()
-        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        wait_until(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
         status_s = time.monotonic() - closed
         new = RawClient(port)
         new.connect("disk")
@@ -251,14 +242,14 @@ def test_a_fenced_service_that_reaches_a_minority_waits_saying_why_then_comes_ba
             pass
         for name in ("node2", "node3"):
             cluster.kill(name)
-        said = _wait(lambda: "cannot take it back" in (f := _fenced(cluster)) and f, 30,
+        said = wait_until(lambda: "cannot take it back" in (f := _fenced(cluster)) and f, 30,
                      "the service never said why it cannot take the cluster back")
         assert said.endswith("cannot take it back: cluster"
                              f" {cluster.path}: 1 of 3 nodes answer; writes need 2 (a majority):"
                              " restore nodes (commands that only read still work)"), said
         for name in ("node2", "node3"):
             api.restore_node(cluster.path, name)
-        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        wait_until(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
         tool("qemu-io", "-f", "raw", "-c", f"read -P 0x33 0 {BLOCK}", "-c",
              f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
     finally:
@@ -324,7 +315,7 @@ def test_a_service_refused_by_an_epoch_no_writer_committed_is_fenced_and_comes_b
         # cluster, so it takes it back at its first try, within RETAKE_S: too short a while to
         # catch its status saying fenced by running CLIs on a busy machine; its events tell.
         assert old.closed_by_server()
-        _wait(lambda: _taken_back(cluster), 30, "the service never took the cluster back")
+        wait_until(lambda: _taken_back(cluster), 30, "the service never took the cluster back")
         tool("qemu-io", "-f", "raw", "-c", f"read -P 0x11 0 {BLOCK}", "-c",
              f"write -P 0x44 {BLOCK} {BLOCK}", "-c", "flush", served.uri("disk"))
     finally:
@@ -383,7 +374,7 @@ def test_a_fenced_service_refuses_every_call_but_its_reporting(make_cluster, tmp
             assert all(n["blocks"] > 0 and n["latency_ms"] is not None for n in nodes), nodes
             assert _cli(cluster, "node", "ls").splitlines()[1].split()[:3] == [
                 "node1", nodes[0]["address"], "up"]
-        _wait(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
+        wait_until(lambda: not _fenced(cluster), 30, "the service never took the cluster back")
         assert [v["name"] for v in json.loads(_cli(cluster, "stats", "--json"))["vms"]] == [
             "disk"]
         assert all(n["live_blocks"] > 0 and n["under_replicated"] == 0
@@ -408,7 +399,7 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
     try:
         service = api.find_service(cluster.path, actor="operator")
         writer = _write_from_silence(cluster)
-        job = _wait(lambda: next((j for j in service.jobs() if j.kind == "write"), None), 30,
+        job = wait_until(lambda: next((j for j in service.jobs() if j.kind == "write"), None), 30,
                     "the write from stdin never started")
         with _newer_writer(cluster, served):
             try:
@@ -417,13 +408,13 @@ def test_a_job_running_at_the_fencing_is_cancelled_and_none_starts_while_fenced(
                 assert str(e) == f"start_scrub refused: {service.stats().fenced}", e
             else:
                 raise AssertionError("a fenced service started a scrub")
-            ended = _wait(lambda: next((j for j in service.jobs() if j.id == job.id
+            ended = wait_until(lambda: next((j for j in service.jobs() if j.id == job.id
                                         and j.state != "running"), None), 15,
                           "the write of the fenced state still runs while fenced")
             assert ended.state == "cancelled", ended
             # Its state, then why: "cancelled" is said once (and once to its client, below).
             assert ended.message.startswith("the service was fenced: it worked from"), ended
-        _wait(lambda: _unfenced(service), 30, "the service never took the cluster back")
+        wait_until(lambda: _unfenced(service), 30, "the service never took the cluster back")
         writer.stdin.close()            # the CLI reads its stdin until it ends
         assert writer.wait(30) != 0
         said = writer.stderr.read()
@@ -467,15 +458,15 @@ def test_a_service_that_takes_its_cluster_back_from_another_service_answers_on_t
         second = Served(["-c", str(cluster.path)], "--metrics", "127.0.0.1:0")   # a standby
         os.kill(first.proc.pid, signal.SIGCONT)
         stopped.remove(first)
-        _wait(lambda: _metric_fenced(first), 30, "A never said it was fenced")
+        wait_until(lambda: _metric_fenced(first), 30, "A never said it was fenced")
 
         os.kill(second.proc.pid, signal.SIGSTOP)
         stopped.append(second)
-        _wait(lambda: not _metric_fenced(first), 60, "A never took the cluster back from B")
+        wait_until(lambda: not _metric_fenced(first), 60, "A never took the cluster back from B")
         assert _fenced(cluster) == ""           # A answers, not B (stopped)
         os.kill(second.proc.pid, signal.SIGCONT)
         stopped.remove(second)
-        _wait(lambda: _metric_fenced(second), 30, "B never said it was fenced")
+        wait_until(lambda: _metric_fenced(second), 30, "B never said it was fenced")
         assert _fenced(cluster) == ""           # A still, not B (fenced now)
         second.proc.terminate()
         second.proc.communicate(timeout=60)     # fenced: exits non-zero, documented

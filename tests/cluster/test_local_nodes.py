@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from engine.cluster.members import NodeState
 from engine.etcd import Etcd
 from engine.node.keys import host_key_id
 from tests.conftest import ROOT, run_cli
+
+from .conftest import wait_for
 
 EPHEMERAL_START = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
@@ -39,14 +40,6 @@ def taken(address: str):
 
 def port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
-
-
-def wait_for(check, seconds: float):
-    """check()'s first truthy answer within `seconds`, else the last answer."""
-    deadline = time.monotonic() + seconds
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return found
 
 
 def moved_lines(stderr: str) -> list[str]:

@@ -52,15 +52,20 @@ def desktops(cluster, tmp_path, *names: str) -> None:
             admin.import_image(name, str(empty))
 
 
-def restart_empty(cluster, admin) -> None:
-    """Kills node1 and node2, waits until `admin` judges both down, then restores them empty
-    (RAM), each told in that order."""
+def kill_both(cluster, admin) -> None:
+    """Kills node1 and node2 and waits until `admin` judges both down, so each return is seen as
+    one (which node lost which copy is recorded as each comes back)."""
     cluster.kill("node1")
     cluster.kill("node2")
     deadline = time.monotonic() + 15
     while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
         assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
         time.sleep(0.1)
+
+
+def restart_empty(cluster, admin) -> None:
+    """kill_both, then both restored empty (RAM), each told in that order."""
+    kill_both(cluster, admin)
     admin.restore_node("node1")
     admin.restore_node("node2")
 
@@ -97,14 +102,7 @@ def test_no_flush_covers_blocks_whose_copies_were_lost(make_cluster, tmp_path):
         admin.clone("golden", "desk")
         for lbn, data in written.items():
             admin.write("desk", lbn * 4096, data)
-        cluster.kill("node1")
-        cluster.kill("node2")
-        # Judged down before either comes back, so each return is seen as one (which node lost
-        # which copy is recorded as each comes back).
-        deadline = time.monotonic() + 15
-        while {n.name for n in admin.nodes() if n.state == "down"} != {"node1", "node2"}:
-            assert time.monotonic() < deadline, [(n.name, n.state) for n in admin.nodes()]
-            time.sleep(0.1)
+        kill_both(cluster, admin)
         admin.restore_node("node2")             # back empty; node1's copies are not durable
         with pytest.raises(BlockfoldError, match="have no durable copy: its only copies are on"
                            " node node1, down before it was made durable"):

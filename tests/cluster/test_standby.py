@@ -28,21 +28,12 @@ from tests.conftest import ROOT, cli_json, run_cli
 from tests.nbdclient import REP_ERR_UNKNOWN, RawClient, tool
 from tests.serviceproc import Served
 
-from .conftest import console_overview, image
+from .conftest import console_overview, image, wait_until
 
 MiB = 1 << 20
 # A bound, not a figure (tests/bench/takeover.py measures it): the lease (10 s by default) runs
 # out, then a retake (every 2 s) and a writable open.
 TAKE_OVER_S = 60.0
-
-
-def _wait(what, seconds: float, why: str):
-    """what() until it is true, for `seconds` at most (AssertionError naming `why`)."""
-    deadline = time.monotonic() + seconds
-    while not (got := what()):
-        assert time.monotonic() < deadline, why
-        time.sleep(0.2)
-    return got
 
 
 def _no_export(served: Served) -> str:
@@ -108,7 +99,7 @@ def test_a_standby_takes_the_cluster_over_when_its_service_dies_or_stops(make_cl
             cluster.kill("node1")
 
         # The standby serves it, with every flushed byte; and writes.
-        _wait(lambda: _serves(standby), TAKE_OVER_S, "the standby never served the export")
+        wait_until(lambda: _serves(standby), TAKE_OVER_S, "the standby never served the export")
         tool("qemu-img", "compare", "-f", "raw", "-F", "raw", written, standby.uri("disk"))
         tool("qemu-io", "-f", "raw", "-c", "write -P 0x77 64k 64k", "-c", "flush",
              standby.uri("disk"))
@@ -146,7 +137,7 @@ def test_a_standby_beside_its_service_leaves_it_the_admin_socket_until_it_takes_
         assert api.service_pid(cluster.path) == active.proc.pid
         assert cli_json("-c", cluster.path, "stats")["fenced"] == ""
         active.kill()
-        _wait(lambda: api.service_pid(cluster.path) == standby.proc.pid, TAKE_OVER_S,
+        wait_until(lambda: api.service_pid(cluster.path) == standby.proc.pid, TAKE_OVER_S,
               "the standby never took DIR/admin.sock")
         assert [v["name"] for v in cli_json("-c", cluster.path, "vm", "ls")] == ["disk"]
         exported = tmp_path / "exported.raw"
